@@ -1,0 +1,3 @@
+from aap.cli import main
+
+main()

@@ -1,0 +1,165 @@
+"""The ``aap`` command."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from aap.settings import Settings
+
+
+def data_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+        help="Data directory (default: $AAP_DATA_DIR or ./aap-data).",
+    )(f)
+
+
+def _settings(**kw: Any) -> Settings:
+    try:
+        return Settings(**kw)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+@click.version_option(package_name="aap")
+def cli() -> None:
+    """AAP: a privacy-first event analytics pipeline."""
+
+
+@cli.command()
+@data_dir_option
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 8000).")
+@click.option("--workers", type=int, default=None, help="Worker processes (default: one per core).")
+def serve(data_dir: Path | None, host: str | None, port: int | None, workers: int | None) -> None:
+    """Run the collector (and, later, processor, API and dashboard)."""
+    from aap.collect.server import serve as run
+
+    run(_settings(data_dir=data_dir, host=host, port=port, workers=workers))
+
+
+@cli.group()
+def sources() -> None:
+    """Manage sources and their write keys."""
+
+
+@sources.command("create")
+@click.argument("name")
+@data_dir_option
+@click.option("--origin", "origins", multiple=True,
+              help="Browser origin allowed to send events (repeatable; default any).")
+@click.option("--rate-limit", type=float, default=0.0, show_default=True,
+              help="Events per second the source may send; 0 means unlimited.")
+def sources_create(name: str, data_dir: Path | None, origins: tuple[str, ...],
+                   rate_limit: float) -> None:
+    """Create a source; prints its write key alone on the last line."""
+    from aap.sources import Sources
+
+    reg = Sources(_settings(data_dir=data_dir).data_path)
+    try:
+        src, key = reg.create(name, allowed_origins=origins or ("*",), rate_limit=rate_limit)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created source {src.name} ({src.id}); keep the write key below, it is shown once")
+    click.echo(key)
+
+
+@sources.command("list")
+@data_dir_option
+def sources_list(data_dir: Path | None) -> None:
+    """List sources (never their keys)."""
+    from aap.sources import Sources
+
+    for s in Sources(_settings(data_dir=data_dir).data_path).list():
+        origins = ",".join(s.allowed_origins)
+        limit = f"{s.rate_limit:g}/s" if s.rate_limit else "unlimited"
+        click.echo(f"{s.id}\t{s.name}\tkey {s.key_hint}\torigins {origins}\trate {limit}")
+
+
+@cli.group("log")
+def log_group() -> None:
+    """Look into the durable log."""
+
+
+@log_group.command("show")
+@data_dir_option
+@click.option("--limit", type=int, default=20, show_default=True, help="Newest N events.")
+def log_show(data_dir: Path | None, limit: int) -> None:
+    """Print the newest events as JSON lines."""
+    import msgspec
+
+    from aap.events import decode_events
+
+    log = _open_existing_log(data_dir)
+    head = log.stats().head_offset
+    events: list[Any] = []
+    after = head
+    while len(events) < limit and after > 0:
+        after = max(0, after - 100)
+        recs = log.read(after, 100)
+        batch = [e for r in recs for e in decode_events(r.payload)]
+        events = batch + events
+        if not recs:
+            break
+    for ev in events[-limit:]:
+        click.echo(msgspec.json.encode(ev).decode())
+
+
+@log_group.command("stats")
+@data_dir_option
+def log_stats(data_dir: Path | None) -> None:
+    """Print the log's size, head offset, event count and consumer lag."""
+    st = _open_existing_log(data_dir).stats()
+    click.echo(f"records {st.head_offset}\nevents {st.total_events}\nbytes {st.size_bytes}")
+    for g, lag in st.lag_events.items():
+        click.echo(f"lag[{g}] {lag}")
+
+
+def _open_existing_log(data_dir: Path | None) -> Any:
+    from aap.log import open_log
+
+    settings = _settings(data_dir=data_dir)
+    if not (settings.data_path / "log" / "log.db").exists():
+        raise click.ClickException(f"no log under {settings.data_path}")
+    return open_log(settings)
+
+
+@cli.command()
+@click.option("--people", type=int, default=3000, show_default=True,
+              help="Simulated people.")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--keep", is_flag=True, help="Keep the temporary data dir and print its path.")
+def demo(people: int, seed: int, keep: bool) -> None:
+    """Start a server on a temporary data dir, send realistic traffic, show what arrived."""
+    from aap.demo import run_demo
+
+    sys.exit(run_demo(people=people, seed=seed, keep=keep))
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks (see benchmarks/)."""
+
+
+@bench.command("ingest")
+@click.option("--duration", type=float, default=10.0, show_default=True,
+              help="Seconds per measurement.")
+@click.option("--rate", type=int, default=100_000, show_default=True,
+              help="Offered events/s for the latency measurement.")
+@click.option("--clients", type=int, default=2, show_default=True,
+              help="Load-generator processes.")
+def bench_ingest(duration: float, rate: int, clients: int) -> None:
+    """Durable vs null-log ingest throughput and latency on /v1/batch."""
+    from aap.bench.ingest import run
+
+    run(duration=duration, rate=rate, clients=clients)
+
+
+def main() -> None:
+    cli(prog_name="aap")

@@ -1,0 +1,314 @@
+"""The collector: a pure ASGI app that answers 200 only once a batch is durable.
+
+Per request: route → back-pressure → write key → body (limits, gzip) → decode and
+validate each event → origin and rate limit → IP to coarse geo, then truncated →
+append to the log (group commit) → answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from aap import errors
+from aap.collect import metrics
+from aap.collect.body import decode_content, read_raw
+from aap.collect.health import Health
+from aap.collect.ratelimit import RateLimiter, retry_after
+from aap.collect.segment import (
+    BATCH_PATHS, REASON_TEXT, SINGLE_PATHS, Parsed, Rejection, parse_batch, parse_single, to_event,
+)  # fmt: skip
+from aap.events import Event, encode_events
+from aap.log import Append, open_log
+from aap.log.committer import GroupCommitter
+from aap.privacy.ip import GeoLocator, IpPolicy, parse_networks, strip_ip
+from aap.settings import Settings
+from aap.sources import Source, Sources
+
+logger = logging.getLogger("aap.collect")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Retry-Count"
+_json = msgspec.json.Encoder()
+
+
+class Request:
+    __slots__ = ("cors", "headers", "method", "path", "receive", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                        for k, v in scope["headers"]}
+        self.cors = True
+
+    @property
+    def peer(self) -> str | None:
+        client = self.scope.get("client")
+        return client[0] if client else None
+
+
+class Response:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: bytes, content_type: str = "application/json",
+                 headers: list[tuple[str, str]] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = [("content-type", content_type), *(headers or [])]
+
+    @classmethod
+    def json(cls, status: int, data: Any, headers: list[tuple[str, str]] | None = None
+             ) -> Response:
+        return cls(status, _json.encode(data), headers=headers)
+
+
+def error_response(exc: errors.AAPError) -> Response:
+    headers = []
+    if isinstance(exc, errors.TransientError):
+        headers.append(("retry-after", str(exc.retry_after)))
+    if isinstance(exc, errors.MethodNotAllowed) and isinstance(exc.detail, list):
+        headers.append(("allow", ", ".join(exc.detail)))
+    return Response.json(exc.status, exc.body(), headers)
+
+
+class Collector:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.data_dir = settings.data_path
+        self.sources = Sources(self.data_dir)
+        self.log = open_log(settings)
+        self.committer = (
+            None if settings.log_backend == "null"
+            else GroupCommitter(self.log, settings.max_pending_appends,
+                                settings.retry_after_seconds)
+        )
+        self.ip = IpPolicy(parse_networks(settings.trusted_proxies), settings.ipv4_prefix,
+                           settings.ipv6_prefix, geo=GeoLocator())
+        self.limiter = RateLimiter(workers=int(settings.workers) or 1)
+        self.health = Health(self.data_dir, self.log, min_free_disk_mb=settings.min_free_disk_mb,
+                             max_lag=settings.max_consumer_lag,
+                             interval_ms=settings.health_interval_ms)
+        self._unknown_keys: dict[str, float] = {}
+        self._known_keys: dict[str, Source] = {}
+        self.routes: dict[str, tuple[tuple[str, ...], Callable[[Request], Awaitable[Response]]]] = {
+            "/healthz": (("GET", "HEAD"), self.healthz),
+            "/metrics": (("GET",), self.metrics),
+        }
+        for path in BATCH_PATHS:
+            self.routes[path] = (("POST",), self.ingest_batch)
+        for path in SINGLE_PATHS:
+            self.routes[path] = (("POST",), self.ingest_single)
+
+    # -- ASGI --
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def close(self) -> None:
+        if self.committer is not None:
+            self.committer.close()
+        self.log.close()
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        req = Request(scope, receive)
+        route = req.path if req.path in self.routes else "other"
+        try:
+            resp = await self._dispatch(req)
+        except errors.AAPError as exc:
+            resp = error_response(exc)
+        except Exception:
+            logger.exception("unexpected error on %s", route)
+            resp = Response.json(500, {"code": "internal_error",
+                                       "message": "internal error", "detail": "internal error"})
+        origin = req.headers.get("origin")
+        if origin and req.cors and req.path.startswith("/v1/"):
+            resp.headers += [("access-control-allow-origin", origin), ("vary", "Origin")]
+        await send({
+            "type": "http.response.start",
+            "status": resp.status,
+            "headers": [(k.encode(), v.encode()) for k, v in resp.headers],
+        })
+        await send({"type": "http.response.body", "body": resp.body})
+        metrics.REQUESTS.labels(route, str(resp.status)).inc()
+        metrics.LATENCY.labels(route).observe(time.perf_counter() - start)
+
+    async def _dispatch(self, req: Request) -> Response:
+        entry = self.routes.get(req.path)
+        if entry is None:
+            raise errors.NotFound(f"no endpoint at {req.path}")
+        methods, handler = entry
+        if req.method == "OPTIONS" and req.path.startswith("/v1/"):
+            return self.preflight(req)
+        if req.method not in methods:
+            raise errors.MethodNotAllowed(f"{req.method} is not allowed on {req.path}",
+                                          list(methods))
+        return await handler(req)
+
+    # -- small endpoints --
+
+    def preflight(self, req: Request) -> Response:
+        return Response(204, b"", headers=[
+            ("access-control-allow-methods", "POST, OPTIONS"),
+            ("access-control-allow-headers", CORS_ALLOW_HEADERS),
+            ("access-control-max-age", "86400"),
+        ])
+
+    async def healthz(self, req: Request) -> Response:
+        problem = self.health.problem()
+        if problem:
+            raise errors.ServiceUnavailable(problem, retry_after=self.settings.retry_after_seconds)
+        return Response.json(200, {"status": "ok"})
+
+    async def metrics(self, req: Request) -> Response:
+        return Response(200, metrics.render(self.log.stats), content_type=metrics.CONTENT_TYPE)
+
+    # -- ingestion --
+
+    async def ingest_batch(self, req: Request) -> Response:
+        return await self._ingest(req, lambda body: parse_batch(body, self.settings.max_event_bytes))
+
+    async def ingest_single(self, req: Request) -> Response:
+        mtype = SINGLE_PATHS[req.path]
+        return await self._ingest(
+            req, lambda body: parse_single(body, mtype, self.settings.max_event_bytes))
+
+    async def _ingest(self, req: Request, parse: Callable[[bytes], Parsed]) -> Response:
+        problem = self.health.problem()
+        if problem:
+            raise errors.ServiceUnavailable(problem, retry_after=self.settings.retry_after_seconds,
+                                            code="backpressure")
+        source = self._source_from_header(req.headers.get("authorization"))
+        clen = req.headers.get("content-length")
+        limit = self.settings.max_request_bytes
+        raw = await read_raw(req.receive, int(clen) if clen and clen.isdigit() else None, limit)
+        metrics.BYTES_IN.inc(len(raw))
+        body = decode_content(raw, req.headers.get("content-encoding", ""), limit)
+        parsed = parse(body)
+        if source is None:
+            if not parsed.write_key:
+                raise errors.Unauthorized("no write key: send it as the Basic auth user name",
+                                          code="missing_write_key")
+            source = self._source(parsed.write_key)
+        origin = req.headers.get("origin")
+        if origin and not source.allows_origin(origin):
+            req.cors = False
+            raise errors.Forbidden(f"origin {origin} is not allowed for this source",
+                                   code="origin_not_allowed")
+        wait = self.limiter.take(source.id, source.rate_limit, len(parsed.messages))
+        if wait:
+            metrics.EVENTS_REJECTED.labels("rate_limited").inc(len(parsed.messages))
+            raise errors.TooManyRequests(
+                f"source {source.name} is over its limit of {source.rate_limit:g} events/s",
+                retry_after=retry_after(wait))
+        events, rejected = self._events(req, source, parsed)
+        for r in rejected:
+            metrics.EVENTS_REJECTED.labels(r.reason).inc()
+        rejected_out = [{"index": r.index, "reason": r.reason, "detail": r.detail}
+                        for r in rejected]
+        if not events:
+            if rejected:
+                raise errors.BadRequest("no event in the request is valid", rejected_out,
+                                        code="invalid_events")
+            return Response.json(200, {"success": True, "accepted": 0})
+        batch = Append(source.id, len(events), encode_events(events))
+        if self.committer is None:
+            self.log.append([batch])
+        else:
+            await self.committer.append(batch)
+        metrics.EVENTS_ACCEPTED.labels(source.id).inc(len(events))
+        out: dict[str, Any] = {"success": True, "accepted": len(events)}
+        if rejected_out:
+            out["rejected"] = rejected_out
+        return Response.json(200, out)
+
+    def _events(self, req: Request, source: Source, parsed: Parsed
+                ) -> tuple[list[Event], list[Rejection]]:
+        received_at = datetime.now(UTC)
+        gpc = req.headers.get("sec-gpc", "").strip() == "1"
+        dnt = req.headers.get("dnt", "").strip() == "1"
+        request_ip = self.ip.anonymize(
+            self.ip.client_ip(req.peer, req.headers.get("x-forwarded-for")))
+        events: list[Event] = []
+        rejected = list(parsed.rejected)
+        for index, m in parsed.messages:
+            ev = to_event(m, source=source.id, received_at=received_at)
+            if isinstance(ev, str):
+                rejected.append(Rejection(index, ev, REASON_TEXT[ev]))
+                continue
+            sent_ip = strip_ip(ev.context)
+            ev.ip, ev.geo = (self.ip.anonymize(sent_ip) if sent_ip else (None, None))
+            if ev.ip is None:
+                ev.ip, ev.geo = request_ip
+            ev.gpc, ev.dnt = gpc, dnt
+            events.append(ev)
+        rejected.sort(key=lambda r: r.index)
+        return events, rejected
+
+    # -- write keys --
+
+    def _source_from_header(self, authorization: str | None) -> Source | None:
+        if not authorization:
+            return None
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "basic":
+            raise errors.Unauthorized("use HTTP Basic auth with the write key as user name",
+                                      code="bad_auth_scheme")
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise errors.Unauthorized("the Basic auth value is not valid base64",
+                                      code="bad_auth") from None
+        key = decoded.partition(":")[0]
+        if not key:
+            raise errors.Unauthorized("no write key in the Basic auth user name",
+                                      code="missing_write_key")
+        return self._source(key)
+
+    def _source(self, key: str) -> Source:
+        src = self._known_keys.get(key)
+        if src is not None:
+            return src
+        now = time.monotonic()
+        if now - self._unknown_keys.get(key, -10.0) < 1.0:
+            raise errors.Unauthorized("unknown write key", code="unknown_write_key")
+        found = self.sources.by_key(key)
+        if found is None:
+            if len(self._unknown_keys) > 10_000:
+                self._unknown_keys.clear()
+            self._unknown_keys[key] = now
+            raise errors.Unauthorized("unknown write key", code="unknown_write_key")
+        self._known_keys[key] = found
+        return found
+
+
+def create_app() -> Collector:
+    """Factory for the ASGI server: each worker process builds its own collector."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return Collector(Settings())

@@ -1,0 +1,185 @@
+"""The Segment HTTP Tracking API (also spoken by RudderStack and Jitsu SDKs).
+
+``/v1/batch`` (and the browser's ``/v1/b``) take ``{"batch": [...]}``; ``/v1/track``,
+``/v1/identify``, … (and the short forms ``/v1/t``, ``/v1/i``, …) take one message.
+Each message is validated on its own: a bad one is rejected with its index and reason,
+the good ones of the same batch are stored.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import msgspec
+import uuid_utils
+
+from aap.errors import BadRequest, PayloadTooLarge
+from aap.events import MESSAGE_TYPES, Event
+
+SINGLE_PATHS = {
+    "/v1/track": "track", "/v1/t": "track",
+    "/v1/identify": "identify", "/v1/i": "identify",
+    "/v1/page": "page", "/v1/p": "page",
+    "/v1/screen": "screen", "/v1/s": "screen",
+    "/v1/group": "group", "/v1/g": "group",
+    "/v1/alias": "alias", "/v1/a": "alias",
+}  # fmt: skip
+BATCH_PATHS = ("/v1/batch", "/v1/b")
+
+Id = str | int | None
+
+
+class WireMessage(msgspec.Struct, rename="camel"):
+    type: str | None = None
+    message_id: Id = None
+    user_id: Id = None
+    anonymous_id: Id = None
+    previous_id: Id = None
+    group_id: Id = None
+    event: str | None = None
+    name: str | None = None
+    category: str | None = None
+    timestamp: datetime | None = None
+    sent_at: datetime | None = None
+    context: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = None
+    traits: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+    write_key: str | None = None
+
+
+class WireBatch(msgspec.Struct, rename="camel"):
+    batch: list[msgspec.Raw] | None = None
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+    sent_at: datetime | None = None
+    write_key: str | None = None
+
+
+_batch_decoder = msgspec.json.Decoder(WireBatch)
+_message_decoder = msgspec.json.Decoder(WireMessage)
+
+_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, ValueError)
+
+
+class Rejection(NamedTuple):
+    index: int
+    reason: str
+    """A short code, counted in the metrics."""
+    detail: str
+
+
+class Parsed(NamedTuple):
+    messages: list[tuple[int, WireMessage]]
+    rejected: list[Rejection]
+    write_key: str | None
+
+
+def parse_batch(body: bytes, max_event_bytes: int) -> Parsed:
+    if not body.strip():
+        raise BadRequest("the request body is empty", code="empty_body")
+    try:
+        wb = _batch_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadRequest("the batch does not have the expected shape", str(exc),
+                         code="invalid_batch") from None
+    except _DECODE_ERRORS as exc:
+        raise BadRequest("the body is not valid JSON", str(exc), code="invalid_json") from None
+    if wb.batch is None:
+        raise BadRequest("the body has no `batch` array", code="invalid_batch")
+    messages: list[tuple[int, WireMessage]] = []
+    rejected: list[Rejection] = []
+    for i, raw in enumerate(wb.batch):
+        if len(raw) > max_event_bytes:
+            rejected.append(Rejection(i, "event_too_large",
+                                      f"event is {len(raw)} bytes; the limit is {max_event_bytes}"))
+            continue
+        try:
+            m = _message_decoder.decode(raw)
+        except _DECODE_ERRORS as exc:
+            rejected.append(Rejection(i, "wrong_type", str(exc)))
+            continue
+        if wb.context:
+            m.context = {**wb.context, **(m.context or {})}
+        if wb.integrations and m.integrations is None:
+            m.integrations = wb.integrations
+        if m.sent_at is None:
+            m.sent_at = wb.sent_at
+        messages.append((i, m))
+    return Parsed(messages, rejected, wb.write_key)
+
+
+def parse_single(body: bytes, message_type: str, max_event_bytes: int) -> Parsed:
+    if not body.strip():
+        raise BadRequest("the request body is empty", code="empty_body")
+    if len(body) > max_event_bytes:
+        raise PayloadTooLarge(f"event is {len(body)} bytes; the limit is {max_event_bytes}")
+    try:
+        m = _message_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadRequest("the message has a field of the wrong type", str(exc),
+                         code="wrong_type") from None
+    except _DECODE_ERRORS as exc:
+        raise BadRequest("the body is not valid JSON", str(exc), code="invalid_json") from None
+    m.type = message_type
+    return Parsed([(0, m)], [], m.write_key)
+
+
+def _id(v: Id) -> str | None:
+    if v is None:
+        return None
+    s = v if isinstance(v, str) else str(v)
+    return s if s.strip() else None
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt
+
+
+def to_event(m: WireMessage, *, source: str, received_at: datetime) -> Event | str:
+    """The canonical event, or the reason it is rejected."""
+    mtype = m.type
+    if mtype not in MESSAGE_TYPES:
+        return "invalid_type"
+    user_id, anonymous_id = _id(m.user_id), _id(m.anonymous_id)
+    if user_id is None and anonymous_id is None:
+        return "missing_identity"
+    if mtype == "track" and not (m.event and m.event.strip()):
+        return "missing_event"
+    previous_id = _id(m.previous_id)
+    if mtype == "alias" and previous_id is None:
+        return "missing_previous_id"
+    group_id = _id(m.group_id)
+    if mtype == "group" and group_id is None:
+        return "missing_group_id"
+    return Event(
+        type=mtype,
+        message_id=_id(m.message_id) or str(uuid_utils.uuid7()),
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        previous_id=previous_id,
+        group_id=group_id,
+        event=m.event,
+        name=m.name,
+        category=m.category,
+        timestamp=_utc(m.timestamp),
+        sent_at=_utc(m.sent_at),
+        context=m.context or {},
+        properties=m.properties or {},
+        traits=m.traits or {},
+        integrations=m.integrations or {},
+        received_at=received_at,
+        source=source,
+    )
+
+
+REASON_TEXT = {
+    "invalid_type": "`type` must be one of " + ", ".join(sorted(MESSAGE_TYPES)),
+    "missing_identity": "the message has neither `userId` nor `anonymousId`",
+    "missing_event": "a track message needs a non-empty `event`",
+    "missing_previous_id": "an alias message needs `previousId`",
+    "missing_group_id": "a group message needs `groupId`",
+}

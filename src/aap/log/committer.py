@@ -1,0 +1,92 @@
+"""Group commit: one writer thread per process turns many concurrent appends into one
+durable transaction, so one fsync acknowledges every request that arrived meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+
+from aap.errors import ServiceUnavailable
+from aap.log.base import Append, Log
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class GroupCommitter:
+    def __init__(self, log: Log, max_pending: int = 2000, retry_after: int = 1) -> None:
+        self.log = log
+        self.max_pending = max_pending
+        self.retry_after = retry_after
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="aap-group-commit", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    async def append(self, batch: Append) -> int:
+        """Append one batch; returns its offset once it is durable."""
+        with self._lock:
+            if self._pending >= self.max_pending:
+                raise ServiceUnavailable(
+                    "too many batches are waiting to be written", retry_after=self.retry_after,
+                    code="log_busy",
+                )
+            self._pending += 1
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        self._queue.put((batch, fut, loop))
+        return await fut
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            items = [item]
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(i is _STOP for i in items)
+            work = [i for i in items if i is not _STOP]
+            if work:
+                self._commit(work)  # type: ignore[arg-type]
+            if stop:
+                return
+
+    def _commit(self, work: list[tuple[Append, asyncio.Future[int], asyncio.AbstractEventLoop]]) -> None:
+        try:
+            offsets = self.log.append([w[0] for w in work])
+        except Exception as exc:  # disk full, I/O error, lock timeout: the batch is not stored
+            logger.error("log append failed: %s", type(exc).__name__)
+            err = ServiceUnavailable(
+                "the log cannot take the batch", retry_after=self.retry_after, code="log_unavailable"
+            )
+            for _, fut, loop in work:
+                loop.call_soon_threadsafe(_settle, fut, None, err)
+        else:
+            for (_, fut, loop), off in zip(work, offsets, strict=True):
+                loop.call_soon_threadsafe(_settle, fut, off, None)
+        finally:
+            with self._lock:
+                self._pending -= len(work)
+
+
+def _settle(fut: asyncio.Future[int], value: int | None, err: BaseException | None) -> None:
+    if fut.done():
+        return
+    if err is not None:
+        fut.set_exception(err)
+    else:
+        fut.set_result(value)  # type: ignore[arg-type]

@@ -1,0 +1,36 @@
+"""A log that stores nothing: the benchmarks' baseline for decode and validation alone."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+from aap.log.base import Append, LogStats, Record
+
+
+class NullLog:
+    def __init__(self) -> None:
+        self._seq = itertools.count(1)
+        self._events = 0
+
+    def append(self, batches: Sequence[Append]) -> list[int]:
+        self._events += sum(b.count for b in batches)
+        return [next(self._seq) for _ in batches]
+
+    def read(self, after: int, limit: int = 1000) -> list[Record]:
+        return []
+
+    def position(self, group: str) -> int:
+        return 0
+
+    def commit(self, group: str, offset: int) -> None:
+        pass
+
+    def drop_older_than(self, cutoff_ms: int) -> int:
+        return 0
+
+    def stats(self) -> LogStats:
+        return LogStats(0, self._events, 0, {})
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,93 @@
+"""Every setting of AAP as a ``(name, default, help)`` record.
+
+A setting named ``max_event_bytes`` is read from the environment variable
+``AAP_MAX_EVENT_BYTES`` and otherwise takes its default. The README's
+"Settings" table lists every record here; a test fails when one is missing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "AAP_" + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_dir", "./aap-data", "Directory holding the log, the source registry and run files."),
+    Setting("host", "127.0.0.1", "Address the server binds to."),
+    Setting("port", 8000, "TCP port the server listens on."),
+    Setting("workers", 0, "Collector worker processes; 0 means one per CPU core."),
+    Setting("log_backend", "sqlite", "Durable log: `sqlite` (embedded) or `null` (no durability, benchmarks only)."),
+    Setting("max_event_bytes", 1 * MiB, "Largest single event accepted, after decompression (bytes)."),
+    Setting("max_request_bytes", 20 * MiB, "Largest request body accepted, after decompression (bytes)."),
+    Setting("trusted_proxies", "", "Comma-separated CIDRs whose X-Forwarded-For header is believed."),
+    Setting("ipv4_prefix", 24, "Bits of an IPv4 address kept when it is truncated."),
+    Setting("ipv6_prefix", 48, "Bits of an IPv6 address kept when it is truncated."),
+    Setting("min_free_disk_mb", 256, "Below this much free disk (MiB) under the data dir, ingestion answers 503."),
+    Setting("max_consumer_lag", 50_000_000, "Above this many unconsumed events for a consumer group, ingestion answers 503."),
+    Setting("log_retention_hours", 168, "Log records older than this are dropped by the retention job."),
+    Setting("retry_after_seconds", 1, "Value of the Retry-After header on 429 and 503 answers."),
+    Setting("max_pending_appends", 2000, "Batches waiting for a group commit in one worker before new ones get 503."),
+    Setting("health_interval_ms", 500, "How often a worker re-checks free disk and consumer lag (ms)."),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def _coerce(setting: Setting, raw: str) -> Any:
+    if isinstance(setting.default, bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(setting.default, int):
+        return int(raw)
+    if isinstance(setting.default, float):
+        return float(raw)
+    return raw
+
+
+class Settings:
+    """Resolved settings: explicit overrides, then ``AAP_*`` variables, then defaults."""
+
+    def __init__(self, **overrides: Any) -> None:
+        values: dict[str, Any] = {}
+        for s in SETTINGS:
+            if s.name in overrides and overrides[s.name] is not None:
+                values[s.name] = overrides[s.name]
+            elif s.env in os.environ:
+                try:
+                    values[s.name] = _coerce(s, os.environ[s.env])
+                except ValueError as exc:
+                    raise ValueError(f"{s.env}={os.environ[s.env]!r} is not valid: {exc}") from None
+            else:
+                values[s.name] = s.default
+        unknown = set(overrides) - set(_BY_NAME)
+        if unknown:
+            raise TypeError(f"unknown settings: {sorted(unknown)}")
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self._values["data_dir"]).resolve()
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as ``AAP_*`` variables, to hand to worker processes."""
+        return {_BY_NAME[k].env: str(v) for k, v in self._values.items()}

@@ -1,0 +1,111 @@
+"""Sources and their write keys.
+
+A write key is a random 192-bit token shown once when the source is created; only its
+SHA-256 digest is stored. (A fast digest is safe for a key of that entropy; the API keys
+of people, which a later issue adds, use a slow hash.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+
+import msgspec
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sources (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    key_hash TEXT NOT NULL UNIQUE,
+    key_hint TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    allowed_origins TEXT NOT NULL,
+    rate_limit REAL NOT NULL
+);
+"""
+
+
+class Source(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+    key_hint: str
+    created_at: int
+    allowed_origins: tuple[str, ...] = ("*",)
+    rate_limit: float = 0.0
+    """Events per second the source may send; 0 means unlimited."""
+
+    def allows_origin(self, origin: str) -> bool:
+        return "*" in self.allowed_origins or origin in self.allowed_origins
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class SourceExists(ValueError):
+    pass
+
+
+class Sources:
+    """The source registry, a small SQLite database beside the log."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / "meta.db"
+        self._con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                    check_same_thread=False)
+        self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.executescript(_SCHEMA)
+
+    def create(
+        self, name: str, *, allowed_origins: tuple[str, ...] = ("*",), rate_limit: float = 0.0
+    ) -> tuple[Source, str]:
+        """Create a source; returns it with its write key (the only time the key is seen)."""
+        if not name.strip():
+            raise ValueError("a source needs a non-empty name")
+        if rate_limit < 0:
+            raise ValueError("rate limit must be 0 (unlimited) or positive")
+        key = "wk_" + secrets.token_urlsafe(24)
+        src = Source(
+            id="src_" + secrets.token_hex(6),
+            name=name,
+            key_hint=key[:7] + "…",
+            created_at=int(time.time()),
+            allowed_origins=tuple(allowed_origins) or ("*",),
+            rate_limit=float(rate_limit),
+        )
+        try:
+            self._con.execute(
+                "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (src.id, src.name, hash_key(key), src.key_hint, src.created_at,
+                 json.dumps(list(src.allowed_origins)), src.rate_limit),
+            )
+        except sqlite3.IntegrityError:
+            raise SourceExists(f"a source named {name!r} already exists") from None
+        return src, key
+
+    def by_key(self, key: str) -> Source | None:
+        row = self._con.execute(
+            "SELECT id, name, key_hint, created_at, allowed_origins, rate_limit"
+            " FROM sources WHERE key_hash = ?",
+            (hash_key(key),),
+        ).fetchone()
+        return _row(row) if row else None
+
+    def list(self) -> list[Source]:
+        rows = self._con.execute(
+            "SELECT id, name, key_hint, created_at, allowed_origins, rate_limit"
+            " FROM sources ORDER BY created_at, name"
+        ).fetchall()
+        return [_row(r) for r in rows]
+
+    def close(self) -> None:
+        self._con.close()
+
+
+def _row(r: tuple) -> Source:  # type: ignore[type-arg]
+    return Source(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), float(r[5]))
