@@ -1,0 +1,107 @@
+"""Start ``aap serve`` as a child process and wait until it is healthy.
+
+Used by ``aap demo``, the benchmarks and the end-to-end tests, so that each of them
+talks to the real server over a real socket on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def create_source(data_dir: Path, name: str, *args: str) -> str:
+    """Create a source with the CLI; returns its write key (the last line printed)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "aap", "sources", "create", name, "--data-dir", str(data_dir),
+         *args],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return out.strip().splitlines()[-1]
+
+
+class ServerProcess:
+    """``aap serve`` in its own process group; ``kill()`` is a ``kill -9`` of all of it."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, *, workers: int = 2,
+                 env: dict[str, str] | None = None, log_file: Path | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.workers = workers
+        self.env = {**os.environ, **(env or {})}
+        self.log_file = log_file or (self.data_dir.parent / f"{self.data_dir.name}-server.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "aap", "serve", "--data-dir", str(self.data_dir),
+             "--port", str(self.port), "--workers", str(self.workers)],
+            stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+        )
+        out.close()
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_file}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not healthy after {timeout}s; see {self.log_file}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: master and workers die at once."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.proc = None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Graceful stop (SIGTERM to the group), falling back to kill."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.proc = None
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
