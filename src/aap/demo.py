@@ -1,0 +1,174 @@
+"""``aap demo``: the real server on a temporary data dir, realistic traffic through the
+real HTTP API, and a look at what arrived."""
+
+from __future__ import annotations
+
+import gzip
+import random
+import shutil
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from aap.events import decode_events
+from aap.log.sqlite import SQLiteLog
+from aap.runner import ServerProcess, create_source
+
+PAGES = [("Home", "/"), ("Pricing", "/pricing"), ("Docs", "/docs"), ("Blog", "/blog"),
+         ("Features", "/features"), ("About", "/about")]
+PRODUCTS = [("sku-1", "Starter kit", 19.0), ("sku-2", "Pro licence", 99.0),
+            ("sku-3", "Sticker pack", 4.5), ("sku-4", "Team plan", 249.0)]
+CAMPAIGNS = [None, None, None, ("newsletter", "email", "autumn"), ("google", "cpc", "brand")]
+USER_AGENTS = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.5 Safari/605.1.15",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0",
+]
+# First octets of networks allocated in different parts of the world (for coarse geo).
+NETWORKS = ["81.2.69", "85.214.132", "151.101.1", "200.147.67", "202.12.27", "41.203.18",
+            "95.31.18", "62.210.16", "133.242.187", "24.48.0"]
+
+
+def simulate(people: int, seed: int) -> Iterator[dict[str, Any]]:
+    """Events of ``people`` simulated visitors over the last week, person by person."""
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    for _ in range(people):
+        anon = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        ip = f"{rng.choice(NETWORKS)}.{rng.randrange(1, 255)}"
+        ua = rng.choice(USER_AGENTS)
+        campaign = rng.choice(CAMPAIGNS)
+        t = now - timedelta(days=rng.uniform(0, 7))
+        user_id: str | None = None
+
+        def msg(kind: str, **fields: Any) -> dict[str, Any]:
+            nonlocal t
+            t += timedelta(seconds=rng.expovariate(1 / 40))
+            ctx: dict[str, Any] = {"ip": ip, "userAgent": ua,
+                                   "library": {"name": "aap-demo", "version": "1"}}
+            if campaign:
+                ctx["campaign"] = dict(zip(("source", "medium", "name"), campaign, strict=True))
+            m = {"type": kind, "messageId": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                 "anonymousId": anon, "timestamp": t.isoformat(), "context": ctx, **fields}
+            if user_id:
+                m["userId"] = user_id
+            return m
+
+        for _ in range(rng.randint(1, 8)):
+            name, path = rng.choice(PAGES)
+            yield msg("page", name=name, properties={"path": path, "title": name,
+                                                     "url": "https://shop.example" + path})
+        if rng.random() < 0.35:
+            user_id = "user-" + anon[:8]
+            yield msg("identify", traits={"plan": rng.choice(["free", "pro"])})
+            yield msg("track", event="Signed Up", properties={"method": "email"})
+            if rng.random() < 0.5:
+                items = rng.sample(PRODUCTS, rng.randint(1, 3))
+                for sku, title, price in items:
+                    yield msg("track", event="Product Added",
+                              properties={"product_id": sku, "name": title, "price": price})
+                yield msg("track", event="Checkout Started", properties={"currency": "EUR"})
+                if rng.random() < 0.7:
+                    yield msg("track", event="Order Completed", properties={
+                        "order_id": "o-" + anon[:10], "currency": "EUR",
+                        "revenue": round(sum(p for _, _, p in items), 2),
+                        "products": [{"product_id": s, "name": n, "price": p, "quantity": 1}
+                                     for s, n, p in items]})
+
+
+def send_all(url: str, key: str, events: list[dict[str, Any]], console: Console) -> int:
+    batches = [events[i:i + 100] for i in range(0, len(events), 100)]
+    accepted = 0
+    with httpx.Client(base_url=url, auth=(key, ""), timeout=30) as client, Progress(
+        TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TextColumn("events"),
+        TimeElapsedColumn(), console=console,
+    ) as progress:
+        task = progress.add_task("send", total=len(events))
+        for i, batch in enumerate(batches):
+            body = msgspec.json.encode({"batch": batch, "sentAt": datetime.now(UTC).isoformat()})
+            headers = {"Content-Type": "application/json"}
+            if i % 2:  # half of the requests gzip their body, as browser SDKs do
+                body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
+            r = client.post("/v1/batch", content=body, headers=headers)
+            r.raise_for_status()
+            accepted += r.json()["accepted"]
+            progress.advance(task, len(batch))
+    return accepted
+
+
+def report(data_dir: Path, console: Console) -> None:
+    log = SQLiteLog(data_dir / "log")
+    types: Counter[str] = Counter()
+    names: Counter[str] = Counter()
+    countries: Counter[str] = Counter()
+    people: set[str] = set()
+    after = 0
+    sample = None
+    while recs := log.read(after, 500):
+        for rec in recs:
+            for ev in decode_events(rec.payload):
+                types[ev.type] += 1
+                if ev.event:
+                    names[ev.event] += 1
+                countries[(ev.geo.country if ev.geo else None) or "unknown"] += 1
+                people.add(ev.anonymous_id or "")
+                sample = sample or ev
+        after = recs[-1].offset
+    st = log.stats()
+    table = Table(title="What arrived in the durable log")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("events", f"{st.total_events:,}")
+    table.add_row("log records (one per request)", f"{st.head_offset:,}")
+    table.add_row("distinct anonymous ids", f"{len(people):,}")
+    table.add_row("log size on disk", f"{st.size_bytes / 1e6:.1f} MB")
+    for t, n in types.most_common():
+        table.add_row(f"type {t}", f"{n:,}")
+    for e, n in names.most_common():
+        table.add_row(f"event {e}", f"{n:,}")
+    console.print(table)
+    console.print("countries (from truncated IPs): " +
+                  ", ".join(f"{c} {n}" for c, n in countries.most_common(8)))
+    if sample is not None:
+        console.print("one stored event (note the truncated `ip` and coarse `geo`):")
+        console.print_json(msgspec.json.encode(sample).decode())
+    log.close()
+
+
+def run_demo(people: int = 3000, seed: int = 7, keep: bool = False) -> int:
+    console = Console()
+    tmp = Path(tempfile.mkdtemp(prefix="aap-demo-"))
+    data = tmp / "data"
+    try:
+        key = create_source(data, "demo-site")
+        console.print(f"[bold]AAP demo[/bold]: data dir {data}")
+        with ServerProcess(data, workers=2) as server:
+            console.print(f"server up at {server.url}; created source [cyan]demo-site[/cyan]")
+            events = list(simulate(people, seed))
+            t0 = time.perf_counter()
+            accepted = send_all(server.url, key, events, console)
+            took = time.perf_counter() - t0
+            console.print(f"{accepted:,} of {len(events):,} events acknowledged in {took:.1f} s "
+                          f"({accepted / took:,.0f} events/s from one client)")
+        report(data, console)
+        return 0 if accepted == len(events) else 1
+    finally:
+        if keep:
+            console.print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
