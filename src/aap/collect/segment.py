@@ -79,6 +79,7 @@ class Parsed(NamedTuple):
 def parse_batch(body: bytes, max_event_bytes: int) -> Parsed:
     if not body.strip():
         raise BadRequest("the request body is empty", code="empty_body")
+    _check_utf8(body)
     try:
         wb = _batch_decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -97,8 +98,11 @@ def parse_batch(body: bytes, max_event_bytes: int) -> Parsed:
             continue
         try:
             m = _message_decoder.decode(raw)
-        except _DECODE_ERRORS as exc:
+        except msgspec.ValidationError as exc:
             rejected.append(Rejection(i, "wrong_type", str(exc)))
+            continue
+        except _DECODE_ERRORS as exc:
+            rejected.append(Rejection(i, "invalid_json", str(exc)))
             continue
         if wb.context:
             m.context = {**wb.context, **(m.context or {})}
@@ -108,6 +112,13 @@ def parse_batch(body: bytes, max_event_bytes: int) -> Parsed:
             m.sent_at = wb.sent_at
         messages.append((i, m))
     return Parsed(messages, rejected, wb.write_key)
+
+
+def _check_utf8(body: bytes) -> None:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest("the body is not valid UTF-8", str(exc), code="invalid_json") from None
 
 
 def parse_single(body: bytes, message_type: str, max_event_bytes: int) -> Parsed:

@@ -1,0 +1,157 @@
+"""Every bad input gets a clear 4xx with a JSON body naming the problem, never a 5xx,
+and the server stays healthy afterwards."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Running
+
+MiB = 1024 * 1024
+
+
+def event(i: int = 0, **extra: Any) -> dict[str, Any]:
+    return {"type": "track", "event": "Clicked", "userId": f"u{i}", "messageId": f"m-{i}",
+            **extra}
+
+
+def batch(*events: dict[str, Any]) -> bytes:
+    return json.dumps({"batch": list(events)}).encode()
+
+
+def bomb(size: int) -> bytes:
+    comp = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    zero = bytes(MiB)
+    return b"".join([*(comp.compress(zero) for _ in range(size // MiB)), comp.flush()])
+
+
+Case = tuple[str, Callable[[Running], httpx.Response], int, str]
+
+CASES: list[Case] = [
+    ("empty body", lambda r: r.post("/v1/batch", b""), 400, "empty_body"),
+    ("whitespace body", lambda r: r.post("/v1/batch", b"  \n"), 400, "empty_body"),
+    ("invalid JSON", lambda r: r.post("/v1/batch", b'{"batch": [}'), 400, "invalid_json"),
+    ("JSON array, not object", lambda r: r.post("/v1/batch", b"[1, 2]"), 400, "invalid_batch"),
+    ("batch is not a list", lambda r: r.post("/v1/batch", b'{"batch": "x"}'), 400,
+     "invalid_batch"),
+    ("no batch key", lambda r: r.post("/v1/batch", b'{"events": []}'), 400, "invalid_batch"),
+    ("wrong types in every event",
+     lambda r: r.post("/v1/batch", batch(event(userId=[1]), event(properties=3))), 400,
+     "invalid_events"),
+    ("single event of wrong type",
+     lambda r: r.post("/v1/track", b'{"event": 5, "userId": "u"}'), 400, "wrong_type"),
+    ("no identity", lambda r: r.post("/v1/track", b'{"event": "x"}'), 400, "invalid_events"),
+    ("50 MiB body", lambda r: r.post("/v1/batch", b"x" * (50 * MiB)), 413, "payload_too_large"),
+    ("gzip bomb", lambda r: r.post("/v1/batch", bomb(200 * MiB),
+                                   headers={"Content-Encoding": "gzip"}), 413,
+     "payload_too_large"),
+    ("gzip bomb as text/plain", lambda r: r.post("/v1/batch", bomb(64 * MiB),
+                                                 headers={"Content-Type": "text/plain"}), 413,
+     "payload_too_large"),
+    ("truncated gzip", lambda r: r.post("/v1/batch", gzip.compress(batch(event()))[:-12],
+                                        headers={"Content-Encoding": "gzip"}), 400,
+     "bad_encoding"),
+    ("gzip header but garbage", lambda r: r.post("/v1/batch", b"\x1f\x8bnot gzip at all"), 400,
+     "bad_encoding"),
+    ("unsupported encoding", lambda r: r.post("/v1/batch", batch(event()),
+                                              headers={"Content-Encoding": "br"}), 400,
+     "bad_encoding"),
+    ("missing key", lambda r: r.post("/v1/batch", batch(event()), auth=False), 401,
+     "missing_write_key"),
+    ("wrong key", lambda r: r.post("/v1/batch", batch(event()), auth=False,
+                                   headers={"Authorization": "Basic d3Jvbmc6"}), 401,
+     "unknown_write_key"),
+    ("wrong key in body", lambda r: r.post(
+        "/v1/batch", json.dumps({"batch": [event()], "writeKey": "nope"}).encode(), auth=False),
+     401, "unknown_write_key"),
+    ("bearer instead of basic", lambda r: r.post("/v1/batch", batch(event()), auth=False,
+                                                 headers={"Authorization": "Bearer x"}), 401,
+     "bad_auth_scheme"),
+    ("basic auth not base64", lambda r: r.post("/v1/batch", batch(event()), auth=False,
+                                               headers={"Authorization": "Basic %%%"}), 401,
+     "bad_auth"),
+    ("wrong method", lambda r: httpx.get(r.url + "/v1/batch"), 405, "method_not_allowed"),
+    ("unknown path", lambda r: r.post("/v2/nothing", batch(event())), 404, "not_found"),
+    ("invalid UTF-8", lambda r: r.post("/v1/batch", b'{"batch": [{"type": "track", '
+                                       b'"event": "\xff\xfe", "userId": "u"}]}'), 400,
+     "invalid_json"),
+    ("lone surrogate escape", lambda r: r.post(
+        "/v1/batch", b'{"batch": [{"type": "track", "event": "\\ud800", "userId": "u"}]}'), 400,
+     "invalid_json"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_answer(running: Running, case: Case) -> None:
+    _, send, status, code = case
+    before = len(running.stored())
+    r = send(running)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["code"] == code
+    assert body["message"] and "detail" in body
+    assert len(running.stored()) == before  # nothing of a refused request was stored
+    assert httpx.get(running.url + "/healthz").status_code == 200
+
+
+def test_one_oversized_event_is_rejected_alone(running: Running) -> None:
+    big = event(1, properties={"blob": "x" * (1024 * 1024 + 10)})
+    r = running.post("/v1/batch", batch(event(0), big, event(2)))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["accepted"] == 2
+    assert body["rejected"] == [{"index": 1, "reason": "event_too_large",
+                                 "detail": body["rejected"][0]["detail"]}]
+    ids = {e.message_id for e in running.stored()}
+    assert {"m-0", "m-2"} <= ids and "m-1" not in ids
+
+
+def test_invalid_events_are_listed_and_the_rest_stored(running: Running) -> None:
+    r = running.post("/v1/batch", batch(
+        event(10), {"type": "track", "event": "x"}, event(11, userId=["not", "a", "string"]),
+        {"type": "teleport", "userId": "u"}, {"type": "alias", "userId": "u"}, event(12)))
+    assert r.status_code == 200
+    rej = {x["index"]: x["reason"] for x in r.json()["rejected"]}
+    assert rej == {1: "missing_identity", 2: "wrong_type", 3: "invalid_type",
+                   4: "missing_previous_id"}
+    assert r.json()["accepted"] == 2
+
+
+def test_ten_thousand_event_batch(running: Running) -> None:
+    events = [event(i, messageId=f"big-{i}") for i in range(10_000)]
+    r = running.post("/v1/batch", batch(*events))
+    assert r.status_code == 200 and r.json()["accepted"] == 10_000
+    stored = [e.message_id for e in running.stored() if e.message_id.startswith("big-")]
+    assert stored == [f"big-{i}" for i in range(10_000)]  # order within a request is kept
+
+
+ODD = ["😀👩‍👩‍👧‍👦", "\u202eRTL override", "zero\u200bwidth", "nul\u0000byte", "e\u0301 combining",
+       "\ufeffBOM", "\U0010fffd private plane", "𝕬𝖆𝖕"]
+
+
+def test_odd_unicode_is_stored_intact(running: Running) -> None:
+    events = [event(i, messageId=f"odd-{i}", properties={"s": s, s: i}) for i, s in enumerate(ODD)]
+    r = running.post("/v1/batch", json.dumps({"batch": events}, ensure_ascii=False).encode())
+    assert r.status_code == 200 and r.json()["accepted"] == len(ODD)
+    got = {e.message_id: e.properties for e in running.stored() if e.message_id.startswith("odd")}
+    for i, s in enumerate(ODD):
+        assert got[f"odd-{i}"] == {"s": s, s: i}
+
+
+def test_gzip_deflate_and_magic_bytes(running: Running) -> None:
+    body = batch(event(1, messageId="gz-1"))
+    assert running.post("/v1/batch", gzip.compress(body),
+                        headers={"Content-Encoding": "gzip"}).status_code == 200
+    assert running.post("/v1/batch", gzip.compress(batch(event(2, messageId="gz-2"))),
+                        headers={"Content-Type": "text/plain"}).status_code == 200
+    assert running.post("/v1/batch", zlib.compress(batch(event(3, messageId="gz-3"))),
+                        headers={"Content-Encoding": "deflate"}).status_code == 200
+    ids = {e.message_id for e in running.stored()}
+    assert {"gz-1", "gz-2", "gz-3"} <= ids

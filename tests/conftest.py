@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aap.events import Event, decode_events
+from aap.log.sqlite import SQLiteLog
+from aap.runner import ServerProcess, create_source
+
+
+class Running:
+    """A running server with one source, and helpers to read what it stored."""
+
+    def __init__(self, server: ServerProcess, key: str) -> None:
+        self.server = server
+        self.key = key
+        self.url = server.url
+        self.data_dir = server.data_dir
+
+    @property
+    def auth_header(self) -> str:
+        return "Basic " + base64.b64encode(f"{self.key}:".encode()).decode()
+
+    def client(self, **kw: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kw)  # type: ignore[arg-type]
+
+    def post(self, path: str, content: bytes | None = None, *, json: object = None,
+             headers: dict[str, str] | None = None, auth: bool = True) -> httpx.Response:
+        h = {"Authorization": self.auth_header} if auth else {}
+        h.update(headers or {})
+        return httpx.post(self.url + path, content=content, json=json, headers=h, timeout=30)
+
+    def stored(self) -> list[Event]:
+        log = SQLiteLog(self.data_dir / "log")
+        out: list[Event] = []
+        after = 0
+        while recs := log.read(after, 1000):
+            for r in recs:
+                out.extend(decode_events(r.payload))
+            after = recs[-1].offset
+        log.close()
+        return out
+
+
+def start(tmp: Path, env: dict[str, str] | None = None, source_args: tuple[str, ...] = (),
+          workers: int = 2) -> Running:
+    data = tmp / "data"
+    key = create_source(data, "test-source", *source_args)
+    server = ServerProcess(data, workers=workers, env=env).start()
+    return Running(server, key)
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    r = start(tmp_path_factory.mktemp("srv"))
+    yield r
+    r.server.stop()
