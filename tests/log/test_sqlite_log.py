@@ -1,0 +1,101 @@
+"""The embedded log: order, offsets, consumer positions, retention, concurrent writers."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aap.log.base import Append
+from aap.log.sqlite import SQLiteLog
+
+batches_st = st.lists(
+    st.lists(st.tuples(st.text(max_size=5), st.integers(0, 50), st.binary(max_size=64)),
+             min_size=0, max_size=6),
+    max_size=8,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(groups=batches_st)
+def test_appends_read_back_in_order_with_growing_offsets(tmp_path_factory, groups) -> None:  # type: ignore[no-untyped-def]
+    log = SQLiteLog(tmp_path_factory.mktemp("log"))
+    sent: list[tuple[int, Append]] = []
+    for group in groups:
+        appends = [Append(src, n, p) for src, n, p in group]
+        offsets = log.append(appends)
+        assert len(offsets) == len(appends)
+        sent.extend(zip(offsets, appends, strict=True))
+    offs = [o for o, _ in sent]
+    assert offs == sorted(offs) and len(set(offs)) == len(offs)
+    got = log.read(0, 10_000)
+    assert [(r.offset, r.source, r.count, r.payload) for r in got] == [
+        (o, a.source, a.count, a.payload) for o, a in sent]
+    st_ = log.stats()
+    assert st_.total_events == sum(a.count for _, a in sent)
+    assert st_.head_offset == (offs[-1] if offs else 0)
+    # reading from any position returns exactly the suffix
+    for i, (o, _) in enumerate(sent):
+        assert [r.offset for r in log.read(o, 10_000)] == offs[i + 1:]
+    log.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(counts=st.lists(st.integers(1, 20), min_size=1, max_size=10), data=st.data())
+def test_consumer_positions_and_lag(tmp_path_factory, counts, data) -> None:  # type: ignore[no-untyped-def]
+    log = SQLiteLog(tmp_path_factory.mktemp("log"))
+    offs = log.append([Append("s", n, b"x") for n in counts])
+    k = data.draw(st.integers(0, len(offs)))
+    pos = offs[k - 1] if k else 0
+    log.commit("proc", pos)
+    assert log.position("proc") == pos
+    assert log.position("other") == 0
+    assert log.stats().lag_events == {"proc": sum(counts[k:])}
+    log.close()
+
+
+def test_retention_drops_old_records_but_keeps_totals(tmp_path: Path) -> None:
+    log = SQLiteLog(tmp_path)
+    log.append([Append("s", 3, b"a"), Append("s", 4, b"b")])
+    cutoff = int(time.time() * 1000) + 1
+    time.sleep(0.01)
+    log.append([Append("s", 5, b"c")])
+    assert log.drop_older_than(cutoff) == 2
+    assert [r.payload for r in log.read(0)] == [b"c"]
+    (o,) = log.append([Append("s", 1, b"d")])
+    assert o == 4  # offsets are never reused
+    assert log.stats().total_events == 13
+    # everything is old: the newest record survives, so offsets and totals continue
+    assert log.drop_older_than(int(time.time() * 1000) + 1000) == 1
+    assert [r.payload for r in log.read(0)] == [b"d"]
+    log.commit("g", 2)  # a position inside the dropped range: lag counts what is readable
+    assert log.stats().lag_events == {"g": 1}
+    log.close()
+
+
+def _writer(path: str, wid: int, n: int) -> None:
+    log = SQLiteLog(path)
+    for i in range(n):
+        log.append([Append(f"w{wid}", 1, f"{wid}:{i}".encode())])
+    log.close()
+
+
+def test_concurrent_writer_processes_keep_order_and_lose_nothing(tmp_path: Path) -> None:
+    SQLiteLog(tmp_path).close()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 150)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    recs = SQLiteLog(tmp_path).read(0, 10_000)
+    assert len(recs) == 600
+    per: dict[str, list[int]] = {}
+    for r in recs:
+        w, i = r.payload.decode().split(":")
+        per.setdefault(w, []).append(int(i))
+    assert per == {str(w): list(range(150)) for w in range(4)}
