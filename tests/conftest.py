@@ -47,10 +47,10 @@ class Running:
 
 
 def start(tmp: Path, env: dict[str, str] | None = None, source_args: tuple[str, ...] = (),
-          workers: int = 2) -> Running:
+          workers: int = 2, healthy: bool = True) -> Running:
     data = tmp / "data"
     key = create_source(data, "test-source", *source_args)
-    server = ServerProcess(data, workers=workers, env=env).start()
+    server = ServerProcess(data, workers=workers, env=env).start(healthy=healthy)
     return Running(server, key)
 
 

@@ -44,48 +44,54 @@ NETWORKS = ["81.2.69", "85.214.132", "151.101.1", "200.147.67", "202.12.27", "41
             "95.31.18", "62.210.16", "133.242.187", "24.48.0"]
 
 
+class Visitor:
+    """One simulated person: an anonymous id, an address, a browser, maybe a campaign."""
+
+    def __init__(self, rng: random.Random, now: datetime) -> None:
+        self.rng = rng
+        self.anon = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        self.ip = f"{rng.choice(NETWORKS)}.{rng.randrange(1, 255)}"
+        self.ua = rng.choice(USER_AGENTS)
+        self.campaign = rng.choice(CAMPAIGNS)
+        self.t = now - timedelta(days=rng.uniform(0, 7))
+        self.user_id: str | None = None
+
+    def msg(self, kind: str, **fields: Any) -> dict[str, Any]:
+        self.t += timedelta(seconds=self.rng.expovariate(1 / 40))
+        ctx: dict[str, Any] = {"ip": self.ip, "userAgent": self.ua,
+                               "library": {"name": "aap-demo", "version": "1"}}
+        if self.campaign:
+            ctx["campaign"] = dict(zip(("source", "medium", "name"), self.campaign, strict=True))
+        m = {"type": kind, "messageId": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+             "anonymousId": self.anon, "timestamp": self.t.isoformat(), "context": ctx, **fields}
+        if self.user_id:
+            m["userId"] = self.user_id
+        return m
+
+
 def simulate(people: int, seed: int) -> Iterator[dict[str, Any]]:
     """Events of ``people`` simulated visitors over the last week, person by person."""
     rng = random.Random(seed)
     now = datetime.now(UTC)
     for _ in range(people):
-        anon = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        ip = f"{rng.choice(NETWORKS)}.{rng.randrange(1, 255)}"
-        ua = rng.choice(USER_AGENTS)
-        campaign = rng.choice(CAMPAIGNS)
-        t = now - timedelta(days=rng.uniform(0, 7))
-        user_id: str | None = None
-
-        def msg(kind: str, **fields: Any) -> dict[str, Any]:
-            nonlocal t
-            t += timedelta(seconds=rng.expovariate(1 / 40))
-            ctx: dict[str, Any] = {"ip": ip, "userAgent": ua,
-                                   "library": {"name": "aap-demo", "version": "1"}}
-            if campaign:
-                ctx["campaign"] = dict(zip(("source", "medium", "name"), campaign, strict=True))
-            m = {"type": kind, "messageId": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                 "anonymousId": anon, "timestamp": t.isoformat(), "context": ctx, **fields}
-            if user_id:
-                m["userId"] = user_id
-            return m
-
+        v = Visitor(rng, now)
         for _ in range(rng.randint(1, 8)):
             name, path = rng.choice(PAGES)
-            yield msg("page", name=name, properties={"path": path, "title": name,
-                                                     "url": "https://shop.example" + path})
+            yield v.msg("page", name=name, properties={"path": path, "title": name,
+                                                       "url": "https://shop.example" + path})
         if rng.random() < 0.35:
-            user_id = "user-" + anon[:8]
-            yield msg("identify", traits={"plan": rng.choice(["free", "pro"])})
-            yield msg("track", event="Signed Up", properties={"method": "email"})
+            v.user_id = "user-" + v.anon[:8]
+            yield v.msg("identify", traits={"plan": rng.choice(["free", "pro"])})
+            yield v.msg("track", event="Signed Up", properties={"method": "email"})
             if rng.random() < 0.5:
                 items = rng.sample(PRODUCTS, rng.randint(1, 3))
                 for sku, title, price in items:
-                    yield msg("track", event="Product Added",
-                              properties={"product_id": sku, "name": title, "price": price})
-                yield msg("track", event="Checkout Started", properties={"currency": "EUR"})
+                    yield v.msg("track", event="Product Added",
+                                properties={"product_id": sku, "name": title, "price": price})
+                yield v.msg("track", event="Checkout Started", properties={"currency": "EUR"})
                 if rng.random() < 0.7:
-                    yield msg("track", event="Order Completed", properties={
-                        "order_id": "o-" + anon[:10], "currency": "EUR",
+                    yield v.msg("track", event="Order Completed", properties={
+                        "order_id": "o-" + v.anon[:10], "currency": "EUR",
                         "revenue": round(sum(p for _, _, p in items), 2),
                         "products": [{"product_id": s, "name": n, "price": p, "quantity": 1}
                                      for s, n, p in items]})

@@ -39,7 +39,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ipv6_prefix", 48, "Bits of an IPv6 address kept when it is truncated."),
     Setting("min_free_disk_mb", 256, "Below this much free disk (MiB) under the data dir, ingestion answers 503."),
     Setting("max_consumer_lag", 50_000_000, "Above this many unconsumed events for a consumer group, ingestion answers 503."),
-    Setting("log_retention_hours", 168, "Log records older than this are dropped by the retention job."),
+    Setting("log_retention_hours", 168.0, "Log records older than this are dropped (checked every minute by each worker); 0 keeps them."),
     Setting("retry_after_seconds", 1, "Value of the Retry-After header on 429 and 503 answers."),
     Setting("max_pending_appends", 2000, "Batches waiting for a group commit in one worker before new ones get 503."),
     Setting("health_interval_ms", 500, "How often a worker re-checks free disk and consumer lag (ms)."),

@@ -13,6 +13,7 @@ import secrets
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -107,5 +108,5 @@ class Sources:
         self._con.close()
 
 
-def _row(r: tuple) -> Source:  # type: ignore[type-arg]
+def _row(r: tuple[Any, ...]) -> Source:
     return Source(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), float(r[5]))

@@ -99,3 +99,19 @@ def test_concurrent_writer_processes_keep_order_and_lose_nothing(tmp_path: Path)
         w, i = r.payload.decode().split(":")
         per.setdefault(w, []).append(int(i))
     assert per == {str(w): list(range(150)) for w in range(4)}
+
+
+def test_committer_runs_retention(tmp_path: Path) -> None:
+    import asyncio
+
+    from aap.log.committer import GroupCommitter
+
+    log = SQLiteLog(tmp_path)
+    log.append([Append("s", 1, b"old")] * 3)
+    time.sleep(0.05)
+    # retention of ~20 ms: the three old records go, the new one stays
+    c = GroupCommitter(log, retention_hours=0.02 / 3600, retention_every_s=0.05)
+    off = asyncio.run(c.append(Append("s", 1, b"new")))
+    time.sleep(0.2)
+    c.close()
+    assert [r.offset for r in log.read(0)] == [off]

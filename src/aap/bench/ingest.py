@@ -562,7 +562,11 @@ def _expect(pipe: Connection, proc: Any, kind: str, timeout: float) -> Any:
             raise RuntimeError(f"{proc.name} exited with {proc.exitcode} before {kind!r}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{proc.name}: no {kind!r} after {timeout:.0f}s")
-    got, payload = pipe.recv()
+    try:
+        got, payload = pipe.recv()
+    except EOFError:
+        proc.join(5)
+        raise RuntimeError(f"{proc.name} exited with {proc.exitcode} before {kind!r}") from None
     if got == "error":
         raise RuntimeError(f"{proc.name} failed: {payload}")
     if got != kind:

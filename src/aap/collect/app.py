@@ -23,7 +23,14 @@ from aap.collect.body import decode_content, read_raw
 from aap.collect.health import Health
 from aap.collect.ratelimit import RateLimiter, retry_after
 from aap.collect.segment import (
-    BATCH_PATHS, REASON_TEXT, SINGLE_PATHS, Parsed, Rejection, parse_batch, parse_single, to_event,
+    BATCH_PATHS,
+    REASON_TEXT,
+    SINGLE_PATHS,
+    Parsed,
+    Rejection,
+    parse_batch,
+    parse_single,
+    to_event,
 )  # fmt: skip
 from aap.events import Event, encode_events
 from aap.log import Append, open_log
@@ -93,7 +100,8 @@ class Collector:
         self.committer = (
             None if settings.log_backend == "null"
             else GroupCommitter(self.log, settings.max_pending_appends,
-                                settings.retry_after_seconds)
+                                settings.retry_after_seconds,
+                                retention_hours=settings.log_retention_hours)
         )
         self.ip = IpPolicy(parse_networks(settings.trusted_proxies), settings.ipv4_prefix,
                            settings.ipv6_prefix, geo=GeoLocator())

@@ -8,6 +8,7 @@ the good ones of the same batch are stored.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -63,7 +64,8 @@ _message_decoder = msgspec.json.Decoder(WireMessage)
 _DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, ValueError)
 
 
-class Rejection(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Rejection:
     index: int
     reason: str
     """A short code, counted in the metrics."""

@@ -8,17 +8,20 @@ request, in the order they were sent, under one offset.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 
-class Append(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Append:
     source: str
     count: int
     """Number of events in ``payload``."""
     payload: bytes
 
 
-class Record(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Record:
     offset: int
     appended_at_ms: int
     source: str

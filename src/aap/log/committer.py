@@ -7,6 +7,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 
 from aap.errors import ServiceUnavailable
 from aap.log.base import Append, Log
@@ -17,8 +18,12 @@ _STOP = object()
 
 
 class GroupCommitter:
-    def __init__(self, log: Log, max_pending: int = 2000, retry_after: int = 1) -> None:
+    def __init__(self, log: Log, max_pending: int = 2000, retry_after: int = 1,
+                 retention_hours: float = 0, retention_every_s: float = 60.0) -> None:
         self.log = log
+        self.retention_ms = int(retention_hours * 3600 * 1000)
+        self.retention_every = retention_every_s
+        self._next_retention = time.monotonic()
         self.max_pending = max_pending
         self.retry_after = retry_after
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -51,7 +56,11 @@ class GroupCommitter:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            self._retain()
+            try:
+                item = self._queue.get(timeout=self.retention_every)
+            except queue.Empty:
+                continue
             items = [item]
             while True:
                 try:
@@ -64,6 +73,19 @@ class GroupCommitter:
                 self._commit(work)  # type: ignore[arg-type]
             if stop:
                 return
+
+    def _retain(self) -> None:
+        """Drop records past the retention, at most once per ``retention_every`` seconds."""
+        if not self.retention_ms or time.monotonic() < self._next_retention:
+            return
+        self._next_retention = time.monotonic() + self.retention_every
+        try:
+            dropped = self.log.drop_older_than(int(time.time() * 1000) - self.retention_ms)
+        except Exception as exc:
+            logger.warning("log retention failed: %s", type(exc).__name__)
+        else:
+            if dropped:
+                logger.info("log retention dropped %d records", dropped)
 
     def _commit(self, work: list[tuple[Append, asyncio.Future[int], asyncio.AbstractEventLoop]]) -> None:
         try:

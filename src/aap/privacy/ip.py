@@ -35,7 +35,7 @@ def parse_networks(spec: str) -> tuple[IPNetwork, ...]:
 
 def _geolite_path() -> Path | None:
     try:
-        import _maxminddb_geolite2  # type: ignore[import-not-found]
+        import _maxminddb_geolite2
     except ImportError:
         return None
     path = Path(_maxminddb_geolite2.__file__).parent / "GeoLite2-City.mmdb"

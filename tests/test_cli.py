@@ -1,0 +1,59 @@
+"""The CLI: contracts other tools rely on, and clear messages for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from aap.sources import Sources, hash_key
+
+
+def aap(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "aap", *args], capture_output=True, text=True)
+
+
+def test_sources_create_prints_the_key_alone_on_the_last_line(tmp_path: Path) -> None:
+    r = aap("sources", "create", "web", "--data-dir", str(tmp_path))
+    assert r.returncode == 0
+    key = r.stdout.strip().splitlines()[-1]
+    assert key.startswith("wk_") and " " not in key and len(key) > 30
+    src = Sources(tmp_path).by_key(key)
+    assert src is not None and src.name == "web"
+    # only the hash is stored
+    assert key.encode() not in (tmp_path / "meta.db").read_bytes()
+    assert hash_key(key).encode() in (tmp_path / "meta.db").read_bytes()
+    listed = aap("sources", "list", "--data-dir", str(tmp_path)).stdout
+    assert "web" in listed and key not in listed
+
+
+def test_duplicate_source_name_is_a_clear_error(tmp_path: Path) -> None:
+    aap("sources", "create", "web", "--data-dir", str(tmp_path))
+    r = aap("sources", "create", "web", "--data-dir", str(tmp_path))
+    assert r.returncode != 0
+    assert "already exists" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_setting_value_is_a_clear_error(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "aap", "sources", "list", "--data-dir",
+                        str(tmp_path)], capture_output=True, text=True,
+                       env={"AAP_PORT": "eighty", "PATH": "/usr/bin:/bin"})
+    assert r.returncode != 0
+    assert "AAP_PORT" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_log_show_without_a_log(tmp_path: Path) -> None:
+    r = aap("log", "show", "--data-dir", str(tmp_path / "none"))
+    assert r.returncode != 0 and "no log" in r.stderr
+
+
+def test_python_dash_m_and_version() -> None:
+    r = aap("--version")
+    assert r.returncode == 0 and "0.1.0" in r.stdout
+
+
+def test_demo_sends_traffic_and_shows_what_arrived() -> None:
+    r = aap("demo", "--people", "150")
+    assert r.returncode == 0, r.stderr
+    assert "What arrived in the durable log" in r.stdout
+    assert "Order Completed" in r.stdout and '"ip"' in r.stdout
