@@ -87,22 +87,22 @@ class GroupCommitter:
             if dropped:
                 logger.info("log retention dropped %d records", dropped)
 
-    def _commit(self, work: list[tuple[Append, asyncio.Future[int], asyncio.AbstractEventLoop]]) -> None:
+    def _commit(self, work: list[tuple[Append, asyncio.Future[int], asyncio.AbstractEventLoop]]
+                ) -> None:
+        offsets: list[int | None]
+        err: ServiceUnavailable | None = None
         try:
-            offsets = self.log.append([w[0] for w in work])
+            offsets = list(self.log.append([w[0] for w in work]))
         except Exception as exc:  # disk full, I/O error, lock timeout: the batch is not stored
             logger.error("log append failed: %s", type(exc).__name__)
             err = ServiceUnavailable(
                 "the log cannot take the batch", retry_after=self.retry_after, code="log_unavailable"
             )
-            for _, fut, loop in work:
-                loop.call_soon_threadsafe(_settle, fut, None, err)
-        else:
-            for (_, fut, loop), off in zip(work, offsets, strict=True):
-                loop.call_soon_threadsafe(_settle, fut, off, None)
-        finally:
-            with self._lock:
-                self._pending -= len(work)
+            offsets = [None] * len(work)
+        with self._lock:  # before waking the waiters, so they see the queue as it now is
+            self._pending -= len(work)
+        for (_, fut, loop), off in zip(work, offsets, strict=True):
+            loop.call_soon_threadsafe(_settle, fut, off, err)
 
 
 def _settle(fut: asyncio.Future[int], value: int | None, err: BaseException | None) -> None:
