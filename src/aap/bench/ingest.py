@@ -213,19 +213,17 @@ class Tally:
     """What one generator process saw in the measurement window."""
 
     ok_requests: int = 0
-    ok_events: int = 0
+    """Requests answered 200 whose answer arrived inside the window: the throughput."""
     statuses: dict[int, int] = field(default_factory=dict)
     """Non-200 answers by status (-200: a 200 that did not accept the whole batch)."""
     errors: int = 0
     """Connection or protocol errors, and (open loop) requests never answered."""
     latencies: array[float] = field(default_factory=lambda: array("d"))
-    """Milliseconds, one per answered request of the window."""
+    """Milliseconds, one per answered request of the window (closed loop: sent in the
+    window; open loop: *scheduled* in the window, answered whenever)."""
 
     def record(self, status: int, latency_s: float) -> None:
-        if status == 200:
-            self.ok_requests += 1
-            self.ok_events += EVENTS_PER_REQUEST
-        else:
+        if status != 200:
             self.statuses[status] = self.statuses.get(status, 0) + 1
         self.latencies.append(latency_s * 1000.0)
 
@@ -291,6 +289,7 @@ async def closed_loop(job: Job, reqs: list[bytes], go: Any) -> dict[str, Any]:
             i += 7
             if ts >= start and te <= end:
                 tally.record(status, te - ts)
+                tally.ok_requests += status == 200
 
     await asyncio.gather(*(one(c, k) for k, c in enumerate(conns)))
     for c in conns:
@@ -331,13 +330,20 @@ async def open_loop(job: Job, reqs: list[bytes], go: Any) -> dict[str, Any]:
                     tally.errors += 1
                     answered_in_window += 1
                 continue
+            done = time.perf_counter()
             if measured:
                 answered_in_window += 1
-                tally.record(status, time.perf_counter() - intended)
+                tally.record(status, done - intended)
+            if status == 200 and window[0] <= done < window[1]:
+                tally.ok_requests += 1
 
     async def add_worker() -> None:
         conn = Conn(job.port)
-        await conn.connect()
+        try:
+            await conn.connect()
+        except OSError:
+            tally.errors += 1
+            return
         workers.append(asyncio.create_task(worker(conn)))
 
     await asyncio.gather(*(add_worker() for _ in range(job.connections)))
@@ -402,7 +408,7 @@ def _result(tally: Tally, duration: float, cpu: _CpuWindow, conns: int,
             worst_lag: float) -> dict[str, Any]:
     return {
         "ok_requests": tally.ok_requests,
-        "ok_events": tally.ok_events,
+        "ok_events": tally.ok_requests * EVENTS_PER_REQUEST,
         "statuses": tally.statuses,
         "errors": tally.errors,
         "latencies": tally.latencies.tobytes(),
@@ -471,6 +477,14 @@ def _machine_busy() -> tuple[float, float]:
     vals = [float(v) for v in first[:8]]
     idle = vals[3] + vals[4]
     return sum(vals) - idle, sum(vals)
+
+
+def idle_check(seconds: float = 1.0) -> float:
+    """Fraction of all cores busy over ``seconds`` before anything of ours runs."""
+    b0, t0 = _machine_busy()
+    time.sleep(seconds)
+    b1, t1 = _machine_busy()
+    return (b1 - b0) / (t1 - t0) if t1 > t0 else float("nan")
 
 
 def _percentile(sorted_ms: list[float], p: float) -> float:
@@ -552,6 +566,8 @@ def measure(server: ServerProcess, write_key: str, mode: str, duration: float, c
         "server_cpu_cores": (s1 - s0) / wall,
         "client_cpu_cores": sum(r["cpu_seconds"] for r in results) / duration,
         "machine_busy": busy,
+        "other_cpu_cores": max(0.0, busy * (os.cpu_count() or 1) - (s1 - s0) / wall
+                               - sum(r["cpu_seconds"] for r in results) / duration),
     }
 
 
@@ -609,8 +625,8 @@ def run(duration: float = 10.0, rate: int = 100_000, clients: int = 2) -> dict[s
     from rich.console import Console
 
     console = Console()
-    if console.width < 140:  # the table has many columns: let it wrap rather than squeeze
-        console = Console(width=140)
+    if console.width < 150:  # the table has many columns: let it wrap rather than squeeze
+        console = Console(width=150)
     info = machine()
     sample = build_requests("k" * 32, 8000, n=1)[0]
     body_len = len(sample.split(b"\r\n\r\n", 1)[1])
@@ -620,6 +636,11 @@ def run(duration: float = 10.0, rate: int = 100_000, clients: int = 2) -> dict[s
         f"{EVENTS_PER_REQUEST} events per request (~{body_len // EVENTS_PER_REQUEST} B/event, "
         f"{body_len / 1024:.1f} KiB/request)"
     )
+    info["busy_before"] = idle_check()
+    console.print(f"  machine busy before start: {info['busy_before']:.0%} of all cores", style="dim")
+    if info["busy_before"] > 0.10:
+        console.print("  [yellow]warning: something else is using the CPU; the figures will be "
+                      "lower and noisier than on an idle machine[/yellow]")
     runs: dict[str, dict[str, Any]] = {}
     base = Path(tempfile.mkdtemp(prefix="aap-bench-ingest-"))
     try:
@@ -675,22 +696,27 @@ def _print(console: Any, result: dict[str, Any]) -> None:
         f"{info['python']}, granian {info['granian']}; server: 2 granian workers, "
         f"load generator on the same cores"
     )
-    t = Table(title="POST /v1/batch (100 events/request)")
-    for col in ("run", "offered ev/s", "events/s", "req/s", "p50 ms", "p99 ms", "max ms",
-                "non-200", "errors", "conns", "server CPU", "client CPU", "machine busy"):
-        t.add_column(col, justify="left" if col == "run" else "right")
-    for label, r in result["runs"].items():
+    t = Table(title="POST /v1/batch (100 events/request); CPU columns in cores")
+    for col in ("run", "offered/s", "events/s", "req/s", "p50 ms", "p99 ms", "max ms",
+                "non-200", "errors", "conns", "srv CPU", "gen CPU", "other CPU", "busy"):
+        t.add_column(col, no_wrap=True, min_width=len(col),
+                     justify="left" if col == "run" else "right")
+    for r in result["runs"].values():
         offered = r["offered_events_per_s"]
         t.add_row(
-            label + (" (closed loop)" if r["mode"] == "closed" else " (open loop)"),
+            f"{r['log']}, {r['mode']} loop",
             f"{offered:,}" if offered else "max",
             f"{r['events_per_s']:,.0f}", f"{r['requests_per_s']:,.0f}",
             f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}",
-            _statuses(r["statuses"]), str(r["errors"]), str(r["connections"]),
-            f"{r['server_cpu_cores']:.2f} cores", f"{r['client_cpu_cores']:.2f} cores",
-            f"{r['machine_busy']:.0%}",
+            str(r["non_200"]), str(r["errors"]), str(r["connections"]),
+            f"{r['server_cpu_cores']:.2f}", f"{r['client_cpu_cores']:.2f}",
+            f"{r['other_cpu_cores']:.2f}", f"{r['machine_busy']:.0%}",
         )
     console.print(t)
+    for r in result["runs"].values():
+        if r["statuses"]:
+            console.print(f"  {r['log']}, {r['mode']} loop: non-200 answers "
+                          f"{_statuses(r['statuses'])}")
     tg = result["targets"]
     tt = Table(title="Targets")
     for col in ("target", "measured", "wanted", "result"):
@@ -712,8 +738,11 @@ def _print(console: Any, result: dict[str, Any]) -> None:
                _verdict(r["pass"]))
     console.print(tt)
     console.print(
-        "server CPU = CPU time of the granian master and workers over the window; "
-        "client CPU = the load generator's; machine busy = all cores, from /proc/stat.",
+        "CPU in cores over the measurement window: srv = granian master and workers (all "
+        "threads); gen = the load generator; other = everything else busy on the machine "
+        "(kernel softirq and writeback, other processes); busy = all cores, from /proc/stat. "
+        "Open loop: latency from each request's intended send time; events/s counts answers "
+        "inside the window.",
         style="dim",
     )
 
