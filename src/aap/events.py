@@ -7,10 +7,12 @@ camelCase on the wire of the log too, so a stored event reads like what was sent
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 from typing import Any
 
 import msgspec
+import zstandard
 
 MESSAGE_TYPES = frozenset({"track", "identify", "page", "screen", "group", "alias"})
 
@@ -54,11 +56,25 @@ class Event(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(list[Event])
+_local = threading.local()  # zstd (de)compressors are not thread-safe
+
+
+def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    pair = getattr(_local, "zstd", None)
+    if pair is None:
+        pair = _local.zstd = (zstandard.ZstdCompressor(level=1), zstandard.ZstdDecompressor())
+    return pair
 
 
 def encode_events(events: list[Event]) -> bytes:
-    return _encoder.encode(events)
+    """A log record's payload: the events as msgpack, compressed with zstd (level 1)."""
+    return _zstd()[0].compress(_encoder.encode(events))
+
+
+def payload_bytes(payload: bytes) -> bytes:
+    """The uncompressed msgpack of a payload (what canary scans search)."""
+    return _zstd()[1].decompress(payload)
 
 
 def decode_events(payload: bytes) -> list[Event]:
-    return _decoder.decode(payload)
+    return _decoder.decode(payload_bytes(payload))

@@ -115,3 +115,12 @@ def test_committer_runs_retention(tmp_path: Path) -> None:
     time.sleep(0.2)
     c.close()
     assert [r.offset for r in log.read(0)] == [off]
+
+
+def test_retention_in_chunks_drops_everything_old(tmp_path: Path) -> None:
+    log = SQLiteLog(tmp_path)
+    log.append([Append("s", 1, b"x")] * 1234)
+    time.sleep(0.01)
+    log.append([Append("s", 1, b"new")])
+    assert log.drop_older_than(int(time.time() * 1000) - 5, chunk=100) == 1234
+    assert [r.payload for r in log.read(0)] == [b"new"]

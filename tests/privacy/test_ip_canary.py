@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import sqlite3
 from pathlib import Path
 
 import httpx
 from segment.analytics import Client
 
+from aap.events import payload_bytes
 from tests.conftest import start
 
 V4 = "203.0.113.77"
@@ -29,8 +31,20 @@ def forms(ip: str) -> list[bytes]:
     return sorted(out)
 
 
+def blobs(root: Path) -> list[tuple[str, bytes]]:
+    """Every file under ``root`` as bytes, plus every log payload decompressed (the log
+    stores its records zstd-compressed, where a plain byte scan would see nothing)."""
+    out = [(str(p), p.read_bytes()) for p in root.rglob("*") if p.is_file()]
+    for db in root.rglob("log.db"):
+        con = sqlite3.connect(db)
+        for seq, payload in con.execute("SELECT seq, payload FROM records"):
+            out.append((f"{db}#record{seq}", payload_bytes(payload)))
+        con.close()
+    return out
+
+
 def scan(root: Path, needle: bytes) -> list[str]:
-    return [str(p) for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+    return [name for name, data in blobs(root) if needle in data]
 
 
 def test_planted_ips_are_nowhere_on_disk(tmp_path: Path) -> None:

@@ -1,16 +1,21 @@
 """The embedded durable log: one SQLite database in WAL mode with ``synchronous=FULL``.
 
-Several processes may append at once: SQLite serialises writers, so offsets grow in
-commit order and a reader never sees a gap that is later filled. Each process
-group-commits (see :mod:`aap.log.committer`), so one fsync covers many requests.
+Several processes may append at once. Writers queue on an ``flock`` of ``write.lock``
+(the kernel wakes the next one as soon as the lock is free, where SQLite's own busy
+handler would sleep in steps of up to 100 ms); SQLite then serialises them again, so
+offsets grow in commit order and a reader never sees a gap that is later filled. Each
+process group-commits (see :mod:`aap.log.committer`), so one fsync covers many requests.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from aap.log.base import Append, LogStats, Record
@@ -24,6 +29,7 @@ CREATE TABLE IF NOT EXISTS records (
     cum INTEGER NOT NULL,
     payload BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS records_appended_at ON records (appended_at);
 CREATE TABLE IF NOT EXISTS consumers (
     grp TEXT PRIMARY KEY,
     position INTEGER NOT NULL,
@@ -37,6 +43,7 @@ class SQLiteLog:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "log.db"
+        self.lock_path = self.dir / "write.lock"
         self._local = threading.local()
         con = self._con()
         with con:
@@ -52,10 +59,27 @@ class SQLiteLog:
             self._local.con = con
         return con
 
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """Hold the cross-process write lock (one open file per thread, so threads of one
+        process exclude each other too)."""
+        fd: int | None = getattr(self._local, "lock_fd", None)
+        if fd is None:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._local.lock_fd = fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield self._con()
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
     def append(self, batches: Sequence[Append]) -> list[int]:
         if not batches:
             return []
-        con = self._con()
+        with self._writing() as con:
+            return self._append(con, batches)
+
+    def _append(self, con: sqlite3.Connection, batches: Sequence[Append]) -> list[int]:
         now = int(time.time() * 1000)
         con.execute("BEGIN IMMEDIATE")
         try:
@@ -97,14 +121,25 @@ class SQLiteLog:
             (group, offset, int(time.time() * 1000)),
         )
 
-    def drop_older_than(self, cutoff_ms: int) -> int:
-        con = self._con()
+    def drop_older_than(self, cutoff_ms: int, chunk: int = 500) -> int:
+        """Drop in chunks, releasing the write lock between them so appends go on."""
+        dropped = 0
+        while True:
+            with self._writing() as con:
+                n = self._drop(con, cutoff_ms, chunk)
+            dropped += n
+            if n < chunk:
+                return dropped
+
+    def _drop(self, con: sqlite3.Connection, cutoff_ms: int, chunk: int) -> int:
         con.execute("BEGIN IMMEDIATE")
         try:
             # Keep the newest record so the running event total survives.
             head = con.execute("SELECT max(seq) FROM records").fetchone()[0] or 0
             cur = con.execute(
-                "DELETE FROM records WHERE appended_at < ? AND seq < ?", (cutoff_ms, head)
+                "DELETE FROM records WHERE seq IN (SELECT seq FROM records"
+                " WHERE appended_at < ? AND seq < ? ORDER BY seq LIMIT ?)",
+                (cutoff_ms, head, chunk),
             )
             con.execute("COMMIT")
         except BaseException:
@@ -135,6 +170,10 @@ class SQLiteLog:
         if con is not None:
             con.close()
             self._local.con = None
+        fd = getattr(self._local, "lock_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._local.lock_fd = None
 
 
 def _events_before(con: sqlite3.Connection, pos: int) -> int:
