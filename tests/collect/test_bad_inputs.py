@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import uuid
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -155,3 +156,25 @@ def test_gzip_deflate_and_magic_bytes(running: Running) -> None:
                         headers={"Content-Encoding": "deflate"}).status_code == 200
     ids = {e.message_id for e in running.stored()}
     assert {"gz-1", "gz-2", "gz-3"} <= ids
+
+
+def test_write_key_in_the_body_is_enough(running: Running) -> None:
+    body = {"batch": [event(0, messageId="bodykey-0")], "writeKey": running.key}
+    r = running.post("/v1/batch", json.dumps(body).encode(), auth=False)
+    assert r.status_code == 200, r.text
+    single = running.post("/v1/page", json.dumps(
+        {"anonymousId": "a", "name": "Home", "messageId": "bodykey-1",
+         "writeKey": running.key}).encode(), auth=False)
+    assert single.status_code == 200, single.text
+    stored = {e.message_id: e for e in running.stored()}
+    assert stored["bodykey-1"].type == "page"
+    assert "bodykey-0" in stored
+
+
+def test_missing_message_id_gets_a_uuid7(running: Running) -> None:
+    r = running.post("/v1/track", b'{"userId": "no-mid", "event": "E", "messageId": null,'
+                                  b' "properties": null, "context": null}')
+    assert r.status_code == 200
+    (ev,) = [e for e in running.stored() if e.user_id == "no-mid"]
+    assert uuid.UUID(ev.message_id).version == 7
+    assert ev.properties == {} and ev.context == {}
