@@ -98,13 +98,8 @@ def parse_batch(body: bytes, max_event_bytes: int) -> Parsed:
             if tb.batch is not None:
                 return Parsed([(i, _merge(m, tb)) for i, m in enumerate(tb.batch)], [],
                               tb.write_key)
-    try:
-        wb = _batch_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise BadRequest("the batch does not have the expected shape", str(exc),
-                         code="invalid_batch") from None
-    except _DECODE_ERRORS as exc:
-        raise BadRequest("the body is not valid JSON", str(exc), code="invalid_json") from None
+    wb: WireBatch = _decode_or_400(_batch_decoder, body, "the batch does not have the expected shape",
+                                   "invalid_batch")
     if wb.batch is None:
         raise BadRequest("the body has no `batch` array", code="invalid_batch")
     messages: list[tuple[int, WireMessage]] = []
@@ -137,6 +132,16 @@ def _merge(m: WireMessage, wb: WireBatch) -> WireMessage:
     return m
 
 
+def _decode_or_400(decoder: Any, body: bytes, shape_message: str, shape_code: str) -> Any:
+    """Decode the whole body; a wrong shape or malformed JSON is the client's error."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(shape_message, str(exc), code=shape_code) from None
+    except _DECODE_ERRORS as exc:
+        raise BadRequest("the body is not valid JSON", str(exc), code="invalid_json") from None
+
+
 def _check_utf8(body: bytes) -> None:
     try:
         body.decode("utf-8")
@@ -149,13 +154,8 @@ def parse_single(body: bytes, message_type: str, max_event_bytes: int) -> Parsed
         raise BadRequest("the request body is empty", code="empty_body")
     if len(body) > max_event_bytes:
         raise PayloadTooLarge(f"event is {len(body)} bytes; the limit is {max_event_bytes}")
-    try:
-        m = _message_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise BadRequest("the message has a field of the wrong type", str(exc),
-                         code="wrong_type") from None
-    except _DECODE_ERRORS as exc:
-        raise BadRequest("the body is not valid JSON", str(exc), code="invalid_json") from None
+    m: WireMessage = _decode_or_400(_message_decoder, body,
+                                    "the message has a field of the wrong type", "wrong_type")
     m.type = message_type
     return Parsed([(0, m)], [], m.write_key)
 
