@@ -1,0 +1,49 @@
+"""Keyed hashes of raw identifiers (userId, anonymousId, previousId).
+
+Lookups by raw id go through :class:`IdHasher`: a 64-bit BLAKE2b MAC under a secret
+kept in ``DATA_DIR/keys/id-hash.key`` (mode 0600). Without the secret the stored keys
+cannot be tested against guessed ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    if path.exists():
+        return path.read_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secret = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, secret)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return secret
+
+
+class IdHasher:
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+        self._cache: dict[str, int] = {}
+
+    @classmethod
+    def for_data_dir(cls, data_dir: Path) -> IdHasher:
+        return cls(load_or_create_secret(data_dir / "keys" / "id-hash.key"))
+
+    def key(self, raw: str) -> int:
+        """A signed 64-bit key (fits DuckDB BIGINT and SQLite INTEGER)."""
+        k = self._cache.get(raw)
+        if k is None:
+            digest = hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=8,
+                                     key=self._secret).digest()
+            k = int.from_bytes(digest, "big", signed=True)
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            self._cache[raw] = k
+        return k
