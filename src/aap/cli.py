@@ -44,6 +44,15 @@ def serve(data_dir: Path | None, host: str | None, port: int | None, workers: in
     run(_settings(data_dir=data_dir, host=host, port=port, workers=workers))
 
 
+@cli.command()
+@data_dir_option
+def core(data_dir: Path | None) -> None:
+    """Run the core process alone (processor, warehouse and queries on run/core.sock)."""
+    from aap.collect.server import serve_core
+
+    serve_core(_settings(data_dir=data_dir))
+
+
 @cli.group()
 def sources() -> None:
     """Manage sources and their write keys."""
@@ -56,14 +65,17 @@ def sources() -> None:
               help="Browser origin allowed to send events (repeatable; default any).")
 @click.option("--rate-limit", type=float, default=0.0, show_default=True,
               help="Events per second the source may send; 0 means unlimited.")
+@click.option("--historical", is_flag=True,
+              help="A historical import: keep timestamps as sent (no clock-skew correction).")
 def sources_create(name: str, data_dir: Path | None, origins: tuple[str, ...],
-                   rate_limit: float) -> None:
+                   rate_limit: float, historical: bool) -> None:
     """Create a source; prints its write key alone on the last line."""
     from aap.sources import Sources
 
     reg = Sources(_settings(data_dir=data_dir).data_path)
     try:
-        src, key = reg.create(name, allowed_origins=origins or ("*",), rate_limit=rate_limit)
+        src, key = reg.create(name, allowed_origins=origins or ("*",), rate_limit=rate_limit,
+                              historical=historical)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"created source {src.name} ({src.id}); keep the write key below, it is shown once")

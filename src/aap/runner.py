@@ -63,6 +63,41 @@ class ServerProcess:
         self.wait_healthy(timeout, any_answer=not healthy)
         return self
 
+    @property
+    def core_socket(self) -> Path:
+        return self.data_dir / "run" / "core.sock"
+
+    def core(self) -> httpx.Client:
+        """A client of the core process (processor, warehouse) over its Unix socket."""
+        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.core_socket)),
+                            base_url="http://core", timeout=60)
+
+    def sql(self, query: str, params: list[object] | None = None) -> list[list[object]]:
+        """Rows of a read query on the warehouse."""
+        with self.core() as c:
+            r = c.post("/internal/sql", json={"sql": query, "params": params or []})
+        if r.status_code != 200:
+            raise RuntimeError(f"query failed: {r.text}")
+        rows: list[list[object]] = r.json()["rows"]
+        return rows
+
+    def processed_position(self) -> int:
+        with self.core() as c:
+            return int(c.get("/healthz").json()["position"])
+
+    def wait_processed(self, timeout: float = 30.0) -> None:
+        """Wait until the processor has consumed everything in the log so far."""
+        from aap.log.sqlite import SQLiteLog
+
+        log = SQLiteLog(self.data_dir / "log")
+        head = log.stats().head_offset
+        log.close()
+        deadline = time.monotonic() + timeout
+        while self.processed_position() < head:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"processor did not reach offset {head} in {timeout}s")
+            time.sleep(0.02)
+
     def wait_healthy(self, timeout: float = 30.0, *, any_answer: bool = False) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -70,12 +105,21 @@ class ServerProcess:
                 raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_file}")
             try:
                 status = httpx.get(self.url + "/healthz", timeout=1.0).status_code
-                if status == 200 or any_answer:
+                if (status == 200 or any_answer) and self._core_up():
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"server not healthy after {timeout}s; see {self.log_file}")
+
+    def _core_up(self) -> bool:
+        if not self.core_socket.exists():
+            return False
+        try:
+            with self.core() as c:
+                return c.get("/healthz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def kill(self) -> None:
         """SIGKILL the whole process group: master and workers die at once."""

@@ -42,6 +42,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_retention_hours", 168.0, "Log records older than this are dropped (checked every minute by each worker); 0 keeps them."),
     Setting("retry_after_seconds", 1, "Value of the Retry-After header on 429 and 503 answers."),
     Setting("max_pending_appends", 2000, "Batches waiting for a group commit in one worker before new ones get 503."),
+    Setting("session_inactivity_minutes", 30, "A person's session ends after this long without events (when the SDK sends no session id)."),
+    Setting("warehouse_memory", "1GB", "Memory limit of the warehouse's DuckDB (e.g. `1GB`, `512MB`)."),
     Setting("health_interval_ms", 500, "How often a worker re-checks free disk and consumer lag (ms)."),
 )
 

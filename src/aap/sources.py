@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS sources (
     key_hint TEXT NOT NULL,
     created_at INTEGER NOT NULL,
     allowed_origins TEXT NOT NULL,
-    rate_limit REAL NOT NULL
+    rate_limit REAL NOT NULL,
+    historical INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -38,6 +39,8 @@ class Source(msgspec.Struct, frozen=True):
     allowed_origins: tuple[str, ...] = ("*",)
     rate_limit: float = 0.0
     """Events per second the source may send; 0 means unlimited."""
+    historical: bool = False
+    """A historical import: timestamps are kept as sent, not corrected for clock skew."""
 
     def allows_origin(self, origin: str) -> bool:
         return "*" in self.allowed_origins or origin in self.allowed_origins
@@ -61,9 +64,13 @@ class Sources:
                                     check_same_thread=False)
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.executescript(_SCHEMA)
+        cols = {r[1] for r in self._con.execute("PRAGMA table_info(sources)")}
+        if "historical" not in cols:  # registries made before the column existed
+            self._con.execute("ALTER TABLE sources ADD COLUMN historical INTEGER NOT NULL DEFAULT 0")
 
     def create(
-        self, name: str, *, allowed_origins: tuple[str, ...] = ("*",), rate_limit: float = 0.0
+        self, name: str, *, allowed_origins: tuple[str, ...] = ("*",), rate_limit: float = 0.0,
+        historical: bool = False,
     ) -> tuple[Source, str]:
         """Create a source; returns it with its write key (the only time the key is seen)."""
         if not name.strip():
@@ -78,12 +85,13 @@ class Sources:
             created_at=int(time.time()),
             allowed_origins=tuple(allowed_origins) or ("*",),
             rate_limit=float(rate_limit),
+            historical=historical,
         )
         try:
             self._con.execute(
-                "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (src.id, src.name, hash_key(key), src.key_hint, src.created_at,
-                 json.dumps(list(src.allowed_origins)), src.rate_limit),
+                 json.dumps(list(src.allowed_origins)), src.rate_limit, int(historical)),
             )
         except sqlite3.IntegrityError:
             raise SourceExists(f"a source named {name!r} already exists") from None
@@ -91,7 +99,7 @@ class Sources:
 
     def by_key(self, key: str) -> Source | None:
         row = self._con.execute(
-            "SELECT id, name, key_hint, created_at, allowed_origins, rate_limit"
+            "SELECT id, name, key_hint, created_at, allowed_origins, rate_limit, historical"
             " FROM sources WHERE key_hash = ?",
             (hash_key(key),),
         ).fetchone()
@@ -99,7 +107,7 @@ class Sources:
 
     def list(self) -> list[Source]:
         rows = self._con.execute(
-            "SELECT id, name, key_hint, created_at, allowed_origins, rate_limit"
+            "SELECT id, name, key_hint, created_at, allowed_origins, rate_limit, historical"
             " FROM sources ORDER BY created_at, name"
         ).fetchall()
         return [_row(r) for r in rows]
@@ -109,4 +117,4 @@ class Sources:
 
 
 def _row(r: tuple[Any, ...]) -> Source:
-    return Source(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), float(r[5]))
+    return Source(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), float(r[5]), bool(r[6]))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 from aap.settings import Settings
 
@@ -25,10 +28,26 @@ def worker_count(settings: Settings) -> int:
     return int(settings.workers) or (os.cpu_count() or 1)
 
 
-def serve(settings: Settings) -> None:
+def core_socket(settings: Settings) -> Path:
+    return settings.data_path / "run" / "core.sock"
+
+
+def serve_core(settings: Settings) -> None:
+    """The core process: processor, warehouse and queries, on a Unix socket."""
     from granian import Granian
     from granian.constants import Interfaces
 
+    os.environ["AAP_DATA_DIR"] = str(settings.data_path)
+    sock = core_socket(settings)
+    sock.parent.mkdir(parents=True, exist_ok=True)
+    sock.unlink(missing_ok=True)
+    Granian(
+        "aap.api.app:create_app", factory=True, uds=sock, uds_permissions=0o600,
+        interface=Interfaces.ASGI, workers=1, log_access=False,
+    ).serve()
+
+
+def serve(settings: Settings) -> None:
     workers = worker_count(settings)
     env = prepare(settings)
     env["AAP_WORKERS"] = str(workers)
@@ -39,6 +58,19 @@ def serve(settings: Settings) -> None:
 
     open_log(settings).close()
     Sources(settings.data_path).close()
+    core = subprocess.Popen([sys.executable, "-m", "aap", "core", "--data-dir",
+                             str(settings.data_path)])
+    try:
+        _serve_collector(settings, workers)
+    finally:
+        core.terminate()
+        core.wait(30)
+
+
+def _serve_collector(settings: Settings, workers: int) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces
+
     Granian(
         "aap.collect.app:create_app",
         factory=True,

@@ -1,0 +1,124 @@
+"""The core process: it owns the warehouse, runs the processor in a thread, and answers
+queries (DuckDB cursors of the same database, so queries never block the processor).
+
+It listens on a Unix socket in the data dir (``run/core.sock``, mode 0600): only local
+processes with access to the data dir reach it. The public REST API (issue 4) will be
+proxied to it by the collector's workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+
+from aap.collect.app import Receive, Scope, Send
+from aap.log import open_log
+from aap.privacy.ids import IdHasher
+from aap.process.processor import Processor
+from aap.settings import Settings
+from aap.sources import Sources
+from aap.store.warehouse import Warehouse
+
+logger = logging.getLogger("aap.core")
+
+
+class SQLRequest(msgspec.Struct):
+    sql: str
+    params: list[Any] = []
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
+
+
+class Core:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        data = settings.data_path
+        self.log = open_log(settings)
+        self.warehouse = Warehouse(data / "warehouse", memory_limit=settings.warehouse_memory)
+        historical = frozenset(s.id for s in Sources(data).list() if s.historical)
+        self.processor = Processor(
+            self.log, self.warehouse, IdHasher.for_data_dir(data),
+            historical_sources=historical,
+            inactivity=timedelta(minutes=settings.session_inactivity_minutes),
+        )
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.processor.run, args=(self.stop,),
+                                       name="aap-processor", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+        self.warehouse.close()
+        self.log.close()
+
+    def sql(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            req = msgspec.json.decode(body, type=SQLRequest)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return 400, {"code": "bad_request", "message": str(exc), "detail": str(exc)}
+        cur = self.warehouse.cursor()
+        try:
+            res = cur.execute(req.sql, req.params)
+            cols = [d[0] for d in res.description or []]
+            rows = [[_jsonable(v) for v in r] for r in res.fetchall()]
+        except Exception as exc:
+            return 400, {"code": "bad_query", "message": str(exc), "detail": str(exc)}
+        finally:
+            cur.close()
+        return 200, {"columns": cols, "rows": rows, "position": self.processor.position}
+
+
+class CoreApp:
+    def __init__(self) -> None:
+        self.core: Core | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    self.core = Core(Settings())
+                    self.core.start()
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    if self.core:
+                        await asyncio.to_thread(self.core.close)
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        body = b""
+        more = True
+        while more:
+            m = await receive()
+            body += m.get("body", b"")
+            more = m.get("more_body", False)
+        status: int
+        out: dict[str, Any]
+        status, out = 404, {"code": "not_found", "message": "no such endpoint", "detail": ""}
+        if self.core is None:
+            status, out = 503, {"code": "starting", "message": "starting", "detail": ""}
+        elif scope["path"] == "/healthz":
+            status, out = 200, {"status": "ok", "position": self.core.processor.position}
+        elif scope["path"] == "/internal/sql" and scope["method"] == "POST":
+            status, out = await asyncio.to_thread(self.core.sql, body)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": msgspec.json.encode(out)})
+
+
+def create_app() -> CoreApp:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return CoreApp()

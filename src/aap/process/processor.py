@@ -1,0 +1,231 @@
+"""The processor: reads the log from its committed position, runs the steps, and writes
+each chunk to the warehouse in one transaction together with the position it reached.
+
+At-least-once in (the log is re-read after a crash), exactly-once out (a chunk and its
+position commit together, and the steps are deterministic).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+from prometheus_client import Counter as PromCounter
+
+from aap.events import Event, decode_events
+from aap.log.base import Log
+from aap.privacy.ids import IdHasher
+from aap.process.identity import Identities
+from aap.process.steps import (
+    STEPS,
+    DedupIndex,
+    Dropped,
+    Row,
+    SessionState,
+    State,
+    dedup_key,
+    event_name,
+    properties_json,
+)  # fmt: skip
+from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
+from aap.store.warehouse import Chunk, Warehouse
+
+logger = logging.getLogger("aap.process")
+
+GROUP = "processor"
+PROCESSED = PromCounter("aap_processor_events", "Events written to the warehouse.")
+DROPPED = PromCounter("aap_processor_dropped", "Events the processor dropped, by reason.",
+                      ["reason"])
+CLAMPED = PromCounter("aap_processor_clamped", "Events whose time was in the future, clamped.")
+
+_ORDER_EVENTS = {"Order Completed"}
+_PRODUCT_EVENTS = {"Product Viewed", "Product Added", "Product Clicked", "Product Removed"}
+
+
+class Processor:
+    def __init__(self, log: Log, warehouse: Warehouse, hasher: IdHasher, *,
+                 historical_sources: frozenset[str] = frozenset(),
+                 inactivity: timedelta = timedelta(minutes=30),
+                 chunk_records: int = 500) -> None:
+        self.log = log
+        self.wh = warehouse
+        self.chunk_records = chunk_records
+        ids = Identities()
+        ids.load(*warehouse.load_identities())
+        sessions = {p: SessionState(t, s) for p, t, s in warehouse.load_sessions()}
+        self.state = State(identities=ids, hasher=hasher,
+                           dedup=DedupIndex(warehouse.load_dedup_keys()), sessions=sessions,
+                           historical_sources=historical_sources, inactivity=inactivity)
+        self.position = warehouse.get_state("log_position")
+        self.dropped: Counter[str] = Counter()
+
+    def run_once(self) -> int:
+        """Process one chunk; returns the number of log records it consumed."""
+        records = self.log.read(self.position, self.chunk_records)
+        if not records:
+            return 0
+        st = self.state
+        rows: list[Row] = []
+        dropped: Counter[str] = Counter()
+        for rec in records:
+            for ev in decode_events(rec.payload):
+                row: Row | Dropped = Row(ev, dedup_key(ev.source, ev.message_id), ev.received_at)
+                for _, step in STEPS:
+                    row = step(row, st)  # type: ignore[arg-type]
+                    if isinstance(row, Dropped):
+                        dropped[row.reason] += 1
+                        break
+                else:
+                    rows.append(row)  # type: ignore[arg-type]
+        chunk = self._chunk(rows, records[-1].offset)
+        try:
+            self.wh.write(chunk)
+        except BaseException:
+            # the chunk is not stored: forget its dedup keys so a retry does not drop it
+            st.dedup.discard({r.key for r in rows})
+            raise
+        self.position = chunk.position
+        self.log.commit(GROUP, self.position)  # for lag metrics; the truth is in the warehouse
+        PROCESSED.inc(len(rows))
+        for reason, n in dropped.items():
+            DROPPED.labels(reason).inc(n)
+        if st.clamped:
+            CLAMPED.inc(st.clamped)
+            st.clamped = 0
+        self.dropped.update(dropped)
+        return len(records)
+
+    def _chunk(self, rows: list[Row], position: int) -> Chunk:
+        st = self.state
+        changes = st.identities.take_changes()
+        columns: dict[str, list[Any]] = {name: [] for name, _, _ in EVENT_COLUMNS}
+        persons: dict[int, list[Any]] = {}
+        orders: list[tuple[Any, ...]] = []
+        items: list[tuple[Any, ...]] = []
+        products: dict[str, tuple[Any, ...]] = {}
+        for r in rows:
+            ev = r.ev
+            c = r.cols
+            c.update(message_id=ev.message_id, source=ev.source, type=ev.type,
+                     event=event_name(ev), timestamp=r.timestamp, sent_at=_naive(ev.sent_at),
+                     received_at=_naive(ev.received_at), person_id=r.person_id,
+                     session_id=r.session_id, name=ev.name, category=ev.category,
+                     properties=properties_json(ev), gpc=ev.gpc, dnt=ev.dnt)
+            for name, values in columns.items():
+                values.append(c.get(name))
+            _person(persons, r, changes.identified)
+            if ev.type == "track" and ev.event in _ORDER_EVENTS:
+                _order(ev, r, orders, items, products)
+            elif ev.type == "track" and ev.event in _PRODUCT_EVENTS:
+                _product(ev.properties, r.timestamp, products)
+        events = pa.table([pa.array(columns[n], type=t) for n, _, t in EVENT_COLUMNS],
+                          schema=EVENT_ARROW_SCHEMA)
+        for p in changes.identified:
+            if p not in persons:
+                persons[p] = [p, None, None, True, None]
+        return Chunk(
+            events=events, position=position, next_person=st.identities.next_person,
+            persons=[tuple(v) for v in persons.values()],
+            new_ids=changes.new_ids, overrides=changes.overrides, orders=orders,
+            order_items=items, products=list(products.values()),
+        )
+
+    def run(self, stop: threading.Event, idle_sleep: float = 0.05) -> None:
+        while not stop.is_set():
+            try:
+                n = self.run_once()
+            except Exception:
+                logger.exception("processing a chunk failed; retrying")
+                stop.wait(1.0)
+                continue
+            if n == 0:
+                stop.wait(idle_sleep)
+
+
+def _naive(dt: datetime | None) -> datetime | None:
+    if dt is None:
+        return None
+    off = dt.utcoffset()
+    return (dt - off).replace(tzinfo=None) if off is not None else dt
+
+
+def _person(persons: dict[int, list[Any]], r: Row, identified: set[int]) -> None:
+    ev = r.ev
+    traits = ev.traits if ev.type == "identify" and ev.traits else None
+    cur = persons.get(r.person_id)
+    if cur is None:
+        persons[r.person_id] = [r.person_id, r.timestamp, r.timestamp,
+                                r.person_id in identified, json.dumps(traits) if traits else None]
+        return
+    cur[1] = min(cur[1], r.timestamp) if cur[1] else r.timestamp
+    cur[2] = max(cur[2], r.timestamp) if cur[2] else r.timestamp
+    if traits:
+        merged = {**json.loads(cur[4]), **traits} if cur[4] else traits
+        cur[4] = json.dumps(merged)
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return None
+
+
+def _str(v: Any) -> str | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    return str(v) if isinstance(v, (str, int, float)) and str(v) else None
+
+
+def _product(p: dict[str, Any], ts: datetime, products: dict[str, tuple[Any, ...]]) -> None:
+    pid = _str(p.get("product_id")) or _str(p.get("sku")) or _str(p.get("id"))
+    if pid is None:
+        return
+    prev = products.get(pid)
+    first = min(prev[4], ts) if prev else ts
+    last = max(prev[5], ts) if prev else ts
+    products[pid] = (pid, _str(p.get("name")) or (prev[1] if prev else None),
+                     _str(p.get("category")) or (prev[2] if prev else None),
+                     _num(p.get("price")) if _num(p.get("price")) is not None else (
+                         prev[3] if prev else None), first, last)
+
+
+def _order(ev: Event, r: Row, orders: list[tuple[Any, ...]], items: list[tuple[Any, ...]],
+           products: dict[str, tuple[Any, ...]]) -> None:
+    p = ev.properties
+    order_id = _str(p.get("order_id")) or ev.message_id
+    lines: list[Any] = p["products"] if isinstance(p.get("products"), list) else []
+    n = 0
+    for line in lines:
+        if not isinstance(line, dict):
+            continue
+        n += 1
+        pid = _str(line.get("product_id")) or _str(line.get("sku"))
+        qty = _num(line.get("quantity"))
+        items.append((order_id, ev.message_id, pid, _str(line.get("name")),
+                      _str(line.get("category")), _num(line.get("price")),
+                      qty if qty is not None else 1.0))
+        _product(line, r.timestamp, products)
+    revenue = _num(p.get("revenue"))
+    if revenue is None:
+        revenue = _num(p.get("total"))
+    orders.append((order_id, ev.message_id, ev.source, r.person_id, r.session_id, r.timestamp,
+                   revenue, _str(p.get("currency")), n))
+
+
+def wait_for_position(proc: Processor, offset: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while proc.position < offset and time.monotonic() < deadline:
+        proc.run_once()

@@ -1,0 +1,129 @@
+"""The warehouse schema (DuckDB). Timestamps are UTC ``TIMESTAMP``s.
+
+Tables are what the processor writes; views are what analysts query. ``events`` as
+stored keeps the person id an event had when it was processed; the ``events`` *view*
+resolves merges through ``person_overrides``, so an event sent before a person
+identified themselves counts for that person everywhere, without rewriting history.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+EVENT_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
+    ("message_id", "VARCHAR", pa.string()),
+    ("source", "VARCHAR", pa.string()),
+    ("type", "VARCHAR", pa.string()),
+    ("event", "VARCHAR", pa.string()),
+    ("timestamp", "TIMESTAMP", pa.timestamp("us")),
+    ("sent_at", "TIMESTAMP", pa.timestamp("us")),
+    ("received_at", "TIMESTAMP", pa.timestamp("us")),
+    ("person_id", "BIGINT", pa.int64()),
+    ("session_id", "VARCHAR", pa.string()),
+    ("name", "VARCHAR", pa.string()),
+    ("category", "VARCHAR", pa.string()),
+    ("url", "VARCHAR", pa.string()),
+    ("host", "VARCHAR", pa.string()),
+    ("path", "VARCHAR", pa.string()),
+    ("referrer", "VARCHAR", pa.string()),
+    ("referrer_domain", "VARCHAR", pa.string()),
+    ("utm_source", "VARCHAR", pa.string()),
+    ("utm_medium", "VARCHAR", pa.string()),
+    ("utm_campaign", "VARCHAR", pa.string()),
+    ("utm_term", "VARCHAR", pa.string()),
+    ("utm_content", "VARCHAR", pa.string()),
+    ("browser", "VARCHAR", pa.string()),
+    ("browser_version", "VARCHAR", pa.string()),
+    ("os", "VARCHAR", pa.string()),
+    ("os_version", "VARCHAR", pa.string()),
+    ("device_type", "VARCHAR", pa.string()),
+    ("country", "VARCHAR", pa.string()),
+    ("region", "VARCHAR", pa.string()),
+    ("city", "VARCHAR", pa.string()),
+    ("library_name", "VARCHAR", pa.string()),
+    ("library_version", "VARCHAR", pa.string()),
+    ("properties", "JSON", pa.string()),
+    ("gpc", "BOOLEAN", pa.bool_()),
+    ("dnt", "BOOLEAN", pa.bool_()),
+)
+
+EVENT_ARROW_SCHEMA = pa.schema([(n, t) for n, _, t in EVENT_COLUMNS])
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS events_raw (
+    {", ".join(f'"{n}" {t}' for n, t, _ in EVENT_COLUMNS)}
+);
+CREATE TABLE IF NOT EXISTS persons (
+    person_id BIGINT PRIMARY KEY,
+    first_seen TIMESTAMP,
+    last_seen TIMESTAMP,
+    identified BOOLEAN NOT NULL DEFAULT false,
+    traits JSON
+);
+CREATE TABLE IF NOT EXISTS person_ids (
+    id_key BIGINT PRIMARY KEY,
+    person_id BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS person_overrides (
+    old_person_id BIGINT PRIMARY KEY,
+    person_id BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS orders (
+    order_id VARCHAR,
+    message_id VARCHAR,
+    source VARCHAR,
+    person_id BIGINT,
+    session_id VARCHAR,
+    timestamp TIMESTAMP,
+    revenue DOUBLE,
+    currency VARCHAR,
+    items INTEGER
+);
+CREATE TABLE IF NOT EXISTS order_items (
+    order_id VARCHAR,
+    message_id VARCHAR,
+    product_id VARCHAR,
+    name VARCHAR,
+    category VARCHAR,
+    price DOUBLE,
+    quantity DOUBLE
+);
+CREATE TABLE IF NOT EXISTS products (
+    product_id VARCHAR PRIMARY KEY,
+    name VARCHAR,
+    category VARCHAR,
+    price DOUBLE,
+    first_seen TIMESTAMP,
+    last_seen TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS processor_state (
+    name VARCHAR PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+CREATE OR REPLACE VIEW events AS
+    SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)
+    FROM events_raw e LEFT JOIN person_overrides o ON o.old_person_id = e.person_id;
+CREATE OR REPLACE VIEW sessions AS
+    SELECT session_id, any_value(person_id) AS person_id,
+           min(timestamp) AS started_at, max(timestamp) AS ended_at,
+           count(*) AS events,
+           count(*) FILTER (WHERE type IN ('page', 'screen')) AS views,
+           arg_min(path, timestamp) AS entry_path, arg_max(path, timestamp) AS exit_path,
+           arg_min(referrer_domain, timestamp) AS referrer_domain,
+           arg_min(utm_campaign, timestamp) AS utm_campaign
+    FROM events GROUP BY session_id;
+CREATE OR REPLACE VIEW devices AS
+    SELECT device_type, os, os_version, browser, browser_version,
+           count(*) AS events, count(DISTINCT person_id) AS persons
+    FROM events GROUP BY ALL;
+CREATE OR REPLACE VIEW locations AS
+    SELECT country, region, city, count(*) AS events, count(DISTINCT person_id) AS persons
+    FROM events GROUP BY ALL;
+CREATE OR REPLACE VIEW content AS
+    SELECT message_id, type, coalesce(name, path) AS title, url, host, path, person_id,
+           session_id, timestamp
+    FROM events WHERE type IN ('page', 'screen');
+CREATE OR REPLACE VIEW orders_resolved AS
+    SELECT o.* REPLACE (coalesce(po.person_id, o.person_id) AS person_id)
+    FROM orders o LEFT JOIN person_overrides po ON po.old_person_id = o.person_id;
+"""
