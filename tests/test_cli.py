@@ -56,4 +56,5 @@ def test_demo_sends_traffic_and_shows_what_arrived() -> None:
     r = aap("demo", "--people", "150")
     assert r.returncode == 0, r.stderr
     assert "What arrived in the durable log" in r.stdout
+    assert "The warehouse" in r.stdout and "sessions" in r.stdout and "orders" in r.stdout
     assert "Order Completed" in r.stdout and '"ip"' in r.stdout

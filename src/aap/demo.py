@@ -117,6 +117,30 @@ def send_all(url: str, key: str, events: list[dict[str, Any]], console: Console)
     return accepted
 
 
+WAREHOUSE_COUNTS = (
+    ("events", "SELECT count(*) FROM events"),
+    ("persons", "SELECT count(*) FROM persons"),
+    ("identified persons", "SELECT count(*) FROM persons WHERE identified"),
+    ("sessions", "SELECT count(*) FROM sessions"),
+    ("orders", "SELECT count(*) FROM orders"),
+    ("revenue (EUR)", "SELECT round(sum(revenue), 2) FROM orders"),
+    ("products", "SELECT count(*) FROM products"),
+)
+
+
+def warehouse_report(server: ServerProcess, console: Console) -> None:
+    table = Table(title="The warehouse")
+    table.add_column("entity")
+    table.add_column("count", justify="right")
+    for label, sql in WAREHOUSE_COUNTS:
+        (value,) = server.sql(sql)[0]
+        table.add_row(label, f"{value:,}" if isinstance(value, (int, float)) else str(value))
+    console.print(table)
+    rows = server.sql("SELECT device_type, browser, count(*) FROM events GROUP BY ALL"
+                      " ORDER BY 3 DESC LIMIT 4")
+    console.print("top devices: " + ", ".join(f"{d} {b} ({n:,})" for d, b, n in rows))
+
+
 def report(data_dir: Path, console: Console) -> None:
     log = SQLiteLog(data_dir / "log")
     types: Counter[str] = Counter()
@@ -171,6 +195,10 @@ def run_demo(people: int = 3000, seed: int = 7, keep: bool = False) -> int:
             took = time.perf_counter() - t0
             console.print(f"{accepted:,} of {len(events):,} events acknowledged in {took:.1f} s "
                           f"({accepted / took:,.0f} events/s from one client)")
+            t0 = time.perf_counter()
+            server.wait_processed(timeout=120)
+            console.print(f"processed into the warehouse {time.perf_counter() - t0:.1f} s later")
+            warehouse_report(server, console)
         report(data, console)
         return 0 if accepted == len(events) else 1
     finally:
