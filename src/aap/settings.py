@@ -44,6 +44,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_pending_appends", 2000, "Batches waiting for a group commit in one worker before new ones get 503."),
     Setting("session_inactivity_minutes", 30, "A person's session ends after this long without events (when the SDK sends no session id)."),
     Setting("warehouse_memory", "1GB", "Memory limit of the warehouse's DuckDB (e.g. `1GB`, `512MB`)."),
+    Setting("hot_days", 7, "Days events stay in the hot tier (DuckDB) before moving to the warm tier."),
+    Setting("warm_days", 90, "Days events stay in the warm tier (daily Parquet) before they are archived to the cold tier."),
+    Setting("cold_days", 760, "Days events are kept at all; cold archives older than this are deleted (25 months)."),
+    Setting("tiering_interval_s", 300.0, "How often the tiering job runs (seconds)."),
+    Setting("tier_url", "", "Where warm and cold files go: a path or `s3://bucket/prefix` (default DATA_DIR/tiers)."),
+    Setting("s3_endpoint_url", "", "Endpoint of an S3-compatible store (e.g. `http://127.0.0.1:9000`); empty for AWS."),
+    Setting("s3_access_key", "", "Access key for `s3://` tier URLs."),
+    Setting("s3_secret_key", "", "Secret key for `s3://` tier URLs."),
+    Setting("s3_region", "us-east-1", "Region for `s3://` tier URLs."),
     Setting("health_interval_ms", 500, "How often a worker re-checks free disk and consumer lag (ms)."),
 )
 

@@ -14,6 +14,7 @@ import threading
 from datetime import timedelta
 from typing import Any
 
+import duckdb
 import msgspec
 
 from aap.collect.app import Receive, Scope, Send
@@ -22,6 +23,8 @@ from aap.privacy.ids import IdHasher
 from aap.process.processor import Processor
 from aap.settings import Settings
 from aap.sources import Sources
+from aap.store.tiering import TieringThread, TierPolicy
+from aap.store.tiers import TierConfig, TierStore
 from aap.store.warehouse import Warehouse
 
 logger = logging.getLogger("aap.core")
@@ -43,7 +46,15 @@ class Core:
         self.settings = settings
         data = settings.data_path
         self.log = open_log(settings)
-        self.warehouse = Warehouse(data / "warehouse", memory_limit=settings.warehouse_memory)
+        tiers = TierStore(TierConfig(
+            settings.tier_url or str(data / "tiers"), s3_endpoint=settings.s3_endpoint_url,
+            s3_access_key=settings.s3_access_key, s3_secret_key=settings.s3_secret_key,
+            s3_region=settings.s3_region))
+        self.warehouse = Warehouse(data / "warehouse", tiers=tiers,
+                                   memory_limit=settings.warehouse_memory)
+        self.tiering = TieringThread(self.warehouse, TierPolicy(
+            settings.hot_days, settings.warm_days, settings.cold_days),
+            settings.tiering_interval_s)
         historical = frozenset(s.id for s in Sources(data).list() if s.historical)
         self.processor = Processor(
             self.log, self.warehouse, IdHasher.for_data_dir(data),
@@ -56,10 +67,12 @@ class Core:
 
     def start(self) -> None:
         self.thread.start()
+        self.tiering.start()
 
     def close(self) -> None:
         self.stop.set()
         self.thread.join(timeout=30)
+        self.tiering.close()
         self.warehouse.close()
         self.log.close()
 
@@ -68,15 +81,11 @@ class Core:
             req = msgspec.json.decode(body, type=SQLRequest)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return 400, {"code": "bad_request", "message": str(exc), "detail": str(exc)}
-        cur = self.warehouse.cursor()
         try:
-            res = cur.execute(req.sql, req.params)
-            cols = [d[0] for d in res.description or []]
-            rows = [[_jsonable(v) for v in r] for r in res.fetchall()]
-        except Exception as exc:
+            cols, result = self.warehouse.query(req.sql, req.params)
+        except duckdb.Error as exc:
             return 400, {"code": "bad_query", "message": str(exc), "detail": str(exc)}
-        finally:
-            cur.close()
+        rows = [[_jsonable(v) for v in r] for r in result]
         return 200, {"columns": cols, "rows": rows, "position": self.processor.position}
 
 

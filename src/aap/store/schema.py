@@ -1,9 +1,14 @@
 """The warehouse schema (DuckDB). Timestamps are UTC ``TIMESTAMP``s.
 
-Tables are what the processor writes; views are what analysts query. ``events`` as
-stored keeps the person id an event had when it was processed; the ``events`` *view*
-resolves merges through ``person_overrides``, so an event sent before a person
-identified themselves counts for that person everywhere, without rewriting history.
+Tables are what the processor writes; views are what analysts query. Events live in
+three tiers: the hot table ``events_raw`` and the warm and cold Parquet files listed
+in ``tier_files``; each query cursor registers those files as ``warm_events`` and
+``cold_events`` and gets the views below as temporary views, so every query reads one
+logical ``events`` across the tiers. The hot table keeps the person id an event had
+when it was processed; the ``events`` view resolves merges through
+``person_overrides``, so an event sent before a person identified themselves counts
+for that person everywhere, without rewriting history at query time. (Moving a day to
+the warm tier writes the resolved ids, so the join rarely matches there.)
 """
 
 from __future__ import annotations
@@ -100,10 +105,29 @@ CREATE TABLE IF NOT EXISTS processor_state (
     name VARCHAR PRIMARY KEY,
     value BIGINT NOT NULL
 );
-CREATE OR REPLACE VIEW events AS
+CREATE TABLE IF NOT EXISTS tier_files (
+    path VARCHAR PRIMARY KEY,
+    tier VARCHAR NOT NULL,
+    part VARCHAR NOT NULL,
+    rows BIGINT NOT NULL,
+    bytes BIGINT NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tier_trash (
+    path VARCHAR PRIMARY KEY,
+    delete_after TIMESTAMP NOT NULL
+);
+"""
+
+VIEWS = """
+CREATE OR REPLACE TEMP VIEW events_all AS
+    SELECT * FROM events_raw
+    UNION ALL SELECT * FROM warm_events
+    UNION ALL SELECT * FROM cold_events;
+CREATE OR REPLACE TEMP VIEW events AS
     SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)
-    FROM events_raw e LEFT JOIN person_overrides o ON o.old_person_id = e.person_id;
-CREATE OR REPLACE VIEW sessions AS
+    FROM events_all e LEFT JOIN person_overrides o ON o.old_person_id = e.person_id;
+CREATE OR REPLACE TEMP VIEW sessions AS
     SELECT session_id, any_value(person_id) AS person_id,
            min(timestamp) AS started_at, max(timestamp) AS ended_at,
            count(*) AS events,
@@ -112,18 +136,20 @@ CREATE OR REPLACE VIEW sessions AS
            arg_min(referrer_domain, timestamp) AS referrer_domain,
            arg_min(utm_campaign, timestamp) AS utm_campaign
     FROM events GROUP BY session_id;
-CREATE OR REPLACE VIEW devices AS
+CREATE OR REPLACE TEMP VIEW devices AS
     SELECT device_type, os, os_version, browser, browser_version,
            count(*) AS events, count(DISTINCT person_id) AS persons
     FROM events GROUP BY ALL;
-CREATE OR REPLACE VIEW locations AS
+CREATE OR REPLACE TEMP VIEW locations AS
     SELECT country, region, city, count(*) AS events, count(DISTINCT person_id) AS persons
     FROM events GROUP BY ALL;
-CREATE OR REPLACE VIEW content AS
+CREATE OR REPLACE TEMP VIEW content AS
     SELECT message_id, type, coalesce(name, path) AS title, url, host, path, person_id,
            session_id, timestamp
     FROM events WHERE type IN ('page', 'screen');
-CREATE OR REPLACE VIEW orders_resolved AS
+CREATE OR REPLACE TEMP VIEW orders_resolved AS
     SELECT o.* REPLACE (coalesce(po.person_id, o.person_id) AS person_id)
     FROM orders o LEFT JOIN person_overrides po ON po.old_person_id = o.person_id;
 """
+
+OLD_VIEWS = ("events", "sessions", "devices", "locations", "content", "orders_resolved")

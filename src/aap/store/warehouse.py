@@ -10,8 +10,10 @@ MVCC): they see whole chunks only and never block the writer.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from aap.store.schema import DDL, EVENT_ARROW_SCHEMA
+from aap.store.schema import DDL, EVENT_ARROW_SCHEMA, OLD_VIEWS, VIEWS
+from aap.store.tiers import TierConfig, TierStore
 
 POSITION = "log_position"
 NEXT_PERSON = "next_person"
@@ -65,21 +68,44 @@ def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
 
 
 class Warehouse:
-    def __init__(self, directory: Path, *, memory_limit: str = "1GB", threads: int = 2) -> None:
+    def __init__(self, directory: Path, *, tiers: TierStore | None = None,
+                 memory_limit: str = "1GB", threads: int = 2) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "hot.duckdb"
+        self.tiers = tiers or TierStore(TierConfig(str(directory / "tiers")))
         self.con = duckdb.connect(str(self.path), config={
             "memory_limit": memory_limit, "threads": threads,
         })
+        for v in OLD_VIEWS:
+            self.con.execute(f"DROP VIEW IF EXISTS {v}")
         self.con.execute(DDL)
         self._write_lock = threading.Lock()
 
     def close(self) -> None:
         self.con.close()
 
-    def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A connection for queries from another thread of this process."""
-        return self.con.cursor()
+    @contextmanager
+    def snapshot(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor inside one read transaction, with every tier registered and the
+        analysts' views defined: what it reads is one consistent state of the store."""
+        cur = self.con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            files = cur.execute("SELECT tier, path FROM tier_files").fetchall()
+            for tier in ("warm", "cold"):
+                cur.register(f"{tier}_events",
+                             self.tiers.dataset([p for t, p in files if t == tier]))
+            cur.execute(VIEWS)
+            yield cur
+            cur.execute("COMMIT")
+        finally:
+            cur.close()
+
+    def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+        with self.snapshot() as cur:
+            res = cur.execute(sql, params or [])
+            cols = [d[0] for d in res.description or []]
+            return cols, res.fetchall()
 
     # -- state the processor resumes from --
 
@@ -97,16 +123,20 @@ class Warehouse:
         return ids, overrides, identified, self.get_state(NEXT_PERSON, 1)
 
     def load_dedup_keys(self) -> np.ndarray:
-        res = self.con.execute(
-            "SELECT md5_number_upper(source || chr(0) || message_id) AS k FROM events_raw"
-        ).fetchnumpy()
+        """Keys of every stored event, in every tier."""
+        with self.snapshot() as cur:
+            res = cur.execute(
+                "SELECT md5_number_upper(source || chr(0) || message_id) AS k FROM events_all"
+            ).fetchnumpy()
         return np.asarray(res["k"], dtype=np.uint64)
 
     def load_sessions(self) -> list[tuple[int, datetime, str]]:
         """Per person: the time of their latest event and its session."""
-        return [(int(p), t, s) for p, t, s in self.con.execute(
-            "SELECT person_id, max(timestamp), arg_max(session_id, timestamp)"
-            " FROM events GROUP BY person_id").fetchall()]
+        with self.snapshot() as cur:
+            rows = cur.execute(
+                "SELECT person_id, max(timestamp), arg_max(session_id, timestamp)"
+                " FROM events GROUP BY person_id").fetchall()
+        return [(int(p), t, s) for p, t, s in rows]
 
     # -- the processor's write --
 
@@ -189,3 +219,119 @@ class Warehouse:
                               ELSE json_merge_patch(excluded.traits, persons.traits) END
         """, [new, old])
         con.execute("DELETE FROM persons WHERE person_id = ?", [old])
+
+    # -- tiering --
+
+    def hot_days(self) -> list[date]:
+        return [r[0] for r in self.con.cursor().execute(
+            "SELECT DISTINCT CAST(timestamp AS DATE) FROM events_raw ORDER BY 1").fetchall()]
+
+    def move_day_to_warm(self, day: date) -> int:
+        """Write the hot rows of ``day`` to a warm file and delete them from the hot table
+        in the same transaction as the file joins the list. Returns rows moved."""
+        cur = self.con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            where = "timestamp >= ? AND timestamp < ?"
+            bounds = [day, day + timedelta(days=1)]
+            table: pa.Table = cur.sql(
+                f"SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)"
+                f" FROM events_raw e LEFT JOIN person_overrides o ON o.old_person_id = e.person_id"
+                f" WHERE {where} ORDER BY event, person_id, timestamp", params=bounds
+            ).to_arrow_table()
+            if table.num_rows == 0:
+                cur.execute("ROLLBACK")
+                return 0
+            table = table.cast(EVENT_ARROW_SCHEMA)
+            path, size = self.tiers.write(table, f"day={day.isoformat()}")
+            try:
+                cur.execute("INSERT INTO tier_files VALUES (?, 'warm', ?, ?, ?, now())",
+                            [path, day.isoformat(), table.num_rows, size])
+                deleted = cur.execute(f"DELETE FROM events_raw WHERE {where}", bounds).fetchone()
+                if deleted is None or deleted[0] != table.num_rows:
+                    raise RuntimeError("hot rows changed while the day was being moved")
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                self.tiers.delete(path)
+                raise
+            return table.num_rows
+        finally:
+            cur.close()
+
+    def warm_months(self) -> list[tuple[str, list[str]]]:
+        rows = self.con.cursor().execute(
+            "SELECT part, path FROM tier_files WHERE tier = 'warm' ORDER BY part").fetchall()
+        out: dict[str, list[str]] = {}
+        for part, path in rows:
+            out.setdefault(part[:7], []).append(path)
+        return sorted(out.items())
+
+    def compact_to_cold(self, month: str, before: date, grace: timedelta) -> int:
+        """Compact the warm files of ``month`` (days before ``before``) into one cold file."""
+        cur = self.con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            rows = cur.execute(
+                "SELECT path, rows FROM tier_files WHERE tier = 'warm' AND part LIKE ? AND part < ?",
+                [month + "-%", before.isoformat()]).fetchall()
+            if not rows:
+                cur.execute("ROLLBACK")
+                return 0
+            paths = [r[0] for r in rows]
+            table = self.tiers.read(paths)
+            table = table.sort_by([("event", "ascending"), ("person_id", "ascending"),
+                                   ("timestamp", "ascending")])
+            path, size = self.tiers.write(table, f"month={month}", cold=True)
+            try:
+                cur.execute("INSERT INTO tier_files VALUES (?, 'cold', ?, ?, ?, now())",
+                            [path, month, table.num_rows, size])
+                for p in paths:
+                    cur.execute("DELETE FROM tier_files WHERE path = ?", [p])
+                    cur.execute("INSERT INTO tier_trash VALUES (?, now() + ?)",
+                                [p, grace])
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                self.tiers.delete(path)
+                raise
+            return table.num_rows
+        finally:
+            cur.close()
+
+    def drop_cold_before(self, month: str, grace: timedelta) -> int:
+        """Retention of the cold tier: archives of months before ``month`` go."""
+        cur = self.con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            rows = cur.execute("SELECT path, rows FROM tier_files WHERE tier = 'cold' AND part < ?",
+                               [month]).fetchall()
+            for p, _ in rows:
+                cur.execute("DELETE FROM tier_files WHERE path = ?", [p])
+                cur.execute("INSERT INTO tier_trash VALUES (?, now() + ?)", [p, grace])
+            cur.execute("COMMIT")
+            return sum(int(r[1]) for r in rows)
+        finally:
+            cur.close()
+
+    def empty_trash(self) -> int:
+        cur = self.con.cursor()
+        try:
+            due = [r[0] for r in cur.execute(
+                "SELECT path FROM tier_trash WHERE delete_after <= now()").fetchall()]
+            for p in due:
+                self.tiers.delete(p)
+                cur.execute("DELETE FROM tier_trash WHERE path = ?", [p])
+            return len(due)
+        finally:
+            cur.close()
+
+    def tier_stats(self) -> dict[str, tuple[int, int, int]]:
+        """Per tier: files, rows, bytes."""
+        out = {"hot": (0, int(self.con.cursor().execute(
+            "SELECT count(*) FROM events_raw").fetchone()[0]), 0)}  # type: ignore[index]
+        for tier, files, rows, size in self.con.cursor().execute(
+                "SELECT tier, count(*), sum(rows), sum(bytes) FROM tier_files GROUP BY tier"
+        ).fetchall():
+            out[tier] = (int(files), int(rows), int(size))
+        return out

@@ -1,0 +1,69 @@
+"""The tiering job: hot → warm after ``hot_days``, warm → cold (monthly archives) after
+``warm_days``, cold dropped after ``cold_days``. Days are UTC calendar days of the
+events' (corrected) timestamps."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from aap.store.warehouse import Warehouse
+
+logger = logging.getLogger("aap.tiering")
+
+
+@dataclass(frozen=True)
+class TierPolicy:
+    hot_days: int = 7
+    """Days an event stays in the hot table (DuckDB)."""
+    warm_days: int = 90
+    """Days an event stays in the warm tier (daily Parquet) before it is archived."""
+    cold_days: int = 760
+    """Days an event is kept at all (cold monthly archives are dropped after this)."""
+    grace: timedelta = timedelta(minutes=10)
+    """How long a file dropped from the list stays on disk for queries still reading it."""
+
+
+def run_tiering(wh: Warehouse, policy: TierPolicy, today: date | None = None) -> dict[str, int]:
+    today = today or datetime.now(UTC).date()
+    moved = {"to_warm": 0, "to_cold": 0, "dropped": 0, "files_deleted": 0}
+    hot_limit = today - timedelta(days=policy.hot_days)
+    for day in wh.hot_days():
+        if day < hot_limit:
+            moved["to_warm"] += wh.move_day_to_warm(day)
+    warm_limit = today - timedelta(days=policy.warm_days)
+    for month, _ in wh.warm_months():
+        if month <= warm_limit.isoformat()[:7]:  # only its days before the limit move
+            moved["to_cold"] += wh.compact_to_cold(month, warm_limit, policy.grace)
+    cold_limit = (today - timedelta(days=policy.cold_days)).isoformat()[:7]
+    moved["dropped"] = wh.drop_cold_before(cold_limit, policy.grace)
+    moved["files_deleted"] = wh.empty_trash()
+    return moved
+
+
+class TieringThread:
+    def __init__(self, wh: Warehouse, policy: TierPolicy, interval_s: float) -> None:
+        self.wh = wh
+        self.policy = policy
+        self.interval = interval_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="aap-tiering", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                moved = run_tiering(self.wh, self.policy)
+            except Exception:
+                logger.exception("tiering failed; will retry")
+            else:
+                if any(moved.values()):
+                    logger.info("tiering: %s", moved)

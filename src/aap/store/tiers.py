@@ -1,0 +1,90 @@
+"""Warm and cold tiers: Parquet files on local disk or any S3-compatible store, through
+one ``pyarrow.fs`` filesystem.
+
+- warm: one or more files per day (``events/day=YYYY-MM-DD/part-….parquet``, zstd);
+- cold: older days compacted per month into one archive file each
+  (``events/month=YYYY-MM/part-….parquet``, zstd level 19, large row groups) that every
+  query still reads, and that ``aap`` can copy back like any Parquet file.
+
+The list of live files is a table of the warehouse (``tier_files``), so moving data is
+one transaction: the new file appears in the list in the same commit that deletes the
+rows it holds from where they were. A query reads the list and the hot table in one
+snapshot: no gaps and no duplicates, also while a partition moves. Files dropped from
+the list are deleted only after a grace period, so queries that still read them finish.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from aap.store.schema import EVENT_ARROW_SCHEMA
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    url: str
+    """``/path/on/disk`` or ``s3://bucket/prefix``."""
+    s3_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_region: str = "us-east-1"
+
+
+class TierStore:
+    """Where warm and cold files live."""
+
+    def __init__(self, cfg: TierConfig) -> None:
+        parsed = urlparse(cfg.url)
+        if parsed.scheme == "s3":
+            endpoint = urlparse(cfg.s3_endpoint) if cfg.s3_endpoint else None
+            self.fs: pafs.FileSystem = pafs.S3FileSystem(
+                access_key=cfg.s3_access_key or None, secret_key=cfg.s3_secret_key or None,
+                region=cfg.s3_region,
+                endpoint_override=endpoint.netloc if endpoint else None,
+                scheme=endpoint.scheme if endpoint else "https",
+            )
+            self.root = (parsed.netloc + parsed.path).rstrip("/")
+        elif parsed.scheme in ("", "file"):
+            self.fs = pafs.LocalFileSystem()
+            self.root = (parsed.path if parsed.scheme else cfg.url).rstrip("/")
+            self.fs.create_dir(self.root, recursive=True)
+        else:
+            raise ValueError(f"tier url {cfg.url!r}: use a path or s3://bucket/prefix")
+
+    def write(self, table: pa.Table, partition: str, *, cold: bool = False) -> tuple[str, int]:
+        """Write one file; returns its path and size. Durable when it returns."""
+        path = f"{self.root}/{'cold' if cold else 'warm'}/events/{partition}/part-{uuid.uuid4().hex}.parquet"
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        pq.write_table(
+            table, path, filesystem=self.fs, compression="zstd",
+            compression_level=19 if cold else 6,
+            row_group_size=1_000_000 if cold else 256_000,
+            use_dictionary=True, write_statistics=True,
+        )
+        return path, int(self.fs.get_file_info(path).size)
+
+    def read(self, paths: list[str]) -> pa.Table:
+        return pads.dataset(paths, filesystem=self.fs, format="parquet",
+                            schema=EVENT_ARROW_SCHEMA).to_table()
+
+    def dataset(self, paths: list[str]) -> pads.Dataset | pa.Table:
+        if not paths:
+            return EVENT_ARROW_SCHEMA.empty_table()
+        return pads.dataset(paths, filesystem=self.fs, format="parquet",
+                            schema=EVENT_ARROW_SCHEMA)
+
+    def delete(self, path: str) -> None:
+        try:
+            self.fs.delete_file(path)
+        except FileNotFoundError:
+            pass
+
+    def exists(self, path: str) -> bool:
+        return bool(self.fs.get_file_info(path).type != pafs.FileType.NotFound)
