@@ -23,6 +23,7 @@ from aap.log.base import Log
 from aap.privacy.ids import IdHasher
 from aap.process.identity import Identities
 from aap.process.steps import (
+    ENRICHED_COLUMNS,
     STEPS,
     DedupIndex,
     Dropped,
@@ -104,26 +105,39 @@ class Processor:
     def _chunk(self, rows: list[Row], position: int) -> Chunk:
         st = self.state
         changes = st.identities.take_changes()
-        columns: dict[str, list[Any]] = {name: [] for name, _, _ in EVENT_COLUMNS}
+        evs = [r.ev for r in rows]
+        enriched: list[tuple[Any, ...]] = (
+            list(zip(*(r.enriched for r in rows), strict=True)) if rows
+            else [() for _ in ENRICHED_COLUMNS])
+        columns: dict[str, list[Any]] = {
+            "message_id": [e.message_id for e in evs],
+            "source": [e.source for e in evs],
+            "type": [e.type for e in evs],
+            "event": [event_name(e) for e in evs],
+            "timestamp": [r.timestamp for r in rows],
+            "sent_at": [_naive(e.sent_at) for e in evs],
+            "received_at": [_naive(e.received_at) for e in evs],
+            "person_id": [r.person_id for r in rows],
+            "session_id": [r.session_id for r in rows],
+            "name": [e.name for e in evs],
+            "category": [e.category for e in evs],
+            **{name: list(vals) for name, vals in zip(ENRICHED_COLUMNS, enriched, strict=True)},
+            "properties": [properties_json(e) for e in evs],
+            "gpc": [e.gpc for e in evs],
+            "dnt": [e.dnt for e in evs],
+        }
         persons: dict[int, list[Any]] = {}
         orders: list[tuple[Any, ...]] = []
         items: list[tuple[Any, ...]] = []
         products: dict[str, tuple[Any, ...]] = {}
         for r in rows:
             ev = r.ev
-            c = r.cols
-            c.update(message_id=ev.message_id, source=ev.source, type=ev.type,
-                     event=event_name(ev), timestamp=r.timestamp, sent_at=_naive(ev.sent_at),
-                     received_at=_naive(ev.received_at), person_id=r.person_id,
-                     session_id=r.session_id, name=ev.name, category=ev.category,
-                     properties=properties_json(ev), gpc=ev.gpc, dnt=ev.dnt)
-            for name, values in columns.items():
-                values.append(c.get(name))
             _person(persons, r, changes.identified)
-            if ev.type == "track" and ev.event in _ORDER_EVENTS:
-                _order(ev, r, orders, items, products)
-            elif ev.type == "track" and ev.event in _PRODUCT_EVENTS:
-                _product(ev.properties, r.timestamp, products)
+            if ev.type == "track":
+                if ev.event in _ORDER_EVENTS:
+                    _order(ev, r, orders, items, products)
+                elif ev.event in _PRODUCT_EVENTS:
+                    _product(ev.properties, r.timestamp, products)
         events = pa.table([pa.array(columns[n], type=t) for n, _, t in EVENT_COLUMNS],
                           schema=EVENT_ARROW_SCHEMA)
         for p in changes.identified:

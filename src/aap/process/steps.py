@@ -8,12 +8,13 @@ and re-reads the log from its last committed position produces the same rows.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, NamedTuple
 
+import msgspec
 import numpy as np
 
 from aap.events import Event
@@ -35,7 +36,18 @@ class Row:
     timestamp: datetime
     person_id: int = 0
     session_id: str | None = None
-    cols: dict[str, Any] = field(default_factory=dict)
+    enriched: tuple[Any, ...] = ()
+    """Values of :data:`ENRICHED_COLUMNS`, in that order."""
+
+
+ENRICHED_COLUMNS = (
+    "url", "host", "path", "referrer", "referrer_domain",
+    "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
+    "browser", "browser_version", "os", "os_version", "device_type",
+    "country", "region", "city", "library_name", "library_version",
+)  # fmt: skip
+_NO_AGENT = (None, None, None, None, None)
+_NO_GEO = (None, None, None)
 
 
 def dedup_key(source: str, message_id: str) -> int:
@@ -127,34 +139,40 @@ def _naive(dt: datetime) -> datetime:
     return (dt - off).replace(tzinfo=None) if off is not None else dt
 
 
+@lru_cache(maxsize=50_000)
+def _page(url: str | None, referrer: str | None, path: str | None
+          ) -> tuple[tuple[Any, ...], dict[str, list[str]]]:
+    parts = enrich.split_url(url) if url else None
+    return ((parts.url if parts else None, parts.host if parts else None,
+             (parts.path if parts else None) or path, referrer, enrich.domain(referrer)),
+            parts.query if parts else {})
+
+
+@lru_cache(maxsize=20_000)
+def _agent(ua: str | None) -> tuple[Any, ...]:
+    return tuple(enrich.parse_agent(ua)) if ua else _NO_AGENT
+
+
 def enrichment(row: Row, st: State) -> Row | Dropped:
     ev = row.ev
     ctx = ev.context
     props = ev.properties
     page: dict[str, Any] = ctx["page"] if isinstance(ctx.get("page"), dict) else {}
-    url = enrich.text(props.get("url")) or enrich.text(page.get("url"))
-    referrer = enrich.text(props.get("referrer")) or enrich.text(page.get("referrer"))
-    c = row.cols
-    parts = enrich.split_url(url) if url else None
-    c["url"] = parts.url if parts else None
-    c["host"] = parts.host if parts else None
-    c["path"] = (parts.path if parts else None) or enrich.text(props.get("path")) or \
-        enrich.text(page.get("path"))
-    c["referrer"] = referrer
-    c["referrer_domain"] = enrich.domain(referrer)
-    campaign = enrich.utm(ctx.get("campaign"), parts.query if parts else {})
-    for f in enrich.UTM_FIELDS:
-        c["utm_" + f] = campaign.get(f)
-    ua = enrich.text(ctx.get("userAgent"))
-    agent = enrich.parse_agent(ua) if ua else None
-    c["browser"], c["browser_version"], c["os"], c["os_version"], c["device_type"] = (
-        agent if agent else (None, None, None, None, None))
+    t = enrich.text
+    url = t(props.get("url")) or t(page.get("url"))
+    referrer = t(props.get("referrer")) or t(page.get("referrer"))
+    page_cols, query = _page(url, referrer, t(props.get("path")) or t(page.get("path")))
+    campaign = enrich.utm(ctx.get("campaign"), query)
     geo = ev.geo
-    c["country"], c["region"], c["city"] = (geo.country, geo.region, geo.city) if geo else (
-        None, None, None)
     lib: dict[str, Any] = ctx["library"] if isinstance(ctx.get("library"), dict) else {}
-    c["library_name"] = enrich.text(lib.get("name"))
-    c["library_version"] = enrich.text(lib.get("version"))
+    row.enriched = (
+        *page_cols,
+        campaign.get("source"), campaign.get("medium"), campaign.get("campaign"),
+        campaign.get("term"), campaign.get("content"),
+        *_agent(t(ctx.get("userAgent"))),
+        *((geo.country, geo.region, geo.city) if geo else _NO_GEO),
+        t(lib.get("name")), t(lib.get("version")),
+    )
     return row
 
 
@@ -222,5 +240,8 @@ def event_name(ev: Event) -> str:
     return "$" + ev.type
 
 
+_json = msgspec.json.Encoder()
+
+
 def properties_json(ev: Event) -> str:
-    return json.dumps(ev.properties, ensure_ascii=False, separators=(",", ":"), default=str)
+    return _json.encode(ev.properties).decode()
