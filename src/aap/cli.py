@@ -46,8 +46,12 @@ def serve(data_dir: Path | None, host: str | None, port: int | None, workers: in
 
 @cli.command()
 @data_dir_option
-def core(data_dir: Path | None) -> None:
-    """Run the core process alone (processor, warehouse and queries on run/core.sock)."""
+def process(data_dir: Path | None) -> None:
+    """Run the processor as its own process, without the collector.
+
+    It is the core process (processor, tiering, and queries on DATA_DIR/run/core.sock):
+    the warehouse has one owner, so do not run it beside `aap serve` on the same data dir.
+    """
     from aap.collect.server import serve_core
 
     serve_core(_settings(data_dir=data_dir))

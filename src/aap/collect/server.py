@@ -58,7 +58,7 @@ def serve(settings: Settings) -> None:
 
     open_log(settings).close()
     Sources(settings.data_path).close()
-    core = subprocess.Popen([sys.executable, "-m", "aap", "core", "--data-dir",
+    core = subprocess.Popen([sys.executable, "-m", "aap", "process", "--data-dir",
                              str(settings.data_path)])
     try:
         _serve_collector(settings, workers)
