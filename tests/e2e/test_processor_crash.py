@@ -65,3 +65,45 @@ def test_processor_killed_under_load_writes_every_event_once(tmp_path: Path) -> 
         assert len(acked) > CYCLES * BATCH * 5
     finally:
         server.stop()
+
+
+def _core_pids(server: ServerProcess) -> list[int]:
+    assert server.proc is not None
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            pgid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
+        except (OSError, IndexError, ValueError):
+            continue
+        if pgid == server.proc.pid and b"process" in cmd and b"aap" in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_killed_core_is_restarted_and_catches_up(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    key = create_source(data, "core")
+    with ServerProcess(data, workers=2) as server:
+        (pid,) = _core_pids(server)
+        assert oct(server.core_socket.stat().st_mode & 0o777) == "0o600"
+        os.kill(pid, signal.SIGKILL)
+        batch = [{"type": "track", "event": "While Down", "userId": "u", "messageId": f"down-{i}"}
+                 for i in range(50)]
+        r = httpx.post(server.url + "/v1/batch", json={"batch": batch}, auth=(key, ""))
+        assert r.status_code == 200  # the collector does not need the core
+        deadline = time.monotonic() + 30
+        while True:
+            pids = _core_pids(server)
+            if pids and pids != [pid] and server._core_up():
+                break
+            assert time.monotonic() < deadline, "core was not restarted"
+            time.sleep(0.1)
+        server.wait_processed()
+        assert server.sql("SELECT count(*) FROM events WHERE event = 'While Down'") == [[50]]

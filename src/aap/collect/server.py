@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from aap.settings import Settings
+
+logger = logging.getLogger("aap.serve")
 
 
 def prepare(settings: Settings) -> dict[str, str]:
@@ -33,18 +38,25 @@ def core_socket(settings: Settings) -> Path:
 
 
 def serve_core(settings: Settings) -> None:
-    """The core process: processor, warehouse and queries, on a Unix socket."""
-    from granian import Granian
-    from granian.constants import Interfaces
+    """The core process: processor, warehouse and queries, on a Unix socket.
+
+    One process (uvicorn, no worker children): it owns the DuckDB file, and a kill -9
+    of it leaves nothing behind that still holds the file.
+    """
+    import uvicorn
+
+    from aap.api.app import create_app
 
     os.environ["AAP_DATA_DIR"] = str(settings.data_path)
+    os.umask(0o077)  # the socket and every file the core writes: owner only
     sock = core_socket(settings)
     sock.parent.mkdir(parents=True, exist_ok=True)
     sock.unlink(missing_ok=True)
-    Granian(
-        "aap.api.app:create_app", factory=True, uds=sock, uds_permissions=0o600,
-        interface=Interfaces.ASGI, workers=1, log_access=False,
-    ).serve()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock))
+    os.chmod(sock, 0o600)
+    config = uvicorn.Config(create_app(), lifespan="on", access_log=False, log_level="warning")
+    uvicorn.Server(config).run(sockets=[listener])
 
 
 def serve(settings: Settings) -> None:
@@ -58,13 +70,46 @@ def serve(settings: Settings) -> None:
 
     open_log(settings).close()
     Sources(settings.data_path).close()
-    core = subprocess.Popen([sys.executable, "-m", "aap", "process", "--data-dir",
-                             str(settings.data_path)])
+    core = CoreSupervisor(settings)
+    core.start()
     try:
         _serve_collector(settings, workers)
     finally:
-        core.terminate()
-        core.wait(30)
+        core.close()
+
+
+class CoreSupervisor:
+    """Keeps the core process (processor, warehouse, queries) running: if it dies, it is
+    started again, and it resumes from the last chunk it committed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.cmd = [sys.executable, "-m", "aap", "process", "--data-dir", str(settings.data_path)]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.closing = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="aap-core-supervisor",
+                                       daemon=True)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.closing.is_set():
+            assert self.proc is not None
+            code = self.proc.wait()
+            if self.closing.wait(1.0):
+                return
+            logger.warning("core process exited with %s; starting it again", code)
+            self.proc = subprocess.Popen(self.cmd)
+
+    def close(self) -> None:
+        self.closing.set()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 def _serve_collector(settings: Settings, workers: int) -> None:
