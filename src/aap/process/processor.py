@@ -19,7 +19,7 @@ import pyarrow as pa
 from prometheus_client import Counter as PromCounter
 
 from aap.events import Event, decode_events
-from aap.log.base import Log
+from aap.log.base import Log, Record
 from aap.privacy.ids import IdHasher
 from aap.process.identity import Identities
 from aap.process.steps import (
@@ -57,20 +57,56 @@ class Processor:
         self.log = log
         self.wh = warehouse
         self.chunk_records = chunk_records
-        ids = Identities()
-        ids.load(*warehouse.load_identities())
-        sessions = {p: SessionState(t, s) for p, t, s in warehouse.load_sessions()}
-        self.state = State(identities=ids, hasher=hasher,
-                           dedup=DedupIndex(warehouse.load_dedup_keys()), sessions=sessions,
-                           historical_sources=historical_sources, inactivity=inactivity)
-        self.position = warehouse.get_state("log_position")
+        self.hasher = hasher
+        self.historical_sources = historical_sources
+        self.inactivity = inactivity
         self.dropped: Counter[str] = Counter()
+        self.failures = 0
+        self._load()
+
+    def _load(self) -> None:
+        """State as the warehouse has it: at start-up, and after a chunk failed to write
+        (the steps had already changed the state in memory for rows that are not stored)."""
+        wh = self.wh
+        ids = Identities()
+        ids.load(*wh.load_identities())
+        sessions = {p: SessionState(t, s) for p, t, s in wh.load_sessions()}
+        self.state = State(identities=ids, hasher=self.hasher,
+                           dedup=DedupIndex(wh.load_dedup_keys()), sessions=sessions,
+                           historical_sources=self.historical_sources,
+                           inactivity=self.inactivity)
+        self.position = wh.get_state("log_position")
 
     def run_once(self) -> int:
-        """Process one chunk; returns the number of log records it consumed."""
-        records = self.log.read(self.position, self.chunk_records)
+        """Process one chunk; returns the number of log records it consumed.
+
+        After three failures in a row at the same position, records are taken one at a
+        time, and a record that still cannot be written is set aside (its offset goes to
+        ``dead_letters``, its events are counted as dropped with reason
+        ``unprocessable``) so that one bad record cannot stop the pipeline.
+        """
+        limit = 1 if self.failures >= 3 else self.chunk_records
+        records = self.log.read(self.position, limit)
         if not records:
             return 0
+        try:
+            n = self._process(records)
+        except Exception:
+            self.failures += 1
+            self._load()
+            if self.failures > 4 and len(records) == 1:
+                logger.error("log record %d cannot be processed; set aside", records[0].offset)
+                self.wh.dead_letter(records[0].offset, records[0].count, self.position)
+                DROPPED.labels("unprocessable").inc(records[0].count)
+                self.dropped["unprocessable"] += records[0].count
+                self.position = records[0].offset
+                self.failures = 0
+                return 1
+            raise
+        self.failures = 0
+        return n
+
+    def _process(self, records: list[Record]) -> int:
         st = self.state
         rows: list[Row] = []
         dropped: Counter[str] = Counter()
@@ -85,12 +121,7 @@ class Processor:
                 else:
                     rows.append(row)  # type: ignore[arg-type]
         chunk = self._chunk(rows, records[-1].offset)
-        try:
-            self.wh.write(chunk)
-        except BaseException:
-            # the chunk is not stored: forget its dedup keys so a retry does not drop it
-            st.dedup.discard({r.key for r in rows})
-            raise
+        self.wh.write(chunk)
         self.position = chunk.position
         self.log.commit(GROUP, self.position)  # for lag metrics; the truth is in the warehouse
         PROCESSED.inc(len(rows))

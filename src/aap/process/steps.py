@@ -75,10 +75,6 @@ class DedupIndex:
         if len(self.recent) >= 2_000_000:
             self.compact()
 
-    def discard(self, keys: set[int]) -> None:
-        """Forget keys (of events a chunk failed to write)."""
-        self.recent -= keys
-
     def compact(self) -> None:
         if self.recent:
             new = np.fromiter(self.recent, np.uint64, len(self.recent))

@@ -113,6 +113,11 @@ CREATE TABLE IF NOT EXISTS tier_files (
     bytes BIGINT NOT NULL,
     created_at TIMESTAMP NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dead_letters (
+    log_offset BIGINT PRIMARY KEY,
+    events INTEGER NOT NULL,
+    set_aside_at TIMESTAMP NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tier_trash (
     path VARCHAR PRIMARY KEY,
     delete_after TIMESTAMP NOT NULL

@@ -220,6 +220,23 @@ class Warehouse:
         """, [new, old])
         con.execute("DELETE FROM persons WHERE person_id = ?", [old])
 
+    def dead_letter(self, offset: int, events: int, previous_position: int) -> None:
+        """Set a log record aside: note it and move the position past it, atomically."""
+        with self._write_lock:
+            con = self.con
+            con.execute("BEGIN TRANSACTION")
+            try:
+                if self.get_state(POSITION) != previous_position:
+                    raise RuntimeError("the log position moved under the processor")
+                con.execute("INSERT INTO dead_letters VALUES (?, ?, now())"
+                            " ON CONFLICT DO NOTHING", [offset, events])
+                con.execute("INSERT INTO processor_state VALUES (?, ?) ON CONFLICT (name)"
+                            " DO UPDATE SET value = excluded.value", [POSITION, offset])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
     # -- tiering --
 
     def hot_days(self) -> list[date]:

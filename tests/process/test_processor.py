@@ -1,0 +1,104 @@
+"""The processor in-process: failed writes leave no trace in its state, and a record
+that can never be written is set aside instead of stopping the pipeline."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from aap.events import Event, encode_events
+from aap.log.base import Append
+from aap.log.sqlite import SQLiteLog
+from aap.privacy.ids import IdHasher
+from aap.process.processor import Processor
+from aap.store.warehouse import Chunk, Warehouse
+
+T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
+
+
+def ev(i: int, **kw: object) -> Event:
+    base: dict[str, object] = {"type": "track", "event": "E", "message_id": f"m{i}",
+                               "anonymous_id": f"a{i % 5}", "timestamp": T0 + timedelta(minutes=i),
+                               "received_at": T0 + timedelta(minutes=i), "source": "s"}
+    base.update(kw)
+    return Event(**base)  # type: ignore[arg-type]
+
+
+def fill(log: SQLiteLog) -> None:
+    for r in range(10):
+        events = [ev(r * 10 + i) for i in range(10)]
+        if r == 4:  # an identify in the middle links a0 to a user
+            events[3] = ev(43, type="identify", event=None, user_id="alice", anonymous_id="a0")
+        log.append([Append("s", len(events), encode_events(events))])
+
+
+class Flaky(Warehouse):
+    def __init__(self, path: Path, fail_when: str, times: int) -> None:
+        super().__init__(path)
+        self.fail_when, self.times = fail_when, times
+
+    def write(self, chunk: Chunk) -> None:
+        if self.times and self.fail_when in chunk.events.column("message_id").to_pylist():
+            self.times -= 1
+            raise OSError("disk trouble")
+        super().write(chunk)
+
+
+def snapshot(wh: Warehouse) -> dict[str, object]:
+    q = wh.query
+    return {
+        "events": q("SELECT message_id, person_id, session_id FROM events ORDER BY 1")[1],
+        "persons": q("SELECT person_id, identified FROM persons ORDER BY 1")[1],
+        "ids": q("SELECT count(*) FROM person_ids")[1],
+    }
+
+
+def drain(proc: Processor) -> None:
+    for _ in range(200):
+        try:
+            if not proc.run_once():
+                return
+        except OSError:
+            continue
+
+
+def test_a_failed_write_leaves_no_trace(tmp_path: Path) -> None:
+    fill(log := SQLiteLog(tmp_path / "log"))
+    clean = Warehouse(tmp_path / "clean")
+    drain(Processor(log, clean, IdHasher(b"k" * 32), chunk_records=3))
+    flaky = Flaky(tmp_path / "flaky", fail_when="m43", times=2)
+    drain(Processor(log, flaky, IdHasher(b"k" * 32), chunk_records=3))
+    assert flaky.times == 0
+    assert snapshot(flaky) == snapshot(clean)
+    assert len(snapshot(clean)["events"]) == 100  # type: ignore[arg-type]
+
+
+def test_a_poison_record_is_set_aside(tmp_path: Path) -> None:
+    fill(log := SQLiteLog(tmp_path / "log"))
+    wh = Flaky(tmp_path / "wh", fail_when="m55", times=10**6)
+    proc = Processor(log, wh, IdHasher(b"k" * 32), chunk_records=3)
+    drain(proc)
+    ids = {r[0] for r in wh.query("SELECT message_id FROM events")[1]}
+    assert len(ids) == 90 and not {f"m{i}" for i in range(50, 60)} & ids
+    assert wh.query("SELECT log_offset, events FROM dead_letters")[1] == [(6, 10)]
+    assert proc.dropped["unprocessable"] == 10
+    assert proc.position == log.stats().head_offset
+
+
+@pytest.mark.parametrize("dup_gap", [1, 7])
+def test_duplicates_across_chunks_and_restarts(tmp_path: Path, dup_gap: int) -> None:
+    log = SQLiteLog(tmp_path / "log")
+    wh = Warehouse(tmp_path / "wh")
+    mid = str(uuid.uuid4())
+    log.append([Append("s", 1, encode_events([ev(1, message_id=mid)]))])
+    Processor(log, wh, IdHasher(b"k" * 32)).run_once()
+    for i in range(dup_gap):
+        log.append([Append("s", 1, encode_events([ev(100 + i)]))])
+    log.append([Append("s", 1, encode_events([ev(2, message_id=mid)]))])  # a late copy
+    proc = Processor(log, wh, IdHasher(b"k" * 32))  # a new processor: keys come from the store
+    drain(proc)
+    assert wh.query("SELECT count(*) FROM events WHERE message_id = ?", [mid])[1] == [(1,)]
+    assert proc.dropped["duplicate"] == 1
