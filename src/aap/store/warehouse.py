@@ -88,18 +88,13 @@ class Warehouse:
     def snapshot(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A cursor inside one read transaction, with every tier registered and the
         analysts' views defined: what it reads is one consistent state of the store."""
-        cur = self.con.cursor()
-        try:
-            cur.execute("BEGIN TRANSACTION")
+        with self._transaction() as cur:
             files = cur.execute("SELECT tier, path FROM tier_files").fetchall()
             for tier in ("warm", "cold"):
                 cur.register(f"{tier}_events",
                              self.tiers.dataset([p for t, p in files if t == tier]))
             cur.execute(VIEWS)
             yield cur
-            cur.execute("COMMIT")
-        finally:
-            cur.close()
 
     def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         with self.snapshot() as cur:
@@ -141,15 +136,8 @@ class Warehouse:
     # -- the processor's write --
 
     def write(self, chunk: Chunk) -> None:
-        with self._write_lock:
-            con = self.con
-            con.execute("BEGIN TRANSACTION")
-            try:
-                self._write(con, chunk)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        with self._write_lock, self._transaction() as cur:
+            self._write(cur, chunk)
 
     def _write(self, con: duckdb.DuckDBPyConnection, chunk: Chunk) -> None:
         events = chunk.events
@@ -222,20 +210,15 @@ class Warehouse:
 
     def dead_letter(self, offset: int, events: int, previous_position: int) -> None:
         """Set a log record aside: note it and move the position past it, atomically."""
-        with self._write_lock:
-            con = self.con
-            con.execute("BEGIN TRANSACTION")
-            try:
-                if self.get_state(POSITION) != previous_position:
-                    raise RuntimeError("the log position moved under the processor")
-                con.execute("INSERT INTO dead_letters VALUES (?, ?, now())"
-                            " ON CONFLICT DO NOTHING", [offset, events])
-                con.execute("INSERT INTO processor_state VALUES (?, ?) ON CONFLICT (name)"
-                            " DO UPDATE SET value = excluded.value", [POSITION, offset])
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        with self._write_lock, self._transaction() as cur:
+            row = cur.execute("SELECT value FROM processor_state WHERE name = ?",
+                              [POSITION]).fetchone()
+            if (int(row[0]) if row else 0) != previous_position:
+                raise RuntimeError("the log position moved under the processor")
+            cur.execute("INSERT INTO dead_letters VALUES (?, ?, now()) ON CONFLICT DO NOTHING",
+                        [offset, events])
+            cur.execute("INSERT INTO processor_state VALUES (?, ?) ON CONFLICT (name)"
+                        " DO UPDATE SET value = excluded.value", [POSITION, offset])
 
     # -- tiering --
 
@@ -243,38 +226,60 @@ class Warehouse:
         return [r[0] for r in self.con.cursor().execute(
             "SELECT DISTINCT CAST(timestamp AS DATE) FROM events_raw ORDER BY 1").fetchall()]
 
-    def move_day_to_warm(self, day: date) -> int:
-        """Write the hot rows of ``day`` to a warm file and delete them from the hot table
-        in the same transaction as the file joins the list. Returns rows moved."""
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor in a transaction: committed when the block ends, rolled back if it raises."""
         cur = self.con.cursor()
         try:
             cur.execute("BEGIN TRANSACTION")
-            where = "timestamp >= ? AND timestamp < ?"
-            bounds = [day, day + timedelta(days=1)]
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+        finally:
+            cur.close()
+
+    @staticmethod
+    def _retire(cur: duckdb.DuckDBPyConnection, paths: list[str], grace: timedelta) -> None:
+        """Take files off the live list; they leave the disk after ``grace``."""
+        for p in paths:
+            cur.execute("DELETE FROM tier_files WHERE path = ?", [p])
+            cur.execute("INSERT INTO tier_trash VALUES (?, now() + ?)", [p, grace])
+
+    @contextmanager
+    def _new_file(self, table: pa.Table, directory: str, *, cold: bool
+                  ) -> Iterator[tuple[str, int]]:
+        """Write ``table`` as a new tier file; if the block that records it fails, the
+        file goes again."""
+        path, size = self.tiers.write(table, directory, cold=cold)
+        try:
+            yield path, size
+        except BaseException:
+            self.tiers.delete(path)
+            raise
+
+    def move_day_to_warm(self, day: date) -> int:
+        """Write the hot rows of ``day`` to a warm file and delete them from the hot table
+        in the same transaction as the file joins the list. Returns rows moved."""
+        where = "timestamp >= ? AND timestamp < ?"
+        bounds = [day, day + timedelta(days=1)]
+        with self._transaction() as cur:
             table: pa.Table = cur.sql(
                 f"SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)"
                 f" FROM events_raw e LEFT JOIN person_overrides o ON o.old_person_id = e.person_id"
                 f" WHERE {where} ORDER BY event, person_id, timestamp", params=bounds
             ).to_arrow_table()
             if table.num_rows == 0:
-                cur.execute("ROLLBACK")
                 return 0
             table = table.cast(EVENT_ARROW_SCHEMA)
-            path, size = self.tiers.write(table, f"day={day.isoformat()}")
-            try:
-                cur.execute("INSERT INTO tier_files VALUES (?, 'warm', ?, ?, ?, now())",
-                            [path, day.isoformat(), table.num_rows, size])
+            with self._new_file(table, f"day={day.isoformat()}", cold=False) as (path, size):
+                _add_file(cur, path, "warm", day.isoformat(), table.num_rows, size)
                 deleted = cur.execute(f"DELETE FROM events_raw WHERE {where}", bounds).fetchone()
                 if deleted is None or deleted[0] != table.num_rows:
                     raise RuntimeError("hot rows changed while the day was being moved")
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                self.tiers.delete(path)
-                raise
-            return table.num_rows
-        finally:
-            cur.close()
+        return table.num_rows
 
     def warm_months(self) -> list[tuple[str, list[str]]]:
         rows = self.con.cursor().execute(
@@ -286,62 +291,35 @@ class Warehouse:
 
     def compact_to_cold(self, month: str, before: date, grace: timedelta) -> int:
         """Compact the warm files of ``month`` (days before ``before``) into one cold file."""
-        cur = self.con.cursor()
-        try:
-            cur.execute("BEGIN TRANSACTION")
-            rows = cur.execute(
-                "SELECT path, rows FROM tier_files WHERE tier = 'warm' AND part LIKE ? AND part < ?",
-                [month + "-%", before.isoformat()]).fetchall()
-            if not rows:
-                cur.execute("ROLLBACK")
+        with self._transaction() as cur:
+            paths = [r[0] for r in cur.execute(
+                "SELECT path FROM tier_files WHERE tier = 'warm' AND part LIKE ? AND part < ?",
+                [month + "-%", before.isoformat()]).fetchall()]
+            if not paths:
                 return 0
-            paths = [r[0] for r in rows]
-            table = self.tiers.read(paths)
-            table = table.sort_by([("event", "ascending"), ("person_id", "ascending"),
-                                   ("timestamp", "ascending")])
-            path, size = self.tiers.write(table, f"month={month}", cold=True)
-            try:
-                cur.execute("INSERT INTO tier_files VALUES (?, 'cold', ?, ?, ?, now())",
-                            [path, month, table.num_rows, size])
-                for p in paths:
-                    cur.execute("DELETE FROM tier_files WHERE path = ?", [p])
-                    cur.execute("INSERT INTO tier_trash VALUES (?, now() + ?)",
-                                [p, grace])
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                self.tiers.delete(path)
-                raise
-            return table.num_rows
-        finally:
-            cur.close()
+            table = self.tiers.read(paths).sort_by(
+                [("event", "ascending"), ("person_id", "ascending"), ("timestamp", "ascending")])
+            with self._new_file(table, f"month={month}", cold=True) as (path, size):
+                _add_file(cur, path, "cold", month, table.num_rows, size)
+                self._retire(cur, paths, grace)
+        return table.num_rows
 
     def drop_cold_before(self, month: str, grace: timedelta) -> int:
         """Retention of the cold tier: archives of months before ``month`` go."""
-        cur = self.con.cursor()
-        try:
-            cur.execute("BEGIN TRANSACTION")
+        with self._transaction() as cur:
             rows = cur.execute("SELECT path, rows FROM tier_files WHERE tier = 'cold' AND part < ?",
                                [month]).fetchall()
-            for p, _ in rows:
-                cur.execute("DELETE FROM tier_files WHERE path = ?", [p])
-                cur.execute("INSERT INTO tier_trash VALUES (?, now() + ?)", [p, grace])
-            cur.execute("COMMIT")
-            return sum(int(r[1]) for r in rows)
-        finally:
-            cur.close()
+            self._retire(cur, [r[0] for r in rows], grace)
+        return sum(int(r[1]) for r in rows)
 
     def empty_trash(self) -> int:
-        cur = self.con.cursor()
-        try:
+        with self._transaction() as cur:
             due = [r[0] for r in cur.execute(
                 "SELECT path FROM tier_trash WHERE delete_after <= now()").fetchall()]
             for p in due:
                 self.tiers.delete(p)
                 cur.execute("DELETE FROM tier_trash WHERE path = ?", [p])
-            return len(due)
-        finally:
-            cur.close()
+        return len(due)
 
     def tier_stats(self) -> dict[str, tuple[int, int, int]]:
         """Per tier: files, rows, bytes."""
@@ -352,3 +330,9 @@ class Warehouse:
         ).fetchall():
             out[tier] = (int(files), int(rows), int(size))
         return out
+
+
+def _add_file(cur: duckdb.DuckDBPyConnection, path: str, tier: str, part: str, rows: int,
+              size: int) -> None:
+    cur.execute("INSERT INTO tier_files VALUES (?, ?, ?, ?, ?, now())",
+                [path, tier, part, rows, size])
