@@ -177,5 +177,32 @@ def bench_ingest(duration: float, rate: int, clients: int) -> None:
     run(duration=duration, rate=rate, clients=clients)
 
 
+PIPELINE_PHASES = ("freshness", "backlog", "storage")
+
+
+@bench.command("pipeline")
+@click.option("--rate", type=int, default=50_000, show_default=True,
+              help="Offered background events/s for the freshness probe.")
+@click.option("--low-rate", type=int, default=10_000, show_default=True,
+              help="A second, lower offered rate for the freshness probe.")
+@click.option("--duration", type=float, default=20.0, show_default=True,
+              help="Seconds of background load per freshness measurement.")
+@click.option("--backlog", type=int, default=5_000_000, show_default=True,
+              help="Events in the backlog the processor drains.")
+@click.option("--people", type=int, default=20_000, show_default=True,
+              help="Simulated people of the demo traffic measured for storage.")
+@click.option("--clients", type=int, default=2, show_default=True,
+              help="Load-generator processes.")
+@click.option("--only", type=click.Choice(PIPELINE_PHASES), multiple=True,
+              help="Run only this phase (repeatable).")
+def bench_pipeline(rate: int, low_rate: int, duration: float, backlog: int, people: int,
+                   clients: int, only: tuple[str, ...]) -> None:
+    """Freshness, processor throughput, memory and warm-tier bytes per event."""
+    from aap.bench.pipeline import run
+
+    run(duration=duration, rate=rate, low_rate=low_rate, backlog_events=backlog,
+        people=people, clients=clients, phases=only or PIPELINE_PHASES)
+
+
 def main() -> None:
     cli(prog_name="aap")

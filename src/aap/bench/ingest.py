@@ -36,6 +36,7 @@ import tempfile
 import time
 import uuid
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
@@ -495,8 +496,12 @@ def _percentile(sorted_ms: list[float], p: float) -> float:
 
 
 def measure(server: ServerProcess, write_key: str, mode: str, duration: float, clients: int,
-            rate: int = 0) -> dict[str, Any]:
-    """One measurement against a running server; returns the merged figures."""
+            rate: int = 0, entry: Callable[[Job, Connection, Any], None] | None = None,
+            ) -> dict[str, Any]:
+    """One measurement against a running server; returns the merged figures.
+
+    ``entry`` is the generator processes' entry point (default :func:`client_main`); it
+    must be a module-level function, since the processes are spawned."""
     ctx = mp.get_context("spawn")
     go = ctx.Event()
     procs = []
@@ -510,7 +515,7 @@ def measure(server: ServerProcess, write_key: str, mode: str, duration: float, c
             seed=k + 1,
         )
         parent_end, child_end = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=client_main, args=(job, child_end, go), daemon=True,
+        p = ctx.Process(target=entry or client_main, args=(job, child_end, go), daemon=True,
                         name=f"aap-bench-client-{k}")
         p.start()
         child_end.close()
