@@ -15,6 +15,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 from prometheus_client import Counter as PromCounter
 
@@ -22,18 +23,7 @@ from aap.events import Event, decode_events
 from aap.log.base import Log, Record
 from aap.privacy.ids import IdHasher
 from aap.process.identity import Identities
-from aap.process.steps import (
-    ENRICHED_COLUMNS,
-    STEPS,
-    DedupIndex,
-    Dropped,
-    Row,
-    SessionState,
-    State,
-    dedup_key,
-    event_name,
-    properties_json,
-)  # fmt: skip
+from aap.process.steps import ENRICHED_COLUMNS, STEPS, Batch, DedupIndex, State, event_name
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
 from aap.store.warehouse import Chunk, Warehouse
 
@@ -70,7 +60,8 @@ class Processor:
         wh = self.wh
         ids = Identities()
         ids.load(*wh.load_identities())
-        sessions = {p: SessionState(t, s) for p, t, s in wh.load_sessions()}
+        sessions = {p: ((t - _EPOCH) // timedelta(microseconds=1), s)
+                    for p, t, s in wh.load_sessions()}
         self.state = State(identities=ids, hasher=self.hasher,
                            dedup=DedupIndex(wh.load_dedup_keys()), sessions=sessions,
                            historical_sources=self.historical_sources,
@@ -108,69 +99,65 @@ class Processor:
 
     def _process(self, records: list[Record]) -> int:
         st = self.state
-        rows: list[Row] = []
-        dropped: Counter[str] = Counter()
+        events: list[Event] = []
         for rec in records:
-            for ev in decode_events(rec.payload):
-                row: Row | Dropped = Row(ev, dedup_key(ev.source, ev.message_id), ev.received_at)
-                for _, step in STEPS:
-                    row = step(row, st)  # type: ignore[arg-type]
-                    if isinstance(row, Dropped):
-                        dropped[row.reason] += 1
-                        break
-                else:
-                    rows.append(row)  # type: ignore[arg-type]
-        chunk = self._chunk(rows, records[-1].offset)
+            events.extend(decode_events(rec.payload))
+        batch = Batch.of(events)
+        for _, step in STEPS:
+            if not len(batch):
+                break
+            step(batch, st)
+        chunk = self._chunk(batch, records[-1].offset)
         self.wh.write(chunk)
         self.position = chunk.position
         self.log.commit(GROUP, self.position)  # for lag metrics; the truth is in the warehouse
-        PROCESSED.inc(len(rows))
-        for reason, n in dropped.items():
+        PROCESSED.inc(len(batch))
+        for reason, n in batch.dropped.items():
             DROPPED.labels(reason).inc(n)
         if st.clamped:
             CLAMPED.inc(st.clamped)
             st.clamped = 0
-        self.dropped.update(dropped)
+        self.dropped.update(batch.dropped)
         return len(records)
 
-    def _chunk(self, rows: list[Row], position: int) -> Chunk:
+    def _chunk(self, b: Batch, position: int) -> Chunk:
         st = self.state
         changes = st.identities.take_changes()
-        evs = [r.ev for r in rows]
-        enriched: list[tuple[Any, ...]] = (
-            list(zip(*(r.enriched for r in rows), strict=True)) if rows
-            else [() for _ in ENRICHED_COLUMNS])
-        columns: dict[str, list[Any]] = {
-            "message_id": [e.message_id for e in evs],
-            "source": [e.source for e in evs],
+        evs = b.events
+        n = len(evs)
+        ts = pa.array(b.timestamp.astype("datetime64[us]")) if n else pa.array([], _TS)
+        person = pa.array(b.person_id, pa.int64())
+        columns: dict[str, Any] = {
+            "message_id": b.message_id,
+            "source": b.source,
             "type": [e.type for e in evs],
             "event": [event_name(e) for e in evs],
-            "timestamp": [r.timestamp for r in rows],
-            "sent_at": [_naive(e.sent_at) for e in evs],
-            "received_at": [_naive(e.received_at) for e in evs],
-            "person_id": [r.person_id for r in rows],
-            "session_id": [r.session_id for r in rows],
+            "timestamp": ts,
+            "sent_at": pa.array([e.sent_at for e in evs], _TS_UTC).cast(_TS),
+            "received_at": pa.array([e.received_at for e in evs], _TS_UTC).cast(_TS),
+            "person_id": person,
+            "session_id": b.session_id,
             "name": [e.name for e in evs],
             "category": [e.category for e in evs],
-            **{name: list(vals) for name, vals in zip(ENRICHED_COLUMNS, enriched, strict=True)},
-            "properties": [properties_json(e) for e in evs],
+            **{c: b.enriched.get(c, []) for c in ENRICHED_COLUMNS},
+            "properties": b.properties_json(),
             "gpc": [e.gpc for e in evs],
             "dnt": [e.dnt for e in evs],
         }
-        persons: dict[int, list[Any]] = {}
+        events = pa.table([pa.array(columns[c], type=t) if not isinstance(columns[c], pa.Array)
+                           else columns[c] for c, _, t in EVENT_COLUMNS],
+                          schema=EVENT_ARROW_SCHEMA)
+        persons = _persons(b, person, ts, changes.identified)
         orders: list[tuple[Any, ...]] = []
         items: list[tuple[Any, ...]] = []
         products: dict[str, tuple[Any, ...]] = {}
-        for r in rows:
-            ev = r.ev
-            _person(persons, r, changes.identified)
-            if ev.type == "track":
+        for i, ev in enumerate(evs):
+            if ev.type == "track" and (ev.event in _ORDER_EVENTS or ev.event in _PRODUCT_EVENTS):
+                when = _datetime(int(b.timestamp[i]))
                 if ev.event in _ORDER_EVENTS:
-                    _order(ev, r, orders, items, products)
-                elif ev.event in _PRODUCT_EVENTS:
-                    _product(ev.properties, r.timestamp, products)
-        events = pa.table([pa.array(columns[n], type=t) for n, _, t in EVENT_COLUMNS],
-                          schema=EVENT_ARROW_SCHEMA)
+                    _order(ev, b.person_id[i], b.session_id[i], when, orders, items, products)
+                else:
+                    _product(ev.properties, when, products)
         for p in changes.identified:
             if p not in persons:
                 persons[p] = [p, None, None, True, None]
@@ -193,26 +180,31 @@ class Processor:
                 stop.wait(idle_sleep)
 
 
-def _naive(dt: datetime | None) -> datetime | None:
-    if dt is None:
-        return None
-    off = dt.utcoffset()
-    return (dt - off).replace(tzinfo=None) if off is not None else dt
+_TS = pa.timestamp("us")
+_TS_UTC = pa.timestamp("us", tz="UTC")
+_EPOCH = datetime(1970, 1, 1)
+_json_encoder = msgspec.json.Encoder()
 
 
-def _person(persons: dict[int, list[Any]], r: Row, identified: set[int]) -> None:
-    ev = r.ev
-    traits = ev.traits if ev.type == "identify" and ev.traits else None
-    cur = persons.get(r.person_id)
-    if cur is None:
-        persons[r.person_id] = [r.person_id, r.timestamp, r.timestamp,
-                                r.person_id in identified, json.dumps(traits) if traits else None]
-        return
-    cur[1] = min(cur[1], r.timestamp) if cur[1] else r.timestamp
-    cur[2] = max(cur[2], r.timestamp) if cur[2] else r.timestamp
-    if traits:
-        merged = {**json.loads(cur[4]), **traits} if cur[4] else traits
-        cur[4] = json.dumps(merged)
+
+def _datetime(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def _persons(b: Batch, person: pa.Array, ts: pa.Array, identified: set[int]
+             ) -> dict[int, list[Any]]:
+    """person → [person_id, first seen, last seen, identified, traits] for this chunk."""
+    if not len(b):
+        return {}
+    seen = pa.table({"p": person, "t": ts}).group_by("p").aggregate(
+        [("t", "min"), ("t", "max")]).to_pydict()
+    persons = {p: [p, first, last, p in identified, None]
+               for p, first, last in zip(seen["p"], seen["t_min"], seen["t_max"], strict=True)}
+    for ev, p in zip(b.events, b.person_id, strict=True):
+        if ev.type == "identify" and ev.traits:
+            cur = persons[p]
+            cur[4] = json.dumps({**json.loads(cur[4]), **ev.traits} if cur[4] else ev.traits)
+    return persons
 
 
 def _num(v: Any) -> float | None:
@@ -247,8 +239,8 @@ def _product(p: dict[str, Any], ts: datetime, products: dict[str, tuple[Any, ...
                          prev[3] if prev else None), first, last)
 
 
-def _order(ev: Event, r: Row, orders: list[tuple[Any, ...]], items: list[tuple[Any, ...]],
-           products: dict[str, tuple[Any, ...]]) -> None:
+def _order(ev: Event, person: int, session: str, when: datetime, orders: list[tuple[Any, ...]],
+           items: list[tuple[Any, ...]], products: dict[str, tuple[Any, ...]]) -> None:
     p = ev.properties
     order_id = _str(p.get("order_id")) or ev.message_id
     lines: list[Any] = p["products"] if isinstance(p.get("products"), list) else []
@@ -262,11 +254,11 @@ def _order(ev: Event, r: Row, orders: list[tuple[Any, ...]], items: list[tuple[A
         items.append((order_id, ev.message_id, pid, _str(line.get("name")),
                       _str(line.get("category")), _num(line.get("price")),
                       qty if qty is not None else 1.0))
-        _product(line, r.timestamp, products)
+        _product(line, when, products)
     revenue = _num(p.get("revenue"))
     if revenue is None:
         revenue = _num(p.get("total"))
-    orders.append((order_id, ev.message_id, ev.source, r.person_id, r.session_id, r.timestamp,
+    orders.append((order_id, ev.message_id, ev.source, person, session, when,
                    revenue, _str(p.get("currency")), n))
 
 

@@ -1,43 +1,98 @@
-"""The processor's steps, in order. Each takes a row and the processor's state and
-returns the row or ``Dropped(reason)``; every reason is counted in ``/metrics``.
+"""The processor's steps, in order. Each takes a :class:`Batch` of events (the events of
+one chunk of the log, as columns) and the processor's state, and works on the whole
+batch at once; a step that drops events says why (:meth:`Batch.drop`), and every
+reason is counted in ``/metrics``.
 
-Every step is deterministic given the state and the log, so a processor that crashes
-and re-reads the log from its last committed position produces the same rows.
+Steps see the events in log order, and every step is deterministic given the state
+and the log, so a processor that crashes and re-reads the log from its last committed
+position produces the same rows. Work that does not depend on the order (hashing,
+time arithmetic, parsing a user agent or a URL) is done per column or once per
+distinct value; only what carries state from one event to the next (identity,
+sessions) walks the events one by one.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any
 
+import duckdb
 import msgspec
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from aap.events import Event
 from aap.privacy.ids import IdHasher
 from aap.process import enrich
 from aap.process.identity import Identities
 
-
-class Dropped(NamedTuple):
-    reason: str
+_NOT_SET = np.iinfo(np.int64).min
+"""A missing time in the int64 microsecond columns."""
 
 
 @dataclass(slots=True)
-class Row:
-    """One event on its way to the warehouse: the columns of ``events_raw``."""
+class Batch:
+    """Events of one chunk, in log order, with the columns the steps add."""
 
-    ev: Event
-    key: int
-    timestamp: datetime
-    person_id: int = 0
-    session_id: str | None = None
-    enriched: tuple[Any, ...] = ()
-    """Values of :data:`ENRICHED_COLUMNS`, in that order."""
+    events: list[Event]
+    source: pa.Array
+    message_id: pa.Array
+    dropped: Counter[str] = field(default_factory=Counter)
+    keys: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
+    """Dedup keys: see :func:`dedup_key`."""
+    timestamp: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    """The corrected time, microseconds since the epoch (UTC)."""
+    enriched: dict[str, pa.Array] = field(default_factory=dict)
+    """The columns of :data:`ENRICHED_COLUMNS`."""
+    sdk_session: list[str | None] = field(default_factory=list)
+    person_id: list[int] = field(default_factory=list)
+    session_id: list[str] = field(default_factory=list)
+
+    _properties: pa.Array | None = None
+
+    def properties_json(self) -> pa.Array:
+        """The events' properties as JSON text."""
+        if self._properties is None:
+            enc = _json_encoder.encode
+            self._properties = pa.array([enc(e.properties) for e in self.events], pa.string())
+        return self._properties
+
+    @classmethod
+    def of(cls, events: list[Event]) -> Batch:
+        return cls(events, pa.array([e.source for e in events], pa.string()),
+                   pa.array([e.message_id for e in events], pa.string()))
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def drop(self, mask: np.ndarray, reason: str) -> None:
+        """Drop the events where ``mask`` is true, counted under ``reason``."""
+        n = int(mask.sum())
+        if not n:
+            return
+        self.dropped[reason] += n
+        keep = np.flatnonzero(~mask)
+        sel = keep.tolist()
+        self.events = [self.events[i] for i in sel]
+        idx = pa.array(keep)
+        self.source = self.source.take(idx)
+        self.message_id = self.message_id.take(idx)
+        for name in ("keys", "timestamp"):
+            arr = getattr(self, name)
+            if len(arr):
+                setattr(self, name, arr[keep])
+        self.enriched = {k: v.take(idx) for k, v in self.enriched.items()}
+        self._properties = None
+        for name in ("sdk_session", "person_id", "session_id"):
+            vals = getattr(self, name)
+            if vals:
+                setattr(self, name, [vals[i] for i in sel])
 
 
 ENRICHED_COLUMNS = (
@@ -46,8 +101,7 @@ ENRICHED_COLUMNS = (
     "browser", "browser_version", "os", "os_version", "device_type",
     "country", "region", "city", "library_name", "library_version",
 )  # fmt: skip
-_NO_AGENT = (None, None, None, None, None)
-_NO_GEO = (None, None, None)
+_json_encoder = msgspec.json.Encoder()
 
 
 def dedup_key(source: str, message_id: str) -> int:
@@ -57,35 +111,36 @@ def dedup_key(source: str, message_id: str) -> int:
 
 
 class DedupIndex:
-    """Keys of every stored event: a sorted array loaded from the warehouse plus a set of
-    the keys added since, merged into the array now and then."""
+    """Keys of every stored event, as a few sorted arrays of doubling sizes (merged like
+    the levels of an LSM tree), so that looking up a chunk's keys and adding them is a
+    handful of vectorised operations."""
 
     def __init__(self, keys: np.ndarray | None = None) -> None:
-        self.sorted = np.sort(keys.astype(np.uint64)) if keys is not None else np.empty(0, np.uint64)
-        self.recent: set[int] = set()
+        self.levels: list[np.ndarray] = []
+        if keys is not None and len(keys):
+            self.levels.append(np.unique(keys.astype(np.uint64)))
+
+    def __len__(self) -> int:
+        return sum(len(a) for a in self.levels)
 
     def __contains__(self, key: int) -> bool:
-        if key in self.recent:
-            return True
-        i = int(np.searchsorted(self.sorted, np.uint64(key)))
-        return i < len(self.sorted) and int(self.sorted[i]) == key
+        return bool(self.contains(np.array([key], np.uint64))[0])
 
-    def add(self, key: int) -> None:
-        self.recent.add(key)
-        if len(self.recent) >= 2_000_000:
-            self.compact()
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(keys), bool)
+        for level in self.levels:
+            i = np.searchsorted(level, keys)
+            i[i == len(level)] = 0
+            found |= level[i] == keys if len(level) else False
+        return found
 
-    def compact(self) -> None:
-        if self.recent:
-            new = np.fromiter(self.recent, np.uint64, len(self.recent))
-            self.sorted = np.union1d(self.sorted, new)
-            self.recent = set()
-
-
-@dataclass(slots=True)
-class SessionState:
-    last: datetime
-    session_id: str
+    def add(self, keys: np.ndarray) -> None:
+        """Add keys that are not in the index yet (and are unique among themselves)."""
+        new = np.sort(keys.astype(np.uint64))
+        while self.levels and len(self.levels[-1]) <= 2 * len(new):
+            new = np.concatenate((self.levels.pop(), new))
+            new.sort(kind="stable")
+        self.levels.append(new)
 
 
 @dataclass
@@ -93,132 +148,240 @@ class State:
     identities: Identities
     hasher: IdHasher
     dedup: DedupIndex
-    sessions: dict[int, SessionState]
+    sessions: dict[int, tuple[int, str]]
+    """person → (time of their latest event in µs, its session id)."""
     historical_sources: frozenset[str] = frozenset()
     inactivity: timedelta = timedelta(minutes=30)
     max_future: timedelta = timedelta(minutes=5)
     clamped: int = 0
     """Events whose corrected time was in the future and was clamped (this chunk)."""
+    sql: duckdb.DuckDBPyConnection = field(default_factory=duckdb.connect)
+    """An in-memory engine for per-column work (hashing)."""
 
 
-Step = Callable[[Row, State], "Row | Dropped"]
+Step = Callable[[Batch, State], None]
 
 
-def dedup(row: Row, st: State) -> Row | Dropped:
-    if row.key in st.dedup:
-        return Dropped("duplicate")
-    st.dedup.add(row.key)
-    return row
+def dedup(b: Batch, st: State) -> None:
+    """Drop copies of events already stored, and later copies within the batch."""
+    st.sql.register("batch_ids", pa.table({"source": b.source, "message_id": b.message_id}))
+    try:
+        res = st.sql.execute("SELECT md5_number_upper(source || chr(0) || message_id) AS k"
+                             " FROM batch_ids").fetchnumpy()
+    finally:
+        st.sql.unregister("batch_ids")
+    keys = np.asarray(res["k"], dtype=np.uint64)
+    seen = st.dedup.contains(keys)
+    _, first = np.unique(keys, return_index=True)
+    again = np.ones(len(keys), bool)
+    again[first] = False
+    b.keys = keys
+    b.drop(seen | again, "duplicate")
+    st.dedup.add(b.keys)
 
 
-def correct_time(row: Row, st: State) -> Row | Dropped:
+def _micros(values: list[datetime | None]) -> np.ndarray:
+    arr = pa.array(values, pa.timestamp("us", tz="UTC")).cast(pa.int64()).fill_null(_NOT_SET)
+    return arr.to_numpy()
+
+
+def correct_time(b: Batch, st: State) -> None:
     """``timestamp + (receivedAt - sentAt)``; far-future times are clamped to receivedAt."""
-    ev = row.ev
-    if ev.source in st.historical_sources:
-        row.timestamp = _naive(ev.timestamp or ev.received_at)
-        return row
-    ts = ev.timestamp or ev.sent_at or ev.received_at
-    if ev.sent_at is not None and ev.timestamp is not None:
-        ts = ev.timestamp + (ev.received_at - ev.sent_at)
-    elif ev.timestamp is None:
-        ts = ev.received_at
-    if ts - ev.received_at > st.max_future:
-        ts = ev.received_at
-        st.clamped += 1
-    row.timestamp = _naive(ts)
-    return row
+    evs = b.events
+    ts = _micros([e.timestamp for e in evs])
+    sent = _micros([e.sent_at for e in evs])
+    recv = _micros([e.received_at for e in evs])
+    has_ts = ts != _NOT_SET
+    skew = has_ts & (sent != _NOT_SET)
+    out = np.where(has_ts, ts, recv)
+    out[skew] = ts[skew] + (recv[skew] - sent[skew])
+    future = out - recv > _us(st.max_future)
+    if st.historical_sources:
+        hist = np.fromiter((e.source in st.historical_sources for e in evs), bool, len(evs))
+        future &= ~hist
+        out[hist] = np.where(has_ts, ts, recv)[hist]
+    out[future] = recv[future]
+    st.clamped += int(future.sum())
+    b.timestamp = out
 
 
-def _naive(dt: datetime) -> datetime:
-    """UTC without tzinfo, as the warehouse stores it."""
-    off = dt.utcoffset()
-    return (dt - off).replace(tzinfo=None) if off is not None else dt
+def _us(td: timedelta) -> int:
+    return td // timedelta(microseconds=1)
 
 
-@lru_cache(maxsize=50_000)
-def _page(url: str | None, referrer: str | None, path: str | None
-          ) -> tuple[tuple[Any, ...], dict[str, list[str]]]:
-    parts = enrich.split_url(url) if url else None
-    return ((parts.url if parts else None, parts.host if parts else None,
-             (parts.path if parts else None) or path, referrer, enrich.domain(referrer)),
-            parts.query if parts else {})
+def _text(x: str) -> str:
+    """SQL: the JSON value ``x`` if it is a non-empty string, else NULL."""
+    return f"CASE WHEN json_type({x}) = 'VARCHAR' AND ({x} ->> '$') <> '' THEN {x} ->> '$' END"
+
+
+def _session_text(x: str) -> str:
+    """SQL: a non-empty string or an integer, as text."""
+    return (f"CASE WHEN json_type({x}) IN ('VARCHAR', 'BIGINT', 'UBIGINT', 'HUGEINT')"
+            f" AND ({x} ->> '$') <> '' THEN {x} ->> '$' END")
+
+
+_CTX_PATHS = ("page.url", "page.referrer", "page.path", "campaign.source", "campaign.medium",
+              "campaign.name", "campaign.campaign", "campaign.term", "campaign.content",
+              "userAgent", "library.name", "library.version", "sessionId", "session_id")
+_PROP_PATHS = ("url", "referrer", "path", '"$session_id"')
+
+
+def _c(path: str) -> str:
+    return f"c[{_CTX_PATHS.index(path) + 1}]"
+
+
+def _p(path: str) -> str:
+    return f"p[{_PROP_PATHS.index(path) + 1}]"
+
+
+_ENRICH_SQL = f"""
+SELECT
+    coalesce({_text(_p("url"))}, {_text(_c("page.url"))}) AS url_in,
+    coalesce({_text(_p("referrer"))}, {_text(_c("page.referrer"))}) AS referrer,
+    coalesce({_text(_p("path"))}, {_text(_c("page.path"))}) AS path_in,
+    {_text(_c("campaign.source"))} AS c_source,
+    {_text(_c("campaign.medium"))} AS c_medium,
+    coalesce({_text(_c("campaign.name"))}, {_text(_c("campaign.campaign"))}) AS c_campaign,
+    {_text(_c("campaign.term"))} AS c_term,
+    {_text(_c("campaign.content"))} AS c_content,
+    {_text(_c("userAgent"))} AS ua,
+    {_text(_c("library.name"))} AS library_name,
+    {_text(_c("library.version"))} AS library_version,
+    coalesce({_session_text(_c("sessionId"))}, {_session_text(_p('"$session_id"'))},
+             {_session_text(_c("session_id"))}) AS sdk_session
+FROM (SELECT json_extract(context, {["$." + x for x in _CTX_PATHS]}) AS c,
+             json_extract(properties, {["$." + x for x in _PROP_PATHS]}) AS p
+      FROM batch_docs)
+"""
+
+
+def _per_value(column: pa.Array, fn: Callable[[Any], tuple[Any, ...]], width: int
+               ) -> list[pa.Array]:
+    """``fn`` of each value of ``column``, computed once per distinct value: ``width``
+    columns (a null value gives nulls)."""
+    enc = column.dictionary_encode()
+    values = [fn(v) for v in enc.dictionary.to_pylist()]
+    cols = list(zip(*values, strict=True)) if values else [() for _ in range(width)]
+    return [pa.array(c, pa.string()).take(enc.indices) for c in cols]
+
+
+def _url_parts(url: str) -> tuple[Any, ...]:
+    parts = enrich.split_url(url)
+    q = parts.query
+    return (parts.url, parts.host, parts.path,
+            *((q.get("utm_" + f) or (None,))[0] for f in enrich.UTM_FIELDS))
+
+
+def _referrer_domain(url: str) -> tuple[Any, ...]:
+    return (enrich.domain(url),)
 
 
 @lru_cache(maxsize=20_000)
-def _agent(ua: str | None) -> tuple[Any, ...]:
-    return tuple(enrich.parse_agent(ua)) if ua else _NO_AGENT
+def _agent(ua: str) -> tuple[Any, ...]:
+    return tuple(enrich.parse_agent(ua))
 
 
-def enrichment(row: Row, st: State) -> Row | Dropped:
-    ev = row.ev
-    ctx = ev.context
-    props = ev.properties
-    page: dict[str, Any] = ctx["page"] if isinstance(ctx.get("page"), dict) else {}
-    t = enrich.text
-    url = t(props.get("url")) or t(page.get("url"))
-    referrer = t(props.get("referrer")) or t(page.get("referrer"))
-    page_cols, query = _page(url, referrer, t(props.get("path")) or t(page.get("path")))
-    campaign = enrich.utm(ctx.get("campaign"), query)
-    geo = ev.geo
-    lib: dict[str, Any] = ctx["library"] if isinstance(ctx.get("library"), dict) else {}
-    row.enriched = (
-        *page_cols,
-        campaign.get("source"), campaign.get("medium"), campaign.get("campaign"),
-        campaign.get("term"), campaign.get("content"),
-        *_agent(t(ctx.get("userAgent"))),
-        *((geo.country, geo.region, geo.city) if geo else _NO_GEO),
-        t(lib.get("name")), t(lib.get("version")),
-    )
-    return row
+def enrichment(b: Batch, st: State) -> None:
+    """Page, referrer, campaign, user agent, coarse geo and library columns; also the
+    SDK's session id where the event carries one. Fields are taken out of the JSON by
+    the engine; URLs and user agents are parsed once per distinct value."""
+    evs = b.events
+    enc = _json_encoder.encode
+    st.sql.register("batch_docs", pa.table({
+        "context": pa.array([enc(e.context) for e in evs], pa.string()),
+        "properties": b.properties_json()}))
+    try:
+        x = st.sql.sql(_ENRICH_SQL).to_arrow_table()
+        assert x is not None
+    finally:
+        st.sql.unregister("batch_docs")
+    url, host, url_path, *url_utm = _per_value(x["url_in"].combine_chunks(), _url_parts, 8)
+    camp = [x["c_" + f].combine_chunks() for f in enrich.UTM_FIELDS]
+    referrer = x["referrer"].combine_chunks()
+    cols: dict[str, pa.Array] = {
+        "url": url, "host": host,
+        "path": pc.coalesce(url_path, x["path_in"].combine_chunks()),
+        "referrer": referrer,
+        "referrer_domain": _per_value(referrer, _referrer_domain, 1)[0],
+        **{"utm_" + f: pc.coalesce(c, u) for f, c, u in zip(enrich.UTM_FIELDS, camp, url_utm,
+                                                            strict=True)},
+    }
+    agent = _per_value(x["ua"].combine_chunks(), _agent, 5)
+    cols.update(zip(("browser", "browser_version", "os", "os_version", "device_type"), agent,
+                    strict=True))
+    geos = [e.geo for e in evs]
+    cols["country"] = pa.array([g.country if g else None for g in geos], pa.string())
+    cols["region"] = pa.array([g.region if g else None for g in geos], pa.string())
+    cols["city"] = pa.array([g.city if g else None for g in geos], pa.string())
+    cols["library_name"] = x["library_name"].combine_chunks()
+    cols["library_version"] = x["library_version"].combine_chunks()
+    b.enriched = cols
+    b.sdk_session = x["sdk_session"].to_pylist()
 
 
-def identity(row: Row, st: State) -> Row | Dropped:
-    ev = row.ev
+def identity(b: Batch, st: State) -> None:
+    """Each event's person (see :mod:`aap.process.identity`)."""
     h = st.hasher.key
     ids = st.identities
-    if ev.type == "alias" and ev.previous_id and ev.user_id:
-        other = h(ev.previous_id)
-        before = ids.person_of(other)
-        row.person_id = ids.alias(other, h(ev.user_id))
-    else:
-        other = h(ev.anonymous_id) if ev.anonymous_id else 0
-        before = ids.person_of(other) if ev.anonymous_id else None
-        row.person_id = ids.observe(h(ev.user_id) if ev.user_id else None,
-                                    other if ev.anonymous_id else None)
-    if before is not None and before != row.person_id and ids.resolve(before) == row.person_id:
-        # merged just now: the anonymous visit goes on as the same session
-        moved = st.sessions.pop(before, None)
-        mine = st.sessions.get(row.person_id)
-        if moved is not None and (mine is None or moved.last > mine.last):
-            st.sessions[row.person_id] = moved
-    return row
+    known = ids.ids
+    merged = ids.merged
+    identified = ids.identified
+    sessions = st.sessions
+    out = []
+    for ev in b.events:
+        user, anon = ev.user_id or None, ev.anonymous_id or None
+        if ev.type == "alias" and ev.previous_id and user:
+            other = h(ev.previous_id)
+            before = ids.person_of(other)
+            person = ids.alias(other, h(user))
+        elif user is None:
+            p = known.get(h(anon))  # type: ignore[arg-type]
+            out.append(merged.get(p, p) if p is not None else ids.observe(None, h(anon)))  # type: ignore[arg-type]
+            continue
+        else:
+            ukey = h(user)
+            if anon is None:
+                p = known.get(ukey)
+                if p is not None:
+                    p = merged.get(p, p)
+                    if p in identified:
+                        out.append(p)
+                        continue
+                out.append(ids.observe(ukey, None))
+                continue
+            other = h(anon)
+            before = ids.person_of(other)
+            person = ids.observe(ukey, other)
+        out.append(person)
+        if before is not None and before != person and ids.resolve(before) == person:
+            # merged just now: the anonymous visit goes on as the same session
+            moved = sessions.pop(before, None)
+            mine = sessions.get(person)
+            if moved is not None and (mine is None or moved[0] > mine[0]):
+                sessions[person] = moved
+    b.person_id = out
 
 
-def _sdk_session(ev: Event) -> str | None:
-    for v in (ev.context.get("sessionId"), ev.properties.get("$session_id"),
-              ev.context.get("session_id")):
-        if isinstance(v, (str, int)) and not isinstance(v, bool) and str(v):
-            return str(v)
-    return None
-
-
-def sessions(row: Row, st: State) -> Row | Dropped:
+def sessions(b: Batch, st: State) -> None:
     """The SDK's session id when there is one, else a new session after
     ``inactivity`` without events of the person."""
-    sdk = _sdk_session(row.ev)
-    person = row.person_id
-    prev = st.sessions.get(person)
-    t = row.timestamp
-    if sdk is not None:
-        sid = "s:" + sdk
-    elif prev is not None and abs(t - prev.last) <= st.inactivity:
-        sid = prev.session_id
-    else:
-        sid = hashlib.md5(f"{person}\x00{row.ev.message_id}".encode()).hexdigest()[:20]
-    row.session_id = sid
-    if prev is None or t >= prev.last:
-        st.sessions[person] = SessionState(t, sid)
-    return row
+    state = st.sessions
+    gap = _us(st.inactivity)
+    out = []
+    for person, t, sdk, ev in zip(b.person_id, b.timestamp.tolist(), b.sdk_session, b.events,
+                                  strict=True):
+        prev = state.get(person)
+        if sdk is not None:
+            sid = "s:" + sdk
+        elif prev is not None and abs(t - prev[0]) <= gap:
+            sid = prev[1]
+        else:
+            sid = hashlib.md5(f"{person}\x00{ev.message_id}".encode(
+                "utf-8", "surrogatepass")).hexdigest()[:20]
+        out.append(sid)
+        if prev is None or t >= prev[0]:
+            state[person] = (t, sid)
+    b.session_id = out
 
 
 STEPS: tuple[tuple[str, Step], ...] = (
@@ -234,10 +397,3 @@ def event_name(ev: Event) -> str:
     if ev.type == "track":
         return ev.event or ""
     return "$" + ev.type
-
-
-_json = msgspec.json.Encoder()
-
-
-def properties_json(ev: Event) -> str:
-    return _json.encode(ev.properties).decode()
