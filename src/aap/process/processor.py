@@ -7,15 +7,17 @@ position commit together, and the steps are deterministic).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import msgspec
 import pyarrow as pa
 from prometheus_client import Counter as PromCounter
 
@@ -39,6 +41,16 @@ _ORDER_EVENTS = {"Order Completed"}
 _PRODUCT_EVENTS = {"Product Viewed", "Product Added", "Product Clicked", "Product Removed"}
 
 
+@dataclass(slots=True)
+class _Built:
+    """A chunk ready for the warehouse, and what to count once it is committed."""
+
+    chunk: Chunk
+    rows: int
+    dropped: Counter[str]
+    clamped: int
+
+
 class Processor:
     def __init__(self, log: Log, warehouse: Warehouse, hasher: IdHasher, *,
                  historical_sources: frozenset[str] = frozenset(),
@@ -52,6 +64,8 @@ class Processor:
         self.inactivity = inactivity
         self.dropped: Counter[str] = Counter()
         self.failures = 0
+        self._pending: Future[_Built] | None = None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="aap-warehouse-write")
         self._load()
 
     def _load(self) -> None:
@@ -67,22 +81,36 @@ class Processor:
                            historical_sources=self.historical_sources,
                            inactivity=self.inactivity)
         self.position = wh.get_state("log_position")
+        self._next = self.position
+        """Where the next chunk starts: past the write in flight, if there is one."""
 
     def run_once(self) -> int:
         """Process one chunk; returns the number of log records it consumed.
 
-        After three failures in a row at the same position, records are taken one at a
-        time, and a record that still cannot be written is set aside (its offset goes to
-        ``dead_letters``, its events are counted as dropped with reason
-        ``unprocessable``) so that one bad record cannot stop the pipeline.
+        The chunk's warehouse write runs in the background while the next chunk is
+        built (the engine works outside the GIL); a call that finds nothing new to read
+        waits for that write, so :attr:`position` is always what is committed.
+
+        After a failure the processor reloads its state from the warehouse and goes on
+        one chunk at a time; after three failures in a row at the same position, records
+        are taken one at a time, and a record that still cannot be written is set aside
+        (its offset goes to ``dead_letters``, its events are counted as dropped with
+        reason ``unprocessable``) so that one bad record cannot stop the pipeline.
         """
         limit = 1 if self.failures >= 3 else self.chunk_records
-        records = self.log.read(self.position, limit)
-        if not records:
-            return 0
+        records = self.log.read(self._next, limit)
         try:
-            n = self._process(records)
+            if not records:
+                self._finish_write()
+                return 0
+            built = self._build(records)
+            self._finish_write()
+            self._pending = self._writer.submit(self._write, built)
+            self._next = built.chunk.position
+            if self.failures:
+                self._finish_write()
         except Exception:
+            self._abandon_write()
             self.failures += 1
             self._load()
             if self.failures > 4 and len(records) == 1:
@@ -90,14 +118,20 @@ class Processor:
                 self.wh.dead_letter(records[0].offset, records[0].count, self.position)
                 DROPPED.labels("unprocessable").inc(records[0].count)
                 self.dropped["unprocessable"] += records[0].count
-                self.position = records[0].offset
+                self.position = self._next = records[0].offset
                 self.failures = 0
                 return 1
             raise
-        self.failures = 0
-        return n
+        return len(records)
 
-    def _process(self, records: list[Record]) -> int:
+    def close(self) -> None:
+        """Wait for the write in flight, and stop the writer thread."""
+        try:
+            self._finish_write()
+        finally:
+            self._writer.shutdown(wait=True)
+
+    def _build(self, records: list[Record]) -> _Built:
         st = self.state
         events: list[Event] = []
         for rec in records:
@@ -107,18 +141,34 @@ class Processor:
             if not len(batch):
                 break
             step(batch, st)
-        chunk = self._chunk(batch, records[-1].offset)
-        self.wh.write(chunk)
-        self.position = chunk.position
+        clamped, st.clamped = st.clamped, 0
+        return _Built(self._chunk(batch, records[-1].offset), len(batch), batch.dropped, clamped)
+
+    def _write(self, built: _Built) -> _Built:
+        self.wh.write(built.chunk)
+        return built
+
+    def _finish_write(self) -> None:
+        """Wait for the write in flight; count what it committed (raises if it failed)."""
+        fut, self._pending = self._pending, None
+        if fut is None:
+            return
+        built = fut.result()
+        self.position = built.chunk.position
+        self.failures = 0
         self.log.commit(GROUP, self.position)  # for lag metrics; the truth is in the warehouse
-        PROCESSED.inc(len(batch))
-        for reason, n in batch.dropped.items():
+        PROCESSED.inc(built.rows)
+        for reason, n in built.dropped.items():
             DROPPED.labels(reason).inc(n)
-        if st.clamped:
-            CLAMPED.inc(st.clamped)
-            st.clamped = 0
-        self.dropped.update(batch.dropped)
-        return len(records)
+        if built.clamped:
+            CLAMPED.inc(built.clamped)
+        self.dropped.update(built.dropped)
+
+    def _abandon_write(self) -> None:
+        fut, self._pending = self._pending, None
+        if fut is not None:
+            with contextlib.suppress(Exception):
+                fut.result()
 
     def _chunk(self, b: Batch, position: int) -> Chunk:
         st = self.state
@@ -169,22 +219,23 @@ class Processor:
         )
 
     def run(self, stop: threading.Event, idle_sleep: float = 0.05) -> None:
-        while not stop.is_set():
-            try:
-                n = self.run_once()
-            except Exception:
-                logger.exception("processing a chunk failed; retrying")
-                stop.wait(1.0)
-                continue
-            if n == 0:
-                stop.wait(idle_sleep)
+        try:
+            while not stop.is_set():
+                try:
+                    n = self.run_once()
+                except Exception:
+                    logger.exception("processing a chunk failed; retrying")
+                    stop.wait(1.0)
+                    continue
+                if n == 0:
+                    stop.wait(idle_sleep)
+        finally:
+            self.close()
 
 
 _TS = pa.timestamp("us")
 _TS_UTC = pa.timestamp("us", tz="UTC")
 _EPOCH = datetime(1970, 1, 1)
-_json_encoder = msgspec.json.Encoder()
-
 
 
 def _datetime(micros: int) -> datetime:
