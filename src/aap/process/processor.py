@@ -21,11 +21,11 @@ from typing import Any
 import pyarrow as pa
 from prometheus_client import Counter as PromCounter
 
-from aap.events import Event, decode_events
 from aap.log.base import Log, Record
 from aap.privacy.ids import IdHasher
 from aap.process.identity import Identities
-from aap.process.steps import ENRICHED_COLUMNS, STEPS, Batch, DedupIndex, State, event_name
+from aap.process.steps import ENRICHED_COLUMNS, STEPS, Batch, DedupIndex, State, event_names
+from aap.process.view import EventView, decode
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
 from aap.store.warehouse import Chunk, Warehouse
 
@@ -133,9 +133,9 @@ class Processor:
 
     def _build(self, records: list[Record]) -> _Built:
         st = self.state
-        events: list[Event] = []
+        events: list[EventView] = []
         for rec in records:
-            events.extend(decode_events(rec.payload))
+            events.extend(decode(rec.payload))
         batch = Batch.of(events)
         for _, step in STEPS:
             if not len(batch):
@@ -177,14 +177,15 @@ class Processor:
         n = len(evs)
         ts = pa.array(b.timestamp.astype("datetime64[us]")) if n else pa.array([], _TS)
         person = pa.array(b.person_id, pa.int64())
+        types = pa.array([e.type for e in evs], pa.string())
         columns: dict[str, Any] = {
             "message_id": b.message_id,
             "source": b.source,
-            "type": [e.type for e in evs],
-            "event": [event_name(e) for e in evs],
+            "type": types,
+            "event": event_names(types, pa.array([e.event for e in evs], pa.string())),
             "timestamp": ts,
-            "sent_at": pa.array([e.sent_at for e in evs], _TS_UTC).cast(_TS),
-            "received_at": pa.array([e.received_at for e in evs], _TS_UTC).cast(_TS),
+            "sent_at": b.sent_at if b.sent_at is not None else [],
+            "received_at": b.received_at if b.received_at is not None else [],
             "person_id": person,
             "session_id": b.session_id,
             "name": [e.name for e in evs],
@@ -234,7 +235,6 @@ class Processor:
 
 
 _TS = pa.timestamp("us")
-_TS_UTC = pa.timestamp("us", tz="UTC")
 _EPOCH = datetime(1970, 1, 1)
 
 
@@ -290,7 +290,7 @@ def _product(p: dict[str, Any], ts: datetime, products: dict[str, tuple[Any, ...
                          prev[3] if prev else None), first, last)
 
 
-def _order(ev: Event, person: int, session: str, when: datetime, orders: list[tuple[Any, ...]],
+def _order(ev: EventView, person: int, session: str, when: datetime, orders: list[tuple[Any, ...]],
            items: list[tuple[Any, ...]], products: dict[str, tuple[Any, ...]]) -> None:
     p = ev.properties
     order_id = _str(p.get("order_id")) or ev.message_id

@@ -27,10 +27,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aap.events import Event
 from aap.privacy.ids import IdHasher
 from aap.process import enrich
 from aap.process.identity import Identities
+from aap.process.view import (
+    _NO_CONTEXT,
+    CampaignView,
+    ContextView,
+    EventView,
+    LibraryView,
+    PageView,
+)  # fmt: skip
 
 _NOT_SET = np.iinfo(np.int64).min
 """A missing time in the int64 microsecond columns."""
@@ -40,7 +47,7 @@ _NOT_SET = np.iinfo(np.int64).min
 class Batch:
     """Events of one chunk, in log order, with the columns the steps add."""
 
-    events: list[Event]
+    events: list[EventView]
     source: pa.Array
     message_id: pa.Array
     dropped: Counter[str] = field(default_factory=Counter)
@@ -48,6 +55,8 @@ class Batch:
     """Dedup keys: see :func:`dedup_key`."""
     timestamp: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     """The corrected time, microseconds since the epoch (UTC)."""
+    sent_at: pa.Array | None = None
+    received_at: pa.Array | None = None
     enriched: dict[str, pa.Array] = field(default_factory=dict)
     """The columns of :data:`ENRICHED_COLUMNS`."""
     sdk_session: list[str | None] = field(default_factory=list)
@@ -64,7 +73,7 @@ class Batch:
         return self._properties
 
     @classmethod
-    def of(cls, events: list[Event]) -> Batch:
+    def of(cls, events: list[EventView]) -> Batch:
         return cls(events, pa.array([e.source for e in events], pa.string()),
                    pa.array([e.message_id for e in events], pa.string()))
 
@@ -83,6 +92,8 @@ class Batch:
         idx = pa.array(keep)
         self.source = self.source.take(idx)
         self.message_id = self.message_id.take(idx)
+        if self.sent_at is not None and self.received_at is not None:
+            self.sent_at, self.received_at = self.sent_at.take(idx), self.received_at.take(idx)
         for name in ("keys", "timestamp"):
             arr = getattr(self, name)
             if len(arr):
@@ -180,17 +191,19 @@ def dedup(b: Batch, st: State) -> None:
     st.dedup.add(b.keys)
 
 
-def _micros(values: list[datetime | None]) -> np.ndarray:
-    arr = pa.array(values, pa.timestamp("us", tz="UTC")).cast(pa.int64()).fill_null(_NOT_SET)
-    return arr.to_numpy()
+def _times(values: list[datetime | None]) -> tuple[pa.Array, np.ndarray]:
+    """The times as a column (UTC, without a zone, as the warehouse stores them) and as
+    microseconds (``_NOT_SET`` where missing)."""
+    arr = pa.array(values, pa.timestamp("us", tz="UTC"))
+    return arr.cast(pa.timestamp("us")), arr.cast(pa.int64()).fill_null(_NOT_SET).to_numpy()
 
 
 def correct_time(b: Batch, st: State) -> None:
     """``timestamp + (receivedAt - sentAt)``; far-future times are clamped to receivedAt."""
     evs = b.events
-    ts = _micros([e.timestamp for e in evs])
-    sent = _micros([e.sent_at for e in evs])
-    recv = _micros([e.received_at for e in evs])
+    _, ts = _times([e.timestamp for e in evs])
+    b.sent_at, sent = _times([e.sent_at for e in evs])
+    b.received_at, recv = _times([e.received_at for e in evs])
     has_ts = ts != _NOT_SET
     skew = has_ts & (sent != _NOT_SET)
     out = np.where(has_ts, ts, recv)
@@ -209,50 +222,43 @@ def _us(td: timedelta) -> int:
     return td // timedelta(microseconds=1)
 
 
-def _text(x: str) -> str:
-    """SQL: the JSON value ``x`` if it is a non-empty string, else NULL."""
-    return f"CASE WHEN json_type({x}) = 'VARCHAR' AND ({x} ->> '$') <> '' THEN {x} ->> '$' END"
+def _text(v: Any) -> str | None:
+    return v if v.__class__ is str and v else None
 
 
-def _session_text(x: str) -> str:
-    """SQL: a non-empty string or an integer, as text."""
-    return (f"CASE WHEN json_type({x}) IN ('VARCHAR', 'BIGINT', 'UBIGINT', 'HUGEINT')"
-            f" AND ({x} ->> '$') <> '' THEN {x} ->> '$' END")
+def _session_text(v: Any) -> str | None:
+    """A non-empty string, or an integer as text."""
+    if v.__class__ is str:
+        return v or None
+    return str(v) if v.__class__ is int else None
 
 
-_CTX_PATHS = ("page.url", "page.referrer", "page.path", "campaign.source", "campaign.medium",
-              "campaign.name", "campaign.campaign", "campaign.term", "campaign.content",
-              "userAgent", "library.name", "library.version", "sessionId", "session_id")
-_PROP_PATHS = ("url", "referrer", "path", '"$session_id"')
+_NO_PAGE = PageView()
+_NO_CAMPAIGN = CampaignView()
+_NO_LIBRARY = LibraryView()
+_INPUTS = ("url_in", "referrer", "path_in", "c_source", "c_medium", "c_campaign", "c_term",
+           "c_content", "ua", "library_name", "library_version", "sdk_session")
 
 
-def _c(path: str) -> str:
-    return f"c[{_CTX_PATHS.index(path) + 1}]"
-
-
-def _p(path: str) -> str:
-    return f"p[{_PROP_PATHS.index(path) + 1}]"
-
-
-_ENRICH_SQL = f"""
-SELECT
-    coalesce({_text(_p("url"))}, {_text(_c("page.url"))}) AS url_in,
-    coalesce({_text(_p("referrer"))}, {_text(_c("page.referrer"))}) AS referrer,
-    coalesce({_text(_p("path"))}, {_text(_c("page.path"))}) AS path_in,
-    {_text(_c("campaign.source"))} AS c_source,
-    {_text(_c("campaign.medium"))} AS c_medium,
-    coalesce({_text(_c("campaign.name"))}, {_text(_c("campaign.campaign"))}) AS c_campaign,
-    {_text(_c("campaign.term"))} AS c_term,
-    {_text(_c("campaign.content"))} AS c_content,
-    {_text(_c("userAgent"))} AS ua,
-    {_text(_c("library.name"))} AS library_name,
-    {_text(_c("library.version"))} AS library_version,
-    coalesce({_session_text(_c("sessionId"))}, {_session_text(_p('"$session_id"'))},
-             {_session_text(_c("session_id"))}) AS sdk_session
-FROM (SELECT json_extract(context, {["$." + x for x in _CTX_PATHS]}) AS c,
-             json_extract(properties, {["$." + x for x in _PROP_PATHS]}) AS p
-      FROM batch_docs)
-"""
+def _inputs(ev: EventView) -> tuple[Any, ...]:
+    """What enrichment reads of one event (see :data:`_INPUTS`)."""
+    c = ev.context if isinstance(ev.context, ContextView) else _NO_CONTEXT
+    p = ev.properties
+    page = c.page if isinstance(c.page, PageView) else _NO_PAGE
+    camp = c.campaign if isinstance(c.campaign, CampaignView) else _NO_CAMPAIGN
+    lib = c.library if isinstance(c.library, LibraryView) else _NO_LIBRARY
+    t = _text
+    return (
+        t(p.get("url")) or t(page.url),
+        t(p.get("referrer")) or t(page.referrer),
+        t(p.get("path")) or t(page.path),
+        t(camp.source), t(camp.medium), t(camp.name) or t(camp.campaign),
+        t(camp.term), t(camp.content),
+        t(c.user_agent),
+        t(lib.name), t(lib.version),
+        _session_text(c.session_id) or _session_text(p.get("$session_id"))
+        or _session_text(c.session_id_snake),
+    )
 
 
 def _per_value(column: pa.Array, fn: Callable[[Any], tuple[Any, ...]], width: int
@@ -283,38 +289,30 @@ def _agent(ua: str) -> tuple[Any, ...]:
 
 def enrichment(b: Batch, st: State) -> None:
     """Page, referrer, campaign, user agent, coarse geo and library columns; also the
-    SDK's session id where the event carries one. Fields are taken out of the JSON by
-    the engine; URLs and user agents are parsed once per distinct value."""
+    SDK's session id where the event carries one. URLs and user agents are parsed once
+    per distinct value."""
     evs = b.events
-    enc = _json_encoder.encode
-    st.sql.register("batch_docs", pa.table({
-        "context": pa.array([enc(e.context) for e in evs], pa.string()),
-        "properties": b.properties_json()}))
-    try:
-        x = st.sql.sql(_ENRICH_SQL).to_arrow_table()
-        assert x is not None
-    finally:
-        st.sql.unregister("batch_docs")
-    url, host, url_path, *url_utm = _per_value(x["url_in"].combine_chunks(), _url_parts, 8)
-    camp = [x["c_" + f].combine_chunks() for f in enrich.UTM_FIELDS]
-    referrer = x["referrer"].combine_chunks()
+    x = dict(zip(_INPUTS, (pa.array(col, pa.string()) for col in zip(
+        *map(_inputs, evs), strict=True)), strict=True))
+    url, host, url_path, *url_utm = _per_value(x["url_in"], _url_parts, 8)
+    referrer = x["referrer"]
     cols: dict[str, pa.Array] = {
         "url": url, "host": host,
-        "path": pc.coalesce(url_path, x["path_in"].combine_chunks()),
+        "path": pc.coalesce(url_path, x["path_in"]),
         "referrer": referrer,
         "referrer_domain": _per_value(referrer, _referrer_domain, 1)[0],
-        **{"utm_" + f: pc.coalesce(c, u) for f, c, u in zip(enrich.UTM_FIELDS, camp, url_utm,
-                                                            strict=True)},
+        **{"utm_" + f: pc.coalesce(x["c_" + f], u)
+           for f, u in zip(enrich.UTM_FIELDS, url_utm, strict=True)},
     }
-    agent = _per_value(x["ua"].combine_chunks(), _agent, 5)
+    agent = _per_value(x["ua"], _agent, 5)
     cols.update(zip(("browser", "browser_version", "os", "os_version", "device_type"), agent,
                     strict=True))
     geos = [e.geo for e in evs]
     cols["country"] = pa.array([g.country if g else None for g in geos], pa.string())
     cols["region"] = pa.array([g.region if g else None for g in geos], pa.string())
     cols["city"] = pa.array([g.city if g else None for g in geos], pa.string())
-    cols["library_name"] = x["library_name"].combine_chunks()
-    cols["library_version"] = x["library_version"].combine_chunks()
+    cols["library_name"] = x["library_name"]
+    cols["library_version"] = x["library_version"]
     b.enriched = cols
     b.sdk_session = x["sdk_session"].to_pylist()
 
@@ -393,7 +391,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
 )
 
 
-def event_name(ev: Event) -> str:
-    if ev.type == "track":
-        return ev.event or ""
-    return "$" + ev.type
+def event_names(types: pa.Array, events: pa.Array) -> pa.Array:
+    """The ``event`` column: a track's event name, else ``$`` and the type (``$page``)."""
+    return pc.if_else(pc.equal(types, "track"), pc.coalesce(events, ""),
+                      pc.binary_join_element_wise("$", types, ""))
