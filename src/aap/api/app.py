@@ -61,6 +61,7 @@ class Core:
             self.log, self.warehouse, IdHasher.for_data_dir(data),
             historical_sources=historical,
             inactivity=timedelta(minutes=settings.session_inactivity_minutes),
+            worker=settings.processor_worker,
         )
         # The processor keeps large, long-lived maps (ids, sessions); a full collection
         # scans them all. Freeze what start-up loaded and collect rarely: it allocates

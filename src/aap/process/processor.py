@@ -19,13 +19,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from prometheus_client import Counter as PromCounter
 
 from aap.log.base import Log, Record
 from aap.privacy.ids import IdHasher
 from aap.process.identity import Identities
-from aap.process.steps import ENRICHED_COLUMNS, STEPS, Batch, DedupIndex, State, event_names
-from aap.process.view import EventView, decode
+from aap.process.prepare import LocalPreparer, PrepareConfig, Prepared, WorkerPreparer
+from aap.process.steps import STEPS, Batch, DedupIndex, State
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
 from aap.store.warehouse import Chunk, Warehouse
 
@@ -39,6 +40,7 @@ CLAMPED = PromCounter("aap_processor_clamped", "Events whose time was in the fut
 
 _ORDER_EVENTS = {"Order Completed"}
 _PRODUCT_EVENTS = {"Product Viewed", "Product Added", "Product Clicked", "Product Removed"}
+_SHOP_EVENTS = pa.array(sorted(_ORDER_EVENTS | _PRODUCT_EVENTS))
 
 
 @dataclass(slots=True)
@@ -55,7 +57,9 @@ class Processor:
     def __init__(self, log: Log, warehouse: Warehouse, hasher: IdHasher, *,
                  historical_sources: frozenset[str] = frozenset(),
                  inactivity: timedelta = timedelta(minutes=30),
-                 chunk_records: int = 500) -> None:
+                 chunk_records: int = 500, worker: bool = False) -> None:
+        """``worker``: prepare chunks in a child process (see :mod:`aap.process.prepare`)
+        while this one runs the stateful steps; otherwise in this thread."""
         self.log = log
         self.wh = warehouse
         self.chunk_records = chunk_records
@@ -66,6 +70,11 @@ class Processor:
         self.failures = 0
         self._pending: Future[_Built] | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="aap-warehouse-write")
+        cfg = PrepareConfig(historical_sources=historical_sources)
+        self.preparer: LocalPreparer | WorkerPreparer = (
+            WorkerPreparer(cfg) if worker else LocalPreparer(cfg))
+        self._ahead: list[Record] | None = None
+        """Records submitted for preparation, after the chunk being built."""
         self._load()
 
     def _load(self) -> None:
@@ -78,7 +87,6 @@ class Processor:
                     for p, t, s in wh.load_sessions()}
         self.state = State(identities=ids, hasher=self.hasher,
                            dedup=DedupIndex(wh.load_dedup_keys()), sessions=sessions,
-                           historical_sources=self.historical_sources,
                            inactivity=self.inactivity)
         self.position = wh.get_state("log_position")
         self._next = self.position
@@ -97,20 +105,30 @@ class Processor:
         (its offset goes to ``dead_letters``, its events are counted as dropped with
         reason ``unprocessable``) so that one bad record cannot stop the pipeline.
         """
-        limit = 1 if self.failures >= 3 else self.chunk_records
-        records = self.log.read(self._next, limit)
+        records: list[Record] = []
         try:
-            if not records:
-                self._finish_write()
-                return 0
-            built = self._build(records)
+            if self._ahead is None:
+                records = self._read(self._next)
+                if not records:
+                    self._finish_write()
+                    return 0
+                self.preparer.submit([r.payload for r in records])
+            else:
+                records, self._ahead = self._ahead, None
+            prepared = self.preparer.result()
+            if not self.failures:  # the next chunk is prepared while this one goes on
+                ahead = self._read(records[-1].offset)
+                if ahead:
+                    self.preparer.submit([r.payload for r in ahead])
+                    self._ahead = ahead
+            built = self._build(records, prepared)
             self._finish_write()
             self._pending = self._writer.submit(self._write, built)
             self._next = built.chunk.position
             if self.failures:
                 self._finish_write()
         except Exception:
-            self._abandon_write()
+            self._abandon()
             self.failures += 1
             self._load()
             if self.failures > 4 and len(records) == 1:
@@ -124,25 +142,26 @@ class Processor:
             raise
         return len(records)
 
+    def _read(self, after: int) -> list[Record]:
+        return self.log.read(after, 1 if self.failures >= 3 else self.chunk_records)
+
     def close(self) -> None:
-        """Wait for the write in flight, and stop the writer thread."""
+        """Wait for the write in flight; stop the writer thread and the preparer."""
         try:
             self._finish_write()
         finally:
             self._writer.shutdown(wait=True)
+            self.preparer.reset()
+            self.preparer.close()
 
-    def _build(self, records: list[Record]) -> _Built:
-        st = self.state
-        events: list[EventView] = []
-        for rec in records:
-            events.extend(decode(rec.payload))
-        batch = Batch.of(events)
+    def _build(self, records: list[Record], prepared: Prepared) -> _Built:
+        batch = Batch(prepared.table)
         for _, step in STEPS:
             if not len(batch):
                 break
-            step(batch, st)
-        clamped, st.clamped = st.clamped, 0
-        return _Built(self._chunk(batch, records[-1].offset), len(batch), batch.dropped, clamped)
+            step(batch, self.state)
+        return _Built(self._chunk(batch, records[-1].offset), len(batch), batch.dropped,
+                      prepared.clamped)
 
     def _write(self, built: _Built) -> _Built:
         self.wh.write(built.chunk)
@@ -164,51 +183,43 @@ class Processor:
             CLAMPED.inc(built.clamped)
         self.dropped.update(built.dropped)
 
-    def _abandon_write(self) -> None:
+    def _abandon(self) -> None:
+        """Forget the write in flight (waiting for it) and the chunk being prepared."""
         fut, self._pending = self._pending, None
         if fut is not None:
             with contextlib.suppress(Exception):
                 fut.result()
+        self.preparer.reset()
+        self._ahead = None
 
     def _chunk(self, b: Batch, position: int) -> Chunk:
         st = self.state
         changes = st.identities.take_changes()
-        evs = b.events
-        n = len(evs)
-        ts = pa.array(b.timestamp.astype("datetime64[us]")) if n else pa.array([], _TS)
+        t = b.table
         person = pa.array(b.person_id, pa.int64())
-        types = pa.array([e.type for e in evs], pa.string())
-        columns: dict[str, Any] = {
-            "message_id": b.message_id,
-            "source": b.source,
-            "type": types,
-            "event": event_names(types, pa.array([e.event for e in evs], pa.string())),
-            "timestamp": ts,
-            "sent_at": b.sent_at if b.sent_at is not None else [],
-            "received_at": b.received_at if b.received_at is not None else [],
-            "person_id": person,
-            "session_id": b.session_id,
-            "name": [e.name for e in evs],
-            "category": [e.category for e in evs],
-            **{c: b.enriched.get(c, []) for c in ENRICHED_COLUMNS},
-            "properties": b.properties_json(),
-            "gpc": [e.gpc for e in evs],
-            "dnt": [e.dnt for e in evs],
-        }
-        events = pa.table([pa.array(columns[c], type=t) if not isinstance(columns[c], pa.Array)
-                           else columns[c] for c, _, t in EVENT_COLUMNS],
-                          schema=EVENT_ARROW_SCHEMA)
-        persons = _persons(b, person, ts, changes.identified)
+        if len(b):
+            cols = {**{n: t.column(n) for n in t.column_names}, "person_id": person,
+                    "session_id": pa.array(b.session_id, pa.string())}
+            events = pa.table([cols[n] for n, _, _ in EVENT_COLUMNS], schema=EVENT_ARROW_SCHEMA)
+        else:
+            events = EVENT_ARROW_SCHEMA.empty_table()
+        persons = _persons(b, person, changes.identified)
         orders: list[tuple[Any, ...]] = []
         items: list[tuple[Any, ...]] = []
         products: dict[str, tuple[Any, ...]] = {}
-        for i, ev in enumerate(evs):
-            if ev.type == "track" and (ev.event in _ORDER_EVENTS or ev.event in _PRODUCT_EVENTS):
-                when = _datetime(int(b.timestamp[i]))
-                if ev.event in _ORDER_EVENTS:
-                    _order(ev, b.person_id[i], b.session_id[i], when, orders, items, products)
+        if len(b):
+            shop = pc.and_(pc.equal(t.column("type"), "track"),
+                           pc.is_in(t.column("event"), value_set=_SHOP_EVENTS))
+            idx = pc.indices_nonzero(shop)
+            sub = t.select(["event", "message_id", "source", "properties", "timestamp"]
+                           ).take(idx).to_pylist()
+            for i, row in zip(idx.to_pylist(), sub, strict=True):
+                props = json.loads(row["properties"])
+                if row["event"] in _ORDER_EVENTS:
+                    _order(row["message_id"], row["source"], props, b.person_id[i],
+                           b.session_id[i], row["timestamp"], orders, items, products)
                 else:
-                    _product(ev.properties, when, products)
+                    _product(props, row["timestamp"], products)
         for p in changes.identified:
             if p not in persons:
                 persons[p] = [p, None, None, True, None]
@@ -234,27 +245,25 @@ class Processor:
             self.close()
 
 
-_TS = pa.timestamp("us")
 _EPOCH = datetime(1970, 1, 1)
 
 
-def _datetime(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
-
-
-def _persons(b: Batch, person: pa.Array, ts: pa.Array, identified: set[int]
-             ) -> dict[int, list[Any]]:
+def _persons(b: Batch, person: pa.Array, identified: set[int]) -> dict[int, list[Any]]:
     """person → [person_id, first seen, last seen, identified, traits] for this chunk."""
     if not len(b):
         return {}
-    seen = pa.table({"p": person, "t": ts}).group_by("p").aggregate(
+    t = b.table
+    seen = pa.table({"p": person, "t": t.column("timestamp")}).group_by("p").aggregate(
         [("t", "min"), ("t", "max")]).to_pydict()
     persons = {p: [p, first, last, p in identified, None]
                for p, first, last in zip(seen["p"], seen["t_min"], seen["t_max"], strict=True)}
-    for ev, p in zip(b.events, b.person_id, strict=True):
-        if ev.type == "identify" and ev.traits:
-            cur = persons[p]
-            cur[4] = json.dumps({**json.loads(cur[4]), **ev.traits} if cur[4] else ev.traits)
+    traits = t.column("traits")
+    if traits.null_count < len(traits):
+        idx = pc.indices_nonzero(pc.is_valid(traits))
+        for i, doc in zip(idx.to_pylist(), traits.take(idx).to_pylist(), strict=True):
+            cur = persons[b.person_id[i]]
+            cur[4] = json.dumps({**json.loads(cur[4]), **json.loads(doc)} if cur[4] else
+                                json.loads(doc))
     return persons
 
 
@@ -290,10 +299,10 @@ def _product(p: dict[str, Any], ts: datetime, products: dict[str, tuple[Any, ...
                          prev[3] if prev else None), first, last)
 
 
-def _order(ev: EventView, person: int, session: str, when: datetime, orders: list[tuple[Any, ...]],
-           items: list[tuple[Any, ...]], products: dict[str, tuple[Any, ...]]) -> None:
-    p = ev.properties
-    order_id = _str(p.get("order_id")) or ev.message_id
+def _order(message_id: str, source: str, p: dict[str, Any], person: int, session: str,
+           when: datetime, orders: list[tuple[Any, ...]], items: list[tuple[Any, ...]],
+           products: dict[str, tuple[Any, ...]]) -> None:
+    order_id = _str(p.get("order_id")) or message_id
     lines: list[Any] = p["products"] if isinstance(p.get("products"), list) else []
     n = 0
     for line in lines:
@@ -302,14 +311,14 @@ def _order(ev: EventView, person: int, session: str, when: datetime, orders: lis
         n += 1
         pid = _str(line.get("product_id")) or _str(line.get("sku"))
         qty = _num(line.get("quantity"))
-        items.append((order_id, ev.message_id, pid, _str(line.get("name")),
+        items.append((order_id, message_id, pid, _str(line.get("name")),
                       _str(line.get("category")), _num(line.get("price")),
                       qty if qty is not None else 1.0))
         _product(line, when, products)
     revenue = _num(p.get("revenue"))
     if revenue is None:
         revenue = _num(p.get("total"))
-    orders.append((order_id, ev.message_id, ev.source, person, session, when,
+    orders.append((order_id, message_id, source, person, session, when,
                    revenue, _str(p.get("currency")), n))
 
 
