@@ -331,8 +331,8 @@ class WorkerPreparer:
             raise TransientError(f"the prepare worker went away: {exc}") from exc
         if data[:1] == b"E":
             raise RuntimeError(f"preparing a chunk failed: {data[1:].decode(errors='replace')}")
-        (clamped,) = struct.unpack_from("<q", data, 1)
-        with pa.ipc.open_stream(pa.py_buffer(data)[9:]) as reader:
+        _, clamped = _HEADER.unpack_from(data)
+        with pa.ipc.open_stream(pa.py_buffer(data)[_HEADER.size:]) as reader:
             return Prepared(reader.read_all(), clamped)
 
     def reset(self) -> None:
@@ -360,12 +360,14 @@ class WorkerPreparer:
             self._proc = None
 
 
+_HEADER = struct.Struct("<c7xq")
+"""Kind (``P``), then the clamped count; 16 bytes keep the Arrow buffers after it aligned."""
 _list_encoder = msgspec.msgpack.Encoder()
 _list_decoder = msgspec.msgpack.Decoder(list[bytes])
 
 
 def _worker_main(conn: Connection, cfg: PrepareConfig) -> None:
-    """The child's loop: payloads in, ``b"P" + clamped + Arrow IPC stream`` out (or
+    """The child's loop: payloads in, :data:`_HEADER` and an Arrow IPC stream out (or
     ``b"E" + message``). Ends when the parent closes its end (or dies)."""
     import gc
 
@@ -379,7 +381,7 @@ def _worker_main(conn: Connection, cfg: PrepareConfig) -> None:
         try:
             prepared = prepare(_list_decoder.decode(data), cfg, sql)
             sink = pa.BufferOutputStream()
-            sink.write(b"P" + struct.pack("<q", prepared.clamped))
+            sink.write(_HEADER.pack(b"P", prepared.clamped))
             with pa.ipc.new_stream(sink, prepared.table.schema) as writer:
                 writer.write_table(prepared.table)
             out = sink.getvalue()
