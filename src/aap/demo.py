@@ -189,6 +189,27 @@ def report(data_dir: Path, console: Console) -> None:
     log.close()
 
 
+def consent_demo(server: ServerProcess, key: str, events: list[dict[str, Any]],
+                 console: Console) -> None:
+    """One visitor withdraws analytics; their very next event is not stored."""
+    anon = next(e["anonymousId"] for e in events
+                if e.get("context", {}).get("consent", {}).get("categoryPreferences", {}).get(
+                    "analytics"))
+    with httpx.Client(base_url=server.url, auth=(key, ""), timeout=30) as client:
+        def count() -> int:
+            server.wait_processed()
+            return int(server.sql("SELECT count(*) FROM events")[0][0])  # type: ignore[call-overload]
+        before = count()
+        r = client.post("/v1/consent", json={"anonymousId": anon, "purposes": {"analytics": False},
+                                              "policy_version": "demo-1", "channel": "banner"})
+        r.raise_for_status()
+        after = client.post("/v1/batch", json={"batch": [{
+            "type": "track", "event": "Viewed After Withdrawal", "anonymousId": anon}]}).json()
+    console.print(f"consent: visitor {anon[:8]}… withdrew analytics (POST /v1/consent → "
+                  f"{r.json()}); their next event → {after}; events in the warehouse "
+                  f"{before:,} → {count():,}")
+
+
 def run_demo(people: int = 3000, seed: int = 7, keep: bool = False) -> int:
     console = Console()
     tmp = Path(tempfile.mkdtemp(prefix="aap-demo-"))
@@ -211,6 +232,7 @@ def run_demo(people: int = 3000, seed: int = 7, keep: bool = False) -> int:
             server.wait_processed(timeout=120)
             console.print(f"processed into the warehouse {time.perf_counter() - t0:.1f} s later")
             warehouse_report(server, console)
+            consent_demo(server, key, events, console)
         report(data, console)
         return 0 if accepted + sum(not_stored.values()) == len(events) else 1
     finally:
