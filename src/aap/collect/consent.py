@@ -16,7 +16,7 @@ from aap import errors
 from aap.events import Event
 from aap.privacy.consent import ConsentLedger, ConsentState, Statement, decide, event_preferences
 from aap.privacy.ids import IdHasher
-from aap.privacy.purposes import GPC_WITHDRAWS, Registry
+from aap.privacy.purposes import GPC_WITHDRAWS, Basis, Registry
 from aap.sources import Source
 
 Id = str | int
@@ -90,16 +90,26 @@ class Gate:
         self.state.refresh(force=True)
         kept: list[Event] = []
         statements: list[Statement] = []
+        # without a statement on the event or about its ids, the decision is the source's
+        no_statement = {p: b for p, b in source.purposes
+                        if b != Basis.CONSENT and not (gpc and p in GPC_WITHDRAWS)}
+        latest = self.state.latest
+        key = self.hasher.key
+        at_ms = int(events[0].received_at.timestamp() * 1000) if events else 0
         for ev in events:
-            at_ms = int(ev.received_at.timestamp() * 1000)
-            d = decide(source.id, source.purposes, self.state,
-                       self.subjects(ev.user_id, ev.anonymous_id),
-                       event_preferences(ev.context), at_ms, gpc)
-            if d.statements:
-                statements += d.statements
-                self.state.apply(d.statements)  # the next events of the request see them
-            if d.purposes:
-                ev.purposes = d.purposes
+            ids = [key(str(i)) if i not in (None, "") else None
+                   for i in (ev.user_id, ev.anonymous_id)]
+            own = event_preferences(ev.context) if "consent" in ev.context else {}
+            if not own and not gpc and not any(i in latest for i in ids):
+                purposes = no_statement
+            else:
+                d = decide(source.id, source.purposes, self.state, ids, own, at_ms, gpc)
+                if d.statements:
+                    statements += d.statements
+                    self.state.apply(d.statements)  # the next events of the request see them
+                purposes = d.purposes
+            if purposes:
+                ev.purposes = dict(purposes)
                 kept.append(ev)
         self.state.ledger.record(statements)
         dropped = len(events) - len(kept)

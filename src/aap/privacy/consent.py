@@ -164,8 +164,9 @@ class ConsentState:
             if s is None:
                 continue
             got = self.latest.get(s, {}).get(purpose)
-            if got is not None and (best is None or got[1] > best[1]):
-                best = got
+            if got is not None and (best is None or got[1] > best[1]
+                                    or (got[1] == best[1] and not got[0])):
+                best = got  # at the same moment a "no" for one id wins over a "yes"
         return best
 
 
