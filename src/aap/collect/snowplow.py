@@ -12,8 +12,8 @@ Event types: ``pv`` (page view → page), ``pp`` (page ping → track ``page_pin
 schema's name, ``ue_pr`` / ``ue_px``), ``tr`` (transaction → track ``Order Completed``)
 and ``ti`` (transaction item → track ``Order Item``). ``co`` / ``cx`` contexts land in
 ``context.contexts``. ``uid`` → userId, ``duid`` → anonymousId, ``sid`` →
-``context.sessionId``, ``eid`` → messageId, ``dtm`` / ``ttm`` → timestamp, ``stm`` →
-sentAt.
+``context.sessionId``, ``eid`` → messageId, ``ttm`` (the true time, kept as sent) or ``dtm`` (the device's
+clock) → timestamp, ``stm`` → sentAt (so ``dtm`` is corrected for clock skew).
 """
 
 from __future__ import annotations
@@ -158,8 +158,11 @@ def to_message(ev: dict[str, str]) -> WireMessage:
     if m.user_id is None and m.anonymous_id is None:
         raise BadRequest("the event has neither `uid` nor `duid`: set a user id or a domain "
                          "user id on the tracker's subject", code="missing_identity")
-    m.timestamp = _ms(ev.get("ttm"), "ttm") or _ms(ev.get("dtm"), "dtm")
-    m.sent_at = _ms(ev.get("stm"), "stm")
+    true_time = _ms(ev.get("ttm"), "ttm")
+    if true_time is not None:  # a true timestamp is kept as it is: no clock-skew correction
+        m.timestamp = true_time
+    else:  # the device's clock: corrected by (received - sent) like Segment's sentAt
+        m.timestamp, m.sent_at = _ms(ev.get("dtm"), "dtm"), _ms(ev.get("stm"), "stm")
     ctx: dict[str, Any] = {}
     page = {k: ev[p] for k, p in (("url", "url"), ("title", "page"), ("referrer", "refr"))
             if ev.get(p)}
