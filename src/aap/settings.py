@@ -55,6 +55,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("s3_secret_key", "", "Secret key for `s3://` tier URLs."),
     Setting("s3_region", "us-east-1", "Region for `s3://` tier URLs."),
     Setting("health_interval_ms", 500, "How often a worker re-checks free disk and consumer lag (ms)."),
+    Setting("public_url", "", "Base URL at which SDKs reach the collector (e.g. `https://aap.example.com`), for the settings it hands to Segment's browser SDK; empty: taken from each request's Host."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

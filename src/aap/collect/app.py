@@ -21,6 +21,7 @@ import msgspec
 from aap import errors
 from aap.collect import metrics
 from aap.collect.body import decode_content, read_raw
+from aap.collect.compat import Compat, is_browser_path
 from aap.collect.consent import Gate, parse_consent
 from aap.collect.health import Health
 from aap.collect.ratelimit import RateLimiter, retry_after
@@ -47,7 +48,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Retry-Count"
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Retry-Count, SP-Anonymous"
 _json = msgspec.json.Encoder()
 
 
@@ -123,6 +124,9 @@ class Collector:
             self.routes[path] = (("POST",), self.ingest_batch)
         for path in SINGLE_PATHS:
             self.routes[path] = (("POST",), self.ingest_single)
+        self.prefix_routes: list[tuple[str, tuple[str, ...],
+                                       Callable[[Request], Awaitable[Response]]]] = []
+        Compat(self).install()  # PostHog, Segment browser, Snowplow, consent, /sdk.js
 
     # -- ASGI --
 
@@ -150,7 +154,8 @@ class Collector:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         req = Request(scope, receive)
-        route = req.path if req.path in self.routes else "other"
+        route = req.path if req.path in self.routes else next(
+            (p + "*" for p, _, _ in self.prefix_routes if req.path.startswith(p)), "other")
         try:
             resp = await self._dispatch(req)
         except errors.AAPError as exc:
@@ -160,8 +165,9 @@ class Collector:
             resp = Response.json(500, {"code": "internal_error",
                                        "message": "internal error", "detail": "internal error"})
         origin = req.headers.get("origin")
-        if origin and req.cors and req.path.startswith("/v1/"):
-            resp.headers += [("access-control-allow-origin", origin), ("vary", "Origin")]
+        if origin and req.cors and is_browser_path(req.path):
+            resp.headers += [("access-control-allow-origin", origin), ("vary", "Origin"),
+                             ("access-control-allow-credentials", "true")]
         await send({
             "type": "http.response.start",
             "status": resp.status,
@@ -172,11 +178,12 @@ class Collector:
         metrics.LATENCY.labels(route).observe(time.perf_counter() - start)
 
     async def _dispatch(self, req: Request) -> Response:
-        entry = self.routes.get(req.path)
+        entry = self.routes.get(req.path) or next(
+            ((m, h) for p, m, h in self.prefix_routes if req.path.startswith(p)), None)
         if entry is None:
             raise errors.NotFound(f"no endpoint at {req.path}")
         methods, handler = entry
-        if req.method == "OPTIONS" and req.path.startswith("/v1/"):
+        if req.method == "OPTIONS" and is_browser_path(req.path):
             return self.preflight(req)
         if req.method not in methods:
             raise errors.MethodNotAllowed(f"{req.method} is not allowed on {req.path}",
@@ -187,8 +194,9 @@ class Collector:
 
     def preflight(self, req: Request) -> Response:
         return Response(204, b"", headers=[
-            ("access-control-allow-methods", "POST, OPTIONS"),
-            ("access-control-allow-headers", CORS_ALLOW_HEADERS),
+            ("access-control-allow-methods", "GET, POST, OPTIONS"),
+            ("access-control-allow-headers",
+             req.headers.get("access-control-request-headers") or CORS_ALLOW_HEADERS),
             ("access-control-max-age", "86400"),
         ])
 
@@ -211,12 +219,16 @@ class Collector:
         return await self._ingest(
             req, lambda body: parse_single(body, mtype, self.settings.max_event_bytes))
 
-    async def _ingest(self, req: Request, parse: Callable[[bytes], Parsed]) -> Response:
+    async def _ingest(self, req: Request, parse: Callable[[bytes], Parsed], *, auth: bool = True
+                      ) -> Response:
+        """Ingest the events ``parse`` finds in the body. ``auth=False``: the wire format
+        carries its key in the body only (PostHog, Snowplow), the Authorization header
+        is not read."""
         problem = self.health.problem()
         if problem:
             raise errors.ServiceUnavailable(problem, retry_after=self.settings.retry_after_seconds,
                                             code="backpressure")
-        source = self._source_from_header(req.headers.get("authorization"))
+        source = self._source_from_header(req.headers.get("authorization")) if auth else None
         clen = req.headers.get("content-length")
         limit = self.settings.max_request_bytes
         raw = await read_raw(req.receive, int(clen) if clen and clen.isdigit() else None, limit)
@@ -310,7 +322,7 @@ class Collector:
             ev.ip, ev.geo = (self.ip.anonymize(sent_ip) if sent_ip else (None, None))
             if ev.ip is None:
                 ev.ip, ev.geo = request_ip
-            ev.gpc, ev.dnt = gpc, dnt
+            ev.gpc, ev.dnt = gpc or ev.context.get("gpc") is True, dnt
             events.append(ev)
         rejected.sort(key=lambda r: r.index)
         return events, rejected
