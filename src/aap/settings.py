@@ -53,6 +53,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("s3_access_key", "", "Access key for `s3://` tier URLs."),
     Setting("s3_secret_key", "", "Secret key for `s3://` tier URLs."),
     Setting("s3_region", "us-east-1", "Region for `s3://` tier URLs."),
+    Setting("query_timeout_s", 60.0, "Longest an insight or SQL query may run before it is stopped (seconds)."),
+    Setting("sql_max_rows", 100_000, "Most rows a `sql` query returns (it may ask for fewer with `limit`)."),
     Setting("health_interval_ms", 500, "How often a worker re-checks free disk and consumer lag (ms)."),
 )
 

@@ -13,7 +13,6 @@ Timestamps are whole seconds, so events of a person often tie in time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -135,7 +134,7 @@ def generate(events: int = 20_000_000, persons: int = 500_000, days: int = 90,
         "timestamp": pa.array(ts, pa.timestamp("us")),
         "sent_at": pa.array(ts, pa.timestamp("us")), "received_at": pa.array(ts, pa.timestamp("us")),
         "person_id": pa.array(pid), "session_id": sid,
-        "name": pa.array(np.where(is_page, paths, None), pa.string()),
+        "name": pa.array(paths, pa.string()),
         "path": pa.array(paths, pa.string()),
         "browser": pa.array(np.array(BROWSERS, dtype=object)[browser[owner[sess]]], pa.string()),
         "device_type": pa.array(np.array(DEVICES, dtype=object)[device[owner[sess]]], pa.string()),
@@ -150,9 +149,10 @@ def generate(events: int = 20_000_000, persons: int = 500_000, days: int = 90,
     np.minimum.at(first, owner[sess], t)
     np.maximum.at(last, owner[sess], t)
     seen = first < np.iinfo(np.int64).max
-    person_rows = [(int(p) + 1, START + timedelta(seconds=int(first[p])),
-                    START + timedelta(seconds=int(last[p])), bool(p % 10 == 3),
-                    f'{{"plan": "{PLANS[plan[p]]}"}}') for p in np.flatnonzero(seen)]
+    person_rows: list[tuple[int, datetime, datetime, bool, str | None]] = [
+        (int(p) + 1, START + timedelta(seconds=int(first[p])),
+         START + timedelta(seconds=int(last[p])), bool(p % 10 == 3),
+         f'{{"plan": "{PLANS[plan[p]]}"}}') for p in np.flatnonzero(seen)]
     day_of_event = t // 86400
     order_e = np.argsort(day_of_event, kind="stable")
     bounds = np.searchsorted(day_of_event[order_e], np.arange(days + 1))

@@ -19,6 +19,8 @@ from typing import Any
 import msgspec
 
 from aap import errors
+from aap.api.proxy import PREFIX as API_PREFIX
+from aap.api.proxy import ApiProxy
 from aap.collect import metrics
 from aap.collect.body import decode_content, read_raw
 from aap.collect.health import Health
@@ -112,6 +114,8 @@ class Collector:
                              interval_ms=settings.health_interval_ms)
         self._unknown_keys: dict[str, float] = {}
         self._known_keys: dict[str, Source] = {}
+        self.api = ApiProxy(self.data_dir, timeout=float(settings.query_timeout_s) + 30,
+                            max_body=settings.max_request_bytes)
         self.routes: dict[str, tuple[tuple[str, ...], Callable[[Request], Awaitable[Response]]]] = {
             "/healthz": (("GET", "HEAD"), self.healthz),
             "/metrics": (("GET",), self.metrics),
@@ -147,7 +151,8 @@ class Collector:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         req = Request(scope, receive)
-        route = req.path if req.path in self.routes else "other"
+        route = req.path if req.path in self.routes else (
+            API_PREFIX if req.path.startswith(API_PREFIX + "/") else "other")
         try:
             resp = await self._dispatch(req)
         except errors.AAPError as exc:
@@ -169,6 +174,10 @@ class Collector:
         metrics.LATENCY.labels(route).observe(time.perf_counter() - start)
 
     async def _dispatch(self, req: Request) -> Response:
+        if req.path.startswith(API_PREFIX + "/"):
+            status, body, headers = await self.api.handle(req.method, req.path, req.headers,
+                                                          req.receive)
+            return Response(status, body, headers=headers)
         entry = self.routes.get(req.path)
         if entry is None:
             raise errors.NotFound(f"no endpoint at {req.path}")

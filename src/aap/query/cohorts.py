@@ -9,6 +9,7 @@ and/or person property filters), evaluated when a query runs.
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import time
 from pathlib import Path
@@ -90,7 +91,7 @@ class Cohorts:
         return CohortDef(id=row[0], name=row[1], id_keys=d.id_keys, event=d.event,
                          min_count=d.min_count, days=d.days, person_filters=d.person_filters)
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> builtins.list[dict[str, Any]]:
         out = []
         for i, name, kind, definition, size, created in self._con.execute(
                 "SELECT id, name, kind, definition, size_hint, created_at FROM cohorts ORDER BY id"):
@@ -122,7 +123,7 @@ class Cohorts:
             raise NotFound(f"no saved insight with id {insight_id}", code="unknown_insight")
         return row[0], msgspec.json.decode(row[1])
 
-    def insights(self) -> list[dict[str, Any]]:
+    def insights(self) -> builtins.list[dict[str, Any]]:
         return [{"id": i, "name": n, "query": msgspec.json.decode(q), "created_at": c}
                 for i, n, q, c in self._con.execute(
                     "SELECT id, name, query, created_at FROM saved_insights ORDER BY id")]

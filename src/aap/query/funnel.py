@@ -131,7 +131,7 @@ def run(ctx: Context, q: Funnel) -> dict[str, Any]:
         ctes.append(f"chains AS (SELECT * FROM {last})")
 
     # best chain per entity (and breakdown value)
-    key = f"level::BIGINT * 100000000000000000 - epoch_us(t0)"
+    key = "level::BIGINT * 100000000000000000 - epoch_us(t0)"
     times = ", ".join(f"t{i}" for i in range(n))
     ctes.append("top AS (SELECT bv FROM chains GROUP BY bv ORDER BY count(DISTINCT pid) DESC,"
                 f" bv NULLS LAST LIMIT {b.p(q.breakdown_limit)})" if q.breakdown else
@@ -159,7 +159,7 @@ def run(ctx: Context, q: Funnel) -> dict[str, Any]:
                 "conversion": (c / counts_[0]) if counts_[0] else 0.0,
                 "conversion_from_previous": (c / prev) if prev else 0.0,
                 "median_seconds_to_convert": None if k == 0 or meds[k - 1] is None
-                else float(meds[k - 1]),
+                else float(meds[k - 1] or 0),
             })
         return out
 

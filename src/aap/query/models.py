@@ -157,7 +157,7 @@ def parse_insight(doc: bytes | str | dict[str, Any]) -> Insight:
     except msgspec.ValidationError as exc:
         msg = str(exc)
         if "Expected `object`, got" in msg or "Missing required field `kind`" in msg or \
-                "Invalid value" in msg and "`$.kind`" in msg:
+                ("Invalid value" in msg and "`$.kind`" in msg):
             msg += f" (kind is one of {', '.join(KINDS)})"
         raise BadRequest(f"invalid insight: {msg}", code="invalid_insight") from None
     except msgspec.DecodeError as exc:

@@ -89,7 +89,7 @@ def _series_rows(ctx: Context, q: Trends, s: Series, rng: Range
         parts = []
         for cid in q.breakdown_cohorts:
             assert ctx.cohort is not None
-            name = ctx.cohort(cid).name if ctx.cohort else str(cid)
+            name = ctx.cohort(cid).name
             parts.append(f"SELECT {b.p(name)} AS bv, {bucket} AS bucket, e.person_id,"
                          f" e.session_id, {v} AS v FROM {src} WHERE {where}"
                          f" AND e.person_id IN {cohort_sql(b, ctx, cid)}")
@@ -159,11 +159,11 @@ def _apply_formula(q: Trends, series: list[dict[str, Any]], dates: list[str]
         for i in range(len(dates)):
             env = {x: (letters.get(x) or zeros)[i] for x in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:len(q.series)]}
             values.append(fn(env))
-        item: dict[str, Any] = {"label": q.formula, "breakdown_value": bv, "dates": dates,
-                                "values": values}
+        f_item: dict[str, Any] = {"label": q.formula, "breakdown_value": bv, "dates": dates,
+                                  "values": values}
         if other:
-            item["is_other"] = True
-        out.append(item)
+            f_item["is_other"] = True
+        out.append(f_item)
     return out
 
 
@@ -206,7 +206,7 @@ def compile_formula(text: str, n_series: int) -> Callable[[dict[str, Any]], floa
         if isinstance(node, ast.Expression):
             return ev(node.body, env)
         if isinstance(node, ast.Constant):
-            return float(node.value)
+            return float(node.value)  # type: ignore[arg-type]
         if isinstance(node, ast.Name):
             v = env[node.id]
             return None if v is None else float(v)
