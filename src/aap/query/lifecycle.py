@@ -6,6 +6,9 @@
 
 and ``dormant``: persons active in the interval before but not in this one (a positive
 count; charts usually draw it below the axis).
+
+Intervals are whole calendar intervals of the query's time zone: a range that starts or
+ends inside a week reads that whole week.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from aap.query.common import (
     from_events,
     label,
     step,
-    trunc,
 )
 from aap.query.models import Lifecycle
 
@@ -34,7 +36,9 @@ STATUSES = ("new", "returning", "resurrecting", "dormant")
 def run(ctx: Context, q: Lifecycle) -> dict[str, Any]:
     rng = date_range(q, ctx.now)
     bs = buckets(rng, q.interval)
-    wide = Range(rng.tz, rng.tzname, step(trunc(rng.start, q.interval), q.interval, -1), rng.end)
+    # statuses are about whole intervals: the first and last ones are read in full, and
+    # so is the one before the first (who was active just before the range)
+    wide = Range(rng.tz, rng.tzname, step(bs[0], q.interval, -1), step(bs[-1], q.interval))
     b = SQLBuilder()
     iv = "INTERVAL 1 " + q.interval.upper()
     src = from_events(q)
