@@ -316,6 +316,20 @@ def bench_ingest(duration: float, rate: int, clients: int) -> None:
     run(duration=duration, rate=rate, clients=clients)
 
 
+@bench.command("query")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Fraction of the full size (20M events, 500k persons).")
+@click.option("--runs", type=int, default=3, show_default=True, help="Timed runs per insight.")
+@click.option("--data-dir", "bench_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Keep (and reuse) the generated data here.")
+@click.option("--only", type=int, multiple=True, help="Run only insight number N (0-based).")
+def bench_query(scale: float, runs: int, bench_dir: Path | None, only: tuple[int, ...]) -> None:
+    """Every insight through the API vs hand-written plain DuckDB SQL."""
+    from aap.bench.query import run
+
+    run(scale=scale, runs=runs, data_dir=bench_dir, only=only)
+
+
 PIPELINE_PHASES = ("freshness", "backlog", "storage")
 
 

@@ -78,9 +78,11 @@ class Core:
     def start(self) -> None:
         self.thread.start()
         self.tiering.start()
+        self.rest.start()
 
     def close(self) -> None:
         self.stop.set()
+        self.rest.close()
         self.thread.join(timeout=30)
         self.tiering.close()
         self.warehouse.close()

@@ -25,6 +25,7 @@ import msgspec
 
 from aap import errors
 from aap.api.keys import ROLES, ApiKeys, role_at_least
+from aap.query.cache import QueryCache
 from aap.query.cohorts import Cohorts
 from aap.query.models import parse_cohort, parse_insight
 from aap.query.runner import run_insight
@@ -61,6 +62,8 @@ class RestAPI:
         self.warehouse = warehouse
         self.cohorts = Cohorts(settings.data_path)
         self.keys = ApiKeys(settings.data_path)
+        self.cache = (QueryCache(warehouse, float(settings.query_cache_interval_s))
+                      if settings.query_cache else None)
         self.routes: list[tuple[str, re.Pattern[str], str, Handler]] = [
             ("POST", re.compile(r"^/query$"), "analyst", self.query),
             ("GET", re.compile(r"^/insights$"), "viewer", self.list_insights),
@@ -73,6 +76,14 @@ class RestAPI:
             ("POST", re.compile(r"^/keys$"), "admin", self.create_key),
             ("DELETE", re.compile(r"^/keys/(?P<id>[0-9a-f]{12})$"), "admin", self.revoke_key),
         ]
+
+    def start(self) -> None:
+        if self.cache is not None:
+            self.cache.start()
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
 
     def handle(self, method: str, path: str, role: str, body: bytes) -> tuple[int, Any]:
         try:
@@ -107,6 +118,7 @@ class RestAPI:
 
     def _run(self, doc: Any, role: str) -> dict[str, Any]:
         return run_insight(self.warehouse, doc, role=role, cohort=self.cohorts.get,
+                           use_cache=self.cache is not None,
                            timeout_s=float(self.settings.query_timeout_s),
                            sql_max_rows=int(self.settings.sql_max_rows))
 

@@ -184,15 +184,18 @@ def _diurnal() -> np.ndarray:
 
 def load(directory: object, data: Dataset, *, hot_days: int = 7, cold_days: int = 60,
          log: object = print) -> dict[str, tuple[int, int, int]]:
-    """Load through the store's own write path: one ``Warehouse.write`` chunk per day
+    """Load into the data dir ``directory`` (warehouse and tiers where ``aap serve`` has
+    them) through the store's own write path: one ``Warehouse.write`` chunk per day
     (events, and with the first chunk the persons and merges), then the tiering
     operations: days older than ``hot_days`` (before the last day) move to the warm tier,
     and whole months older than ``cold_days`` are compacted into the cold tier."""
     from pathlib import Path
 
+    from aap.store.tiers import TierConfig, TierStore
     from aap.store.warehouse import Chunk, Warehouse
 
-    wh = Warehouse(Path(str(directory)))
+    data_dir = Path(str(directory))
+    wh = Warehouse(data_dir / "warehouse", tiers=TierStore(TierConfig(str(data_dir / "tiers"))))
     try:
         for i, (_, table) in enumerate(data.days):
             chunk = Chunk(events=table, position=i + 1, next_person=20_000_000)

@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 
 from aap.errors import BadRequest
-from aap.query import funnel, lifecycle, paths, retention, sql, stickiness, trends
+from aap.query import cache, funnel, lifecycle, paths, retention, sql, stickiness, trends
 from aap.query.common import CohortDef, Context
 from aap.query.models import (
     SQL,
@@ -34,13 +34,14 @@ RUNNERS: dict[type, Callable[[Context, Any], dict[str, Any]]] = {
 def run_insight(warehouse: Warehouse, doc: bytes | str | dict[str, Any] | Insight, *,
                 role: str = "analyst", cohort: Callable[[int], CohortDef] | None = None,
                 now: datetime | None = None, timeout_s: float = 60.0,
-                sql_max_rows: int = 100_000) -> dict[str, Any]:
+                sql_max_rows: int = 100_000, use_cache: bool = True) -> dict[str, Any]:
     """The Python API: run one insight on a warehouse (the process that owns it)."""
     q = doc if isinstance(doc, (Trends, Funnel, Retention, Paths, Stickiness, Lifecycle, SQL)) \
         else parse_insight(doc)
-    with warehouse.snapshot() as cur:
+    snap = (lambda: cache.snapshot(warehouse)) if use_cache else warehouse.snapshot
+    with snap() as cur:
         ctx = Context(cur=cur, now=now or datetime.now(UTC), cohort=cohort, role=role,
-                      snapshot=warehouse.snapshot)
+                      snapshot=snap)
         if isinstance(q, SQL):
             return sql.run(ctx, q, max_rows=sql_max_rows, max_seconds=timeout_s)
         timer = threading.Timer(timeout_s, cur.interrupt)
