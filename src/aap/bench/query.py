@@ -219,7 +219,7 @@ def run(scale: float = 1.0, runs: int = 3, data_dir: Path | None = None,
         _, key = ApiKeys(data).create("analyst", "bench")
         env = {"AAP_HOT_DAYS": "100000", "AAP_WARM_DAYS": "100000", "AAP_COLD_DAYS": "100000",
                "AAP_TIERING_INTERVAL_S": "100000"}
-        results = []
+        results: list[dict[str, Any]] = []
         t0 = time.perf_counter()
         with ServerProcess(data, workers=1, env=env) as server, httpx.Client(
                 base_url=server.url, headers={"Authorization": f"Bearer {key}"},
@@ -237,7 +237,10 @@ def run(scale: float = 1.0, runs: int = 3, data_dir: Path | None = None,
                     return r.json()
 
                 t_api, out = median_time(api, runs)
-                t_sql, _ = median_time(lambda i=i: flat.execute(PLAIN[i]).fetchall(), runs)
+                def plain(sql: str = PLAIN[i]) -> Any:
+                    return flat.execute(sql).fetchall()
+
+                t_sql, _ = median_time(plain, runs)
                 results.append({"insight": name, "api_s": t_api, "plain_sql_s": t_sql,
                                 "ratio": t_api / t_sql, "target_s": target,
                                 "summary": summarize(out)})
