@@ -346,7 +346,7 @@ def paths(evs: list[Ev], q: dict[str, Any]) -> list[tuple[tuple[str, ...], int]]
     depth = q.get("depth", 3)
     counter: dict[tuple[str, ...], int] = defaultdict(int)
     for _, es in _entities(sel, "session").items():
-        es.sort(key=lambda e: (e.ts, e.message_id))
+        es.sort(key=lambda e: (e.ts, e.event))
         seq: list[str] = []
         for e in es:
             if not seq or seq[-1] != e.event:

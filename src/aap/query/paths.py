@@ -1,7 +1,7 @@
 """Paths: the most common sequences of steps after (or before) an event.
 
-A path is read within one session, its events in time order (ties broken by message
-id), with repeated consecutive steps collapsed into one. With ``start_event``: the first
+A path is read within one session, its events in time order (events at the same
+instant ordered by step name), with repeated consecutive steps collapsed into one. With ``start_event``: the first
 time the session does it, and the ``depth - 1`` steps after; with ``end_event``: the last
 time, and the ``depth - 1`` steps before; with neither: the session's first ``depth``
 steps. A session ending sooner gives a shorter path. ``count`` is the number of sessions
@@ -37,22 +37,36 @@ def run(ctx: Context, q: Paths) -> dict[str, Any]:
         # only sessions that did the anchor event
         where += (f" AND e.session_id IN (SELECT e.session_id FROM {src} WHERE {where}"
                   f" AND {stepx} = {b.p(anchor)})")
+    # Steps as an ENUM of their sorted names: sorting and comparing them is much cheaper
+    # than strings, and the order (ties in time) stays the order of the names.
+    names = [r[0] for r in b.run(ctx, f"SELECT DISTINCT {stepx} FROM {src} WHERE {where}"
+                                       " ORDER BY 1") if r[0] is not None]
+    if not names:
+        return {"kind": "paths", "paths": []}
+    if len(names) <= 10_000:
+        literals = ", ".join("'" + n.replace("'", "''") + "'" for n in names)
+        stepx = f"CAST({stepx} AS ENUM({literals}))"
     depth = b.p(q.depth)
+    # One sort: the previous step of each event in its session (sessions keyed by a
+    # 64-bit hash, ties in time ordered by step name); the first event of every run of
+    # equal steps starts a step of the path; then the first (or last) ``depth`` of them.
+    runs = (f"ev AS (SELECT hash(e.session_id) AS s, e.timestamp AS t, {stepx} AS step"
+            f" FROM {src} WHERE {where}),"
+            " c AS (SELECT s, t, step FROM (SELECT s, t, step, lag(step) OVER"
+            " (PARTITION BY s ORDER BY t, step) AS prev FROM ev) WHERE prev IS DISTINCT FROM step)")
     if q.start_event is not None:
         a = b.p(q.start_event)
-        pick = f"list_slice(l, list_position(l, {a}), list_position(l, {a}) + {depth} - 1)"
+        sql = (f"WITH {runs}, an AS (SELECT s, min(t) AS ta FROM c WHERE step = {a} GROUP BY s),"
+               f" p AS (SELECT min_by(c.step, (c.t, c.step), {depth}) AS path FROM c JOIN an"
+               f" USING (s) WHERE (c.t, c.step) >= (an.ta, {a}) GROUP BY c.s)")
     elif q.end_event is not None:
         a = b.p(q.end_event)
-        last = f"(len(l) + 1 - list_position(list_reverse(l), {a}))"
-        pick = f"list_slice(l, greatest(1, {last} - {depth} + 1), {last})"
+        sql = (f"WITH {runs}, an AS (SELECT s, max(t) AS ta FROM c WHERE step = {a} GROUP BY s),"
+               f" p AS (SELECT list_reverse(max_by(c.step, (c.t, c.step), {depth})) AS path"
+               f" FROM c JOIN an USING (s) WHERE (c.t, c.step) <= (an.ta, {a}) GROUP BY c.s)")
     else:
-        pick = f"list_slice(l, 1, {depth})"
-    sql = (f"WITH s AS (SELECT list({stepx} ORDER BY e.timestamp, e.message_id) AS l FROM {src}"
-           f" WHERE {where} GROUP BY e.session_id),"
-           " c AS (SELECT list_filter(l, lambda x, i: i = 1 OR x IS DISTINCT FROM l[i - 1]) AS l"
-           " FROM s),"
-           f" p AS (SELECT {pick} AS path FROM c)"
-           f" SELECT path, count(*) AS n FROM p WHERE path IS NOT NULL AND len(path) > 0"
-           f" GROUP BY path ORDER BY n DESC, path LIMIT {b.p(q.limit)}")
+        sql = f"WITH {runs}, p AS (SELECT min_by(step, (t, step), {depth}) AS path FROM c GROUP BY s)"
+    sql += (" SELECT path::VARCHAR[], count(*) AS n FROM p GROUP BY path"
+            f" ORDER BY n DESC, path LIMIT {b.p(q.limit)}")
     rows = b.run(ctx, sql)
     return {"kind": "paths", "paths": [{"steps": list(p), "count": int(n)} for p, n in rows]}
