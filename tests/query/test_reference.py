@@ -2,7 +2,7 @@
 event sets: few persons and few distinct timestamps (so ties in time are common), person
 merges (events stored under an old person id that ``person_overrides`` maps on), time
 zones around their DST changes, events exactly at a funnel's window boundary, and part of
-the data moved to the warm tier."""
+the data moved to the warm tier and into the query cache before the merges are known."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aap.query.cache import QueryCache
 from aap.query.runner import run_insight
 from aap.store.schema import EVENT_ARROW_SCHEMA
 from aap.store.warehouse import Chunk, Warehouse
@@ -43,7 +44,7 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
 
 
 @st.composite
-def event_sets(draw: st.DrawFn, max_events: int = 40) -> tuple[list[Ev], list[int], bool]:
+def event_sets(draw: st.DrawFn, max_events: int = 40) -> tuple[list[Ev], list[int], str]:
     """Events (with resolved persons) and the raw person ids they are stored under."""
     # a small pool of instants so that ties in time are frequent; minutes apart and
     # days apart, across both DST changes
@@ -67,13 +68,17 @@ def event_sets(draw: st.DrawFn, max_events: int = 40) -> tuple[list[Ev], list[in
                       person=person, session=f"{person}-{draw(st.integers(0, 2))}", props=props,
                       country=draw(st.sampled_from(["DE", "US", "FR", None]))))
         raw_ids.append(raw)
-    warm = draw(st.booleans())
+    warm = draw(st.sampled_from(["hot", "warm", "cached"]))
     return evs, raw_ids, warm
 
 
-def load(wh: Warehouse, evs: list[Ev], raw_ids: list[int], warm: bool) -> None:
+def load(wh: Warehouse, evs: list[Ev], raw_ids: list[int], tier: str) -> None:
+    """Store the events; ``tier``: all hot, the first day moved to the warm tier, or that
+    and the query cache filled before the merges arrive (so they are applied late)."""
+    QueryCache(wh)
     with wh._transaction() as cur:
-        for t in ("events_raw", "persons", "person_overrides", "person_ids", "tier_files"):
+        for t in ("events_raw", "persons", "person_overrides", "person_ids", "tier_files",
+                  "query_cache", "query_cache_files", "query_cache_overrides"):
             cur.execute(f"DELETE FROM {t}")
     n = len(evs)
     cols: dict[str, Any] = {f.name: [None] * n for f in EVENT_ARROW_SCHEMA}
@@ -88,11 +93,13 @@ def load(wh: Warehouse, evs: list[Ev], raw_ids: list[int], warm: bool) -> None:
                      schema=EVENT_ARROW_SCHEMA)
     persons = [(p, ANCHOR, ANCHOR, True, json.dumps({"plan": "pro" if p % 2 else "free"}))
                for p in {*raw_ids}]
-    wh.write(Chunk(events=table, position=1, next_person=1000, persons=persons,
+    wh.write(Chunk(events=table, position=1, next_person=1000, persons=persons))
+    if tier != "hot" and evs:
+        wh.move_day_to_warm(min(e.ts for e in evs).date())
+    if tier == "cached":
+        QueryCache(wh).sync()
+    wh.write(Chunk(events=EVENT_ARROW_SCHEMA.empty_table(), position=2, next_person=1000,
                    overrides={o: p for o, p in MERGED.items() if o in raw_ids}))
-    if warm and evs:
-        first_day = min(e.ts for e in evs).date()
-        wh.move_day_to_warm(first_day)
 
 
 def run(wh: Warehouse, q: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +171,7 @@ def test_funnel_window_boundary_is_inclusive(warehouse: Warehouse) -> None:
     evs = [Ev("m1", "A", t, 1, "s"), Ev("m2", "B", t + timedelta(days=1), 1, "s"),
            Ev("m3", "A", t, 2, "s2"), Ev("m4", "B", t + timedelta(days=1, microseconds=1), 2, "s2"),
            Ev("m5", "A", t, 3, "s3"), Ev("m6", "B", t, 3, "s3")]  # a tie is not "later"
-    load(warehouse, evs, [1, 1, 2, 2, 3, 3], False)
+    load(warehouse, evs, [1, 1, 2, 2, 3, 3], "hot")
     got = run(warehouse, {"kind": "funnel", "steps": [{"event": "A"}, {"event": "B"}],
                           "window": "1d", "date_from": "2026-10-20", "date_to": "2026-10-25"})
     assert [s["count"] for s in got["steps"]] == [3, 1]
@@ -242,7 +249,7 @@ def test_merged_person_counts_once(warehouse: Warehouse) -> None:
     t = datetime(2026, 10, 21, 10, 0)
     # person 101 (anonymous) was merged into person 1: one person, two stored ids
     evs = [Ev("m1", "A", t, 1, "s1"), Ev("m2", "A", t + timedelta(hours=1), 1, "s2")]
-    load(warehouse, evs, [101, 1], False)
+    load(warehouse, evs, [101, 1], "cached")
     got = run(warehouse, {"kind": "trends", "series": [{"event": "A", "math": "persons"}],
                           "date_from": "2026-10-21", "date_to": "2026-10-21"})
     assert got["series"][0]["values"] == [1]

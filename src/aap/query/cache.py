@@ -160,7 +160,7 @@ def snapshot(warehouse: Warehouse) -> Iterator[duckdb.DuckDBPyConnection]:
             cached = sorted(int(no) for _, _, no in files if no is not None)
             cur.register("uncached_events", warehouse.tiers.dataset(
                 [p for _, p, no in files if no is None]))
-            in_cache = f"file_no IN ({', '.join(map(str, cached))})" if cached else "false"
+            in_cache = f"c.file_no IN ({', '.join(map(str, cached))})" if cached else "false"
             cur.execute(f"""
                 CREATE OR REPLACE TEMP VIEW events AS
                 SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)
@@ -169,6 +169,6 @@ def snapshot(warehouse: Warehouse) -> Iterator[duckdb.DuckDBPyConnection]:
                 UNION ALL
                 SELECT c.* EXCLUDE (file_no) REPLACE (coalesce(d.person_id, c.person_id) AS person_id)
                 FROM query_cache c LEFT JOIN {_PENDING} d ON d.old_person_id = c.person_id
-                WHERE c.{in_cache}
+                WHERE {in_cache}
             """)
         yield cur

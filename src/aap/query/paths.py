@@ -1,8 +1,8 @@
 """Paths: the most common sequences of steps after (or before) an event.
 
 A path is read within one session, its events in time order (events at the same
-instant ordered by step name), with repeated consecutive steps collapsed into one. With ``start_event``: the first
-time the session does it, and the ``depth - 1`` steps after; with ``end_event``: the last
+instant ordered by step name), with repeated consecutive steps collapsed into one.
+With ``start_event``: the first time the session does it, and the ``depth - 1`` steps after; with ``end_event``: the last
 time, and the ``depth - 1`` steps before; with neither: the session's first ``depth``
 steps. A session ending sooner gives a shorter path. ``count`` is the number of sessions
 that followed the path. ``path_type: page`` reads only page and screen views, each named
