@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aap.query import paths as paths_module
 from aap.query.cache import QueryCache
 from aap.query.runner import run_insight
 from aap.store.schema import EVENT_ARROW_SCHEMA
@@ -200,17 +201,22 @@ def test_retention_matches_reference(warehouse: Warehouse, data: Any, tz: str, r
 @SETTINGS
 @given(data=event_sets(), rng=dates, tz=st.sampled_from(ZONES),
        anchor=st.sampled_from([None, ("start_event", "A"), ("end_event", "B")]),
-       depth=st.integers(2, 5), limit=st.integers(1, 5))
+       depth=st.integers(2, 5), limit=st.integers(1, 5), coded=st.booleans())
 def test_paths_match_reference(warehouse: Warehouse, data: Any, rng: Any, tz: str,
-                               anchor: Any, depth: int, limit: int) -> None:
+                               anchor: Any, depth: int, limit: int, coded: bool) -> None:
+    """``coded``: steps numbered (the fast way) or compared as text (many distinct steps)."""
     evs, raw, warm = data
+    paths_module.MAX_CODED = 1024 if coded else 0
     load(warehouse, evs, raw, warm)
     q: dict[str, Any] = {"kind": "paths", "depth": depth, "limit": limit, "timezone": tz,
                          "date_from": rng[0], "date_to": rng[1],
                          "exclude_events": ["D"]}
     if anchor:
         q[anchor[0]] = anchor[1]
-    got = run(warehouse, q)
+    try:
+        got = run(warehouse, q)
+    finally:
+        paths_module.MAX_CODED = 1024
     assert [(tuple(p["steps"]), p["count"]) for p in got["paths"]] == ref.paths(evs, q)
 
 

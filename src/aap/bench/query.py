@@ -32,7 +32,10 @@ START = "2026-08-03"
 END = "2026-10-31"
 
 INSIGHTS: list[tuple[str, float, dict[str, Any]]] = [
-    ("trends, daily persons by country (top 25 + other), 90 days", 0.3, {
+    ("trends, daily page views by country (top 25 + other), 90 days", 0.3, {
+        "kind": "trends", "series": [{"event": "$page", "math": "total"}],
+        "interval": "day", "breakdown": "country", "date_from": START, "date_to": END}),
+    ("trends, daily unique persons by country, 90 days", 0.3, {
         "kind": "trends", "series": [{"event": "$page", "math": "persons"}],
         "interval": "day", "breakdown": "country", "date_from": START, "date_to": END}),
     ("funnel, 4 steps, 7-day window, 90 days", 0.5, {
@@ -56,6 +59,12 @@ INSIGHTS: list[tuple[str, float, dict[str, Any]]] = [
 # the same questions with the same rules.
 LO, HI = "TIMESTAMP '2026-08-03'", "TIMESTAMP '2026-11-01'"
 PLAIN: list[str] = [
+    f"""WITH e AS (SELECT date_trunc('day', timestamp) AS d, country FROM events
+                   WHERE event = '$page' AND timestamp >= {LO} AND timestamp < {HI}),
+        top AS (SELECT country FROM e GROUP BY country ORDER BY count(*) DESC LIMIT 25)
+    SELECT d, CASE WHEN country IS NULL OR country IN (SELECT country FROM top) THEN country
+                   ELSE 'other' END AS c, count(*)
+    FROM e GROUP BY ALL""",
     f"""WITH e AS (SELECT date_trunc('day', timestamp) AS d, person_id, country FROM events
                    WHERE event = '$page' AND timestamp >= {LO} AND timestamp < {HI}),
         top AS (SELECT country FROM e GROUP BY country ORDER BY count(*) DESC LIMIT 25)

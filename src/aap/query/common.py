@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
 
-from aap.errors import BadRequest
+from aap.errors import BadRequest, ServiceUnavailable
 from aap.query.models import Common, Filter
 from aap.store.schema import EVENT_COLUMNS
 
@@ -248,6 +248,9 @@ class SQLBuilder:
         except duckdb.ConversionException as exc:
             raise BadRequest(f"a value does not convert: {_first_line(exc)}",
                              code="bad_query") from None
+        except duckdb.OutOfMemoryException:
+            raise ServiceUnavailable("the query needs more memory than the warehouse may use"
+                                     " (AAP_WAREHOUSE_MEMORY)", code="out_of_memory") from None
 
 
 def _first_line(exc: Exception) -> str:
