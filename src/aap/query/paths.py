@@ -4,9 +4,9 @@ A path is read within one session, its events in time order (events at the same
 instant ordered by step name), with repeated consecutive steps collapsed into one.
 With ``start_event``: the first time the session does it, and the ``depth - 1`` steps
 after; with ``end_event``: the last time, and the ``depth - 1`` steps before; with
-neither: the session's first ``depth`` steps. A session ending sooner gives a shorter path. ``count`` is the number of sessions
-that followed the path. ``path_type: page`` reads only page and screen views, each named
-by its path (screens by name).
+neither: the session's first ``depth`` steps. A session ending sooner gives a shorter
+path. ``count`` is the number of sessions that followed the path. ``path_type: page``
+reads only page and screen views, each named by its path (screens by name).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 from aap.errors import BadRequest
 from aap.query.common import Context, SQLBuilder, base_where, date_range, from_events
 from aap.query.models import Paths
-
 
 MAX_CODED = 1024
 """Up to this many distinct steps, steps are numbered (see below); beyond, compared as text."""
