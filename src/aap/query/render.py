@@ -17,6 +17,13 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _short(d: str) -> str:
+    """``2026-11-21`` → ``11-21``; hours ``2026-11-21T14:00:00`` → ``21 14h``."""
+    if "T" in d:
+        return f"{d[8:10]} {d[11:13]}h"
+    return d[5:]
+
+
 def render(result: dict[str, Any], title: str | None = None, max_columns: int = 14) -> Table:
     kind = result.get("kind")
     t = Table(title=title)
@@ -24,9 +31,9 @@ def render(result: dict[str, Any], title: str | None = None, max_columns: int = 
         series = result["series"]
         dates = series[0]["dates"] if series else []
         shown = dates[-max_columns:]
-        t.add_column("series")
+        t.add_column("series", no_wrap=True)
         for d in shown:
-            t.add_column(d, justify="right")
+            t.add_column(_short(d), justify="right")
         for s in series:
             name = s["label"]
             if s.get("breakdown_value") is not None or s.get("is_other"):
@@ -35,7 +42,7 @@ def render(result: dict[str, Any], title: str | None = None, max_columns: int = 
                 name += f" ({s['compare']})"
             t.add_row(name, *[_fmt(v) for v in s["values"][-len(shown):]])
     elif kind == "funnel":
-        t.add_column("step")
+        t.add_column("step", no_wrap=True)
         t.add_column("count", justify="right")
         t.add_column("conversion", justify="right")
         t.add_column("from previous", justify="right")
@@ -61,7 +68,7 @@ def render(result: dict[str, Any], title: str | None = None, max_columns: int = 
             cells = [f"{v / size:.0%}" if size else "-" for v in c["values"][1:]]
             t.add_row(c["start"], _fmt(size), *cells, *[""] * (n - len(c["values"])))
     elif kind == "paths":
-        t.add_column("path")
+        t.add_column("path", no_wrap=True)
         t.add_column("count", justify="right")
         for p in result["paths"]:
             t.add_row(" → ".join(p["steps"]), _fmt(p["count"]))
@@ -74,10 +81,10 @@ def render(result: dict[str, Any], title: str | None = None, max_columns: int = 
         for s in result["series"]:
             t.add_row(s["label"], *[_fmt(v) for v in s["values"]])
     elif kind == "lifecycle":
-        t.add_column("status")
+        t.add_column("status", no_wrap=True)
         shown = result["dates"][-max_columns:]
         for d in shown:
-            t.add_column(d, justify="right")
+            t.add_column(_short(d), justify="right")
         for st in ("new", "returning", "resurrecting", "dormant"):
             t.add_row(st, *[_fmt(v) for v in result[st][-len(shown):]])
     elif kind == "sql":
