@@ -21,8 +21,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from aap.api.keys import ApiKeys
 from aap.events import decode_events
 from aap.log.sqlite import SQLiteLog
+from aap.query import showcase
 from aap.runner import ServerProcess, create_source
 
 PAGES = [("Home", "/"), ("Pricing", "/pricing"), ("Docs", "/docs"), ("Blog", "/blog"),
@@ -72,8 +74,9 @@ class Visitor:
         return m
 
 
-def simulate(people: int, seed: int) -> Iterator[dict[str, Any]]:
-    """Events of ``people`` simulated visitors over the last week, person by person."""
+def simulate(people: int, seed: int, returning: float = 0.0) -> Iterator[dict[str, Any]]:
+    """Events of ``people`` simulated visitors over the last week, person by person.
+    With ``returning`` > 0, that share of visitors comes back on later days."""
     rng = random.Random(seed)
     now = datetime.now(UTC)
     for _ in range(people):
@@ -98,6 +101,14 @@ def simulate(people: int, seed: int) -> Iterator[dict[str, Any]]:
                         "revenue": round(sum(p for _, _, p in items), 2),
                         "products": [{"product_id": s, "name": n, "price": p, "quantity": 1}
                                      for s, n, p in items]})
+        while returning and rng.random() < returning:
+            v.t += timedelta(days=rng.uniform(0.8, 2.5))
+            if v.t > now:
+                break
+            for _ in range(rng.randint(1, 4)):
+                name, path = rng.choice(PAGES)
+                yield v.msg("page", name=name, properties={"path": path, "title": name,
+                                                           "url": "https://shop.example" + path})
 
 
 def send_all(url: str, key: str, events: list[dict[str, Any]], console: Console,
@@ -216,10 +227,11 @@ def run_demo(people: int = 3000, seed: int = 7, keep: bool = False) -> int:
     data = tmp / "data"
     try:
         key = create_source(data, "demo-site")
+        _, api_key = ApiKeys(data).create("analyst", "demo")
         console.print(f"[bold]AAP demo[/bold]: data dir {data}")
         with ServerProcess(data, workers=2) as server:
             console.print(f"server up at {server.url}; created source [cyan]demo-site[/cyan]")
-            events = list(simulate(people, seed))
+            events = list(simulate(people, seed, returning=0.45))
             t0 = time.perf_counter()
             not_stored: Counter[str] = Counter()
             accepted = send_all(server.url, key, events, console, not_stored)
@@ -232,8 +244,10 @@ def run_demo(people: int = 3000, seed: int = 7, keep: bool = False) -> int:
             server.wait_processed(timeout=120)
             console.print(f"processed into the warehouse {time.perf_counter() - t0:.1f} s later")
             warehouse_report(server, console)
+            insights = showcase.fetch(server.url, api_key)
             consent_demo(server, key, events, console)
         report(data, console)
+        showcase.show(insights, console)
         return 0 if accepted + sum(not_stored.values()) == len(events) else 1
     finally:
         if keep:

@@ -19,6 +19,8 @@ from typing import Any
 import msgspec
 
 from aap import errors
+from aap.api.proxy import PREFIX as API_PREFIX
+from aap.api.proxy import ApiProxy
 from aap.collect import metrics
 from aap.collect.body import decode_content, read_raw
 from aap.collect.compat import Compat, is_browser_path
@@ -115,6 +117,8 @@ class Collector:
         self.gate = Gate(self.data_dir)
         self._unknown_keys: dict[str, float] = {}
         self._known_keys: dict[str, Source] = {}
+        self.api = ApiProxy(self.data_dir, timeout=float(settings.query_timeout_s) + 30,
+                            max_body=settings.max_request_bytes)
         self.routes: dict[str, tuple[tuple[str, ...], Callable[[Request], Awaitable[Response]]]] = {
             "/healthz": (("GET", "HEAD"), self.healthz),
             "/metrics": (("GET",), self.metrics),
@@ -154,8 +158,13 @@ class Collector:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         req = Request(scope, receive)
-        route = req.path if req.path in self.routes else next(
-            (p + "*" for p, _, _ in self.prefix_routes if req.path.startswith(p)), "other")
+        if req.path in self.routes:
+            route = req.path
+        elif req.path.startswith(API_PREFIX + "/"):
+            route = API_PREFIX
+        else:
+            route = next((p + "*" for p, _, _ in self.prefix_routes if req.path.startswith(p)),
+                         "other")
         try:
             resp = await self._dispatch(req)
         except errors.AAPError as exc:
@@ -178,6 +187,10 @@ class Collector:
         metrics.LATENCY.labels(route).observe(time.perf_counter() - start)
 
     async def _dispatch(self, req: Request) -> Response:
+        if req.path.startswith(API_PREFIX + "/"):
+            status, body, headers = await self.api.handle(req.method, req.path, req.headers,
+                                                          req.receive)
+            return Response(status, body, headers=headers)
         entry = self.routes.get(req.path) or next(
             ((m, h) for p, m, h in self.prefix_routes if req.path.startswith(p)), None)
         if entry is None:
