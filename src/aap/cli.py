@@ -370,5 +370,35 @@ def bench_pipeline(rate: int, low_rate: int, duration: float, backlog: int, peop
         people=people, clients=clients, phases=only or PIPELINE_PHASES)
 
 
+@cli.group()
+def audit() -> None:
+    """The hash-chained audit log (DATA_DIR/privacy/audit.jsonl)."""
+
+
+@audit.command("verify")
+@data_dir_option
+def audit_verify(data_dir: Path | None) -> None:
+    """Recompute the chain: exit 1 if any entry was edited, removed, reordered or cut off."""
+    from aap.privacy.audit import AuditLog
+
+    verdict = AuditLog(_settings(data_dir=data_dir).data_path).verify()
+    if not verdict.ok:
+        raise click.ClickException(f"audit log tampered: {verdict.message}")
+    click.echo(f"ok: {verdict.message}")
+
+
+@audit.command("show")
+@data_dir_option
+@click.option("--limit", type=int, default=20, show_default=True, help="Newest N entries.")
+def audit_show(data_dir: Path | None, limit: int) -> None:
+    """Print the newest entries as JSON lines."""
+    import json
+
+    from aap.privacy.audit import AuditLog
+
+    for entry in AuditLog(_settings(data_dir=data_dir).data_path).entries()[-limit:]:
+        click.echo(json.dumps(entry, ensure_ascii=False))
+
+
 def main() -> None:
     cli(prog_name="aap")

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from aap.privacy.audit import AuditLog
 from aap.privacy.purposes import Basis, Registry
 
 _SCHEMA = """
@@ -116,6 +117,9 @@ class Sources:
             )
         except sqlite3.IntegrityError:
             raise SourceExists(f"a source named {name!r} already exists") from None
+        AuditLog(self.data_dir).append("admin", "source.created", {
+            "source": src.id, "name": src.name, "purposes": purposes,
+            "historical": historical})
         return src, key
 
     def by_key(self, key: str) -> Source | None:

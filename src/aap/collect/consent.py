@@ -14,6 +14,7 @@ import msgspec
 
 from aap import errors
 from aap.events import Event
+from aap.privacy.audit import AuditLog
 from aap.privacy.consent import ConsentLedger, ConsentState, Statement, decide, event_preferences
 from aap.privacy.ids import IdHasher
 from aap.privacy.purposes import GPC_WITHDRAWS, Basis, Registry
@@ -59,6 +60,7 @@ class Gate:
         self.registry = Registry.for_data_dir(data_dir)
         self.hasher = IdHasher.for_data_dir(data_dir)
         self.state = ConsentState(ConsentLedger(data_dir))
+        self.audit = AuditLog(data_dir)
 
     def subjects(self, *ids: Any) -> list[int | None]:
         return [self.hasher.key(str(i)) if i not in (None, "") else None for i in ids]
@@ -79,6 +81,9 @@ class Gate:
                                 req.channel or "api")
                       for s in self.subjects(req.user_id, req.anonymous_id) if s is not None]
         self.state.record(statements)
+        self.audit.append(f"source:{source.id}", "consent.recorded", {
+            "purposes": purposes, "policy_version": req.policy_version,
+            "channel": req.channel or "api", "statements": len(statements)})
         return len(statements)
 
     def admit(self, source: Source, events: list[Event], gpc: bool) -> int:
@@ -112,6 +117,10 @@ class Gate:
                 ev.purposes = dict(purposes)
                 kept.append(ev)
         self.state.ledger.record(statements)
+        if statements:
+            self.audit.append(f"source:{source.id}", "consent.recorded", {
+                "channels": sorted({s.channel for s in statements}),
+                "statements": len(statements)})
         dropped = len(events) - len(kept)
         events[:] = kept
         return dropped
