@@ -104,7 +104,8 @@ class Gate:
         for ev in events:
             ids = [key(str(i)) if i not in (None, "") else None
                    for i in (ev.user_id, ev.anonymous_id)]
-            own = event_preferences(ev.context) if "consent" in ev.context else {}
+            own = (event_preferences(ev.context, self.registry.tcf) if "consent" in ev.context
+                   else {})
             if not own and not gpc and not any(i in latest for i in ids):
                 purposes = no_statement
             else:

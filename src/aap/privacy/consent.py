@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from aap.privacy import tcf
 from aap.privacy.purposes import GPC_WITHDRAWS, Basis
 
 _SCHEMA = """
@@ -170,15 +171,25 @@ class ConsentState:
         return best
 
 
-def event_preferences(context: dict[str, Any]) -> dict[str, bool]:
-    """Purpose → granted, from ``context.consent.categoryPreferences`` (booleans only)."""
+def event_preferences(context: dict[str, Any], tcf_map: dict[str, tuple[int, ...]] | None = None
+                      ) -> dict[str, bool]:
+    """Purpose → granted, from ``context.consent``: an IAB TCF v2 ``tcString`` (mapped to
+    our purposes by ``tcf_map``; an undecodable string says nothing), then
+    ``categoryPreferences`` (booleans only), which wins where both speak."""
     consent = context.get("consent")
     if not isinstance(consent, dict):
         return {}
+    out: dict[str, bool] = {}
+    tc = consent.get("tcString")
+    if tcf_map and isinstance(tc, str) and tc:
+        try:
+            out.update(tcf.preferences(tc, tcf_map))
+        except tcf.TCFError:
+            pass
     prefs = consent.get("categoryPreferences")
-    if not isinstance(prefs, dict):
-        return {}
-    return {k: v for k, v in prefs.items() if isinstance(k, str) and isinstance(v, bool)}
+    if isinstance(prefs, dict):
+        out.update({k: v for k, v in prefs.items() if isinstance(k, str) and isinstance(v, bool)})
+    return out
 
 
 class Decision(NamedTuple):

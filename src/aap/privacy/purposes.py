@@ -40,6 +40,9 @@ class Purpose(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Enrichments used (declared in the record of processing)."""
     profiling: bool = False
     """Used for profiling (segments, predictions): people may object (Art. 21)."""
+    tcf: tuple[int, ...] = ()
+    """IAB TCF v2 purposes that must all have consent in a TC string for this purpose to
+    count as granted by it (none: a TC string does not decide this purpose)."""
     retention: Retention = Retention()
 
 
@@ -50,13 +53,15 @@ DEFAULT_PURPOSES: tuple[Purpose, ...] = (
     Purpose("analytics", "Product analytics: which features are used, funnels, retention.",
             categories=_EVENT_DATA, recipients=("the site operator's analysts",),
             enrichments=("user agent → browser, OS, device type",
-                         "truncated IP → country, region, city (offline database)")),
+                         "truncated IP → country, region, city (offline database)"),
+            tcf=(1, 8, 9)),
     Purpose("marketing", "Measuring campaigns and marketing attribution.",
             categories=(*_EVENT_DATA, "campaign parameters"),
             recipients=("the site operator's marketing team",),
-            enrichments=("UTM campaign fields",)),
+            enrichments=("UTM campaign fields",), tcf=(1, 2, 3, 4, 7)),
     Purpose("personalization", "Personalising the product from behaviour (profiling).",
-            categories=_EVENT_DATA, recipients=("the site operator",), profiling=True),
+            categories=_EVENT_DATA, recipients=("the site operator",), profiling=True,
+            tcf=(1, 5, 6)),
     Purpose("partner_sharing", "Sharing with partners (a sale or sharing under CCPA/CPRA).",
             categories=_EVENT_DATA, recipients=("partners named in the privacy policy",)),
 )
@@ -75,6 +80,8 @@ class Registry:
         if len(set(ids)) != len(ids):
             raise ValueError("purpose ids must be unique")
         self.purposes = {p.id: p for p in purposes}
+        self.tcf = {p.id: p.tcf for p in purposes if p.tcf}
+        """Purpose → the TCF purposes it needs (see :func:`aap.privacy.tcf.preferences`)."""
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> Registry:
