@@ -111,7 +111,11 @@ class Core:
     def erase(self, body: bytes) -> tuple[int, dict[str, Any]]:
         try:
             req = msgspec.json.decode(body, type=EraseRequest)
-            return 200, self.rights.erase(req.userIds, req.anonymousIds, actor=req.actor)
+            receipt = self.rights.erase(req.userIds, req.anonymousIds, actor=req.actor)
+            if self.rest.cache is not None:  # derived copies: the query cache drops the
+                self.rest.cache.sync()       # rows of the rewritten files now, not later
+            self.warehouse.con.cursor().execute("CHECKPOINT")
+            return 200, receipt
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             return 400, {"code": "bad_request", "message": str(exc), "detail": str(exc)}
 
