@@ -375,6 +375,20 @@ def privacy() -> None:
     """Data-subject rights."""
 
 
+@privacy.command("register")
+@data_dir_option
+def privacy_register(data_dir: Path | None) -> None:
+    """Print the record of processing (Art. 30) from the purposes registry and sources."""
+    from aap.privacy.purposes import Registry, record_of_processing
+    from aap.sources import Sources
+
+    settings = _settings(data_dir=data_dir)
+    path = settings.data_path
+    click.echo(record_of_processing(
+        Registry.for_data_dir(path), [(s.name, s.purposes) for s in Sources(path).list()],
+        (settings.hot_days, settings.warm_days, settings.cold_days)))
+
+
 @privacy.command("erase")
 @data_dir_option
 @click.option("--user-id", "user_ids", multiple=True, help="A userId of the person (repeatable).")
