@@ -108,6 +108,13 @@ class Core:
         self.warehouse.close()
         self.log.close()
 
+    def access(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            req = msgspec.json.decode(body, type=EraseRequest)
+            return 200, self.rights.access(req.userIds, req.anonymousIds, actor=req.actor)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            return 400, {"code": "bad_request", "message": str(exc), "detail": str(exc)}
+
     def erase(self, body: bytes) -> tuple[int, dict[str, Any]]:
         try:
             req = msgspec.json.decode(body, type=EraseRequest)
@@ -166,6 +173,8 @@ class CoreApp:
             status, out = 200, {"status": "ok", "position": self.core.processor.position}
         elif scope["path"] == "/internal/privacy/erase" and scope["method"] == "POST":
             status, out = await asyncio.to_thread(self.core.erase, body)
+        elif scope["path"] == "/internal/privacy/access" and scope["method"] == "POST":
+            status, out = await asyncio.to_thread(self.core.access, body)
         elif scope["path"] == "/internal/sql" and scope["method"] == "POST":
             status, out = await asyncio.to_thread(self.core.sql, body)
         elif scope["path"].startswith("/internal/api/v1/"):
