@@ -9,6 +9,7 @@ MVCC): they see whole chunks only and never block the writer.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -359,6 +360,27 @@ class Warehouse:
             f"SELECT id_key FROM person_ids WHERE person_id IN ({marks})", list(persons)
         ).fetchall()}
         return persons, keys
+
+    def flag_persons(self, persons: set[int], flag: str) -> int:
+        """Mark persons ``restricted`` (Art. 18: kept, left out of every query) or
+        ``objected`` (Art. 21: left out of profiling)."""
+        with self._write_lock, self._transaction() as cur:
+            for p in sorted(persons):
+                cur.execute("INSERT INTO person_flags VALUES (?, ?, now()) ON CONFLICT DO NOTHING",
+                            [p, flag])
+        return len(persons)
+
+    def rectify_traits(self, persons: set[int], traits: dict[str, Any]) -> int:
+        """Merge corrected traits into the persons' profiles (``null`` removes a trait)."""
+        if not persons:
+            return 0
+        ids = sorted(persons)
+        with self._write_lock, self._transaction() as cur:
+            row = cur.execute(
+                f"UPDATE persons SET traits = json_merge_patch(coalesce(traits, '{{}}'), ?)"
+                f" WHERE person_id IN ({','.join('?' * len(ids))})",
+                [json.dumps(traits), *ids]).fetchone()
+        return int(row[0]) if row else 0
 
     def erase_persons(self, persons: set[int]) -> dict[str, int]:
         """Physically remove the persons' rows from the hot tables and from every warm and
