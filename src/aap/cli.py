@@ -97,6 +97,27 @@ def sources_create(name: str, data_dir: Path | None, origins: tuple[str, ...],
     click.echo(key)
 
 
+@sources.command("secret")
+@click.argument("name")
+@data_dir_option
+def sources_secret(name: str, data_dir: Path | None) -> None:
+    """Print the source's subject secret (base64url), which its backend signs subject
+    tokens with; alone on the last line."""
+    import base64
+
+    from aap.privacy.tokens import SubjectTokens
+    from aap.sources import Sources
+
+    path = _settings(data_dir=data_dir).data_path
+    src = next((s for s in Sources(path).list() if s.name == name), None)
+    if src is None:
+        raise click.ClickException(f"no source named {name!r}")
+    secret = SubjectTokens(path).secret(src.id)
+    click.echo(f"subject secret of {src.name} ({src.id}); sign tokens with HMAC-SHA256,"
+               " see the README")
+    click.echo(base64.urlsafe_b64encode(secret).rstrip(b"=").decode())
+
+
 @sources.command("list")
 @data_dir_option
 def sources_list(data_dir: Path | None) -> None:

@@ -55,61 +55,42 @@ class NewRequest(msgspec.Struct, forbid_unknown_fields=True):
     traits: dict[str, Any] | None = None
 
 
-class Requests:
-    def __init__(self, data_dir: Path, rights: Rights) -> None:
-        self.rights = rights
-        self.path = data_dir / "privacy" / "requests.db"
+class RequestStore:
+    """The queue's database, shared by the core (which works it off) and the collector
+    (where people file their own requests with a subject token)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        d = data_dir / "privacy"
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = d / "requests.db"
         self._con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                     check_same_thread=False)
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.executescript(_SCHEMA)
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="aap-privacy-requests",
-                                        daemon=True)
 
-    def start(self) -> None:
-        self._con.execute("UPDATE requests SET status = 'pending' WHERE status = 'running'")
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-
-    # -- the API --
-
-    def submit(self, body: bytes) -> dict[str, Any]:
-        try:
-            req = msgspec.json.decode(body, type=NewRequest)
-        except msgspec.ValidationError as exc:
-            raise errors.BadRequest(f"invalid privacy request: {exc}",
-                                    code="invalid_request") from None
-        except msgspec.DecodeError:
-            raise errors.BadRequest("the body is not valid JSON", code="invalid_json") from None
-        if req.type not in TYPES:
+    def add(self, kind: str, keys: list[int], named: dict[str, Any],
+            traits: dict[str, Any] | None) -> str:
+        if kind not in TYPES:
             raise errors.BadRequest(f"`type` must be one of {', '.join(TYPES)}",
                                     code="invalid_request")
-        users = [req.subject.userId] if req.subject.userId else []
-        anons = [req.subject.anonymousId] if req.subject.anonymousId else []
-        if not users and not anons:
-            raise errors.BadRequest("`subject` needs a userId or an anonymousId",
-                                    code="missing_identity")
-        if req.type == "rectification" and not req.traits:
+        if kind == "rectification" and not traits:
             raise errors.BadRequest("a rectification needs `traits`", code="invalid_request")
-        keys = self.rights.subject_keys(users, anons)
         rid = "pr_" + secrets.token_hex(8)
-        named = {"userId": bool(users), "anonymousId": bool(anons)}
         with self._lock:
             self._con.execute(
                 "INSERT INTO requests (id, type, subject_keys, named, traits, created_at, status)"
                 " VALUES (?, ?, ?, ?, ?, ?, 'pending')",
-                (rid, req.type, json.dumps(keys), json.dumps(named),
-                 json.dumps(req.traits) if req.traits else None, int(time.time())))
-        self._wake.set()
-        return {"id": rid, "status": "pending"}
+                (rid, kind, json.dumps(keys), json.dumps(named),
+                 json.dumps(traits) if traits else None, int(time.time())))
+        return rid
+
+    def subject_keys(self, rid: str) -> list[int]:
+        row = self._con.execute("SELECT subject_keys FROM requests WHERE id = ?", (rid,)
+                                ).fetchone()
+        if row is None:
+            raise errors.NotFound(f"no privacy request {rid}")
+        return list(json.loads(row[0]))
 
     def get(self, rid: str) -> dict[str, Any]:
         row = self._con.execute(
@@ -138,6 +119,48 @@ class Requests:
         if row[1] != "done":
             raise errors.Conflict(f"request {rid} is {row[1]}", code="not_done")
         return Path(json.loads(row[2])["path"]).read_bytes()
+
+
+class Requests(RequestStore):
+    """The core's side: files requests from the REST API and works the queue off."""
+
+    def __init__(self, data_dir: Path, rights: Rights) -> None:
+        super().__init__(data_dir)
+        self.rights = rights
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="aap-privacy-requests",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._con.execute("UPDATE requests SET status = 'pending' WHERE status = 'running'")
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    # -- the API --
+
+    def submit(self, body: bytes) -> dict[str, Any]:
+        try:
+            req = msgspec.json.decode(body, type=NewRequest)
+        except msgspec.ValidationError as exc:
+            raise errors.BadRequest(f"invalid privacy request: {exc}",
+                                    code="invalid_request") from None
+        except msgspec.DecodeError:
+            raise errors.BadRequest("the body is not valid JSON", code="invalid_json") from None
+        users = [req.subject.userId] if req.subject.userId else []
+        anons = [req.subject.anonymousId] if req.subject.anonymousId else []
+        if not users and not anons:
+            raise errors.BadRequest("`subject` needs a userId or an anonymousId",
+                                    code="missing_identity")
+        named = {"userId": bool(users), "anonymousId": bool(anons)}
+        rid = self.add(req.type, self.rights.subject_keys(users, anons), named, req.traits)
+        self._wake.set()
+        return {"id": rid, "status": "pending"}
 
     # -- the worker --
 
