@@ -499,5 +499,19 @@ def audit_show(data_dir: Path | None, limit: int) -> None:
         click.echo(json.dumps(entry, ensure_ascii=False))
 
 
+@bench.command("privacy")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Fraction of 10M events / 250k persons.")
+@click.option("--data-dir", "store", type=click.Path(path_type=Path), default=None,
+              help="Keep the generated store here and reuse it next time.")
+@click.option("--batch", type=int, default=1000, show_default=True,
+              help="Persons in the batch erasure.")
+def bench_privacy(scale: float, store: Path | None, batch: int) -> None:
+    """Access and erasure in a 10M-event store, against a plain scan."""
+    from aap.bench.privacy import run
+
+    run(scale=scale, data_dir=store, batch=batch)
+
+
 def main() -> None:
     cli(prog_name="aap")
