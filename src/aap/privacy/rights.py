@@ -119,17 +119,20 @@ class Rights:
         marks = ",".join("?" * len(ids))
         tables: dict[str, tuple[list[str], list[tuple[Any, ...]]]] = {}
         with self.wh.snapshot() as cur:
+            # one scan of the tiers for the person's events; their sessions are computed
+            # from those rows (the sessions view would group every event of the store)
+            cur.execute(f"CREATE TEMP TABLE person_events AS SELECT * FROM events"
+                        f" WHERE person_id IN ({marks}) ORDER BY timestamp, message_id", ids)
             for name, sql in (
                 ("profile", f"SELECT * FROM persons WHERE person_id IN ({marks})"),
-                ("events", f"SELECT * FROM events WHERE person_id IN ({marks})"
-                           " ORDER BY timestamp, message_id"),
-                ("sessions", f"SELECT * FROM sessions WHERE person_id IN ({marks})"
-                             " ORDER BY started_at"),
+                ("events", "SELECT * FROM person_events"),
+                ("sessions", _SESSIONS),
                 ("orders", f"SELECT * FROM orders_resolved WHERE person_id IN ({marks})"
                            " ORDER BY timestamp"),
             ):
-                res = cur.execute(sql, ids)
+                res = cur.execute(sql, ids if "?" in sql else [])
                 tables[name] = ([d[0] for d in res.description], res.fetchall())
+            cur.execute("DROP TABLE person_events")
         consent = [{"at": datetime.fromtimestamp(s.at_ms / 1000, UTC).isoformat(),
                     "purposes": s.purposes, "policy_version": s.policy_version,
                     "channel": s.channel} for s in self.ledger.history(sorted(all_keys))]
@@ -179,6 +182,17 @@ class Rights:
         self.audit.append(actor, f"privacy.{kind}", {"persons": n})
         return {"type": kind, "persons": n}
 
+
+_SESSIONS = """
+SELECT session_id, any_value(person_id) AS person_id, min(timestamp) AS started_at,
+       max(timestamp) AS ended_at, count(*) AS events,
+       count(*) FILTER (WHERE type IN ('page', 'screen')) AS views,
+       arg_min(path, timestamp) AS entry_path, arg_max(path, timestamp) AS exit_path,
+       arg_min(referrer_domain, timestamp) AS referrer_domain,
+       arg_min(utm_campaign, timestamp) AS utm_campaign
+FROM person_events GROUP BY session_id ORDER BY started_at
+"""
+"""The ``sessions`` view's columns, over the person's events only."""
 
 _EXPORT_README = """Your data, as kept by this AAP installation (GDPR Art. 15 and 20).
 
