@@ -90,10 +90,13 @@ def run(scale: float = 1.0, data_dir: Path | None = None, batch: int = 1000) -> 
     prepare(base, scale, console)
     work = Path(tempfile.mkdtemp(prefix="aap-bench-privacy-run-"))
     try:
-        # erasure changes the store: work on a copy
+        # erasure changes the store: work on a copy (tier files are listed by full path)
         shutil.copytree(base, work / "data")
         data = work / "data"
         wh = _warehouse(data)
+        with wh._transaction() as cur:
+            cur.execute("UPDATE tier_files SET path = replace(path, ?, ?)",
+                        [str(base / "tiers"), str(data / "tiers")])
         rights = Rights(data, wh, Keystore(data), IdHasher.for_data_dir(data), AuditLog(data))
         with wh.snapshot() as cur:
             person, n = cur.execute(
