@@ -59,7 +59,7 @@ class Event(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
     anonymous_key: int | None = None
     previous_key: int | None = None
     sealed: dict[str, bytes] = {}
-    """``userId`` / ``anonymousId`` / ``previousId`` / ``traits`` → sealed bytes."""
+    """``traits`` → the personal traits, sealed (the raw ids are in the keystore)."""
 
 
 _encoder = msgspec.msgpack.Encoder()

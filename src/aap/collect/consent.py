@@ -102,8 +102,10 @@ class Gate:
         key = self.hasher.key
         at_ms = int(events[0].received_at.timestamp() * 1000) if events else 0
         for ev in events:
-            ids = [key(str(i)) if i not in (None, "") else None
-                   for i in (ev.user_id, ev.anonymous_id)]
+            # the keyed hashes, kept on the event for the sealing that follows
+            ev.user_key = u = key(ev.user_id) if ev.user_id else None
+            ev.anonymous_key = a = key(ev.anonymous_id) if ev.anonymous_id else None
+            ids = [u, a]
             own = (event_preferences(ev.context, self.registry.tcf) if "consent" in ev.context
                    else {})
             if not own and not gpc and not any(i in latest for i in ids):

@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS data_keys (
     wrapped BLOB NOT NULL,
     created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS identifiers (
+    subject INTEGER PRIMARY KEY,
+    sealed BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS destroyed (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     subject INTEGER NOT NULL UNIQUE,
@@ -178,8 +182,9 @@ class Keystore:
             n = 0
             for i in range(0, len(subs), 500):
                 part = subs[i:i + 500]
-                n += con.execute(f"DELETE FROM data_keys WHERE subject IN ({','.join('?' * len(part))})",
-                                 part).rowcount
+                marks = ",".join("?" * len(part))
+                n += con.execute(f"DELETE FROM data_keys WHERE subject IN ({marks})", part).rowcount
+                con.execute(f"DELETE FROM identifiers WHERE subject IN ({marks})", part)
             con.executemany("INSERT OR IGNORE INTO destroyed (subject, destroyed_at) VALUES (?, ?)",
                             [(s, now) for s in subs])
             con.execute("COMMIT")
@@ -205,6 +210,37 @@ class Keystore:
                     self._cache.pop(s, None)
                     self._destroyed_seq = seq
         return self.destroyed
+
+    # -- the raw identifiers, each sealed once under its own key --
+
+    def remember(self, raw_ids: dict[int, str]) -> None:
+        """Keep each subject's raw id, sealed under the subject's key (once; in one
+        transaction). Destroyed subjects are skipped."""
+        keys = self.keys_for(raw_ids)
+        rows = [(s, self.seal(keys[s], s, "id", raw.encode())) for s, raw in raw_ids.items()
+                if s in keys]
+        if not rows:
+            return
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.executemany("INSERT OR IGNORE INTO identifiers VALUES (?, ?)", rows)
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+
+    def identifier(self, subject: int) -> str | None:
+        """The raw id of a subject, or ``None`` once its key is destroyed."""
+        row = self._con().execute("SELECT sealed FROM identifiers WHERE subject = ?",
+                                  (subject,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return self.open(subject, "id", row[0]).decode()
+        except KeyDestroyed:
+            return None
 
     # -- sealing --
 

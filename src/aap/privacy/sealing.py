@@ -3,17 +3,16 @@ the event and are kept only encrypted under their subject's data key
 (:mod:`aap.privacy.keystore`); the event keeps the keyed hashes, which is all the
 pipeline needs (identity, consent, dedup never look at a raw id).
 
-On a sealed event ``user_id``, ``anonymous_id`` and ``previous_id`` are ``None``;
-``user_key``, ``anonymous_key`` and ``previous_key`` hold their keyed hashes, and
-``sealed`` maps ``userId`` / ``anonymousId`` / ``previousId`` / ``traits`` to
-``nonce || AES-GCM ciphertext`` (the traits under the userId's key, else the
-anonymousId's). Events of a subject whose key was destroyed (an erased person) are not
-written at all.
+On a sealed event ``user_id``, ``anonymous_id`` and ``previous_id`` are ``None`` and
+``user_key``, ``anonymous_key`` and ``previous_key`` hold their keyed hashes; each raw
+id is kept once, sealed under its own key, in the keystore (so the log carries 8 bytes
+per id, not a ciphertext per event). ``sealed["traits"]`` holds the personal traits as
+``nonce || AES-GCM ciphertext`` under the userId's key, else the anonymousId's. Events
+of a subject whose key was destroyed (an erased person) are not written at all.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -43,8 +42,8 @@ class Sealer:
         self.hasher = hasher or IdHasher.for_data_dir(data_dir)
         self.keystore = keystore or Keystore(data_dir)
         self.personal = frozenset(personal)
-        self._sealed: OrderedDict[tuple[str, str], bytes] = OrderedDict()
-        """(kind, raw id) → its sealed form: each id is encrypted once, then reused."""
+        self._remembered: set[int] = set()
+        """Subjects whose raw id this process has already handed to the keystore."""
 
     def seal(self, events: list[Event]) -> int:
         """Seal the events in place; take out (and return how many) those of a subject
@@ -53,14 +52,17 @@ class Sealer:
             return 0
         destroyed = self.keystore.refresh_destroyed()
         key = self.hasher.key
-        subjects: set[int] = set()
+        firsts: dict[int, str] = {}
         for ev in events:
             for raw_field, key_field, _ in _ID_FIELDS:
                 raw = getattr(ev, raw_field)
                 if raw is not None:
-                    k = key(raw)
-                    setattr(ev, key_field, k)
-                    subjects.add(k)
+                    k = getattr(ev, key_field)  # the consent gate may have hashed it
+                    if k is None:
+                        k = key(raw)
+                        setattr(ev, key_field, k)
+                    if k not in firsts:
+                        firsts[k] = raw
         if destroyed:
             kept = [ev for ev in events
                     if not any(getattr(ev, kf) in destroyed for _, kf, _ in _ID_FIELDS)]
@@ -68,30 +70,23 @@ class Sealer:
             events[:] = kept
         else:
             gone = 0
-        keys = self.keystore.keys_for(subjects)
-        cache = self._sealed
+        new = {k: raw for k, raw in firsts.items() if k not in self._remembered
+               and k not in destroyed}
+        if new:
+            self.keystore.remember(new)
+            self._remembered.update(new)
+            if len(self._remembered) > 500_000:
+                self._remembered.clear()
         for ev in events:
-            sealed: dict[str, bytes] = {}
-            for raw_field, key_field, kind in _ID_FIELDS:
-                raw = getattr(ev, raw_field)
-                if raw is None:
-                    continue
-                blob = cache.get((kind, raw))
-                if blob is None:
-                    subject = getattr(ev, key_field)
-                    blob = self.keystore.seal(keys[subject], subject, kind, raw.encode())
-                    cache[(kind, raw)] = blob
-                    if len(cache) > 200_000:
-                        cache.popitem(last=False)
-                sealed[kind] = blob
+            for raw_field, _, _ in _ID_FIELDS:
                 setattr(ev, raw_field, None)
             personal = self._take_personal(ev)
             if personal:
                 owner = ev.user_key if ev.user_key is not None else ev.anonymous_key
                 if owner is not None:
-                    sealed["traits"] = self.keystore.seal(keys[owner], owner, "traits",
-                                                          _json.encode(personal))
-            ev.sealed = sealed
+                    dk = self.keystore.keys_for([owner])[owner]
+                    ev.sealed = {"traits": self.keystore.seal(dk, owner, "traits",
+                                                              _json.encode(personal))}
         return gone
 
     def _take_personal(self, ev: Event) -> dict[str, Any]:
@@ -105,14 +100,10 @@ class Sealer:
     def unseal(self, ev: Event) -> Event:
         """The event with its raw ids and personal traits back (where keys still exist);
         for access requests and tests."""
-        for raw_field, key_field, kind in _ID_FIELDS:
-            blob = ev.sealed.get(kind)
+        for raw_field, key_field, _ in _ID_FIELDS:
             subject = getattr(ev, key_field)
-            if blob is not None and subject is not None:
-                try:
-                    setattr(ev, raw_field, self.keystore.open(subject, kind, blob).decode())
-                except KeyDestroyed:
-                    pass
+            if subject is not None:
+                setattr(ev, raw_field, self.keystore.identifier(subject))
         blob = ev.sealed.get("traits")
         owner = ev.user_key if ev.user_key is not None else ev.anonymous_key
         if blob is not None and owner is not None:
