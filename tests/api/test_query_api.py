@@ -4,6 +4,7 @@ endpoint and the processor, API keys made with the CLI, answers over HTTP."""
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -309,6 +310,23 @@ def test_bad_documents_get_a_4xx_json_error(api: Api, body: bytes) -> None:
     r = api.call("POST", "/query", content=body, headers={"Content-Type": "application/json"})
     assert 400 <= r.status_code < 500, r.text
     assert set(r.json()) == {"code", "message", "detail"}
+
+
+@pytest.mark.parametrize("path", ["/api/v1/../../../internal/sql", "/api/v1/%2e%2e/x",
+                                  "/api/v1/query/../../../internal/api/v1/keys"])
+def test_paths_cannot_walk_out_of_the_api(api: Api, path: str) -> None:
+    """A raw request (clients would normalise the dots) with a viewer key."""
+    body = b'{"sql": "DELETE FROM persons"}'
+    request = (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+               f"{api.keys['viewer']}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", api.server.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.split(b"\r\n", 1)[0] in (b"HTTP/1.1 404 Not Found", b"HTTP/1.1 400 Bad Request")
+    assert api.query({"kind": "sql", "query": "SELECT count(*) FROM persons"})["rows"] == [[3]]
 
 
 def test_openapi_document(api: Api) -> None:
