@@ -201,6 +201,15 @@ def test_person_property_filter_and_breakdown(api: Api) -> None:
     out = api.query({"kind": "trends", "series": [{"event": "Signed Up"}], "date_from": "-3d",
                      "filters": [{"property": "plan", "type": "person", "value": "pro"}]})
     assert sum(out["series"][0]["values"]) == 1
+    out = api.query({"kind": "funnel", "steps": [{"event": "Signed Up"},
+                                                 {"event": "Order Completed"}],
+                     "date_from": "-3d", "breakdown": "plan", "breakdown_type": "person",
+                     "breakdown_limit": 1})
+    assert [s["count"] for s in out["steps"]] == [3, 2]
+    got = {b["breakdown_value"]: [s["count"] for s in b["steps"]] for b in out["breakdown"]}
+    # ties in size are ranked by value: "free" is the top one, "pro" goes to "other";
+    # "not set" (u3) is always kept
+    assert got == {"free": [1, 0], None: [1, 1], "other": [1, 1]}
 
 
 def test_cohorts_static_and_behavioural_as_filter_and_breakdown(api: Api) -> None:
