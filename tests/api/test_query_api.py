@@ -3,6 +3,7 @@ endpoint and the processor, API keys made with the CLI, answers over HTTP."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import sqlite3
@@ -105,7 +106,12 @@ def test_keys_create_prints_the_key_alone_on_the_last_line_and_stores_a_slow_has
     con.close()
     stored = b"".join(r[2] for r in rows) + b"".join(r[3] for r in rows)
     assert key.encode() not in stored and key.split("_")[2].encode() not in stored
-    assert all(len(r[2]) == 32 and len(r[3]) == 16 for r in rows)
+    _, key_id, secret = key.split("_", 2)
+    (row,) = [r for r in rows if r[0] == key_id]
+    assert row[1] == "viewer"
+    # the stored hash is scrypt (n=2^14, r=8, p=1) of the secret with the key's own salt
+    assert row[2] == hashlib.scrypt(secret.encode(), salt=row[3], n=2**14, r=8, p=1, dklen=32)
+    assert hashlib.sha256(secret.encode()).digest() != row[2]
     listed = aap(data, "keys", "list").stdout
     assert "dash" in listed and "role viewer" in listed and key not in listed
 
