@@ -71,15 +71,26 @@ def sources() -> None:
               help="Events per second the source may send; 0 means unlimited.")
 @click.option("--historical", is_flag=True,
               help="A historical import: keep timestamps as sent (no clock-skew correction).")
+@click.option("--purpose", "purposes", multiple=True, metavar="ID[:BASIS]",
+              help="A purpose the source's events serve (repeatable; default analytics),"
+                   " optionally with its own lawful basis.")
+@click.option("--basis", default="consent", show_default=True,
+              help="Lawful basis of the purposes given without one: consent,"
+                   " legitimate_interest, contract or legal_obligation.")
 def sources_create(name: str, data_dir: Path | None, origins: tuple[str, ...],
-                   rate_limit: float, historical: bool) -> None:
+                   rate_limit: float, historical: bool, purposes: tuple[str, ...],
+                   basis: str) -> None:
     """Create a source; prints its write key alone on the last line."""
     from aap.sources import Sources
 
     reg = Sources(_settings(data_dir=data_dir).data_path)
+    declared = {}
+    for item in purposes or ("analytics",):
+        pid, _, own = item.partition(":")
+        declared[pid.strip()] = own.strip() or basis
     try:
         src, key = reg.create(name, allowed_origins=origins or ("*",), rate_limit=rate_limit,
-                              historical=historical)
+                              historical=historical, purposes=declared)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"created source {src.name} ({src.id}); keep the write key below, it is shown once")
@@ -95,7 +106,9 @@ def sources_list(data_dir: Path | None) -> None:
     for s in Sources(_settings(data_dir=data_dir).data_path).list():
         origins = ",".join(s.allowed_origins)
         limit = f"{s.rate_limit:g}/s" if s.rate_limit else "unlimited"
-        click.echo(f"{s.id}\t{s.name}\tkey {s.key_hint}\torigins {origins}\trate {limit}")
+        purposes = ",".join(f"{p}:{b}" for p, b in s.purposes)
+        click.echo(f"{s.id}\t{s.name}\tkey {s.key_hint}\torigins {origins}\trate {limit}"
+                   f"\tpurposes {purposes}")
 
 
 @cli.group()
@@ -355,6 +368,36 @@ def bench_pipeline(rate: int, low_rate: int, duration: float, backlog: int, peop
 
     run(duration=duration, rate=rate, low_rate=low_rate, backlog_events=backlog,
         people=people, clients=clients, phases=only or PIPELINE_PHASES)
+
+
+@cli.group()
+def audit() -> None:
+    """The hash-chained audit log (DATA_DIR/privacy/audit.jsonl)."""
+
+
+@audit.command("verify")
+@data_dir_option
+def audit_verify(data_dir: Path | None) -> None:
+    """Recompute the chain: exit 1 if any entry was edited, removed, reordered or cut off."""
+    from aap.privacy.audit import AuditLog
+
+    verdict = AuditLog(_settings(data_dir=data_dir).data_path).verify()
+    if not verdict.ok:
+        raise click.ClickException(f"audit log tampered: {verdict.message}")
+    click.echo(f"ok: {verdict.message}")
+
+
+@audit.command("show")
+@data_dir_option
+@click.option("--limit", type=int, default=20, show_default=True, help="Newest N entries.")
+def audit_show(data_dir: Path | None, limit: int) -> None:
+    """Print the newest entries as JSON lines."""
+    import json
+
+    from aap.privacy.audit import AuditLog
+
+    for entry in AuditLog(_settings(data_dir=data_dir).data_path).entries()[-limit:]:
+        click.echo(json.dumps(entry, ensure_ascii=False))
 
 
 def main() -> None:

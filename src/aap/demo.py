@@ -57,11 +57,14 @@ class Visitor:
         self.campaign = rng.choice(CAMPAIGNS)
         self.t = now - timedelta(days=rng.uniform(0, 7))
         self.user_id: str | None = None
+        # what the site's consent banner reports: most accept analytics, some decline
+        self.consent = {"analytics": rng.random() < 0.85, "marketing": rng.random() < 0.4}
 
     def msg(self, kind: str, **fields: Any) -> dict[str, Any]:
         self.t += timedelta(seconds=self.rng.expovariate(1 / 40))
         ctx: dict[str, Any] = {"ip": self.ip, "userAgent": self.ua,
-                               "library": {"name": "aap-demo", "version": "1"}}
+                               "library": {"name": "aap-demo", "version": "1"},
+                               "consent": {"categoryPreferences": self.consent}}
         if self.campaign:
             ctx["campaign"] = dict(zip(("source", "medium", "name"), self.campaign, strict=True))
         m = {"type": kind, "messageId": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
@@ -108,7 +111,10 @@ def simulate(people: int, seed: int, returning: float = 0.0) -> Iterator[dict[st
                                                            "url": "https://shop.example" + path})
 
 
-def send_all(url: str, key: str, events: list[dict[str, Any]], console: Console) -> int:
+def send_all(url: str, key: str, events: list[dict[str, Any]], console: Console,
+             not_stored: Counter[str] | None = None) -> int:
+    """Send in batches of 100; returns how many were stored (and counts, by reason, the
+    valid events not stored into ``not_stored``)."""
     batches = [events[i:i + 100] for i in range(0, len(events), 100)]
     accepted = 0
     with httpx.Client(base_url=url, auth=(key, ""), timeout=30) as client, Progress(
@@ -123,7 +129,10 @@ def send_all(url: str, key: str, events: list[dict[str, Any]], console: Console)
                 body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
             r = client.post("/v1/batch", content=body, headers=headers)
             r.raise_for_status()
-            accepted += r.json()["accepted"]
+            answer = r.json()
+            accepted += answer["accepted"]
+            if not_stored is not None:
+                not_stored.update(answer.get("not_stored", {}))
             progress.advance(task, len(batch))
     return accepted
 
@@ -191,6 +200,27 @@ def report(data_dir: Path, console: Console) -> None:
     log.close()
 
 
+def consent_demo(server: ServerProcess, key: str, events: list[dict[str, Any]],
+                 console: Console) -> None:
+    """One visitor withdraws analytics; their very next event is not stored."""
+    anon = next(e["anonymousId"] for e in events
+                if e.get("context", {}).get("consent", {}).get("categoryPreferences", {}).get(
+                    "analytics"))
+    with httpx.Client(base_url=server.url, auth=(key, ""), timeout=30) as client:
+        def count() -> int:
+            server.wait_processed()
+            return int(server.sql("SELECT count(*) FROM events")[0][0])  # type: ignore[call-overload]
+        before = count()
+        r = client.post("/v1/consent", json={"anonymousId": anon, "purposes": {"analytics": False},
+                                              "policy_version": "demo-1", "channel": "banner"})
+        r.raise_for_status()
+        after = client.post("/v1/batch", json={"batch": [{
+            "type": "track", "event": "Viewed After Withdrawal", "anonymousId": anon}]}).json()
+    console.print(f"consent: visitor {anon[:8]}… withdrew analytics (POST /v1/consent → "
+                  f"{r.json()}); their next event → {after}; events in the warehouse "
+                  f"{before:,} → {count():,}")
+
+
 def run_demo(people: int = 3000, seed: int = 7, keep: bool = False) -> int:
     console = Console()
     tmp = Path(tempfile.mkdtemp(prefix="aap-demo-"))
@@ -203,18 +233,22 @@ def run_demo(people: int = 3000, seed: int = 7, keep: bool = False) -> int:
             console.print(f"server up at {server.url}; created source [cyan]demo-site[/cyan]")
             events = list(simulate(people, seed, returning=0.45))
             t0 = time.perf_counter()
-            accepted = send_all(server.url, key, events, console)
+            not_stored: Counter[str] = Counter()
+            accepted = send_all(server.url, key, events, console, not_stored)
             took = time.perf_counter() - t0
-            console.print(f"{accepted:,} of {len(events):,} events acknowledged in {took:.1f} s "
-                          f"({accepted / took:,.0f} events/s from one client)")
+            console.print(f"{accepted:,} of {len(events):,} events stored in {took:.1f} s "
+                          f"({len(events) / took:,.0f} events/s from one client); "
+                          f"{not_stored['no_lawful_basis']:,} not stored: their visitors "
+                          "declined analytics in the consent banner")
             t0 = time.perf_counter()
             server.wait_processed(timeout=120)
             console.print(f"processed into the warehouse {time.perf_counter() - t0:.1f} s later")
             warehouse_report(server, console)
             insights = showcase.fetch(server.url, api_key)
+            consent_demo(server, key, events, console)
         report(data, console)
         showcase.show(insights, console)
-        return 0 if accepted == len(events) else 1
+        return 0 if accepted + sum(not_stored.values()) == len(events) else 1
     finally:
         if keep:
             console.print(f"kept {tmp}")

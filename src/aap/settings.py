@@ -43,6 +43,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("retry_after_seconds", 1, "Value of the Retry-After header on 429 and 503 answers."),
     Setting("max_pending_appends", 2000, "Batches waiting for a group commit in one worker before new ones get 503."),
     Setting("session_inactivity_minutes", 30, "A person's session ends after this long without events (when the SDK sends no session id)."),
+    Setting("processor_worker", True, "Prepare log chunks (decode, enrichment) in a child process of the core, in parallel with the processor's stateful steps; `false` does all in one thread."),
     Setting("warehouse_memory", "1GB", "Memory limit of the warehouse's DuckDB (e.g. `1GB`, `512MB`)."),
     Setting("hot_days", 7, "Days events stay in the hot tier (DuckDB) before moving to the warm tier."),
     Setting("warm_days", 90, "Days events stay in the warm tier (daily Parquet) before they are archived to the cold tier."),
@@ -58,6 +59,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("query_cache", True, "Keep a native DuckDB copy of the warm and cold tiers for queries (see README, Analytics)."),
     Setting("query_cache_interval_s", 10.0, "How often the query cache picks up new, retired and merged data (seconds)."),
     Setting("health_interval_ms", 500, "How often a worker re-checks free disk and consumer lag (ms)."),
+    Setting("public_url", "", "Base URL at which SDKs reach the collector (e.g. `https://aap.example.com`), for the settings it hands to Segment's browser SDK; empty: taken from each request's Host."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

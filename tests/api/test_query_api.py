@@ -81,7 +81,9 @@ class Api:
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     data = tmp_path_factory.mktemp("api") / "data"
-    write_key = create_source(data, "web", "--historical")
+    # a historical import of events whose purpose (analytics) rests on a contract: these
+    # tests are about queries; consent is tested in tests/privacy/
+    write_key = create_source(data, "web", "--historical", "--basis", "contract")
     keys = {role: new_key(data, role) for role in ("viewer", "analyst", "privacy", "admin")}
     server = ServerProcess(data, workers=2).start()
     try:

@@ -20,6 +20,7 @@ import msgspec
 
 from aap.collect.app import Receive, Scope, Send
 from aap.log import open_log
+from aap.privacy.consent import ConsentLedger, ConsentState
 from aap.privacy.ids import IdHasher
 from aap.process.processor import Processor
 from aap.settings import Settings
@@ -39,6 +40,10 @@ class SQLRequest(msgspec.Struct):
 def _jsonable(v: Any) -> Any:
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
     return str(v)
 
 
@@ -61,6 +66,8 @@ class Core:
             self.log, self.warehouse, IdHasher.for_data_dir(data),
             historical_sources=historical,
             inactivity=timedelta(minutes=settings.session_inactivity_minutes),
+            worker=settings.processor_worker,
+            consent=ConsentState(ConsentLedger(data)),
         )
         # The processor keeps large, long-lived maps (ids, sessions); a full collection
         # scans them all. Freeze what start-up loaded and collect rarely: it allocates

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import msgspec
 
+from aap.privacy.audit import AuditLog
+
 ROLES = ("viewer", "analyst", "privacy", "admin")
 _KEY = re.compile(r"^aap_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})$")
 _SCHEMA = """
@@ -63,6 +65,7 @@ class ApiKeys:
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.executescript(_SCHEMA)
         self._verified: dict[str, bytes] = {}
+        self.audit = AuditLog(data_dir)
 
     def create(self, role: str, name: str = "") -> tuple[ApiKey, str]:
         if role not in ROLES:
@@ -73,6 +76,7 @@ class ApiKeys:
         k = ApiKey(key_id, name or role, role, int(time.time()))
         self._con.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL)",
                           (k.id, k.name, k.role, salt, _scrypt(secret, salt), k.created_at))
+        self.audit.append("admin", "key.created", {"key_id": k.id, "role": k.role})
         return k, f"aap_{key_id}_{secret}"
 
     def verify(self, key: str) -> ApiKey | None:
@@ -103,6 +107,8 @@ class ApiKeys:
     def revoke(self, key_id: str) -> bool:
         cur = self._con.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND"
                                 " revoked_at IS NULL", (int(time.time()), key_id))
+        if cur.rowcount > 0:
+            self.audit.append("admin", "key.revoked", {"key_id": key_id})
         return cur.rowcount > 0
 
     def close(self) -> None:

@@ -48,6 +48,10 @@ class WireMessage(msgspec.Struct, rename="camel"):
     traits: dict[str, Any] | None = None
     integrations: dict[str, Any] | None = None
     write_key: str | None = None
+    channel: str | None = None
+    """RudderStack: where the event was sent from (``server``, ``web``, ``mobile``)."""
+    original_timestamp: datetime | None = None
+    """RudderStack's name for the time the event happened (``timestamp`` wins)."""
 
 
 class WireBatch(msgspec.Struct, rename="camel"):
@@ -189,6 +193,12 @@ def to_event(m: WireMessage, *, source: str, received_at: datetime) -> Event | s
     group_id = _id(m.group_id)
     if mtype == "group" and group_id is None:
         return "missing_group_id"
+    context = m.context or {}
+    traits = m.traits
+    if not traits and mtype in ("identify", "group") and isinstance(context.get("traits"), dict):
+        traits = context["traits"]  # RudderStack sends identify traits in context.traits
+    if m.channel is not None and "channel" not in context:
+        context = {**context, "channel": m.channel}
     return Event(
         type=mtype,
         message_id=_id(m.message_id) or str(uuid_utils.uuid7()),
@@ -199,11 +209,11 @@ def to_event(m: WireMessage, *, source: str, received_at: datetime) -> Event | s
         event=m.event,
         name=m.name,
         category=m.category,
-        timestamp=_utc(m.timestamp),
+        timestamp=_utc(m.timestamp or m.original_timestamp),
         sent_at=_utc(m.sent_at),
-        context=m.context or {},
+        context=context,
         properties=m.properties or {},
-        traits=m.traits or {},
+        traits=traits or {},
         integrations=m.integrations or {},
         received_at=received_at,
         source=source,

@@ -7,33 +7,27 @@ position commit together, and the steps are deterministic).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from prometheus_client import Counter as PromCounter
 
-from aap.events import Event, decode_events
 from aap.log.base import Log, Record
+from aap.privacy.consent import ConsentState
 from aap.privacy.ids import IdHasher
 from aap.process.identity import Identities
-from aap.process.steps import (
-    ENRICHED_COLUMNS,
-    STEPS,
-    DedupIndex,
-    Dropped,
-    Row,
-    SessionState,
-    State,
-    dedup_key,
-    event_name,
-    properties_json,
-)  # fmt: skip
+from aap.process.prepare import LocalPreparer, PrepareConfig, Prepared, WorkerPreparer
+from aap.process.steps import STEPS, Batch, DedupIndex, State
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
 from aap.store.warehouse import Chunk, Warehouse
 
@@ -47,21 +41,43 @@ CLAMPED = PromCounter("aap_processor_clamped", "Events whose time was in the fut
 
 _ORDER_EVENTS = {"Order Completed"}
 _PRODUCT_EVENTS = {"Product Viewed", "Product Added", "Product Clicked", "Product Removed"}
+_SHOP_EVENTS = pa.array(sorted(_ORDER_EVENTS | _PRODUCT_EVENTS))
+
+
+@dataclass(slots=True)
+class _Built:
+    """A chunk ready for the warehouse, and what to count once it is committed."""
+
+    chunk: Chunk
+    rows: int
+    dropped: Counter[str]
+    clamped: int
 
 
 class Processor:
     def __init__(self, log: Log, warehouse: Warehouse, hasher: IdHasher, *,
                  historical_sources: frozenset[str] = frozenset(),
                  inactivity: timedelta = timedelta(minutes=30),
-                 chunk_records: int = 500) -> None:
+                 chunk_records: int = 500, worker: bool = False,
+                 consent: ConsentState | None = None) -> None:
+        """``worker``: prepare chunks in a child process (see :mod:`aap.process.prepare`)
+        while this one runs the stateful steps; otherwise in this thread."""
         self.log = log
         self.wh = warehouse
         self.chunk_records = chunk_records
         self.hasher = hasher
         self.historical_sources = historical_sources
         self.inactivity = inactivity
+        self.consent = consent
         self.dropped: Counter[str] = Counter()
         self.failures = 0
+        self._pending: Future[_Built] | None = None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="aap-warehouse-write")
+        cfg = PrepareConfig(historical_sources=historical_sources)
+        self.preparer: LocalPreparer | WorkerPreparer = (
+            WorkerPreparer(cfg) if worker else LocalPreparer(cfg))
+        self._ahead: list[Record] | None = None
+        """Records submitted for preparation, after the chunk being built."""
         self._load()
 
     def _load(self) -> None:
@@ -70,28 +86,52 @@ class Processor:
         wh = self.wh
         ids = Identities()
         ids.load(*wh.load_identities())
-        sessions = {p: SessionState(t, s) for p, t, s in wh.load_sessions()}
+        sessions = {p: ((t - _EPOCH) // timedelta(microseconds=1), s)
+                    for p, t, s in wh.load_sessions()}
         self.state = State(identities=ids, hasher=self.hasher,
                            dedup=DedupIndex(wh.load_dedup_keys()), sessions=sessions,
-                           historical_sources=self.historical_sources,
-                           inactivity=self.inactivity)
+                           inactivity=self.inactivity, consent=self.consent)
         self.position = wh.get_state("log_position")
+        self._next = self.position
+        """Where the next chunk starts: past the write in flight, if there is one."""
 
     def run_once(self) -> int:
         """Process one chunk; returns the number of log records it consumed.
 
-        After three failures in a row at the same position, records are taken one at a
-        time, and a record that still cannot be written is set aside (its offset goes to
-        ``dead_letters``, its events are counted as dropped with reason
-        ``unprocessable``) so that one bad record cannot stop the pipeline.
+        The chunk's warehouse write runs in the background while the next chunk is
+        built (the engine works outside the GIL); a call that finds nothing new to read
+        waits for that write, so :attr:`position` is always what is committed.
+
+        After a failure the processor reloads its state from the warehouse and goes on
+        one chunk at a time; after three failures in a row at the same position, records
+        are taken one at a time, and a record that still cannot be written is set aside
+        (its offset goes to ``dead_letters``, its events are counted as dropped with
+        reason ``unprocessable``) so that one bad record cannot stop the pipeline.
         """
-        limit = 1 if self.failures >= 3 else self.chunk_records
-        records = self.log.read(self.position, limit)
-        if not records:
-            return 0
+        records: list[Record] = []
         try:
-            n = self._process(records)
+            if self._ahead is None:
+                records = self._read(self._next)
+                if not records:
+                    self._finish_write()
+                    return 0
+                self.preparer.submit([r.payload for r in records])
+            else:
+                records, self._ahead = self._ahead, None
+            prepared = self.preparer.result()
+            if not self.failures:  # the next chunk is prepared while this one goes on
+                ahead = self._read(records[-1].offset)
+                if ahead:
+                    self.preparer.submit([r.payload for r in ahead])
+                    self._ahead = ahead
+            built = self._build(records, prepared)
+            self._finish_write()
+            self._pending = self._writer.submit(self._write, built)
+            self._next = built.chunk.position
+            if self.failures:
+                self._finish_write()
         except Exception:
+            self._abandon()
             self.failures += 1
             self._load()
             if self.failures > 4 and len(records) == 1:
@@ -99,78 +139,90 @@ class Processor:
                 self.wh.dead_letter(records[0].offset, records[0].count, self.position)
                 DROPPED.labels("unprocessable").inc(records[0].count)
                 self.dropped["unprocessable"] += records[0].count
-                self.position = records[0].offset
+                self.position = self._next = records[0].offset
                 self.failures = 0
                 return 1
             raise
-        self.failures = 0
-        return n
-
-    def _process(self, records: list[Record]) -> int:
-        st = self.state
-        rows: list[Row] = []
-        dropped: Counter[str] = Counter()
-        for rec in records:
-            for ev in decode_events(rec.payload):
-                row: Row | Dropped = Row(ev, dedup_key(ev.source, ev.message_id), ev.received_at)
-                for _, step in STEPS:
-                    row = step(row, st)  # type: ignore[arg-type]
-                    if isinstance(row, Dropped):
-                        dropped[row.reason] += 1
-                        break
-                else:
-                    rows.append(row)  # type: ignore[arg-type]
-        chunk = self._chunk(rows, records[-1].offset)
-        self.wh.write(chunk)
-        self.position = chunk.position
-        self.log.commit(GROUP, self.position)  # for lag metrics; the truth is in the warehouse
-        PROCESSED.inc(len(rows))
-        for reason, n in dropped.items():
-            DROPPED.labels(reason).inc(n)
-        if st.clamped:
-            CLAMPED.inc(st.clamped)
-            st.clamped = 0
-        self.dropped.update(dropped)
         return len(records)
 
-    def _chunk(self, rows: list[Row], position: int) -> Chunk:
+    def _read(self, after: int) -> list[Record]:
+        return self.log.read(after, 1 if self.failures >= 3 else self.chunk_records)
+
+    def close(self) -> None:
+        """Wait for the write in flight; stop the writer thread and the preparer."""
+        try:
+            self._finish_write()
+        finally:
+            self._writer.shutdown(wait=True)
+            self.preparer.reset()
+            self.preparer.close()
+
+    def _build(self, records: list[Record], prepared: Prepared) -> _Built:
+        batch = Batch(prepared.table)
+        for _, step in STEPS:
+            if not len(batch):
+                break
+            step(batch, self.state)
+        return _Built(self._chunk(batch, records[-1].offset), len(batch), batch.dropped,
+                      prepared.clamped)
+
+    def _write(self, built: _Built) -> _Built:
+        self.wh.write(built.chunk)
+        return built
+
+    def _finish_write(self) -> None:
+        """Wait for the write in flight; count what it committed (raises if it failed)."""
+        fut, self._pending = self._pending, None
+        if fut is None:
+            return
+        built = fut.result()
+        self.position = built.chunk.position
+        self.failures = 0
+        self.log.commit(GROUP, self.position)  # for lag metrics; the truth is in the warehouse
+        PROCESSED.inc(built.rows)
+        for reason, n in built.dropped.items():
+            DROPPED.labels(reason).inc(n)
+        if built.clamped:
+            CLAMPED.inc(built.clamped)
+        self.dropped.update(built.dropped)
+
+    def _abandon(self) -> None:
+        """Forget the write in flight (waiting for it) and the chunk being prepared."""
+        fut, self._pending = self._pending, None
+        if fut is not None:
+            with contextlib.suppress(Exception):
+                fut.result()
+        self.preparer.reset()
+        self._ahead = None
+
+    def _chunk(self, b: Batch, position: int) -> Chunk:
         st = self.state
         changes = st.identities.take_changes()
-        evs = [r.ev for r in rows]
-        enriched: list[tuple[Any, ...]] = (
-            list(zip(*(r.enriched for r in rows), strict=True)) if rows
-            else [() for _ in ENRICHED_COLUMNS])
-        columns: dict[str, list[Any]] = {
-            "message_id": [e.message_id for e in evs],
-            "source": [e.source for e in evs],
-            "type": [e.type for e in evs],
-            "event": [event_name(e) for e in evs],
-            "timestamp": [r.timestamp for r in rows],
-            "sent_at": [_naive(e.sent_at) for e in evs],
-            "received_at": [_naive(e.received_at) for e in evs],
-            "person_id": [r.person_id for r in rows],
-            "session_id": [r.session_id for r in rows],
-            "name": [e.name for e in evs],
-            "category": [e.category for e in evs],
-            **{name: list(vals) for name, vals in zip(ENRICHED_COLUMNS, enriched, strict=True)},
-            "properties": [properties_json(e) for e in evs],
-            "gpc": [e.gpc for e in evs],
-            "dnt": [e.dnt for e in evs],
-        }
-        persons: dict[int, list[Any]] = {}
+        t = b.table
+        person = pa.array(b.person_id, pa.int64())
+        if len(b):
+            cols = {**{n: t.column(n) for n in t.column_names}, "person_id": person,
+                    "session_id": pa.array(b.session_id, pa.string())}
+            events = pa.table([cols[n] for n, _, _ in EVENT_COLUMNS], schema=EVENT_ARROW_SCHEMA)
+        else:
+            events = EVENT_ARROW_SCHEMA.empty_table()
+        persons = _persons(b, person, changes.identified)
         orders: list[tuple[Any, ...]] = []
         items: list[tuple[Any, ...]] = []
         products: dict[str, tuple[Any, ...]] = {}
-        for r in rows:
-            ev = r.ev
-            _person(persons, r, changes.identified)
-            if ev.type == "track":
-                if ev.event in _ORDER_EVENTS:
-                    _order(ev, r, orders, items, products)
-                elif ev.event in _PRODUCT_EVENTS:
-                    _product(ev.properties, r.timestamp, products)
-        events = pa.table([pa.array(columns[n], type=t) for n, _, t in EVENT_COLUMNS],
-                          schema=EVENT_ARROW_SCHEMA)
+        if len(b):
+            shop = pc.and_(pc.equal(t.column("type"), "track"),
+                           pc.is_in(t.column("event"), value_set=_SHOP_EVENTS))
+            idx = pc.indices_nonzero(shop)
+            sub = t.select(["event", "message_id", "source", "properties", "timestamp"]
+                           ).take(idx).to_pylist()
+            for i, row in zip(idx.to_pylist(), sub, strict=True):
+                props = json.loads(row["properties"])
+                if row["event"] in _ORDER_EVENTS:
+                    _order(row["message_id"], row["source"], props, b.person_id[i],
+                           b.session_id[i], row["timestamp"], orders, items, products)
+                else:
+                    _product(props, row["timestamp"], products)
         for p in changes.identified:
             if p not in persons:
                 persons[p] = [p, None, None, True, None]
@@ -182,37 +234,40 @@ class Processor:
         )
 
     def run(self, stop: threading.Event, idle_sleep: float = 0.05) -> None:
-        while not stop.is_set():
-            try:
-                n = self.run_once()
-            except Exception:
-                logger.exception("processing a chunk failed; retrying")
-                stop.wait(1.0)
-                continue
-            if n == 0:
-                stop.wait(idle_sleep)
+        try:
+            while not stop.is_set():
+                try:
+                    n = self.run_once()
+                except Exception:
+                    logger.exception("processing a chunk failed; retrying")
+                    stop.wait(1.0)
+                    continue
+                if n == 0:
+                    stop.wait(idle_sleep)
+        finally:
+            self.close()
 
 
-def _naive(dt: datetime | None) -> datetime | None:
-    if dt is None:
-        return None
-    off = dt.utcoffset()
-    return (dt - off).replace(tzinfo=None) if off is not None else dt
+_EPOCH = datetime(1970, 1, 1)
 
 
-def _person(persons: dict[int, list[Any]], r: Row, identified: set[int]) -> None:
-    ev = r.ev
-    traits = ev.traits if ev.type == "identify" and ev.traits else None
-    cur = persons.get(r.person_id)
-    if cur is None:
-        persons[r.person_id] = [r.person_id, r.timestamp, r.timestamp,
-                                r.person_id in identified, json.dumps(traits) if traits else None]
-        return
-    cur[1] = min(cur[1], r.timestamp) if cur[1] else r.timestamp
-    cur[2] = max(cur[2], r.timestamp) if cur[2] else r.timestamp
-    if traits:
-        merged = {**json.loads(cur[4]), **traits} if cur[4] else traits
-        cur[4] = json.dumps(merged)
+def _persons(b: Batch, person: pa.Array, identified: set[int]) -> dict[int, list[Any]]:
+    """person → [person_id, first seen, last seen, identified, traits] for this chunk."""
+    if not len(b):
+        return {}
+    t = b.table
+    seen = pa.table({"p": person, "t": t.column("timestamp")}).group_by("p").aggregate(
+        [("t", "min"), ("t", "max")]).to_pydict()
+    persons = {p: [p, first, last, p in identified, None]
+               for p, first, last in zip(seen["p"], seen["t_min"], seen["t_max"], strict=True)}
+    traits = t.column("traits")
+    if traits.null_count < len(traits):
+        idx = pc.indices_nonzero(pc.is_valid(traits))
+        for i, doc in zip(idx.to_pylist(), traits.take(idx).to_pylist(), strict=True):
+            cur = persons[b.person_id[i]]
+            cur[4] = json.dumps({**json.loads(cur[4]), **json.loads(doc)} if cur[4] else
+                                json.loads(doc))
+    return persons
 
 
 def _num(v: Any) -> float | None:
@@ -247,10 +302,10 @@ def _product(p: dict[str, Any], ts: datetime, products: dict[str, tuple[Any, ...
                          prev[3] if prev else None), first, last)
 
 
-def _order(ev: Event, r: Row, orders: list[tuple[Any, ...]], items: list[tuple[Any, ...]],
+def _order(message_id: str, source: str, p: dict[str, Any], person: int, session: str,
+           when: datetime, orders: list[tuple[Any, ...]], items: list[tuple[Any, ...]],
            products: dict[str, tuple[Any, ...]]) -> None:
-    p = ev.properties
-    order_id = _str(p.get("order_id")) or ev.message_id
+    order_id = _str(p.get("order_id")) or message_id
     lines: list[Any] = p["products"] if isinstance(p.get("products"), list) else []
     n = 0
     for line in lines:
@@ -259,14 +314,14 @@ def _order(ev: Event, r: Row, orders: list[tuple[Any, ...]], items: list[tuple[A
         n += 1
         pid = _str(line.get("product_id")) or _str(line.get("sku"))
         qty = _num(line.get("quantity"))
-        items.append((order_id, ev.message_id, pid, _str(line.get("name")),
+        items.append((order_id, message_id, pid, _str(line.get("name")),
                       _str(line.get("category")), _num(line.get("price")),
                       qty if qty is not None else 1.0))
-        _product(line, r.timestamp, products)
+        _product(line, when, products)
     revenue = _num(p.get("revenue"))
     if revenue is None:
         revenue = _num(p.get("total"))
-    orders.append((order_id, ev.message_id, ev.source, r.person_id, r.session_id, r.timestamp,
+    orders.append((order_id, message_id, source, person, session, when,
                    revenue, _str(p.get("currency")), n))
 
 

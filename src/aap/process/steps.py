@@ -1,5 +1,8 @@
-"""The processor's steps, in order. Each takes a row and the processor's state and
-returns the row or ``Dropped(reason)``; every reason is counted in ``/metrics``.
+"""The stateful half of the processor: steps that carry state from one event to the
+next (what was stored before, who is who, whose session goes on), run in log order on
+the table :mod:`aap.process.prepare` made of a chunk. Each takes a :class:`Batch` and
+the processor's state; a step that drops events says why (:meth:`Batch.drop`), and
+every reason is counted in ``/metrics``.
 
 Every step is deterministic given the state and the log, so a processor that crashes
 and re-reads the log from its last committed position produces the same rows.
@@ -8,46 +11,47 @@ and re-reads the log from its last committed position produces the same rows.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from functools import lru_cache
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 
-import msgspec
 import numpy as np
+import pyarrow as pa
 
-from aap.events import Event
+from aap.privacy.consent import ConsentState
 from aap.privacy.ids import IdHasher
-from aap.process import enrich
 from aap.process.identity import Identities
 
 
-class Dropped(NamedTuple):
-    reason: str
-
-
 @dataclass(slots=True)
-class Row:
-    """One event on its way to the warehouse: the columns of ``events_raw``."""
+class Batch:
+    """One chunk's events, in log order: the prepared table and what the steps add."""
 
-    ev: Event
-    key: int
-    timestamp: datetime
-    person_id: int = 0
-    session_id: str | None = None
-    enriched: tuple[Any, ...] = ()
-    """Values of :data:`ENRICHED_COLUMNS`, in that order."""
+    table: pa.Table
+    dropped: Counter[str] = field(default_factory=Counter)
+    person_id: list[int] = field(default_factory=list)
+    session_id: list[str] = field(default_factory=list)
 
+    def __len__(self) -> int:
+        return self.table.num_rows
 
-ENRICHED_COLUMNS = (
-    "url", "host", "path", "referrer", "referrer_domain",
-    "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
-    "browser", "browser_version", "os", "os_version", "device_type",
-    "country", "region", "city", "library_name", "library_version",
-)  # fmt: skip
-_NO_AGENT = (None, None, None, None, None)
-_NO_GEO = (None, None, None)
+    def column(self, name: str) -> list[Any]:
+        return self.table.column(name).to_pylist()
+
+    def drop(self, mask: np.ndarray, reason: str) -> None:
+        """Drop the events where ``mask`` is true, counted under ``reason``."""
+        n = int(mask.sum())
+        if not n:
+            return
+        self.dropped[reason] += n
+        self.table = self.table.filter(pa.array(~mask))
+        keep = np.flatnonzero(~mask).tolist()
+        for name in ("person_id", "session_id"):
+            vals = getattr(self, name)
+            if vals:
+                setattr(self, name, [vals[i] for i in keep])
 
 
 def dedup_key(source: str, message_id: str) -> int:
@@ -57,35 +61,36 @@ def dedup_key(source: str, message_id: str) -> int:
 
 
 class DedupIndex:
-    """Keys of every stored event: a sorted array loaded from the warehouse plus a set of
-    the keys added since, merged into the array now and then."""
+    """Keys of every stored event, as a few sorted arrays of doubling sizes (merged like
+    the levels of an LSM tree), so that looking up a chunk's keys and adding them is a
+    handful of vectorised operations."""
 
     def __init__(self, keys: np.ndarray | None = None) -> None:
-        self.sorted = np.sort(keys.astype(np.uint64)) if keys is not None else np.empty(0, np.uint64)
-        self.recent: set[int] = set()
+        self.levels: list[np.ndarray] = []
+        if keys is not None and len(keys):
+            self.levels.append(np.unique(keys.astype(np.uint64)))
+
+    def __len__(self) -> int:
+        return sum(len(a) for a in self.levels)
 
     def __contains__(self, key: int) -> bool:
-        if key in self.recent:
-            return True
-        i = int(np.searchsorted(self.sorted, np.uint64(key)))
-        return i < len(self.sorted) and int(self.sorted[i]) == key
+        return bool(self.contains(np.array([key], np.uint64))[0])
 
-    def add(self, key: int) -> None:
-        self.recent.add(key)
-        if len(self.recent) >= 2_000_000:
-            self.compact()
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(keys), bool)
+        for level in self.levels:
+            i = np.searchsorted(level, keys)
+            i[i == len(level)] = 0
+            found |= level[i] == keys if len(level) else False
+        return found
 
-    def compact(self) -> None:
-        if self.recent:
-            new = np.fromiter(self.recent, np.uint64, len(self.recent))
-            self.sorted = np.union1d(self.sorted, new)
-            self.recent = set()
-
-
-@dataclass(slots=True)
-class SessionState:
-    last: datetime
-    session_id: str
+    def add(self, keys: np.ndarray) -> None:
+        """Add keys that are not in the index yet (and are unique among themselves)."""
+        new = np.sort(keys.astype(np.uint64))
+        while self.levels and len(self.levels[-1]) <= 2 * len(new):
+            new = np.concatenate((self.levels.pop(), new))
+            new.sort(kind="stable")
+        self.levels.append(new)
 
 
 @dataclass
@@ -93,151 +98,131 @@ class State:
     identities: Identities
     hasher: IdHasher
     dedup: DedupIndex
-    sessions: dict[int, SessionState]
-    historical_sources: frozenset[str] = frozenset()
+    sessions: dict[int, tuple[int, str]]
+    """person → (time of their latest event in µs, its session id)."""
     inactivity: timedelta = timedelta(minutes=30)
-    max_future: timedelta = timedelta(minutes=5)
-    clamped: int = 0
-    """Events whose corrected time was in the future and was clamped (this chunk)."""
+    consent: ConsentState | None = None
+    """The consent ledger as the processor last read it (``None``: no ledger)."""
 
 
-Step = Callable[[Row, State], "Row | Dropped"]
+Step = Callable[[Batch, State], None]
 
 
-def dedup(row: Row, st: State) -> Row | Dropped:
-    if row.key in st.dedup:
-        return Dropped("duplicate")
-    st.dedup.add(row.key)
-    return row
+def dedup(b: Batch, st: State) -> None:
+    """Drop copies of events already stored, and later copies within the batch."""
+    keys = b.table.column("key").to_numpy()
+    seen = st.dedup.contains(keys)
+    _, first = np.unique(keys, return_index=True)
+    again = np.ones(len(keys), bool)
+    again[first] = False
+    b.drop(seen | again, "duplicate")
+    st.dedup.add(b.table.column("key").to_numpy())
 
 
-def correct_time(row: Row, st: State) -> Row | Dropped:
-    """``timestamp + (receivedAt - sentAt)``; far-future times are clamped to receivedAt."""
-    ev = row.ev
-    if ev.source in st.historical_sources:
-        row.timestamp = _naive(ev.timestamp or ev.received_at)
-        return row
-    ts = ev.timestamp or ev.sent_at or ev.received_at
-    if ev.sent_at is not None and ev.timestamp is not None:
-        ts = ev.timestamp + (ev.received_at - ev.sent_at)
-    elif ev.timestamp is None:
-        ts = ev.received_at
-    if ts - ev.received_at > st.max_future:
-        ts = ev.received_at
-        st.clamped += 1
-    row.timestamp = _naive(ts)
-    return row
+def consent(b: Batch, st: State) -> None:
+    """Take off purposes the person withdrew (or objected to) after the event was
+    received: a withdrawal is effective also for events already in the log. Drop events
+    left with none."""
+    if st.consent is None:
+        return
+    st.consent.refresh(force=True)
+    withdrawn = st.consent.withdrawn
+    if not withdrawn:
+        return
+    h = st.hasher.key
+    left: list[list[str]] | None = None
+    drop = np.zeros(len(b), bool)
+    rows = zip(b.column("purposes"), b.column("user_id"), b.column("anonymous_id"),
+               b.column("received_ms"), strict=True)
+    for i, (purposes, user, anon, at) in enumerate(rows):
+        ids = [h(x) for x in (user, anon) if x]
+        if not purposes or not any(k in withdrawn for k in ids):
+            continue
+        gone = [p for p in purposes if (s := st.consent.of(ids, p)) is not None and not s[0]
+                and s[1] > at]
+        if not gone:
+            continue
+        if left is None:
+            left = b.column("purposes")
+        left[i] = [p for p in purposes if p not in gone]
+        drop[i] = not left[i]
+    if left is not None:
+        b.table = b.table.set_column(b.table.schema.get_field_index("purposes"), "purposes",
+                                     pa.array(left, pa.list_(pa.string())))
+        b.drop(drop, "consent_withdrawn")
 
 
-def _naive(dt: datetime) -> datetime:
-    """UTC without tzinfo, as the warehouse stores it."""
-    off = dt.utcoffset()
-    return (dt - off).replace(tzinfo=None) if off is not None else dt
-
-
-@lru_cache(maxsize=50_000)
-def _page(url: str | None, referrer: str | None, path: str | None
-          ) -> tuple[tuple[Any, ...], dict[str, list[str]]]:
-    parts = enrich.split_url(url) if url else None
-    return ((parts.url if parts else None, parts.host if parts else None,
-             (parts.path if parts else None) or path, referrer, enrich.domain(referrer)),
-            parts.query if parts else {})
-
-
-@lru_cache(maxsize=20_000)
-def _agent(ua: str | None) -> tuple[Any, ...]:
-    return tuple(enrich.parse_agent(ua)) if ua else _NO_AGENT
-
-
-def enrichment(row: Row, st: State) -> Row | Dropped:
-    ev = row.ev
-    ctx = ev.context
-    props = ev.properties
-    page: dict[str, Any] = ctx["page"] if isinstance(ctx.get("page"), dict) else {}
-    t = enrich.text
-    url = t(props.get("url")) or t(page.get("url"))
-    referrer = t(props.get("referrer")) or t(page.get("referrer"))
-    page_cols, query = _page(url, referrer, t(props.get("path")) or t(page.get("path")))
-    campaign = enrich.utm(ctx.get("campaign"), query)
-    geo = ev.geo
-    lib: dict[str, Any] = ctx["library"] if isinstance(ctx.get("library"), dict) else {}
-    row.enriched = (
-        *page_cols,
-        campaign.get("source"), campaign.get("medium"), campaign.get("campaign"),
-        campaign.get("term"), campaign.get("content"),
-        *_agent(t(ctx.get("userAgent"))),
-        *((geo.country, geo.region, geo.city) if geo else _NO_GEO),
-        t(lib.get("name")), t(lib.get("version")),
-    )
-    return row
-
-
-def identity(row: Row, st: State) -> Row | Dropped:
-    ev = row.ev
+def identity(b: Batch, st: State) -> None:
+    """Each event's person (see :mod:`aap.process.identity`)."""
     h = st.hasher.key
     ids = st.identities
-    if ev.type == "alias" and ev.previous_id and ev.user_id:
-        other = h(ev.previous_id)
-        before = ids.person_of(other)
-        row.person_id = ids.alias(other, h(ev.user_id))
-    else:
-        other = h(ev.anonymous_id) if ev.anonymous_id else 0
-        before = ids.person_of(other) if ev.anonymous_id else None
-        row.person_id = ids.observe(h(ev.user_id) if ev.user_id else None,
-                                    other if ev.anonymous_id else None)
-    if before is not None and before != row.person_id and ids.resolve(before) == row.person_id:
-        # merged just now: the anonymous visit goes on as the same session
-        moved = st.sessions.pop(before, None)
-        mine = st.sessions.get(row.person_id)
-        if moved is not None and (mine is None or moved.last > mine.last):
-            st.sessions[row.person_id] = moved
-    return row
+    known = ids.ids
+    merged = ids.merged
+    identified = ids.identified
+    sessions = st.sessions
+    out = []
+    for typ, user, anon, previous in zip(b.column("type"), b.column("user_id"),
+                                         b.column("anonymous_id"), b.column("previous_id"),
+                                         strict=True):
+        user, anon = user or None, anon or None
+        if typ == "alias" and previous and user:
+            other = h(previous)
+            before = ids.person_of(other)
+            person = ids.alias(other, h(user))
+        elif user is None:
+            p = known.get(h(anon))  # type: ignore[arg-type]
+            out.append(merged.get(p, p) if p is not None else ids.observe(None, h(anon)))  # type: ignore[arg-type]
+            continue
+        else:
+            ukey = h(user)
+            if anon is None:
+                p = known.get(ukey)
+                if p is not None:
+                    p = merged.get(p, p)
+                    if p in identified:
+                        out.append(p)
+                        continue
+                out.append(ids.observe(ukey, None))
+                continue
+            other = h(anon)
+            before = ids.person_of(other)
+            person = ids.observe(ukey, other)
+        out.append(person)
+        if before is not None and before != person and ids.resolve(before) == person:
+            # merged just now: the anonymous visit goes on as the same session
+            moved = sessions.pop(before, None)
+            mine = sessions.get(person)
+            if moved is not None and (mine is None or moved[0] > mine[0]):
+                sessions[person] = moved
+    b.person_id = out
 
 
-def _sdk_session(ev: Event) -> str | None:
-    for v in (ev.context.get("sessionId"), ev.properties.get("$session_id"),
-              ev.context.get("session_id")):
-        if isinstance(v, (str, int)) and not isinstance(v, bool) and str(v):
-            return str(v)
-    return None
-
-
-def sessions(row: Row, st: State) -> Row | Dropped:
+def sessions(b: Batch, st: State) -> None:
     """The SDK's session id when there is one, else a new session after
     ``inactivity`` without events of the person."""
-    sdk = _sdk_session(row.ev)
-    person = row.person_id
-    prev = st.sessions.get(person)
-    t = row.timestamp
-    if sdk is not None:
-        sid = "s:" + sdk
-    elif prev is not None and abs(t - prev.last) <= st.inactivity:
-        sid = prev.session_id
-    else:
-        sid = hashlib.md5(f"{person}\x00{row.ev.message_id}".encode()).hexdigest()[:20]
-    row.session_id = sid
-    if prev is None or t >= prev.last:
-        st.sessions[person] = SessionState(t, sid)
-    return row
+    state = st.sessions
+    gap = st.inactivity // timedelta(microseconds=1)
+    out = []
+    times = b.table.column("timestamp").cast(pa.int64()).to_pylist()
+    for person, t, sdk, message_id in zip(b.person_id, times, b.column("sdk_session"),
+                                          b.column("message_id"), strict=True):
+        prev = state.get(person)
+        if sdk is not None:
+            sid = "s:" + sdk
+        elif prev is not None and abs(t - prev[0]) <= gap:
+            sid = prev[1]
+        else:
+            sid = hashlib.md5(f"{person}\x00{message_id}".encode(
+                "utf-8", "surrogatepass")).hexdigest()[:20]
+        out.append(sid)
+        if prev is None or t >= prev[0]:
+            state[person] = (t, sid)
+    b.session_id = out
 
 
 STEPS: tuple[tuple[str, Step], ...] = (
     ("dedup", dedup),
-    ("time", correct_time),
-    ("enrich", enrichment),
+    ("consent", consent),
     ("identity", identity),
     ("sessions", sessions),
 )
-
-
-def event_name(ev: Event) -> str:
-    if ev.type == "track":
-        return ev.event or ""
-    return "$" + ev.type
-
-
-_json = msgspec.json.Encoder()
-
-
-def properties_json(ev: Event) -> str:
-    return _json.encode(ev.properties).decode()

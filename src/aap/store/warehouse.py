@@ -75,10 +75,18 @@ class Warehouse:
         self.tiers = tiers or TierStore(TierConfig(str(directory / "tiers")))
         self.con = duckdb.connect(str(self.path), config={
             "memory_limit": memory_limit, "threads": threads,
+            # DuckDB checkpoints (compresses the WAL into the file) whenever the WAL passes
+            # this size, and each checkpoint compresses the last, partly filled row group
+            # again: at the default 16 MB that is most of a chunk's write. 256 MB keeps the
+            # WAL replay at start-up to a few seconds.
+            "checkpoint_threshold": "256MB",
         })
         for v in OLD_VIEWS:
             self.con.execute(f"DROP VIEW IF EXISTS {v}")
         self.con.execute(DDL)
+        cols = {r[0] for r in self.con.execute("DESCRIBE events_raw").fetchall()}
+        if "purposes" not in cols:  # stores made before events carried their purposes
+            self.con.execute("ALTER TABLE events_raw ADD COLUMN purposes VARCHAR[]")
         self._write_lock = threading.Lock()
 
     def close(self) -> None:

@@ -1,0 +1,271 @@
+"""PostHog's capture API, as posthog-js, the server SDKs (Python, Node, Go, …) and the
+iOS and Android SDKs send it.
+
+Bodies: a JSON object with ``batch``, a bare array of events, or one event; gzip by the
+magic bytes whatever the Content-Type (posthog-js sends ``text/plain``); form bodies
+``data=<base64>`` (``compression=base64`` in the query or the form). The project key is
+``api_key`` (or ``token``) in the body, else ``properties.token`` of the events.
+
+Each PostHog event becomes a Segment-shaped :class:`~aap.collect.segment.WireMessage`:
+
+- ``$identify`` → identify (``userId`` = ``distinct_id``, ``anonymousId`` =
+  ``$anon_distinct_id``, traits from ``$set_once`` then ``$set``);
+- ``$create_alias`` / ``$merge_dangerously`` → alias (``previousId`` = ``alias``);
+- ``$set`` / ``$set_once`` → identify with traits; ``$groupidentify`` → group;
+- ``$pageview`` → page, ``$screen`` → screen; anything else → track (``$pageleave``
+  keeps its name and gets the page context too).
+
+A ``distinct_id`` is an ``anonymousId`` when posthog-js says the person is not
+identified (``$is_identified: false``, or ``distinct_id == $device_id``); otherwise it
+is a ``userId``. ``$ip`` goes to ``context.ip`` (truncated by the collector, never
+stored), ``$session_id`` stays in the properties (the processor's session id).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs
+
+import msgspec
+
+from aap.collect.body import GZIP_MAGIC, decode_content
+from aap.collect.segment import Parsed, Rejection, WireMessage
+from aap.errors import BadRequest
+
+CAPTURE_PATHS = ("/batch/", "/batch", "/e/", "/e", "/i/v0/e/", "/i/v0/e", "/capture/",
+                 "/capture", "/track/", "/track", "/engage/", "/engage")
+FLAGS_PATHS = ("/flags/", "/flags", "/decide/", "/decide")
+CONFIG_PREFIX = "/array/"
+
+SUPPORTED_COMPRESSION = ["gzip", "gzip-js", "base64"]
+_json_decoder = msgspec.json.Decoder()
+_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, ValueError)
+
+
+def unwrap(body: bytes, query: dict[str, list[str]], content_type: str, limit: int) -> bytes:
+    """The JSON text of a PostHog body: form ``data=`` fields, base64 and gzip undone."""
+    stripped = body.lstrip()
+    compression = (query.get("compression") or [""])[0]
+    if stripped[:5] == b"data=" or "x-www-form-urlencoded" in content_type:
+        try:
+            form = parse_qs(body.decode("ascii"), strict_parsing=False)
+        except UnicodeDecodeError:
+            raise BadRequest("the form body is not ASCII", code="invalid_form") from None
+        if "data" not in form:
+            raise BadRequest("the form body has no `data` field", code="invalid_form")
+        compression = (form.get("compression") or [compression])[0]
+        body = form["data"][0].encode("ascii", "replace")
+        stripped = body.strip()
+        if compression != "gzip-js" and stripped[:1] not in (b"{", b"["):
+            compression = "base64"
+    if compression == "base64":
+        try:
+            body = base64.b64decode(stripped + b"=" * (-len(stripped) % 4), altchars=b"-_"
+                                    if b"-" in stripped or b"_" in stripped else None)
+        except (binascii.Error, ValueError):
+            raise BadRequest("the body is not valid base64", code="bad_encoding") from None
+    elif compression == "lz64":
+        raise BadRequest("lz64 compression is not supported: send gzip-js or base64",
+                         code="bad_encoding")
+    if body[:2] == GZIP_MAGIC:
+        body = decode_content(body, "", limit)
+    return body
+
+
+def parse(body: bytes, query: dict[str, list[str]], content_type: str, limit: int,
+          max_event_bytes: int, *, engage: bool = False) -> Parsed:
+    """PostHog events as wire messages; the key found in the body, if any."""
+    text = unwrap(body, query, content_type, limit)
+    if not text.strip():
+        raise BadRequest("the request body is empty", code="empty_body")
+    try:
+        doc = _json_decoder.decode(text)
+    except _DECODE_ERRORS as exc:
+        raise BadRequest("the body is not valid JSON", str(exc), code="invalid_json") from None
+    key: Any = None
+    sent_at: Any = None
+    if isinstance(doc, dict) and isinstance(doc.get("batch"), list):
+        events, key, sent_at = doc["batch"], doc.get("api_key") or doc.get("token"), \
+            doc.get("sent_at")
+    elif isinstance(doc, list):
+        events = doc
+    elif isinstance(doc, dict):
+        events = [doc]
+        key = doc.get("api_key") or doc.get("token") or doc.get("$token")
+    else:
+        raise BadRequest("expected a JSON object with `batch`, an array of events or one event",
+                         code="invalid_batch")
+    if not events:
+        raise BadRequest("the request holds no event", code="invalid_batch")
+    if key is not None and not isinstance(key, str):
+        raise BadRequest("`api_key` must be a string", code="wrong_type")
+    messages: list[tuple[int, WireMessage]] = []
+    rejected: list[Rejection] = []
+    now = datetime.now(UTC)
+    batch_sent = _time(sent_at)
+    for i, ev in enumerate(events):
+        if not isinstance(ev, dict):
+            rejected.append(Rejection(i, "wrong_type", "an event must be a JSON object"))
+            continue
+        props = ev.get("properties")
+        ev_key = (props.get("token") if isinstance(props, dict) else None) or ev.get("api_key") \
+            or ev.get("$token")
+        if key is None and isinstance(ev_key, str) and ev_key:
+            key = ev_key
+        elif isinstance(ev_key, str) and ev_key and ev_key != key:
+            rejected.append(Rejection(i, "write_key_mismatch",
+                                      "the event's token differs from the request's api_key"))
+            continue
+        if len(msgspec.json.encode(ev)) > max_event_bytes:
+            rejected.append(Rejection(i, "event_too_large",
+                                      f"event is over the limit of {max_event_bytes} bytes"))
+            continue
+        m = to_message(ev, now, batch_sent, engage=engage)
+        if isinstance(m, Rejection):
+            rejected.append(Rejection(i, m.reason, m.detail))
+        else:
+            messages.append((i, m))
+    return Parsed(messages, rejected, key or None)
+
+
+def _time(v: Any) -> datetime | None:
+    if isinstance(v, str) and v:
+        try:
+            dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e14:
+        return datetime.fromtimestamp(v / 1000 if v > 1e11 else v, UTC)
+    return None
+
+
+def _id(v: Any) -> str | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, (int, float)):
+        return str(v)
+    return v if isinstance(v, str) and v.strip() else None
+
+
+def _dict(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def to_message(ev: dict[str, Any], now: datetime, batch_sent: datetime | None, *,
+               engage: bool = False) -> WireMessage | Rejection:
+    props = dict(_dict(ev.get("properties")))
+    name = ev.get("event")
+    if engage and name is None:
+        name = "$set"
+        props.setdefault("$set", ev.get("$set") or {})
+        props.setdefault("$set_once", ev.get("$set_once") or {})
+    if not isinstance(name, str) or not name.strip():
+        return Rejection(0, "missing_event", "a PostHog event needs a non-empty `event`")
+    distinct = _id(ev.get("distinct_id")) or _id(ev.get("$distinct_id")) \
+        or _id(props.get("distinct_id"))
+    if distinct is None:
+        return Rejection(0, "missing_identity", "the event has no `distinct_id`")
+    for k in ("$set", "$set_once"):
+        if k in ev and k not in props:
+            props[k] = ev[k]
+    props.pop("token", None)
+    props.pop("distinct_id", None)
+    ip = props.pop("$ip", None)
+    anonymous = props.get("$is_identified") is False or (
+        props.get("$device_id") == distinct and props.get("$is_identified") is not True)
+    m = WireMessage(type="track", event=name, properties=props)
+    if anonymous:
+        m.anonymous_id = distinct
+    else:
+        m.user_id = distinct
+    traits = {**_dict(props.get("$set_once")), **_dict(props.get("$set"))}
+    if name == "$identify":
+        m.type, m.event, m.traits = "identify", None, traits
+        m.user_id, m.anonymous_id = distinct, _id(props.get("$anon_distinct_id"))
+    elif name in ("$create_alias", "$merge_dangerously"):
+        m.type, m.event = "alias", None
+        m.user_id, m.anonymous_id = distinct, None
+        m.previous_id = _id(props.get("alias"))
+    elif name in ("$set", "$set_once"):
+        m.type, m.event, m.traits = "identify", None, traits
+    elif name == "$groupidentify":
+        m.type, m.event = "group", None
+        m.group_id = _id(props.get("$group_key"))
+        m.traits = {**_dict(props.get("$group_set")), "group_type": props.get("$group_type")}
+    elif name == "$pageview":
+        m.type, m.event = "page", None
+        m.name = props.get("title") if isinstance(props.get("title"), str) else None
+    elif name == "$screen":
+        m.type, m.event = "screen", None
+        m.name = props.get("$screen_name") if isinstance(props.get("$screen_name"), str) else None
+    ctx: dict[str, Any] = {}
+    page = {k: props[p] for k, p in (("url", "$current_url"), ("path", "$pathname"),
+                                     ("referrer", "$referrer"), ("title", "title"))
+            if isinstance(props.get(p), str)}
+    if page.get("referrer") == "$direct":
+        del page["referrer"]
+    if page:
+        ctx["page"] = page
+    if isinstance(props.get("$lib"), str):
+        ctx["library"] = {"name": props["$lib"], "version": props.get("$lib_version")}
+    if isinstance(props.get("$raw_user_agent"), str):
+        ctx["userAgent"] = props["$raw_user_agent"]
+    if isinstance(ip, str):
+        ctx["ip"] = ip
+    m.context = ctx
+    m.message_id = _id(ev.get("uuid"))
+    ts = _time(ev.get("timestamp"))
+    offset = ev.get("offset")
+    if ts is None and isinstance(offset, int) and not isinstance(offset, bool) \
+            and 0 <= offset < 10**11:
+        ts = now - timedelta(milliseconds=offset)
+    m.timestamp = ts
+    m.sent_at = _time(ev.get("sent_at")) or batch_sent
+    return m
+
+
+def flags_response() -> dict[str, Any]:
+    """What ``/flags`` and ``/decide`` answer: no flags, nothing quota-limited."""
+    return {
+        "featureFlags": {}, "featureFlagPayloads": {}, "flags": {},
+        "errorsWhileComputingFlags": False, "requestId": None,
+        "config": {"enable_collect_everything": True},
+        "supportedCompression": SUPPORTED_COMPRESSION,
+        "sessionRecording": False, "autocapture_opt_out": False, "capturePerformance": False,
+        "heatmaps": False, "surveys": False, "siteApps": [], "toolbarParams": {},
+        "isAuthenticated": False, "editorParams": {}, "elementsChainAsString": True,
+    }
+
+
+def remote_config(token: str) -> dict[str, Any]:
+    """``/array/{token}/config``: what posthog-js reads at start-up."""
+    return {"token": token, "supportedCompression": SUPPORTED_COMPRESSION,
+            "hasFeatureFlags": False, "captureDeadClicks": False, "capturePerformance": False,
+            "autocapture_opt_out": False, "autocaptureExceptions": False, "analytics": {},
+            "elementsChainAsString": True, "sessionRecording": False, "heatmaps": False,
+            "surveys": False, "defaultIdentifiedOnly": True, "siteApps": []}
+
+
+def flags_key(body: bytes, query: dict[str, list[str]], content_type: str, limit: int
+              ) -> str | None:
+    """The project key of a ``/flags`` or ``/decide`` request (body or query)."""
+    for name in ("token", "api_key"):
+        if query.get(name):
+            return query[name][0]
+    if not body.strip():
+        return None
+    text = unwrap(body, query, content_type, limit)
+    try:
+        doc = _json_decoder.decode(text)
+    except _DECODE_ERRORS as exc:
+        raise BadRequest("the body is not valid JSON", str(exc), code="invalid_json") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("expected a JSON object", code="invalid_body")
+    key = doc.get("token") or doc.get("api_key")
+    if key is not None and not isinstance(key, str):
+        raise BadRequest("`token` must be a string", code="wrong_type")
+    return key or None

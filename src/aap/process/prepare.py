@@ -1,0 +1,400 @@
+"""The stateless half of the processor: log records → one Arrow table per chunk.
+
+These steps depend on nothing but the records and the configuration, so they can run
+in another process (:class:`WorkerPreparer`, the default in ``aap serve``) while the
+processor runs the stateful steps of the previous chunk (:mod:`aap.process.steps`).
+Work is done per column, or once per distinct value (URLs, user agents); only
+extracting fields from the decoded events walks them one by one.
+
+The table has the warehouse's event columns except ``person_id`` and ``session_id``,
+plus what the stateful steps need (:data:`AUX_COLUMNS`).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import lru_cache
+from multiprocessing.connection import Connection
+from typing import Any, NamedTuple
+
+import duckdb
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aap.errors import TransientError
+from aap.process import enrich
+from aap.process.view import (
+    _NO_CONTEXT,
+    CampaignView,
+    ContextView,
+    EventView,
+    LibraryView,
+    PageView,
+    decode,
+)  # fmt: skip
+
+logger = logging.getLogger("aap.process")
+
+NOT_SET = np.iinfo(np.int64).min
+"""A missing time in int64 microsecond columns."""
+
+ENRICHED_COLUMNS = (
+    "url", "host", "path", "referrer", "referrer_domain",
+    "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
+    "browser", "browser_version", "os", "os_version", "device_type",
+    "country", "region", "city", "library_name", "library_version",
+)  # fmt: skip
+AUX_COLUMNS = ("key", "user_id", "anonymous_id", "previous_id", "sdk_session", "traits",
+               "received_ms")
+"""Columns the stateful steps read and the warehouse does not store: the dedup key
+(see :func:`aap.process.steps.dedup_key`), the raw ids, the SDK's session id, the
+traits of identify events (JSON), and the receive time in milliseconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareConfig:
+    historical_sources: frozenset[str] = frozenset()
+    """Sources whose timestamps are kept as sent (historical imports)."""
+    max_future: timedelta = timedelta(minutes=5)
+    """Corrected times further than this after the receive time are clamped to it."""
+
+
+class Prepared(NamedTuple):
+    table: pa.Table
+    clamped: int
+    """Events whose corrected time was in the future and was clamped."""
+
+
+@dataclass
+class _Work:
+    events: list[EventView]
+    cfg: PrepareConfig
+    sql: duckdb.DuckDBPyConnection
+    cols: dict[str, pa.Array] = field(default_factory=dict)
+    clamped: int = 0
+
+
+_PURPOSES = pa.list_(pa.string())
+
+
+def _strings(values: Sequence[Any]) -> pa.Array:
+    return pa.array(values, pa.string())
+
+
+def fields(w: _Work) -> None:
+    """The event's own fields."""
+    evs = w.events
+    c = w.cols
+    c["message_id"] = _strings([e.message_id for e in evs])
+    c["source"] = _strings([e.source for e in evs])
+    c["type"] = types = _strings([e.type for e in evs])
+    c["event"] = pc.if_else(pc.equal(types, "track"), pc.coalesce(_strings([e.event for e in evs]), ""),
+                            pc.binary_join_element_wise("$", types, ""))
+    c["name"] = _strings([e.name for e in evs])
+    c["category"] = _strings([e.category for e in evs])
+    c["properties"] = _strings(list(map(_json.encode, [e.properties for e in evs])))
+    c["gpc"] = pa.array([e.gpc for e in evs], pa.bool_())
+    c["dnt"] = pa.array([e.dnt for e in evs], pa.bool_())
+    c["user_id"] = _strings([e.user_id for e in evs])
+    c["anonymous_id"] = _strings([e.anonymous_id for e in evs])
+    c["previous_id"] = _strings([e.previous_id for e in evs])
+    c["traits"] = _strings([_json.encode(e.traits) if e.traits and e.type == "identify" else None
+                            for e in evs])
+    c["purposes"] = pa.array([list(e.purposes) for e in evs], _PURPOSES)
+
+
+def keys(w: _Work) -> None:
+    """Dedup keys, ``md5_number_upper(source || chr(0) || message_id)``."""
+    w.sql.register("batch_ids", pa.table({"source": w.cols["source"],
+                                          "message_id": w.cols["message_id"]}))
+    try:
+        res = w.sql.execute("SELECT md5_number_upper(source || chr(0) || message_id) AS k"
+                            " FROM batch_ids").fetchnumpy()
+    finally:
+        w.sql.unregister("batch_ids")
+    w.cols["key"] = pa.array(np.asarray(res["k"], dtype=np.uint64))
+
+
+def _times(values: list[datetime | None]) -> tuple[pa.Array, np.ndarray]:
+    """The times as a column (UTC, without a zone, as the warehouse stores them) and as
+    microseconds (:data:`NOT_SET` where missing)."""
+    arr = pa.array(values, pa.timestamp("us", tz="UTC"))
+    return arr.cast(pa.timestamp("us")), arr.cast(pa.int64()).fill_null(NOT_SET).to_numpy()
+
+
+def correct_time(w: _Work) -> None:
+    """``timestamp + (receivedAt - sentAt)``; far-future times are clamped to receivedAt."""
+    evs = w.events
+    _, ts = _times([e.timestamp for e in evs])
+    w.cols["sent_at"], sent = _times([e.sent_at for e in evs])
+    w.cols["received_at"], recv = _times([e.received_at for e in evs])
+    w.cols["received_ms"] = pa.array(recv // 1000)
+    has_ts = ts != NOT_SET
+    skew = has_ts & (sent != NOT_SET)
+    out = np.where(has_ts, ts, recv)
+    out[skew] = ts[skew] + (recv[skew] - sent[skew])
+    future = out - recv > w.cfg.max_future // timedelta(microseconds=1)
+    hist_sources = w.cfg.historical_sources
+    if hist_sources:
+        hist = np.fromiter((e.source in hist_sources for e in evs), bool, len(evs))
+        future &= ~hist
+        out[hist] = np.where(has_ts, ts, recv)[hist]
+    out[future] = recv[future]
+    w.clamped += int(future.sum())
+    w.cols["timestamp"] = pa.array(out.astype("datetime64[us]"))
+
+
+def _text(v: Any) -> str | None:
+    return v if v.__class__ is str and v else None
+
+
+def _session_text(v: Any) -> str | None:
+    """A non-empty string, or an integer as text."""
+    if v.__class__ is str:
+        return v or None
+    return str(v) if v.__class__ is int else None
+
+
+_NO_PAGE = PageView()
+_NO_CAMPAIGN = CampaignView()
+_NO_LIBRARY = LibraryView()
+_INPUTS = ("url_in", "referrer", "path_in", "c_source", "c_medium", "c_campaign", "c_term",
+           "c_content", "ua", "library_name", "library_version", "sdk_session")
+
+
+def _inputs(ev: EventView) -> tuple[Any, ...]:
+    """What enrichment reads of one event (see :data:`_INPUTS`)."""
+    c = ev.context if isinstance(ev.context, ContextView) else _NO_CONTEXT
+    p = ev.properties
+    page = c.page if isinstance(c.page, PageView) else _NO_PAGE
+    camp = c.campaign if isinstance(c.campaign, CampaignView) else _NO_CAMPAIGN
+    lib = c.library if isinstance(c.library, LibraryView) else _NO_LIBRARY
+    t = _text
+    return (
+        t(p.get("url")) or t(page.url),
+        t(p.get("referrer")) or t(page.referrer),
+        t(p.get("path")) or t(page.path),
+        t(camp.source), t(camp.medium), t(camp.name) or t(camp.campaign),
+        t(camp.term), t(camp.content),
+        t(c.user_agent),
+        t(lib.name), t(lib.version),
+        _session_text(c.session_id) or _session_text(p.get("$session_id"))
+        or _session_text(c.session_id_snake),
+    )
+
+
+def _per_value(column: pa.Array, fn: Callable[[Any], tuple[Any, ...]], width: int
+               ) -> list[pa.Array]:
+    """``fn`` of each value of ``column``, computed once per distinct value: ``width``
+    columns (a null value gives nulls)."""
+    enc = column.dictionary_encode()
+    values = [fn(v) for v in enc.dictionary.to_pylist()]
+    cols = list(zip(*values, strict=True)) if values else [() for _ in range(width)]
+    return [pa.array(c, pa.string()).take(enc.indices) for c in cols]
+
+
+def _url_parts(url: str) -> tuple[Any, ...]:
+    parts = enrich.split_url(url)
+    q = parts.query
+    return (parts.url, parts.host, parts.path,
+            *((q.get("utm_" + f) or (None,))[0] for f in enrich.UTM_FIELDS))
+
+
+def _referrer_domain(url: str) -> tuple[Any, ...]:
+    return (enrich.domain(url),)
+
+
+@lru_cache(maxsize=20_000)
+def _agent(ua: str) -> tuple[Any, ...]:
+    return tuple(enrich.parse_agent(ua))
+
+
+def enrichment(w: _Work) -> None:
+    """Page, referrer, campaign, user agent, coarse geo and library columns; also the
+    SDK's session id where the event carries one."""
+    evs = w.events
+    x = dict(zip(_INPUTS, map(_strings, zip(*map(_inputs, evs), strict=True)), strict=True))
+    url, host, url_path, *url_utm = _per_value(x["url_in"], _url_parts, 8)
+    c = w.cols
+    c.update(url=url, host=host, path=pc.coalesce(url_path, x["path_in"]))
+    c["referrer"] = x["referrer"]
+    c["referrer_domain"] = _per_value(x["referrer"], _referrer_domain, 1)[0]
+    for f, u in zip(enrich.UTM_FIELDS, url_utm, strict=True):
+        c["utm_" + f] = pc.coalesce(x["c_" + f], u)
+    c.update(zip(("browser", "browser_version", "os", "os_version", "device_type"),
+                 _per_value(x["ua"], _agent, 5), strict=True))
+    geos = [e.geo for e in evs]
+    c["country"] = _strings([g.country if g else None for g in geos])
+    c["region"] = _strings([g.region if g else None for g in geos])
+    c["city"] = _strings([g.city if g else None for g in geos])
+    c["library_name"] = x["library_name"]
+    c["library_version"] = x["library_version"]
+    c["sdk_session"] = x["sdk_session"]
+
+
+PREPARE_STEPS: tuple[tuple[str, Callable[[_Work], None]], ...] = (
+    ("fields", fields),
+    ("keys", keys),
+    ("time", correct_time),
+    ("enrich", enrichment),
+)
+
+_json = msgspec.json.Encoder()
+_PREPARED_COLUMNS = (
+    "message_id", "source", "type", "event", "timestamp", "sent_at", "received_at", "name",
+    "category", *ENRICHED_COLUMNS, "properties", "gpc", "dnt", "purposes", *AUX_COLUMNS,
+)  # fmt: skip
+
+
+def prepare(payloads: Sequence[bytes], cfg: PrepareConfig,
+            sql: duckdb.DuckDBPyConnection) -> Prepared:
+    """The events of these log payloads, as one table."""
+    events = [ev for p in payloads for ev in decode(p)]
+    w = _Work(events, cfg, sql)
+    if events:
+        for _, step in PREPARE_STEPS:
+            step(w)
+        table = pa.table({n: w.cols[n] for n in _PREPARED_COLUMNS})
+    else:
+        table = pa.table({n: pa.array([], pa.string()) for n in _PREPARED_COLUMNS})  # no rows
+    return Prepared(table, w.clamped)
+
+
+# -- where preparation runs -------------------------------------------------------------
+
+
+class LocalPreparer:
+    """Prepares in the calling thread, when the result is asked for."""
+
+    def __init__(self, cfg: PrepareConfig) -> None:
+        self.cfg = cfg
+        self.sql = duckdb.connect()
+        self._pending: Sequence[bytes] | None = None
+
+    def submit(self, payloads: Sequence[bytes]) -> None:
+        assert self._pending is None, "one chunk at a time"
+        self._pending = payloads
+
+    def result(self) -> Prepared:
+        payloads, self._pending = self._pending, None
+        assert payloads is not None, "nothing submitted"
+        return prepare(payloads, self.cfg, self.sql)
+
+    def reset(self) -> None:
+        self._pending = None
+
+    def close(self) -> None:
+        self.sql.close()
+
+
+class WorkerPreparer:
+    """Prepares in a child process: :meth:`submit` returns at once, :meth:`result`
+    waits. The child is stateless; if it dies it is started again, and the chunk it
+    was working on fails with a :class:`TransientError` (the processor retries)."""
+
+    def __init__(self, cfg: PrepareConfig) -> None:
+        self.cfg = cfg
+        self._ctx = mp.get_context("spawn")
+        self._conn: Connection | None = None
+        self._proc: Any = None
+        self._pending = False
+        self._start()
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(target=_worker_main, args=(child, self.cfg), daemon=True,
+                                       name="aap-prepare")
+        self._proc.start()
+        child.close()
+        self._conn = parent
+
+    def submit(self, payloads: Sequence[bytes]) -> None:
+        assert not self._pending, "one chunk at a time"
+        if self._proc is None or not self._proc.is_alive():
+            self._restart()
+        assert self._conn is not None
+        try:
+            self._conn.send_bytes(_list_encoder.encode(list(payloads)))
+        except OSError as exc:
+            self._restart()
+            raise TransientError(f"the prepare worker went away: {exc}") from exc
+        self._pending = True
+
+    def result(self) -> Prepared:
+        assert self._pending and self._conn is not None, "nothing submitted"
+        self._pending = False
+        try:
+            data = self._conn.recv_bytes()
+        except (EOFError, OSError) as exc:
+            self._restart()
+            raise TransientError(f"the prepare worker went away: {exc}") from exc
+        if data[:1] == b"E":
+            raise RuntimeError(f"preparing a chunk failed: {data[1:].decode(errors='replace')}")
+        _, clamped = _HEADER.unpack_from(data)
+        with pa.ipc.open_stream(pa.py_buffer(data)[_HEADER.size:]) as reader:
+            return Prepared(reader.read_all(), clamped)
+
+    def reset(self) -> None:
+        """Forget the chunk in flight (its result is read and thrown away)."""
+        if self._pending:
+            try:
+                self.result()
+            except Exception:
+                pass
+
+    def _restart(self) -> None:
+        self.close()
+        self._start()
+
+    def close(self) -> None:
+        self._pending = False
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            self._proc.join(timeout=5)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(timeout=5)
+            self._proc = None
+
+
+_HEADER = struct.Struct("<c7xq")
+"""Kind (``P``), then the clamped count; 16 bytes keep the Arrow buffers after it aligned."""
+_list_encoder = msgspec.msgpack.Encoder()
+_list_decoder = msgspec.msgpack.Decoder(list[bytes])
+
+
+def _worker_main(conn: Connection, cfg: PrepareConfig) -> None:
+    """The child's loop: payloads in, :data:`_HEADER` and an Arrow IPC stream out (or
+    ``b"E" + message``). Ends when the parent closes its end (or dies)."""
+    import gc
+
+    gc.set_threshold(100_000, 50, 1000)
+    sql = duckdb.connect(config={"threads": 1})
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        try:
+            prepared = prepare(_list_decoder.decode(data), cfg, sql)
+            sink = pa.BufferOutputStream()
+            sink.write(_HEADER.pack(b"P", prepared.clamped))
+            with pa.ipc.new_stream(sink, prepared.table.schema) as writer:
+                writer.write_table(prepared.table)
+            out = sink.getvalue()
+        except Exception as exc:
+            logger.exception("preparing a chunk failed")
+            out = b"E" + f"{type(exc).__name__}: {exc}".encode()
+        try:
+            conn.send_bytes(out)
+        except OSError:
+            return
