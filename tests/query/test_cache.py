@@ -79,3 +79,18 @@ def test_aap_query_opens_the_warehouse_when_no_server_runs(tmp_path: Path) -> No
                           "--data-dir", str(data)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["series"][0]["values"] == [3, 3]
+
+
+def test_cache_is_rebuilt_when_the_events_schema_changes(tmp_path: Path) -> None:
+    wh = Warehouse(tmp_path / "wh")
+    wh.write(Chunk(events=events(3, 4), position=1, next_person=1000))
+    wh.move_day_to_warm(START.date())
+    QueryCache(wh).sync()
+    expected = persons(wh)
+    # a cache made by an older version, without the newest column
+    wh.con.execute("ALTER TABLE query_cache DROP COLUMN purposes")
+    assert persons(wh) == expected  # read without the cache meanwhile
+    cache = QueryCache(wh)
+    assert cache.sync()["copied"] == 1
+    assert persons(wh) == expected
+    wh.close()
