@@ -371,6 +371,37 @@ def bench_pipeline(rate: int, low_rate: int, duration: float, backlog: int, peop
 
 
 @cli.group()
+def privacy() -> None:
+    """Data-subject rights."""
+
+
+@privacy.command("erase")
+@data_dir_option
+@click.option("--user-id", "user_ids", multiple=True, help="A userId of the person (repeatable).")
+@click.option("--anonymous-id", "anonymous_ids", multiple=True,
+              help="An anonymousId of the person (repeatable).")
+def privacy_erase(data_dir: Path | None, user_ids: tuple[str, ...],
+                  anonymous_ids: tuple[str, ...]) -> None:
+    """Erase a person everywhere (Art. 17); prints the receipt as JSON."""
+    import json
+
+    import httpx
+
+    if not user_ids and not anonymous_ids:
+        raise click.UsageError("name the person with --user-id or --anonymous-id")
+    sock = _settings(data_dir=data_dir).data_path / "run" / "core.sock"
+    if not sock.exists():
+        raise click.ClickException(f"the server is not running (no {sock}): start `aap serve`")
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://core",
+                      timeout=600) as core:
+        r = core.post("/internal/privacy/erase", json={
+            "userIds": list(user_ids), "anonymousIds": list(anonymous_ids), "actor": "cli"})
+    if r.status_code != 200:
+        raise click.ClickException(r.json().get("message", r.text))
+    click.echo(json.dumps(r.json(), indent=1))
+
+
+@cli.group()
 def audit() -> None:
     """The hash-chained audit log (DATA_DIR/privacy/audit.jsonl)."""
 

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -59,7 +60,8 @@ class Processor:
                  historical_sources: frozenset[str] = frozenset(),
                  inactivity: timedelta = timedelta(minutes=30),
                  chunk_records: int = 500, worker: bool = False,
-                 consent: ConsentState | None = None) -> None:
+                 consent: ConsentState | None = None,
+                 destroyed: Callable[[], set[int]] | None = None) -> None:
         """``worker``: prepare chunks in a child process (see :mod:`aap.process.prepare`)
         while this one runs the stateful steps; otherwise in this thread."""
         self.log = log
@@ -69,6 +71,7 @@ class Processor:
         self.historical_sources = historical_sources
         self.inactivity = inactivity
         self.consent = consent
+        self.destroyed = destroyed
         self.dropped: Counter[str] = Counter()
         self.failures = 0
         self._pending: Future[_Built] | None = None
@@ -90,7 +93,8 @@ class Processor:
                     for p, t, s in wh.load_sessions()}
         self.state = State(identities=ids, hasher=self.hasher,
                            dedup=DedupIndex(wh.load_dedup_keys()), sessions=sessions,
-                           inactivity=self.inactivity, consent=self.consent)
+                           inactivity=self.inactivity, consent=self.consent,
+                           destroyed=self.destroyed)
         self.position = wh.get_state("log_position")
         self._next = self.position
         """Where the next chunk starts: past the write in flight, if there is one."""

@@ -33,6 +33,8 @@ class Batch:
     dropped: Counter[str] = field(default_factory=Counter)
     person_id: list[int] = field(default_factory=list)
     session_id: list[str] = field(default_factory=list)
+    ids: tuple[list[int | None], list[int | None], list[int | None]] | None = None
+    """Keyed hashes of userId, anonymousId, previousId per event (see :func:`id_keys`)."""
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -48,6 +50,9 @@ class Batch:
         self.dropped[reason] += n
         self.table = self.table.filter(pa.array(~mask))
         keep = np.flatnonzero(~mask).tolist()
+        if self.ids is not None:
+            u, a, p = self.ids
+            self.ids = ([u[i] for i in keep], [a[i] for i in keep], [p[i] for i in keep])
         for name in ("person_id", "session_id"):
             vals = getattr(self, name)
             if vals:
@@ -103,6 +108,8 @@ class State:
     inactivity: timedelta = timedelta(minutes=30)
     consent: ConsentState | None = None
     """The consent ledger as the processor last read it (``None``: no ledger)."""
+    destroyed: Callable[[], set[int]] | None = None
+    """The keyed hashes of erased identifiers, as of now (``None``: no keystore)."""
 
 
 Step = Callable[[Batch, State], None]
@@ -129,13 +136,12 @@ def consent(b: Batch, st: State) -> None:
     withdrawn = st.consent.withdrawn
     if not withdrawn:
         return
-    h = st.hasher.key
     left: list[list[str]] | None = None
     drop = np.zeros(len(b), bool)
-    rows = zip(b.column("purposes"), b.column("user_id"), b.column("anonymous_id"),
-               b.column("received_ms"), strict=True)
+    users, anons, _ = id_keys(b, st)
+    rows = zip(b.column("purposes"), users, anons, b.column("received_ms"), strict=True)
     for i, (purposes, user, anon, at) in enumerate(rows):
-        ids = [h(x) for x in (user, anon) if x]
+        ids = [x for x in (user, anon) if x is not None]
         if not purposes or not any(k in withdrawn for k in ids):
             continue
         gone = [p for p in purposes if (s := st.consent.of(ids, p)) is not None and not s[0]
@@ -152,29 +158,57 @@ def consent(b: Batch, st: State) -> None:
         b.drop(drop, "consent_withdrawn")
 
 
+def id_keys(b: Batch, st: State) -> tuple[list[int | None], list[int | None], list[int | None]]:
+    """Keyed hashes of each event's userId, anonymousId and previousId: as the collector
+    sealed them, or (events written unsealed) hashed here."""
+    if b.ids is not None:
+        return b.ids
+    keys = [b.column(k + "_key") for k in ("user", "anonymous", "previous")]
+    raw = b.table.column("raw_ids")
+    if raw.null_count < len(raw):
+        h = st.hasher.key
+        for i, ids in enumerate(raw.to_pylist()):
+            if ids:
+                for col, x in zip(keys, ids, strict=True):
+                    if x:
+                        col[i] = h(x)
+    b.ids = (keys[0], keys[1], keys[2])
+    return b.ids
+
+
+def erased(b: Batch, st: State) -> None:
+    """Drop events of identifiers whose person was erased (their keys are destroyed)."""
+    if st.destroyed is None:
+        return
+    gone = st.destroyed()
+    if not gone:
+        return
+    users, anons, previous = id_keys(b, st)
+    mask = np.fromiter((u in gone or a in gone or p in gone
+                        for u, a, p in zip(users, anons, previous, strict=True)), bool, len(b))
+    b.drop(mask, "erased_subject")
+
+
 def identity(b: Batch, st: State) -> None:
     """Each event's person (see :mod:`aap.process.identity`)."""
-    h = st.hasher.key
     ids = st.identities
     known = ids.ids
     merged = ids.merged
     identified = ids.identified
     sessions = st.sessions
     out = []
-    for typ, user, anon, previous in zip(b.column("type"), b.column("user_id"),
-                                         b.column("anonymous_id"), b.column("previous_id"),
+    users, anons, previous_ids = id_keys(b, st)
+    for typ, ukey, anon, previous in zip(b.column("type"), users, anons, previous_ids,
                                          strict=True):
-        user, anon = user or None, anon or None
-        if typ == "alias" and previous and user:
-            other = h(previous)
+        if typ == "alias" and previous is not None and ukey is not None:
+            other = previous
             before = ids.person_of(other)
-            person = ids.alias(other, h(user))
-        elif user is None:
-            p = known.get(h(anon))  # type: ignore[arg-type]
-            out.append(merged.get(p, p) if p is not None else ids.observe(None, h(anon)))  # type: ignore[arg-type]
+            person = ids.alias(other, ukey)
+        elif ukey is None:
+            p = known.get(anon)  # type: ignore[arg-type]
+            out.append(merged.get(p, p) if p is not None else ids.observe(None, anon))
             continue
         else:
-            ukey = h(user)
             if anon is None:
                 p = known.get(ukey)
                 if p is not None:
@@ -184,7 +218,7 @@ def identity(b: Batch, st: State) -> None:
                         continue
                 out.append(ids.observe(ukey, None))
                 continue
-            other = h(anon)
+            other = anon
             before = ids.person_of(other)
             person = ids.observe(ukey, other)
         out.append(person)
@@ -222,6 +256,7 @@ def sessions(b: Batch, st: State) -> None:
 
 STEPS: tuple[tuple[str, Step], ...] = (
     ("dedup", dedup),
+    ("erased", erased),
     ("consent", consent),
     ("identity", identity),
     ("sessions", sessions),

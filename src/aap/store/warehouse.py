@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from aap.store.schema import DDL, EVENT_ARROW_SCHEMA, OLD_VIEWS, VIEWS
 from aap.store.tiers import TierConfig, TierStore
@@ -328,6 +329,88 @@ class Warehouse:
                 self.tiers.delete(p)
                 cur.execute("DELETE FROM tier_trash WHERE path = ?", [p])
         return len(due)
+
+    # -- erasure --
+
+    def person_closure(self, id_keys: list[int]) -> tuple[set[int], set[int]]:
+        """The persons these ids belong to, with every person merged into them, and all
+        the id keys of those persons."""
+        cur = self.con.cursor()
+        if not id_keys:
+            return set(), set()
+        marks = ",".join("?" * len(id_keys))
+        found = {int(r[0]) for r in cur.execute(
+            f"SELECT coalesce(o.person_id, i.person_id) FROM person_ids i LEFT JOIN"
+            f" person_overrides o ON o.old_person_id = i.person_id WHERE i.id_key IN ({marks})",
+            id_keys).fetchall()}
+        if not found:
+            return set(), set(id_keys)
+        marks = ",".join("?" * len(found))
+        persons = found | {int(r[0]) for r in cur.execute(
+            f"SELECT old_person_id FROM person_overrides WHERE person_id IN ({marks})",
+            list(found)).fetchall()}
+        marks = ",".join("?" * len(persons))
+        keys = set(id_keys) | {int(r[0]) for r in cur.execute(
+            f"SELECT id_key FROM person_ids WHERE person_id IN ({marks})", list(persons)
+        ).fetchall()}
+        return persons, keys
+
+    def erase_persons(self, persons: set[int]) -> dict[str, int]:
+        """Physically remove the persons' rows from the hot tables and from every warm and
+        cold file (rewritten without them; the old files are deleted at once). Returns
+        what was removed where."""
+        out = {"hot_events": 0, "warm_rows": 0, "warm_files_rewritten": 0, "cold_rows": 0,
+               "cold_files_rewritten": 0, "persons": 0, "ids": 0, "merges": 0, "orders": 0,
+               "order_items": 0}
+        if not persons:
+            return out
+        ids = sorted(persons)
+        marks = ",".join("?" * len(ids))
+        old: list[str] = []
+        new: list[str] = []
+        try:
+            self._erase_rows(ids, marks, out, old, new)
+        except BaseException:
+            for path in new:  # not committed: the rewritten files go again
+                self.tiers.delete(path)
+            raise
+        for path in old:  # committed: the files without the persons are the live ones
+            self.tiers.delete(path)
+        return out
+
+    def _erase_rows(self, ids: list[int], marks: str, out: dict[str, int], old: list[str],
+                    new: list[str]) -> None:
+        with self._write_lock, self._transaction() as cur:
+            def count(sql: str, params: list[Any]) -> int:
+                row = cur.execute(sql, params).fetchone()
+                return int(row[0]) if row else 0
+
+            out["hot_events"] = count(f"DELETE FROM events_raw WHERE person_id IN ({marks})", ids)
+            out["order_items"] = count(
+                f"DELETE FROM order_items WHERE message_id IN (SELECT message_id FROM orders"
+                f" WHERE person_id IN ({marks}))", ids)
+            out["orders"] = count(f"DELETE FROM orders WHERE person_id IN ({marks})", ids)
+            out["persons"] = count(f"DELETE FROM persons WHERE person_id IN ({marks})", ids)
+            out["ids"] = count(f"DELETE FROM person_ids WHERE person_id IN ({marks})", ids)
+            out["merges"] = count(f"DELETE FROM person_overrides WHERE old_person_id IN ({marks})"
+                                  f" OR person_id IN ({marks})", ids + ids)
+            for path, tier, part in cur.execute(
+                    "SELECT path, tier, part FROM tier_files ORDER BY path").fetchall():
+                table = self.tiers.read([path])
+                mask = pc.is_in(table.column("person_id"), value_set=pa.array(ids, pa.int64()))
+                hit = int(pc.sum(mask).as_py() or 0)
+                if not hit:
+                    continue
+                kept = table.filter(pc.invert(mask))
+                out[f"{tier}_rows"] += hit
+                out[f"{tier}_files_rewritten"] += 1
+                old.append(path)
+                if kept.num_rows:
+                    directory = f"day={part}" if tier == "warm" else f"month={part}"
+                    new_path, size = self.tiers.write(kept, directory, cold=tier == "cold")
+                    new.append(new_path)
+                    _add_file(cur, new_path, tier, part, kept.num_rows, size)
+                cur.execute("DELETE FROM tier_files WHERE path = ?", [path])
 
     def tier_stats(self) -> dict[str, tuple[int, int, int]]:
         """Per tier: files, rows, bytes."""
