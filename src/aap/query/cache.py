@@ -109,6 +109,9 @@ class QueryCache:
             cur.close()
 
     def _fold_merges(self, cur: duckdb.DuckDBPyConnection) -> int:
+        # merges that are gone (an erased person's) are forgotten here too
+        cur.execute("DELETE FROM query_cache_overrides WHERE old_person_id NOT IN"
+                    " (SELECT old_person_id FROM person_overrides)")
         pending = cur.execute(f"SELECT count(*) FROM {_PENDING}").fetchall()[0]
         if not pending[0]:
             return 0
