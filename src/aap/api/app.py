@@ -88,6 +88,7 @@ class Core:
         from aap.api.rest import RestAPI
 
         self.rest = RestAPI(settings, self.warehouse)
+        self.rest.erase = self.erase_ids
         gc.collect()
         gc.freeze()
         gc.set_threshold(100_000, 50, 1000)
@@ -108,14 +109,18 @@ class Core:
         self.warehouse.close()
         self.log.close()
 
+    def erase_ids(self, user_ids: list[str], anonymous_ids: list[str], actor: str
+                  ) -> dict[str, Any]:
+        receipt = self.rights.erase(user_ids, anonymous_ids, actor=actor)
+        if self.rest.cache is not None:  # derived copies: the query cache drops the
+            self.rest.cache.sync()       # rows of the rewritten files now, not later
+        self.warehouse.con.cursor().execute("CHECKPOINT")
+        return receipt
+
     def erase(self, body: bytes) -> tuple[int, dict[str, Any]]:
         try:
             req = msgspec.json.decode(body, type=EraseRequest)
-            receipt = self.rights.erase(req.userIds, req.anonymousIds, actor=req.actor)
-            if self.rest.cache is not None:  # derived copies: the query cache drops the
-                self.rest.cache.sync()       # rows of the rewritten files now, not later
-            self.warehouse.con.cursor().execute("CHECKPOINT")
-            return 200, receipt
+            return 200, self.erase_ids(req.userIds, req.anonymousIds, req.actor)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             return 400, {"code": "bad_request", "message": str(exc), "detail": str(exc)}
 
@@ -169,10 +174,12 @@ class CoreApp:
         elif scope["path"] == "/internal/sql" and scope["method"] == "POST":
             status, out = await asyncio.to_thread(self.core.sql, body)
         elif scope["path"].startswith("/internal/api/v1/"):
-            role = dict(scope["headers"]).get(b"x-aap-role", b"").decode("latin-1")
+            headers = dict(scope["headers"])
+            role = headers.get(b"x-aap-role", b"").decode("latin-1")
+            actor = headers.get(b"x-aap-actor", b"local").decode("latin-1")
             status, out = await asyncio.to_thread(
                 self.core.rest.handle, scope["method"], scope["path"][len("/internal/api/v1"):],
-                role, body)
+                role, body, actor)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": msgspec.json.encode(out)})

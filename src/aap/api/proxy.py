@@ -70,6 +70,10 @@ def openapi() -> dict[str, Any]:
                                                            "admin"]},
                                          "name": {"type": "string"}}})},
             "/keys/{id}": {"delete": op("Revoke an API key", "admin")},
+            "/privacy/erase": {"post": op("Erase the persons behind these ids (Art. 17)", "privacy", {
+                "type": "object", "properties": {
+                    "userIds": {"type": "array", "items": {"type": "string"}},
+                    "anonymousIds": {"type": "array", "items": {"type": "string"}}}})},
         },
     }
 
@@ -117,7 +121,8 @@ class ApiProxy:
         try:
             r = await self._core().request(
                 method, "/internal" + path, content=body,
-                headers={"x-aap-role": record.role, "content-type": "application/json"})
+                headers={"x-aap-role": record.role, "x-aap-actor": f"key:{record.id}",
+                         "content-type": "application/json"})
         except httpx.TimeoutException:
             raise errors.ServiceUnavailable("the query engine did not answer in time",
                                             code="core_timeout") from None
