@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,22 @@ def test_demo_ends_with_a_trend_a_funnel_a_retention_table_and_top_paths() -> No
                   "Top paths"):
         assert title in tail
     assert "Signed Up" in tail and "→" in tail and "%" in tail
+
+
+def test_privacy_register_lists_purposes_and_the_sources_collecting_for_them(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    run = [sys.executable, "-m", "aap"]
+    subprocess.run([*run, "sources", "create", "web", "--data-dir", data, "--purpose",
+                    "analytics", "--purpose", "marketing:legitimate_interest"], check=True,
+                   capture_output=True)
+    out = subprocess.run([*run, "privacy", "register", "--data-dir", data], check=True,
+                         capture_output=True, text=True, env={**os.environ, "AAP_HOT_DAYS": "3"}
+                         ).stdout
+    assert out.startswith("# Record of processing activities (GDPR Art. 30)")
+    sections = {s.split("\n", 1)[0]: s for s in out.split("\n## ")[1:]}
+    assert set(sections) == {"analytics", "marketing", "personalization", "partner_sharing"}
+    assert "Sources collecting for it: web (consent)" in sections["analytics"]
+    assert "Sources collecting for it: web (legitimate interest)" in sections["marketing"]
+    assert "Sources collecting for it: none" in sections["partner_sharing"]
+    assert "3 days hot" in sections["analytics"]
+    assert "Profiling: yes" in sections["personalization"]

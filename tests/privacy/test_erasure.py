@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ def test_erasure_reaches_every_tier_and_late_events(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert server.sql("SELECT count(*) FROM events") == [[8]]
         assert server.sql("SELECT count(*) FROM events_raw") == [[3 + 1]]  # today's, hot
+        check_export(data, tmp_path / "ana.zip", ana)
         out = subprocess.run([sys.executable, "-m", "aap", "privacy", "erase", "--user-id",
                               "user-ana-2", "--data-dir", str(data)],
                              capture_output=True, text=True, check=True)
@@ -94,6 +96,28 @@ def test_erasure_reaches_every_tier_and_late_events(tmp_path: Path) -> None:
     assert log.verify().ok
     [entry] = [e for e in log.entries() if e["action"] == "privacy.erasure"]
     assert entry["detail"]["digest"] == receipt["digest"]
+
+
+def check_export(data: Path, zip_path: Path, sent: list[dict[str, Any]]) -> None:
+    """Access (Art. 15, 20): the zip holds exactly the person's events, from both tiers."""
+    out = subprocess.run([sys.executable, "-m", "aap", "privacy", "export", "--anonymous-id",
+                          "anon-ana", "--out", str(zip_path), "--data-dir", str(data)],
+                         capture_output=True, text=True, check=True)
+    summary = json.loads(out.stdout)
+    assert summary["events"] == len(sent) and summary["orders"] == 1
+    with zipfile.ZipFile(zip_path) as z:
+        names = set(z.namelist())
+        assert {"README.txt", "profile.json", "events.json", "events.csv", "sessions.json",
+                "consent.json", "purposes.json", "orders.csv"} <= names
+        events = json.loads(z.read("events.json"))
+        assert sorted(e["message_id"] for e in events) == sorted(m["messageId"] for m in sent)
+        assert {e["properties"] and json.loads(e["properties"])["mark"] for e in events} == {
+            GONE_MARK}
+        assert len(z.read("events.csv").decode().splitlines()) == len(sent) + 1
+        assert [p["id"] for p in json.loads(z.read("purposes.json"))] == [
+            "analytics", "marketing", "personalization", "partner_sharing"]
+        [profile] = json.loads(z.read("profile.json"))
+        assert profile["identified"] is True and "email" not in (profile["traits"] or "")
 
 
 def test_erase_needs_an_id_and_a_running_server(tmp_path: Path) -> None:

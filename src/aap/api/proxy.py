@@ -70,10 +70,6 @@ def openapi() -> dict[str, Any]:
                                                            "admin"]},
                                          "name": {"type": "string"}}})},
             "/keys/{id}": {"delete": op("Revoke an API key", "admin")},
-            "/privacy/erase": {"post": op("Erase the persons behind these ids (Art. 17)", "privacy", {
-                "type": "object", "properties": {
-                    "userIds": {"type": "array", "items": {"type": "string"}},
-                    "anonymousIds": {"type": "array", "items": {"type": "string"}}}})},
         },
     }
 
@@ -121,8 +117,7 @@ class ApiProxy:
         try:
             r = await self._core().request(
                 method, "/internal" + path, content=body,
-                headers={"x-aap-role": record.role, "x-aap-actor": f"key:{record.id}",
-                         "content-type": "application/json"})
+                headers={"x-aap-role": record.role, "content-type": "application/json"})
         except httpx.TimeoutException:
             raise errors.ServiceUnavailable("the query engine did not answer in time",
                                             code="core_timeout") from None
@@ -130,6 +125,8 @@ class ApiProxy:
             raise errors.ServiceUnavailable("the query engine is not running (starting?)",
                                             code="core_unavailable") from None
         extra = [("allow", r.headers["allow"])] if "allow" in r.headers else []
+        if r.headers.get("content-type", "application/json") != "application/json":
+            extra.append(("content-type", r.headers["content-type"]))
         return r.status_code, r.content, extra
 
     async def aclose(self) -> None:

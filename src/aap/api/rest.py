@@ -12,7 +12,7 @@ the core, which owns the warehouse, checks the role each route needs and answers
 | ``GET /cohorts`` | viewer |
 | ``POST /cohorts``, ``DELETE /cohorts/{id}`` | analyst |
 | ``GET /keys``, ``POST /keys``, ``DELETE /keys/{id}`` | admin |
-| ``POST /privacy/erase`` (a rights request, Art. 17) | privacy |
+| ``POST /privacy/requests``, ``GET /privacy/requests/{id}``, ``GET …/{id}/export`` | privacy |
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import msgspec
 
 from aap import errors
 from aap.api.keys import ROLES, ApiKeys, role_at_least
+from aap.privacy.requests import Requests
 from aap.query.cache import QueryCache
 from aap.query.cohorts import Cohorts
 from aap.query.models import parse_cohort, parse_insight
@@ -35,18 +36,12 @@ from aap.store.warehouse import Warehouse
 
 logger = logging.getLogger("aap.api")
 
-Handler = Callable[[dict[str, str], bytes, str, str], Any]
-"""(path parameters, body, role, actor): the actor is ``key:<id>`` of the API key."""
+Handler = Callable[[dict[str, str], bytes, str], Any]
 
 
 class SaveInsight(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     query: dict[str, Any]
-
-
-class EraseBody(msgspec.Struct, forbid_unknown_fields=True):
-    userIds: list[str] = []
-    anonymousIds: list[str] = []
 
 
 class NewKey(msgspec.Struct, forbid_unknown_fields=True):
@@ -64,8 +59,10 @@ def _decode(body: bytes, typ: type) -> Any:
 
 
 class RestAPI:
-    def __init__(self, settings: Settings, warehouse: Warehouse) -> None:
+    def __init__(self, settings: Settings, warehouse: Warehouse,
+                 privacy: Requests | None = None) -> None:
         self.settings = settings
+        self.privacy = privacy
         self.warehouse = warehouse
         self.cohorts = Cohorts(settings.data_path)
         self.keys = ApiKeys(settings.data_path)
@@ -82,10 +79,12 @@ class RestAPI:
             ("GET", re.compile(r"^/keys$"), "admin", self.list_keys),
             ("POST", re.compile(r"^/keys$"), "admin", self.create_key),
             ("DELETE", re.compile(r"^/keys/(?P<id>[0-9a-f]{12})$"), "admin", self.revoke_key),
-            ("POST", re.compile(r"^/privacy/erase$"), "privacy", self.privacy_erase),
+            ("POST", re.compile(r"^/privacy/requests$"), "privacy", self.privacy_submit),
+            ("GET", re.compile(r"^/privacy/requests/(?P<id>pr_[0-9a-f]{16})$"), "privacy",
+             self.privacy_get),
+            ("GET", re.compile(r"^/privacy/requests/(?P<id>pr_[0-9a-f]{16})/export$"), "privacy",
+             self.privacy_export),
         ]
-        self.erase: Callable[[list[str], list[str], str], dict[str, Any]] | None = None
-        """Set by the core: erasure of the persons behind these ids (returns the receipt)."""
 
     def start(self) -> None:
         if self.cache is not None:
@@ -95,10 +94,9 @@ class RestAPI:
         if self.cache is not None:
             self.cache.close()
 
-    def handle(self, method: str, path: str, role: str, body: bytes, actor: str = "api"
-               ) -> tuple[int, Any]:
+    def handle(self, method: str, path: str, role: str, body: bytes) -> tuple[int, Any]:
         try:
-            return 200, self._route(method, path, role, body, actor)
+            return 200, self._route(method, path, role, body)
         except errors.AAPError as exc:
             return exc.status, exc.body()
         except Exception:
@@ -106,7 +104,7 @@ class RestAPI:
             return 500, {"code": "internal_error", "message": "internal error",
                          "detail": "see the server log"}
 
-    def _route(self, method: str, path: str, role: str, body: bytes, actor: str) -> Any:
+    def _route(self, method: str, path: str, role: str, body: bytes) -> Any:
         if role not in ROLES:
             raise errors.Unauthorized("no valid role", code="unauthorized")
         allowed = []
@@ -120,10 +118,26 @@ class RestAPI:
             if not role_at_least(role, needed):
                 raise errors.Forbidden(f"{method} /api/v1{path} needs role {needed} or above;"
                                        f" this key has role {role}", code="role_too_low")
-            return handler(match.groupdict(), body, role, actor)
+            return handler(match.groupdict(), body, role)
         if allowed:
             raise errors.MethodNotAllowed(f"{method} is not allowed on /api/v1{path}", allowed)
         raise errors.NotFound(f"no endpoint at /api/v1{path}")
+
+    # -- privacy requests --
+
+    def _requests(self) -> Requests:
+        if self.privacy is None:
+            raise errors.NotFound("privacy requests are not served here")
+        return self.privacy
+
+    def privacy_submit(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self._requests().submit(body)
+
+    def privacy_get(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self._requests().get(params["id"])
+
+    def privacy_export(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self._requests().export(params["id"])
 
     # -- queries --
 
@@ -133,18 +147,18 @@ class RestAPI:
                            timeout_s=float(self.settings.query_timeout_s),
                            sql_max_rows=int(self.settings.sql_max_rows))
 
-    def query(self, params: dict[str, str], body: bytes, role: str, actor: str) -> Any:
+    def query(self, params: dict[str, str], body: bytes, role: str) -> Any:
         return self._run(parse_insight(body), role)
 
-    def list_insights(self, params: dict[str, str], body: bytes, role: str, actor: str) -> Any:
+    def list_insights(self, params: dict[str, str], body: bytes, role: str) -> Any:
         return {"insights": self.cohorts.insights()}
 
-    def save_insight(self, params: dict[str, str], body: bytes, role: str, actor: str) -> Any:
+    def save_insight(self, params: dict[str, str], body: bytes, role: str) -> Any:
         req = _decode(body, SaveInsight)
         parse_insight(req.query)  # valid before it is saved
         return self.cohorts.save_insight(req.name, req.query)
 
-    def run_saved(self, params: dict[str, str], body: bytes, role: str, actor: str) -> Any:
+    def run_saved(self, params: dict[str, str], body: bytes, role: str) -> Any:
         name, query = self.cohorts.insight(int(params["id"]))
         # a saved insight runs with what its author (an analyst) could see
         result = self._run(parse_insight(query), role if role_at_least(role, "analyst")
@@ -153,36 +167,23 @@ class RestAPI:
 
     # -- cohorts --
 
-    def list_cohorts(self, params: dict[str, str], body: bytes, role: str, actor: str) -> Any:
+    def list_cohorts(self, params: dict[str, str], body: bytes, role: str) -> Any:
         return {"cohorts": self.cohorts.list()}
 
-    def create_cohort(self, params: dict[str, str], body: bytes, role: str, actor: str) -> Any:
+    def create_cohort(self, params: dict[str, str], body: bytes, role: str) -> Any:
         return self.cohorts.create(parse_cohort(body))
 
-    def delete_cohort(self, params: dict[str, str], body: bytes, role: str, actor: str) -> Any:
+    def delete_cohort(self, params: dict[str, str], body: bytes, role: str) -> Any:
         if not self.cohorts.delete(int(params["id"])):
             raise errors.NotFound(f"no cohort with id {params['id']}")
         return {"deleted": int(params["id"])}
 
-    # -- rights requests --
-
-    def privacy_erase(self, params: dict[str, str], body: bytes, role: str, actor: str) -> Any:
-        req = _decode(body, EraseBody)
-        if not req.userIds and not req.anonymousIds:
-            raise errors.BadRequest("name the person by userIds and/or anonymousIds")
-        if self.erase is None:
-            raise errors.ServiceUnavailable("erasure is not available here", code="no_rights")
-        try:
-            return self.erase(req.userIds, req.anonymousIds, actor)
-        except ValueError as exc:
-            raise errors.BadRequest(str(exc)) from None
-
     # -- keys --
 
-    def list_keys(self, params: dict[str, str], body: bytes, role: str, actor: str) -> Any:
+    def list_keys(self, params: dict[str, str], body: bytes, role: str) -> Any:
         return {"keys": [msgspec.to_builtins(k) for k in self.keys.list()]}
 
-    def create_key(self, params: dict[str, str], body: bytes, role: str, actor: str) -> Any:
+    def create_key(self, params: dict[str, str], body: bytes, role: str) -> Any:
         req = _decode(body, NewKey)
         try:
             k, key = self.keys.create(req.role, req.name)
@@ -190,7 +191,7 @@ class RestAPI:
             raise errors.BadRequest(str(exc), code="invalid_role") from None
         return {**msgspec.to_builtins(k), "key": key}
 
-    def revoke_key(self, params: dict[str, str], body: bytes, role: str, actor: str) -> Any:
+    def revoke_key(self, params: dict[str, str], body: bytes, role: str) -> Any:
         if not self.keys.revoke(params["id"]):
             raise errors.NotFound(f"no active key with id {params['id']}")
         return {"revoked": params["id"]}

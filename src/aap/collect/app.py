@@ -192,7 +192,8 @@ class Collector:
         if req.path.startswith(API_PREFIX + "/"):
             status, body, headers = await self.api.handle(req.method, req.path, req.headers,
                                                           req.receive)
-            return Response(status, body, headers=headers)
+            ctype = next((v for k, v in headers if k == "content-type"), "application/json")
+            return Response(status, body, ctype, [h for h in headers if h[0] != "content-type"])
         entry = self.routes.get(req.path) or next(
             ((m, h) for p, m, h in self.prefix_routes if req.path.startswith(p)), None)
         if entry is None:
