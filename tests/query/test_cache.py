@@ -94,3 +94,17 @@ def test_cache_is_rebuilt_when_the_events_schema_changes(tmp_path: Path) -> None
     assert cache.sync()["copied"] == 1
     assert persons(wh) == expected
     wh.close()
+
+
+def test_erasure_removes_the_cached_copies_in_its_own_commit(tmp_path: Path) -> None:
+    wh = Warehouse(tmp_path / "wh")
+    wh.write(Chunk(events=events(3, 5), position=1, next_person=1000))
+    for d in range(2):
+        wh.move_day_to_warm((START + timedelta(days=d)).date())
+    QueryCache(wh).sync()
+    cached = "SELECT count(*) FROM query_cache WHERE person_id IN (1, 101)"
+    assert wh.con.execute(cached).fetchall() == [(2,)]
+    wh.erase_persons({1, 101})
+    assert wh.con.execute(cached).fetchall() == [(0,)]  # no sync needed
+    assert persons(wh) == [8, 0]  # September: 2-5 and 102-105
+    wh.close()
