@@ -59,6 +59,12 @@ def test_demo_sends_traffic_and_shows_what_arrived() -> None:
     assert "What arrived in the durable log" in r.stdout
     assert "The warehouse" in r.stdout and "sessions" in r.stdout and "orders" in r.stdout
     assert "Order Completed" in r.stdout and '"ip"' in r.stdout
+    # it ends with a trend, a funnel, a retention table and the top paths
+    tail = r.stdout[r.stdout.index("What the analytics say"):]
+    for title in ("Trend: daily visitors", "Funnel: visit", "Retention: visitors",
+                  "Top paths"):
+        assert title in tail
+    assert "Signed Up" in tail and "→" in tail and "%" in tail
 
 
 def test_privacy_register_lists_purposes_and_the_sources_collecting_for_them(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@ endpoint and the processor, API keys made with the CLI, answers over HTTP."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -106,7 +108,12 @@ def test_keys_create_prints_the_key_alone_on_the_last_line_and_stores_a_slow_has
     con.close()
     stored = b"".join(r[2] for r in rows) + b"".join(r[3] for r in rows)
     assert key.encode() not in stored and key.split("_")[2].encode() not in stored
-    assert all(len(r[2]) == 32 and len(r[3]) == 16 for r in rows)
+    _, key_id, secret = key.split("_", 2)
+    (row,) = [r for r in rows if r[0] == key_id]
+    assert row[1] == "viewer"
+    # the stored hash is scrypt (n=2^14, r=8, p=1) of the secret with the key's own salt
+    assert row[2] == hashlib.scrypt(secret.encode(), salt=row[3], n=2**14, r=8, p=1, dklen=32)
+    assert hashlib.sha256(secret.encode()).digest() != row[2]
     listed = aap(data, "keys", "list").stdout
     assert "dash" in listed and "role viewer" in listed and key not in listed
 
@@ -202,6 +209,15 @@ def test_person_property_filter_and_breakdown(api: Api) -> None:
     out = api.query({"kind": "trends", "series": [{"event": "Signed Up"}], "date_from": "-3d",
                      "filters": [{"property": "plan", "type": "person", "value": "pro"}]})
     assert sum(out["series"][0]["values"]) == 1
+    out = api.query({"kind": "funnel", "steps": [{"event": "Signed Up"},
+                                                 {"event": "Order Completed"}],
+                     "date_from": "-3d", "breakdown": "plan", "breakdown_type": "person",
+                     "breakdown_limit": 1})
+    assert [s["count"] for s in out["steps"]] == [3, 2]
+    got = {b["breakdown_value"]: [s["count"] for s in b["steps"]] for b in out["breakdown"]}
+    # ties in size are ranked by value: "free" is the top one, "pro" goes to "other";
+    # "not set" (u3) is always kept
+    assert got == {"free": [1, 0], None: [1, 1], "other": [1, 1]}
 
 
 def test_cohorts_static_and_behavioural_as_filter_and_breakdown(api: Api) -> None:
@@ -311,6 +327,23 @@ def test_bad_documents_get_a_4xx_json_error(api: Api, body: bytes) -> None:
     r = api.call("POST", "/query", content=body, headers={"Content-Type": "application/json"})
     assert 400 <= r.status_code < 500, r.text
     assert set(r.json()) == {"code", "message", "detail"}
+
+
+@pytest.mark.parametrize("path", ["/api/v1/../../../internal/sql", "/api/v1/%2e%2e/x",
+                                  "/api/v1/query/../../../internal/api/v1/keys"])
+def test_paths_cannot_walk_out_of_the_api(api: Api, path: str) -> None:
+    """A raw request (clients would normalise the dots) with a viewer key."""
+    body = b'{"sql": "DELETE FROM persons"}'
+    request = (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+               f"{api.keys['viewer']}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", api.server.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.split(b"\r\n", 1)[0] in (b"HTTP/1.1 404 Not Found", b"HTTP/1.1 400 Bad Request")
+    assert api.query({"kind": "sql", "query": "SELECT count(*) FROM persons"})["rows"] == [[3]]
 
 
 def test_openapi_document(api: Api) -> None:

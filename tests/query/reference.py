@@ -4,6 +4,7 @@ The property tests compare the engine with these on random event sets."""
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -87,19 +88,27 @@ def passes(e: Ev, filters: list[dict[str, Any]]) -> bool:
     for f in filters:
         v = prop(e, f["property"])
         op = f.get("operator", "eq")
-        if op == "eq" and v != str(f["value"]):
+        value = f.get("value")
+        if op == "eq" and v != str(value):
             return False
-        if op == "neq" and v == str(f["value"]):
+        if op == "neq" and v == str(value):
             return False
-        if op == "in" and v not in [str(x) for x in f["value"]]:
+        if op == "in" and v not in [str(x) for x in value]:
             return False
-        if op == "gt":
+        if op == "contains" and (v is None or str(value).lower() not in v.lower()):
+            return False
+        if op == "regex" and (v is None or re.search(str(value), v) is None):
+            return False
+        if op in ("gt", "lt"):
             try:
-                if v is None or not float(v) > f["value"]:
-                    return False
-            except ValueError:
+                x = float(v)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                return False
+            if not (x > value if op == "gt" else x < value):
                 return False
         if op == "is_set" and v is None:
+            return False
+        if op == "is_not_set" and v is not None:
             return False
     return True
 

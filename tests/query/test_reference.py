@@ -32,7 +32,7 @@ ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/
 NAMES = ["A", "B", "C", "D"]
 MERGED = {101: 1, 102: 2, 103: 1}  # old person → surviving person
 
-SETTINGS = settings(max_examples=80, deadline=None,
+SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 
@@ -109,9 +109,17 @@ def run(wh: Warehouse, q: dict[str, Any]) -> dict[str, Any]:
 
 dates = st.sampled_from([("2026-10-20", "2026-11-05"), ("2026-10-24", "2026-10-26"),
                          ("2026-10-31", "2026-11-02"), ("2026-10-21", "2026-10-21")])
-filters = st.sampled_from([[], [{"property": "plan", "value": "pro"}],
-                           [{"property": "country", "operator": "in", "value": ["DE", "FR"]}],
-                           [{"property": "v", "operator": "gt", "value": 0}]])
+filters = st.sampled_from([
+    [], [{"property": "plan", "value": "pro"}],
+    [{"property": "country", "operator": "in", "value": ["DE", "FR"]}],
+    [{"property": "v", "operator": "gt", "value": 0}],
+    [{"property": "plan", "operator": "neq", "value": "pro"}],
+    [{"property": "country", "operator": "contains", "value": "e"}],
+    [{"property": "country", "operator": "regex", "value": "^(D|F)"}],
+    [{"property": "v", "operator": "lt", "value": 2}],
+    [{"property": "v", "operator": "is_set"}],
+    [{"property": "country", "operator": "is_not_set"}, {"property": "plan", "value": "free"}],
+])
 
 
 @SETTINGS

@@ -11,6 +11,7 @@ core checks the role the route needs (403) and runs the query.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import httpx
@@ -21,6 +22,9 @@ from aap.api.keys import ApiKeys
 from aap.collect.body import read_raw
 
 PREFIX = "/api/v1"
+_PATH = re.compile(r"^/api/v1(/[A-Za-z0-9_\-]{1,64}){1,4}$")
+"""API paths are plain segments: no dots (``..`` would walk out of the API once the path
+is forwarded), no encoded characters."""
 
 
 def openapi() -> dict[str, Any]:
@@ -94,6 +98,8 @@ class ApiProxy:
             if self._openapi is None:
                 self._openapi = msgspec.json.encode(openapi())
             return 200, self._openapi, []
+        if not _PATH.match(path):
+            raise errors.NotFound(f"no endpoint at {path[:200]}")
         auth = headers.get("authorization", "")
         if not auth:
             raise errors.Unauthorized("no API key: send Authorization: Bearer <api key>",

@@ -53,10 +53,26 @@ _PENDING = ("(SELECT old_person_id, person_id FROM person_overrides"
             " EXCEPT SELECT old_person_id, person_id FROM query_cache_overrides)")
 
 
+EXPECTED_COLUMNS = ["file_no", *(n for n, _, _ in EVENT_COLUMNS)]
+
+
+def _columns(cur: duckdb.DuckDBPyConnection) -> list[str]:
+    return [r[0] for r in cur.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = 'query_cache'"
+        " AND database_name <> 'temp' ORDER BY column_index").fetchall()]
+
+
 class QueryCache:
     def __init__(self, warehouse: Warehouse, interval_s: float = 10.0) -> None:
         self.warehouse = warehouse
         self.interval_s = interval_s
+        cols = _columns(warehouse.con.cursor())
+        if cols and cols != EXPECTED_COLUMNS:
+            # the events schema changed (a new column): copy everything again
+            logger.info("query cache: the events schema changed; rebuilding the cache")
+            warehouse.con.execute("DROP TABLE IF EXISTS query_cache;"
+                                  " DROP TABLE IF EXISTS query_cache_files;"
+                                  " DROP TABLE IF EXISTS query_cache_overrides")
         warehouse.con.execute(DDL)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="aap-query-cache", daemon=True)
@@ -93,6 +109,9 @@ class QueryCache:
             cur.close()
 
     def _fold_merges(self, cur: duckdb.DuckDBPyConnection) -> int:
+        # merges that are gone (an erased person's) are forgotten here too
+        cur.execute("DELETE FROM query_cache_overrides WHERE old_person_id NOT IN"
+                    " (SELECT old_person_id FROM person_overrides)")
         pending = cur.execute(f"SELECT count(*) FROM {_PENDING}").fetchall()[0]
         if not pending[0]:
             return 0
@@ -145,8 +164,9 @@ class QueryCache:
 
 
 def has_cache(cur: duckdb.DuckDBPyConnection) -> bool:
-    return bool(cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name ="
-                            " 'query_cache_files' AND NOT temporary").fetchall()[0][0])
+    """The cache exists and has the events' columns (a store opened by a newer version
+    before its core rebuilt the cache is read without it)."""
+    return _columns(cur) == EXPECTED_COLUMNS
 
 
 @contextmanager

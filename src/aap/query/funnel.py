@@ -79,17 +79,17 @@ def run(ctx: Context, q: Funnel) -> dict[str, Any]:
     matches = [event_match_sql(b, s.event, s.filters) for s in q.steps]
     excl = [event_match_sql(b, x.event, x.filters) for x in q.exclusions]
     bv = property_sql(q.breakdown, q.breakdown_type) if q.breakdown else "NULL"
-    flags = ", ".join(f"({m}) AS m{i}" for i, m in enumerate(matches + excl))
-    any_match = " OR ".join(f"({m})" for m in matches + excl)
-    w = b.p(window)
-    ctes = [f"ev AS (SELECT {entity} AS pid, e.timestamp AS t, {bv} AS bv, {flags}"
-            f" FROM {src} WHERE {where} AND ({any_match}))"]
-    for i in range(n + len(excl)):
-        ctes.append(f"s{i} AS (SELECT pid, t, bv FROM ev WHERE m{i})")
+    # Each step's events straight from the events (the cache is sorted by event, so an
+    # event-name filter skips most of it), not from one shared scan flagged per step.
+    def step_events(match: str) -> str:
+        return (f"SELECT {entity} AS pid, e.timestamp AS t, {bv} AS bv FROM {src}"
+                f" WHERE {where} AND {match}")
 
+    w = b.p(window)
+    ctes = [f"s{i} AS ({step_events(m)})" for i, m in enumerate(matches + excl)]
     if q.order == "any":
-        ctes.append("c0 AS (SELECT pid, t AS t0, bv FROM ev WHERE "
-                    + " OR ".join(f"m{i}" for i in range(n)) + ")")
+        ctes.append("c0 AS (" + " UNION ".join(f"SELECT pid, t AS t0, bv FROM s{i}"
+                                               for i in range(n)) + ")")
         for i in range(n):
             ctes.append(f"c{i + 1} AS (SELECT c{i}.*, s{i}.t AS x{i} FROM c{i} ASOF LEFT JOIN s{i}"
                         f" ON c{i}.pid = s{i}.pid AND s{i}.t >= c{i}.t0)")

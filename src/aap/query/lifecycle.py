@@ -44,14 +44,18 @@ def run(ctx: Context, q: Lifecycle) -> dict[str, Any]:
     src = from_events(q)
     match = event_match_sql(b, q.event)
     bucket = bucket_sql(rng, q.interval)
-    sql = (f"WITH f AS (SELECT e.person_id, min({bucket}) AS first FROM {src}"
-           f" WHERE {base_where(b, ctx, q, None)} AND {match} GROUP BY e.person_id),"
-           f" a AS (SELECT DISTINCT e.person_id, {bucket} AS bucket FROM {src}"
+    # One scan of the range: a person's first-ever interval is the earliest of their
+    # intervals in it, unless they did the event before (a second, narrow scan).
+    sql = (f"WITH a AS (SELECT DISTINCT e.person_id, {bucket} AS bucket FROM {src}"
            f" WHERE {base_where(b, ctx, q, wide)} AND {match}),"
-           " s AS (SELECT a.person_id, a.bucket, f.first,"
+           f" fb AS (SELECT e.person_id, min({bucket}) AS first FROM {src}"
+           f" WHERE {base_where(b, ctx, q, None)} AND e.timestamp < {b.p(wide.start_utc)}"
+           f" AND {match} GROUP BY e.person_id),"
+           " s AS MATERIALIZED (SELECT a.person_id, a.bucket,"
+           " least(fb.first, min(a.bucket) OVER (PARTITION BY a.person_id)) AS first,"
            " lag(a.bucket) OVER (PARTITION BY a.person_id ORDER BY a.bucket) AS prev,"
            " lead(a.bucket) OVER (PARTITION BY a.person_id ORDER BY a.bucket) AS nxt"
-           " FROM a JOIN f USING (person_id))"
+           " FROM a LEFT JOIN fb USING (person_id))"
            " SELECT bucket, CASE WHEN bucket = first THEN 'new'"
            f" WHEN prev = bucket - {iv} THEN 'returning' ELSE 'resurrecting' END, count(*)"
            " FROM s GROUP BY ALL"

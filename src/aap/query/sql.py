@@ -33,13 +33,19 @@ from aap.store.schema import EVENT_COLUMNS
 
 ROLES = ("viewer", "analyst", "privacy", "admin")
 
+_NOT_RESTRICTED = ("person_id NOT IN (SELECT person_id FROM person_flags"
+                   " WHERE flag = 'restricted')")
+"""Persons restricted (Art. 18) leave every query; ``events`` and ``sessions`` do it
+already."""
+
 VIEWS: dict[str, tuple[str, tuple[str, ...]]] = {
     "events": ("events", tuple(n for n, _, _ in EVENT_COLUMNS)),
-    "persons": ("persons", ("person_id", "first_seen", "last_seen", "identified", "traits")),
+    "persons": (f"persons WHERE {_NOT_RESTRICTED}",
+                ("person_id", "first_seen", "last_seen", "identified", "traits")),
     "sessions": ("sessions", ("session_id", "person_id", "started_at", "ended_at", "events",
                               "views", "entry_path", "exit_path", "referrer_domain",
                               "utm_campaign")),
-    "orders": ("orders_resolved", ("order_id", "message_id", "source", "person_id",
+    "orders": (f"orders_resolved WHERE {_NOT_RESTRICTED}", ("order_id", "message_id", "source", "person_id",
                                    "session_id", "timestamp", "revenue", "currency", "items")),
     "order_items": ("order_items", ("order_id", "message_id", "product_id", "name", "category",
                                     "price", "quantity")),

@@ -96,17 +96,53 @@ def _series_rows(ctx: Context, q: Trends, s: Series, rng: Range
         sql = (f"WITH base AS ({' UNION ALL '.join(parts)})"
                f" SELECT bv, bucket, {agg} FROM base GROUP BY bv, bucket")
     else:
-        bv = property_sql(q.breakdown or "", q.breakdown_type)
-        sql = (f"WITH base AS (SELECT {bucket} AS bucket, e.person_id, e.session_id, {v} AS v,"
-               f" {bv} AS bv FROM {src} WHERE {where}),"
-               f" top AS (SELECT bv FROM base GROUP BY bv ORDER BY count(*) DESC, bv NULLS LAST"
-               f" LIMIT {b.p(q.breakdown_limit)}),"
-               f" marked AS (SELECT base.* REPLACE (CASE WHEN bv IS NULL OR bv IN (SELECT bv FROM top)"
-               f" THEN bv ELSE {b.p(OTHER)} END AS bv) FROM base)"
-               f" SELECT bv, bucket, {agg} FROM marked GROUP BY bv, bucket")
+        return _breakdown_rows(ctx, b, s, src, where, bucket, v, q)
     out: dict[str | None, dict[datetime, Any]] = {}
     for bv, bucket_start, value in b.run(ctx, sql):
         out.setdefault(bv, {})[bucket_start] = value
+    return out
+
+
+COMBINE: dict[str, Callable[[list[Any]], Any]] = {
+    "total": sum, "sum": lambda xs: sum(x for x in xs if x is not None),
+    "min": lambda xs: min((x for x in xs if x is not None), default=None),
+    "max": lambda xs: max((x for x in xs if x is not None), default=None),
+}
+"""Maths whose value over the "other" group follows from the values of its members."""
+
+
+def _breakdown_rows(ctx: Context, b: SQLBuilder, s: Series, src: str, where: str,
+                    bucket: str, v: str, q: Trends) -> dict[str | None, dict[datetime, Any]]:
+    """One pass per value and bucket; the top values are those with the most events. The
+    rest are combined into "other" from their own values when the math allows (counts,
+    sums, min, max), else by a second pass over just those values."""
+    bv = property_sql(q.breakdown or "", q.breakdown_type)
+    agg = AGG[s.math]
+    inner = (f"SELECT {bucket} AS bucket, e.person_id, e.session_id, {v} AS v, {bv} AS bv"
+             f" FROM {src} WHERE {where}")
+    rows = b.run(ctx, f"SELECT bv, bucket, {agg}, count(*) FROM ({inner}) GROUP BY bv, bucket")
+    events: dict[str | None, int] = {}
+    out: dict[str | None, dict[datetime, Any]] = {}
+    for value, bucket_start, x, n in rows:
+        events[value] = events.get(value, 0) + int(n)
+        out.setdefault(value, {})[bucket_start] = x
+    ranked = sorted(events, key=lambda k: (-events[k], k is None, k or ""))
+    top = set(ranked[:q.breakdown_limit])
+    rest = [k for k in ranked if k is not None and k not in top]
+    if not rest:
+        return out
+    if s.math in COMBINE:
+        other: dict[datetime, list[Any]] = {}
+        for k in rest:
+            for bucket_start, x in out.pop(k).items():
+                other.setdefault(bucket_start, []).append(x)
+        out[OTHER] = {bk: COMBINE[s.math](xs) for bk, xs in other.items()}
+        return out
+    for k in rest:
+        del out[k]
+    again = b.run(ctx, f"SELECT bucket, {agg} FROM ({inner}) WHERE list_contains({b.p(rest)}, bv)"
+                       " GROUP BY bucket")
+    out[OTHER] = {bucket_start: x for bucket_start, x in again}
     return out
 
 
