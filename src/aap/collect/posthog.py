@@ -176,7 +176,9 @@ def to_message(ev: dict[str, Any], now: datetime, batch_sent: datetime | None, *
     props.pop("distinct_id", None)
     ip = props.pop("$ip", None)
     anonymous = props.get("$is_identified") is False or (
-        props.get("$device_id") == distinct and props.get("$is_identified") is not True)
+        props.get("$device_id") == distinct and props.get("$is_identified") is not True) or (
+        # server SDKs' group identify without a person: "$company_acme" is nobody's id
+        name == "$groupidentify" and distinct == f"${props.get('$group_type')}_{props.get('$group_key')}")
     m = WireMessage(type="track", event=name, properties=props)
     if anonymous:
         m.anonymous_id = distinct
