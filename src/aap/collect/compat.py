@@ -40,7 +40,7 @@ def is_browser_path(path: str) -> bool:
 def query(req: Request) -> dict[str, list[str]]:
     raw = req.scope.get("query_string", b"")
     try:
-        return parse_qs(raw.decode("utf-8"), keep_blank_values=True)
+        return parse_qs(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
     except UnicodeDecodeError:
         raise errors.BadRequest("the query string is not valid UTF-8",
                                 code="invalid_query") from None

@@ -57,14 +57,15 @@ def unwrap(body: bytes, query: dict[str, list[str]], content_type: str, limit: i
         if "data" not in form:
             raise BadRequest("the form body has no `data` field", code="invalid_form")
         compression = (form.get("compression") or [compression])[0]
-        body = form["data"][0].encode("ascii", "replace")
+        body = form["data"][0].replace(" ", "+").encode("utf-8")
         stripped = body.strip()
         if compression != "gzip-js" and stripped[:1] not in (b"{", b"["):
             compression = "base64"
     if compression == "base64":
+        data = b"".join(stripped.split()).replace(b" ", b"+")
         try:
-            body = base64.b64decode(stripped + b"=" * (-len(stripped) % 4), altchars=b"-_"
-                                    if b"-" in stripped or b"_" in stripped else None)
+            body = base64.b64decode(data + b"=" * (-len(data) % 4), validate=True,
+                                    altchars=b"-_" if b"-" in data or b"_" in data else None)
         except (binascii.Error, ValueError):
             raise BadRequest("the body is not valid base64", code="bad_encoding") from None
     elif compression == "lz64":
