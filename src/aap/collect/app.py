@@ -151,8 +151,7 @@ class Collector:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         req = Request(scope, receive)
-        route = req.path if req.path in self.routes else next(
-            (p + "*" for p, _, _ in self.prefix_routes if req.path.startswith(p)), "other")
+        route = req.path if req.path in self.routes else "other"
         try:
             resp = await self._dispatch(req)
         except errors.AAPError as exc:
@@ -175,8 +174,9 @@ class Collector:
         metrics.LATENCY.labels(route).observe(time.perf_counter() - start)
 
     async def _dispatch(self, req: Request) -> Response:
-        entry = self.routes.get(req.path) or next(
-            ((m, h) for p, m, h in self.prefix_routes if req.path.startswith(p)), None)
+        entry = self.routes.get(req.path)
+        entry = entry or next(((m, h) for p, m, h in self.prefix_routes if req.path.startswith(p)),
+                              None)
         if entry is None:
             raise errors.NotFound(f"no endpoint at {req.path}")
         methods, handler = entry
