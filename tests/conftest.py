@@ -49,7 +49,9 @@ class Running:
 def start(tmp: Path, env: dict[str, str] | None = None, source_args: tuple[str, ...] = (),
           workers: int = 2, healthy: bool = True) -> Running:
     data = tmp / "data"
-    key = create_source(data, "test-source", *source_args)
+    # These tests are about ingestion, not consent: the source's purpose rests on
+    # legitimate interest, so events need no consent statement (tests/privacy/ cover that).
+    key = create_source(data, "test-source", "--basis", "legitimate_interest", *source_args)
     server = ServerProcess(data, workers=workers, env=env).start(healthy=healthy)
     return Running(server, key)
 

@@ -71,15 +71,26 @@ def sources() -> None:
               help="Events per second the source may send; 0 means unlimited.")
 @click.option("--historical", is_flag=True,
               help="A historical import: keep timestamps as sent (no clock-skew correction).")
+@click.option("--purpose", "purposes", multiple=True, metavar="ID[:BASIS]",
+              help="A purpose the source's events serve (repeatable; default analytics),"
+                   " optionally with its own lawful basis.")
+@click.option("--basis", default="consent", show_default=True,
+              help="Lawful basis of the purposes given without one: consent,"
+                   " legitimate_interest, contract or legal_obligation.")
 def sources_create(name: str, data_dir: Path | None, origins: tuple[str, ...],
-                   rate_limit: float, historical: bool) -> None:
+                   rate_limit: float, historical: bool, purposes: tuple[str, ...],
+                   basis: str) -> None:
     """Create a source; prints its write key alone on the last line."""
     from aap.sources import Sources
 
     reg = Sources(_settings(data_dir=data_dir).data_path)
+    declared = {}
+    for item in purposes or ("analytics",):
+        pid, _, own = item.partition(":")
+        declared[pid.strip()] = own.strip() or basis
     try:
         src, key = reg.create(name, allowed_origins=origins or ("*",), rate_limit=rate_limit,
-                              historical=historical)
+                              historical=historical, purposes=declared)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"created source {src.name} ({src.id}); keep the write key below, it is shown once")
@@ -95,7 +106,148 @@ def sources_list(data_dir: Path | None) -> None:
     for s in Sources(_settings(data_dir=data_dir).data_path).list():
         origins = ",".join(s.allowed_origins)
         limit = f"{s.rate_limit:g}/s" if s.rate_limit else "unlimited"
-        click.echo(f"{s.id}\t{s.name}\tkey {s.key_hint}\torigins {origins}\trate {limit}")
+        purposes = ",".join(f"{p}:{b}" for p, b in s.purposes)
+        click.echo(f"{s.id}\t{s.name}\tkey {s.key_hint}\torigins {origins}\trate {limit}"
+                   f"\tpurposes {purposes}")
+
+
+@cli.group()
+def keys() -> None:
+    """Manage API keys (roles: viewer, analyst, privacy, admin)."""
+
+
+@keys.command("create")
+@click.option("--role", required=True, type=click.Choice(("viewer", "analyst", "privacy", "admin")),
+              help="What the key may do.")
+@click.option("--name", default="", help="A name to recognise the key by.")
+@data_dir_option
+def keys_create(role: str, name: str, data_dir: Path | None) -> None:
+    """Create an API key; prints the key alone on the last line."""
+    from aap.api.keys import ApiKeys
+
+    k, key = ApiKeys(_settings(data_dir=data_dir).data_path).create(role, name)
+    click.echo(f"created API key {k.id} ({k.name}, role {k.role}); keep the key below, it is"
+               " shown once")
+    click.echo(key)
+
+
+@keys.command("list")
+@data_dir_option
+def keys_list(data_dir: Path | None) -> None:
+    """List API keys (never the keys themselves)."""
+    from datetime import UTC, datetime
+
+    from aap.api.keys import ApiKeys
+
+    for k in ApiKeys(_settings(data_dir=data_dir).data_path).list():
+        created = datetime.fromtimestamp(k.created_at, UTC).strftime("%Y-%m-%d %H:%M")
+        state = "revoked" if k.revoked_at else "active"
+        click.echo(f"{k.id}\t{k.name}\trole {k.role}\tcreated {created}\t{state}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@data_dir_option
+def keys_revoke(key_id: str, data_dir: Path | None) -> None:
+    """Revoke an API key by its id (see `aap keys list`)."""
+    from aap.api.keys import ApiKeys
+
+    if not ApiKeys(_settings(data_dir=data_dir).data_path).revoke(key_id):
+        raise click.ClickException(f"no active key with id {key_id}")
+    click.echo(f"revoked {key_id}")
+
+
+@cli.command("query")
+@click.argument("file", type=click.File("rb"))
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--url", default=None, help="Ask a server's API instead (needs --key).")
+@click.option("--key", default=None, envvar="AAP_API_KEY", help="API key for --url ($AAP_API_KEY).")
+@click.option("--role", default="analyst", show_default=True,
+              type=click.Choice(("viewer", "analyst", "privacy", "admin")),
+              help="Role for a local query (personal columns need privacy).")
+def query_cmd(file: Any, data_dir: Path | None, as_json: bool, url: str | None,
+              key: str | None, role: str) -> None:
+    """Run an insight (a JSON file, `-` for stdin) and print the result.
+
+    With --url, through the server's API; otherwise on the local data dir: through the
+    running core process if there is one, else by opening the warehouse.
+    """
+    import msgspec
+
+    from aap.errors import AAPError
+    from aap.query.client import Client, QueryError
+    from aap.query.models import parse_insight
+
+    raw = file.read()
+    try:
+        doc = msgspec.json.decode(raw)
+        parse_insight(raw)
+    except (msgspec.DecodeError, AAPError) as exc:
+        raise click.ClickException(getattr(exc, "message", str(exc))) from None
+    settings = _settings(data_dir=data_dir)
+    try:
+        if url:
+            if not key:
+                raise click.ClickException("--url needs --key (or $AAP_API_KEY)")
+            with Client(url, key) as c:
+                result = c.query(doc)
+        elif (settings.data_path / "run" / "core.sock").exists() and _core_alive(settings):
+            with Client.local(settings.data_path, role=role) as c:
+                result = c.query(doc)
+        else:
+            result = _query_directly(settings, doc, role)
+    except QueryError as exc:
+        raise click.ClickException(f"{exc.status} {exc.body.get('code')}: "
+                                   f"{exc.body.get('message')}") from None
+    except AAPError as exc:
+        raise click.ClickException(f"{exc.status} {exc.code}: {exc.message}") from None
+    if as_json:
+        click.echo(msgspec.json.encode(result).decode())
+    else:
+        from rich.console import Console
+
+        from aap.query.render import render
+
+        Console().print(render(result))
+
+
+def _core_alive(settings: Settings) -> bool:
+    import httpx
+
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(
+                uds=str(settings.data_path / "run" / "core.sock")), timeout=2) as c:
+            return c.get("http://core/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _query_directly(settings: Settings, doc: Any, role: str) -> Any:
+    import duckdb
+
+    from aap.query.cohorts import Cohorts
+    from aap.query.runner import run_insight
+    from aap.store.tiers import TierConfig, TierStore
+    from aap.store.warehouse import Warehouse
+
+    data = settings.data_path
+    if not (data / "warehouse" / "hot.duckdb").exists():
+        raise click.ClickException(f"no warehouse under {data}")
+    tiers = TierStore(TierConfig(
+        settings.tier_url or str(data / "tiers"), s3_endpoint=settings.s3_endpoint_url,
+        s3_access_key=settings.s3_access_key, s3_secret_key=settings.s3_secret_key,
+        s3_region=settings.s3_region))
+    try:
+        wh = Warehouse(data / "warehouse", tiers=tiers, memory_limit=settings.warehouse_memory)
+    except duckdb.IOException as exc:
+        raise click.ClickException(f"the warehouse is in use by another process: {exc}") from None
+    try:
+        return run_insight(wh, doc, role=role, cohort=Cohorts(data).get,
+                           timeout_s=float(settings.query_timeout_s),
+                           sql_max_rows=int(settings.sql_max_rows))
+    finally:
+        wh.close()
 
 
 @cli.group("log")
@@ -190,6 +342,20 @@ def bench_ingest(duration: float, rate: int, clients: int) -> None:
     run(duration=duration, rate=rate, clients=clients)
 
 
+@bench.command("query")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Fraction of the full size (20M events, 500k persons).")
+@click.option("--runs", type=int, default=3, show_default=True, help="Timed runs per insight.")
+@click.option("--data-dir", "bench_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Keep (and reuse) the generated data here.")
+@click.option("--only", type=int, multiple=True, help="Run only insight number N (0-based).")
+def bench_query(scale: float, runs: int, bench_dir: Path | None, only: tuple[int, ...]) -> None:
+    """Every insight through the API vs hand-written plain DuckDB SQL."""
+    from aap.bench.query import run
+
+    run(scale=scale, runs=runs, data_dir=bench_dir, only=only)
+
+
 PIPELINE_PHASES = ("freshness", "backlog", "storage")
 
 
@@ -215,6 +381,36 @@ def bench_pipeline(rate: int, low_rate: int, duration: float, backlog: int, peop
 
     run(duration=duration, rate=rate, low_rate=low_rate, backlog_events=backlog,
         people=people, clients=clients, phases=only or PIPELINE_PHASES)
+
+
+@cli.group()
+def audit() -> None:
+    """The hash-chained audit log (DATA_DIR/privacy/audit.jsonl)."""
+
+
+@audit.command("verify")
+@data_dir_option
+def audit_verify(data_dir: Path | None) -> None:
+    """Recompute the chain: exit 1 if any entry was edited, removed, reordered or cut off."""
+    from aap.privacy.audit import AuditLog
+
+    verdict = AuditLog(_settings(data_dir=data_dir).data_path).verify()
+    if not verdict.ok:
+        raise click.ClickException(f"audit log tampered: {verdict.message}")
+    click.echo(f"ok: {verdict.message}")
+
+
+@audit.command("show")
+@data_dir_option
+@click.option("--limit", type=int, default=20, show_default=True, help="Newest N entries.")
+def audit_show(data_dir: Path | None, limit: int) -> None:
+    """Print the newest entries as JSON lines."""
+    import json
+
+    from aap.privacy.audit import AuditLog
+
+    for entry in AuditLog(_settings(data_dir=data_dir).data_path).entries()[-limit:]:
+        click.echo(json.dumps(entry, ensure_ascii=False))
 
 
 def main() -> None:

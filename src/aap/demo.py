@@ -21,8 +21,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from aap.api.keys import ApiKeys
 from aap.events import decode_events
 from aap.log.sqlite import SQLiteLog
+from aap.query import showcase
 from aap.runner import ServerProcess, create_source
 
 PAGES = [("Home", "/"), ("Pricing", "/pricing"), ("Docs", "/docs"), ("Blog", "/blog"),
@@ -55,11 +57,14 @@ class Visitor:
         self.campaign = rng.choice(CAMPAIGNS)
         self.t = now - timedelta(days=rng.uniform(0, 7))
         self.user_id: str | None = None
+        # what the site's consent banner reports: most accept analytics, some decline
+        self.consent = {"analytics": rng.random() < 0.85, "marketing": rng.random() < 0.4}
 
     def msg(self, kind: str, **fields: Any) -> dict[str, Any]:
         self.t += timedelta(seconds=self.rng.expovariate(1 / 40))
         ctx: dict[str, Any] = {"ip": self.ip, "userAgent": self.ua,
-                               "library": {"name": "aap-demo", "version": "1"}}
+                               "library": {"name": "aap-demo", "version": "1"},
+                               "consent": {"categoryPreferences": self.consent}}
         if self.campaign:
             ctx["campaign"] = dict(zip(("source", "medium", "name"), self.campaign, strict=True))
         m = {"type": kind, "messageId": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
@@ -69,8 +74,9 @@ class Visitor:
         return m
 
 
-def simulate(people: int, seed: int) -> Iterator[dict[str, Any]]:
-    """Events of ``people`` simulated visitors over the last week, person by person."""
+def simulate(people: int, seed: int, returning: float = 0.0) -> Iterator[dict[str, Any]]:
+    """Events of ``people`` simulated visitors over the last week, person by person.
+    With ``returning`` > 0, that share of visitors comes back on later days."""
     rng = random.Random(seed)
     now = datetime.now(UTC)
     for _ in range(people):
@@ -95,9 +101,20 @@ def simulate(people: int, seed: int) -> Iterator[dict[str, Any]]:
                         "revenue": round(sum(p for _, _, p in items), 2),
                         "products": [{"product_id": s, "name": n, "price": p, "quantity": 1}
                                      for s, n, p in items]})
+        while returning and rng.random() < returning:
+            v.t += timedelta(days=rng.uniform(0.8, 2.5))
+            if v.t > now:
+                break
+            for _ in range(rng.randint(1, 4)):
+                name, path = rng.choice(PAGES)
+                yield v.msg("page", name=name, properties={"path": path, "title": name,
+                                                           "url": "https://shop.example" + path})
 
 
-def send_all(url: str, key: str, events: list[dict[str, Any]], console: Console) -> int:
+def send_all(url: str, key: str, events: list[dict[str, Any]], console: Console,
+             not_stored: Counter[str] | None = None) -> int:
+    """Send in batches of 100; returns how many were stored (and counts, by reason, the
+    valid events not stored into ``not_stored``)."""
     batches = [events[i:i + 100] for i in range(0, len(events), 100)]
     accepted = 0
     with httpx.Client(base_url=url, auth=(key, ""), timeout=30) as client, Progress(
@@ -112,7 +129,10 @@ def send_all(url: str, key: str, events: list[dict[str, Any]], console: Console)
                 body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
             r = client.post("/v1/batch", content=body, headers=headers)
             r.raise_for_status()
-            accepted += r.json()["accepted"]
+            answer = r.json()
+            accepted += answer["accepted"]
+            if not_stored is not None:
+                not_stored.update(answer.get("not_stored", {}))
             progress.advance(task, len(batch))
     return accepted
 
@@ -180,27 +200,55 @@ def report(data_dir: Path, console: Console) -> None:
     log.close()
 
 
+def consent_demo(server: ServerProcess, key: str, events: list[dict[str, Any]],
+                 console: Console) -> None:
+    """One visitor withdraws analytics; their very next event is not stored."""
+    anon = next(e["anonymousId"] for e in events
+                if e.get("context", {}).get("consent", {}).get("categoryPreferences", {}).get(
+                    "analytics"))
+    with httpx.Client(base_url=server.url, auth=(key, ""), timeout=30) as client:
+        def count() -> int:
+            server.wait_processed()
+            return int(server.sql("SELECT count(*) FROM events")[0][0])  # type: ignore[call-overload]
+        before = count()
+        r = client.post("/v1/consent", json={"anonymousId": anon, "purposes": {"analytics": False},
+                                              "policy_version": "demo-1", "channel": "banner"})
+        r.raise_for_status()
+        after = client.post("/v1/batch", json={"batch": [{
+            "type": "track", "event": "Viewed After Withdrawal", "anonymousId": anon}]}).json()
+    console.print(f"consent: visitor {anon[:8]}… withdrew analytics (POST /v1/consent → "
+                  f"{r.json()}); their next event → {after}; events in the warehouse "
+                  f"{before:,} → {count():,}")
+
+
 def run_demo(people: int = 3000, seed: int = 7, keep: bool = False) -> int:
     console = Console()
     tmp = Path(tempfile.mkdtemp(prefix="aap-demo-"))
     data = tmp / "data"
     try:
         key = create_source(data, "demo-site")
+        _, api_key = ApiKeys(data).create("analyst", "demo")
         console.print(f"[bold]AAP demo[/bold]: data dir {data}")
         with ServerProcess(data, workers=2) as server:
             console.print(f"server up at {server.url}; created source [cyan]demo-site[/cyan]")
-            events = list(simulate(people, seed))
+            events = list(simulate(people, seed, returning=0.45))
             t0 = time.perf_counter()
-            accepted = send_all(server.url, key, events, console)
+            not_stored: Counter[str] = Counter()
+            accepted = send_all(server.url, key, events, console, not_stored)
             took = time.perf_counter() - t0
-            console.print(f"{accepted:,} of {len(events):,} events acknowledged in {took:.1f} s "
-                          f"({accepted / took:,.0f} events/s from one client)")
+            console.print(f"{accepted:,} of {len(events):,} events stored in {took:.1f} s "
+                          f"({len(events) / took:,.0f} events/s from one client); "
+                          f"{not_stored['no_lawful_basis']:,} not stored: their visitors "
+                          "declined analytics in the consent banner")
             t0 = time.perf_counter()
             server.wait_processed(timeout=120)
             console.print(f"processed into the warehouse {time.perf_counter() - t0:.1f} s later")
             warehouse_report(server, console)
+            insights = showcase.fetch(server.url, api_key)
+            consent_demo(server, key, events, console)
         report(data, console)
-        return 0 if accepted == len(events) else 1
+        showcase.show(insights, console)
+        return 0 if accepted + sum(not_stored.values()) == len(events) else 1
     finally:
         if keep:
             console.print(f"kept {tmp}")

@@ -52,6 +52,8 @@ class Event(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
     """The request carried ``Sec-GPC: 1``."""
     dnt: bool = False
     """The request carried ``DNT: 1``."""
+    purposes: dict[str, str] = {}
+    """Purpose → lawful basis: what the event may be used for (set by the consent gate)."""
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -54,6 +54,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("s3_access_key", "", "Access key for `s3://` tier URLs."),
     Setting("s3_secret_key", "", "Secret key for `s3://` tier URLs."),
     Setting("s3_region", "us-east-1", "Region for `s3://` tier URLs."),
+    Setting("query_timeout_s", 60.0, "Longest an insight or SQL query may run before it is stopped (seconds)."),
+    Setting("sql_max_rows", 100_000, "Most rows a `sql` query returns (it may ask for fewer with `limit`)."),
+    Setting("query_cache", True, "Keep a native DuckDB copy of the warm and cold tiers for queries (see README, Analytics)."),
+    Setting("query_cache_interval_s", 10.0, "How often the query cache picks up new, retired and merged data (seconds)."),
     Setting("health_interval_ms", 500, "How often a worker re-checks free disk and consumer lag (ms)."),
     Setting("public_url", "", "Base URL at which SDKs reach the collector (e.g. `https://aap.example.com`), for the settings it hands to Segment's browser SDK; empty: taken from each request's Host."),
 )

@@ -17,6 +17,9 @@ from typing import Any
 
 import msgspec
 
+from aap.privacy.audit import AuditLog
+from aap.privacy.purposes import Basis, Registry
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
     id TEXT PRIMARY KEY,
@@ -26,7 +29,8 @@ CREATE TABLE IF NOT EXISTS sources (
     created_at INTEGER NOT NULL,
     allowed_origins TEXT NOT NULL,
     rate_limit REAL NOT NULL,
-    historical INTEGER NOT NULL DEFAULT 0
+    historical INTEGER NOT NULL DEFAULT 0,
+    purposes TEXT NOT NULL DEFAULT '{"analytics": "consent"}'
 );
 """
 
@@ -41,6 +45,8 @@ class Source(msgspec.Struct, frozen=True):
     """Events per second the source may send; 0 means unlimited."""
     historical: bool = False
     """A historical import: timestamps are kept as sent, not corrected for clock skew."""
+    purposes: tuple[tuple[str, str], ...] = (("analytics", "consent"),)
+    """The purposes the source's events serve, each with its lawful basis."""
 
     def allows_origin(self, origin: str) -> bool:
         return "*" in self.allowed_origins or origin in self.allowed_origins
@@ -59,6 +65,7 @@ class Sources:
 
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
         self.path = data_dir / "meta.db"
         self._con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                     check_same_thread=False)
@@ -67,14 +74,27 @@ class Sources:
         cols = {r[1] for r in self._con.execute("PRAGMA table_info(sources)")}
         if "historical" not in cols:  # registries made before the column existed
             self._con.execute("ALTER TABLE sources ADD COLUMN historical INTEGER NOT NULL DEFAULT 0")
+        if "purposes" not in cols:
+            self._con.execute("ALTER TABLE sources ADD COLUMN purposes TEXT NOT NULL"
+                              """ DEFAULT '{"analytics": "consent"}'""")
 
     def create(
         self, name: str, *, allowed_origins: tuple[str, ...] = ("*",), rate_limit: float = 0.0,
-        historical: bool = False,
+        historical: bool = False, purposes: dict[str, str] | None = None,
     ) -> tuple[Source, str]:
-        """Create a source; returns it with its write key (the only time the key is seen)."""
+        """Create a source; returns it with its write key (the only time the key is seen).
+
+        ``purposes``: purpose id → lawful basis (default ``{"analytics": "consent"}``);
+        every purpose must be in the registry and every basis one of :class:`Basis`."""
         if not name.strip():
             raise ValueError("a source needs a non-empty name")
+        purposes = dict(purposes or {"analytics": "consent"})
+        registry = Registry.for_data_dir(self.data_dir)
+        for pid, basis in purposes.items():
+            registry.get(pid)
+            if basis not in {b.value for b in Basis}:
+                raise ValueError(f"unknown lawful basis {basis!r}; use one of "
+                                 + ", ".join(b.value for b in Basis))
         if rate_limit < 0:
             raise ValueError("rate limit must be 0 (unlimited) or positive")
         key = "wk_" + secrets.token_urlsafe(24)
@@ -86,29 +106,34 @@ class Sources:
             allowed_origins=tuple(allowed_origins) or ("*",),
             rate_limit=float(rate_limit),
             historical=historical,
+            purposes=tuple(purposes.items()),
         )
         try:
             self._con.execute(
-                "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (src.id, src.name, hash_key(key), src.key_hint, src.created_at,
-                 json.dumps(list(src.allowed_origins)), src.rate_limit, int(historical)),
+                 json.dumps(list(src.allowed_origins)), src.rate_limit, int(historical),
+                 json.dumps(purposes)),
             )
         except sqlite3.IntegrityError:
             raise SourceExists(f"a source named {name!r} already exists") from None
+        AuditLog(self.data_dir).append("admin", "source.created", {
+            "source": src.id, "name": src.name, "purposes": purposes,
+            "historical": historical})
         return src, key
 
     def by_key(self, key: str) -> Source | None:
         row = self._con.execute(
-            "SELECT id, name, key_hint, created_at, allowed_origins, rate_limit, historical"
-            " FROM sources WHERE key_hash = ?",
+            "SELECT id, name, key_hint, created_at, allowed_origins, rate_limit, historical,"
+            " purposes FROM sources WHERE key_hash = ?",
             (hash_key(key),),
         ).fetchone()
         return _row(row) if row else None
 
     def list(self) -> list[Source]:
         rows = self._con.execute(
-            "SELECT id, name, key_hint, created_at, allowed_origins, rate_limit, historical"
-            " FROM sources ORDER BY created_at, name"
+            "SELECT id, name, key_hint, created_at, allowed_origins, rate_limit, historical,"
+            " purposes FROM sources ORDER BY created_at, name"
         ).fetchall()
         return [_row(r) for r in rows]
 
@@ -117,4 +142,5 @@ class Sources:
 
 
 def _row(r: tuple[Any, ...]) -> Source:
-    return Source(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), float(r[5]), bool(r[6]))
+    return Source(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), float(r[5]), bool(r[6]),
+                  tuple(json.loads(r[7]).items()))

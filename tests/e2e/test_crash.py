@@ -40,7 +40,7 @@ def _load(url: str, key: str, cycle: int, worker: int, stop: threading.Event,
 
 def test_kill_9_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    key = create_source(data, "crash")
+    key = create_source(data, "crash", "--basis", "legitimate_interest")
     rng = random.Random(1234)
     acked: list[str] = []
     attempted: list[str] = []

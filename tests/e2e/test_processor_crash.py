@@ -38,7 +38,7 @@ def _load(url: str, key: str, tag: str, stop: threading.Event, acked: set[str],
 
 def test_processor_killed_under_load_writes_every_event_once(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    key = create_source(data, "crash")
+    key = create_source(data, "crash", "--basis", "legitimate_interest")
     rng = random.Random(99)
     acked: set[str] = set()
     port = free_port()
@@ -89,7 +89,7 @@ def test_a_killed_core_is_restarted_and_catches_up(tmp_path: Path) -> None:
     import time
 
     data = tmp_path / "data"
-    key = create_source(data, "core")
+    key = create_source(data, "core", "--basis", "legitimate_interest")
     with ServerProcess(data, workers=2) as server:
         (pid,) = _core_pids(server)
         assert oct(server.core_socket.stat().st_mode & 0o777) == "0o600"

@@ -37,7 +37,8 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path,
                                                                           ServerProcess]]:
     spec = json.loads(request.param.read_text())
     data = tmp_path / "data"
-    key = create_source(data, "golden", *(["--historical"] if spec["historical"] else []))
+    key = create_source(data, "golden", "--basis", "legitimate_interest",
+                        *(["--historical"] if spec["historical"] else []))
     server = ServerProcess(data, workers=1).start()
     try:
         now = datetime.now(UTC)

@@ -20,6 +20,7 @@ import msgspec
 
 from aap.collect.app import Receive, Scope, Send
 from aap.log import open_log
+from aap.privacy.consent import ConsentLedger, ConsentState
 from aap.privacy.ids import IdHasher
 from aap.process.processor import Processor
 from aap.settings import Settings
@@ -39,6 +40,10 @@ class SQLRequest(msgspec.Struct):
 def _jsonable(v: Any) -> Any:
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
     return str(v)
 
 
@@ -62,10 +67,14 @@ class Core:
             historical_sources=historical,
             inactivity=timedelta(minutes=settings.session_inactivity_minutes),
             worker=settings.processor_worker,
+            consent=ConsentState(ConsentLedger(data)),
         )
         # The processor keeps large, long-lived maps (ids, sessions); a full collection
         # scans them all. Freeze what start-up loaded and collect rarely: it allocates
         # many short-lived containers and forms no cycles (measured: 33k → 46k events/s).
+        from aap.api.rest import RestAPI
+
+        self.rest = RestAPI(settings, self.warehouse)
         gc.collect()
         gc.freeze()
         gc.set_threshold(100_000, 50, 1000)
@@ -76,9 +85,11 @@ class Core:
     def start(self) -> None:
         self.thread.start()
         self.tiering.start()
+        self.rest.start()
 
     def close(self) -> None:
         self.stop.set()
+        self.rest.close()
         self.thread.join(timeout=30)
         self.tiering.close()
         self.warehouse.close()
@@ -131,6 +142,11 @@ class CoreApp:
             status, out = 200, {"status": "ok", "position": self.core.processor.position}
         elif scope["path"] == "/internal/sql" and scope["method"] == "POST":
             status, out = await asyncio.to_thread(self.core.sql, body)
+        elif scope["path"].startswith("/internal/api/v1/"):
+            role = dict(scope["headers"]).get(b"x-aap-role", b"").decode("latin-1")
+            status, out = await asyncio.to_thread(
+                self.core.rest.handle, scope["method"], scope["path"][len("/internal/api/v1"):],
+                role, body)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": msgspec.json.encode(out)})

@@ -621,7 +621,7 @@ def machine() -> dict[str, Any]:
 
 def _start(base: Path, name: str, env: dict[str, str] | None) -> tuple[ServerProcess, str]:
     data_dir = base / name
-    key = create_source(data_dir, "bench")
+    key = create_source(data_dir, "bench", "--basis", "legitimate_interest")
     return ServerProcess(data_dir, workers=2, env=env).start(), key
 
 

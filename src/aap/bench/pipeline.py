@@ -346,7 +346,7 @@ def freshness(base: Path, name: str, rate: int, duration: float, clients: int,
               log: Callable[[str], None]) -> dict[str, Any]:
     """Freshness under ``rate`` events/s of background load, on a fresh server."""
     data = base / name
-    key = create_source(data, "bench")
+    key = create_source(data, "bench", "--basis", "legitimate_interest")
     server = ServerProcess(data, workers=2).start()
     try:
         held: dict[str, Any] = {}
@@ -424,7 +424,7 @@ def freshness(base: Path, name: str, rate: int, duration: float, clients: int,
 def backlog(base: Path, events: int, clients: int,
             log: Callable[[str], None]) -> dict[str, Any]:
     data = base / "backlog"
-    key = create_source(data, "bench")
+    key = create_source(data, "bench", "--basis", "legitimate_interest")
     server = ServerProcess(data, workers=2).start()
     segments: list[dict[str, Any]] = []
     try:

@@ -19,9 +19,12 @@ from typing import Any
 import msgspec
 
 from aap import errors
+from aap.api.proxy import PREFIX as API_PREFIX
+from aap.api.proxy import ApiProxy
 from aap.collect import metrics
 from aap.collect.body import decode_content, read_raw
 from aap.collect.compat import Compat, is_browser_path
+from aap.collect.consent import Gate, parse_consent
 from aap.collect.health import Health
 from aap.collect.ratelimit import RateLimiter, retry_after
 from aap.collect.segment import (
@@ -111,11 +114,15 @@ class Collector:
         self.health = Health(self.data_dir, self.log, min_free_disk_mb=settings.min_free_disk_mb,
                              max_lag=settings.max_consumer_lag,
                              interval_ms=settings.health_interval_ms)
+        self.gate = Gate(self.data_dir)
         self._unknown_keys: dict[str, float] = {}
         self._known_keys: dict[str, Source] = {}
+        self.api = ApiProxy(self.data_dir, timeout=float(settings.query_timeout_s) + 30,
+                            max_body=settings.max_request_bytes)
         self.routes: dict[str, tuple[tuple[str, ...], Callable[[Request], Awaitable[Response]]]] = {
             "/healthz": (("GET", "HEAD"), self.healthz),
             "/metrics": (("GET",), self.metrics),
+            "/v1/consent": (("POST",), self.consent),
         }
         for path in BATCH_PATHS:
             self.routes[path] = (("POST",), self.ingest_batch)
@@ -151,7 +158,13 @@ class Collector:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         req = Request(scope, receive)
-        route = req.path if req.path in self.routes else "other"
+        if req.path in self.routes:
+            route = req.path
+        elif req.path.startswith(API_PREFIX + "/"):
+            route = API_PREFIX
+        else:
+            route = next((p + "*" for p, _, _ in self.prefix_routes if req.path.startswith(p)),
+                         "other")
         try:
             resp = await self._dispatch(req)
         except errors.AAPError as exc:
@@ -174,9 +187,12 @@ class Collector:
         metrics.LATENCY.labels(route).observe(time.perf_counter() - start)
 
     async def _dispatch(self, req: Request) -> Response:
-        entry = self.routes.get(req.path)
-        entry = entry or next(((m, h) for p, m, h in self.prefix_routes if req.path.startswith(p)),
-                              None)
+        if req.path.startswith(API_PREFIX + "/"):
+            status, body, headers = await self.api.handle(req.method, req.path, req.headers,
+                                                          req.receive)
+            return Response(status, body, headers=headers)
+        entry = self.routes.get(req.path) or next(
+            ((m, h) for p, m, h in self.prefix_routes if req.path.startswith(p)), None)
         if entry is None:
             raise errors.NotFound(f"no endpoint at {req.path}")
         methods, handler = entry
@@ -253,11 +269,19 @@ class Collector:
             metrics.EVENTS_REJECTED.labels(r.reason).inc()
         rejected_out = [{"index": r.index, "reason": r.reason, "detail": r.detail}
                         for r in rejected]
+        if not events and rejected:
+            raise errors.BadRequest("no event in the request is valid", rejected_out,
+                                    code="invalid_events")
+        withheld = self.gate.admit(source, events, req.headers.get("sec-gpc", "").strip() == "1")
+        if withheld:
+            metrics.EVENTS_NOT_STORED.labels("no_lawful_basis").inc(withheld)
         if not events:
-            if rejected:
-                raise errors.BadRequest("no event in the request is valid", rejected_out,
-                                        code="invalid_events")
-            return Response.json(200, {"success": True, "accepted": 0})
+            out0: dict[str, Any] = {"success": True, "accepted": 0}
+            if withheld:
+                out0["not_stored"] = {"no_lawful_basis": withheld}
+            if rejected_out:
+                out0["rejected"] = rejected_out
+            return Response.json(200, out0)
         batch = Append(source.id, len(events), encode_events(events))
         if self.committer is None:
             self.log.append([batch])
@@ -265,9 +289,33 @@ class Collector:
             await self.committer.append(batch)
         metrics.EVENTS_ACCEPTED.labels(source.id).inc(len(events))
         out: dict[str, Any] = {"success": True, "accepted": len(events)}
+        if withheld:
+            out["not_stored"] = {"no_lawful_basis": withheld}
         if rejected_out:
             out["rejected"] = rejected_out
         return Response.json(200, out)
+
+    async def consent(self, req: Request) -> Response:
+        """``POST /v1/consent``: a person grants or withdraws purposes."""
+        source = self._source_from_header(req.headers.get("authorization"))
+        clen = req.headers.get("content-length")
+        limit = 64 * 1024
+        raw = await read_raw(req.receive, int(clen) if clen and clen.isdigit() else None, limit)
+        body = decode_content(raw, req.headers.get("content-encoding", ""), limit)
+        parsed = parse_consent(body)
+        if source is None:
+            if not parsed.write_key:
+                raise errors.Unauthorized("no write key: send it as the Basic auth user name",
+                                          code="missing_write_key")
+            source = self._source(parsed.write_key)
+        origin = req.headers.get("origin")
+        if origin and not source.allows_origin(origin):
+            req.cors = False
+            raise errors.Forbidden(f"origin {origin} is not allowed for this source",
+                                   code="origin_not_allowed")
+        n = self.gate.record(source, parsed, req.headers.get("sec-gpc", "").strip() == "1")
+        metrics.CONSENT_STATEMENTS.inc(n)
+        return Response.json(200, {"success": True, "recorded": n})
 
     def _events(self, req: Request, source: Source, parsed: Parsed
                 ) -> tuple[list[Event], list[Rejection]]:

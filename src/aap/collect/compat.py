@@ -2,7 +2,7 @@
 our own browser SDK talk to, installed on the :class:`~aap.collect.app.Collector`.
 
 Each wire format lives in its own module (:mod:`.posthog`, :mod:`.snowplow`,
-:mod:`.segment`, :mod:`.consent`) and turns requests into wire messages; the
+:mod:`.segment`) and turns requests into wire messages; the
 collector's ingestion (write key, limits, rate limit, IP truncation, durable append,
 200 only once durable) is the same for all of them.
 """
@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 import msgspec
 
 from aap import errors
-from aap.collect import consent, posthog, snowplow
+from aap.collect import posthog, snowplow
 from aap.collect.body import decode_content, read_raw
 
 if TYPE_CHECKING:
@@ -61,7 +61,6 @@ class Compat:
         for path in snowplow.GET_PATHS:
             routes[path] = (("GET",), self.snowplow_get)
         routes[SEGMENT_METRICS_PATH] = (("POST",), self.segment_metrics)
-        routes[consent.PATH] = (("POST",), self.consent)
         routes["/sdk.js"] = (("GET", "HEAD"), self.sdk_js)
         self.app.prefix_routes += [
             (posthog.CONFIG_PREFIX, ("GET",), self.posthog_config),
@@ -165,9 +164,6 @@ class Compat:
                                 headers=[("cache-control", "no-cache, no-store")])
 
     # -- consent and our SDK --
-
-    async def consent(self, req: Request) -> Response:
-        return await self.app._ingest(req, consent.parse)
 
     async def sdk_js(self, req: Request) -> Response:
         if self._sdk is None:

@@ -1,70 +1,127 @@
-"""``POST /v1/consent``: a person's consent choices, per purpose, from a site or our SDK.
-
-A minimal version until the privacy core (the consent ledger) exists: the body is
-validated and the statement is appended to the durable log like an event, a ``track``
-named ``$consent`` whose ``context.consent.categoryPreferences`` holds the purposes
-(Segment's convention, which the consent gate reads on every event) and whose
-properties keep the proof: purposes, policy version, channel. It is answered 200 only
-once it is durable.
-
-Body: ``{"userId" and/or "anonymousId", "purposes": {"analytics": true, …},
-"policy_version"?, "channel"?, "timestamp"?, "messageId"?}``.
+"""Consent at the door: ``POST /v1/consent`` and the gate every event passes before
+it is appended to the log. An event with no lawful basis for any of its source's
+purposes is not written anywhere; it is counted (``aap_events_not_stored_total``).
+See :mod:`aap.privacy.consent` for the rules.
 """
 
 from __future__ import annotations
 
-import re
-from datetime import datetime
+import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from aap.collect.segment import Parsed, WireMessage
-from aap.errors import BadRequest
+from aap import errors
+from aap.events import Event
+from aap.privacy.audit import AuditLog
+from aap.privacy.consent import ConsentLedger, ConsentState, Statement, decide, event_preferences
+from aap.privacy.ids import IdHasher
+from aap.privacy.purposes import GPC_WITHDRAWS, Basis, Registry
+from aap.sources import Source
 
-PATH = "/v1/consent"
-EVENT = "$consent"
-_PURPOSE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+Id = str | int
 
 
-class ConsentBody(msgspec.Struct, rename="camel", forbid_unknown_fields=False):
+class ConsentRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=False):
     purposes: dict[str, bool]
-    user_id: str | None = None
-    anonymous_id: str | None = None
+    user_id: Id | None = None
+    anonymous_id: Id | None = None
     policy_version: str | None = msgspec.field(default=None, name="policy_version")
     channel: str | None = None
-    timestamp: datetime | None = None
-    message_id: str | None = None
     write_key: str | None = None
 
 
-_decoder = msgspec.json.Decoder(ConsentBody)
+_decoder = msgspec.json.Decoder(ConsentRequest)
 
 
-def parse(body: bytes) -> Parsed:
-    if not body.strip():
-        raise BadRequest("the request body is empty", code="empty_body")
+def parse_consent(body: bytes) -> ConsentRequest:
     try:
-        c = _decoder.decode(body)
+        req = _decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise BadRequest("the consent body has a missing field or one of the wrong type",
-                         str(exc), code="invalid_consent") from None
-    except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest("the body is not valid JSON", str(exc), code="invalid_json") from None
-    if not (c.user_id or "").strip() and not (c.anonymous_id or "").strip():
-        raise BadRequest("a consent statement needs `userId` or `anonymousId`",
-                         code="missing_identity")
-    if not c.purposes:
-        raise BadRequest("`purposes` must name at least one purpose", code="invalid_consent")
-    bad = [p for p in c.purposes if not _PURPOSE.match(p)]
-    if bad:
-        raise BadRequest("purpose ids are lower-case letters, digits and `_`", bad,
-                         code="invalid_consent")
-    props: dict[str, Any] = {"purposes": c.purposes, "channel": c.channel or "api"}
-    if c.policy_version is not None:
-        props["policy_version"] = c.policy_version
-    m = WireMessage(type="track", event=EVENT, user_id=c.user_id or None,
-                    anonymous_id=c.anonymous_id or None, message_id=c.message_id,
-                    timestamp=c.timestamp, properties=props,
-                    context={"consent": {"categoryPreferences": c.purposes}})
-    return Parsed([(0, m)], [], c.write_key)
+        raise errors.BadRequest(f"invalid consent request: {exc}", code="invalid_consent") from None
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise errors.BadRequest("the body is not valid JSON", code="invalid_json") from None
+    if req.user_id in (None, "") and req.anonymous_id in (None, ""):
+        raise errors.BadRequest("a consent statement needs `userId` or `anonymousId`",
+                                code="missing_identity")
+    if not req.purposes:
+        raise errors.BadRequest("`purposes` must name at least one purpose",
+                                code="invalid_consent")
+    if req.channel is not None and not (0 < len(req.channel) <= 64):
+        raise errors.BadRequest("`channel` must be 1 to 64 characters", code="invalid_consent")
+    return req
+
+
+class Gate:
+    """The consent state of one collector process, and the decisions it makes."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.registry = Registry.for_data_dir(data_dir)
+        self.hasher = IdHasher.for_data_dir(data_dir)
+        self.state = ConsentState(ConsentLedger(data_dir))
+        self.audit = AuditLog(data_dir)
+
+    def subjects(self, *ids: Any) -> list[int | None]:
+        return [self.hasher.key(str(i)) if i not in (None, "") else None for i in ids]
+
+    def record(self, source: Source, req: ConsentRequest, gpc: bool) -> int:
+        """Append the statement (for each id given); returns how many were written."""
+        unknown = [p for p in req.purposes if p not in self.registry]
+        if unknown:
+            raise errors.BadRequest(
+                f"unknown purposes: {', '.join(unknown)}",
+                {"unknown": unknown, "known": list(self.registry.purposes)},
+                code="unknown_purpose")
+        purposes = dict(req.purposes)
+        if gpc:
+            purposes.update(dict.fromkeys(GPC_WITHDRAWS, False))
+        now = int(time.time() * 1000)
+        statements = [Statement(now, source.id, s, purposes, req.policy_version,
+                                req.channel or "api")
+                      for s in self.subjects(req.user_id, req.anonymous_id) if s is not None]
+        self.state.record(statements)
+        self.audit.append(f"source:{source.id}", "consent.recorded", {
+            "purposes": purposes, "policy_version": req.policy_version,
+            "channel": req.channel or "api", "statements": len(statements)})
+        return len(statements)
+
+    def admit(self, source: Source, events: list[Event], gpc: bool) -> int:
+        """Tag each event with the purposes it may be used for and take out those with
+        none (in place); returns how many were taken out. What the events say about
+        consent goes to the ledger first."""
+        # one indexed read of what the ledger gained: a statement another worker wrote
+        # before this request arrived applies to it (about 30 µs a request)
+        self.state.refresh(force=True)
+        kept: list[Event] = []
+        statements: list[Statement] = []
+        # without a statement on the event or about its ids, the decision is the source's
+        no_statement = {p: b for p, b in source.purposes
+                        if b != Basis.CONSENT and not (gpc and p in GPC_WITHDRAWS)}
+        latest = self.state.latest
+        key = self.hasher.key
+        at_ms = int(events[0].received_at.timestamp() * 1000) if events else 0
+        for ev in events:
+            ids = [key(str(i)) if i not in (None, "") else None
+                   for i in (ev.user_id, ev.anonymous_id)]
+            own = (event_preferences(ev.context, self.registry.tcf) if "consent" in ev.context
+                   else {})
+            if not own and not gpc and not any(i in latest for i in ids):
+                purposes = no_statement
+            else:
+                d = decide(source.id, source.purposes, self.state, ids, own, at_ms, gpc)
+                if d.statements:
+                    statements += d.statements
+                    self.state.apply(d.statements)  # the next events of the request see them
+                purposes = d.purposes
+            if purposes:
+                ev.purposes = dict(purposes)
+                kept.append(ev)
+        self.state.ledger.record(statements)
+        if statements:
+            self.audit.append(f"source:{source.id}", "consent.recorded", {
+                "channels": sorted({s.channel for s in statements}),
+                "statements": len(statements)})
+        dropped = len(events) - len(kept)
+        events[:] = kept
+        return dropped

@@ -18,6 +18,10 @@ from aap.log.base import LogStats
 
 EVENTS_ACCEPTED = Counter("aap_events_accepted", "Events durably appended to the log.", ["source"])
 EVENTS_REJECTED = Counter("aap_events_rejected", "Events refused, by reason.", ["reason"])
+EVENTS_NOT_STORED = Counter(
+    "aap_events_not_stored", "Valid events not written anywhere, by reason (no lawful basis).",
+    ["reason"])
+CONSENT_STATEMENTS = Counter("aap_consent_statements", "Statements appended by POST /v1/consent.")
 REQUESTS = Counter("aap_requests", "HTTP requests answered, by route and status.",
                    ["route", "status"])
 BYTES_IN = Counter("aap_bytes_received", "Request body bytes received (before decompression).")

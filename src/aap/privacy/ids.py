@@ -14,17 +14,26 @@ from pathlib import Path
 
 
 def load_or_create_secret(path: Path) -> bytes:
+    """The secret in ``path``; made if missing. Several processes may start at once: the
+    secret is written to a temporary file and linked into place, so a reader never sees
+    half of it and the first one to link wins."""
     if path.exists():
         return path.read_bytes()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    secret = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, secret)
+        os.write(fd, secrets.token_bytes(32))
         os.fsync(fd)
     finally:
         os.close(fd)
-    return secret
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    return path.read_bytes()
 
 
 class IdHasher:

@@ -51,10 +51,11 @@ ENRICHED_COLUMNS = (
     "browser", "browser_version", "os", "os_version", "device_type",
     "country", "region", "city", "library_name", "library_version",
 )  # fmt: skip
-AUX_COLUMNS = ("key", "user_id", "anonymous_id", "previous_id", "sdk_session", "traits")
+AUX_COLUMNS = ("key", "user_id", "anonymous_id", "previous_id", "sdk_session", "traits",
+               "received_ms")
 """Columns the stateful steps read and the warehouse does not store: the dedup key
-(see :func:`aap.process.steps.dedup_key`), the raw ids, the SDK's session id, and the
-traits of identify events (JSON)."""
+(see :func:`aap.process.steps.dedup_key`), the raw ids, the SDK's session id, the
+traits of identify events (JSON), and the receive time in milliseconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,9 @@ class _Work:
     clamped: int = 0
 
 
+_PURPOSES = pa.list_(pa.string())
+
+
 def _strings(values: Sequence[Any]) -> pa.Array:
     return pa.array(values, pa.string())
 
@@ -103,6 +107,7 @@ def fields(w: _Work) -> None:
     c["previous_id"] = _strings([e.previous_id for e in evs])
     c["traits"] = _strings([_json.encode(e.traits) if e.traits and e.type == "identify" else None
                             for e in evs])
+    c["purposes"] = pa.array([list(e.purposes) for e in evs], _PURPOSES)
 
 
 def keys(w: _Work) -> None:
@@ -130,6 +135,7 @@ def correct_time(w: _Work) -> None:
     _, ts = _times([e.timestamp for e in evs])
     w.cols["sent_at"], sent = _times([e.sent_at for e in evs])
     w.cols["received_at"], recv = _times([e.received_at for e in evs])
+    w.cols["received_ms"] = pa.array(recv // 1000)
     has_ts = ts != NOT_SET
     skew = has_ts & (sent != NOT_SET)
     out = np.where(has_ts, ts, recv)
@@ -243,7 +249,7 @@ PREPARE_STEPS: tuple[tuple[str, Callable[[_Work], None]], ...] = (
 _json = msgspec.json.Encoder()
 _PREPARED_COLUMNS = (
     "message_id", "source", "type", "event", "timestamp", "sent_at", "received_at", "name",
-    "category", *ENRICHED_COLUMNS, "properties", "gpc", "dnt", *AUX_COLUMNS,
+    "category", *ENRICHED_COLUMNS, "properties", "gpc", "dnt", "purposes", *AUX_COLUMNS,
 )  # fmt: skip
 
 
@@ -257,7 +263,7 @@ def prepare(payloads: Sequence[bytes], cfg: PrepareConfig,
             step(w)
         table = pa.table({n: w.cols[n] for n in _PREPARED_COLUMNS})
     else:
-        table = pa.table({n: pa.array([], pa.string()) for n in _PREPARED_COLUMNS})
+        table = pa.table({n: pa.array([], pa.string()) for n in _PREPARED_COLUMNS})  # no rows
     return Prepared(table, w.clamped)
 
 

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from prometheus_client import Counter as PromCounter
 
 from aap.log.base import Log, Record
+from aap.privacy.consent import ConsentState
 from aap.privacy.ids import IdHasher
 from aap.process.identity import Identities
 from aap.process.prepare import LocalPreparer, PrepareConfig, Prepared, WorkerPreparer
@@ -57,7 +58,8 @@ class Processor:
     def __init__(self, log: Log, warehouse: Warehouse, hasher: IdHasher, *,
                  historical_sources: frozenset[str] = frozenset(),
                  inactivity: timedelta = timedelta(minutes=30),
-                 chunk_records: int = 500, worker: bool = False) -> None:
+                 chunk_records: int = 500, worker: bool = False,
+                 consent: ConsentState | None = None) -> None:
         """``worker``: prepare chunks in a child process (see :mod:`aap.process.prepare`)
         while this one runs the stateful steps; otherwise in this thread."""
         self.log = log
@@ -66,6 +68,7 @@ class Processor:
         self.hasher = hasher
         self.historical_sources = historical_sources
         self.inactivity = inactivity
+        self.consent = consent
         self.dropped: Counter[str] = Counter()
         self.failures = 0
         self._pending: Future[_Built] | None = None
@@ -87,7 +90,7 @@ class Processor:
                     for p, t, s in wh.load_sessions()}
         self.state = State(identities=ids, hasher=self.hasher,
                            dedup=DedupIndex(wh.load_dedup_keys()), sessions=sessions,
-                           inactivity=self.inactivity)
+                           inactivity=self.inactivity, consent=self.consent)
         self.position = wh.get_state("log_position")
         self._next = self.position
         """Where the next chunk starts: past the write in flight, if there is one."""

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from aap.privacy.consent import ConsentState
 from aap.privacy.ids import IdHasher
 from aap.process.identity import Identities
 
@@ -100,6 +101,8 @@ class State:
     sessions: dict[int, tuple[int, str]]
     """person → (time of their latest event in µs, its session id)."""
     inactivity: timedelta = timedelta(minutes=30)
+    consent: ConsentState | None = None
+    """The consent ledger as the processor last read it (``None``: no ledger)."""
 
 
 Step = Callable[[Batch, State], None]
@@ -114,6 +117,39 @@ def dedup(b: Batch, st: State) -> None:
     again[first] = False
     b.drop(seen | again, "duplicate")
     st.dedup.add(b.table.column("key").to_numpy())
+
+
+def consent(b: Batch, st: State) -> None:
+    """Take off purposes the person withdrew (or objected to) after the event was
+    received: a withdrawal is effective also for events already in the log. Drop events
+    left with none."""
+    if st.consent is None:
+        return
+    st.consent.refresh(force=True)
+    withdrawn = st.consent.withdrawn
+    if not withdrawn:
+        return
+    h = st.hasher.key
+    left: list[list[str]] | None = None
+    drop = np.zeros(len(b), bool)
+    rows = zip(b.column("purposes"), b.column("user_id"), b.column("anonymous_id"),
+               b.column("received_ms"), strict=True)
+    for i, (purposes, user, anon, at) in enumerate(rows):
+        ids = [h(x) for x in (user, anon) if x]
+        if not purposes or not any(k in withdrawn for k in ids):
+            continue
+        gone = [p for p in purposes if (s := st.consent.of(ids, p)) is not None and not s[0]
+                and s[1] > at]
+        if not gone:
+            continue
+        if left is None:
+            left = b.column("purposes")
+        left[i] = [p for p in purposes if p not in gone]
+        drop[i] = not left[i]
+    if left is not None:
+        b.table = b.table.set_column(b.table.schema.get_field_index("purposes"), "purposes",
+                                     pa.array(left, pa.list_(pa.string())))
+        b.drop(drop, "consent_withdrawn")
 
 
 def identity(b: Batch, st: State) -> None:
@@ -186,6 +222,7 @@ def sessions(b: Batch, st: State) -> None:
 
 STEPS: tuple[tuple[str, Step], ...] = (
     ("dedup", dedup),
+    ("consent", consent),
     ("identity", identity),
     ("sessions", sessions),
 )

@@ -72,6 +72,7 @@ class EventView(msgspec.Struct, rename="camel", kw_only=True):
     geo: Geo | None = None
     gpc: bool = False
     dnt: bool = False
+    purposes: dict[str, str] = {}
 
 
 _decoder = msgspec.msgpack.Decoder(list[EventView])

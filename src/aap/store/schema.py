@@ -50,6 +50,7 @@ EVENT_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
     ("properties", "JSON", pa.string()),
     ("gpc", "BOOLEAN", pa.bool_()),
     ("dnt", "BOOLEAN", pa.bool_()),
+    ("purposes", "VARCHAR[]", pa.list_(pa.string())),
 )
 
 EVENT_ARROW_SCHEMA = pa.schema([(n, t) for n, _, t in EVENT_COLUMNS])

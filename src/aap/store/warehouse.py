@@ -84,6 +84,9 @@ class Warehouse:
         for v in OLD_VIEWS:
             self.con.execute(f"DROP VIEW IF EXISTS {v}")
         self.con.execute(DDL)
+        cols = {r[0] for r in self.con.execute("DESCRIBE events_raw").fetchall()}
+        if "purposes" not in cols:  # stores made before events carried their purposes
+            self.con.execute("ALTER TABLE events_raw ADD COLUMN purposes VARCHAR[]")
         self._write_lock = threading.Lock()
 
     def close(self) -> None:

@@ -1,0 +1,115 @@
+"""API keys of people and programs, with roles.
+
+A key is ``aap_<id>_<secret>`` (a 256-bit secret), shown once. The registry (``meta.db``,
+beside the sources) keeps the id, the role and a scrypt hash of the secret (n=2^14, r=8,
+p=1, a per-key salt): a stolen registry does not give the keys away, and guessing is
+slow. A process remembers the keys it verified (as their SHA-256), so a client pays the
+slow hash once per process, but every request reads the key's row again: revoking a key
+or changing its role takes effect on the next request.
+
+Roles, each including the ones before it: ``viewer`` (saved insights only), ``analyst``
+(any query), ``privacy`` (personal columns, rights requests), ``admin`` (everything,
+sources and keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+
+import msgspec
+
+from aap.privacy.audit import AuditLog
+
+ROLES = ("viewer", "analyst", "privacy", "admin")
+_KEY = re.compile(r"^aap_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})$")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    salt BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+"""
+
+
+class ApiKey(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+    role: str
+    created_at: int
+    revoked_at: int | None = None
+
+
+def role_at_least(role: str, needed: str) -> bool:
+    return ROLES.index(role) >= ROLES.index(needed)
+
+
+def _scrypt(secret: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(secret.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+
+
+class ApiKeys:
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._con = sqlite3.connect(data_dir / "meta.db", timeout=30, isolation_level=None,
+                                    check_same_thread=False)
+        self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.executescript(_SCHEMA)
+        self._verified: dict[str, bytes] = {}
+        self.audit = AuditLog(data_dir)
+
+    def create(self, role: str, name: str = "") -> tuple[ApiKey, str]:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+        key_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        salt = secrets.token_bytes(16)
+        k = ApiKey(key_id, name or role, role, int(time.time()))
+        self._con.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                          (k.id, k.name, k.role, salt, _scrypt(secret, salt), k.created_at))
+        self.audit.append("admin", "key.created", {"key_id": k.id, "role": k.role})
+        return k, f"aap_{key_id}_{secret}"
+
+    def verify(self, key: str) -> ApiKey | None:
+        """The key's record if the key is valid and not revoked."""
+        m = _KEY.match(key)
+        if not m:
+            return None
+        key_id, secret = m.groups()
+        row = self._con.execute(
+            "SELECT id, name, role, created_at, revoked_at, salt, hash FROM api_keys WHERE id = ?",
+            (key_id,)).fetchone()
+        if row is None or row[4] is not None:
+            return None
+        digest = hashlib.sha256(key.encode()).digest()
+        known = self._verified.get(key_id)
+        if known is None or not hmac.compare_digest(known, digest):
+            if not hmac.compare_digest(_scrypt(secret, row[5]), row[6]):
+                return None
+            if len(self._verified) > 10_000:
+                self._verified.clear()
+            self._verified[key_id] = digest
+        return ApiKey(row[0], row[1], row[2], row[3], row[4])
+
+    def list(self) -> list[ApiKey]:
+        return [ApiKey(*r) for r in self._con.execute(
+            "SELECT id, name, role, created_at, revoked_at FROM api_keys ORDER BY created_at, id")]
+
+    def revoke(self, key_id: str) -> bool:
+        cur = self._con.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND"
+                                " revoked_at IS NULL", (int(time.time()), key_id))
+        if cur.rowcount > 0:
+            self.audit.append("admin", "key.revoked", {"key_id": key_id})
+        return cur.rowcount > 0
+
+    def close(self) -> None:
+        self._con.close()

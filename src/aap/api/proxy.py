@@ -1,0 +1,126 @@
+"""The public REST API on the collector's port: authenticate, then ask the core.
+
+DuckDB lets one process own the warehouse, and that is the core process; the collector's
+workers (several processes) cannot open it. So a worker checks the ``Authorization:
+Bearer <api key>`` header itself (401 with a JSON body when it is missing or wrong) and
+passes the request, with the key's role, to the core over its Unix socket
+(``DATA_DIR/run/core.sock``, mode 0600, so only the data dir's owner reaches it). The
+core checks the role the route needs (403) and runs the query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import msgspec
+
+from aap import errors
+from aap.api.keys import ApiKeys
+from aap.collect.body import read_raw
+
+PREFIX = "/api/v1"
+
+
+def openapi() -> dict[str, Any]:
+    from aap.query.models import CohortSpec, Insight
+
+    (insight, cohort), components = msgspec.json.schema_components(
+        [Insight, CohortSpec], ref_template="#/components/schemas/{name}")
+    err = {"description": "error", "content": {"application/json": {"schema": {
+        "type": "object", "required": ["code", "message", "detail"],
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                       "detail": {}}}}}}
+    errs = {"400": err, "401": err, "403": err, "404": err, "503": err}
+
+    def op(summary: str, role: str, body: Any = None) -> dict[str, Any]:
+        o: dict[str, Any] = {"summary": f"{summary} (role {role} or above)",
+                             "security": [{"bearer": []}],
+                             "responses": {"200": {"description": "OK"}, **errs}}
+        if body is not None:
+            o["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        return o
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "AAP API", "version": "1"},
+        "servers": [{"url": PREFIX}],
+        "components": {"schemas": components,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/query": {"post": op("Run an insight", "analyst", insight)},
+            "/insights": {"get": op("List saved insights", "viewer"),
+                          "post": op("Save an insight", "analyst", {
+                              "type": "object", "required": ["name", "query"],
+                              "properties": {"name": {"type": "string"}, "query": insight}})},
+            "/insights/{id}": {"get": op("Run a saved insight", "viewer"),
+                               "delete": op("Delete a saved insight", "analyst")},
+            "/cohorts": {"get": op("List cohorts", "viewer"),
+                         "post": op("Create a cohort", "analyst", cohort)},
+            "/cohorts/{id}": {"delete": op("Delete a cohort", "analyst")},
+            "/keys": {"get": op("List API keys", "admin"),
+                      "post": op("Create an API key", "admin", {
+                          "type": "object", "required": ["role"],
+                          "properties": {"role": {"enum": ["viewer", "analyst", "privacy",
+                                                           "admin"]},
+                                         "name": {"type": "string"}}})},
+            "/keys/{id}": {"delete": op("Revoke an API key", "admin")},
+        },
+    }
+
+
+class ApiProxy:
+    def __init__(self, data_dir: Any, *, timeout: float, max_body: int) -> None:
+        self.keys = ApiKeys(data_dir)
+        self.socket = data_dir / "run" / "core.sock"
+        self.timeout = timeout
+        self.max_body = max_body
+        self._client: httpx.AsyncClient | None = None
+        self._openapi: bytes | None = None
+
+    def _core(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
+                base_url="http://core", timeout=self.timeout)
+        return self._client
+
+    async def handle(self, method: str, path: str, headers: dict[str, str], receive: Any
+                     ) -> tuple[int, bytes, list[tuple[str, str]]]:
+        if path == PREFIX + "/openapi.json":
+            if method not in ("GET", "HEAD"):
+                raise errors.MethodNotAllowed(f"{method} is not allowed on {path}", ["GET"])
+            if self._openapi is None:
+                self._openapi = msgspec.json.encode(openapi())
+            return 200, self._openapi, []
+        auth = headers.get("authorization", "")
+        if not auth:
+            raise errors.Unauthorized("no API key: send Authorization: Bearer <api key>",
+                                      code="missing_api_key")
+        scheme, _, key = auth.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise errors.Unauthorized("use Authorization: Bearer <api key>",
+                                      code="bad_auth_scheme")
+        record = await asyncio.to_thread(self.keys.verify, key.strip())
+        if record is None:
+            raise errors.Unauthorized("unknown or revoked API key", code="invalid_api_key")
+        clen = headers.get("content-length")
+        body = await read_raw(receive, int(clen) if clen and clen.isdigit() else None,
+                              self.max_body)
+        try:
+            r = await self._core().request(
+                method, "/internal" + path, content=body,
+                headers={"x-aap-role": record.role, "content-type": "application/json"})
+        except httpx.TimeoutException:
+            raise errors.ServiceUnavailable("the query engine did not answer in time",
+                                            code="core_timeout") from None
+        except httpx.TransportError:
+            raise errors.ServiceUnavailable("the query engine is not running (starting?)",
+                                            code="core_unavailable") from None
+        extra = [("allow", r.headers["allow"])] if "allow" in r.headers else []
+        return r.status_code, r.content, extra
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()

@@ -1,0 +1,121 @@
+"""The audit log: an append-only, hash-chained record of consent changes, rights
+requests, reads of personal data, key operations and admin actions.
+
+``DATA_DIR/privacy/audit.jsonl`` holds one JSON object per line: ``seq``, ``at`` (UTC,
+ISO 8601), ``actor``, ``action``, ``detail``, ``prev`` (the previous entry's ``mac``)
+and ``mac``, an HMAC-SHA256 of the entry's canonical JSON (without ``mac``) under a
+secret in ``DATA_DIR/keys/audit.key`` (0600). ``DATA_DIR/privacy/audit.head`` holds the
+count and the last ``mac``. :func:`verify` recomputes the chain: an edited entry breaks
+its own ``mac``, a removed or reordered one breaks ``seq`` or ``prev``, and entries cut
+off the end no longer match the head. Without the key, a changed entry cannot be given
+a valid ``mac``. Entries never hold raw personal identifiers.
+
+Writers in several processes (collector workers, the core, the CLI) append under an
+``flock`` of the file; each append is fsynced before the call returns.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aap.privacy.ids import load_or_create_secret
+
+GENESIS = "0" * 64
+
+
+def _canonical(entry: dict[str, Any]) -> bytes:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class AuditLog:
+    def __init__(self, data_dir: Path) -> None:
+        d = data_dir / "privacy"
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = d / "audit.jsonl"
+        self.head_path = d / "audit.head"
+        self._key = load_or_create_secret(data_dir / "keys" / "audit.key")
+
+    def _mac(self, entry: dict[str, Any]) -> str:
+        return hmac.new(self._key, _canonical(entry), hashlib.sha256).hexdigest()
+
+    def append(self, actor: str, action: str, detail: dict[str, Any] | None = None) -> int:
+        """Record one action; returns its sequence number."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            seq, prev = self._head()
+            entry: dict[str, Any] = {
+                "seq": seq + 1, "at": datetime.now(UTC).isoformat(timespec="microseconds"),
+                "actor": actor, "action": action, "detail": detail or {}, "prev": prev}
+            entry["mac"] = self._mac(entry)
+            os.write(fd, _canonical(entry) + b"\n")
+            os.fsync(fd)
+            self._write_head(entry["seq"], entry["mac"])
+            return int(entry["seq"])
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _head(self) -> tuple[int, str]:
+        try:
+            seq, mac = self.head_path.read_text().split()
+            return int(seq), mac
+        except FileNotFoundError:
+            return 0, GENESIS
+
+    def _write_head(self, seq: int, mac: str) -> None:
+        tmp = self.head_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f"{seq} {mac}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.head_path)
+
+    def entries(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_bytes().splitlines() if line]
+
+    def verify(self) -> Verdict:
+        """Recompute the chain; the first problem found, if any."""
+        try:
+            lines = self.path.read_bytes().splitlines() if self.path.exists() else []
+        except OSError as exc:
+            return Verdict(False, 0, f"cannot read the audit log: {exc}")
+        prev, n = GENESIS, 0
+        for n, line in enumerate(lines, start=1):
+            try:
+                entry = json.loads(line)
+                mac = entry.pop("mac")
+            except (ValueError, KeyError, AttributeError):
+                return Verdict(False, n, f"line {n} is not an audit entry")
+            if entry.get("seq") != n:
+                return Verdict(False, n, f"line {n} has seq {entry.get('seq')}: an entry was"
+                                         " removed, added or moved")
+            if entry.get("prev") != prev:
+                return Verdict(False, n, f"entry {n} does not follow entry {n - 1}: the chain"
+                                         " was cut, reordered or rewritten")
+            if not hmac.compare_digest(self._mac(entry), str(mac)):
+                return Verdict(False, n, f"entry {n} was changed after it was written")
+            prev = mac
+        seq, head = self._head()
+        if (seq, head) != (len(lines), prev):
+            return Verdict(False, len(lines), f"the log ends at entry {len(lines)} but its head"
+                                              f" says {seq}: entries were cut off the end")
+        return Verdict(True, len(lines), f"{len(lines)} entries, chain intact")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    entries: int
+    message: str

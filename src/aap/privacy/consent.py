@@ -1,0 +1,238 @@
+"""The consent ledger, and the decision it feeds: for which purposes may an event be used?
+
+Statements reach the ledger from ``POST /v1/consent``, from the consent an event carries
+(``context.consent.categoryPreferences``, when it differs from what the ledger says) and
+from ``Sec-GPC: 1``. Each says: this subject (a userId or anonymousId, kept as a keyed
+hash, never raw), at this time, through this channel, under this policy version, grants
+or withdraws these purposes. The ledger is append-only (SQLite triggers refuse updates
+and deletes) and kept as proof.
+
+The most recent statement about a purpose wins, whichever id of the person it was made
+for. A purpose on the basis of consent needs a grant (opt-in); other bases need none,
+but a "no" from the person counts as an objection (Art. 21) and is honoured too; GPC
+withdraws the purposes in :data:`GPC_WITHDRAWS` whatever their basis.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from aap.privacy import tcf
+from aap.privacy.purposes import GPC_WITHDRAWS, Basis
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS statements (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    subject INTEGER NOT NULL,
+    purposes TEXT NOT NULL,
+    policy_version TEXT,
+    channel TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS statements_subject ON statements (subject, seq);
+CREATE TRIGGER IF NOT EXISTS statements_no_update BEFORE UPDATE ON statements
+    BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS statements_no_delete BEFORE DELETE ON statements
+    BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
+"""
+
+
+class Statement(NamedTuple):
+    at_ms: int
+    source: str
+    subject: int
+    """Keyed hash of the userId or anonymousId (:class:`aap.privacy.ids.IdHasher`)."""
+    purposes: dict[str, bool]
+    policy_version: str | None
+    channel: str
+    """``api``, ``event``, ``gpc`` or what the caller named (e.g. ``banner``)."""
+
+
+class ConsentLedger:
+    """``DATA_DIR/privacy/consent.db``: written by collectors, read by everyone."""
+
+    def __init__(self, data_dir: Path) -> None:
+        d = data_dir / "privacy"
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = d / "consent.db"
+        self._local = threading.local()
+        with self._con() as con:
+            con.executescript(_SCHEMA)
+
+    def _con(self) -> sqlite3.Connection:
+        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")
+            self._local.con = con
+        return con
+
+    def record(self, statements: Sequence[Statement]) -> None:
+        """Append durably, in one transaction."""
+        if not statements:
+            return
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.executemany(
+                "INSERT INTO statements (at_ms, source, subject, purposes, policy_version,"
+                " channel) VALUES (?, ?, ?, ?, ?, ?)",
+                [(s.at_ms, s.source, s.subject, json.dumps(s.purposes, sort_keys=True),
+                  s.policy_version, s.channel) for s in statements])
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+
+    def since(self, seq: int) -> list[tuple[int, Statement]]:
+        rows = self._con().execute(
+            "SELECT seq, at_ms, source, subject, purposes, policy_version, channel"
+            " FROM statements WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
+        return [(r[0], Statement(r[1], r[2], r[3], json.loads(r[4]), r[5], r[6])) for r in rows]
+
+    def history(self, subjects: Iterable[int]) -> list[Statement]:
+        keys = list(subjects)
+        rows = self._con().execute(
+            "SELECT at_ms, source, subject, purposes, policy_version, channel FROM statements"
+            f" WHERE subject IN ({','.join('?' * len(keys))}) ORDER BY seq", keys).fetchall()
+        return [Statement(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+
+class ConsentState:
+    """The latest statement per subject and purpose, kept current by reading what the
+    ledger gained since the last look (at most every ``interval`` seconds, or when asked)."""
+
+    def __init__(self, ledger: ConsentLedger, interval: float = 0.2) -> None:
+        self.ledger = ledger
+        self.interval = interval
+        self.latest: dict[int, dict[str, tuple[bool, int]]] = {}
+        """subject → purpose → (granted, at_ms)."""
+        self.withdrawn: set[int] = set()
+        """Subjects with at least one withdrawal in their latest statements."""
+        self._seq = 0
+        self._checked = 0.0
+        self._lock = threading.Lock()
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked < self.interval:
+            return
+        with self._lock:
+            for seq, st in self.ledger.since(self._seq):
+                self._apply(st)
+                self._seq = seq
+            self._checked = now
+
+    def _apply(self, st: Statement) -> None:
+        cur = self.latest.setdefault(st.subject, {})
+        for purpose, granted in st.purposes.items():
+            old = cur.get(purpose)
+            if old is None or st.at_ms >= old[1]:
+                cur[purpose] = (bool(granted), st.at_ms)
+                if not granted:
+                    self.withdrawn.add(st.subject)
+
+    def record(self, statements: Sequence[Statement]) -> None:
+        """Append to the ledger and apply at once (other processes see it on refresh)."""
+        self.ledger.record(statements)
+        self.apply(statements)
+
+    def apply(self, statements: Sequence[Statement]) -> None:
+        """Apply statements here only (the caller appends them to the ledger)."""
+        with self._lock:
+            for st in statements:
+                self._apply(st)
+
+    def of(self, subjects: Iterable[int | None], purpose: str) -> tuple[bool, int] | None:
+        """The most recent statement about ``purpose`` for any of these ids."""
+        best: tuple[bool, int] | None = None
+        for s in subjects:
+            if s is None:
+                continue
+            got = self.latest.get(s, {}).get(purpose)
+            if got is not None and (best is None or got[1] > best[1]
+                                    or (got[1] == best[1] and not got[0])):
+                best = got  # at the same moment a "no" for one id wins over a "yes"
+        return best
+
+
+def event_preferences(context: dict[str, Any], tcf_map: dict[str, tuple[int, ...]] | None = None
+                      ) -> dict[str, bool]:
+    """Purpose → granted, from ``context.consent``: an IAB TCF v2 ``tcString`` (mapped to
+    our purposes by ``tcf_map``; an undecodable string says nothing), then
+    ``categoryPreferences`` (booleans only), which wins where both speak."""
+    consent = context.get("consent")
+    if not isinstance(consent, dict):
+        return {}
+    out: dict[str, bool] = {}
+    tc = consent.get("tcString")
+    if tcf_map and isinstance(tc, str) and tc:
+        try:
+            out.update(tcf.preferences(tc, tcf_map))
+        except tcf.TCFError:
+            pass
+    prefs = consent.get("categoryPreferences")
+    if isinstance(prefs, dict):
+        out.update({k: v for k, v in prefs.items() if isinstance(k, str) and isinstance(v, bool)})
+    return out
+
+
+class Decision(NamedTuple):
+    purposes: dict[str, str]
+    """Purpose → lawful basis, for the purposes the event may be used for."""
+    statements: list[Statement]
+    """What to add to the ledger (the event's own consent where it changes the state, GPC)."""
+
+
+def decide(source_id: str, source_purposes: Sequence[tuple[str, str]], state: ConsentState,
+           subjects: Sequence[int | None], own: dict[str, bool], at_ms: int, gpc: bool
+           ) -> Decision:
+    """For which of its source's purposes may this event be used?
+
+    ``own``: the consent the event carries (a statement made at ``at_ms``); ``subjects``:
+    keyed hashes of its userId and anonymousId."""
+    ids = [s for s in subjects if s is not None]
+    own_changes: dict[str, bool] = {}
+    for purpose, granted in own.items():
+        if gpc and purpose in GPC_WITHDRAWS:
+            continue  # GPC says no, whatever the page's banner said
+        cur = state.of(ids, purpose)
+        if cur is None or cur[0] != granted:
+            own_changes[purpose] = granted
+    gpc_changes: dict[str, bool] = {}
+    if gpc:
+        for purpose in GPC_WITHDRAWS:
+            cur = state.of(ids, purpose)
+            if cur is None or cur[0]:
+                gpc_changes[purpose] = False
+    statements = [Statement(at_ms, source_id, s, part, None, channel)
+                  for part, channel in ((own_changes, "event"), (gpc_changes, "gpc")) if part
+                  for s in ids]
+    allowed: dict[str, str] = {}
+    for purpose, basis in source_purposes:
+        if gpc and purpose in GPC_WITHDRAWS:
+            continue
+        if purpose in own:
+            said: bool | None = own[purpose]
+        else:
+            cur = state.of(ids, purpose)
+            said = None if cur is None else cur[0]
+        # consent needs a yes; other bases stand unless the person said no (an objection)
+        if said or (said is None and basis != Basis.CONSENT):
+            allowed[purpose] = basis
+    return Decision(allowed, statements)

@@ -1,0 +1,101 @@
+"""The registry of purposes: why events are processed, on which lawful basis (GDPR
+Art. 6), what data, for whom, with which enrichments, and for how long.
+
+Defaults are below; ``DATA_DIR/privacy/purposes.json`` (a JSON list of objects with the
+fields of :class:`Purpose`) replaces them. Every source declares the purposes its events
+serve; an event may be used only for the purposes it has a basis for.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+import msgspec
+
+
+class Basis(StrEnum):
+    CONSENT = "consent"
+    LEGITIMATE_INTEREST = "legitimate_interest"
+    CONTRACT = "contract"
+    LEGAL_OBLIGATION = "legal_obligation"
+
+
+class Retention(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Days data for the purpose is kept in each tier (at most; 0 = not kept there)."""
+
+    hot: int = 7
+    warm: int = 90
+    cold: int = 760
+
+
+class Purpose(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: str
+    description: str
+    basis: Basis = Basis.CONSENT
+    categories: tuple[str, ...] = ()
+    """Categories of personal data processed."""
+    recipients: tuple[str, ...] = ()
+    enrichments: tuple[str, ...] = ()
+    """Enrichments used (declared in the record of processing)."""
+    profiling: bool = False
+    """Used for profiling (segments, predictions): people may object (Art. 21)."""
+    tcf: tuple[int, ...] = ()
+    """IAB TCF v2 purposes that must all have consent in a TC string for this purpose to
+    count as granted by it (none: a TC string does not decide this purpose)."""
+    retention: Retention = Retention()
+
+
+_EVENT_DATA = ("online identifiers (pseudonymous ids)", "interaction events",
+               "device and browser type", "coarse location (country, region, city)")
+
+DEFAULT_PURPOSES: tuple[Purpose, ...] = (
+    Purpose("analytics", "Product analytics: which features are used, funnels, retention.",
+            categories=_EVENT_DATA, recipients=("the site operator's analysts",),
+            enrichments=("user agent → browser, OS, device type",
+                         "truncated IP → country, region, city (offline database)"),
+            tcf=(1, 8, 9)),
+    Purpose("marketing", "Measuring campaigns and marketing attribution.",
+            categories=(*_EVENT_DATA, "campaign parameters"),
+            recipients=("the site operator's marketing team",),
+            enrichments=("UTM campaign fields",), tcf=(1, 2, 3, 4, 7)),
+    Purpose("personalization", "Personalising the product from behaviour (profiling).",
+            categories=_EVENT_DATA, recipients=("the site operator",), profiling=True,
+            tcf=(1, 5, 6)),
+    Purpose("partner_sharing", "Sharing with partners (a sale or sharing under CCPA/CPRA).",
+            categories=_EVENT_DATA, recipients=("partners named in the privacy policy",)),
+)
+
+GPC_WITHDRAWS = ("partner_sharing", "marketing")
+"""Purposes a ``Sec-GPC: 1`` request withdraws (CCPA/CPRA treat GPC as an opt-out)."""
+
+
+class UnknownPurpose(ValueError):
+    pass
+
+
+class Registry:
+    def __init__(self, purposes: tuple[Purpose, ...] = DEFAULT_PURPOSES) -> None:
+        ids = [p.id for p in purposes]
+        if len(set(ids)) != len(ids):
+            raise ValueError("purpose ids must be unique")
+        self.purposes = {p.id: p for p in purposes}
+        self.tcf = {p.id: p.tcf for p in purposes if p.tcf}
+        """Purpose → the TCF purposes it needs (see :func:`aap.privacy.tcf.preferences`)."""
+
+    @classmethod
+    def for_data_dir(cls, data_dir: Path) -> Registry:
+        path = data_dir / "privacy" / "purposes.json"
+        if not path.exists():
+            return cls()
+        return cls(tuple(msgspec.json.decode(path.read_bytes(), type=list[Purpose])))
+
+    def __contains__(self, purpose_id: object) -> bool:
+        return purpose_id in self.purposes
+
+    def get(self, purpose_id: str) -> Purpose:
+        try:
+            return self.purposes[purpose_id]
+        except KeyError:
+            raise UnknownPurpose(
+                f"unknown purpose {purpose_id!r}; known: {', '.join(self.purposes)}") from None

@@ -1,0 +1,174 @@
+"""The query cache: a native DuckDB copy of the warm and cold tiers, for queries.
+
+Warm and cold events are Parquet files (local disk or S3); reading them for every query
+costs 2-3x a native DuckDB table and a per-file overhead. The core therefore keeps a copy
+of every live tier file in the table ``query_cache`` of the warehouse database, sorted
+by (event, timestamp) so that event filters skip whole row groups, with person ids
+already resolved through the merges known when it was copied.
+
+Consistency is kept by the same snapshot rule as the tiers themselves:
+
+- a query's ``events`` view reads the cached rows only of files that are live in its
+  snapshot (``tier_files``); live files not copied yet are read from Parquet as before;
+  cached rows of retired files are ignored and deleted by the next sync;
+- merges recorded after the copy (``person_overrides`` rows not yet in
+  ``query_cache_overrides``) are applied at query time by a join with just those rows
+  (usually none), and folded into the copy by the next sync.
+
+So a query returns exactly what it would without the cache; erasure and retention,
+which replace or retire files, reach the copy through the same list.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import duckdb
+
+from aap.store.schema import EVENT_COLUMNS
+from aap.store.warehouse import Warehouse
+
+logger = logging.getLogger("aap.query.cache")
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS query_cache_files (
+    path VARCHAR PRIMARY KEY,
+    file_no INTEGER NOT NULL,
+    rows BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS query_cache_overrides (
+    old_person_id BIGINT PRIMARY KEY,
+    person_id BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS query_cache (
+    file_no INTEGER NOT NULL,
+    {", ".join(f'"{n}" {t}' for n, t, _ in EVENT_COLUMNS)}
+);
+"""
+
+_PENDING = ("(SELECT old_person_id, person_id FROM person_overrides"
+            " EXCEPT SELECT old_person_id, person_id FROM query_cache_overrides)")
+
+
+class QueryCache:
+    def __init__(self, warehouse: Warehouse, interval_s: float = 10.0) -> None:
+        self.warehouse = warehouse
+        self.interval_s = interval_s
+        warehouse.con.execute(DDL)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="aap-query-cache", daemon=True)
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync(stop=self._stop)
+            except Exception:
+                logger.exception("query cache sync failed; queries read Parquet meanwhile")
+            self._stop.wait(self.interval_s)
+
+    @contextmanager
+    def _tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        cur = self.warehouse.con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+        finally:
+            cur.close()
+
+    def _fold_merges(self, cur: duckdb.DuckDBPyConnection) -> int:
+        pending = cur.execute(f"SELECT count(*) FROM {_PENDING}").fetchall()[0]
+        if not pending[0]:
+            return 0
+        cur.execute(f"UPDATE query_cache SET person_id = d.person_id FROM {_PENDING} d"
+                    " WHERE query_cache.person_id = d.old_person_id")
+        cur.execute("DELETE FROM query_cache_overrides")
+        cur.execute("INSERT INTO query_cache_overrides SELECT old_person_id, person_id"
+                    " FROM person_overrides")
+        return int(pending[0])
+
+    def sync(self, stop: threading.Event | None = None) -> dict[str, int]:
+        """Bring the copy up to date: fold new merges, drop retired files, copy new ones
+        (one transaction per file). Returns what it did."""
+        done = {"merges": 0, "dropped": 0, "copied": 0, "rows": 0}
+        with self._lock:
+            with self._tx() as cur:
+                done["merges"] = self._fold_merges(cur)
+                gone = cur.execute("SELECT c.file_no FROM query_cache_files c ANTI JOIN"
+                                   " tier_files t USING (path)").fetchall()
+                for (no,) in gone:
+                    cur.execute("DELETE FROM query_cache WHERE file_no = ?", [no])
+                    cur.execute("DELETE FROM query_cache_files WHERE file_no = ?", [no])
+                done["dropped"] = len(gone)
+            todo = [r[0] for r in self.warehouse.con.cursor().execute(
+                "SELECT path FROM tier_files t ANTI JOIN query_cache_files c USING (path)"
+                " ORDER BY path").fetchall()]
+            for path in todo:
+                if stop is not None and stop.is_set():
+                    break
+                with self._tx() as cur:
+                    if not cur.execute("SELECT 1 FROM tier_files WHERE path = ?", [path]).fetchall():
+                        continue  # retired meanwhile
+                    done["merges"] += self._fold_merges(cur)
+                    no = int(cur.execute("SELECT coalesce(max(file_no), 0) + 1"
+                                         " FROM query_cache_files").fetchall()[0][0])
+                    cur.register("cache_src", self.warehouse.tiers.dataset([path]))
+                    cur.execute(
+                        "INSERT INTO query_cache SELECT ?, e.* REPLACE (coalesce(o.person_id,"
+                        " e.person_id) AS person_id) FROM cache_src e LEFT JOIN person_overrides o"
+                        " ON o.old_person_id = e.person_id ORDER BY e.event, e.timestamp", [no])
+                    cur.unregister("cache_src")
+                    n = int(cur.execute("SELECT count(*) FROM query_cache WHERE file_no = ?",
+                                        [no]).fetchall()[0][0])
+                    cur.execute("INSERT INTO query_cache_files VALUES (?, ?, ?)", [path, no, n])
+                done["copied"] += 1
+                done["rows"] += n
+        if done["copied"] or done["dropped"] or done["merges"]:
+            logger.info("query cache: %s", done)
+        return done
+
+
+def has_cache(cur: duckdb.DuckDBPyConnection) -> bool:
+    return bool(cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name ="
+                            " 'query_cache_files' AND NOT temporary").fetchall()[0][0])
+
+
+@contextmanager
+def snapshot(warehouse: Warehouse) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``Warehouse.snapshot()`` with ``events`` reading the cache where it can."""
+    with warehouse.snapshot() as cur:
+        if has_cache(cur):
+            files = cur.execute(
+                "SELECT t.tier, t.path, c.file_no FROM tier_files t LEFT JOIN query_cache_files c"
+                " USING (path)").fetchall()
+            cached = sorted(int(no) for _, _, no in files if no is not None)
+            cur.register("uncached_events", warehouse.tiers.dataset(
+                [p for _, p, no in files if no is None]))
+            in_cache = f"c.file_no IN ({', '.join(map(str, cached))})" if cached else "false"
+            cur.execute(f"""
+                CREATE OR REPLACE TEMP VIEW events AS
+                SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)
+                FROM (SELECT * FROM events_raw UNION ALL SELECT * FROM uncached_events) e
+                LEFT JOIN person_overrides o ON o.old_person_id = e.person_id
+                UNION ALL
+                SELECT c.* EXCLUDE (file_no) REPLACE (coalesce(d.person_id, c.person_id) AS person_id)
+                FROM query_cache c LEFT JOIN {_PENDING} d ON d.old_person_id = c.person_id
+                WHERE {in_cache}
+            """)
+        yield cur

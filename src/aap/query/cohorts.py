@@ -1,0 +1,132 @@
+"""Saved cohorts, in the registry beside the sources (``meta.db``).
+
+A static cohort is a list of distinct ids (userId / anonymousId values); only their keyed
+hashes are stored (the same keys the processor uses), and a query resolves them through
+``person_ids`` and ``person_overrides``, so merged persons are counted once. A
+behavioural cohort is a definition (did an event at least n times in the last d days,
+and/or person property filters), evaluated when a query runs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from aap.errors import NotFound
+from aap.privacy.ids import IdHasher
+from aap.query.common import CohortDef
+from aap.query.models import CohortSpec, Filter
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cohorts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    size_hint INTEGER,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS saved_insights (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    query TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+"""
+
+
+class Stored(msgspec.Struct):
+    id_keys: list[int] | None = None
+    event: str | None = None
+    min_count: int = 1
+    days: int = 30
+    person_filters: list[Filter] = []
+
+
+def _connect(data_dir: Path) -> sqlite3.Connection:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(data_dir / "meta.db", timeout=30, isolation_level=None,
+                          check_same_thread=False)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.executescript(_SCHEMA)
+    return con
+
+
+class Cohorts:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._con = _connect(data_dir)
+        self._hasher: IdHasher | None = None
+
+    def create(self, spec: CohortSpec) -> dict[str, Any]:
+        if spec.static is not None:
+            if self._hasher is None:
+                self._hasher = IdHasher.for_data_dir(self.data_dir)
+            keys = sorted({self._hasher.key(i) for i in spec.static.ids})
+            stored, kind, size = Stored(id_keys=keys), "static", len(keys)
+        else:
+            bh = spec.behavioural
+            assert bh is not None
+            pf = [msgspec.structs.replace(f, type="person") for f in bh.person_filters]
+            stored = Stored(event=bh.event, min_count=bh.min_count, days=bh.days,
+                            person_filters=pf)
+            kind, size = "behavioural", None
+        cur = self._con.execute(
+            "INSERT INTO cohorts (name, kind, definition, size_hint, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (spec.name, kind, msgspec.json.encode(stored).decode(), size, int(time.time())))
+        return {"id": cur.lastrowid, "name": spec.name, "kind": kind}
+
+    def get(self, cohort_id: int) -> CohortDef:
+        row = self._con.execute("SELECT id, name, definition FROM cohorts WHERE id = ?",
+                                (cohort_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no cohort with id {cohort_id}", code="unknown_cohort")
+        d = msgspec.json.decode(row[2], type=Stored)
+        return CohortDef(id=row[0], name=row[1], id_keys=d.id_keys, event=d.event,
+                         min_count=d.min_count, days=d.days, person_filters=d.person_filters)
+
+    def list(self) -> builtins.list[dict[str, Any]]:
+        out = []
+        for i, name, kind, definition, size, created in self._con.execute(
+                "SELECT id, name, kind, definition, size_hint, created_at FROM cohorts ORDER BY id"):
+            item: dict[str, Any] = {"id": i, "name": name, "kind": kind, "created_at": created}
+            if kind == "static":
+                item["ids"] = size
+            else:
+                d = msgspec.json.decode(definition, type=Stored)
+                item["definition"] = {"event": d.event, "min_count": d.min_count, "days": d.days,
+                                      "person_filters": msgspec.to_builtins(d.person_filters)}
+            out.append(item)
+        return out
+
+    def delete(self, cohort_id: int) -> bool:
+        return self._con.execute("DELETE FROM cohorts WHERE id = ?", (cohort_id,)).rowcount > 0
+
+    # -- saved insights (what the viewer role may run) --
+
+    def save_insight(self, name: str, query: dict[str, Any]) -> dict[str, Any]:
+        cur = self._con.execute(
+            "INSERT INTO saved_insights (name, query, created_at) VALUES (?, ?, ?)",
+            (name, msgspec.json.encode(query).decode(), int(time.time())))
+        return {"id": cur.lastrowid, "name": name}
+
+    def insight(self, insight_id: int) -> tuple[str, dict[str, Any]]:
+        row = self._con.execute("SELECT name, query FROM saved_insights WHERE id = ?",
+                                (insight_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no saved insight with id {insight_id}", code="unknown_insight")
+        return row[0], msgspec.json.decode(row[1])
+
+    def insights(self) -> builtins.list[dict[str, Any]]:
+        return [{"id": i, "name": n, "query": msgspec.json.decode(q), "created_at": c}
+                for i, n, q, c in self._con.execute(
+                    "SELECT id, name, query, created_at FROM saved_insights ORDER BY id")]
+
+    def close(self) -> None:
+        self._con.close()

@@ -1,0 +1,55 @@
+"""Run an insight document: decode, compile to SQL, execute on a warehouse snapshot."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+
+from aap.errors import BadRequest
+from aap.query import cache, funnel, lifecycle, paths, retention, sql, stickiness, trends
+from aap.query.common import CohortDef, Context
+from aap.query.models import (
+    SQL,
+    Funnel,
+    Insight,
+    Lifecycle,
+    Paths,
+    Retention,
+    Stickiness,
+    Trends,
+    parse_insight,
+)
+from aap.store.warehouse import Warehouse
+
+RUNNERS: dict[type, Callable[[Context, Any], dict[str, Any]]] = {
+    Trends: trends.run, Funnel: funnel.run, Retention: retention.run, Paths: paths.run,
+    Stickiness: stickiness.run, Lifecycle: lifecycle.run,
+}
+
+
+def run_insight(warehouse: Warehouse, doc: bytes | str | dict[str, Any] | Insight, *,
+                role: str = "analyst", cohort: Callable[[int], CohortDef] | None = None,
+                now: datetime | None = None, timeout_s: float = 60.0,
+                sql_max_rows: int = 100_000, use_cache: bool = True) -> dict[str, Any]:
+    """The Python API: run one insight on a warehouse (the process that owns it)."""
+    q = doc if isinstance(doc, (Trends, Funnel, Retention, Paths, Stickiness, Lifecycle, SQL)) \
+        else parse_insight(doc)
+    snap = (lambda: cache.snapshot(warehouse)) if use_cache else warehouse.snapshot
+    with snap() as cur:
+        ctx = Context(cur=cur, now=now or datetime.now(UTC), cohort=cohort, role=role,
+                      snapshot=snap)
+        if isinstance(q, SQL):
+            return sql.run(ctx, q, max_rows=sql_max_rows, max_seconds=timeout_s)
+        timer = threading.Timer(timeout_s, cur.interrupt)
+        timer.start()
+        try:
+            return RUNNERS[type(q)](ctx, q)
+        except duckdb.InterruptException:
+            raise BadRequest(f"the insight ran over the time limit of {timeout_s:g} s",
+                             code="timeout") from None
+        finally:
+            timer.cancel()
