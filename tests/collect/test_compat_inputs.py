@@ -130,9 +130,9 @@ CASES: list[Case] = [
     ("consent purpose not a bool", lambda r: post(r, "/v1/consent", {
         "writeKey": r.key, "anonymousId": "a", "purposes": {"analytics": "yes"}}), 400,
      "invalid_consent"),
-    ("consent odd purpose id", lambda r: post(r, "/v1/consent", {
+    ("consent unknown purpose", lambda r: post(r, "/v1/consent", {
         "writeKey": r.key, "anonymousId": "a", "purposes": {"Ana lytics": True}}), 400,
-     "invalid_consent"),
+     "unknown_purpose"),
     ("consent invalid JSON", lambda r: post(r, "/v1/consent", b"{"), 400, "invalid_json"),
     ("sdk.js wrong method", lambda r: post(r, "/sdk.js", b""), 405, "method_not_allowed"),
 ]

@@ -1,6 +1,7 @@
 """Our browser SDK (served by the collector at /sdk.js) in headless Chromium against the
-real server: consent before anything, withdrawal, GPC, single-page-app navigation,
-autocapture of clicks and forms without values, offline then online, page hide, gzip."""
+real server, whose source rests on consent (so the server's consent gate is in the loop):
+consent before anything, withdrawal, GPC, single-page-app navigation, autocapture of
+clicks and forms without values, offline then online, page hide, gzip."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Running
+from aap.privacy.consent import ConsentLedger, Statement
+from aap.privacy.ids import IdHasher
+from tests.conftest import Running, start
 from tests.e2e.browser import PageServer, wait_for, wait_rows
 from tests.e2e.warehouse import Row
 
@@ -73,6 +76,23 @@ class Tab:
 
 
 @pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """A source whose analytics purpose rests on consent (AAP's default)."""
+    r = start(tmp_path_factory.mktemp("srv"), source_args=("--basis", "consent"))
+    yield r
+    r.server.stop()
+
+
+def ledger(running: Running, anonymous_id: str, channel: str | None = None) -> list[Statement]:
+    """The consent ledger's statements about this browser's anonymous id (those the SDK
+    made with ``POST /v1/consent`` have the channel ``aap.js``; the gate also records the
+    preferences events carry, with the channel ``event``)."""
+    subject = IdHasher.for_data_dir(running.data_dir).key(anonymous_id)
+    return [st for _, st in ConsentLedger(running.data_dir).since(0)
+            if st.subject == subject and channel in (None, st.channel)]
+
+
+@pytest.fixture(scope="module")
 def site(running: Running) -> Iterator[PageServer]:
     def shop(q: dict[str, str]) -> str:
         return SHOP.format(aap=running.url, key=json.dumps(running.key),
@@ -117,8 +137,7 @@ def test_nothing_is_sent_or_stored_before_consent(tab: Tab) -> None:
     tab.page.click("button[data-aap=buy]")
     tab.js("aap.identify('web-user-1', {plan: 'pro'}); aap.track('Plan Chosen', {plan: 'pro'});"
            " aap.group('org-web-1', {size: 3}); aap.alias('web-login-1'); aap.flush()")
-    expected = ["$consent", "$page", "Element Clicked", "$identify", "Plan Chosen", "$group",
-                "$alias"]
+    expected = ["$page", "Element Clicked", "$identify", "Plan Chosen", "$group", "$alias"]
     rows = _anon_rows(tab, lambda rs: len(rs) >= len(expected))
     assert sorted(r.event for r in rows) == sorted(expected)  # nothing missing, nothing extra
     assert len({r.person_id for r in rows}) == 1
@@ -128,11 +147,12 @@ def test_nothing_is_sent_or_stored_before_consent(tab: Tab) -> None:
     click = by["Element Clicked"].properties
     assert click == {"tag": "button", "text": "Buy now", "selector": 'button[data-aap="buy"]'}
     assert by["Plan Chosen"].properties == {"plan": "pro"}
-    assert by["$consent"].properties["purposes"] == {"analytics": True, "marketing": False}
-    assert by["$consent"].properties["channel"] == "aap.js"
+    (st,) = ledger(tab.running, tab.anon(), "aap.js")
+    assert st.purposes == {"analytics": True, "marketing": False}
+    assert (st.channel, st.policy_version) == ("aap.js", "1")
     now = datetime.now(UTC)
     assert all(now - timedelta(minutes=2) < r.timestamp <= now + timedelta(seconds=5) for r in rows)
-    assert len({r.session_id for r in rows if r.event != "$consent"}) == 1
+    assert len({r.session_id for r in rows}) == 1
     for e in tab.running.stored():  # typed text and field values never leave the page
         assert "typed-secret-4711" not in json.dumps(e.properties) + json.dumps(e.context)
         assert "large" not in json.dumps(e.properties)
@@ -156,8 +176,12 @@ def test_withdrawal_stops_at_once_and_clears_the_device(tab: Tab) -> None:
     assert [p for _, p, _ in after] == ["/v1/consent"]
     body = json.loads(after[0][2] or b"{}")
     assert body["anonymousId"] == anon and body["purposes"] == {"analytics": False}
-    rows = wait_rows(tab.running.server, rows[0].message_id,
-                     lambda rs: sum(r.event == "$consent" for r in rs) == 2)
+    wait_for(lambda: len(ledger(tab.running, anon, "aap.js")) == 2,
+             what="the withdrawal in the ledger")
+    assert [st.purposes for st in ledger(tab.running, anon, "aap.js")] == [
+        {"analytics": True}, {"analytics": False}]
+    assert ledger(tab.running, anon)[-1].purposes == {"analytics": False}  # the latest wins
+    rows = wait_rows(tab.running.server, rows[0].message_id, lambda rs: True)
     assert not any(r.event == "After Withdrawal" for r in rows)
     assert not any(e.event == "After Withdrawal" for e in tab.running.stored())
     tab.page.reload()
@@ -178,9 +202,8 @@ def test_global_privacy_control_keeps_marketing_and_sharing_off(browser: Any,
         rows = _anon_rows(t, lambda rs: any(r.event == "With GPC" for r in rs))
         ev = next(r for r in rows if r.event == "With GPC")
         assert ev.gpc is True
-        consent = next(r for r in rows if r.event == "$consent")
-        assert consent.properties["purposes"] == {"analytics": True, "marketing": False,
-                                                  "partner_sharing": False}
+        (st,) = ledger(running, t.anon(), "aap.js")
+        assert st.purposes == {"analytics": True, "marketing": False, "partner_sharing": False}
         logged = next(e for e in running.stored() if e.message_id == ev.message_id)
         assert logged.context["consent"]["categoryPreferences"]["marketing"] is False
     finally:
@@ -198,7 +221,7 @@ def test_single_page_app_navigation_and_forms(tab: Tab) -> None:
     tab.page.click("#signup button")
     tab.page.go_back()  # popstate
     tab.js("aap.flush()")
-    want = ["$consent", "$page", "$page", "$page", "$page", "$page", "Element Clicked",
+    want = ["$page", "$page", "$page", "$page", "$page", "Element Clicked",
             "Element Clicked", "Form Abandoned", "Form Submitted"]
     rows = _anon_rows(tab, lambda rs: len(rs) >= len(want))
     assert sorted(r.event for r in rows) == sorted(want)
@@ -231,8 +254,10 @@ def test_offline_queue_is_kept_and_sent_when_back_online(tab: Tab) -> None:
     assert not any(e.event and e.event.startswith("Offline") for e in tab.running.stored())
     tab.context.set_offline(False)
     rows = _anon_rows(tab, lambda rs: sum(r.event.startswith("Offline") for r in rs) == 2)
-    assert [r.event for r in rows if r.event.startswith("Offline")] == ["Offline One",
-                                                                       "Offline Two"]
+    assert sorted(r.event for r in rows if r.event.startswith("Offline")) == [
+        "Offline One", "Offline Two"]
+    logged = [e.event for e in tab.running.stored() if e.event and e.event.startswith("Offline")]
+    assert logged == ["Offline One", "Offline Two"]  # in the order they happened
     wait_for(lambda: tab.js("localStorage.aap_q === undefined") or tab.pause() or False,
              what="the queue to empty")
 
@@ -249,7 +274,7 @@ def test_page_hide_sends_the_queue(browser: Any, running: Running,
         wait_for(lambda: any(e.event == "Last Words" for e in running.stored()),
                  what="the beacon")
         logged = [e for e in running.stored() if e.anonymous_id == anon]
-        assert sorted(e.event or "" for e in logged) == ["", "$consent", "Last Words"]
+        assert sorted(e.event or "" for e in logged) == ["", "Last Words"]
     finally:
         t.close()
 
