@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from aap.log.sqlite import SQLiteLog
 from aap.privacy.consent import ConsentLedger, Statement
 from aap.privacy.ids import IdHasher
 from tests.conftest import Running, start
@@ -45,7 +48,11 @@ class Tab:
                 " {get: () => true})")
         self.page = self.context.new_page()
         self.requests: list[tuple[str, str, bytes | None]] = []
+        self.statuses: list[tuple[str, int]] = []
         self.page.on("request", self._seen)
+        self.page.on("response", lambda r: self.statuses.append(
+            (r.url[len(running.url):].split("?")[0], r.status))
+            if r.url.startswith(running.url) else None)
         self.url = f"{site.url}/shop?flush={flush}"
         self.page.goto(self.url)
 
@@ -296,3 +303,42 @@ def test_large_batches_are_gzipped(tab: Tab) -> None:
     rows = _anon_rows(tab, lambda rs: sum(r.event == "Big" for r in rs) == 5)
     assert sorted(r.properties["i"] for r in rows if r.event == "Big") == [0, 1, 2, 3, 4]
     assert [0x1F, 0x8B] in tab.js("window.__heads")  # gzip, by CompressionStream
+
+
+def test_retries_with_backoff_while_the_server_answers_503(browser: Any, tmp_path: Path) -> None:
+    """A real 503 (back-pressure: a consumer group far behind) until the consumer catches
+    up: the SDK keeps the events and retries, and they arrive once."""
+    r = start(tmp_path, source_args=("--basis", "consent"),
+              env={"AAP_MAX_CONSUMER_LAG": "5", "AAP_HEALTH_INTERVAL_MS": "50"})
+    log = SQLiteLog(r.data_dir / "log")
+    site = PageServer({"shop": lambda q: SHOP.format(
+        aap=r.url, key=json.dumps(r.key), aap_js=json.dumps(r.url), flush=200)})
+    t = Tab(browser, r, site)
+    try:
+        log.commit("slow-consumer", 0)
+        filler = {"batch": [{"type": "track", "event": "Filler", "userId": "f",
+                             "context": {"consent": {"categoryPreferences": {"analytics": True}}}}
+                            for _ in range(10)]}
+        assert r.post("/v1/batch", json=filler).status_code == 200
+        wait_for(lambda: httpx.get(r.url + "/healthz").status_code == 503, what="back-pressure")
+        t.js("aap.consent.set({analytics: true}); aap.track('Retried'); aap.flush()")
+        wait_for(lambda: ("/v1/batch", 503) in t.statuses or t.pause() or False,
+                 what="a 503 answer")
+        t.pause(1500)
+        assert not any(e.event == "Retried" for e in r.stored())
+        assert t.js("JSON.parse(localStorage.aap_q).map(m => m.event || m.type)") == [
+            "page", "Retried"]  # kept for the next try
+        log.commit("slow-consumer", log.stats().head_offset)  # the consumer caught up
+        wait_for(lambda: any(e.event == "Retried" for e in r.stored()) or t.pause() or False,
+                 timeout=30, what="the retried batch")
+        t.pause(300)  # let Playwright deliver the last response events
+        assert ("/v1/batch", 200) in t.statuses
+        anon = t.anon()
+        assert sorted(e.event or e.type for e in r.stored() if e.anonymous_id == anon) == [
+            "Retried", "page"]
+        assert [st.purposes for st in ledger(r, anon, "aap.js")] == [{"analytics": True}]
+    finally:
+        t.close()
+        site.close()
+        log.close()
+        r.server.stop()

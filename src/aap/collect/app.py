@@ -176,7 +176,8 @@ class Collector:
         origin = req.headers.get("origin")
         if origin and req.cors and is_browser_path(req.path):
             resp.headers += [("access-control-allow-origin", origin), ("vary", "Origin"),
-                             ("access-control-allow-credentials", "true")]
+                             ("access-control-allow-credentials", "true"),
+                             ("access-control-expose-headers", "Retry-After")]
         await send({
             "type": "http.response.start",
             "status": resp.status,
