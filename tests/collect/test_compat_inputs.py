@@ -150,6 +150,13 @@ def test_bad_input_answer(running: Running, case: Case) -> None:
     assert len(running.stored()) == before
 
 
+def test_missing_keys_say_where_the_key_goes(running: Running) -> None:
+    ph = post(running, "/batch/", {"batch": [{"event": "E", "distinct_id": "d"}]}).json()
+    assert "`api_key`" in ph["message"]
+    sp = post(running, TP2, {"schema": PAYLOAD, "data": [{"e": "pv", "duid": "d"}]}).json()
+    assert "`aid`" in sp["message"]
+
+
 def test_good_and_bad_events_of_one_request(running: Running) -> None:
     r = post(running, "/batch/", {"api_key": running.key, "batch": [
         {"event": "Good", "distinct_id": "mix-1", "uuid": "mix-good"},
