@@ -157,6 +157,20 @@ def test_missing_keys_say_where_the_key_goes(running: Running) -> None:
     assert "`aid`" in sp["message"]
 
 
+def test_start_up_answers_of_posthog(running: Running) -> None:
+    for path in ("/flags/?v=2", "/decide/?v=3"):
+        flags = post(running, path, {"token": running.key, "distinct_id": "d"})
+        assert flags.status_code == 200
+        body = flags.json()
+        assert body["featureFlags"] == {} and body["errorsWhileComputingFlags"] is False
+        assert "quotaLimited" not in body and "quota_limited" not in flags.text
+    cfg = httpx.get(f"{running.url}/array/{running.key}/config").json()
+    assert "gzip-js" in cfg["supportedCompression"]
+    js = httpx.get(f"{running.url}/array/{running.key}/config.js")
+    assert js.headers["content-type"] == "application/javascript"
+    assert "_POSTHOG_REMOTE_CONFIG" in js.text and "gzip-js" in js.text
+
+
 def test_good_and_bad_events_of_one_request(running: Running) -> None:
     r = post(running, "/batch/", {"api_key": running.key, "batch": [
         {"event": "Good", "distinct_id": "mix-1", "uuid": "mix-good"},
