@@ -342,3 +342,13 @@ def test_retries_with_backoff_while_the_server_answers_503(browser: Any, tmp_pat
         site.close()
         log.close()
         r.server.stop()
+
+
+def test_offline_queue_is_capped(tab: Tab) -> None:
+    tab.js("aap.consent.set({analytics: true})")
+    tab.context.set_offline(True)
+    tab.js(f"aap.init({json.dumps(tab.running.key)}, {{host: {json.dumps(tab.running.url)},"
+           " maxQueue: 3}); for (let i = 1; i <= 5; i++) aap.track('E' + i)")
+    tab.pause(300)
+    assert tab.js("JSON.parse(localStorage.aap_q).map(m => m.event)") == ["E3", "E4", "E5"]
+    tab.context.set_offline(False)

@@ -18,7 +18,9 @@ Each PostHog event becomes a Segment-shaped :class:`~aap.collect.segment.WireMes
 A ``distinct_id`` is an ``anonymousId`` when posthog-js says the person is not
 identified (``$is_identified: false``, or ``distinct_id == $device_id``); otherwise it
 is a ``userId``. ``$ip`` goes to ``context.ip`` (truncated by the collector, never
-stored), ``$session_id`` stays in the properties (the processor's session id).
+stored), ``$session_id`` stays in the properties (the processor's session id). The send
+time (``sent_at`` per event, per batch, or ``sent_at`` / ``_`` in the query) corrects the
+device's clock like Segment's ``sentAt``.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def parse(body: bytes, query: dict[str, list[str]], content_type: str, limit: in
     messages: list[tuple[int, WireMessage]] = []
     rejected: list[Rejection] = []
     now = datetime.now(UTC)
-    batch_sent = _time(sent_at)
+    batch_sent = _time(sent_at) or _query_time(query)
     for i, ev in enumerate(events):
         if not isinstance(ev, dict):
             rejected.append(Rejection(i, "wrong_type", "an event must be a JSON object"))
@@ -141,6 +143,16 @@ def _time(v: Any) -> datetime | None:
         return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
     if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e14:
         return datetime.fromtimestamp(v / 1000 if v > 1e11 else v, UTC)
+    return None
+
+
+def _query_time(query: dict[str, list[str]]) -> datetime | None:
+    """posthog-js may put the send time in the query: ``sent_at`` (POST) or ``_`` (GET),
+    in milliseconds."""
+    for name in ("sent_at", "_"):
+        v = (query.get(name) or [""])[0]
+        if v.isdigit() and len(v) <= 15:
+            return _time(int(v))
     return None
 
 
