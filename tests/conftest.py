@@ -9,6 +9,7 @@ import pytest
 
 from aap.events import Event, decode_events
 from aap.log.sqlite import SQLiteLog
+from aap.privacy.sealing import Sealer
 from aap.runner import ServerProcess, create_source
 
 
@@ -35,12 +36,15 @@ class Running:
         return httpx.post(self.url + path, content=content, json=json, headers=h, timeout=30)
 
     def stored(self) -> list[Event]:
+        """Every event in the log, unsealed (raw ids and personal traits back, with the
+        data dir's keys) so tests can compare them with what was sent."""
         log = SQLiteLog(self.data_dir / "log")
+        sealer = Sealer(self.data_dir)
         out: list[Event] = []
         after = 0
         while recs := log.read(after, 1000):
             for r in recs:
-                out.extend(decode_events(r.payload))
+                out.extend(sealer.unseal(e) for e in decode_events(r.payload))
             after = recs[-1].offset
         log.close()
         return out

@@ -166,7 +166,7 @@ def report(data_dir: Path, console: Console) -> None:
     types: Counter[str] = Counter()
     names: Counter[str] = Counter()
     countries: Counter[str] = Counter()
-    people: set[str] = set()
+    people: set[int] = set()
     after = 0
     sample = None
     while recs := log.read(after, 500):
@@ -176,7 +176,7 @@ def report(data_dir: Path, console: Console) -> None:
                 if ev.event:
                     names[ev.event] += 1
                 countries[(ev.geo.country if ev.geo else None) or "unknown"] += 1
-                people.add(ev.anonymous_id or "")
+                people.add(ev.anonymous_key or 0)
                 sample = sample or ev
         after = recs[-1].offset
     st = log.stats()
@@ -195,7 +195,8 @@ def report(data_dir: Path, console: Console) -> None:
     console.print("countries (from truncated IPs): " +
                   ", ".join(f"{c} {n}" for c, n in countries.most_common(8)))
     if sample is not None:
-        console.print("one stored event (note the truncated `ip` and coarse `geo`):")
+        console.print("one stored event (note the truncated `ip`, the coarse `geo`, and the"
+                      " ids: only keyed hashes and sealed bytes, never the raw id):")
         console.print_json(msgspec.json.encode(sample).decode())
     log.close()
 

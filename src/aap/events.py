@@ -54,6 +54,12 @@ class Event(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
     """The request carried ``DNT: 1``."""
     purposes: dict[str, str] = {}
     """Purpose → lawful basis: what the event may be used for (set by the consent gate)."""
+    # -- set when the event is sealed (aap.privacy.sealing): raw ids leave, keys stay --
+    user_key: int | None = None
+    anonymous_key: int | None = None
+    previous_key: int | None = None
+    sealed: dict[str, bytes] = {}
+    """``userId`` / ``anonymousId`` / ``previousId`` / ``traits`` → sealed bytes."""
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -41,6 +41,7 @@ from aap.events import Event, encode_events
 from aap.log import Append, open_log
 from aap.log.committer import GroupCommitter
 from aap.privacy.ip import GeoLocator, IpPolicy, parse_networks, strip_ip
+from aap.privacy.sealing import Sealer
 from aap.settings import Settings
 from aap.sources import Source, Sources
 
@@ -115,6 +116,7 @@ class Collector:
                              max_lag=settings.max_consumer_lag,
                              interval_ms=settings.health_interval_ms)
         self.gate = Gate(self.data_dir)
+        self.sealer = Sealer(self.data_dir, hasher=self.gate.hasher)
         self._unknown_keys: dict[str, float] = {}
         self._known_keys: dict[str, Source] = {}
         self.api = ApiProxy(self.data_dir, timeout=float(settings.query_timeout_s) + 30,
@@ -275,10 +277,15 @@ class Collector:
         withheld = self.gate.admit(source, events, req.headers.get("sec-gpc", "").strip() == "1")
         if withheld:
             metrics.EVENTS_NOT_STORED.labels("no_lawful_basis").inc(withheld)
+        erased = self.sealer.seal(events)
+        if erased:
+            metrics.EVENTS_NOT_STORED.labels("erased_subject").inc(erased)
+        not_stored = {k: v for k, v in (("no_lawful_basis", withheld), ("erased_subject", erased))
+                      if v}
         if not events:
             out0: dict[str, Any] = {"success": True, "accepted": 0}
-            if withheld:
-                out0["not_stored"] = {"no_lawful_basis": withheld}
+            if not_stored:
+                out0["not_stored"] = not_stored
             if rejected_out:
                 out0["rejected"] = rejected_out
             return Response.json(200, out0)
@@ -289,8 +296,8 @@ class Collector:
             await self.committer.append(batch)
         metrics.EVENTS_ACCEPTED.labels(source.id).inc(len(events))
         out: dict[str, Any] = {"success": True, "accepted": len(events)}
-        if withheld:
-            out["not_stored"] = {"no_lawful_basis": withheld}
+        if not_stored:
+            out["not_stored"] = not_stored
         if rejected_out:
             out["rejected"] = rejected_out
         return Response.json(200, out)

@@ -51,10 +51,12 @@ ENRICHED_COLUMNS = (
     "browser", "browser_version", "os", "os_version", "device_type",
     "country", "region", "city", "library_name", "library_version",
 )  # fmt: skip
-AUX_COLUMNS = ("key", "user_id", "anonymous_id", "previous_id", "sdk_session", "traits",
-               "received_ms")
+AUX_COLUMNS = ("key", "user_key", "anonymous_key", "previous_key", "raw_ids", "sdk_session",
+               "traits", "received_ms")
 """Columns the stateful steps read and the warehouse does not store: the dedup key
-(see :func:`aap.process.steps.dedup_key`), the raw ids, the SDK's session id, the
+(see :func:`aap.process.steps.dedup_key`), the keyed hashes of the ids (the collector
+seals the raw ids; for events written unsealed, by tools and tests, ``raw_ids`` holds
+userId / anonymousId / previousId and the processor hashes them), the SDK's session id, the
 traits of identify events (JSON), and the receive time in milliseconds."""
 
 
@@ -102,9 +104,11 @@ def fields(w: _Work) -> None:
     c["properties"] = _strings(list(map(_json.encode, [e.properties for e in evs])))
     c["gpc"] = pa.array([e.gpc for e in evs], pa.bool_())
     c["dnt"] = pa.array([e.dnt for e in evs], pa.bool_())
-    c["user_id"] = _strings([e.user_id for e in evs])
-    c["anonymous_id"] = _strings([e.anonymous_id for e in evs])
-    c["previous_id"] = _strings([e.previous_id for e in evs])
+    for kind in ("user", "anonymous", "previous"):
+        c[kind + "_key"] = pa.array([getattr(e, kind + "_key") for e in evs], pa.int64())
+    c["raw_ids"] = pa.array([(e.user_id, e.anonymous_id, e.previous_id)
+                             if e.user_id or e.anonymous_id or e.previous_id else None
+                             for e in evs], pa.list_(pa.string()))
     c["traits"] = _strings([_json.encode(e.traits) if e.traits and e.type == "identify" else None
                             for e in evs])
     c["purposes"] = pa.array([list(e.purposes) for e in evs], _PURPOSES)

@@ -129,13 +129,12 @@ def consent(b: Batch, st: State) -> None:
     withdrawn = st.consent.withdrawn
     if not withdrawn:
         return
-    h = st.hasher.key
     left: list[list[str]] | None = None
     drop = np.zeros(len(b), bool)
-    rows = zip(b.column("purposes"), b.column("user_id"), b.column("anonymous_id"),
-               b.column("received_ms"), strict=True)
+    users, anons, _ = id_keys(b, st)
+    rows = zip(b.column("purposes"), users, anons, b.column("received_ms"), strict=True)
     for i, (purposes, user, anon, at) in enumerate(rows):
-        ids = [h(x) for x in (user, anon) if x]
+        ids = [x for x in (user, anon) if x is not None]
         if not purposes or not any(k in withdrawn for k in ids):
             continue
         gone = [p for p in purposes if (s := st.consent.of(ids, p)) is not None and not s[0]
@@ -152,29 +151,41 @@ def consent(b: Batch, st: State) -> None:
         b.drop(drop, "consent_withdrawn")
 
 
+def id_keys(b: Batch, st: State) -> tuple[list[int | None], list[int | None], list[int | None]]:
+    """Keyed hashes of each event's userId, anonymousId and previousId: as the collector
+    sealed them, or (events written unsealed) hashed here."""
+    keys = [b.column(k + "_key") for k in ("user", "anonymous", "previous")]
+    raw = b.table.column("raw_ids")
+    if raw.null_count < len(raw):
+        h = st.hasher.key
+        for i, ids in enumerate(raw.to_pylist()):
+            if ids:
+                for col, x in zip(keys, ids, strict=True):
+                    if x:
+                        col[i] = h(x)
+    return keys[0], keys[1], keys[2]
+
+
 def identity(b: Batch, st: State) -> None:
     """Each event's person (see :mod:`aap.process.identity`)."""
-    h = st.hasher.key
     ids = st.identities
     known = ids.ids
     merged = ids.merged
     identified = ids.identified
     sessions = st.sessions
     out = []
-    for typ, user, anon, previous in zip(b.column("type"), b.column("user_id"),
-                                         b.column("anonymous_id"), b.column("previous_id"),
+    users, anons, previous_ids = id_keys(b, st)
+    for typ, ukey, anon, previous in zip(b.column("type"), users, anons, previous_ids,
                                          strict=True):
-        user, anon = user or None, anon or None
-        if typ == "alias" and previous and user:
-            other = h(previous)
+        if typ == "alias" and previous is not None and ukey is not None:
+            other = previous
             before = ids.person_of(other)
-            person = ids.alias(other, h(user))
-        elif user is None:
-            p = known.get(h(anon))  # type: ignore[arg-type]
-            out.append(merged.get(p, p) if p is not None else ids.observe(None, h(anon)))  # type: ignore[arg-type]
+            person = ids.alias(other, ukey)
+        elif ukey is None:
+            p = known.get(anon)  # type: ignore[arg-type]
+            out.append(merged.get(p, p) if p is not None else ids.observe(None, anon))
             continue
         else:
-            ukey = h(user)
             if anon is None:
                 p = known.get(ukey)
                 if p is not None:
@@ -184,7 +195,7 @@ def identity(b: Batch, st: State) -> None:
                         continue
                 out.append(ids.observe(ukey, None))
                 continue
-            other = h(anon)
+            other = anon
             before = ids.person_of(other)
             person = ids.observe(ukey, other)
         out.append(person)

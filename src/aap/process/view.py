@@ -73,6 +73,9 @@ class EventView(msgspec.Struct, rename="camel", kw_only=True):
     gpc: bool = False
     dnt: bool = False
     purposes: dict[str, str] = {}
+    user_key: int | None = None
+    anonymous_key: int | None = None
+    previous_key: int | None = None
 
 
 _decoder = msgspec.msgpack.Decoder(list[EventView])

@@ -1,0 +1,231 @@
+"""Keys per person, for encrypting raw identifiers and personal traits at rest.
+
+Every identifier a person uses (a userId, an anonymousId) is a *subject*, known by its
+keyed hash (:class:`aap.privacy.ids.IdHasher`). Each subject has its own data key
+(AES-256-GCM, from the ``cryptography`` package), created on first sight and stored
+only wrapped by the master key. The raw id, and personal traits, are kept only sealed
+under that data key — in the durable log too. Destroying a subject's data key
+(crypto-shredding, :meth:`Keystore.destroy`) makes every copy sealed under it
+unreadable at once, including copies in backups and exports outside AAP.
+
+The master key is a file (``DATA_DIR/keys/master.key``, 0600, made on first use) or the
+``AAP_MASTER_KEY`` environment variable (32 bytes, base64); a KMS can stand behind the
+same two calls (:class:`MasterKey`). Data keys live wrapped in
+``DATA_DIR/keys/keystore.db`` (SQLite with ``secure_delete``, so a destroyed key's
+bytes are overwritten, and its WAL checkpointed away).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import sqlite3
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from aap.privacy.ids import load_or_create_secret
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS data_keys (
+    subject INTEGER PRIMARY KEY,
+    wrapped BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS destroyed (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject INTEGER NOT NULL UNIQUE,
+    destroyed_at INTEGER NOT NULL
+);
+"""
+_NONCE = 12
+
+
+class KeyDestroyed(Exception):
+    """The subject's data key was destroyed: what was sealed under it is gone."""
+
+
+class MasterKey(Protocol):
+    def wrap(self, subject: int, data_key: bytes) -> bytes: ...
+
+    def unwrap(self, subject: int, wrapped: bytes) -> bytes: ...
+
+
+class LocalMasterKey:
+    """A 256-bit key from ``AAP_MASTER_KEY`` or a 0600 file."""
+
+    def __init__(self, data_dir: Path) -> None:
+        env = os.environ.get("AAP_MASTER_KEY")
+        key = base64.b64decode(env) if env else load_or_create_secret(
+            data_dir / "keys" / "master.key")
+        if len(key) != 32:
+            raise ValueError("the master key must be 32 bytes")
+        self._aead = AESGCM(key)
+
+    def wrap(self, subject: int, data_key: bytes) -> bytes:
+        nonce = secrets.token_bytes(_NONCE)
+        return nonce + self._aead.encrypt(nonce, data_key, b"aap-dk" + _subject(subject))
+
+    def unwrap(self, subject: int, wrapped: bytes) -> bytes:
+        return self._aead.decrypt(wrapped[:_NONCE], wrapped[_NONCE:],
+                                  b"aap-dk" + _subject(subject))
+
+
+def _subject(subject: int) -> bytes:
+    return struct.pack(">q", subject)
+
+
+class Keystore:
+    def __init__(self, data_dir: Path, master: MasterKey | None = None,
+                 cache_size: int = 200_000) -> None:
+        d = data_dir / "keys"
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = d / "keystore.db"
+        self.master = master or LocalMasterKey(data_dir)
+        self._local = threading.local()
+        self._cache: OrderedDict[int, AESGCM] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self.destroyed: set[int] = set()
+        self._destroyed_seq = 0
+        con = self._con()
+        con.executescript(_SCHEMA)
+        os.chmod(self.path, 0o600)
+
+    def _con(self) -> sqlite3.Connection:
+        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")
+            con.execute("PRAGMA secure_delete=ON")
+            self._local.con = con
+        return con
+
+    # -- data keys --
+
+    def keys_for(self, subjects: Iterable[int], create: bool = True) -> dict[int, AESGCM]:
+        """The data keys of these subjects, made (durably, in one transaction) where
+        missing if ``create``. Destroyed subjects are left out."""
+        want = set(subjects) - self.destroyed
+        out: dict[int, AESGCM] = {}
+        with self._lock:
+            for s in want:
+                k = self._cache.get(s)
+                if k is not None:
+                    out[s] = k
+        missing = [s for s in want if s not in out]
+        if not missing:
+            return out
+        con = self._con()
+        rows = self._load(con, missing)
+        new = [s for s in missing if s not in rows]
+        if new and create:
+            now = int(time.time())
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.executemany(
+                    "INSERT OR IGNORE INTO data_keys VALUES (?, ?, ?)",
+                    [(s, self.master.wrap(s, AESGCM.generate_key(256)), now) for s in new
+                     if not self._was_destroyed(con, s)])
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+            rows.update(self._load(con, new))  # another process may have won the race
+        with self._lock:
+            for s, wrapped in rows.items():
+                k = AESGCM(self.master.unwrap(s, wrapped))
+                out[s] = k
+                self._cache[s] = k
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return out
+
+    @staticmethod
+    def _load(con: sqlite3.Connection, subjects: list[int]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for i in range(0, len(subjects), 500):
+            part = subjects[i:i + 500]
+            out.update(con.execute(
+                f"SELECT subject, wrapped FROM data_keys WHERE subject IN ({','.join('?' * len(part))})",
+                part).fetchall())
+        return out
+
+    @staticmethod
+    def _was_destroyed(con: sqlite3.Connection, subject: int) -> bool:
+        return con.execute("SELECT 1 FROM destroyed WHERE subject = ?", (subject,)
+                           ).fetchone() is not None
+
+    def destroy(self, subjects: Iterable[int]) -> int:
+        """Crypto-shred: delete the data keys (their bytes overwritten) and remember the
+        subjects as destroyed, so no key is made for them again. Returns how many keys
+        were destroyed."""
+        subs = sorted(set(subjects))
+        con = self._con()
+        now = int(time.time())
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            n = 0
+            for i in range(0, len(subs), 500):
+                part = subs[i:i + 500]
+                n += con.execute(f"DELETE FROM data_keys WHERE subject IN ({','.join('?' * len(part))})",
+                                 part).rowcount
+            con.executemany("INSERT OR IGNORE INTO destroyed (subject, destroyed_at) VALUES (?, ?)",
+                            [(s, now) for s in subs])
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old pages leave the WAL too
+        with self._lock:
+            for s in subs:
+                self._cache.pop(s, None)
+            self.destroyed.update(subs)
+        return n
+
+    def refresh_destroyed(self) -> set[int]:
+        """Learn subjects destroyed by other processes since the last look."""
+        rows = self._con().execute("SELECT seq, subject FROM destroyed WHERE seq > ? ORDER BY seq",
+                                   (self._destroyed_seq,)).fetchall()
+        if rows:
+            with self._lock:
+                for seq, s in rows:
+                    self.destroyed.add(s)
+                    self._cache.pop(s, None)
+                    self._destroyed_seq = seq
+        return self.destroyed
+
+    # -- sealing --
+
+    def seal(self, key: AESGCM, subject: int, kind: str, plaintext: bytes) -> bytes:
+        nonce = secrets.token_bytes(_NONCE)
+        return nonce + key.encrypt(nonce, plaintext, kind.encode() + _subject(subject))
+
+    def open(self, subject: int, kind: str, sealed: bytes) -> bytes:
+        """The plaintext, or :class:`KeyDestroyed` if the subject's key is gone."""
+        keys = self.keys_for([subject], create=False)
+        key = keys.get(subject)
+        if key is None:
+            raise KeyDestroyed(f"no data key for subject {subject}")
+        try:
+            return key.decrypt(sealed[:_NONCE], sealed[_NONCE:], kind.encode() + _subject(subject))
+        except InvalidTag:
+            raise KeyDestroyed(f"the sealed {kind} does not open under subject {subject}'s key"
+                               ) from None
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
