@@ -48,6 +48,7 @@ def test_rudderstack_python_calls_land_in_the_warehouse(running: Running, sync: 
     for mid, m in sent.items():
         assert stored[mid].context["channel"] == "server"
         assert stored[mid].integrations == {"All": True}
+        assert "traits" not in stored[mid].context  # moved to traits (sealed where personal)
         assert stored[mid].type == m["type"]
     identify = next(e for e in stored.values() if e.type == "identify")
     assert identify.traits == {"plan": "team", "seats": 4}  # taken from context.traits

@@ -9,7 +9,8 @@ magic bytes whatever the Content-Type (posthog-js sends ``text/plain``); form bo
 Each PostHog event becomes a Segment-shaped :class:`~aap.collect.segment.WireMessage`:
 
 - ``$identify`` → identify (``userId`` = ``distinct_id``, ``anonymousId`` =
-  ``$anon_distinct_id``, traits from ``$set_once`` then ``$set``);
+  ``$anon_distinct_id``, traits from ``$set_once`` then ``$set``; ``$set`` on any other
+  event goes to its traits too, the processor reads those of identifies);
 - ``$create_alias`` / ``$merge_dangerously`` → alias (``previousId`` = ``alias``);
 - ``$set`` / ``$set_once`` → identify with traits; ``$groupidentify`` → group;
 - ``$pageview`` → page, ``$screen`` → screen; anything else → track (``$pageleave``
@@ -17,9 +18,11 @@ Each PostHog event becomes a Segment-shaped :class:`~aap.collect.segment.WireMes
 
 A ``distinct_id`` is an ``anonymousId`` when posthog-js says the person is not
 identified (``$is_identified: false``, or ``distinct_id == $device_id``); otherwise it
-is a ``userId``. ``$ip`` goes to ``context.ip`` (truncated by the collector, never
-stored), ``$session_id`` stays in the properties (the processor's session id). The send
-time (``sent_at`` per event, per batch, or ``sent_at`` / ``_`` in the query) corrects the
+is a ``userId``. Ids never stay in the properties (``$anon_distinct_id``,
+``$device_id``, ``alias`` move out; the collector seals ids and personal traits).
+``$ip`` goes to ``context.ip`` (truncated by the collector, never stored);
+``$session_id`` stays in the properties (the processor's session id). The send time
+(``sent_at`` per event, per batch, or ``sent_at`` / ``_`` in the query) corrects the
 device's clock like Segment's ``sentAt``.
 """
 
@@ -185,28 +188,33 @@ def to_message(ev: dict[str, Any], now: datetime, batch_sent: datetime | None, *
     for k in ("$set", "$set_once"):
         if k in ev and k not in props:
             props[k] = ev[k]
+    # Identifiers and person properties leave the properties: they become the message's
+    # ids and traits, which the collector seals (never kept in plain text).
     props.pop("token", None)
     props.pop("distinct_id", None)
     ip = props.pop("$ip", None)
+    anon_id = props.pop("$anon_distinct_id", None)
+    device_id = props.pop("$device_id", None)
+    alias = props.pop("alias", None) if name in ("$create_alias", "$merge_dangerously") else None
+    traits = {**_dict(props.pop("$set_once", None)), **_dict(props.pop("$set", None))}
     anonymous = props.get("$is_identified") is False or (
-        props.get("$device_id") == distinct and props.get("$is_identified") is not True) or (
+        device_id == distinct and props.get("$is_identified") is not True) or (
         # server SDKs' group identify without a person: "$company_acme" is nobody's id
         name == "$groupidentify" and distinct == f"${props.get('$group_type')}_{props.get('$group_key')}")
-    m = WireMessage(type="track", event=name, properties=props)
+    m = WireMessage(type="track", event=name, properties=props, traits=traits or None)
     if anonymous:
         m.anonymous_id = distinct
     else:
         m.user_id = distinct
-    traits = {**_dict(props.get("$set_once")), **_dict(props.get("$set"))}
     if name == "$identify":
-        m.type, m.event, m.traits = "identify", None, traits
-        m.user_id, m.anonymous_id = distinct, _id(props.get("$anon_distinct_id"))
+        m.type, m.event = "identify", None
+        m.user_id, m.anonymous_id = distinct, _id(anon_id)
     elif name in ("$create_alias", "$merge_dangerously"):
         m.type, m.event = "alias", None
         m.user_id, m.anonymous_id = distinct, None
-        m.previous_id = _id(props.get("alias"))
+        m.previous_id = _id(alias)
     elif name in ("$set", "$set_once"):
-        m.type, m.event, m.traits = "identify", None, traits
+        m.type, m.event = "identify", None
     elif name == "$groupidentify":
         m.type, m.event = "group", None
         m.group_id = _id(props.get("$group_key"))
