@@ -17,6 +17,12 @@ from hypothesis import strategies as st
 
 from tests.conftest import Running
 
+
+@pytest.fixture(scope="module")
+def running(sdk_server: Running) -> Running:
+    return sdk_server
+
+
 Case = tuple[str, Callable[[Running], httpx.Response], int, str]
 TP2 = "/com.snowplowanalytics.snowplow/tp2"
 PAYLOAD = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4"
@@ -207,7 +213,7 @@ def test_sdk_js_is_served_with_an_etag(running: Running) -> None:
 
 # -- property tests -------------------------------------------------------------------
 
-SETTINGS = settings(max_examples=100, deadline=None,
+SETTINGS = settings(max_examples=50, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 BODY_PATHS = ["/batch/", "/e/", "/i/v0/e/", "/capture/", "/engage/", "/flags/?v=2", "/decide/",

@@ -22,6 +22,12 @@ import pytest
 
 from tests.conftest import Running
 
+
+@pytest.fixture(scope="module")
+def running(sdk_server: Running) -> Running:
+    return sdk_server
+
+
 WIRE = Path(__file__).parent / "wire"
 FIXTURES = sorted(WIRE.glob("*.json"))
 

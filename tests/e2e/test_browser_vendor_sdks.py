@@ -14,6 +14,12 @@ import pytest
 from tests.conftest import Running
 from tests.e2e.browser import PageServer, wait_for, wait_rows
 
+
+@pytest.fixture(scope="module")
+def running(sdk_server: Running) -> Running:
+    return sdk_server
+
+
 POSTHOG = """<!doctype html><html><head><title>PostHog page</title></head><body>
 <script src="/posthog.js"></script>
 <script>

@@ -16,6 +16,11 @@ from tests.conftest import Running
 from tests.e2e.warehouse import person_traits, persons_rows
 
 
+@pytest.fixture(scope="module")
+def running(sdk_server: Running) -> Running:
+    return sdk_server
+
+
 @pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
 def test_posthog_python_calls_land_in_the_warehouse(running: Running, gzip: bool) -> None:
     errors: list[Any] = []

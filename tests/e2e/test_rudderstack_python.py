@@ -16,6 +16,11 @@ from tests.conftest import Running
 from tests.e2e.warehouse import person_traits, persons_rows
 
 
+@pytest.fixture(scope="module")
+def running(sdk_server: Running) -> Running:
+    return sdk_server
+
+
 @pytest.mark.parametrize("sync", [True, False], ids=["sync", "batched"])
 def test_rudderstack_python_calls_land_in_the_warehouse(running: Running, sync: bool) -> None:
     errors: list[Any] = []
