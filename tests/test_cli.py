@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,22 @@ def test_demo_sends_traffic_and_shows_what_arrived() -> None:
     assert "What arrived in the durable log" in r.stdout
     assert "The warehouse" in r.stdout and "sessions" in r.stdout and "orders" in r.stdout
     assert "Order Completed" in r.stdout and '"ip"' in r.stdout
+
+
+def test_privacy_register_lists_purposes_and_the_sources_collecting_for_them(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    run = [sys.executable, "-m", "aap"]
+    subprocess.run([*run, "sources", "create", "web", "--data-dir", data, "--purpose",
+                    "analytics", "--purpose", "marketing:legitimate_interest"], check=True,
+                   capture_output=True)
+    out = subprocess.run([*run, "privacy", "register", "--data-dir", data], check=True,
+                         capture_output=True, text=True, env={**os.environ, "AAP_HOT_DAYS": "3"}
+                         ).stdout
+    assert out.startswith("# Record of processing activities (GDPR Art. 30)")
+    sections = {s.split("\n", 1)[0]: s for s in out.split("\n## ")[1:]}
+    assert set(sections) == {"analytics", "marketing", "personalization", "partner_sharing"}
+    assert "Sources collecting for it: web (consent)" in sections["analytics"]
+    assert "Sources collecting for it: web (legitimate interest)" in sections["marketing"]
+    assert "Sources collecting for it: none" in sections["partner_sharing"]
+    assert "3 days hot" in sections["analytics"]
+    assert "Profiling: yes" in sections["personalization"]

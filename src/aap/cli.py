@@ -384,6 +384,84 @@ def bench_pipeline(rate: int, low_rate: int, duration: float, backlog: int, peop
 
 
 @cli.group()
+def privacy() -> None:
+    """Data-subject rights."""
+
+
+@privacy.command("register")
+@data_dir_option
+def privacy_register(data_dir: Path | None) -> None:
+    """Print the record of processing (Art. 30) from the purposes registry and sources."""
+    from aap.privacy.purposes import Registry, record_of_processing
+    from aap.sources import Sources
+
+    settings = _settings(data_dir=data_dir)
+    path = settings.data_path
+    click.echo(record_of_processing(
+        Registry.for_data_dir(path), [(s.name, s.purposes) for s in Sources(path).list()],
+        (settings.hot_days, settings.warm_days, settings.cold_days)))
+
+
+def _privacy_request(data_dir: Path | None, action: str, user_ids: tuple[str, ...],
+                     anonymous_ids: tuple[str, ...]) -> dict[str, Any]:
+    import httpx
+
+    if not user_ids and not anonymous_ids:
+        raise click.UsageError("name the person with --user-id or --anonymous-id")
+    sock = _settings(data_dir=data_dir).data_path / "run" / "core.sock"
+    if not sock.exists():
+        raise click.ClickException(f"the server is not running (no {sock}): start `aap serve`")
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://core",
+                      timeout=600) as core:
+        r = core.post(f"/internal/privacy/{action}", json={
+            "userIds": list(user_ids), "anonymousIds": list(anonymous_ids), "actor": "cli"})
+    if r.status_code != 200:
+        raise click.ClickException(r.json().get("message", r.text))
+    out: dict[str, Any] = r.json()
+    return out
+
+
+_subject_options = [
+    click.option("--user-id", "user_ids", multiple=True, help="A userId of the person (repeatable)."),
+    click.option("--anonymous-id", "anonymous_ids", multiple=True,
+                 help="An anonymousId of the person (repeatable)."),
+]
+
+
+def subject_options(f: Any) -> Any:
+    for opt in reversed(_subject_options):
+        f = opt(f)
+    return f
+
+
+@privacy.command("erase")
+@data_dir_option
+@subject_options
+def privacy_erase(data_dir: Path | None, user_ids: tuple[str, ...],
+                  anonymous_ids: tuple[str, ...]) -> None:
+    """Erase a person everywhere (Art. 17); prints the receipt as JSON."""
+    import json
+
+    click.echo(json.dumps(_privacy_request(data_dir, "erase", user_ids, anonymous_ids), indent=1))
+
+
+@privacy.command("export")
+@data_dir_option
+@subject_options
+@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
+              help="Where to write the zip.")
+def privacy_export(data_dir: Path | None, user_ids: tuple[str, ...],
+                   anonymous_ids: tuple[str, ...], out_path: Path) -> None:
+    """Everything about a person (Art. 15, 20) as a zip of JSON and CSV files."""
+    import json
+    import shutil
+
+    summary = _privacy_request(data_dir, "access", user_ids, anonymous_ids)
+    shutil.copyfile(summary["path"], out_path)
+    click.echo(json.dumps({**summary, "path": str(out_path)}, indent=1))
+
+
+@cli.group()
 def audit() -> None:
     """The hash-chained audit log (DATA_DIR/privacy/audit.jsonl)."""
 

@@ -113,11 +113,9 @@ def test_the_first_event_after_a_withdrawal_is_not_stored(site: Site) -> None:
                             ).status_code == 200
         r = site.send(ev(anon, f"withdrawn {i}"))
         assert r.json()["accepted"] == 1  # still stored for marketing (legitimate interest)
-    rows = site.stored("starts_with(event, 'withdrawn') OR starts_with(event, 'granted')", [])
-    for event, purposes in rows:
-        want = ["marketing"] if str(event).startswith("withdrawn") else ["analytics", "marketing"]
-        assert purposes == want, (event, purposes)
-    assert len(rows) == 20
+        # the next event does not serve analytics (nor does the stored one any more,
+        # see test_withdrawal_takes_the_purpose_off_stored_events…)
+        assert site.stored("event = ?", [f"withdrawn {i}"]) == [[f"withdrawn {i}", ["marketing"]]]
 
 
 def test_withdrawal_reaches_events_already_in_the_log(tmp_path: Path) -> None:
@@ -139,8 +137,13 @@ def test_withdrawal_reaches_events_already_in_the_log(tmp_path: Path) -> None:
         finally:
             os.kill(core, signal.SIGCONT)
         server.wait_processed()
-        assert server.sql("SELECT event FROM events ORDER BY event") == [["warm-up"]]
-        assert server.sql("SELECT count(*) FROM events_raw") == [[1]]
+        # the queued events were dropped; the stored one, left with no purpose, erased
+        deadline = time.monotonic() + 15
+        while server.sql("SELECT count(*) FROM events_raw") != [[0]] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.sql("SELECT count(*) FROM events_raw") == [[0]]
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'aap_processor_dropped_total{reason="consent_withdrawn"} 5.0' in metrics
 
 
 def test_gpc_withdraws_sale_and_marketing(site: Site) -> None:
@@ -197,3 +200,27 @@ def test_the_ledger_keeps_proof_and_refuses_edits(site: Site) -> None:
     finally:
         con.close()
     assert b"proof-user" not in db.read_bytes()  # ids are kept as keyed hashes
+
+
+def test_withdrawal_takes_the_purpose_off_stored_events_and_erases_those_left_bare(
+        site: Site) -> None:
+    site.send(ev("anon-strip", "Kept for marketing", prefs={"analytics": True}))
+    site.send(ev("anon-other", "Someone else's", prefs={"analytics": True}))
+    assert site.stored("event = ?", ["Kept for marketing"]) == [
+        ["Kept for marketing", ["analytics", "marketing"]]]
+
+    def wait_for(where: str, params: list[object], want: list[list[object]]) -> None:
+        deadline = time.monotonic() + 15
+        while (got := site.stored(where, params)) != want and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert got == want
+
+    assert site.consent({"anonymousId": "anon-strip", "purposes": {"analytics": False}}
+                        ).status_code == 200
+    wait_for("event = ?", ["Kept for marketing"], [["Kept for marketing", ["marketing"]]])
+    # an objection to the last purpose leaves the event none: it is erased (Art. 17(1)(b))
+    assert site.consent({"anonymousId": "anon-strip", "purposes": {"marketing": False}}
+                        ).status_code == 200
+    wait_for("event = ?", ["Kept for marketing"], [])
+    assert site.stored("event = ?", ["Someone else's"]) == [
+        ["Someone else's", ["analytics", "marketing"]]]

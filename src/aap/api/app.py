@@ -20,8 +20,11 @@ import msgspec
 
 from aap.collect.app import Receive, Scope, Send
 from aap.log import open_log
+from aap.privacy.audit import AuditLog
 from aap.privacy.consent import ConsentLedger, ConsentState
 from aap.privacy.ids import IdHasher
+from aap.privacy.keystore import Keystore
+from aap.privacy.rights import Rights
 from aap.process.processor import Processor
 from aap.settings import Settings
 from aap.sources import Sources
@@ -30,6 +33,12 @@ from aap.store.tiers import TierConfig, TierStore
 from aap.store.warehouse import Warehouse
 
 logger = logging.getLogger("aap.core")
+
+
+class EraseRequest(msgspec.Struct):
+    userIds: list[str] = []
+    anonymousIds: list[str] = []
+    actor: str = "privacy"
 
 
 class SQLRequest(msgspec.Struct):
@@ -62,12 +71,16 @@ class Core:
             settings.hot_days, settings.warm_days, settings.cold_days),
             settings.tiering_interval_s)
         historical = frozenset(s.id for s in Sources(data).list() if s.historical)
+        hasher = IdHasher.for_data_dir(data)
+        self.keystore = Keystore(data)
+        self.rights = Rights(data, self.warehouse, self.keystore, hasher, AuditLog(data))
         self.processor = Processor(
-            self.log, self.warehouse, IdHasher.for_data_dir(data),
+            self.log, self.warehouse, hasher,
             historical_sources=historical,
             inactivity=timedelta(minutes=settings.session_inactivity_minutes),
             worker=settings.processor_worker,
             consent=ConsentState(ConsentLedger(data)),
+            destroyed=self.keystore.refresh_destroyed,
         )
         # The processor keeps large, long-lived maps (ids, sessions); a full collection
         # scans them all. Freeze what start-up loaded and collect rarely: it allocates
@@ -94,6 +107,24 @@ class Core:
         self.tiering.close()
         self.warehouse.close()
         self.log.close()
+
+    def access(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            req = msgspec.json.decode(body, type=EraseRequest)
+            return 200, self.rights.access(req.userIds, req.anonymousIds, actor=req.actor)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            return 400, {"code": "bad_request", "message": str(exc), "detail": str(exc)}
+
+    def erase(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            req = msgspec.json.decode(body, type=EraseRequest)
+            receipt = self.rights.erase(req.userIds, req.anonymousIds, actor=req.actor)
+            if self.rest.cache is not None:  # derived copies: the query cache drops the
+                self.rest.cache.sync()       # rows of the rewritten files now, not later
+            self.warehouse.con.cursor().execute("CHECKPOINT")
+            return 200, receipt
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            return 400, {"code": "bad_request", "message": str(exc), "detail": str(exc)}
 
     def sql(self, body: bytes) -> tuple[int, dict[str, Any]]:
         try:
@@ -140,6 +171,10 @@ class CoreApp:
             status, out = 503, {"code": "starting", "message": "starting", "detail": ""}
         elif scope["path"] == "/healthz":
             status, out = 200, {"status": "ok", "position": self.core.processor.position}
+        elif scope["path"] == "/internal/privacy/erase" and scope["method"] == "POST":
+            status, out = await asyncio.to_thread(self.core.erase, body)
+        elif scope["path"] == "/internal/privacy/access" and scope["method"] == "POST":
+            status, out = await asyncio.to_thread(self.core.access, body)
         elif scope["path"] == "/internal/sql" and scope["method"] == "POST":
             status, out = await asyncio.to_thread(self.core.sql, body)
         elif scope["path"].startswith("/internal/api/v1/"):

@@ -99,3 +99,34 @@ class Registry:
         except KeyError:
             raise UnknownPurpose(
                 f"unknown purpose {purpose_id!r}; known: {', '.join(self.purposes)}") from None
+
+
+def record_of_processing(registry: Registry, sources: list[tuple[str, tuple[tuple[str, str], ...]]],
+                         tiers: tuple[int, int, int],
+                         controller: str = "(the operator of this AAP installation)") -> str:
+    """The record of processing activities (GDPR Art. 30(1)) as Markdown: one section per
+    purpose, with the sources that collect for it and on which basis."""
+    lines = ["# Record of processing activities (GDPR Art. 30)", "",
+             f"Controller: {controller}", "",
+             "Technical and organisational measures: client IP addresses truncated before"
+             " storage (IPv4 /24, IPv6 /48); identifiers and personal traits sealed with"
+             " AES-256-GCM under per-identifier keys wrapped by a master key; consent"
+             " enforced before storage; append-only, hash-chained audit log; hashed API keys"
+             " with roles.", ""]
+    for p in registry.purposes.values():
+        collecting = [f"{name} ({basis.replace('_', ' ')})" for name, declared in sources
+                      for pid, basis in declared if pid == p.id]
+        lines += [
+            f"## {p.id}", "", p.description, "",
+            f"- Lawful basis (default): {p.basis.value.replace('_', ' ')}",
+            f"- Sources collecting for it: {', '.join(collecting) or 'none'}",
+            f"- Categories of personal data: {', '.join(p.categories) or 'none'}",
+            f"- Recipients: {', '.join(p.recipients) or 'none'}",
+            f"- Enrichments: {', '.join(p.enrichments) or 'none'}",
+            f"- Profiling: {'yes (people may object, Art. 21)' if p.profiling else 'no'}",
+            f"- Retention (enforced by the tiering job, the same for every purpose for now):"
+            f" {tiers[0]} days hot, {tiers[1]} days warm, deleted after {tiers[2]} days",
+            f"- IAB TCF purposes that grant it: {', '.join(map(str, p.tcf)) or 'none'}",
+            "- Transfers to third countries: none (AAP runs on the controller's machines)",
+            ""]
+    return "\n".join(lines)

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,6 +38,9 @@ GROUP = "processor"
 PROCESSED = PromCounter("aap_processor_events", "Events written to the warehouse.")
 DROPPED = PromCounter("aap_processor_dropped", "Events the processor dropped, by reason.",
                       ["reason"])
+WITHDRAWN = PromCounter("aap_processor_withdrawn_rows",
+                        "Stored events erased because a withdrawal left them no purpose.", ["purpose"])
+CONSENT_APPLIED = "consent_applied"
 CLAMPED = PromCounter("aap_processor_clamped", "Events whose time was in the future, clamped.")
 
 _ORDER_EVENTS = {"Order Completed"}
@@ -59,7 +63,8 @@ class Processor:
                  historical_sources: frozenset[str] = frozenset(),
                  inactivity: timedelta = timedelta(minutes=30),
                  chunk_records: int = 500, worker: bool = False,
-                 consent: ConsentState | None = None) -> None:
+                 consent: ConsentState | None = None,
+                 destroyed: Callable[[], set[int]] | None = None) -> None:
         """``worker``: prepare chunks in a child process (see :mod:`aap.process.prepare`)
         while this one runs the stateful steps; otherwise in this thread."""
         self.log = log
@@ -69,6 +74,7 @@ class Processor:
         self.historical_sources = historical_sources
         self.inactivity = inactivity
         self.consent = consent
+        self.destroyed = destroyed
         self.dropped: Counter[str] = Counter()
         self.failures = 0
         self._pending: Future[_Built] | None = None
@@ -76,6 +82,7 @@ class Processor:
         cfg = PrepareConfig(historical_sources=historical_sources)
         self.preparer: LocalPreparer | WorkerPreparer = (
             WorkerPreparer(cfg) if worker else LocalPreparer(cfg))
+        self._withdrawals_due = 0.0
         self._ahead: list[Record] | None = None
         """Records submitted for preparation, after the chunk being built."""
         self._load()
@@ -90,7 +97,8 @@ class Processor:
                     for p, t, s in wh.load_sessions()}
         self.state = State(identities=ids, hasher=self.hasher,
                            dedup=DedupIndex(wh.load_dedup_keys()), sessions=sessions,
-                           inactivity=self.inactivity, consent=self.consent)
+                           inactivity=self.inactivity, consent=self.consent,
+                           destroyed=self.destroyed)
         self.position = wh.get_state("log_position")
         self._next = self.position
         """Where the next chunk starts: past the write in flight, if there is one."""
@@ -109,6 +117,12 @@ class Processor:
         reason ``unprocessable``) so that one bad record cannot stop the pipeline.
         """
         records: list[Record] = []
+        if self.consent is not None and time.monotonic() >= self._withdrawals_due:
+            try:
+                self._apply_withdrawals()
+            except Exception:  # events go on; the withdrawal is tried again in a second
+                logger.exception("applying consent withdrawals to stored events failed")
+                self._withdrawals_due = time.monotonic() + 1.0
         try:
             if self._ahead is None:
                 records = self._read(self._next)
@@ -144,6 +158,30 @@ class Processor:
                 return 1
             raise
         return len(records)
+
+    def _apply_withdrawals(self) -> None:
+        """Take withdrawn purposes off the stored events of the persons concerned (events
+        left with none are erased); the ledger position done is kept in the warehouse, so
+        a crash in between only means doing it again."""
+        assert self.consent is not None
+        done = self.wh.get_state(CONSENT_APPLIED)
+        rows = self.consent.ledger.since(done)
+        if not rows:
+            return
+        withdrawn: dict[str, set[int]] = {}
+        for _, st in rows:
+            for purpose, granted in st.purposes.items():
+                if not granted:
+                    withdrawn.setdefault(purpose, set()).add(st.subject)
+        for purpose, subjects in sorted(withdrawn.items()):
+            persons, _ = self.wh.person_closure(sorted(subjects))
+            if persons:
+                got = self.wh.strip_purpose(persons, purpose)
+                erased = got["hot_erased"] + got["warm_rows"] + got["cold_rows"]
+                logger.info("consent withdrawn for %s: %d persons, %s", purpose, len(persons), got)
+                if erased:
+                    WITHDRAWN.labels(purpose).inc(erased)
+        self.wh.set_state(CONSENT_APPLIED, rows[-1][0])
 
     def _read(self, after: int) -> list[Record]:
         return self.log.read(after, 1 if self.failures >= 3 else self.chunk_records)

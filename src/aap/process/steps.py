@@ -33,6 +33,8 @@ class Batch:
     dropped: Counter[str] = field(default_factory=Counter)
     person_id: list[int] = field(default_factory=list)
     session_id: list[str] = field(default_factory=list)
+    ids: tuple[list[int | None], list[int | None], list[int | None]] | None = None
+    """Keyed hashes of userId, anonymousId, previousId per event (see :func:`id_keys`)."""
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -48,6 +50,9 @@ class Batch:
         self.dropped[reason] += n
         self.table = self.table.filter(pa.array(~mask))
         keep = np.flatnonzero(~mask).tolist()
+        if self.ids is not None:
+            u, a, p = self.ids
+            self.ids = ([u[i] for i in keep], [a[i] for i in keep], [p[i] for i in keep])
         for name in ("person_id", "session_id"):
             vals = getattr(self, name)
             if vals:
@@ -103,6 +108,8 @@ class State:
     inactivity: timedelta = timedelta(minutes=30)
     consent: ConsentState | None = None
     """The consent ledger as the processor last read it (``None``: no ledger)."""
+    destroyed: Callable[[], set[int]] | None = None
+    """The keyed hashes of erased identifiers, as of now (``None``: no keystore)."""
 
 
 Step = Callable[[Batch, State], None]
@@ -154,6 +161,8 @@ def consent(b: Batch, st: State) -> None:
 def id_keys(b: Batch, st: State) -> tuple[list[int | None], list[int | None], list[int | None]]:
     """Keyed hashes of each event's userId, anonymousId and previousId: as the collector
     sealed them, or (events written unsealed) hashed here."""
+    if b.ids is not None:
+        return b.ids
     keys = [b.column(k + "_key") for k in ("user", "anonymous", "previous")]
     raw = b.table.column("raw_ids")
     if raw.null_count < len(raw):
@@ -163,7 +172,21 @@ def id_keys(b: Batch, st: State) -> tuple[list[int | None], list[int | None], li
                 for col, x in zip(keys, ids, strict=True):
                     if x:
                         col[i] = h(x)
-    return keys[0], keys[1], keys[2]
+    b.ids = (keys[0], keys[1], keys[2])
+    return b.ids
+
+
+def erased(b: Batch, st: State) -> None:
+    """Drop events of identifiers whose person was erased (their keys are destroyed)."""
+    if st.destroyed is None:
+        return
+    gone = st.destroyed()
+    if not gone:
+        return
+    users, anons, previous = id_keys(b, st)
+    mask = np.fromiter((u in gone or a in gone or p in gone
+                        for u, a, p in zip(users, anons, previous, strict=True)), bool, len(b))
+    b.drop(mask, "erased_subject")
 
 
 def identity(b: Batch, st: State) -> None:
@@ -233,6 +256,7 @@ def sessions(b: Batch, st: State) -> None:
 
 STEPS: tuple[tuple[str, Step], ...] = (
     ("dedup", dedup),
+    ("erased", erased),
     ("consent", consent),
     ("identity", identity),
     ("sessions", sessions),

@@ -70,9 +70,9 @@ class TierStore:
         )
         return path, int(self.fs.get_file_info(path).size)
 
-    def read(self, paths: list[str]) -> pa.Table:
+    def read(self, paths: list[str], columns: list[str] | None = None) -> pa.Table:
         return pads.dataset(paths, filesystem=self.fs, format="parquet",
-                            schema=EVENT_ARROW_SCHEMA).to_table()
+                            schema=EVENT_ARROW_SCHEMA).to_table(columns=columns)
 
     def dataset(self, paths: list[str]) -> pads.Dataset | pa.Table:
         if not paths:

@@ -10,7 +10,7 @@ MVCC): they see whole chunks only and never block the writer.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from aap.store.schema import DDL, EVENT_ARROW_SCHEMA, OLD_VIEWS, VIEWS
 from aap.store.tiers import TierConfig, TierStore
@@ -116,6 +117,11 @@ class Warehouse:
         row = self.con.execute("SELECT value FROM processor_state WHERE name = ?",
                                [name]).fetchone()
         return int(row[0]) if row else default
+
+    def set_state(self, name: str, value: int) -> None:
+        with self._write_lock, self._transaction() as cur:
+            cur.execute("INSERT INTO processor_state VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
+                        " SET value = excluded.value", [name, value])
 
     def load_identities(self) -> tuple[dict[int, int], dict[int, int], set[int], int]:
         ids = dict(self.con.execute("SELECT id_key, person_id FROM person_ids").fetchall())
@@ -328,6 +334,143 @@ class Warehouse:
                 self.tiers.delete(p)
                 cur.execute("DELETE FROM tier_trash WHERE path = ?", [p])
         return len(due)
+
+    # -- erasure --
+
+    def person_closure(self, id_keys: list[int]) -> tuple[set[int], set[int]]:
+        """The persons these ids belong to, with every person merged into them, and all
+        the id keys of those persons."""
+        cur = self.con.cursor()
+        if not id_keys:
+            return set(), set()
+        marks = ",".join("?" * len(id_keys))
+        found = {int(r[0]) for r in cur.execute(
+            f"SELECT coalesce(o.person_id, i.person_id) FROM person_ids i LEFT JOIN"
+            f" person_overrides o ON o.old_person_id = i.person_id WHERE i.id_key IN ({marks})",
+            id_keys).fetchall()}
+        if not found:
+            return set(), set(id_keys)
+        marks = ",".join("?" * len(found))
+        persons = found | {int(r[0]) for r in cur.execute(
+            f"SELECT old_person_id FROM person_overrides WHERE person_id IN ({marks})",
+            list(found)).fetchall()}
+        marks = ",".join("?" * len(persons))
+        keys = set(id_keys) | {int(r[0]) for r in cur.execute(
+            f"SELECT id_key FROM person_ids WHERE person_id IN ({marks})", list(persons)
+        ).fetchall()}
+        return persons, keys
+
+    def erase_persons(self, persons: set[int]) -> dict[str, int]:
+        """Physically remove the persons' rows from the hot tables and from every warm and
+        cold file (rewritten without them; the old files are deleted at once). Returns
+        what was removed where."""
+        out = {"hot_events": 0, "warm_rows": 0, "warm_files_rewritten": 0, "cold_rows": 0,
+               "cold_files_rewritten": 0, "persons": 0, "ids": 0, "merges": 0, "orders": 0,
+               "order_items": 0}
+        if not persons:
+            return out
+        ids = sorted(persons)
+        marks = ",".join("?" * len(ids))
+        value_set = pa.array(ids, pa.int64())
+
+        def hot(count: Callable[[str, list[Any]], int]) -> None:
+            out["hot_events"] = count(f"DELETE FROM events_raw WHERE person_id IN ({marks})", ids)
+            out["order_items"] = count(
+                f"DELETE FROM order_items WHERE message_id IN (SELECT message_id FROM orders"
+                f" WHERE person_id IN ({marks}))", ids)
+            out["orders"] = count(f"DELETE FROM orders WHERE person_id IN ({marks})", ids)
+            out["persons"] = count(f"DELETE FROM persons WHERE person_id IN ({marks})", ids)
+            out["ids"] = count(f"DELETE FROM person_ids WHERE person_id IN ({marks})", ids)
+            out["merges"] = count(f"DELETE FROM person_overrides WHERE old_person_id IN ({marks})"
+                                  f" OR person_id IN ({marks})", ids + ids)
+
+        def in_file(table: pa.Table) -> tuple[pa.Table, int] | None:
+            mask = pc.is_in(table.column("person_id"), value_set=value_set)
+            hit = int(pc.sum(mask).as_py() or 0)
+            return (table.filter(pc.invert(mask)), hit) if hit else None
+
+        self._change(value_set, hot, in_file, out)
+        return out
+
+    def strip_purpose(self, persons: set[int], purpose: str) -> dict[str, int]:
+        """Take ``purpose`` off the persons' events in every tier; erase the events left
+        with no purpose (Art. 17(1)(b)). Events stored before purposes existed (no
+        purpose list) are left alone."""
+        out = {"hot_changed": 0, "hot_erased": 0, "warm_rows": 0, "warm_files_rewritten": 0,
+               "cold_rows": 0, "cold_files_rewritten": 0}
+        if not persons:
+            return out
+        ids = sorted(persons)
+        marks = ",".join("?" * len(ids))
+        mine = f"person_id IN ({marks}) AND list_contains(purposes, ?)"
+
+        def hot(count: Callable[[str, list[Any]], int]) -> None:
+            out["hot_erased"] = count(f"DELETE FROM events_raw WHERE {mine} AND len(purposes) = 1",
+                                      [*ids, purpose])
+            out["hot_changed"] = count(
+                f"UPDATE events_raw SET purposes = list_filter(purposes, lambda x: x <> ?) WHERE {mine}",
+                [purpose, *ids, purpose])
+
+        def in_file(table: pa.Table) -> tuple[pa.Table, int] | None:
+            con = duckdb.connect()
+            try:
+                con.register("t", table)
+                hit = int(con.execute(f"SELECT count(*) FROM t WHERE {mine}", [*ids, purpose]
+                                      ).fetchone()[0])  # type: ignore[index]
+                if not hit:
+                    return None
+                kept = con.execute(
+                    f"SELECT * REPLACE (CASE WHEN {mine} THEN list_filter(purposes, lambda x: x <> ?)"
+                    f" ELSE purposes END AS purposes) FROM t WHERE NOT ({mine} AND len(purposes) = 1)",
+                    [*ids, purpose, purpose, *ids, purpose]).to_arrow_table()
+                assert kept is not None
+                return kept.cast(EVENT_ARROW_SCHEMA), hit
+            finally:
+                con.close()
+
+        self._change(pa.array(ids, pa.int64()), hot, in_file, out)
+        return out
+
+    def _change(self, persons: pa.Array, hot: Callable[[Callable[[str, list[Any]], int]], None],
+                in_file: Callable[[pa.Table], tuple[pa.Table, int] | None],
+                out: dict[str, int]) -> None:
+        """In one transaction: ``hot`` changes the hot tables (given a function that runs a
+        statement and returns its row count); each warm and cold file that ``in_file``
+        changes is replaced by its new version (only files holding rows of ``persons`` are
+        read whole). Old files are deleted once committed."""
+        old: list[str] = []
+        new: list[str] = []
+        try:
+            with self._write_lock, self._transaction() as cur:
+                def count(sql: str, params: list[Any]) -> int:
+                    row = cur.execute(sql, params).fetchone()
+                    return int(row[0]) if row else 0
+
+                hot(count)
+                for path, tier, part in cur.execute(
+                        "SELECT path, tier, part FROM tier_files ORDER BY path").fetchall():
+                    people = self.tiers.read([path], ["person_id"]).column("person_id")
+                    if not pc.any(pc.is_in(people, value_set=persons)).as_py():
+                        continue  # none of the persons' rows: the file stays as it is
+                    changed = in_file(self.tiers.read([path]))
+                    if changed is None:
+                        continue
+                    kept, hit = changed
+                    out[f"{tier}_rows"] += hit
+                    out[f"{tier}_files_rewritten"] += 1
+                    old.append(path)
+                    if kept.num_rows:
+                        directory = f"day={part}" if tier == "warm" else f"month={part}"
+                        new_path, size = self.tiers.write(kept, directory, cold=tier == "cold")
+                        new.append(new_path)
+                        _add_file(cur, new_path, tier, part, kept.num_rows, size)
+                    cur.execute("DELETE FROM tier_files WHERE path = ?", [path])
+        except BaseException:
+            for path in new:  # not committed: the rewritten files go again
+                self.tiers.delete(path)
+            raise
+        for path in old:  # committed: the new versions are the live ones
+            self.tiers.delete(path)
 
     def tier_stats(self) -> dict[str, tuple[int, int, int]]:
         """Per tier: files, rows, bytes."""

@@ -1,0 +1,187 @@
+"""Data-subject rights, run in the core process (which owns the warehouse).
+
+**Access and portability** (Art. 15, 20): :meth:`Rights.access` writes one zip with the
+person's profile, events, sessions, orders and consent history from every tier, and the
+purposes, recipients and retention, as JSON and CSV.
+
+**Erasure** (GDPR Art. 17) of the person behind a userId or anonymousId:
+
+1. the person is found through the keyed hash of the id, with every person merged into
+   them and every id they used;
+2. the data keys of all those ids are destroyed (crypto-shredding: every sealed copy,
+   in the log and in backups, becomes unreadable at once), and the ids join the
+   suppression list, so late events are not stored (the collector and the processor
+   drop them, counted as ``erased_subject``);
+3. the person's rows are physically removed from the hot tables and from every warm and
+   cold file that held any (rewritten without them; the old files deleted);
+4. a receipt says what was removed where and when, with a SHA-256 digest of itself, and
+   the audit log records it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import secrets
+import time
+import zipfile
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from aap.privacy.audit import AuditLog
+from aap.privacy.consent import ConsentLedger
+from aap.privacy.ids import IdHasher
+from aap.privacy.keystore import Keystore
+from aap.privacy.purposes import Registry
+from aap.store.warehouse import Warehouse
+
+
+class Rights:
+    def __init__(self, data_dir: Path, warehouse: Warehouse, keystore: Keystore,
+                 hasher: IdHasher, audit: AuditLog) -> None:
+        self.dir = data_dir / "privacy" / "receipts"
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.exports = data_dir / "privacy" / "exports"
+        self.exports.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.registry = Registry.for_data_dir(data_dir)
+        self.ledger = ConsentLedger(data_dir)
+        self.wh = warehouse
+        self.keystore = keystore
+        self.hasher = hasher
+        self.audit = audit
+
+    def erase(self, user_ids: list[str], anonymous_ids: list[str], actor: str = "privacy"
+              ) -> dict[str, Any]:
+        """Erase the persons behind these ids; returns the receipt."""
+        if not user_ids and not anonymous_ids:
+            raise ValueError("name at least one userId or anonymousId")
+        t0 = time.perf_counter()
+        started = datetime.now(UTC)
+        keys = [self.hasher.key(x) for x in (*user_ids, *anonymous_ids)]
+        persons, all_keys = self.wh.person_closure(keys)
+        destroyed = self.keystore.destroy(all_keys)
+        removed = self.wh.erase_persons(persons)
+        receipt: dict[str, Any] = {
+            "id": "er_" + secrets.token_hex(8),
+            "type": "erasure",
+            "requested": {"userIds": len(user_ids), "anonymousIds": len(anonymous_ids)},
+            "started_at": started.isoformat(),
+            "finished_at": datetime.now(UTC).isoformat(),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "persons": len(persons),
+            "identifiers_suppressed": len(all_keys),
+            "data_keys_destroyed": destroyed,
+            "removed": removed,
+            "where": {"log": "sealed copies unreadable (data keys destroyed); records expire"
+                             " with the log's retention",
+                      "hot": "rows deleted", "warm": "files rewritten without the rows",
+                      "cold": "archives rewritten without the rows"},
+        }
+        receipt["digest"] = hashlib.sha256(
+            json.dumps(receipt, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        path = self.dir / f"{receipt['id']}.json"
+        path.write_text(json.dumps(receipt, indent=1) + "\n")
+        path.chmod(0o600)
+        self.audit.append(actor, "privacy.erasure", {
+            "receipt": receipt["id"], "digest": receipt["digest"], "persons": len(persons),
+            "identifiers": len(all_keys)})
+        return receipt
+
+    def access(self, user_ids: list[str], anonymous_ids: list[str], actor: str = "privacy"
+               ) -> dict[str, Any]:
+        """Everything about the person (Art. 15, 20): profile, events and sessions from
+        every tier, consent history, and the purposes, recipients and retention, as JSON
+        and CSV in one zip (``DATA_DIR/privacy/exports/<id>.zip``, 0600)."""
+        if not user_ids and not anonymous_ids:
+            raise ValueError("name at least one userId or anonymousId")
+        t0 = time.perf_counter()
+        keys = [self.hasher.key(x) for x in (*user_ids, *anonymous_ids)]
+        persons, all_keys = self.wh.person_closure(keys)
+        ids = sorted(persons) or [0]
+        marks = ",".join("?" * len(ids))
+        tables: dict[str, tuple[list[str], list[tuple[Any, ...]]]] = {}
+        with self.wh.snapshot() as cur:
+            for name, sql in (
+                ("profile", f"SELECT * FROM persons WHERE person_id IN ({marks})"),
+                ("events", f"SELECT * FROM events WHERE person_id IN ({marks})"
+                           " ORDER BY timestamp, message_id"),
+                ("sessions", f"SELECT * FROM sessions WHERE person_id IN ({marks})"
+                             " ORDER BY started_at"),
+                ("orders", f"SELECT * FROM orders_resolved WHERE person_id IN ({marks})"
+                           " ORDER BY timestamp"),
+            ):
+                res = cur.execute(sql, ids)
+                tables[name] = ([d[0] for d in res.description], res.fetchall())
+        consent = [{"at": datetime.fromtimestamp(s.at_ms / 1000, UTC).isoformat(),
+                    "purposes": s.purposes, "policy_version": s.policy_version,
+                    "channel": s.channel} for s in self.ledger.history(sorted(all_keys))]
+        purposes = [msgspec.to_builtins(p) for p in self.registry.purposes.values()]
+        export_id = "ac_" + secrets.token_hex(8)
+        path = self.exports / f"{export_id}.zip"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("README.txt", _EXPORT_README)
+            z.writestr("identifiers.json", _json({"userIds": user_ids,
+                                                  "anonymousIds": anonymous_ids}))
+            for name, (cols, rows) in tables.items():
+                z.writestr(f"{name}.json", _json([dict(zip(cols, r, strict=True)) for r in rows]))
+                z.writestr(f"{name}.csv", _csv(cols, rows))
+            z.writestr("consent.json", _json(consent))
+            z.writestr("consent.csv", _csv(["at", "purposes", "policy_version", "channel"],
+                                           [tuple(c.values()) for c in consent]))
+            z.writestr("purposes.json", _json(purposes))
+        summary = {"id": export_id, "type": "access", "path": str(path),
+                   "persons": len(persons), "events": len(tables["events"][1]),
+                   "sessions": len(tables["sessions"][1]), "orders": len(tables["orders"][1]),
+                   "consent_statements": len(consent),
+                   "seconds": round(time.perf_counter() - t0, 3)}
+        self.audit.append(actor, "privacy.access", {k: v for k, v in summary.items()
+                                                    if k != "path"})
+        return summary
+
+
+_EXPORT_README = """Your data, as kept by this AAP installation (GDPR Art. 15 and 20).
+
+identifiers.json   the ids the request named
+profile.json/.csv  your profile: first and last seen, traits (personal traits are kept
+                   sealed and are not part of the profile table)
+events.json/.csv   every event of yours, from every storage tier
+sessions.json/.csv your visits
+orders.json/.csv   your orders
+consent.json/.csv  every consent statement you made, when, through which channel, under
+                   which policy version
+purposes.json      why your data is processed, on which lawful basis, who receives it,
+                   which enrichments are used, and how long it is kept
+"""
+
+
+def _default(v: Any) -> Any:
+    if isinstance(v, datetime | date):
+        return v.isoformat()
+    if isinstance(v, Decimal):
+        return float(v)
+    if isinstance(v, bytes):
+        return v.hex()
+    return str(v)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=1, ensure_ascii=False, default=_default)
+
+
+def _csv(cols: list[str], rows: list[tuple[Any, ...]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(cols)
+    for r in rows:
+        w.writerow([json.dumps(v, default=_default, ensure_ascii=False)
+                    if isinstance(v, dict | list) else _default(v) if v is not None
+                    and not isinstance(v, str | int | float | bool) else v for v in r])
+    return buf.getvalue()
