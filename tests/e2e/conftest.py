@@ -10,7 +10,7 @@ import pytest
 from tests.e2e.browser import ARGS, CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is missing: scripts/setup installs it")
