@@ -97,6 +97,27 @@ def sources_create(name: str, data_dir: Path | None, origins: tuple[str, ...],
     click.echo(key)
 
 
+@sources.command("secret")
+@click.argument("name")
+@data_dir_option
+def sources_secret(name: str, data_dir: Path | None) -> None:
+    """Print the source's subject secret (base64url), which its backend signs subject
+    tokens with; alone on the last line."""
+    import base64
+
+    from aap.privacy.tokens import SubjectTokens
+    from aap.sources import Sources
+
+    path = _settings(data_dir=data_dir).data_path
+    src = next((s for s in Sources(path).list() if s.name == name), None)
+    if src is None:
+        raise click.ClickException(f"no source named {name!r}")
+    secret = SubjectTokens(path).secret(src.id)
+    click.echo(f"subject secret of {src.name} ({src.id}); sign tokens with HMAC-SHA256,"
+               " see the README")
+    click.echo(base64.urlsafe_b64encode(secret).rstrip(b"=").decode())
+
+
 @sources.command("list")
 @data_dir_option
 def sources_list(data_dir: Path | None) -> None:
@@ -489,6 +510,20 @@ def audit_show(data_dir: Path | None, limit: int) -> None:
 
     for entry in AuditLog(_settings(data_dir=data_dir).data_path).entries()[-limit:]:
         click.echo(json.dumps(entry, ensure_ascii=False))
+
+
+@bench.command("privacy")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Fraction of 10M events / 250k persons.")
+@click.option("--data-dir", "store", type=click.Path(path_type=Path), default=None,
+              help="Keep the generated store here and reuse it next time.")
+@click.option("--batch", type=int, default=1000, show_default=True,
+              help="Persons in the batch erasure.")
+def bench_privacy(scale: float, store: Path | None, batch: int) -> None:
+    """Access and erasure in a 10M-event store, against a plain scan."""
+    from aap.bench.privacy import run
+
+    run(scale=scale, data_dir=store, batch=batch)
 
 
 def main() -> None:

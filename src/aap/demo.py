@@ -217,9 +217,35 @@ def consent_demo(server: ServerProcess, key: str, events: list[dict[str, Any]],
         r.raise_for_status()
         after = client.post("/v1/batch", json={"batch": [{
             "type": "track", "event": "Viewed After Withdrawal", "anonymousId": anon}]}).json()
+    deadline = time.monotonic() + 10  # their stored events lose the purpose: erased
+    while (now := count()) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
     console.print(f"consent: visitor {anon[:8]}… withdrew analytics (POST /v1/consent → "
-                  f"{r.json()}); their next event → {after}; events in the warehouse "
-                  f"{before:,} → {count():,}")
+                  f"{r.json()}); their next event → {after}; their stored events, left with"
+                  f" no purpose, are erased: events in the warehouse {before:,} → {now:,}")
+
+
+def erasure_demo(server: ServerProcess, privacy_key: str, events: list[dict[str, Any]],
+                 console: Console) -> None:
+    """One signed-up visitor asks to be forgotten: a privacy request, then its receipt."""
+    user = next(e["userId"] for e in events if e.get("userId") and e.get("context", {}).get(
+        "consent", {}).get("categoryPreferences", {}).get("analytics"))
+    auth = {"Authorization": f"Bearer {privacy_key}"}
+    with httpx.Client(base_url=server.url, headers=auth, timeout=60) as client:
+        r = client.post("/api/v1/privacy/requests",
+                        json={"type": "erasure", "subject": {"userId": user}})
+        r.raise_for_status()
+        rid = r.json()["id"]
+        deadline = time.monotonic() + 60
+        while (got := client.get(f"/api/v1/privacy/requests/{rid}").json())["status"] in (
+                "pending", "running") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    receipt = got.get("result", {})
+    removed = {k: v for k, v in receipt.get("removed", {}).items() if v}
+    console.print(f"erasure: {user} asked to be forgotten (POST /api/v1/privacy/requests → "
+                  f"{got['status']} in {receipt.get('seconds', '?')} s): removed {removed}, "
+                  f"{receipt.get('data_keys_destroyed', 0)} data keys destroyed; receipt "
+                  f"digest {str(receipt.get('digest', ''))[:16]}…")
 
 
 def run_demo(people: int = 3000, seed: int = 7, keep: bool = False) -> int:
@@ -229,6 +255,7 @@ def run_demo(people: int = 3000, seed: int = 7, keep: bool = False) -> int:
     try:
         key = create_source(data, "demo-site")
         _, api_key = ApiKeys(data).create("analyst", "demo")
+        _, privacy_key = ApiKeys(data).create("privacy", "demo-dpo")
         console.print(f"[bold]AAP demo[/bold]: data dir {data}")
         with ServerProcess(data, workers=2) as server:
             console.print(f"server up at {server.url}; created source [cyan]demo-site[/cyan]")
@@ -247,6 +274,7 @@ def run_demo(people: int = 3000, seed: int = 7, keep: bool = False) -> int:
             warehouse_report(server, console)
             insights = showcase.fetch(server.url, api_key)
             consent_demo(server, key, events, console)
+            erasure_demo(server, privacy_key, events, console)
         report(data, console)
         showcase.show(insights, console)
         return 0 if accepted + sum(not_stored.values()) == len(events) else 1

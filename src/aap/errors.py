@@ -56,6 +56,11 @@ class NotFound(TerminalError):
     code = "not_found"
 
 
+class Conflict(TerminalError):
+    status = 409
+    code = "conflict"
+
+
 class MethodNotAllowed(TerminalError):
     status = 405
     code = "method_not_allowed"

@@ -24,6 +24,7 @@ from aap.privacy.audit import AuditLog
 from aap.privacy.consent import ConsentLedger, ConsentState
 from aap.privacy.ids import IdHasher
 from aap.privacy.keystore import Keystore
+from aap.privacy.requests import Requests
 from aap.privacy.rights import Rights
 from aap.process.processor import Processor
 from aap.settings import Settings
@@ -87,7 +88,8 @@ class Core:
         # many short-lived containers and forms no cycles (measured: 33k → 46k events/s).
         from aap.api.rest import RestAPI
 
-        self.rest = RestAPI(settings, self.warehouse)
+        self.privacy = Requests(data, self.rights)
+        self.rest = RestAPI(settings, self.warehouse, self.privacy)
         gc.collect()
         gc.freeze()
         gc.set_threshold(100_000, 50, 1000)
@@ -99,9 +101,11 @@ class Core:
         self.thread.start()
         self.tiering.start()
         self.rest.start()
+        self.privacy.start()
 
     def close(self) -> None:
         self.stop.set()
+        self.privacy.close()
         self.rest.close()
         self.thread.join(timeout=30)
         self.tiering.close()
@@ -182,6 +186,11 @@ class CoreApp:
             status, out = await asyncio.to_thread(
                 self.core.rest.handle, scope["method"], scope["path"][len("/internal/api/v1"):],
                 role, body)
+        if isinstance(out, bytes):  # a file (the zip of an access request)
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", b"application/zip")]})
+            await send({"type": "http.response.body", "body": out})
+            return
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": msgspec.json.encode(out)})

@@ -119,6 +119,8 @@ class ApiProxy:
             raise errors.ServiceUnavailable("the query engine is not running (starting?)",
                                             code="core_unavailable") from None
         extra = [("allow", r.headers["allow"])] if "allow" in r.headers else []
+        if r.headers.get("content-type", "application/json") != "application/json":
+            extra.append(("content-type", r.headers["content-type"]))
         return r.status_code, r.content, extra
 
     async def aclose(self) -> None:

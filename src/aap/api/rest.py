@@ -12,6 +12,7 @@ the core, which owns the warehouse, checks the role each route needs and answers
 | ``GET /cohorts`` | viewer |
 | ``POST /cohorts``, ``DELETE /cohorts/{id}`` | analyst |
 | ``GET /keys``, ``POST /keys``, ``DELETE /keys/{id}`` | admin |
+| ``POST /privacy/requests``, ``GET /privacy/requests/{id}``, ``GET …/{id}/export`` | privacy |
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import msgspec
 
 from aap import errors
 from aap.api.keys import ROLES, ApiKeys, role_at_least
+from aap.privacy.requests import Requests
 from aap.query.cache import QueryCache
 from aap.query.cohorts import Cohorts
 from aap.query.models import parse_cohort, parse_insight
@@ -57,8 +59,10 @@ def _decode(body: bytes, typ: type) -> Any:
 
 
 class RestAPI:
-    def __init__(self, settings: Settings, warehouse: Warehouse) -> None:
+    def __init__(self, settings: Settings, warehouse: Warehouse,
+                 privacy: Requests | None = None) -> None:
         self.settings = settings
+        self.privacy = privacy
         self.warehouse = warehouse
         self.cohorts = Cohorts(settings.data_path)
         self.keys = ApiKeys(settings.data_path)
@@ -75,6 +79,11 @@ class RestAPI:
             ("GET", re.compile(r"^/keys$"), "admin", self.list_keys),
             ("POST", re.compile(r"^/keys$"), "admin", self.create_key),
             ("DELETE", re.compile(r"^/keys/(?P<id>[0-9a-f]{12})$"), "admin", self.revoke_key),
+            ("POST", re.compile(r"^/privacy/requests$"), "privacy", self.privacy_submit),
+            ("GET", re.compile(r"^/privacy/requests/(?P<id>pr_[0-9a-f]{16})$"), "privacy",
+             self.privacy_get),
+            ("GET", re.compile(r"^/privacy/requests/(?P<id>pr_[0-9a-f]{16})/export$"), "privacy",
+             self.privacy_export),
         ]
 
     def start(self) -> None:
@@ -113,6 +122,22 @@ class RestAPI:
         if allowed:
             raise errors.MethodNotAllowed(f"{method} is not allowed on /api/v1{path}", allowed)
         raise errors.NotFound(f"no endpoint at /api/v1{path}")
+
+    # -- privacy requests --
+
+    def _requests(self) -> Requests:
+        if self.privacy is None:
+            raise errors.NotFound("privacy requests are not served here")
+        return self.privacy
+
+    def privacy_submit(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self._requests().submit(body)
+
+    def privacy_get(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self._requests().get(params["id"])
+
+    def privacy_export(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self._requests().export(params["id"])
 
     # -- queries --
 

@@ -37,6 +37,8 @@ from aap.collect.segment import (
     parse_single,
     to_event,
 )  # fmt: skip
+from aap.collect.subject import PATH as SUBJECT_PATH
+from aap.collect.subject import SelfService
 from aap.events import Event, encode_events
 from aap.log import Append, open_log
 from aap.log.committer import GroupCommitter
@@ -117,6 +119,7 @@ class Collector:
                              interval_ms=settings.health_interval_ms)
         self.gate = Gate(self.data_dir)
         self.sealer = Sealer(self.data_dir, hasher=self.gate.hasher)
+        self.self_service = SelfService(self.data_dir, self.gate.hasher)
         self._unknown_keys: dict[str, float] = {}
         self._known_keys: dict[str, Source] = {}
         self.api = ApiProxy(self.data_dir, timeout=float(settings.query_timeout_s) + 30,
@@ -125,6 +128,7 @@ class Collector:
             "/healthz": (("GET", "HEAD"), self.healthz),
             "/metrics": (("GET",), self.metrics),
             "/v1/consent": (("POST",), self.consent),
+            SUBJECT_PATH: (("POST",), self.own_request),
         }
         for path in BATCH_PATHS:
             self.routes[path] = (("POST",), self.ingest_batch)
@@ -132,7 +136,8 @@ class Collector:
             self.routes[path] = (("POST",), self.ingest_single)
         self.prefix_routes: list[tuple[str, tuple[str, ...],
                                        Callable[[Request], Awaitable[Response]]]] = []
-        Compat(self).install()  # PostHog, Segment browser, Snowplow, consent, /sdk.js
+        Compat(self).install()  # PostHog, Segment browser, Snowplow, /sdk.js
+        self.prefix_routes.append((SUBJECT_PATH + "/", ("GET",), self.own_request_status))
 
     # -- ASGI --
 
@@ -193,7 +198,8 @@ class Collector:
         if req.path.startswith(API_PREFIX + "/"):
             status, body, headers = await self.api.handle(req.method, req.path, req.headers,
                                                           req.receive)
-            return Response(status, body, headers=headers)
+            ctype = next((v for k, v in headers if k == "content-type"), "application/json")
+            return Response(status, body, ctype, [h for h in headers if h[0] != "content-type"])
         entry = self.routes.get(req.path) or next(
             ((m, h) for p, m, h in self.prefix_routes if req.path.startswith(p)), None)
         if entry is None:
@@ -300,6 +306,17 @@ class Collector:
             out["not_stored"] = not_stored
         if rejected_out:
             out["rejected"] = rejected_out
+        return Response.json(200, out)
+
+    async def own_request(self, req: Request) -> Response:
+        """``POST /v1/privacy/requests`` with a subject token: a person's own request."""
+        raw = await read_raw(req.receive, None, 64 * 1024)
+        return Response.json(200, self.self_service.submit(req.headers.get("authorization"), raw))
+
+    async def own_request_status(self, req: Request) -> Response:
+        out = self.self_service.lookup(req.headers.get("authorization"), req.path)
+        if isinstance(out, bytes):
+            return Response(200, out, "application/zip")
         return Response.json(200, out)
 
     async def consent(self, req: Request) -> Response:

@@ -40,6 +40,7 @@ from aap.privacy.consent import ConsentLedger
 from aap.privacy.ids import IdHasher
 from aap.privacy.keystore import Keystore
 from aap.privacy.purposes import Registry
+from aap.privacy.sealing import PERSONAL_TRAITS
 from aap.store.warehouse import Warehouse
 
 
@@ -57,21 +58,29 @@ class Rights:
         self.hasher = hasher
         self.audit = audit
 
+    def subject_keys(self, user_ids: list[str], anonymous_ids: list[str]) -> list[int]:
+        if not user_ids and not anonymous_ids:
+            raise ValueError("name at least one userId or anonymousId")
+        return [self.hasher.key(x) for x in (*user_ids, *anonymous_ids)]
+
     def erase(self, user_ids: list[str], anonymous_ids: list[str], actor: str = "privacy"
               ) -> dict[str, Any]:
         """Erase the persons behind these ids; returns the receipt."""
-        if not user_ids and not anonymous_ids:
-            raise ValueError("name at least one userId or anonymousId")
+        return self.erase_keys(self.subject_keys(user_ids, anonymous_ids),
+                               {"userIds": len(user_ids), "anonymousIds": len(anonymous_ids)},
+                               actor)
+
+    def erase_keys(self, keys: list[int], requested: dict[str, Any], actor: str
+                   ) -> dict[str, Any]:
         t0 = time.perf_counter()
         started = datetime.now(UTC)
-        keys = [self.hasher.key(x) for x in (*user_ids, *anonymous_ids)]
         persons, all_keys = self.wh.person_closure(keys)
         destroyed = self.keystore.destroy(all_keys)
         removed = self.wh.erase_persons(persons)
         receipt: dict[str, Any] = {
             "id": "er_" + secrets.token_hex(8),
             "type": "erasure",
-            "requested": {"userIds": len(user_ids), "anonymousIds": len(anonymous_ids)},
+            "requested": requested,
             "started_at": started.isoformat(),
             "finished_at": datetime.now(UTC).isoformat(),
             "seconds": round(time.perf_counter() - t0, 3),
@@ -99,26 +108,31 @@ class Rights:
         """Everything about the person (Art. 15, 20): profile, events and sessions from
         every tier, consent history, and the purposes, recipients and retention, as JSON
         and CSV in one zip (``DATA_DIR/privacy/exports/<id>.zip``, 0600)."""
-        if not user_ids and not anonymous_ids:
-            raise ValueError("name at least one userId or anonymousId")
+        return self.access_keys(self.subject_keys(user_ids, anonymous_ids),
+                                {"userIds": user_ids, "anonymousIds": anonymous_ids}, actor)
+
+    def access_keys(self, keys: list[int], named: dict[str, Any], actor: str
+                    ) -> dict[str, Any]:
         t0 = time.perf_counter()
-        keys = [self.hasher.key(x) for x in (*user_ids, *anonymous_ids)]
         persons, all_keys = self.wh.person_closure(keys)
         ids = sorted(persons) or [0]
         marks = ",".join("?" * len(ids))
         tables: dict[str, tuple[list[str], list[tuple[Any, ...]]]] = {}
         with self.wh.snapshot() as cur:
+            # one scan of the tiers for the person's events; their sessions are computed
+            # from those rows (the sessions view would group every event of the store)
+            cur.execute(f"CREATE TEMP TABLE person_events AS SELECT * FROM events"
+                        f" WHERE person_id IN ({marks}) ORDER BY timestamp, message_id", ids)
             for name, sql in (
                 ("profile", f"SELECT * FROM persons WHERE person_id IN ({marks})"),
-                ("events", f"SELECT * FROM events WHERE person_id IN ({marks})"
-                           " ORDER BY timestamp, message_id"),
-                ("sessions", f"SELECT * FROM sessions WHERE person_id IN ({marks})"
-                             " ORDER BY started_at"),
+                ("events", "SELECT * FROM person_events"),
+                ("sessions", _SESSIONS),
                 ("orders", f"SELECT * FROM orders_resolved WHERE person_id IN ({marks})"
                            " ORDER BY timestamp"),
             ):
-                res = cur.execute(sql, ids)
+                res = cur.execute(sql, ids if "?" in sql else [])
                 tables[name] = ([d[0] for d in res.description], res.fetchall())
+            cur.execute("DROP TABLE person_events")
         consent = [{"at": datetime.fromtimestamp(s.at_ms / 1000, UTC).isoformat(),
                     "purposes": s.purposes, "policy_version": s.policy_version,
                     "channel": s.channel} for s in self.ledger.history(sorted(all_keys))]
@@ -128,8 +142,7 @@ class Rights:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
             z.writestr("README.txt", _EXPORT_README)
-            z.writestr("identifiers.json", _json({"userIds": user_ids,
-                                                  "anonymousIds": anonymous_ids}))
+            z.writestr("identifiers.json", _json(named))
             for name, (cols, rows) in tables.items():
                 z.writestr(f"{name}.json", _json([dict(zip(cols, r, strict=True)) for r in rows]))
                 z.writestr(f"{name}.csv", _csv(cols, rows))
@@ -146,6 +159,40 @@ class Rights:
                                                     if k != "path"})
         return summary
 
+    def rectify_keys(self, keys: list[int], traits: dict[str, Any], actor: str
+                     ) -> dict[str, Any]:
+        """Art. 16: corrected traits, visible in every query at once (profiles are one
+        table, not copied into the tiers). Personal traits are sealed at the door and
+        not kept in profiles, so they cannot be rectified here."""
+        personal = sorted(PERSONAL_TRAITS.intersection(traits))
+        if personal:
+            raise ValueError(f"personal traits are sealed, not kept in profiles: {personal}")
+        persons, _ = self.wh.person_closure(keys)
+        n = self.wh.rectify_traits(persons, traits)
+        self.audit.append(actor, "privacy.rectification", {"persons": n,
+                                                           "traits": sorted(traits)})
+        return {"type": "rectification", "persons": n, "traits": sorted(traits)}
+
+    def flag_keys(self, keys: list[int], kind: str, actor: str) -> dict[str, Any]:
+        """Art. 18 (``restriction``: kept, out of every query) and Art. 21 (``objection``:
+        out of profiling)."""
+        flag = {"restriction": "restricted", "objection": "objected"}[kind]
+        persons, _ = self.wh.person_closure(keys)
+        n = self.wh.flag_persons(persons, flag)
+        self.audit.append(actor, f"privacy.{kind}", {"persons": n})
+        return {"type": kind, "persons": n}
+
+
+_SESSIONS = """
+SELECT session_id, any_value(person_id) AS person_id, min(timestamp) AS started_at,
+       max(timestamp) AS ended_at, count(*) AS events,
+       count(*) FILTER (WHERE type IN ('page', 'screen')) AS views,
+       arg_min(path, timestamp) AS entry_path, arg_max(path, timestamp) AS exit_path,
+       arg_min(referrer_domain, timestamp) AS referrer_domain,
+       arg_min(utm_campaign, timestamp) AS utm_campaign
+FROM person_events GROUP BY session_id ORDER BY started_at
+"""
+"""The ``sessions`` view's columns, over the person's events only."""
 
 _EXPORT_README = """Your data, as kept by this AAP installation (GDPR Art. 15 and 20).
 

@@ -163,12 +163,16 @@ def snapshot(warehouse: Warehouse) -> Iterator[duckdb.DuckDBPyConnection]:
             in_cache = f"c.file_no IN ({', '.join(map(str, cached))})" if cached else "false"
             cur.execute(f"""
                 CREATE OR REPLACE TEMP VIEW events AS
-                SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)
-                FROM (SELECT * FROM events_raw UNION ALL SELECT * FROM uncached_events) e
-                LEFT JOIN person_overrides o ON o.old_person_id = e.person_id
-                UNION ALL
-                SELECT c.* EXCLUDE (file_no) REPLACE (coalesce(d.person_id, c.person_id) AS person_id)
-                FROM query_cache c LEFT JOIN {_PENDING} d ON d.old_person_id = c.person_id
-                WHERE {in_cache}
+                SELECT * FROM (
+                    SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)
+                    FROM (SELECT * FROM events_raw UNION ALL SELECT * FROM uncached_events) e
+                    LEFT JOIN person_overrides o ON o.old_person_id = e.person_id
+                    UNION ALL
+                    SELECT c.* EXCLUDE (file_no) REPLACE (coalesce(d.person_id, c.person_id)
+                                                          AS person_id)
+                    FROM query_cache c LEFT JOIN {_PENDING} d ON d.old_person_id = c.person_id
+                    WHERE {in_cache})
+                WHERE person_id NOT IN (SELECT person_id FROM person_flags
+                                        WHERE flag = 'restricted')  -- Art. 18
             """)
         yield cur

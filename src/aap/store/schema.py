@@ -119,6 +119,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     events INTEGER NOT NULL,
     set_aside_at TIMESTAMP NOT NULL
 );
+CREATE TABLE IF NOT EXISTS person_flags (
+    person_id BIGINT NOT NULL,
+    flag VARCHAR NOT NULL,
+    set_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (person_id, flag)
+);
 CREATE TABLE IF NOT EXISTS tier_trash (
     path VARCHAR PRIMARY KEY,
     delete_after TIMESTAMP NOT NULL
@@ -131,8 +137,10 @@ CREATE OR REPLACE TEMP VIEW events_all AS
     UNION ALL SELECT * FROM warm_events
     UNION ALL SELECT * FROM cold_events;
 CREATE OR REPLACE TEMP VIEW events AS
-    SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)
-    FROM events_all e LEFT JOIN person_overrides o ON o.old_person_id = e.person_id;
+    SELECT * FROM (
+        SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)
+        FROM events_all e LEFT JOIN person_overrides o ON o.old_person_id = e.person_id)
+    WHERE person_id NOT IN (SELECT person_id FROM person_flags WHERE flag = 'restricted');
 CREATE OR REPLACE TEMP VIEW sessions AS
     SELECT session_id, any_value(person_id) AS person_id,
            min(timestamp) AS started_at, max(timestamp) AS ended_at,

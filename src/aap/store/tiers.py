@@ -58,13 +58,15 @@ class TierStore:
         else:
             raise ValueError(f"tier url {cfg.url!r}: use a path or s3://bucket/prefix")
 
-    def write(self, table: pa.Table, partition: str, *, cold: bool = False) -> tuple[str, int]:
-        """Write one file; returns its path and size. Durable when it returns."""
+    def write(self, table: pa.Table, partition: str, *, cold: bool = False,
+              level: int | None = None) -> tuple[str, int]:
+        """Write one file; returns its path and size. Durable when it returns. ``level``:
+        a zstd level other than the tier's (erasure rewrites archives faster)."""
         path = f"{self.root}/{'cold' if cold else 'warm'}/events/{partition}/part-{uuid.uuid4().hex}.parquet"
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         pq.write_table(
             table, path, filesystem=self.fs, compression="zstd",
-            compression_level=19 if cold else 6,
+            compression_level=level or (19 if cold else 6),
             row_group_size=1_000_000 if cold else 256_000,
             use_dictionary=True, write_statistics=True,
         )

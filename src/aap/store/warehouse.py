@@ -9,8 +9,10 @@ MVCC): they see whole chunks only and never block the writer.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -360,6 +362,27 @@ class Warehouse:
         ).fetchall()}
         return persons, keys
 
+    def flag_persons(self, persons: set[int], flag: str) -> int:
+        """Mark persons ``restricted`` (Art. 18: kept, left out of every query) or
+        ``objected`` (Art. 21: left out of profiling)."""
+        with self._write_lock, self._transaction() as cur:
+            for p in sorted(persons):
+                cur.execute("INSERT INTO person_flags VALUES (?, ?, now()) ON CONFLICT DO NOTHING",
+                            [p, flag])
+        return len(persons)
+
+    def rectify_traits(self, persons: set[int], traits: dict[str, Any]) -> int:
+        """Merge corrected traits into the persons' profiles (``null`` removes a trait)."""
+        if not persons:
+            return 0
+        ids = sorted(persons)
+        with self._write_lock, self._transaction() as cur:
+            row = cur.execute(
+                f"UPDATE persons SET traits = json_merge_patch(coalesce(traits, '{{}}'), ?)"
+                f" WHERE person_id IN ({','.join('?' * len(ids))})",
+                [json.dumps(traits), *ids]).fetchone()
+        return int(row[0]) if row else 0
+
     def erase_persons(self, persons: set[int]) -> dict[str, int]:
         """Physically remove the persons' rows from the hot tables and from every warm and
         cold file (rewritten without them; the old files are deleted at once). Returns
@@ -440,31 +463,44 @@ class Warehouse:
         read whole). Old files are deleted once committed."""
         old: list[str] = []
         new: list[str] = []
-        try:
-            with self._write_lock, self._transaction() as cur:
-                def count(sql: str, params: list[Any]) -> int:
-                    row = cur.execute(sql, params).fetchone()
-                    return int(row[0]) if row else 0
 
-                hot(count)
-                for path, tier, part in cur.execute(
-                        "SELECT path, tier, part FROM tier_files ORDER BY path").fetchall():
-                    people = self.tiers.read([path], ["person_id"]).column("person_id")
-                    if not pc.any(pc.is_in(people, value_set=persons)).as_py():
-                        continue  # none of the persons' rows: the file stays as it is
-                    changed = in_file(self.tiers.read([path]))
-                    if changed is None:
-                        continue
-                    kept, hit = changed
-                    out[f"{tier}_rows"] += hit
-                    out[f"{tier}_files_rewritten"] += 1
-                    old.append(path)
-                    if kept.num_rows:
-                        directory = f"day={part}" if tier == "warm" else f"month={part}"
-                        new_path, size = self.tiers.write(kept, directory, cold=tier == "cold")
-                        new.append(new_path)
-                        _add_file(cur, new_path, tier, part, kept.num_rows, size)
-                    cur.execute("DELETE FROM tier_files WHERE path = ?", [path])
+        def rewrite(file: tuple[str, str, str]) -> tuple[str, str, str, int, str | None, int, int] | None:
+            path, tier, part = file
+            people = self.tiers.read([path], ["person_id"]).column("person_id")
+            if not pc.any(pc.is_in(people, value_set=persons)).as_py():
+                return None  # none of the persons' rows: the file stays as it is
+            changed = in_file(self.tiers.read([path]))
+            if changed is None:
+                return None
+            kept, hit = changed
+            if not kept.num_rows:
+                return path, tier, part, hit, None, 0, 0
+            directory = f"day={part}" if tier == "warm" else f"month={part}"
+            # archives are rewritten at a fast zstd level: still compressed, still cold
+            new_path, size = self.tiers.write(kept, directory, cold=tier == "cold",
+                                              level=6 if tier == "cold" else None)
+            return path, tier, part, hit, new_path, kept.num_rows, size
+
+        try:
+            with self._write_lock:
+                files = self.con.cursor().execute(
+                    "SELECT path, tier, part FROM tier_files ORDER BY path").fetchall()
+                with ThreadPoolExecutor(2, thread_name_prefix="aap-rewrite") as pool:
+                    done = [r for r in pool.map(rewrite, files) if r is not None]
+                new.extend(r[4] for r in done if r[4] is not None)
+                with self._transaction() as cur:
+                    def count(sql: str, params: list[Any]) -> int:
+                        row = cur.execute(sql, params).fetchone()
+                        return int(row[0]) if row else 0
+
+                    hot(count)
+                    for path, tier, part, hit, new_path, rows, size in done:
+                        out[f"{tier}_rows"] += hit
+                        out[f"{tier}_files_rewritten"] += 1
+                        old.append(path)
+                        if new_path is not None:
+                            _add_file(cur, new_path, tier, part, rows, size)
+                        cur.execute("DELETE FROM tier_files WHERE path = ?", [path])
         except BaseException:
             for path in new:  # not committed: the rewritten files go again
                 self.tiers.delete(path)

@@ -1,0 +1,196 @@
+"""Data-subject requests: a durable queue, worked off one at a time by the core.
+
+``POST /api/v1/privacy/requests`` (role ``privacy``) adds a request and answers
+``{"id", "status": "pending"}``; ``GET /api/v1/privacy/requests/{id}`` shows its status
+(``pending``, ``running``, ``done``, ``failed``) and, once done, its result (the receipt
+of an erasure, the summary of an access); ``GET …/{id}/export`` is the zip of an access
+request. Requests live in ``DATA_DIR/privacy/requests.db`` with the subject only as a
+keyed hash, never the raw id; a request still pending when the core stops runs when it
+starts again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from aap import errors
+from aap.privacy.rights import Rights
+
+logger = logging.getLogger("aap.privacy")
+
+TYPES = ("access", "erasure", "rectification", "restriction", "objection")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    subject_keys TEXT NOT NULL,
+    named TEXT NOT NULL,
+    traits TEXT,
+    created_at INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    finished_at INTEGER,
+    result TEXT,
+    error TEXT
+);
+"""
+
+
+class Subject(msgspec.Struct, forbid_unknown_fields=True):
+    userId: str | None = None
+    anonymousId: str | None = None
+
+
+class NewRequest(msgspec.Struct, forbid_unknown_fields=True):
+    type: str
+    subject: Subject
+    traits: dict[str, Any] | None = None
+
+
+class RequestStore:
+    """The queue's database, shared by the core (which works it off) and the collector
+    (where people file their own requests with a subject token)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        d = data_dir / "privacy"
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = d / "requests.db"
+        self._con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                    check_same_thread=False)
+        self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def add(self, kind: str, keys: list[int], named: dict[str, Any],
+            traits: dict[str, Any] | None) -> str:
+        if kind not in TYPES:
+            raise errors.BadRequest(f"`type` must be one of {', '.join(TYPES)}",
+                                    code="invalid_request")
+        if kind == "rectification" and not traits:
+            raise errors.BadRequest("a rectification needs `traits`", code="invalid_request")
+        rid = "pr_" + secrets.token_hex(8)
+        with self._lock:
+            self._con.execute(
+                "INSERT INTO requests (id, type, subject_keys, named, traits, created_at, status)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+                (rid, kind, json.dumps(keys), json.dumps(named),
+                 json.dumps(traits) if traits else None, int(time.time())))
+        return rid
+
+    def subject_keys(self, rid: str) -> list[int]:
+        row = self._con.execute("SELECT subject_keys FROM requests WHERE id = ?", (rid,)
+                                ).fetchone()
+        if row is None:
+            raise errors.NotFound(f"no privacy request {rid}")
+        return list(json.loads(row[0]))
+
+    def get(self, rid: str) -> dict[str, Any]:
+        row = self._con.execute(
+            "SELECT id, type, created_at, status, finished_at, result, error FROM requests"
+            " WHERE id = ?", (rid,)).fetchone()
+        if row is None:
+            raise errors.NotFound(f"no privacy request {rid}")
+        out: dict[str, Any] = {"id": row[0], "type": row[1], "created_at": row[2],
+                               "status": row[3], "finished_at": row[4]}
+        if row[5]:
+            result = json.loads(row[5])
+            result.pop("path", None)
+            out["result"] = result
+        if row[6]:
+            out["error"] = row[6]
+        return out
+
+    def export(self, rid: str) -> bytes:
+        row = self._con.execute("SELECT type, status, result FROM requests WHERE id = ?",
+                                (rid,)).fetchone()
+        if row is None:
+            raise errors.NotFound(f"no privacy request {rid}")
+        if row[0] != "access":
+            raise errors.NotFound(f"request {rid} is an {row[0]}, not an access request",
+                                  code="not_an_access_request")
+        if row[1] != "done":
+            raise errors.Conflict(f"request {rid} is {row[1]}", code="not_done")
+        return Path(json.loads(row[2])["path"]).read_bytes()
+
+
+class Requests(RequestStore):
+    """The core's side: files requests from the REST API and works the queue off."""
+
+    def __init__(self, data_dir: Path, rights: Rights) -> None:
+        super().__init__(data_dir)
+        self.rights = rights
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="aap-privacy-requests",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._con.execute("UPDATE requests SET status = 'pending' WHERE status = 'running'")
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    # -- the API --
+
+    def submit(self, body: bytes) -> dict[str, Any]:
+        try:
+            req = msgspec.json.decode(body, type=NewRequest)
+        except msgspec.ValidationError as exc:
+            raise errors.BadRequest(f"invalid privacy request: {exc}",
+                                    code="invalid_request") from None
+        except msgspec.DecodeError:
+            raise errors.BadRequest("the body is not valid JSON", code="invalid_json") from None
+        users = [req.subject.userId] if req.subject.userId else []
+        anons = [req.subject.anonymousId] if req.subject.anonymousId else []
+        if not users and not anons:
+            raise errors.BadRequest("`subject` needs a userId or an anonymousId",
+                                    code="missing_identity")
+        named = {"userId": bool(users), "anonymousId": bool(anons)}
+        rid = self.add(req.type, self.rights.subject_keys(users, anons), named, req.traits)
+        self._wake.set()
+        return {"id": rid, "status": "pending"}
+
+    # -- the worker --
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            row = self._con.execute(
+                "SELECT id, type, subject_keys, named, traits FROM requests"
+                " WHERE status = 'pending' ORDER BY created_at, id LIMIT 1").fetchone()
+            if row is None:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            rid, kind, keys_json, named_json, traits_json = row
+            self._con.execute("UPDATE requests SET status = 'running' WHERE id = ?", (rid,))
+            try:
+                keys = json.loads(keys_json)
+                actor = f"request:{rid}"
+                if kind == "erasure":
+                    result = self.rights.erase_keys(keys, json.loads(named_json), actor)
+                elif kind == "access":
+                    result = self.rights.access_keys(keys, json.loads(named_json), actor)
+                elif kind == "rectification":
+                    result = self.rights.rectify_keys(keys, json.loads(traits_json), actor)
+                else:
+                    result = self.rights.flag_keys(keys, kind, actor)
+                self._con.execute(
+                    "UPDATE requests SET status = 'done', finished_at = ?, result = ? WHERE id = ?",
+                    (int(time.time()), json.dumps(result, default=str), rid))
+            except Exception as exc:  # the request fails, the worker goes on
+                logger.exception("privacy request %s failed", rid)
+                self._con.execute(
+                    "UPDATE requests SET status = 'failed', finished_at = ?, error = ?"
+                    " WHERE id = ?", (int(time.time()), f"{type(exc).__name__}: {exc}", rid))

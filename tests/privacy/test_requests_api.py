@@ -1,0 +1,133 @@
+"""Data-subject requests through the REST API: roles, statuses, and what each type does."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aap.runner import ServerProcess, create_source
+
+
+class Api:
+    def __init__(self, server: ServerProcess, write_key: str, keys: dict[str, str]) -> None:
+        self.server, self.write_key, self.keys = server, write_key, keys
+
+    def request(self, body: Any, role: str = "privacy") -> httpx.Response:
+        return httpx.post(self.server.url + "/api/v1/privacy/requests", json=body,
+                          headers={"Authorization": f"Bearer {self.keys[role]}"}, timeout=30)
+
+    def get(self, path: str, role: str = "privacy") -> httpx.Response:
+        return httpx.get(self.server.url + "/api/v1/privacy/requests" + path,
+                         headers={"Authorization": f"Bearer {self.keys[role]}"}, timeout=30)
+
+    def run(self, body: Any) -> dict[str, Any]:
+        r = self.request(body)
+        assert r.status_code == 200 and r.json()["status"] == "pending", r.text
+        rid = r.json()["id"]
+        deadline = time.monotonic() + 30
+        while (got := self.get("/" + rid).json())["status"] in ("pending", "running"):
+            assert time.monotonic() < deadline, got
+            time.sleep(0.05)
+        return dict(got)
+
+    def person(self, name: str) -> None:
+        anon, user = f"anon-{name}", f"user-{name}"
+        batch = [{"type": "page", "anonymousId": anon, "name": "Home"},
+                 {"type": "identify", "anonymousId": anon, "userId": user,
+                  "traits": {"plan": "free", "email": f"{name}@example.org"}},
+                 {"type": "track", "userId": user, "event": "Signed Up"}]
+        for m in batch:
+            m["messageId"] = str(uuid.uuid4())
+        r = httpx.post(self.server.url + "/v1/batch", auth=(self.write_key, ""),
+                       json={"batch": batch})
+        assert r.json()["accepted"] == 3
+
+
+def new_key(data: Path, role: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "aap", "keys", "create", "--role", role,
+                          "--data-dir", str(data)], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    data = tmp_path_factory.mktemp("requests") / "data"
+    write_key = create_source(data, "app", "--basis", "contract")
+    keys = {role: new_key(data, role) for role in ("analyst", "privacy", "admin")}
+    server = ServerProcess(data, workers=1).start()
+    try:
+        a = Api(server, write_key, keys)
+        for name in ("ann", "ben", "cai", "dee", "eve"):
+            a.person(name)
+        server.wait_processed()
+        yield a
+    finally:
+        server.stop()
+
+
+def test_roles_and_bad_requests(api: Api) -> None:
+    body = {"type": "access", "subject": {"userId": "user-ann"}}
+    r = api.request(body, role="analyst")
+    assert r.status_code == 403 and r.json()["code"] == "role_too_low"
+    r = httpx.post(api.server.url + "/api/v1/privacy/requests", json=body)
+    assert r.status_code == 401
+    for bad, code in (({"type": "forget", "subject": {"userId": "u"}}, "invalid_request"),
+                      ({"type": "access", "subject": {}}, "missing_identity"),
+                      ({"type": "rectification", "subject": {"userId": "u"}}, "invalid_request"),
+                      ({"type": "access"}, "invalid_request")):
+        r = api.request(bad)
+        assert r.status_code == 400 and r.json()["code"] == code, (bad, r.text)
+    assert api.get("/pr_0123456789abcdef").status_code == 404
+
+
+def test_access_request_and_its_export(api: Api) -> None:
+    done = api.run({"type": "access", "subject": {"anonymousId": "anon-ann"}})
+    assert done["status"] == "done" and done["result"]["events"] == 3
+    r = api.get(f"/{done['id']}/export")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+        events = json.loads(z.read("events.json"))
+    assert sorted(e["event"] for e in events) == ["$identify", "$page", "Signed Up"]
+
+
+def test_restriction_hides_the_person_from_queries(api: Api) -> None:
+    before = api.server.sql("SELECT count(*) FROM events")[0][0]
+    done = api.run({"type": "restriction", "subject": {"userId": "user-ben"}})
+    assert done["status"] == "done" and done["result"]["persons"] >= 1
+    assert api.server.sql("SELECT count(*) FROM events")[0][0] == before - 3  # type: ignore[operator]
+    assert api.server.sql("SELECT count(*) FROM events_raw WHERE event = 'Signed Up'"
+                          ) == [[5]]  # kept, only out of the queries
+
+
+def test_rectification_and_objection(api: Api) -> None:
+    done = api.run({"type": "rectification", "subject": {"userId": "user-cai"},
+                    "traits": {"plan": "pro"}})
+    assert done["status"] == "done" and done["result"]["persons"] == 1
+    assert api.server.sql("SELECT count(*) FROM persons WHERE traits->>'plan' = 'pro'") == [[1]]
+    failed = api.run({"type": "rectification", "subject": {"userId": "user-cai"},
+                      "traits": {"email": "new@example.org"}})
+    assert failed["status"] == "failed" and "sealed" in failed["error"]
+    done = api.run({"type": "objection", "subject": {"userId": "user-dee"}})
+    assert done["status"] == "done"
+    assert api.server.sql("SELECT count(*) FROM person_flags WHERE flag = 'objected'") == [[1]]
+
+
+def test_erasure_request_gives_a_receipt(api: Api) -> None:
+    done = api.run({"type": "erasure", "subject": {"userId": "user-eve"}})
+    assert done["status"] == "done"
+    receipt = done["result"]
+    assert receipt["type"] == "erasure" and receipt["removed"]["hot_events"] == 3
+    assert len(receipt["digest"]) == 64
+    assert api.server.sql("SELECT count(*) FROM events_raw WHERE properties IS NOT NULL"
+                          " AND person_id NOT IN (SELECT person_id FROM persons)") == [[0]]
