@@ -65,3 +65,12 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     r = start(tmp_path_factory.mktemp("srv"))
     yield r
     r.server.stop()
+
+
+@pytest.fixture(scope="session")
+def sdk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """One server shared by the tests of the SDKs' wire formats (each test uses its own
+    ids, so they do not see each other's events): saves a start-up per module."""
+    r = start(tmp_path_factory.mktemp("sdk-srv"))
+    yield r
+    r.server.stop()

@@ -324,8 +324,21 @@ def _open_existing_log(data_dir: Path | None) -> Any:
               help="Simulated people.")
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the temporary data dir and print its path.")
-def demo(people: int, seed: int, keep: bool) -> None:
-    """Start a server on a temporary data dir, send realistic traffic, show what arrived."""
+@click.option("--page", is_flag=True,
+              help="Serve a small demo page that uses AAP's browser SDK, instead of simulated traffic.")
+@click.option("--page-port", type=int, default=8080, show_default=True,
+              help="Port of the demo page (with --page).")
+@click.option("--duration", type=float, default=None,
+              help="With --page: stop after this many seconds (default: at Ctrl-C).")
+def demo(people: int, seed: int, keep: bool, page: bool, page_port: int,
+         duration: float | None) -> None:
+    """Start a server on a temporary data dir, send realistic traffic, show what arrived.
+
+    With --page: serve a demo page that uses AAP's browser SDK, and show what it sends."""
+    if page:
+        from aap.demo_page import run_page_demo
+
+        sys.exit(run_page_demo(page_port=page_port, duration=duration, keep=keep))
     from aap.demo import run_demo
 
     sys.exit(run_demo(people=people, seed=seed, keep=keep))

@@ -15,6 +15,12 @@ import pytest
 from tests.conftest import Running
 from tests.e2e.warehouse import person_traits, persons_rows
 
+
+@pytest.fixture(scope="module")
+def running(sdk_server: Running) -> Running:
+    return sdk_server
+
+
 SCRIPT = Path(__file__).parents[2] / "sdk" / "js" / "test" / "node_client.mjs"
 
 

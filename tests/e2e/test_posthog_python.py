@@ -10,8 +10,15 @@ from typing import Any
 import pytest
 from posthog import Posthog
 
+from aap.events import payload_bytes
+from aap.log.sqlite import SQLiteLog
 from tests.conftest import Running
 from tests.e2e.warehouse import person_traits, persons_rows
+
+
+@pytest.fixture(scope="module")
+def running(sdk_server: Running) -> Running:
+    return sdk_server
 
 
 @pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
@@ -31,7 +38,8 @@ def test_posthog_python_calls_land_in_the_warehouse(running: Running, gzip: bool
                                 properties={"plan": "pro", "$session_id": f"s-{tag}"}),
         "identify": client.capture("$identify", distinct_id=user, timestamp=ts + timedelta(seconds=9),
                                    properties={"$anon_distinct_id": anon,
-                                               "$set": {"email_domain": "example.com"}}),
+                                               "$set": {"email_domain": "example.com",
+                                                        "email": f"canary-{tag}@example.com"}}),
         "set": client.set(distinct_id=user, properties={"plan": "pro"},
                           timestamp=ts + timedelta(seconds=10)),
         "order": client.capture("Order Completed", distinct_id=user,
@@ -70,3 +78,11 @@ def test_posthog_python_calls_land_in_the_warehouse(running: Running, gzip: bool
     assert traits.get("email_domain") == "example.com" and traits.get("plan") == "pro"
     stored = {e.message_id: e for e in running.stored() if e.message_id == sent["pageview"]}
     assert stored[sent["pageview"]].ip == "203.0.113.0"
+    # ids and personal traits leave the properties and are sealed: not in the log in clear
+    assert all(not k.startswith(("$anon_distinct_id", "$set")) for r in rows
+               for k in r.properties)
+    log = SQLiteLog(running.data_dir / "log")
+    raw = b"".join(payload_bytes(rec.payload) for rec in log.read(0, 100_000))
+    log.close()
+    assert f"canary-{tag}@example.com".encode() not in raw
+    assert anon.encode() not in raw and user.encode() not in raw

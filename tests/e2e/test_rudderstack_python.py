@@ -16,6 +16,11 @@ from tests.conftest import Running
 from tests.e2e.warehouse import person_traits, persons_rows
 
 
+@pytest.fixture(scope="module")
+def running(sdk_server: Running) -> Running:
+    return sdk_server
+
+
 @pytest.mark.parametrize("sync", [True, False], ids=["sync", "batched"])
 def test_rudderstack_python_calls_land_in_the_warehouse(running: Running, sync: bool) -> None:
     errors: list[Any] = []
@@ -48,6 +53,7 @@ def test_rudderstack_python_calls_land_in_the_warehouse(running: Running, sync: 
     for mid, m in sent.items():
         assert stored[mid].context["channel"] == "server"
         assert stored[mid].integrations == {"All": True}
+        assert "traits" not in stored[mid].context  # moved to traits (sealed where personal)
         assert stored[mid].type == m["type"]
     identify = next(e for e in stored.values() if e.type == "identify")
     assert identify.traits == {"plan": "team", "seats": 4}  # taken from context.traits

@@ -9,6 +9,7 @@ import pytest
 from segment.analytics import Client
 
 from tests.conftest import Running
+from tests.e2e.warehouse import persons_rows
 
 
 @pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
@@ -58,3 +59,11 @@ def test_every_call_is_stored_intact(running: Running, gzip: bool, sync: bool) -
         assert e.traits == m.get("traits", {})
     identify = stored[calls[0][1]["messageId"]]
     assert identify.ip == "198.51.100.0"  # context.ip, truncated to /24
+    # the warehouse: exactly these events, one person (the alias joins the anonymous id)
+    running.server.wait_processed()
+    rows = persons_rows(running.server, [calls[0][1]["messageId"]])
+    assert {r.message_id for r in rows} == set(sent)
+    assert len({r.person_id for r in rows}) == 1
+    for r in rows:  # as sent, plus the clock-skew correction (receivedAt - sentAt)
+        sent_ts = datetime.fromisoformat(sent[r.message_id]["timestamp"])
+        assert sent_ts <= r.timestamp < sent_ts + timedelta(seconds=2)

@@ -15,6 +15,12 @@ from snowplow_tracker.events import PageView, SelfDescribing, StructuredEvent
 from tests.conftest import Running
 from tests.e2e.warehouse import persons_rows
 
+
+@pytest.fixture(scope="module")
+def running(sdk_server: Running) -> Running:
+    return sdk_server
+
+
 CTX = SelfDescribingJson("iglu:com.acme/customer/jsonschema/1-0-0", {"tier": "gold"})
 
 

@@ -101,16 +101,19 @@ async function flush(beacon) {
   if (!N.onLine || Date.now() < retryAt) return schedule(Math.max(retryAt - Date.now(), 1000));
   sending = true;
   let retry = false;
+  let wait = 0;
   try {
     const r = await fetch(url, { method: "POST", body: await gzip(body), headers: { "Content-Type": "text/plain" } });
     retry = r.status == 429 || r.status >= 500;
+    wait = +r.headers.get("Retry-After") * 1000 || 0;
   } catch (e) {
     retry = true; // offline, or the server cannot be reached
   }
   sending = false;
   if (retry) {
+    // exponential backoff with jitter, never sooner than the server's Retry-After
     backoff = Math.min(backoff * 2 || 1000, 60000);
-    retryAt = Date.now() + backoff * (0.5 + Math.random() / 2);
+    retryAt = Date.now() + Math.max(backoff * (0.5 + Math.random() / 2), wait);
     return schedule(retryAt - Date.now());
   }
   backoff = retryAt = 0;

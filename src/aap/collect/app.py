@@ -183,7 +183,8 @@ class Collector:
         origin = req.headers.get("origin")
         if origin and req.cors and is_browser_path(req.path):
             resp.headers += [("access-control-allow-origin", origin), ("vary", "Origin"),
-                             ("access-control-allow-credentials", "true")]
+                             ("access-control-allow-credentials", "true"),
+                             ("access-control-expose-headers", "Retry-After")]
         await send({
             "type": "http.response.start",
             "status": resp.status,
@@ -240,11 +241,11 @@ class Collector:
         return await self._ingest(
             req, lambda body: parse_single(body, mtype, self.settings.max_event_bytes))
 
-    async def _ingest(self, req: Request, parse: Callable[[bytes], Parsed], *, auth: bool = True
-                      ) -> Response:
+    async def _ingest(self, req: Request, parse: Callable[[bytes], Parsed], *, auth: bool = True,
+                      key_hint: str = "send it as the Basic auth user name") -> Response:
         """Ingest the events ``parse`` finds in the body. ``auth=False``: the wire format
         carries its key in the body only (PostHog, Snowplow), the Authorization header
-        is not read."""
+        is not read; ``key_hint`` says where the key goes when it is missing."""
         problem = self.health.problem()
         if problem:
             raise errors.ServiceUnavailable(problem, retry_after=self.settings.retry_after_seconds,
@@ -258,8 +259,7 @@ class Collector:
         parsed = parse(body)
         if source is None:
             if not parsed.write_key:
-                raise errors.Unauthorized("no write key: send it as the Basic auth user name",
-                                          code="missing_write_key")
+                raise errors.Unauthorized(f"no write key: {key_hint}", code="missing_write_key")
             source = self._source(parsed.write_key)
         origin = req.headers.get("origin")
         if origin and not source.allows_origin(origin):

@@ -28,6 +28,8 @@ SDK_FILE = Path(__file__).parent / "static" / "aap.min.js"
 SEGMENT_SETTINGS_PREFIX = "/v1/projects/"
 SEGMENT_METRICS_PATH = "/v1/m"
 BROWSER_PREFIXES = ("/v1/", posthog.CONFIG_PREFIX)
+POSTHOG_KEY_HINT = "send the source's write key as `api_key` (or `properties.token`)"
+SNOWPLOW_KEY_HINT = "set the tracker's app id (`aid`) to the source's write key"
 BROWSER_PATHS = frozenset((*posthog.CAPTURE_PATHS, *posthog.FLAGS_PATHS, snowplow.TP2_PATH,
                            *snowplow.GET_PATHS))
 
@@ -40,7 +42,7 @@ def is_browser_path(path: str) -> bool:
 def query(req: Request) -> dict[str, list[str]]:
     raw = req.scope.get("query_string", b"")
     try:
-        return parse_qs(raw.decode("utf-8"), keep_blank_values=True)
+        return parse_qs(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
     except UnicodeDecodeError:
         raise errors.BadRequest("the query string is not valid UTF-8",
                                 code="invalid_query") from None
@@ -99,11 +101,12 @@ class Compat:
             await read_raw(req.receive, None, limit)
             parsed = posthog.parse(b"data=" + data.encode(), q, ctype, limit, max_event,
                                    engage=engage)
-            resp = await self.app._ingest(req, lambda _: parsed, auth=False)
+            resp = await self.app._ingest(req, lambda _: parsed, auth=False,
+                                          key_hint=POSTHOG_KEY_HINT)
         else:
             resp = await self.app._ingest(
                 req, lambda body: posthog.parse(body, q, ctype, limit, max_event, engage=engage),
-                auth=False)
+                auth=False, key_hint=POSTHOG_KEY_HINT)
         out = msgspec.json.decode(resp.body)
         out["status"] = 1  # what PostHog's own capture answers
         return self._response().json(200, out)
@@ -154,12 +157,12 @@ class Compat:
     async def snowplow_post(self, req: Request) -> Response:
         _, max_event = self._limits()
         return await self.app._ingest(req, lambda body: snowplow.parse_post(body, max_event),
-                                      auth=False)
+                                      auth=False, key_hint=SNOWPLOW_KEY_HINT)
 
     async def snowplow_get(self, req: Request) -> Response:
         _, max_event = self._limits()
         parsed = snowplow.parse_query(query(req), max_event)
-        await self.app._ingest(req, lambda _: parsed, auth=False)
+        await self.app._ingest(req, lambda _: parsed, auth=False, key_hint=SNOWPLOW_KEY_HINT)
         return self._response()(200, snowplow.PIXEL, content_type="image/gif",
                                 headers=[("cache-control", "no-cache, no-store")])
 

@@ -9,7 +9,8 @@ magic bytes whatever the Content-Type (posthog-js sends ``text/plain``); form bo
 Each PostHog event becomes a Segment-shaped :class:`~aap.collect.segment.WireMessage`:
 
 - ``$identify`` → identify (``userId`` = ``distinct_id``, ``anonymousId`` =
-  ``$anon_distinct_id``, traits from ``$set_once`` then ``$set``);
+  ``$anon_distinct_id``, traits from ``$set_once`` then ``$set``; ``$set`` on any other
+  event goes to its traits too, the processor reads those of identifies);
 - ``$create_alias`` / ``$merge_dangerously`` → alias (``previousId`` = ``alias``);
 - ``$set`` / ``$set_once`` → identify with traits; ``$groupidentify`` → group;
 - ``$pageview`` → page, ``$screen`` → screen; anything else → track (``$pageleave``
@@ -17,8 +18,12 @@ Each PostHog event becomes a Segment-shaped :class:`~aap.collect.segment.WireMes
 
 A ``distinct_id`` is an ``anonymousId`` when posthog-js says the person is not
 identified (``$is_identified: false``, or ``distinct_id == $device_id``); otherwise it
-is a ``userId``. ``$ip`` goes to ``context.ip`` (truncated by the collector, never
-stored), ``$session_id`` stays in the properties (the processor's session id).
+is a ``userId``. Ids never stay in the properties (``$anon_distinct_id``,
+``$device_id``, ``alias`` move out; the collector seals ids and personal traits).
+``$ip`` goes to ``context.ip`` (truncated by the collector, never stored);
+``$session_id`` stays in the properties (the processor's session id). The send time
+(``sent_at`` per event, per batch, or ``sent_at`` / ``_`` in the query) corrects the
+device's clock like Segment's ``sentAt``.
 """
 
 from __future__ import annotations
@@ -57,14 +62,15 @@ def unwrap(body: bytes, query: dict[str, list[str]], content_type: str, limit: i
         if "data" not in form:
             raise BadRequest("the form body has no `data` field", code="invalid_form")
         compression = (form.get("compression") or [compression])[0]
-        body = form["data"][0].encode("ascii", "replace")
+        body = form["data"][0].replace(" ", "+").encode("utf-8")
         stripped = body.strip()
         if compression != "gzip-js" and stripped[:1] not in (b"{", b"["):
             compression = "base64"
     if compression == "base64":
+        data = b"".join(stripped.split()).replace(b" ", b"+")
         try:
-            body = base64.b64decode(stripped + b"=" * (-len(stripped) % 4), altchars=b"-_"
-                                    if b"-" in stripped or b"_" in stripped else None)
+            body = base64.b64decode(data + b"=" * (-len(data) % 4), validate=True,
+                                    altchars=b"-_" if b"-" in data or b"_" in data else None)
         except (binascii.Error, ValueError):
             raise BadRequest("the body is not valid base64", code="bad_encoding") from None
     elif compression == "lz64":
@@ -105,7 +111,7 @@ def parse(body: bytes, query: dict[str, list[str]], content_type: str, limit: in
     messages: list[tuple[int, WireMessage]] = []
     rejected: list[Rejection] = []
     now = datetime.now(UTC)
-    batch_sent = _time(sent_at)
+    batch_sent = _time(sent_at) or _query_time(query)
     for i, ev in enumerate(events):
         if not isinstance(ev, dict):
             rejected.append(Rejection(i, "wrong_type", "an event must be a JSON object"))
@@ -143,6 +149,16 @@ def _time(v: Any) -> datetime | None:
     return None
 
 
+def _query_time(query: dict[str, list[str]]) -> datetime | None:
+    """posthog-js may put the send time in the query: ``sent_at`` (POST) or ``_`` (GET),
+    in milliseconds."""
+    for name in ("sent_at", "_"):
+        v = (query.get(name) or [""])[0]
+        if v.isdigit() and len(v) <= 15:
+            return _time(int(v))
+    return None
+
+
 def _id(v: Any) -> str | None:
     if isinstance(v, bool) or v is None:
         return None
@@ -172,26 +188,33 @@ def to_message(ev: dict[str, Any], now: datetime, batch_sent: datetime | None, *
     for k in ("$set", "$set_once"):
         if k in ev and k not in props:
             props[k] = ev[k]
+    # Identifiers and person properties leave the properties: they become the message's
+    # ids and traits, which the collector seals (never kept in plain text).
     props.pop("token", None)
     props.pop("distinct_id", None)
     ip = props.pop("$ip", None)
+    anon_id = props.pop("$anon_distinct_id", None)
+    device_id = props.pop("$device_id", None)
+    alias = props.pop("alias", None) if name in ("$create_alias", "$merge_dangerously") else None
+    traits = {**_dict(props.pop("$set_once", None)), **_dict(props.pop("$set", None))}
     anonymous = props.get("$is_identified") is False or (
-        props.get("$device_id") == distinct and props.get("$is_identified") is not True)
-    m = WireMessage(type="track", event=name, properties=props)
+        device_id == distinct and props.get("$is_identified") is not True) or (
+        # server SDKs' group identify without a person: "$company_acme" is nobody's id
+        name == "$groupidentify" and distinct == f"${props.get('$group_type')}_{props.get('$group_key')}")
+    m = WireMessage(type="track", event=name, properties=props, traits=traits or None)
     if anonymous:
         m.anonymous_id = distinct
     else:
         m.user_id = distinct
-    traits = {**_dict(props.get("$set_once")), **_dict(props.get("$set"))}
     if name == "$identify":
-        m.type, m.event, m.traits = "identify", None, traits
-        m.user_id, m.anonymous_id = distinct, _id(props.get("$anon_distinct_id"))
+        m.type, m.event = "identify", None
+        m.user_id, m.anonymous_id = distinct, _id(anon_id)
     elif name in ("$create_alias", "$merge_dangerously"):
         m.type, m.event = "alias", None
         m.user_id, m.anonymous_id = distinct, None
-        m.previous_id = _id(props.get("alias"))
+        m.previous_id = _id(alias)
     elif name in ("$set", "$set_once"):
-        m.type, m.event, m.traits = "identify", None, traits
+        m.type, m.event = "identify", None
     elif name == "$groupidentify":
         m.type, m.event = "group", None
         m.group_id = _id(props.get("$group_key"))

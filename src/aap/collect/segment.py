@@ -195,8 +195,14 @@ def to_event(m: WireMessage, *, source: str, received_at: datetime) -> Event | s
         return "missing_group_id"
     context = m.context or {}
     traits = m.traits
-    if not traits and mtype in ("identify", "group") and isinstance(context.get("traits"), dict):
-        traits = context["traits"]  # RudderStack sends identify traits in context.traits
+    if "traits" in context:
+        # RudderStack sends identify traits in context.traits (and its web SDK repeats
+        # them on every event): they become the identify's traits, where personal ones
+        # are sealed, and never stay in the context in plain text.
+        ctx_traits = context["traits"]
+        context = {k: v for k, v in context.items() if k != "traits"}
+        if not traits and mtype in ("identify", "group") and isinstance(ctx_traits, dict):
+            traits = ctx_traits
     if m.channel is not None and "channel" not in context:
         context = {**context, "channel": m.channel}
     return Event(

@@ -69,16 +69,16 @@ def _parse_events(events: list[Any], max_event_bytes: int) -> Parsed:
     rejected: list[Rejection] = []
     key: str | None = None
     for i, ev in enumerate(events):
-        if not isinstance(ev, dict) or not all(isinstance(v, str) for v in ev.values()):
-            rejected.append(Rejection(i, "wrong_type",
-                                      "an event must be an object whose values are all strings"))
-            continue
-        aid = ev.get("aid") or None
+        aid = ev.get("aid") if isinstance(ev, dict) and isinstance(ev.get("aid"), str) else None
         if key is None and aid:
             key = aid
         elif aid and aid != key:
             rejected.append(Rejection(i, "write_key_mismatch",
                                       "the event's app id (aid) differs from the request's"))
+            continue
+        if not isinstance(ev, dict) or not all(isinstance(v, str) for v in ev.values()):
+            rejected.append(Rejection(i, "wrong_type",
+                                      "an event must be an object whose values are all strings"))
             continue
         if sum(len(k) + len(v) for k, v in ev.items()) > max_event_bytes:
             rejected.append(Rejection(i, "event_too_large",
