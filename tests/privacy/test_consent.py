@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from aap.bench.pipeline import core_pid
+from aap.bench.ingest import core_pid
 from aap.runner import ServerProcess, create_source
 from tests.privacy.test_ip_canary import scan
 

@@ -60,6 +60,7 @@ from aap.bench.ingest import (
     _server_pids,
     build_requests,
     closed_loop,
+    core_pid,
     idle_check,
     machine,
     measure,
@@ -148,22 +149,6 @@ def _rss_bytes(pid: int) -> int:
     except (OSError, ValueError):
         pass
     return 0
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def core_pid(server: ServerProcess) -> int | None:
-    """The core process (``python -m aap process``) of a running server."""
-    for pid in _server_pids(server):
-        args = _cmdline(pid)
-        if "aap" in args and "process" in args:
-            return pid
-    return None
 
 
 def _cpu_seconds(pid: int) -> float:
