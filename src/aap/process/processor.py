@@ -261,12 +261,9 @@ class Processor:
                            b.session_id[i], row["timestamp"], orders, items, products)
                 else:
                     _product(props, row["timestamp"], products)
-        for p in changes.identified:
-            if p not in persons:
-                persons[p] = [p, None, None, True, None]
         return Chunk(
             events=events, position=position, next_person=st.identities.next_person,
-            persons=[tuple(v) for v in persons.values()],
+            persons=persons,
             new_ids=changes.new_ids, overrides=changes.overrides, orders=orders,
             order_items=items, products=list(products.values()),
         )
@@ -289,23 +286,42 @@ class Processor:
 _EPOCH = datetime(1970, 1, 1)
 
 
-def _persons(b: Batch, person: pa.Array, identified: set[int]) -> dict[int, list[Any]]:
-    """person → [person_id, first seen, last seen, identified, traits] for this chunk."""
-    if not len(b):
-        return {}
-    t = b.table
-    seen = pa.table({"p": person, "t": t.column("timestamp")}).group_by("p").aggregate(
-        [("t", "min"), ("t", "max")]).to_pydict()
-    persons = {p: [p, first, last, p in identified, None]
-               for p, first, last in zip(seen["p"], seen["t_min"], seen["t_max"], strict=True)}
-    traits = t.column("traits")
-    if traits.null_count < len(traits):
-        idx = pc.indices_nonzero(pc.is_valid(traits))
-        for i, doc in zip(idx.to_pylist(), traits.take(idx).to_pylist(), strict=True):
-            cur = persons[b.person_id[i]]
-            cur[4] = json.dumps({**json.loads(cur[4]), **json.loads(doc)} if cur[4] else
-                                json.loads(doc))
-    return persons
+def _persons(b: Batch, person: pa.Array, identified: set[int]) -> pa.Table:
+    """The chunk's persons: first and last seen, identified, traits of identify events
+    (merged in log order), as columns (one group-by; no Python object per person)."""
+    if len(b):
+        seen = pa.table({"p": person, "t": b.table.column("timestamp")}).group_by("p").aggregate(
+            [("t", "min"), ("t", "max")])
+        pids, first, last = seen.column("p"), seen.column("t_min"), seen.column("t_max")
+    else:
+        pids = first = last = pa.chunked_array([], pa.int64())
+    extra = sorted(identified.difference(pids.to_pylist())) if identified else []
+    if extra:  # identified now, without an event of theirs in this chunk
+        pids = pa.chunked_array([*pids.chunks, pa.array(extra, pa.int64())], pa.int64())
+        nulls = pa.nulls(len(extra), pa.timestamp("us"))
+        first = pa.chunked_array([*first.chunks, nulls], pa.timestamp("us"))
+        last = pa.chunked_array([*last.chunks, nulls], pa.timestamp("us"))
+    merged: dict[int, dict[str, Any]] = {}
+    if len(b):
+        traits = b.table.column("traits")
+        if traits.null_count < len(traits):
+            idx = pc.indices_nonzero(pc.is_valid(traits))
+            for i, doc in zip(idx.to_pylist(), traits.take(idx).to_pylist(), strict=True):
+                p = b.person_id[i]
+                merged[p] = {**merged.get(p, {}), **json.loads(doc)}
+    ids = pids.combine_chunks() if isinstance(pids, pa.ChunkedArray) else pids
+    trait_col = (pa.array([json.dumps(merged[p]) if p in merged else None
+                           for p in ids.to_pylist()], pa.string()) if merged
+                 else pa.nulls(len(ids), pa.string()))
+    return pa.table({
+        "person_id": ids,
+        "first_seen": first.combine_chunks().cast(pa.timestamp("us")) if len(ids) else
+        pa.array([], pa.timestamp("us")),
+        "last_seen": last.combine_chunks().cast(pa.timestamp("us")) if len(ids) else
+        pa.array([], pa.timestamp("us")),
+        "identified": pc.is_in(ids, value_set=pa.array(sorted(identified), pa.int64())),
+        "traits": trait_col,
+    })
 
 
 def _num(v: Any) -> float | None:

@@ -38,7 +38,9 @@ class Chunk:
     events: pa.Table
     position: int
     next_person: int
-    persons: list[tuple[int, datetime, datetime, bool, str | None]] = field(default_factory=list)
+    persons: pa.Table | list[tuple[int, datetime, datetime, bool, str | None]] = field(
+        default_factory=list)
+    """person_id, first_seen, last_seen, identified, traits (JSON): a table or rows."""
     new_ids: dict[int, int] = field(default_factory=dict)
     overrides: dict[int, int] = field(default_factory=dict)
     orders: list[tuple[Any, ...]] = field(default_factory=list)
@@ -162,8 +164,10 @@ class Warehouse:
             con.register("chunk_events", events)
             con.execute("INSERT INTO events_raw SELECT * FROM chunk_events")
             con.unregister("chunk_events")
-        if chunk.persons:
-            con.register("chunk_persons", _table(chunk.persons, _PERSONS))
+        persons = (chunk.persons if isinstance(chunk.persons, pa.Table)
+                   else _table(chunk.persons, _PERSONS))
+        if persons.num_rows:
+            con.register("chunk_persons", persons.cast(_PERSONS))
             con.execute("""
                 INSERT INTO persons SELECT * FROM chunk_persons ON CONFLICT (person_id) DO UPDATE SET
                     first_seen = least(persons.first_seen, excluded.first_seen),
