@@ -268,9 +268,15 @@ class Processor:
             order_items=items, products=list(products.values()),
         )
 
-    def run(self, stop: threading.Event, idle_sleep: float = 0.05) -> None:
+    def run(self, stop: threading.Event, idle_sleep: float = 0.05, linger: float = 0.2) -> None:
+        """Process until ``stop``. A chunk smaller than ``chunk_records`` means the
+        processor has caught up: it then lets ``linger`` seconds pass from that chunk's
+        start before reading again, so that under a steady load chunks are large enough
+        for their fixed costs (a DuckDB commit, the consent and key lookups) to be
+        small per event, at the price of at most ``linger`` of freshness."""
         try:
             while not stop.is_set():
+                started = time.monotonic()
                 try:
                     n = self.run_once()
                 except Exception:
@@ -279,6 +285,8 @@ class Processor:
                     continue
                 if n == 0:
                     stop.wait(idle_sleep)
+                elif n < self.chunk_records:
+                    stop.wait(max(0.0, linger - (time.monotonic() - started)))
         finally:
             self.close()
 

@@ -84,7 +84,7 @@ class Warehouse:
             # this size, and each checkpoint compresses the last, partly filled row group
             # again: at the default 16 MB that is most of a chunk's write. 256 MB keeps the
             # WAL replay at start-up to a few seconds.
-            "checkpoint_threshold": "256MB",
+            "checkpoint_threshold": "64MB",
         })
         for v in OLD_VIEWS:
             self.con.execute(f"DROP VIEW IF EXISTS {v}")
