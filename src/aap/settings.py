@@ -44,6 +44,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_pending_appends", 2000, "Batches waiting for a group commit in one worker before new ones get 503."),
     Setting("session_inactivity_minutes", 30, "A person's session ends after this long without events (when the SDK sends no session id)."),
     Setting("processor_worker", True, "Prepare log chunks (decode, enrichment) in a child process of the core, in parallel with the processor's stateful steps; `false` does all in one thread."),
+    Setting("prepare_processes", 2, "Child processes preparing log chunks (with `processor_worker`), taking chunks in turn: more than one lets a processor draining a backlog use more cores."),
     Setting("warehouse_memory", "1GB", "Memory limit of the warehouse's DuckDB (e.g. `1GB`, `512MB`)."),
     Setting("hot_days", 7, "Days events stay in the hot tier (DuckDB) before moving to the warm tier."),
     Setting("warm_days", 90, "Days events stay in the warm tier (daily Parquet) before they are archived to the cold tier."),

@@ -80,6 +80,7 @@ class Core:
             historical_sources=historical,
             inactivity=timedelta(minutes=settings.session_inactivity_minutes),
             worker=settings.processor_worker,
+            prepare_processes=settings.prepare_processes,
             consent=ConsentState(ConsentLedger(data)),
             destroyed=self.keystore.refresh_destroyed,
         )

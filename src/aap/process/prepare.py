@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aap.errors import TransientError
-from aap.process import enrich
+from aap.process import enrich, shop
 from aap.process.view import (
     _NO_CONTEXT,
     CampaignView,
@@ -51,9 +51,10 @@ ENRICHED_COLUMNS = (
     "browser", "browser_version", "os", "os_version", "device_type",
     "country", "region", "city", "library_name", "library_version",
 )  # fmt: skip
-AUX_COLUMNS = ("key", "user_key", "anonymous_key", "previous_key", "raw_ids", "sdk_session",
-               "traits", "received_ms")
-"""Columns the stateful steps read and the warehouse does not store: the dedup key
+AUX_COLUMNS = ("row", "key", "user_key", "anonymous_key", "previous_key", "raw_ids",
+               "sdk_session", "traits", "received_ms")
+"""Columns the stateful steps read and the warehouse does not store: the event's index
+in the chunk (what the shop rows refer to, see :mod:`aap.process.shop`), the dedup key
 (see :func:`aap.process.steps.dedup_key`), the keyed hashes of the ids (the collector
 seals the raw ids; for events written unsealed, by tools and tests, ``raw_ids`` holds
 userId / anonymousId / previousId and the processor hashes them), the SDK's session id, the
@@ -72,6 +73,8 @@ class Prepared(NamedTuple):
     table: pa.Table
     clamped: int
     """Events whose corrected time was in the future and was clamped."""
+    shop: shop.Rows
+    """Orders, order items and product mentions of the chunk's events."""
 
 
 @dataclass
@@ -81,6 +84,7 @@ class _Work:
     sql: duckdb.DuckDBPyConnection
     cols: dict[str, pa.Array] = field(default_factory=dict)
     clamped: int = 0
+    shop: shop.Rows | None = None
 
 
 _PURPOSES = pa.list_(pa.string())
@@ -94,6 +98,7 @@ def fields(w: _Work) -> None:
     """The event's own fields."""
     evs = w.events
     c = w.cols
+    c["row"] = pa.array(np.arange(len(evs), dtype=np.int32))
     c["message_id"] = _strings([e.message_id for e in evs])
     c["source"] = _strings([e.source for e in evs])
     c["type"] = types = _strings([e.type for e in evs])
@@ -243,11 +248,21 @@ def enrichment(w: _Work) -> None:
     c["sdk_session"] = x["sdk_session"]
 
 
+def shop_rows(w: _Work) -> None:
+    """Orders, items and products (see :mod:`aap.process.shop`), read from the decoded
+    properties."""
+    evs = w.events
+    w.shop = shop.extract(w.cols["type"].to_pylist(), [e.event for e in evs],
+                          [e.properties for e in evs], w.cols["message_id"].to_pylist(),
+                          w.cols["source"].to_pylist())
+
+
 PREPARE_STEPS: tuple[tuple[str, Callable[[_Work], None]], ...] = (
     ("fields", fields),
     ("keys", keys),
     ("time", correct_time),
     ("enrich", enrichment),
+    ("shop", shop_rows),
 )
 
 _json = msgspec.json.Encoder()
@@ -268,7 +283,7 @@ def prepare(payloads: Sequence[bytes], cfg: PrepareConfig,
         table = pa.table({n: w.cols[n] for n in _PREPARED_COLUMNS})
     else:
         table = pa.table({n: pa.array([], pa.string()) for n in _PREPARED_COLUMNS})  # no rows
-    return Prepared(table, w.clamped)
+    return Prepared(table, w.clamped, w.shop or shop.Rows.empty())
 
 
 # -- where preparation runs -------------------------------------------------------------
@@ -276,6 +291,9 @@ def prepare(payloads: Sequence[bytes], cfg: PrepareConfig,
 
 class LocalPreparer:
     """Prepares in the calling thread, when the result is asked for."""
+
+    capacity = 1
+    """Chunks that may be submitted before a result is taken."""
 
     def __init__(self, cfg: PrepareConfig) -> None:
         self.cfg = cfg
@@ -298,80 +316,137 @@ class LocalPreparer:
         self.sql.close()
 
 
-class WorkerPreparer:
-    """Prepares in a child process: :meth:`submit` returns at once, :meth:`result`
-    waits. The child is stateless; if it dies it is started again, and the chunk it
-    was working on fails with a :class:`TransientError` (the processor retries)."""
+class _Child:
+    """One prepare process and its end of the pipe."""
 
-    def __init__(self, cfg: PrepareConfig) -> None:
-        self.cfg = cfg
-        self._ctx = mp.get_context("spawn")
-        self._conn: Connection | None = None
-        self._proc: Any = None
-        self._pending = False
-        self._start()
-
-    def _start(self) -> None:
-        parent, child = self._ctx.Pipe()
-        self._proc = self._ctx.Process(target=_worker_main, args=(child, self.cfg), daemon=True,
-                                       name="aap-prepare")
-        self._proc.start()
+    def __init__(self, ctx: Any, cfg: PrepareConfig, n: int) -> None:
+        parent, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, cfg), daemon=True,
+                                name=f"aap-prepare-{n}")
+        self.proc.start()
         child.close()
-        self._conn = parent
+        self.conn: Connection = parent
+
+    def close(self) -> None:
+        self.conn.close()
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=5)
+
+
+class WorkerPreparer:
+    """Prepares in ``processes`` child processes, chunks going to them in turn:
+    :meth:`submit` returns at once (up to :attr:`capacity` chunks ahead), :meth:`result`
+    waits for the oldest. The children are stateless; one that dies is started again,
+    and the chunk it was working on fails with a :class:`TransientError` (the processor
+    retries)."""
+
+    def __init__(self, cfg: PrepareConfig, processes: int = 1) -> None:
+        self.cfg = cfg
+        self.capacity = max(1, processes)
+        self._ctx = mp.get_context("spawn")
+        self._children: list[_Child | None] = [None] * self.capacity
+        self._submitted = 0
+        self._taken = 0
+        for i in range(self.capacity):
+            self._start(i)
+
+    def _start(self, i: int) -> _Child:
+        child = self._children[i] = _Child(self._ctx, self.cfg, i)
+        return child
+
+    def _restart(self, i: int) -> None:
+        old, self._children[i] = self._children[i], None
+        if old is not None:
+            old.close()
+        self._start(i)
+
+    @property
+    def pending(self) -> int:
+        return self._submitted - self._taken
 
     def submit(self, payloads: Sequence[bytes]) -> None:
-        assert not self._pending, "one chunk at a time"
-        if self._proc is None or not self._proc.is_alive():
-            self._restart()
-        assert self._conn is not None
+        assert self.pending < self.capacity, f"{self.capacity} chunks at a time"
+        i = self._submitted % self.capacity
+        child = self._children[i]
+        if child is None or not child.proc.is_alive():
+            self._restart(i)
+            child = self._children[i]
+        assert child is not None
         try:
-            self._conn.send_bytes(_list_encoder.encode(list(payloads)))
+            child.conn.send_bytes(_list_encoder.encode(list(payloads)))
         except OSError as exc:
-            self._restart()
+            self._restart(i)
             raise TransientError(f"the prepare worker went away: {exc}") from exc
-        self._pending = True
+        self._submitted += 1
 
     def result(self) -> Prepared:
-        assert self._pending and self._conn is not None, "nothing submitted"
-        self._pending = False
+        assert self.pending, "nothing submitted"
+        i = self._taken % self.capacity
+        self._taken += 1
+        child = self._children[i]
         try:
-            data = self._conn.recv_bytes()
+            if child is None:
+                raise EOFError("not running")
+            data = child.conn.recv_bytes()
         except (EOFError, OSError) as exc:
-            self._restart()
+            self._restart(i)
             raise TransientError(f"the prepare worker went away: {exc}") from exc
         if data[:1] == b"E":
             raise RuntimeError(f"preparing a chunk failed: {data[1:].decode(errors='replace')}")
-        _, clamped = _HEADER.unpack_from(data)
-        with pa.ipc.open_stream(pa.py_buffer(data)[_HEADER.size:]) as reader:
-            return Prepared(reader.read_all(), clamped)
+        return _unpack(data)
 
     def reset(self) -> None:
-        """Forget the chunk in flight (its result is read and thrown away)."""
-        if self._pending:
+        """Forget the chunks in flight (their results are read and thrown away)."""
+        while self.pending:
             try:
                 self.result()
             except Exception:
                 pass
 
-    def _restart(self) -> None:
-        self.close()
-        self._start()
-
     def close(self) -> None:
-        self._pending = False
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        if self._proc is not None:
-            self._proc.join(timeout=5)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join(timeout=5)
-            self._proc = None
+        self._submitted = self._taken = 0
+        for i, child in enumerate(self._children):
+            if child is not None:
+                child.close()
+                self._children[i] = None
 
 
 _HEADER = struct.Struct("<c7xq")
 """Kind (``P``), then the clamped count; 16 bytes keep the Arrow buffers after it aligned."""
+_LENGTH = struct.Struct("<q")
+
+
+def _pack(prepared: Prepared) -> pa.Buffer:
+    """:data:`_HEADER`, then the event table and the three shop tables, each an Arrow IPC
+    stream preceded by its length and padded to 8 bytes."""
+    sink = pa.BufferOutputStream()
+    sink.write(_HEADER.pack(b"P", prepared.clamped))
+    rows = prepared.shop
+    for table in (prepared.table, rows.orders, rows.items, rows.products):
+        part = pa.BufferOutputStream()
+        with pa.ipc.new_stream(part, table.schema) as writer:
+            writer.write_table(table)
+        buf = part.getvalue()
+        sink.write(_LENGTH.pack(buf.size))
+        sink.write(buf)
+        sink.write(b"\0" * (-buf.size % 8))
+    return sink.getvalue()
+
+
+def _unpack(data: bytes) -> Prepared:
+    _, clamped = _HEADER.unpack_from(data)
+    view = pa.py_buffer(data)
+    at = _HEADER.size
+    tables = []
+    for _ in range(4):
+        (size,) = _LENGTH.unpack_from(data, at)
+        at += _LENGTH.size
+        with pa.ipc.open_stream(view[at:at + size]) as reader:
+            tables.append(reader.read_all())
+        at += size + (-size % 8)
+    return Prepared(tables[0], clamped, shop.Rows(*tables[1:]))
 _list_encoder = msgspec.msgpack.Encoder()
 _list_decoder = msgspec.msgpack.Decoder(list[bytes])
 
@@ -381,20 +456,21 @@ def _worker_main(conn: Connection, cfg: PrepareConfig) -> None:
     ``b"E" + message``). Ends when the parent closes its end (or dies)."""
     import gc
 
-    gc.set_threshold(100_000, 50, 1000)
+    # A chunk is tens of thousands of short-lived objects in no cycles, freed by their
+    # reference counts; the collector would only walk them over and over (~1 µs an event).
+    gc.disable()
     sql = duckdb.connect(config={"threads": 1})
+    done = 0
     while True:
+        done += 1
+        if done % 200 == 0:
+            gc.collect()
         try:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
         try:
-            prepared = prepare(_list_decoder.decode(data), cfg, sql)
-            sink = pa.BufferOutputStream()
-            sink.write(_HEADER.pack(b"P", prepared.clamped))
-            with pa.ipc.new_stream(sink, prepared.table.schema) as writer:
-                writer.write_table(prepared.table)
-            out = sink.getvalue()
+            out = _pack(prepare(_list_decoder.decode(data), cfg, sql))
         except Exception as exc:
             logger.exception("preparing a chunk failed")
             out = b"E" + f"{type(exc).__name__}: {exc}".encode()

@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ from prometheus_client import Counter as PromCounter
 from aap.log.base import Log, Record
 from aap.privacy.consent import ConsentState
 from aap.privacy.ids import IdHasher
+from aap.process import shop
 from aap.process.identity import Identities
 from aap.process.prepare import LocalPreparer, PrepareConfig, Prepared, WorkerPreparer
 from aap.process.steps import STEPS, Batch, DedupIndex, State
@@ -43,9 +44,6 @@ WITHDRAWN = PromCounter("aap_processor_withdrawn_rows",
 CONSENT_APPLIED = "consent_applied"
 CLAMPED = PromCounter("aap_processor_clamped", "Events whose time was in the future, clamped.")
 
-_ORDER_EVENTS = {"Order Completed"}
-_PRODUCT_EVENTS = {"Product Viewed", "Product Added", "Product Clicked", "Product Removed"}
-_SHOP_EVENTS = pa.array(sorted(_ORDER_EVENTS | _PRODUCT_EVENTS))
 
 
 @dataclass(slots=True)
@@ -62,11 +60,12 @@ class Processor:
     def __init__(self, log: Log, warehouse: Warehouse, hasher: IdHasher, *,
                  historical_sources: frozenset[str] = frozenset(),
                  inactivity: timedelta = timedelta(minutes=30),
-                 chunk_records: int = 500, worker: bool = False,
+                 chunk_records: int = 500, worker: bool = False, prepare_processes: int = 1,
                  consent: ConsentState | None = None,
                  destroyed: Callable[[], set[int]] | None = None) -> None:
-        """``worker``: prepare chunks in a child process (see :mod:`aap.process.prepare`)
-        while this one runs the stateful steps; otherwise in this thread."""
+        """``worker``: prepare chunks in ``prepare_processes`` child processes (see
+        :mod:`aap.process.prepare`) while this one runs the stateful steps; otherwise in
+        this thread."""
         self.log = log
         self.wh = warehouse
         self.chunk_records = chunk_records
@@ -81,10 +80,10 @@ class Processor:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="aap-warehouse-write")
         cfg = PrepareConfig(historical_sources=historical_sources)
         self.preparer: LocalPreparer | WorkerPreparer = (
-            WorkerPreparer(cfg) if worker else LocalPreparer(cfg))
+            WorkerPreparer(cfg, prepare_processes) if worker else LocalPreparer(cfg))
         self._withdrawals_due = 0.0
-        self._ahead: list[Record] | None = None
-        """Records submitted for preparation, after the chunk being built."""
+        self._ahead: deque[list[Record]] = deque()
+        """Chunks of records submitted for preparation, after the chunk being built."""
         self._load()
 
     def _load(self) -> None:
@@ -124,20 +123,22 @@ class Processor:
                 logger.exception("applying consent withdrawals to stored events failed")
                 self._withdrawals_due = time.monotonic() + 1.0
         try:
-            if self._ahead is None:
+            if not self._ahead:
                 records = self._read(self._next)
                 if not records:
                     self._finish_write()
                     return 0
                 self.preparer.submit([r.payload for r in records])
-            else:
-                records, self._ahead = self._ahead, None
+                self._ahead.append(records)
+            records = self._ahead.popleft()
             prepared = self.preparer.result()
-            if not self.failures:  # the next chunk is prepared while this one goes on
-                ahead = self._read(records[-1].offset)
-                if ahead:
+            if not self.failures:  # the next chunks are prepared while this one goes on
+                while len(self._ahead) < self.preparer.capacity:
+                    ahead = self._read((self._ahead[-1] if self._ahead else records)[-1].offset)
+                    if not ahead:
+                        break
                     self.preparer.submit([r.payload for r in ahead])
-                    self._ahead = ahead
+                    self._ahead.append(ahead)
             built = self._build(records, prepared)
             self._finish_write()
             self._pending = self._writer.submit(self._write, built)
@@ -201,8 +202,8 @@ class Processor:
             if not len(batch):
                 break
             step(batch, self.state)
-        return _Built(self._chunk(batch, records[-1].offset), len(batch), batch.dropped,
-                      prepared.clamped)
+        chunk = self._chunk(batch, records[-1].offset, prepared.shop, prepared.table.num_rows)
+        return _Built(chunk, len(batch), batch.dropped, prepared.clamped)
 
     def _write(self, built: _Built) -> _Built:
         self.wh.write(built.chunk)
@@ -231,9 +232,9 @@ class Processor:
             with contextlib.suppress(Exception):
                 fut.result()
         self.preparer.reset()
-        self._ahead = None
+        self._ahead.clear()
 
-    def _chunk(self, b: Batch, position: int) -> Chunk:
+    def _chunk(self, b: Batch, position: int, rows: shop.Rows, size: int) -> Chunk:
         st = self.state
         changes = st.identities.take_changes()
         t = b.table
@@ -245,27 +246,14 @@ class Processor:
         else:
             events = EVENT_ARROW_SCHEMA.empty_table()
         persons = _persons(b, person, changes.identified)
-        orders: list[tuple[Any, ...]] = []
-        items: list[tuple[Any, ...]] = []
-        products: dict[str, tuple[Any, ...]] = {}
-        if len(b):
-            shop = pc.and_(pc.equal(t.column("type"), "track"),
-                           pc.is_in(t.column("event"), value_set=_SHOP_EVENTS))
-            idx = pc.indices_nonzero(shop)
-            sub = t.select(["event", "message_id", "source", "properties", "timestamp"]
-                           ).take(idx).to_pylist()
-            for i, row in zip(idx.to_pylist(), sub, strict=True):
-                props = json.loads(row["properties"])
-                if row["event"] in _ORDER_EVENTS:
-                    _order(row["message_id"], row["source"], props, b.person_id[i],
-                           b.session_id[i], row["timestamp"], orders, items, products)
-                else:
-                    _product(props, row["timestamp"], products)
+        orders, items, products = shop.attach(
+            rows, b.table.column("row").to_numpy(), size, b.person_id, b.session_id,
+            t.column("timestamp"))
         return Chunk(
             events=events, position=position, next_person=st.identities.next_person,
             persons=persons,
             new_ids=changes.new_ids, overrides=changes.overrides, orders=orders,
-            order_items=items, products=list(products.values()),
+            order_items=items, products=products,
         )
 
     def run(self, stop: threading.Event, idle_sleep: float = 0.05, linger: float = 0.2) -> None:
@@ -330,61 +318,6 @@ def _persons(b: Batch, person: pa.Array, identified: set[int]) -> pa.Table:
         "identified": pc.is_in(ids, value_set=pa.array(sorted(identified), pa.int64())),
         "traits": trait_col,
     })
-
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            return None
-    return None
-
-
-def _str(v: Any) -> str | None:
-    if isinstance(v, bool) or v is None:
-        return None
-    return str(v) if isinstance(v, (str, int, float)) and str(v) else None
-
-
-def _product(p: dict[str, Any], ts: datetime, products: dict[str, tuple[Any, ...]]) -> None:
-    pid = _str(p.get("product_id")) or _str(p.get("sku")) or _str(p.get("id"))
-    if pid is None:
-        return
-    prev = products.get(pid)
-    first = min(prev[4], ts) if prev else ts
-    last = max(prev[5], ts) if prev else ts
-    products[pid] = (pid, _str(p.get("name")) or (prev[1] if prev else None),
-                     _str(p.get("category")) or (prev[2] if prev else None),
-                     _num(p.get("price")) if _num(p.get("price")) is not None else (
-                         prev[3] if prev else None), first, last)
-
-
-def _order(message_id: str, source: str, p: dict[str, Any], person: int, session: str,
-           when: datetime, orders: list[tuple[Any, ...]], items: list[tuple[Any, ...]],
-           products: dict[str, tuple[Any, ...]]) -> None:
-    order_id = _str(p.get("order_id")) or message_id
-    lines: list[Any] = p["products"] if isinstance(p.get("products"), list) else []
-    n = 0
-    for line in lines:
-        if not isinstance(line, dict):
-            continue
-        n += 1
-        pid = _str(line.get("product_id")) or _str(line.get("sku"))
-        qty = _num(line.get("quantity"))
-        items.append((order_id, message_id, pid, _str(line.get("name")),
-                      _str(line.get("category")), _num(line.get("price")),
-                      qty if qty is not None else 1.0))
-        _product(line, when, products)
-    revenue = _num(p.get("revenue"))
-    if revenue is None:
-        revenue = _num(p.get("total"))
-    orders.append((order_id, message_id, source, person, session, when,
-                   revenue, _str(p.get("currency")), n))
 
 
 def wait_for_position(proc: Processor, offset: int, timeout: float = 10.0) -> None:

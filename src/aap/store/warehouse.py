@@ -43,9 +43,10 @@ class Chunk:
     """person_id, first_seen, last_seen, identified, traits (JSON): a table or rows."""
     new_ids: dict[int, int] = field(default_factory=dict)
     overrides: dict[int, int] = field(default_factory=dict)
-    orders: list[tuple[Any, ...]] = field(default_factory=list)
-    order_items: list[tuple[Any, ...]] = field(default_factory=list)
-    products: list[tuple[Any, ...]] = field(default_factory=list)
+    orders: pa.Table | list[tuple[Any, ...]] = field(default_factory=list)
+    order_items: pa.Table | list[tuple[Any, ...]] = field(default_factory=list)
+    products: pa.Table | list[tuple[Any, ...]] = field(default_factory=list)
+    """Orders, order items, products (one row per product): tables or rows."""
 
 
 _PERSONS = pa.schema([("person_id", pa.int64()), ("first_seen", pa.timestamp("us")),
@@ -70,6 +71,10 @@ def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
         [] for _ in schema]
     return pa.table([pa.array(c, type=f.type) for c, f in zip(cols, schema, strict=True)],
                     schema=schema)
+
+
+def _as_table(rows: pa.Table | list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
+    return rows.cast(schema) if isinstance(rows, pa.Table) else _table(rows, schema)
 
 
 class Warehouse:
@@ -191,12 +196,12 @@ class Warehouse:
             self._fold_person(con, old, new)
         for rows, schema, table in ((chunk.orders, _ORDERS, "orders"),
                                     (chunk.order_items, _ITEMS, "order_items")):
-            if rows:
-                con.register("chunk_rows", _table(rows, schema))
+            if len(rows):
+                con.register("chunk_rows", _as_table(rows, schema))
                 con.execute(f"INSERT INTO {table} SELECT * FROM chunk_rows")
                 con.unregister("chunk_rows")
-        if chunk.products:
-            con.register("chunk_products", _table(chunk.products, _PRODUCTS))
+        if len(chunk.products):
+            con.register("chunk_products", _as_table(chunk.products, _PRODUCTS))
             con.execute("""
                 INSERT INTO products SELECT * FROM chunk_products
                 ON CONFLICT (product_id) DO UPDATE SET

@@ -1,0 +1,175 @@
+"""Orders, order items and products from the events of the Segment e-commerce spec
+(``Order Completed`` with ``products[]``; ``Product Viewed``, ``Added``, ``Clicked``,
+``Removed``).
+
+:func:`extract` runs where the events' properties are already decoded (the stateless
+half of the processor); each row carries ``row``, the index of its event in the chunk,
+so that the stateful half keeps only the rows of events it stores and adds what it
+knows (person, session, time) by that index (:func:`attach`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+ORDER_EVENTS = frozenset({"Order Completed"})
+PRODUCT_EVENTS = frozenset({"Product Viewed", "Product Added", "Product Clicked",
+                            "Product Removed"})
+
+ORDERS = pa.schema([("row", pa.int32()), ("order_id", pa.string()),
+                    ("message_id", pa.string()), ("source", pa.string()),
+                    ("revenue", pa.float64()), ("currency", pa.string()),
+                    ("items", pa.int32())])
+ITEMS = pa.schema([("row", pa.int32()), ("order_id", pa.string()),
+                   ("message_id", pa.string()), ("product_id", pa.string()),
+                   ("name", pa.string()), ("category", pa.string()),
+                   ("price", pa.float64()), ("quantity", pa.float64())])
+PRODUCTS = pa.schema([("row", pa.int32()), ("product_id", pa.string()),
+                      ("name", pa.string()), ("category", pa.string()),
+                      ("price", pa.float64())])
+"""One row per mention of a product, in log order."""
+_ORDER_TABLE = pa.schema([("order_id", pa.string()), ("message_id", pa.string()),
+                          ("source", pa.string()), ("person_id", pa.int64()),
+                          ("session_id", pa.string()), ("timestamp", pa.timestamp("us")),
+                          ("revenue", pa.float64()), ("currency", pa.string()),
+                          ("items", pa.int32())])
+_PRODUCT_TABLE = pa.schema([("product_id", pa.string()), ("name", pa.string()),
+                            ("category", pa.string()), ("price", pa.float64()),
+                            ("first_seen", pa.timestamp("us")),
+                            ("last_seen", pa.timestamp("us"))])
+"""What :func:`attach` gives the warehouse (its ``orders`` and ``products`` tables)."""
+
+
+class Rows:
+    """What :func:`extract` found in one chunk: three tables (see the schemas above)."""
+
+    __slots__ = ("items", "orders", "products")
+
+    def __init__(self, orders: pa.Table, items: pa.Table, products: pa.Table) -> None:
+        self.orders = orders
+        self.items = items
+        self.products = products
+
+    @classmethod
+    def empty(cls) -> Rows:
+        return cls(ORDERS.empty_table(), ITEMS.empty_table(), PRODUCTS.empty_table())
+
+
+def _num(v: Any) -> float | None:
+    if v.__class__ is bool:
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return None
+
+
+def _str(v: Any) -> str | None:
+    if v is None or v.__class__ is bool:
+        return None
+    return str(v) if isinstance(v, (str, int, float)) and str(v) else None
+
+
+def _product(row: int, p: dict[str, Any], out: list[tuple[Any, ...]]) -> None:
+    pid = _str(p.get("product_id")) or _str(p.get("sku")) or _str(p.get("id"))
+    if pid is not None:
+        out.append((row, pid, _str(p.get("name")), _str(p.get("category")),
+                    _num(p.get("price"))))
+
+
+def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
+    if not rows:
+        return schema.empty_table()
+    return pa.table([pa.array(c, f.type) for c, f in zip(zip(*rows, strict=True), schema,
+                                                         strict=True)], schema=schema)
+
+
+def extract(types: Sequence[str], names: Sequence[str | None],
+            properties: Sequence[dict[str, Any]], message_ids: Sequence[str],
+            sources: Sequence[str]) -> Rows:
+    """The shop rows of a chunk's events (given as columns)."""
+    orders: list[tuple[Any, ...]] = []
+    items: list[tuple[Any, ...]] = []
+    products: list[tuple[Any, ...]] = []
+    for row, (typ, name) in enumerate(zip(types, names, strict=True)):
+        if typ != "track" or (name not in ORDER_EVENTS and name not in PRODUCT_EVENTS):
+            continue
+        p = properties[row]
+        if name in PRODUCT_EVENTS:
+            _product(row, p, products)
+            continue
+        message_id = message_ids[row]
+        order_id = _str(p.get("order_id")) or message_id
+        lines = p.get("products")
+        n = 0
+        for line in lines if isinstance(lines, list) else ():
+            if not isinstance(line, dict):
+                continue
+            n += 1
+            qty = _num(line.get("quantity"))
+            items.append((row, order_id, message_id,
+                          _str(line.get("product_id")) or _str(line.get("sku")),
+                          _str(line.get("name")), _str(line.get("category")),
+                          _num(line.get("price")), qty if qty is not None else 1.0))
+            _product(row, line, products)
+        revenue = _num(p.get("revenue"))
+        if revenue is None:
+            revenue = _num(p.get("total"))
+        orders.append((row, order_id, message_id, sources[row], revenue,
+                       _str(p.get("currency")), n))
+    return Rows(_table(orders, ORDERS), _table(items, ITEMS), _table(products, PRODUCTS))
+
+
+def attach(rows: Rows, kept: np.ndarray, size: int, person_id: Sequence[int],
+           session_id: Sequence[str], timestamp: pa.ChunkedArray | pa.Array
+           ) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """The warehouse's orders, order items and products (one row per product, merged in
+    log order: the latest name, category and price given win, first and last seen) of the
+    events the chunk keeps. ``kept``: the original index (``row``) of each kept event, in
+    order; ``size``: the number of events the chunk had."""
+    if not len(kept) or not (rows.orders.num_rows or rows.products.num_rows):
+        return (_ORDER_TABLE.empty_table(), ITEMS.remove(0).empty_table(),
+                _PRODUCT_TABLE.empty_table())
+    pos = np.full(size, -1, np.int64)
+    pos[np.asarray(kept, np.int64)] = np.arange(len(kept))
+
+    def alive(t: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        at = pos[t.column("row").to_numpy()] if t.num_rows else np.empty(0, np.int64)
+        keep = at >= 0
+        return t.filter(pa.array(keep)), at[keep]
+
+    orders, at = alive(rows.orders)
+    idx = pa.array(at, pa.int64())
+    orders = pa.table({
+        "order_id": orders.column("order_id"), "message_id": orders.column("message_id"),
+        "source": orders.column("source"),
+        "person_id": pa.array(np.asarray(person_id, np.int64)[at] if len(at) else [], pa.int64()),
+        "session_id": pa.array(session_id, pa.string()).take(idx),
+        "timestamp": timestamp.take(idx),
+        "revenue": orders.column("revenue"), "currency": orders.column("currency"),
+        "items": orders.column("items"),
+    })
+    items, _ = alive(rows.items)
+    items = items.drop_columns(["row"])
+    mentions, at = alive(rows.products)
+    seen = timestamp.take(pa.array(at, pa.int64()))
+    mentions = mentions.drop_columns(["row"]).append_column("t", seen)
+    products = mentions.group_by("product_id", use_threads=False).aggregate([
+        ("name", "last"), ("category", "last"), ("price", "last"), ("t", "min"), ("t", "max")])
+    products = pa.table({
+        "product_id": products.column("product_id"),
+        "name": products.column("name_last"), "category": products.column("category_last"),
+        "price": products.column("price_last"),
+        "first_seen": pc.cast(products.column("t_min"), pa.timestamp("us")),
+        "last_seen": pc.cast(products.column("t_max"), pa.timestamp("us")),
+    })
+    return orders, items, products
