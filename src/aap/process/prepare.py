@@ -174,29 +174,54 @@ def _session_text(v: Any) -> str | None:
 _NO_PAGE = PageView()
 _NO_CAMPAIGN = CampaignView()
 _NO_LIBRARY = LibraryView()
-_INPUTS = ("url_in", "referrer", "path_in", "c_source", "c_medium", "c_campaign", "c_term",
-           "c_content", "ua", "library_name", "library_version", "sdk_session")
 
 
-def _inputs(ev: EventView) -> tuple[Any, ...]:
-    """What enrichment reads of one event (see :data:`_INPUTS`)."""
-    c = ev.context if isinstance(ev.context, ContextView) else _NO_CONTEXT
-    p = ev.properties
-    page = c.page if isinstance(c.page, PageView) else _NO_PAGE
-    camp = c.campaign if isinstance(c.campaign, CampaignView) else _NO_CAMPAIGN
-    lib = c.library if isinstance(c.library, LibraryView) else _NO_LIBRARY
-    t = _text
-    return (
-        t(p.get("url")) or t(page.url),
-        t(p.get("referrer")) or t(page.referrer),
-        t(p.get("path")) or t(page.path),
-        t(camp.source), t(camp.medium), t(camp.name) or t(camp.campaign),
-        t(camp.term), t(camp.content),
-        t(c.user_agent),
-        t(lib.name), t(lib.version),
-        _session_text(c.session_id) or _session_text(p.get("$session_id"))
-        or _session_text(c.session_id_snake),
-    )
+def _text_column(values: list[Any], convert: Callable[[Any], str | None] = _text) -> pa.Array:
+    """The values that are non-empty strings (``convert`` of each value, when some are
+    not strings); others null."""
+    try:
+        arr = pa.array(values, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([convert(v) for v in values], pa.string())
+    if arr.null_count == len(arr):
+        return arr
+    return pc.if_else(pc.equal(pc.binary_length(arr), 0), pa.scalar(None, pa.string()), arr)
+
+
+def _parts(values: list[Any], cls: type, empty: Any) -> list[Any]:
+    """The values, with those that are not a ``cls`` replaced by ``empty``."""
+    if all(v.__class__ is cls for v in values):
+        return values
+    return [v if v.__class__ is cls else empty for v in values]
+
+
+def _inputs(events: list[EventView]) -> dict[str, pa.Array]:
+    """What enrichment reads of the events, as columns: from the properties first, then
+    from the context (a value of an unexpected type counts as missing)."""
+    ctx = _parts([e.context for e in events], ContextView, _NO_CONTEXT)
+    props = [e.properties for e in events]
+    pages = _parts([c.page for c in ctx], PageView, _NO_PAGE)
+    camps = _parts([c.campaign for c in ctx], CampaignView, _NO_CAMPAIGN)
+    libs = _parts([c.library for c in ctx], LibraryView, _NO_LIBRARY)
+    t = _text_column
+    out = {
+        "url_in": pc.coalesce(t([p.get("url") for p in props]), t([g.url for g in pages])),
+        "referrer": pc.coalesce(t([p.get("referrer") for p in props]),
+                                t([g.referrer for g in pages])),
+        "path_in": pc.coalesce(t([p.get("path") for p in props]), t([g.path for g in pages])),
+        "c_source": t([c.source for c in camps]),
+        "c_medium": t([c.medium for c in camps]),
+        "c_campaign": pc.coalesce(t([c.name for c in camps]), t([c.campaign for c in camps])),
+        "c_term": t([c.term for c in camps]),
+        "c_content": t([c.content for c in camps]),
+        "ua": t([c.user_agent for c in ctx]),
+        "library_name": t([lib.name for lib in libs]),
+        "library_version": t([lib.version for lib in libs]),
+        "sdk_session": pc.coalesce(t([c.session_id for c in ctx], _session_text),
+                                   t([p.get("$session_id") for p in props], _session_text),
+                                   t([c.session_id_snake for c in ctx], _session_text)),
+    }
+    return out
 
 
 def _per_value(column: pa.Array, fn: Callable[[Any], tuple[Any, ...]], width: int
@@ -229,7 +254,7 @@ def enrichment(w: _Work) -> None:
     """Page, referrer, campaign, user agent, coarse geo and library columns; also the
     SDK's session id where the event carries one."""
     evs = w.events
-    x = dict(zip(_INPUTS, map(_strings, zip(*map(_inputs, evs), strict=True)), strict=True))
+    x = _inputs(evs)
     url, host, url_path, *url_utm = _per_value(x["url_in"], _url_parts, 8)
     c = w.cols
     c.update(url=url, host=host, path=pc.coalesce(url_path, x["path_in"]))
@@ -252,9 +277,22 @@ def shop_rows(w: _Work) -> None:
     """Orders, items and products (see :mod:`aap.process.shop`), read from the decoded
     properties."""
     evs = w.events
-    w.shop = shop.extract(w.cols["type"].to_pylist(), [e.event for e in evs],
-                          [e.properties for e in evs], w.cols["message_id"].to_pylist(),
-                          w.cols["source"].to_pylist())
+    w.shop = shop.extract(w.cols["event"], _LazyColumn(evs, "properties"),
+                          _LazyColumn(evs, "message_id"), _LazyColumn(evs, "source"))
+
+
+class _LazyColumn(Sequence[Any]):
+    """One attribute of the events, read when indexed."""
+
+    def __init__(self, events: list[EventView], name: str) -> None:
+        self.events = events
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __getitem__(self, i: Any) -> Any:
+        return getattr(self.events[i], self.name)
 
 
 PREPARE_STEPS: tuple[tuple[str, Callable[[_Work], None]], ...] = (

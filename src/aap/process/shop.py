@@ -93,16 +93,20 @@ def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
                                                          strict=True)], schema=schema)
 
 
-def extract(types: Sequence[str], names: Sequence[str | None],
-            properties: Sequence[dict[str, Any]], message_ids: Sequence[str],
-            sources: Sequence[str]) -> Rows:
-    """The shop rows of a chunk's events (given as columns)."""
+_EVENTS = pa.array(sorted(ORDER_EVENTS | PRODUCT_EVENTS))
+
+
+def extract(events: pa.Array, properties: Sequence[dict[str, Any]],
+            message_ids: Sequence[str], sources: Sequence[str]) -> Rows:
+    """The shop rows of a chunk's events, given as columns: ``events`` the event names
+    as the warehouse stores them (only ``track`` events have names without ``$``)."""
     orders: list[tuple[Any, ...]] = []
     items: list[tuple[Any, ...]] = []
     products: list[tuple[Any, ...]] = []
-    for row, (typ, name) in enumerate(zip(types, names, strict=True)):
-        if typ != "track" or (name not in ORDER_EVENTS and name not in PRODUCT_EVENTS):
-            continue
+    found = pc.indices_nonzero(pc.is_in(events, value_set=_EVENTS))
+    if not len(found):
+        return Rows.empty()
+    for row, name in zip(found.to_pylist(), events.take(found).to_pylist(), strict=True):
         p = properties[row]
         if name in PRODUCT_EVENTS:
             _product(row, p, products)
