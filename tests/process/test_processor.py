@@ -94,7 +94,9 @@ def test_duplicates_across_chunks_and_restarts(tmp_path: Path, dup_gap: int) -> 
     wh = Warehouse(tmp_path / "wh")
     mid = str(uuid.uuid4())
     log.append([Append("s", 1, encode_events([ev(1, message_id=mid)]))])
-    Processor(log, wh, IdHasher(b"k" * 32)).run_once()
+    first = Processor(log, wh, IdHasher(b"k" * 32))
+    first.run_once()
+    first.close()  # its write is committed (it runs in the background)
     for i in range(dup_gap):
         log.append([Append("s", 1, encode_events([ev(100 + i)]))])
     log.append([Append("s", 1, encode_events([ev(2, message_id=mid)]))])  # a late copy

@@ -134,6 +134,8 @@ class Processor:
             prepared = self.preparer.result()
             if not self.failures:  # the next chunks are prepared while this one goes on
                 while len(self._ahead) < self.preparer.capacity:
+                    if self._ahead and len(self._ahead[-1]) < self.chunk_records:
+                        break  # caught up: one chunk ahead is enough, and the freshest
                     ahead = self._read((self._ahead[-1] if self._ahead else records)[-1].offset)
                     if not ahead:
                         break
