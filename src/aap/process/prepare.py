@@ -39,6 +39,7 @@ from aap.process.view import (
     PageView,
     decode,
 )  # fmt: skip
+from aap.store.schema import DEDUP_KEY_SQL
 
 logger = logging.getLogger("aap.process")
 
@@ -55,7 +56,7 @@ AUX_COLUMNS = ("row", "key", "user_key", "anonymous_key", "previous_key", "raw_i
                "sdk_session", "traits", "received_ms")
 """Columns the stateful steps read and the warehouse does not store: the event's index
 in the chunk (what the shop rows refer to, see :mod:`aap.process.shop`), the dedup key
-(see :func:`aap.process.steps.dedup_key`), the keyed hashes of the ids (the collector
+(see :data:`aap.store.schema.DEDUP_KEY_SQL`), the keyed hashes of the ids (the collector
 seals the raw ids; for events written unsealed, by tools and tests, ``raw_ids`` holds
 userId / anonymousId / previousId and the processor hashes them), the SDK's session id, the
 traits of identify events (JSON), and the receive time in milliseconds."""
@@ -120,12 +121,11 @@ def fields(w: _Work) -> None:
 
 
 def keys(w: _Work) -> None:
-    """Dedup keys, ``md5_number_upper(source || chr(0) || message_id)``."""
+    """Dedup keys (:data:`aap.store.schema.DEDUP_KEY_SQL`)."""
     w.sql.register("batch_ids", pa.table({"source": w.cols["source"],
                                           "message_id": w.cols["message_id"]}))
     try:
-        res = w.sql.execute("SELECT md5_number_upper(source || chr(0) || message_id) AS k"
-                            " FROM batch_ids").fetchnumpy()
+        res = w.sql.execute(f"SELECT {DEDUP_KEY_SQL} AS k FROM batch_ids").fetchnumpy()
     finally:
         w.sql.unregister("batch_ids")
     w.cols["key"] = pa.array(np.asarray(res["k"], dtype=np.uint64))

@@ -59,12 +59,6 @@ class Batch:
                 setattr(self, name, [vals[i] for i in keep])
 
 
-def dedup_key(source: str, message_id: str) -> int:
-    """Equals DuckDB's ``md5_number_upper(source || chr(0) || message_id)``."""
-    digest = hashlib.md5(f"{source}\x00{message_id}".encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
 class DedupIndex:
     """Keys of every stored event, as a few sorted arrays of doubling sizes (merged like
     the levels of an LSM tree), so that looking up a chunk's keys and adding them is a

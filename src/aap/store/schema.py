@@ -167,3 +167,9 @@ CREATE OR REPLACE TEMP VIEW orders_resolved AS
 """
 
 OLD_VIEWS = ("events", "sessions", "devices", "locations", "content", "orders_resolved")
+
+DEDUP_KEY_SQL = "hash(source, message_id)"
+"""An event's dedup key, from its source and message id, as DuckDB computes it: 64 bits
+of a fast non-cryptographic hash (a false match needs ~4·10⁹ stored events for even odds
+of one). DuckDB does not promise the same values across its versions; the keys are never
+stored, only computed from the stored events when the processor starts."""

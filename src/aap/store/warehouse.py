@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aap.store.schema import DDL, EVENT_ARROW_SCHEMA, OLD_VIEWS, VIEWS
+from aap.store.schema import DDL, DEDUP_KEY_SQL, EVENT_ARROW_SCHEMA, OLD_VIEWS, VIEWS
 from aap.store.tiers import TierConfig, TierStore
 
 POSITION = "log_position"
@@ -143,9 +143,7 @@ class Warehouse:
     def load_dedup_keys(self) -> np.ndarray:
         """Keys of every stored event, in every tier."""
         with self.snapshot() as cur:
-            res = cur.execute(
-                "SELECT md5_number_upper(source || chr(0) || message_id) AS k FROM events_all"
-            ).fetchnumpy()
+            res = cur.execute(f"SELECT {DEDUP_KEY_SQL} AS k FROM events_all").fetchnumpy()
         return np.asarray(res["k"], dtype=np.uint64)
 
     def load_sessions(self) -> list[tuple[int, datetime, str]]:
