@@ -16,6 +16,7 @@ import json
 import logging
 import secrets
 import sqlite3
+import struct
 import threading
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from aap.privacy import exports
 from aap.privacy.audit import AuditLog
 from aap.privacy.keystore import KeyDestroyed, Keystore
 from aap.privacy.rights import Rights
+from aap.privacy.sealing import PERSONAL_TRAITS
 
 logger = logging.getLogger("aap.privacy")
 
@@ -45,10 +47,11 @@ CREATE TABLE IF NOT EXISTS requests (
     result TEXT,
     error TEXT,
     filed_by TEXT,
-    lift INTEGER NOT NULL DEFAULT 0
+    lift INTEGER NOT NULL DEFAULT 0,
+    sealed_traits BLOB
 );
 """
-_ADDED = (("filed_by", "TEXT"), ("lift", "INTEGER NOT NULL DEFAULT 0"))
+_ADDED = (("filed_by", "TEXT"), ("lift", "INTEGER NOT NULL DEFAULT 0"), ("sealed_traits", "BLOB"))
 """Columns added after the first release, added to older databases at start-up."""
 
 
@@ -97,13 +100,44 @@ class RequestStore:
             raise errors.BadRequest("`lift` goes with a restriction or an objection",
                                     code="invalid_request")
         rid = "pr_" + secrets.token_hex(8)
+        plain, sealed = self._seal_personal(keys, traits or {})
         with self._lock:
             self._con.execute(
                 "INSERT INTO requests (id, type, subject_keys, named, traits, created_at, status,"
-                " filed_by, lift) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                " filed_by, lift, sealed_traits) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
                 (rid, kind, json.dumps(keys), json.dumps(named),
-                 json.dumps(traits) if traits else None, int(time.time()), filed_by, int(lift)))
+                 json.dumps(plain) if traits else None, int(time.time()), filed_by, int(lift),
+                 sealed))
         return rid
+
+    def _keys(self) -> Keystore:
+        if self._keystore is None:
+            self._keystore = Keystore(self.data_dir)
+        return self._keystore
+
+    def _seal_personal(self, keys: list[int], traits: dict[str, Any]
+                       ) -> tuple[dict[str, Any], bytes | None]:
+        """Personal traits of a rectification wait in the queue sealed under the person's
+        first id's key (``subject || sealed``), never in clear."""
+        personal = {k: v for k, v in traits.items() if k in PERSONAL_TRAITS}
+        if not personal:
+            return traits, None
+        ks = self._keys()
+        ks.refresh_destroyed()
+        key = ks.keys_for(keys[:1], create=True).get(keys[0])
+        if key is None:
+            raise errors.BadRequest("this person was erased: there is nothing to rectify",
+                                    code="erased_subject")
+        blob = ks.seal(key, keys[0], "request_traits", json.dumps(personal).encode())
+        return ({k: v for k, v in traits.items() if k not in personal},
+                struct.pack(">q", keys[0]) + blob)
+
+    def _open_personal(self, sealed: bytes | None) -> dict[str, Any]:
+        if not sealed:
+            return {}
+        subject = int(struct.unpack(">q", sealed[:8])[0])
+        out: dict[str, Any] = json.loads(self._keys().open(subject, "request_traits", sealed[8:]))
+        return out
 
     def subject_keys(self, rid: str) -> list[int]:
         row = self._con.execute("SELECT subject_keys FROM requests WHERE id = ?", (rid,)
@@ -145,15 +179,14 @@ class RequestStore:
                                code="export_erased")
         if not path or not Path(path).exists():
             raise gone
-        if self._keystore is None:
-            self._keystore = Keystore(self.data_dir)
-            self._audit = AuditLog(self.data_dir)
-        self._keystore.refresh_destroyed()
+        ks = self._keys()
+        ks.refresh_destroyed()
         try:
-            data = exports.read(self._keystore, Path(path))
+            data = exports.read(ks, Path(path))
         except KeyDestroyed:
             raise gone from None
-        assert self._audit is not None
+        if self._audit is None:
+            self._audit = AuditLog(self.data_dir)
         self._audit.append(actor, "privacy.export_downloaded", {"request": rid,
                                                                 "bytes": len(data)})
         return data
@@ -206,13 +239,14 @@ class Requests(RequestStore):
     def _run(self) -> None:
         while not self._stop.is_set():
             row = self._con.execute(
-                "SELECT id, type, subject_keys, named, traits, filed_by, lift FROM requests"
+                "SELECT id, type, subject_keys, named, traits, filed_by, lift, sealed_traits"
+                " FROM requests"
                 " WHERE status = 'pending' ORDER BY created_at, id LIMIT 1").fetchone()
             if row is None:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
-            rid, kind, keys_json, named_json, traits_json, filed_by, lift = row
+            rid, kind, keys_json, named_json, traits_json, filed_by, lift, sealed = row
             self._con.execute("UPDATE requests SET status = 'running' WHERE id = ?", (rid,))
             try:
                 keys = json.loads(keys_json)
@@ -222,7 +256,8 @@ class Requests(RequestStore):
                 elif kind == "access":
                     result = self.rights.access_keys(keys, json.loads(named_json), actor)
                 elif kind == "rectification":
-                    result = self.rights.rectify_keys(keys, json.loads(traits_json), actor)
+                    traits = {**json.loads(traits_json), **self._open_personal(sealed)}
+                    result = self.rights.rectify_keys(keys, traits, actor)
                 else:
                     result = self.rights.flag_keys(keys, kind, actor, lift=bool(lift))
                 self._con.execute(

@@ -109,6 +109,8 @@ class Rights:
                              " with the log's retention",
                       "hot": "rows deleted", "warm": "files rewritten without the rows",
                       "cold": "archives rewritten without the rows",
+                      "retired": "tier files in their grace period after tiering, holding"
+                                 " any of the rows, deleted at once",
                       "query_cache": "copied rows deleted in the same commit",
                       "cohorts": "ids taken out of every static cohort; behavioural cohorts"
                                  " are evaluated at query time over what is left",

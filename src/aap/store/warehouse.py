@@ -415,7 +415,7 @@ class Warehouse:
         what was removed where."""
         out = {"hot_events": 0, "warm_rows": 0, "warm_files_rewritten": 0, "cold_rows": 0,
                "cold_files_rewritten": 0, "persons": 0, "ids": 0, "merges": 0, "orders": 0,
-               "order_items": 0, "query_cache_rows": 0, "flags": 0}
+               "order_items": 0, "query_cache_rows": 0, "flags": 0, "retired_files_deleted": 0}
         if not persons:
             return out
         ids = sorted(persons)
@@ -444,7 +444,29 @@ class Warehouse:
             return (table.filter(pc.invert(mask)), hit) if hit else None
 
         self._change(value_set, hot, in_file, out)
+        out["retired_files_deleted"] = self._purge_trash(value_set)
         return out
+
+    def _purge_trash(self, persons: pa.Array) -> int:
+        """Files retired by tiering or retention stay on disk for a grace period (queries
+        may still read them); those holding rows of ``persons`` go now: an erasure does
+        not wait for the grace period."""
+        with self._write_lock:
+            paths = [r[0] for r in self.con.cursor().execute(
+                "SELECT path FROM tier_trash").fetchall()]
+            hits = []
+            for path in paths:
+                try:
+                    people = self.tiers.read([path], ["person_id"]).column("person_id")
+                except (OSError, pa.ArrowException):
+                    continue  # already gone
+                if pc.any(pc.is_in(people, value_set=persons)).as_py():
+                    hits.append(path)
+            for path in hits:
+                self.tiers.delete(path)
+                with self._transaction() as cur:
+                    cur.execute("DELETE FROM tier_trash WHERE path = ?", [path])
+        return len(hits)
 
     def strip_purpose(self, persons: set[int], purpose: str) -> dict[str, int]:
         """Take ``purpose`` off the persons' events in every tier; erase the events left
