@@ -19,6 +19,18 @@ def data_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def _actor() -> str:
+    """Who runs the command, for the audit log: ``cli:<OS user>``."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        import os
+
+        return f"cli:uid{os.getuid()}"
+
+
 def _settings(**kw: Any) -> Settings:
     try:
         return Settings(**kw)
@@ -90,7 +102,7 @@ def sources_create(name: str, data_dir: Path | None, origins: tuple[str, ...],
         declared[pid.strip()] = own.strip() or basis
     try:
         src, key = reg.create(name, allowed_origins=origins or ("*",), rate_limit=rate_limit,
-                              historical=historical, purposes=declared)
+                              historical=historical, purposes=declared, actor=_actor())
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"created source {src.name} ({src.id}); keep the write key below, it is shown once")
@@ -113,6 +125,9 @@ def sources_secret(name: str, data_dir: Path | None) -> None:
     if src is None:
         raise click.ClickException(f"no source named {name!r}")
     secret = SubjectTokens(path).secret(src.id)
+    from aap.privacy.audit import AuditLog
+
+    AuditLog(path).append(_actor(), "source.secret_shown", {"source": src.id})
     click.echo(f"subject secret of {src.name} ({src.id}); sign tokens with HMAC-SHA256,"
                " see the README")
     click.echo(base64.urlsafe_b64encode(secret).rstrip(b"=").decode())
@@ -146,7 +161,7 @@ def keys_create(role: str, name: str, data_dir: Path | None) -> None:
     """Create an API key; prints the key alone on the last line."""
     from aap.api.keys import ApiKeys
 
-    k, key = ApiKeys(_settings(data_dir=data_dir).data_path).create(role, name)
+    k, key = ApiKeys(_settings(data_dir=data_dir).data_path).create(role, name, actor=_actor())
     click.echo(f"created API key {k.id} ({k.name}, role {k.role}); keep the key below, it is"
                " shown once")
     click.echo(key)
@@ -173,7 +188,7 @@ def keys_revoke(key_id: str, data_dir: Path | None) -> None:
     """Revoke an API key by its id (see `aap keys list`)."""
     from aap.api.keys import ApiKeys
 
-    if not ApiKeys(_settings(data_dir=data_dir).data_path).revoke(key_id):
+    if not ApiKeys(_settings(data_dir=data_dir).data_path).revoke(key_id, actor=_actor()):
         raise click.ClickException(f"no active key with id {key_id}")
     click.echo(f"revoked {key_id}")
 
@@ -263,10 +278,14 @@ def _query_directly(settings: Settings, doc: Any, role: str) -> Any:
         wh = Warehouse(data / "warehouse", tiers=tiers, memory_limit=settings.warehouse_memory)
     except duckdb.IOException as exc:
         raise click.ClickException(f"the warehouse is in use by another process: {exc}") from None
+    from aap.privacy.audit import AuditLog
+
     try:
         return run_insight(wh, doc, role=role, cohort=Cohorts(data).get,
                            timeout_s=float(settings.query_timeout_s),
-                           sql_max_rows=int(settings.sql_max_rows))
+                           sql_max_rows=int(settings.sql_max_rows),
+                           on_personal_read=lambda d: AuditLog(data).append(
+                               _actor(), "data.read", d))
     finally:
         wh.close()
 
@@ -424,7 +443,7 @@ def privacy_register(data_dir: Path | None) -> None:
 
 
 def _privacy_request(data_dir: Path | None, action: str, user_ids: tuple[str, ...],
-                     anonymous_ids: tuple[str, ...]) -> dict[str, Any]:
+                     anonymous_ids: tuple[str, ...], **extra: Any) -> dict[str, Any]:
     import httpx
 
     if not user_ids and not anonymous_ids:
@@ -432,10 +451,14 @@ def _privacy_request(data_dir: Path | None, action: str, user_ids: tuple[str, ..
     sock = _settings(data_dir=data_dir).data_path / "run" / "core.sock"
     if not sock.exists():
         raise click.ClickException(f"the server is not running (no {sock}): start `aap serve`")
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://core",
-                      timeout=600) as core:
-        r = core.post(f"/internal/privacy/{action}", json={
-            "userIds": list(user_ids), "anonymousIds": list(anonymous_ids), "actor": "cli"})
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://core",
+                          timeout=600) as core:
+            r = core.post(f"/internal/privacy/{action}", json={
+                "userIds": list(user_ids), "anonymousIds": list(anonymous_ids),
+                "actor": _actor(), **extra})
+    except httpx.TransportError as exc:
+        raise click.ClickException(f"the server does not answer on {sock}: {exc}") from None
     if r.status_code != 200:
         raise click.ClickException(r.json().get("message", r.text))
     out: dict[str, Any] = r.json()
@@ -475,11 +498,79 @@ def privacy_export(data_dir: Path | None, user_ids: tuple[str, ...],
                    anonymous_ids: tuple[str, ...], out_path: Path) -> None:
     """Everything about a person (Art. 15, 20) as a zip of JSON and CSV files."""
     import json
-    import shutil
+
+    from aap.privacy import exports
+    from aap.privacy.audit import AuditLog
+    from aap.privacy.keystore import KeyDestroyed, Keystore
 
     summary = _privacy_request(data_dir, "access", user_ids, anonymous_ids)
-    shutil.copyfile(summary["path"], out_path)
+    if not summary.get("path"):
+        raise click.ClickException(summary.get("note", "nothing to export"))
+    data = _settings(data_dir=data_dir).data_path
+    try:  # the copy in the data dir is sealed; the one handed out is the plain zip
+        zipped = exports.read(Keystore(data), Path(summary["path"]))
+        out_path.write_bytes(zipped)
+    except (KeyDestroyed, OSError) as exc:
+        raise click.ClickException(f"cannot write the export: {exc}") from None
+    AuditLog(data).append(_actor(), "privacy.export_written", {
+        "export": summary["id"], "bytes": len(zipped)})
     click.echo(json.dumps({**summary, "path": str(out_path)}, indent=1))
+
+
+def _traits(items: tuple[str, ...]) -> dict[str, Any]:
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise click.BadParameter(f"{item!r}: use NAME=VALUE", param_hint="--trait")
+        try:  # numbers, true/false, null (removes the trait), quoted strings, objects
+            out[name.strip()] = json.loads(value)
+        except ValueError:
+            out[name.strip()] = value
+    return out
+
+
+@privacy.command("rectify")
+@data_dir_option
+@subject_options
+@click.option("--trait", "traits", multiple=True, required=True, metavar="NAME=VALUE",
+              help="A corrected trait (repeatable); VALUE is read as JSON if it parses"
+                   " (null removes the trait), else as text.")
+def privacy_rectify(data_dir: Path | None, user_ids: tuple[str, ...],
+                    anonymous_ids: tuple[str, ...], traits: tuple[str, ...]) -> None:
+    """Correct a person's traits (Art. 16); personal ones (email, name, …) kept sealed."""
+    import json
+
+    click.echo(json.dumps(_privacy_request(data_dir, "rectify", user_ids, anonymous_ids,
+                                           traits=_traits(traits)), indent=1))
+
+
+@privacy.command("restrict")
+@data_dir_option
+@subject_options
+@click.option("--lift", is_flag=True, help="Lift the restriction (tell the person first).")
+def privacy_restrict(data_dir: Path | None, user_ids: tuple[str, ...],
+                     anonymous_ids: tuple[str, ...], lift: bool) -> None:
+    """Restrict processing (Art. 18): kept, out of every query and further processing."""
+    import json
+
+    click.echo(json.dumps(_privacy_request(data_dir, "restrict", user_ids, anonymous_ids,
+                                           lift=lift), indent=1))
+
+
+@privacy.command("object")
+@data_dir_option
+@subject_options
+@click.option("--lift", is_flag=True, help="The person withdrew their objection.")
+def privacy_object(data_dir: Path | None, user_ids: tuple[str, ...],
+                   anonymous_ids: tuple[str, ...], lift: bool) -> None:
+    """Record an objection to profiling (Art. 21): out of behavioural cohorts."""
+    import json
+
+    click.echo(json.dumps(_privacy_request(data_dir, "object", user_ids, anonymous_ids,
+                                           lift=lift), indent=1))
 
 
 @cli.group()

@@ -80,7 +80,7 @@ class Sources:
 
     def create(
         self, name: str, *, allowed_origins: tuple[str, ...] = ("*",), rate_limit: float = 0.0,
-        historical: bool = False, purposes: dict[str, str] | None = None,
+        historical: bool = False, purposes: dict[str, str] | None = None, actor: str = "admin",
     ) -> tuple[Source, str]:
         """Create a source; returns it with its write key (the only time the key is seen).
 
@@ -117,7 +117,7 @@ class Sources:
             )
         except sqlite3.IntegrityError:
             raise SourceExists(f"a source named {name!r} already exists") from None
-        AuditLog(self.data_dir).append("admin", "source.created", {
+        AuditLog(self.data_dir).append(actor, "source.created", {
             "source": src.id, "name": src.name, "purposes": purposes,
             "historical": historical})
         return src, key

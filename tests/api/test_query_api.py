@@ -107,7 +107,7 @@ def test_keys_create_prints_the_key_alone_on_the_last_line_and_stores_a_slow_has
     rows = con.execute("SELECT id, role, hash, salt FROM api_keys").fetchall()
     con.close()
     stored = b"".join(r[2] for r in rows) + b"".join(r[3] for r in rows)
-    assert key.encode() not in stored and key.split("_")[2].encode() not in stored
+    assert key.encode() not in stored and key.split("_", 2)[2].encode() not in stored
     _, key_id, secret = key.split("_", 2)
     (row,) = [r for r in rows if r[0] == key_id]
     assert row[1] == "viewer"

@@ -115,9 +115,20 @@ def test_rectification_and_objection(api: Api) -> None:
                     "traits": {"plan": "pro"}})
     assert done["status"] == "done" and done["result"]["persons"] == 1
     assert api.server.sql("SELECT count(*) FROM persons WHERE traits->>'plan' = 'pro'") == [[1]]
-    failed = api.run({"type": "rectification", "subject": {"userId": "user-cai"},
-                      "traits": {"email": "new@example.org"}})
-    assert failed["status"] == "failed" and "sealed" in failed["error"]
+    # a personal trait: kept sealed in the keystore, shown by the access export
+    done = api.run({"type": "rectification", "subject": {"userId": "user-cai"},
+                    "traits": {"email": "cai.new@example.org"}})
+    assert done["status"] == "done", done
+    assert done["result"]["personal_traits"] == ["email"]
+    assert done["result"]["personal_traits_kept"] == 1
+    access = api.run({"type": "access", "subject": {"anonymousId": "anon-cai"}})
+    r = api.get(f"/{access['id']}/export")
+    with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+        assert json.loads(z.read("personal_traits.json")) == {"email": "cai.new@example.org"}
+        everything = b"".join(z.read(n) for n in z.namelist())
+    assert b"cai@example.org" not in everything  # the old value is in no file of it
+    for f in (api.server.data_dir / "keys").iterdir():  # and the new one is sealed
+        assert b"cai.new@example.org" not in f.read_bytes(), f
     done = api.run({"type": "objection", "subject": {"userId": "user-dee"}})
     assert done["status"] == "done"
     assert api.server.sql("SELECT count(*) FROM person_flags WHERE flag = 'objected'") == [[1]]

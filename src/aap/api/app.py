@@ -37,9 +37,13 @@ logger = logging.getLogger("aap.core")
 
 
 class EraseRequest(msgspec.Struct):
+    """A rights request from the CLI (``aap privacy …``) on the core's socket."""
+
     userIds: list[str] = []
     anonymousIds: list[str] = []
     actor: str = "privacy"
+    traits: dict[str, Any] = {}
+    lift: bool = False
 
 
 class SQLRequest(msgspec.Struct):
@@ -90,6 +94,7 @@ class Core:
         from aap.api.rest import RestAPI
 
         self.privacy = Requests(data, self.rights)
+        self.rights.after_erasure = self._after_erasure
         self.rest = RestAPI(settings, self.warehouse, self.privacy)
         gc.collect()
         gc.freeze()
@@ -120,14 +125,27 @@ class Core:
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             return 400, {"code": "bad_request", "message": str(exc), "detail": str(exc)}
 
+    def _after_erasure(self) -> None:
+        if self.rest.cache is not None:  # derived copies: the query cache drops the
+            self.rest.cache.sync()       # rows of the rewritten files now, not later
+        self.warehouse.con.cursor().execute("CHECKPOINT")
+
     def erase(self, body: bytes) -> tuple[int, dict[str, Any]]:
         try:
             req = msgspec.json.decode(body, type=EraseRequest)
-            receipt = self.rights.erase(req.userIds, req.anonymousIds, actor=req.actor)
-            if self.rest.cache is not None:  # derived copies: the query cache drops the
-                self.rest.cache.sync()       # rows of the rewritten files now, not later
-            self.warehouse.con.cursor().execute("CHECKPOINT")
-            return 200, receipt
+            return 200, self.rights.erase(req.userIds, req.anonymousIds, actor=req.actor)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            return 400, {"code": "bad_request", "message": str(exc), "detail": str(exc)}
+
+    def rights_request(self, kind: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """``aap privacy rectify|restrict|object``: the same code as the REST API's
+        requests (:class:`aap.privacy.rights.Rights`), run at once."""
+        try:
+            req = msgspec.json.decode(body, type=EraseRequest)
+            keys = self.rights.subject_keys(req.userIds, req.anonymousIds)
+            if kind == "rectification":
+                return 200, self.rights.rectify_keys(keys, req.traits, req.actor)
+            return 200, self.rights.flag_keys(keys, kind, req.actor, lift=req.lift)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             return 400, {"code": "bad_request", "message": str(exc), "detail": str(exc)}
 
@@ -142,6 +160,11 @@ class Core:
             return 400, {"code": "bad_query", "message": str(exc), "detail": str(exc)}
         rows = [[_jsonable(v) for v in r] for r in result]
         return 200, {"columns": cols, "rows": rows, "position": self.processor.position}
+
+
+_RIGHTS = {"/internal/privacy/rectify": "rectification",
+           "/internal/privacy/restrict": "restriction",
+           "/internal/privacy/object": "objection"}
 
 
 class CoreApp:
@@ -180,13 +203,22 @@ class CoreApp:
             status, out = await asyncio.to_thread(self.core.erase, body)
         elif scope["path"] == "/internal/privacy/access" and scope["method"] == "POST":
             status, out = await asyncio.to_thread(self.core.access, body)
+        elif scope["path"] in _RIGHTS and scope["method"] == "POST":
+            status, out = await asyncio.to_thread(self.core.rights_request,
+                                                  _RIGHTS[scope["path"]], body)
         elif scope["path"] == "/internal/sql" and scope["method"] == "POST":
             status, out = await asyncio.to_thread(self.core.sql, body)
         elif scope["path"].startswith("/internal/api/v1/"):
-            role = dict(scope["headers"]).get(b"x-aap-role", b"").decode("latin-1")
+            headers = dict(scope["headers"])
+            role = headers.get(b"x-aap-role", b"").decode("latin-1")
+            # who, for the audit log: the API key the collector's worker checked, else
+            # a local caller on the socket (the CLI names itself)
+            key_id = headers.get(b"x-aap-key", b"").decode("latin-1")
+            actor = (f"key:{key_id}" if key_id else
+                     headers.get(b"x-aap-actor", b"local").decode("latin-1")[:100])
             status, out = await asyncio.to_thread(
                 self.core.rest.handle, scope["method"], scope["path"][len("/internal/api/v1"):],
-                role, body)
+                role, body, actor)
         if isinstance(out, bytes):  # a file (the zip of an access request)
             await send({"type": "http.response.start", "status": status,
                         "headers": [(b"content-type", b"application/zip")]})

@@ -67,7 +67,7 @@ class ApiKeys:
         self._verified: dict[str, bytes] = {}
         self.audit = AuditLog(data_dir)
 
-    def create(self, role: str, name: str = "") -> tuple[ApiKey, str]:
+    def create(self, role: str, name: str = "", actor: str = "admin") -> tuple[ApiKey, str]:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
         key_id = secrets.token_hex(6)
@@ -76,7 +76,7 @@ class ApiKeys:
         k = ApiKey(key_id, name or role, role, int(time.time()))
         self._con.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL)",
                           (k.id, k.name, k.role, salt, _scrypt(secret, salt), k.created_at))
-        self.audit.append("admin", "key.created", {"key_id": k.id, "role": k.role})
+        self.audit.append(actor, "key.created", {"key_id": k.id, "role": k.role})
         return k, f"aap_{key_id}_{secret}"
 
     def verify(self, key: str) -> ApiKey | None:
@@ -104,11 +104,11 @@ class ApiKeys:
         return [ApiKey(*r) for r in self._con.execute(
             "SELECT id, name, role, created_at, revoked_at FROM api_keys ORDER BY created_at, id")]
 
-    def revoke(self, key_id: str) -> bool:
+    def revoke(self, key_id: str, actor: str = "admin") -> bool:
         cur = self._con.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND"
                                 " revoked_at IS NULL", (int(time.time()), key_id))
         if cur.rowcount > 0:
-            self.audit.append("admin", "key.revoked", {"key_id": key_id})
+            self.audit.append(actor, "key.revoked", {"key_id": key_id})
         return cur.rowcount > 0
 
     def close(self) -> None:

@@ -117,7 +117,8 @@ class ApiProxy:
         try:
             r = await self._core().request(
                 method, "/internal" + path, content=body,
-                headers={"x-aap-role": record.role, "content-type": "application/json"})
+                headers={"x-aap-role": record.role, "x-aap-key": record.id,
+                         "content-type": "application/json"})
         except httpx.TimeoutException:
             raise errors.ServiceUnavailable("the query engine did not answer in time",
                                             code="core_timeout") from None

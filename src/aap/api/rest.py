@@ -17,6 +17,7 @@ the core, which owns the warehouse, checks the role each route needs and answers
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 from collections.abc import Callable
@@ -26,6 +27,7 @@ import msgspec
 
 from aap import errors
 from aap.api.keys import ROLES, ApiKeys, role_at_least
+from aap.privacy.audit import AuditLog
 from aap.privacy.requests import Requests
 from aap.query.cache import QueryCache
 from aap.query.cohorts import Cohorts
@@ -37,6 +39,8 @@ from aap.store.warehouse import Warehouse
 logger = logging.getLogger("aap.api")
 
 Handler = Callable[[dict[str, str], bytes, str], Any]
+ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("actor", default="local")
+"""Who is calling, for the audit log: ``key:<id>`` of the API key, or the local caller."""
 
 
 class SaveInsight(msgspec.Struct, forbid_unknown_fields=True):
@@ -66,6 +70,7 @@ class RestAPI:
         self.warehouse = warehouse
         self.cohorts = Cohorts(settings.data_path)
         self.keys = ApiKeys(settings.data_path)
+        self.audit = AuditLog(settings.data_path)
         self.cache = (QueryCache(warehouse, float(settings.query_cache_interval_s))
                       if settings.query_cache else None)
         self.routes: list[tuple[str, re.Pattern[str], str, Handler]] = [
@@ -94,7 +99,9 @@ class RestAPI:
         if self.cache is not None:
             self.cache.close()
 
-    def handle(self, method: str, path: str, role: str, body: bytes) -> tuple[int, Any]:
+    def handle(self, method: str, path: str, role: str, body: bytes, actor: str = "local"
+               ) -> tuple[int, Any]:
+        token = ACTOR.set(actor)
         try:
             return 200, self._route(method, path, role, body)
         except errors.AAPError as exc:
@@ -103,6 +110,8 @@ class RestAPI:
             logger.exception("API error on %s %s", method, path)
             return 500, {"code": "internal_error", "message": "internal error",
                          "detail": "see the server log"}
+        finally:
+            ACTOR.reset(token)
 
     def _route(self, method: str, path: str, role: str, body: bytes) -> Any:
         if role not in ROLES:
@@ -131,21 +140,23 @@ class RestAPI:
         return self.privacy
 
     def privacy_submit(self, params: dict[str, str], body: bytes, role: str) -> Any:
-        return self._requests().submit(body)
+        return self._requests().submit(body, ACTOR.get())
 
     def privacy_get(self, params: dict[str, str], body: bytes, role: str) -> Any:
         return self._requests().get(params["id"])
 
     def privacy_export(self, params: dict[str, str], body: bytes, role: str) -> Any:
-        return self._requests().export(params["id"])
+        return self._requests().export(params["id"], ACTOR.get())
 
     # -- queries --
 
     def _run(self, doc: Any, role: str) -> dict[str, Any]:
+        actor = ACTOR.get()
         return run_insight(self.warehouse, doc, role=role, cohort=self.cohorts.get,
                            use_cache=self.cache is not None,
                            timeout_s=float(self.settings.query_timeout_s),
-                           sql_max_rows=int(self.settings.sql_max_rows))
+                           sql_max_rows=int(self.settings.sql_max_rows),
+                           on_personal_read=lambda d: self.audit.append(actor, "data.read", d))
 
     def query(self, params: dict[str, str], body: bytes, role: str) -> Any:
         return self._run(parse_insight(body), role)
@@ -171,11 +182,15 @@ class RestAPI:
         return {"cohorts": self.cohorts.list()}
 
     def create_cohort(self, params: dict[str, str], body: bytes, role: str) -> Any:
-        return self.cohorts.create(parse_cohort(body))
+        out = self.cohorts.create(parse_cohort(body))
+        self.audit.append(ACTOR.get(), "cohort.created", {"cohort": out["id"],
+                                                          "kind": out["kind"]})
+        return out
 
     def delete_cohort(self, params: dict[str, str], body: bytes, role: str) -> Any:
         if not self.cohorts.delete(int(params["id"])):
             raise errors.NotFound(f"no cohort with id {params['id']}")
+        self.audit.append(ACTOR.get(), "cohort.deleted", {"cohort": int(params["id"])})
         return {"deleted": int(params["id"])}
 
     # -- keys --
@@ -186,12 +201,12 @@ class RestAPI:
     def create_key(self, params: dict[str, str], body: bytes, role: str) -> Any:
         req = _decode(body, NewKey)
         try:
-            k, key = self.keys.create(req.role, req.name)
+            k, key = self.keys.create(req.role, req.name, actor=ACTOR.get())
         except ValueError as exc:
             raise errors.BadRequest(str(exc), code="invalid_role") from None
         return {**msgspec.to_builtins(k), "key": key}
 
     def revoke_key(self, params: dict[str, str], body: bytes, role: str) -> Any:
-        if not self.keys.revoke(params["id"]):
+        if not self.keys.revoke(params["id"], actor=ACTOR.get()):
             raise errors.NotFound(f"no active key with id {params['id']}")
         return {"revoked": params["id"]}

@@ -45,7 +45,7 @@ class SelfService:
         return source, self.hasher.key(raw)
 
     def submit(self, authorization: str | None, body: bytes) -> dict[str, Any]:
-        _, key = self._subject(authorization)
+        source, key = self._subject(authorization)
         try:
             req = msgspec.json.decode(body, type=OwnRequest)
         except msgspec.ValidationError as exc:
@@ -53,15 +53,17 @@ class SelfService:
                                     code="invalid_request") from None
         except msgspec.DecodeError:
             raise errors.BadRequest("the body is not valid JSON", code="invalid_json") from None
-        rid = self.store.add(req.type, [key], {"self_service": True}, req.traits)
+        rid = self.store.add(req.type, [key], {"self_service": True}, req.traits,
+                             f"subject:{source}")
         return {"id": rid, "status": "pending"}
 
     def lookup(self, authorization: str | None, path: str) -> dict[str, Any] | bytes:
-        _, key = self._subject(authorization)
+        source, key = self._subject(authorization)
         m = _ONE.match(path)
         if m is None:
             raise errors.NotFound(f"no endpoint at {path}")
         rid = m.group(1)
         if key not in self.store.subject_keys(rid):
             raise errors.NotFound(f"no privacy request {rid} of yours")
-        return self.store.export(rid) if m.group(2) else self.store.get(rid)
+        return (self.store.export(rid, f"subject:{source}") if m.group(2)
+                else self.store.get(rid))

@@ -18,6 +18,7 @@ bytes are overwritten, and its WAL checkpointed away).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import sqlite3
@@ -27,7 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -43,6 +44,11 @@ CREATE TABLE IF NOT EXISTS data_keys (
 CREATE TABLE IF NOT EXISTS identifiers (
     subject INTEGER PRIMARY KEY,
     sealed BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS personal_traits (
+    subject INTEGER PRIMARY KEY,
+    sealed BLOB NOT NULL,
+    updated_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS destroyed (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -185,6 +191,7 @@ class Keystore:
                 marks = ",".join("?" * len(part))
                 n += con.execute(f"DELETE FROM data_keys WHERE subject IN ({marks})", part).rowcount
                 con.execute(f"DELETE FROM identifiers WHERE subject IN ({marks})", part)
+                con.execute(f"DELETE FROM personal_traits WHERE subject IN ({marks})", part)
             con.executemany("INSERT OR IGNORE INTO destroyed (subject, destroyed_at) VALUES (?, ?)",
                             [(s, now) for s in subs])
             con.execute("COMMIT")
@@ -241,6 +248,51 @@ class Keystore:
             return self.open(subject, "id", row[0]).decode()
         except KeyDestroyed:
             return None
+
+    # -- rectified personal traits (Art. 16), sealed under each of the person's ids --
+
+    def personal_traits(self, subjects: Iterable[int]) -> dict[str, Any]:
+        """The rectified personal traits kept for these subjects (one person's ids),
+        opened; the most recent rectification wins. Destroyed subjects give nothing."""
+        subs = sorted(set(subjects))
+        out: dict[str, Any] = {}
+        if not subs:
+            return out
+        rows = self._con().execute(
+            f"SELECT subject, sealed FROM personal_traits WHERE subject IN"
+            f" ({','.join('?' * len(subs))}) ORDER BY updated_at, subject", subs).fetchall()
+        for subject, sealed in rows:
+            try:
+                out.update(json.loads(self.open(subject, "personal_traits", sealed)))
+            except KeyDestroyed:
+                continue
+        return out
+
+    def rectify_personal_traits(self, subjects: Iterable[int], patch: dict[str, Any]
+                                ) -> dict[str, Any]:
+        """Merge ``patch`` (``None`` removes a trait) into the person's rectified personal
+        traits and keep the result sealed under each of their live subjects' keys (the
+        old sealed values are overwritten: ``secure_delete``). Returns the traits now
+        kept; nothing is kept for a person whose keys are all destroyed."""
+        keys = self.keys_for(subjects, create=False)
+        if not keys:
+            return {}
+        traits = {**self.personal_traits(keys), **patch}
+        traits = {k: v for k, v in traits.items() if v is not None}
+        now = time.time_ns()
+        plain = json.dumps(traits, sort_keys=True).encode()
+        rows = [(s, self.seal(k, s, "personal_traits", plain), now) for s, k in keys.items()]
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.executemany("INSERT OR REPLACE INTO personal_traits VALUES (?, ?, ?)", rows)
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old values leave the WAL too
+        return traits
 
     # -- sealing --
 

@@ -4,7 +4,8 @@
 ``{"id", "status": "pending"}``; ``GET /api/v1/privacy/requests/{id}`` shows its status
 (``pending``, ``running``, ``done``, ``failed``) and, once done, its result (the receipt
 of an erasure, the summary of an access); ``GET …/{id}/export`` is the zip of an access
-request. Requests live in ``DATA_DIR/privacy/requests.db`` with the subject only as a
+request (opened from its sealed copy; each download is audited). Requests live in
+``DATA_DIR/privacy/requests.db`` with the subject only as a
 keyed hash, never the raw id; a request still pending when the core stops runs when it
 starts again.
 """
@@ -15,6 +16,7 @@ import json
 import logging
 import secrets
 import sqlite3
+import struct
 import threading
 import time
 from pathlib import Path
@@ -23,7 +25,11 @@ from typing import Any
 import msgspec
 
 from aap import errors
+from aap.privacy import exports
+from aap.privacy.audit import AuditLog
+from aap.privacy.keystore import KeyDestroyed, Keystore
 from aap.privacy.rights import Rights
+from aap.privacy.sealing import PERSONAL_TRAITS
 
 logger = logging.getLogger("aap.privacy")
 
@@ -39,9 +45,14 @@ CREATE TABLE IF NOT EXISTS requests (
     status TEXT NOT NULL,
     finished_at INTEGER,
     result TEXT,
-    error TEXT
+    error TEXT,
+    filed_by TEXT,
+    lift INTEGER NOT NULL DEFAULT 0,
+    sealed_traits BLOB
 );
 """
+_ADDED = (("filed_by", "TEXT"), ("lift", "INTEGER NOT NULL DEFAULT 0"), ("sealed_traits", "BLOB"))
+"""Columns added after the first release, added to older databases at start-up."""
 
 
 class Subject(msgspec.Struct, forbid_unknown_fields=True):
@@ -53,6 +64,8 @@ class NewRequest(msgspec.Struct, forbid_unknown_fields=True):
     type: str
     subject: Subject
     traits: dict[str, Any] | None = None
+    lift: bool = False
+    """With ``restriction``: lift it; with ``objection``: the objection is withdrawn."""
 
 
 class RequestStore:
@@ -67,23 +80,64 @@ class RequestStore:
                                     check_same_thread=False)
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.executescript(_SCHEMA)
+        have = {r[1] for r in self._con.execute("PRAGMA table_info(requests)")}
+        for name, decl in _ADDED:
+            if name not in have:
+                self._con.execute(f"ALTER TABLE requests ADD COLUMN {name} {decl}")
         self._lock = threading.Lock()
+        self.data_dir = data_dir
+        self._keystore: Keystore | None = None
+        self._audit: AuditLog | None = None
 
     def add(self, kind: str, keys: list[int], named: dict[str, Any],
-            traits: dict[str, Any] | None) -> str:
+            traits: dict[str, Any] | None, filed_by: str = "", lift: bool = False) -> str:
         if kind not in TYPES:
             raise errors.BadRequest(f"`type` must be one of {', '.join(TYPES)}",
                                     code="invalid_request")
         if kind == "rectification" and not traits:
             raise errors.BadRequest("a rectification needs `traits`", code="invalid_request")
+        if lift and kind not in ("restriction", "objection"):
+            raise errors.BadRequest("`lift` goes with a restriction or an objection",
+                                    code="invalid_request")
         rid = "pr_" + secrets.token_hex(8)
+        plain, sealed = self._seal_personal(keys, traits or {})
         with self._lock:
             self._con.execute(
-                "INSERT INTO requests (id, type, subject_keys, named, traits, created_at, status)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+                "INSERT INTO requests (id, type, subject_keys, named, traits, created_at, status,"
+                " filed_by, lift, sealed_traits) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
                 (rid, kind, json.dumps(keys), json.dumps(named),
-                 json.dumps(traits) if traits else None, int(time.time())))
+                 json.dumps(plain) if traits else None, int(time.time()), filed_by, int(lift),
+                 sealed))
         return rid
+
+    def _keys(self) -> Keystore:
+        if self._keystore is None:
+            self._keystore = Keystore(self.data_dir)
+        return self._keystore
+
+    def _seal_personal(self, keys: list[int], traits: dict[str, Any]
+                       ) -> tuple[dict[str, Any], bytes | None]:
+        """Personal traits of a rectification wait in the queue sealed under the person's
+        first id's key (``subject || sealed``), never in clear."""
+        personal = {k: v for k, v in traits.items() if k in PERSONAL_TRAITS}
+        if not personal:
+            return traits, None
+        ks = self._keys()
+        ks.refresh_destroyed()
+        key = ks.keys_for(keys[:1], create=True).get(keys[0])
+        if key is None:
+            raise errors.BadRequest("this person was erased: there is nothing to rectify",
+                                    code="erased_subject")
+        blob = ks.seal(key, keys[0], "request_traits", json.dumps(personal).encode())
+        return ({k: v for k, v in traits.items() if k not in personal},
+                struct.pack(">q", keys[0]) + blob)
+
+    def _open_personal(self, sealed: bytes | None) -> dict[str, Any]:
+        if not sealed:
+            return {}
+        subject = int(struct.unpack(">q", sealed[:8])[0])
+        out: dict[str, Any] = json.loads(self._keys().open(subject, "request_traits", sealed[8:]))
+        return out
 
     def subject_keys(self, rid: str) -> list[int]:
         row = self._con.execute("SELECT subject_keys FROM requests WHERE id = ?", (rid,)
@@ -108,7 +162,9 @@ class RequestStore:
             out["error"] = row[6]
         return out
 
-    def export(self, rid: str) -> bytes:
+    def export(self, rid: str, actor: str) -> bytes:
+        """The zip of a finished access request, opened from its sealed copy; the read is
+        recorded in the audit log (who, which request, how many bytes)."""
         row = self._con.execute("SELECT type, status, result FROM requests WHERE id = ?",
                                 (rid,)).fetchone()
         if row is None:
@@ -118,7 +174,22 @@ class RequestStore:
                                   code="not_an_access_request")
         if row[1] != "done":
             raise errors.Conflict(f"request {rid} is {row[1]}", code="not_done")
-        return Path(json.loads(row[2])["path"]).read_bytes()
+        path = json.loads(row[2]).get("path")
+        gone = errors.NotFound(f"the export of {rid} is gone: the person was erased",
+                               code="export_erased")
+        if not path or not Path(path).exists():
+            raise gone
+        ks = self._keys()
+        ks.refresh_destroyed()
+        try:
+            data = exports.read(ks, Path(path))
+        except KeyDestroyed:
+            raise gone from None
+        if self._audit is None:
+            self._audit = AuditLog(self.data_dir)
+        self._audit.append(actor, "privacy.export_downloaded", {"request": rid,
+                                                                "bytes": len(data)})
+        return data
 
 
 class Requests(RequestStore):
@@ -144,7 +215,7 @@ class Requests(RequestStore):
 
     # -- the API --
 
-    def submit(self, body: bytes) -> dict[str, Any]:
+    def submit(self, body: bytes, actor: str) -> dict[str, Any]:
         try:
             req = msgspec.json.decode(body, type=NewRequest)
         except msgspec.ValidationError as exc:
@@ -158,7 +229,8 @@ class Requests(RequestStore):
             raise errors.BadRequest("`subject` needs a userId or an anonymousId",
                                     code="missing_identity")
         named = {"userId": bool(users), "anonymousId": bool(anons)}
-        rid = self.add(req.type, self.rights.subject_keys(users, anons), named, req.traits)
+        rid = self.add(req.type, self.rights.subject_keys(users, anons), named, req.traits,
+                       actor, req.lift)
         self._wake.set()
         return {"id": rid, "status": "pending"}
 
@@ -167,25 +239,27 @@ class Requests(RequestStore):
     def _run(self) -> None:
         while not self._stop.is_set():
             row = self._con.execute(
-                "SELECT id, type, subject_keys, named, traits FROM requests"
+                "SELECT id, type, subject_keys, named, traits, filed_by, lift, sealed_traits"
+                " FROM requests"
                 " WHERE status = 'pending' ORDER BY created_at, id LIMIT 1").fetchone()
             if row is None:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
-            rid, kind, keys_json, named_json, traits_json = row
+            rid, kind, keys_json, named_json, traits_json, filed_by, lift, sealed = row
             self._con.execute("UPDATE requests SET status = 'running' WHERE id = ?", (rid,))
             try:
                 keys = json.loads(keys_json)
-                actor = f"request:{rid}"
+                actor = f"{filed_by}/request:{rid}" if filed_by else f"request:{rid}"
                 if kind == "erasure":
                     result = self.rights.erase_keys(keys, json.loads(named_json), actor)
                 elif kind == "access":
                     result = self.rights.access_keys(keys, json.loads(named_json), actor)
                 elif kind == "rectification":
-                    result = self.rights.rectify_keys(keys, json.loads(traits_json), actor)
+                    traits = {**json.loads(traits_json), **self._open_personal(sealed)}
+                    result = self.rights.rectify_keys(keys, traits, actor)
                 else:
-                    result = self.rights.flag_keys(keys, kind, actor)
+                    result = self.rights.flag_keys(keys, kind, actor, lift=bool(lift))
                 self._con.execute(
                     "UPDATE requests SET status = 'done', finished_at = ?, result = ? WHERE id = ?",
                     (int(time.time()), json.dumps(result, default=str), rid))

@@ -14,8 +14,13 @@ purposes, recipients and retention, as JSON and CSV.
    drop them, counted as ``erased_subject``);
 3. the person's rows are physically removed from the hot tables and from every warm and
    cold file that held any (rewritten without them; the old files deleted);
-4. a receipt says what was removed where and when, with a SHA-256 digest of itself, and
+4. derived results go too: the query cache's copies of their rows, their ids in static
+   cohorts, their rectified personal traits and their sealed access exports;
+5. a receipt says what was removed where and when, with a SHA-256 digest of itself, and
    the audit log records it.
+
+**Rectification** (Art. 16), **restriction** (Art. 18) and **objection** (Art. 21): see
+:meth:`Rights.rectify_keys` and :meth:`Rights.flag_keys`.
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ import csv
 import hashlib
 import io
 import json
-import os
 import secrets
 import time
 import zipfile
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -35,12 +40,14 @@ from typing import Any
 
 import msgspec
 
+from aap.privacy import exports
 from aap.privacy.audit import AuditLog
 from aap.privacy.consent import ConsentLedger
 from aap.privacy.ids import IdHasher
 from aap.privacy.keystore import Keystore
 from aap.privacy.purposes import Registry
 from aap.privacy.sealing import PERSONAL_TRAITS
+from aap.query.cohorts import Cohorts
 from aap.store.warehouse import Warehouse
 
 
@@ -57,6 +64,10 @@ class Rights:
         self.keystore = keystore
         self.hasher = hasher
         self.audit = audit
+        self.cohorts = Cohorts(data_dir)
+        self.after_erasure: Callable[[], None] | None = None
+        """Set by the core: brings derived copies (the query cache) up to date and
+        checkpoints the warehouse, before the receipt is handed out."""
 
     def subject_keys(self, user_ids: list[str], anonymous_ids: list[str]) -> list[int]:
         if not user_ids and not anonymous_ids:
@@ -77,6 +88,11 @@ class Rights:
         persons, all_keys = self.wh.person_closure(keys)
         destroyed = self.keystore.destroy(all_keys)
         removed = self.wh.erase_persons(persons)
+        derived = {**self.cohorts.forget(all_keys),
+                   "query_cache_rows": removed.pop("query_cache_rows", 0),
+                   "access_exports_deleted": exports.delete_for(self.exports, all_keys)}
+        if self.after_erasure is not None:
+            self.after_erasure()
         receipt: dict[str, Any] = {
             "id": "er_" + secrets.token_hex(8),
             "type": "erasure",
@@ -88,10 +104,19 @@ class Rights:
             "identifiers_suppressed": len(all_keys),
             "data_keys_destroyed": destroyed,
             "removed": removed,
+            "derived": derived,
             "where": {"log": "sealed copies unreadable (data keys destroyed); records expire"
                              " with the log's retention",
                       "hot": "rows deleted", "warm": "files rewritten without the rows",
-                      "cold": "archives rewritten without the rows"},
+                      "cold": "archives rewritten without the rows",
+                      "retired": "tier files in their grace period after tiering, holding"
+                                 " any of the rows, deleted at once",
+                      "query_cache": "copied rows deleted in the same commit",
+                      "cohorts": "ids taken out of every static cohort; behavioural cohorts"
+                                 " are evaluated at query time over what is left",
+                      "personal_traits": "rectified values deleted with the data keys",
+                      "access_exports": "sealed exports in the data dir deleted (copies"
+                                        " already handed out are outside AAP)"},
         }
         receipt["digest"] = hashlib.sha256(
             json.dumps(receipt, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -107,7 +132,8 @@ class Rights:
                ) -> dict[str, Any]:
         """Everything about the person (Art. 15, 20): profile, events and sessions from
         every tier, consent history, and the purposes, recipients and retention, as JSON
-        and CSV in one zip (``DATA_DIR/privacy/exports/<id>.zip``, 0600)."""
+        and CSV in one zip, kept sealed under the person's key
+        (``DATA_DIR/privacy/exports/<id>.zip.sealed``, see :mod:`aap.privacy.exports`)."""
         return self.access_keys(self.subject_keys(user_ids, anonymous_ids),
                                 {"userIds": user_ids, "anonymousIds": anonymous_ids}, actor)
 
@@ -119,10 +145,15 @@ class Rights:
         marks = ",".join("?" * len(ids))
         tables: dict[str, tuple[list[str], list[tuple[Any, ...]]]] = {}
         with self.wh.snapshot() as cur:
-            # one scan of the tiers for the person's events; their sessions are computed
-            # from those rows (the sessions view would group every event of the store)
-            cur.execute(f"CREATE TEMP TABLE person_events AS SELECT * FROM events"
-                        f" WHERE person_id IN ({marks}) ORDER BY timestamp, message_id", ids)
+            # one scan of the tiers for the person's events (all tiers, merges resolved,
+            # and also while restricted: Art. 18 limits our processing, not the person's
+            # right to see their data); their sessions are computed from those rows (the
+            # sessions view would group every event of the store)
+            cur.execute(f"CREATE TEMP TABLE person_events AS"
+                        f" SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)"
+                        f" FROM events_all e LEFT JOIN person_overrides o"
+                        f" ON o.old_person_id = e.person_id WHERE e.person_id IN ({marks})"
+                        f" ORDER BY timestamp, message_id", ids)
             for name, sql in (
                 ("profile", f"SELECT * FROM persons WHERE person_id IN ({marks})"),
                 ("events", "SELECT * FROM person_events"),
@@ -137,12 +168,13 @@ class Rights:
                     "purposes": s.purposes, "policy_version": s.policy_version,
                     "channel": s.channel} for s in self.ledger.history(sorted(all_keys))]
         purposes = [msgspec.to_builtins(p) for p in self.registry.purposes.values()]
+        personal = self.keystore.personal_traits(all_keys)
         export_id = "ac_" + secrets.token_hex(8)
-        path = self.exports / f"{export_id}.zip"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
             z.writestr("README.txt", _EXPORT_README)
             z.writestr("identifiers.json", _json(named))
+            z.writestr("personal_traits.json", _json(personal))
             for name, (cols, rows) in tables.items():
                 z.writestr(f"{name}.json", _json([dict(zip(cols, r, strict=True)) for r in rows]))
                 z.writestr(f"{name}.csv", _csv(cols, rows))
@@ -150,34 +182,55 @@ class Rights:
             z.writestr("consent.csv", _csv(["at", "purposes", "policy_version", "channel"],
                                            [tuple(c.values()) for c in consent]))
             z.writestr("purposes.json", _json(purposes))
-        summary = {"id": export_id, "type": "access", "path": str(path),
+        # sealed at rest under one of the person's keys, named ones first (the zip holds
+        # their raw ids and personal traits in plain text)
+        path = exports.write(self.keystore, self.exports, export_id,
+                             dict.fromkeys([*keys, *sorted(all_keys)]), buf.getvalue())
+        summary = {"id": export_id, "type": "access", "path": str(path) if path else None,
                    "persons": len(persons), "events": len(tables["events"][1]),
                    "sessions": len(tables["sessions"][1]), "orders": len(tables["orders"][1]),
-                   "consent_statements": len(consent),
+                   "consent_statements": len(consent), "personal_traits": len(personal),
+                   "restricted": self.wh.is_flagged(persons, "restricted"),
                    "seconds": round(time.perf_counter() - t0, 3)}
+        if path is None:
+            summary["note"] = "the identifiers were erased: nothing is kept about them"
         self.audit.append(actor, "privacy.access", {k: v for k, v in summary.items()
                                                     if k != "path"})
         return summary
 
     def rectify_keys(self, keys: list[int], traits: dict[str, Any], actor: str
                      ) -> dict[str, Any]:
-        """Art. 16: corrected traits, visible in every query at once (profiles are one
-        table, not copied into the tiers). Personal traits are sealed at the door and
-        not kept in profiles, so they cannot be rectified here."""
-        personal = sorted(PERSONAL_TRAITS.intersection(traits))
-        if personal:
-            raise ValueError(f"personal traits are sealed, not kept in profiles: {personal}")
-        persons, _ = self.wh.person_closure(keys)
-        n = self.wh.rectify_traits(persons, traits)
-        self.audit.append(actor, "privacy.rectification", {"persons": n,
-                                                           "traits": sorted(traits)})
-        return {"type": "rectification", "persons": n, "traits": sorted(traits)}
+        """Art. 16. Traits that are not personal by name are merged into the profile
+        (``persons.traits``, the one place traits are kept: every query and tier reads
+        them from there at once). Personal traits (email, name, phone, …), which the
+        collector seals and no table keeps in clear, are kept sealed under each of the
+        person's data keys in the keystore, and the access export shows them. ``null``
+        removes a trait."""
+        if not traits:
+            raise ValueError("a rectification needs traits")
+        personal = {k: v for k, v in traits.items() if k in PERSONAL_TRAITS}
+        plain = {k: v for k, v in traits.items() if k not in PERSONAL_TRAITS}
+        persons, all_keys = self.wh.person_closure(keys)
+        n = self.wh.rectify_traits(persons, plain) if plain else len(persons)
+        kept = (self.keystore.rectify_personal_traits(all_keys, personal)
+                if personal and persons else {})
+        # the audit log names the traits, never their values
+        self.audit.append(actor, "privacy.rectification", {
+            "persons": n, "traits": sorted(plain), "personal_traits": sorted(personal)})
+        return {"type": "rectification", "persons": n, "traits": sorted(plain),
+                "personal_traits": sorted(personal), "personal_traits_kept": len(kept)}
 
-    def flag_keys(self, keys: list[int], kind: str, actor: str) -> dict[str, Any]:
-        """Art. 18 (``restriction``: kept, out of every query) and Art. 21 (``objection``:
-        out of profiling)."""
+    def flag_keys(self, keys: list[int], kind: str, actor: str, lift: bool = False
+                  ) -> dict[str, Any]:
+        """Art. 18 (``restriction``: kept, out of every query and of further processing)
+        and Art. 21 (``objection``: out of profiling). ``lift`` lifts a restriction (Art.
+        18(3): tell the person first) or records that the objection was withdrawn."""
         flag = {"restriction": "restricted", "objection": "objected"}[kind]
         persons, _ = self.wh.person_closure(keys)
+        if lift:
+            n = self.wh.unflag_persons(persons, flag)
+            self.audit.append(actor, f"privacy.{kind}_lifted", {"persons": len(persons)})
+            return {"type": kind, "lifted": True, "persons": len(persons), "flags_removed": n}
         n = self.wh.flag_persons(persons, flag)
         self.audit.append(actor, f"privacy.{kind}", {"persons": n})
         return {"type": kind, "persons": n}
@@ -197,8 +250,9 @@ FROM person_events GROUP BY session_id ORDER BY started_at
 _EXPORT_README = """Your data, as kept by this AAP installation (GDPR Art. 15 and 20).
 
 identifiers.json   the ids the request named
-profile.json/.csv  your profile: first and last seen, traits (personal traits are kept
-                   sealed and are not part of the profile table)
+profile.json/.csv  your profile: first and last seen, traits
+personal_traits.json  personal traits (email, name, ...) as you had them corrected; we
+                   keep these only encrypted under a key of your own
 events.json/.csv   every event of yours, from every storage tier
 sessions.json/.csv your visits
 orders.json/.csv   your orders

@@ -4,7 +4,9 @@ A static cohort is a list of distinct ids (userId / anonymousId values); only th
 hashes are stored (the same keys the processor uses), and a query resolves them through
 ``person_ids`` and ``person_overrides``, so merged persons are counted once. A
 behavioural cohort is a definition (did an event at least n times in the last d days,
-and/or person property filters), evaluated when a query runs.
+and/or person property filters), evaluated when a query runs; persons who objected to
+profiling (Art. 21, the ``objected`` flag) are never members. An erasure takes the
+person's ids out of every static cohort (:meth:`Cohorts.forget`).
 """
 
 from __future__ import annotations
@@ -104,6 +106,27 @@ class Cohorts:
                                       "person_filters": msgspec.to_builtins(d.person_filters)}
             out.append(item)
         return out
+
+    def forget(self, id_keys: set[int]) -> dict[str, int]:
+        """Erasure (Art. 17): take these ids' keyed hashes out of every static cohort.
+        (Behavioural cohorts hold no ids: they are evaluated at query time, over what is
+        left.)"""
+        changed = removed = 0
+        rows = self._con.execute(
+            "SELECT id, definition FROM cohorts WHERE kind = 'static'").fetchall()
+        for cid, definition in rows:
+            d = msgspec.json.decode(definition, type=Stored)
+            kept = [k for k in d.id_keys or [] if k not in id_keys]
+            if len(kept) == len(d.id_keys or []):
+                continue
+            removed += len(d.id_keys or []) - len(kept)
+            changed += 1
+            self._con.execute("UPDATE cohorts SET definition = ?, size_hint = ? WHERE id = ?",
+                              (msgspec.json.encode(Stored(id_keys=kept)).decode(), len(kept),
+                               cid))
+        if changed:  # the old definitions leave the WAL too
+            self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {"static_cohorts_changed": changed, "static_cohort_ids_removed": removed}
 
     def delete(self, cohort_id: int) -> bool:
         return self._con.execute("DELETE FROM cohorts WHERE id = ?", (cohort_id,)).rowcount > 0

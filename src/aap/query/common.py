@@ -367,7 +367,14 @@ def cohort_sql(b: SQLBuilder, ctx: Context, cohort_id: int) -> str:
     if c.person_filters:
         where = " AND ".join(filter_sql(b, f) for f in c.person_filters)
         parts.append(f"SELECT p.person_id FROM persons p WHERE {where}")
-    return "(" + " INTERSECT ".join(parts) + ")"
+    # a behavioural cohort is profiling: persons who objected (Art. 21) are never in it
+    return (f"(SELECT person_id FROM ({' INTERSECT '.join(parts)})"
+            f" WHERE person_id NOT IN ({OBJECTED}))")
+
+
+OBJECTED = "SELECT person_id FROM person_flags WHERE flag = 'objected'"
+"""Persons who objected to profiling (Art. 21). Every profiling feature (behavioural
+cohorts today; segments and predictions when they come) must leave them out."""
 
 
 def base_where(b: SQLBuilder, ctx: Context, q: Common, rng: Range | None,

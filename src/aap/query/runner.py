@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -34,8 +35,14 @@ RUNNERS: dict[type, Callable[[Context, Any], dict[str, Any]]] = {
 def run_insight(warehouse: Warehouse, doc: bytes | str | dict[str, Any] | Insight, *,
                 role: str = "analyst", cohort: Callable[[int], CohortDef] | None = None,
                 now: datetime | None = None, timeout_s: float = 60.0,
-                sql_max_rows: int = 100_000, use_cache: bool = True) -> dict[str, Any]:
-    """The Python API: run one insight on a warehouse (the process that owns it)."""
+                sql_max_rows: int = 100_000, use_cache: bool = True,
+                on_personal_read: Callable[[dict[str, Any]], object] | None = None
+                ) -> dict[str, Any]:
+    """The Python API: run one insight on a warehouse (the process that owns it).
+
+    ``on_personal_read`` is called (for the audit log) after a ``sql`` query that read
+    personal columns, with the columns, the rows returned and the query's SHA-256 (its
+    text may name a person, so it is not recorded)."""
     q = doc if isinstance(doc, (Trends, Funnel, Retention, Paths, Stickiness, Lifecycle, SQL)) \
         else parse_insight(doc)
     snap = (lambda: cache.snapshot(warehouse)) if use_cache else warehouse.snapshot
@@ -43,7 +50,13 @@ def run_insight(warehouse: Warehouse, doc: bytes | str | dict[str, Any] | Insigh
         ctx = Context(cur=cur, now=now or datetime.now(UTC), cohort=cohort, role=role,
                       snapshot=snap)
         if isinstance(q, SQL):
-            return sql.run(ctx, q, max_rows=sql_max_rows, max_seconds=timeout_s)
+            result = sql.run(ctx, q, max_rows=sql_max_rows, max_seconds=timeout_s)
+            columns = sql.personal_columns(q.query, role)
+            if columns and on_personal_read is not None:
+                on_personal_read({"kind": "sql", "role": role, "columns": columns,
+                                  "rows": len(result["rows"]),
+                                  "query_sha256": hashlib.sha256(q.query.encode()).hexdigest()})
+            return result
         timer = threading.Timer(timeout_s, cur.interrupt)
         timer.start()
         try:

@@ -107,6 +107,18 @@ def check(query: str) -> tuple[exp.Expression, dict[str, int]]:
     return stmt, used
 
 
+def personal_columns(query: str, role: str) -> list[str]:
+    """The personal columns (``view.column``) a query reads — named anywhere in it, or
+    through ``*`` outside ``count(*)`` — for the audit log; none below role privacy, which
+    does not see them."""
+    if ROLES.index(role) < ROLES.index("privacy"):
+        return []
+    stmt, used = check(query)
+    names = {c.name.lower() for c in stmt.find_all(exp.Column)}
+    star = any(not isinstance(s.parent, exp.Count) for s in stmt.find_all(exp.Star))
+    return sorted(f"{v}.{c}" for v in used for c in PERSONAL[v] if star or c in names)
+
+
 def _jsonable(v: Any) -> Any:
     if v is None or isinstance(v, (bool, int, str)):
         return v

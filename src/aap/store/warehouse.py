@@ -217,7 +217,8 @@ class Warehouse:
 
     @staticmethod
     def _fold_person(con: duckdb.DuckDBPyConnection, old: int, new: int) -> None:
-        """The merged person's profile joins the survivor's; its row goes."""
+        """The merged person's profile joins the survivor's; its row goes; its flags
+        (restricted, objected) go to the survivor too."""
         con.execute("""
             INSERT INTO persons
             SELECT ?, first_seen, last_seen, identified, traits FROM persons WHERE person_id = ?
@@ -230,6 +231,9 @@ class Warehouse:
                               ELSE json_merge_patch(excluded.traits, persons.traits) END
         """, [new, old])
         con.execute("DELETE FROM persons WHERE person_id = ?", [old])
+        # a restriction or an objection is the human's: it follows them into the merge
+        con.execute("INSERT INTO person_flags SELECT ?, flag, set_at FROM person_flags"
+                    " WHERE person_id = ? ON CONFLICT DO NOTHING", [new, old])
 
     def dead_letter(self, offset: int, events: int, previous_position: int) -> None:
         """Set a log record aside: note it and move the position past it, atomically."""
@@ -378,6 +382,24 @@ class Warehouse:
                             [p, flag])
         return len(persons)
 
+    def unflag_persons(self, persons: set[int], flag: str) -> int:
+        """Lift a restriction or withdraw an objection; how many flags were removed."""
+        if not persons:
+            return 0
+        ids = sorted(persons)
+        with self._write_lock, self._transaction() as cur:
+            row = cur.execute(f"DELETE FROM person_flags WHERE flag = ? AND person_id IN"
+                              f" ({','.join('?' * len(ids))})", [flag, *ids]).fetchone()
+        return int(row[0]) if row else 0
+
+    def is_flagged(self, persons: set[int], flag: str) -> bool:
+        if not persons:
+            return False
+        ids = sorted(persons)
+        return self.con.cursor().execute(
+            f"SELECT count(*) FROM person_flags WHERE flag = ? AND person_id IN"
+            f" ({','.join('?' * len(ids))})", [flag, *ids]).fetchone()[0] > 0  # type: ignore[index]
+
     def rectify_traits(self, persons: set[int], traits: dict[str, Any]) -> int:
         """Merge corrected traits into the persons' profiles (``null`` removes a trait)."""
         if not persons:
@@ -396,7 +418,7 @@ class Warehouse:
         what was removed where."""
         out = {"hot_events": 0, "warm_rows": 0, "warm_files_rewritten": 0, "cold_rows": 0,
                "cold_files_rewritten": 0, "persons": 0, "ids": 0, "merges": 0, "orders": 0,
-               "order_items": 0}
+               "order_items": 0, "query_cache_rows": 0, "flags": 0, "retired_files_deleted": 0}
         if not persons:
             return out
         ids = sorted(persons)
@@ -407,7 +429,8 @@ class Warehouse:
             out["hot_events"] = count(f"DELETE FROM events_raw WHERE person_id IN ({marks})", ids)
             # the query cache's copies of their warm and cold rows go in the same commit
             if count("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'query_cache'", []):
-                count(f"DELETE FROM query_cache WHERE person_id IN ({marks})", ids)
+                out["query_cache_rows"] = count(
+                    f"DELETE FROM query_cache WHERE person_id IN ({marks})", ids)
             out["order_items"] = count(
                 f"DELETE FROM order_items WHERE message_id IN (SELECT message_id FROM orders"
                 f" WHERE person_id IN ({marks}))", ids)
@@ -416,6 +439,7 @@ class Warehouse:
             out["ids"] = count(f"DELETE FROM person_ids WHERE person_id IN ({marks})", ids)
             out["merges"] = count(f"DELETE FROM person_overrides WHERE old_person_id IN ({marks})"
                                   f" OR person_id IN ({marks})", ids + ids)
+            out["flags"] = count(f"DELETE FROM person_flags WHERE person_id IN ({marks})", ids)
 
         def in_file(table: pa.Table) -> tuple[pa.Table, int] | None:
             mask = pc.is_in(table.column("person_id"), value_set=value_set)
@@ -423,7 +447,29 @@ class Warehouse:
             return (table.filter(pc.invert(mask)), hit) if hit else None
 
         self._change(value_set, hot, in_file, out)
+        out["retired_files_deleted"] = self._purge_trash(value_set)
         return out
+
+    def _purge_trash(self, persons: pa.Array) -> int:
+        """Files retired by tiering or retention stay on disk for a grace period (queries
+        may still read them); those holding rows of ``persons`` go now: an erasure does
+        not wait for the grace period."""
+        with self._write_lock:
+            paths = [r[0] for r in self.con.cursor().execute(
+                "SELECT path FROM tier_trash").fetchall()]
+            hits = []
+            for path in paths:
+                try:
+                    people = self.tiers.read([path], ["person_id"]).column("person_id")
+                except (OSError, pa.ArrowException):
+                    continue  # already gone
+                if pc.any(pc.is_in(people, value_set=persons)).as_py():
+                    hits.append(path)
+            for path in hits:
+                self.tiers.delete(path)
+                with self._transaction() as cur:
+                    cur.execute("DELETE FROM tier_trash WHERE path = ?", [path])
+        return len(hits)
 
     def strip_purpose(self, persons: set[int], purpose: str) -> dict[str, int]:
         """Take ``purpose`` off the persons' events in every tier; erase the events left
