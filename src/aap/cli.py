@@ -26,6 +26,18 @@ def _settings(**kw: Any) -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
+def _checked(settings: Settings) -> Settings:
+    """Refuse a configuration that would keep personal data too long (a clear message)."""
+    from aap.privacy.purposes import Registry
+    from aap.privacy.retention import check_settings
+
+    try:
+        check_settings(settings, Registry.for_data_dir(settings.data_path))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    return settings
+
+
 @click.group()
 @click.version_option(package_name="aap")
 def cli() -> None:
@@ -41,7 +53,7 @@ def serve(data_dir: Path | None, host: str | None, port: int | None, workers: in
     """Run the collector (and, later, processor, API and dashboard)."""
     from aap.collect.server import serve as run
 
-    run(_settings(data_dir=data_dir, host=host, port=port, workers=workers))
+    run(_checked(_settings(data_dir=data_dir, host=host, port=port, workers=workers)))
 
 
 @cli.command()
@@ -54,7 +66,7 @@ def process(data_dir: Path | None) -> None:
     """
     from aap.collect.server import serve_core
 
-    serve_core(_settings(data_dir=data_dir))
+    serve_core(_checked(_settings(data_dir=data_dir)))
 
 
 @cli.group()
@@ -416,11 +428,12 @@ def privacy_register(data_dir: Path | None) -> None:
     from aap.privacy.purposes import Registry, record_of_processing
     from aap.sources import Sources
 
-    settings = _settings(data_dir=data_dir)
+    settings = _checked(_settings(data_dir=data_dir))
     path = settings.data_path
     click.echo(record_of_processing(
         Registry.for_data_dir(path), [(s.name, s.purposes) for s in Sources(path).list()],
-        (settings.hot_days, settings.warm_days, settings.cold_days)))
+        (settings.hot_days, settings.warm_days, settings.cold_days),
+        settings.log_retention_hours))
 
 
 def _privacy_request(data_dir: Path | None, action: str, user_ids: tuple[str, ...],
