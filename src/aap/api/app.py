@@ -21,6 +21,7 @@ import msgspec
 from aap.collect.app import Receive, Scope, Send
 from aap.log import open_log
 from aap.privacy.audit import AuditLog
+from aap.privacy.cnil import DailySalts
 from aap.privacy.consent import ConsentLedger, ConsentState
 from aap.privacy.ids import IdHasher
 from aap.privacy.keystore import Keystore
@@ -73,7 +74,8 @@ class Core:
         registry = Registry.for_data_dir(data)
         check_settings(settings, registry)  # `aap serve` says why before it gets here
         self.retention = RetentionJob(self.warehouse, registry, settings.cold_days,
-                                      settings.retention_interval_s)
+                                      settings.retention_interval_s,
+                                      after=(DailySalts(data).purge,))
         self.tiering = TieringThread(self.warehouse, TierPolicy(
             settings.hot_days, settings.warm_days, settings.cold_days),
             settings.tiering_interval_s, retention=self.retention)

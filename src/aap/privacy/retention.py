@@ -76,7 +76,10 @@ class RetentionJob:
     """Runs :meth:`Warehouse.expire` every ``interval_s`` seconds of ``clock``."""
 
     def __init__(self, wh: Warehouse, registry: Registry, cold_days: int, interval_s: float,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 after: tuple[Callable[[datetime], object], ...] = ()) -> None:
+        """``after``: more clean-ups run with each run's time (e.g. expired CNIL salts)."""
+        self.after = after
         self.wh = wh
         self.registry = registry
         self.cold_days = cold_days
@@ -90,6 +93,8 @@ class RetentionJob:
         by_purpose, everything = cutoffs(self.registry, self.cold_days, now)
         started = time.monotonic()
         out = self.wh.expire(by_purpose, everything)
+        for clean in self.after:
+            out[getattr(clean, "__qualname__", "after")] = clean(now)
         out["seconds"] = round(time.monotonic() - started, 3)
         out["ran_at"] = now.isoformat()
         self.last = out
