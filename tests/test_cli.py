@@ -78,7 +78,8 @@ def test_privacy_register_lists_purposes_and_the_sources_collecting_for_them(tmp
                          ).stdout
     assert out.startswith("# Record of processing activities (GDPR Art. 30)")
     sections = {s.split("\n", 1)[0]: s for s in out.split("\n## ")[1:]}
-    assert set(sections) == {"analytics", "marketing", "personalization", "partner_sharing"}
+    assert set(sections) == {"analytics", "marketing", "personalization", "partner_sharing",
+                             "audience_measurement"}
     assert "Sources collecting for it: web (consent)" in sections["analytics"]
     assert "Sources collecting for it: web (legitimate interest)" in sections["marketing"]
     assert "Sources collecting for it: none" in sections["partner_sharing"]

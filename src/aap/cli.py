@@ -38,6 +38,18 @@ def _settings(**kw: Any) -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
+def _checked(settings: Settings) -> Settings:
+    """Refuse a configuration that would keep personal data too long (a clear message)."""
+    from aap.privacy.purposes import Registry
+    from aap.privacy.retention import check_settings
+
+    try:
+        check_settings(settings, Registry.for_data_dir(settings.data_path))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    return settings
+
+
 @click.group()
 @click.version_option(package_name="aap")
 def cli() -> None:
@@ -53,7 +65,7 @@ def serve(data_dir: Path | None, host: str | None, port: int | None, workers: in
     """Run the collector (and, later, processor, API and dashboard)."""
     from aap.collect.server import serve as run
 
-    run(_settings(data_dir=data_dir, host=host, port=port, workers=workers))
+    run(_checked(_settings(data_dir=data_dir, host=host, port=port, workers=workers)))
 
 
 @cli.command()
@@ -66,7 +78,7 @@ def process(data_dir: Path | None) -> None:
     """
     from aap.collect.server import serve_core
 
-    serve_core(_settings(data_dir=data_dir))
+    serve_core(_checked(_settings(data_dir=data_dir)))
 
 
 @cli.group()
@@ -89,20 +101,24 @@ def sources() -> None:
 @click.option("--basis", default="consent", show_default=True,
               help="Lawful basis of the purposes given without one: consent,"
                    " legitimate_interest, contract or legal_obligation.")
+@click.option("--mode", type=click.Choice(["standard", "cnil"]), default="standard",
+              show_default=True, help="cnil: consent-exempt anonymous audience measurement"
+              " (daily salted visitor hash, no ids; see the README).")
 def sources_create(name: str, data_dir: Path | None, origins: tuple[str, ...],
                    rate_limit: float, historical: bool, purposes: tuple[str, ...],
-                   basis: str) -> None:
+                   basis: str, mode: str) -> None:
     """Create a source; prints its write key alone on the last line."""
     from aap.sources import Sources
 
     reg = Sources(_settings(data_dir=data_dir).data_path)
     declared = {}
-    for item in purposes or ("analytics",):
+    for item in purposes or (() if mode == "cnil" else ("analytics",)):
         pid, _, own = item.partition(":")
         declared[pid.strip()] = own.strip() or basis
     try:
         src, key = reg.create(name, allowed_origins=origins or ("*",), rate_limit=rate_limit,
-                              historical=historical, purposes=declared, actor=_actor())
+                              historical=historical, purposes=declared, mode=mode,
+                              actor=_actor())
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"created source {src.name} ({src.id}); keep the write key below, it is shown once")
@@ -144,7 +160,7 @@ def sources_list(data_dir: Path | None) -> None:
         limit = f"{s.rate_limit:g}/s" if s.rate_limit else "unlimited"
         purposes = ",".join(f"{p}:{b}" for p, b in s.purposes)
         click.echo(f"{s.id}\t{s.name}\tkey {s.key_hint}\torigins {origins}\trate {limit}"
-                   f"\tpurposes {purposes}")
+                   f"\tpurposes {purposes}\tmode {s.mode}")
 
 
 @cli.group()
@@ -435,11 +451,41 @@ def privacy_register(data_dir: Path | None) -> None:
     from aap.privacy.purposes import Registry, record_of_processing
     from aap.sources import Sources
 
-    settings = _settings(data_dir=data_dir)
+    settings = _checked(_settings(data_dir=data_dir))
     path = settings.data_path
     click.echo(record_of_processing(
         Registry.for_data_dir(path), [(s.name, s.purposes) for s in Sources(path).list()],
-        (settings.hot_days, settings.warm_days, settings.cold_days)))
+        (settings.hot_days, settings.warm_days, settings.cold_days),
+        settings.log_retention_hours))
+
+
+@privacy.command("check")
+@data_dir_option
+@click.option("--cnil", is_flag=True, help="The CNIL's conditions for consent-exempt"
+              " audience measurement, per source in CNIL mode.")
+def privacy_check(data_dir: Path | None, cnil: bool) -> None:
+    """Check conditions from the configuration and the data on disk; exit 1 if one fails."""
+    from aap.privacy.cnil import check_all
+
+    if not cnil:
+        raise click.UsageError("name what to check: --cnil")
+    settings = _settings(data_dir=data_dir)
+    try:
+        report = check_all(settings, _core_alive(settings))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not report:
+        click.echo("no source in CNIL mode: nothing to check")
+        return
+    failed = 0
+    for source, checks in report:
+        click.echo(f"CNIL audience-measurement exemption: source {source.name} ({source.id})")
+        for name, ok, found in checks:
+            failed += not ok
+            click.echo(f"  {'PASS' if ok else 'FAIL'}  {name:<36} {found}")
+    if failed:
+        raise click.ClickException(f"{failed} condition(s) not met")
+    click.echo("all conditions met")
 
 
 def _privacy_request(data_dir: Path | None, action: str, user_ids: tuple[str, ...],

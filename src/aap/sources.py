@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from aap.privacy.audit import AuditLog
+from aap.privacy.cnil import CNIL, source_errors
 from aap.privacy.purposes import Basis, Registry
 
 _SCHEMA = """
@@ -30,7 +31,8 @@ CREATE TABLE IF NOT EXISTS sources (
     allowed_origins TEXT NOT NULL,
     rate_limit REAL NOT NULL,
     historical INTEGER NOT NULL DEFAULT 0,
-    purposes TEXT NOT NULL DEFAULT '{"analytics": "consent"}'
+    purposes TEXT NOT NULL DEFAULT '{"analytics": "consent"}',
+    mode TEXT NOT NULL DEFAULT 'standard'
 );
 """
 
@@ -47,6 +49,8 @@ class Source(msgspec.Struct, frozen=True):
     """A historical import: timestamps are kept as sent, not corrected for clock skew."""
     purposes: tuple[tuple[str, str], ...] = (("analytics", "consent"),)
     """The purposes the source's events serve, each with its lawful basis."""
+    mode: str = "standard"
+    """``cnil``: consent-exempt anonymous audience measurement (:mod:`aap.privacy.cnil`)."""
 
     def allows_origin(self, origin: str) -> bool:
         return "*" in self.allowed_origins or origin in self.allowed_origins
@@ -77,10 +81,13 @@ class Sources:
         if "purposes" not in cols:
             self._con.execute("ALTER TABLE sources ADD COLUMN purposes TEXT NOT NULL"
                               """ DEFAULT '{"analytics": "consent"}'""")
+        if "mode" not in cols:
+            self._con.execute("ALTER TABLE sources ADD COLUMN mode TEXT NOT NULL DEFAULT 'standard'")
 
     def create(
         self, name: str, *, allowed_origins: tuple[str, ...] = ("*",), rate_limit: float = 0.0,
-        historical: bool = False, purposes: dict[str, str] | None = None, actor: str = "admin",
+        historical: bool = False, purposes: dict[str, str] | None = None,
+        mode: str = "standard", actor: str = "admin",
     ) -> tuple[Source, str]:
         """Create a source; returns it with its write key (the only time the key is seen).
 
@@ -88,13 +95,19 @@ class Sources:
         every purpose must be in the registry and every basis one of :class:`Basis`."""
         if not name.strip():
             raise ValueError("a source needs a non-empty name")
-        purposes = dict(purposes or {"analytics": "consent"})
         registry = Registry.for_data_dir(self.data_dir)
+        exempt = {p.id for p in registry.purposes.values() if p.cnil_exempt}
+        default = (dict.fromkeys(sorted(exempt), "legitimate_interest") if mode == CNIL
+                   else {"analytics": "consent"})
+        purposes = dict(purposes or default)
         for pid, basis in purposes.items():
             registry.get(pid)
             if basis not in {b.value for b in Basis}:
                 raise ValueError(f"unknown lawful basis {basis!r}; use one of "
                                  + ", ".join(b.value for b in Basis))
+        problem = source_errors(mode, purposes, exempt)
+        if problem:
+            raise ValueError(problem)
         if rate_limit < 0:
             raise ValueError("rate limit must be 0 (unlimited) or positive")
         key = "wk_" + secrets.token_urlsafe(24)
@@ -107,25 +120,26 @@ class Sources:
             rate_limit=float(rate_limit),
             historical=historical,
             purposes=tuple(purposes.items()),
+            mode=mode,
         )
         try:
             self._con.execute(
-                "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (src.id, src.name, hash_key(key), src.key_hint, src.created_at,
                  json.dumps(list(src.allowed_origins)), src.rate_limit, int(historical),
-                 json.dumps(purposes)),
+                 json.dumps(purposes), mode),
             )
         except sqlite3.IntegrityError:
             raise SourceExists(f"a source named {name!r} already exists") from None
         AuditLog(self.data_dir).append(actor, "source.created", {
             "source": src.id, "name": src.name, "purposes": purposes,
-            "historical": historical})
+            "historical": historical, "mode": mode})
         return src, key
 
     def by_key(self, key: str) -> Source | None:
         row = self._con.execute(
             "SELECT id, name, key_hint, created_at, allowed_origins, rate_limit, historical,"
-            " purposes FROM sources WHERE key_hash = ?",
+            " purposes, mode FROM sources WHERE key_hash = ?",
             (hash_key(key),),
         ).fetchone()
         return _row(row) if row else None
@@ -133,7 +147,7 @@ class Sources:
     def list(self) -> list[Source]:
         rows = self._con.execute(
             "SELECT id, name, key_hint, created_at, allowed_origins, rate_limit, historical,"
-            " purposes FROM sources ORDER BY created_at, name"
+            " purposes, mode FROM sources ORDER BY created_at, name"
         ).fetchall()
         return [_row(r) for r in rows]
 
@@ -143,4 +157,4 @@ class Sources:
 
 def _row(r: tuple[Any, ...]) -> Source:
     return Source(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), float(r[5]), bool(r[6]),
-                  tuple(json.loads(r[7]).items()))
+                  tuple(json.loads(r[7]).items()), r[8])

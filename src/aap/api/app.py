@@ -21,10 +21,13 @@ import msgspec
 from aap.collect.app import Receive, Scope, Send
 from aap.log import open_log
 from aap.privacy.audit import AuditLog
+from aap.privacy.cnil import DailySalts
 from aap.privacy.consent import ConsentLedger, ConsentState
 from aap.privacy.ids import IdHasher
 from aap.privacy.keystore import Keystore
+from aap.privacy.purposes import Registry
 from aap.privacy.requests import Requests
+from aap.privacy.retention import RetentionJob, check_settings
 from aap.privacy.rights import Rights
 from aap.process.processor import Processor
 from aap.settings import Settings
@@ -72,9 +75,14 @@ class Core:
             s3_region=settings.s3_region))
         self.warehouse = Warehouse(data / "warehouse", tiers=tiers,
                                    memory_limit=settings.warehouse_memory)
+        registry = Registry.for_data_dir(data)
+        check_settings(settings, registry)  # `aap serve` says why before it gets here
+        self.retention = RetentionJob(self.warehouse, registry, settings.cold_days,
+                                      settings.retention_interval_s,
+                                      after=(DailySalts(data).purge,))
         self.tiering = TieringThread(self.warehouse, TierPolicy(
             settings.hot_days, settings.warm_days, settings.cold_days),
-            settings.tiering_interval_s)
+            settings.tiering_interval_s, retention=self.retention)
         historical = frozenset(s.id for s in Sources(data).list() if s.historical)
         hasher = IdHasher.for_data_dir(data)
         self.keystore = Keystore(data)

@@ -226,7 +226,7 @@ def run(scale: float = 1.0, runs: int = 3, data_dir: Path | None = None,
         flat = duckdb.connect(str(data / "flat.duckdb"), read_only=True,
                               config={"threads": 2, "memory_limit": "1GB"})
         _, key = ApiKeys(data).create("analyst", "bench")
-        env = {"AAP_HOT_DAYS": "100000", "AAP_WARM_DAYS": "100000", "AAP_COLD_DAYS": "100000",
+        env = {"AAP_HOT_DAYS": "100000", "AAP_WARM_DAYS": "100000", "AAP_COLD_DAYS": "760",
                "AAP_TIERING_INTERVAL_S": "100000"}
         results: list[dict[str, Any]] = []
         t0 = time.perf_counter()

@@ -42,6 +42,7 @@ from aap.collect.subject import SelfService
 from aap.events import Event, encode_events
 from aap.log import Append, open_log
 from aap.log.committer import GroupCommitter
+from aap.privacy.cnil import CNIL, NOT_ANONYMOUS_TEXT, DailySalts, anonymize
 from aap.privacy.ip import GeoLocator, IpPolicy, parse_networks, strip_ip
 from aap.privacy.sealing import Sealer
 from aap.settings import Settings
@@ -120,6 +121,7 @@ class Collector:
         self.gate = Gate(self.data_dir)
         self.sealer = Sealer(self.data_dir, hasher=self.gate.hasher)
         self.self_service = SelfService(self.data_dir, self.gate.hasher)
+        self.salts = DailySalts(self.data_dir)
         self._unknown_keys: dict[str, float] = {}
         self._known_keys: dict[str, Source] = {}
         self.api = ApiProxy(self.data_dir, timeout=float(settings.query_timeout_s) + 30,
@@ -350,7 +352,11 @@ class Collector:
             self.ip.client_ip(req.peer, req.headers.get("x-forwarded-for")))
         events: list[Event] = []
         rejected = list(parsed.rejected)
+        cnil = source.mode == CNIL
+        salt = self.salts.today() if cnil else b""
         for index, m in parsed.messages:
+            if cnil and m.user_id is None and m.anonymous_id is None:
+                m.anonymous_id = "-"  # cookieless: no id needed (anonymize drops ids anyway)
             ev = to_event(m, source=source.id, received_at=received_at)
             if isinstance(ev, str):
                 rejected.append(Rejection(index, ev, REASON_TEXT[ev]))
@@ -360,6 +366,11 @@ class Collector:
             if ev.ip is None:
                 ev.ip, ev.geo = request_ip
             ev.gpc, ev.dnt = gpc or ev.context.get("gpc") is True, dnt
+            if cnil:
+                reason = anonymize(ev, salt, req.headers.get("user-agent"))
+                if reason is not None:
+                    rejected.append(Rejection(index, reason, NOT_ANONYMOUS_TEXT))
+                    continue
             events.append(ev)
         rejected.sort(key=lambda r: r.index)
         return events, rejected

@@ -15,6 +15,7 @@ import msgspec
 from aap import errors
 from aap.events import Event
 from aap.privacy.audit import AuditLog
+from aap.privacy.cnil import CNIL, opted_out
 from aap.privacy.consent import ConsentLedger, ConsentState, Statement, decide, event_preferences
 from aap.privacy.ids import IdHasher
 from aap.privacy.purposes import GPC_WITHDRAWS, Basis, Registry
@@ -90,6 +91,15 @@ class Gate:
         """Tag each event with the purposes it may be used for and take out those with
         none (in place); returns how many were taken out. What the events say about
         consent goes to the ledger first."""
+        if source.mode == CNIL:
+            # anonymous audience measurement: no ids to hold a statement, a purpose exempt
+            # from consent; an event that carries an objection is not stored
+            measured = [ev for ev in events if not opted_out(ev, source.purposes)]
+            for ev in measured:
+                ev.purposes = dict(source.purposes)
+            objected = len(events) - len(measured)
+            events[:] = measured
+            return objected
         # one indexed read of what the ledger gained: a statement another worker wrote
         # before this request arrived applies to it (about 30 µs a request)
         self.state.refresh(force=True)

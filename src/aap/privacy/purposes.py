@@ -21,12 +21,50 @@ class Basis(StrEnum):
     LEGAL_OBLIGATION = "legal_obligation"
 
 
-class Retention(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Days data for the purpose is kept in each tier (at most; 0 = not kept there)."""
+MAX_RETENTION_DAYS = 760
+"""25 months: the longest any purpose may keep event data (every stored event carries a
+pseudonymous person id, so every purpose processes personal data)."""
 
-    hot: int = 7
-    warm: int = 90
-    cold: int = 760
+
+class Retention(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How long events keep the purpose, in days from the event's time; enforced by the
+    retention job (:mod:`aap.privacy.retention`). ``days`` holds in every tier;
+    ``hot``, ``warm``, ``cold`` set a shorter limit while the event is in that tier
+    (``0``: the purpose leaves an event as soon as it reaches that tier; ``None``: no
+    limit of the tier's own). ``days: null`` (unlimited) is refused."""
+
+    days: int | None = MAX_RETENTION_DAYS
+    hot: int | None = None
+    warm: int | None = None
+    cold: int | None = None
+
+    def limit(self, tier: str) -> int:
+        """Days the purpose stays on an event while it is in ``tier``."""
+        own = getattr(self, tier)
+        assert self.days is not None, "validated by Registry"
+        return self.days if own is None else min(own, self.days)
+
+    def describe(self) -> str:
+        tiers = [f"{t} {self.limit(t)} days" for t in ("hot", "warm", "cold")
+                 if getattr(self, t) is not None]
+        return f"{self.days} days" + (f" ({', '.join(tiers)})" if tiers else "")
+
+
+def check_retention(purpose_id: str, r: Retention) -> None:
+    """Refuse an unlimited retention, or one over 25 months (ValueError naming it)."""
+    where = f"purpose {purpose_id!r}: retention"
+    if r.days is None:
+        raise ValueError(f"{where}.days is unlimited (null); personal data must have a"
+                         f" retention of at most {MAX_RETENTION_DAYS} days (25 months)")
+    for name in ("days", "hot", "warm", "cold"):
+        v = getattr(r, name)
+        if v is None:
+            continue
+        if v < (1 if name == "days" else 0):
+            raise ValueError(f"{where}.{name} = {v} is not a valid number of days")
+        if v > MAX_RETENTION_DAYS:
+            raise ValueError(f"{where}.{name} = {v} days is longer than 25 months"
+                             f" ({MAX_RETENTION_DAYS} days), the most allowed for personal data")
 
 
 class Purpose(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -44,6 +82,9 @@ class Purpose(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """IAB TCF v2 purposes that must all have consent in a TC string for this purpose to
     count as granted by it (none: a TC string does not decide this purpose)."""
     retention: Retention = Retention()
+    cnil_exempt: bool = False
+    """Audience measurement exempt from consent under the CNIL's conditions: only sources
+    in CNIL mode (``aap sources create --mode cnil``) may collect for it, and only it."""
 
 
 _EVENT_DATA = ("online identifiers (pseudonymous ids)", "interaction events",
@@ -64,6 +105,17 @@ DEFAULT_PURPOSES: tuple[Purpose, ...] = (
             tcf=(1, 5, 6)),
     Purpose("partner_sharing", "Sharing with partners (a sale or sharing under CCPA/CPRA).",
             categories=_EVENT_DATA, recipients=("partners named in the privacy policy",)),
+    Purpose("audience_measurement",
+            "Anonymous audience statistics of the site, for the site operator alone"
+            " (CNIL consent exemption; sources in CNIL mode only).",
+            basis=Basis.LEGITIMATE_INTEREST,
+            categories=("a visitor hash that changes every day (no identifier, no cookie)",
+                        "page views and events", "device and browser type",
+                        "coarse location (country, region, city)"),
+            recipients=("the site operator",),
+            enrichments=("user agent → browser, OS, device type",
+                         "truncated IP → country, region, city (offline database)"),
+            retention=Retention(days=MAX_RETENTION_DAYS), cnil_exempt=True),
 )
 
 GPC_WITHDRAWS = ("partner_sharing", "marketing")
@@ -79,6 +131,8 @@ class Registry:
         ids = [p.id for p in purposes]
         if len(set(ids)) != len(ids):
             raise ValueError("purpose ids must be unique")
+        for p in purposes:
+            check_retention(p.id, p.retention)
         self.purposes = {p.id: p for p in purposes}
         self.tcf = {p.id: p.tcf for p in purposes if p.tcf}
         """Purpose → the TCF purposes it needs (see :func:`aap.privacy.tcf.preferences`)."""
@@ -88,7 +142,14 @@ class Registry:
         path = data_dir / "privacy" / "purposes.json"
         if not path.exists():
             return cls()
-        return cls(tuple(msgspec.json.decode(path.read_bytes(), type=list[Purpose])))
+        try:
+            purposes = msgspec.json.decode(path.read_bytes(), type=list[Purpose])
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        try:
+            return cls(tuple(purposes))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
     def __contains__(self, purpose_id: object) -> bool:
         return purpose_id in self.purposes
@@ -102,7 +163,7 @@ class Registry:
 
 
 def record_of_processing(registry: Registry, sources: list[tuple[str, tuple[tuple[str, str], ...]]],
-                         tiers: tuple[int, int, int],
+                         tiers: tuple[int, int, int], log_hours: float = 168.0,
                          controller: str = "(the operator of this AAP installation)") -> str:
     """The record of processing activities (GDPR Art. 30(1)) as Markdown: one section per
     purpose, with the sources that collect for it and on which basis."""
@@ -124,8 +185,14 @@ def record_of_processing(registry: Registry, sources: list[tuple[str, tuple[tupl
             f"- Recipients: {', '.join(p.recipients) or 'none'}",
             f"- Enrichments: {', '.join(p.enrichments) or 'none'}",
             f"- Profiling: {'yes (people may object, Art. 21)' if p.profiling else 'no'}",
-            f"- Retention (enforced by the tiering job, the same for every purpose for now):"
-            f" {tiers[0]} days hot, {tiers[1]} days warm, deleted after {tiers[2]} days",
+            f"- Retention (enforced by the retention job, at most one hour late): the purpose"
+            f" leaves events older than {p.retention.days} days"
+            f" (hot tier {min(p.retention.limit('hot'), tiers[2])} days,"
+            f" warm tier {min(p.retention.limit('warm'), tiers[2])} days,"
+            f" cold tier {min(p.retention.limit('cold'), tiers[2])} days);"
+            f" events left with no purpose are erased; every event is erased after"
+            f" {tiers[2]} days; raw log records after {log_hours:g} hours"
+            f" (tiers: {tiers[0]} days hot, then warm until {tiers[1]} days, then cold)",
             f"- IAB TCF purposes that grant it: {', '.join(map(str, p.tcf)) or 'none'}",
             "- Transfers to third countries: none (AAP runs on the controller's machines)",
             ""]

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol
 
 from aap.store.warehouse import Warehouse
 
@@ -43,11 +45,23 @@ def run_tiering(wh: Warehouse, policy: TierPolicy, today: date | None = None) ->
     return moved
 
 
+class Job(Protocol):
+    interval: timedelta
+
+    def run_pending(self) -> dict[str, Any] | None: ...
+
+
 class TieringThread:
-    def __init__(self, wh: Warehouse, policy: TierPolicy, interval_s: float) -> None:
+    """Runs the tiering job every ``interval_s``, and ``retention`` (when given) when it is
+    due, in the same thread: a retention rewrite never races a tier move."""
+
+    def __init__(self, wh: Warehouse, policy: TierPolicy, interval_s: float,
+                 retention: Job | None = None) -> None:
         self.wh = wh
         self.policy = policy
         self.interval = interval_s
+        self.retention = retention
+        self.tick = min(interval_s, retention.interval.total_seconds()) if retention else interval_s
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="aap-tiering", daemon=True)
 
@@ -59,7 +73,21 @@ class TieringThread:
         self.thread.join(timeout=60)
 
     def _run(self) -> None:
-        while not self.stop.wait(self.interval):
+        due = time.monotonic() + self.interval
+        while True:
+            if self.retention is not None:
+                try:
+                    done = self.retention.run_pending()
+                except Exception:
+                    logger.exception("retention failed; will retry at the next tick")
+                else:
+                    if done and any(v for k, v in done.items() if k not in ("seconds", "ran_at")):
+                        logger.info("retention: %s", done)
+            if self.stop.wait(max(0.0, min(self.tick, due - time.monotonic()))):
+                return
+            if time.monotonic() < due:
+                continue
+            due = time.monotonic() + self.interval
             try:
                 moved = run_tiering(self.wh, self.policy)
             except Exception:

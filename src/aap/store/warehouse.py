@@ -441,12 +441,12 @@ class Warehouse:
                                   f" OR person_id IN ({marks})", ids + ids)
             out["flags"] = count(f"DELETE FROM person_flags WHERE person_id IN ({marks})", ids)
 
-        def in_file(table: pa.Table) -> tuple[pa.Table, int] | None:
+        def in_file(table: pa.Table, tier: str) -> tuple[pa.Table, int] | None:
             mask = pc.is_in(table.column("person_id"), value_set=value_set)
             hit = int(pc.sum(mask).as_py() or 0)
             return (table.filter(pc.invert(mask)), hit) if hit else None
 
-        self._change(value_set, hot, in_file, out)
+        self._change(self._holds_persons(value_set), hot, in_file, out)
         out["retired_files_deleted"] = self._purge_trash(value_set)
         return out
 
@@ -490,7 +490,7 @@ class Warehouse:
                 f"UPDATE events_raw SET purposes = list_filter(purposes, lambda x: x <> ?) WHERE {mine}",
                 [purpose, *ids, purpose])
 
-        def in_file(table: pa.Table) -> tuple[pa.Table, int] | None:
+        def in_file(table: pa.Table, tier: str) -> tuple[pa.Table, int] | None:
             con = duckdb.connect()
             try:
                 con.register("t", table)
@@ -507,25 +507,146 @@ class Warehouse:
             finally:
                 con.close()
 
-        self._change(pa.array(ids, pa.int64()), hot, in_file, out)
+        self._change(self._holds_persons(pa.array(ids, pa.int64())), hot, in_file, out)
         return out
 
-    def _change(self, persons: pa.Array, hot: Callable[[Callable[[str, list[Any]], int]], None],
-                in_file: Callable[[pa.Table], tuple[pa.Table, int] | None],
-                out: dict[str, int]) -> None:
+    def _holds_persons(self, persons: pa.Array) -> Callable[[str, str, str], bool]:
+        def holds(path: str, tier: str, part: str) -> bool:
+            people = self.tiers.read([path], ["person_id"]).column("person_id")
+            return bool(pc.any(pc.is_in(people, value_set=persons)).as_py())
+        return holds
+
+    def expire(self, cutoffs: dict[str, dict[str, datetime]], everything: datetime
+               ) -> dict[str, Any]:
+        """Retention (see :mod:`aap.privacy.retention`): in each tier, take each purpose
+        off the events older than its cutoff for that tier (``cutoffs[purpose][tier]``),
+        erase the events left with no purpose (as a withdrawal does, Art. 17(1)(a)), and
+        erase every event older than ``everything`` whatever its purposes, with the
+        orders made from erased events. Only files that can hold such rows are read."""
+        out: dict[str, Any] = {"hot_changed": 0, "hot_erased": 0, "warm_rows": 0,
+                               "warm_files_rewritten": 0, "cold_rows": 0,
+                               "cold_files_rewritten": 0, "orders": 0}
+        erased_ids: list[str] = []
+        erased_persons: set[int] = set()
+        lock = threading.Lock()
+
+        def expr(tier: str) -> tuple[str, str, list[Any]]:
+            """(new purposes, erase condition, their parameters) for rows of ``tier``."""
+            terms, params = [], []
+            for purpose, by_tier in sorted(cutoffs.items()):
+                terms.append("(x = ? AND timestamp < ?)")
+                params += [purpose, by_tier[tier]]
+            keep = f"list_filter(purposes, lambda x: NOT ({' OR '.join(terms)}))" if terms \
+                else "purposes"
+            gone = (f"coalesce(timestamp < ? OR (coalesce(len(purposes), 0) > 0"
+                    f" AND len({keep}) = 0), false)")
+            return keep, gone, params
+
+        def oldest_cutoff(tier: str) -> datetime:
+            return max([everything, *(c[tier] for c in cutoffs.values())])
+
+        def touches(path: str, tier: str, part: str) -> bool:
+            limit = oldest_cutoff(tier)
+            start = date.fromisoformat(part if tier == "warm" else part + "-01")
+            if datetime.combine(start, datetime.min.time()) >= limit:
+                return False  # the partition starts after every cutoff
+            ts = self.tiers.read([path], ["timestamp"]).column("timestamp")
+            first = pc.min(ts).as_py()
+            return first is not None and first < limit
+
+        def in_file(table: pa.Table, tier: str) -> tuple[pa.Table, int] | None:
+            keep, gone, params = expr(tier)
+            con = duckdb.connect()
+            try:
+                con.register("t", table)
+                changed = f"({gone} OR len(purposes) <> len({keep}))"
+                erased = con.execute(f"SELECT message_id, person_id FROM t WHERE {gone}",
+                                     [everything, *params]).fetchall()
+                hit = int(con.execute(f"SELECT count(*) FROM t WHERE {changed}",
+                                      [everything, *params, *params]).fetchone()[0])  # type: ignore[index]
+                if not hit:
+                    return None
+                kept = con.execute(f"SELECT * REPLACE ({keep} AS purposes) FROM t WHERE NOT {gone}",
+                                   [*params, everything, *params]).to_arrow_table()
+                assert kept is not None
+            finally:
+                con.close()
+            with lock:
+                erased_ids.extend(r[0] for r in erased)
+                erased_persons.update(int(r[1]) for r in erased if r[1] is not None)
+            return kept.cast(EVENT_ARROW_SCHEMA), len(erased)
+
+        def hot(count: Callable[[str, list[Any]], int]) -> None:
+            keep, gone, params = expr("hot")
+            p_gone = [everything, *params]
+            doomed = f"(SELECT message_id FROM events_raw WHERE {gone}) OR list_contains(?, message_id)"
+            p_doomed = [*p_gone, erased_ids]
+            count(f"DELETE FROM order_items WHERE message_id IN {doomed}", p_doomed)
+            out["orders"] = count(f"DELETE FROM orders WHERE message_id IN {doomed}"
+                                  f" OR timestamp < ?", [*p_doomed, everything])
+            out["hot_erased"] = count(f"DELETE FROM events_raw WHERE {gone}", p_gone)
+            if cutoffs:
+                out["hot_changed"] = count(
+                    f"UPDATE events_raw SET purposes = {keep} WHERE len(purposes) <> len({keep})",
+                    [*params, *params])
+
+        _, gone, params = expr("hot")
+        erased_persons.update(int(r[0]) for r in self.con.cursor().execute(
+            f"SELECT DISTINCT person_id FROM events_raw WHERE {gone}", [everything, *params]
+        ).fetchall())  # candidates only: checked again below
+        self._change(touches, hot, in_file, out)
+        out["persons_erased"] = self._drop_persons_without_events(erased_persons)
+        return out
+
+    def _drop_persons_without_events(self, persons: set[int]) -> int:
+        """Profiles (traits, first and last seen) of persons none of whose events is left
+        in any tier go too: they were made from expired events."""
+        if not persons:
+            return 0
+        with self._write_lock, self._transaction() as cur:
+            cur.register("cand", pa.table({"p": pa.array(sorted(persons), pa.int64())}))
+            resolved = {int(r[0]) for r in cur.execute(
+                "SELECT coalesce(o.person_id, c.p) FROM cand c"
+                " LEFT JOIN person_overrides o ON o.old_person_id = c.p").fetchall()}
+            cur.unregister("cand")
+            group = resolved | {int(r[0]) for r in cur.execute(
+                "SELECT old_person_id FROM person_overrides WHERE list_contains(?, person_id)",
+                [sorted(resolved)]).fetchall()}
+            live = {int(r[0]) for r in cur.execute(
+                "SELECT DISTINCT person_id FROM events_raw WHERE list_contains(?, person_id)",
+                [sorted(group)]).fetchall()}
+            values = pa.array(sorted(group), pa.int64())
+            for (path,) in cur.execute("SELECT path FROM tier_files").fetchall():
+                col = self.tiers.read([path], ["person_id"]).column("person_id")
+                hits = pc.filter(col, pc.is_in(col, value_set=values))
+                live.update(int(x) for x in pc.unique(hits).to_pylist())
+            over = dict(cur.execute("SELECT old_person_id, person_id FROM person_overrides"
+                                    " WHERE list_contains(?, old_person_id)",
+                                    [sorted(group)]).fetchall())
+            live = {over.get(p, p) for p in live}
+            dead = sorted(resolved - live)
+            if not dead:
+                return 0
+            row = cur.execute("DELETE FROM persons WHERE list_contains(?, person_id)",
+                              [dead]).fetchone()
+        return int(row[0]) if row else 0
+
+    def _change(self, touches: Callable[[str, str, str], bool],
+                hot: Callable[[Callable[[str, list[Any]], int]], None],
+                in_file: Callable[[pa.Table, str], tuple[pa.Table, int] | None],
+                out: dict[str, Any]) -> None:
         """In one transaction: ``hot`` changes the hot tables (given a function that runs a
         statement and returns its row count); each warm and cold file that ``in_file``
-        changes is replaced by its new version (only files holding rows of ``persons`` are
-        read whole). Old files are deleted once committed."""
+        changes is replaced by its new version (only files for which ``touches(path,
+        tier, part)`` is true are read whole). Old files are deleted once committed."""
         old: list[str] = []
         new: list[str] = []
 
         def rewrite(file: tuple[str, str, str]) -> tuple[str, str, str, int, str | None, int, int] | None:
             path, tier, part = file
-            people = self.tiers.read([path], ["person_id"]).column("person_id")
-            if not pc.any(pc.is_in(people, value_set=persons)).as_py():
-                return None  # none of the persons' rows: the file stays as it is
-            changed = in_file(self.tiers.read([path]))
+            if not touches(path, tier, part):
+                return None  # nothing to change in it: the file stays as it is
+            changed = in_file(self.tiers.read([path]), tier)
             if changed is None:
                 return None
             kept, hit = changed
@@ -550,6 +671,12 @@ class Warehouse:
                         return int(row[0]) if row else 0
 
                     hot(count)
+                    if done:  # a tiering move in between would leave rows in two files
+                        live = count("SELECT count(*) FROM tier_files WHERE list_contains(?, path)",
+                                     [[r[0] for r in done]])
+                        if live != len(done):
+                            raise RuntimeError("tier files moved while they were being"
+                                               " rewritten; nothing was changed, try again")
                     for path, tier, part, hit, new_path, rows, size in done:
                         out[f"{tier}_rows"] += hit
                         out[f"{tier}_files_rewritten"] += 1

@@ -1,0 +1,109 @@
+"""Retention per purpose and tier, enforced by a scheduled job.
+
+Every purpose of the registry keeps events at most ``retention.days`` (25 months at
+most, never unlimited), or less while they are in a tier with a limit of its own
+(``retention.hot`` / ``warm`` / ``cold``). The job, run every ``AAP_RETENTION_INTERVAL_S``
+by the core process (in the tiering thread, so it never races a tier move), takes each
+purpose off the events past its limit in every tier — hot rows updated, warm and cold
+files rewritten with the warehouse's own file-rewrite code — and erases the events left
+with no purpose, as a consent withdrawal does; every event older than
+``AAP_COLD_DAYS`` goes whatever its purposes; orders made from erased events and the
+profiles of persons with no event left go too.
+
+Cutoffs are rounded **up** to the next whole hour: data goes up to one hour before its
+limit, never after it (only the wait for the next run, at most the interval, plus the
+run itself, can delay it), and a file at the boundary is rewritten at most once an hour.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aap.privacy.purposes import MAX_RETENTION_DAYS, Registry
+from aap.store.warehouse import Warehouse
+
+logger = logging.getLogger("aap.retention")
+
+TIERS = ("hot", "warm", "cold")
+MAX_INTERVAL_S = 1800.0
+"""The job's longest interval: with a run taking well under half an hour, data is gone
+at most an hour after its limit."""
+
+
+def check_settings(settings: Any, registry: Registry) -> None:
+    """Refuse (ValueError naming the setting) a configuration that keeps personal data
+    unlimited or over 25 months, or that cannot enforce retention within an hour."""
+    cold = int(settings.cold_days)
+    if not 1 <= cold <= MAX_RETENTION_DAYS:
+        raise ValueError(f"AAP_COLD_DAYS={cold}: events must be kept between 1 and"
+                         f" {MAX_RETENTION_DAYS} days (25 months); it cannot be unlimited")
+    interval = float(settings.retention_interval_s)
+    if not 0 < interval <= MAX_INTERVAL_S:
+        raise ValueError(f"AAP_RETENTION_INTERVAL_S={interval:g}: must be more than 0 and at"
+                         f" most {MAX_INTERVAL_S:g} seconds, so data goes at most an hour late")
+    hours = float(settings.log_retention_hours)
+    shortest = min((p.retention.days or 0 for p in registry.purposes.values()),
+                   default=MAX_RETENTION_DAYS)
+    if not 0 < hours <= 24 * min(shortest, cold):
+        raise ValueError(
+            f"AAP_LOG_RETENTION_HOURS={hours:g}: the log holds events of every purpose, so it"
+            f" must keep them more than 0 and at most {24 * min(shortest, cold)} hours (the"
+            f" shortest retention of a purpose, or AAP_COLD_DAYS); 0 (forever) is refused")
+
+
+def _ceil_hour(t: datetime) -> datetime:
+    floor = t.replace(minute=0, second=0, microsecond=0)
+    return floor if floor == t else floor + timedelta(hours=1)
+
+
+def cutoffs(registry: Registry, cold_days: int, now: datetime
+            ) -> tuple[dict[str, dict[str, datetime]], datetime]:
+    """Per purpose and tier, the time before which events lose the purpose; and the time
+    before which every event goes. Naive UTC, like the warehouse's timestamps."""
+    now = now.astimezone(UTC).replace(tzinfo=None)
+    cap = min(cold_days, MAX_RETENTION_DAYS)
+    out = {p.id: {t: _ceil_hour(now - timedelta(days=min(p.retention.limit(t), cap)))
+                  for t in TIERS}
+           for p in registry.purposes.values()}
+    return out, _ceil_hour(now - timedelta(days=cap))
+
+
+class RetentionJob:
+    """Runs :meth:`Warehouse.expire` every ``interval_s`` seconds of ``clock``."""
+
+    def __init__(self, wh: Warehouse, registry: Registry, cold_days: int, interval_s: float,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 after: tuple[Callable[[datetime], object], ...] = ()) -> None:
+        """``after``: more clean-ups run with each run's time (e.g. expired CNIL salts)."""
+        self.after = after
+        self.wh = wh
+        self.registry = registry
+        self.cold_days = cold_days
+        self.interval = timedelta(seconds=interval_s)
+        self.clock = clock
+        self.next_run: datetime | None = None  # None: at the first call
+        self.last: dict[str, Any] = {}
+
+    def run(self, now: datetime | None = None) -> dict[str, Any]:
+        now = now or self.clock()
+        by_purpose, everything = cutoffs(self.registry, self.cold_days, now)
+        started = time.monotonic()
+        out = self.wh.expire(by_purpose, everything)
+        for clean in self.after:
+            out[getattr(clean, "__qualname__", "after")] = clean(now)
+        out["seconds"] = round(time.monotonic() - started, 3)
+        out["ran_at"] = now.isoformat()
+        self.last = out
+        return out
+
+    def run_pending(self) -> dict[str, Any] | None:
+        """Run if due; the next run is due one interval after this one started."""
+        now = self.clock()
+        if self.next_run is not None and now < self.next_run:
+            return None
+        self.next_run = now + self.interval
+        return self.run(now)
