@@ -16,15 +16,18 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from aap.events import Event, encode_events
 from aap.log.base import Append
 from aap.log.sqlite import SQLiteLog
 from aap.privacy.ids import IdHasher
+from aap.privacy.keystore import Keystore
 from aap.privacy.purposes import Purpose, Registry, Retention
 from aap.privacy.retention import RetentionJob, cutoffs
 from aap.process.processor import Processor
+from aap.runner import ServerProcess, create_source
 from aap.store.tiering import TieringThread, TierPolicy, run_tiering
 from aap.store.tiers import TierConfig, TierStore
 from aap.store.warehouse import Warehouse
@@ -269,3 +272,56 @@ def test_register_shows_the_enforced_retention_per_purpose_and_tier(tmp_path: Pa
     assert "hot tier 5 days, warm tier 60 days, cold tier 60 days" in sections["marketing"]
     assert "every event is erased after 450 days" in sections["marketing"]
     assert "raw log records after 48 hours" in sections["marketing"]
+
+
+def test_ids_of_persons_whose_events_all_expired_are_forgotten(tmp_path: Path) -> None:
+    """On the real server: a person whose every event is past the 25-month cap loses their
+    profile, their id mapping and what the keystore kept (data key, sealed raw id, sealed
+    personal traits); the id is not suppressed: it comes back later as a new person, whose
+    raw id is kept (sealed) again."""
+    data = tmp_path / "data"
+    key = create_source(data, "import", "--historical", "--basis", "legitimate_interest")
+    user, other = "expiring-user-5c1e", "staying-user-77a0"
+    old = (datetime.now(UTC) - timedelta(days=800)).isoformat()
+    recent = (datetime.now(UTC) - timedelta(days=3)).isoformat()
+
+    def send(server: ServerProcess, batch: list[dict[str, object]]) -> None:
+        for ev in batch:
+            ev.setdefault("messageId", str(uuid.uuid4()))
+        r = httpx.post(server.url + "/v1/batch", auth=(key, ""), json={"batch": batch},
+                       timeout=30)
+        assert r.status_code == 200 and r.json()["accepted"] == len(batch), r.text
+
+    hasher = IdHasher.for_data_dir(data)
+    k_user, k_other = hasher.key(user), hasher.key(other)
+    env = {"AAP_RETENTION_INTERVAL_S": "1", "AAP_TIERING_INTERVAL_S": "1"}
+    with ServerProcess(data, workers=1, env=env) as server:
+        send(server, [
+            {"type": "identify", "userId": user, "traits": {"email": "exp@example.org",
+                                                            "plan": "pro"}, "timestamp": old},
+            {"type": "track", "userId": user, "event": "Old", "timestamp": old},
+            {"type": "track", "userId": other, "event": "Old", "timestamp": old},
+            {"type": "track", "userId": other, "event": "Recent", "timestamp": recent},
+        ])
+        server.wait_processed()
+        ks = Keystore(data)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and ks.identifier(k_user) is not None:
+            time.sleep(0.5)
+        # the expired person: events, profile, ids, keystore entries gone
+        assert ks.identifier(k_user) is None
+        assert not Keystore(data).keys_for([k_user], create=False)  # not from ks's cache
+        assert server.sql("SELECT count(*) FROM person_ids WHERE id_key = ?", [k_user]) == [[0]]
+        assert server.sql("SELECT count(*) FROM events WHERE event = 'Old'") == [[0]]
+        assert server.sql("SELECT count(*) FROM persons") == [[1]]
+        # the other person keeps their recent event, id and sealed raw id
+        assert ks.identifier(k_other) == other
+        assert server.sql("SELECT count(*) FROM events WHERE event = 'Recent'") == [[1]]
+        # not a suppression: the id comes back as a new person, its raw id kept again
+        time.sleep(1.5)  # every process has noticed what was forgotten
+        send(server, [{"type": "track", "userId": user, "event": "Back", "timestamp": recent}])
+        server.wait_processed()
+        back = server.sql("SELECT person_id FROM events WHERE event = 'Back'")
+        assert len(back) == 1
+        assert server.sql("SELECT count(*) FROM person_ids WHERE id_key = ?", [k_user]) == [[1]]
+        assert Keystore(data).identifier(k_user) == user

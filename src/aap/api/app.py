@@ -77,15 +77,16 @@ class Core:
                                    memory_limit=settings.warehouse_memory)
         registry = Registry.for_data_dir(data)
         check_settings(settings, registry)  # `aap serve` says why before it gets here
+        self.keystore = Keystore(data)
         self.retention = RetentionJob(self.warehouse, registry, settings.cold_days,
                                       settings.retention_interval_s,
-                                      after=(DailySalts(data).purge,))
+                                      after=(DailySalts(data).purge,),
+                                      forget=self.keystore.forget)
         self.tiering = TieringThread(self.warehouse, TierPolicy(
             settings.hot_days, settings.warm_days, settings.cold_days),
             settings.tiering_interval_s, retention=self.retention)
         historical = frozenset(s.id for s in Sources(data).list() if s.historical)
         hasher = IdHasher.for_data_dir(data)
-        self.keystore = Keystore(data)
         self.rights = Rights(data, self.warehouse, self.keystore, hasher, AuditLog(data))
         self.processor = Processor(
             self.log, self.warehouse, hasher,
@@ -95,6 +96,7 @@ class Core:
             prepare_processes=settings.prepare_processes,
             consent=ConsentState(ConsentLedger(data)),
             destroyed=self.keystore.refresh_destroyed,
+            forgotten=self.keystore.refresh_forgotten,
         )
         # The processor keeps large, long-lived maps (ids, sessions); a full collection
         # scans them all. Freeze what start-up loaded and collect rarely: it allocates

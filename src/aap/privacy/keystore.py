@@ -50,6 +50,11 @@ CREATE TABLE IF NOT EXISTS personal_traits (
     sealed BLOB NOT NULL,
     updated_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS forgotten (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject INTEGER NOT NULL,
+    forgotten_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS destroyed (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     subject INTEGER NOT NULL UNIQUE,
@@ -57,6 +62,8 @@ CREATE TABLE IF NOT EXISTS destroyed (
 );
 """
 _NONCE = 12
+FORGET_NOTICE_S = 1.0
+"""How soon every process learns that subjects were forgotten (see :meth:`Keystore.forget`)."""
 
 
 class KeyDestroyed(Exception):
@@ -106,9 +113,15 @@ class Keystore:
         self._lock = threading.Lock()
         self.destroyed: set[int] = set()
         self._destroyed_seq = 0
+        self._forgotten_seq = 0
+        self._forgotten_due = 0.0
         con = self._con()
         con.executescript(_SCHEMA)
         os.chmod(self.path, 0o600)
+        # Only what is forgotten from now on concerns this instance's caches (an id
+        # forgotten earlier may have come back as a new subject since).
+        self._forgotten_seq = con.execute("SELECT coalesce(max(seq), 0) FROM forgotten"
+                                          ).fetchone()[0]
 
     def _con(self) -> sqlite3.Connection:
         con: sqlite3.Connection | None = getattr(self._local, "con", None)
@@ -205,6 +218,56 @@ class Keystore:
                 self._cache.pop(s, None)
             self.destroyed.update(subs)
         return n
+
+    def forget(self, subjects: Iterable[int]) -> int:
+        """Retention: delete the data keys, sealed ids and personal traits of subjects
+        whose data has all expired (bytes overwritten), without suppressing them — an id
+        that comes back later is a new subject. Other processes drop their cached keys
+        within :data:`FORGET_NOTICE_S` (:meth:`refresh_forgotten`); the notice itself is
+        deleted after a day. Returns how many keys were deleted."""
+        subs = sorted(set(subjects))
+        con = self._con()
+        now = int(time.time())
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            n = 0
+            for i in range(0, len(subs), 500):
+                part = subs[i:i + 500]
+                marks = ",".join("?" * len(part))
+                n += con.execute(f"DELETE FROM data_keys WHERE subject IN ({marks})", part).rowcount
+                con.execute(f"DELETE FROM identifiers WHERE subject IN ({marks})", part)
+                con.execute(f"DELETE FROM personal_traits WHERE subject IN ({marks})", part)
+            con.executemany("INSERT INTO forgotten (subject, forgotten_at) VALUES (?, ?)",
+                            [(s, now) for s in subs])
+            con.execute("DELETE FROM forgotten WHERE forgotten_at < ?", (now - 86_400,))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with self._lock:
+            for s in subs:
+                self._cache.pop(s, None)
+        return n
+
+    def refresh_forgotten(self, force: bool = False) -> set[int]:
+        """Subjects forgotten by any process since the last look (at most every
+        :data:`FORGET_NOTICE_S` unless ``force``); their cached keys are dropped."""
+        now = time.monotonic()
+        if not force and now < self._forgotten_due:
+            return set()
+        self._forgotten_due = now + FORGET_NOTICE_S
+        rows = self._con().execute(
+            "SELECT seq, subject FROM forgotten WHERE seq > ? ORDER BY seq",
+            (self._forgotten_seq,)).fetchall()
+        if not rows:
+            return set()
+        with self._lock:
+            for _, s in rows:
+                self._cache.pop(s, None)
+            self._forgotten_seq = rows[-1][0]
+        return {s for _, s in rows}
 
     def refresh_destroyed(self) -> set[int]:
         """Learn subjects destroyed by other processes since the last look."""

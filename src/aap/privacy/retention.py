@@ -77,9 +77,13 @@ class RetentionJob:
 
     def __init__(self, wh: Warehouse, registry: Registry, cold_days: int, interval_s: float,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 after: tuple[Callable[[datetime], object], ...] = ()) -> None:
-        """``after``: more clean-ups run with each run's time (e.g. expired CNIL salts)."""
+                 after: tuple[Callable[[datetime], object], ...] = (),
+                 forget: Callable[[list[int]], object] | None = None) -> None:
+        """``after``: more clean-ups run with each run's time (e.g. expired CNIL salts);
+        ``forget``: drops what the keystore keeps of ids whose persons have no event
+        left (:meth:`aap.privacy.keystore.Keystore.forget`)."""
         self.after = after
+        self.forget = forget
         self.wh = wh
         self.registry = registry
         self.cold_days = cold_days
@@ -92,13 +96,18 @@ class RetentionJob:
         now = now or self.clock()
         by_purpose, everything = cutoffs(self.registry, self.cold_days, now)
         started = time.monotonic()
-        out = self.wh.expire(by_purpose, everything)
+        out = self.wh.expire(by_purpose, everything, forget=self.forget)
         for clean in self.after:
             out[getattr(clean, "__qualname__", "after")] = clean(now)
         out["seconds"] = round(time.monotonic() - started, 3)
         out["ran_at"] = now.isoformat()
         self.last = out
         return out
+
+    def sweep(self) -> dict[str, int]:
+        """Persons left with no event by something other than :meth:`run` (the tiering
+        job dropping cold archives past ``cold_days``) go, with their ids."""
+        return self.wh.drop_orphans(forget=self.forget)
 
     def run_pending(self) -> dict[str, Any] | None:
         """Run if due; the next run is due one interval after this one started."""

@@ -51,6 +51,9 @@ class Sealer:
         if not events:
             return 0
         destroyed = self.keystore.refresh_destroyed()
+        forgotten = self.keystore.refresh_forgotten()
+        if forgotten:  # expired (retention): remember their raw ids again if they return
+            self._remembered -= forgotten
         key = self.hasher.key
         firsts: dict[int, str] = {}
         for ev in events:

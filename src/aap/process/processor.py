@@ -62,7 +62,8 @@ class Processor:
                  inactivity: timedelta = timedelta(minutes=30),
                  chunk_records: int = 500, worker: bool = False, prepare_processes: int = 1,
                  consent: ConsentState | None = None,
-                 destroyed: Callable[[], set[int]] | None = None) -> None:
+                 destroyed: Callable[[], set[int]] | None = None,
+                 forgotten: Callable[[], set[int]] | None = None) -> None:
         """``worker``: prepare chunks in ``prepare_processes`` child processes (see
         :mod:`aap.process.prepare`) while this one runs the stateful steps; otherwise in
         this thread."""
@@ -74,6 +75,9 @@ class Processor:
         self.inactivity = inactivity
         self.consent = consent
         self.destroyed = destroyed
+        self.forgotten = forgotten
+        """Ids whose persons retention removed since the last call: they are forgotten
+        here too, so that an id coming back is a new person."""
         self.dropped: Counter[str] = Counter()
         self.failures = 0
         self._pending: Future[_Built] | None = None
@@ -199,6 +203,9 @@ class Processor:
             self.preparer.close()
 
     def _build(self, records: list[Record], prepared: Prepared) -> _Built:
+        if self.forgotten is not None:
+            for key in self.forgotten():
+                self.state.identities.ids.pop(key, None)
         batch = Batch(prepared.table)
         for _, step in STEPS:
             if not len(batch):

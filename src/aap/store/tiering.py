@@ -50,6 +50,8 @@ class Job(Protocol):
 
     def run_pending(self) -> dict[str, Any] | None: ...
 
+    def sweep(self) -> dict[str, int]: ...
+
 
 class TieringThread:
     """Runs the tiering job every ``interval_s``, and ``retention`` (when given) when it is
@@ -95,3 +97,8 @@ class TieringThread:
             else:
                 if any(moved.values()):
                     logger.info("tiering: %s", moved)
+                if moved["dropped"] and self.retention is not None:
+                    try:
+                        logger.info("retention sweep: %s", self.retention.sweep())
+                    except Exception:
+                        logger.exception("retention sweep failed; will retry after the next drop")

@@ -516,13 +516,15 @@ class Warehouse:
             return bool(pc.any(pc.is_in(people, value_set=persons)).as_py())
         return holds
 
-    def expire(self, cutoffs: dict[str, dict[str, datetime]], everything: datetime
-               ) -> dict[str, Any]:
+    def expire(self, cutoffs: dict[str, dict[str, datetime]], everything: datetime,
+               forget: Callable[[list[int]], object] | None = None) -> dict[str, Any]:
         """Retention (see :mod:`aap.privacy.retention`): in each tier, take each purpose
         off the events older than its cutoff for that tier (``cutoffs[purpose][tier]``),
         erase the events left with no purpose (as a withdrawal does, Art. 17(1)(a)), and
         erase every event older than ``everything`` whatever its purposes, with the
-        orders made from erased events. Only files that can hold such rows are read."""
+        orders made from erased events. Only files that can hold such rows are read.
+        ``forget`` is called with the keyed hashes of the ids of persons left with no
+        event (the keystore drops what it keeps of them)."""
         out: dict[str, Any] = {"hot_changed": 0, "hot_erased": 0, "warm_rows": 0,
                                "warm_files_rewritten": 0, "cold_rows": 0,
                                "cold_files_rewritten": 0, "orders": 0}
@@ -595,14 +597,36 @@ class Warehouse:
             f"SELECT DISTINCT person_id FROM events_raw WHERE {gone}", [everything, *params]
         ).fetchall())  # candidates only: checked again below
         self._change(touches, hot, in_file, out)
-        out["persons_erased"] = self._drop_persons_without_events(erased_persons)
+        out["persons_erased"], keys = self._drop_persons_without_events(erased_persons)
+        out["ids_forgotten"] = len(keys)
+        if keys and forget is not None:
+            forget(keys)
         return out
 
-    def _drop_persons_without_events(self, persons: set[int]) -> int:
+    def drop_orphans(self, forget: Callable[[list[int]], object] | None = None
+                     ) -> dict[str, int]:
+        """Profiles, ids, merges and flags of persons with no event left in any tier
+        (after whole cold archives were dropped, say): a sweep over every stored event's
+        person. ``forget`` as for :meth:`expire`."""
+        with self.snapshot() as cur:
+            rows = cur.execute("""
+                WITH live AS (SELECT DISTINCT coalesce(o.person_id, e.person_id) AS p
+                              FROM events_all e
+                              LEFT JOIN person_overrides o ON o.old_person_id = e.person_id)
+                SELECT person_id FROM persons WHERE person_id NOT IN (SELECT p FROM live)
+            """).fetchall()
+        n, keys = self._drop_persons_without_events({int(r[0]) for r in rows})
+        if keys and forget is not None:
+            forget(keys)
+        return {"persons_erased": n, "ids_forgotten": len(keys)}
+
+    def _drop_persons_without_events(self, persons: set[int]) -> tuple[int, list[int]]:
         """Profiles (traits, first and last seen) of persons none of whose events is left
-        in any tier go too: they were made from expired events."""
+        in any tier go too: they were made from expired events; and so do their ids,
+        merges and flags. Returns how many profiles went, and the keyed hashes of the
+        ids that went."""
         if not persons:
-            return 0
+            return 0, []
         with self._write_lock, self._transaction() as cur:
             cur.register("cand", pa.table({"p": pa.array(sorted(persons), pa.int64())}))
             resolved = {int(r[0]) for r in cur.execute(
@@ -626,10 +650,20 @@ class Warehouse:
             live = {over.get(p, p) for p in live}
             dead = sorted(resolved - live)
             if not dead:
-                return 0
+                return 0, []
             row = cur.execute("DELETE FROM persons WHERE list_contains(?, person_id)",
                               [dead]).fetchone()
-        return int(row[0]) if row else 0
+            # Their ids (keyed hashes) and merges go too: a returning id is a new person.
+            gone = set(dead)
+            members = sorted(p for p in group if over.get(p, p) in gone)
+            keys = [int(r[0]) for r in cur.execute(
+                "SELECT id_key FROM person_ids WHERE list_contains(?, person_id)",
+                [members]).fetchall()]
+            cur.execute("DELETE FROM person_ids WHERE list_contains(?, person_id)", [members])
+            cur.execute("DELETE FROM person_overrides WHERE list_contains(?, old_person_id)",
+                        [members])
+            cur.execute("DELETE FROM person_flags WHERE list_contains(?, person_id)", [members])
+        return (int(row[0]) if row else 0), keys
 
     def _change(self, touches: Callable[[str, str, str], bool],
                 hot: Callable[[Callable[[str, list[Any]], int]], None],
