@@ -104,3 +104,34 @@ def test_duplicates_across_chunks_and_restarts(tmp_path: Path, dup_gap: int) -> 
     drain(proc)
     assert wh.query("SELECT count(*) FROM events WHERE message_id = ?", [mid])[1] == [(1,)]
     assert proc.dropped["duplicate"] == 1
+
+
+@pytest.mark.parametrize("worker", [False, True])
+def test_a_source_marked_historical_while_running_keeps_its_timestamps(
+        tmp_path: Path, worker: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The processor reads the sources' historical flags again while it runs: events of a
+    source made historical after it started keep their timestamps as sent."""
+    import aap.process.processor as processor_module
+
+    monkeypatch.setattr(processor_module, "SOURCES_REFRESH_S", 0.0)
+    log = SQLiteLog(tmp_path / "log")
+    wh = Warehouse(tmp_path / "wh")
+    historical: set[str] = set()
+    sent = T0 + timedelta(hours=1)  # a client clock an hour ahead of its events' times
+
+    def skewed(i: int) -> Event:
+        return ev(i, timestamp=T0, sent_at=sent, received_at=sent + timedelta(hours=5))
+
+    proc = Processor(log, wh, IdHasher(b"k" * 32), worker=worker,
+                     historical_sources=lambda: frozenset(historical))
+    try:
+        log.append([Append("s", 1, encode_events([skewed(1)]))])
+        drain(proc)
+        historical.add("s")  # e.g. `aap sources create --historical` while it runs
+        log.append([Append("s", 1, encode_events([skewed(2)]))])
+        drain(proc)
+    finally:
+        proc.close()
+    times = dict(wh.query("SELECT message_id, timestamp FROM events")[1])
+    assert times["m1"] == (T0 + timedelta(hours=5)).replace(tzinfo=None)  # corrected for skew
+    assert times["m2"] == T0.replace(tzinfo=None)  # kept as sent

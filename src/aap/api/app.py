@@ -85,7 +85,12 @@ class Core:
         self.tiering = TieringThread(self.warehouse, TierPolicy(
             settings.hot_days, settings.warm_days, settings.cold_days),
             settings.tiering_interval_s, retention=self.retention)
-        historical = frozenset(s.id for s in Sources(data).list() if s.historical)
+
+        sources = Sources(data)
+
+        def historical() -> frozenset[str]:
+            return frozenset(s.id for s in sources.list() if s.historical)
+
         hasher = IdHasher.for_data_dir(data)
         self.rights = Rights(data, self.warehouse, self.keystore, hasher, AuditLog(data))
         self.processor = Processor(

@@ -16,7 +16,7 @@ import logging
 import multiprocessing as mp
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from multiprocessing.connection import Connection
@@ -413,7 +413,8 @@ class WorkerPreparer:
             child = self._children[i]
         assert child is not None
         try:
-            child.conn.send_bytes(_list_encoder.encode(list(payloads)))
+            child.conn.send_bytes(_job_encoder.encode(
+                (sorted(self.cfg.historical_sources), list(payloads))))
         except OSError as exc:
             self._restart(i)
             raise TransientError(f"the prepare worker went away: {exc}") from exc
@@ -485,8 +486,9 @@ def _unpack(data: bytes) -> Prepared:
             tables.append(reader.read_all())
         at += size + (-size % 8)
     return Prepared(tables[0], clamped, shop.Rows(*tables[1:]))
-_list_encoder = msgspec.msgpack.Encoder()
-_list_decoder = msgspec.msgpack.Decoder(list[bytes])
+_job_encoder = msgspec.msgpack.Encoder()
+_job_decoder = msgspec.msgpack.Decoder(tuple[list[str], list[bytes]])
+"""A job for a prepare process: the historical sources as of now, and the payloads."""
 
 
 def _worker_main(conn: Connection, cfg: PrepareConfig) -> None:
@@ -508,7 +510,10 @@ def _worker_main(conn: Connection, cfg: PrepareConfig) -> None:
         except (EOFError, OSError):
             return
         try:
-            out = _pack(prepare(_list_decoder.decode(data), cfg, sql))
+            historical, payloads = _job_decoder.decode(data)
+            if frozenset(historical) != cfg.historical_sources:
+                cfg = replace(cfg, historical_sources=frozenset(historical))
+            out = _pack(prepare(payloads, cfg, sql))
         except Exception as exc:
             logger.exception("preparing a chunk failed")
             out = b"E" + f"{type(exc).__name__}: {exc}".encode()

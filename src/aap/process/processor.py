@@ -15,7 +15,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,6 +42,7 @@ DROPPED = PromCounter("aap_processor_dropped", "Events the processor dropped, by
 WITHDRAWN = PromCounter("aap_processor_withdrawn_rows",
                         "Stored events erased because a withdrawal left them no purpose.", ["purpose"])
 CONSENT_APPLIED = "consent_applied"
+SOURCES_REFRESH_S = 5.0
 CLAMPED = PromCounter("aap_processor_clamped", "Events whose time was in the future, clamped.")
 
 
@@ -58,7 +59,7 @@ class _Built:
 
 class Processor:
     def __init__(self, log: Log, warehouse: Warehouse, hasher: IdHasher, *,
-                 historical_sources: frozenset[str] = frozenset(),
+                 historical_sources: frozenset[str] | Callable[[], frozenset[str]] = frozenset(),
                  inactivity: timedelta = timedelta(minutes=30),
                  chunk_records: int = 500, worker: bool = False, prepare_processes: int = 1,
                  consent: ConsentState | None = None,
@@ -71,6 +72,12 @@ class Processor:
         self.wh = warehouse
         self.chunk_records = chunk_records
         self.hasher = hasher
+        self._historical = historical_sources if callable(historical_sources) else None
+        """Reads the historical sources again (every :data:`SOURCES_REFRESH_S`), so that a
+        source created while the processor runs is known."""
+        self._historical_due = 0.0
+        if callable(historical_sources):
+            historical_sources = historical_sources()
         self.historical_sources = historical_sources
         self.inactivity = inactivity
         self.consent = consent
@@ -126,6 +133,7 @@ class Processor:
             except Exception:  # events go on; the withdrawal is tried again in a second
                 logger.exception("applying consent withdrawals to stored events failed")
                 self._withdrawals_due = time.monotonic() + 1.0
+        self._refresh_sources()
         try:
             if not self._ahead:
                 records = self._read(self._next)
@@ -201,6 +209,19 @@ class Processor:
             self._writer.shutdown(wait=True)
             self.preparer.reset()
             self.preparer.close()
+
+    def _refresh_sources(self) -> None:
+        if self._historical is None or time.monotonic() < self._historical_due:
+            return
+        self._historical_due = time.monotonic() + SOURCES_REFRESH_S
+        try:
+            now = self._historical()
+        except Exception:  # the registry is busy: the flags stay as they are for now
+            logger.exception("reading the sources' historical flags failed")
+            return
+        if now != self.historical_sources:
+            self.historical_sources = now
+            self.preparer.cfg = replace(self.preparer.cfg, historical_sources=now)
 
     def _build(self, records: list[Record], prepared: Prepared) -> _Built:
         if self.forgotten is not None:
