@@ -20,15 +20,9 @@ def data_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _actor() -> str:
-    """Who runs the command, for the audit log: ``cli:<OS user>``."""
-    import getpass
+    from aap.privacy.audit import local_actor
 
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        import os
-
-        return f"cli:uid{os.getuid()}"
+    return local_actor()
 
 
 def _settings(**kw: Any) -> Settings:

@@ -248,6 +248,11 @@ def test_reads_and_admin_actions_are_audited(world: World) -> None:
     assert by_column["detail"]["columns"] == ["events.person_id", "events.properties"]
     assert by_column["detail"]["rows"] == len(rows) and len(by_column["detail"]["query_sha256"]) == 64
     assert by_star["detail"]["columns"] == ["persons.person_id", "persons.traits"]
+    # `aap query` on the same machine (the core's socket) is named by its OS user
+    doc = world.data.parent / "personal.json"
+    doc.write_text(json.dumps({"kind": "sql", "query": "SELECT person_id FROM events LIMIT 1"}))
+    aap(world.data, "query", str(doc), "--role", "privacy")
+    assert world.audit("data.read")[-1]["actor"].startswith("cli:")
     # an access export downloaded through the API
     rid = world.api("POST", "/privacy/requests", body={
         "type": "access", "subject": {"userId": "user-ivan"}}).json()["id"]

@@ -119,3 +119,13 @@ class Verdict:
     ok: bool
     entries: int
     message: str
+
+
+def local_actor() -> str:
+    """Who runs a command on this machine, for the audit log: ``cli:<OS user>``."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid{os.getuid()}"

@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from aap.privacy.audit import local_actor
+
 
 class QueryError(Exception):
     def __init__(self, status: int, body: dict[str, Any]) -> None:
@@ -20,18 +22,22 @@ class Client:
     core process's Unix socket (same machine, owner of the data dir)."""
 
     def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 120.0,
-                 transport: httpx.BaseTransport | None = None, role: str | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, role: str | None = None,
+                 actor: str | None = None) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         if role:
             headers["X-AAP-Role"] = role
+        if actor:
+            headers["X-AAP-Actor"] = actor
         self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout,
                                   transport=transport)
         self._prefix = "/api/v1" if api_key else "/internal/api/v1"
 
     @classmethod
     def local(cls, data_dir: Path, role: str = "admin", timeout: float = 120.0) -> Client:
+        """The core's socket; the audit log names the caller ``cli:<OS user>``."""
         sock = Path(data_dir) / "run" / "core.sock"
-        return cls("http://core", timeout=timeout, role=role,
+        return cls("http://core", timeout=timeout, role=role, actor=local_actor(),
                    transport=httpx.HTTPTransport(uds=str(sock)))
 
     def _call(self, method: str, path: str, json: Any = None) -> Any:
