@@ -578,24 +578,31 @@ class Warehouse:
                 erased_persons.update(int(r[1]) for r in erased if r[1] is not None)
             return kept.cast(EVENT_ARROW_SCHEMA), len(erased)
 
+        # Only hot rows older than the latest cutoff can change: the first condition lets
+        # DuckDB skip the row groups of recent days (the write lock is held meanwhile).
+        hot_limit = oldest_cutoff("hot")
+
         def hot(count: Callable[[str, list[Any]], int]) -> None:
             keep, gone, params = expr("hot")
-            p_gone = [everything, *params]
-            doomed = f"(SELECT message_id FROM events_raw WHERE {gone}) OR list_contains(?, message_id)"
+            p_gone = [hot_limit, everything, *params]
+            doomed = (f"(SELECT message_id FROM events_raw WHERE timestamp < ? AND {gone})"
+                      f" OR list_contains(?, message_id)")
             p_doomed = [*p_gone, erased_ids]
             count(f"DELETE FROM order_items WHERE message_id IN {doomed}", p_doomed)
             out["orders"] = count(f"DELETE FROM orders WHERE message_id IN {doomed}"
                                   f" OR timestamp < ?", [*p_doomed, everything])
-            out["hot_erased"] = count(f"DELETE FROM events_raw WHERE {gone}", p_gone)
+            out["hot_erased"] = count(f"DELETE FROM events_raw WHERE timestamp < ? AND {gone}",
+                                      p_gone)
             if cutoffs:
                 out["hot_changed"] = count(
-                    f"UPDATE events_raw SET purposes = {keep} WHERE len(purposes) <> len({keep})",
-                    [*params, *params])
+                    f"UPDATE events_raw SET purposes = {keep}"
+                    f" WHERE timestamp < ? AND len(purposes) <> len({keep})",
+                    [*params, hot_limit, *params])
 
         _, gone, params = expr("hot")
         erased_persons.update(int(r[0]) for r in self.con.cursor().execute(
-            f"SELECT DISTINCT person_id FROM events_raw WHERE {gone}", [everything, *params]
-        ).fetchall())  # candidates only: checked again below
+            f"SELECT DISTINCT person_id FROM events_raw WHERE timestamp < ? AND {gone}",
+            [hot_limit, everything, *params]).fetchall())  # candidates only: checked again below
         self._change(touches, hot, in_file, out)
         out["persons_erased"], keys = self._drop_persons_without_events(erased_persons)
         out["ids_forgotten"] = len(keys)
