@@ -50,6 +50,8 @@ class Context:
     sandbox_memory: str = "1GB"
     snapshot: Callable[[], Any] | None = None
     """Opens further snapshots (the ``sql`` kind streams each view from its own)."""
+    daily: bool = False
+    """``events_daily`` (the query cache's rollup, :mod:`aap.query.rollup`) is there."""
 
 
 # -- time --
