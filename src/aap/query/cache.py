@@ -157,6 +157,8 @@ class QueryCache:
                     done["merges"] += self._fold_merges(cur)
                     no = int(cur.execute("SELECT coalesce(max(file_no), 0) + 1"
                                          " FROM query_cache_files").fetchall()[0][0])
+                    for table in ("query_cache", "query_cache_rollup"):  # orphans, if any
+                        cur.execute(f"DELETE FROM {table} WHERE file_no = ?", [no])
                     cur.register("cache_src", self.warehouse.tiers.dataset([path]))
                     cur.execute(
                         "INSERT INTO query_cache SELECT ?, e.* REPLACE (coalesce(o.person_id,"

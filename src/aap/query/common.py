@@ -385,9 +385,11 @@ def base_where(b: SQLBuilder, ctx: Context, q: Common, rng: Range | None,
     return " AND ".join(parts) or "true"
 
 
-def from_events(q: Common, *extra: Sequence[Filter], breakdown_type: str = "event") -> str:
-    """``events e``, joined to the person when a filter or the breakdown needs traits."""
+def from_events(q: Common, *extra: Sequence[Filter], breakdown_type: str = "event",
+                table: str = "events") -> str:
+    """``events e`` (or ``events_daily e``), joined to the person when a filter or the
+    breakdown needs traits."""
     person = needs_persons(q.filters) or any(needs_persons(x) for x in extra) or \
         breakdown_type == "person"
-    return ("events e LEFT JOIN persons p ON p.person_id = e.person_id" if person
-            else "events e")
+    return (f"{table} e LEFT JOIN persons p ON p.person_id = e.person_id" if person
+            else f"{table} e")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aap.query import rollup
 from aap.query.common import (
     Context,
     Range,
@@ -41,26 +42,31 @@ def run(ctx: Context, q: Lifecycle) -> dict[str, Any]:
     wide = Range(rng.tz, rng.tzname, step(bs[0], q.interval, -1), step(bs[-1], q.interval))
     b = SQLBuilder()
     iv = "INTERVAL 1 " + q.interval.upper()
-    src = from_events(q)
+    daily = rollup.usable(ctx, [rng, wide], q.interval, q.filters)
+    src = from_events(q, table="events_daily" if daily else "events")
     match = event_match_sql(b, q.event)
     bucket = bucket_sql(rng, q.interval)
     # One scan of the range: a person's first-ever interval is the earliest of their
-    # intervals in it, unless they did the event before (a second, narrow scan).
-    sql = (f"WITH a AS (SELECT DISTINCT e.person_id, {bucket} AS bucket FROM {src}"
+    # intervals in it, unless they did the event before (a second, narrow scan). The
+    # interval before and after are looked up by hash joins (window functions partitioned
+    # by person cost far more with many persons).
+    sql = (f"WITH a AS MATERIALIZED (SELECT DISTINCT e.person_id, {bucket} AS bucket FROM {src}"
            f" WHERE {base_where(b, ctx, q, wide)} AND {match}),"
            f" fb AS (SELECT e.person_id, min({bucket}) AS first FROM {src}"
            f" WHERE {base_where(b, ctx, q, None)} AND e.timestamp < {b.p(wide.start_utc)}"
            f" AND {match} GROUP BY e.person_id),"
-           " s AS MATERIALIZED (SELECT a.person_id, a.bucket,"
-           " least(fb.first, min(a.bucket) OVER (PARTITION BY a.person_id)) AS first,"
-           " lag(a.bucket) OVER (PARTITION BY a.person_id ORDER BY a.bucket) AS prev,"
-           " lead(a.bucket) OVER (PARTITION BY a.person_id ORDER BY a.bucket) AS nxt"
-           " FROM a LEFT JOIN fb USING (person_id))"
+           " f AS (SELECT a.person_id, least(any_value(fb.first), min(a.bucket)) AS first"
+           " FROM a LEFT JOIN fb USING (person_id) GROUP BY a.person_id),"
+           " s AS MATERIALIZED (SELECT a.person_id, a.bucket, f.first,"
+           " pr.bucket IS NOT NULL AS was, nx.bucket IS NOT NULL AS stays FROM a"
+           " JOIN f USING (person_id)"
+           f" LEFT JOIN a pr ON pr.person_id = a.person_id AND pr.bucket = a.bucket - {iv}"
+           f" LEFT JOIN a nx ON nx.person_id = a.person_id AND nx.bucket = a.bucket + {iv})"
            " SELECT bucket, CASE WHEN bucket = first THEN 'new'"
-           f" WHEN prev = bucket - {iv} THEN 'returning' ELSE 'resurrecting' END, count(*)"
+           " WHEN was THEN 'returning' ELSE 'resurrecting' END, count(*)"
            " FROM s GROUP BY ALL"
            f" UNION ALL SELECT bucket + {iv}, 'dormant', count(*) FROM s"
-           f" WHERE nxt IS NULL OR nxt != bucket + {iv} GROUP BY ALL")
+           " WHERE NOT stays GROUP BY ALL")
     got = {(bk, st): int(c) for bk, st, c in b.run(ctx, sql)}
     out: dict[str, Any] = {"kind": "lifecycle", "interval": q.interval, "timezone": rng.tzname,
                            "dates": [label(x, q.interval) for x in bs]}
