@@ -242,8 +242,16 @@ class SQLBuilder:
         return "$" + name
 
     def run(self, ctx: Context, sql: str) -> list[tuple[Any, ...]]:
+        return self._run(ctx, sql, lambda res: res.fetchall())
+
+    def run_numpy(self, ctx: Context, sql: str) -> dict[str, Any]:
+        """The result as numpy arrays, one per column."""
+        return self._run(ctx, sql, lambda res: res.fetchnumpy())
+
+    def _run(self, ctx: Context, sql: str,
+             fetch: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
         try:
-            return ctx.cur.execute(sql, self.params).fetchall()
+            return fetch(ctx.cur.execute(sql, self.params))
         except duckdb.InvalidInputException as exc:
             raise BadRequest(f"the query cannot run on this data: {_first_line(exc)}",
                              code="bad_query") from None
