@@ -2,9 +2,11 @@
 
 Warm and cold events are Parquet files (local disk or S3); reading them for every query
 costs 2-3x a native DuckDB table and a per-file overhead. The core therefore keeps a copy
-of every live tier file in the table ``query_cache`` of the warehouse database, sorted
-by (event, timestamp) so that event filters skip whole row groups, with person ids
-already resolved through the merges known when it was copied.
+of every live tier file in the table ``query_cache`` of the warehouse database, with
+person ids already resolved through the merges known when it was copied. Each file's
+rows are stored in session order — (``session_hash`` = ``hash(session_id)``, timestamp,
+event) — so that paths read sessions whole, in time order, without sorting them
+(:mod:`aap.query.paths_arrays`); counts by event come from the rollup.
 
 Consistency is kept by the same snapshot rule as the tiers themselves:
 
@@ -50,13 +52,14 @@ CREATE TABLE IF NOT EXISTS query_cache_overrides (
 );
 CREATE TABLE IF NOT EXISTS query_cache (
     file_no INTEGER NOT NULL,
+    session_hash UBIGINT,
     {", ".join(f'"{n}" {t}' for n, t, _ in EVENT_COLUMNS)}
 );
 {rollup.DDL}
 """
 
 
-EXPECTED_COLUMNS = ["file_no", *(n for n, _, _ in EVENT_COLUMNS)]
+EXPECTED_COLUMNS = ["file_no", "session_hash", *(n for n, _, _ in EVENT_COLUMNS)]
 
 
 def _columns(cur: duckdb.DuckDBPyConnection, table: str = "query_cache") -> list[str]:
@@ -161,9 +164,10 @@ class QueryCache:
                         cur.execute(f"DELETE FROM {table} WHERE file_no = ?", [no])
                     cur.register("cache_src", self.warehouse.tiers.dataset([path]))
                     cur.execute(
-                        "INSERT INTO query_cache SELECT ?, e.* REPLACE (coalesce(o.person_id,"
-                        " e.person_id) AS person_id) FROM cache_src e LEFT JOIN person_overrides o"
-                        " ON o.old_person_id = e.person_id ORDER BY e.event, e.timestamp", [no])
+                        "INSERT INTO query_cache SELECT ?, hash(e.session_id), e.* REPLACE"
+                        " (coalesce(o.person_id, e.person_id) AS person_id) FROM cache_src e"
+                        " LEFT JOIN person_overrides o ON o.old_person_id = e.person_id"
+                        " ORDER BY hash(e.session_id), e.timestamp, e.event", [no])
                     cur.unregister("cache_src")
                     cur.execute(rollup.FILL, [no])
                     n = int(cur.execute("SELECT count(*) FROM query_cache WHERE file_no = ?",

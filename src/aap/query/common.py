@@ -52,6 +52,8 @@ class Context:
     """Opens further snapshots (the ``sql`` kind streams each view from its own)."""
     daily: bool = False
     """``events_daily`` (the query cache's rollup, :mod:`aap.query.rollup`) is there."""
+    cached_files: list[int] | None = None
+    """See :class:`aap.query.snapshot.Views`."""
 
 
 # -- time --
@@ -245,12 +247,19 @@ class SQLBuilder:
         return self._run(ctx, sql, lambda res: res.fetchall())
 
     def run_numpy(self, ctx: Context, sql: str) -> dict[str, Any]:
-        """The result as numpy arrays, one per column."""
-        return self._run(ctx, sql, lambda res: res.fetchnumpy())
+        """The result as numpy arrays, one per column (through Arrow, the fastest way out
+        of DuckDB; no nulls expected: timestamps come as int64 microseconds)."""
+        def fetch(rel: Any) -> dict[str, Any]:
+            table = rel.to_arrow_table()
+            return {name: table.column(name).to_numpy() for name in table.column_names}
 
-    def _run(self, ctx: Context, sql: str,
-             fetch: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
+        return self._run(ctx, sql, fetch, relation=True)
+
+    def _run(self, ctx: Context, sql: str, fetch: Callable[[Any], Any], *,
+             relation: bool = False) -> Any:
         try:
+            if relation:
+                return fetch(ctx.cur.sql(sql, params=self.params))
             return fetch(ctx.cur.execute(sql, self.params))
         except duckdb.InvalidInputException as exc:
             raise BadRequest(f"the query cannot run on this data: {_first_line(exc)}",

@@ -24,7 +24,7 @@ from aap.query.models import (
     Trends,
     parse_insight,
 )
-from aap.query.snapshot import open_snapshot, snapshot
+from aap.query.snapshot import Views, open_snapshot, snapshot
 from aap.store.warehouse import Warehouse
 
 RUNNERS: dict[type, Callable[[Context, Any], dict[str, Any]]] = {
@@ -34,9 +34,9 @@ RUNNERS: dict[type, Callable[[Context, Any], dict[str, Any]]] = {
 
 
 @contextmanager
-def _plain(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnection, bool]]:
+def _plain(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnection, Views]]:
     with warehouse.snapshot() as cur:
-        yield cur, False
+        yield cur, Views()
 
 
 def run_insight(warehouse: Warehouse, doc: bytes | str | dict[str, Any] | Insight, *,
@@ -47,9 +47,9 @@ def run_insight(warehouse: Warehouse, doc: bytes | str | dict[str, Any] | Insigh
     q = doc if isinstance(doc, (Trends, Funnel, Retention, Paths, Stickiness, Lifecycle, SQL)) \
         else parse_insight(doc)
     snap = (lambda: snapshot(warehouse)) if use_cache else warehouse.snapshot
-    with (open_snapshot(warehouse) if use_cache else _plain(warehouse)) as (cur, daily):
+    with (open_snapshot(warehouse) if use_cache else _plain(warehouse)) as (cur, views):
         ctx = Context(cur=cur, now=now or datetime.now(UTC), cohort=cohort, role=role,
-                      snapshot=snap, daily=daily)
+                      snapshot=snap, daily=views.daily, cached_files=views.cached_files)
         if isinstance(q, SQL):
             return sql.run(ctx, q, max_rows=sql_max_rows, max_seconds=timeout_s)
         timer = threading.Timer(timeout_s, cur.interrupt)

@@ -25,6 +25,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import duckdb
 
@@ -118,10 +119,20 @@ def usable_cache(cur: duckdb.DuckDBPyConnection) -> tuple[bool, bool]:
     return True, _columns(cur, "query_cache_rollup") == ROLLUP_COLUMNS
 
 
+@dataclass
+class Views:
+    daily: bool = False
+    """``events_daily`` is defined."""
+    cached_files: list[int] | None = None
+    """The query cache's file numbers of live files, when its rows need nothing applied
+    at query time (no pending merge, nobody restricted): ``query_cache`` restricted to
+    them, plus ``events_live``, is ``events``."""
+
+
 def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
-                 rollup: bool) -> bool:
+                 rollup: bool) -> Views:
     """Inside a read transaction: (re)define ``events_live``, ``events`` and, when the
-    cache has its rollup, ``events_daily``. Returns whether ``events_daily`` exists."""
+    cache has its rollup, ``events_daily``."""
     from aap.query.rollup import DIMS
 
     cached, uncached, restricted, pending = cur.execute(_STATE).fetchall()[0]
@@ -144,11 +155,12 @@ def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
         SELECT * FROM events_live
         UNION ALL
         SELECT * FROM (
-            SELECT c.* EXCLUDE (file_no) REPLACE ({pid} AS person_id)
+            SELECT c.* EXCLUDE (file_no, session_hash) REPLACE ({pid} AS person_id)
             FROM query_cache c{resolve} WHERE {in_cache}){keep};
     """)
+    views = Views(cached_files=None if (restricted or pending) else list(cached))
     if not rollup:
-        return False
+        return views
     dims = ", ".join(f'"{d}"' for d in DIMS)
     cur.execute(f"""
         CREATE OR REPLACE TEMP VIEW events_daily AS
@@ -159,13 +171,14 @@ def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
                    {", ".join(f'c."{d}"' for d in DIMS)}
             FROM query_cache_rollup c{resolve} WHERE {in_cache}){keep};
     """)
-    return True
+    views.daily = True
+    return views
 
 
 @contextmanager
-def open_snapshot(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnection, bool]]:
+def open_snapshot(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnection, Views]]:
     """A cursor inside one read transaction with ``events`` defined for it (and the
-    views of ``Warehouse.snapshot()``), and whether ``events_daily`` is there too."""
+    views of ``Warehouse.snapshot()``), and what else is there."""
     pool = _pool(warehouse)
     cur = pool.take()
     ok = False
@@ -173,7 +186,7 @@ def open_snapshot(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnect
         cache, rollup = usable_cache(cur)  # (outside: a missing table aborts a transaction)
         cur.execute("BEGIN TRANSACTION")
         try:
-            daily = False
+            views = Views()
             if not cache:
                 # no (usable) cache: every tier from Parquet, as Warehouse.snapshot()
                 files = cur.execute("SELECT tier, path FROM tier_files").fetchall()
@@ -182,8 +195,8 @@ def open_snapshot(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnect
                         [p for t, p in files if t == tier]))
                 cur.execute(VIEWS)
             else:
-                daily = define_views(cur, warehouse, rollup=rollup)
-            yield cur, daily
+                views = define_views(cur, warehouse, rollup=rollup)
+            yield cur, views
         finally:
             cur.execute("ROLLBACK")  # read only; the views made in it go with it
         ok = True
