@@ -6,7 +6,9 @@ of every live tier file in the table ``query_cache`` of the warehouse database, 
 person ids already resolved through the merges known when it was copied. Each file's
 rows are stored in session order — (``session_hash`` = ``hash(session_id)``, timestamp,
 event) — so that paths read sessions whole, in time order, without sorting them
-(:mod:`aap.query.paths_arrays`); counts by event come from the rollup.
+(:mod:`aap.query.paths_arrays`), with the event's name as a small integer
+(``event_code``, numbered in ``query_cache_names``); counts by event come from the
+rollup.
 
 Consistency is kept by the same snapshot rule as the tiers themselves:
 
@@ -50,16 +52,21 @@ CREATE TABLE IF NOT EXISTS query_cache_overrides (
     old_person_id BIGINT PRIMARY KEY,
     person_id BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS query_cache_names (
+    code INTEGER PRIMARY KEY,
+    name VARCHAR NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS query_cache (
     file_no INTEGER NOT NULL,
     session_hash UBIGINT,
+    event_code INTEGER,
     {", ".join(f'"{n}" {t}' for n, t, _ in EVENT_COLUMNS)}
 );
 {rollup.DDL}
 """
 
 
-EXPECTED_COLUMNS = ["file_no", "session_hash", *(n for n, _, _ in EVENT_COLUMNS)]
+EXPECTED_COLUMNS = ["file_no", "session_hash", "event_code", *(n for n, _, _ in EVENT_COLUMNS)]
 
 
 def _columns(cur: duckdb.DuckDBPyConnection, table: str = "query_cache") -> list[str]:
@@ -80,6 +87,7 @@ class QueryCache:
             logger.info("query cache: its schema changed; rebuilding the cache")
             warehouse.con.execute("DROP TABLE IF EXISTS query_cache;"
                                   " DROP TABLE IF EXISTS query_cache_rollup;"
+                                  " DROP TABLE IF EXISTS query_cache_names;"
                                   " DROP TABLE IF EXISTS query_cache_files;"
                                   " DROP TABLE IF EXISTS query_cache_overrides")
             snapshots.forget(warehouse)
@@ -164,9 +172,15 @@ class QueryCache:
                         cur.execute(f"DELETE FROM {table} WHERE file_no = ?", [no])
                     cur.register("cache_src", self.warehouse.tiers.dataset([path]))
                     cur.execute(
-                        "INSERT INTO query_cache SELECT ?, hash(e.session_id), e.* REPLACE"
+                        "INSERT INTO query_cache_names SELECT (SELECT coalesce(max(code), 0)"
+                        " FROM query_cache_names) + row_number() OVER (ORDER BY name), name"
+                        " FROM (SELECT DISTINCT event AS name FROM cache_src WHERE event IS"
+                        " NOT NULL EXCEPT SELECT name FROM query_cache_names)")
+                    cur.execute(
+                        "INSERT INTO query_cache SELECT ?, hash(e.session_id), n.code, e.* REPLACE"
                         " (coalesce(o.person_id, e.person_id) AS person_id) FROM cache_src e"
                         " LEFT JOIN person_overrides o ON o.old_person_id = e.person_id"
+                        " LEFT JOIN query_cache_names n ON n.name = e.event"
                         " ORDER BY hash(e.session_id), e.timestamp, e.event", [no])
                     cur.unregister("cache_src")
                     cur.execute(rollup.FILL, [no])

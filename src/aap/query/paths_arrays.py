@@ -52,15 +52,23 @@ def paths(ctx: Context, b: SQLBuilder, where: str, names: list[str], depth: int,
     if base ** depth >= MAX_CODES:
         return None
     literals = ", ".join("'" + n.replace("'", "''") + "'" for n in names)
-    code = f"enum_code(CAST(e.event AS ENUM({literals})))::SMALLINT"
+    code = f"coalesce(enum_code(CAST(e.event AS ENUM({literals}))), -1)::SMALLINT"
     files = ", ".join(map(str, ctx.cached_files)) or "NULL"
     cached = b.run_numpy(ctx, f"SELECT e.file_no AS f, e.session_hash AS s,"
-                              f" epoch_us(e.timestamp) AS t, {code} AS c FROM query_cache e"
-                              f" WHERE e.file_no IN ({files}) AND {where}")
+                              f" epoch_us(e.timestamp) AS t, coalesce(e.event_code, 0) AS c"
+                              f" FROM query_cache e WHERE e.file_no IN ({files}) AND {where}")
     live = b.run_numpy(ctx, f"SELECT hash(e.session_id) AS s, epoch_us(e.timestamp) AS t,"
                             f" {code} AS c FROM events_live e WHERE {where} ORDER BY s, t, c")
+    # the cache's event numbers → this query's step numbers (names in sorted order)
+    numbers = ctx.cur.execute("SELECT code, name FROM query_cache_names").fetchall()
+    step_of = np.full(max((n for n, _ in numbers), default=0) + 1, -1, dtype=np.int16)
+    rank = {name: i for i, name in enumerate(names)}
+    for n, name in numbers:
+        step_of[n] = rank.get(name, -1)
     f = cached["f"].astype(np.int32, copy=False)
-    s, t, c = cached["s"], cached["t"], cached["c"]
+    s, t, c = cached["s"], cached["t"], step_of[cached["c"]]
+    if (c < 0).any() or (live["c"] < 0).any():
+        return None  # an event without a name
     if not _in_order(f, s, t, c):
         order = np.lexsort((c, t, s, f))
         f, s, t, c = f[order], s[order], t[order], c[order]
@@ -72,31 +80,35 @@ def paths(ctx: Context, b: SQLBuilder, where: str, names: list[str], depth: int,
         return []
     new = _run_starts(seg, s)
     # sessions with rows in more than one file (or in the hot tier too): sorted apart
-    heads = s[new]
-    by_session = np.sort(heads)
+    heads = np.flatnonzero(new)
+    by_session = np.sort(s[heads])
     split = by_session[1:][by_session[1:] == by_session[:-1]]
     if len(split):
-        m = np.isin(heads, split)[np.cumsum(new) - 1]  # rows of runs of those sessions
+        first = heads[np.isin(s[heads], split)]  # runs of those sessions
+        ends = np.append(heads, len(s))[np.searchsorted(heads, first) + 1]
+        lengths = ends - first
+        rows = np.repeat(first - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+        m = np.zeros(len(s), dtype=bool)
+        m[rows] = True
         order = np.lexsort((c[m], t[m], s[m]))
         keep = ~m
         seg = np.concatenate([seg[keep], np.full(len(order), -2, dtype=np.int32)])
         s = np.concatenate([s[keep], s[m][order]])
         c = np.concatenate([c[keep], c[m][order]])
         new = _run_starts(seg, s)
-    # collapse repeated steps, then the first ``depth`` steps of every session
+    # collapse repeated steps (a row is kept if it starts a session or changes step),
+    # then the first ``depth`` kept rows of every session
     keep = new.copy()
     keep[1:] |= c[1:] != c[:-1]
-    idx = np.flatnonzero(keep)
-    cc, cn = c[idx], new[idx]
-    run = np.cumsum(cn) - 1
-    starts = np.flatnonzero(cn)
-    pos = np.arange(len(idx)) - starts[run]
-    near = pos < depth
-    run, pos, cc = run[near], pos[near], cc[near].astype(np.int64)
-    codes = np.zeros(len(starts), dtype=np.int64)
-    for j in range(depth):
-        sel = pos == j
-        codes[run[sel]] += (cc[sel] + 1) * base ** (depth - 1 - j)
+    kept = np.flatnonzero(keep)
+    starts = np.flatnonzero(new[kept])  # positions among the kept rows
+    lengths = np.diff(starts, append=len(kept))
+    codes = (c[kept[starts]].astype(np.int64) + 1) * base ** (depth - 1)
+    for j in range(1, depth):
+        more = np.flatnonzero(lengths > j)
+        if not len(more):
+            break
+        codes[more] += (c[kept[starts[more] + j]].astype(np.int64) + 1) * base ** (depth - 1 - j)
     if base ** depth <= 1 << 24:
         counts = np.bincount(codes)
         found = np.flatnonzero(counts)

@@ -155,7 +155,7 @@ def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
         SELECT * FROM events_live
         UNION ALL
         SELECT * FROM (
-            SELECT c.* EXCLUDE (file_no, session_hash) REPLACE ({pid} AS person_id)
+            SELECT c.* EXCLUDE (file_no, session_hash, event_code) REPLACE ({pid} AS person_id)
             FROM query_cache c{resolve} WHERE {in_cache}){keep};
     """)
     views = Views(cached_files=None if (restricted or pending) else list(cached))
