@@ -257,10 +257,12 @@ class SQLBuilder:
 
     def _run(self, ctx: Context, sql: str, fetch: Callable[[Any], Any], *,
              relation: bool = False) -> Any:
+        # only the parameters this statement uses (DuckDB rejects others)
+        params = {k: self.params[k] for k in set(_PARAM.findall(sql)) if k in self.params}
         try:
             if relation:
-                return fetch(ctx.cur.sql(sql, params=self.params))
-            return fetch(ctx.cur.execute(sql, self.params))
+                return fetch(ctx.cur.sql(sql, params=params))
+            return fetch(ctx.cur.execute(sql, params))
         except duckdb.InvalidInputException as exc:
             raise BadRequest(f"the query cannot run on this data: {_first_line(exc)}",
                              code="bad_query") from None
@@ -270,6 +272,9 @@ class SQLBuilder:
         except duckdb.OutOfMemoryException:
             raise ServiceUnavailable("the query needs more memory than the warehouse may use"
                                      " (AAP_WAREHOUSE_MEMORY)", code="out_of_memory") from None
+
+
+_PARAM = re.compile(r"\$(p\d+)\b")
 
 
 def _first_line(exc: Exception) -> str:

@@ -87,7 +87,7 @@ def run(ctx: Context, q: Funnel) -> dict[str, Any]:
                 f" WHERE {where} AND {match}")
 
     if funnel_arrays.applies(q):
-        got = funnel_arrays.counts_and_medians(ctx, b, src, where, matches, window)
+        got = funnel_arrays.counts_and_medians(ctx, b, q, src, where, matches, window)
         if got is not None:
             return {"kind": "funnel", "aggregate_by": q.aggregate_by,
                     "steps": _steps(q, (None, *got[0], *got[1]))}

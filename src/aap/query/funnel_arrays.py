@@ -25,23 +25,63 @@ from aap.query.common import Context, SQLBuilder
 _NONE = np.int64(-1)
 
 
-def counts_and_medians(ctx: Context, b: SQLBuilder, src: str, where: str,
+def _read(ctx: Context, b: SQLBuilder, q: Any, src: str, where: str, matches: list[str]
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(step, person, time in µs) of every event that is a step (one row per step it is)."""
+    names = [s.event for s in q.steps]
+    if ctx.cached_files is None or any(x is None for x in names) or \
+            any(s.filters for s in q.steps):
+        parts = [f"SELECT {i}::UTINYINT AS step, e.person_id AS pid, epoch_us(e.timestamp)"
+                 f" AS t FROM {src} WHERE {where} AND {m}" for i, m in enumerate(matches)]
+        res = b.run_numpy(ctx, " UNION ALL ".join(parts))
+        return res["step"], res["pid"], res["t"]
+    # steps by name only: one read of the cache, by the events' numbers, and of the rest
+    distinct = sorted(set(names))
+    numbers = dict(b.run(ctx, "SELECT name, code FROM query_cache_names WHERE"
+                              f" list_contains({b.p(distinct)}, name)"))
+    of_code = np.zeros(max(numbers.values(), default=0) + 1, dtype=np.int64)
+    for name, code in numbers.items():
+        of_code[code] = distinct.index(name)
+    files = ", ".join(map(str, ctx.cached_files)) or "NULL"
+    codes = ", ".join(map(str, numbers.values())) or "NULL"
+    cached = b.run_numpy(ctx, f"SELECT e.event_code AS u, e.person_id AS pid,"
+                              f" epoch_us(e.timestamp) AS t FROM {_on(src, 'query_cache')}"
+                              f" WHERE e.file_no IN ({files}) AND e.event_code IN ({codes})"
+                              f" AND {where}")
+    which = " ".join(f"WHEN {b.p(x)} THEN {i}" for i, x in enumerate(distinct))
+    live = b.run_numpy(ctx, f"SELECT CASE e.event {which} END::BIGINT AS u, e.person_id AS pid,"
+                            f" epoch_us(e.timestamp) AS t FROM {_on(src, 'events_live')}"
+                            f" WHERE list_contains({b.p(distinct)}, e.event) AND {where}")
+    u = np.concatenate([of_code[cached["u"]], live["u"]])
+    pid = np.concatenate([cached["pid"], live["pid"]])
+    t = np.concatenate([cached["t"], live["t"]])
+    parts_ = [(i, u == distinct.index(x)) for i, x in enumerate(names)]
+    step = np.concatenate([np.full(int(m.sum()), i, dtype=np.uint8) for i, m in parts_])
+    return step, np.concatenate([pid[m] for _, m in parts_]), np.concatenate(
+        [t[m] for _, m in parts_])
+
+
+def _on(src: str, table: str) -> str:
+    assert src.startswith("events e")
+    return table + src[len("events"):]
+
+
+def counts_and_medians(ctx: Context, b: SQLBuilder, q: Any, src: str, where: str,
                        matches: list[str], window: timedelta
                        ) -> tuple[list[int], list[float | None]] | None:
     n = len(matches)
-    parts = [f"SELECT {i}::UTINYINT AS step, e.person_id AS pid, epoch_us(e.timestamp) AS t"
-             f" FROM {src} WHERE {where} AND {m}" for i, m in enumerate(matches)]
-    res = b.run_numpy(ctx, " UNION ALL ".join(parts))
-    step = np.asarray(res["step"])
-    pid = np.asarray(res["pid"])
-    t = np.asarray(res["t"], dtype=np.int64)
+    step, pid, t = _read(ctx, b, q, src, where, matches)
     if not len(t) or not (step == 0).any():
         return [0] * n, [None] * (n - 1)
-    persons, rank = np.unique(pid, return_inverse=True)
     t_min = int(t.min())
     span = int(t.max()) - t_min + 1
-    if len(persons) * span >= 2 ** 62:
-        return None
+    p_min = int(pid.min())
+    if (int(pid.max()) - p_min + 1) * span < 2 ** 62:  # person ids as they are
+        rank = pid - p_min
+    else:
+        persons, rank = np.unique(pid, return_inverse=True)
+        if len(persons) * span >= 2 ** 62:
+            return None
     key = rank.astype(np.int64) * span + (t - t_min)
     keys = [np.sort(key[step == i]) for i in range(n)]  # each in (person, time) order
     k0 = keys[0]
