@@ -76,3 +76,37 @@ def test_fast_ways_match_plain_sql(warehouse: Warehouse, doc: dict[str, Any],
     assert fast == plain == sql
     if doc["kind"] == "paths":
         assert fast["paths"] and fast["paths"][0]["count"] > 1
+
+
+def _busiest(wh: Warehouse) -> int:
+    return int(wh.con.execute("SELECT person_id FROM query_cache_rollup WHERE event = '$page'"
+                              " GROUP BY ALL ORDER BY sum(n) DESC LIMIT 1").fetchall()[0][0])
+
+
+def test_a_restricted_person_leaves_the_fast_ways(warehouse: Warehouse) -> None:
+    docs = [{"date_from": START, "date_to": END, **d} for d in DOCS]
+    before = [run_insight(warehouse, d) for d in docs]
+    warehouse.flag_persons({_busiest(warehouse)}, "restricted")
+    try:
+        after = [run_insight(warehouse, d) for d in docs]
+        assert after == [run_insight(warehouse, d, use_cache=False) for d in docs]
+        assert after[1] != before[1]  # one person fewer
+    finally:
+        warehouse.con.execute("DELETE FROM person_flags")
+
+
+def test_erasure_takes_the_rollup_rows_in_its_own_commit(tmp_path: Path) -> None:
+    load(tmp_path, generate(5_000, 200, 6, 3), hot_days=2, cold_days=1000)
+    wh = Warehouse(tmp_path / "warehouse", tiers=TierStore(TierConfig(str(tmp_path / "tiers"))))
+    try:
+        QueryCache(wh).sync()
+        person = _busiest(wh)
+        rows = f"SELECT count(*) FROM query_cache_rollup WHERE person_id = {person}"
+        assert wh.con.execute(rows).fetchall()[0][0] > 0
+        wh.erase_persons({person})
+        assert wh.con.execute(rows).fetchall()[0][0] == 0  # no sync needed
+        for d in DOCS:
+            doc = {"date_from": START, "date_to": "2026-08-08", **d}
+            assert run_insight(wh, doc) == run_insight(wh, doc, use_cache=False)
+    finally:
+        wh.close()

@@ -235,9 +235,10 @@ def run(scale: float = 1.0, runs: int = 3, data_dir: Path | None = None,
                "AAP_TIERING_INTERVAL_S": "100000"}
         results: list[dict[str, Any]] = []
         t0 = time.perf_counter()
-        with ServerProcess(data, workers=1, env=env) as server, httpx.Client(
-                base_url=server.url, headers={"Authorization": f"Bearer {key}"},
-                timeout=600) as client:
+        # the core loads every tier's dedup keys before it answers: give it time at 20M
+        with ServerProcess(data, workers=1, env=env).start(timeout=300) as server, \
+                httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"},
+                             timeout=600) as client:
             log(f"server up in {time.perf_counter() - t0:.1f} s")
 
             for i, (name, target, doc) in enumerate(INSIGHTS):
