@@ -60,7 +60,11 @@ class ServerProcess:
             stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
         )
         out.close()
-        self.wait_healthy(timeout, any_answer=not healthy)
+        try:
+            self.wait_healthy(timeout, any_answer=not healthy)
+        except BaseException:
+            self.stop()  # not left running when it never came up
+            raise
         return self
 
     @property

@@ -44,6 +44,27 @@ def _run_starts(seg: np.ndarray, s: np.ndarray) -> np.ndarray:
     return new
 
 
+def _first_steps(c: np.ndarray, new: np.ndarray, drop: np.ndarray | None, depth: int,
+                 base: int) -> np.ndarray:
+    """Per run (not dropped): its first ``depth`` steps after collapsing repeats, as one
+    number in base ``base`` (step + 1 per digit, 0 where the path ended)."""
+    # a row is kept if it starts a run or changes step
+    keep = new.copy()
+    keep[1:] |= c[1:] != c[:-1]
+    if drop is not None:
+        keep &= ~drop
+    kept = np.flatnonzero(keep)
+    starts = np.flatnonzero(new[kept])  # positions among the kept rows
+    lengths = np.diff(starts, append=len(kept))
+    codes = (c[kept[starts]].astype(np.int64) + 1) * base ** (depth - 1)
+    for j in range(1, depth):
+        more = np.flatnonzero(lengths > j)
+        if not len(more):
+            break
+        codes[more] += (c[kept[starts[more] + j]].astype(np.int64) + 1) * base ** (depth - 1 - j)
+    return codes
+
+
 def paths(ctx: Context, b: SQLBuilder, where: str, names: list[str], depth: int,
           limit: int) -> list[tuple[list[str], int]] | None:
     if ctx.cached_files is None:
@@ -67,48 +88,45 @@ def paths(ctx: Context, b: SQLBuilder, where: str, names: list[str], depth: int,
         step_of[n] = rank.get(name, -1)
     f = cached["f"].astype(np.int32, copy=False)
     s, t, c = cached["s"], cached["t"], step_of[cached["c"]]
+    del cached
     if (c < 0).any() or (live["c"] < 0).any():
         return None  # an event without a name
     if not _in_order(f, s, t, c):
         order = np.lexsort((c, t, s, f))
         f, s, t, c = f[order], s[order], t[order], c[order]
-    seg = np.concatenate([f, np.full(len(live["s"]), -1, dtype=np.int32)])
-    s = np.concatenate([s, live["s"]])
-    t = np.concatenate([t, live["t"]])
-    c = np.concatenate([c, live["c"]])
-    if not len(s):
-        return []
-    new = _run_starts(seg, s)
-    # sessions with rows in more than one file (or in the hot tier too): sorted apart
-    heads = np.flatnonzero(new)
-    by_session = np.sort(s[heads])
+    groups = [(s, t, c, _run_starts(f, s)),
+              (live["s"], live["t"], live["c"], _run_starts(np.zeros(len(live["s"]), np.int8),
+                                                            live["s"]))]
+    del f
+    # sessions with runs in more than one file (or in the hot tier too) are taken out of
+    # their groups (whole runs) and sorted together as a third group
+    heads = [np.flatnonzero(new) for _, _, _, new in groups]
+    by_session = np.sort(np.concatenate([g[0][h] for g, h in zip(groups, heads, strict=True)]))
     split = by_session[1:][by_session[1:] == by_session[:-1]]
+    drops: list[np.ndarray | None] = [None, None]
     if len(split):
-        first = heads[np.isin(s[heads], split)]  # runs of those sessions
-        ends = np.append(heads, len(s))[np.searchsorted(heads, first) + 1]
-        lengths = ends - first
-        rows = np.repeat(first - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-        m = np.zeros(len(s), dtype=bool)
-        m[rows] = True
-        order = np.lexsort((c[m], t[m], s[m]))
-        keep = ~m
-        seg = np.concatenate([seg[keep], np.full(len(order), -2, dtype=np.int32)])
-        s = np.concatenate([s[keep], s[m][order]])
-        c = np.concatenate([c[keep], c[m][order]])
-        new = _run_starts(seg, s)
-    # collapse repeated steps (a row is kept if it starts a session or changes step),
-    # then the first ``depth`` kept rows of every session
-    keep = new.copy()
-    keep[1:] |= c[1:] != c[:-1]
-    kept = np.flatnonzero(keep)
-    starts = np.flatnonzero(new[kept])  # positions among the kept rows
-    lengths = np.diff(starts, append=len(kept))
-    codes = (c[kept[starts]].astype(np.int64) + 1) * base ** (depth - 1)
-    for j in range(1, depth):
-        more = np.flatnonzero(lengths > j)
-        if not len(more):
-            break
-        codes[more] += (c[kept[starts[more] + j]].astype(np.int64) + 1) * base ** (depth - 1 - j)
+        parts = []
+        for i, ((gs, gt, gc, _), h) in enumerate(zip(groups, heads, strict=True)):
+            first = h[np.isin(gs[h], split)]
+            if not len(first):
+                continue
+            ends = np.append(h, len(gs))[np.searchsorted(h, first) + 1]
+            lengths = ends - first
+            rows = np.repeat(first - np.cumsum(lengths) + lengths, lengths) + \
+                np.arange(lengths.sum())
+            drop = np.zeros(len(gs), dtype=bool)
+            drop[rows] = True
+            drops[i] = drop
+            parts.append((gs[rows], gt[rows], gc[rows]))
+        ss, st, sc = (np.concatenate(x) for x in zip(*parts, strict=True))
+        order = np.lexsort((sc, st, ss))
+        ss, sc = ss[order], sc[order]
+        groups.append((ss, st, sc, _run_starts(np.zeros(len(ss), np.int8), ss)))
+        drops.append(None)
+    codes = np.concatenate([_first_steps(gc, new, drop, depth, base)
+                            for (_, _, gc, new), drop in zip(groups, drops, strict=True)])
+    if not len(codes):
+        return []
     if base ** depth <= 1 << 24:
         counts = np.bincount(codes)
         found = np.flatnonzero(counts)
