@@ -26,20 +26,21 @@ _NONE = np.int64(-1)
 
 
 def _read(ctx: Context, b: SQLBuilder, q: Any, src: str, where: str, matches: list[str]
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(step, person, time in µs) of every event that is a step (one row per step it is)."""
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """(group, person, time in µs) of the events that are steps, and each step's group."""
     names = [s.event for s in q.steps]
     if ctx.cached_files is None or any(x is None for x in names) or \
             any(s.filters for s in q.steps):
         parts = [f"SELECT {i}::UTINYINT AS step, e.person_id AS pid, epoch_us(e.timestamp)"
                  f" AS t FROM {src} WHERE {where} AND {m}" for i, m in enumerate(matches)]
         res = b.run_numpy(ctx, " UNION ALL ".join(parts))
-        return res["step"], res["pid"], res["t"]
-    # steps by name only: one read of the cache, by the events' numbers, and of the rest
+        return res["step"], res["pid"], res["t"], list(range(len(matches)))
+    # steps by name only: one read of the cache, by the events' numbers, and of the rest;
+    # a group per distinct name
     distinct = sorted(set(names))
     numbers = dict(b.run(ctx, "SELECT name, code FROM query_cache_names WHERE"
                               f" list_contains({b.p(distinct)}, name)"))
-    of_code = np.zeros(max(numbers.values(), default=0) + 1, dtype=np.int64)
+    of_code = np.zeros(max(numbers.values(), default=0) + 1, dtype=np.int8)
     for name, code in numbers.items():
         of_code[code] = distinct.index(name)
     files = ", ".join(map(str, ctx.cached_files)) or "NULL"
@@ -49,16 +50,12 @@ def _read(ctx: Context, b: SQLBuilder, q: Any, src: str, where: str, matches: li
                               f" WHERE e.file_no IN ({files}) AND e.event_code IN ({codes})"
                               f" AND {where}")
     which = " ".join(f"WHEN {b.p(x)} THEN {i}" for i, x in enumerate(distinct))
-    live = b.run_numpy(ctx, f"SELECT CASE e.event {which} END::BIGINT AS u, e.person_id AS pid,"
+    live = b.run_numpy(ctx, f"SELECT CASE e.event {which} END::TINYINT AS u, e.person_id AS pid,"
                             f" epoch_us(e.timestamp) AS t FROM {_on(src, 'events_live')}"
                             f" WHERE list_contains({b.p(distinct)}, e.event) AND {where}")
-    u = np.concatenate([of_code[cached["u"]], live["u"]])
-    pid = np.concatenate([cached["pid"], live["pid"]])
-    t = np.concatenate([cached["t"], live["t"]])
-    parts_ = [(i, u == distinct.index(x)) for i, x in enumerate(names)]
-    step = np.concatenate([np.full(int(m.sum()), i, dtype=np.uint8) for i, m in parts_])
-    return step, np.concatenate([pid[m] for _, m in parts_]), np.concatenate(
-        [t[m] for _, m in parts_])
+    return (np.concatenate([of_code[cached["u"]], live["u"]]),
+            np.concatenate([cached["pid"], live["pid"]]),
+            np.concatenate([cached["t"], live["t"]]), [distinct.index(x) for x in names])
 
 
 def _on(src: str, table: str) -> str:
@@ -70,8 +67,8 @@ def counts_and_medians(ctx: Context, b: SQLBuilder, q: Any, src: str, where: str
                        matches: list[str], window: timedelta
                        ) -> tuple[list[int], list[float | None]] | None:
     n = len(matches)
-    step, pid, t = _read(ctx, b, q, src, where, matches)
-    if not len(t) or not (step == 0).any():
+    group, pid, t, group_of = _read(ctx, b, q, src, where, matches)
+    if not len(t) or not (group == group_of[0]).any():
         return [0] * n, [None] * (n - 1)
     t_min = int(t.min())
     span = int(t.max()) - t_min + 1
@@ -83,7 +80,9 @@ def counts_and_medians(ctx: Context, b: SQLBuilder, q: Any, src: str, where: str
         if len(persons) * span >= 2 ** 62:
             return None
     key = rank.astype(np.int64) * span + (t - t_min)
-    keys = [np.sort(key[step == i]) for i in range(n)]  # each in (person, time) order
+    # each group's keys in (person, time) order; steps of the same event share them
+    sorted_keys = {g: np.sort(key[group == g]) for g in set(group_of)}
+    keys = [sorted_keys[g] for g in group_of]
     k0 = keys[0]
     r0 = k0 // span
     w = int(window / timedelta(microseconds=1))
