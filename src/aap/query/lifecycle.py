@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from aap.query import rollup
 from aap.query.common import (
     Context,
@@ -46,6 +48,13 @@ def run(ctx: Context, q: Lifecycle) -> dict[str, Any]:
     src = from_events(q, table="events_daily" if daily else "events")
     match = event_match_sql(b, q.event)
     bucket = bucket_sql(rng, q.interval)
+    if len(bs) + 1 <= MAX_MASKED:
+        counts = _by_masks(ctx, b, q, src, match, rng, wide, len(bs))
+        out: dict[str, Any] = {"kind": "lifecycle", "interval": q.interval,
+                               "timezone": rng.tzname,
+                               "dates": [label(x, q.interval) for x in bs]}
+        out.update(counts)
+        return out
     # One scan of the range: a person's first-ever interval is the earliest of their
     # intervals in it, unless they did the event before (a second, narrow scan). The
     # interval before and after are looked up by hash joins (window functions partitioned
@@ -68,8 +77,44 @@ def run(ctx: Context, q: Lifecycle) -> dict[str, Any]:
            f" UNION ALL SELECT bucket + {iv}, 'dormant', count(*) FROM s"
            " WHERE NOT stays GROUP BY ALL")
     got = {(bk, st): int(c) for bk, st, c in b.run(ctx, sql)}
-    out: dict[str, Any] = {"kind": "lifecycle", "interval": q.interval, "timezone": rng.tzname,
+    out = {"kind": "lifecycle", "interval": q.interval, "timezone": rng.tzname,
                            "dates": [label(x, q.interval) for x in bs]}
     for st in STATUSES:
         out[st] = [got.get((x, st), 0) for x in bs]
+    return out
+
+
+MAX_MASKED = 62
+"""Up to this many intervals (the range's and the one before), a person's active
+intervals are one BIGINT bit mask."""
+
+_INDEX = {"hour": "datediff('hour', {a}, {b})", "day": "datediff('day', {a}, {b})",
+          "week": "datediff('day', {a}, {b}) // 7", "month": "datediff('month', {a}, {b})"}
+
+
+def _by_masks(ctx: Context, b: SQLBuilder, q: Lifecycle, src: str, match: str, rng: Range,
+              wide: Range, n: int) -> dict[str, list[int]]:
+    """One aggregation: per person, the mask of their active intervals (bit 0: the one
+    before the range) and whether they did the event before it; the statuses are then
+    bit tests over all persons at once (numpy)."""
+    idx = _INDEX[q.interval].format(a=b.p(wide.start), b=bucket_sql(rng, q.interval))
+    sql = (f"WITH m AS (SELECT e.person_id, bit_or(1::BIGINT << ({idx})) AS m FROM {src}"
+           f" WHERE {base_where(b, ctx, q, wide)} AND {match} GROUP BY e.person_id)"
+           f" SELECT m.m, m.person_id IN (SELECT e.person_id FROM {src}"
+           f" WHERE {base_where(b, ctx, q, None)} AND e.timestamp < {b.p(wide.start_utc)}"
+           f" AND {match}) AS before FROM m")
+    got = b.run_numpy(ctx, sql)
+    masks = got["m"].astype(np.int64)
+    before = got["before"].astype(bool)
+    lowest = masks & -masks  # the first interval each person was active in the window
+    out: dict[str, list[int]] = {st: [] for st in STATUSES}
+    for i in range(1, n + 1):
+        bit, prev = np.int64(1) << i, np.int64(1) << (i - 1)
+        active = (masks & bit) != 0
+        was = (masks & prev) != 0
+        new = active & (lowest == bit) & ~before
+        out["new"].append(int(np.count_nonzero(new)))
+        out["returning"].append(int(np.count_nonzero(active & was & ~new)))
+        out["resurrecting"].append(int(np.count_nonzero(active & ~was & ~new)))
+        out["dormant"].append(int(np.count_nonzero(was & ~active)))
     return out
