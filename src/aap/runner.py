@@ -60,7 +60,11 @@ class ServerProcess:
             stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
         )
         out.close()
-        self.wait_healthy(timeout, any_answer=not healthy)
+        try:
+            self.wait_healthy(timeout, any_answer=not healthy)
+        except BaseException:
+            self.stop()  # not left running when it never came up
+            raise
         return self
 
     @property
@@ -146,7 +150,7 @@ class ServerProcess:
         self.proc = None
 
     def __enter__(self) -> ServerProcess:
-        return self.start()
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:

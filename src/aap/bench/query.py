@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -27,6 +28,9 @@ from typing import Any
 
 import duckdb
 import httpx
+
+MAX_RATIO = 1.5
+"""No insight slower than this many times its plain-SQL twin."""
 
 START = "2026-08-03"
 END = "2026-10-31"
@@ -212,6 +216,7 @@ def run(scale: float = 1.0, runs: int = 3, data_dir: Path | None = None,
     def log(msg: str) -> None:
         console.print(msg, style="dim", highlight=False)
 
+    load_before = _load()
     events, persons = int(20_000_000 * scale), int(500_000 * scale)
     console.print(f"[bold]aap query benchmark[/bold]: {events:,} events, {persons:,} persons, "
                   f"90 days; median of {runs} runs after a warm-up")
@@ -230,9 +235,10 @@ def run(scale: float = 1.0, runs: int = 3, data_dir: Path | None = None,
                "AAP_TIERING_INTERVAL_S": "100000"}
         results: list[dict[str, Any]] = []
         t0 = time.perf_counter()
-        with ServerProcess(data, workers=1, env=env) as server, httpx.Client(
-                base_url=server.url, headers={"Authorization": f"Bearer {key}"},
-                timeout=600) as client:
+        # the core loads every tier's dedup keys before it answers: give it time at 20M
+        with ServerProcess(data, workers=1, env=env).start(timeout=300) as server, \
+                httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"},
+                             timeout=600) as client:
             log(f"server up in {time.perf_counter() - t0:.1f} s")
 
             for i, (name, target, doc) in enumerate(INSIGHTS):
@@ -256,20 +262,36 @@ def run(scale: float = 1.0, runs: int = 3, data_dir: Path | None = None,
                 log(f"{name}: API {t_api:.3f} s, plain SQL {t_sql:.3f} s")
         flat.close()
         table = Table(title=f"Insights on {events:,} events through POST /api/v1/query")
-        for c in ("insight", "API (median)", "plain SQL", "ratio", "target", "result"):
+        for c in ("insight", "API (median)", "plain SQL", "ratio", "target", "", "result"):
             table.add_column(c, justify="left" if c in ("insight", "result") else "right")
         for r in results:
-            ok = scale < 1 or r["api_s"] <= r["target_s"]  # targets are for the full size
+            # the absolute targets are for the full size; the ratio's at any size
+            r["target_met"] = None if scale != 1 else r["api_s"] <= r["target_s"]
+            r["ratio_met"] = r["ratio"] <= MAX_RATIO
+            verdict = ("PASS" if r["target_met"] and r["ratio_met"] else
+                       "MISS" if r["target_met"] is not None or not r["ratio_met"] else "(size)")
             table.add_row(r["insight"], f"{r['api_s']:.3f} s", f"{r['plain_sql_s']:.3f} s",
-                          f"{r['ratio']:.2f}x", f"≤ {r['target_s']} s" + ("" if ok else " ✗"),
-                          r["summary"])
+                          f"{r['ratio']:.2f}x", f"≤ {r['target_s']} s", verdict, r["summary"])
         console.print(table)
         worst = max((r["ratio"] for r in results), default=0)
-        console.print(f"slowest relative to plain SQL: {worst:.2f}x (target ≤ 1.5x)")
+        console.print(f"slowest relative to plain SQL: {worst:.2f}x (target ≤ {MAX_RATIO}x: "
+                      f"{'PASS' if worst <= MAX_RATIO else 'MISS'})")
+        if scale == 1:
+            missed = [r["insight"] for r in results if not r["target_met"]]
+            console.print("absolute targets: " + ("PASS (all)" if not missed else
+                                                  f"MISS ({len(missed)}: {'; '.join(missed)})"))
+        else:
+            console.print("absolute targets: not judged (they are for --scale 1)")
+        console.print(f"load average (1, 5, 15 min) before: {load_before}, after: "
+                      f"{_load()} on {os.cpu_count()} cores")
         return results
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def summarize(out: dict[str, Any]) -> str:

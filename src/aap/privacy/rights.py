@@ -90,6 +90,7 @@ class Rights:
         removed = self.wh.erase_persons(persons)
         derived = {**self.cohorts.forget(all_keys),
                    "query_cache_rows": removed.pop("query_cache_rows", 0),
+                   "query_cache_rollup_rows": removed.pop("query_cache_rollup_rows", 0),
                    "access_exports_deleted": exports.delete_for(self.exports, all_keys)}
         if self.after_erasure is not None:
             self.after_erasure()

@@ -2,9 +2,13 @@
 
 Warm and cold events are Parquet files (local disk or S3); reading them for every query
 costs 2-3x a native DuckDB table and a per-file overhead. The core therefore keeps a copy
-of every live tier file in the table ``query_cache`` of the warehouse database, sorted
-by (event, timestamp) so that event filters skip whole row groups, with person ids
-already resolved through the merges known when it was copied.
+of every live tier file in the table ``query_cache`` of the warehouse database, with
+person ids already resolved through the merges known when it was copied. Each file's
+rows are stored in session order — (``session_hash`` = ``hash(session_id)``, timestamp,
+event) — so that paths read sessions whole, in time order, without sorting them
+(:mod:`aap.query.paths_arrays`), with the event's name as a small integer
+(``event_code``, numbered in ``query_cache_names``); counts by event come from the
+rollup.
 
 Consistency is kept by the same snapshot rule as the tiers themselves:
 
@@ -16,7 +20,9 @@ Consistency is kept by the same snapshot rule as the tiers themselves:
   (usually none), and folded into the copy by the next sync.
 
 So a query returns exactly what it would without the cache; erasure and retention,
-which replace or retire files, reach the copy through the same list.
+which replace or retire files, reach the copy through the same list. Each copied file
+is also rolled up per (event, person, UTC day) in the same transaction
+(:mod:`aap.query.rollup`); queries read both through :mod:`aap.query.snapshot`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from contextlib import contextmanager
 
 import duckdb
 
+from aap.query import rollup
+from aap.query import snapshot as snapshots
+from aap.query.snapshot import PENDING as _PENDING
 from aap.store.schema import EVENT_COLUMNS
 from aap.store.warehouse import Warehouse
 
@@ -43,36 +52,46 @@ CREATE TABLE IF NOT EXISTS query_cache_overrides (
     old_person_id BIGINT PRIMARY KEY,
     person_id BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS query_cache_names (
+    code INTEGER PRIMARY KEY,
+    name VARCHAR NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS query_cache (
     file_no INTEGER NOT NULL,
+    session_hash UBIGINT,
+    event_code INTEGER,
     {", ".join(f'"{n}" {t}' for n, t, _ in EVENT_COLUMNS)}
 );
+{rollup.DDL}
 """
 
-_PENDING = ("(SELECT old_person_id, person_id FROM person_overrides"
-            " EXCEPT SELECT old_person_id, person_id FROM query_cache_overrides)")
+
+EXPECTED_COLUMNS = ["file_no", "session_hash", "event_code", *(n for n, _, _ in EVENT_COLUMNS)]
 
 
-EXPECTED_COLUMNS = ["file_no", *(n for n, _, _ in EVENT_COLUMNS)]
-
-
-def _columns(cur: duckdb.DuckDBPyConnection) -> list[str]:
+def _columns(cur: duckdb.DuckDBPyConnection, table: str = "query_cache") -> list[str]:
     return [r[0] for r in cur.execute(
-        "SELECT column_name FROM duckdb_columns() WHERE table_name = 'query_cache'"
-        " AND database_name <> 'temp' ORDER BY column_index").fetchall()]
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = ?"
+        " AND database_name <> 'temp' ORDER BY column_index", [table]).fetchall()]
 
 
 class QueryCache:
     def __init__(self, warehouse: Warehouse, interval_s: float = 10.0) -> None:
         self.warehouse = warehouse
         self.interval_s = interval_s
-        cols = _columns(warehouse.con.cursor())
-        if cols and cols != EXPECTED_COLUMNS:
-            # the events schema changed (a new column): copy everything again
-            logger.info("query cache: the events schema changed; rebuilding the cache")
+        cur = warehouse.con.cursor()
+        cols = _columns(cur)
+        if cols and (cols != EXPECTED_COLUMNS or _columns(cur, "query_cache_rollup")
+                     != rollup.EXPECTED_COLUMNS):
+            # the events schema changed (a new column), or the rollup did: copy again
+            logger.info("query cache: its schema changed; rebuilding the cache")
             warehouse.con.execute("DROP TABLE IF EXISTS query_cache;"
+                                  " DROP TABLE IF EXISTS query_cache_rollup;"
+                                  " DROP TABLE IF EXISTS query_cache_names;"
                                   " DROP TABLE IF EXISTS query_cache_files;"
                                   " DROP TABLE IF EXISTS query_cache_overrides")
+            snapshots.forget(warehouse)
+        cur.close()
         warehouse.con.execute(DDL)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="aap-query-cache", daemon=True)
@@ -115,8 +134,9 @@ class QueryCache:
         pending = cur.execute(f"SELECT count(*) FROM {_PENDING}").fetchall()[0]
         if not pending[0]:
             return 0
-        cur.execute(f"UPDATE query_cache SET person_id = d.person_id FROM {_PENDING} d"
-                    " WHERE query_cache.person_id = d.old_person_id")
+        for table in ("query_cache", "query_cache_rollup"):
+            cur.execute(f"UPDATE {table} SET person_id = d.person_id FROM {_PENDING} d"
+                        f" WHERE {table}.person_id = d.old_person_id")
         cur.execute("DELETE FROM query_cache_overrides")
         cur.execute("INSERT INTO query_cache_overrides SELECT old_person_id, person_id"
                     " FROM person_overrides")
@@ -133,6 +153,7 @@ class QueryCache:
                                    " tier_files t USING (path)").fetchall()
                 for (no,) in gone:
                     cur.execute("DELETE FROM query_cache WHERE file_no = ?", [no])
+                    cur.execute("DELETE FROM query_cache_rollup WHERE file_no = ?", [no])
                     cur.execute("DELETE FROM query_cache_files WHERE file_no = ?", [no])
                 done["dropped"] = len(gone)
             todo = [r[0] for r in self.warehouse.con.cursor().execute(
@@ -147,12 +168,22 @@ class QueryCache:
                     done["merges"] += self._fold_merges(cur)
                     no = int(cur.execute("SELECT coalesce(max(file_no), 0) + 1"
                                          " FROM query_cache_files").fetchall()[0][0])
+                    for table in ("query_cache", "query_cache_rollup"):  # orphans, if any
+                        cur.execute(f"DELETE FROM {table} WHERE file_no = ?", [no])
                     cur.register("cache_src", self.warehouse.tiers.dataset([path]))
                     cur.execute(
-                        "INSERT INTO query_cache SELECT ?, e.* REPLACE (coalesce(o.person_id,"
-                        " e.person_id) AS person_id) FROM cache_src e LEFT JOIN person_overrides o"
-                        " ON o.old_person_id = e.person_id ORDER BY e.event, e.timestamp", [no])
+                        "INSERT INTO query_cache_names SELECT (SELECT coalesce(max(code), 0)"
+                        " FROM query_cache_names) + row_number() OVER (ORDER BY name), name"
+                        " FROM (SELECT DISTINCT event AS name FROM cache_src WHERE event IS"
+                        " NOT NULL EXCEPT SELECT name FROM query_cache_names)")
+                    cur.execute(
+                        "INSERT INTO query_cache SELECT ?, hash(e.session_id), n.code, e.* REPLACE"
+                        " (coalesce(o.person_id, e.person_id) AS person_id) FROM cache_src e"
+                        " LEFT JOIN person_overrides o ON o.old_person_id = e.person_id"
+                        " LEFT JOIN query_cache_names n ON n.name = e.event"
+                        " ORDER BY hash(e.session_id), e.timestamp, e.event", [no])
                     cur.unregister("cache_src")
+                    cur.execute(rollup.FILL, [no])
                     n = int(cur.execute("SELECT count(*) FROM query_cache WHERE file_no = ?",
                                         [no]).fetchall()[0][0])
                     cur.execute("INSERT INTO query_cache_files VALUES (?, ?, ?)", [path, no, n])
@@ -166,33 +197,8 @@ class QueryCache:
 def has_cache(cur: duckdb.DuckDBPyConnection) -> bool:
     """The cache exists and has the events' columns (a store opened by a newer version
     before its core rebuilt the cache is read without it)."""
-    return _columns(cur) == EXPECTED_COLUMNS
+    return snapshots.usable_cache(cur)[0]
 
 
-@contextmanager
-def snapshot(warehouse: Warehouse) -> Iterator[duckdb.DuckDBPyConnection]:
-    """``Warehouse.snapshot()`` with ``events`` reading the cache where it can."""
-    with warehouse.snapshot() as cur:
-        if has_cache(cur):
-            files = cur.execute(
-                "SELECT t.tier, t.path, c.file_no FROM tier_files t LEFT JOIN query_cache_files c"
-                " USING (path)").fetchall()
-            cached = sorted(int(no) for _, _, no in files if no is not None)
-            cur.register("uncached_events", warehouse.tiers.dataset(
-                [p for _, p, no in files if no is None]))
-            in_cache = f"c.file_no IN ({', '.join(map(str, cached))})" if cached else "false"
-            cur.execute(f"""
-                CREATE OR REPLACE TEMP VIEW events AS
-                SELECT * FROM (
-                    SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)
-                    FROM (SELECT * FROM events_raw UNION ALL SELECT * FROM uncached_events) e
-                    LEFT JOIN person_overrides o ON o.old_person_id = e.person_id
-                    UNION ALL
-                    SELECT c.* EXCLUDE (file_no) REPLACE (coalesce(d.person_id, c.person_id)
-                                                          AS person_id)
-                    FROM query_cache c LEFT JOIN {_PENDING} d ON d.old_person_id = c.person_id
-                    WHERE {in_cache})
-                WHERE person_id NOT IN (SELECT person_id FROM person_flags
-                                        WHERE flag = 'restricted')  -- Art. 18
-            """)
-        yield cur
+snapshot = snapshots.snapshot
+"""``Warehouse.snapshot()`` with ``events`` reading the cache where it can."""

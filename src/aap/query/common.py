@@ -50,6 +50,10 @@ class Context:
     sandbox_memory: str = "1GB"
     snapshot: Callable[[], Any] | None = None
     """Opens further snapshots (the ``sql`` kind streams each view from its own)."""
+    daily: bool = False
+    """``events_daily`` (the query cache's rollup, :mod:`aap.query.rollup`) is there."""
+    cached_files: list[int] | None = None
+    """See :class:`aap.query.snapshot.Views`."""
 
 
 # -- time --
@@ -240,8 +244,25 @@ class SQLBuilder:
         return "$" + name
 
     def run(self, ctx: Context, sql: str) -> list[tuple[Any, ...]]:
+        return self._run(ctx, sql, lambda res: res.fetchall())
+
+    def run_numpy(self, ctx: Context, sql: str) -> dict[str, Any]:
+        """The result as numpy arrays, one per column (through Arrow, the fastest way out
+        of DuckDB; no nulls expected: timestamps come as int64 microseconds)."""
+        def fetch(rel: Any) -> dict[str, Any]:
+            table = rel.to_arrow_table()
+            return {name: table.column(name).to_numpy() for name in table.column_names}
+
+        return self._run(ctx, sql, fetch, relation=True)
+
+    def _run(self, ctx: Context, sql: str, fetch: Callable[[Any], Any], *,
+             relation: bool = False) -> Any:
+        # only the parameters this statement uses (DuckDB rejects others)
+        params = {k: self.params[k] for k in set(_PARAM.findall(sql)) if k in self.params}
         try:
-            return ctx.cur.execute(sql, self.params).fetchall()
+            if relation:
+                return fetch(ctx.cur.sql(sql, params=params))
+            return fetch(ctx.cur.execute(sql, params))
         except duckdb.InvalidInputException as exc:
             raise BadRequest(f"the query cannot run on this data: {_first_line(exc)}",
                              code="bad_query") from None
@@ -251,6 +272,9 @@ class SQLBuilder:
         except duckdb.OutOfMemoryException:
             raise ServiceUnavailable("the query needs more memory than the warehouse may use"
                                      " (AAP_WAREHOUSE_MEMORY)", code="out_of_memory") from None
+
+
+_PARAM = re.compile(r"\$(p\d+)\b")
 
 
 def _first_line(exc: Exception) -> str:
@@ -390,9 +414,11 @@ def base_where(b: SQLBuilder, ctx: Context, q: Common, rng: Range | None,
     return " AND ".join(parts) or "true"
 
 
-def from_events(q: Common, *extra: Sequence[Filter], breakdown_type: str = "event") -> str:
-    """``events e``, joined to the person when a filter or the breakdown needs traits."""
+def from_events(q: Common, *extra: Sequence[Filter], breakdown_type: str = "event",
+                table: str = "events") -> str:
+    """``events e`` (or ``events_daily e``), joined to the person when a filter or the
+    breakdown needs traits."""
     person = needs_persons(q.filters) or any(needs_persons(x) for x in extra) or \
         breakdown_type == "person"
-    return ("events e LEFT JOIN persons p ON p.person_id = e.person_id" if person
-            else "events e")
+    return (f"{table} e LEFT JOIN persons p ON p.person_id = e.person_id" if person
+            else f"{table} e")

@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 
 from aap.errors import BadRequest
+from aap.query import funnel_arrays
 from aap.query.common import (
     Context,
     SQLBuilder,
@@ -85,6 +86,11 @@ def run(ctx: Context, q: Funnel) -> dict[str, Any]:
         return (f"SELECT {entity} AS pid, e.timestamp AS t, {bv} AS bv FROM {src}"
                 f" WHERE {where} AND {match}")
 
+    if funnel_arrays.applies(q):
+        got = funnel_arrays.counts_and_medians(ctx, b, q, src, where, matches, window)
+        if got is not None:
+            return {"kind": "funnel", "aggregate_by": q.aggregate_by,
+                    "steps": _steps(q, (None, *got[0], *got[1]))}
     w = b.p(window)
     ctes = [f"s{i} AS ({step_events(m)})" for i, m in enumerate(matches + excl)]
     if q.order == "any":
@@ -148,20 +154,7 @@ def run(ctx: Context, q: Funnel) -> dict[str, Any]:
     rows = b.run(ctx, sql)
 
     def steps(row: tuple[Any, ...] | None) -> list[dict[str, Any]]:
-        counts_ = [int(x or 0) for x in row[1:n + 1]] if row else [0] * n
-        meds = list(row[n + 1:]) if row else [None] * (n - 1)
-        out = []
-        for k, s in enumerate(q.steps):
-            c = counts_[k]
-            prev = counts_[k - 1] if k else c
-            out.append({
-                "event": s.event, "label": s.label or s.event or "any event", "count": c,
-                "conversion": (c / counts_[0]) if counts_[0] else 0.0,
-                "conversion_from_previous": (c / prev) if prev else 0.0,
-                "median_seconds_to_convert": None if k == 0 or meds[k - 1] is None
-                else float(meds[k - 1] or 0),
-            })
-        return out
+        return _steps(q, row)
 
     if not q.breakdown:
         return {"kind": "funnel", "aggregate_by": q.aggregate_by, "steps": steps(rows[0] if rows else None)}
@@ -177,3 +170,22 @@ def run(ctx: Context, q: Funnel) -> dict[str, Any]:
         breakdown.append(item)
     return {"kind": "funnel", "aggregate_by": q.aggregate_by, "steps": overall["steps"],
             "breakdown": breakdown}
+
+
+def _steps(q: Funnel, row: tuple[Any, ...] | None) -> list[dict[str, Any]]:
+    """``row``: (breakdown value, count per step…, median time per step after the first…)."""
+    n = len(q.steps)
+    counts_ = [int(x or 0) for x in row[1:n + 1]] if row else [0] * n
+    meds = list(row[n + 1:]) if row else [None] * (n - 1)
+    out = []
+    for k, s in enumerate(q.steps):
+        c = counts_[k]
+        prev = counts_[k - 1] if k else c
+        out.append({
+            "event": s.event, "label": s.label or s.event or "any event", "count": c,
+            "conversion": (c / counts_[0]) if counts_[0] else 0.0,
+            "conversion_from_previous": (c / prev) if prev else 0.0,
+            "median_seconds_to_convert": None if k == 0 or meds[k - 1] is None
+            else float(meds[k - 1] or 0),
+        })
+    return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from aap.errors import BadRequest
+from aap.query import paths_arrays
 from aap.query.common import Context, SQLBuilder, base_where, date_range, from_events
 from aap.query.models import Paths
 
@@ -48,6 +49,10 @@ def run(ctx: Context, q: Paths) -> dict[str, Any]:
     if not names:
         return {"kind": "paths", "paths": []}
     coded = len(names) <= MAX_CODED
+    if coded and paths_arrays.applies(q):
+        got = paths_arrays.paths(ctx, b, where, names, q.depth, q.limit)
+        if got is not None:
+            return {"kind": "paths", "paths": [{"steps": p, "count": n} for p, n in got]}
     if coded:
         literals = ", ".join("'" + n.replace("'", "''") + "'" for n in names)
         code = f"enum_code(CAST({stepx} AS ENUM({literals})))::BIGINT"

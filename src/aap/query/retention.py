@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from aap.query import rollup
 from aap.query.common import (
     Context,
     Range,
@@ -58,7 +59,8 @@ def run(ctx: Context, q: Retention) -> dict[str, Any]:
     horizon = max(horizon, rng.end)
     ret = Range(rng.tz, rng.tzname, rng.start, horizon)
     b = SQLBuilder()
-    src = from_events(q)
+    daily = rollup.usable(ctx, [rng, ret], q.period, q.filters)
+    src = from_events(q, table="events_daily" if daily else "events")
     start_match = event_match_sql(b, q.start_event)
     ret_match = event_match_sql(b, q.return_event)
     if q.mode == "first_time":

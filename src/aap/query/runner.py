@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
 
 from aap.errors import BadRequest
-from aap.query import cache, funnel, lifecycle, paths, retention, sql, stickiness, trends
+from aap.query import funnel, lifecycle, paths, retention, sql, stickiness, trends
 from aap.query.common import CohortDef, Context
 from aap.query.models import (
     SQL,
@@ -24,12 +25,19 @@ from aap.query.models import (
     Trends,
     parse_insight,
 )
+from aap.query.snapshot import Views, open_snapshot, snapshot
 from aap.store.warehouse import Warehouse
 
 RUNNERS: dict[type, Callable[[Context, Any], dict[str, Any]]] = {
     Trends: trends.run, Funnel: funnel.run, Retention: retention.run, Paths: paths.run,
     Stickiness: stickiness.run, Lifecycle: lifecycle.run,
 }
+
+
+@contextmanager
+def _plain(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnection, Views]]:
+    with warehouse.snapshot() as cur:
+        yield cur, Views()
 
 
 def run_insight(warehouse: Warehouse, doc: bytes | str | dict[str, Any] | Insight, *,
@@ -45,10 +53,10 @@ def run_insight(warehouse: Warehouse, doc: bytes | str | dict[str, Any] | Insigh
     text may name a person, so it is not recorded)."""
     q = doc if isinstance(doc, (Trends, Funnel, Retention, Paths, Stickiness, Lifecycle, SQL)) \
         else parse_insight(doc)
-    snap = (lambda: cache.snapshot(warehouse)) if use_cache else warehouse.snapshot
-    with snap() as cur:
+    snap = (lambda: snapshot(warehouse)) if use_cache else warehouse.snapshot
+    with (open_snapshot(warehouse) if use_cache else _plain(warehouse)) as (cur, views):
         ctx = Context(cur=cur, now=now or datetime.now(UTC), cohort=cohort, role=role,
-                      snapshot=snap)
+                      snapshot=snap, daily=views.daily, cached_files=views.cached_files)
         if isinstance(q, SQL):
             result = sql.run(ctx, q, max_rows=sql_max_rows, max_seconds=timeout_s)
             columns = sql.personal_columns(q.query, role)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aap.query import rollup
 from aap.query.common import (
     Context,
     SQLBuilder,
@@ -25,8 +26,10 @@ def run(ctx: Context, q: Stickiness) -> dict[str, Any]:
     out = []
     for s in q.series:
         b = SQLBuilder()
+        daily = rollup.usable(ctx, [rng], q.interval, [*q.filters, *s.filters])
+        src = from_events(q, s.filters, table="events_daily" if daily else "events")
         sql = (f"WITH a AS (SELECT e.person_id, count(DISTINCT {bucket_sql(rng, q.interval)}) AS k"
-               f" FROM {from_events(q, s.filters)} WHERE {base_where(b, ctx, q, rng)}"
+               f" FROM {src} WHERE {base_where(b, ctx, q, rng)}"
                f" AND {event_match_sql(b, s.event, s.filters)} GROUP BY e.person_id)"
                " SELECT k, count(*) FROM a GROUP BY k")
         got = {int(k): int(c) for k, c in b.run(ctx, sql)}

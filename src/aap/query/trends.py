@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from aap.errors import BadRequest
+from aap.query import rollup
 from aap.query.common import (
     Context,
     Range,
@@ -78,11 +79,17 @@ def _series_rows(ctx: Context, q: Trends, s: Series, rng: Range
     if q.cohort is not None:
         where += f" AND e.person_id IN {cohort_sql(b, ctx, q.cohort)}"
     v = numeric_property_sql(s.property) if s.math in PROPERTY_MATH and s.property else "NULL"
-    src = from_events(q, s.filters, breakdown_type=q.breakdown_type)
+    # counts of events and persons per UTC day or longer: from the rollup where cached
+    daily = s.math in ("total", "persons") and rollup.usable(
+        ctx, [rng], q.interval, [*q.filters, *s.filters], q.breakdown, q.breakdown_type)
+    src = from_events(q, s.filters, breakdown_type=q.breakdown_type,
+                      table="events_daily" if daily else "events")
     bucket = bucket_sql(rng, q.interval)
-    agg = AGG[s.math]
+    agg = "sum(n)" if daily and s.math == "total" else AGG[s.math]
+    cols = ("e.person_id, NULL AS session_id, NULL AS v, e.n" if daily else
+            f"e.person_id, e.session_id, {v} AS v, 1 AS n")
     if q.breakdown is None and q.breakdown_type != "cohort":
-        sql = (f"WITH base AS (SELECT {bucket} AS bucket, e.person_id, e.session_id, {v} AS v"
+        sql = (f"WITH base AS (SELECT {bucket} AS bucket, {cols}"
                f" FROM {src} WHERE {where})"
                f" SELECT NULL, bucket, {agg} FROM base GROUP BY bucket")
     elif q.breakdown_type == "cohort":
@@ -90,13 +97,13 @@ def _series_rows(ctx: Context, q: Trends, s: Series, rng: Range
         for cid in q.breakdown_cohorts:
             assert ctx.cohort is not None
             name = ctx.cohort(cid).name
-            parts.append(f"SELECT {b.p(name)} AS bv, {bucket} AS bucket, e.person_id,"
-                         f" e.session_id, {v} AS v FROM {src} WHERE {where}"
+            parts.append(f"SELECT {b.p(name)} AS bv, {bucket} AS bucket, {cols}"
+                         f" FROM {src} WHERE {where}"
                          f" AND e.person_id IN {cohort_sql(b, ctx, cid)}")
         sql = (f"WITH base AS ({' UNION ALL '.join(parts)})"
                f" SELECT bv, bucket, {agg} FROM base GROUP BY bv, bucket")
     else:
-        return _breakdown_rows(ctx, b, s, src, where, bucket, v, q)
+        return _breakdown_rows(ctx, b, s, src, where, bucket, cols, agg, q)
     out: dict[str | None, dict[datetime, Any]] = {}
     for bv, bucket_start, value in b.run(ctx, sql):
         out.setdefault(bv, {})[bucket_start] = value
@@ -112,15 +119,14 @@ COMBINE: dict[str, Callable[[list[Any]], Any]] = {
 
 
 def _breakdown_rows(ctx: Context, b: SQLBuilder, s: Series, src: str, where: str,
-                    bucket: str, v: str, q: Trends) -> dict[str | None, dict[datetime, Any]]:
+                    bucket: str, cols: str, agg: str, q: Trends
+                    ) -> dict[str | None, dict[datetime, Any]]:
     """One pass per value and bucket; the top values are those with the most events. The
     rest are combined into "other" from their own values when the math allows (counts,
     sums, min, max), else by a second pass over just those values."""
     bv = property_sql(q.breakdown or "", q.breakdown_type)
-    agg = AGG[s.math]
-    inner = (f"SELECT {bucket} AS bucket, e.person_id, e.session_id, {v} AS v, {bv} AS bv"
-             f" FROM {src} WHERE {where}")
-    rows = b.run(ctx, f"SELECT bv, bucket, {agg}, count(*) FROM ({inner}) GROUP BY bv, bucket")
+    inner = f"SELECT {bucket} AS bucket, {cols}, {bv} AS bv FROM {src} WHERE {where}"
+    rows = b.run(ctx, f"SELECT bv, bucket, {agg}, sum(n) FROM ({inner}) GROUP BY bv, bucket")
     events: dict[str | None, int] = {}
     out: dict[str | None, dict[datetime, Any]] = {}
     for value, bucket_start, x, n in rows:

@@ -428,9 +428,10 @@ class Warehouse:
         def hot(count: Callable[[str, list[Any]], int]) -> None:
             out["hot_events"] = count(f"DELETE FROM events_raw WHERE person_id IN ({marks})", ids)
             # the query cache's copies of their warm and cold rows go in the same commit
-            if count("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'query_cache'", []):
-                out["query_cache_rows"] = count(
-                    f"DELETE FROM query_cache WHERE person_id IN ({marks})", ids)
+            for table, key in (("query_cache", "query_cache_rows"),
+                               ("query_cache_rollup", "query_cache_rollup_rows")):
+                if count("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]):
+                    out[key] = count(f"DELETE FROM {table} WHERE person_id IN ({marks})", ids)
             out["order_items"] = count(
                 f"DELETE FROM order_items WHERE message_id IN (SELECT message_id FROM orders"
                 f" WHERE person_id IN ({marks}))", ids)

@@ -1,0 +1,213 @@
+"""The snapshot an insight reads, with the per-query fixed costs kept small.
+
+``Warehouse.snapshot()`` makes a new cursor, registers a pyarrow dataset per tier and
+creates the analysts' views for every query (tens of ms). Here cursors are pooled per
+warehouse: the static views are created once per cursor; a query only opens a read
+transaction, reads the small state it depends on (which tier files are live and which
+of them are in the query cache, whether any person is restricted, whether merges are
+waiting to be folded into the cache) and defines, for that state:
+
+- ``events_live``: the hot table and live tier files not cached yet (Parquet), merges
+  resolved;
+- ``events``: ``events_live`` and the cached rows of live files (merges recorded after
+  the copy applied by a join with just those, only when there are some);
+- ``events_daily``: the same events as ``events_live`` plus the cache's daily rollup
+  (see :mod:`aap.query.rollup`), for insights that only need UTC days.
+
+Restricted persons (Art. 18) are left out of all three; the filter is not there at all
+when nobody is restricted. Without a usable cache it falls back to
+``Warehouse.snapshot()`` with ``events`` over the tiers.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import duckdb
+
+from aap.store.schema import EVENT_ARROW_SCHEMA, VIEWS
+from aap.store.warehouse import Warehouse
+
+PENDING = ("(SELECT old_person_id, person_id FROM person_overrides"
+           " EXCEPT SELECT old_person_id, person_id FROM query_cache_overrides)")
+"""Merges recorded after the cache copied the rows they apply to."""
+
+_STATE = f"""
+SELECT
+    (SELECT list(c.file_no ORDER BY c.file_no) FROM tier_files t JOIN query_cache_files c
+     USING (path)),
+    (SELECT list(t.path ORDER BY t.path) FROM tier_files t ANTI JOIN query_cache_files c
+     USING (path)),
+    EXISTS (SELECT 1 FROM person_flags WHERE flag = 'restricted'),
+    EXISTS (SELECT 1 FROM {PENDING})
+"""
+_RESTRICTED = "person_id NOT IN (SELECT person_id FROM person_flags WHERE flag = 'restricted')"
+
+
+class _Pool:
+    """Idle cursors of one warehouse, each with the static views created."""
+
+    def __init__(self, warehouse: Warehouse) -> None:
+        self.warehouse = warehouse
+        self.idle: list[duckdb.DuckDBPyConnection] = []
+        self.lock = threading.Lock()
+
+    def take(self) -> duckdb.DuckDBPyConnection:
+        with self.lock:
+            if self.idle:
+                return self.idle.pop()
+        cur = self.warehouse.con.cursor()
+        empty = EVENT_ARROW_SCHEMA.empty_table()
+        cur.register("warm_events", empty)
+        cur.register("cold_events", empty)
+        cur.execute(VIEWS)  # sessions, devices, … read whatever ``events`` is per query
+        return cur
+
+    def give_back(self, cur: duckdb.DuckDBPyConnection) -> None:
+        with self.lock:
+            if len(self.idle) < 8:
+                self.idle.append(cur)
+                return
+        cur.close()
+
+    def clear(self) -> None:
+        with self.lock:
+            idle, self.idle = self.idle, []
+        for cur in idle:
+            cur.close()
+
+
+_POOLS: weakref.WeakKeyDictionary[Warehouse, _Pool] = weakref.WeakKeyDictionary()
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(warehouse: Warehouse) -> _Pool:
+    with _POOLS_LOCK:
+        pool = _POOLS.get(warehouse)
+        if pool is None:
+            pool = _POOLS[warehouse] = _Pool(warehouse)
+        return pool
+
+
+def forget(warehouse: Warehouse) -> None:
+    """Drop the pooled cursors (the cache's tables were rebuilt)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.pop(warehouse, None)
+    if pool is not None:
+        pool.clear()
+
+
+def _columns(cur: duckdb.DuckDBPyConnection, table: str) -> list[str] | None:
+    try:
+        res = cur.execute(f"SELECT * FROM {table} LIMIT 0")
+    except duckdb.CatalogException:
+        return None
+    return [d[0] for d in res.description or []]
+
+
+def usable_cache(cur: duckdb.DuckDBPyConnection) -> tuple[bool, bool]:
+    """(the cache has the events' columns, its daily rollup has the expected columns)."""
+    from aap.query.cache import EXPECTED_COLUMNS
+    from aap.query.rollup import EXPECTED_COLUMNS as ROLLUP_COLUMNS
+
+    if _columns(cur, "query_cache") != EXPECTED_COLUMNS:
+        return False, False
+    return True, _columns(cur, "query_cache_rollup") == ROLLUP_COLUMNS
+
+
+@dataclass
+class Views:
+    daily: bool = False
+    """``events_daily`` is defined."""
+    cached_files: list[int] | None = None
+    """The query cache's file numbers of live files, when its rows need nothing applied
+    at query time (no pending merge, nobody restricted): ``query_cache`` restricted to
+    them, plus ``events_live``, is ``events``."""
+
+
+def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
+                 rollup: bool) -> Views:
+    """Inside a read transaction: (re)define ``events_live``, ``events`` and, when the
+    cache has its rollup, ``events_daily``."""
+    from aap.query.rollup import DIMS
+
+    cached, uncached, restricted, pending = cur.execute(_STATE).fetchall()[0]
+    cached = cached or []
+    uncached = uncached or []
+    live = "SELECT * FROM events_raw"
+    if uncached:
+        cur.register("uncached_events", warehouse.tiers.dataset(list(uncached)))
+        live += " UNION ALL SELECT * FROM uncached_events"
+    keep = f" WHERE {_RESTRICTED}" if restricted else ""
+    in_cache = f"c.file_no IN ({', '.join(map(str, cached))})" if cached else "false"
+    resolve = (f" LEFT JOIN {PENDING} d ON d.old_person_id = c.person_id" if pending else "")
+    pid = "coalesce(d.person_id, c.person_id)" if pending else "c.person_id"
+    cur.execute(f"""
+        CREATE OR REPLACE TEMP VIEW events_live AS
+        SELECT * FROM (
+            SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)
+            FROM ({live}) e LEFT JOIN person_overrides o ON o.old_person_id = e.person_id){keep};
+        CREATE OR REPLACE TEMP VIEW events AS
+        SELECT * FROM events_live
+        UNION ALL
+        SELECT * FROM (
+            SELECT c.* EXCLUDE (file_no, session_hash, event_code) REPLACE ({pid} AS person_id)
+            FROM query_cache c{resolve} WHERE {in_cache}){keep};
+    """)
+    views = Views(cached_files=None if (restricted or pending) else list(cached))
+    if not rollup:
+        return views
+    dims = ", ".join(f'"{d}"' for d in DIMS)
+    cur.execute(f"""
+        CREATE OR REPLACE TEMP VIEW events_daily AS
+        SELECT event, timestamp, person_id, 1::BIGINT AS n, {dims} FROM events_live
+        UNION ALL
+        SELECT * FROM (
+            SELECT c.event, c.t_min AS timestamp, {pid} AS person_id, c.n,
+                   {", ".join(f'c."{d}"' for d in DIMS)}
+            FROM query_cache_rollup c{resolve} WHERE {in_cache}){keep};
+    """)
+    views.daily = True
+    return views
+
+
+@contextmanager
+def open_snapshot(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnection, Views]]:
+    """A cursor inside one read transaction with ``events`` defined for it (and the
+    views of ``Warehouse.snapshot()``), and what else is there."""
+    pool = _pool(warehouse)
+    cur = pool.take()
+    ok = False
+    try:
+        cache, rollup = usable_cache(cur)  # (outside: a missing table aborts a transaction)
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            views = Views()
+            if not cache:
+                # no (usable) cache: every tier from Parquet, as Warehouse.snapshot()
+                files = cur.execute("SELECT tier, path FROM tier_files").fetchall()
+                for tier in ("warm", "cold"):
+                    cur.register(f"{tier}_events", warehouse.tiers.dataset(
+                        [p for t, p in files if t == tier]))
+                cur.execute(VIEWS)
+            else:
+                views = define_views(cur, warehouse, rollup=rollup)
+            yield cur, views
+        finally:
+            cur.execute("ROLLBACK")  # read only; the views made in it go with it
+        ok = True
+    finally:
+        if ok:
+            pool.give_back(cur)
+        else:
+            cur.close()  # interrupted or failed: not reused
+
+
+@contextmanager
+def snapshot(warehouse: Warehouse) -> Iterator[duckdb.DuckDBPyConnection]:
+    with open_snapshot(warehouse) as (cur, _):
+        yield cur
