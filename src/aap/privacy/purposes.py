@@ -197,3 +197,15 @@ def record_of_processing(registry: Registry, sources: list[tuple[str, tuple[tupl
             "- Transfers to third countries: none (AAP runs on the controller's machines)",
             ""]
     return "\n".join(lines)
+
+
+ANALYTICS_PURPOSES = ("analytics", "audience_measurement")
+"""Purposes whose events insights, cohorts and analysts' SQL may read (the CNIL mode's
+exempt purpose is audience measurement, statistics too). Events stored before events
+carried purposes count as analytics."""
+
+
+def analytics_only(column: str = "purposes") -> str:
+    """A SQL condition: the event may be used for analytics."""
+    wanted = ", ".join(f"'{p}'" for p in ANALYTICS_PURPOSES)
+    return f"({column} IS NULL OR list_has_any({column}, [{wanted}]))"

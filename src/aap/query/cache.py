@@ -34,6 +34,7 @@ from contextlib import contextmanager
 
 import duckdb
 
+from aap.privacy.purposes import analytics_only
 from aap.query import rollup
 from aap.query import snapshot as snapshots
 from aap.query.snapshot import PENDING as _PENDING
@@ -181,6 +182,7 @@ class QueryCache:
                         " (coalesce(o.person_id, e.person_id) AS person_id) FROM cache_src e"
                         " LEFT JOIN person_overrides o ON o.old_person_id = e.person_id"
                         " LEFT JOIN query_cache_names n ON n.name = e.event"
+                        f" WHERE {analytics_only('e.purposes')}"
                         " ORDER BY hash(e.session_id), e.timestamp, e.event", [no])
                     cur.unregister("cache_src")
                     cur.execute(rollup.FILL, [no])

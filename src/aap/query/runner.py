@@ -25,7 +25,7 @@ from aap.query.models import (
     Trends,
     parse_insight,
 )
-from aap.query.snapshot import Views, open_snapshot, snapshot
+from aap.query.snapshot import Views, open_snapshot, plain_snapshot, snapshot
 from aap.store.warehouse import Warehouse
 
 RUNNERS: dict[type, Callable[[Context, Any], dict[str, Any]]] = {
@@ -36,7 +36,7 @@ RUNNERS: dict[type, Callable[[Context, Any], dict[str, Any]]] = {
 
 @contextmanager
 def _plain(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnection, Views]]:
-    with warehouse.snapshot() as cur:
+    with plain_snapshot(warehouse) as cur:
         yield cur, Views()
 
 
@@ -53,7 +53,7 @@ def run_insight(warehouse: Warehouse, doc: bytes | str | dict[str, Any] | Insigh
     text may name a person, so it is not recorded)."""
     q = doc if isinstance(doc, (Trends, Funnel, Retention, Paths, Stickiness, Lifecycle, SQL)) \
         else parse_insight(doc)
-    snap = (lambda: snapshot(warehouse)) if use_cache else warehouse.snapshot
+    snap = (lambda: snapshot(warehouse)) if use_cache else (lambda: plain_snapshot(warehouse))
     with (open_snapshot(warehouse) if use_cache else _plain(warehouse)) as (cur, views):
         ctx = Context(cur=cur, now=now or datetime.now(UTC), cohort=cohort, role=role,
                       snapshot=snap, daily=views.daily, cached_files=views.cached_files)

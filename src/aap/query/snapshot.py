@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from aap.privacy.purposes import analytics_only
 from aap.store.schema import EVENT_ARROW_SCHEMA, VIEWS
 from aap.store.warehouse import Warehouse
 
@@ -45,6 +46,10 @@ SELECT
     EXISTS (SELECT 1 FROM person_flags WHERE flag = 'restricted'),
     EXISTS (SELECT 1 FROM {PENDING})
 """
+ANALYTICS_EVENTS = ("CREATE OR REPLACE TEMP VIEW events AS SELECT * FROM events_visible"
+                    f" WHERE {analytics_only()}")
+"""``events`` for insights over ``Warehouse.snapshot()``'s views: only events that may be
+used for analytics (see :data:`aap.privacy.purposes.ANALYTICS_PURPOSES`)."""
 _RESTRICTED = "person_id NOT IN (SELECT person_id FROM person_flags WHERE flag = 'restricted')"
 
 
@@ -150,7 +155,8 @@ def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
         CREATE OR REPLACE TEMP VIEW events_live AS
         SELECT * FROM (
             SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)
-            FROM ({live}) e LEFT JOIN person_overrides o ON o.old_person_id = e.person_id){keep};
+            FROM ({live}) e LEFT JOIN person_overrides o ON o.old_person_id = e.person_id
+            WHERE {analytics_only("e.purposes")}){keep};
         CREATE OR REPLACE TEMP VIEW events AS
         SELECT * FROM events_live
         UNION ALL
@@ -194,6 +200,7 @@ def open_snapshot(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnect
                     cur.register(f"{tier}_events", warehouse.tiers.dataset(
                         [p for t, p in files if t == tier]))
                 cur.execute(VIEWS)
+                cur.execute(ANALYTICS_EVENTS)
             else:
                 views = define_views(cur, warehouse, rollup=rollup)
             yield cur, views
@@ -205,6 +212,14 @@ def open_snapshot(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnect
             pool.give_back(cur)
         else:
             cur.close()  # interrupted or failed: not reused
+
+
+@contextmanager
+def plain_snapshot(warehouse: Warehouse) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``Warehouse.snapshot()`` (every tier from its files, no cache) as insights see it."""
+    with warehouse.snapshot() as cur:
+        cur.execute(ANALYTICS_EVENTS)
+        yield cur
 
 
 @contextmanager

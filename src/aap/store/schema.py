@@ -136,11 +136,12 @@ CREATE OR REPLACE TEMP VIEW events_all AS
     SELECT * FROM events_raw
     UNION ALL SELECT * FROM warm_events
     UNION ALL SELECT * FROM cold_events;
-CREATE OR REPLACE TEMP VIEW events AS
+CREATE OR REPLACE TEMP VIEW events_visible AS
     SELECT * FROM (
         SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)
         FROM events_all e LEFT JOIN person_overrides o ON o.old_person_id = e.person_id)
     WHERE person_id NOT IN (SELECT person_id FROM person_flags WHERE flag = 'restricted');
+CREATE OR REPLACE TEMP VIEW events AS SELECT * FROM events_visible;
 CREATE OR REPLACE TEMP VIEW sessions AS
     SELECT session_id, any_value(person_id) AS person_id,
            min(timestamp) AS started_at, max(timestamp) AS ended_at,
