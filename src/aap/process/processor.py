@@ -144,10 +144,14 @@ class Processor:
                 self._ahead.append(records)
             records = self._ahead.popleft()
             prepared = self.preparer.result()
-            if not self.failures:  # the next chunks are prepared while this one goes on
+            # Behind (a full chunk): the next chunks are prepared while this one goes on.
+            # Caught up (a short one): nothing is read ahead, so that the next chunk is
+            # read, prepared and written as soon as it is due — a chunk read ahead now
+            # would wait a whole cycle before its turn.
+            if not self.failures and len(records) >= self.chunk_records:
                 while len(self._ahead) < self.preparer.capacity:
                     if self._ahead and len(self._ahead[-1]) < self.chunk_records:
-                        break  # caught up: one chunk ahead is enough, and the freshest
+                        break
                     ahead = self._read((self._ahead[-1] if self._ahead else records)[-1].offset)
                     if not ahead:
                         break
