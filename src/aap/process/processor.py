@@ -93,6 +93,8 @@ class Processor:
         self.preparer: LocalPreparer | WorkerPreparer = (
             WorkerPreparer(cfg, prepare_processes) if worker else LocalPreparer(cfg))
         self._withdrawals_due = 0.0
+        self.pressed = True
+        """Read ahead (set by :meth:`run` from how busy the last chunk kept it)."""
         self._ahead: deque[list[Record]] = deque()
         """Chunks of records submitted for preparation, after the chunk being built."""
         self._load()
@@ -144,11 +146,12 @@ class Processor:
                 self._ahead.append(records)
             records = self._ahead.popleft()
             prepared = self.preparer.result()
-            # Behind (a full chunk): the next chunks are prepared while this one goes on.
-            # Caught up (a short one): nothing is read ahead, so that the next chunk is
-            # read, prepared and written as soon as it is due — a chunk read ahead now
-            # would wait a whole cycle before its turn.
-            if not self.failures and len(records) >= self.chunk_records:
+            # Behind (a full chunk, or chunks that keep the processor busy, see run): the
+            # next chunks are prepared while this one goes on. Caught up with time to
+            # spare: nothing is read ahead, so that the next chunk is read, prepared and
+            # written as soon as it is due — a chunk read ahead now would wait a whole
+            # cycle before its turn.
+            if not self.failures and (self.pressed or len(records) >= self.chunk_records):
                 while len(self._ahead) < self.preparer.capacity:
                     if self._ahead and len(self._ahead[-1]) < self.chunk_records:
                         break
@@ -305,10 +308,14 @@ class Processor:
                     logger.exception("processing a chunk failed; retrying")
                     stop.wait(1.0)
                     continue
+                spare = linger - (time.monotonic() - started)
+                # A chunk that took most of the linger to process means the load is close
+                # to what the processor can do in step: read ahead again (see run_once).
+                self.pressed = n >= self.chunk_records or spare < linger / 4
                 if n == 0:
                     stop.wait(idle_sleep)
                 elif n < self.chunk_records:
-                    stop.wait(max(0.0, linger - (time.monotonic() - started)))
+                    stop.wait(max(0.0, spare))
         finally:
             self.close()
 
