@@ -4,6 +4,7 @@ them (src/aap/process/shop.py)."""
 from __future__ import annotations
 
 from datetime import datetime
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -13,8 +14,8 @@ from aap.process import shop
 
 def _extract(events: list[tuple[str, dict]]) -> shop.Rows:
     names = pa.array([n for n, _ in events], pa.string())
-    return shop.extract(names, [p for _, p in events], [f"m{i}" for i in range(len(events))],
-                        ["src"] * len(events))
+    return shop.extract(names, [SimpleNamespace(properties=p, message_id=f"m{i}", source="src")
+                                for i, (_, p) in enumerate(events)])
 
 
 EVENTS = [

@@ -276,23 +276,7 @@ def enrichment(w: _Work) -> None:
 def shop_rows(w: _Work) -> None:
     """Orders, items and products (see :mod:`aap.process.shop`), read from the decoded
     properties."""
-    evs = w.events
-    w.shop = shop.extract(w.cols["event"], _LazyColumn(evs, "properties"),
-                          _LazyColumn(evs, "message_id"), _LazyColumn(evs, "source"))
-
-
-class _LazyColumn(Sequence[Any]):
-    """One attribute of the events, read when indexed."""
-
-    def __init__(self, events: list[EventView], name: str) -> None:
-        self.events = events
-        self.name = name
-
-    def __len__(self) -> int:
-        return len(self.events)
-
-    def __getitem__(self, i: Any) -> Any:
-        return getattr(self.events[i], self.name)
+    w.shop = shop.extract(w.cols["event"], w.events)
 
 
 PREPARE_STEPS: tuple[tuple[str, Callable[[_Work], None]], ...] = (

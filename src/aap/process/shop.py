@@ -17,32 +17,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aap.store.warehouse import ORDER_ITEMS, ORDERS, PRODUCTS, rows_table
+
 ORDER_EVENTS = frozenset({"Order Completed"})
 PRODUCT_EVENTS = frozenset({"Product Viewed", "Product Added", "Product Clicked",
                             "Product Removed"})
 
-ORDERS = pa.schema([("row", pa.int32()), ("order_id", pa.string()),
-                    ("message_id", pa.string()), ("source", pa.string()),
-                    ("revenue", pa.float64()), ("currency", pa.string()),
-                    ("items", pa.int32())])
-ITEMS = pa.schema([("row", pa.int32()), ("order_id", pa.string()),
-                   ("message_id", pa.string()), ("product_id", pa.string()),
-                   ("name", pa.string()), ("category", pa.string()),
-                   ("price", pa.float64()), ("quantity", pa.float64())])
-PRODUCTS = pa.schema([("row", pa.int32()), ("product_id", pa.string()),
-                      ("name", pa.string()), ("category", pa.string()),
-                      ("price", pa.float64())])
+ORDER_ROWS = pa.schema([("row", pa.int32()), ("order_id", pa.string()),
+                        ("message_id", pa.string()), ("source", pa.string()),
+                        ("revenue", pa.float64()), ("currency", pa.string()),
+                        ("items", pa.int32())])
+ITEM_ROWS = pa.schema([("row", pa.int32()), *ORDER_ITEMS])
+PRODUCT_ROWS = pa.schema([("row", pa.int32()),
+                          *(PRODUCTS.field(n) for n in ("product_id", "name", "category", "price"))])
 """One row per mention of a product, in log order."""
-_ORDER_TABLE = pa.schema([("order_id", pa.string()), ("message_id", pa.string()),
-                          ("source", pa.string()), ("person_id", pa.int64()),
-                          ("session_id", pa.string()), ("timestamp", pa.timestamp("us")),
-                          ("revenue", pa.float64()), ("currency", pa.string()),
-                          ("items", pa.int32())])
-_PRODUCT_TABLE = pa.schema([("product_id", pa.string()), ("name", pa.string()),
-                            ("category", pa.string()), ("price", pa.float64()),
-                            ("first_seen", pa.timestamp("us")),
-                            ("last_seen", pa.timestamp("us"))])
-"""What :func:`attach` gives the warehouse (its ``orders`` and ``products`` tables)."""
 
 
 class Rows:
@@ -57,7 +45,8 @@ class Rows:
 
     @classmethod
     def empty(cls) -> Rows:
-        return cls(ORDERS.empty_table(), ITEMS.empty_table(), PRODUCTS.empty_table())
+        return cls(ORDER_ROWS.empty_table(), ITEM_ROWS.empty_table(),
+                   PRODUCT_ROWS.empty_table())
 
 
 def _num(v: Any) -> float | None:
@@ -86,32 +75,26 @@ def _product(row: int, p: dict[str, Any], out: list[tuple[Any, ...]]) -> None:
                     _num(p.get("price"))))
 
 
-def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
-    if not rows:
-        return schema.empty_table()
-    return pa.table([pa.array(c, f.type) for c, f in zip(zip(*rows, strict=True), schema,
-                                                         strict=True)], schema=schema)
-
-
 _EVENTS = pa.array(sorted(ORDER_EVENTS | PRODUCT_EVENTS))
 
 
-def extract(events: pa.Array, properties: Sequence[dict[str, Any]],
-            message_ids: Sequence[str], sources: Sequence[str]) -> Rows:
-    """The shop rows of a chunk's events, given as columns: ``events`` the event names
-    as the warehouse stores them (only ``track`` events have names without ``$``)."""
+def extract(names: pa.Array, events: Sequence[Any]) -> Rows:
+    """The shop rows of a chunk's events (read: ``properties``, ``message_id`` and
+    ``source``); ``names`` are the event names as the warehouse stores them (only
+    ``track`` events have names without ``$``)."""
     orders: list[tuple[Any, ...]] = []
     items: list[tuple[Any, ...]] = []
     products: list[tuple[Any, ...]] = []
-    found = pc.indices_nonzero(pc.is_in(events, value_set=_EVENTS))
+    found = pc.indices_nonzero(pc.is_in(names, value_set=_EVENTS))
     if not len(found):
         return Rows.empty()
-    for row, name in zip(found.to_pylist(), events.take(found).to_pylist(), strict=True):
-        p = properties[row]
+    for row, name in zip(found.to_pylist(), names.take(found).to_pylist(), strict=True):
+        ev = events[row]
+        p = ev.properties
         if name in PRODUCT_EVENTS:
             _product(row, p, products)
             continue
-        message_id = message_ids[row]
+        message_id = ev.message_id
         order_id = _str(p.get("order_id")) or message_id
         lines = p.get("products")
         n = 0
@@ -128,9 +111,10 @@ def extract(events: pa.Array, properties: Sequence[dict[str, Any]],
         revenue = _num(p.get("revenue"))
         if revenue is None:
             revenue = _num(p.get("total"))
-        orders.append((row, order_id, message_id, sources[row], revenue,
+        orders.append((row, order_id, message_id, ev.source, revenue,
                        _str(p.get("currency")), n))
-    return Rows(_table(orders, ORDERS), _table(items, ITEMS), _table(products, PRODUCTS))
+    return Rows(rows_table(orders, ORDER_ROWS), rows_table(items, ITEM_ROWS),
+                rows_table(products, PRODUCT_ROWS))
 
 
 def attach(rows: Rows, kept: np.ndarray, size: int, person_id: Sequence[int],
@@ -141,8 +125,7 @@ def attach(rows: Rows, kept: np.ndarray, size: int, person_id: Sequence[int],
     events the chunk keeps. ``kept``: the original index (``row``) of each kept event, in
     order; ``size``: the number of events the chunk had."""
     if not len(kept) or not (rows.orders.num_rows or rows.products.num_rows):
-        return (_ORDER_TABLE.empty_table(), ITEMS.remove(0).empty_table(),
-                _PRODUCT_TABLE.empty_table())
+        return ORDERS.empty_table(), ORDER_ITEMS.empty_table(), PRODUCTS.empty_table()
     pos = np.full(size, -1, np.int64)
     pos[np.asarray(kept, np.int64)] = np.arange(len(kept))
 

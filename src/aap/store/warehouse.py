@@ -52,21 +52,22 @@ class Chunk:
 _PERSONS = pa.schema([("person_id", pa.int64()), ("first_seen", pa.timestamp("us")),
                       ("last_seen", pa.timestamp("us")), ("identified", pa.bool_()),
                       ("traits", pa.string())])
-_ORDERS = pa.schema([("order_id", pa.string()), ("message_id", pa.string()),
+ORDERS = pa.schema([("order_id", pa.string()), ("message_id", pa.string()),
                      ("source", pa.string()), ("person_id", pa.int64()),
                      ("session_id", pa.string()), ("timestamp", pa.timestamp("us")),
                      ("revenue", pa.float64()), ("currency", pa.string()),
                      ("items", pa.int32())])
-_ITEMS = pa.schema([("order_id", pa.string()), ("message_id", pa.string()),
+ORDER_ITEMS = pa.schema([("order_id", pa.string()), ("message_id", pa.string()),
                     ("product_id", pa.string()), ("name", pa.string()),
                     ("category", pa.string()), ("price", pa.float64()),
                     ("quantity", pa.float64())])
-_PRODUCTS = pa.schema([("product_id", pa.string()), ("name", pa.string()),
+PRODUCTS = pa.schema([("product_id", pa.string()), ("name", pa.string()),
                        ("category", pa.string()), ("price", pa.float64()),
                        ("first_seen", pa.timestamp("us")), ("last_seen", pa.timestamp("us"))])
 
 
-def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
+def rows_table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
+    """Rows (tuples in the schema's column order) as a table of that schema."""
     cols: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)] if rows else [
         [] for _ in schema]
     return pa.table([pa.array(c, type=f.type) for c, f in zip(cols, schema, strict=True)],
@@ -74,7 +75,7 @@ def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
 
 
 def _as_table(rows: pa.Table | list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
-    return rows.cast(schema) if isinstance(rows, pa.Table) else _table(rows, schema)
+    return rows.cast(schema) if isinstance(rows, pa.Table) else rows_table(rows, schema)
 
 
 class Warehouse:
@@ -167,10 +168,9 @@ class Warehouse:
             con.register("chunk_events", events)
             con.execute("INSERT INTO events_raw SELECT * FROM chunk_events")
             con.unregister("chunk_events")
-        persons = (chunk.persons if isinstance(chunk.persons, pa.Table)
-                   else _table(chunk.persons, _PERSONS))
+        persons = _as_table(chunk.persons, _PERSONS)
         if persons.num_rows:
-            con.register("chunk_persons", persons.cast(_PERSONS))
+            con.register("chunk_persons", persons)
             con.execute("""
                 INSERT INTO persons SELECT * FROM chunk_persons ON CONFLICT (person_id) DO UPDATE SET
                     first_seen = least(persons.first_seen, excluded.first_seen),
@@ -192,14 +192,14 @@ class Warehouse:
             con.execute("INSERT INTO person_overrides VALUES (?, ?) ON CONFLICT (old_person_id)"
                         " DO UPDATE SET person_id = excluded.person_id", [old, new])
             self._fold_person(con, old, new)
-        for rows, schema, table in ((chunk.orders, _ORDERS, "orders"),
-                                    (chunk.order_items, _ITEMS, "order_items")):
+        for rows, schema, table in ((chunk.orders, ORDERS, "orders"),
+                                    (chunk.order_items, ORDER_ITEMS, "order_items")):
             if len(rows):
                 con.register("chunk_rows", _as_table(rows, schema))
                 con.execute(f"INSERT INTO {table} SELECT * FROM chunk_rows")
                 con.unregister("chunk_rows")
         if len(chunk.products):
-            con.register("chunk_products", _as_table(chunk.products, _PRODUCTS))
+            con.register("chunk_products", _as_table(chunk.products, PRODUCTS))
             con.execute("""
                 INSERT INTO products SELECT * FROM chunk_products
                 ON CONFLICT (product_id) DO UPDATE SET
