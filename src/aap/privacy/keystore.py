@@ -26,7 +26,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -194,28 +194,10 @@ class Keystore:
         subjects as destroyed, so no key is made for them again. Returns how many keys
         were destroyed."""
         subs = sorted(set(subjects))
-        con = self._con()
-        now = int(time.time())
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            n = 0
-            for i in range(0, len(subs), 500):
-                part = subs[i:i + 500]
-                marks = ",".join("?" * len(part))
-                n += con.execute(f"DELETE FROM data_keys WHERE subject IN ({marks})", part).rowcount
-                con.execute(f"DELETE FROM identifiers WHERE subject IN ({marks})", part)
-                con.execute(f"DELETE FROM personal_traits WHERE subject IN ({marks})", part)
-            con.executemany("INSERT OR IGNORE INTO destroyed (subject, destroyed_at) VALUES (?, ?)",
-                            [(s, now) for s in subs])
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old pages leave the WAL too
+        n = self._shred(subs, lambda con, now: con.executemany(
+            "INSERT OR IGNORE INTO destroyed (subject, destroyed_at) VALUES (?, ?)",
+            [(s, now) for s in subs]))
         with self._lock:
-            for s in subs:
-                self._cache.pop(s, None)
             self.destroyed.update(subs)
         return n
 
@@ -226,6 +208,19 @@ class Keystore:
         within :data:`FORGET_NOTICE_S` (:meth:`refresh_forgotten`); the notice itself is
         deleted after a day. Returns how many keys were deleted."""
         subs = sorted(set(subjects))
+
+        def notice(con: sqlite3.Connection, now: int) -> None:
+            con.executemany("INSERT INTO forgotten (subject, forgotten_at) VALUES (?, ?)",
+                            [(s, now) for s in subs])
+            con.execute("DELETE FROM forgotten WHERE forgotten_at < ?", (now - 86_400,))
+
+        return self._shred(subs, notice)
+
+    def _shred(self, subs: list[int], record: Callable[[sqlite3.Connection, int], object]
+               ) -> int:
+        """In one transaction: delete the subjects' data keys, sealed ids and personal
+        traits (``secure_delete`` overwrites the bytes, and the WAL is truncated after),
+        and ``record`` why; their cached keys are dropped. Returns how many keys went."""
         con = self._con()
         now = int(time.time())
         con.execute("BEGIN IMMEDIATE")
@@ -237,15 +232,13 @@ class Keystore:
                 n += con.execute(f"DELETE FROM data_keys WHERE subject IN ({marks})", part).rowcount
                 con.execute(f"DELETE FROM identifiers WHERE subject IN ({marks})", part)
                 con.execute(f"DELETE FROM personal_traits WHERE subject IN ({marks})", part)
-            con.executemany("INSERT INTO forgotten (subject, forgotten_at) VALUES (?, ?)",
-                            [(s, now) for s in subs])
-            con.execute("DELETE FROM forgotten WHERE forgotten_at < ?", (now - 86_400,))
+            record(con, now)
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
                 con.execute("ROLLBACK")
             raise
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old pages leave the WAL too
         with self._lock:
             for s in subs:
                 self._cache.pop(s, None)
