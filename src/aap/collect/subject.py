@@ -14,7 +14,7 @@ import msgspec
 
 from aap import errors
 from aap.privacy.ids import IdHasher
-from aap.privacy.requests import RequestStore
+from aap.privacy.requests import RequestStore, decode_request
 from aap.privacy.tokens import BadToken, SubjectTokens
 
 PATH = "/v1/privacy/requests"
@@ -46,13 +46,7 @@ class SelfService:
 
     def submit(self, authorization: str | None, body: bytes) -> dict[str, Any]:
         source, key = self._subject(authorization)
-        try:
-            req = msgspec.json.decode(body, type=OwnRequest)
-        except msgspec.ValidationError as exc:
-            raise errors.BadRequest(f"invalid privacy request: {exc}",
-                                    code="invalid_request") from None
-        except msgspec.DecodeError:
-            raise errors.BadRequest("the body is not valid JSON", code="invalid_json") from None
+        req = decode_request(body, OwnRequest)
         rid = self.store.add(req.type, [key], {"self_service": True}, req.traits,
                              f"subject:{source}")
         return {"id": rid, "status": "pending"}

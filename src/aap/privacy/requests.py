@@ -20,7 +20,7 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -58,6 +58,21 @@ _ADDED = (("filed_by", "TEXT"), ("lift", "INTEGER NOT NULL DEFAULT 0"), ("sealed
 class Subject(msgspec.Struct, forbid_unknown_fields=True):
     userId: str | None = None
     anonymousId: str | None = None
+
+
+_R = TypeVar("_R")
+
+
+def decode_request(body: bytes, typ: type[_R]) -> _R:
+    """A rights request's JSON body (the API's or a subject's own), or a 400 naming the
+    problem."""
+    try:
+        return msgspec.json.decode(body, type=typ)
+    except msgspec.ValidationError as exc:
+        raise errors.BadRequest(f"invalid privacy request: {exc}",
+                                code="invalid_request") from None
+    except msgspec.DecodeError:
+        raise errors.BadRequest("the body is not valid JSON", code="invalid_json") from None
 
 
 class NewRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -216,13 +231,7 @@ class Requests(RequestStore):
     # -- the API --
 
     def submit(self, body: bytes, actor: str) -> dict[str, Any]:
-        try:
-            req = msgspec.json.decode(body, type=NewRequest)
-        except msgspec.ValidationError as exc:
-            raise errors.BadRequest(f"invalid privacy request: {exc}",
-                                    code="invalid_request") from None
-        except msgspec.DecodeError:
-            raise errors.BadRequest("the body is not valid JSON", code="invalid_json") from None
+        req = decode_request(body, NewRequest)
         users = [req.subject.userId] if req.subject.userId else []
         anons = [req.subject.anonymousId] if req.subject.anonymousId else []
         if not users and not anons:
