@@ -78,7 +78,6 @@ class Processor:
         self._historical_due = 0.0
         if callable(historical_sources):
             historical_sources = historical_sources()
-        self.historical_sources = historical_sources
         self.inactivity = inactivity
         self.consent = consent
         self.destroyed = destroyed
@@ -226,8 +225,7 @@ class Processor:
         except Exception:  # the registry is busy: the flags stay as they are for now
             logger.exception("reading the sources' historical flags failed")
             return
-        if now != self.historical_sources:
-            self.historical_sources = now
+        if now != self.preparer.cfg.historical_sources:
             self.preparer.cfg = replace(self.preparer.cfg, historical_sources=now)
 
     def _build(self, records: list[Record], prepared: Prepared) -> _Built:
