@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -74,3 +74,17 @@ def sdk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     r = start(tmp_path_factory.mktemp("sdk-srv"))
     yield r
     r.server.stop()
+
+
+def assert_refused(running: Running, send: Callable[[Running], httpx.Response], status: int,
+                   code: str) -> None:
+    """A bad request is answered ``status`` with a JSON body naming the problem
+    (``code``, ``message``, ``detail``), nothing of it is stored, and the server stays up."""
+    before = len(running.stored())
+    r = send(running)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["code"] == code
+    assert body["message"] and "detail" in body
+    assert len(running.stored()) == before  # nothing of a refused request was stored
+    assert httpx.get(running.url + "/healthz").status_code == 200

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Running
+from tests.conftest import Running, assert_refused
 
 
 @pytest.fixture(scope="module")
@@ -147,13 +147,7 @@ CASES: list[Case] = [
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_answer(running: Running, case: Case) -> None:
     _, send, status, code = case
-    before = len(running.stored())
-    r = send(running)
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert body["code"] == code
-    assert body["message"] and "detail" in body
-    assert len(running.stored()) == before
+    assert_refused(running, send, status, code)
 
 
 def test_missing_keys_say_where_the_key_goes(running: Running) -> None:
