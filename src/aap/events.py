@@ -62,8 +62,9 @@ class Event(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
     """``traits`` → the personal traits, sealed (the raw ids are in the keystore)."""
 
 
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(list[Event])
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(list[Event])
+_msgpack_decoder = msgspec.msgpack.Decoder(list[Event])
 _local = threading.local()  # zstd (de)compressors are not thread-safe
 
 
@@ -75,14 +76,34 @@ def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
 
 
 def encode_events(events: list[Event]) -> bytes:
-    """A log record's payload: the events as msgpack, compressed with zstd (level 1)."""
+    """A log record's payload: the events as one JSON array, compressed with zstd (level 1).
+
+    JSON rather than a binary format because the processor reads whole chunks of records
+    with DuckDB's JSON reader, straight into columns, without a Python object per event
+    (see :mod:`aap.process.prepare`); it costs the collector the same as msgpack and
+    compresses as well."""
     return _zstd()[0].compress(_encoder.encode(events))
 
 
 def payload_bytes(payload: bytes) -> bytes:
-    """The uncompressed msgpack of a payload (what canary scans search)."""
+    """The uncompressed events of a payload (what canary scans search): a JSON array, or
+    msgpack in records written before the log held JSON (:func:`is_json`)."""
     return _zstd()[1].decompress(payload)
 
 
+def is_json(raw: bytes) -> bool:
+    """Whether uncompressed payload bytes are a JSON array. The other kind is the msgpack
+    array the first versions wrote, which never starts with ``[`` (0x5B is a positive
+    fixint in msgpack, not an array header)."""
+    return raw[:1] == b"["
+
+
+def json_payload(payload: bytes) -> bytes:
+    """The payload's events as a JSON array (records in msgpack are converted)."""
+    raw = payload_bytes(payload)
+    return raw if is_json(raw) else _encoder.encode(_msgpack_decoder.decode(raw))
+
+
 def decode_events(payload: bytes) -> list[Event]:
-    return _decoder.decode(payload_bytes(payload))
+    raw = payload_bytes(payload)
+    return (_decoder if is_json(raw) else _msgpack_decoder).decode(raw)

@@ -57,6 +57,27 @@ def test_consumer_positions_and_lag(tmp_path_factory, counts, data) -> None:  # 
     log.close()
 
 
+@settings(max_examples=40, deadline=None)
+@given(counts=st.lists(st.integers(0, 20), min_size=1, max_size=10), data=st.data())
+def test_reads_stop_at_the_record_that_reaches_max_events(tmp_path_factory, counts, data) -> None:  # type: ignore[no-untyped-def]
+    log = SQLiteLog(tmp_path_factory.mktemp("log"))
+    offs = log.append([Append("s", n, b"x") for n in counts])
+    limit = data.draw(st.integers(1, 12))
+    max_events = data.draw(st.integers(1, 60))
+    got = [r.offset for r in log.read(0, limit, max_events)]
+    # the reference: records in order, up to `limit`, ending with the first that brings the
+    # events read to `max_events`
+    want, events = [], 0
+    for off, n in zip(offs[:limit], counts, strict=False):
+        want.append(off)
+        events += n
+        if events >= max_events:
+            break
+    assert got == want
+    assert [r.offset for r in log.read(0, limit)] == offs[:limit]
+    log.close()
+
+
 def test_retention_drops_old_records_but_keeps_totals(tmp_path: Path) -> None:
     log = SQLiteLog(tmp_path)
     log.append([Append("s", 3, b"a"), Append("s", 4, b"b")])

@@ -3,8 +3,8 @@ them (src/aap/process/shop.py)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -14,8 +14,9 @@ from aap.process import shop
 
 def _extract(events: list[tuple[str, dict]]) -> shop.Rows:
     names = pa.array([n for n, _ in events], pa.string())
-    return shop.extract(names, [SimpleNamespace(properties=p, message_id=f"m{i}", source="src")
-                                for i, (_, p) in enumerate(events)])
+    return shop.extract(names, pa.array([f"m{i}" for i in range(len(events))]),
+                        pa.array(["src"] * len(events)),
+                        pa.array([json.dumps(p) for _, p in events]))
 
 
 EVENTS = [

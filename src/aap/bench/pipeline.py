@@ -761,7 +761,7 @@ def _print(console: Any, r: dict[str, Any]) -> None:
                         f"({s['accepted']:,} of {s['events_sent']:,} events accepted)")
         for col in ("where", "events", "files", "bytes", "bytes/event"):
             t.add_column(col, justify="left" if col == "where" else "right")
-        t.add_row("log (SQLite, msgpack+zstd-1, after checkpoint)", f"{s['log_events']:,}", "1",
+        t.add_row("log (SQLite, JSON+zstd-1, after checkpoint)", f"{s['log_events']:,}", "1",
                   f"{s['log_bytes']:,}", f"{s['log_bytes_per_event']:.1f}")
         t.add_row("hot: DuckDB file (all tables)", f"{s['hot_rows']:,}", "1",
                   f"{s['hot_file_bytes']:,}", f"{s['hot_file_bytes_per_event']:.1f}")

@@ -101,8 +101,19 @@ class SQLiteLog:
             raise
         return offsets
 
-    def read(self, after: int, limit: int = 1000) -> list[Record]:
-        rows = self._con().execute(
+    def read(self, after: int, limit: int = 1000, max_events: int | None = None
+             ) -> list[Record]:
+        con = self._con()
+        if max_events is not None:  # the counts first (no payloads): where to stop
+            counts = con.execute("SELECT count FROM records WHERE seq > ? ORDER BY seq LIMIT ?",
+                                 (after, limit)).fetchall()
+            events = 0
+            for n, (count,) in enumerate(counts, 1):
+                events += count
+                if events >= max_events:
+                    limit = n
+                    break
+        rows = con.execute(
             "SELECT seq, appended_at, source, count, payload FROM records"
             " WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit),

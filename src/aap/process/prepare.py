@@ -3,8 +3,12 @@
 These steps depend on nothing but the records and the configuration, so they can run
 in another process (:class:`WorkerPreparer`, the default in ``aap serve``) while the
 processor runs the stateful steps of the previous chunk (:mod:`aap.process.steps`).
-Work is done per column, or once per distinct value (URLs, user agents); only
-extracting fields from the decoded events walks them one by one.
+
+No step walks the events one by one in Python: the chunk's records (JSON arrays, see
+:func:`aap.events.encode_events`) are read by DuckDB's JSON reader straight into
+columns, fields of ``context`` and ``properties`` included (:data:`READ_SQL`); the
+rest is done per column, or once per distinct value (URLs, user agents), and only the
+properties of e-commerce events are decoded in Python (:mod:`aap.process.shop`).
 
 The table has the warehouse's event columns except ``person_id`` and ``session_id``,
 plus what the stateful steps need (:data:`AUX_COLUMNS`).
@@ -12,14 +16,18 @@ plus what the stateful steps need (:data:`AUX_COLUMNS`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
+import os
 import struct
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import lru_cache
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import duckdb
@@ -29,17 +37,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aap.errors import TransientError
+from aap.events import json_payload
 from aap.process import enrich, shop
-from aap.process.view import (
-    _NO_CONTEXT,
-    CampaignView,
-    ContextView,
-    EventView,
-    LibraryView,
-    PageView,
-    decode,
-)  # fmt: skip
-from aap.store.schema import DEDUP_KEY_SQL
+from aap.store.schema import DEDUP_KEY_SQL, EVENT_ARROW_SCHEMA
 
 logger = logging.getLogger("aap.process")
 
@@ -61,6 +61,14 @@ seals the raw ids; for events written unsealed, by tools and tests, ``raw_ids`` 
 userId / anonymousId / previousId and the processor hashes them), the SDK's session id, the
 traits of identify events (JSON), and the receive time in milliseconds."""
 
+_AUX_TYPES = {"row": pa.int32(), "key": pa.uint64(), "user_key": pa.int64(),
+              "anonymous_key": pa.int64(), "previous_key": pa.int64(),
+              "raw_ids": pa.list_(pa.string()), "sdk_session": pa.string(),
+              "traits": pa.string(), "received_ms": pa.int64()}
+_STORED = {f.name: f.type for f in EVENT_ARROW_SCHEMA if f.name not in ("person_id", "session_id")}
+PREPARED_SCHEMA = pa.schema([*_STORED.items(), *_AUX_TYPES.items()])
+"""The table :func:`prepare` returns."""
+
 
 @dataclass(frozen=True, slots=True)
 class PrepareConfig:
@@ -78,72 +86,177 @@ class Prepared(NamedTuple):
     """Orders, order items and product mentions of the chunk's events."""
 
 
+# -- reading: records → columns, in DuckDB ----------------------------------------------
+
+_FIELDS = {
+    "type": "VARCHAR", "messageId": "VARCHAR", "source": "VARCHAR", "event": "VARCHAR",
+    "name": "VARCHAR", "category": "VARCHAR", "userId": "VARCHAR", "anonymousId": "VARCHAR",
+    "previousId": "VARCHAR", "timestamp": "TIMESTAMPTZ", "sentAt": "TIMESTAMPTZ",
+    "receivedAt": "TIMESTAMPTZ", "context": "JSON", "properties": "JSON", "traits": "JSON",
+    "purposes": "JSON", "geo": "STRUCT(country VARCHAR, region VARCHAR, city VARCHAR)",
+    "gpc": "BOOLEAN", "dnt": "BOOLEAN", "userKey": "BIGINT", "anonymousKey": "BIGINT",
+    "previousKey": "BIGINT",
+}  # fmt: skip
+"""What the steps read of a logged :class:`aap.events.Event` (the reader skips the rest)."""
+
+_CONTEXT_PATHS = ("page.url", "page.referrer", "page.path", "campaign.source",
+                  "campaign.medium", "campaign.name", "campaign.campaign", "campaign.term",
+                  "campaign.content", "userAgent", "library.name", "library.version",
+                  "sessionId", "session_id")
+_PROPERTY_PATHS = ("url", "referrer", "path", '"$session_id"')
+
+_INPUTS: dict[str, tuple[tuple[str, bool], ...]] = {
+    # column: the fields it is read from, first that has one wins; (field, integers too)
+    "url_in": (("p.url", False), ("c.page.url", False)),
+    "referrer": (("p.referrer", False), ("c.page.referrer", False)),
+    "path_in": (("p.path", False), ("c.page.path", False)),
+    "c_source": (("c.campaign.source", False),),
+    "c_medium": (("c.campaign.medium", False),),
+    "c_campaign": (("c.campaign.name", False), ("c.campaign.campaign", False)),
+    "c_term": (("c.campaign.term", False),),
+    "c_content": (("c.campaign.content", False),),
+    "ua": (("c.userAgent", False),),
+    "library_name": (("c.library.name", False),),
+    "library_version": (("c.library.version", False),),
+    "sdk_session": (("c.sessionId", True), ('p."$session_id"', True), ("c.session_id", True)),
+}
+"""What enrichment and sessions read, from the properties first, then from the context.
+A value counts only if it is a non-empty string (for session ids, also an integer, as
+text); anything else — a number where text belongs, an object, a ``page`` that is not
+an object — counts as missing."""
+
+
+def _input_sql(name: str, sources: tuple[tuple[str, bool], ...]) -> str:
+    parts = []
+    for src, integers in sources:
+        doc, path = src.split(".", 1)
+        i = (_CONTEXT_PATHS if doc == "c" else _PROPERTY_PATHS).index(path) + 1
+        kinds = "('VARCHAR', 'BIGINT', 'UBIGINT')" if integers else "('VARCHAR')"
+        parts.append(f"CASE WHEN {doc}t[{i}] IN {kinds} AND {doc}x[{i}] <> '' "
+                     f"THEN {doc}x[{i}] END")
+    return (f"coalesce({', '.join(parts)})" if len(parts) > 1 else parts[0]) + f" AS {name}"
+
+
+def _paths(paths: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'$.{p}'" for p in paths) + "]"
+
+
+READ_SQL = f"""
+WITH e AS (
+    SELECT *,
+        json_extract_string(context, {_paths(_CONTEXT_PATHS)}) AS cx,
+        json_type(context, {_paths(_CONTEXT_PATHS)}) AS ct,
+        json_extract_string(properties, {_paths(_PROPERTY_PATHS)}) AS px,
+        json_type(properties, {_paths(_PROPERTY_PATHS)}) AS pt
+    FROM read_json($path, format = 'array', records = true,
+                   columns = {{{", ".join(f"{k}: '{v}'" for k, v in _FIELDS.items())}}})
+)
+SELECT
+    messageId AS message_id, source, type,
+    CASE WHEN type = 'track' THEN coalesce(event, '') ELSE '$' || type END AS event,
+    epoch_us(timestamp) AS ts, epoch_us(sentAt) AS sent, epoch_us(receivedAt) AS recv,
+    name, category,
+    geo.country AS country, geo.region AS region, geo.city AS city,
+    coalesce(properties, '{{}}')::VARCHAR AS properties,
+    coalesce(gpc, false) AS gpc, coalesce(dnt, false) AS dnt,
+    coalesce(json_keys(purposes), []::VARCHAR[]) AS purposes,
+    hash(source, messageId) AS key,
+    userKey AS user_key, anonymousKey AS anonymous_key, previousKey AS previous_key,
+    CASE WHEN coalesce(userId, '') <> '' OR coalesce(anonymousId, '') <> ''
+              OR coalesce(previousId, '') <> ''
+         THEN [userId, anonymousId, previousId] END AS raw_ids,
+    CASE WHEN type = 'identify' AND traits IS NOT NULL AND traits::VARCHAR <> '{{}}'
+         THEN traits::VARCHAR END AS traits,
+    {(","+chr(10)+"    ").join(_input_sql(k, v) for k, v in _INPUTS.items())}
+FROM e
+"""
+"""One chunk's events as columns: its records are one JSON array in a scratch file
+(``$path``). The dedup key is :data:`aap.store.schema.DEDUP_KEY_SQL` over the same
+source and message id."""
+assert DEDUP_KEY_SQL == "hash(source, message_id)", "READ_SQL computes the dedup key"
+
+
+def _scratch_dir() -> str:
+    """Where chunks are written for DuckDB to read: memory (``/dev/shm``) where there is
+    one, so that the events never touch a disk there; else the temporary directory."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else tempfile.gettempdir()
+
+
+class Reader:
+    """Reads chunks of log records into columns with its own DuckDB connection, through a
+    private scratch file (mode 0600, emptied after each chunk, removed on :meth:`close`)."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        config: dict[str, str | bool | int | float | list[str]] = (
+            {"threads": threads} if threads else {})
+        self.sql = duckdb.connect(config=config)
+        self.sql.execute("SET TimeZone = 'UTC'")  # times sent without an offset are UTC
+        fd, self.path = tempfile.mkstemp(prefix="aap-chunk-", suffix=".json",
+                                         dir=_scratch_dir())
+        os.close(fd)
+
+    def read(self, payloads: Sequence[bytes]) -> pa.Table:
+        # One array of all the records' events: their arrays' insides, between commas.
+        parts: list[memoryview | bytes] = [b"["]
+        for raw in map(json_payload, payloads):
+            if len(raw) > 2:
+                parts += (memoryview(raw)[1:-1], b",")
+        parts[-1:] = [b"]"] if len(parts) > 1 else [b"[", b"]"]
+        with open(self.path, "wb") as f:
+            for at in range(0, len(parts), 1000):  # writev takes up to 1024 buffers
+                os.writev(f.fileno(), parts[at:at + 1000])
+        try:
+            return self.sql.sql(READ_SQL, params={"path": self.path}).to_arrow_table()
+        finally:
+            with open(self.path, "wb"):
+                pass  # the events do not stay in the scratch file
+
+    def close(self) -> None:
+        self.sql.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+# -- the steps ---------------------------------------------------------------------------
+
+
 @dataclass
 class _Work:
-    events: list[EventView]
+    read: pa.Table
     cfg: PrepareConfig
-    sql: duckdb.DuckDBPyConnection
     cols: dict[str, pa.Array] = field(default_factory=dict)
     clamped: int = 0
     shop: shop.Rows | None = None
 
-
-_PURPOSES = pa.list_(pa.string())
-
-
-def _strings(values: Sequence[Any]) -> pa.Array:
-    return pa.array(values, pa.string())
+    def col(self, name: str) -> pa.Array:
+        return self.read.column(name).combine_chunks()
 
 
 def fields(w: _Work) -> None:
-    """The event's own fields."""
-    evs = w.events
-    c = w.cols
-    c["row"] = pa.array(np.arange(len(evs), dtype=np.int32))
-    c["message_id"] = _strings([e.message_id for e in evs])
-    c["source"] = _strings([e.source for e in evs])
-    c["type"] = types = _strings([e.type for e in evs])
-    c["event"] = pc.if_else(pc.equal(types, "track"), pc.coalesce(_strings([e.event for e in evs]), ""),
-                            pc.binary_join_element_wise("$", types, ""))
-    c["name"] = _strings([e.name for e in evs])
-    c["category"] = _strings([e.category for e in evs])
-    c["properties"] = _strings(list(map(_json.encode, [e.properties for e in evs])))
-    c["gpc"] = pa.array([e.gpc for e in evs], pa.bool_())
-    c["dnt"] = pa.array([e.dnt for e in evs], pa.bool_())
-    for kind in ("user", "anonymous", "previous"):
-        c[kind + "_key"] = pa.array([getattr(e, kind + "_key") for e in evs], pa.int64())
-    c["raw_ids"] = pa.array([(e.user_id, e.anonymous_id, e.previous_id)
-                             if e.user_id or e.anonymous_id or e.previous_id else None
-                             for e in evs], pa.list_(pa.string()))
-    c["traits"] = _strings([_json.encode(e.traits) if e.traits and e.type == "identify" else None
-                            for e in evs])
-    c["purposes"] = pa.array([list(e.purposes) for e in evs], _PURPOSES)
+    """The event's own fields, and the inputs of the stateful steps."""
+    w.cols["row"] = pa.array(np.arange(w.read.num_rows, dtype=np.int32))
+    for name in ("message_id", "source", "type", "event", "name", "category", "country",
+                 "region", "city", "properties", "gpc", "dnt", "purposes", "key", "user_key",
+                 "anonymous_key", "previous_key", "raw_ids", "traits", "library_name",
+                 "library_version", "sdk_session", "referrer"):
+        w.cols[name] = w.col(name)
 
 
-def keys(w: _Work) -> None:
-    """Dedup keys (:data:`aap.store.schema.DEDUP_KEY_SQL`)."""
-    w.sql.register("batch_ids", pa.table({"source": w.cols["source"],
-                                          "message_id": w.cols["message_id"]}))
-    try:
-        res = w.sql.execute(f"SELECT {DEDUP_KEY_SQL} AS k FROM batch_ids").fetchnumpy()
-    finally:
-        w.sql.unregister("batch_ids")
-    w.cols["key"] = pa.array(np.asarray(res["k"], dtype=np.uint64))
+def _micros(col: pa.Array) -> np.ndarray:
+    return col.fill_null(NOT_SET).to_numpy()
 
 
-def _times(values: list[datetime | None]) -> tuple[pa.Array, np.ndarray]:
-    """The times as a column (UTC, without a zone, as the warehouse stores them) and as
-    microseconds (:data:`NOT_SET` where missing)."""
-    arr = pa.array(values, pa.timestamp("us", tz="UTC"))
-    return arr.cast(pa.timestamp("us")), arr.cast(pa.int64()).fill_null(NOT_SET).to_numpy()
+def _times(col: pa.Array) -> pa.Array:
+    """Microseconds since the epoch → the warehouse's UTC timestamps."""
+    return col.cast(pa.timestamp("us"))
 
 
 def correct_time(w: _Work) -> None:
     """``timestamp + (receivedAt - sentAt)``; far-future times are clamped to receivedAt."""
-    evs = w.events
-    _, ts = _times([e.timestamp for e in evs])
-    w.cols["sent_at"], sent = _times([e.sent_at for e in evs])
-    w.cols["received_at"], recv = _times([e.received_at for e in evs])
+    ts, sent_col, recv_col = w.col("ts"), w.col("sent"), w.col("recv")
+    ts, sent, recv = _micros(ts), _micros(sent_col), _micros(recv_col)
+    w.cols["sent_at"], w.cols["received_at"] = _times(sent_col), _times(recv_col)
     w.cols["received_ms"] = pa.array(recv // 1000)
     has_ts = ts != NOT_SET
     skew = has_ts & (sent != NOT_SET)
@@ -152,76 +265,13 @@ def correct_time(w: _Work) -> None:
     future = out - recv > w.cfg.max_future // timedelta(microseconds=1)
     hist_sources = w.cfg.historical_sources
     if hist_sources:
-        hist = np.fromiter((e.source in hist_sources for e in evs), bool, len(evs))
+        hist = pc.is_in(w.col("source"), value_set=pa.array(sorted(hist_sources))
+                        ).to_numpy(zero_copy_only=False)
         future &= ~hist
         out[hist] = np.where(has_ts, ts, recv)[hist]
     out[future] = recv[future]
     w.clamped += int(future.sum())
     w.cols["timestamp"] = pa.array(out.astype("datetime64[us]"))
-
-
-def _text(v: Any) -> str | None:
-    return v if v.__class__ is str and v else None
-
-
-def _session_text(v: Any) -> str | None:
-    """A non-empty string, or an integer as text."""
-    if v.__class__ is str:
-        return v or None
-    return str(v) if v.__class__ is int else None
-
-
-_NO_PAGE = PageView()
-_NO_CAMPAIGN = CampaignView()
-_NO_LIBRARY = LibraryView()
-
-
-def _text_column(values: list[Any], convert: Callable[[Any], str | None] = _text) -> pa.Array:
-    """The values that are non-empty strings (``convert`` of each value, when some are
-    not strings); others null."""
-    try:
-        arr = pa.array(values, pa.string())
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array([convert(v) for v in values], pa.string())
-    if arr.null_count == len(arr):
-        return arr
-    return pc.if_else(pc.equal(pc.binary_length(arr), 0), pa.scalar(None, pa.string()), arr)
-
-
-def _parts(values: list[Any], cls: type, empty: Any) -> list[Any]:
-    """The values, with those that are not a ``cls`` replaced by ``empty``."""
-    if all(v.__class__ is cls for v in values):
-        return values
-    return [v if v.__class__ is cls else empty for v in values]
-
-
-def _inputs(events: list[EventView]) -> dict[str, pa.Array]:
-    """What enrichment reads of the events, as columns: from the properties first, then
-    from the context (a value of an unexpected type counts as missing)."""
-    ctx = _parts([e.context for e in events], ContextView, _NO_CONTEXT)
-    props = [e.properties for e in events]
-    pages = _parts([c.page for c in ctx], PageView, _NO_PAGE)
-    camps = _parts([c.campaign for c in ctx], CampaignView, _NO_CAMPAIGN)
-    libs = _parts([c.library for c in ctx], LibraryView, _NO_LIBRARY)
-    t = _text_column
-    out = {
-        "url_in": pc.coalesce(t([p.get("url") for p in props]), t([g.url for g in pages])),
-        "referrer": pc.coalesce(t([p.get("referrer") for p in props]),
-                                t([g.referrer for g in pages])),
-        "path_in": pc.coalesce(t([p.get("path") for p in props]), t([g.path for g in pages])),
-        "c_source": t([c.source for c in camps]),
-        "c_medium": t([c.medium for c in camps]),
-        "c_campaign": pc.coalesce(t([c.name for c in camps]), t([c.campaign for c in camps])),
-        "c_term": t([c.term for c in camps]),
-        "c_content": t([c.content for c in camps]),
-        "ua": t([c.user_agent for c in ctx]),
-        "library_name": t([lib.name for lib in libs]),
-        "library_version": t([lib.version for lib in libs]),
-        "sdk_session": pc.coalesce(t([c.session_id for c in ctx], _session_text),
-                                   t([p.get("$session_id") for p in props], _session_text),
-                                   t([c.session_id_snake for c in ctx], _session_text)),
-    }
-    return out
 
 
 def _per_value(column: pa.Array, fn: Callable[[Any], tuple[Any, ...]], width: int
@@ -251,60 +301,42 @@ def _agent(ua: str) -> tuple[Any, ...]:
 
 
 def enrichment(w: _Work) -> None:
-    """Page, referrer, campaign, user agent, coarse geo and library columns; also the
-    SDK's session id where the event carries one."""
-    evs = w.events
-    x = _inputs(evs)
-    url, host, url_path, *url_utm = _per_value(x["url_in"], _url_parts, 8)
+    """Page, referrer, campaign and user agent columns (coarse geo, library and the SDK's
+    session id are read as they are, see :data:`READ_SQL`)."""
+    url, host, url_path, *url_utm = _per_value(w.col("url_in"), _url_parts, 8)
     c = w.cols
-    c.update(url=url, host=host, path=pc.coalesce(url_path, x["path_in"]))
-    c["referrer"] = x["referrer"]
-    c["referrer_domain"] = _per_value(x["referrer"], _referrer_domain, 1)[0]
+    c.update(url=url, host=host, path=pc.coalesce(url_path, w.col("path_in")))
+    c["referrer_domain"] = _per_value(c["referrer"], _referrer_domain, 1)[0]
     for f, u in zip(enrich.UTM_FIELDS, url_utm, strict=True):
-        c["utm_" + f] = pc.coalesce(x["c_" + f], u)
+        c["utm_" + f] = pc.coalesce(w.col("c_" + f), u)
     c.update(zip(("browser", "browser_version", "os", "os_version", "device_type"),
-                 _per_value(x["ua"], _agent, 5), strict=True))
-    geos = [e.geo for e in evs]
-    c["country"] = _strings([g.country if g else None for g in geos])
-    c["region"] = _strings([g.region if g else None for g in geos])
-    c["city"] = _strings([g.city if g else None for g in geos])
-    c["library_name"] = x["library_name"]
-    c["library_version"] = x["library_version"]
-    c["sdk_session"] = x["sdk_session"]
+                 _per_value(w.col("ua"), _agent, 5), strict=True))
 
 
 def shop_rows(w: _Work) -> None:
-    """Orders, items and products (see :mod:`aap.process.shop`), read from the decoded
-    properties."""
-    w.shop = shop.extract(w.cols["event"], w.events)
+    """Orders, items and products (see :mod:`aap.process.shop`)."""
+    c = w.cols
+    w.shop = shop.extract(c["event"], c["message_id"], c["source"], c["properties"])
 
 
 PREPARE_STEPS: tuple[tuple[str, Callable[[_Work], None]], ...] = (
     ("fields", fields),
-    ("keys", keys),
     ("time", correct_time),
     ("enrich", enrichment),
     ("shop", shop_rows),
 )
 
-_json = msgspec.json.Encoder()
-_PREPARED_COLUMNS = (
-    "message_id", "source", "type", "event", "timestamp", "sent_at", "received_at", "name",
-    "category", *ENRICHED_COLUMNS, "properties", "gpc", "dnt", "purposes", *AUX_COLUMNS,
-)  # fmt: skip
 
-
-def prepare(payloads: Sequence[bytes], cfg: PrepareConfig,
-            sql: duckdb.DuckDBPyConnection) -> Prepared:
-    """The events of these log payloads, as one table."""
-    events = [ev for p in payloads for ev in decode(p)]
-    w = _Work(events, cfg, sql)
-    if events:
-        for _, step in PREPARE_STEPS:
-            step(w)
-        table = pa.table({n: w.cols[n] for n in _PREPARED_COLUMNS})
-    else:
-        table = pa.table({n: pa.array([], pa.string()) for n in _PREPARED_COLUMNS})  # no rows
+def prepare(payloads: Sequence[bytes], cfg: PrepareConfig, reader: Reader) -> Prepared:
+    """The events of these log payloads, as one table (:data:`PREPARED_SCHEMA`)."""
+    read = reader.read(payloads)
+    if not read.num_rows:
+        return Prepared(PREPARED_SCHEMA.empty_table(), 0, shop.Rows.empty())
+    w = _Work(read, cfg)
+    for _, step in PREPARE_STEPS:
+        step(w)
+    table = pa.table([w.cols[f.name].cast(f.type) for f in PREPARED_SCHEMA],
+                     schema=PREPARED_SCHEMA)
     return Prepared(table, w.clamped, w.shop or shop.Rows.empty())
 
 
@@ -319,7 +351,7 @@ class LocalPreparer:
 
     def __init__(self, cfg: PrepareConfig) -> None:
         self.cfg = cfg
-        self.sql = duckdb.connect()
+        self.reader = Reader()
         self._pending: Sequence[bytes] | None = None
 
     def submit(self, payloads: Sequence[bytes]) -> None:
@@ -329,13 +361,13 @@ class LocalPreparer:
     def result(self) -> Prepared:
         payloads, self._pending = self._pending, None
         assert payloads is not None, "nothing submitted"
-        return prepare(payloads, self.cfg, self.sql)
+        return prepare(payloads, self.cfg, self.reader)
 
     def reset(self) -> None:
         self._pending = None
 
     def close(self) -> None:
-        self.sql.close()
+        self.reader.close()
 
 
 class _Child:
@@ -483,7 +515,7 @@ def _worker_main(conn: Connection, cfg: PrepareConfig) -> None:
     # A chunk is tens of thousands of short-lived objects in no cycles, freed by their
     # reference counts; the collector would only walk them over and over (~1 µs an event).
     gc.disable()
-    sql = duckdb.connect(config={"threads": 1})
+    reader = Reader(threads=1)
     done = 0
     while True:
         done += 1
@@ -492,16 +524,18 @@ def _worker_main(conn: Connection, cfg: PrepareConfig) -> None:
         try:
             data = conn.recv_bytes()
         except (EOFError, OSError):
+            reader.close()
             return
         try:
             historical, payloads = _job_decoder.decode(data)
             if frozenset(historical) != cfg.historical_sources:
                 cfg = replace(cfg, historical_sources=frozenset(historical))
-            out = _pack(prepare(payloads, cfg, sql))
+            out = _pack(prepare(payloads, cfg, reader))
         except Exception as exc:
             logger.exception("preparing a chunk failed")
             out = b"E" + f"{type(exc).__name__}: {exc}".encode()
         try:
             conn.send_bytes(out)
         except OSError:
+            reader.close()
             return

@@ -2,8 +2,8 @@
 (``Order Completed`` with ``products[]``; ``Product Viewed``, ``Added``, ``Clicked``,
 ``Removed``).
 
-:func:`extract` runs where the events' properties are already decoded (the stateless
-half of the processor); each row carries ``row``, the index of its event in the chunk,
+:func:`extract` runs in the stateless half of the processor and decodes the properties
+of these events only; each row carries ``row``, the index of its event in the chunk,
 so that the stateful half keeps only the rows of events it stores and adds what it
 knows (person, session, time) by that index (:func:`attach`).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -76,25 +77,33 @@ def _product(row: int, p: dict[str, Any], out: list[tuple[Any, ...]]) -> None:
 
 
 _EVENTS = pa.array(sorted(ORDER_EVENTS | PRODUCT_EVENTS))
+_json = msgspec.json.Decoder()
 
 
-def extract(names: pa.Array, events: Sequence[Any]) -> Rows:
-    """The shop rows of a chunk's events (read: ``properties``, ``message_id`` and
-    ``source``); ``names`` are the event names as the warehouse stores them (only
-    ``track`` events have names without ``$``)."""
+def _decode(doc: str | None) -> dict[str, Any]:
+    p = _json.decode(doc) if doc else None
+    return p if isinstance(p, dict) else {}
+
+
+def extract(names: pa.Array, message_ids: pa.Array, sources: pa.Array,
+            properties: pa.Array) -> Rows:
+    """The shop rows of a chunk's events; ``names`` are the event names as the warehouse
+    stores them (only ``track`` events have names without ``$``), ``properties`` their
+    JSON text (decoded here only for the events of the shop)."""
     orders: list[tuple[Any, ...]] = []
     items: list[tuple[Any, ...]] = []
     products: list[tuple[Any, ...]] = []
     found = pc.indices_nonzero(pc.is_in(names, value_set=_EVENTS))
     if not len(found):
         return Rows.empty()
-    for row, name in zip(found.to_pylist(), names.take(found).to_pylist(), strict=True):
-        ev = events[row]
-        p = ev.properties
+    for row, name, message_id, source, doc in zip(
+            found.to_pylist(), names.take(found).to_pylist(),
+            message_ids.take(found).to_pylist(), sources.take(found).to_pylist(),
+            properties.take(found).to_pylist(), strict=True):
+        p = _decode(doc)
         if name in PRODUCT_EVENTS:
             _product(row, p, products)
             continue
-        message_id = ev.message_id
         order_id = _str(p.get("order_id")) or message_id
         lines = p.get("products")
         n = 0
@@ -111,7 +120,7 @@ def extract(names: pa.Array, events: Sequence[Any]) -> Rows:
         revenue = _num(p.get("revenue"))
         if revenue is None:
             revenue = _num(p.get("total"))
-        orders.append((row, order_id, message_id, ev.source, revenue,
+        orders.append((row, order_id, message_id, source, revenue,
                        _str(p.get("currency")), n))
     return Rows(rows_table(orders, ORDER_ROWS), rows_table(items, ITEM_ROWS),
                 rows_table(products, PRODUCT_ROWS))
