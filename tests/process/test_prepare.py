@@ -224,8 +224,8 @@ def test_same_message_same_key_whatever_the_record(reader: Reader, evs: list[Eve
     """The dedup key depends on the source and message id only."""
     one = prepare([encode_events(evs)], PrepareConfig(), reader).table
     apart = prepare([encode_events([e]) for e in reversed(evs)], PrepareConfig(), reader).table
-    keys = dict(zip(zip(one.column("source").to_pylist(), one.column("message_id").to_pylist()),
-                    one.column("key").to_pylist(), strict=True))
+    ids = zip(one.column("source").to_pylist(), one.column("message_id").to_pylist(), strict=True)
+    keys = dict(zip(ids, one.column("key").to_pylist(), strict=True))
     for s, m, k in zip(apart.column("source").to_pylist(), apart.column("message_id").to_pylist(),
                        apart.column("key").to_pylist(), strict=True):
         assert keys[(s, m)] == k
