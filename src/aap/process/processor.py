@@ -44,10 +44,11 @@ WITHDRAWN = PromCounter("aap_processor_withdrawn_rows",
 CONSENT_APPLIED = "consent_applied"
 SOURCES_REFRESH_S = 5.0
 CLAMPED = PromCounter("aap_processor_clamped", "Events whose time was in the future, clamped.")
-CHUNK_EVENTS = 131_072
-"""Events in a full chunk: more than one DuckDB row group (122,880 rows), so that the
-events of a full chunk go straight into the warehouse file, compressed, instead of
-through its write-ahead log first (in a backlog, that halves the time of a write)."""
+CHUNK_EVENTS = 50_000
+"""Events in a full chunk (however many records hold them). Larger chunks drain a
+backlog no faster here (the write of one chunk overlaps the preparation of the next
+ones either way) and take more memory: at 131,072 the server's peak while draining
+grew from ~1.5 to ~2.7 GiB (benchmarks/bench_pipeline.py)."""
 
 
 
@@ -65,7 +66,7 @@ class Processor:
     def __init__(self, log: Log, warehouse: Warehouse, hasher: IdHasher, *,
                  historical_sources: frozenset[str] | Callable[[], frozenset[str]] = frozenset(),
                  inactivity: timedelta = timedelta(minutes=30),
-                 chunk_records: int = 2000, chunk_events: int = CHUNK_EVENTS,
+                 chunk_records: int = 1000, chunk_events: int = CHUNK_EVENTS,
                  worker: bool = False, prepare_processes: int = 1,
                  consent: ConsentState | None = None,
                  destroyed: Callable[[], set[int]] | None = None,

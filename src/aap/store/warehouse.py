@@ -88,9 +88,8 @@ class Warehouse:
             "memory_limit": memory_limit, "threads": threads,
             # DuckDB checkpoints (compresses the WAL into the file) whenever the WAL passes
             # this size, and each checkpoint compresses the last, partly filled row group
-            # again: at the default 16 MB that is most of a small chunk's write. 64 MB keeps
-            # the WAL replay at start-up short. (Full chunks bypass the WAL: see
-            # aap.process.processor.CHUNK_EVENTS.)
+            # again: at the default 16 MB that is most of a chunk's write. 64 MB keeps the
+            # WAL replay at start-up short.
             "checkpoint_threshold": "64MB",
         })
         for v in OLD_VIEWS:
