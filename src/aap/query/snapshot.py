@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import duckdb
 
 from aap.privacy.purposes import analytics_only
-from aap.store.schema import EVENT_ARROW_SCHEMA, VIEWS
-from aap.store.warehouse import Warehouse
+from aap.store.schema import VIEWS
+from aap.store.warehouse import CursorPool, Warehouse
 
 PENDING = ("(SELECT old_person_id, person_id FROM person_overrides"
            " EXCEPT SELECT old_person_id, person_id FROM query_cache_overrides)")
@@ -53,48 +53,17 @@ used for analytics (see :data:`aap.privacy.purposes.ANALYTICS_PURPOSES`)."""
 _RESTRICTED = "person_id NOT IN (SELECT person_id FROM person_flags WHERE flag = 'restricted')"
 
 
-class _Pool:
-    """Idle cursors of one warehouse, each with the static views created."""
-
-    def __init__(self, warehouse: Warehouse) -> None:
-        self.warehouse = warehouse
-        self.idle: list[duckdb.DuckDBPyConnection] = []
-        self.lock = threading.Lock()
-
-    def take(self) -> duckdb.DuckDBPyConnection:
-        with self.lock:
-            if self.idle:
-                return self.idle.pop()
-        cur = self.warehouse.con.cursor()
-        empty = EVENT_ARROW_SCHEMA.empty_table()
-        cur.register("warm_events", empty)
-        cur.register("cold_events", empty)
-        cur.execute(VIEWS)  # sessions, devices, … read whatever ``events`` is per query
-        return cur
-
-    def give_back(self, cur: duckdb.DuckDBPyConnection) -> None:
-        with self.lock:
-            if len(self.idle) < 8:
-                self.idle.append(cur)
-                return
-        cur.close()
-
-    def clear(self) -> None:
-        with self.lock:
-            idle, self.idle = self.idle, []
-        for cur in idle:
-            cur.close()
-
-
-_POOLS: weakref.WeakKeyDictionary[Warehouse, _Pool] = weakref.WeakKeyDictionary()
+_POOLS: weakref.WeakKeyDictionary[Warehouse, CursorPool] = weakref.WeakKeyDictionary()
 _POOLS_LOCK = threading.Lock()
 
 
-def _pool(warehouse: Warehouse) -> _Pool:
+def _pool(warehouse: Warehouse) -> CursorPool:
+    """The insights' cursors (apart from the warehouse's own: ``events`` is redefined
+    on these per query)."""
     with _POOLS_LOCK:
         pool = _POOLS.get(warehouse)
         if pool is None:
-            pool = _POOLS[warehouse] = _Pool(warehouse)
+            pool = _POOLS[warehouse] = CursorPool(warehouse.con)
         return pool
 
 
