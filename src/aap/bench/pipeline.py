@@ -256,6 +256,10 @@ class Probe:
         self.key = key
         self.lock = threading.Lock()
         self.pending: dict[str, float] = {}
+        """Probes acknowledged and not seen yet: message id → when the 200 came."""
+        self.sent_at: dict[str, datetime] = {}
+        """… and when (wall clock) the request went out: the event's receive time is
+        later, which lets the visibility query skip all older rows."""
         self.freshness: list[float] = []
         self.not_visible = 0
         self.send_failed = 0
@@ -271,6 +275,7 @@ class Probe:
             i = 0
             while not self.stop_sending.is_set():
                 mid = f"probe-{uuid.uuid4()}"
+                sent_at = datetime.now(UTC)
                 try:
                     r = client.post("/v1/batch", content=_probe_body(mid))
                     ok = r.status_code == 200 and r.json().get("accepted") == 1
@@ -281,6 +286,7 @@ class Probe:
                     self.sent += 1
                     if ok:
                         self.pending[mid] = acked
+                        self.sent_at[mid] = sent_at
                     else:
                         self.send_failed += 1
                 i += 1
@@ -299,8 +305,10 @@ class Probe:
                     for mid, acked in list(self.pending.items()):
                         if now - acked > PROBE_GIVE_UP_S:
                             del self.pending[mid]
+                            del self.sent_at[mid]
                             self.not_visible += 1
                     mids = list(self.pending)
+                    oldest = min((self.sent_at[m] for m in mids), default=None)
                 if not mids:
                     if done:
                         return
@@ -308,10 +316,11 @@ class Probe:
                     continue
                 q0 = time.perf_counter()
                 marks = ", ".join("?" * len(mids))
-                # only recent rows: received_at follows the append order closely, so the
-                # engine skips older row groups and the probe costs little CPU
-                since = (datetime.now(UTC) - timedelta(seconds=PROBE_GIVE_UP_S + 60)).replace(
-                    tzinfo=None).isoformat()
+                # only rows received since the oldest pending probe was sent (less a second
+                # for clock steps): the engine skips older row groups, so the probe costs
+                # the server little CPU however long the run
+                assert oldest is not None
+                since = (oldest - timedelta(seconds=1)).replace(tzinfo=None).isoformat()
                 r = core.post("/internal/sql", json={
                     "sql": f"SELECT message_id FROM events_raw WHERE received_at >= ?::TIMESTAMP"
                            f" AND message_id IN ({marks})",
@@ -323,6 +332,7 @@ class Probe:
                 with self.lock:
                     for (mid,) in r.json()["rows"]:
                         acked_at = self.pending.pop(mid, None)
+                        self.sent_at.pop(mid, None)
                         if acked_at is not None:
                             self.freshness.append(seen_at - acked_at)
                 time.sleep(POLL_INTERVAL_S)
