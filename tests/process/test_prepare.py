@@ -8,8 +8,10 @@ versions of the log wrote."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -243,3 +245,28 @@ def test_the_scratch_file_keeps_no_events(reader: Reader) -> None:
     assert prepare([encode_events([ev])], PrepareConfig(), reader).table.num_rows == 1
     with open(reader.path, "rb") as f:
         assert b"canary-7f3a" not in f.read()
+
+
+def test_scratch_files_of_dead_processes_are_removed(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from aap.process import prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "_scratch_dir", lambda: str(tmp_path))
+    dead = subprocess.Popen(["true"])  # a process that has exited
+    dead.wait()
+    stale = tmp_path / f"aap-chunk-{dead.pid}-x.json"
+    stale.write_bytes(b"[{...one chunk...}]")
+    alive = tmp_path / f"aap-chunk-{os.getpid()}-y.json"
+    alive.write_bytes(b"[]")
+    other = tmp_path / "unrelated.json"
+    other.write_bytes(b"{}")
+    r = Reader(threads=1)
+    try:
+        assert not stale.exists()
+        assert alive.exists() and other.exists()
+        assert Path(r.path).parent == tmp_path and Path(r.path).exists()
+    finally:
+        r.close()
+    assert not Path(r.path).exists()

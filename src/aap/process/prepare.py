@@ -183,6 +183,21 @@ def _scratch_dir() -> str:
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else tempfile.gettempdir()
 
 
+def _remove_stale(scratch: str) -> None:
+    """Remove the scratch files of processes that are gone (killed in the middle of a
+    chunk: the file still holds that chunk's events, as the log holds them)."""
+    for path in Path(scratch).glob("aap-chunk-*-*.json"):
+        try:
+            pid = int(path.name.split("-")[2])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except PermissionError:
+            continue  # alive, someone else's
+
+
 class Reader:
     """Reads chunks of log records into columns with its own DuckDB connection, through a
     private scratch file (mode 0600, emptied after each chunk, removed on :meth:`close`)."""
@@ -192,8 +207,10 @@ class Reader:
             {"threads": threads} if threads else {})
         self.sql = duckdb.connect(config=config)
         self.sql.execute("SET TimeZone = 'UTC'")  # times sent without an offset are UTC
-        fd, self.path = tempfile.mkstemp(prefix="aap-chunk-", suffix=".json",
-                                         dir=_scratch_dir())
+        scratch = _scratch_dir()
+        _remove_stale(scratch)
+        fd, self.path = tempfile.mkstemp(prefix=f"aap-chunk-{os.getpid()}-", suffix=".json",
+                                         dir=scratch)
         os.close(fd)
 
     def read(self, payloads: Sequence[bytes]) -> pa.Table:
