@@ -221,8 +221,7 @@ class Reader:
                 parts += (memoryview(raw)[1:-1], b",")
         parts[-1:] = [b"]"] if len(parts) > 1 else [b"[", b"]"]
         with open(self.path, "wb") as f:
-            for at in range(0, len(parts), 1000):  # writev takes up to 1024 buffers
-                os.writev(f.fileno(), parts[at:at + 1000])
+            f.writelines(parts)
         try:
             return self.sql.sql(READ_SQL, params={"path": self.path}).to_arrow_table()
         finally:
