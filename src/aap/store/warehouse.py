@@ -283,10 +283,10 @@ class Warehouse:
                     last_seen = greatest(products.last_seen, excluded.last_seen)
             """)
             con.unregister("chunk_products")
-        con.executemany(
-            "INSERT INTO processor_state VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
+        con.execute(  # one statement (executemany costs ~7 ms a call here)
+            "INSERT INTO processor_state VALUES (?, ?), (?, ?) ON CONFLICT (name) DO UPDATE"
             " SET value = excluded.value",
-            [(POSITION, chunk.position), (NEXT_PERSON, chunk.next_person)])
+            [POSITION, chunk.position, NEXT_PERSON, chunk.next_person])
 
     @staticmethod
     def _fold_person(con: duckdb.DuckDBPyConnection, old: int, new: int) -> None:
