@@ -270,3 +270,32 @@ def test_scratch_files_of_dead_processes_are_removed(tmp_path: Path,
     finally:
         r.close()
     assert not Path(r.path).exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_memory_file_system_moves_the_scratch_file_to_the_temporary_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scratch file that answers every write with ENOSPC, as a full ``/dev/shm`` would:
+    a link to ``/dev/full`` (the reader removes the link, never the device)."""
+    import tempfile
+
+    full_dir = tmp_path / "shm"
+    full_dir.mkdir()
+    temp_dir = tmp_path / "tmp"
+    temp_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp_dir))
+    r = Reader(threads=1)
+    try:
+        os.unlink(r.path)
+        link = full_dir / "aap-chunk-full.json"
+        link.symlink_to("/dev/full")
+        r.path = str(link)
+        ev = Event(type="track", message_id="m", event="Seen", received_at=datetime.now(UTC),
+                   source="src_a")
+        got = prepare([encode_events([ev])], PrepareConfig(), r).table
+        assert got.column("message_id").to_pylist() == ["m"]
+        assert Path(r.path).parent == temp_dir and Path(r.path).stat().st_size == 0
+        assert not link.exists() and not link.is_symlink()
+    finally:
+        r.close()
+    assert Path("/dev/full").exists()

@@ -17,6 +17,7 @@ plus what the stateful steps need (:data:`AUX_COLUMNS`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import multiprocessing as mp
 import os
@@ -176,11 +177,23 @@ source and message id."""
 assert DEDUP_KEY_SQL == "hash(source, message_id)", "READ_SQL computes the dedup key"
 
 
+SCRATCH_MIN_FREE = 512 << 20
+"""``/dev/shm`` is used for scratch files only with this much free (containers often give
+it 64 MB; a chunk of large events takes tens of MB in each prepare process)."""
+
+
 def _scratch_dir() -> str:
     """Where chunks are written for DuckDB to read: memory (``/dev/shm``) where there is
-    one, so that the events never touch a disk there; else the temporary directory."""
+    one with room, so that the events never touch a disk there; else the temporary
+    directory."""
     shm = Path("/dev/shm")
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else tempfile.gettempdir()
+    try:
+        st = os.statvfs(shm)
+        if os.access(shm, os.W_OK) and st.f_bavail * st.f_frsize >= SCRATCH_MIN_FREE:
+            return str(shm)
+    except OSError:
+        pass
+    return tempfile.gettempdir()
 
 
 def _remove_stale(scratch: str) -> None:
@@ -207,11 +220,15 @@ class Reader:
             {"threads": threads} if threads else {})
         self.sql = duckdb.connect(config=config)
         self.sql.execute("SET TimeZone = 'UTC'")  # times sent without an offset are UTC
-        scratch = _scratch_dir()
-        _remove_stale(scratch)
-        fd, self.path = tempfile.mkstemp(prefix=f"aap-chunk-{os.getpid()}-", suffix=".json",
-                                         dir=scratch)
+        self.path = self._scratch(_scratch_dir())
+
+    @staticmethod
+    def _scratch(directory: str) -> str:
+        _remove_stale(directory)
+        fd, path = tempfile.mkstemp(prefix=f"aap-chunk-{os.getpid()}-", suffix=".json",
+                                    dir=directory)
         os.close(fd)
+        return path
 
     def read(self, payloads: Sequence[bytes]) -> pa.Table:
         # One array of all the records' events: their arrays' insides, between commas.
@@ -220,13 +237,36 @@ class Reader:
             if len(raw) > 2:
                 parts += (memoryview(raw)[1:-1], b",")
         parts[-1:] = [b"]"] if len(parts) > 1 else [b"[", b"]"]
-        with open(self.path, "wb") as f:
-            f.writelines(parts)
+        try:
+            self._write(parts)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or os.path.dirname(self.path) == tempfile.gettempdir():
+                raise
+            # the memory file system is full: from now on, the temporary directory
+            logger.warning("no room for a chunk in %s; using %s from now on",
+                           os.path.dirname(self.path), tempfile.gettempdir())
+            self._empty()
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            self.path = self._scratch(tempfile.gettempdir())
+            self._write(parts)
         try:
             return self.sql.sql(READ_SQL, params={"path": self.path}).to_arrow_table()
         finally:
-            with open(self.path, "wb"):
-                pass  # the events do not stay in the scratch file
+            self._empty()  # the events do not stay in the scratch file
+
+    def _write(self, parts: list[memoryview | bytes]) -> None:
+        try:
+            with open(self.path, "wb") as f:
+                f.writelines(parts)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._empty()
+            raise
+
+    def _empty(self) -> None:
+        with open(self.path, "wb"):
+            pass
 
     def close(self) -> None:
         self.sql.close()
