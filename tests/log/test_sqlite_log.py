@@ -57,21 +57,26 @@ def test_consumer_positions_and_lag(tmp_path_factory, counts, data) -> None:  # 
     log.close()
 
 
-@settings(max_examples=40, deadline=None)
-@given(counts=st.lists(st.integers(0, 20), min_size=1, max_size=10), data=st.data())
-def test_reads_stop_at_the_record_that_reaches_max_events(tmp_path_factory, counts, data) -> None:  # type: ignore[no-untyped-def]
+@settings(max_examples=60, deadline=None)
+@given(records=st.lists(st.tuples(st.integers(0, 20), st.binary(min_size=1, max_size=30)),
+                        min_size=1, max_size=10), data=st.data())
+def test_reads_stop_at_the_record_that_reaches_max_events_or_max_bytes(
+        tmp_path_factory, records, data) -> None:  # type: ignore[no-untyped-def]
     log = SQLiteLog(tmp_path_factory.mktemp("log"))
-    offs = log.append([Append("s", n, b"x") for n in counts])
+    offs = log.append([Append("s", n, payload) for n, payload in records])
     limit = data.draw(st.integers(1, 12))
-    max_events = data.draw(st.integers(1, 60))
-    got = [r.offset for r in log.read(0, limit, max_events)]
+    max_events = data.draw(st.none() | st.integers(1, 60))
+    max_bytes = data.draw(st.none() | st.integers(1, 120))
+    got = [r.offset for r in log.read(0, limit, max_events, max_bytes)]
     # the reference: records in order, up to `limit`, ending with the first that brings the
-    # events read to `max_events`
-    want, events = [], 0
-    for off, n in zip(offs[:limit], counts, strict=False):
+    # events read to `max_events` or the payload bytes read to `max_bytes`
+    want, events, size = [], 0, 0
+    for off, (n, payload) in zip(offs[:limit], records, strict=False):
         want.append(off)
         events += n
-        if events >= max_events:
+        size += len(payload)
+        if (max_events is not None and events >= max_events) or (
+                max_bytes is not None and size >= max_bytes):
             break
     assert got == want
     assert [r.offset for r in log.read(0, limit)] == offs[:limit]

@@ -43,11 +43,11 @@ class Log(Protocol):
     def append(self, batches: Sequence[Append]) -> list[int]:
         """Append atomically; durable when the call returns. Returns one offset per batch."""
 
-    def read(self, after: int, limit: int = 1000, max_events: int | None = None
-             ) -> list[Record]:
+    def read(self, after: int, limit: int = 1000, max_events: int | None = None,
+             max_bytes: int | None = None) -> list[Record]:
         """Records with an offset greater than ``after``, oldest first: at most ``limit``
-        records, and no more records than it takes to reach ``max_events`` events (at
-        least one record, however many events it holds)."""
+        records, and no more records than it takes to reach ``max_events`` events or
+        ``max_bytes`` bytes of payload (at least one record, however large)."""
 
     def position(self, group: str) -> int:
         """The committed position of a consumer group (0 when it has none)."""

@@ -17,8 +17,8 @@ class NullLog:
         self._events += sum(b.count for b in batches)
         return [next(self._seq) for _ in batches]
 
-    def read(self, after: int, limit: int = 1000, max_events: int | None = None
-             ) -> list[Record]:
+    def read(self, after: int, limit: int = 1000, max_events: int | None = None,
+             max_bytes: int | None = None) -> list[Record]:
         return []
 
     def position(self, group: str) -> int:

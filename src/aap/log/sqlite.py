@@ -101,16 +101,19 @@ class SQLiteLog:
             raise
         return offsets
 
-    def read(self, after: int, limit: int = 1000, max_events: int | None = None
-             ) -> list[Record]:
+    def read(self, after: int, limit: int = 1000, max_events: int | None = None,
+             max_bytes: int | None = None) -> list[Record]:
         con = self._con()
-        if max_events is not None:  # the counts first (no payloads): where to stop
-            counts = con.execute("SELECT count FROM records WHERE seq > ? ORDER BY seq LIMIT ?",
-                                 (after, limit)).fetchall()
-            events = 0
-            for n, (count,) in enumerate(counts, 1):
+        if max_events is not None or max_bytes is not None:
+            # the sizes first (no payloads): where to stop
+            sizes = con.execute("SELECT count, length(payload) FROM records WHERE seq > ?"
+                                " ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+            events = size = 0
+            for n, (count, length) in enumerate(sizes, 1):
                 events += count
-                if events >= max_events:
+                size += length
+                if ((max_events is not None and events >= max_events)
+                        or (max_bytes is not None and size >= max_bytes)):
                     limit = n
                     break
         rows = con.execute(

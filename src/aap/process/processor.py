@@ -49,6 +49,9 @@ CHUNK_EVENTS = 50_000
 backlog no faster here (the write of one chunk overlaps the preparation of the next
 ones either way) and take more memory: at 131,072 the server's peak while draining
 grew from ~1.5 to ~2.7 GiB (benchmarks/bench_pipeline.py)."""
+CHUNK_BYTES = 16 << 20
+"""Compressed payload bytes in a full chunk: a bound on its memory whatever the events'
+sizes (requests may hold up to 20 MiB; 50,000 typical events are a few MiB)."""
 
 
 
@@ -67,6 +70,7 @@ class Processor:
                  historical_sources: frozenset[str] | Callable[[], frozenset[str]] = frozenset(),
                  inactivity: timedelta = timedelta(minutes=30),
                  chunk_records: int = 1000, chunk_events: int = CHUNK_EVENTS,
+                 chunk_bytes: int = CHUNK_BYTES,
                  worker: bool = False, prepare_processes: int = 1,
                  consent: ConsentState | None = None,
                  destroyed: Callable[[], set[int]] | None = None,
@@ -78,6 +82,7 @@ class Processor:
         self.wh = warehouse
         self.chunk_records = chunk_records
         self.chunk_events = chunk_events
+        self.chunk_bytes = chunk_bytes
         self.full = False
         """Whether the last chunk was full (the log held more): :meth:`run` then goes on
         at once."""
@@ -219,11 +224,12 @@ class Processor:
     def _read(self, after: int) -> list[Record]:
         if self.failures >= 3:
             return self.log.read(after, 1)
-        return self.log.read(after, self.chunk_records, self.chunk_events)
+        return self.log.read(after, self.chunk_records, self.chunk_events, self.chunk_bytes)
 
     def _full(self, records: list[Record]) -> bool:
         return (len(records) >= self.chunk_records
-                or sum(r.count for r in records) >= self.chunk_events)
+                or sum(r.count for r in records) >= self.chunk_events
+                or sum(len(r.payload) for r in records) >= self.chunk_bytes)
 
     def close(self) -> None:
         """Wait for the write in flight; stop the writer thread and the preparer."""
@@ -310,8 +316,8 @@ class Processor:
         )
 
     def run(self, stop: threading.Event, idle_sleep: float = 0.05, linger: float = 0.2) -> None:
-        """Process until ``stop``. A chunk that is not full (see ``chunk_records`` and
-        ``chunk_events``) means the processor has caught up: it then lets ``linger``
+        """Process until ``stop``. A chunk that is not full (see ``chunk_records``,
+        ``chunk_events`` and ``chunk_bytes``) means the processor has caught up: it then lets ``linger``
         seconds pass from that chunk's start before reading again, so that under a steady
         load chunks are large enough for their fixed costs (a DuckDB commit, the consent
         and key lookups) to be small per event, at the price of at most ``linger`` of
