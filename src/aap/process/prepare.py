@@ -245,8 +245,7 @@ class Reader:
             # the memory file system is full: from now on, the temporary directory
             logger.warning("no room for a chunk in %s; using %s from now on",
                            os.path.dirname(self.path), tempfile.gettempdir())
-            self._empty()
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # (_write emptied it)
                 os.unlink(self.path)
             self.path = self._scratch(tempfile.gettempdir())
             self._write(parts)

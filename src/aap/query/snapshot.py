@@ -164,10 +164,7 @@ def open_snapshot(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnect
             views = Views()
             if not cache:
                 # no (usable) cache: every tier from Parquet, as Warehouse.snapshot()
-                files = cur.execute("SELECT tier, path FROM tier_files").fetchall()
-                for tier in ("warm", "cold"):
-                    cur.register(f"{tier}_events", warehouse.tiers.dataset(
-                        [p for t, p in files if t == tier]))
+                warehouse.register_tiers(cur)
                 cur.execute(VIEWS)
                 cur.execute(ANALYTICS_EVENTS)
             else:

@@ -156,12 +156,16 @@ class Warehouse:
         """A cursor inside one read transaction, with every tier registered and the
         analysts' views defined: what it reads is one consistent state of the store."""
         with self._transaction() as cur:
-            files = cur.execute("SELECT tier, path FROM tier_files").fetchall()
-            for tier in ("warm", "cold"):
-                cur.register(f"{tier}_events",
-                             self.tiers.dataset([p for t, p in files if t == tier]))
+            self.register_tiers(cur)
             cur.execute(VIEWS)
             yield cur
+
+    def register_tiers(self, cur: duckdb.DuckDBPyConnection) -> None:
+        """Inside a transaction: the live warm and cold files as ``warm_events`` and
+        ``cold_events`` on this cursor."""
+        files = cur.execute("SELECT tier, path FROM tier_files").fetchall()
+        for tier in ("warm", "cold"):
+            cur.register(f"{tier}_events", self.tiers.dataset([p for t, p in files if t == tier]))
 
     def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run the operator's SQL in a snapshot (in a transaction that commits: this is the
@@ -180,10 +184,7 @@ class Warehouse:
         try:
             cur.execute("BEGIN TRANSACTION")
             try:
-                files = cur.execute("SELECT tier, path FROM tier_files").fetchall()
-                for tier in ("warm", "cold"):
-                    cur.register(f"{tier}_events",
-                                 self.tiers.dataset([p for t, p in files if t == tier]))
+                self.register_tiers(cur)
                 res = cur.execute(sql, params)
                 out = [d[0] for d in res.description or []], res.fetchall()
             finally:
