@@ -26,7 +26,8 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -133,6 +134,20 @@ class Keystore:
             self._local.con = con
         return con
 
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection in an immediate (write-locked) transaction: committed
+        when the block ends, rolled back if it raises."""
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+
     # -- data keys --
 
     def keys_for(self, subjects: Iterable[int], create: bool = True) -> dict[int, AESGCM]:
@@ -153,17 +168,11 @@ class Keystore:
         new = [s for s in missing if s not in rows]
         if new and create:
             now = int(time.time())
-            con.execute("BEGIN IMMEDIATE")
-            try:
+            with self._writing():
                 con.executemany(
                     "INSERT OR IGNORE INTO data_keys VALUES (?, ?, ?)",
                     [(s, self.master.wrap(s, AESGCM.generate_key(256)), now) for s in new
                      if not self._was_destroyed(con, s)])
-                con.execute("COMMIT")
-            except BaseException:
-                if con.in_transaction:
-                    con.execute("ROLLBACK")
-                raise
             rows.update(self._load(con, new))  # another process may have won the race
         with self._lock:
             for s, wrapped in rows.items():
@@ -221,10 +230,8 @@ class Keystore:
         """In one transaction: delete the subjects' data keys, sealed ids and personal
         traits (``secure_delete`` overwrites the bytes, and the WAL is truncated after),
         and ``record`` why; their cached keys are dropped. Returns how many keys went."""
-        con = self._con()
         now = int(time.time())
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing() as con:
             n = 0
             for i in range(0, len(subs), 500):
                 part = subs[i:i + 500]
@@ -233,11 +240,6 @@ class Keystore:
                 con.execute(f"DELETE FROM identifiers WHERE subject IN ({marks})", part)
                 con.execute(f"DELETE FROM personal_traits WHERE subject IN ({marks})", part)
             record(con, now)
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old pages leave the WAL too
         with self._lock:
             for s in subs:
@@ -284,15 +286,8 @@ class Keystore:
                 if s in keys]
         if not rows:
             return
-        con = self._con()
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing() as con:
             con.executemany("INSERT OR IGNORE INTO identifiers VALUES (?, ?)", rows)
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
 
     def identifier(self, subject: int) -> str | None:
         """The raw id of a subject, or ``None`` once its key is destroyed."""
@@ -338,15 +333,8 @@ class Keystore:
         now = time.time_ns()
         plain = json.dumps(traits, sort_keys=True).encode()
         rows = [(s, self.seal(k, s, "personal_traits", plain), now) for s, k in keys.items()]
-        con = self._con()
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing() as con:
             con.executemany("INSERT OR REPLACE INTO personal_traits VALUES (?, ?, ?)", rows)
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old values leave the WAL too
         return traits
 
