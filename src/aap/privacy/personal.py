@@ -1,0 +1,83 @@
+"""What counts as personal data in an event: one rule for the collector's sealing and
+for every query kind's guard (a property or trait the collector would seal is one an
+analyst may not read).
+
+Names are matched case- and separator-insensitively (``Email``, ``e_mail``,
+``emailAddress``, ``$email``, ``contact.email`` all name an email address), and values
+by their shape wherever they sit (values: see the collector's scrubbing).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+_EXACT = frozenset({
+    # names and handles
+    "name", "fullname", "firstname", "lastname", "surname", "givenname", "familyname",
+    "middlename", "maidenname", "nickname", "displayname", "username", "userlogin",
+    "screenname", "realname", "legalname",
+    # contact
+    "address", "streetaddress", "street", "address1", "address2", "addressline1",
+    "addressline2", "homeaddress", "billingaddress", "shippingaddress", "postaladdress",
+    "postcode", "postalcode", "zip", "zipcode",
+    "website", "homepage", "avatar", "photo", "picture", "profilepicture",
+    # dates of birth, national numbers
+    "birthday", "birthdate", "dateofbirth", "dob",
+    "ssn", "socialsecuritynumber", "nationalid", "nationalidnumber", "taxid", "passport",
+    "passportnumber", "driverslicense", "iban", "creditcard", "cardnumber", "ccnumber",
+    # precise location
+    "latitude", "longitude", "lat", "lng", "lon", "coordinates", "geolocation", "gps",
+    # identifiers a client may repeat in properties
+    "userid", "anonymousid", "previousid", "distinctid", "anondistinctid", "deviceid",
+    "advertisingid", "idfa", "idfv", "gaid", "adid",
+})
+"""Normalized names (lower case, letters and digits only) that are personal as a whole."""
+
+_TOKENS = frozenset({
+    "email", "emails", "mail", "phone", "phones", "telephone", "mobile", "cellphone", "fax",
+    "ip", "ips", "ipv4", "ipv6", "ipaddress", "ssn", "password", "passwd",
+})
+"""Words that make a name personal wherever they appear in it (``billing_email``,
+``last_ip``, ``mobilePhone``, ``IPAddress``)."""
+
+_SUBSTRINGS = ("email", "ipaddress", "phonenumber", "firstname", "lastname", "fullname",
+               "username", "birthdate", "dateofbirth", "streetaddress", "password")
+"""Fragments that make a normalized name personal even when glued to other words
+(``useremailverified``, ``customerphonenumber``)."""
+
+_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+
+
+def _normalize(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+@lru_cache(maxsize=65536)
+def is_personal_name(name: str) -> bool:
+    """Whether a property, trait or context field of this name holds personal data.
+
+    ``Email``, ``e-mail``, ``emailAddress``, ``billing_email``, ``$ip``, ``last_ip``,
+    ``IPAddress``, ``phoneNumber``, ``first_name``, ``$name`` are personal; ``plan``,
+    ``product_name``, ``zip_file``, ``tooltip`` and ``shipping`` are not.
+    """
+    if not isinstance(name, str) or not name:
+        return False
+    norm = _normalize(name)
+    if not norm:
+        return False
+    if norm in _EXACT:
+        return True
+    if any(s in norm for s in _SUBSTRINGS):
+        return True
+    words = [w.lower() for w in _WORDS.findall(name)]
+    if any(w in _TOKENS for w in words):
+        return True
+    # "e_mail", "E-Mail", "ip_v6", "ip-address": words split by a separator
+    glued = {a + b for a, b in zip(words, words[1:], strict=False)}
+    return bool(glued & (_TOKENS | {"ipv4", "ipv6"}))
+
+
+def is_personal_path(path: str) -> bool:
+    """Whether a dotted path (``contact.email``, ``$set.Email``) has a personal part."""
+    return any(is_personal_name(part) for part in path.split("."))
