@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from itertools import pairwise
 
 _EXACT = frozenset({
     # names and handles
@@ -74,7 +75,7 @@ def is_personal_name(name: str) -> bool:
     if any(w in _TOKENS for w in words):
         return True
     # "e_mail", "E-Mail", "ip_v6", "ip-address": words split by a separator
-    glued = {a + b for a, b in zip(words, words[1:], strict=False)}
+    glued = {a + b for a, b in pairwise(words)}
     return bool(glued & (_TOKENS | {"ipv4", "ipv6"}))
 
 
