@@ -98,10 +98,16 @@ def sources() -> None:
 @click.option("--mode", type=click.Choice(["standard", "cnil"]), default="standard",
               show_default=True, help="cnil: consent-exempt anonymous audience measurement"
               " (daily salted visitor hash, no ids; see the README).")
+@click.option("--controller", default=None, metavar="GROUP",
+              help="The controller group the source belongs to: consent and self-service"
+                   " requests made through it apply to every source of the group"
+                   " (default: the source is its own controller).")
+@click.option("--server-key", is_flag=True,
+              help="Also make a server (secret) key, printed before the write key.")
 def sources_create(name: str, data_dir: Path | None, origins: tuple[str, ...],
                    rate_limit: float, historical: bool, purposes: tuple[str, ...],
-                   basis: str, mode: str) -> None:
-    """Create a source; prints its write key alone on the last line."""
+                   basis: str, mode: str, controller: str | None, server_key: bool) -> None:
+    """Create a source; prints its write key (public) alone on the last line."""
     from aap.sources import Sources
 
     reg = Sources(_settings(data_dir=data_dir).data_path)
@@ -112,11 +118,47 @@ def sources_create(name: str, data_dir: Path | None, origins: tuple[str, ...],
     try:
         src, key = reg.create(name, allowed_origins=origins or ("*",), rate_limit=rate_limit,
                               historical=historical, purposes=declared, mode=mode,
-                              actor=_actor())
+                              actor=_actor(), controller=controller)
+        secret = reg.new_server_key(name, _actor())[1] if server_key else None
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    if secret:
+        click.echo(f"server key (secret: for the site's backend only): {secret}")
     click.echo(f"created source {src.name} ({src.id}); keep the write key below, it is shown once")
     click.echo(key)
+
+
+@sources.command("server-key")
+@click.argument("name")
+@data_dir_option
+def sources_server_key(name: str, data_dir: Path | None) -> None:
+    """Make a new server (secret) key for the source, replacing the old one; prints it
+    alone on the last line. Events and consent sent with it come from the site's backend:
+    a withdrawal sent with it also takes the purpose off the person's stored events."""
+    from aap.sources import Sources
+
+    try:
+        src, key = Sources(_settings(data_dir=data_dir).data_path).new_server_key(name, _actor())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"server key of {src.name} ({src.id}); keep it secret, it is shown once")
+    click.echo(key)
+
+
+@sources.command("controller")
+@click.argument("name")
+@click.argument("group", required=False)
+@data_dir_option
+def sources_controller(name: str, group: str | None, data_dir: Path | None) -> None:
+    """Put the source in controller group GROUP (without GROUP: it is its own controller
+    again). Consent given through a source of a group applies to the whole group."""
+    from aap.sources import Sources
+
+    try:
+        src = Sources(_settings(data_dir=data_dir).data_path).set_controller(name, group, _actor())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"source {src.name} ({src.id}): consent scope {src.scope}")
 
 
 @sources.command("secret")
@@ -154,7 +196,9 @@ def sources_list(data_dir: Path | None) -> None:
         limit = f"{s.rate_limit:g}/s" if s.rate_limit else "unlimited"
         purposes = ",".join(f"{p}:{b}" for p, b in s.purposes)
         click.echo(f"{s.id}\t{s.name}\tkey {s.key_hint}\torigins {origins}\trate {limit}"
-                   f"\tpurposes {purposes}\tmode {s.mode}")
+                   f"\tpurposes {purposes}\tmode {s.mode}"
+                   f"\tcontroller {s.controller or '-'}"
+                   f"\tserver key {s.server_key_hint or '-'}")
 
 
 @cli.group()

@@ -41,6 +41,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_consumer_lag", 50_000_000, "Above this many unconsumed events for a consumer group, ingestion answers 503."),
     Setting("log_retention_hours", 168.0, "Log records older than this are dropped (checked every minute by each worker); more than 0 and at most the shortest retention of a purpose."),
     Setting("retry_after_seconds", 1, "Value of the Retry-After header on 429 and 503 answers."),
+    Setting("consent_per_subject_per_minute", 30, "Consent statements `POST /v1/consent` takes for one id in one scope per minute, per worker (then 429); 0 means no cap."),
     Setting("max_pending_appends", 2000, "Batches waiting for a group commit in one worker before new ones get 503."),
     Setting("session_inactivity_minutes", 30, "A person's session ends after this long without events (when the SDK sends no session id)."),
     Setting("processor_worker", True, "Prepare log chunks (decode, enrichment) in a child process of the core, in parallel with the processor's stateful steps; `false` does all in one thread."),

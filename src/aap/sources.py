@@ -1,14 +1,24 @@
-"""Sources and their write keys.
+"""Sources, their keys and their controller.
 
-A write key is a random 192-bit token shown once when the source is created; only its
-SHA-256 digest is stored. (A fast digest is safe for a key of that entropy; the API keys
-of people, which a later issue adds, use a slow hash.)
+A write key (``wk_…``) is a random 192-bit token shown once when the source is created;
+only its SHA-256 digest is stored. (A fast digest is safe for a key of that entropy; the
+API keys of people use a slow hash.) A write key is **public**: a page ships it to every
+browser. A source can also get a **server key** (``sk_…``, same kind of token, same
+storage), which only the site's backend holds: it sends events like the write key, and
+a consent statement sent with it may change the person's stored history (see
+:mod:`aap.privacy.consent`).
+
+Consent is given to a controller. Each source is its own controller unless an admin
+puts it in a **controller group** (``aap sources controller NAME GROUP``): consent
+statements and self-service requests made through one source of a group apply to every
+source of the group, and to no other source.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import sqlite3
 import time
@@ -16,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import msgspec.structs
 
 from aap.privacy.audit import AuditLog
 from aap.privacy.cnil import CNIL, source_errors
@@ -32,7 +43,10 @@ CREATE TABLE IF NOT EXISTS sources (
     rate_limit REAL NOT NULL,
     historical INTEGER NOT NULL DEFAULT 0,
     purposes TEXT NOT NULL DEFAULT '{"analytics": "consent"}',
-    mode TEXT NOT NULL DEFAULT 'standard'
+    mode TEXT NOT NULL DEFAULT 'standard',
+    controller TEXT,
+    server_key_hash TEXT UNIQUE,
+    server_key_hint TEXT
 );
 """
 
@@ -51,9 +65,37 @@ class Source(msgspec.Struct, frozen=True):
     """The purposes the source's events serve, each with its lawful basis."""
     mode: str = "standard"
     """``cnil``: consent-exempt anonymous audience measurement (:mod:`aap.privacy.cnil`)."""
+    controller: str | None = None
+    """The controller group the source belongs to (``None``: it is its own controller)."""
+    server_key_hint: str | None = None
+    """The first characters of the source's server key, if it has one."""
+    server_key: bool = False
+    """This copy of the source was found by its server (secret) key, not its public write
+    key: the request comes from the site's backend."""
+
+    @property
+    def scope(self) -> str:
+        """What consent statements and self-service requests made through this source are
+        scoped to: its controller group (``controller:GROUP``), else the source itself."""
+        return f"controller:{self.controller}" if self.controller else self.id
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        """The scopes whose statements govern this source's events: its own id (statements
+        made before it joined a group, and before statements had scopes) and its group."""
+        return (self.id, self.scope) if self.controller else (self.id,)
 
     def allows_origin(self, origin: str) -> bool:
         return "*" in self.allowed_origins or origin in self.allowed_origins
+
+
+GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_group(group: str) -> str:
+    if not GROUP_NAME.match(group):
+        raise ValueError("a controller group is 1 to 64 letters, digits, '.', '_' or '-'")
+    return group
 
 
 def hash_key(key: str) -> str:
@@ -83,11 +125,16 @@ class Sources:
                               """ DEFAULT '{"analytics": "consent"}'""")
         if "mode" not in cols:
             self._con.execute("ALTER TABLE sources ADD COLUMN mode TEXT NOT NULL DEFAULT 'standard'")
+        for col in ("controller", "server_key_hash", "server_key_hint"):
+            if col not in cols:
+                self._con.execute(f"ALTER TABLE sources ADD COLUMN {col} TEXT")
+        self._con.execute("CREATE UNIQUE INDEX IF NOT EXISTS sources_server_key"
+                          " ON sources (server_key_hash)")
 
     def create(
         self, name: str, *, allowed_origins: tuple[str, ...] = ("*",), rate_limit: float = 0.0,
         historical: bool = False, purposes: dict[str, str] | None = None,
-        mode: str = "standard", actor: str = "admin",
+        mode: str = "standard", actor: str = "admin", controller: str | None = None,
     ) -> tuple[Source, str]:
         """Create a source; returns it with its write key (the only time the key is seen).
 
@@ -110,6 +157,8 @@ class Sources:
             raise ValueError(problem)
         if rate_limit < 0:
             raise ValueError("rate limit must be 0 (unlimited) or positive")
+        if controller is not None:
+            check_group(controller)
         key = "wk_" + secrets.token_urlsafe(24)
         src = Source(
             id="src_" + secrets.token_hex(6),
@@ -121,40 +170,87 @@ class Sources:
             historical=historical,
             purposes=tuple(purposes.items()),
             mode=mode,
+            controller=controller,
         )
         try:
             self._con.execute(
-                "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO sources (id, name, key_hash, key_hint, created_at, allowed_origins,"
+                " rate_limit, historical, purposes, mode, controller)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (src.id, src.name, hash_key(key), src.key_hint, src.created_at,
                  json.dumps(list(src.allowed_origins)), src.rate_limit, int(historical),
-                 json.dumps(purposes), mode),
+                 json.dumps(purposes), mode, controller),
             )
         except sqlite3.IntegrityError:
             raise SourceExists(f"a source named {name!r} already exists") from None
         AuditLog(self.data_dir).append(actor, "source.created", {
             "source": src.id, "name": src.name, "purposes": purposes,
-            "historical": historical, "mode": mode})
+            "historical": historical, "mode": mode, "controller": controller})
         return src, key
 
     def by_key(self, key: str) -> Source | None:
+        """The source of a write key or of a server key (then with ``server_key`` set)."""
+        digest = hash_key(key)
         row = self._con.execute(
-            "SELECT id, name, key_hint, created_at, allowed_origins, rate_limit, historical,"
-            " purposes, mode FROM sources WHERE key_hash = ?",
-            (hash_key(key),),
+            f"SELECT {_COLUMNS}, server_key_hash = ? FROM sources"
+            " WHERE key_hash = ? OR server_key_hash = ?", (digest, digest, digest),
         ).fetchone()
+        if not row:
+            return None
+        src = _row(row)
+        return msgspec.structs.replace(src, server_key=True) if row[-1] else src
+
+    def by_id(self, source_id: str) -> Source | None:
+        row = self._con.execute(f"SELECT {_COLUMNS} FROM sources WHERE id = ?", (source_id,)
+                                ).fetchone()
+        return _row(row) if row else None
+
+    def by_name(self, name: str) -> Source | None:
+        row = self._con.execute(f"SELECT {_COLUMNS} FROM sources WHERE name = ?", (name,)
+                                ).fetchone()
         return _row(row) if row else None
 
     def list(self) -> list[Source]:
         rows = self._con.execute(
-            "SELECT id, name, key_hint, created_at, allowed_origins, rate_limit, historical,"
-            " purposes, mode FROM sources ORDER BY created_at, name"
-        ).fetchall()
+            f"SELECT {_COLUMNS} FROM sources ORDER BY created_at, name").fetchall()
         return [_row(r) for r in rows]
+
+    def new_server_key(self, name: str, actor: str = "admin") -> tuple[Source, str]:
+        """Give the source a new server key (the old one, if any, stops working); returns
+        the source and the key (the only time it is seen)."""
+        src = self.by_name(name)
+        if src is None:
+            raise ValueError(f"no source named {name!r}")
+        key = "sk_" + secrets.token_urlsafe(24)
+        self._con.execute("UPDATE sources SET server_key_hash = ?, server_key_hint = ?"
+                          " WHERE id = ?", (hash_key(key), key[:7] + "…", src.id))
+        AuditLog(self.data_dir).append(actor, "source.server_key_created", {"source": src.id})
+        return msgspec.structs.replace(src, server_key_hint=key[:7] + "…"), key
+
+    def set_controller(self, name: str, group: str | None, actor: str = "admin") -> Source:
+        """Put the source in a controller group (``None``: it is its own controller)."""
+        src = self.by_name(name)
+        if src is None:
+            raise ValueError(f"no source named {name!r}")
+        if group is not None:
+            check_group(group)
+        self._con.execute("UPDATE sources SET controller = ? WHERE id = ?", (group, src.id))
+        AuditLog(self.data_dir).append(actor, "source.controller_set",
+                                       {"source": src.id, "controller": group})
+        return msgspec.structs.replace(src, controller=group)
+
+    def scopes(self) -> dict[str, str]:
+        """Source id → its consent scope (see :attr:`Source.scope`)."""
+        return {s.id: s.scope for s in self.list()}
 
     def close(self) -> None:
         self._con.close()
 
 
+_COLUMNS = ("id, name, key_hint, created_at, allowed_origins, rate_limit, historical, purposes,"
+            " mode, controller, server_key_hint")
+
+
 def _row(r: tuple[Any, ...]) -> Source:
     return Source(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), float(r[5]), bool(r[6]),
-                  tuple(json.loads(r[7]).items()), r[8])
+                  tuple(json.loads(r[7]).items()), r[8], r[9], r[10])

@@ -102,6 +102,7 @@ class Core:
             consent=ConsentState(ConsentLedger(data)),
             destroyed=self.keystore.refresh_destroyed,
             forgotten=self.keystore.refresh_forgotten,
+            scopes=sources.scopes,
         )
         # The processor keeps large, long-lived maps (ids, sessions); a full collection
         # scans them all. Freeze what start-up loaded and collect rarely: it allocates

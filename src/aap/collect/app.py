@@ -118,9 +118,9 @@ class Collector:
         self.health = Health(self.data_dir, self.log, min_free_disk_mb=settings.min_free_disk_mb,
                              max_lag=settings.max_consumer_lag,
                              interval_ms=settings.health_interval_ms)
-        self.gate = Gate(self.data_dir)
+        self.gate = Gate(self.data_dir, int(settings.consent_per_subject_per_minute))
         self.sealer = Sealer(self.data_dir, hasher=self.gate.hasher)
-        self.self_service = SelfService(self.data_dir, self.gate.hasher)
+        self.self_service = SelfService(self.data_dir, self.gate.hasher, self.sources)
         self.salts = DailySalts(self.data_dir)
         self._unknown_keys: dict[str, float] = {}
         self._known_keys: dict[str, Source] = {}
@@ -322,7 +322,13 @@ class Collector:
         return Response.json(200, out)
 
     async def consent(self, req: Request) -> Response:
-        """``POST /v1/consent``: a person grants or withdraws purposes."""
+        """``POST /v1/consent``: a person grants or withdraws purposes. Back-pressure and
+        the source's rate limit apply as to events (one statement request counts as one
+        event, in a bucket of its own), and each id has its own cap per minute."""
+        problem = self.health.problem()
+        if problem:
+            raise errors.ServiceUnavailable(problem, retry_after=self.settings.retry_after_seconds,
+                                            code="backpressure")
         source = self._source_from_header(req.headers.get("authorization"))
         clen = req.headers.get("content-length")
         limit = 64 * 1024
@@ -339,6 +345,12 @@ class Collector:
             req.cors = False
             raise errors.Forbidden(f"origin {origin} is not allowed for this source",
                                    code="origin_not_allowed")
+        wait = self.limiter.take("consent:" + source.id, source.rate_limit, 1)
+        if wait:
+            metrics.EVENTS_REJECTED.labels("consent_rate_limited").inc()
+            raise errors.TooManyRequests(
+                f"source {source.name} is over its limit of {source.rate_limit:g} consent"
+                " statements/s", retry_after=retry_after(wait))
         n = self.gate.record(source, parsed, req.headers.get("sec-gpc", "").strip() == "1")
         metrics.CONSENT_STATEMENTS.inc(n)
         return Response.json(200, {"success": True, "recorded": n})

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from aap import errors
+from aap.collect.ratelimit import retry_after
 from aap.events import Event
 from aap.privacy.audit import AuditLog
 from aap.privacy.cnil import CNIL, opted_out
@@ -57,7 +58,11 @@ def parse_consent(body: bytes) -> ConsentRequest:
 class Gate:
     """The consent state of one collector process, and the decisions it makes."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, per_subject: int = 0) -> None:
+        self.per_subject = per_subject
+        """Statements per id and scope per minute through ``POST /v1/consent`` (0: no cap)."""
+        self._recent: dict[tuple[str, int], tuple[int, int]] = {}
+        """(scope, subject) → (start of its window in ms, statements in it)."""
         self.registry = Registry.for_data_dir(data_dir)
         self.hasher = IdHasher.for_data_dir(data_dir)
         self.state = ConsentState(ConsentLedger(data_dir))
@@ -67,7 +72,9 @@ class Gate:
         return [self.hasher.key(str(i)) if i not in (None, "") else None for i in ids]
 
     def record(self, source: Source, req: ConsentRequest, gpc: bool) -> int:
-        """Append the statement (for each id given); returns how many were written."""
+        """Append the statement (for each id given), scoped to the source's controller;
+        returns how many were written. With the public write key, the statement about a
+        userId stops collection but may not change stored history."""
         unknown = [p for p in req.purposes if p not in self.registry]
         if unknown:
             raise errors.BadRequest(
@@ -78,19 +85,52 @@ class Gate:
         if gpc:
             purposes.update(dict.fromkeys(GPC_WITHDRAWS, False))
         now = int(time.time() * 1000)
+        user, anon = self.subjects(req.user_id, req.anonymous_id)
         statements = [Statement(now, source.id, s, purposes, req.policy_version,
-                                req.channel or "api")
-                      for s in self.subjects(req.user_id, req.anonymous_id) if s is not None]
+                                req.channel or "api", source.scope,
+                                source.server_key or s == anon)
+                      for s in (user, anon) if s is not None]
+        self.limit_subjects(source, statements, now)
         self.state.record(statements)
         self.audit.append(f"source:{source.id}", "consent.recorded", {
             "purposes": purposes, "policy_version": req.policy_version,
-            "channel": req.channel or "api", "statements": len(statements)})
+            "channel": req.channel or "api", "statements": len(statements),
+            "scope": source.scope, "key": "server" if source.server_key else "write"})
         return len(statements)
+
+    def limit_subjects(self, source: Source, statements: list[Statement], now_ms: int) -> None:
+        """At most :attr:`per_subject` statements per id and scope per minute (in this
+        worker), so that the append-only ledger cannot be grown without bound: 429."""
+        if self.per_subject <= 0:
+            return
+        window = 60_000
+        recent = self._recent
+        if len(recent) > 100_000:  # forget the oldest windows; memory stays bounded
+            for k in [k for k, v in recent.items() if v[0] <= now_ms - window]:
+                del recent[k]
+        waits = []
+        for st in statements:
+            start, n = recent.get((st.where, st.subject), (now_ms, 0))
+            if now_ms - start >= window:
+                start, n = now_ms, 0
+            if n >= self.per_subject:
+                waits.append((start + window - now_ms) / 1000)
+        if waits:
+            raise errors.TooManyRequests(
+                f"too many consent statements for this person through {source.name}"
+                f" (at most {self.per_subject} a minute)", retry_after=retry_after(max(waits)),
+                code="consent_rate_limited")
+        for st in statements:
+            start, n = recent.get((st.where, st.subject), (now_ms, 0))
+            if now_ms - start >= window:
+                start, n = now_ms, 0
+            recent[(st.where, st.subject)] = (start, n + 1)
 
     def admit(self, source: Source, events: list[Event], gpc: bool) -> int:
         """Tag each event with the purposes it may be used for and take out those with
         none (in place); returns how many were taken out. What the events say about
-        consent goes to the ledger first."""
+        consent goes to the ledger first, scoped to the source's controller; through the
+        public write key, what they say about a userId does not reach stored history."""
         if source.mode == CNIL:
             # anonymous audience measurement: no ids to hold a statement, a purpose exempt
             # from consent; an event that carries an objection is not stored
@@ -108,7 +148,8 @@ class Gate:
         # without a statement on the event or about its ids, the decision is the source's
         no_statement = {p: b for p, b in source.purposes
                         if b != Basis.CONSENT and not (gpc and p in GPC_WITHDRAWS)}
-        latest = self.state.latest
+        scopes = source.scopes
+        knows = self.state.knows
         key = self.hasher.key
         at_ms = int(events[0].received_at.timestamp() * 1000) if events else 0
         for ev in events:
@@ -118,10 +159,11 @@ class Gate:
             ids = [u, a]
             own = (event_preferences(ev.context, self.registry.tcf) if "consent" in ev.context
                    else {})
-            if not own and not gpc and not any(i in latest for i in ids):
+            if not own and not gpc and not knows(scopes, ids):
                 purposes = no_statement
             else:
-                d = decide(source.id, source.purposes, self.state, ids, own, at_ms, gpc)
+                d = decide(source.id, source.purposes, self.state, ids, own, at_ms, gpc,
+                           scopes, None if source.server_key else ({a} if a else set()))
                 if d.statements:
                     statements += d.statements
                     self.state.apply(d.statements)  # the next events of the request see them
@@ -133,7 +175,8 @@ class Gate:
         if statements:
             self.audit.append(f"source:{source.id}", "consent.recorded", {
                 "channels": sorted({s.channel for s in statements}),
-                "statements": len(statements)})
+                "statements": len(statements), "scope": source.scope,
+                "key": "server" if source.server_key else "write"})
         dropped = len(events) - len(kept)
         events[:] = kept
         return dropped

@@ -1,7 +1,10 @@
 """Self-service rights on the collector's port, for the person: ``POST
 /v1/privacy/requests`` and ``GET /v1/privacy/requests/{id}[/export]`` with
 ``Authorization: Subject <token>`` (see :mod:`aap.privacy.tokens`). A person can only
-see their own requests. The core works the requests off (:mod:`aap.privacy.requests`).
+see their own requests, filed through a source of the same controller as the token's
+(:attr:`aap.sources.Source.scope`): a request is bound to the scope it was filed in, and
+a token of another controller gets a 404 for it. The core works the requests off
+(:mod:`aap.privacy.requests`).
 """
 
 from __future__ import annotations
@@ -16,21 +19,36 @@ from aap import errors
 from aap.privacy.ids import IdHasher
 from aap.privacy.requests import RequestStore, decode_request
 from aap.privacy.tokens import BadToken, SubjectTokens
+from aap.sources import Sources
 
 PATH = "/v1/privacy/requests"
 _ONE = re.compile(r"^/v1/privacy/requests/(pr_[0-9a-f]{16})(/export)?$")
 
 
+TYPES = ("access", "erasure", "restriction", "objection")
+"""What a person may ask for themselves (a rectification goes through the site's privacy
+team and the API: its traits are not checked here)."""
+
+
 class OwnRequest(msgspec.Struct, forbid_unknown_fields=True):
     type: str
-    traits: dict[str, Any] | None = None
 
 
 class SelfService:
-    def __init__(self, data_dir: Path, hasher: IdHasher) -> None:
+    def __init__(self, data_dir: Path, hasher: IdHasher, sources: Sources) -> None:
         self.tokens = SubjectTokens(data_dir)
         self.store = RequestStore(data_dir)
         self.hasher = hasher
+        self.sources = sources
+
+    def _scopes(self, source_id: str) -> tuple[str, ...]:
+        """The scopes a token of ``source_id`` acts in: its source and its controller
+        group; the group's first (what new requests are bound to)."""
+        src = self.sources.by_id(source_id)
+        if src is None:
+            raise errors.Unauthorized("the token's source does not exist",
+                                      code="bad_subject_token")
+        return (src.scope, src.id) if src.controller else (src.id,)
 
     def _subject(self, authorization: str | None) -> tuple[str, int]:
         scheme, _, token = (authorization or "").partition(" ")
@@ -46,9 +64,13 @@ class SelfService:
 
     def submit(self, authorization: str | None, body: bytes) -> dict[str, Any]:
         source, key = self._subject(authorization)
+        scopes = self._scopes(source)
         req = decode_request(body, OwnRequest)
-        rid = self.store.add(req.type, [key], {"self_service": True}, req.traits,
-                             f"subject:{source}")
+        if req.type not in TYPES:
+            raise errors.BadRequest(f"`type` must be one of {', '.join(TYPES)}",
+                                    {"allowed": list(TYPES)}, code="invalid_request")
+        rid = self.store.add(req.type, [key], {"self_service": True}, None,
+                             f"subject:{source}", scope=scopes[0])
         return {"id": rid, "status": "pending"}
 
     def lookup(self, authorization: str | None, path: str) -> dict[str, Any] | bytes:
@@ -57,7 +79,8 @@ class SelfService:
         if m is None:
             raise errors.NotFound(f"no endpoint at {path}")
         rid = m.group(1)
-        if key not in self.store.subject_keys(rid):
+        keys, scope = self.store.owner(rid)
+        if key not in keys or scope not in self._scopes(source):
             raise errors.NotFound(f"no privacy request {rid} of yours")
         return (self.store.export(rid, f"subject:{source}") if m.group(2)
                 else self.store.get(rid))

@@ -7,6 +7,17 @@ hash, never raw), at this time, through this channel, under this policy version,
 or withdraws these purposes. The ledger is append-only (SQLite triggers refuse updates
 and deletes) and kept as proof.
 
+Consent is given to a controller: each statement is **scoped** to the source it came
+through, or to that source's controller group (:attr:`aap.sources.Source.scope`), and
+governs only the events of the sources in that scope. Statements recorded before
+statements had scopes (no ``scope``) are scoped to the source they were sent to.
+
+A statement may **change stored history** (take purposes off events already in the log
+or the warehouse, erasing those left with none) only when it was made with the source's
+server key, with a subject token, or about an ``anonymousId`` (which only that browser
+knows); a statement about a ``userId`` made with a public write key stops collection at
+once but leaves what is stored alone (``history`` false), because anyone can send one.
+
 The most recent statement about a purpose wins, whichever id of the person it was made
 for. A purpose on the basis of consent needs a grant (opt-in); other bases need none,
 but a "no" from the person counts as an objection (Art. 21) and is honoured too; GPC
@@ -15,11 +26,12 @@ withdraws the purposes in :data:`GPC_WITHDRAWS` whatever their basis.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -44,6 +56,10 @@ CREATE TRIGGER IF NOT EXISTS statements_no_delete BEFORE DELETE ON statements
 """
 
 
+_ADDED = (("scope", "TEXT"), ("history", "INTEGER NOT NULL DEFAULT 1"))
+"""Columns added after the first release (older rows: scope of their source, history)."""
+
+
 class Statement(NamedTuple):
     at_ms: int
     source: str
@@ -53,6 +69,15 @@ class Statement(NamedTuple):
     policy_version: str | None
     channel: str
     """``api``, ``event``, ``gpc`` or what the caller named (e.g. ``banner``)."""
+    scope: str = ""
+    """The source id or ``controller:GROUP`` the statement is given to (empty: the source)."""
+    history: bool = True
+    """Whether the statement may change stored history (see the module's docstring)."""
+
+    @property
+    def where(self) -> str:
+        """The scope the statement applies to."""
+        return self.scope or self.source
 
 
 class ConsentLedger:
@@ -65,6 +90,10 @@ class ConsentLedger:
         self._local = threading.local()
         with self._con() as con:
             con.executescript(_SCHEMA)
+            have = {r[1] for r in con.execute("PRAGMA table_info(statements)")}
+            for name, decl in _ADDED:
+                if name not in have:
+                    con.execute(f"ALTER TABLE statements ADD COLUMN {name} {decl}")
 
     def _con(self) -> sqlite3.Connection:
         con: sqlite3.Connection | None = getattr(self._local, "con", None)
@@ -84,9 +113,9 @@ class ConsentLedger:
         try:
             con.executemany(
                 "INSERT INTO statements (at_ms, source, subject, purposes, policy_version,"
-                " channel) VALUES (?, ?, ?, ?, ?, ?)",
+                " channel, scope, history) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(s.at_ms, s.source, s.subject, json.dumps(s.purposes, sort_keys=True),
-                  s.policy_version, s.channel) for s in statements])
+                  s.policy_version, s.channel, s.where, int(s.history)) for s in statements])
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
@@ -95,22 +124,33 @@ class ConsentLedger:
 
     def since(self, seq: int) -> list[tuple[int, Statement]]:
         rows = self._con().execute(
-            "SELECT seq, at_ms, source, subject, purposes, policy_version, channel"
-            " FROM statements WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
-        return [(r[0], Statement(r[1], r[2], r[3], json.loads(r[4]), r[5], r[6])) for r in rows]
+            f"SELECT seq, {_COLUMNS} FROM statements WHERE seq > ? ORDER BY seq", (seq,)
+        ).fetchall()
+        return [(r[0], _statement(r[1:])) for r in rows]
 
     def history(self, subjects: Iterable[int]) -> list[Statement]:
         keys = list(subjects)
         rows = self._con().execute(
-            "SELECT at_ms, source, subject, purposes, policy_version, channel FROM statements"
+            f"SELECT {_COLUMNS} FROM statements"
             f" WHERE subject IN ({','.join('?' * len(keys))}) ORDER BY seq", keys).fetchall()
-        return [Statement(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+        return [_statement(r) for r in rows]
 
     def close(self) -> None:
         con = getattr(self._local, "con", None)
         if con is not None:
             con.close()
             self._local.con = None
+
+
+_COLUMNS = "at_ms, source, subject, purposes, policy_version, channel, scope, history"
+
+
+def _statement(r: Sequence[Any]) -> Statement:
+    return Statement(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6] or "", bool(r[7]))
+
+
+Key = tuple[str, int]
+"""(scope, subject)."""
 
 
 class ConsentState:
@@ -120,10 +160,12 @@ class ConsentState:
     def __init__(self, ledger: ConsentLedger, interval: float = 0.2) -> None:
         self.ledger = ledger
         self.interval = interval
-        self.latest: dict[int, dict[str, tuple[bool, int]]] = {}
-        """subject → purpose → (granted, at_ms)."""
-        self.withdrawn: set[int] = set()
-        """Subjects with at least one withdrawal in their latest statements."""
+        self.latest: dict[Key, dict[str, tuple[bool, int]]] = {}
+        """(scope, subject) → purpose → (granted, at_ms): what the collector decides by."""
+        self.binding: dict[Key, dict[str, tuple[bool, int]]] = {}
+        """The same, from the statements that may change stored history (and every grant)."""
+        self.withdrawn: set[Key] = set()
+        """Scoped subjects with a withdrawal that reaches stored history."""
         self._seq = 0
         self._checked = 0.0
         self._lock = threading.Lock()
@@ -139,13 +181,20 @@ class ConsentState:
             self._checked = now
 
     def _apply(self, st: Statement) -> None:
-        cur = self.latest.setdefault(st.subject, {})
+        key = (st.where, st.subject)
+        cur = self.latest.setdefault(key, {})
         for purpose, granted in st.purposes.items():
             old = cur.get(purpose)
             if old is None or st.at_ms >= old[1]:
                 cur[purpose] = (bool(granted), st.at_ms)
+            if not (granted or st.history):
+                continue  # a "no" that may not reach history: collection stops, that is all
+            bound = self.binding.setdefault(key, {})
+            old = bound.get(purpose)
+            if old is None or st.at_ms >= old[1]:
+                bound[purpose] = (bool(granted), st.at_ms)
                 if not granted:
-                    self.withdrawn.add(st.subject)
+                    self.withdrawn.add(key)
 
     def record(self, statements: Sequence[Statement]) -> None:
         """Append to the ledger and apply at once (other processes see it on refresh)."""
@@ -158,17 +207,26 @@ class ConsentState:
             for st in statements:
                 self._apply(st)
 
-    def of(self, subjects: Iterable[int | None], purpose: str) -> tuple[bool, int] | None:
-        """The most recent statement about ``purpose`` for any of these ids."""
+    def of(self, scopes: Sequence[str], subjects: Iterable[int | None], purpose: str,
+           history: bool = False) -> tuple[bool, int] | None:
+        """The most recent statement about ``purpose`` for any of these ids, in any of these
+        scopes; ``history``: only among the statements that may change stored history."""
+        view = self.binding if history else self.latest
         best: tuple[bool, int] | None = None
         for s in subjects:
             if s is None:
                 continue
-            got = self.latest.get(s, {}).get(purpose)
-            if got is not None and (best is None or got[1] > best[1]
-                                    or (got[1] == best[1] and not got[0])):
-                best = got  # at the same moment a "no" for one id wins over a "yes"
+            for scope in scopes:
+                got = view.get((scope, s), {}).get(purpose)
+                if got is not None and (best is None or got[1] > best[1]
+                                        or (got[1] == best[1] and not got[0])):
+                    best = got  # at the same moment a "no" for one id wins over a "yes"
         return best
+
+    def knows(self, scopes: Sequence[str], subjects: Iterable[int | None]) -> bool:
+        """Whether any statement was made about these ids in these scopes."""
+        latest = self.latest
+        return any((sc, s) in latest for s in subjects if s is not None for sc in scopes)
 
 
 def event_preferences(context: dict[str, Any], tcf_map: dict[str, tuple[int, ...]] | None = None
@@ -200,27 +258,33 @@ class Decision(NamedTuple):
 
 
 def decide(source_id: str, source_purposes: Sequence[tuple[str, str]], state: ConsentState,
-           subjects: Sequence[int | None], own: dict[str, bool], at_ms: int, gpc: bool
-           ) -> Decision:
+           subjects: Sequence[int | None], own: dict[str, bool], at_ms: int, gpc: bool,
+           scopes: Sequence[str] = (), history: Collection[int] | None = None) -> Decision:
     """For which of its source's purposes may this event be used?
 
     ``own``: the consent the event carries (a statement made at ``at_ms``); ``subjects``:
-    keyed hashes of its userId and anonymousId."""
+    keyed hashes of its userId and anonymousId; ``scopes``: the scopes that govern the
+    source's events, the last one the scope its new statements get (default: the source
+    alone); ``history``: the ids whose new statements may change stored history (default:
+    all)."""
     ids = [s for s in subjects if s is not None]
+    scopes = tuple(scopes) or (source_id,)
+    state_of = functools.partial(state.of, scopes)
     own_changes: dict[str, bool] = {}
     for purpose, granted in own.items():
         if gpc and purpose in GPC_WITHDRAWS:
             continue  # GPC says no, whatever the page's banner said
-        cur = state.of(ids, purpose)
+        cur = state_of(ids, purpose)
         if cur is None or cur[0] != granted:
             own_changes[purpose] = granted
     gpc_changes: dict[str, bool] = {}
     if gpc:
         for purpose in GPC_WITHDRAWS:
-            cur = state.of(ids, purpose)
+            cur = state_of(ids, purpose)
             if cur is None or cur[0]:
                 gpc_changes[purpose] = False
-    statements = [Statement(at_ms, source_id, s, part, None, channel)
+    statements = [Statement(at_ms, source_id, s, part, None, channel, scopes[-1],
+                            history is None or s in history)
                   for part, channel in ((own_changes, "event"), (gpc_changes, "gpc")) if part
                   for s in ids]
     allowed: dict[str, str] = {}
@@ -230,7 +294,7 @@ def decide(source_id: str, source_purposes: Sequence[tuple[str, str]], state: Co
         if purpose in own:
             said: bool | None = own[purpose]
         else:
-            cur = state.of(ids, purpose)
+            cur = state_of(ids, purpose)
             said = None if cur is None else cur[0]
         # consent needs a yes; other bases stand unless the person said no (an objection)
         if said or (said is None and basis != Basis.CONSENT):

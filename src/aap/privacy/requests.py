@@ -48,10 +48,12 @@ CREATE TABLE IF NOT EXISTS requests (
     error TEXT,
     filed_by TEXT,
     lift INTEGER NOT NULL DEFAULT 0,
-    sealed_traits BLOB
+    sealed_traits BLOB,
+    scope TEXT
 );
 """
-_ADDED = (("filed_by", "TEXT"), ("lift", "INTEGER NOT NULL DEFAULT 0"), ("sealed_traits", "BLOB"))
+_ADDED = (("filed_by", "TEXT"), ("lift", "INTEGER NOT NULL DEFAULT 0"), ("sealed_traits", "BLOB"),
+          ("scope", "TEXT"))
 """Columns added after the first release, added to older databases at start-up."""
 
 
@@ -105,7 +107,10 @@ class RequestStore:
         self._audit: AuditLog | None = None
 
     def add(self, kind: str, keys: list[int], named: dict[str, Any],
-            traits: dict[str, Any] | None, filed_by: str = "", lift: bool = False) -> str:
+            traits: dict[str, Any] | None, filed_by: str = "", lift: bool = False,
+            scope: str | None = None) -> str:
+        """Queue a request; ``scope``: the source or ``controller:GROUP`` a self-service
+        request was filed through (only tokens of that scope see it)."""
         if kind not in TYPES:
             raise errors.BadRequest(f"`type` must be one of {', '.join(TYPES)}",
                                     code="invalid_request")
@@ -119,10 +124,11 @@ class RequestStore:
         with self._lock:
             self._con.execute(
                 "INSERT INTO requests (id, type, subject_keys, named, traits, created_at, status,"
-                " filed_by, lift, sealed_traits) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                " filed_by, lift, sealed_traits, scope)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
                 (rid, kind, json.dumps(keys), json.dumps(named),
                  json.dumps(plain) if traits else None, int(time.time()), filed_by, int(lift),
-                 sealed))
+                 sealed, scope))
         return rid
 
     def _keys(self) -> Keystore:
@@ -154,12 +160,14 @@ class RequestStore:
         out: dict[str, Any] = json.loads(self._keys().open(subject, "request_traits", sealed[8:]))
         return out
 
-    def subject_keys(self, rid: str) -> list[int]:
-        row = self._con.execute("SELECT subject_keys FROM requests WHERE id = ?", (rid,)
+    def owner(self, rid: str) -> tuple[list[int], str | None]:
+        """The subject keys of a request and the scope it was filed through (``None``: by
+        the API or the CLI)."""
+        row = self._con.execute("SELECT subject_keys, scope FROM requests WHERE id = ?", (rid,)
                                 ).fetchone()
         if row is None:
             raise errors.NotFound(f"no privacy request {rid}")
-        return list(json.loads(row[0]))
+        return list(json.loads(row[0])), row[1]
 
     def get(self, rid: str) -> dict[str, Any]:
         row = self._con.execute(

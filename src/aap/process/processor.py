@@ -74,7 +74,8 @@ class Processor:
                  worker: bool = False, prepare_processes: int = 1,
                  consent: ConsentState | None = None,
                  destroyed: Callable[[], set[int]] | None = None,
-                 forgotten: Callable[[], set[int]] | None = None) -> None:
+                 forgotten: Callable[[], set[int]] | None = None,
+                 scopes: Callable[[], dict[str, str]] | None = None) -> None:
         """``worker``: prepare chunks in ``prepare_processes`` child processes (see
         :mod:`aap.process.prepare`) while this one runs the stateful steps; otherwise in
         this thread."""
@@ -96,6 +97,9 @@ class Processor:
         self.inactivity = inactivity
         self.consent = consent
         self.destroyed = destroyed
+        self._scopes = scopes
+        """Reads the sources' consent scopes again (with the historical flags)."""
+        self.scopes: dict[str, str] = scopes() if scopes is not None else {}
         self.forgotten = forgotten
         """Ids whose persons retention removed since the last call: they are forgotten
         here too, so that an id coming back is a new person."""
@@ -124,7 +128,7 @@ class Processor:
         self.state = State(identities=ids, hasher=self.hasher,
                            dedup=DedupIndex(wh.load_dedup_keys()), sessions=sessions,
                            inactivity=self.inactivity, consent=self.consent,
-                           destroyed=self.destroyed)
+                           destroyed=self.destroyed, scopes=self.scopes)
         self.position = wh.get_state("log_position")
         self._next = self.position
         """Where the next chunk starts: past the write in flight, if there is one."""
@@ -206,15 +210,22 @@ class Processor:
         rows = self.consent.ledger.since(done)
         if not rows:
             return
-        withdrawn: dict[str, set[int]] = {}
+        withdrawn: dict[tuple[str, str], set[int]] = {}
         for _, st in rows:
+            if not st.history:
+                continue  # made with a public key about a userId: collection stopped only
             for purpose, granted in st.purposes.items():
                 if not granted:
-                    withdrawn.setdefault(purpose, set()).add(st.subject)
-        for purpose, subjects in sorted(withdrawn.items()):
+                    withdrawn.setdefault((st.where, purpose), set()).add(st.subject)
+        if withdrawn:
+            self._refresh_sources(force=True)  # a source just put in a group is in it
+        for (scope, purpose), subjects in sorted(withdrawn.items()):
             persons, _ = self.wh.person_closure(sorted(subjects))
             if persons:
-                got = self.wh.strip_purpose(persons, purpose)
+                # the events of the sources the statement was given for, no other's
+                sources = sorted(s for s, sc in self.scopes.items() if sc == scope
+                                 ) if scope.startswith("controller:") else [scope]
+                got = self.wh.strip_purpose(persons, purpose, sources)
                 erased = got["hot_erased"] + got["warm_rows"] + got["cold_rows"]
                 logger.info("consent withdrawn for %s: %d persons, %s", purpose, len(persons), got)
                 if erased:
@@ -240,10 +251,18 @@ class Processor:
             self.preparer.reset()
             self.preparer.close()
 
-    def _refresh_sources(self) -> None:
-        if self._historical is None or time.monotonic() < self._historical_due:
+    def _refresh_sources(self, force: bool = False) -> None:
+        if (self._historical is None and self._scopes is None) or (
+                not force and time.monotonic() < self._historical_due):
             return
         self._historical_due = time.monotonic() + SOURCES_REFRESH_S
+        if self._scopes is not None:
+            try:
+                self.scopes = self.state.scopes = self._scopes()
+            except Exception:  # the registry is busy: the scopes stay as they are for now
+                logger.exception("reading the sources' consent scopes failed")
+        if self._historical is None:
+            return
         try:
             now = self._historical()
         except Exception:  # the registry is busy: the flags stay as they are for now

@@ -104,6 +104,14 @@ class State:
     """The consent ledger as the processor last read it (``None``: no ledger)."""
     destroyed: Callable[[], set[int]] | None = None
     """The keyed hashes of erased identifiers, as of now (``None``: no keystore)."""
+    scopes: dict[str, str] = field(default_factory=dict)
+    """Source id → its consent scope (its controller group, or itself; see
+    :attr:`aap.sources.Source.scope`); a source not listed is its own scope."""
+
+    def scopes_of(self, source: str) -> tuple[str, ...]:
+        """The scopes whose statements govern the events of ``source``."""
+        scope = self.scopes.get(source, source)
+        return (source, scope) if scope != source else (source,)
 
 
 Step = Callable[[Batch, State], None]
@@ -123,7 +131,8 @@ def dedup(b: Batch, st: State) -> None:
 def consent(b: Batch, st: State) -> None:
     """Take off purposes the person withdrew (or objected to) after the event was
     received: a withdrawal is effective also for events already in the log. Drop events
-    left with none."""
+    left with none. Only withdrawals in the scope of the event's source count, and only
+    those that may change history (see :mod:`aap.privacy.consent`)."""
     if st.consent is None:
         return
     st.consent.refresh(force=True)
@@ -133,12 +142,15 @@ def consent(b: Batch, st: State) -> None:
     left: list[list[str]] | None = None
     drop = np.zeros(len(b), bool)
     users, anons, _ = id_keys(b, st)
-    rows = zip(b.column("purposes"), users, anons, b.column("received_ms"), strict=True)
-    for i, (purposes, user, anon, at) in enumerate(rows):
+    rows = zip(b.column("purposes"), users, anons, b.column("received_ms"), b.column("source"),
+               strict=True)
+    for i, (purposes, user, anon, at, source) in enumerate(rows):
         ids = [x for x in (user, anon) if x is not None]
-        if not purposes or not any(k in withdrawn for k in ids):
+        scopes = st.scopes_of(source)
+        if not purposes or not any((sc, k) in withdrawn for k in ids for sc in scopes):
             continue
-        gone = [p for p in purposes if (s := st.consent.of(ids, p)) is not None and not s[0]
+        gone = [p for p in purposes
+                if (s := st.consent.of(scopes, ids, p, history=True)) is not None and not s[0]
                 and s[1] > at]
         if not gone:
             continue

@@ -546,37 +546,43 @@ class Warehouse:
                     cur.execute("DELETE FROM tier_trash WHERE path = ?", [path])
         return len(hits)
 
-    def strip_purpose(self, persons: set[int], purpose: str) -> dict[str, int]:
-        """Take ``purpose`` off the persons' events in every tier; erase the events left
-        with no purpose (Art. 17(1)(b)). Events stored before purposes existed (no
-        purpose list) are left alone."""
+    def strip_purpose(self, persons: set[int], purpose: str,
+                      sources: list[str] | None = None) -> dict[str, int]:
+        """Take ``purpose`` off the persons' events in every tier (only the events of
+        ``sources``, when given: a withdrawal is scoped to its controller); erase the
+        events left with no purpose (Art. 17(1)(b)). Events stored before purposes
+        existed (no purpose list) are left alone."""
         out = {"hot_changed": 0, "hot_erased": 0, "warm_rows": 0, "warm_files_rewritten": 0,
                "cold_rows": 0, "cold_files_rewritten": 0}
-        if not persons:
+        if not persons or sources == []:
             return out
         ids = sorted(persons)
         marks = ",".join("?" * len(ids))
         mine = f"person_id IN ({marks}) AND list_contains(purposes, ?)"
+        args: list[Any] = [*ids, purpose]
+        if sources is not None:
+            mine += f" AND source IN ({','.join('?' * len(sources))})"
+            args += sources
 
         def hot(count: Callable[[str, list[Any]], int]) -> None:
             out["hot_erased"] = count(f"DELETE FROM events_raw WHERE {mine} AND len(purposes) = 1",
-                                      [*ids, purpose])
+                                      args)
             out["hot_changed"] = count(
                 f"UPDATE events_raw SET purposes = list_filter(purposes, lambda x: x <> ?) WHERE {mine}",
-                [purpose, *ids, purpose])
+                [purpose, *args])
 
         def in_file(table: pa.Table, tier: str) -> tuple[pa.Table, int] | None:
             con = duckdb.connect()
             try:
                 con.register("t", table)
-                hit = int(con.execute(f"SELECT count(*) FROM t WHERE {mine}", [*ids, purpose]
+                hit = int(con.execute(f"SELECT count(*) FROM t WHERE {mine}", args
                                       ).fetchone()[0])  # type: ignore[index]
                 if not hit:
                     return None
                 kept = con.execute(
                     f"SELECT * REPLACE (CASE WHEN {mine} THEN list_filter(purposes, lambda x: x <> ?)"
                     f" ELSE purposes END AS purposes) FROM t WHERE NOT ({mine} AND len(purposes) = 1)",
-                    [*ids, purpose, purpose, *ids, purpose]).to_arrow_table()
+                    [*args, purpose, *args]).to_arrow_table()
                 assert kept is not None
                 return kept.cast(EVENT_ARROW_SCHEMA), hit
             finally:
