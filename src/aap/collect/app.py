@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import msgspec.structs
 
 from aap import errors
 from aap.api.proxy import PREFIX as API_PREFIX
@@ -329,12 +330,27 @@ class Collector:
         if problem:
             raise errors.ServiceUnavailable(problem, retry_after=self.settings.retry_after_seconds,
                                             code="backpressure")
-        source = self._source_from_header(req.headers.get("authorization"))
+        authorization = req.headers.get("authorization")
+        subject: dict[str, str] | None = None
+        source: Source | None
+        if authorization and authorization.partition(" ")[0].lower() == "subject":
+            # the person themselves, with a token their site signed: may change history
+            source, subject = self.self_service.identify(authorization)
+            source = msgspec.structs.replace(source, server_key=True)
+        else:
+            source = self._source_from_header(authorization)
         clen = req.headers.get("content-length")
         limit = 64 * 1024
         raw = await read_raw(req.receive, int(clen) if clen and clen.isdigit() else None, limit)
         body = decode_content(raw, req.headers.get("content-encoding", ""), limit)
-        parsed = parse_consent(body)
+        parsed = parse_consent(body, subject is not None)
+        if subject is not None:
+            named = {"userId": parsed.user_id, "anonymousId": parsed.anonymous_id}
+            if any(v not in (None, "") and str(v) != subject.get(k) for k, v in named.items()):
+                raise errors.Forbidden("a subject token speaks only for the person it names",
+                                       code="not_your_subject")
+            parsed.user_id = subject.get("userId")
+            parsed.anonymous_id = subject.get("anonymousId")
         if source is None:
             if not parsed.write_key:
                 raise errors.Unauthorized("no write key: send it as the Basic auth user name",

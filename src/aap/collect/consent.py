@@ -37,14 +37,16 @@ class ConsentRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=False
 _decoder = msgspec.json.Decoder(ConsentRequest)
 
 
-def parse_consent(body: bytes) -> ConsentRequest:
+def parse_consent(body: bytes, token: bool = False) -> ConsentRequest:
+    """The body of ``POST /v1/consent`` (``token``: the person is named by a subject
+    token, the body need not name them)."""
     try:
         req = _decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise errors.BadRequest(f"invalid consent request: {exc}", code="invalid_consent") from None
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise errors.BadRequest("the body is not valid JSON", code="invalid_json") from None
-    if req.user_id in (None, "") and req.anonymous_id in (None, ""):
+    if not token and req.user_id in (None, "") and req.anonymous_id in (None, ""):
         raise errors.BadRequest("a consent statement needs `userId` or `anonymousId`",
                                 code="missing_identity")
     if not req.purposes:

@@ -19,7 +19,7 @@ from aap import errors
 from aap.privacy.ids import IdHasher
 from aap.privacy.requests import RequestStore, decode_request
 from aap.privacy.tokens import BadToken, SubjectTokens
-from aap.sources import Sources
+from aap.sources import Source, Sources
 
 PATH = "/v1/privacy/requests"
 _ONE = re.compile(r"^/v1/privacy/requests/(pr_[0-9a-f]{16})(/export)?$")
@@ -50,15 +50,28 @@ class SelfService:
                                       code="bad_subject_token")
         return (src.scope, src.id) if src.controller else (src.id,)
 
-    def _subject(self, authorization: str | None) -> tuple[str, int]:
+    def identify(self, authorization: str | None) -> tuple[Source, dict[str, str]]:
+        """The source and the person (``{"userId": …}`` or ``{"anonymousId": …}``, raw) of
+        a subject token (401 if it is not valid)."""
+        source_id, subject = self._verify(authorization)
+        src = self.sources.by_id(source_id)
+        if src is None:
+            raise errors.Unauthorized("the token's source does not exist",
+                                      code="bad_subject_token")
+        return src, subject
+
+    def _verify(self, authorization: str | None) -> tuple[str, dict[str, str]]:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "subject" or not token.strip():
             raise errors.Unauthorized("send `Authorization: Subject <token>` (a token your"
                                       " site signs for you)", code="missing_subject_token")
         try:
-            source, subject = self.tokens.verify(token)
+            return self.tokens.verify(token)
         except BadToken as exc:
             raise errors.Unauthorized(str(exc), code="bad_subject_token") from None
+
+    def _subject(self, authorization: str | None) -> tuple[str, int]:
+        source, subject = self._verify(authorization)
         (raw,) = subject.values()
         return source, self.hasher.key(raw)
 

@@ -211,12 +211,14 @@ class Processor:
         if not rows:
             return
         withdrawn: dict[tuple[str, str], set[int]] = {}
+        until: dict[tuple[str, str], int] = {}
         for _, st in rows:
             if not st.history:
                 continue  # made with a public key about a userId: collection stopped only
             for purpose, granted in st.purposes.items():
                 if not granted:
                     withdrawn.setdefault((st.where, purpose), set()).add(st.subject)
+                    until[st.where, purpose] = max(until.get((st.where, purpose), 0), st.at_ms)
         if withdrawn:
             self._refresh_sources(force=True)  # a source just put in a group is in it
         for (scope, purpose), subjects in sorted(withdrawn.items()):
@@ -225,7 +227,8 @@ class Processor:
                 # the events of the sources the statement was given for, no other's
                 sources = sorted(s for s, sc in self.scopes.items() if sc == scope
                                  ) if scope.startswith("controller:") else [scope]
-                got = self.wh.strip_purpose(persons, purpose, sources)
+                got = self.wh.strip_purpose(persons, purpose, sources,
+                                            until[scope, purpose] + 1)
                 erased = got["hot_erased"] + got["warm_rows"] + got["cold_rows"]
                 logger.info("consent withdrawn for %s: %d persons, %s", purpose, len(persons), got)
                 if erased:

@@ -547,11 +547,14 @@ class Warehouse:
         return len(hits)
 
     def strip_purpose(self, persons: set[int], purpose: str,
-                      sources: list[str] | None = None) -> dict[str, int]:
+                      sources: list[str] | None = None, before_ms: int | None = None
+                      ) -> dict[str, int]:
         """Take ``purpose`` off the persons' events in every tier (only the events of
-        ``sources``, when given: a withdrawal is scoped to its controller); erase the
-        events left with no purpose (Art. 17(1)(b)). Events stored before purposes
-        existed (no purpose list) are left alone."""
+        ``sources``, when given: a withdrawal is scoped to its controller; only those
+        received before ``before_ms``, when given: what came after the withdrawal was
+        admitted by the collector on a later statement); erase the events left with no
+        purpose (Art. 17(1)(b)). Events stored before purposes existed (no purpose list)
+        are left alone."""
         out = {"hot_changed": 0, "hot_erased": 0, "warm_rows": 0, "warm_files_rewritten": 0,
                "cold_rows": 0, "cold_files_rewritten": 0}
         if not persons or sources == []:
@@ -563,6 +566,9 @@ class Warehouse:
         if sources is not None:
             mine += f" AND source IN ({','.join('?' * len(sources))})"
             args += sources
+        if before_ms is not None:
+            mine += " AND epoch_ms(received_at) < ?"
+            args.append(before_ms)
 
         def hot(count: Callable[[str, list[Any]], int]) -> None:
             out["hot_erased"] = count(f"DELETE FROM events_raw WHERE {mine} AND len(purposes) = 1",
