@@ -348,3 +348,36 @@ def test_self_service_refuses_undocumented_types(world: World) -> None:
         for allowed in ("access", "erasure", "restriction", "objection"):
             assert allowed in body["message"]
         assert "rectification" not in body["message"]
+
+
+def test_a_subject_request_acts_on_its_controllers_data_only(world: World) -> None:
+    user = "scoped-" + uuid.uuid4().hex[:8]
+    for name in SERVER_KEY_OF_SCOPE.values():
+        assert world.consent(world.server_key[name], {
+            "userId": user, "purposes": {"analytics": True}}).status_code == 200
+    for name in SOURCES:
+        assert world.track(world.write[name], "scoped-history", user) == 1
+    world.settled()
+    mine = {"Authorization": "Subject " + token(world.secrets["shop-b"], world.ids["shop-b"],
+                                                {"userId": user})}
+
+    def run(kind: str) -> dict[str, Any]:
+        r = world.post("/v1/privacy/requests", {"type": kind}, headers=mine)
+        assert r.status_code == 200, r.text
+        url = f"{world.server.url}/v1/privacy/requests/{r.json()['id']}"
+        deadline = time.monotonic() + 60
+        while (got := httpx.get(url, headers=mine).json())["status"] in ("pending", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert got["status"] == "done", got
+        return got
+
+    access = run("access")["result"]
+    assert access["events"] == 2  # shop-a's and shop-b's; not solo's
+    erasure = run("erasure")["result"]
+    assert erasure["scope"] == "controller:shop" and erasure["removed"]["hot_events"] == 2
+    world.settled()
+    assert world.stored("scoped-history") == [("solo", "scoped-history")]
+    # the controller collects nothing more of them; the other one goes on
+    assert world.track(world.write["shop-a"], "scoped-later", user) == 0
+    assert world.track(world.write["solo"], "scoped-later", user) == 1

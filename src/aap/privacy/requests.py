@@ -19,6 +19,7 @@ import sqlite3
 import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,7 +29,7 @@ from aap import errors
 from aap.privacy import exports
 from aap.privacy.audit import AuditLog
 from aap.privacy.keystore import KeyDestroyed, Keystore
-from aap.privacy.rights import Rights
+from aap.privacy.rights import Rights, Scope
 from aap.privacy.sealing import PERSONAL_TRAITS
 
 logger = logging.getLogger("aap.privacy")
@@ -218,9 +219,13 @@ class RequestStore:
 class Requests(RequestStore):
     """The core's side: files requests from the REST API and works the queue off."""
 
-    def __init__(self, data_dir: Path, rights: Rights) -> None:
+    def __init__(self, data_dir: Path, rights: Rights,
+                 scopes: Callable[[], dict[str, str]] | None = None) -> None:
+        """``scopes``: reads source id → consent scope (:meth:`aap.sources.Sources.scopes`),
+        for the requests people file themselves through a source."""
         super().__init__(data_dir)
         self.rights = rights
+        self.scopes = scopes
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="aap-privacy-requests",
@@ -253,25 +258,36 @@ class Requests(RequestStore):
 
     # -- the worker --
 
+    def _scope(self, scope: str | None) -> Scope | None:
+        """A self-service request's scope and the sources in it (``None``: the request
+        was filed by the API or the CLI and acts on every source)."""
+        if scope is None:
+            return None
+        now = self.scopes() if self.scopes is not None else {}
+        return scope, tuple(sorted({scope} & set(now) | {s for s, sc in now.items()
+                                                          if sc == scope}))
+
     def _run(self) -> None:
         while not self._stop.is_set():
             row = self._con.execute(
-                "SELECT id, type, subject_keys, named, traits, filed_by, lift, sealed_traits"
-                " FROM requests"
+                "SELECT id, type, subject_keys, named, traits, filed_by, lift, sealed_traits,"
+                " scope FROM requests"
                 " WHERE status = 'pending' ORDER BY created_at, id LIMIT 1").fetchone()
             if row is None:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
-            rid, kind, keys_json, named_json, traits_json, filed_by, lift, sealed = row
+            rid, kind, keys_json, named_json, traits_json, filed_by, lift, sealed, scope = row
             self._con.execute("UPDATE requests SET status = 'running' WHERE id = ?", (rid,))
             try:
                 keys = json.loads(keys_json)
                 actor = f"{filed_by}/request:{rid}" if filed_by else f"request:{rid}"
+                within = self._scope(scope)
                 if kind == "erasure":
-                    result = self.rights.erase_keys(keys, json.loads(named_json), actor)
+                    result = self.rights.erase_keys(keys, json.loads(named_json), actor, within)
                 elif kind == "access":
-                    result = self.rights.access_keys(keys, json.loads(named_json), actor)
+                    result = self.rights.access_keys(keys, json.loads(named_json), actor,
+                                                     within)
                 elif kind == "rectification":
                     traits = {**json.loads(traits_json), **self._open_personal(sealed)}
                     result = self.rights.rectify_keys(keys, traits, actor)

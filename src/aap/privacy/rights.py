@@ -42,13 +42,17 @@ import msgspec
 
 from aap.privacy import exports
 from aap.privacy.audit import AuditLog
-from aap.privacy.consent import ConsentLedger
+from aap.privacy.consent import ConsentLedger, Statement
 from aap.privacy.ids import IdHasher
 from aap.privacy.keystore import Keystore
 from aap.privacy.purposes import Registry
 from aap.privacy.sealing import PERSONAL_TRAITS
 from aap.query.cohorts import Cohorts
 from aap.store.warehouse import Warehouse
+
+Scope = tuple[str, tuple[str, ...]]
+"""A self-service request's scope (a source id or ``controller:GROUP``) and the ids of
+the sources in it."""
 
 
 class Rights:
@@ -81,11 +85,16 @@ class Rights:
                                {"userIds": len(user_ids), "anonymousIds": len(anonymous_ids)},
                                actor)
 
-    def erase_keys(self, keys: list[int], requested: dict[str, Any], actor: str
-                   ) -> dict[str, Any]:
+    def erase_keys(self, keys: list[int], requested: dict[str, Any], actor: str,
+                   scope: Scope | None = None) -> dict[str, Any]:
+        """Erase the persons behind these ids; with ``scope`` (a self-service request,
+        filed through one controller's source), only what that controller holds: when
+        other sources hold events of the person too, see :meth:`_erase_in`."""
         t0 = time.perf_counter()
         started = datetime.now(UTC)
         persons, all_keys = self.wh.person_closure(keys)
+        if scope is not None and persons and not self.wh.sources_of(persons) <= set(scope[1]):
+            return self._erase_in(keys, persons, requested, actor, scope, started, t0)
         destroyed = self.keystore.destroy(all_keys)
         removed = self.wh.erase_persons(persons)
         derived = {**self.cohorts.forget(all_keys),
@@ -129,6 +138,52 @@ class Rights:
             "identifiers": len(all_keys)})
         return receipt
 
+    def _erase_in(self, keys: list[int], persons: set[int], requested: dict[str, Any],
+                  actor: str, scope: Scope, started: datetime, t0: float) -> dict[str, Any]:
+        """Erasure scoped to one controller, whose sources are not the only ones holding
+        the person's events: their events and orders **of the scope's sources** are
+        removed from every tier; the data keys, the profile and the other controllers'
+        data stay; and a withdrawal of every purpose is recorded for the ids in the scope
+        (channel ``erasure``), so that the scope's sources collect nothing more of them
+        until the person grants again."""
+        name, sources = scope
+        removed = self.wh.erase_persons_in(persons, list(sources))
+        now_ms = int(time.time() * 1000)
+        self.ledger.record([Statement(now_ms, name, k, dict.fromkeys(self.registry.purposes,
+                                                                    False),
+                                      None, "erasure", name, True) for k in keys])
+        if self.after_erasure is not None:
+            self.after_erasure()
+        receipt: dict[str, Any] = {
+            "id": "er_" + secrets.token_hex(8),
+            "type": "erasure",
+            "requested": requested,
+            "scope": name,
+            "sources": sorted(sources),
+            "started_at": started.isoformat(),
+            "finished_at": datetime.now(UTC).isoformat(),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "persons": len(persons),
+            "identifiers_suppressed": 0,
+            "data_keys_destroyed": 0,
+            "removed": removed,
+            "where": {"hot": "rows of the scope's sources deleted",
+                      "warm": "files rewritten without those rows",
+                      "cold": "archives rewritten without those rows",
+                      "consent": "every purpose withdrawn for the ids in this scope",
+                      "kept": "the profile, the data keys and what other controllers'"
+                              " sources hold are not this scope's to erase"},
+        }
+        receipt["digest"] = hashlib.sha256(
+            json.dumps(receipt, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        path = self.dir / f"{receipt['id']}.json"
+        path.write_text(json.dumps(receipt, indent=1) + "\n")
+        path.chmod(0o600)
+        self.audit.append(actor, "privacy.erasure", {
+            "receipt": receipt["id"], "digest": receipt["digest"], "persons": len(persons),
+            "scope": name})
+        return receipt
+
     def access(self, user_ids: list[str], anonymous_ids: list[str], actor: str = "privacy"
                ) -> dict[str, Any]:
         """Everything about the person (Art. 15, 20): profile, events and sessions from
@@ -138,12 +193,19 @@ class Rights:
         return self.access_keys(self.subject_keys(user_ids, anonymous_ids),
                                 {"userIds": user_ids, "anonymousIds": anonymous_ids}, actor)
 
-    def access_keys(self, keys: list[int], named: dict[str, Any], actor: str
-                    ) -> dict[str, Any]:
+    def access_keys(self, keys: list[int], named: dict[str, Any], actor: str,
+                    scope: Scope | None = None) -> dict[str, Any]:
+        """With ``scope`` (a self-service request): the events, orders and consent
+        statements of the scope's sources; the profile and personal traits only when no
+        other source holds events of the person."""
         t0 = time.perf_counter()
         persons, all_keys = self.wh.person_closure(keys)
         ids = sorted(persons) or [0]
         marks = ",".join("?" * len(ids))
+        where, within = "", list(scope[1]) if scope is not None else []
+        if scope is not None:
+            where = f" AND e.source IN ({','.join('?' * len(within)) or 'NULL'})"
+        whole = scope is None or self.wh.sources_of(persons) <= set(within)
         tables: dict[str, tuple[list[str], list[tuple[Any, ...]]]] = {}
         with self.wh.snapshot() as cur:
             # one scan of the tiers for the person's events (all tiers, merges resolved,
@@ -154,22 +216,24 @@ class Rights:
                         f" SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)"
                         f" FROM events_all e LEFT JOIN person_overrides o"
                         f" ON o.old_person_id = e.person_id WHERE e.person_id IN ({marks})"
-                        f" ORDER BY timestamp, message_id", ids)
-            for name, sql in (
-                ("profile", f"SELECT * FROM persons WHERE person_id IN ({marks})"),
-                ("events", "SELECT * FROM person_events"),
-                ("sessions", _SESSIONS),
-                ("orders", f"SELECT * FROM orders_resolved WHERE person_id IN ({marks})"
-                           " ORDER BY timestamp"),
+                        f"{where} ORDER BY timestamp, message_id", ids + within)
+            for name, sql, params in (
+                ("profile", f"SELECT * FROM persons WHERE person_id IN ({marks})"
+                            + ("" if whole else " AND false"), ids),
+                ("events", "SELECT * FROM person_events", []),
+                ("sessions", _SESSIONS, []),
+                ("orders", f"SELECT * FROM orders_resolved e WHERE person_id IN ({marks})"
+                           f"{where} ORDER BY timestamp", ids + within),
             ):
-                res = cur.execute(sql, ids if "?" in sql else [])
+                res = cur.execute(sql, params)
                 tables[name] = ([d[0] for d in res.description], res.fetchall())
             cur.execute("DROP TABLE person_events")
         consent = [{"at": datetime.fromtimestamp(s.at_ms / 1000, UTC).isoformat(),
                     "purposes": s.purposes, "policy_version": s.policy_version,
-                    "channel": s.channel} for s in self.ledger.history(sorted(all_keys))]
+                    "channel": s.channel} for s in self.ledger.history(sorted(all_keys))
+                   if scope is None or s.where == scope[0] or s.where in within]
         purposes = [msgspec.to_builtins(p) for p in self.registry.purposes.values()]
-        personal = self.keystore.personal_traits(all_keys)
+        personal = self.keystore.personal_traits(all_keys) if whole else {}
         export_id = "ac_" + secrets.token_hex(8)
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:

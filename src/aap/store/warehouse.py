@@ -525,6 +525,49 @@ class Warehouse:
         out["retired_files_deleted"] = self._purge_trash(value_set)
         return out
 
+    def erase_persons_in(self, persons: set[int], sources: list[str]) -> dict[str, int]:
+        """Physically remove the persons' events and orders **of these sources** from the
+        hot tables and from every warm and cold file (a self-service erasure scoped to one
+        controller); their profile, ids and what other sources sent stay."""
+        out = {"hot_events": 0, "warm_rows": 0, "warm_files_rewritten": 0, "cold_rows": 0,
+               "cold_files_rewritten": 0, "orders": 0, "order_items": 0,
+               "retired_files_deleted": 0}
+        if not persons or not sources:
+            return out
+        ids = sorted(persons)
+        cond = (f"person_id IN ({','.join('?' * len(ids))})"
+                f" AND source IN ({','.join('?' * len(sources))})")
+        args: list[Any] = [*ids, *sources]
+        value_set = pa.array(ids, pa.int64())
+        source_set = pa.array(sources, pa.string())
+
+        def hot(count: Callable[[str, list[Any]], int]) -> None:
+            out["hot_events"] = count(f"DELETE FROM events_raw WHERE {cond}", args)
+            out["order_items"] = count(
+                f"DELETE FROM order_items WHERE message_id IN (SELECT message_id FROM orders"
+                f" WHERE {cond})", args)
+            out["orders"] = count(f"DELETE FROM orders WHERE {cond}", args)
+
+        def in_file(table: pa.Table, tier: str) -> tuple[pa.Table, int] | None:
+            mask = pc.and_(pc.is_in(table.column("person_id"), value_set=value_set),
+                           pc.is_in(table.column("source"), value_set=source_set))
+            hit = int(pc.sum(mask).as_py() or 0)
+            return (table.filter(pc.invert(mask)), hit) if hit else None
+
+        self._change(self._holds_persons(value_set), hot, in_file, out)
+        out["retired_files_deleted"] = self._purge_trash(value_set)
+        return out
+
+    def sources_of(self, persons: set[int]) -> set[str]:
+        """The sources the persons' events came from, in every tier."""
+        if not persons:
+            return set()
+        ids = sorted(persons)
+        with self.snapshot() as cur:
+            return {r[0] for r in cur.execute(
+                f"SELECT DISTINCT source FROM events_all WHERE person_id IN"
+                f" ({','.join('?' * len(ids))})", ids).fetchall()}
+
     def _purge_trash(self, persons: pa.Array) -> int:
         """Files retired by tiering or retention stay on disk for a grace period (queries
         may still read them); those holding rows of ``persons`` go now: an erasure does
