@@ -381,3 +381,22 @@ def test_a_subject_request_acts_on_its_controllers_data_only(world: World) -> No
     # the controller collects nothing more of them; the other one goes on
     assert world.track(world.write["shop-a"], "scoped-later", user) == 0
     assert world.track(world.write["solo"], "scoped-later", user) == 1
+
+
+def test_a_public_key_cannot_erase_a_person_through_an_anonymous_id_it_linked(
+        world: World) -> None:
+    """Anyone with the write key can link an anonymousId of their own to a userId (an
+    identify call); a withdrawal about that anonymousId must not reach the person's
+    history."""
+    user, key = "linked-" + uuid.uuid4().hex[:8], world.write["solo"]
+    mine = "attacker-" + uuid.uuid4().hex[:8]
+    assert world.consent(world.server_key["solo"], {
+        "userId": user, "purposes": {"analytics": True}}).status_code == 200
+    assert world.track(key, "linked-history", user) == 1
+    r = world.post("/v1/identify", {"userId": user, "anonymousId": mine}, key)
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    world.settled()
+    assert world.consent(key, {"anonymousId": mine, "purposes": {"analytics": False}}
+                         ).status_code == 200
+    world.settled()
+    assert world.stored("linked-history") == [("solo", "linked-history")]

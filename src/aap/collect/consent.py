@@ -17,7 +17,16 @@ from aap.collect.ratelimit import retry_after
 from aap.events import Event
 from aap.privacy.audit import AuditLog
 from aap.privacy.cnil import CNIL, opted_out
-from aap.privacy.consent import ConsentLedger, ConsentState, Statement, decide, event_preferences
+from aap.privacy.consent import (
+    FULL,
+    NONE,
+    UNLINKED,
+    ConsentLedger,
+    ConsentState,
+    Statement,
+    decide,
+    event_preferences,
+)
 from aap.privacy.ids import IdHasher
 from aap.privacy.purposes import GPC_WITHDRAWS, Basis, Registry
 from aap.sources import Source
@@ -90,7 +99,7 @@ class Gate:
         user, anon = self.subjects(req.user_id, req.anonymous_id)
         statements = [Statement(now, source.id, s, purposes, req.policy_version,
                                 req.channel or "api", source.scope,
-                                source.server_key or s == anon)
+                                FULL if source.server_key else UNLINKED if s == anon else NONE)
                       for s in (user, anon) if s is not None]
         self.limit_subjects(source, statements, now)
         self.state.record(statements)
@@ -165,7 +174,7 @@ class Gate:
                 purposes = no_statement
             else:
                 d = decide(source.id, source.purposes, self.state, ids, own, at_ms, gpc,
-                           scopes, None if source.server_key else ({a} if a else set()))
+                           scopes, None if source.server_key else ({a: UNLINKED} if a else {}))
                 if d.statements:
                     statements += d.statements
                     self.state.apply(d.statements)  # the next events of the request see them

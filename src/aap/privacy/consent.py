@@ -14,9 +14,12 @@ statements had scopes (no ``scope``) are scoped to the source they were sent to.
 
 A statement may **change stored history** (take purposes off events already in the log
 or the warehouse, erasing those left with none) only when it was made with the source's
-server key, with a subject token, or about an ``anonymousId`` (which only that browser
-knows); a statement about a ``userId`` made with a public write key stops collection at
-once but leaves what is stored alone (``history`` false), because anyone can send one.
+server key or with a subject token (``history`` :data:`FULL`), or about an
+``anonymousId`` (which only that browser knows; :data:`UNLINKED`: the events carrying
+it in the log, and the stored events of its person as long as that person is not
+identified — a public key can link any anonymousId to a userId with an identify call);
+a statement about a ``userId`` made with a public write key stops collection at once
+but leaves what is stored alone (:data:`NONE`), because anyone can send one.
 
 The most recent statement about a purpose wins, whichever id of the person it was made
 for. A purpose on the basis of consent needs a grant (opt-in); other bases need none,
@@ -31,7 +34,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -56,6 +59,9 @@ CREATE TRIGGER IF NOT EXISTS statements_no_delete BEFORE DELETE ON statements
 """
 
 
+NONE, FULL, UNLINKED = 0, 1, 2
+"""What a statement may change of stored history (the ledger's ``history`` column)."""
+
 _ADDED = (("scope", "TEXT"), ("history", "INTEGER NOT NULL DEFAULT 1"))
 """Columns added after the first release (older rows: scope of their source, history)."""
 
@@ -71,8 +77,9 @@ class Statement(NamedTuple):
     """``api``, ``event``, ``gpc`` or what the caller named (e.g. ``banner``)."""
     scope: str = ""
     """The source id or ``controller:GROUP`` the statement is given to (empty: the source)."""
-    history: bool = True
-    """Whether the statement may change stored history (see the module's docstring)."""
+    history: int = FULL
+    """What the statement may change of stored history: :data:`NONE`, :data:`FULL` or
+    :data:`UNLINKED` (see the module's docstring)."""
 
     @property
     def where(self) -> str:
@@ -115,7 +122,7 @@ class ConsentLedger:
                 "INSERT INTO statements (at_ms, source, subject, purposes, policy_version,"
                 " channel, scope, history) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(s.at_ms, s.source, s.subject, json.dumps(s.purposes, sort_keys=True),
-                  s.policy_version, s.channel, s.where, int(s.history)) for s in statements])
+                  s.policy_version, s.channel, s.where, s.history) for s in statements])
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
@@ -146,7 +153,7 @@ _COLUMNS = "at_ms, source, subject, purposes, policy_version, channel, scope, hi
 
 
 def _statement(r: Sequence[Any]) -> Statement:
-    return Statement(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6] or "", bool(r[7]))
+    return Statement(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6] or "", int(r[7]))
 
 
 Key = tuple[str, int]
@@ -259,14 +266,14 @@ class Decision(NamedTuple):
 
 def decide(source_id: str, source_purposes: Sequence[tuple[str, str]], state: ConsentState,
            subjects: Sequence[int | None], own: dict[str, bool], at_ms: int, gpc: bool,
-           scopes: Sequence[str] = (), history: Collection[int] | None = None) -> Decision:
+           scopes: Sequence[str] = (), history: Mapping[int, int] | None = None) -> Decision:
     """For which of its source's purposes may this event be used?
 
     ``own``: the consent the event carries (a statement made at ``at_ms``); ``subjects``:
     keyed hashes of its userId and anonymousId; ``scopes``: the scopes that govern the
     source's events, the last one the scope its new statements get (default: the source
-    alone); ``history``: the ids whose new statements may change stored history (default:
-    all)."""
+    alone); ``history``: what the new statements about each id may change of stored
+    history (ids not in it: :data:`NONE`; default: :data:`FULL` for all)."""
     ids = [s for s in subjects if s is not None]
     scopes = tuple(scopes) or (source_id,)
     state_of = functools.partial(state.of, scopes)
@@ -284,7 +291,7 @@ def decide(source_id: str, source_purposes: Sequence[tuple[str, str]], state: Co
             if cur is None or cur[0]:
                 gpc_changes[purpose] = False
     statements = [Statement(at_ms, source_id, s, part, None, channel, scopes[-1],
-                            history is None or s in history)
+                            FULL if history is None else history.get(s, NONE))
                   for part, channel in ((own_changes, "event"), (gpc_changes, "gpc")) if part
                   for s in ids]
     allowed: dict[str, str] = {}

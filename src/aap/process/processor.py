@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from prometheus_client import Counter as PromCounter
 
 from aap.log.base import Log, Record
+from aap.privacy import consent as consent_history
 from aap.privacy.consent import ConsentState
 from aap.privacy.ids import IdHasher
 from aap.process import shop
@@ -211,10 +212,13 @@ class Processor:
         if not rows:
             return
         withdrawn: dict[tuple[str, str], set[int]] = {}
+        unlinked: set[int] = set()
         until: dict[tuple[str, str], int] = {}
         for _, st in rows:
-            if not st.history:
+            if st.history == consent_history.NONE:
                 continue  # made with a public key about a userId: collection stopped only
+            if st.history == consent_history.UNLINKED:
+                unlinked.add(st.subject)
             for purpose, granted in st.purposes.items():
                 if not granted:
                     withdrawn.setdefault((st.where, purpose), set()).add(st.subject)
@@ -222,7 +226,13 @@ class Processor:
         if withdrawn:
             self._refresh_sources(force=True)  # a source just put in a group is in it
         for (scope, purpose), subjects in sorted(withdrawn.items()):
-            persons, _ = self.wh.person_closure(sorted(subjects))
+            full = sorted(subjects - unlinked)
+            persons: set[int] = self.wh.person_closure(full)[0] if full else set()
+            for subject in sorted(subjects & unlinked):
+                mine, _ = self.wh.person_closure([subject])
+                # an anonymousId's public statement reaches no identified person's history
+                if not self.wh.identified(mine):
+                    persons |= mine
             if persons:
                 # the events of the sources the statement was given for, no other's
                 sources = sorted(s for s, sc in self.scopes.items() if sc == scope

@@ -558,6 +558,15 @@ class Warehouse:
         out["retired_files_deleted"] = self._purge_trash(value_set)
         return out
 
+    def identified(self, persons: set[int]) -> bool:
+        """Whether any of these persons is identified (has had a userId)."""
+        if not persons:
+            return False
+        ids = sorted(persons)
+        return bool(self.con.cursor().execute(
+            f"SELECT count(*) FROM persons WHERE identified AND person_id IN"
+            f" ({','.join('?' * len(ids))})", ids).fetchone()[0])  # type: ignore[index]
+
     def sources_of(self, persons: set[int]) -> set[str]:
         """The sources the persons' events came from, in every tier."""
         if not persons:
