@@ -57,6 +57,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Retry-Count, SP-Anonymous"
 _json = msgspec.json.Encoder()
+KEY_TTL_S = 5.0
+"""How long a worker trusts what it read about a key before reading the registry again."""
 
 
 class Request:
@@ -124,7 +126,9 @@ class Collector:
         self.self_service = SelfService(self.data_dir, self.gate.hasher, self.sources)
         self.salts = DailySalts(self.data_dir)
         self._unknown_keys: dict[str, float] = {}
-        self._known_keys: dict[str, Source] = {}
+        self._known_keys: dict[str, tuple[Source, float]] = {}
+        """key → (its source, when it was read): read again after :data:`KEY_TTL_S`, so
+        that a replaced server key stops working and a new controller group applies."""
         self.api = ApiProxy(self.data_dir, timeout=float(settings.query_timeout_s) + 30,
                             max_body=settings.max_request_bytes)
         self.routes: dict[str, tuple[tuple[str, ...], Callable[[Request], Awaitable[Response]]]] = {
@@ -424,19 +428,22 @@ class Collector:
         return self._source(key)
 
     def _source(self, key: str) -> Source:
-        src = self._known_keys.get(key)
-        if src is not None:
-            return src
         now = time.monotonic()
+        known = self._known_keys.get(key)
+        if known is not None and now - known[1] < KEY_TTL_S:
+            return known[0]
         if now - self._unknown_keys.get(key, -10.0) < 1.0:
             raise errors.Unauthorized("unknown write key", code="unknown_write_key")
         found = self.sources.by_key(key)
         if found is None:
+            self._known_keys.pop(key, None)
             if len(self._unknown_keys) > 10_000:
                 self._unknown_keys.clear()
             self._unknown_keys[key] = now
             raise errors.Unauthorized("unknown write key", code="unknown_write_key")
-        self._known_keys[key] = found
+        if len(self._known_keys) > 10_000:
+            self._known_keys.clear()
+        self._known_keys[key] = (found, now)
         return found
 
 
