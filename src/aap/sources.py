@@ -127,7 +127,11 @@ class Sources:
             self._con.execute("ALTER TABLE sources ADD COLUMN mode TEXT NOT NULL DEFAULT 'standard'")
         for col in ("controller", "server_key_hash", "server_key_hint"):
             if col not in cols:
-                self._con.execute(f"ALTER TABLE sources ADD COLUMN {col} TEXT")
+                try:
+                    self._con.execute(f"ALTER TABLE sources ADD COLUMN {col} TEXT")
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):
+                        raise  # (else another process added it just now)
         self._con.execute("CREATE UNIQUE INDEX IF NOT EXISTS sources_server_key"
                           " ON sources (server_key_hash)")
 

@@ -409,3 +409,28 @@ def test_a_public_key_cannot_erase_a_person_through_an_anonymous_id_it_linked(
                          ).status_code == 200
     world.settled()
     assert world.stored("linked-history") == [("solo", "linked-history")]
+
+
+def test_a_ledger_from_before_scopes_keeps_its_rows_valid(tmp_path: Path) -> None:
+    """Old rows gain no scope and full history: they read as scoped to their source."""
+    from aap.privacy.consent import FULL, NONE, ConsentLedger, Statement
+
+    d = tmp_path / "privacy"
+    d.mkdir()
+    con = sqlite3.connect(d / "consent.db")
+    con.executescript("""
+        CREATE TABLE statements (seq INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL,
+            source TEXT NOT NULL, subject INTEGER NOT NULL, purposes TEXT NOT NULL,
+            policy_version TEXT, channel TEXT NOT NULL);
+        INSERT INTO statements (at_ms, source, subject, purposes, channel)
+            VALUES (5, 'src_old', 42, '{"analytics": false}', 'api');""")
+    con.commit()
+    con.close()
+    ledger = ConsentLedger(tmp_path)
+    ledger.record([Statement(6, "src_new", 42, {"analytics": True}, None, "api",
+                             "controller:shop", NONE)])
+    (_, old), (_, new) = ledger.since(0)
+    assert (old.where, old.history, old.purposes) == ("src_old", FULL, {"analytics": False})
+    assert (new.where, new.history) == ("controller:shop", NONE)
+    with pytest.raises(sqlite3.IntegrityError):  # still append-only
+        sqlite3.connect(d / "consent.db").execute("DELETE FROM statements")

@@ -49,7 +49,9 @@ CREATE TABLE IF NOT EXISTS statements (
     subject INTEGER NOT NULL,
     purposes TEXT NOT NULL,
     policy_version TEXT,
-    channel TEXT NOT NULL
+    channel TEXT NOT NULL,
+    scope TEXT,
+    history INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS statements_subject ON statements (subject, seq);
 CREATE TRIGGER IF NOT EXISTS statements_no_update BEFORE UPDATE ON statements
@@ -100,7 +102,11 @@ class ConsentLedger:
             have = {r[1] for r in con.execute("PRAGMA table_info(statements)")}
             for name, decl in _ADDED:
                 if name not in have:
-                    con.execute(f"ALTER TABLE statements ADD COLUMN {name} {decl}")
+                    try:
+                        con.execute(f"ALTER TABLE statements ADD COLUMN {name} {decl}")
+                    except sqlite3.OperationalError as exc:
+                        if "duplicate column" not in str(exc):
+                            raise  # (else another process added it just now)
 
     def _con(self) -> sqlite3.Connection:
         con: sqlite3.Connection | None = getattr(self._local, "con", None)

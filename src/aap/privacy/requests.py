@@ -101,7 +101,11 @@ class RequestStore:
         have = {r[1] for r in self._con.execute("PRAGMA table_info(requests)")}
         for name, decl in _ADDED:
             if name not in have:
-                self._con.execute(f"ALTER TABLE requests ADD COLUMN {name} {decl}")
+                try:
+                    self._con.execute(f"ALTER TABLE requests ADD COLUMN {name} {decl}")
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):
+                        raise  # (else another process added it just now)
         self._lock = threading.Lock()
         self.data_dir = data_dir
         self._keystore: Keystore | None = None
