@@ -99,7 +99,7 @@ class ApiProxy:
                 self._openapi = msgspec.json.encode(openapi())
             return 200, self._openapi, []
         if not _PATH.match(path):
-            raise errors.NotFound(f"no endpoint at {path[:200]}")
+            raise errors.no_endpoint(path)
         auth = headers.get("authorization", "")
         if not auth:
             raise errors.Unauthorized("no API key: send Authorization: Bearer <api key>",

@@ -130,7 +130,7 @@ class RestAPI:
             return handler(match.groupdict(), body, role)
         if allowed:
             raise errors.MethodNotAllowed(f"{method} is not allowed on /api/v1{path}", allowed)
-        raise errors.NotFound(f"no endpoint at /api/v1{path}")
+        raise errors.no_endpoint("/api/v1" + path)
 
     # -- privacy requests --
 

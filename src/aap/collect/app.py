@@ -7,9 +7,11 @@ append to the log (group commit) → answer.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import gc
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -23,7 +25,7 @@ from aap.api.proxy import PREFIX as API_PREFIX
 from aap.api.proxy import ApiProxy
 from aap.collect import metrics
 from aap.collect.body import decode_content, read_raw
-from aap.collect.compat import Compat, is_browser_path
+from aap.collect.compat import Compat, is_browser_path, sends_credentials
 from aap.collect.consent import Gate, parse_consent
 from aap.collect.health import Health
 from aap.collect.ratelimit import RateLimiter, retry_after
@@ -55,15 +57,35 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Retry-Count, SP-Anonymous"
+"""The request headers browsers may send cross-origin: the SDKs' own, nothing else."""
+KNOWN_KEY_TTL_S = 10.0
+"""How long a worker trusts what it read of a source (its rate limit, origins)."""
 _json = msgspec.json.Encoder()
+
+
+def timed(receive: Receive, seconds: float) -> Receive:
+    """``receive`` with a deadline for the whole body: a client that sends it too slowly
+    (slowloris) is answered 408 rather than held forever."""
+    deadline = asyncio.get_running_loop().time() + seconds
+
+    async def receive_by_deadline() -> dict[str, Any]:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await receive()
+        except TimeoutError:
+            raise errors.RequestTimeout(
+                f"the request body did not arrive within {seconds:g} s",
+                code="body_timeout") from None
+
+    return receive_by_deadline
 
 
 class Request:
     __slots__ = ("cors", "headers", "method", "path", "receive", "scope")
 
-    def __init__(self, scope: Scope, receive: Receive) -> None:
+    def __init__(self, scope: Scope, receive: Receive, body_timeout_s: float = 30.0) -> None:
         self.scope = scope
-        self.receive = receive
+        self.receive = timed(receive, body_timeout_s)
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.headers = {k.decode("latin-1").lower(): v.decode("latin-1")
@@ -97,6 +119,8 @@ def error_response(exc: errors.AAPError) -> Response:
         headers.append(("retry-after", str(exc.retry_after)))
     if isinstance(exc, errors.MethodNotAllowed) and isinstance(exc.detail, list):
         headers.append(("allow", ", ".join(exc.detail)))
+    if isinstance(exc, errors.RequestTimeout):
+        headers.append(("connection", "close"))
     return Response.json(exc.status, exc.body(), headers)
 
 
@@ -123,7 +147,10 @@ class Collector:
         self.self_service = SelfService(self.data_dir, self.gate.hasher)
         self.salts = DailySalts(self.data_dir)
         self._unknown_keys: dict[str, float] = {}
-        self._known_keys: dict[str, Source] = {}
+        self._known_keys: dict[str, tuple[Source, float]] = {}
+        self._metrics_token = settings.metrics_token.encode()
+        self._hsts = ([("strict-transport-security", f"max-age={int(settings.hsts_max_age)}")]
+                      if settings.tls_cert else [])
         self.api = ApiProxy(self.data_dir, timeout=float(settings.query_timeout_s) + 30,
                             max_body=settings.max_request_bytes)
         self.routes: dict[str, tuple[tuple[str, ...], Callable[[Request], Awaitable[Response]]]] = {
@@ -166,7 +193,7 @@ class Collector:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
-        req = Request(scope, receive)
+        req = Request(scope, receive, float(self.settings.body_timeout_s))
         if req.path in self.routes:
             route = req.path
         elif req.path.startswith(API_PREFIX + "/"):
@@ -185,8 +212,10 @@ class Collector:
         origin = req.headers.get("origin")
         if origin and req.cors and is_browser_path(req.path):
             resp.headers += [("access-control-allow-origin", origin), ("vary", "Origin"),
-                             ("access-control-allow-credentials", "true"),
                              ("access-control-expose-headers", "Retry-After")]
+            if sends_credentials(req.path):
+                resp.headers.append(("access-control-allow-credentials", "true"))
+        resp.headers += self._hsts
         await send({
             "type": "http.response.start",
             "status": resp.status,
@@ -205,13 +234,13 @@ class Collector:
         entry = self.routes.get(req.path) or next(
             ((m, h) for p, m, h in self.prefix_routes if req.path.startswith(p)), None)
         if entry is None:
-            raise errors.NotFound(f"no endpoint at {req.path}")
+            raise errors.no_endpoint(req.path)
         methods, handler = entry
         if req.method == "OPTIONS" and is_browser_path(req.path):
             return self.preflight(req)
         if req.method not in methods:
-            raise errors.MethodNotAllowed(f"{req.method} is not allowed on {req.path}",
-                                          list(methods))
+            raise errors.MethodNotAllowed(
+                f"{req.method} is not allowed on {errors.shown(req.path)}", list(methods))
         return await handler(req)
 
     # -- small endpoints --
@@ -219,8 +248,7 @@ class Collector:
     def preflight(self, req: Request) -> Response:
         return Response(204, b"", headers=[
             ("access-control-allow-methods", "GET, POST, OPTIONS"),
-            ("access-control-allow-headers",
-             req.headers.get("access-control-request-headers") or CORS_ALLOW_HEADERS),
+            ("access-control-allow-headers", CORS_ALLOW_HEADERS),
             ("access-control-max-age", "86400"),
         ])
 
@@ -231,6 +259,12 @@ class Collector:
         return Response.json(200, {"status": "ok"})
 
     async def metrics(self, req: Request) -> Response:
+        if self._metrics_token:
+            scheme, _, token = req.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    token.strip().encode("utf-8", "surrogateescape"), self._metrics_token):
+                raise errors.Unauthorized("send Authorization: Bearer <AAP_METRICS_TOKEN>",
+                                          code="bad_metrics_token")
         return Response(200, metrics.render(self.log.stats), content_type=metrics.CONTENT_TYPE)
 
     # -- ingestion --
@@ -396,10 +430,10 @@ class Collector:
         return self._source(key)
 
     def _source(self, key: str) -> Source:
-        src = self._known_keys.get(key)
-        if src is not None:
-            return src
         now = time.monotonic()
+        known = self._known_keys.get(key)
+        if known is not None and now - known[1] < KNOWN_KEY_TTL_S:
+            return known[0]
         if now - self._unknown_keys.get(key, -10.0) < 1.0:
             raise errors.Unauthorized("unknown write key", code="unknown_write_key")
         found = self.sources.by_key(key)
@@ -408,7 +442,9 @@ class Collector:
                 self._unknown_keys.clear()
             self._unknown_keys[key] = now
             raise errors.Unauthorized("unknown write key", code="unknown_write_key")
-        self._known_keys[key] = found
+        if len(self._known_keys) > 10_000:
+            self._known_keys.clear()
+        self._known_keys[key] = (found, now)
         return found
 
 

@@ -34,9 +34,21 @@ BROWSER_PATHS = frozenset((*posthog.CAPTURE_PATHS, *posthog.FLAGS_PATHS, snowplo
                            *snowplow.GET_PATHS))
 
 
+CREDENTIALED_PATHS = frozenset((snowplow.TP2_PATH, *snowplow.GET_PATHS))
+"""Where a browser SDK sends credentials: Snowplow's JavaScript tracker sends its
+requests with ``withCredentials`` (for the collector's network-user-id cookie) by
+default, and the browser drops the answer unless it allows credentials. AAP sets and
+reads no cookie, there or anywhere; every other SDK sends none."""
+
+
 def is_browser_path(path: str) -> bool:
     """Paths browsers call cross-origin: CORS headers and preflights apply."""
     return path in BROWSER_PATHS or path.startswith(BROWSER_PREFIXES)
+
+
+def sends_credentials(path: str) -> bool:
+    """Whether CORS answers on ``path`` allow credentials (see CREDENTIALED_PATHS)."""
+    return path in CREDENTIALED_PATHS
 
 
 def query(req: Request) -> dict[str, list[str]]:
@@ -125,7 +137,7 @@ class Compat:
         rest = req.path[len(posthog.CONFIG_PREFIX):]
         token, _, what = rest.partition("/")
         if what not in ("config", "config.js"):
-            raise errors.NotFound(f"no endpoint at {req.path}")
+            raise errors.no_endpoint(req.path)
         self.app._source(token)
         Response = self._response()
         cfg = posthog.remote_config(token)
@@ -142,11 +154,17 @@ class Compat:
         rest = req.path[len(SEGMENT_SETTINGS_PREFIX):]
         key, _, what = rest.partition("/")
         if what != "settings":
-            raise errors.NotFound(f"no endpoint at {req.path}")
+            raise errors.no_endpoint(req.path)
         self.app._source(key)
-        base = public_base(self.app.settings.public_url, req)
+        settings = self.app.settings
+        if settings.public_url:
+            base, vary = settings.public_url.rstrip("/"), []
+        else:
+            base, vary = request_base(req, allowed_hosts(settings.allowed_hosts, settings.host)), \
+                [("vary", "Host")]
         protocol, _, host = base.partition("://")
-        return self._response().json(200, segment_settings(key, protocol, host + "/v1"))
+        return self._response().json(200, segment_settings(key, protocol, host + "/v1"),
+                                     [("cache-control", "public, max-age=300"), *vary])
 
     async def segment_metrics(self, req: Request) -> Response:
         await self._body(req)  # read (and bound) the body; the SDK's own metrics are dropped
@@ -186,13 +204,30 @@ class Compat:
                                 headers=headers)
 
 
-def public_base(public_url: str, req: Request) -> str:
-    """``scheme://host[:port]`` as SDKs reach the collector."""
-    if public_url:
-        return public_url.rstrip("/")
-    scheme = req.scope.get("scheme", "http")
-    host = req.headers.get("host") or "{}:{}".format(*req.scope.get("server", ("127.0.0.1", 80)))
-    return f"{scheme}://{host}"
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def allowed_hosts(setting: str, bound: str) -> frozenset[str]:
+    """Host names (without port) a request's Host may carry for the settings endpoint to
+    name it back: ``AAP_ALLOWED_HOSTS``, else the local names and the bound address."""
+    listed = [h.strip().lower() for h in setting.split(",") if h.strip()]
+    if not listed:
+        listed = [*LOCAL_HOSTS, f"[{bound}]" if ":" in bound else bound]
+    return frozenset(listed)
+
+
+def request_base(req: Request, allowed: frozenset[str]) -> str:
+    """``scheme://host[:port]`` from the request's Host, when that host is allowed (a
+    forged Host must not redirect a site's events, nor poison a cache)."""
+    host = req.headers.get("host", "").strip().lower()
+    name = host if host.startswith("[") and host.endswith("]") else (
+        host.rpartition(":")[0] if ":" in host else host)
+    port = host[len(name) + 1:]
+    if not host or (host not in allowed and name not in allowed) or (port and not port.isdigit()):
+        raise errors.BadRequest(
+            "the Host header is not one of the allowed hosts: set AAP_PUBLIC_URL or"
+            " AAP_ALLOWED_HOSTS", code="host_not_allowed")
+    return f"{req.scope.get('scheme', 'http')}://{host}"
 
 
 def segment_settings(key: str, protocol: str, api_host: str) -> dict[str, Any]:

@@ -55,7 +55,7 @@ class SelfService:
         source, key = self._subject(authorization)
         m = _ONE.match(path)
         if m is None:
-            raise errors.NotFound(f"no endpoint at {path}")
+            raise errors.no_endpoint(path)
         rid = m.group(1)
         if key not in self.store.subject_keys(rid):
             raise errors.NotFound(f"no privacy request {rid} of yours")
