@@ -21,8 +21,11 @@ from typing import Any
 import msgspec
 
 from aap import errors
+from aap.api import openapi
+from aap.api.openapi import INGEST_ERRORS, INGESTED, Op, documented
 from aap.api.proxy import PREFIX as API_PREFIX
 from aap.api.proxy import ApiProxy
+from aap.api.routes import ROUTES as API_ROUTES
 from aap.collect import metrics
 from aap.collect.body import decode_content, read_raw
 from aap.collect.compat import Compat, is_browser_path, sends_credentials
@@ -158,6 +161,7 @@ class Collector:
             "/metrics": (("GET",), self.metrics),
             "/v1/consent": (("POST",), self.consent),
             SUBJECT_PATH: (("POST",), self.own_request),
+            API_PREFIX + "/openapi.json": (("GET", "HEAD"), self.openapi),
         }
         for path in BATCH_PATHS:
             self.routes[path] = (("POST",), self.ingest_batch)
@@ -167,6 +171,7 @@ class Collector:
                                        Callable[[Request], Awaitable[Response]]]] = []
         Compat(self).install()  # PostHog, Segment browser, Snowplow, /sdk.js
         self.prefix_routes.append((SUBJECT_PATH + "/", ("GET",), self.own_request_status))
+        self._openapi: bytes | None = None
 
     # -- ASGI --
 
@@ -226,7 +231,7 @@ class Collector:
         metrics.LATENCY.labels(route).observe(time.perf_counter() - start)
 
     async def _dispatch(self, req: Request) -> Response:
-        if req.path.startswith(API_PREFIX + "/"):
+        if req.path.startswith(API_PREFIX + "/") and req.path not in self.routes:
             status, body, headers = await self.api.handle(req.method, req.path, req.headers,
                                                           req.receive)
             ctype = next((v for k, v in headers if k == "content-type"), "application/json")
@@ -252,12 +257,38 @@ class Collector:
             ("access-control-max-age", "86400"),
         ])
 
+    def openapi_document(self) -> dict[str, Any]:
+        """The OpenAPI document of every route this server answers (see
+        :mod:`aap.api.openapi`), built from the route tables."""
+        from aap.collect.consent import ConsentRequest
+        from aap.collect.subject import OwnRequest
+        from aap.privacy.requests import NewRequest
+        from aap.query.models import CohortSpec, Insight
+
+        _, components = openapi.schemas(Insight, CohortSpec, NewRequest, OwnRequest,
+                                        ConsentRequest)
+        return openapi.document(self.routes, self.prefix_routes,
+                                [(r.method, r.pattern.pattern, r.op) for r in API_ROUTES],
+                                API_PREFIX, components)
+
+    @documented(Op("This OpenAPI document", ok={"type": "object", "required": ["openapi"]}))
+    async def openapi(self, req: Request) -> Response:
+        if self._openapi is None:
+            self._openapi = _json.encode(self.openapi_document())
+        return Response(200, b"" if req.method == "HEAD" else self._openapi)
+
+    @documented(Op("Health: 200 while events are accepted", errors=(503,),
+                   ok={"type": "object", "required": ["status"],
+                       "properties": {"status": {"const": "ok"}}}))
     async def healthz(self, req: Request) -> Response:
         problem = self.health.problem()
         if problem:
             raise errors.ServiceUnavailable(problem, retry_after=self.settings.retry_after_seconds)
         return Response.json(200, {"status": "ok"})
 
+    @documented(Op("Prometheus metrics", ok={"type": "string"},
+                   ok_type=metrics.CONTENT_TYPE.partition(";")[0], errors=(401,),
+                   security=("metricsToken", "")))
     async def metrics(self, req: Request) -> Response:
         if self._metrics_token:
             scheme, _, token = req.headers.get("authorization", "").partition(" ")
@@ -269,9 +300,17 @@ class Collector:
 
     # -- ingestion --
 
+    @documented(Op("Segment/RudderStack batch of events", ok=INGESTED, errors=INGEST_ERRORS,
+                   body={"type": "object", "required": ["batch"],
+                         "properties": {"batch": {"type": "array", "items": {"type": "object"}},
+                                        "writeKey": {"type": "string"}}},
+                   body_types=("application/json", "text/plain"), security=("writeKey", "")))
     async def ingest_batch(self, req: Request) -> Response:
         return await self._ingest(req, lambda body: parse_batch(body, self.settings.max_event_bytes))
 
+    @documented(Op("One Segment/RudderStack event (the type is the path's)", ok=INGESTED,
+                   errors=INGEST_ERRORS, body={"type": "object"},
+                   body_types=("application/json", "text/plain"), security=("writeKey", "")))
     async def ingest_single(self, req: Request) -> Response:
         mtype = SINGLE_PATHS[req.path]
         return await self._ingest(
@@ -344,17 +383,31 @@ class Collector:
             out["rejected"] = rejected_out
         return Response.json(200, out)
 
+    @documented(Op("A person files their own privacy request", errors=(400, 401, 408, 413),
+                   body={"$ref": "#/components/schemas/OwnRequest"},
+                   ok={"type": "object", "required": ["id", "status"]},
+                   security=("subjectToken",)))
     async def own_request(self, req: Request) -> Response:
         """``POST /v1/privacy/requests`` with a subject token: a person's own request."""
         raw = await read_raw(req.receive, None, 64 * 1024)
         return Response.json(200, self.self_service.submit(req.headers.get("authorization"), raw))
 
+    @documented(Op("A person's own privacy request: its status, or the zip of an access"
+                   " request", errors=(401, 404, 409), security=("subjectToken",),
+                   paths=(SUBJECT_PATH + "/{id}", SUBJECT_PATH + "/{id}/export"),
+                   params={"id": {"type": "string", "pattern": "^pr_[0-9a-f]{16}$"}}))
     async def own_request_status(self, req: Request) -> Response:
         out = self.self_service.lookup(req.headers.get("authorization"), req.path)
         if isinstance(out, bytes):
             return Response(200, out, "application/zip")
         return Response.json(200, out)
 
+    @documented(Op("A person grants or withdraws purposes", errors=(*INGEST_ERRORS,),
+                   body={"$ref": "#/components/schemas/ConsentRequest"},
+                   ok={"type": "object", "required": ["success", "recorded"],
+                       "properties": {"success": {"const": True},
+                                      "recorded": {"type": "integer"}}},
+                   security=("writeKey", "")))
     async def consent(self, req: Request) -> Response:
         """``POST /v1/consent``: a person grants or withdraws purposes."""
         source = self._source_from_header(req.headers.get("authorization"))

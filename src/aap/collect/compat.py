@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 import msgspec
 
 from aap import errors
+from aap.api.openapi import INGEST_ERRORS, INGESTED, Op, documented
 from aap.collect import posthog, snowplow
 from aap.collect.body import decode_content, read_raw
 
@@ -39,6 +40,9 @@ CREDENTIALED_PATHS = frozenset((snowplow.TP2_PATH, *snowplow.GET_PATHS))
 requests with ``withCredentials`` (for the collector's network-user-id cookie) by
 default, and the browser drops the answer unless it allows credentials. AAP sets and
 reads no cookie, there or anywhere; every other SDK sends none."""
+
+
+OBJECT_OR_LIST = {"anyOf": [{"type": "object"}, {"type": "array"}]}
 
 
 def is_browser_path(path: str) -> bool:
@@ -100,6 +104,12 @@ class Compat:
 
     # -- PostHog --
 
+    @documented(Op("PostHog capture: one event or a batch (POST body, or `data` in a GET)",
+                   ok=INGESTED, errors=INGEST_ERRORS, body=OBJECT_OR_LIST, body_required=False,
+                   body_types=("application/json", "text/plain",
+                               "application/x-www-form-urlencoded"),
+                   query={"data": {"type": "string"}, "compression": {"type": "string"},
+                          "ver": {"type": "string"}}))
     async def posthog_capture(self, req: Request) -> Response:
         q = query(req)
         limit, max_event = self._limits()
@@ -123,6 +133,11 @@ class Compat:
         out["status"] = 1  # what PostHog's own capture answers
         return self._response().json(200, out)
 
+    @documented(Op("PostHog feature flags: none, for the SDKs' start-up",
+                   errors=(400, 401, 408, 413), body={"type": "object"}, body_required=False,
+                   body_types=("application/json", "text/plain"),
+                   query={"token": {"type": "string"}, "api_key": {"type": "string"},
+                          "v": {"type": "string"}}))
     async def posthog_flags(self, req: Request) -> Response:
         limit, _ = self._limits()
         body = await self._body(req) if req.method == "POST" else b""
@@ -133,6 +148,11 @@ class Compat:
         self.app._source(key)
         return self._response().json(200, posthog.flags_response())
 
+    @documented(Op("posthog-js remote config (JSON, or JavaScript for config.js)",
+                   errors=(401,), paths=(posthog.CONFIG_PREFIX + "{token}/config",
+                                         posthog.CONFIG_PREFIX + "{token}/config.js"),
+                   path_types={posthog.CONFIG_PREFIX + "{token}/config.js":
+                               "application/javascript"}))
     async def posthog_config(self, req: Request) -> Response:
         rest = req.path[len(posthog.CONFIG_PREFIX):]
         token, _, what = rest.partition("/")
@@ -150,6 +170,8 @@ class Compat:
 
     # -- Segment's browser SDK --
 
+    @documented(Op("Settings for Segment's browser SDK: send everything to this server",
+                   errors=(400, 401), paths=(SEGMENT_SETTINGS_PREFIX + "{writeKey}/settings",)))
     async def segment_settings(self, req: Request) -> Response:
         rest = req.path[len(SEGMENT_SETTINGS_PREFIX):]
         key, _, what = rest.partition("/")
@@ -166,17 +188,29 @@ class Compat:
         return self._response().json(200, segment_settings(key, protocol, host + "/v1"),
                                      [("cache-control", "public, max-age=300"), *vary])
 
+    @documented(Op("Segment's browser SDK's own metrics (dropped)", errors=(400, 408, 413),
+                   ok={"type": "object", "required": ["success"]}, body={"type": "object"},
+                   body_required=False, body_types=("application/json", "text/plain")))
     async def segment_metrics(self, req: Request) -> Response:
         await self._body(req)  # read (and bound) the body; the SDK's own metrics are dropped
         return self._response().json(200, {"success": True})
 
     # -- Snowplow --
 
+    @documented(Op("Snowplow tracker protocol: a payload_data document", ok=INGESTED,
+                   errors=INGEST_ERRORS, body={"type": "object", "required": ["data"],
+                                               "properties": {"schema": {"type": "string"},
+                                                              "data": {"type": "array"}}}))
     async def snowplow_post(self, req: Request) -> Response:
         _, max_event = self._limits()
         return await self.app._ingest(req, lambda body: snowplow.parse_post(body, max_event),
                                       auth=False, key_hint=SNOWPLOW_KEY_HINT)
 
+    @documented(Op("Snowplow tracker protocol: one event in the query string (a 1x1 GIF)",
+                   ok=None, ok_type="image/gif", errors=INGEST_ERRORS,
+                   query={"e": {"type": "string"}, "aid": {"type": "string"},
+                          "uid": {"type": "string"}, "duid": {"type": "string"},
+                          "url": {"type": "string"}, "dtm": {"type": "string"}}))
     async def snowplow_get(self, req: Request) -> Response:
         _, max_event = self._limits()
         parsed = snowplow.parse_query(query(req), max_event)
@@ -186,6 +220,8 @@ class Compat:
 
     # -- consent and our SDK --
 
+    @documented(Op("AAP's browser SDK", ok=None, ok_type="application/javascript",
+                   errors=(304, 404), query={}))
     async def sdk_js(self, req: Request) -> Response:
         if self._sdk is None:
             if not SDK_FILE.exists():
