@@ -115,6 +115,12 @@ def template_of(pattern: str) -> tuple[str, dict[str, Any]]:
     return path.removeprefix("^").removesuffix("$"), params
 
 
+def template_regex(template: str) -> re.Pattern[str]:
+    """The paths a template such as ``/array/{token}/config`` stands for."""
+    return re.compile("^" + re.sub(r"\\\{[A-Za-z_][A-Za-z0-9_]*\\\}", "[^/]+",
+                                   re.escape(template)) + "$")
+
+
 def _operation(op: Op, method: str, path: str, op_id: str) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     ok: dict[str, Any] = {"description": "OK"}

@@ -172,6 +172,10 @@ class Collector:
         Compat(self).install()  # PostHog, Segment browser, Snowplow, /sdk.js
         self.prefix_routes.append((SUBJECT_PATH + "/", ("GET",), self.own_request_status))
         self._openapi: bytes | None = None
+        # a prefix route answers only the paths its Op names (others are 404, not 405)
+        self._templates = [(openapi.template_regex(t), methods, handler)
+                           for _, methods, handler in self.prefix_routes
+                           for t in openapi.op_of(handler).paths]
 
     # -- ASGI --
 
@@ -237,7 +241,7 @@ class Collector:
             ctype = next((v for k, v in headers if k == "content-type"), "application/json")
             return Response(status, body, ctype, [h for h in headers if h[0] != "content-type"])
         entry = self.routes.get(req.path) or next(
-            ((m, h) for p, m, h in self.prefix_routes if req.path.startswith(p)), None)
+            ((m, h) for rx, m, h in self._templates if rx.match(req.path)), None)
         if entry is None:
             raise errors.no_endpoint(req.path)
         methods, handler = entry
