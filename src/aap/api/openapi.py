@@ -96,11 +96,14 @@ def op_of(handler: Any) -> Op:
     return op
 
 
-def schemas(*types: Any) -> tuple[list[Any], dict[str, Any]]:
-    """JSON schemas of msgspec types, with their shared components."""
+def schemas(named: Mapping[str, Any]) -> dict[str, Any]:
+    """Components: the JSON schemas of msgspec types under the given names (a union such
+    as ``Insight`` too), with the schemas they refer to."""
     out, components = msgspec.json.schema_components(
-        list(types), ref_template="#/components/schemas/{name}")
-    return list(out), components
+        list(named.values()), ref_template="#/components/schemas/{name}")
+    for name, schema in zip(named, out, strict=True):
+        components.setdefault(name, schema)
+    return dict(components)
 
 
 _TEMPLATE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")

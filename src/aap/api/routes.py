@@ -69,7 +69,8 @@ _KEY = {"type": "object", "required": ["id", "role", "name", "created_at"],
 _ONE_ID = (*API_ERRORS, 404)
 
 ROUTES: tuple[Route, ...] = (
-    _route("POST", r"^/query$", "analyst", "query", "Run an insight", body=_ref("Insight")),
+    _route("POST", r"^/query$", "analyst", "query", "Run an insight", body=_ref("Insight"),
+           errors=_ONE_ID),  # 404: a cohort it names does not exist
     _route("GET", r"^/insights$", "viewer", "list_insights", "List saved insights",
            ok=_list("insights")),
     _route("POST", r"^/insights$", "analyst", "save_insight", "Save an insight",

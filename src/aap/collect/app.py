@@ -269,8 +269,9 @@ class Collector:
         from aap.privacy.requests import NewRequest
         from aap.query.models import CohortSpec, Insight
 
-        _, components = openapi.schemas(Insight, CohortSpec, NewRequest, OwnRequest,
-                                        ConsentRequest)
+        components = openapi.schemas({
+            "Insight": Insight, "CohortSpec": CohortSpec, "NewRequest": NewRequest,
+            "OwnRequest": OwnRequest, "ConsentRequest": ConsentRequest})
         return openapi.document(self.routes, self.prefix_routes,
                                 [(r.method, r.pattern.pattern, r.op) for r in API_ROUTES],
                                 API_PREFIX, components)
