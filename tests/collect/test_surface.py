@@ -263,8 +263,23 @@ def _open_to_others(root: Path) -> list[str]:
     return bad
 
 
+def _privacy_request(srv: Running, key: str, body: dict[str, object]) -> str:
+    auth = {"Authorization": "Bearer " + key}
+    r = httpx.post(srv.url + "/api/v1/privacy/requests", json=body, headers=auth, timeout=60)
+    assert r.status_code == 200, r.text
+    rid = str(r.json()["id"])
+    deadline = time.monotonic() + 120
+    while (got := httpx.get(srv.url + "/api/v1/privacy/requests/" + rid, headers=auth,
+                            timeout=60).json())["status"] in ("pending", "running"):
+        assert time.monotonic() < deadline, got
+        time.sleep(0.2)
+    assert got["status"] == "done", got
+    return rid
+
+
 def test_data_dir_is_owner_only_after_traffic(srv: Running) -> None:
     _cli(srv.data_dir, "keys", "create", "--role", "analyst")
+    privacy_key = _cli(srv.data_dir, "keys", "create", "--role", "privacy").splitlines()[-1]
     for i in range(5):
         r = httpx.post(srv.url + "/v1/batch", json={"batch": [_track(f"perm-{i}")]},
                        headers=_basic(srv.key))
@@ -273,7 +288,14 @@ def test_data_dir_is_owner_only_after_traffic(srv: Running) -> None:
             "userId": f"perm-{i}", "purposes": {"analytics": True}})
         assert r.status_code == 200, r.text
     srv.server.wait_processed(timeout=120)
-    assert (srv.data_dir / "log.db").exists() or any(srv.data_dir.iterdir())
+    # an access export, an erasure (receipt) and the audit log land in the data dir too
+    rid = _privacy_request(srv, privacy_key, {"type": "access", "subject": {"userId": "perm-1"}})
+    r = httpx.get(srv.url + f"/api/v1/privacy/requests/{rid}/export", timeout=60,
+                  headers={"Authorization": "Bearer " + privacy_key})
+    assert r.status_code == 200
+    _privacy_request(srv, privacy_key, {"type": "erasure", "subject": {"userId": "perm-2"}})
+    files = [p for p in srv.data_dir.rglob("*") if p.is_file()]
+    assert len(files) > 10 and any("audit" in str(p) for p in files)
     assert _open_to_others(srv.data_dir) == []
 
 
