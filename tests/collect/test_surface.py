@@ -191,6 +191,17 @@ def test_slow_body_is_cut_off_while_others_are_served(srv: Running) -> None:
     assert httpx.get(srv.url + "/healthz", timeout=30).status_code == 200
 
 
+def test_http2_is_not_spoken(srv: Running) -> None:
+    """HTTP/2 would bypass the header deadline: a prior-knowledge HTTP/2 preface gets no
+    HTTP/2 answer (the HTTP/1.1 parser refuses it, or the connection is closed)."""
+    s = _raw(srv.server.port)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000"))
+    answer = _read_all(s)
+    s.close()
+    # an HTTP/2 server answers with its SETTINGS frame: 9-byte header, type 0x4
+    assert not (len(answer) >= 9 and answer[3] == 0x4), answer[:40]
+
+
 def test_slow_headers_are_cut_off_while_others_are_served(srv: Running) -> None:
     s = _raw(srv.server.port)
     s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")

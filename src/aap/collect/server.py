@@ -115,7 +115,7 @@ class CoreSupervisor:
 
 def _serve_collector(settings: Settings, workers: int) -> None:
     from granian import Granian
-    from granian.constants import Interfaces
+    from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
 
     tls = {"ssl_cert": Path(settings.tls_cert), "ssl_key": Path(settings.tls_key)} \
@@ -129,6 +129,10 @@ def _serve_collector(settings: Settings, workers: int) -> None:
         workers=workers,
         log_access=False,  # access logs would hold client addresses
         backlog=2048,
+        # HTTP/1.1 only: every SDK speaks it, and the header deadline below holds for every
+        # connection (granian's HTTP/2 has no header read timeout: a client could hold a
+        # connection open with a half-sent header block)
+        http=HTTPModes.http1,
         # a client that has not sent its headers in time is cut off (slowloris); bodies
         # have their own deadline in the collector (AAP_BODY_TIMEOUT_S)
         http1_settings=HTTP1Settings(
