@@ -199,3 +199,26 @@ def test_schemathesis_finds_no_server_error_and_no_schema_break(live: Live,
     assert documented - tested == {"GET /api/v1/openapi.json"}, summary
     assert "failures" not in re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout).split("SUMMARY")[-1].lower() \
         or "0 failures" in proc.stdout, summary
+
+
+def test_a_route_without_its_description_cannot_be_published() -> None:
+    """The document is built from the route tables: a handler added without an Op (or a
+    prefix handler that does not name its paths) stops the document, it cannot drift."""
+    from aap.api.openapi import Op, document, documented
+
+    async def bare(req: object) -> None: ...
+
+    @documented(Op("no paths"))
+    async def prefixed(req: object) -> None: ...
+
+    with pytest.raises(LookupError, match="bare"):
+        document({"/x": (("GET",), bare)}, [], [], "/api/v1", {})
+    with pytest.raises(LookupError, match="must name its paths"):
+        document({}, [("/p/", ("GET",), prefixed)], [], "/api/v1", {})
+    ok = document({"/x": (("GET", "HEAD"), documented(Op("x", errors=(404,)))(bare))}, [],
+                  [("DELETE", r"^/things/(?P<id>\d{1,3})$", Op("t"))], "/api/v1", {})
+    assert set(ok["paths"]) == {"/x", "/api/v1/things/{id}"}
+    assert set(ok["paths"]["/x"]) == {"get", "head"}
+    assert set(ok["paths"]["/x"]["get"]["responses"]) == {"200", "404"}
+    (param,) = ok["paths"]["/api/v1/things/{id}"]["delete"]["parameters"]
+    assert param["schema"]["pattern"] == r"^\d{1,3}$"

@@ -400,6 +400,7 @@ class Collector:
     @documented(Op("A person's own privacy request: its status, or the zip of an access"
                    " request", errors=(401, 404, 409), security=("subjectToken",),
                    paths=(SUBJECT_PATH + "/{id}", SUBJECT_PATH + "/{id}/export"),
+                   path_types={SUBJECT_PATH + "/{id}/export": "application/zip"},
                    params={"id": {"type": "string", "pattern": "^pr_[0-9a-f]{16}$"}}))
     async def own_request_status(self, req: Request) -> Response:
         out = self.self_service.lookup(req.headers.get("authorization"), req.path)
