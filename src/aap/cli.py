@@ -48,6 +48,9 @@ def _checked(settings: Settings) -> Settings:
 @click.version_option(package_name="aap")
 def cli() -> None:
     """AAP: a privacy-first event analytics pipeline."""
+    from aap.datadir import restrict_umask
+
+    restrict_umask()  # whatever a command writes in the data dir: owner only
 
 
 @cli.command()
@@ -55,11 +58,22 @@ def cli() -> None:
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default 8000).")
 @click.option("--workers", type=int, default=None, help="Worker processes (default: one per core).")
-def serve(data_dir: Path | None, host: str | None, port: int | None, workers: int | None) -> None:
-    """Run the collector (and, later, processor, API and dashboard)."""
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM certificate (chain): serve HTTPS only, with HSTS (needs --tls-key).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM private key of --tls-cert.")
+def serve(data_dir: Path | None, host: str | None, port: int | None, workers: int | None,
+          tls_cert: str | None, tls_key: str | None) -> None:
+    """Run the collector, the processor and the API."""
     from aap.collect.server import serve as run
 
-    run(_checked(_settings(data_dir=data_dir, host=host, port=port, workers=workers)))
+    settings = _settings(data_dir=data_dir, host=host, port=port, workers=workers,
+                         tls_cert=tls_cert and str(Path(tls_cert).resolve()),
+                         tls_key=tls_key and str(Path(tls_key).resolve()))
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise click.ClickException("TLS needs both a certificate and its key"
+                                   " (--tls-cert and --tls-key)")
+    run(_checked(settings))
 
 
 @cli.command()
@@ -85,8 +99,9 @@ def sources() -> None:
 @data_dir_option
 @click.option("--origin", "origins", multiple=True,
               help="Browser origin allowed to send events (repeatable; default any).")
-@click.option("--rate-limit", type=float, default=0.0, show_default=True,
-              help="Events per second the source may send; 0 means unlimited.")
+@click.option("--rate-limit", type=float, default=None,
+              help="Events per second the source may send; 0 means unlimited"
+                   " (default: $AAP_DEFAULT_SOURCE_RATE_LIMIT, 1000).")
 @click.option("--historical", is_flag=True,
               help="A historical import: keep timestamps as sent (no clock-skew correction).")
 @click.option("--purpose", "purposes", multiple=True, metavar="ID[:BASIS]",
@@ -105,7 +120,7 @@ def sources() -> None:
 @click.option("--server-key", is_flag=True,
               help="Also make a server (secret) key, printed before the write key.")
 def sources_create(name: str, data_dir: Path | None, origins: tuple[str, ...],
-                   rate_limit: float, historical: bool, purposes: tuple[str, ...],
+                   rate_limit: float | None, historical: bool, purposes: tuple[str, ...],
                    basis: str, mode: str, controller: str | None, server_key: bool) -> None:
     """Create a source; prints its write key (public) alone on the last line."""
     from aap.sources import Sources
@@ -159,6 +174,24 @@ def sources_controller(name: str, group: str | None, data_dir: Path | None) -> N
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"source {src.name} ({src.id}): consent scope {src.scope}")
+
+
+@sources.command("update")
+@click.argument("name")
+@data_dir_option
+@click.option("--rate-limit", type=float, required=True,
+              help="Events per second the source may send; 0 means unlimited.")
+def sources_update(name: str, data_dir: Path | None, rate_limit: float) -> None:
+    """Change a source's rate limit (a running server applies it within 10 s)."""
+    from aap.sources import Sources
+
+    try:
+        src = Sources(_settings(data_dir=data_dir).data_path).set_rate_limit(
+            name, rate_limit, actor=_actor())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    limit = f"{src.rate_limit:g}/s" if src.rate_limit else "unlimited"
+    click.echo(f"source {src.name} ({src.id}): rate {limit}")
 
 
 @sources.command("secret")

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -66,6 +67,11 @@ class MethodNotAllowed(TerminalError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(TerminalError):
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(TerminalError):
     status = 413
     code = "payload_too_large"
@@ -79,3 +85,17 @@ class TooManyRequests(TransientError):
 class ServiceUnavailable(TransientError):
     status = 503
     code = "unavailable"
+
+
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9/_.~-]{0,100}")
+
+
+def shown(path: str) -> str:
+    """The path as an error message may name it: only when it is short and plain (no
+    markup, no long strings reflected back), else ``this path``."""
+    return path if _PLAIN_PATH.fullmatch(path) else "this path"
+
+
+def no_endpoint(path: str) -> NotFound:
+    """404 for a path nothing answers."""
+    return NotFound(f"no endpoint at {shown(path)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -25,7 +26,12 @@ def free_port() -> int:
 
 
 def create_source(data_dir: Path, name: str, *args: str) -> str:
-    """Create a source with the CLI; returns its write key (the last line printed)."""
+    """Create a source with the CLI; returns its write key (the last line printed).
+
+    The demo, the benchmarks and the tests send many events: their sources are
+    unlimited unless ``args`` give a ``--rate-limit``."""
+    if "--rate-limit" not in args:
+        args = (*args, "--rate-limit", "0")
     out = subprocess.run(
         [sys.executable, "-m", "aap", "sources", "create", name, "--data-dir", str(data_dir),
          *args],
@@ -47,8 +53,15 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def tls(self) -> ssl.SSLContext | None:
+        """With ``AAP_TLS_CERT`` in ``env`` the server speaks HTTPS: a client context that
+        trusts that certificate (self-signed in tests), else None."""
+        cert = self.env.get("AAP_TLS_CERT")
+        return ssl.create_default_context(cafile=cert) if cert else None
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.env.get('AAP_TLS_CERT') else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0, *, healthy: bool = True) -> ServerProcess:
         """Start and wait until /healthz answers 200 (or answers at all, if not ``healthy``)."""
@@ -108,7 +121,8 @@ class ServerProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_file}")
             try:
-                status = httpx.get(self.url + "/healthz", timeout=1.0).status_code
+                status = httpx.get(self.url + "/healthz", timeout=1.0,
+                                   verify=self.tls or True).status_code
                 if (status == 200 or any_answer) and self._core_up():
                     return
             except httpx.HTTPError:

@@ -62,7 +62,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("query_cache", True, "Keep a native DuckDB copy of the warm and cold tiers for queries (see README, Analytics)."),
     Setting("query_cache_interval_s", 10.0, "How often the query cache picks up new, retired and merged data (seconds)."),
     Setting("health_interval_ms", 500, "How often a worker re-checks free disk and consumer lag (ms)."),
-    Setting("public_url", "", "Base URL at which SDKs reach the collector (e.g. `https://aap.example.com`), for the settings it hands to Segment's browser SDK; empty: taken from each request's Host."),
+    Setting("public_url", "", "Base URL at which SDKs reach the collector (e.g. `https://aap.example.com`), for the settings it hands to Segment's browser SDK; empty: taken from the request's Host when that host is allowed (see `AAP_ALLOWED_HOSTS`)."),
+    Setting("allowed_hosts", "", "Comma-separated host names (with `:port` or without) that the Segment settings endpoint may name as `apiHost` when `AAP_PUBLIC_URL` is empty; empty: `localhost`, `127.0.0.1`, `[::1]` and the address the server binds to. Any other Host gets 400."),
+    Setting("metrics_token", "", "When set, `GET /metrics` needs `Authorization: Bearer <token>` (401 otherwise)."),
+    Setting("default_source_rate_limit", 1000.0, "Rate limit (events/s) of a source created without `--rate-limit`; 0 means unlimited."),
+    Setting("header_timeout_s", 10.0, "Longest time a client may take to send a request's headers before the connection is closed (seconds)."),
+    Setting("body_timeout_s", 30.0, "Longest time a client may take to send a request's body before it is answered 408 (seconds)."),
+    Setting("tls_cert", "", "PEM certificate (chain) file: with `AAP_TLS_KEY`, the server speaks HTTPS only and sends `Strict-Transport-Security` (also `aap serve --tls-cert`)."),
+    Setting("tls_key", "", "PEM private key file of `AAP_TLS_CERT` (also `aap serve --tls-key`)."),
+    Setting("hsts_max_age", 31536000, "`max-age` of the `Strict-Transport-Security` header sent when TLS is on (seconds)."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -136,14 +136,21 @@ class Sources:
                           " ON sources (server_key_hash)")
 
     def create(
-        self, name: str, *, allowed_origins: tuple[str, ...] = ("*",), rate_limit: float = 0.0,
+        self, name: str, *, allowed_origins: tuple[str, ...] = ("*",),
+        rate_limit: float | None = None,
         historical: bool = False, purposes: dict[str, str] | None = None,
         mode: str = "standard", actor: str = "admin", controller: str | None = None,
     ) -> tuple[Source, str]:
         """Create a source; returns it with its write key (the only time the key is seen).
 
         ``purposes``: purpose id → lawful basis (default ``{"analytics": "consent"}``);
-        every purpose must be in the registry and every basis one of :class:`Basis`."""
+        every purpose must be in the registry and every basis one of :class:`Basis`.
+        ``rate_limit``: events/s, 0 for unlimited; None takes
+        ``AAP_DEFAULT_SOURCE_RATE_LIMIT``."""
+        if rate_limit is None:
+            from aap.settings import Settings
+
+            rate_limit = float(Settings().default_source_rate_limit)
         if not name.strip():
             raise ValueError("a source needs a non-empty name")
         registry = Registry.for_data_dir(self.data_dir)
@@ -191,6 +198,20 @@ class Sources:
             "source": src.id, "name": src.name, "purposes": purposes,
             "historical": historical, "mode": mode, "controller": controller})
         return src, key
+
+    def set_rate_limit(self, name: str, rate_limit: float, *, actor: str = "admin") -> Source:
+        """Change a source's rate limit (events/s, 0 for unlimited); the collector's
+        workers pick it up within ``KNOWN_KEY_TTL_S``."""
+        if rate_limit < 0:
+            raise ValueError("rate limit must be 0 (unlimited) or positive")
+        src = next((s for s in self.list() if s.name == name), None)
+        if src is None:
+            raise ValueError(f"no source named {name!r}")
+        self._con.execute("UPDATE sources SET rate_limit = ? WHERE id = ?",
+                          (float(rate_limit), src.id))
+        AuditLog(self.data_dir).append(actor, "source.updated", {
+            "source": src.id, "rate_limit": float(rate_limit)})
+        return msgspec.structs.replace(src, rate_limit=float(rate_limit))
 
     def by_key(self, key: str) -> Source | None:
         """The source of a write key or of a server key (then with ``server_key`` set)."""

@@ -350,7 +350,7 @@ def test_openapi_document(api: Api) -> None:
     r = httpx.get(api.server.url + "/api/v1/openapi.json")
     assert r.status_code == 200
     doc = r.json()
-    assert doc["openapi"].startswith("3.") and "/query" in doc["paths"]
+    assert doc["openapi"].startswith("3.") and "/api/v1/query" in doc["paths"]
     assert "Trends" in doc["components"]["schemas"]
 
 

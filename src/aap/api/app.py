@@ -240,8 +240,11 @@ class CoreApp:
                         "headers": [(b"content-type", b"application/zip")]})
             await send({"type": "http.response.body", "body": out})
             return
+        answer_headers = [(b"content-type", b"application/json")]
+        if status == 405 and isinstance(out.get("detail"), list):  # the methods allowed
+            answer_headers.append((b"allow", ", ".join(out["detail"]).encode()))
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json")]})
+                    "headers": answer_headers})
         await send({"type": "http.response.body", "body": msgspec.json.encode(out)})
 
 

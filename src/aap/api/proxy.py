@@ -15,7 +15,6 @@ import re
 from typing import Any
 
 import httpx
-import msgspec
 
 from aap import errors
 from aap.api.keys import ApiKeys
@@ -27,53 +26,6 @@ _PATH = re.compile(r"^/api/v1(/[A-Za-z0-9_\-]{1,64}){1,4}$")
 is forwarded), no encoded characters."""
 
 
-def openapi() -> dict[str, Any]:
-    from aap.query.models import CohortSpec, Insight
-
-    (insight, cohort), components = msgspec.json.schema_components(
-        [Insight, CohortSpec], ref_template="#/components/schemas/{name}")
-    err = {"description": "error", "content": {"application/json": {"schema": {
-        "type": "object", "required": ["code", "message", "detail"],
-        "properties": {"code": {"type": "string"}, "message": {"type": "string"},
-                       "detail": {}}}}}}
-    errs = {"400": err, "401": err, "403": err, "404": err, "503": err}
-
-    def op(summary: str, role: str, body: Any = None) -> dict[str, Any]:
-        o: dict[str, Any] = {"summary": f"{summary} (role {role} or above)",
-                             "security": [{"bearer": []}],
-                             "responses": {"200": {"description": "OK"}, **errs}}
-        if body is not None:
-            o["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-        return o
-
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "AAP API", "version": "1"},
-        "servers": [{"url": PREFIX}],
-        "components": {"schemas": components,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "paths": {
-            "/query": {"post": op("Run an insight", "analyst", insight)},
-            "/insights": {"get": op("List saved insights", "viewer"),
-                          "post": op("Save an insight", "analyst", {
-                              "type": "object", "required": ["name", "query"],
-                              "properties": {"name": {"type": "string"}, "query": insight}})},
-            "/insights/{id}": {"get": op("Run a saved insight", "viewer"),
-                               "delete": op("Delete a saved insight", "analyst")},
-            "/cohorts": {"get": op("List cohorts", "viewer"),
-                         "post": op("Create a cohort", "analyst", cohort)},
-            "/cohorts/{id}": {"delete": op("Delete a cohort", "analyst")},
-            "/keys": {"get": op("List API keys", "admin"),
-                      "post": op("Create an API key", "admin", {
-                          "type": "object", "required": ["role"],
-                          "properties": {"role": {"enum": ["viewer", "analyst", "privacy",
-                                                           "admin"]},
-                                         "name": {"type": "string"}}})},
-            "/keys/{id}": {"delete": op("Revoke an API key", "admin")},
-        },
-    }
-
-
 class ApiProxy:
     def __init__(self, data_dir: Any, *, timeout: float, max_body: int) -> None:
         self.keys = ApiKeys(data_dir)
@@ -81,7 +33,6 @@ class ApiProxy:
         self.timeout = timeout
         self.max_body = max_body
         self._client: httpx.AsyncClient | None = None
-        self._openapi: bytes | None = None
 
     def _core(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -92,14 +43,8 @@ class ApiProxy:
 
     async def handle(self, method: str, path: str, headers: dict[str, str], receive: Any
                      ) -> tuple[int, bytes, list[tuple[str, str]]]:
-        if path == PREFIX + "/openapi.json":
-            if method not in ("GET", "HEAD"):
-                raise errors.MethodNotAllowed(f"{method} is not allowed on {path}", ["GET"])
-            if self._openapi is None:
-                self._openapi = msgspec.json.encode(openapi())
-            return 200, self._openapi, []
         if not _PATH.match(path):
-            raise errors.NotFound(f"no endpoint at {path[:200]}")
+            raise errors.no_endpoint(path)
         auth = headers.get("authorization", "")
         if not auth:
             raise errors.Unauthorized("no API key: send Authorization: Bearer <api key>",

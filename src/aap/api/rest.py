@@ -2,17 +2,8 @@
 
 The collector's workers serve the public port: they check the Bearer API key and pass
 the request with the key's role over the core's Unix socket (``/internal/api/v1/…``);
-the core, which owns the warehouse, checks the role each route needs and answers.
-
-| route | role |
-|---|---|
-| ``POST /query`` | analyst |
-| ``GET /insights``, ``GET /insights/{id}`` (runs it) | viewer |
-| ``POST /insights``, ``DELETE /insights/{id}`` | analyst |
-| ``GET /cohorts`` | viewer |
-| ``POST /cohorts``, ``DELETE /cohorts/{id}`` | analyst |
-| ``GET /keys``, ``POST /keys``, ``DELETE /keys/{id}`` | admin |
-| ``POST /privacy/requests``, ``GET /privacy/requests/{id}``, ``GET …/{id}/export`` | privacy |
+the core, which owns the warehouse, checks the role each route needs and answers. The
+routes and the role each needs are in :data:`aap.api.routes.ROUTES`.
 """
 
 from __future__ import annotations
@@ -27,6 +18,7 @@ import msgspec
 
 from aap import errors
 from aap.api.keys import ROLES, ApiKeys, role_at_least
+from aap.api.routes import ROUTES, NewKey, SaveInsight
 from aap.privacy.audit import AuditLog
 from aap.privacy.requests import Requests
 from aap.query.cache import QueryCache
@@ -41,16 +33,6 @@ logger = logging.getLogger("aap.api")
 Handler = Callable[[dict[str, str], bytes, str], Any]
 ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("actor", default="local")
 """Who is calling, for the audit log: ``key:<id>`` of the API key, or the local caller."""
-
-
-class SaveInsight(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    query: dict[str, Any]
-
-
-class NewKey(msgspec.Struct, forbid_unknown_fields=True):
-    role: str
-    name: str = ""
 
 
 def _decode(body: bytes, typ: type) -> Any:
@@ -74,22 +56,7 @@ class RestAPI:
         self.cache = (QueryCache(warehouse, float(settings.query_cache_interval_s))
                       if settings.query_cache else None)
         self.routes: list[tuple[str, re.Pattern[str], str, Handler]] = [
-            ("POST", re.compile(r"^/query$"), "analyst", self.query),
-            ("GET", re.compile(r"^/insights$"), "viewer", self.list_insights),
-            ("POST", re.compile(r"^/insights$"), "analyst", self.save_insight),
-            ("GET", re.compile(r"^/insights/(?P<id>\d{1,12})$"), "viewer", self.run_saved),
-            ("GET", re.compile(r"^/cohorts$"), "viewer", self.list_cohorts),
-            ("POST", re.compile(r"^/cohorts$"), "analyst", self.create_cohort),
-            ("DELETE", re.compile(r"^/cohorts/(?P<id>\d{1,12})$"), "analyst", self.delete_cohort),
-            ("GET", re.compile(r"^/keys$"), "admin", self.list_keys),
-            ("POST", re.compile(r"^/keys$"), "admin", self.create_key),
-            ("DELETE", re.compile(r"^/keys/(?P<id>[0-9a-f]{12})$"), "admin", self.revoke_key),
-            ("POST", re.compile(r"^/privacy/requests$"), "privacy", self.privacy_submit),
-            ("GET", re.compile(r"^/privacy/requests/(?P<id>pr_[0-9a-f]{16})$"), "privacy",
-             self.privacy_get),
-            ("GET", re.compile(r"^/privacy/requests/(?P<id>pr_[0-9a-f]{16})/export$"), "privacy",
-             self.privacy_export),
-        ]
+            (r.method, r.pattern, r.role, getattr(self, r.handler)) for r in ROUTES]
 
     def start(self) -> None:
         if self.cache is not None:
@@ -130,7 +97,7 @@ class RestAPI:
             return handler(match.groupdict(), body, role)
         if allowed:
             raise errors.MethodNotAllowed(f"{method} is not allowed on /api/v1{path}", allowed)
-        raise errors.NotFound(f"no endpoint at /api/v1{path}")
+        raise errors.no_endpoint("/api/v1" + path)
 
     # -- privacy requests --
 

@@ -7,9 +7,11 @@ append to the log (group commit) → answer.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import gc
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,11 +22,14 @@ import msgspec
 import msgspec.structs
 
 from aap import errors
+from aap.api import openapi
+from aap.api.openapi import INGEST_ERRORS, INGESTED, Op, documented
 from aap.api.proxy import PREFIX as API_PREFIX
 from aap.api.proxy import ApiProxy
+from aap.api.routes import ROUTES as API_ROUTES
 from aap.collect import metrics
 from aap.collect.body import decode_content, read_raw
-from aap.collect.compat import Compat, is_browser_path
+from aap.collect.compat import Compat, is_browser_path, sends_credentials
 from aap.collect.consent import Gate, parse_consent
 from aap.collect.health import Health
 from aap.collect.ratelimit import RateLimiter, retry_after
@@ -56,17 +61,35 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Retry-Count, SP-Anonymous"
+"""The request headers browsers may send cross-origin: the SDKs' own, nothing else."""
 _json = msgspec.json.Encoder()
 KEY_TTL_S = 5.0
 """How long a worker trusts what it read about a key before reading the registry again."""
 
 
+def timed(receive: Receive, seconds: float) -> Receive:
+    """``receive`` with a deadline for the whole body: a client that sends it too slowly
+    (slowloris) is answered 408 rather than held forever."""
+    deadline = asyncio.get_running_loop().time() + seconds
+
+    async def receive_by_deadline() -> dict[str, Any]:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await receive()
+        except TimeoutError:
+            raise errors.RequestTimeout(
+                f"the request body did not arrive within {seconds:g} s",
+                code="body_timeout") from None
+
+    return receive_by_deadline
+
+
 class Request:
     __slots__ = ("cors", "headers", "method", "path", "receive", "scope")
 
-    def __init__(self, scope: Scope, receive: Receive) -> None:
+    def __init__(self, scope: Scope, receive: Receive, body_timeout_s: float = 30.0) -> None:
         self.scope = scope
-        self.receive = receive
+        self.receive = timed(receive, body_timeout_s)
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.headers = {k.decode("latin-1").lower(): v.decode("latin-1")
@@ -100,6 +123,8 @@ def error_response(exc: errors.AAPError) -> Response:
         headers.append(("retry-after", str(exc.retry_after)))
     if isinstance(exc, errors.MethodNotAllowed) and isinstance(exc.detail, list):
         headers.append(("allow", ", ".join(exc.detail)))
+    if isinstance(exc, errors.RequestTimeout):
+        headers.append(("connection", "close"))
     return Response.json(exc.status, exc.body(), headers)
 
 
@@ -129,6 +154,9 @@ class Collector:
         self._known_keys: dict[str, tuple[Source, float]] = {}
         """key → (its source, when it was read): read again after :data:`KEY_TTL_S`, so
         that a replaced server key stops working and a new controller group applies."""
+        self._metrics_token = settings.metrics_token.encode()
+        self._hsts = ([("strict-transport-security", f"max-age={int(settings.hsts_max_age)}")]
+                      if settings.tls_cert else [])
         self.api = ApiProxy(self.data_dir, timeout=float(settings.query_timeout_s) + 30,
                             max_body=settings.max_request_bytes)
         self.routes: dict[str, tuple[tuple[str, ...], Callable[[Request], Awaitable[Response]]]] = {
@@ -136,6 +164,7 @@ class Collector:
             "/metrics": (("GET",), self.metrics),
             "/v1/consent": (("POST",), self.consent),
             SUBJECT_PATH: (("POST",), self.own_request),
+            API_PREFIX + "/openapi.json": (("GET", "HEAD"), self.openapi),
         }
         for path in BATCH_PATHS:
             self.routes[path] = (("POST",), self.ingest_batch)
@@ -145,6 +174,11 @@ class Collector:
                                        Callable[[Request], Awaitable[Response]]]] = []
         Compat(self).install()  # PostHog, Segment browser, Snowplow, /sdk.js
         self.prefix_routes.append((SUBJECT_PATH + "/", ("GET",), self.own_request_status))
+        self._openapi: bytes | None = None
+        # a prefix route answers only the paths its Op names (others are 404, not 405)
+        self._templates = [(openapi.template_regex(t), methods, handler)
+                           for _, methods, handler in self.prefix_routes
+                           for t in openapi.op_of(handler).paths]
 
     # -- ASGI --
 
@@ -171,7 +205,7 @@ class Collector:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
-        req = Request(scope, receive)
+        req = Request(scope, receive, float(self.settings.body_timeout_s))
         if req.path in self.routes:
             route = req.path
         elif req.path.startswith(API_PREFIX + "/"):
@@ -190,8 +224,10 @@ class Collector:
         origin = req.headers.get("origin")
         if origin and req.cors and is_browser_path(req.path):
             resp.headers += [("access-control-allow-origin", origin), ("vary", "Origin"),
-                             ("access-control-allow-credentials", "true"),
                              ("access-control-expose-headers", "Retry-After")]
+            if sends_credentials(req.path):
+                resp.headers.append(("access-control-allow-credentials", "true"))
+        resp.headers += self._hsts
         await send({
             "type": "http.response.start",
             "status": resp.status,
@@ -202,21 +238,21 @@ class Collector:
         metrics.LATENCY.labels(route).observe(time.perf_counter() - start)
 
     async def _dispatch(self, req: Request) -> Response:
-        if req.path.startswith(API_PREFIX + "/"):
+        if req.path.startswith(API_PREFIX + "/") and req.path not in self.routes:
             status, body, headers = await self.api.handle(req.method, req.path, req.headers,
                                                           req.receive)
             ctype = next((v for k, v in headers if k == "content-type"), "application/json")
             return Response(status, body, ctype, [h for h in headers if h[0] != "content-type"])
         entry = self.routes.get(req.path) or next(
-            ((m, h) for p, m, h in self.prefix_routes if req.path.startswith(p)), None)
+            ((m, h) for rx, m, h in self._templates if rx.match(req.path)), None)
         if entry is None:
-            raise errors.NotFound(f"no endpoint at {req.path}")
+            raise errors.no_endpoint(req.path)
         methods, handler = entry
         if req.method == "OPTIONS" and is_browser_path(req.path):
             return self.preflight(req)
         if req.method not in methods:
-            raise errors.MethodNotAllowed(f"{req.method} is not allowed on {req.path}",
-                                          list(methods))
+            raise errors.MethodNotAllowed(
+                f"{req.method} is not allowed on {errors.shown(req.path)}", list(methods))
         return await handler(req)
 
     # -- small endpoints --
@@ -224,25 +260,65 @@ class Collector:
     def preflight(self, req: Request) -> Response:
         return Response(204, b"", headers=[
             ("access-control-allow-methods", "GET, POST, OPTIONS"),
-            ("access-control-allow-headers",
-             req.headers.get("access-control-request-headers") or CORS_ALLOW_HEADERS),
+            ("access-control-allow-headers", CORS_ALLOW_HEADERS),
             ("access-control-max-age", "86400"),
         ])
 
+    def openapi_document(self) -> dict[str, Any]:
+        """The OpenAPI document of every route this server answers (see
+        :mod:`aap.api.openapi`), built from the route tables."""
+        from aap.collect.consent import ConsentRequest
+        from aap.collect.subject import OwnRequest
+        from aap.privacy.requests import NewRequest
+        from aap.query.models import CohortSpec, Insight
+
+        components = openapi.schemas({
+            "Insight": Insight, "CohortSpec": CohortSpec, "NewRequest": NewRequest,
+            "OwnRequest": OwnRequest, "ConsentRequest": ConsentRequest})
+        return openapi.document(self.routes, self.prefix_routes,
+                                [(r.method, r.pattern.pattern, r.op) for r in API_ROUTES],
+                                API_PREFIX, components)
+
+    @documented(Op("This OpenAPI document", ok={"type": "object", "required": ["openapi"]}))
+    async def openapi(self, req: Request) -> Response:
+        if self._openapi is None:
+            self._openapi = _json.encode(self.openapi_document())
+        return Response(200, b"" if req.method == "HEAD" else self._openapi)
+
+    @documented(Op("Health: 200 while events are accepted", errors=(503,),
+                   ok={"type": "object", "required": ["status"],
+                       "properties": {"status": {"const": "ok"}}}))
     async def healthz(self, req: Request) -> Response:
         problem = self.health.problem()
         if problem:
             raise errors.ServiceUnavailable(problem, retry_after=self.settings.retry_after_seconds)
         return Response.json(200, {"status": "ok"})
 
+    @documented(Op("Prometheus metrics", ok={"type": "string"},
+                   ok_type=metrics.CONTENT_TYPE.partition(";")[0], errors=(401,),
+                   security=("metricsToken", "")))
     async def metrics(self, req: Request) -> Response:
+        if self._metrics_token:
+            scheme, _, token = req.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    token.strip().encode("utf-8", "surrogateescape"), self._metrics_token):
+                raise errors.Unauthorized("send Authorization: Bearer <AAP_METRICS_TOKEN>",
+                                          code="bad_metrics_token")
         return Response(200, metrics.render(self.log.stats), content_type=metrics.CONTENT_TYPE)
 
     # -- ingestion --
 
+    @documented(Op("Segment/RudderStack batch of events", ok=INGESTED, errors=INGEST_ERRORS,
+                   body={"type": "object", "required": ["batch"],
+                         "properties": {"batch": {"type": "array", "items": {"type": "object"}},
+                                        "writeKey": {"type": "string"}}},
+                   body_types=("application/json", "text/plain"), security=("writeKey", "")))
     async def ingest_batch(self, req: Request) -> Response:
         return await self._ingest(req, lambda body: parse_batch(body, self.settings.max_event_bytes))
 
+    @documented(Op("One Segment/RudderStack event (the type is the path's)", ok=INGESTED,
+                   errors=INGEST_ERRORS, body={"type": "object"},
+                   body_types=("application/json", "text/plain"), security=("writeKey", "")))
     async def ingest_single(self, req: Request) -> Response:
         mtype = SINGLE_PATHS[req.path]
         return await self._ingest(
@@ -315,17 +391,32 @@ class Collector:
             out["rejected"] = rejected_out
         return Response.json(200, out)
 
+    @documented(Op("A person files their own privacy request", errors=(400, 401, 408, 413),
+                   body={"$ref": "#/components/schemas/OwnRequest"},
+                   ok={"type": "object", "required": ["id", "status"]},
+                   security=("subjectToken",)))
     async def own_request(self, req: Request) -> Response:
         """``POST /v1/privacy/requests`` with a subject token: a person's own request."""
         raw = await read_raw(req.receive, None, 64 * 1024)
         return Response.json(200, self.self_service.submit(req.headers.get("authorization"), raw))
 
+    @documented(Op("A person's own privacy request: its status, or the zip of an access"
+                   " request", errors=(401, 404, 409), security=("subjectToken",),
+                   paths=(SUBJECT_PATH + "/{id}", SUBJECT_PATH + "/{id}/export"),
+                   path_types={SUBJECT_PATH + "/{id}/export": "application/zip"},
+                   params={"id": {"type": "string", "pattern": "^pr_[0-9a-f]{16}$"}}))
     async def own_request_status(self, req: Request) -> Response:
         out = self.self_service.lookup(req.headers.get("authorization"), req.path)
         if isinstance(out, bytes):
             return Response(200, out, "application/zip")
         return Response.json(200, out)
 
+    @documented(Op("A person grants or withdraws purposes", errors=(*INGEST_ERRORS,),
+                   body={"$ref": "#/components/schemas/ConsentRequest"},
+                   ok={"type": "object", "required": ["success", "recorded"],
+                       "properties": {"success": {"const": True},
+                                      "recorded": {"type": "integer"}}},
+                   security=("writeKey", "")))
     async def consent(self, req: Request) -> Response:
         """``POST /v1/consent``: a person grants or withdraws purposes. Back-pressure and
         the source's rate limit apply as to events (one statement request counts as one

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 import msgspec
 
 from aap import errors
+from aap.api.openapi import INGEST_ERRORS, INGESTED, Op, documented
 from aap.collect import posthog, snowplow
 from aap.collect.body import decode_content, read_raw
 
@@ -34,9 +35,24 @@ BROWSER_PATHS = frozenset((*posthog.CAPTURE_PATHS, *posthog.FLAGS_PATHS, snowplo
                            *snowplow.GET_PATHS))
 
 
+CREDENTIALED_PATHS = frozenset((snowplow.TP2_PATH, *snowplow.GET_PATHS))
+"""Where a browser SDK sends credentials: Snowplow's JavaScript tracker sends its
+requests with ``withCredentials`` (for the collector's network-user-id cookie) by
+default, and the browser drops the answer unless it allows credentials. AAP sets and
+reads no cookie, there or anywhere; every other SDK sends none."""
+
+
+OBJECT_OR_LIST = {"anyOf": [{"type": "object"}, {"type": "array"}]}
+
+
 def is_browser_path(path: str) -> bool:
     """Paths browsers call cross-origin: CORS headers and preflights apply."""
     return path in BROWSER_PATHS or path.startswith(BROWSER_PREFIXES)
+
+
+def sends_credentials(path: str) -> bool:
+    """Whether CORS answers on ``path`` allow credentials (see CREDENTIALED_PATHS)."""
+    return path in CREDENTIALED_PATHS
 
 
 def query(req: Request) -> dict[str, list[str]]:
@@ -88,6 +104,12 @@ class Compat:
 
     # -- PostHog --
 
+    @documented(Op("PostHog capture: one event or a batch (POST body, or `data` in a GET)",
+                   ok=INGESTED, errors=INGEST_ERRORS, body=OBJECT_OR_LIST, body_required=False,
+                   body_types=("application/json", "text/plain",
+                               "application/x-www-form-urlencoded"),
+                   query={"data": {"type": "string"}, "compression": {"type": "string"},
+                          "ver": {"type": "string"}}))
     async def posthog_capture(self, req: Request) -> Response:
         q = query(req)
         limit, max_event = self._limits()
@@ -111,6 +133,11 @@ class Compat:
         out["status"] = 1  # what PostHog's own capture answers
         return self._response().json(200, out)
 
+    @documented(Op("PostHog feature flags: none, for the SDKs' start-up",
+                   errors=(400, 401, 408, 413), body={"type": "object"}, body_required=False,
+                   body_types=("application/json", "text/plain"),
+                   query={"token": {"type": "string"}, "api_key": {"type": "string"},
+                          "v": {"type": "string"}}))
     async def posthog_flags(self, req: Request) -> Response:
         limit, _ = self._limits()
         body = await self._body(req) if req.method == "POST" else b""
@@ -121,11 +148,16 @@ class Compat:
         self.app._source(key)
         return self._response().json(200, posthog.flags_response())
 
+    @documented(Op("posthog-js remote config (JSON, or JavaScript for config.js)",
+                   errors=(401,), paths=(posthog.CONFIG_PREFIX + "{token}/config",
+                                         posthog.CONFIG_PREFIX + "{token}/config.js"),
+                   path_types={posthog.CONFIG_PREFIX + "{token}/config.js":
+                               "application/javascript"}))
     async def posthog_config(self, req: Request) -> Response:
         rest = req.path[len(posthog.CONFIG_PREFIX):]
         token, _, what = rest.partition("/")
         if what not in ("config", "config.js"):
-            raise errors.NotFound(f"no endpoint at {req.path}")
+            raise errors.no_endpoint(req.path)
         self.app._source(token)
         Response = self._response()
         cfg = posthog.remote_config(token)
@@ -138,27 +170,47 @@ class Compat:
 
     # -- Segment's browser SDK --
 
+    @documented(Op("Settings for Segment's browser SDK: send everything to this server",
+                   errors=(400, 401), paths=(SEGMENT_SETTINGS_PREFIX + "{writeKey}/settings",)))
     async def segment_settings(self, req: Request) -> Response:
         rest = req.path[len(SEGMENT_SETTINGS_PREFIX):]
         key, _, what = rest.partition("/")
         if what != "settings":
-            raise errors.NotFound(f"no endpoint at {req.path}")
+            raise errors.no_endpoint(req.path)
         self.app._source(key)
-        base = public_base(self.app.settings.public_url, req)
+        settings = self.app.settings
+        if settings.public_url:
+            base, vary = settings.public_url.rstrip("/"), []
+        else:
+            base, vary = request_base(req, allowed_hosts(settings.allowed_hosts, settings.host)), \
+                [("vary", "Host")]
         protocol, _, host = base.partition("://")
-        return self._response().json(200, segment_settings(key, protocol, host + "/v1"))
+        return self._response().json(200, segment_settings(key, protocol, host + "/v1"),
+                                     [("cache-control", "public, max-age=300"), *vary])
 
+    @documented(Op("Segment's browser SDK's own metrics (dropped)", errors=(400, 408, 413),
+                   ok={"type": "object", "required": ["success"]}, body={"type": "object"},
+                   body_required=False, body_types=("application/json", "text/plain")))
     async def segment_metrics(self, req: Request) -> Response:
         await self._body(req)  # read (and bound) the body; the SDK's own metrics are dropped
         return self._response().json(200, {"success": True})
 
     # -- Snowplow --
 
+    @documented(Op("Snowplow tracker protocol: a payload_data document", ok=INGESTED,
+                   errors=INGEST_ERRORS, body={"type": "object", "required": ["data"],
+                                               "properties": {"schema": {"type": "string"},
+                                                              "data": {"type": "array"}}}))
     async def snowplow_post(self, req: Request) -> Response:
         _, max_event = self._limits()
         return await self.app._ingest(req, lambda body: snowplow.parse_post(body, max_event),
                                       auth=False, key_hint=SNOWPLOW_KEY_HINT)
 
+    @documented(Op("Snowplow tracker protocol: one event in the query string (a 1x1 GIF)",
+                   ok=None, ok_type="image/gif", errors=INGEST_ERRORS,
+                   query={"e": {"type": "string"}, "aid": {"type": "string"},
+                          "uid": {"type": "string"}, "duid": {"type": "string"},
+                          "url": {"type": "string"}, "dtm": {"type": "string"}}))
     async def snowplow_get(self, req: Request) -> Response:
         _, max_event = self._limits()
         parsed = snowplow.parse_query(query(req), max_event)
@@ -168,6 +220,8 @@ class Compat:
 
     # -- consent and our SDK --
 
+    @documented(Op("AAP's browser SDK", ok=None, ok_type="application/javascript",
+                   errors=(304, 404), query={}))
     async def sdk_js(self, req: Request) -> Response:
         if self._sdk is None:
             if not SDK_FILE.exists():
@@ -186,13 +240,30 @@ class Compat:
                                 headers=headers)
 
 
-def public_base(public_url: str, req: Request) -> str:
-    """``scheme://host[:port]`` as SDKs reach the collector."""
-    if public_url:
-        return public_url.rstrip("/")
-    scheme = req.scope.get("scheme", "http")
-    host = req.headers.get("host") or "{}:{}".format(*req.scope.get("server", ("127.0.0.1", 80)))
-    return f"{scheme}://{host}"
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def allowed_hosts(setting: str, bound: str) -> frozenset[str]:
+    """Host names (without port) a request's Host may carry for the settings endpoint to
+    name it back: ``AAP_ALLOWED_HOSTS``, else the local names and the bound address."""
+    listed = [h.strip().lower() for h in setting.split(",") if h.strip()]
+    if not listed:
+        listed = [*LOCAL_HOSTS, f"[{bound}]" if ":" in bound else bound]
+    return frozenset(listed)
+
+
+def request_base(req: Request, allowed: frozenset[str]) -> str:
+    """``scheme://host[:port]`` from the request's Host, when that host is allowed (a
+    forged Host must not redirect a site's events, nor poison a cache)."""
+    host = req.headers.get("host", "").strip().lower()
+    name = host if host.startswith("[") and host.endswith("]") else (
+        host.rpartition(":")[0] if ":" in host else host)
+    port = host[len(name) + 1:]
+    if not host or (host not in allowed and name not in allowed) or (port and not port.isdigit()):
+        raise errors.BadRequest(
+            "the Host header is not one of the allowed hosts: set AAP_PUBLIC_URL or"
+            " AAP_ALLOWED_HOSTS", code="host_not_allowed")
+    return f"{req.scope.get('scheme', 'http')}://{host}"
 
 
 def segment_settings(key: str, protocol: str, api_host: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+from aap.datadir import secure
 from aap.settings import Settings
 
 logger = logging.getLogger("aap.serve")
@@ -19,7 +20,7 @@ logger = logging.getLogger("aap.serve")
 def prepare(settings: Settings) -> dict[str, str]:
     """Create the data dir and a fresh metrics dir; returns the workers' environment."""
     data = settings.data_path
-    data.mkdir(parents=True, exist_ok=True)
+    secure(data)
     metrics_dir = data / "run" / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
@@ -48,7 +49,7 @@ def serve_core(settings: Settings) -> None:
     from aap.api.app import create_app
 
     os.environ["AAP_DATA_DIR"] = str(settings.data_path)
-    os.umask(0o077)  # the socket and every file the core writes: owner only
+    secure(settings.data_path)  # the socket and every file the core writes: owner only
     sock = core_socket(settings)
     sock.parent.mkdir(parents=True, exist_ok=True)
     sock.unlink(missing_ok=True)
@@ -114,8 +115,11 @@ class CoreSupervisor:
 
 def _serve_collector(settings: Settings, workers: int) -> None:
     from granian import Granian
-    from granian.constants import Interfaces
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
 
+    tls = {"ssl_cert": Path(settings.tls_cert), "ssl_key": Path(settings.tls_key)} \
+        if settings.tls_cert else {}
     Granian(
         "aap.collect.app:create_app",
         factory=True,
@@ -125,4 +129,13 @@ def _serve_collector(settings: Settings, workers: int) -> None:
         workers=workers,
         log_access=False,  # access logs would hold client addresses
         backlog=2048,
+        # HTTP/1.1 only: every SDK speaks it, and the header deadline below holds for every
+        # connection (granian's HTTP/2 has no header read timeout: a client could hold a
+        # connection open with a half-sent header block)
+        http=HTTPModes.http1,
+        # a client that has not sent its headers in time is cut off (slowloris); bodies
+        # have their own deadline in the collector (AAP_BODY_TIMEOUT_S)
+        http1_settings=HTTP1Settings(
+            header_read_timeout=max(1, int(float(settings.header_timeout_s) * 1000))),
+        **tls,  # type: ignore[arg-type]
     ).serve()

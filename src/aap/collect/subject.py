@@ -90,7 +90,7 @@ class SelfService:
         source, key = self._subject(authorization)
         m = _ONE.match(path)
         if m is None:
-            raise errors.NotFound(f"no endpoint at {path}")
+            raise errors.no_endpoint(path)
         rid = m.group(1)
         keys, scope = self.store.owner(rid)
         if key not in keys or scope not in self._scopes(source):

@@ -1,0 +1,106 @@
+"""The REST API's route table: method, path pattern, role, handler name and what it
+answers. :class:`aap.api.rest.RestAPI` dispatches on it; :mod:`aap.api.openapi` documents
+it, so the two cannot drift.
+
+| route | role |
+|---|---|
+| ``POST /query`` | analyst |
+| ``GET /insights``, ``GET /insights/{id}`` (runs it) | viewer |
+| ``POST /insights`` | analyst |
+| ``GET /cohorts`` | viewer |
+| ``POST /cohorts``, ``DELETE /cohorts/{id}`` | analyst |
+| ``GET /keys``, ``POST /keys``, ``DELETE /keys/{id}`` | admin |
+| ``POST /privacy/requests``, ``GET /privacy/requests/{id}``, ``GET …/{id}/export`` | privacy |
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, NamedTuple
+
+import msgspec
+
+from aap.api.openapi import Op
+
+API_ERRORS = (400, 401, 403, 408, 413, 503)
+"""What any API route may answer besides 200: a bad body, no or a bad key, a role too
+low, a body too slow or too large, the core not answering."""
+
+
+class SaveInsight(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    query: dict[str, Any]
+
+
+class NewKey(msgspec.Struct, forbid_unknown_fields=True):
+    role: str
+    name: str = ""
+
+
+class Route(NamedTuple):
+    method: str
+    pattern: re.Pattern[str]
+    role: str
+    handler: str
+    op: Op
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _list(key: str) -> dict[str, Any]:
+    return {"type": "object", "required": [key],
+            "properties": {key: {"type": "array", "items": {"type": "object"}}}}
+
+
+def _route(method: str, pattern: str, role: str, handler: str, summary: str,
+           ok: Any = None, body: Any = None, errors: tuple[int, ...] = API_ERRORS,
+           ok_type: str = "application/json") -> Route:
+    return Route(method, re.compile(pattern), role, handler, Op(
+        f"{summary} (role {role} or above)", ok=ok if ok is not None else {"type": "object"},
+        ok_type=ok_type, errors=errors, body=body, security=("apiKey",), role=role))
+
+
+_KEY = {"type": "object", "required": ["id", "role", "name", "created_at"],
+        "properties": {"id": {"type": "string"}, "role": {"type": "string"},
+                       "name": {"type": "string"}, "created_at": {"type": "integer"},
+                       "key": {"type": "string"}}}
+_ONE_ID = (*API_ERRORS, 404)
+
+ROUTES: tuple[Route, ...] = (
+    _route("POST", r"^/query$", "analyst", "query", "Run an insight", body=_ref("Insight"),
+           errors=_ONE_ID),  # 404: a cohort it names does not exist
+    _route("GET", r"^/insights$", "viewer", "list_insights", "List saved insights",
+           ok=_list("insights")),
+    _route("POST", r"^/insights$", "analyst", "save_insight", "Save an insight",
+           body={"type": "object", "required": ["name", "query"], "additionalProperties": False,
+                 "properties": {"name": {"type": "string"}, "query": _ref("Insight")}}),
+    _route("GET", r"^/insights/(?P<id>\d{1,12})$", "viewer", "run_saved",
+           "Run a saved insight", errors=_ONE_ID,
+           ok={"type": "object", "required": ["id", "name", "query", "result"]}),
+    _route("GET", r"^/cohorts$", "viewer", "list_cohorts", "List cohorts",
+           ok=_list("cohorts")),
+    _route("POST", r"^/cohorts$", "analyst", "create_cohort", "Create a cohort",
+           body=_ref("CohortSpec")),
+    _route("DELETE", r"^/cohorts/(?P<id>\d{1,12})$", "analyst", "delete_cohort",
+           "Delete a cohort", errors=_ONE_ID,
+           ok={"type": "object", "required": ["deleted"],
+               "properties": {"deleted": {"type": "integer"}}}),
+    _route("GET", r"^/keys$", "admin", "list_keys", "List API keys", ok=_list("keys")),
+    _route("POST", r"^/keys$", "admin", "create_key", "Create an API key", ok=_KEY,
+           body={"type": "object", "required": ["role"], "additionalProperties": False,
+                 "properties": {"role": {"enum": ["viewer", "analyst", "privacy", "admin"]},
+                                "name": {"type": "string"}}}),
+    _route("DELETE", r"^/keys/(?P<id>[0-9a-f]{12})$", "admin", "revoke_key",
+           "Revoke an API key", errors=_ONE_ID,
+           ok={"type": "object", "required": ["revoked"],
+               "properties": {"revoked": {"type": "string"}}}),
+    _route("POST", r"^/privacy/requests$", "privacy", "privacy_submit",
+           "File a privacy request for a person", body=_ref("NewRequest")),
+    _route("GET", r"^/privacy/requests/(?P<id>pr_[0-9a-f]{16})$", "privacy", "privacy_get",
+           "A privacy request's status", errors=_ONE_ID),
+    _route("GET", r"^/privacy/requests/(?P<id>pr_[0-9a-f]{16})/export$", "privacy",
+           "privacy_export", "The zip of a finished access request", errors=(*_ONE_ID, 409),
+           ok_type="application/zip", ok={"type": "string", "format": "binary"}),
+)
