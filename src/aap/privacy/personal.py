@@ -48,6 +48,7 @@ _SUBSTRINGS = ("email", "ipaddress", "phonenumber", "firstname", "lastname", "fu
 (``useremailverified``, ``customerphonenumber``)."""
 
 _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+_SEPARATORS = re.compile(r"[^A-Za-z0-9]+")
 
 
 def _normalize(name: str) -> str:
@@ -70,6 +71,9 @@ def is_personal_name(name: str) -> bool:
     if norm in _EXACT:
         return True
     if any(s in norm for s in _SUBSTRINGS):
+        return True
+    # "PHONE", "pHoNe", "Last_iP": a separated part that is a token whatever its casing
+    if any(_normalize(part) in _TOKENS for part in _SEPARATORS.split(name)):
         return True
     words = [w.lower() for w in _WORDS.findall(name)]
     if any(w in _TOKENS for w in words):
