@@ -8,7 +8,11 @@
    ``enable_external_access=false`` (no files, no extensions, no network) and
    ``lock_configuration=true``, with its own memory limit. The views are streamed into
    it as Arrow from a snapshot of the warehouse, holding only the columns the role may
-   see: below role ``privacy`` the personal columns are left out.
+   see: below role ``privacy`` the personal columns are left out (a query that names
+   one is refused with 403 ``personal_data``, :func:`refuse_hidden`). Each column
+   arrives renamed ``view__column`` under a view that gives it its name back, so the
+   plan DuckDB makes for the query says which columns of which view it reads
+   (:func:`planned_columns`): at role privacy or above, the personal ones are audited.
 3. A time limit (the connection is interrupted) and a row limit (``truncated`` says the
    answer was cut).
 """
@@ -56,7 +60,7 @@ VIEWS: dict[str, tuple[str, tuple[str, ...]]] = {
                               "last_seen")),
 }
 PERSONAL: dict[str, frozenset[str]] = {
-    "events": frozenset({"person_id", "session_id", "properties", "city", "region"}),
+    "events": guard.PERSONAL_EVENT_COLUMNS | {"properties"},
     "persons": frozenset({"person_id", "traits"}),
     "sessions": frozenset({"session_id", "person_id"}),
     "orders": frozenset({"person_id", "session_id"}),
