@@ -96,7 +96,7 @@ PERSONAL_WORDS: list[tuple[tuple[str, ...], bool]] = [
     # (words, still personal when glued in any casing)
     (("email",), True), (("e", "mail"), True), (("email", "address"), True),
     (("phone",), True), (("phone", "number"), True), (("ip",), True),
-    (("ip", "address"), True), (("last", "ip"), False), (("mobile", "phone"), False),
+    (("ip", "address"), True), (("last", "ip"), True), (("mobile", "phone"), True),
     (("user", "id"), True), (("anonymous", "id"), True), (("distinct", "id"), True),
     (("device", "id"), True), (("first", "name"), True), (("last", "name"), True),
     (("person", "id"), True), (("session", "id"), True), (("city",), True),

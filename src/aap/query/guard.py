@@ -64,8 +64,10 @@ def is_personal_key(name: str) -> bool:
     """Whether a key of ``properties`` or ``traits`` (or a path into them) is personal."""
     if is_personal_name(name) or is_personal_path(name):
         return True
-    parts = [name, *(p for p in _PARTS.split(name) if p)]
-    return any(is_personal_name(p) or _normalize(p) in QUERY_ONLY for p in parts)
+    # parts of a path however it is written (a.b, a[b], a/b, a->>b), alone or in runs
+    parts = [p for p in _PARTS.split(name) if p][:32]
+    runs = (".".join(parts[i:j]) for i in range(len(parts)) for j in range(i + 1, len(parts) + 1))
+    return any(is_personal_name(r) or _normalize(r) in QUERY_ONLY for r in runs)
 
 
 def is_personal_field(name: str, kind: str = "event") -> bool:

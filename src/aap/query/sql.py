@@ -114,7 +114,7 @@ def check(query: str) -> tuple[exp.Expression, dict[str, int]]:
     return stmt, used
 
 
-_READ = re.compile(r'"?([a-z_]+)__([a-z_]*)"?')
+_READ = re.compile(r'"?([a-z0-9_]+)__([a-z0-9_]*)"?')
 """A column of a view's data as the plan names it (``events__person_id``); ``events__``
 is the view's row marker."""
 
