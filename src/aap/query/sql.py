@@ -140,6 +140,8 @@ def planned_columns(con: duckdb.DuckDBPyConnection, query: str, used: dict[str, 
         text = "\n".join(str(r[-1]) for r in con.execute("EXPLAIN (FORMAT json) " + query)
                          .fetchall())
         json.loads(text)
+    except duckdb.InterruptException:
+        raise
     except (duckdb.Error, ValueError):
         text = ""
     read = {(v, c) for v, c in _READ.findall(text) if v in used}
@@ -151,7 +153,7 @@ def planned_columns(con: duckdb.DuckDBPyConnection, query: str, used: dict[str, 
     return sorted(out)
 
 
-def refuse_hidden(ctx: Context, query: str, used: dict[str, int]) -> None:
+def refuse_hidden(ctx: Context, query: str, used: dict[str, int], seconds: float) -> None:
     """Below role privacy, a query that failed to bind: plan it on empty views with every
     column, and when it binds there, refuse it (403 ``personal_data``) naming the
     personal columns that plan reads (all those of its views when the plan, on no data,
@@ -159,6 +161,8 @@ def refuse_hidden(ctx: Context, query: str, used: dict[str, int]) -> None:
     con = duckdb.connect(":memory:", config={
         "enable_external_access": False, "threads": 1, "memory_limit": "64MB",
         "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    timer = threading.Timer(seconds, con.interrupt)
+    timer.start()
     try:
         for view in used:
             _, create = _sources(view, "admin")
@@ -176,7 +180,10 @@ def refuse_hidden(ctx: Context, query: str, used: dict[str, int]) -> None:
             return
         columns = planned_columns(con, query, used) or sorted(
             f"{v}.{c}" for v in used for c in PERSONAL[v] - set(visible_columns(v, ctx.role)))
+    except duckdb.InterruptException:
+        return
     finally:
+        timer.cancel()
         con.close()
     guard.refuse(ctx.role, columns, "this SQL")
 
@@ -248,10 +255,10 @@ def run(ctx: Context, q: SQL, *, max_rows: int = 100_000, max_seconds: float = 3
                 sandbox.execute(create)
             sandbox.execute("SET lock_configuration = true")
             seconds = min(q.timeout_s, max_seconds)
-            if guard.may_read_personal(ctx.role):
-                personal = planned_columns(sandbox, q.query, used)
             timer = threading.Timer(seconds, sandbox.interrupt)
             timer.start()
+            if guard.may_read_personal(ctx.role):
+                personal = planned_columns(sandbox, q.query, used)
             res = sandbox.execute(q.query)
             columns = [d[0] for d in res.description or []]
             rows = res.fetchmany(limit + 1)
@@ -261,7 +268,7 @@ def run(ctx: Context, q: SQL, *, max_rows: int = 100_000, max_seconds: float = 3
         except duckdb.BinderException as exc:
             msg = str(exc).splitlines()[0]
             if not guard.may_read_personal(ctx.role):
-                refuse_hidden(ctx, q.query, used)
+                refuse_hidden(ctx, q.query, used, seconds)
             raise BadRequest(msg, code="bad_query") from None
         except duckdb.Error as exc:
             raise BadRequest(str(exc).splitlines()[0], code="bad_query") from None
