@@ -82,6 +82,10 @@ def _where(path: str, kind: str) -> str:
     return f"{path} ({'person trait' if kind == 'person' else 'event property'})"
 
 
+def _at(path: str, field: str) -> str:
+    return f"{path}.{field}" if path else field
+
+
 def _filters(path: str, filters: list[Filter]) -> Iterator[tuple[str, str, str]]:
     for i, f in enumerate(filters):
         yield f"{path}[{i}]", f.property, f.type
@@ -105,10 +109,10 @@ def _refs(obj: Any, path: str, cohort: Callable[[int], CohortDef] | None
             yield f"{path or 'behavioural'}.person_filters[{i}]", f.property, "person"
         return
     if isinstance(obj, Series) and obj.property is not None:
-        yield f"{path}.property", obj.property, "event"
+        yield _at(path, "property"), obj.property, "event"
     breakdown = getattr(obj, "breakdown", None)
     if isinstance(breakdown, str):
-        yield f"{path}.breakdown", breakdown, getattr(obj, "breakdown_type", "event")
+        yield _at(path, "breakdown"), breakdown, getattr(obj, "breakdown_type", "event")
     ids = [getattr(obj, "cohort", None), *getattr(obj, "breakdown_cohorts", [])]
     for cid in (c for c in ids if isinstance(c, int)):
         if cohort is not None:
@@ -116,7 +120,7 @@ def _refs(obj: Any, path: str, cohort: Callable[[int], CohortDef] | None
     for field in obj.__struct_fields__:
         value = getattr(obj, field)
         if isinstance(value, (list, msgspec.Struct)):
-            yield from _refs(value, f"{path}.{field}" if path else field, cohort)
+            yield from _refs(value, _at(path, field), cohort)
 
 
 def personal_fields(q: Insight | BehaviouralCohort,

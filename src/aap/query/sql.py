@@ -38,7 +38,7 @@ from aap.query.common import Context
 from aap.query.models import SQL
 from aap.store.schema import EVENT_COLUMNS
 
-ROLES = ("viewer", "analyst", "privacy", "admin")
+ROLES = guard.ROLES
 
 _NOT_RESTRICTED = ("person_id NOT IN (SELECT person_id FROM person_flags"
                    " WHERE flag = 'restricted')")
