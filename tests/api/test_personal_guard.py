@@ -44,6 +44,11 @@ BATCH = [
      "properties": {"revenue": 7}},
     {"type": "page", "userId": "u1", "name": "Home", "timestamp": at(4),
      "properties": {"path": "/"}},
+    # personal keys nested in objects whose own names are plain
+    {"type": "track", "userId": "u3", "event": "Signed Up", "timestamp": at(5),
+     "properties": {"contact": {"Email": CANARY}}},
+    {"type": "identify", "userId": "u3", "timestamp": at(6),
+     "traits": {"profile": {"phone": "+33 6 12 34 56 78"}}},
 ]
 
 
@@ -246,6 +251,27 @@ def test_a_breakdown_by_person_is_refused_and_never_keyed_by_a_person(api: Api) 
     values = {s["breakdown_value"] for s in
               api.call("POST", "/query", "privacy", json=doc).json()["series"]}
     assert CANARY in values  # what the guard keeps from analysts is really there
+
+
+@pytest.mark.parametrize(("kind", "name", "btype"), [
+    ("trends", "contact", "event"), ("trends", "profile", "person"),
+    ("funnel", "contact", "event"), ("funnel", "profile", "person")])
+def test_a_breakdown_on_an_object_holding_personal_keys_is_refused(
+        api: Api, kind: str, name: str, btype: str) -> None:
+    doc: dict[str, Any] = {"kind": kind, "date_from": "-3d", "breakdown": name,
+                           "breakdown_type": btype}
+    if kind == "trends":
+        doc["series"] = [{"event": "Signed Up"}]
+    else:
+        doc["steps"] = [{"event": "Signed Up"}, {"event": "Order Completed"}]
+    r = api.call("POST", "/query", "analyst", json=doc)
+    assert r.status_code == 403 and r.json()["code"] == "personal_data", r.text
+    assert CANARY not in r.text and "+33" not in r.text
+    before = len(api.audit())
+    r = api.call("POST", "/query", "privacy", json=doc)
+    assert r.status_code == 200, r.text
+    (entry,) = [e for e in api.audit()[before:] if e["action"] == "data.read"]
+    assert "nested key" in _fields(entry), entry
 
 
 def test_cohorts_of_identifiers_and_personal_traits_need_privacy(

@@ -24,6 +24,7 @@ one).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -180,4 +181,45 @@ def redact(doc: Any, role: str) -> Any:
     if isinstance(prop, str) and "value" in doc and doc["value"] is not None and \
             is_personal_field(prop, kind if kind in ("event", "person") else "event"):
         out["value"] = HIDDEN
+    return out
+
+
+def _breakdown_values(result: Any) -> Iterator[Any]:
+    if isinstance(result, dict):
+        for k, v in result.items():
+            if k == "breakdown_value":
+                yield v
+            else:
+                yield from _breakdown_values(v)
+    elif isinstance(result, list):
+        for x in result:
+            yield from _breakdown_values(x)
+
+
+def _keys(doc: Any, path: str = "") -> Iterator[str]:
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield _at(path, str(k))
+            yield from _keys(v, _at(path, str(k)))
+    elif isinstance(doc, list):
+        for x in doc:
+            yield from _keys(x, path)
+
+
+def result_fields(result: dict[str, Any]) -> list[str]:
+    """Personal keys inside the values an insight's answer is keyed by: a breakdown on a
+    key whose value is an object (``contact`` holding ``{"email": …}``) reads the
+    personal keys nested in it, which no name in the document shows."""
+    out: list[str] = []
+    for v in _breakdown_values(result):
+        if not isinstance(v, str) or v[:1] not in "{[":
+            continue
+        try:
+            doc = json.loads(v)
+        except ValueError:
+            continue
+        for key in _keys(doc):
+            item = f"breakdown value: {key} (nested key)"
+            if is_personal_key(key) and item not in out:
+                out.append(item)
     return out

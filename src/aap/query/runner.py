@@ -73,6 +73,9 @@ def run_insight(warehouse: Warehouse, doc: bytes | str | dict[str, Any] | Insigh
         timer.start()
         try:
             out = RUNNERS[type(q)](ctx, q)
+            nested = guard.result_fields(out)
+            guard.refuse(role, nested)
+            fields = fields + nested
             if fields and on_personal_read is not None:
                 on_personal_read({"kind": out.get("kind", ""), "role": role, "fields": fields})
             return out
