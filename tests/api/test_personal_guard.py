@@ -307,6 +307,10 @@ def test_saved_insights_follow_the_same_rule(api: Api) -> None:
     assert r.status_code == 403 and r.json()["code"] == "personal_data"
     saved = api.call("POST", "/insights", "privacy", json={"name": "by email", "query": doc})
     assert saved.status_code == 200, saved.text
+    sql = {"kind": "sql", "query": "SELECT count(*) AS n FROM persons"
+                                   f" WHERE traits->>'Email' = '{CANARY}'"}
+    assert api.call("POST", "/insights", "privacy",
+                    json={"name": "sql by email", "query": sql}).status_code == 200
     path = f"/insights/{saved.json()['id']}"
     for role in ("viewer", "analyst"):
         run = api.call("GET", path, role)

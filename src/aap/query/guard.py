@@ -177,6 +177,8 @@ def redact(doc: Any, role: str) -> Any:
     if not isinstance(doc, dict):
         return doc
     out = {k: redact(v, role) for k, v in doc.items()}
+    if doc.get("kind") == "sql" and isinstance(doc.get("query"), str):
+        out["query"] = _redact_sql(doc["query"])
     prop, kind = doc.get("property"), doc.get("type", "event")
     if isinstance(prop, str) and "value" in doc and doc["value"] is not None and \
             is_personal_field(prop, kind if kind in ("event", "person") else "event"):
@@ -223,3 +225,30 @@ def result_fields(result: dict[str, Any]) -> list[str]:
             if is_personal_key(key) and item not in out:
                 out.append(item)
     return out
+
+
+SQL_PERSONAL_COLUMNS = PERSONAL_EVENT_COLUMNS | {"properties", "traits"}
+"""Every column that is personal in some view of the ``sql`` kind."""
+
+
+def _redact_sql(query: str) -> str:
+    """A saved SQL text as a lower role sees it: when it names a personal column, its
+    string literals (``traits->>'email' = 'ann@example.org'``) are hidden; a text that
+    does not parse is hidden whole."""
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        stmts = [x for x in sqlglot.parse(query, read="duckdb") if x is not None]
+    except (sqlglot.errors.SqlglotError, RecursionError):
+        return HIDDEN
+    if not any(c.name.lower() in SQL_PERSONAL_COLUMNS
+               for st in stmts for c in st.find_all(exp.Column)):
+        return query
+
+    def hide(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Literal) and node.is_string:
+            return exp.Literal.string(HIDDEN)
+        return node
+
+    return "; ".join(st.transform(hide).sql("duckdb") for st in stmts)
