@@ -17,6 +17,9 @@ A field is personal when:
   separator-insensitive, any part of a dotted or bracketed path), or it names one of the
   identifiers the warehouse derives, or a city or region (:data:`QUERY_ONLY`).
 
+``message_id`` (an event's id, chosen by the client) and ``source`` are not personal:
+they name an event or a site, not a person, and the ``sql`` kind shows them too.
+
 Names are checked exactly as the compiler will read them: an event column only when the
 name is exactly the column's (``Person_ID`` is a key of ``properties``, and refused as
 one).
