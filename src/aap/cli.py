@@ -288,7 +288,7 @@ def keys_revoke(key_id: str, data_dir: Path | None) -> None:
 @click.option("--key", default=None, envvar="AAP_API_KEY", help="API key for --url ($AAP_API_KEY).")
 @click.option("--role", default="analyst", show_default=True,
               type=click.Choice(("viewer", "analyst", "privacy", "admin")),
-              help="Role for a local query (personal columns need privacy).")
+              help="Role for a local query (reading personal data needs privacy; audited as cli:<user>).")
 def query_cmd(file: Any, data_dir: Path | None, as_json: bool, url: str | None,
               key: str | None, role: str) -> None:
     """Run an insight (a JSON file, `-` for stdin) and print the result.

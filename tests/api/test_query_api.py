@@ -221,7 +221,11 @@ def test_person_property_filter_and_breakdown(api: Api) -> None:
 
 
 def test_cohorts_static_and_behavioural_as_filter_and_breakdown(api: Api) -> None:
-    static = api.call("POST", "/cohorts", json={"name": "vip", "static": {"ids": ["a1", "u3"]}})
+    # a static cohort processes raw identifiers: role privacy
+    refused = api.call("POST", "/cohorts", json={"name": "vip", "static": {"ids": ["a1"]}})
+    assert refused.status_code == 403 and refused.json()["code"] == "personal_data"
+    static = api.call("POST", "/cohorts", "privacy",
+                      json={"name": "vip", "static": {"ids": ["a1", "u3"]}})
     assert static.status_code == 200, static.text
     buyers = api.call("POST", "/cohorts", json={
         "name": "buyers", "behavioural": {"event": "Order Completed", "min_count": 1,
@@ -250,7 +254,8 @@ def test_cohorts_static_and_behavioural_as_filter_and_breakdown(api: Api) -> Non
 def test_sql_hides_personal_columns_below_privacy(api: Api) -> None:
     r = api.call("POST", "/query", json={"kind": "sql",
                                          "query": "SELECT person_id FROM events LIMIT 1"})
-    assert r.status_code == 400 and "privacy" in r.json()["message"]
+    assert r.status_code == 403 and "privacy" in r.json()["message"]
+    assert r.json()["code"] == "personal_data" and "events.person_id" in r.json()["message"]
     cols = api.query({"kind": "sql", "query": "SELECT * FROM persons"})["columns"]
     assert "traits" not in cols and "person_id" not in cols
     out = api.query({"kind": "sql", "query": "SELECT count(DISTINCT person_id) FROM events"},

@@ -178,7 +178,8 @@ def wait(world: World, rid: str) -> dict[str, Any]:
 def test_objection_leaves_behavioural_cohorts_only(world: World) -> None:
     beh = world.api("POST", "/cohorts", "analyst", {"name": "buyers", "behavioural": {
         "event": "Order Completed", "min_count": 2, "days": 30}}).json()["id"]
-    static = world.api("POST", "/cohorts", "analyst", {
+    # a list of raw ids: role privacy makes it; an analyst may count it
+    static = world.api("POST", "/cohorts", "privacy", {
         "name": "chosen", "static": {"ids": ["user-otto", "user-olga"]}}).json()["id"]
 
     def members(cohort: int) -> float:
@@ -200,7 +201,7 @@ def test_objection_leaves_behavioural_cohorts_only(world: World) -> None:
 
 
 def test_erasure_takes_the_person_out_of_saved_cohorts(world: World) -> None:
-    cid = world.api("POST", "/cohorts", "analyst", {
+    cid = world.api("POST", "/cohorts", "privacy", {
         "name": "pair", "static": {"ids": ["user-erin", "anon-erin", "user-ivan"]}}).json()["id"]
     access = world.api("POST", "/privacy/requests", body={
         "type": "access", "subject": {"userId": "user-erin"}}).json()["id"]
@@ -276,6 +277,8 @@ def test_reads_and_admin_actions_are_audited(world: World) -> None:
     assert world.audit("key.created")[-1]["actor"] == f"key:{admin}"
     assert world.audit("key.revoked")[-1]["actor"] == f"key:{admin}"
     assert world.audit("key.revoked")[-1]["detail"] == {"key_id": created["id"]}
+    world.api("POST", "/cohorts", "analyst", {"name": "viewers", "behavioural": {
+        "event": "Viewed"}})
     assert world.audit("cohort.created")[-1]["actor"] == f"key:{world.key_id('analyst')}"
     aap(world.data, "sources", "secret", "app")
     assert world.audit("source.secret_shown")[-1]["actor"].startswith("cli:")

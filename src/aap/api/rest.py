@@ -4,6 +4,9 @@ The collector's workers serve the public port: they check the Bearer API key and
 the request with the key's role over the core's Unix socket (``/internal/api/v1/…``);
 the core, which owns the warehouse, checks the role each route needs and answers. The
 routes and the role each needs are in :data:`aap.api.routes.ROUTES`.
+
+Whatever the route, a query or saved insight that reads personal data needs role privacy
+(:mod:`aap.query.guard`), and every such read is audited (``data.read``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from aap.api.keys import ROLES, ApiKeys, role_at_least
 from aap.api.routes import ROUTES, NewKey, SaveInsight
 from aap.privacy.audit import AuditLog
 from aap.privacy.requests import Requests
+from aap.query import guard
 from aap.query.cache import QueryCache
 from aap.query.cohorts import Cohorts
 from aap.query.models import parse_cohort, parse_insight
@@ -129,11 +133,12 @@ class RestAPI:
         return self._run(parse_insight(body), role)
 
     def list_insights(self, params: dict[str, str], body: bytes, role: str) -> Any:
-        return {"insights": self.cohorts.insights()}
+        return {"insights": guard.redact(self.cohorts.insights(), role)}
 
     def save_insight(self, params: dict[str, str], body: bytes, role: str) -> Any:
         req = _decode(body, SaveInsight)
-        parse_insight(req.query)  # valid before it is saved
+        # valid, and readable by its author, before it is saved
+        guard.check(parse_insight(req.query), role, self.cohorts.get)
         return self.cohorts.save_insight(req.name, req.query)
 
     def run_saved(self, params: dict[str, str], body: bytes, role: str) -> Any:
@@ -141,17 +146,32 @@ class RestAPI:
         # a saved insight runs with what its author (an analyst) could see
         result = self._run(parse_insight(query), role if role_at_least(role, "analyst")
                            else "analyst")
-        return {"id": int(params["id"]), "name": name, "query": query, "result": result}
+        return {"id": int(params["id"]), "name": name, "query": guard.redact(query, role),
+                "result": result}
 
     # -- cohorts --
 
     def list_cohorts(self, params: dict[str, str], body: bytes, role: str) -> Any:
-        return {"cohorts": self.cohorts.list()}
+        return {"cohorts": guard.redact(self.cohorts.list(), role)}
 
     def create_cohort(self, params: dict[str, str], body: bytes, role: str) -> Any:
-        out = self.cohorts.create(parse_cohort(body))
+        spec = parse_cohort(body)
+        detail: dict[str, Any] = {}
+        if spec.static is not None:
+            # a list of raw userIds / anonymousIds: processing identifiers
+            if not guard.may_read_personal(role):
+                raise errors.Forbidden(
+                    "a static cohort is made from raw identifiers (userId / anonymousId):"
+                    f" that needs role {guard.NEEDED} or above; this key has role {role}",
+                    code="personal_data")
+            detail["ids_processed"] = len(spec.static.ids)
+        elif spec.behavioural is not None:
+            fields = guard.check(spec.behavioural, role)
+            if fields:
+                detail["fields"] = fields
+        out = self.cohorts.create(spec)
         self.audit.append(ACTOR.get(), "cohort.created", {"cohort": out["id"],
-                                                          "kind": out["kind"]})
+                                                          "kind": out["kind"], **detail})
         return out
 
     def delete_cohort(self, params: dict[str, str], body: bytes, role: str) -> Any:

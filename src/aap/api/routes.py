@@ -8,7 +8,7 @@ it, so the two cannot drift.
 | ``GET /insights``, ``GET /insights/{id}`` (runs it) | viewer |
 | ``POST /insights`` | analyst |
 | ``GET /cohorts`` | viewer |
-| ``POST /cohorts``, ``DELETE /cohorts/{id}`` | analyst |
+| ``POST /cohorts``, ``DELETE /cohorts/{id}`` | analyst (a static cohort: privacy) |
 | ``GET /keys``, ``POST /keys``, ``DELETE /keys/{id}`` | admin |
 | ``POST /privacy/requests``, ``GET /privacy/requests/{id}``, ``GET …/{id}/export`` | privacy |
 """
@@ -81,7 +81,8 @@ ROUTES: tuple[Route, ...] = (
            ok={"type": "object", "required": ["id", "name", "query", "result"]}),
     _route("GET", r"^/cohorts$", "viewer", "list_cohorts", "List cohorts",
            ok=_list("cohorts")),
-    _route("POST", r"^/cohorts$", "analyst", "create_cohort", "Create a cohort",
+    _route("POST", r"^/cohorts$", "analyst", "create_cohort",
+           "Create a cohort (a static cohort of ids needs role privacy)",
            body=_ref("CohortSpec")),
     _route("DELETE", r"^/cohorts/(?P<id>\d{1,12})$", "analyst", "delete_cohort",
            "Delete a cohort", errors=_ONE_ID,

@@ -32,6 +32,10 @@ _EXACT = frozenset({
     # identifiers a client may repeat in properties
     "userid", "anonymousid", "previousid", "distinctid", "anondistinctid", "deviceid",
     "advertisingid", "idfa", "idfv", "gaid", "adid",
+    # words glued into one that no casing separates ("lastip", "LASTIP", "mobilephone")
+    "lastip", "clientip", "remoteip", "userip", "sourceip", "realip", "forwardedip",
+    "peerip", "publicip", "visitorip", "customerip", "ipaddr", "mobilephone", "homephone",
+    "workphone", "mobilenumber", "cellnumber", "phoneno", "emailaddr",
 })
 """Normalized names (lower case, letters and digits only) that are personal as a whole."""
 
@@ -48,6 +52,7 @@ _SUBSTRINGS = ("email", "ipaddress", "phonenumber", "firstname", "lastname", "fu
 (``useremailverified``, ``customerphonenumber``)."""
 
 _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+_SEPARATORS = re.compile(r"[^A-Za-z0-9]+")
 
 
 def _normalize(name: str) -> str:
@@ -71,6 +76,9 @@ def is_personal_name(name: str) -> bool:
         return True
     if any(s in norm for s in _SUBSTRINGS):
         return True
+    # "PHONE", "pHoNe", "Last_iP": a separated part that is a token whatever its casing
+    if any(_normalize(part) in _TOKENS for part in _SEPARATORS.split(name)):
+        return True
     words = [w.lower() for w in _WORDS.findall(name)]
     if any(w in _TOKENS for w in words):
         return True
@@ -80,5 +88,8 @@ def is_personal_name(name: str) -> bool:
 
 
 def is_personal_path(path: str) -> bool:
-    """Whether a dotted path (``contact.email``, ``$set.Email``) has a personal part."""
-    return any(is_personal_name(part) for part in path.split("."))
+    """Whether a dotted path (``contact.email``, ``$set.Email``) has a personal part, or
+    a run of parts that names one together (``user.id``, ``$set.first.name``)."""
+    parts = path.split(".")[:32]
+    return any(is_personal_name(".".join(parts[i:j]))
+               for i in range(len(parts)) for j in range(i + 1, len(parts) + 1))

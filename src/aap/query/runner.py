@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 
 from aap.errors import BadRequest
-from aap.query import funnel, lifecycle, paths, retention, sql, stickiness, trends
+from aap.query import funnel, guard, lifecycle, paths, retention, sql, stickiness, trends
 from aap.query.common import CohortDef, Context
 from aap.query.models import (
     SQL,
@@ -48,18 +48,22 @@ def run_insight(warehouse: Warehouse, doc: bytes | str | dict[str, Any] | Insigh
                 ) -> dict[str, Any]:
     """The Python API: run one insight on a warehouse (the process that owns it).
 
-    ``on_personal_read`` is called (for the audit log) after a ``sql`` query that read
-    personal columns, with the columns, the rows returned and the query's SHA-256 (its
-    text may name a person, so it is not recorded)."""
+    Below role privacy, an insight that reads a personal field is refused (403
+    ``personal_data``, :mod:`aap.query.guard`). ``on_personal_read`` is called (for the
+    audit log) after a query at role privacy or admin that read personal data: for the
+    ``sql`` kind with the columns its plan read, the rows returned and the query's
+    SHA-256 (its text may name a person, so it is not recorded); for other kinds with the
+    personal fields it named (never the filter values)."""
     q = doc if isinstance(doc, (Trends, Funnel, Retention, Paths, Stickiness, Lifecycle, SQL)) \
         else parse_insight(doc)
+    fields = guard.check(q, role, cohort)
     snap = (lambda: snapshot(warehouse)) if use_cache else (lambda: plain_snapshot(warehouse))
     with (open_snapshot(warehouse) if use_cache else _plain(warehouse)) as (cur, views):
         ctx = Context(cur=cur, now=now or datetime.now(UTC), cohort=cohort, role=role,
                       snapshot=snap, daily=views.daily, cached_files=views.cached_files)
         if isinstance(q, SQL):
             result = sql.run(ctx, q, max_rows=sql_max_rows, max_seconds=timeout_s)
-            columns = sql.personal_columns(q.query, role)
+            columns = result.pop("personal_columns", [])
             if columns and on_personal_read is not None:
                 on_personal_read({"kind": "sql", "role": role, "columns": columns,
                                   "rows": len(result["rows"]),
@@ -68,7 +72,13 @@ def run_insight(warehouse: Warehouse, doc: bytes | str | dict[str, Any] | Insigh
         timer = threading.Timer(timeout_s, cur.interrupt)
         timer.start()
         try:
-            return RUNNERS[type(q)](ctx, q)
+            out = RUNNERS[type(q)](ctx, q)
+            nested = guard.result_fields(out)
+            guard.refuse(role, nested)
+            fields = fields + nested
+            if fields and on_personal_read is not None:
+                on_personal_read({"kind": out.get("kind", ""), "role": role, "fields": fields})
+            return out
         except duckdb.InterruptException:
             raise BadRequest(f"the insight ran over the time limit of {timeout_s:g} s",
                              code="timeout") from None

@@ -8,7 +8,11 @@
    ``enable_external_access=false`` (no files, no extensions, no network) and
    ``lock_configuration=true``, with its own memory limit. The views are streamed into
    it as Arrow from a snapshot of the warehouse, holding only the columns the role may
-   see: below role ``privacy`` the personal columns are left out.
+   see: below role ``privacy`` the personal columns are left out (a query that names
+   one is refused with 403 ``personal_data``, :func:`refuse_hidden`). Each column
+   arrives renamed ``view__column`` under a view that gives it its name back, so the
+   plan DuckDB makes for the query says which columns of which view it reads
+   (:func:`planned_columns`): at role privacy or above, the personal ones are audited.
 3. A time limit (the connection is interrupted) and a row limit (``truncated`` says the
    answer was cut).
 """
@@ -17,6 +21,8 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
+import re
 import threading
 import uuid
 from contextlib import ExitStack
@@ -27,11 +33,12 @@ import sqlglot
 from sqlglot import exp
 
 from aap.errors import BadRequest, Forbidden
+from aap.query import guard
 from aap.query.common import Context
 from aap.query.models import SQL
 from aap.store.schema import EVENT_COLUMNS
 
-ROLES = ("viewer", "analyst", "privacy", "admin")
+ROLES = guard.ROLES
 
 _NOT_RESTRICTED = ("person_id NOT IN (SELECT person_id FROM person_flags"
                    " WHERE flag = 'restricted')")
@@ -53,7 +60,7 @@ VIEWS: dict[str, tuple[str, tuple[str, ...]]] = {
                               "last_seen")),
 }
 PERSONAL: dict[str, frozenset[str]] = {
-    "events": frozenset({"person_id", "session_id", "properties", "city", "region"}),
+    "events": guard.PERSONAL_EVENT_COLUMNS | {"properties"},
     "persons": frozenset({"person_id", "traits"}),
     "sessions": frozenset({"session_id", "person_id"}),
     "orders": frozenset({"person_id", "session_id"}),
@@ -107,16 +114,93 @@ def check(query: str) -> tuple[exp.Expression, dict[str, int]]:
     return stmt, used
 
 
-def personal_columns(query: str, role: str) -> list[str]:
-    """The personal columns (``view.column``) a query reads — named anywhere in it, or
-    through ``*`` outside ``count(*)`` — for the audit log; none below role privacy, which
-    does not see them."""
-    if ROLES.index(role) < ROLES.index("privacy"):
-        return []
-    stmt, used = check(query)
-    names = {c.name.lower() for c in stmt.find_all(exp.Column)}
-    star = any(not isinstance(s.parent, exp.Count) for s in stmt.find_all(exp.Star))
-    return sorted(f"{v}.{c}" for v in used for c in PERSONAL[v] if star or c in names)
+_READ = re.compile(r'"?([a-z0-9_]+)__([a-z0-9_]*)"?')
+"""A column of a view's data as the plan names it (``events__person_id``); ``events__``
+is the view's row marker."""
+
+
+def _sources(view: str, role: str) -> tuple[str, str]:
+    """The SELECT list that streams a view's data into the sandbox (each column renamed
+    ``view__column``, after a row marker ``view__`` that plans read for ``count(*)``),
+    and the sandbox's view that gives the columns their names back."""
+    cols = visible_columns(view, role)
+    select = ", ".join([f'true AS "{view}__"', *(f'"{c}" AS "{view}__{c}"' for c in cols)])
+    names = ", ".join(f'"{view}__{c}" AS "{c}"' for c in cols) or f'"{view}__"'
+    return select, f'CREATE VIEW "{view}" AS SELECT {names} FROM "__aap_{view}"'
+
+
+def planned_columns(con: duckdb.DuckDBPyConnection, query: str, used: dict[str, int]
+                    ) -> list[str]:
+    """The personal columns (``view.column``) the query reads, as DuckDB plans it: the
+    columns of each view's data that the optimized plan scans (projected, filtered,
+    packed into a struct, or selected by ``*`` or ``COLUMNS``), whatever the SQL's
+    shape. When the plan cannot be read, every personal column of the views it names
+    (fail closed)."""
+    try:
+        text = "\n".join(str(r[-1]) for r in con.execute("EXPLAIN (FORMAT json) " + query)
+                         .fetchall())
+        json.loads(text)
+    except duckdb.InterruptException:
+        raise
+    except (duckdb.Error, ValueError):
+        text = ""
+    read = {(v, c) for v, c in _READ.findall(text) if v in used}
+    out = set()
+    for view in used:
+        if not text or "..." in text:  # unreadable or shortened: all of them
+            out |= {f"{view}.{c}" for c in PERSONAL[view]}
+        out |= {f"{view}.{c}" for v, c in read if v == view and c in PERSONAL[view]}
+    return sorted(out)
+
+
+def refuse_hidden(ctx: Context, query: str, used: dict[str, int], seconds: float) -> None:
+    """Below role privacy, a query that failed to bind: plan it on empty views with every
+    column, and when it binds there, refuse it (403 ``personal_data``) naming the
+    personal columns that plan reads (all those of its views when the plan, on no data,
+    shows none)."""
+    con = duckdb.connect(":memory:", config={
+        "enable_external_access": False, "threads": 1, "memory_limit": "64MB",
+        "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    timer = threading.Timer(seconds, con.interrupt)
+    timer.start()
+    try:
+        for view in used:
+            _, create = _sources(view, "admin")
+            empty = ", ".join([f'NULL::BOOLEAN AS "{view}__"', *(
+                f'NULL::{_TYPES.get((view, c), "VARCHAR")} AS "{view}__{c}"'
+                for c in VIEWS[view][1])])
+            con.execute(f'CREATE TABLE "__aap_{view}" AS SELECT {empty} WHERE false')
+            con.execute(create)
+        # on empty tables these would prune the scans whose columns are asked for
+        con.execute("SET disabled_optimizers = 'empty_result_pullup,statistics_propagation'")
+        con.execute("SET lock_configuration = true")
+        try:
+            con.execute("EXPLAIN " + query)
+        except duckdb.Error:
+            return
+        columns = planned_columns(con, query, used) or sorted(
+            f"{v}.{c}" for v in used for c in PERSONAL[v] - set(visible_columns(v, ctx.role)))
+    except duckdb.InterruptException:
+        return
+    finally:
+        timer.cancel()
+        con.close()
+    guard.refuse(ctx.role, columns, "this SQL")
+
+
+_TYPES: dict[tuple[str, str], str] = {
+    **{("events", n): t for n, t, _ in EVENT_COLUMNS},
+    ("persons", "person_id"): "BIGINT", ("persons", "traits"): "JSON",
+    ("persons", "first_seen"): "TIMESTAMP", ("persons", "last_seen"): "TIMESTAMP",
+    ("persons", "identified"): "BOOLEAN",
+    ("sessions", "person_id"): "BIGINT", ("sessions", "started_at"): "TIMESTAMP",
+    ("sessions", "ended_at"): "TIMESTAMP", ("sessions", "events"): "BIGINT",
+    ("sessions", "views"): "BIGINT",
+    ("orders", "person_id"): "BIGINT", ("orders", "timestamp"): "TIMESTAMP",
+    ("orders", "revenue"): "DOUBLE",
+}
+"""Column types for planning on empty views (VARCHAR where not listed: a plan's columns
+do not depend on them)."""
 
 
 def _jsonable(v: Any) -> Any:
@@ -154,23 +238,27 @@ def run(ctx: Context, q: SQL, *, max_rows: int = 100_000, max_seconds: float = 3
     })
     timer: threading.Timer | None = None
     readers: list[Any] = []
+    personal: list[str] = []
     with ExitStack() as stack:
         try:
             for view, refs in used.items():
                 real, _ = VIEWS[view]
-                cols = ", ".join(f'"{c}"' for c in visible_columns(view, ctx.role))
+                select, create = _sources(view, ctx.role)
                 cur = stack.enter_context(ctx.snapshot()) if ctx.snapshot else ctx.cur
-                rel = cur.sql(f"SELECT {cols} FROM {real}")
+                rel = cur.sql(f"SELECT {select} FROM {real}")
                 if refs > 1 or ctx.snapshot is None:
                     data: Any = rel.to_arrow_table()
                 else:
                     data = rel.to_arrow_reader(100_000)
                     readers.append(data)
-                sandbox.register(view, data)
+                sandbox.register(f"__aap_{view}", data)
+                sandbox.execute(create)
             sandbox.execute("SET lock_configuration = true")
             seconds = min(q.timeout_s, max_seconds)
             timer = threading.Timer(seconds, sandbox.interrupt)
             timer.start()
+            if guard.may_read_personal(ctx.role):
+                personal = planned_columns(sandbox, q.query, used)
             res = sandbox.execute(q.query)
             columns = [d[0] for d in res.description or []]
             rows = res.fetchmany(limit + 1)
@@ -179,10 +267,8 @@ def run(ctx: Context, q: SQL, *, max_rows: int = 100_000, max_seconds: float = 3
                              code="timeout") from None
         except duckdb.BinderException as exc:
             msg = str(exc).splitlines()[0]
-            hidden = sorted({c for v in used for c in PERSONAL[v]
-                             if c not in visible_columns(v, ctx.role) and c in q.query})
-            if hidden:
-                msg += f" (personal columns {', '.join(hidden)} need role privacy)"
+            if not guard.may_read_personal(ctx.role):
+                refuse_hidden(ctx, q.query, used, seconds)
             raise BadRequest(msg, code="bad_query") from None
         except duckdb.Error as exc:
             raise BadRequest(str(exc).splitlines()[0], code="bad_query") from None
@@ -195,4 +281,4 @@ def run(ctx: Context, q: SQL, *, max_rows: int = 100_000, max_seconds: float = 3
     truncated = len(rows) > limit
     return {"kind": "sql", "columns": columns,
             "rows": [[_jsonable(v) for v in r] for r in rows[:limit]],
-            "truncated": truncated}
+            "truncated": truncated, "personal_columns": personal}
