@@ -109,23 +109,24 @@ REPORT_S = 3.0
 whole stop stays within 10 s: this, then at most ``STOP_GRACE_S + 1`` for the server)."""
 
 
-def _count(server: ServerProcess, timeout: float) -> int | None:
-    """Events in the warehouse once the processor has caught up, or ``None`` if it has
+Rows = list[list[object]]
+
+
+def _rows(server: ServerProcess, timeout: float) -> Rows | None:
+    """The report's rows once the processor has caught up, or ``None`` if the core has
     not answered within ``timeout`` (a loaded machine): the demo goes on."""
     try:
         server.wait_processed(timeout=timeout)
-        (n,) = server.sql("SELECT count(*) FROM events", timeout=timeout)[0]
+        return server.sql(EVENTS_SQL, timeout=timeout)
     except (TimeoutError, httpx.HTTPError, RuntimeError):
         return None
-    return int(n)  # type: ignore[call-overload]
 
 
-def _report(server: ServerProcess, console: Console, timeout: float) -> None:
-    server.wait_processed(timeout=timeout)
-    table = Table(title="What the page sent (the warehouse)")
+def _report(rows: Rows, console: Console, note: str = "") -> None:
+    table = Table(title="What the page sent (the warehouse)" + note)
     for col in ("event", "events", "persons"):
         table.add_column(col)
-    for name, count, persons in server.sql(EVENTS_SQL, timeout=timeout):
+    for name, count, persons in rows:
         table.add_row(str(name), str(count), str(persons))
     console.print(table)
 
@@ -148,23 +149,27 @@ def run_page_demo(page_port: int = 8080, duration: float | None = None,
                 console.print("accept analytics, click around, then press Ctrl-C to see what"
                               " arrived")
                 deadline = None if duration is None else time.monotonic() + duration
+                rows: Rows = []
                 seen = -1
                 try:
                     while deadline is None or time.monotonic() < deadline:
                         time.sleep(1.0)
-                        n = _count(server, timeout=30)
-                        if n is not None and n != seen:
-                            seen = n
+                        got = _rows(server, timeout=30)
+                        n = sum(int(r[1]) for r in got) if got is not None else seen  # type: ignore[call-overload]
+                        if got is not None and n != seen:
+                            rows, seen = got, n
                             console.print(f"events in the warehouse: {seen}")
                 except KeyboardInterrupt:
                     pass
                 try:
-                    _report(server, console, REPORT_S)
-                except (TimeoutError, httpx.HTTPError, RuntimeError):
-                    console.print(f"no report: the warehouse did not answer within {REPORT_S:.0f}"
-                                  " s (a busy machine); stopping")
-                except KeyboardInterrupt:  # a second Ctrl-C: no report
-                    pass
+                    final = _rows(server, REPORT_S)
+                except KeyboardInterrupt:  # a second Ctrl-C: what was last counted
+                    final = None
+                if final is not None:
+                    _report(final, console)
+                else:  # a busy machine: the core did not answer in time
+                    _report(rows, console, f" as last counted: the core did not answer"
+                                           f" within {REPORT_S:.0f} s")
             finally:
                 site.close()
                 console.print(f"stopping the server (at most {STOP_GRACE_S + 1:.0f} s)")
