@@ -12,6 +12,12 @@ from aap.log.sqlite import SQLiteLog
 from aap.privacy.sealing import Sealer
 from aap.runner import ServerProcess, create_source
 
+# httpx's default timeout (5 s) would make every httpx.get/post without one a latency
+# assertion that a loaded machine breaks: tests wait generously instead.
+_default_timeout = httpx._config.DEFAULT_TIMEOUT_CONFIG
+_default_timeout.connect = _default_timeout.read = _default_timeout.write = 120.0
+_default_timeout.pool = 120.0
+
 
 class Running:
     """A running server with one source, and helpers to read what it stored."""

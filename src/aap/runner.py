@@ -68,7 +68,7 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0, *, healthy: bool = True) -> ServerProcess:
+    def start(self, timeout: float = 180.0, *, healthy: bool = True) -> ServerProcess:
         """Start and wait until /healthz answers 200 (or answers at all, if not ``healthy``)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log_file, "ab")
@@ -110,7 +110,7 @@ class ServerProcess:
         with self.core(timeout) as c:
             return int(c.get("/healthz").json()["position"])
 
-    def wait_processed(self, timeout: float = 30.0) -> None:
+    def wait_processed(self, timeout: float = 180.0) -> None:
         """Wait until the processor has consumed everything in the log so far."""
         from aap.log.sqlite import SQLiteLog
 
@@ -123,7 +123,7 @@ class ServerProcess:
                 raise TimeoutError(f"processor did not reach offset {head} in {timeout}s")
             time.sleep(0.02)
 
-    def wait_healthy(self, timeout: float = 30.0, *, any_answer: bool = False) -> None:
+    def wait_healthy(self, timeout: float = 180.0, *, any_answer: bool = False) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:

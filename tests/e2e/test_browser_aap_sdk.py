@@ -195,7 +195,7 @@ def test_withdrawal_stops_at_once_and_clears_the_device(tab: Tab) -> None:
     marks = ", ".join("?" for _ in before)
     wait_for(lambda: tab.running.server.sql(
         f"SELECT count(*) FROM events WHERE message_id IN ({marks})", before) == [[0]],
-        timeout=30, what="the withdrawn events to leave the warehouse")
+        timeout=120, what="the withdrawn events to leave the warehouse")
     tab.page.reload()
     tab.pause(500)
     assert tab.storage()["local"] == ["aap_consent"]
@@ -335,7 +335,7 @@ def test_retries_with_backoff_while_the_server_answers_503(browser: Any, tmp_pat
             "page", "Retried"]  # kept for the next try
         log.commit("slow-consumer", log.stats().head_offset)  # the consumer caught up
         wait_for(lambda: any(e.event == "Retried" for e in r.stored()) or t.pause() or False,
-                 timeout=30, what="the retried batch")
+                 timeout=120, what="the retried batch")
         t.pause(300)  # let Playwright deliver the last response events
         assert ("/v1/batch", 200) in t.statuses
         anon = t.anon()

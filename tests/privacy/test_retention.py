@@ -305,7 +305,7 @@ def test_ids_of_persons_whose_events_all_expired_are_forgotten(tmp_path: Path) -
         ])
         server.wait_processed()
         ks = Keystore(data)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline and ks.identifier(k_user) is not None:
             time.sleep(0.5)
         # the expired person: events, profile, ids, keystore entries gone
