@@ -112,6 +112,10 @@ def cpu_hog() -> Iterator[None]:
         h.wait()
 
 
+SIGNALS = pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM],
+                                  ids=["SIGINT", "SIGTERM"])
+
+
 def _demo(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
     out = tmp / "demo.out"
     with open(out, "wb") as f:
@@ -126,7 +130,7 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@SIGNALS
 def test_serve_stops_everything_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
     server = ServerProcess(tmp_path / "data", workers=2).start(timeout=180)
     try:
@@ -140,31 +144,34 @@ def test_serve_stops_everything_on_a_signal(tmp_path: Path, sig: signal.Signals)
         server.kill()
 
 
-def test_demo_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+@SIGNALS
+def test_demo_stops_everything_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
     proc, out = _demo(tmp_path, "--people", "20000")
     try:
         wait_until(lambda: b"server up at" in out.read_bytes() or proc.poll() is not None,
                    "the demo's server")
         assert proc.poll() is None, out.read_text()
         procs = full_tree(proc.pid)
-        proc.send_signal(signal.SIGINT)  # while it sends traffic and the core processes it
+        proc.send_signal(sig)  # while it sends traffic and the core processes it
         left = gone_within(procs, STOP_S)
-        assert not left, f"still running {STOP_S:.0f} s after Ctrl-C: {names(dict.fromkeys(left, ''))}"
+        assert not left, f"still running {STOP_S:.0f} s after {sig.name}: {names(dict.fromkeys(left, ''))}"
     finally:
         _reap(proc)
 
 
-def test_demo_page_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+@SIGNALS
+def test_demo_page_stops_everything_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
     proc, out = _demo(tmp_path, "--page", "--page-port", str(free_port()))
     try:
         wait_until(lambda: b"events in the warehouse" in out.read_bytes()
                    or proc.poll() is not None, "the demo page's first count")
         assert proc.poll() is None, out.read_text()
         procs = full_tree(proc.pid)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         left = gone_within(procs, STOP_S)
-        assert not left, f"still running {STOP_S:.0f} s after Ctrl-C: {names(dict.fromkeys(left, ''))}"
+        assert not left, f"still running {STOP_S:.0f} s after {sig.name}: {names(dict.fromkeys(left, ''))}"
         assert proc.wait() == 0, out.read_text()
+        assert "What the page sent" in out.read_text()  # the report, then the stop
     finally:
         _reap(proc)
 
