@@ -233,3 +233,22 @@ def test_a_garbage_collected_server_is_killed(tmp_path: Path) -> None:
     gc.collect()
     left = gone_within(procs, ORPHAN_S)
     assert not left, f"a collected ServerProcess left: {names(dict.fromkeys(left, ''))}"
+
+
+_CHILD = ("import os\nfrom aap.lifecycle import PARENT_ENV, die_with_parent\n"
+          "die_with_parent()\nprint('alive', os.environ[PARENT_ENV] == str(os.getpid()))\n")
+
+
+def test_a_child_whose_parent_is_already_gone_dies_at_once() -> None:
+    """The re-check after PR_SET_PDEATHSIG: a child told of a parent that is not its
+    parent (as when the parent died between the fork and the prctl, and the child was
+    adopted) kills itself."""
+    from aap.lifecycle import PARENT_ENV, child_env
+
+    done = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True,
+                          env=child_env())
+    assert done.returncode == 0 and done.stdout.split() == ["alive", "True"], done.stderr
+    not_the_parent = {**os.environ, PARENT_ENV: str(os.getppid())}  # our parent, not its
+    done = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True,
+                          env=not_the_parent)
+    assert done.returncode == -signal.SIGKILL and "alive" not in done.stdout, done
