@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,6 +191,10 @@ def test_kill_9_of_the_demo_leaves_no_process(tmp_path: Path) -> None:
         assert not left, f"orphans of a killed demo: {names(dict.fromkeys(left, ''))}"
     finally:
         _reap(proc)
+        # a killed demo cannot remove its temporary data dir ("data dir /tmp/aap-demo-…/data")
+        said = re.search(r"data dir (\S+)/data", out.read_text().replace("\n", ""))
+        if said and Path(said[1]).name.startswith("aap-demo-"):
+            shutil.rmtree(said[1], ignore_errors=True)
 
 
 def test_kill_9_of_serve_leaves_no_process(tmp_path: Path) -> None:
