@@ -212,7 +212,9 @@ def test_the_thread_runs_retention_on_its_own_interval() -> None:
 
     th = TieringThread(None, TierPolicy(), interval_s=3600, retention=Fake())  # type: ignore[arg-type]
     th.start()
-    time.sleep(0.6)
+    deadline = time.monotonic() + 60  # every 50 ms: poll, generously (a loaded machine)
+    while Fake.calls < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
     th.close()
     assert Fake.calls >= 5  # the hour-long tiering interval does not hold it back
     assert not any(t.name == "aap-tiering" for t in threading.enumerate())
