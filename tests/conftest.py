@@ -6,11 +6,21 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import settings
 
 from aap.events import Event, decode_events
 from aap.log.sqlite import SQLiteLog
 from aap.privacy.sealing import Sealer
 from aap.runner import ServerProcess, create_source
+
+# httpx's default timeout (5 s) would make every httpx.get/post without one a latency
+# assertion that a loaded machine breaks: tests wait generously instead.
+_default_timeout = httpx._config.DEFAULT_TIMEOUT_CONFIG
+_default_timeout.connect = _default_timeout.read = _default_timeout.write = 120.0
+_default_timeout.pool = 120.0
+# nor is hypothesis's per-example deadline (200 ms) a thing a loaded machine keeps
+settings.register_profile("aap", deadline=None)
+settings.load_profile("aap")
 
 
 class Running:

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from aap.api.keys import ApiKeys
 from aap.events import decode_events
+from aap.lifecycle import interrupt_on_sigterm
 from aap.log.sqlite import SQLiteLog
 from aap.query import showcase
 from aap.runner import ServerProcess, create_source
@@ -249,6 +250,8 @@ def erasure_demo(server: ServerProcess, privacy_key: str, events: list[dict[str,
 
 
 def run_demo(people: int = 3000, seed: int = 7, keep: bool = False) -> int:
+    """The demo; Ctrl-C or SIGTERM stops it and its server (in at most ten seconds)."""
+    interrupt_on_sigterm()
     console = Console()
     tmp = Path(tempfile.mkdtemp(prefix="aap-demo-"))
     data = tmp / "data"

@@ -13,10 +13,13 @@ import ssl
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 from types import TracebackType
 
 import httpx
+
+from aap.lifecycle import STOP_GRACE_S, child_env
 
 
 def free_port() -> int:
@@ -40,8 +43,22 @@ def create_source(data_dir: Path, name: str, *args: str) -> str:
     return out.strip().splitlines()[-1]
 
 
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group of ``proc`` (its leader) and reap the leader."""
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+
+
 class ServerProcess:
-    """``aap serve`` in its own process group; ``kill()`` is a ``kill -9`` of all of it."""
+    """``aap serve`` in its own process group; ``kill()`` is a ``kill -9`` of all of it.
+
+    The server dies with the process that started it (:mod:`aap.lifecycle`), and is
+    killed when this object is garbage-collected or the interpreter exits without
+    stopping it."""
 
     def __init__(self, data_dir: Path, port: int | None = None, *, workers: int = 2,
                  env: dict[str, str] | None = None, log_file: Path | None = None) -> None:
@@ -51,6 +68,7 @@ class ServerProcess:
         self.env = {**os.environ, **(env or {})}
         self.log_file = log_file or (self.data_dir.parent / f"{self.data_dir.name}-server.log")
         self.proc: subprocess.Popen[bytes] | None = None
+        self._finalizer: weakref.finalize[[subprocess.Popen[bytes]], ServerProcess] | None = None
 
     @property
     def tls(self) -> ssl.SSLContext | None:
@@ -63,16 +81,18 @@ class ServerProcess:
     def url(self) -> str:
         return f"{'https' if self.env.get('AAP_TLS_CERT') else 'http'}://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0, *, healthy: bool = True) -> ServerProcess:
+    def start(self, timeout: float = 180.0, *, healthy: bool = True) -> ServerProcess:
         """Start and wait until /healthz answers 200 (or answers at all, if not ``healthy``)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log_file, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "aap", "serve", "--data-dir", str(self.data_dir),
              "--port", str(self.port), "--workers", str(self.workers)],
-            stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            stdout=out, stderr=subprocess.STDOUT, env=child_env(self.env),
+            start_new_session=True,
         )
         out.close()
+        self._finalizer = weakref.finalize(self, _kill_group, self.proc)
         try:
             self.wait_healthy(timeout, any_answer=not healthy)
         except BaseException:
@@ -84,25 +104,26 @@ class ServerProcess:
     def core_socket(self) -> Path:
         return self.data_dir / "run" / "core.sock"
 
-    def core(self) -> httpx.Client:
+    def core(self, timeout: float = 60.0) -> httpx.Client:
         """A client of the core process (processor, warehouse) over its Unix socket."""
         return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.core_socket)),
-                            base_url="http://core", timeout=60)
+                            base_url="http://core", timeout=timeout)
 
-    def sql(self, query: str, params: list[object] | None = None) -> list[list[object]]:
+    def sql(self, query: str, params: list[object] | None = None, timeout: float = 60.0
+            ) -> list[list[object]]:
         """Rows of a read query on the warehouse."""
-        with self.core() as c:
+        with self.core(timeout) as c:
             r = c.post("/internal/sql", json={"sql": query, "params": params or []})
         if r.status_code != 200:
             raise RuntimeError(f"query failed: {r.text}")
         rows: list[list[object]] = r.json()["rows"]
         return rows
 
-    def processed_position(self) -> int:
-        with self.core() as c:
+    def processed_position(self, timeout: float = 60.0) -> int:
+        with self.core(timeout) as c:
             return int(c.get("/healthz").json()["position"])
 
-    def wait_processed(self, timeout: float = 30.0) -> None:
+    def wait_processed(self, timeout: float = 180.0) -> None:
         """Wait until the processor has consumed everything in the log so far."""
         from aap.log.sqlite import SQLiteLog
 
@@ -110,12 +131,12 @@ class ServerProcess:
         head = log.stats().head_offset
         log.close()
         deadline = time.monotonic() + timeout
-        while self.processed_position() < head:
+        while self.processed_position(max(0.5, deadline - time.monotonic())) < head:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"processor did not reach offset {head} in {timeout}s")
             time.sleep(0.02)
 
-    def wait_healthy(self, timeout: float = 30.0, *, any_answer: bool = False) -> None:
+    def wait_healthy(self, timeout: float = 180.0, *, any_answer: bool = False) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
@@ -143,24 +164,33 @@ class ServerProcess:
         """SIGKILL the whole process group: master and workers die at once."""
         if self.proc is None:
             return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        self.proc = None
+        _kill_group(self.proc)
+        self._forget()
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """Graceful stop (SIGTERM to the group), falling back to kill."""
+    def stop(self, timeout: float = STOP_GRACE_S + 1) -> None:
+        """Graceful stop (SIGTERM to the group), then SIGKILL to whatever of the group
+        is left after ``timeout`` seconds, or once the server has exited (the server
+        kills its own children :data:`~aap.lifecycle.STOP_GRACE_S` seconds after it was
+        told to stop)."""
         if self.proc is None:
             return
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout)
-        except ProcessLookupError:
+        except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
-        except subprocess.TimeoutExpired:
-            self.kill()
+        finally:  # also on a second Ctrl-C: stragglers of the group are killed
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait()
+            self._forget()
+
+    def _forget(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._finalizer = None
         self.proc = None
 
     def __enter__(self) -> ServerProcess:

@@ -64,7 +64,7 @@ class PageServer:
 
 
 def wait_rows(server: ServerProcess, anchor: str, check: Callable[[list[Row]], bool],
-              timeout: float = 20.0) -> list[Row]:
+              timeout: float = 120.0) -> list[Row]:
     """The rows of the person who has event ``anchor``, once ``check`` holds for them."""
     deadline = time.monotonic() + timeout
     rows: list[Row] = []
@@ -77,7 +77,7 @@ def wait_rows(server: ServerProcess, anchor: str, check: Callable[[list[Row]], b
     raise AssertionError(f"the warehouse never held what was expected: {rows}")
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+def wait_for(cond: Callable[[], bool], timeout: float = 120.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

@@ -22,7 +22,7 @@ BATCH = 25
 def _load(url: str, key: str, cycle: int, worker: int, stop: threading.Event,
           acked: list[str], attempted: list[str]) -> None:
     n = 0
-    with httpx.Client(base_url=url, auth=(key, ""), timeout=10) as client:
+    with httpx.Client(base_url=url, auth=(key, ""), timeout=60) as client:
         while not stop.is_set():
             ids = [f"c{cycle}-w{worker}-r{n}-e{i}" for i in range(BATCH)]
             n += 1

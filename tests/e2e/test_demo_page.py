@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,15 +22,17 @@ def _up(url: str) -> bool:
         return False
 
 
-def test_demo_page_sends_what_the_visitor_does(browser: Any) -> None:
+def test_demo_page_sends_what_the_visitor_does(browser: Any, tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "aap", "demo", "--page", "--page-port",
-                             str(port), "--duration", "120"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "demo.out"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "aap", "demo", "--page", "--page-port",
+                                 str(port), "--duration", "600"],
+                                stdout=f, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}/"
-        wait_for(lambda: _up(url) or proc.poll() is not None, timeout=60, what="the demo page")
-        assert proc.poll() is None
+        wait_for(lambda: _up(url) or proc.poll() is not None, timeout=180, what="the demo page")
+        assert proc.poll() is None, log.read_text()
         ctx = browser.new_context()
         page = ctx.new_page()
         page.goto(url)
@@ -40,14 +43,19 @@ def test_demo_page_sends_what_the_visitor_does(browser: Any) -> None:
         page.click("#buy")
         page.fill("input[name=email]", "visitor@example.com")
         page.click("#newsletter button")
-        page.wait_for_timeout(2500)  # the SDK flushes every second
+        # the SDK flushes every second, the demo prints the count as it changes: wait for
+        # all seven events to be in the warehouse (however long a loaded machine takes),
+        # so the report after Ctrl-C has nothing left to wait for
+        wait_for(lambda: "events in the warehouse: 7" in log.read_text()
+                 or proc.poll() is not None, timeout=180, what="the seven events")
         ctx.close()
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    out = log.read_text()
     assert proc.returncode == 0, out
     report = out[out.index("What the page sent"):]
     counts = {}

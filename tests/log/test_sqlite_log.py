@@ -138,7 +138,9 @@ def test_committer_runs_retention(tmp_path: Path) -> None:
     # retention of ~20 ms: the three old records go, the new one stays
     c = GroupCommitter(log, retention_hours=0.02 / 3600, retention_every_s=0.05)
     off = asyncio.run(c.append(Append("s", 1, b"new")))
-    time.sleep(0.2)
+    deadline = time.monotonic() + 60  # it runs every 50 ms: poll, generously
+    while [r.offset for r in log.read(0)] != [off] and time.monotonic() < deadline:
+        time.sleep(0.05)
     c.close()
     assert [r.offset for r in log.read(0)] == [off]
 

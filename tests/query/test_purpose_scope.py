@@ -51,12 +51,14 @@ def test_only_events_for_analytics_reach_insights_and_sql(tmp_path: Path) -> Non
                                json={"batch": batch(prefix + when.strftime("%d"), when, n)})
                 assert r.status_code == 200 and r.json()["accepted"] == n, r.text
         server.wait_processed()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline and server.sql(
                 "SELECT count(*) FROM events_raw WHERE timestamp < ?",
                 [(DAY + timedelta(days=1)).replace(tzinfo=None).isoformat()]) != [[0]]:
             time.sleep(0.5)  # the old day moved to the warm tier
-        time.sleep(2.5)  # the query cache has picked the warm file up
+        while server.sql("SELECT count(*) FROM query_cache_files") == [[0]]:
+            assert time.monotonic() < deadline, "the query cache never picked the warm file up"
+            time.sleep(0.5)
 
         def query(doc: dict[str, Any]) -> dict[str, Any]:
             r = httpx.post(server.url + "/api/v1/query", json=doc, timeout=60,

@@ -92,7 +92,8 @@ class Core:
             return frozenset(s.id for s in sources.list() if s.historical)
 
         hasher = IdHasher.for_data_dir(data)
-        self.rights = Rights(data, self.warehouse, self.keystore, hasher, AuditLog(data))
+        self.rights = Rights(data, self.warehouse, self.keystore, hasher, AuditLog(data),
+                             log=self.log)
         self.processor = Processor(
             self.log, self.warehouse, hasher,
             historical_sources=historical,

@@ -74,6 +74,7 @@ ROUTES: tuple[Route, ...] = (
     _route("GET", r"^/insights$", "viewer", "list_insights", "List saved insights",
            ok=_list("insights")),
     _route("POST", r"^/insights$", "analyst", "save_insight", "Save an insight",
+           errors=_ONE_ID,  # 404: a cohort it names does not exist
            body={"type": "object", "required": ["name", "query"], "additionalProperties": False,
                  "properties": {"name": {"type": "string"}, "query": _ref("Insight")}}),
     _route("GET", r"^/insights/(?P<id>\d{1,12})$", "viewer", "run_saved",

@@ -540,6 +540,9 @@ class Collector:
 
 def create_app() -> Collector:
     """Factory for the ASGI server: each worker process builds its own collector."""
+    from aap.lifecycle import die_with_parent
+
+    die_with_parent()  # a worker dies with `aap serve`
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = Collector(Settings())
     # Requests allocate many short-lived containers and form no cycles: collect rarely,

@@ -5,13 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aap.datadir import secure
+from aap.lifecycle import STOP_GRACE_S, child_env, die_with_parent
 from aap.settings import Settings
 
 logger = logging.getLogger("aap.serve")
@@ -48,6 +53,7 @@ def serve_core(settings: Settings) -> None:
 
     from aap.api.app import create_app
 
+    die_with_parent()
     os.environ["AAP_DATA_DIR"] = str(settings.data_path)
     secure(settings.data_path)  # the socket and every file the core writes: owner only
     sock = core_socket(settings)
@@ -61,6 +67,11 @@ def serve_core(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> None:
+    """The collector workers (granian) and the core, until SIGINT or SIGTERM: then both
+    are told to stop at once, and what is still running :data:`STOP_GRACE_S` seconds
+    later is killed (the core's current chunk is abandoned: its log position was not
+    committed, so the next core does it again)."""
+    die_with_parent()
     workers = worker_count(settings)
     env = prepare(settings)
     env["AAP_WORKERS"] = str(workers)
@@ -74,7 +85,7 @@ def serve(settings: Settings) -> None:
     core = CoreSupervisor(settings)
     core.start()
     try:
-        _serve_collector(settings, workers)
+        _serve_collector(settings, workers, on_stop=core.terminate)
     finally:
         core.close()
 
@@ -87,41 +98,78 @@ class CoreSupervisor:
         self.cmd = [sys.executable, "-m", "aap", "process", "--data-dir", str(settings.data_path)]
         self.proc: subprocess.Popen[bytes] | None = None
         self.closing = threading.Event()
+        self.stopping_at: float | None = None
+        self.lock = threading.RLock()  # also taken by the signal handler
         self.thread = threading.Thread(target=self._watch, name="aap-core-supervisor",
                                        daemon=True)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.cmd)
+        self.proc = subprocess.Popen(self.cmd, env=child_env())
         self.thread.start()
 
     def _watch(self) -> None:
+        # the core dies with the thread that started it (PR_SET_PDEATHSIG): this thread
+        # lives until the core has stopped
         while not self.closing.is_set():
             assert self.proc is not None
             code = self.proc.wait()
             if self.closing.wait(1.0):
                 return
-            logger.warning("core process exited with %s; starting it again", code)
-            self.proc = subprocess.Popen(self.cmd)
+            with self.lock:
+                if self.closing.is_set():
+                    return
+                logger.warning("core process exited with %s; starting it again", code)
+                self.proc = subprocess.Popen(self.cmd, env=child_env())
+
+    def terminate(self) -> None:
+        """Tell the core to stop (SIGTERM), without waiting; it is not started again."""
+        with self.lock:
+            self.closing.set()
+            if self.stopping_at is None:
+                self.stopping_at = time.monotonic()
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
 
     def close(self) -> None:
-        self.closing.set()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        """Stop the core: SIGTERM, then SIGKILL :data:`STOP_GRACE_S` seconds after the
+        stop began."""
+        self.terminate()
+        assert self.stopping_at is not None
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            proc.wait(max(0.0, self.stopping_at + STOP_GRACE_S - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.warning("the core did not stop in %.0f s: killed", STOP_GRACE_S)
+            proc.kill()
+            proc.wait()
 
 
-def _serve_collector(settings: Settings, workers: int) -> None:
+def _granian(on_stop: Callable[[], None], **kw: Any) -> Any:
+    """Granian's server, which also calls ``on_stop`` the moment it is told to stop (so
+    the core stops while the workers do, not after them)."""
     from granian import Granian
+
+    class Server(Granian):  # type: ignore[misc,valid-type]
+        def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+            try:
+                on_stop()
+            finally:
+                super().signal_handler_interrupt(*args, **kwargs)
+
+    return Server(**kw)
+
+
+def _serve_collector(settings: Settings, workers: int, on_stop: Callable[[], None]) -> None:
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
 
     tls = {"ssl_cert": Path(settings.tls_cert), "ssl_key": Path(settings.tls_key)} \
         if settings.tls_cert else {}
-    Granian(
-        "aap.collect.app:create_app",
+    _granian(
+        on_stop,
+        target="aap.collect.app:create_app",
         factory=True,
         address=settings.host,
         port=int(settings.port),
@@ -137,5 +185,6 @@ def _serve_collector(settings: Settings, workers: int) -> None:
         # have their own deadline in the collector (AAP_BODY_TIMEOUT_S)
         http1_settings=HTTP1Settings(
             header_read_timeout=max(1, int(float(settings.header_timeout_s) * 1000))),
-        **tls,  # type: ignore[arg-type]
+        **tls,
+        workers_kill_timeout=int(STOP_GRACE_S),  # then a worker that did not stop is killed
     ).serve()

@@ -1,8 +1,11 @@
 """Data-subject rights, run in the core process (which owns the warehouse).
 
-**Access and portability** (Art. 15, 20): :meth:`Rights.access` writes one zip with the
-person's profile, events, sessions, orders and consent history from every tier, and the
-purposes, recipients and retention, as JSON and CSV.
+**Access and portability** (Art. 15, 20): :meth:`Rights.access` writes one zip with
+what AAP holds about the person, opened for them: their raw ids (opened from the
+keystore), their profile, rectified personal traits, events, sessions, orders and
+consent history from every tier, the events still in the durable log with everything
+sealed in them opened (:meth:`aap.privacy.sealing.Sealer.unseal`), and the purposes,
+recipients and retention, as JSON and CSV.
 
 **Erasure** (GDPR Art. 17) of the person behind a userId or anonymousId:
 
@@ -40,13 +43,15 @@ from typing import Any
 
 import msgspec
 
+from aap.events import Event, decode_events
+from aap.log.base import Log
 from aap.privacy import exports
 from aap.privacy.audit import AuditLog
 from aap.privacy.consent import ConsentLedger, Statement
 from aap.privacy.ids import IdHasher
 from aap.privacy.keystore import Keystore
 from aap.privacy.purposes import Registry
-from aap.privacy.sealing import PERSONAL_TRAITS
+from aap.privacy.sealing import PERSONAL_TRAITS, Sealer
 from aap.query.cohorts import Cohorts
 from aap.store.warehouse import Warehouse
 
@@ -57,7 +62,10 @@ the sources in it."""
 
 class Rights:
     def __init__(self, data_dir: Path, warehouse: Warehouse, keystore: Keystore,
-                 hasher: IdHasher, audit: AuditLog) -> None:
+                 hasher: IdHasher, audit: AuditLog, log: Log | None = None) -> None:
+        self.log = log
+        """The durable log, whose records the access export opens (none: not read)."""
+        self.sealer = Sealer(data_dir, hasher=hasher, keystore=keystore)
         self.dir = data_dir / "privacy" / "receipts"
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.exports = data_dir / "privacy" / "exports"
@@ -234,12 +242,15 @@ class Rights:
                    if scope is None or s.where == scope[0] or s.where in within]
         purposes = [msgspec.to_builtins(p) for p in self.registry.purposes.values()]
         personal = self.keystore.personal_traits(all_keys) if whole else {}
+        logged = self.logged_events(all_keys, sources=None if scope is None else set(within))
+        identifiers = self.identifiers(keys, named, all_keys, logged)
         export_id = "ac_" + secrets.token_hex(8)
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
             z.writestr("README.txt", _EXPORT_README)
-            z.writestr("identifiers.json", _json(named))
+            z.writestr("identifiers.json", _json(identifiers))
             z.writestr("personal_traits.json", _json(personal))
+            z.writestr("log_events.json", _json(logged))
             for name, (cols, rows) in tables.items():
                 z.writestr(f"{name}.json", _json([dict(zip(cols, r, strict=True)) for r in rows]))
                 z.writestr(f"{name}.csv", _csv(cols, rows))
@@ -255,6 +266,8 @@ class Rights:
                    "persons": len(persons), "events": len(tables["events"][1]),
                    "sessions": len(tables["sessions"][1]), "orders": len(tables["orders"][1]),
                    "consent_statements": len(consent), "personal_traits": len(personal),
+                   "identifiers": sum(len(v) for v in identifiers.values()),
+                   "log_events": len(logged),
                    "restricted": self.wh.is_flagged(persons, "restricted"),
                    "seconds": round(time.perf_counter() - t0, 3)}
         if path is None:
@@ -262,6 +275,59 @@ class Rights:
         self.audit.append(actor, "privacy.access", {k: v for k, v in summary.items()
                                                     if k != "path"})
         return summary
+
+    def logged_events(self, keys: set[int], sources: set[str] | None = None
+                      ) -> list[dict[str, Any]]:
+        """The person's events still in the durable log (of ``sources`` only, when given:
+        a request scoped to a controller), opened: raw ids, and the personal traits,
+        properties and context fields sealed in them (where the keys still exist), as
+        received; the sealed blobs themselves are left out."""
+        if self.log is None or not keys:
+            return []
+        out: list[dict[str, Any]] = []
+        after = 0
+        while recs := self.log.read(after, 500):
+            for rec in recs:
+                for ev in decode_events(rec.payload):
+                    if self._owned(ev, keys) and (sources is None or ev.source in sources):
+                        ev = self.sealer.unseal(ev)
+                        ev.sealed = {}
+                        out.append(msgspec.to_builtins(ev))
+            after = recs[-1].offset
+        return out
+
+    def _owned(self, ev: Event, keys: set[int]) -> bool:
+        for raw, key in ((ev.user_id, ev.user_key), (ev.anonymous_id, ev.anonymous_key),
+                         (ev.previous_id, ev.previous_key)):
+            if key is None and raw is not None:  # written unsealed (tools, tests)
+                key = self.hasher.key(raw)
+            if key in keys:
+                return True
+        return False
+
+    def identifiers(self, keys: list[int], named: dict[str, Any], all_keys: set[int],
+                    logged: list[dict[str, Any]]) -> dict[str, list[str]]:
+        """The person's raw ids held by AAP (opened from the keystore), by kind: the
+        kind the request named, else the field an event of theirs carried it in."""
+        kinds: dict[int, str] = {}
+        for ev in logged:
+            for field, kind in (("userId", "userIds"), ("previousId", "userIds"),
+                                ("anonymousId", "anonymousIds")):
+                if ev.get(field) is not None:
+                    kinds.setdefault(self.hasher.key(ev[field]), kind)
+        users = named.get("userIds", [None] if named.get("userId") is True else [])
+        anons = named.get("anonymousIds", [None] if named.get("anonymousId") is True else [])
+        if isinstance(users, list) and isinstance(anons, list) and \
+                len(users) + len(anons) == len(keys):
+            for k, kind in zip(keys, ["userIds"] * len(users) + ["anonymousIds"] * len(anons),
+                               strict=True):
+                kinds[k] = kind
+        out: dict[str, list[str]] = {"userIds": [], "anonymousIds": [], "other": []}
+        for k in dict.fromkeys([*keys, *sorted(all_keys)]):
+            raw = self.keystore.identifier(k)
+            if raw is not None:
+                out[kinds.get(k, "other")].append(raw)
+        return out
 
     def rectify_keys(self, keys: list[int], traits: dict[str, Any], actor: str
                      ) -> dict[str, Any]:
@@ -314,11 +380,15 @@ FROM person_events GROUP BY session_id ORDER BY started_at
 
 _EXPORT_README = """Your data, as kept by this AAP installation (GDPR Art. 15 and 20).
 
-identifiers.json   the ids the request named
+identifiers.json   your ids as we hold them: userIds, anonymousIds (and "other": ids
+                   of yours whose kind no event we still hold shows)
 profile.json/.csv  your profile: first and last seen, traits
 personal_traits.json  personal traits (email, name, ...) as you had them corrected; we
                    keep these only encrypted under a key of your own
 events.json/.csv   every event of yours, from every storage tier
+log_events.json    every event of yours still in the durable log, as it was received,
+                   with what we keep encrypted in it opened: your ids, and the
+                   personal traits and properties you sent
 sessions.json/.csv your visits
 orders.json/.csv   your orders
 consent.json/.csv  every consent statement you made, when, through which channel, under

@@ -567,6 +567,9 @@ def _worker_main(conn: Connection, cfg: PrepareConfig) -> None:
     ``b"E" + message``). Ends when the parent closes its end (or dies)."""
     import gc
 
+    from aap.lifecycle import die_with_parent
+
+    die_with_parent()  # dies with the core (a chunk in flight is done again)
     # A chunk is tens of thousands of short-lived objects in no cycles, freed by their
     # reference counts; the collector would only walk them over and over (~1 µs an event).
     gc.disable()
