@@ -47,6 +47,20 @@ _SUBSTRINGS = ("email", "ipaddress", "phonenumber", "firstname", "lastname", "fu
 """Fragments that make a normalized name personal even when glued to other words
 (``useremailverified``, ``customerphonenumber``)."""
 
+_NAMED_THINGS = frozenset({
+    "library", "app", "application", "os", "browser", "campaign", "product", "products",
+    "item", "items", "page", "screen", "network", "referrer", "company", "organization",
+    "organisation", "group", "experiment", "variant", "feature", "category", "brand",
+    "store", "promotion", "coupon", "list", "form", "button", "element", "event", "step",
+    "plan", "project", "team", "file", "carrier", "locale", "timezone",
+})
+"""Normalized names of things whose ``name`` names the thing, not a person
+(``context.library.name``, ``context.os.name``, ``products[].name``); a device's name
+(``Alice's iPhone``) stays personal."""
+
+_VENDOR_FIELDS = frozenset({"$screen_name"})
+"""Vendors' own fields whose name reads as personal but is not (PostHog's screen name)."""
+
 _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
 
@@ -62,7 +76,7 @@ def is_personal_name(name: str) -> bool:
     ``IPAddress``, ``phoneNumber``, ``first_name``, ``$name`` are personal; ``plan``,
     ``product_name``, ``zip_file``, ``tooltip`` and ``shipping`` are not.
     """
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str) or not name or name in _VENDOR_FIELDS:
         return False
     norm = _normalize(name)
     if not norm:
@@ -79,6 +93,19 @@ def is_personal_name(name: str) -> bool:
     return bool(glued & (_TOKENS | {"ipv4", "ipv6"}))
 
 
+@lru_cache(maxsize=65536)
+def is_personal_field(parent: str | None, name: str) -> bool:
+    """Whether the field ``name`` inside the object held under ``parent`` (``None`` at the
+    top) is personal: :func:`is_personal_name`, except the ``name`` of a thing that is
+    not a person (``library.name``, ``os.name``, ``products[].name``)."""
+    if parent is not None and _normalize(name) == "name" and _normalize(parent) in _NAMED_THINGS:
+        return False
+    return is_personal_name(name)
+
+
 def is_personal_path(path: str) -> bool:
-    """Whether a dotted path (``contact.email``, ``$set.Email``) has a personal part."""
-    return any(is_personal_name(part) for part in path.split("."))
+    """Whether a dotted path (``contact.email``, ``$set.Email``) has a personal part
+    (``context.library.name`` has none)."""
+    parts = path.split(".")
+    return any(is_personal_field(parts[i - 1] if i else None, part)
+               for i, part in enumerate(parts))

@@ -46,7 +46,7 @@ from aap.privacy.consent import ConsentLedger
 from aap.privacy.ids import IdHasher
 from aap.privacy.keystore import Keystore
 from aap.privacy.purposes import Registry
-from aap.privacy.sealing import PERSONAL_TRAITS
+from aap.privacy.scrub import is_personal_trait
 from aap.query.cohorts import Cohorts
 from aap.store.warehouse import Warehouse
 
@@ -209,8 +209,8 @@ class Rights:
         removes a trait."""
         if not traits:
             raise ValueError("a rectification needs traits")
-        personal = {k: v for k, v in traits.items() if k in PERSONAL_TRAITS}
-        plain = {k: v for k, v in traits.items() if k not in PERSONAL_TRAITS}
+        personal = {k: v for k, v in traits.items() if is_personal_trait(k, v)}
+        plain = {k: v for k, v in traits.items() if k not in personal}
         persons, all_keys = self.wh.person_closure(keys)
         n = self.wh.rectify_traits(persons, plain) if plain else len(persons)
         kept = (self.keystore.rectify_personal_traits(all_keys, personal)
