@@ -32,6 +32,12 @@ _EXACT = frozenset({
     # identifiers a client may repeat in properties
     "userid", "anonymousid", "previousid", "distinctid", "anondistinctid", "deviceid",
     "advertisingid", "idfa", "idfv", "gaid", "adid",
+    # addresses glued to a word (``LASTIP``, ``clientip``: ``ip`` alone is too common a
+    # fragment to match inside a word: zip, tip, shipping)
+    "lastip", "firstip", "currentip", "clientip", "userip", "remoteip", "sourceip", "srcip",
+    "dstip", "originip", "realip", "publicip", "privateip", "deviceip", "hostip", "serverip",
+    "peerip", "visitorip", "customerip", "ipaddr", "remoteaddr", "remoteaddress",
+    "clientaddr", "clientaddress", "xforwardedfor", "forwardedfor", "xrealip",
 })
 """Normalized names (lower case, letters and digits only) that are personal as a whole."""
 

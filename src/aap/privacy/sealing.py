@@ -21,7 +21,6 @@ Events of a subject whose key was destroyed (an erased person) are not written a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
