@@ -68,16 +68,24 @@ def _v4(m: re.Match[str]) -> str:
 
 def _v6(m: re.Match[str]) -> str:
     text = m.group()
-    cand = text.rstrip(".:")
-    if not any(c not in ":." for c in cand):
+    if not any(c not in ":." for c in text):
         return text  # "::" alone, "a :: b"
+    # "2001:db8::" ends with colons; "…::1." or "…::1:" ends a sentence or a list;
     # "ip:2001:db8::1", "a2001:db8::1": the address may start a few characters in
-    for drop in range(5):
-        try:
-            ipaddress.IPv6Address(cand[drop:])
-        except ValueError:
-            continue
-        return text[:drop] + REDACTED + text[len(cand):]
+    for cand in dict.fromkeys((text, text.rstrip("."), text.rstrip(".:"))):
+        for drop in range(5):
+            addr = cand[drop:]
+            # one group and "::" ("2002::") right after a letter ("std::vector") is a word
+            groups = sum(1 for g in addr.split(":") if g)
+            at = m.start() + drop
+            if groups == 0 or (groups < 2 and not addr.startswith("::") and at > 0
+                               and (m.string[at - 1].isalnum() or m.string[at - 1] == "_")):
+                continue
+            try:
+                ipaddress.IPv6Address(addr)
+            except ValueError:
+                continue
+            return text[:drop] + REDACTED + text[len(cand):]
     return text
 
 
