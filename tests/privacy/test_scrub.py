@@ -153,3 +153,18 @@ def test_ids_holding_an_address_become_keyed_hashes() -> None:
     take_personal(ev, lambda s: len(s))
     assert ev.message_id == "redacted-000000000000000f"
     assert ev.group_id == "redacted-0000000000000008"
+
+
+def test_a_page_name_and_a_company_name_are_not_people() -> None:
+    at = datetime.now(UTC)
+    page = Event(type="page", name="Pricing", message_id="m", user_id="u", received_at=at,
+                 source="s", properties={"name": "Pricing", "email": "p@q.example.org"})
+    group = Event(type="group", group_id="acme", message_id="m", user_id="u", received_at=at,
+                  source="s", traits={"name": "Acme Inc", "email": "billing@acme.example"})
+    person = Event(type="identify", message_id="m", user_id="u", received_at=at, source="s",
+                   traits={"name": "Alice Martin", "plan": "pro"})
+    for ev in (page, group, person):
+        take_personal(ev, hash)
+    assert page.properties == {"name": "Pricing"}
+    assert group.traits == {"name": "Acme Inc"}
+    assert person.traits == {"plan": "pro"}

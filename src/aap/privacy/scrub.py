@@ -220,6 +220,17 @@ def _walk(obj: dict[str, Any] | list[Any], path: tuple[str | int, ...], parent: 
                 _walk(v, (*path, i), parent, out, values)
 
 
+def _owner(mtype: str, attr: str) -> str | None:
+    """What the top-level fields describe, where it is a thing and not a person: a page
+    view's (or screen's) properties describe the page (``properties.name`` is the page's
+    name), a group call's traits the group (``traits.name`` is the company's)."""
+    if attr == "properties" and mtype in ("page", "screen"):
+        return mtype
+    if attr == "traits" and mtype == "group":
+        return "group"
+    return None
+
+
 def take_personal(ev: Event, keyed: Callable[[str], int]) -> list[tuple[Path, Any]]:
     """Take every personal field and address out of ``ev`` (in place); the originals as
     ``(path, value)`` pairs, in the order :func:`put_back` needs. ``keyed`` is the keyed
@@ -229,7 +240,7 @@ def take_personal(ev: Event, keyed: Callable[[str], int]) -> list[tuple[Path, An
     for attr in _CONTAINERS:
         container = getattr(ev, attr)
         if container:
-            _walk(container, (attr,), None, out, values)
+            _walk(container, (attr,), _owner(ev.type, attr), out, values)
     if not values:
         return out
     for attr in _ATTRS:
