@@ -9,7 +9,8 @@ Two rules, applied at any depth of ``traits``, ``properties``, ``context`` and
   leaves the event whole;
 - a string that holds an email address or an IP address (v4, v6, ``::ffff:1.2.3.4``,
   bracketed, with a port or a zone, percent-encoded in a URL) keeps its place with each
-  such address replaced by :data:`REDACTED`. In a URL the path, the query's names and
+  such address replaced by :data:`REDACTED` (loopback and unspecified addresses, which
+  are nobody's, stay: a page served from ``http://127.0.0.1:8000/``). In a URL the path, the query's names and
   the other values stay: ``/u/[redacted]/orders?email=[redacted]&plan=pro``. A
   percent-encoded part of a URL that holds one is replaced whole. A key that holds one
   leaves the event with its value. ``groupId`` and ``messageId`` become
@@ -63,7 +64,9 @@ Path = list[str | int]
 
 def _v4(m: re.Match[str]) -> str:
     text = m.group()
-    return REDACTED if all(int(p) <= 255 for p in text.split(".")) else text
+    parts = [int(p) for p in text.split(".")]
+    # loopback (a page served from 127.0.0.1) and 0.0.0.0 are nobody's address
+    return REDACTED if max(parts) <= 255 and parts[0] not in (0, 127) else text
 
 
 def _v6(m: re.Match[str]) -> str:
@@ -82,9 +85,12 @@ def _v6(m: re.Match[str]) -> str:
                                and (m.string[at - 1].isalnum() or m.string[at - 1] == "_")):
                 continue
             try:
-                ipaddress.IPv6Address(addr)
+                ip = ipaddress.IPv6Address(addr)
             except ValueError:
                 continue
+            v4 = ip.ipv4_mapped
+            if ip.is_loopback or (v4 is not None and (v4.is_loopback or v4.is_unspecified)):
+                return text
             return text[:drop] + REDACTED + text[len(cand):]
     return text
 
