@@ -173,6 +173,11 @@ def _suspect(ev: Event) -> bool:
     as ``0.0.0.0`` and ``0:0:0:0:0``)."""
     data = _enc((ev.traits, ev.properties, ev.context, ev.integrations, ev.event, ev.name,
                  ev.category, ev.group_id, ev.message_id))
+    ua = ev.context.get("userAgent")
+    if type(ua) is str and ua:  # its "Chrome/120.0.0.0" is a version: judged on its own
+        if _may_hold(ua) and _redacted(ua, True) != ua:
+            return True
+        data = data.replace(_enc(ua), b"")
     if b"@" in data or b"%" in data or b"::" in data:
         return True
     if b"." not in data and b":" not in data:
@@ -226,13 +231,22 @@ def _walk(obj: dict[str, Any] | list[Any], path: tuple[str | int, ...], parent: 
                 _walk(v, (*path, i), parent, out, values)
 
 
-def _owner(mtype: str, attr: str) -> str | None:
+_THING_EVENTS = {"Form Submitted": "form", "Form Abandoned": "form"}
+"""Events whose properties describe a thing: the browser SDK's form autocapture (the
+form's ``name`` attribute)."""
+
+
+def _owner(ev: Event, attr: str) -> str | None:
     """What the top-level fields describe, where it is a thing and not a person: a page
     view's (or screen's) properties describe the page (``properties.name`` is the page's
-    name), a group call's traits the group (``traits.name`` is the company's)."""
-    if attr == "properties" and mtype in ("page", "screen"):
-        return mtype
-    if attr == "traits" and mtype == "group":
+    name), a group call's traits the group (``traits.name`` is the company's), the
+    SDK's form events' properties the form."""
+    if attr == "properties":
+        if ev.type in ("page", "screen"):
+            return ev.type
+        if ev.type == "track" and ev.event in _THING_EVENTS:
+            return _THING_EVENTS[ev.event]
+    if attr == "traits" and ev.type == "group":
         return "group"
     return None
 
@@ -246,7 +260,7 @@ def take_personal(ev: Event, keyed: Callable[[str], int]) -> list[tuple[Path, An
     for attr in _CONTAINERS:
         container = getattr(ev, attr)
         if container:
-            _walk(container, (attr,), _owner(ev.type, attr), out, values)
+            _walk(container, (attr,), _owner(ev, attr), out, values)
     if not values:
         return out
     for attr in _ATTRS:
