@@ -46,7 +46,7 @@ from aap.privacy.consent import ConsentLedger
 from aap.privacy.ids import IdHasher
 from aap.privacy.keystore import Keystore
 from aap.privacy.purposes import Registry
-from aap.privacy.scrub import is_personal_trait
+from aap.privacy.scrub import is_personal_trait, redact
 from aap.query.cohorts import Cohorts
 from aap.store.warehouse import Warehouse
 
@@ -215,11 +215,12 @@ class Rights:
         n = self.wh.rectify_traits(persons, plain) if plain else len(persons)
         kept = (self.keystore.rectify_personal_traits(all_keys, personal)
                 if personal and persons else {})
-        # the audit log names the traits, never their values
+        # the audit log names the traits, never their values (nor an address used as a name)
+        names = sorted({redact(k) for k in personal})
         self.audit.append(actor, "privacy.rectification", {
-            "persons": n, "traits": sorted(plain), "personal_traits": sorted(personal)})
+            "persons": n, "traits": sorted(plain), "personal_traits": names})
         return {"type": "rectification", "persons": n, "traits": sorted(plain),
-                "personal_traits": sorted(personal), "personal_traits_kept": len(kept)}
+                "personal_traits": names, "personal_traits_kept": len(kept)}
 
     def flag_keys(self, keys: list[int], kind: str, actor: str, lift: bool = False
                   ) -> dict[str, Any]:
