@@ -170,3 +170,17 @@ def test_a_page_name_and_a_company_name_are_not_people() -> None:
     assert page.properties == {"name": "Pricing"}
     assert group.traits == {"name": "Acme Inc"}
     assert person.traits == {"plan": "pro"}
+
+
+def test_a_deeply_nested_object_is_taken_out_whole_and_put_back() -> None:
+    deep: Any = {"email": "deep@x.example.org"}
+    for _ in range(300):
+        deep = {"a": [deep]}
+    ev = Event(type="track", event="x", message_id="m", received_at=datetime.now(UTC),
+               source="s", properties={"deep": deep, "plan": "pro"})
+    before = msgspec.json.encode(ev.properties)
+    taken = take_personal(ev, hash)
+    assert b"deep@x" not in msgspec.json.encode(ev.properties)
+    assert ev.properties["plan"] == "pro"
+    put_back(ev, taken)
+    assert msgspec.json.encode(ev.properties) == before

@@ -43,6 +43,9 @@ from aap.privacy.personal import is_personal_field
 REDACTED = "[redacted]"
 """What replaces an email or IP address found inside a stored string."""
 
+MAX_DEPTH = 64
+"""Deeper than this, an object is taken out whole (sealed or dropped), unread."""
+
 REDACTED_ID_PREFIX = "redacted-"
 """``groupId`` / ``messageId`` holding an address become this plus a keyed hash (hex)."""
 
@@ -145,15 +148,18 @@ def holds_address(s: str) -> bool:
     return _may_hold(s) and _redacted(s, False) != s
 
 
-def holds_personal(value: Any) -> bool:
-    """Whether a value holds a personal field name or an address anywhere inside."""
+def holds_personal(value: Any, depth: int = 0) -> bool:
+    """Whether a value holds a personal field name or an address anywhere inside (one
+    nested deeper than :data:`MAX_DEPTH` is taken to)."""
     if isinstance(value, str):
         return holds_address(value)
+    if isinstance(value, (dict, list)) and depth > MAX_DEPTH:
+        return True
     if isinstance(value, dict):
         return any(not isinstance(k, str) or is_personal_field(None, k) or holds_address(k)
-                   or holds_personal(v) for k, v in value.items())
+                   or holds_personal(v, depth + 1) for k, v in value.items())
     if isinstance(value, list):
-        return any(holds_personal(v) for v in value)
+        return any(holds_personal(v, depth + 1) for v in value)
     return False
 
 
@@ -203,6 +209,12 @@ def _personal_key(parent: str | None, k: str) -> bool:
 
 def _walk(obj: dict[str, Any] | list[Any], path: tuple[str | int, ...], parent: str | None,
           out: list[tuple[Path, Any]], values: bool) -> None:
+    if len(path) > MAX_DEPTH:
+        for k, v in (obj.items() if type(obj) is dict else enumerate(obj)):
+            if (type(v) is dict or type(v) is list) and v:
+                out.append(([*path, k], v))
+                obj[k] = REDACTED  # type: ignore[index]
+        return
     if type(obj) is dict:
         gone: list[str] = []
         for k, v in obj.items():
