@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from aap.events import Event
 from aap.privacy.personal import is_personal_path
 from aap.privacy.scrub import REDACTED, holds_address, put_back, redact, take_personal
+from aap.privacy.sealing import Sealer
 
 emails = st.builds(lambda a, b, c: f"{a}.{b}@{c}.example.org",
                    st.from_regex(r"[a-z][a-z0-9]{2,8}", fullmatch=True),
@@ -184,3 +186,30 @@ def test_a_deeply_nested_object_is_taken_out_whole_and_put_back() -> None:
     assert ev.properties["plan"] == "pro"
     put_back(ev, taken)
     assert msgspec.json.encode(ev.properties) == before
+
+
+def test_sealed_fields_open_with_the_key_and_are_gone_with_it(tmp_path: Path) -> None:
+    """Sealing puts what was taken under the subject's data key: unseal gives it back;
+    after crypto-shredding the key, it stays unreadable. Without a raw id to seal under
+    (CNIL mode: a visitor key only) it is dropped."""
+    sealer = Sealer(tmp_path)
+    at = datetime.now(UTC)
+    ev = Event(type="track", event="Mailed", message_id="m1", user_id="seal-user",
+               received_at=at, source="s",
+               properties={"contact": {"Email": "sealed@x.example.org"},
+                           "url": "https://a.example/?ip=203.0.113.5"})
+    anon = Event(type="track", event="Mailed", message_id="m2", anonymous_key=42,
+                 received_at=at, source="s", properties={"e_mail": "gone@x.example.org"})
+    sent = msgspec.to_builtins(ev.properties)
+    sealer.seal([ev, anon])
+    stored = msgspec.json.encode([ev, anon])
+    assert b"sealed@x" not in stored and b"203.0.113.5" not in stored and b"gone@x" not in stored
+    assert set(ev.sealed) == {"fields"} and anon.sealed == {}
+    logged = msgspec.json.decode(stored, type=list[Event])
+    opened = sealer.unseal(logged[0])
+    assert opened.user_id == "seal-user" and opened.properties == sent
+    assert sealer.unseal(logged[1]).properties == {}
+    assert ev.user_key is not None
+    sealer.keystore.destroy([ev.user_key])
+    again = Sealer(tmp_path).unseal(msgspec.json.decode(stored, type=list[Event])[0])
+    assert again.properties == {"contact": {}, "url": "https://a.example/?ip=[redacted]"}
