@@ -4,6 +4,7 @@ string, personal names at any depth, and everything taken out put back exactly."
 from __future__ import annotations
 
 import copy
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -213,3 +214,16 @@ def test_sealed_fields_open_with_the_key_and_are_gone_with_it(tmp_path: Path) ->
     sealer.keystore.destroy([ev.user_key])
     again = Sealer(tmp_path).unseal(msgspec.json.decode(stored, type=list[Event])[0])
     assert again.properties == {"contact": {}, "url": "https://a.example/?ip=[redacted]"}
+
+
+def test_hostile_strings_take_linear_time() -> None:
+    """30,000 letters then an "@", runs of colons or percent signs: each pattern starts
+    only where its run starts, so this takes milliseconds (quadratic backtracking would
+    take minutes: the bound is loose enough for a loaded machine)."""
+    n = 30_000
+    hostile = ["a" * n + "@", "%" + "a" * n, "::" + "a" * n, ":a" * (n // 2),
+               "a." * n + "@x", "[::" + "f" * n + "]", "%40" * (n // 3), "1:2:3:4:5:6:" * (n // 12)]
+    t0 = time.process_time()
+    for s in hostile:
+        redact(s)
+    assert time.process_time() - t0 < 20
