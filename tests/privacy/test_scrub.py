@@ -160,7 +160,7 @@ def test_ids_holding_an_address_become_keyed_hashes() -> None:
     assert ev.group_id == "redacted-0000000000000008"
 
 
-def test_a_page_name_and_a_company_name_are_not_people() -> None:
+def test_page_company_and_product_names_are_not_people() -> None:
     at = datetime.now(UTC)
     page = Event(type="page", name="Pricing", message_id="m", user_id="u", received_at=at,
                  source="s", properties={"name": "Pricing", "email": "p@q.example.org"})
@@ -168,8 +168,14 @@ def test_a_page_name_and_a_company_name_are_not_people() -> None:
                   source="s", traits={"name": "Acme Inc", "email": "billing@acme.example"})
     person = Event(type="identify", message_id="m", user_id="u", received_at=at, source="s",
                    traits={"name": "Alice Martin", "plan": "pro"})
-    for ev in (page, group, person):
+    product = Event(type="track", event="Product Viewed", message_id="m", user_id="u",
+                    received_at=at, source="s", properties={"name": "Shoe", "sku": "s1"})
+    invited = Event(type="track", event="User Invited", message_id="m", user_id="u",
+                    received_at=at, source="s", properties={"name": "Bob Smith"})
+    for ev in (page, group, person, product, invited):
         take_personal(ev, hash)
+    assert product.properties == {"name": "Shoe", "sku": "s1"}
+    assert invited.properties == {}
     assert page.properties == {"name": "Pricing"}
     assert group.traits == {"name": "Acme Inc"}
     assert person.traits == {"plan": "pro"}

@@ -99,12 +99,18 @@ def is_personal_name(name: str) -> bool:
     return bool(glued & (_TOKENS | {"ipv4", "ipv6"}))
 
 
+def is_named_thing(name: str) -> bool:
+    """Whether an object under this name is a thing whose ``name`` is not a person's
+    (``library``, ``os``, ``product``, ``campaign``, ``form``, ...)."""
+    return _normalize(name) in _NAMED_THINGS
+
+
 @lru_cache(maxsize=65536)
 def is_personal_field(parent: str | None, name: str) -> bool:
     """Whether the field ``name`` inside the object held under ``parent`` (``None`` at the
     top) is personal: :func:`is_personal_name`, except the ``name`` of a thing that is
     not a person (``library.name``, ``os.name``, ``products[].name``)."""
-    if parent is not None and _normalize(name) == "name" and _normalize(parent) in _NAMED_THINGS:
+    if parent is not None and _normalize(name) == "name" and is_named_thing(parent):
         return False
     return is_personal_name(name)
 

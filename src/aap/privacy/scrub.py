@@ -38,7 +38,7 @@ from urllib.parse import unquote_plus
 import msgspec
 
 from aap.events import Event
-from aap.privacy.personal import is_personal_field
+from aap.privacy.personal import is_named_thing, is_personal_field
 
 REDACTED = "[redacted]"
 """What replaces an email or IP address found inside a stored string."""
@@ -245,21 +245,25 @@ def _walk(obj: dict[str, Any] | list[Any], path: tuple[str | int, ...], parent: 
                 _walk(v, (*path, i), parent, out, values)
 
 
-_THING_EVENTS = {"Form Submitted": "form", "Form Abandoned": "form"}
-"""Events whose properties describe a thing: the browser SDK's form autocapture (the
-form's ``name`` attribute)."""
+_THING_EVENTS = {"Order Item": "product"}
+"""Events whose properties describe a thing though their first word does not say which
+(Snowplow's transaction item)."""
 
 
 def _owner(ev: Event, attr: str) -> str | None:
     """What the top-level fields describe, where it is a thing and not a person: a page
     view's (or screen's) properties describe the page (``properties.name`` is the page's
-    name), a group call's traits the group (``traits.name`` is the company's), the
-    SDK's form events' properties the form."""
+    name), a group call's traits the group (``traits.name`` is the company's), a track
+    event named for a thing (``Product Viewed``, ``Form Submitted``) that thing."""
     if attr == "properties":
         if ev.type in ("page", "screen"):
             return ev.type
-        if ev.type == "track" and ev.event in _THING_EVENTS:
-            return _THING_EVENTS[ev.event]
+        if ev.type == "track" and ev.event:
+            # Segment's e-commerce spec ("Product Viewed": ``name`` is the product's),
+            # "Promotion Clicked", the browser SDK's "Form Submitted", ...
+            thing = _THING_EVENTS.get(ev.event) or ev.event.split(" ", 1)[0].lower()
+            if is_named_thing(thing):
+                return thing
     if attr == "traits" and ev.type == "group":
         return "group"
     return None
