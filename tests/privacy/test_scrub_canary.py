@@ -4,16 +4,17 @@ example, planted by hypothesis at random paths — nested in properties, traits,
 and ``context.device``, in a page URL's query, fragment, path or host, in the referrer,
 in an event's name, in PostHog's ``$set`` and properties, in Snowplow's ``ue_pr``,
 ``cx``, ``url``, ``refr`` and labels — under random casings and separators of personal
-names, sent to one real server in every wire format (Segment batch, the browser SDK's
-single-event endpoints, PostHog, Snowplow POST and GET, and a CNIL-mode source, which
-has no subject to seal under and drops them). The processor then takes them
-into the hot store and the warm tier (Parquet), and every file under the data dir, the
-log's records decompressed, every DuckDB and Parquet row as text and the server's own
-log are scanned in plain, hex and base64 forms: zero hits. A non-personal marker sent
-with each example is found (the scans see what was stored), and unsealing the log with
-the data dir's keys gives each personal value back (CNIL mode aside), except the addresses a client sends
-as the end user's own (``context.ip``, PostHog's ``$ip``, Snowplow's ``ip``): those are
-truncated and never kept whole, by design.
+names, sent to one real server in every wire format (Segment batch, analytics.js's
+single-event endpoints, AAP's browser SDK (text/plain batches with the key inside),
+PostHog, Snowplow POST and GET, and a CNIL-mode source, which has no subject to seal
+under and drops them). The processor then takes them into the hot store and the warm
+tier (Parquet), and every file under the data dir, the log's records decompressed,
+every DuckDB and Parquet row as text and the server's own log are scanned in plain, hex
+and base64 forms: zero hits. A non-personal marker sent with each example is found (the
+scans see what was stored), and unsealing the log with the data dir's keys gives each
+personal value back (CNIL mode aside), except the addresses a client sends as the end
+user's own (``context.ip``, PostHog's ``$ip``, Snowplow's ``ip``): those are truncated
+and never kept whole, by design.
 """
 
 from __future__ import annotations
@@ -49,12 +50,13 @@ IP_NAMES = ("ip", "$ip", "IP", "last_ip", "lastIp", "LASTIP", "IP_Address", "ipA
             "client_ip", "ip-v6", "ipv4", "remote_addr", "X-Forwarded-For")
 NEUTRAL = ("info", "meta", "details", "extra", "data", "nested", "block", "cfg")
 MARKER = "scrub-marker-6d2e"  # not personal: proves the scans read what was stored
-FORMATS = ("segment_batch", "segment_browser", "posthog", "snowplow_post", "snowplow_get",
-           "segment_cnil")
+FORMATS = ("segment_batch", "segment_browser", "aap_sdk", "posthog", "snowplow_post",
+           "snowplow_get", "segment_cnil")
 PLACES = {
     "segment_batch": ("properties", "traits", "context", "device", "url", "referrer",
                       "event", "list", "request_ip"),
     "segment_browser": ("properties", "context", "device", "url", "referrer", "event"),
+    "aap_sdk": ("properties", "traits", "context", "url", "referrer", "event", "list"),
     "posthog": ("properties", "set", "current_url", "referrer", "event", "request_ip"),
     "snowplow_post": ("ue_pr", "cx", "url", "refr", "label", "request_ip"),
     "snowplow_get": ("ue_pr", "url", "refr", "label"),
@@ -173,7 +175,7 @@ def send(server: str, keys: dict[str, str], plant: Plant, how: dict[str, Any]
     url = url_with(plant.canary, how["url_part"])
     mark = {"mark": MARKER}
     key = keys["cnil" if fmt == "segment_cnil" else "site"]
-    if fmt.startswith("segment"):
+    if fmt.startswith("segment") or fmt == "aap_sdk":
         user = f"scrub-user-{uuid.uuid4().hex[:10]}"  # (a CNIL-mode source drops it)
         msg: dict[str, Any] = {"type": "track", "event": "Signed Up", "userId": user,
                                "messageId": str(uuid.uuid4()), "timestamp": when.isoformat(),
@@ -198,6 +200,10 @@ def send(server: str, keys: dict[str, str], plant: Plant, how: dict[str, Any]
             msg["context"] = {"ip": plant.canary}
         if fmt in ("segment_batch", "segment_cnil"):
             return httpx.post(server + "/v1/batch", auth=(key, ""), json={"batch": [msg]})
+        if fmt == "aap_sdk":  # text/plain, the key in the body: no CORS preflight
+            return httpx.post(server + "/v1/batch", content=json.dumps(
+                {"batch": [msg], "writeKey": key, "sentAt": datetime.now(UTC).isoformat()}),
+                headers={"Content-Type": "text/plain"})
         path = {"track": "/v1/t", "identify": "/v1/i"}[msg["type"]]
         return httpx.post(server + path, auth=(key, ""), content=json.dumps(msg),
                           headers={"Content-Type": "text/plain"})
@@ -290,7 +296,7 @@ def test_planted_emails_and_ips_are_only_sealed(
     srv, keys = server
     planted: list[Plant] = []
 
-    @settings(max_examples=70, deadline=None, database=None,
+    @settings(max_examples=80, deadline=None, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture,
                                      HealthCheck.too_slow])
     @given(plants())
@@ -298,7 +304,7 @@ def test_planted_emails_and_ips_are_only_sealed(
         p, how = example
         r = send(srv.url, keys, p, how)
         assert r.status_code == 200, (p, how, r.text)
-        if p.fmt.startswith("segment"):
+        if p.fmt.startswith("segment") or p.fmt == "aap_sdk":
             assert r.json().get("accepted", 1) == 1, (p, how, r.text)
         planted.append(p)
 
