@@ -250,6 +250,12 @@ _THING_EVENTS = {"Order Item": "product"}
 (Snowplow's transaction item)."""
 
 
+@lru_cache(maxsize=4096)
+def _thing(event: str) -> str | None:
+    thing = _THING_EVENTS.get(event) or event.split(" ", 1)[0].lower()
+    return thing if is_named_thing(thing) else None
+
+
 def _owner(ev: Event, attr: str) -> str | None:
     """What the top-level fields describe, where it is a thing and not a person: a page
     view's (or screen's) properties describe the page (``properties.name`` is the page's
@@ -261,9 +267,7 @@ def _owner(ev: Event, attr: str) -> str | None:
         if ev.type == "track" and ev.event:
             # Segment's e-commerce spec ("Product Viewed": ``name`` is the product's),
             # "Promotion Clicked", the browser SDK's "Form Submitted", ...
-            thing = _THING_EVENTS.get(ev.event) or ev.event.split(" ", 1)[0].lower()
-            if is_named_thing(thing):
-                return thing
+            return _thing(ev.event)
     if attr == "traits" and ev.type == "group":
         return "group"
     return None
