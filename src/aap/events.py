@@ -59,7 +59,8 @@ class Event(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
     anonymous_key: int | None = None
     previous_key: int | None = None
     sealed: dict[str, bytes] = {}
-    """``traits`` → the personal traits, sealed (the raw ids are in the keystore)."""
+    """``fields`` → the personal fields and addresses taken out of the event, sealed (see
+    :mod:`aap.privacy.sealing`; the raw ids are in the keystore)."""
 
 
 _encoder = msgspec.json.Encoder()

@@ -38,7 +38,7 @@ def test_posthog_python_calls_land_in_the_warehouse(running: Running, gzip: bool
                                 properties={"plan": "pro", "$session_id": f"s-{tag}"}),
         "identify": client.capture("$identify", distinct_id=user, timestamp=ts + timedelta(seconds=9),
                                    properties={"$anon_distinct_id": anon,
-                                               "$set": {"email_domain": "example.com",
+                                               "$set": {"company_domain": "example.com",
                                                         "email": f"canary-{tag}@example.com"}}),
         "set": client.set(distinct_id=user, properties={"plan": "pro"},
                           timestamp=ts + timedelta(seconds=10)),
@@ -75,7 +75,7 @@ def test_posthog_python_calls_land_in_the_warehouse(running: Running, gzip: bool
         assert abs(by_id[sent[key]].timestamp - (ts + timedelta(seconds=offset))) < timedelta(
             seconds=2), key
     traits = person_traits(running.server, page.person_id)
-    assert traits.get("email_domain") == "example.com" and traits.get("plan") == "pro"
+    assert traits.get("company_domain") == "example.com" and traits.get("plan") == "pro"
     stored = {e.message_id: e for e in running.stored() if e.message_id == sent["pageview"]}
     assert stored[sent["pageview"]].ip == "203.0.113.0"
     # ids and personal traits leave the properties and are sealed: not in the log in clear

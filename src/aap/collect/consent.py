@@ -29,6 +29,7 @@ from aap.privacy.consent import (
 )
 from aap.privacy.ids import IdHasher
 from aap.privacy.purposes import GPC_WITHDRAWS, Basis, Registry
+from aap.privacy.scrub import holds_address
 from aap.sources import Source
 
 Id = str | int
@@ -63,6 +64,14 @@ def parse_consent(body: bytes, token: bool = False) -> ConsentRequest:
                                 code="invalid_consent")
     if req.channel is not None and not (0 < len(req.channel) <= 64):
         raise errors.BadRequest("`channel` must be 1 to 64 characters", code="invalid_consent")
+    if req.policy_version is not None and len(req.policy_version) > 128:
+        raise errors.BadRequest("`policy_version` must be at most 128 characters",
+                                code="invalid_consent")
+    # the ledger and the audit log keep these two in plain text: nothing personal in them
+    for field, value in (("channel", req.channel), ("policy_version", req.policy_version)):
+        if value is not None and holds_address(value):
+            raise errors.BadRequest(f"`{field}` must not hold an email or IP address",
+                                    {"field": field}, code="personal_data")
     return req
 
 

@@ -32,10 +32,14 @@ _EXACT = frozenset({
     # identifiers a client may repeat in properties
     "userid", "anonymousid", "previousid", "distinctid", "anondistinctid", "deviceid",
     "advertisingid", "idfa", "idfv", "gaid", "adid",
-    # words glued into one that no casing separates ("lastip", "LASTIP", "mobilephone")
-    "lastip", "clientip", "remoteip", "userip", "sourceip", "realip", "forwardedip",
-    "peerip", "publicip", "visitorip", "customerip", "ipaddr", "mobilephone", "homephone",
-    "workphone", "mobilenumber", "cellnumber", "phoneno", "emailaddr",
+    # addresses glued to a word (``LASTIP``, ``clientip``: ``ip`` alone is too common a
+    # fragment to match inside a word: zip, tip, shipping)
+    "lastip", "firstip", "currentip", "clientip", "userip", "remoteip", "sourceip", "srcip",
+    "dstip", "originip", "realip", "publicip", "privateip", "deviceip", "hostip", "serverip",
+    "peerip", "visitorip", "customerip", "ipaddr", "remoteaddr", "remoteaddress",
+    "clientaddr", "clientaddress", "xforwardedfor", "forwardedfor", "xrealip",
+    "mobilephone", "homephone", "workphone", "mobilenumber", "cellnumber", "phoneno",
+    "emailaddr", "forwardedip",
 })
 """Normalized names (lower case, letters and digits only) that are personal as a whole."""
 
@@ -50,6 +54,20 @@ _SUBSTRINGS = ("email", "ipaddress", "phonenumber", "firstname", "lastname", "fu
                "username", "birthdate", "dateofbirth", "streetaddress", "password")
 """Fragments that make a normalized name personal even when glued to other words
 (``useremailverified``, ``customerphonenumber``)."""
+
+_NAMED_THINGS = frozenset({
+    "library", "app", "application", "os", "browser", "campaign", "product", "products",
+    "item", "items", "page", "screen", "network", "referrer", "company", "organization",
+    "organisation", "group", "experiment", "variant", "feature", "category", "brand",
+    "store", "promotion", "coupon", "list", "form", "button", "element", "event", "step",
+    "plan", "project", "team", "file", "carrier", "locale", "timezone",
+})
+"""Normalized names of things whose ``name`` names the thing, not a person
+(``context.library.name``, ``context.os.name``, ``products[].name``); a device's name
+(``Alice's iPhone``) stays personal."""
+
+_VENDOR_FIELDS = frozenset({"$screen_name"})
+"""Vendors' own fields whose name reads as personal but is not (PostHog's screen name)."""
 
 _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _SEPARATORS = re.compile(r"[^A-Za-z0-9]+")
@@ -67,7 +85,7 @@ def is_personal_name(name: str) -> bool:
     ``IPAddress``, ``phoneNumber``, ``first_name``, ``$name`` are personal; ``plan``,
     ``product_name``, ``zip_file``, ``tooltip`` and ``shipping`` are not.
     """
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str) or not name or name in _VENDOR_FIELDS:
         return False
     norm = _normalize(name)
     if not norm:
@@ -87,9 +105,29 @@ def is_personal_name(name: str) -> bool:
     return bool(glued & (_TOKENS | {"ipv4", "ipv6"}))
 
 
+def is_named_thing(name: str) -> bool:
+    """Whether an object under this name is a thing whose ``name`` is not a person's
+    (``library``, ``os``, ``product``, ``campaign``, ``form``, ...)."""
+    return _normalize(name) in _NAMED_THINGS
+
+
+@lru_cache(maxsize=65536)
+def is_personal_field(parent: str | None, name: str) -> bool:
+    """Whether the field ``name`` inside the object held under ``parent`` (``None`` at the
+    top) is personal: :func:`is_personal_name`, except the ``name`` of a thing that is
+    not a person (``library.name``, ``os.name``, ``products[].name``)."""
+    if parent is not None and _normalize(name) == "name" and is_named_thing(parent):
+        return False
+    return is_personal_name(name)
+
+
 def is_personal_path(path: str) -> bool:
     """Whether a dotted path (``contact.email``, ``$set.Email``) has a personal part, or
-    a run of parts that names one together (``user.id``, ``$set.first.name``)."""
+    a run of parts that names one together (``user.id``, ``$set.first.name``);
+    ``context.library.name`` has none (the name of a thing)."""
     parts = path.split(".")[:32]
+    if any(is_personal_field(parts[i - 1] if i else None, part)
+           for i, part in enumerate(parts)):
+        return True
     return any(is_personal_name(".".join(parts[i:j]))
-               for i in range(len(parts)) for j in range(i + 1, len(parts) + 1))
+               for i in range(len(parts)) for j in range(i + 2, len(parts) + 1))

@@ -30,7 +30,7 @@ from aap.privacy import exports
 from aap.privacy.audit import AuditLog
 from aap.privacy.keystore import KeyDestroyed, Keystore
 from aap.privacy.rights import Rights, Scope
-from aap.privacy.sealing import PERSONAL_TRAITS
+from aap.privacy.scrub import is_personal_trait
 
 logger = logging.getLogger("aap.privacy")
 
@@ -145,7 +145,7 @@ class RequestStore:
                        ) -> tuple[dict[str, Any], bytes | None]:
         """Personal traits of a rectification wait in the queue sealed under the person's
         first id's key (``subject || sealed``), never in clear."""
-        personal = {k: v for k, v in traits.items() if k in PERSONAL_TRAITS}
+        personal = {k: v for k, v in traits.items() if is_personal_trait(k, v)}
         if not personal:
             return traits, None
         ks = self._keys()

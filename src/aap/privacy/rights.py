@@ -51,7 +51,8 @@ from aap.privacy.consent import ConsentLedger, Statement
 from aap.privacy.ids import IdHasher
 from aap.privacy.keystore import Keystore
 from aap.privacy.purposes import Registry
-from aap.privacy.sealing import PERSONAL_TRAITS, Sealer
+from aap.privacy.scrub import is_personal_trait, redact
+from aap.privacy.sealing import Sealer
 from aap.query.cohorts import Cohorts
 from aap.store.warehouse import Warehouse
 
@@ -339,17 +340,18 @@ class Rights:
         removes a trait."""
         if not traits:
             raise ValueError("a rectification needs traits")
-        personal = {k: v for k, v in traits.items() if k in PERSONAL_TRAITS}
-        plain = {k: v for k, v in traits.items() if k not in PERSONAL_TRAITS}
+        personal = {k: v for k, v in traits.items() if is_personal_trait(k, v)}
+        plain = {k: v for k, v in traits.items() if k not in personal}
         persons, all_keys = self.wh.person_closure(keys)
         n = self.wh.rectify_traits(persons, plain) if plain else len(persons)
         kept = (self.keystore.rectify_personal_traits(all_keys, personal)
                 if personal and persons else {})
-        # the audit log names the traits, never their values
+        # the audit log names the traits, never their values (nor an address used as a name)
+        names = sorted({redact(k) for k in personal})
         self.audit.append(actor, "privacy.rectification", {
-            "persons": n, "traits": sorted(plain), "personal_traits": sorted(personal)})
+            "persons": n, "traits": sorted(plain), "personal_traits": names})
         return {"type": "rectification", "persons": n, "traits": sorted(plain),
-                "personal_traits": sorted(personal), "personal_traits_kept": len(kept)}
+                "personal_traits": names, "personal_traits_kept": len(kept)}
 
     def flag_keys(self, keys: list[int], kind: str, actor: str, lift: bool = False
                   ) -> dict[str, Any]:

@@ -6,29 +6,28 @@ pipeline needs (identity, consent, dedup never look at a raw id).
 On a sealed event ``user_id``, ``anonymous_id`` and ``previous_id`` are ``None`` and
 ``user_key``, ``anonymous_key`` and ``previous_key`` hold their keyed hashes; each raw
 id is kept once, sealed under its own key, in the keystore (so the log carries 8 bytes
-per id, not a ciphertext per event). ``sealed["traits"]`` holds the personal traits as
-``nonce || AES-GCM ciphertext`` under the userId's key, else the anonymousId's. Events
-of a subject whose key was destroyed (an erased person) are not written at all.
+per id, not a ciphertext per event).
+
+Personal fields and addresses (:mod:`aap.privacy.scrub`: personal names at any depth of
+traits, properties, context and integrations; email and IP addresses inside any string)
+leave the plain event; ``sealed["fields"]`` holds the originals, a JSON list of
+``[path, value]``, as ``nonce || AES-GCM ciphertext`` under the data key of the
+userId, else of the anonymousId. An event with no raw id to seal under (an anonymous
+CNIL-mode source) loses them. ``sealed["traits"]`` (personal traits by name, top level
+only) is what events written before 2026-12-03 carry; :meth:`Sealer.unseal` reads both.
+Events of a subject whose key was destroyed (an erased person) are not written at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from aap.events import Event
 from aap.privacy.ids import IdHasher
 from aap.privacy.keystore import KeyDestroyed, Keystore
-
-PERSONAL_TRAITS = frozenset({
-    "email", "name", "firstName", "lastName", "first_name", "last_name", "username",
-    "phone", "address", "birthday", "avatar", "website", "$email", "$name", "$phone",
-})
-"""Traits that are personal data by name (Segment's reserved traits and PostHog's);
-they are sealed, never stored in plain text."""
+from aap.privacy.scrub import put_back, take_personal
 
 _ID_FIELDS = (("user_id", "user_key", "userId"), ("anonymous_id", "anonymous_key", "anonymousId"),
               ("previous_id", "previous_key", "previousId"))
@@ -37,11 +36,9 @@ _json = msgspec.json.Encoder()
 
 class Sealer:
     def __init__(self, data_dir: Path, hasher: IdHasher | None = None,
-                 keystore: Keystore | None = None, personal: Iterable[str] = PERSONAL_TRAITS
-                 ) -> None:
+                 keystore: Keystore | None = None) -> None:
         self.hasher = hasher or IdHasher.for_data_dir(data_dir)
         self.keystore = keystore or Keystore(data_dir)
-        self.personal = frozenset(personal)
         self._remembered: set[int] = set()
         """Subjects whose raw id this process has already handed to the keystore."""
 
@@ -80,39 +77,43 @@ class Sealer:
             self._remembered.update(new)
             if len(self._remembered) > 500_000:
                 self._remembered.clear()
+        taken: list[tuple[Event, int, bytes]] = []
         for ev in events:
+            # the owner of what is sealed: a subject whose raw id came with the event
+            # (CNIL-mode events carry a visitor key, no raw id: theirs is dropped)
+            owner = ev.user_key if ev.user_id is not None else (
+                ev.anonymous_key if ev.anonymous_id is not None else None)
             for raw_field, _, _ in _ID_FIELDS:
                 setattr(ev, raw_field, None)
-            personal = self._take_personal(ev)
-            if personal:
-                owner = ev.user_key if ev.user_key is not None else ev.anonymous_key
-                if owner is not None:
-                    dk = self.keystore.keys_for([owner])[owner]
-                    ev.sealed = {"traits": self.keystore.seal(dk, owner, "traits",
-                                                              _json.encode(personal))}
+            personal = take_personal(ev, key)
+            if personal and owner is not None:
+                taken.append((ev, owner, _json.encode(personal)))
+        if taken:
+            keys = self.keystore.keys_for({owner for _, owner, _ in taken})
+            for ev, owner, plain in taken:
+                dk = keys.get(owner)
+                if dk is not None:
+                    ev.sealed = {"fields": self.keystore.seal(dk, owner, "fields", plain)}
         return gone
 
-    def _take_personal(self, ev: Event) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for traits in (ev.traits, ev.context.get("traits")):
-            if isinstance(traits, dict) and traits:
-                for name in self.personal.intersection(traits):
-                    out[name] = traits.pop(name)
-        return out
-
     def unseal(self, ev: Event) -> Event:
-        """The event with its raw ids and personal traits back (where keys still exist);
-        for access requests and tests."""
+        """The event with its raw ids, personal fields and addresses back (where keys
+        still exist); for access requests and tests."""
         for raw_field, key_field, _ in _ID_FIELDS:
             subject = getattr(ev, key_field)
             if subject is not None:
                 setattr(ev, raw_field, self.keystore.identifier(subject))
-        blob = ev.sealed.get("traits")
         owner = ev.user_key if ev.user_key is not None else ev.anonymous_key
-        if blob is not None and owner is not None:
-            try:
+        if owner is None or not ev.sealed:
+            return ev
+        try:
+            blob = ev.sealed.get("traits")  # events sealed before 2026-12-03
+            if blob is not None:
                 ev.traits = {**ev.traits, **msgspec.json.decode(
                     self.keystore.open(owner, "traits", blob))}
-            except KeyDestroyed:
-                pass
+            blob = ev.sealed.get("fields")
+            if blob is not None:
+                put_back(ev, msgspec.json.decode(self.keystore.open(owner, "fields", blob)))
+        except KeyDestroyed:
+            pass
         return ev

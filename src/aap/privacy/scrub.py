@@ -1,0 +1,319 @@
+"""Finding personal data in an event, by name and by shape, and taking it out.
+
+Two rules, applied at any depth of ``traits``, ``properties``, ``context`` and
+``integrations`` (lists included) and to the event's own strings (``event``, ``name``,
+``category``, ``groupId``, ``messageId``):
+
+- a field whose name is personal (:func:`aap.privacy.personal.is_personal_field`:
+  ``Email``, ``e_mail``, ``contact.email``, ``$ip``, ``last_ip``, ``IP_Address``, …)
+  leaves the event whole;
+- a string that holds an email address or an IP address (v4, v6, ``::ffff:1.2.3.4``,
+  bracketed, with a port or a zone, percent-encoded in a URL) keeps its place with each
+  such address replaced by :data:`REDACTED` (loopback and unspecified addresses, which
+  are nobody's, stay: a page served from ``http://127.0.0.1:8000/``). In a URL the path, the query's names and
+  the other values stay: ``/u/[redacted]/orders?email=[redacted]&plan=pro``. A
+  percent-encoded part of a URL that holds one is replaced whole. A key that holds one
+  leaves the event with its value. ``groupId`` and ``messageId`` become
+  ``redacted-<keyed hash>`` instead, so that grouping and de-duplication still work.
+
+:func:`take_personal` returns what it took as ``[path, original value]`` pairs, which
+the collector seals under the subject's key (:mod:`aap.privacy.sealing`) or drops when
+the event has no subject; :func:`put_back` restores them.
+
+Speed: an event is first encoded once and its bytes searched (``@``, ``%``, ``::``,
+dotted quads, colon runs: :func:`_suspect`); only then are its strings looked at one by
+one, and only a string that may hold an address meets a regular expression (its verdict
+is cached: user agents and URLs repeat). Field names are looked up in a cache.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+from urllib.parse import unquote_plus
+
+import msgspec
+
+from aap.events import Event
+from aap.privacy.personal import is_named_thing, is_personal_field
+
+REDACTED = "[redacted]"
+"""What replaces an email or IP address found inside a stored string."""
+
+MAX_DEPTH = 64
+"""Deeper than this, an object is taken out whole (sealed or dropped), unread."""
+
+REDACTED_ID_PREFIX = "redacted-"
+"""``groupId`` / ``messageId`` holding an address become this plus a keyed hash (hex)."""
+
+USER_AGENT_FIELDS = frozenset({"userAgent", "user_agent", "ua", "$raw_user_agent"})
+"""Fields that hold a user agent, where ``Chrome/120.0.0.0`` is a version, not an IP."""
+
+# each pattern starts only where its run starts (the look-behinds): linear time on
+# hostile input such as 30,000 letters and an "@"
+_EMAIL = re.compile(r"(?<![\w.!#$'*+^`{|}~-])[\w.!#$'*+^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+_V4 = re.compile(r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?!\.?\d)")
+_V4_UA = re.compile(r"(?<![\d./])\d{1,3}(?:\.\d{1,3}){3}(?!\.?\d)")
+_V6 = re.compile(r"(?<![0-9A-Fa-f:.])[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
+_ENCODED = re.compile(r"(?<![^/?&#=;\s])[^/?&#=;\s]*%[^/?&#=;\s]*")
+
+_ATTRS = ("event", "name", "category")
+_ID_ATTRS = ("group_id", "message_id")
+_CONTAINERS = ("traits", "properties", "context", "integrations")
+
+Path = list[str | int]
+
+
+def _v4(m: re.Match[str]) -> str:
+    text = m.group()
+    parts = [int(p) for p in text.split(".")]
+    # loopback (a page served from 127.0.0.1) and 0.0.0.0 are nobody's address
+    return REDACTED if max(parts) <= 255 and parts[0] not in (0, 127) else text
+
+
+def _v6(m: re.Match[str]) -> str:
+    text = m.group()
+    if not any(c not in ":." for c in text):
+        return text  # "::" alone, "a :: b"
+    # "2001:db8::" ends with colons; "…::1." or "…::1:" ends a sentence or a list;
+    # "ip:2001:db8::1", "a2001:db8::1": the address may start a few characters in
+    for cand in dict.fromkeys((text, text.rstrip("."), text.rstrip(".:"))):
+        for drop in range(5):
+            addr = cand[drop:]
+            # one group and "::" ("2002::") right after a letter ("std::vector") is a word
+            groups = sum(1 for g in addr.split(":") if g)
+            at = m.start() + drop
+            if groups == 0 or (groups < 2 and not addr.startswith("::") and at > 0
+                               and (m.string[at - 1].isalnum() or m.string[at - 1] == "_")):
+                continue
+            try:
+                ip = ipaddress.IPv6Address(addr)
+            except ValueError:
+                continue
+            v4 = ip.ipv4_mapped
+            if ip.is_loopback or (v4 is not None and (v4.is_loopback or v4.is_unspecified)):
+                return text
+            return text[:drop] + REDACTED + text[len(cand):]
+    return text
+
+
+def _may_hold(s: str) -> bool:
+    """Cheap test: whether ``s`` can hold an email or IP address at all."""
+    return ("@" in s or "%" in s or "::" in s or s.count(".") >= 3
+            or s.count(":") >= 6)
+
+
+def _redact_plain(s: str, user_agent: bool) -> str:
+    if "@" in s:
+        s = _EMAIL.sub(REDACTED, s)
+    if ":" in s:
+        s = _V6.sub(_v6, s)
+    if s.count(".") >= 3:
+        s = (_V4_UA if user_agent else _V4).sub(_v4, s)
+    return s
+
+
+def _decoded(token: str) -> str:
+    for _ in range(3):
+        if "%" not in token:
+            break
+        token = unquote_plus(token)
+    return token
+
+
+def _encoded(m: re.Match[str]) -> str:
+    token = m.group()
+    plain = _decoded(token)
+    if plain != token and _redact_plain(plain, False) != plain:
+        return REDACTED
+    return token
+
+
+@lru_cache(maxsize=8192)
+def _redacted(s: str, user_agent: bool) -> str:
+    out = _redact_plain(s, user_agent)
+    if "%" in out:
+        out = _ENCODED.sub(_encoded, out)
+    return out
+
+
+def redact(s: str, user_agent: bool = False) -> str:
+    """``s`` with every email and IP address in it replaced by :data:`REDACTED`."""
+    return _redacted(s, user_agent) if _may_hold(s) else s
+
+
+def holds_address(s: str) -> bool:
+    """Whether the string holds an email or IP address (see :func:`redact`)."""
+    return _may_hold(s) and _redacted(s, False) != s
+
+
+def holds_personal(value: Any, depth: int = 0) -> bool:
+    """Whether a value holds a personal field name or an address anywhere inside (one
+    nested deeper than :data:`MAX_DEPTH` is taken to)."""
+    if isinstance(value, str):
+        return holds_address(value)
+    if isinstance(value, (dict, list)) and depth > MAX_DEPTH:
+        return True
+    if isinstance(value, dict):
+        return any(not isinstance(k, str) or is_personal_field(None, k) or holds_address(k)
+                   or holds_personal(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return any(holds_personal(v, depth + 1) for v in value)
+    return False
+
+
+def is_personal_trait(name: str, value: Any) -> bool:
+    """Whether a trait (of a rectification, say) is personal: by its name, or by a
+    personal name or an address anywhere in its value."""
+    return is_personal_field(None, name) or holds_address(name) or holds_personal(value)
+
+
+_HEXDIGIT = bytes.maketrans(b"123456789abcdefABCDEF", b"0" * 21)
+
+
+def _suspect(ev: Event) -> bool:
+    """Whether any string of the event may hold an address: one JSON encoding of the
+    event's parts and a few byte searches, no regular expression (hex digits become
+    ``0`` and runs of them shrink, so ``203.0.113.7`` and ``2001:db8:0:0:0:0:0:1`` show
+    as ``0.0.0.0`` and ``0:0:0:0:0``)."""
+    data = _enc((ev.traits, ev.properties, ev.context, ev.integrations, ev.event, ev.name,
+                 ev.category, ev.group_id, ev.message_id))
+    ua = ev.context.get("userAgent")
+    if type(ua) is str and ua:  # its "Chrome/120.0.0.0" is a version: judged on its own
+        if _may_hold(ua) and _redacted(ua, True) != ua:
+            return True
+        data = data.replace(_enc(ua), b"")
+    if b"@" in data or b"%" in data or b"::" in data:
+        return True
+    if b"." not in data and b":" not in data:
+        return False
+    folded = data.translate(_HEXDIGIT).replace(b"00", b"0").replace(b"00", b"0")
+    return b"0.0.0.0" in folded or b"0:0:0:0:0" in folded
+
+
+_enc = msgspec.json.Encoder().encode
+_KEYS: dict[str, bool] = {}
+"""Field name → personal (by name or by holding an address); a cache, cleared when big."""
+
+
+def _personal_key(parent: str | None, k: str) -> bool:
+    verdict = _KEYS.get(k)
+    if verdict is None:
+        verdict = is_personal_field(None, k) or holds_address(k)
+        if len(_KEYS) > 100_000:
+            _KEYS.clear()
+        _KEYS[k] = verdict
+    return verdict and (parent is None or is_personal_field(parent, k) or holds_address(k))
+
+
+def _walk(obj: dict[str, Any] | list[Any], path: tuple[str | int, ...], parent: str | None,
+          out: list[tuple[Path, Any]], values: bool) -> None:
+    if len(path) > MAX_DEPTH:
+        for k, v in (obj.items() if type(obj) is dict else enumerate(obj)):
+            if (type(v) is dict or type(v) is list) and v:
+                out.append(([*path, k], v))
+                obj[k] = REDACTED  # type: ignore[index]
+        return
+    if type(obj) is dict:
+        gone: list[str] = []
+        for k, v in obj.items():
+            if _personal_key(parent, k):
+                out.append(([*path, k], v))
+                gone.append(k)
+            elif type(v) is str:
+                if values and _may_hold(v):
+                    r = _redacted(v, k in USER_AGENT_FIELDS)
+                    if r != v:
+                        out.append(([*path, k], v))
+                        obj[k] = r  # same keys: iterating on is safe
+            elif (type(v) is dict or type(v) is list) and v:
+                _walk(v, (*path, k), k, out, values)
+        for k in gone:
+            del obj[k]
+    elif type(obj) is list:
+        for i, v in enumerate(obj):
+            if type(v) is str:
+                if values and _may_hold(v):
+                    r = _redacted(v, False)
+                    if r != v:
+                        out.append(([*path, i], v))
+                        obj[i] = r
+            elif (type(v) is dict or type(v) is list) and v:
+                _walk(v, (*path, i), parent, out, values)
+
+
+_THING_EVENTS = {"Order Item": "product"}
+"""Events whose properties describe a thing though their first word does not say which
+(Snowplow's transaction item)."""
+
+
+@lru_cache(maxsize=4096)
+def _thing(event: str) -> str | None:
+    thing = _THING_EVENTS.get(event) or event.split(" ", 1)[0].lower()
+    return thing if is_named_thing(thing) else None
+
+
+def _owner(ev: Event, attr: str) -> str | None:
+    """What the top-level fields describe, where it is a thing and not a person: a page
+    view's (or screen's) properties describe the page (``properties.name`` is the page's
+    name), a group call's traits the group (``traits.name`` is the company's), a track
+    event named for a thing (``Product Viewed``, ``Form Submitted``) that thing."""
+    if attr == "properties":
+        if ev.type in ("page", "screen"):
+            return ev.type
+        if ev.type == "track" and ev.event:
+            # Segment's e-commerce spec ("Product Viewed": ``name`` is the product's),
+            # "Promotion Clicked", the browser SDK's "Form Submitted", ...
+            return _thing(ev.event)
+    if attr == "traits" and ev.type == "group":
+        return "group"
+    return None
+
+
+def take_personal(ev: Event, keyed: Callable[[str], int]) -> list[tuple[Path, Any]]:
+    """Take every personal field and address out of ``ev`` (in place); the originals as
+    ``(path, value)`` pairs, in the order :func:`put_back` needs. ``keyed`` is the keyed
+    hash that replaces a ``groupId`` or ``messageId`` holding an address."""
+    out: list[tuple[Path, Any]] = []
+    values = _suspect(ev)
+    for attr in _CONTAINERS:
+        container = getattr(ev, attr)
+        if container:
+            _walk(container, (attr,), _owner(ev, attr), out, values)
+    if not values:
+        return out
+    for attr in _ATTRS:
+        v = getattr(ev, attr)
+        if isinstance(v, str) and _may_hold(v):
+            r = _redacted(v, False)
+            if r != v:
+                out.append(([attr], v))
+                setattr(ev, attr, r)
+    for attr in _ID_ATTRS:
+        v = getattr(ev, attr)
+        if isinstance(v, str) and _may_hold(v) and _redacted(v, False) != v:
+            out.append(([attr], v))
+            setattr(ev, attr, f"{REDACTED_ID_PREFIX}{keyed(v) & 0xFFFFFFFFFFFFFFFF:016x}")
+    return out
+
+
+def put_back(ev: Event, taken: list[Any]) -> None:
+    """Restore what :func:`take_personal` took (``[path, value]`` pairs, as sealed)."""
+    for path, value in taken:
+        if len(path) == 1:
+            attr = path[0]
+            if attr in _ATTRS or attr in _ID_ATTRS:
+                setattr(ev, attr, value)
+            continue
+        if path[0] not in _CONTAINERS:
+            continue
+        node: Any = getattr(ev, path[0])
+        if not isinstance(node, dict):
+            node = {}
+            setattr(ev, path[0], node)
+        for step in path[1:-1]:
+            node = node[step]
+        node[path[-1]] = value
