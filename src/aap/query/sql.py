@@ -4,29 +4,29 @@
    checked with a real SQL parser (sqlglot, DuckDB dialect), reading only the views
    ``events``, ``persons``, ``sessions``, ``orders``, ``order_items`` and ``products``
    (and its own CTEs).
-2. It runs in a separate in-memory DuckDB connection made for the query, with
+2. It runs in a worker process (:mod:`aap.query.sandbox`, with an OS memory limit), in
+   an in-memory DuckDB connection made for the query, with
    ``enable_external_access=false`` (no files, no extensions, no network) and
-   ``lock_configuration=true``, with its own memory limit. The views are streamed into
-   it as Arrow from a snapshot of the warehouse, holding only the columns the role may
-   see: below role ``privacy`` the personal columns are left out.
-3. A time limit (the connection is interrupted) and a row limit (``truncated`` says the
-   answer was cut).
+   ``lock_configuration=true``. The views are streamed into it as Arrow from a snapshot
+   of the warehouse, holding only the columns the role may see: below role ``privacy``
+   the personal columns are left out.
+3. A time limit (the worker interrupts itself, the core kills it a little later), a row
+   limit (``truncated`` says the answer was cut) and a size limit of the answer.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
-import threading
 import uuid
 from contextlib import ExitStack
 from typing import Any
 
-import duckdb
 import sqlglot
 from sqlglot import exp
 
 from aap.errors import BadRequest, Forbidden
+from aap.query import sandbox
 from aap.query.common import Context
 from aap.query.models import SQL
 from aap.store.schema import EVENT_COLUMNS
@@ -141,58 +141,37 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def run(ctx: Context, q: SQL, *, max_rows: int = 100_000, max_seconds: float = 300.0
-        ) -> dict[str, Any]:
+def run(ctx: Context, q: SQL, *, max_rows: int = 100_000, max_seconds: float = 300.0,
+        limits: sandbox.Limits | None = None, idle_workers: int = 2) -> dict[str, Any]:
+    """Run in a worker process (:mod:`aap.query.sandbox`): its own memory limit, killed
+    at the deadline; the views it names are streamed to it from warehouse snapshots."""
     if ROLES.index(ctx.role) < ROLES.index("analyst"):
         raise Forbidden("the sql kind needs role analyst or above", code="role_too_low")
     _, used = check(q.query)
-    limit = min(q.limit, max_rows)
-    sandbox = duckdb.connect(":memory:", config={
-        "enable_external_access": False, "threads": ctx.sandbox_threads,
-        "memory_limit": ctx.sandbox_memory, "autoinstall_known_extensions": False,
-        "autoload_known_extensions": False,
-    })
-    timer: threading.Timer | None = None
-    readers: list[Any] = []
+    limits = limits or sandbox.Limits(threads=ctx.sandbox_threads)
+    seconds = min(q.timeout_s, max_seconds)
     with ExitStack() as stack:
+        views: list[tuple[str, Any, bool]] = []
+        cursors: list[Any] = []
+        for view, refs in used.items():
+            real, _ = VIEWS[view]
+            cols = ", ".join(f'"{c}"' for c in visible_columns(view, ctx.role))
+            cur = stack.enter_context(ctx.snapshot()) if ctx.snapshot else ctx.cur
+            rel = cur.sql(f"SELECT {cols} FROM {real}")
+            data: Any = (rel.to_arrow_table().to_reader() if ctx.snapshot is None
+                         else rel.to_arrow_reader(100_000))
+            views.append((view, data, refs > 1))
+            cursors.append(cur)
         try:
-            for view, refs in used.items():
-                real, _ = VIEWS[view]
-                cols = ", ".join(f'"{c}"' for c in visible_columns(view, ctx.role))
-                cur = stack.enter_context(ctx.snapshot()) if ctx.snapshot else ctx.cur
-                rel = cur.sql(f"SELECT {cols} FROM {real}")
-                if refs > 1 or ctx.snapshot is None:
-                    data: Any = rel.to_arrow_table()
-                else:
-                    data = rel.to_arrow_reader(100_000)
-                    readers.append(data)
-                sandbox.register(view, data)
-            sandbox.execute("SET lock_configuration = true")
-            seconds = min(q.timeout_s, max_seconds)
-            timer = threading.Timer(seconds, sandbox.interrupt)
-            timer.start()
-            res = sandbox.execute(q.query)
-            columns = [d[0] for d in res.description or []]
-            rows = res.fetchmany(limit + 1)
-        except duckdb.InterruptException:
-            raise BadRequest(f"the query ran over its time limit of {seconds:g} s",
-                             code="timeout") from None
-        except duckdb.BinderException as exc:
-            msg = str(exc).splitlines()[0]
+            return sandbox.run(q.query, views, limit=min(q.limit, max_rows),
+                               timeout_s=seconds, limits=limits, idle=idle_workers,
+                               interrupt=cursors if ctx.snapshot else ())
+        except sandbox.SandboxFailed as exc:
+            if exc.kind != "binder":
+                raise sandbox.failed(exc, timeout_s=seconds, limits=limits) from None
+            msg = exc.message
             hidden = sorted({c for v in used for c in PERSONAL[v]
                              if c not in visible_columns(v, ctx.role) and c in q.query})
             if hidden:
                 msg += f" (personal columns {', '.join(hidden)} need role privacy)"
             raise BadRequest(msg, code="bad_query") from None
-        except duckdb.Error as exc:
-            raise BadRequest(str(exc).splitlines()[0], code="bad_query") from None
-        finally:
-            if timer is not None:
-                timer.cancel()
-            sandbox.close()
-            for r in readers:
-                r.close()
-    truncated = len(rows) > limit
-    return {"kind": "sql", "columns": columns,
-            "rows": [[_jsonable(v) for v in r] for r in rows[:limit]],
-            "truncated": truncated}
