@@ -36,7 +36,7 @@ def openapi() -> dict[str, Any]:
         "type": "object", "required": ["code", "message", "detail"],
         "properties": {"code": {"type": "string"}, "message": {"type": "string"},
                        "detail": {}}}}}}
-    errs = {"400": err, "401": err, "403": err, "404": err, "503": err}
+    errs = {"400": err, "401": err, "403": err, "404": err, "429": err, "503": err}
 
     def op(summary: str, role: str, body: Any = None) -> dict[str, Any]:
         o: dict[str, Any] = {"summary": f"{summary} (role {role} or above)",
@@ -125,7 +125,7 @@ class ApiProxy:
         except httpx.TransportError:
             raise errors.ServiceUnavailable("the query engine is not running (starting?)",
                                             code="core_unavailable") from None
-        extra = [("allow", r.headers["allow"])] if "allow" in r.headers else []
+        extra = [(h, r.headers[h]) for h in ("allow", "retry-after") if h in r.headers]
         if r.headers.get("content-type", "application/json") != "application/json":
             extra.append(("content-type", r.headers["content-type"]))
         return r.status_code, r.content, extra

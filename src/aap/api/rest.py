@@ -13,6 +13,9 @@ the core, which owns the warehouse, checks the role each route needs and answers
 | ``POST /cohorts``, ``DELETE /cohorts/{id}`` | analyst |
 | ``GET /keys``, ``POST /keys``, ``DELETE /keys/{id}`` | admin |
 | ``POST /privacy/requests``, ``GET /privacy/requests/{id}``, ``GET …/{id}/export`` | privacy |
+
+Queries (``POST /query``, ``GET /insights/{id}``) take a slot of :mod:`aap.api.gate`
+and run on the core's query threads; the other routes run on threads of their own.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from aap import errors
 from aap.api.keys import ROLES, ApiKeys, role_at_least
 from aap.privacy.audit import AuditLog
 from aap.privacy.requests import Requests
+from aap.query import sandbox
 from aap.query.cache import QueryCache
 from aap.query.cohorts import Cohorts
 from aap.query.models import parse_cohort, parse_insight
@@ -41,6 +45,13 @@ logger = logging.getLogger("aap.api")
 Handler = Callable[[dict[str, str], bytes, str], Any]
 ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("actor", default="local")
 """Who is calling, for the audit log: ``key:<id>`` of the API key, or the local caller."""
+QUERY_ROUTES = (("POST", re.compile(r"^/query$")),
+                ("GET", re.compile(r"^/insights/\d{1,12}$")))
+"""The routes that run queries (paths under ``/api/v1``): they take a query slot."""
+
+
+def is_query(method: str, path: str) -> bool:
+    return any(m == method and p.match(path) for m, p in QUERY_ROUTES)
 
 
 class SaveInsight(msgspec.Struct, forbid_unknown_fields=True):
@@ -73,6 +84,9 @@ class RestAPI:
         self.audit = AuditLog(settings.data_path)
         self.cache = (QueryCache(warehouse, float(settings.query_cache_interval_s))
                       if settings.query_cache else None)
+        self.sql_limits = sandbox.Limits(
+            memory_bytes=sandbox.parse_bytes(str(settings.sql_memory)),
+            max_response_bytes=int(settings.max_response_bytes))
         self.routes: list[tuple[str, re.Pattern[str], str, Handler]] = [
             ("POST", re.compile(r"^/query$"), "analyst", self.query),
             ("GET", re.compile(r"^/insights$"), "viewer", self.list_insights),
@@ -98,6 +112,7 @@ class RestAPI:
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
+        sandbox.shutdown()
 
     def handle(self, method: str, path: str, role: str, body: bytes, actor: str = "local"
                ) -> tuple[int, Any]:
@@ -156,7 +171,10 @@ class RestAPI:
                            use_cache=self.cache is not None,
                            timeout_s=float(self.settings.query_timeout_s),
                            sql_max_rows=int(self.settings.sql_max_rows),
-                           on_personal_read=lambda d: self.audit.append(actor, "data.read", d))
+                           on_personal_read=lambda d: self.audit.append(actor, "data.read", d),
+                           max_cells=int(self.settings.max_insight_cells),
+                           sql_limits=self.sql_limits,
+                           sql_idle_workers=int(self.settings.sql_workers))
 
     def query(self, params: dict[str, str], body: bytes, role: str) -> Any:
         return self._run(parse_insight(body), role)

@@ -124,7 +124,8 @@ class Collector:
         self.salts = DailySalts(self.data_dir)
         self._unknown_keys: dict[str, float] = {}
         self._known_keys: dict[str, Source] = {}
-        self.api = ApiProxy(self.data_dir, timeout=float(settings.query_timeout_s) + 30,
+        # a query may wait for a slot as long as it may run (aap.api.gate)
+        self.api = ApiProxy(self.data_dir, timeout=2 * float(settings.query_timeout_s) + 30,
                             max_body=settings.max_request_bytes)
         self.routes: dict[str, tuple[tuple[str, ...], Callable[[Request], Awaitable[Response]]]] = {
             "/healthz": (("GET", "HEAD"), self.healthz),
