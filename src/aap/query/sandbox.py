@@ -12,8 +12,10 @@ seen while DuckDB is inside some operators. So the ``sql`` kind does not run in 
   per view it reads (``SCM_RIGHTS``); threads of the core write each view's rows into
   its pipe as an Arrow IPC stream straight from a warehouse snapshot, batch by batch, so
   nothing is written to disk and the core holds one batch per view at a time;
-- the worker answers with the JSON result (its size capped) and exits: a worker runs one
-  query, so nothing of one query is left for the next;
+- the worker answers with the JSON result (its size capped) and drops its DuckDB
+  connection; it takes the next query in a fresh one, unless it timed out, ran out of
+  memory, holds more than a quarter of its limit afterwards or ran ``MAX_QUERIES``: then
+  it is killed and replaced;
 - at the deadline the worker interrupts DuckDB itself; if no answer came a little later
   the core kills it (SIGKILL). Either way the answer is a ``timeout``.
 
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime as dt
+import decimal
 import os
 import resource
 import signal
@@ -33,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +46,9 @@ import msgspec
 
 from aap.errors import BadRequest
 
+MAX_QUERIES = 200
+"""A worker is replaced after this many queries (or at once after a timeout, a memory
+failure, or when it did not give its memory back)."""
 GRACE_S = 1.0
 """After the deadline, how long the core waits for the worker's own ``timeout`` answer
 before it kills the worker."""
@@ -69,6 +77,11 @@ class Limits:
     """``RLIMIT_DATA`` of the worker; DuckDB's own limit in it is 60% of this."""
     threads: int = 2
     max_response_bytes: int = 50 * 2**20
+
+
+def duckdb_memory(memory_bytes: int) -> str:
+    """DuckDB's own limit in a worker: 60% of the OS limit (the rest: Python, Arrow)."""
+    return f"{max(64, memory_bytes * 6 // 10 // 2**20)}MiB"
 
 
 class SandboxFailed(Exception):
@@ -107,13 +120,15 @@ class Worker:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "aap.query.sandbox", str(child.fileno()),
-                 str(limits.memory_bytes)],
+                 str(limits.memory_bytes), str(limits.threads)],
                 pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, close_fds=True)
         finally:
             child.close()
         self.sock = parent
         self.limits = limits
+        self.queries = 0
+        self.reusable = False
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -124,36 +139,40 @@ class Worker:
 
     def run(self, header: dict[str, Any], fds: list[int], deadline: float) -> dict[str, Any]:
         """Send the query and the views' pipes (read ends), wait for the answer until
-        ``deadline`` (monotonic) plus a grace; the worker is gone afterwards."""
+        ``deadline`` (monotonic) plus a grace. Afterwards ``reusable`` says whether the
+        worker may take another query (it answered, and says it is small again)."""
+        self.reusable = False
+        self.queries += 1
         try:
-            try:
-                _send_all(self.sock, msgspec.json.encode(header), fds)
-            except OSError:
-                raise SandboxFailed("error", "the query's worker process is not running"
-                                    ) from None
-            self.sock.settimeout(max(0.0, deadline - time.monotonic()) + GRACE_S)
-            try:
-                (n,) = _HEADER.unpack(_recv_exact(self.sock, _HEADER.size))
-                if n > self.limits.max_response_bytes + 4096:
-                    raise SandboxFailed("too_large", "")
-                out: dict[str, Any] = msgspec.json.decode(_recv_exact(self.sock, n))
-            except TimeoutError:
+            _send_all(self.sock, msgspec.json.encode(header), fds)
+        except OSError:
+            raise SandboxFailed("error", "the query's worker process is not running"
+                                ) from None
+        self.sock.settimeout(max(0.0, deadline - time.monotonic()) + GRACE_S)
+        try:
+            (n,) = _HEADER.unpack(_recv_exact(self.sock, _HEADER.size))
+            if n > self.limits.max_response_bytes + 4096:
+                raise SandboxFailed("too_large", "")
+            out: dict[str, Any] = msgspec.json.decode(_recv_exact(self.sock, n))
+        except TimeoutError:
+            raise SandboxFailed("timeout", "") from None
+        except (EOFError, ConnectionError):
+            self.proc.wait(timeout=10)
+            if time.monotonic() >= deadline:
                 raise SandboxFailed("timeout", "") from None
-            except (EOFError, ConnectionError):
-                self.proc.wait(timeout=10)
-                if time.monotonic() >= deadline:
-                    raise SandboxFailed("timeout", "") from None
-                raise SandboxFailed("memory", f"the query's worker process stopped (exit "
-                                    f"{self.proc.returncode})") from None
-            if "error" in out:
-                raise SandboxFailed(out["error"], out.get("message", ""))
-            return out
-        finally:
-            self.kill()
+            raise SandboxFailed("memory", f"the query's worker process stopped (exit "
+                                f"{self.proc.returncode})") from None
+        error = out.get("error")
+        self.reusable = (bool(out.pop("reuse", False)) and self.queries < MAX_QUERIES
+                         and error not in ("timeout", "memory"))
+        if error is not None:
+            raise SandboxFailed(error, out.get("message", ""))
+        return out
 
 
 class WorkerPool:
-    """Idle workers started ahead of time (``idle`` of them); each runs one query."""
+    """Idle workers started ahead of time (``idle`` of them), and workers given back after
+a query that left them clean."""
 
     def __init__(self, limits: Limits, idle: int = 2) -> None:
         self.limits = limits
@@ -200,6 +219,13 @@ class WorkerPool:
         if self.size > 0:
             self.wanted.set()
         return found if found is not None else Worker(self.limits)
+
+    def give_back(self, w: Worker) -> None:
+        with self.lock:
+            if not self.closed and w.reusable and len(self.idle) < max(1, self.size):
+                self.idle.append(w)
+                return
+        w.kill()
 
     def close(self) -> None:
         with self.lock:
@@ -251,7 +277,8 @@ def run(query: str, views: Iterable[tuple[str, Any, bool]], *, limit: int,
     whether the query reads it more than once). ``interrupt``: cursors to interrupt at
     the end (the views' sources), so that a writer never outlives the query."""
     deadline = time.monotonic() + timeout_s
-    worker = pool(limits, idle).take()
+    workers = pool(limits, idle)
+    worker = workers.take()
     writers: list[threading.Thread] = []
     fds: list[int] = []
     names: list[tuple[str, bool]] = []
@@ -265,15 +292,13 @@ def run(query: str, views: Iterable[tuple[str, Any, bool]], *, limit: int,
             t.start()
             writers.append(t)
         header = {"query": query, "views": names, "limit": limit, "timeout_s": timeout_s,
-                  "threads": limits.threads,
-                  "memory_limit": f"{max(64, limits.memory_bytes * 6 // 10 // 2**20)}MiB",
                   "max_bytes": limits.max_response_bytes}
         return worker.run(header, fds, deadline)
     finally:
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        worker.kill()
+        workers.give_back(worker)
         for cur in interrupt:
             with contextlib.suppress(Exception):
                 cur.interrupt()
@@ -301,6 +326,29 @@ def failed(exc: SandboxFailed, *, timeout_s: float, limits: Limits) -> BadReques
 
 # -- the worker's side --
 
+def jsonable(v: Any) -> Any:
+    """A value of a DuckDB row as JSON has it (dates ISO, decimals as floats, NaN null)."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if v == v and v not in (float("inf"), float("-inf")) else None
+    if isinstance(v, decimal.Decimal):
+        return float(v)
+    if isinstance(v, (dt.datetime, dt.date, dt.time)):
+        return v.isoformat()
+    if isinstance(v, dt.timedelta):
+        return v.total_seconds()
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, uuid.UUID):
+        return str(v)
+    if isinstance(v, (bytes, bytearray)):
+        return v.hex()
+    return str(v)
+
+
 def _die_with_parent() -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -311,22 +359,25 @@ def _die_with_parent() -> None:
         os._exit(0)
 
 
-def _execute(header: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+def _connect(threads: int, memory_limit: str) -> Any:
+    import duckdb
+
+    return duckdb.connect(":memory:", config={
+        "enable_external_access": False, "threads": threads, "memory_limit": memory_limit,
+        "autoinstall_known_extensions": False, "autoload_known_extensions": False,
+    })
+
+
+def _execute(con: Any, header: dict[str, Any], fds: list[int]) -> dict[str, Any]:
     import duckdb
     import pyarrow as pa
 
-    from aap.query.sql import _jsonable
-
-    con = duckdb.connect(":memory:", config={
-        "enable_external_access": False, "threads": int(header["threads"]),
-        "memory_limit": header["memory_limit"], "autoinstall_known_extensions": False,
-        "autoload_known_extensions": False,
-    })
     timer = threading.Timer(float(header["timeout_s"]), con.interrupt)
     timer.start()
+    files = [os.fdopen(fd, "rb") for fd in fds]
     try:
-        for (name, whole), fd in zip(header["views"], fds, strict=True):
-            stream = pa.ipc.open_stream(os.fdopen(fd, "rb"))
+        for (name, whole), f in zip(header["views"], files, strict=True):
+            stream = pa.ipc.open_stream(f)
             con.register(name, stream.read_all() if whole else stream)
         con.execute("SET lock_configuration = true")
         res = con.execute(header["query"])
@@ -343,12 +394,12 @@ def _execute(header: dict[str, Any], fds: list[int]) -> dict[str, Any]:
                 if len(rows) == limit:
                     truncated = True
                     break
-                row = [_jsonable(v) for v in r]
+                row = [jsonable(v) for v in r]
                 size += len(msgspec.json.encode(row)) + 1
                 if size > budget:
                     return {"error": "too_large", "message": ""}
                 rows.append(row)
-        return {"columns": columns, "rows": rows, "truncated": truncated}
+        return {"kind": "sql", "columns": columns, "rows": rows, "truncated": truncated}
     except duckdb.InterruptException:
         return {"error": "timeout", "message": ""}
     except (duckdb.OutOfMemoryException, MemoryError) as exc:
@@ -362,37 +413,48 @@ def _execute(header: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         return {"error": "error", "message": msg}
     finally:
         timer.cancel()
+        for f in files:
+            with contextlib.suppress(OSError):
+                f.close()
 
 
 def main(argv: list[str]) -> None:
-    fd, memory = int(argv[0]), int(argv[1])
+    fd, memory, threads = int(argv[0]), int(argv[1]), int(argv[2])
     _die_with_parent()
     sock = socket.socket(fileno=fd)
-    import duckdb  # noqa: F401 - loaded before the limit and the wait, not per query
-    import pyarrow  # noqa: F401
+    import pyarrow  # noqa: F401 - loaded before the limit and the wait, not per query
 
     resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
-    try:
-        first, fds, _, _ = socket.recv_fds(sock, 65536, 64)
-    except OSError:
-        return
-    if len(first) < _HEADER.size:
-        return  # the core closed the socket: stop
-    (n,) = _HEADER.unpack(first[:_HEADER.size])
-    body = first[_HEADER.size:]
-    if len(body) < n:
-        body += _recv_exact(sock, n - len(body))
-    header = msgspec.json.decode(body)
-    # a hard stop of our own, should the core be gone or slow to kill us
-    signal.alarm(int(float(header["timeout_s"]) + 2 * GRACE_S + 5))
-    try:
-        out = _execute(header, fds)
-        payload = msgspec.json.encode(out)
-    except MemoryError:
-        payload = msgspec.json.encode({"error": "memory", "message": "MemoryError"})
-    sock.sendall(_HEADER.pack(len(payload)) + payload)
-    sock.close()
+    while True:
+        con = _connect(threads, duckdb_memory(memory))
+        try:
+            first, fds, _, _ = socket.recv_fds(sock, 65536, 64)
+        except OSError:
+            return
+        if len(first) < _HEADER.size:
+            return  # the core closed the socket: stop
+        (n,) = _HEADER.unpack(first[:_HEADER.size])
+        body = first[_HEADER.size:]
+        if len(body) < n:
+            body += _recv_exact(sock, n - len(body))
+        header = msgspec.json.decode(body)
+        # a hard stop of our own, should the core be gone or slow to kill us
+        signal.alarm(int(float(header["timeout_s"]) + 2 * GRACE_S + 5))
+        try:
+            out = _execute(con, header, fds)
+            con.close()
+            del con
+            out["reuse"] = _resident() < memory // 4
+            payload = msgspec.json.encode(out)
+        except MemoryError:
+            payload = msgspec.json.encode({"error": "memory", "message": "MemoryError"})
+        sock.sendall(_HEADER.pack(len(payload)) + payload)
+        signal.alarm(0)
 
+
+def _resident() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 if __name__ == "__main__":
     main(sys.argv[1:])

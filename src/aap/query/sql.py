@@ -16,9 +16,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
-import uuid
 from contextlib import ExitStack
 from typing import Any
 
@@ -117,28 +114,6 @@ def personal_columns(query: str, role: str) -> list[str]:
     names = {c.name.lower() for c in stmt.find_all(exp.Column)}
     star = any(not isinstance(s.parent, exp.Count) for s in stmt.find_all(exp.Star))
     return sorted(f"{v}.{c}" for v in used for c in PERSONAL[v] if star or c in names)
-
-
-def _jsonable(v: Any) -> Any:
-    if v is None or isinstance(v, (bool, int, str)):
-        return v
-    if isinstance(v, float):
-        return v if v == v and v not in (float("inf"), float("-inf")) else None
-    if isinstance(v, decimal.Decimal):
-        return float(v)
-    if isinstance(v, (dt.datetime, dt.date, dt.time)):
-        return v.isoformat()
-    if isinstance(v, dt.timedelta):
-        return v.total_seconds()
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, uuid.UUID):
-        return str(v)
-    if isinstance(v, (bytes, bytearray)):
-        return v.hex()
-    return str(v)
 
 
 def run(ctx: Context, q: SQL, *, max_rows: int = 100_000, max_seconds: float = 300.0,
