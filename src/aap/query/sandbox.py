@@ -216,8 +216,8 @@ a query that left them clean."""
                     found = w
                 else:
                     w.kill()
-        if self.size > 0:
-            self.wanted.set()
+        if self.size > 0 and not self.idle:
+            self.wanted.set()  # a burst: have the next ones ready
         return found if found is not None else Worker(self.limits)
 
     def give_back(self, w: Worker) -> None:
@@ -226,6 +226,8 @@ a query that left them clean."""
                 self.idle.append(w)
                 return
         w.kill()
+        if self.size > 0:
+            self.wanted.set()  # replace it
 
     def close(self) -> None:
         with self.lock:
@@ -422,9 +424,8 @@ def main(argv: list[str]) -> None:
     fd, memory, threads = int(argv[0]), int(argv[1]), int(argv[2])
     _die_with_parent()
     sock = socket.socket(fileno=fd)
-    import pyarrow  # noqa: F401 - loaded before the limit and the wait, not per query
-
     resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
+    _warm_up(threads, memory)
     while True:
         con = _connect(threads, duckdb_memory(memory))
         try:
@@ -450,6 +451,22 @@ def main(argv: list[str]) -> None:
             payload = msgspec.json.encode({"error": "memory", "message": "MemoryError"})
         sock.sendall(_HEADER.pack(len(payload)) + payload)
         signal.alarm(0)
+
+
+def _warm_up(threads: int, memory: int) -> None:
+    """Load what a query's first Arrow scan loads lazily (``pyarrow.dataset`` and
+    more), before a query waits for it."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    table = pa.table({"x": [1, 2]})
+    with pa.ipc.new_stream(sink, table.schema) as out:
+        out.write_table(table)
+    con = _connect(threads, duckdb_memory(memory))
+    con.register("t", pa.ipc.open_stream(sink.getvalue()))
+    con.register("u", table)
+    con.execute("SELECT count(*) FROM t, u").fetchall()
+    con.close()
 
 
 def _resident() -> int:
