@@ -166,6 +166,32 @@ def test_deadline_keeps_interrupting_until_the_work_stops() -> None:
     assert time.monotonic() - started < 60
 
 
+@pytest.mark.parametrize("doc", [
+    {"kind": "trends", "series": [{"event": "x"}, {"event": "y", "math": "persons"}],
+     "breakdown": "country"},
+    {"kind": "funnel", "steps": [{"event": "a"}, {"event": "b"}, {"event": "c"}]},
+    {"kind": "retention"},
+    {"kind": "paths"},
+    {"kind": "stickiness", "series": [{"event": "x"}]},
+    {"kind": "lifecycle"},
+], ids=lambda d: d["kind"])
+def test_every_insight_kind_stops_at_its_deadline(tmp_path: Path, doc: dict[str, Any]) -> None:
+    """A deadline that has passed before the insight starts: each of its statements
+    meets an interrupt, and the answer is a timeout, not a late result."""
+    from aap.errors import BadRequest
+    from aap.query.runner import run_insight
+    from aap.store.warehouse import Warehouse
+
+    wh = Warehouse(tmp_path / "warehouse")
+    try:
+        assert run_insight(wh, doc)["kind"] == doc["kind"]  # it runs, given the time
+        with pytest.raises(BadRequest) as err:
+            run_insight(wh, doc, timeout_s=1e-6)
+        assert err.value.code == "timeout"
+    finally:
+        wh.close()
+
+
 # -- size --
 
 def test_a_large_sql_answer_is_refused_by_its_size(api: Api) -> None:
