@@ -84,9 +84,7 @@ class RestAPI:
         self.audit = AuditLog(settings.data_path)
         self.cache = (QueryCache(warehouse, float(settings.query_cache_interval_s))
                       if settings.query_cache else None)
-        self.sql_limits = sandbox.Limits(
-            memory_bytes=sandbox.parse_bytes(str(settings.sql_memory)),
-            max_response_bytes=int(settings.max_response_bytes))
+        self.sql_limits = sandbox.Limits.from_settings(settings)
         self.routes: list[tuple[str, re.Pattern[str], str, Handler]] = [
             ("POST", re.compile(r"^/query$"), "analyst", self.query),
             ("GET", re.compile(r"^/insights$"), "viewer", self.list_insights),

@@ -49,6 +49,7 @@ from aap.errors import BadRequest
 MAX_QUERIES = 200
 """A worker is replaced after this many queries (or at once after a timeout, a memory
 failure, or when it did not give its memory back)."""
+MIN_MEMORY = 384 * 2**20
 GRACE_S = 1.0
 """After the deadline, how long the core waits for the worker's own ``timeout`` answer
 before it kills the worker."""
@@ -77,6 +78,21 @@ class Limits:
     """``RLIMIT_DATA`` of the worker; DuckDB's own limit in it is 60% of this."""
     threads: int = 2
     max_response_bytes: int = 50 * 2**20
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Limits:
+        """``AAP_SQL_MEMORY`` and ``AAP_MAX_RESPONSE_BYTES`` (ValueError naming them)."""
+        try:
+            memory = parse_bytes(str(settings.sql_memory))
+        except ValueError as exc:
+            raise ValueError(f"AAP_SQL_MEMORY: {exc}") from None
+        if memory < MIN_MEMORY:
+            raise ValueError(f"AAP_SQL_MEMORY={settings.sql_memory}: at least "
+                             f"{MIN_MEMORY // 2**20} MiB (a worker's Python, DuckDB and Arrow "
+                             "take about 250 MB of it before any query)")
+        if int(settings.max_response_bytes) < 1024:
+            raise ValueError(f"AAP_MAX_RESPONSE_BYTES={settings.max_response_bytes}: at least 1024")
+        return cls(memory_bytes=memory, max_response_bytes=int(settings.max_response_bytes))
 
 
 def duckdb_memory(memory_bytes: int) -> str:
@@ -424,6 +440,9 @@ def main(argv: list[str]) -> None:
     fd, memory, threads = int(argv[0]), int(argv[1]), int(argv[2])
     _die_with_parent()
     sock = socket.socket(fileno=fd)
+    import duckdb  # noqa: F401 - loaded before the limit: counted once, not per query
+    import pyarrow.dataset  # noqa: F401
+
     resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
     _warm_up(threads, memory)
     while True:
@@ -474,4 +493,7 @@ def _resident() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except MemoryError:  # the core answers memory_limit; no traceback in its log
+        os._exit(70)
