@@ -440,8 +440,10 @@ def main(argv: list[str]) -> None:
     fd, memory, threads = int(argv[0]), int(argv[1]), int(argv[2])
     _die_with_parent()
     sock = socket.socket(fileno=fd)
-    import duckdb  # noqa: F401 - loaded before the limit: counted once, not per query
-    import pyarrow.dataset  # noqa: F401
+    # loaded before the limit (not pyarrow.dataset: DuckDB aborts if that is loaded
+    # before the limit is set); the warm-up below loads the rest under the limit
+    import duckdb  # noqa: F401
+    import pyarrow  # noqa: F401
 
     resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
     _warm_up(threads, memory)
