@@ -30,6 +30,7 @@ SLOW_ON_EVENTS = ("WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM 
                   " SELECT max(n) + (SELECT count(*) FROM events) FROM t")
 """The same, reading a view: the core holds a warehouse snapshot for it meanwhile."""
 SQL_MEMORY = 512 * 2**20
+SERVER_TIMEOUT_S = 16
 CORE_PEAK_LIMIT = 1536 * 2**20
 """The core's peak resident memory must stay below this (a bomb asks for many GB)."""
 
@@ -89,7 +90,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         "AAP_QUERY_CONCURRENCY": "3", "AAP_QUERY_CONCURRENCY_PER_KEY": "2",
         "AAP_QUERY_QUEUE_PER_KEY": "1", "AAP_SQL_MEMORY": str(SQL_MEMORY),
         "AAP_MAX_RESPONSE_BYTES": "1000000", "AAP_SQL_WORKERS": "1",
-        "AAP_MAX_INSIGHT_CELLS": "20000"}).start()
+        "AAP_MAX_INSIGHT_CELLS": "20000", "AAP_QUERY_TIMEOUT_S": str(SERVER_TIMEOUT_S),
+    }).start()
     try:
         batch = [{"type": "track", "userId": f"u{i}", "event": "Signed Up",
                   "messageId": str(uuid.uuid4()), "properties": {"plan": f"p{i % 7}"}}
@@ -151,6 +153,12 @@ def test_the_time_limit_stops_the_query(api: Api, query: str) -> None:
     assert "1 s" in body["message"]
     assert elapsed < 30, elapsed  # generous: the point is that it did not run to its end
     assert core_pid(api.server) == pid
+
+
+def test_the_server_time_limit_caps_what_a_query_asks_for(api: Api) -> None:
+    r = api.sql(SLOW, timeout_s=300)  # AAP_QUERY_TIMEOUT_S is 16 s
+    body = assert_error(r, 400, "timeout")
+    assert f"{SERVER_TIMEOUT_S} s" in body["message"]
 
 
 def test_deadline_keeps_interrupting_until_the_work_stops() -> None:
@@ -242,7 +250,7 @@ def test_per_key_queue_other_keys_and_privacy_requests_get_through(api: Api) -> 
     pool = ThreadPoolExecutor(4)
     try:
         slow: list[Future[httpx.Response]] = [
-            pool.submit(api.sql, q, timeout_s=12) for q in [SLOW, SLOW_ON_EVENTS] * 2]
+            pool.submit(api.sql, q, timeout_s=8) for q in [SLOW, SLOW_ON_EVENTS] * 2]
         deadline = time.monotonic() + 60
         while not any(f.done() for f in slow):
             assert time.monotonic() < deadline, "no answer to any of the four queries"
