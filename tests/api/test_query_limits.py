@@ -283,3 +283,48 @@ def test_per_key_queue_other_keys_and_privacy_requests_get_through(api: Api) -> 
             assert_error(f.result(timeout=120), 400, "timeout")
     finally:
         pool.shutdown(wait=True)
+
+
+# -- workers die with the core --
+
+def sandbox_workers(parent: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+            ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"aap.query.sandbox" in cmd:
+            out.append(int(d))
+    return out
+
+
+def test_sql_workers_die_with_the_core(tmp_path: Path) -> None:
+    """Killed outright (SIGKILL: no clean-up code runs), the core takes its sql workers
+    with it, idle and busy ones alike."""
+    data = tmp_path / "data"
+    create_source(data, "web", "--historical", "--basis", "contract")
+    key = new_key(data, "analyst")
+    server = ServerProcess(data, workers=1, env={"AAP_SQL_WORKERS": "2"}).start()
+    try:
+        api = Api(server, {"a": key})
+        pool = ThreadPoolExecutor(1)
+        busy = pool.submit(api.sql, SLOW, timeout_s=60)
+        core = core_pid(server)
+        deadline = time.monotonic() + 60
+        while len(workers := sandbox_workers(core)) < 2:  # one busy and at least one idle
+            assert time.monotonic() < deadline, workers
+            time.sleep(0.1)
+        os.kill(core, 9)
+        deadline = time.monotonic() + 60
+        while alive := [w for w in workers if Path(f"/proc/{w}").exists()
+                        and "Z" not in Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1][:3]]:
+            assert time.monotonic() < deadline, f"workers left running: {alive}"
+            time.sleep(0.1)
+        assert busy.result(timeout=120).status_code >= 400  # answered, not left hanging
+        pool.shutdown()
+    finally:
+        server.kill()

@@ -36,7 +36,7 @@ from aap.query import sandbox
 from aap.query.cache import QueryCache
 from aap.query.cohorts import Cohorts
 from aap.query.models import parse_cohort, parse_insight
-from aap.query.runner import run_insight
+from aap.query.runner import Deadline, run_insight
 from aap.settings import Settings
 from aap.store.warehouse import Warehouse
 
@@ -110,7 +110,8 @@ class RestAPI:
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
-        sandbox.shutdown()
+        sandbox.shutdown()   # running sql queries end at once,
+        Deadline.expire_all()  # and insights at their next statement
 
     def handle(self, method: str, path: str, role: str, body: bytes, actor: str = "local"
                ) -> tuple[int, Any]:

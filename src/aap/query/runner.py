@@ -103,16 +103,28 @@ class Deadline:
     interrupt only stops the statement running at that instant, so one interrupt
     could fall between two statements and the next would run to its end."""
 
+    active: set[Deadline] = set()
+    lock = threading.Lock()
+
     def __init__(self, seconds: float, cur: duckdb.DuckDBPyConnection) -> None:
         self.seconds = seconds
         self.cur = cur
         self.done = threading.Event()
+        self.wake = threading.Event()
         self.passed = False
         self.thread = threading.Thread(target=self._watch, name="aap-query-deadline",
                                        daemon=True)
 
+    @classmethod
+    def expire_all(cls) -> None:
+        """Bring every running insight's deadline to now (the server is stopping)."""
+        with cls.lock:
+            for d in cls.active:
+                d.wake.set()
+
     def _watch(self) -> None:
-        if self.done.wait(self.seconds):
+        self.wake.wait(self.seconds)
+        if self.done.is_set():
             return
         self.passed = True
         while True:
@@ -121,9 +133,14 @@ class Deadline:
                 return
 
     def __enter__(self) -> Deadline:
+        with Deadline.lock:
+            Deadline.active.add(self)
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        with Deadline.lock:
+            Deadline.active.discard(self)
         self.done.set()
+        self.wake.set()
         self.thread.join()

@@ -194,6 +194,7 @@ a query that left them clean."""
         self.limits = limits
         self.size = idle
         self.idle: list[Worker] = []
+        self.busy: set[Worker] = set()
         self.lock = threading.Lock()
         self.wanted = threading.Event()
         self.closed = False
@@ -234,10 +235,17 @@ a query that left them clean."""
                     w.kill()
         if self.size > 0 and not self.idle:
             self.wanted.set()  # a burst: have the next ones ready
-        return found if found is not None else Worker(self.limits)
+        w = found if found is not None else Worker(self.limits)
+        with self.lock:
+            if self.closed:
+                w.kill()
+                raise SandboxFailed("error", "the server is stopping")
+            self.busy.add(w)
+        return w
 
     def give_back(self, w: Worker) -> None:
         with self.lock:
+            self.busy.discard(w)
             if not self.closed and w.reusable and len(self.idle) < max(1, self.size):
                 self.idle.append(w)
                 return
@@ -246,11 +254,13 @@ a query that left them clean."""
             self.wanted.set()  # replace it
 
     def close(self) -> None:
+        """Kill every worker, busy ones included (their queries end at once)."""
         with self.lock:
             self.closed = True
             idle, self.idle = self.idle, []
+            busy = list(self.busy)
         self.wanted.set()
-        for w in idle:
+        for w in idle + busy:
             w.kill()
 
 
