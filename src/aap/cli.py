@@ -33,12 +33,17 @@ def _settings(**kw: Any) -> Settings:
 
 
 def _checked(settings: Settings) -> Settings:
-    """Refuse a configuration that would keep personal data too long (a clear message)."""
+    """Refuse a configuration that would keep personal data too long, or whose query
+    limits cannot work (a clear message)."""
+    from aap.api.gate import check_settings as check_query_settings
     from aap.privacy.purposes import Registry
     from aap.privacy.retention import check_settings
+    from aap.query.sandbox import Limits
 
     try:
         check_settings(settings, Registry.for_data_dir(settings.data_path))
+        Limits.from_settings(settings)
+        check_query_settings(settings)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     return settings
@@ -351,10 +356,15 @@ def _query_directly(settings: Settings, doc: Any, role: str) -> Any:
 
     from aap.query.cohorts import Cohorts
     from aap.query.runner import run_insight
+    from aap.query.sandbox import Limits
     from aap.store.tiers import TierConfig, TierStore
     from aap.store.warehouse import Warehouse
 
     data = settings.data_path
+    try:
+        limits = Limits.from_settings(settings)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     if not (data / "warehouse" / "hot.duckdb").exists():
         raise click.ClickException(f"no warehouse under {data}")
     tiers = TierStore(TierConfig(
@@ -372,7 +382,9 @@ def _query_directly(settings: Settings, doc: Any, role: str) -> Any:
                            timeout_s=float(settings.query_timeout_s),
                            sql_max_rows=int(settings.sql_max_rows),
                            on_personal_read=lambda d: AuditLog(data).append(
-                               _actor(), "data.read", d))
+                               _actor(), "data.read", d),
+                           max_cells=int(settings.max_insight_cells),
+                           sql_limits=limits, sql_idle_workers=0)
     finally:
         wh.close()
 

@@ -9,15 +9,21 @@ proxied to it by the collector's workers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 import duckdb
 import msgspec
 
+from aap import errors
+from aap.api.gate import QueryGate
+from aap.api.rest import is_query
 from aap.collect.app import Receive, Scope, Send
 from aap.log import open_log
 from aap.privacy.audit import AuditLog
@@ -185,20 +191,50 @@ _RIGHTS = {"/internal/privacy/rectify": "rectification",
 
 
 class CoreApp:
+    """Threads: queries run on ``queries`` (``AAP_QUERY_CONCURRENCY`` threads) once the
+    gate (:mod:`aap.api.gate`) gives them a slot; privacy calls on ``privacy``, every
+    other call on ``other``: neither ever waits behind analysts' queries."""
+
     def __init__(self) -> None:
         self.core: Core | None = None
+        self.gate: QueryGate | None = None
+        self.queries: ThreadPoolExecutor | None = None
+        self.privacy = ThreadPoolExecutor(4, thread_name_prefix="aap-privacy")
+        self.other = ThreadPoolExecutor(8, thread_name_prefix="aap-api")
+
+    def _start(self) -> None:
+        settings = Settings()
+        self.gate = QueryGate(total=int(settings.query_concurrency),
+                              per_key=int(settings.query_concurrency_per_key),
+                              queue_per_key=int(settings.query_queue_per_key),
+                              max_wait_s=float(settings.query_timeout_s),
+                              retry_after=int(settings.retry_after_seconds))
+        self.queries = ThreadPoolExecutor(int(settings.query_concurrency),
+                                          thread_name_prefix="aap-query")
+        self.core = Core(settings)
+        self.core.start()
+
+    def _close(self) -> None:
+        if self.core:
+            self.core.close()
+        for pool in (self.queries, self.privacy, self.other):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _on(self, pool: ThreadPoolExecutor | None, fn: Callable[..., Any], *args: Any
+                  ) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            pool, functools.partial(fn, *args))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
                 msg = await receive()
                 if msg["type"] == "lifespan.startup":
-                    self.core = Core(Settings())
-                    self.core.start()
+                    self._start()
                     await send({"type": "lifespan.startup.complete"})
                 elif msg["type"] == "lifespan.shutdown":
-                    if self.core:
-                        await asyncio.to_thread(self.core.close)
+                    await asyncio.to_thread(self._close)
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["type"] != "http":
@@ -210,21 +246,22 @@ class CoreApp:
             body += m.get("body", b"")
             more = m.get("more_body", False)
         status: int
-        out: dict[str, Any]
+        out: Any
+        reply_headers = [(b"content-type", b"application/json")]
         status, out = 404, {"code": "not_found", "message": "no such endpoint", "detail": ""}
         if self.core is None:
             status, out = 503, {"code": "starting", "message": "starting", "detail": ""}
         elif scope["path"] == "/healthz":
             status, out = 200, {"status": "ok", "position": self.core.processor.position}
         elif scope["path"] == "/internal/privacy/erase" and scope["method"] == "POST":
-            status, out = await asyncio.to_thread(self.core.erase, body)
+            status, out = await self._on(self.privacy, self.core.erase, body)
         elif scope["path"] == "/internal/privacy/access" and scope["method"] == "POST":
-            status, out = await asyncio.to_thread(self.core.access, body)
+            status, out = await self._on(self.privacy, self.core.access, body)
         elif scope["path"] in _RIGHTS and scope["method"] == "POST":
-            status, out = await asyncio.to_thread(self.core.rights_request,
-                                                  _RIGHTS[scope["path"]], body)
+            status, out = await self._on(self.privacy, self.core.rights_request,
+                                         _RIGHTS[scope["path"]], body)
         elif scope["path"] == "/internal/sql" and scope["method"] == "POST":
-            status, out = await asyncio.to_thread(self.core.sql, body)
+            status, out = await self._on(self.other, self.core.sql, body)
         elif scope["path"].startswith("/internal/api/v1/"):
             headers = dict(scope["headers"])
             role = headers.get(b"x-aap-role", b"").decode("latin-1")
@@ -233,20 +270,36 @@ class CoreApp:
             key_id = headers.get(b"x-aap-key", b"").decode("latin-1")
             actor = (f"key:{key_id}" if key_id else
                      headers.get(b"x-aap-actor", b"local").decode("latin-1")[:100])
-            status, out = await asyncio.to_thread(
-                self.core.rest.handle, scope["method"], scope["path"][len("/internal/api/v1"):],
-                role, body, actor)
+            method, path = scope["method"], scope["path"][len("/internal/api/v1"):]
+            args = (method, path, role, body, actor)
+            if is_query(method, path) and self.gate is not None:
+                try:
+                    async with self.gate.slot(key_id or actor):
+                        status, out = await self._on(self.queries, self.core.rest.handle, *args)
+                except errors.TransientError as exc:
+                    status, out = exc.status, exc.body()
+                    reply_headers.append((b"retry-after", str(exc.retry_after).encode()))
+            else:
+                pool = self.privacy if path.startswith("/privacy/") else self.other
+                status, out = await self._on(pool, self.core.rest.handle, *args)
         if isinstance(out, bytes):  # a file (the zip of an access request)
             await send({"type": "http.response.start", "status": status,
                         "headers": [(b"content-type", b"application/zip")]})
             await send({"type": "http.response.body", "body": out})
             return
-        answer_headers = [(b"content-type", b"application/json")]
+        encoded = msgspec.json.encode(out)
+        limit = self.core.settings.max_response_bytes if self.core else 0
+        if limit and len(encoded) > limit:
+            status, encoded = 400, msgspec.json.encode(errors.BadRequest(
+                f"the answer is {len(encoded)} bytes, more than {limit}"
+                " (AAP_MAX_RESPONSE_BYTES): ask for less (fewer series, rows or buckets)",
+                {"bytes": len(encoded), "limit_bytes": limit},
+                code="response_too_large").body())
         if status == 405 and isinstance(out.get("detail"), list):  # the methods allowed
-            answer_headers.append((b"allow", ", ".join(out["detail"]).encode()))
+            reply_headers.append((b"allow", ", ".join(out["detail"]).encode()))
         await send({"type": "http.response.start", "status": status,
-                    "headers": answer_headers})
-        await send({"type": "http.response.body", "body": msgspec.json.encode(out)})
+                    "headers": reply_headers})
+        await send({"type": "http.response.body", "body": encoded})
 
 
 def create_app() -> CoreApp:

@@ -70,7 +70,7 @@ class ApiProxy:
         except httpx.TransportError:
             raise errors.ServiceUnavailable("the query engine is not running (starting?)",
                                             code="core_unavailable") from None
-        extra = [("allow", r.headers["allow"])] if "allow" in r.headers else []
+        extra = [(h, r.headers[h]) for h in ("allow", "retry-after") if h in r.headers]
         if r.headers.get("content-type", "application/json") != "application/json":
             extra.append(("content-type", r.headers["content-type"]))
         return r.status_code, r.content, extra

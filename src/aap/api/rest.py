@@ -7,6 +7,9 @@ routes and the role each needs are in :data:`aap.api.routes.ROUTES`.
 
 Whatever the route, a query or saved insight that reads personal data needs role privacy
 (:mod:`aap.query.guard`), and every such read is audited (``data.read``).
+
+Queries (``POST /query``, ``GET /insights/{id}``) take a slot of :mod:`aap.api.gate`
+and run on the core's query threads; the other routes run on threads of their own.
 """
 
 from __future__ import annotations
@@ -24,11 +27,11 @@ from aap.api.keys import ROLES, ApiKeys, role_at_least
 from aap.api.routes import ROUTES, NewKey, SaveInsight
 from aap.privacy.audit import AuditLog
 from aap.privacy.requests import Requests
-from aap.query import guard
+from aap.query import guard, sandbox
 from aap.query.cache import QueryCache
 from aap.query.cohorts import Cohorts
 from aap.query.models import parse_cohort, parse_insight
-from aap.query.runner import run_insight
+from aap.query.runner import Deadline, run_insight
 from aap.settings import Settings
 from aap.store.warehouse import Warehouse
 
@@ -37,6 +40,13 @@ logger = logging.getLogger("aap.api")
 Handler = Callable[[dict[str, str], bytes, str], Any]
 ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("actor", default="local")
 """Who is calling, for the audit log: ``key:<id>`` of the API key, or the local caller."""
+QUERY_ROUTES = (("POST", re.compile(r"^/query$")),
+                ("GET", re.compile(r"^/insights/\d{1,12}$")))
+"""The routes that run queries (paths under ``/api/v1``): they take a query slot."""
+
+
+def is_query(method: str, path: str) -> bool:
+    return any(m == method and p.match(path) for m, p in QUERY_ROUTES)
 
 
 def _decode(body: bytes, typ: type) -> Any:
@@ -59,6 +69,7 @@ class RestAPI:
         self.audit = AuditLog(settings.data_path)
         self.cache = (QueryCache(warehouse, float(settings.query_cache_interval_s))
                       if settings.query_cache else None)
+        self.sql_limits = sandbox.Limits.from_settings(settings)
         self.routes: list[tuple[str, re.Pattern[str], str, Handler]] = [
             (r.method, r.pattern, r.role, getattr(self, r.handler)) for r in ROUTES]
 
@@ -69,6 +80,8 @@ class RestAPI:
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
+        sandbox.shutdown()   # running sql queries end at once,
+        Deadline.expire_all()  # and insights at their next statement
 
     def handle(self, method: str, path: str, role: str, body: bytes, actor: str = "local"
                ) -> tuple[int, Any]:
@@ -127,7 +140,10 @@ class RestAPI:
                            use_cache=self.cache is not None,
                            timeout_s=float(self.settings.query_timeout_s),
                            sql_max_rows=int(self.settings.sql_max_rows),
-                           on_personal_read=lambda d: self.audit.append(actor, "data.read", d))
+                           on_personal_read=lambda d: self.audit.append(actor, "data.read", d),
+                           max_cells=int(self.settings.max_insight_cells),
+                           sql_limits=self.sql_limits,
+                           sql_idle_workers=int(self.settings.sql_workers))
 
     def query(self, params: dict[str, str], body: bytes, role: str) -> Any:
         return self._run(parse_insight(body), role)

@@ -70,7 +70,7 @@ _ONE_ID = (*API_ERRORS, 404)
 
 ROUTES: tuple[Route, ...] = (
     _route("POST", r"^/query$", "analyst", "query", "Run an insight", body=_ref("Insight"),
-           errors=_ONE_ID),  # 404: a cohort it names does not exist
+           errors=(*_ONE_ID, 429)),  # 404: a cohort it names; 429: the key's queue is full
     _route("GET", r"^/insights$", "viewer", "list_insights", "List saved insights",
            ok=_list("insights")),
     _route("POST", r"^/insights$", "analyst", "save_insight", "Save an insight",
@@ -78,7 +78,7 @@ ROUTES: tuple[Route, ...] = (
            body={"type": "object", "required": ["name", "query"], "additionalProperties": False,
                  "properties": {"name": {"type": "string"}, "query": _ref("Insight")}}),
     _route("GET", r"^/insights/(?P<id>\d{1,12})$", "viewer", "run_saved",
-           "Run a saved insight", errors=_ONE_ID,
+           "Run a saved insight", errors=(*_ONE_ID, 429),
            ok={"type": "object", "required": ["id", "name", "query", "result"]}),
     _route("GET", r"^/cohorts$", "viewer", "list_cohorts", "List cohorts",
            ok=_list("cohorts")),

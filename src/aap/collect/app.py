@@ -157,7 +157,8 @@ class Collector:
         self._metrics_token = settings.metrics_token.encode()
         self._hsts = ([("strict-transport-security", f"max-age={int(settings.hsts_max_age)}")]
                       if settings.tls_cert else [])
-        self.api = ApiProxy(self.data_dir, timeout=float(settings.query_timeout_s) + 30,
+        # a query may wait for a slot as long as it may run (aap.api.gate)
+        self.api = ApiProxy(self.data_dir, timeout=2 * float(settings.query_timeout_s) + 30,
                             max_body=settings.max_request_bytes)
         self.routes: dict[str, tuple[tuple[str, ...], Callable[[Request], Awaitable[Response]]]] = {
             "/healthz": (("GET", "HEAD"), self.healthz),

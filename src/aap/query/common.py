@@ -47,7 +47,6 @@ class Context:
     cohort: Callable[[int], CohortDef] | None = None
     role: str = "analyst"
     sandbox_threads: int = 2
-    sandbox_memory: str = "1GB"
     snapshot: Callable[[], Any] | None = None
     """Opens further snapshots (the ``sql`` kind streams each view from its own)."""
     daily: bool = False

@@ -4,27 +4,25 @@
    checked with a real SQL parser (sqlglot, DuckDB dialect), reading only the views
    ``events``, ``persons``, ``sessions``, ``orders``, ``order_items`` and ``products``
    (and its own CTEs).
-2. It runs in a separate in-memory DuckDB connection made for the query, with
+2. It runs in a worker process (:mod:`aap.query.sandbox`, with an OS memory limit), in
+   an in-memory DuckDB connection made for the query, with
    ``enable_external_access=false`` (no files, no extensions, no network) and
-   ``lock_configuration=true``, with its own memory limit. The views are streamed into
-   it as Arrow from a snapshot of the warehouse, holding only the columns the role may
-   see: below role ``privacy`` the personal columns are left out (a query that names
-   one is refused with 403 ``personal_data``, :func:`refuse_hidden`). Each column
-   arrives renamed ``view__column`` under a view that gives it its name back, so the
-   plan DuckDB makes for the query says which columns of which view it reads
-   (:func:`planned_columns`): at role privacy or above, the personal ones are audited.
-3. A time limit (the connection is interrupted) and a row limit (``truncated`` says the
-   answer was cut).
+   ``lock_configuration=true``. The views are streamed into it as Arrow from a snapshot
+   of the warehouse, holding only the columns the role may see: below role ``privacy``
+   the personal columns are left out (a query that names one is refused with 403
+   ``personal_data``, :func:`refuse_hidden`). Each column arrives renamed
+   ``view__column`` under a view that gives it its name back, so the plan DuckDB makes
+   for the query says which columns of which view it reads (:func:`planned_columns`):
+   at role privacy or above, the personal ones are audited.
+3. A time limit (the worker interrupts itself, the core kills it a little later), a row
+   limit (``truncated`` says the answer was cut) and a size limit of the answer.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import json
 import re
 import threading
-import uuid
 from contextlib import ExitStack
 from typing import Any
 
@@ -33,7 +31,7 @@ import sqlglot
 from sqlglot import exp
 
 from aap.errors import BadRequest, Forbidden
-from aap.query import guard
+from aap.query import guard, sandbox
 from aap.query.common import Context
 from aap.query.models import SQL
 from aap.store.schema import EVENT_COLUMNS
@@ -129,13 +127,8 @@ def _sources(view: str, role: str) -> tuple[str, str]:
     return select, f'CREATE VIEW "{view}" AS SELECT {names} FROM "__aap_{view}"'
 
 
-def planned_columns(con: duckdb.DuckDBPyConnection, query: str, used: dict[str, int]
-                    ) -> list[str]:
-    """The personal columns (``view.column``) the query reads, as DuckDB plans it: the
-    columns of each view's data that the optimized plan scans (projected, filtered,
-    packed into a struct, or selected by ``*`` or ``COLUMNS``), whatever the SQL's
-    shape. When the plan cannot be read, every personal column of the views it names
-    (fail closed)."""
+def plan_text(con: duckdb.DuckDBPyConnection, query: str) -> str:
+    """DuckDB's optimized plan of ``query`` as JSON text; empty when it cannot be read."""
     try:
         text = "\n".join(str(r[-1]) for r in con.execute("EXPLAIN (FORMAT json) " + query)
                          .fetchall())
@@ -144,6 +137,15 @@ def planned_columns(con: duckdb.DuckDBPyConnection, query: str, used: dict[str, 
         raise
     except (duckdb.Error, ValueError):
         text = ""
+    return text
+
+
+def personal_in_plan(text: str, used: dict[str, int]) -> list[str]:
+    """The personal columns (``view.column``) a plan (:func:`plan_text`) reads: the
+    columns of each view's data that the optimized plan scans (projected, filtered,
+    packed into a struct, or selected by ``*`` or ``COLUMNS``), whatever the SQL's
+    shape. When the plan cannot be read, every personal column of the views the query
+    names (fail closed)."""
     read = {(v, c) for v, c in _READ.findall(text) if v in used}
     out = set()
     for view in used:
@@ -151,6 +153,12 @@ def planned_columns(con: duckdb.DuckDBPyConnection, query: str, used: dict[str, 
             out |= {f"{view}.{c}" for c in PERSONAL[view]}
         out |= {f"{view}.{c}" for v, c in read if v == view and c in PERSONAL[view]}
     return sorted(out)
+
+
+def planned_columns(con: duckdb.DuckDBPyConnection, query: str, used: dict[str, int]
+                    ) -> list[str]:
+    """The personal columns the query reads, as DuckDB plans it on ``con``."""
+    return personal_in_plan(plan_text(con, query), used)
 
 
 def refuse_hidden(ctx: Context, query: str, used: dict[str, int], seconds: float) -> None:
@@ -203,82 +211,38 @@ _TYPES: dict[tuple[str, str], str] = {
 do not depend on them)."""
 
 
-def _jsonable(v: Any) -> Any:
-    if v is None or isinstance(v, (bool, int, str)):
-        return v
-    if isinstance(v, float):
-        return v if v == v and v not in (float("inf"), float("-inf")) else None
-    if isinstance(v, decimal.Decimal):
-        return float(v)
-    if isinstance(v, (dt.datetime, dt.date, dt.time)):
-        return v.isoformat()
-    if isinstance(v, dt.timedelta):
-        return v.total_seconds()
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, uuid.UUID):
-        return str(v)
-    if isinstance(v, (bytes, bytearray)):
-        return v.hex()
-    return str(v)
-
-
-def run(ctx: Context, q: SQL, *, max_rows: int = 100_000, max_seconds: float = 300.0
-        ) -> dict[str, Any]:
+def run(ctx: Context, q: SQL, *, max_rows: int = 100_000, max_seconds: float = 300.0,
+        limits: sandbox.Limits | None = None, idle_workers: int = 2) -> dict[str, Any]:
+    """Run in a worker process (:mod:`aap.query.sandbox`): its own memory limit, killed
+    at the deadline; the views it names are streamed to it from warehouse snapshots."""
     if ROLES.index(ctx.role) < ROLES.index("analyst"):
         raise Forbidden("the sql kind needs role analyst or above", code="role_too_low")
     _, used = check(q.query)
-    limit = min(q.limit, max_rows)
-    sandbox = duckdb.connect(":memory:", config={
-        "enable_external_access": False, "threads": ctx.sandbox_threads,
-        "memory_limit": ctx.sandbox_memory, "autoinstall_known_extensions": False,
-        "autoload_known_extensions": False,
-    })
-    timer: threading.Timer | None = None
-    readers: list[Any] = []
-    personal: list[str] = []
+    limits = limits or sandbox.Limits(threads=ctx.sandbox_threads)
+    seconds = min(q.timeout_s, max_seconds)
+    plan = guard.may_read_personal(ctx.role)
     with ExitStack() as stack:
+        views: list[tuple[str, Any, bool, str]] = []
+        cursors: list[Any] = []
+        for view, refs in used.items():
+            real, _ = VIEWS[view]
+            select, create = _sources(view, ctx.role)
+            cur = stack.enter_context(ctx.snapshot()) if ctx.snapshot else ctx.cur
+            rel = cur.sql(f"SELECT {select} FROM {real}")
+            data: Any = (rel.to_arrow_table().to_reader() if ctx.snapshot is None
+                         else rel.to_arrow_reader(100_000))
+            views.append((f"__aap_{view}", data, refs > 1, create))
+            cursors.append(cur)
         try:
-            for view, refs in used.items():
-                real, _ = VIEWS[view]
-                select, create = _sources(view, ctx.role)
-                cur = stack.enter_context(ctx.snapshot()) if ctx.snapshot else ctx.cur
-                rel = cur.sql(f"SELECT {select} FROM {real}")
-                if refs > 1 or ctx.snapshot is None:
-                    data: Any = rel.to_arrow_table()
-                else:
-                    data = rel.to_arrow_reader(100_000)
-                    readers.append(data)
-                sandbox.register(f"__aap_{view}", data)
-                sandbox.execute(create)
-            sandbox.execute("SET lock_configuration = true")
-            seconds = min(q.timeout_s, max_seconds)
-            timer = threading.Timer(seconds, sandbox.interrupt)
-            timer.start()
-            if guard.may_read_personal(ctx.role):
-                personal = planned_columns(sandbox, q.query, used)
-            res = sandbox.execute(q.query)
-            columns = [d[0] for d in res.description or []]
-            rows = res.fetchmany(limit + 1)
-        except duckdb.InterruptException:
-            raise BadRequest(f"the query ran over its time limit of {seconds:g} s",
-                             code="timeout") from None
-        except duckdb.BinderException as exc:
-            msg = str(exc).splitlines()[0]
-            if not guard.may_read_personal(ctx.role):
+            out = sandbox.run(q.query, views, limit=min(q.limit, max_rows),
+                              timeout_s=seconds, limits=limits, idle=idle_workers,
+                              interrupt=cursors if ctx.snapshot else (), plan=plan)
+        except sandbox.SandboxFailed as exc:
+            if exc.kind != "binder":
+                raise sandbox.failed(exc, timeout_s=seconds, limits=limits) from None
+            if not plan:
                 refuse_hidden(ctx, q.query, used, seconds)
-            raise BadRequest(msg, code="bad_query") from None
-        except duckdb.Error as exc:
-            raise BadRequest(str(exc).splitlines()[0], code="bad_query") from None
-        finally:
-            if timer is not None:
-                timer.cancel()
-            sandbox.close()
-            for r in readers:
-                r.close()
-    truncated = len(rows) > limit
-    return {"kind": "sql", "columns": columns,
-            "rows": [[_jsonable(v) for v in r] for r in rows[:limit]],
-            "truncated": truncated, "personal_columns": personal}
+            raise BadRequest(exc.message, code="bad_query") from None
+    text = out.pop("plan", None)
+    out["personal_columns"] = personal_in_plan(text or "", used) if plan else []
+    return out
