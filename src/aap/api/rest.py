@@ -27,6 +27,7 @@ import msgspec
 
 from aap import errors
 from aap.api.keys import ROLES, ApiKeys, role_at_least
+from aap.jsonlimits import check_depth, too_deep
 from aap.privacy.audit import AuditLog
 from aap.privacy.requests import Requests
 from aap.query.cache import QueryCache
@@ -103,9 +104,14 @@ class RestAPI:
                ) -> tuple[int, Any]:
         token = ACTOR.set(actor)
         try:
+            if body:
+                check_depth(body)
             return 200, self._route(method, path, role, body)
         except errors.AAPError as exc:
             return exc.status, exc.body()
+        except RecursionError:  # a backstop: check_depth should have refused it
+            deep = too_deep()
+            return deep.status, deep.body()
         except Exception:
             logger.exception("API error on %s %s", method, path)
             return 500, {"code": "internal_error", "message": "internal error",

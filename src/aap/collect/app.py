@@ -39,7 +39,8 @@ from aap.collect.segment import (
 )  # fmt: skip
 from aap.collect.subject import PATH as SUBJECT_PATH
 from aap.collect.subject import SelfService
-from aap.events import Event, encode_events
+from aap.events import Event, encode_events, time_out_of_range
+from aap.jsonlimits import too_deep
 from aap.log import Append, open_log
 from aap.log.committer import GroupCommitter
 from aap.privacy.cnil import CNIL, NOT_ANONYMOUS_TEXT, DailySalts, anonymize
@@ -178,6 +179,8 @@ class Collector:
             resp = await self._dispatch(req)
         except errors.AAPError as exc:
             resp = error_response(exc)
+        except RecursionError:  # a backstop: every parser checks the depth first
+            resp = error_response(too_deep())
         except Exception:
             logger.exception("unexpected error on %s", route)
             resp = Response.json(500, {"code": "internal_error",
@@ -360,6 +363,11 @@ class Collector:
             ev = to_event(m, source=source.id, received_at=received_at)
             if isinstance(ev, str):
                 rejected.append(Rejection(index, ev, REASON_TEXT[ev]))
+                continue
+            bad_time = time_out_of_range(ev.timestamp, ev.sent_at, received_at,
+                                         historical=source.historical)
+            if bad_time is not None:
+                rejected.append(Rejection(index, "timestamp_out_of_range", bad_time))
                 continue
             sent_ip = strip_ip(ev.context)
             ev.ip, ev.geo = (self.ip.anonymize(sent_ip) if sent_ip else (None, None))

@@ -14,6 +14,7 @@ import msgspec
 
 from aap import errors
 from aap.events import Event
+from aap.jsonlimits import check_depth
 from aap.privacy.audit import AuditLog
 from aap.privacy.cnil import CNIL, opted_out
 from aap.privacy.consent import ConsentLedger, ConsentState, Statement, decide, event_preferences
@@ -37,6 +38,7 @@ _decoder = msgspec.json.Decoder(ConsentRequest)
 
 
 def parse_consent(body: bytes) -> ConsentRequest:
+    check_depth(body)
     try:
         req = _decoder.decode(body)
     except msgspec.ValidationError as exc:

@@ -27,6 +27,7 @@ import msgspec
 
 from aap.collect.segment import Parsed, Rejection, WireMessage
 from aap.errors import BadRequest
+from aap.jsonlimits import check_depth
 
 TP2_PATH = "/com.snowplowanalytics.snowplow/tp2"
 GET_PATHS = ("/i", "/com.snowplowanalytics.snowplow/i")
@@ -41,6 +42,7 @@ _DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, ValueError)
 def parse_post(body: bytes, max_event_bytes: int) -> Parsed:
     if not body.strip():
         raise BadRequest("the request body is empty", code="empty_body")
+    check_depth(body)
     try:
         doc = _json.decode(body)
     except _DECODE_ERRORS as exc:
@@ -107,12 +109,17 @@ def _ms(v: str | None, field: str) -> datetime | None:
 def _b64json(v: str, field: str) -> Any:
     try:
         raw = base64.urlsafe_b64decode(v.strip() + "=" * (-len(v.strip()) % 4))
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"`{field}` is not URL-safe base64 of JSON", code="invalid_json") from None
+    check_depth(raw, f"`{field}`")
+    try:
         return _json.decode(raw)
-    except (binascii.Error, *_DECODE_ERRORS):
+    except _DECODE_ERRORS:
         raise BadRequest(f"`{field}` is not URL-safe base64 of JSON", code="invalid_json") from None
 
 
 def _plain_json(v: str, field: str) -> Any:
+    check_depth(v, f"`{field}`")
     try:
         return _json.decode(v)
     except _DECODE_ERRORS:
