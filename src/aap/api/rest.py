@@ -104,8 +104,6 @@ class RestAPI:
                ) -> tuple[int, Any]:
         token = ACTOR.set(actor)
         try:
-            if body:
-                check_depth(body)
             return 200, self._route(method, path, role, body)
         except errors.AAPError as exc:
             return exc.status, exc.body()
@@ -133,6 +131,8 @@ class RestAPI:
             if not role_at_least(role, needed):
                 raise errors.Forbidden(f"{method} /api/v1{path} needs role {needed} or above;"
                                        f" this key has role {role}", code="role_too_low")
+            if body:
+                check_depth(body)  # every body is JSON: one limit before any decoder
             return handler(match.groupdict(), body, role)
         if allowed:
             raise errors.MethodNotAllowed(f"{method} is not allowed on /api/v1{path}", allowed)
