@@ -98,7 +98,7 @@ class Compat:
             if not data:
                 raise errors.BadRequest("a GET capture needs the event in `data`",
                                         code="empty_body")
-            await read_raw(req.receive, None, limit)
+            # the (empty) body is read once, by _ingest: a second read would wait forever
             parsed = posthog.parse(b"data=" + data.encode(), q, ctype, limit, max_event,
                                    engage=engage)
             resp = await self.app._ingest(req, lambda _: parsed, auth=False,
