@@ -694,11 +694,11 @@ class Warehouse:
                                   f" OR timestamp < ?", [*p_doomed, everything])
             out["hot_erased"] = count(f"DELETE FROM events_raw WHERE timestamp < ? AND {gone}",
                                       p_gone)
-            # set-aside rows are kept no longer than the shortest retention of any purpose
+            # set-aside rows are kept no longer than the shortest retention of any purpose,
+            # counted from when they were set aside (their own time is what was wrong)
             strictest = max([everything, *(c for p in cutoffs.values() for c in p.values())])
             out["quarantined_expired"] = count(
-                "DELETE FROM quarantined_events WHERE quarantined_at < ? OR timestamp < ?",
-                [strictest, strictest])
+                "DELETE FROM quarantined_events WHERE quarantined_at < ?", [strictest])
             if cutoffs:
                 out["hot_changed"] = count(
                     f"UPDATE events_raw SET purposes = {keep}"
@@ -753,8 +753,15 @@ class Warehouse:
                 "SELECT DISTINCT person_id FROM events_raw WHERE list_contains(?, person_id)",
                 [sorted(group)]).fetchall()}
             values = pa.array(sorted(group), pa.int64())
-            for (path,) in cur.execute("SELECT path FROM tier_files").fetchall():
-                col = self.tiers.read([path], ["person_id"]).column("person_id")
+            for (path, part) in cur.execute("SELECT path, part FROM tier_files").fetchall():
+                try:
+                    col = self.tiers.read([path], ["person_id"]).column("person_id")
+                except (OSError, pa.ArrowException) as exc:
+                    # a file it cannot read may hold any of them: none is dropped this time
+                    quarantine.report("retention", quarantine.FAILED, 1,
+                                      f"{part} ({type(exc).__name__}): no profile dropped")
+                    live.update(group)
+                    continue
                 hits = pc.filter(col, pc.is_in(col, value_set=values))
                 live.update(int(x) for x in pc.unique(hits).to_pylist())
             over = dict(cur.execute("SELECT old_person_id, person_id FROM person_overrides"
