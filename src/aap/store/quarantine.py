@@ -18,20 +18,21 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-from prometheus_client import Counter
 
 from aap.events import EARLIEST_TIME, MAX_CLOCK_AHEAD
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
 
 logger = logging.getLogger("aap.quarantine")
 
-QUARANTINED = Counter("aap_jobs_quarantined",
-                      "Rows (or units: days, months, files) a background job set aside.",
-                      ["job", "reason"])
+_counter: Any = None
+"""``aap_jobs_quarantined_total``, made at the first report: prometheus-client picks its
+multiprocess mode when it is first imported, and the warehouse (which imports this
+module) is imported by ``aap serve`` before the workers' environment is set."""
 
 BAD_TIME = "timestamp_out_of_range"
 """Reason: the row's time is missing, before 2000-01-01 or more than a year ahead."""
@@ -62,8 +63,15 @@ def bad_time_sql(col: str = "timestamp") -> str:
 
 def report(job: str, reason: str, n: int, where: str) -> None:
     """Count and log ``n`` rows (or units) set aside: no row content, ever."""
+    global _counter
     if n:
-        QUARANTINED.labels(job, reason).inc(n)
+        if _counter is None:
+            from prometheus_client import Counter
+
+            _counter = Counter("aap_jobs_quarantined",
+                               "Rows (or units: days, months, files) a background job set aside.",
+                               ["job", "reason"])
+        _counter.labels(job, reason).inc(n)
         logger.warning("%s: %d %s set aside (%s) in %s", job, n,
                        "unit" if reason == FAILED else "rows", reason, where)
 
