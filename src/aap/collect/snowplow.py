@@ -99,11 +99,17 @@ def _ms(v: str | None, field: str) -> datetime | None:
     if not v:
         return None
     try:
+        if len(v) > 20:  # no millisecond count has more digits
+            raise ValueError(v)
         ms = int(v)
-        return datetime.fromtimestamp(ms / 1000, UTC)
-    except (ValueError, OverflowError, OSError):
+    except ValueError:
         raise BadRequest(f"`{field}` must be milliseconds since the epoch",
                          code="invalid_time") from None
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        raise BadRequest(f"`{field}` {v} is out of any calendar", code="timestamp_out_of_range"
+                         ) from None
 
 
 def _b64json(v: str, field: str) -> Any:
