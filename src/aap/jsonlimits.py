@@ -5,7 +5,8 @@ a body nested a thousand levels deep would end in a ``RecursionError`` (a 500) a
 parser or at any later step. :func:`check_depth` refuses such a body first, with a 400
 naming the problem, by a scan of the raw bytes that costs a fraction of the decode (a
 ``translate`` keeps the quotes and brackets, then numpy counts the brackets outside
-strings: about 0.5 µs per event of a 100-event batch).
+strings: about 80 µs for a 100-event, 44 KB batch, against 120-380 µs for its typed
+decode, on the shared 2-core machine).
 
 Every wire format (Segment, PostHog incl. ``data=`` forms, Snowplow and its ``ue_pr`` /
 ``ue_px`` / ``co`` / ``cx`` JSON inside strings), ``/v1/consent``, self-service requests,
