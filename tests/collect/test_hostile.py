@@ -65,7 +65,8 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 # -- hostile values -------------------------------------------------------------------
 
 HUGE = ["1" + "0" * 400, "-" + "9" * 400, "1e400", "-1e400", "1e-400", "NaN", "Infinity",
-        "-Infinity", "18446744073709551616", "-9223372036854775809", "9223372036854775808"]
+        "-Infinity", "18446744073709551616", "-9223372036854775809", "9223372036854775808",
+        "9" * 5000]
 """Numbers as raw JSON text (some are not JSON at all: NaN, Infinity)."""
 
 ODD_STRINGS = st.sampled_from([
@@ -129,7 +130,7 @@ def snowplow_event(draw: st.DrawFn, key: str) -> dict[str, str]:
     ev = {"e": draw(st.sampled_from(["pv", "pp", "se", "ue", "tr", "ti"])), "aid": key,
           "duid": "d-hostile", "se_ac": "a", "tr_id": "o", "ti_id": "o", "ti_sk": "s"}
     for name in draw(st.lists(st.sampled_from(SNOWPLOW_FIELDS), max_size=5)):
-        v = draw(st.sampled_from(HUGE) | ODD_STRINGS)
+        v = draw(st.sampled_from([*HUGE, "9" * 5000 + "x1", "1x" + "9" * 5000]) | ODD_STRINGS)
         if name in ("ue_pr", "co"):
             v = draw(json_text({"schema": "iglu:a/b/jsonschema/1-0-0",
                                 "data": {"schema": "iglu:a/c/jsonschema/1-0-0",

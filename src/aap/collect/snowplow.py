@@ -198,7 +198,7 @@ def to_message(ev: dict[str, str]) -> WireMessage:
     res = ev.get("res", "")
     if "x" in res:
         w, _, h = res.partition("x")
-        if w.isdigit() and h.isdigit():
+        if w.isdigit() and h.isdigit() and len(w) <= 6 and len(h) <= 6:  # pixels, not 10**400
             ctx["screen"] = {"width": int(w), "height": int(h)}
     contexts = _self_describing(ev, "co", "cx")
     if contexts is not None:
