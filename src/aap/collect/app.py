@@ -22,7 +22,7 @@ from aap import errors
 from aap.api.proxy import PREFIX as API_PREFIX
 from aap.api.proxy import ApiProxy
 from aap.collect import metrics
-from aap.collect.body import decode_content, read_raw
+from aap.collect.body import content_length, decode_content, read_raw
 from aap.collect.compat import Compat, is_browser_path
 from aap.collect.consent import Gate, parse_consent
 from aap.collect.health import Health
@@ -258,7 +258,7 @@ class Collector:
         source = self._source_from_header(req.headers.get("authorization")) if auth else None
         clen = req.headers.get("content-length")
         limit = self.settings.max_request_bytes
-        raw = await read_raw(req.receive, int(clen) if clen and clen.isdigit() else None, limit)
+        raw = await read_raw(req.receive, content_length(clen), limit)
         metrics.BYTES_IN.inc(len(raw))
         body = decode_content(raw, req.headers.get("content-encoding", ""), limit)
         parsed = parse(body)
@@ -329,7 +329,7 @@ class Collector:
         source = self._source_from_header(req.headers.get("authorization"))
         clen = req.headers.get("content-length")
         limit = 64 * 1024
-        raw = await read_raw(req.receive, int(clen) if clen and clen.isdigit() else None, limit)
+        raw = await read_raw(req.receive, content_length(clen), limit)
         body = decode_content(raw, req.headers.get("content-encoding", ""), limit)
         parsed = parse_consent(body)
         if source is None:

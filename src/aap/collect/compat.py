@@ -19,7 +19,7 @@ import msgspec
 
 from aap import errors
 from aap.collect import posthog, snowplow
-from aap.collect.body import decode_content, read_raw
+from aap.collect.body import content_length, decode_content, read_raw
 
 if TYPE_CHECKING:
     from aap.collect.app import Collector, Request, Response
@@ -79,7 +79,7 @@ class Compat:
     async def _body(self, req: Request) -> bytes:
         limit = self.app.settings.max_request_bytes
         clen = req.headers.get("content-length")
-        raw = await read_raw(req.receive, int(clen) if clen and clen.isdigit() else None, limit)
+        raw = await read_raw(req.receive, content_length(clen), limit)
         return decode_content(raw, req.headers.get("content-encoding", ""), limit)
 
     def _limits(self) -> tuple[int, int]:
