@@ -48,8 +48,9 @@ def run_tiering(wh: Warehouse, policy: TierPolicy, today: date | None = None) ->
             moved["to_cold"] += _isolated(moved, f"warm month {month}", wh.compact_to_cold,
                                           month, warm_limit, policy.grace)
     cold_limit = (today - timedelta(days=policy.cold_days)).isoformat()[:7]
-    moved["dropped"] = wh.drop_cold_before(cold_limit, policy.grace)
-    moved["files_deleted"] = wh.empty_trash()
+    moved["dropped"] = _isolated(moved, "cold archives", wh.drop_cold_before, cold_limit,
+                                 policy.grace)
+    moved["files_deleted"] = _isolated(moved, "retired files", wh.empty_trash)
     return moved
 
 
