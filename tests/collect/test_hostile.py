@@ -1,9 +1,9 @@
 """Hostile input, as an attacker or a careless client sends it, on a real server: deep
 nesting at random places, huge, negative and non-finite numbers, odd types and casings,
 markup, over-long strings and random bytes, on every ingestion endpoint (with a write
-key) and on the query API (with an analyst key). Never a 5xx: every refusal is a 4xx with
-a JSON body naming the problem, and the server stays healthy; what was accepted is
-processed without stopping the processor."""
+key), on the query API (with an analyst key) and on privacy requests (with a privacy
+key). Never a 5xx: every refusal is a 4xx with a JSON body naming the problem, and the
+server stays healthy; what was accepted is processed without stopping the processor."""
 
 from __future__ import annotations
 
@@ -32,11 +32,13 @@ PAYLOAD = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4"
 
 
 class Target:
-    def __init__(self, server: ServerProcess, write_key: str, analyst: str) -> None:
+    def __init__(self, server: ServerProcess, write_key: str, analyst: str, privacy: str
+                 ) -> None:
         self.server = server
         self.url = server.url
         self.write_key = write_key
         self.analyst = analyst
+        self.privacy = privacy
 
     @property
     def basic(self) -> str:
@@ -54,10 +56,10 @@ def _key(data: Path, role: str) -> str:
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     data = tmp_path_factory.mktemp("hostile") / "data"
     write_key = create_source(data, "web", "--basis", "legitimate_interest")
-    analyst = _key(data, "analyst")
+    analyst, privacy = _key(data, "analyst"), _key(data, "privacy")
     server = ServerProcess(data, workers=2).start()
     try:
-        yield Target(server, write_key, analyst)
+        yield Target(server, write_key, analyst, privacy)
     finally:
         server.stop()
 
@@ -275,7 +277,8 @@ def insight(draw: st.DrawFn) -> str:
 
 @st.composite
 def api_request(draw: st.DrawFn) -> tuple[str, str, bytes | None]:
-    kind = draw(st.sampled_from(["query", "query", "query", "cohort", "insight", "ids"]))
+    kind = draw(st.sampled_from(["query", "query", "query", "cohort", "insight", "ids",
+                                 "privacy"]))
     if kind == "query":
         return "POST", "/api/v1/query", _bytes(draw(insight()))
     if kind == "cohort":
@@ -283,6 +286,11 @@ def api_request(draw: st.DrawFn) -> tuple[str, str, bytes | None]:
             "ids": draw(st.lists(ODD_STRINGS, max_size=3)), "event": draw(ODD_STRINGS),
             "min_count": draw(INTS), "days": draw(INTS)}}
         return "POST", "/api/v1/cohorts", _bytes(draw(json_text(doc)))
+    if kind == "privacy":  # sent with the privacy key (below)
+        doc = {"type": draw(st.sampled_from(["access", "erasure", "rectification",
+                                             "restriction", "objection", "Erasure", "x"])),
+               "subject": {draw(casing("userId")): draw(values)}, "traits": draw(values)}
+        return "POST", "/api/v1/privacy/requests", _bytes(draw(json_text(doc)))
     if kind == "insight":
         return "POST", "/api/v1/insights", \
             _bytes('{"name": "x", "query": ' + draw(insight()) + "}")
@@ -297,7 +305,8 @@ def api_request(draw: st.DrawFn) -> tuple[str, str, bytes | None]:
 @given(req=api_request())
 def test_hostile_queries_never_5xx(target: Target, req: tuple[str, str, bytes | None]) -> None:
     method, path, body = req
-    headers = {"Authorization": f"Bearer {target.analyst}", "Content-Type": "application/json"}
+    key = target.privacy if path.startswith("/api/v1/privacy") else target.analyst
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     _check(target, _send(method, target.url + path, headers, body))
 
 
