@@ -227,6 +227,12 @@ def test_absurd_times_are_refused_in_every_wire_format(running: Running) -> None
     for r in sends:
         assert r.status_code == 400, r.text
         assert set(_rejected_times(r).values()) == {"timestamp_out_of_range"}
+    # a PostHog time that is no time at all is refused too, not replaced by the receive time
+    r = httpx.post(running.url + "/batch/", timeout=30, json={"api_key": running.key, "batch": [
+        {"event": "E", "distinct_id": "d", "timestamp": t} for t in (-5, "yesterday", True,
+                                                                     10**20, "2026-13-01")]})
+    assert r.status_code == 400, r.text
+    assert _rejected_times(r) == dict.fromkeys(range(5), "invalid_time")
 
 
 def test_a_historical_source_keeps_times_as_sent_within_bounds(running: Running) -> None:

@@ -244,6 +244,9 @@ def to_message(ev: dict[str, Any], now: datetime, batch_sent: datetime | None, *
     m.context = ctx
     m.message_id = _id(ev.get("uuid"))
     ts = _time(ev.get("timestamp"))
+    if ts is None and ev.get("timestamp") not in (None, ""):
+        return Rejection(0, "invalid_time", "`timestamp` is neither an ISO 8601 time nor "
+                         "milliseconds since the epoch")
     offset = ev.get("offset")
     if ts is None and isinstance(offset, int) and not isinstance(offset, bool) \
             and 0 <= offset < 10**11:
