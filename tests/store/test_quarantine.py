@@ -48,10 +48,11 @@ def quarantined(job: str, reason: str) -> float:
                                      {"job": job, "reason": reason}) or 0.0
 
 
-def build(tmp: Path) -> Warehouse:
+def build(tmp: Path, end: date = TODAY) -> Warehouse:
+    """``PER_DAY`` events on each of the ``DAYS`` days before ``end``."""
     events = []
     for d in range(DAYS):
-        day = datetime(2026, 6, 30, tzinfo=UTC) - timedelta(days=d + 1)
+        day = datetime(end.year, end.month, end.day, tzinfo=UTC) - timedelta(days=d + 1)
         for i in range(PER_DAY):
             t = day + timedelta(hours=i)
             events.append(Event(type="track", event="E", message_id=f"good-{d}-{i}",
@@ -198,14 +199,15 @@ def test_each_job_sets_bad_rows_aside_and_finishes_the_others(
 
 
 def test_retention_expires_quarantined_rows(tmp_path: Path) -> None:
-    """Set-aside rows are kept no longer than the shortest retention of any purpose."""
-    wh = build(tmp_path)
+    """Set-aside rows are kept no longer than the shortest retention of any purpose,
+    counted from when they were set aside."""
+    now = datetime.now(UTC)
+    wh = build(tmp_path, end=now.date())
     plant_hot(wh)
     assert wh.quarantine_hot("tiering") == 4
-    job = RetentionJob(wh, Registry((Purpose("analytics", "a", retention=Retention(days=30)),
+    job = RetentionJob(wh, Registry((Purpose("analytics", "a", retention=Retention(days=400)),
                                      Purpose("ads", "m", retention=Retention(days=10)))),
                        cold_days=400, interval_s=60)
-    now = datetime.now(UTC)  # set aside now (whatever the rows' own times say)
     assert job.run(now)["quarantined_expired"] == 0
     assert job.run(now + timedelta(days=9))["quarantined_expired"] == 0
     assert job.run(now + timedelta(days=11))["quarantined_expired"] == 4

@@ -49,6 +49,10 @@ CREATE TABLE IF NOT EXISTS quarantined_events (
 """
 
 
+NOW_UTC = "(now() AT TIME ZONE 'UTC')"
+"""When a row is set aside: naive UTC, like every time in the warehouse."""
+
+
 def bounds(now: datetime | None = None) -> tuple[datetime, datetime]:
     """(earliest, latest) time a stored row may carry: naive UTC, like the warehouse."""
     now = now or datetime.now(UTC)
@@ -83,7 +87,7 @@ def hot(cur: duckdb.DuckDBPyConnection, job: str, now: datetime | None = None) -
     row = cur.execute(f"SELECT count(*) FROM events_raw WHERE {cond}", [lo, hi]).fetchone()
     n = int(row[0]) if row else 0
     if n:
-        cur.execute(f"INSERT INTO quarantined_events SELECT *, ?, ?, now() FROM events_raw"
+        cur.execute(f"INSERT INTO quarantined_events SELECT *, ?, ?, {NOW_UTC} FROM events_raw"
                     f" WHERE {cond}", [job, BAD_TIME, lo, hi])
         cur.execute(f"DELETE FROM events_raw WHERE {cond}", [lo, hi])
     return n
@@ -109,8 +113,8 @@ def keep(cur: duckdb.DuckDBPyConnection, rows: pa.Table, job: str, reason: str =
         return 0
     cur.register("quarantine_rows", rows.cast(EVENT_ARROW_SCHEMA))
     try:
-        cur.execute("INSERT INTO quarantined_events SELECT *, ?, ?, now() FROM quarantine_rows",
-                    [job, reason])
+        cur.execute(f"INSERT INTO quarantined_events SELECT *, ?, ?, {NOW_UTC}"
+                    " FROM quarantine_rows", [job, reason])
     finally:
         cur.unregister("quarantine_rows")
     return rows.num_rows

@@ -783,6 +783,9 @@ class Warehouse:
             cur.execute("DELETE FROM person_overrides WHERE list_contains(?, old_person_id)",
                         [members])
             cur.execute("DELETE FROM person_flags WHERE list_contains(?, person_id)", [members])
+            # and their set-aside rows: no id would reach them any more
+            cur.execute("DELETE FROM quarantined_events WHERE list_contains(?, person_id)",
+                        [members])
         return (int(row[0]) if row else 0), keys
 
     def _change(self, touches: Callable[[str, str, str], bool],
