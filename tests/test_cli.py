@@ -89,3 +89,16 @@ def test_privacy_register_lists_purposes_and_the_sources_collecting_for_them(tmp
     assert "Sources collecting for it: none" in sections["partner_sharing"]
     assert "3 days hot" in sections["analytics"]
     assert "Profiling: yes" in sections["personalization"]
+
+
+def test_hostile_query_files_get_a_message_not_a_traceback(tmp_path: Path) -> None:
+    for name, text in [("deep", "[" * 5000 + "]" * 5000),
+                       ("deep_object", '{"kind": "trends", "series": [' + '{"a":' * 900 + "1"
+                        + "}" * 900 + "]}"),
+                       ("huge_cohort", '{"kind": "trends", "series": [{"event": "E"}],'
+                        ' "cohort": 9223372036854775808}')]:
+        path = tmp_path / f"{name}.json"
+        path.write_text(text)
+        out = aap("query", str(path), "--data-dir", str(tmp_path / "data"))
+        assert out.returncode != 0, name
+        assert "Traceback" not in out.stderr and "Error:" in out.stderr, out.stderr

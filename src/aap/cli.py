@@ -304,11 +304,13 @@ def query_cmd(file: Any, data_dir: Path | None, as_json: bool, url: str | None,
     import msgspec
 
     from aap.errors import AAPError
+    from aap.jsonlimits import check_depth
     from aap.query.client import Client, QueryError
     from aap.query.models import parse_insight
 
     raw = file.read()
     try:
+        check_depth(raw, "the insight")
         doc = msgspec.json.decode(raw)
         parse_insight(raw)
     except (msgspec.DecodeError, AAPError) as exc:
@@ -658,6 +660,9 @@ def _traits(items: tuple[str, ...]) -> dict[str, Any]:
             out[name.strip()] = json.loads(value)
         except ValueError:
             out[name.strip()] = value
+        except RecursionError:
+            raise click.BadParameter(f"{name.strip()!r}: the value is nested too deep",
+                                     param_hint="--trait") from None
     return out
 
 

@@ -8,13 +8,49 @@ camelCase on the wire of the log too, so a stored event reads like what was sent
 from __future__ import annotations
 
 import threading
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 import zstandard
 
 MESSAGE_TYPES = frozenset({"track", "identify", "page", "screen", "group", "alias"})
+
+EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+"""No time an event carries (or is corrected to) may be before this: the collector refuses it."""
+MAX_FUTURE = timedelta(minutes=5)
+"""The skew allowance: an event's corrected time further than this after its receive time
+is clamped to it (the processor's ``time`` step); a historical source's time as sent is
+refused beyond it."""
+MAX_CLOCK_AHEAD = timedelta(days=365)
+"""A time field as sent (``timestamp``, ``sentAt``) further than this after the receive
+time is refused: no clock skew explains it."""
+
+
+def time_out_of_range(timestamp: datetime | None, sent_at: datetime | None,
+                      received_at: datetime, *, historical: bool = False) -> str | None:
+    """Why an event's times are out of bounds (``None`` when they are in bounds): every
+    time as sent between :data:`EARLIEST_TIME` and :data:`MAX_CLOCK_AHEAD` after receipt;
+    the time the processor will use (``timestamp + (receivedAt - sentAt)``, or as sent
+    for a historical source) not before :data:`EARLIEST_TIME`, and for a historical source
+    not more than :data:`MAX_FUTURE` after receipt."""
+    latest = received_at + MAX_CLOCK_AHEAD
+    for name, t in (("timestamp", timestamp), ("sentAt", sent_at)):
+        if t is not None and not EARLIEST_TIME <= t <= latest:
+            return (f"`{name}` {t.isoformat()} is not between {EARLIEST_TIME.date()} and a "
+                    "year after it was received")
+    if timestamp is None:
+        return None
+    if historical:
+        if timestamp > received_at + MAX_FUTURE:
+            return (f"`timestamp` {timestamp.isoformat()} is in the future (a historical "
+                    "source keeps times as sent)")
+        return None
+    corrected = timestamp + (received_at - sent_at) if sent_at is not None else timestamp
+    if corrected < EARLIEST_TIME:
+        return (f"`timestamp` corrected for the clock's skew (receivedAt - sentAt) is "
+                f"{corrected.isoformat()}, before {EARLIEST_TIME.date()}")
+    return None
 
 
 class Geo(msgspec.Struct, omit_defaults=True, frozen=True):

@@ -8,11 +8,15 @@ import json
 import uuid
 import zlib
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
+from aap.runner import create_source
 from tests.conftest import Running, assert_refused
 
 MiB = 1024 * 1024
@@ -171,3 +175,126 @@ def test_missing_message_id_gets_a_uuid7(running: Running) -> None:
     (ev,) = [e for e in running.stored() if e.user_id == "no-mid"]
     assert uuid.UUID(ev.message_id).version == 7
     assert ev.properties == {} and ev.context == {}
+
+
+# -- event times: refused per event when out of bounds -----------------------------------
+
+def _rejected_times(r: httpx.Response) -> dict[int, str]:
+    body = r.json()
+    items = body.get("rejected", []) if r.status_code == 200 else body["detail"]
+    return {x["index"]: x["reason"] for x in items}
+
+
+def test_year_1_and_year_9999_are_refused_per_event(running: Running) -> None:
+    before = _metric(running, 'aap_events_rejected_total{reason="timestamp_out_of_range"}')
+    r = running.post("/v1/batch", batch(
+        event(20, messageId="t-ok", timestamp="2026-01-01T00:00:00Z"),
+        event(21, messageId="t-1", timestamp="0001-01-01T00:00:00Z",
+              sentAt="9999-12-31T23:59:59Z"),
+        event(22, messageId="t-9999", timestamp="9999-12-31T23:59:59Z"),
+        event(23, messageId="t-1999", timestamp="1999-12-31T23:59:59Z"),
+        event(24, messageId="t-sent", sentAt="1970-01-01T00:00:00Z"),
+        event(25, messageId="t-orig", originalTimestamp="0001-01-01T00:00:00Z"),
+        # a clock set far ahead, the skew correction would take it before 2000
+        event(26, messageId="t-skew", timestamp="2001-01-01T00:00:00Z",
+              sentAt="2100-01-01T00:00:00Z")))
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 1
+    assert _rejected_times(r) == dict.fromkeys(range(1, 7), "timestamp_out_of_range")
+    assert all(x["detail"] for x in r.json()["rejected"])
+    stored = {e.message_id for e in running.stored()}
+    assert "t-ok" in stored and not stored & {"t-1", "t-9999", "t-1999", "t-sent", "t-orig",
+                                              "t-skew"}
+    after = _metric(running, 'aap_events_rejected_total{reason="timestamp_out_of_range"}')
+    assert after - before == 6
+
+
+def test_absurd_times_are_refused_in_every_wire_format(running: Running) -> None:
+    payload = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4"
+    sp = {"e": "pv", "aid": running.key, "duid": "d-time"}
+    sends = [
+        httpx.post(running.url + "/batch/", json={"api_key": running.key, "batch": [
+            {"event": "E", "distinct_id": "d", "timestamp": "0001-01-01T00:00:00Z"},
+            {"event": "E", "distinct_id": "d", "timestamp": "9999-12-31T23:59:59+00:00"},
+            {"event": "E", "distinct_id": "d", "timestamp": 1, "sent_at": 99999999999999}]},
+            timeout=30),
+        httpx.post(running.url + "/com.snowplowanalytics.snowplow/tp2", json={
+            "schema": payload, "data": [{**sp, "dtm": "-1"}, {**sp, "ttm": "0"},
+                                        {**sp, "dtm": "1000", "stm": str(10**15)},
+                                        {**sp, "ttm": "253402300799000"}]}, timeout=30),
+        httpx.get(running.url + "/i", params={**sp, "dtm": "946684799999"}, timeout=30),
+    ]
+    for r in sends:
+        assert r.status_code == 400, r.text
+        assert set(_rejected_times(r).values()) == {"timestamp_out_of_range"}
+    # a PostHog time that is no time at all is refused too, not replaced by the receive time
+    r = httpx.post(running.url + "/batch/", timeout=30, json={"api_key": running.key, "batch": [
+        {"event": "E", "distinct_id": "d", "timestamp": t} for t in (-5, "yesterday", True,
+                                                                     10**20, "2026-13-01")]})
+    assert r.status_code == 400, r.text
+    assert _rejected_times(r) == dict.fromkeys(range(5), "invalid_time")
+
+
+def test_a_historical_source_keeps_times_as_sent_within_bounds(running: Running) -> None:
+    key = create_source(running.data_dir, "hist", "--historical", "--basis",
+                        "legitimate_interest")
+    future = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    r = httpx.post(running.url + "/v1/batch", auth=(key, ""), timeout=30, json={"batch": [
+        event(30, messageId="h-ok", timestamp="2003-05-01T00:00:00Z"),
+        event(31, messageId="h-future", timestamp=future),
+        event(32, messageId="h-1999", timestamp="1999-01-01T00:00:00Z")]})
+    assert r.status_code == 200, r.text
+    assert _rejected_times(r) == {1: "timestamp_out_of_range", 2: "timestamp_out_of_range"}
+    stored = {e.message_id: e for e in running.stored()}
+    assert stored["h-ok"].timestamp == datetime(2003, 5, 1, tzinfo=UTC)
+    assert "h-future" not in stored and "h-1999" not in stored
+
+
+def _metric(running: Running, sample: str) -> float:
+    text = httpx.get(running.url + "/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(sample))
+
+
+REGIONS = {  # (first, last) of each region, far from the bounds' edges
+    "before_2000": (datetime(1, 1, 1, tzinfo=UTC), datetime(1999, 12, 30, tzinfo=UTC)),
+    "past": (datetime(2000, 1, 3, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC)),
+    "year_ahead": (datetime.now(UTC) + timedelta(days=2), datetime.now(UTC) + timedelta(days=360)),
+    "far_future": (datetime.now(UTC) + timedelta(days=370), datetime(9999, 12, 31, tzinfo=UTC)),
+}
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ts=st.none() | st.sampled_from(sorted(REGIONS)), sent=st.none() | st.sampled_from(
+    sorted(REGIONS)), data=st.data())
+def test_times_are_accepted_exactly_within_bounds(running: Running, ts: str | None,
+                                                  sent: str | None, data: st.DataObject) -> None:
+    def draw(region: str | None) -> datetime | None:
+        if region is None:
+            return None
+        lo, hi = REGIONS[region]
+        return data.draw(st.datetimes(min_value=lo.replace(tzinfo=None),
+                                      max_value=hi.replace(tzinfo=None), timezones=st.just(UTC)))
+
+    t, s = draw(ts), draw(sent)
+    now = datetime.now(UTC)
+    # the rule, restated: each time as sent in [2000-01-01, a year ahead]; the corrected
+    # time (t + now - s) not before 2000
+    y2k = datetime(2000, 1, 1, tzinfo=UTC)
+    ok = all(x is None or y2k <= x <= now + timedelta(days=365) for x in (t, s))
+    if ok and t is not None and s is not None:
+        corrected = t + (now - s)
+        assume(abs(corrected - y2k) > timedelta(days=1))  # not seconds from the edge
+        ok = corrected >= y2k
+    m = event(40, messageId=str(uuid.uuid4()))
+    if t is not None:
+        m["timestamp"] = t.isoformat()
+    if s is not None:
+        m["sentAt"] = s.isoformat()
+    r = running.post("/v1/track", json.dumps(m).encode())
+    if ok:
+        assert r.status_code == 200, r.text
+    else:
+        assert r.status_code == 400, r.text
+        assert _rejected_times(r) == {0: "timestamp_out_of_range"}

@@ -45,3 +45,47 @@ def test_arbitrary_bytes_claiming_gzip_give_400_or_decode(data: bytes) -> None:
         decode_content(data, "gzip", MiB)
     except BadRequest:
         pass
+
+
+@given(st.text(max_size=30))
+def test_content_length_is_a_plain_decimal_or_nothing(value: str) -> None:
+    from aap.collect.body import content_length
+
+    got = content_length(value)
+    if value.isascii() and value.isdigit() and len(value) <= 18:
+        assert got == int(value)
+    else:
+        assert got is None  # "²", "١٢", 5,000 digits: never an exception
+
+
+def _depth(v: object) -> int:
+    if isinstance(v, list):
+        return 1 + max(map(_depth, v), default=0)
+    if isinstance(v, dict):
+        return 1 + max(map(_depth, v.values()), default=0)
+    return 0
+
+
+TRICKY = st.text(alphabet='[]{}"\\/ab', max_size=12)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TRICKY,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TRICKY, inner, max_size=3),
+    max_leaves=30)
+
+
+@given(json_values, st.booleans(), st.integers(0, 3))
+def test_json_depth_is_the_nesting_outside_strings(value: object, ascii_only: bool,
+                                                   indent: int) -> None:
+    """Brackets, quotes and backslashes inside strings (and keys) never count."""
+    import json
+
+    from aap.jsonlimits import check_depth, depth
+
+    text = json.dumps(value, ensure_ascii=ascii_only, indent=indent or None)
+    assert depth(text.encode()) == depth(text) == _depth(value)
+    limit = _depth(value)
+    check_depth(text.encode(), limit=limit)  # at the limit: accepted
+    if limit:
+        with pytest.raises(BadRequest) as info:
+            check_depth(text.encode(), limit=limit - 1)
+        assert info.value.code == "too_deep"

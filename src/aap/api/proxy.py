@@ -18,7 +18,7 @@ import httpx
 
 from aap import errors
 from aap.api.keys import ApiKeys
-from aap.collect.body import read_raw
+from aap.collect.body import content_length, read_raw
 
 PREFIX = "/api/v1"
 _PATH = re.compile(r"^/api/v1(/[A-Za-z0-9_\-]{1,64}){1,4}$")
@@ -57,7 +57,7 @@ class ApiProxy:
         if record is None:
             raise errors.Unauthorized("unknown or revoked API key", code="invalid_api_key")
         clen = headers.get("content-length")
-        body = await read_raw(receive, int(clen) if clen and clen.isdigit() else None,
+        body = await read_raw(receive, content_length(clen),
                               self.max_body)
         try:
             r = await self._core().request(

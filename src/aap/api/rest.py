@@ -25,6 +25,7 @@ import msgspec
 from aap import errors
 from aap.api.keys import ROLES, ApiKeys, role_at_least
 from aap.api.routes import ROUTES, NewKey, SaveInsight
+from aap.jsonlimits import check_depth, too_deep
 from aap.privacy.audit import AuditLog
 from aap.privacy.requests import Requests
 from aap.query import guard, sandbox
@@ -90,6 +91,9 @@ class RestAPI:
             return 200, self._route(method, path, role, body)
         except errors.AAPError as exc:
             return exc.status, exc.body()
+        except RecursionError:  # a backstop: check_depth should have refused it
+            deep = too_deep()
+            return deep.status, deep.body()
         except Exception:
             logger.exception("API error on %s %s", method, path)
             return 500, {"code": "internal_error", "message": "internal error",
@@ -111,6 +115,8 @@ class RestAPI:
             if not role_at_least(role, needed):
                 raise errors.Forbidden(f"{method} /api/v1{path} needs role {needed} or above;"
                                        f" this key has role {role}", code="role_too_low")
+            if body:
+                check_depth(body)  # every body is JSON: one limit before any decoder
             return handler(match.groupdict(), body, role)
         if allowed:
             raise errors.MethodNotAllowed(f"{method} is not allowed on /api/v1{path}", allowed)

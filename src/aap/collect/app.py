@@ -28,7 +28,7 @@ from aap.api.proxy import PREFIX as API_PREFIX
 from aap.api.proxy import ApiProxy
 from aap.api.routes import ROUTES as API_ROUTES
 from aap.collect import metrics
-from aap.collect.body import decode_content, read_raw
+from aap.collect.body import content_length, decode_content, read_raw
 from aap.collect.compat import Compat, is_browser_path, sends_credentials
 from aap.collect.consent import Gate, parse_consent
 from aap.collect.health import Health
@@ -45,7 +45,8 @@ from aap.collect.segment import (
 )  # fmt: skip
 from aap.collect.subject import PATH as SUBJECT_PATH
 from aap.collect.subject import SelfService
-from aap.events import Event, encode_events
+from aap.events import Event, encode_events, time_out_of_range
+from aap.jsonlimits import too_deep
 from aap.log import Append, open_log
 from aap.log.committer import GroupCommitter
 from aap.privacy.cnil import CNIL, NOT_ANONYMOUS_TEXT, DailySalts, anonymize
@@ -218,6 +219,8 @@ class Collector:
             resp = await self._dispatch(req)
         except errors.AAPError as exc:
             resp = error_response(exc)
+        except RecursionError:  # a backstop: every parser checks the depth first
+            resp = error_response(too_deep())
         except Exception:
             logger.exception("unexpected error on %s", route)
             resp = Response.json(500, {"code": "internal_error",
@@ -337,7 +340,7 @@ class Collector:
         source = self._source_from_header(req.headers.get("authorization")) if auth else None
         clen = req.headers.get("content-length")
         limit = self.settings.max_request_bytes
-        raw = await read_raw(req.receive, int(clen) if clen and clen.isdigit() else None, limit)
+        raw = await read_raw(req.receive, content_length(clen), limit)
         metrics.BYTES_IN.inc(len(raw))
         body = decode_content(raw, req.headers.get("content-encoding", ""), limit)
         parsed = parse(body)
@@ -437,7 +440,7 @@ class Collector:
             source = self._source_from_header(authorization)
         clen = req.headers.get("content-length")
         limit = 64 * 1024
-        raw = await read_raw(req.receive, int(clen) if clen and clen.isdigit() else None, limit)
+        raw = await read_raw(req.receive, content_length(clen), limit)
         body = decode_content(raw, req.headers.get("content-encoding", ""), limit)
         parsed = parse_consent(body, subject is not None)
         if subject is not None:
@@ -484,6 +487,11 @@ class Collector:
             ev = to_event(m, source=source.id, received_at=received_at)
             if isinstance(ev, str):
                 rejected.append(Rejection(index, ev, REASON_TEXT[ev]))
+                continue
+            bad_time = time_out_of_range(ev.timestamp, ev.sent_at, received_at,
+                                         historical=source.historical)
+            if bad_time is not None:
+                rejected.append(Rejection(index, "timestamp_out_of_range", bad_time))
                 continue
             sent_ip = strip_ip(ev.context)
             ev.ip, ev.geo = (self.ip.anonymize(sent_ip) if sent_ip else (None, None))

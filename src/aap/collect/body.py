@@ -15,6 +15,14 @@ GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 256 * 1024
 
 
+def content_length(value: str | None) -> int | None:
+    """The declared body size, or ``None`` when absent or not a plain decimal number
+    (``²`` and 5,000-digit values are digits to ``str.isdigit``, not to ``int``)."""
+    if value and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    return None
+
+
 async def read_raw(receive: Receive, content_length: int | None, limit: int) -> bytes:
     """The body as sent. Over ``limit`` bytes → 413 (the rest of the body is discarded)."""
     if content_length is not None and content_length > limit:

@@ -20,7 +20,7 @@ import msgspec
 from aap import errors
 from aap.api.openapi import INGEST_ERRORS, INGESTED, Op, documented
 from aap.collect import posthog, snowplow
-from aap.collect.body import decode_content, read_raw
+from aap.collect.body import content_length, decode_content, read_raw
 
 if TYPE_CHECKING:
     from aap.collect.app import Collector, Request, Response
@@ -95,7 +95,7 @@ class Compat:
     async def _body(self, req: Request) -> bytes:
         limit = self.app.settings.max_request_bytes
         clen = req.headers.get("content-length")
-        raw = await read_raw(req.receive, int(clen) if clen and clen.isdigit() else None, limit)
+        raw = await read_raw(req.receive, content_length(clen), limit)
         return decode_content(raw, req.headers.get("content-encoding", ""), limit)
 
     def _limits(self) -> tuple[int, int]:
@@ -120,7 +120,7 @@ class Compat:
             if not data:
                 raise errors.BadRequest("a GET capture needs the event in `data`",
                                         code="empty_body")
-            await read_raw(req.receive, None, limit)
+            # the (empty) body is read once, by _ingest: a second read would wait forever
             parsed = posthog.parse(b"data=" + data.encode(), q, ctype, limit, max_event,
                                    engage=engage)
             resp = await self.app._ingest(req, lambda _: parsed, auth=False,

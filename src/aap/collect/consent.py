@@ -15,6 +15,7 @@ import msgspec
 from aap import errors
 from aap.collect.ratelimit import retry_after
 from aap.events import Event
+from aap.jsonlimits import check_depth
 from aap.privacy.audit import AuditLog
 from aap.privacy.cnil import CNIL, opted_out
 from aap.privacy.consent import (
@@ -50,6 +51,7 @@ _decoder = msgspec.json.Decoder(ConsentRequest)
 def parse_consent(body: bytes, token: bool = False) -> ConsentRequest:
     """The body of ``POST /v1/consent`` (``token``: the person is named by a subject
     token, the body need not name them)."""
+    check_depth(body)
     try:
         req = _decoder.decode(body)
     except msgspec.ValidationError as exc:

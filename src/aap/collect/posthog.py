@@ -39,6 +39,7 @@ import msgspec
 from aap.collect.body import GZIP_MAGIC, decode_content
 from aap.collect.segment import Parsed, Rejection, WireMessage
 from aap.errors import BadRequest
+from aap.jsonlimits import check_depth
 
 CAPTURE_PATHS = ("/batch/", "/batch", "/e/", "/e", "/i/v0/e/", "/i/v0/e", "/capture/",
                  "/capture", "/track/", "/track", "/engage/", "/engage")
@@ -87,6 +88,7 @@ def parse(body: bytes, query: dict[str, list[str]], content_type: str, limit: in
     text = unwrap(body, query, content_type, limit)
     if not text.strip():
         raise BadRequest("the request body is empty", code="empty_body")
+    check_depth(text)
     try:
         doc = _json_decoder.decode(text)
     except _DECODE_ERRORS as exc:
@@ -242,6 +244,9 @@ def to_message(ev: dict[str, Any], now: datetime, batch_sent: datetime | None, *
     m.context = ctx
     m.message_id = _id(ev.get("uuid"))
     ts = _time(ev.get("timestamp"))
+    if ts is None and ev.get("timestamp") not in (None, ""):
+        return Rejection(0, "invalid_time", "`timestamp` is neither an ISO 8601 time nor "
+                         "milliseconds since the epoch")
     offset = ev.get("offset")
     if ts is None and isinstance(offset, int) and not isinstance(offset, bool) \
             and 0 <= offset < 10**11:
@@ -282,6 +287,7 @@ def flags_key(body: bytes, query: dict[str, list[str]], content_type: str, limit
     if not body.strip():
         return None
     text = unwrap(body, query, content_type, limit)
+    check_depth(text)
     try:
         doc = _json_decoder.decode(text)
     except _DECODE_ERRORS as exc:

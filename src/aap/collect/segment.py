@@ -17,6 +17,7 @@ import uuid_utils
 
 from aap.errors import BadRequest, PayloadTooLarge
 from aap.events import MESSAGE_TYPES, Event
+from aap.jsonlimits import check_depth
 
 SINGLE_PATHS = {
     "/v1/track": "track", "/v1/t": "track",
@@ -93,6 +94,7 @@ def parse_batch(body: bytes, max_event_bytes: int) -> Parsed:
     if not body.strip():
         raise BadRequest("the request body is empty", code="empty_body")
     _check_utf8(body)
+    check_depth(body)
     if len(body) <= max_event_bytes:  # then no event can be over the limit either
         try:
             tb = _typed_decoder.decode(body)
@@ -158,6 +160,7 @@ def parse_single(body: bytes, message_type: str, max_event_bytes: int) -> Parsed
         raise BadRequest("the request body is empty", code="empty_body")
     if len(body) > max_event_bytes:
         raise PayloadTooLarge(f"event is {len(body)} bytes; the limit is {max_event_bytes}")
+    check_depth(body)
     m: WireMessage = _decode_or_400(_message_decoder, body,
                                     "the message has a field of the wrong type", "wrong_type")
     m.type = message_type

@@ -27,6 +27,7 @@ import msgspec
 
 from aap.collect.segment import Parsed, Rejection, WireMessage
 from aap.errors import BadRequest
+from aap.jsonlimits import check_depth
 
 TP2_PATH = "/com.snowplowanalytics.snowplow/tp2"
 GET_PATHS = ("/i", "/com.snowplowanalytics.snowplow/i")
@@ -41,6 +42,7 @@ _DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, ValueError)
 def parse_post(body: bytes, max_event_bytes: int) -> Parsed:
     if not body.strip():
         raise BadRequest("the request body is empty", code="empty_body")
+    check_depth(body)
     try:
         doc = _json.decode(body)
     except _DECODE_ERRORS as exc:
@@ -97,22 +99,33 @@ def _ms(v: str | None, field: str) -> datetime | None:
     if not v:
         return None
     try:
+        if len(v) > 20:  # no millisecond count has more digits
+            raise ValueError(v)
         ms = int(v)
-        return datetime.fromtimestamp(ms / 1000, UTC)
-    except (ValueError, OverflowError, OSError):
+    except ValueError:
         raise BadRequest(f"`{field}` must be milliseconds since the epoch",
                          code="invalid_time") from None
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        raise BadRequest(f"`{field}` {v} is out of any calendar", code="timestamp_out_of_range"
+                         ) from None
 
 
 def _b64json(v: str, field: str) -> Any:
     try:
         raw = base64.urlsafe_b64decode(v.strip() + "=" * (-len(v.strip()) % 4))
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"`{field}` is not URL-safe base64 of JSON", code="invalid_json") from None
+    check_depth(raw, f"`{field}`")
+    try:
         return _json.decode(raw)
-    except (binascii.Error, *_DECODE_ERRORS):
+    except _DECODE_ERRORS:
         raise BadRequest(f"`{field}` is not URL-safe base64 of JSON", code="invalid_json") from None
 
 
 def _plain_json(v: str, field: str) -> Any:
+    check_depth(v, f"`{field}`")
     try:
         return _json.decode(v)
     except _DECODE_ERRORS:
@@ -185,7 +198,7 @@ def to_message(ev: dict[str, str]) -> WireMessage:
     res = ev.get("res", "")
     if "x" in res:
         w, _, h = res.partition("x")
-        if w.isdigit() and h.isdigit():
+        if w.isdigit() and h.isdigit() and len(w) <= 6 and len(h) <= 6:  # pixels, not 10**400
             ctx["screen"] = {"width": int(w), "height": int(h)}
     contexts = _self_describing(ev, "co", "cx")
     if contexts is not None:

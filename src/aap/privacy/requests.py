@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from aap import errors
+from aap.jsonlimits import check_depth
 from aap.privacy import exports
 from aap.privacy.audit import AuditLog
 from aap.privacy.keystore import KeyDestroyed, Keystore
@@ -69,6 +70,7 @@ _R = TypeVar("_R")
 def decode_request(body: bytes, typ: type[_R]) -> _R:
     """A rights request's JSON body (the API's or a subject's own), or a 400 naming the
     problem."""
+    check_depth(body)
     try:
         return msgspec.json.decode(body, type=typ)
     except msgspec.ValidationError as exc:

@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from aap.jsonlimits import depth
 from aap.privacy.ids import load_or_create_secret
 
 
@@ -52,17 +55,20 @@ class SubjectTokens:
         return sign(self.secret(source_id), source_id, subject, int(time.time()) + ttl_s)
 
     def verify(self, token: str) -> tuple[str, dict[str, str]]:
-        """(source id, subject) of a valid, unexpired token; :class:`BadToken` otherwise."""
+        """(source id, subject) of a valid, unexpired token; :class:`BadToken` otherwise.
+
+        The signature is checked before the payload is read: only its source id (a flat
+        string, which names the key) is decoded first, after a length and depth check."""
         try:
             body, mac = token.strip().split(".")
-            payload = json.loads(_unb64(body))
-            source_id = payload["src"]
-            subject = payload["sub"]
-            exp = int(payload["exp"])
-        except (ValueError, KeyError, TypeError):
+            if len(body) > MAX_TOKEN_CHARS:
+                raise ValueError("too long")
+            raw = _unb64(body)
+            if depth(raw) > 2:
+                raise ValueError("too deep")
+            source_id = _head.decode(raw).src
+        except (ValueError, msgspec.DecodeError):
             raise BadToken("not a subject token") from None
-        if not isinstance(source_id, str) or not isinstance(subject, dict):
-            raise BadToken("not a subject token")
         want = hmac.new(self.secret(source_id), body.encode(), hashlib.sha256).digest()
         try:
             good = hmac.compare_digest(want, _unb64(mac))
@@ -70,13 +76,37 @@ class SubjectTokens:
             good = False
         if not good:
             raise BadToken("the token's signature is wrong")
+        try:
+            payload = _payload.decode(raw)
+            exp = int(payload.exp)
+        except (ValueError, OverflowError, msgspec.DecodeError):
+            raise BadToken("not a subject token") from None
         if exp < time.time():
             raise BadToken("the token has expired")
+        subject = payload.sub
         ids = {k: v for k, v in subject.items() if k in ("userId", "anonymousId")
                and isinstance(v, str) and v}
         if len(ids) != 1 or len(subject) != 1:
             raise BadToken("the token must name one userId or one anonymousId")
         return source_id, ids
+
+
+MAX_TOKEN_CHARS = 4096
+"""A token names one source and one id: a few hundred characters."""
+
+
+class _Head(msgspec.Struct):
+    src: str
+
+
+class _Payload(msgspec.Struct):
+    src: str
+    sub: dict[str, Any]
+    exp: int | float
+
+
+_head = msgspec.json.Decoder(_Head)
+_payload = msgspec.json.Decoder(_Payload)
 
 
 def sign(secret: bytes, source_id: str, subject: dict[str, str], exp: int) -> str:

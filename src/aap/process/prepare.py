@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aap.errors import TransientError
-from aap.events import json_payload
+from aap.events import MAX_FUTURE, json_payload
 from aap.process import enrich, shop
 from aap.store.schema import DEDUP_KEY_SQL, EVENT_ARROW_SCHEMA
 
@@ -75,7 +75,7 @@ PREPARED_SCHEMA = pa.schema([*_STORED.items(), *_AUX_TYPES.items()])
 class PrepareConfig:
     historical_sources: frozenset[str] = frozenset()
     """Sources whose timestamps are kept as sent (historical imports)."""
-    max_future: timedelta = timedelta(minutes=5)
+    max_future: timedelta = MAX_FUTURE
     """Corrected times further than this after the receive time are clamped to it."""
 
 

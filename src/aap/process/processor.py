@@ -31,6 +31,7 @@ from aap.process import shop
 from aap.process.identity import Identities
 from aap.process.prepare import LocalPreparer, PrepareConfig, Prepared, WorkerPreparer
 from aap.process.steps import STEPS, Batch, DedupIndex, State
+from aap.store import quarantine
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
 from aap.store.warehouse import Chunk, Warehouse
 
@@ -195,6 +196,8 @@ class Processor:
                 logger.error("log record %d cannot be processed; set aside", records[0].offset)
                 self.wh.dead_letter(records[0].offset, records[0].count, self.position)
                 DROPPED.labels("unprocessable").inc(records[0].count)
+                quarantine.report("processor", "unprocessable", records[0].count,
+                                  f"log record {records[0].offset} (see dead_letters)")
                 self.dropped["unprocessable"] += records[0].count
                 self.position = self._next = records[0].offset
                 self.failures = 0

@@ -38,6 +38,7 @@ from aap.privacy.purposes import analytics_only
 from aap.query import rollup
 from aap.query import snapshot as snapshots
 from aap.query.snapshot import PENDING as _PENDING
+from aap.store import quarantine
 from aap.store.schema import EVENT_COLUMNS
 from aap.store.warehouse import Warehouse
 
@@ -97,6 +98,9 @@ class QueryCache:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="aap-query-cache", daemon=True)
         self._lock = threading.Lock()
+        self._skipped: set[str] = set()
+        """Tier files the copy failed on: read from Parquet (reported once, see
+        :mod:`aap.store.quarantine`)."""
 
     def start(self) -> None:
         self._thread.start()
@@ -163,37 +167,54 @@ class QueryCache:
             for path in todo:
                 if stop is not None and stop.is_set():
                     break
-                with self._tx() as cur:
-                    if not cur.execute("SELECT 1 FROM tier_files WHERE path = ?", [path]).fetchall():
-                        continue  # retired meanwhile
-                    done["merges"] += self._fold_merges(cur)
-                    no = int(cur.execute("SELECT coalesce(max(file_no), 0) + 1"
-                                         " FROM query_cache_files").fetchall()[0][0])
-                    for table in ("query_cache", "query_cache_rollup"):  # orphans, if any
-                        cur.execute(f"DELETE FROM {table} WHERE file_no = ?", [no])
-                    cur.register("cache_src", self.warehouse.tiers.dataset([path]))
-                    cur.execute(
-                        "INSERT INTO query_cache_names SELECT (SELECT coalesce(max(code), 0)"
-                        " FROM query_cache_names) + row_number() OVER (ORDER BY name), name"
-                        " FROM (SELECT DISTINCT event AS name FROM cache_src WHERE event IS"
-                        " NOT NULL EXCEPT SELECT name FROM query_cache_names)")
-                    cur.execute(
-                        "INSERT INTO query_cache SELECT ?, hash(e.session_id), n.code, e.* REPLACE"
-                        " (coalesce(o.person_id, e.person_id) AS person_id) FROM cache_src e"
-                        " LEFT JOIN person_overrides o ON o.old_person_id = e.person_id"
-                        " LEFT JOIN query_cache_names n ON n.name = e.event"
-                        f" WHERE {analytics_only('e.purposes')}"
-                        " ORDER BY hash(e.session_id), e.timestamp, e.event", [no])
-                    cur.unregister("cache_src")
-                    cur.execute(rollup.FILL, [no])
-                    n = int(cur.execute("SELECT count(*) FROM query_cache WHERE file_no = ?",
-                                        [no]).fetchall()[0][0])
-                    cur.execute("INSERT INTO query_cache_files VALUES (?, ?, ?)", [path, no, n])
+                if path in self._skipped:
+                    continue
+                try:
+                    n = self._copy(path)
+                except Exception as exc:  # this file is read from Parquet; the others go on
+                    self._skipped.add(path)
+                    quarantine.report("query_cache", quarantine.FAILED, 1,
+                                      f"tier file {path.rsplit('/', 2)[-2]} ({type(exc).__name__})")
+                    continue
+                if n is None:
+                    continue
                 done["copied"] += 1
-                done["rows"] += n
+                done["rows"] += n[0]
+                done["merges"] += n[1]
         if done["copied"] or done["dropped"] or done["merges"]:
             logger.info("query cache: %s", done)
         return done
+
+    def _copy(self, path: str) -> tuple[int, int] | None:
+        """Copy one tier file in one transaction: (rows, merges folded), or ``None`` if it
+        was retired meanwhile."""
+        with self._tx() as cur:
+            if not cur.execute("SELECT 1 FROM tier_files WHERE path = ?", [path]).fetchall():
+                return None  # retired meanwhile
+            merges = self._fold_merges(cur)
+            no = int(cur.execute("SELECT coalesce(max(file_no), 0) + 1"
+                                 " FROM query_cache_files").fetchall()[0][0])
+            for table in ("query_cache", "query_cache_rollup"):  # orphans, if any
+                cur.execute(f"DELETE FROM {table} WHERE file_no = ?", [no])
+            cur.register("cache_src", self.warehouse.tiers.dataset([path]))
+            cur.execute(
+                "INSERT INTO query_cache_names SELECT (SELECT coalesce(max(code), 0)"
+                " FROM query_cache_names) + row_number() OVER (ORDER BY name), name"
+                " FROM (SELECT DISTINCT event AS name FROM cache_src WHERE event IS"
+                " NOT NULL EXCEPT SELECT name FROM query_cache_names)")
+            cur.execute(
+                "INSERT INTO query_cache SELECT ?, hash(e.session_id), n.code, e.* REPLACE"
+                " (coalesce(o.person_id, e.person_id) AS person_id) FROM cache_src e"
+                " LEFT JOIN person_overrides o ON o.old_person_id = e.person_id"
+                " LEFT JOIN query_cache_names n ON n.name = e.event"
+                f" WHERE {analytics_only('e.purposes')}"
+                " ORDER BY hash(e.session_id), e.timestamp, e.event", [no])
+            cur.unregister("cache_src")
+            cur.execute(rollup.FILL, [no])
+            n = int(cur.execute("SELECT count(*) FROM query_cache WHERE file_no = ?",
+                                [no]).fetchall()[0][0])
+            cur.execute("INSERT INTO query_cache_files VALUES (?, ?, ?)", [path, no, n])
+        return n, merges
 
 
 def has_cache(cur: duckdb.DuckDBPyConnection) -> bool:

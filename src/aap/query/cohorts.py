@@ -85,6 +85,8 @@ class Cohorts:
         return {"id": cur.lastrowid, "name": spec.name, "kind": kind}
 
     def get(self, cohort_id: int) -> CohortDef:
+        if not 0 < cohort_id < 2**63:  # SQLite's integers: no such row, not an overflow
+            raise NotFound(f"no cohort with id {cohort_id}", code="unknown_cohort")
         row = self._con.execute("SELECT id, name, definition FROM cohorts WHERE id = ?",
                                 (cohort_id,)).fetchone()
         if row is None:

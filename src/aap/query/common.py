@@ -9,12 +9,13 @@ calendar hours, days, ISO weeks (Monday) and months of the query's time zone.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import duckdb
 
@@ -57,12 +58,26 @@ class Context:
 
 # -- time --
 
+@functools.cache
+def known_zones() -> frozenset[str]:
+    """Time zones both Python (bucket bounds) and DuckDB's ICU (bucketing) know: the IANA
+    names, without the files of the zone database that are not zones (``posixrules``,
+    ``localtime``, ``right/…``, ``posix/…``)."""
+    con = duckdb.connect()
+    try:
+        icu = {r[0] for r in con.execute("SELECT name FROM pg_timezone_names()").fetchall()}
+    finally:
+        con.close()
+    return frozenset(available_timezones() & icu)
+
+
 def zone(name: str) -> ZoneInfo | None:
     """None for UTC."""
     if name in ("UTC", "Etc/UTC", "utc"):
         return None
-    if not re.fullmatch(r"[A-Za-z0-9_+\-/]{1,64}", name):
-        raise BadRequest(f"unknown time zone {name!r}", code="invalid_timezone")
+    if not re.fullmatch(r"[A-Za-z0-9_+\-/]{1,64}", name) or name not in known_zones():
+        raise BadRequest(f"unknown time zone {name[:64]!r} (use an IANA name such as "
+                         "Europe/Berlin)", code="invalid_timezone")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -95,7 +110,15 @@ def _add_months(d: date, n: int) -> date:
 
 def parse_point(value: str, now_local: datetime, *, end: bool) -> datetime:
     """A range bound as a naive local datetime. Dates are whole days: a ``date_to`` date
-    includes that day."""
+    includes that day. Out of the calendar (``-99999y``, ``9999-12-31`` as an end) → 400."""
+    try:
+        return _parse_point(value, now_local, end=end)
+    except (OverflowError, ValueError):
+        raise BadRequest(f"{value[:40]!r} is out of range: dates must be between 1970 and 9000",
+                         code="invalid_date") from None
+
+
+def _parse_point(value: str, now_local: datetime, *, end: bool) -> datetime:
     v = value.strip()
     today = now_local.date()
     day: date | None = None
@@ -157,7 +180,14 @@ class Range:
     def shifted_back(self) -> Range:
         """The previous period of the same length (for ``compare``)."""
         span = self.end - self.start
-        return Range(self.tz, self.tzname, self.start - span, self.start)
+        try:
+            start = self.start - span
+        except OverflowError:
+            start = datetime.min
+        if start.year < 1970:
+            raise BadRequest("the previous period of this range starts before 1970: compare "
+                             "a shorter range", code="invalid_date")
+        return Range(self.tz, self.tzname, start, self.start)
 
 
 def date_range(q: Common, now: datetime, *, default_from: str = "-7d") -> Range:
@@ -304,23 +334,35 @@ def numeric_property_sql(name: str, alias: str = "e") -> str:
     return f"TRY_CAST(json_extract_string({alias}.properties, {json_path(name)}) AS DOUBLE)"
 
 
+MAX_FILTER_NUMBER = 1e300
+"""Numbers in filters: finite, and at most this in size (a 400-digit integer is no
+property value; neither is 1e400, which JSON decoders read as infinity)."""
+
+
 def _text(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, (int, float)) and not abs(v) <= MAX_FILTER_NUMBER:
+        raise BadRequest(f"filter value {str(v)[:40]}…: numbers must be finite and at most "
+                         f"{MAX_FILTER_NUMBER:g} in size", code="invalid_filter")
     if isinstance(v, (str, int, float)):
         return str(v)
-    raise BadRequest(f"filter value {v!r} must be a string, number or boolean",
+    raise BadRequest(f"filter value {str(v)[:80]!r} must be a string, number or boolean",
                      code="invalid_filter")
 
 
 def _number(f: Filter) -> float:
-    if isinstance(f.value, bool) or not isinstance(f.value, (int, float)):
-        try:
-            return float(f.value)
-        except (TypeError, ValueError):
-            raise BadRequest(f"filter {f.property} {f.operator}: value must be a number",
-                             code="invalid_filter") from None
-    return float(f.value)
+    try:
+        if isinstance(f.value, (bool, list, dict)):
+            raise TypeError
+        v = float(f.value)
+    except (TypeError, ValueError, OverflowError):
+        raise BadRequest(f"filter {f.property} {f.operator}: value must be a number",
+                         code="invalid_filter") from None
+    if not abs(v) <= MAX_FILTER_NUMBER:
+        raise BadRequest(f"filter {f.property} {f.operator}: numbers must be finite and at "
+                         f"most {MAX_FILTER_NUMBER:g} in size", code="invalid_filter")
+    return v
 
 
 def filter_sql(b: SQLBuilder, f: Filter, alias: str = "e") -> str:

@@ -20,6 +20,9 @@ Interval = Literal["hour", "day", "week", "month"]
 Math = Literal["total", "persons", "sessions", "sum", "avg", "min", "max", "median", "p90", "p99"]
 PROPERTY_MATH = ("sum", "avg", "min", "max", "median", "p90", "p99")
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
+Id = Annotated[int, Meta(ge=1, le=2**53)]
+"""A saved cohort's or insight's id (the stores' integer keys; any JSON number up to
+2^53 is exact)."""
 
 
 class Filter(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -36,7 +39,7 @@ class BehaviouralCohort(Struct, forbid_unknown_fields=True, kw_only=True):
     (and/or who match ``person_filters``)."""
 
     event: Name | None = None
-    min_count: Annotated[int, Meta(ge=1)] = 1
+    min_count: Annotated[int, Meta(ge=1, le=1_000_000_000)] = 1
     days: Annotated[int, Meta(ge=1, le=3650)] = 30
     person_filters: list[Filter] = []
 
@@ -59,7 +62,7 @@ class Common(Struct, forbid_unknown_fields=True, kw_only=True):
     date_to: str | None = None
     timezone: Annotated[str, Meta(max_length=64)] = "UTC"
     filters: list[Filter] = []
-    cohort: int | None = None
+    cohort: Id | None = None
     """Only persons of this saved cohort (its id)."""
 
 
@@ -78,7 +81,7 @@ class Trends(Common, tag="trends", tag_field="kind"):
     breakdown: Name | None = None
     breakdown_type: Literal["event", "person", "cohort"] = "event"
     breakdown_limit: Annotated[int, Meta(ge=1, le=1000)] = 25
-    breakdown_cohorts: list[int] = []
+    breakdown_cohorts: Annotated[list[Id], Meta(max_length=100)] = []
     formula: Annotated[str, Meta(max_length=500)] | None = None
     compare: bool = False
 
@@ -91,8 +94,8 @@ class Step(Struct, forbid_unknown_fields=True, kw_only=True):
 
 class Exclusion(Struct, forbid_unknown_fields=True, kw_only=True):
     event: Name
-    from_step: Annotated[int, Meta(ge=0)] = 0
-    to_step: Annotated[int, Meta(ge=1)] | None = None
+    from_step: Annotated[int, Meta(ge=0, le=19)] = 0
+    to_step: Annotated[int, Meta(ge=1, le=19)] | None = None
     """Index of the later step (0-based); default the last step."""
     filters: list[Filter] = []
 

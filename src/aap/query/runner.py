@@ -94,6 +94,15 @@ def run_insight(warehouse: Warehouse, doc: bytes | str | dict[str, Any] | Insigh
                 answer = RUNNERS[type(q)](ctx, q)
             except duckdb.InterruptException:
                 pass
+            except (duckdb.InvalidInputException, duckdb.ConversionException,
+                    duckdb.OutOfRangeException) as exc:
+                # a value of the document the engine refuses (a regex that does not
+                # compile, a number out of range): the client's error. Its text may quote
+                # stored values, so only its kind is returned.
+                if not deadline.passed:
+                    raise BadRequest(f"the insight has a value the engine cannot use"
+                                     f" ({type(exc).__name__}): check its filters",
+                                     code="invalid_value") from None
             if deadline.passed:
                 raise BadRequest(f"the insight ran over the time limit of {timeout_s:g} s",
                                  code="timeout")

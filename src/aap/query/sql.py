@@ -83,9 +83,11 @@ def check(query: str) -> tuple[exp.Expression, dict[str, int]]:
     """Parse and check; returns the statement and how often each view is read."""
     try:
         statements = [s for s in sqlglot.parse(query, read="duckdb") if s is not None]
-    except sqlglot.errors.ParseError as exc:
-        raise BadRequest(f"the SQL does not parse: {str(exc).splitlines()[0]}",
+    except sqlglot.errors.SqlglotError as exc:  # ParseError, and TokenError (`/* /* */`)
+        raise BadRequest(f"the SQL does not parse: {(str(exc).splitlines() or [''])[0][:200]}",
                          code="invalid_sql") from None
+    except RecursionError:
+        raise BadRequest("the SQL is nested too deep to parse", code="invalid_sql") from None
     if len(statements) != 1:
         raise BadRequest(f"send exactly one SELECT statement (got {len(statements)})",
                          code="invalid_sql")

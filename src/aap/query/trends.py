@@ -11,6 +11,7 @@ the most events over the range and puts the rest into ``other``.
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -215,27 +216,38 @@ _OPS: dict[type, Callable[[float, float], float]] = {
 }
 
 
+MAX_FORMULA_NUMBER = 1e15
+MAX_FORMULA_DEPTH = 50
+
+
 def compile_formula(text: str, n_series: int) -> Callable[[dict[str, Any]], float | None]:
     """``A/B``, ``(A+B)*100``…: letters name the series in order; + - * / and numbers.
     A division by zero, or a missing value, gives null."""
+    if text.count("(") > MAX_FORMULA_DEPTH:
+        raise BadRequest(f"formula {text[:60]!r}: at most {MAX_FORMULA_DEPTH} parentheses",
+                         code="invalid_formula")
     try:
         tree = ast.parse(text.strip().upper(), mode="eval")
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         raise BadRequest(f"formula {text!r} is not valid: use series letters, numbers and "
                          "+ - * / ( )", code="invalid_formula") from None
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:n_series]
 
-    def check(node: ast.AST) -> None:
+    def check(node: ast.AST, depth: int = 0) -> None:
+        if depth > 2 * MAX_FORMULA_DEPTH:
+            raise BadRequest(f"formula {text[:60]!r} is nested too deep", code="invalid_formula")
         if isinstance(node, ast.Expression):
-            check(node.body)
+            check(node.body, depth + 1)
         elif isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            check(node.left)
-            check(node.right)
+            check(node.left, depth + 1)
+            check(node.right, depth + 1)
         elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            check(node.operand)
+            check(node.operand, depth + 1)
         elif isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
                 and not isinstance(node.value, bool):
-            pass
+            if not abs(node.value) <= MAX_FORMULA_NUMBER:  # also inf (1e400) and nan
+                raise BadRequest(f"formula {text[:60]!r}: numbers must be at most "
+                                 f"{MAX_FORMULA_NUMBER:.0e} in size", code="invalid_formula")
         elif isinstance(node, ast.Name) and node.id in letters:
             pass
         else:
@@ -261,7 +273,11 @@ def compile_formula(text: str, n_series: int) -> Callable[[dict[str, Any]], floa
             return None
         return _OPS[type(node.op)](a, b)
 
-    return lambda env: ev(tree, env)
+    def value(env: dict[str, Any]) -> float | None:
+        v = ev(tree, env)
+        return v if v is None or math.isfinite(v) else None  # an overflow is no number
+
+    return value
 
 
 def run(ctx: Context, q: Trends) -> dict[str, Any]:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
+from aap.store import quarantine
 from aap.store.warehouse import Warehouse
 
 logger = logging.getLogger("aap.tiering")
@@ -29,20 +31,41 @@ class TierPolicy:
 
 
 def run_tiering(wh: Warehouse, policy: TierPolicy, today: date | None = None) -> dict[str, int]:
+    """One run. Hot rows whose time is out of bounds are quarantined first; a day or a
+    month that still fails is skipped for this run and reported, and the others move
+    (:mod:`aap.store.quarantine`)."""
     today = today or datetime.now(UTC).date()
-    moved = {"to_warm": 0, "to_cold": 0, "dropped": 0, "files_deleted": 0}
+    moved = {"to_warm": 0, "to_cold": 0, "dropped": 0, "files_deleted": 0, "quarantined": 0,
+             "skipped": 0}
+    moved["quarantined"] = wh.quarantine_hot(JOB)
     hot_limit = today - timedelta(days=policy.hot_days)
     for day in wh.hot_days():
         if day < hot_limit:
-            moved["to_warm"] += wh.move_day_to_warm(day)
+            moved["to_warm"] += _isolated(moved, f"hot day {day}", wh.move_day_to_warm, day)
     warm_limit = today - timedelta(days=policy.warm_days)
     for month, _ in wh.warm_months():
         if month <= warm_limit.isoformat()[:7]:  # only its days before the limit move
-            moved["to_cold"] += wh.compact_to_cold(month, warm_limit, policy.grace)
+            moved["to_cold"] += _isolated(moved, f"warm month {month}", wh.compact_to_cold,
+                                          month, warm_limit, policy.grace)
     cold_limit = (today - timedelta(days=policy.cold_days)).isoformat()[:7]
-    moved["dropped"] = wh.drop_cold_before(cold_limit, policy.grace)
-    moved["files_deleted"] = wh.empty_trash()
+    moved["dropped"] = _isolated(moved, "cold archives", wh.drop_cold_before, cold_limit,
+                                 policy.grace)
+    moved["files_deleted"] = _isolated(moved, "retired files", wh.empty_trash)
     return moved
+
+
+JOB = "tiering"
+
+
+def _isolated(moved: dict[str, int], where: str, fn: Callable[..., int], *args: Any) -> int:
+    """``fn(*args)``; if it fails, the unit is skipped for this run, counted and logged
+    (the exception's type only: its message may quote a row), and the job goes on."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        moved["skipped"] += 1
+        quarantine.report(JOB, quarantine.FAILED, 1, f"{where} ({type(exc).__name__})")
+        return 0
 
 
 class Job(Protocol):

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aap.store import quarantine
 from aap.store.schema import DDL, DEDUP_KEY_SQL, EVENT_ARROW_SCHEMA, OLD_VIEWS, VIEWS
 from aap.store.tiers import TierConfig, TierStore
 
@@ -141,6 +142,7 @@ class Warehouse:
         for v in OLD_VIEWS:
             self.con.execute(f"DROP VIEW IF EXISTS {v}")
         self.con.execute(DDL)
+        self.con.execute(quarantine.DDL)
         cols = {r[0] for r in self.con.execute("DESCRIBE events_raw").fetchall()}
         if "purposes" not in cols:  # stores made before events carried their purposes
             self.con.execute("ALTER TABLE events_raw ADD COLUMN purposes VARCHAR[]")
@@ -324,8 +326,19 @@ class Warehouse:
     # -- tiering --
 
     def hot_days(self) -> list[date]:
+        """The days of the hot rows (rows out of bounds are not a day: see
+        :meth:`quarantine_hot`)."""
         return [r[0] for r in self.con.cursor().execute(
-            "SELECT DISTINCT CAST(timestamp AS DATE) FROM events_raw ORDER BY 1").fetchall()]
+            "SELECT DISTINCT CAST(timestamp AS DATE) FROM events_raw"
+            f" WHERE NOT {quarantine.bad_time_sql()} ORDER BY 1",
+            list(quarantine.bounds())).fetchall()]
+
+    def quarantine_hot(self, job: str) -> int:
+        """Move hot rows whose time is out of bounds to ``quarantined_events``."""
+        with self._write_lock, self._transaction() as cur:
+            n = quarantine.hot(cur, job)
+        quarantine.report(job, quarantine.BAD_TIME, n, "the hot table")
+        return n
 
     @contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -398,11 +411,19 @@ class Warehouse:
                 [month + "-%", before.isoformat()]).fetchall()]
             if not paths:
                 return 0
-            table = self.tiers.read(paths).sort_by(
+            table, bad = quarantine.split(self.tiers.read(paths))
+            table = table.sort_by(
                 [("event", "ascending"), ("person_id", "ascending"), ("timestamp", "ascending")])
-            with self._new_file(table, f"month={month}", cold=True) as (path, size):
-                _add_file(cur, path, "cold", month, table.num_rows, size)
+            if bad is not None:
+                quarantine.keep(cur, bad, "tiering")
+            if table.num_rows:
+                with self._new_file(table, f"month={month}", cold=True) as (path, size):
+                    _add_file(cur, path, "cold", month, table.num_rows, size)
+                    self._retire(cur, paths, grace)
+            else:
                 self._retire(cur, paths, grace)
+        if bad is not None:
+            quarantine.report("tiering", quarantine.BAD_TIME, bad.num_rows, f"warm month {month}")
         return table.num_rows
 
     def drop_cold_before(self, month: str, grace: timedelta) -> int:
@@ -501,6 +522,8 @@ class Warehouse:
 
         def hot(count: Callable[[str, list[Any]], int]) -> None:
             out["hot_events"] = count(f"DELETE FROM events_raw WHERE person_id IN ({marks})", ids)
+            out["quarantined_events"] = count(
+                f"DELETE FROM quarantined_events WHERE person_id IN ({marks})", ids)
             # the query cache's copies of their warm and cold rows go in the same commit
             for table, key in (("query_cache", "query_cache_rows"),
                                ("query_cache_rollup", "query_cache_rollup_rows")):
@@ -521,7 +544,7 @@ class Warehouse:
             hit = int(pc.sum(mask).as_py() or 0)
             return (table.filter(pc.invert(mask)), hit) if hit else None
 
-        self._change(self._holds_persons(value_set), hot, in_file, out)
+        self._change(self._holds_persons(value_set), hot, in_file, out, job="erasure")
         out["retired_files_deleted"] = self._purge_trash(value_set)
         return out
 
@@ -547,6 +570,8 @@ class Warehouse:
                 f"DELETE FROM order_items WHERE message_id IN (SELECT message_id FROM orders"
                 f" WHERE {cond})", args)
             out["orders"] = count(f"DELETE FROM orders WHERE {cond}", args)
+            out["quarantined_events"] = count(f"DELETE FROM quarantined_events WHERE {cond}",
+                                              args)
 
         def in_file(table: pa.Table, tier: str) -> tuple[pa.Table, int] | None:
             mask = pc.and_(pc.is_in(table.column("person_id"), value_set=value_set),
@@ -554,7 +579,7 @@ class Warehouse:
             hit = int(pc.sum(mask).as_py() or 0)
             return (table.filter(pc.invert(mask)), hit) if hit else None
 
-        self._change(self._holds_persons(value_set), hot, in_file, out)
+        self._change(self._holds_persons(value_set), hot, in_file, out, job="erasure")
         out["retired_files_deleted"] = self._purge_trash(value_set)
         return out
 
@@ -625,6 +650,7 @@ class Warehouse:
         def hot(count: Callable[[str, list[Any]], int]) -> None:
             out["hot_erased"] = count(f"DELETE FROM events_raw WHERE {mine} AND len(purposes) = 1",
                                       args)
+            count(f"DELETE FROM quarantined_events WHERE {mine}", args)
             out["hot_changed"] = count(
                 f"UPDATE events_raw SET purposes = list_filter(purposes, lambda x: x <> ?) WHERE {mine}",
                 [purpose, *args])
@@ -646,7 +672,8 @@ class Warehouse:
             finally:
                 con.close()
 
-        self._change(self._holds_persons(pa.array(ids, pa.int64())), hot, in_file, out)
+        self._change(self._holds_persons(pa.array(ids, pa.int64())), hot, in_file, out,
+                     job="withdrawal")
         return out
 
     def _holds_persons(self, persons: pa.Array) -> Callable[[str, str, str], bool]:
@@ -692,8 +719,9 @@ class Warehouse:
             if datetime.combine(start, datetime.min.time()) >= limit:
                 return False  # the partition starts after every cutoff
             ts = self.tiers.read([path], ["timestamp"]).column("timestamp")
-            first = pc.min(ts).as_py()
-            return first is not None and first < limit
+            first = pc.min(ts.cast(pa.timestamp("us")))
+            return bool(first.is_valid and pc.less(
+                first, pa.scalar(limit, pa.timestamp("us"))).as_py())
 
         def in_file(table: pa.Table, tier: str) -> tuple[pa.Table, int] | None:
             keep, gone, params = expr(tier)
@@ -732,6 +760,11 @@ class Warehouse:
                                   f" OR timestamp < ?", [*p_doomed, everything])
             out["hot_erased"] = count(f"DELETE FROM events_raw WHERE timestamp < ? AND {gone}",
                                       p_gone)
+            # set-aside rows are kept no longer than the shortest retention of any purpose,
+            # counted from when they were set aside (their own time is what was wrong)
+            strictest = max([everything, *(c for p in cutoffs.values() for c in p.values())])
+            out["quarantined_expired"] = count(
+                "DELETE FROM quarantined_events WHERE quarantined_at < ?", [strictest])
             if cutoffs:
                 out["hot_changed"] = count(
                     f"UPDATE events_raw SET purposes = {keep}"
@@ -742,7 +775,7 @@ class Warehouse:
         erased_persons.update(int(r[0]) for r in self.con.cursor().execute(
             f"SELECT DISTINCT person_id FROM events_raw WHERE timestamp < ? AND {gone}",
             [hot_limit, everything, *params]).fetchall())  # candidates only: checked again below
-        self._change(touches, hot, in_file, out)
+        self._change(touches, hot, in_file, out, job="retention")
         out["persons_erased"], keys = self._drop_persons_without_events(erased_persons)
         out["ids_forgotten"] = len(keys)
         if keys and forget is not None:
@@ -786,8 +819,15 @@ class Warehouse:
                 "SELECT DISTINCT person_id FROM events_raw WHERE list_contains(?, person_id)",
                 [sorted(group)]).fetchall()}
             values = pa.array(sorted(group), pa.int64())
-            for (path,) in cur.execute("SELECT path FROM tier_files").fetchall():
-                col = self.tiers.read([path], ["person_id"]).column("person_id")
+            for (path, part) in cur.execute("SELECT path, part FROM tier_files").fetchall():
+                try:
+                    col = self.tiers.read([path], ["person_id"]).column("person_id")
+                except (OSError, pa.ArrowException) as exc:
+                    # a file it cannot read may hold any of them: none is dropped this time
+                    quarantine.report("retention", quarantine.FAILED, 1,
+                                      f"{part} ({type(exc).__name__}): no profile dropped")
+                    live.update(group)
+                    continue
                 hits = pc.filter(col, pc.is_in(col, value_set=values))
                 live.update(int(x) for x in pc.unique(hits).to_pylist())
             over = dict(cur.execute("SELECT old_person_id, person_id FROM person_overrides"
@@ -809,34 +849,61 @@ class Warehouse:
             cur.execute("DELETE FROM person_overrides WHERE list_contains(?, old_person_id)",
                         [members])
             cur.execute("DELETE FROM person_flags WHERE list_contains(?, person_id)", [members])
+            # and their set-aside rows: no id would reach them any more
+            cur.execute("DELETE FROM quarantined_events WHERE list_contains(?, person_id)",
+                        [members])
         return (int(row[0]) if row else 0), keys
 
     def _change(self, touches: Callable[[str, str, str], bool],
                 hot: Callable[[Callable[[str, list[Any]], int]], None],
                 in_file: Callable[[pa.Table, str], tuple[pa.Table, int] | None],
-                out: dict[str, Any]) -> None:
+                out: dict[str, Any], *, job: str) -> None:
         """In one transaction: ``hot`` changes the hot tables (given a function that runs a
         statement and returns its row count); each warm and cold file that ``in_file``
         changes is replaced by its new version (only files for which ``touches(path,
-        tier, part)`` is true are read whole). Old files are deleted once committed."""
+        tier, part)`` is true are read whole). Old files are deleted once committed.
+
+        Rows of a file read whole whose time is out of bounds go to ``quarantined_events``
+        in the same commit (:mod:`aap.store.quarantine`). For ``job="retention"`` a file
+        that still fails is skipped for this run and reported; erasure and withdrawal
+        fail whole instead (they must not report done with a file left as it was)."""
         old: list[str] = []
         new: list[str] = []
+        set_aside: list[tuple[str, str, pa.Table]] = []
+        skipped: list[str] = []
 
-        def rewrite(file: tuple[str, str, str]) -> tuple[str, str, str, int, str | None, int, int] | None:
-            path, tier, part = file
-            if not touches(path, tier, part):
+        def rewrite_one(path: str, tier: str, part: str
+                        ) -> tuple[str, str, str, int, str | None, int, int] | None:
+            try:
+                touched = touches(path, tier, part)
+            except (ValueError, OverflowError, pa.ArrowException):
+                touched = True  # a value it cannot compare: read the file whole below
+            if not touched:
                 return None  # nothing to change in it: the file stays as it is
-            changed = in_file(self.tiers.read([path]), tier)
-            if changed is None:
+            table, bad = quarantine.split(self.tiers.read([path]))
+            changed = in_file(table, tier)
+            if changed is None and bad is None:
                 return None
-            kept, hit = changed
+            kept, hit = changed if changed is not None else (table.cast(EVENT_ARROW_SCHEMA), 0)
+            if bad is not None:
+                set_aside.append((tier, part, bad))
             if not kept.num_rows:
                 return path, tier, part, hit, None, 0, 0
             directory = f"day={part}" if tier == "warm" else f"month={part}"
             # archives are rewritten at a fast zstd level: still compressed, still cold
             new_path, size = self.tiers.write(kept, directory, cold=tier == "cold",
                                               level=6 if tier == "cold" else None)
+            new.append(new_path)
             return path, tier, part, hit, new_path, kept.num_rows, size
+
+        def rewrite(file: tuple[str, str, str]) -> tuple[str, str, str, int, str | None, int, int] | None:
+            try:
+                return rewrite_one(*file)
+            except Exception as exc:
+                if job != "retention":
+                    raise
+                skipped.append(f"{file[1]} {file[2]} ({type(exc).__name__})")
+                return None
 
         try:
             with self._write_lock:
@@ -844,8 +911,9 @@ class Warehouse:
                     "SELECT path, tier, part FROM tier_files ORDER BY path").fetchall()
                 with ThreadPoolExecutor(2, thread_name_prefix="aap-rewrite") as pool:
                     done = [r for r in pool.map(rewrite, files) if r is not None]
-                new.extend(r[4] for r in done if r[4] is not None)
                 with self._transaction() as cur:
+                    for _, _, bad in set_aside:
+                        quarantine.keep(cur, bad, job)
                     def count(sql: str, params: list[Any]) -> int:
                         row = cur.execute(sql, params).fetchone()
                         return int(row[0]) if row else 0
@@ -870,6 +938,13 @@ class Warehouse:
             raise
         for path in old:  # committed: the new versions are the live ones
             self.tiers.delete(path)
+        for tier, part, bad in set_aside:
+            quarantine.report(job, quarantine.BAD_TIME, bad.num_rows, f"{tier} {part}")
+        for where in skipped:
+            quarantine.report(job, quarantine.FAILED, 1, where)
+        if set_aside or skipped:
+            out["quarantined"] = sum(b.num_rows for _, _, b in set_aside)
+            out["files_skipped"] = len(skipped)
 
     def tier_stats(self) -> dict[str, tuple[int, int, int]]:
         """Per tier: files, rows, bytes."""
