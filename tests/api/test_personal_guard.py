@@ -27,6 +27,12 @@ from tests.api.test_query_api import new_key
 DAY = (datetime.now(UTC) - timedelta(days=1)).replace(hour=12, minute=0, second=0,
                                                       microsecond=0)
 CANARY = "guard-canary@example.test"
+"""Sealed by the collector (issue 12 §2): never in the warehouse in clear, so never in
+an answer, at any role."""
+NESTED_SESSION = "guard-session-4471"
+NESTED_CITY = "Guard-Ville"
+"""Kept by the collector inside plain objects, personal for queries: what the run-time
+check on breakdown values must find."""
 
 
 def at(minutes: int) -> str:
@@ -44,11 +50,13 @@ BATCH = [
      "properties": {"revenue": 7}},
     {"type": "page", "userId": "u1", "name": "Home", "timestamp": at(4),
      "properties": {"path": "/"}},
-    # personal keys nested in objects whose own names are plain
+    # personal keys nested in objects whose own names are plain: the collector seals the
+    # email and the phone (issue 12 §2) and keeps the session id and the city, which are
+    # personal for queries only (``aap.query.guard.QUERY_ONLY``)
     {"type": "track", "userId": "u3", "event": "Signed Up", "timestamp": at(5),
-     "properties": {"contact": {"Email": CANARY}}},
+     "properties": {"contact": {"Email": CANARY, "session_id": NESTED_SESSION}}},
     {"type": "identify", "userId": "u3", "timestamp": at(6),
-     "traits": {"profile": {"phone": "+33 6 12 34 56 78"}}},
+     "traits": {"profile": {"phone": "+33 6 12 34 56 78", "city": NESTED_CITY}}},
 ]
 
 
@@ -246,11 +254,27 @@ def test_a_breakdown_by_person_is_refused_and_never_keyed_by_a_person(api: Api) 
         assert r.status_code == 403 and breakdown in r.json()["message"], r.text
         out = api.call("POST", "/query", "admin", json=doc)
         assert out.status_code == 200, out.text
-    doc = {"kind": "trends", "series": [{"event": "Signed Up"}], "date_from": "-3d",
-           "breakdown": "Email", "breakdown_type": "person"}
-    values = {s["breakdown_value"] for s in
-              api.call("POST", "/query", "privacy", json=doc).json()["series"]}
-    assert CANARY in values  # what the guard keeps from analysts is really there
+
+    def at_privacy(breakdown: str, btype: str) -> tuple[httpx.Response, set[Any]]:
+        doc = {"kind": "trends", "series": [{"event": "Signed Up"}], "date_from": "-3d",
+               "breakdown": breakdown, "breakdown_type": btype}
+        before = len(api.audit())
+        out = api.call("POST", "/query", "privacy", json=doc)
+        assert out.status_code == 200, out.text
+        reads = [e for e in api.audit()[before:] if e["action"] == "data.read"]
+        assert len(reads) == 1 and breakdown in _fields(reads[0]), reads
+        return out, {s["breakdown_value"] for s in out.json()["series"]
+                     if sum(s["values"])}
+
+    # the email is sealed at collection: allowed and audited at privacy, never in clear
+    out, _ = at_privacy("Email", "person")
+    assert CANARY not in out.text
+    # what the guard keeps from analysts is really there at privacy: one series per person
+    # (u1, u2, u3 signed up), and the city trait the collector keeps
+    _, persons = at_privacy("person_id", "event")
+    assert len(persons - {None}) == 3, persons
+    _, cities = at_privacy("city", "person")
+    assert "Lyon" in cities, cities
 
 
 @pytest.mark.parametrize(("kind", "name", "btype"), [
@@ -264,14 +288,91 @@ def test_a_breakdown_on_an_object_holding_personal_keys_is_refused(
         doc["series"] = [{"event": "Signed Up"}]
     else:
         doc["steps"] = [{"event": "Signed Up"}, {"event": "Order Completed"}]
+    nested, value = {"contact": ("session_id", NESTED_SESSION),
+                     "profile": ("city", NESTED_CITY)}[name]
     r = api.call("POST", "/query", "analyst", json=doc)
     assert r.status_code == 403 and r.json()["code"] == "personal_data", r.text
-    assert CANARY not in r.text and "+33" not in r.text
+    for secret in (CANARY, "+33", value):
+        assert secret not in r.text
     before = len(api.audit())
     r = api.call("POST", "/query", "privacy", json=doc)
     assert r.status_code == 200, r.text
     (entry,) = [e for e in api.audit()[before:] if e["action"] == "data.read"]
-    assert "nested key" in _fields(entry), entry
+    assert f"{nested} (nested key)" in _fields(entry), entry
+    # the object is there at privacy, without what the collector sealed out of it
+    assert value in r.text and CANARY not in r.text and "+33" not in r.text
+
+
+OLD_BATCH = [
+    {"type": "track", "userId": "u3", "event": "Signed Up", "timestamp": at(5),
+     "properties": {"contact": {"channel": "mail"}}},
+    {"type": "identify", "userId": "u3", "timestamp": at(6),
+     "traits": {"profile": {"tier": "gold"}}},
+    {"type": "track", "userId": "u2", "event": "Signed Up", "timestamp": at(2)},
+    {"type": "track", "userId": "u2", "event": "Order Completed", "timestamp": at(3)},
+]
+OLD_PHONE = "+33 6 98 76 54 32"
+
+
+@pytest.fixture(scope="module")
+def old_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """A store holding, inside plain objects, personal keys in clear, as an AAP from before
+    the collector's scrubbing (issue 12 §2) stored them: the rows are rewritten in the
+    warehouse while no server runs, then a server is started on it."""
+    import duckdb
+
+    data = tmp_path_factory.mktemp("guard-old") / "data"
+    write_key = create_source(data, "web", "--historical", "--basis", "contract")
+    keys = {role: new_key(data, role) for role in ("analyst", "privacy")}
+    server = ServerProcess(data, workers=1).start()
+    try:
+        r = httpx.post(server.url + "/v1/batch", json={"batch": OLD_BATCH},
+                       auth=(write_key, ""), timeout=60)
+        assert r.status_code == 200, r.text
+        server.wait_processed(timeout=120)
+    finally:
+        server.stop()
+    con = duckdb.connect(str(data / "warehouse" / "hot.duckdb"))
+    try:
+        n = con.execute("UPDATE events_raw SET properties = ? WHERE properties->>'$.contact'"
+                        " IS NOT NULL", [json.dumps({"contact": {"Email": CANARY}})]
+                        ).fetchone()
+        m = con.execute("UPDATE persons SET traits = ? WHERE traits->>'$.profile' IS NOT NULL",
+                        [json.dumps({"profile": {"phone": OLD_PHONE}})]).fetchone()
+        assert n == (1,) and m == (1,), (n, m)
+    finally:
+        con.close()
+    server = ServerProcess(data, workers=1).start()
+    try:
+        yield Api(server, keys)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(("kind", "name", "btype", "nested", "value"), [
+    ("trends", "contact", "event", "Email", CANARY),
+    ("trends", "profile", "person", "phone", OLD_PHONE),
+    ("funnel", "contact", "event", "Email", CANARY),
+    ("funnel", "profile", "person", "phone", OLD_PHONE)])
+def test_old_data_holding_personal_keys_in_clear_is_refused_too(
+        old_api: Api, kind: str, name: str, btype: str, nested: str, value: str) -> None:
+    """Defence in depth: data stored before the collector scrubbed nested personal keys is
+    still kept from analysts by the run-time check on breakdown values."""
+    doc: dict[str, Any] = {"kind": kind, "date_from": "-3d", "breakdown": name,
+                           "breakdown_type": btype}
+    if kind == "trends":
+        doc["series"] = [{"event": "Signed Up"}]
+    else:
+        doc["steps"] = [{"event": "Signed Up"}, {"event": "Order Completed"}]
+    r = old_api.call("POST", "/query", "analyst", json=doc)
+    assert r.status_code == 403 and r.json()["code"] == "personal_data", r.text
+    assert value not in r.text and "+33" not in r.text
+    before = len(old_api.audit())
+    r = old_api.call("POST", "/query", "privacy", json=doc)
+    assert r.status_code == 200, r.text
+    (entry,) = [e for e in old_api.audit()[before:] if e["action"] == "data.read"]
+    assert f"{nested} (nested key)" in _fields(entry), entry
+    assert value in r.text  # the old row really holds it; privacy reads it, audited
 
 
 def test_cohorts_of_identifiers_and_personal_traits_need_privacy(
@@ -317,6 +418,25 @@ def test_saved_insights_follow_the_same_rule(api: Api) -> None:
         assert run.status_code == 403 and run.json()["code"] == "personal_data", run.text
         listed = api.call("GET", "/insights", role)
         assert listed.status_code == 200 and CANARY not in listed.text
+    before = len(api.audit())
+    run = api.call("GET", path, "privacy")
+    # allowed and audited; the email was sealed at collection, so no event has it in clear
+    assert run.status_code == 200 and sum(run.json()["result"]["series"][0]["values"]) == 0
+    assert CANARY not in json.dumps(run.json()["result"])
+    assert [e["action"] for e in api.audit()[before:]] == ["data.read"]
+    # a personal field the collector keeps: the same rule, and the real answer at privacy
+    by_city = {"kind": "trends", "series": [{"event": "Signed Up"}], "date_from": "-3d",
+               "filters": [{"property": "city", "type": "person", "value": "Lyon"}]}
+    r = api.call("POST", "/insights", "analyst", json={"name": "leak", "query": by_city})
+    assert r.status_code == 403 and r.json()["code"] == "personal_data"
+    saved = api.call("POST", "/insights", "privacy", json={"name": "by city", "query": by_city})
+    assert saved.status_code == 200, saved.text
+    path = f"/insights/{saved.json()['id']}"
+    for role in ("viewer", "analyst"):
+        run = api.call("GET", path, role)
+        assert run.status_code == 403 and run.json()["code"] == "personal_data", run.text
+        listed = api.call("GET", "/insights", role)
+        assert listed.status_code == 200 and "Lyon" not in listed.text
     before = len(api.audit())
     run = api.call("GET", path, "privacy")
     assert run.status_code == 200 and sum(run.json()["result"]["series"][0]["values"]) == 1
