@@ -48,16 +48,7 @@ class Running:
     def stored(self) -> list[Event]:
         """Every event in the log, unsealed (raw ids and personal traits back, with the
         data dir's keys) so tests can compare them with what was sent."""
-        log = SQLiteLog(self.data_dir / "log")
-        sealer = Sealer(self.data_dir)
-        out: list[Event] = []
-        after = 0
-        while recs := log.read(after, 1000):
-            for r in recs:
-                out.extend(sealer.unseal(e) for e in decode_events(r.payload))
-            after = recs[-1].offset
-        log.close()
-        return out
+        return unsealed_log(self.data_dir)
 
 
 def start(tmp: Path, env: dict[str, str] | None = None, source_args: tuple[str, ...] = (),
@@ -98,3 +89,18 @@ def assert_refused(running: Running, send: Callable[[Running], httpx.Response], 
     assert body["message"] and "detail" in body
     assert len(running.stored()) == before  # nothing of a refused request was stored
     assert httpx.get(running.url + "/healthz").status_code == 200
+
+
+def unsealed_log(data_dir: Path) -> list[Event]:
+    """Every event in a data dir's log, unsealed with the data dir's keys (raw ids and
+    every sealed field back)."""
+    log = SQLiteLog(data_dir / "log")
+    sealer = Sealer(data_dir)
+    out: list[Event] = []
+    after = 0
+    while recs := log.read(after, 1000):
+        for r in recs:
+            out.extend(sealer.unseal(e) for e in decode_events(r.payload))
+        after = recs[-1].offset
+    log.close()
+    return out

@@ -28,7 +28,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -37,10 +36,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aap.events import Event, decode_events
-from aap.log.sqlite import SQLiteLog
-from aap.privacy.sealing import Sealer
 from aap.runner import ServerProcess, create_source
+from tests.conftest import unsealed_log
 from tests.privacy import test_ip_canary as ipc
 from tests.privacy.test_personal_canary import forms, warehouse_text
 
@@ -264,19 +261,6 @@ def strings(value: Any) -> Iterator[str]:
             yield from strings(v)
 
 
-def unsealed(data: Path) -> list[Event]:
-    log = SQLiteLog(data / "log")
-    sealer = Sealer(data)
-    out: list[Event] = []
-    after = 0
-    while recs := log.read(after, 1000):
-        for r in recs:
-            out.extend(sealer.unseal(e) for e in decode_events(r.payload))
-        after = recs[-1].offset
-    log.close()
-    return out
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
@@ -329,7 +313,7 @@ def test_planted_emails_and_ips_are_only_sealed(
                    if any(n.decode(errors="replace") in rows for n in p.needles())]
         assert in_rows == []
         # the data dir's keys open what was sealed: every personal value is back
-        opened = "\n".join(s for ev in unsealed(data)
+        opened = "\n".join(s for ev in unsealed_log(data)
                            for part in (ev.properties, ev.traits, ev.context, ev.event or "")
                            for s in strings(part))
         opened += "\n" + unquote(opened)  # a value sent percent-encoded comes back so

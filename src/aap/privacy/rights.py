@@ -137,15 +137,7 @@ class Rights:
                       "access_exports": "sealed exports in the data dir deleted (copies"
                                         " already handed out are outside AAP)"},
         }
-        receipt["digest"] = hashlib.sha256(
-            json.dumps(receipt, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-        path = self.dir / f"{receipt['id']}.json"
-        path.write_text(json.dumps(receipt, indent=1) + "\n")
-        path.chmod(0o600)
-        self.audit.append(actor, "privacy.erasure", {
-            "receipt": receipt["id"], "digest": receipt["digest"], "persons": len(persons),
-            "identifiers": len(all_keys)})
-        return receipt
+        return self._file_receipt(receipt, actor, {"identifiers": len(all_keys)})
 
     def _erase_in(self, keys: list[int], persons: set[int], requested: dict[str, Any],
                   actor: str, scope: Scope, started: datetime, t0: float) -> dict[str, Any]:
@@ -183,14 +175,20 @@ class Rights:
                       "kept": "the profile, the data keys and what other controllers'"
                               " sources hold are not this scope's to erase"},
         }
+        return self._file_receipt(receipt, actor, {"scope": name})
+
+    def _file_receipt(self, receipt: dict[str, Any], actor: str, audited: dict[str, Any]
+                      ) -> dict[str, Any]:
+        """Seal an erasure receipt with its SHA-256 digest, keep it (0600) in the receipts
+        directory and record it in the audit log."""
         receipt["digest"] = hashlib.sha256(
             json.dumps(receipt, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
         path = self.dir / f"{receipt['id']}.json"
         path.write_text(json.dumps(receipt, indent=1) + "\n")
         path.chmod(0o600)
         self.audit.append(actor, "privacy.erasure", {
-            "receipt": receipt["id"], "digest": receipt["digest"], "persons": len(persons),
-            "scope": name})
+            "receipt": receipt["id"], "digest": receipt["digest"],
+            "persons": receipt["persons"], **audited})
         return receipt
 
     def access(self, user_ids: list[str], anonymous_ids: list[str], actor: str = "privacy"
