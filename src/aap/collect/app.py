@@ -318,7 +318,8 @@ class Collector:
                                         "writeKey": {"type": "string"}}},
                    body_types=("application/json", "text/plain"), security=("writeKey", "")))
     async def ingest_batch(self, req: Request) -> Response:
-        return await self._ingest(req, lambda body: parse_batch(body, self.settings.max_event_bytes))
+        return await self._ingest(req, lambda body: parse_batch(body, self.settings.max_event_bytes),
+                                  json_body=True)
 
     @documented(Op("One Segment/RudderStack event (the type is the path's)", ok=INGESTED,
                    errors=INGEST_ERRORS, body={"type": "object"},
@@ -326,13 +327,17 @@ class Collector:
     async def ingest_single(self, req: Request) -> Response:
         mtype = SINGLE_PATHS[req.path]
         return await self._ingest(
-            req, lambda body: parse_single(body, mtype, self.settings.max_event_bytes))
+            req, lambda body: parse_single(body, mtype, self.settings.max_event_bytes),
+            json_body=True)
 
     async def _ingest(self, req: Request, parse: Callable[[bytes], Parsed], *, auth: bool = True,
-                      key_hint: str = "send it as the Basic auth user name") -> Response:
+                      key_hint: str = "send it as the Basic auth user name",
+                      json_body: bool = False) -> Response:
         """Ingest the events ``parse`` finds in the body. ``auth=False``: the wire format
         carries its key in the body only (PostHog, Snowplow), the Authorization header
-        is not read; ``key_hint`` says where the key goes when it is missing."""
+        is not read; ``key_hint`` says where the key goes when it is missing.
+        ``json_body``: the events are the body's JSON decoded as it is (Segment), so the
+        scrubbing may search the body for addresses instead of the events."""
         problem = self.health.problem()
         if problem:
             raise errors.ServiceUnavailable(problem, retry_after=self.settings.retry_after_seconds,
@@ -370,7 +375,7 @@ class Collector:
         withheld = self.gate.admit(source, events, req.headers.get("sec-gpc", "").strip() == "1")
         if withheld:
             metrics.EVENTS_NOT_STORED.labels("no_lawful_basis").inc(withheld)
-        erased = self.sealer.seal(events)
+        erased = self.sealer.seal(events, body if json_body else None)
         if erased:
             metrics.EVENTS_NOT_STORED.labels("erased_subject").inc(erased)
         not_stored = {k: v for k, v in (("no_lawful_basis", withheld), ("erased_subject", erased))

@@ -27,7 +27,7 @@ import msgspec
 from aap.events import Event
 from aap.privacy.ids import IdHasher
 from aap.privacy.keystore import KeyDestroyed, Keystore
-from aap.privacy.scrub import put_back, take_personal
+from aap.privacy.scrub import put_back, take_personal_all
 
 _ID_FIELDS = (("user_id", "user_key", "userId"), ("anonymous_id", "anonymous_key", "anonymousId"),
               ("previous_id", "previous_key", "previousId"))
@@ -42,9 +42,10 @@ class Sealer:
         self._remembered: set[int] = set()
         """Subjects whose raw id this process has already handed to the keystore."""
 
-    def seal(self, events: list[Event]) -> int:
+    def seal(self, events: list[Event], body: bytes | None = None) -> int:
         """Seal the events in place; take out (and return how many) those of a subject
-        whose key was destroyed."""
+        whose key was destroyed. ``body``: the request's JSON when the events were decoded
+        straight from it (see :func:`aap.privacy.scrub.take_personal_all`)."""
         if not events:
             return 0
         destroyed = self.keystore.refresh_destroyed()
@@ -78,14 +79,15 @@ class Sealer:
             if len(self._remembered) > 500_000:
                 self._remembered.clear()
         taken: list[tuple[Event, int, bytes]] = []
+        # the owner of what is sealed: a subject whose raw id came with the event
+        # (CNIL-mode events carry a visitor key, no raw id: theirs is dropped)
+        owners = [ev.user_key if ev.user_id is not None else (
+            ev.anonymous_key if ev.anonymous_id is not None else None) for ev in events]
         for ev in events:
-            # the owner of what is sealed: a subject whose raw id came with the event
-            # (CNIL-mode events carry a visitor key, no raw id: theirs is dropped)
-            owner = ev.user_key if ev.user_id is not None else (
-                ev.anonymous_key if ev.anonymous_id is not None else None)
             for raw_field, _, _ in _ID_FIELDS:
                 setattr(ev, raw_field, None)
-            personal = take_personal(ev, key)
+        for ev, owner, personal in zip(events, owners, take_personal_all(events, key, body),
+                                       strict=True):
             if personal and owner is not None:
                 taken.append((ev, owner, _json.encode(personal)))
         if taken:
