@@ -20,10 +20,14 @@ Two rules, applied at any depth of ``traits``, ``properties``, ``context`` and
 the collector seals under the subject's key (:mod:`aap.privacy.sealing`) or drops when
 the event has no subject; :func:`put_back` restores them.
 
-Speed: an event is first encoded once and its bytes searched (``@``, ``%``, ``::``,
-dotted quads, colon runs: :func:`_suspect`); only then are its strings looked at one by
-one, and only a string that may hold an address meets a regular expression (its verdict
-is cached: user agents and URLs repeat). Field names are looked up in a cache.
+Speed: a request's strings are first searched for what an address needs all at once
+(``@``, ``%``, ``::``, the middle of a dotted quad, colon runs: :func:`_suspect_bytes`),
+in its JSON body when the events are that body decoded, else in the events encoded
+together; only when that finds something is each event searched, and then its strings
+one by one, and only a string that may hold an address meets a regular expression (its
+verdict is cached: user agents and URLs repeat). Field names are looked up in a cache,
+and an event whose every name was seen clean before under the same parent is not walked
+(:func:`_all_clean`).
 """
 
 from __future__ import annotations
@@ -182,14 +186,20 @@ def _suspect_parts(events: list[Event]) -> bool:
     """Whether any string of these events may hold an address: their parts encoded as
     one JSON document. A user agent is judged on its own (its ``Chrome/120.0.0.0`` is a
     version, not an address) and then left out of the document."""
-    data = _enc([(ev.traits, ev.properties, ev.context, ev.integrations, ev.event, ev.name,
-                  ev.category, ev.group_id, ev.message_id) for ev in events])
-    uas = {ua for ev in events if (ua := ev.context.get("userAgent")) and type(ua) is str}
-    for ua in uas:
+    data = _without_user_agents(
+        _enc([(ev.traits, ev.properties, ev.context, ev.integrations, ev.event, ev.name,
+               ev.category, ev.group_id, ev.message_id) for ev in events]), events)
+    return data is None or _suspect_bytes(data)
+
+
+def _without_user_agents(data: bytes, events: list[Event]) -> bytes | None:
+    """``data`` without the events' user agents, each judged on its own first (``None``
+    when one holds an address)."""
+    for ua in {ua for ev in events if (ua := ev.context.get("userAgent")) and type(ua) is str}:
         if _may_hold(ua) and _redacted(ua, True) != ua:
-            return True
+            return None
         data = data.replace(_enc(ua), b"")
-    return _suspect_bytes(data)
+    return data
 
 
 def _suspect_bytes(data: bytes) -> bool:
@@ -356,11 +366,8 @@ def _clean_body(body: bytes, events: list[Event]) -> bool:
     their own, as in :func:`_suspect_parts`)."""
     if b"\\" in body:  # an escape can spell any character: decide on the events
         return False
-    for ua in {ua for ev in events if (ua := ev.context.get("userAgent")) and type(ua) is str}:
-        if _may_hold(ua) and _redacted(ua, True) != ua:
-            return False
-        body = body.replace(_enc(ua), b"")
-    return not _suspect_bytes(body)
+    data = _without_user_agents(body, events)
+    return data is not None and not _suspect_bytes(data)
 
 
 def take_personal(ev: Event, keyed: Callable[[str], int], values: bool | None = None

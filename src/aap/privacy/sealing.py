@@ -81,9 +81,10 @@ class Sealer:
         taken: list[tuple[Event, int, bytes]] = []
         # the owner of what is sealed: a subject whose raw id came with the event
         # (CNIL-mode events carry a visitor key, no raw id: theirs is dropped)
-        owners = [ev.user_key if ev.user_id is not None else (
-            ev.anonymous_key if ev.anonymous_id is not None else None) for ev in events]
+        owners: list[int | None] = []
         for ev in events:
+            owners.append(ev.user_key if ev.user_id is not None else (
+                ev.anonymous_key if ev.anonymous_id is not None else None))
             for raw_field, _, _ in _ID_FIELDS:
                 setattr(ev, raw_field, None)
         for ev, owner, personal in zip(events, owners, take_personal_all(events, key, body),
