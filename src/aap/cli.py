@@ -464,64 +464,53 @@ def demo(people: int, seed: int, keep: bool, page: bool, page_port: int,
     sys.exit(run_demo(people=people, seed=seed, keep=keep))
 
 
-@cli.group()
+BENCHMARKS = ("ingest", "query", "pipeline", "privacy", "scrub")
+"""The modules of ``benchmarks/`` that ``aap bench`` runs (each defines its command)."""
+
+
+def _benchmarks_root() -> Path | None:
+    """The source checkout this ``aap`` runs from (``src/aap`` → its root), if it holds
+    the ``benchmarks`` package; an installed wheel has none."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "benchmarks" / "__init__.py").is_file() else None
+
+
+class _Benchmarks(click.Group):
+    """The commands of ``benchmarks/``, imported when one is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(BENCHMARKS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in BENCHMARKS:
+            return None
+        root = _benchmarks_root()
+        if root is None:
+            return _no_benchmarks(name)
+        import importlib
+
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        command: click.Command = importlib.import_module(f"benchmarks.{name}").main
+        return command
+
+
+def _no_benchmarks(name: str) -> click.Command:
+    def fail(args: tuple[str, ...]) -> None:
+        raise click.ClickException(
+            "the benchmarks ship only with the source: run `aap bench` (or "
+            f"`python -m benchmarks.{name}`) from a checkout of the repository, whose "
+            "benchmarks/ sits next to src/")
+
+    return click.Command(name, callback=fail, help="(source checkout only)",
+                         params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+                         context_settings={"ignore_unknown_options": True},
+                         add_help_option=False)
+
+
+@cli.group(cls=_Benchmarks)
 def bench() -> None:
-    """Benchmarks (see benchmarks/)."""
-
-
-@bench.command("ingest")
-@click.option("--duration", type=float, default=10.0, show_default=True,
-              help="Seconds per measurement.")
-@click.option("--rate", type=int, default=100_000, show_default=True,
-              help="Offered events/s for the latency measurement.")
-@click.option("--clients", type=int, default=2, show_default=True,
-              help="Load-generator processes.")
-def bench_ingest(duration: float, rate: int, clients: int) -> None:
-    """Durable vs null-log ingest throughput and latency on /v1/batch."""
-    from aap.bench.ingest import run
-
-    run(duration=duration, rate=rate, clients=clients)
-
-
-@bench.command("query")
-@click.option("--scale", type=float, default=1.0, show_default=True,
-              help="Fraction of the full size (20M events, 500k persons).")
-@click.option("--runs", type=int, default=3, show_default=True, help="Timed runs per insight.")
-@click.option("--data-dir", "bench_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Keep (and reuse) the generated data here.")
-@click.option("--only", type=int, multiple=True, help="Run only insight number N (0-based).")
-def bench_query(scale: float, runs: int, bench_dir: Path | None, only: tuple[int, ...]) -> None:
-    """Every insight through the API vs hand-written plain DuckDB SQL."""
-    from aap.bench.query import run
-
-    run(scale=scale, runs=runs, data_dir=bench_dir, only=only)
-
-
-PIPELINE_PHASES = ("freshness", "backlog", "storage")
-
-
-@bench.command("pipeline")
-@click.option("--rate", type=int, default=50_000, show_default=True,
-              help="Offered background events/s for the freshness probe.")
-@click.option("--low-rate", type=int, default=10_000, show_default=True,
-              help="A second, lower offered rate for the freshness probe.")
-@click.option("--duration", type=float, default=20.0, show_default=True,
-              help="Seconds of background load per freshness measurement.")
-@click.option("--backlog", type=int, default=5_000_000, show_default=True,
-              help="Events in the backlog the processor drains.")
-@click.option("--people", type=int, default=20_000, show_default=True,
-              help="Simulated people of the demo traffic measured for storage.")
-@click.option("--clients", type=int, default=2, show_default=True,
-              help="Load-generator processes.")
-@click.option("--only", type=click.Choice(PIPELINE_PHASES), multiple=True,
-              help="Run only this phase (repeatable).")
-def bench_pipeline(rate: int, low_rate: int, duration: float, backlog: int, people: int,
-                   clients: int, only: tuple[str, ...]) -> None:
-    """Freshness, processor throughput, memory and warm-tier bytes per event."""
-    from aap.bench.pipeline import run
-
-    run(duration=duration, rate=rate, low_rate=low_rate, backlog_events=backlog,
-        people=people, clients=clients, phases=only or PIPELINE_PHASES)
+    """Benchmarks (from benchmarks/ of a source checkout; not in the installed package)."""
 
 
 @cli.group()
@@ -735,20 +724,6 @@ def audit_show(data_dir: Path | None, limit: int) -> None:
 
     for entry in AuditLog(_settings(data_dir=data_dir).data_path).entries()[-limit:]:
         click.echo(json.dumps(entry, ensure_ascii=False))
-
-
-@bench.command("privacy")
-@click.option("--scale", type=float, default=1.0, show_default=True,
-              help="Fraction of 10M events / 250k persons.")
-@click.option("--data-dir", "store", type=click.Path(path_type=Path), default=None,
-              help="Keep the generated store here and reuse it next time.")
-@click.option("--batch", type=int, default=1000, show_default=True,
-              help="Persons in the batch erasure.")
-def bench_privacy(scale: float, store: Path | None, batch: int) -> None:
-    """Access and erasure in a 10M-event store, against a plain scan."""
-    from aap.bench.privacy import run
-
-    run(scale=scale, data_dir=store, batch=batch)
 
 
 def main() -> None:

@@ -199,3 +199,32 @@ class ServerProcess:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+    def pids(self) -> list[int]:
+        """Every process of the server's process group (master, workers, core, its
+        children), from ``/proc``; empty when it is not running."""
+        if self.proc is None:
+            return []
+        pids = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[2]) == self.proc.pid:  # field 5 of stat is the process group
+                pids.append(int(d))
+        return pids
+
+    def core_pid(self) -> int | None:
+        """The core process (``python -m aap process``) of the running server."""
+        for pid in self.pids():
+            try:
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if "aap" in args and "process" in args:
+                return pid
+        return None

@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 
-from aap.bench.ingest import core_pid
 from aap.runner import ServerProcess, create_source
 from tests.privacy.test_ip_canary import scan
 
@@ -125,7 +124,7 @@ def test_withdrawal_reaches_events_already_in_the_log(tmp_path: Path) -> None:
         s = Site(server, key)
         s.send(ev("anon-late", "warm-up", prefs={"analytics": True}))
         server.wait_processed()
-        core = core_pid(server)
+        core = server.core_pid()
         assert core is not None
         os.kill(core, signal.SIGSTOP)  # the processor falls behind the log
         try:

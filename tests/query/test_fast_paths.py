@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from aap.bench.query_data import generate, load
 from aap.query import funnel_arrays, paths_arrays, rollup
 from aap.query.cache import QueryCache
 from aap.query.runner import run_insight
 from aap.store.tiers import TierConfig, TierStore
 from aap.store.warehouse import Warehouse
+from aap.testing.query_data import generate, load
 
 START, END = "2026-08-03", "2026-08-16"
 DOCS: list[dict[str, Any]] = [

@@ -31,11 +31,9 @@ import base64
 import json
 import multiprocessing as mp
 import os
-import platform
 import random
 import shutil
 import signal
-import sys
 import tempfile
 import time
 import uuid
@@ -47,7 +45,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import click
+
 from aap.runner import ServerProcess, create_source
+from benchmarks.common import check_idle, cpu_seconds, machine, machine_busy, percentile, verdict
 
 EVENTS_PER_REQUEST = 100
 DISTINCT_REQUESTS = 32
@@ -442,79 +443,6 @@ def client_main(job: Job, conn: Connection, go: Any) -> None:
 # -- the parent ------------------------------------------------------------------------
 
 
-def _server_pids(server: ServerProcess) -> list[int]:
-    if server.proc is None:
-        return []
-    pgid = server.proc.pid
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid:  # field 5 of stat is the process group
-            pids.append(int(d))
-    return pids
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def core_pid(server: ServerProcess) -> int | None:
-    """The core process (``python -m aap process``) of a running server."""
-    for pid in _server_pids(server):
-        args = _cmdline(pid)
-        if "aap" in args and "process" in args:
-            return pid
-    return None
-
-
-def _cpu_ticks(pids: list[int]) -> float:
-    """Seconds of CPU used so far by ``pids`` (user + system)."""
-    hz = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / hz
-
-
-def _machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    try:
-        first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return 0.0, 0.0
-    vals = [float(v) for v in first[:8]]
-    idle = vals[3] + vals[4]
-    return sum(vals) - idle, sum(vals)
-
-
-def idle_check(seconds: float = 1.0) -> float:
-    """Fraction of all cores busy over ``seconds`` before anything of ours runs."""
-    b0, t0 = _machine_busy()
-    time.sleep(seconds)
-    b1, t1 = _machine_busy()
-    return (b1 - b0) / (t1 - t0) if t1 > t0 else float("nan")
-
-
-def _percentile(sorted_ms: list[float], p: float) -> float:
-    if not sorted_ms:
-        return float("nan")
-    k = min(len(sorted_ms) - 1, max(0, round(p / 100.0 * len(sorted_ms) + 0.5) - 1))
-    return sorted_ms[k]
-
-
 def measure(server: ServerProcess, write_key: str, mode: str, duration: float, clients: int,
             rate: int = 0, entry: Callable[[Job, Connection, Any], None] | None = None,
             ) -> dict[str, Any]:
@@ -544,12 +472,12 @@ def measure(server: ServerProcess, write_key: str, mode: str, duration: float, c
     try:
         for pipe, p in zip(pipes, procs, strict=True):
             _expect(pipe, p, "ready", 60.0)
-        pids = _server_pids(server)
+        pids = server.pids()
         go.set()
         time.sleep(WARMUP_SECONDS)
-        s0, m0, w0 = _cpu_ticks(pids), _machine_busy(), time.perf_counter()
+        s0, m0, w0 = cpu_seconds(pids), machine_busy(), time.perf_counter()
         time.sleep(duration)
-        s1, m1, w1 = _cpu_ticks(pids), _machine_busy(), time.perf_counter()
+        s1, m1, w1 = cpu_seconds(pids), machine_busy(), time.perf_counter()
         results = [_expect(pipe, p, "result", duration + OPEN_GRACE_SECONDS + 60.0)
                    for pipe, p in zip(pipes, procs, strict=True)]
     finally:
@@ -579,8 +507,8 @@ def measure(server: ServerProcess, write_key: str, mode: str, duration: float, c
         "events_per_s": ok_events / duration,
         "requests_per_s": ok_requests / duration,
         "ok_events": ok_events,
-        "p50_ms": _percentile(lat, 50),
-        "p99_ms": _percentile(lat, 99),
+        "p50_ms": percentile(lat, 50),
+        "p99_ms": percentile(lat, 99),
         "max_ms": lat[-1] if lat else float("nan"),
         "answered": len(lat),
         "non_200": sum(statuses.values()),
@@ -615,30 +543,6 @@ def _expect(pipe: Connection, proc: Any, kind: str, timeout: float) -> Any:
     return payload
 
 
-def machine() -> dict[str, Any]:
-    model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        from importlib.metadata import version
-
-        granian = version("granian")
-    except Exception:
-        granian = "?"
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "platform": platform.platform(),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "granian": granian,
-    }
-
-
 def _start(base: Path, name: str, env: dict[str, str] | None) -> tuple[ServerProcess, str]:
     data_dir = base / name
     key = create_source(data_dir, "bench", "--basis", "legitimate_interest")
@@ -661,11 +565,7 @@ def run(duration: float = 10.0, rate: int = 100_000, clients: int = 2) -> dict[s
         f"{EVENTS_PER_REQUEST} events per request (~{body_len // EVENTS_PER_REQUEST} B/event, "
         f"{body_len / 1024:.1f} KiB/request)"
     )
-    info["busy_before"] = idle_check()
-    console.print(f"  machine busy before start: {info['busy_before']:.0%} of all cores", style="dim")
-    if info["busy_before"] > 0.10:
-        console.print("  [yellow]warning: something else is using the CPU; the figures will be "
-                      "lower and noisier than on an idle machine[/yellow]")
+    check_idle(console, info)
     runs: dict[str, dict[str, Any]] = {}
     base = Path(tempfile.mkdtemp(prefix="aap-bench-ingest-"))
     try:
@@ -674,7 +574,7 @@ def run(duration: float = 10.0, rate: int = 100_000, clients: int = 2) -> dict[s
             ("null", {"AAP_LOG_BACKEND": "null"}, (("closed", 0),)),
         ):
             server, key = _start(base, name, env)
-            core = core_pid(server) if name == "durable" else None
+            core = server.core_pid() if name == "durable" else None
             if core is not None:
                 # the collector's figure: the core (processor) is paused meanwhile, as
                 # it would compete for the same two cores while it catches up
@@ -755,19 +655,19 @@ def _print(console: Any, result: dict[str, Any]) -> None:
         tt.add_column(col)
     ev = tg["durable_events_per_s"]
     tt.add_row("durable ingest, closed loop", f"{ev['value']:,.0f} events/s",
-               f">= {TARGET_EVENTS:,} events/s", _verdict(ev["pass"]))
+               f">= {TARGET_EVENTS:,} events/s", verdict(ev["pass"]))
     aim = tg["durable_events_per_s_aim"]
     tt.add_row("durable ingest (aim)", f"{aim['value']:,.0f} events/s",
-               f">= {AIM_EVENTS:,} events/s", _verdict(aim["pass"]))
+               f">= {AIM_EVENTS:,} events/s", verdict(aim["pass"]))
     p = tg["p99_ms_at_offered"]
     note = "" if p["offered"] >= TARGET_P99_RATE else f" (offered only {p['offered']:,})"
     tt.add_row(f"p99 latency at offered {p['offered']:,} events/s{note}",
                f"{p['value']:.1f} ms",
                f"<= {TARGET_P99_MS:g} ms at {TARGET_P99_RATE:,} events/s, no errors",
-               _verdict(p["pass"]))
+               verdict(p["pass"]))
     r = tg["durable_null_ratio"]
     tt.add_row("durable / null events/s", f"{r['value']:.2f}", f">= {TARGET_RATIO:g}",
-               _verdict(r["pass"]))
+               verdict(r["pass"]))
     console.print(tt)
     console.print(
         "CPU in cores over the measurement window: srv = granian master and workers (all "
@@ -787,10 +687,17 @@ def _statuses(statuses: dict[int, int]) -> str:
     return f"{sum(statuses.values())} ({inner})"
 
 
-def _verdict(ok: bool) -> str:
-    return "[green]PASS[/green]" if ok else "[red]MISS[/red]"
+@click.command("ingest")
+@click.option("--duration", type=float, default=10.0, show_default=True,
+              help="Seconds per measurement.")
+@click.option("--rate", type=int, default=100_000, show_default=True,
+              help="Offered events/s for the latency measurement.")
+@click.option("--clients", type=int, default=2, show_default=True,
+              help="Load-generator processes.")
+def main(duration: float, rate: int, clients: int) -> None:
+    """Durable vs null-log ingest throughput and latency on /v1/batch."""
+    run(duration=duration, rate=rate, clients=clients)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    run()
-    sys.exit(0)
+    main(prog_name="python -m benchmarks.ingest")

@@ -1,7 +1,7 @@
 """Privacy benchmark: access and erasure in a store of 10 million events.
 
 The store is made by the query benchmark's deterministic generator
-(:mod:`aap.bench.query_data`; 10M events of 250k persons over 90 days, loaded through
+(:mod:`aap.testing.query_data`; 10M events of 250k persons over 90 days, loaded through
 the warehouse's write path and the tiering operations, so the events sit in the hot,
 warm and cold tiers as they would after 90 days of traffic). Each person gets an id in
 ``person_ids`` (the keyed hash of ``user-<n>``), as the processor would have written.
@@ -28,6 +28,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import click
 import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
@@ -39,6 +40,7 @@ from aap.privacy.rights import Rights
 from aap.store.schema import EVENT_ARROW_SCHEMA
 from aap.store.tiers import TierConfig, TierStore
 from aap.store.warehouse import Warehouse
+from benchmarks.common import verdict
 
 PARAMS = {"events": 10_000_000, "persons": 250_000, "days": 90, "seed": 7, "heavy": 10_000}
 HEAVY = 15_000_000
@@ -71,7 +73,7 @@ def _add_heavy(data: Any, events: int) -> None:
 
 
 def prepare(data_dir: Path, scale: float, console: Console) -> None:
-    from aap.bench.query_data import generate, load
+    from aap.testing.query_data import generate, load
 
     params = {**PARAMS, "events": int(PARAMS["events"] * scale),
               "persons": max(1000, int(PARAMS["persons"] * scale))}
@@ -163,7 +165,7 @@ def run(scale: float = 1.0, data_dir: Path | None = None, batch: int = 1000) -> 
 
     def row(name: str, s: float, target: float) -> None:
         t.add_row(name, f"{s:.2f}", f"{s / scan_s:.1f}x" if scan_s else "-", f"<= {target:g} s",
-                  "PASS" if s <= target else "MISS")
+                  verdict(s <= target))
 
     t.add_row(f"baseline: count one person's events ({n:,})", f"{scan_s:.2f}", "1x", "", "")
     row(f"access: zip of {summary['events']:,} events", access_s, 5)
@@ -176,3 +178,19 @@ def run(scale: float = 1.0, data_dir: Path | None = None, batch: int = 1000) -> 
     console.print(f"machine: {platform.machine()}, {platform.python_implementation()} "
                   f"{platform.python_version()}; store in {base}")
     return out
+
+
+@click.command("privacy")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Fraction of 10M events / 250k persons.")
+@click.option("--data-dir", "store", type=click.Path(path_type=Path), default=None,
+              help="Keep the generated store here and reuse it next time.")
+@click.option("--batch", type=int, default=1000, show_default=True,
+              help="Persons in the batch erasure.")
+def main(scale: float, store: Path | None, batch: int) -> None:
+    """Access and erasure in a 10M-event store, against a plain scan."""
+    run(scale=scale, data_dir=store, batch=batch)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name="python -m benchmarks.privacy")

@@ -1,6 +1,6 @@
 """Query benchmark: every insight through the real API, against plain DuckDB SQL.
 
-1. A deterministic generator (:mod:`aap.bench.query_data`) makes ``20M x scale`` events
+1. A deterministic generator (:mod:`aap.testing.query_data`) makes ``20M x scale`` events
    of ``500k x scale`` persons over 90 days; they are loaded through the store's own
    write path (``Warehouse.write`` per day, then the tiering operations): the last 7 days
    stay hot (DuckDB), older days are warm Parquet files, the first full month is a cold
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
 import duckdb
 import httpx
 
@@ -141,7 +142,7 @@ def median_time(fn: Callable[[], Any], runs: int) -> tuple[float, Any]:
 
 
 def prepare(data_dir: Path, events: int, persons: int, log: Callable[[str], None]) -> None:
-    from aap.bench.query_data import generate, load
+    from aap.testing.query_data import generate, load
 
     marker = data_dir / "bench-query.json"
     params = {"events": events, "persons": persons, "days": 90, "seed": 42}
@@ -311,3 +312,19 @@ def summarize(out: dict[str, Any]) -> str:
     if kind == "lifecycle":
         return f"new in last week: {out['new'][-1]:,}"
     return ""
+
+
+@click.command("query")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Fraction of the full size (20M events, 500k persons).")
+@click.option("--runs", type=int, default=3, show_default=True, help="Timed runs per insight.")
+@click.option("--data-dir", "bench_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Keep (and reuse) the generated data here.")
+@click.option("--only", type=int, multiple=True, help="Run only insight number N (0-based).")
+def main(scale: float, runs: int, bench_dir: Path | None, only: tuple[int, ...]) -> None:
+    """Every insight through the API vs hand-written plain DuckDB SQL."""
+    run(scale=scale, runs=runs, data_dir=bench_dir, only=only)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name="python -m benchmarks.query")

@@ -2,7 +2,7 @@
 
 Everything runs against the real server (``aap serve`` with 2 granian workers and its
 core process) on fresh temporary data dirs, with the load generator of
-:mod:`aap.bench.ingest` in separate processes. Four figures:
+:mod:`benchmarks.ingest` in separate processes. Four figures:
 
 1. **Freshness** — the time from the collector's 200 to the event being visible to a
    query. A steady background load is offered with the open-loop generator while a
@@ -23,7 +23,7 @@ core process) on fresh temporary data dirs, with the load generator of
    (monthly archives) for the demo traffic of :func:`aap.demo.simulate`, and of the
    log for comparison.
 
-The generator of :mod:`aap.bench.ingest` repeats 32 pre-built bodies, whose message
+The generator of :mod:`benchmarks.ingest` repeats 32 pre-built bodies, whose message
 ids the processor's dedup would drop after the first time. Here every request gets
 fresh message ids (a random per-process salt and a per-process request counter written
 over the template's ids, same length, so the ``Content-Length`` holds); the
@@ -50,24 +50,21 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
 
+import click
 import httpx
 
-from aap.bench.ingest import (
+from aap.log.sqlite import SQLiteLog
+from aap.runner import ServerProcess, create_source
+from benchmarks.common import check_idle, cpu_seconds, machine, percentile, verdict
+from benchmarks.ingest import (
     EVENTS_PER_REQUEST,
     WARMUP_SECONDS,
     Job,
-    _percentile,
-    _server_pids,
     build_requests,
     closed_loop,
-    core_pid,
-    idle_check,
-    machine,
     measure,
     open_loop,
 )  # fmt: skip
-from aap.log.sqlite import SQLiteLog
-from aap.runner import ServerProcess, create_source
 
 TARGET_FRESHNESS_P95_S = 1.0
 TARGET_DRAIN_RATIO = 1.0
@@ -84,7 +81,7 @@ SAMPLE_INTERVAL_S = 0.2
 """Memory and progress sampling while draining."""
 
 
-# -- unique message ids for the generator of bench/ingest.py ----------------------------
+# -- unique message ids for the generator of benchmarks/ingest.py -------------------------
 
 _MESSAGE_ID = re.compile(rb'"messageId":"([0-9a-f-]{36})"')
 
@@ -117,7 +114,7 @@ class UniqueRequests:
 
 
 def unique_client_main(job: Job, conn: Connection, go: Any) -> None:
-    """:func:`aap.bench.ingest.client_main` with fresh message ids in every request."""
+    """:func:`benchmarks.ingest.client_main` with fresh message ids in every request."""
     try:
         templates = build_requests(job.write_key, job.port, seed=job.seed)
         reqs = cast(list[bytes], UniqueRequests(templates))
@@ -134,7 +131,7 @@ def unique_client_main(job: Job, conn: Connection, go: Any) -> None:
 
 def measure_unique(server: ServerProcess, key: str, mode: str, duration: float, clients: int,
                    rate: int = 0) -> dict[str, Any]:
-    """:func:`aap.bench.ingest.measure` with generators that send unique message ids."""
+    """:func:`benchmarks.ingest.measure` with generators that send unique message ids."""
     return measure(server, key, mode, duration, clients, rate, entry=unique_client_main)
 
 
@@ -149,14 +146,6 @@ def _rss_bytes(pid: int) -> int:
     except (OSError, ValueError):
         pass
     return 0
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _thread_cpu(pid: int) -> list[tuple[str, float]]:
@@ -201,13 +190,13 @@ class MemorySampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            pids = _server_pids(self.server)
+            pids = self.server.pids()
             if pids:
                 rss = {pid: _rss_bytes(pid) for pid in pids}
                 self.samples += 1
                 self.peak = max(self.peak, sum(rss.values()))
                 self.peak_procs = max(self.peak_procs, len(pids))
-                core = core_pid(self.server)
+                core = self.server.core_pid()
                 if core is not None:
                     self.peak_core = max(self.peak_core, rss.get(core, 0))
             self._stop.wait(self.interval)
@@ -403,9 +392,9 @@ def freshness(base: Path, name: str, rate: int, duration: float, clients: int,
             "window_s": wall,
             "probes_sent": probe.sent, "probes_failed": probe.send_failed,
             "probes_visible": len(fresh_ms), "probes_not_visible": probe.not_visible,
-            "p50_ms": _percentile(fresh_ms, 50), "p95_ms": _percentile(fresh_ms, 95),
+            "p50_ms": percentile(fresh_ms, 50), "p95_ms": percentile(fresh_ms, 95),
             "max_ms": fresh_ms[-1] if fresh_ms else float("nan"),
-            "poll_p50_ms": _percentile(poll_ms, 50),
+            "poll_p50_ms": percentile(poll_ms, 50),
             "server_cpu_cores": ld["server_cpu_cores"],
             "client_cpu_cores": ld["client_cpu_cores"],
         }
@@ -428,7 +417,7 @@ def backlog(base: Path, events: int, clients: int,
     server = ServerProcess(data, workers=2).start()
     segments: list[dict[str, Any]] = []
     try:
-        core = core_pid(server)
+        core = server.core_pid()
         if core is None:
             raise RuntimeError("core process not found")
         os.kill(core, signal.SIGSTOP)  # the processor neither consumes nor takes CPU
@@ -466,7 +455,7 @@ def backlog(base: Path, events: int, clients: int,
         t_up = time.perf_counter()
         try:
             pos_up = server.processed_position()
-            core = core_pid(server)
+            core = server.core_pid()
             deadline = t0 + max(600.0, total / 2_000)
             last_print = t0
             pos = pos_up
@@ -482,7 +471,7 @@ def backlog(base: Path, events: int, clients: int,
                     log(f"    draining: {done:,} of {total - start_events:,} events after "
                         f"{last_print - t0:.0f} s (peak RSS {mem.peak / 2**20:,.0f} MiB)")
             t_end = time.perf_counter()
-            core_cpu = _cpu_seconds(core) if core else float("nan")
+            core_cpu = cpu_seconds([core]) if core else float("nan")
             threads = _thread_cpu(core)[:4] if core else []
             rows = _count_raw(server)
             duck = int(cast(int, server.sql(
@@ -594,9 +583,12 @@ def storage(base: Path, people: int, log: Callable[[str], None]) -> dict[str, An
 # -- the whole run -------------------------------------------------------------------------
 
 
+PHASES = ("freshness", "backlog", "storage")
+
+
 def run(duration: float = 20.0, rate: int = 50_000, low_rate: int = 10_000,
         backlog_events: int = 5_000_000, people: int = 20_000, clients: int = 2,
-        phases: tuple[str, ...] = ("freshness", "backlog", "storage")) -> dict[str, Any]:
+        phases: tuple[str, ...] = PHASES) -> dict[str, Any]:
     """Run the measurements, print them with the targets and return the figures.
 
     A phase that fails is reported (with its error) and counted as a miss; the others
@@ -615,12 +607,7 @@ def run(duration: float = 20.0, rate: int = 50_000, low_rate: int = 10_000,
         f"storage of the demo traffic of {people:,} people; {clients} generator process(es), "
         f"{EVENTS_PER_REQUEST} events per request, unique message ids"
     )
-    info["busy_before"] = idle_check()
-    console.print(f"  machine busy before start: {info['busy_before']:.0%} of all cores",
-                  style="dim")
-    if info["busy_before"] > 0.10:
-        console.print("  [yellow]warning: something else is using the CPU; the figures will be "
-                      "lower and noisier than on an idle machine[/yellow]")
+    check_idle(console, info)
 
     def log(msg: str) -> None:
         console.print(msg, style="dim", highlight=False)
@@ -794,21 +781,21 @@ def _print(console: Any, r: dict[str, Any]) -> None:
                      if f["probes_not_visible"] + f["probes_failed"] else "")
             t.add_row(title, f"{tg[label]['value']:.3f} s{extra}",
                       f"<= {TARGET_FRESHNESS_P95_S:g} s, every probe visible",
-                      _verdict(tg[label]["pass"]))
+                      verdict(tg[label]["pass"]))
     if "drain_ratio" in tg:
         b = r["backlog"]
         t.add_row("processor drain / collector ingest",
                   f"{b['drain_events_per_s']:,.0f} / {b['ingest_events_per_s']:,.0f} = "
                   f"{tg['drain_ratio']['value']:.2f}",
-                  f">= {TARGET_DRAIN_RATIO:g}", _verdict(tg["drain_ratio"]["pass"]))
+                  f">= {TARGET_DRAIN_RATIO:g}", verdict(tg["drain_ratio"]["pass"]))
         t.add_row("peak RSS of the server while draining",
                   f"{tg['peak_rss']['value'] / 2**20:,.0f} MiB",
-                  f"<= {TARGET_PEAK_RSS / 2**30:g} GiB", _verdict(tg["peak_rss"]["pass"]))
+                  f"<= {TARGET_PEAK_RSS / 2**30:g} GiB", verdict(tg["peak_rss"]["pass"]))
     if "warm_bytes" in tg:
         t.add_row("warm tier bytes/event (demo traffic)", f"{tg['warm_bytes']['value']:.1f} B",
-                  f"<= {TARGET_WARM_BYTES_PER_EVENT:g} B", _verdict(tg["warm_bytes"]["pass"]))
+                  f"<= {TARGET_WARM_BYTES_PER_EVENT:g} B", verdict(tg["warm_bytes"]["pass"]))
     for label, err in r["errors"].items():
-        t.add_row(label, f"failed: {err}", "", _verdict(False))
+        t.add_row(label, f"failed: {err}", "", verdict(False))
     console.print(t)
     console.print(
         "Freshness is measured from the 200 of the probe's own request to the reply of the "
@@ -825,5 +812,27 @@ def _ms(v: float) -> str:
     return "n/a" if v != v else f"{v:,.0f} ms"
 
 
-def _verdict(ok: bool) -> str:
-    return "[green]PASS[/green]" if ok else "[red]MISS[/red]"
+@click.command("pipeline")
+@click.option("--rate", type=int, default=50_000, show_default=True,
+              help="Offered background events/s for the freshness probe.")
+@click.option("--low-rate", type=int, default=10_000, show_default=True,
+              help="A second, lower offered rate for the freshness probe.")
+@click.option("--duration", type=float, default=20.0, show_default=True,
+              help="Seconds of background load per freshness measurement.")
+@click.option("--backlog", type=int, default=5_000_000, show_default=True,
+              help="Events in the backlog the processor drains.")
+@click.option("--people", type=int, default=20_000, show_default=True,
+              help="Simulated people of the demo traffic measured for storage.")
+@click.option("--clients", type=int, default=2, show_default=True,
+              help="Load-generator processes.")
+@click.option("--only", type=click.Choice(PHASES), multiple=True,
+              help="Run only this phase (repeatable).")
+def main(rate: int, low_rate: int, duration: float, backlog: int, people: int,
+         clients: int, only: tuple[str, ...]) -> None:
+    """Freshness, processor throughput, memory and warm-tier bytes per event."""
+    run(duration=duration, rate=rate, low_rate=low_rate, backlog_events=backlog,
+        people=people, clients=clients, phases=only or PHASES)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name="python -m benchmarks.pipeline")

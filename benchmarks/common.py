@@ -1,0 +1,92 @@
+"""What the benchmarks share: the machine they run on, its load, CPU seconds from
+``/proc``, percentiles and the PASS/MISS verdict."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+BUSY_WARNING = 0.10
+"""Above this fraction of all cores busy before a benchmark starts, it warns that its
+figures will be low and noisy."""
+
+
+def verdict(ok: bool) -> str:
+    return "[green]PASS[/green]" if ok else "[red]MISS[/red]"
+
+
+def percentile(sorted_ms: list[float], p: float) -> float:
+    if not sorted_ms:
+        return float("nan")
+    k = min(len(sorted_ms) - 1, max(0, round(p / 100.0 * len(sorted_ms) + 0.5) - 1))
+    return sorted_ms[k]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """Seconds of CPU used so far by ``pids`` (user + system)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / hz
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0, 0.0
+    vals = [float(v) for v in first[:8]]
+    idle = vals[3] + vals[4]
+    return sum(vals) - idle, sum(vals)
+
+
+def idle_check(seconds: float = 1.0) -> float:
+    """Fraction of all cores busy over ``seconds`` before anything of ours runs."""
+    b0, t0 = machine_busy()
+    time.sleep(seconds)
+    b1, t1 = machine_busy()
+    return (b1 - b0) / (t1 - t0) if t1 > t0 else float("nan")
+
+
+def check_idle(console: Any, info: dict[str, Any]) -> None:
+    """Measure how busy the machine is before the start (``info["busy_before"]``), print
+    it, and warn when something else is using the CPU."""
+    info["busy_before"] = idle_check()
+    console.print(f"  machine busy before start: {info['busy_before']:.0%} of all cores",
+                  style="dim")
+    if info["busy_before"] > BUSY_WARNING:
+        console.print("  [yellow]warning: something else is using the CPU; the figures will be "
+                      "lower and noisier than on an idle machine[/yellow]")
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        granian = version("granian")
+    except Exception:
+        granian = "?"
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "granian": granian,
+    }
