@@ -50,7 +50,7 @@ CHUNK_EVENTS = 50_000
 """Events in a full chunk (however many records hold them). Larger chunks drain a
 backlog no faster here (the write of one chunk overlaps the preparation of the next
 ones either way) and take more memory: at 131,072 the server's peak while draining
-grew from ~1.5 to ~2.7 GiB (benchmarks/bench_pipeline.py)."""
+grew from ~1.5 to ~2.7 GiB (benchmarks/pipeline.py)."""
 CHUNK_BYTES = 16 << 20
 """Compressed payload bytes in a full chunk: a bound on its memory whatever the events'
 sizes (requests may hold up to 20 MiB; 50,000 typical events are a few MiB)."""
