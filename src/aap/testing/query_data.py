@@ -52,6 +52,27 @@ def _zipf(rng: np.random.Generator, n: int, size: int, s: float = 1.1) -> np.nda
 def generate(events: int = 20_000_000, persons: int = 500_000, days: int = 90,
              seed: int = 42) -> Dataset:
     rng = np.random.default_rng(seed)
+    people = _people(rng, persons, days)
+    sessions = _sessions(rng, events, persons, days, people)
+    sess, t, pid, event, overrides = _events(rng, sessions)
+    table = _event_table(rng, people, sessions.owner, sess, t, pid, event)
+    person_rows = _person_rows(persons, people.plan, sessions.owner[sess], t)
+    return Dataset(_by_day(table, t, days), person_rows, overrides, len(sess))
+
+
+@dataclass
+class _People:
+    """Per person: activity weight, first day, fixed country/browser/device/plan."""
+
+    weight: np.ndarray
+    first_day: np.ndarray
+    country: np.ndarray
+    browser: np.ndarray
+    device: np.ndarray
+    plan: np.ndarray
+
+
+def _people(rng: np.random.Generator, persons: int, days: int) -> _People:
     # persons: activity weight, first day, fixed country/browser/device/plan
     weight = rng.lognormal(0.0, 1.2, persons)
     first_day = np.minimum((days * rng.beta(1.0, 1.6, persons)).astype(np.int64), days - 1)
@@ -59,7 +80,24 @@ def generate(events: int = 20_000_000, persons: int = 500_000, days: int = 90,
     browser = _zipf(rng, len(BROWSERS), persons, 1.5)
     device = rng.choice(len(DEVICES), persons, p=[0.55, 0.4, 0.05])
     plan = rng.choice(len(PLANS), persons, p=[0.7, 0.25, 0.05])
+    return _People(weight, first_day, country, browser, device, plan)
 
+
+@dataclass
+class _Sessions:
+    """Per session: its events, its person, whether it is the person's first, its start
+    (seconds from ``START``) and how far it walks the shop funnel."""
+
+    lengths: np.ndarray
+    owner: np.ndarray
+    first_of_person: np.ndarray
+    start_s: np.ndarray
+    stage: np.ndarray
+
+
+def _sessions(rng: np.random.Generator, events: int, persons: int, days: int,
+              people: _People) -> _Sessions:
+    weight, first_day = people.weight, people.first_day
     # sessions: lengths 1 + geometric, assigned to persons by weight
     mean_len = 7.0
     n_sessions = int(events / mean_len * 1.05) + 10
@@ -87,7 +125,16 @@ def generate(events: int = 20_000_000, persons: int = 500_000, days: int = 90,
     hour = rng.choice(24, n_sessions, p=_diurnal())
     start_s = day * 86400 + hour * 3600 + rng.integers(0, 3600, n_sessions)
     stage = rng.choice(5, n_sessions, p=[0.45, 0.25, 0.13, 0.09, 0.08])
+    return _Sessions(lengths, owner, first_of_person, start_s, stage)
 
+
+def _events(rng: np.random.Generator, s: _Sessions
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, int]]:
+    """(session, seconds from ``START``, person id and name) of every event, and the
+    merges of the anonymous ids."""
+    lengths, owner, first_of_person, start_s, stage = (
+        s.lengths, s.owner, s.first_of_person, s.start_s, s.stage)
+    n_sessions = len(lengths)
     # events
     sess = np.repeat(np.arange(n_sessions), lengths)
     pos = np.arange(len(sess)) - np.repeat(cum_start(lengths), lengths)
@@ -111,6 +158,13 @@ def generate(events: int = 20_000_000, persons: int = 500_000, days: int = 90,
     signed = first_of_person[sess] & last_in_session & (k > 1)
     event = names[idx]
     event[signed] = "Signed Up"
+    return sess, t, pid, event, overrides
+
+
+def _event_table(rng: np.random.Generator, people: _People, owner: np.ndarray,
+                 sess: np.ndarray, t: np.ndarray, pid: np.ndarray, event: np.ndarray
+                 ) -> pa.Table:
+    browser, device, country = people.browser, people.device, people.country
     n = len(sess)
     is_page = event == "$page"
     path_idx = _zipf(rng, len(PATHS), n, 1.2)
@@ -141,18 +195,27 @@ def generate(events: int = 20_000_000, persons: int = 500_000, days: int = 90,
         "country": pa.array(np.array(COUNTRIES, dtype=object)[country[owner[sess]]], pa.string()),
         "properties": properties,
     }
-    table = pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)).cast(f.type)
-                      for f in EVENT_ARROW_SCHEMA}, schema=EVENT_ARROW_SCHEMA)
+    return pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)).cast(f.type)
+                     for f in EVENT_ARROW_SCHEMA}, schema=EVENT_ARROW_SCHEMA)
+
+
+def _person_rows(persons: int, plan: np.ndarray, owner_of_event: np.ndarray, t: np.ndarray
+                 ) -> list[tuple[int, datetime, datetime, bool, str | None]]:
     # persons: first/last seen, identified, plan
     first = np.full(persons, np.iinfo(np.int64).max)
     last = np.zeros(persons, dtype=np.int64)
-    np.minimum.at(first, owner[sess], t)
-    np.maximum.at(last, owner[sess], t)
+    np.minimum.at(first, owner_of_event, t)
+    np.maximum.at(last, owner_of_event, t)
     seen = first < np.iinfo(np.int64).max
     person_rows: list[tuple[int, datetime, datetime, bool, str | None]] = [
         (int(p) + 1, START + timedelta(seconds=int(first[p])),
          START + timedelta(seconds=int(last[p])), bool(p % 10 == 3),
          f'{{"plan": "{PLANS[plan[p]]}"}}') for p in np.flatnonzero(seen)]
+    return person_rows
+
+
+def _by_day(table: pa.Table, t: np.ndarray, days: int) -> list[tuple[datetime, pa.Table]]:
+    """The events of each day that has some, in their order."""
     day_of_event = t // 86400
     order_e = np.argsort(day_of_event, kind="stable")
     bounds = np.searchsorted(day_of_event[order_e], np.arange(days + 1))
@@ -161,7 +224,7 @@ def generate(events: int = 20_000_000, persons: int = 500_000, days: int = 90,
         sel = order_e[bounds[d]:bounds[d + 1]]
         if len(sel):
             out.append((START + timedelta(days=d), table.take(pa.array(sel))))
-    return Dataset(out, person_rows, overrides, n)
+    return out
 
 
 def cum_start(lengths: np.ndarray) -> np.ndarray:
