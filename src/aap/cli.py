@@ -498,9 +498,9 @@ class _Benchmarks(click.Group):
 def _no_benchmarks(name: str) -> click.Command:
     def fail(args: tuple[str, ...]) -> None:
         raise click.ClickException(
-            "the benchmarks ship only with the source: run `aap bench` (or "
-            f"`python -m benchmarks.{name}`) from a checkout of the repository, whose "
-            "benchmarks/ sits next to src/")
+            "the benchmarks ship only with the source, not in the installed package: from "
+            f"the root of a checkout of the repository run `python -m benchmarks.{name}`, "
+            "or `aap bench` of an editable install of it (`pip install -e .`)")
 
     return click.Command(name, callback=fail, help="(source checkout only)",
                          params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
