@@ -54,6 +54,13 @@ grew from ~1.5 to ~2.7 GiB (benchmarks/bench_pipeline.py)."""
 CHUNK_BYTES = 16 << 20
 """Compressed payload bytes in a full chunk: a bound on its memory whatever the events'
 sizes (requests may hold up to 20 MiB; 50,000 typical events are a few MiB)."""
+ONE_AT_A_TIME_FAILURES = 3
+"""After this many failures in a row at the same position, records are read one at a
+time."""
+SET_ASIDE_FAILURES = 5
+"""After this many failures in a row, a record read alone is set aside."""
+WITHDRAWAL_RETRY_S = 1.0
+"""After applying consent withdrawals failed, how long before they are tried again."""
 
 
 
@@ -143,28 +150,20 @@ class Processor:
         waits for that write, so :attr:`position` is always what is committed.
 
         After a failure the processor reloads its state from the warehouse and goes on
-        one chunk at a time; after three failures in a row at the same position, records
-        are taken one at a time, and a record that still cannot be written is set aside
-        (its offset goes to ``dead_letters``, its events are counted as dropped with
+        one chunk at a time; after :data:`ONE_AT_A_TIME_FAILURES` (three) failures in a
+        row at the same position, records are taken one at a time, and after
+        :data:`SET_ASIDE_FAILURES` (five) a record that still cannot be written is set
+        aside (its offset goes to ``dead_letters``, its events are counted as dropped with
         reason ``unprocessable``) so that one bad record cannot stop the pipeline.
         """
         records: list[Record] = []
-        if self.consent is not None and time.monotonic() >= self._withdrawals_due:
-            try:
-                self._apply_withdrawals()
-            except Exception:  # events go on; the withdrawal is tried again in a second
-                logger.exception("applying consent withdrawals to stored events failed")
-                self._withdrawals_due = time.monotonic() + 1.0
+        self._withdraw_when_due()
         self._refresh_sources()
         try:
-            if not self._ahead:
-                records = self._read(self._next)
-                if not records:
-                    self.full = False
-                    self._finish_write()
-                    return 0
-                self.preparer.submit([r.payload for r in records])
-                self._ahead.append(records)
+            if not self._ahead and not self._read_next():
+                self.full = False
+                self._finish_write()
+                return 0
             records = self._ahead.popleft()
             prepared = self.preparer.result()
             # Behind (a full chunk, or chunks that keep the processor busy, see run): the
@@ -174,14 +173,7 @@ class Processor:
             # cycle before its turn.
             self.full = self._full(records)
             if not self.failures and (self.pressed or self.full):
-                while len(self._ahead) < self.preparer.capacity:
-                    if self._ahead and not self._full(self._ahead[-1]):
-                        break
-                    ahead = self._read((self._ahead[-1] if self._ahead else records)[-1].offset)
-                    if not ahead:
-                        break
-                    self.preparer.submit([r.payload for r in ahead])
-                    self._ahead.append(ahead)
+                self._read_ahead(records)
             built = self._build(records, prepared)
             self._finish_write()
             self._pending = self._writer.submit(self._write, built)
@@ -192,18 +184,53 @@ class Processor:
             self._abandon()
             self.failures += 1
             self._load()
-            if self.failures > 4 and len(records) == 1:
-                logger.error("log record %d cannot be processed; set aside", records[0].offset)
-                self.wh.dead_letter(records[0].offset, records[0].count, self.position)
-                DROPPED.labels("unprocessable").inc(records[0].count)
-                quarantine.report("processor", "unprocessable", records[0].count,
-                                  f"log record {records[0].offset} (see dead_letters)")
-                self.dropped["unprocessable"] += records[0].count
-                self.position = self._next = records[0].offset
-                self.failures = 0
+            if self.failures >= SET_ASIDE_FAILURES and len(records) == 1:
+                self._set_aside(records[0])
                 return 1
             raise
         return len(records)
+
+    def _withdraw_when_due(self) -> None:
+        if self.consent is not None and time.monotonic() >= self._withdrawals_due:
+            try:
+                self._apply_withdrawals()
+            except Exception:  # events go on; the withdrawal is tried again in a second
+                logger.exception("applying consent withdrawals to stored events failed")
+                self._withdrawals_due = time.monotonic() + WITHDRAWAL_RETRY_S
+
+    def _read_next(self) -> bool:
+        """Reads the chunk at :attr:`_next` and submits it for preparation; False when the
+        log holds nothing new."""
+        records = self._read(self._next)
+        if not records:
+            return False
+        self.preparer.submit([r.payload for r in records])
+        self._ahead.append(records)
+        return True
+
+    def _read_ahead(self, records: list[Record]) -> None:
+        """Submits the chunks after ``records`` for preparation, while they are full and
+        the preparer has room."""
+        while len(self._ahead) < self.preparer.capacity:
+            if self._ahead and not self._full(self._ahead[-1]):
+                break
+            ahead = self._read((self._ahead[-1] if self._ahead else records)[-1].offset)
+            if not ahead:
+                break
+            self.preparer.submit([r.payload for r in ahead])
+            self._ahead.append(ahead)
+
+    def _set_aside(self, record: Record) -> None:
+        """A record that cannot be written: its offset goes to ``dead_letters``, its events
+        are dropped as ``unprocessable``, and the processor goes on after it."""
+        logger.error("log record %d cannot be processed; set aside", record.offset)
+        self.wh.dead_letter(record.offset, record.count, self.position)
+        DROPPED.labels("unprocessable").inc(record.count)
+        quarantine.report("processor", "unprocessable", record.count,
+                          f"log record {record.offset} (see dead_letters)")
+        self.dropped["unprocessable"] += record.count
+        self.position = self._next = record.offset
+        self.failures = 0
 
     def _apply_withdrawals(self) -> None:
         """Take withdrawn purposes off the stored events of the persons concerned (events
@@ -249,7 +276,7 @@ class Processor:
         self.wh.set_state(CONSENT_APPLIED, rows[-1][0])
 
     def _read(self, after: int) -> list[Record]:
-        if self.failures >= 3:
+        if self.failures >= ONE_AT_A_TIME_FAILURES:
             return self.log.read(after, 1)
         return self.log.read(after, self.chunk_records, self.chunk_events, self.chunk_bytes)
 
