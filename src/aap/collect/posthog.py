@@ -51,6 +51,11 @@ CONFIG_PREFIX = "/array/"
 SUPPORTED_COMPRESSION = ["gzip", "gzip-js", "base64"]
 MAX_OFFSET_MS = 10**11
 """An event's ``offset`` (milliseconds before it was sent) is used only below this."""
+MAX_EPOCH = 1e14
+"""A number taken for a time is below this (in milliseconds: the year 5138)."""
+EPOCH_MS_ABOVE = 1e11
+"""A number above this is in milliseconds since the epoch, else in seconds."""
+MAX_QUERY_TIME_DIGITS = 15
 _json_decoder = msgspec.json.Decoder()
 _DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, ValueError)
 
@@ -156,8 +161,8 @@ def _time(v: Any) -> datetime | None:
         except ValueError:
             return None
         return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e14:
-        return datetime.fromtimestamp(v / 1000 if v > 1e11 else v, UTC)
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < MAX_EPOCH:
+        return datetime.fromtimestamp(v / 1000 if v > EPOCH_MS_ABOVE else v, UTC)
     return None
 
 
@@ -166,7 +171,7 @@ def _query_time(query: dict[str, list[str]]) -> datetime | None:
     in milliseconds."""
     for name in ("sent_at", "_"):
         v = (query.get(name) or [""])[0]
-        if v.isdigit() and len(v) <= 15:
+        if v.isdigit() and len(v) <= MAX_QUERY_TIME_DIGITS:
             return _time(int(v))
     return None
 

@@ -557,6 +557,9 @@ def _unpack(data: bytes) -> Prepared:
             tables.append(reader.read_all())
         at += size + (-size % 8)
     return Prepared(tables[0], clamped, shop.Rows(*tables[1:]))
+GC_EVERY_JOBS = 200
+"""A prepare process runs with the garbage collector off, and collects once every this
+many jobs."""
 _job_encoder = msgspec.msgpack.Encoder()
 _job_decoder = msgspec.msgpack.Decoder(tuple[list[str], list[bytes]])
 """A job for a prepare process: the historical sources as of now, and the payloads."""
@@ -577,7 +580,7 @@ def _worker_main(conn: Connection, cfg: PrepareConfig) -> None:
     done = 0
     while True:
         done += 1
-        if done % 200 == 0:
+        if done % GC_EVERY_JOBS == 0:
             gc.collect()
         try:
             data = conn.recv_bytes()

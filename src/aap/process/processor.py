@@ -61,6 +61,9 @@ SET_ASIDE_FAILURES = 5
 """After this many failures in a row, a record read alone is set aside."""
 WITHDRAWAL_RETRY_S = 1.0
 """After applying consent withdrawals failed, how long before they are tried again."""
+PRESSED_SPARE = 0.25
+"""A chunk that left less than this share of the linger spare means the processor is
+busy: it reads ahead again."""
 
 
 
@@ -396,7 +399,7 @@ class Processor:
                 spare = linger - (time.monotonic() - started)
                 # A chunk that took most of the linger to process means the load is close
                 # to what the processor can do in step: read ahead again (see run_once).
-                self.pressed = self.full or spare < linger / 4
+                self.pressed = self.full or spare < linger * PRESSED_SPARE
                 if n == 0:
                     stop.wait(idle_sleep)
                 elif not self.full:

@@ -44,6 +44,7 @@ from aap.query.models import Funnel
 OTHER = "\x00other"
 _WINDOW = re.compile(r"^(\d{1,6})\s*(s|m|h|d|w)$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_WINDOW_DAYS = 366
 
 
 def parse_window(text: str) -> timedelta:
@@ -52,8 +53,8 @@ def parse_window(text: str) -> timedelta:
         raise BadRequest(f"window {text!r}: use a positive number with s, m, h, d or w "
                          "(e.g. 7d)", code="invalid_window")
     seconds = int(m.group(1)) * _UNIT[m.group(2)]
-    if seconds > 366 * 86400:
-        raise BadRequest("the window is at most 366 days", code="invalid_window")
+    if seconds > MAX_WINDOW_DAYS * 86400:
+        raise BadRequest(f"the window is at most {MAX_WINDOW_DAYS} days", code="invalid_window")
     return timedelta(seconds=seconds)
 
 

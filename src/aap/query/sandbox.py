@@ -53,6 +53,10 @@ MIN_MEMORY = 384 * 2**20
 GRACE_S = 1.0
 """After the deadline, how long the core waits for the worker's own ``timeout`` answer
 before it kills the worker."""
+ANSWER_OVERHEAD = 4096
+"""Bytes a worker's answer may hold beyond the rows' budget (its other fields)."""
+REUSE_BELOW = 4
+"""A worker is reused while its resident memory is below 1/REUSE_BELOW of its limit."""
 FETCH_ROWS = 2048
 """Rows fetched from DuckDB at a time while the answer is encoded."""
 _HEADER = struct.Struct("!Q")
@@ -169,7 +173,7 @@ class Worker:
         self.sock.settimeout(max(0.0, deadline - time.monotonic()) + GRACE_S)
         try:
             (n,) = _HEADER.unpack(_recv_exact(self.sock, _HEADER.size))
-            if n > self.limits.max_response_bytes + 4096:
+            if n > self.limits.max_response_bytes + ANSWER_OVERHEAD:
                 raise SandboxFailed("too_large", "")
             out: dict[str, Any] = msgspec.json.decode(_recv_exact(self.sock, n))
         except TimeoutError:
@@ -522,7 +526,7 @@ def main(argv: list[str]) -> None:
             out = _execute(con, header, fds)
             con.close()
             del con
-            out["reuse"] = _resident() < memory // 4
+            out["reuse"] = _resident() < memory // REUSE_BELOW
             payload = msgspec.json.encode(out)
         except MemoryError:
             payload = msgspec.json.encode({"error": "memory", "message": "MemoryError"})
