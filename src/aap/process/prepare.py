@@ -47,12 +47,6 @@ logger = logging.getLogger("aap.process")
 NOT_SET = np.iinfo(np.int64).min
 """A missing time in int64 microsecond columns."""
 
-ENRICHED_COLUMNS = (
-    "url", "host", "path", "referrer", "referrer_domain",
-    "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
-    "browser", "browser_version", "os", "os_version", "device_type",
-    "country", "region", "city", "library_name", "library_version",
-)  # fmt: skip
 AUX_COLUMNS = ("row", "key", "user_key", "anonymous_key", "previous_key", "raw_ids",
                "sdk_session", "traits", "received_ms")
 """Columns the stateful steps read and the warehouse does not store: the event's index

@@ -447,9 +447,3 @@ def _persons(b: Batch, person: pa.Array, identified: set[int]) -> pa.Table:
         "identified": pc.is_in(ids, value_set=pa.array(sorted(identified), pa.int64())),
         "traits": trait_col,
     })
-
-
-def wait_for_position(proc: Processor, offset: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while proc.position < offset and time.monotonic() < deadline:
-        proc.run_once()
