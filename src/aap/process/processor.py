@@ -305,13 +305,13 @@ class Processor:
         if self._scopes is not None:
             try:
                 self.scopes = self.state.scopes = self._scopes()
-            except Exception:  # the registry is busy: the scopes stay as they are for now
+            except Exception:  # the registry is busy: the scopes stay until the next read
                 logger.exception("reading the sources' consent scopes failed")
         if self._historical is None:
             return
         try:
             now = self._historical()
-        except Exception:  # the registry is busy: the flags stay as they are for now
+        except Exception:  # the registry is busy: the flags stay until the next read
             logger.exception("reading the sources' historical flags failed")
             return
         if now != self.preparer.cfg.historical_sources:
