@@ -169,20 +169,10 @@ class Processor:
                 return 0
             records = self._ahead.popleft()
             prepared = self.preparer.result()
-            # Behind (a full chunk, or chunks that keep the processor busy, see run): the
-            # next chunks are prepared while this one goes on. Caught up with time to
-            # spare: nothing is read ahead, so that the next chunk is read, prepared and
-            # written as soon as it is due — a chunk read ahead now would wait a whole
-            # cycle before its turn.
             self.full = self._full(records)
             if not self.failures and (self.pressed or self.full):
                 self._read_ahead(records)
-            built = self._build(records, prepared)
-            self._finish_write()
-            self._pending = self._writer.submit(self._write, built)
-            self._next = built.chunk.position
-            if self.failures:
-                self._finish_write()
+            self._start_write(self._build(records, prepared))
         except Exception:
             self._abandon()
             self.failures += 1
@@ -213,7 +203,13 @@ class Processor:
 
     def _read_ahead(self, records: list[Record]) -> None:
         """Submits the chunks after ``records`` for preparation, while they are full and
-        the preparer has room."""
+        the preparer has room.
+
+        Behind (a full chunk, or chunks that keep the processor busy, see :meth:`run`):
+        the next chunks are prepared while this one goes on. Caught up with time to spare:
+        nothing is read ahead, so that the next chunk is read, prepared and written as
+        soon as it is due — a chunk read ahead now would wait a whole cycle before its
+        turn."""
         while len(self._ahead) < self.preparer.capacity:
             if self._ahead and not self._full(self._ahead[-1]):
                 break
@@ -222,6 +218,15 @@ class Processor:
                 break
             self.preparer.submit([r.payload for r in ahead])
             self._ahead.append(ahead)
+
+    def _start_write(self, built: _Built) -> None:
+        """Writes the chunk in the background once the write before it is done (at once,
+        after a failure)."""
+        self._finish_write()
+        self._pending = self._writer.submit(self._write, built)
+        self._next = built.chunk.position
+        if self.failures:
+            self._finish_write()
 
     def _set_aside(self, record: Record) -> None:
         """A record that cannot be written: its offset goes to ``dead_letters``, its events
