@@ -25,7 +25,7 @@ from prometheus_client import Counter as PromCounter
 
 from aap.log.base import Log, Record
 from aap.privacy import consent as consent_history
-from aap.privacy.consent import ConsentState
+from aap.privacy.consent import ConsentState, Statement
 from aap.privacy.ids import IdHasher
 from aap.process import shop
 from aap.process.identity import Identities
@@ -249,18 +249,7 @@ class Processor:
         rows = self.consent.ledger.since(done)
         if not rows:
             return
-        withdrawn: dict[tuple[str, str], set[int]] = {}
-        unlinked: set[int] = set()
-        until: dict[tuple[str, str], int] = {}
-        for _, st in rows:
-            if st.history == consent_history.NONE:
-                continue  # made with a public key about a userId: collection stopped only
-            if st.history == consent_history.UNLINKED:
-                unlinked.add(st.subject)
-            for purpose, granted in st.purposes.items():
-                if not granted:
-                    withdrawn.setdefault((st.where, purpose), set()).add(st.subject)
-                    until[st.where, purpose] = max(until.get((st.where, purpose), 0), st.at_ms)
+        withdrawn, unlinked, until = _withdrawals(rows)
         if withdrawn:
             self._refresh_sources(force=True)  # a source just put in a group is in it
         for (scope, purpose), subjects in sorted(withdrawn.items()):
@@ -414,6 +403,26 @@ class Processor:
 
 
 _EPOCH = datetime(1970, 1, 1)
+
+
+def _withdrawals(rows: list[tuple[int, Statement]]) -> tuple[
+        dict[tuple[str, str], set[int]], set[int], dict[tuple[str, str], int]]:
+    """Of the ledger's new statements: the subjects who withdrew each (scope, purpose), the
+    subjects of unlinked statements (an anonymousId's through a public key: they reach no
+    identified person's history), and the time of the last withdrawal of each."""
+    withdrawn: dict[tuple[str, str], set[int]] = {}
+    unlinked: set[int] = set()
+    until: dict[tuple[str, str], int] = {}
+    for _, st in rows:
+        if st.history == consent_history.NONE:
+            continue  # made with a public key about a userId: collection stopped only
+        if st.history == consent_history.UNLINKED:
+            unlinked.add(st.subject)
+        for purpose, granted in st.purposes.items():
+            if not granted:
+                withdrawn.setdefault((st.where, purpose), set()).add(st.subject)
+                until[st.where, purpose] = max(until.get((st.where, purpose), 0), st.at_ms)
+    return withdrawn, unlinked, until
 
 
 def _persons(b: Batch, person: pa.Array, identified: set[int]) -> pa.Table:
