@@ -131,6 +131,36 @@ def _report(rows: Rows, console: Console, note: str = "") -> None:
     console.print(table)
 
 
+def _watch(server: ServerProcess, console: Console, deadline: float | None) -> Rows:
+    """Counts the events in the warehouse every second, until Ctrl-C or ``deadline``;
+    returns the last rows counted."""
+    rows: Rows = []
+    seen = -1
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(1.0)
+            got = _rows(server, timeout=30)
+            n = sum(int(r[1]) for r in got) if got is not None else seen  # type: ignore[call-overload]
+            if got is not None and n != seen:
+                rows, seen = got, n
+                console.print(f"events in the warehouse: {seen}")
+    except KeyboardInterrupt:
+        pass
+    return rows
+
+
+def _final_report(server: ServerProcess, rows: Rows, console: Console) -> None:
+    try:
+        final = _rows(server, REPORT_S)
+    except KeyboardInterrupt:  # a second Ctrl-C: what was last counted
+        final = None
+    if final is not None:
+        _report(final, console)
+    else:  # a busy machine: the core did not answer in time
+        _report(rows, console, f" as last counted: the core did not answer"
+                               f" within {REPORT_S:.0f} s")
+
+
 def run_page_demo(page_port: int = 8080, duration: float | None = None,
                   keep: bool = False) -> int:
     """Until Ctrl-C (or SIGTERM, or ``duration``); then the report, if the warehouse
@@ -149,27 +179,7 @@ def run_page_demo(page_port: int = 8080, duration: float | None = None,
                 console.print("accept analytics, click around, then press Ctrl-C to see what"
                               " arrived")
                 deadline = None if duration is None else time.monotonic() + duration
-                rows: Rows = []
-                seen = -1
-                try:
-                    while deadline is None or time.monotonic() < deadline:
-                        time.sleep(1.0)
-                        got = _rows(server, timeout=30)
-                        n = sum(int(r[1]) for r in got) if got is not None else seen  # type: ignore[call-overload]
-                        if got is not None and n != seen:
-                            rows, seen = got, n
-                            console.print(f"events in the warehouse: {seen}")
-                except KeyboardInterrupt:
-                    pass
-                try:
-                    final = _rows(server, REPORT_S)
-                except KeyboardInterrupt:  # a second Ctrl-C: what was last counted
-                    final = None
-                if final is not None:
-                    _report(final, console)
-                else:  # a busy machine: the core did not answer in time
-                    _report(rows, console, f" as last counted: the core did not answer"
-                                           f" within {REPORT_S:.0f} s")
+                _final_report(server, _watch(server, console, deadline), console)
             finally:
                 site.close()
                 console.print(f"stopping the server (at most {STOP_GRACE_S + 1:.0f} s)")

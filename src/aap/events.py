@@ -1,7 +1,8 @@
 """The canonical event, as the collector appends it to the log.
 
-The wire formats (``aap.collect.segment`` and later others) decode into their own
-structs and convert into :class:`Event`. Field names follow the Segment spec in
+Every wire format decodes into Segment-shaped messages
+(:class:`aap.collect.segment.WireMessage`: PostHog and Snowplow map their fields onto
+them), which :func:`aap.collect.segment.to_event` converts into :class:`Event`. Field names follow the Segment spec in
 camelCase on the wire of the log too, so a stored event reads like what was sent.
 """
 

@@ -27,6 +27,8 @@ import msgspec
 from aap.privacy.audit import AuditLog
 
 ROLES = ("viewer", "analyst", "privacy", "admin")
+MAX_VERIFIED = 10_000
+"""Keys remembered as verified (so that scrypt runs once per key), cleared beyond."""
 _KEY = re.compile(r"^aap_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})$")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -95,7 +97,7 @@ class ApiKeys:
         if known is None or not hmac.compare_digest(known, digest):
             if not hmac.compare_digest(_scrypt(secret, row[5]), row[6]):
                 return None
-            if len(self._verified) > 10_000:
+            if len(self._verified) > MAX_VERIFIED:
                 self._verified.clear()
             self._verified[key_id] = digest
         return ApiKey(row[0], row[1], row[2], row[3], row[4])

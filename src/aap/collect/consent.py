@@ -34,6 +34,14 @@ from aap.privacy.scrub import holds_address
 from aap.sources import Source
 
 Id = str | int
+MAX_CHANNEL = 64
+"""Characters of a statement's ``channel`` (kept in plain text in the ledger)."""
+MAX_POLICY_VERSION = 128
+"""Characters of a statement's ``policy_version``."""
+RATE_WINDOW_MS = 60_000
+"""The window of the per-subject cap on ``POST /v1/consent`` (a minute)."""
+MAX_RECENT = 100_000
+"""(scope, subject) windows kept for that cap before the ended ones are forgotten."""
 
 
 class ConsentRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=False):
@@ -64,11 +72,12 @@ def parse_consent(body: bytes, token: bool = False) -> ConsentRequest:
     if not req.purposes:
         raise errors.BadRequest("`purposes` must name at least one purpose",
                                 code="invalid_consent")
-    if req.channel is not None and not (0 < len(req.channel) <= 64):
-        raise errors.BadRequest("`channel` must be 1 to 64 characters", code="invalid_consent")
-    if req.policy_version is not None and len(req.policy_version) > 128:
-        raise errors.BadRequest("`policy_version` must be at most 128 characters",
+    if req.channel is not None and not (0 < len(req.channel) <= MAX_CHANNEL):
+        raise errors.BadRequest(f"`channel` must be 1 to {MAX_CHANNEL} characters",
                                 code="invalid_consent")
+    if req.policy_version is not None and len(req.policy_version) > MAX_POLICY_VERSION:
+        raise errors.BadRequest(f"`policy_version` must be at most {MAX_POLICY_VERSION}"
+                                " characters", code="invalid_consent")
     # the ledger and the audit log keep these two in plain text: nothing personal in them
     for field, value in (("channel", req.channel), ("policy_version", req.policy_version)):
         if value is not None and holds_address(value):
@@ -125,9 +134,9 @@ class Gate:
         worker), so that the append-only ledger cannot be grown without bound: 429."""
         if self.per_subject <= 0:
             return
-        window = 60_000
+        window = RATE_WINDOW_MS
         recent = self._recent
-        if len(recent) > 100_000:  # forget the oldest windows; memory stays bounded
+        if len(recent) > MAX_RECENT:  # forget the oldest windows; memory stays bounded
             for k in [k for k, v in recent.items() if v[0] <= now_ms - window]:
                 del recent[k]
         waits = []
@@ -154,14 +163,7 @@ class Gate:
         consent goes to the ledger first, scoped to the source's controller; through the
         public write key, what they say about a userId does not reach stored history."""
         if source.mode == CNIL:
-            # anonymous audience measurement: no ids to hold a statement, a purpose exempt
-            # from consent; an event that carries an objection is not stored
-            measured = [ev for ev in events if not opted_out(ev, source.purposes)]
-            for ev in measured:
-                ev.purposes = dict(source.purposes)
-            objected = len(events) - len(measured)
-            events[:] = measured
-            return objected
+            return _admit_measured(source, events)
         # one indexed read of what the ledger gained: a statement another worker wrote
         # before this request arrived applies to it (about 30 µs a request)
         self.state.refresh(force=True)
@@ -193,12 +195,27 @@ class Gate:
             if purposes:
                 ev.purposes = dict(purposes)
                 kept.append(ev)
+        self._record_event_statements(source, statements)
+        dropped = len(events) - len(kept)
+        events[:] = kept
+        return dropped
+
+    def _record_event_statements(self, source: Source, statements: list[Statement]) -> None:
+        """What the events said about consent, to the ledger and the audit log."""
         self.state.ledger.record(statements)
         if statements:
             self.audit.append(f"source:{source.id}", "consent.recorded", {
                 "channels": sorted({s.channel for s in statements}),
                 "statements": len(statements), "scope": source.scope,
                 "key": "server" if source.server_key else "write"})
-        dropped = len(events) - len(kept)
-        events[:] = kept
-        return dropped
+
+
+def _admit_measured(source: Source, events: list[Event]) -> int:
+    """Anonymous audience measurement (CNIL mode): no ids to hold a statement, a purpose
+    exempt from consent; an event that carries an objection is not stored."""
+    measured = [ev for ev in events if not opted_out(ev, source.purposes)]
+    for ev in measured:
+        ev.purposes = dict(source.purposes)
+    objected = len(events) - len(measured)
+    events[:] = measured
+    return objected

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
@@ -47,6 +49,13 @@ FLAGS_PATHS = ("/flags/", "/flags", "/decide/", "/decide")
 CONFIG_PREFIX = "/array/"
 
 SUPPORTED_COMPRESSION = ["gzip", "gzip-js", "base64"]
+MAX_OFFSET_MS = 10**11
+"""An event's ``offset`` (milliseconds before it was sent) is used only below this."""
+MAX_EPOCH = 1e14
+"""A number taken for a time is below this (in milliseconds: the year 5138)."""
+EPOCH_MS_ABOVE = 1e11
+"""A number above this is in milliseconds since the epoch, else in seconds."""
+MAX_QUERY_TIME_DIGITS = 15
 _json_decoder = msgspec.json.Decoder()
 _DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, ValueError)
 
@@ -93,23 +102,7 @@ def parse(body: bytes, query: dict[str, list[str]], content_type: str, limit: in
         doc = _json_decoder.decode(text)
     except _DECODE_ERRORS as exc:
         raise BadRequest("the body is not valid JSON", str(exc), code="invalid_json") from None
-    key: Any = None
-    sent_at: Any = None
-    if isinstance(doc, dict) and isinstance(doc.get("batch"), list):
-        events, key, sent_at = doc["batch"], doc.get("api_key") or doc.get("token"), \
-            doc.get("sent_at")
-    elif isinstance(doc, list):
-        events = doc
-    elif isinstance(doc, dict):
-        events = [doc]
-        key = doc.get("api_key") or doc.get("token") or doc.get("$token")
-    else:
-        raise BadRequest("expected a JSON object with `batch`, an array of events or one event",
-                         code="invalid_batch")
-    if not events:
-        raise BadRequest("the request holds no event", code="invalid_batch")
-    if key is not None and not isinstance(key, str):
-        raise BadRequest("`api_key` must be a string", code="wrong_type")
+    events, key, sent_at = _events_and_key(doc)
     messages: list[tuple[int, WireMessage]] = []
     rejected: list[Rejection] = []
     now = datetime.now(UTC)
@@ -139,6 +132,28 @@ def parse(body: bytes, query: dict[str, list[str]], content_type: str, limit: in
     return Parsed(messages, rejected, key or None)
 
 
+def _events_and_key(doc: Any) -> tuple[list[Any], str | None, Any]:
+    """The events of a body, its project key and its send time, if any."""
+    key: Any = None
+    sent_at: Any = None
+    if isinstance(doc, dict) and isinstance(doc.get("batch"), list):
+        events, key, sent_at = doc["batch"], doc.get("api_key") or doc.get("token"), \
+            doc.get("sent_at")
+    elif isinstance(doc, list):
+        events = doc
+    elif isinstance(doc, dict):
+        events = [doc]
+        key = doc.get("api_key") or doc.get("token") or doc.get("$token")
+    else:
+        raise BadRequest("expected a JSON object with `batch`, an array of events or one event",
+                         code="invalid_batch")
+    if not events:
+        raise BadRequest("the request holds no event", code="invalid_batch")
+    if key is not None and not isinstance(key, str):
+        raise BadRequest("`api_key` must be a string", code="wrong_type")
+    return events, key, sent_at
+
+
 def _time(v: Any) -> datetime | None:
     if isinstance(v, str) and v:
         try:
@@ -146,8 +161,8 @@ def _time(v: Any) -> datetime | None:
         except ValueError:
             return None
         return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e14:
-        return datetime.fromtimestamp(v / 1000 if v > 1e11 else v, UTC)
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < MAX_EPOCH:
+        return datetime.fromtimestamp(v / 1000 if v > EPOCH_MS_ABOVE else v, UTC)
     return None
 
 
@@ -156,7 +171,7 @@ def _query_time(query: dict[str, list[str]]) -> datetime | None:
     in milliseconds."""
     for name in ("sent_at", "_"):
         v = (query.get(name) or [""])[0]
-        if v.isdigit() and len(v) <= 15:
+        if v.isdigit() and len(v) <= MAX_QUERY_TIME_DIGITS:
             return _time(int(v))
     return None
 
@@ -171,6 +186,17 @@ def _id(v: Any) -> str | None:
 
 def _dict(v: Any) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
+
+
+@dataclass(frozen=True)
+class _Ids:
+    """The ids taken out of an event's properties."""
+
+    distinct: str
+    anon_id: Any
+    device_id: Any
+    alias: Any
+    ip: Any
 
 
 def to_message(ev: dict[str, Any], now: datetime, batch_sent: datetime | None, *,
@@ -190,66 +216,130 @@ def to_message(ev: dict[str, Any], now: datetime, batch_sent: datetime | None, *
     for k in ("$set", "$set_once"):
         if k in ev and k not in props:
             props[k] = ev[k]
-    # Identifiers and person properties leave the properties: they become the message's
-    # ids and traits, which the collector seals (never kept in plain text).
+    ids, traits = _take_ids(name, distinct, props)
+    m = WireMessage(type="track", event=name, properties=props, traits=traits or None)
+    if _anonymous(name, ids, props):
+        m.anonymous_id = distinct
+    else:
+        m.user_id = distinct
+    if name in _SPECIAL_EVENTS:
+        m.event = None
+        _SPECIAL_EVENTS[name](m, ids, props)
+    m.context = _context(props, ids.ip)
+    m.message_id = _id(ev.get("uuid"))
+    return _set_times(m, ev, now, batch_sent)
+
+
+def _take_ids(name: str, distinct: str, props: dict[str, Any]
+              ) -> tuple[_Ids, dict[str, Any]]:
+    """Identifiers and person properties leave the properties: they become the message's
+    ids and traits, which the collector seals (never kept in plain text)."""
     props.pop("token", None)
     props.pop("distinct_id", None)
     ip = props.pop("$ip", None)
     anon_id = props.pop("$anon_distinct_id", None)
     device_id = props.pop("$device_id", None)
-    alias = props.pop("alias", None) if name in ("$create_alias", "$merge_dangerously") else None
+    alias = props.pop("alias", None) if name in _ALIASES else None
     traits = {**_dict(props.pop("$set_once", None)), **_dict(props.pop("$set", None))}
-    anonymous = props.get("$is_identified") is False or (
-        device_id == distinct and props.get("$is_identified") is not True) or (
-        # server SDKs' group identify without a person: "$company_acme" is nobody's id
-        name == "$groupidentify" and distinct == f"${props.get('$group_type')}_{props.get('$group_key')}")
-    m = WireMessage(type="track", event=name, properties=props, traits=traits or None)
-    if anonymous:
-        m.anonymous_id = distinct
-    else:
-        m.user_id = distinct
-    if name == "$identify":
-        m.type, m.event = "identify", None
-        m.user_id, m.anonymous_id = distinct, _id(anon_id)
-    elif name in ("$create_alias", "$merge_dangerously"):
-        m.type, m.event = "alias", None
-        m.user_id, m.anonymous_id = distinct, None
-        m.previous_id = _id(alias)
-    elif name in ("$set", "$set_once"):
-        m.type, m.event = "identify", None
-    elif name == "$groupidentify":
-        m.type, m.event = "group", None
-        m.group_id = _id(props.get("$group_key"))
-        m.traits = {**_dict(props.get("$group_set")), "group_type": props.get("$group_type")}
-    elif name == "$pageview":
-        m.type, m.event = "page", None
-        m.name = props.get("title") if isinstance(props.get("title"), str) else None
-    elif name == "$screen":
-        m.type, m.event = "screen", None
-        m.name = props.get("$screen_name") if isinstance(props.get("$screen_name"), str) else None
-    ctx: dict[str, Any] = {}
-    page = {k: props[p] for k, p in (("url", "$current_url"), ("path", "$pathname"),
-                                     ("referrer", "$referrer"), ("title", "title"))
-            if isinstance(props.get(p), str)}
-    if page.get("referrer") == "$direct":
-        del page["referrer"]
-    if page:
-        ctx["page"] = page
+    return _Ids(distinct, anon_id, device_id, alias, ip), traits
+
+
+def _anonymous(name: str, ids: _Ids, props: dict[str, Any]) -> bool:
+    """posthog-js says the person is not identified, or the id is the device's, or a
+    server SDK's group identify without a person ("$company_acme" is nobody's id)."""
+    return props.get("$is_identified") is False or (
+        ids.device_id == ids.distinct and props.get("$is_identified") is not True) or (
+        name == "$groupidentify"
+        and ids.distinct == f"${props.get('$group_type')}_{props.get('$group_key')}")
+
+
+def _identify(m: WireMessage, ids: _Ids, props: dict[str, Any]) -> None:
+    m.type = "identify"
+    m.user_id, m.anonymous_id = ids.distinct, _id(ids.anon_id)
+
+
+def _alias(m: WireMessage, ids: _Ids, props: dict[str, Any]) -> None:
+    m.type = "alias"
+    m.user_id, m.anonymous_id = ids.distinct, None
+    m.previous_id = _id(ids.alias)
+
+
+def _set(m: WireMessage, ids: _Ids, props: dict[str, Any]) -> None:
+    m.type = "identify"
+
+
+def _group(m: WireMessage, ids: _Ids, props: dict[str, Any]) -> None:
+    m.type = "group"
+    m.group_id = _id(props.get("$group_key"))
+    m.traits = {**_dict(props.get("$group_set")), "group_type": props.get("$group_type")}
+
+
+def _page(m: WireMessage, ids: _Ids, props: dict[str, Any]) -> None:
+    m.type = "page"
+    m.name = _str(props.get("title"))
+
+
+def _screen(m: WireMessage, ids: _Ids, props: dict[str, Any]) -> None:
+    m.type = "screen"
+    m.name = _str(props.get("$screen_name"))
+
+
+_ALIASES = ("$create_alias", "$merge_dangerously")
+_SPECIAL_EVENTS: dict[str, Callable[[WireMessage, _Ids, dict[str, Any]], None]] = {
+    "$identify": _identify, "$create_alias": _alias, "$merge_dangerously": _alias,
+    "$set": _set, "$set_once": _set, "$groupidentify": _group, "$pageview": _page,
+    "$screen": _screen,
+}
+"""Events that are not a track; every other event keeps its name."""
+
+Field = tuple[str, str, Callable[[Any], Any]]
+"""(source field, target field, converter): a field the converter turns to None is left
+out."""
+
+
+def _str(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _referrer(v: Any) -> str | None:
+    return None if v == "$direct" else _str(v)
+
+
+def _mapped(source: dict[str, Any], fields: tuple[Field, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field, target, convert in fields:
+        if (x := convert(source.get(field))) is not None:
+            out[target] = x
+    return out
+
+
+PAGE: tuple[Field, ...] = (("$current_url", "url", _str), ("$pathname", "path", _str),
+                           ("$referrer", "referrer", _referrer), ("title", "title", _str))
+
+
+def _context(props: dict[str, Any], ip: Any) -> dict[str, Any]:
+    page = _mapped(props, PAGE)
+    ctx: dict[str, Any] = {"page": page} if page else {}
     if isinstance(props.get("$lib"), str):
         ctx["library"] = {"name": props["$lib"], "version": props.get("$lib_version")}
     if isinstance(props.get("$raw_user_agent"), str):
         ctx["userAgent"] = props["$raw_user_agent"]
     if isinstance(ip, str):
         ctx["ip"] = ip
-    m.context = ctx
-    m.message_id = _id(ev.get("uuid"))
+    return ctx
+
+
+def _set_times(m: WireMessage, ev: dict[str, Any], now: datetime,
+               batch_sent: datetime | None) -> WireMessage | Rejection:
+    """The event's time (ISO 8601 or epoch; else ``offset`` milliseconds before now) and
+    its send time (its own, else the batch's)."""
     ts = _time(ev.get("timestamp"))
     if ts is None and ev.get("timestamp") not in (None, ""):
         return Rejection(0, "invalid_time", "`timestamp` is neither an ISO 8601 time nor "
                          "milliseconds since the epoch")
     offset = ev.get("offset")
     if ts is None and isinstance(offset, int) and not isinstance(offset, bool) \
-            and 0 <= offset < 10**11:
+            and 0 <= offset < MAX_OFFSET_MS:
         ts = now - timedelta(milliseconds=offset)
     m.timestamp = ts
     m.sent_at = _time(ev.get("sent_at")) or batch_sent

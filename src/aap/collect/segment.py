@@ -196,18 +196,7 @@ def to_event(m: WireMessage, *, source: str, received_at: datetime) -> Event | s
     group_id = _id(m.group_id)
     if mtype == "group" and group_id is None:
         return "missing_group_id"
-    context = m.context or {}
-    traits = m.traits
-    if "traits" in context:
-        # RudderStack sends identify traits in context.traits (and its web SDK repeats
-        # them on every event): they become the identify's traits, where personal ones
-        # are sealed, and never stay in the context in plain text.
-        ctx_traits = context["traits"]
-        context = {k: v for k, v in context.items() if k != "traits"}
-        if not traits and mtype in ("identify", "group") and isinstance(ctx_traits, dict):
-            traits = ctx_traits
-    if m.channel is not None and "channel" not in context:
-        context = {**context, "channel": m.channel}
+    context, traits = _context_and_traits(m, mtype)
     return Event(
         type=mtype,
         message_id=_id(m.message_id) or str(uuid_utils.uuid7()),
@@ -227,6 +216,22 @@ def to_event(m: WireMessage, *, source: str, received_at: datetime) -> Event | s
         received_at=received_at,
         source=source,
     )
+
+
+def _context_and_traits(m: WireMessage, mtype: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    context = m.context or {}
+    traits = m.traits
+    if "traits" in context:
+        # RudderStack sends identify traits in context.traits (and its web SDK repeats
+        # them on every event): they become the identify's traits, where personal ones
+        # are sealed, and never stay in the context in plain text.
+        ctx_traits = context["traits"]
+        context = {k: v for k, v in context.items() if k != "traits"}
+        if not traits and mtype in ("identify", "group") and isinstance(ctx_traits, dict):
+            traits = ctx_traits
+    if m.channel is not None and "channel" not in context:
+        context = {**context, "channel": m.channel}
+    return context, traits
 
 
 REASON_TEXT = {

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +36,7 @@ PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRA
 """A transparent 1x1 GIF."""
 
 EVENT_TYPES = ("pv", "pp", "se", "ue", "tr", "ti")
+MAX_SCREEN_DIGITS = 6
 _json = msgspec.json.Decoder()
 _DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, ValueError)
 
@@ -161,6 +163,63 @@ def _schema_name(schema: Any) -> str:
     raise BadRequest("a self-describing event needs a schema", code="missing_event")
 
 
+Field = tuple[str, str, Callable[[str], Any]]
+"""(source field, target field, converter): a field absent or empty, or converted to
+None, is left out."""
+
+
+def _text(v: str) -> str:
+    return v
+
+
+def _library(v: str) -> dict[str, str]:
+    return {"name": "snowplow", "version": v}
+
+
+def _screen(res: str) -> dict[str, int] | None:
+    """``1920x1080`` → width and height (pixels, not 10**400: at most six digits each)."""
+    w, x, h = res.partition("x")
+    if x and w.isdigit() and h.isdigit() and len(w) <= MAX_SCREEN_DIGITS \
+            and len(h) <= MAX_SCREEN_DIGITS:
+        return {"width": int(w), "height": int(h)}
+    return None
+
+
+def _mapped(ev: dict[str, str], fields: tuple[Field, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for source, target, convert in fields:
+        v = ev.get(source)
+        if v and (x := convert(v)) is not None:
+            out[target] = x
+    return out
+
+
+PAGE: tuple[Field, ...] = (("url", "url", _text), ("page", "title", _text),
+                           ("refr", "referrer", _text))
+CONTEXT: tuple[Field, ...] = (
+    ("sid", "sessionId", _text), ("ua", "userAgent", _text), ("ip", "ip", _text),
+    ("lang", "locale", _text), ("tz", "timezone", _text), ("tv", "library", _library),
+    ("p", "platform", _text), ("res", "screen", _screen),
+)
+PAGE_PING: tuple[Field, ...] = (("pp_mix", "mix", _number), ("pp_max", "max", _number),
+                                ("pp_miy", "miy", _number), ("pp_may", "may", _number))
+STRUCTURED: tuple[Field, ...] = (
+    ("se_ca", "category", _text), ("se_ac", "action", _text), ("se_la", "label", _text),
+    ("se_pr", "property", _text), ("se_va", "value", _number),
+)
+TRANSACTION: tuple[Field, ...] = (
+    ("tr_id", "order_id", _text), ("tr_af", "affiliation", _text),
+    ("tr_tt", "revenue", _number), ("tr_tx", "tax", _number), ("tr_sh", "shipping", _number),
+    ("tr_ci", "city", _text), ("tr_st", "state", _text), ("tr_co", "country", _text),
+    ("tr_cu", "currency", _text),
+)
+TRANSACTION_ITEM: tuple[Field, ...] = (
+    ("ti_id", "order_id", _text), ("ti_sk", "sku", _text), ("ti_sk", "product_id", _text),
+    ("ti_nm", "name", _text), ("ti_ca", "category", _text), ("ti_pr", "price", _number),
+    ("ti_qu", "quantity", _number), ("ti_cu", "currency", _text),
+)
+
+
 def to_message(ev: dict[str, str]) -> WireMessage:
     e = ev.get("e")
     if e not in EVENT_TYPES:
@@ -176,30 +235,16 @@ def to_message(ev: dict[str, str]) -> WireMessage:
         m.timestamp = true_time
     else:  # the device's clock: corrected by (received - sent) like Segment's sentAt
         m.timestamp, m.sent_at = _ms(ev.get("dtm"), "dtm"), _ms(ev.get("stm"), "stm")
-    ctx: dict[str, Any] = {}
-    page = {k: ev[p] for k, p in (("url", "url"), ("title", "page"), ("referrer", "refr"))
-            if ev.get(p)}
-    if page:
-        ctx["page"] = page
-    if ev.get("sid"):
-        ctx["sessionId"] = ev["sid"]
-    if ev.get("ua"):
-        ctx["userAgent"] = ev["ua"]
-    if ev.get("ip"):
-        ctx["ip"] = ev["ip"]
-    if ev.get("lang"):
-        ctx["locale"] = ev["lang"]
-    if ev.get("tz"):
-        ctx["timezone"] = ev["tz"]
-    if ev.get("tv"):
-        ctx["library"] = {"name": "snowplow", "version": ev["tv"]}
-    if ev.get("p"):
-        ctx["platform"] = ev["p"]
-    res = ev.get("res", "")
-    if "x" in res:
-        w, _, h = res.partition("x")
-        if w.isdigit() and h.isdigit() and len(w) <= 6 and len(h) <= 6:  # pixels, not 10**400
-            ctx["screen"] = {"width": int(w), "height": int(h)}
+    m.context = _context(ev)
+    m.properties = {}
+    _EVENTS[e](m, ev)
+    return m
+
+
+def _context(ev: dict[str, str]) -> dict[str, Any]:
+    page = _mapped(ev, PAGE)
+    ctx: dict[str, Any] = {"page": page} if page else {}
+    ctx.update(_mapped(ev, CONTEXT))
     contexts = _self_describing(ev, "co", "cx")
     if contexts is not None:
         data = contexts.get("data") if isinstance(contexts, dict) else None
@@ -207,49 +252,50 @@ def to_message(ev: dict[str, str]) -> WireMessage:
             raise BadRequest("`co`/`cx` must be a contexts document with a `data` array",
                              code="wrong_type")
         ctx["contexts"] = data
-    m.context = ctx
-    props: dict[str, Any] = {}
-    if e == "pv":
-        m.type = "page"
-        m.name = ev.get("page") or None
-    elif e == "pp":
-        m.event = "page_ping"
-        for k in ("pp_mix", "pp_max", "pp_miy", "pp_may"):
-            if (n := _number(ev.get(k))) is not None:
-                props[k.removeprefix("pp_")] = n
-    elif e == "se":
-        if not ev.get("se_ac"):
-            raise BadRequest("a structured event needs an action `se_ac`", code="missing_event")
-        m.event = ev["se_ac"]
-        m.category = ev.get("se_ca") or None
-        props = {k: v for k, v in (("category", ev.get("se_ca")), ("action", ev["se_ac"]),
-                                   ("label", ev.get("se_la")), ("property", ev.get("se_pr")),
-                                   ("value", _number(ev.get("se_va")))) if v not in (None, "")}
-    elif e == "ue":
-        sdj = _self_describing(ev, "ue_pr", "ue_px")
-        inner = sdj.get("data") if isinstance(sdj, dict) else None
-        if not isinstance(inner, dict):
-            raise BadRequest("a self-describing event needs `ue_pr` or `ue_px` with "
-                             "{\"data\": {\"schema\", \"data\"}}", code="missing_event")
-        m.event = _schema_name(inner.get("schema"))
-        data = inner.get("data")
-        props = dict(data) if isinstance(data, dict) else {"data": data}
-        props["schema"] = inner["schema"]
-    elif e == "tr":
-        m.event = "Order Completed"
-        props = {k: v for k, v in (
-            ("order_id", ev.get("tr_id")), ("affiliation", ev.get("tr_af")),
-            ("revenue", _number(ev.get("tr_tt"))), ("tax", _number(ev.get("tr_tx"))),
-            ("shipping", _number(ev.get("tr_sh"))), ("city", ev.get("tr_ci")),
-            ("state", ev.get("tr_st")), ("country", ev.get("tr_co")),
-            ("currency", ev.get("tr_cu"))) if v not in (None, "")}
-    elif e == "ti":
-        m.event = "Order Item"
-        props = {k: v for k, v in (
-            ("order_id", ev.get("ti_id")), ("sku", ev.get("ti_sk")),
-            ("product_id", ev.get("ti_sk")), ("name", ev.get("ti_nm")),
-            ("category", ev.get("ti_ca")), ("price", _number(ev.get("ti_pr"))),
-            ("quantity", _number(ev.get("ti_qu"))), ("currency", ev.get("ti_cu")))
-            if v not in (None, "")}
-    m.properties = props
-    return m
+    return ctx
+
+
+def _page_view(m: WireMessage, ev: dict[str, str]) -> None:
+    m.type = "page"
+    m.name = ev.get("page") or None
+
+
+def _page_ping(m: WireMessage, ev: dict[str, str]) -> None:
+    m.event = "page_ping"
+    m.properties = _mapped(ev, PAGE_PING)
+
+
+def _structured(m: WireMessage, ev: dict[str, str]) -> None:
+    if not ev.get("se_ac"):
+        raise BadRequest("a structured event needs an action `se_ac`", code="missing_event")
+    m.event = ev["se_ac"]
+    m.category = ev.get("se_ca") or None
+    m.properties = _mapped(ev, STRUCTURED)
+
+
+def _unstructured(m: WireMessage, ev: dict[str, str]) -> None:
+    sdj = _self_describing(ev, "ue_pr", "ue_px")
+    inner = sdj.get("data") if isinstance(sdj, dict) else None
+    if not isinstance(inner, dict):
+        raise BadRequest("a self-describing event needs `ue_pr` or `ue_px` with "
+                         "{\"data\": {\"schema\", \"data\"}}", code="missing_event")
+    m.event = _schema_name(inner.get("schema"))
+    data = inner.get("data")
+    m.properties = dict(data) if isinstance(data, dict) else {"data": data}
+    m.properties["schema"] = inner["schema"]
+
+
+def _transaction(m: WireMessage, ev: dict[str, str]) -> None:
+    m.event = "Order Completed"
+    m.properties = _mapped(ev, TRANSACTION)
+
+
+def _transaction_item(m: WireMessage, ev: dict[str, str]) -> None:
+    m.event = "Order Item"
+    m.properties = _mapped(ev, TRANSACTION_ITEM)
+
+
+_EVENTS: dict[str, Callable[[WireMessage, dict[str, str]], None]] = {
+    "pv": _page_view, "pp": _page_ping, "se": _structured, "ue": _unstructured,
+    "tr": _transaction, "ti": _transaction_item,
+}

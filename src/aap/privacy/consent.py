@@ -34,7 +34,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -270,6 +270,10 @@ class Decision(NamedTuple):
     """What to add to the ledger (the event's own consent where it changes the state, GPC)."""
 
 
+StateOf = Callable[[list[int], str], tuple[bool, int] | None]
+"""The latest statement about a purpose for any of the ids (in the scopes at hand)."""
+
+
 def decide(source_id: str, source_purposes: Sequence[tuple[str, str]], state: ConsentState,
            subjects: Sequence[int | None], own: dict[str, bool], at_ms: int, gpc: bool,
            scopes: Sequence[str] = (), history: Mapping[int, int] | None = None) -> Decision:
@@ -283,6 +287,17 @@ def decide(source_id: str, source_purposes: Sequence[tuple[str, str]], state: Co
     ids = [s for s in subjects if s is not None]
     scopes = tuple(scopes) or (source_id,)
     state_of = functools.partial(state.of, scopes)
+    own_changes, gpc_changes = _changes(state_of, ids, own, gpc)
+    statements = [Statement(at_ms, source_id, s, part, None, channel, scopes[-1],
+                            FULL if history is None else history.get(s, NONE))
+                  for part, channel in ((own_changes, "event"), (gpc_changes, "gpc")) if part
+                  for s in ids]
+    return Decision(_allowed(state_of, ids, source_purposes, own, gpc), statements)
+
+
+def _changes(state_of: StateOf, ids: list[int], own: dict[str, bool], gpc: bool
+             ) -> tuple[dict[str, bool], dict[str, bool]]:
+    """What the event's own consent and GPC change of the state (purpose → granted)."""
     own_changes: dict[str, bool] = {}
     for purpose, granted in own.items():
         if gpc and purpose in GPC_WITHDRAWS:
@@ -296,10 +311,12 @@ def decide(source_id: str, source_purposes: Sequence[tuple[str, str]], state: Co
             cur = state_of(ids, purpose)
             if cur is None or cur[0]:
                 gpc_changes[purpose] = False
-    statements = [Statement(at_ms, source_id, s, part, None, channel, scopes[-1],
-                            FULL if history is None else history.get(s, NONE))
-                  for part, channel in ((own_changes, "event"), (gpc_changes, "gpc")) if part
-                  for s in ids]
+    return own_changes, gpc_changes
+
+
+def _allowed(state_of: StateOf, ids: list[int], source_purposes: Sequence[tuple[str, str]],
+             own: dict[str, bool], gpc: bool) -> dict[str, str]:
+    """The source's purposes the event may be used for, with their lawful basis."""
     allowed: dict[str, str] = {}
     for purpose, basis in source_purposes:
         if gpc and purpose in GPC_WITHDRAWS:
@@ -312,4 +329,4 @@ def decide(source_id: str, source_purposes: Sequence[tuple[str, str]], state: Co
         # consent needs a yes; other bases stand unless the person said no (an objection)
         if said or (said is None and basis != Basis.CONSENT):
             allowed[purpose] = basis
-    return Decision(allowed, statements)
+    return allowed

@@ -36,6 +36,10 @@ def load_or_create_secret(path: Path) -> bytes:
     return path.read_bytes()
 
 
+MAX_CACHED = 200_000
+"""Raw ids whose keyed hash is remembered, cleared beyond."""
+
+
 class IdHasher:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
@@ -52,7 +56,7 @@ class IdHasher:
             digest = hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=8,
                                      key=self._secret).digest()
             k = int.from_bytes(digest, "big", signed=True)
-            if len(self._cache) > 200_000:
+            if len(self._cache) > MAX_CACHED:
                 self._cache.clear()
             self._cache[raw] = k
         return k

@@ -44,11 +44,6 @@ class Retention(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         assert self.days is not None, "validated by Registry"
         return self.days if own is None else min(own, self.days)
 
-    def describe(self) -> str:
-        tiers = [f"{t} {self.limit(t)} days" for t in ("hot", "warm", "cold")
-                 if getattr(self, t) is not None]
-        return f"{self.days} days" + (f" ({', '.join(tiers)})" if tiers else "")
-
 
 def check_retention(purpose_id: str, r: Retention) -> None:
     """Refuse an unlimited retention, or one over 25 months (ValueError naming it)."""

@@ -207,34 +207,10 @@ class Rights:
         other source holds events of the person."""
         t0 = time.perf_counter()
         persons, all_keys = self.wh.person_closure(keys)
-        ids = sorted(persons) or [0]
-        marks = ",".join("?" * len(ids))
-        where, within = "", list(scope[1]) if scope is not None else []
-        if scope is not None:
-            where = f" AND e.source IN ({','.join('?' * len(within)) or 'NULL'})"
+        within = list(scope[1]) if scope is not None else []
         whole = scope is None or self.wh.sources_of(persons) <= set(within)
-        tables: dict[str, tuple[list[str], list[tuple[Any, ...]]]] = {}
         with self.wh.snapshot() as cur:
-            # one scan of the tiers for the person's events (all tiers, merges resolved,
-            # and also while restricted: Art. 18 limits our processing, not the person's
-            # right to see their data); their sessions are computed from those rows (the
-            # sessions view would group every event of the store)
-            cur.execute(f"CREATE TEMP TABLE person_events AS"
-                        f" SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)"
-                        f" FROM events_all e LEFT JOIN person_overrides o"
-                        f" ON o.old_person_id = e.person_id WHERE e.person_id IN ({marks})"
-                        f"{where} ORDER BY timestamp, message_id", ids + within)
-            for name, sql, params in (
-                ("profile", f"SELECT * FROM persons WHERE person_id IN ({marks})"
-                            + ("" if whole else " AND false"), ids),
-                ("events", "SELECT * FROM person_events", []),
-                ("sessions", _SESSIONS, []),
-                ("orders", f"SELECT * FROM orders_resolved e WHERE person_id IN ({marks})"
-                           f"{where} ORDER BY timestamp", ids + within),
-            ):
-                res = cur.execute(sql, params)
-                tables[name] = ([d[0] for d in res.description], res.fetchall())
-            cur.execute("DROP TABLE person_events")
+            tables = _person_tables(cur, sorted(persons) or [0], scope, within, whole)
         consent = [{"at": datetime.fromtimestamp(s.at_ms / 1000, UTC).isoformat(),
                     "purposes": s.purposes, "policy_version": s.policy_version,
                     "channel": s.channel} for s in self.ledger.history(sorted(all_keys))
@@ -244,23 +220,12 @@ class Rights:
         logged = self.logged_events(all_keys, sources=None if scope is None else set(within))
         identifiers = self.identifiers(keys, named, all_keys, logged)
         export_id = "ac_" + secrets.token_hex(8)
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-            z.writestr("README.txt", _EXPORT_README)
-            z.writestr("identifiers.json", _json(identifiers))
-            z.writestr("personal_traits.json", _json(personal))
-            z.writestr("log_events.json", _json(logged))
-            for name, (cols, rows) in tables.items():
-                z.writestr(f"{name}.json", _json([dict(zip(cols, r, strict=True)) for r in rows]))
-                z.writestr(f"{name}.csv", _csv(cols, rows))
-            z.writestr("consent.json", _json(consent))
-            z.writestr("consent.csv", _csv(["at", "purposes", "policy_version", "channel"],
-                                           [tuple(c.values()) for c in consent]))
-            z.writestr("purposes.json", _json(purposes))
+        zipped = _export_zip({"identifiers": identifiers, "personal_traits": personal,
+                              "log_events": logged}, tables, consent, purposes)
         # sealed at rest under one of the person's keys, named ones first (the zip holds
         # their raw ids and personal traits in plain text)
         path = exports.write(self.keystore, self.exports, export_id,
-                             dict.fromkeys([*keys, *sorted(all_keys)]), buf.getvalue())
+                             dict.fromkeys([*keys, *sorted(all_keys)]), zipped)
         summary = {"id": export_id, "type": "access", "path": str(path) if path else None,
                    "persons": len(persons), "events": len(tables["events"][1]),
                    "sessions": len(tables["sessions"][1]), "orders": len(tables["orders"][1]),
@@ -396,6 +361,61 @@ consent.json/.csv  every consent statement you made, when, through which channel
 purposes.json      why your data is processed, on which lawful basis, who receives it,
                    which enrichments are used, and how long it is kept
 """
+
+
+Table = tuple[list[str], list[tuple[Any, ...]]]
+"""A table's column names and rows."""
+
+
+def _person_tables(cur: Any, ids: list[int], scope: Scope | None, within: list[str],
+                   whole: bool) -> dict[str, Table]:
+    """The person's profile (only when ``whole``), events, sessions and orders (of the
+    sources ``within``, with a ``scope``)."""
+    marks = ",".join("?" * len(ids))
+    where = ""
+    if scope is not None:
+        where = f" AND e.source IN ({','.join('?' * len(within)) or 'NULL'})"
+    # one scan of the tiers for the person's events (all tiers, merges resolved,
+    # and also while restricted: Art. 18 limits our processing, not the person's
+    # right to see their data); their sessions are computed from those rows (the
+    # sessions view would group every event of the store)
+    cur.execute(f"CREATE TEMP TABLE person_events AS"
+                f" SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)"
+                f" FROM events_all e LEFT JOIN person_overrides o"
+                f" ON o.old_person_id = e.person_id WHERE e.person_id IN ({marks})"
+                f"{where} ORDER BY timestamp, message_id", ids + within)
+    tables: dict[str, Table] = {}
+    for name, sql, params in (
+        ("profile", f"SELECT * FROM persons WHERE person_id IN ({marks})"
+                    + ("" if whole else " AND false"), ids),
+        ("events", "SELECT * FROM person_events", []),
+        ("sessions", _SESSIONS, []),
+        ("orders", f"SELECT * FROM orders_resolved e WHERE person_id IN ({marks})"
+                   f"{where} ORDER BY timestamp", ids + within),
+    ):
+        res = cur.execute(sql, params)
+        tables[name] = ([d[0] for d in res.description], res.fetchall())
+    cur.execute("DROP TABLE person_events")
+    return tables
+
+
+def _export_zip(documents: dict[str, Any], tables: dict[str, Table],
+                consent: list[dict[str, Any]], purposes: list[Any]) -> bytes:
+    """The access export: a README, ``documents`` as JSON, each table as JSON and CSV,
+    the consent history as JSON and CSV and the purposes as JSON."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("README.txt", _EXPORT_README)
+        for name, doc in documents.items():
+            z.writestr(f"{name}.json", _json(doc))
+        for name, (cols, rows) in tables.items():
+            z.writestr(f"{name}.json", _json([dict(zip(cols, r, strict=True)) for r in rows]))
+            z.writestr(f"{name}.csv", _csv(cols, rows))
+        z.writestr("consent.json", _json(consent))
+        z.writestr("consent.csv", _csv(["at", "purposes", "policy_version", "channel"],
+                                       [tuple(c.values()) for c in consent]))
+        z.writestr("purposes.json", _json(purposes))
+    return buf.getvalue()
 
 
 def _default(v: Any) -> Any:

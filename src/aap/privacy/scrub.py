@@ -222,17 +222,23 @@ _COLONS = re.compile(rb":[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:")
 _enc = msgspec.json.Encoder().encode
 _KEYS: dict[str, bool] = {}
 """Field name → personal (by name or by holding an address); a cache, cleared when big."""
+MAX_KEYS = 100_000
+"""Field names in :data:`_KEYS` before it is cleared."""
 
 
 _CLEAN: dict[str | None, set[str]] = {}
 """Parent key (``None`` at the top of a container) → field names seen there that are
 not personal: a dict whose keys are all among them needs no look at each name."""
+MAX_PARENTS = 10_000
+"""Parent keys in :data:`_CLEAN` before it is cleared."""
+MAX_CLEAN_PER_PARENT = 1_000
+"""Field names remembered as clean under one parent key."""
 
 
 def _clean(parent: str | None) -> set[str]:
     clean = _CLEAN.get(parent)
     if clean is None:
-        if len(_CLEAN) > 10_000:
+        if len(_CLEAN) > MAX_PARENTS:
             _CLEAN.clear()
         clean = _CLEAN[parent] = set()
     return clean
@@ -242,7 +248,7 @@ def _personal_key(parent: str | None, k: str) -> bool:
     verdict = _KEYS.get(k)
     if verdict is None:
         verdict = is_personal_field(None, k) or holds_address(k)
-        if len(_KEYS) > 100_000:
+        if len(_KEYS) > MAX_KEYS:
             _KEYS.clear()
         _KEYS[k] = verdict
     return verdict and (parent is None or is_personal_field(parent, k) or holds_address(k))
@@ -269,7 +275,7 @@ def _walk(obj: dict[str, Any] | list[Any], path: tuple[str | int, ...], parent: 
                 out.append(([*path, k], v))
                 gone.append(k)
                 continue
-            if type(k) is str and len(clean) < 1_000:
+            if type(k) is str and len(clean) < MAX_CLEAN_PER_PARENT:
                 clean.add(k)
             if type(v) is str:
                 if values and _may_hold(v):

@@ -32,6 +32,18 @@ from aap.privacy.scrub import put_back, take_personal_all
 _ID_FIELDS = (("user_id", "user_key", "userId"), ("anonymous_id", "anonymous_key", "anonymousId"),
               ("previous_id", "previous_key", "previousId"))
 _json = msgspec.json.Encoder()
+MAX_REMEMBERED = 500_000
+"""Subjects whose raw id was handed to the keystore, remembered by this process up to
+this many (then forgotten all at once: handing one again is harmless)."""
+
+
+def _drop_destroyed(events: list[Event], destroyed: set[int]) -> int:
+    """Takes out the events of a subject whose key was destroyed; returns how many."""
+    kept = [ev for ev in events
+            if not any(getattr(ev, kf) in destroyed for _, kf, _ in _ID_FIELDS)]
+    gone = len(events) - len(kept)
+    events[:] = kept
+    return gone
 
 
 class Sealer:
@@ -52,6 +64,16 @@ class Sealer:
         forgotten = self.keystore.refresh_forgotten()
         if forgotten:  # expired (retention): remember their raw ids again if they return
             self._remembered -= forgotten
+        firsts = self._hash_ids(events)
+        gone = _drop_destroyed(events, destroyed) if destroyed else 0
+        self._remember({k: raw for k, raw in firsts.items() if k not in self._remembered
+                        and k not in destroyed})
+        self._seal_personal(events, body)
+        return gone
+
+    def _hash_ids(self, events: list[Event]) -> dict[int, str]:
+        """Sets each raw id's keyed hash (unless the consent gate did); returns the first
+        raw id of each hash."""
         key = self.hasher.key
         firsts: dict[int, str] = {}
         for ev in events:
@@ -64,20 +86,18 @@ class Sealer:
                         setattr(ev, key_field, k)
                     if k not in firsts:
                         firsts[k] = raw
-        if destroyed:
-            kept = [ev for ev in events
-                    if not any(getattr(ev, kf) in destroyed for _, kf, _ in _ID_FIELDS)]
-            gone = len(events) - len(kept)
-            events[:] = kept
-        else:
-            gone = 0
-        new = {k: raw for k, raw in firsts.items() if k not in self._remembered
-               and k not in destroyed}
+        return firsts
+
+    def _remember(self, new: dict[int, str]) -> None:
+        """Hands the raw ids not handed yet to the keystore."""
         if new:
             self.keystore.remember(new)
             self._remembered.update(new)
-            if len(self._remembered) > 500_000:
+            if len(self._remembered) > MAX_REMEMBERED:
                 self._remembered.clear()
+
+    def _seal_personal(self, events: list[Event], body: bytes | None) -> None:
+        """Clears the raw ids and seals the personal fields under their owner's key."""
         taken: list[tuple[Event, int, bytes]] = []
         # the owner of what is sealed: a subject whose raw id came with the event
         # (CNIL-mode events carry a visitor key, no raw id: theirs is dropped)
@@ -87,7 +107,8 @@ class Sealer:
                 ev.anonymous_key if ev.anonymous_id is not None else None))
             for raw_field, _, _ in _ID_FIELDS:
                 setattr(ev, raw_field, None)
-        for ev, owner, personal in zip(events, owners, take_personal_all(events, key, body),
+        for ev, owner, personal in zip(events, owners,
+                                       take_personal_all(events, self.hasher.key, body),
                                        strict=True):
             if personal and owner is not None:
                 taken.append((ev, owner, _json.encode(personal)))
@@ -97,7 +118,6 @@ class Sealer:
                 dk = keys.get(owner)
                 if dk is not None:
                     ev.sealed = {"fields": self.keystore.seal(dk, owner, "fields", plain)}
-        return gone
 
     def unseal(self, ev: Event) -> Event:
         """The event with its raw ids, personal fields and addresses back (where keys

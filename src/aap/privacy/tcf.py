@@ -38,11 +38,13 @@ _FIELDS = (("version", 6), ("created_ds", 36), ("updated_ds", 36), ("cmp_id", 12
            ("non_standard_texts", 1), ("special_features", 12), ("purpose_consents", 24),
            ("purpose_li", 24))
 _CORE_BITS = sum(n for _, n in _FIELDS)
+MAX_TC_STRING = 8192
+"""Characters of a TC string read at most."""
 
 
 def decode(tc_string: str) -> CoreSegment:
     """The core segment of ``tc_string``; :class:`TCFError` if it is not a v2 string."""
-    if not isinstance(tc_string, str) or not tc_string or len(tc_string) > 8192:
+    if not isinstance(tc_string, str) or not tc_string or len(tc_string) > MAX_TC_STRING:
         raise TCFError("not a TC string")
     core = tc_string.split(".", 1)[0]
     try:

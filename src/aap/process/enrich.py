@@ -79,24 +79,5 @@ def domain(url: str | None) -> str | None:
 
 
 UTM_FIELDS = ("source", "medium", "campaign", "term", "content")
-_CAMPAIGN_KEYS = {"source": "source", "medium": "medium", "name": "campaign",
-                  "campaign": "campaign", "term": "term", "content": "content"}
-
-
-def utm(campaign: Any, query: dict[str, list[str]]) -> dict[str, str]:
-    """UTM fields from Segment's ``context.campaign``, else from the page URL's query."""
-    out: dict[str, str] = {}
-    if isinstance(campaign, dict):
-        for k, field in _CAMPAIGN_KEYS.items():
-            v = campaign.get(k)
-            if isinstance(v, str) and v and field not in out:
-                out[field] = v
-    for field in UTM_FIELDS:
-        vals = query.get("utm_" + field)
-        if vals and field not in out:
-            out[field] = vals[0]
-    return out
-
-
 def text(v: Any) -> str | None:
     return v if isinstance(v, str) and v else None

@@ -47,12 +47,6 @@ logger = logging.getLogger("aap.process")
 NOT_SET = np.iinfo(np.int64).min
 """A missing time in int64 microsecond columns."""
 
-ENRICHED_COLUMNS = (
-    "url", "host", "path", "referrer", "referrer_domain",
-    "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
-    "browser", "browser_version", "os", "os_version", "device_type",
-    "country", "region", "city", "library_name", "library_version",
-)  # fmt: skip
 AUX_COLUMNS = ("row", "key", "user_key", "anonymous_key", "previous_key", "raw_ids",
                "sdk_session", "traits", "received_ms")
 """Columns the stateful steps read and the warehouse does not store: the event's index
@@ -557,6 +551,9 @@ def _unpack(data: bytes) -> Prepared:
             tables.append(reader.read_all())
         at += size + (-size % 8)
     return Prepared(tables[0], clamped, shop.Rows(*tables[1:]))
+GC_EVERY_JOBS = 200
+"""A prepare process runs with the garbage collector off, and collects once every this
+many jobs."""
 _job_encoder = msgspec.msgpack.Encoder()
 _job_decoder = msgspec.msgpack.Decoder(tuple[list[str], list[bytes]])
 """A job for a prepare process: the historical sources as of now, and the payloads."""
@@ -577,7 +574,7 @@ def _worker_main(conn: Connection, cfg: PrepareConfig) -> None:
     done = 0
     while True:
         done += 1
-        if done % 200 == 0:
+        if done % GC_EVERY_JOBS == 0:
             gc.collect()
         try:
             data = conn.recv_bytes()

@@ -25,7 +25,7 @@ from prometheus_client import Counter as PromCounter
 
 from aap.log.base import Log, Record
 from aap.privacy import consent as consent_history
-from aap.privacy.consent import ConsentState
+from aap.privacy.consent import ConsentState, Statement
 from aap.privacy.ids import IdHasher
 from aap.process import shop
 from aap.process.identity import Identities
@@ -54,6 +54,16 @@ grew from ~1.5 to ~2.7 GiB (benchmarks/pipeline.py)."""
 CHUNK_BYTES = 16 << 20
 """Compressed payload bytes in a full chunk: a bound on its memory whatever the events'
 sizes (requests may hold up to 20 MiB; 50,000 typical events are a few MiB)."""
+ONE_AT_A_TIME_FAILURES = 3
+"""After this many failures in a row at the same position, records are read one at a
+time."""
+SET_ASIDE_FAILURES = 5
+"""After this many failures in a row, a record read alone is set aside."""
+WITHDRAWAL_RETRY_S = 1.0
+"""After applying consent withdrawals failed, how long before they are tried again."""
+PRESSED_SPARE = 0.25
+"""A chunk that left less than this share of the linger spare means the processor is
+busy: it reads ahead again."""
 
 
 
@@ -143,67 +153,92 @@ class Processor:
         waits for that write, so :attr:`position` is always what is committed.
 
         After a failure the processor reloads its state from the warehouse and goes on
-        one chunk at a time; after three failures in a row at the same position, records
-        are taken one at a time, and a record that still cannot be written is set aside
-        (its offset goes to ``dead_letters``, its events are counted as dropped with
+        one chunk at a time; after :data:`ONE_AT_A_TIME_FAILURES` (three) failures in a
+        row at the same position, records are taken one at a time, and after
+        :data:`SET_ASIDE_FAILURES` (five) a record that still cannot be written is set
+        aside (its offset goes to ``dead_letters``, its events are counted as dropped with
         reason ``unprocessable``) so that one bad record cannot stop the pipeline.
         """
         records: list[Record] = []
+        self._withdraw_when_due()
+        self._refresh_sources()
+        try:
+            if not self._ahead and not self._read_next():
+                self.full = False
+                self._finish_write()
+                return 0
+            records = self._ahead.popleft()
+            prepared = self.preparer.result()
+            self.full = self._full(records)
+            if not self.failures and (self.pressed or self.full):
+                self._read_ahead(records)
+            self._start_write(self._build(records, prepared))
+        except Exception:
+            self._abandon()
+            self.failures += 1
+            self._load()
+            if self.failures >= SET_ASIDE_FAILURES and len(records) == 1:
+                self._set_aside(records[0])
+                return 1
+            raise
+        return len(records)
+
+    def _withdraw_when_due(self) -> None:
         if self.consent is not None and time.monotonic() >= self._withdrawals_due:
             try:
                 self._apply_withdrawals()
             except Exception:  # events go on; the withdrawal is tried again in a second
                 logger.exception("applying consent withdrawals to stored events failed")
-                self._withdrawals_due = time.monotonic() + 1.0
-        self._refresh_sources()
-        try:
-            if not self._ahead:
-                records = self._read(self._next)
-                if not records:
-                    self.full = False
-                    self._finish_write()
-                    return 0
-                self.preparer.submit([r.payload for r in records])
-                self._ahead.append(records)
-            records = self._ahead.popleft()
-            prepared = self.preparer.result()
-            # Behind (a full chunk, or chunks that keep the processor busy, see run): the
-            # next chunks are prepared while this one goes on. Caught up with time to
-            # spare: nothing is read ahead, so that the next chunk is read, prepared and
-            # written as soon as it is due — a chunk read ahead now would wait a whole
-            # cycle before its turn.
-            self.full = self._full(records)
-            if not self.failures and (self.pressed or self.full):
-                while len(self._ahead) < self.preparer.capacity:
-                    if self._ahead and not self._full(self._ahead[-1]):
-                        break
-                    ahead = self._read((self._ahead[-1] if self._ahead else records)[-1].offset)
-                    if not ahead:
-                        break
-                    self.preparer.submit([r.payload for r in ahead])
-                    self._ahead.append(ahead)
-            built = self._build(records, prepared)
+                self._withdrawals_due = time.monotonic() + WITHDRAWAL_RETRY_S
+
+    def _read_next(self) -> bool:
+        """Reads the chunk at :attr:`_next` and submits it for preparation; False when the
+        log holds nothing new."""
+        records = self._read(self._next)
+        if not records:
+            return False
+        self.preparer.submit([r.payload for r in records])
+        self._ahead.append(records)
+        return True
+
+    def _read_ahead(self, records: list[Record]) -> None:
+        """Submits the chunks after ``records`` for preparation, while they are full and
+        the preparer has room.
+
+        Behind (a full chunk, or chunks that keep the processor busy, see :meth:`run`):
+        the next chunks are prepared while this one goes on. Caught up with time to spare:
+        nothing is read ahead, so that the next chunk is read, prepared and written as
+        soon as it is due — a chunk read ahead now would wait a whole cycle before its
+        turn."""
+        while len(self._ahead) < self.preparer.capacity:
+            if self._ahead and not self._full(self._ahead[-1]):
+                break
+            ahead = self._read((self._ahead[-1] if self._ahead else records)[-1].offset)
+            if not ahead:
+                break
+            self.preparer.submit([r.payload for r in ahead])
+            self._ahead.append(ahead)
+
+    def _start_write(self, built: _Built) -> None:
+        """Writes the chunk in the background once the write before it is done (at once,
+        after a failure)."""
+        self._finish_write()
+        self._pending = self._writer.submit(self._write, built)
+        self._next = built.chunk.position
+        if self.failures:
             self._finish_write()
-            self._pending = self._writer.submit(self._write, built)
-            self._next = built.chunk.position
-            if self.failures:
-                self._finish_write()
-        except Exception:
-            self._abandon()
-            self.failures += 1
-            self._load()
-            if self.failures > 4 and len(records) == 1:
-                logger.error("log record %d cannot be processed; set aside", records[0].offset)
-                self.wh.dead_letter(records[0].offset, records[0].count, self.position)
-                DROPPED.labels("unprocessable").inc(records[0].count)
-                quarantine.report("processor", "unprocessable", records[0].count,
-                                  f"log record {records[0].offset} (see dead_letters)")
-                self.dropped["unprocessable"] += records[0].count
-                self.position = self._next = records[0].offset
-                self.failures = 0
-                return 1
-            raise
-        return len(records)
+
+    def _set_aside(self, record: Record) -> None:
+        """A record that cannot be written: its offset goes to ``dead_letters``, its events
+        are dropped as ``unprocessable``, and the processor goes on after it."""
+        logger.error("log record %d cannot be processed; set aside", record.offset)
+        self.wh.dead_letter(record.offset, record.count, self.position)
+        DROPPED.labels("unprocessable").inc(record.count)
+        quarantine.report("processor", "unprocessable", record.count,
+                          f"log record {record.offset} (see dead_letters)")
+        self.dropped["unprocessable"] += record.count
+        self.position = self._next = record.offset
+        self.failures = 0
 
     def _apply_withdrawals(self) -> None:
         """Take withdrawn purposes off the stored events of the persons concerned (events
@@ -214,18 +249,7 @@ class Processor:
         rows = self.consent.ledger.since(done)
         if not rows:
             return
-        withdrawn: dict[tuple[str, str], set[int]] = {}
-        unlinked: set[int] = set()
-        until: dict[tuple[str, str], int] = {}
-        for _, st in rows:
-            if st.history == consent_history.NONE:
-                continue  # made with a public key about a userId: collection stopped only
-            if st.history == consent_history.UNLINKED:
-                unlinked.add(st.subject)
-            for purpose, granted in st.purposes.items():
-                if not granted:
-                    withdrawn.setdefault((st.where, purpose), set()).add(st.subject)
-                    until[st.where, purpose] = max(until.get((st.where, purpose), 0), st.at_ms)
+        withdrawn, unlinked, until = _withdrawals(rows)
         if withdrawn:
             self._refresh_sources(force=True)  # a source just put in a group is in it
         for (scope, purpose), subjects in sorted(withdrawn.items()):
@@ -249,7 +273,7 @@ class Processor:
         self.wh.set_state(CONSENT_APPLIED, rows[-1][0])
 
     def _read(self, after: int) -> list[Record]:
-        if self.failures >= 3:
+        if self.failures >= ONE_AT_A_TIME_FAILURES:
             return self.log.read(after, 1)
         return self.log.read(after, self.chunk_records, self.chunk_events, self.chunk_bytes)
 
@@ -275,13 +299,13 @@ class Processor:
         if self._scopes is not None:
             try:
                 self.scopes = self.state.scopes = self._scopes()
-            except Exception:  # the registry is busy: the scopes stay as they are for now
+            except Exception:  # the registry is busy: the scopes stay until the next read
                 logger.exception("reading the sources' consent scopes failed")
         if self._historical is None:
             return
         try:
             now = self._historical()
-        except Exception:  # the registry is busy: the flags stay as they are for now
+        except Exception:  # the registry is busy: the flags stay until the next read
             logger.exception("reading the sources' historical flags failed")
             return
         if now != self.preparer.cfg.historical_sources:
@@ -369,7 +393,7 @@ class Processor:
                 spare = linger - (time.monotonic() - started)
                 # A chunk that took most of the linger to process means the load is close
                 # to what the processor can do in step: read ahead again (see run_once).
-                self.pressed = self.full or spare < linger / 4
+                self.pressed = self.full or spare < linger * PRESSED_SPARE
                 if n == 0:
                     stop.wait(idle_sleep)
                 elif not self.full:
@@ -379,6 +403,26 @@ class Processor:
 
 
 _EPOCH = datetime(1970, 1, 1)
+
+
+def _withdrawals(rows: list[tuple[int, Statement]]) -> tuple[
+        dict[tuple[str, str], set[int]], set[int], dict[tuple[str, str], int]]:
+    """Of the ledger's new statements: the subjects who withdrew each (scope, purpose), the
+    subjects of unlinked statements (an anonymousId's through a public key: they reach no
+    identified person's history), and the time of the last withdrawal of each."""
+    withdrawn: dict[tuple[str, str], set[int]] = {}
+    unlinked: set[int] = set()
+    until: dict[tuple[str, str], int] = {}
+    for _, st in rows:
+        if st.history == consent_history.NONE:
+            continue  # made with a public key about a userId: collection stopped only
+        if st.history == consent_history.UNLINKED:
+            unlinked.add(st.subject)
+        for purpose, granted in st.purposes.items():
+            if not granted:
+                withdrawn.setdefault((st.where, purpose), set()).add(st.subject)
+                until[st.where, purpose] = max(until.get((st.where, purpose), 0), st.at_ms)
+    return withdrawn, unlinked, until
 
 
 def _persons(b: Batch, person: pa.Array, identified: set[int]) -> pa.Table:
@@ -417,9 +461,3 @@ def _persons(b: Batch, person: pa.Array, identified: set[int]) -> pa.Table:
         "identified": pc.is_in(ids, value_set=pa.array(sorted(identified), pa.int64())),
         "traits": trait_col,
     })
-
-
-def wait_for_position(proc: Processor, offset: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while proc.position < offset and time.monotonic() < deadline:
-        proc.run_once()

@@ -137,13 +137,7 @@ def attach(rows: Rows, kept: np.ndarray, size: int, person_id: Sequence[int],
         return ORDERS.empty_table(), ORDER_ITEMS.empty_table(), PRODUCTS.empty_table()
     pos = np.full(size, -1, np.int64)
     pos[np.asarray(kept, np.int64)] = np.arange(len(kept))
-
-    def alive(t: pa.Table) -> tuple[pa.Table, np.ndarray]:
-        at = pos[t.column("row").to_numpy()] if t.num_rows else np.empty(0, np.int64)
-        keep = at >= 0
-        return t.filter(pa.array(keep)), at[keep]
-
-    orders, at = alive(rows.orders)
+    orders, at = _alive(rows.orders, pos)
     idx = pa.array(at, pa.int64())
     orders = pa.table({
         "order_id": orders.column("order_id"), "message_id": orders.column("message_id"),
@@ -154,18 +148,29 @@ def attach(rows: Rows, kept: np.ndarray, size: int, person_id: Sequence[int],
         "revenue": orders.column("revenue"), "currency": orders.column("currency"),
         "items": orders.column("items"),
     })
-    items, _ = alive(rows.items)
+    items, _ = _alive(rows.items, pos)
     items = items.drop_columns(["row"])
-    mentions, at = alive(rows.products)
-    seen = timestamp.take(pa.array(at, pa.int64()))
+    mentions, at = _alive(rows.products, pos)
+    return orders, items, _products(mentions, timestamp.take(pa.array(at, pa.int64())))
+
+
+def _alive(t: pa.Table, pos: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+    """The rows of ``t`` whose event is kept, and the kept event's position of each."""
+    at = pos[t.column("row").to_numpy()] if t.num_rows else np.empty(0, np.int64)
+    keep = at >= 0
+    return t.filter(pa.array(keep)), at[keep]
+
+
+def _products(mentions: pa.Table, seen: pa.ChunkedArray | pa.Array) -> pa.Table:
+    """One row per product mentioned (seen at ``seen``): the latest name, category and
+    price given, first and last seen."""
     mentions = mentions.drop_columns(["row"]).append_column("t", seen)
     products = mentions.group_by("product_id", use_threads=False).aggregate([
         ("name", "last"), ("category", "last"), ("price", "last"), ("t", "min"), ("t", "max")])
-    products = pa.table({
+    return pa.table({
         "product_id": products.column("product_id"),
         "name": products.column("name_last"), "category": products.column("category_last"),
         "price": products.column("price_last"),
         "first_seen": pc.cast(products.column("t_min"), pa.timestamp("us")),
         "last_seen": pc.cast(products.column("t_max"), pa.timestamp("us")),
     })
-    return orders, items, products

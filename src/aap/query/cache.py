@@ -217,11 +217,5 @@ class QueryCache:
         return n, merges
 
 
-def has_cache(cur: duckdb.DuckDBPyConnection) -> bool:
-    """The cache exists and has the events' columns (a store opened by a newer version
-    before its core rebuilt the cache is read without it)."""
-    return snapshots.usable_cache(cur)[0]
-
-
 snapshot = snapshots.snapshot
 """``Warehouse.snapshot()`` with ``events`` reading the cache where it can."""

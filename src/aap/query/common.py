@@ -24,6 +24,8 @@ from aap.query.models import Common, Filter
 from aap.store.schema import EVENT_COLUMNS
 
 MAX_BUCKETS = 5000
+MIN_YEAR, MAX_YEAR = 1970, 9000
+"""The years a date range may reach."""
 EVENT_COLUMN_TYPES = {n: t for n, t, _ in EVENT_COLUMNS if n != "properties"}
 
 
@@ -198,8 +200,8 @@ def date_range(q: Common, now: datetime, *, default_from: str = "-7d") -> Range:
     if end <= start:
         raise BadRequest(f"date_to ({q.date_to}) is not after date_from ({q.date_from})",
                          code="invalid_date")
-    if start.year < 1970 or end.year > 9000:
-        raise BadRequest("dates must be between 1970 and 9000", code="invalid_date")
+    if start.year < MIN_YEAR or end.year > MAX_YEAR:
+        raise BadRequest(f"dates must be between {MIN_YEAR} and {MAX_YEAR}", code="invalid_date")
     return Range(tz, "UTC" if tz is None else q.timezone, start, end)
 
 

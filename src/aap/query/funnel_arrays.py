@@ -23,6 +23,8 @@ import numpy as np
 from aap.query.common import Context, SQLBuilder
 
 _NONE = np.int64(-1)
+MAX_KEY = 2 ** 62
+"""Keys ``rank(person) * span + (t - t_min)`` stay below this (int64 with room)."""
 
 
 def _read(ctx: Context, b: SQLBuilder, q: Any, src: str, where: str, matches: list[str]
@@ -72,45 +74,20 @@ def counts_and_medians(ctx: Context, b: SQLBuilder, q: Any, src: str, where: str
         return [0] * n, [None] * (n - 1)
     t_min = int(t.min())
     span = int(t.max()) - t_min + 1
-    p_min = int(pid.min())
-    if (int(pid.max()) - p_min + 1) * span < 2 ** 62:  # person ids as they are
-        rank = pid - p_min
-    else:
-        persons, rank = np.unique(pid, return_inverse=True)
-        if len(persons) * span >= 2 ** 62:
-            return None
+    rank = _person_ranks(pid, span)
+    if rank is None:
+        return None
     key = rank.astype(np.int64) * span + (t - t_min)
     # each group's keys in (person, time) order; steps of the same event share them
     sorted_keys = {g: np.sort(key[group == g]) for g in set(group_of)}
-    keys = [sorted_keys[g] for g in group_of]
-    k0 = keys[0]
-    r0 = k0 // span
+    chain = _chains([sorted_keys[g] for g in group_of], span)
+    k0 = chain[0]
     w = int(window / timedelta(microseconds=1))
-    chain = [k0]
-    cur = k0
-    for i in range(1, n):
-        ki = keys[i]
-        if not len(ki):
-            nxt = np.full(len(k0), _NONE)
-        else:
-            idx = np.searchsorted(ki, cur, side="right")
-            cand = ki[np.minimum(idx, len(ki) - 1)]
-            ok = (cur != _NONE) & (idx < len(ki)) & (cand // span == r0)
-            nxt = np.where(ok, cand, _NONE)
-        chain.append(nxt)
-        cur = nxt
     level = np.full(len(k0), n, dtype=np.int64)
     for i in range(n - 1, 0, -1):
         fail = (chain[i] == _NONE) | (chain[i] - k0 > w)
         level[fail] = i
-    # best chain per person: the deepest, then the earliest start (rows are in
-    # (person, start) order)
-    starts = np.flatnonzero(np.r_[True, r0[1:] != r0[:-1]])
-    seg_max = np.maximum.reduceat(level, starts)
-    seg_len = np.diff(np.r_[starts, len(k0)])
-    best_rows = np.flatnonzero(level == np.repeat(seg_max, seg_len))
-    first = np.r_[True, r0[best_rows[1:]] != r0[best_rows[:-1]]]
-    best = best_rows[first]
+    best = _best_chains(k0 // span, level)
     best_level = level[best]
     counts = [int((best_level >= k + 1).sum()) for k in range(n)]
     medians: list[float | None] = []
@@ -122,6 +99,49 @@ def counts_and_medians(ctx: Context, b: SQLBuilder, q: Any, src: str, where: str
         diffs = (chain[k][sel] - chain[k - 1][sel]).astype(np.float64) / 1e6
         medians.append(float(np.quantile(diffs, 0.5)))
     return counts, medians
+
+
+def _person_ranks(pid: np.ndarray, span: int) -> np.ndarray | None:
+    """Each event's person as a small number (the ids as they are when they fit), such
+    that ``rank * span`` fits the keys; None when it cannot."""
+    p_min = int(pid.min())
+    if (int(pid.max()) - p_min + 1) * span < MAX_KEY:  # person ids as they are
+        return pid - p_min
+    persons, rank = np.unique(pid, return_inverse=True)
+    if len(persons) * span >= MAX_KEY:
+        return None
+    return rank
+
+
+def _chains(keys: list[np.ndarray], span: int) -> list[np.ndarray]:
+    """From every step-1 key, the earliest key of each next step strictly after the one
+    before, of the same person (:data:`_NONE` where there is none)."""
+    k0 = keys[0]
+    r0 = k0 // span
+    chain = [k0]
+    cur = k0
+    for ki in keys[1:]:
+        if not len(ki):
+            nxt = np.full(len(k0), _NONE)
+        else:
+            idx = np.searchsorted(ki, cur, side="right")
+            cand = ki[np.minimum(idx, len(ki) - 1)]
+            ok = (cur != _NONE) & (idx < len(ki)) & (cand // span == r0)
+            nxt = np.where(ok, cand, _NONE)
+        chain.append(nxt)
+        cur = nxt
+    return chain
+
+
+def _best_chains(r0: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """The row of each person's best chain: the deepest, then the earliest start (rows
+    are in (person, start) order)."""
+    starts = np.flatnonzero(np.r_[True, r0[1:] != r0[:-1]])
+    seg_max = np.maximum.reduceat(level, starts)
+    seg_len = np.diff(np.r_[starts, len(r0)])
+    best_rows = np.flatnonzero(level == np.repeat(seg_max, seg_len))
+    first = np.r_[True, r0[best_rows[1:]] != r0[best_rows[:-1]]]
+    return best_rows[first]
 
 
 def applies(q: Any) -> bool:

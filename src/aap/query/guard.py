@@ -41,6 +41,8 @@ from aap.query.models import SQL, BehaviouralCohort, Filter, Insight, Series
 
 ROLES = ("viewer", "analyst", "privacy", "admin")
 NEEDED = "privacy"
+MAX_NAMED = 10
+"""Personal fields named in a refusal at most."""
 """The role that may read personal data."""
 
 PERSONAL_EVENT_COLUMNS = frozenset({"person_id", "session_id", "city", "region"})
@@ -150,7 +152,7 @@ def refuse(role: str, fields: list[str], what: str = "this query") -> None:
     """Raise 403 ``personal_data`` when ``fields`` is not empty and ``role`` is below
     privacy."""
     if fields and not may_read_personal(role):
-        names = "; ".join(fields[:10]) + ("; …" if len(fields) > 10 else "")
+        names = "; ".join(fields[:MAX_NAMED]) + ("; …" if len(fields) > MAX_NAMED else "")
         raise Forbidden(f"{what} reads personal data ({names}): that needs role {NEEDED}"
                         f" or above; this key has role {role}",
                         {"fields": fields, "role": role, "needed": NEEDED},

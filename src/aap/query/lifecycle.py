@@ -43,22 +43,25 @@ def run(ctx: Context, q: Lifecycle) -> dict[str, Any]:
     # so is the one before the first (who was active just before the range)
     wide = Range(rng.tz, rng.tzname, step(bs[0], q.interval, -1), step(bs[-1], q.interval))
     b = SQLBuilder()
-    iv = "INTERVAL 1 " + q.interval.upper()
     daily = rollup.usable(ctx, [rng, wide], q.interval, q.filters)
     src = from_events(q, table="events_daily" if daily else "events")
     match = event_match_sql(b, q.event)
-    bucket = bucket_sql(rng, q.interval)
     if len(bs) + 1 <= MAX_MASKED:
         counts = _by_masks(ctx, b, q, src, match, rng, wide, len(bs))
-        out: dict[str, Any] = {"kind": "lifecycle", "interval": q.interval,
-                               "timezone": rng.tzname,
-                               "dates": [label(x, q.interval) for x in bs]}
-        out.update(counts)
-        return out
-    # One scan of the range: a person's first-ever interval is the earliest of their
-    # intervals in it, unless they did the event before (a second, narrow scan). The
-    # interval before and after are looked up by hash joins (window functions partitioned
-    # by person cost far more with many persons).
+    else:
+        counts = _by_joins(ctx, b, q, src, match, rng, wide, bs)
+    return {"kind": "lifecycle", "interval": q.interval, "timezone": rng.tzname,
+            "dates": [label(x, q.interval) for x in bs], **counts}
+
+
+def _by_joins(ctx: Context, b: SQLBuilder, q: Lifecycle, src: str, match: str, rng: Range,
+              wide: Range, bs: list[Any]) -> dict[str, list[int]]:
+    """One scan of the range: a person's first-ever interval is the earliest of their
+    intervals in it, unless they did the event before (a second, narrow scan). The
+    interval before and after are looked up by hash joins (window functions partitioned
+    by person cost far more with many persons)."""
+    iv = "INTERVAL 1 " + q.interval.upper()
+    bucket = bucket_sql(rng, q.interval)
     sql = (f"WITH a AS MATERIALIZED (SELECT DISTINCT e.person_id, {bucket} AS bucket FROM {src}"
            f" WHERE {base_where(b, ctx, q, wide)} AND {match}),"
            f" fb AS (SELECT e.person_id, min({bucket}) AS first FROM {src}"
@@ -77,11 +80,7 @@ def run(ctx: Context, q: Lifecycle) -> dict[str, Any]:
            f" UNION ALL SELECT bucket + {iv}, 'dormant', count(*) FROM s"
            " WHERE NOT stays GROUP BY ALL")
     got = {(bk, st): int(c) for bk, st, c in b.run(ctx, sql)}
-    out = {"kind": "lifecycle", "interval": q.interval, "timezone": rng.tzname,
-                           "dates": [label(x, q.interval) for x in bs]}
-    for st in STATUSES:
-        out[st] = [got.get((x, st), 0) for x in bs]
-    return out
+    return {st: [got.get((x, st), 0) for x in bs] for st in STATUSES}
 
 
 MAX_MASKED = 62

@@ -25,10 +25,42 @@ MAX_CODED = 1024
 def run(ctx: Context, q: Paths) -> dict[str, Any]:
     if q.start_event and q.end_event:
         raise BadRequest("give start_event or end_event, not both", code="invalid_insight")
-    rng = date_range(q, ctx.now)
     b = SQLBuilder()
     src = from_events(q)
-    where = base_where(b, ctx, q, rng)
+    stepx, where = _steps_and_where(ctx, b, q, src)
+    # Steps are numbered by their sorted names, and each event gets one BIGINT sort key
+    # (microseconds * 1024 + step number): sorting and comparing integers is much cheaper
+    # than strings, and ties in time stay ordered by step name.
+    names = [r[0] for r in b.run(ctx, f"SELECT DISTINCT {stepx} FROM {src} WHERE {where}"
+                                       " ORDER BY 1") if r[0] is not None]
+    if not names:
+        return _result([])
+    coded = len(names) <= MAX_CODED
+    if coded and paths_arrays.applies(q):
+        got = paths_arrays.paths(ctx, b, where, names, q.depth, q.limit)
+        if got is not None:
+            return _result(got)
+    anchor = q.start_event or q.end_event
+    anchor_step: Any = None
+    if anchor is not None:
+        if anchor not in names:
+            return _result([])
+        anchor_step = b.p(names.index(anchor) if coded else anchor)
+    ev = _events_sql(names, coded, stepx, src, where)
+    rows = b.run(ctx, _paths_sql(b, q, ev, anchor_step))
+    if coded:
+        rows = [([names[i] for i in path], n) for path, n in rows]
+    return _result(rows)
+
+
+def _result(rows: list[tuple[Any, Any]]) -> dict[str, Any]:
+    return {"kind": "paths", "paths": [{"steps": list(p), "count": int(n)} for p, n in rows]}
+
+
+def _steps_and_where(ctx: Context, b: SQLBuilder, q: Paths, src: str) -> tuple[str, str]:
+    """The expression naming an event's step, and the filter of the events read (with an
+    anchor event: only the sessions that did it)."""
+    where = base_where(b, ctx, q, date_range(q, ctx.now))
     if q.path_type == "page":
         stepx = "coalesce(e.path, e.name, e.event)"
         where += " AND e.type IN ('page', 'screen')"
@@ -38,34 +70,23 @@ def run(ctx: Context, q: Paths) -> dict[str, Any]:
             where += f" AND NOT list_contains({b.p(list(q.exclude_events))}, e.event)"
     anchor = q.start_event or q.end_event
     if anchor is not None:
-        # only sessions that did the anchor event
         where += (f" AND e.session_id IN (SELECT e.session_id FROM {src} WHERE {where}"
                   f" AND {stepx} = {b.p(anchor)})")
-    # Steps are numbered by their sorted names, and each event gets one BIGINT sort key
-    # (microseconds * 1024 + step number): sorting and comparing integers is much cheaper
-    # than strings, and ties in time stay ordered by step name.
-    names = [r[0] for r in b.run(ctx, f"SELECT DISTINCT {stepx} FROM {src} WHERE {where}"
-                                       " ORDER BY 1") if r[0] is not None]
-    if not names:
-        return {"kind": "paths", "paths": []}
-    coded = len(names) <= MAX_CODED
-    if coded and paths_arrays.applies(q):
-        got = paths_arrays.paths(ctx, b, where, names, q.depth, q.limit)
-        if got is not None:
-            return {"kind": "paths", "paths": [{"steps": p, "count": n} for p, n in got]}
+    return stepx, where
+
+
+def _events_sql(names: list[str], coded: bool, stepx: str, src: str, where: str) -> str:
+    """Each event's session hash, sort key and step (numbered when ``coded``)."""
     if coded:
         literals = ", ".join("'" + n.replace("'", "''") + "'" for n in names)
         code = f"enum_code(CAST({stepx} AS ENUM({literals})))::BIGINT"
-        ev = (f"SELECT hash(e.session_id) AS s, epoch_us(e.timestamp) * 1024 + {code} AS k,"
-              f" {code} AS step FROM {src} WHERE {where}")
-    else:
-        ev = (f"SELECT hash(e.session_id) AS s, (e.timestamp, {stepx}) AS k, {stepx} AS step"
-              f" FROM {src} WHERE {where}")
-    anchor_step: Any = None
-    if anchor is not None:
-        if anchor not in names:
-            return {"kind": "paths", "paths": []}
-        anchor_step = b.p(names.index(anchor) if coded else anchor)
+        return (f"SELECT hash(e.session_id) AS s, epoch_us(e.timestamp) * 1024 + {code} AS k,"
+                f" {code} AS step FROM {src} WHERE {where}")
+    return (f"SELECT hash(e.session_id) AS s, (e.timestamp, {stepx}) AS k, {stepx} AS step"
+            f" FROM {src} WHERE {where}")
+
+
+def _paths_sql(b: SQLBuilder, q: Paths, ev: str, anchor_step: Any) -> str:
     depth = b.p(q.depth)
     # One sort: the previous step of each event in its session (sessions keyed by a
     # 64-bit hash); the first event of every run of equal steps starts a step of the
@@ -82,9 +103,5 @@ def run(ctx: Context, q: Paths) -> dict[str, Any]:
                " FROM c JOIN an USING (s) WHERE c.k <= an.ka GROUP BY c.s)")
     else:
         sql = f"WITH {runs}, p AS (SELECT min_by(step, k, {depth}) AS path FROM c GROUP BY s)"
-    sql += (" SELECT path, count(*) AS n FROM p GROUP BY path"
-            f" ORDER BY n DESC, path LIMIT {b.p(q.limit)}")
-    rows = b.run(ctx, sql)
-    if coded:
-        rows = [([names[i] for i in path], n) for path, n in rows]
-    return {"kind": "paths", "paths": [{"steps": list(p), "count": int(n)} for p, n in rows]}
+    return sql + (" SELECT path, count(*) AS n FROM p GROUP BY path"
+                  f" ORDER BY n DESC, path LIMIT {b.p(q.limit)}")

@@ -24,6 +24,8 @@ import numpy as np
 from aap.query.common import Context, SQLBuilder, needs_persons
 
 MAX_CODES = 2 ** 62
+# up to this many possible paths, counted with one bincount; beyond, by sorting
+BINCOUNT_MAX_CODES = 1 << 24
 
 
 def _in_order(f: np.ndarray, s: np.ndarray, t: np.ndarray, c: np.ndarray) -> bool:
@@ -72,34 +74,64 @@ def paths(ctx: Context, b: SQLBuilder, where: str, names: list[str], depth: int,
     base = len(names) + 1
     if base ** depth >= MAX_CODES:
         return None
+    read = _read(ctx, b, where, names)
+    if read is None:
+        return None  # an event without a name
+    groups = _gather_split_sessions(read)
+    codes = np.concatenate([_first_steps(gc, new, drop, depth, base)
+                            for gc, new, drop in groups])
+    if not len(codes):
+        return []
+    found, counts = _top_counts(codes, base ** depth, limit)
+    out = [(_decode(x, names, depth, base), int(n))
+           for x, n in zip(found.tolist(), counts.tolist(), strict=True)]
+    out.sort(key=lambda pn: (-pn[1], pn[0]))
+    return out[:limit]
+
+
+_Group = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # session, time, step, run start
+
+
+def _read(ctx: Context, b: SQLBuilder, where: str, names: list[str]) -> list[_Group] | None:
+    """The cached rows (in storage order, or sorted when they are not) and the live rows
+    (sorted), each with its run starts; None when an event has no name."""
     literals = ", ".join("'" + n.replace("'", "''") + "'" for n in names)
     code = f"coalesce(enum_code(CAST(e.event AS ENUM({literals}))), -1)::SMALLINT"
-    files = ", ".join(map(str, ctx.cached_files)) or "NULL"
+    files = ", ".join(map(str, ctx.cached_files or ())) or "NULL"
     cached = b.run_numpy(ctx, f"SELECT e.file_no AS f, e.session_hash AS s,"
                               f" epoch_us(e.timestamp) AS t, coalesce(e.event_code, 0) AS c"
                               f" FROM query_cache e WHERE e.file_no IN ({files}) AND {where}")
     live = b.run_numpy(ctx, f"SELECT hash(e.session_id) AS s, epoch_us(e.timestamp) AS t,"
                             f" {code} AS c FROM events_live e WHERE {where} ORDER BY s, t, c")
-    # the cache's event numbers → this query's step numbers (names in sorted order)
+    step_of = _step_numbers(ctx, names)
+    f = cached["f"].astype(np.int32, copy=False)
+    s, t, c = cached["s"], cached["t"], step_of[cached["c"]]
+    del cached
+    if (c < 0).any() or (live["c"] < 0).any():
+        return None
+    if not _in_order(f, s, t, c):
+        order = np.lexsort((c, t, s, f))
+        f, s, t, c = f[order], s[order], t[order], c[order]
+    return [(s, t, c, _run_starts(f, s)),
+            (live["s"], live["t"], live["c"], _run_starts(np.zeros(len(live["s"]), np.int8),
+                                                          live["s"]))]
+
+
+def _step_numbers(ctx: Context, names: list[str]) -> np.ndarray:
+    """The cache's event numbers → this query's step numbers (names in sorted order)."""
     numbers = ctx.cur.execute("SELECT code, name FROM query_cache_names").fetchall()
     step_of = np.full(max((n for n, _ in numbers), default=0) + 1, -1, dtype=np.int16)
     rank = {name: i for i, name in enumerate(names)}
     for n, name in numbers:
         step_of[n] = rank.get(name, -1)
-    f = cached["f"].astype(np.int32, copy=False)
-    s, t, c = cached["s"], cached["t"], step_of[cached["c"]]
-    del cached
-    if (c < 0).any() or (live["c"] < 0).any():
-        return None  # an event without a name
-    if not _in_order(f, s, t, c):
-        order = np.lexsort((c, t, s, f))
-        f, s, t, c = f[order], s[order], t[order], c[order]
-    groups = [(s, t, c, _run_starts(f, s)),
-              (live["s"], live["t"], live["c"], _run_starts(np.zeros(len(live["s"]), np.int8),
-                                                            live["s"]))]
-    del f
-    # sessions with runs in more than one file (or in the hot tier too) are taken out of
-    # their groups (whole runs) and sorted together as a third group
+    return step_of
+
+
+def _gather_split_sessions(
+        groups: list[_Group]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Sessions with runs in more than one file (or in the hot tier too) are taken out of
+    their groups (whole runs) and sorted together as a third group. Per group: its steps,
+    its run starts and the rows taken out (None: none)."""
     heads = [np.flatnonzero(new) for _, _, _, new in groups]
     by_session = np.sort(np.concatenate([g[0][h] for g, h in zip(groups, heads, strict=True)]))
     split = by_session[1:][by_session[1:] == by_session[:-1]]
@@ -110,10 +142,7 @@ def paths(ctx: Context, b: SQLBuilder, where: str, names: list[str], depth: int,
             first = h[np.isin(gs[h], split)]
             if not len(first):
                 continue
-            ends = np.append(h, len(gs))[np.searchsorted(h, first) + 1]
-            lengths = ends - first
-            rows = np.repeat(first - np.cumsum(lengths) + lengths, lengths) + \
-                np.arange(lengths.sum())
+            rows = _whole_runs(h, first, len(gs))
             drop = np.zeros(len(gs), dtype=bool)
             drop[rows] = True
             drops[i] = drop
@@ -121,32 +150,41 @@ def paths(ctx: Context, b: SQLBuilder, where: str, names: list[str], depth: int,
         ss, st, sc = (np.concatenate(x) for x in zip(*parts, strict=True))
         order = np.lexsort((sc, st, ss))
         ss, sc = ss[order], sc[order]
-        groups.append((ss, st, sc, _run_starts(np.zeros(len(ss), np.int8), ss)))
+        groups = [*groups, (ss, st, sc, _run_starts(np.zeros(len(ss), np.int8), ss))]
         drops.append(None)
-    codes = np.concatenate([_first_steps(gc, new, drop, depth, base)
-                            for (_, _, gc, new), drop in zip(groups, drops, strict=True)])
-    if not len(codes):
-        return []
-    if base ** depth <= 1 << 24:
+    return [(gc, new, drop) for (_, _, gc, new), drop in zip(groups, drops, strict=True)]
+
+
+def _whole_runs(heads: np.ndarray, first: np.ndarray, size: int) -> np.ndarray:
+    """The rows of the runs starting at ``first`` (among the run starts ``heads`` of a
+    group of ``size`` rows)."""
+    ends = np.append(heads, size)[np.searchsorted(heads, first) + 1]
+    lengths = ends - first
+    return np.repeat(first - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+
+
+def _top_counts(codes: np.ndarray, space: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct codes and their counts, only those that can be in the top ``limit``."""
+    if space <= BINCOUNT_MAX_CODES:
         counts = np.bincount(codes)
         found = np.flatnonzero(counts)
         counts = counts[found]
     else:
         found, counts = np.unique(codes, return_counts=True)
-    if len(found) > limit:  # only paths that can be in the top ``limit``
+    if len(found) > limit:
         least = np.partition(counts, len(counts) - limit)[len(counts) - limit]
         found, counts = found[counts >= least], counts[counts >= least]
-    out: list[tuple[list[str], int]] = []
-    for x, n in zip(found.tolist(), counts.tolist(), strict=True):
-        path = []
-        for j in range(depth):
-            d = (x // base ** (depth - 1 - j)) % base
-            if d == 0:
-                break
-            path.append(names[d - 1])
-        out.append((path, int(n)))
-    out.sort(key=lambda pn: (-pn[1], pn[0]))
-    return out[:limit]
+    return found, counts
+
+
+def _decode(x: int, names: list[str], depth: int, base: int) -> list[str]:
+    path = []
+    for j in range(depth):
+        d = (x // base ** (depth - 1 - j)) % base
+        if d == 0:
+            break
+        path.append(names[d - 1])
+    return path
 
 
 def applies(q: Any) -> bool:

@@ -82,38 +82,49 @@ def run_insight(warehouse: Warehouse, doc: bytes | str | dict[str, Any] | Insigh
         if isinstance(q, SQL):
             result = sql.run(ctx, q, max_rows=sql_max_rows, max_seconds=timeout_s,
                              limits=sql_limits, idle_workers=sql_idle_workers)
-            columns = result.pop("personal_columns", [])
-            if columns and on_personal_read is not None:
-                on_personal_read({"kind": "sql", "role": role, "columns": columns,
-                                  "rows": len(result["rows"]),
-                                  "query_sha256": hashlib.sha256(q.query.encode()).hexdigest()})
+            _note_sql_read(q, role, result, on_personal_read)
             return result
-        with Deadline(timeout_s, cur) as deadline:
-            answer: dict[str, Any] | None = None
-            try:
-                answer = RUNNERS[type(q)](ctx, q)
-            except duckdb.InterruptException:
-                pass
-            except (duckdb.InvalidInputException, duckdb.ConversionException,
-                    duckdb.OutOfRangeException) as exc:
-                # a value of the document the engine refuses (a regex that does not
-                # compile, a number out of range): the client's error. Its text may quote
-                # stored values, so only its kind is returned.
-                if not deadline.passed:
-                    raise BadRequest(f"the insight has a value the engine cannot use"
-                                     f" ({type(exc).__name__}): check its filters",
-                                     code="invalid_value") from None
-            if deadline.passed:
-                raise BadRequest(f"the insight ran over the time limit of {timeout_s:g} s",
-                                 code="timeout")
-            if answer is None:  # interrupted from elsewhere (the core is stopping)
-                raise BadRequest("the insight was interrupted", code="interrupted")
+        answer = _run_with_deadline(ctx, q, timeout_s)
         nested = guard.result_fields(answer)
         guard.refuse(role, nested)
         fields = fields + nested
         if fields and on_personal_read is not None:
             on_personal_read({"kind": answer.get("kind", ""), "role": role, "fields": fields})
         return answer
+
+
+def _note_sql_read(q: SQL, role: str, result: dict[str, Any],
+                   on_personal_read: Callable[[dict[str, Any]], object] | None) -> None:
+    """Takes the personal columns out of an ``sql`` result and tells ``on_personal_read``."""
+    columns = result.pop("personal_columns", [])
+    if columns and on_personal_read is not None:
+        on_personal_read({"kind": "sql", "role": role, "columns": columns,
+                          "rows": len(result["rows"]),
+                          "query_sha256": hashlib.sha256(q.query.encode()).hexdigest()})
+
+
+def _run_with_deadline(ctx: Context, q: Any, timeout_s: float) -> dict[str, Any]:
+    with Deadline(timeout_s, ctx.cur) as deadline:
+        answer: dict[str, Any] | None = None
+        try:
+            answer = RUNNERS[type(q)](ctx, q)
+        except duckdb.InterruptException:
+            pass
+        except (duckdb.InvalidInputException, duckdb.ConversionException,
+                duckdb.OutOfRangeException) as exc:
+            # a value of the document the engine refuses (a regex that does not
+            # compile, a number out of range): the client's error. Its text may quote
+            # stored values, so only its kind is returned.
+            if not deadline.passed:
+                raise BadRequest(f"the insight has a value the engine cannot use"
+                                 f" ({type(exc).__name__}): check its filters",
+                                 code="invalid_value") from None
+        if deadline.passed:
+            raise BadRequest(f"the insight ran over the time limit of {timeout_s:g} s",
+                             code="timeout")
+        if answer is None:  # interrupted from elsewhere (the core is stopping)
+            raise BadRequest("the insight was interrupted", code="interrupted")
+    return answer
 
 
 class Deadline:

@@ -53,6 +53,12 @@ MIN_MEMORY = 384 * 2**20
 GRACE_S = 1.0
 """After the deadline, how long the core waits for the worker's own ``timeout`` answer
 before it kills the worker."""
+ANSWER_OVERHEAD = 4096
+"""Bytes a worker's answer may hold beyond the rows' budget (its other fields)."""
+REUSE_BELOW = 4
+"""A worker is reused while its resident memory is below 1/REUSE_BELOW of its limit."""
+FETCH_ROWS = 2048
+"""Rows fetched from DuckDB at a time while the answer is encoded."""
 _HEADER = struct.Struct("!Q")
 
 
@@ -167,7 +173,7 @@ class Worker:
         self.sock.settimeout(max(0.0, deadline - time.monotonic()) + GRACE_S)
         try:
             (n,) = _HEADER.unpack(_recv_exact(self.sock, _HEADER.size))
-            if n > self.limits.max_response_bytes + 4096:
+            if n > self.limits.max_response_bytes + ANSWER_OVERHEAD:
                 raise SandboxFailed("too_large", "")
             out: dict[str, Any] = msgspec.json.decode(_recv_exact(self.sock, n))
         except TimeoutError:
@@ -401,65 +407,93 @@ def _connect(threads: int, memory_limit: str) -> Any:
 
 def _execute(con: Any, header: dict[str, Any], fds: list[int]) -> dict[str, Any]:
     import duckdb
-    import pyarrow as pa
 
     timer = threading.Timer(float(header["timeout_s"]), con.interrupt)
     timer.start()
     files = [os.fdopen(fd, "rb") for fd in fds]
     try:
-        for (name, whole, create), f in zip(header["views"], files, strict=True):
-            stream = pa.ipc.open_stream(f)
-            con.register(name, stream.read_all() if whole else stream)
-            con.execute(create)
+        _register_views(con, header["views"], files)
         con.execute("SET lock_configuration = true")
-        plan = ""
-        if header.get("plan"):
-            try:
-                plan = "\n".join(str(r[-1]) for r in con.execute(
-                    "EXPLAIN (FORMAT json) " + header["query"]).fetchall())
-            except duckdb.InterruptException:
-                raise
-            except duckdb.Error:
-                plan = ""  # unreadable: the caller counts every personal column as read
+        plan = _plan(con, header["query"]) if header.get("plan") else ""
         res = con.execute(header["query"])
         columns = [d[0] for d in res.description or []]
-        limit, budget = int(header["limit"]), int(header["max_bytes"])
-        rows: list[Any] = []
-        size = 0
-        truncated = False
-        while not truncated:
-            chunk = res.fetchmany(2048)
-            if not chunk:
-                break
-            for r in chunk:
-                if len(rows) == limit:
-                    truncated = True
-                    break
-                row = [jsonable(v) for v in r]
-                size += len(msgspec.json.encode(row)) + 1
-                if size > budget:
-                    return {"error": "too_large", "message": ""}
-                rows.append(row)
+        rows, truncated = _fetch_rows(res, int(header["limit"]), int(header["max_bytes"]))
         out = {"kind": "sql", "columns": columns, "rows": rows, "truncated": truncated}
         if header.get("plan"):
             out["plan"] = plan
         return out
-    except duckdb.InterruptException:
-        return {"error": "timeout", "message": ""}
-    except (duckdb.OutOfMemoryException, MemoryError) as exc:
-        return {"error": "memory", "message": str(exc).splitlines()[0][:300]}
-    except duckdb.BinderException as exc:
-        return {"error": "binder", "message": str(exc).splitlines()[0]}
-    except duckdb.Error as exc:
-        msg = str(exc).splitlines()[0]
-        if "bad alloc" in msg.lower() or "out of memory" in msg.lower():
-            return {"error": "memory", "message": msg[:300]}
-        return {"error": "error", "message": msg}
+    except _TooLarge:
+        return {"error": "too_large", "message": ""}
+    except (duckdb.Error, MemoryError) as exc:
+        return _failure(exc)
     finally:
         timer.cancel()
         for f in files:
             with contextlib.suppress(OSError):
                 f.close()
+
+
+def _register_views(con: Any, views: list[Any], files: list[Any]) -> None:
+    """Each view's Arrow stream (read whole, or scanned once) and the view over it."""
+    import pyarrow as pa
+
+    for (name, whole, create), f in zip(views, files, strict=True):
+        stream = pa.ipc.open_stream(f)
+        con.register(name, stream.read_all() if whole else stream)
+        con.execute(create)
+
+
+def _plan(con: Any, query: str) -> str:
+    """The query's plan as JSON, or "" when unreadable (the caller then counts every
+    personal column as read)."""
+    import duckdb
+
+    try:
+        return "\n".join(str(r[-1]) for r in con.execute(
+            "EXPLAIN (FORMAT json) " + query).fetchall())
+    except duckdb.InterruptException:
+        raise
+    except duckdb.Error:
+        return ""
+
+
+class _TooLarge(Exception):
+    """The rows encoded are over the byte budget."""
+
+
+def _fetch_rows(res: Any, limit: int, budget: int) -> tuple[list[Any], bool]:
+    """Up to ``limit`` rows as JSON values, and whether more were left; raises
+    :class:`_TooLarge` when they encode to more than ``budget`` bytes."""
+    rows: list[Any] = []
+    size = 0
+    while True:
+        chunk = res.fetchmany(FETCH_ROWS)
+        if not chunk:
+            return rows, False
+        for r in chunk:
+            if len(rows) == limit:
+                return rows, True
+            row = [jsonable(v) for v in r]
+            size += len(msgspec.json.encode(row)) + 1
+            if size > budget:
+                raise _TooLarge
+            rows.append(row)
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    """A DuckDB error (or MemoryError) as the worker's error answer."""
+    import duckdb
+
+    if isinstance(exc, duckdb.InterruptException):
+        return {"error": "timeout", "message": ""}
+    if isinstance(exc, (duckdb.OutOfMemoryException, MemoryError)):
+        return {"error": "memory", "message": str(exc).splitlines()[0][:300]}
+    if isinstance(exc, duckdb.BinderException):
+        return {"error": "binder", "message": str(exc).splitlines()[0]}
+    msg = str(exc).splitlines()[0]
+    if "bad alloc" in msg.lower() or "out of memory" in msg.lower():
+        return {"error": "memory", "message": msg[:300]}
+    return {"error": "error", "message": msg}
 
 
 def main(argv: list[str]) -> None:
@@ -492,7 +526,7 @@ def main(argv: list[str]) -> None:
             out = _execute(con, header, fds)
             con.close()
             del con
-            out["reuse"] = _resident() < memory // 4
+            out["reuse"] = _resident() < memory // REUSE_BELOW
             payload = msgspec.json.encode(out)
         except MemoryError:
             payload = msgspec.json.encode({"error": "memory", "message": "MemoryError"})

@@ -232,52 +232,57 @@ def compile_formula(text: str, n_series: int) -> Callable[[dict[str, Any]], floa
         raise BadRequest(f"formula {text!r} is not valid: use series letters, numbers and "
                          "+ - * / ( )", code="invalid_formula") from None
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:n_series]
-
-    def check(node: ast.AST, depth: int = 0) -> None:
-        if depth > 2 * MAX_FORMULA_DEPTH:
-            raise BadRequest(f"formula {text[:60]!r} is nested too deep", code="invalid_formula")
-        if isinstance(node, ast.Expression):
-            check(node.body, depth + 1)
-        elif isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            check(node.left, depth + 1)
-            check(node.right, depth + 1)
-        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            check(node.operand, depth + 1)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
-                and not isinstance(node.value, bool):
-            if not abs(node.value) <= MAX_FORMULA_NUMBER:  # also inf (1e400) and nan
-                raise BadRequest(f"formula {text[:60]!r}: numbers must be at most "
-                                 f"{MAX_FORMULA_NUMBER:.0e} in size", code="invalid_formula")
-        elif isinstance(node, ast.Name) and node.id in letters:
-            pass
-        else:
-            raise BadRequest(f"formula {text!r}: only the letters {', '.join(letters)}, numbers "
-                             "and + - * / ( ) are allowed", code="invalid_formula")
-
-    check(tree)
-
-    def ev(node: ast.AST, env: dict[str, Any]) -> float | None:
-        if isinstance(node, ast.Expression):
-            return ev(node.body, env)
-        if isinstance(node, ast.Constant):
-            return float(node.value)  # type: ignore[arg-type]
-        if isinstance(node, ast.Name):
-            v = env[node.id]
-            return None if v is None else float(v)
-        if isinstance(node, ast.UnaryOp):
-            x = ev(node.operand, env)
-            return None if x is None else (-x if isinstance(node.op, ast.USub) else x)
-        assert isinstance(node, ast.BinOp)
-        a, b = ev(node.left, env), ev(node.right, env)
-        if a is None or b is None or (isinstance(node.op, ast.Div) and b == 0):
-            return None
-        return _OPS[type(node.op)](a, b)
+    _check_formula(tree, text, letters)
 
     def value(env: dict[str, Any]) -> float | None:
-        v = ev(tree, env)
+        v = _evaluate(tree, env)
         return v if v is None or math.isfinite(v) else None  # an overflow is no number
 
     return value
+
+
+def _check_formula(node: ast.AST, text: str, letters: str, depth: int = 0) -> None:
+    """Only the series ``letters``, numbers no larger than :data:`MAX_FORMULA_NUMBER`,
+    + - * / and parentheses, nested no deeper than twice :data:`MAX_FORMULA_DEPTH`."""
+    if depth > 2 * MAX_FORMULA_DEPTH:
+        raise BadRequest(f"formula {text[:60]!r} is nested too deep", code="invalid_formula")
+    if isinstance(node, ast.Expression):
+        _check_formula(node.body, text, letters, depth + 1)
+    elif isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        _check_formula(node.left, text, letters, depth + 1)
+        _check_formula(node.right, text, letters, depth + 1)
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        _check_formula(node.operand, text, letters, depth + 1)
+    elif isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
+            and not isinstance(node.value, bool):
+        if not abs(node.value) <= MAX_FORMULA_NUMBER:  # also inf (1e400) and nan
+            raise BadRequest(f"formula {text[:60]!r}: numbers must be at most "
+                             f"{MAX_FORMULA_NUMBER:.0e} in size", code="invalid_formula")
+    elif isinstance(node, ast.Name) and node.id in letters:
+        pass
+    else:
+        raise BadRequest(f"formula {text!r}: only the letters {', '.join(letters)}, numbers "
+                         "and + - * / ( ) are allowed", code="invalid_formula")
+
+
+def _evaluate(node: ast.AST, env: dict[str, Any]) -> float | None:
+    """A checked formula's value for the series values ``env``; None for a missing value
+    or a division by zero."""
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body, env)
+    if isinstance(node, ast.Constant):
+        return float(node.value)  # type: ignore[arg-type]
+    if isinstance(node, ast.Name):
+        v = env[node.id]
+        return None if v is None else float(v)
+    if isinstance(node, ast.UnaryOp):
+        x = _evaluate(node.operand, env)
+        return None if x is None else (-x if isinstance(node.op, ast.USub) else x)
+    assert isinstance(node, ast.BinOp)
+    a, b = _evaluate(node.left, env), _evaluate(node.right, env)
+    if a is None or b is None or (isinstance(node.op, ast.Div) and b == 0):
+        return None
+    return _OPS[type(node.op)](a, b)
 
 
 def run(ctx: Context, q: Trends) -> dict[str, Any]:
