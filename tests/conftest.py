@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,9 +19,21 @@ from aap.runner import ServerProcess, create_source
 _default_timeout = httpx._config.DEFAULT_TIMEOUT_CONFIG
 _default_timeout.connect = _default_timeout.read = _default_timeout.write = 120.0
 _default_timeout.pool = 120.0
-# nor is hypothesis's per-example deadline (200 ms) a thing a loaded machine keeps
-settings.register_profile("aap", deadline=None)
-settings.load_profile("aap")
+# Hypothesis profiles, picked by HYPOTHESIS_PROFILE: ``ci`` (the default, and what
+# scripts/test runs) and ``dev`` (scripts/test --fast: fewer examples, the same
+# properties). Neither has a per-example deadline (200 ms by default): a loaded machine
+# does not keep one.
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+settings.register_profile("ci", deadline=None, derandomize=False, max_examples=300)
+settings.register_profile("dev", deadline=None, max_examples=20)
+settings.load_profile(PROFILE)
+
+
+def examples(ci: int) -> int:
+    """The example count of a property whose examples are costly (a live server's round
+    trips, a warehouse per example) or worth more than the profile's: ``ci`` under the
+    ci profile, at most the profile's count under any other. Each use says why."""
+    return ci if PROFILE == "ci" else min(ci, settings.default.max_examples)
 
 
 class Running:

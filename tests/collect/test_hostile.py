@@ -22,8 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aap.runner import ServerProcess, create_source
+from tests.conftest import examples
 
-SETTINGS = settings(max_examples=120, deadline=None,
+# each example: requests to a live server
+SETTINGS = settings(max_examples=examples(120),
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 TP2 = "/com.snowplowanalytics.snowplow/tp2"

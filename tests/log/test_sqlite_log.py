@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from aap.log.base import Append
 from aap.log.sqlite import SQLiteLog
+from tests.conftest import examples
 
 batches_st = st.lists(
     st.lists(st.tuples(st.text(max_size=5), st.integers(0, 50), st.binary(max_size=64)),
@@ -19,7 +20,7 @@ batches_st = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))  # a SQLite log on disk per example
 @given(groups=batches_st)
 def test_appends_read_back_in_order_with_growing_offsets(tmp_path_factory, groups) -> None:  # type: ignore[no-untyped-def]
     log = SQLiteLog(tmp_path_factory.mktemp("log"))
@@ -43,7 +44,7 @@ def test_appends_read_back_in_order_with_growing_offsets(tmp_path_factory, group
     log.close()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40))  # a SQLite log on disk per example
 @given(counts=st.lists(st.integers(1, 20), min_size=1, max_size=10), data=st.data())
 def test_consumer_positions_and_lag(tmp_path_factory, counts, data) -> None:  # type: ignore[no-untyped-def]
     log = SQLiteLog(tmp_path_factory.mktemp("log"))
@@ -57,7 +58,7 @@ def test_consumer_positions_and_lag(tmp_path_factory, counts, data) -> None:  # 
     log.close()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))  # a SQLite log on disk per example
 @given(records=st.lists(st.tuples(st.integers(0, 20), st.binary(min_size=1, max_size=30)),
                         min_size=1, max_size=10), data=st.data())
 def test_reads_stop_at_the_record_that_reaches_max_events_or_max_bytes(

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aap.runner import ServerProcess
+from tests.conftest import examples
 
 SOURCES = ("solo", "shop-a", "shop-b")
 SCOPE = {"solo": "solo", "shop-a": "shop", "shop-b": "shop"}
@@ -170,7 +171,8 @@ ops = st.lists(st.tuples(st.sampled_from(SOURCES), st.integers(0, 1), st.boolean
                          st.booleans()), min_size=1, max_size=6)
 
 
-@settings(max_examples=10, deadline=None,
+# each example: a run of grants and withdrawals against a live server
+@settings(max_examples=examples(10),
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=ops)
 def test_consent_acts_only_in_its_scope_and_only_trusted_statements_reach_history(

@@ -23,8 +23,10 @@ from hypothesis import strategies as st
 from aap.events import MESSAGE_TYPES, Event, Geo, encode_events
 from aap.process import enrich
 from aap.process.prepare import PREPARED_SCHEMA, PrepareConfig, Reader, prepare
+from tests.conftest import examples
 
-SETTINGS = settings(max_examples=120, deadline=None,
+# each example: a prepare pass through DuckDB
+SETTINGS = settings(max_examples=examples(120),
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 
