@@ -23,7 +23,7 @@ from aap.api.openapi import template_regex
 from aap.privacy.tokens import SubjectTokens
 from aap.runner import ServerProcess, create_source
 from aap.sources import Sources
-from tests.conftest import examples
+from tests.conftest import examples, slow_fixture
 
 ROLES = ("viewer", "analyst", "privacy", "admin")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -55,7 +55,7 @@ class Live:
         return {}
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     data = tmp_path_factory.mktemp("openapi") / "data"
     write_key = create_source(data, "web", "--basis", "legitimate_interest")

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from aap.runner import ServerProcess, create_source
 from tests.api.test_query_api import new_key
-from tests.conftest import examples
+from tests.conftest import examples, slow_fixture
 
 DAY = (datetime.now(UTC) - timedelta(days=1)).replace(hour=12, minute=0, second=0,
                                                       microsecond=0)
@@ -75,7 +75,7 @@ class Api:
         return [json.loads(x) for x in lines if x]
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     data = tmp_path_factory.mktemp("guard") / "data"
     write_key = create_source(data, "web", "--historical", "--basis", "contract")
@@ -316,7 +316,7 @@ OLD_BATCH = [
 OLD_PHONE = "+33 6 98 76 54 32"
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def old_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """A store holding, inside plain objects, personal keys in clear, as an AAP from before
     the collector's scrubbing (issue 12 §2) stored them: the rows are rewritten in the

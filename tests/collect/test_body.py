@@ -18,6 +18,7 @@ from aap.errors import BadRequest, PayloadTooLarge
 MiB = 1024 * 1024
 
 
+@pytest.mark.slow
 def test_bomb_is_cut_off_while_inflating() -> None:
     comp = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
     bomb = b"".join([*(comp.compress(bytes(MiB)) for _ in range(512)), comp.flush()])

@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 
 from aap.collect.app import CORS_ALLOW_HEADERS
 from aap.runner import ServerProcess, create_source
-from tests.conftest import Running, examples
+from tests.conftest import Running, examples, slow_fixture
+
+pytestmark = pytest.mark.slow  # each test starts a server (or the CLI) of its own
 
 METRICS_TOKEN = "metrics-secret-token"
 SNOWPLOW_TP2 = "/com.snowplowanalytics.snowplow/tp2"
@@ -41,7 +43,7 @@ def _track(user: str) -> dict[str, object]:
     return {"type": "track", "event": "Surface", "userId": user}
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     data = tmp_path_factory.mktemp("surface") / "data"
     key = create_source(data, "web", "--basis", "legitimate_interest")

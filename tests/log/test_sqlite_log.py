@@ -6,6 +6,7 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -110,6 +111,7 @@ def _writer(path: str, wid: int, n: int) -> None:
     log.close()
 
 
+@pytest.mark.slow
 def test_concurrent_writer_processes_keep_order_and_lose_nothing(tmp_path: Path) -> None:
     SQLiteLog(tmp_path).close()
     ctx = mp.get_context("spawn")

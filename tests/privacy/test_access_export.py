@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from aap.runner import ServerProcess, create_source
-from tests.conftest import examples
+from tests.conftest import examples, slow_fixture
 from tests.privacy.test_requests_api import new_key
 
 PERSONAL = ("email", "name", "firstName", "lastName", "phone", "address", "username")
@@ -82,7 +82,7 @@ class World:
         return out.read_bytes()
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     data = tmp_path_factory.mktemp("access") / "data"
     write_key = create_source(data, "app", "--basis", "contract")

@@ -249,6 +249,7 @@ def test_the_scratch_file_keeps_no_events(reader: Reader) -> None:
         assert b"canary-7f3a" not in f.read()
 
 
+@pytest.mark.slow
 def test_scratch_files_of_dead_processes_are_removed(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess

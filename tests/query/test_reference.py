@@ -26,6 +26,8 @@ from tests.conftest import examples
 from tests.query import reference as ref
 from tests.query.reference import Ev
 
+pytestmark = pytest.mark.slow  # each example writes and queries a warehouse: ~10 s a test
+
 # The EU leaves summer time on 2026-10-25, the US on 2026-11-01; Lord Howe moves by 30 min.
 ANCHOR = datetime(2026, 10, 20)
 NOW = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
