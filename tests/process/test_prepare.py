@@ -199,6 +199,7 @@ def _legacy(events: list[Event]) -> bytes:
     return zstandard.ZstdCompressor(level=1).compress(msgspec.msgpack.encode(events))
 
 
+@pytest.mark.slow  # a DuckDB pass per example: seconds even with dev's count
 @SETTINGS
 @given(st.lists(st.lists(events(), max_size=4), max_size=4),
        st.frozensets(st.sampled_from(["src_a", "src_b"])), st.booleans())
@@ -222,6 +223,7 @@ def _clamped(e: Event, historical: frozenset[str]) -> bool:
     return (ts + (recv - sent) if sent is not None else ts) - recv > 5 * 60 * 1_000_000
 
 
+@pytest.mark.slow  # a DuckDB pass per example: seconds even with dev's count
 @SETTINGS
 @given(st.lists(events(), min_size=1, max_size=6))
 def test_same_message_same_key_whatever_the_record(reader: Reader, evs: list[Event]) -> None:
