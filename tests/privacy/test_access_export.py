@@ -121,7 +121,7 @@ def strings(zipped: bytes) -> tuple[set[str], dict[str, Any], str]:
 
 
 # no shrinking: each example runs requests on a live server (a shrink took > 5 minutes);
-# the failing example is printed as drawn; six people's worth of requests each
+# the failing example is printed as drawn; few examples, for each is many requests
 @settings(max_examples=examples(6), phases=(Phase.explicit, Phase.generate),
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(a_user=ids, a_anon=ids, a_traits=traits, b_user=ids, b_anon=ids, b_traits=traits)
