@@ -134,10 +134,10 @@ def test_segment_track_keeps_its_fields(event: str, anon: str, props: dict[str, 
     body = json.dumps({"event": event, "anonymousId": anon, "properties": props}).encode()
     parsed = segment.parse_single(body, "track", MAX_EVENT)
     outcome = segment.to_event(parsed.messages[0][1], source="src", received_at=NOW)
-    if not event.strip():
-        assert outcome == "missing_event"
-    elif not anon.strip():
+    if not anon.strip():  # the identity is checked first
         assert outcome == "missing_identity"
+    elif not event.strip():
+        assert outcome == "missing_event"
     else:
         assert not isinstance(outcome, str)
         assert (outcome.type, outcome.event, outcome.anonymous_id, outcome.properties) == \
