@@ -1,4 +1,4 @@
-"""The TC string decoder (aap.privacy.tcf) in-process, on core segments this test
+"""The TC string decoder (aap.privacy.tcf) and an event's consent in-process, on core segments this test
 encodes bit by bit from the IAB layout; tests/privacy/test_tcf.py checks it against the
 IAB's own library (Node) and at the collector's door."""
 
@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aap.privacy import tcf
+from aap.privacy.consent import event_preferences
 
 LAYOUT = (("version", 6), ("created", 36), ("updated", 36), ("cmp_id", 12), ("cmp_version", 12),
           ("consent_screen", 6), ("language", 12), ("vendor_list_version", 12),
@@ -68,3 +69,20 @@ def test_what_is_not_a_v2_core_segment_is_refused() -> None:
             tcf.decode(bad)
     with pytest.raises(tcf.TCFError):
         tcf.decode(None)  # type: ignore[arg-type]
+
+
+@given(purposes, st.dictionaries(st.sampled_from(["analytics", "ads"]), st.booleans()),
+       st.booleans())
+def test_an_events_consent_reads_the_tc_string_then_category_preferences(
+        consents: frozenset[int], prefs: dict[str, bool], undecodable: bool) -> None:
+    """``context.consent`` of an event (aap.privacy.consent.event_preferences): the TC
+    string mapped to our purposes, then ``categoryPreferences``, which win; an undecodable
+    TC string says nothing, and values that are not booleans are ignored."""
+    mapping = {"analytics": (1, 7), "ads": (1, 3, 4)}
+    tc = "ABCDE" if undecodable else encode({"version": 2,
+                                             "purpose_consents": purpose_bits(consents)})
+    context = {"consent": {"tcString": tc, "categoryPreferences": {**prefs, "other": "yes"}}}
+    want = {} if undecodable else tcf.preferences(tc, mapping)
+    assert event_preferences(context, mapping) == {**want, **prefs}
+    assert event_preferences(context) == prefs  # no mapping: the TC string is not read
+    assert event_preferences({"consent": "all"}, mapping) == event_preferences({}, mapping) == {}
