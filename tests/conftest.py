@@ -39,6 +39,7 @@ settings.load_profile(PROFILE)
 # ``scripts/test --fast`` deselects both, and fails a test that starts a server unmarked.
 TESTS = Path(__file__).resolve().parent
 SLOW_FIXTURES: set[str] = set()
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def slow_fixture(func: F | None = None, **kwargs: Any) -> Any:
@@ -82,8 +83,6 @@ def examples(ci: int) -> int:
     trips, a warehouse per example) or worth more than the profile's: ``ci`` under the
     ci profile, at most the profile's count under any other. Each use says why."""
     return ci if PROFILE == "ci" else min(ci, settings.default.max_examples)
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Running:
