@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 import pytest
@@ -18,9 +21,68 @@ from aap.runner import ServerProcess, create_source
 _default_timeout = httpx._config.DEFAULT_TIMEOUT_CONFIG
 _default_timeout.connect = _default_timeout.read = _default_timeout.write = 120.0
 _default_timeout.pool = 120.0
-# nor is hypothesis's per-example deadline (200 ms) a thing a loaded machine keeps
-settings.register_profile("aap", deadline=None)
-settings.load_profile("aap")
+# Hypothesis profiles, picked by HYPOTHESIS_PROFILE: ``ci`` (the default, and what
+# scripts/test runs) and ``dev`` (scripts/test --fast: fewer examples, the same
+# properties). Neither has a per-example deadline (200 ms by default): a loaded machine
+# does not keep one.
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+settings.register_profile("ci", deadline=None, derandomize=False, max_examples=300)
+settings.register_profile("dev", deadline=None, max_examples=20)
+settings.load_profile(PROFILE)
+
+
+# Markers (registered in pyproject.toml): ``e2e`` for every test under tests/e2e/, ``slow``
+# for every test that starts a server, a subprocess, a browser or Node, or takes over
+# about a second. A fixture that starts one is declared with ``slow_fixture`` instead of
+# ``pytest.fixture``, and every test using it, directly or through other fixtures, is
+# marked; a test or module that starts one itself carries ``pytest.mark.slow``.
+# ``scripts/test --fast`` deselects both, and fails a test that starts a server unmarked.
+TESTS = Path(__file__).resolve().parent
+SLOW_FIXTURES: set[str] = set()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def slow_fixture(func: F | None = None, **kwargs: Any) -> Any:
+    """``pytest.fixture`` (bare or with its arguments) for a fixture that starts a
+    server, a subprocess, a browser or Node: the tests that use it are marked ``slow``."""
+
+    def declare(func: F) -> F:
+        SLOW_FIXTURES.add(kwargs.get("name") or func.__name__)
+        return pytest.fixture(**kwargs)(func)  # type: ignore[no-any-return]
+
+    return declare if func is None else declare(func)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if TESTS / "e2e" in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _unmarked_tests_start_no_server(request: pytest.FixtureRequest) -> Iterator[None]:
+    """When slow tests are deselected (``-m "not slow ..."``), a server started anyway
+    comes from a test whose mark is missing: it fails, naming the fix."""
+    if "not slow" not in (request.config.option.markexpr or ""):
+        yield
+        return
+
+    def refuse(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError("this test starts a server or a subprocess but is not marked "
+                             "slow: use slow_fixture or pytest.mark.slow (tests/conftest.py)")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(subprocess.Popen, "__init__", refuse)
+        yield
+
+
+def examples(ci: int) -> int:
+    """The example count of a property whose examples are costly (a live server's round
+    trips, a warehouse per example) or worth more than the profile's: ``ci`` under the
+    ci profile, at most the profile's count under any other. Each use says why."""
+    return ci if PROFILE == "ci" else min(ci, settings.default.max_examples)
 
 
 class Running:
@@ -61,14 +123,14 @@ def start(tmp: Path, env: dict[str, str] | None = None, source_args: tuple[str, 
     return Running(server, key)
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     r = start(tmp_path_factory.mktemp("srv"))
     yield r
     r.server.stop()
 
 
-@pytest.fixture(scope="session")
+@slow_fixture(scope="session")
 def sdk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """One server shared by the tests of the SDKs' wire formats (each test uses its own
     ids, so they do not see each other's events): saves a start-up per module."""

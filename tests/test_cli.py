@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from aap.sources import Sources, hash_key
+
+pytestmark = pytest.mark.slow  # each test runs the CLI in a subprocess
 
 
 def aap(*args: str) -> subprocess.CompletedProcess[str]:

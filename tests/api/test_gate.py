@@ -9,14 +9,13 @@ import asyncio
 from collections import Counter
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from aap.api.gate import QueryGate
 from aap.errors import ServiceUnavailable, TooManyRequests
 
 
-@settings(max_examples=150, deadline=None)
 @given(arrivals=st.lists(st.sampled_from("abc"), min_size=1, max_size=25),
        total=st.integers(1, 5), per_key=st.integers(1, 3), queue=st.integers(0, 3))
 def test_the_gate_keeps_its_limits(arrivals: list[str], total: int, per_key: int,

@@ -23,6 +23,7 @@ from aap.api.openapi import template_regex
 from aap.privacy.tokens import SubjectTokens
 from aap.runner import ServerProcess, create_source
 from aap.sources import Sources
+from tests.conftest import examples, slow_fixture
 
 ROLES = ("viewer", "analyst", "privacy", "admin")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -54,7 +55,7 @@ class Live:
         return {}
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     data = tmp_path_factory.mktemp("openapi") / "data"
     write_key = create_source(data, "web", "--basis", "legitimate_interest")
@@ -150,7 +151,7 @@ SEGMENTS = st.sampled_from(["v1", "api", "array", "projects", "privacy", "reques
 
 
 @given(segments=st.lists(SEGMENTS, min_size=1, max_size=5))
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=examples(150),  # each example is a request to a live server
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_no_route_answers_outside_the_document(live: Live, segments: list[str]) -> None:
     path = "/" + "/".join(segments)

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from aap.runner import ServerProcess, create_source
 from tests.api.test_query_api import new_key
+from tests.conftest import examples, slow_fixture
 
 DAY = (datetime.now(UTC) - timedelta(days=1)).replace(hour=12, minute=0, second=0,
                                                       microsecond=0)
@@ -74,7 +75,7 @@ class Api:
         return [json.loads(x) for x in lines if x]
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     data = tmp_path_factory.mktemp("guard") / "data"
     write_key = create_source(data, "web", "--historical", "--basis", "contract")
@@ -207,7 +208,8 @@ def _fields(entry: dict[str, Any]) -> str:
     return json.dumps(entry["detail"].get("fields", []))
 
 
-SETTINGS = settings(max_examples=60, deadline=None,
+# each example: queries to a live server
+SETTINGS = settings(max_examples=examples(60),
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 
@@ -314,7 +316,7 @@ OLD_BATCH = [
 OLD_PHONE = "+33 6 98 76 54 32"
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def old_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """A store holding, inside plain objects, personal keys in clear, as an AAP from before
     the collector's scrubbing (issue 12 §2) stored them: the rows are rewritten in the
@@ -548,7 +550,7 @@ PERSONAL_COLUMNS = [(v, c) for v, cols in (
     ("orders", ("person_id", "session_id"))) for c in cols]
 
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=examples(40),  # each example: queries to a live server
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(shape=st.sampled_from(SQL_SHAPES), target=st.sampled_from(PERSONAL_COLUMNS),
        alias=st.sampled_from(["plan", "x", "total", "n", "value"]),

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from aap.runner import ServerProcess, create_source
+from tests.conftest import slow_fixture
 
 DAY = (datetime.now(UTC) - timedelta(days=1)).replace(hour=12, minute=0, second=0,
                                                       microsecond=0)
@@ -78,7 +79,7 @@ class Api:
         return out
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     data = tmp_path_factory.mktemp("api") / "data"
     # a historical import of events whose purpose (analytics) rests on a contract: these

@@ -22,6 +22,7 @@ import pytest
 
 from aap.query.runner import Deadline
 from aap.runner import ServerProcess, create_source
+from tests.conftest import slow_fixture
 
 SLOW = ("WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t)"
         " SELECT max(n) FROM t")
@@ -80,7 +81,7 @@ def status(pid: int, field: str) -> int:
     raise AssertionError(field)
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     data = tmp_path_factory.mktemp("limits") / "data"
     write_key = create_source(data, "web", "--historical", "--basis", "contract")
@@ -302,6 +303,7 @@ def sandbox_workers(parent: int) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 def test_sql_workers_die_with_the_core(tmp_path: Path) -> None:
     """Killed outright (SIGKILL: no clean-up code runs), the core takes its sql workers
     with it, idle and busy ones alike."""

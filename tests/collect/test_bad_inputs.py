@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from aap.runner import create_source
-from tests.conftest import Running, assert_refused
+from tests.conftest import Running, assert_refused, examples
 
 MiB = 1024 * 1024
 
@@ -264,7 +264,7 @@ REGIONS = {  # (first, last) of each region, far from the bounds' edges
 }
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=examples(60),  # each example: requests to a live server
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ts=st.none() | st.sampled_from(sorted(REGIONS)), sent=st.none() | st.sampled_from(
     sorted(REGIONS)), data=st.data())

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import tracemalloc
 import zlib
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aap.collect.body import decode_content
+from aap.collect.body import decode_content, read_raw
 from aap.errors import BadRequest, PayloadTooLarge
 
 MiB = 1024 * 1024
 
 
+@pytest.mark.slow
 def test_bomb_is_cut_off_while_inflating() -> None:
     comp = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
     bomb = b"".join([*(comp.compress(bytes(MiB)) for _ in range(512)), comp.flush()])
@@ -89,3 +92,48 @@ def test_json_depth_is_the_nesting_outside_strings(value: object, ascii_only: bo
         with pytest.raises(BadRequest) as info:
             check_depth(text.encode(), limit=limit - 1)
         assert info.value.code == "too_deep"
+
+
+def _receive(chunks: list[bytes], then: str = "http.request") -> Any:
+    """An ASGI receive that sends ``chunks`` as one request body (the last without
+    ``more_body``), or ends with a disconnect when ``then`` says so."""
+    msgs = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+    if then == "http.disconnect":
+        msgs.append({"type": "http.disconnect"})
+    elif msgs:
+        msgs[-1]["more_body"] = False
+    else:
+        msgs.append({"type": "http.request", "body": b"", "more_body": False})
+    it = iter(msgs)
+
+    async def receive() -> dict[str, Any]:
+        return next(it, {"type": "http.disconnect"})
+
+    return receive
+
+
+@given(st.lists(st.binary(max_size=40), max_size=6), st.integers(0, 200))
+def test_read_raw_joins_the_chunks_up_to_the_limit(chunks: list[bytes], limit: int) -> None:
+    body = b"".join(chunks)
+    if len(body) > limit:
+        with pytest.raises(PayloadTooLarge):
+            asyncio.run(read_raw(_receive(chunks), None, limit))
+    else:
+        assert asyncio.run(read_raw(_receive(chunks), None, limit)) == body
+
+
+def test_read_raw_refuses_a_declared_size_over_the_limit_and_a_cut_body() -> None:
+    with pytest.raises(PayloadTooLarge, match="request body is 101 bytes; the limit is 100"):
+        asyncio.run(read_raw(_receive([b"x" * 101]), 101, 100))
+    with pytest.raises(BadRequest) as info:
+        asyncio.run(read_raw(_receive([b"half"], then="http.disconnect"), None, 100))
+    assert info.value.code == "disconnected"
+
+
+def test_unknown_encodings_and_truncated_gzip_are_400() -> None:
+    with pytest.raises(BadRequest) as info:
+        decode_content(b"abc", "br", MiB)
+    assert info.value.code == "bad_encoding"
+    assert decode_content(b"abc", " Identity ", MiB) == b"abc"
+    with pytest.raises(BadRequest, match="truncated"):
+        decode_content(gzip.compress(b"x" * 1000)[:-12], "gzip", MiB)

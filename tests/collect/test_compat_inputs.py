@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Running, assert_refused
+from tests.conftest import Running, assert_refused, examples
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,8 @@ def test_sdk_js_is_served_with_an_etag(running: Running) -> None:
 
 # -- property tests -------------------------------------------------------------------
 
-SETTINGS = settings(max_examples=50, deadline=None,
+# each example: requests to a live server
+SETTINGS = settings(max_examples=examples(50),
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 BODY_PATHS = ["/batch/", "/e/", "/i/v0/e/", "/capture/", "/engage/", "/flags/?v=2", "/decide/",

@@ -6,9 +6,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from aap.log.sqlite import SQLiteLog
 from tests.conftest import Running, start
+
+pytestmark = pytest.mark.slow  # each test starts its own server
 
 
 def track(n: int, prefix: str = "e") -> dict[str, object]:

@@ -22,8 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aap.runner import ServerProcess, create_source
+from tests.conftest import examples, slow_fixture
 
-SETTINGS = settings(max_examples=120, deadline=None,
+# each example: requests to a live server
+SETTINGS = settings(max_examples=examples(120),
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 TP2 = "/com.snowplowanalytics.snowplow/tp2"
@@ -52,7 +54,7 @@ def _key(data: Path, role: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     data = tmp_path_factory.mktemp("hostile") / "data"
     write_key = create_source(data, "web", "--basis", "legitimate_interest")

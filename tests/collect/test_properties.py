@@ -13,9 +13,10 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Running
+from tests.conftest import Running, examples
 
-SETTINGS = settings(max_examples=150, deadline=None,
+# each example: requests to a live server
+SETTINGS = settings(max_examples=examples(150),
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 

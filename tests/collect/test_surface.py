@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 
 from aap.collect.app import CORS_ALLOW_HEADERS
 from aap.runner import ServerProcess, create_source
-from tests.conftest import Running
+from tests.conftest import Running, examples, slow_fixture
+
+pytestmark = pytest.mark.slow  # each test starts a server (or the CLI) of its own
 
 METRICS_TOKEN = "metrics-secret-token"
 SNOWPLOW_TP2 = "/com.snowplowanalytics.snowplow/tp2"
@@ -41,7 +43,7 @@ def _track(user: str) -> dict[str, object]:
     return {"type": "track", "event": "Surface", "userId": user}
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     data = tmp_path_factory.mktemp("surface") / "data"
     key = create_source(data, "web", "--basis", "legitimate_interest")
@@ -106,7 +108,7 @@ def test_settings_api_host_from_allowed_host_only(srv: Running) -> None:
 
 
 @given(host=st.from_regex(r"[a-z0-9.\-]{1,40}(:[0-9]{1,5})?", fullmatch=True))
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=examples(25),  # each example is a request to a live server
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_settings_never_names_a_foreign_host(srv: Running, host: str) -> None:
     r = httpx.get(srv.url + f"/v1/projects/{srv.key}/settings", headers={"Host": host})
@@ -134,7 +136,7 @@ def test_metrics_needs_the_token(srv: Running) -> None:
 
 @given(path=st.text(st.characters(codec="ascii", exclude_characters="?#%\x00\r\n"),
                     min_size=1, max_size=300))
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=examples(40),  # each example is a request to a live server
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_404_does_not_echo_long_or_marked_up_paths(srv: Running, path: str) -> None:
     path = "/zz" + "".join(c for c in path if c.isprintable() and c not in " \\")

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import slow_fixture
 from tests.e2e.browser import ARGS, CHROMIUM
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is missing: scripts/setup installs it")

@@ -17,7 +17,7 @@ import pytest
 from aap.log.sqlite import SQLiteLog
 from aap.privacy.consent import ConsentLedger, Statement
 from aap.privacy.ids import IdHasher
-from tests.conftest import Running, start
+from tests.conftest import Running, slow_fixture, start
 from tests.e2e.browser import PageServer, wait_for, wait_rows
 from tests.e2e.warehouse import Row
 
@@ -82,7 +82,7 @@ class Tab:
         self.context.close()
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """A source whose analytics purpose rests on consent (AAP's default)."""
     r = start(tmp_path_factory.mktemp("srv"), source_args=("--basis", "consent"))

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from aap.runner import ServerProcess, free_port
+from tests.conftest import slow_fixture
 
 STOP_S = 10.0
 """The promise: everything gone within this after SIGINT or SIGTERM."""
@@ -104,7 +105,7 @@ def full_tree(root: int) -> dict[int, str]:
     return tree(root)
 
 
-@pytest.fixture(scope="module", autouse=True)
+@slow_fixture(scope="module", autouse=True)
 def cpu_hog() -> Iterator[None]:
     """Two processes spinning beside the tests: the stop must hold on a loaded machine."""
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from aap.runner import ServerProcess, create_source
+from tests.conftest import slow_fixture
 
 HERE = Path(__file__).parent
 CASES = sorted(p for p in HERE.glob("*.json") if not p.name.endswith(".expected.json"))
@@ -32,7 +33,7 @@ def _fill(value: Any, now: datetime) -> Any:
     return value
 
 
-@pytest.fixture(params=CASES, ids=[p.stem for p in CASES])
+@slow_fixture(params=CASES, ids=[p.stem for p in CASES])
 def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, dict[str, Any],
                                                                           ServerProcess]]:
     spec = json.loads(request.param.read_text())

@@ -6,11 +6,13 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aap.log.base import Append
 from aap.log.sqlite import SQLiteLog
+from tests.conftest import examples
 
 batches_st = st.lists(
     st.lists(st.tuples(st.text(max_size=5), st.integers(0, 50), st.binary(max_size=64)),
@@ -19,7 +21,7 @@ batches_st = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))  # a SQLite log on disk per example
 @given(groups=batches_st)
 def test_appends_read_back_in_order_with_growing_offsets(tmp_path_factory, groups) -> None:  # type: ignore[no-untyped-def]
     log = SQLiteLog(tmp_path_factory.mktemp("log"))
@@ -43,7 +45,7 @@ def test_appends_read_back_in_order_with_growing_offsets(tmp_path_factory, group
     log.close()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40))  # a SQLite log on disk per example
 @given(counts=st.lists(st.integers(1, 20), min_size=1, max_size=10), data=st.data())
 def test_consumer_positions_and_lag(tmp_path_factory, counts, data) -> None:  # type: ignore[no-untyped-def]
     log = SQLiteLog(tmp_path_factory.mktemp("log"))
@@ -57,7 +59,7 @@ def test_consumer_positions_and_lag(tmp_path_factory, counts, data) -> None:  # 
     log.close()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))  # a SQLite log on disk per example
 @given(records=st.lists(st.tuples(st.integers(0, 20), st.binary(min_size=1, max_size=30)),
                         min_size=1, max_size=10), data=st.data())
 def test_reads_stop_at_the_record_that_reaches_max_events_or_max_bytes(
@@ -109,6 +111,7 @@ def _writer(path: str, wid: int, n: int) -> None:
     log.close()
 
 
+@pytest.mark.slow
 def test_concurrent_writer_processes_keep_order_and_lose_nothing(tmp_path: Path) -> None:
     SQLiteLog(tmp_path).close()
     ctx = mp.get_context("spawn")

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from aap.runner import ServerProcess, create_source
+from tests.conftest import examples, slow_fixture
 from tests.privacy.test_requests_api import new_key
 
 PERSONAL = ("email", "name", "firstName", "lastName", "phone", "address", "username")
@@ -81,7 +82,7 @@ class World:
         return out.read_bytes()
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     data = tmp_path_factory.mktemp("access") / "data"
     write_key = create_source(data, "app", "--basis", "contract")
@@ -120,8 +121,8 @@ def strings(zipped: bytes) -> tuple[set[str], dict[str, Any], str]:
 
 
 # no shrinking: each example runs requests on a live server (a shrink took > 5 minutes);
-# the failing example is printed as drawn
-@settings(max_examples=6, deadline=None, phases=(Phase.explicit, Phase.generate),
+# the failing example is printed as drawn; few examples, for each is many requests
+@settings(max_examples=examples(6), phases=(Phase.explicit, Phase.generate),
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(a_user=ids, a_anon=ids, a_traits=traits, b_user=ids, b_anon=ids, b_traits=traits)
 def test_the_export_holds_the_raw_ids_and_personal_traits_of_the_person_only(

@@ -14,13 +14,16 @@ import pytest
 
 from aap.privacy.audit import AuditLog
 from aap.runner import ServerProcess, create_source
+from tests.conftest import slow_fixture
+
+pytestmark = pytest.mark.slow  # a server per test, and writer processes
 
 
 def aap(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "aap", *args], capture_output=True, text=True)
 
 
-@pytest.fixture
+@slow_fixture
 def data(tmp_path: Path) -> Path:
     """A data dir whose audit log has a source, two keys (one revoked) and consent."""
     d = tmp_path / "data"

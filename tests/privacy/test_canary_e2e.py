@@ -29,12 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from aap.privacy.audit import AuditLog
 from aap.runner import ServerProcess, create_source
 from tests.privacy import test_ip_canary as ipc
 from tests.privacy.test_personal_canary import forms, warehouse_text
 from tests.privacy.test_requests_api import new_key
+
+pytestmark = pytest.mark.slow  # a server, its processor and tiers end to end
 
 USER = "canary-e2e-user-4d1a9c"
 ANON = "canary-e2e-anon-b83f02"

@@ -57,6 +57,7 @@ def persons(server: ServerProcess, source: str) -> dict[str, int]:
         "SELECT message_id, person_id FROM events WHERE source = ?", [source])}
 
 
+@pytest.mark.slow
 def test_cnil_mode_end_to_end(tmp_path: Path) -> None:
     data = tmp_path / "data"
     web = create_source(data, "web", "--mode", "cnil")
@@ -144,6 +145,7 @@ def test_cnil_mode_end_to_end(tmp_path: Path) -> None:
     assert "condition(s) not met" in check.stderr
 
 
+@pytest.mark.slow
 def test_check_without_cnil_sources_and_without_the_flag(tmp_path: Path) -> None:
     r = aap("privacy", "check", "--cnil", "--data-dir", str(tmp_path))
     assert r.returncode == 0 and "no source in CNIL mode" in r.stdout
@@ -151,6 +153,7 @@ def test_check_without_cnil_sources_and_without_the_flag(tmp_path: Path) -> None
     assert r.returncode != 0 and "--cnil" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "message"), [
     (("--mode", "cnil", "--purpose", "analytics"), "may only serve consent-exempt"),
     (("--mode", "cnil", "--purpose", "audience_measurement:consent"), "legitimate_interest"),

@@ -17,7 +17,10 @@ import httpx
 import pytest
 
 from aap.runner import ServerProcess, create_source
+from tests.conftest import slow_fixture
 from tests.privacy.test_ip_canary import scan
+
+pytestmark = pytest.mark.slow  # each test starts a server
 
 
 def ev(anon: str, event: str = "Viewed", prefs: dict[str, bool] | None = None,
@@ -50,7 +53,7 @@ class Site:
         return self.server.sql(f"SELECT event, purposes FROM events WHERE {where}", params)
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     data = tmp_path_factory.mktemp("consent") / "data"
     key = create_source(data, "shop", "--purpose", "analytics",

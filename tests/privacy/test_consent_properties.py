@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from aap.privacy.consent import ConsentLedger, ConsentState, Statement, decide
@@ -49,7 +49,6 @@ def latest(history: list[tuple[int, int, dict[str, bool]]], ids: list[int], purp
     return all(said for at, said in per_id.values() if at == newest)
 
 
-@settings(max_examples=300, deadline=None)
 @given(statements, source_purposes, event_ids, own, st.booleans())
 def test_a_purpose_is_served_only_on_a_basis(history: list[tuple[int, int, dict[str, bool]]],
                                              declared: dict[str, str], ids: list[int],

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aap.runner import ServerProcess
+from tests.conftest import examples, slow_fixture
 
 SOURCES = ("solo", "shop-a", "shop-b")
 SCOPE = {"solo": "solo", "shop-a": "shop", "shop-b": "shop"}
@@ -105,7 +106,7 @@ class World:
         return sorted((names[r[0]], r[1]) for r in rows)
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     data = tmp_path_factory.mktemp("scope") / "data"
     w_keys: dict[str, str] = {}
@@ -170,7 +171,8 @@ ops = st.lists(st.tuples(st.sampled_from(SOURCES), st.integers(0, 1), st.boolean
                          st.booleans()), min_size=1, max_size=6)
 
 
-@settings(max_examples=10, deadline=None,
+# each example: a run of grants and withdrawals against a live server
+@settings(max_examples=examples(10),
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=ops)
 def test_consent_acts_only_in_its_scope_and_only_trusted_statements_reach_history(
@@ -307,6 +309,7 @@ def test_consent_is_rate_limited_per_source_and_per_subject(world: World) -> Non
     assert rows() - before == len(ok)
 
 
+@pytest.mark.slow
 def test_back_pressure_applies_to_consent(tmp_path: Path) -> None:
     data = tmp_path / "data"
     r = aap("sources", "create", "web", "--data-dir", str(data))

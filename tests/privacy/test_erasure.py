@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from aap.privacy.audit import AuditLog
 from aap.runner import ServerProcess, create_source
 from tests.conftest import Running
 from tests.privacy.test_personal_canary import warehouse_text
+
+pytestmark = pytest.mark.slow  # each test starts a server or runs the CLI
 
 GONE_MARK = "erase-marker-of-ana-41c7"
 KEPT_MARK = "kept-marker-of-bo-93d2"

@@ -8,10 +8,13 @@ import sqlite3
 from pathlib import Path
 
 import httpx
+import pytest
 from segment.analytics import Client
 
 from aap.events import payload_bytes
 from tests.conftest import start
+
+pytestmark = pytest.mark.slow  # a server end to end
 
 V4 = "203.0.113.77"
 V6 = "2001:db8:85a3:1234:5678:8a2e:370:7334"

@@ -13,10 +13,13 @@ from pathlib import Path
 import duckdb
 import httpx
 import pyarrow.parquet as pq
+import pytest
 
 from aap.privacy.sealing import Sealer
 from aap.runner import ServerProcess, create_source
 from tests.privacy.test_ip_canary import scan
+
+pytestmark = pytest.mark.slow  # a server end to end
 
 USER = "canary-user-3c9f1e"
 ANON = "canary-anon-77b2d0"

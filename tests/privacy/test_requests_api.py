@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from aap.runner import ServerProcess, create_source
+from tests.conftest import slow_fixture
 
 
 class Api:
@@ -60,7 +61,7 @@ def new_key(data: Path, role: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     data = tmp_path_factory.mktemp("requests") / "data"
     write_key = create_source(data, "app", "--basis", "contract")

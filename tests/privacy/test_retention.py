@@ -86,6 +86,7 @@ def expected(kind: str, tier: str, t: datetime) -> list[str] | None:
     return left if left or not KINDS[kind] else None
 
 
+@pytest.mark.slow
 def test_expired_purposes_leave_every_tier_and_the_rest_stays(tmp_path: Path) -> None:
     events, kinds = [], {}
     # every 3 days back to 500 days, at 07:30 (well away from the hour boundaries)
@@ -157,6 +158,7 @@ class Clock:
         return self.t
 
 
+@pytest.mark.slow
 def test_schedule_removes_data_at_most_an_hour_late(tmp_path: Path) -> None:
     """Events crossing their limit at many moments, in the hot tier and in warm files;
     the job called as the thread does (on its interval, on a fake clock) removes each
@@ -226,6 +228,7 @@ def _register(data: Path, env: dict[str, str] | None = None) -> subprocess.Compl
                           env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("retention", "message"), [
     ({"days": None}, "unlimited"),
     ({"days": 800}, "longer than 25 months"),
@@ -244,6 +247,7 @@ def test_unlimited_or_too_long_retention_is_refused(tmp_path: Path, retention: d
         Registry.for_data_dir(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("env", "message"), [
     ({"AAP_COLD_DAYS": "1000"}, "AAP_COLD_DAYS=1000"),
     ({"AAP_COLD_DAYS": "0"}, "cannot be unlimited"),
@@ -261,6 +265,7 @@ def test_settings_that_keep_data_too_long_are_refused(tmp_path: Path, env: dict[
     assert serve.returncode != 0 and message in serve.stderr and "Traceback" not in serve.stderr
 
 
+@pytest.mark.slow
 def test_register_shows_the_enforced_retention_per_purpose_and_tier(tmp_path: Path) -> None:
     (tmp_path / "privacy").mkdir()
     (tmp_path / "privacy" / "purposes.json").write_text(json.dumps([
@@ -276,6 +281,7 @@ def test_register_shows_the_enforced_retention_per_purpose_and_tier(tmp_path: Pa
     assert "raw log records after 48 hours" in sections["marketing"]
 
 
+@pytest.mark.slow
 def test_ids_of_persons_whose_events_all_expired_are_forgotten(tmp_path: Path) -> None:
     """On the real server: a person whose every event is past the 25-month cap loses their
     profile, their id mapping and what the keystore kept (data key, sealed raw id, sealed

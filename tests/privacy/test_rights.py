@@ -23,6 +23,7 @@ import pytest
 from aap.privacy.audit import AuditLog
 from aap.privacy.ids import IdHasher
 from aap.runner import ServerProcess, create_source
+from tests.conftest import slow_fixture
 from tests.privacy.test_requests_api import new_key
 
 PEOPLE = ("rita", "otto", "olga", "cora", "erin", "ivan")
@@ -78,7 +79,7 @@ class World:
         return [e for e in AuditLog(self.data).entries() if e["action"] == action]
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     data = tmp_path_factory.mktemp("rights") / "data"
     write_key = create_source(data, "app", "--basis", "contract", "--historical")

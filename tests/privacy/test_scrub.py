@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 import msgspec
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from aap.events import Event
@@ -45,7 +45,6 @@ def shapes(addr: str) -> list[str]:
     return out
 
 
-@settings(max_examples=300)
 @given(addresses, filler, filler, st.data())
 def test_an_address_anywhere_in_a_string_is_redacted(addr: str, before: str, after: str,
                                                      data: st.DataObject) -> None:
@@ -57,7 +56,6 @@ def test_an_address_anywhere_in_a_string_is_redacted(addr: str, before: str, aft
     assert holds_address(text)
 
 
-@settings(max_examples=200)
 @given(clean)
 def test_text_without_an_address_is_left_alone(text: str) -> None:
     assert redact(text) == text
@@ -114,7 +112,6 @@ def planted(draw: st.DrawFn) -> tuple[dict[str, Any], list[str]]:
     return root, canaries
 
 
-@settings(max_examples=150)
 @given(planted(), planted(), planted(), st.sampled_from(("traits", "properties", "context")))
 def test_take_personal_leaves_nothing_and_put_back_restores_all(
         props: tuple[dict[str, Any], list[str]], traits: tuple[dict[str, Any], list[str]],

@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aap.runner import ServerProcess, create_source
-from tests.conftest import unsealed_log
+from tests.conftest import examples, slow_fixture, unsealed_log
 from tests.privacy import test_ip_canary as ipc
 from tests.privacy.test_personal_canary import forms, warehouse_text
 
@@ -261,7 +261,7 @@ def strings(value: Any) -> Iterator[str]:
             yield from strings(v)
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
     root = tmp_path_factory.mktemp("scrub")
@@ -280,7 +280,8 @@ def test_planted_emails_and_ips_are_only_sealed(
     srv, keys = server
     planted: list[Plant] = []
 
-    @settings(max_examples=80, deadline=None, database=None,
+    # each example: events through a live server
+    @settings(max_examples=examples(80), database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture,
                                      HealthCheck.too_slow])
     @given(plants())

@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from aap.runner import ServerProcess, create_source
+
+pytestmark = pytest.mark.slow  # each test starts a server
 
 
 def site_token(secret_b64: str, source_id: str, subject: dict[str, str], exp: float) -> str:

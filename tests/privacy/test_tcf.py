@@ -32,6 +32,7 @@ def iab_encode(cases: list[dict[str, object]]) -> list[str]:
     return [r["tc"] for r in iab(cases)]
 
 
+@pytest.mark.slow
 def test_decoder_agrees_with_the_iab_library() -> None:
     rng = random.Random(5)
     cases = [{"consents": sorted(rng.sample(range(1, 12), rng.randint(0, 11))),
@@ -49,6 +50,7 @@ def test_decoder_agrees_with_the_iab_library() -> None:
         assert core.service_specific is theirs["serviceSpecific"] is True
 
 
+@pytest.mark.slow
 def test_mapping_needs_every_tcf_purpose() -> None:
     [s] = iab_encode([{"consents": [1, 8, 9, 5], "legitimate": [], "cmpId": 7,
                        "cmpVersion": 1, "policy": 5}])
@@ -72,6 +74,7 @@ def test_not_v2_or_too_short_is_refused(bad: str) -> None:
         tcf.decode(bad)
 
 
+@pytest.mark.slow
 def test_a_tc_string_on_the_event_is_a_consent_statement(tmp_path: Path) -> None:
     yes, no = iab_encode([
         {"consents": [1, 8, 9], "legitimate": [], "cmpId": 7, "cmpVersion": 1, "policy": 5},

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aap.process.identity import Identities
+from tests.conftest import examples
 
 IDS = ["u1", "u2", "u3", "a1", "a2", "a3", "a4"]
 USERS = IDS[:3]
@@ -79,7 +80,8 @@ ops = st.lists(st.one_of(
 ), max_size=30)
 
 
-@settings(max_examples=500)
+# more than the profile's: cheap, and merges, aliases and re-identifies interleave many ways
+@settings(max_examples=examples(500))
 @given(ops)
 def test_same_persons_as_the_reference(ops: list[tuple[str, str | None, str | None]]) -> None:
     ident, ref = Identities(), Reference()

@@ -23,8 +23,10 @@ from hypothesis import strategies as st
 from aap.events import MESSAGE_TYPES, Event, Geo, encode_events
 from aap.process import enrich
 from aap.process.prepare import PREPARED_SCHEMA, PrepareConfig, Reader, prepare
+from tests.conftest import examples
 
-SETTINGS = settings(max_examples=120, deadline=None,
+# each example: a prepare pass through DuckDB
+SETTINGS = settings(max_examples=examples(120),
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 
@@ -197,6 +199,7 @@ def _legacy(events: list[Event]) -> bytes:
     return zstandard.ZstdCompressor(level=1).compress(msgspec.msgpack.encode(events))
 
 
+@pytest.mark.slow  # a DuckDB pass per example: seconds even with dev's count
 @SETTINGS
 @given(st.lists(st.lists(events(), max_size=4), max_size=4),
        st.frozensets(st.sampled_from(["src_a", "src_b"])), st.booleans())
@@ -220,6 +223,7 @@ def _clamped(e: Event, historical: frozenset[str]) -> bool:
     return (ts + (recv - sent) if sent is not None else ts) - recv > 5 * 60 * 1_000_000
 
 
+@pytest.mark.slow  # a DuckDB pass per example: seconds even with dev's count
 @SETTINGS
 @given(st.lists(events(), min_size=1, max_size=6))
 def test_same_message_same_key_whatever_the_record(reader: Reader, evs: list[Event]) -> None:
@@ -247,6 +251,7 @@ def test_the_scratch_file_keeps_no_events(reader: Reader) -> None:
         assert b"canary-7f3a" not in f.read()
 
 
+@pytest.mark.slow
 def test_scratch_files_of_dead_processes_are_removed(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from aap.query.cache import QueryCache
 from aap.query.runner import run_insight
@@ -67,6 +68,7 @@ def test_cache_follows_moves_retirements_and_merges(tmp_path: Path) -> None:
     wh.close()
 
 
+@pytest.mark.slow
 def test_aap_query_opens_the_warehouse_when_no_server_runs(tmp_path: Path) -> None:
     data = tmp_path / "data"
     wh = Warehouse(data / "warehouse")

@@ -17,6 +17,8 @@ from aap.store.warehouse import Warehouse
 from tests.query.test_reference import NAMES, NOW, SETTINGS, ZONES, dates, event_sets, load, run
 from tests.query.test_reference import warehouse as warehouse  # the fixture
 
+pytestmark = pytest.mark.slow  # many insights over a warehouse: ~5 s
+
 
 def numbers(answer: dict[str, Any]) -> int:
     """How many numbers an answer holds (the cells)."""

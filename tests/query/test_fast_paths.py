@@ -83,6 +83,7 @@ def _busiest(wh: Warehouse) -> int:
                               " GROUP BY ALL ORDER BY sum(n) DESC LIMIT 1").fetchall()[0][0])
 
 
+@pytest.mark.slow
 def test_a_restricted_person_leaves_the_fast_ways(warehouse: Warehouse) -> None:
     docs = [{"date_from": START, "date_to": END, **d} for d in DOCS]
     before = [run_insight(warehouse, d) for d in docs]
@@ -95,6 +96,7 @@ def test_a_restricted_person_leaves_the_fast_ways(warehouse: Warehouse) -> None:
         warehouse.con.execute("DELETE FROM person_flags")
 
 
+@pytest.mark.slow
 def test_erasure_takes_the_rollup_rows_in_its_own_commit(tmp_path: Path) -> None:
     load(tmp_path, generate(5_000, 200, 6, 3), hot_days=2, cold_days=1000)
     wh = Warehouse(tmp_path / "warehouse", tiers=TierStore(TierConfig(str(tmp_path / "tiers"))))

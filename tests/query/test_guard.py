@@ -4,7 +4,7 @@ insight names them, and what lower roles see of stored documents."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from aap.errors import Forbidden
@@ -15,7 +15,6 @@ from aap.query.sql import PERSONAL
 from tests.api.test_personal_guard import PLAIN, personal_name
 
 
-@settings(max_examples=300, deadline=None)
 @given(name=personal_name(), kind=st.sampled_from(["event", "person"]))
 def test_personal_names_in_any_casing_and_separator_are_personal(name: str, kind: str) -> None:
     assert guard.is_personal_field(name, kind), name

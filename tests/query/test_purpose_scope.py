@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from aap.runner import ServerProcess, create_source
+
+pytestmark = pytest.mark.slow  # a server end to end
 
 DAY = (datetime.now(UTC) - timedelta(days=20)).replace(hour=12, minute=0, second=0,
                                                        microsecond=0)

@@ -22,8 +22,11 @@ from aap.query.cache import QueryCache
 from aap.query.runner import run_insight
 from aap.store.schema import EVENT_ARROW_SCHEMA
 from aap.store.warehouse import Chunk, Warehouse
+from tests.conftest import examples
 from tests.query import reference as ref
 from tests.query.reference import Ev
+
+pytestmark = pytest.mark.slow  # each example writes and queries a warehouse: ~10 s a test
 
 # The EU leaves summer time on 2026-10-25, the US on 2026-11-01; Lord Howe moves by 30 min.
 ANCHOR = datetime(2026, 10, 20)
@@ -32,7 +35,8 @@ ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/
 NAMES = ["A", "B", "C", "D"]
 MERGED = {101: 1, 102: 2, 103: 1}  # old person → surviving person
 
-SETTINGS = settings(max_examples=40, deadline=None,
+# each example: a warehouse written and queried
+SETTINGS = settings(max_examples=examples(40),
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 

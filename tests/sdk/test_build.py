@@ -10,12 +10,15 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[2]
 SDK = ROOT / "sdk" / "js"
 SERVED = ROOT / "src" / "aap" / "collect" / "static" / "aap.min.js"
 BUDGET = 5 * 1024
 
 
+@pytest.mark.slow
 def test_build_measures_and_stays_under_5_kb() -> None:
     out = subprocess.run(["node", str(SDK / "build.mjs")], capture_output=True, text=True,
                          timeout=120)

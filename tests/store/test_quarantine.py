@@ -116,6 +116,7 @@ def rows_of(wh: Warehouse) -> dict[str, str]:
     return out
 
 
+@pytest.mark.slow
 def test_each_job_sets_bad_rows_aside_and_finishes_the_others(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)

@@ -20,6 +20,9 @@ from aap.runner import free_port
 from aap.store.tiering import TierPolicy, run_tiering
 from aap.store.tiers import TierConfig, TierStore
 from aap.store.warehouse import Warehouse
+from tests.conftest import slow_fixture
+
+pytestmark = pytest.mark.slow  # tiers moved on disk and on a local S3 server: ~10 s a test
 
 TODAY = date(2026, 6, 30)
 DAYS = 150  # events on each of the 150 days before TODAY (2026-01-31 .. 2026-06-29)
@@ -123,7 +126,7 @@ def test_counts_stay_exact_while_partitions_move(tmp_path: Path) -> None:
     assert wh.tier_stats()["cold"][1] > 0
 
 
-@pytest.fixture
+@slow_fixture
 def s3() -> Iterator[TierConfig]:
     import boto3
     from moto.server import ThreadedMotoServer
