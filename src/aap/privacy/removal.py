@@ -57,7 +57,7 @@ def _sql_rows(table: pa.Table, hit_sql: str, kept_sql: str, params: dict[str, An
         hit = int(con.execute(hit_sql, bind(hit_sql, params)).fetchone()[0])  # type: ignore[index]
         if not hit:
             return None
-        kept = con.sql(kept_sql, params=bind(kept_sql, params)).to_arrow_table()
+        kept = con.execute(kept_sql, bind(kept_sql, params)).to_arrow_table()
         assert kept is not None
         return kept.cast(EVENT_ARROW_SCHEMA), hit
     finally:
@@ -250,7 +250,7 @@ class _Expiry:
             if not int(con.execute(sql, bind(sql, params)).fetchone()[0]):  # type: ignore[index]
                 return None
             sql = f"SELECT * REPLACE ({keep} AS purposes) FROM t WHERE NOT {gone}"
-            kept = con.sql(sql, params=bind(sql, params)).to_arrow_table()
+            kept = con.execute(sql, bind(sql, params)).to_arrow_table()
             assert kept is not None
         finally:
             con.close()
