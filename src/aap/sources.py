@@ -31,6 +31,7 @@ import msgspec.structs
 from aap.privacy.audit import AuditLog
 from aap.privacy.cnil import CNIL, source_errors
 from aap.privacy.purposes import Basis, Registry
+from aap.store.migrations import Schema, migrate_sqlite, unversioned_columns
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -48,7 +49,18 @@ CREATE TABLE IF NOT EXISTS sources (
     server_key_hash TEXT UNIQUE,
     server_key_hint TEXT
 );
+CREATE UNIQUE INDEX IF NOT EXISTS sources_server_key ON sources (server_key_hash);
 """
+
+SCHEMA = Schema("sources", _SCHEMA, steps=(
+    # registries made before these columns existed (and before schema versions)
+    unversioned_columns("sources", (
+        ("historical", "INTEGER NOT NULL DEFAULT 0"),
+        ("purposes", """TEXT NOT NULL DEFAULT '{"analytics": "consent"}'"""),
+        ("mode", "TEXT NOT NULL DEFAULT 'standard'"),
+        ("controller", "TEXT"), ("server_key_hash", "TEXT"), ("server_key_hint", "TEXT"))),
+))
+"""The registry's schema versions (:mod:`aap.store.migrations`)."""
 
 
 class Source(msgspec.Struct, frozen=True):
@@ -116,24 +128,7 @@ class Sources:
         self._con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                     check_same_thread=False)
         self._con.execute("PRAGMA journal_mode=WAL")
-        self._con.executescript(_SCHEMA)
-        cols = {r[1] for r in self._con.execute("PRAGMA table_info(sources)")}
-        if "historical" not in cols:  # registries made before the column existed
-            self._con.execute("ALTER TABLE sources ADD COLUMN historical INTEGER NOT NULL DEFAULT 0")
-        if "purposes" not in cols:
-            self._con.execute("ALTER TABLE sources ADD COLUMN purposes TEXT NOT NULL"
-                              """ DEFAULT '{"analytics": "consent"}'""")
-        if "mode" not in cols:
-            self._con.execute("ALTER TABLE sources ADD COLUMN mode TEXT NOT NULL DEFAULT 'standard'")
-        for col in ("controller", "server_key_hash", "server_key_hint"):
-            if col not in cols:
-                try:
-                    self._con.execute(f"ALTER TABLE sources ADD COLUMN {col} TEXT")
-                except sqlite3.OperationalError as exc:
-                    if "duplicate column" not in str(exc):
-                        raise  # (else another process added it just now)
-        self._con.execute("CREATE UNIQUE INDEX IF NOT EXISTS sources_server_key"
-                          " ON sources (server_key_hash)")
+        migrate_sqlite(self._con, SCHEMA)
 
     def create(
         self, name: str, *, allowed_origins: tuple[str, ...] = ("*",),

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from aap.store import quarantine
+from aap.store.migrations import Schema, migrate_duckdb, unversioned_columns
 from aap.store.schema import DDL, DEDUP_KEY_SQL, EVENT_ARROW_SCHEMA, OLD_VIEWS, VIEWS
 from aap.store.tiers import TierConfig, TierStore
 
@@ -132,6 +133,18 @@ def _one_select(sql: str) -> bool:
     return len(statements) == 1 and statements[0].type == duckdb.StatementType.SELECT
 
 
+def _unversioned(con: duckdb.DuckDBPyConnection) -> None:
+    """Step 0 → 1, for stores made before schema versions: the analysts' views were
+    persistent then (they are temporary now), and events did not carry their purposes."""
+    for v in OLD_VIEWS:
+        con.execute(f"DROP VIEW IF EXISTS {v}")
+    unversioned_columns("events_raw", (("purposes", "VARCHAR[]"),))(con)
+
+
+SCHEMA = Schema("events_raw", DDL + quarantine.DDL, steps=(_unversioned,))
+"""The warehouse's schema versions (:mod:`aap.store.migrations`)."""
+
+
 class CursorPool:
     """Idle cursors of one database, each with the analysts' views (:data:`VIEWS`)
     created once: they read whatever ``warm_events`` and ``cold_events`` are registered
@@ -183,13 +196,7 @@ class Warehouse:
             # WAL replay at start-up short.
             "checkpoint_threshold": "64MB",
         })
-        for v in OLD_VIEWS:
-            self.con.execute(f"DROP VIEW IF EXISTS {v}")
-        self.con.execute(DDL)
-        self.con.execute(quarantine.DDL)
-        cols = {r[0] for r in self.con.execute("DESCRIBE events_raw").fetchall()}
-        if "purposes" not in cols:  # stores made before events carried their purposes
-            self.con.execute("ALTER TABLE events_raw ADD COLUMN purposes VARCHAR[]")
+        migrate_duckdb(self.con, SCHEMA)
         self.write_lock = threading.Lock()
         self._readers = CursorPool(self.con)
 
