@@ -74,7 +74,7 @@ def cutoffs(registry: Registry, cold_days: int, now: datetime
 
 
 class RetentionJob:
-    """Runs :meth:`Warehouse.expire` every ``interval_s`` seconds of ``clock``."""
+    """Runs :func:`aap.privacy.removal.expire` every ``interval_s`` seconds of ``clock``."""
 
     def __init__(self, wh: Warehouse, registry: Registry, cold_days: int, interval_s: float,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
