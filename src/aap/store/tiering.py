@@ -79,7 +79,7 @@ def hot_days(wh: Warehouse) -> list[date]:
     return [r[0] for r in wh.con.cursor().execute(
         "SELECT DISTINCT CAST(timestamp AS DATE) FROM events_raw"
         f" WHERE NOT {quarantine.bad_time_sql()} ORDER BY 1",
-        list(quarantine.bounds())).fetchall()]
+        quarantine.bound_params()).fetchall()]
 
 
 def quarantine_hot(wh: Warehouse, job: str) -> int:
