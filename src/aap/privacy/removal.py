@@ -54,10 +54,11 @@ def _sql_rows(table: pa.Table, hit_sql: str, kept_sql: str, params: dict[str, An
     con = duckdb.connect()
     try:
         con.register("t", table)
-        hit = int(con.execute(hit_sql, bind(hit_sql, params)).fetchone()[0])  # type: ignore[index]
+        hit = int(con.execute(hit_sql, bind(hit_sql, params)).fetchall()[0][0])
         if not hit:
             return None
-        kept = con.execute(kept_sql, bind(kept_sql, params)).to_arrow_table()
+        # (counts are fetched whole: a relation may follow on this connection)
+        kept = con.sql(kept_sql, params=bind(kept_sql, params)).to_arrow_table()
         assert kept is not None
         return kept.cast(EVENT_ARROW_SCHEMA), hit
     finally:
@@ -247,10 +248,10 @@ class _Expiry:
             sql = f"SELECT message_id, person_id FROM t WHERE {gone}"
             erased = con.execute(sql, bind(sql, params)).fetchall()
             sql = f"SELECT count(*) FROM t WHERE {changed}"
-            if not int(con.execute(sql, bind(sql, params)).fetchone()[0]):  # type: ignore[index]
+            if not int(con.execute(sql, bind(sql, params)).fetchall()[0][0]):
                 return None
             sql = f"SELECT * REPLACE ({keep} AS purposes) FROM t WHERE NOT {gone}"
-            kept = con.execute(sql, bind(sql, params)).to_arrow_table()
+            kept = con.sql(sql, params=bind(sql, params)).to_arrow_table()
             assert kept is not None
         finally:
             con.close()
