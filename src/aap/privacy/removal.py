@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aap.store import quarantine
-from aap.store.rewrite import Change, Count, FileRows, bind, holds_persons, purge_trash, rewrite
+from aap.store.rewrite import Change, FileRows, Hot, bind, holds_persons, purge_trash, rewrite
 from aap.store.schema import EVENT_ARROW_SCHEMA
 from aap.store.warehouse import Warehouse
 
@@ -70,8 +70,8 @@ def _sql_rows(table: pa.Table, hit_sql: str, kept_sql: str, params: dict[str, An
 _PERSON = "list_contains($persons, person_id)"
 
 
-def _erase_hot(out: dict[str, Any], params: dict[str, Any]) -> Callable[[Count], None]:
-    def hot(count: Count) -> None:
+def _erase_hot(out: dict[str, Any], params: dict[str, Any]) -> Callable[[Hot], None]:
+    def hot(count: Hot) -> None:
         out["hot_events"] = count(f"DELETE FROM events_raw WHERE {_PERSON}", params)
         out["quarantined_events"] = count(
             f"DELETE FROM quarantined_events WHERE {_PERSON}", params)
@@ -125,7 +125,7 @@ def erase_persons_in(wh: Warehouse, persons: set[int], sources: list[str]) -> di
     value_set = pa.array(sorted(persons), pa.int64())
     source_set = pa.array(sources, pa.string())
 
-    def hot(count: Count) -> None:
+    def hot(count: Hot) -> None:
         out["hot_events"] = count(f"DELETE FROM events_raw WHERE {cond}", params)
         out["order_items"] = count(
             f"DELETE FROM order_items WHERE message_id IN (SELECT message_id FROM orders"
@@ -177,7 +177,7 @@ def strip_purpose(wh: Warehouse, persons: set[int], purpose: str,
         return out
     mine, params = _withdrawn(persons, purpose, sources, before_ms)
 
-    def hot(count: Count) -> None:
+    def hot(count: Hot) -> None:
         out["hot_erased"] = count(f"DELETE FROM events_raw WHERE {mine} AND len(purposes) = 1",
                                   params)
         count(f"DELETE FROM quarantined_events WHERE {mine}", params)
@@ -260,11 +260,17 @@ class _Expiry:
             self.erased_persons.update(int(r[1]) for r in erased if r[1] is not None)
         return kept.cast(EVENT_ARROW_SCHEMA), len(erased)
 
-    def hot(self, out: dict[str, Any]) -> Callable[[Count], None]:
-        def hot(count: Count) -> None:
+    def hot(self, out: dict[str, Any]) -> Callable[[Hot], None]:
+        def hot(count: Hot) -> None:
             keep, gone, params = self.expr("hot")
             params.update(hot_limit=self.oldest_cutoff("hot"), erased_ids=self.erased_ids,
                           strictest=self.strictest())
+            # Only hot rows older than the latest cutoff can change: the first condition
+            # lets DuckDB skip the row groups of recent days. Their persons are noted in
+            # this transaction (a chunk committed just before is seen).
+            self.erased_persons.update(int(r[0]) for r in count.rows(
+                f"SELECT DISTINCT person_id FROM events_raw WHERE timestamp < $hot_limit"
+                f" AND {gone}", params) if r[0] is not None)
             doomed = (f"(SELECT message_id FROM events_raw WHERE timestamp < $hot_limit"
                       f" AND {gone}) OR list_contains($erased_ids, message_id)")
             count(f"DELETE FROM order_items WHERE message_id IN {doomed}", params)
@@ -282,13 +288,6 @@ class _Expiry:
                     f" WHERE timestamp < $hot_limit AND len(purposes) <> len({keep})", params)
         return hot
 
-    def hot_candidates(self, wh: Warehouse) -> set[int]:
-        """Persons of hot rows that go (candidates only: checked again after the run)."""
-        _, gone, params = self.expr("hot")
-        params["hot_limit"] = self.oldest_cutoff("hot")
-        sql = f"SELECT DISTINCT person_id FROM events_raw WHERE timestamp < $hot_limit AND {gone}"
-        return {int(r[0]) for r in wh.con.cursor().execute(sql, bind(sql, params)).fetchall()}
-
 
 def expire(wh: Warehouse, cutoffs: dict[str, dict[str, datetime]], everything: datetime,
            forget: Forget | None = None) -> dict[str, Any]:
@@ -300,9 +299,6 @@ def expire(wh: Warehouse, cutoffs: dict[str, dict[str, datetime]], everything: d
     ``forget``: see :data:`Forget`."""
     out: dict[str, Any] = {"hot_changed": 0, "hot_erased": 0, **_FILE_COUNTS, "orders": 0}
     run = _Expiry(cutoffs, everything)
-    # Only hot rows older than the latest cutoff can change: the first condition lets
-    # DuckDB skip the row groups of recent days (the write lock is held meanwhile).
-    run.erased_persons.update(run.hot_candidates(wh))
 
     def first_times(path: str) -> pa.ChunkedArray:
         return wh.tiers.read([path], ["timestamp"]).column("timestamp")

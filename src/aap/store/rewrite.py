@@ -26,9 +26,6 @@ from aap.store import quarantine
 from aap.store.schema import EVENT_ARROW_SCHEMA
 from aap.store.warehouse import Warehouse, add_file
 
-Count = Callable[[str, dict[str, Any]], int]
-"""Runs a statement with its parameters and returns its row count (or first value)."""
-
 FileRows = tuple[pa.Table, int] | None
 """A file's rows after the change and how many rows were hit; None: nothing changes."""
 
@@ -44,6 +41,21 @@ def bind(sql: str, params: dict[str, Any]) -> dict[str, Any]:
     return {n: params[n] for n in dict.fromkeys(_NAME.findall(sql))}
 
 
+class Hot:
+    """The hot tables inside a rewrite's transaction: ``hot(sql, params)`` runs a
+    statement and returns its row count (or first value); :meth:`rows` its rows."""
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection) -> None:
+        self.cur = cur
+
+    def __call__(self, sql: str, params: dict[str, Any]) -> int:
+        row = self.cur.execute(sql, bind(sql, params)).fetchone()
+        return int(row[0]) if row else 0
+
+    def rows(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return self.cur.execute(sql, bind(sql, params)).fetchall()
+
+
 @dataclass(frozen=True)
 class Change:
     """What one rewrite does, built by the privacy package."""
@@ -57,8 +69,8 @@ class Change:
     whole)."""
     in_file: Callable[[pa.Table, str], FileRows]
     """(a file's rows, its tier) → its new rows."""
-    hot: Callable[[Count], None]
-    """Changes the hot tables, given a :data:`Count`."""
+    hot: Callable[[Hot], None]
+    """Changes the hot tables, inside the rewrite's transaction."""
 
 
 @dataclass
@@ -149,10 +161,7 @@ def _commit(cur: duckdb.DuckDBPyConnection, change: Change, run: _Run,
     for _, _, bad in run.set_aside:
         quarantine.keep(cur, bad, change.job)
 
-    def count(sql: str, params: dict[str, Any]) -> int:
-        row = cur.execute(sql, bind(sql, params)).fetchone()
-        return int(row[0]) if row else 0
-
+    count = Hot(cur)
     change.hot(count)
     if done:  # a tiering move in between would leave rows in two files
         live = count("SELECT count(*) FROM tier_files WHERE list_contains($paths, path)",
