@@ -98,7 +98,7 @@ def prepare(data_dir: Path, scale: float, console: Console) -> None:
         pids = [int(r[0]) for r in wh.con.execute("SELECT person_id FROM persons").fetchall()]
         ids = pa.table({"id_key": pa.array([hasher.key(f"user-{p}") for p in pids], pa.int64()),
                         "person_id": pa.array(pids, pa.int64())})
-        with wh._transaction() as cur:
+        with wh.transaction() as cur:
             cur.register("ids", ids)
             cur.execute("INSERT INTO person_ids SELECT * FROM ids ON CONFLICT DO NOTHING")
             cur.unregister("ids")
@@ -127,7 +127,7 @@ def run(scale: float = 1.0, data_dir: Path | None = None, batch: int = 1000) -> 
         shutil.copytree(base, work / "data")
         data = work / "data"
         wh = _warehouse(data)
-        with wh._transaction() as cur:
+        with wh.transaction() as cur:
             cur.execute("UPDATE tier_files SET path = replace(path, ?, ?)",
                         [str(base / "tiers"), str(data / "tiers")])
         rights = Rights(data, wh, Keystore(data), IdHasher.for_data_dir(data), AuditLog(data))

@@ -539,7 +539,7 @@ def privacy_register(data_dir: Path | None) -> None:
               " audience measurement, per source in CNIL mode.")
 def privacy_check(data_dir: Path | None, cnil: bool) -> None:
     """Check conditions from the configuration and the data on disk; exit 1 if one fails."""
-    from aap.privacy.cnil import check_all
+    from aap.privacy.cnil_check import check_all
 
     if not cnil:
         raise click.UsageError("name what to check: --cnil")

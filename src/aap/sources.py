@@ -31,6 +31,7 @@ import msgspec.structs
 from aap.privacy.audit import AuditLog
 from aap.privacy.cnil import CNIL, source_errors
 from aap.privacy.purposes import Basis, Registry
+from aap.store.migrations import Schema, migrate_sqlite, unversioned_columns
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -48,7 +49,18 @@ CREATE TABLE IF NOT EXISTS sources (
     server_key_hash TEXT UNIQUE,
     server_key_hint TEXT
 );
+CREATE UNIQUE INDEX IF NOT EXISTS sources_server_key ON sources (server_key_hash);
 """
+
+SCHEMA = Schema("sources", _SCHEMA, steps=(
+    # registries made before these columns existed (and before schema versions)
+    unversioned_columns("sources", (
+        ("historical", "INTEGER NOT NULL DEFAULT 0"),
+        ("purposes", """TEXT NOT NULL DEFAULT '{"analytics": "consent"}'"""),
+        ("mode", "TEXT NOT NULL DEFAULT 'standard'"),
+        ("controller", "TEXT"), ("server_key_hash", "TEXT"), ("server_key_hint", "TEXT"))),
+))
+"""The registry's schema versions (:mod:`aap.store.migrations`)."""
 
 
 class Source(msgspec.Struct, frozen=True):
@@ -116,24 +128,7 @@ class Sources:
         self._con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                     check_same_thread=False)
         self._con.execute("PRAGMA journal_mode=WAL")
-        self._con.executescript(_SCHEMA)
-        cols = {r[1] for r in self._con.execute("PRAGMA table_info(sources)")}
-        if "historical" not in cols:  # registries made before the column existed
-            self._con.execute("ALTER TABLE sources ADD COLUMN historical INTEGER NOT NULL DEFAULT 0")
-        if "purposes" not in cols:
-            self._con.execute("ALTER TABLE sources ADD COLUMN purposes TEXT NOT NULL"
-                              """ DEFAULT '{"analytics": "consent"}'""")
-        if "mode" not in cols:
-            self._con.execute("ALTER TABLE sources ADD COLUMN mode TEXT NOT NULL DEFAULT 'standard'")
-        for col in ("controller", "server_key_hash", "server_key_hint"):
-            if col not in cols:
-                try:
-                    self._con.execute(f"ALTER TABLE sources ADD COLUMN {col} TEXT")
-                except sqlite3.OperationalError as exc:
-                    if "duplicate column" not in str(exc):
-                        raise  # (else another process added it just now)
-        self._con.execute("CREATE UNIQUE INDEX IF NOT EXISTS sources_server_key"
-                          " ON sources (server_key_hash)")
+        migrate_sqlite(self._con, SCHEMA)
 
     def create(
         self, name: str, *, allowed_origins: tuple[str, ...] = ("*",),
@@ -153,19 +148,7 @@ class Sources:
             rate_limit = float(Settings().default_source_rate_limit)
         if not name.strip():
             raise ValueError("a source needs a non-empty name")
-        registry = Registry.for_data_dir(self.data_dir)
-        exempt = {p.id for p in registry.purposes.values() if p.cnil_exempt}
-        default = (dict.fromkeys(sorted(exempt), "legitimate_interest") if mode == CNIL
-                   else {"analytics": "consent"})
-        purposes = dict(purposes or default)
-        for pid, basis in purposes.items():
-            registry.get(pid)
-            if basis not in {b.value for b in Basis}:
-                raise ValueError(f"unknown lawful basis {basis!r}; use one of "
-                                 + ", ".join(b.value for b in Basis))
-        problem = source_errors(mode, purposes, exempt)
-        if problem:
-            raise ValueError(problem)
+        purposes = self._checked_purposes(mode, purposes)
         if rate_limit < 0:
             raise ValueError("rate limit must be 0 (unlimited) or positive")
         if controller is not None:
@@ -183,21 +166,43 @@ class Sources:
             mode=mode,
             controller=controller,
         )
+        self._insert(src, key, purposes)
+        AuditLog(self.data_dir).append(actor, "source.created", {
+            "source": src.id, "name": src.name, "purposes": purposes,
+            "historical": historical, "mode": mode, "controller": controller})
+        return src, key
+
+    def _insert(self, src: Source, key: str, purposes: dict[str, str]) -> None:
         try:
             self._con.execute(
                 "INSERT INTO sources (id, name, key_hash, key_hint, created_at, allowed_origins,"
                 " rate_limit, historical, purposes, mode, controller)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (src.id, src.name, hash_key(key), src.key_hint, src.created_at,
-                 json.dumps(list(src.allowed_origins)), src.rate_limit, int(historical),
-                 json.dumps(purposes), mode, controller),
+                 json.dumps(list(src.allowed_origins)), src.rate_limit, int(src.historical),
+                 json.dumps(purposes), src.mode, src.controller),
             )
         except sqlite3.IntegrityError:
-            raise SourceExists(f"a source named {name!r} already exists") from None
-        AuditLog(self.data_dir).append(actor, "source.created", {
-            "source": src.id, "name": src.name, "purposes": purposes,
-            "historical": historical, "mode": mode, "controller": controller})
-        return src, key
+            raise SourceExists(f"a source named {src.name!r} already exists") from None
+
+    def _checked_purposes(self, mode: str, purposes: dict[str, str] | None
+                          ) -> dict[str, str]:
+        """The source's purposes (the mode's default when none are given), each in the
+        registry with a known lawful basis, and allowed in this mode."""
+        registry = Registry.for_data_dir(self.data_dir)
+        exempt = {p.id for p in registry.purposes.values() if p.cnil_exempt}
+        default = (dict.fromkeys(sorted(exempt), "legitimate_interest") if mode == CNIL
+                   else {"analytics": "consent"})
+        purposes = dict(purposes or default)
+        for pid, basis in purposes.items():
+            registry.get(pid)
+            if basis not in {b.value for b in Basis}:
+                raise ValueError(f"unknown lawful basis {basis!r}; use one of "
+                                 + ", ".join(b.value for b in Basis))
+        problem = source_errors(mode, purposes, exempt)
+        if problem:
+            raise ValueError(problem)
+        return purposes
 
     def set_rate_limit(self, name: str, rate_limit: float, *, actor: str = "admin") -> Source:
         """Change a source's rate limit (events/s, 0 for unlimited); the collector's

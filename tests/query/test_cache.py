@@ -12,8 +12,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from aap.privacy import removal
 from aap.query.cache import QueryCache
 from aap.query.runner import run_insight
+from aap.store import tiering
 from aap.store.schema import EVENT_ARROW_SCHEMA
 from aap.store.warehouse import Chunk, Warehouse
 
@@ -46,13 +48,13 @@ def test_cache_follows_moves_retirements_and_merges(tmp_path: Path) -> None:
     cache = QueryCache(wh)
     wh.write(Chunk(events=events(6, 10), position=1, next_person=1000))
     for d in range(4):
-        wh.move_day_to_warm((START + timedelta(days=d)).date())
+        tiering.move_day_to_warm(wh, (START + timedelta(days=d)).date())
     plain = persons(wh)
     assert plain == [10, 5]  # September: persons 1-5 and 101-105; October: 1-5
     assert cache.sync()["copied"] == 4
     assert persons(wh) == plain
     # September's warm days become one cold archive: the cached warm files retire
-    wh.compact_to_cold("2026-09", datetime(2026, 10, 1).date(), timedelta(0))
+    tiering.compact_to_cold(wh, "2026-09", datetime(2026, 10, 1).date(), timedelta(0))
     assert persons(wh) == plain  # cold file read from Parquet, retired rows ignored
     done = cache.sync()
     assert done == {"merges": 0, "dropped": 3, "copied": 1, "rows": 30}
@@ -86,7 +88,7 @@ def test_aap_query_opens_the_warehouse_when_no_server_runs(tmp_path: Path) -> No
 def test_cache_is_rebuilt_when_the_events_schema_changes(tmp_path: Path) -> None:
     wh = Warehouse(tmp_path / "wh")
     wh.write(Chunk(events=events(3, 4), position=1, next_person=1000))
-    wh.move_day_to_warm(START.date())
+    tiering.move_day_to_warm(wh, START.date())
     QueryCache(wh).sync()
     expected = persons(wh)
     # a cache made by an older version, without the newest column
@@ -102,11 +104,11 @@ def test_erasure_removes_the_cached_copies_in_its_own_commit(tmp_path: Path) -> 
     wh = Warehouse(tmp_path / "wh")
     wh.write(Chunk(events=events(3, 5), position=1, next_person=1000))
     for d in range(2):
-        wh.move_day_to_warm((START + timedelta(days=d)).date())
+        tiering.move_day_to_warm(wh, (START + timedelta(days=d)).date())
     QueryCache(wh).sync()
     cached = "SELECT count(*) FROM query_cache WHERE person_id IN (1, 101)"
     assert wh.con.execute(cached).fetchall() == [(2,)]
-    wh.erase_persons({1, 101})
+    removal.erase_persons(wh, {1, 101})
     assert wh.con.execute(cached).fetchall() == [(0,)]  # no sync needed
     assert persons(wh) == [8, 0]  # September: 2-5 and 102-105
     wh.close()

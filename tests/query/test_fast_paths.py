@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from aap.privacy import removal, subjects
 from aap.query import funnel_arrays, paths_arrays, rollup
 from aap.query.cache import QueryCache
 from aap.query.runner import run_insight
@@ -87,7 +88,7 @@ def _busiest(wh: Warehouse) -> int:
 def test_a_restricted_person_leaves_the_fast_ways(warehouse: Warehouse) -> None:
     docs = [{"date_from": START, "date_to": END, **d} for d in DOCS]
     before = [run_insight(warehouse, d) for d in docs]
-    warehouse.flag_persons({_busiest(warehouse)}, "restricted")
+    subjects.flag_persons(warehouse, {_busiest(warehouse)}, "restricted")
     try:
         after = [run_insight(warehouse, d) for d in docs]
         assert after == [run_insight(warehouse, d, use_cache=False) for d in docs]
@@ -105,7 +106,7 @@ def test_erasure_takes_the_rollup_rows_in_its_own_commit(tmp_path: Path) -> None
         person = _busiest(wh)
         rows = f"SELECT count(*) FROM query_cache_rollup WHERE person_id = {person}"
         assert wh.con.execute(rows).fetchall()[0][0] > 0
-        wh.erase_persons({person})
+        removal.erase_persons(wh, {person})
         assert wh.con.execute(rows).fetchall()[0][0] == 0  # no sync needed
         for d in DOCS:
             doc = {"date_from": START, "date_to": "2026-08-08", **d}

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from aap.query import paths as paths_module
 from aap.query.cache import QueryCache
 from aap.query.runner import run_insight
+from aap.store import tiering
 from aap.store.schema import EVENT_ARROW_SCHEMA
 from aap.store.warehouse import Chunk, Warehouse
 from tests.conftest import examples
@@ -81,7 +82,7 @@ def load(wh: Warehouse, evs: list[Ev], raw_ids: list[int], tier: str) -> None:
     """Store the events; ``tier``: all hot, the first day moved to the warm tier, or that
     and the query cache filled before the merges arrive (so they are applied late)."""
     QueryCache(wh)
-    with wh._transaction() as cur:
+    with wh.transaction() as cur:
         for t in ("events_raw", "persons", "person_overrides", "person_ids", "tier_files",
                   "query_cache", "query_cache_files", "query_cache_overrides"):
             cur.execute(f"DELETE FROM {t}")
@@ -100,7 +101,7 @@ def load(wh: Warehouse, evs: list[Ev], raw_ids: list[int], tier: str) -> None:
                for p in {*raw_ids}]
     wh.write(Chunk(events=table, position=1, next_person=1000, persons=persons))
     if tier != "hot" and evs:
-        wh.move_day_to_warm(min(e.ts for e in evs).date())
+        tiering.move_day_to_warm(wh, min(e.ts for e in evs).date())
     if tier == "cached":
         QueryCache(wh).sync()
     wh.write(Chunk(events=EVENT_ARROW_SCHEMA.empty_table(), position=2, next_person=1000,

@@ -19,11 +19,13 @@ from prometheus_client import REGISTRY
 from aap.events import Event, encode_events
 from aap.log.base import Append
 from aap.log.sqlite import SQLiteLog
+from aap.privacy import removal
 from aap.privacy.ids import IdHasher
 from aap.privacy.purposes import Purpose, Registry, Retention
 from aap.privacy.retention import RetentionJob
 from aap.process.processor import Processor
 from aap.query.cache import QueryCache
+from aap.store import tiering
 from aap.store.schema import EVENT_ARROW_SCHEMA
 from aap.store.tiering import TierPolicy, run_tiering
 from aap.store.tiers import TierConfig, TierStore
@@ -185,7 +187,7 @@ def test_each_job_sets_bad_rows_aside_and_finishes_the_others(
     wh.con.execute("DELETE FROM tier_files WHERE path = ?", [corrupt])
     assert wh.con.execute("SELECT count(*) FROM quarantined_events WHERE person_id = ?",
                           [person]).fetchone() == (6,)
-    erased = wh.erase_persons({person})
+    erased = removal.erase_persons(wh, {person})
     assert erased["quarantined_events"] == 6
     assert wh.con.execute("SELECT count(*) FROM quarantined_events").fetchone() == (0,)
 
@@ -205,7 +207,7 @@ def test_retention_expires_quarantined_rows(tmp_path: Path) -> None:
     now = datetime.now(UTC)
     wh = build(tmp_path, end=now.date())
     plant_hot(wh)
-    assert wh.quarantine_hot("tiering") == 4
+    assert tiering.quarantine_hot(wh, "tiering") == 4
     job = RetentionJob(wh, Registry((Purpose("analytics", "a", retention=Retention(days=400)),
                                      Purpose("ads", "m", retention=Retention(days=10)))),
                        cold_days=400, interval_s=60)

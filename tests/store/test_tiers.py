@@ -17,6 +17,7 @@ from aap.log.sqlite import SQLiteLog
 from aap.privacy.ids import IdHasher
 from aap.process.processor import Processor
 from aap.runner import free_port
+from aap.store import tiering
 from aap.store.tiering import TierPolicy, run_tiering
 from aap.store.tiers import TierConfig, TierStore
 from aap.store.warehouse import Warehouse
@@ -113,10 +114,10 @@ def test_counts_stay_exact_while_partitions_move(tmp_path: Path) -> None:
     threads = [threading.Thread(target=reader) for _ in range(2)]
     for t in threads:
         t.start()
-    for day in wh.hot_days()[:-7]:
-        wh.move_day_to_warm(day)
-    for month, _ in wh.warm_months()[:-1]:
-        wh.compact_to_cold(month, TODAY, timedelta(0))
+    for day in tiering.hot_days(wh)[:-7]:
+        tiering.move_day_to_warm(wh, day)
+    for month, _ in tiering.warm_months(wh)[:-1]:
+        tiering.compact_to_cold(wh, month, TODAY, timedelta(0))
     stop.set()
     for t in threads:
         t.join()

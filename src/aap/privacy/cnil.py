@@ -12,17 +12,16 @@ worker and a restart within the day use the same one) and are deleted 48 hours a
 their day began, by the workers when the day changes and by the core's retention job.
 The events serve the exempt purpose ``audience_measurement`` only (legitimate interest,
 no consent needed); an event whose consent says ``audience_measurement: false`` is not
-stored (the person objected). ``aap privacy check --cnil`` checks each condition.
+stored (the person objected). ``aap privacy check --cnil`` checks each condition
+(:mod:`aap.privacy.cnil_check`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from aap.events import Event
 from aap.privacy.ids import load_or_create_secret
@@ -144,144 +143,3 @@ def source_errors(mode: str, purposes: dict[str, str], exempt: set[str]) -> str 
     else:
         return f"unknown mode {mode!r}: use standard or cnil"
     return None
-
-
-def salt_file_modes(salts: DailySalts) -> list[tuple[Path, int]]:
-    return [(p, os.stat(p).st_mode & 0o777) for _, p in salts.on_disk()]
-
-
-Check = tuple[str, bool, str]
-"""(condition, passed, what was found)."""
-
-
-def check_source(source: Any, registry: Any, settings: Any, salts: DailySalts,
-                 sql: Callable[[str, list[Any]], list[Any]],
-                 log_events: Callable[[str], list[Event]], now: datetime) -> list[Check]:
-    """Each of the CNIL's conditions for a source in CNIL mode, from its configuration and
-    the data on disk (the warehouse through ``sql``, the log through ``log_events``)."""
-    sid = source.id
-    out: list[Check] = []
-    declared = dict(source.purposes)
-    exempt = {p.id for p in registry.purposes.values() if p.cnil_exempt}
-    ok = bool(declared) and set(declared) <= exempt and all(
-        b == "legitimate_interest" for b in declared.values())
-    out.append(("purpose_audience_measurement_only", ok,
-                f"purposes {', '.join(f'{p}:{b}' for p, b in declared.items())}"
-                f" (exempt: {', '.join(sorted(exempt)) or 'none'})"))
-
-    [[identifying, identified, with_traits]] = sql(
-        "SELECT count(*) FILTER (WHERE e.type IN ('identify', 'alias', 'group')),"
-        " count(DISTINCT e.person_id) FILTER (WHERE p.identified),"
-        " count(DISTINCT e.person_id) FILTER (WHERE p.traits IS NOT NULL)"
-        " FROM events e LEFT JOIN persons p ON p.person_id = e.person_id WHERE e.source = ?",
-        [sid])
-    logged = log_events(sid)
-    raw = sum(1 for e in logged if e.user_id or e.anonymous_id or e.previous_id or e.user_key
-              or e.previous_key or e.traits or e.sealed or e.group_id)
-    out.append(("anonymous_statistics_only", not (identifying or identified or with_traits or raw),
-                f"{identifying} identify/alias/group events, {identified} identified visitors,"
-                f" {with_traits} with traits in the warehouse; {raw} of {len(logged)} log events"
-                f" with an id or traits"))
-
-    [[shared]] = sql(
-        "SELECT count(DISTINCT person_id) FROM events WHERE source = ? AND person_id IN"
-        " (SELECT person_id FROM events WHERE source <> ?)", [sid, sid])
-    out.append(("no_cross_site_identifier", not shared,
-                f"{shared} visitor ids also seen on another source (the hash includes the"
-                f" source id)"))
-
-    [[multi_day]] = sql(
-        "SELECT count(*) FROM (SELECT person_id FROM events WHERE source = ? GROUP BY person_id"
-        " HAVING count(DISTINCT CAST(received_at AS DATE)) > 1)", [sid])
-    modes = salt_file_modes(salts)
-    loose = [p.name for p, m in modes if m & 0o077]
-    out.append(("daily_salted_hash_instead_of_an_id", not multi_day and not loose,
-                f"{multi_day} visitor ids spanning more than one day; salt files"
-                f" {'not 0600: ' + ', '.join(loose) if loose else 'all 0600'}"))
-
-    old = salts.expired(now)
-    out.append(("salts_deleted_after_48h", not old,
-                f"{len(modes)} salt files on disk, {len(old)} older than 48 h"
-                + (f": {', '.join(p.name for p in old)}" if old else "")))
-
-    with_ip = sum(1 for e in logged if e.ip)
-    prefixes_ok = int(settings.ipv4_prefix) <= 24 and int(settings.ipv6_prefix) <= 48
-    out.append(("ip_for_city_level_geo_only", not with_ip and prefixes_ok,
-                f"{with_ip} log events keep an IP; location is country, region, city only;"
-                f" IP truncated to /{settings.ipv4_prefix} and /{settings.ipv6_prefix} first"))
-
-    days = min([int(settings.cold_days), *(registry.get(p).retention.days or 10**9
-                                           for p in declared if p in registry)])
-    limit = (now.astimezone(UTC).replace(tzinfo=None) - timedelta(days=days, hours=1)
-             ).isoformat(sep=" ")
-    [[too_old]] = sql("SELECT count(*) FROM events WHERE source = ? AND timestamp < ?",
-                      [sid, limit])
-    out.append(("kept_at_most_25_months", days <= 760 and not too_old,
-                f"retention {days} days (at most 760); {too_old} events older than that"))
-    return out
-
-
-def check_all(settings: Any, core_running: bool, now: datetime | None = None
-              ) -> list[tuple[Any, list[Check]]]:
-    """Every source in CNIL mode with its checks. The warehouse is read through the
-    running core process, or opened directly when no server runs."""
-    import tempfile
-
-    import httpx
-
-    from aap.log.sqlite import SQLiteLog
-    from aap.privacy.purposes import Registry
-    from aap.sources import Sources
-    from aap.store.warehouse import Warehouse
-
-    data = settings.data_path
-    registry = Registry.for_data_dir(data)
-    sources = [s for s in Sources(data).list() if s.mode == CNIL]
-    if not sources:
-        return []
-    now = now or datetime.now(UTC)
-    log_dir = data / "log"
-
-    def log_events(source_id: str) -> list[Event]:
-        from aap.events import decode_events
-
-        if not (log_dir / "log.db").exists():
-            return []
-        log = SQLiteLog(log_dir)
-        out: list[Event] = []
-        try:
-            after = 0
-            while recs := log.read(after, 1000):
-                for r in recs:
-                    if r.source == source_id:
-                        out.extend(decode_events(r.payload))
-                after = recs[-1].offset
-        finally:
-            log.close()
-        return out
-
-    salts = DailySalts(data)
-    with tempfile.TemporaryDirectory() as empty:
-        if core_running:
-            sock = str(data / "run" / "core.sock")
-            with httpx.Client(transport=httpx.HTTPTransport(uds=sock), base_url="http://core",
-                              timeout=600) as core:
-                def sql(q: str, params: list[Any]) -> list[Any]:
-                    r = core.post("/internal/sql", json={"sql": q, "params": params})
-                    if r.status_code != 200:
-                        raise ValueError(f"the warehouse query failed: {r.text}")
-                    rows: list[Any] = r.json()["rows"]
-                    return rows
-
-                return [(s, check_source(s, registry, settings, salts, sql, log_events, now))
-                        for s in sources]
-        path = data / "warehouse"
-        wh = Warehouse(path if (path / "hot.duckdb").exists() else Path(empty))
-        try:
-            def direct(q: str, params: list[Any]) -> list[Any]:
-                return wh.query(q, params)[1]
-
-            return [(s, check_source(s, registry, settings, salts, direct, log_events, now))
-                    for s in sources]
-        finally:
-            wh.close()

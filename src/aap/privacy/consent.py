@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 
 from aap.privacy import tcf
 from aap.privacy.purposes import GPC_WITHDRAWS, Basis
+from aap.store.migrations import Schema, migrate_sqlite, unversioned_columns
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS statements (
@@ -65,7 +66,11 @@ NONE, FULL, UNLINKED = 0, 1, 2
 """What a statement may change of stored history (the ledger's ``history`` column)."""
 
 _ADDED = (("scope", "TEXT"), ("history", "INTEGER NOT NULL DEFAULT 1"))
-"""Columns added after the first release (older rows: scope of their source, history)."""
+"""Columns added after the first release, before schema versions (older rows: scope of
+their source, history)."""
+
+SCHEMA = Schema("statements", _SCHEMA, steps=(unversioned_columns("statements", _ADDED),))
+"""The ledger's schema versions (:mod:`aap.store.migrations`)."""
 
 
 class Statement(NamedTuple):
@@ -97,16 +102,7 @@ class ConsentLedger:
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = d / "consent.db"
         self._local = threading.local()
-        with self._con() as con:
-            con.executescript(_SCHEMA)
-            have = {r[1] for r in con.execute("PRAGMA table_info(statements)")}
-            for name, decl in _ADDED:
-                if name not in have:
-                    try:
-                        con.execute(f"ALTER TABLE statements ADD COLUMN {name} {decl}")
-                    except sqlite3.OperationalError as exc:
-                        if "duplicate column" not in str(exc):
-                            raise  # (else another process added it just now)
+        migrate_sqlite(self._con(), SCHEMA)
 
     def _con(self) -> sqlite3.Connection:
         con: sqlite3.Connection | None = getattr(self._local, "con", None)

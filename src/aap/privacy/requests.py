@@ -32,6 +32,7 @@ from aap.privacy.audit import AuditLog
 from aap.privacy.keystore import KeyDestroyed, Keystore
 from aap.privacy.rights import Rights, Scope
 from aap.privacy.scrub import is_personal_trait
+from aap.store.migrations import Schema, migrate_sqlite, unversioned_columns
 
 logger = logging.getLogger("aap.privacy")
 
@@ -56,7 +57,10 @@ CREATE TABLE IF NOT EXISTS requests (
 """
 _ADDED = (("filed_by", "TEXT"), ("lift", "INTEGER NOT NULL DEFAULT 0"), ("sealed_traits", "BLOB"),
           ("scope", "TEXT"))
-"""Columns added after the first release, added to older databases at start-up."""
+"""Columns added after the first release (and before schema versions)."""
+
+SCHEMA = Schema("requests", _SCHEMA, steps=(unversioned_columns("requests", _ADDED),))
+"""The queue's schema versions (:mod:`aap.store.migrations`)."""
 
 
 class Subject(msgspec.Struct, forbid_unknown_fields=True):
@@ -99,15 +103,7 @@ class RequestStore:
         self._con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                     check_same_thread=False)
         self._con.execute("PRAGMA journal_mode=WAL")
-        self._con.executescript(_SCHEMA)
-        have = {r[1] for r in self._con.execute("PRAGMA table_info(requests)")}
-        for name, decl in _ADDED:
-            if name not in have:
-                try:
-                    self._con.execute(f"ALTER TABLE requests ADD COLUMN {name} {decl}")
-                except sqlite3.OperationalError as exc:
-                    if "duplicate column" not in str(exc):
-                        raise  # (else another process added it just now)
+        migrate_sqlite(self._con, SCHEMA)
         self._lock = threading.Lock()
         self.data_dir = data_dir
         self._keystore: Keystore | None = None

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from aap.privacy import removal
 from aap.privacy.purposes import MAX_RETENTION_DAYS, Registry
 from aap.store.warehouse import Warehouse
 
@@ -73,7 +74,7 @@ def cutoffs(registry: Registry, cold_days: int, now: datetime
 
 
 class RetentionJob:
-    """Runs :meth:`Warehouse.expire` every ``interval_s`` seconds of ``clock``."""
+    """Runs :func:`aap.privacy.removal.expire` every ``interval_s`` seconds of ``clock``."""
 
     def __init__(self, wh: Warehouse, registry: Registry, cold_days: int, interval_s: float,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -96,7 +97,7 @@ class RetentionJob:
         now = now or self.clock()
         by_purpose, everything = cutoffs(self.registry, self.cold_days, now)
         started = time.monotonic()
-        out = self.wh.expire(by_purpose, everything, forget=self.forget)
+        out = removal.expire(self.wh, by_purpose, everything, forget=self.forget)
         for clean in self.after:
             out[getattr(clean, "__qualname__", "after")] = clean(now)
         out["seconds"] = round(time.monotonic() - started, 3)
@@ -107,7 +108,7 @@ class RetentionJob:
     def sweep(self) -> dict[str, int]:
         """Persons left with no event by something other than :meth:`run` (the tiering
         job dropping cold archives past ``cold_days``) go, with their ids."""
-        return self.wh.drop_orphans(forget=self.forget)
+        return removal.drop_orphans(self.wh, forget=self.forget)
 
     def run_pending(self) -> dict[str, Any] | None:
         """Run if due; the next run is due one interval after this one started."""

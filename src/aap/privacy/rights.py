@@ -45,7 +45,7 @@ import msgspec
 
 from aap.events import Event, decode_events
 from aap.log.base import Log
-from aap.privacy import exports
+from aap.privacy import exports, removal, subjects
 from aap.privacy.audit import AuditLog
 from aap.privacy.consent import ConsentLedger, Statement
 from aap.privacy.ids import IdHasher
@@ -101,11 +101,11 @@ class Rights:
         other sources hold events of the person too, see :meth:`_erase_in`."""
         t0 = time.perf_counter()
         started = datetime.now(UTC)
-        persons, all_keys = self.wh.person_closure(keys)
-        if scope is not None and persons and not self.wh.sources_of(persons) <= set(scope[1]):
+        persons, all_keys = subjects.person_closure(self.wh, keys)
+        if scope is not None and persons and not subjects.sources_of(self.wh, persons) <= set(scope[1]):
             return self._erase_in(keys, persons, requested, actor, scope, started, t0)
         destroyed = self.keystore.destroy(all_keys)
-        removed = self.wh.erase_persons(persons)
+        removed = removal.erase_persons(self.wh, persons)
         derived = {**self.cohorts.forget(all_keys),
                    "query_cache_rows": removed.pop("query_cache_rows", 0),
                    "query_cache_rollup_rows": removed.pop("query_cache_rollup_rows", 0),
@@ -148,7 +148,7 @@ class Rights:
         (channel ``erasure``), so that the scope's sources collect nothing more of them
         until the person grants again."""
         name, sources = scope
-        removed = self.wh.erase_persons_in(persons, list(sources))
+        removed = removal.erase_persons_in(self.wh, persons, list(sources))
         now_ms = int(time.time() * 1000)
         self.ledger.record([Statement(now_ms, name, k, dict.fromkeys(self.registry.purposes,
                                                                     False),
@@ -206,9 +206,9 @@ class Rights:
         statements of the scope's sources; the profile and personal traits only when no
         other source holds events of the person."""
         t0 = time.perf_counter()
-        persons, all_keys = self.wh.person_closure(keys)
+        persons, all_keys = subjects.person_closure(self.wh, keys)
         within = list(scope[1]) if scope is not None else []
-        whole = scope is None or self.wh.sources_of(persons) <= set(within)
+        whole = scope is None or subjects.sources_of(self.wh, persons) <= set(within)
         with self.wh.snapshot() as cur:
             tables = _person_tables(cur, sorted(persons) or [0], scope, within, whole)
         consent = [{"at": datetime.fromtimestamp(s.at_ms / 1000, UTC).isoformat(),
@@ -232,7 +232,7 @@ class Rights:
                    "consent_statements": len(consent), "personal_traits": len(personal),
                    "identifiers": sum(len(v) for v in identifiers.values()),
                    "log_events": len(logged),
-                   "restricted": self.wh.is_flagged(persons, "restricted"),
+                   "restricted": subjects.is_flagged(self.wh, persons, "restricted"),
                    "seconds": round(time.perf_counter() - t0, 3)}
         if path is None:
             summary["note"] = "the identifiers were erased: nothing is kept about them"
@@ -305,8 +305,8 @@ class Rights:
             raise ValueError("a rectification needs traits")
         personal = {k: v for k, v in traits.items() if is_personal_trait(k, v)}
         plain = {k: v for k, v in traits.items() if k not in personal}
-        persons, all_keys = self.wh.person_closure(keys)
-        n = self.wh.rectify_traits(persons, plain) if plain else len(persons)
+        persons, all_keys = subjects.person_closure(self.wh, keys)
+        n = subjects.rectify_traits(self.wh, persons, plain) if plain else len(persons)
         kept = (self.keystore.rectify_personal_traits(all_keys, personal)
                 if personal and persons else {})
         # the audit log names the traits, never their values (nor an address used as a name)
@@ -322,12 +322,12 @@ class Rights:
         and Art. 21 (``objection``: out of profiling). ``lift`` lifts a restriction (Art.
         18(3): tell the person first) or records that the objection was withdrawn."""
         flag = {"restriction": "restricted", "objection": "objected"}[kind]
-        persons, _ = self.wh.person_closure(keys)
+        persons, _ = subjects.person_closure(self.wh, keys)
         if lift:
-            n = self.wh.unflag_persons(persons, flag)
+            n = subjects.unflag_persons(self.wh, persons, flag)
             self.audit.append(actor, f"privacy.{kind}_lifted", {"persons": len(persons)})
             return {"type": kind, "lifted": True, "persons": len(persons), "flags_removed": n}
-        n = self.wh.flag_persons(persons, flag)
+        n = subjects.flag_persons(self.wh, persons, flag)
         self.audit.append(actor, f"privacy.{kind}", {"persons": n})
         return {"type": kind, "persons": n}
 

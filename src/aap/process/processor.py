@@ -25,8 +25,10 @@ from prometheus_client import Counter as PromCounter
 
 from aap.log.base import Log, Record
 from aap.privacy import consent as consent_history
+from aap.privacy import removal
 from aap.privacy.consent import ConsentState, Statement
 from aap.privacy.ids import IdHasher
+from aap.privacy.subjects import identified, person_closure
 from aap.process import shop
 from aap.process.identity import Identities
 from aap.process.prepare import LocalPreparer, PrepareConfig, Prepared, WorkerPreparer
@@ -254,18 +256,18 @@ class Processor:
             self._refresh_sources(force=True)  # a source just put in a group is in it
         for (scope, purpose), subjects in sorted(withdrawn.items()):
             full = sorted(subjects - unlinked)
-            persons: set[int] = self.wh.person_closure(full)[0] if full else set()
+            persons: set[int] = person_closure(self.wh, full)[0] if full else set()
             for subject in sorted(subjects & unlinked):
-                mine, _ = self.wh.person_closure([subject])
+                mine, _ = person_closure(self.wh, [subject])
                 # an anonymousId's public statement reaches no identified person's history
-                if not self.wh.identified(mine):
+                if not identified(self.wh, mine):
                     persons |= mine
             if persons:
                 # the events of the sources the statement was given for, no other's
                 sources = sorted(s for s, sc in self.scopes.items() if sc == scope
                                  ) if scope.startswith("controller:") else [scope]
-                got = self.wh.strip_purpose(persons, purpose, sources,
-                                            until[scope, purpose] + 1)
+                got = removal.strip_purpose(self.wh, persons, purpose, sources,
+                                             until[scope, purpose] + 1)
                 erased = got["hot_erased"] + got["warm_rows"] + got["cold_rows"]
                 logger.info("consent withdrawn for %s: %d persons, %s", purpose, len(persons), got)
                 if erased:

@@ -39,36 +39,13 @@ from aap.query import rollup
 from aap.query import snapshot as snapshots
 from aap.query.snapshot import PENDING as _PENDING
 from aap.store import quarantine
-from aap.store.schema import EVENT_COLUMNS
+from aap.store.schema import CACHE_COLUMNS, CACHE_DDL
 from aap.store.warehouse import Warehouse
 
 logger = logging.getLogger("aap.query.cache")
 
-DDL = f"""
-CREATE TABLE IF NOT EXISTS query_cache_files (
-    path VARCHAR PRIMARY KEY,
-    file_no INTEGER NOT NULL,
-    rows BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS query_cache_overrides (
-    old_person_id BIGINT PRIMARY KEY,
-    person_id BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS query_cache_names (
-    code INTEGER PRIMARY KEY,
-    name VARCHAR NOT NULL UNIQUE
-);
-CREATE TABLE IF NOT EXISTS query_cache (
-    file_no INTEGER NOT NULL,
-    session_hash UBIGINT,
-    event_code INTEGER,
-    {", ".join(f'"{n}" {t}' for n, t, _ in EVENT_COLUMNS)}
-);
-{rollup.DDL}
-"""
-
-
-EXPECTED_COLUMNS = ["file_no", "session_hash", "event_code", *(n for n, _, _ in EVENT_COLUMNS)]
+DDL = CACHE_DDL
+EXPECTED_COLUMNS = CACHE_COLUMNS
 
 
 def _columns(cur: duckdb.DuckDBPyConnection, table: str = "query_cache") -> list[str]:

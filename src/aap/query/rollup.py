@@ -24,24 +24,11 @@ from datetime import datetime
 
 from aap.query.common import Context, Range
 from aap.query.models import Filter
+from aap.store.schema import ROLLUP_COLUMNS, ROLLUP_DDL, ROLLUP_DIMS
 
-DIMS = ("type", "browser", "os", "device_type", "country", "region", "city")
-"""Event columns kept in the rollup: attributes of the device and place, which rarely
-change within a person's day."""
-
-EXPECTED_COLUMNS = ["file_no", "event", "day", "person_id", "n", "t_min", *DIMS]
-
-DDL = f"""
-CREATE TABLE IF NOT EXISTS query_cache_rollup (
-    file_no INTEGER NOT NULL,
-    event VARCHAR,
-    day DATE,
-    person_id BIGINT,
-    n BIGINT NOT NULL,
-    t_min TIMESTAMP,
-    {", ".join(f'"{d}" VARCHAR' for d in DIMS)}
-);
-"""
+DIMS = ROLLUP_DIMS
+EXPECTED_COLUMNS = ROLLUP_COLUMNS
+DDL = ROLLUP_DDL
 
 _DIMS_SQL = ", ".join(f'"{d}"' for d in DIMS)
 FILL = (f"INSERT INTO query_cache_rollup SELECT file_no, event, CAST(timestamp AS DATE),"

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import duckdb
 
 from aap.privacy.purposes import analytics_only
-from aap.store.schema import VIEWS
+from aap.store.schema import CACHE_COLUMNS, ROLLUP_COLUMNS, ROLLUP_DIMS, VIEWS
 from aap.store.warehouse import CursorPool, Warehouse
 
 PENDING = ("(SELECT old_person_id, person_id FROM person_overrides"
@@ -85,10 +85,7 @@ def _columns(cur: duckdb.DuckDBPyConnection, table: str) -> list[str] | None:
 
 def usable_cache(cur: duckdb.DuckDBPyConnection) -> tuple[bool, bool]:
     """(the cache has the events' columns, its daily rollup has the expected columns)."""
-    from aap.query.cache import EXPECTED_COLUMNS
-    from aap.query.rollup import EXPECTED_COLUMNS as ROLLUP_COLUMNS
-
-    if _columns(cur, "query_cache") != EXPECTED_COLUMNS:
+    if _columns(cur, "query_cache") != CACHE_COLUMNS:
         return False, False
     return True, _columns(cur, "query_cache_rollup") == ROLLUP_COLUMNS
 
@@ -107,8 +104,6 @@ def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
                  rollup: bool) -> Views:
     """Inside a read transaction: (re)define ``events_live``, ``events`` and, when the
     cache has its rollup, ``events_daily``."""
-    from aap.query.rollup import DIMS
-
     cached, uncached, restricted, pending = cur.execute(_STATE).fetchall()[0]
     cached = cached or []
     uncached = uncached or []
@@ -136,14 +131,14 @@ def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
     views = Views(cached_files=None if (restricted or pending) else list(cached))
     if not rollup:
         return views
-    dims = ", ".join(f'"{d}"' for d in DIMS)
+    dims = ", ".join(f'"{d}"' for d in ROLLUP_DIMS)
     cur.execute(f"""
         CREATE OR REPLACE TEMP VIEW events_daily AS
         SELECT event, timestamp, person_id, 1::BIGINT AS n, {dims} FROM events_live
         UNION ALL
         SELECT * FROM (
             SELECT c.event, c.t_min AS timestamp, {pid} AS person_id, c.n,
-                   {", ".join(f'c."{d}"' for d in DIMS)}
+                   {", ".join(f'c."{d}"' for d in ROLLUP_DIMS)}
             FROM query_cache_rollup c{resolve} WHERE {in_cache}){keep};
     """)
     views.daily = True

@@ -61,8 +61,14 @@ def bounds(now: datetime | None = None) -> tuple[datetime, datetime]:
 
 
 def bad_time_sql(col: str = "timestamp") -> str:
-    """A condition true for rows out of bounds; parameters: :func:`bounds`."""
-    return f"({col} IS NULL OR {col} < ? OR {col} > ?)"
+    """A condition true for rows out of bounds; parameters: :func:`bound_params`."""
+    return f"({col} IS NULL OR {col} < $earliest OR {col} > $latest)"
+
+
+def bound_params(now: datetime | None = None) -> dict[str, datetime]:
+    """:func:`bounds` as the named parameters of :func:`bad_time_sql`."""
+    earliest, latest = bounds(now)
+    return {"earliest": earliest, "latest": latest}
 
 
 def report(job: str, reason: str, n: int, where: str) -> None:
@@ -82,14 +88,14 @@ def report(job: str, reason: str, n: int, where: str) -> None:
 
 def hot(cur: duckdb.DuckDBPyConnection, job: str, now: datetime | None = None) -> int:
     """Inside a transaction: move hot rows out of bounds to ``quarantined_events``."""
-    lo, hi = bounds(now)
+    params = bound_params(now)
     cond = bad_time_sql()
-    row = cur.execute(f"SELECT count(*) FROM events_raw WHERE {cond}", [lo, hi]).fetchone()
+    row = cur.execute(f"SELECT count(*) FROM events_raw WHERE {cond}", params).fetchone()
     n = int(row[0]) if row else 0
     if n:
-        cur.execute(f"INSERT INTO quarantined_events SELECT *, ?, ?, {NOW_UTC} FROM events_raw"
-                    f" WHERE {cond}", [job, BAD_TIME, lo, hi])
-        cur.execute(f"DELETE FROM events_raw WHERE {cond}", [lo, hi])
+        cur.execute(f"INSERT INTO quarantined_events SELECT *, $job, $reason, {NOW_UTC}"
+                    f" FROM events_raw WHERE {cond}", {"job": job, "reason": BAD_TIME, **params})
+        cur.execute(f"DELETE FROM events_raw WHERE {cond}", params)
     return n
 
 
@@ -113,8 +119,8 @@ def keep(cur: duckdb.DuckDBPyConnection, rows: pa.Table, job: str, reason: str =
         return 0
     cur.register("quarantine_rows", rows.cast(EVENT_ARROW_SCHEMA))
     try:
-        cur.execute(f"INSERT INTO quarantined_events SELECT *, ?, ?, {NOW_UTC}"
-                    " FROM quarantine_rows", [job, reason])
+        cur.execute(f"INSERT INTO quarantined_events SELECT *, $job, $reason, {NOW_UTC}"
+                    " FROM quarantine_rows", {"job": job, "reason": reason})
     finally:
         cur.unregister("quarantine_rows")
     return rows.num_rows

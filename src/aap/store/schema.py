@@ -174,3 +174,47 @@ DEDUP_KEY_SQL = "hash(source, message_id)"
 of a fast non-cryptographic hash (a false match needs ~4·10⁹ stored events for even odds
 of one). DuckDB does not promise the same values across its versions; the keys are never
 stored, only computed from the stored events when the processor starts."""
+
+ROLLUP_DIMS = ("type", "browser", "os", "device_type", "country", "region", "city")
+"""Event columns kept in the query cache's daily rollup (:mod:`aap.query.rollup`):
+attributes of the device and place, which rarely change within a person's day."""
+
+ROLLUP_COLUMNS = ["file_no", "event", "day", "person_id", "n", "t_min", *ROLLUP_DIMS]
+
+ROLLUP_DDL = f"""
+CREATE TABLE IF NOT EXISTS query_cache_rollup (
+    file_no INTEGER NOT NULL,
+    event VARCHAR,
+    day DATE,
+    person_id BIGINT,
+    n BIGINT NOT NULL,
+    t_min TIMESTAMP,
+    {", ".join(f'"{d}" VARCHAR' for d in ROLLUP_DIMS)}
+);
+"""
+
+CACHE_DDL = f"""
+CREATE TABLE IF NOT EXISTS query_cache_files (
+    path VARCHAR PRIMARY KEY,
+    file_no INTEGER NOT NULL,
+    rows BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS query_cache_overrides (
+    old_person_id BIGINT PRIMARY KEY,
+    person_id BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS query_cache_names (
+    code INTEGER PRIMARY KEY,
+    name VARCHAR NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS query_cache (
+    file_no INTEGER NOT NULL,
+    session_hash UBIGINT,
+    event_code INTEGER,
+    {", ".join(f'"{n}" {t}' for n, t, _ in EVENT_COLUMNS)}
+);
+{ROLLUP_DDL}
+"""
+"""The query cache's tables (:mod:`aap.query.cache`), its daily rollup included."""
+
+CACHE_COLUMNS = ["file_no", "session_hash", "event_code", *(n for n, _, _ in EVENT_COLUMNS)]

@@ -254,6 +254,7 @@ def load(directory: object, data: Dataset, *, hot_days: int = 7, cold_days: int 
     and whole months older than ``cold_days`` are compacted into the cold tier."""
     from pathlib import Path
 
+    from aap.store import tiering
     from aap.store.tiers import TierConfig, TierStore
     from aap.store.warehouse import Chunk, Warehouse
 
@@ -270,23 +271,23 @@ def load(directory: object, data: Dataset, *, hot_days: int = 7, cold_days: int 
                 import pyarrow as pa_
 
                 ov = pa_.table({"old": list(data.overrides), "new": list(data.overrides.values())})
-                with wh._transaction() as cur:
+                with wh.transaction() as cur:
                     cur.register("ov", ov)
                     cur.execute("INSERT INTO person_overrides SELECT old, new FROM ov"
                                 " ON CONFLICT DO NOTHING")
                 chunk.overrides = {}
             wh.write(chunk)
         last = data.days[-1][0].date()
-        for day in wh.hot_days():
+        for day in tiering.hot_days(wh):
             if (last - day).days >= hot_days:
-                wh.move_day_to_warm(day)
+                tiering.move_day_to_warm(wh, day)
         cutoff = last - timedelta(days=cold_days)
-        for month, _ in wh.warm_months():
+        for month, _ in tiering.warm_months(wh):
             y, m = map(int, month.split("-"))
             nxt = datetime(y + m // 12, m % 12 + 1, 1).date()
             if nxt <= cutoff:
-                wh.compact_to_cold(month, nxt, timedelta(0))
-        wh.empty_trash()
+                tiering.compact_to_cold(wh, month, nxt, timedelta(0))
+        tiering.empty_trash(wh)
         return wh.tier_stats()
     finally:
         wh.close()

@@ -1,0 +1,169 @@
+"""Schema versions and ordered migrations.
+
+Each database has a :class:`Schema`: the latest shape (``CREATE … IF NOT EXISTS``
+statements) and the ordered steps that take a database from one version to the next.
+The SQLite databases (source registry, consent ledger, request queue) keep their version
+in ``PRAGMA user_version``; the warehouse (DuckDB) in a one-row table
+``schema_version``.
+
+Opening a database:
+
+- a fresh one (its main table absent) is created at the latest version;
+- an older one runs the steps from its version on, then the latest shape's statements
+  (indexes and triggers added since), in one transaction, and records the latest version;
+- one newer than this code is refused.
+
+Databases written before versions existed are at version 0. Their first step,
+:func:`unversioned_columns`, adds whichever of the columns added over the first
+releases they lack — the only step that looks at what a table holds; every later change
+is a plain step of its own.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class Connection(Protocol):
+    """A SQLite or DuckDB connection (both answer ``execute``)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+
+
+Step = Callable[[Any], None]
+"""Takes a database (a connection inside the migration's transaction) one version up."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    table: str
+    """A table every version has: when it is absent, the database is fresh."""
+    create: str
+    """The latest shape: ``CREATE … IF NOT EXISTS`` statements."""
+    steps: tuple[Step, ...]
+    """``steps[i]`` takes version ``i`` to ``i + 1``."""
+
+    @property
+    def latest(self) -> int:
+        return len(self.steps)
+
+
+class SchemaTooNew(RuntimeError):
+    pass
+
+
+def columns(con: Connection, table: str) -> set[str]:
+    """The table's column names (``PRAGMA table_info`` answers alike in both engines)."""
+    return {str(r[1]) for r in con.execute(f"PRAGMA table_info('{table}')").fetchall()}
+
+
+def unversioned_columns(table: str, added: Sequence[tuple[str, str]]) -> Step:
+    """Step 0 → 1: a database written before versions existed gets whichever of these
+    columns (name, declaration) it lacks."""
+    def step(con: Connection) -> None:
+        have = columns(con, table)
+        for name, decl in added:
+            if name not in have:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+    return step
+
+
+def sql_step(script: str) -> Step:
+    """A step that runs SQL statements."""
+    def step(con: Connection) -> None:
+        for statement in statements(script):
+            con.execute(statement)
+    return step
+
+
+def statements(script: str) -> Iterator[str]:
+    """The script's statements, one at a time (a trigger's body stays whole)."""
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            yield buf.strip()
+            buf = ""
+    if buf.strip():
+        yield buf.strip()
+
+
+def _upgrade(con: Connection, schema: Schema, version: int, fresh: bool,
+             script: Callable[[str], None]) -> None:
+    if version > schema.latest:
+        raise SchemaTooNew(f"the {schema.table} database is at schema version {version},"
+                           f" newer than this AAP's ({schema.latest}): upgrade AAP")
+    if not fresh:
+        for step in schema.steps[version:]:
+            step(con)
+    script(schema.create)
+
+
+# -- SQLite --
+
+def _sqlite_version(con: sqlite3.Connection) -> int:
+    return int(con.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _sqlite_has(con: sqlite3.Connection, table: str) -> bool:
+    return con.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                       " AND name = ?", (table,)).fetchone()[0] > 0
+
+
+def migrate_sqlite(con: sqlite3.Connection, schema: Schema) -> int:
+    """Bring a SQLite database (opened with ``isolation_level=None``) to the latest
+    version; returns the version it was at. Processes that open it at once wait for the
+    first one's migration (``BEGIN IMMEDIATE``)."""
+    if _sqlite_version(con) == schema.latest and _sqlite_has(con, schema.table):
+        return schema.latest
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        version = _sqlite_version(con)
+        fresh = version == 0 and not _sqlite_has(con, schema.table)
+        _upgrade(con, schema, version, fresh, lambda text: sql_step(text)(con))
+        con.execute(f"PRAGMA user_version = {schema.latest}")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+    return version
+
+
+# -- DuckDB --
+
+VERSION_TABLE = "schema_version"
+
+
+def _duckdb_has(con: Connection, table: str) -> bool:
+    return int(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = $t"
+                           " AND database_name <> 'temp'", {"t": table}).fetchone()[0]) > 0
+
+
+def duckdb_version(con: Connection) -> int:
+    if not _duckdb_has(con, VERSION_TABLE):
+        return 0
+    row = con.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def migrate_duckdb(con: Connection, schema: Schema) -> int:
+    """Bring a DuckDB database (owned by this process) to the latest version; returns
+    the version it was at."""
+    version = duckdb_version(con)
+    fresh = version == 0 and not _duckdb_has(con, schema.table)
+    if version == schema.latest and not fresh:
+        return version
+    con.execute("BEGIN TRANSACTION")
+    try:
+        _upgrade(con, schema, version, fresh, con.execute)
+        con.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER NOT NULL)")
+        con.execute(f"DELETE FROM {VERSION_TABLE}")
+        con.execute(f"INSERT INTO {VERSION_TABLE} VALUES ($v)", {"v": schema.latest})
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+    return version

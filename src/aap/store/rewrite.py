@@ -1,0 +1,218 @@
+"""One primitive that changes stored events in place, in every tier.
+
+What changes is not decided here: the privacy package (:mod:`aap.privacy.removal`)
+builds a :class:`Change` — which files may hold the rows, what becomes of a file's
+rows, what the statements on the hot tables are — and :func:`rewrite` applies it in one
+transaction: each warm and cold file it changes is replaced by its new version, and the
+old files are deleted once committed.
+
+Statements take named parameters (``$name``): a change gives one dict, and :func:`bind`
+passes each statement the names it uses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aap.store import quarantine
+from aap.store.schema import EVENT_ARROW_SCHEMA
+from aap.store.warehouse import Warehouse, add_file
+
+FileRows = tuple[pa.Table, int] | None
+"""A file's rows after the change and how many rows were hit; None: nothing changes."""
+
+REWRITE_THREADS = 2
+COLD_REWRITE_LEVEL = 6
+"""Archives are rewritten at a fast zstd level: still compressed, still cold."""
+
+_NAME = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def bind(sql: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters ``sql`` names (DuckDB refuses any it does not use)."""
+    return {n: params[n] for n in dict.fromkeys(_NAME.findall(sql))}
+
+
+class Hot:
+    """The hot tables inside a rewrite's transaction: ``hot(sql, params)`` runs a
+    statement and returns its row count (or first value); :meth:`rows` its rows."""
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection) -> None:
+        self.cur = cur
+
+    def __call__(self, sql: str, params: dict[str, Any]) -> int:
+        row = self.cur.execute(sql, bind(sql, params)).fetchone()
+        return int(row[0]) if row else 0
+
+    def rows(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return self.cur.execute(sql, bind(sql, params)).fetchall()
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one rewrite does, built by the privacy package."""
+
+    job: str
+    """``erasure``, ``withdrawal`` or ``retention``: a retention run skips a file that
+    fails and reports it; the others fail whole (they must not report done with a file
+    left as it was)."""
+    touches: Callable[[str, str, str], bool]
+    """(path, tier, part) → whether the file may hold rows to change (only those are read
+    whole)."""
+    in_file: Callable[[pa.Table, str], FileRows]
+    """(a file's rows, its tier) → its new rows."""
+    hot: Callable[[Hot], None]
+    """Changes the hot tables, inside the rewrite's transaction."""
+
+
+@dataclass
+class _Rewritten:
+    path: str
+    tier: str
+    part: str
+    hit: int
+    new_path: str | None
+    rows: int
+    size: int
+
+
+@dataclass
+class _Run:
+    new: list[str] = field(default_factory=list)
+    old: list[str] = field(default_factory=list)
+    set_aside: list[tuple[str, str, pa.Table]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def rewrite(wh: Warehouse, change: Change, out: dict[str, Any]) -> None:
+    """In one transaction: ``change.hot`` changes the hot tables; each warm and cold file
+    that ``change.in_file`` changes is replaced by its new version. Old files are deleted
+    once committed; ``out`` counts rows and files per tier.
+
+    Rows of a file read whole whose time is out of bounds go to ``quarantined_events``
+    in the same commit (:mod:`aap.store.quarantine`)."""
+    run = _Run()
+    try:
+        with wh.write_lock:
+            files = wh.con.cursor().execute(
+                "SELECT path, tier, part FROM tier_files ORDER BY path").fetchall()
+            with ThreadPoolExecutor(REWRITE_THREADS, thread_name_prefix="aap-rewrite") as pool:
+                done = [r for r in pool.map(lambda f: _guarded(wh, change, run, *f), files)
+                        if r is not None]
+            with wh.transaction() as cur:
+                _commit(cur, change, run, done, out)
+    except BaseException:
+        for path in run.new:  # not committed: the rewritten files go again
+            wh.tiers.delete(path)
+        raise
+    for path in run.old:  # committed: the new versions are the live ones
+        wh.tiers.delete(path)
+    _report(change.job, run, out)
+
+
+def _guarded(wh: Warehouse, change: Change, run: _Run, path: str, tier: str, part: str
+             ) -> _Rewritten | None:
+    try:
+        return _rewrite_file(wh, change, run, path, tier, part)
+    except Exception as exc:
+        if change.job != "retention":
+            raise
+        run.skipped.append(f"{tier} {part} ({type(exc).__name__})")
+        return None
+
+
+def _touched(change: Change, path: str, tier: str, part: str) -> bool:
+    try:
+        return change.touches(path, tier, part)
+    except (ValueError, OverflowError, pa.ArrowException):
+        return True  # a value it cannot compare: read the file whole
+
+
+def _rewrite_file(wh: Warehouse, change: Change, run: _Run, path: str, tier: str, part: str
+                  ) -> _Rewritten | None:
+    if not _touched(change, path, tier, part):
+        return None  # nothing to change in it: the file stays as it is
+    table, bad = quarantine.split(wh.tiers.read([path]))
+    changed = change.in_file(table, tier)
+    if changed is None and bad is None:
+        return None
+    kept, hit = changed if changed is not None else (table.cast(EVENT_ARROW_SCHEMA), 0)
+    if bad is not None:
+        run.set_aside.append((tier, part, bad))
+    if not kept.num_rows:
+        return _Rewritten(path, tier, part, hit, None, 0, 0)
+    directory = f"day={part}" if tier == "warm" else f"month={part}"
+    new_path, size = wh.tiers.write(kept, directory, cold=tier == "cold",
+                                    level=COLD_REWRITE_LEVEL if tier == "cold" else None)
+    run.new.append(new_path)
+    return _Rewritten(path, tier, part, hit, new_path, kept.num_rows, size)
+
+
+def _commit(cur: duckdb.DuckDBPyConnection, change: Change, run: _Run,
+            done: list[_Rewritten], out: dict[str, Any]) -> None:
+    for _, _, bad in run.set_aside:
+        quarantine.keep(cur, bad, change.job)
+
+    count = Hot(cur)
+    change.hot(count)
+    if done:  # a tiering move in between would leave rows in two files
+        live = count("SELECT count(*) FROM tier_files WHERE list_contains($paths, path)",
+                     {"paths": [r.path for r in done]})
+        if live != len(done):
+            raise RuntimeError("tier files moved while they were being"
+                               " rewritten; nothing was changed, try again")
+    for r in done:
+        out[f"{r.tier}_rows"] += r.hit
+        out[f"{r.tier}_files_rewritten"] += 1
+        run.old.append(r.path)
+        if r.new_path is not None:
+            add_file(cur, r.new_path, r.tier, r.part, r.rows, r.size)
+        cur.execute("DELETE FROM tier_files WHERE path = $path", {"path": r.path})
+
+
+def _report(job: str, run: _Run, out: dict[str, Any]) -> None:
+    for tier, part, bad in run.set_aside:
+        quarantine.report(job, quarantine.BAD_TIME, bad.num_rows, f"{tier} {part}")
+    for where in run.skipped:
+        quarantine.report(job, quarantine.FAILED, 1, where)
+    if run.set_aside or run.skipped:
+        out["quarantined"] = sum(b.num_rows for _, _, b in run.set_aside)
+        out["files_skipped"] = len(run.skipped)
+
+
+def holds_persons(wh: Warehouse, persons: pa.Array) -> Callable[[str, str, str], bool]:
+    """A :attr:`Change.touches`: the file holds a row of one of ``persons``."""
+    def holds(path: str, tier: str, part: str) -> bool:
+        people = wh.tiers.read([path], ["person_id"]).column("person_id")
+        return bool(pc.any(pc.is_in(people, value_set=persons)).as_py())
+    return holds
+
+
+def purge_trash(wh: Warehouse, persons: pa.Array) -> int:
+    """Files retired by tiering or retention stay on disk for a grace period (queries
+    may still read them); those holding rows of ``persons`` go now: an erasure does
+    not wait for the grace period."""
+    with wh.write_lock:
+        paths = [r[0] for r in wh.con.cursor().execute(
+            "SELECT path FROM tier_trash").fetchall()]
+        hits = []
+        for path in paths:
+            try:
+                people = wh.tiers.read([path], ["person_id"]).column("person_id")
+            except (OSError, pa.ArrowException):
+                continue  # already gone
+            if pc.any(pc.is_in(people, value_set=persons)).as_py():
+                hits.append(path)
+        for path in hits:
+            wh.tiers.delete(path)
+            with wh.transaction() as cur:
+                cur.execute("DELETE FROM tier_trash WHERE path = $path", {"path": path})
+    return len(hits)
