@@ -27,8 +27,9 @@ from aap.api.openapi import INGEST_ERRORS, INGESTED, Op, documented
 from aap.api.proxy import PREFIX as API_PREFIX
 from aap.api.proxy import ApiProxy
 from aap.api.routes import ROUTES as API_ROUTES
+from aap.asgi import Receive, Response, Scope, Send, content_length, error_response, read_raw
 from aap.collect import metrics
-from aap.collect.body import content_length, decode_content, read_raw
+from aap.collect.body import decode_content
 from aap.collect.compat import Compat, is_browser_path, sends_credentials
 from aap.collect.consent import Gate, parse_consent
 from aap.collect.health import Health
@@ -56,10 +57,6 @@ from aap.settings import Settings
 from aap.sources import Source, Sources
 
 logger = logging.getLogger("aap.collect")
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Retry-Count, SP-Anonymous"
 """The request headers browsers may send cross-origin: the SDKs' own, nothing else."""
@@ -101,32 +98,6 @@ class Request:
     def peer(self) -> str | None:
         client = self.scope.get("client")
         return client[0] if client else None
-
-
-class Response:
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, body: bytes, content_type: str = "application/json",
-                 headers: list[tuple[str, str]] | None = None) -> None:
-        self.status = status
-        self.body = body
-        self.headers = [("content-type", content_type), *(headers or [])]
-
-    @classmethod
-    def json(cls, status: int, data: Any, headers: list[tuple[str, str]] | None = None
-             ) -> Response:
-        return cls(status, _json.encode(data), headers=headers)
-
-
-def error_response(exc: errors.AAPError) -> Response:
-    headers = []
-    if isinstance(exc, errors.TransientError):
-        headers.append(("retry-after", str(exc.retry_after)))
-    if isinstance(exc, errors.MethodNotAllowed) and isinstance(exc.detail, list):
-        headers.append(("allow", ", ".join(exc.detail)))
-    if isinstance(exc, errors.RequestTimeout):
-        headers.append(("connection", "close"))
-    return Response.json(exc.status, exc.body(), headers)
 
 
 class Collector:

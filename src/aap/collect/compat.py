@@ -19,8 +19,9 @@ import msgspec
 
 from aap import errors
 from aap.api.openapi import INGEST_ERRORS, INGESTED, Op, documented
+from aap.asgi import content_length, read_raw
 from aap.collect import posthog, snowplow
-from aap.collect.body import content_length, decode_content, read_raw
+from aap.collect.body import decode_content
 
 if TYPE_CHECKING:
     from aap.collect.app import Collector, Request, Response

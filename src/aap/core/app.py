@@ -24,7 +24,7 @@ import msgspec
 from aap import errors
 from aap.api.gate import QueryGate
 from aap.api.rest import is_query
-from aap.collect.app import Receive, Scope, Send
+from aap.asgi import Receive, Scope, Send
 from aap.log import open_log
 from aap.privacy.audit import AuditLog
 from aap.privacy.cnil import DailySalts

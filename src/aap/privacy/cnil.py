@@ -227,8 +227,7 @@ def check_all(settings: Any, core_running: bool, now: datetime | None = None
     running core process, or opened directly when no server runs."""
     import tempfile
 
-    import httpx
-
+    from aap.core.client import CoreClient, CoreError
     from aap.log.sqlite import SQLiteLog
     from aap.privacy.purposes import Registry
     from aap.sources import Sources
@@ -263,15 +262,12 @@ def check_all(settings: Any, core_running: bool, now: datetime | None = None
     salts = DailySalts(data)
     with tempfile.TemporaryDirectory() as empty:
         if core_running:
-            sock = str(data / "run" / "core.sock")
-            with httpx.Client(transport=httpx.HTTPTransport(uds=sock), base_url="http://core",
-                              timeout=600) as core:
+            with CoreClient(data, timeout=600) as core:
                 def sql(q: str, params: list[Any]) -> list[Any]:
-                    r = core.post("/internal/sql", json={"sql": q, "params": params})
-                    if r.status_code != 200:
-                        raise ValueError(f"the warehouse query failed: {r.text}")
-                    rows: list[Any] = r.json()["rows"]
-                    return rows
+                    try:
+                        return core.sql(q, params)
+                    except CoreError as exc:
+                        raise ValueError(f"the warehouse query failed: {exc.text}") from None
 
                 return [(s, check_source(s, registry, settings, salts, sql, log_events, now))
                         for s in sources]
