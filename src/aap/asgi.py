@@ -1,9 +1,11 @@
 """What both processes' ASGI apps share (the collector's and the core's): the ASGI
-types, reading a body (with its size limit), the response, the house error body
-(:func:`error_response`), sending an answer, and the lifespan protocol."""
+types, reading a body (with its size limit and deadline), the request and the response
+as handlers see them, the house error body (:func:`error_response`), sending an
+answer, and the lifespan protocol."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +21,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _json = msgspec.json.Encoder()
+Handler = Callable[["Request"], Awaitable["Response"]]
+"""A route of the collector: the answer to a request, or it raises."""
 
 
 def content_length(value: str | None) -> int | None:
@@ -74,6 +78,41 @@ async def read_body(receive: Receive) -> bytes:
         parts.append(msg.get("body", b""))
         more = msg.get("more_body", False)
     return b"".join(parts)
+
+
+def timed(receive: Receive, seconds: float) -> Receive:
+    """``receive`` with a deadline for the whole body: a client that sends it too slowly
+    (slowloris) is answered 408 rather than held forever."""
+    deadline = asyncio.get_running_loop().time() + seconds
+
+    async def receive_by_deadline() -> dict[str, Any]:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await receive()
+        except TimeoutError:
+            raise errors.RequestTimeout(
+                f"the request body did not arrive within {seconds:g} s",
+                code="body_timeout") from None
+
+    return receive_by_deadline
+
+
+class Request:
+    __slots__ = ("cors", "headers", "method", "path", "receive", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive, body_timeout_s: float = 30.0) -> None:
+        self.scope = scope
+        self.receive = timed(receive, body_timeout_s)
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                        for k, v in scope["headers"]}
+        self.cors = True
+
+    @property
+    def peer(self) -> str | None:
+        client = self.scope.get("client")
+        return client[0] if client else None
 
 
 class Response:

@@ -21,7 +21,6 @@ from aap.api.keys import ApiKeys
 from aap.asgi import content_length, read_raw
 from aap.core.client import AsyncCoreClient
 
-PREFIX = "/api/v1"
 _PATH = re.compile(r"^/api/v1(/[A-Za-z0-9_\-]{1,64}){1,4}$")
 """API paths are plain segments: no dots (``..`` would walk out of the API once the path
 is forwarded), no encoded characters."""

@@ -7,14 +7,13 @@ append to the log (group commit) → answer.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import gc
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,13 +23,25 @@ import msgspec.structs
 from aap import errors
 from aap.api import openapi
 from aap.api.openapi import INGEST_ERRORS, INGESTED, Op, documented
-from aap.api.proxy import PREFIX as API_PREFIX
 from aap.api.proxy import ApiProxy
+from aap.api.routes import PREFIX as API_PREFIX
 from aap.api.routes import ROUTES as API_ROUTES
-from aap.asgi import Receive, Response, Scope, Send, content_length, error_response, read_raw
+from aap.asgi import (
+    Handler,
+    Receive,
+    Request,
+    Response,
+    Scope,
+    Send,
+    content_length,
+    error_response,
+    lifespan,
+    read_raw,
+    send_response,
+)  # fmt: skip
 from aap.collect import metrics
 from aap.collect.body import decode_content
-from aap.collect.compat import Compat, is_browser_path, sends_credentials
+from aap.collect.compat import Compat, is_browser_path, sends_credentials, templated
 from aap.collect.consent import Gate, parse_consent
 from aap.collect.health import Health
 from aap.collect.ratelimit import RateLimiter, retry_after
@@ -47,12 +58,12 @@ from aap.collect.segment import (
 from aap.collect.subject import PATH as SUBJECT_PATH
 from aap.collect.subject import SelfService
 from aap.events import Event, encode_events, time_out_of_range
-from aap.jsonlimits import too_deep
 from aap.log import Append, open_log
 from aap.log.committer import GroupCommitter
 from aap.privacy.cnil import CNIL, NOT_ANONYMOUS_TEXT, DailySalts, anonymize
 from aap.privacy.ip import GeoLocator, IpPolicy, parse_networks, strip_ip
 from aap.privacy.sealing import Sealer
+from aap.routing import ANY, Found, Route, Router
 from aap.settings import Settings
 from aap.sources import Source, Sources
 
@@ -61,43 +72,10 @@ logger = logging.getLogger("aap.collect")
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Retry-Count, SP-Anonymous"
 """The request headers browsers may send cross-origin: the SDKs' own, nothing else."""
 _json = msgspec.json.Encoder()
+GET_HEAD = ("GET", "HEAD")
+POST = ("POST",)
 KEY_TTL_S = 5.0
 """How long a worker trusts what it read about a key before reading the registry again."""
-
-
-def timed(receive: Receive, seconds: float) -> Receive:
-    """``receive`` with a deadline for the whole body: a client that sends it too slowly
-    (slowloris) is answered 408 rather than held forever."""
-    deadline = asyncio.get_running_loop().time() + seconds
-
-    async def receive_by_deadline() -> dict[str, Any]:
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await receive()
-        except TimeoutError:
-            raise errors.RequestTimeout(
-                f"the request body did not arrive within {seconds:g} s",
-                code="body_timeout") from None
-
-    return receive_by_deadline
-
-
-class Request:
-    __slots__ = ("cors", "headers", "method", "path", "receive", "scope")
-
-    def __init__(self, scope: Scope, receive: Receive, body_timeout_s: float = 30.0) -> None:
-        self.scope = scope
-        self.receive = timed(receive, body_timeout_s)
-        self.method: str = scope["method"]
-        self.path: str = scope["path"]
-        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                        for k, v in scope["headers"]}
-        self.cors = True
-
-    @property
-    def peer(self) -> str | None:
-        client = self.scope.get("client")
-        return client[0] if client else None
 
 
 class Collector:
@@ -132,44 +110,37 @@ class Collector:
         # a query may wait for a slot as long as it may run (aap.api.gate)
         self.api = ApiProxy(self.data_dir, timeout=2 * float(settings.query_timeout_s) + 30,
                             max_body=settings.max_request_bytes)
-        self.routes: dict[str, tuple[tuple[str, ...], Callable[[Request], Awaitable[Response]]]] = {
-            "/healthz": (("GET", "HEAD"), self.healthz),
-            "/metrics": (("GET",), self.metrics),
-            "/v1/consent": (("POST",), self.consent),
-            SUBJECT_PATH: (("POST",), self.own_request),
-            API_PREFIX + "/openapi.json": (("GET", "HEAD"), self.openapi),
-        }
-        for path in BATCH_PATHS:
-            self.routes[path] = (("POST",), self.ingest_batch)
-        for path in SINGLE_PATHS:
-            self.routes[path] = (("POST",), self.ingest_single)
-        self.prefix_routes: list[tuple[str, tuple[str, ...],
-                                       Callable[[Request], Awaitable[Response]]]] = []
-        Compat(self).install()  # PostHog, Segment browser, Snowplow, /sdk.js
-        self.prefix_routes.append((SUBJECT_PATH + "/", ("GET",), self.own_request_status))
         self._openapi: bytes | None = None
-        # a prefix route answers only the paths its Op names (others are 404, not 405)
-        self._templates = [(openapi.template_regex(t), methods, handler)
-                           for _, methods, handler in self.prefix_routes
-                           for t in openapi.op_of(handler).paths]
+        self.router: Router[Handler] = Router(self.routes())
+
+    def routes(self) -> list[Route[Handler]]:
+        """The collector's route table: it dispatches, and it is what the OpenAPI
+        document lists (:meth:`openapi_document`)."""
+        own = [Route("/healthz", GET_HEAD, self.healthz),
+               Route("/metrics", ("GET",), self.metrics),
+               Route("/v1/consent", POST, self.consent),
+               Route(SUBJECT_PATH, POST, self.own_request),
+               Route(API_PREFIX + "/openapi.json", GET_HEAD, self.openapi),
+               *(Route(path, POST, self.ingest_batch) for path in BATCH_PATHS),
+               *(Route(path, POST, self.ingest_single) for path in SINGLE_PATHS)]
+        # PostHog, Segment browser, Snowplow, /sdk.js
+        compat = Compat(self, self.settings).routes()
+        return [*own, *compat, *templated(self.own_request_status, ("GET",)),
+                Route(API_PREFIX + "/", ANY, self.proxy_api, prefix=True, label=API_PREFIX)]
 
     # -- ASGI --
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send, self._startup, self._shutdown)
         elif scope["type"] == "http":
             await self._http(scope, receive, send)
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            msg = await receive()
-            if msg["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif msg["type"] == "lifespan.shutdown":
-                self.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    async def _startup(self) -> None:
+        pass
+
+    async def _shutdown(self) -> None:
+        self.close()
 
     def close(self) -> None:
         if self.committer is not None:
@@ -179,23 +150,14 @@ class Collector:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         req = Request(scope, receive, float(self.settings.body_timeout_s))
-        if req.path in self.routes:
-            route = req.path
-        elif req.path.startswith(API_PREFIX + "/"):
-            route = API_PREFIX
-        else:
-            route = next((p + "*" for p, _, _ in self.prefix_routes if req.path.startswith(p)),
-                         "other")
+        found = self.router.find(req.path)
+        route = self.router.label(req.path, found)
         try:
-            resp = await self._dispatch(req)
-        except errors.AAPError as exc:
+            resp = await self._dispatch(req, found)
+        except Exception as exc:
+            if not isinstance(exc, (errors.AAPError, RecursionError)):
+                logger.exception("unexpected error on %s", route)
             resp = error_response(exc)
-        except RecursionError:  # a backstop: every parser checks the depth first
-            resp = error_response(too_deep())
-        except Exception:
-            logger.exception("unexpected error on %s", route)
-            resp = Response.json(500, {"code": "internal_error",
-                                       "message": "internal error", "detail": "internal error"})
         origin = req.headers.get("origin")
         if origin and req.cors and is_browser_path(req.path):
             resp.headers += [("access-control-allow-origin", origin), ("vary", "Origin"),
@@ -203,32 +165,23 @@ class Collector:
             if sends_credentials(req.path):
                 resp.headers.append(("access-control-allow-credentials", "true"))
         resp.headers += self._hsts
-        await send({
-            "type": "http.response.start",
-            "status": resp.status,
-            "headers": [(k.encode(), v.encode()) for k, v in resp.headers],
-        })
-        await send({"type": "http.response.body", "body": resp.body})
+        await send_response(send, resp)
         metrics.REQUESTS.labels(route, str(resp.status)).inc()
         metrics.LATENCY.labels(route).observe(time.perf_counter() - start)
 
-    async def _dispatch(self, req: Request) -> Response:
-        if req.path.startswith(API_PREFIX + "/") and req.path not in self.routes:
-            status, body, headers = await self.api.handle(req.method, req.path, req.headers,
-                                                          req.receive)
-            ctype = next((v for k, v in headers if k == "content-type"), "application/json")
-            return Response(status, body, ctype, [h for h in headers if h[0] != "content-type"])
-        entry = self.routes.get(req.path) or next(
-            ((m, h) for rx, m, h in self._templates if rx.match(req.path)), None)
-        if entry is None:
+    async def _dispatch(self, req: Request, found: Found[Handler] | None) -> Response:
+        if found is None:
             raise errors.no_endpoint(req.path)
-        methods, handler = entry
         if req.method == "OPTIONS" and is_browser_path(req.path):
             return self.preflight(req)
-        if req.method not in methods:
-            raise errors.MethodNotAllowed(
-                f"{req.method} is not allowed on {errors.shown(req.path)}", list(methods))
-        return await handler(req)
+        return await self.router.select(found[0], req.method, req.path).target(req)
+
+    async def proxy_api(self, req: Request) -> Response:
+        """The REST API: the key checked here, the answer the core's (:mod:`aap.api.proxy`)."""
+        status, body, headers = await self.api.handle(req.method, req.path, req.headers,
+                                                      req.receive)
+        ctype = next((v for k, v in headers if k == "content-type"), "application/json")
+        return Response(status, body, ctype, [h for h in headers if h[0] != "content-type"])
 
     # -- small endpoints --
 
@@ -250,9 +203,9 @@ class Collector:
         components = openapi.schemas({
             "Insight": Insight, "CohortSpec": CohortSpec, "NewRequest": NewRequest,
             "OwnRequest": OwnRequest, "ConsentRequest": ConsentRequest})
-        return openapi.document(self.routes, self.prefix_routes,
-                                [(r.method, r.pattern.pattern, r.op) for r in API_ROUTES],
-                                API_PREFIX, components)
+        table = {r.path: (r.methods, r.target) for r in self.router.routes if not r.prefix}
+        rest = [(m, r.regex(), r.target.op) for r in API_ROUTES for m in r.methods]
+        return openapi.document(table, [], rest, API_PREFIX, components)
 
     @documented(Op("This OpenAPI document", ok={"type": "object", "required": ["openapi"]}))
     async def openapi(self, req: Request) -> Response:
@@ -289,7 +242,7 @@ class Collector:
                                         "writeKey": {"type": "string"}}},
                    body_types=("application/json", "text/plain"), security=("writeKey", "")))
     async def ingest_batch(self, req: Request) -> Response:
-        return await self._ingest(req, lambda body: parse_batch(body, self.settings.max_event_bytes),
+        return await self.ingest(req, lambda body: parse_batch(body, self.settings.max_event_bytes),
                                   json_body=True)
 
     @documented(Op("One Segment/RudderStack event (the type is the path's)", ok=INGESTED,
@@ -297,11 +250,11 @@ class Collector:
                    body_types=("application/json", "text/plain"), security=("writeKey", "")))
     async def ingest_single(self, req: Request) -> Response:
         mtype = SINGLE_PATHS[req.path]
-        return await self._ingest(
+        return await self.ingest(
             req, lambda body: parse_single(body, mtype, self.settings.max_event_bytes),
             json_body=True)
 
-    async def _ingest(self, req: Request, parse: Callable[[bytes], Parsed], *, auth: bool = True,
+    async def ingest(self, req: Request, parse: Callable[[bytes], Parsed], *, auth: bool = True,
                       key_hint: str = "send it as the Basic auth user name",
                       json_body: bool = False) -> Response:
         """Ingest the events ``parse`` finds in the body. ``auth=False``: the wire format
@@ -323,7 +276,7 @@ class Collector:
         if source is None:
             if not parsed.write_key:
                 raise errors.Unauthorized(f"no write key: {key_hint}", code="missing_write_key")
-            source = self._source(parsed.write_key)
+            source = self.source(parsed.write_key)
         origin = req.headers.get("origin")
         if origin and not source.allows_origin(origin):
             req.cors = False
@@ -430,7 +383,7 @@ class Collector:
             if not parsed.write_key:
                 raise errors.Unauthorized("no write key: send it as the Basic auth user name",
                                           code="missing_write_key")
-            source = self._source(parsed.write_key)
+            source = self.source(parsed.write_key)
         origin = req.headers.get("origin")
         if origin and not source.allows_origin(origin):
             req.cors = False
@@ -501,9 +454,9 @@ class Collector:
         if not key:
             raise errors.Unauthorized("no write key in the Basic auth user name",
                                       code="missing_write_key")
-        return self._source(key)
+        return self.source(key)
 
-    def _source(self, key: str) -> Source:
+    def source(self, key: str) -> Source:
         now = time.monotonic()
         known = self._known_keys.get(key)
         if known is not None and now - known[1] < KEY_TTL_S:
