@@ -42,7 +42,7 @@ from aap.asgi import (
 from aap.collect import metrics
 from aap.collect.body import decode_content
 from aap.collect.compat import Compat, is_browser_path, sends_credentials, templated
-from aap.collect.consent import Gate, parse_consent
+from aap.collect.consent import ConsentRequest, Gate, parse_consent
 from aap.collect.health import Health
 from aap.collect.ratelimit import RateLimiter, retry_after
 from aap.collect.segment import (
@@ -56,7 +56,7 @@ from aap.collect.segment import (
     to_event,
 )  # fmt: skip
 from aap.collect.subject import PATH as SUBJECT_PATH
-from aap.collect.subject import SelfService
+from aap.collect.subject import OwnRequest, SelfService
 from aap.events import Event, encode_events, time_out_of_range
 from aap.log import Append, open_log
 from aap.log.committer import GroupCommitter
@@ -72,6 +72,7 @@ logger = logging.getLogger("aap.collect")
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Retry-Count, SP-Anonymous"
 """The request headers browsers may send cross-origin: the SDKs' own, nothing else."""
 _json = msgspec.json.Encoder()
+BASIC_KEY_HINT = "send it as the Basic auth user name"
 GET_HEAD = ("GET", "HEAD")
 POST = ("POST",)
 KEY_TTL_S = 5.0
@@ -195,8 +196,6 @@ class Collector:
     def openapi_document(self) -> dict[str, Any]:
         """The OpenAPI document of every route this server answers (see
         :mod:`aap.api.openapi`), built from the route tables."""
-        from aap.collect.consent import ConsentRequest
-        from aap.collect.subject import OwnRequest
         from aap.privacy.requests import NewRequest
         from aap.query.models import CohortSpec, Insight
 
@@ -243,7 +242,7 @@ class Collector:
                    body_types=("application/json", "text/plain"), security=("writeKey", "")))
     async def ingest_batch(self, req: Request) -> Response:
         return await self.ingest(req, lambda body: parse_batch(body, self.settings.max_event_bytes),
-                                  json_body=True)
+                                 json_body=True)
 
     @documented(Op("One Segment/RudderStack event (the type is the path's)", ok=INGESTED,
                    errors=INGEST_ERRORS, body={"type": "object"},
@@ -255,74 +254,83 @@ class Collector:
             json_body=True)
 
     async def ingest(self, req: Request, parse: Callable[[bytes], Parsed], *, auth: bool = True,
-                      key_hint: str = "send it as the Basic auth user name",
-                      json_body: bool = False) -> Response:
+                     key_hint: str = BASIC_KEY_HINT, json_body: bool = False) -> Response:
         """Ingest the events ``parse`` finds in the body. ``auth=False``: the wire format
         carries its key in the body only (PostHog, Snowplow), the Authorization header
         is not read; ``key_hint`` says where the key goes when it is missing.
         ``json_body``: the events are the body's JSON decoded as it is (Segment), so the
         scrubbing may search the body for addresses instead of the events."""
-        problem = self.health.problem()
-        if problem:
-            raise errors.ServiceUnavailable(problem, retry_after=self.settings.retry_after_seconds,
-                                            code="backpressure")
+        self._check_health()
         source = self._source_from_header(req.headers.get("authorization")) if auth else None
-        clen = req.headers.get("content-length")
         limit = self.settings.max_request_bytes
-        raw = await read_raw(req.receive, content_length(clen), limit)
+        raw = await read_raw(req.receive, content_length(req.headers.get("content-length")),
+                             limit)
         metrics.BYTES_IN.inc(len(raw))
         body = decode_content(raw, req.headers.get("content-encoding", ""), limit)
         parsed = parse(body)
         if source is None:
-            if not parsed.write_key:
-                raise errors.Unauthorized(f"no write key: {key_hint}", code="missing_write_key")
-            source = self.source(parsed.write_key)
+            source = self._source_in_body(parsed.write_key, key_hint)
+        self._check_origin(req, source)
+        self._take_events(source, len(parsed.messages))
+        events, rejected = self._events(req, source, parsed)
+        rejected_out = _rejected(rejected)
+        if not events and rejected:
+            raise errors.BadRequest("no event in the request is valid", rejected_out,
+                                    code="invalid_events")
+        not_stored = self._not_stored(req, source, events, body if json_body else None)
+        if events:
+            await self._append(source, events)
+        return Response.json(200, _ingested(len(events), not_stored, rejected_out))
+
+    def _check_health(self) -> None:
+        """Back-pressure: 503 while the log is not healthy (disk, consumer lag)."""
+        problem = self.health.problem()
+        if problem:
+            raise errors.ServiceUnavailable(problem, retry_after=self.settings.retry_after_seconds,
+                                            code="backpressure")
+
+    def _source_in_body(self, write_key: str | None, key_hint: str) -> Source:
+        if not write_key:
+            raise errors.Unauthorized(f"no write key: {key_hint}", code="missing_write_key")
+        return self.source(write_key)
+
+    def _check_origin(self, req: Request, source: Source) -> None:
         origin = req.headers.get("origin")
         if origin and not source.allows_origin(origin):
             req.cors = False
             raise errors.Forbidden(f"origin {origin} is not allowed for this source",
                                    code="origin_not_allowed")
-        wait = self.limiter.take(source.id, source.rate_limit, len(parsed.messages))
+
+    def _take_events(self, source: Source, n: int) -> None:
+        """The source's rate limit: 429 when ``n`` events are over it."""
+        wait = self.limiter.take(source.id, source.rate_limit, n)
         if wait:
-            metrics.EVENTS_REJECTED.labels("rate_limited").inc(len(parsed.messages))
+            metrics.EVENTS_REJECTED.labels("rate_limited").inc(n)
             raise errors.TooManyRequests(
                 f"source {source.name} is over its limit of {source.rate_limit:g} events/s",
                 retry_after=retry_after(wait))
-        events, rejected = self._events(req, source, parsed)
-        for r in rejected:
-            metrics.EVENTS_REJECTED.labels(r.reason).inc()
-        rejected_out = [{"index": r.index, "reason": r.reason, "detail": r.detail}
-                        for r in rejected]
-        if not events and rejected:
-            raise errors.BadRequest("no event in the request is valid", rejected_out,
-                                    code="invalid_events")
+
+    def _not_stored(self, req: Request, source: Source, events: list[Event],
+                    body: bytes | None) -> dict[str, int]:
+        """Drop the events with no lawful basis and those of erased subjects (the rest
+        sealed); how many of each were dropped."""
         withheld = self.gate.admit(source, events, req.headers.get("sec-gpc", "").strip() == "1")
         if withheld:
             metrics.EVENTS_NOT_STORED.labels("no_lawful_basis").inc(withheld)
-        erased = self.sealer.seal(events, body if json_body else None)
+        erased = self.sealer.seal(events, body)
         if erased:
             metrics.EVENTS_NOT_STORED.labels("erased_subject").inc(erased)
-        not_stored = {k: v for k, v in (("no_lawful_basis", withheld), ("erased_subject", erased))
-                      if v}
-        if not events:
-            out0: dict[str, Any] = {"success": True, "accepted": 0}
-            if not_stored:
-                out0["not_stored"] = not_stored
-            if rejected_out:
-                out0["rejected"] = rejected_out
-            return Response.json(200, out0)
+        return {k: v for k, v in (("no_lawful_basis", withheld), ("erased_subject", erased))
+                if v}
+
+    async def _append(self, source: Source, events: list[Event]) -> None:
+        """Append the events to the log; returns once they are durable."""
         batch = Append(source.id, len(events), encode_events(events))
         if self.committer is None:
             self.log.append([batch])
         else:
             await self.committer.append(batch)
         metrics.EVENTS_ACCEPTED.labels(source.id).inc(len(events))
-        out: dict[str, Any] = {"success": True, "accepted": len(events)}
-        if not_stored:
-            out["not_stored"] = not_stored
-        if rejected_out:
-            out["rejected"] = rejected_out
-        return Response.json(200, out)
 
     @documented(Op("A person files their own privacy request", errors=(400, 401, 408, 413),
                    body={"$ref": "#/components/schemas/OwnRequest"},
@@ -354,10 +362,7 @@ class Collector:
         """``POST /v1/consent``: a person grants or withdraws purposes. Back-pressure and
         the source's rate limit apply as to events (one statement request counts as one
         event, in a bucket of its own), and each id has its own cap per minute."""
-        problem = self.health.problem()
-        if problem:
-            raise errors.ServiceUnavailable(problem, retry_after=self.settings.retry_after_seconds,
-                                            code="backpressure")
+        self._check_health()
         authorization = req.headers.get("authorization")
         subject: dict[str, str] | None = None
         source: Source | None
@@ -380,15 +385,8 @@ class Collector:
             parsed.user_id = subject.get("userId")
             parsed.anonymous_id = subject.get("anonymousId")
         if source is None:
-            if not parsed.write_key:
-                raise errors.Unauthorized("no write key: send it as the Basic auth user name",
-                                          code="missing_write_key")
-            source = self.source(parsed.write_key)
-        origin = req.headers.get("origin")
-        if origin and not source.allows_origin(origin):
-            req.cors = False
-            raise errors.Forbidden(f"origin {origin} is not allowed for this source",
-                                   code="origin_not_allowed")
+            source = self._source_in_body(parsed.write_key, BASIC_KEY_HINT)
+        self._check_origin(req, source)
         wait = self.limiter.take("consent:" + source.id, source.rate_limit, 1)
         if wait:
             metrics.EVENTS_REJECTED.labels("consent_rate_limited").inc()
@@ -474,6 +472,24 @@ class Collector:
             self._known_keys.clear()
         self._known_keys[key] = (found, now)
         return found
+
+
+def _rejected(rejected: list[Rejection]) -> list[dict[str, Any]]:
+    """The rejected events as the answer lists them (each counted in the metrics)."""
+    for r in rejected:
+        metrics.EVENTS_REJECTED.labels(r.reason).inc()
+    return [{"index": r.index, "reason": r.reason, "detail": r.detail} for r in rejected]
+
+
+def _ingested(accepted: int, not_stored: dict[str, int],
+              rejected: list[dict[str, Any]]) -> dict[str, Any]:
+    """The answer to an ingestion: how many events were stored, and why others were not."""
+    out: dict[str, Any] = {"success": True, "accepted": accepted}
+    if not_stored:
+        out["not_stored"] = not_stored
+    if rejected:
+        out["rejected"] = rejected
+    return out
 
 
 def create_app() -> Collector:
