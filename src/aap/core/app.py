@@ -3,8 +3,8 @@ queries (DuckDB cursors of the same database, so queries never block the process
 
 It listens on a Unix socket in the data dir (``run/core.sock``, mode 0600): only local
 processes with access to the data dir reach it (:mod:`aap.core.client`). The collector's
-workers pass the public REST API to it (:mod:`aap.api.proxy`); its own routes are the
-table :data:`ROUTES`.
+workers pass the public REST API to it (:mod:`aap.api.proxy`); its routes are the
+table of :meth:`CoreApp.routes`.
 """
 
 from __future__ import annotations
