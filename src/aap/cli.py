@@ -70,7 +70,7 @@ def cli() -> None:
 def serve(data_dir: Path | None, host: str | None, port: int | None, workers: int | None,
           tls_cert: str | None, tls_key: str | None) -> None:
     """Run the collector, the processor and the API."""
-    from aap.collect.server import serve as run
+    from aap.core.supervisor import serve as run
 
     settings = _settings(data_dir=data_dir, host=host, port=port, workers=workers,
                          tls_cert=tls_cert and str(Path(tls_cert).resolve()),
@@ -89,7 +89,7 @@ def process(data_dir: Path | None) -> None:
     It is the core process (processor, tiering, and queries on DATA_DIR/run/core.sock):
     the warehouse has one owner, so do not run it beside `aap serve` on the same data dir.
     """
-    from aap.collect.server import serve_core
+    from aap.core.supervisor import serve_core
 
     serve_core(_checked(_settings(data_dir=data_dir)))
 
@@ -322,7 +322,7 @@ def query_cmd(file: Any, data_dir: Path | None, as_json: bool, url: str | None,
                 raise click.ClickException("--url needs --key (or $AAP_API_KEY)")
             with Client(url, key) as c:
                 result = c.query(doc)
-        elif (settings.data_path / "run" / "core.sock").exists() and _core_alive(settings):
+        elif _core_alive(settings):
             with Client.local(settings.data_path, role=role) as c:
                 result = c.query(doc)
         else:
@@ -343,14 +343,12 @@ def query_cmd(file: Any, data_dir: Path | None, as_json: bool, url: str | None,
 
 
 def _core_alive(settings: Settings) -> bool:
-    import httpx
+    from aap.core.client import CoreClient, core_socket
 
-    try:
-        with httpx.Client(transport=httpx.HTTPTransport(
-                uds=str(settings.data_path / "run" / "core.sock")), timeout=2) as c:
-            return c.get("http://core/healthz").status_code == 200
-    except httpx.HTTPError:
+    if not core_socket(settings.data_path).exists():
         return False
+    with CoreClient(settings.data_path, timeout=2) as c:
+        return c.alive()
 
 
 def _query_directly(settings: Settings, doc: Any, role: str) -> Any:
@@ -566,14 +564,16 @@ def _privacy_request(data_dir: Path | None, action: str, user_ids: tuple[str, ..
                      anonymous_ids: tuple[str, ...], **extra: Any) -> dict[str, Any]:
     import httpx
 
+    from aap.core.client import CoreClient, core_socket
+
     if not user_ids and not anonymous_ids:
         raise click.UsageError("name the person with --user-id or --anonymous-id")
-    sock = _settings(data_dir=data_dir).data_path / "run" / "core.sock"
+    data = _settings(data_dir=data_dir).data_path
+    sock = core_socket(data)
     if not sock.exists():
         raise click.ClickException(f"the server is not running (no {sock}): start `aap serve`")
     try:
-        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://core",
-                          timeout=600) as core:
+        with CoreClient(data, timeout=600) as core:
             r = core.post(f"/internal/privacy/{action}", json={
                 "userIds": list(user_ids), "anonymousIds": list(anonymous_ids),
                 "actor": _actor(), **extra})

@@ -19,6 +19,7 @@ from types import TracebackType
 
 import httpx
 
+from aap.core.client import CoreClient, CoreError, core_socket
 from aap.lifecycle import STOP_GRACE_S, child_env
 
 
@@ -102,26 +103,25 @@ class ServerProcess:
 
     @property
     def core_socket(self) -> Path:
-        return self.data_dir / "run" / "core.sock"
+        return core_socket(self.data_dir)
 
-    def core(self, timeout: float = 60.0) -> httpx.Client:
+    def core(self, timeout: float = 60.0) -> CoreClient:
         """A client of the core process (processor, warehouse) over its Unix socket."""
-        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.core_socket)),
-                            base_url="http://core", timeout=timeout)
+        return CoreClient(self.data_dir, timeout=timeout)
 
     def sql(self, query: str, params: list[object] | None = None, timeout: float = 60.0
             ) -> list[list[object]]:
         """Rows of a read query on the warehouse."""
         with self.core(timeout) as c:
-            r = c.post("/internal/sql", json={"sql": query, "params": params or []})
-        if r.status_code != 200:
-            raise RuntimeError(f"query failed: {r.text}")
-        rows: list[list[object]] = r.json()["rows"]
+            try:
+                rows: list[list[object]] = c.sql(query, list(params or []))
+            except CoreError as exc:
+                raise RuntimeError(f"query failed: {exc.text}") from None
         return rows
 
     def processed_position(self, timeout: float = 60.0) -> int:
         with self.core(timeout) as c:
-            return int(c.get("/healthz").json()["position"])
+            return c.position()
 
     def wait_processed(self, timeout: float = 180.0) -> None:
         """Wait until the processor has consumed everything in the log so far."""
@@ -154,11 +154,8 @@ class ServerProcess:
     def _core_up(self) -> bool:
         if not self.core_socket.exists():
             return False
-        try:
-            with self.core() as c:
-                return c.get("/healthz", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        with self.core(timeout=1.0) as c:
+            return c.alive()
 
     def kill(self) -> None:
         """SIGKILL the whole process group: master and workers die at once."""

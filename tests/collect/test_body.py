@@ -52,7 +52,7 @@ def test_arbitrary_bytes_claiming_gzip_give_400_or_decode(data: bytes) -> None:
 
 @given(st.text(max_size=30))
 def test_content_length_is_a_plain_decimal_or_nothing(value: str) -> None:
-    from aap.collect.body import content_length
+    from aap.asgi import content_length
 
     got = content_length(value)
     if value.isascii() and value.isdigit() and len(value) <= 18:

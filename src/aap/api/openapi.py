@@ -1,9 +1,10 @@
 """The OpenAPI document of everything the server answers (``GET /api/v1/openapi.json``).
 
 One source of truth: each handler carries its :class:`Op` (``@documented(...)``) beside
-its code, the route tables say which paths and methods reach it (the collector's
-``routes`` and ``prefix_routes``, the REST API's :data:`aap.api.routes.ROUTES`), and
-:func:`document` builds the document from those tables. A route with no ``Op`` makes
+its code, the route tables (:mod:`aap.routing`) say which paths and methods reach it (the
+collector's :meth:`~aap.collect.app.Collector.routes`, the REST API's
+:data:`aap.api.routes.ROUTES`), and :func:`document` builds the document from those
+tables, the same that dispatch. A route with no ``Op`` makes
 :func:`document` fail, and the tests compare the document with what the live server
 answers. ``OPTIONS`` (CORS preflights on the browser endpoints) is not listed.
 """

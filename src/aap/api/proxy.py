@@ -18,9 +18,9 @@ import httpx
 
 from aap import errors
 from aap.api.keys import ApiKeys
-from aap.collect.body import content_length, read_raw
+from aap.asgi import content_length, read_raw
+from aap.core.client import AsyncCoreClient
 
-PREFIX = "/api/v1"
 _PATH = re.compile(r"^/api/v1(/[A-Za-z0-9_\-]{1,64}){1,4}$")
 """API paths are plain segments: no dots (``..`` would walk out of the API once the path
 is forwarded), no encoded characters."""
@@ -29,17 +29,8 @@ is forwarded), no encoded characters."""
 class ApiProxy:
     def __init__(self, data_dir: Any, *, timeout: float, max_body: int) -> None:
         self.keys = ApiKeys(data_dir)
-        self.socket = data_dir / "run" / "core.sock"
-        self.timeout = timeout
+        self.core = AsyncCoreClient(data_dir, timeout=timeout)
         self.max_body = max_body
-        self._client: httpx.AsyncClient | None = None
-
-    def _core(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
-                base_url="http://core", timeout=self.timeout)
-        return self._client
 
     async def handle(self, method: str, path: str, headers: dict[str, str], receive: Any
                      ) -> tuple[int, bytes, list[tuple[str, str]]]:
@@ -60,7 +51,7 @@ class ApiProxy:
         body = await read_raw(receive, content_length(clen),
                               self.max_body)
         try:
-            r = await self._core().request(
+            r = await self.core.request(
                 method, "/internal" + path, content=body,
                 headers={"x-aap-role": record.role, "x-aap-key": record.id,
                          "content-type": "application/json"})
@@ -76,5 +67,4 @@ class ApiProxy:
         return r.status_code, r.content, extra
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        await self.core.aclose()

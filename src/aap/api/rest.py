@@ -3,7 +3,8 @@
 The collector's workers serve the public port: they check the Bearer API key and pass
 the request with the key's role over the core's Unix socket (``/internal/api/v1/…``);
 the core, which owns the warehouse, checks the role each route needs and answers. The
-routes and the role each needs are in :data:`aap.api.routes.ROUTES`.
+routes and the role each needs are in :data:`aap.api.routes.ROUTES`; errors are raised
+(:mod:`aap.errors`) and answered by the core's app (:func:`aap.asgi.error_response`).
 
 Whatever the route, a query or saved insight that reads personal data needs role privacy
 (:mod:`aap.query.guard`), and every such read is audited (``data.read``).
@@ -15,8 +16,6 @@ and run on the core's query threads; the other routes run on threads of their ow
 from __future__ import annotations
 
 import contextvars
-import logging
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -24,8 +23,8 @@ import msgspec
 
 from aap import errors
 from aap.api.keys import ROLES, ApiKeys, role_at_least
-from aap.api.routes import ROUTES, NewKey, SaveInsight
-from aap.jsonlimits import check_depth, too_deep
+from aap.api.routes import ROUTER, NewKey, SaveInsight
+from aap.jsonlimits import check_depth
 from aap.privacy.audit import AuditLog
 from aap.privacy.requests import Requests
 from aap.query import guard, sandbox
@@ -36,20 +35,9 @@ from aap.query.runner import Deadline, run_insight
 from aap.settings import Settings
 from aap.store.warehouse import Warehouse
 
-logger = logging.getLogger("aap.api")
-
 Handler = Callable[[dict[str, str], bytes, str], Any]
 ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("actor", default="local")
 """Who is calling, for the audit log: ``key:<id>`` of the API key, or the local caller."""
-QUERY_ROUTES = (("POST", re.compile(r"^/query$")),
-                ("GET", re.compile(r"^/insights/\d{1,12}$")))
-"""The routes that run queries (paths under ``/api/v1``): they take a query slot."""
-
-
-def is_query(method: str, path: str) -> bool:
-    return any(m == method and p.match(path) for m, p in QUERY_ROUTES)
-
-
 def _decode(body: bytes, typ: type) -> Any:
     try:
         return msgspec.json.decode(body, type=typ)
@@ -71,8 +59,6 @@ class RestAPI:
         self.cache = (QueryCache(warehouse, float(settings.query_cache_interval_s))
                       if settings.query_cache else None)
         self.sql_limits = sandbox.Limits.from_settings(settings)
-        self.routes: list[tuple[str, re.Pattern[str], str, Handler]] = [
-            (r.method, r.pattern, r.role, getattr(self, r.handler)) for r in ROUTES]
 
     def start(self) -> None:
         if self.cache is not None:
@@ -85,42 +71,24 @@ class RestAPI:
         Deadline.expire_all()  # and insights at their next statement
 
     def handle(self, method: str, path: str, role: str, body: bytes, actor: str = "local"
-               ) -> tuple[int, Any]:
-        token = ACTOR.set(actor)
-        try:
-            return 200, self._route(method, path, role, body)
-        except errors.AAPError as exc:
-            return exc.status, exc.body()
-        except RecursionError:  # a backstop: check_depth should have refused it
-            deep = too_deep()
-            return deep.status, deep.body()
-        except Exception:
-            logger.exception("API error on %s %s", method, path)
-            return 500, {"code": "internal_error", "message": "internal error",
-                         "detail": "see the server log"}
-        finally:
-            ACTOR.reset(token)
-
-    def _route(self, method: str, path: str, role: str, body: bytes) -> Any:
+               ) -> Any:
+        """The answer of ``method`` on ``path`` (below ``/api/v1``) for a key of ``role``;
+        :class:`~aap.errors.AAPError` when the request cannot be answered."""
         if role not in ROLES:
             raise errors.Unauthorized("no valid role", code="unauthorized")
-        allowed = []
-        for m, pattern, needed, handler in self.routes:
-            match = pattern.match(path)
-            if match is None:
-                continue
-            allowed.append(m)
-            if m != method:
-                continue
-            if not role_at_least(role, needed):
-                raise errors.Forbidden(f"{method} /api/v1{path} needs role {needed} or above;"
-                                       f" this key has role {role}", code="role_too_low")
-            if body:
-                check_depth(body)  # every body is JSON: one limit before any decoder
-            return handler(match.groupdict(), body, role)
-        if allowed:
-            raise errors.MethodNotAllowed(f"{method} is not allowed on /api/v1{path}", allowed)
-        raise errors.no_endpoint("/api/v1" + path)
+        route, params = ROUTER.resolve(method, path)
+        needed = route.target.role
+        if not role_at_least(role, needed):
+            raise errors.Forbidden(f"{method} /api/v1{path} needs role {needed} or above;"
+                                   f" this key has role {role}", code="role_too_low")
+        if body:
+            check_depth(body)  # every body is JSON: one limit before any decoder
+        handler: Handler = getattr(self, route.target.handler)
+        token = ACTOR.set(actor)
+        try:
+            return handler(params, body, role)
+        finally:
+            ACTOR.reset(token)
 
     # -- privacy requests --
 

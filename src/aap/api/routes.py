@@ -1,6 +1,6 @@
-"""The REST API's route table: method, path pattern, role, handler name and what it
-answers. :class:`aap.api.rest.RestAPI` dispatches on it; :mod:`aap.api.openapi` documents
-it, so the two cannot drift.
+"""The REST API's route table (:mod:`aap.routing`): method, path template, role, handler
+name and what it answers. :class:`aap.api.rest.RestAPI` dispatches on it (:data:`ROUTER`);
+:mod:`aap.api.openapi` documents it, so the two cannot drift.
 
 | route | role |
 |---|---|
@@ -15,12 +15,12 @@ it, so the two cannot drift.
 
 from __future__ import annotations
 
-import re
 from typing import Any, NamedTuple
 
 import msgspec
 
 from aap.api.openapi import Op
+from aap.routing import Route, Router
 
 API_ERRORS = (400, 401, 403, 408, 413, 503)
 """What any API route may answer besides 200: a bad body, no or a bad key, a role too
@@ -37,12 +37,20 @@ class NewKey(msgspec.Struct, forbid_unknown_fields=True):
     name: str = ""
 
 
-class Route(NamedTuple):
-    method: str
-    pattern: re.Pattern[str]
+PREFIX = "/api/v1"
+"""Where the REST API sits on the collector's port (the core's socket: ``/internal`` +
+this)."""
+
+
+class Endpoint(NamedTuple):
+    """What a REST route leads to: the role it needs, the name of the
+    :class:`~aap.api.rest.RestAPI` method that answers, and its description."""
+
     role: str
     handler: str
     op: Op
+    query: bool = False
+    """It runs a query: it takes a slot of :mod:`aap.api.gate` and a query thread."""
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -54,55 +62,71 @@ def _list(key: str) -> dict[str, Any]:
             "properties": {key: {"type": "array", "items": {"type": "object"}}}}
 
 
-def _route(method: str, pattern: str, role: str, handler: str, summary: str,
+def _route(method: str, path: str, role: str, handler: str, summary: str,
            ok: Any = None, body: Any = None, errors: tuple[int, ...] = API_ERRORS,
-           ok_type: str = "application/json") -> Route:
-    return Route(method, re.compile(pattern), role, handler, Op(
+           ok_type: str = "application/json", query: bool = False,
+           params: dict[str, str] | None = None) -> Route[Endpoint]:
+    return Route(path, (method,), Endpoint(role, handler, Op(
         f"{summary} (role {role} or above)", ok=ok if ok is not None else {"type": "object"},
-        ok_type=ok_type, errors=errors, body=body, security=("apiKey",), role=role))
+        ok_type=ok_type, errors=errors, body=body, security=("apiKey",), role=role), query),
+        params=params or {})
 
 
+_ID = {"id": r"\d{1,12}"}
+_KEY_ID = {"id": "[0-9a-f]{12}"}
+_REQUEST_ID = {"id": "pr_[0-9a-f]{16}"}
 _KEY = {"type": "object", "required": ["id", "role", "name", "created_at"],
         "properties": {"id": {"type": "string"}, "role": {"type": "string"},
                        "name": {"type": "string"}, "created_at": {"type": "integer"},
                        "key": {"type": "string"}}}
 _ONE_ID = (*API_ERRORS, 404)
 
-ROUTES: tuple[Route, ...] = (
-    _route("POST", r"^/query$", "analyst", "query", "Run an insight", body=_ref("Insight"),
-           errors=(*_ONE_ID, 429)),  # 404: a cohort it names; 429: the key's queue is full
-    _route("GET", r"^/insights$", "viewer", "list_insights", "List saved insights",
+ROUTES: tuple[Route[Endpoint], ...] = (
+    _route("POST", "/query", "analyst", "query", "Run an insight", body=_ref("Insight"),
+           errors=(*_ONE_ID, 429), query=True),  # 404: a cohort it names; 429: the key's queue is full
+    _route("GET", "/insights", "viewer", "list_insights", "List saved insights",
            ok=_list("insights")),
-    _route("POST", r"^/insights$", "analyst", "save_insight", "Save an insight",
+    _route("POST", "/insights", "analyst", "save_insight", "Save an insight",
            errors=_ONE_ID,  # 404: a cohort it names does not exist
            body={"type": "object", "required": ["name", "query"], "additionalProperties": False,
                  "properties": {"name": {"type": "string"}, "query": _ref("Insight")}}),
-    _route("GET", r"^/insights/(?P<id>\d{1,12})$", "viewer", "run_saved",
-           "Run a saved insight", errors=(*_ONE_ID, 429),
+    _route("GET", "/insights/{id}", "viewer", "run_saved", "Run a saved insight",
+           errors=(*_ONE_ID, 429), params=_ID, query=True,
            ok={"type": "object", "required": ["id", "name", "query", "result"]}),
-    _route("GET", r"^/cohorts$", "viewer", "list_cohorts", "List cohorts",
+    _route("GET", "/cohorts", "viewer", "list_cohorts", "List cohorts",
            ok=_list("cohorts")),
-    _route("POST", r"^/cohorts$", "analyst", "create_cohort",
+    _route("POST", "/cohorts", "analyst", "create_cohort",
            "Create a cohort (a static cohort of ids needs role privacy)",
            body=_ref("CohortSpec")),
-    _route("DELETE", r"^/cohorts/(?P<id>\d{1,12})$", "analyst", "delete_cohort",
-           "Delete a cohort", errors=_ONE_ID,
+    _route("DELETE", "/cohorts/{id}", "analyst", "delete_cohort",
+           "Delete a cohort", errors=_ONE_ID, params=_ID,
            ok={"type": "object", "required": ["deleted"],
                "properties": {"deleted": {"type": "integer"}}}),
-    _route("GET", r"^/keys$", "admin", "list_keys", "List API keys", ok=_list("keys")),
-    _route("POST", r"^/keys$", "admin", "create_key", "Create an API key", ok=_KEY,
+    _route("GET", "/keys", "admin", "list_keys", "List API keys", ok=_list("keys")),
+    _route("POST", "/keys", "admin", "create_key", "Create an API key", ok=_KEY,
            body={"type": "object", "required": ["role"], "additionalProperties": False,
                  "properties": {"role": {"enum": ["viewer", "analyst", "privacy", "admin"]},
                                 "name": {"type": "string"}}}),
-    _route("DELETE", r"^/keys/(?P<id>[0-9a-f]{12})$", "admin", "revoke_key",
-           "Revoke an API key", errors=_ONE_ID,
+    _route("DELETE", "/keys/{id}", "admin", "revoke_key",
+           "Revoke an API key", errors=_ONE_ID, params=_KEY_ID,
            ok={"type": "object", "required": ["revoked"],
                "properties": {"revoked": {"type": "string"}}}),
-    _route("POST", r"^/privacy/requests$", "privacy", "privacy_submit",
+    _route("POST", "/privacy/requests", "privacy", "privacy_submit",
            "File a privacy request for a person", body=_ref("NewRequest")),
-    _route("GET", r"^/privacy/requests/(?P<id>pr_[0-9a-f]{16})$", "privacy", "privacy_get",
-           "A privacy request's status", errors=_ONE_ID),
-    _route("GET", r"^/privacy/requests/(?P<id>pr_[0-9a-f]{16})/export$", "privacy",
+    _route("GET", "/privacy/requests/{id}", "privacy", "privacy_get",
+           "A privacy request's status", errors=_ONE_ID, params=_REQUEST_ID),
+    _route("GET", "/privacy/requests/{id}/export", "privacy",
            "privacy_export", "The zip of a finished access request", errors=(*_ONE_ID, 409),
-           ok_type="application/zip", ok={"type": "string", "format": "binary"}),
+           ok_type="application/zip", ok={"type": "string", "format": "binary"},
+           params=_REQUEST_ID),
 )
+
+ROUTER = Router(ROUTES, mount=PREFIX)
+"""The REST API's paths, below ``/api/v1`` (the core: below ``/internal/api/v1``)."""
+
+
+def is_query(method: str, path: str) -> bool:
+    """Whether ``method`` on ``path`` (below ``/api/v1``) runs a query."""
+    found = ROUTER.find(path)
+    route = found[0].get(method) if found is not None else None
+    return route is not None and route.target.query

@@ -7,14 +7,13 @@ append to the log (group commit) → answer.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import gc
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,13 +23,26 @@ import msgspec.structs
 from aap import errors
 from aap.api import openapi
 from aap.api.openapi import INGEST_ERRORS, INGESTED, Op, documented
-from aap.api.proxy import PREFIX as API_PREFIX
 from aap.api.proxy import ApiProxy
+from aap.api.routes import PREFIX as API_PREFIX
 from aap.api.routes import ROUTES as API_ROUTES
+from aap.asgi import (
+    Handler,
+    Receive,
+    Request,
+    Response,
+    Scope,
+    Send,
+    content_length,
+    error_response,
+    lifespan,
+    read_raw,
+    send_response,
+)  # fmt: skip
 from aap.collect import metrics
-from aap.collect.body import content_length, decode_content, read_raw
-from aap.collect.compat import Compat, is_browser_path, sends_credentials
-from aap.collect.consent import Gate, parse_consent
+from aap.collect.body import decode_content
+from aap.collect.compat import Compat, is_browser_path, sends_credentials, templated
+from aap.collect.consent import ConsentRequest, Gate, parse_consent
 from aap.collect.health import Health
 from aap.collect.ratelimit import RateLimiter, retry_after
 from aap.collect.segment import (
@@ -44,89 +56,27 @@ from aap.collect.segment import (
     to_event,
 )  # fmt: skip
 from aap.collect.subject import PATH as SUBJECT_PATH
-from aap.collect.subject import SelfService
+from aap.collect.subject import OwnRequest, SelfService
 from aap.events import Event, encode_events, time_out_of_range
-from aap.jsonlimits import too_deep
 from aap.log import Append, open_log
 from aap.log.committer import GroupCommitter
 from aap.privacy.cnil import CNIL, NOT_ANONYMOUS_TEXT, DailySalts, anonymize
 from aap.privacy.ip import GeoLocator, IpPolicy, parse_networks, strip_ip
 from aap.privacy.sealing import Sealer
+from aap.routing import ANY, Found, Route, Router
 from aap.settings import Settings
 from aap.sources import Source, Sources
 
 logger = logging.getLogger("aap.collect")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Retry-Count, SP-Anonymous"
 """The request headers browsers may send cross-origin: the SDKs' own, nothing else."""
 _json = msgspec.json.Encoder()
+BASIC_KEY_HINT = "send it as the Basic auth user name"
+GET_HEAD = ("GET", "HEAD")
+POST = ("POST",)
 KEY_TTL_S = 5.0
 """How long a worker trusts what it read about a key before reading the registry again."""
-
-
-def timed(receive: Receive, seconds: float) -> Receive:
-    """``receive`` with a deadline for the whole body: a client that sends it too slowly
-    (slowloris) is answered 408 rather than held forever."""
-    deadline = asyncio.get_running_loop().time() + seconds
-
-    async def receive_by_deadline() -> dict[str, Any]:
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await receive()
-        except TimeoutError:
-            raise errors.RequestTimeout(
-                f"the request body did not arrive within {seconds:g} s",
-                code="body_timeout") from None
-
-    return receive_by_deadline
-
-
-class Request:
-    __slots__ = ("cors", "headers", "method", "path", "receive", "scope")
-
-    def __init__(self, scope: Scope, receive: Receive, body_timeout_s: float = 30.0) -> None:
-        self.scope = scope
-        self.receive = timed(receive, body_timeout_s)
-        self.method: str = scope["method"]
-        self.path: str = scope["path"]
-        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                        for k, v in scope["headers"]}
-        self.cors = True
-
-    @property
-    def peer(self) -> str | None:
-        client = self.scope.get("client")
-        return client[0] if client else None
-
-
-class Response:
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, body: bytes, content_type: str = "application/json",
-                 headers: list[tuple[str, str]] | None = None) -> None:
-        self.status = status
-        self.body = body
-        self.headers = [("content-type", content_type), *(headers or [])]
-
-    @classmethod
-    def json(cls, status: int, data: Any, headers: list[tuple[str, str]] | None = None
-             ) -> Response:
-        return cls(status, _json.encode(data), headers=headers)
-
-
-def error_response(exc: errors.AAPError) -> Response:
-    headers = []
-    if isinstance(exc, errors.TransientError):
-        headers.append(("retry-after", str(exc.retry_after)))
-    if isinstance(exc, errors.MethodNotAllowed) and isinstance(exc.detail, list):
-        headers.append(("allow", ", ".join(exc.detail)))
-    if isinstance(exc, errors.RequestTimeout):
-        headers.append(("connection", "close"))
-    return Response.json(exc.status, exc.body(), headers)
 
 
 class Collector:
@@ -161,44 +111,37 @@ class Collector:
         # a query may wait for a slot as long as it may run (aap.api.gate)
         self.api = ApiProxy(self.data_dir, timeout=2 * float(settings.query_timeout_s) + 30,
                             max_body=settings.max_request_bytes)
-        self.routes: dict[str, tuple[tuple[str, ...], Callable[[Request], Awaitable[Response]]]] = {
-            "/healthz": (("GET", "HEAD"), self.healthz),
-            "/metrics": (("GET",), self.metrics),
-            "/v1/consent": (("POST",), self.consent),
-            SUBJECT_PATH: (("POST",), self.own_request),
-            API_PREFIX + "/openapi.json": (("GET", "HEAD"), self.openapi),
-        }
-        for path in BATCH_PATHS:
-            self.routes[path] = (("POST",), self.ingest_batch)
-        for path in SINGLE_PATHS:
-            self.routes[path] = (("POST",), self.ingest_single)
-        self.prefix_routes: list[tuple[str, tuple[str, ...],
-                                       Callable[[Request], Awaitable[Response]]]] = []
-        Compat(self).install()  # PostHog, Segment browser, Snowplow, /sdk.js
-        self.prefix_routes.append((SUBJECT_PATH + "/", ("GET",), self.own_request_status))
         self._openapi: bytes | None = None
-        # a prefix route answers only the paths its Op names (others are 404, not 405)
-        self._templates = [(openapi.template_regex(t), methods, handler)
-                           for _, methods, handler in self.prefix_routes
-                           for t in openapi.op_of(handler).paths]
+        self.router: Router[Handler] = Router(self.routes())
+
+    def routes(self) -> list[Route[Handler]]:
+        """The collector's route table: it dispatches, and it is what the OpenAPI
+        document lists (:meth:`openapi_document`)."""
+        own = [Route("/healthz", GET_HEAD, self.healthz),
+               Route("/metrics", ("GET",), self.metrics),
+               Route("/v1/consent", POST, self.consent),
+               Route(SUBJECT_PATH, POST, self.own_request),
+               Route(API_PREFIX + "/openapi.json", GET_HEAD, self.openapi),
+               *(Route(path, POST, self.ingest_batch) for path in BATCH_PATHS),
+               *(Route(path, POST, self.ingest_single) for path in SINGLE_PATHS)]
+        # PostHog, Segment browser, Snowplow, /sdk.js
+        compat = Compat(self, self.settings).routes()
+        return [*own, *compat, *templated(self.own_request_status, ("GET",)),
+                Route(API_PREFIX + "/", ANY, self.proxy_api, prefix=True, label=API_PREFIX)]
 
     # -- ASGI --
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send, self._startup, self._shutdown)
         elif scope["type"] == "http":
             await self._http(scope, receive, send)
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            msg = await receive()
-            if msg["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif msg["type"] == "lifespan.shutdown":
-                self.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    async def _startup(self) -> None:
+        pass
+
+    async def _shutdown(self) -> None:
+        self.close()
 
     def close(self) -> None:
         if self.committer is not None:
@@ -208,23 +151,14 @@ class Collector:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         req = Request(scope, receive, float(self.settings.body_timeout_s))
-        if req.path in self.routes:
-            route = req.path
-        elif req.path.startswith(API_PREFIX + "/"):
-            route = API_PREFIX
-        else:
-            route = next((p + "*" for p, _, _ in self.prefix_routes if req.path.startswith(p)),
-                         "other")
+        found = self.router.find(req.path)
+        route = self.router.label(req.path, found)
         try:
-            resp = await self._dispatch(req)
-        except errors.AAPError as exc:
+            resp = await self._dispatch(req, found)
+        except Exception as exc:
+            if not isinstance(exc, (errors.AAPError, RecursionError)):
+                logger.exception("unexpected error on %s", route)
             resp = error_response(exc)
-        except RecursionError:  # a backstop: every parser checks the depth first
-            resp = error_response(too_deep())
-        except Exception:
-            logger.exception("unexpected error on %s", route)
-            resp = Response.json(500, {"code": "internal_error",
-                                       "message": "internal error", "detail": "internal error"})
         origin = req.headers.get("origin")
         if origin and req.cors and is_browser_path(req.path):
             resp.headers += [("access-control-allow-origin", origin), ("vary", "Origin"),
@@ -232,32 +166,23 @@ class Collector:
             if sends_credentials(req.path):
                 resp.headers.append(("access-control-allow-credentials", "true"))
         resp.headers += self._hsts
-        await send({
-            "type": "http.response.start",
-            "status": resp.status,
-            "headers": [(k.encode(), v.encode()) for k, v in resp.headers],
-        })
-        await send({"type": "http.response.body", "body": resp.body})
+        await send_response(send, resp)
         metrics.REQUESTS.labels(route, str(resp.status)).inc()
         metrics.LATENCY.labels(route).observe(time.perf_counter() - start)
 
-    async def _dispatch(self, req: Request) -> Response:
-        if req.path.startswith(API_PREFIX + "/") and req.path not in self.routes:
-            status, body, headers = await self.api.handle(req.method, req.path, req.headers,
-                                                          req.receive)
-            ctype = next((v for k, v in headers if k == "content-type"), "application/json")
-            return Response(status, body, ctype, [h for h in headers if h[0] != "content-type"])
-        entry = self.routes.get(req.path) or next(
-            ((m, h) for rx, m, h in self._templates if rx.match(req.path)), None)
-        if entry is None:
+    async def _dispatch(self, req: Request, found: Found[Handler] | None) -> Response:
+        if found is None:
             raise errors.no_endpoint(req.path)
-        methods, handler = entry
         if req.method == "OPTIONS" and is_browser_path(req.path):
             return self.preflight(req)
-        if req.method not in methods:
-            raise errors.MethodNotAllowed(
-                f"{req.method} is not allowed on {errors.shown(req.path)}", list(methods))
-        return await handler(req)
+        return await self.router.select(found[0], req.method, req.path).target(req)
+
+    async def proxy_api(self, req: Request) -> Response:
+        """The REST API: the key checked here, the answer the core's (:mod:`aap.api.proxy`)."""
+        status, body, headers = await self.api.handle(req.method, req.path, req.headers,
+                                                      req.receive)
+        ctype = next((v for k, v in headers if k == "content-type"), "application/json")
+        return Response(status, body, ctype, [h for h in headers if h[0] != "content-type"])
 
     # -- small endpoints --
 
@@ -271,17 +196,15 @@ class Collector:
     def openapi_document(self) -> dict[str, Any]:
         """The OpenAPI document of every route this server answers (see
         :mod:`aap.api.openapi`), built from the route tables."""
-        from aap.collect.consent import ConsentRequest
-        from aap.collect.subject import OwnRequest
         from aap.privacy.requests import NewRequest
         from aap.query.models import CohortSpec, Insight
 
         components = openapi.schemas({
             "Insight": Insight, "CohortSpec": CohortSpec, "NewRequest": NewRequest,
             "OwnRequest": OwnRequest, "ConsentRequest": ConsentRequest})
-        return openapi.document(self.routes, self.prefix_routes,
-                                [(r.method, r.pattern.pattern, r.op) for r in API_ROUTES],
-                                API_PREFIX, components)
+        table = {r.path: (r.methods, r.target) for r in self.router.routes if not r.prefix}
+        rest = [(m, r.regex(), r.target.op) for r in API_ROUTES for m in r.methods]
+        return openapi.document(table, [], rest, API_PREFIX, components)
 
     @documented(Op("This OpenAPI document", ok={"type": "object", "required": ["openapi"]}))
     async def openapi(self, req: Request) -> Response:
@@ -318,87 +241,96 @@ class Collector:
                                         "writeKey": {"type": "string"}}},
                    body_types=("application/json", "text/plain"), security=("writeKey", "")))
     async def ingest_batch(self, req: Request) -> Response:
-        return await self._ingest(req, lambda body: parse_batch(body, self.settings.max_event_bytes),
-                                  json_body=True)
+        return await self.ingest(req, lambda body: parse_batch(body, self.settings.max_event_bytes),
+                                 json_body=True)
 
     @documented(Op("One Segment/RudderStack event (the type is the path's)", ok=INGESTED,
                    errors=INGEST_ERRORS, body={"type": "object"},
                    body_types=("application/json", "text/plain"), security=("writeKey", "")))
     async def ingest_single(self, req: Request) -> Response:
         mtype = SINGLE_PATHS[req.path]
-        return await self._ingest(
+        return await self.ingest(
             req, lambda body: parse_single(body, mtype, self.settings.max_event_bytes),
             json_body=True)
 
-    async def _ingest(self, req: Request, parse: Callable[[bytes], Parsed], *, auth: bool = True,
-                      key_hint: str = "send it as the Basic auth user name",
-                      json_body: bool = False) -> Response:
+    async def ingest(self, req: Request, parse: Callable[[bytes], Parsed], *, auth: bool = True,
+                     key_hint: str = BASIC_KEY_HINT, json_body: bool = False) -> Response:
         """Ingest the events ``parse`` finds in the body. ``auth=False``: the wire format
         carries its key in the body only (PostHog, Snowplow), the Authorization header
         is not read; ``key_hint`` says where the key goes when it is missing.
         ``json_body``: the events are the body's JSON decoded as it is (Segment), so the
         scrubbing may search the body for addresses instead of the events."""
-        problem = self.health.problem()
-        if problem:
-            raise errors.ServiceUnavailable(problem, retry_after=self.settings.retry_after_seconds,
-                                            code="backpressure")
+        self._check_health()
         source = self._source_from_header(req.headers.get("authorization")) if auth else None
-        clen = req.headers.get("content-length")
         limit = self.settings.max_request_bytes
-        raw = await read_raw(req.receive, content_length(clen), limit)
+        raw = await read_raw(req.receive, content_length(req.headers.get("content-length")),
+                             limit)
         metrics.BYTES_IN.inc(len(raw))
         body = decode_content(raw, req.headers.get("content-encoding", ""), limit)
         parsed = parse(body)
         if source is None:
-            if not parsed.write_key:
-                raise errors.Unauthorized(f"no write key: {key_hint}", code="missing_write_key")
-            source = self._source(parsed.write_key)
+            source = self._source_in_body(parsed.write_key, key_hint)
+        self._check_origin(req, source)
+        self._take_events(source, len(parsed.messages))
+        events, rejected = self._events(req, source, parsed)
+        rejected_out = _rejected(rejected)
+        if not events and rejected:
+            raise errors.BadRequest("no event in the request is valid", rejected_out,
+                                    code="invalid_events")
+        not_stored = self._not_stored(req, source, events, body if json_body else None)
+        if events:
+            await self._append(source, events)
+        return Response.json(200, _ingested(len(events), not_stored, rejected_out))
+
+    def _check_health(self) -> None:
+        """Back-pressure: 503 while the log is not healthy (disk, consumer lag)."""
+        problem = self.health.problem()
+        if problem:
+            raise errors.ServiceUnavailable(problem, retry_after=self.settings.retry_after_seconds,
+                                            code="backpressure")
+
+    def _source_in_body(self, write_key: str | None, key_hint: str) -> Source:
+        if not write_key:
+            raise errors.Unauthorized(f"no write key: {key_hint}", code="missing_write_key")
+        return self.source(write_key)
+
+    def _check_origin(self, req: Request, source: Source) -> None:
         origin = req.headers.get("origin")
         if origin and not source.allows_origin(origin):
             req.cors = False
             raise errors.Forbidden(f"origin {origin} is not allowed for this source",
                                    code="origin_not_allowed")
-        wait = self.limiter.take(source.id, source.rate_limit, len(parsed.messages))
+
+    def _take_events(self, source: Source, n: int) -> None:
+        """The source's rate limit: 429 when ``n`` events are over it."""
+        wait = self.limiter.take(source.id, source.rate_limit, n)
         if wait:
-            metrics.EVENTS_REJECTED.labels("rate_limited").inc(len(parsed.messages))
+            metrics.EVENTS_REJECTED.labels("rate_limited").inc(n)
             raise errors.TooManyRequests(
                 f"source {source.name} is over its limit of {source.rate_limit:g} events/s",
                 retry_after=retry_after(wait))
-        events, rejected = self._events(req, source, parsed)
-        for r in rejected:
-            metrics.EVENTS_REJECTED.labels(r.reason).inc()
-        rejected_out = [{"index": r.index, "reason": r.reason, "detail": r.detail}
-                        for r in rejected]
-        if not events and rejected:
-            raise errors.BadRequest("no event in the request is valid", rejected_out,
-                                    code="invalid_events")
+
+    def _not_stored(self, req: Request, source: Source, events: list[Event],
+                    body: bytes | None) -> dict[str, int]:
+        """Drop the events with no lawful basis and those of erased subjects (the rest
+        sealed); how many of each were dropped."""
         withheld = self.gate.admit(source, events, req.headers.get("sec-gpc", "").strip() == "1")
         if withheld:
             metrics.EVENTS_NOT_STORED.labels("no_lawful_basis").inc(withheld)
-        erased = self.sealer.seal(events, body if json_body else None)
+        erased = self.sealer.seal(events, body)
         if erased:
             metrics.EVENTS_NOT_STORED.labels("erased_subject").inc(erased)
-        not_stored = {k: v for k, v in (("no_lawful_basis", withheld), ("erased_subject", erased))
-                      if v}
-        if not events:
-            out0: dict[str, Any] = {"success": True, "accepted": 0}
-            if not_stored:
-                out0["not_stored"] = not_stored
-            if rejected_out:
-                out0["rejected"] = rejected_out
-            return Response.json(200, out0)
+        return {k: v for k, v in (("no_lawful_basis", withheld), ("erased_subject", erased))
+                if v}
+
+    async def _append(self, source: Source, events: list[Event]) -> None:
+        """Append the events to the log; returns once they are durable."""
         batch = Append(source.id, len(events), encode_events(events))
         if self.committer is None:
             self.log.append([batch])
         else:
             await self.committer.append(batch)
         metrics.EVENTS_ACCEPTED.labels(source.id).inc(len(events))
-        out: dict[str, Any] = {"success": True, "accepted": len(events)}
-        if not_stored:
-            out["not_stored"] = not_stored
-        if rejected_out:
-            out["rejected"] = rejected_out
-        return Response.json(200, out)
 
     @documented(Op("A person files their own privacy request", errors=(400, 401, 408, 413),
                    body={"$ref": "#/components/schemas/OwnRequest"},
@@ -430,10 +362,7 @@ class Collector:
         """``POST /v1/consent``: a person grants or withdraws purposes. Back-pressure and
         the source's rate limit apply as to events (one statement request counts as one
         event, in a bucket of its own), and each id has its own cap per minute."""
-        problem = self.health.problem()
-        if problem:
-            raise errors.ServiceUnavailable(problem, retry_after=self.settings.retry_after_seconds,
-                                            code="backpressure")
+        self._check_health()
         authorization = req.headers.get("authorization")
         subject: dict[str, str] | None = None
         source: Source | None
@@ -456,15 +385,8 @@ class Collector:
             parsed.user_id = subject.get("userId")
             parsed.anonymous_id = subject.get("anonymousId")
         if source is None:
-            if not parsed.write_key:
-                raise errors.Unauthorized("no write key: send it as the Basic auth user name",
-                                          code="missing_write_key")
-            source = self._source(parsed.write_key)
-        origin = req.headers.get("origin")
-        if origin and not source.allows_origin(origin):
-            req.cors = False
-            raise errors.Forbidden(f"origin {origin} is not allowed for this source",
-                                   code="origin_not_allowed")
+            source = self._source_in_body(parsed.write_key, BASIC_KEY_HINT)
+        self._check_origin(req, source)
         wait = self.limiter.take("consent:" + source.id, source.rate_limit, 1)
         if wait:
             metrics.EVENTS_REJECTED.labels("consent_rate_limited").inc()
@@ -530,9 +452,9 @@ class Collector:
         if not key:
             raise errors.Unauthorized("no write key in the Basic auth user name",
                                       code="missing_write_key")
-        return self._source(key)
+        return self.source(key)
 
-    def _source(self, key: str) -> Source:
+    def source(self, key: str) -> Source:
         now = time.monotonic()
         known = self._known_keys.get(key)
         if known is not None and now - known[1] < KEY_TTL_S:
@@ -550,6 +472,24 @@ class Collector:
             self._known_keys.clear()
         self._known_keys[key] = (found, now)
         return found
+
+
+def _rejected(rejected: list[Rejection]) -> list[dict[str, Any]]:
+    """The rejected events as the answer lists them (each counted in the metrics)."""
+    for r in rejected:
+        metrics.EVENTS_REJECTED.labels(r.reason).inc()
+    return [{"index": r.index, "reason": r.reason, "detail": r.detail} for r in rejected]
+
+
+def _ingested(accepted: int, not_stored: dict[str, int],
+              rejected: list[dict[str, Any]]) -> dict[str, Any]:
+    """The answer to an ingestion: how many events were stored, and why others were not."""
+    out: dict[str, Any] = {"success": True, "accepted": accepted}
+    if not_stored:
+        out["not_stored"] = not_stored
+    if rejected:
+        out["rejected"] = rejected
+    return out
 
 
 def create_app() -> Collector:

@@ -1,61 +1,14 @@
-"""Reading a request body: size limits, gzip/deflate by header or by magic bytes, and
-decompression bombs cut off while inflating."""
+"""Decoding a request body: gzip/deflate by header or by magic bytes, and decompression
+bombs cut off while inflating (reading it, with its size limit: :mod:`aap.asgi`)."""
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aap.errors import BadRequest, PayloadTooLarge
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-
 GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 256 * 1024
-
-
-def content_length(value: str | None) -> int | None:
-    """The declared body size, or ``None`` when absent or not a plain decimal number
-    (``²`` and 5,000-digit values are digits to ``str.isdigit``, not to ``int``)."""
-    if value and value.isascii() and value.isdigit() and len(value) <= 18:
-        return int(value)
-    return None
-
-
-async def read_raw(receive: Receive, content_length: int | None, limit: int) -> bytes:
-    """The body as sent. Over ``limit`` bytes → 413 (the rest of the body is discarded)."""
-    if content_length is not None and content_length > limit:
-        await _discard(receive, limit * 4)
-        raise PayloadTooLarge(f"request body is {content_length} bytes; the limit is {limit}")
-    parts: list[bytes] = []
-    size = 0
-    more = True
-    while more:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            raise BadRequest("client disconnected before the body was complete", code="disconnected")
-        chunk = msg.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            await _discard(receive, limit * 4)
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-        if chunk:
-            parts.append(chunk)
-        more = msg.get("more_body", False)
-    return b"".join(parts)
-
-
-async def _discard(receive: Receive, budget: int) -> None:
-    """Read and drop what the client is still sending, so it can read our answer."""
-    seen = 0
-    while seen <= budget:
-        msg = await receive()
-        if msg["type"] != "http.request":
-            return
-        seen += len(msg.get("body", b""))
-        if not msg.get("more_body", False):
-            return
 
 
 def decode_content(body: bytes, content_encoding: str, limit: int) -> bytes:

@@ -1,5 +1,7 @@
 """The endpoints the other vendors' SDKs (PostHog, Segment's browser SDK, Snowplow) and
-our own browser SDK talk to, installed on the :class:`~aap.collect.app.Collector`.
+our own browser SDK talk to: :meth:`Compat.routes`, which the
+:class:`~aap.collect.app.Collector` adds to its table, answered through the
+:class:`Ingest` it gives.
 
 Each wire format lives in its own module (:mod:`.posthog`, :mod:`.snowplow`,
 :mod:`.segment`) and turns requests into wire messages; the
@@ -10,20 +12,22 @@ collector's ingestion (write key, limits, rate limit, IP truncation, durable app
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import msgspec
 
 from aap import errors
-from aap.api.openapi import INGEST_ERRORS, INGESTED, Op, documented
+from aap.api.openapi import INGEST_ERRORS, INGESTED, Op, documented, op_of
+from aap.asgi import Handler, Request, Response, content_length, read_raw
 from aap.collect import posthog, snowplow
-from aap.collect.body import content_length, decode_content, read_raw
-
-if TYPE_CHECKING:
-    from aap.collect.app import Collector, Request, Response
+from aap.collect.body import decode_content
+from aap.collect.segment import Parsed
+from aap.routing import Route
+from aap.settings import Settings
+from aap.sources import Source
 
 SDK_FILE = Path(__file__).parent / "static" / "aap.min.js"
 SEGMENT_SETTINGS_PREFIX = "/v1/projects/"
@@ -64,42 +68,52 @@ def query(req: Request) -> dict[str, list[str]]:
                                 code="invalid_query") from None
 
 
+class Ingest(Protocol):
+    """What the compatible endpoints need of the collector: its ingestion (write key,
+    limits, rate limit, IP truncation, durable append) and its write keys."""
+
+    async def ingest(self, req: Request, parse: Callable[[bytes], Parsed], *,
+                     auth: bool = True, key_hint: str = ..., json_body: bool = False
+                     ) -> Response: ...
+
+    def source(self, key: str) -> Source: ...
+
+
+def templated(handler: Handler, methods: tuple[str, ...]) -> list[Route[Handler]]:
+    """Routes of a handler behind path templates: those its ``Op`` names (only those
+    paths answer; others under the same start are 404, not 405)."""
+    return [Route(path, methods, handler) for path in op_of(handler).paths]
+
+
 class Compat:
-    def __init__(self, app: Collector) -> None:
+    def __init__(self, app: Ingest, settings: Settings) -> None:
         self.app = app
+        self.settings = settings
         self._sdk: tuple[bytes, str] | None = None
 
-    def install(self) -> None:
-        routes = self.app.routes
-        for path in posthog.CAPTURE_PATHS:
-            routes[path] = (("POST", "GET"), self.posthog_capture)
-        for path in posthog.FLAGS_PATHS:
-            routes[path] = (("POST", "GET"), self.posthog_flags)
-        routes[snowplow.TP2_PATH] = (("POST",), self.snowplow_post)
-        for path in snowplow.GET_PATHS:
-            routes[path] = (("GET",), self.snowplow_get)
-        routes[SEGMENT_METRICS_PATH] = (("POST",), self.segment_metrics)
-        routes["/sdk.js"] = (("GET", "HEAD"), self.sdk_js)
-        self.app.prefix_routes += [
-            (posthog.CONFIG_PREFIX, ("GET",), self.posthog_config),
-            (SEGMENT_SETTINGS_PREFIX, ("GET",), self.segment_settings),
+    def routes(self) -> list[Route[Handler]]:
+        return [
+            *(Route(path, ("POST", "GET"), self.posthog_capture)
+              for path in posthog.CAPTURE_PATHS),
+            *(Route(path, ("POST", "GET"), self.posthog_flags) for path in posthog.FLAGS_PATHS),
+            Route(snowplow.TP2_PATH, ("POST",), self.snowplow_post),
+            *(Route(path, ("GET",), self.snowplow_get) for path in snowplow.GET_PATHS),
+            Route(SEGMENT_METRICS_PATH, ("POST",), self.segment_metrics),
+            Route("/sdk.js", ("GET", "HEAD"), self.sdk_js),
+            *templated(self.posthog_config, ("GET",)),
+            *templated(self.segment_settings, ("GET",)),
         ]
 
     # -- helpers --
 
-    def _response(self) -> type[Response]:
-        from aap.collect.app import Response
-
-        return Response
-
     async def _body(self, req: Request) -> bytes:
-        limit = self.app.settings.max_request_bytes
+        limit = self.settings.max_request_bytes
         clen = req.headers.get("content-length")
         raw = await read_raw(req.receive, content_length(clen), limit)
         return decode_content(raw, req.headers.get("content-encoding", ""), limit)
 
     def _limits(self) -> tuple[int, int]:
-        s = self.app.settings
+        s = self.settings
         return int(s.max_request_bytes), int(s.max_event_bytes)
 
     # -- PostHog --
@@ -123,15 +137,15 @@ class Compat:
             # the (empty) body is read once, by _ingest: a second read would wait forever
             parsed = posthog.parse(b"data=" + data.encode(), q, ctype, limit, max_event,
                                    engage=engage)
-            resp = await self.app._ingest(req, lambda _: parsed, auth=False,
+            resp = await self.app.ingest(req, lambda _: parsed, auth=False,
                                           key_hint=POSTHOG_KEY_HINT)
         else:
-            resp = await self.app._ingest(
+            resp = await self.app.ingest(
                 req, lambda body: posthog.parse(body, q, ctype, limit, max_event, engage=engage),
                 auth=False, key_hint=POSTHOG_KEY_HINT)
         out = msgspec.json.decode(resp.body)
         out["status"] = 1  # what PostHog's own capture answers
-        return self._response().json(200, out)
+        return Response.json(200, out)
 
     @documented(Op("PostHog feature flags: none, for the SDKs' start-up",
                    errors=(400, 401, 408, 413), body={"type": "object"}, body_required=False,
@@ -145,8 +159,8 @@ class Compat:
         if not key:
             raise errors.Unauthorized("no project key: send `token` or `api_key`",
                                       code="missing_write_key")
-        self.app._source(key)
-        return self._response().json(200, posthog.flags_response())
+        self.app.source(key)
+        return Response.json(200, posthog.flags_response())
 
     @documented(Op("posthog-js remote config (JSON, or JavaScript for config.js)",
                    errors=(401,), paths=(posthog.CONFIG_PREFIX + "{token}/config",
@@ -158,8 +172,7 @@ class Compat:
         token, _, what = rest.partition("/")
         if what not in ("config", "config.js"):
             raise errors.no_endpoint(req.path)
-        self.app._source(token)
-        Response = self._response()
+        self.app.source(token)
         cfg = posthog.remote_config(token)
         if what == "config":
             return Response.json(200, cfg)
@@ -177,15 +190,15 @@ class Compat:
         key, _, what = rest.partition("/")
         if what != "settings":
             raise errors.no_endpoint(req.path)
-        self.app._source(key)
-        settings = self.app.settings
+        self.app.source(key)
+        settings = self.settings
         if settings.public_url:
             base, vary = settings.public_url.rstrip("/"), []
         else:
             base, vary = request_base(req, allowed_hosts(settings.allowed_hosts, settings.host)), \
                 [("vary", "Host")]
         protocol, _, host = base.partition("://")
-        return self._response().json(200, segment_settings(key, protocol, host + "/v1"),
+        return Response.json(200, segment_settings(key, protocol, host + "/v1"),
                                      [("cache-control", "public, max-age=300"), *vary])
 
     @documented(Op("Segment's browser SDK's own metrics (dropped)", errors=(400, 408, 413),
@@ -193,7 +206,7 @@ class Compat:
                    body_required=False, body_types=("application/json", "text/plain")))
     async def segment_metrics(self, req: Request) -> Response:
         await self._body(req)  # read (and bound) the body; the SDK's own metrics are dropped
-        return self._response().json(200, {"success": True})
+        return Response.json(200, {"success": True})
 
     # -- Snowplow --
 
@@ -203,7 +216,7 @@ class Compat:
                                                               "data": {"type": "array"}}}))
     async def snowplow_post(self, req: Request) -> Response:
         _, max_event = self._limits()
-        return await self.app._ingest(req, lambda body: snowplow.parse_post(body, max_event),
+        return await self.app.ingest(req, lambda body: snowplow.parse_post(body, max_event),
                                       auth=False, key_hint=SNOWPLOW_KEY_HINT)
 
     @documented(Op("Snowplow tracker protocol: one event in the query string (a 1x1 GIF)",
@@ -214,8 +227,8 @@ class Compat:
     async def snowplow_get(self, req: Request) -> Response:
         _, max_event = self._limits()
         parsed = snowplow.parse_query(query(req), max_event)
-        await self.app._ingest(req, lambda _: parsed, auth=False, key_hint=SNOWPLOW_KEY_HINT)
-        return self._response()(200, snowplow.PIXEL, content_type="image/gif",
+        await self.app.ingest(req, lambda _: parsed, auth=False, key_hint=SNOWPLOW_KEY_HINT)
+        return Response(200, snowplow.PIXEL, content_type="image/gif",
                                 headers=[("cache-control", "no-cache, no-store")])
 
     # -- consent and our SDK --
@@ -233,9 +246,9 @@ class Compat:
         headers = [("etag", etag), ("cache-control", "public, max-age=3600"),
                    ("access-control-allow-origin", "*")]
         if req.headers.get("if-none-match") == etag:
-            return self._response()(304, b"", content_type="application/javascript",
+            return Response(304, b"", content_type="application/javascript",
                                     headers=headers)
-        return self._response()(200, b"" if req.method == "HEAD" else js,
+        return Response(200, b"" if req.method == "HEAD" else js,
                                 content_type="application/javascript; charset=utf-8",
                                 headers=headers)
 
@@ -284,5 +297,3 @@ def segment_settings(key: str, protocol: str, api_host: str) -> dict[str, Any]:
             {"disableTraffic": True, "sampleRate": 0},
     }
 
-
-Handler = Callable[["Request"], Awaitable["Response"]]

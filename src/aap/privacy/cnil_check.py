@@ -15,8 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from aap.core.client import CoreClient, CoreError
 from aap.events import Event, decode_events
 from aap.log.sqlite import SQLiteLog
 from aap.privacy.cnil import CNIL, DailySalts
@@ -166,15 +165,12 @@ def _log_reader(log_dir: Path) -> Callable[[str], list[Event]]:
 @contextmanager
 def _core_sql(data: Path) -> Iterator[Sql]:
     """The warehouse read through the running core process."""
-    sock = str(data / "run" / "core.sock")
-    with httpx.Client(transport=httpx.HTTPTransport(uds=sock), base_url="http://core",
-                      timeout=600) as core:
+    with CoreClient(data, timeout=600) as core:
         def sql(q: str, params: list[Any]) -> list[Any]:
-            r = core.post("/internal/sql", json={"sql": q, "params": params})
-            if r.status_code != 200:
-                raise ValueError(f"the warehouse query failed: {r.text}")
-            rows: list[Any] = r.json()["rows"]
-            return rows
+            try:
+                return core.sql(q, params)
+            except CoreError as exc:
+                raise ValueError(f"the warehouse query failed: {exc.text}") from None
 
         yield sql
 

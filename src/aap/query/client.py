@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from aap.core.client import BASE_URL, transport
 from aap.privacy.audit import local_actor
 
 
@@ -36,9 +37,8 @@ class Client:
     @classmethod
     def local(cls, data_dir: Path, role: str = "admin", timeout: float = 120.0) -> Client:
         """The core's socket; the audit log names the caller ``cli:<OS user>``."""
-        sock = Path(data_dir) / "run" / "core.sock"
-        return cls("http://core", timeout=timeout, role=role, actor=local_actor(),
-                   transport=httpx.HTTPTransport(uds=str(sock)))
+        return cls(BASE_URL, timeout=timeout, role=role, actor=local_actor(),
+                   transport=transport(data_dir))
 
     def _call(self, method: str, path: str, json: Any = None) -> Any:
         r = self._http.request(method, self._prefix + path, json=json)

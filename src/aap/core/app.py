@@ -2,8 +2,9 @@
 queries (DuckDB cursors of the same database, so queries never block the processor).
 
 It listens on a Unix socket in the data dir (``run/core.sock``, mode 0600): only local
-processes with access to the data dir reach it. The public REST API (issue 4) will be
-proxied to it by the collector's workers.
+processes with access to the data dir reach it (:mod:`aap.core.client`). The collector's
+workers pass the public REST API to it (:mod:`aap.api.proxy`); its routes are the
+table of :meth:`CoreApp.routes`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import functools
 import gc
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -23,8 +25,18 @@ import msgspec
 
 from aap import errors
 from aap.api.gate import QueryGate
-from aap.api.rest import is_query
-from aap.collect.app import Receive, Scope, Send
+from aap.api.rest import RestAPI
+from aap.api.routes import PREFIX, is_query
+from aap.asgi import (
+    Receive,
+    Response,
+    Scope,
+    Send,
+    error_response,
+    lifespan,
+    read_body,
+    send_response,
+)  # fmt: skip
 from aap.log import open_log
 from aap.privacy.audit import AuditLog
 from aap.privacy.cnil import DailySalts
@@ -36,6 +48,7 @@ from aap.privacy.requests import Requests
 from aap.privacy.retention import RetentionJob, check_settings
 from aap.privacy.rights import Rights
 from aap.process.processor import Processor
+from aap.routing import ANY, Route, Router
 from aap.settings import Settings
 from aap.sources import Sources
 from aap.store.tiering import TieringThread, TierPolicy
@@ -111,14 +124,12 @@ class Core:
             forgotten=self.keystore.refresh_forgotten,
             scopes=sources.scopes,
         )
-        # The processor keeps large, long-lived maps (ids, sessions); a full collection
-        # scans them all. Freeze what start-up loaded and collect rarely: it allocates
-        # many short-lived containers and forms no cycles (measured: 33k → 46k events/s).
-        from aap.api.rest import RestAPI
-
         self.privacy = Requests(data, self.rights, sources.scopes)
         self.rights.after_erasure = self._after_erasure
         self.rest = RestAPI(settings, self.warehouse, self.privacy)
+        # The processor keeps large, long-lived maps (ids, sessions); a full collection
+        # scans them all. Freeze what start-up loaded and collect rarely: it allocates
+        # many short-lived containers and forms no cycles (measured: 33k → 46k events/s).
         gc.collect()
         gc.freeze()
         gc.set_threshold(100_000, 50, 1000)
@@ -141,53 +152,63 @@ class Core:
         self.warehouse.close()
         self.log.close()
 
-    def access(self, body: bytes) -> tuple[int, dict[str, Any]]:
-        try:
+    def access(self, body: bytes) -> dict[str, Any]:
+        with _bad_request():
             req = msgspec.json.decode(body, type=EraseRequest)
-            return 200, self.rights.access(req.userIds, req.anonymousIds, actor=req.actor)
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            return 400, {"code": "bad_request", "message": str(exc), "detail": str(exc)}
+            return self.rights.access(req.userIds, req.anonymousIds, actor=req.actor)
 
     def _after_erasure(self) -> None:
         if self.rest.cache is not None:  # derived copies: the query cache drops the
             self.rest.cache.sync()       # rows of the rewritten files now, not later
         self.warehouse.con.cursor().execute("CHECKPOINT")
 
-    def erase(self, body: bytes) -> tuple[int, dict[str, Any]]:
-        try:
+    def erase(self, body: bytes) -> dict[str, Any]:
+        with _bad_request():
             req = msgspec.json.decode(body, type=EraseRequest)
-            return 200, self.rights.erase(req.userIds, req.anonymousIds, actor=req.actor)
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            return 400, {"code": "bad_request", "message": str(exc), "detail": str(exc)}
+            return self.rights.erase(req.userIds, req.anonymousIds, actor=req.actor)
 
-    def rights_request(self, kind: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    def rights_request(self, kind: str, body: bytes) -> dict[str, Any]:
         """``aap privacy rectify|restrict|object``: the same code as the REST API's
         requests (:class:`aap.privacy.rights.Rights`), run at once."""
-        try:
+        with _bad_request():
             req = msgspec.json.decode(body, type=EraseRequest)
             keys = self.rights.subject_keys(req.userIds, req.anonymousIds)
             if kind == "rectification":
-                return 200, self.rights.rectify_keys(keys, req.traits, req.actor)
-            return 200, self.rights.flag_keys(keys, kind, req.actor, lift=req.lift)
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            return 400, {"code": "bad_request", "message": str(exc), "detail": str(exc)}
+                return self.rights.rectify_keys(keys, req.traits, req.actor)
+            return self.rights.flag_keys(keys, kind, req.actor, lift=req.lift)
 
-    def sql(self, body: bytes) -> tuple[int, dict[str, Any]]:
-        try:
+    def sql(self, body: bytes) -> dict[str, Any]:
+        with _bad_request(msgspec.DecodeError, msgspec.ValidationError):
             req = msgspec.json.decode(body, type=SQLRequest)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return 400, {"code": "bad_request", "message": str(exc), "detail": str(exc)}
-        try:
+        with _bad_request(duckdb.Error, code="bad_query"):
             cols, result = self.warehouse.query(req.sql, req.params)
-        except duckdb.Error as exc:
-            return 400, {"code": "bad_query", "message": str(exc), "detail": str(exc)}
         rows = [[_jsonable(v) for v in r] for r in result]
-        return 200, {"columns": cols, "rows": rows, "position": self.processor.position}
+        return {"columns": cols, "rows": rows, "position": self.processor.position}
+
+
+_BAD_BODY: tuple[type[Exception], ...] = (msgspec.DecodeError, msgspec.ValidationError,
+                                          ValueError)
+
+
+@contextmanager
+def _bad_request(*caught: type[Exception], code: str = "bad_request") -> Iterator[None]:
+    """A request the core cannot decode or do (``caught``; by default a bad body, or a
+    ``ValueError`` of the rights code) answers 400 with the message."""
+    try:
+        yield
+    except caught or _BAD_BODY as exc:  # noqa: B030 (a tuple of exception classes)
+        raise errors.BadRequest(str(exc), code=code) from None
 
 
 _RIGHTS = {"/internal/privacy/rectify": "rectification",
            "/internal/privacy/restrict": "restriction",
            "/internal/privacy/object": "objection"}
+INTERNAL_API = "/internal" + PREFIX + "/"
+"""Where the core answers the REST API the collector's workers pass on."""
+POST = ("POST",)
+
+CoreCall = Callable[[Core, Scope, bytes], Awaitable[Any]]
+"""A route of the core: its answer (JSON-able, or the bytes of a zip), or it raises."""
 
 
 class CoreApp:
@@ -201,6 +222,19 @@ class CoreApp:
         self.queries: ThreadPoolExecutor | None = None
         self.privacy = ThreadPoolExecutor(4, thread_name_prefix="aap-privacy")
         self.other = ThreadPoolExecutor(8, thread_name_prefix="aap-api")
+        self.router: Router[CoreCall] = Router(self.routes())
+
+    def routes(self) -> list[Route[CoreCall]]:
+        """The core's routes: health, the CLI's privacy and SQL calls, the REST API."""
+        rights: list[Route[CoreCall]] = [
+            Route(path, POST, functools.partial(self.rights_request, kind))
+            for path, kind in _RIGHTS.items()]
+        return [Route("/healthz", ANY, self.healthz),
+                Route("/internal/privacy/erase", POST, self.erase),
+                Route("/internal/privacy/access", POST, self.access),
+                *rights,
+                Route("/internal/sql", POST, self.sql),
+                Route(INTERNAL_API, ANY, self.api, prefix=True)]
 
     def _start(self) -> None:
         settings = Settings()
@@ -221,85 +255,82 @@ class CoreApp:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
 
+    async def _startup(self) -> None:
+        self._start()
+
+    async def _shutdown(self) -> None:
+        await asyncio.to_thread(self._close)
+
     async def _on(self, pool: ThreadPoolExecutor | None, fn: Callable[..., Any], *args: Any
                   ) -> Any:
         return await asyncio.get_running_loop().run_in_executor(
             pool, functools.partial(fn, *args))
 
+    # -- ASGI --
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    self._start()
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await asyncio.to_thread(self._close)
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            return
-        body = b""
-        more = True
-        while more:
-            m = await receive()
-            body += m.get("body", b"")
-            more = m.get("more_body", False)
-        status: int
-        out: Any
-        reply_headers = [(b"content-type", b"application/json")]
-        status, out = 404, {"code": "not_found", "message": "no such endpoint", "detail": ""}
-        if self.core is None:
-            status, out = 503, {"code": "starting", "message": "starting", "detail": ""}
-        elif scope["path"] == "/healthz":
-            status, out = 200, {"status": "ok", "position": self.core.processor.position}
-        elif scope["path"] == "/internal/privacy/erase" and scope["method"] == "POST":
-            status, out = await self._on(self.privacy, self.core.erase, body)
-        elif scope["path"] == "/internal/privacy/access" and scope["method"] == "POST":
-            status, out = await self._on(self.privacy, self.core.access, body)
-        elif scope["path"] in _RIGHTS and scope["method"] == "POST":
-            status, out = await self._on(self.privacy, self.core.rights_request,
-                                         _RIGHTS[scope["path"]], body)
-        elif scope["path"] == "/internal/sql" and scope["method"] == "POST":
-            status, out = await self._on(self.other, self.core.sql, body)
-        elif scope["path"].startswith("/internal/api/v1/"):
-            headers = dict(scope["headers"])
-            role = headers.get(b"x-aap-role", b"").decode("latin-1")
-            # who, for the audit log: the API key the collector's worker checked, else
-            # a local caller on the socket (the CLI names itself)
-            key_id = headers.get(b"x-aap-key", b"").decode("latin-1")
-            actor = (f"key:{key_id}" if key_id else
-                     headers.get(b"x-aap-actor", b"local").decode("latin-1")[:100])
-            method, path = scope["method"], scope["path"][len("/internal/api/v1"):]
-            args = (method, path, role, body, actor)
-            if is_query(method, path) and self.gate is not None:
-                try:
-                    async with self.gate.slot(key_id or actor):
-                        status, out = await self._on(self.queries, self.core.rest.handle, *args)
-                except errors.TransientError as exc:
-                    status, out = exc.status, exc.body()
-                    reply_headers.append((b"retry-after", str(exc.retry_after).encode()))
-            else:
-                pool = self.privacy if path.startswith("/privacy/") else self.other
-                status, out = await self._on(pool, self.core.rest.handle, *args)
+            await lifespan(receive, send, self._startup, self._shutdown)
+        elif scope["type"] == "http":
+            await send_response(send, await self._answer(scope, await read_body(receive)))
+
+    async def _answer(self, scope: Scope, body: bytes) -> Response:
+        try:
+            if self.core is None:
+                raise errors.ServiceUnavailable("starting", code="starting")
+            route, _ = self.router.resolve(scope["method"], scope["path"])
+            return self._reply(self.core, await route.target(self.core, scope, body))
+        except Exception as exc:
+            if not isinstance(exc, (errors.AAPError, RecursionError)):
+                logger.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            return error_response(exc)
+
+    def _reply(self, core: Core, out: Any) -> Response:
         if isinstance(out, bytes):  # a file (the zip of an access request)
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", b"application/zip")]})
-            await send({"type": "http.response.body", "body": out})
-            return
+            return Response(200, out, "application/zip")
         encoded = msgspec.json.encode(out)
-        limit = self.core.settings.max_response_bytes if self.core else 0
+        limit = core.settings.max_response_bytes
         if limit and len(encoded) > limit:
-            status, encoded = 400, msgspec.json.encode(errors.BadRequest(
+            raise errors.BadRequest(
                 f"the answer is {len(encoded)} bytes, more than {limit}"
                 " (AAP_MAX_RESPONSE_BYTES): ask for less (fewer series, rows or buckets)",
-                {"bytes": len(encoded), "limit_bytes": limit},
-                code="response_too_large").body())
-        if status == 405 and isinstance(out.get("detail"), list):  # the methods allowed
-            reply_headers.append((b"allow", ", ".join(out["detail"]).encode()))
-        await send({"type": "http.response.start", "status": status,
-                    "headers": reply_headers})
-        await send({"type": "http.response.body", "body": encoded})
+                {"bytes": len(encoded), "limit_bytes": limit}, code="response_too_large")
+        return Response(200, encoded)
+
+    # -- routes --
+
+    async def healthz(self, core: Core, scope: Scope, body: bytes) -> Any:
+        return {"status": "ok", "position": core.processor.position}
+
+    async def erase(self, core: Core, scope: Scope, body: bytes) -> Any:
+        return await self._on(self.privacy, core.erase, body)
+
+    async def access(self, core: Core, scope: Scope, body: bytes) -> Any:
+        return await self._on(self.privacy, core.access, body)
+
+    async def rights_request(self, kind: str, core: Core, scope: Scope, body: bytes) -> Any:
+        return await self._on(self.privacy, core.rights_request, kind, body)
+
+    async def sql(self, core: Core, scope: Scope, body: bytes) -> Any:
+        return await self._on(self.other, core.sql, body)
+
+    async def api(self, core: Core, scope: Scope, body: bytes) -> Any:
+        """The REST API: a query waits for a slot of the gate, then runs on a query
+        thread; privacy requests and the rest run on threads of their own."""
+        headers = dict(scope["headers"])
+        role = headers.get(b"x-aap-role", b"").decode("latin-1")
+        # who, for the audit log: the API key the collector's worker checked, else
+        # a local caller on the socket (the CLI names itself)
+        key_id = headers.get(b"x-aap-key", b"").decode("latin-1")
+        actor = (f"key:{key_id}" if key_id else
+                 headers.get(b"x-aap-actor", b"local").decode("latin-1")[:100])
+        method, path = scope["method"], scope["path"][len(INTERNAL_API) - 1:]
+        args = (method, path, role, body, actor)
+        if is_query(method, path) and self.gate is not None:
+            async with self.gate.slot(key_id or actor):
+                return await self._on(self.queries, core.rest.handle, *args)
+        pool = self.privacy if path.startswith("/privacy/") else self.other
+        return await self._on(pool, core.rest.handle, *args)
 
 
 def create_app() -> CoreApp:

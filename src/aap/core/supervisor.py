@@ -1,4 +1,5 @@
-"""Running the collector under granian, one worker process per core by default."""
+"""``aap serve``: the collector under granian (one worker process per core by default),
+and the core process, started again if it dies (:class:`CoreSupervisor`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aap.core.client import core_socket
 from aap.datadir import secure
 from aap.lifecycle import STOP_GRACE_S, child_env, die_with_parent
 from aap.settings import Settings
@@ -39,10 +41,6 @@ def worker_count(settings: Settings) -> int:
     return int(settings.workers) or (os.cpu_count() or 1)
 
 
-def core_socket(settings: Settings) -> Path:
-    return settings.data_path / "run" / "core.sock"
-
-
 def serve_core(settings: Settings) -> None:
     """The core process: processor, warehouse and queries, on a Unix socket.
 
@@ -51,12 +49,12 @@ def serve_core(settings: Settings) -> None:
     """
     import uvicorn
 
-    from aap.api.app import create_app
+    from aap.core.app import create_app
 
     die_with_parent()
     os.environ["AAP_DATA_DIR"] = str(settings.data_path)
     secure(settings.data_path)  # the socket and every file the core writes: owner only
-    sock = core_socket(settings)
+    sock = core_socket(settings.data_path)
     sock.parent.mkdir(parents=True, exist_ok=True)
     sock.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -1,0 +1,180 @@
+"""What both processes' ASGI apps share (the collector's and the core's): the ASGI
+types, reading a body (with its size limit and deadline), the request and the response
+as handlers see them, the house error body (:func:`error_response`), sending an
+answer, and the lifespan protocol."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from aap import errors
+from aap.errors import BadRequest, PayloadTooLarge
+from aap.jsonlimits import too_deep
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_json = msgspec.json.Encoder()
+Handler = Callable[["Request"], Awaitable["Response"]]
+"""A route of the collector: the answer to a request, or it raises."""
+
+
+def content_length(value: str | None) -> int | None:
+    """The declared body size, or ``None`` when absent or not a plain decimal number
+    (``²`` and 5,000-digit values are digits to ``str.isdigit``, not to ``int``)."""
+    if value and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    return None
+
+
+async def read_raw(receive: Receive, content_length: int | None, limit: int) -> bytes:
+    """The body as sent. Over ``limit`` bytes → 413 (the rest of the body is discarded)."""
+    if content_length is not None and content_length > limit:
+        await _discard(receive, limit * 4)
+        raise PayloadTooLarge(f"request body is {content_length} bytes; the limit is {limit}")
+    parts: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise BadRequest("client disconnected before the body was complete", code="disconnected")
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            await _discard(receive, limit * 4)
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        if chunk:
+            parts.append(chunk)
+        more = msg.get("more_body", False)
+    return b"".join(parts)
+
+
+async def _discard(receive: Receive, budget: int) -> None:
+    """Read and drop what the client is still sending, so it can read our answer."""
+    seen = 0
+    while seen <= budget:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            return
+        seen += len(msg.get("body", b""))
+        if not msg.get("more_body", False):
+            return
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole body, with no limit: for the core's socket, whose callers are local
+    (the collector's workers bound the public bodies before they pass them on)."""
+    parts: list[bytes] = []
+    more = True
+    while more:
+        msg = await receive()
+        parts.append(msg.get("body", b""))
+        more = msg.get("more_body", False)
+    return b"".join(parts)
+
+
+def timed(receive: Receive, seconds: float) -> Receive:
+    """``receive`` with a deadline for the whole body: a client that sends it too slowly
+    (slowloris) is answered 408 rather than held forever."""
+    deadline = asyncio.get_running_loop().time() + seconds
+
+    async def receive_by_deadline() -> dict[str, Any]:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await receive()
+        except TimeoutError:
+            raise errors.RequestTimeout(
+                f"the request body did not arrive within {seconds:g} s",
+                code="body_timeout") from None
+
+    return receive_by_deadline
+
+
+class Request:
+    __slots__ = ("cors", "headers", "method", "path", "receive", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive, body_timeout_s: float = 30.0) -> None:
+        self.scope = scope
+        self.receive = timed(receive, body_timeout_s)
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                        for k, v in scope["headers"]}
+        self.cors = True
+
+    @property
+    def peer(self) -> str | None:
+        client = self.scope.get("client")
+        return client[0] if client else None
+
+
+class Response:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: bytes, content_type: str = "application/json",
+                 headers: list[tuple[str, str]] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = [("content-type", content_type), *(headers or [])]
+
+    @classmethod
+    def json(cls, status: int, data: Any, headers: list[tuple[str, str]] | None = None
+             ) -> Response:
+        return cls(status, _json.encode(data), headers=headers)
+
+
+INTERNAL_ERROR = errors.AAPError("internal error", "see the server log")
+"""What a request that failed on a bug answers (500): the house body, no more."""
+
+
+def as_error(exc: BaseException) -> errors.AAPError:
+    """The :class:`~aap.errors.AAPError` an exception answers as: itself, 400 for JSON
+    nested too deep (a backstop: every parser checks the depth first), else 500."""
+    if isinstance(exc, errors.AAPError):
+        return exc
+    if isinstance(exc, RecursionError):
+        return too_deep()
+    return INTERNAL_ERROR
+
+
+def error_response(exc: BaseException) -> Response:
+    """The answer to an error, the same in both processes: the house body
+    ``{"code", "message", "detail"}``, with Retry-After on a transient error, Allow on
+    405 and ``Connection: close`` when the body did not arrive in time."""
+    err = as_error(exc)
+    headers = []
+    if isinstance(err, errors.TransientError):
+        headers.append(("retry-after", str(err.retry_after)))
+    if isinstance(err, errors.MethodNotAllowed) and isinstance(err.detail, list):
+        headers.append(("allow", ", ".join(err.detail)))
+    if isinstance(err, errors.RequestTimeout):
+        headers.append(("connection", "close"))
+    return Response.json(err.status, err.body(), headers)
+
+
+async def send_response(send: Send, resp: Response) -> None:
+    await send({"type": "http.response.start", "status": resp.status,
+                "headers": [(k.encode(), v.encode()) for k, v in resp.headers]})
+    await send({"type": "http.response.body", "body": resp.body})
+
+
+async def lifespan(receive: Receive, send: Send, startup: Callable[[], Awaitable[None]],
+                   shutdown: Callable[[], Awaitable[None]]) -> None:
+    """The ASGI lifespan protocol: ``startup`` before the first request, ``shutdown``
+    when the server stops."""
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            await startup()
+            await send({"type": "lifespan.startup.complete"})
+        elif msg["type"] == "lifespan.shutdown":
+            await shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

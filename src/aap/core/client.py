@@ -1,0 +1,107 @@
+"""The one client of the core process's Unix socket (``DATA_DIR/run/core.sock``, mode
+0600: only the data dir's owner reaches it).
+
+:class:`CoreClient` for the CLI, the runner and the checks (sync), and
+:class:`AsyncCoreClient` for the collector's workers, which proxy the public API to the
+core. Both speak HTTP over the socket; the core answers JSON in the house shape.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BASE_URL = "http://core"
+"""Any host name: the socket, not the name, decides where a request goes."""
+
+
+def core_socket(data_dir: Path) -> Path:
+    """Where the core of ``data_dir`` listens."""
+    return Path(data_dir) / "run" / "core.sock"
+
+
+def transport(data_dir: Path) -> httpx.HTTPTransport:
+    """An httpx transport to the core of ``data_dir`` (for clients that add their own
+    headers and paths, such as :meth:`aap.query.client.Client.local`)."""
+    return httpx.HTTPTransport(uds=str(core_socket(data_dir)))
+
+
+class CoreError(RuntimeError):
+    """The core answered something other than 200."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"{status}: {text}")
+        self.status = status
+        self.text = text
+
+
+class CoreClient:
+    """A sync client of the core's socket (a context manager)."""
+
+    def __init__(self, data_dir: Path, *, timeout: float = 60.0,
+                 headers: dict[str, str] | None = None) -> None:
+        self.socket = core_socket(data_dir)
+        self.http = httpx.Client(transport=transport(data_dir), base_url=BASE_URL,
+                                 timeout=timeout, headers=headers)
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.http.get(path, **kw)
+
+    def post(self, path: str, **kw: Any) -> httpx.Response:
+        return self.http.post(path, **kw)
+
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return self.http.request(method, path, **kw)
+
+    def alive(self) -> bool:
+        """Whether the core answers its health check (200) now."""
+        try:
+            return self.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def position(self) -> int:
+        """The log position the processor has committed."""
+        return int(self.get("/healthz").json()["position"])
+
+    def sql(self, query: str, params: list[Any] | None = None) -> list[Any]:
+        """Rows of a read query on the warehouse; :class:`CoreError` if it fails."""
+        r = self.post("/internal/sql", json={"sql": query, "params": params or []})
+        if r.status_code != 200:
+            raise CoreError(r.status_code, r.text)
+        rows: list[Any] = r.json()["rows"]
+        return rows
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> CoreClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncCoreClient:
+    """An async client of the core's socket; the connection pool is made on first use."""
+
+    def __init__(self, data_dir: Path, *, timeout: float) -> None:
+        self.socket = core_socket(data_dir)
+        self.timeout = timeout
+        self._http: httpx.AsyncClient | None = None
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
+                base_url=BASE_URL, timeout=self.timeout)
+        return self._http
+
+    async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return await self._client().request(method, path, **kw)
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
