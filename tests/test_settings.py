@@ -19,7 +19,7 @@ def test_setting_is_documented(setting) -> None:  # type: ignore[no-untyped-def]
 
 def test_environment_overrides_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AAP_MAX_EVENT_BYTES", "123")
-    assert Settings().max_event_bytes == 123
-    assert Settings(max_event_bytes=7).max_event_bytes == 7
+    assert Settings().collector.max_event_bytes == 123
+    assert Settings(max_event_bytes=7).collector.max_event_bytes == 7
     with pytest.raises(TypeError):
         Settings(no_such_setting=1)

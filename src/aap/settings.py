@@ -96,7 +96,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls_cert", "", "PEM certificate (chain) file: with `AAP_TLS_KEY`, the server speaks HTTPS only and sends `Strict-Transport-Security` (also `aap serve --tls-cert`)."),
     Setting("tls_key", "", "PEM private key file of `AAP_TLS_CERT` (also `aap serve --tls-key`)."),
     Setting("hsts_max_age", 31536000, "`max-age` of the `Strict-Transport-Security` header sent when TLS is on (seconds)."),
-    Setting("master_key", "", "Master key wrapping every person's data key (32 bytes, base64); empty: the file DATA_DIR/keys/master.key, made on first use.", secret=True),
+    Setting("master_key", "", "Master key wrapping every person's data key (32 bytes, base64); empty: the file DATA_DIR/keys/master.key, made on first use. Never printed, logged or written by AAP.", secret=True),
     Setting("api_key", "", "API key `aap query --url` sends (also `aap query --key`).", secret=True),
 )
 
@@ -208,6 +208,7 @@ class ServerSettings(Section):
     body_timeout_s: float
     public_url: str
     allowed_hosts: str
+    retry_after_seconds: int
     metrics_token: str = _secret()
 
 
@@ -234,7 +235,6 @@ class CollectorSettings(Section):
     trusted_proxies: str
     min_free_disk_mb: int
     max_consumer_lag: int
-    retry_after_seconds: int
     consent_per_subject_per_minute: int
     max_pending_appends: int
     health_interval_ms: int

@@ -93,14 +93,14 @@ class Compat:
         return Response
 
     async def _body(self, req: Request) -> bytes:
-        limit = self.app.settings.max_request_bytes
+        limit = self.app.settings.collector.max_request_bytes
         clen = req.headers.get("content-length")
         raw = await read_raw(req.receive, content_length(clen), limit)
         return decode_content(raw, req.headers.get("content-encoding", ""), limit)
 
     def _limits(self) -> tuple[int, int]:
-        s = self.app.settings
-        return int(s.max_request_bytes), int(s.max_event_bytes)
+        s = self.app.settings.collector
+        return s.max_request_bytes, s.max_event_bytes
 
     # -- PostHog --
 
@@ -178,7 +178,7 @@ class Compat:
         if what != "settings":
             raise errors.no_endpoint(req.path)
         self.app._source(key)
-        settings = self.app.settings
+        settings = self.app.settings.server
         if settings.public_url:
             base, vary = settings.public_url.rstrip("/"), []
         else:

@@ -24,8 +24,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from aap.datadir import DataDir
 from aap.events import Event
 from aap.privacy.ids import load_or_create_secret
+from aap.settings import Settings
 
 CNIL = "cnil"
 SALT_LIFETIME = timedelta(hours=48)
@@ -43,7 +45,7 @@ class DailySalts:
 
     def __init__(self, data_dir: Path, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
                  ) -> None:
-        self.dir = data_dir / "keys" / "cnil-salts"
+        self.dir = DataDir(data_dir).cnil_salts
         self.clock = clock
         self._day: date | None = None
         self._salt = b""
@@ -154,7 +156,7 @@ Check = tuple[str, bool, str]
 """(condition, passed, what was found)."""
 
 
-def check_source(source: Any, registry: Any, settings: Any, salts: DailySalts,
+def check_source(source: Any, registry: Any, settings: Settings, salts: DailySalts,
                  sql: Callable[[str, list[Any]], list[Any]],
                  log_events: Callable[[str], list[Event]], now: datetime) -> list[Check]:
     """Each of the CNIL's conditions for a source in CNIL mode, from its configuration and
@@ -205,12 +207,13 @@ def check_source(source: Any, registry: Any, settings: Any, salts: DailySalts,
                 + (f": {', '.join(p.name for p in old)}" if old else "")))
 
     with_ip = sum(1 for e in logged if e.ip)
-    prefixes_ok = int(settings.ipv4_prefix) <= 24 and int(settings.ipv6_prefix) <= 48
+    ip = settings.privacy
+    prefixes_ok = ip.ipv4_prefix <= 24 and ip.ipv6_prefix <= 48
     out.append(("ip_for_city_level_geo_only", not with_ip and prefixes_ok,
                 f"{with_ip} log events keep an IP; location is country, region, city only;"
-                f" IP truncated to /{settings.ipv4_prefix} and /{settings.ipv6_prefix} first"))
+                f" IP truncated to /{ip.ipv4_prefix} and /{ip.ipv6_prefix} first"))
 
-    days = min([int(settings.cold_days), *(registry.get(p).retention.days or 10**9
+    days = min([settings.tiers.cold_days, *(registry.get(p).retention.days or 10**9
                                            for p in declared if p in registry)])
     limit = (now.astimezone(UTC).replace(tzinfo=None) - timedelta(days=days, hours=1)
              ).isoformat(sep=" ")
@@ -221,7 +224,7 @@ def check_source(source: Any, registry: Any, settings: Any, salts: DailySalts,
     return out
 
 
-def check_all(settings: Any, core_running: bool, now: datetime | None = None
+def check_all(settings: Settings, core_running: bool, now: datetime | None = None
               ) -> list[tuple[Any, list[Check]]]:
     """Every source in CNIL mode with its checks. The warehouse is read through the
     running core process, or opened directly when no server runs."""
@@ -240,12 +243,12 @@ def check_all(settings: Any, core_running: bool, now: datetime | None = None
     if not sources:
         return []
     now = now or datetime.now(UTC)
-    log_dir = data / "log"
+    log_dir = settings.data.log
 
     def log_events(source_id: str) -> list[Event]:
         from aap.events import decode_events
 
-        if not (log_dir / "log.db").exists():
+        if not settings.data.log_db.exists():
             return []
         log = SQLiteLog(log_dir)
         out: list[Event] = []
@@ -263,7 +266,7 @@ def check_all(settings: Any, core_running: bool, now: datetime | None = None
     salts = DailySalts(data)
     with tempfile.TemporaryDirectory() as empty:
         if core_running:
-            sock = str(data / "run" / "core.sock")
+            sock = str(settings.data.core_socket)
             with httpx.Client(transport=httpx.HTTPTransport(uds=sock), base_url="http://core",
                               timeout=600) as core:
                 def sql(q: str, params: list[Any]) -> list[Any]:
@@ -275,8 +278,8 @@ def check_all(settings: Any, core_running: bool, now: datetime | None = None
 
                 return [(s, check_source(s, registry, settings, salts, sql, log_events, now))
                         for s in sources]
-        path = data / "warehouse"
-        wh = Warehouse(path if (path / "hot.duckdb").exists() else Path(empty))
+        path = settings.data.warehouse
+        wh = Warehouse(path if settings.data.hot_db.exists() else Path(empty))
         try:
             def direct(q: str, params: list[Any]) -> list[Any]:
                 return wh.query(q, params)[1]
