@@ -19,6 +19,7 @@ from types import TracebackType
 
 import httpx
 
+from aap.datadir import DataDir
 from aap.lifecycle import STOP_GRACE_S, child_env
 
 
@@ -102,7 +103,7 @@ class ServerProcess:
 
     @property
     def core_socket(self) -> Path:
-        return self.data_dir / "run" / "core.sock"
+        return DataDir(self.data_dir).core_socket
 
     def core(self, timeout: float = 60.0) -> httpx.Client:
         """A client of the core process (processor, warehouse) over its Unix socket."""
@@ -127,7 +128,7 @@ class ServerProcess:
         """Wait until the processor has consumed everything in the log so far."""
         from aap.log.sqlite import SQLiteLog
 
-        log = SQLiteLog(self.data_dir / "log")
+        log = SQLiteLog(DataDir(self.data_dir).log)
         head = log.stats().head_offset
         log.close()
         deadline = time.monotonic() + timeout

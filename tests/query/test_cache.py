@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from aap.datadir import DataDir
 from aap.query.cache import QueryCache
 from aap.query.runner import run_insight
 from aap.store.schema import EVENT_ARROW_SCHEMA
@@ -69,7 +70,7 @@ def test_cache_follows_moves_retirements_and_merges(tmp_path: Path) -> None:
 
 def test_aap_query_opens_the_warehouse_when_no_server_runs(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    wh = Warehouse(data / "warehouse")
+    wh = Warehouse(DataDir(data).warehouse)
     wh.write(Chunk(events=events(2, 3), position=1, next_person=1000))
     wh.close()
     doc = tmp_path / "q.json"

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from aap.bench.query_data import generate, load
+from aap.datadir import DataDir
 from aap.query import funnel_arrays, paths_arrays, rollup
 from aap.query.cache import QueryCache
 from aap.query.runner import run_insight
@@ -44,7 +45,7 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
     data_dir = tmp_path_factory.mktemp("fast")
     # 14 days: 4 stay hot, 10 go warm (cached), none cold
     load(data_dir, generate(40_000, 1_500, 14, 7), hot_days=4, cold_days=1000)
-    wh = Warehouse(data_dir / "warehouse", tiers=TierStore(TierConfig(str(data_dir / "tiers"))))
+    wh = Warehouse(DataDir(data_dir).warehouse, tiers=TierStore(TierConfig(str(DataDir(data_dir).tiers))))
     assert QueryCache(wh).sync()["copied"] == 10
     yield wh
     wh.close()

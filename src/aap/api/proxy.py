@@ -19,6 +19,7 @@ import httpx
 from aap import errors
 from aap.api.keys import ApiKeys
 from aap.collect.body import content_length, read_raw
+from aap.datadir import DataDir
 
 PREFIX = "/api/v1"
 _PATH = re.compile(r"^/api/v1(/[A-Za-z0-9_\-]{1,64}){1,4}$")
@@ -29,7 +30,7 @@ is forwarded), no encoded characters."""
 class ApiProxy:
     def __init__(self, data_dir: Any, *, timeout: float, max_body: int) -> None:
         self.keys = ApiKeys(data_dir)
-        self.socket = data_dir / "run" / "core.sock"
+        self.socket = DataDir(data_dir).core_socket
         self.timeout = timeout
         self.max_body = max_body
         self._client: httpx.AsyncClient | None = None

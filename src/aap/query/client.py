@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from aap.datadir import DataDir
 from aap.privacy.audit import local_actor
 
 
@@ -36,7 +37,7 @@ class Client:
     @classmethod
     def local(cls, data_dir: Path, role: str = "admin", timeout: float = 120.0) -> Client:
         """The core's socket; the audit log names the caller ``cli:<OS user>``."""
-        sock = Path(data_dir) / "run" / "core.sock"
+        sock = DataDir(Path(data_dir)).core_socket
         return cls("http://core", timeout=timeout, role=role, actor=local_actor(),
                    transport=httpx.HTTPTransport(uds=str(sock)))
 
