@@ -362,7 +362,7 @@ def _query_directly(settings: Settings, doc: Any, role: str) -> Any:
     if not settings.data.hot_db.exists():
         raise click.ClickException(f"no warehouse under {data}")
     tiers = TierStore(TierConfig(
-        settings.tiers.tier_url or str(settings.data.tiers), s3_endpoint=s3.s3_endpoint_url,
+        settings.tier_url, s3_endpoint=s3.s3_endpoint_url,
         s3_access_key=s3.s3_access_key, s3_secret_key=s3.s3_secret_key,
         s3_region=s3.s3_region))
     try:

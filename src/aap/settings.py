@@ -408,6 +408,11 @@ class Settings:
     def data_path(self) -> Path:
         return self.storage.data.root
 
+    @property
+    def tier_url(self) -> str:
+        """Where warm and cold files go: ``AAP_TIER_URL``, else DATA_DIR/tiers."""
+        return self.tiers.tier_url or str(self.data.tiers)
+
     def sections(self) -> tuple[Section, ...]:
         return tuple(getattr(self, f.name) for f in fields(self))
 

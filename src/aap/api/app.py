@@ -77,7 +77,7 @@ class Core:
         self.log = open_log(settings)
         s3, kept = settings.s3, settings.tiers
         tiers = TierStore(TierConfig(
-            kept.tier_url or str(settings.data.tiers), s3_endpoint=s3.s3_endpoint_url,
+            settings.tier_url, s3_endpoint=s3.s3_endpoint_url,
             s3_access_key=s3.s3_access_key, s3_secret_key=s3.s3_secret_key,
             s3_region=s3.s3_region))
         self.warehouse = Warehouse(settings.data.warehouse, tiers=tiers,
