@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import get_type_hints
 
 import pytest
+from cryptography.exceptions import InvalidTag
 
 from aap.settings import SECTIONS, SETTINGS, Settings
 
@@ -93,3 +94,17 @@ def test_the_data_dir_resolves_and_names_its_paths(tmp_path: Path) -> None:
     s = Settings(data_dir=tmp_path / "d")
     assert s.data_path == (tmp_path / "d").resolve()
     assert s.data.core_socket == s.data_path / "run" / "core.sock"
+
+
+def test_the_keystore_takes_aap_master_key_from_the_settings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aap.datadir import DataDir
+    from aap.privacy.keystore import Keystore
+
+    monkeypatch.setenv("AAP_MASTER_KEY", base64.b64encode(b"k" * 32).decode())
+    wrapped = Keystore(tmp_path).master.wrap(7, b"d" * 32)
+    assert not DataDir(tmp_path).master_key.exists()
+    monkeypatch.delenv("AAP_MASTER_KEY")
+    with pytest.raises(InvalidTag):  # the file's key is another
+        Keystore(tmp_path).master.unwrap(7, wrapped)
+    assert DataDir(tmp_path).master_key.exists()
