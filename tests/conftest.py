@@ -11,6 +11,7 @@ import httpx
 import pytest
 from hypothesis import settings
 
+from aap.datadir import DataDir
 from aap.events import Event, decode_events
 from aap.log.sqlite import SQLiteLog
 from aap.privacy.sealing import Sealer
@@ -156,7 +157,7 @@ def assert_refused(running: Running, send: Callable[[Running], httpx.Response], 
 def unsealed_log(data_dir: Path) -> list[Event]:
     """Every event in a data dir's log, unsealed with the data dir's keys (raw ids and
     every sealed field back)."""
-    log = SQLiteLog(data_dir / "log")
+    log = SQLiteLog(DataDir(data_dir).log)
     sealer = Sealer(data_dir)
     out: list[Event] = []
     after = 0

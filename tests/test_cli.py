@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from aap.datadir import DataDir
 from aap.sources import Sources, hash_key
 
 pytestmark = pytest.mark.slow  # each test runs the CLI in a subprocess
@@ -26,8 +27,8 @@ def test_sources_create_prints_the_key_alone_on_the_last_line(tmp_path: Path) ->
     src = Sources(tmp_path).by_key(key)
     assert src is not None and src.name == "web"
     # only the hash is stored
-    assert key.encode() not in (tmp_path / "meta.db").read_bytes()
-    assert hash_key(key).encode() in (tmp_path / "meta.db").read_bytes()
+    assert key.encode() not in DataDir(tmp_path).meta_db.read_bytes()
+    assert hash_key(key).encode() in DataDir(tmp_path).meta_db.read_bytes()
     listed = aap("sources", "list", "--data-dir", str(tmp_path)).stdout
     assert "web" in listed and key not in listed
 

@@ -33,17 +33,14 @@ def _settings(**kw: Any) -> Settings:
 
 
 def _checked(settings: Settings) -> Settings:
-    """Refuse a configuration that would keep personal data too long, or whose query
-    limits cannot work (a clear message)."""
-    from aap.api.gate import check_settings as check_query_settings
+    """Refuse a configuration that would keep personal data longer than a purpose of the
+    data dir's registry allows (a clear message); the values alone were checked when the
+    settings were made."""
     from aap.privacy.purposes import Registry
     from aap.privacy.retention import check_settings
-    from aap.query.sandbox import Limits
 
     try:
         check_settings(settings, Registry.for_data_dir(settings.data_path))
-        Limits.from_settings(settings)
-        check_query_settings(settings)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     return settings
@@ -75,9 +72,6 @@ def serve(data_dir: Path | None, host: str | None, port: int | None, workers: in
     settings = _settings(data_dir=data_dir, host=host, port=port, workers=workers,
                          tls_cert=tls_cert and str(Path(tls_cert).resolve()),
                          tls_key=tls_key and str(Path(tls_key).resolve()))
-    if bool(settings.tls_cert) != bool(settings.tls_key):
-        raise click.ClickException("TLS needs both a certificate and its key"
-                                   " (--tls-cert and --tls-key)")
     run(_checked(settings))
 
 
@@ -290,7 +284,7 @@ def keys_revoke(key_id: str, data_dir: Path | None) -> None:
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--url", default=None, help="Ask a server's API instead (needs --key).")
-@click.option("--key", default=None, envvar="AAP_API_KEY", help="API key for --url ($AAP_API_KEY).")
+@click.option("--key", default=None, help="API key for --url ($AAP_API_KEY).")
 @click.option("--role", default="analyst", show_default=True,
               type=click.Choice(("viewer", "analyst", "privacy", "admin")),
               help="Role for a local query (reading personal data needs privacy; audited as cli:<user>).")
@@ -315,7 +309,8 @@ def query_cmd(file: Any, data_dir: Path | None, as_json: bool, url: str | None,
         parse_insight(raw)
     except (msgspec.DecodeError, AAPError) as exc:
         raise click.ClickException(getattr(exc, "message", str(exc))) from None
-    settings = _settings(data_dir=data_dir)
+    settings = _settings(data_dir=data_dir, api_key=key)
+    key = settings.client.api_key
     try:
         if url:
             if not key:
@@ -360,30 +355,28 @@ def _query_directly(settings: Settings, doc: Any, role: str) -> Any:
     from aap.store.tiers import TierConfig, TierStore
     from aap.store.warehouse import Warehouse
 
-    data = settings.data_path
-    try:
-        limits = Limits.from_settings(settings)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    if not (data / "warehouse" / "hot.duckdb").exists():
+    data, query, s3 = settings.data_path, settings.query, settings.s3
+    limits = Limits.from_settings(query)
+    if not settings.data.hot_db.exists():
         raise click.ClickException(f"no warehouse under {data}")
     tiers = TierStore(TierConfig(
-        settings.tier_url or str(data / "tiers"), s3_endpoint=settings.s3_endpoint_url,
-        s3_access_key=settings.s3_access_key, s3_secret_key=settings.s3_secret_key,
-        s3_region=settings.s3_region))
+        settings.tier_url, s3_endpoint=s3.s3_endpoint_url,
+        s3_access_key=s3.s3_access_key, s3_secret_key=s3.s3_secret_key,
+        s3_region=s3.s3_region))
     try:
-        wh = Warehouse(data / "warehouse", tiers=tiers, memory_limit=settings.warehouse_memory)
+        wh = Warehouse(settings.data.warehouse, tiers=tiers,
+                       memory_limit=settings.storage.warehouse_memory)
     except duckdb.IOException as exc:
         raise click.ClickException(f"the warehouse is in use by another process: {exc}") from None
     from aap.privacy.audit import AuditLog
 
     try:
         return run_insight(wh, doc, role=role, cohort=Cohorts(data).get,
-                           timeout_s=float(settings.query_timeout_s),
-                           sql_max_rows=int(settings.sql_max_rows),
+                           timeout_s=query.query_timeout_s,
+                           sql_max_rows=query.sql_max_rows,
                            on_personal_read=lambda d: AuditLog(data).append(
                                _actor(), "data.read", d),
-                           max_cells=int(settings.max_insight_cells),
+                           max_cells=query.max_insight_cells,
                            sql_limits=limits, sql_idle_workers=0)
     finally:
         wh.close()
@@ -432,7 +425,7 @@ def _open_existing_log(data_dir: Path | None) -> Any:
     from aap.log import open_log
 
     settings = _settings(data_dir=data_dir)
-    if not (settings.data_path / "log" / "log.db").exists():
+    if not settings.data.log_db.exists():
         raise click.ClickException(f"no log under {settings.data_path}")
     return open_log(settings)
 
@@ -527,8 +520,8 @@ def privacy_register(data_dir: Path | None) -> None:
     path = settings.data_path
     click.echo(record_of_processing(
         Registry.for_data_dir(path), [(s.name, s.purposes) for s in Sources(path).list()],
-        (settings.hot_days, settings.warm_days, settings.cold_days),
-        settings.log_retention_hours))
+        (settings.tiers.hot_days, settings.tiers.warm_days, settings.tiers.cold_days),
+        settings.tiers.log_retention_hours))
 
 
 @privacy.command("check")

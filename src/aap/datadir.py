@@ -1,4 +1,5 @@
-"""The data dir belongs to its owner alone: directories 0700, files 0600.
+"""The data dir: :class:`DataDir` names every path under it; and it belongs to its owner
+alone: directories 0700, files 0600.
 
 Every process that writes it (``aap serve``, ``aap process`` and the CLI commands) sets
 the umask to 0o077 first, so what it creates (SQLite files and their ``-wal``/``-shm``
@@ -10,9 +11,129 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 UMASK = 0o077
+
+LOG_DB = "log.db"
+"""The durable log's SQLite file, in the log's directory."""
+LOG_WRITE_LOCK = "write.lock"
+HOT_DB = "hot.duckdb"
+"""The warehouse's hot tier, in the warehouse's directory."""
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """Every path under a data dir (``root``), by what it holds."""
+
+    root: Path
+
+    # -- run/: what lives as long as the server runs --
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def core_socket(self) -> Path:
+        """The core process's Unix socket (queries, privacy requests)."""
+        return self.run / "core.sock"
+
+    @property
+    def metrics(self) -> Path:
+        """The collector workers' Prometheus files (made afresh at each start)."""
+        return self.run / "metrics"
+
+    # -- log/ --
+    @property
+    def log(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def log_db(self) -> Path:
+        return self.log / LOG_DB
+
+    # -- the registries beside the log --
+    @property
+    def meta_db(self) -> Path:
+        """Sources, API keys and cohorts."""
+        return self.root / "meta.db"
+
+    # -- warehouse/ and tiers/ --
+    @property
+    def warehouse(self) -> Path:
+        return self.root / "warehouse"
+
+    @property
+    def hot_db(self) -> Path:
+        return self.warehouse / HOT_DB
+
+    @property
+    def tiers(self) -> Path:
+        """Warm and cold files, unless ``AAP_TIER_URL`` puts them elsewhere."""
+        return self.root / "tiers"
+
+    # -- keys/ --
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def master_key(self) -> Path:
+        return self.keys / "master.key"
+
+    @property
+    def keystore_db(self) -> Path:
+        return self.keys / "keystore.db"
+
+    @property
+    def id_hash_key(self) -> Path:
+        return self.keys / "id-hash.key"
+
+    @property
+    def subject_token_key(self) -> Path:
+        return self.keys / "subject-token.key"
+
+    @property
+    def audit_key(self) -> Path:
+        return self.keys / "audit.key"
+
+    @property
+    def cnil_salts(self) -> Path:
+        return self.keys / "cnil-salts"
+
+    # -- privacy/ --
+    @property
+    def privacy(self) -> Path:
+        return self.root / "privacy"
+
+    @property
+    def purposes(self) -> Path:
+        return self.privacy / "purposes.json"
+
+    @property
+    def consent_db(self) -> Path:
+        return self.privacy / "consent.db"
+
+    @property
+    def requests_db(self) -> Path:
+        return self.privacy / "requests.db"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.privacy / "audit.jsonl"
+
+    @property
+    def audit_head(self) -> Path:
+        return self.privacy / "audit.head"
+
+    @property
+    def receipts(self) -> Path:
+        return self.privacy / "receipts"
+
+    @property
+    def exports(self) -> Path:
+        return self.privacy / "exports"
 
 
 def restrict_umask() -> None:

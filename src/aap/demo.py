@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from aap.api.keys import ApiKeys
+from aap.datadir import DataDir
 from aap.events import decode_events
 from aap.lifecycle import interrupt_on_sigterm
 from aap.log.sqlite import SQLiteLog
@@ -163,7 +164,7 @@ def warehouse_report(server: ServerProcess, console: Console) -> None:
 
 
 def report(data_dir: Path, console: Console) -> None:
-    log = SQLiteLog(data_dir / "log")
+    log = SQLiteLog(DataDir(data_dir).log)
     types: Counter[str] = Counter()
     names: Counter[str] = Counter()
     countries: Counter[str] = Counter()

@@ -20,6 +20,7 @@ from types import TracebackType
 import httpx
 
 from aap.core.client import CoreClient, CoreError, core_socket
+from aap.datadir import DataDir
 from aap.lifecycle import STOP_GRACE_S, child_env
 
 
@@ -127,7 +128,7 @@ class ServerProcess:
         """Wait until the processor has consumed everything in the log so far."""
         from aap.log.sqlite import SQLiteLog
 
-        log = SQLiteLog(self.data_dir / "log")
+        log = SQLiteLog(DataDir(self.data_dir).log)
         head = log.stats().head_offset
         log.close()
         deadline = time.monotonic() + timeout

@@ -1,16 +1,32 @@
-"""Every setting of AAP as a ``(name, default, help)`` record.
+"""Every setting of AAP as a ``(name, default, help)`` record, and the typed, frozen
+:class:`Settings` built from them.
 
 A setting named ``max_event_bytes`` is read from the environment variable
 ``AAP_MAX_EVENT_BYTES`` and otherwise takes its default. The README's
 "Settings" table lists every record here; a test fails when one is missing.
+
+Each setting belongs to exactly one section (:class:`CollectorSettings`,
+:class:`TierSettings`, :class:`QuerySettings` ...), a frozen dataclass whose fields
+carry the settings' names and types; it is read only through it
+(``settings.collector.max_event_bytes``). A section checks its values when it is
+made, so a :class:`Settings` that exists is valid: a bad value is a ``ValueError``
+naming the variable, which the CLI prints before it starts anything. Secrets
+(``secret=True``) are left out of ``repr`` and of :meth:`Settings.as_env`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 import os
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from aap.datadir import DataDir
+from aap.privacy.purposes import MAX_RETENTION_DAYS
 
 MiB = 1024 * 1024
 
@@ -20,6 +36,8 @@ class Setting:
     name: str
     default: Any
     help: str
+    secret: bool = False
+    """Never printed, logged, or handed on by :meth:`Settings.as_env`."""
 
     @property
     def env(self) -> str:
@@ -55,7 +73,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tier_url", "", "Where warm and cold files go: a path or `s3://bucket/prefix` (default DATA_DIR/tiers)."),
     Setting("s3_endpoint_url", "", "Endpoint of an S3-compatible store (e.g. `http://127.0.0.1:9000`); empty for AWS."),
     Setting("s3_access_key", "", "Access key for `s3://` tier URLs."),
-    Setting("s3_secret_key", "", "Secret key for `s3://` tier URLs."),
+    Setting("s3_secret_key", "", "Secret key for `s3://` tier URLs.", secret=True),
     Setting("s3_region", "us-east-1", "Region for `s3://` tier URLs."),
     Setting("query_timeout_s", 60.0, "Longest an insight or SQL query may run before it is stopped (seconds)."),
     Setting("sql_max_rows", 100_000, "Most rows a `sql` query returns (it may ask for fewer with `limit`)."),
@@ -71,16 +89,41 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("health_interval_ms", 500, "How often a worker re-checks free disk and consumer lag (ms)."),
     Setting("public_url", "", "Base URL at which SDKs reach the collector (e.g. `https://aap.example.com`), for the settings it hands to Segment's browser SDK; empty: taken from the request's Host when that host is allowed (see `AAP_ALLOWED_HOSTS`)."),
     Setting("allowed_hosts", "", "Comma-separated host names (with `:port` or without) that the Segment settings endpoint may name as `apiHost` when `AAP_PUBLIC_URL` is empty; empty: `localhost`, `127.0.0.1`, `[::1]` and the address the server binds to. Any other Host gets 400."),
-    Setting("metrics_token", "", "When set, `GET /metrics` needs `Authorization: Bearer <token>` (401 otherwise)."),
+    Setting("metrics_token", "", "When set, `GET /metrics` needs `Authorization: Bearer <token>` (401 otherwise).", secret=True),
     Setting("default_source_rate_limit", 1000.0, "Rate limit (events/s) of a source created without `--rate-limit`; 0 means unlimited."),
     Setting("header_timeout_s", 10.0, "Longest time a client may take to send a request's headers before the connection is closed (seconds)."),
     Setting("body_timeout_s", 30.0, "Longest time a client may take to send a request's body before it is answered 408 (seconds)."),
     Setting("tls_cert", "", "PEM certificate (chain) file: with `AAP_TLS_KEY`, the server speaks HTTPS only and sends `Strict-Transport-Security` (also `aap serve --tls-cert`)."),
     Setting("tls_key", "", "PEM private key file of `AAP_TLS_CERT` (also `aap serve --tls-key`)."),
     Setting("hsts_max_age", 31536000, "`max-age` of the `Strict-Transport-Security` header sent when TLS is on (seconds)."),
+    Setting("master_key", "", "Master key wrapping every person's data key (32 bytes, base64); empty: the file DATA_DIR/keys/master.key, made on first use. Never printed, logged or written by AAP.", secret=True),
+    Setting("api_key", "", "API key `aap query --url` sends (also `aap query --key`).", secret=True),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
+
+MIN_SQL_MEMORY = 384 * 2**20
+"""Least ``AAP_SQL_MEMORY``: a worker's Python, DuckDB and Arrow take about 250 MB."""
+MIN_RESPONSE_BYTES = 1024
+MAX_RETENTION_INTERVAL_S = 1800.0
+"""The retention job's longest interval: with a run taking well under half an hour, data
+is gone at most an hour after its limit."""
+
+
+def parse_bytes(text: str) -> int:
+    """``1GB``, ``512MB``, ``2GiB``, ``1048576`` → bytes."""
+    t = text.strip().upper().replace(" ", "")
+    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+             "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
+    unit = next((u for u in units if t.endswith(u)), "")
+    num, mult = (t[: -len(unit)], units[unit]) if unit else (t, 1)
+    try:
+        value = float(num)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (e.g. 1GB, 512MB)") from None
+    if not 0 < value < 2**50:
+        raise ValueError(f"not a size: {text!r}")
+    return int(value * mult)
 
 
 def _coerce(setting: Setting, raw: str) -> Any:
@@ -93,36 +136,294 @@ def _coerce(setting: Setting, raw: str) -> Any:
     return raw
 
 
-class Settings:
-    """Resolved settings: explicit overrides, then ``AAP_*`` variables, then defaults."""
+def _given(setting: Setting, value: object) -> Any:
+    """An explicit override (a CLI option) as the setting's type."""
+    if isinstance(setting.default, bool):
+        return bool(value)
+    return type(setting.default)(value)
 
-    def __init__(self, **overrides: Any) -> None:
-        values: dict[str, Any] = {}
-        for s in SETTINGS:
-            if s.name in overrides and overrides[s.name] is not None:
-                values[s.name] = overrides[s.name]
-            elif s.env in os.environ:
-                try:
-                    values[s.name] = _coerce(s, os.environ[s.env])
-                except ValueError as exc:
-                    raise ValueError(f"{s.env}={os.environ[s.env]!r} is not valid: {exc}") from None
-            else:
-                values[s.name] = s.default
+
+def _resolve(setting: Setting, overrides: Mapping[str, object]) -> Any:
+    if overrides.get(setting.name) is not None:
+        return _given(setting, overrides[setting.name])
+    if setting.env in os.environ:
+        try:
+            return _coerce(setting, os.environ[setting.env])
+        except ValueError as exc:
+            raise ValueError(f"{setting.env}={os.environ[setting.env]!r} is not valid: {exc}"
+                             ) from None
+    return setting.default
+
+
+S = TypeVar("S", bound="Section")
+
+
+@dataclass(frozen=True)
+class Section:
+    """A group of settings; its fields are named as the settings are."""
+
+    @classmethod
+    def load(cls: type[S], overrides: Mapping[str, object] | None = None) -> S:
+        """The section from ``overrides``, then ``AAP_*`` variables, then defaults."""
+        given = overrides or {}
+        return cls(**{f.name: _resolve(_BY_NAME[f.name], given) for f in fields(cls)})
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """ValueError naming the variable when a value cannot work."""
+
+    def env(self) -> dict[str, str]:
+        """The section's settings as ``AAP_*`` variables, secrets left out."""
+        records = (_BY_NAME[f.name] for f in fields(self))
+        return {s.env: str(getattr(self, s.name)) for s in records if not s.secret}
+
+
+def _secret() -> Any:
+    return field(repr=False)
+
+
+@dataclass(frozen=True)
+class StorageSettings(Section):
+    data_dir: str
+    log_backend: str
+    warehouse_memory: str
+
+    def check(self) -> None:
+        if self.log_backend not in ("sqlite", "null"):
+            raise ValueError(f"unknown log backend {self.log_backend!r} (use sqlite or null)")
+
+    @property
+    def data(self) -> DataDir:
+        return DataDir(Path(self.data_dir).resolve())
+
+
+@dataclass(frozen=True)
+class ServerSettings(Section):
+    host: str
+    port: int
+    workers: int
+    header_timeout_s: float
+    body_timeout_s: float
+    public_url: str
+    allowed_hosts: str
+    retry_after_seconds: int
+    metrics_token: str = _secret()
+
+
+@dataclass(frozen=True)
+class TlsSettings(Section):
+    tls_cert: str
+    tls_key: str
+    hsts_max_age: int
+
+    def check(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS needs both a certificate and its key"
+                             " (--tls-cert and --tls-key)")
+
+    @property
+    def on(self) -> bool:
+        return bool(self.tls_cert)
+
+
+@dataclass(frozen=True)
+class CollectorSettings(Section):
+    max_event_bytes: int
+    max_request_bytes: int
+    trusted_proxies: str
+    min_free_disk_mb: int
+    max_consumer_lag: int
+    consent_per_subject_per_minute: int
+    max_pending_appends: int
+    health_interval_ms: int
+    default_source_rate_limit: float
+
+    def check(self) -> None:
+        for part in self.trusted_proxies.split(","):
+            try:
+                if part.strip():
+                    ipaddress.ip_network(part.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"AAP_TRUSTED_PROXIES: not an IP network: {part.strip()!r}"
+                                 ) from None
+
+
+@dataclass(frozen=True)
+class ProcessorSettings(Section):
+    session_inactivity_minutes: int
+    processor_worker: bool
+    prepare_processes: int
+
+
+@dataclass(frozen=True)
+class TierSettings(Section):
+    """The tiers, and how long events and log records are kept."""
+
+    hot_days: int
+    warm_days: int
+    cold_days: int
+    tiering_interval_s: float
+    retention_interval_s: float
+    log_retention_hours: float
+    tier_url: str
+
+    def check(self) -> None:
+        """Refuse a configuration that keeps personal data unlimited or over 25 months,
+        or that cannot enforce retention within an hour."""
+        cold = self.cold_days
+        if not 1 <= cold <= MAX_RETENTION_DAYS:
+            raise ValueError(f"AAP_COLD_DAYS={cold}: events must be kept between 1 and"
+                             f" {MAX_RETENTION_DAYS} days (25 months); it cannot be unlimited")
+        interval = self.retention_interval_s
+        if not 0 < interval <= MAX_RETENTION_INTERVAL_S:
+            raise ValueError(f"AAP_RETENTION_INTERVAL_S={interval:g}: must be more than 0 and"
+                             f" at most {MAX_RETENTION_INTERVAL_S:g} seconds, so data goes at"
+                             " most an hour late")
+        self.check_log_retention(())
+
+    def check_log_retention(self, purpose_days: Iterable[int]) -> None:
+        """The log holds events of every purpose: it keeps them at most as long as the
+        shortest retention of a purpose (``purpose_days``), and of AAP_COLD_DAYS."""
+        hours = self.log_retention_hours
+        shortest = min(purpose_days, default=MAX_RETENTION_DAYS)
+        if not 0 < hours <= 24 * min(shortest, self.cold_days):
+            raise ValueError(
+                f"AAP_LOG_RETENTION_HOURS={hours:g}: the log holds events of every purpose, so"
+                f" it must keep them more than 0 and at most {24 * min(shortest, self.cold_days)}"
+                " hours (the shortest retention of a purpose, or AAP_COLD_DAYS); 0 (forever)"
+                " is refused")
+
+
+@dataclass(frozen=True)
+class S3Settings(Section):
+    s3_endpoint_url: str
+    s3_access_key: str
+    s3_region: str
+    s3_secret_key: str = _secret()
+
+
+@dataclass(frozen=True)
+class QuerySettings(Section):
+    query_timeout_s: float
+    sql_max_rows: int
+    query_concurrency: int
+    query_concurrency_per_key: int
+    query_queue_per_key: int
+    max_insight_cells: int
+    max_response_bytes: int
+    sql_memory: str
+    sql_workers: int
+    query_cache: bool
+    query_cache_interval_s: float
+
+    def check(self) -> None:
+        """The query limits can work (ValueError naming the setting)."""
+        total, per_key = self.query_concurrency, self.query_concurrency_per_key
+        if per_key < 1 or total < per_key:
+            raise ValueError(f"AAP_QUERY_CONCURRENCY={total}, AAP_QUERY_CONCURRENCY_PER_KEY="
+                             f"{per_key}: need 1 <= per key <= all keys together")
+        if self.query_queue_per_key < 0:
+            raise ValueError("AAP_QUERY_QUEUE_PER_KEY must be 0 or more")
+        if self.max_insight_cells < 1:
+            raise ValueError("AAP_MAX_INSIGHT_CELLS must be at least 1")
+        if self.sql_memory_bytes < MIN_SQL_MEMORY:
+            raise ValueError(f"AAP_SQL_MEMORY={self.sql_memory}: at least "
+                             f"{MIN_SQL_MEMORY // 2**20} MiB (a worker's Python, DuckDB and"
+                             " Arrow take about 250 MB of it before any query)")
+        if self.max_response_bytes < MIN_RESPONSE_BYTES:
+            raise ValueError(f"AAP_MAX_RESPONSE_BYTES={self.max_response_bytes}: at least"
+                             f" {MIN_RESPONSE_BYTES}")
+
+    @property
+    def sql_memory_bytes(self) -> int:
+        try:
+            return parse_bytes(self.sql_memory)
+        except ValueError as exc:
+            raise ValueError(f"AAP_SQL_MEMORY: {exc}") from None
+
+
+@dataclass(frozen=True)
+class PrivacySettings(Section):
+    ipv4_prefix: int
+    ipv6_prefix: int
+    master_key: str = _secret()
+
+    def check(self) -> None:
+        if not 0 <= self.ipv4_prefix <= 32 or not 0 <= self.ipv6_prefix <= 128:
+            raise ValueError(f"AAP_IPV4_PREFIX={self.ipv4_prefix}, AAP_IPV6_PREFIX="
+                             f"{self.ipv6_prefix}: must be 0..32 and 0..128")
+        key = self.master_key_bytes
+        if key is not None and len(key) != 32:
+            raise ValueError("AAP_MASTER_KEY: the master key must be 32 bytes (base64)")
+
+    @property
+    def master_key_bytes(self) -> bytes | None:
+        """``AAP_MASTER_KEY`` decoded, or None when it is not set."""
+        if not self.master_key:
+            return None
+        try:
+            return base64.b64decode(self.master_key)
+        except binascii.Error:
+            raise ValueError("AAP_MASTER_KEY: not base64") from None
+
+
+@dataclass(frozen=True)
+class ClientSettings(Section):
+    """What the CLI sends when it asks a server (``aap query --url``)."""
+
+    api_key: str = _secret()
+
+
+@dataclass(frozen=True, init=False)
+class Settings:
+    """Resolved and checked settings: explicit overrides, then ``AAP_*`` variables, then
+    defaults; one typed section per group."""
+
+    storage: StorageSettings
+    server: ServerSettings
+    tls: TlsSettings
+    collector: CollectorSettings
+    processor: ProcessorSettings
+    tiers: TierSettings
+    s3: S3Settings
+    query: QuerySettings
+    privacy: PrivacySettings
+    client: ClientSettings
+
+    def __init__(self, **overrides: object) -> None:
         unknown = set(overrides) - set(_BY_NAME)
         if unknown:
             raise TypeError(f"unknown settings: {sorted(unknown)}")
-        self._values = values
+        for f in fields(self):
+            object.__setattr__(self, f.name, SECTIONS[f.name].load(overrides))
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["_values"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    @property
+    def data(self) -> DataDir:
+        """The paths under the data dir."""
+        return self.storage.data
 
     @property
     def data_path(self) -> Path:
-        return Path(self._values["data_dir"]).resolve()
+        return self.storage.data.root
+
+    @property
+    def tier_url(self) -> str:
+        """Where warm and cold files go: ``AAP_TIER_URL``, else DATA_DIR/tiers."""
+        return self.tiers.tier_url or str(self.data.tiers)
+
+    def sections(self) -> tuple[Section, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
 
     def as_env(self) -> dict[str, str]:
-        """The settings as ``AAP_*`` variables, to hand to worker processes."""
-        return {_BY_NAME[k].env: str(v) for k, v in self._values.items()}
+        """The settings as ``AAP_*`` variables, to hand to worker processes; secrets are
+        left out (a child has them from the environment it inherits, if they were set)."""
+        return {k: v for section in self.sections() for k, v in section.env().items()}
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "storage": StorageSettings, "server": ServerSettings, "tls": TlsSettings,
+    "collector": CollectorSettings, "processor": ProcessorSettings, "tiers": TierSettings,
+    "s3": S3Settings, "query": QuerySettings, "privacy": PrivacySettings,
+    "client": ClientSettings}

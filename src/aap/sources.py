@@ -28,9 +28,11 @@ from typing import Any
 import msgspec
 import msgspec.structs
 
+from aap.datadir import DataDir
 from aap.privacy.audit import AuditLog
 from aap.privacy.cnil import CNIL, source_errors
 from aap.privacy.purposes import Basis, Registry
+from aap.settings import CollectorSettings
 from aap.store.migrations import Schema, migrate_sqlite, unversioned_columns
 
 _SCHEMA = """
@@ -124,7 +126,7 @@ class Sources:
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
-        self.path = data_dir / "meta.db"
+        self.path = DataDir(data_dir).meta_db
         self._con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                     check_same_thread=False)
         self._con.execute("PRAGMA journal_mode=WAL")
@@ -143,9 +145,7 @@ class Sources:
         ``rate_limit``: events/s, 0 for unlimited; None takes
         ``AAP_DEFAULT_SOURCE_RATE_LIMIT``."""
         if rate_limit is None:
-            from aap.settings import Settings
-
-            rate_limit = float(Settings().default_source_rate_limit)
+            rate_limit = CollectorSettings.load().default_source_rate_limit
         if not name.strip():
             raise ValueError("a source needs a non-empty name")
         purposes = self._checked_purposes(mode, purposes)

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aap.datadir import DataDir
 from aap.runner import ServerProcess, create_source
 from tests.api.test_query_api import new_key
 from tests.conftest import examples, slow_fixture
@@ -71,7 +72,7 @@ class Api:
                              headers={"Authorization": f"Bearer {self.keys[role]}"}, **kw)
 
     def audit(self) -> list[dict[str, Any]]:
-        lines = (self.server.data_dir / "privacy" / "audit.jsonl").read_text().splitlines()
+        lines = DataDir(self.server.data_dir).audit_log.read_text().splitlines()
         return [json.loads(x) for x in lines if x]
 
 
@@ -334,7 +335,7 @@ def old_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         server.wait_processed(timeout=120)
     finally:
         server.stop()
-    con = duckdb.connect(str(data / "warehouse" / "hot.duckdb"))
+    con = duckdb.connect(str(DataDir(data).hot_db))
     try:
         n = con.execute("UPDATE events_raw SET properties = ? WHERE properties->>'$.contact'"
                         " IS NOT NULL", [json.dumps({"contact": {"Email": CANARY}})]
@@ -390,7 +391,7 @@ def test_cohorts_of_identifiers_and_personal_traits_need_privacy(
     assert r.status_code == 200, r.text
     (entry,) = [e for e in api.audit()[before:] if e["action"] == "cohort.created"]
     assert entry["detail"] == {"cohort": r.json()["id"], "kind": "static", "ids_processed": 2}
-    assert "secret-user-77" not in (api.server.data_dir / "privacy" / "audit.jsonl").read_text()
+    assert "secret-user-77" not in DataDir(api.server.data_dir).audit_log.read_text()
     # an analyst may count a static cohort (a group), not a cohort of personal traits
     ok = api.call("POST", "/query", "analyst", json={
         "kind": "trends", "series": [{"event": "Signed Up"}], "cohort": r.json()["id"],

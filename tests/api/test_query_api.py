@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aap.datadir import DataDir
 from aap.runner import ServerProcess, create_source
 from tests.conftest import slow_fixture
 
@@ -104,7 +105,7 @@ def test_keys_create_prints_the_key_alone_on_the_last_line_and_stores_a_slow_has
     out = aap(data, "keys", "create", "--role", "viewer", "--name", "dash")
     key = out.stdout.strip().splitlines()[-1]
     assert key.startswith("aap_") and " " not in key
-    con = sqlite3.connect(data / "meta.db")
+    con = sqlite3.connect(DataDir(data).meta_db)
     rows = con.execute("SELECT id, role, hash, salt FROM api_keys").fetchall()
     con.close()
     stored = b"".join(r[2] for r in rows) + b"".join(r[3] for r in rows)

@@ -20,6 +20,7 @@ import duckdb
 import httpx
 import pytest
 
+from aap.datadir import DataDir
 from aap.query.runner import Deadline
 from aap.runner import ServerProcess, create_source
 from tests.conftest import slow_fixture
@@ -59,7 +60,7 @@ def core_pid(server: ServerProcess) -> int:
     """The process of the server's session that has the warehouse open."""
     assert server.proc is not None
     sid = server.proc.pid
-    warehouse = str((server.data_dir / "warehouse").resolve())
+    warehouse = str(DataDir(server.data_dir).warehouse.resolve())
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aap.datadir import DataDir
 from aap.log.sqlite import SQLiteLog
 from tests.conftest import Running, start
 
@@ -31,7 +32,7 @@ def health_becomes(url: str, status: int) -> None:
 def test_consumer_lag_over_the_bound_gives_503_until_it_recovers(tmp_path: Path) -> None:
     r = start(tmp_path, env={"AAP_MAX_CONSUMER_LAG": "100", "AAP_HEALTH_INTERVAL_MS": "50"})
     try:
-        log = SQLiteLog(r.data_dir / "log")
+        log = SQLiteLog(DataDir(r.data_dir).log)
         log.commit("slow-consumer", 0)
         assert r.post("/v1/batch", json=track(150)).status_code == 200
         # the health check runs every 50 ms: poll (generously) until it has seen the lag

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aap.datadir import DataDir
 from aap.log.sqlite import SQLiteLog
 from aap.privacy.consent import ConsentLedger, Statement
 from aap.privacy.ids import IdHasher
@@ -319,7 +320,7 @@ def test_retries_with_backoff_while_the_server_answers_503(browser: Any, tmp_pat
     up: the SDK keeps the events and retries, and they arrive once."""
     r = start(tmp_path, source_args=("--basis", "consent"),
               env={"AAP_MAX_CONSUMER_LAG": "5", "AAP_HEALTH_INTERVAL_MS": "50"})
-    log = SQLiteLog(r.data_dir / "log")
+    log = SQLiteLog(DataDir(r.data_dir).log)
     site = PageServer({"shop": lambda q: SHOP.format(
         aap=r.url, key=json.dumps(r.key), aap_js=json.dumps(r.url), flush=200)})
     t = Tab(browser, r, site)

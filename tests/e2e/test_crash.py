@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from aap.datadir import DataDir
 from aap.events import decode_events
 from aap.log.sqlite import SQLiteLog
 from aap.runner import ServerProcess, create_source, free_port
@@ -59,11 +60,11 @@ def test_kill_9_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
             t.join(30)
     assert len(acked) > CYCLES * BATCH * 10  # the load was real
 
-    con = sqlite3.connect(data / "log" / "log.db")
+    con = sqlite3.connect(DataDir(data).log_db)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
     stored: list[str] = []
-    log = SQLiteLog(data / "log")
+    log = SQLiteLog(DataDir(data).log)
     after = 0
     while recs := log.read(after, 1000):
         for rec in recs:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from posthog import Posthog
 
+from aap.datadir import DataDir
 from aap.events import payload_bytes
 from aap.log.sqlite import SQLiteLog
 from tests.conftest import Running
@@ -81,7 +82,7 @@ def test_posthog_python_calls_land_in_the_warehouse(running: Running, gzip: bool
     # ids and personal traits leave the properties and are sealed: not in the log in clear
     assert all(not k.startswith(("$anon_distinct_id", "$set")) for r in rows
                for k in r.properties)
-    log = SQLiteLog(running.data_dir / "log")
+    log = SQLiteLog(DataDir(running.data_dir).log)
     raw = b"".join(payload_bytes(rec.payload) for rec in log.read(0, 100_000))
     log.close()
     assert f"canary-{tag}@example.com".encode() not in raw

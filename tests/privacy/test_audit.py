@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aap.datadir import DataDir
 from aap.privacy.audit import AuditLog
 from aap.runner import ServerProcess, create_source
 from tests.conftest import slow_fixture
@@ -50,7 +51,7 @@ def test_actions_are_recorded_and_the_chain_verifies(data: Path) -> None:
                                               ).stdout.splitlines()]
     assert [e["seq"] for e in shown] == [1, 2, 3, 4, 5]
     assert shown[4]["detail"]["policy_version"] == "v3"
-    assert b"audit-canary-user-81" not in (data / "privacy" / "audit.jsonl").read_bytes()
+    assert b"audit-canary-user-81" not in DataDir(data).audit_log.read_bytes()
 
 
 def _edit(lines: list[bytes]) -> list[bytes]:
@@ -88,7 +89,7 @@ def _forge(lines: list[bytes]) -> list[bytes]:
 ])
 def test_tampering_is_detected(data: Path, tamper: Callable[[list[bytes]], list[bytes]],
                                says: str) -> None:
-    path = data / "privacy" / "audit.jsonl"
+    path = DataDir(data).audit_log
     lines = path.read_bytes().splitlines()
     path.write_bytes(b"\n".join(tamper(lines)) + b"\n")
     out = aap("audit", "verify", "--data-dir", str(data))

@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aap.datadir import DataDir
 from aap.privacy.audit import AuditLog
 from aap.runner import ServerProcess, create_source
 from tests.privacy import test_ip_canary as ipc
@@ -146,7 +147,7 @@ def test_canaries_end_to_end(tmp_path: Path) -> None:
         # in the log), and every id of hers, raw, whichever one the request named
         assert EMAIL_FIXED in api_copy and EMAIL in api_copy and GONE in api_copy
         assert USER in api_copy and ANON in api_copy and USER in cli_copy and ANON in cli_copy
-        assert len(list((data / "privacy" / "exports").iterdir())) == 2  # sealed
+        assert len(list(DataDir(data).exports.iterdir())) == 2  # sealed
         assert found(data, log, personal) == [], "before erasure, running"
         no_ips("exported")
     finally:
@@ -169,7 +170,7 @@ def test_canaries_end_to_end(tmp_path: Path) -> None:
         assert receipt["removed"]["retired_files_deleted"] == 1
         assert receipt["derived"]["access_exports_deleted"] == 2
         assert receipt["derived"]["query_cache_rows"] >= 3
-        assert list((data / "privacy" / "exports").iterdir()) == []
+        assert list(DataDir(data).exports.iterdir()) == []
         gone = httpx.get(f"{server.url}/api/v1/privacy/requests/{access['id']}/export",
                          headers=api)
         assert gone.status_code == 404

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aap.datadir import DataDir
 from aap.events import Event
 from aap.privacy.cnil import DailySalts, anonymize
 from aap.runner import ServerProcess, create_source
@@ -65,7 +66,7 @@ def test_cnil_mode_end_to_end(tmp_path: Path) -> None:
     shop = create_source(data, "shop")  # a standard source: consent still needed there
     ids = {s.split("\t")[1]: s.split("\t")[0] for s in
            aap("sources", "list", "--data-dir", str(data)).stdout.splitlines()}
-    salts = data / "keys" / "cnil-salts"
+    salts = DataDir(data).cnil_salts
     salts.mkdir(parents=True, mode=0o700)
     today = datetime.now(UTC).date()
     old = salts / f"{today - timedelta(days=3)}.salt"
@@ -132,7 +133,7 @@ def test_cnil_mode_end_to_end(tmp_path: Path) -> None:
         for form in ip_forms(ip):
             assert scan(tmp_path, form) == [], (ip, form)
     for truncated in ("203.0.113.0", "198.51.100.0"):  # not even truncated, in CNIL mode
-        assert scan(data / "log", truncated.encode()) == []
+        assert scan(DataDir(data).log, truncated.encode()) == []
 
     # the check fails, naming the condition, on a salt left too long or readable by others
     old.write_bytes(b"x" * 32)

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aap.datadir import DataDir
 from aap.runner import ServerProcess, create_source
 from tests.conftest import slow_fixture
 from tests.privacy.test_ip_canary import scan
@@ -184,7 +185,7 @@ def test_consent_needs_a_write_key_and_json(site: Site) -> None:
 def test_the_ledger_keeps_proof_and_refuses_edits(site: Site) -> None:
     site.consent({"userId": "proof-user", "purposes": {"analytics": True},
                   "policy_version": "v7", "channel": "settings-page"})
-    db = site.server.data_dir / "privacy" / "consent.db"
+    db = DataDir(site.server.data_dir).consent_db
     con = sqlite3.connect(db)
     try:
         rows = con.execute("SELECT source, subject, purposes, policy_version, channel, at_ms"

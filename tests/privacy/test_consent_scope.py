@@ -27,6 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aap.datadir import DataDir
 from aap.runner import ServerProcess
 from tests.conftest import examples, slow_fixture
 
@@ -137,7 +138,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def test_keys_are_hashed_and_the_write_key_stays_alone_on_the_last_line(world: World) -> None:
-    meta = (world.data / "meta.db").read_bytes()
+    meta = DataDir(world.data).meta_db.read_bytes()
     for key in (*world.write.values(), *world.server_key.values()):
         assert key.encode() not in meta
         assert hashlib.sha256(key.encode()).hexdigest().encode() in meta
@@ -276,7 +277,7 @@ def test_a_subject_token_may_change_history_of_its_scope_only(world: World) -> N
 
 
 def test_consent_is_rate_limited_per_source_and_per_subject(world: World) -> None:
-    led = world.data / "privacy" / "consent.db"
+    led = DataDir(world.data).consent_db
 
     def rows() -> int:
         con = sqlite3.connect(f"file:{led}?mode=ro", uri=True)
@@ -418,9 +419,8 @@ def test_a_ledger_from_before_scopes_keeps_its_rows_valid(tmp_path: Path) -> Non
     """Old rows gain no scope and full history: they read as scoped to their source."""
     from aap.privacy.consent import FULL, NONE, ConsentLedger, Statement
 
-    d = tmp_path / "privacy"
-    d.mkdir()
-    con = sqlite3.connect(d / "consent.db")
+    DataDir(tmp_path).privacy.mkdir()
+    con = sqlite3.connect(DataDir(tmp_path).consent_db)
     con.executescript("""
         CREATE TABLE statements (seq INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL,
             source TEXT NOT NULL, subject INTEGER NOT NULL, purposes TEXT NOT NULL,
@@ -436,4 +436,4 @@ def test_a_ledger_from_before_scopes_keeps_its_rows_valid(tmp_path: Path) -> Non
     assert (old.where, old.history, old.purposes) == ("src_old", FULL, {"analytics": False})
     assert (new.where, new.history) == ("controller:shop", NONE)
     with pytest.raises(sqlite3.IntegrityError):  # still append-only
-        sqlite3.connect(d / "consent.db").execute("DELETE FROM statements")
+        sqlite3.connect(DataDir(tmp_path).consent_db).execute("DELETE FROM statements")

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aap.datadir import DataDir
 from aap.privacy.audit import AuditLog
 from aap.runner import ServerProcess, create_source
 from tests.conftest import Running
@@ -83,7 +84,7 @@ def test_erasure_reaches_every_tier_and_late_events(tmp_path: Path) -> None:
     body = {k: v for k, v in receipt.items() if k != "digest"}
     assert receipt["digest"] == hashlib.sha256(
         json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    assert json.loads((data / "privacy" / "receipts" / f"{receipt['id']}.json").read_text()
+    assert json.loads((DataDir(data).receipts / f"{receipt['id']}.json").read_text()
                       ) == receipt
     # physically gone from the hot store and the Parquet files; Bo's rows are there
     contents = warehouse_text(data)

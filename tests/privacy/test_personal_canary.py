@@ -15,6 +15,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
+from aap.datadir import DataDir
 from aap.privacy.sealing import Sealer
 from aap.runner import ServerProcess, create_source
 from tests.privacy.test_ip_canary import scan
@@ -45,7 +46,7 @@ def forms(text: str) -> list[bytes]:
 def warehouse_text(data: Path) -> str:
     """Every row of every table of the hot store and of every Parquet file, as text."""
     parts = []
-    con = duckdb.connect(str(data / "warehouse" / "hot.duckdb"), read_only=True)
+    con = duckdb.connect(str(DataDir(data).hot_db), read_only=True)
     try:
         for (table,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall():
             parts.append(repr(con.execute(f'SELECT * FROM "{table}"').fetchall()))

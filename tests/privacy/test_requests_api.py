@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aap.datadir import DataDir
 from aap.runner import ServerProcess, create_source
 from tests.conftest import slow_fixture
 
@@ -133,7 +134,7 @@ def test_rectification_and_objection(api: Api) -> None:
     assert [e["traits"]["email"] for e in logged if e["type"] == "identify"] == [
         "cai@example.org"]
     assert b"cai@example.org" not in others
-    for f in (api.server.data_dir / "keys").iterdir():  # and the new one is sealed
+    for f in DataDir(api.server.data_dir).keys.iterdir():  # and the new one is sealed
         assert b"cai.new@example.org" not in f.read_bytes(), f
     done = api.run({"type": "objection", "subject": {"userId": "user-dee"}})
     assert done["status"] == "done"

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aap.datadir import DataDir
 from aap.events import Event, encode_events
 from aap.log.base import Append
 from aap.log.sqlite import SQLiteLog
@@ -237,8 +238,8 @@ def _register(data: Path, env: dict[str, str] | None = None) -> subprocess.Compl
 ])
 def test_unlimited_or_too_long_retention_is_refused(tmp_path: Path, retention: dict[str, Any],
                                                      message: str) -> None:
-    (tmp_path / "privacy").mkdir()
-    (tmp_path / "privacy" / "purposes.json").write_text(json.dumps(
+    DataDir(tmp_path).privacy.mkdir()
+    DataDir(tmp_path).purposes.write_text(json.dumps(
         [{"id": "analytics", "description": "x", "retention": retention}]))
     r = _register(tmp_path)
     assert r.returncode != 0 and "Traceback" not in r.stderr
@@ -267,8 +268,8 @@ def test_settings_that_keep_data_too_long_are_refused(tmp_path: Path, env: dict[
 
 @pytest.mark.slow
 def test_register_shows_the_enforced_retention_per_purpose_and_tier(tmp_path: Path) -> None:
-    (tmp_path / "privacy").mkdir()
-    (tmp_path / "privacy" / "purposes.json").write_text(json.dumps([
+    DataDir(tmp_path).privacy.mkdir()
+    DataDir(tmp_path).purposes.write_text(json.dumps([
         {"id": "analytics", "description": "x", "retention": {"days": 400}},
         {"id": "marketing", "description": "y", "retention": {"days": 60, "hot": 5}}]))
     r = _register(tmp_path, {"AAP_COLD_DAYS": "450", "AAP_LOG_RETENTION_HOURS": "48"})

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aap.datadir import DataDir
 from aap.privacy.audit import AuditLog
 from aap.privacy.ids import IdHasher
 from aap.runner import ServerProcess, create_source
@@ -217,7 +218,7 @@ def test_erasure_takes_the_person_out_of_saved_cohorts(world: World) -> None:
     erin = {hasher.key("user-erin"), hasher.key("anon-erin")}
 
     def stored_keys() -> set[int]:
-        con = sqlite3.connect(world.data / "meta.db")
+        con = sqlite3.connect(DataDir(world.data).meta_db)
         try:
             (definition,) = con.execute("SELECT definition FROM cohorts WHERE id = ?",
                                         (cid,)).fetchone()
@@ -290,6 +291,6 @@ def test_reads_and_admin_actions_are_audited(world: World) -> None:
     assert world.audit("source.secret_shown")[-1]["actor"].startswith("cli:")
     assert world.audit("source.created")[0]["actor"].startswith("cli:")
     # no raw id or personal value in any entry, and the chain holds
-    text = (world.data / "privacy" / "audit.jsonl").read_text()
+    text = DataDir(world.data).audit_log.read_text()
     assert "user-ivan" not in text and "@ex.org" not in text
     assert "ok:" in aap(world.data, "audit", "verify").stdout

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from aap.datadir import DataDir
 from aap.privacy import removal
 from aap.query.cache import QueryCache
 from aap.query.runner import run_insight
@@ -73,7 +74,7 @@ def test_cache_follows_moves_retirements_and_merges(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_aap_query_opens_the_warehouse_when_no_server_runs(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    wh = Warehouse(data / "warehouse")
+    wh = Warehouse(DataDir(data).warehouse)
     wh.write(Chunk(events=events(2, 3), position=1, next_person=1000))
     wh.close()
     doc = tmp_path / "q.json"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from aap.datadir import DataDir
 from aap.privacy import removal, subjects
 from aap.query import funnel_arrays, paths_arrays, rollup
 from aap.query.cache import QueryCache
@@ -45,7 +46,7 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
     data_dir = tmp_path_factory.mktemp("fast")
     # 14 days: 4 stay hot, 10 go warm (cached), none cold
     load(data_dir, generate(40_000, 1_500, 14, 7), hot_days=4, cold_days=1000)
-    wh = Warehouse(data_dir / "warehouse", tiers=TierStore(TierConfig(str(data_dir / "tiers"))))
+    wh = Warehouse(DataDir(data_dir).warehouse, tiers=TierStore(TierConfig(str(DataDir(data_dir).tiers))))
     assert QueryCache(wh).sync()["copied"] == 10
     yield wh
     wh.close()

@@ -17,21 +17,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from aap.errors import ServiceUnavailable, TooManyRequests
-
-
-def check_settings(settings: Any) -> None:
-    """ValueError naming the setting when the query limits cannot work."""
-    total, per_key = int(settings.query_concurrency), int(settings.query_concurrency_per_key)
-    if per_key < 1 or total < per_key:
-        raise ValueError(f"AAP_QUERY_CONCURRENCY={total}, AAP_QUERY_CONCURRENCY_PER_KEY="
-                         f"{per_key}: need 1 <= per key <= all keys together")
-    if int(settings.query_queue_per_key) < 0:
-        raise ValueError("AAP_QUERY_QUEUE_PER_KEY must be 0 or more")
-    if int(settings.max_insight_cells) < 1:
-        raise ValueError("AAP_MAX_INSIGHT_CELLS must be at least 1")
 
 
 class QueryGate:

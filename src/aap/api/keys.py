@@ -24,6 +24,7 @@ from pathlib import Path
 
 import msgspec
 
+from aap.datadir import DataDir
 from aap.privacy.audit import AuditLog
 
 ROLES = ("viewer", "analyst", "privacy", "admin")
@@ -62,7 +63,7 @@ def _scrypt(secret: str, salt: bytes) -> bytes:
 class ApiKeys:
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._con = sqlite3.connect(data_dir / "meta.db", timeout=30, isolation_level=None,
+        self._con = sqlite3.connect(DataDir(data_dir).meta_db, timeout=30, isolation_level=None,
                                     check_same_thread=False)
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.executescript(_SCHEMA)

@@ -56,9 +56,9 @@ class RestAPI:
         self.cohorts = Cohorts(settings.data_path)
         self.keys = ApiKeys(settings.data_path)
         self.audit = AuditLog(settings.data_path)
-        self.cache = (QueryCache(warehouse, float(settings.query_cache_interval_s))
-                      if settings.query_cache else None)
-        self.sql_limits = sandbox.Limits.from_settings(settings)
+        self.cache = (QueryCache(warehouse, settings.query.query_cache_interval_s)
+                      if settings.query.query_cache else None)
+        self.sql_limits = sandbox.Limits.from_settings(settings.query)
 
     def start(self) -> None:
         if self.cache is not None:
@@ -112,12 +112,12 @@ class RestAPI:
         actor = ACTOR.get()
         return run_insight(self.warehouse, doc, role=role, cohort=self.cohorts.get,
                            use_cache=self.cache is not None,
-                           timeout_s=float(self.settings.query_timeout_s),
-                           sql_max_rows=int(self.settings.sql_max_rows),
+                           timeout_s=self.settings.query.query_timeout_s,
+                           sql_max_rows=self.settings.query.sql_max_rows,
                            on_personal_read=lambda d: self.audit.append(actor, "data.read", d),
-                           max_cells=int(self.settings.max_insight_cells),
+                           max_cells=self.settings.query.max_insight_cells,
                            sql_limits=self.sql_limits,
-                           sql_idle_workers=int(self.settings.sql_workers))
+                           sql_idle_workers=self.settings.query.sql_workers)
 
     def query(self, params: dict[str, str], body: bytes, role: str) -> Any:
         return self._run(parse_insight(body), role)

@@ -85,19 +85,20 @@ class Collector:
         self.data_dir = settings.data_path
         self.sources = Sources(self.data_dir)
         self.log = open_log(settings)
+        collector = settings.collector
         self.committer = (
-            None if settings.log_backend == "null"
-            else GroupCommitter(self.log, settings.max_pending_appends,
-                                settings.retry_after_seconds,
-                                retention_hours=settings.log_retention_hours)
+            None if settings.storage.log_backend == "null"
+            else GroupCommitter(self.log, collector.max_pending_appends,
+                                settings.server.retry_after_seconds,
+                                retention_hours=settings.tiers.log_retention_hours)
         )
-        self.ip = IpPolicy(parse_networks(settings.trusted_proxies), settings.ipv4_prefix,
-                           settings.ipv6_prefix, geo=GeoLocator())
-        self.limiter = RateLimiter(workers=int(settings.workers) or 1)
-        self.health = Health(self.data_dir, self.log, min_free_disk_mb=settings.min_free_disk_mb,
-                             max_lag=settings.max_consumer_lag,
-                             interval_ms=settings.health_interval_ms)
-        self.gate = Gate(self.data_dir, int(settings.consent_per_subject_per_minute))
+        self.ip = IpPolicy(parse_networks(collector.trusted_proxies), settings.privacy.ipv4_prefix,
+                           settings.privacy.ipv6_prefix, geo=GeoLocator())
+        self.limiter = RateLimiter(workers=settings.server.workers or 1)
+        self.health = Health(self.data_dir, self.log, min_free_disk_mb=collector.min_free_disk_mb,
+                             max_lag=collector.max_consumer_lag,
+                             interval_ms=collector.health_interval_ms)
+        self.gate = Gate(self.data_dir, collector.consent_per_subject_per_minute)
         self.sealer = Sealer(self.data_dir, hasher=self.gate.hasher)
         self.self_service = SelfService(self.data_dir, self.gate.hasher, self.sources)
         self.salts = DailySalts(self.data_dir)
@@ -105,12 +106,12 @@ class Collector:
         self._known_keys: dict[str, tuple[Source, float]] = {}
         """key → (its source, when it was read): read again after :data:`KEY_TTL_S`, so
         that a replaced server key stops working and a new controller group applies."""
-        self._metrics_token = settings.metrics_token.encode()
-        self._hsts = ([("strict-transport-security", f"max-age={int(settings.hsts_max_age)}")]
-                      if settings.tls_cert else [])
+        self._metrics_token = settings.server.metrics_token.encode()
+        self._hsts = ([("strict-transport-security", f"max-age={settings.tls.hsts_max_age}")]
+                      if settings.tls.on else [])
         # a query may wait for a slot as long as it may run (aap.api.gate)
-        self.api = ApiProxy(self.data_dir, timeout=2 * float(settings.query_timeout_s) + 30,
-                            max_body=settings.max_request_bytes)
+        self.api = ApiProxy(self.data_dir, timeout=2 * settings.query.query_timeout_s + 30,
+                            max_body=settings.collector.max_request_bytes)
         self._openapi: bytes | None = None
         self.router: Router[Handler] = Router(self.routes())
 
@@ -150,7 +151,7 @@ class Collector:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
-        req = Request(scope, receive, float(self.settings.body_timeout_s))
+        req = Request(scope, receive, self.settings.server.body_timeout_s)
         found = self.router.find(req.path)
         route = self.router.label(req.path, found)
         try:
@@ -218,7 +219,7 @@ class Collector:
     async def healthz(self, req: Request) -> Response:
         problem = self.health.problem()
         if problem:
-            raise errors.ServiceUnavailable(problem, retry_after=self.settings.retry_after_seconds)
+            raise errors.ServiceUnavailable(problem, retry_after=self.settings.server.retry_after_seconds)
         return Response.json(200, {"status": "ok"})
 
     @documented(Op("Prometheus metrics", ok={"type": "string"},
@@ -241,8 +242,8 @@ class Collector:
                                         "writeKey": {"type": "string"}}},
                    body_types=("application/json", "text/plain"), security=("writeKey", "")))
     async def ingest_batch(self, req: Request) -> Response:
-        return await self.ingest(req, lambda body: parse_batch(body, self.settings.max_event_bytes),
-                                 json_body=True)
+        limit = self.settings.collector.max_event_bytes
+        return await self.ingest(req, lambda body: parse_batch(body, limit), json_body=True)
 
     @documented(Op("One Segment/RudderStack event (the type is the path's)", ok=INGESTED,
                    errors=INGEST_ERRORS, body={"type": "object"},
@@ -250,7 +251,7 @@ class Collector:
     async def ingest_single(self, req: Request) -> Response:
         mtype = SINGLE_PATHS[req.path]
         return await self.ingest(
-            req, lambda body: parse_single(body, mtype, self.settings.max_event_bytes),
+            req, lambda body: parse_single(body, mtype, self.settings.collector.max_event_bytes),
             json_body=True)
 
     async def ingest(self, req: Request, parse: Callable[[bytes], Parsed], *, auth: bool = True,
@@ -262,7 +263,7 @@ class Collector:
         scrubbing may search the body for addresses instead of the events."""
         self._check_health()
         source = self._source_from_header(req.headers.get("authorization")) if auth else None
-        limit = self.settings.max_request_bytes
+        limit = self.settings.collector.max_request_bytes
         raw = await read_raw(req.receive, content_length(req.headers.get("content-length")),
                              limit)
         metrics.BYTES_IN.inc(len(raw))
@@ -286,7 +287,7 @@ class Collector:
         """Back-pressure: 503 while the log is not healthy (disk, consumer lag)."""
         problem = self.health.problem()
         if problem:
-            raise errors.ServiceUnavailable(problem, retry_after=self.settings.retry_after_seconds,
+            raise errors.ServiceUnavailable(problem, retry_after=self.settings.server.retry_after_seconds,
                                             code="backpressure")
 
     def _source_in_body(self, write_key: str | None, key_hint: str) -> Source:

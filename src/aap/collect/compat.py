@@ -107,14 +107,14 @@ class Compat:
     # -- helpers --
 
     async def _body(self, req: Request) -> bytes:
-        limit = self.settings.max_request_bytes
+        limit = self.settings.collector.max_request_bytes
         clen = req.headers.get("content-length")
         raw = await read_raw(req.receive, content_length(clen), limit)
         return decode_content(raw, req.headers.get("content-encoding", ""), limit)
 
     def _limits(self) -> tuple[int, int]:
-        s = self.settings
-        return int(s.max_request_bytes), int(s.max_event_bytes)
+        s = self.settings.collector
+        return s.max_request_bytes, s.max_event_bytes
 
     # -- PostHog --
 
@@ -191,7 +191,7 @@ class Compat:
         if what != "settings":
             raise errors.no_endpoint(req.path)
         self.app.source(key)
-        settings = self.settings
+        settings = self.settings.server
         if settings.public_url:
             base, vary = settings.public_url.rstrip("/"), []
         else:

@@ -88,22 +88,23 @@ class Core:
         self.settings = settings
         data = settings.data_path
         self.log = open_log(settings)
+        s3, kept = settings.s3, settings.tiers
         tiers = TierStore(TierConfig(
-            settings.tier_url or str(data / "tiers"), s3_endpoint=settings.s3_endpoint_url,
-            s3_access_key=settings.s3_access_key, s3_secret_key=settings.s3_secret_key,
-            s3_region=settings.s3_region))
-        self.warehouse = Warehouse(data / "warehouse", tiers=tiers,
-                                   memory_limit=settings.warehouse_memory)
+            settings.tier_url, s3_endpoint=s3.s3_endpoint_url,
+            s3_access_key=s3.s3_access_key, s3_secret_key=s3.s3_secret_key,
+            s3_region=s3.s3_region))
+        self.warehouse = Warehouse(settings.data.warehouse, tiers=tiers,
+                                   memory_limit=settings.storage.warehouse_memory)
         registry = Registry.for_data_dir(data)
         check_settings(settings, registry)  # `aap serve` says why before it gets here
         self.keystore = Keystore(data)
-        self.retention = RetentionJob(self.warehouse, registry, settings.cold_days,
-                                      settings.retention_interval_s,
+        self.retention = RetentionJob(self.warehouse, registry, kept.cold_days,
+                                      kept.retention_interval_s,
                                       after=(DailySalts(data).purge,),
                                       forget=self.keystore.forget)
         self.tiering = TieringThread(self.warehouse, TierPolicy(
-            settings.hot_days, settings.warm_days, settings.cold_days),
-            settings.tiering_interval_s, retention=self.retention)
+            kept.hot_days, kept.warm_days, kept.cold_days),
+            kept.tiering_interval_s, retention=self.retention)
 
         sources = Sources(data)
 
@@ -116,9 +117,9 @@ class Core:
         self.processor = Processor(
             self.log, self.warehouse, hasher,
             historical_sources=historical,
-            inactivity=timedelta(minutes=settings.session_inactivity_minutes),
-            worker=settings.processor_worker,
-            prepare_processes=settings.prepare_processes,
+            inactivity=timedelta(minutes=settings.processor.session_inactivity_minutes),
+            worker=settings.processor.processor_worker,
+            prepare_processes=settings.processor.prepare_processes,
             consent=ConsentState(ConsentLedger(data)),
             destroyed=self.keystore.refresh_destroyed,
             forgotten=self.keystore.refresh_forgotten,
@@ -238,12 +239,13 @@ class CoreApp:
 
     def _start(self) -> None:
         settings = Settings()
-        self.gate = QueryGate(total=int(settings.query_concurrency),
-                              per_key=int(settings.query_concurrency_per_key),
-                              queue_per_key=int(settings.query_queue_per_key),
-                              max_wait_s=float(settings.query_timeout_s),
-                              retry_after=int(settings.retry_after_seconds))
-        self.queries = ThreadPoolExecutor(int(settings.query_concurrency),
+        query = settings.query
+        self.gate = QueryGate(total=query.query_concurrency,
+                              per_key=query.query_concurrency_per_key,
+                              queue_per_key=query.query_queue_per_key,
+                              max_wait_s=query.query_timeout_s,
+                              retry_after=settings.server.retry_after_seconds)
+        self.queries = ThreadPoolExecutor(query.query_concurrency,
                                           thread_name_prefix="aap-query")
         self.core = Core(settings)
         self.core.start()
@@ -289,7 +291,7 @@ class CoreApp:
         if isinstance(out, bytes):  # a file (the zip of an access request)
             return Response(200, out, "application/zip")
         encoded = msgspec.json.encode(out)
-        limit = core.settings.max_response_bytes
+        limit = core.settings.query.max_response_bytes
         if limit and len(encoded) > limit:
             raise errors.BadRequest(
                 f"the answer is {len(encoded)} bytes, more than {limit}"

@@ -13,13 +13,15 @@ from typing import Any
 
 import httpx
 
+from aap.datadir import DataDir
+
 BASE_URL = "http://core"
 """Any host name: the socket, not the name, decides where a request goes."""
 
 
 def core_socket(data_dir: Path) -> Path:
     """Where the core of ``data_dir`` listens."""
-    return Path(data_dir) / "run" / "core.sock"
+    return DataDir(Path(data_dir)).core_socket
 
 
 def transport(data_dir: Path) -> httpx.HTTPTransport:

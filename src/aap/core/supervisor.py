@@ -28,7 +28,7 @@ def prepare(settings: Settings) -> dict[str, str]:
     """Create the data dir and a fresh metrics dir; returns the workers' environment."""
     data = settings.data_path
     secure(data)
-    metrics_dir = data / "run" / "metrics"
+    metrics_dir = settings.data.metrics
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     env = settings.as_env()
@@ -38,7 +38,7 @@ def prepare(settings: Settings) -> dict[str, str]:
 
 
 def worker_count(settings: Settings) -> int:
-    return int(settings.workers) or (os.cpu_count() or 1)
+    return settings.server.workers or (os.cpu_count() or 1)
 
 
 def serve_core(settings: Settings) -> None:
@@ -163,14 +163,14 @@ def _serve_collector(settings: Settings, workers: int, on_stop: Callable[[], Non
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
 
-    tls = {"ssl_cert": Path(settings.tls_cert), "ssl_key": Path(settings.tls_key)} \
-        if settings.tls_cert else {}
+    tls = {"ssl_cert": Path(settings.tls.tls_cert), "ssl_key": Path(settings.tls.tls_key)} \
+        if settings.tls.on else {}
     _granian(
         on_stop,
         target="aap.collect.app:create_app",
         factory=True,
-        address=settings.host,
-        port=int(settings.port),
+        address=settings.server.host,
+        port=settings.server.port,
         interface=Interfaces.ASGI,
         workers=workers,
         log_access=False,  # access logs would hold client addresses
@@ -182,7 +182,7 @@ def _serve_collector(settings: Settings, workers: int, on_stop: Callable[[], Non
         # a client that has not sent its headers in time is cut off (slowloris); bodies
         # have their own deadline in the collector (AAP_BODY_TIMEOUT_S)
         http1_settings=HTTP1Settings(
-            header_read_timeout=max(1, int(float(settings.header_timeout_s) * 1000))),
+            header_read_timeout=max(1, int(settings.server.header_timeout_s * 1000))),
         **tls,
         workers_kill_timeout=int(STOP_GRACE_S),  # then a worker that did not stop is killed
     ).serve()

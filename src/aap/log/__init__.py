@@ -7,15 +7,13 @@ from aap.settings import Settings
 
 
 def open_log(settings: Settings) -> Log:
-    if settings.log_backend == "null":
+    if settings.storage.log_backend == "null":
         from aap.log.null import NullLog
 
         return NullLog()
-    if settings.log_backend == "sqlite":
-        from aap.log.sqlite import SQLiteLog
+    from aap.log.sqlite import SQLiteLog  # the only other backend (the settings say so)
 
-        return SQLiteLog(settings.data_path / "log")
-    raise ValueError(f"unknown log backend {settings.log_backend!r} (use sqlite or null)")
+    return SQLiteLog(settings.data.log)
 
 
 __all__ = ["Append", "Log", "LogStats", "Record", "open_log"]

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from aap.datadir import LOG_DB, LOG_WRITE_LOCK
 from aap.log.base import Append, LogStats, Record
 
 _SCHEMA = """
@@ -42,8 +43,8 @@ class SQLiteLog:
     def __init__(self, directory: Path | str) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.dir / "log.db"
-        self.lock_path = self.dir / "write.lock"
+        self.path = self.dir / LOG_DB
+        self.lock_path = self.dir / LOG_WRITE_LOCK
         self._local = threading.local()
         con = self._con()
         with con:

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aap.datadir import DataDir
 from aap.privacy.ids import load_or_create_secret
 
 GENESIS = "0" * 64
@@ -37,11 +38,11 @@ def _canonical(entry: dict[str, Any]) -> bytes:
 
 class AuditLog:
     def __init__(self, data_dir: Path) -> None:
-        d = data_dir / "privacy"
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = d / "audit.jsonl"
-        self.head_path = d / "audit.head"
-        self._key = load_or_create_secret(data_dir / "keys" / "audit.key")
+        paths = DataDir(data_dir)
+        paths.privacy.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = paths.audit_log
+        self.head_path = paths.audit_head
+        self._key = load_or_create_secret(paths.audit_key)
 
     def _mac(self, entry: dict[str, Any]) -> str:
         return hmac.new(self._key, _canonical(entry), hashlib.sha256).hexdigest()

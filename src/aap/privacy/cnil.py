@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from aap.datadir import DataDir
 from aap.events import Event
 from aap.privacy.ids import load_or_create_secret
 
@@ -42,7 +43,7 @@ class DailySalts:
 
     def __init__(self, data_dir: Path, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
                  ) -> None:
-        self.dir = data_dir / "keys" / "cnil-salts"
+        self.dir = DataDir(data_dir).cnil_salts
         self.clock = clock
         self._day: date | None = None
         self._salt = b""

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from aap.core.client import CoreClient, CoreError
+from aap.datadir import DataDir
 from aap.events import Event, decode_events
 from aap.log.sqlite import SQLiteLog
 from aap.privacy.cnil import CNIL, DailySalts
 from aap.privacy.purposes import Registry
+from aap.settings import Settings
 from aap.sources import Sources
 from aap.store.warehouse import Warehouse
 
@@ -44,7 +46,7 @@ class _Ctx:
 
     source: Any
     registry: Any
-    settings: Any
+    settings: Settings
     salts: DailySalts
     sql: Sql
     logged: list[Event]
@@ -110,15 +112,15 @@ def _salts_deleted(c: _Ctx) -> Check:
 
 def _ip(c: _Ctx) -> Check:
     with_ip = sum(1 for e in c.logged if e.ip)
-    s = c.settings
-    prefixes_ok = int(s.ipv4_prefix) <= 24 and int(s.ipv6_prefix) <= 48
+    s = c.settings.privacy
+    prefixes_ok = s.ipv4_prefix <= 24 and s.ipv6_prefix <= 48
     return ("ip_for_city_level_geo_only", not with_ip and prefixes_ok,
             f"{with_ip} log events keep an IP; location is country, region, city only;"
             f" IP truncated to /{s.ipv4_prefix} and /{s.ipv6_prefix} first")
 
 
 def _retention(c: _Ctx) -> Check:
-    days = min([int(c.settings.cold_days), *(c.registry.get(p).retention.days or 10**9
+    days = min([c.settings.tiers.cold_days, *(c.registry.get(p).retention.days or 10**9
                                              for p in c.declared if p in c.registry)])
     limit = (c.now.astimezone(UTC).replace(tzinfo=None) - timedelta(days=days, hours=1)
              ).isoformat(sep=" ")
@@ -134,7 +136,7 @@ CHECKS: tuple[Callable[[_Ctx], Check], ...] = (
 """The conditions, in the order they are reported."""
 
 
-def check_source(source: Any, registry: Any, settings: Any, salts: DailySalts,
+def check_source(source: Any, registry: Any, settings: Settings, salts: DailySalts,
                  sql: Sql, log_events: Callable[[str], list[Event]],
                  now: datetime) -> list[Check]:
     """Each of the CNIL's conditions for a source in CNIL mode, from its configuration and
@@ -143,11 +145,11 @@ def check_source(source: Any, registry: Any, settings: Any, salts: DailySalts,
     return [check(ctx) for check in CHECKS]
 
 
-def _log_reader(log_dir: Path) -> Callable[[str], list[Event]]:
+def _log_reader(data: DataDir) -> Callable[[str], list[Event]]:
     def log_events(source_id: str) -> list[Event]:
-        if not (log_dir / "log.db").exists():
+        if not data.log_db.exists():
             return []
-        log = SQLiteLog(log_dir)
+        log = SQLiteLog(data.log)
         out: list[Event] = []
         try:
             after = 0
@@ -179,8 +181,8 @@ def _core_sql(data: Path) -> Iterator[Sql]:
 def _direct_sql(data: Path) -> Iterator[Sql]:
     """The warehouse opened directly (an empty one when there is none yet)."""
     with tempfile.TemporaryDirectory() as empty:
-        path = data / "warehouse"
-        wh = Warehouse(path if (path / "hot.duckdb").exists() else Path(empty))
+        dirs = DataDir(data)
+        wh = Warehouse(dirs.warehouse if dirs.hot_db.exists() else Path(empty))
         try:
             def direct(q: str, params: list[Any]) -> list[Any]:
                 return wh.query(q, params)[1]
@@ -190,7 +192,7 @@ def _direct_sql(data: Path) -> Iterator[Sql]:
             wh.close()
 
 
-def check_all(settings: Any, core_running: bool, now: datetime | None = None
+def check_all(settings: Settings, core_running: bool, now: datetime | None = None
               ) -> list[tuple[Any, list[Check]]]:
     """Every source in CNIL mode with its checks. The warehouse is read through the
     running core process, or opened directly when no server runs."""
@@ -200,7 +202,7 @@ def check_all(settings: Any, core_running: bool, now: datetime | None = None
     if not sources:
         return []
     now = now or datetime.now(UTC)
-    log_events = _log_reader(data / "log")
+    log_events = _log_reader(settings.data)
     salts = DailySalts(data)
     with (_core_sql(data) if core_running else _direct_sql(data)) as sql:
         return [(s, check_source(s, registry, settings, salts, sql, log_events, now))

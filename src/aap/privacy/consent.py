@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from aap.datadir import DataDir
 from aap.privacy import tcf
 from aap.privacy.purposes import GPC_WITHDRAWS, Basis
 from aap.store.migrations import Schema, migrate_sqlite, unversioned_columns
@@ -98,9 +99,9 @@ class ConsentLedger:
     """``DATA_DIR/privacy/consent.db``: written by collectors, read by everyone."""
 
     def __init__(self, data_dir: Path) -> None:
-        d = data_dir / "privacy"
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = d / "consent.db"
+        paths = DataDir(data_dir)
+        paths.privacy.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = paths.consent_db
         self._local = threading.local()
         migrate_sqlite(self._con(), SCHEMA)
 

@@ -12,6 +12,8 @@ import os
 import secrets
 from pathlib import Path
 
+from aap.datadir import DataDir
+
 
 def load_or_create_secret(path: Path) -> bytes:
     """The secret in ``path``; made if missing. Several processes may start at once: the
@@ -47,7 +49,7 @@ class IdHasher:
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> IdHasher:
-        return cls(load_or_create_secret(data_dir / "keys" / "id-hash.key"))
+        return cls(load_or_create_secret(DataDir(data_dir).id_hash_key))
 
     def key(self, raw: str) -> int:
         """A signed 64-bit key (fits DuckDB BIGINT and SQLite INTEGER)."""

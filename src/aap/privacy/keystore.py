@@ -9,7 +9,7 @@ under that data key — in the durable log too. Destroying a subject's data key
 unreadable at once, including copies in backups and exports outside AAP.
 
 The master key is a file (``DATA_DIR/keys/master.key``, 0600, made on first use) or the
-``AAP_MASTER_KEY`` environment variable (32 bytes, base64); a KMS can stand behind the
+``AAP_MASTER_KEY`` setting (32 bytes, base64); a KMS can stand behind the
 same two calls (:class:`MasterKey`). Data keys live wrapped in
 ``DATA_DIR/keys/keystore.db`` (SQLite with ``secure_delete``, so a destroyed key's
 bytes are overwritten, and its WAL checkpointed away).
@@ -17,7 +17,6 @@ bytes are overwritten, and its WAL checkpointed away).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import secrets
@@ -34,7 +33,9 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from aap.datadir import DataDir
 from aap.privacy.ids import load_or_create_secret
+from aap.settings import PrivacySettings
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS data_keys (
@@ -81,9 +82,8 @@ class LocalMasterKey:
     """A 256-bit key from ``AAP_MASTER_KEY`` or a 0600 file."""
 
     def __init__(self, data_dir: Path) -> None:
-        env = os.environ.get("AAP_MASTER_KEY")
-        key = base64.b64decode(env) if env else load_or_create_secret(
-            data_dir / "keys" / "master.key")
+        key = PrivacySettings.load().master_key_bytes or load_or_create_secret(
+            DataDir(data_dir).master_key)
         if len(key) != 32:
             raise ValueError("the master key must be 32 bytes")
         self._aead = AESGCM(key)
@@ -104,9 +104,9 @@ def _subject(subject: int) -> bytes:
 class Keystore:
     def __init__(self, data_dir: Path, master: MasterKey | None = None,
                  cache_size: int = 200_000) -> None:
-        d = data_dir / "keys"
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = d / "keystore.db"
+        paths = DataDir(data_dir)
+        paths.keys.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = paths.keystore_db
         self.master = master or LocalMasterKey(data_dir)
         self._local = threading.local()
         self._cache: OrderedDict[int, AESGCM] = OrderedDict()

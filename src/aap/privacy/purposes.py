@@ -13,6 +13,8 @@ from pathlib import Path
 
 import msgspec
 
+from aap.datadir import DataDir
+
 
 class Basis(StrEnum):
     CONSENT = "consent"
@@ -134,7 +136,7 @@ class Registry:
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> Registry:
-        path = data_dir / "privacy" / "purposes.json"
+        path = DataDir(data_dir).purposes
         if not path.exists():
             return cls()
         try:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from aap import errors
+from aap.datadir import DataDir
 from aap.jsonlimits import check_depth
 from aap.privacy import exports
 from aap.privacy.audit import AuditLog
@@ -97,9 +98,9 @@ class RequestStore:
     (where people file their own requests with a subject token)."""
 
     def __init__(self, data_dir: Path) -> None:
-        d = data_dir / "privacy"
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = d / "requests.db"
+        paths = DataDir(data_dir)
+        paths.privacy.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = paths.requests_db
         self._con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                     check_same_thread=False)
         self._con.execute("PRAGMA journal_mode=WAL")

@@ -25,35 +25,19 @@ from typing import Any
 
 from aap.privacy import removal
 from aap.privacy.purposes import MAX_RETENTION_DAYS, Registry
+from aap.settings import Settings
 from aap.store.warehouse import Warehouse
 
 logger = logging.getLogger("aap.retention")
 
 TIERS = ("hot", "warm", "cold")
-MAX_INTERVAL_S = 1800.0
-"""The job's longest interval: with a run taking well under half an hour, data is gone
-at most an hour after its limit."""
 
 
-def check_settings(settings: Any, registry: Registry) -> None:
-    """Refuse (ValueError naming the setting) a configuration that keeps personal data
-    unlimited or over 25 months, or that cannot enforce retention within an hour."""
-    cold = int(settings.cold_days)
-    if not 1 <= cold <= MAX_RETENTION_DAYS:
-        raise ValueError(f"AAP_COLD_DAYS={cold}: events must be kept between 1 and"
-                         f" {MAX_RETENTION_DAYS} days (25 months); it cannot be unlimited")
-    interval = float(settings.retention_interval_s)
-    if not 0 < interval <= MAX_INTERVAL_S:
-        raise ValueError(f"AAP_RETENTION_INTERVAL_S={interval:g}: must be more than 0 and at"
-                         f" most {MAX_INTERVAL_S:g} seconds, so data goes at most an hour late")
-    hours = float(settings.log_retention_hours)
-    shortest = min((p.retention.days or 0 for p in registry.purposes.values()),
-                   default=MAX_RETENTION_DAYS)
-    if not 0 < hours <= 24 * min(shortest, cold):
-        raise ValueError(
-            f"AAP_LOG_RETENTION_HOURS={hours:g}: the log holds events of every purpose, so it"
-            f" must keep them more than 0 and at most {24 * min(shortest, cold)} hours (the"
-            f" shortest retention of a purpose, or AAP_COLD_DAYS); 0 (forever) is refused")
+def check_settings(settings: Settings, registry: Registry) -> None:
+    """Refuse (ValueError naming the setting) a log retention longer than a purpose of
+    ``registry`` keeps events (the settings' own limits were checked when they were made:
+    :meth:`aap.settings.TierSettings.check`)."""
+    settings.tiers.check_log_retention(p.retention.days or 0 for p in registry.purposes.values())
 
 
 def _ceil_hour(t: datetime) -> datetime:

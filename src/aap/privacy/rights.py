@@ -43,6 +43,7 @@ from typing import Any
 
 import msgspec
 
+from aap.datadir import DataDir
 from aap.events import Event, decode_events
 from aap.log.base import Log
 from aap.privacy import exports, removal, subjects
@@ -67,9 +68,9 @@ class Rights:
         self.log = log
         """The durable log, whose records the access export opens (none: not read)."""
         self.sealer = Sealer(data_dir, hasher=hasher, keystore=keystore)
-        self.dir = data_dir / "privacy" / "receipts"
+        self.dir = DataDir(data_dir).receipts
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.exports = data_dir / "privacy" / "exports"
+        self.exports = DataDir(data_dir).exports
         self.exports.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.registry = Registry.for_data_dir(data_dir)
         self.ledger = ConsentLedger(data_dir)

@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from aap.datadir import DataDir
 from aap.jsonlimits import depth
 from aap.privacy.ids import load_or_create_secret
 
@@ -43,7 +44,7 @@ def _unb64(text: str) -> bytes:
 
 class SubjectTokens:
     def __init__(self, data_dir: Path) -> None:
-        self._root = load_or_create_secret(data_dir / "keys" / "subject-token.key")
+        self._root = load_or_create_secret(DataDir(data_dir).subject_token_key)
 
     def secret(self, source_id: str) -> bytes:
         """The source's subject secret (what its backend signs tokens with)."""

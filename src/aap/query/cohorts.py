@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from aap.datadir import DataDir
 from aap.errors import NotFound
 from aap.privacy.ids import IdHasher
 from aap.query.common import CohortDef
@@ -52,7 +53,7 @@ class Stored(msgspec.Struct):
 
 def _connect(data_dir: Path) -> sqlite3.Connection:
     data_dir.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(data_dir / "meta.db", timeout=30, isolation_level=None,
+    con = sqlite3.connect(DataDir(data_dir).meta_db, timeout=30, isolation_level=None,
                           check_same_thread=False)
     con.execute("PRAGMA journal_mode=WAL")
     con.executescript(_SCHEMA)

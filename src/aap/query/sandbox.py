@@ -45,11 +45,11 @@ from typing import Any
 import msgspec
 
 from aap.errors import BadRequest
+from aap.settings import QuerySettings
 
 MAX_QUERIES = 200
 """A worker is replaced after this many queries (or at once after a timeout, a memory
 failure, or when it did not give its memory back)."""
-MIN_MEMORY = 384 * 2**20
 GRACE_S = 1.0
 """After the deadline, how long the core waits for the worker's own ``timeout`` answer
 before it kills the worker."""
@@ -62,22 +62,6 @@ FETCH_ROWS = 2048
 _HEADER = struct.Struct("!Q")
 
 
-def parse_bytes(text: str) -> int:
-    """``1GB``, ``512MB``, ``2GiB``, ``1048576`` → bytes."""
-    t = text.strip().upper().replace(" ", "")
-    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
-             "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
-    unit = next((u for u in units if t.endswith(u)), "")
-    num, mult = (t[: -len(unit)], units[unit]) if unit else (t, 1)
-    try:
-        value = float(num)
-    except ValueError:
-        raise ValueError(f"not a size: {text!r} (e.g. 1GB, 512MB)") from None
-    if not 0 < value < 2**50:
-        raise ValueError(f"not a size: {text!r}")
-    return int(value * mult)
-
-
 @dataclass(frozen=True)
 class Limits:
     memory_bytes: int = 10**9
@@ -86,19 +70,9 @@ class Limits:
     max_response_bytes: int = 50 * 2**20
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Limits:
-        """``AAP_SQL_MEMORY`` and ``AAP_MAX_RESPONSE_BYTES`` (ValueError naming them)."""
-        try:
-            memory = parse_bytes(str(settings.sql_memory))
-        except ValueError as exc:
-            raise ValueError(f"AAP_SQL_MEMORY: {exc}") from None
-        if memory < MIN_MEMORY:
-            raise ValueError(f"AAP_SQL_MEMORY={settings.sql_memory}: at least "
-                             f"{MIN_MEMORY // 2**20} MiB (a worker's Python, DuckDB and Arrow "
-                             "take about 250 MB of it before any query)")
-        if int(settings.max_response_bytes) < 1024:
-            raise ValueError(f"AAP_MAX_RESPONSE_BYTES={settings.max_response_bytes}: at least 1024")
-        return cls(memory_bytes=memory, max_response_bytes=int(settings.max_response_bytes))
+    def from_settings(cls, query: QuerySettings) -> Limits:
+        """``AAP_SQL_MEMORY`` and ``AAP_MAX_RESPONSE_BYTES`` (checked with the settings)."""
+        return cls(memory_bytes=query.sql_memory_bytes, max_response_bytes=query.max_response_bytes)
 
 
 def duckdb_memory(memory_bytes: int) -> str:

@@ -21,6 +21,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from aap.datadir import HOT_DB
 from aap.store import quarantine
 from aap.store.migrations import Schema, migrate_duckdb, unversioned_columns
 from aap.store.schema import DDL, DEDUP_KEY_SQL, EVENT_ARROW_SCHEMA, OLD_VIEWS, VIEWS
@@ -186,7 +187,7 @@ class Warehouse:
     def __init__(self, directory: Path, *, tiers: TierStore | None = None,
                  memory_limit: str = "1GB", threads: int = 2) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / "hot.duckdb"
+        self.path = directory / HOT_DB
         self.tiers = tiers or TierStore(TierConfig(str(directory / "tiers")))
         self.con = duckdb.connect(str(self.path), config={
             "memory_limit": memory_limit, "threads": threads,
