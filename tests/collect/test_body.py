@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aap.collect.body import decode_content, read_raw
+from aap.asgi import content_length, read_raw
+from aap.collect.body import decode_content
 from aap.errors import BadRequest, PayloadTooLarge
 
 MiB = 1024 * 1024
@@ -52,8 +53,6 @@ def test_arbitrary_bytes_claiming_gzip_give_400_or_decode(data: bytes) -> None:
 
 @given(st.text(max_size=30))
 def test_content_length_is_a_plain_decimal_or_nothing(value: str) -> None:
-    from aap.asgi import content_length
-
     got = content_length(value)
     if value.isascii() and value.isdigit() and len(value) <= 18:
         assert got == int(value)
