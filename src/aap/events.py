@@ -2,8 +2,9 @@
 
 Every wire format decodes into Segment-shaped messages
 (:class:`aap.collect.segment.WireMessage`: PostHog and Snowplow map their fields onto
-them), which :func:`aap.collect.segment.to_event` converts into :class:`Event`. Field names follow the Segment spec in
-camelCase on the wire of the log too, so a stored event reads like what was sent.
+them), which :func:`aap.collect.segment.to_event` converts into :class:`Event`. Field
+names follow the Segment spec in camelCase on the wire of the log too, so a stored event
+reads like what was sent.
 """
 
 from __future__ import annotations
