@@ -5,6 +5,11 @@ merges, orders and the log position they came from — so after a crash the ware
 holds exactly the chunks that were committed, and processing resumes right after the
 last of them. Queries in the same process read through their own cursors (DuckDB's
 MVCC): they see whole chunks only and never block the writer.
+
+The warehouse keeps storage only: the connection, transactions, snapshots and the
+processor's write. Moves between tiers are :mod:`aap.store.tiering`; changes to stored
+rows (erasure, withdrawal, retention) are :mod:`aap.store.rewrite`, driven by what
+:mod:`aap.privacy.removal` builds; schema versions are :mod:`aap.store.migrations`.
 """
 
 from __future__ import annotations
