@@ -346,6 +346,9 @@ def test_retries_with_backoff_while_the_server_answers_503(browser: Any, tmp_pat
         anon = t.anon()
         assert sorted(e.event or e.type for e in r.stored() if e.anonymous_id == anon) == [
             "Retried", "page"]
+        # the consent statement got its own 503 and is retried on its own backoff
+        wait_for(lambda: bool(ledger(r, anon, "aap.js")) or t.pause() or False,
+                 timeout=120, what="the retried consent statement")
         assert [st.purposes for st in ledger(r, anon, "aap.js")] == [{"analytics": True}]
     finally:
         t.close()
