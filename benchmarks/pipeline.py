@@ -53,6 +53,7 @@ from typing import Any, cast
 import click
 import httpx
 
+from aap.datadir import DataDir
 from aap.log.sqlite import SQLiteLog
 from aap.runner import ServerProcess, create_source
 from benchmarks.common import check_idle, cpu_seconds, machine, percentile, verdict
@@ -349,7 +350,7 @@ def freshness(base: Path, name: str, rate: int, duration: float, clients: int,
         loader = threading.Thread(target=load, name="aap-bench-load", daemon=True)
         loader.start()
         deadline = time.monotonic() + 90
-        while _log_stats(data / "log")[1] == 0:  # the generators have been told to go
+        while _log_stats(DataDir(data).log)[1] == 0:  # the generators have been told to go
             if not loader.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"background load did not start: {held.get('error')}")
             time.sleep(0.02)
@@ -366,7 +367,7 @@ def freshness(base: Path, name: str, rate: int, duration: float, clients: int,
             if not probe.stop_sending.is_set():
                 probe.stop_sending.set()
                 stats["t_b"], stats["n_b"] = time.perf_counter(), _count_raw(server)
-                stats["log_events_b"] = _log_stats(data / "log")[1]
+                stats["log_events_b"] = _log_stats(DataDir(data).log)[1]
             return True
 
         probe.poll_until(window_over)
@@ -435,7 +436,7 @@ def backlog(base: Path, events: int, clients: int,
                 if r["ok_events"] == 0:
                     raise RuntimeError("the collector acknowledged nothing")
                 est = sum(s["ok_events"] for s in segments) / sum(s["duration"] for s in segments)
-                total = _log_stats(data / "log")[1]
+                total = _log_stats(DataDir(data).log)[1]
                 log(f"    backlog: {total:,} of {events:,} events in the log "
                     f"(segment {seg:.1f} s at {r['events_per_s']:,.0f}/s)")
         finally:
@@ -445,9 +446,9 @@ def backlog(base: Path, events: int, clients: int,
     ingest_s = sum(s["duration"] for s in segments)
     ingest_events = sum(s["ok_events"] for s in segments)
     ingest_rate = ingest_events / ingest_s
-    head, total, log_bytes = _log_stats(data / "log")
+    head, total, log_bytes = _log_stats(DataDir(data).log)
     # The core ran for a moment after SIGCONT, before it stopped: start from where it is.
-    start_events = _events_upto(data / "log", _warehouse_position(data))
+    start_events = _events_upto(DataDir(data).log, _warehouse_position(data))
     server = ServerProcess(data, workers=2)
     t0 = time.perf_counter()
     with MemorySampler(server) as mem:
@@ -467,7 +468,7 @@ def backlog(base: Path, events: int, clients: int,
                 pos = server.processed_position()
                 if time.perf_counter() - last_print > 15:
                     last_print = time.perf_counter()
-                    done = _events_upto(data / "log", pos) - start_events
+                    done = _events_upto(DataDir(data).log, pos) - start_events
                     log(f"    draining: {done:,} of {total - start_events:,} events after "
                         f"{last_print - t0:.0f} s (peak RSS {mem.peak / 2**20:,.0f} MiB)")
             t_end = time.perf_counter()
@@ -480,7 +481,7 @@ def backlog(base: Path, events: int, clients: int,
         finally:
             server.stop()
     drained = total - start_events
-    up_events = _events_upto(data / "log", pos_up) - start_events
+    up_events = _events_upto(DataDir(data).log, pos_up) - start_events
     drain_s = t_end - t0
     drain_rate = drained / drain_s
     steady = (drained - up_events) / (t_end - t_up) if t_end > t_up else float("nan")
@@ -513,7 +514,7 @@ def _warehouse_position(data: Path) -> int:
     """The log position the warehouse of a stopped server has committed."""
     import duckdb
 
-    con = duckdb.connect(str(data / "warehouse" / "hot.duckdb"), read_only=True)
+    con = duckdb.connect(str(DataDir(data).hot_db), read_only=True)
     try:
         row = con.execute("SELECT value FROM processor_state WHERE name = 'log_position'"
                           ).fetchone()
@@ -541,13 +542,13 @@ def storage(base: Path, people: int, log: Callable[[str], None]) -> dict[str, An
         accepted = send_all(server.url, key, events, Console(stderr=True))
         send_s = time.perf_counter() - t0
         server.wait_processed(timeout=600)
-    con = sqlite3.connect(data / "log" / "log.db")
+    con = sqlite3.connect(DataDir(data).log_db)
     try:
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the log's bytes, not its WAL's
     finally:
         con.close()
-    _, log_events, log_bytes = _log_stats(data / "log")
-    wh = Warehouse(data / "warehouse", tiers=TierStore(TierConfig(str(data / "tiers"))))
+    _, log_events, log_bytes = _log_stats(DataDir(data).log)
+    wh = Warehouse(DataDir(data).warehouse, tiers=TierStore(TierConfig(str(DataDir(data).tiers))))
     try:
         wh.con.execute("CHECKPOINT")
         hot_rows = wh.tier_stats()["hot"][1]

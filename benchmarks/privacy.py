@@ -33,6 +33,7 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
+from aap.datadir import DataDir
 from aap.privacy.audit import AuditLog
 from aap.privacy.ids import IdHasher
 from aap.privacy.keystore import Keystore
@@ -108,7 +109,7 @@ def prepare(data_dir: Path, scale: float, console: Console) -> None:
 
 
 def _warehouse(data_dir: Path) -> Warehouse:
-    return Warehouse(data_dir / "warehouse", tiers=TierStore(TierConfig(str(data_dir / "tiers"))))
+    return Warehouse(DataDir(data_dir).warehouse, tiers=TierStore(TierConfig(str(DataDir(data_dir).tiers))))
 
 
 def _count(wh: Warehouse, person: int) -> int:
@@ -129,7 +130,7 @@ def run(scale: float = 1.0, data_dir: Path | None = None, batch: int = 1000) -> 
         wh = _warehouse(data)
         with wh.transaction() as cur:
             cur.execute("UPDATE tier_files SET path = replace(path, ?, ?)",
-                        [str(base / "tiers"), str(data / "tiers")])
+                        [str(DataDir(base).tiers), str(DataDir(data).tiers)])
         rights = Rights(data, wh, Keystore(data), IdHasher.for_data_dir(data), AuditLog(data))
         person = HEAVY
         with wh.snapshot() as cur:
