@@ -38,12 +38,12 @@ import tempfile
 import time
 import uuid
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -433,10 +433,19 @@ def _result(tally: Tally, duration: float, cpu: _CpuWindow, conns: int,
     }
 
 
-def client_main(job: Job, conn: Connection, go: Any) -> None:
+Requests = Callable[[str, int, int], Sequence[bytes]]
+"""(write key, port, seed) → the requests a generator sends, in turn."""
+
+
+def same_requests(write_key: str, port: int, seed: int) -> Sequence[bytes]:
+    return build_requests(write_key, port, seed=seed)
+
+
+def client_main(job: Job, conn: Connection, go: Any, requests: Requests = same_requests
+                ) -> None:
     """Entry point of one generator process: reports ``ready``, waits for ``go``, runs."""
     try:
-        reqs = build_requests(job.write_key, job.port, seed=job.seed)
+        reqs = cast(list[bytes], requests(job.write_key, job.port, job.seed))
         conn.send(("ready", None))
         fn = closed_loop if job.mode == "closed" else open_loop
         result = asyncio.run(fn(job, reqs, go))

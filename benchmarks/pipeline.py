@@ -32,7 +32,7 @@ generator's own loops, connections and accounting are reused unchanged.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 import os
 import re
@@ -44,9 +44,8 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
 
@@ -60,11 +59,9 @@ from benchmarks.common import check_idle, cpu_seconds, machine, percentile, verd
 from benchmarks.ingest import (
     EVENTS_PER_REQUEST,
     WARMUP_SECONDS,
-    Job,
     build_requests,
-    closed_loop,
+    client_main,
     measure,
-    open_loop,
 )  # fmt: skip
 
 TARGET_FRESHNESS_P95_S = 1.0
@@ -114,26 +111,16 @@ class UniqueRequests:
         return bytes(buf)
 
 
-def unique_client_main(job: Job, conn: Connection, go: Any) -> None:
-    """:func:`benchmarks.ingest.client_main` with fresh message ids in every request."""
-    try:
-        templates = build_requests(job.write_key, job.port, seed=job.seed)
-        reqs = cast(list[bytes], UniqueRequests(templates))
-        conn.send(("ready", None))
-        fn = closed_loop if job.mode == "closed" else open_loop
-        result = asyncio.run(fn(job, reqs, go))
-        conn.send(("result", result))
-    except BaseException as exc:
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        raise
-    finally:
-        conn.close()
+def unique_requests(write_key: str, port: int, seed: int) -> Sequence[bytes]:
+    """The ingest benchmark's requests with fresh message ids in every one sent."""
+    return cast(list[bytes], UniqueRequests(build_requests(write_key, port, seed=seed)))
 
 
 def measure_unique(server: ServerProcess, key: str, mode: str, duration: float, clients: int,
                    rate: int = 0) -> dict[str, Any]:
     """:func:`benchmarks.ingest.measure` with generators that send unique message ids."""
-    return measure(server, key, mode, duration, clients, rate, entry=unique_client_main)
+    entry = functools.partial(client_main, requests=unique_requests)
+    return measure(server, key, mode, duration, clients, rate, entry=entry)
 
 
 # -- the server's processes --------------------------------------------------------------
