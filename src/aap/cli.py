@@ -338,12 +338,9 @@ def query_cmd(file: Any, data_dir: Path | None, as_json: bool, url: str | None,
 
 
 def _core_alive(settings: Settings) -> bool:
-    from aap.core.client import CoreClient, core_socket
+    from aap.core.client import core_alive
 
-    if not core_socket(settings.data_path).exists():
-        return False
-    with CoreClient(settings.data_path, timeout=2) as c:
-        return c.alive()
+    return core_alive(settings.data_path, timeout=2)
 
 
 def _query_directly(settings: Settings, doc: Any, role: str) -> Any:

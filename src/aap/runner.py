@@ -19,7 +19,7 @@ from types import TracebackType
 
 import httpx
 
-from aap.core.client import CoreClient, CoreError, core_socket
+from aap.core.client import CoreClient, CoreError, core_alive, core_socket
 from aap.datadir import DataDir
 from aap.lifecycle import STOP_GRACE_S, child_env
 
@@ -153,10 +153,7 @@ class ServerProcess:
         raise TimeoutError(f"server not healthy after {timeout}s; see {self.log_file}")
 
     def _core_up(self) -> bool:
-        if not self.core_socket.exists():
-            return False
-        with self.core(timeout=1.0) as c:
-            return c.alive()
+        return core_alive(self.data_dir, timeout=1.0)
 
     def kill(self) -> None:
         """SIGKILL the whole process group: master and workers die at once."""

@@ -30,6 +30,14 @@ def transport(data_dir: Path) -> httpx.HTTPTransport:
     return httpx.HTTPTransport(uds=str(core_socket(data_dir)))
 
 
+def core_alive(data_dir: Path, timeout: float) -> bool:
+    """Whether a core of ``data_dir`` runs and answers its health check (200) now."""
+    if not core_socket(data_dir).exists():
+        return False
+    with CoreClient(data_dir, timeout=timeout) as c:
+        return c.alive()
+
+
 class CoreError(RuntimeError):
     """The core answered something other than 200."""
 
