@@ -18,6 +18,7 @@ import httpx
 
 from aap import errors
 from aap.api.keys import ApiKeys
+from aap.api.querystring import MAX_QUERY
 from aap.asgi import content_length, read_raw
 from aap.core.client import AsyncCoreClient
 
@@ -26,14 +27,25 @@ _PATH = re.compile(r"^/api/v1(/[A-Za-z0-9_\-]{1,64}){1,4}$")
 is forwarded), no encoded characters."""
 
 
+def _query(query: str) -> httpx.QueryParams | None:
+    """The query string passed on to the core as it came (the core parses and checks it),
+    bounded in length."""
+    if not query:
+        return None
+    if len(query) > MAX_QUERY:
+        raise errors.BadRequest(f"the query string is longer than {MAX_QUERY} bytes",
+                                code="bad_query_string")
+    return httpx.QueryParams(query)
+
+
 class ApiProxy:
     def __init__(self, data_dir: Any, *, timeout: float, max_body: int) -> None:
         self.keys = ApiKeys(data_dir)
         self.core = AsyncCoreClient(data_dir, timeout=timeout)
         self.max_body = max_body
 
-    async def handle(self, method: str, path: str, headers: dict[str, str], receive: Any
-                     ) -> tuple[int, bytes, list[tuple[str, str]]]:
+    async def handle(self, method: str, path: str, headers: dict[str, str], receive: Any,
+                     query: str = "") -> tuple[int, bytes, list[tuple[str, str]]]:
         if not _PATH.match(path):
             raise errors.no_endpoint(path)
         auth = headers.get("authorization", "")
@@ -53,6 +65,7 @@ class ApiProxy:
         try:
             r = await self.core.request(
                 method, "/internal" + path, content=body,
+                params=_query(query),
                 headers={"x-aap-role": record.role, "x-aap-key": record.id,
                          "content-type": "application/json"})
         except httpx.TimeoutException:

@@ -23,6 +23,9 @@ import msgspec
 
 from aap import errors
 from aap.api.keys import ROLES, ApiKeys, role_at_least
+from aap.api.live import LiveFeed
+from aap.api.overview import Overview
+from aap.api.querystring import query_args
 from aap.api.routes import ROUTER, NewKey, SaveInsight
 from aap.jsonlimits import check_depth
 from aap.privacy.audit import AuditLog
@@ -38,6 +41,10 @@ from aap.store.warehouse import Warehouse
 Handler = Callable[[dict[str, str], bytes, str], Any]
 ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("actor", default="local")
 """Who is calling, for the audit log: ``key:<id>`` of the API key, or the local caller."""
+ARGS: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("args")
+"""The query-string parameters of the request (only those its route takes)."""
+
+
 def _decode(body: bytes, typ: type) -> Any:
     try:
         return msgspec.json.decode(body, type=typ)
@@ -59,19 +66,25 @@ class RestAPI:
         self.cache = (QueryCache(warehouse, settings.query.query_cache_interval_s)
                       if settings.query.query_cache else None)
         self.sql_limits = sandbox.Limits.from_settings(settings.query)
+        self.overview_api = Overview(settings.data_path, warehouse,  # overview, consent, live
+                                     use_cache=self.cache is not None,
+                                     timeout_s=settings.query.query_timeout_s)
+        self.live_feed = LiveFeed()
+        self.live_feed.names = self.overview_api.source_names
 
     def start(self) -> None:
         if self.cache is not None:
             self.cache.start()
 
     def close(self) -> None:
+        self.live_feed.close()
         if self.cache is not None:
             self.cache.close()
         sandbox.shutdown()   # running sql queries end at once,
         Deadline.expire_all()  # and insights at their next statement
 
-    def handle(self, method: str, path: str, role: str, body: bytes, actor: str = "local"
-               ) -> Any:
+    def handle(self, method: str, path: str, role: str, body: bytes, actor: str = "local",
+               query: str = "") -> Any:
         """The answer of ``method`` on ``path`` (below ``/api/v1``) for a key of ``role``;
         :class:`~aap.errors.AAPError` when the request cannot be answered."""
         if role not in ROLES:
@@ -84,11 +97,12 @@ class RestAPI:
         if body:
             check_depth(body)  # every body is JSON: one limit before any decoder
         handler: Handler = getattr(self, route.target.handler)
-        token = ACTOR.set(actor)
+        token, args = ACTOR.set(actor), ARGS.set(query_args(query, route.target.args))
         try:
             return handler(params, body, role)
         finally:
             ACTOR.reset(token)
+            ARGS.reset(args)
 
     # -- privacy requests --
 
@@ -187,3 +201,17 @@ class RestAPI:
         if not self.keys.revoke(params["id"], actor=ACTOR.get()):
             raise errors.NotFound(f"no active key with id {params['id']}")
         return {"revoked": params["id"]}
+
+    # -- overview, consent aggregates, live events (web app: overview part) --
+
+    def consent_stats(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self.overview_api.consent_stats(ARGS.get())
+
+    def overview(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self.overview_api.overview(body)
+
+    def overview_current(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self.overview_api.current()
+
+    def live(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self.live_feed.poll(ARGS.get())

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from aap.api import overview_doc
 from aap.api.openapi import Op
 from aap.routing import Route, Router
 
@@ -51,6 +52,8 @@ class Endpoint(NamedTuple):
     op: Op
     query: bool = False
     """It runs a query: it takes a slot of :mod:`aap.api.gate` and a query thread."""
+    args: tuple[str, ...] = ()
+    """The query-string parameters it takes (any other answers 400)."""
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -65,11 +68,12 @@ def _list(key: str) -> dict[str, Any]:
 def _route(method: str, path: str, role: str, handler: str, summary: str,
            ok: Any = None, body: Any = None, errors: tuple[int, ...] = API_ERRORS,
            ok_type: str = "application/json", query: bool = False,
-           params: dict[str, str] | None = None) -> Route[Endpoint]:
+           params: dict[str, str] | None = None, args: tuple[str, ...] = ()
+           ) -> Route[Endpoint]:
     return Route(path, (method,), Endpoint(role, handler, Op(
         f"{summary} (role {role} or above)", ok=ok if ok is not None else {"type": "object"},
-        ok_type=ok_type, errors=errors, body=body, security=("apiKey",), role=role), query),
-        params=params or {})
+        ok_type=ok_type, errors=errors, body=body, security=("apiKey",), role=role,
+        query={a: {"type": "string"} for a in args}), query, args), params=params or {})
 
 
 _ID = {"id": r"\d{1,12}"}
@@ -119,6 +123,21 @@ ROUTES: tuple[Route[Endpoint], ...] = (
            "privacy_export", "The zip of a finished access request", errors=(*_ONE_ID, 409),
            ok_type="application/zip", ok={"type": "string", "format": "binary"},
            params=_REQUEST_ID),
+    # -- web app, overview part: consent aggregates, overview panels, live events --
+    _route("GET", "/consent/stats", "analyst", "consent_stats",
+           "Consent aggregates per purpose and day, and the GPC share (no ids)",
+           args=("from", "to", "source"), ok=overview_doc.CONSENT_STATS),
+    _route("POST", "/overview", "analyst", "overview",
+           "The overview's figures, daily series and top lists", body=overview_doc.OVERVIEW_REQUEST,
+           errors=(*API_ERRORS, 429), query=True, ok=overview_doc.OVERVIEW),
+    _route("GET", "/overview/current", "analyst", "overview_current",
+           "Distinct visitors with an event in the last 5 minutes",
+           errors=(*API_ERRORS, 429), query=True,
+           ok={"type": "object", "required": ["visitors"],
+               "properties": {"visitors": {"type": "integer"}}}),
+    _route("GET", "/live", "analyst", "live",
+           "Events processed after a cursor (long poll, up to 10 s; pseudonymous ids only)",
+           args=("after", "event", "source"), ok=overview_doc.LIVE),
 )
 
 ROUTER = Router(ROUTES, mount=PREFIX)

@@ -180,8 +180,9 @@ class Collector:
 
     async def proxy_api(self, req: Request) -> Response:
         """The REST API: the key checked here, the answer the core's (:mod:`aap.api.proxy`)."""
-        status, body, headers = await self.api.handle(req.method, req.path, req.headers,
-                                                      req.receive)
+        status, body, headers = await self.api.handle(
+            req.method, req.path, req.headers, req.receive,
+            req.scope.get("query_string", b"").decode("latin-1"))
         ctype = next((v for k, v in headers if k == "content-type"), "application/json")
         return Response(status, body, ctype, [h for h in headers if h[0] != "content-type"])
 

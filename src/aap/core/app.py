@@ -128,6 +128,7 @@ class Core:
         self.privacy = Requests(data, self.rights, sources.scopes)
         self.rights.after_erasure = self._after_erasure
         self.rest = RestAPI(settings, self.warehouse, self.privacy)
+        self.processor.on_written = self.rest.live_feed.add  # live events
         # The processor keeps large, long-lived maps (ids, sessions); a full collection
         # scans them all. Freeze what start-up loaded and collect rarely: it allocates
         # many short-lived containers and forms no cycles (measured: 33k → 46k events/s).
@@ -223,6 +224,7 @@ class CoreApp:
         self.queries: ThreadPoolExecutor | None = None
         self.privacy = ThreadPoolExecutor(4, thread_name_prefix="aap-privacy")
         self.other = ThreadPoolExecutor(8, thread_name_prefix="aap-api")
+        self.live = ThreadPoolExecutor(32, thread_name_prefix="aap-live")
         self.router: Router[CoreCall] = Router(self.routes())
 
     def routes(self) -> list[Route[CoreCall]]:
@@ -253,7 +255,7 @@ class CoreApp:
     def _close(self) -> None:
         if self.core:
             self.core.close()
-        for pool in (self.queries, self.privacy, self.other):
+        for pool in (self.queries, self.privacy, self.other, self.live):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
 
@@ -327,11 +329,12 @@ class CoreApp:
         actor = (f"key:{key_id}" if key_id else
                  headers.get(b"x-aap-actor", b"local").decode("latin-1")[:100])
         method, path = scope["method"], scope["path"][len(INTERNAL_API) - 1:]
-        args = (method, path, role, body, actor)
+        args = (method, path, role, body, actor, scope.get("query_string", b"").decode("latin-1"))
         if is_query(method, path) and self.gate is not None:
             async with self.gate.slot(key_id or actor):
                 return await self._on(self.queries, core.rest.handle, *args)
-        pool = self.privacy if path.startswith("/privacy/") else self.other
+        pool = (self.privacy if path.startswith("/privacy/") else
+                self.live if path == "/live" else self.other)  # /live: long polls wait there
         return await self._on(pool, core.rest.handle, *args)
 
 

@@ -129,6 +129,8 @@ class Processor:
         """Read ahead (set by :meth:`run` from how busy the last chunk kept it)."""
         self._ahead: deque[list[Record]] = deque()
         """Chunks of records submitted for preparation, after the chunk being built."""
+        self.on_written: Callable[[pa.Table], object] | None = None
+        """Called with each chunk's events once they are in the warehouse (live events)."""
         self._load()
 
     def _load(self) -> None:
@@ -344,6 +346,8 @@ class Processor:
         if built.clamped:
             CLAMPED.inc(built.clamped)
         self.dropped.update(built.dropped)
+        if self.on_written is not None:
+            self.on_written(built.chunk.events)
 
     def _abandon(self) -> None:
         """Forget the write in flight (waiting for it) and the chunk being prepared."""

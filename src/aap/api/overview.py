@@ -1,0 +1,423 @@
+"""The overview page's answers (Plausible-like traffic figures, top lists, current
+visitors) and the consent aggregates (``GET /consent/stats``).
+
+Everything here is an aggregate: counts of pseudonymous person keys, sessions and events,
+and counts of consent statements. No id leaves. Traffic reads the ``events`` analysts
+see (:mod:`aap.query.snapshot`), under the query deadline; consent reads the ledger
+(:mod:`aap.privacy.consent`) read-only.
+
+SQL shape: the range's events are read once into a temporary table (only the columns
+needed, event filters applied), sessions are built from it once, and each group of
+panels (figures, series, event breakdowns, session breakdowns) is one statement over
+those two; the breakdowns use ``GROUPING SETS`` so that all top lists of a kind are one
+pass.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import msgspec
+
+from aap import errors
+from aap.datadir import DataDir
+from aap.privacy.purposes import Registry
+from aap.query.runner import Deadline
+from aap.query.snapshot import open_snapshot, plain_snapshot
+from aap.sources import Sources
+from aap.store.warehouse import Warehouse
+
+MAX_DAYS = 3660
+"""Longest range taken (days)."""
+MAX_VALUE = 1000
+"""Longest filter value (characters)."""
+PAGE_TYPES = "type IN ('page', 'screen')"
+
+EVENT_FIELDS = {"page": "path", "country": "country", "region": "region",
+                "device": "device_type", "browser": "browser", "os": "os", "source": "source"}
+"""Filters on each event (field → column of ``events``)."""
+SESSION_FIELDS = {"entry_page": "entry", "exit_page": "exit", "referrer": "ref",
+                  "utm_source": "utm_source", "utm_medium": "utm_medium",
+                  "utm_campaign": "utm_campaign"}
+"""Filters on the session an event belongs to (field → column of the sessions built)."""
+FIELDS = (*EVENT_FIELDS, *SESSION_FIELDS)
+
+EVENT_BREAKDOWNS = {"pages": "path", "countries": "country", "regions": "region",
+                    "devices": "device_type", "browsers": "browser", "os": "os"}
+SESSION_BREAKDOWNS = {"entry_pages": "entry", "exit_pages": "exit", "referrers": "ref",
+                      "utm_campaigns": "campaign"}
+
+
+class Filter(msgspec.Struct, forbid_unknown_fields=True):
+    field: str
+    value: str
+
+
+class OverviewRequest(msgspec.Struct, forbid_unknown_fields=True, rename={"from_": "from"}):
+    from_: str | None = None
+    to: str | None = None
+    compare: bool = False
+    filters: list[Filter] = []
+    limit: int = 10
+
+
+class Range(msgspec.Struct, frozen=True):
+    first: date
+    last: date
+    """Inclusive."""
+
+    @property
+    def days(self) -> int:
+        return (self.last - self.first).days + 1
+
+    @property
+    def start(self) -> datetime:
+        return datetime.combine(self.first, datetime.min.time())
+
+    @property
+    def end(self) -> datetime:
+        return datetime.combine(self.last + timedelta(days=1), datetime.min.time())
+
+    def previous(self) -> Range:
+        return Range(self.first - timedelta(days=self.days), self.first - timedelta(days=1))
+
+    def labels(self) -> list[str]:
+        return [(self.first + timedelta(days=i)).isoformat() for i in range(self.days)]
+
+
+def _day(value: str | None, name: str) -> date | None:
+    if value is None or value == "":
+        return None
+    try:
+        return date.fromisoformat(value[:10]) if len(value) == 10 else _bad_day(value, name)
+    except ValueError:
+        return _bad_day(value, name)
+
+
+def _bad_day(value: str, name: str) -> date:
+    raise errors.BadRequest(f"{name!r} must be an ISO date (YYYY-MM-DD)",
+                            {"parameter": name, "value": value[:40]}, code="invalid_date")
+
+
+def parse_range(first: str | None, last: str | None, today: date | None = None) -> Range:
+    """The inclusive day range of ``from`` and ``to`` (default: the last 30 days)."""
+    today = today or datetime.now(UTC).date()
+    end = _day(last, "to") or today
+    start = _day(first, "from") or end - timedelta(days=29)
+    if start > end:
+        raise errors.BadRequest("'from' is after 'to'", code="invalid_range")
+    if (end - start).days >= MAX_DAYS:
+        raise errors.BadRequest(f"the range is longer than {MAX_DAYS} days", code="invalid_range")
+    return Range(start, end)
+
+
+class Overview:
+    """What the overview and consent routes answer, on a warehouse and a data dir."""
+
+    def __init__(self, data_dir: Path, warehouse: Warehouse, *, use_cache: bool,
+                 timeout_s: float) -> None:
+        self.paths = DataDir(data_dir)
+        self.sources = Sources(data_dir)
+        self.data_dir = data_dir
+        self.warehouse = warehouse
+        self.use_cache = use_cache
+        self.timeout_s = timeout_s
+        self._cached_names: dict[str, str] = {}
+        self._names_at = -10.0
+
+    # -- shared --
+
+    def _source_id(self, name: str | None) -> str | None:
+        if name is None or name == "":
+            return None
+        src = self.sources.by_name(name[:200])
+        if src is None:
+            raise errors.BadRequest("no source of that name", {"source": name[:64]},
+                                    code="unknown_source")
+        return src.id
+
+    def _names(self) -> dict[str, str]:
+        return {s.id: s.name for s in self.sources.list()}
+
+    def source_names(self) -> dict[str, str]:
+        """Source id → name, read again at most every 5 s (for the live feed)."""
+        now = time.monotonic()
+        if now - self._names_at > 5:
+            self._cached_names, self._names_at = self._names(), now
+        return self._cached_names
+
+    @contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self.use_cache:
+            with open_snapshot(self.warehouse) as (cur, _):
+                yield cur
+        else:
+            with plain_snapshot(self.warehouse) as cur:
+                yield cur
+
+    @contextmanager
+    def _deadline(self, cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
+        with Deadline(self.timeout_s, cur) as deadline:
+            try:
+                yield
+            except duckdb.InterruptException:
+                if deadline.passed:
+                    raise errors.BadRequest(
+                        f"the overview ran over the time limit of {self.timeout_s:g} s",
+                        code="timeout") from None
+                raise errors.BadRequest("the overview was interrupted",
+                                        code="interrupted") from None
+
+    # -- traffic --
+
+    def overview(self, body: bytes) -> dict[str, Any]:
+        req = parse_overview(body)
+        rng = parse_range(req.from_, req.to)
+        ids = {s.name: s.id for s in self.sources.list()}
+        filters = [(f.field, ids.get(f.value, "\0" + f.value) if f.field == "source"
+                    else f.value) for f in req.filters]
+        source = next((v for f, v in filters if f == "source"), None)
+        out: dict[str, Any] = {"from": rng.first.isoformat(), "to": rng.last.isoformat()}
+        with self._cursor() as cur, self._deadline(cur):
+            traffic = Traffic(cur, filters)
+            try:
+                traffic.load(rng)
+                out["figures"] = traffic.figures()
+                out["series"] = traffic.series(rng)
+                out["breakdowns"] = traffic.breakdowns(req.limit)
+                if req.compare:
+                    prev = rng.previous()
+                    traffic.load(prev)
+                    out["figures"]["previous"] = traffic.figures()
+                    out["series"]["previous"] = {**traffic.series(prev)}
+            finally:
+                traffic.drop()
+            shares, _ = self._consent_shares(cur, rng, source)
+        out["consent"] = self._purposes(rng, source, shares)
+        return out
+
+    def current(self) -> dict[str, Any]:
+        since = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=5)
+        with self._cursor() as cur, self._deadline(cur):
+            row = cur.execute("SELECT count(DISTINCT person_id) FROM events"
+                              " WHERE timestamp >= ?", [since]).fetchone()
+        return {"visitors": row[0] if row else 0}
+
+    # -- consent --
+
+    def consent_stats(self, args: dict[str, str]) -> dict[str, Any]:
+        rng = parse_range(args.get("from"), args.get("to"))
+        source = self._source_id(args.get("source"))
+        with self._cursor() as cur, self._deadline(cur):
+            shares, gpc = self._consent_shares(cur, rng, source)
+        return {"from": rng.first.isoformat(), "to": rng.last.isoformat(),
+                "purposes": self._purposes(rng, source, shares),
+                "by_day": self._ledger_by_day(rng, source), "gpc_share": gpc}
+
+    def _purposes(self, rng: Range, source: str | None,
+                  shares: dict[str, tuple[float, float]]) -> list[dict[str, Any]]:
+        totals: dict[str, list[int]] = {}
+        for row in self._ledger_by_day(rng, source):
+            t = totals.setdefault(row["purpose"], [0, 0, 0])
+            t[0] += row["granted"]
+            t[1] += row["refused"]
+            t[2] += row["withdrawn"]
+        purposes = list(Registry.for_data_dir(self.data_dir).purposes)
+        purposes += sorted(p for p in totals if p not in purposes)
+        return [{"purpose": p, "granted": totals.get(p, [0, 0, 0])[0],
+                 "refused": totals.get(p, [0, 0, 0])[1],
+                 "withdrawn": totals.get(p, [0, 0, 0])[2],
+                 "visitors_with_consent_share": shares.get(p, (0.0, 0.0))[0],
+                 "events_with_consent_share": shares.get(p, (0.0, 0.0))[1]}
+                for p in purposes]
+
+    def _consent_shares(self, cur: duckdb.DuckDBPyConnection, rng: Range, source: str | None
+                        ) -> tuple[dict[str, tuple[float, float]], float]:
+        """Purpose → (share of visitors with an event that may be used for it, share of
+        events), and the share of events sent with GPC, over the range's events."""
+        purposes = list(Registry.for_data_dir(self.data_dir).purposes)
+        cols = ", ".join(
+            f"count(DISTINCT person_id) FILTER (WHERE list_contains(purposes, ${i + 4})),"
+            f" count(*) FILTER (WHERE list_contains(purposes, ${i + 4}))"
+            for i in range(len(purposes)))
+        where = "timestamp >= $1 AND timestamp < $2 AND ($3::VARCHAR IS NULL OR source = $3)"
+        row = cur.execute(
+            f"SELECT count(DISTINCT person_id), count(*), count(*) FILTER (WHERE gpc)"
+            f"{', ' + cols if cols else ''} FROM events WHERE {where}",
+            [rng.start, rng.end, source, *purposes]).fetchone()
+        assert row is not None
+        persons, events = row[0] or 0, row[1] or 0
+        out = {p: (_share(row[3 + 2 * i], persons), _share(row[4 + 2 * i], events))
+               for i, p in enumerate(purposes)}
+        return out, _share(row[2], events)
+
+    def _ledger_by_day(self, rng: Range, source: str | None) -> list[dict[str, Any]]:
+        """Statements per day, purpose and source: grants, refusals (a "no" with no grant
+        before it in its scope) and withdrawals (a "no" after a grant)."""
+        path = self.paths.consent_db
+        if not path.exists():
+            return []
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = con.execute(_LEDGER_SQL, (int(rng.start.replace(tzinfo=UTC).timestamp() * 1000),
+                                             int(rng.end.replace(tzinfo=UTC).timestamp() * 1000),
+                                             source, source)).fetchall()
+        finally:
+            con.close()
+        names = self._names()
+        return [{"day": r[0], "purpose": r[1], "source": names.get(r[2], r[2]),
+                 "granted": r[3], "refused": r[4], "withdrawn": r[5]} for r in rows]
+
+
+_LEDGER_SQL = """
+WITH s AS (
+    SELECT st.seq, st.at_ms, st.source, coalesce(st.scope, st.source) AS sc, st.subject,
+           j.key AS purpose, j.value AS granted
+    FROM statements st, json_each(st.purposes) j
+), t AS (
+    SELECT *, lag(granted) OVER (PARTITION BY sc, subject, purpose ORDER BY seq) AS prev
+    FROM s
+)
+SELECT date(at_ms / 1000, 'unixepoch') AS day, purpose, source,
+       sum(granted = 1), sum(granted = 0 AND coalesce(prev, 0) = 0),
+       sum(granted = 0 AND prev = 1)
+FROM t WHERE at_ms >= ? AND at_ms < ? AND (? IS NULL OR source = ?)
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+
+
+def _share(part: int | None, whole: int) -> float:
+    return round((part or 0) / whole, 6) if whole else 0.0
+
+
+_EVENTS_SQL = f"""
+CREATE OR REPLACE TEMP TABLE ov_ev AS
+SELECT person_id, session_id, timestamp, {PAGE_TYPES} AS is_page, path, referrer_domain,
+       utm_source, utm_medium, utm_campaign, country, region, device_type, browser, os
+FROM events WHERE timestamp >= ? AND timestamp < ?"""
+
+_SESSIONS_SQL = """
+CREATE OR REPLACE TEMP TABLE ov_s AS
+SELECT session_id, any_value(person_id) AS person_id, min(timestamp) AS t0,
+       max(timestamp) AS t1, count(*) FILTER (WHERE is_page) AS views,
+       arg_min(path, timestamp) FILTER (WHERE is_page) AS entry,
+       arg_max(path, timestamp) FILTER (WHERE is_page) AS exit,
+       arg_min(referrer_domain, timestamp) AS ref,
+       arg_min(utm_source, timestamp) AS utm_source,
+       arg_min(utm_medium, timestamp) AS utm_medium,
+       arg_min(utm_campaign, timestamp) AS utm_campaign
+FROM ov_ev GROUP BY session_id"""
+
+_FIGURES_SQL = """
+SELECT (SELECT count(DISTINCT person_id) FROM ov_ev),
+       (SELECT count(*) FROM ov_ev WHERE is_page),
+       count(*), avg((views <= 1)::INTEGER), avg(epoch(t1) - epoch(t0))
+FROM ov_s"""
+
+_SERIES_SQL = """
+SELECT timestamp::DATE, count(DISTINCT person_id), count(*) FILTER (WHERE is_page)
+FROM ov_ev GROUP BY 1"""
+
+_CAMPAIGN = ("concat_ws(' / ', coalesce(utm_source, ''), coalesce(utm_medium, ''),"
+             " coalesce(utm_campaign, ''))")
+
+
+def _breakdowns_sql() -> str:
+    parts = ["SELECT 'pages' AS k, path AS v, count(DISTINCT person_id) AS visitors,"
+             " count(*) AS pageviews, NULL AS s, NULL AS m, NULL AS c FROM ov_ev"
+             " WHERE is_page AND path IS NOT NULL AND path <> '' GROUP BY path"]
+    parts += [f"SELECT '{k}', {c}, count(DISTINCT person_id), count(*) FILTER (WHERE is_page),"
+              f" NULL, NULL, NULL FROM ov_ev WHERE {c} IS NOT NULL AND {c} <> '' GROUP BY {c}"
+              for k, c in EVENT_BREAKDOWNS.items() if k != "pages"]
+    parts += [f"SELECT '{k}', {c}, count(DISTINCT person_id), sum(views), NULL, NULL, NULL"
+              f" FROM ov_s WHERE {c} IS NOT NULL AND {c} <> '' GROUP BY {c}"
+              for k, c in SESSION_BREAKDOWNS.items() if k != "utm_campaigns"]
+    parts.append(f"SELECT 'utm_campaigns', {_CAMPAIGN}, count(DISTINCT person_id), sum(views),"
+                 " any_value(utm_source), any_value(utm_medium), any_value(utm_campaign)"
+                 " FROM ov_s WHERE coalesce(utm_source, utm_medium, utm_campaign) IS NOT NULL"
+                 f" GROUP BY {_CAMPAIGN}")
+    return ("SELECT * FROM (" + " UNION ALL ".join(parts) + ") QUALIFY row_number() OVER"
+            " (PARTITION BY k ORDER BY visitors DESC, pageviews DESC, v) <= ?"
+            " ORDER BY k, visitors DESC, pageviews DESC, v")
+
+
+BREAKDOWNS_SQL = _breakdowns_sql()
+
+
+def parse_overview(body: bytes) -> OverviewRequest:
+    try:
+        req = msgspec.json.decode(body or b"{}", type=OverviewRequest)
+    except msgspec.ValidationError as exc:
+        raise errors.BadRequest(f"invalid body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise errors.BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    if not 1 <= req.limit <= 100:
+        raise errors.BadRequest("'limit' must be between 1 and 100", code="invalid_limit")
+    if len(req.filters) > 20:
+        raise errors.BadRequest("at most 20 filters", code="too_many_filters")
+    for f in req.filters:
+        if f.field not in FIELDS:
+            raise errors.BadRequest(f"unknown filter field; known: {', '.join(FIELDS)}",
+                                    {"field": f.field[:64]}, code="invalid_filter")
+        if len(f.value) > MAX_VALUE:
+            raise errors.BadRequest(f"a filter value is longer than {MAX_VALUE} characters",
+                                    {"field": f.field}, code="invalid_filter")
+    return req
+
+
+def _num(v: Any, digits: int = 6) -> float:
+    return round(float(v), digits) if v is not None else 0.0
+
+
+class Traffic:
+    """One range's traffic on a cursor (temporary tables ``ov_ev`` and ``ov_s``)."""
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection, filters: list[tuple[str, str]]) -> None:
+        self.cur = cur
+        self.event_filters = [(EVENT_FIELDS[f], v) for f, v in filters if f in EVENT_FIELDS]
+        self.session_filters = [(SESSION_FIELDS[f], v) for f, v in filters
+                                if f in SESSION_FIELDS]
+
+    def load(self, rng: Range) -> None:
+        where = "".join(f" AND {c} = ?" for c, _ in self.event_filters)
+        self.cur.execute(_EVENTS_SQL + where,
+                         [rng.start, rng.end, *(v for _, v in self.event_filters)])
+        self.cur.execute(_SESSIONS_SQL)
+        if self.session_filters:
+            cond = " AND ".join(f"{c} IS NOT DISTINCT FROM ?" for c, _ in self.session_filters)
+            self.cur.execute(f"DELETE FROM ov_s WHERE NOT ({cond})",
+                             [v for _, v in self.session_filters])
+            self.cur.execute("DELETE FROM ov_ev WHERE session_id NOT IN"
+                             " (SELECT session_id FROM ov_s)")
+
+    def figures(self) -> dict[str, Any]:
+        row = self.cur.execute(_FIGURES_SQL).fetchone()
+        assert row is not None
+        return {"visitors": row[0], "pageviews": row[1], "sessions": row[2],
+                "bounce_rate": _num(row[3]), "visit_duration_s": _num(row[4], 3)}
+
+    def series(self, rng: Range) -> dict[str, list[Any]]:
+        got = {d.isoformat(): (v, p) for d, v, p in self.cur.execute(_SERIES_SQL).fetchall()}
+        labels = rng.labels()
+        return {"labels": labels, "visitors": [got.get(d, (0, 0))[0] for d in labels],
+                "pageviews": [got.get(d, (0, 0))[1] for d in labels]}
+
+    def breakdowns(self, limit: int) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {
+            k: [] for k in (*EVENT_BREAKDOWNS, *SESSION_BREAKDOWNS)}
+        for k, v, visitors, views, s, m, c in self.cur.execute(BREAKDOWNS_SQL, [limit]).fetchall():
+            row: dict[str, Any] = {"value": v, "visitors": visitors, "pageviews": int(views or 0)}
+            if k == "utm_campaigns":
+                row.update(utm_source=s, utm_medium=m, utm_campaign=c)
+            out[k].append(row)
+        return out
+
+    def drop(self) -> None:
+        self.cur.execute("DROP TABLE IF EXISTS ov_ev; DROP TABLE IF EXISTS ov_s")
