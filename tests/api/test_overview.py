@@ -339,7 +339,8 @@ def test_live_long_poll_answers_a_processed_event_with_pseudonymous_ids(site: Si
     first = site.call("GET", "/live").json()
     canary = "canary-" + uuid.uuid4().hex
     _send(site, canary, "Live Test")
-    cursor, seen, t0 = first["cursor"], [], time.monotonic()
+    cursor, t0 = first["cursor"], time.monotonic()
+    seen: list[dict[str, Any]] = []
     while not seen and time.monotonic() - t0 < 60:
         r = site.call("GET", f"/live?after={cursor}&event=Live+Test")
         assert r.status_code == 200, r.text
