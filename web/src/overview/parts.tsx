@@ -59,12 +59,11 @@ export function TopList({ id, title, rows, onPick }: { id: string; title: string
       <ol class="ov-bars" data-breakdown={id} data-series={seriesAttr(labels, series)}>
         {rows.map((r, i) => (
           <li key={i}>
-            <button type="button" class="ov-bar" data-value={r.value}
-              aria-label={`${r.value}: ${r.visitors} visitors, ${r.pageviews} page views. Filter by it`}
-              onClick={() => onPick?.(r)}>
+            <button type="button" class="ov-bar" data-value={r.value} onClick={() => onPick?.(r)}>
               <span class="fill" style={{ width: `${(100 * r.visitors) / max}%` }} aria-hidden="true" />
               <span class="label">{r.value}</span>
-              <span class="num">{r.visitors.toLocaleString("en")}</span>
+              <span class="num">{r.visitors.toLocaleString("en")}
+                <span class="visually-hidden"> visitors, {r.pageviews} page views: add as a filter</span></span>
             </button>
           </li>
         ))}
@@ -97,7 +96,7 @@ export function ConsentPanel({ purposes, days, byDay, gpc }: { purposes: Purpose
     }
   }
   return (
-    <section class="panel" aria-labelledby="ov-consent-title">
+    <section class="panel ov-clip" aria-labelledby="ov-consent-title">
       <h2 id="ov-consent-title">Consent</h2>
       <ul class="ov-bars ov-bars-static" data-consent="shares" data-series={seriesAttr(labels, series)}>
         {purposes.map((p) => (
