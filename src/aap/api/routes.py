@@ -11,6 +11,9 @@ name and what it answers. :class:`aap.api.rest.RestAPI` dispatches on it (:data:
 | ``POST /cohorts``, ``DELETE /cohorts/{id}`` | analyst (a static cohort: privacy) |
 | ``GET /keys``, ``POST /keys``, ``DELETE /keys/{id}`` | admin |
 | ``POST /privacy/requests``, ``GET /privacy/requests/{id}``, ``GET …/{id}/export`` | privacy |
+| ``GET /consent/stats``, ``POST /overview``, ``GET /overview/current``, ``GET /live`` | analyst |
+
+A route takes the query-string parameters it names (``args``); any other is a 400.
 """
 
 from __future__ import annotations

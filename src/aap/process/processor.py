@@ -347,7 +347,10 @@ class Processor:
             CLAMPED.inc(built.clamped)
         self.dropped.update(built.dropped)
         if self.on_written is not None:
-            self.on_written(built.chunk.events)
+            try:
+                self.on_written(built.chunk.events)
+            except Exception:  # a viewer of live events never stops the processing
+                logger.exception("live events: a chunk could not be passed on")
 
     def _abandon(self) -> None:
         """Forget the write in flight (waiting for it) and the chunk being prepared."""
