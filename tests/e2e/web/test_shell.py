@@ -7,8 +7,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import sqlite3
 import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -19,6 +21,7 @@ from aap.datadir import DataDir
 from aap.web.app import PAGES
 from aap.web.sessions import create_link
 from tests.e2e.browser import PageServer
+from tests.e2e.test_lifecycle import gone_within, names, tree, wait_until
 from tests.e2e.web.conftest import watch
 from tests.e2e.web.helpers import ROLES, ROOT, TIMEOUT_MS, Web
 
@@ -298,3 +301,43 @@ def test_build_fails_over_the_budget(tmp_path: Any) -> None:
     assert "over the budget of 1000 bytes" in proc.stderr
     size = (tmp_path / "out" / "size.json").read_text()
     assert '"budget": 1000' in size
+
+
+def test_demo_serves_the_dashboard_until_ctrl_c(tmp_path: Any, web_browser: Any) -> None:
+    """``aap demo`` ends by serving: the printed one-time link signs a browser in as an
+    admin; Ctrl-C (SIGINT) stops it with rc 0, no process left, the temp dir gone."""
+    out = tmp_path / "demo.out"
+    with open(out, "wb") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "aap", "demo", "--people", "50"],
+                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: b"Dashboard: " in out.read_bytes() or proc.poll() is not None,
+                   "the demo's dashboard link", timeout=600)
+        text = out.read_text()
+        assert proc.poll() is None, text
+        link = re.search(r"Dashboard: (http://127\.0\.0\.1:\d+/#signin=[A-Za-z0-9_-]+)", text)
+        assert link, text
+        data_dir = re.search(r"data dir (\S+)", text)
+        assert data_dir and "works once" in text.replace("\n", " ")
+        ctx = web_browser.new_context()
+        ctx.set_default_timeout(TIMEOUT_MS)
+        try:
+            page = ctx.new_page()
+            page.goto(link.group(1))
+            expect(page.locator(".role-badge")).to_have_text("admin", timeout=TIMEOUT_MS)
+            nav = page.get_by_role("navigation", name="Pages")
+            expect(nav.get_by_role("link", name="Admin")).to_be_visible()
+            assert "signin" not in page.url
+        finally:
+            ctx.close()
+        procs = tree(proc.pid)
+        assert len(procs) >= 3, names(procs)  # the demo, its server and the core at least
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, out.read_text()[-2000:]
+        left = gone_within(procs, 10)
+        assert not left, names(dict.fromkeys(left, ""))
+        assert not os.path.exists(data_dir.group(1))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
