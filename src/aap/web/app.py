@@ -39,7 +39,9 @@ TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf
          ".png": "image/png", ".woff2": "font/woff2", ".txt": "text/plain; charset=utf-8"}
 IMMUTABLE = "public, max-age=31536000, immutable"
 _GET_HEAD = ("GET", "HEAD")
-_FILE = {"file": r"[A-Za-z0-9_\-]{1,80}(/[A-Za-z0-9_\-]{1,80})?\.[a-z0-9]{1,5}"}
+_FILE = {"file": r"[^/]{1,100}(/[^/]{1,100})?"}
+"""Any one or two segments reach the handler (a method other than GET gets 405); only
+the names of files the build wrote are answered (:meth:`WebApp.asset`), others 404."""
 _HTML = Op("A page of the web app (its HTML shell)", ok={"type": "string"}, ok_type="text/html",
            errors=(503,))
 _SESSION = {"type": "object", "required": ["role", "csrf", "key_id", "name"],
