@@ -341,3 +341,24 @@ def test_demo_serves_the_dashboard_until_ctrl_c(tmp_path: Any, web_browser: Any)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_shell_passes_axe_and_is_screenshotted(web: Web, web_browser: Any, signed_in: Any,
+                                              axe_check: Any, screenshot: Any) -> None:
+    page = _open(web, web_browser, "/")
+    try:
+        expect(page.get_by_label("API key")).to_be_visible(timeout=TIMEOUT_MS)
+        axe_check(page)
+        shots = screenshot(page, "signin")
+        assert all(p.stat().st_size > 1000 for p in shots)
+    finally:
+        page.context.close()
+    page = signed_in("admin", "/dashboards", width=375)
+    expect(page.locator(".role-badge")).to_have_text("admin", timeout=TIMEOUT_MS)
+    axe_check(page)
+    # keyboard: the skip link is the first stop and leads to <main>
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("main")).to_be_focused()
+    screenshot(page, "shell")
