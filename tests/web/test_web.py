@@ -146,3 +146,15 @@ def test_pages_answer_503_without_a_build(tmp_path: Path) -> None:
     assert r.body == f'<meta name="csp-nonce" content="{nonce}">'.encode()
     assert headers["content-security-policy"] == csp(nonce)
     assert _page(web, "/", "HEAD").body == b""
+
+
+def test_the_cookie_is_secure_under_tls(reg: tuple[Path, ApiKeys, Sessions]) -> None:
+    class Proxy:
+        sessions = reg[2]
+        keys = reg[1]
+
+    plain = WebApp(Proxy(), secure_cookie=False)  # type: ignore[arg-type]
+    tls = WebApp(Proxy(), secure_cookie=True)  # type: ignore[arg-type]
+    assert "Secure" not in plain.cookie_header("t", 60).split("; ")
+    assert tls.cookie_header("t", 60).split("; ") == ["aap_session=t", "HttpOnly", "SameSite=Strict",
+                                                "Path=/", "Max-Age=60", "Secure"]

@@ -170,7 +170,7 @@ class WebApp:
             raise errors.Forbidden("send the session's CSRF token as X-CSRF-Token",
                                    code="csrf_failed")
         await asyncio.to_thread(self.sessions.end, token)
-        return Response.json(200, {"ended": True}, [("set-cookie", self._cookie("", 0))])
+        return Response.json(200, {"ended": True}, [("set-cookie", self.cookie_header("", 0))])
 
     def _live(self, headers: dict[str, str], token: str) -> WebSession:
         if cross_site(headers):
@@ -196,7 +196,7 @@ class WebApp:
         created = await asyncio.to_thread(self._create, cred)
         token, live = created
         return Response.json(200, live.public(),
-                             [("set-cookie", self._cookie(token, self.sessions.ttl_s)),
+                             [("set-cookie", self.cookie_header(token, self.sessions.ttl_s)),
                               ("cache-control", "no-store")])
 
     def _create(self, cred: SignIn) -> tuple[str, WebSession]:
@@ -211,7 +211,7 @@ class WebApp:
                                       code="invalid_link")
         return self.sessions.create(key, "link")
 
-    def _cookie(self, token: str, max_age: int) -> str:
+    def cookie_header(self, token: str, max_age: int) -> str:
         parts = [f"{COOKIE}={token}", "HttpOnly", "SameSite=Strict", "Path=/",
                  f"Max-Age={max_age}"]
         if self.secure:
