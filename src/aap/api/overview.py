@@ -244,17 +244,20 @@ class Overview:
         """Purpose → (share of visitors with an event that may be used for it, share of
         events), and the share of events sent with GPC, over the range's events."""
         purposes = list(Registry.for_data_dir(self.data_dir).purposes)
-        cols = ", ".join(
-            f"count(DISTINCT person_id) FILTER (WHERE list_contains(purposes, ${i + 4})),"
-            f" count(*) FILTER (WHERE list_contains(purposes, ${i + 4}))"
+        # one pass grouped by person (cheaper than a distinct count per purpose)
+        per_person = "".join(
+            f", count(*) FILTER (WHERE list_contains(purposes, ${i + 4})) AS p{i}"
             for i in range(len(purposes)))
+        totals = "".join(f", count(*) FILTER (WHERE p{i} > 0), sum(p{i})"
+                         for i in range(len(purposes)))
         where = "timestamp >= $1 AND timestamp < $2 AND ($3::VARCHAR IS NULL OR source = $3)"
         row = cur.execute(
-            f"SELECT count(DISTINCT person_id), count(*), count(*) FILTER (WHERE gpc)"
-            f"{', ' + cols if cols else ''} FROM events WHERE {where}",
+            f"SELECT count(*), sum(n), sum(g){totals} FROM ("
+            f"SELECT person_id, count(*) AS n, count(*) FILTER (WHERE gpc) AS g{per_person}"
+            f" FROM events WHERE {where} GROUP BY person_id)",
             [rng.start, rng.end, source, *purposes]).fetchone()
         assert row is not None
-        persons, events = row[0] or 0, row[1] or 0
+        persons, events = row[0] or 0, int(row[1] or 0)
         out = {p: (_share(row[3 + 2 * i], persons), _share(row[4 + 2 * i], events))
                for i, p in enumerate(purposes)}
         return out, _share(row[2], events)
@@ -323,22 +326,29 @@ SELECT (SELECT count(DISTINCT person_id) FROM ov_ev),
 FROM ov_s"""
 
 _SERIES_SQL = """
-SELECT timestamp::DATE, count(DISTINCT person_id), count(*) FILTER (WHERE is_page)
-FROM ov_ev GROUP BY 1"""
+SELECT d, count(*), sum(pv) FROM (
+    SELECT timestamp::DATE AS d, person_id, count(*) FILTER (WHERE is_page) AS pv
+    FROM ov_ev GROUP BY ALL) GROUP BY d"""
 
 _CAMPAIGN = ("concat_ws(' / ', coalesce(utm_source, ''), coalesce(utm_medium, ''),"
              " coalesce(utm_campaign, ''))")
 
 
+def _top(kind: str, value: str, views: str, table: str, where: str) -> str:
+    """One top list: (kind, value, visitors, page views), grouped by value and person
+    first (cheaper than a distinct count per value)."""
+    return (f"SELECT '{kind}' AS k, v, count(*) AS visitors, sum(pv) AS pageviews, NULL AS s,"
+            f" NULL AS m, NULL AS c FROM (SELECT {value} AS v, person_id, {views} AS pv"
+            f" FROM {table} WHERE {where} GROUP BY ALL) GROUP BY v")
+
+
 def _breakdowns_sql() -> str:
-    parts = ["SELECT 'pages' AS k, path AS v, count(DISTINCT person_id) AS visitors,"
-             " count(*) AS pageviews, NULL AS s, NULL AS m, NULL AS c FROM ov_ev"
-             " WHERE is_page AND path IS NOT NULL AND path <> '' GROUP BY path"]
-    parts += [f"SELECT '{k}', {c}, count(DISTINCT person_id), count(*) FILTER (WHERE is_page),"
-              f" NULL, NULL, NULL FROM ov_ev WHERE {c} IS NOT NULL AND {c} <> '' GROUP BY {c}"
+    parts = [_top("pages", "path", "count(*)", "ov_ev",
+                  "is_page AND path IS NOT NULL AND path <> ''")]
+    parts += [_top(k, c, "count(*) FILTER (WHERE is_page)", "ov_ev",
+                   f"{c} IS NOT NULL AND {c} <> ''")
               for k, c in EVENT_BREAKDOWNS.items() if k != "pages"]
-    parts += [f"SELECT '{k}', {c}, count(DISTINCT person_id), sum(views), NULL, NULL, NULL"
-              f" FROM ov_s WHERE {c} IS NOT NULL AND {c} <> '' GROUP BY {c}"
+    parts += [_top(k, c, "sum(views)", "ov_s", f"{c} IS NOT NULL AND {c} <> ''")
               for k, c in SESSION_BREAKDOWNS.items() if k != "utm_campaigns"]
     parts.append(f"SELECT 'utm_campaigns', {_CAMPAIGN}, count(DISTINCT person_id), sum(views),"
                  " any_value(utm_source), any_value(utm_medium), any_value(utm_campaign)"
