@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from aap import errors
+from aap.api.admin import HealthParts, SourcesAPI, health
 from aap.api.keys import ROLES, ApiKeys, role_at_least
 from aap.api.routes import ROUTER, NewKey, SaveInsight
 from aap.jsonlimits import check_depth
@@ -59,6 +60,9 @@ class RestAPI:
         self.cache = (QueryCache(warehouse, settings.query.query_cache_interval_s)
                       if settings.query.query_cache else None)
         self.sql_limits = sandbox.Limits.from_settings(settings.query)
+        self.sources = SourcesAPI(settings.data_path)
+        self.health_parts: HealthParts | None = None
+        """Set by the core (:class:`aap.core.app.Core`): what ``GET /health`` reports."""
 
     def start(self) -> None:
         if self.cache is not None:
@@ -187,3 +191,19 @@ class RestAPI:
         if not self.keys.revoke(params["id"], actor=ACTOR.get()):
             raise errors.NotFound(f"no active key with id {params['id']}")
         return {"revoked": params["id"]}
+
+    # -- admin: sources and health (aap.api.admin) --
+
+    def list_sources(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self.sources.list_sources(ACTOR.get())
+
+    def create_source(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self.sources.create_source(body, ACTOR.get())
+
+    def update_source(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self.sources.update_source(params["id"], body, ACTOR.get())
+
+    def health(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        if self.health_parts is None:
+            raise errors.ServiceUnavailable("health is answered by the core", code="starting")
+        return health(self.health_parts)
