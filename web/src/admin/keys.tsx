@@ -22,11 +22,11 @@ function KeyRowView({ k, onRevoked }: { k: KeyRow; onRevoked: () => void }) {
   return (
     <tr data-key-id={k.id}>
       <td><code>{k.id}</code></td>
-      <td class="key-name">{k.name}</td>
+      <td class="key-name wrap">{k.name}</td>
       <td>{k.role}</td>
       <td>{when(k.created_at)}</td>
       <td>{k.revoked_at ? `revoked ${when(k.revoked_at)}` : own ? "active (this session)" : "active"}</td>
-      <td>
+      <td class="wrap">
         {k.revoked_at ? null : confirming ? (
           <div class="confirm" role="group" aria-label={`Confirm revoking key ${k.name}`}>
             <span>{own ? "This is the key you are signed in with. " : ""}Revoke {k.name}? Its sessions end at once.</span>{" "}
@@ -96,7 +96,7 @@ export function KeysPanel() {
       <ApiErrorBox error={error} />
       {keys === null && error === null ? <p class="loading">Loading keys…</p> : null}
       {keys !== null ? (
-        <div class="table-scroll">
+        <div class="table-scroll" role="region" aria-label="API keys (scrolls sideways)" tabIndex={0}>
           <table class="admin-table" data-testid="keys-table">
             <caption class="visually-hidden">API keys</caption>
             <thead>

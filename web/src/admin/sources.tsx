@@ -175,7 +175,7 @@ function EditSource({ source, onSaved, onCancel }: {
 
 function SourceTable({ sources, onEdit }: { sources: SourceRow[]; onEdit: (s: SourceRow) => void }) {
   return (
-    <div class="table-scroll">
+    <div class="table-scroll" role="region" aria-label="Sources (scrolls sideways)" tabIndex={0}>
       <table class="admin-table" data-testid="sources-table">
         <caption class="visually-hidden">Sources</caption>
         <thead>
@@ -190,12 +190,12 @@ function SourceTable({ sources, onEdit }: { sources: SourceRow[]; onEdit: (s: So
         <tbody>
           {sources.map((s) => (
             <tr key={s.id} data-source-id={s.id}>
-              <td class="source-name">{s.name}</td>
+              <td class="source-name wrap">{s.name}</td>
               <td><code>{s.id}</code></td>
               <td><code>{s.key_hint}</code>{s.server_key ? " (+ server key)" : ""}</td>
-              <td>{s.origins.join(" ")}</td>
+              <td class="wrap">{s.origins.join(" ")}</td>
               <td class="num">{s.rate_limit ? `${s.rate_limit}/s` : "unlimited"}</td>
-              <td>{purposesText(s.purposes)}</td>
+              <td class="wrap">{purposesText(s.purposes)}</td>
               <td>{s.mode}</td>
               <td>{s.controller ?? "—"}</td>
               <td>{when(s.created_at)}</td>
