@@ -132,7 +132,8 @@ def test_rate_limit_update_reaches_source(admin: Admin) -> None:
 
 
 HOSTILE_NAMES = ["", "   ", "a/b", "..\\x", "tab\there", "new\nline", "nul\x00", "x" * 101,
-                 " padded", "per%cent", "q?x", "h#x"]
+                 " padded", "per%cent", "q?x", "h#x", "rtl\u202eexe.txt", "line\u2028sep",
+                 "zero\u200bwidth"]
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)

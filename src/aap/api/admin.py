@@ -63,10 +63,12 @@ class SourcePatch(msgspec.Struct, forbid_unknown_fields=True):
 def check_name(name: str) -> str:
     if not name.strip():
         raise errors.BadRequest("a source needs a non-empty name", code="invalid_name")
-    if len(name) > MAX_NAME or name != name.strip() or _BAD_NAME.search(name):
+    if (len(name) > MAX_NAME or name != name.strip() or _BAD_NAME.search(name)
+            or not name.isprintable()):
         raise errors.BadRequest(
             f"a source name is 1 to {MAX_NAME} characters, without leading or trailing"
-            " spaces, control characters or any of / \\ ? # %", {"name": name},
+            " spaces, control or format characters (such as U+202E) or any of / \\ ? # %",
+            {"name": name},
             code="invalid_name")
     return name
 
