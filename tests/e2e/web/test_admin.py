@@ -204,3 +204,33 @@ def test_health_tiles_equal_the_api(web: Web, signed_in: Any, axe_check: Any,
     width = page.evaluate("() => document.documentElement.scrollWidth")
     assert width <= 375, f"the admin page is {width} px wide at 375"
     axe_check(page)
+
+
+def test_keyboard_alone_creates_a_key_and_cancels_a_revocation(
+        web: Web, signed_in: Any) -> None:
+    page = signed_in("admin", "/admin")
+    name = page.locator("#new-key-name")
+    expect(name).to_be_visible(timeout=TIMEOUT_MS)
+    name.focus()
+    page.keyboard.type("keyboard key")
+    page.keyboard.press("Tab")  # the role
+    expect(page.locator("#new-key-role")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="Create key")).to_be_focused()
+    page.keyboard.press("Enter")
+    # the key shown once takes the focus
+    box = page.locator("[data-secret=api_key] input")
+    expect(box).to_be_focused(timeout=TIMEOUT_MS)
+    key_id = box.input_value().split("_")[1]
+    made = next(k for k in admin_api(web, "GET", "/keys").json()["keys"] if k["id"] == key_id)
+    assert made["name"] == "keyboard key" and made["role"] == "viewer"
+    # Revoke asks first, with the focus on Cancel; cancelling puts it back on Revoke
+    revoke = page.get_by_role("button", name=f"Revoke key keyboard key ({key_id})")
+    revoke.focus()
+    page.keyboard.press("Enter")
+    cancel = page.locator(f"tr[data-key-id='{key_id}']").get_by_role("button", name="Cancel")
+    expect(cancel).to_be_focused(timeout=TIMEOUT_MS)
+    page.keyboard.press("Enter")
+    expect(revoke).to_be_focused(timeout=TIMEOUT_MS)
+    assert next(k for k in admin_api(web, "GET", "/keys").json()["keys"]
+                if k["id"] == key_id)["revoked_at"] is None

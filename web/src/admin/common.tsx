@@ -1,6 +1,6 @@
 // Small pieces the admin page's panels share: a secret shown once (with a copy button and
 // a warning), dates, and the API's shapes.
-import { useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 
 export interface SourceRow {
   id: string;
@@ -70,6 +70,8 @@ export function ShownOnce({ label, value, kind, onDone }: {
   label: string; value: string; kind: string; onDone: () => void;
 }) {
   const [copied, setCopied] = useState<string | null>(null);
+  const input = useRef<HTMLInputElement>(null);
+  useEffect(() => input.current?.focus(), [value]); // keyboard and screen-reader users land on it
   const id = `secret-${kind}`;
   const copy = async () => {
     try {
@@ -88,7 +90,7 @@ export function ShownOnce({ label, value, kind, onDone }: {
       </p>
       <label for={id}>{label}</label>
       <div class="copy-row">
-        <input id={id} type="text" readOnly value={value} size={48} spellcheck={false}
+        <input ref={input} id={id} type="text" readOnly value={value} size={48} spellcheck={false}
           autocomplete="off" onFocus={(e) => (e.currentTarget as HTMLInputElement).select()} />
         <button type="button" onClick={copy}>Copy</button>
         <button type="button" class="secondary" onClick={onDone}>I have saved it</button>

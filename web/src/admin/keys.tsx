@@ -1,6 +1,6 @@
 // API keys: the list with roles, a form that creates one (the key shown once), and
 // revocation after a confirmation (its sessions end with it).
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { ROLES, api, session } from "../api";
 import { ApiErrorBox } from "../components/errors";
 import { type CreatedKey, type KeyRow, ShownOnce, when } from "./common";
@@ -9,6 +9,13 @@ function KeyRowView({ k, onRevoked }: { k: KeyRow; onRevoked: () => void }) {
   const [confirming, setConfirming] = useState(false);
   const [error, setError] = useState<unknown>(null);
   const own = session.value?.key_id === k.id;
+  const cancel = useRef<HTMLButtonElement>(null);
+  const ask = useRef<HTMLButtonElement>(null);
+  useEffect(() => { if (confirming) cancel.current?.focus(); }, [confirming]);
+  const stop = () => {
+    setConfirming(false);
+    setTimeout(() => ask.current?.focus(), 0); // back where the keyboard was
+  };
   const revoke = async () => {
     setError(null);
     try {
@@ -31,10 +38,10 @@ function KeyRowView({ k, onRevoked }: { k: KeyRow; onRevoked: () => void }) {
           <div class="confirm" role="group" aria-label={`Confirm revoking key ${k.name}`}>
             <span>{own ? "This is the key you are signed in with. " : ""}Revoke {k.name}? Its sessions end at once.</span>{" "}
             <button type="button" class="danger" onClick={revoke}>Yes, revoke</button>{" "}
-            <button type="button" class="secondary" onClick={() => setConfirming(false)}>Cancel</button>
+            <button ref={cancel} type="button" class="secondary" onClick={stop}>Cancel</button>
           </div>
         ) : (
-          <button type="button" class="secondary" onClick={() => setConfirming(true)}
+          <button ref={ask} type="button" class="secondary" onClick={() => setConfirming(true)}
             aria-label={`Revoke key ${k.name} (${k.id})`}>Revoke</button>
         )}
         <ApiErrorBox error={error} />

@@ -1,7 +1,7 @@
 // Sources: the list (never a key: only its first characters), a form that creates one
 // (its write key shown once) and a form per source that changes origins, rate limit,
 // purposes and bases, CNIL mode and controller group.
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { api } from "../api";
 import { ApiErrorBox } from "../components/errors";
 import {
@@ -144,6 +144,8 @@ function EditSource({ source, onSaved, onCancel }: {
 }) {
   const [form, setForm] = useState<SourceForm>(formOf(source));
   const [error, setError] = useState<unknown>(null);
+  const heading = useRef<HTMLHeadingElement>(null);
+  useEffect(() => heading.current?.focus(), []); // the form opens below the table
   const submit = async (e: Event) => {
     e.preventDefault();
     setError(null);
@@ -162,7 +164,7 @@ function EditSource({ source, onSaved, onCancel }: {
   };
   return (
     <form class="panel admin-form" onSubmit={submit} aria-labelledby="edit-source-title">
-      <h3 id="edit-source-title">Edit source {source.name}</h3>
+      <h3 id="edit-source-title" ref={heading} tabIndex={-1}>Edit source {source.name}</h3>
       <Fields form={form} set={setForm} prefix="edit-source" />
       <div class="buttons">
         <button type="submit">Save changes</button>
