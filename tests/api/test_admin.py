@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,8 @@ def send(admin: Admin, key: str, **extra: Any) -> httpx.Response:
 
 
 ROUTES = [("GET", "/sources", None), ("POST", "/sources", {"name": "by-privacy"}),
-          ("PATCH", "/sources/web", {"rate_limit": 5}), ("GET", "/health", None)]
+          ("PATCH", "/sources/web", {"rate_limit": 5}), ("POST", "/sources/web/server-key", None),
+          ("GET", "/health", None)]
 
 
 @pytest.mark.parametrize(("method", "path", "body"), ROUTES)
@@ -97,6 +99,26 @@ def test_created_source_key_works_at_the_collector_and_is_never_shown_again(
             blob = path.read_bytes()
             assert key.encode() not in blob, path
             assert secret.encode() not in blob, path
+
+
+def test_new_server_key_replaces_the_old_one(admin: Admin) -> None:
+    made = admin.ok("POST", "/sources", json={"name": "api-backend", "historical": True,
+                                              "purposes": {"analytics": "contract"}})
+    assert made["server_key"] is False
+    first = admin.ok("POST", f"/sources/{made['id']}/server-key")["server_key_secret"]
+    assert send(admin, first).status_code == 200
+    second = admin.ok("POST", "/sources/api-backend/server-key")
+    assert second["server_key"] is True and second["server_key_secret"].startswith("sk_")
+    assert send(admin, second["server_key_secret"]).status_code == 200
+    # the old one stops working once the workers read the key again (KEY_TTL_S, 5 s)
+    deadline = time.monotonic() + 60
+    while send(admin, first).status_code != 401:
+        assert time.monotonic() < deadline, "the replaced server key still works after 60 s"
+        time.sleep(0.5)
+    listed = admin.call("GET", "/sources").text
+    assert first not in listed and second["server_key_secret"] not in listed
+    r = admin.call("POST", "/sources/nope/server-key")
+    assert r.status_code == 404 and r.json()["code"] == "no_source"
 
 
 def test_update_changes_what_is_given_and_is_audited(admin: Admin) -> None:

@@ -4,8 +4,10 @@
 write key, as ``aap sources list`` does); ``POST /sources`` takes the options of ``aap
 sources create`` and answers the write key (and the server key, when asked for) once:
 the registry keeps only their digests. ``PATCH /sources/{name or id}`` changes origins,
-rate limit, purposes and bases, CNIL mode and controller group. Every change is audited
-(``source.created``, ``source.updated``, ``source.controller_set``).
+rate limit, purposes and bases, CNIL mode and controller group; ``POST
+/sources/{name or id}/server-key`` replaces its server key (answered once). Every change
+is audited (``source.created``, ``source.updated``, ``source.controller_set``,
+``source.server_key_created``).
 
 ``GET /health`` gathers what an operator looks at: the log (size, lag per consumer
 group), the tiers (hot rows and bytes, warm and cold files, rows and bytes), free disk,
@@ -171,6 +173,11 @@ class SourcesAPI:
         except ValueError as exc:
             raise errors.BadRequest(str(exc), code="invalid_source") from None
         return source_json(src)
+
+    def new_server_key(self, ref: str, actor: str) -> Any:
+        """A new server (secret) key for the source, replacing the old one; answered once."""
+        src, secret = self.sources.new_server_key(self._find(ref).name, actor)
+        return {**source_json(src), "server_key_secret": secret}
 
 
 @dataclass

@@ -203,6 +203,9 @@ class RestAPI:
     def update_source(self, params: dict[str, str], body: bytes, role: str) -> Any:
         return self.sources.update_source(params["id"], body, ACTOR.get())
 
+    def new_server_key(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self.sources.new_server_key(params["id"], ACTOR.get())
+
     def health(self, params: dict[str, str], body: bytes, role: str) -> Any:
         if self.health_parts is None:
             raise errors.ServiceUnavailable("health is answered by the core", code="starting")

@@ -234,3 +234,18 @@ def test_keyboard_alone_creates_a_key_and_cancels_a_revocation(
     expect(revoke).to_be_focused(timeout=TIMEOUT_MS)
     assert next(k for k in admin_api(web, "GET", "/keys").json()["keys"]
                 if k["id"] == key_id)["revoked_at"] is None
+
+
+def test_server_key_made_in_the_page_sends(web: Web, signed_in: Any) -> None:
+    name = f"ui-backend-{secrets.token_hex(4)}"
+    assert admin_api(web, "POST", "/sources", json={"name": name}).status_code == 200
+    page = signed_in("admin", "/admin")
+    page.get_by_role("button", name=f"Edit source {name}").click()
+    page.get_by_role("button", name="Make a server key").click()
+    page.get_by_role("button", name="Yes, make a server key").click()
+    secret = shown_once(page, "server_key")
+    assert secret.startswith("sk_")
+    assert send(web, secret).status_code == 200
+    src = next(s for s in admin_api(web, "GET", "/sources").json()["sources"]
+               if s["name"] == name)
+    assert src["server_key"] is True

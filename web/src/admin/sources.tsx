@@ -139,6 +139,42 @@ function CreateSource({ onCreated }: { onCreated: (s: CreatedSource) => void }) 
   );
 }
 
+/** Replace the source's server key, after a confirmation; the new one is shown once. */
+function ServerKey({ source }: { source: SourceRow }) {
+  const [asking, setAsking] = useState(false);
+  const [secret, setSecret] = useState<string | null>(null);
+  const [error, setError] = useState<unknown>(null);
+  const make = async () => {
+    setError(null);
+    try {
+      const out = await api<CreatedSource>("POST", `/sources/${encodeURIComponent(source.id)}/server-key`);
+      setSecret(out.server_key_secret ?? null);
+      setAsking(false);
+    } catch (err) {
+      setError(err);
+    }
+  };
+  const label = source.server_key ? "Replace the server key" : "Make a server key";
+  return (
+    <div class="server-key">
+      {asking ? (
+        <div class="confirm" role="group" aria-label="Confirm the new server key">
+          <span>{source.server_key ? "The old server key stops working within seconds. " : ""}Go on?</span>
+          <button type="button" class="danger" onClick={make}>Yes, {label.toLowerCase()}</button>
+          <button type="button" class="secondary" onClick={() => setAsking(false)}>Cancel</button>
+        </div>
+      ) : (
+        <button type="button" class="secondary" onClick={() => setAsking(true)}>{label}</button>
+      )}
+      {secret ? (
+        <ShownOnce kind="server_key" label={`Server key of source ${source.name} (secret: for the site's backend only)`}
+          value={secret} onDone={() => setSecret(null)} />
+      ) : null}
+      <ApiErrorBox error={error} />
+    </div>
+  );
+}
+
 function EditSource({ source, onSaved, onCancel }: {
   source: SourceRow; onSaved: (s: SourceRow) => void; onCancel: () => void;
 }) {
@@ -168,9 +204,10 @@ function EditSource({ source, onSaved, onCancel }: {
       <Fields form={form} set={setForm} prefix="edit-source" />
       <div class="buttons">
         <button type="submit">Save changes</button>
-        <button type="button" class="secondary" onClick={onCancel}>Cancel</button>
+        <button type="button" class="secondary" onClick={onCancel}>Close</button>
       </div>
       <ApiErrorBox error={error} />
+      <ServerKey source={source} />
     </form>
   );
 }
