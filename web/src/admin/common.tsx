@@ -83,7 +83,6 @@ export function ShownOnce({ label, value, kind, onDone }: {
   };
   return (
     <div class="panel shown-once" role="status" data-secret={kind}>
-      <p><strong>{label}</strong></p>
       <p class="warning">
         This is shown once. Copy it now and keep it somewhere safe: AAP keeps only a digest
         of it and cannot show it again.
