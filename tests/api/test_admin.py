@@ -59,7 +59,7 @@ def send(admin: Admin, key: str, **extra: Any) -> httpx.Response:
 
 
 ROUTES = [("GET", "/sources", None), ("POST", "/sources", {"name": "by-privacy"}),
-          ("PATCH", "/sources/web", {"rate_limit": 5}), ("POST", "/sources/web/server-key", None),
+          ("PATCH", "/sources/web", {"rate_limit": 5}), ("POST", "/sources/web/server_key", None),
           ("GET", "/health", None)]
 
 
@@ -105,9 +105,9 @@ def test_new_server_key_replaces_the_old_one(admin: Admin) -> None:
     made = admin.ok("POST", "/sources", json={"name": "api-backend", "historical": True,
                                               "purposes": {"analytics": "contract"}})
     assert made["server_key"] is False
-    first = admin.ok("POST", f"/sources/{made['id']}/server-key")["server_key_secret"]
+    first = admin.ok("POST", f"/sources/{made['id']}/server_key")["server_key_secret"]
     assert send(admin, first).status_code == 200
-    second = admin.ok("POST", "/sources/api-backend/server-key")
+    second = admin.ok("POST", "/sources/api-backend/server_key")
     assert second["server_key"] is True and second["server_key_secret"].startswith("sk_")
     assert send(admin, second["server_key_secret"]).status_code == 200
     # the old one stops working once the workers read the key again (KEY_TTL_S, 5 s)
@@ -117,7 +117,7 @@ def test_new_server_key_replaces_the_old_one(admin: Admin) -> None:
         time.sleep(0.5)
     listed = admin.call("GET", "/sources").text
     assert first not in listed and second["server_key_secret"] not in listed
-    r = admin.call("POST", "/sources/nope/server-key")
+    r = admin.call("POST", "/sources/nope/server_key")
     assert r.status_code == 404 and r.json()["code"] == "no_source"
 
 

@@ -5,7 +5,7 @@ write key, as ``aap sources list`` does); ``POST /sources`` takes the options of
 sources create`` and answers the write key (and the server key, when asked for) once:
 the registry keeps only their digests. ``PATCH /sources/{name or id}`` changes origins,
 rate limit, purposes and bases, CNIL mode and controller group; ``POST
-/sources/{name or id}/server-key`` replaces its server key (answered once). Every change
+/sources/{name or id}/server_key`` replaces its server key (answered once). Every change
 is audited (``source.created``, ``source.updated``, ``source.controller_set``,
 ``source.server_key_created``).
 

@@ -12,7 +12,7 @@ name and what it answers. :class:`aap.api.rest.RestAPI` dispatches on it (:data:
 | ``GET /keys``, ``POST /keys``, ``DELETE /keys/{id}`` | admin |
 | ``POST /privacy/requests``, ``GET /privacy/requests/{id}``, ``GET …/{id}/export`` | privacy |
 | ``GET /sources``, ``POST /sources``, ``PATCH /sources/{id}`` (a name or an id), | admin |
-| ``POST /sources/{id}/server-key``, ``GET /health`` | admin |
+| ``POST /sources/{id}/server_key``, ``GET /health`` | admin |
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ ROUTES: tuple[Route[Endpoint], ...] = (
     _route("PATCH", "/sources/{id}", "admin", "update_source",
            "Change a source (by name or id): origins, rate limit, purposes, mode, controller",
            errors=_ONE_ID, ok=_SOURCE, params=_SOURCE_REF, body=_SOURCE_PATCH),
-    _route("POST", "/sources/{id}/server-key", "admin", "new_server_key",
+    _route("POST", "/sources/{id}/server_key", "admin", "new_server_key",
            "Replace a source's server (secret) key (the old one stops within 5 s);"
            " answers it, the only time it is shown",
            errors=_ONE_ID, ok=_SOURCE, params=_SOURCE_REF),

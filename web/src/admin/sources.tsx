@@ -147,7 +147,7 @@ function ServerKey({ source }: { source: SourceRow }) {
   const make = async () => {
     setError(null);
     try {
-      const out = await api<CreatedSource>("POST", `/sources/${encodeURIComponent(source.id)}/server-key`);
+      const out = await api<CreatedSource>("POST", `/sources/${encodeURIComponent(source.id)}/server_key`);
       setSecret(out.server_key_secret ?? null);
       setAsking(false);
     } catch (err) {
