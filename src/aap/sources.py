@@ -218,6 +218,42 @@ class Sources:
             "source": src.id, "rate_limit": float(rate_limit)})
         return msgspec.structs.replace(src, rate_limit=float(rate_limit))
 
+    def update(self, name: str, *, allowed_origins: tuple[str, ...] | None = None,
+               rate_limit: float | None = None, purposes: dict[str, str] | None = None,
+               mode: str | None = None, actor: str = "admin") -> Source:
+        """Change what is given (origins, rate limit, purposes and bases, mode) and audit
+        it as ``source.updated``. A new mode without purposes takes that mode's default
+        purposes; the purposes are checked as at creation."""
+        src = self.by_name(name)
+        if src is None:
+            raise ValueError(f"no source named {name!r}")
+        if rate_limit is not None and rate_limit < 0:
+            raise ValueError("rate limit must be 0 (unlimited) or positive")
+        new_mode = mode or src.mode
+        if purposes is None and new_mode == src.mode:
+            purposes = dict(src.purposes)
+        checked = self._checked_purposes(new_mode, purposes)
+        changed: dict[str, Any] = {}
+        if allowed_origins is not None:
+            changed["allowed_origins"] = list(allowed_origins) or ["*"]
+        if rate_limit is not None:
+            changed["rate_limit"] = float(rate_limit)
+        if checked != dict(src.purposes):
+            changed["purposes"] = checked
+        if new_mode != src.mode:
+            changed["mode"] = new_mode
+        if not changed:
+            return src
+        self._con.execute(
+            "UPDATE sources SET allowed_origins = ?, rate_limit = ?, purposes = ?, mode = ?"
+            " WHERE id = ?",
+            (json.dumps(changed.get("allowed_origins", list(src.allowed_origins))),
+             changed.get("rate_limit", src.rate_limit), json.dumps(checked), new_mode, src.id))
+        AuditLog(self.data_dir).append(actor, "source.updated", {"source": src.id, **changed})
+        out = self.by_id(src.id)
+        assert out is not None
+        return out
+
     def by_key(self, key: str) -> Source | None:
         """The source of a write key or of a server key (then with ``server_key`` set)."""
         digest = hash_key(key)

@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from aap import errors
+from aap.api.admin import HealthParts, SourcesAPI, health
 from aap.api.keys import ROLES, ApiKeys, role_at_least
 from aap.api.live import LiveFeed
 from aap.api.overview import Overview
@@ -71,6 +72,9 @@ class RestAPI:
                                      timeout_s=settings.query.query_timeout_s)
         self.live_feed = LiveFeed()
         self.live_feed.names = self.overview_api.source_names
+        self.sources = SourcesAPI(settings.data_path)
+        self.health_parts: HealthParts | None = None
+        """Set by the core (:class:`aap.core.app.Core`): what ``GET /health`` reports."""
 
     def start(self) -> None:
         if self.cache is not None:
@@ -215,3 +219,21 @@ class RestAPI:
 
     def live(self, params: dict[str, str], body: bytes, role: str) -> Any:
         return self.live_feed.poll(ARGS.get())
+    # -- admin: sources and health (aap.api.admin) --
+
+    def list_sources(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self.sources.list_sources(ACTOR.get())
+
+    def create_source(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self.sources.create_source(body, ACTOR.get())
+
+    def update_source(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self.sources.update_source(params["id"], body, ACTOR.get())
+
+    def new_server_key(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        return self.sources.new_server_key(params["id"], ACTOR.get())
+
+    def health(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        if self.health_parts is None:
+            raise errors.ServiceUnavailable("health is answered by the core", code="starting")
+        return health(self.health_parts)

@@ -12,6 +12,8 @@ name and what it answers. :class:`aap.api.rest.RestAPI` dispatches on it (:data:
 | ``GET /keys``, ``POST /keys``, ``DELETE /keys/{id}`` | admin |
 | ``POST /privacy/requests``, ``GET /privacy/requests/{id}``, ``GET …/{id}/export`` | privacy |
 | ``GET /consent/stats``, ``POST /overview``, ``GET /overview/current``, ``GET /live`` | analyst |
+| ``GET /sources``, ``POST /sources``, ``PATCH /sources/{id}`` (a name or an id), | admin |
+| ``POST /sources/{id}/server_key``, ``GET /health`` | admin |
 
 A route takes the query-string parameters it names (``args``); any other is a 400.
 """
@@ -87,6 +89,25 @@ _KEY = {"type": "object", "required": ["id", "role", "name", "created_at"],
                        "name": {"type": "string"}, "created_at": {"type": "integer"},
                        "key": {"type": "string"}}}
 _ONE_ID = (*API_ERRORS, 404)
+_SOURCE_REF = {"id": r"[A-Za-z0-9_\-]{1,64}"}
+_SOURCE = {"type": "object", "required": ["id", "name", "key_hint", "origins", "rate_limit",
+                                          "purposes", "mode", "created_at"],
+           "properties": {"write_key": {"type": "string", "description": "only on creation"},
+                          "server_key_secret": {"type": "string",
+                                                "description": "only on creation"}}}
+_SOURCE_FIELDS: dict[str, Any] = {
+    "origins": {"type": "array", "items": {"type": "string"}},
+    "rate_limit": {"type": "number", "minimum": 0},
+    "purposes": {"type": "object", "additionalProperties": {"type": "string"}},
+    "mode": {"enum": ["standard", "cnil"]}}
+_NEW_SOURCE = {"type": "object", "required": ["name"], "additionalProperties": False,
+               "properties": {"name": {"type": "string"}, **_SOURCE_FIELDS,
+                              "historical": {"type": "boolean"},
+                              "controller": {"type": ["string", "null"]},
+                              "server_key": {"type": "boolean"}}}
+_SOURCE_PATCH = {"type": "object", "additionalProperties": False,
+                 "properties": {**_SOURCE_FIELDS,
+                                "controller": {"type": ["string", "null"]}}}
 
 ROUTES: tuple[Route[Endpoint], ...] = (
     _route("POST", "/query", "analyst", "query", "Run an insight", body=_ref("Insight"),
@@ -141,6 +162,21 @@ ROUTES: tuple[Route[Endpoint], ...] = (
     _route("GET", "/live", "analyst", "live",
            "Events processed after a cursor (long poll, up to 10 s; pseudonymous ids only)",
            args=("after", "event", "source"), ok=overview_doc.LIVE),
+    # -- admin: sources and health (aap.api.admin) --
+    _route("GET", "/sources", "admin", "list_sources", "List sources (never their keys)",
+           ok=_list("sources")),
+    _route("POST", "/sources", "admin", "create_source",
+           "Create a source; answers its write key, the only time it is shown",
+           errors=(*API_ERRORS, 409), ok=_SOURCE, body=_NEW_SOURCE),
+    _route("PATCH", "/sources/{id}", "admin", "update_source",
+           "Change a source (by name or id): origins, rate limit, purposes, mode, controller",
+           errors=_ONE_ID, ok=_SOURCE, params=_SOURCE_REF, body=_SOURCE_PATCH),
+    _route("POST", "/sources/{id}/server_key", "admin", "new_server_key",
+           "Replace a source's server (secret) key (the old one stops within 5 s);"
+           " answers it, the only time it is shown",
+           errors=_ONE_ID, ok=_SOURCE, params=_SOURCE_REF),
+    _route("GET", "/health", "admin", "health",
+           "Log, tiers, disk, processor and processes, for operators"),
 )
 
 ROUTER = Router(ROUTES, mount=PREFIX)

@@ -119,6 +119,8 @@ class Processor:
         here too, so that an id coming back is a new person."""
         self.dropped: Counter[str] = Counter()
         self.failures = 0
+        self.last_write_at: float | None = None
+        """When a chunk was last committed (Unix time; None: not since start)."""
         self._pending: Future[_Built] | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="aap-warehouse-write")
         cfg = PrepareConfig(historical_sources=historical_sources)
@@ -339,6 +341,7 @@ class Processor:
         built = fut.result()
         self.position = built.chunk.position
         self.failures = 0
+        self.last_write_at = time.time()
         self.log.commit(GROUP, self.position)  # for lag metrics; the truth is in the warehouse
         PROCESSED.inc(built.rows)
         for reason, n in built.dropped.items():
