@@ -1,0 +1,9 @@
+// Stub: the sql page's owner replaces this body.
+export default function Page() {
+  return (
+    <section aria-labelledby="page-title">
+      <h1 id="page-title">SQL</h1>
+      <p>This page is coming.</p>
+    </section>
+  );
+}
