@@ -26,6 +26,7 @@ function Toggle({ p, choice, token, onSaved, onError }: {
 }) {
   const [busy, setBusy] = useState(false);
   const click = async () => {
+    if (busy) return; // one statement at a time (not `disabled`: that would drop the focus)
     setBusy(true);
     try {
       await client.setChoice(token, p.id, !choice);
@@ -37,8 +38,8 @@ function Toggle({ p, choice, token, onSaved, onError }: {
     }
   };
   return (
-    <button type="button" class="toggle" aria-pressed={choice} aria-labelledby={`t-${p.id}`}
-      aria-describedby={`s-${p.id}`} data-purpose={p.id} disabled={busy} onClick={click}>
+    <button type="button" class="toggle" aria-pressed={choice} aria-labelledby={`t-${p.id} s-${p.id}`}
+      data-purpose={p.id} aria-busy={busy} onClick={click}>
       <span class="knob" aria-hidden="true" />
       <span id={`s-${p.id}`}>{choice ? w.allowed : w.notAllowed}</span>
     </button>
