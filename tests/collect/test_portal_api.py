@@ -168,3 +168,13 @@ def test_a_purpose_on_another_basis_applies_without_a_statement(site: Site) -> N
     assert p["personalization"] == {"granted": True, "basis": "legitimate_interest",
                                     "consent": False, "at_ms": None}
     assert p["analytics"]["granted"] is False
+
+
+def test_gpc_is_honoured_for_a_statement_made_with_the_token(site: Site) -> None:
+    me = f"portal-{uuid.uuid4().hex[:8]}"
+    url = site.server.url + "/v1/consent"
+    r = httpx.post(url, headers={**site.token(me), "Sec-GPC": "1"},
+                   json={"purposes": {"analytics": True, "marketing": True}})
+    assert r.status_code == 200, r.text
+    p = httpx.get(url, headers=site.token(me)).json()["purposes"]
+    assert p["analytics"]["granted"] is True and p["marketing"]["granted"] is False
