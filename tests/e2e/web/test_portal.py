@@ -199,3 +199,12 @@ def test_narrow_keyboard_axe_and_screenshots(web: Web, open_portal: Callable[...
     page.click("#file-erasure")
     expect(page.locator("#confirm-erasure")).to_be_focused()  # focus moves to the question
     axe_check(page)
+
+
+def test_a_source_name_of_markup_stays_text(open_portal: Callable[..., Any]) -> None:
+    page = open_portal(source="%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E")
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    expect(page.get_by_role("alert")).to_contain_text("no privacy portal")
+    assert page.locator("img").count() == 0 and dialogs == []
+    assert "<img" in page.title()  # shown as the text it is

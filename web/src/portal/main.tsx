@@ -17,6 +17,7 @@ const lang = pickLang(navigator.language);
 const w = WORDS[lang];
 document.documentElement.lang = lang;
 const source = decodeURIComponent(location.pathname.replace(/^\/portal\//, "").replace(/\/$/, ""));
+document.title = `${w.title} · ${source}`;
 
 const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
