@@ -213,10 +213,10 @@ def test_a_route_without_its_description_cannot_be_published() -> None:
     async def prefixed(req: object) -> None: ...
 
     with pytest.raises(LookupError, match="bare"):
-        document({"/x": (("GET",), bare)}, [], [], "/api/v1", {})
+        document([("/x", ("GET",), bare)], [], [], "/api/v1", {})
     with pytest.raises(LookupError, match="must name its paths"):
-        document({}, [("/p/", ("GET",), prefixed)], [], "/api/v1", {})
-    ok = document({"/x": (("GET", "HEAD"), documented(Op("x", errors=(404,)))(bare))}, [],
+        document([], [("/p/", ("GET",), prefixed)], [], "/api/v1", {})
+    ok = document([("/x", ("GET", "HEAD"), documented(Op("x", errors=(404,)))(bare))], [],
                   [("DELETE", r"^/things/(?P<id>\d{1,3})$", Op("t"))], "/api/v1", {})
     assert set(ok["paths"]) == {"/x", "/api/v1/things/{id}"}
     assert set(ok["paths"]["/x"]) == {"get", "head"}

@@ -141,7 +141,9 @@ def test_nothing_is_sent_or_stored_before_consent(tab: Tab) -> None:
     tab.js("aap.consent.set({analytics: true, marketing: false})")
     wait_for(lambda: "/v1/batch" in tab.paths() or tab.pause() or False, what="first batch")
     assert tab.paths()[0] == "/v1/consent"
-    assert sorted(tab.storage()["local"]) == ["aap_consent", "aap_ids", "aap_s"]
+    # the queue leaves storage once the batch is answered (the request may still be out)
+    wait_for(lambda: sorted(tab.storage()["local"]) == ["aap_consent", "aap_ids", "aap_s"],
+             what="the sent queue to leave localStorage")
     tab.page.click("button[data-aap=buy]")
     tab.js("aap.identify('web-user-1', {plan: 'pro'}); aap.track('Plan Chosen', {plan: 'pro'});"
            " aap.group('org-web-1', {size: 3}); aap.alias('web-login-1'); aap.flush()")

@@ -40,3 +40,20 @@ def test_bundle_never_reads_field_values_or_pointer_streams() -> None:
     for forbidden in (".value", "keydown", "keyup", "keypress", "mousemove", "pointermove",
                       "document.cookie", "geolocation", "sessionStorage"):
         assert forbidden not in code, forbidden
+
+
+@pytest.mark.slow
+def test_the_banner_is_its_own_bundle_under_8_kb() -> None:
+    """The consent banner (loaded by aap.consent.show()) is built beside the SDK, with its
+    own budget; the SDK only names its URL."""
+    out = subprocess.run(["node", str(SDK / "build.mjs")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    m = re.search(r"aap-banner\.min\.js: (\d+) bytes minified, (\d+) bytes gzipped"
+                  r" \(budget 8192\)", out.stdout)
+    assert m, out.stdout
+    banner = (SERVED.parent / "aap-banner.min.js").read_bytes()
+    assert len(banner) == int(m.group(1))
+    assert len(gzip.compress(banner, 9)) <= 8 * 1024
+    sdk = SERVED.read_text()
+    assert "/sdk-banner.js" in sdk and "Accept all" not in sdk

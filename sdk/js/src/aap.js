@@ -318,6 +318,19 @@ const api = {
       }
     },
     get: () => ({ ...consent.p }),
+    // The consent banner, loaded on first use from {host}/sdk-banner.js (see banner.js):
+    // resolves with the choice recorded, or null when it was closed without one.
+    show(opts = {}) {
+      const go = () => W.aapBanner(api, { host, source: o.source, lang: o.lang, ...opts });
+      if (W.aapBanner) return go();
+      return new Promise((ok, ko) => {
+        const s = D.createElement("script");
+        s.src = host + "/sdk-banner.js";
+        s.onload = () => ok(go());
+        s.onerror = ko;
+        D.head.appendChild(s);
+      });
+    },
   },
 };
 

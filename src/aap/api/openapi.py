@@ -167,11 +167,11 @@ def _op_id(method: str, path: str) -> str:
     return f"{method}_{words}" + ("_slash" if path.endswith("/") and len(path) > 1 else "")
 
 
-def document(routes: Mapping[str, tuple[tuple[str, ...], Any]],
+def document(routes: Iterable[tuple[str, tuple[str, ...], Any]],
              prefix_routes: Iterable[tuple[str, tuple[str, ...], Any]],
              rest: Iterable[tuple[str, str, Op]], rest_prefix: str,
              components: Mapping[str, Any]) -> dict[str, Any]:
-    """The document: ``routes`` (path → methods, handler), ``prefix_routes`` (prefix,
+    """The document: ``routes`` (path, methods, handler), ``prefix_routes`` (prefix,
     methods, handler: the handler's Op names its path templates), ``rest`` (method,
     regex, Op) under ``rest_prefix``."""
     paths: dict[str, dict[str, Any]] = {}
@@ -180,7 +180,7 @@ def document(routes: Mapping[str, tuple[tuple[str, ...], Any]],
         m = method.lower()
         paths.setdefault(path, {})[m] = _operation(op, m, path, _op_id(m, path))
 
-    for path, (methods, handler) in routes.items():
+    for path, methods, handler in routes:
         op = op_of(handler)
         for method in methods:
             add(path, method, op)

@@ -44,6 +44,7 @@ from aap.collect.body import decode_content
 from aap.collect.compat import Compat, is_browser_path, sends_credentials, templated
 from aap.collect.consent import ConsentRequest, Gate, parse_consent
 from aap.collect.health import Health
+from aap.collect.portal import Portal
 from aap.collect.ratelimit import RateLimiter, retry_after
 from aap.collect.segment import (
     BATCH_PATHS,
@@ -103,6 +104,8 @@ class Collector:
         self.sealer = Sealer(self.data_dir, hasher=self.gate.hasher)
         self.self_service = SelfService(self.data_dir, self.gate.hasher, self.sources)
         self.salts = DailySalts(self.data_dir)
+        self.portal = Portal(self.sources, self.gate, self.self_service, self.limiter,
+                             self._check_health)
         self._unknown_keys: dict[str, float] = {}
         self._known_keys: dict[str, tuple[Source, float]] = {}
         """key → (its source, when it was read): read again after :data:`KEY_TTL_S`, so
@@ -125,6 +128,7 @@ class Collector:
                Route("/metrics", ("GET",), self.metrics),
                Route("/v1/consent", POST, self.consent),
                Route(SUBJECT_PATH, POST, self.own_request),
+               *self.portal.routes(),  # the privacy portal's public endpoints
                Route(API_PREFIX + "/openapi.json", GET_HEAD, self.openapi),
                *(Route(path, POST, self.ingest_batch) for path in BATCH_PATHS),
                *(Route(path, POST, self.ingest_single) for path in SINGLE_PATHS)]
@@ -207,7 +211,7 @@ class Collector:
         components = openapi.schemas({
             "Insight": Insight, "CohortSpec": CohortSpec, "NewRequest": NewRequest,
             "OwnRequest": OwnRequest, "ConsentRequest": ConsentRequest})
-        table = {r.path: (r.methods, r.target) for r in self.router.routes if not r.prefix}
+        table = [(r.path, r.methods, r.target) for r in self.router.routes if not r.prefix]
         rest = [(m, r.regex(), r.target.op) for r in API_ROUTES for m in r.methods]
         return openapi.document(table, [], rest, API_PREFIX, components)
 
@@ -362,7 +366,7 @@ class Collector:
                    ok={"type": "object", "required": ["success", "recorded"],
                        "properties": {"success": {"const": True},
                                       "recorded": {"type": "integer"}}},
-                   security=("writeKey", "")))
+                   security=("writeKey", "subjectToken", "")))
     async def consent(self, req: Request) -> Response:
         """``POST /v1/consent``: a person grants or withdraws purposes. Back-pressure and
         the source's rate limit apply as to events (one statement request counts as one

@@ -30,6 +30,8 @@ from aap.settings import Settings
 from aap.sources import Source
 
 SDK_FILE = Path(__file__).parent / "static" / "aap.min.js"
+BANNER_FILE = Path(__file__).parent / "static" / "aap-banner.min.js"
+"""The SDK's consent banner (``aap.consent.show()`` loads it from ``/sdk-banner.js``)."""
 SEGMENT_SETTINGS_PREFIX = "/v1/projects/"
 SEGMENT_METRICS_PATH = "/v1/m"
 BROWSER_PREFIXES = ("/v1/", posthog.CONFIG_PREFIX)
@@ -90,6 +92,7 @@ class Compat:
         self.app = app
         self.settings = settings
         self._sdk: tuple[bytes, str] | None = None
+        self._banner: tuple[bytes, str] | None = None
 
     def routes(self) -> list[Route[Handler]]:
         return [
@@ -100,6 +103,7 @@ class Compat:
             *(Route(path, ("GET",), self.snowplow_get) for path in snowplow.GET_PATHS),
             Route(SEGMENT_METRICS_PATH, ("POST",), self.segment_metrics),
             Route("/sdk.js", ("GET", "HEAD"), self.sdk_js),
+            Route("/sdk-banner.js", ("GET", "HEAD"), self.sdk_banner_js),
             *templated(self.posthog_config, ("GET",)),
             *templated(self.segment_settings, ("GET",)),
         ]
@@ -237,20 +241,34 @@ class Compat:
                    errors=(304, 404), query={}))
     async def sdk_js(self, req: Request) -> Response:
         if self._sdk is None:
-            if not SDK_FILE.exists():
-                raise errors.NotFound("the browser SDK is not built: run scripts/setup",
-                                      code="sdk_not_built")
-            js = SDK_FILE.read_bytes()
-            self._sdk = (js, '"' + hashlib.sha256(js).hexdigest()[:16] + '"')
-        js, etag = self._sdk
-        headers = [("etag", etag), ("cache-control", "public, max-age=3600"),
-                   ("access-control-allow-origin", "*")]
-        if req.headers.get("if-none-match") == etag:
-            return Response(304, b"", content_type="application/javascript",
-                                    headers=headers)
-        return Response(200, b"" if req.method == "HEAD" else js,
-                                content_type="application/javascript; charset=utf-8",
-                                headers=headers)
+            self._sdk = _script(SDK_FILE)
+        return _serve_script(req, self._sdk)
+
+    @documented(Op("The consent banner of AAP's browser SDK (loaded by aap.consent.show())",
+                   ok=None, ok_type="application/javascript", errors=(304, 404), query={}))
+    async def sdk_banner_js(self, req: Request) -> Response:
+        if self._banner is None:
+            self._banner = _script(BANNER_FILE)
+        return _serve_script(req, self._banner)
+
+
+def _script(path: Path) -> tuple[bytes, str]:
+    """A built script of the SDK and its ETag (404 if it is not built)."""
+    if not path.exists():
+        raise errors.NotFound("the browser SDK is not built: run scripts/setup",
+                              code="sdk_not_built")
+    js = path.read_bytes()
+    return js, '"' + hashlib.sha256(js).hexdigest()[:16] + '"'
+
+
+def _serve_script(req: Request, script: tuple[bytes, str]) -> Response:
+    js, etag = script
+    headers = [("etag", etag), ("cache-control", "public, max-age=3600"),
+               ("access-control-allow-origin", "*")]
+    if req.headers.get("if-none-match") == etag:
+        return Response(304, b"", content_type="application/javascript", headers=headers)
+    return Response(200, b"" if req.method == "HEAD" else js,
+                    content_type="application/javascript; charset=utf-8", headers=headers)
 
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")

@@ -173,6 +173,16 @@ class RequestStore:
             raise errors.NotFound(f"no privacy request {rid}")
         return list(json.loads(row[0])), row[1]
 
+    def mine(self, key: int, scopes: tuple[str, ...], limit: int = 200) -> list[dict[str, Any]]:
+        """The requests about subject ``key`` filed in one of ``scopes`` (a person's own,
+        for the privacy portal), newest first: what :meth:`get` says of each."""
+        marks = ",".join("?" * len(scopes))
+        rows = self._con.execute(
+            f"SELECT id, subject_keys FROM requests WHERE scope IN ({marks})"
+            " ORDER BY created_at DESC, rowid DESC", scopes).fetchall()
+        ids = [r[0] for r in rows if key in json.loads(r[1])][:limit]
+        return [self.get(rid) for rid in ids]
+
     def get(self, rid: str) -> dict[str, Any]:
         row = self._con.execute(
             "SELECT id, type, created_at, status, finished_at, result, error FROM requests"
