@@ -11,6 +11,8 @@ name and what it answers. :class:`aap.api.rest.RestAPI` dispatches on it (:data:
 | ``POST /cohorts``, ``DELETE /cohorts/{id}`` | analyst (a static cohort: privacy) |
 | ``GET /keys``, ``POST /keys``, ``DELETE /keys/{id}`` | admin |
 | ``POST /privacy/requests``, ``GET /privacy/requests/{id}``, ``GET …/{id}/export`` | privacy |
+| ``GET /dashboards``, ``GET /dashboards/{id}`` | viewer |
+| ``POST /dashboards``, ``DELETE /dashboards/{id}``, ``GET /sql/views`` | analyst |
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ _KEY = {"type": "object", "required": ["id", "role", "name", "created_at"],
                        "name": {"type": "string"}, "created_at": {"type": "integer"},
                        "key": {"type": "string"}}}
 _ONE_ID = (*API_ERRORS, 404)
+_DASHBOARD = {"type": "object", "required": ["id", "name", "insights"],
+              "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
+                             "insights": {"type": "array"}}}
 
 ROUTES: tuple[Route[Endpoint], ...] = (
     _route("POST", "/query", "analyst", "query", "Run an insight", body=_ref("Insight"),
@@ -119,6 +124,26 @@ ROUTES: tuple[Route[Endpoint], ...] = (
            "privacy_export", "The zip of a finished access request", errors=(*_ONE_ID, 409),
            ok_type="application/zip", ok={"type": "string", "format": "binary"},
            params=_REQUEST_ID),
+    # -- insights (issue 14, the web app): dashboards and the sql kind's views --
+    _route("GET", "/dashboards", "viewer", "list_dashboards", "List dashboards",
+           ok=_list("dashboards")),
+    _route("POST", "/dashboards", "analyst", "create_dashboard",
+           "Create a dashboard of saved insights", errors=_ONE_ID,  # 404: an insight it names
+           body={"type": "object", "required": ["name"], "additionalProperties": False,
+                 "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200},
+                                "insights": {"type": "array", "maxItems": 100,
+                                             "items": {"type": "integer", "minimum": 1}}}},
+           ok=_DASHBOARD),
+    _route("GET", "/dashboards/{id}", "viewer", "get_dashboard",
+           "A dashboard: its saved insights' ids and names", errors=_ONE_ID, params=_ID,
+           ok=_DASHBOARD),
+    _route("DELETE", "/dashboards/{id}", "analyst", "delete_dashboard", "Delete a dashboard",
+           errors=_ONE_ID, params=_ID,
+           ok={"type": "object", "required": ["deleted"],
+               "properties": {"deleted": {"type": "integer"}}}),
+    _route("GET", "/sql/views", "analyst", "list_sql_views",
+           "The views the sql kind reads, with the columns this key's role sees",
+           ok=_list("views")),
 )
 
 ROUTER = Router(ROUTES, mount=PREFIX)
