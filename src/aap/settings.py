@@ -96,6 +96,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls_cert", "", "PEM certificate (chain) file: with `AAP_TLS_KEY`, the server speaks HTTPS only and sends `Strict-Transport-Security` (also `aap serve --tls-cert`)."),
     Setting("tls_key", "", "PEM private key file of `AAP_TLS_CERT` (also `aap serve --tls-key`)."),
     Setting("hsts_max_age", 31536000, "`max-age` of the `Strict-Transport-Security` header sent when TLS is on (seconds)."),
+    Setting("session_ttl_s", 43200, "How long a web app session (the `aap_session` cookie made from an API key) lasts before its holder signs in again (seconds; default 12 h)."),
     Setting("master_key", "", "Master key wrapping every person's data key (32 bytes, base64); empty: the file DATA_DIR/keys/master.key, made on first use. Never printed, logged or written by AAP.", secret=True),
     Setting("api_key", "", "API key `aap query --url` sends (also `aap query --key`).", secret=True),
 )
@@ -209,7 +210,12 @@ class ServerSettings(Section):
     public_url: str
     allowed_hosts: str
     retry_after_seconds: int
+    session_ttl_s: int
     metrics_token: str = _secret()
+
+    def check(self) -> None:
+        if self.session_ttl_s <= 0:
+            raise ValueError("AAP_SESSION_TTL_S must be more than 0")
 
 
 @dataclass(frozen=True)

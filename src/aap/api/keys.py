@@ -103,6 +103,12 @@ class ApiKeys:
             self._verified[key_id] = digest
         return ApiKey(row[0], row[1], row[2], row[3], row[4])
 
+    def get(self, key_id: str) -> ApiKey | None:
+        """The key's record as it is now (revoked or not), or None."""
+        row = self._con.execute("SELECT id, name, role, created_at, revoked_at FROM api_keys"
+                                " WHERE id = ?", (key_id,)).fetchone()
+        return ApiKey(*row) if row is not None else None
+
     def list(self) -> list[ApiKey]:
         return [ApiKey(*r) for r in self._con.execute(
             "SELECT id, name, role, created_at, revoked_at FROM api_keys ORDER BY created_at, id")]

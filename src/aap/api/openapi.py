@@ -48,6 +48,8 @@ SECURITY_SCHEMES: dict[str, Any] = {
     "apiKey": {"type": "http", "scheme": "bearer", "description": "an API key (aap keys create)"},
     "subjectToken": {"type": "apiKey", "in": "header", "name": "Authorization",
                      "description": "`Subject <token>`: a token the site signs for a person"},
+    "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "aap_session",
+                      "description": "the web app's session (POST /api/v1/session)"},
     "metricsToken": {"type": "http", "scheme": "bearer",
                      "description": "AAP_METRICS_TOKEN, when it is set"},
 }

@@ -66,6 +66,7 @@ from aap.privacy.sealing import Sealer
 from aap.routing import ANY, Found, Route, Router
 from aap.settings import Settings
 from aap.sources import Source, Sources
+from aap.web.app import WebApp
 
 logger = logging.getLogger("aap.collect")
 
@@ -111,7 +112,9 @@ class Collector:
                       if settings.tls.on else [])
         # a query may wait for a slot as long as it may run (aap.api.gate)
         self.api = ApiProxy(self.data_dir, timeout=2 * settings.query.query_timeout_s + 30,
-                            max_body=settings.collector.max_request_bytes)
+                            max_body=settings.collector.max_request_bytes,
+                            session_ttl_s=settings.server.session_ttl_s)
+        self.web = WebApp(self.api, secure_cookie=settings.tls.on)  # pages, files, sessions
         self._openapi: bytes | None = None
         self.router: Router[Handler] = Router(self.routes())
 
@@ -127,7 +130,7 @@ class Collector:
                *(Route(path, POST, self.ingest_single) for path in SINGLE_PATHS)]
         # PostHog, Segment browser, Snowplow, /sdk.js
         compat = Compat(self, self.settings).routes()
-        return [*own, *compat, *templated(self.own_request_status, ("GET",)),
+        return [*own, *compat, *templated(self.own_request_status, ("GET",)), *self.web.routes(),
                 Route(API_PREFIX + "/", ANY, self.proxy_api, prefix=True, label=API_PREFIX)]
 
     # -- ASGI --

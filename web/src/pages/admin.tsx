@@ -1,0 +1,9 @@
+// Stub: the admin page's owner replaces this body.
+export default function Page() {
+  return (
+    <section aria-labelledby="page-title">
+      <h1 id="page-title">Admin</h1>
+      <p>This page is coming.</p>
+    </section>
+  );
+}

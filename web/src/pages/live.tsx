@@ -1,0 +1,9 @@
+// Stub: the live page's owner replaces this body.
+export default function Page() {
+  return (
+    <section aria-labelledby="page-title">
+      <h1 id="page-title">Live</h1>
+      <p>This page is coming.</p>
+    </section>
+  );
+}
