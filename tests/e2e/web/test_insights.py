@@ -65,7 +65,7 @@ def test_trends_series_math_formula_and_chart_type(signed_in: SignedIn) -> None:
     assert doc_of(page)["series"] == [{"event": "$page", "math": "total"},
                                       {"event": "Signed Up", "math": "persons"}]
     answer = check_chart(page)
-    assert [s["label"] for s in answer["series"]] == ["$page", "Signed Up"]
+    assert len(answer["series"]) == 2 and answer["series"][0]["label"] == "$page"
     assert sum(answer["series"][0]["values"]) > 0
     set_text(page, "trends-formula", "A/B")
     answer = check_chart(page)
@@ -78,6 +78,7 @@ def test_trends_series_math_formula_and_chart_type(signed_in: SignedIn) -> None:
 
 def test_trends_breakdown_and_compare(signed_in: SignedIn) -> None:
     page = builder(signed_in)
+    set_text(page, "date-from", "-3d")  # the previous period (of the demo's 7 days) has data
     set_text(page, "trends-breakdown", "browser")
     page.check("#trends-compare")
     doc = doc_of(page)

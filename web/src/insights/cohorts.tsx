@@ -40,7 +40,7 @@ export function CohortPanel({ cohorts, reload, use }: {
           {cohorts.map((c) => (
             <li key={c.id}>
               <span>{c.name}</span> <span class="muted">({c.kind}, #{c.id})</span>{" "}
-              <button type="button" class="secondary" onClick={() => use(c.id)} aria-label={`Filter by cohort ${c.name}`}>Use</button>
+              <button type="button" class="secondary" onClick={() => use(c.id)} aria-label={`Use cohort ${c.name}`}>Use</button>
             </li>
           ))}
         </ul>

@@ -1,5 +1,14 @@
 // Small labelled form controls for the builder (every input has a label).
 import type { ComponentChildren } from "preact";
+import { useEffect, useState } from "preact/hooks";
+
+/** What the user is typing, kept across re-renders (an answer arriving must not reset a
+ * field being edited), and replaced when the document's value changes from elsewhere. */
+function useDraft(value: string): [string, (v: string) => void] {
+  const [draft, setDraft] = useState(value);
+  useEffect(() => setDraft(value), [value]);
+  return [draft, setDraft];
+}
 
 export function Field({ id, label, children }: { id: string; label: string; children: ComponentChildren }) {
   return (
@@ -14,11 +23,13 @@ export function Field({ id, label, children }: { id: string; label: string; chil
 export function Text({ id, label, value, onChange, placeholder, list, live }: {
   id: string; label: string; value: string; onChange: (v: string) => void; placeholder?: string; list?: string; live?: boolean;
 }) {
+  const [draft, setDraft] = useDraft(value);
   const handler = (e: Event) => onChange((e.target as HTMLInputElement).value);
   return (
     <Field id={id} label={label}>
-      <input id={id} type="text" value={value} placeholder={placeholder} list={list}
-        onChange={live ? undefined : handler} onInput={live ? handler : undefined} />
+      <input id={id} type="text" value={live ? value : draft} placeholder={placeholder} list={list}
+        onChange={live ? undefined : handler}
+        onInput={live ? handler : (e) => setDraft((e.target as HTMLInputElement).value)} />
     </Field>
   );
 }
@@ -26,9 +37,11 @@ export function Text({ id, label, value, onChange, placeholder, list, live }: {
 export function Num({ id, label, value, onChange, min, max }: {
   id: string; label: string; value: number; onChange: (v: number) => void; min?: number; max?: number;
 }) {
+  const [draft, setDraft] = useDraft(String(value));
   return (
     <Field id={id} label={label}>
-      <input id={id} type="number" value={value} min={min} max={max}
+      <input id={id} type="number" value={draft} min={min} max={max}
+        onInput={(e) => setDraft((e.target as HTMLInputElement).value)}
         onChange={(e) => {
           const v = Number((e.target as HTMLInputElement).value);
           if (Number.isFinite(v)) onChange(v);

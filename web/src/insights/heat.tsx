@@ -22,7 +22,7 @@ export function HeatTable({ result, since }: { result: RetentionResult; since: n
   });
   return (
     <div class="heat chart" ref={root} data-series={seriesAttr(s.labels, s.series)} data-kind="heat">
-      <div class="table-scroll">
+      <div class="table-scroll" tabIndex={0} role="region" aria-label={`Retention by ${result.period}`}>
         <table>
           <caption class="visually-hidden">Retention by cohort: persons who came back in each {result.period} after</caption>
           <thead>
