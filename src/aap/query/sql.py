@@ -245,6 +245,8 @@ def run(ctx: Context, q: SQL, *, max_rows: int = 100_000, max_seconds: float = 3
                               timeout_s=seconds, limits=limits, idle=idle_workers,
                               interrupt=cursors if ctx.snapshot else (), plan=plan)
         except sandbox.SandboxFailed as exc:
+            for _, data, _, _ in views:  # unread batches hold the snapshot's cursor open
+                data.close()
             if exc.kind != "binder":
                 raise sandbox.failed(exc, timeout_s=seconds, limits=limits) from None
             if not plan:

@@ -45,7 +45,7 @@ def test_an_analyst_creates_a_dashboard_a_viewer_reads_it(signed_in: SignedIn) -
     name = f'"><script>alert(1)</script> {tag}'
     analyst.fill("#dashboard-name", name)
     for m in made:
-        analyst.get_by_label(m["name"], exact=True).check()
+        analyst.get_by_role("checkbox", name=m["name"], exact=True).check()
     analyst.get_by_role("button", name="Create dashboard").click()
     expect(analyst.get_by_role("heading", level=1)).to_have_text(name, timeout=TIMEOUT)
     board_id = int(analyst.url.split("id=")[1])
@@ -77,7 +77,7 @@ def test_refresh_reruns_every_tile(signed_in: SignedIn) -> None:
     wait_series(page, sel, expected(api_get(page, f"/insights/{made[0]['id']}")["result"]))
     path = f"/api/v1/insights/{made[0]['id']}"
     with page.expect_response(lambda r: r.url.endswith(path), timeout=TIMEOUT) as rerun:
-        page.get_by_role("button", name="Refresh").click()
+        page.get_by_role("button", name="Refresh", exact=True).click()
     assert rerun.value.status == 200
     wait_series(page, sel, expected(api_get(page, f"/insights/{made[0]['id']}")["result"]))
 

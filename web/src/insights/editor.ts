@@ -16,6 +16,8 @@ export function makeEditor(parent: HTMLElement, doc: string, schema: Record<stri
       sql({ dialect: SQLite, schema, upperCaseKeywords: true }),
       EditorView.contentAttributes.of({ "aria-label": label }),
       EditorView.lineWrapping,
+      // the page's CSP admits CodeMirror's <style> elements by the shell's nonce
+      EditorView.cspNonce.of(document.querySelector<HTMLMetaElement>('meta[name="csp-nonce"]')?.content ?? ""),
     ],
   });
   return { view, text: () => view.state.doc.toString(), destroy: () => view.destroy() };
