@@ -21,9 +21,9 @@ def value_text(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
 
 
-def trend_name(s: dict[str, Any]) -> str:
+def trend_name(s: dict[str, Any], broken_down: bool) -> str:
     parts = [s["label"]]
-    if "breakdown_value" in s:
+    if broken_down:
         parts.append(value_text(s["breakdown_value"]))
     if s.get("compare"):
         parts.append(s["compare"])
@@ -39,8 +39,10 @@ def expected(r: dict[str, Any]) -> dict[str, Any]:
     kind = r["kind"]
     if kind == "trends":
         first = next((s for s in r["series"] if s.get("compare") != "previous"), r["series"][0])
+        broken_down = any(s.get("breakdown_value") is not None for s in r["series"])
         return {"labels": first["dates"],
-                "series": [{"name": trend_name(s), "values": s["values"]} for s in r["series"]]}
+                "series": [{"name": trend_name(s, broken_down), "values": s["values"]}
+                           for s in r["series"]]}
     if kind == "funnel":
         return {"labels": [step_name(s, i) for i, s in enumerate(r["steps"])],
                 "series": [{"name": "count", "values": [s["count"] for s in r["steps"]]}]}

@@ -60,6 +60,8 @@ function options(props: ChartProps, width: number, height: number): uPlot.Option
     cursor: { drag: { x: false, y: false } },
     scales: {
       x: { time: false, range: kind === "line" ? [0, Math.max(1, n - 1)] : [-0.5, n - 0.5] },
+      // bars stand on zero (uPlot's auto range would start them at the smallest value)
+      ...(kind !== "line" ? { y: { range: (_u: uPlot, lo: number | null, hi: number | null): uPlot.Range.MinMax => [Math.min(0, lo ?? 0), Math.max(0, hi ?? 0) * 1.05 || 1] } } : {}),
     },
     axes: [
       {

@@ -39,9 +39,11 @@ export function valueText(v: unknown): string {
   return typeof v === "string" ? v : JSON.stringify(v);
 }
 
-export function trendName(s: TrendSeries): string {
+/** A trends series' name: its label, its breakdown value when the answer is broken down
+ * (some series has a value: without a breakdown every series carries null), compare. */
+export function trendName(s: TrendSeries, brokenDown: boolean): string {
   const parts = [s.label];
-  if ("breakdown_value" in s) parts.push(valueText(s.breakdown_value));
+  if (brokenDown) parts.push(valueText(s.breakdown_value));
   if (s.compare) parts.push(s.compare);
   return parts.join(" · ");
 }
@@ -55,7 +57,8 @@ export function toSeries(r: Result): SeriesData | null {
   switch (r.kind) {
     case "trends": {
       const first = r.series.find((s) => s.compare !== "previous") ?? r.series[0];
-      return { labels: first ? first.dates : [], series: r.series.map((s) => ({ name: trendName(s), values: s.values })) };
+      const brokenDown = r.series.some((s) => s.breakdown_value !== null && s.breakdown_value !== undefined);
+      return { labels: first ? first.dates : [], series: r.series.map((s) => ({ name: trendName(s, brokenDown), values: s.values })) };
     }
     case "funnel":
       return { labels: r.steps.map(stepName), series: [{ name: "count", values: r.steps.map((s) => s.count) }] };

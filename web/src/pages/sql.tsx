@@ -86,7 +86,7 @@ export default function Page() {
               <div class="panel sql-result" data-columns={JSON.stringify(result.columns)} data-rows={result.rows.length}>
                 {result.truncated ? (
                   <p class="notice" role="status">The answer was cut at the row limit: the first {result.rows.length} rows (truncated).</p>
-                ) : <p class="muted" role="status">{result.rows.length} rows.</p>}
+                ) : null}
                 <DataTable columns={table.columns} rows={table.rows} name="sql" caption="Query result" />
               </div>
             ) : null}
