@@ -83,6 +83,7 @@ export function InsightView({ doc, result, since, name, chartType, compact = fal
 }) {
   const box = useRef<HTMLDivElement>(null);
   const [error, setError] = useState<string | null>(null);
+  const [open, setOpen] = useState(false);
   const table = toTable(result);
   const png = async () => {
     setError(null);
@@ -106,9 +107,10 @@ export function InsightView({ doc, result, since, name, chartType, compact = fal
       </div>
       {error ? <p class="error" role="alert">{error}</p> : null}
       {compact ? (
-        <details class="numbers">
+        <details class="numbers" onToggle={(e) => setOpen((e.currentTarget as HTMLDetailsElement).open)}>
           <summary>Numbers</summary>
-          <DataTable columns={table.columns} rows={table.rows} name={name} caption={`${name}: numbers`} />
+          {/* only when open: a closed <details> still lays its content out (and overflows) */}
+          {open ? <DataTable columns={table.columns} rows={table.rows} name={name} caption={`${name}: numbers`} /> : null}
         </details>
       ) : <DataTable columns={table.columns} rows={table.rows} name={name} caption={`${name}: numbers`} />}
     </div>
