@@ -59,7 +59,7 @@ def test_python_dash_m_and_version() -> None:
 
 
 def test_demo_sends_traffic_and_shows_what_arrived() -> None:
-    r = aap("demo", "--people", "150")
+    r = aap("demo", "--people", "150", "--no-serve")
     assert r.returncode == 0, r.stderr
     assert "What arrived in the durable log" in r.stdout
     assert "The warehouse" in r.stdout and "sessions" in r.stdout and "orders" in r.stdout

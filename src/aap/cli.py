@@ -438,9 +438,13 @@ def _open_existing_log(data_dir: Path | None) -> Any:
               help="Port of the demo page (with --page).")
 @click.option("--duration", type=float, default=None,
               help="With --page: stop after this many seconds (default: at Ctrl-C).")
+@click.option("--serve/--no-serve", default=True, show_default=True,
+              help="End by serving the web app with the demo's data (a one-time sign-in"
+                   " link is printed) until Ctrl-C; --no-serve exits after the report.")
 def demo(people: int, seed: int, keep: bool, page: bool, page_port: int,
-         duration: float | None) -> None:
-    """Start a server on a temporary data dir, send realistic traffic, show what arrived.
+         duration: float | None, serve: bool) -> None:
+    """Start a server on a temporary data dir, send realistic traffic, show what arrived,
+    then serve the dashboard on that data until Ctrl-C (--no-serve: exit instead).
 
     With --page: serve a demo page that uses AAP's browser SDK, and show what it sends."""
     if page:
@@ -449,7 +453,7 @@ def demo(people: int, seed: int, keep: bool, page: bool, page_port: int,
         sys.exit(run_page_demo(page_port=page_port, duration=duration, keep=keep))
     from aap.demo import run_demo
 
-    sys.exit(run_demo(people=people, seed=seed, keep=keep))
+    sys.exit(run_demo(people=people, seed=seed, keep=keep, serve=serve))
 
 
 BENCHMARKS = ("ingest", "query", "pipeline", "privacy", "scrub")

@@ -28,6 +28,7 @@ from aap.lifecycle import interrupt_on_sigterm
 from aap.log.sqlite import SQLiteLog
 from aap.query import showcase
 from aap.runner import ServerProcess, create_source
+from aap.web.sessions import LINK_TTL_S, create_link
 
 PAGES = [("Home", "/"), ("Pricing", "/pricing"), ("Docs", "/docs"), ("Blog", "/blog"),
          ("Features", "/features"), ("About", "/about")]
@@ -250,8 +251,23 @@ def erasure_demo(server: ServerProcess, privacy_key: str, events: list[dict[str,
                   f"digest {str(receipt.get('digest', ''))[:16]}…")
 
 
-def run_demo(people: int = 3000, seed: int = 7, keep: bool = False) -> int:
-    """The demo; Ctrl-C or SIGTERM stops it and its server (in at most ten seconds)."""
+def serve_dashboard(server: ServerProcess, data: Path, console: Console) -> None:
+    """Keeps the server running with the demo's data: an admin key, a one-time sign-in
+    link to the dashboard, then waits for Ctrl-C or SIGTERM (KeyboardInterrupt)."""
+    key, _ = ApiKeys(data).create("admin", "demo-admin")
+    token = create_link(data, key.id)
+    console.print(f"[bold]The dashboard[/bold], signed in as an admin (the link works once,"
+                  f" within {LINK_TTL_S // 60} minutes; `aap keys create` makes keys to sign"
+                  " in with later):")
+    print(f"Dashboard: {server.url}/#signin={token}", flush=True)
+    console.print("Serving until Ctrl-C.")
+    while True:
+        time.sleep(1)
+
+
+def run_demo(people: int = 3000, seed: int = 7, keep: bool = False, serve: bool = True) -> int:
+    """The demo; Ctrl-C or SIGTERM stops it and its server (in at most ten seconds).
+    With ``serve``, it ends by serving the dashboard until Ctrl-C (then exits 0)."""
     interrupt_on_sigterm()
     console = Console()
     tmp = Path(tempfile.mkdtemp(prefix="aap-demo-"))
@@ -279,9 +295,15 @@ def run_demo(people: int = 3000, seed: int = 7, keep: bool = False) -> int:
             insights = showcase.fetch(server.url, api_key)
             consent_demo(server, key, events, console)
             erasure_demo(server, privacy_key, events, console)
-        report(data, console)
-        showcase.show(insights, console)
-        return 0 if accepted + sum(not_stored.values()) == len(events) else 1
+            report(data, console)
+            showcase.show(insights, console)
+            ok = accepted + sum(not_stored.values()) == len(events)
+            if serve and ok:
+                try:
+                    serve_dashboard(server, data, console)
+                except KeyboardInterrupt:
+                    console.print("stopping the server")
+        return 0 if ok else 1
     finally:
         if keep:
             console.print(f"kept {tmp}")

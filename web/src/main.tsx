@@ -3,13 +3,19 @@
 import { render } from "preact";
 import type { ComponentType } from "preact";
 import { useEffect, useState } from "preact/hooks";
-import { ApiError, loadSession, session, signIn } from "./api";
+import { ApiError, loadSession, roleAtLeast, session, signIn } from "./api";
 import { ApiErrorBox } from "./components/errors";
 import { Layout } from "./components/layout";
 import { pageFor, type PageDef } from "./pages";
-import { route } from "./router";
+import { navigate, route } from "./router";
 import "uplot/dist/uPlot.min.css";
 import "./app.css";
+
+/** A viewer may not see the overview: one who lands on / goes to the dashboards. */
+function land(): void {
+  const s = session.value;
+  if (s && route.value.path === "/" && !roleAtLeast(s.role, "analyst")) navigate("/dashboards", true);
+}
 
 function SignIn({ initialError }: { initialError?: unknown }) {
   const [key, setKey] = useState("");
@@ -21,6 +27,7 @@ function SignIn({ initialError }: { initialError?: unknown }) {
     setError(null);
     try {
       await signIn({ key: key.trim() });
+      land();
     } catch (err) {
       setError(err);
     } finally {
@@ -107,5 +114,8 @@ async function start(): Promise<unknown> {
 const root = document.getElementById("app");
 if (root) {
   root.textContent = "";
-  start().then((linkError) => render(<App linkError={linkError} />, root));
+  start().then((linkError) => {
+    land();
+    render(<App linkError={linkError} />, root);
+  });
 }

@@ -39,7 +39,9 @@ TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf
          ".png": "image/png", ".woff2": "font/woff2", ".txt": "text/plain; charset=utf-8"}
 IMMUTABLE = "public, max-age=31536000, immutable"
 _GET_HEAD = ("GET", "HEAD")
-_FILE = {"file": r"[A-Za-z0-9_\-]{1,80}(/[A-Za-z0-9_\-]{1,80})?\.[a-z0-9]{1,5}"}
+_FILE = {"file": r"[^/]{1,100}(/[^/]{1,100})?"}
+"""Any one or two segments reach the handler (a method other than GET gets 405); only
+the names of files the build wrote are answered (:meth:`WebApp.asset`), others 404."""
 _HTML = Op("A page of the web app (its HTML shell)", ok={"type": "string"}, ok_type="text/html",
            errors=(503,))
 _SESSION = {"type": "object", "required": ["role", "csrf", "key_id", "name"],
@@ -168,7 +170,7 @@ class WebApp:
             raise errors.Forbidden("send the session's CSRF token as X-CSRF-Token",
                                    code="csrf_failed")
         await asyncio.to_thread(self.sessions.end, token)
-        return Response.json(200, {"ended": True}, [("set-cookie", self._cookie("", 0))])
+        return Response.json(200, {"ended": True}, [("set-cookie", self.cookie_header("", 0))])
 
     def _live(self, headers: dict[str, str], token: str) -> WebSession:
         if cross_site(headers):
@@ -194,7 +196,7 @@ class WebApp:
         created = await asyncio.to_thread(self._create, cred)
         token, live = created
         return Response.json(200, live.public(),
-                             [("set-cookie", self._cookie(token, self.sessions.ttl_s)),
+                             [("set-cookie", self.cookie_header(token, self.sessions.ttl_s)),
                               ("cache-control", "no-store")])
 
     def _create(self, cred: SignIn) -> tuple[str, WebSession]:
@@ -209,7 +211,7 @@ class WebApp:
                                       code="invalid_link")
         return self.sessions.create(key, "link")
 
-    def _cookie(self, token: str, max_age: int) -> str:
+    def cookie_header(self, token: str, max_age: int) -> str:
         parts = [f"{COOKIE}={token}", "HttpOnly", "SameSite=Strict", "Path=/",
                  f"Max-Age={max_age}"]
         if self.secure:

@@ -112,6 +112,9 @@ class Sessions:
         cookie's token and the session."""
         token = secrets.token_urlsafe(32)
         now = int(time.time())
+        # rows of sessions and links a day past their end are of no use: dropped here
+        self._con.execute("DELETE FROM web_sessions WHERE expires_at < ?", (now - 86400,))
+        self._con.execute("DELETE FROM web_links WHERE expires_at < ?", (now - 86400,))
         self._con.execute("INSERT INTO web_sessions VALUES (?, ?, ?, ?, ?, NULL)",
                           (_hash(token), key.id, key.role, now, now + self.ttl_s))
         self.keys.audit.append(f"key:{key.id}", "session.created",

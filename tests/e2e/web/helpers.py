@@ -46,8 +46,9 @@ class Web:
 @dataclass
 class Watch:
     """What went wrong in a page: console errors, uncaught errors, failed loads of the
-    app's own files and 5xx answers. An API's 4xx is not an error here: the app shows
-    it (ApiErrorBox), and tests that expect one say so."""
+    page's own files (documents, scripts, styles, images, fonts) and any 5xx answer. An
+    API's 4xx (fetch/XHR) is not an error here: the app shows it (ApiErrorBox), and
+    tests that expect one say so."""
 
     errors: list[str] = field(default_factory=list)
 
@@ -57,7 +58,8 @@ class Watch:
                 self.errors.append(f"console: {msg.text}")
 
         def on_response(resp: Any) -> None:
-            if resp.status >= 500 or (resp.status >= 400 and "/api/" not in resp.url):
+            if resp.status >= 500 or (resp.status >= 400 and resp.request.resource_type in (
+                    "document", "script", "stylesheet", "image", "font")):
                 self.errors.append(f"{resp.status} {resp.request.method} {resp.url}")
 
         page.on("console", on_console)

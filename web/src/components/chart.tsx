@@ -47,10 +47,34 @@ function stackedTops(series: Series[], n: number): (number | null)[][] {
   }));
 }
 
+/** Bars of several series side by side in each label's slot (uPlot's x0/size facets, in
+ * fractions of the plotting area; the x scale spans [-0.5, n - 0.5]). */
+function groupedBars(n: number, m: number): uPlot.Series.PathBuilder {
+  const group = 0.8;
+  const each = group / Math.max(1, m);
+  const slots = Math.max(1, n);
+  const facet = (f: (k: number, i: number) => number) => ({
+    unit: 2 as const,
+    values: (_u: uPlot, sidx: number, i0: number, i1: number) => {
+      const out: number[] = [];
+      for (let i = i0; i <= i1; i++) out.push(f(sidx - 1, i));
+      return out;
+    },
+  });
+  return uPlot.paths.bars!({
+    disp: {
+      x0: facet((k, i) => (i + (1 - group) / 2 + k * each) / slots),
+      size: facet(() => (each * 0.92) / slots),
+    },
+  });
+}
+
 function options(props: ChartProps, width: number, height: number): uPlot.Options {
   const { kind, labels, series } = props;
   const n = labels.length;
-  const bars = kind !== "line" ? uPlot.paths.bars!({ size: [0.7, 60], gap: 1 }) : undefined;
+  const bars = kind === "stacked" || (kind === "bar" && series.length === 1)
+    ? uPlot.paths.bars!({ size: [0.7, 80], gap: 1 })
+    : kind === "bar" ? groupedBars(n, series.length) : undefined;
   const order = series.map((_, i) => i);
   if (kind === "stacked") order.reverse(); // the tallest stack first, the lower ones over it
   return {
@@ -59,14 +83,15 @@ function options(props: ChartProps, width: number, height: number): uPlot.Option
     legend: { show: false },
     cursor: { drag: { x: false, y: false } },
     scales: {
-      x: { time: false, range: kind === "line" ? [0, Math.max(1, n - 1)] : [-0.5, n - 0.5] },
-      // bars stand on zero (uPlot's auto range would start them at the smallest value)
-      ...(kind !== "line" ? { y: { range: (_u: uPlot, lo: number | null, hi: number | null): uPlot.Range.MinMax => [Math.min(0, lo ?? 0), Math.max(0, hi ?? 0) * 1.05 || 1] } } : {}),
+      x: { time: false, range: [-0.5, Math.max(0.5, n - 0.5)] },
+      // bars start at 0; lines too (counts): the range always holds 0
+      y: { range: (_u, min, max) => uPlot.rangeNum(Math.min(0, min), Math.max(0, max, min === max ? 1 : 0), 0.1, true) },
     },
     axes: [
       {
         incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
-        space: 60,
+        // room for the longest label (about 7 px a character) between two ticks
+        space: Math.max(40, 12 + 7 * Math.max(0, ...labels.map((l) => String(l).length))),
         values: (_u, splits) => splits.map((v) => (Number.isInteger(v) && v >= 0 && v < n
           ? String(labels[v]) : "")),
       },
