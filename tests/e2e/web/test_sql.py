@@ -98,6 +98,19 @@ def test_errors_are_shown_as_the_api_gives_them(signed_in: SignedIn) -> None:
         expect(page.locator(".sql-result")).to_have_count(0)
 
 
+def test_the_time_limit_is_shown_as_the_api_gives_it(signed_in: SignedIn) -> None:
+    page = sql_page(signed_in)
+    query = "SELECT count(*) AS n FROM events a, events b, events c, events d"
+    page.fill("#sql-timeout", "0.5")
+    run(page, query)
+    box = page.locator(".sql-main .error")
+    expect(box).to_have_attribute("data-code", "timeout", timeout=TIMEOUT)
+    refused = api_post(page, "/query", {"kind": "sql", "query": query, "timeout_s": 0.5},
+                       status=400)
+    assert refused["code"] == "timeout"
+    expect(box).to_contain_text(refused["message"])
+
+
 def test_codemirror_is_a_lazy_chunk(signed_in: SignedIn) -> None:
     page = signed_in("analyst", "/dashboards")
     scripts: list[str] = []

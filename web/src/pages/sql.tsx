@@ -22,15 +22,18 @@ export default function Page() {
   const [error, setError] = useState<unknown>(null);
   const [running, setRunning] = useState(false);
   const [ready, setReady] = useState(false);
+  const [timeout, setTimeoutS] = useState(30);
   const limitRef = useRef(limit);
   limitRef.current = limit;
+  const timeoutRef = useRef(timeout);
+  timeoutRef.current = timeout;
 
   const run = async () => {
     const query = editor.current?.text() ?? "";
     setRunning(true);
     setError(null);
     try {
-      setResult(await api<SqlResult>("POST", "/query", { kind: "sql", query, limit: limitRef.current }));
+      setResult(await api<SqlResult>("POST", "/query", { kind: "sql", query, limit: limitRef.current, timeout_s: timeoutRef.current }));
     } catch (e) {
       setResult(null);
       setError(e);
@@ -75,6 +78,11 @@ export default function Page() {
                 <label for="sql-limit">Row limit</label>
                 <input id="sql-limit" type="number" min={1} max={100000} value={limit}
                   onInput={(e) => setLimit(Number((e.target as HTMLInputElement).value) || 1)} />
+              </div>
+              <div class="field">
+                <label for="sql-timeout">Time limit (s)</label>
+                <input id="sql-timeout" type="number" min={0.1} max={300} step="any" value={timeout}
+                  onInput={(e) => setTimeoutS(Number((e.target as HTMLInputElement).value) || 30)} />
               </div>
               <div class="field"><button type="button" onClick={() => void run()} disabled={running || !ready}>
                 {running ? "Running…" : "Run"}</button></div>
