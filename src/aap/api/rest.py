@@ -23,6 +23,7 @@ import msgspec
 
 from aap import errors
 from aap.api.admin import HealthParts, SourcesAPI, health
+from aap.api.dashboards import DashboardsAPI
 from aap.api.keys import ROLES, ApiKeys, role_at_least
 from aap.api.live import LiveFeed
 from aap.api.overview import Overview
@@ -34,6 +35,7 @@ from aap.privacy.requests import Requests
 from aap.query import guard, sandbox
 from aap.query.cache import QueryCache
 from aap.query.cohorts import Cohorts
+from aap.query.dashboards import Dashboards
 from aap.query.models import parse_cohort, parse_insight
 from aap.query.runner import Deadline, run_insight
 from aap.settings import Settings
@@ -55,13 +57,14 @@ def _decode(body: bytes, typ: type) -> Any:
         raise errors.BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
 
 
-class RestAPI:
+class RestAPI(DashboardsAPI):
     def __init__(self, settings: Settings, warehouse: Warehouse,
                  privacy: Requests | None = None) -> None:
         self.settings = settings
         self.privacy = privacy
         self.warehouse = warehouse
         self.cohorts = Cohorts(settings.data_path)
+        self.dashboards = Dashboards(settings.data_path)
         self.keys = ApiKeys(settings.data_path)
         self.audit = AuditLog(settings.data_path)
         self.cache = (QueryCache(warehouse, settings.query.query_cache_interval_s)

@@ -14,6 +14,8 @@ name and what it answers. :class:`aap.api.rest.RestAPI` dispatches on it (:data:
 | ``GET /consent/stats``, ``POST /overview``, ``GET /overview/current``, ``GET /live`` | analyst |
 | ``GET /sources``, ``POST /sources``, ``PATCH /sources/{id}`` (a name or an id), | admin |
 | ``POST /sources/{id}/server_key``, ``GET /health`` | admin |
+| ``GET /dashboards``, ``GET /dashboards/{id}`` | viewer |
+| ``POST /dashboards``, ``DELETE /dashboards/{id}``, ``GET /sql/views`` | analyst |
 
 A route takes the query-string parameters it names (``args``); any other is a 400.
 """
@@ -108,6 +110,9 @@ _NEW_SOURCE = {"type": "object", "required": ["name"], "additionalProperties": F
 _SOURCE_PATCH = {"type": "object", "additionalProperties": False,
                  "properties": {**_SOURCE_FIELDS,
                                 "controller": {"type": ["string", "null"]}}}
+_DASHBOARD = {"type": "object", "required": ["id", "name", "insights"],
+              "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
+                             "insights": {"type": "array"}}}
 
 ROUTES: tuple[Route[Endpoint], ...] = (
     _route("POST", "/query", "analyst", "query", "Run an insight", body=_ref("Insight"),
@@ -177,6 +182,26 @@ ROUTES: tuple[Route[Endpoint], ...] = (
            errors=_ONE_ID, ok=_SOURCE, params=_SOURCE_REF),
     _route("GET", "/health", "admin", "health",
            "Log, tiers, disk, processor and processes, for operators"),
+    # -- insights (issue 14, the web app): dashboards and the sql kind's views --
+    _route("GET", "/dashboards", "viewer", "list_dashboards", "List dashboards",
+           ok=_list("dashboards")),
+    _route("POST", "/dashboards", "analyst", "create_dashboard",
+           "Create a dashboard of saved insights", errors=_ONE_ID,  # 404: an insight it names
+           body={"type": "object", "required": ["name"], "additionalProperties": False,
+                 "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200},
+                                "insights": {"type": "array", "maxItems": 100,
+                                             "items": {"type": "integer", "minimum": 1}}}},
+           ok=_DASHBOARD),
+    _route("GET", "/dashboards/{id}", "viewer", "get_dashboard",
+           "A dashboard: its saved insights' ids and names", errors=_ONE_ID, params=_ID,
+           ok=_DASHBOARD),
+    _route("DELETE", "/dashboards/{id}", "analyst", "delete_dashboard", "Delete a dashboard",
+           errors=_ONE_ID, params=_ID,
+           ok={"type": "object", "required": ["deleted"],
+               "properties": {"deleted": {"type": "integer"}}}),
+    _route("GET", "/sql/views", "analyst", "list_sql_views",
+           "The views the sql kind reads, with the columns this key's role sees",
+           ok=_list("views")),
 )
 
 ROUTER = Router(ROUTES, mount=PREFIX)

@@ -213,6 +213,11 @@ _TYPES: dict[tuple[str, str], str] = {
 do not depend on them)."""
 
 
+def column_type(view: str, column: str) -> str | None:
+    """A view's column's DuckDB type where it is listed above (``None`` where not)."""
+    return _TYPES.get((view, column))
+
+
 def run(ctx: Context, q: SQL, *, max_rows: int = 100_000, max_seconds: float = 300.0,
         limits: sandbox.Limits | None = None, idle_workers: int = 2) -> dict[str, Any]:
     """Run in a worker process (:mod:`aap.query.sandbox`): its own memory limit, killed
@@ -240,6 +245,8 @@ def run(ctx: Context, q: SQL, *, max_rows: int = 100_000, max_seconds: float = 3
                               timeout_s=seconds, limits=limits, idle=idle_workers,
                               interrupt=cursors if ctx.snapshot else (), plan=plan)
         except sandbox.SandboxFailed as exc:
+            for _, data, _, _ in views:  # unread batches hold the snapshot's cursor open
+                data.close()
             if exc.kind != "binder":
                 raise sandbox.failed(exc, timeout_s=seconds, limits=limits) from None
             if not plan:
