@@ -178,7 +178,13 @@ def test_consent_needs_a_write_key_and_json(site: Site) -> None:
     assert r.status_code == 401 and r.json()["code"] == "missing_write_key"
     r = httpx.post(site.server.url + "/v1/consent", content=b"{nope", auth=(site.key, ""))
     assert r.status_code == 400 and r.json()["code"] == "invalid_json"
+    # GET /v1/consent is the portal's read of one person's choices: it needs a subject
+    # token, and a write key (public, in every page) does not read anybody's consent
     r = httpx.get(site.server.url + "/v1/consent")
+    assert r.status_code == 401 and r.json()["message"]
+    r = httpx.get(site.server.url + "/v1/consent", auth=(site.key, ""))
+    assert r.status_code == 401 and r.json()["message"]
+    r = httpx.put(site.server.url + "/v1/consent", content=b"{}", auth=(site.key, ""))
     assert r.status_code == 405
 
 

@@ -27,6 +27,7 @@ from aap.api.dashboards import DashboardsAPI
 from aap.api.keys import ROLES, ApiKeys, role_at_least
 from aap.api.live import LiveFeed
 from aap.api.overview import Overview
+from aap.api.privacy_center import PrivacyCenter
 from aap.api.querystring import query_args
 from aap.api.routes import ROUTER, NewKey, SaveInsight
 from aap.jsonlimits import check_depth
@@ -57,7 +58,7 @@ def _decode(body: bytes, typ: type) -> Any:
         raise errors.BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
 
 
-class RestAPI(DashboardsAPI):
+class RestAPI(DashboardsAPI, PrivacyCenter):
     def __init__(self, settings: Settings, warehouse: Warehouse,
                  privacy: Requests | None = None) -> None:
         self.settings = settings
@@ -110,6 +111,14 @@ class RestAPI(DashboardsAPI):
         finally:
             ACTOR.reset(token)
             ARGS.reset(args)
+
+    # -- what the privacy center's handlers read (aap.api.privacy_center) --
+
+    def caller(self) -> str:
+        return ACTOR.get()
+
+    def call_args(self) -> dict[str, str]:
+        return ARGS.get()
 
     # -- privacy requests --
 

@@ -16,6 +16,9 @@ name and what it answers. :class:`aap.api.rest.RestAPI` dispatches on it (:data:
 | ``POST /sources/{id}/server_key``, ``GET /health`` | admin |
 | ``GET /dashboards``, ``GET /dashboards/{id}`` | viewer |
 | ``POST /dashboards``, ``DELETE /dashboards/{id}``, ``GET /sql/views`` | analyst |
+| privacy center: ``GET /privacy/requests``, ``POST /privacy/consent/lookup``, ``GET
+  /privacy/record``, ``GET /privacy/cnil``, ``GET /audit``, ``GET /audit/verify``, ``POST
+  /privacy/persons/lookup`` (:mod:`aap.api.privacy_center`) | privacy |
 
 A route takes the query-string parameters it names (``args``); any other is a 400.
 """
@@ -114,6 +117,53 @@ _DASHBOARD = {"type": "object", "required": ["id", "name", "insights"],
               "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
                              "insights": {"type": "array"}}}
 
+# -- the privacy center (issue 14): aap.api.privacy_center --
+_STR = {"type": "string"}
+_WHO = {"type": "object", "additionalProperties": False,
+        "properties": {"userId": _STR, "anonymousId": _STR},
+        "description": "a userId or an anonymousId (or both, of one person)"}
+_PAGE = {"limit": {"type": "integer", "minimum": 1, "maximum": 500}}
+
+
+def _center(method: str, path: str, handler: str, summary: str, ok: Any = None,
+            body: Any = None, query: dict[str, Any] | None = None,
+            errors: tuple[int, ...] = API_ERRORS) -> Route[Endpoint]:
+    return _route(method, path, "privacy", handler, summary, ok=ok, body=body, errors=errors,
+                  args=tuple(query or ()))
+
+
+PRIVACY_CENTER: tuple[Route[Endpoint], ...] = (
+    _center("GET", "/privacy/requests", "privacy_list",
+            "The privacy requests' queue, newest first (no subject ids)", ok=_list("requests"),
+            query={"status": {"enum": ["pending", "running", "done", "failed"]},
+                   "type": {"enum": ["access", "erasure", "rectification", "restriction",
+                                     "objection"]},
+                   "before": {"type": "string", "description": "a request id: page on"},
+                   **_PAGE}),
+    _center("POST", "/privacy/consent/lookup", "consent_lookup",
+            "One person's consent history, newest first (audited: consent.viewed)",
+            ok=_list("history"), body=_WHO),
+    _center("GET", "/privacy/record", "privacy_record",
+            "The record of processing (Art. 30) with each tier's retention status",
+            ok={"type": "object", "required": ["markdown", "purposes", "tiers"]}),
+    _center("GET", "/privacy/cnil", "privacy_cnil",
+            "The CNIL check's report, per source in CNIL mode",
+            ok={"type": "object", "required": ["sources", "passed"]}),
+    _center("GET", "/audit", "audit_list", "The audit log, newest first, filtered",
+            ok=_list("entries"),
+            query={"action": {"type": "string", "description": "a prefix of the action"},
+                   "actor": {"type": "string", "description": "part of the actor"},
+                   "from": {"type": "string", "format": "date-time"},
+                   "to": {"type": "string", "format": "date-time"},
+                   "before": {"type": "integer", "description": "a seq: page on"}, **_PAGE}),
+    _center("GET", "/audit/verify", "audit_verify", "Verify the audit log's hash chain",
+            ok={"type": "object", "required": ["ok", "entries", "message"]}),
+    _center("POST", "/privacy/persons/lookup", "person_lookup",
+            "One person's timeline, sessions, orders, flags and opened traits"
+            " (audited: person.viewed)", body=_WHO, errors=_ONE_ID,
+            ok={"type": "object", "required": ["events", "sessions", "orders", "flags"]}),
+)
+
 ROUTES: tuple[Route[Endpoint], ...] = (
     _route("POST", "/query", "analyst", "query", "Run an insight", body=_ref("Insight"),
            errors=(*_ONE_ID, 429), query=True),  # 404: a cohort it names; 429: the key's queue is full
@@ -202,6 +252,8 @@ ROUTES: tuple[Route[Endpoint], ...] = (
     _route("GET", "/sql/views", "analyst", "list_sql_views",
            "The views the sql kind reads, with the columns this key's role sees",
            ok=_list("views")),
+    # -- the privacy center (issue 14, privacy helper): aap.api.privacy_center --
+    *PRIVACY_CENTER,
 )
 
 ROUTER = Router(ROUTES, mount=PREFIX)

@@ -131,6 +131,7 @@ class Core:
         self.privacy = Requests(data, self.rights, sources.scopes)
         self.rights.after_erasure = self._after_erasure
         self.rest = RestAPI(settings, self.warehouse, self.privacy)
+        self.rest.retention = self.retention  # the privacy center shows its last run
         self.processor.on_written = self.rest.live_feed.add  # live events
         self.rest.health_parts = HealthParts(  # GET /api/v1/health (aap.api.admin)
             data, self.log, self.warehouse, self.processor,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -192,10 +192,11 @@ def _direct_sql(data: Path) -> Iterator[Sql]:
             wh.close()
 
 
-def check_all(settings: Settings, core_running: bool, now: datetime | None = None
-              ) -> list[tuple[Any, list[Check]]]:
-    """Every source in CNIL mode with its checks. The warehouse is read through the
-    running core process, or opened directly when no server runs."""
+def check_all(settings: Settings, core_running: bool, now: datetime | None = None,
+              sql: Sql | None = None) -> list[tuple[Any, list[Check]]]:
+    """Every source in CNIL mode with its checks. The warehouse is read through ``sql``
+    (the core's own, when it asks), else through the running core process, or opened
+    directly when no server runs."""
     data = settings.data_path
     registry = Registry.for_data_dir(data)
     sources = [s for s in Sources(data).list() if s.mode == CNIL]
@@ -204,6 +205,9 @@ def check_all(settings: Settings, core_running: bool, now: datetime | None = Non
     now = now or datetime.now(UTC)
     log_events = _log_reader(settings.data)
     salts = DailySalts(data)
-    with (_core_sql(data) if core_running else _direct_sql(data)) as sql:
-        return [(s, check_source(s, registry, settings, salts, sql, log_events, now))
+    reader: AbstractContextManager[Sql] = (
+        nullcontext(sql) if sql is not None else
+        _core_sql(data) if core_running else _direct_sql(data))
+    with reader as read:
+        return [(s, check_source(s, registry, settings, salts, read, log_events, now))
                 for s in sources]

@@ -199,6 +199,33 @@ class RequestStore:
             out["error"] = row[6]
         return out
 
+    def list(self, status: str | None = None, kind: str | None = None, limit: int = 50,
+             before: str | None = None) -> dict[str, Any]:
+        """The queue, newest first: ``limit`` requests filed before request ``before``
+        (paging), of this ``status`` and ``kind`` when given. Each as :meth:`get` shows
+        it, with who filed it and through which scope; never the subject (the queue only
+        holds its keyed hashes)."""
+        where, args = ["1"], []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if kind:
+            where.append("type = ?")
+            args.append(kind)
+        if before:
+            if self._con.execute("SELECT 1 FROM requests WHERE id = ?", (before,)
+                                 ).fetchone() is None:
+                raise errors.BadRequest(f"`before`: no privacy request {before}",
+                                        code="invalid_query")
+            where.append("(created_at, id) < (SELECT created_at, id FROM requests WHERE id = ?)")
+            args.append(before)
+        rows = self._con.execute(
+            f"SELECT id, filed_by, scope, lift FROM requests WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit + 1)).fetchall()
+        out = [{**self.get(r[0]), "filed_by": r[1] or "", "scope": r[2], "lift": bool(r[3])}
+               for r in rows[:limit]]
+        return {"requests": out, "next": out[-1]["id"] if len(rows) > limit else None}
+
     def export(self, rid: str, actor: str) -> bytes:
         """The zip of a finished access request, opened from its sealed copy; the read is
         recorded in the audit log (who, which request, how many bytes)."""
