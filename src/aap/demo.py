@@ -30,6 +30,8 @@ from aap.query import showcase
 from aap.runner import ServerProcess, create_source
 from aap.web.sessions import LINK_TTL_S, create_link
 
+DEMO_SOURCE = "demo-site"
+"""The demo's one source (its portal is ``/portal/demo-site``)."""
 PAGES = [("Home", "/"), ("Pricing", "/pricing"), ("Docs", "/docs"), ("Blog", "/blog"),
          ("Features", "/features"), ("About", "/about")]
 PRODUCTS = [("sku-1", "Starter kit", 19.0), ("sku-2", "Pro licence", 99.0),
@@ -260,6 +262,9 @@ def serve_dashboard(server: ServerProcess, data: Path, console: Console) -> None
                   f" within {LINK_TTL_S // 60} minutes; `aap keys create` makes keys to sign"
                   " in with later):")
     print(f"Dashboard: {server.url}/#signin={token}", flush=True)
+    console.print("The privacy portal the demo site links to as \"Your data\" (public, no"
+                  " sign-in):")
+    print(f"Portal: {server.url}/portal/{DEMO_SOURCE}", flush=True)
     console.print("Serving until Ctrl-C.")
     while True:
         time.sleep(1)
@@ -273,7 +278,7 @@ def run_demo(people: int = 3000, seed: int = 7, keep: bool = False, serve: bool 
     tmp = Path(tempfile.mkdtemp(prefix="aap-demo-"))
     data = tmp / "data"
     try:
-        key = create_source(data, "demo-site")
+        key = create_source(data, DEMO_SOURCE)
         _, api_key = ApiKeys(data).create("analyst", "demo")
         _, privacy_key = ApiKeys(data).create("privacy", "demo-dpo")
         console.print(f"[bold]AAP demo[/bold]: data dir {data}")

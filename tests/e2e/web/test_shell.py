@@ -305,13 +305,14 @@ def test_build_fails_over_the_budget(tmp_path: Any) -> None:
 
 def test_demo_serves_the_dashboard_until_ctrl_c(tmp_path: Any, web_browser: Any) -> None:
     """``aap demo`` ends by serving: the printed one-time link signs a browser in as an
-    admin; Ctrl-C (SIGINT) stops it with rc 0, no process left, the temp dir gone."""
+    admin, the printed portal link opens the demo source's public portal; Ctrl-C (SIGINT)
+    stops it with rc 0, no process left, the temp dir gone."""
     out = tmp_path / "demo.out"
     with open(out, "wb") as f:
         proc = subprocess.Popen([sys.executable, "-m", "aap", "demo", "--people", "50"],
                                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_until(lambda: b"Dashboard: " in out.read_bytes() or proc.poll() is not None,
+        wait_until(lambda: b"Serving until" in out.read_bytes() or proc.poll() is not None,
                    "the demo's dashboard link", timeout=600)
         text = out.read_text()
         assert proc.poll() is None, text
@@ -328,6 +329,14 @@ def test_demo_serves_the_dashboard_until_ctrl_c(tmp_path: Any, web_browser: Any)
             nav = page.get_by_role("navigation", name="Pages")
             expect(nav.get_by_role("link", name="Admin")).to_be_visible()
             assert "signin" not in page.url
+            # the portal the demo site links to as "Your data", public (a fresh context)
+            portal = re.search(r"Portal: (http://127\.0\.0\.1:\d+/portal/[\w-]+)", text)
+            assert portal, text
+            public = web_browser.new_context().new_page()
+            public.goto(portal.group(1))
+            expect(public.locator("h1")).to_contain_text("demo-site", timeout=TIMEOUT_MS)
+            expect(public.get_by_role("heading", name="Product analytics")).to_be_visible()
+            public.context.close()
         finally:
             ctx.close()
         procs = tree(proc.pid)
