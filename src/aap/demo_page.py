@@ -36,6 +36,7 @@ PAGE = """<!doctype html>
   <button id="accept" data-aap="accept">Accept analytics</button>
   <button id="decline" data-aap="decline">Decline</button>
   <button id="withdraw" data-aap="withdraw">Withdraw consent</button>
+  <button id="settings" data-aap="settings">Privacy settings…</button>
   <p>Consent: <span id="state"></span></p>
 </div>
 <nav><a href="/" data-route="/">Home</a><a href="/pricing" data-route="/pricing">Pricing</a>
@@ -48,12 +49,15 @@ PAGE = """<!doctype html>
 </form>
 <script src="{aap}/sdk.js"></script>
 <script>
-  aap.init({key}, {{ host: {aap_js}, flushInterval: 1000, policyVersion: "demo-1" }});
+  aap.init({key}, {{ host: {aap_js}, source: {source}, flushInterval: 1000,
+                     policyVersion: "demo-1" }});
   const show = () => document.getElementById("state").textContent = JSON.stringify(aap.consent.get());
   show();
   document.getElementById("accept").onclick = () => {{ aap.consent.set({{ analytics: true }}); show(); }};
   document.getElementById("decline").onclick = () => {{ aap.consent.set({{ analytics: false }}); show(); }};
   document.getElementById("withdraw").onclick = () => {{ aap.consent.set({{ analytics: false }}); show(); }};
+  // AAP's own consent banner (granular purposes, accept and reject of equal weight)
+  document.getElementById("settings").onclick = () => aap.consent.show().then(show);
   document.getElementById("buy").onclick = () =>
     aap.track("Product Added", {{ product_id: "sku-1", price: 19 }});
   for (const a of document.querySelectorAll("a[data-route]")) a.onclick = (e) => {{
@@ -67,8 +71,12 @@ PAGE = """<!doctype html>
 """
 
 
+SOURCE = "demo-page"
+
+
 def page_html(aap_url: str, key: str) -> str:
-    return PAGE.format(aap=aap_url, key=json.dumps(key), aap_js=json.dumps(aap_url))
+    return PAGE.format(aap=aap_url, key=json.dumps(key), aap_js=json.dumps(aap_url),
+                       source=json.dumps(SOURCE))
 
 
 class DemoSite:
@@ -170,7 +178,7 @@ def run_page_demo(page_port: int = 8080, duration: float | None = None,
     tmp = Path(tempfile.mkdtemp(prefix="aap-demo-page-"))
     data = tmp / "data"
     try:
-        key = create_source(data, "demo-page")
+        key = create_source(data, SOURCE)
         with ServerProcess(data, workers=1) as server:
             site = DemoSite(page_html(server.url, key), page_port)
             try:
