@@ -1,7 +1,7 @@
 """What both processes' ASGI apps share (the collector's and the core's): the ASGI
 types, reading a body (with its size limit and deadline), the request and the response
 as handlers see them, the house error body (:func:`error_response`), sending an
-answer, and the lifespan protocol."""
+answer, the lifespan protocol, and a WebSocket connection (:class:`WebSocket`)."""
 
 from __future__ import annotations
 
@@ -97,13 +97,14 @@ def timed(receive: Receive, seconds: float) -> Receive:
     return receive_by_deadline
 
 
-class Request:
-    __slots__ = ("cors", "headers", "method", "path", "receive", "scope")
+class Connection:
+    """What an HTTP request and a WebSocket connection share: the scope, the path, the
+    headers (lower-case names) and the peer's address."""
 
-    def __init__(self, scope: Scope, receive: Receive, body_timeout_s: float = 30.0) -> None:
+    __slots__ = ("cors", "headers", "path", "scope")
+
+    def __init__(self, scope: Scope) -> None:
         self.scope = scope
-        self.receive = timed(receive, body_timeout_s)
-        self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                         for k, v in scope["headers"]}
@@ -113,6 +114,94 @@ class Request:
     def peer(self) -> str | None:
         client = self.scope.get("client")
         return client[0] if client else None
+
+
+class Request(Connection):
+    __slots__ = ("method", "receive")
+
+    def __init__(self, scope: Scope, receive: Receive, body_timeout_s: float = 30.0) -> None:
+        super().__init__(scope)
+        self.receive = timed(receive, body_timeout_s)
+        self.method: str = scope["method"]
+
+
+CLOSE_REASON_BYTES = 123
+"""Longest close reason a WebSocket close frame carries (RFC 6455, 5.5.1)."""
+
+
+class WebSocket(Connection):
+    """One WebSocket connection (an ASGI ``websocket`` scope): accept it or deny it,
+    receive messages, send JSON, close it with a code and a reason."""
+
+    __slots__ = ("_lock", "_receive", "_send", "accepted", "closed", "subprotocols")
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        super().__init__(scope)
+        self._receive, self._send = receive, send
+        self._lock = asyncio.Lock()
+        self.subprotocols: list[str] = list(scope.get("subprotocols") or [])
+        self.accepted = False
+        self.closed = False
+
+    async def accept(self, subprotocol: str | None = None) -> bool:
+        """Complete the handshake; False when the client left before it."""
+        msg = await self._receive()
+        if msg["type"] != "websocket.connect":
+            self.closed = True
+            return False
+        await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
+        self.accepted = True
+        return True
+
+    async def deny(self, exc: errors.AAPError) -> None:
+        """Refuse the handshake: the house error body with its status where the server
+        can answer one (the ``websocket.http.response`` extension), else a plain 403."""
+        msg = await self._receive()
+        self.closed = True
+        if msg["type"] != "websocket.connect":
+            return
+        if "websocket.http.response" in self.scope.get("extensions", {}):
+            resp = error_response(exc)
+            await self._send({"type": "websocket.http.response.start", "status": resp.status,
+                              "headers": [(k.encode(), v.encode()) for k, v in resp.headers]})
+            await self._send({"type": "websocket.http.response.body", "body": resp.body})
+        else:
+            await self._send({"type": "websocket.close", "code": 1008})
+
+    async def receive(self) -> str | bytes | None:
+        """The next message (text or binary), or None once the client is gone."""
+        while not self.closed:
+            msg = await self._receive()
+            if msg["type"] == "websocket.receive":
+                text = msg.get("text")
+                return text if text is not None else msg.get("bytes") or b""
+            if msg["type"] == "websocket.disconnect":
+                self.closed = True
+        return None
+
+    async def send_json(self, data: Any) -> bool:
+        """Send one text message; False when the connection is gone."""
+        async with self._lock:
+            if self.closed:
+                return False
+            try:
+                await self._send({"type": "websocket.send", "text": _json.encode(data).decode()})
+            except Exception:  # the client went away (servers raise their own types)
+                self.closed = True
+                return False
+            return True
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close with ``code`` and ``reason`` (cut to what a close frame holds)."""
+        async with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            cut = reason.encode()[:CLOSE_REASON_BYTES].decode("utf-8", "ignore")
+            try:
+                await self._send({"type": "websocket.close", "code": code, "reason": cut})
+            except Exception:  # already gone
+                pass
 
 
 class Response:

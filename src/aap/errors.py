@@ -77,6 +77,13 @@ class PayloadTooLarge(TerminalError):
     code = "payload_too_large"
 
 
+class UpgradeRequired(TerminalError):
+    """A WebSocket endpoint asked for over plain HTTP."""
+
+    status = 426
+    code = "upgrade_required"
+
+
 class TooManyRequests(TransientError):
     status = 429
     code = "rate_limited"

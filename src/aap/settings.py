@@ -89,6 +89,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("health_interval_ms", 500, "How often a worker re-checks free disk and consumer lag (ms)."),
     Setting("public_url", "", "Base URL at which SDKs reach the collector (e.g. `https://aap.example.com`), for the settings it hands to Segment's browser SDK; empty: taken from the request's Host when that host is allowed (see `AAP_ALLOWED_HOSTS`)."),
     Setting("allowed_hosts", "", "Comma-separated host names (with `:port` or without) that the Segment settings endpoint may name as `apiHost` when `AAP_PUBLIC_URL` is empty; empty: `localhost`, `127.0.0.1`, `[::1]` and the address the server binds to. Any other Host gets 400."),
+    Setting("stream_max_message_bytes", 1 * MiB, "Largest message `GET /v1/stream` (WebSocket) takes (bytes); a larger one closes the connection with 1009."),
+    Setting("stream_max_events", 500, "Most events in one `/v1/stream` message; more close the connection with 1009."),
+    Setting("stream_max_unacked", 16, "Messages of one `/v1/stream` connection being stored at once; the server reads no further message from it until one is acknowledged (back-pressure on the socket)."),
+    Setting("stream_idle_timeout_s", 60.0, "A `/v1/stream` connection that sent no batch (nor its `auth` message) for this long, with nothing waiting for its ack, is closed with 1000 (seconds)."),
+    Setting("stream_ping_interval_s", 20.0, "After this long without a message from a `/v1/stream` client the server sends `{\"ping\": n}`; one that sends nothing in the next interval either is closed with 1001 (seconds)."),
+    Setting("stream_connections_per_source", 64, "Open `/v1/stream` connections of one source in one worker; one more is closed with 1008."),
+    Setting("stream_connections_per_worker", 1024, "Open `/v1/stream` connections in one worker, all sources together; one more is closed with 1008."),
     Setting("metrics_token", "", "When set, `GET /metrics` needs `Authorization: Bearer <token>` (401 otherwise).", secret=True),
     Setting("default_source_rate_limit", 1000.0, "Rate limit (events/s) of a source created without `--rate-limit`; 0 means unlimited."),
     Setting("header_timeout_s", 10.0, "Longest time a client may take to send a request's headers before the connection is closed (seconds)."),
@@ -257,6 +264,24 @@ class CollectorSettings(Section):
 
 
 @dataclass(frozen=True)
+class StreamSettings(Section):
+    """The limits of WebSocket ingestion (``GET /v1/stream``, :mod:`aap.collect.stream`)."""
+
+    stream_max_message_bytes: int
+    stream_max_events: int
+    stream_max_unacked: int
+    stream_idle_timeout_s: float
+    stream_ping_interval_s: float
+    stream_connections_per_source: int
+    stream_connections_per_worker: int
+
+    def check(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) <= 0:
+                raise ValueError(f"AAP_{f.name.upper()} must be more than 0")
+
+
+@dataclass(frozen=True)
 class ProcessorSettings(Section):
     session_inactivity_minutes: int
     processor_worker: bool
@@ -391,6 +416,7 @@ class Settings:
     server: ServerSettings
     tls: TlsSettings
     collector: CollectorSettings
+    stream: StreamSettings
     processor: ProcessorSettings
     tiers: TierSettings
     s3: S3Settings
@@ -430,6 +456,6 @@ class Settings:
 
 SECTIONS: dict[str, type[Section]] = {
     "storage": StorageSettings, "server": ServerSettings, "tls": TlsSettings,
-    "collector": CollectorSettings, "processor": ProcessorSettings, "tiers": TierSettings,
+    "collector": CollectorSettings, "stream": StreamSettings, "processor": ProcessorSettings, "tiers": TierSettings,
     "s3": S3Settings, "query": QuerySettings, "privacy": PrivacySettings,
     "client": ClientSettings}

@@ -28,7 +28,7 @@ _ERROR_TEXT = {400: "bad request (the body names the problem)", 401: "no valid k
                RequestTimeout.status: "the body did not arrive in time",
                409: "not ready (the request is not done)", 413: "body over the size limit",
                429: "over the rate limit (Retry-After)", 503: "unavailable for now (Retry-After)",
-               304: "not modified"}
+               426: "a WebSocket endpoint: upgrade the connection", 304: "not modified"}
 INGESTED: dict[str, Any] = {
     "type": "object", "required": ["success", "accepted"],
     "properties": {

@@ -2,7 +2,8 @@
 
 Per request: route → back-pressure → write key → body (limits, gzip) → decode and
 validate each event → origin and rate limit → IP to coarse geo, then truncated →
-append to the log (group commit) → answer.
+append to the log (group commit) → answer. A WebSocket stream (:mod:`aap.collect.stream`)
+hands each of its messages to the same path (:meth:`Collector.accept_batch`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from aap.api.proxy import ApiProxy
 from aap.api.routes import PREFIX as API_PREFIX
 from aap.api.routes import ROUTES as API_ROUTES
 from aap.asgi import (
+    Connection,
     Handler,
     Receive,
     Request,
     Response,
     Scope,
     Send,
+    WebSocket,
     content_length,
     error_response,
     lifespan,
@@ -56,6 +59,8 @@ from aap.collect.segment import (
     parse_single,
     to_event,
 )  # fmt: skip
+from aap.collect.stream import PATH as STREAM_PATH
+from aap.collect.stream import Streams
 from aap.collect.subject import PATH as SUBJECT_PATH
 from aap.collect.subject import OwnRequest, SelfService
 from aap.events import Event, encode_events, time_out_of_range
@@ -105,7 +110,7 @@ class Collector:
         self.self_service = SelfService(self.data_dir, self.gate.hasher, self.sources)
         self.salts = DailySalts(self.data_dir)
         self.portal = Portal(self.sources, self.gate, self.self_service, self.limiter,
-                             self._check_health)
+                             self.check_health)
         self._unknown_keys: dict[str, float] = {}
         self._known_keys: dict[str, tuple[Source, float]] = {}
         """key → (its source, when it was read): read again after :data:`KEY_TTL_S`, so
@@ -119,6 +124,7 @@ class Collector:
                             session_ttl_s=settings.server.session_ttl_s)
         self.web = WebApp(self.api, secure_cookie=settings.tls.on)  # pages, files, sessions
         self._openapi: bytes | None = None
+        self.streams = Streams(self, settings.stream)  # GET /v1/stream (WebSocket)
         self.router: Router[Handler] = Router(self.routes())
 
     def routes(self) -> list[Route[Handler]]:
@@ -131,7 +137,8 @@ class Collector:
                *self.portal.routes(),  # the privacy portal's public endpoints
                Route(API_PREFIX + "/openapi.json", GET_HEAD, self.openapi),
                *(Route(path, POST, self.ingest_batch) for path in BATCH_PATHS),
-               *(Route(path, POST, self.ingest_single) for path in SINGLE_PATHS)]
+               *(Route(path, POST, self.ingest_single) for path in SINGLE_PATHS),
+               Route(STREAM_PATH, GET_HEAD, self.streams.http)]
         # PostHog, Segment browser, Snowplow, /sdk.js
         compat = Compat(self, self.settings).routes()
         return [*own, *compat, *templated(self.own_request_status, ("GET",)), *self.web.routes(),
@@ -144,6 +151,8 @@ class Collector:
             await lifespan(receive, send, self._startup, self._shutdown)
         elif scope["type"] == "http":
             await self._http(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self.streams.serve(WebSocket(scope, receive, send))
 
     async def _startup(self) -> None:
         pass
@@ -269,7 +278,7 @@ class Collector:
         is not read; ``key_hint`` says where the key goes when it is missing.
         ``json_body``: the events are the body's JSON decoded as it is (Segment), so the
         scrubbing may search the body for addresses instead of the events."""
-        self._check_health()
+        self.check_health()
         source = self._source_from_header(req.headers.get("authorization")) if auth else None
         limit = self.settings.collector.max_request_bytes
         raw = await read_raw(req.receive, content_length(req.headers.get("content-length")),
@@ -279,19 +288,29 @@ class Collector:
         parsed = parse(body)
         if source is None:
             source = self._source_in_body(parsed.write_key, key_hint)
-        self._check_origin(req, source)
+        self.check_origin(req, source)
+        return Response.json(200, await self.accept_batch(req, source, parsed,
+                                                          body if json_body else None))
+
+    async def accept_batch(self, conn: Connection, source: Source, parsed: Parsed,
+                           body: bytes | None) -> dict[str, Any]:
+        """The one ingestion path of a batch whose source is known and whose origin is
+        allowed, for HTTP requests and WebSocket messages alike: the source's rate limit,
+        each event validated, IP to coarse geo then truncated, the consent gate, personal
+        data sealed, the durable append; returns the answer once the events are durable.
+        ``body``: the batch's JSON as sent, which the scrubbing may search for addresses."""
         self._take_events(source, len(parsed.messages))
-        events, rejected = self._events(req, source, parsed)
+        events, rejected = self._events(conn, source, parsed)
         rejected_out = _rejected(rejected)
         if not events and rejected:
             raise errors.BadRequest("no event in the request is valid", rejected_out,
                                     code="invalid_events")
-        not_stored = self._not_stored(req, source, events, body if json_body else None)
+        not_stored = self._not_stored(conn, source, events, body)
         if events:
             await self._append(source, events)
-        return Response.json(200, _ingested(len(events), not_stored, rejected_out))
+        return _ingested(len(events), not_stored, rejected_out)
 
-    def _check_health(self) -> None:
+    def check_health(self) -> None:
         """Back-pressure: 503 while the log is not healthy (disk, consumer lag)."""
         problem = self.health.problem()
         if problem:
@@ -303,7 +322,7 @@ class Collector:
             raise errors.Unauthorized(f"no write key: {key_hint}", code="missing_write_key")
         return self.source(write_key)
 
-    def _check_origin(self, req: Request, source: Source) -> None:
+    def check_origin(self, req: Connection, source: Source) -> None:
         origin = req.headers.get("origin")
         if origin and not source.allows_origin(origin):
             req.cors = False
@@ -319,7 +338,7 @@ class Collector:
                 f"source {source.name} is over its limit of {source.rate_limit:g} events/s",
                 retry_after=retry_after(wait))
 
-    def _not_stored(self, req: Request, source: Source, events: list[Event],
+    def _not_stored(self, req: Connection, source: Source, events: list[Event],
                     body: bytes | None) -> dict[str, int]:
         """Drop the events with no lawful basis and those of erased subjects (the rest
         sealed); how many of each were dropped."""
@@ -371,7 +390,7 @@ class Collector:
         """``POST /v1/consent``: a person grants or withdraws purposes. Back-pressure and
         the source's rate limit apply as to events (one statement request counts as one
         event, in a bucket of its own), and each id has its own cap per minute."""
-        self._check_health()
+        self.check_health()
         authorization = req.headers.get("authorization")
         subject: dict[str, str] | None = None
         source: Source | None
@@ -395,7 +414,7 @@ class Collector:
             parsed.anonymous_id = subject.get("anonymousId")
         if source is None:
             source = self._source_in_body(parsed.write_key, BASIC_KEY_HINT)
-        self._check_origin(req, source)
+        self.check_origin(req, source)
         wait = self.limiter.take("consent:" + source.id, source.rate_limit, 1)
         if wait:
             metrics.EVENTS_REJECTED.labels("consent_rate_limited").inc()
@@ -406,7 +425,7 @@ class Collector:
         metrics.CONSENT_STATEMENTS.inc(n)
         return Response.json(200, {"success": True, "recorded": n})
 
-    def _events(self, req: Request, source: Source, parsed: Parsed
+    def _events(self, req: Connection, source: Source, parsed: Parsed
                 ) -> tuple[list[Event], list[Rejection]]:
         received_at = datetime.now(UTC)
         gpc = req.headers.get("sec-gpc", "").strip() == "1"
