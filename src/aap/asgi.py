@@ -127,6 +127,8 @@ class Request(Connection):
 
 CLOSE_REASON_BYTES = 123
 """Longest close reason a WebSocket close frame carries (RFC 6455, 5.5.1)."""
+CLOSE_WAIT_S = 5.0
+"""How long a server's close waits for the client's."""
 
 
 class WebSocket(Connection):
@@ -200,7 +202,12 @@ class WebSocket(Connection):
             cut = reason.encode()[:CLOSE_REASON_BYTES].decode("utf-8", "ignore")
             try:
                 await self._send({"type": "websocket.close", "code": code, "reason": cut})
-            except Exception:  # already gone
+                # the closing handshake: wait for the client's close (what it sent
+                # meanwhile is dropped), so that the TCP close resets nothing unread
+                async with asyncio.timeout(CLOSE_WAIT_S):
+                    while (await self._receive())["type"] != "websocket.disconnect":
+                        pass
+            except Exception:  # already gone, or no answer in time
                 pass
 
 

@@ -280,7 +280,7 @@ class _Stream:
             raise Closing(TOO_BIG, f"message is {len(data)} bytes; the limit is {limit}"
                                    " (AAP_STREAM_MAX_MESSAGE_BYTES)")
         try:
-            check_depth(data)
+            check_depth(data, "the message")
             return data, _head.decode(data)
         except errors.AAPError as exc:
             raise Closing(POLICY, exc.message) from None
