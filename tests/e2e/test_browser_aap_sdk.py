@@ -40,7 +40,7 @@ class Tab:
     makes to the collector."""
 
     def __init__(self, browser: Any, running: Running, site: PageServer, *, gpc: bool = False,
-                 flush: int = 200) -> None:
+                 flush: int = 200, on_page: Any = None) -> None:
         self.running = running
         self.context = browser.new_context()
         if gpc:
@@ -54,6 +54,8 @@ class Tab:
         self.page.on("response", lambda r: self.statuses.append(
             (r.url[len(running.url):].split("?")[0], r.status))
             if r.url.startswith(running.url) else None)
+        if on_page is not None:  # before the page loads
+            on_page(self.page)
         self.url = f"{site.url}/shop?flush={flush}"
         self.page.goto(self.url)
 

@@ -4,7 +4,10 @@
 // until the person consents to `analytics`. Global Privacy Control turns `marketing`
 // and `partner_sharing` off for good. Events go to POST {host}/v1/batch as text/plain
 // (no CORS preflight) with the write key in the body, gzipped where the browser has
-// CompressionStream; on page hide the queue leaves with sendBeacon.
+// CompressionStream; on page hide the queue leaves with sendBeacon. With
+// `transport: "websocket"` batches go over GET {host}/v1/stream (protocol aap.v1, the
+// key in Sec-WebSocket-Protocol) and leave the queue only once acknowledged; a refused
+// stream falls back to HTTP. The same consent rules decide what is queued and sent.
 
 const VERSION = "0.1.0";
 const W = window;
@@ -28,6 +31,11 @@ let sending = false;
 let lastUrl;
 let started = false;
 let touched = new Set();
+let ws;
+let wsReady;
+let wsDead;
+let seq = 0;
+let waiting;
 
 const save = (k, v) => {
   try {
@@ -85,6 +93,37 @@ const drop = (batch) => {
   save("q", q.length ? q : null);
 };
 
+// One batch over the stream: resolves 0 once acknowledged (durable), the ms to wait
+// after a nack, -1 when the connection was lost (resent), -2 when the stream is refused
+// (HTTP from now on).
+const stream = (batch) =>
+  new Promise((done) => {
+    const send = () => {
+      waiting = { s: ++seq, done };
+      ws.send(JSON.stringify({ seq, batch, sentAt: now() }));
+    };
+    if (ws && wsReady) return send();
+    ws = new WebSocket((host || location.origin).replace(/^http/, "ws") + "/v1/stream", ["aap.v1", "key." + key]);
+    ws.onmessage = (e) => {
+      const m = JSON.parse(e.data);
+      if (m.ready) {
+        wsReady = true;
+        send();
+      } else if (m.ping) ws.send(JSON.stringify({ pong: m.ping }));
+      else if (waiting && (m.ack ?? m.nack) == waiting.s) {
+        const w = waiting;
+        waiting = null;
+        w.done(m.nack ? m.retry_after * 1000 || 1000 : 0);
+      }
+    };
+    ws.onclose = (e) => {
+      wsDead = !wsReady || e.code == 1008 || e.code == 1009;
+      const w = waiting || { done };
+      ws = wsReady = waiting = null;
+      w.done(wsDead ? -2 : -1);
+    };
+  });
+
 async function flush(beacon) {
   if (!q.length || sending || !allowed()) return;
   const batch = q.slice(0, 100);
@@ -102,13 +141,18 @@ async function flush(beacon) {
   sending = true;
   let retry = false;
   let wait = 0;
-  try {
-    const r = await fetch(url, { method: "POST", body: await gzip(body), headers: { "Content-Type": "text/plain" } });
-    retry = r.status == 429 || r.status >= 500;
-    wait = +r.headers.get("Retry-After") * 1000 || 0;
-  } catch (e) {
-    retry = true; // offline, or the server cannot be reached
-  }
+  const s = o.transport == "websocket" && !wsDead && W.WebSocket ? await stream(batch) : -2;
+  if (s > -2) {
+    retry = s != 0;
+    wait = Math.max(s, 0);
+  } else
+    try {
+      const r = await fetch(url, { method: "POST", body: await gzip(body), headers: { "Content-Type": "text/plain" } });
+      retry = r.status == 429 || r.status >= 500;
+      wait = +r.headers.get("Retry-After") * 1000 || 0;
+    } catch (e) {
+      retry = true; // offline, or the server cannot be reached
+    }
   sending = false;
   if (retry) {
     // exponential backoff with jitter, never sooner than the server's Retry-After
@@ -227,6 +271,7 @@ function hidden() {
 function forget() {
   // Withdrawal: the queue and every id go; only the choice itself stays.
   clearTimeout(timer);
+  if (ws) ws.close();
   q = [];
   ids = {};
   session = null;
