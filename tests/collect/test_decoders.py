@@ -22,6 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aap.collect import posthog, segment, snowplow
+from aap.collect.body import decode_content
 from aap.collect.segment import Parsed
 from aap.errors import BadRequest, PayloadTooLarge
 from aap.privacy.ip import IpPolicy
@@ -71,8 +72,9 @@ def decode(req: dict[str, Any]) -> Parsed:
     """A request as the collector's route for its path decodes it."""
     url = urlsplit(req["path"])
     query = parse_qs(url.query)
-    body = _body(req)
-    content_type = {k.lower(): v for k, v in req["headers"].items()}.get("content-type", "")
+    headers = {k.lower(): v for k, v in req["headers"].items()}
+    body = decode_content(_body(req), headers.get("content-encoding", ""), LIMIT)  # as the
+    content_type = headers.get("content-type", "")  # collector does before any decoder
     if url.path in segment.SINGLE_PATHS:
         return segment.parse_single(body, segment.SINGLE_PATHS[url.path], MAX_EVENT)
     if url.path in segment.BATCH_PATHS:
