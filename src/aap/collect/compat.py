@@ -1,10 +1,10 @@
-"""The endpoints the other vendors' SDKs (PostHog, Segment's browser SDK, Snowplow) and
-our own browser SDK talk to: :meth:`Compat.routes`, which the
-:class:`~aap.collect.app.Collector` adds to its table, answered through the
+"""The endpoints the other vendors' SDKs (PostHog, Segment's browser SDK, Snowplow,
+RudderStack's control plane) and our own browser SDK talk to: :meth:`Compat.routes`,
+which the :class:`~aap.collect.app.Collector` adds to its table, answered through the
 :class:`Ingest` it gives.
 
 Each wire format lives in its own module (:mod:`.posthog`, :mod:`.snowplow`,
-:mod:`.segment`) and turns requests into wire messages; the
+:mod:`.segment`, :mod:`.rudderstack`) and turns requests into wire messages; the
 collector's ingestion (write key, limits, rate limit, IP truncation, durable append,
 200 only once durable) is the same for all of them.
 """
