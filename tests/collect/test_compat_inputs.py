@@ -122,6 +122,17 @@ CASES: list[Case] = [
     ("GET /i bad event", lambda r: httpx.get(r.url + f"/i?e=pv&aid={r.key}"), 400,
      "invalid_events"),
     ("GET /i bad UTF-8", lambda r: httpx.get(r.url + "/i?e=%ff"), 400, "invalid_query"),
+    # RudderStack's control plane
+    ("sourceConfig no key", lambda r: httpx.get(r.url + "/sourceConfig?p=ios&v=1.31.0"), 401,
+     "missing_write_key"),
+    ("sourceConfig unknown key", lambda r: httpx.get(
+        r.url + "/sourceConfig?p=android&v=1.28.0", auth=("wk_nope", "")), 401,
+     "unknown_write_key"),
+    ("sourceConfig bearer", lambda r: httpx.get(
+        r.url + "/sourceConfig/", headers={"Authorization": "Bearer x"}), 401,
+     "bad_auth_scheme"),
+    ("sourceConfig bad base64", lambda r: httpx.get(
+        r.url + "/sourceConfig/", headers={"Authorization": "Basic !!"}), 401, "bad_auth"),
     # consent
     ("consent no key", lambda r: post(r, "/v1/consent", {"anonymousId": "a",
                                                          "purposes": {"analytics": True}}),
@@ -169,6 +180,29 @@ def test_start_up_answers_of_posthog(running: Running) -> None:
     js = httpx.get(f"{running.url}/array/{running.key}/config.js")
     assert js.headers["content-type"] == "application/javascript"
     assert "_POSTHOG_REMOTE_CONFIG" in js.text and "gzip-js" in js.text
+
+
+def test_start_up_answer_of_rudderstack(running: Running) -> None:
+    """The mobile SDKs send events only once their source config says the source is
+    enabled; the JavaScript SDK sends the key in the query."""
+    by_header = httpx.get(f"{running.url}/sourceConfig?p=android&v=1.28.0&bv=34",
+                          auth=(running.key, ""))
+    by_query = httpx.get(f"{running.url}/sourceConfig/?p=npm&v=3.7.0&writeKey={running.key}")
+    for r in (by_header, by_query):
+        assert r.status_code == 200, r.text
+        source = r.json()["source"]
+        assert source["enabled"] is True and source["destinations"] == []
+        assert source["writeKey"] == running.key and source["id"] and source["workspaceId"]
+
+
+def test_unknown_key_answer_stops_rudderstack_sdks(running: Running) -> None:
+    """rudder-sdk-android and rudder-sdk-ios stop sending only when the error body says
+    "invalid write key" (lower-cased); any other answer is retried forever."""
+    r = post(running, "/v1/batch", {"batch": [{"type": "track", "event": "E",
+                                               "anonymousId": "a"}]},
+             {"Authorization": "Basic " + base64.b64encode(b"wk_nope:").decode()})
+    assert r.status_code == 401
+    assert "invalid write key" in r.text.lower()
 
 
 def test_good_and_bad_events_of_one_request(running: Running) -> None:

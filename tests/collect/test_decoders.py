@@ -21,10 +21,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aap.collect import posthog, segment, snowplow
+from aap.collect import posthog, rudderstack, segment, snowplow
+from aap.collect.body import decode_content
 from aap.collect.segment import Parsed
-from aap.errors import BadRequest, PayloadTooLarge
+from aap.errors import BadRequest, PayloadTooLarge, Unauthorized
 from aap.privacy.ip import IpPolicy
+from aap.sources import Source
 
 WIRE = Path(__file__).parent / "wire"
 KEY = "wk_test"
@@ -71,8 +73,9 @@ def decode(req: dict[str, Any]) -> Parsed:
     """A request as the collector's route for its path decodes it."""
     url = urlsplit(req["path"])
     query = parse_qs(url.query)
-    body = _body(req)
-    content_type = {k.lower(): v for k, v in req["headers"].items()}.get("content-type", "")
+    headers = {k.lower(): v for k, v in req["headers"].items()}
+    body = decode_content(_body(req), headers.get("content-encoding", ""), LIMIT)  # as the
+    content_type = headers.get("content-type", "")  # collector does before any decoder
     if url.path in segment.SINGLE_PATHS:
         return segment.parse_single(body, segment.SINGLE_PATHS[url.path], MAX_EVENT)
     if url.path in segment.BATCH_PATHS:
@@ -279,3 +282,67 @@ def test_snowplow_refuses_what_is_not_payload_data() -> None:
                                                    {"e": "pv", "duid": 5}]}).encode(), MAX_EVENT)
     assert [(r.index, r.reason) for r in two.rejected] == [(1, "write_key_mismatch"),
                                                           (2, "wrong_type")]
+
+
+def test_posthog_mobile_properties_fill_the_context() -> None:
+    """What posthog-ios and posthog-android put in every event's properties lands where
+    Segment's mobile SDKs put it; wrong types are left out, and the properties stay."""
+    props = {"$os_name": "iOS", "$os_version": "18.5", "$device_model": "iPhone16,2",
+             "$device_type": "Mobile", "$app_version": "2.4.0", "$app_build": 1045,
+             "$screen_width": 430.0, "$screen_height": True, "$network_wifi": True,
+             "$network_cellular": "no", "$locale": "en", "$timezone": "Europe/Paris",
+             "$user_agent": "Dalvik/2.1.0", "$lib": "posthog-ios"}
+    parsed = posthog.parse(json.dumps({"api_key": KEY, "batch": [
+        {"event": "E", "distinct_id": "d", "properties": props}]}).encode(), {},
+        "application/json", LIMIT, MAX_EVENT)
+    m = parsed.messages[0][1]
+    assert m.context is not None and m.properties is not None
+    assert m.context["os"] == {"name": "iOS", "version": "18.5"}
+    assert m.context["device"] == {"model": "iPhone16,2", "type": "Mobile"}
+    assert m.context["app"] == {"version": "2.4.0", "build": 1045}
+    assert m.context["screen"] == {"width": 430.0}
+    assert m.context["network"] == {"wifi": True}
+    assert (m.context["locale"], m.context["timezone"]) == ("en", "Europe/Paris")
+    assert m.context["userAgent"] == "Dalvik/2.1.0"
+    assert m.properties["$os_name"] == "iOS"
+    web = posthog.parse(json.dumps({"api_key": KEY, "batch": [
+        {"event": "E", "distinct_id": "d", "properties": {"$lib": "web"}}]}).encode(), {},
+        "application/json", LIMIT, MAX_EVENT).messages[0][1]
+    assert web.context is not None and set(web.context) == {"library"}
+
+
+@pytest.mark.parametrize(("message", "name"), [
+    ({"type": "screen", "event": "Checkout", "properties": {"name": "Checkout"}}, "Checkout"),
+    ({"type": "screen", "event": "Main"}, "Main"),
+    ({"type": "page", "properties": {"name": "Docs"}}, "Docs"),
+    ({"type": "screen", "name": "Given", "event": "Other"}, "Given"),
+    ({"type": "screen", "properties": {"name": 5}}, None),
+    ({"type": "track", "event": "E", "properties": {"name": "x"}}, None),
+])
+def test_view_name_where_rudderstack_puts_it(message: dict[str, Any], name: str | None
+                                             ) -> None:
+    m = segment.parse_batch(json.dumps({"batch": [{**message, "anonymousId": "a"}]}).encode(),
+                            MAX_EVENT).messages[0][1]
+    event = segment.to_event(m, source="src", received_at=NOW)
+    assert not isinstance(event, str) and event.name == name
+
+
+def test_basic_write_key() -> None:
+    assert segment.basic_write_key("Basic " + base64.b64encode(b"wk_1:").decode()) == "wk_1"
+    assert segment.basic_write_key("basic " + base64.b64encode(b"wk_2").decode()) == "wk_2"
+    for header, code in (("Bearer x", "bad_auth_scheme"), ("Basic !!", "bad_auth"),
+                         ("Basic " + base64.b64encode(b":pw").decode(), "missing_write_key")):
+        with pytest.raises(Unauthorized) as err:
+            segment.basic_write_key(header)
+        assert err.value.code == code
+
+
+def test_rudderstack_source_config_enables_the_source() -> None:
+    src = Source(id="src_1", name="shop-app", key_hint="wk_1…", created_at=1777888800,
+                 controller="acme")
+    cfg = rudderstack.source_config(src, "wk_1")["source"]
+    assert (cfg["id"], cfg["name"], cfg["writeKey"], cfg["workspaceId"]) == (
+        "src_1", "shop-app", "wk_1", "acme")
+    assert cfg["enabled"] is True and cfg["destinations"] == []
+    assert cfg["updatedAt"] == "2026-05-04T10:00:00Z"
+    assert cfg["config"]["statsCollection"]["metrics"]["enabled"] is False

@@ -5,7 +5,11 @@ A fixture names the SDKs that send the request, the request (``body`` as JSON or
 or ``body_base64`` for bytes; ``$KEY`` and ``$BASIC`` stand for the source's write key
 and its Basic-auth value; ``encoding`` ``gzip`` or ``form-base64`` is applied to the
 JSON body after that, as the SDK does), the expected status and a subset of the response, and for
-each stored event the fields that must match (``a.b`` reaches into nested objects)."""
+each stored event the fields that must match (``a.b`` reaches into nested objects).
+
+A fixture read from an SDK's public source also says where from: ``source`` (``repo``,
+``version``, ``commit``, ``files``), and how the SDK answers AAP's status codes
+(``retry``)."""
 
 from __future__ import annotations
 
@@ -62,6 +66,9 @@ def _subset(actual: Any, expected: Any) -> bool:
 def test_literal_request(running: Running, path: Path) -> None:
     spec = json.loads(path.read_text())
     assert spec["sdk"]
+    if "source" in spec:
+        assert {"repo", "version", "commit", "files"} <= spec["source"].keys()
+        assert spec["source"]["files"] and spec["source"]["commit"]
     subst = {"$KEY": running.key, "$BASIC": base64.b64encode(f"{running.key}:".encode()).decode()}
     req = _fill(spec["request"], subst)
     if "body_base64" in req:

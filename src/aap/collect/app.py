@@ -8,8 +8,6 @@ hands each of its messages to the same path (:meth:`Collector.accept_batch`).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import gc
 import hmac
 import logging
@@ -55,6 +53,7 @@ from aap.collect.segment import (
     SINGLE_PATHS,
     Parsed,
     Rejection,
+    basic_write_key,
     parse_batch,
     parse_single,
     to_event,
@@ -80,6 +79,9 @@ CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Retry-Cou
 """The request headers browsers may send cross-origin: the SDKs' own, nothing else."""
 _json = msgspec.json.Encoder()
 BASIC_KEY_HINT = "send it as the Basic auth user name"
+UNKNOWN_KEY_DETAIL = "invalid write key: no source has it"
+"""RudderStack's mobile SDKs stop sending (instead of retrying forever) when an error body
+says "invalid write key", as RudderStack's own server does."""
 GET_HEAD = ("GET", "HEAD")
 POST = ("POST",)
 KEY_TTL_S = 5.0
@@ -279,7 +281,7 @@ class Collector:
         ``json_body``: the events are the body's JSON decoded as it is (Segment), so the
         scrubbing may search the body for addresses instead of the events."""
         self.check_health()
-        source = self._source_from_header(req.headers.get("authorization")) if auth else None
+        source = self.source_from_header(req.headers.get("authorization")) if auth else None
         limit = self.settings.collector.max_request_bytes
         raw = await read_raw(req.receive, content_length(req.headers.get("content-length")),
                              limit)
@@ -399,7 +401,7 @@ class Collector:
             source, subject = self.self_service.identify(authorization)
             source = msgspec.structs.replace(source, server_key=True)
         else:
-            source = self._source_from_header(authorization)
+            source = self.source_from_header(authorization)
         clen = req.headers.get("content-length")
         limit = 64 * 1024
         raw = await read_raw(req.receive, content_length(clen), limit)
@@ -464,23 +466,8 @@ class Collector:
 
     # -- write keys --
 
-    def _source_from_header(self, authorization: str | None) -> Source | None:
-        if not authorization:
-            return None
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() != "basic":
-            raise errors.Unauthorized("use HTTP Basic auth with the write key as user name",
-                                      code="bad_auth_scheme")
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise errors.Unauthorized("the Basic auth value is not valid base64",
-                                      code="bad_auth") from None
-        key = decoded.partition(":")[0]
-        if not key:
-            raise errors.Unauthorized("no write key in the Basic auth user name",
-                                      code="missing_write_key")
-        return self.source(key)
+    def source_from_header(self, authorization: str | None) -> Source | None:
+        return self.source(basic_write_key(authorization)) if authorization else None
 
     def source(self, key: str) -> Source:
         now = time.monotonic()
@@ -488,14 +475,16 @@ class Collector:
         if known is not None and now - known[1] < KEY_TTL_S:
             return known[0]
         if now - self._unknown_keys.get(key, -10.0) < 1.0:
-            raise errors.Unauthorized("unknown write key", code="unknown_write_key")
+            raise errors.Unauthorized("unknown write key", UNKNOWN_KEY_DETAIL,
+                                      code="unknown_write_key")
         found = self.sources.by_key(key)
         if found is None:
             self._known_keys.pop(key, None)
             if len(self._unknown_keys) > 10_000:
                 self._unknown_keys.clear()
             self._unknown_keys[key] = now
-            raise errors.Unauthorized("unknown write key", code="unknown_write_key")
+            raise errors.Unauthorized("unknown write key", UNKNOWN_KEY_DETAIL,
+                                      code="unknown_write_key")
         if len(self._known_keys) > 10_000:
             self._known_keys.clear()
         self._known_keys[key] = (found, now)

@@ -1,10 +1,10 @@
-"""The endpoints the other vendors' SDKs (PostHog, Segment's browser SDK, Snowplow) and
-our own browser SDK talk to: :meth:`Compat.routes`, which the
-:class:`~aap.collect.app.Collector` adds to its table, answered through the
+"""The endpoints the other vendors' SDKs (PostHog, Segment's browser SDK, Snowplow,
+RudderStack's control plane) and our own browser SDK talk to: :meth:`Compat.routes`,
+which the :class:`~aap.collect.app.Collector` adds to its table, answered through the
 :class:`Ingest` it gives.
 
 Each wire format lives in its own module (:mod:`.posthog`, :mod:`.snowplow`,
-:mod:`.segment`) and turns requests into wire messages; the
+:mod:`.segment`, :mod:`.rudderstack`) and turns requests into wire messages; the
 collector's ingestion (write key, limits, rate limit, IP truncation, durable append,
 200 only once durable) is the same for all of them.
 """
@@ -22,9 +22,9 @@ import msgspec
 from aap import errors
 from aap.api.openapi import INGEST_ERRORS, INGESTED, Op, documented, op_of
 from aap.asgi import Handler, Request, Response, content_length, read_raw
-from aap.collect import posthog, snowplow
+from aap.collect import posthog, rudderstack, snowplow
 from aap.collect.body import decode_content
-from aap.collect.segment import Parsed
+from aap.collect.segment import Parsed, basic_write_key
 from aap.routing import Route
 from aap.settings import Settings
 from aap.sources import Source
@@ -36,9 +36,10 @@ SEGMENT_SETTINGS_PREFIX = "/v1/projects/"
 SEGMENT_METRICS_PATH = "/v1/m"
 BROWSER_PREFIXES = ("/v1/", posthog.CONFIG_PREFIX)
 POSTHOG_KEY_HINT = "send the source's write key as `api_key` (or `properties.token`)"
+RUDDERSTACK_KEY_HINT = "send it as the Basic auth user name (or `writeKey` in the query)"
 SNOWPLOW_KEY_HINT = "set the tracker's app id (`aid`) to the source's write key"
 BROWSER_PATHS = frozenset((*posthog.CAPTURE_PATHS, *posthog.FLAGS_PATHS, snowplow.TP2_PATH,
-                           *snowplow.GET_PATHS))
+                           *snowplow.GET_PATHS, *rudderstack.SOURCE_CONFIG_PATHS))
 
 
 CREDENTIALED_PATHS = frozenset((snowplow.TP2_PATH, *snowplow.GET_PATHS))
@@ -102,6 +103,8 @@ class Compat:
             Route(snowplow.TP2_PATH, ("POST",), self.snowplow_post),
             *(Route(path, ("GET",), self.snowplow_get) for path in snowplow.GET_PATHS),
             Route(SEGMENT_METRICS_PATH, ("POST",), self.segment_metrics),
+            *(Route(path, ("GET",), self.rudderstack_source_config)
+              for path in rudderstack.SOURCE_CONFIG_PATHS),
             Route("/sdk.js", ("GET", "HEAD"), self.sdk_js),
             Route("/sdk-banner.js", ("GET", "HEAD"), self.sdk_banner_js),
             *templated(self.posthog_config, ("GET",)),
@@ -211,6 +214,21 @@ class Compat:
     async def segment_metrics(self, req: Request) -> Response:
         await self._body(req)  # read (and bound) the body; the SDK's own metrics are dropped
         return Response.json(200, {"success": True})
+
+    # -- RudderStack's control plane --
+
+    @documented(Op("RudderStack source configuration: the source enabled, no destinations",
+                   errors=(401,), ok={"type": "object", "required": ["source"]},
+                   query={"p": {"type": "string"}, "v": {"type": "string"},
+                          "writeKey": {"type": "string"}}))
+    async def rudderstack_source_config(self, req: Request) -> Response:
+        authorization = req.headers.get("authorization")
+        key = basic_write_key(authorization) if authorization else \
+            (query(req).get("writeKey") or [""])[0]
+        if not key:
+            raise errors.Unauthorized(f"no write key: {RUDDERSTACK_KEY_HINT}",
+                                      code="missing_write_key")
+        return Response.json(200, rudderstack.source_config(self.app.source(key), key))
 
     # -- Snowplow --
 

@@ -21,7 +21,10 @@ identified (``$is_identified: false``, or ``distinct_id == $device_id``); otherw
 is a ``userId``. Ids never stay in the properties (``$anon_distinct_id``,
 ``$device_id``, ``alias`` move out; the collector seals ids and personal traits).
 ``$ip`` goes to ``context.ip`` (truncated by the collector, never stored);
-``$session_id`` stays in the properties (the processor's session id). The send time
+``$session_id`` stays in the properties (the processor's session id). The mobile SDKs'
+device properties (``$os_name``, ``$device_model``, ``$app_version``, ``$screen_width``,
+``$network_wifi``, ``$locale``, ``$timezone``, …) stay too, and are copied into the
+context where Segment's mobile SDKs put them (:data:`MOBILE`). The send time
 (``sent_at`` per event, per batch, or ``sent_at`` / ``_`` in the query) corrects the
 device's clock like Segment's ``sentAt``.
 """
@@ -317,13 +320,49 @@ PAGE: tuple[Field, ...] = (("$current_url", "url", _str), ("$pathname", "path", 
                            ("$referrer", "referrer", _referrer), ("title", "title", _str))
 
 
+def _scalar(v: Any) -> str | int | float | None:
+    return v if isinstance(v, (str, int, float)) and not isinstance(v, bool) else None
+
+
+def _number(v: Any) -> int | float | None:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _flag(v: Any) -> bool | None:
+    return v if isinstance(v, bool) else None
+
+
+MOBILE: tuple[tuple[str, tuple[Field, ...]], ...] = (
+    ("os", (("$os_name", "name", _str), ("$os_version", "version", _str))),
+    ("device", (("$device_manufacturer", "manufacturer", _str),
+                ("$device_model", "model", _str), ("$device_name", "name", _str),
+                ("$device_type", "type", _str))),
+    ("app", (("$app_name", "name", _str), ("$app_version", "version", _str),
+             ("$app_build", "build", _scalar), ("$app_namespace", "namespace", _str))),
+    ("screen", (("$screen_width", "width", _number), ("$screen_height", "height", _number),
+                ("$screen_density", "density", _number))),
+    ("network", (("$network_wifi", "wifi", _flag), ("$network_cellular", "cellular", _flag),
+                 ("$network_bluetooth", "bluetooth", _flag),
+                 ("$network_carrier", "carrier", _str))),
+)
+"""The device properties of the iOS and Android SDKs (``PostHogContext.swift``,
+``PostHogAndroidContext.kt``), copied into the context where Segment's and RudderStack's
+mobile SDKs put the same facts (``context.os.name``, ``context.device.model``, …)."""
+LOCALE: tuple[Field, ...] = (("$locale", "locale", _str), ("$timezone", "timezone", _str))
+
+
 def _context(props: dict[str, Any], ip: Any) -> dict[str, Any]:
     page = _mapped(props, PAGE)
     ctx: dict[str, Any] = {"page": page} if page else {}
+    for name, fields in MOBILE:
+        if found := _mapped(props, fields):
+            ctx[name] = found
+    ctx.update(_mapped(props, LOCALE))
     if isinstance(props.get("$lib"), str):
         ctx["library"] = {"name": props["$lib"], "version": props.get("$lib_version")}
-    if isinstance(props.get("$raw_user_agent"), str):
-        ctx["userAgent"] = props["$raw_user_agent"]
+    agent = _str(props.get("$raw_user_agent")) or _str(props.get("$user_agent"))  # Android
+    if agent:
+        ctx["userAgent"] = agent
     if isinstance(ip, str):
         ctx["ip"] = ip
     return ctx

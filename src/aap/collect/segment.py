@@ -8,6 +8,8 @@ the good ones of the same batch are stored.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -15,7 +17,7 @@ from typing import Any, NamedTuple
 import msgspec
 import uuid_utils
 
-from aap.errors import BadRequest, PayloadTooLarge
+from aap.errors import BadRequest, PayloadTooLarge, Unauthorized
 from aap.events import MESSAGE_TYPES, Event
 from aap.jsonlimits import check_depth
 
@@ -167,6 +169,22 @@ def parse_single(body: bytes, message_type: str, max_event_bytes: int) -> Parsed
     return Parsed([(0, m)], [], m.write_key)
 
 
+def basic_write_key(authorization: str) -> str:
+    """The write key of an ``Authorization: Basic base64(KEY:)`` header (401 if none)."""
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        raise Unauthorized("use HTTP Basic auth with the write key as user name",
+                           code="bad_auth_scheme")
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthorized("the Basic auth value is not valid base64", code="bad_auth") from None
+    key = decoded.partition(":")[0]
+    if not key:
+        raise Unauthorized("no write key in the Basic auth user name", code="missing_write_key")
+    return key
+
+
 def _id(v: Id) -> str | None:
     if v is None:
         return None
@@ -205,7 +223,7 @@ def to_event(m: WireMessage, *, source: str, received_at: datetime) -> Event | s
         previous_id=previous_id,
         group_id=group_id,
         event=m.event,
-        name=m.name,
+        name=_view_name(m) if mtype in ("page", "screen") else m.name,
         category=m.category,
         timestamp=_utc(m.timestamp or m.original_timestamp),
         sent_at=_utc(m.sent_at),
@@ -216,6 +234,17 @@ def to_event(m: WireMessage, *, source: str, received_at: datetime) -> Event | s
         received_at=received_at,
         source=source,
     )
+
+
+def _view_name(m: WireMessage) -> str | None:
+    """A page's or screen's name: ``name``, else where RudderStack's mobile SDKs put it
+    (``properties.name``, and the same in ``event``)."""
+    if m.name is not None:
+        return m.name
+    prop = (m.properties or {}).get("name")
+    if isinstance(prop, str) and prop.strip():
+        return prop
+    return m.event if m.event and m.event.strip() else None
 
 
 def _context_and_traits(m: WireMessage, mtype: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
