@@ -230,3 +230,22 @@ def test_hostile_strings_take_linear_time() -> None:
     for s in hostile:
         redact(s)
     assert time.process_time() - t0 < 20
+
+
+def test_a_devices_own_id_and_push_token_are_taken_a_products_id_stays() -> None:
+    """The mobile SDKs send the phone's vendor id / Android id as ``context.device.id``
+    (Segment's, RudderStack's) and a push token: they single out one phone, so they are
+    sealed like ``deviceId``; ``id`` elsewhere (a product's, a page's) stays."""
+    ev = Event(type="screen", name="Home", message_id="m", user_id="u",
+               received_at=datetime.now(UTC), source="s",
+               context={"device": {"id": "7F3A-VENDOR-ID", "Token": "push-tok",
+                                   "model": "iPhone15,2", "manufacturer": "Apple"},
+                        "app": {"id": "com.example.app"}},
+               properties={"products": [{"id": "sku-1"}], "id": "home"})
+    taken = take_personal(ev, hash)
+    assert ev.context == {"device": {"model": "iPhone15,2", "manufacturer": "Apple"},
+                          "app": {"id": "com.example.app"}}
+    assert ev.properties == {"products": [{"id": "sku-1"}], "id": "home"}
+    assert sorted(str(p) for p, _ in taken) == sorted(str(p) for p in (
+        ["context", "device", "id"], ["context", "device", "Token"]))
+    assert is_personal_path("context.device.id") and not is_personal_path("context.app.id")

@@ -66,6 +66,12 @@ _NAMED_THINGS = frozenset({
 (``context.library.name``, ``context.os.name``, ``products[].name``); a device's name
 (``Alice's iPhone``) stays personal."""
 
+_IDS_OF = {"device": frozenset({"id", "token", "pushtoken"})}
+"""Fields that are an identifier only under their parent: a device's ``id`` (the iOS
+vendor id, the Android id the mobile SDKs put in ``context.device.id``) and its push
+``token`` single out one phone, so they are sealed like ``deviceId``; a product's or a
+page's ``id`` stays."""
+
 _VENDOR_FIELDS = frozenset({"$screen_name"})
 """Vendors' own fields whose name reads as personal but is not (PostHog's screen name)."""
 
@@ -116,9 +122,19 @@ def is_personal_field(parent: str | None, name: str) -> bool:
     """Whether the field ``name`` inside the object held under ``parent`` (``None`` at the
     top) is personal: :func:`is_personal_name`, except the ``name`` of a thing that is
     not a person (``library.name``, ``os.name``, ``products[].name``)."""
-    if parent is not None and _normalize(name) == "name" and is_named_thing(parent):
-        return False
+    if parent is not None:
+        norm = _normalize(name)
+        if norm == "name" and is_named_thing(parent):
+            return False
+        if norm in _IDS_OF.get(_normalize(parent), ()):
+            return True
     return is_personal_name(name)
+
+
+@lru_cache(maxsize=4096)
+def is_id_of(parent: str, name: str) -> bool:
+    """Whether ``name`` is personal only because of its ``parent`` (``device.id``)."""
+    return _normalize(name) in _IDS_OF.get(_normalize(parent), ())
 
 
 def is_personal_path(path: str) -> bool:

@@ -42,7 +42,7 @@ from urllib.parse import unquote_plus
 import msgspec
 
 from aap.events import Event
-from aap.privacy.personal import is_named_thing, is_personal_field
+from aap.privacy.personal import is_id_of, is_named_thing, is_personal_field
 
 REDACTED = "[redacted]"
 """What replaces an email or IP address found inside a stored string."""
@@ -251,7 +251,9 @@ def _personal_key(parent: str | None, k: str) -> bool:
         if len(_KEYS) > MAX_KEYS:
             _KEYS.clear()
         _KEYS[k] = verdict
-    return verdict and (parent is None or is_personal_field(parent, k) or holds_address(k))
+    if not verdict:
+        return parent is not None and is_id_of(parent, k)
+    return parent is None or is_personal_field(parent, k) or holds_address(k)
 
 
 def _walk(obj: dict[str, Any] | list[Any], path: tuple[str | int, ...], parent: str | None,
