@@ -67,6 +67,9 @@ _context = st.fixed_dictionaries({}, optional={
     "page": _obj(["url", "referrer", "path", "title"]),
     "campaign": _obj(["source", "medium", "name", "campaign", "term", "content"]),
     "library": _obj(["name", "version"]),
+    "os": st.one_of(_obj(["name", "version"]), st.fixed_dictionaries({
+        "name": st.sampled_from(["iOS", "ios", " Android ", "iPadOS", "tvOS", "  "]),
+        "version": st.sampled_from(["17.1", "14"])})),
     "userAgent": _value, "sessionId": _value, "session_id": _value, "locale": _json})
 _properties = st.fixed_dictionaries({}, optional={
     "url": _value, "referrer": _value, "path": _value, "$session_id": _value, "price": _json,
@@ -148,6 +151,14 @@ def reference(e: Event, historical: frozenset[str]) -> dict[str, Any]:
                 "term": _text(camp.get("term")), "content": _text(camp.get("content"))}
     ua = _text(ctx.get("userAgent"))
     agent = enrich.parse_agent(ua) if ua else enrich.Agent(None, None, None, None, None)
+    if agent.os is None:  # no OS in the user agent: the one the SDK names in the context
+        said = (_text(part("os").get("name")) or "").strip()
+        os_name = {"ios": "iOS", "iphone os": "iOS", "android": "Android"}.get(
+            said.lower(), said[:64] or None)
+        agent = agent._replace(
+            os=os_name, os_version=_text(part("os").get("version")) if os_name else None,
+            device_type=agent.device_type or ("mobile" if os_name in ("iOS", "Android")
+                                              else None))
     ts, sent, recv = _micros(e.timestamp), _micros(e.sent_at), _micros(e.received_at)
     assert recv is not None
     if ts is None:

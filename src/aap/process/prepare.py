@@ -97,7 +97,7 @@ _FIELDS = {
 _CONTEXT_PATHS = ("page.url", "page.referrer", "page.path", "campaign.source",
                   "campaign.medium", "campaign.name", "campaign.campaign", "campaign.term",
                   "campaign.content", "userAgent", "library.name", "library.version",
-                  "sessionId", "session_id")
+                  "sessionId", "session_id", "os.name", "os.version")
 _PROPERTY_PATHS = ("url", "referrer", "path", '"$session_id"')
 
 _INPUTS: dict[str, tuple[tuple[str, bool], ...]] = {
@@ -111,6 +111,8 @@ _INPUTS: dict[str, tuple[tuple[str, bool], ...]] = {
     "c_term": (("c.campaign.term", False),),
     "c_content": (("c.campaign.content", False),),
     "ua": (("c.userAgent", False),),
+    "c_os": (("c.os.name", False),),
+    "c_os_version": (("c.os.version", False),),
     "library_name": (("c.library.name", False),),
     "library_version": (("c.library.version", False),),
     "sdk_session": (("c.sessionId", True), ('p."$session_id"', True), ("c.session_id", True)),
@@ -349,6 +351,15 @@ def _agent(ua: str) -> tuple[Any, ...]:
     return tuple(enrich.parse_agent(ua))
 
 
+MOBILE_OS = ("iOS", "Android")
+_OS_NAMES = {"ios": "iOS", "iphone os": "iOS", "android": "Android"}
+
+
+def _os_name(name: str) -> tuple[Any, ...]:
+    """An OS as an SDK names it in ``context.os.name``, spelled as ua-parser spells it."""
+    return (_OS_NAMES.get(name.strip().lower(), name.strip()[:64] or None),)
+
+
 def enrichment(w: _Work) -> None:
     """Page, referrer, campaign and user agent columns (coarse geo, library and the SDK's
     session id are read as they are, see :data:`READ_SQL`)."""
@@ -358,8 +369,20 @@ def enrichment(w: _Work) -> None:
     c["referrer_domain"] = _per_value(c["referrer"], _referrer_domain, 1)[0]
     for f, u in zip(enrich.UTM_FIELDS, url_utm, strict=True):
         c["utm_" + f] = pc.coalesce(w.col("c_" + f), u)
-    c.update(zip(("browser", "browser_version", "os", "os_version", "device_type"),
-                 _per_value(w.col("ua"), _agent, 5), strict=True))
+    browser, browser_version, os_, os_version, device_type = _per_value(w.col("ua"), _agent, 5)
+    # an app's events may carry no user agent (PostHog's and RudderStack's iOS SDKs): then
+    # the OS its SDK names in the context (``context.os``), and an iOS or Android one is
+    # mobile; where the user agent names an OS, it is the one kept
+    ctx = pc.is_null(os_)
+    ctx_os = _per_value(w.col("c_os"), _os_name, 1)[0]
+    none = pa.scalar(None, pa.string())
+    c.update(browser=browser, browser_version=browser_version,
+             os=pc.if_else(ctx, ctx_os, os_),
+             os_version=pc.if_else(ctx, pc.if_else(pc.is_null(ctx_os), none,
+                                                   w.col("c_os_version")), os_version),
+             device_type=pc.coalesce(device_type, pc.if_else(
+                 pc.and_(ctx, pc.is_in(ctx_os, pa.array(MOBILE_OS))), pa.scalar("mobile"),
+                 none)))
 
 
 def shop_rows(w: _Work) -> None:
