@@ -24,13 +24,19 @@ from aap.query.rollup import DIMS
 PAGE = "type IN ('page', 'screen')"
 
 
+def _order(column: str) -> str:
+    """The time of a value, ties broken by the value's hash: the same value is chosen
+    every time (a struct key (timestamp, value) does that too, at twice the cost)."""
+    return f"(epoch_us(timestamp)::HUGEINT << 64) + hash({column})"
+
+
 def first(column: str) -> str:
-    """A session's first non-NULL value of ``column`` (ties by the value: deterministic)."""
-    return f"arg_min({column}, (timestamp, {column}))"
+    """A session's first non-NULL value of ``column``."""
+    return f"arg_min({column}, {_order(column)})"
 
 
 def last(column: str) -> str:
-    return f"arg_max({column}, (timestamp, {column}))"
+    return f"arg_max({column}, {_order(column)})"
 
 
 SESSION_COLUMNS = {"entry_pages": (f"{first('path')} FILTER (WHERE {PAGE}) AS v",),
@@ -122,9 +128,9 @@ class Lean:
             return [{"value": v, "visitors": n, "pageviews": int(p or 0), "utm_source": s,
                      "utm_medium": m, "utm_campaign": c} for v, n, p, s, m, c in rows]
         return _rows(self.cur.execute(
-            "SELECT v, count(*) AS visitors, sum(pv) AS pageviews FROM (SELECT v, person_id,"
-            f" sum(views) AS pv FROM ({sessions}) WHERE v IS NOT NULL AND v <> ''"
-            f" GROUP BY ALL) GROUP BY v{ORDER}", [*args, limit]).fetchall())
+            "SELECT v, count(DISTINCT person_id) AS visitors, sum(views) AS pageviews"
+            f" FROM ({sessions}) WHERE v IS NOT NULL AND v <> '' GROUP BY v{ORDER}",
+            [*args, limit]).fetchall())
 
 
 def _rows(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
