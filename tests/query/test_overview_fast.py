@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,9 +111,16 @@ def test_consent_alone_reads_no_traffic(overview: Overview) -> None:
     assert out["consent"] == _ask(overview, {"from": "2026-08-03", "to": "2026-08-16"})["consent"]
 
 
-def test_the_rollup_is_there(overview: Overview, tmp_path: Path) -> None:
+def test_the_rollup_is_there(overview: Overview) -> None:
     """(The equality above would prove nothing if the rollup were empty.)"""
     with overview._snapshot() as (cur, daily):
         assert daily
         row = cur.execute("SELECT count(*), sum(n) FROM events_daily").fetchone()
         assert row is not None and 0 < row[0] < row[1]
+
+
+def test_the_openapi_schema_names_the_same_panels() -> None:
+    from aap.api import overview_doc
+
+    assert overview_doc.PANELS == list(PANELS)
+    assert overview_doc.OVERVIEW_REQUEST["properties"]["panels"]["items"]["enum"] == list(PANELS)
