@@ -186,6 +186,12 @@ def sync_cache(data_dir: Path, log: Callable[[str], None]) -> None:
             f"{time.perf_counter() - t0:.1f} s")
 
 
+FLAT_COLUMNS = ("message_id, event, timestamp, person_id, session_id, country, properties, type,"
+                " path, referrer_domain, utm_source, utm_medium, utm_campaign, region,"
+                " device_type, browser, os")
+"""The columns of the flat baseline table (those of the insights and the overview's)."""
+
+
 def make_flat(data_dir: Path) -> None:
     from aap.store.warehouse import Warehouse
 
@@ -193,8 +199,7 @@ def make_flat(data_dir: Path) -> None:
     flat = duckdb.connect(str(data_dir / "flat.duckdb"))
     try:
         with wh.snapshot() as cur:
-            reader = cur.sql("SELECT message_id, event, timestamp, person_id, session_id, country,"
-                             " properties FROM events").to_arrow_reader(1_000_000)
+            reader = cur.sql(f"SELECT {FLAT_COLUMNS} FROM events").to_arrow_reader(1_000_000)
             flat.register("src", reader)
             flat.execute("CREATE OR REPLACE TABLE events AS SELECT * FROM src ORDER BY timestamp")
             flat.unregister("src")

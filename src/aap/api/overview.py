@@ -10,12 +10,15 @@ SQL shape: the range's events are read once into a temporary table (only the col
 needed, event filters applied), sessions are built from it once, and each group of
 panels (figures, series, event breakdowns, session breakdowns) is one statement over
 those two; the breakdowns use ``GROUPING SETS`` so that all top lists of a kind are one
-pass.
+pass. A request may name the ``panels`` it wants (the page asks for each in parallel):
+then only those are computed, and without a filter on sessions each is read on its own,
+leanly (:mod:`aap.api.overview_panels`), with the same numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -28,6 +31,7 @@ import duckdb
 import msgspec
 
 from aap import errors
+from aap.api.overview_panels import Lean, first, last
 from aap.datadir import DataDir
 from aap.privacy.purposes import Registry
 from aap.query.runner import Deadline
@@ -54,6 +58,9 @@ EVENT_BREAKDOWNS = {"pages": "path", "countries": "country", "regions": "region"
                     "devices": "device_type", "browsers": "browser", "os": "os"}
 SESSION_BREAKDOWNS = {"entry_pages": "entry", "exit_pages": "exit", "referrers": "ref",
                       "utm_campaigns": "campaign"}
+BREAKDOWNS = (*EVENT_BREAKDOWNS, *SESSION_BREAKDOWNS)
+PANELS = ("figures", "series", *BREAKDOWNS, "consent")
+"""What ``panels`` may name: the figures, the daily series, each top list, consent."""
 
 
 class Filter(msgspec.Struct, forbid_unknown_fields=True):
@@ -67,6 +74,7 @@ class OverviewRequest(msgspec.Struct, forbid_unknown_fields=True, rename={"from_
     compare: bool = False
     filters: list[Filter] = []
     limit: int = 10
+    panels: list[str] | None = None
 
 
 class Range(msgspec.Struct, frozen=True):
@@ -156,12 +164,18 @@ class Overview:
 
     @contextmanager
     def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._snapshot() as (cur, _):
+            yield cur
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[tuple[duckdb.DuckDBPyConnection, bool]]:
+        """A cursor with ``events``, and whether ``events_daily`` is there too."""
         if self.use_cache:
-            with open_snapshot(self.warehouse) as (cur, _):
-                yield cur
+            with open_snapshot(self.warehouse) as (cur, views):
+                yield cur, views.daily
         else:
             with plain_snapshot(self.warehouse) as cur:
-                yield cur
+                yield cur, False
 
     @contextmanager
     def _deadline(self, cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
@@ -179,29 +193,42 @@ class Overview:
     # -- traffic --
 
     def overview(self, body: bytes) -> dict[str, Any]:
+        """All panels (``panels`` absent) or those named; without a filter on sessions,
+        named panels are each read on their own, leanly (:mod:`aap.api.overview_panels`)."""
         req = parse_overview(body)
+        panels = set(PANELS if req.panels is None else req.panels)
         rng = parse_range(req.from_, req.to)
         ids = {s.name: s.id for s in self.sources.list()}
         filters = [(f.field, ids.get(f.value, "\0" + f.value) if f.field == "source"
                     else f.value) for f in req.filters]
         source = next((v for f, v in filters if f == "source"), None)
         out: dict[str, Any] = {"from": rng.first.isoformat(), "to": rng.last.isoformat()}
-        with self._cursor() as cur, self._deadline(cur):
+        with self._snapshot() as (cur, daily), self._deadline(cur):
             traffic = Traffic(cur, filters)
-            try:
-                traffic.load(rng)
-                out["figures"] = traffic.figures()
-                out["series"] = traffic.series(rng)
-                out["breakdowns"] = traffic.breakdowns(req.limit)
-                if req.compare:
-                    prev = rng.previous()
-                    traffic.load(prev)
-                    out["figures"]["previous"] = traffic.figures()
-                    out["series"]["previous"] = {**traffic.series(prev)}
-            finally:
-                traffic.drop()
-            shares, _ = self._consent_shares(cur, rng, source)
-        out["consent"] = self._purposes(rng, source, shares)
+            prev: dict[str, Any] = {}
+            # the previous period: its figures and series only
+            ranges = [(out, rng, panels)] + ([(prev, rng.previous(), panels - {*BREAKDOWNS})]
+                                              if req.compare else [])
+            ranges = [(into, r, p & {"figures", "series", *BREAKDOWNS}) for into, r, p in ranges]
+            if req.panels is None or traffic.session_filters:
+                try:
+                    for into, r, asked in ranges:
+                        if asked:
+                            traffic.load(r)
+                            traffic.answer(into, r, asked, req.limit)
+                finally:
+                    traffic.drop()
+            else:
+                lean = Lean(cur, traffic.event_filters, daily=daily)
+                for into, r, asked in ranges:
+                    _lean_answer(lean, into, r, asked, req.limit)
+            for k in ("figures", "series"):
+                if k in prev:
+                    out[k]["previous"] = prev[k]
+            if "consent" in panels:
+                shares, _ = self._consent_shares(cur, rng, source)
+        if "consent" in panels:
+            out["consent"] = self._purposes(rng, source, shares)
         return out
 
     def current(self) -> dict[str, Any]:
@@ -307,22 +334,22 @@ SELECT person_id, session_id, timestamp, {PAGE_TYPES} AS is_page, path, referrer
        utm_source, utm_medium, utm_campaign, country, region, device_type, browser, os
 FROM events WHERE timestamp >= ? AND timestamp < ?"""
 
-_SESSIONS_SQL = """
+_SESSIONS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE ov_s AS
-SELECT session_id, any_value(person_id) AS person_id, min(timestamp) AS t0,
+SELECT session_id, min(person_id) AS person_id, min(timestamp) AS t0,
        max(timestamp) AS t1, count(*) FILTER (WHERE is_page) AS views,
-       arg_min(path, timestamp) FILTER (WHERE is_page) AS entry,
-       arg_max(path, timestamp) FILTER (WHERE is_page) AS exit,
-       arg_min(referrer_domain, timestamp) AS ref,
-       arg_min(utm_source, timestamp) AS utm_source,
-       arg_min(utm_medium, timestamp) AS utm_medium,
-       arg_min(utm_campaign, timestamp) AS utm_campaign
+       {first('path')} FILTER (WHERE is_page) AS entry,
+       {last('path')} FILTER (WHERE is_page) AS exit,
+       {first('referrer_domain')} AS ref,
+       {first('utm_source')} AS utm_source,
+       {first('utm_medium')} AS utm_medium,
+       {first('utm_campaign')} AS utm_campaign
 FROM ov_ev GROUP BY session_id"""
 
 _FIGURES_SQL = """
 SELECT (SELECT count(DISTINCT person_id) FROM ov_ev),
        (SELECT count(*) FROM ov_ev WHERE is_page),
-       count(*), avg((views <= 1)::INTEGER), avg(epoch(t1) - epoch(t0))
+       count(*), avg((views <= 1)::INTEGER), avg(epoch_us(t1) - epoch_us(t0)) / 1e6
 FROM ov_s"""
 
 _SERIES_SQL = """
@@ -342,24 +369,26 @@ def _top(kind: str, value: str, views: str, table: str, where: str) -> str:
             f" FROM {table} WHERE {where} GROUP BY ALL) GROUP BY v")
 
 
-def _breakdowns_sql() -> str:
+def _breakdowns_sql(kinds: frozenset[str]) -> str:
+    """The top lists ``kinds`` in one statement."""
     parts = [_top("pages", "path", "count(*)", "ov_ev",
-                  "is_page AND path IS NOT NULL AND path <> ''")]
+                  "is_page AND path IS NOT NULL AND path <> ''")] if "pages" in kinds else []
     parts += [_top(k, c, "count(*) FILTER (WHERE is_page)", "ov_ev",
                    f"{c} IS NOT NULL AND {c} <> ''")
-              for k, c in EVENT_BREAKDOWNS.items() if k != "pages"]
+              for k, c in EVENT_BREAKDOWNS.items() if k != "pages" and k in kinds]
     parts += [_top(k, c, "sum(views)", "ov_s", f"{c} IS NOT NULL AND {c} <> ''")
-              for k, c in SESSION_BREAKDOWNS.items() if k != "utm_campaigns"]
-    parts.append(f"SELECT 'utm_campaigns', {_CAMPAIGN}, count(DISTINCT person_id), sum(views),"
-                 " any_value(utm_source), any_value(utm_medium), any_value(utm_campaign)"
-                 " FROM ov_s WHERE coalesce(utm_source, utm_medium, utm_campaign) IS NOT NULL"
-                 f" GROUP BY {_CAMPAIGN}")
+              for k, c in SESSION_BREAKDOWNS.items() if k != "utm_campaigns" and k in kinds]
+    parts += [f"SELECT 'utm_campaigns' AS k, {_CAMPAIGN} AS v, count(DISTINCT person_id)"
+              " AS visitors, sum(views) AS pageviews, any_value(utm_source),"
+              " any_value(utm_medium), any_value(utm_campaign)"
+              " FROM ov_s WHERE coalesce(utm_source, utm_medium, utm_campaign) IS NOT NULL"
+              f" GROUP BY {_CAMPAIGN}"] if "utm_campaigns" in kinds else []
     return ("SELECT * FROM (" + " UNION ALL ".join(parts) + ") QUALIFY row_number() OVER"
             " (PARTITION BY k ORDER BY visitors DESC, pageviews DESC, v) <= ?"
             " ORDER BY k, visitors DESC, pageviews DESC, v")
 
 
-BREAKDOWNS_SQL = _breakdowns_sql()
+_breakdowns_sql_cached = functools.cache(_breakdowns_sql)
 
 
 def parse_overview(body: bytes) -> OverviewRequest:
@@ -373,6 +402,13 @@ def parse_overview(body: bytes) -> OverviewRequest:
         raise errors.BadRequest("'limit' must be between 1 and 100", code="invalid_limit")
     if len(req.filters) > 20:
         raise errors.BadRequest("at most 20 filters", code="too_many_filters")
+    for p in req.panels or ():
+        if p not in PANELS:
+            raise errors.BadRequest(f"unknown panel; known: {', '.join(PANELS)}",
+                                    {"panel": p[:64]}, code="invalid_panel")
+    if req.panels is not None and not req.panels:
+        raise errors.BadRequest("'panels' is empty (leave it out for all of them)",
+                                code="invalid_panel")
     for f in req.filters:
         if f.field not in FIELDS:
             raise errors.BadRequest(f"unknown filter field; known: {', '.join(FIELDS)}",
@@ -420,10 +456,20 @@ class Traffic:
         return {"labels": labels, "visitors": [got.get(d, (0, 0))[0] for d in labels],
                 "pageviews": [got.get(d, (0, 0))[1] for d in labels]}
 
-    def breakdowns(self, limit: int) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = {
-            k: [] for k in (*EVENT_BREAKDOWNS, *SESSION_BREAKDOWNS)}
-        for k, v, visitors, views, s, m, c in self.cur.execute(BREAKDOWNS_SQL, [limit]).fetchall():
+    def answer(self, into: dict[str, Any], rng: Range, panels: set[str], limit: int) -> None:
+        """The ``panels`` of the range loaded last, into ``into``."""
+        if "figures" in panels:
+            into["figures"] = self.figures()
+        if "series" in panels:
+            into["series"] = self.series(rng)
+        kinds = [k for k in BREAKDOWNS if k in panels]
+        if kinds:
+            into["breakdowns"] = self.breakdowns(limit, kinds)
+
+    def breakdowns(self, limit: int, kinds: list[str]) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+        sql = _breakdowns_sql_cached(frozenset(kinds))
+        for k, v, visitors, views, s, m, c in self.cur.execute(sql, [limit]).fetchall():
             row: dict[str, Any] = {"value": v, "visitors": visitors, "pageviews": int(views or 0)}
             if k == "utm_campaigns":
                 row.update(utm_source=s, utm_medium=m, utm_campaign=c)
@@ -433,3 +479,18 @@ class Traffic:
     def drop(self) -> None:
         with contextlib.suppress(duckdb.Error):  # (an aborted transaction: rolled back)
             self.cur.execute("DROP TABLE IF EXISTS ov_ev; DROP TABLE IF EXISTS ov_s")
+
+
+def _lean_answer(lean: Lean, into: dict[str, Any], rng: Range, panels: set[str],
+                 limit: int) -> None:
+    """The ``panels`` of the range, each on its own (no filter on sessions)."""
+    if "figures" in panels:
+        into["figures"] = lean.figures(rng)
+    if "series" in panels:
+        into["series"] = lean.series(rng)
+    for k in BREAKDOWNS:
+        if k not in panels:
+            continue
+        b = into.setdefault("breakdowns", {})
+        b[k] = (lean.top(k, EVENT_BREAKDOWNS[k], rng, limit) if k in EVENT_BREAKDOWNS
+                else lean.session_top(k, rng, limit))

@@ -32,6 +32,11 @@ CONSENT_STATS = _obj({
 FIELDS = ["page", "entry_page", "exit_page", "referrer", "utm_source", "utm_medium",
           "utm_campaign", "country", "region", "device", "browser", "os", "source"]
 
+BREAKDOWNS = ["pages", "countries", "regions", "devices", "browsers", "os", "entry_pages",
+              "exit_pages", "referrers", "utm_campaigns"]
+PANELS = ["figures", "series", *BREAKDOWNS, "consent"]
+"""What ``panels`` may name (:data:`aap.api.overview.PANELS`)."""
+
 OVERVIEW_REQUEST = {
     "type": "object", "additionalProperties": False,
     "properties": {
@@ -41,19 +46,21 @@ OVERVIEW_REQUEST = {
             "type": "object", "required": ["field", "value"], "additionalProperties": False,
             "properties": {"field": {"enum": FIELDS}, "value": {"type": "string",
                                                                 "maxLength": 1000}}}},
-        "limit": {"type": "integer", "minimum": 1, "maximum": 100}}}
+        "limit": {"type": "integer", "minimum": 1, "maximum": 100},
+        "panels": {"type": "array", "minItems": 1, "items": {"enum": PANELS},
+                   "description": "Only these panels (all when absent): the answer has only"
+                                  " their keys (top lists under 'breakdowns')."}}}
 
 _FIGURES = _obj({"visitors": _INT, "pageviews": _INT, "sessions": _INT, "bounce_rate": _NUM,
                  "visit_duration_s": _NUM})
 _SERIES = _obj({"labels": _list(_STR), "visitors": _list(_INT), "pageviews": _list(_INT)})
 _ROW = _obj({"value": _STR, "visitors": _INT, "pageviews": _INT})
 
-OVERVIEW = _obj({
+OVERVIEW = {**_obj({
     "from": _STR, "to": _STR, "figures": _FIGURES, "series": _SERIES,
-    "breakdowns": _obj({k: _list(_ROW) for k in (
-        "pages", "entry_pages", "exit_pages", "referrers", "utm_campaigns", "countries",
-        "regions", "devices", "browsers", "os")}),
-    "consent": _list(PURPOSE_STATS)})
+    "breakdowns": _obj({k: _list(_ROW) for k in BREAKDOWNS}, required=False),
+    "consent": _list(PURPOSE_STATS)}), "required": ["from", "to"],
+    "description": "Every panel, or only those named in 'panels'."}
 
 LIVE_EVENT = _obj({"cursor": _INT, "time": _STR, "event": _NSTR, "type": _STR,
                    "source": _STR, "person": _STR, "path": _NSTR, "country": _NSTR,

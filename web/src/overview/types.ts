@@ -51,13 +51,14 @@ export interface ConsentStats {
   gpc_share: number;
 }
 
+/** Every panel, or only those asked for in `panels`. */
 export interface Overview {
   from: string;
   to: string;
-  figures: Figures;
-  series: DaySeries;
-  breakdowns: Record<string, Row[]>;
-  consent: PurposeStats[];
+  figures?: Figures;
+  series?: DaySeries;
+  breakdowns?: Record<string, Row[]>;
+  consent?: PurposeStats[];
 }
 
 export interface Filter {
@@ -71,4 +72,5 @@ export interface OverviewBody {
   compare: boolean;
   filters: Filter[];
   limit: number;
+  panels?: string[];
 }

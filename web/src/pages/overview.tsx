@@ -1,15 +1,17 @@
 // The overview, one page like Plausible's: figures (with current visitors, refreshed every
 // 10 s), visitors and page views per day, top lists (a click on a row adds a filter), a
 // date range with comparison, and consent beside the traffic. State is in the query string.
+// Each panel is its own request (in parallel) and shows as soon as its answer arrives.
 import { useEffect, useState } from "preact/hooks";
 import { api } from "../api";
 import { Chart, type Series } from "../components/chart";
 import { ApiErrorBox } from "../components/errors";
 import { route } from "../router";
 import "../overview/overview.css";
+import { daysOf, usePanels, type Panel } from "../overview/load";
 import { ConsentPanel, Tiles, TopList } from "../overview/parts";
 import { body, PRESETS, readState, writeState, type State } from "../overview/state";
-import type { ConsentStats, Filter, Overview, Row } from "../overview/types";
+import type { ConsentStats, Filter, Row } from "../overview/types";
 
 const LISTS: { id: string; title: string; field: string }[] = [
   { id: "pages", title: "Top pages", field: "page" },
@@ -23,6 +25,9 @@ const LISTS: { id: string; title: string; field: string }[] = [
   { id: "browsers", title: "Browsers", field: "browser" },
   { id: "os", title: "Operating systems", field: "os" },
 ];
+
+/** One request each, in parallel (the API's `panels`). */
+const PANELS = ["figures", "series", ...LISTS.map((l) => l.id), "consent"];
 
 const LABELS: Record<string, string> = { page: "Page", entry_page: "Entry page", exit_page: "Exit page",
   referrer: "Referrer", utm_source: "UTM source", utm_medium: "UTM medium", utm_campaign: "UTM campaign",
@@ -100,67 +105,81 @@ function Chips({ filters }: { filters: Filter[] }) {
   );
 }
 
+/** A panel not answered yet (or failed): its frame, heading and state. */
+function Pending({ id, title, panel }: { id: string; title: string; panel?: Panel }) {
+  return (
+    <section class="panel" aria-labelledby={`ov-${id}-title`} aria-busy={!panel}>
+      <h2 id={`ov-${id}-title`}>{title}</h2>
+      {panel?.error ? <ApiErrorBox error={panel.error} /> : <p class="loading">Loading…</p>}
+    </section>
+  );
+}
+
 export default function Page() {
   void route.value; // re-render on a change of the query string
   const state = readState();
-  const key = JSON.stringify(body(state));
-  const [answer, setAnswer] = useState<{ key: string; data: Overview; since: number } | null>(null);
+  const { panels } = usePanels(body(state), PANELS);
   const [consent, setConsent] = useState<ConsentStats | null>(null);
-  const [error, setError] = useState<unknown>(null);
+  const [consentError, setConsentError] = useState<unknown>(null);
   const current = useCurrentVisitors();
   const source = state.filters.find((f) => f.field === "source")?.value;
+  const days = daysOf(state.from, state.to);
 
   useEffect(() => {
     let live = true;
-    setError(null);
-    api<Overview>("POST", "/overview", body(state))
-      .then((data) => { if (live) setAnswer({ key, data, since: performance.now() }); })
-      .catch((e: unknown) => { if (live) setError(e); });
     const q = new URLSearchParams({ from: state.from, to: state.to });
     if (source) q.set("source", source);
     setConsent(null);
+    setConsentError(null);
     api<ConsentStats>("GET", "/consent/stats?" + q.toString())
       .then((c) => { if (live) setConsent(c); })
-      .catch((e: unknown) => { if (live) setError(e); });
+      .catch((e: unknown) => { if (live) setConsentError(e); });
     return () => { live = false; };
-  }, [key]);
+  }, [state.from, state.to, source]);
 
   const addFilter = (f: Filter) => {
     if (state.filters.some((g) => g.field === f.field && g.value === f.value)) return;
     writeState({ filters: [...state.filters, f] });
   };
-  const data = answer?.data;
-  const series: Series[] = data ? [
-    { name: "visitors", values: data.series.visitors },
-    { name: "pageviews", values: data.series.pageviews },
-    ...(data.series.previous ? [
-      { name: "previous visitors", values: data.series.previous.visitors },
-      { name: "previous pageviews", values: data.series.previous.pageviews }] : []),
+  const figures = panels.figures;
+  const daily = panels.series;
+  const s = daily?.data?.series;
+  const series: Series[] = s ? [
+    { name: "visitors", values: s.visitors },
+    { name: "pageviews", values: s.pageviews },
+    ...(s.previous ? [
+      { name: "previous visitors", values: s.previous.visitors },
+      { name: "previous pageviews", values: s.previous.pageviews }] : []),
   ] : [];
+  const shares = panels.consent;
   return (
-    <section aria-labelledby="page-title" aria-busy={answer?.key !== key}>
+    <section aria-labelledby="page-title" aria-busy={PANELS.some((p) => !panels[p])}>
       <h1 id="page-title">Overview</h1>
       <Controls state={state} />
       <Chips filters={state.filters} />
-      <ApiErrorBox error={error} />
-      {!data ? <p class="loading">Loading…</p> : (
-        <>
-          <Tiles figures={data.figures} current={current} since={answer.since} />
-          <section class="panel ov-clip" aria-labelledby="ov-chart-title">
-            <h2 id="ov-chart-title">Visitors and page views per day</h2>
-            <Chart kind="line" labels={data.series.labels} series={series}
-              title="Visitors and page views per day" since={answer.since} />
-          </section>
-          <div class="ov-grid">
-            {LISTS.map((l) => (
-              <TopList key={l.id} id={l.id} title={l.title} rows={data.breakdowns[l.id] ?? []}
-                onPick={(r) => addFilter(filterOf(l.field, r))} />
-            ))}
-            <ConsentPanel purposes={data.consent} days={data.series.labels}
-              byDay={consent ? consent.by_day : null} gpc={consent ? consent.gpc_share : null} />
-          </div>
-        </>
-      )}
+      <ApiErrorBox error={consentError} />
+      {figures?.data?.figures ? <Tiles figures={figures.data.figures} current={current} since={figures.since} />
+        : figures?.error ? <ApiErrorBox error={figures.error} /> : <p class="loading">Loading the figures…</p>}
+      {s && daily ? (
+        <section class="panel ov-clip" aria-labelledby="ov-chart-title">
+          <h2 id="ov-chart-title">Visitors and page views per day</h2>
+          <Chart kind="line" labels={s.labels} series={series}
+            title="Visitors and page views per day" since={daily.since} />
+        </section>
+      ) : <Pending id="chart" title="Visitors and page views per day" panel={daily} />}
+      <div class="ov-grid">
+        {LISTS.map((l) => {
+          const rows = panels[l.id]?.data?.breakdowns?.[l.id];
+          return rows ? (
+            <TopList key={l.id} id={l.id} title={l.title} rows={rows}
+              onPick={(r) => addFilter(filterOf(l.field, r))} />
+          ) : <Pending key={l.id} id={l.id} title={l.title} panel={panels[l.id]} />;
+        })}
+        {shares?.data?.consent ? (
+          <ConsentPanel purposes={shares.data.consent} days={days}
+            byDay={consent ? consent.by_day : null} gpc={consent ? consent.gpc_share : null} />
+        ) : <Pending id="consent" title="Consent" panel={shares} />}
+      </div>
     </section>
   );
 }
