@@ -146,7 +146,7 @@ export default function Page() {
       {!data ? <p class="loading">Loading…</p> : (
         <>
           <Tiles figures={data.figures} current={current} since={answer.since} />
-          <section class="panel ov-clip" aria-labelledby="ov-chart-title">
+          <section class="panel" aria-labelledby="ov-chart-title">
             <h2 id="ov-chart-title">Visitors and page views per day</h2>
             <Chart kind="line" labels={data.series.labels} series={series}
               title="Visitors and page views per day" since={answer.since} />
