@@ -26,7 +26,7 @@ def chunk(*events: str, source: str = "src_1") -> pa.Table:
 
 def test_a_poll_answers_what_came_after_its_cursor_with_names_and_filters() -> None:
     feed = LiveFeed(wait_s=0.05)
-    feed.names = lambda: {"src_1": "web"}
+    feed.names = lambda ids: {"src_1": "web"}
     first = feed.poll({})
     assert first == {"cursor": 0, "events": []}
     feed.add(chunk("A", "B", "A"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import pyarrow as pa
@@ -41,8 +41,8 @@ class LiveFeed:
         self.cond = threading.Condition()
         self.polled = 0.0
         self.closed = False
-        self.names: Callable[[], dict[str, str]] = dict
-        """Source id → name (set by the owner)."""
+        self.names: Callable[[Collection[str]], dict[str, str]] = lambda ids: {}
+        """Source id → name, given the ids at hand (set by the owner)."""
 
     def add(self, table: pa.Table) -> None:
         """The events of a chunk written to the warehouse (the processor's thread)."""
@@ -51,7 +51,7 @@ class LiveFeed:
             return
         keep = SIZE if time.monotonic() - self.polled < IDLE_S else IDLE_KEEP
         cols = table.slice(max(0, n - keep)).select(list(_COLUMNS)).to_pydict()
-        names = self.names()
+        names = self.names(set(cols["source"]))
         rows = [{"time": t.isoformat() if t is not None else None,
                  "event": ev if ev is not None else ty, "type": ty,
                  "source": names.get(src, src), "person": str(pid) if pid is not None else "",

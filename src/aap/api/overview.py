@@ -21,7 +21,7 @@ import contextlib
 import functools
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -155,10 +155,11 @@ class Overview:
     def _names(self) -> dict[str, str]:
         return {s.id: s.name for s in self.sources.list()}
 
-    def source_names(self) -> dict[str, str]:
-        """Source id → name, read again at most every 5 s (for the live feed)."""
+    def source_names(self, ids: Collection[str] = ()) -> dict[str, str]:
+        """Source id → name (for the live feed): read again every 5 s, and at once when
+        one of ``ids`` is not known yet (a source made since, sending already)."""
         now = time.monotonic()
-        if now - self._names_at > 5:
+        if now - self._names_at > 5 or any(i not in self._cached_names for i in ids):
             self._cached_names, self._names_at = self._names(), now
         return self._cached_names
 

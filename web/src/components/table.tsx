@@ -2,6 +2,7 @@
 // CSV button downloads what the table holds (as given, in the order shown).
 import { useMemo, useState } from "preact/hooks";
 import { type Cell, downloadCsv } from "./download";
+import { ScrollRegion } from "./scroll";
 
 export interface DataTableProps {
   columns: string[];
@@ -40,7 +41,7 @@ export function DataTable({ columns, rows, name = "table", caption, limit = 1000
           Download CSV
         </button>
       </div>
-      <div class="table-scroll">
+      <ScrollRegion label={caption ?? name}>
         <table>
           {caption ? <caption>{caption}</caption> : null}
           <thead>
@@ -70,7 +71,7 @@ export function DataTable({ columns, rows, name = "table", caption, limit = 1000
             ))}
           </tbody>
         </table>
-      </div>
+      </ScrollRegion>
     </div>
   );
 }

@@ -96,7 +96,7 @@ export function ConsentPanel({ purposes, days, byDay, gpc }: { purposes: Purpose
     }
   }
   return (
-    <section class="panel ov-clip" aria-labelledby="ov-consent-title">
+    <section class="panel" aria-labelledby="ov-consent-title">
       <h2 id="ov-consent-title">Consent</h2>
       <ul class="ov-bars ov-bars-static" data-consent="shares" data-series={seriesAttr(labels, series)}>
         {purposes.map((p) => (

@@ -4,6 +4,7 @@
 import { useEffect, useState } from "preact/hooks";
 import { api } from "../api";
 import { ApiErrorBox } from "../components/errors";
+import { ScrollRegion } from "../components/scroll";
 import { params, route, setParams } from "../router";
 import "../overview/overview.css";
 
@@ -90,7 +91,7 @@ export default function Page() {
       </p>
       <ApiErrorBox error={error} />
       <div class="data-table">
-        <div class="table-scroll">
+        <ScrollRegion label="Live events">
           <table data-live="events">
             <caption class="visually-hidden">Events processed, newest first</caption>
             <thead>
@@ -114,7 +115,7 @@ export default function Page() {
               ))}
             </tbody>
           </table>
-        </div>
+        </ScrollRegion>
       </div>
       {events.length === 0 ? <p class="muted">No events yet.</p> : null}
     </section>

@@ -161,7 +161,7 @@ export default function Page() {
       {figures?.data?.figures ? <Tiles figures={figures.data.figures} current={current} since={figures.since} />
         : figures?.error ? <ApiErrorBox error={figures.error} /> : <p class="loading">Loading the figures…</p>}
       {s && daily ? (
-        <section class="panel ov-clip" aria-labelledby="ov-chart-title">
+        <section class="panel" aria-labelledby="ov-chart-title">
           <h2 id="ov-chart-title">Visitors and page views per day</h2>
           <Chart kind="line" labels={s.labels} series={series}
             title="Visitors and page views per day" since={daily.since} />

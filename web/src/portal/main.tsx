@@ -8,6 +8,7 @@ import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
 import "../app.css";
 import "./portal.css";
+import { ScrollRegion } from "../components/scroll";
 import * as client from "./client";
 import type { Choices, Info, OwnRequest, Purpose } from "./client";
 import { PortalError } from "./client";
@@ -84,7 +85,7 @@ function Requests({ list, token, onError }: { list: OwnRequest[]; token: string;
     <section class="panel" aria-labelledby="requests-h">
       <h2 id="requests-h">{w.requests}</h2>
       {list.length === 0 ? <p class="muted">{w.noRequests}</p> : (
-        <div class="table-scroll">
+        <ScrollRegion label={w.requests}>
           <table class="requests">
             <thead><tr>
               <th scope="col">{w.cols.type}</th><th scope="col">{w.cols.filed}</th>
@@ -104,7 +105,7 @@ function Requests({ list, token, onError }: { list: OwnRequest[]; token: string;
               ))}
             </tbody>
           </table>
-        </div>
+        </ScrollRegion>
       )}
     </section>
   );
