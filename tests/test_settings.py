@@ -52,7 +52,8 @@ def test_settings_are_frozen() -> None:
 
 def test_secrets_are_never_printed_nor_handed_on(monkeypatch: pytest.MonkeyPatch) -> None:
     values = {"AAP_MASTER_KEY": base64.b64encode(b"m" * 32).decode(), "AAP_API_KEY": "ak_canary",
-              "AAP_METRICS_TOKEN": "mt_canary", "AAP_S3_SECRET_KEY": "s3_canary"}
+              "AAP_METRICS_TOKEN": "mt_canary", "AAP_S3_SECRET_KEY": "s3_canary",
+              "AAP_MQTT_BROKER": "mqtt://aap-bridge:mq_canary@127.0.0.1:1883"}
     for k, v in values.items():
         monkeypatch.setenv(k, v)
     s = Settings()

@@ -129,7 +129,9 @@ class Collector:
         self.web = WebApp(self.api, secure_cookie=settings.tls.on)  # pages, files, sessions
         self._openapi: bytes | None = None
         self.streams = Streams(self, settings.stream)  # GET /v1/stream (WebSocket)
-        self.telemetry = Telemetry(self)  # POST /v1/devices/telemetry
+        # POST /v1/devices/telemetry, and the MQTT bridge's messages
+        self.telemetry = Telemetry(self.data_dir, settings.devices, self.sources,
+                                   self.accept_batch)
         self.router: Router[Handler] = Router(self.routes())
 
     def routes(self) -> list[Route[Handler]]:

@@ -43,6 +43,19 @@ def _conn() -> Connection:
     return Connection({"type": "mqtt", "path": "/mqtt", "headers": [], "client": None})
 
 
+class AckingClient(aiomqtt.Client):
+    """aiomqtt's client with paho's manual acknowledgements (aiomqtt has none): a QoS 1
+    message gets its PUBACK only when :meth:`ack` is called."""
+
+    def manual_acks(self) -> None:
+        # before connecting: the session's pending messages arrive right after CONNACK
+        self._client.manual_ack_set(True)
+
+    def ack(self, message: aiomqtt.Message) -> None:
+        if message.qos > 0:
+            self._client.ack(message.mid, message.qos)
+
+
 class Bridge:
     def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
         self.settings = settings
@@ -66,13 +79,12 @@ class Bridge:
                 await asyncio.sleep(RECONNECT_S)
 
     async def _session(self) -> None:
-        client = aiomqtt.Client(
+        client = AckingClient(
             self.host, self.port, username=self.username, password=self.password,
             identifier=self.settings.devices.mqtt_client_id, clean_session=False,
             protocol=aiomqtt.ProtocolVersion.V311,
             tls_params=aiomqtt.TLSParameters() if self.tls else None)
-        # before connecting: the session's pending messages arrive right after CONNACK
-        client._client.manual_ack_set(True)  # aiomqtt has no manual acks: paho's
+        client.manual_acks()
         async with client:
             await client.subscribe(TOPIC.format(source="+", device="+"), qos=1)
             logger.info("MQTT bridge subscribed at %s:%s", self.host, self.port)
@@ -95,15 +107,14 @@ class Bridge:
                 for task in tasks:
                     task.cancel()
 
-    async def _ack_in_order(self, client: aiomqtt.Client,
+    async def _ack_in_order(self, client: AckingClient,
                             pending: asyncio.Queue[tuple[aiomqtt.Message, asyncio.Task[None]]],
                             room: asyncio.Semaphore) -> None:
         """PUBACK each message once stored, in the order the messages came."""
         while True:
             message, task = await pending.get()
             await task
-            if message.qos > 0:
-                client._client.ack(message.mid, message.qos)
+            client.ack(message)
             room.release()
 
     async def store(self, message: aiomqtt.Message) -> None:

@@ -19,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -31,9 +33,10 @@ from aap.devices import Device, Devices
 from aap.jsonlimits import check_depth
 from aap.privacy.devices import Owners, coarsen_location
 from aap.settings import DeviceSettings
+from aap.sources import Source, Sources
 
-if TYPE_CHECKING:
-    from aap.collect.app import Collector
+AcceptBatch = Callable[[Connection, Source, Parsed, bytes | None], Awaitable[dict[str, Any]]]
+"""The collector's one ingestion path (:meth:`aap.collect.app.Collector.accept_batch`)."""
 
 PATH = "/v1/devices/telemetry"
 MAX_VALUES = 32
@@ -135,11 +138,13 @@ def _reading(r: Any, device: Device, owner: str | None, settings: DeviceSettings
 class Telemetry:
     """Device readings into the collector: the REST endpoint and the MQTT bridge's."""
 
-    def __init__(self, collector: Collector) -> None:
-        self.collector = collector
-        self.settings = collector.settings.devices
-        self.devices = Devices(collector.data_dir)
-        self.owners = Owners(collector.data_dir)
+    def __init__(self, data_dir: Path, settings: DeviceSettings, sources: Sources,
+                 accept_batch: AcceptBatch) -> None:
+        self.settings = settings
+        self.sources = sources
+        self.accept_batch = accept_batch
+        self.devices = Devices(data_dir)
+        self.owners = Owners(data_dir)
         self._known: dict[str, tuple[Device, float]] = {}
 
     def device(self, authorization: str | None) -> Device:
@@ -167,7 +172,7 @@ class Telemetry:
     async def accept(self, conn: Connection, device: Device, body: bytes) -> dict[str, Any]:
         """A device's batch through the collector's one ingestion path; the answer once the
         readings are durable."""
-        source = self.collector.sources.by_id(device.source_id)
+        source = self.sources.by_id(device.source_id)
         if source is None:
             raise errors.Unauthorized("the device's source no longer exists",
                                       code="unknown_device_key")
@@ -179,7 +184,7 @@ class Telemetry:
                 return {"success": True, "accepted": 0,
                         "not_stored": {"erased_subject": len(parsed.messages)}}
         parsed = parse_readings(body, device, owner, self.settings)
-        return await self.collector.accept_batch(conn, source, parsed, None)
+        return await self.accept_batch(conn, source, parsed, None)
 
     def close(self) -> None:
         self.devices.close()
