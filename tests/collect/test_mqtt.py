@@ -190,3 +190,15 @@ def test_owned_device_over_mqtt_location_coarse_no_canary_on_disk(setup: Setup) 
     assert scan(root, b"canary-mqtt"), "the scan must see stored events"
     for needle in (OWNER.encode(), b"43.29648", b"5.36978"):
         assert scan(root, needle) == [], needle
+
+
+def test_bad_messages_are_dropped_and_the_bridge_goes_on(setup: Setup) -> None:
+    dev = setup.device("b")
+    topic = "aap/home/sensor-b/events"
+    for payload in ("not json", [], [{"name": "bad", "ts": "never", "values": {"v": 1}}],
+                    [reading("big", 0, v=1)] * 201):
+        assert dev.publish(topic, payload).value == 0  # the broker took it
+    assert dev.publish(topic, reading("after-bad", 0, v=3)).value == 0
+    dev.close()
+    assert len(setup.wait_stored(lambda e: e.event == "after-bad", 1)) == 1
+    assert [e for e in setup.running.stored() if e.event in ("bad", "big")] == []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from urllib.parse import unquote, urlparse
 
 import aiomqtt
@@ -57,9 +58,12 @@ class AckingClient(aiomqtt.Client):
 
 
 class Bridge:
-    def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
+    def __init__(self, settings: Settings, telemetry: Telemetry,
+                 check_health: Callable[[], None]) -> None:
         self.settings = settings
         self.telemetry = telemetry
+        self.check_health = check_health
+        """Back-pressure: raises 503 (a TransientError) while the log is not healthy."""
         url = urlparse(settings.devices.mqtt_broker)
         self.host = url.hostname or "127.0.0.1"
         self.port = url.port or (8883 if url.scheme == "mqtts" else 1883)
@@ -130,6 +134,7 @@ class Bridge:
         limit = self.settings.devices.device_max_request_bytes
         while True:
             try:
+                self.check_health()
                 if len(raw) > limit:
                     raise errors.PayloadTooLarge(f"message of {len(raw)} bytes; limit {limit}")
                 body = decode_content(raw, "", limit)
@@ -154,6 +159,6 @@ async def run_bridge(settings: Settings) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     collector = Collector(settings)
     try:
-        await Bridge(settings, collector.telemetry).run()
+        await Bridge(settings, collector.telemetry, collector.check_health).run()
     finally:
         collector.close()
