@@ -104,7 +104,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     data = tmp / "data"
     key = create_source(data, "home", "--purpose", "device_diagnostics:legitimate_interest")
     devices = {"a": register(data, "sensor-a"), "b": register(data, "sensor-b"),
-               "walker": register(data, "walker-1", "--owner-user-id", OWNER)}
+               "walker": register(data, "walker-1", "--owner-user-id", OWNER),
+               "gone": register(data, "gone-1")}
     password = aap(data, "devices", "bridge-password")[-1]
     broker = Broker(tmp, data).start()
     server = ServerProcess(data, env={
@@ -202,3 +203,24 @@ def test_bad_messages_are_dropped_and_the_bridge_goes_on(setup: Setup) -> None:
     dev.close()
     assert len(setup.wait_stored(lambda e: e.event == "after-bad", 1)) == 1
     assert [e for e in setup.running.stored() if e.event in ("bad", "big")] == []
+
+
+def test_a_revoked_device_is_out_of_the_broker_after_a_reload(setup: Setup) -> None:
+    dev_id, key = setup.devices["gone"]
+    first = Device(setup.broker.port, dev_id, key)
+    assert first.connack is not None and not first.connack.is_failure
+    first.close()
+    aap(setup.running.data_dir, "devices", "revoke", dev_id)
+    assert setup.broker.proc is not None
+    setup.broker.proc.send_signal(signal.SIGHUP)  # mosquitto reads the files again
+    deadline = time.monotonic() + WAIT_S
+    while True:  # until the reload is done: then the device is refused
+        d = Device(setup.broker.port, dev_id, key)
+        d.client.loop_stop()
+        if (d.connack is not None and d.connack.is_failure) or time.monotonic() > deadline:
+            break
+        d.client.disconnect()
+        time.sleep(0.1)
+    assert d.connack is not None and d.connack.is_failure
+    passwd = (setup.running.data_dir / "devices" / "mosquitto.passwd").read_text()
+    assert dev_id not in passwd and key not in passwd
