@@ -183,3 +183,21 @@ def test_insights_trend_a_reading_and_count_devices_active_per_day(fleet: Fleet)
         {"event": "outdoor", "math": "persons"}, {"event": "outdoor"}]})
     # devices active that day: thermostat-12 and thermostat-13 (three readings)
     assert [s["values"] for s in active["series"]] == [[2], [3]]
+
+
+@pytest.mark.slow  # the CLI in subprocesses
+def test_register_refuses_bad_input_and_keeps_only_hashes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    create_source(data, "home", "--purpose", "device_diagnostics:legitimate_interest")
+    run = [sys.executable, "-m", "aap", "devices", "register", "--data-dir", str(data)]
+    for args, message in ((["--source", "nowhere", "--name", "t1"], "no source named"),
+                          (["--source", "home", "--name", "a/b"], "a device name is"),
+                          (["--source", "home", "--name", "t1", "--owner-user-id", " "],
+                           "must not be empty")):
+        out = subprocess.run([*run, *args], capture_output=True, text=True)
+        assert out.returncode == 1 and message in out.stderr, out.stderr
+    key = register(data, "t1", "--owner-user-id", OWNER)
+    again = subprocess.run([*run, "--source", "home", "--name", "t1"], capture_output=True,
+                           text=True)
+    assert again.returncode == 1 and "already has a device named" in again.stderr
+    assert scan(data, key.encode()) == [] and scan(data, OWNER.encode()) == []
