@@ -78,8 +78,11 @@ def serve(settings: Settings) -> None:
     from aap.log import open_log
     from aap.sources import Sources
 
+    from aap.devices import Devices
+
     open_log(settings).close()
     Sources(settings.data_path).close()
+    Devices(settings.data_path).close()
     core = CoreSupervisor(settings)
     core.start()
     # the MQTT bridge, when a broker is configured: supervised like the core
