@@ -75,10 +75,9 @@ def serve(settings: Settings) -> None:
     env["AAP_WORKERS"] = str(workers)
     os.environ.update(env)
     # Make sure the schema exists before several workers race to create it.
+    from aap.devices import Devices
     from aap.log import open_log
     from aap.sources import Sources
-
-    from aap.devices import Devices
 
     open_log(settings).close()
     Sources(settings.data_path).close()
