@@ -88,7 +88,8 @@ def test_privacy_register_lists_purposes_and_the_sources_collecting_for_them(tmp
     assert out.startswith("# Record of processing activities (GDPR Art. 30)")
     sections = {s.split("\n", 1)[0]: s for s in out.split("\n## ")[1:]}
     assert set(sections) == {"analytics", "marketing", "personalization", "partner_sharing",
-                             "audience_measurement"}
+                             "audience_measurement", "device_diagnostics"}
+    assert "coarse location (lat/lon to 0.1°" in sections["device_diagnostics"]
     assert "Sources collecting for it: web (consent)" in sections["analytics"]
     assert "Sources collecting for it: web (legitimate interest)" in sections["marketing"]
     assert "Sources collecting for it: none" in sections["partner_sharing"]

@@ -52,7 +52,8 @@ def test_settings_are_frozen() -> None:
 
 def test_secrets_are_never_printed_nor_handed_on(monkeypatch: pytest.MonkeyPatch) -> None:
     values = {"AAP_MASTER_KEY": base64.b64encode(b"m" * 32).decode(), "AAP_API_KEY": "ak_canary",
-              "AAP_METRICS_TOKEN": "mt_canary", "AAP_S3_SECRET_KEY": "s3_canary"}
+              "AAP_METRICS_TOKEN": "mt_canary", "AAP_S3_SECRET_KEY": "s3_canary",
+              "AAP_MQTT_BROKER": "mqtt://aap-bridge:mq_canary@127.0.0.1:1883"}
     for k, v in values.items():
         monkeypatch.setenv(k, v)
     s = Settings()
@@ -79,6 +80,9 @@ def test_secrets_are_never_printed_nor_handed_on(monkeypatch: pytest.MonkeyPatch
     ({"AAP_TRUSTED_PROXIES": "10.0.0.0/8, nowhere"}, "AAP_TRUSTED_PROXIES"),
     ({"AAP_MASTER_KEY": base64.b64encode(b"short").decode()}, "AAP_MASTER_KEY"),
     ({"AAP_PORT": "eighty"}, "AAP_PORT"),
+    ({"AAP_MQTT_BROKER": "http://aap-bridge:pw_canary@127.0.0.1"}, "AAP_MQTT_BROKER"),
+    ({"AAP_DEVICE_LOCATION_DECIMALS": "5"}, "no precise coordinates"),
+    ({"AAP_DEVICE_MAX_READINGS": "0"}, "AAP_DEVICE_MAX_READINGS"),
 ])
 def test_a_bad_value_is_refused_when_the_settings_are_made(
         monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str) -> None:
@@ -87,7 +91,8 @@ def test_a_bad_value_is_refused_when_the_settings_are_made(
     with pytest.raises(ValueError) as exc:
         Settings()
     assert message in str(exc.value)
-    assert not any(v in str(exc.value) for k, v in env.items() if k == "AAP_MASTER_KEY")
+    assert not any(v in str(exc.value) for k, v in env.items()
+                   if k in ("AAP_MASTER_KEY", "AAP_MQTT_BROKER"))
 
 
 def test_the_data_dir_resolves_and_names_its_paths(tmp_path: Path) -> None:

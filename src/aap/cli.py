@@ -279,6 +279,93 @@ def keys_revoke(key_id: str, data_dir: Path | None) -> None:
     click.echo(f"revoked {key_id}")
 
 
+@cli.group()
+def devices() -> None:
+    """Manage IoT devices: their keys, owners and broker access (see README, Devices)."""
+
+
+@devices.command("register")
+@click.option("--source", "source", required=True, help="The source the device sends to.")
+@click.option("--name", required=True, help="The device's name in its source (thermostat-12).")
+@click.option("--owner-user-id", default=None,
+              help="The userId of the person who owns the device: their consent governs"
+                   " its events.")
+@data_dir_option
+def devices_register(source: str, name: str, owner_user_id: str | None,
+                     data_dir: Path | None) -> None:
+    """Register a device; prints its key (REST bearer token and MQTT password) alone on
+    the last line: it is shown once."""
+    from aap.devices import TOPIC, Devices
+
+    reg = Devices(_settings(data_dir=data_dir).data_path)
+    try:
+        dev, key = reg.register(source, name, owner_user_id, actor=_actor())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"registered device {dev.name} ({dev.id}); MQTT user {dev.id}, topic "
+               f"{TOPIC.format(source=source, device=dev.name)}; keep the key below, it is"
+               " shown once")
+    click.echo(key)
+
+
+@devices.command("revoke")
+@click.argument("device_id")
+@data_dir_option
+def devices_revoke(device_id: str, data_dir: Path | None) -> None:
+    """Revoke a device by its id: its key stops working (within 5 s), its broker access
+    is removed from the password and ACL files (send mosquitto SIGHUP)."""
+    from aap.devices import Devices
+
+    try:
+        dev = Devices(_settings(data_dir=data_dir).data_path).revoke(device_id, _actor())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"revoked {dev.id} ({dev.name})")
+
+
+@devices.command("list")
+@data_dir_option
+def devices_list(data_dir: Path | None) -> None:
+    """List devices (never their keys nor their owners' ids)."""
+    from aap.devices import Devices
+
+    for d in Devices(_settings(data_dir=data_dir).data_path).list():
+        state = "revoked" if d.revoked_at else "active"
+        owned = "owned" if d.owner_subject is not None else "no owner"
+        click.echo(f"{d.id}\t{d.name}\tsource {d.source_id}\t{owned}\t{state}")
+
+
+@devices.command("bridge-password")
+@data_dir_option
+def devices_bridge_password(data_dir: Path | None) -> None:
+    """Make a new broker password for the MQTT bridge's user (aap-bridge), written to the
+    password file; prints it alone on the last line (put it in AAP_MQTT_BROKER)."""
+    from aap.devices import BRIDGE_USER, Devices
+
+    reg = Devices(_settings(data_dir=data_dir).data_path)
+    password = reg.bridge_password(_actor())
+    click.echo(f"broker files: {reg.broker_dir}; user {BRIDGE_USER}, password below (shown"
+               " once)")
+    click.echo(password)
+
+
+@cli.command("mqtt")
+@data_dir_option
+@click.option("--broker", default=None,
+              help="mqtt://user:password@host:1883 (default: $AAP_MQTT_BROKER).")
+def mqtt_cmd(data_dir: Path | None, broker: str | None) -> None:
+    """Run the MQTT bridge: device readings from aap/{source}/{device}/events into the
+    collector's ingestion path, each acknowledged to the broker once durable."""
+    import asyncio
+
+    from aap.collect.mqtt import run_bridge
+
+    settings = _settings(data_dir=data_dir, mqtt_broker=broker)
+    if not settings.devices.mqtt_broker:
+        raise click.ClickException("no broker: give --broker or set AAP_MQTT_BROKER")
+    asyncio.run(run_bridge(settings))
+
+
 @cli.command("query")
 @click.argument("file", type=click.File("rb"))
 @data_dir_option
@@ -456,7 +543,7 @@ def demo(people: int, seed: int, keep: bool, page: bool, page_port: int,
     sys.exit(run_demo(people=people, seed=seed, keep=keep, serve=serve))
 
 
-BENCHMARKS = ("ingest", "query", "pipeline", "privacy", "scrub", "stream", "web")
+BENCHMARKS = ("ingest", "query", "pipeline", "privacy", "scrub", "stream", "web", "devices")
 """The modules of ``benchmarks/`` that ``aap bench`` runs (each defines its command)."""
 
 

@@ -96,6 +96,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stream_ping_interval_s", 20.0, "After this long without a message from a `/v1/stream` client the server sends `{\"ping\": n}`; one that sends nothing in the next interval either is closed with 1001 (seconds)."),
     Setting("stream_connections_per_source", 64, "Open `/v1/stream` connections of one source in one worker; one more is closed with 1008."),
     Setting("stream_connections_per_worker", 1024, "Open `/v1/stream` connections in one worker, all sources together; one more is closed with 1008."),
+    Setting("device_max_request_bytes", 64 * 1024, "Largest `POST /v1/devices/telemetry` body, after decompression (bytes): small devices send small batches."),
+    Setting("device_max_readings", 200, "Most readings in one telemetry batch (REST body or MQTT message); more are refused with 413."),
+    Setting("device_location_decimals", 1, "Decimals a device's `lat`/`lon` reading keeps (1: about 11 km); precise coordinates are never stored. 0 to 2."),
+    Setting("mqtt_broker", "", "MQTT broker the bridge subscribes to (`mqtt://user:password@host:1883`); when set, `aap serve` starts the bridge. Empty: no bridge.", secret=True),
+    Setting("mqtt_client_id", "aap-bridge", "The bridge's MQTT client id: fixed, so its persistent session (QoS 1 readings not yet acknowledged) survives a restart."),
     Setting("metrics_token", "", "When set, `GET /metrics` needs `Authorization: Bearer <token>` (401 otherwise).", secret=True),
     Setting("default_source_rate_limit", 1000.0, "Rate limit (events/s) of a source created without `--rate-limit`; 0 means unlimited."),
     Setting("header_timeout_s", 10.0, "Longest time a client may take to send a request's headers before the connection is closed (seconds)."),
@@ -282,6 +287,29 @@ class StreamSettings(Section):
 
 
 @dataclass(frozen=True)
+class DeviceSettings(Section):
+    """IoT devices: REST telemetry limits, location coarsening, the MQTT bridge."""
+
+    device_max_request_bytes: int
+    device_max_readings: int
+    device_location_decimals: int
+    mqtt_client_id: str
+    mqtt_broker: str = _secret()
+
+    def check(self) -> None:
+        if self.device_max_request_bytes <= 0 or self.device_max_readings <= 0:
+            raise ValueError("AAP_DEVICE_MAX_REQUEST_BYTES and AAP_DEVICE_MAX_READINGS must be"
+                             " more than 0")
+        if not 0 <= self.device_location_decimals <= 2:
+            raise ValueError("AAP_DEVICE_LOCATION_DECIMALS must be 0, 1 or 2 (no precise"
+                             " coordinates are stored)")
+        if self.mqtt_broker and not self.mqtt_broker.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("AAP_MQTT_BROKER must be an mqtt:// or mqtts:// URL")
+        if not self.mqtt_client_id:
+            raise ValueError("AAP_MQTT_CLIENT_ID must not be empty")
+
+
+@dataclass(frozen=True)
 class ProcessorSettings(Section):
     session_inactivity_minutes: int
     processor_worker: bool
@@ -417,6 +445,7 @@ class Settings:
     tls: TlsSettings
     collector: CollectorSettings
     stream: StreamSettings
+    devices: DeviceSettings
     processor: ProcessorSettings
     tiers: TierSettings
     s3: S3Settings
@@ -456,6 +485,7 @@ class Settings:
 
 SECTIONS: dict[str, type[Section]] = {
     "storage": StorageSettings, "server": ServerSettings, "tls": TlsSettings,
-    "collector": CollectorSettings, "stream": StreamSettings, "processor": ProcessorSettings, "tiers": TierSettings,
+    "collector": CollectorSettings, "stream": StreamSettings,
+    "devices": DeviceSettings, "processor": ProcessorSettings, "tiers": TierSettings,
     "s3": S3Settings, "query": QuerySettings, "privacy": PrivacySettings,
     "client": ClientSettings}

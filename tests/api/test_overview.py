@@ -24,7 +24,8 @@ from aap.runner import ServerProcess, create_source
 from tests.api.test_query_api import new_key
 from tests.conftest import slow_fixture
 
-ANALYTICS = "(purposes IS NULL OR list_has_any(purposes, ['analytics', 'audience_measurement']))"
+ANALYTICS = ("(purposes IS NULL OR list_has_any(purposes, ['analytics', 'audience_measurement',"
+             " 'device_diagnostics']))")
 COLUMNS = ("person_id", "session_id", "epoch_us(timestamp)", "type", "path", "country",
            "browser", "referrer_domain", "utm_source", "utm_medium", "utm_campaign",
            "device_type", "region", "os", "source", "purposes", "gpc")

@@ -119,7 +119,8 @@ def check_export(data: Path, zip_path: Path, sent: list[dict[str, Any]]) -> None
             GONE_MARK}
         assert len(z.read("events.csv").decode().splitlines()) == len(sent) + 1
         assert [p["id"] for p in json.loads(z.read("purposes.json"))] == [
-            "analytics", "marketing", "personalization", "partner_sharing", "audience_measurement"]
+            "analytics", "marketing", "personalization", "partner_sharing", "audience_measurement",
+            "device_diagnostics"]
         [profile] = json.loads(z.read("profile.json"))
         assert profile["identified"] is True and "email" not in (profile["traits"] or "")
 

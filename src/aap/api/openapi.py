@@ -52,6 +52,8 @@ SECURITY_SCHEMES: dict[str, Any] = {
                       "description": "the web app's session (POST /api/v1/session)"},
     "metricsToken": {"type": "http", "scheme": "bearer",
                      "description": "AAP_METRICS_TOKEN, when it is set"},
+    "deviceKey": {"type": "http", "scheme": "bearer",
+                  "description": "a device key (aap devices register)"},
 }
 
 

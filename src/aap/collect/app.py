@@ -62,6 +62,8 @@ from aap.collect.stream import PATH as STREAM_PATH
 from aap.collect.stream import Streams
 from aap.collect.subject import PATH as SUBJECT_PATH
 from aap.collect.subject import OwnRequest, SelfService
+from aap.collect.telemetry import PATH as TELEMETRY_PATH
+from aap.collect.telemetry import Telemetry
 from aap.events import Event, encode_events, time_out_of_range
 from aap.log import Append, open_log
 from aap.log.committer import GroupCommitter
@@ -127,6 +129,9 @@ class Collector:
         self.web = WebApp(self.api, secure_cookie=settings.tls.on)  # pages, files, sessions
         self._openapi: bytes | None = None
         self.streams = Streams(self, settings.stream)  # GET /v1/stream (WebSocket)
+        # POST /v1/devices/telemetry, and the MQTT bridge's messages
+        self.telemetry = Telemetry(self.data_dir, settings.devices, self.sources,
+                                   self.accept_batch)
         self.router: Router[Handler] = Router(self.routes())
 
     def routes(self) -> list[Route[Handler]]:
@@ -140,7 +145,8 @@ class Collector:
                Route(API_PREFIX + "/openapi.json", GET_HEAD, self.openapi),
                *(Route(path, POST, self.ingest_batch) for path in BATCH_PATHS),
                *(Route(path, POST, self.ingest_single) for path in SINGLE_PATHS),
-               Route(STREAM_PATH, GET_HEAD, self.streams.http)]
+               Route(STREAM_PATH, GET_HEAD, self.streams.http),
+               Route(TELEMETRY_PATH, POST, self.ingest_telemetry)]
         # PostHog, Segment browser, Snowplow, /sdk.js
         compat = Compat(self, self.settings).routes()
         return [*own, *compat, *templated(self.own_request_status, ("GET",)), *self.web.routes(),
@@ -163,6 +169,7 @@ class Collector:
         self.close()
 
     def close(self) -> None:
+        self.telemetry.close()
         if self.committer is not None:
             self.committer.close()
         self.log.close()
@@ -272,6 +279,25 @@ class Collector:
         return await self.ingest(
             req, lambda body: parse_single(body, mtype, self.settings.collector.max_event_bytes),
             json_body=True)
+
+    @documented(Op("A device's readings (IoT): [{name, ts, values}], gzip allowed",
+                   ok=INGESTED, errors=INGEST_ERRORS,
+                   body={"type": "array", "items": {
+                       "type": "object", "required": ["name", "ts", "values"],
+                       "properties": {"name": {"type": "string"},
+                                      "ts": {"type": ["number", "string"]},
+                                      "values": {"type": "object"}}}},
+                   security=("deviceKey",)))
+    async def ingest_telemetry(self, req: Request) -> Response:
+        """``POST /v1/devices/telemetry`` (:mod:`aap.collect.telemetry`)."""
+        self.check_health()
+        device = self.telemetry.device(req.headers.get("authorization"))
+        limit = self.settings.devices.device_max_request_bytes
+        raw = await read_raw(req.receive, content_length(req.headers.get("content-length")),
+                             limit)
+        metrics.BYTES_IN.inc(len(raw))
+        body = decode_content(raw, req.headers.get("content-encoding", ""), limit)
+        return Response.json(200, await self.telemetry.accept(req, device, body))
 
     async def ingest(self, req: Request, parse: Callable[[bytes], Parsed], *, auth: bool = True,
                      key_hint: str = BASIC_KEY_HINT, json_body: bool = False) -> Response:

@@ -75,25 +75,43 @@ def serve(settings: Settings) -> None:
     env["AAP_WORKERS"] = str(workers)
     os.environ.update(env)
     # Make sure the schema exists before several workers race to create it.
+    from aap.devices import Devices
     from aap.log import open_log
     from aap.sources import Sources
 
     open_log(settings).close()
     Sources(settings.data_path).close()
+    Devices(settings.data_path).close()
     core = CoreSupervisor(settings)
     core.start()
+    # the MQTT bridge, when a broker is configured: supervised like the core
+    bridge = (CoreSupervisor(settings, "mqtt", name="MQTT bridge")
+              if settings.devices.mqtt_broker else None)
+    if bridge is not None:
+        bridge.start()
+
+    def stop() -> None:
+        core.terminate()
+        if bridge is not None:
+            bridge.terminate()
+
     try:
-        _serve_collector(settings, workers, on_stop=core.terminate)
+        _serve_collector(settings, workers, on_stop=stop)
     finally:
         core.close()
+        if bridge is not None:
+            bridge.close()
 
 
 class CoreSupervisor:
     """Keeps the core process (processor, warehouse, queries) running: if it dies, it is
-    started again, and it resumes from the last chunk it committed."""
+    started again, and it resumes from the last chunk it committed. The same keeps the
+    MQTT bridge (``command="mqtt"``) running, which resumes its persistent session."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.cmd = [sys.executable, "-m", "aap", "process", "--data-dir", str(settings.data_path)]
+    def __init__(self, settings: Settings, command: str = "process", name: str = "core"
+                 ) -> None:
+        self.name = name
+        self.cmd = [sys.executable, "-m", "aap", command, "--data-dir", str(settings.data_path)]
         self.proc: subprocess.Popen[bytes] | None = None
         self.closing = threading.Event()
         self.stopping_at: float | None = None
@@ -116,7 +134,7 @@ class CoreSupervisor:
             with self.lock:
                 if self.closing.is_set():
                     return
-                logger.warning("core process exited with %s; starting it again", code)
+                logger.warning("%s process exited with %s; starting it again", self.name, code)
                 self.proc = subprocess.Popen(self.cmd, env=child_env())
 
     def terminate(self) -> None:
@@ -139,7 +157,7 @@ class CoreSupervisor:
         try:
             proc.wait(max(0.0, self.stopping_at + STOP_GRACE_S - time.monotonic()))
         except subprocess.TimeoutExpired:
-            logger.warning("the core did not stop in %.0f s: killed", STOP_GRACE_S)
+            logger.warning("the %s did not stop in %.0f s: killed", self.name, STOP_GRACE_S)
             proc.kill()
             proc.wait()
 

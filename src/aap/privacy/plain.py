@@ -62,6 +62,20 @@ TEXTS: dict[str, dict[str, tuple[str, str]]] = {
                "Wir zählen Besuche anonym, ohne Kennung und ohne Cookie, nur für unsere"
                " eigene Statistik."),
     },
+    "device_diagnostics": {
+        "en": ("Device diagnostics",
+               "Your devices send readings (such as temperature or battery level) so that"
+               " we can see how they work and fail. A location is kept only to about"
+               " 10 km."),
+        "fr": ("Diagnostic des appareils",
+               "Vos appareils envoient des mesures (température, batterie…) pour que nous"
+               " voyions comment ils fonctionnent et tombent en panne. Une position n'est"
+               " gardée qu'à 10 km près environ."),
+        "de": ("Gerätediagnose",
+               "Ihre Geräte senden Messwerte (etwa Temperatur oder Akkustand), damit wir"
+               " sehen, wie sie funktionieren und ausfallen. Ein Standort wird nur auf"
+               " etwa 10 km genau gespeichert."),
+    },
 }
 
 

@@ -113,6 +113,18 @@ DEFAULT_PURPOSES: tuple[Purpose, ...] = (
             enrichments=("user agent → browser, OS, device type",
                          "truncated IP → country, region, city (offline database)"),
             retention=Retention(days=MAX_RETENTION_DAYS), cnil_exempt=True),
+    Purpose("device_diagnostics",
+            "Telemetry of registered devices (IoT) for a declared purpose: how devices"
+            " work, fail and are used (trends of a reading, devices active per day); not"
+            " continuous monitoring of a person. An owned device's events follow its"
+            " owner's consent.",
+            basis=Basis.LEGITIMATE_INTEREST,
+            categories=("a device pseudonym (dev_…, never a serial number)",
+                        "the owner's pseudonymous id when a person owns the device",
+                        "device readings", "coarse location (lat/lon to 0.1°, about 11 km)"),
+            recipients=("the device operator's engineers",),
+            enrichments=("lat/lon readings coarsened before storage",),
+            retention=Retention(days=395)),
 )
 
 GPC_WITHDRAWS = ("partner_sharing", "marketing")
@@ -196,9 +208,10 @@ def record_of_processing(registry: Registry, sources: list[tuple[str, tuple[tupl
     return "\n".join(lines)
 
 
-ANALYTICS_PURPOSES = ("analytics", "audience_measurement")
+ANALYTICS_PURPOSES = ("analytics", "audience_measurement", "device_diagnostics")
 """Purposes whose events insights, cohorts and analysts' SQL may read (the CNIL mode's
-exempt purpose is audience measurement, statistics too). Events stored before events
+exempt purpose is audience measurement, statistics too; device diagnostics are statistics
+of devices' readings). Events stored before events
 carried purposes count as analytics."""
 
 
