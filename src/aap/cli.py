@@ -720,5 +720,14 @@ def audit_show(data_dir: Path | None, limit: int) -> None:
         click.echo(json.dumps(entry, ensure_ascii=False))
 
 
+def _register_import() -> None:
+    from aap.imports.command import import_cmd
+
+    cli.add_command(import_cmd)
+
+
+_register_import()
+
+
 def main() -> None:
     cli(prog_name="aap")

@@ -1,0 +1,186 @@
+"""Input rows → Segment-shaped messages (:class:`~aap.collect.segment.WireMessage`),
+which the collector's one ingestion path then validates, gates, scrubs, seals and
+appends (:mod:`aap.imports.run`).
+
+A row the mapping cannot make a message of is refused with a reason. A row with no
+message id gets one derived from its content, so that importing it again (the same
+file, or a re-export of it) gives the same id and the processor keeps one copy.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from aap.collect import posthog
+from aap.collect.segment import Rejection, WireMessage
+from aap.imports.mapping import Mapping, ObjectSpec, Path_
+
+Row = dict[str, Any]
+Converter = Callable[[Row], "WireMessage | Rejection"]
+_json = msgspec.json.Encoder(decimal_format="number", order="deterministic")
+_decode = msgspec.json.Decoder()
+MS_ABOVE = 100_000_000_000
+"""An epoch number above this is in milliseconds (in seconds it would be after 5138)."""
+US_ABOVE = 100_000_000_000_000
+
+
+def message_id(row: Row) -> str:
+    """A message id derived from the row's content (the same row, the same id)."""
+    digest = hashlib.blake2b(_json.encode(row), digest_size=16)
+    return "imp-" + digest.hexdigest()
+
+
+def plain(v: Any) -> Any:
+    """A value JSON can carry (an input's dates, decimals and bytes as text or numbers)."""
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    if isinstance(v, dict):
+        return {str(k): plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    if isinstance(v, (datetime, date, time)):
+        return v.isoformat()
+    if isinstance(v, Decimal):
+        return float(v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(v)).decode()
+    return str(v)
+
+
+def get(row: Row, path: Path_) -> Any:
+    v: Any = row.get(path[0])
+    for key in path[1:]:
+        v = _object(v).get(key)
+    return v
+
+
+def _object(v: Any) -> dict[str, Any]:
+    """An object value, or a JSON object held as text (PostHog's ``properties``)."""
+    if isinstance(v, dict):
+        return v
+    if isinstance(v, (str, bytes)) and v[:1] in ("{", b"{"):
+        try:
+            out = _decode.decode(v)
+        except msgspec.DecodeError:
+            return {}
+        return out if isinstance(out, dict) else {}
+    return {}
+
+
+def timestamp(v: Any, unit: str) -> datetime | None:
+    """The time a value names: a date-time, an ISO 8601 text, or an epoch number (in
+    ``unit``, or told apart by size with ``auto``); None when it names none."""
+    if isinstance(v, datetime):
+        return v if v.tzinfo else v.replace(tzinfo=UTC)
+    if isinstance(v, str) and unit in ("auto", "iso"):
+        text = v.strip()
+        if unit == "auto" and text.lstrip("-").replace(".", "", 1).isdigit():
+            return timestamp(float(text), unit)
+        try:
+            dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    if isinstance(v, str) and unit != "iso":
+        try:
+            return timestamp(float(v), unit)
+        except ValueError:
+            return None
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and unit != "iso":
+        scale = {"s": 1, "ms": 1e3, "us": 1e6}.get(unit) or (
+            1e6 if abs(v) > US_ABOVE else 1e3 if abs(v) > MS_ABOVE else 1)
+        try:
+            return datetime.fromtimestamp(v / scale, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+def _id(v: Any) -> str | int | None:
+    if v is None or isinstance(v, bool):
+        return None
+    if isinstance(v, (str, int)):
+        return v
+    return str(plain(v))
+
+
+def build(mapping: Mapping) -> Converter:
+    """The converter of a mapping: one row in, one message (or why not) out."""
+    scalars = mapping.scalars
+    ts_path = scalars["timestamp"]
+    consumed = mapping.consumed()
+
+    def convert(row: Row) -> WireMessage | Rejection:
+        raw_ts = get(row, ts_path)
+        ts = timestamp(raw_ts, mapping.timestamp_unit)
+        if ts is None:
+            return Rejection(0, "invalid_timestamp" if raw_ts not in (None, "") else
+                             "missing_timestamp", f"`{'.'.join(ts_path)}` is not a time:"
+                             f" {str(raw_ts)[:40]!r}")
+        m = WireMessage(timestamp=ts)
+        m.type = str(get(row, scalars["type"]) or "") if "type" in scalars else None
+        m.type = m.type or mapping.default_type
+        for key in ("event", "name"):
+            if key in scalars:
+                v = get(row, scalars[key])
+                setattr(m, key, None if v is None else str(v))
+        for key in ("user_id", "anonymous_id", "message_id", "group_id", "previous_id"):
+            if key in scalars:
+                setattr(m, key, _id(get(row, scalars[key])))
+        for key, spec in mapping.objects.items():
+            setattr(m, key, _collect(row, spec, consumed))
+        if m.message_id is None:
+            m.message_id = message_id(row)
+        return m
+
+    return convert
+
+
+def _collect(row: Row, spec: ObjectSpec, consumed: list[Path_]) -> dict[str, Any]:
+    if spec.whole is not None:
+        out = dict(_object(get(row, spec.whole)))
+        n = len(spec.whole)
+        for path in consumed:  # an id read elsewhere never stays here in clear
+            if len(path) == n + 1 and path[:n] == spec.whole:
+                out.pop(path[n], None)
+        return {k: plain(v) for k, v in out.items()}
+    out = {}
+    for name, path in spec.named:
+        v = get(row, path)
+        if v is not None:
+            out[name] = plain(v)
+    return out
+
+
+def segment_message(row: Row) -> WireMessage | Rejection:
+    """A row of Segment's S3 archive: the message as Segment received it."""
+    try:
+        m = msgspec.convert(row, WireMessage, strict=False)
+    except msgspec.ValidationError as exc:
+        return Rejection(0, "wrong_type", str(exc))
+    if m.message_id is None:
+        m.message_id = message_id(row)
+    m.sent_at = None  # a historical source keeps the times as sent
+    return m
+
+
+def posthog_message(row: Row) -> WireMessage | Rejection:
+    """A row of PostHog's events export (``properties`` a JSON text in Parquet and
+    JSON lines): converted as the PostHog capture endpoint converts a live event."""
+    ev = dict(row)
+    ev["properties"] = _object(ev.get("properties"))
+    if isinstance(ev.get("timestamp"), datetime):
+        ev["timestamp"] = ev["timestamp"].isoformat()
+    got = posthog.to_message(ev, datetime.now(UTC), None)
+    if isinstance(got, WireMessage):
+        got.sent_at = None
+        if got.message_id is None:
+            got.message_id = message_id(row)
+    return got
