@@ -134,10 +134,10 @@ def check_columns(mapping: Mapping, available: list[str], where: str) -> None:
         return
     locate = _Locator(mapping.text, where)
     key = next((k for k, p in mapping.scalars.items() if p[0] == missing[0]), None)
-    if key is None:
-        key = next(k for k, s in mapping.objects.items()
-                   if (s.whole and s.whole[0] == missing[0])
-                   or any(p[0] == missing[0] for _, p in s.named))
+    for k, spec in mapping.objects.items():
+        if key is None and spec.whole and spec.whole[0] == missing[0]:
+            key = k
+        key = key or next((f"{k}.{n}" for n, p in spec.named if p[0] == missing[0]), None)
     raise locate.error(key, f"the input has no column {missing[0]!r}; its columns are "
                        + ", ".join(available))
 
@@ -166,4 +166,6 @@ class _Locator:
             if found and (section or "") == table:
                 return MappingError(f"{self.where}, line {n}, column {len(found.group(1)) + 1}:"
                                     f" {message}")
+        if table:  # a list of columns: its table's line
+            return self.error(table, message)
         return MappingError(f"{self.where}: {message}")
