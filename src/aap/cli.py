@@ -456,7 +456,7 @@ def demo(people: int, seed: int, keep: bool, page: bool, page_port: int,
     sys.exit(run_demo(people=people, seed=seed, keep=keep, serve=serve))
 
 
-BENCHMARKS = ("ingest", "query", "pipeline", "privacy", "scrub", "stream", "web")
+BENCHMARKS = ("ingest", "query", "pipeline", "privacy", "scrub", "stream", "web", "imports")
 """The modules of ``benchmarks/`` that ``aap bench`` runs (each defines its command)."""
 
 

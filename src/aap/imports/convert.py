@@ -20,7 +20,7 @@ import msgspec
 
 from aap.collect import posthog
 from aap.collect.segment import Rejection, WireMessage
-from aap.imports.mapping import Mapping, ObjectSpec, Path_
+from aap.imports.mapping import ID_FIELDS, Mapping, ObjectSpec, Path_
 
 Row = dict[str, Any]
 Converter = Callable[[Row], "WireMessage | Rejection"]
@@ -37,9 +37,12 @@ def message_id(row: Row) -> str:
     return "imp-" + digest.hexdigest()
 
 
+_SIMPLE = frozenset({str, int, float, bool, type(None)})
+
+
 def plain(v: Any) -> Any:
     """A value JSON can carry (an input's dates, decimals and bytes as text or numbers)."""
-    if v is None or isinstance(v, (str, int, float, bool)):
+    if type(v) in _SIMPLE or isinstance(v, (str, int, float, bool)):
         return v
     if isinstance(v, dict):
         return {str(k): plain(x) for k, x in v.items()}
@@ -111,34 +114,48 @@ def _id(v: Any) -> str | int | None:
     return str(plain(v))
 
 
+def getter(path: Path_) -> Callable[[Row], Any]:
+    """Reads a path from a row (a plain column at the cost of one ``dict.get``)."""
+    if len(path) == 1:
+        key = path[0]
+        return lambda row: row.get(key)
+    return lambda row: get(row, path)
+
+
 def build(mapping: Mapping) -> Converter:
     """The converter of a mapping: one row in, one message (or why not) out."""
     scalars = mapping.scalars
     ts_path = scalars["timestamp"]
+    ts_get, unit = getter(ts_path), mapping.timestamp_unit
+    texts: list[tuple[str, Callable[[Row], Any]]] = [
+        (k, getter(scalars[k])) for k in ("event", "name") if k in scalars]
+    ids: list[tuple[str, Callable[[Row], Any]]] = [
+        (k, getter(scalars[k])) for k in ID_FIELDS if k in scalars]
+    type_get = getter(scalars["type"]) if "type" in scalars else None
     consumed = mapping.consumed()
+    objects = list(mapping.objects.items())
+    default_type = mapping.default_type
 
     def convert(row: Row) -> WireMessage | Rejection:
-        raw_ts = get(row, ts_path)
-        ts = timestamp(raw_ts, mapping.timestamp_unit)
+        raw_ts = ts_get(row)
+        ts = raw_ts if type(raw_ts) is datetime and raw_ts.tzinfo else timestamp(raw_ts, unit)
         if ts is None:
             return Rejection(0, "invalid_timestamp" if raw_ts not in (None, "") else
                              "missing_timestamp", f"`{'.'.join(ts_path)}` is not a time:"
                              f" {str(raw_ts)[:40]!r}")
-        m = WireMessage(timestamp=ts)
-        m.type = str(get(row, scalars["type"]) or "") if "type" in scalars else None
-        m.type = m.type or mapping.default_type
-        for key in ("event", "name"):
-            if key in scalars:
-                v = get(row, scalars[key])
-                setattr(m, key, None if v is None else str(v))
-        for key in ("user_id", "anonymous_id", "message_id", "group_id", "previous_id"):
-            if key in scalars:
-                setattr(m, key, _id(get(row, scalars[key])))
-        for key, spec in mapping.objects.items():
-            setattr(m, key, _collect(row, spec, consumed))
-        if m.message_id is None:
-            m.message_id = message_id(row)
-        return m
+        kw: dict[str, Any] = {"timestamp": ts, "type": (
+            str(type_get(row) or "") if type_get else "") or default_type}
+        for key, read in texts:
+            v = read(row)
+            kw[key] = v if v is None or type(v) is str else str(plain(v))
+        for key, read in ids:
+            v = read(row)
+            kw[key] = v if type(v) is str else _id(v)
+        for key, spec in objects:
+            kw[key] = _collect(row, spec, consumed)
+        if kw.get("message_id") is None:
+            kw["message_id"] = message_id(row)
+        return WireMessage(**kw)
 
     return convert
 

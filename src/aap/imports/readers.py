@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
@@ -32,6 +33,25 @@ FORMATS = ("csv", "jsonl", "parquet")
 _SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
              ".parquet": "parquet", ".pq": "parquet"}
 _decoder = msgspec.json.Decoder()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def pylist(batch: pa.RecordBatch) -> list[Row | Rejection]:
+    """The batch's rows as dicts. Time columns are made into UTC date-times here: about
+    ten times faster than Arrow's own conversion (which goes through the time zone)."""
+    names = batch.schema.names
+    cols = []
+    for col in batch.columns:
+        if pa.types.is_timestamp(col.type):
+            us = col.cast(pa.timestamp("us", col.type.tz)).cast(pa.int64()).to_pylist()
+            cols.append([None if v is None else _EPOCH + timedelta(microseconds=v) for v in us])
+        else:
+            cols.append(col.to_pylist())
+    out: list[Row | Rejection] = [dict(zip(names, vals, strict=True))
+                                  for vals in zip(*cols, strict=True)]
+    return out
 
 
 class InputError(ValueError):
@@ -169,7 +189,7 @@ class _ParquetFile(_File):
                 start += n
         pos = start
         for b in f.iter_batches(batch_size=size, row_groups=groups):
-            rows = b.to_pylist()
+            rows = pylist(b)
             cut = max(0, skip - pos)
             pos += len(rows)
             if cut < len(rows):
@@ -202,7 +222,7 @@ class _CsvFile(_File):
                         part = b.slice(start, size)
                         first, pos = pos, pos + part.num_rows
                         if pos > skip:
-                            yield pos, part.slice(max(0, skip - first)).to_pylist()
+                            yield pos, pylist(part.slice(max(0, skip - first)))
             except pa.ArrowInvalid as exc:
                 raise InputError(f"{self.path!r}, after row {pos}: {exc}") from None
         self.rows_seen = pos
