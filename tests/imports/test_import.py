@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -378,9 +379,12 @@ def test_sqlite_table_and_query(env: Env) -> None:
     con.commit()
     con.close()
     m = mapping(env.tmp / "db.toml", DB_MAPPING)
-    rep = env.report(f"sqlite:///{db}", "--table", "events", "--source", "sqlite", *LI,
-                     "--mapping", str(m))
-    assert rep["stored"] == 300
+    # as a person runs it, in a terminal: the progress bar, then the report
+    done = env.run(f"sqlite:///{db}", "--table", "events", "--source", "sqlite", *LI,
+                   "--mapping", str(m), "--batch-size", "50",
+                   env={**os.environ, "TTY_COMPATIBLE": "1", "COLUMNS": "160"})
+    assert "300/300" in done.stderr and "rows/s" in done.stderr and "ETA" in done.stderr
+    assert ": 300 rows read, 300 stored, 0 skipped as duplicates" in done.stdout
     rep = env.report(f"sqlite:///{db}", "--query", "SELECT * FROM events WHERE amount < 30"
                      " ORDER BY ts", "--source", "sqlite", *LI, "--mapping", str(m))
     assert rep["stored"] == 20  # the same rows again: the same ids, one copy kept
