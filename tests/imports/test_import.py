@@ -188,11 +188,14 @@ def test_bad_inputs_are_refused_clearly(env: Env) -> None:
                                 json.dumps({"event": "Played", "properties": {
                                     "distinct_id": "d2", "time": "someday"}}),
                                 json.dumps({"event": "Played", "properties": {
-                                    "time": 1700000000}})]) + "\n")
+                                    "time": 1700000000}}),
+                                json.dumps({"event": "Played", "properties": {
+                                    "time": 1700000000, "distinct_id": "d3",
+                                    "blob": "x" * (1 << 20)}})]) + "\n")
     rep = env.report(str(lines), "--source", "bad", *LI, "--preset", "mixpanel")
     assert rep["stored"] == 1
     assert rep["refused"] == {"invalid_json": 1, "not_an_object": 1, "invalid_timestamp": 1,
-                              "missing_identity": 1}
+                              "missing_identity": 1, "event_too_large": 1}
 
 
 def test_the_consent_gate_refuses_whoever_did_not_consent(env: Env) -> None:

@@ -24,7 +24,8 @@ from aap.imports.mapping import ID_FIELDS, Mapping, ObjectSpec, Path_
 
 Row = dict[str, Any]
 Converter = Callable[[Row], "WireMessage | Rejection"]
-_json = msgspec.json.Encoder(decimal_format="number", order="deterministic")
+_json = msgspec.json.Encoder(decimal_format="number", order="deterministic", enc_hook=str)
+_size = msgspec.json.Encoder(decimal_format="number", enc_hook=str)
 _decode = msgspec.json.Decoder()
 MS_ABOVE = 100_000_000_000
 """An epoch number above this is in milliseconds (in seconds it would be after 5138)."""
@@ -38,6 +39,16 @@ def message_id(row: Row) -> str:
 
 
 _SIMPLE = frozenset({str, int, float, bool, type(None)})
+
+
+def too_large(row: Row, limit: int) -> Rejection | None:
+    """The collector's limit on one event's size (``AAP_MAX_EVENT_BYTES``), on the row as
+    JSON."""
+    size = len(_size.encode(row))
+    if size <= limit:
+        return None
+    return Rejection(0, "event_too_large", f"the row is {size} bytes as JSON; the limit is"
+                     f" {limit}")
 
 
 def plain(v: Any) -> Any:

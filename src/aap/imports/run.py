@@ -34,6 +34,7 @@ from aap.asgi import Connection
 from aap.collect.app import Collector
 from aap.collect.segment import Parsed, Rejection, WireMessage
 from aap.datadir import DataDir
+from aap.imports.convert import too_large
 from aap.imports.readers import Input
 from aap.settings import Settings
 from aap.sources import Source, Sources
@@ -136,11 +137,13 @@ async def _run(settings: Settings, source: Source, inp: Input, convert: Converte
         return report
     collector = Collector(settings)
     conn = Connection({"type": "http", "path": "/import", "headers": [], "client": None})
+    limit = settings.collector.max_event_bytes
     try:
         for position, rows in inp.batches(ledger.position, batch_size):
             messages: list[tuple[int, WireMessage]] = []
             for i, row in enumerate(rows):
-                m = row if isinstance(row, Rejection) else convert(row)
+                m = row if isinstance(row, Rejection) else (
+                    too_large(row, limit) or convert(row))
                 if isinstance(m, Rejection):
                     report.refused[m.reason] += 1
                 else:
