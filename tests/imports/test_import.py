@@ -311,7 +311,13 @@ def test_mixpanel_raw_export(env: Env) -> None:
     assert rep["stored"] == 40
     again = env.report(str(src), "--source", "mixpanel", *LI, "--preset", "mixpanel")
     assert again["skipped_duplicates"] == 40 and again["stored"] == 0
-    assert env.stored(sid) == 40
+    with open(src, "a") as f:  # the export grew: what was added is imported
+        f.write("".join(json.dumps({"event": "Later", "properties": {
+            "time": 1602700000 + i, "distinct_id": "mp-user-9", "$insert_id": f"later-{i}"}})
+            + "\n" for i in range(5)))
+    grown = env.report(str(src), "--source", "mixpanel", *LI, "--preset", "mixpanel")
+    assert (grown["stored"], grown["skipped_duplicates"]) == (5, 40)
+    assert env.stored(sid) == 45
     assert found(env.data, env.log, sorted(set(forms(EMAIL)) | set(ipc.forms(IP)))) == []
 
 

@@ -132,9 +132,8 @@ def run(settings: Settings, source: Source, inp: Input, convert: Converter, ledg
 
 async def _run(settings: Settings, source: Source, inp: Input, convert: Converter,
                ledger: Ledger, batch_size: int, progress: Progress | None) -> Report:
+    # from the last durable position: rows added to the input since are imported too
     report = Report(duplicates=ledger.position)
-    if ledger.state["done"]:
-        return report
     collector = Collector(settings)
     conn = Connection({"type": "http", "path": "/import", "headers": [], "client": None})
     limit = settings.collector.max_event_bytes
