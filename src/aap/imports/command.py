@@ -63,8 +63,8 @@ def import_cmd(location: str, source_name: str, purpose: str | None, basis: str 
             report = run.run(settings, source, inp, convert, ledger, batch_size=batch_size,
                              progress=advance)
     except InputError as exc:
-        raise click.ClickException(f"{exc} (stored so far is kept: run it again to resume)"
-                                   ) from None
+        raise click.ClickException(f"{exc} (what was stored is kept: fix the input and run"
+                                   " the import again to go on from there)") from None
     out = {"import": ledger.id, **report.as_dict()}
     AuditLog(settings.data_path).append(local_actor(), "import.run", {
         "source": source.id, "purpose": purpose, "basis": basis, **out})
