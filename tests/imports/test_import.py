@@ -181,6 +181,10 @@ def test_bad_inputs_are_refused_clearly(env: Env) -> None:
         assert says in done.stderr, done.stderr
     done = env.run(str(src), "--source", "bad", *LI, ok=False)
     assert "give --mapping FILE or --preset NAME" in done.stderr
+    ragged = env.tmp / "ragged.csv"
+    ragged.write_text("time,user,action\n2025-03-01T00:00:00Z,u1,Viewed\n2025-03-01,u2\n")
+    done = env.run(str(ragged), "--source", "bad", *LI, "--mapping", str(wrong_col), ok=False)
+    assert "ragged.csv" in done.stderr and "Expected 3 columns, got 2" in done.stderr, done.stderr
     lines = env.tmp / "bad.jsonl"
     good = {"event": "Played", "properties": {"time": 1700000000, "distinct_id": "d1",
                                               "$insert_id": "i1"}}
