@@ -543,7 +543,8 @@ def demo(people: int, seed: int, keep: bool, page: bool, page_port: int,
     sys.exit(run_demo(people=people, seed=seed, keep=keep, serve=serve))
 
 
-BENCHMARKS = ("ingest", "query", "pipeline", "privacy", "scrub", "stream", "web", "devices")
+BENCHMARKS = ("ingest", "query", "pipeline", "privacy", "scrub", "stream", "web", "devices",
+              "imports")
 """The modules of ``benchmarks/`` that ``aap bench`` runs (each defines its command)."""
 
 
@@ -805,6 +806,15 @@ def audit_show(data_dir: Path | None, limit: int) -> None:
 
     for entry in AuditLog(_settings(data_dir=data_dir).data_path).entries()[-limit:]:
         click.echo(json.dumps(entry, ensure_ascii=False))
+
+
+def _register_import() -> None:
+    from aap.imports.command import import_cmd
+
+    cli.add_command(import_cmd)
+
+
+_register_import()
 
 
 def main() -> None:

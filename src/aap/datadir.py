@@ -59,6 +59,11 @@ class DataDir:
         """Sources, API keys and cohorts."""
         return self.root / "meta.db"
 
+    @property
+    def imports(self) -> Path:
+        """Each import's last durable input position (``aap import``): counts, no data."""
+        return self.root / "imports"
+
     # -- warehouse/ and tiers/ --
     @property
     def warehouse(self) -> Path:

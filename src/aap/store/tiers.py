@@ -37,19 +37,25 @@ class TierConfig:
     s3_region: str = "us-east-1"
 
 
+def s3_filesystem(endpoint_url: str, access_key: str, secret_key: str, region: str
+                  ) -> pafs.S3FileSystem:
+    """The S3 (or S3-compatible, at ``endpoint_url``) store of the ``AAP_S3_*`` settings."""
+    endpoint = urlparse(endpoint_url) if endpoint_url else None
+    return pafs.S3FileSystem(
+        access_key=access_key or None, secret_key=secret_key or None, region=region,
+        endpoint_override=endpoint.netloc if endpoint else None,
+        scheme=endpoint.scheme if endpoint else "https",
+    )
+
+
 class TierStore:
     """Where warm and cold files live."""
 
     def __init__(self, cfg: TierConfig) -> None:
         parsed = urlparse(cfg.url)
         if parsed.scheme == "s3":
-            endpoint = urlparse(cfg.s3_endpoint) if cfg.s3_endpoint else None
-            self.fs: pafs.FileSystem = pafs.S3FileSystem(
-                access_key=cfg.s3_access_key or None, secret_key=cfg.s3_secret_key or None,
-                region=cfg.s3_region,
-                endpoint_override=endpoint.netloc if endpoint else None,
-                scheme=endpoint.scheme if endpoint else "https",
-            )
+            self.fs: pafs.FileSystem = s3_filesystem(cfg.s3_endpoint, cfg.s3_access_key,
+                                                     cfg.s3_secret_key, cfg.s3_region)
             self.root = (parsed.netloc + parsed.path).rstrip("/")
         elif parsed.scheme in ("", "file"):
             self.fs = pafs.LocalFileSystem()

@@ -1,0 +1,180 @@
+"""An import: rows → messages → the collector's one ingestion path, in large batches.
+
+The import runs in its own process against the data dir, whether the server runs or
+not: it builds the collector (:class:`aap.collect.app.Collector`) and hands each batch
+to :meth:`~aap.collect.app.Collector.accept_batch`, as the HTTP and WebSocket endpoints
+do — the source's rate limit, validation, IP truncation, the consent gate, scrubbing
+and sealing, then the durable append (the log takes appends from several processes).
+Back-pressure and the rate limit make it wait, not fail.
+
+It imports for one declared purpose on one lawful basis, which the source must declare:
+the events are tagged with that purpose only, and the consent gate decides each one.
+After each durable append the input position is written to the import's ledger
+(``DATA_DIR/imports/ID.json``: counts and a position, no data); a re-run skips what the
+ledger says is stored, and the message ids derived from the rows make any batch that
+was appended again after a ``kill -9`` a duplicate the processor drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec.structs
+
+from aap import errors
+from aap.asgi import Connection
+from aap.collect.app import Collector
+from aap.collect.segment import Parsed, Rejection, WireMessage
+from aap.datadir import DataDir
+from aap.imports.convert import too_large
+from aap.imports.readers import Input
+from aap.settings import Settings
+from aap.sources import Source, Sources
+
+Converter = Callable[[dict[str, Any]], "WireMessage | Rejection"]
+Progress = Callable[[int], None]
+
+
+class Refused(ValueError):
+    """The import may not run (no purpose, a purpose the source does not declare, …)."""
+
+
+@dataclass
+class Report:
+    rows: int = 0
+    """Rows read in this run (those the ledger says were stored before are not read)."""
+    stored: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    """Rows not stored, by reason (invalid rows, no lawful basis, erased subjects, …)."""
+    duplicates: int = 0
+    """Rows skipped as already imported (by an earlier run of the same import)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "stored": self.stored, "refused": dict(self.refused),
+                "skipped_duplicates": self.duplicates}
+
+
+def import_source(data_dir: Path, name: str, purpose: str | None, basis: str | None
+                  ) -> Source:
+    """The source to import into, restricted to the import's purpose and basis; refused
+    unless both are given, the source declares them, and it is historical."""
+    if not purpose or not basis:
+        raise Refused("an import needs a declared purpose and lawful basis: give --purpose"
+                      " and --basis (one the source declares; see `aap sources list`)")
+    reg = Sources(data_dir)
+    try:
+        src = reg.by_name(name)
+    finally:
+        reg.close()
+    if src is None:
+        raise Refused(f"no source named {name!r}")
+    declared = dict(src.purposes)
+    if purpose not in declared:
+        raise Refused(f"source {name} does not declare the purpose {purpose!r} (it declares "
+                      + ", ".join(f"{p} on {b}" for p, b in declared.items()) + ")")
+    if declared[purpose] != basis:
+        raise Refused(f"source {name} declares {purpose} on the basis {declared[purpose]!r},"
+                      f" not {basis!r}")
+    if not src.historical:
+        raise Refused(f"source {name} is not historical: imported times are kept as they"
+                      " were; create a source for the import with `aap sources create NAME"
+                      " --historical`")
+    return msgspec.structs.replace(src, purposes=((purpose, basis),))
+
+
+class Ledger:
+    """An import's last durable input position and counts (no row data)."""
+
+    def __init__(self, data_dir: Path, identity: str) -> None:
+        self.id = hashlib.sha256(identity.encode()).hexdigest()[:24]
+        self.path = DataDir(data_dir).imports / f"{self.id}.json"
+        self.state: dict[str, Any] = {"position": 0, "done": False, "stored": 0}
+        if self.path.exists():
+            self.state.update(json.loads(self.path.read_text()))
+
+    @property
+    def position(self) -> int:
+        return int(self.state["position"])
+
+    def save(self, position: int, stored: int, done: bool = False) -> None:
+        self.state.update(position=position, stored=self.state["stored"] + stored, done=done)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def identity(source: Source, inp: Input, mapping_text: str) -> str:
+    """What makes two runs the same import: the source, purpose, input and mapping."""
+    return json.dumps([source.id, list(source.purposes), inp.name, mapping_text])
+
+
+def run(settings: Settings, source: Source, inp: Input, convert: Converter, ledger: Ledger,
+        *, batch_size: int = 10_000, progress: Progress | None = None) -> Report:
+    return asyncio.run(_run(settings, source, inp, convert, ledger, batch_size, progress))
+
+
+async def _run(settings: Settings, source: Source, inp: Input, convert: Converter,
+               ledger: Ledger, batch_size: int, progress: Progress | None) -> Report:
+    # from the last durable position: rows added to the input since are imported too
+    report = Report(duplicates=ledger.position)
+    collector = Collector(settings)
+    conn = Connection({"type": "http", "path": "/import", "headers": [], "client": None})
+    limit = settings.collector.max_event_bytes
+    try:
+        for position, rows in inp.batches(ledger.position, batch_size):
+            messages: list[tuple[int, WireMessage]] = []
+            for i, row in enumerate(rows):
+                m = row if isinstance(row, Rejection) else (
+                    too_large(row, limit) or convert(row))
+                if isinstance(m, Rejection):
+                    report.refused[m.reason] += 1
+                else:
+                    messages.append((i, m))
+            stored = await _accept(collector, conn, source, messages, report) if messages else 0
+            report.rows += len(rows)
+            ledger.save(position, stored)
+            if progress is not None:
+                progress(len(rows))
+        ledger.save(ledger.position, 0, done=True)
+    finally:
+        collector.close()
+    return report
+
+
+async def _accept(collector: Collector, conn: Connection, source: Source,
+                  messages: list[tuple[int, WireMessage]], report: Report) -> int:
+    """Hand a batch to the collector's ingestion path, waiting out back-pressure and the
+    source's rate limit; counts what was stored and refused; returns how many stored."""
+    while True:
+        try:
+            collector.check_health()
+            answer = await collector.accept_batch(conn, source, Parsed(messages, [], None), None)
+        except (errors.TooManyRequests, errors.ServiceUnavailable) as exc:
+            await asyncio.sleep(max(0.05, min(float(exc.retry_after), 5.0)))
+            continue
+        except errors.BadRequest as exc:  # no event of the batch is valid
+            if exc.code != "invalid_events":
+                raise
+            answer = {"accepted": 0, "rejected": exc.detail}
+        break
+    report.stored += answer["accepted"]
+    report.refused.update(answer.get("not_stored", {}))
+    report.refused.update(r["reason"] for r in answer.get("rejected", []))
+    return int(answer["accepted"])

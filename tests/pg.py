@@ -1,0 +1,73 @@
+"""A temporary PostgreSQL server on 127.0.0.1 for tests: ``initdb`` and ``pg_ctl`` from
+Debian's ``postgresql`` package (scripts/setup installs it) in a temporary directory.
+
+PostgreSQL refuses to run as root: as root, the directory is given to the ``postgres``
+user the package creates and the commands run as that user (``runuser``)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from aap.runner import free_port
+
+
+def _bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        raise RuntimeError("PostgreSQL is not installed: run scripts/setup")
+    return found[-1]
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A running server; yields its URL (user ``aap``, password ``secret-pw``, db ``aap``)."""
+    root = Path(tempfile.mkdtemp(prefix="aap-pg-"))
+    as_user: list[str] = []
+    if os.getuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    data = root / "data"
+    pwfile = root / "pw"
+    pwfile.write_text("secret-pw\n")
+    if as_user:
+        os.chown(pwfile, pwd.getpwnam("postgres").pw_uid, -1)
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, cwd=root)
+
+    run(_bin("initdb"), "-D", str(data), "-U", "aap", "--auth=scram-sha-256",
+        f"--pwfile={pwfile}", "-E", "UTF8")
+    run(_bin("pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+        f"-c listen_addresses=127.0.0.1 -p {port} -k {root}", "start")
+    url = f"postgresql://aap:secret-pw@127.0.0.1:{port}/postgres"
+    try:
+        _wait(url)
+        yield url
+    finally:
+        run(_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait(url: str) -> None:
+    import psycopg
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(url).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
