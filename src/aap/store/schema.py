@@ -193,6 +193,27 @@ CREATE TABLE IF NOT EXISTS query_cache_rollup (
 );
 """
 
+SESSIONS_COLUMNS = ["file_no", "day", "session_id", "person_id", "t0", "t1", "views",
+                    "entry", "entry_key", "exit", "exit_key"]
+
+SESSIONS_DDL = """
+CREATE TABLE IF NOT EXISTS query_cache_sessions (
+    file_no INTEGER NOT NULL,
+    day DATE,
+    session_id VARCHAR,
+    person_id BIGINT,
+    t0 TIMESTAMP,
+    t1 TIMESTAMP,
+    views BIGINT NOT NULL,
+    entry VARCHAR,
+    entry_key HUGEINT,
+    exit VARCHAR,
+    exit_key HUGEINT
+);
+"""
+"""The query cache's session summary (:mod:`aap.query.sessions`): created by the cache's
+sync, filled for every cached file in one transaction."""
+
 CACHE_DDL = f"""
 CREATE TABLE IF NOT EXISTS query_cache_files (
     path VARCHAR PRIMARY KEY,
