@@ -185,6 +185,12 @@ def test_the_session_summary_is_there_with_sessions_in_parts(overview: Overview)
             " WHERE timestamp < '2026-08-13'), count(*) FILTER (WHERE session_id IN"
             " (SELECT session_id FROM events_live)) FROM events_sessions").fetchone()
         assert row is not None and 0 < row[1] < row[0] < row[2] and row[3] > 0
+        # a session is "alone" (read as it is) only if it is the summary's only row
+        alone = overview.warehouse.con.execute(
+            "SELECT count(*) FILTER (WHERE alone), count(*) FILTER (WHERE alone AND"
+            " session_id IN (SELECT session_id FROM query_cache_sessions GROUP BY"
+            " session_id HAVING count(*) > 1)) FROM query_cache_sessions").fetchone()
+        assert alone is not None and 0 < alone[0] < row[0] and alone[1] == 0
         ties = cur.execute(
             "SELECT count(*) FROM (SELECT session_id, timestamp FROM events WHERE type ="
             " 'page' GROUP BY ALL HAVING count(DISTINCT path) > 1)").fetchone()

@@ -131,7 +131,8 @@ class Lean:
             sql, args = self._sessions(rng, ["person_id", "views", end])
             return _rows(self.cur.execute(
                 f"SELECT {end} AS v, count(DISTINCT person_id) AS visitors, sum(views) AS"
-                f" pageviews FROM ({sql}) WHERE v IS NOT NULL AND v <> '' GROUP BY v{ORDER}",
+                f" pageviews FROM ({sql}) WHERE v IS NOT NULL AND v <> '' GROUP BY v"
+                + (ORDER.replace("?", "$5") if self.summary else ORDER),
                 [*args, limit]).fetchall())
         where, args = self._where(rng)
         keep = ", ".join(SESSION_COLUMNS[kind])

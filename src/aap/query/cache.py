@@ -213,7 +213,8 @@ class QueryCache:
                 " ORDER BY hash(e.session_id), e.timestamp, e.event", [no])
             cur.unregister("cache_src")
             cur.execute(rollup.FILL, [no])
-            cur.execute(sessions.FILL, [no])
+            for sql in sessions.FILL:
+                cur.execute(sql, [no] * sql.count("?"))
             n = int(cur.execute("SELECT count(*) FROM query_cache WHERE file_no = ?",
                                 [no]).fetchall()[0][0])
             cur.execute("INSERT INTO query_cache_files VALUES (?, ?, ?)", [path, no, n])

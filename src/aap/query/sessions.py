@@ -6,10 +6,13 @@ Table ``query_cache_sessions``, kept in the same transactions as the copy and th
 rollup (same files, same merges folded in, same erasures): per (``file_no``, ``day``,
 ``session_id``, ``person_id``) the first and last timestamp, the page views, and the
 first and last page (``entry``, ``exit``) with the order key that chose them
-(:func:`order`: time, then the value's hash). Each part is mergeable, so a session split
-across days, files or persons (an anonymous id merged later) is put together at query
-time by :func:`merged`: ``min``/``max``/``sum`` and ``arg_min``/``arg_max`` over its
-parts' keys give exactly what grouping its events would.
+(:func:`order`: time, then the value's hash), and whether the row is the session's only
+one in the summary (``alone``: kept true only while no other file has the session; false
+is always safe). Each part is mergeable, so a session split across days, files or persons
+(an anonymous id merged later) is put together at query time by :func:`merged`:
+``min``/``max``/``sum`` and ``arg_min``/``arg_max`` over its parts' keys give exactly
+what grouping its events would. Grouping millions of session ids is the costly part, so
+only the sessions in parts are grouped.
 
 The overview reads it (view ``events_sessions``, :mod:`aap.query.snapshot`) when the
 answer is exact: a range of whole UTC days (always, there) and no filter at all (a
@@ -41,12 +44,20 @@ PART = (f"min(timestamp) AS t0, max(timestamp) AS t1, count(*) FILTER (WHERE {PA
 """A part of a session, from its events (``arg_min`` skips NULL values: so does the
 key's ``FILTER``)."""
 
-FILL = (f"INSERT INTO query_cache_sessions SELECT file_no, CAST(timestamp AS DATE) AS day,"
-        f" session_id, person_id, {PART} FROM query_cache WHERE file_no = ?"
-        " GROUP BY file_no, day, session_id, person_id ORDER BY day")
-"""Summarizes one cached file (its rows are already in ``query_cache``)."""
+_GROUPED = (f"SELECT file_no, CAST(timestamp AS DATE) AS day, session_id, person_id, {PART}"
+            " FROM query_cache{where} GROUP BY file_no, day, session_id, person_id")
+_ALONE = "session_id IS NOT NULL AND count(*) OVER (PARTITION BY session_id) = 1"
 
-BACKFILL = FILL.replace("WHERE file_no = ?", "")
+FILL = (f"INSERT INTO query_cache_sessions SELECT *, {_ALONE}"
+        f" FROM ({_GROUPED.format(where=' WHERE file_no = ?')}) ORDER BY day",
+        "UPDATE query_cache_sessions SET alone = false WHERE alone AND session_id IN"
+        " (SELECT session_id FROM query_cache_sessions WHERE file_no = ? INTERSECT"
+        " SELECT session_id FROM query_cache_sessions WHERE file_no <> ?)")
+"""Summarizes one cached file (its rows are already in ``query_cache``); a session also
+in other files is no longer ``alone`` there either."""
+
+BACKFILL = (f"INSERT INTO query_cache_sessions SELECT *, {_ALONE}"
+            f" FROM ({_GROUPED.format(where='')}) ORDER BY file_no, day")
 """Summarizes every cached file (a cache copied before the summary existed)."""
 
 MERGED = {"person_id": "min(person_id) AS person_id", "t0": "min(t0) AS t0",
@@ -60,10 +71,17 @@ _PART_COLUMNS = {"person_id": ("person_id",), "t0": ("t0",), "t1": ("t1",),
 def merged(columns: list[str]) -> str:
     """The sessions of a range (parameters: first day, day after the last, the same as
     timestamps), each with ``columns`` of :data:`MERGED`, from the summary of cached files
-    (``events_sessions``) and the hot and uncached events (``events_live``)."""
+    (``events_sessions``) and the hot and uncached events (``events_live``, summarized
+    here). A session ``alone`` in the summary and absent from the live events is its
+    row as it is; only the others are grouped (the costly part: few)."""
     keep = ", ".join(c for k in columns for c in _PART_COLUMNS[k])
-    return (f"SELECT {', '.join(MERGED[k] for k in columns)} FROM ("
-            f"SELECT session_id, {keep} FROM events_sessions WHERE day >= ? AND day < ?"
-            f" UNION ALL SELECT session_id, {keep} FROM (SELECT session_id, person_id, {PART}"
-            " FROM events_live WHERE timestamp >= ? AND timestamp < ?"
-            " GROUP BY session_id, person_id)) GROUP BY session_id")
+    live_ids = "(SELECT session_id FROM live WHERE session_id IS NOT NULL)"
+    return (f"WITH live AS MATERIALIZED (SELECT session_id, person_id, {PART}"
+            " FROM events_live WHERE timestamp >= $3 AND timestamp < $4"
+            " GROUP BY session_id, person_id),"
+            f" cached AS (SELECT session_id, alone, {keep} FROM events_sessions"
+            " WHERE day >= $1 AND day < $2)"
+            f" SELECT {', '.join(columns)} FROM cached WHERE alone AND session_id NOT IN"
+            f" {live_ids} UNION ALL SELECT {', '.join(MERGED[k] for k in columns)} FROM ("
+            f"SELECT session_id, {keep} FROM cached WHERE NOT alone OR session_id IN"
+            f" {live_ids} UNION ALL SELECT session_id, {keep} FROM live) GROUP BY session_id")

@@ -194,7 +194,7 @@ CREATE TABLE IF NOT EXISTS query_cache_rollup (
 """
 
 SESSIONS_COLUMNS = ["file_no", "day", "session_id", "person_id", "t0", "t1", "views",
-                    "entry", "entry_key", "exit", "exit_key"]
+                    "entry", "entry_key", "exit", "exit_key", "alone"]
 
 SESSIONS_DDL = """
 CREATE TABLE IF NOT EXISTS query_cache_sessions (
@@ -208,7 +208,8 @@ CREATE TABLE IF NOT EXISTS query_cache_sessions (
     entry VARCHAR,
     entry_key HUGEINT,
     exit VARCHAR,
-    exit_key HUGEINT
+    exit_key HUGEINT,
+    alone BOOLEAN NOT NULL
 );
 """
 """The query cache's session summary (:mod:`aap.query.sessions`): created by the cache's
