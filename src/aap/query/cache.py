@@ -72,7 +72,9 @@ class QueryCache:
                                   " DROP TABLE IF EXISTS query_cache_files;"
                                   " DROP TABLE IF EXISTS query_cache_overrides")
             snapshots.forget(warehouse)
-        elif _columns(cur, "query_cache_sessions") not in ([], sessions.EXPECTED_COLUMNS):
+        elif (_columns(cur, "query_cache_sessions") not in ([], sessions.EXPECTED_COLUMNS)
+              or (_columns(cur, "query_cache_sessions")
+                  and cur.execute(sessions.STALE).fetchall()[0][0])):
             logger.info("query cache: its session summary changed; summarizing again")
             warehouse.con.execute("DROP TABLE query_cache_sessions")
             snapshots.forget(warehouse)

@@ -12,7 +12,9 @@ is always safe). Each part is mergeable, so a session split across days, files o
 (an anonymous id merged later) is put together at query time by :func:`merged`:
 ``min``/``max``/``sum`` and ``arg_min``/``arg_max`` over its parts' keys give exactly
 what grouping its events would. Grouping millions of session ids is the costly part, so
-only the sessions in parts are grouped.
+only the sessions in parts are grouped: those not ``alone``, and those with live events
+(found by ``session_hash``, ``hash(session_id)``; a collision only sends a session to be
+grouped, and a summary whose hashes are not DuckDB's of today is made again).
 
 The overview reads it (view ``events_sessions``, :mod:`aap.query.snapshot`) when the
 answer is exact: a range of whole UTC days (always, there) and no filter at all (a
@@ -44,8 +46,9 @@ PART = (f"min(timestamp) AS t0, max(timestamp) AS t1, count(*) FILTER (WHERE {PA
 """A part of a session, from its events (``arg_min`` skips NULL values: so does the
 key's ``FILTER``)."""
 
-_GROUPED = (f"SELECT file_no, CAST(timestamp AS DATE) AS day, session_id, person_id, {PART}"
-            " FROM query_cache{where} GROUP BY file_no, day, session_id, person_id")
+_GROUPED = ("SELECT file_no, CAST(timestamp AS DATE) AS day, session_id, hash(session_id),"
+            f" person_id, {PART} FROM query_cache{{where}} GROUP BY file_no, day, session_id,"
+            " person_id")
 _ALONE = "session_id IS NOT NULL AND count(*) OVER (PARTITION BY session_id) = 1"
 
 FILL = (f"INSERT INTO query_cache_sessions SELECT *, {_ALONE}"
@@ -59,6 +62,11 @@ in other files is no longer ``alone`` there either."""
 BACKFILL = (f"INSERT INTO query_cache_sessions SELECT *, {_ALONE}"
             f" FROM ({_GROUPED.format(where='')}) ORDER BY file_no, day")
 """Summarizes every cached file (a cache copied before the summary existed)."""
+
+STALE = ("SELECT count(*) FROM (SELECT session_id, session_hash FROM query_cache_sessions"
+         " WHERE session_id IS NOT NULL LIMIT 1) WHERE session_hash <> hash(session_id)")
+"""1 if the stored hashes are not DuckDB's of today (it does not promise the same values
+across its versions): the summary is made again."""
 
 MERGED = {"person_id": "min(person_id) AS person_id", "t0": "min(t0) AS t0",
           "t1": "max(t1) AS t1", "views": "sum(views) AS views",
@@ -75,13 +83,13 @@ def merged(columns: list[str]) -> str:
     here). A session ``alone`` in the summary and absent from the live events is its
     row as it is; only the others are grouped (the costly part: few)."""
     keep = ", ".join(c for k in columns for c in _PART_COLUMNS[k])
-    live_ids = "(SELECT session_id FROM live WHERE session_id IS NOT NULL)"
+    # routed by the session id's hash (a collision only sends a session to be grouped)
+    live_ids = "(SELECT hash(session_id) FROM live WHERE session_id IS NOT NULL)"
+    cached = "FROM events_sessions WHERE day >= $1 AND day < $2 AND"
     return (f"WITH live AS MATERIALIZED (SELECT session_id, person_id, {PART}"
             " FROM events_live WHERE timestamp >= $3 AND timestamp < $4"
-            " GROUP BY session_id, person_id),"
-            f" cached AS (SELECT session_id, alone, {keep} FROM events_sessions"
-            " WHERE day >= $1 AND day < $2)"
-            f" SELECT {', '.join(columns)} FROM cached WHERE alone AND session_id NOT IN"
-            f" {live_ids} UNION ALL SELECT {', '.join(MERGED[k] for k in columns)} FROM ("
-            f"SELECT session_id, {keep} FROM cached WHERE NOT alone OR session_id IN"
-            f" {live_ids} UNION ALL SELECT session_id, {keep} FROM live) GROUP BY session_id")
+            " GROUP BY session_id, person_id)"
+            f" SELECT {', '.join(columns)} {cached} alone AND session_hash NOT IN {live_ids}"
+            f" UNION ALL SELECT {', '.join(MERGED[k] for k in columns)} FROM ("
+            f"SELECT session_id, {keep} {cached} (NOT alone OR session_hash IN {live_ids})"
+            f" UNION ALL SELECT session_id, {keep} FROM live) GROUP BY session_id")

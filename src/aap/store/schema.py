@@ -193,7 +193,7 @@ CREATE TABLE IF NOT EXISTS query_cache_rollup (
 );
 """
 
-SESSIONS_COLUMNS = ["file_no", "day", "session_id", "person_id", "t0", "t1", "views",
+SESSIONS_COLUMNS = ["file_no", "day", "session_id", "session_hash", "person_id", "t0", "t1", "views",
                     "entry", "entry_key", "exit", "exit_key", "alone"]
 
 SESSIONS_DDL = """
@@ -201,6 +201,7 @@ CREATE TABLE IF NOT EXISTS query_cache_sessions (
     file_no INTEGER NOT NULL,
     day DATE,
     session_id VARCHAR,
+    session_hash UBIGINT,
     person_id BIGINT,
     t0 TIMESTAMP,
     t1 TIMESTAMP,
