@@ -149,6 +149,14 @@ def test_the_panels_one_by_one_equal_the_all_in_one_answer(
     assert two["breakdowns"] == {k: whole["breakdowns"][k] for k in ("countries", "exit_pages")}
 
 
+def test_a_range_without_events_is_the_same_too(overview: Overview) -> None:
+    doc = {"from": "2026-07-01", "to": "2026-07-05", "compare": True}
+    whole = _ask(overview, doc)
+    assert whole["figures"]["sessions"] == 0
+    parts = _union([_ask(overview, {**doc, "panels": [p]}) for p in PANELS])
+    assert parts == whole
+
+
 @pytest.mark.parametrize("panels,code", [(["pages", "nope"], "invalid_panel"),
                                          ([], "invalid_panel"), ("figures", None)])
 def test_an_unknown_panel_is_refused_naming_it(overview: Overview, panels: Any,

@@ -87,6 +87,12 @@ class Lean:
         return "events", f"count(*) FILTER (WHERE {PAGE})"
 
     def figures(self, rng: Any) -> dict[str, Any]:
+        if self.summary:  # all in one statement (the hot events summarized once)
+            row = self.cur.execute(summary.FIGURES, [rng.start.date(), rng.end.date(),
+                                                     rng.start, rng.end]).fetchone()
+            assert row is not None
+            return {"visitors": row[0], "pageviews": int(row[1]), "sessions": row[2],
+                    "bounce_rate": _num(row[3]), "visit_duration_s": _num(row[4], 3)}
         where, args = self._where(rng)
         table, views = self._daily()
         persons = self.cur.execute(f"SELECT count(DISTINCT person_id), {views} FROM {table}"

@@ -82,14 +82,30 @@ def merged(columns: list[str]) -> str:
     (``events_sessions``) and the hot and uncached events (``events_live``, summarized
     here). A session ``alone`` in the summary and absent from the live events is its
     row as it is; only the others are grouped (the costly part: few)."""
+    return f"WITH {_LIVE} {_sessions(columns)}"
+
+
+_LIVE = (f"live AS MATERIALIZED (SELECT session_id, person_id, {PART} FROM events_live"
+         " WHERE timestamp >= $3 AND timestamp < $4 GROUP BY session_id, person_id)")
+_CACHED = "FROM events_sessions WHERE day >= $1 AND day < $2"
+
+
+def _sessions(columns: list[str]) -> str:
     keep = ", ".join(c for k in columns for c in _PART_COLUMNS[k])
     # routed by the session id's hash (a collision only sends a session to be grouped)
     live_ids = "(SELECT hash(session_id) FROM live WHERE session_id IS NOT NULL)"
-    cached = "FROM events_sessions WHERE day >= $1 AND day < $2 AND"
-    return (f"WITH live AS MATERIALIZED (SELECT session_id, person_id, {PART}"
-            " FROM events_live WHERE timestamp >= $3 AND timestamp < $4"
-            " GROUP BY session_id, person_id)"
-            f" SELECT {', '.join(columns)} {cached} alone AND session_hash NOT IN {live_ids}"
-            f" UNION ALL SELECT {', '.join(MERGED[k] for k in columns)} FROM ("
-            f"SELECT session_id, {keep} {cached} (NOT alone OR session_hash IN {live_ids})"
-            f" UNION ALL SELECT session_id, {keep} FROM live) GROUP BY session_id")
+    return (f"SELECT {', '.join(columns)} {_CACHED} AND alone AND session_hash NOT IN"
+            f" {live_ids} UNION ALL SELECT {', '.join(MERGED[k] for k in columns)} FROM ("
+            f"SELECT session_id, {keep} {_CACHED} AND (NOT alone OR session_hash IN"
+            f" {live_ids}) UNION ALL SELECT session_id, {keep} FROM live) GROUP BY session_id")
+
+
+FIGURES = (f"WITH {_LIVE} SELECT any_value(p.visitors), any_value(p.pageviews), count(s.views),"
+           " avg((s.views <= 1)::INTEGER), avg(epoch_us(s.t1) - epoch_us(s.t0)) / 1e6"
+           " FROM (SELECT count(DISTINCT person_id) AS visitors, coalesce(sum(views), 0)"
+           f" AS pageviews FROM (SELECT person_id, views {_CACHED} UNION ALL"
+           " SELECT person_id, views FROM live)) p"
+           f" LEFT JOIN ({_sessions(['t0', 't1', 'views'])}) s ON true")
+"""The overview's figures over a range (parameters as :func:`merged`): visitors and page
+views from every part (a part's person is its events' person), sessions, bounce rate
+and duration from the sessions merged."""
