@@ -203,6 +203,8 @@ def test_the_session_summary_is_there_with_sessions_in_parts(overview: Overview)
             "SELECT count(*) FROM (SELECT session_id, timestamp FROM events WHERE type ="
             " 'page' GROUP BY ALL HAVING count(DISTINCT path) > 1)").fetchone()
         assert ties is not None and ties[0] > 0
+        pages = cur.execute("SELECT count(*), sum(n) FROM events_pages").fetchone()
+        assert pages is not None and 0 < pages[0] < pages[1]
 
 
 def test_a_summary_hashed_by_another_duckdb_is_made_again(overview: Overview) -> None:
@@ -232,10 +234,10 @@ def test_a_merge_not_folded_yet_and_a_restricted_person_give_the_same_numbers(
     wh.con.execute("INSERT INTO person_flags VALUES (?, 'restricted', now())", [c])
     whole = _ask(overview, doc)
     parts = _union([_ask(overview, {**doc, "panels": [p]})
-                    for p in ("figures", "entry_pages", "exit_pages")])
+                    for p in ("figures", "pages", "entry_pages", "exit_pages")])
     assert parts["figures"] == whole["figures"]
-    assert parts["breakdowns"] == {k: whole["breakdowns"][k] for k in ("entry_pages",
-                                                                      "exit_pages")}
+    assert parts["breakdowns"] == {k: whole["breakdowns"][k] for k in (
+        "pages", "entry_pages", "exit_pages")}
 
 
 def test_the_openapi_schema_names_the_same_panels() -> None:

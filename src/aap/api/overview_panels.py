@@ -118,6 +118,9 @@ class Lean:
     def top(self, kind: str, column: str, rng: Any, limit: int) -> list[dict[str, Any]]:
         """A top list of an event column (``pages`` counts page views only); one
         ``count(DISTINCT)`` pass (about twice as fast here as grouping by person first)."""
+        if kind == "pages" and self.summary:
+            return _rows(self.cur.execute(summary.PAGES, [
+                rng.start.date(), rng.end.date(), rng.start, rng.end, limit]).fetchall())
         where, args = self._where(rng)
         if kind == "pages":
             table, views, where = "events", "count(*)", f"{where} AND {PAGE}"

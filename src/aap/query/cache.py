@@ -68,6 +68,7 @@ class QueryCache:
             warehouse.con.execute("DROP TABLE IF EXISTS query_cache;"
                                   " DROP TABLE IF EXISTS query_cache_rollup;"
                                   " DROP TABLE IF EXISTS query_cache_sessions;"
+                                  " DROP TABLE IF EXISTS query_cache_pages;"
                                   " DROP TABLE IF EXISTS query_cache_names;"
                                   " DROP TABLE IF EXISTS query_cache_files;"
                                   " DROP TABLE IF EXISTS query_cache_overrides")
@@ -77,6 +78,9 @@ class QueryCache:
                   and cur.execute(sessions.STALE).fetchall()[0][0])):
             logger.info("query cache: its session summary changed; summarizing again")
             warehouse.con.execute("DROP TABLE query_cache_sessions")
+            snapshots.forget(warehouse)
+        if _columns(cur, "query_cache_pages") not in ([], sessions.PAGES_EXPECTED):
+            warehouse.con.execute("DROP TABLE query_cache_pages")
             snapshots.forget(warehouse)
         cur.close()
         warehouse.con.execute(DDL)
@@ -124,7 +128,8 @@ class QueryCache:
         pending = cur.execute(f"SELECT count(*) FROM {_PENDING}").fetchall()[0]
         if not pending[0]:
             return 0
-        for table in ("query_cache", "query_cache_rollup", "query_cache_sessions"):
+        for table in ("query_cache", "query_cache_rollup", "query_cache_sessions",
+                      "query_cache_pages"):
             cur.execute(f"UPDATE {table} SET person_id = d.person_id FROM {_PENDING} d"
                         f" WHERE {table}.person_id = d.old_person_id")
         cur.execute("DELETE FROM query_cache_overrides")
@@ -135,18 +140,21 @@ class QueryCache:
     def _summarize(self) -> None:
         """Create the session summary, filled for every file already cached, in one
         transaction (a cache copied before it existed; queries read the events meanwhile)."""
-        cur = self.warehouse.con.cursor()
-        try:
-            if _columns(cur, "query_cache_sessions"):
-                return
-        finally:
-            cur.close()
-        with self._tx() as cur:
-            cur.execute(sessions.DDL)
-            cur.execute(sessions.BACKFILL)
-            n = cur.execute("SELECT count(*) FROM query_cache_sessions").fetchall()[0][0]
-        if n:
-            logger.info("query cache: summarized %s sessions of the files cached", n)
+        for table, ddl, fill in (
+                ("query_cache_sessions", sessions.DDL, sessions.BACKFILL),
+                ("query_cache_pages", sessions.PAGES_TABLE_DDL, sessions.PAGES_BACKFILL)):
+            cur = self.warehouse.con.cursor()
+            try:
+                if _columns(cur, table):
+                    continue
+            finally:
+                cur.close()
+            with self._tx() as cur:
+                cur.execute(ddl)
+                cur.execute(fill)
+                n = cur.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+            if n:
+                logger.info("query cache: %s rows of %s for the files cached", n, table)
 
     def sync(self, stop: threading.Event | None = None) -> dict[str, int]:
         """Bring the copy up to date: fold new merges, drop retired files, copy new ones
@@ -162,6 +170,7 @@ class QueryCache:
                     cur.execute("DELETE FROM query_cache WHERE file_no = ?", [no])
                     cur.execute("DELETE FROM query_cache_rollup WHERE file_no = ?", [no])
                     cur.execute("DELETE FROM query_cache_sessions WHERE file_no = ?", [no])
+                    cur.execute("DELETE FROM query_cache_pages WHERE file_no = ?", [no])
                     cur.execute("DELETE FROM query_cache_files WHERE file_no = ?", [no])
                 done["dropped"] = len(gone)
             todo = [r[0] for r in self.warehouse.con.cursor().execute(
@@ -197,8 +206,8 @@ class QueryCache:
             merges = self._fold_merges(cur)
             no = int(cur.execute("SELECT coalesce(max(file_no), 0) + 1"
                                  " FROM query_cache_files").fetchall()[0][0])
-            for table in ("query_cache", "query_cache_rollup", "query_cache_sessions"):
-                # orphans, if any
+            for table in ("query_cache", "query_cache_rollup", "query_cache_sessions",
+                          "query_cache_pages"):  # orphans, if any
                 cur.execute(f"DELETE FROM {table} WHERE file_no = ?", [no])
             cur.register("cache_src", self.warehouse.tiers.dataset([path]))
             cur.execute(
@@ -215,7 +224,7 @@ class QueryCache:
                 " ORDER BY hash(e.session_id), e.timestamp, e.event", [no])
             cur.unregister("cache_src")
             cur.execute(rollup.FILL, [no])
-            for sql in sessions.FILL:
+            for sql in (*sessions.FILL, *sessions.PAGES_FILL):
                 cur.execute(sql, [no] * sql.count("?"))
             n = int(cur.execute("SELECT count(*) FROM query_cache WHERE file_no = ?",
                                 [no]).fetchall()[0][0])

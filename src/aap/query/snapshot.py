@@ -32,7 +32,14 @@ from dataclasses import dataclass
 import duckdb
 
 from aap.privacy.purposes import analytics_only
-from aap.store.schema import CACHE_COLUMNS, ROLLUP_COLUMNS, ROLLUP_DIMS, SESSIONS_COLUMNS, VIEWS
+from aap.store.schema import (
+    CACHE_COLUMNS,
+    PAGES_COLUMNS,
+    ROLLUP_COLUMNS,
+    ROLLUP_DIMS,
+    SESSIONS_COLUMNS,
+    VIEWS,
+)
 from aap.store.warehouse import CursorPool, Warehouse
 
 PENDING = ("(SELECT old_person_id, person_id FROM person_overrides"
@@ -87,11 +94,12 @@ def _columns(cur: duckdb.DuckDBPyConnection, table: str) -> list[str] | None:
 
 def usable_cache(cur: duckdb.DuckDBPyConnection) -> tuple[bool, bool, bool]:
     """(the cache has the events' columns, its daily rollup has the expected columns,
-    its session summary too)."""
+    its session summary and page views too)."""
     if _columns(cur, "query_cache") != CACHE_COLUMNS:
         return False, False, False
     return (True, _columns(cur, "query_cache_rollup") == ROLLUP_COLUMNS,
-            _columns(cur, "query_cache_sessions") == SESSIONS_COLUMNS)
+            _columns(cur, "query_cache_sessions") == SESSIONS_COLUMNS
+            and _columns(cur, "query_cache_pages") == PAGES_COLUMNS)
 
 
 @dataclass
@@ -99,8 +107,9 @@ class Views:
     daily: bool = False
     """``events_daily`` is defined."""
     sessions: bool = False
-    """``events_sessions`` is defined: the session summary of the live cached files
-    (:mod:`aap.query.sessions`), merges applied, restricted persons left out."""
+    """``events_sessions`` and ``events_pages`` are defined: the session summary and page
+    views of the live cached files (:mod:`aap.query.sessions`), merges applied,
+    restricted persons left out."""
     cached_files: list[int] | None = None
     """The query cache's file numbers of live files, when its rows need nothing applied
     at query time (no pending merge, nobody restricted): ``query_cache`` restricted to
@@ -142,6 +151,10 @@ def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
             SELECT * FROM (
                 SELECT c.* EXCLUDE (file_no) REPLACE ({pid} AS person_id)
                 FROM query_cache_sessions c{resolve} WHERE {in_cache}){keep};
+            CREATE OR REPLACE TEMP VIEW events_pages AS
+            SELECT * FROM (
+                SELECT c.* EXCLUDE (file_no) REPLACE ({pid} AS person_id)
+                FROM query_cache_pages c{resolve} WHERE {in_cache}){keep};
         """)
         views.sessions = True
     if not rollup:

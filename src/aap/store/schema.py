@@ -193,6 +193,20 @@ CREATE TABLE IF NOT EXISTS query_cache_rollup (
 );
 """
 
+PAGES_COLUMNS = ["file_no", "day", "path", "person_id", "n"]
+
+PAGES_DDL = """
+CREATE TABLE IF NOT EXISTS query_cache_pages (
+    file_no INTEGER NOT NULL,
+    day DATE,
+    path VARCHAR,
+    person_id BIGINT,
+    n BIGINT NOT NULL
+);
+"""
+"""The query cache's page views per (file, UTC day, path, person) (:mod:`aap.query.sessions`),
+created and filled like the session summary."""
+
 SESSIONS_COLUMNS = ["file_no", "day", "session_id", "session_hash", "person_id", "t0", "t1", "views",
                     "entry", "entry_key", "exit", "exit_key", "alone"]
 
