@@ -35,7 +35,7 @@ from aap.api.overview_panels import Lean, first, last
 from aap.datadir import DataDir
 from aap.privacy.purposes import Registry
 from aap.query.runner import Deadline
-from aap.query.snapshot import open_snapshot, plain_snapshot
+from aap.query.snapshot import Views, open_snapshot, plain_snapshot
 from aap.sources import Sources
 from aap.store.warehouse import Warehouse
 
@@ -169,14 +169,14 @@ class Overview:
             yield cur
 
     @contextmanager
-    def _snapshot(self) -> Iterator[tuple[duckdb.DuckDBPyConnection, bool]]:
-        """A cursor with ``events``, and whether ``events_daily`` is there too."""
+    def _snapshot(self) -> Iterator[tuple[duckdb.DuckDBPyConnection, Views]]:
+        """A cursor with ``events``, and which of the cache's views are there too."""
         if self.use_cache:
             with open_snapshot(self.warehouse) as (cur, views):
-                yield cur, views.daily
+                yield cur, views
         else:
             with plain_snapshot(self.warehouse) as cur:
-                yield cur, False
+                yield cur, Views()
 
     @contextmanager
     def _deadline(self, cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
@@ -204,7 +204,7 @@ class Overview:
                     else f.value) for f in req.filters]
         source = next((v for f, v in filters if f == "source"), None)
         out: dict[str, Any] = {"from": rng.first.isoformat(), "to": rng.last.isoformat()}
-        with self._snapshot() as (cur, daily), self._deadline(cur):
+        with self._snapshot() as (cur, views), self._deadline(cur):
             traffic = Traffic(cur, filters)
             prev: dict[str, Any] = {}
             # the previous period: its figures and series only
@@ -220,7 +220,8 @@ class Overview:
                 finally:
                     traffic.drop()
             else:
-                lean = Lean(cur, traffic.event_filters, daily=daily)
+                lean = Lean(cur, traffic.event_filters, daily=views.daily,
+                            sessions=views.sessions)
                 for into, r, asked in ranges:
                     _lean_answer(lean, into, r, asked, req.limit)
             for k in ("figures", "series"):

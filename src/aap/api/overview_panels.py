@@ -10,7 +10,10 @@ place and device (``countries``, ``regions``, ``devices``, ``browsers``, ``os``)
 the query cache's daily rollup ``events_daily`` instead (:mod:`aap.query.rollup`; a range
 is whole UTC days), when it is there and every filter is on one of its columns. Panels
 that need sessions (sessions, bounce rate, duration, entry and exit pages, referrers,
-campaigns) group the range's events by session, reading only what they need.
+campaigns) group the range's events by session, reading only what they need; without any
+filter, the figures' sessions, bounce rate and duration and the entry and exit pages
+read the query cache's session summary instead (:mod:`aap.query.sessions`: a row per
+session and day rather than every event), when it is there.
 """
 
 from __future__ import annotations
@@ -19,15 +22,10 @@ from typing import Any
 
 import duckdb
 
+from aap.query import sessions as summary
 from aap.query.rollup import DIMS
-
-PAGE = "type IN ('page', 'screen')"
-
-
-def _order(column: str) -> str:
-    """The time of a value, ties broken by the value's hash: the same value is chosen
-    every time (a struct key (timestamp, value) does that too, at twice the cost)."""
-    return f"(epoch_us(timestamp)::HUGEINT << 64) + hash({column})"
+from aap.query.sessions import PAGE
+from aap.query.sessions import order as _order
 
 
 def first(column: str) -> str:
@@ -57,10 +55,25 @@ class Lean:
     (``(column of events, value)``)."""
 
     def __init__(self, cur: duckdb.DuckDBPyConnection, event_filters: list[tuple[str, str]],
-                 *, daily: bool) -> None:
+                 *, daily: bool, sessions: bool = False) -> None:
         self.cur = cur
         self.filters = event_filters
         self.rollup = daily and all(c in DIMS for c, _ in event_filters)
+        self.summary = sessions and not event_filters
+        """Sessions from the cache's summary (exact: no filter, whole UTC days)."""
+
+    def _sessions(self, rng: Any, columns: list[str]) -> tuple[str, list[Any]]:
+        """The range's sessions with ``columns`` (:data:`aap.query.sessions.MERGED`)."""
+        if self.summary:
+            return summary.merged(columns), [rng.start.date(), rng.end.date(), rng.start,
+                                             rng.end]
+        where, args = self._where(rng)
+        cols = {"person_id": "min(person_id) AS person_id", "t0": "min(timestamp) AS t0",
+                "t1": "max(timestamp) AS t1", "views": f"count(*) FILTER (WHERE {PAGE}) AS views",
+                "entry": SESSION_COLUMNS["entry_pages"][0].replace(" AS v", " AS entry"),
+                "exit": SESSION_COLUMNS["exit_pages"][0].replace(" AS v", " AS exit")}
+        return (f"SELECT {', '.join(cols[c] for c in columns)} FROM events WHERE {where}"
+                " GROUP BY session_id"), args
 
     def _where(self, rng: Any) -> tuple[str, list[Any]]:
         sql = "timestamp >= ? AND timestamp < ?" + "".join(
@@ -74,15 +87,20 @@ class Lean:
         return "events", f"count(*) FILTER (WHERE {PAGE})"
 
     def figures(self, rng: Any) -> dict[str, Any]:
+        if self.summary:  # all in one statement (the hot events summarized once)
+            row = self.cur.execute(summary.FIGURES, [rng.start.date(), rng.end.date(),
+                                                     rng.start, rng.end]).fetchone()
+            assert row is not None
+            return {"visitors": row[0], "pageviews": int(row[1]), "sessions": row[2],
+                    "bounce_rate": _num(row[3]), "visit_duration_s": _num(row[4], 3)}
         where, args = self._where(rng)
         table, views = self._daily()
         persons = self.cur.execute(f"SELECT count(DISTINCT person_id), {views} FROM {table}"
                                    f" WHERE {where}", args).fetchone()
+        sql, s_args = self._sessions(rng, ["t0", "t1", "views"])
         sessions = self.cur.execute(
             "SELECT count(*), avg((views <= 1)::INTEGER), avg(epoch_us(t1) - epoch_us(t0))"
-            " / 1e6 FROM (SELECT session_id, min(timestamp) AS t0, max(timestamp) AS t1,"
-            f" count(*) FILTER (WHERE {PAGE}) AS views FROM events WHERE {where}"
-            " GROUP BY session_id)", args).fetchone()
+            f" / 1e6 FROM ({sql})", s_args).fetchone()
         assert persons is not None and sessions is not None
         return {"visitors": persons[0], "pageviews": int(persons[1]), "sessions": sessions[0],
                 "bounce_rate": _num(sessions[1]), "visit_duration_s": _num(sessions[2], 3)}
@@ -100,6 +118,9 @@ class Lean:
     def top(self, kind: str, column: str, rng: Any, limit: int) -> list[dict[str, Any]]:
         """A top list of an event column (``pages`` counts page views only); one
         ``count(DISTINCT)`` pass (about twice as fast here as grouping by person first)."""
+        if kind == "pages" and self.summary:
+            return _rows(self.cur.execute(summary.PAGES, [
+                rng.start.date(), rng.end.date(), rng.start, rng.end, limit]).fetchall())
         where, args = self._where(rng)
         if kind == "pages":
             table, views, where = "events", "count(*)", f"{where} AND {PAGE}"
@@ -114,6 +135,14 @@ class Lean:
 
     def session_top(self, kind: str, rng: Any, limit: int) -> list[dict[str, Any]]:
         """A top list of a session's first or last page, referrer or campaign."""
+        if kind in ("entry_pages", "exit_pages"):
+            end = "entry" if kind == "entry_pages" else "exit"
+            sql, args = self._sessions(rng, ["person_id", "views", end])
+            return _rows(self.cur.execute(
+                f"SELECT {end} AS v, count(DISTINCT person_id) AS visitors, sum(views) AS"
+                f" pageviews FROM ({sql}) WHERE v IS NOT NULL AND v <> '' GROUP BY v"
+                + (ORDER.replace("?", "$5") if self.summary else ORDER),
+                [*args, limit]).fetchall())
         where, args = self._where(rng)
         keep = ", ".join(SESSION_COLUMNS[kind])
         sessions = (f"SELECT min(person_id) AS person_id, count(*) FILTER (WHERE {PAGE})"

@@ -77,7 +77,9 @@ def _erase_hot(out: dict[str, Any], params: dict[str, Any]) -> Callable[[Hot], N
             f"DELETE FROM quarantined_events WHERE {_PERSON}", params)
         # the query cache's copies of their warm and cold rows go in the same commit
         for table, key in (("query_cache", "query_cache_rows"),
-                           ("query_cache_rollup", "query_cache_rollup_rows")):
+                           ("query_cache_rollup", "query_cache_rollup_rows"),
+                           ("query_cache_sessions", "query_cache_sessions_rows"),
+                           ("query_cache_pages", "query_cache_pages_rows")):
             if count("SELECT count(*) FROM duckdb_tables() WHERE table_name = $table",
                      {"table": table}):
                 out[key] = count(f"DELETE FROM {table} WHERE {_PERSON}", params)

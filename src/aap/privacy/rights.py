@@ -110,6 +110,8 @@ class Rights:
         derived = {**self.cohorts.forget(all_keys),
                    "query_cache_rows": removed.pop("query_cache_rows", 0),
                    "query_cache_rollup_rows": removed.pop("query_cache_rollup_rows", 0),
+                   "query_cache_sessions_rows": removed.pop("query_cache_sessions_rows", 0),
+                   "query_cache_pages_rows": removed.pop("query_cache_pages_rows", 0),
                    "access_exports_deleted": exports.delete_for(self.exports, all_keys)}
         if self.after_erasure is not None:
             self.after_erasure()

@@ -22,7 +22,8 @@ Consistency is kept by the same snapshot rule as the tiers themselves:
 So a query returns exactly what it would without the cache; erasure and retention,
 which replace or retire files, reach the copy through the same list. Each copied file
 is also rolled up per (event, person, UTC day) in the same transaction
-(:mod:`aap.query.rollup`); queries read both through :mod:`aap.query.snapshot`.
+(:mod:`aap.query.rollup`) and summarized per session (:mod:`aap.query.sessions`);
+queries read them through :mod:`aap.query.snapshot`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from contextlib import contextmanager
 import duckdb
 
 from aap.privacy.purposes import analytics_only
-from aap.query import rollup
+from aap.query import rollup, sessions
 from aap.query import snapshot as snapshots
 from aap.query.snapshot import PENDING as _PENDING
 from aap.store import quarantine
@@ -66,9 +67,20 @@ class QueryCache:
             logger.info("query cache: its schema changed; rebuilding the cache")
             warehouse.con.execute("DROP TABLE IF EXISTS query_cache;"
                                   " DROP TABLE IF EXISTS query_cache_rollup;"
+                                  " DROP TABLE IF EXISTS query_cache_sessions;"
+                                  " DROP TABLE IF EXISTS query_cache_pages;"
                                   " DROP TABLE IF EXISTS query_cache_names;"
                                   " DROP TABLE IF EXISTS query_cache_files;"
                                   " DROP TABLE IF EXISTS query_cache_overrides")
+            snapshots.forget(warehouse)
+        elif (_columns(cur, "query_cache_sessions") not in ([], sessions.EXPECTED_COLUMNS)
+              or (_columns(cur, "query_cache_sessions")
+                  and cur.execute(sessions.STALE).fetchall()[0][0])):
+            logger.info("query cache: its session summary changed; summarizing again")
+            warehouse.con.execute("DROP TABLE query_cache_sessions")
+            snapshots.forget(warehouse)
+        if _columns(cur, "query_cache_pages") not in ([], sessions.PAGES_EXPECTED):
+            warehouse.con.execute("DROP TABLE query_cache_pages")
             snapshots.forget(warehouse)
         cur.close()
         warehouse.con.execute(DDL)
@@ -116,7 +128,8 @@ class QueryCache:
         pending = cur.execute(f"SELECT count(*) FROM {_PENDING}").fetchall()[0]
         if not pending[0]:
             return 0
-        for table in ("query_cache", "query_cache_rollup"):
+        for table in ("query_cache", "query_cache_rollup", "query_cache_sessions",
+                      "query_cache_pages"):
             cur.execute(f"UPDATE {table} SET person_id = d.person_id FROM {_PENDING} d"
                         f" WHERE {table}.person_id = d.old_person_id")
         cur.execute("DELETE FROM query_cache_overrides")
@@ -124,11 +137,31 @@ class QueryCache:
                     " FROM person_overrides")
         return int(pending[0])
 
+    def _summarize(self) -> None:
+        """Create the session summary, filled for every file already cached, in one
+        transaction (a cache copied before it existed; queries read the events meanwhile)."""
+        for table, ddl, fill in (
+                ("query_cache_sessions", sessions.DDL, sessions.BACKFILL),
+                ("query_cache_pages", sessions.PAGES_TABLE_DDL, sessions.PAGES_BACKFILL)):
+            cur = self.warehouse.con.cursor()
+            try:
+                if _columns(cur, table):
+                    continue
+            finally:
+                cur.close()
+            with self._tx() as cur:
+                cur.execute(ddl)
+                cur.execute(fill)
+                n = cur.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+            if n:
+                logger.info("query cache: %s rows of %s for the files cached", n, table)
+
     def sync(self, stop: threading.Event | None = None) -> dict[str, int]:
         """Bring the copy up to date: fold new merges, drop retired files, copy new ones
         (one transaction per file). Returns what it did."""
         done = {"merges": 0, "dropped": 0, "copied": 0, "rows": 0}
         with self._lock:
+            self._summarize()
             with self._tx() as cur:
                 done["merges"] = self._fold_merges(cur)
                 gone = cur.execute("SELECT c.file_no FROM query_cache_files c ANTI JOIN"
@@ -136,6 +169,8 @@ class QueryCache:
                 for (no,) in gone:
                     cur.execute("DELETE FROM query_cache WHERE file_no = ?", [no])
                     cur.execute("DELETE FROM query_cache_rollup WHERE file_no = ?", [no])
+                    cur.execute("DELETE FROM query_cache_sessions WHERE file_no = ?", [no])
+                    cur.execute("DELETE FROM query_cache_pages WHERE file_no = ?", [no])
                     cur.execute("DELETE FROM query_cache_files WHERE file_no = ?", [no])
                 done["dropped"] = len(gone)
             todo = [r[0] for r in self.warehouse.con.cursor().execute(
@@ -171,7 +206,8 @@ class QueryCache:
             merges = self._fold_merges(cur)
             no = int(cur.execute("SELECT coalesce(max(file_no), 0) + 1"
                                  " FROM query_cache_files").fetchall()[0][0])
-            for table in ("query_cache", "query_cache_rollup"):  # orphans, if any
+            for table in ("query_cache", "query_cache_rollup", "query_cache_sessions",
+                          "query_cache_pages"):  # orphans, if any
                 cur.execute(f"DELETE FROM {table} WHERE file_no = ?", [no])
             cur.register("cache_src", self.warehouse.tiers.dataset([path]))
             cur.execute(
@@ -188,6 +224,8 @@ class QueryCache:
                 " ORDER BY hash(e.session_id), e.timestamp, e.event", [no])
             cur.unregister("cache_src")
             cur.execute(rollup.FILL, [no])
+            for sql in (*sessions.FILL, *sessions.PAGES_FILL):
+                cur.execute(sql, [no] * sql.count("?"))
             n = int(cur.execute("SELECT count(*) FROM query_cache WHERE file_no = ?",
                                 [no]).fetchall()[0][0])
             cur.execute("INSERT INTO query_cache_files VALUES (?, ?, ?)", [path, no, n])

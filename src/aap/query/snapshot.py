@@ -12,7 +12,9 @@ waiting to be folded into the cache) and defines, for that state:
 - ``events``: ``events_live`` and the cached rows of live files (merges recorded after
   the copy applied by a join with just those, only when there are some);
 - ``events_daily``: the same events as ``events_live`` plus the cache's daily rollup
-  (see :mod:`aap.query.rollup`), for insights that only need UTC days.
+  (see :mod:`aap.query.rollup`), for insights that only need UTC days;
+- ``events_sessions``: the cache's session summary of the same cached files (see
+  :mod:`aap.query.sessions`); the overview adds ``events_live`` summarized on the fly.
 
 Restricted persons (Art. 18) are left out of all three; the filter is not there at all
 when nobody is restricted. Without a usable cache it falls back to
@@ -30,7 +32,14 @@ from dataclasses import dataclass
 import duckdb
 
 from aap.privacy.purposes import analytics_only
-from aap.store.schema import CACHE_COLUMNS, ROLLUP_COLUMNS, ROLLUP_DIMS, VIEWS
+from aap.store.schema import (
+    CACHE_COLUMNS,
+    PAGES_COLUMNS,
+    ROLLUP_COLUMNS,
+    ROLLUP_DIMS,
+    SESSIONS_COLUMNS,
+    VIEWS,
+)
 from aap.store.warehouse import CursorPool, Warehouse
 
 PENDING = ("(SELECT old_person_id, person_id FROM person_overrides"
@@ -83,17 +92,24 @@ def _columns(cur: duckdb.DuckDBPyConnection, table: str) -> list[str] | None:
     return [d[0] for d in res.description or []]
 
 
-def usable_cache(cur: duckdb.DuckDBPyConnection) -> tuple[bool, bool]:
-    """(the cache has the events' columns, its daily rollup has the expected columns)."""
+def usable_cache(cur: duckdb.DuckDBPyConnection) -> tuple[bool, bool, bool]:
+    """(the cache has the events' columns, its daily rollup has the expected columns,
+    its session summary and page views too)."""
     if _columns(cur, "query_cache") != CACHE_COLUMNS:
-        return False, False
-    return True, _columns(cur, "query_cache_rollup") == ROLLUP_COLUMNS
+        return False, False, False
+    return (True, _columns(cur, "query_cache_rollup") == ROLLUP_COLUMNS,
+            _columns(cur, "query_cache_sessions") == SESSIONS_COLUMNS
+            and _columns(cur, "query_cache_pages") == PAGES_COLUMNS)
 
 
 @dataclass
 class Views:
     daily: bool = False
     """``events_daily`` is defined."""
+    sessions: bool = False
+    """``events_sessions`` and ``events_pages`` are defined: the session summary and page
+    views of the live cached files (:mod:`aap.query.sessions`), merges applied,
+    restricted persons left out."""
     cached_files: list[int] | None = None
     """The query cache's file numbers of live files, when its rows need nothing applied
     at query time (no pending merge, nobody restricted): ``query_cache`` restricted to
@@ -101,7 +117,7 @@ class Views:
 
 
 def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
-                 rollup: bool) -> Views:
+                 rollup: bool, sessions: bool = False) -> Views:
     """Inside a read transaction: (re)define ``events_live``, ``events`` and, when the
     cache has its rollup, ``events_daily``."""
     cached, uncached, restricted, pending = cur.execute(_STATE).fetchall()[0]
@@ -129,6 +145,18 @@ def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
             FROM query_cache c{resolve} WHERE {in_cache}){keep};
     """)
     views = Views(cached_files=None if (restricted or pending) else list(cached))
+    if sessions:
+        cur.execute(f"""
+            CREATE OR REPLACE TEMP VIEW events_sessions AS
+            SELECT * FROM (
+                SELECT c.* EXCLUDE (file_no) REPLACE ({pid} AS person_id)
+                FROM query_cache_sessions c{resolve} WHERE {in_cache}){keep};
+            CREATE OR REPLACE TEMP VIEW events_pages AS
+            SELECT * FROM (
+                SELECT c.* EXCLUDE (file_no) REPLACE ({pid} AS person_id)
+                FROM query_cache_pages c{resolve} WHERE {in_cache}){keep};
+        """)
+        views.sessions = True
     if not rollup:
         return views
     dims = ", ".join(f'"{d}"' for d in ROLLUP_DIMS)
@@ -153,7 +181,7 @@ def open_snapshot(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnect
     cur = pool.take()
     ok = False
     try:
-        cache, rollup = usable_cache(cur)  # (outside: a missing table aborts a transaction)
+        cache, rollup, sessions = usable_cache(cur)  # (outside: a missing table aborts a transaction)
         cur.execute("BEGIN TRANSACTION")
         try:
             views = Views()
@@ -163,7 +191,7 @@ def open_snapshot(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnect
                 cur.execute(VIEWS)
                 cur.execute(ANALYTICS_EVENTS)
             else:
-                views = define_views(cur, warehouse, rollup=rollup)
+                views = define_views(cur, warehouse, rollup=rollup, sessions=sessions)
             yield cur, views
         finally:
             cur.execute("ROLLBACK")  # read only; the views made in it go with it

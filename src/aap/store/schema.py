@@ -193,6 +193,43 @@ CREATE TABLE IF NOT EXISTS query_cache_rollup (
 );
 """
 
+PAGES_COLUMNS = ["file_no", "day", "path", "person_id", "n"]
+
+PAGES_DDL = """
+CREATE TABLE IF NOT EXISTS query_cache_pages (
+    file_no INTEGER NOT NULL,
+    day DATE,
+    path VARCHAR,
+    person_id BIGINT,
+    n BIGINT NOT NULL
+);
+"""
+"""The query cache's page views per (file, UTC day, path, person) (:mod:`aap.query.sessions`),
+created and filled like the session summary."""
+
+SESSIONS_COLUMNS = ["file_no", "day", "session_id", "session_hash", "person_id", "t0", "t1", "views",
+                    "entry", "entry_key", "exit", "exit_key", "alone"]
+
+SESSIONS_DDL = """
+CREATE TABLE IF NOT EXISTS query_cache_sessions (
+    file_no INTEGER NOT NULL,
+    day DATE,
+    session_id VARCHAR,
+    session_hash UBIGINT,
+    person_id BIGINT,
+    t0 TIMESTAMP,
+    t1 TIMESTAMP,
+    views BIGINT NOT NULL,
+    entry VARCHAR,
+    entry_key HUGEINT,
+    exit VARCHAR,
+    exit_key HUGEINT,
+    alone BOOLEAN NOT NULL
+);
+"""
+"""The query cache's session summary (:mod:`aap.query.sessions`): created by the cache's
+sync, filled for every cached file in one transaction."""
+
 CACHE_DDL = f"""
 CREATE TABLE IF NOT EXISTS query_cache_files (
     path VARCHAR PRIMARY KEY,
