@@ -25,6 +25,7 @@ import time
 import uuid
 import zipfile
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,13 @@ IPS = ("203.0.113.143", "2001:db8:4f2a:77::9", "198.51.100.57")
 GONE = "victim-marker-3a7e"  # not personal: proves the scans see (and lose) her rows
 KEPT = "keeper-marker-c41d"
 PERSONAL = (USER, ANON, EMAIL, EMAIL_FIXED, KEEP_USER, KEEP_EMAIL)
+
+
+class HTTP:
+    """httpx with a timeout a busy machine keeps (its 5 s default can expire under load)."""
+
+    post = staticmethod(partial(httpx.post, timeout=120))
+    get = staticmethod(partial(httpx.get, timeout=120))
 
 
 def batch(user: str, anon: str, email: str, mark: str, days_ago: float) -> list[dict[str, Any]]:
@@ -104,7 +112,7 @@ def test_canaries_end_to_end(tmp_path: Path) -> None:
         for i, days_ago in enumerate((10, 2, 0)):
             sent = batch(USER, ANON, EMAIL, GONE, days_ago) + \
                 batch(KEEP_USER, "anon-" + KEEP_USER, KEEP_EMAIL, KEPT, days_ago)
-            r = httpx.post(server.url + "/v1/batch", auth=(write_key, ""), json={"batch": sent},
+            r = HTTP.post(server.url + "/v1/batch", auth=(write_key, ""), json={"batch": sent},
                            headers={"X-Forwarded-For": f"{IPS[i % 2]}, 127.0.0.1"})
             assert r.json()["accepted"] == 6, r.text
         no_ips("collected")
@@ -120,10 +128,10 @@ def test_canaries_end_to_end(tmp_path: Path) -> None:
         api = {"Authorization": f"Bearer {privacy_key}"}
 
         def request(body: dict[str, Any]) -> dict[str, Any]:
-            rid = httpx.post(server.url + "/api/v1/privacy/requests", json=body, headers=api
+            rid = HTTP.post(server.url + "/api/v1/privacy/requests", json=body, headers=api
                              ).json()["id"]
             deadline = time.monotonic() + 180
-            while (got := httpx.get(f"{server.url}/api/v1/privacy/requests/{rid}",
+            while (got := HTTP.get(f"{server.url}/api/v1/privacy/requests/{rid}",
                                     headers=api).json())["status"] in ("pending", "running"):
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
@@ -135,7 +143,7 @@ def test_canaries_end_to_end(tmp_path: Path) -> None:
                  "traits": {"email": EMAIL_FIXED}})
         access = request({"type": "access", "subject": {"anonymousId": ANON}})
         assert access["result"]["events"] == 9
-        got = httpx.get(f"{server.url}/api/v1/privacy/requests/{access['id']}/export",
+        got = HTTP.get(f"{server.url}/api/v1/privacy/requests/{access['id']}/export",
                         headers=api)
         assert got.status_code == 200
         (outside / "api.zip").write_bytes(got.content)
@@ -171,7 +179,7 @@ def test_canaries_end_to_end(tmp_path: Path) -> None:
         assert receipt["derived"]["access_exports_deleted"] == 2
         assert receipt["derived"]["query_cache_rows"] >= 3
         assert list(DataDir(data).exports.iterdir()) == []
-        gone = httpx.get(f"{server.url}/api/v1/privacy/requests/{access['id']}/export",
+        gone = HTTP.get(f"{server.url}/api/v1/privacy/requests/{access['id']}/export",
                          headers=api)
         assert gone.status_code == 404
         assert server.sql("SELECT count(*) FROM events") == [[9]]
