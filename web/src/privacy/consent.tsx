@@ -6,33 +6,8 @@ import { api } from "../api";
 import { Chart } from "../components/chart";
 import { ApiErrorBox } from "../components/errors";
 import { DataTable } from "../components/table";
+import type { ConsentStats } from "../overview/types";
 import { Notice, RowsTable, subject, SubjectFields, useLoad } from "./common";
-
-interface PurposeStats {
-  purpose: string;
-  granted: number;
-  refused: number;
-  withdrawn: number;
-  visitors_with_consent_share: number;
-  events_with_consent_share: number;
-}
-
-interface DayStats {
-  day: string;
-  purpose: string;
-  source: string;
-  granted: number;
-  refused: number;
-  withdrawn: number;
-}
-
-export interface ConsentStats {
-  from: string;
-  to: string;
-  purposes: PurposeStats[];
-  by_day: DayStats[];
-  gpc_share: number;
-}
 
 interface HistoryRow {
   at: string;
