@@ -21,6 +21,7 @@ from tests.conftest import Running, assert_refused, slow_fixture
 from tests.privacy.test_ip_canary import scan
 
 OWNER = "owner.canary@example.com"  # a raw userId: sealed, never in clear on disk
+OWNER2 = "second.owner@example.com"
 LAT, LON = 48.858370, 2.294481  # precise coordinates: coarsened before anything is stored
 DAY = (datetime.now(UTC) - timedelta(days=1)).replace(hour=12, minute=0, second=0,
                                                       microsecond=0)
@@ -66,7 +67,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     data = tmp_path_factory.mktemp("devices") / "data"
     key = create_source(data, "home", "--purpose", "device_diagnostics:legitimate_interest")
     keys = {"thermo": register(data, "thermostat-12"), "thermo2": register(data, "thermostat-13"),
-            "tracker": register(data, "tracker-1", "--owner-user-id", OWNER)}
+            "tracker": register(data, "tracker-1", "--owner-user-id", OWNER),
+            # two devices of one person: one person, two devices active
+            "pair1": register(data, "watch-1", "--owner-user-id", OWNER2),
+            "pair2": register(data, "scale-1", "--owner-user-id", OWNER2)}
     api_key = aap(data, "keys", "create", "--role", "analyst")
     server = ServerProcess(data).start()
     yield Fleet(Running(server, key), keys, api_key)
@@ -87,6 +91,9 @@ def test_readings_become_events_of_the_device(fleet: Fleet) -> None:
     assert len(mine) == 2
     dev = mine[0].properties["device_id"]
     assert dev.startswith("dev_") and all(e.anonymous_id == dev for e in mine)
+    handle = mine[0].properties["device"]  # a keyed hash, the same for each reading
+    assert handle.startswith("dh_") and dev[4:] not in handle
+    assert all(e.properties["device"] == handle for e in mine)
     assert all(e.user_id is None and e.message_id.startswith("rd_") for e in mine)
     assert mine[0].timestamp == DAY
 
@@ -170,7 +177,8 @@ def test_the_same_reading_sent_twice_is_one_event(fleet: Fleet) -> None:
 
 
 def test_insights_trend_a_reading_and_count_devices_active_per_day(fleet: Fleet) -> None:
-    for device, values in (("thermo", (10.0, 12.0)), ("thermo2", (20.0,))):
+    for device, values in (("thermo", (10.0, 12.0)), ("thermo2", (20.0,)), ("pair1", (4.0,)),
+                           ("pair2", (6.0,))):
         batch = [reading("outdoor", 30 + i, celsius=v) for i, v in enumerate(values)]
         assert fleet.send(device, batch).json()["accepted"] == len(values)
     fleet.running.server.wait_processed()
@@ -178,11 +186,16 @@ def test_insights_trend_a_reading_and_count_devices_active_per_day(fleet: Fleet)
     trend = fleet.query({"kind": "trends", "date_from": day, "date_to": day, "series": [
         {"event": "outdoor", "math": "avg", "property": "celsius"},
         {"event": "outdoor", "math": "max", "property": "celsius"}]})
-    assert [s["values"] for s in trend["series"]] == [[14.0], [20.0]]
+    assert [s["values"] for s in trend["series"]] == [[10.4], [20.0]]
     active = fleet.query({"kind": "trends", "date_from": day, "date_to": day, "series": [
+        {"event": "outdoor", "math": "unique", "property": "device"},
         {"event": "outdoor", "math": "persons"}, {"event": "outdoor"}]})
-    # devices active that day: thermostat-12 and thermostat-13 (three readings)
-    assert [s["values"] for s in active["series"]] == [[2], [3]]
+    # four devices active that day (five readings); watch-1 and scale-1 are one person's
+    assert [s["values"] for s in active["series"]] == [[4], [3], [5]]
+    r = httpx.post(fleet.running.url + "/api/v1/query", headers={
+        "Authorization": f"Bearer {fleet.api_key}"}, json={
+        "kind": "trends", "series": [{"event": "outdoor", "math": "unique"}]})
+    assert r.status_code == 400 and "needs the `property`" in r.json()["message"], r.text
 
 
 @pytest.mark.slow  # the CLI in subprocesses

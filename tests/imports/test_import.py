@@ -244,10 +244,16 @@ def test_a_killed_import_resumes_to_the_same_contents(env: Env) -> None:
     while _position(ledger) < 10_000:
         assert proc.poll() is None and time.monotonic() < deadline, "ended before the kill"
         time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert workers, "the import has worker processes"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = _position(ledger)
     assert 0 < killed_at < n
+    deadline = time.monotonic() + 60  # its workers see it gone and exit: none is orphaned
+    while any(Path(f"/proc/{p}").exists() for p in workers):
+        assert time.monotonic() < deadline, f"workers outlived the killed import: {workers}"
+        time.sleep(0.1)
     rep = env.report(str(src), "--source", "resume", *LI, "--mapping", str(m),
                      "--batch-size", "2000")
     assert rep["skipped_duplicates"] == killed_at
@@ -257,6 +263,19 @@ def test_a_killed_import_resumes_to_the_same_contents(env: Env) -> None:
                          " FROM events WHERE source = ?", [sid])
     assert got[0][0] == n and str(got[0][2]).startswith(
         str((START + timedelta(seconds=n - 1)).replace(tzinfo=None)))
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
 
 
 def _position(ledger: Path) -> int:
@@ -393,11 +412,14 @@ def test_sqlite_table_and_query(env: Env) -> None:
     con.close()
     m = mapping(env.tmp / "db.toml", DB_MAPPING)
     # as a person runs it, in a terminal: the progress bar, then the report
+    # three workers on six batches: the ledger and the report add up in input order
     done = env.run(f"sqlite:///{db}", "--table", "events", "--source", "sqlite", *LI,
-                   "--mapping", str(m), "--batch-size", "50",
+                   "--mapping", str(m), "--batch-size", "50", "--workers", "3",
                    env={**os.environ, "TTY_COMPATIBLE": "1", "COLUMNS": "160"})
     assert "300/300" in done.stderr and "rows/s" in done.stderr and "ETA" in done.stderr
     assert ": 300 rows read, 300 stored, 0 skipped as duplicates" in done.stdout
+    ledger = [json.loads(p.read_text()) for p in DataDir(env.data).imports.glob("*.json")]
+    assert {"position": 300, "done": True, "stored": 300} in ledger
     rep = env.report(f"sqlite:///{db}", "--query", "SELECT * FROM events WHERE amount < 30"
                      " ORDER BY ts", "--source", "sqlite", *LI, "--mapping", str(m))
     assert rep["stored"] == 20  # the same rows again: the same ids, one copy kept

@@ -134,6 +134,8 @@ def aggregate(sel: list[Ev], math: str, prop_name: str | None) -> Any:
         return len({e.person for e in sel})
     if math == "sessions":
         return len({e.session for e in sel})
+    if math == "unique":
+        return len({prop(e, prop_name or "") for e in sel} - {None})
     vals = []
     for e in sel:
         v = prop(e, prop_name or "")
@@ -176,7 +178,7 @@ def trends(evs: list[Ev], q: dict[str, Any]) -> list[dict[str, Any]]:
                 inb = [e for e in groups[v] if bucket(local(e.ts, tz), interval) == b]
                 r = aggregate(inb, s.get("math", "total"), s.get("property"))
                 math = s.get("math", "total")
-                values.append(0 if r is None and math in ("total", "persons", "sessions", "sum")
+                values.append(0 if r is None and math in ("total", "persons", "sessions", "unique", "sum")
                               else r)
             out.append({"breakdown_value": "other" if isinstance(v, tuple) else v,
                         "values": values})

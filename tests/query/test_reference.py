@@ -130,8 +130,8 @@ filters = st.sampled_from([
 @SETTINGS
 @given(data=event_sets(), tz=st.sampled_from(ZONES), rng=dates, f=filters,
        interval=st.sampled_from(["hour", "day", "week", "month"]),
-       math=st.sampled_from(["total", "persons", "sessions", "sum", "avg", "median", "p90",
-                             "max"]),
+       math=st.sampled_from(["total", "persons", "sessions", "unique", "sum", "avg", "median",
+                             "p90", "max"]),
        breakdown=st.sampled_from([None, "country", "plan"]), limit=st.integers(1, 3))
 def test_trends_match_reference(warehouse: Warehouse, data: Any, tz: str, rng: Any, f: Any,
                                 interval: str, math: str, breakdown: str | None,
@@ -141,7 +141,9 @@ def test_trends_match_reference(warehouse: Warehouse, data: Any, tz: str, rng: A
     if interval == "hour" and rng[0] == "2026-10-20":
         rng = ("2026-10-24", "2026-10-26")
     s: dict[str, Any] = {"event": "A", "math": math}
-    if math not in ("total", "persons", "sessions"):
+    if math == "unique":
+        s["property"] = "plan"  # distinct values of a text property
+    elif math not in ("total", "persons", "sessions"):
         s["property"] = "v"
     q = {"kind": "trends", "series": [s], "interval": interval, "timezone": tz,
          "date_from": rng[0], "date_to": rng[1], "filters": f}

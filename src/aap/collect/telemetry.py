@@ -7,8 +7,9 @@ single reading object is a batch of one), gzip allowed, with its device key
 
 Each reading becomes a ``track`` event named for the reading (``temperature``), its
 values its properties (a location coarsened first, :mod:`aap.privacy.devices`), with
-``device_id`` (the device's pseudonym) as property and as anonymousId, and the owner's
-userId when a person owns the device, so the owner's consent governs it. Its messageId
+``device_id`` (the device's pseudonym, sealed as device ids are) as property and as
+anonymousId, ``device`` (its handle, a keyed hash: devices can be counted) as property,
+and the owner's userId when a person owns the device, so the owner's consent governs it. Its messageId
 is derived from the device, the time and the name: a reading sent twice (a retry, an
 MQTT redelivery) is one event (the processor's dedup). The events then take the
 collector's one ingestion path (:meth:`aap.collect.app.Collector.accept_batch`).
@@ -31,7 +32,7 @@ from aap.asgi import Connection
 from aap.collect.segment import Parsed, Rejection, WireMessage
 from aap.devices import Device, Devices
 from aap.jsonlimits import check_depth
-from aap.privacy.devices import Owners, coarsen_location
+from aap.privacy.devices import Handles, Owners, coarsen_location
 from aap.settings import DeviceSettings
 from aap.sources import Source, Sources
 
@@ -73,8 +74,8 @@ def _values(values: Any) -> dict[str, Any] | str:
     if len(values) > MAX_VALUES:
         return f"`values` has {len(values)} entries; the most is {MAX_VALUES}"
     for k, v in values.items():
-        if not k or len(k) > 64 or k == "device_id":
-            return f"value name {k[:70]!r} must be 1 to 64 characters (not device_id)"
+        if not k or len(k) > 64 or k in ("device_id", "device"):
+            return f"value name {k[:70]!r} must be 1 to 64 characters (not device_id or device)"
         if isinstance(v, float) and not math.isfinite(v):
             return f"value {k!r} is not a finite number"
         if not isinstance(v, (int, float, str, bool)) or (isinstance(v, str) and len(v) > 200):
@@ -82,7 +83,7 @@ def _values(values: Any) -> dict[str, Any] | str:
     return values
 
 
-def parse_readings(body: bytes, device: Device, owner: str | None,
+def parse_readings(body: bytes, device: Device, handle: str, owner: str | None,
                    settings: DeviceSettings) -> Parsed:
     """A device's batch as the collector's messages (each bad reading rejected alone)."""
     if not body.strip():
@@ -104,7 +105,7 @@ def parse_readings(body: bytes, device: Device, owner: str | None,
     messages: list[tuple[int, WireMessage]] = []
     rejected: list[Rejection] = []
     for i, r in enumerate(readings):
-        problem = _reading(r, device, owner, settings)
+        problem = _reading(r, device, handle, owner, settings)
         if isinstance(problem, str):
             rejected.append(Rejection(i, "invalid_reading", problem))
         else:
@@ -112,8 +113,8 @@ def parse_readings(body: bytes, device: Device, owner: str | None,
     return Parsed(messages, rejected, None)
 
 
-def _reading(r: Any, device: Device, owner: str | None, settings: DeviceSettings
-             ) -> WireMessage | str:
+def _reading(r: Any, device: Device, handle: str, owner: str | None,
+             settings: DeviceSettings) -> WireMessage | str:
     if not isinstance(r, dict):
         return "a reading is an object {name, ts, values}"
     unknown = set(r) - {"name", "ts", "values"}
@@ -131,7 +132,7 @@ def _reading(r: Any, device: Device, owner: str | None, settings: DeviceSettings
     props = coarsen_location(values, settings.device_location_decimals)
     return WireMessage(type="track", event=name, message_id=reading_id(device.id, ts, name),
                        user_id=owner, anonymous_id=device.id, timestamp=ts,
-                       properties={**props, "device_id": device.id},
+                       properties={**props, "device_id": device.id, "device": handle},
                        context={"library": {"name": "aap-devices"}})
 
 
@@ -145,6 +146,7 @@ class Telemetry:
         self.accept_batch = accept_batch
         self.devices = Devices(data_dir)
         self.owners = Owners(data_dir)
+        self.handles = Handles(data_dir)
         self._known: dict[str, tuple[Device, float]] = {}
 
     def device(self, authorization: str | None) -> Device:
@@ -180,10 +182,10 @@ class Telemetry:
         if device.owner_subject is not None:
             owner = self.owners.user_id(device.owner_subject)
             if owner is None:  # the owner was erased: nothing of theirs is stored again
-                parsed = parse_readings(body, device, None, self.settings)
+                parsed = parse_readings(body, device, "", None, self.settings)
                 return {"success": True, "accepted": 0,
                         "not_stored": {"erased_subject": len(parsed.messages)}}
-        parsed = parse_readings(body, device, owner, self.settings)
+        parsed = parse_readings(body, device, self.handles.of(device.id), owner, self.settings)
         return await self.accept_batch(conn, source, parsed, None)
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,16 @@ from aap.imports.readers import FORMATS
 @click.option("--key", default=None, help="With --table: the column that orders the rows.")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=10_000, show_default=True,
               help="Rows per durable append.")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Processes converting, sealing and appending in parallel (default: the"
+                   " machine's cores, at most 4).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data directory (default: $AAP_DATA_DIR or ./aap-data).")
 def import_cmd(location: str, source_name: str, purpose: str | None, basis: str | None,
                mapping_path: Path | None, preset: str | None, fmt: str | None,
                table: str | None, query: str | None, key: str | None, batch_size: int,
-               as_json: bool, data_dir: Path | None) -> None:
+               workers: int | None, as_json: bool, data_dir: Path | None) -> None:
     """Import history from LOCATION: a CSV, JSON Lines or Parquet file (or s3://bucket/key,
     or every file under s3://bucket/prefix/), or a database (sqlite:///path,
     postgresql://…). Refused without a declared purpose and lawful basis. Re-running
@@ -54,17 +58,21 @@ def import_cmd(location: str, source_name: str, purpose: str | None, basis: str 
     try:
         source = run.import_source(settings.data_path, source_name, purpose, basis)
         inp = open_input(location, fmt=fmt, table=table, query=query, key=key)
-        convert, mapping_text = _converter(mapping_path, preset, inp.columns, location)
+        recipe = _recipe(mapping_path, preset, inp.columns, location)
     except (run.Refused, MappingError, InputError) as exc:
         raise click.ClickException(str(exc)) from None
-    ledger = run.Ledger(settings.data_path, run.identity(source, inp, mapping_text))
+    ledger = run.Ledger(settings.data_path, run.identity(source, inp, recipe.text))
     try:
         with _progress(inp.total, ledger.position, not as_json) as advance:
-            report = run.run(settings, source, inp, convert, ledger, batch_size=batch_size,
-                             progress=advance)
+            report = run.run(settings, source, inp, recipe, ledger, batch_size=batch_size,
+                             progress=advance, workers=workers)
     except InputError as exc:
         raise click.ClickException(f"{exc} (what was stored is kept: fix the input and run"
                                    " the import again to go on from there)") from None
+    except BrokenProcessPool:
+        raise click.ClickException("a worker process of the import died (out of memory? killed?):"
+                                   " what was stored is kept; run the import again to go on"
+                                   " from there") from None
     out = {"import": ledger.id, **report.as_dict()}
     AuditLog(settings.data_path).append(local_actor(), "import.run", {
         "source": source.id, "purpose": purpose, "basis": basis, **out})
@@ -77,20 +85,21 @@ def import_cmd(location: str, source_name: str, purpose: str | None, basis: str 
         click.echo(f"  refused: {n:,} {reason}")
 
 
-def _converter(mapping_path: Path | None, preset: str | None, columns: list[str] | None,
-               location: str) -> tuple[Any, str]:
-    from aap.imports import convert, mapping
+def _recipe(mapping_path: Path | None, preset: str | None, columns: list[str] | None,
+            location: str) -> Any:
+    """The import's :class:`~aap.imports.convert.Recipe`, its mapping checked against the
+    input's columns."""
+    from aap.imports import mapping
+    from aap.imports.convert import Recipe
 
     if (mapping_path is None) == (preset is None):
         raise mapping.MappingError("give --mapping FILE or --preset NAME (one of them)")
-    if preset == "segment":
-        return convert.segment_message, "preset:segment"
-    if preset == "posthog":
-        return convert.posthog_message, "preset:posthog"
+    if preset in ("segment", "posthog"):
+        return Recipe(preset=preset)
     m = mapping.preset(preset) if preset else mapping.load(mapping_path)  # type: ignore[arg-type]
     if columns:
         mapping.check_columns(m, columns, str(mapping_path or f"preset {preset}"))
-    return convert.build(m), m.text
+    return Recipe(mapping=m.text)
 
 
 @contextmanager

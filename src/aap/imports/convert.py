@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
@@ -20,6 +21,7 @@ import msgspec
 
 from aap.collect import posthog
 from aap.collect.segment import Rejection, WireMessage
+from aap.imports import mapping as mappings
 from aap.imports.mapping import ID_FIELDS, Mapping, ObjectSpec, Path_
 
 Row = dict[str, Any]
@@ -144,7 +146,7 @@ def build(mapping: Mapping) -> Converter:
         (k, getter(scalars[k])) for k in ID_FIELDS if k in scalars]
     type_get = getter(scalars["type"]) if "type" in scalars else None
     consumed = mapping.consumed()
-    objects = list(mapping.objects.items())
+    objects = [(key, _collector(spec, consumed)) for key, spec in mapping.objects.items()]
     default_type = mapping.default_type
 
     def convert(row: Row) -> WireMessage | Rejection:
@@ -162,8 +164,8 @@ def build(mapping: Mapping) -> Converter:
         for key, read in ids:
             v = read(row)
             kw[key] = v if type(v) is str else _id(v)
-        for key, spec in objects:
-            kw[key] = _collect(row, spec, consumed)
+        for key, collect in objects:
+            kw[key] = collect(row)
         if kw.get("message_id") is None:
             kw["message_id"] = message_id(row)
         return WireMessage(**kw)
@@ -171,20 +173,29 @@ def build(mapping: Mapping) -> Converter:
     return convert
 
 
-def _collect(row: Row, spec: ObjectSpec, consumed: list[Path_]) -> dict[str, Any]:
+def _collector(spec: ObjectSpec, consumed: list[Path_]) -> Callable[[Row], dict[str, Any]]:
+    """Reads an object field of the message from a row: a whole object column (less the
+    paths read elsewhere), or named columns (each read by a getter made once)."""
     if spec.whole is not None:
-        out = dict(_object(get(row, spec.whole)))
-        n = len(spec.whole)
-        for path in consumed:  # an id read elsewhere never stays here in clear
-            if len(path) == n + 1 and path[:n] == spec.whole:
-                out.pop(path[n], None)
-        return {k: plain(v) for k, v in out.items()}
-    out = {}
-    for name, path in spec.named:
-        v = get(row, path)
-        if v is not None:
-            out[name] = plain(v)
-    return out
+        whole, n = spec.whole, len(spec.whole)
+        drop = [path[n] for path in consumed if len(path) == n + 1 and path[:n] == whole]
+
+        def collect_whole(row: Row) -> dict[str, Any]:
+            out = dict(_object(get(row, whole)))
+            for key in drop:  # an id read elsewhere never stays here in clear
+                out.pop(key, None)
+            return {k: plain(v) for k, v in out.items()}
+        return collect_whole
+    named = [(name, getter(path)) for name, path in spec.named]
+
+    def collect_named(row: Row) -> dict[str, Any]:
+        out = {}
+        for name, read in named:
+            v = read(row)
+            if v is not None:
+                out[name] = v if type(v) in _SIMPLE else plain(v)
+        return out
+    return collect_named
 
 
 def segment_message(row: Row) -> WireMessage | Rejection:
@@ -212,3 +223,28 @@ def posthog_message(row: Row) -> WireMessage | Rejection:
         if got.message_id is None:
             got.message_id = message_id(row)
     return got
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How rows become messages, in a form that can go to another process (an import's
+    workers each build their converter from it)."""
+
+    preset: str | None = None
+    """``segment`` or ``posthog``: whole messages as that tool exported them."""
+    mapping: str | None = None
+    """Otherwise a mapping's TOML text (already checked where it was read)."""
+
+    def build(self) -> Converter:
+        if self.preset == "segment":
+            return segment_message
+        if self.preset == "posthog":
+            return posthog_message
+        if self.mapping is None:
+            raise ValueError("a recipe needs a preset or a mapping")
+        return build(mappings.parse(self.mapping, "the mapping"))
+
+    @property
+    def text(self) -> str:
+        """What the import's identity records of it."""
+        return f"preset:{self.preset}" if self.preset else str(self.mapping)

@@ -1,7 +1,8 @@
 """An import: rows → messages → the collector's one ingestion path, in large batches.
 
-The import runs in its own process against the data dir, whether the server runs or
-not: it builds the collector (:class:`aap.collect.app.Collector`) and hands each batch
+The import runs in its own processes against the data dir, whether the server runs or
+not: one reads the input; each of its workers (spawned processes, one per core by
+default) builds the collector (:class:`aap.collect.app.Collector`) and hands each batch
 to :meth:`~aap.collect.app.Collector.accept_batch`, as the HTTP and WebSocket endpoints
 do — the source's rate limit, validation, IP truncation, the consent gate, scrubbing
 and sealing, then the durable append (the log takes appends from several processes).
@@ -18,11 +19,16 @@ was appended again after a ``kill -9`` a duplicate the processor drops.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
-from collections import Counter
+import threading
+from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +40,11 @@ from aap.asgi import Connection
 from aap.collect.app import Collector
 from aap.collect.segment import Parsed, Rejection, WireMessage
 from aap.datadir import DataDir
-from aap.imports.convert import too_large
+from aap.imports.convert import Recipe, Row, too_large
 from aap.imports.readers import Input
 from aap.settings import Settings
 from aap.sources import Source, Sources
 
-Converter = Callable[[dict[str, Any]], "WireMessage | Rejection"]
 Progress = Callable[[int], None]
 
 
@@ -125,43 +130,134 @@ def identity(source: Source, inp: Input, mapping_text: str) -> str:
     return json.dumps([source.id, list(source.purposes), inp.name, mapping_text])
 
 
-def run(settings: Settings, source: Source, inp: Input, convert: Converter, ledger: Ledger,
-        *, batch_size: int = 10_000, progress: Progress | None = None) -> Report:
-    return asyncio.run(_run(settings, source, inp, convert, ledger, batch_size, progress))
-
-
-async def _run(settings: Settings, source: Source, inp: Input, convert: Converter,
-               ledger: Ledger, batch_size: int, progress: Progress | None) -> Report:
+def run(settings: Settings, source: Source, inp: Input, recipe: Recipe, ledger: Ledger,
+        *, batch_size: int = 10_000, progress: Progress | None = None,
+        workers: int | None = None) -> Report:
+    """Import ``inp`` from the ledger's position. One process reads; ``workers`` processes
+    (default: the cores, at most :data:`MAX_DEFAULT_WORKERS`, or this process alone for
+    an input known to have at most :data:`SMALL` rows left; 1: this process alone)
+    convert, seal and append the batches. The ledger advances over the batches in input
+    order, each once it and every batch before it are durable."""
+    n = workers or min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
+    if workers is None and inp.total is not None and inp.total - ledger.position <= SMALL:
+        n = 1  # starting a worker (about a second) costs more than it saves
     # from the last durable position: rows added to the input since are imported too
     report = Report(duplicates=ledger.position)
-    collector = Collector(settings)
-    conn = Connection({"type": "http", "path": "/import", "headers": [], "client": None})
-    limit = settings.collector.max_event_bytes
-    try:
-        for position, rows in inp.batches(ledger.position, batch_size):
-            messages: list[tuple[int, WireMessage]] = []
-            for i, row in enumerate(rows):
-                m = row if isinstance(row, Rejection) else (
-                    too_large(row, limit) or convert(row))
-                if isinstance(m, Rejection):
-                    report.refused[m.reason] += 1
-                else:
-                    messages.append((i, m))
-            stored = await _accept(collector, conn, source, messages, report) if messages else 0
-            report.rows += len(rows)
-            ledger.save(position, stored)
-            if progress is not None:
-                progress(len(rows))
-        ledger.save(ledger.position, 0, done=True)
-    finally:
-        collector.close()
+    batches = inp.batches(ledger.position, batch_size)
+    if n == 1:
+        batcher = Batcher(settings, source, recipe)
+        try:
+            for position, rows in batches:
+                _record(report, ledger, position, batcher.take(rows), progress)
+        finally:
+            batcher.close()
+    else:
+        pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(settings, source, recipe))
+        try:
+            pending: deque[tuple[int, Future[Outcome]]] = deque()
+            for position, rows in batches:
+                pending.append((position, pool.submit(_work, rows)))
+                if len(pending) >= 2 * n:  # a bounded read-ahead: memory stays flat
+                    _record(report, ledger, *_first(pending), progress)
+            while pending:
+                _record(report, ledger, *_first(pending), progress)
+        finally:
+            pool.shutdown(cancel_futures=True)
+    ledger.save(ledger.position, 0, done=True)
     return report
 
 
+MAX_DEFAULT_WORKERS = 4
+SMALL = 50_000
+"""Rows left below which an import runs in one process unless ``workers`` is given."""
+
+
+@dataclass
+class Outcome:
+    """What became of one batch of rows."""
+
+    rows: int
+    stored: int
+    refused: Counter[str]
+
+
+def _first(pending: deque[tuple[int, Future[Outcome]]]) -> tuple[int, Outcome]:
+    position, fut = pending.popleft()
+    return position, fut.result()
+
+
+def _record(report: Report, ledger: Ledger, position: int, out: Outcome,
+            progress: Progress | None) -> None:
+    report.rows += out.rows
+    report.stored += out.stored
+    report.refused.update(out.refused)
+    ledger.save(position, out.stored)
+    if progress is not None:
+        progress(out.rows)
+
+
+class Batcher:
+    """Rows → messages → the collector's ingestion path, one batch at a time (in the
+    importing process, or in each of its workers)."""
+
+    def __init__(self, settings: Settings, source: Source, recipe: Recipe) -> None:
+        self.source = source
+        self.convert = recipe.build()
+        self.limit = settings.collector.max_event_bytes
+        self.loop = asyncio.new_event_loop()
+        self.collector = Collector(settings)
+        self.conn = Connection({"type": "http", "path": "/import", "headers": [],
+                                "client": None})
+
+    def take(self, rows: list[Row | Rejection]) -> Outcome:
+        out = Outcome(len(rows), 0, Counter())
+        messages: list[tuple[int, WireMessage]] = []
+        for i, row in enumerate(rows):
+            m = row if isinstance(row, Rejection) else (
+                too_large(row, self.limit) or self.convert(row))
+            if isinstance(m, Rejection):
+                out.refused[m.reason] += 1
+            else:
+                messages.append((i, m))
+        if messages:
+            self.loop.run_until_complete(_accept(self.collector, self.conn, self.source,
+                                                 messages, out))
+        return out
+
+    def close(self) -> None:
+        try:
+            self.collector.close()
+        finally:
+            self.loop.close()
+
+
+_batcher: Batcher | None = None
+
+
+def _start_worker(settings: Settings, source: Source, recipe: Recipe) -> None:
+    global _batcher
+    _batcher = Batcher(settings, source, recipe)
+    atexit.register(_batcher.close)
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # the import killed (kill -9): its workers go too
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
+
+
+def _exit_with(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)  # a batch half appended is appended again by the next run: a duplicate
+
+
+def _work(rows: list[Row | Rejection]) -> Outcome:
+    assert _batcher is not None, "the worker was not started"
+    return _batcher.take(rows)
+
+
 async def _accept(collector: Collector, conn: Connection, source: Source,
-                  messages: list[tuple[int, WireMessage]], report: Report) -> int:
+                  messages: list[tuple[int, WireMessage]], out: Outcome) -> None:
     """Hand a batch to the collector's ingestion path, waiting out back-pressure and the
-    source's rate limit; counts what was stored and refused; returns how many stored."""
+    source's rate limit; counts what was stored and refused."""
     while True:
         try:
             collector.check_health()
@@ -174,7 +270,6 @@ async def _accept(collector: Collector, conn: Connection, source: Source,
                 raise
             answer = {"accepted": 0, "rejected": exc.detail}
         break
-    report.stored += answer["accepted"]
-    report.refused.update(answer.get("not_stored", {}))
-    report.refused.update(r["reason"] for r in answer.get("rejected", []))
-    return int(answer["accepted"])
+    out.stored += int(answer["accepted"])
+    out.refused.update(answer.get("not_stored", {}))
+    out.refused.update(r["reason"] for r in answer.get("rejected", []))

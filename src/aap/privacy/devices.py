@@ -30,6 +30,19 @@ def remember_owner(data_dir: Path, user_id: str) -> int:
     return subject
 
 
+class Handles:
+    """A device's handle in its events (property ``device``): a keyed hash of its
+    pseudonym, so that whoever may count persons can count devices (devices active per
+    day: ``math: "unique"`` of ``device``), while the registry's id stays sealed like any
+    device id. One device, one handle; it says no more than the person's id does."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._hasher = IdHasher.for_data_dir(data_dir)
+
+    def of(self, device_id: str) -> str:
+        return f"dh_{self._hasher.key('device:' + device_id) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+
+
 class Owners:
     """Owner subject → raw userId, for the collector (``None`` once the person is erased)."""
 

@@ -166,17 +166,20 @@ class Keystore:
         con = self._con()
         rows = self._load(con, missing)
         new = [s for s in missing if s not in rows]
+        made: dict[int, bytes] = {}  # wrapped → raw, for the keys made here
         if new and create:
             now = int(time.time())
             with self._writing():
-                con.executemany(
-                    "INSERT OR IGNORE INTO data_keys VALUES (?, ?, ?)",
-                    [(s, self.master.wrap(s, AESGCM.generate_key(256)), now) for s in new
-                     if not self._was_destroyed(con, s)])
+                destroyed = self._destroyed_among(con, new)
+                fresh = [(s, AESGCM.generate_key(256)) for s in new if s not in destroyed]
+                wrapped = [(s, self.master.wrap(s, raw), now) for s, raw in fresh]
+                con.executemany("INSERT OR IGNORE INTO data_keys VALUES (?, ?, ?)", wrapped)
+                made = {w: raw for (_, raw), (_, w, _) in zip(fresh, wrapped, strict=True)}
             rows.update(self._load(con, new))  # another process may have won the race
         with self._lock:
-            for s, wrapped in rows.items():
-                k = AESGCM(self.master.unwrap(s, wrapped))
+            for s, wrapped_key in rows.items():
+                raw_key = made.get(wrapped_key)  # ours (not another process's) needs no unwrap
+                k = AESGCM(raw_key if raw_key is not None else self.master.unwrap(s, wrapped_key))
                 out[s] = k
                 self._cache[s] = k
                 if len(self._cache) > self._cache_size:
@@ -194,9 +197,15 @@ class Keystore:
         return out
 
     @staticmethod
-    def _was_destroyed(con: sqlite3.Connection, subject: int) -> bool:
-        return con.execute("SELECT 1 FROM destroyed WHERE subject = ?", (subject,)
-                           ).fetchone() is not None
+    def _destroyed_among(con: sqlite3.Connection, subjects: list[int]) -> set[int]:
+        """Which of these subjects were destroyed (by any process): no key is made again."""
+        out: set[int] = set()
+        for i in range(0, len(subjects), 500):
+            part = subjects[i:i + 500]
+            out.update(s for (s,) in con.execute(
+                f"SELECT subject FROM destroyed WHERE subject IN ({','.join('?' * len(part))})",
+                part))
+        return out
 
     def destroy(self, subjects: Iterable[int]) -> int:
         """Crypto-shred: delete the data keys (their bytes overwritten) and remember the

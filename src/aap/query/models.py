@@ -17,8 +17,10 @@ from aap.errors import BadRequest
 Operator = Literal["eq", "neq", "in", "not_in", "contains", "not_contains", "regex", "gt", "gte",
                    "lt", "lte", "is_set", "is_not_set"]
 Interval = Literal["hour", "day", "week", "month"]
-Math = Literal["total", "persons", "sessions", "sum", "avg", "min", "max", "median", "p90", "p99"]
+Math = Literal["total", "persons", "sessions", "unique", "sum", "avg", "min", "max", "median",
+               "p90", "p99"]
 PROPERTY_MATH = ("sum", "avg", "min", "max", "median", "p90", "p99")
+"""The maths of a numeric property."""
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Id = Annotated[int, Meta(ge=1, le=2**53)]
 """A saved cohort's or insight's id (the stores' integer keys; any JSON number up to

@@ -2,7 +2,8 @@
 and compared with the previous period.
 
 math ``total`` counts events, ``persons`` distinct persons (merged ids count once),
-``sessions`` distinct sessions; ``sum`` / ``avg`` / ``min`` / ``max`` / ``median`` /
+``sessions`` distinct sessions, ``unique`` distinct values of a ``property`` (devices
+active: ``device_id``); ``sum`` / ``avg`` / ``min`` / ``max`` / ``median`` /
 ``p90`` / ``p99`` aggregate a numeric ``property`` (events where it is not a number are
 left out; quantiles interpolate linearly). A breakdown keeps the 25 values (default) with
 the most events over the range and puts the rest into ``other``.
@@ -39,6 +40,7 @@ AGG = {
     "total": "count(*)",
     "persons": "count(DISTINCT person_id)",
     "sessions": "count(DISTINCT session_id)",
+    "unique": "count(DISTINCT v)",
     "sum": "sum(v)",
     "avg": "avg(v)",
     "min": "min(v)",
@@ -47,7 +49,7 @@ AGG = {
     "p90": "quantile_cont(v, 0.9)",
     "p99": "quantile_cont(v, 0.99)",
 }
-COUNTING = ("total", "persons", "sessions", "sum")
+COUNTING = ("total", "persons", "sessions", "unique", "sum")
 
 
 def series_label(s: Series) -> str:
@@ -62,6 +64,9 @@ def _validate(q: Trends) -> None:
         if s.math in PROPERTY_MATH and not s.property:
             raise BadRequest(f"series {i}: math {s.math} needs a numeric `property`",
                              code="invalid_insight")
+        if s.math == "unique" and not s.property:
+            raise BadRequest(f"series {i}: math unique needs the `property` whose distinct"
+                             " values it counts", code="invalid_insight")
     if q.breakdown_type == "cohort" and not q.breakdown_cohorts:
         raise BadRequest("breakdown_type cohort needs `breakdown_cohorts` (cohort ids)",
                          code="invalid_insight")
@@ -79,7 +84,8 @@ def _series_rows(ctx: Context, q: Trends, s: Series, rng: Range
     ])
     if q.cohort is not None:
         where += f" AND e.person_id IN {cohort_sql(b, ctx, q.cohort)}"
-    v = numeric_property_sql(s.property) if s.math in PROPERTY_MATH and s.property else "NULL"
+    v = (numeric_property_sql(s.property) if s.math in PROPERTY_MATH and s.property else
+         property_sql(s.property) if s.math == "unique" and s.property else "NULL")
     # counts of events and persons per UTC day or longer: from the rollup where cached
     daily = s.math in ("total", "persons") and rollup.usable(
         ctx, [rng], q.interval, [*q.filters, *s.filters], q.breakdown, q.breakdown_type)
@@ -156,7 +162,7 @@ def _breakdown_rows(ctx: Context, b: SQLBuilder, s: Series, src: str, where: str
 def _number(v: Any, math: str) -> Any:
     if v is None:
         return 0 if math in COUNTING else None
-    if math in ("total", "persons", "sessions"):
+    if math in ("total", "persons", "sessions", "unique"):
         return int(v)
     return float(v)
 

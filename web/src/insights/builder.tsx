@@ -5,7 +5,7 @@ import type { Doc } from "./series";
 
 export const KINDS = ["trends", "funnel", "retention", "paths", "stickiness", "lifecycle"] as const;
 export type Kind = (typeof KINDS)[number];
-const MATHS = ["total", "persons", "sessions", "sum", "avg", "min", "max", "median", "p90", "p99"] as const;
+const MATHS = ["total", "persons", "sessions", "unique", "sum", "avg", "min", "max", "median", "p90", "p99"] as const;
 const INTERVALS = ["hour", "day", "week", "month"] as const;
 export const EVENTS_LIST = "insight-events";
 
@@ -59,7 +59,7 @@ function SeriesList({ doc, set, math }: FormProps & { math: boolean }) {
             placeholder="any event" onChange={(v) => set(putItem(doc, "series", i, "event", v === "" ? null : v))} />
           {math ? <Select id={`series-${i}-math`} label="Math" value={(str(s.math) || "total") as (typeof MATHS)[number]}
             options={MATHS} onChange={(v) => set(putItem(doc, "series", i, "math", v))} /> : null}
-          {math ? <Text id={`series-${i}-property`} label="Property (sum, avg…)" value={str(s.property)}
+          {math ? <Text id={`series-${i}-property`} label="Property (unique, sum, avg…)" value={str(s.property)}
             onChange={(v) => set(putItem(doc, "series", i, "property", v))} /> : null}
           {list.length > 1 ? <button type="button" class="secondary" aria-label={`Remove series ${String.fromCharCode(65 + i)}`}
             onClick={() => set({ ...doc, series: list.filter((_, j) => j !== i) })}>Remove</button> : null}
