@@ -435,6 +435,7 @@ def test_postgresql_table(env: Env) -> None:
     from tests.pg import postgres_server
 
     sid = env.source("postgres", "--historical", "--basis", "legitimate_interest")
+    failed = env.source("pgfail", "--historical", "--basis", "legitimate_interest")
     with postgres_server() as url:
         with psycopg.connect(url) as con:
             con.execute("CREATE TABLE history (id serial PRIMARY KEY, ts timestamptz,"
@@ -456,4 +457,14 @@ def test_postgresql_table(env: Env) -> None:
         done = env.run(bad, "--table", "history", "--key", "id", "--source", "postgres", *LI,
                        "--mapping", str(m), ok=False)
         assert "cannot connect" in done.stderr and "wrong-pw" not in done.stderr
+        # a query that fails while its rows are read (row 150 divides by zero): a clear
+        # message, no traceback, and the batch before it kept
+        failing = ("SELECT id, ts, uid, ev, 100 / (150 - id) AS amount FROM history"
+                   " ORDER BY id")
+        done = env.run(url, "--query", failing, "--source", "pgfail", *LI, "--mapping",
+                       str(m), "--batch-size", "100", ok=False)
+        assert "reading from the database failed" in done.stderr, done.stderr
+        assert "division by zero" in done.stderr and "Traceback" not in done.stderr
+        assert "what was stored is kept" in done.stderr
     assert env.stored(sid) == 250
+    assert env.stored(failed) == 100  # rows 1-100, the batch read before the failure

@@ -318,10 +318,28 @@ class _Cursor:
 
     def fetch(self) -> list[Row]:
         names = self.names()
-        return [dict(zip(names, r, strict=True)) for r in self.cur.fetchmany(self.size)]
+        try:
+            rows = self.cur.fetchmany(self.size)
+        except Exception as exc:  # the driver's error (sqlite3, psycopg): a lost connection,
+            # a value the query cannot compute (division by zero, a bad cast) ...
+            if not _database_error(exc):
+                raise
+            self.close()
+            raise InputError(f"reading from the database failed: {exc}".strip()) from None
+        return [dict(zip(names, r, strict=True)) for r in rows]
 
     def close(self) -> None:
         self.con.close()
+
+
+def _database_error(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, psycopg.Error)
 
 
 def _sqlite(url: str, query: str, skip: int, size: int) -> _Cursor:
