@@ -23,9 +23,7 @@ import atexit
 import hashlib
 import json
 import multiprocessing
-import multiprocessing.connection
 import os
-import threading
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -42,6 +40,7 @@ from aap.collect.segment import Parsed, Rejection, WireMessage
 from aap.datadir import DataDir
 from aap.imports.convert import Recipe, Row, too_large
 from aap.imports.readers import Input
+from aap.lifecycle import PARENT_ENV, die_with_parent
 from aap.settings import Settings
 from aap.sources import Source, Sources
 
@@ -152,6 +151,7 @@ def run(settings: Settings, source: Source, inp: Input, recipe: Recipe, ledger: 
         finally:
             batcher.close()
     else:
+        os.environ[PARENT_ENV] = str(os.getpid())  # the workers die with this process
         pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_start_worker, initargs=(settings, source, recipe))
         try:
@@ -237,16 +237,11 @@ _batcher: Batcher | None = None
 
 def _start_worker(settings: Settings, source: Source, recipe: Recipe) -> None:
     global _batcher
+    # the import killed (kill -9): its workers go too; an append half done is atomic,
+    # and a batch appended but not in the ledger is appended again, a duplicate
+    die_with_parent()
     _batcher = Batcher(settings, source, recipe)
     atexit.register(_batcher.close)
-    parent = multiprocessing.parent_process()
-    if parent is not None:  # the import killed (kill -9): its workers go too
-        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
-
-
-def _exit_with(sentinel: int) -> None:
-    multiprocessing.connection.wait([sentinel])
-    os._exit(1)  # a batch half appended is appended again by the next run: a duplicate
 
 
 def _work(rows: list[Row | Rejection]) -> Outcome:
