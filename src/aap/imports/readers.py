@@ -28,7 +28,7 @@ from aap.settings import S3Settings
 from aap.store.tiers import s3_filesystem
 
 Row = dict[str, Any]
-Batch = tuple[int, list["Row | Rejection"]]
+Batch = tuple[int, "list[Row | Rejection] | ArrowRows"]
 FORMATS = ("csv", "jsonl", "parquet")
 _SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
              ".parquet": "parquet", ".pq": "parquet"}
@@ -52,6 +52,27 @@ def pylist(batch: pa.RecordBatch) -> list[Row | Rejection]:
     out: list[Row | Rejection] = [dict(zip(names, vals, strict=True))
                                   for vals in zip(*cols, strict=True)]
     return out
+
+
+class ArrowRows:
+    """A batch of rows still in Arrow form, made into dicts (:func:`pylist`) where they are
+    used: in an import's workers, so that the reading process only reads and the batch
+    goes to a worker as Arrow buffers, not as pickled dicts."""
+
+    __slots__ = ("batch",)
+
+    def __init__(self, batch: pa.RecordBatch) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return int(self.batch.num_rows)
+
+    def rows(self) -> list[Row | Rejection]:
+        return pylist(self.batch)
+
+
+def rows_of(rows: list[Row | Rejection] | ArrowRows) -> list[Row | Rejection]:
+    return rows.rows() if isinstance(rows, ArrowRows) else rows
 
 
 class InputError(ValueError):
@@ -189,11 +210,10 @@ class _ParquetFile(_File):
                 start += n
         pos = start
         for b in f.iter_batches(batch_size=size, row_groups=groups):
-            rows = pylist(b)
             cut = max(0, skip - pos)
-            pos += len(rows)
-            if cut < len(rows):
-                yield pos, rows[cut:]
+            pos += b.num_rows
+            if cut < b.num_rows:
+                yield pos, ArrowRows(b.slice(cut))
         self.rows_seen = f.metadata.num_rows
 
 
@@ -222,7 +242,7 @@ class _CsvFile(_File):
                         part = b.slice(start, size)
                         first, pos = pos, pos + part.num_rows
                         if pos > skip:
-                            yield pos, pylist(part.slice(max(0, skip - first)))
+                            yield pos, ArrowRows(part.slice(max(0, skip - first)))
             except pa.ArrowInvalid as exc:
                 raise InputError(f"{self.path!r}, after row {pos}: {exc}") from None
         self.rows_seen = pos

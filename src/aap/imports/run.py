@@ -39,7 +39,7 @@ from aap.collect.app import Collector
 from aap.collect.segment import Parsed, Rejection, WireMessage
 from aap.datadir import DataDir
 from aap.imports.convert import Recipe, Row, too_large
-from aap.imports.readers import Input
+from aap.imports.readers import ArrowRows, Input, rows_of
 from aap.lifecycle import PARENT_ENV, die_with_parent
 from aap.settings import Settings
 from aap.sources import Source, Sources
@@ -210,7 +210,8 @@ class Batcher:
         self.conn = Connection({"type": "http", "path": "/import", "headers": [],
                                 "client": None})
 
-    def take(self, rows: list[Row | Rejection]) -> Outcome:
+    def take(self, batch: list[Row | Rejection] | ArrowRows) -> Outcome:
+        rows = rows_of(batch)
         out = Outcome(len(rows), 0, Counter())
         messages: list[tuple[int, WireMessage]] = []
         for i, row in enumerate(rows):
@@ -244,7 +245,7 @@ def _start_worker(settings: Settings, source: Source, recipe: Recipe) -> None:
     atexit.register(_batcher.close)
 
 
-def _work(rows: list[Row | Rejection]) -> Outcome:
+def _work(rows: list[Row | Rejection] | ArrowRows) -> Outcome:
     assert _batcher is not None, "the worker was not started"
     return _batcher.take(rows)
 
