@@ -125,7 +125,7 @@ def test_a_csv_import_is_stored_once_and_leaves_no_canary(env: Env) -> None:
     src = write_csv(env.tmp / "history.csv", canary_rows(500))
     m = mapping(env.tmp / "csv.toml", CSV_MAPPING)
     first = env.report(str(src), "--source", "csv", *LI, "--mapping", str(m),
-                       "--batch-size", "120")
+                       "--batch-size", "120", "--workers", "2")  # the scan covers workers
     assert first["stored"] == 500 and first["refused"] == {} and first["skipped_duplicates"] == 0
     assert env.stored(sid) == 500
     again = env.report(str(src), "--source", "csv", *LI, "--mapping", str(m))
