@@ -64,15 +64,53 @@ def cli() -> None:
               help="PEM certificate (chain): serve HTTPS only, with HSTS (needs --tls-key).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
               help="PEM private key of --tls-cert.")
+@click.option("--role", type=click.Choice(("all", "collector", "processor", "query")),
+              default="all", show_default=True,
+              help="Run a part: the collector workers alone (any number, each on its own"
+                   " port), the processor (with the queries and the MQTT bridge), or all.")
 def serve(data_dir: Path | None, host: str | None, port: int | None, workers: int | None,
-          tls_cert: str | None, tls_key: str | None) -> None:
+          tls_cert: str | None, tls_key: str | None, role: str) -> None:
     """Run the collector, the processor and the API."""
+    from aap.core.supervisor import RoleUnavailable
     from aap.core.supervisor import serve as run
 
     settings = _settings(data_dir=data_dir, host=host, port=port, workers=workers,
                          tls_cert=tls_cert and str(Path(tls_cert).resolve()),
                          tls_key=tls_key and str(Path(tls_key).resolve()))
-    run(_checked(settings))
+    try:
+        run(_checked(settings), role)
+    except RoleUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.group()
+def cluster() -> None:
+    """Run several collector processes and a processor on this machine (development,
+    tests)."""
+
+
+@cluster.command("up")
+@data_dir_option
+@click.option("--collectors", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Collector processes, on consecutive ports from --port.")
+@click.option("--processors", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Processor processes (one, on the embedded log and warehouse).")
+@click.option("--query", type=click.IntRange(0, 64), default=1, show_default=True,
+              help="Query nodes (the processor answers queries: 0 or 1).")
+@click.option("--port", type=int, default=None, help="The first collector's port (default 8000).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes of each collector.")
+def cluster_up(data_dir: Path | None, collectors: int, processors: int, query: int,
+               port: int | None, workers: int) -> None:
+    """Start the topology as processes on 127.0.0.1 until Ctrl-C; each is started again
+    if it dies."""
+    from aap.cluster import Topology, TopologyRefused, up
+
+    settings = _checked(_settings(data_dir=data_dir, port=port))
+    try:
+        up(settings, Topology(collectors, processors, query, workers))
+    except TopologyRefused as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()

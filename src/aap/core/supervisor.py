@@ -1,5 +1,12 @@
 """``aap serve``: the collector under granian (one worker process per core by default),
-and the core process, started again if it dies (:class:`CoreSupervisor`)."""
+and the core process, started again if it dies (:class:`CoreSupervisor`).
+
+``--role`` runs a part of it: ``collector`` (the workers alone: stateless, any number of
+them on one data dir, each on its own port), ``processor`` (the core — processor,
+warehouse and the queries, which the collectors' ``/api/v1`` reaches through the core's
+socket — and the MQTT bridge), ``all`` (both: the default). A ``query`` role of its own
+needs the warehouse's files shared between nodes, which is not built yet: it is refused
+with a message saying so (:data:`QUERY_ROLE_REFUSED`)."""
 
 from __future__ import annotations
 
@@ -12,23 +19,25 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from aap.core.client import core_socket
 from aap.datadir import secure
-from aap.lifecycle import STOP_GRACE_S, child_env, die_with_parent
+from aap.lifecycle import STOP_GRACE_S, child_env, die_with_parent, interrupt_on_sigterm
 from aap.settings import Settings
 
 logger = logging.getLogger("aap.serve")
 
 
-def prepare(settings: Settings) -> dict[str, str]:
-    """Create the data dir and a fresh metrics dir; returns the workers' environment."""
+def prepare(settings: Settings, instance: str = "") -> dict[str, str]:
+    """Create the data dir and a fresh metrics dir (one of its own for each ``instance``
+    of a role that runs several times on one data dir); returns the workers'
+    environment."""
     data = settings.data_path
     secure(data)
-    metrics_dir = settings.data.metrics
+    metrics_dir = settings.data.metrics / instance if instance else settings.data.metrics
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     env = settings.as_env()
@@ -64,14 +73,31 @@ def serve_core(settings: Settings) -> None:
     uvicorn.Server(config).run(sockets=[listener])
 
 
-def serve(settings: Settings) -> None:
+ROLES = ("all", "collector", "processor", "query")
+QUERY_ROLE_REFUSED = (
+    "--role query is not available yet: a query node of its own needs the warehouse's"
+    " files shared between nodes (AAP_TIER_URL) and their list in shared state"
+    " (AAP_META_URL), which are being built. Today the processor answers the queries:"
+    " run --role processor, and reach /api/v1 through any collector on the same data dir.")
+
+
+class RoleUnavailable(ValueError):
+    """A role this configuration cannot run (the message says why)."""
+
+
+def serve(settings: Settings, role: str = "all") -> None:
     """The collector workers (granian) and the core, until SIGINT or SIGTERM: then both
     are told to stop at once, and what is still running :data:`STOP_GRACE_S` seconds
     later is killed (the core's current chunk is abandoned: its log position was not
-    committed, so the next core does it again)."""
+    committed, so the next core does it again). ``role``: see the module."""
+    if role not in ROLES:
+        raise RoleUnavailable(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+    if role == "query":
+        raise RoleUnavailable(QUERY_ROLE_REFUSED)
     die_with_parent()
     workers = worker_count(settings)
-    env = prepare(settings)
+    env = prepare(settings, "" if role == "all" else
+                  role if role == "processor" else f"{role}-{settings.server.port}")
     env["AAP_WORKERS"] = str(workers)
     os.environ.update(env)
     # Make sure the schema exists before several workers race to create it.
@@ -82,36 +108,52 @@ def serve(settings: Settings) -> None:
     open_log(settings).close()
     Sources(settings.data_path).close()
     Devices(settings.data_path).close()
-    core = CoreSupervisor(settings)
-    core.start()
-    # the MQTT bridge, when a broker is configured: supervised like the core
-    bridge = (CoreSupervisor(settings, "mqtt", name="MQTT bridge")
-              if settings.devices.mqtt_broker else None)
-    if bridge is not None:
-        bridge.start()
+    parts: list[CoreSupervisor] = []
+    if role in ("all", "processor"):
+        parts.append(CoreSupervisor(settings))
+        # the MQTT bridge, when a broker is configured: one per data dir (its client id
+        # holds one session), supervised like the core
+        if settings.devices.mqtt_broker:
+            parts.append(CoreSupervisor(settings, "mqtt", name="MQTT bridge"))
+    for part in parts:
+        part.start()
 
     def stop() -> None:
-        core.terminate()
-        if bridge is not None:
-            bridge.terminate()
+        for part in parts:
+            part.terminate()
 
     try:
-        _serve_collector(settings, workers, on_stop=stop)
+        if role == "processor":
+            _wait_for_stop(parts)
+        else:
+            _serve_collector(settings, workers, on_stop=stop)
     finally:
-        core.close()
-        if bridge is not None:
-            bridge.close()
+        for part in parts:
+            part.close()
+
+
+def _wait_for_stop(parts: list[CoreSupervisor]) -> None:
+    """Until SIGINT or SIGTERM (the parts are started again by their supervisors)."""
+    interrupt_on_sigterm()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        for part in parts:
+            part.terminate()
 
 
 class CoreSupervisor:
     """Keeps the core process (processor, warehouse, queries) running: if it dies, it is
     started again, and it resumes from the last chunk it committed. The same keeps the
-    MQTT bridge (``command="mqtt"``) running, which resumes its persistent session."""
+    MQTT bridge (``command="mqtt"``) running, which resumes its persistent session, and
+    the processes of ``aap cluster up`` (``command="serve"`` with ``args``)."""
 
-    def __init__(self, settings: Settings, command: str = "process", name: str = "core"
-                 ) -> None:
+    def __init__(self, settings: Settings, command: str = "process", name: str = "core",
+                 args: Sequence[str] = ()) -> None:
         self.name = name
-        self.cmd = [sys.executable, "-m", "aap", command, "--data-dir", str(settings.data_path)]
+        self.cmd = [sys.executable, "-m", "aap", command, "--data-dir", str(settings.data_path),
+                    *args]
         self.proc: subprocess.Popen[bytes] | None = None
         self.closing = threading.Event()
         self.stopping_at: float | None = None
