@@ -166,7 +166,7 @@ class Keystore:
         con = self._con()
         rows = self._load(con, missing)
         new = [s for s in missing if s not in rows]
-        made: dict[int, bytes] = {}  # wrapped → raw, for the keys made here
+        made: dict[bytes, bytes] = {}  # wrapped → raw, for the keys made here
         if new and create:
             now = int(time.time())
             with self._writing():
