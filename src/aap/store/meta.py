@@ -30,6 +30,7 @@ import atexit
 import functools
 import os
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -253,6 +254,10 @@ def _close_pools() -> None:
         pool.close()
 
 
+_VALUES = re.compile(r"\bVALUES\s*(\(\s*\?(?:\s*,\s*\?)*\s*\))", re.IGNORECASE)
+_CHUNK = 1000
+
+
 class _PgTx:
     def __init__(self, cur: Any) -> None:
         self.cur = cur
@@ -262,9 +267,19 @@ class _PgTx:
         return int(self.cur.rowcount)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """An ``INSERT … VALUES (?, …)`` runs as one statement per chunk of rows (one
+        round trip, and no pipeline to abort when the transaction is refused)."""
         rows = list(rows)
-        if rows:
-            self.cur.executemany(pg_sql(sql), rows)
+        match = _VALUES.search(sql)
+        if match is None:
+            if rows:
+                self.cur.executemany(pg_sql(sql), rows)
+            return
+        group = match.group(1)
+        for i in range(0, len(rows), _CHUNK):
+            part = rows[i:i + _CHUNK]
+            many = sql[:match.start(1)] + ", ".join([group] * len(part)) + sql[match.end(1):]
+            self.cur.execute(pg_sql(many), [v for row in part for v in row])
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self.cur.execute(pg_sql(sql), params)
