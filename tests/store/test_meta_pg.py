@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import secrets
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from aap.datadir import DataDir
 from aap.privacy.keystore import KeyDestroyed, Keystore
 from aap.sources import SCHEMA as SOURCES_SCHEMA
 from aap.sources import SourceExists, Sources, hash_key
@@ -382,3 +384,35 @@ def test_many_rows_become_one_statement_per_chunk() -> None:
     assert cur.ran[1] == ("INSERT INTO t (a, b) VALUES (%s, %s) ON CONFLICT (a) DO NOTHING",
                           [1000, "1000"])
     assert cur.ran[0][0].count("(%s, %s)") == 1000
+
+
+@pytest.mark.slow
+def test_a_server_given_the_url_keeps_sources_and_keys_in_postgresql(
+        tmp_path: Path, pg: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole path: ``aap sources create`` and ``aap serve`` (its collector workers and
+    core) with ``AAP_META_URL``: the source is found in PostgreSQL, the raw ids are sealed
+    under keys made there, and no keystore file is made under the data dir."""
+    from tests.conftest import start
+
+    _fresh(pg.url)
+    monkeypatch.setenv("AAP_META_URL", pg.url)
+    user = f"user-{secrets.token_hex(4)}"
+    r = start(tmp_path, env={"AAP_META_URL": pg.url})
+    try:
+        batch = {"batch": [{"type": "track", "event": "E", "userId": user, "messageId": "m1"},
+                           {"type": "track", "event": "E", "anonymousId": "a-1",
+                            "messageId": "m2"}]}
+        assert r.post("/v1/batch", json=batch).status_code == 200
+        stored = r.stored()  # unsealed with the keys in PostgreSQL
+    finally:
+        r.server.stop()
+    assert sorted(str(e.user_id or e.anonymous_id) for e in stored) == sorted([user, "a-1"])
+    with psycopg.connect(pg.url) as con:
+        assert [r[0] for r in con.execute("SELECT name FROM sources")] == ["test-source"]
+        assert con.execute("SELECT count(*) FROM data_keys").fetchone() == (2,)
+    assert not DataDir(r.data_dir).keystore_db.exists()
+    meta_db = DataDir(r.data_dir).meta_db
+    if meta_db.exists():
+        with sqlite3.connect(meta_db) as lite:
+            assert not lite.execute("SELECT name FROM sqlite_master WHERE name = 'sources'"
+                                    ).fetchall()

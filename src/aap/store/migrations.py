@@ -157,6 +157,11 @@ def migrate_postgres(con: Any, schema: Schema) -> int:
     that each statement after the wait sees what the first one committed)."""
     if not schema.postgres:
         raise ValueError(f"the {schema.table} store has no PostgreSQL schema")
+    if con.execute("SELECT to_regclass(%s) IS NOT NULL", (PG_VERSIONS,)).fetchone()[0]:
+        row = con.execute(f"SELECT version FROM {PG_VERSIONS} WHERE name = %s",
+                          (schema.table,)).fetchone()
+        if row is not None and int(row[0]) == schema.latest:
+            return schema.latest  # the usual case: nothing to lock
     con.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
     try:
         con.execute("SELECT pg_advisory_xact_lock(%s, %s)", _PG_LOCK)
