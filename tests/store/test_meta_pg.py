@@ -416,3 +416,14 @@ def test_a_server_given_the_url_keeps_sources_and_keys_in_postgresql(
         with sqlite3.connect(meta_db) as lite:
             assert not lite.execute("SELECT name FROM sqlite_master WHERE name = 'sources'"
                                     ).fetchall()
+
+
+def test_an_unreachable_server_is_a_clear_error_without_the_password(tmp_path: Path) -> None:
+    from aap.runner import free_port
+    from aap.store.meta import MetaUnavailable
+
+    url = f"postgresql://aap:pw-canary@127.0.0.1:{free_port()}/aap"
+    with pytest.raises(MetaUnavailable, match=r"AAP_META_URL: cannot use postgresql://127\.0\.0\.1"
+                       ) as caught:
+        Keystore(tmp_path, url=url)
+    assert "pw-canary" not in str(caught.value)

@@ -225,8 +225,13 @@ _pools: dict[tuple[int, str], Any] = {}
 _pools_lock = threading.Lock()
 
 
-def _pool(url: str) -> Any:
+class MetaUnavailable(RuntimeError):
+    """The PostgreSQL server of ``AAP_META_URL`` cannot be reached or refuses AAP."""
+
+
+def _pool(url: str, where: str) -> Any:
     """This process's pool for ``url`` (a forked child makes its own)."""
+    import psycopg
     from psycopg import IsolationLevel
     from psycopg_pool import ConnectionPool
 
@@ -234,6 +239,12 @@ def _pool(url: str) -> Any:
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None:
+            try:  # one connection first, for a clear message (the pool would only wait)
+                psycopg.connect(url, connect_timeout=10).close()
+            except psycopg.OperationalError as exc:
+                raise MetaUnavailable(f"AAP_META_URL: cannot use {where}: {exc}".strip()
+                                      ) from None
+
             def configure(con: Any) -> None:
                 con.autocommit = True  # reads: one statement each, READ COMMITTED
                 con.isolation_level = IsolationLevel.SERIALIZABLE  # con.transaction()'s
@@ -302,7 +313,7 @@ class PostgresMeta:
         info = conninfo_to_dict(url)
         self.where = f"postgresql://{info.get('host', '')}:{info.get('port', 5432)}/" \
                      f"{info.get('dbname', '')}"
-        self._pool = _pool(url)
+        self._pool = _pool(url, self.where)
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._pool.connection() as con:
