@@ -78,6 +78,15 @@ def postgres_cluster() -> Iterator[Cluster]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def fresh_database(url: str) -> None:
+    """Empty the database: every table of a previous test dropped."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute("DROP SCHEMA public CASCADE")
+        con.execute("CREATE SCHEMA public")
+
+
 def _wait(url: str) -> None:
     import psycopg
 

@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import secrets
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,38 +25,12 @@ from aap.sources import SCHEMA as SOURCES_SCHEMA
 from aap.sources import SourceExists, Sources, hash_key
 from aap.store.meta import PostgresMeta, SQLiteMeta, open_meta, pg_sql
 from aap.store.migrations import SchemaTooNew
-from tests.conftest import slow_fixture
-from tests.pg import Cluster, postgres_cluster
+from tests.pg import Cluster
+from tests.pg import fresh_database as _fresh
 from tests.store import meta_workers
 
 PG_TABLES = {"aap_schema_versions", "sources", "data_keys", "identifiers", "personal_traits",
              "forgotten", "destroyed"}
-
-
-@slow_fixture(scope="module")
-def pg() -> Iterator[Cluster]:
-    with postgres_cluster() as cluster:
-        yield cluster
-
-
-def _fresh(url: str) -> None:
-    """An empty database: every table of a previous test dropped."""
-    with psycopg.connect(url, autocommit=True) as con:
-        con.execute("DROP SCHEMA public CASCADE")
-        con.execute("CREATE SCHEMA public")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
-def meta_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """``AAP_META_URL`` for the test: empty (the SQLite files), or an empty PostgreSQL
-    database."""
-    if request.param == "sqlite":
-        monkeypatch.delenv("AAP_META_URL", raising=False)
-        return ""
-    cluster: Cluster = request.getfixturevalue("pg")
-    _fresh(cluster.url)
-    monkeypatch.setenv("AAP_META_URL", cluster.url)
-    return cluster.url
 
 
 def _open(ks: Keystore, subject: int, sealed: bytes) -> str:
