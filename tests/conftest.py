@@ -16,6 +16,7 @@ from aap.events import Event, decode_events
 from aap.log.sqlite import SQLiteLog
 from aap.privacy.sealing import Sealer
 from aap.runner import ServerProcess, create_source
+from tests.pg import Cluster, fresh_database, postgres_cluster
 
 # httpx's default timeout (5 s) would make every httpx.get/post without one a latency
 # assertion that a loaded machine breaks: tests wait generously instead.
@@ -138,6 +139,27 @@ def sdk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     r = start(tmp_path_factory.mktemp("sdk-srv"))
     yield r
     r.server.stop()
+
+
+@slow_fixture(scope="session")
+def pg() -> Iterator[Cluster]:
+    """A PostgreSQL server (tests/pg.py) for the tests of the shared state."""
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def meta_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs the test on both engines of the shared state (``aap.store.meta``): sets
+    ``AAP_META_URL`` to nothing (the SQLite files under the data dir), then to an empty
+    PostgreSQL database (marked slow: it starts a server); returns it."""
+    if request.param == "sqlite":
+        monkeypatch.delenv("AAP_META_URL", raising=False)
+        return ""
+    cluster: Cluster = request.getfixturevalue("pg")
+    fresh_database(cluster.url)
+    monkeypatch.setenv("AAP_META_URL", cluster.url)
+    return cluster.url
 
 
 def assert_refused(running: Running, send: Callable[[Running], httpx.Response], status: int,

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from aap.runner import free_port
@@ -27,9 +28,27 @@ def _bin(name: str) -> str:
     return found[-1]
 
 
+@dataclass(frozen=True)
+class Cluster:
+    url: str
+    """``postgresql://aap:secret-pw@127.0.0.1:PORT/postgres``"""
+    data: Path
+    """The cluster's data directory (its table files and ``pg_wal``)."""
+
+    def database_url(self, name: str) -> str:
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
+
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """A running server; yields its URL (user ``aap``, password ``secret-pw``, db ``aap``)."""
+    with postgres_cluster() as cluster:
+        yield cluster.url
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[Cluster]:
+    """A running server; yields its URL and data directory."""
     root = Path(tempfile.mkdtemp(prefix="aap-pg-"))
     as_user: list[str] = []
     if os.getuid() == 0:
@@ -53,10 +72,19 @@ def postgres_server() -> Iterator[str]:
     url = f"postgresql://aap:secret-pw@127.0.0.1:{port}/postgres"
     try:
         _wait(url)
-        yield url
+        yield Cluster(url, data)
     finally:
         run(_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def fresh_database(url: str) -> None:
+    """Empty the database: every table of a previous test dropped."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute("DROP SCHEMA public CASCADE")
+        con.execute("CREATE SCHEMA public")
 
 
 def _wait(url: str) -> None:

@@ -53,7 +53,8 @@ def test_settings_are_frozen() -> None:
 def test_secrets_are_never_printed_nor_handed_on(monkeypatch: pytest.MonkeyPatch) -> None:
     values = {"AAP_MASTER_KEY": base64.b64encode(b"m" * 32).decode(), "AAP_API_KEY": "ak_canary",
               "AAP_METRICS_TOKEN": "mt_canary", "AAP_S3_SECRET_KEY": "s3_canary",
-              "AAP_MQTT_BROKER": "mqtt://aap-bridge:mq_canary@127.0.0.1:1883"}
+              "AAP_MQTT_BROKER": "mqtt://aap-bridge:mq_canary@127.0.0.1:1883",
+              "AAP_META_URL": "postgresql://aap:pg_canary@127.0.0.1:5432/aap"}
     for k, v in values.items():
         monkeypatch.setenv(k, v)
     s = Settings()
@@ -75,6 +76,7 @@ def test_secrets_are_never_printed_nor_handed_on(monkeypatch: pytest.MonkeyPatch
     ({"AAP_QUERY_QUEUE_PER_KEY": "-1"}, "AAP_QUERY_QUEUE_PER_KEY"),
     ({"AAP_MAX_INSIGHT_CELLS": "0"}, "AAP_MAX_INSIGHT_CELLS"),
     ({"AAP_LOG_BACKEND": "kafka"}, "unknown log backend"),
+    ({"AAP_META_URL": "mysql://x"}, "AAP_META_URL must be a postgresql:// URL"),
     ({"AAP_TLS_CERT": "/x.pem"}, "TLS needs both"),
     ({"AAP_IPV4_PREFIX": "40"}, "AAP_IPV4_PREFIX=40"),
     ({"AAP_TRUSTED_PROXIES": "10.0.0.0/8, nowhere"}, "AAP_TRUSTED_PROXIES"),

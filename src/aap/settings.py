@@ -49,6 +49,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", "127.0.0.1", "Address the server binds to."),
     Setting("port", 8000, "TCP port the server listens on."),
     Setting("workers", 0, "Collector worker processes; 0 means one per CPU core."),
+    Setting("meta_url", "", "Shared state on PostgreSQL (`postgresql://user:password@host:5432/db`), for several collectors and processors: today the source registry and the keystore (see README, Shared state on PostgreSQL); empty: SQLite files under the data dir.", secret=True),
     Setting("log_backend", "sqlite", "Durable log: `sqlite` (embedded) or `null` (no durability, benchmarks only)."),
     Setting("max_event_bytes", 1 * MiB, "Largest single event accepted, after decompression (bytes)."),
     Setting("max_request_bytes", 20 * MiB, "Largest request body accepted, after decompression (bytes)."),
@@ -202,10 +203,14 @@ class StorageSettings(Section):
     data_dir: str
     log_backend: str
     warehouse_memory: str
+    meta_url: str = _secret()
 
     def check(self) -> None:
         if self.log_backend not in ("sqlite", "null"):
             raise ValueError(f"unknown log backend {self.log_backend!r} (use sqlite or null)")
+        if self.meta_url and not self.meta_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("AAP_META_URL must be a postgresql:// URL (or empty: files"
+                             " under the data dir)")
 
     @property
     def data(self) -> DataDir:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import re
 import secrets
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,8 @@ from aap.privacy.audit import AuditLog
 from aap.privacy.cnil import CNIL, source_errors
 from aap.privacy.purposes import Basis, Registry
 from aap.settings import CollectorSettings
-from aap.store.migrations import Schema, migrate_sqlite, unversioned_columns
+from aap.store.meta import is_conflict, open_meta
+from aap.store.migrations import Schema, unversioned_columns
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -54,7 +54,25 @@ CREATE TABLE IF NOT EXISTS sources (
 CREATE UNIQUE INDEX IF NOT EXISTS sources_server_key ON sources (server_key_hash);
 """
 
-SCHEMA = Schema("sources", _SCHEMA, steps=(
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sources (
+    id TEXT PRIMARY KEY,
+    name TEXT COLLATE "C" NOT NULL UNIQUE,
+    key_hash TEXT NOT NULL UNIQUE,
+    key_hint TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    allowed_origins TEXT NOT NULL,
+    rate_limit DOUBLE PRECISION NOT NULL,
+    historical INTEGER NOT NULL DEFAULT 0,
+    purposes TEXT NOT NULL DEFAULT '{"analytics": "consent"}',
+    mode TEXT NOT NULL DEFAULT 'standard',
+    controller TEXT,
+    server_key_hash TEXT UNIQUE,
+    server_key_hint TEXT
+);
+"""
+
+SCHEMA = Schema("sources", _SCHEMA, postgres=_PG_SCHEMA, steps=(
     # registries made before these columns existed (and before schema versions)
     unversioned_columns("sources", (
         ("historical", "INTEGER NOT NULL DEFAULT 0"),
@@ -121,16 +139,15 @@ class SourceExists(ValueError):
 
 
 class Sources:
-    """The source registry, a small SQLite database beside the log."""
+    """The source registry: a small SQLite database beside the log, or the shared state
+    on PostgreSQL when ``AAP_META_URL`` is set (:mod:`aap.store.meta`)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, url: str | None = None) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
         self.path = DataDir(data_dir).meta_db
-        self._con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                    check_same_thread=False)
-        self._con.execute("PRAGMA journal_mode=WAL")
-        migrate_sqlite(self._con, SCHEMA)
+        self._db = open_meta(self.path, url)
+        self._db.migrate(SCHEMA)
 
     def create(
         self, name: str, *, allowed_origins: tuple[str, ...] = ("*",),
@@ -174,7 +191,7 @@ class Sources:
 
     def _insert(self, src: Source, key: str, purposes: dict[str, str]) -> None:
         try:
-            self._con.execute(
+            self._db.execute(
                 "INSERT INTO sources (id, name, key_hash, key_hint, created_at, allowed_origins,"
                 " rate_limit, historical, purposes, mode, controller)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -182,7 +199,9 @@ class Sources:
                  json.dumps(list(src.allowed_origins)), src.rate_limit, int(src.historical),
                  json.dumps(purposes), src.mode, src.controller),
             )
-        except sqlite3.IntegrityError:
+        except Exception as exc:
+            if not is_conflict(exc):
+                raise
             raise SourceExists(f"a source named {src.name!r} already exists") from None
 
     def _checked_purposes(self, mode: str, purposes: dict[str, str] | None
@@ -212,7 +231,7 @@ class Sources:
         src = next((s for s in self.list() if s.name == name), None)
         if src is None:
             raise ValueError(f"no source named {name!r}")
-        self._con.execute("UPDATE sources SET rate_limit = ? WHERE id = ?",
+        self._db.execute("UPDATE sources SET rate_limit = ? WHERE id = ?",
                           (float(rate_limit), src.id))
         AuditLog(self.data_dir).append(actor, "source.updated", {
             "source": src.id, "rate_limit": float(rate_limit)})
@@ -244,7 +263,7 @@ class Sources:
             changed["mode"] = new_mode
         if not changed:
             return src
-        self._con.execute(
+        self._db.execute(
             "UPDATE sources SET allowed_origins = ?, rate_limit = ?, purposes = ?, mode = ?"
             " WHERE id = ?",
             (json.dumps(changed.get("allowed_origins", list(src.allowed_origins))),
@@ -257,28 +276,24 @@ class Sources:
     def by_key(self, key: str) -> Source | None:
         """The source of a write key or of a server key (then with ``server_key`` set)."""
         digest = hash_key(key)
-        row = self._con.execute(
+        row = self._db.fetchone(
             f"SELECT {_COLUMNS}, server_key_hash = ? FROM sources"
-            " WHERE key_hash = ? OR server_key_hash = ?", (digest, digest, digest),
-        ).fetchone()
+            " WHERE key_hash = ? OR server_key_hash = ?", (digest, digest, digest))
         if not row:
             return None
         src = _row(row)
         return msgspec.structs.replace(src, server_key=True) if row[-1] else src
 
     def by_id(self, source_id: str) -> Source | None:
-        row = self._con.execute(f"SELECT {_COLUMNS} FROM sources WHERE id = ?", (source_id,)
-                                ).fetchone()
+        row = self._db.fetchone(f"SELECT {_COLUMNS} FROM sources WHERE id = ?", (source_id,))
         return _row(row) if row else None
 
     def by_name(self, name: str) -> Source | None:
-        row = self._con.execute(f"SELECT {_COLUMNS} FROM sources WHERE name = ?", (name,)
-                                ).fetchone()
+        row = self._db.fetchone(f"SELECT {_COLUMNS} FROM sources WHERE name = ?", (name,))
         return _row(row) if row else None
 
     def list(self) -> list[Source]:
-        rows = self._con.execute(
-            f"SELECT {_COLUMNS} FROM sources ORDER BY created_at, name").fetchall()
+        rows = self._db.fetchall(f"SELECT {_COLUMNS} FROM sources ORDER BY created_at, name")
         return [_row(r) for r in rows]
 
     def new_server_key(self, name: str, actor: str = "admin") -> tuple[Source, str]:
@@ -288,7 +303,7 @@ class Sources:
         if src is None:
             raise ValueError(f"no source named {name!r}")
         key = "sk_" + secrets.token_urlsafe(24)
-        self._con.execute("UPDATE sources SET server_key_hash = ?, server_key_hint = ?"
+        self._db.execute("UPDATE sources SET server_key_hash = ?, server_key_hint = ?"
                           " WHERE id = ?", (hash_key(key), key[:7] + "…", src.id))
         AuditLog(self.data_dir).append(actor, "source.server_key_created", {"source": src.id})
         return msgspec.structs.replace(src, server_key_hint=key[:7] + "…"), key
@@ -300,7 +315,7 @@ class Sources:
             raise ValueError(f"no source named {name!r}")
         if group is not None:
             check_group(group)
-        self._con.execute("UPDATE sources SET controller = ? WHERE id = ?", (group, src.id))
+        self._db.execute("UPDATE sources SET controller = ? WHERE id = ?", (group, src.id))
         AuditLog(self.data_dir).append(actor, "source.controller_set",
                                        {"source": src.id, "controller": group})
         return msgspec.structs.replace(src, controller=group)
@@ -310,7 +325,7 @@ class Sources:
         return {s.id: s.scope for s in self.list()}
 
     def close(self) -> None:
-        self._con.close()
+        self._db.close()
 
 
 _COLUMNS = ("id, name, key_hint, created_at, allowed_origins, rate_limit, historical, purposes,"

@@ -42,11 +42,11 @@ K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 PORT = 8000
 IMAGE = "aap:0.1.0"
 
-PENDING_SETTINGS = {"AAP_LOG_URL", "AAP_META_URL"}
+PENDING_SETTINGS = {"AAP_LOG_URL"}
 """Settings the manifests set that src/aap/settings.py does not declare yet: the Kafka log
-(issue 16, part 1) and the PostgreSQL metadata store are being built (docs/deploy.md)."""
+(issue 16, part 1) is being built (docs/deploy.md)."""
 DECLARED = {s.env for s in SETTINGS}
-SECRET_SETTINGS = {s.env for s in SETTINGS if s.secret} | {"AAP_S3_ACCESS_KEY", "AAP_META_URL"}
+SECRET_SETTINGS = {s.env for s in SETTINGS if s.secret} | {"AAP_S3_ACCESS_KEY"}
 """Credentials: only ever in the Secret aap-credentials or in deploy/.env (the access key
 is not ``secret=True`` in settings.py, being half of a credential, but is kept as one)."""
 CREDENTIALS = {"AAP_META_URL", "AAP_S3_ACCESS_KEY", "AAP_S3_SECRET_KEY", "AAP_MASTER_KEY",
@@ -326,7 +326,7 @@ def test_settings_come_from_the_configmap_and_the_secret() -> None:
 
 def test_every_setting_named_exists_or_is_being_built() -> None:
     """A misspelt setting is ignored by AAP without a word: every ``AAP_*`` the manifests
-    set is one settings.py declares, or one of the two that are being built."""
+    set is one settings.py declares, or the one that is being built."""
     names = set(named("ConfigMap", "aap-config")["data"]) | CREDENTIALS
     for deployment in of_kind("Deployment"):
         for container in containers(deployment):

@@ -283,11 +283,13 @@ def test_register_shows_the_enforced_retention_per_purpose_and_tier(tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_ids_of_persons_whose_events_all_expired_are_forgotten(tmp_path: Path) -> None:
+def test_ids_of_persons_whose_events_all_expired_are_forgotten(tmp_path: Path,
+                                                               meta_url: str) -> None:
     """On the real server: a person whose every event is past the 25-month cap loses their
     profile, their id mapping and what the keystore kept (data key, sealed raw id, sealed
     personal traits); the id is not suppressed: it comes back later as a new person, whose
-    raw id is kept (sealed) again."""
+    raw id is kept (sealed) again. Run with the keystore in SQLite, then in PostgreSQL
+    (``AAP_META_URL``, which the server inherits)."""
     data = tmp_path / "data"
     key = create_source(data, "import", "--historical", "--basis", "legitimate_interest")
     user, other = "expiring-user-5c1e", "staying-user-77a0"

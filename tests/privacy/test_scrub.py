@@ -192,10 +192,11 @@ def test_a_deeply_nested_object_is_taken_out_whole_and_put_back() -> None:
     assert msgspec.json.encode(ev.properties) == before
 
 
-def test_sealed_fields_open_with_the_key_and_are_gone_with_it(tmp_path: Path) -> None:
+def test_sealed_fields_open_with_the_key_and_are_gone_with_it(tmp_path: Path, meta_url: str
+                                                             ) -> None:
     """Sealing puts what was taken under the subject's data key: unseal gives it back;
     after crypto-shredding the key, it stays unreadable. Without a raw id to seal under
-    (CNIL mode: a visitor key only) it is dropped."""
+    (CNIL mode: a visitor key only) it is dropped. (Keys in SQLite, then in PostgreSQL.)"""
     sealer = Sealer(tmp_path)
     at = datetime.now(UTC)
     ev = Event(type="track", event="Mailed", message_id="m1", user_id="seal-user",

@@ -12,21 +12,22 @@ The master key is a file (``DATA_DIR/keys/master.key``, 0600, made on first use)
 ``AAP_MASTER_KEY`` setting (32 bytes, base64); a KMS can stand behind the
 same two calls (:class:`MasterKey`). Data keys live wrapped in
 ``DATA_DIR/keys/keystore.db`` (SQLite with ``secure_delete``, so a destroyed key's
-bytes are overwritten, and its WAL checkpointed away).
+bytes are overwritten, and its WAL checkpointed away), or, when ``AAP_META_URL`` is set,
+in PostgreSQL (:mod:`aap.store.meta`), shared by every process: there a destroyed key is
+deleted at once, and its dead tuple (a key *wrapped* by the master key, which never
+goes to PostgreSQL) stays in the table's files until VACUUM reuses the space, and in
+the WAL until it is recycled (see README, "Shared state on PostgreSQL").
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import sqlite3
 import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,6 +37,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from aap.datadir import DataDir
 from aap.privacy.ids import load_or_create_secret
 from aap.settings import PrivacySettings
+from aap.store.meta import Fetch, Tx, open_meta
+from aap.store.migrations import Schema, sql_step
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS data_keys (
@@ -63,6 +66,38 @@ CREATE TABLE IF NOT EXISTS destroyed (
     destroyed_at INTEGER NOT NULL
 );
 """
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS data_keys (
+    subject BIGINT PRIMARY KEY,
+    wrapped BYTEA NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS identifiers (
+    subject BIGINT PRIMARY KEY,
+    sealed BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS personal_traits (
+    subject BIGINT PRIMARY KEY,
+    sealed BYTEA NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS forgotten (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subject BIGINT NOT NULL,
+    forgotten_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS destroyed (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subject BIGINT NOT NULL UNIQUE,
+    destroyed_at BIGINT NOT NULL
+);
+"""
+SCHEMA = Schema("data_keys", _SCHEMA, postgres=_PG_SCHEMA, steps=(
+    # a keystore of before schema versions: the tables it lacks (CREATE … IF NOT EXISTS)
+    sql_step(_SCHEMA),
+))
+"""The keystore's schema versions (:mod:`aap.store.migrations`)."""
+_PRAGMAS = ("PRAGMA synchronous=FULL", "PRAGMA secure_delete=ON")
 _NONCE = 12
 FORGET_NOTICE_S = 1.0
 """How soon every process learns that subjects were forgotten (see :meth:`Keystore.forget`)."""
@@ -103,12 +138,14 @@ def _subject(subject: int) -> bytes:
 
 class Keystore:
     def __init__(self, data_dir: Path, master: MasterKey | None = None,
-                 cache_size: int = 200_000) -> None:
+                 cache_size: int = 200_000, url: str | None = None) -> None:
+        """``url``: the shared-state database (``None``: ``AAP_META_URL``; empty: the
+        SQLite file under the data dir)."""
         paths = DataDir(data_dir)
         paths.keys.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = paths.keystore_db
         self.master = master or LocalMasterKey(data_dir)
-        self._local = threading.local()
+        self._db = open_meta(self.path, url, pragmas=_PRAGMAS, mode=0o600)
         self._cache: OrderedDict[int, AESGCM] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -116,37 +153,11 @@ class Keystore:
         self._destroyed_seq = 0
         self._forgotten_seq = 0
         self._forgotten_due = 0.0
-        con = self._con()
-        con.executescript(_SCHEMA)
-        os.chmod(self.path, 0o600)
+        self._db.migrate(SCHEMA)
         # Only what is forgotten from now on concerns this instance's caches (an id
         # forgotten earlier may have come back as a new subject since).
-        self._forgotten_seq = con.execute("SELECT coalesce(max(seq), 0) FROM forgotten"
-                                          ).fetchone()[0]
-
-    def _con(self) -> sqlite3.Connection:
-        con: sqlite3.Connection | None = getattr(self._local, "con", None)
-        if con is None:
-            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=FULL")
-            con.execute("PRAGMA secure_delete=ON")
-            self._local.con = con
-        return con
-
-    @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
-        """This thread's connection in an immediate (write-locked) transaction: committed
-        when the block ends, rolled back if it raises."""
-        con = self._con()
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            yield con
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
+        row = self._db.fetchone("SELECT coalesce(max(seq), 0) FROM forgotten")
+        self._forgotten_seq = int(row[0]) if row else 0
 
     # -- data keys --
 
@@ -163,19 +174,24 @@ class Keystore:
         missing = [s for s in want if s not in out]
         if not missing:
             return out
-        con = self._con()
-        rows = self._load(con, missing)
+        rows = self._load(self._db.fetchall, missing)
         new = [s for s in missing if s not in rows]
         made: dict[bytes, bytes] = {}  # wrapped → raw, for the keys made here
         if new and create:
             now = int(time.time())
-            with self._writing():
-                destroyed = self._destroyed_among(con, new)
+
+            def make(tx: Tx) -> dict[bytes, bytes]:
+                # On PostgreSQL a concurrent destroy() or keys_for() of the same subjects
+                # makes one of the two SERIALIZABLE transactions fail and run again.
+                destroyed = self._destroyed_among(tx.fetchall, new)
                 fresh = [(s, AESGCM.generate_key(256)) for s in new if s not in destroyed]
                 wrapped = [(s, self.master.wrap(s, raw), now) for s, raw in fresh]
-                con.executemany("INSERT OR IGNORE INTO data_keys VALUES (?, ?, ?)", wrapped)
-                made = {w: raw for (_, raw), (_, w, _) in zip(fresh, wrapped, strict=True)}
-            rows.update(self._load(con, new))  # another process may have won the race
+                tx.executemany("INSERT INTO data_keys VALUES (?, ?, ?)"
+                               " ON CONFLICT (subject) DO NOTHING", wrapped)
+                return {w: raw for (_, raw), (_, w, _) in zip(fresh, wrapped, strict=True)}
+
+            made = self._db.write(make)
+            rows.update(self._load(self._db.fetchall, new))  # another process may have won
         with self._lock:
             for s, wrapped_key in rows.items():
                 raw_key = made.get(wrapped_key)  # ours (not another process's) needs no unwrap
@@ -187,22 +203,22 @@ class Keystore:
         return out
 
     @staticmethod
-    def _load(con: sqlite3.Connection, subjects: list[int]) -> dict[int, bytes]:
+    def _load(fetch: Fetch, subjects: list[int]) -> dict[int, bytes]:
         out: dict[int, bytes] = {}
         for i in range(0, len(subjects), 500):
             part = subjects[i:i + 500]
-            out.update(con.execute(
+            out.update((s, bytes(w)) for s, w in fetch(
                 f"SELECT subject, wrapped FROM data_keys WHERE subject IN ({','.join('?' * len(part))})",
-                part).fetchall())
+                part))
         return out
 
     @staticmethod
-    def _destroyed_among(con: sqlite3.Connection, subjects: list[int]) -> set[int]:
+    def _destroyed_among(fetch: Fetch, subjects: list[int]) -> set[int]:
         """Which of these subjects were destroyed (by any process): no key is made again."""
         out: set[int] = set()
         for i in range(0, len(subjects), 500):
             part = subjects[i:i + 500]
-            out.update(s for (s,) in con.execute(
+            out.update(s for (s,) in fetch(
                 f"SELECT subject FROM destroyed WHERE subject IN ({','.join('?' * len(part))})",
                 part))
         return out
@@ -212,9 +228,9 @@ class Keystore:
         subjects as destroyed, so no key is made for them again. Returns how many keys
         were destroyed."""
         subs = sorted(set(subjects))
-        n = self._shred(subs, lambda con, now: con.executemany(
-            "INSERT OR IGNORE INTO destroyed (subject, destroyed_at) VALUES (?, ?)",
-            [(s, now) for s in subs]))
+        n = self._shred(subs, "destroyed", lambda tx, now: tx.executemany(
+            "INSERT INTO destroyed (subject, destroyed_at) VALUES (?, ?)"
+            " ON CONFLICT (subject) DO NOTHING", [(s, now) for s in subs]))
         with self._lock:
             self.destroyed.update(subs)
         return n
@@ -227,29 +243,37 @@ class Keystore:
         deleted after a day. Returns how many keys were deleted."""
         subs = sorted(set(subjects))
 
-        def notice(con: sqlite3.Connection, now: int) -> None:
-            con.executemany("INSERT INTO forgotten (subject, forgotten_at) VALUES (?, ?)",
-                            [(s, now) for s in subs])
-            con.execute("DELETE FROM forgotten WHERE forgotten_at < ?", (now - 86_400,))
+        def notice(tx: Tx, now: int) -> None:
+            tx.executemany("INSERT INTO forgotten (subject, forgotten_at) VALUES (?, ?)",
+                           [(s, now) for s in subs])
+            tx.execute("DELETE FROM forgotten WHERE forgotten_at < ?", (now - 86_400,))
 
-        return self._shred(subs, notice)
+        return self._shred(subs, "forgotten", notice)
 
-    def _shred(self, subs: list[int], record: Callable[[sqlite3.Connection, int], object]
+    def _shred(self, subs: list[int], table: str, record: Callable[[Tx, int], object]
                ) -> int:
         """In one transaction: delete the subjects' data keys, sealed ids and personal
-        traits (``secure_delete`` overwrites the bytes, and the WAL is truncated after),
-        and ``record`` why; their cached keys are dropped. Returns how many keys went."""
+        traits (on SQLite ``secure_delete`` overwrites the bytes, and the WAL is truncated
+        after), and ``record`` why in ``table``; their cached keys are dropped. Returns
+        how many keys went. The writers of ``table`` take turns (:meth:`Tx.lock`), so
+        its ``seq`` grows in commit order and :meth:`refresh_destroyed` and
+        :meth:`refresh_forgotten` miss no row."""
         now = int(time.time())
-        with self._writing() as con:
+
+        def shred(tx: Tx) -> int:
+            tx.lock(table)
             n = 0
             for i in range(0, len(subs), 500):
                 part = subs[i:i + 500]
                 marks = ",".join("?" * len(part))
-                n += con.execute(f"DELETE FROM data_keys WHERE subject IN ({marks})", part).rowcount
-                con.execute(f"DELETE FROM identifiers WHERE subject IN ({marks})", part)
-                con.execute(f"DELETE FROM personal_traits WHERE subject IN ({marks})", part)
-            record(con, now)
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old pages leave the WAL too
+                n += tx.execute(f"DELETE FROM data_keys WHERE subject IN ({marks})", part)
+                tx.execute(f"DELETE FROM identifiers WHERE subject IN ({marks})", part)
+                tx.execute(f"DELETE FROM personal_traits WHERE subject IN ({marks})", part)
+            record(tx, now)
+            return n
+
+        n = self._db.write(shred)
+        self._db.shredded()
         with self._lock:
             for s in subs:
                 self._cache.pop(s, None)
@@ -262,9 +286,8 @@ class Keystore:
         if not force and now < self._forgotten_due:
             return set()
         self._forgotten_due = now + FORGET_NOTICE_S
-        rows = self._con().execute(
-            "SELECT seq, subject FROM forgotten WHERE seq > ? ORDER BY seq",
-            (self._forgotten_seq,)).fetchall()
+        rows = self._db.fetchall("SELECT seq, subject FROM forgotten WHERE seq > ? ORDER BY seq",
+                                 (self._forgotten_seq,))
         if not rows:
             return set()
         with self._lock:
@@ -275,8 +298,8 @@ class Keystore:
 
     def refresh_destroyed(self) -> set[int]:
         """Learn subjects destroyed by other processes since the last look."""
-        rows = self._con().execute("SELECT seq, subject FROM destroyed WHERE seq > ? ORDER BY seq",
-                                   (self._destroyed_seq,)).fetchall()
+        rows = self._db.fetchall("SELECT seq, subject FROM destroyed WHERE seq > ? ORDER BY seq",
+                                 (self._destroyed_seq,))
         if rows:
             with self._lock:
                 for seq, s in rows:
@@ -295,17 +318,16 @@ class Keystore:
                 if s in keys]
         if not rows:
             return
-        with self._writing() as con:
-            con.executemany("INSERT OR IGNORE INTO identifiers VALUES (?, ?)", rows)
+        self._db.write(lambda tx: tx.executemany(
+            "INSERT INTO identifiers VALUES (?, ?) ON CONFLICT (subject) DO NOTHING", rows))
 
     def identifier(self, subject: int) -> str | None:
         """The raw id of a subject, or ``None`` once its key is destroyed."""
-        row = self._con().execute("SELECT sealed FROM identifiers WHERE subject = ?",
-                                  (subject,)).fetchone()
+        row = self._db.fetchone("SELECT sealed FROM identifiers WHERE subject = ?", (subject,))
         if row is None:
             return None
         try:
-            return self.open(subject, "id", row[0]).decode()
+            return self.open(subject, "id", bytes(row[0])).decode()
         except KeyDestroyed:
             return None
 
@@ -318,12 +340,12 @@ class Keystore:
         out: dict[str, Any] = {}
         if not subs:
             return out
-        rows = self._con().execute(
+        rows = self._db.fetchall(
             f"SELECT subject, sealed FROM personal_traits WHERE subject IN"
-            f" ({','.join('?' * len(subs))}) ORDER BY updated_at, subject", subs).fetchall()
+            f" ({','.join('?' * len(subs))}) ORDER BY updated_at, subject", subs)
         for subject, sealed in rows:
             try:
-                out.update(json.loads(self.open(subject, "personal_traits", sealed)))
+                out.update(json.loads(self.open(subject, "personal_traits", bytes(sealed))))
             except KeyDestroyed:
                 continue
         return out
@@ -342,9 +364,10 @@ class Keystore:
         now = time.time_ns()
         plain = json.dumps(traits, sort_keys=True).encode()
         rows = [(s, self.seal(k, s, "personal_traits", plain), now) for s, k in keys.items()]
-        with self._writing() as con:
-            con.executemany("INSERT OR REPLACE INTO personal_traits VALUES (?, ?, ?)", rows)
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old values leave the WAL too
+        self._db.write(lambda tx: tx.executemany(
+            "INSERT INTO personal_traits VALUES (?, ?, ?) ON CONFLICT (subject) DO UPDATE"
+            " SET sealed = excluded.sealed, updated_at = excluded.updated_at", rows))
+        self._db.shredded()  # on SQLite the old values leave the WAL too
         return traits
 
     # -- sealing --
@@ -366,7 +389,4 @@ class Keystore:
                                ) from None
 
     def close(self) -> None:
-        con = getattr(self._local, "con", None)
-        if con is not None:
-            con.close()
-            self._local.con = None
+        self._db.close()

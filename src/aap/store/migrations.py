@@ -4,7 +4,9 @@ Each database has a :class:`Schema`: the latest shape (``CREATE … IF NOT EXIST
 statements) and the ordered steps that take a database from one version to the next.
 The SQLite databases (source registry, consent ledger, request queue) keep their version
 in ``PRAGMA user_version``; the warehouse (DuckDB) in a one-row table
-``schema_version``.
+``schema_version``; the shared state on PostgreSQL (``AAP_META_URL``,
+:mod:`aap.store.meta`) one row per schema in ``aap_schema_versions``, where each schema
+brings its own DDL (:attr:`Schema.postgres`).
 
 Opening a database:
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 
@@ -45,6 +47,10 @@ class Schema:
     """The latest shape: ``CREATE … IF NOT EXISTS`` statements."""
     steps: tuple[Step, ...]
     """``steps[i]`` takes version ``i`` to ``i + 1``."""
+    postgres: str = ""
+    """The latest shape in PostgreSQL's dialect, for a store that can live there. A
+    PostgreSQL database is made at the latest version, so only the steps added after
+    that need to speak PostgreSQL (version 0 exists only in old SQLite files)."""
 
     @property
     def latest(self) -> int:
@@ -77,6 +83,11 @@ def sql_step(script: str) -> Step:
         for statement in statements(script):
             con.execute(statement)
     return step
+
+
+def sql_step_of(con: Connection) -> Callable[[str], None]:
+    """Runs a script's statements on ``con``."""
+    return lambda script: sql_step(script)(con)
 
 
 def statements(script: str) -> Iterator[str]:
@@ -125,6 +136,49 @@ def migrate_sqlite(con: sqlite3.Connection, schema: Schema) -> int:
         fresh = version == 0 and not _sqlite_has(con, schema.table)
         _upgrade(con, schema, version, fresh, lambda text: sql_step(text)(con))
         con.execute(f"PRAGMA user_version = {schema.latest}")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+    return version
+
+
+# -- PostgreSQL --
+
+PG_VERSIONS = "aap_schema_versions"
+_PG_LOCK = (0x6161_7000, 1)
+"""The advisory lock (two-int form, apart from any bigint lock) migrations take."""
+
+
+def migrate_postgres(con: Any, schema: Schema) -> int:
+    """Bring a store's tables in PostgreSQL (a psycopg connection in autocommit) to the
+    latest version; returns the version it was at. Processes that open it at once wait
+    for the first one's migration (a transaction-scoped advisory lock, READ COMMITTED so
+    that each statement after the wait sees what the first one committed)."""
+    if not schema.postgres:
+        raise ValueError(f"the {schema.table} store has no PostgreSQL schema")
+    if con.execute("SELECT to_regclass(%s) IS NOT NULL", (PG_VERSIONS,)).fetchone()[0]:
+        row = con.execute(f"SELECT version FROM {PG_VERSIONS} WHERE name = %s",
+                          (schema.table,)).fetchone()
+        if row is not None and int(row[0]) == schema.latest:
+            return schema.latest  # the usual case: nothing to lock
+    con.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+    try:
+        con.execute("SELECT pg_advisory_xact_lock(%s, %s)", _PG_LOCK)
+        con.execute(f"CREATE TABLE IF NOT EXISTS {PG_VERSIONS} (name TEXT PRIMARY KEY,"
+                    " version INTEGER NOT NULL)")
+        row = con.execute(f"SELECT version FROM {PG_VERSIONS} WHERE name = %s",
+                          (schema.table,)).fetchone()
+        has = con.execute("SELECT to_regclass(%s) IS NOT NULL", (schema.table,)).fetchone()[0]
+        if row is None and has:
+            raise RuntimeError(f"PostgreSQL has a table {schema.table!r} that AAP did not"
+                               " make (no schema version): use another database or schema")
+        version = 0 if row is None else int(row[0])
+        if version != schema.latest or row is None:
+            _upgrade(con, replace(schema, create=schema.postgres), version, row is None,
+                     sql_step_of(con))
+            con.execute(f"INSERT INTO {PG_VERSIONS} VALUES (%s, %s) ON CONFLICT (name) DO"
+                        " UPDATE SET version = excluded.version", (schema.table, schema.latest))
     except BaseException:
         con.execute("ROLLBACK")
         raise

@@ -1,0 +1,353 @@
+"""The shared-state database: a SQLite file under the data dir (the default), or
+PostgreSQL when ``AAP_META_URL`` is set (``postgresql://…``), so that several collectors
+and processors share it.
+
+The stores that use it (today the source registry, :mod:`aap.sources`, and the
+keystore, :mod:`aap.privacy.keystore`) write their SQL once, in the dialect both engines
+speak: ``?`` placeholders, ``INSERT … ON CONFLICT … DO NOTHING / DO UPDATE`` (SQLite has
+had upserts since 3.24), no ``INSERT OR …``. What differs is handled here, and only here:
+
+- placeholders: ``?`` becomes ``%s`` on PostgreSQL (a ``%`` in the SQL is escaped);
+- connections: one per thread on SQLite (WAL, the store's pragmas); a
+  :class:`psycopg_pool.ConnectionPool` per process and URL on PostgreSQL, autocommit, so
+  a read is one statement at READ COMMITTED;
+- write transactions (:meth:`MetaDB.write`): ``BEGIN IMMEDIATE`` on SQLite (one writer at
+  a time); ``SERIALIZABLE`` on PostgreSQL, run again from the start when the server
+  refuses it (a serialization failure or a deadlock): a writer may not assume that a row
+  it did not see stays absent, the server checks it;
+- schemas (:mod:`aap.store.migrations`): ``PRAGMA user_version`` of the file on SQLite;
+  a row per schema in ``aap_schema_versions`` on PostgreSQL, where each schema has its
+  own DDL (``BIGINT``, ``BYTEA``, ``DOUBLE PRECISION`` and identity columns);
+- after a delete meant to destroy bytes (:meth:`MetaDB.shredded`): the WAL is
+  checkpointed and truncated on SQLite (``secure_delete`` overwrote the pages); nothing on
+  PostgreSQL, whose dead tuples stay until VACUUM (see README, "Shared state on
+  PostgreSQL").
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import random
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from aap.store.migrations import Schema, migrate_postgres, migrate_sqlite
+
+T = TypeVar("T")
+
+SQLITE = "sqlite"
+POSTGRESQL = "postgresql"
+WRITE_ATTEMPTS = 30
+"""How many times a PostgreSQL write transaction is tried before its refusal is raised."""
+POOL_MAX = 4
+"""Connections a process keeps to the shared-state database, per URL."""
+
+
+Fetch = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
+"""A statement's rows (:meth:`MetaDB.fetchall`, :meth:`Tx.fetchall`)."""
+
+
+class Tx(Protocol):
+    """A write transaction: statements in the stores' dialect (``?`` placeholders)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Runs one statement; returns the rows it changed."""
+        ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def lock(self, table: str) -> None:
+        """Writers that lock ``table`` take turns (readers are not held up); first in the
+        transaction. SQLite: nothing (its writers always take turns); PostgreSQL:
+        ``LOCK TABLE … IN SHARE ROW EXCLUSIVE MODE``, before the snapshot is taken."""
+        ...
+
+
+class MetaDB(Protocol):
+    dialect: str
+    where: str
+    """A path, or the PostgreSQL server's host and database (no password): for messages."""
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One statement on its own (autocommit); returns the rows it changed."""
+        ...
+
+    def write(self, fn: Callable[[Tx], T]) -> T:
+        """``fn`` inside one write transaction: committed when it returns, rolled back if
+        it raises. On PostgreSQL ``fn`` may run more than once (see the module's doc): it
+        must do nothing outside the transaction but compute."""
+        ...
+
+    def migrate(self, schema: Schema) -> int: ...
+
+    def shredded(self) -> None:
+        """After rows were deleted to destroy their bytes (see the module's doc)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def meta_url() -> str:
+    """``AAP_META_URL``: empty for the files under the data dir."""
+    from aap.settings import StorageSettings
+
+    return StorageSettings.load().meta_url
+
+
+def open_meta(path: Path, url: str | None = None, *, pragmas: Sequence[str] = (),
+              mode: int | None = None) -> MetaDB:
+    """The shared-state database: PostgreSQL at ``url`` (``None``: ``AAP_META_URL``) when it
+    is set, else the SQLite file ``path`` (with ``pragmas`` on each connection, and its
+    permissions set to ``mode`` if given)."""
+    url = meta_url() if url is None else url
+    if url:
+        return PostgresMeta(url)
+    return SQLiteMeta(path, pragmas, mode)
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """The statement broke a constraint (a duplicate unique value), on either engine."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return True
+    try:
+        from psycopg import errors
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, errors.IntegrityError)
+
+
+# -- SQLite: the file under the data dir --
+
+class _SQLiteTx:
+    def __init__(self, con: sqlite3.Connection) -> None:
+        self.con = con
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self.con.execute(sql, params).rowcount
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.con.executemany(sql, rows)
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.con.execute(sql, params).fetchall()
+
+    def lock(self, table: str) -> None:
+        """Nothing: ``BEGIN IMMEDIATE`` made this the only writer."""
+
+
+class SQLiteMeta:
+    """A SQLite file (WAL), one connection per thread."""
+
+    dialect = SQLITE
+
+    def __init__(self, path: Path, pragmas: Sequence[str] = (), mode: int | None = None
+                 ) -> None:
+        self.path = path
+        self.where = str(path)
+        self._pragmas = ("PRAGMA journal_mode=WAL", *pragmas)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self.con()
+        if mode is not None:
+            os.chmod(path, mode)
+
+    def con(self) -> sqlite3.Connection:
+        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                  check_same_thread=False)
+            for pragma in self._pragmas:
+                con.execute(pragma)
+            self._local.con = con
+            with self._lock:
+                self._all.append(con)
+        return con
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.con().execute(sql, params).fetchall()
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self.con().execute(sql, params).fetchone()
+        return row
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self.con().execute(sql, params).rowcount
+
+    def write(self, fn: Callable[[Tx], T]) -> T:
+        con = self.con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(_SQLiteTx(con))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        return out
+
+    def migrate(self, schema: Schema) -> int:
+        return migrate_sqlite(self.con(), schema)
+
+    def shredded(self) -> None:
+        self.con().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old pages leave the WAL
+
+    def close(self) -> None:
+        with self._lock:
+            cons, self._all = self._all, []
+        for con in cons:
+            con.close()
+        self._local = threading.local()
+
+
+# -- PostgreSQL: shared by every process --
+
+@functools.lru_cache(maxsize=256)
+def pg_sql(sql: str) -> str:
+    """A statement in the stores' dialect as psycopg takes it: ``?`` → ``%s``."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+_pools: dict[tuple[int, str], Any] = {}
+_pools_lock = threading.Lock()
+
+
+class MetaUnavailable(RuntimeError):
+    """The PostgreSQL server of ``AAP_META_URL`` cannot be reached or refuses AAP."""
+
+
+def _pool(url: str, where: str) -> Any:
+    """This process's pool for ``url`` (a forked child makes its own)."""
+    import psycopg
+    from psycopg import IsolationLevel
+    from psycopg_pool import ConnectionPool
+
+    key = (os.getpid(), url)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            try:  # one connection first, for a clear message (the pool would only wait)
+                psycopg.connect(url, connect_timeout=10).close()
+            except psycopg.OperationalError as exc:
+                raise MetaUnavailable(f"AAP_META_URL: cannot use {where}: {exc}".strip()
+                                      ) from None
+
+            def configure(con: Any) -> None:
+                con.autocommit = True  # reads: one statement each, READ COMMITTED
+                con.isolation_level = IsolationLevel.SERIALIZABLE  # con.transaction()'s
+
+            pool = ConnectionPool(url, min_size=1, max_size=POOL_MAX, configure=configure,
+                                  open=False, name="aap-meta")
+            pool.open(wait=True, timeout=30)
+            _pools[key] = pool
+    return pool
+
+
+@atexit.register
+def _close_pools() -> None:
+    with _pools_lock:
+        mine = [k for k in _pools if k[0] == os.getpid()]
+        pools = [_pools.pop(k) for k in mine]
+    for pool in pools:
+        pool.close()
+
+
+_VALUES = re.compile(r"\bVALUES\s*(\(\s*\?(?:\s*,\s*\?)*\s*\))", re.IGNORECASE)
+_CHUNK = 1000
+
+
+class _PgTx:
+    def __init__(self, cur: Any) -> None:
+        self.cur = cur
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self.cur.execute(pg_sql(sql), params)
+        return int(self.cur.rowcount)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """An ``INSERT … VALUES (?, …)`` runs as one statement per chunk of rows (one
+        round trip, and no pipeline to abort when the transaction is refused)."""
+        rows = list(rows)
+        match = _VALUES.search(sql)
+        if match is None:
+            if rows:
+                self.cur.executemany(pg_sql(sql), rows)
+            return
+        group = match.group(1)
+        for i in range(0, len(rows), _CHUNK):
+            part = rows[i:i + _CHUNK]
+            many = sql[:match.start(1)] + ", ".join([group] * len(part)) + sql[match.end(1):]
+            self.cur.execute(pg_sql(many), [v for row in part for v in row])
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self.cur.execute(pg_sql(sql), params)
+        return list(self.cur.fetchall())
+
+    def lock(self, table: str) -> None:
+        self.cur.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
+
+
+class PostgresMeta:
+    """A PostgreSQL database through this process's pool."""
+
+    dialect = POSTGRESQL
+
+    def __init__(self, url: str) -> None:
+        from psycopg.conninfo import conninfo_to_dict
+
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("AAP_META_URL must be a postgresql:// URL")
+        info = conninfo_to_dict(url)
+        self.where = f"postgresql://{info.get('host', '')}:{info.get('port', 5432)}/" \
+                     f"{info.get('dbname', '')}"
+        self._pool = _pool(url, self.where)
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._pool.connection() as con:
+            return list(con.execute(pg_sql(sql), params).fetchall())
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        with self._pool.connection() as con:
+            row: tuple[Any, ...] | None = con.execute(pg_sql(sql), params).fetchone()
+            return row
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with self._pool.connection() as con:
+            return int(con.execute(pg_sql(sql), params).rowcount)
+
+    def write(self, fn: Callable[[Tx], T]) -> T:
+        from psycopg import errors
+
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                with self._pool.connection() as con, con.transaction(), con.cursor() as cur:
+                    return fn(_PgTx(cur))
+            except (errors.SerializationFailure, errors.DeadlockDetected):
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise
+                time.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 6)))
+        raise AssertionError("unreachable")
+
+    def migrate(self, schema: Schema) -> int:
+        with self._pool.connection() as con:
+            return migrate_postgres(con, schema)
+
+    def shredded(self) -> None:
+        """Nothing: PostgreSQL keeps dead tuples until VACUUM (they hold only wrapped keys
+        and sealed values; see README)."""
+
+    def close(self) -> None:
+        """The pool stays open for the process's other stores; it closes at exit."""

@@ -1,0 +1,402 @@
+"""The shared state on both engines (:mod:`aap.store.meta`): the source registry and the
+keystore behave alike on the SQLite files under the data dir and on PostgreSQL
+(``AAP_META_URL``); on PostgreSQL, processes that make and destroy keys at the same
+moment agree on one key per subject and never keep a key for a destroyed subject; and
+no raw id remembered in the keystore reaches PostgreSQL's files in clear.
+
+The PostgreSQL cases start a server (tests/pg.py) and are marked ``slow``; the SQLite
+cases run in ``scripts/test --fast``."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import secrets
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from aap.datadir import DataDir
+from aap.privacy.keystore import KeyDestroyed, Keystore
+from aap.sources import SCHEMA as SOURCES_SCHEMA
+from aap.sources import SourceExists, Sources, hash_key
+from aap.store.meta import PostgresMeta, SQLiteMeta, open_meta, pg_sql
+from aap.store.migrations import SchemaTooNew
+from tests.pg import Cluster
+from tests.pg import fresh_database as _fresh
+from tests.store import meta_workers
+
+PG_TABLES = {"aap_schema_versions", "sources", "data_keys", "identifiers", "personal_traits",
+             "forgotten", "destroyed"}
+
+
+def _open(ks: Keystore, subject: int, sealed: bytes) -> str:
+    return ks.open(subject, "id", sealed).decode()
+
+
+# -- the seam --
+
+def test_the_default_is_the_files_under_the_data_dir(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AAP_META_URL", raising=False)
+    Sources(tmp_path).close()
+    Keystore(tmp_path).close()
+    assert (tmp_path / "meta.db").is_file()
+    assert (tmp_path / "keys" / "keystore.db").stat().st_mode & 0o777 == 0o600
+    assert isinstance(open_meta(tmp_path / "x.db"), SQLiteMeta)
+
+
+def test_placeholders_become_psycopgs() -> None:
+    assert pg_sql("SELECT a FROM t WHERE b = ? AND c LIKE '%x'") == \
+        "SELECT a FROM t WHERE b = %s AND c LIKE '%%x'"
+
+
+def test_a_url_that_is_not_postgresql_is_refused(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AAP_META_URL", "mysql://u:p@h/db")
+    with pytest.raises(ValueError, match="AAP_META_URL must be a postgresql:// URL"):
+        Sources(tmp_path)
+
+
+# -- the source registry, on both engines --
+
+def test_a_created_source_is_found_by_its_key_id_and_name(tmp_path: Path, meta_url: str) -> None:
+    reg = Sources(tmp_path)
+    src, key = reg.create("web", allowed_origins=("https://a.example",), rate_limit=12.5,
+                          purposes={"analytics": "legitimate_interest"})
+    assert reg.by_key(key) == src
+    assert reg.by_id(src.id) == src == reg.by_name("web")
+    assert reg.by_key("wk_nope") is None and reg.by_name("nope") is None
+    assert src.rate_limit == 12.5 and src.allowed_origins == ("https://a.example",)
+    assert src.purposes == (("analytics", "legitimate_interest"),)
+    reg.close()
+    again = Sources(tmp_path)  # another process sees it
+    assert again.by_key(key) == src and again.list() == [src]
+
+
+def test_a_duplicate_name_is_refused(tmp_path: Path, meta_url: str) -> None:
+    reg = Sources(tmp_path)
+    reg.create("web")
+    with pytest.raises(SourceExists):
+        reg.create("web")
+    with pytest.raises(ValueError):
+        reg.create("other", purposes={"no_such_purpose": "consent"})
+    assert [s.name for s in reg.list()] == ["web"]
+
+
+def test_updates_server_keys_and_controller_groups(tmp_path: Path, meta_url: str) -> None:
+    reg = Sources(tmp_path)
+    src, key = reg.create("web")
+    for name in ("b-app", "a-app"):
+        reg.create(name)
+    order = [(s.created_at, s.name) for s in reg.list()]
+    assert order == sorted(order) and len(order) == 3
+    assert reg.set_rate_limit("web", 3.0).rate_limit == 3.0
+    out = reg.update("web", allowed_origins=("https://x.example",), rate_limit=0.25)
+    assert out.allowed_origins == ("https://x.example",) and out.rate_limit == 0.25
+    assert reg.by_key(key) == out
+    _, sk1 = reg.new_server_key("web")
+    _, sk2 = reg.new_server_key("web")
+    assert reg.by_key(sk1) is None  # the old server key stops working
+    found = reg.by_key(sk2)
+    assert found is not None and found.server_key and found.id == src.id
+    write = reg.by_key(key)
+    assert write is not None and not write.server_key
+    grouped = reg.set_controller("web", "shop")
+    assert grouped.scope == "controller:shop" and reg.scopes()[src.id] == "controller:shop"
+    assert reg.set_controller("web", None).scope == src.id
+    with pytest.raises(ValueError):
+        reg.set_controller("web", "not a group!")
+
+
+def test_no_write_key_is_stored_in_clear(tmp_path: Path, meta_url: str) -> None:
+    reg = Sources(tmp_path)
+    _, key = reg.create("web")
+    _, sk = reg.new_server_key("web")
+    stored = repr(_every_row(meta_url)) if meta_url else b"".join(
+        p.read_bytes() for p in tmp_path.glob("meta.db*")).decode("latin-1")
+    assert key not in stored and sk not in stored
+    assert hash_key(key) in stored  # what is stored: the digest
+
+
+# -- the keystore, on both engines --
+
+def test_a_subject_gets_one_key_that_every_instance_shares(tmp_path: Path, meta_url: str
+                                                           ) -> None:
+    ks = Keystore(tmp_path)
+    subjects = list(range(-600, 600))  # more than a chunk of 500
+    keys = ks.keys_for(subjects)
+    assert set(keys) == set(subjects)
+    sealed = {s: ks.seal(keys[s], s, "id", f"user-{s}".encode()) for s in subjects}
+    other = Keystore(tmp_path)  # another process: nothing cached
+    assert other.keys_for([10_000], create=False) == {}
+    again = other.keys_for(subjects)
+    assert all(_open(other, s, sealed[s]) == f"user-{s}" for s in subjects)
+    assert len(again) == len(subjects)
+    assert _count(tmp_path, meta_url, "data_keys") == len(subjects)
+
+
+def test_a_destroyed_key_is_gone_and_never_made_again(tmp_path: Path, meta_url: str) -> None:
+    ks = Keystore(tmp_path)
+    watcher = Keystore(tmp_path)
+    keys = ks.keys_for([1, 2, 3])
+    watcher.keys_for([1, 2, 3])
+    ks.remember({1: "alice@example.com", 2: "bob@example.com"})
+    ks.rectify_personal_traits([1], {"email": "alice@example.com"})
+    sealed = ks.seal(keys[1], 1, "id", b"alice")
+    assert ks.destroy([1, 1, 4]) == 1
+    assert ks.destroy([1]) == 0
+    with pytest.raises(KeyDestroyed):
+        ks.open(1, "id", sealed)
+    assert ks.identifier(1) is None and ks.identifier(2) == "bob@example.com"
+    assert ks.personal_traits([1]) == {}
+    assert ks.keys_for([1, 4]) == {}
+    fresh = Keystore(tmp_path)  # nothing cached: the database says no
+    assert fresh.keys_for([1, 4]) == {} and set(fresh.keys_for([2, 3, 5])) == {2, 3, 5}
+    assert {1, 4} <= watcher.refresh_destroyed()
+    assert watcher.keys_for([1], create=False) == {}
+    assert _count(tmp_path, meta_url, "data_keys", "subject = 1") == 0
+    assert _count(tmp_path, meta_url, "identifiers", "subject = 1") == 0
+    assert _count(tmp_path, meta_url, "personal_traits", "subject = 1") == 0
+
+
+def test_a_forgotten_subject_leaves_every_cache_and_may_come_back(tmp_path: Path,
+                                                                  meta_url: str) -> None:
+    ks = Keystore(tmp_path)
+    other = Keystore(tmp_path)
+    ks.remember({7: "carol@example.com"})
+    old = other.keys_for([7])[7]
+    assert ks.forget([7]) == 1
+    assert ks.identifier(7) is None
+    assert other.refresh_forgotten(force=True) == {7}
+    assert other.keys_for([7], create=False) == {}
+    new = other.keys_for([7])[7]  # not suppressed: a new subject
+    assert new is not old
+    assert Keystore(tmp_path).keys_for([7], create=False).keys() == {7}
+
+
+def test_raw_ids_and_personal_traits_are_kept_sealed_once(tmp_path: Path, meta_url: str
+                                                          ) -> None:
+    ks = Keystore(tmp_path)
+    ks.remember({1: "first", 2: "two"})
+    ks.remember({1: "second"})  # the first one stays
+    assert Keystore(tmp_path).identifier(1) == "first"
+    assert ks.identifier(3) is None
+    assert ks.rectify_personal_traits([1, 2], {"email": "a@x", "name": "A"}) == {
+        "email": "a@x", "name": "A"}
+    assert ks.rectify_personal_traits([1, 2], {"name": None, "phone": "1"}) == {
+        "email": "a@x", "phone": "1"}
+    assert Keystore(tmp_path).personal_traits([2]) == {"email": "a@x", "phone": "1"}
+    assert _count(tmp_path, meta_url, "personal_traits") == 2
+    assert ks.rectify_personal_traits([99], {"x": 1}) == {}  # no key: nothing kept
+
+
+# -- PostgreSQL only --
+
+@pytest.mark.slow
+def test_schema_versions_on_postgresql(tmp_path: Path, pg: Cluster) -> None:
+    _fresh(pg.url)
+    Sources(tmp_path, url=pg.url).close()
+    Keystore(tmp_path, url=pg.url).close()
+    Sources(tmp_path, url=pg.url).close()  # opening again changes nothing
+    with psycopg.connect(pg.url) as con:
+        versions = dict(con.execute("SELECT name, version FROM aap_schema_versions"
+                                    ).fetchall())
+        tables = {r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
+        assert versions == {"sources": SOURCES_SCHEMA.latest, "data_keys": 1}
+        assert tables == PG_TABLES
+        con.execute("UPDATE aap_schema_versions SET version = 99 WHERE name = 'sources'")
+    with pytest.raises(SchemaTooNew, match="sources"):
+        Sources(tmp_path, url=pg.url)
+    db = open_meta(tmp_path / "unused.db", pg.url)
+    assert isinstance(db, PostgresMeta) and "secret-pw" not in db.where
+
+
+@pytest.mark.slow
+def test_processes_making_keys_at_once_agree_on_one_key_per_subject(
+        tmp_path: Path, pg: Cluster) -> None:
+    _fresh(pg.url)
+    Keystore(tmp_path, url=pg.url).close()  # the master key file and the tables
+    rounds = [[r * 1000 + i for i in range(400)] for r in range(8)]
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    outs = [ctx.Queue(), ctx.Queue()]
+    ins = [ctx.Queue(), ctx.Queue()]
+    result = ctx.Queue()
+    procs = [ctx.Process(target=meta_workers.make_keys,
+                         args=(str(tmp_path), pg.url, rounds, barrier, outs[i], ins[i], result))
+             for i in (0, 1)]
+    for p in procs:
+        p.start()
+    try:
+        sealed = [outs[0].get(timeout=300), outs[1].get(timeout=300)]
+        ins[0].put(sealed[1])  # each opens what the other sealed
+        ins[1].put(sealed[0])
+        results = [result.get(timeout=300), result.get(timeout=300)]
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+    n = sum(len(r) for r in rounds)
+    assert results == [(n, n), (n, n)]
+    with psycopg.connect(pg.url) as con:
+        count, distinct = con.execute("SELECT count(*), count(DISTINCT subject) FROM data_keys"
+                                      ).fetchone() or (0, 0)
+    assert count == distinct == n
+
+
+@pytest.mark.slow
+def test_a_destroy_racing_keys_for_never_leaves_a_key(tmp_path: Path, pg: Cluster) -> None:
+    _fresh(pg.url)
+    Keystore(tmp_path, url=pg.url).close()
+    rounds = [[r * 1000 + i for i in range(50)] for r in range(60)]
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    result = ctx.Queue()
+    procs = [ctx.Process(target=meta_workers.race_destroy,
+                         args=(str(tmp_path), pg.url, rounds, barrier, role, result))
+             for role in ("make", "destroy")]
+    for p in procs:
+        p.start()
+    try:
+        done = dict([result.get(timeout=300), result.get(timeout=300)])
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+    subjects = [s for r in rounds for s in r]
+    with psycopg.connect(pg.url) as con:
+        left = con.execute("SELECT count(*) FROM data_keys JOIN destroyed USING (subject)"
+                           ).fetchone()
+        destroyed = con.execute("SELECT count(*) FROM destroyed").fetchone()
+    assert left == (0,) and destroyed == (len(subjects),)
+    assert Keystore(tmp_path, url=pg.url).keys_for(subjects) == {}
+    print("keys made before their destroy:", done["make"], "of", len(subjects))
+
+
+@pytest.mark.slow
+def test_no_raw_id_reaches_postgresql_in_clear(tmp_path: Path, pg: Cluster) -> None:
+    """Canary: raw ids and personal traits remembered in the keystore, and the data keys
+    themselves, appear in no file of the cluster (tables, WAL) nor in any row; only
+    wrapped keys and sealed values are stored (a control shows the scan sees those)."""
+    _fresh(pg.url)
+    ks = Keystore(tmp_path, url=pg.url)
+    tag = secrets.token_hex(6)
+    ids = {s: f"canary-{tag}-{s}@example.com" for s in range(1, 41)}
+    ks.remember(ids)
+    for s in range(1, 41, 4):
+        ks.rectify_personal_traits([s], {"name": f"Canary Trait {tag} {s}"})
+    raw_keys = {s: _raw_key(ks, s) for s in ids}
+    ks.destroy(range(1, 11))
+    ks.forget(range(11, 21))
+    with psycopg.connect(pg.url, autocommit=True) as con:
+        con.execute("CHECKPOINT")  # what was written reaches the table files too
+        wrapped = bytes(con.execute("SELECT wrapped FROM data_keys WHERE subject = 30"
+                                    ).fetchone()[0])  # type: ignore[index]
+    secrets_ = [v.encode() for v in ids.values()] + [f"Canary Trait {tag}".encode()]
+    rows = repr(_every_row(pg.url)).encode()
+    files = _all_bytes(pg.data)
+    assert wrapped in files  # the control: the scan sees what is stored
+    assert tag.encode() not in rows
+    assert not [x for x in secrets_ if x in files]
+    assert not [s for s, k in raw_keys.items() if k in files or k.hex().encode() in rows]
+
+
+# -- helpers --
+
+def _raw_key(ks: Keystore, subject: int) -> bytes:
+    row = ks._db.fetchone("SELECT wrapped FROM data_keys WHERE subject = ?", (subject,))
+    assert row is not None
+    return ks.master.unwrap(subject, bytes(row[0]))
+
+
+def _every_row(url: str) -> list[Any]:
+    """A pg_dump of the data: every row of every table."""
+    out: list[Any] = []
+    with psycopg.connect(url) as con:
+        tables = [r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")]
+        for t in tables:
+            out.append((t, con.execute(f'SELECT * FROM "{t}"').fetchall()))
+    return out
+
+
+def _all_bytes(root: Path) -> bytes:
+    chunks = []
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            try:
+                chunks.append(Path(dirpath, name).read_bytes())
+            except OSError:
+                continue
+    return b"\0".join(chunks)
+
+
+def _count(data_dir: Path, url: str, table: str, where: str = "true") -> int:
+    db = open_meta(data_dir / "keys" / "keystore.db", url)
+    row = db.fetchone(f"SELECT count(*) FROM {table} WHERE {where}")
+    return int(row[0]) if row else 0
+
+
+def test_many_rows_become_one_statement_per_chunk() -> None:
+    class Cur:
+        def __init__(self) -> None:
+            self.ran: list[tuple[str, list[Any]]] = []
+
+        def execute(self, sql: str, params: list[Any]) -> None:
+            self.ran.append((sql, params))
+
+    from aap.store.meta import _PgTx
+
+    cur = Cur()
+    _PgTx(cur).executemany("INSERT INTO t (a, b) VALUES (?, ?) ON CONFLICT (a) DO NOTHING",
+                           [(i, str(i)) for i in range(1001)])
+    assert [len(p) for _, p in cur.ran] == [2000, 2]
+    assert cur.ran[1] == ("INSERT INTO t (a, b) VALUES (%s, %s) ON CONFLICT (a) DO NOTHING",
+                          [1000, "1000"])
+    assert cur.ran[0][0].count("(%s, %s)") == 1000
+
+
+@pytest.mark.slow
+def test_a_server_given_the_url_keeps_sources_and_keys_in_postgresql(
+        tmp_path: Path, pg: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole path: ``aap sources create`` and ``aap serve`` (its collector workers and
+    core) with ``AAP_META_URL``: the source is found in PostgreSQL, the raw ids are sealed
+    under keys made there, and no keystore file is made under the data dir."""
+    from tests.conftest import start
+
+    _fresh(pg.url)
+    monkeypatch.setenv("AAP_META_URL", pg.url)
+    user = f"user-{secrets.token_hex(4)}"
+    r = start(tmp_path, env={"AAP_META_URL": pg.url})
+    try:
+        batch = {"batch": [{"type": "track", "event": "E", "userId": user, "messageId": "m1"},
+                           {"type": "track", "event": "E", "anonymousId": "a-1",
+                            "messageId": "m2"}]}
+        assert r.post("/v1/batch", json=batch).status_code == 200
+        stored = r.stored()  # unsealed with the keys in PostgreSQL
+    finally:
+        r.server.stop()
+    assert sorted(str(e.user_id or e.anonymous_id) for e in stored) == sorted([user, "a-1"])
+    with psycopg.connect(pg.url) as con:
+        assert [r[0] for r in con.execute("SELECT name FROM sources")] == ["test-source"]
+        assert con.execute("SELECT count(*) FROM data_keys").fetchone() == (2,)
+    assert not DataDir(r.data_dir).keystore_db.exists()
+    meta_db = DataDir(r.data_dir).meta_db
+    if meta_db.exists():
+        with sqlite3.connect(meta_db) as lite:
+            assert not lite.execute("SELECT name FROM sqlite_master WHERE name = 'sources'"
+                                    ).fetchall()
+
+
+def test_an_unreachable_server_is_a_clear_error_without_the_password(tmp_path: Path) -> None:
+    from aap.runner import free_port
+    from aap.store.meta import MetaUnavailable
+
+    url = f"postgresql://aap:pw-canary@127.0.0.1:{free_port()}/aap"
+    with pytest.raises(MetaUnavailable, match=r"AAP_META_URL: cannot use postgresql://127\.0\.0\.1"
+                       ) as caught:
+        Keystore(tmp_path, url=url)
+    assert "pw-canary" not in str(caught.value)
