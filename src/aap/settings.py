@@ -50,6 +50,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("port", 8000, "TCP port the server listens on."),
     Setting("workers", 0, "Collector worker processes; 0 means one per CPU core."),
     Setting("log_backend", "sqlite", "Durable log: `sqlite` (embedded) or `null` (no durability, benchmarks only)."),
+    Setting("log_url", "sqlite:", "Where the durable log is: `sqlite:` (embedded, DATA_DIR/log) or `kafka://host:port[,host:port…]/topic` (see README, Log on Kafka); `AAP_LOG_BACKEND=null` overrides it."),
     Setting("max_event_bytes", 1 * MiB, "Largest single event accepted, after decompression (bytes)."),
     Setting("max_request_bytes", 20 * MiB, "Largest request body accepted, after decompression (bytes)."),
     Setting("trusted_proxies", "", "Comma-separated CIDRs whose X-Forwarded-For header is believed."),
@@ -201,11 +202,24 @@ def _secret() -> Any:
 class StorageSettings(Section):
     data_dir: str
     log_backend: str
+    log_url: str
     warehouse_memory: str
 
     def check(self) -> None:
         if self.log_backend not in ("sqlite", "null"):
             raise ValueError(f"unknown log backend {self.log_backend!r} (use sqlite or null)")
+        if self.log_url != "sqlite:":
+            from aap.log.kafka import parse_url  # the only other kind
+
+            try:
+                parse_url(self.log_url)
+            except ValueError as exc:
+                raise ValueError(f"AAP_LOG_URL: {exc} (or `sqlite:`)") from None
+
+    @property
+    def kafka(self) -> bool:
+        """Whether the log is on Kafka (``AAP_LOG_URL=kafka://…``)."""
+        return self.log_backend != "null" and self.log_url.startswith("kafka://")
 
     @property
     def data(self) -> DataDir:

@@ -11,6 +11,10 @@ def open_log(settings: Settings) -> Log:
         from aap.log.null import NullLog
 
         return NullLog()
+    if settings.storage.kafka:
+        from aap.log.kafka import KafkaLog
+
+        return KafkaLog(settings.storage.log_url)
     from aap.log.sqlite import SQLiteLog  # the only other backend (the settings say so)
 
     return SQLiteLog(settings.data.log)
