@@ -104,6 +104,7 @@ class KafkaLog:
         """Counts the assignments this consumer got (and lost)."""
         self._producer: ck.Producer | None = None
         self._consumer: ck.Consumer | None = None
+        self._meta_consumer: ck.Consumer | None = None
         self._lock = threading.Lock()
         self._assigned: set[int] = set()
         self._next: dict[int, int] = {}
@@ -289,11 +290,11 @@ class KafkaLog:
 
     def positions(self, group: str) -> dict[int, int]:
         parts = self._partitions()
-        c = self.consumer() if group == self.group else self._admin_consumer(group)
+        c = self._meta() if group == self.group else self._admin_consumer(group)
         try:
             tps = c.committed([ck.TopicPartition(self.topic, p) for p in parts], timeout=30)
         finally:
-            if c is not self._consumer:
+            if c is not self._meta_consumer:
                 c.close()
         return {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
 
@@ -301,12 +302,21 @@ class KafkaLog:
         tps = [ck.TopicPartition(self.topic, p, o) for p, o in as_positions(offset).items()]
         if not tps:
             return
-        c = self.consumer() if group == self.group else self._admin_consumer(group)
+        # a member of the group commits as one; anyone else (an empty group) from outside
+        member = group == self.group and self._consumer is not None and bool(self._assigned)
+        c = self.consumer() if member else self._admin_consumer(group)
         try:
             c.commit(offsets=tps, asynchronous=False)
         finally:
             if c is not self._consumer:
                 c.close()
+
+    def _meta(self) -> ck.Consumer:
+        """A consumer that never subscribes (so never joins the group): committed offsets
+        and watermarks for :meth:`stats`, which the collectors call too."""
+        if self._meta_consumer is None:
+            self._meta_consumer = self._admin_consumer(self.group)
+        return self._meta_consumer
 
     def _admin_consumer(self, group: str) -> ck.Consumer:
         return ck.Consumer({**self._common(), "group.id": group, "enable.auto.commit": False})
@@ -328,7 +338,7 @@ class KafkaLog:
     def stats(self) -> LogStats:
         """Counted in messages (one person's events of one request each), not events:
         Kafka's offsets count messages. ``size_bytes`` is unknown here (0)."""
-        c = self.consumer()
+        c = self._meta()
         heads = {p: c.get_watermark_offsets(ck.TopicPartition(self.topic, p), timeout=10)[1]
                  for p in self._partitions()}
         done = self.positions(self.group)
@@ -340,9 +350,10 @@ class KafkaLog:
         if self._producer is not None:
             self._producer.flush(10)
             self._producer = None
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        for c in (self._consumer, self._meta_consumer):
+            if c is not None:
+                c.close()
+        self._consumer = self._meta_consumer = None
 
 
 def _record(msg: ck.Message) -> Record:
