@@ -5,6 +5,7 @@ Kafka say."""
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,12 +13,13 @@ from pathlib import Path
 import confluent_kafka as ck
 import pytest
 
-from aap.events import Event
+from aap.events import Event, decode_events
+from aap.log.base import advance
 from aap.log.kafka import KafkaLog
 from aap.log.keys import per_person
 from aap.privacy.ids import IdHasher
 from aap.process.processor import Processor
-from aap.store.warehouse import Warehouse
+from aap.store.warehouse import Chunk, Warehouse
 from tests.log.test_kafka import Cluster, shared_cluster  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
@@ -38,7 +40,16 @@ def send(log: KafkaLog, first: int, n: int, per_request: int = 10) -> None:
 
 
 def stored(wh: Warehouse) -> list[str]:
-    return [r[0] for r in wh.query("SELECT message_id FROM events")[1]]
+    with wh.snapshot() as cur:  # its own cursor: the processor's threads run meanwhile
+        return [r[0] for r in cur.execute("SELECT message_id FROM events").fetchall()]
+
+
+class SlowWrites(Warehouse):
+    """Each chunk takes a while to commit: a write is in flight when the group changes."""
+
+    def write(self, chunk: Chunk) -> None:
+        time.sleep(0.5)
+        super().write(chunk)
 
 
 def run_until(proc: Processor, wh: Warehouse, n: int, timeout: float = 60) -> None:
@@ -85,5 +96,61 @@ def test_a_crash_and_a_takeover_write_every_event_once(
         assert second_log.positions("processor") == heads  # (an empty partition: the 0 set above)
         second_log.close()
     finally:
+        producer.close()
+        wh.close()
+
+
+def test_a_member_joining_takes_partitions_where_the_processor_stopped(
+        shared_cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    """A processor owns every partition; another member joins the group and gets some:
+    it starts them from the positions in the warehouse (the processor finished its write
+    before they were revoked, and wrote none of what it had read ahead), so the events in
+    the warehouse and those the newcomer reads are every event, once."""
+    url = shared_cluster.url()
+    producer = KafkaLog(url)
+    wh = SlowWrites(tmp_path / "wh")
+
+    def warehouse_positions() -> dict[int, int]:
+        return wh.get_positions()
+
+    proc_log = KafkaLog(url)
+    proc = Processor(proc_log, wh, HASHER, chunk_records=20)
+    stop = threading.Event()
+    runner = threading.Thread(target=proc.run, args=(stop,), kwargs={"linger": 0.01})
+    newcomer = KafkaLog(url, stored_positions=warehouse_positions)
+    seen: list[str] = []
+    try:
+        sender = threading.Thread(target=lambda: [  # 200 events over about 6 s
+            (send(producer, i, 10), time.sleep(0.3)) for i in range(0, 200, 10)])
+        sender.start()
+        runner.start()
+        deadline = time.monotonic() + 30
+        while (len(proc_log.assigned) < 4 or not stored(wh)) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the processor has every partition, and chunks to write
+        pos: dict[int, int] = {}
+        gen = -1
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if newcomer.generation != gen:
+                gen, pos = newcomer.generation, warehouse_positions()
+            recs = newcomer.read(pos, 50)
+            if newcomer.generation != gen:
+                continue
+            seen += [e.message_id for r in recs for e in decode_events(r.payload)]
+            pos = advance(pos, recs)
+            if not sender.is_alive() and len(seen) + len(stored(wh)) >= 200 and not recs:
+                break
+        sender.join()
+        stop.set()
+        runner.join(30)
+        ids = stored(wh)
+        assert newcomer.assigned and seen, "the newcomer got partitions"
+        assert not proc.dropped  # the processor read no record twice either
+        assert len(ids) == len(set(ids)) and not set(ids) & set(seen)
+        assert sorted(ids + seen) == sorted(f"m{i}" for i in range(200))
+    finally:
+        stop.set()
+        newcomer.close()
+        proc_log.close()
         producer.close()
         wh.close()

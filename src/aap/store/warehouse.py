@@ -350,9 +350,13 @@ class Warehouse:
 
     def get_positions(self) -> dict[int, int]:
         """The log positions the processors committed with their rows, per partition."""
-        rows = self.con.execute(
-            "SELECT name, value FROM processor_state WHERE name = $p OR name LIKE $ps",
-            {"p": POSITION, "ps": POSITION + ".%"}).fetchall()
+        cur = self.con.cursor()  # called from the log's rebalance callback too
+        try:
+            rows = cur.execute(
+                "SELECT name, value FROM processor_state WHERE name = $p OR name LIKE $ps",
+                {"p": POSITION, "ps": POSITION + ".%"}).fetchall()
+        finally:
+            cur.close()
         return {0 if n == POSITION else int(n[len(POSITION) + 1:]): int(v) for n, v in rows}
 
     def dead_letter(self, offset: int, events: int, previous_position: int,
