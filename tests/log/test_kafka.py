@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 
 from aap.errors import ServiceUnavailable
 from aap.events import Event, decode_events, encode_events
+from aap.log import scan
 from aap.log.base import Append, Record, advance
-from aap.log.kafka import KafkaLog, parse_url
+from aap.log.kafka import KafkaLog
 from aap.log.keys import per_person
 from tests.conftest import examples, slow_fixture
 
@@ -90,14 +91,6 @@ def read_all(log: KafkaLog, n: int, after: dict[int, int] | None = None,
         pos = advance(pos, recs)
     got += log.read(pos, 500)
     return got, advance(pos, got)
-
-
-def test_url_parsing() -> None:
-    u = parse_url("kafka://a:1,b:2/events?linger.ms=5")
-    assert (u.servers, u.topic, u.options) == ("a:1,b:2", "events", {"linger.ms": "5"})
-    for bad in ("kafka://a:1", "kafka:///t", "kafka://a/t", "http://a:1/t", "kafka://a:1/t/x"):
-        with pytest.raises(ValueError):
-            parse_url(bad)
 
 
 def test_append_read_round_trip(shared_cluster: Cluster) -> None:
@@ -294,3 +287,20 @@ def test_any_appends_read_back_exactly(one_log, groups) -> None:  # type: ignore
             where = [(r.partition, r.offset, r.payload) for r in got if r.payload in mine]
             assert len({p for p, _, _ in where}) == 1
             assert [pl for _, _, pl in sorted(where)] == [a.payload for a in sent if a.key == k]
+
+
+def test_scan_and_stats_leave_the_group_alone(shared_cluster: Cluster) -> None:
+    url = shared_cluster.url()
+    log = KafkaLog(url)
+    try:
+        log.append([Append("s", 3, b"%d" % i, b"k%d" % i) for i in range(12)])
+        got, pos = read_all(log, 12)  # the processors' member, with every partition
+        log.commit("processor", advance({}, got[:5]))
+        assert sorted(int(r.payload) for r in scan(log)) == list(range(12))
+        st_ = log.stats()
+        assert st_.head_offset == 12 and st_.lag_events == {"processor": 7}
+        assert log.assigned == frozenset(range(4))  # nobody else joined
+        assert log.read(pos) == []  # nor moved its positions
+    finally:
+        log.close()
+

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aap.log.base import Append, Log, LogStats, Record
+from aap.log.base import Append, Log, LogStats, Record, scan
 from aap.settings import Settings
 
 
@@ -20,4 +20,4 @@ def open_log(settings: Settings) -> Log:
     return SQLiteLog(settings.data.log)
 
 
-__all__ = ["Append", "Log", "LogStats", "Record", "open_log"]
+__all__ = ["Append", "Log", "LogStats", "Record", "open_log", "scan"]

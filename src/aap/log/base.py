@@ -13,7 +13,7 @@ position is taken, so its callers need not know about partitions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, TypeAlias
 
@@ -93,3 +93,16 @@ class Log(Protocol):
     def stats(self) -> LogStats: ...
 
     def close(self) -> None: ...
+
+
+def scan(log: Log, batch: int = 500) -> Iterator[Record]:
+    """Every record the log holds, for a one-off reader (a data subject's access request):
+    on Kafka through a consumer outside the processors' group."""
+    own = getattr(log, "scan", None)
+    if own is not None:
+        yield from own()
+        return
+    after = 0
+    while recs := log.read(after, batch):
+        yield from recs
+        after = recs[-1].offset

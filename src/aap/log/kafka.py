@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -54,6 +55,7 @@ fails (librdkafka's default, five minutes, would hold a request that long)."""
 POLL_S = 0.1
 """How long :meth:`KafkaLog.read` waits for a first message."""
 GROUP = "processor"
+STATS_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class KafkaLog:
         self._producer: ck.Producer | None = None
         self._consumer: ck.Consumer | None = None
         self._meta_consumer: ck.Consumer | None = None
+        self._stats_down_until = 0.0
         self._lock = threading.Lock()
         self._assigned: set[int] = set()
         self._next: dict[int, int] = {}
@@ -274,6 +277,32 @@ class KafkaLog:
                 break
         return out
 
+    def scan(self, timeout_s: float = 30.0) -> Iterator[Record]:
+        """Every record the topic holds now, partition by partition, through a consumer of
+        its own that joins no group (the data subject's access request reads the log so):
+        the processors' positions and assignments are not touched."""
+        c = self._admin_consumer(f"{self.group}-scan")
+        try:
+            for p in self._partitions():
+                tp = ck.TopicPartition(self.topic, p)
+                low, high = c.get_watermark_offsets(tp, timeout=timeout_s)
+                if high <= low:
+                    continue
+                c.assign([ck.TopicPartition(self.topic, p, low)])
+                deadline = time.monotonic() + timeout_s
+                nxt = low
+                while nxt < high:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"reading partition {p} of the Kafka log timed out")
+                    for msg in c.consume(1000, 0.5):
+                        off = msg.offset()
+                        if msg.error() is None and off is not None and nxt <= off < high:
+                            nxt = off + 1
+                            yield _record(msg)
+                c.unassign()
+        finally:
+            c.close()
+
     def _seek(self, c: ck.Consumer, partition: int, offset: int) -> None:
         self._buffer = deque(m for m in self._buffer if m.partition() != partition)
         self._next[partition] = offset
@@ -321,8 +350,8 @@ class KafkaLog:
     def _admin_consumer(self, group: str) -> ck.Consumer:
         return ck.Consumer({**self._common(), "group.id": group, "enable.auto.commit": False})
 
-    def _partitions(self) -> list[int]:
-        md = self.producer().list_topics(self.topic, timeout=30)
+    def _partitions(self, timeout_s: float = 30) -> list[int]:
+        md = self._meta().list_topics(self.topic, timeout=timeout_s)
         t = md.topics.get(self.topic)
         if t is None or t.error is not None:
             return []
@@ -337,11 +366,24 @@ class KafkaLog:
 
     def stats(self) -> LogStats:
         """Counted in messages (one person's events of one request each), not events:
-        Kafka's offsets count messages. ``size_bytes`` is unknown here (0)."""
-        c = self._meta()
-        heads = {p: c.get_watermark_offsets(ck.TopicPartition(self.topic, p), timeout=10)[1]
-                 for p in self._partitions()}
-        done = self.positions(self.group)
+        Kafka's offsets count messages. ``size_bytes`` is unknown here (0).
+
+        The collectors ask for it every ``health_interval_ms`` in their request path: each
+        call waits at most :data:`STATS_TIMEOUT_S`, and after a failure the next calls
+        fail at once for as long (the brokers are unreachable: ingestion answers 503)."""
+        if time.monotonic() < self._stats_down_until:
+            raise ServiceUnavailable("the Kafka log did not answer", code="log_unavailable")
+        try:
+            c = self._meta()
+            heads = {p: c.get_watermark_offsets(ck.TopicPartition(self.topic, p),
+                                                timeout=STATS_TIMEOUT_S)[1]
+                     for p in self._partitions(STATS_TIMEOUT_S)}
+            tps = c.committed([ck.TopicPartition(self.topic, p) for p in heads],
+                              timeout=STATS_TIMEOUT_S)
+        except ck.KafkaException:
+            self._stats_down_until = time.monotonic() + STATS_TIMEOUT_S
+            raise
+        done = {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
         lag = {self.group: sum(max(0, h - done.get(p, 0)) for p, h in heads.items())}
         total = sum(heads.values())
         return LogStats(total, total, 0, lag)

@@ -1,0 +1,29 @@
+"""Choosing the Kafka log (no broker needed: the log connects on first use)."""
+
+from __future__ import annotations
+
+import pytest
+
+from aap.log import open_log
+from aap.log.kafka import KafkaLog, parse_url
+from aap.settings import Settings
+
+
+def test_url_parsing() -> None:
+    u = parse_url("kafka://a:1,b:2/events?linger.ms=5")
+    assert (u.servers, u.topic, u.options) == ("a:1,b:2", "events", {"linger.ms": "5"})
+    for bad in ("kafka://a:1", "kafka:///t", "kafka://a/t", "http://a:1/t", "kafka://a:1/t/x"):
+        with pytest.raises(ValueError):
+            parse_url(bad)
+
+
+def test_the_setting_selects_the_kafka_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AAP_LOG_URL", "kafka://127.0.0.1:1/events")
+    log = open_log(Settings())
+    assert isinstance(log, KafkaLog) and log.topic == "events"
+    log.close()
+    monkeypatch.setenv("AAP_LOG_BACKEND", "null")
+    assert not isinstance(open_log(Settings()), KafkaLog)
+    monkeypatch.setenv("AAP_LOG_URL", "kafka://nowhere/events")
+    with pytest.raises(ValueError, match="AAP_LOG_URL"):
+        Settings()
