@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aap.datadir import DataDir
+from aap.logurl import parse_url
 from aap.privacy.purposes import MAX_RETENTION_DAYS
 
 MiB = 1024 * 1024
@@ -209,8 +210,6 @@ class StorageSettings(Section):
         if self.log_backend not in ("sqlite", "null"):
             raise ValueError(f"unknown log backend {self.log_backend!r} (use sqlite or null)")
         if self.log_url != "sqlite:":
-            from aap.log.kafka import parse_url  # the only other kind
-
             try:
                 parse_url(self.log_url)
             except ValueError as exc:

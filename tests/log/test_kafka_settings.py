@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from aap.log import open_log
-from aap.log.kafka import KafkaLog, parse_url
+from aap.log.kafka import KafkaLog
+from aap.logurl import parse_url
 from aap.settings import Settings
 
 

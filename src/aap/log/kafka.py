@@ -34,9 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
 
 import confluent_kafka as ck
 
@@ -44,6 +42,7 @@ from aap.errors import ServiceUnavailable
 from aap.events import decode_events
 from aap.log.base import Append, LogStats, Positions, Record, as_positions
 from aap.log.keys import per_person
+from aap.logurl import parse_url
 
 logger = logging.getLogger(__name__)
 
@@ -56,28 +55,6 @@ POLL_S = 0.1
 """How long :meth:`KafkaLog.read` waits for a first message."""
 GROUP = "processor"
 STATS_TIMEOUT_S = 2.0
-
-
-@dataclass(frozen=True)
-class KafkaUrl:
-    servers: str
-    topic: str
-    options: dict[str, str] = field(default_factory=dict)
-
-
-def parse_url(url: str) -> KafkaUrl:
-    """``kafka://h1:9092,h2:9092/topic?linger.ms=5`` → its parts (ValueError if not one)."""
-    if not url.startswith("kafka://"):
-        raise ValueError(f"not a kafka:// URL: {url!r}")
-    rest, _, query = url[len("kafka://"):].partition("?")
-    servers, _, topic = rest.partition("/")
-    if not servers or not topic or "/" in topic:
-        raise ValueError(f"a Kafka log URL is kafka://host:port[,host:port…]/topic: {url!r}")
-    for hp in servers.split(","):
-        host, _, port = hp.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"not host:port in the Kafka log URL: {hp!r}")
-    return KafkaUrl(servers, topic, dict(parse_qsl(query)))
 
 
 def _split(b: Append) -> list[Append]:

@@ -148,12 +148,18 @@ class Processor:
         """Per log partition, the position committed with the warehouse rows."""
         self._read_to: dict[int, int] = {}
         """Positions after the last chunk read (the read-ahead's start)."""
-        if hasattr(log, "on_revoke"):  # a partitioned log: the group may move partitions
-            grouped: Any = log
-            grouped.on_revoke = self._revoked
-            grouped.stored_positions = warehouse.get_positions
-        self._generation = getattr(log, "generation", 0)
+        self._join_group()
         self._load()
+
+    def _join_group(self) -> None:
+        """On a partitioned log (Kafka), whose group may move partitions: each assigned
+        partition starts from the warehouse's position, and the write in flight commits
+        before partitions are revoked."""
+        self._generation = getattr(self.log, "generation", 0)
+        if hasattr(self.log, "on_revoke"):
+            grouped: Any = self.log
+            grouped.on_revoke = self._revoked
+            grouped.stored_positions = self.wh.get_positions
 
     @property
     def position(self) -> int:
