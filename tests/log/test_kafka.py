@@ -94,7 +94,8 @@ def read_all(log: KafkaLog, n: int, after: dict[int, int] | None = None,
 
 
 def test_append_read_round_trip(shared_cluster: Cluster) -> None:
-    log = KafkaLog(shared_cluster.url(), group="g")
+    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
+    log = KafkaLog(shared_cluster.url(), group=grp)
     try:
         appends = [Append("src", 2, b"payload-%d" % i, b"k%d" % (i % 3)) for i in range(20)]
         offsets = log.append(appends)
@@ -112,7 +113,8 @@ def test_append_read_round_trip(shared_cluster: Cluster) -> None:
 
 
 def test_key_is_the_person_and_their_order_is_kept(shared_cluster: Cluster) -> None:
-    log = KafkaLog(shared_cluster.url(), group="g")
+    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
+    log = KafkaLog(shared_cluster.url(), group=grp)
     try:
         # one request of three persons, twice; person 3 has only an anonymousId
         events = [_event(i, user=[1, 2, None][i % 3], anon=[None, 9, 3][i % 3])
@@ -145,7 +147,8 @@ def test_key_is_the_person_and_their_order_is_kept(shared_cluster: Cluster) -> N
 
 
 def test_append_returns_only_after_the_brokers_acknowledged(cluster: Cluster) -> None:
-    log = KafkaLog(cluster.url("?message.timeout.ms=4000"), group="g")
+    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
+    log = KafkaLog(cluster.url("?message.timeout.ms=4000"), group=grp)
     try:
         log.append([Append("s", 1, b"first", b"k")])  # the topic exists, the producer is up
         os.kill(cluster.proc.pid, signal.SIGSTOP)  # every broker stops answering
@@ -177,25 +180,26 @@ def test_append_returns_only_after_the_brokers_acknowledged(cluster: Cluster) ->
 
 def test_two_consumers_of_a_group_split_the_partitions_and_see_each_record_once(
         shared_cluster: Cluster) -> None:
+    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
     url = shared_cluster.url()
-    producer = KafkaLog(url, group="g")
-    a, b = KafkaLog(url, group="g"), KafkaLog(url, group="g")
+    producer = KafkaLog(url, group=grp)
+    a, b = KafkaLog(url, group=grp), KafkaLog(url, group=grp)
     seen: dict[str, list[bytes]] = {"a": [], "b": []}
     stop = threading.Event()
 
     def consume(name: str, log: KafkaLog) -> None:
         pos: dict[int, int] = {}
         gen = -1
-        log.on_revoke = lambda: log.commit("g", pos)  # positions go with what was seen
+        log.on_revoke = lambda: log.commit(grp, pos)  # positions go with what was seen
         while not stop.is_set():
             if log.generation != gen:
-                gen, pos = log.generation, log.positions("g")
+                gen, pos = log.generation, log.positions(grp)
             recs = log.read(pos, 100)
             if log.generation != gen:
                 continue
             seen[name] += [r.payload for r in recs]
             pos = advance(pos, recs)
-            log.commit("g", pos)
+            log.commit(grp, pos)
 
     try:
         threads = [threading.Thread(target=consume, args=(n, lg)) for n, lg in
@@ -225,25 +229,26 @@ def test_two_consumers_of_a_group_split_the_partitions_and_see_each_record_once(
 
 def test_restart_from_committed_positions_misses_and_doubles_nothing(
         shared_cluster: Cluster) -> None:
+    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
     url = shared_cluster.url()
-    log = KafkaLog(url, group="g")
+    log = KafkaLog(url, group=grp)
     log.append([Append("s", 1, b"%d" % i, b"k%d" % (i % 5)) for i in range(50)])
     got, _ = read_all(log, 50)
     first = got[:23]  # "processed" only these, then crashed
-    log.commit("g", advance({}, first))
+    log.commit(grp, advance({}, first))
     log.close()
     log.append([Append("s", 1, b"%d" % i, b"k%d" % (i % 5)) for i in range(50, 60)])
 
-    again = KafkaLog(url, group="g")
+    again = KafkaLog(url, group=grp)
     try:
-        committed = again.positions("g")
+        committed = again.positions(grp)
         assert committed == advance({}, first)
         rest, _ = read_all(again, 60 - len(first), after=committed)
         assert sorted(int(r.payload) for r in first + rest) == list(range(60))
 
         # positions kept elsewhere (the warehouse, read again at each assignment) and
         # handed to read: another group starts there
-        third = KafkaLog(url, group="h", stored_positions=lambda: committed)
+        third = KafkaLog(url, group=grp + "h", stored_positions=lambda: committed)
         try:
             also, _ = read_all(third, 60 - len(first), after=committed)
             assert sorted(r.payload for r in also) == sorted(r.payload for r in rest)
@@ -259,7 +264,8 @@ def test_restart_from_committed_positions_misses_and_doubles_nothing(
 @slow_fixture(scope="module")
 def one_log(shared_cluster: Cluster) -> Iterator[tuple[KafkaLog, dict[int, int]]]:
     """One topic and consumer for every example (a group join takes seconds)."""
-    log = KafkaLog(shared_cluster.url(), group="g")
+    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
+    log = KafkaLog(shared_cluster.url(), group=grp)
     yield log, {}
     log.close()
 

@@ -1,4 +1,5 @@
-"""The processor on the Kafka log (librdkafka's mock cluster): its positions are per
+"""The processor on the Kafka log (librdkafka's mock cluster, one per test: the group
+``processor`` is the same whatever the topic): its positions are per
 partition and live in the warehouse, committed with the rows, so a processor that
 crashed and one that takes over write every event once, whatever the group's offsets in
 Kafka say."""
@@ -20,7 +21,7 @@ from aap.log.keys import per_person
 from aap.privacy.ids import IdHasher
 from aap.process.processor import Processor
 from aap.store.warehouse import Chunk, Warehouse
-from tests.log.test_kafka import Cluster, shared_cluster  # noqa: F401 (a fixture)
+from tests.log.test_kafka import Cluster, cluster  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
@@ -62,8 +63,8 @@ def run_until(proc: Processor, wh: Warehouse, n: int, timeout: float = 60) -> No
 
 
 def test_a_crash_and_a_takeover_write_every_event_once(
-        shared_cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
-    url = shared_cluster.url()
+        cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    url = cluster.url()
     producer = KafkaLog(url)
     wh = Warehouse(tmp_path / "wh")
     try:
@@ -101,12 +102,12 @@ def test_a_crash_and_a_takeover_write_every_event_once(
 
 
 def test_a_member_joining_takes_partitions_where_the_processor_stopped(
-        shared_cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+        cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
     """A processor owns every partition; another member joins the group and gets some:
     it starts them from the positions in the warehouse (the processor finished its write
     before they were revoked, and wrote none of what it had read ahead), so the events in
     the warehouse and those the newcomer reads are every event, once."""
-    url = shared_cluster.url()
+    url = cluster.url()
     producer = KafkaLog(url)
     wh = SlowWrites(tmp_path / "wh")
 
