@@ -148,7 +148,7 @@ def test_key_is_the_person_and_their_order_is_kept(shared_cluster: Cluster) -> N
 
 def test_append_returns_only_after_the_brokers_acknowledged(cluster: Cluster) -> None:
     grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
-    log = KafkaLog(cluster.url("?message.timeout.ms=4000"), group=grp)
+    log = KafkaLog(cluster.url("?producer.message.timeout.ms=4000"), group=grp)
     try:
         log.append([Append("s", 1, b"first", b"k")])  # the topic exists, the producer is up
         os.kill(cluster.proc.pid, signal.SIGSTOP)  # every broker stops answering

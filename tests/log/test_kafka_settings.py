@@ -28,3 +28,15 @@ def test_the_setting_selects_the_kafka_log(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("AAP_LOG_URL", "kafka://nowhere/events")
     with pytest.raises(ValueError, match="AAP_LOG_URL"):
         Settings()
+
+
+def test_url_options_reach_the_clients_they_name() -> None:
+    log = KafkaLog("kafka://a:1/t?client.rack=r1&producer.linger.ms=7"
+                   "&consumer.fetch.min.bytes=3&consumer.group.id=not-this&producer.acks=1")
+    prod, cons = log._producer_conf(), log._consumer_conf()
+    assert prod["client.rack"] == cons["client.rack"] == "r1"
+    assert prod["linger.ms"] == "7" and "fetch.min.bytes" not in prod
+    assert cons["fetch.min.bytes"] == "3" and "linger.ms" not in cons
+    # what the guarantees rest on cannot be changed from the URL
+    assert cons["group.id"] == "processor" and cons["enable.auto.commit"] is False
+    assert prod["enable.idempotence"] is True and prod["acks"] == "all"

@@ -88,7 +88,7 @@ class KafkaLog:
         self._lock = threading.Lock()
         self._assigned: set[int] = set()
         self._next: dict[int, int] = {}
-        """Assigned partition → the Kafka offset the consumer fetches next (None: to seek)."""
+        """Assigned partition → the Kafka offset the consumer fetches next."""
         self._buffer: deque[ck.Message] = deque()
         self._to_seek: dict[int, int] = {}
         """Partitions whose seek failed (not fetching yet): tried again at each read, their
@@ -97,25 +97,28 @@ class KafkaLog:
     # -- configuration --
 
     def _common(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.url.servers, "client.id": self.client_id}
+        """Every client's settings: the URL's options without a ``producer.`` or
+        ``consumer.`` prefix go to all of them (security settings, for instance)."""
+        return {"bootstrap.servers": self.url.servers, "client.id": self.client_id,
+                **{k: v for k, v in self.url.options.items()
+                   if not k.startswith(("producer.", "consumer."))}}
+
+    def _prefixed(self, prefix: str) -> dict[str, str]:
+        return {k[len(prefix):]: v for k, v in self.url.options.items() if k.startswith(prefix)}
 
     def _producer_conf(self) -> dict[str, Any]:
-        conf = {**self._common(), "enable.idempotence": True, "acks": "all",
-                "compression.type": "zstd", "linger.ms": 2,
-                "message.timeout.ms": DELIVERY_TIMEOUT_MS}
-        conf.update({k: v for k, v in self.url.options.items() if not k.startswith("consumer.")})
-        return conf
+        return {"compression.type": "zstd", "linger.ms": 2,
+                "message.timeout.ms": DELIVERY_TIMEOUT_MS, **self._common(),
+                **self._prefixed("producer."), "enable.idempotence": True, "acks": "all"}
 
     def _delivery_timeout_s(self) -> float:
         return float(self._producer_conf()["message.timeout.ms"]) / 1000
 
     def _consumer_conf(self) -> dict[str, Any]:
-        conf = {**self._common(), "group.id": self.group, "enable.auto.commit": False,
-                "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
-                "session.timeout.ms": 6000, "partition.assignment.strategy": "range"}
-        conf.update({k[len("consumer."):]: v for k, v in self.url.options.items()
-                     if k.startswith("consumer.")})
-        return conf
+        return {"auto.offset.reset": "earliest", "session.timeout.ms": 6000,
+                "partition.assignment.strategy": "range", **self._common(),
+                **self._prefixed("consumer."), "group.id": self.group,
+                "enable.auto.commit": False, "enable.auto.offset.store": False}
 
     # -- producing --
 
@@ -325,7 +328,8 @@ class KafkaLog:
         return self._meta_consumer
 
     def _admin_consumer(self, group: str) -> ck.Consumer:
-        return ck.Consumer({**self._common(), "group.id": group, "enable.auto.commit": False})
+        return ck.Consumer({**self._common(), **self._prefixed("consumer."), "group.id": group,
+                            "enable.auto.commit": False})
 
     def _partitions(self, timeout_s: float = 30) -> list[int]:
         md = self._meta().list_topics(self.topic, timeout=timeout_s)
