@@ -115,8 +115,8 @@ class KafkaLog:
         return float(self._producer_conf()["message.timeout.ms"]) / 1000
 
     def _consumer_conf(self) -> dict[str, Any]:
-        return {"auto.offset.reset": "earliest", "session.timeout.ms": 6000,
-                "partition.assignment.strategy": "range", **self._common(),
+        return {"auto.offset.reset": "earliest", "partition.assignment.strategy": "range",
+                **self._common(),
                 **self._prefixed("consumer."), "group.id": self.group,
                 "enable.auto.commit": False, "enable.auto.offset.store": False}
 
