@@ -519,6 +519,9 @@ def log_show(data_dir: Path | None, limit: int) -> None:
     from aap.events import decode_events
 
     log = _open_existing_log(data_dir)
+    if getattr(log, "keyed", False):
+        raise click.ClickException("`aap log show` reads the embedded log; on Kafka read the"
+                                   " topic with a Kafka client (e.g. kcat -C -t TOPIC)")
     head = log.stats().head_offset
     events: list[Any] = []
     after = head
@@ -547,7 +550,7 @@ def _open_existing_log(data_dir: Path | None) -> Any:
     from aap.log import open_log
 
     settings = _settings(data_dir=data_dir)
-    if not settings.data.log_db.exists():
+    if not settings.storage.kafka and not settings.data.log_db.exists():
         raise click.ClickException(f"no log under {settings.data_path}")
     return open_log(settings)
 

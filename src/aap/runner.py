@@ -126,9 +126,16 @@ class ServerProcess:
 
     def wait_processed(self, timeout: float = 180.0) -> None:
         """Wait until the processor has consumed everything in the log so far."""
+        from aap.log.base import Log
         from aap.log.sqlite import SQLiteLog
 
-        log = SQLiteLog(DataDir(self.data_dir).log)
+        url = self.env.get("AAP_LOG_URL", "sqlite:")
+        if url.startswith("kafka://"):
+            from aap.log.kafka import KafkaLog
+
+            log: Log = KafkaLog(url)  # its stats join no group
+        else:
+            log = SQLiteLog(DataDir(self.data_dir).log)
         head = log.stats().head_offset
         log.close()
         deadline = time.monotonic() + timeout

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aap.datadir import DataDir
+from aap.logurl import parse_url
 from aap.privacy.purposes import MAX_RETENTION_DAYS
 
 MiB = 1024 * 1024
@@ -51,6 +52,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers", 0, "Collector worker processes; 0 means one per CPU core."),
     Setting("meta_url", "", "Shared state on PostgreSQL (`postgresql://user:password@host:5432/db`), for several collectors and processors: today the source registry and the keystore (see README, Shared state on PostgreSQL); empty: SQLite files under the data dir.", secret=True),
     Setting("log_backend", "sqlite", "Durable log: `sqlite` (embedded) or `null` (no durability, benchmarks only)."),
+    Setting("log_url", "sqlite:", "Where the durable log is: `sqlite:` (embedded, DATA_DIR/log) or `kafka://host:port[,host:port…]/topic` (see README, Log on Kafka); `AAP_LOG_BACKEND=null` overrides it."),
     Setting("max_event_bytes", 1 * MiB, "Largest single event accepted, after decompression (bytes)."),
     Setting("max_request_bytes", 20 * MiB, "Largest request body accepted, after decompression (bytes)."),
     Setting("trusted_proxies", "", "Comma-separated CIDRs whose X-Forwarded-For header is believed."),
@@ -202,6 +204,7 @@ def _secret() -> Any:
 class StorageSettings(Section):
     data_dir: str
     log_backend: str
+    log_url: str
     warehouse_memory: str
     meta_url: str = _secret()
 
@@ -211,6 +214,16 @@ class StorageSettings(Section):
         if self.meta_url and not self.meta_url.startswith(("postgresql://", "postgres://")):
             raise ValueError("AAP_META_URL must be a postgresql:// URL (or empty: files"
                              " under the data dir)")
+        if self.log_url != "sqlite:":
+            try:
+                parse_url(self.log_url)
+            except ValueError as exc:
+                raise ValueError(f"AAP_LOG_URL: {exc} (or `sqlite:`)") from None
+
+    @property
+    def kafka(self) -> bool:
+        """Whether the log is on Kafka (``AAP_LOG_URL=kafka://…``)."""
+        return self.log_backend != "null" and self.log_url.startswith("kafka://")
 
     @property
     def data(self) -> DataDir:

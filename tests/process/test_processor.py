@@ -3,6 +3,7 @@ that can never be written is set aside instead of stopping the pipeline."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -135,3 +136,43 @@ def test_a_source_marked_historical_while_running_keeps_its_timestamps(
     times = dict(wh.query("SELECT message_id, timestamp FROM events")[1])
     assert times["m1"] == (T0 + timedelta(hours=5)).replace(tzinfo=None)  # corrected for skew
     assert times["m2"] == T0.replace(tzinfo=None)  # kept as sent
+
+
+class Grouped(SQLiteLog):
+    """A SQLite log dressed as a partitioned one, whose group the test rebalances."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.generation = 0
+        self.on_revoke: object = None
+        self.stored_positions: object = None
+
+
+class SlowWrites(Warehouse):
+    slow = True
+
+    def write(self, chunk: Chunk) -> None:
+        if self.slow:
+            time.sleep(0.3)
+        super().write(chunk)
+
+
+def test_a_rebalance_commits_the_write_in_flight_and_drops_what_was_read_ahead(
+        tmp_path: Path) -> None:
+    fill(log := Grouped(tmp_path / "log"))
+    wh = SlowWrites(tmp_path / "wh")
+    proc = Processor(log, wh, IdHasher(b"k" * 32), chunk_records=3)
+    assert log.on_revoke == proc._revoked and log.stored_positions == wh.get_positions
+    proc.pressed = True  # busy: reads ahead
+    assert proc.run_once() == 3  # its write is in flight, the next chunks read ahead
+    assert proc._ahead and wh.get_positions() == {}
+    proc._revoked()  # the group takes partitions: the write in flight commits first
+    assert wh.get_positions() == {0: 3} and proc.position == 3
+    log.generation += 1  # …and is assigned anew: what was read ahead is not written
+    assert proc.run_once() == 0
+    assert not proc._ahead and proc._next == {0: 3}
+    wh.slow = False
+    drain(proc)
+    proc.close()
+    ids = [r[0] for r in wh.query("SELECT message_id FROM events")[1]]
+    assert len(ids) == len(set(ids)) == 100 and not proc.dropped

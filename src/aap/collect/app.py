@@ -67,6 +67,7 @@ from aap.collect.telemetry import Telemetry
 from aap.events import Event, encode_events, time_out_of_range
 from aap.log import Append, open_log
 from aap.log.committer import GroupCommitter
+from aap.log.keys import per_person
 from aap.privacy.cnil import CNIL, NOT_ANONYMOUS_TEXT, DailySalts, anonymize
 from aap.privacy.ip import GeoLocator, IpPolicy, parse_networks, strip_ip
 from aap.privacy.sealing import Sealer
@@ -381,11 +382,13 @@ class Collector:
 
     async def _append(self, source: Source, events: list[Event]) -> None:
         """Append the events to the log; returns once they are durable."""
-        batch = Append(source.id, len(events), encode_events(events))
+        # a keyed log (Kafka) takes one record per person, so that each keeps their order
+        batches = (per_person(source.id, events) if getattr(self.log, "keyed", False)
+                   else [Append(source.id, len(events), encode_events(events))])
         if self.committer is None:
-            self.log.append([batch])
+            self.log.append(batches)
         else:
-            await self.committer.append(batch)
+            await self.committer.append_all(batches)
         metrics.EVENTS_ACCEPTED.labels(source.id).inc(len(events))
 
     @documented(Op("A person files their own privacy request", errors=(400, 401, 408, 413),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aap.log.base import Append, Log, LogStats, Record
+from aap.log.base import Append, Log, LogStats, Record, scan
 from aap.settings import Settings
 
 
@@ -11,9 +11,13 @@ def open_log(settings: Settings) -> Log:
         from aap.log.null import NullLog
 
         return NullLog()
+    if settings.storage.kafka:
+        from aap.log.kafka import KafkaLog
+
+        return KafkaLog(settings.storage.log_url)
     from aap.log.sqlite import SQLiteLog  # the only other backend (the settings say so)
 
     return SQLiteLog(settings.data.log)
 
 
-__all__ = ["Append", "Log", "LogStats", "Record", "open_log"]
+__all__ = ["Append", "Log", "LogStats", "Record", "open_log", "scan"]

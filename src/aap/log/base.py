@@ -1,15 +1,37 @@
 """The durable log's interface: append, read from a position, commit a position, retain.
 
-The embedded implementation is :class:`aap.log.sqlite.SQLiteLog`; a Kafka one will
-implement the same methods. A *record* is one appended batch: the events of one
-request, in the order they were sent, under one offset.
+The embedded implementation is :class:`aap.log.sqlite.SQLiteLog`; the scaled-out one is
+:class:`aap.log.kafka.KafkaLog`. A *record* is one appended batch: the events of one
+request (SQLite), or of one person in one request (Kafka), in the order they were sent,
+under one offset.
+
+Positions are per partition: a mapping partition → position, the position being the
+offset of the last record consumed (offsets start at 1, so 0 is "nothing yet"). The
+SQLite log is one partition, 0; a plain ``int`` stands for ``{0: int}`` wherever a
+position is taken, so its callers need not know about partitions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeAlias
+
+Positions: TypeAlias = Mapping[int, int]
+"""Partition → offset of the last record consumed there (0: none yet)."""
+
+
+def as_positions(after: int | Positions) -> dict[int, int]:
+    """``after`` as a mapping: an ``int`` is partition 0's position."""
+    return {0: after} if isinstance(after, int) else dict(after)
+
+
+def advance(positions: Positions, records: Sequence[Record]) -> dict[int, int]:
+    """``positions`` moved past ``records`` (each partition's records come in order)."""
+    out = dict(positions)
+    for r in records:
+        out[r.partition] = r.offset
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +40,9 @@ class Append:
     count: int
     """Number of events in ``payload``."""
     payload: bytes
+    key: bytes | None = None
+    """The person the events belong to (their keyed id), when they are one person's: a
+    partitioned log keeps one key's records in order in one partition."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +52,7 @@ class Record:
     source: str
     count: int
     payload: bytes
+    partition: int = 0
 
 
 class LogStats(NamedTuple):
@@ -43,17 +69,23 @@ class Log(Protocol):
     def append(self, batches: Sequence[Append]) -> list[int]:
         """Append atomically; durable when the call returns. Returns one offset per batch."""
 
-    def read(self, after: int, limit: int = 1000, max_events: int | None = None,
+    def read(self, after: int | Positions, limit: int = 1000, max_events: int | None = None,
              max_bytes: int | None = None) -> list[Record]:
-        """Records with an offset greater than ``after``, oldest first: at most ``limit``
-        records, and no more records than it takes to reach ``max_events`` events or
-        ``max_bytes`` bytes of payload (at least one record, however large)."""
+        """Records past the positions ``after``, oldest first within each partition: at
+        most ``limit`` records, and no more records than it takes to reach ``max_events``
+        events or ``max_bytes`` bytes of payload (at least one record, however large).
+        A partitioned log reads only the partitions assigned to this consumer."""
 
     def position(self, group: str) -> int:
-        """The committed position of a consumer group (0 when it has none)."""
+        """The committed position of a consumer group (0 when it has none); summed over
+        the partitions on a partitioned log."""
 
-    def commit(self, group: str, offset: int) -> None:
-        """Record that ``group`` has consumed every record up to ``offset``."""
+    def positions(self, group: str) -> dict[int, int]:
+        """The committed positions of a consumer group, per partition."""
+
+    def commit(self, group: str, offset: int | Positions) -> None:
+        """Record that ``group`` has consumed every record up to ``offset`` (per
+        partition; the partitions not named keep their position)."""
 
     def drop_older_than(self, cutoff_ms: int) -> int:
         """Drop records appended before ``cutoff_ms``; returns how many were dropped."""
@@ -61,3 +93,16 @@ class Log(Protocol):
     def stats(self) -> LogStats: ...
 
     def close(self) -> None: ...
+
+
+def scan(log: Log, batch: int = 500) -> Iterator[Record]:
+    """Every record the log holds, for a one-off reader (a data subject's access request):
+    on Kafka through a consumer outside the processors' group."""
+    own = getattr(log, "scan", None)
+    if own is not None:
+        yield from own()
+        return
+    after = 0
+    while recs := log.read(after, batch):
+        yield from recs
+        after = recs[-1].offset

@@ -38,6 +38,11 @@ class GroupCommitter:
 
     async def append(self, batch: Append) -> int:
         """Append one batch; returns its offset once it is durable."""
+        return (await self.append_all([batch]))[0]
+
+    async def append_all(self, batches: list[Append]) -> list[int]:
+        """Append a request's batches (one per person on a keyed log) in the same commit;
+        returns their offsets once every one is durable."""
         with self._lock:
             if self._pending >= self.max_pending:
                 raise ServiceUnavailable(
@@ -46,8 +51,8 @@ class GroupCommitter:
                 )
             self._pending += 1
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
-        self._queue.put((batch, fut, loop))
+        fut: asyncio.Future[list[int]] = loop.create_future()
+        self._queue.put((batches, fut, loop))
         return await fut
 
     def close(self) -> None:
@@ -87,25 +92,27 @@ class GroupCommitter:
             if dropped:
                 logger.info("log retention dropped %d records", dropped)
 
-    def _commit(self, work: list[tuple[Append, asyncio.Future[int], asyncio.AbstractEventLoop]]
-                ) -> None:
-        offsets: list[int | None]
+    def _commit(self, work: list[tuple[list[Append], asyncio.Future[list[int]],
+                                       asyncio.AbstractEventLoop]]) -> None:
+        results: list[list[int] | None]
         err: ServiceUnavailable | None = None
         try:
-            offsets = list(self.log.append([w[0] for w in work]))
+            offsets = iter(self.log.append([b for w in work for b in w[0]]))
+            results = [[next(offsets) for _ in w[0]] for w in work]
         except Exception as exc:  # disk full, I/O error, lock timeout: the batch is not stored
             logger.error("log append failed: %s", type(exc).__name__)
             err = ServiceUnavailable(
                 "the log cannot take the batch", retry_after=self.retry_after, code="log_unavailable"
             )
-            offsets = [None] * len(work)
+            results = [None] * len(work)
         with self._lock:  # before waking the waiters, so they see the queue as it now is
             self._pending -= len(work)
-        for (_, fut, loop), off in zip(work, offsets, strict=True):
-            loop.call_soon_threadsafe(_settle, fut, off, err)
+        for (_, fut, loop), res in zip(work, results, strict=True):
+            loop.call_soon_threadsafe(_settle, fut, res, err)
 
 
-def _settle(fut: asyncio.Future[int], value: int | None, err: BaseException | None) -> None:
+def _settle(fut: asyncio.Future[list[int]], value: list[int] | None,
+            err: BaseException | None) -> None:
     if fut.done():
         return
     if err is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from aap.log.base import Append, LogStats, Record
+from aap.log.base import Append, LogStats, Positions, Record
 
 
 class NullLog:
@@ -17,14 +17,17 @@ class NullLog:
         self._events += sum(b.count for b in batches)
         return [next(self._seq) for _ in batches]
 
-    def read(self, after: int, limit: int = 1000, max_events: int | None = None,
+    def read(self, after: int | Positions, limit: int = 1000, max_events: int | None = None,
              max_bytes: int | None = None) -> list[Record]:
         return []
 
     def position(self, group: str) -> int:
         return 0
 
-    def commit(self, group: str, offset: int) -> None:
+    def positions(self, group: str) -> dict[int, int]:
+        return {}
+
+    def commit(self, group: str, offset: int | Positions) -> None:
         pass
 
     def drop_older_than(self, cutoff_ms: int) -> int:

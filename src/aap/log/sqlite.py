@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from aap.datadir import LOG_DB, LOG_WRITE_LOCK
-from aap.log.base import Append, LogStats, Record
+from aap.log.base import Append, LogStats, Positions, Record, as_positions
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -102,8 +102,9 @@ class SQLiteLog:
             raise
         return offsets
 
-    def read(self, after: int, limit: int = 1000, max_events: int | None = None,
+    def read(self, after: int | Positions, limit: int = 1000, max_events: int | None = None,
              max_bytes: int | None = None) -> list[Record]:
+        after = as_positions(after).get(0, 0)
         con = self._con()
         if max_events is not None or max_bytes is not None:
             # the sizes first (no payloads): where to stop
@@ -128,7 +129,14 @@ class SQLiteLog:
         row = self._con().execute("SELECT position FROM consumers WHERE grp = ?", (group,)).fetchone()
         return int(row[0]) if row else 0
 
-    def commit(self, group: str, offset: int) -> None:
+    def positions(self, group: str) -> dict[int, int]:
+        return {0: self.position(group)}
+
+    def commit(self, group: str, offset: int | Positions) -> None:
+        pos = as_positions(offset)
+        if 0 not in pos:
+            return
+        offset = pos[0]
         self._con().execute(
             "INSERT INTO consumers (grp, position, updated_at) VALUES (?, ?, ?)"
             " ON CONFLICT(grp) DO UPDATE SET position = excluded.position,"

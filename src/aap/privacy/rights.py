@@ -45,7 +45,7 @@ import msgspec
 
 from aap.datadir import DataDir
 from aap.events import Event, decode_events
-from aap.log.base import Log
+from aap.log.base import Log, scan
 from aap.privacy import exports, removal, subjects
 from aap.privacy.audit import AuditLog
 from aap.privacy.consent import ConsentLedger, Statement
@@ -252,15 +252,12 @@ class Rights:
         if self.log is None or not keys:
             return []
         out: list[dict[str, Any]] = []
-        after = 0
-        while recs := self.log.read(after, 500):
-            for rec in recs:
-                for ev in decode_events(rec.payload):
-                    if self._owned(ev, keys) and (sources is None or ev.source in sources):
-                        ev = self.sealer.unseal(ev)
-                        ev.sealed = {}
-                        out.append(msgspec.to_builtins(ev))
-            after = recs[-1].offset
+        for rec in scan(self.log):
+            for ev in decode_events(rec.payload):
+                if self._owned(ev, keys) and (sources is None or ev.source in sources):
+                    ev = self.sealer.unseal(ev)
+                    ev.sealed = {}
+                    out.append(msgspec.to_builtins(ev))
         return out
 
     def _owned(self, ev: Event, keys: set[int]) -> bool:

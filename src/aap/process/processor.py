@@ -3,6 +3,13 @@ each chunk to the warehouse in one transaction together with the position it rea
 
 At-least-once in (the log is re-read after a crash), exactly-once out (a chunk and its
 position commit together, and the steps are deterministic).
+
+Positions are per log partition (the SQLite log has one, 0). On a partitioned log
+(Kafka) the processors of one consumer group share the partitions: a chunk commits the
+positions of its records' partitions only; before partitions are taken away the write in
+flight is finished (so the next owner starts where this one stopped), and after any
+change of assignment the processor reloads its state and positions from the warehouse,
+which is also where the consumer starts each partition it is given.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -23,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from prometheus_client import Counter as PromCounter
 
-from aap.log.base import Log, Record
+from aap.log.base import Log, Record, advance
 from aap.privacy import consent as consent_history
 from aap.privacy import removal
 from aap.privacy.consent import ConsentState, Statement
@@ -67,6 +74,10 @@ PRESSED_SPARE = 0.25
 """A chunk that left less than this share of the linger spare means the processor is
 busy: it reads ahead again."""
 
+
+
+class _Rebalanced(Exception):
+    """The log's partitions were assigned anew while reading: what was read is dropped."""
 
 
 @dataclass(slots=True)
@@ -133,7 +144,27 @@ class Processor:
         """Chunks of records submitted for preparation, after the chunk being built."""
         self.on_written: Callable[[pa.Table], object] | None = None
         """Called with each chunk's events once they are in the warehouse (live events)."""
+        self.positions: dict[int, int] = {}
+        """Per log partition, the position committed with the warehouse rows."""
+        self._read_to: dict[int, int] = {}
+        """Positions after the last chunk read (the read-ahead's start)."""
+        self._join_group()
         self._load()
+
+    def _join_group(self) -> None:
+        """On a partitioned log (Kafka), whose group may move partitions: each assigned
+        partition starts from the warehouse's position, and the write in flight commits
+        before partitions are revoked."""
+        self._generation = getattr(self.log, "generation", 0)
+        if hasattr(self.log, "on_revoke"):
+            grouped: Any = self.log
+            grouped.on_revoke = self._revoked
+            grouped.stored_positions = self.wh.get_positions
+
+    @property
+    def position(self) -> int:
+        """Records consumed, all partitions together (the SQLite log's position)."""
+        return sum(self.positions.values())
 
     def _load(self) -> None:
         """State as the warehouse has it: at start-up, and after a chunk failed to write
@@ -147,9 +178,10 @@ class Processor:
                            dedup=DedupIndex(wh.load_dedup_keys()), sessions=sessions,
                            inactivity=self.inactivity, consent=self.consent,
                            destroyed=self.destroyed, scopes=self.scopes)
-        self.position = wh.get_state("log_position")
-        self._next = self.position
+        self.positions = wh.get_positions()
+        self._next = dict(self.positions)
         """Where the next chunk starts: past the write in flight, if there is one."""
+        self._read_to = dict(self._next)
 
     def run_once(self) -> int:
         """Process one chunk; returns the number of log records it consumed.
@@ -179,6 +211,11 @@ class Processor:
             if not self.failures and (self.pressed or self.full):
                 self._read_ahead(records)
             self._start_write(self._build(records, prepared))
+        except _Rebalanced:  # nothing of what was read is written: start again from the warehouse
+            self._abandon()
+            self._generation = getattr(self.log, "generation", 0)
+            self._load()
+            return 0
         except Exception:
             self._abandon()
             self.failures += 1
@@ -203,6 +240,7 @@ class Processor:
         records = self._read(self._next)
         if not records:
             return False
+        self._read_to = advance(self._next, records)
         self.preparer.submit([r.payload for r in records])
         self._ahead.append(records)
         return True
@@ -219,9 +257,10 @@ class Processor:
         while len(self._ahead) < self.preparer.capacity:
             if self._ahead and not self._full(self._ahead[-1]):
                 break
-            ahead = self._read((self._ahead[-1] if self._ahead else records)[-1].offset)
+            ahead = self._read(self._read_to)
             if not ahead:
                 break
+            self._read_to = advance(self._read_to, ahead)
             self.preparer.submit([r.payload for r in ahead])
             self._ahead.append(ahead)
 
@@ -230,7 +269,7 @@ class Processor:
         after a failure)."""
         self._finish_write()
         self._pending = self._writer.submit(self._write, built)
-        self._next = built.chunk.position
+        self._next.update(_as_dict(built.chunk.position))
         if self.failures:
             self._finish_write()
 
@@ -238,12 +277,15 @@ class Processor:
         """A record that cannot be written: its offset goes to ``dead_letters``, its events
         are dropped as ``unprocessable``, and the processor goes on after it."""
         logger.error("log record %d cannot be processed; set aside", record.offset)
-        self.wh.dead_letter(record.offset, record.count, self.position)
+        p = record.partition
+        self.wh.dead_letter(record.offset, record.count, self.positions.get(p, 0), p)
         DROPPED.labels("unprocessable").inc(record.count)
         quarantine.report("processor", "unprocessable", record.count,
                           f"log record {record.offset} (see dead_letters)")
         self.dropped["unprocessable"] += record.count
-        self.position = self._next = record.offset
+        self.positions[p] = record.offset
+        self._next = dict(self.positions)
+        self._read_to = dict(self._next)
         self.failures = 0
 
     def _apply_withdrawals(self) -> None:
@@ -278,10 +320,24 @@ class Processor:
                     WITHDRAWN.labels(purpose).inc(erased)
         self.wh.set_state(CONSENT_APPLIED, rows[-1][0])
 
-    def _read(self, after: int) -> list[Record]:
+    def _read(self, after: dict[int, int]) -> list[Record]:
         if self.failures >= ONE_AT_A_TIME_FAILURES:
-            return self.log.read(after, 1)
-        return self.log.read(after, self.chunk_records, self.chunk_events, self.chunk_bytes)
+            records = self.log.read(after, 1)
+        else:
+            records = self.log.read(after, self.chunk_records, self.chunk_events,
+                                    self.chunk_bytes)
+        if getattr(self.log, "generation", 0) != self._generation:
+            raise _Rebalanced
+        return records
+
+    def _revoked(self) -> None:
+        """Partitions are being taken from this processor: the write in flight commits
+        first (the next owner starts from the positions it stores); nothing read after it
+        is written (see :class:`_Rebalanced`)."""
+        try:
+            self._finish_write()
+        except Exception:
+            logger.exception("the last chunk before a rebalance failed to write")
 
     def _full(self, records: list[Record]) -> bool:
         return (len(records) >= self.chunk_records
@@ -326,7 +382,8 @@ class Processor:
             if not len(batch):
                 break
             step(batch, self.state)
-        chunk = self._chunk(batch, records[-1].offset, prepared.shop, prepared.table.num_rows)
+        chunk = self._chunk(batch, advance({}, records), prepared.shop,
+                            prepared.table.num_rows)
         return _Built(chunk, len(batch), batch.dropped, prepared.clamped)
 
     def _write(self, built: _Built) -> _Built:
@@ -339,10 +396,13 @@ class Processor:
         if fut is None:
             return
         built = fut.result()
-        self.position = built.chunk.position
+        self.positions.update(_as_dict(built.chunk.position))
         self.failures = 0
         self.last_write_at = time.time()
-        self.log.commit(GROUP, self.position)  # for lag metrics; the truth is in the warehouse
+        try:  # for lag metrics; the truth is in the warehouse
+            self.log.commit(GROUP, _as_dict(built.chunk.position))
+        except Exception as exc:  # e.g. Kafka in the middle of a rebalance
+            logger.warning("committing the log position for metrics failed: %s", exc)
         PROCESSED.inc(built.rows)
         for reason, n in built.dropped.items():
             DROPPED.labels(reason).inc(n)
@@ -364,7 +424,7 @@ class Processor:
         self.preparer.reset()
         self._ahead.clear()
 
-    def _chunk(self, b: Batch, position: int, rows: shop.Rows, size: int) -> Chunk:
+    def _chunk(self, b: Batch, position: dict[int, int], rows: shop.Rows, size: int) -> Chunk:
         st = self.state
         changes = st.identities.take_changes()
         t = b.table
@@ -415,6 +475,11 @@ class Processor:
 
 
 _EPOCH = datetime(1970, 1, 1)
+
+
+def _as_dict(position: int | Mapping[int, int]) -> dict[int, int]:
+    return {0: position} if isinstance(position, int) else dict(position)
+
 
 
 def _withdrawals(rows: list[tuple[int, Statement]]) -> tuple[

@@ -15,7 +15,7 @@ rows (erasure, withdrawal, retention) are :mod:`aap.store.rewrite`, driven by wh
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +33,12 @@ from aap.store.schema import DDL, DEDUP_KEY_SQL, EVENT_ARROW_SCHEMA, OLD_VIEWS, 
 from aap.store.tiers import TierConfig, TierStore
 
 POSITION = "log_position"
+
+
+def position_name(partition: int) -> str:
+    """The ``processor_state`` row of a log partition's position: ``log_position`` for
+    partition 0 (the SQLite log's only one), ``log_position.N`` for the others."""
+    return POSITION if partition == 0 else f"{POSITION}.{partition}"
 NEXT_PERSON = "next_person"
 
 
@@ -41,7 +47,9 @@ class Chunk:
     """What one processed chunk of the log adds to the warehouse."""
 
     events: pa.Table
-    position: int
+    position: int | Mapping[int, int]
+    """The log position reached, per partition (only the partitions of this chunk's
+    records: another processor may own the others); an ``int`` is partition 0's."""
     next_person: int
     persons: pa.Table | list[tuple[int, datetime, datetime, bool, str | None]] = field(
         default_factory=list)
@@ -311,11 +319,14 @@ class Warehouse:
                 con.unregister("chunk_rows")
         if len(chunk.products):
             _write_products(con, _as_table(chunk.products, PRODUCTS))
+        pos = {0: chunk.position} if isinstance(chunk.position, int) else chunk.position
+        rows = [(position_name(p), o) for p, o in sorted(pos.items())]
+        rows.append((NEXT_PERSON, chunk.next_person))
+        values = ", ".join(f"($n{i}, $v{i})" for i in range(len(rows)))
         con.execute(  # one statement (executemany costs ~7 ms a call here)
-            "INSERT INTO processor_state VALUES ($pos, $position), ($next, $next_person)"
+            f"INSERT INTO processor_state VALUES {values}"
             " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            {"pos": POSITION, "position": chunk.position, "next": NEXT_PERSON,
-             "next_person": chunk.next_person})
+            {k: v for i, (n, o) in enumerate(rows) for k, v in ((f"n{i}", n), (f"v{i}", o))})
 
     @staticmethod
     def _fold_person(con: duckdb.DuckDBPyConnection, old: int, new: int) -> None:
@@ -337,17 +348,31 @@ class Warehouse:
         con.execute("INSERT INTO person_flags SELECT $new, flag, set_at FROM person_flags"
                     " WHERE person_id = $old ON CONFLICT DO NOTHING", {"new": new, "old": old})
 
-    def dead_letter(self, offset: int, events: int, previous_position: int) -> None:
-        """Set a log record aside: note it and move the position past it, atomically."""
+    def get_positions(self) -> dict[int, int]:
+        """The log positions the processors committed with their rows, per partition."""
+        cur = self.con.cursor()  # called from the log's rebalance callback too
+        try:
+            rows = cur.execute(
+                "SELECT name, value FROM processor_state WHERE name = $p OR name LIKE $ps",
+                {"p": POSITION, "ps": POSITION + ".%"}).fetchall()
+        finally:
+            cur.close()
+        return {0 if n == POSITION else int(n[len(POSITION) + 1:]): int(v) for n, v in rows}
+
+    def dead_letter(self, offset: int, events: int, previous_position: int,
+                    partition: int = 0) -> None:
+        """Set a log record aside: note it and move the position past it, atomically
+        (``dead_letters`` holds the offset alone: on Kafka, within its partition)."""
+        name = position_name(partition)
         with self.write_lock, self.transaction() as cur:
             row = cur.execute("SELECT value FROM processor_state WHERE name = $name",
-                              {"name": POSITION}).fetchone()
+                              {"name": name}).fetchone()
             if (int(row[0]) if row else 0) != previous_position:
                 raise RuntimeError("the log position moved under the processor")
             cur.execute("INSERT INTO dead_letters VALUES ($offset, $events, now())"
                         " ON CONFLICT DO NOTHING", {"offset": offset, "events": events})
             cur.execute("INSERT INTO processor_state VALUES ($name, $offset) ON CONFLICT (name)"
-                        " DO UPDATE SET value = excluded.value", {"name": POSITION, "offset": offset})
+                        " DO UPDATE SET value = excluded.value", {"name": name, "offset": offset})
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:

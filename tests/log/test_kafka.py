@@ -1,0 +1,313 @@
+"""The Kafka log against librdkafka's mock cluster (no Kafka broker installs here).
+
+A holder process starts the mock cluster (``test.mock.num.brokers``) and prints its
+brokers; the log under test connects to them as to any cluster. Topics auto-create with
+4 partitions. Stopping the holder (SIGSTOP) makes every broker unresponsive, killing it
+makes them unreachable: that is how a broker failure is injected (confluent-kafka does
+not expose librdkafka's mock API)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aap.errors import ServiceUnavailable
+from aap.events import Event, decode_events, encode_events
+from aap.log import scan
+from aap.log.base import Append, Record, advance
+from aap.log.kafka import KafkaLog
+from aap.log.keys import per_person
+from tests.conftest import examples, slow_fixture
+
+pytestmark = pytest.mark.slow
+
+HOLDER = """
+import sys, time, confluent_kafka as ck
+p = ck.Producer({"test.mock.num.brokers": 3, "bootstrap.servers": "unused:1", "log_level": 0})
+md = p.list_topics(timeout=30)
+print(",".join(f"{b.host}:{b.port}" for b in md.brokers.values()), flush=True)
+sys.stdin.read()
+"""
+_topics = itertools.count()
+
+
+class Cluster:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout is not None
+        self.servers = self.proc.stdout.readline().strip()
+        assert self.servers, "the mock cluster did not start"
+
+    def url(self, options: str = "consumer.session.timeout.ms=6000") -> str:
+        """A new topic's URL; a member that died unannounced holds its group up for the
+        session timeout (6 s here, librdkafka's default is 45 s)."""
+        return f"kafka://{self.servers}/t{next(_topics)}?{options}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+@slow_fixture
+def cluster() -> Iterator[Cluster]:
+    c = Cluster()
+    yield c
+    c.stop()
+
+
+@slow_fixture(scope="module")
+def shared_cluster() -> Iterator[Cluster]:
+    c = Cluster()
+    yield c
+    c.stop()
+
+
+def _event(i: int, user: int | None, anon: int | None = None) -> Event:
+    return Event(type="track", message_id=f"m{i}", event=f"e{i}", user_key=user,
+                 anonymous_key=anon, received_at=datetime(2026, 1, 1, tzinfo=UTC), source="s")
+
+
+def read_all(log: KafkaLog, n: int, after: dict[int, int] | None = None,
+             timeout: float = 30) -> tuple[list[Record], dict[int, int]]:
+    """Read until ``n`` records came (or ``timeout``), then a little more to see that no
+    extra one comes."""
+    pos = dict(after or {})
+    got: list[Record] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        recs = log.read(pos, 500)
+        got += recs
+        pos = advance(pos, recs)
+    got += log.read(pos, 500)
+    return got, advance(pos, got)
+
+
+def test_append_read_round_trip(shared_cluster: Cluster) -> None:
+    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
+    log = KafkaLog(shared_cluster.url(), group=grp)
+    try:
+        appends = [Append("src", 2, b"payload-%d" % i, b"k%d" % (i % 3)) for i in range(20)]
+        offsets = log.append(appends)
+        assert len(offsets) == 20 and all(o >= 1 for o in offsets)
+        got, _ = read_all(log, 20)
+        assert sorted(r.payload for r in got) == sorted(a.payload for a in appends)
+        assert all(r.source == "src" and r.count == 2 and r.appended_at_ms > 0 for r in got)
+        assert {r.partition for r in got} <= set(range(4))
+        # offsets: per partition, 1, 2, 3 … in order
+        for p in {r.partition for r in got}:
+            assert [r.offset for r in got if r.partition == p] == list(
+                range(1, 1 + sum(r.partition == p for r in got)))
+    finally:
+        log.close()
+
+
+def test_key_is_the_person_and_their_order_is_kept(shared_cluster: Cluster) -> None:
+    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
+    log = KafkaLog(shared_cluster.url(), group=grp)
+    try:
+        # one request of three persons, twice; person 3 has only an anonymousId
+        events = [_event(i, user=[1, 2, None][i % 3], anon=[None, 9, 3][i % 3])
+                  for i in range(30)]
+        split = per_person("s", events[:15]) + per_person("s", events[15:])
+        assert [a.key for a in split] == [b"1", b"2", b"3"] * 2
+        log.append(split)
+        got, _ = read_all(log, 6)
+        assert len(got) == 6
+        by_person: dict[int, list[str]] = {}
+        partition: dict[int, set[int]] = {}
+        for r in got:
+            for ev in decode_events(r.payload):
+                who = ev.user_key if ev.user_key is not None else ev.anonymous_key
+                assert who is not None
+                by_person.setdefault(who, []).append(ev.message_id)
+                partition.setdefault(who, set()).add(r.partition)
+        for who, ids in by_person.items():
+            assert ids == [e.message_id for e in events
+                           if (e.user_key if e.user_key is not None else e.anonymous_key) == who]
+            assert len(partition[who]) == 1  # one person, one partition
+        # an Append without a key is split here, per person
+        log.append([Append("s", 4, encode_events(
+            [_event(100, 5), _event(101, 6), _event(102, 5), _event(103, 6)]))])
+        more, _ = read_all(log, 2, after=advance({}, got))
+        assert sorted((r.count, [e.user_key for e in decode_events(r.payload)])
+                      for r in more) == [(2, [5, 5]), (2, [6, 6])]
+    finally:
+        log.close()
+
+
+def test_append_returns_only_after_the_brokers_acknowledged(cluster: Cluster) -> None:
+    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
+    log = KafkaLog(cluster.url("producer.message.timeout.ms=4000"), group=grp)
+    try:
+        log.append([Append("s", 1, b"first", b"k")])  # the topic exists, the producer is up
+        os.kill(cluster.proc.pid, signal.SIGSTOP)  # every broker stops answering
+        result: list[object] = []
+
+        def held() -> None:
+            try:
+                result.append(log.append([Append("s", 1, b"held", b"k")]))
+            except Exception as exc:
+                result.append(exc)
+
+        t = threading.Thread(target=held)
+        t.start()
+        time.sleep(1.5)
+        assert t.is_alive() and not result, "append returned before any acknowledgement"
+        os.kill(cluster.proc.pid, signal.SIGCONT)
+        t.join(30)
+        assert result == [[2]]  # acknowledged once the brokers answered
+
+        cluster.stop()  # now they are gone: the append fails instead of returning
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable) as exc:
+            log.append([Append("s", 1, b"lost", b"k")])
+        assert exc.value.code == "log_unavailable" and exc.value.status == 503
+        assert time.monotonic() - started >= 3.5  # it waited for the delivery timeout
+    finally:
+        log.close()
+
+
+def test_two_consumers_of_a_group_split_the_partitions_and_see_each_record_once(
+        shared_cluster: Cluster) -> None:
+    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
+    url = shared_cluster.url("consumer.session.timeout.ms=30000")  # a loaded machine
+    producer = KafkaLog(url, group=grp)
+    a, b = KafkaLog(url, group=grp), KafkaLog(url, group=grp)
+    seen: dict[str, list[bytes]] = {"a": [], "b": []}
+    stop = threading.Event()
+
+    def consume(name: str, log: KafkaLog) -> None:
+        pos: dict[int, int] = {}
+        gen = -1
+        log.on_revoke = lambda: log.commit(grp, pos)  # positions go with what was seen
+        while not stop.is_set():
+            if log.generation != gen:
+                gen, pos = log.generation, log.positions(grp)
+            recs = log.read(pos, 100)
+            if log.generation != gen:
+                continue
+            seen[name] += [r.payload for r in recs]
+            pos = advance(pos, recs)
+            log.commit(grp, pos)
+
+    try:
+        threads = [threading.Thread(target=consume, args=(n, lg)) for n, lg in
+                   (("a", a), ("b", b))]
+        for t in threads:
+            t.start()
+        sent = []
+        for i in range(40):  # while the group forms and rebalances
+            batch = [Append("s", 1, b"r%d-%d" % (i, j), b"p%d" % j) for j in range(10)]
+            producer.append(batch)
+            sent += [x.payload for x in batch]
+            time.sleep(0.1)
+        deadline = time.monotonic() + 30
+        while len(seen["a"]) + len(seen["b"]) < len(sent) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert seen["a"] and seen["b"], "both consumers got partitions"
+        assert sorted(seen["a"] + seen["b"]) == sorted(sent)  # every record, once
+    finally:
+        for lg in (a, b, producer):
+            lg.close()
+
+
+def test_restart_from_committed_positions_misses_and_doubles_nothing(
+        shared_cluster: Cluster) -> None:
+    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
+    url = shared_cluster.url()
+    log = KafkaLog(url, group=grp)
+    log.append([Append("s", 1, b"%d" % i, b"k%d" % (i % 5)) for i in range(50)])
+    got, _ = read_all(log, 50)
+    first = got[:23]  # "processed" only these, then crashed
+    log.commit(grp, advance({}, first))
+    log.close()
+    log.append([Append("s", 1, b"%d" % i, b"k%d" % (i % 5)) for i in range(50, 60)])
+
+    again = KafkaLog(url, group=grp)
+    try:
+        committed = again.positions(grp)
+        assert committed == advance({}, first)
+        rest, _ = read_all(again, 60 - len(first), after=committed)
+        assert sorted(int(r.payload) for r in first + rest) == list(range(60))
+
+        # positions kept elsewhere (the warehouse, read again at each assignment) and
+        # handed to read: another group starts there
+        third = KafkaLog(url, group=grp + "h", stored_positions=lambda: committed)
+        try:
+            also, _ = read_all(third, 60 - len(first), after=committed)
+            assert sorted(r.payload for r in also) == sorted(r.payload for r in rest)
+            # and a caller going back (after a failed write) reads again from there
+            back, _ = read_all(third, 60 - len(first), after=committed)
+            assert sorted(r.payload for r in back) == sorted(r.payload for r in rest)
+        finally:
+            third.close()
+    finally:
+        again.close()
+
+
+@slow_fixture(scope="module")
+def one_log(shared_cluster: Cluster) -> Iterator[tuple[KafkaLog, dict[int, int]]]:
+    """One topic and consumer for every example (a group join takes seconds)."""
+    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
+    log = KafkaLog(shared_cluster.url(), group=grp)
+    yield log, {}
+    log.close()
+
+
+# examples(40): each example waits for Kafka round trips (acks=all, then a read)
+@settings(max_examples=examples(40), suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(groups=st.lists(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 9),
+                                          st.binary(max_size=40), st.integers(0, 6)),
+                                max_size=6), min_size=1, max_size=6))
+def test_any_appends_read_back_exactly(one_log, groups) -> None:  # type: ignore[no-untyped-def]
+    log, pos = one_log
+    sent: list[Append] = []
+    for group in groups:
+        appends = [Append(src, n, p, b"k%d" % k) for src, n, p, k in group]
+        assert len(log.append(appends)) == len(appends)
+        sent += appends
+    got, after = read_all(log, len(sent), after=pos, timeout=20)
+    pos.clear()
+    pos.update(after)  # the next example reads on from here
+    assert sorted((r.source, r.count, r.payload) for r in got) == sorted(
+        (a.source, a.count, a.payload) for a in sent)
+    if len({a.payload for a in sent}) == len(sent):  # payloads tell the records apart
+        for k in {a.key for a in sent}:  # one key: one partition, in the order sent
+            mine = {a.payload for a in sent if a.key == k}
+            where = [(r.partition, r.offset, r.payload) for r in got if r.payload in mine]
+            assert len({p for p, _, _ in where}) == 1
+            assert [pl for _, _, pl in sorted(where)] == [a.payload for a in sent if a.key == k]
+
+
+def test_scan_and_stats_leave_the_group_alone(shared_cluster: Cluster) -> None:
+    url = shared_cluster.url()
+    log = KafkaLog(url)
+    try:
+        log.append([Append("s", 3, b"%d" % i, b"k%d" % i) for i in range(12)])
+        got, pos = read_all(log, 12)  # the processors' member, with every partition
+        log.commit("processor", advance({}, got[:5]))
+        assert sorted(int(r.payload) for r in scan(log)) == list(range(12))
+        st_ = log.stats()
+        assert st_.head_offset == 12 and st_.lag_events == {"processor": 7}
+        assert log.assigned == frozenset(range(4))  # nobody else joined
+        assert log.read(pos) == []  # nor moved its positions
+    finally:
+        log.close()
+

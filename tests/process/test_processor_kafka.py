@@ -1,0 +1,157 @@
+"""The processor on the Kafka log (librdkafka's mock cluster, one per test: the group
+``processor`` is the same whatever the topic): its positions are per
+partition and live in the warehouse, committed with the rows, so a processor that
+crashed and one that takes over write every event once, whatever the group's offsets in
+Kafka say."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import confluent_kafka as ck
+import pytest
+
+from aap.events import Event, decode_events
+from aap.log.base import advance
+from aap.log.kafka import KafkaLog
+from aap.log.keys import per_person
+from aap.privacy.ids import IdHasher
+from aap.process.processor import Processor
+from aap.store.warehouse import Chunk, Warehouse
+from tests.log.test_kafka import Cluster, cluster  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.slow
+T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
+HASHER = IdHasher(b"k" * 32)
+
+
+def ev(i: int) -> Event:
+    anon = f"a{i % 7}"
+    return Event(type="track", event="E", message_id=f"m{i}", anonymous_id=anon,
+                 anonymous_key=HASHER.key(anon), timestamp=T0 + timedelta(seconds=i),
+                 received_at=T0 + timedelta(seconds=i), source="s")
+
+
+def send(log: KafkaLog, first: int, n: int, per_request: int = 10) -> None:
+    for r in range(first, first + n, per_request):
+        log.append(per_person("s", [ev(i) for i in range(r, min(r + per_request, first + n))]))
+
+
+def stored(wh: Warehouse) -> list[str]:
+    with wh.snapshot() as cur:  # its own cursor: the processor's threads run meanwhile
+        return [r[0] for r in cur.execute("SELECT message_id FROM events").fetchall()]
+
+
+class SlowWrites(Warehouse):
+    """Each chunk takes a while to commit: a write is in flight when the group changes."""
+
+    def write(self, chunk: Chunk) -> None:
+        time.sleep(0.5)
+        super().write(chunk)
+
+
+def run_until(proc: Processor, wh: Warehouse, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(stored(wh)) < n and time.monotonic() < deadline:
+        if not proc.run_once():
+            time.sleep(0.05)
+    for _ in range(5):  # and nothing more comes
+        proc.run_once()
+
+
+def test_a_crash_and_a_takeover_write_every_event_once(
+        cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    url = cluster.url()
+    producer = KafkaLog(url)
+    wh = Warehouse(tmp_path / "wh")
+    try:
+        send(producer, 0, 100)
+        first_log = KafkaLog(url)
+        first = Processor(first_log, wh, HASHER, chunk_records=4)
+        run_until(first, wh, 40)  # part of it, in chunks of 4 records
+        first.close()
+        done = wh.get_positions()
+        assert done and sum(done.values()) >= 1
+        # the group's offsets in Kafka say "nothing read": the warehouse's positions win
+        first_log.commit("processor", {p: 0 for p in range(4)})
+        assert producer.positions("processor") == {p: 0 for p in range(4)}
+        first_log.close()  # leaves the group: another member may take the partitions
+        send(producer, 100, 50)
+
+        second_log = KafkaLog(url)
+        second = Processor(second_log, wh, HASHER, chunk_records=7)
+        run_until(second, wh, 150)
+        second.close()
+        ids = stored(wh)
+        assert len(ids) == 150 and len(set(ids)) == 150  # nothing missing, nothing doubled
+        assert not first.dropped and not second.dropped  # no duplicate was even read
+        assert second.position == sum(wh.get_positions().values())
+        # the positions are the partitions' heads, and Kafka's offsets follow them
+        c = second_log.consumer()
+        heads = {p: c.get_watermark_offsets(ck.TopicPartition(second_log.topic, p),
+                                            timeout=10)[1] for p in range(4)}
+        assert wh.get_positions() == {p: h for p, h in heads.items() if h}
+        assert second_log.positions("processor") == heads  # (an empty partition: the 0 set above)
+        second_log.close()
+    finally:
+        producer.close()
+        wh.close()
+
+
+def test_a_member_joining_takes_partitions_where_the_processor_stopped(
+        cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    """A processor owns every partition; another member joins the group and gets some:
+    it starts them from the positions in the warehouse (the processor finished its write
+    before they were revoked, and wrote none of what it had read ahead), so the events in
+    the warehouse and those the newcomer reads are every event, once."""
+    url = cluster.url()
+    producer = KafkaLog(url)
+    wh = SlowWrites(tmp_path / "wh")
+
+    def warehouse_positions() -> dict[int, int]:
+        return wh.get_positions()
+
+    proc_log = KafkaLog(url)
+    proc = Processor(proc_log, wh, HASHER, chunk_records=20)
+    stop = threading.Event()
+    runner = threading.Thread(target=proc.run, args=(stop,), kwargs={"linger": 0.01})
+    newcomer = KafkaLog(url, stored_positions=warehouse_positions)
+    seen: list[str] = []
+    try:
+        sender = threading.Thread(target=lambda: [  # 200 events over about 6 s
+            (send(producer, i, 10), time.sleep(0.3)) for i in range(0, 200, 10)])
+        sender.start()
+        runner.start()
+        deadline = time.monotonic() + 30
+        while (len(proc_log.assigned) < 4 or not stored(wh)) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the processor has every partition, and chunks to write
+        pos: dict[int, int] = {}
+        gen = -1
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if newcomer.generation != gen:
+                gen, pos = newcomer.generation, warehouse_positions()
+            recs = newcomer.read(pos, 50)
+            if newcomer.generation != gen:
+                continue
+            seen += [e.message_id for r in recs for e in decode_events(r.payload)]
+            pos = advance(pos, recs)
+            if not sender.is_alive() and len(seen) + len(stored(wh)) >= 200 and not recs:
+                break
+        sender.join()
+        stop.set()
+        runner.join(30)
+        ids = stored(wh)
+        assert newcomer.assigned and seen, "the newcomer got partitions"
+        assert not proc.dropped  # the processor read no record twice either
+        assert len(ids) == len(set(ids)) and not set(ids) & set(seen)
+        assert sorted(ids + seen) == sorted(f"m{i}" for i in range(200))
+    finally:
+        stop.set()
+        newcomer.close()
+        proc_log.close()
+        producer.close()
+        wh.close()
