@@ -42,9 +42,10 @@ K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 PORT = 8000
 IMAGE = "aap:0.1.0"
 
-PENDING_SETTINGS = {"AAP_LOG_URL"}
-"""Settings the manifests set that src/aap/settings.py does not declare yet: the Kafka log
-(issue 16, part 1) is being built (docs/deploy.md)."""
+PENDING_SETTINGS: set[str] = set()
+"""Settings the manifests set that src/aap/settings.py does not declare yet (none now:
+the Kafka log and PostgreSQL's shared state are declared; docs/deploy.md says how far
+each goes)."""
 DECLARED = {s.env for s in SETTINGS}
 SECRET_SETTINGS = {s.env for s in SETTINGS if s.secret} | {"AAP_S3_ACCESS_KEY"}
 """Credentials: only ever in the Secret aap-credentials or in deploy/.env (the access key
