@@ -7,9 +7,11 @@ processor (the core: processor, warehouse and the queries, which every collector
 running by a :class:`~aap.core.supervisor.CoreSupervisor`: killed, it is started again
 (a collector is stateless; the processor resumes from its last committed chunk).
 
-Several processors, and query nodes of their own, need the log partitioned between
-processors and the warehouse's files shared (Kafka, S3, PostgreSQL): a topology that
-needs them is refused with a message saying so (:class:`TopologyRefused`).
+Every process takes the settings of the environment: with ``AAP_LOG_URL=kafka://…`` the
+collectors append to Kafka and the processor consumes it. Several processors, and query
+nodes of their own, need the processor's state and the warehouse's files shared, which
+is being built: a topology that needs them is refused with a message saying so
+(:class:`TopologyRefused`).
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ class Topology:
         if self.processors != 1:
             raise TopologyRefused(
                 f"--processors {self.processors}: several processors need the log partitioned"
-                " between them (AAP_LOG_URL=kafka://…) and their state shared (AAP_META_URL),"
-                " which are being built; on the embedded log and warehouse run one")
+                " between them (AAP_LOG_URL=kafka://…, which works) and their state shared —"
+                " identities, sessions, dedup and the warehouse's files — which is being"
+                " built: today one processor owns the warehouse; run one")
         if self.query > 1:
             raise TopologyRefused(
                 f"--query {self.query}: query nodes of their own need the warehouse's files"
