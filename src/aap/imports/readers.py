@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from aap.collect.segment import Rejection
 from aap.settings import S3Settings
+from aap.store.meta import is_database_error
 from aap.store.tiers import s3_filesystem
 
 Row = dict[str, Any]
@@ -342,7 +343,7 @@ class _Cursor:
             rows = self.cur.fetchmany(self.size)
         except Exception as exc:  # the driver's error (sqlite3, psycopg): a lost connection,
             # a value the query cannot compute (division by zero, a bad cast) ...
-            if not _database_error(exc):
+            if not is_database_error(exc):
                 raise
             self.close()
             raise InputError(f"reading from the database failed: {exc}".strip()) from None
@@ -350,16 +351,6 @@ class _Cursor:
 
     def close(self) -> None:
         self.con.close()
-
-
-def _database_error(exc: BaseException) -> bool:
-    if isinstance(exc, sqlite3.Error):
-        return True
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - psycopg is a dependency
-        return False
-    return isinstance(exc, psycopg.Error)
 
 
 def _sqlite(url: str, query: str, skip: int, size: int) -> _Cursor:

@@ -118,6 +118,17 @@ def open_meta(path: Path, url: str | None = None, *, pragmas: Sequence[str] = ()
     return SQLiteMeta(path, pragmas, mode)
 
 
+def is_database_error(exc: BaseException) -> bool:
+    """Any error of either engine's driver (a lost connection, a failing statement)."""
+    if isinstance(exc, sqlite3.Error):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, psycopg.Error)
+
+
 def is_conflict(exc: BaseException) -> bool:
     """The statement broke a constraint (a duplicate unique value), on either engine."""
     if isinstance(exc, sqlite3.IntegrityError):
