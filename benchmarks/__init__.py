@@ -6,8 +6,9 @@ options and their defaults are written there and nowhere else)::
     python -m benchmarks.ingest --duration 10     # from the root of a checkout
     aap bench ingest --duration 10                 # the same command, found by ``aap``
 
-``ingest``, ``pipeline``, ``privacy``, ``query``, ``scrub`` and ``web`` (the names ``aap bench``
-lists are :data:`aap.cli.BENCHMARKS`); :mod:`benchmarks.common` holds what they share.
+``ingest``, ``pipeline``, ``privacy``, ``query``, ``scrub``, ``stream``, ``web``, ``devices``,
+``imports`` and ``scale`` (the names ``aap bench`` lists are :data:`aap.cli.BENCHMARKS`);
+:mod:`benchmarks.common` holds what they share.
 Each prints its figures and the targets they are measured against, and exits 0 whether
 the targets are met or not.
 """

@@ -24,13 +24,14 @@ def test_bench_lists_every_benchmark_with_its_own_options() -> None:
 
 
 def test_the_commands_are_the_benchmarks_own() -> None:
-    from benchmarks import devices, imports, ingest, pipeline, privacy, query, scrub, stream, web
+    from benchmarks import devices, imports, ingest, pipeline, privacy, query, scale, scrub, stream, web
 
     modules = {p.stem for p in (Path(__file__).parents[1] / "benchmarks").glob("*.py")}
     assert modules - {"__init__", "common"} == set(cli.BENCHMARKS)  # aap bench runs them all
     group = cli.bench
     ctx = click.Context(group)
-    for module in (devices, imports, ingest, pipeline, privacy, query, scrub, stream, web):
+    for module in (devices, imports, ingest, pipeline, privacy, query, scale, scrub, stream,
+                   web):
         assert group.get_command(ctx, module.__name__.rsplit(".", 1)[1]) is module.main
 
 
