@@ -208,13 +208,19 @@ def test_two_consumers_of_a_group_split_the_partitions_and_see_each_record_once(
                    (("a", a), ("b", b))]
         for t in threads:
             t.start()
-        sent = []
-        for i in range(40):  # while the group forms and rebalances
+        sent: list[bytes] = []
+        # while the group forms and rebalances, and until both members have read records
+        # (on a loaded machine the second may join late: no fixed number of batches)
+        deadline = time.monotonic() + 180
+        i = 0
+        while i < 40 or not (seen["a"] and seen["b"]):
+            assert time.monotonic() < deadline, "both consumers got partitions"
             batch = [Append("s", 1, b"r%d-%d" % (i, j), b"p%d" % j) for j in range(10)]
             producer.append(batch)
             sent += [x.payload for x in batch]
+            i += 1
             time.sleep(0.1)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while len(seen["a"]) + len(seen["b"]) < len(sent) and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(1)
