@@ -120,9 +120,19 @@ def test_a_member_joining_takes_partitions_where_the_processor_stopped(
     runner = threading.Thread(target=proc.run, args=(stop,), kwargs={"linger": 0.01})
     newcomer = KafkaLog(url, stored_positions=warehouse_positions)
     seen: list[str] = []
+    sent = [0]
+
+    def sending() -> None:
+        """200 events over about 6 s, and more until the newcomer has read some (on a
+        loaded machine it may join late: no fixed number of events), at most 180 s."""
+        deadline = time.monotonic() + 180
+        while (sent[0] < 200 or not seen) and time.monotonic() < deadline:
+            send(producer, sent[0], 10)
+            sent[0] += 10
+            time.sleep(0.3)
+
     try:
-        sender = threading.Thread(target=lambda: [  # 200 events over about 6 s
-            (send(producer, i, 10), time.sleep(0.3)) for i in range(0, 200, 10)])
+        sender = threading.Thread(target=sending)
         sender.start()
         runner.start()
         deadline = time.monotonic() + 30
@@ -130,7 +140,7 @@ def test_a_member_joining_takes_partitions_where_the_processor_stopped(
             time.sleep(0.05)  # the processor has every partition, and chunks to write
         pos: dict[int, int] = {}
         gen = -1
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if newcomer.generation != gen:
                 gen, pos = newcomer.generation, warehouse_positions()
@@ -139,7 +149,7 @@ def test_a_member_joining_takes_partitions_where_the_processor_stopped(
                 continue
             seen += [e.message_id for r in recs for e in decode_events(r.payload)]
             pos = advance(pos, recs)
-            if not sender.is_alive() and len(seen) + len(stored(wh)) >= 200 and not recs:
+            if not sender.is_alive() and len(seen) + len(stored(wh)) >= sent[0] and not recs:
                 break
         sender.join()
         stop.set()
@@ -148,7 +158,7 @@ def test_a_member_joining_takes_partitions_where_the_processor_stopped(
         assert newcomer.assigned and seen, "the newcomer got partitions"
         assert not proc.dropped  # the processor read no record twice either
         assert len(ids) == len(set(ids)) and not set(ids) & set(seen)
-        assert sorted(ids + seen) == sorted(f"m{i}" for i in range(200))
+        assert sorted(ids + seen) == sorted(f"m{i}" for i in range(sent[0]))
     finally:
         stop.set()
         newcomer.close()
