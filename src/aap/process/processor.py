@@ -39,10 +39,11 @@ from aap.privacy.subjects import identified, person_closure
 from aap.process import shop
 from aap.process.identity import Identities
 from aap.process.prepare import LocalPreparer, PrepareConfig, Prepared, WorkerPreparer
-from aap.process.steps import STEPS, Batch, DedupIndex, State
+from aap.process.steps import STEPS, Batch, DedupIndex, State, shared_identity
 from aap.store import quarantine
+from aap.store.identities import SharedIdentities
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
-from aap.store.warehouse import Chunk, Warehouse
+from aap.store.warehouse import NEXT_PERSON, Chunk, Warehouse
 
 logger = logging.getLogger("aap.process")
 
@@ -100,10 +101,13 @@ class Processor:
                  consent: ConsentState | None = None,
                  destroyed: Callable[[], set[int]] | None = None,
                  forgotten: Callable[[], set[int]] | None = None,
-                 scopes: Callable[[], dict[str, str]] | None = None) -> None:
+                 scopes: Callable[[], dict[str, str]] | None = None,
+                 identities: SharedIdentities | None = None) -> None:
         """``worker``: prepare chunks in ``prepare_processes`` child processes (see
         :mod:`aap.process.prepare`) while this one runs the stateful steps; otherwise in
-        this thread."""
+        this thread. ``identities``: identities and merges shared with other processors
+        (``AAP_META_URL``, :mod:`aap.store.identities`); ``None``: kept in memory and in
+        the warehouse."""
         self.log = log
         self.wh = warehouse
         self.chunk_records = chunk_records
@@ -126,6 +130,10 @@ class Processor:
         """Reads the sources' consent scopes again (with the historical flags)."""
         self.scopes: dict[str, str] = scopes() if scopes is not None else {}
         self.forgotten = forgotten
+        self.shared = identities
+        self.steps = STEPS if identities is None else tuple(
+            (name, shared_identity(identities) if name == "identity" else step)
+            for name, step in STEPS)
         """Ids whose persons retention removed since the last call: they are forgotten
         here too, so that an id coming back is a new person."""
         self.dropped: Counter[str] = Counter()
@@ -171,7 +179,10 @@ class Processor:
         (the steps had already changed the state in memory for rows that are not stored)."""
         wh = self.wh
         ids = Identities()
-        ids.load(*wh.load_identities())
+        if self.shared is None:
+            ids.load(*wh.load_identities())
+        else:  # the shared store holds them; its new persons do not reuse this one's
+            self.shared.ensure_above(wh.get_state(NEXT_PERSON, 1))
         sessions = {p: ((t - _EPOCH) // timedelta(microseconds=1), s)
                     for p, t, s in wh.load_sessions()}
         self.state = State(identities=ids, hasher=self.hasher,
@@ -375,10 +386,13 @@ class Processor:
 
     def _build(self, records: list[Record], prepared: Prepared) -> _Built:
         if self.forgotten is not None:
-            for key in self.forgotten():
+            gone = self.forgotten()
+            for key in gone:
                 self.state.identities.ids.pop(key, None)
+            if gone and self.shared is not None:
+                self.shared.forget(gone)
         batch = Batch(prepared.table)
-        for _, step in STEPS:
+        for _, step in self.steps:
             if not len(batch):
                 break
             step(batch, self.state)
@@ -426,7 +440,7 @@ class Processor:
 
     def _chunk(self, b: Batch, position: dict[int, int], rows: shop.Rows, size: int) -> Chunk:
         st = self.state
-        changes = st.identities.take_changes()
+        changes = st.identities.take_changes() if b.identity is None else b.identity
         t = b.table
         person = pa.array(b.person_id, pa.int64())
         if len(b):
@@ -443,7 +457,7 @@ class Processor:
             events=events, position=position, next_person=st.identities.next_person,
             persons=persons,
             new_ids=changes.new_ids, overrides=changes.overrides, orders=orders,
-            order_items=items, products=products,
+            order_items=items, products=products, mirror=self.shared is not None,
         )
 
     def run(self, stop: threading.Event, idle_sleep: float = 0.05, linger: float = 0.2) -> None:
