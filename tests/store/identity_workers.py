@@ -28,13 +28,19 @@ def _columns(chunk: Chunk) -> tuple[list[str], list[int | None], list[int | None
             [e[3] for e in chunk])
 
 
-def apply_chunk(store: SharedIdentities, chunk: Chunk
+def apply_chunk(store: SharedIdentities, chunk: Chunk, runs: list[int] | None = None
                 ) -> Applied[tuple[list[int], list[tuple[int, int]]]]:
     """The chunk through the identity rules on the shared store, as the processor's
-    step runs it (:func:`aap.process.steps.shared_identity`)."""
+    step runs it (:func:`aap.process.steps.shared_identity`); each run of the rules
+    (a transaction refused runs them again) is counted in ``runs``."""
     types, users, anons, prev = _columns(chunk)
-    return store.apply(keys_of(chunk), lambda ids: assign_persons(types, users, anons, prev,
-                                                                  ids))
+
+    def run(ids: Identities) -> tuple[list[int], list[tuple[int, int]]]:
+        if runs is not None:
+            runs.append(1)
+        return assign_persons(types, users, anons, prev, ids)
+
+    return store.apply(keys_of(chunk), run)
 
 
 def serial(chunks: Iterable[Chunk]) -> tuple[Identities, list[int]]:
@@ -67,10 +73,11 @@ def run_half(data_dir: str, url: str, chunks: list[list[Ev]], barrier: Any, resu
     every key's person as the store resolves it at the end."""
     store = SharedIdentities(Path(data_dir), url)
     persons: list[int] = []
+    runs: list[int] = []
     for chunk in chunks:
         barrier.wait(timeout=120)
-        persons.extend(apply_chunk(store, chunk).result[0])
+        persons.extend(apply_chunk(store, chunk, runs).result[0])
     barrier.wait(timeout=120)  # both are done: the final view
     keys = keys_of(e for c in chunks for e in c)
-    result.put((persons, store.persons_of(keys)))
+    result.put((persons, store.persons_of(keys), len(runs)))
     store.close()

@@ -191,14 +191,19 @@ def _pg_state(url: str) -> tuple[dict[int, int], list[tuple[int, int]]]:
 def test_two_processes_see_the_two_halves_of_identities_at_once(tmp_path: Path, pg: Cluster
                                                                  ) -> None:
     """Process A sees identify(U_i, X_i); process B sees track(X_i) and identify(U_i, Y_i)
-    (in either order). Both apply the chunks of the same identities at the same moment
-    (a barrier per round). At the end every identity is one person in both processes'
-    view, every event of both resolves to it, no two identities share a person, the
-    overrides are flat, and the partition is the serial run's (either order)."""
+    (in either order). Users V_i, W_i, T_i are persons of their own at first; A sees
+    alias(W_i ← V_i), B alias(T_i ← W_i): merges of the same person at once. Both apply
+    the chunks of the same identities at the same moment (a barrier per round). At the end
+    {U_i, X_i, Y_i} is one person and {V_i, W_i, T_i} another, in both processes' view,
+    every event of both resolves to its person, no two share one, the overrides are flat,
+    and the partition is the serial run's (either order)."""
     _fresh(pg.url)
-    SharedIdentities(tmp_path, pg.url).close()  # the tables
+    store = SharedIdentities(tmp_path, pg.url)
     n, per = 600, 20
-    U, X, Y = 1_000_000, 2_000_000, 3_000_000
+    U, X, Y, V, W, T = (k * 1_000_000 for k in range(1, 7))
+    seed: list[Ev] = [("track", k + i, None, None) for i in range(n) for k in (V, W, T)]
+    w.apply_chunk(store, seed)
+    store.close()
     half_a: list[list[Ev]] = []
     half_b: list[list[Ev]] = []
     for r in range(n // per):
@@ -209,6 +214,9 @@ def test_two_processes_see_the_two_halves_of_identities_at_once(tmp_path: Path, 
             pair: list[Ev] = [("track", None, X + i, None), ("identify", U + i, Y + i, None)]
             chunk_b.extend(pair if i % 2 else pair[::-1])
         half_b.append(chunk_b)
+        # the merges in rounds of their own (no new key in them: no unique index to meet)
+        half_a.append([("alias", W + i, None, V + i) for i in ids])
+        half_b.append([("alias", T + i, None, W + i) for i in ids])
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     result = ctx.Queue()
@@ -226,19 +234,21 @@ def test_two_processes_see_the_two_halves_of_identities_at_once(tmp_path: Path, 
     assert_flat(over)
     merged = dict(over)
     resolve = {k: merged.get(p, p) for k, p in ids.items()}
-    assert len(ids) == 3 * n
-    by_identity = [{resolve[U + i], resolve[X + i], resolve[Y + i]} for i in range(n)]
-    assert all(len(s) == 1 for s in by_identity)
-    assert len({next(iter(s)) for s in by_identity}) == n  # no two identities share one
-    for (persons, view), half in zip(sorted(got, key=lambda g: len(g[0])), (half_a, half_b),
-                                     strict=True):
+    assert len(ids) == 6 * n
+    groups = [{resolve[k + i] for k in keys} for i in range(n) for keys in ((U, X, Y), (V, W, T))]
+    assert all(len(g) == 1 for g in groups)
+    assert len({next(iter(g)) for g in groups}) == 2 * n  # no two share a person
+    runs = sum(g[2] for g in got)
+    print(f"chunks: {len(half_a) + len(half_b)}, runs of the rules: {runs}")
+    for (persons, view, _), half in zip(sorted(got, key=lambda g: len(g[0])), (half_a, half_b),
+                                        strict=True):
         events = [e for c in half for e in c]
         assert view == {k: resolve[k] for k in w.keys_of(events)}  # each process's view
         for person, e in zip(persons, events, strict=True):  # every event, resolved now
             key = e[1] if e[1] is not None else e[2]
             assert merged.get(person, person) == resolve[key]  # type: ignore[index]
-    expected = w.serial_partition([*half_a, *half_b])
-    assert expected == w.serial_partition([*half_b, *half_a])
+    expected = w.serial_partition([seed, *half_a, *half_b])
+    assert expected == w.serial_partition([seed, *half_b, *half_a])
     assert w.partition(resolve) == expected
 
 
