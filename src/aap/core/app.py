@@ -128,8 +128,7 @@ class Core:
             destroyed=self.keystore.refresh_destroyed,
             forgotten=self.keystore.refresh_forgotten,
             scopes=sources.scopes,
-            # with AAP_META_URL, identities and merges are shared with other processors
-            identities=(SharedIdentities(data, settings.storage.meta_url)
+            identities=(SharedIdentities(data, settings.storage.meta_url)  # shared
                         if settings.storage.meta_url else None),
         )
         self.privacy = Requests(data, self.rights, sources.scopes)

@@ -39,7 +39,7 @@ from aap.privacy.subjects import identified, person_closure
 from aap.process import shop
 from aap.process.identity import Identities
 from aap.process.prepare import LocalPreparer, PrepareConfig, Prepared, WorkerPreparer
-from aap.process.steps import STEPS, Batch, DedupIndex, State, shared_identity
+from aap.process.steps import Batch, DedupIndex, State, steps_for
 from aap.store import quarantine
 from aap.store.identities import SharedIdentities
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
@@ -96,18 +96,15 @@ class Processor:
                  historical_sources: frozenset[str] | Callable[[], frozenset[str]] = frozenset(),
                  inactivity: timedelta = timedelta(minutes=30),
                  chunk_records: int = 1000, chunk_events: int = CHUNK_EVENTS,
-                 chunk_bytes: int = CHUNK_BYTES,
+                 chunk_bytes: int = CHUNK_BYTES, consent: ConsentState | None = None,
                  worker: bool = False, prepare_processes: int = 1,
-                 consent: ConsentState | None = None,
                  destroyed: Callable[[], set[int]] | None = None,
                  forgotten: Callable[[], set[int]] | None = None,
                  scopes: Callable[[], dict[str, str]] | None = None,
                  identities: SharedIdentities | None = None) -> None:
         """``worker``: prepare chunks in ``prepare_processes`` child processes (see
         :mod:`aap.process.prepare`) while this one runs the stateful steps; otherwise in
-        this thread. ``identities``: identities and merges shared with other processors
-        (``AAP_META_URL``, :mod:`aap.store.identities`); ``None``: kept in memory and in
-        the warehouse."""
+        this thread. ``identities``: shared with other processors (:mod:`aap.store.identities`)."""
         self.log = log
         self.wh = warehouse
         self.chunk_records = chunk_records
@@ -130,12 +127,9 @@ class Processor:
         """Reads the sources' consent scopes again (with the historical flags)."""
         self.scopes: dict[str, str] = scopes() if scopes is not None else {}
         self.forgotten = forgotten
-        self.shared = identities
-        self.steps = STEPS if identities is None else tuple(
-            (name, shared_identity(identities) if name == "identity" else step)
-            for name, step in STEPS)
         """Ids whose persons retention removed since the last call: they are forgotten
         here too, so that an id coming back is a new person."""
+        self.shared, self.steps = identities, steps_for(identities)
         self.dropped: Counter[str] = Counter()
         self.failures = 0
         self.last_write_at: float | None = None

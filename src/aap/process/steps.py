@@ -305,3 +305,12 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("identity", identity),
     ("sessions", sessions),
 )
+
+
+def steps_for(identities: SharedIdentities | None) -> tuple[tuple[str, Step], ...]:
+    """:data:`STEPS`, with :func:`shared_identity` for identities shared with other
+    processors."""
+    if identities is None:
+        return STEPS
+    return tuple((name, shared_identity(identities) if name == "identity" else step)
+                 for name, step in STEPS)
