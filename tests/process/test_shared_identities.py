@@ -2,19 +2,26 @@
 with its own log and warehouse, as the processors of one Kafka group are: an identity
 whose halves reach two processors is one person in both warehouses, and a chunk whose
 warehouse write failed (after the shared store committed) is written again with the
-same persons. Runs on both engines of the shared state (PostgreSQL: marked ``slow``)."""
+same persons; shared identities out of reach hold the records back without setting them
+aside. Runs on both engines of the shared state (PostgreSQL: marked ``slow``)."""
 
 from __future__ import annotations
 
+import secrets
+import time
 from pathlib import Path
+
+import psycopg
+import pytest
 
 from aap.events import Event, encode_events
 from aap.log.base import Append
 from aap.log.sqlite import SQLiteLog
 from aap.privacy.ids import IdHasher
 from aap.process.processor import Processor
-from aap.store.identities import SharedIdentities
+from aap.store.identities import IdentitiesUnavailable, SharedIdentities
 from aap.store.warehouse import Warehouse
+from tests.pg import Cluster
 from tests.process.test_processor import Flaky, drain, ev
 
 HASHER = IdHasher(b"k" * 32)
@@ -94,3 +101,44 @@ def test_a_failed_write_is_written_again_with_the_same_persons(tmp_path: Path, m
     identified = flaky.query("SELECT person_id FROM persons WHERE identified")[1]
     assert identified == [(events["m1"],)]
     assert flaky.query("SELECT count(*) FROM person_overrides")[1] == [(1,)]
+
+
+@pytest.mark.slow
+def test_shared_identities_out_of_reach_hold_the_records_without_setting_them_aside(
+        tmp_path: Path, pg: Cluster) -> None:
+    """PostgreSQL refuses the processor's connections for a while (its sessions ended,
+    its database closed to new ones): the chunk fails, is not counted against its
+    records (which would be set aside after five failures), and is written once the
+    database is back."""
+    name = "ids_" + secrets.token_hex(4)
+    with psycopg.connect(pg.url, autocommit=True) as con:
+        con.execute(f"CREATE DATABASE {name}")
+    url = pg.database_url(name)
+    log = SQLiteLog(tmp_path / "log")
+    for i in range(1, 5):
+        append(log, ev(i, anonymous_id=f"a{i % 2}"))
+    wh = Warehouse(tmp_path / "wh")
+    (tmp_path / "shared").mkdir()
+    proc = processor(log, wh, tmp_path / "shared", url)
+    assert proc.run_once() == 1
+    with psycopg.connect(pg.url, autocommit=True) as con:
+        con.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        con.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = %s", (name,))
+        try:
+            with pytest.raises(IdentitiesUnavailable):
+                proc.run_once()
+            assert proc.failures == 0 and not proc.dropped
+        finally:
+            con.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if not proc.run_once():
+                break
+        except IdentitiesUnavailable:  # the pool reconnects
+            time.sleep(0.5)
+    proc.close()
+    assert sorted(by_message(wh)) == ["m1", "m2", "m3", "m4"] and not proc.dropped
+    events = by_message(wh)
+    assert events["m1"] == events["m3"] != events["m2"] == events["m4"]

@@ -41,7 +41,7 @@ from aap.process.identity import Identities
 from aap.process.prepare import LocalPreparer, PrepareConfig, Prepared, WorkerPreparer
 from aap.process.steps import Batch, DedupIndex, State, steps_for
 from aap.store import quarantine
-from aap.store.identities import SharedIdentities
+from aap.store.identities import IdentitiesUnavailable, SharedIdentities
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
 from aap.store.warehouse import NEXT_PERSON, Chunk, Warehouse
 
@@ -175,8 +175,8 @@ class Processor:
         ids = Identities()
         if self.shared is None:
             ids.load(*wh.load_identities())
-        else:  # the shared store holds them; its new persons do not reuse this one's
-            self.shared.ensure_above(wh.get_state(NEXT_PERSON, 1))
+        elif not hasattr(self, "state"):  # at start: the shared store holds them, and its
+            self.shared.ensure_above(wh.get_state(NEXT_PERSON, 1))  # new persons are new here
         sessions = {p: ((t - _EPOCH) // timedelta(microseconds=1), s)
                     for p, t, s in wh.load_sessions()}
         self.state = State(identities=ids, hasher=self.hasher,
@@ -200,7 +200,8 @@ class Processor:
         row at the same position, records are taken one at a time, and after
         :data:`SET_ASIDE_FAILURES` (five) a record that still cannot be written is set
         aside (its offset goes to ``dead_letters``, its events are counted as dropped with
-        reason ``unprocessable``) so that one bad record cannot stop the pipeline.
+        reason ``unprocessable``) so that one bad record cannot stop the pipeline. Shared
+        identities that cannot be reached now are no failure of the records: not counted.
         """
         records: list[Record] = []
         self._withdraw_when_due()
@@ -221,9 +222,10 @@ class Processor:
             self._generation = getattr(self.log, "generation", 0)
             self._load()
             return 0
-        except Exception:
+        except Exception as exc:
             self._abandon()
-            self.failures += 1
+            if not isinstance(exc, IdentitiesUnavailable):  # not the records' fault
+                self.failures += 1
             self._load()
             if self.failures >= SET_ASIDE_FAILURES and len(records) == 1:
                 self._set_aside(records[0])

@@ -33,12 +33,14 @@ PostgreSQL").
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
 from aap.datadir import DataDir
+from aap.errors import TransientError
 from aap.process.identity import Identities, IdentityChanges
 from aap.store.meta import POSTGRESQL, Fetch, Tx, is_conflict, open_meta
 from aap.store.migrations import Schema
@@ -85,6 +87,21 @@ _IN = 500
 CONFLICT_ATTEMPTS = 30
 """How many times a chunk is applied again after a key it would link was linked by
 another processor in between (a unique violation rather than a serialization failure)."""
+
+
+class IdentitiesUnavailable(TransientError):
+    """The shared store cannot be reached (or keeps refusing the transaction): the chunk
+    is tried again later; nothing about it is wrong."""
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """A lost or refused connection, a pool that has none, a transaction refused every
+    time: the engines' ``OperationalError`` (a failing statement is not one)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    import psycopg
+
+    return isinstance(exc, psycopg.OperationalError)
 
 
 @dataclass(slots=True)
@@ -141,11 +158,22 @@ class SharedIdentities:
 
         for attempt in range(CONFLICT_ATTEMPTS):
             try:
-                return self._db.write(chunk)
+                return self._write(chunk)
             except Exception as exc:
                 if not is_conflict(exc) or attempt == CONFLICT_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
+
+    def _write(self, fn: Callable[[Tx], T]) -> T:
+        """:meth:`MetaDB.write`; :class:`IdentitiesUnavailable` when the database cannot
+        be used now."""
+        try:
+            return self._db.write(fn)
+        except Exception as exc:
+            if _unavailable(exc):
+                raise IdentitiesUnavailable(
+                    f"the shared identities at {self.where} cannot be used now: {exc}") from exc
+            raise
 
     def persons_of(self, keys: Iterable[int]) -> dict[int, int]:
         """Each known key's person as merges resolve it (a read, outside any chunk)."""
@@ -180,7 +208,7 @@ class SharedIdentities:
                                 part)
             return n
 
-        return self._db.write(forget) if wanted else 0
+        return self._write(forget) if wanted else 0
 
     def close(self) -> None:
         self._db.close()
