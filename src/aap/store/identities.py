@@ -217,7 +217,7 @@ class _Sql:
     """The statements that take many values at once: on PostgreSQL one array parameter
     (``= ANY(?)``, ``unnest``), since psycopg parses a statement of thousands of ``?``
     slowly (a chunk of 50,000 events took 2.1 s with ``IN`` lists, most of it parsing,
-    0.7–0.8 s with arrays, on this machine); on SQLite ``IN`` lists and ``executemany``."""
+    0.7 to 0.8 s with arrays, on this machine); on SQLite ``IN`` lists and ``executemany``."""
 
     def __init__(self, postgres: bool) -> None:
         self.postgres = postgres
