@@ -96,9 +96,9 @@ class IdentitiesUnavailable(TransientError):
 
 def _unavailable(exc: BaseException) -> bool:
     """A lost or refused connection, a pool that has none, a transaction refused every
-    time: the engines' ``OperationalError`` (a failing statement is not one)."""
+    time (PostgreSQL's ``OperationalError``); a SQLite file locked too long."""
     if isinstance(exc, sqlite3.OperationalError):
-        return True
+        return "locked" in str(exc) or "busy" in str(exc)
     import psycopg
 
     return isinstance(exc, psycopg.OperationalError)
