@@ -6,6 +6,7 @@ holds the key can rewrite the chain (the limit README states)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -155,7 +156,7 @@ def test_whoever_holds_the_key_can_rewrite_the_chain(tmp_path: Path, pg: Cluster
 def test_a_process_with_another_key_is_refused(tmp_path: Path, pg: Cluster) -> None:
     _fresh(pg.url)
     AuditLog(tmp_path / "a", url=pg.url).append("a", "one")
-    with pytest.raises(AuditKeyMismatch, match="keys/audit.key") as caught:
+    with pytest.raises(AuditKeyMismatch, match=r"keys/audit\.key") as caught:
         AuditLog(tmp_path / "b", url=pg.url)  # a data dir of its own: a new key
     assert "secret-pw" not in str(caught.value)
     (tmp_path / "b" / "keys" / "audit.key").write_bytes(
@@ -205,7 +206,7 @@ def test_processes_appending_at_once_make_one_unbroken_chain(tmp_path: Path,
     assert sorted(written) == sorted((str(w), i) for w in range(4) for i in range(n))
     for w in range(4):  # each writer's entries in its own order
         assert [i for who, i in written if who == str(w)] == list(range(n))
-    interleaved = sum(1 for a, b in zip(written, written[1:], strict=False) if a[0] != b[0])
+    interleaved = sum(1 for a, b in itertools.pairwise(written) if a[0] != b[0])
     print("writer changes along the chain:", interleaved)
 
 
