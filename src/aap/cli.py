@@ -821,7 +821,8 @@ def privacy_object(data_dir: Path | None, user_ids: tuple[str, ...],
 
 @cli.group()
 def audit() -> None:
-    """The hash-chained audit log (DATA_DIR/privacy/audit.jsonl)."""
+    """The hash-chained audit log (DATA_DIR/privacy/audit.jsonl; with AAP_META_URL, rows in
+    PostgreSQL)."""
 
 
 @audit.command("verify")
