@@ -860,4 +860,10 @@ _register_import()
 
 
 def main() -> None:
-    cli(prog_name="aap")
+    from aap.store.meta import MetaUnavailable
+
+    try:
+        cli(prog_name="aap")
+    except MetaUnavailable as exc:  # AAP_META_URL's database cannot be used: say why
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)

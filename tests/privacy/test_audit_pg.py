@@ -159,6 +159,11 @@ def test_a_process_with_another_key_is_refused(tmp_path: Path, pg: Cluster) -> N
     with pytest.raises(AuditKeyMismatch, match=r"keys/audit\.key") as caught:
         AuditLog(tmp_path / "b", url=pg.url)  # a data dir of its own: a new key
     assert "secret-pw" not in str(caught.value)
+    out = subprocess.run([sys.executable, "-m", "aap", "audit", "verify", "--data-dir",
+                          str(tmp_path / "b")], capture_output=True, text=True,
+                         env={**os.environ, "AAP_META_URL": pg.url})
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "written with another key" in out.stderr and "secret-pw" not in out.stderr
     (tmp_path / "b" / "keys" / "audit.key").write_bytes(
         (tmp_path / "a" / "keys" / "audit.key").read_bytes())
     AuditLog(tmp_path / "b", url=pg.url).append("b", "two")  # the same key: one chain

@@ -27,7 +27,7 @@ from typing import Any
 
 from aap.privacy.audit import GENESIS as _GENESIS
 from aap.privacy.audit import Verdict, canonical, mac_of, new_entry
-from aap.store.meta import MetaDB, Tx
+from aap.store.meta import MetaDB, MetaUnavailable, Tx
 from aap.store.migrations import Schema
 
 _SCHEMA = f"""
@@ -49,7 +49,7 @@ SCHEMA = Schema("audit_entries", _SCHEMA, postgres=_SCHEMA, steps=())
 _KEY_CHECK = b"aap audit key check"
 
 
-class AuditKeyMismatch(RuntimeError):
+class AuditKeyMismatch(MetaUnavailable):
     """This process's audit key is not the one the shared chain is written with."""
 
 
