@@ -22,39 +22,19 @@ process must share and which never goes to the database.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import hmac
 import json
 import os
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aap.datadir import DataDir
+from aap.privacy.audit_chain import GENESIS, Verdict, canonical, mac_of, new_entry
+from aap.privacy.audit_table import AuditTable
 from aap.privacy.ids import load_or_create_secret
 from aap.store.meta import meta_url, open_meta
 
-if TYPE_CHECKING:
-    from aap.privacy.audit_table import AuditTable
-
-GENESIS = "0" * 64
-
-
-def canonical(entry: dict[str, Any]) -> bytes:
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def new_entry(seq: int, prev: str, actor: str, action: str, detail: dict[str, Any] | None
-              ) -> dict[str, Any]:
-    """Entry ``seq`` of the chain, following the entry whose MAC is ``prev`` (no MAC yet)."""
-    return {"seq": seq, "at": datetime.now(UTC).isoformat(timespec="microseconds"),
-            "actor": actor, "action": action, "detail": detail or {}, "prev": prev}
-
-
-def mac_of(key: bytes, text: bytes) -> str:
-    return hmac.new(key, text, hashlib.sha256).hexdigest()
-
+__all__ = ["GENESIS", "AuditLog", "Verdict", "canonical", "local_actor", "mac_of"]
 
 class AuditLog:
     def __init__(self, data_dir: Path, url: str | None = None) -> None:
@@ -68,8 +48,6 @@ class AuditLog:
         url = meta_url() if url is None else url
         self._table: AuditTable | None = None
         if url:
-            from aap.privacy.audit_table import AuditTable
-
             self._table = AuditTable(open_meta(paths.privacy / "audit.db", url), self._key,
                                      paths.audit_key)
 
@@ -147,13 +125,6 @@ class AuditLog:
             return Verdict(False, len(lines), f"the log ends at entry {len(lines)} but its head"
                                               f" says {seq}: entries were cut off the end")
         return Verdict(True, len(lines), f"{len(lines)} entries, chain intact")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    ok: bool
-    entries: int
-    message: str
 
 
 def local_actor() -> str:

@@ -5,7 +5,7 @@
 without its MAC, as text: exactly the bytes the MAC covers, so ``TEXT`` and not
 ``JSONB``, which would reorder them) and ``mac``, an HMAC-SHA256 under the key file
 ``DATA_DIR/keys/audit.key``. Each entry holds the previous entry's MAC (``prev``), as in
-the file (:mod:`aap.privacy.audit`). ``audit_head`` is one row: the last ``seq`` and
+the file (:mod:`aap.privacy.audit_chain`). ``audit_head`` is one row: the last ``seq`` and
 ``mac`` (what the file ``audit.head`` holds) and ``key_check``, a MAC of a fixed text
 under the key, by which a process given another key is refused before it writes.
 
@@ -25,8 +25,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aap.privacy.audit import GENESIS as _GENESIS
-from aap.privacy.audit import Verdict, canonical, mac_of, new_entry
+from aap.privacy.audit_chain import GENESIS as _GENESIS
+from aap.privacy.audit_chain import Verdict, canonical, mac_of, new_entry
 from aap.store.meta import MetaDB, MetaUnavailable, Tx
 from aap.store.migrations import Schema
 
