@@ -1,8 +1,9 @@
 """Two processors in one consumer group on a Kafka topic (librdkafka's mock cluster), each
 with its own warehouse, sharing identities on a real PostgreSQL (``AAP_META_URL``,
-:mod:`aap.store.identities`): a person's userId and anonymousId are message keys of
-their own, so the halves of an identity reach both processors; at the end every id is
-the same person in both warehouses, and in the shared store."""
+:mod:`aap.store.identities`): an event with only the userId and one with the
+anonymousId are keyed apart (:func:`aap.log.keys.person_key`), so the halves of an
+identity reach both processors; at the end every id is the same person in both
+warehouses, and in the shared store."""
 
 from __future__ import annotations
 
