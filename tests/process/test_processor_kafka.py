@@ -21,7 +21,8 @@ from aap.log.keys import per_person
 from aap.privacy.ids import IdHasher
 from aap.process.processor import Processor
 from aap.store.warehouse import Chunk, Warehouse
-from tests.log.test_kafka import Cluster, cluster  # noqa: F401 (a fixture)
+from tests.kafka_mock import Cluster
+from tests.log.test_kafka import cluster  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
