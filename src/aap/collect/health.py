@@ -14,7 +14,6 @@ from pathlib import Path
 
 from aap.log.base import Log
 
-
 LOG_UNREADABLE = "the log cannot be read"
 
 
