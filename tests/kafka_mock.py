@@ -12,7 +12,8 @@ line on stdin, answering ``ok`` (or ``error <why>``) on stdout:
 ``down <id>`` / ``up <id>``         ``rd_kafka_mock_broker_set_down/up``: the broker
                                     closes its connections and refuses new ones
                                     (same port when it is up again)
-``leader <topic> <part> <id>``      ``rd_kafka_mock_partition_set_leader`` (-1: none)
+``leader <topic> <part> <id>``      ``rd_kafka_mock_partition_set_leader`` (-1: none;
+                                    a topic not there is created with the defaults)
 ``errors <apikey> <n> <err>…``      ``rd_kafka_mock_push_request_errors_array``: the
                                     next ``n`` requests of that API key, whichever
                                     broker gets them, answer these errors in turn
@@ -23,13 +24,23 @@ line on stdin, answering ``ok`` (or ``error <why>``) on stdout:
                                     ``rd_kafka_mock_get_requests``: ``ok <count>``
 =================================  ==============================================
 
-The brokers' ids are 1…N. What the mock does not model (read from ``rdkafka_mock.c``):
-a broker going down does not move the leadership of its partitions (each partition's
-leader is one of its replicas picked at random when the topic is created, and stays
-there until ``leader`` moves it: the test is the controller), a group's coordinator is
-one broker by a hash of the group's name (moved only by ``coordinator``), and replicas
-hold no copies (``acks=all`` is answered by the leader alone, so a broker down loses
-nothing it stored: the partitions live in the holder's memory).
+Every call works from ctypes (``rd_kafka_mock_push_request_errors`` is variadic, so its
+``_array`` form is called). The brokers' ids are 1…N. What the mock does not model (read
+from ``rdkafka_mock.c`` and ``rdkafka_mock_handlers.c``):
+
+- a broker going down does not move the leadership of its partitions: each partition's
+  leader is one of its replicas picked at random when the topic is created, and stays
+  there until ``leader`` moves it (the test is the controller);
+- a group's coordinator is one broker by a hash of the group's name, moved only by
+  ``coordinator``; while it is down, commits fail with ``_WAIT_COORD`` and the group
+  drops members whose heartbeats stop for their session timeout;
+- replicas hold no copies (``acks=all`` is answered by the leader alone), so a broker
+  down loses nothing it stored: the partitions live in the holder's memory;
+- an injected error is answered instead of storing the request (so pushed errors test
+  retries, not a stored write whose answer was lost);
+- producer sequence numbers are checked only for a transactional producer: an idempotent
+  one's request sent again after its answer was lost (a broker down during ``rtt``) is
+  stored twice, which a real broker would refuse as a duplicate.
 """
 
 from __future__ import annotations

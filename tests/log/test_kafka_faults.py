@@ -9,7 +9,7 @@ import pytest
 from aap.errors import ServiceUnavailable
 from aap.log.base import Append
 from aap.log.kafka import KafkaLog
-from tests.kafka_mock import Cluster, new_group, topic_of
+from tests.kafka_mock import Cluster, MockError, new_group, topic_of
 from tests.log.test_kafka import cluster, read_all  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
@@ -75,3 +75,26 @@ def test_a_leader_down_fails_its_appends_until_the_leader_moves(
         # same partitions: only their leader moved
     finally:
         log.close()
+
+
+def test_the_holder_obeys_the_mock_api_and_says_what_it_refuses(
+        cluster: Cluster) -> None:  # noqa: F811
+    cluster.topic("known", 2, 3)
+    cluster.leader("known", 0, 2)
+    cluster.leader("known", 1, 3)
+    assert cluster.leaders("known") == {0: 2, 1: 3}
+    cluster.rtt(1, 5)
+    cluster.coordinator("some-group", 2)
+    cluster.down(3)
+    cluster.down(3)  # already down: nothing to do
+    cluster.up(3)
+    with pytest.raises(MockError, match="leader known 2 1: error .*[Uu]nknown"):
+        cluster.leader("known", 2, 1)  # no such partition
+    with pytest.raises(MockError, match="Broker not available"):
+        cluster.leader("known", 0, 9)  # no such broker
+    with pytest.raises(MockError, match="unknown command"):
+        cluster.command("reboot", 1)
+    with pytest.raises(MockError, match="NO_SUCH_ERROR"):
+        cluster.errors(PRODUCE, 1, "NO_SUCH_ERROR")
+    cluster.track()
+    assert cluster.requests(PRODUCE) == 0
