@@ -88,7 +88,7 @@ def test_the_holder_obeys_the_mock_api_and_says_what_it_refuses(
     cluster.down(3)
     cluster.down(3)  # already down: nothing to do
     cluster.up(3)
-    with pytest.raises(MockError, match="leader known 2 1: error .*[Uu]nknown"):
+    with pytest.raises(MockError, match=r"leader known 2 1: error .*[Uu]nknown"):
         cluster.leader("known", 2, 1)  # no such partition
     with pytest.raises(MockError, match="Broker not available"):
         cluster.leader("known", 0, 9)  # no such broker
