@@ -40,7 +40,8 @@ from ``rdkafka_mock.c`` and ``rdkafka_mock_handlers.c``):
   retries, not a stored write whose answer was lost);
 - producer sequence numbers are checked only for a transactional producer: an idempotent
   one's request sent again after its answer was lost (a broker down during ``rtt``) is
-  stored twice, which a real broker would refuse as a duplicate.
+  stored twice, which a real broker would refuse as a duplicate (seen in
+  tests/process/test_processor_kafka.py, where the processor's dedup drops the copies).
 """
 
 from __future__ import annotations

@@ -222,3 +222,48 @@ def test_a_broker_down_while_the_processor_consumes_and_commits_loses_and_double
         proc_log.close()
         producer.close()
         wh.close()
+
+
+def test_a_write_stored_but_unanswered_is_sent_again_and_written_once(
+        cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    """The leader answers late (its round-trip time is 5 s) and goes down before it has
+    answered: the producer sends the request again to it once it is up. The mock checks
+    no sequence numbers for a producer that is not transactional, so the log holds those
+    events twice (a real broker would refuse the copy); the processor drops the copies."""
+    url = cluster.url()
+    topic = topic_of(url)
+    cluster.topic(topic, 1, 3)
+    cluster.leader(topic, 0, 1)
+    producer = KafkaLog(url)
+    wh = Warehouse(tmp_path / "wh")
+    proc_log = KafkaLog(url)
+    proc = Processor(proc_log, wh, HASHER, chunk_records=3)
+    try:
+        send(producer, 0, 10)
+        cluster.rtt(1, 5000)
+        cluster.track()
+        sender = threading.Thread(target=send, args=(producer, 10, 20, 5))
+        sender.start()
+        deadline = time.monotonic() + 60
+        while not cluster.requests(0):  # a Produce request is stored, its answer held back
+            assert time.monotonic() < deadline, "no Produce request came"
+            time.sleep(0.01)
+        cluster.down(1)
+        cluster.rtt(1, 0)
+        time.sleep(1)
+        cluster.up(1)
+        sender.join(120)
+        assert not sender.is_alive()
+        c = proc_log.consumer()
+        head = c.get_watermark_offsets(ck.TopicPartition(topic, 0), timeout=10)[1]
+        messages = len(per_person("s", [ev(i) for i in range(10)])) + sum(
+            len(per_person("s", [ev(i) for i in range(r, r + 5)])) for r in range(10, 30, 5))
+        assert head > messages, "no request was stored twice"
+        run_until(proc, wh, 30)
+        ids = stored(wh)
+        assert sorted(ids) == sorted(f"m{i}" for i in range(30))  # each once
+        assert proc.dropped["duplicate"] > 0  # the copies, dropped by the dedup step
+    finally:
+        proc_log.close()
+        producer.close()
+        wh.close()
