@@ -41,7 +41,7 @@ from aap.demo import simulate
 from aap.lifecycle import child_env
 from aap.runner import ServerProcess, create_source
 from tests.cluster_up import cluster_up
-from tests.log.test_kafka import Cluster
+from tests.kafka_mock import Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
