@@ -21,7 +21,8 @@ from aap.privacy.ids import IdHasher
 from aap.process.processor import Processor
 from aap.store.identities import SharedIdentities
 from aap.store.warehouse import Warehouse
-from tests.log.test_kafka import Cluster, cluster  # noqa: F401 (a fixture)
+from tests.kafka_mock import Cluster
+from tests.log.test_kafka import cluster  # noqa: F401 (a fixture)
 from tests.pg import Cluster as PgCluster
 from tests.pg import fresh_database
 
