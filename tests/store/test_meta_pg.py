@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import secrets
 import sqlite3
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -523,6 +524,43 @@ def test_a_server_given_the_url_keeps_sources_and_keys_in_postgresql(
         with sqlite3.connect(meta_db) as lite:
             assert not lite.execute("SELECT name FROM sqlite_master WHERE name = 'sources'"
                                     ).fetchall()
+
+
+@pytest.mark.slow
+def test_no_raw_id_of_a_consent_statement_reaches_postgresql(
+        tmp_path: Path, pg: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Canary: ids named through the API in consent statements (``POST /v1/consent``, an
+    event's own consent, ``Sec-GPC: 1``) reach the ledger in PostgreSQL as keyed ids
+    only: no raw id in any row nor in any file of the cluster (tables, WAL), while the
+    keyed ids (the control) are found in both; and no ``consent.db`` is made."""
+    from aap.privacy.ids import IdHasher
+    from tests.conftest import start
+
+    _fresh(pg.url)
+    monkeypatch.setenv("AAP_META_URL", pg.url)
+    tag = secrets.token_hex(6)
+    user, anon = f"canary-{tag}-user@example.com", f"canary-{tag}-anon"
+    r = start(tmp_path, env={"AAP_META_URL": pg.url})
+    try:
+        assert r.post("/v1/consent", json={"userId": user, "anonymousId": anon,
+                                           "purposes": {"analytics": True}}).status_code == 200
+        event = {"type": "track", "event": "E", "userId": user, "messageId": "m1",
+                 "context": {"consent": {"categoryPreferences": {"analytics": False}}}}
+        assert r.post("/v1/batch", json={"batch": [event]}, headers={"Sec-GPC": "1"}
+                      ).status_code == 200
+    finally:
+        r.server.stop()
+    keys = {IdHasher.for_data_dir(r.data_dir).key(x) for x in (user, anon)}
+    with psycopg.connect(pg.url, autocommit=True) as con:
+        stored = con.execute("SELECT subject, channel FROM statements").fetchall()
+        con.execute("CHECKPOINT")
+    assert {s for s, _ in stored} == keys  # the control: the ledger holds the keyed ids
+    assert {c for _, c in stored} >= {"api", "event", "gpc"}
+    rows = repr(_every_row(pg.url)).encode()
+    files = _all_bytes(pg.data)
+    assert all(struct.pack("<q", k) in files for k in keys)  # the scan sees the ledger's rows
+    assert tag.encode() not in rows and tag.encode() not in files
+    assert not DataDir(r.data_dir).consent_db.exists()
 
 
 def test_an_unreachable_server_is_a_clear_error_without_the_password(tmp_path: Path) -> None:
