@@ -75,7 +75,8 @@ class Api:
 
 
 @slow_fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def api(tmp_path_factory: pytest.TempPathFactory, meta_url_module: str) -> Iterator[Api]:
+    """A server with a key of every role, on each engine of the shared state."""
     data = tmp_path_factory.mktemp("center") / "data"
     write_key = create_source(data, "web", "--historical", "--basis", "contract")
     create_source(data, "audience", "--mode", "cnil")

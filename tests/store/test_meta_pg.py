@@ -210,7 +210,8 @@ def _st(at: int, subject: int, purposes: dict[str, bool], source: str = "src_a",
 
 def test_the_ledger_is_read_in_the_order_it_was_written(tmp_path: Path, meta_url: str) -> None:
     ledger = ConsentLedger(tmp_path)
-    first = [_st(10, 1, {"analytics": True}), _st(10, 2, {"analytics": True, "ads": False})]
+    first = [_st(10, 1, {"analytics": True}),
+             _st(10, 2, {"analytics": True, "ads": False}, history=True)]  # a bool: FULL
     ledger.record(first)
     ledger.record([])  # nothing to write: no transaction
     later = [_st(5, 1, {"analytics": False}, scope="controller:shop", history=NONE,

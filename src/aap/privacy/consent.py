@@ -153,8 +153,9 @@ class ConsentLedger:
         """Append durably, in one transaction, after every statement recorded before."""
         if not statements:
             return
+        # int(history): PostgreSQL takes no boolean for an integer column, as SQLite does
         rows = [(s.at_ms, s.source, s.subject, json.dumps(s.purposes, sort_keys=True),
-                 s.policy_version, s.channel, s.where, s.history) for s in statements]
+                 s.policy_version, s.channel, s.where, int(s.history)) for s in statements]
 
         def append(tx: Tx) -> None:
             tx.lock("statements")  # seq order = commit order (see the class's doc)
