@@ -19,7 +19,9 @@ from aap.datadir import DataDir
 from aap.privacy.consent import ConsentLedger
 from aap.runner import ServerProcess, create_source
 from aap.store.meta import is_database_error
+from aap.store.warehouse import Warehouse
 from tests.conftest import slow_fixture
+from tests.pg import Cluster, new_database
 from tests.privacy.test_ip_canary import scan
 
 pytestmark = pytest.mark.slow  # each test starts a server
@@ -149,6 +151,30 @@ def test_withdrawal_reaches_events_already_in_the_log(tmp_path: Path, meta_url: 
         assert server.sql("SELECT count(*) FROM events_raw") == [[0]]
         metrics = httpx.get(server.url + "/metrics").text
         assert 'aap_processor_dropped_total{reason="consent_withdrawn"} 5.0' in metrics
+
+
+def test_a_data_dir_moved_to_postgresql_applies_its_new_ledger_from_the_start(
+        tmp_path: Path, pg: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The processor had applied its file ledger up to ``seq`` 1,000,000; the data dir
+    then moves to ``AAP_META_URL``, whose new ledger starts at ``seq`` 1: a withdrawal
+    there still reaches the stored events (the position is kept per ledger)."""
+    data = tmp_path / "data"
+    wh = Warehouse(DataDir(data).warehouse)
+    wh.set_state("consent_applied", 1_000_000)  # the file ledger's position
+    wh.close()
+    monkeypatch.setenv("AAP_META_URL", new_database(pg.url))
+    key = create_source(data, "shop")
+    with ServerProcess(data, workers=1) as server:
+        s = Site(server, key)
+        s.send(ev("anon-moved", "stored", prefs={"analytics": True}))
+        server.wait_processed()
+        assert server.sql("SELECT count(*) FROM events_raw") == [[1]]
+        assert s.consent({"anonymousId": "anon-moved", "purposes": {"analytics": False}}
+                         ).status_code == 200
+        deadline = time.monotonic() + 120
+        while server.sql("SELECT count(*) FROM events_raw") != [[0]] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert server.sql("SELECT count(*) FROM events_raw") == [[0]]  # left bare: erased
 
 
 def test_gpc_withdraws_sale_and_marketing(site: Site) -> None:

@@ -93,10 +93,12 @@ class World:
         stored (polled, generous timeouts)."""
         self.server.wait_processed(timeout=60)
         last = self.ledger("SELECT coalesce(max(seq), 0) FROM statements")
+        ledger_id = ConsentLedger(self.data).id  # the processor's position is per ledger
+        position = f"consent_applied:{ledger_id}" if ledger_id else "consent_applied"
         deadline = time.monotonic() + 60
         while True:
             got = self.server.sql(
-                "SELECT value FROM processor_state WHERE name = 'consent_applied'")
+                "SELECT value FROM processor_state WHERE name = ?", [position])
             if got and got[0][0] >= last:
                 return
             assert time.monotonic() < deadline, f"consent applied {got}, ledger at {last}"

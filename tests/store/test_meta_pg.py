@@ -30,12 +30,12 @@ from aap.sources import SCHEMA as SOURCES_SCHEMA
 from aap.sources import SourceExists, Sources, hash_key
 from aap.store.meta import PostgresMeta, SQLiteMeta, open_meta, pg_sql
 from aap.store.migrations import SchemaTooNew
-from tests.pg import Cluster
+from tests.pg import Cluster, new_database
 from tests.pg import fresh_database as _fresh
 from tests.store import meta_workers
 
 PG_TABLES = {"aap_schema_versions", "sources", "data_keys", "identifiers", "personal_traits",
-             "forgotten", "destroyed", "statements"}
+             "forgotten", "destroyed", "statements", "statements_ledger"}
 
 
 def _open(ks: Keystore, subject: int, sealed: bytes) -> str:
@@ -267,6 +267,21 @@ def test_the_ledger_counts_grants_refusals_and_withdrawals_per_day(tmp_path: Pat
                    ("2026-01-02", "analytics", "src_a", 0, 0, 1)]
     assert ledger.by_day(t0, t0 + 2 * day, "src_b") == [("2026-01-01", "analytics", "src_b",
                                                           0, 1, 0)]
+
+
+def test_each_ledger_has_an_id_of_its_own(tmp_path: Path, meta_url: str, request: Any
+                                          ) -> None:
+    """The processor keeps its position per ledger id: a data dir whose file ledger had
+    reached ``seq`` 500 and that moves to PostgreSQL must not skip the new ledger's first
+    500 statements."""
+    ledger = ConsentLedger(tmp_path)
+    if not meta_url:
+        assert ledger.id == ""  # the file: the position's name of before ids
+        return
+    assert len(ledger.id) == 36 and ConsentLedger(tmp_path / "other").id == ledger.id
+    cluster: Cluster = request.getfixturevalue("pg")
+    elsewhere = ConsentLedger(tmp_path, url=new_database(cluster.url))
+    assert elsewhere.id not in ("", ledger.id)
 
 
 def test_the_ledger_refuses_edits(tmp_path: Path, meta_url: str) -> None:

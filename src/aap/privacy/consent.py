@@ -77,15 +77,22 @@ CREATE TABLE IF NOT EXISTS statements (
     history INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS statements_subject ON statements (subject, seq);
+CREATE TABLE IF NOT EXISTS statements_ledger (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    id TEXT NOT NULL
+);
+INSERT INTO statements_ledger VALUES (1, CAST(gen_random_uuid() AS TEXT))
+    ON CONFLICT (one) DO NOTHING;
 CREATE OR REPLACE FUNCTION aap_statements_append_only() RETURNS trigger LANGUAGE plpgsql
     AS 'BEGIN RAISE EXCEPTION ''the consent ledger is append-only''; END';
 CREATE OR REPLACE TRIGGER statements_append_only
     BEFORE UPDATE OR DELETE OR TRUNCATE ON statements
     FOR EACH STATEMENT EXECUTE FUNCTION aap_statements_append_only();
 """
-"""The same on PostgreSQL (14 or later: ``CREATE OR REPLACE TRIGGER``); the function's
-body is quoted with ``'`` rather than ``$$`` so that the script splits into its
-statements (:func:`aap.store.migrations.statements`)."""
+"""The same on PostgreSQL (14 or later: ``CREATE OR REPLACE TRIGGER``), and the ledger's
+id (:attr:`ConsentLedger.id`) made with it; the function's body is quoted with ``'``
+rather than ``$$`` so that the script splits into its statements
+(:func:`aap.store.migrations.statements`)."""
 
 
 NONE, FULL, UNLINKED = 0, 1, 2
@@ -136,6 +143,12 @@ class ConsentLedger:
     sees a statement sees every one before it. Gaps in ``seq`` (a transaction refused and
     run again) are harmless: no statement is ever given a lower ``seq`` later."""
 
+    id = ""
+    """Which ledger this is, for a position in it kept elsewhere (the processor's): empty
+    for the file under the data dir (as before ids existed), a random id made with the
+    tables on PostgreSQL, so that a position in one ledger is never taken for a position
+    in another (a data dir moved to PostgreSQL starts a new ledger, from ``seq`` 1)."""
+
     def __init__(self, data_dir: Path, url: str | None = None) -> None:
         """``url``: the shared-state database (``None``: ``AAP_META_URL``; empty: the
         SQLite file under the data dir)."""
@@ -144,6 +157,10 @@ class ConsentLedger:
         paths.privacy.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._db = open_meta(self.path, url, pragmas=_PRAGMAS)
         self._db.migrate(SCHEMA)
+        if self._db.dialect == POSTGRESQL:
+            row = self._db.fetchone("SELECT id FROM statements_ledger")
+            assert row is not None, "the ledger's id is made with its tables"
+            self.id = str(row[0])
 
     @property
     def db(self) -> MetaDB:
