@@ -296,6 +296,44 @@ def ledger_and_audit(data: Path, n: int) -> dict[str, Any]:
             "audit_appends": n, "audit_appends_per_s": n / (a1 - a0)}
 
 
+LEDGER_WRITERS = (1, 4)
+
+
+def ledger_pg(data: Path, n: int, url: str) -> dict[str, Any]:
+    """``n`` statements, each its own transaction, recorded in the PostgreSQL ledger by 1
+    then by 4 threads at once (one process, its pool of 4 connections). The ledger's
+    writers take turns on its table from their lock to their commit
+    (``ConsentLedger.record``): only the rest of a transaction (its ``BEGIN``, the
+    client's work) overlaps, so the ratio shows how far more writers still go."""
+    import threading
+
+    from aap.privacy.consent import ConsentLedger, Statement
+
+    ledger = ConsentLedger(data, url=url)
+    out: dict[str, Any] = {"statements": n}
+    try:
+        ledger.record([Statement(0, "src", 1, {"analytics": True}, "v1", "api")])  # warm-up
+        for writers in LEDGER_WRITERS:
+            per = n // writers
+
+            def write(w: int, per: int = per) -> None:
+                rng = random.Random(w)
+                for i in range(per):
+                    ledger.record([Statement(i, "src", rng.getrandbits(62),
+                                             {"analytics": True}, "v1", "api")])
+
+            threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+            w0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            out[f"commits_per_s_{writers}"] = per * writers / (time.perf_counter() - w0)
+    finally:
+        ledger.close()
+    return out
+
+
 @contextmanager
 def _temporary_postgres() -> Iterator[str]:
     """Debian's PostgreSQL in a temporary directory, as the tests start it."""
@@ -341,6 +379,7 @@ def run(events: int = 1_000_000, clients: int = 2, subjects: int = 20_000,
         with _temporary_postgres() if pg else nullcontext(meta_url) as url:
             if url:
                 result["keystore"].append(keystore(base / "ks-pg", subjects, url))
+                result["ledger_pg"] = ledger_pg(base / "ledger-pg", statements, url)
         result["ledger"] = ledger_and_audit(base / "ledger", statements)
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -393,6 +432,12 @@ def _print(console: Any, r: dict[str, Any]) -> None:
     console.print(f"consent ledger (SQLite, one statement a transaction): "
                   f"{led['ledger_commits_per_s']:,.0f} commits/s; audit log (flock + fsync "
                   f"each): {led['audit_appends_per_s']:,.0f} appends/s")
+    if "ledger_pg" in r:
+        lp = r["ledger_pg"]
+        one, many = (lp[f"commits_per_s_{w}"] for w in LEDGER_WRITERS)
+        console.print(f"consent ledger (PostgreSQL, one statement a transaction, writers "
+                      f"taking turns): {one:,.0f} commits/s with 1 writer, {many:,.0f} with "
+                      f"{LEDGER_WRITERS[-1]} ({many / one:.2f}x)")
 
 
 @click.command("scale")
@@ -405,9 +450,10 @@ def _print(console: Any, r: dict[str, Any]) -> None:
 @click.option("--statements", type=int, default=200, show_default=True,
               help="Consent statements and audit appends written.")
 @click.option("--pg", is_flag=True,
-              help="Also measure the keystore on a temporary PostgreSQL (Debian's, as the "
-                   "tests start it).")
-@click.option("--meta-url", default="", help="Also measure the keystore on this PostgreSQL.")
+              help="Also measure the keystore and the consent ledger on a temporary "
+                   "PostgreSQL (Debian's, as the tests start it).")
+@click.option("--meta-url", default="",
+              help="Also measure the keystore and the consent ledger on this PostgreSQL.")
 def main(events: int, clients: int, subjects: int, statements: int, pg: bool,
          meta_url: str) -> None:
     """The per-event constants of docs/scale.md: CPU, bytes, shared-state writes."""

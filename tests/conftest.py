@@ -16,7 +16,7 @@ from aap.events import Event, decode_events
 from aap.log.sqlite import SQLiteLog
 from aap.privacy.sealing import Sealer
 from aap.runner import ServerProcess, create_source
-from tests.pg import Cluster, fresh_database, postgres_cluster
+from tests.pg import Cluster, fresh_database, new_database, postgres_cluster
 
 # httpx's default timeout (5 s) would make every httpx.get/post without one a latency
 # assertion that a loaded machine breaks: tests wait generously instead.
@@ -160,6 +160,23 @@ def meta_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     fresh_database(cluster.url)
     monkeypatch.setenv("AAP_META_URL", cluster.url)
     return cluster.url
+
+
+@pytest.fixture(scope="module",
+                params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def meta_url_module(request: pytest.FixtureRequest) -> Iterator[str]:
+    """``meta_url`` for a module's shared fixture (a server the module's tests share):
+    nothing, then a new PostgreSQL database of its own; ``AAP_META_URL`` is set for the
+    whole module (the servers and CLI commands it starts inherit it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        if request.param == "sqlite":
+            mp.delenv("AAP_META_URL", raising=False)
+            yield ""
+            return
+        cluster: Cluster = request.getfixturevalue("pg")
+        url = new_database(cluster.url)
+        mp.setenv("AAP_META_URL", url)
+        yield url
 
 
 def assert_refused(running: Running, send: Callable[[Running], httpx.Response], status: int,

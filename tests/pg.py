@@ -87,6 +87,18 @@ def fresh_database(url: str) -> None:
         con.execute("CREATE SCHEMA public")
 
 
+def new_database(url: str) -> str:
+    """A new, empty database on the server of ``url``; returns its URL."""
+    import secrets
+
+    import psycopg
+
+    name = f"aap_{secrets.token_hex(4)}"
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute(f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
 def _wait(url: str) -> None:
     import psycopg
 

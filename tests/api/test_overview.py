@@ -4,8 +4,6 @@ rows (``ServerProcess.sql``) or the consent ledger's."""
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import time
 import uuid
 from collections import defaultdict
@@ -18,8 +16,8 @@ import httpx
 import pytest
 from rich.console import Console
 
-from aap.datadir import DataDir
 from aap.demo import send_all, simulate
+from aap.privacy.consent import ConsentLedger
 from aap.runner import ServerProcess, create_source
 from tests.api.test_query_api import new_key
 from tests.conftest import slow_fixture
@@ -265,16 +263,14 @@ def test_current_visitors_counts_persons_of_the_last_five_minutes(site: Site) ->
 
 def _ledger(data: Path, first: date, last: date) -> dict[str, list[int]]:
     """Purpose → [granted, refused, withdrawn] in the range, walking the ledger in order."""
-    con = sqlite3.connect(DataDir(data).consent_db)
-    rows = con.execute("SELECT at_ms, coalesce(scope, source), subject, purposes FROM statements"
-                       " ORDER BY seq").fetchall()
-    con.close()
+    rows = [(st.at_ms, st.where, st.subject, st.purposes)
+            for _, st in ConsentLedger(data).since(0)]
     state: dict[tuple[str, int, str], bool] = {}
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     lo = datetime.combine(first, datetime.min.time(), UTC).timestamp() * 1000
     hi = datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC).timestamp() * 1000
     for at_ms, scope, subject, purposes in rows:
-        for p, granted in json.loads(purposes).items():
+        for p, granted in purposes.items():
             had = state.get((scope, subject, p))
             state[(scope, subject, p)] = granted
             if lo <= at_ms < hi:

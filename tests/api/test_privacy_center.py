@@ -25,7 +25,6 @@ from aap.privacy.audit import AuditLog
 from aap.runner import ServerProcess, create_source
 from tests.api.test_query_api import new_key
 from tests.conftest import slow_fixture
-from tests.pg import Cluster, fresh_database
 
 CANARY_USER = "center-canary-user-7731"
 CANARY_EMAIL = "center-canary@example.test"
@@ -81,33 +80,26 @@ class Api:
         return self.keys[role].split("_")[1]
 
 
-@slow_fixture(scope="module", params=["sqlite", "postgresql"])
-def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-        ) -> Iterator[Api]:
-    with pytest.MonkeyPatch.context() as mp:  # the CLI and the server inherit it
-        if request.param == "postgresql":
-            cluster: Cluster = request.getfixturevalue("pg")
-            fresh_database(cluster.url)
-            mp.setenv("AAP_META_URL", cluster.url)
-        else:
-            mp.delenv("AAP_META_URL", raising=False)
-        data = tmp_path_factory.mktemp("center") / "data"
-        write_key = create_source(data, "web", "--historical", "--basis", "contract")
-        create_source(data, "audience", "--mode", "cnil")
-        keys = {role: new_key(data, role) for role in ("viewer", "analyst", "privacy", "admin")}
-        server = ServerProcess(data, workers=1).start()
-        try:
-            r = httpx.post(server.url + "/v1/batch", json={"batch": BATCH},
-                           auth=(write_key, ""), timeout=60)
-            assert r.status_code == 200, r.text
-            r = httpx.post(server.url + "/v1/consent", auth=(write_key, ""), timeout=60, json={
-                "userId": CANARY_USER, "purposes": {"analytics": True, "marketing": False},
-                "policy_version": "2026-11", "channel": "banner"})
-            assert r.status_code == 200, r.text
-            server.wait_processed(timeout=120)
-            yield Api(server, keys, write_key)
-        finally:
-            server.stop()
+@slow_fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, meta_url_module: str) -> Iterator[Api]:
+    """A server with a key of every role, on each engine of the shared state."""
+    data = tmp_path_factory.mktemp("center") / "data"
+    write_key = create_source(data, "web", "--historical", "--basis", "contract")
+    create_source(data, "audience", "--mode", "cnil")
+    keys = {role: new_key(data, role) for role in ("viewer", "analyst", "privacy", "admin")}
+    server = ServerProcess(data, workers=1).start()
+    try:
+        r = httpx.post(server.url + "/v1/batch", json={"batch": BATCH}, auth=(write_key, ""),
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        r = httpx.post(server.url + "/v1/consent", auth=(write_key, ""), timeout=60, json={
+            "userId": CANARY_USER, "purposes": {"analytics": True, "marketing": False},
+            "policy_version": "2026-11", "channel": "banner"})
+        assert r.status_code == 200, r.text
+        server.wait_processed(timeout=120)
+        yield Api(server, keys, write_key)
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize(("method", "path", "body"), ROUTES)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,8 +16,12 @@ import httpx
 import pytest
 
 from aap.datadir import DataDir
+from aap.privacy.consent import ConsentLedger
 from aap.runner import ServerProcess, create_source
+from aap.store.meta import is_database_error
+from aap.store.warehouse import Warehouse
 from tests.conftest import slow_fixture
+from tests.pg import Cluster, new_database
 from tests.privacy.test_ip_canary import scan
 
 pytestmark = pytest.mark.slow  # each test starts a server
@@ -55,7 +58,8 @@ class Site:
 
 
 @slow_fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def site(tmp_path_factory: pytest.TempPathFactory, meta_url_module: str) -> Iterator[Site]:
+    """A shop and its server, on each engine of the shared state."""
     data = tmp_path_factory.mktemp("consent") / "data"
     key = create_source(data, "shop", "--purpose", "analytics",
                         "--purpose", "marketing:legitimate_interest")
@@ -121,7 +125,7 @@ def test_the_first_event_after_a_withdrawal_is_not_stored(site: Site) -> None:
         assert site.stored("event = ?", [f"withdrawn {i}"]) == [[f"withdrawn {i}", ["marketing"]]]
 
 
-def test_withdrawal_reaches_events_already_in_the_log(tmp_path: Path) -> None:
+def test_withdrawal_reaches_events_already_in_the_log(tmp_path: Path, meta_url: str) -> None:
     data = tmp_path / "data"
     key = create_source(data, "shop")
     with ServerProcess(data, workers=1) as server:
@@ -147,6 +151,30 @@ def test_withdrawal_reaches_events_already_in_the_log(tmp_path: Path) -> None:
         assert server.sql("SELECT count(*) FROM events_raw") == [[0]]
         metrics = httpx.get(server.url + "/metrics").text
         assert 'aap_processor_dropped_total{reason="consent_withdrawn"} 5.0' in metrics
+
+
+def test_a_data_dir_moved_to_postgresql_applies_its_new_ledger_from_the_start(
+        tmp_path: Path, pg: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The processor had applied its file ledger up to ``seq`` 1,000,000; the data dir
+    then moves to ``AAP_META_URL``, whose new ledger starts at ``seq`` 1: a withdrawal
+    there still reaches the stored events (the position is kept per ledger)."""
+    data = tmp_path / "data"
+    wh = Warehouse(DataDir(data).warehouse)
+    wh.set_state("consent_applied", 1_000_000)  # the file ledger's position
+    wh.close()
+    monkeypatch.setenv("AAP_META_URL", new_database(pg.url))
+    key = create_source(data, "shop")
+    with ServerProcess(data, workers=1) as server:
+        s = Site(server, key)
+        s.send(ev("anon-moved", "stored", prefs={"analytics": True}))
+        server.wait_processed()
+        assert server.sql("SELECT count(*) FROM events_raw") == [[1]]
+        assert s.consent({"anonymousId": "anon-moved", "purposes": {"analytics": False}}
+                         ).status_code == 200
+        deadline = time.monotonic() + 120
+        while server.sql("SELECT count(*) FROM events_raw") != [[0]] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert server.sql("SELECT count(*) FROM events_raw") == [[0]]  # left bare: erased
 
 
 def test_gpc_withdraws_sale_and_marketing(site: Site) -> None:
@@ -188,27 +216,29 @@ def test_consent_needs_a_write_key_and_json(site: Site) -> None:
     assert r.status_code == 405
 
 
-def test_the_ledger_keeps_proof_and_refuses_edits(site: Site) -> None:
+def test_the_ledger_keeps_proof_and_refuses_edits(site: Site, meta_url_module: str) -> None:
     site.consent({"userId": "proof-user", "purposes": {"analytics": True},
                   "policy_version": "v7", "channel": "settings-page"})
-    db = DataDir(site.server.data_dir).consent_db
-    con = sqlite3.connect(db)
+    ledger = ConsentLedger(site.server.data_dir)  # the file, or PostgreSQL
     try:
-        rows = con.execute("SELECT source, subject, purposes, policy_version, channel, at_ms"
-                           " FROM statements WHERE policy_version = 'v7'").fetchall()
+        rows = ledger.db.fetchall("SELECT source, subject, purposes, policy_version, channel,"
+                                  " at_ms FROM statements WHERE policy_version = 'v7'")
         assert len(rows) == 1
         source, subject, purposes, policy, channel, at_ms = rows[0]
         assert policy == "v7"
         assert source.startswith("src_") and isinstance(subject, int)
         assert purposes == '{"analytics": true}' and channel == "settings-page"
         assert abs(at_ms / 1000 - time.time()) < 60
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            con.execute("UPDATE statements SET purposes = '{}'")
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            con.execute("DELETE FROM statements")
+        for edit in ("UPDATE statements SET purposes = '{}'", "DELETE FROM statements"):
+            with pytest.raises(Exception, match="append-only") as refused:
+                ledger.db.execute(edit)
+            assert is_database_error(refused.value)
+        every = repr(ledger.db.fetchall("SELECT * FROM statements"))
     finally:
-        con.close()
-    assert b"proof-user" not in db.read_bytes()  # ids are kept as keyed hashes
+        ledger.close()
+    assert "proof-user" not in every  # ids are kept as keyed hashes
+    if not meta_url_module:  # (PostgreSQL's files: tests/store/test_meta_pg.py's canary)
+        assert b"proof-user" not in DataDir(site.server.data_dir).consent_db.read_bytes()
 
 
 def test_withdrawal_takes_the_purpose_off_stored_events_and_erases_those_left_bare(

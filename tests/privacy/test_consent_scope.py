@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aap.datadir import DataDir
+from aap.privacy.consent import ConsentLedger
 from aap.runner import ServerProcess
 from tests.conftest import examples, slow_fixture
 
@@ -81,19 +82,23 @@ class World:
         accepted: int = r.json()["accepted"]
         return accepted
 
+    def ledger(self, sql: str) -> int:
+        """A count over the server's consent ledger (the file, or PostgreSQL)."""
+        row = ConsentLedger(self.data).db.fetchone(sql)
+        assert row is not None
+        return int(row[0])
+
     def settled(self) -> None:
         """Everything in the log processed and every ledger statement applied to what is
         stored (polled, generous timeouts)."""
         self.server.wait_processed(timeout=60)
-        con = sqlite3.connect(f"file:{self.data / 'privacy' / 'consent.db'}?mode=ro", uri=True)
-        try:
-            last = con.execute("SELECT coalesce(max(seq), 0) FROM statements").fetchone()[0]
-        finally:
-            con.close()
+        last = self.ledger("SELECT coalesce(max(seq), 0) FROM statements")
+        ledger_id = ConsentLedger(self.data).id  # the processor's position is per ledger
+        position = f"consent_applied:{ledger_id}" if ledger_id else "consent_applied"
         deadline = time.monotonic() + 60
         while True:
             got = self.server.sql(
-                "SELECT value FROM processor_state WHERE name = 'consent_applied'")
+                "SELECT value FROM processor_state WHERE name = ?", [position])
             if got and got[0][0] >= last:
                 return
             assert time.monotonic() < deadline, f"consent applied {got}, ledger at {last}"
@@ -108,7 +113,8 @@ class World:
 
 
 @slow_fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory, meta_url_module: str) -> Iterator[World]:
+    """The sources and their server, on each engine of the shared state."""
     data = tmp_path_factory.mktemp("scope") / "data"
     w_keys: dict[str, str] = {}
     s_keys: dict[str, str] = {}
@@ -137,8 +143,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         server.stop()
 
 
-def test_keys_are_hashed_and_the_write_key_stays_alone_on_the_last_line(world: World) -> None:
-    meta = DataDir(world.data).meta_db.read_bytes()
+def test_keys_are_hashed_and_the_write_key_stays_alone_on_the_last_line(
+        world: World, meta_url_module: str) -> None:
+    if meta_url_module:  # the registry's rows in PostgreSQL
+        import psycopg
+
+        with psycopg.connect(meta_url_module) as con:
+            meta = repr(con.execute("SELECT * FROM sources").fetchall()).encode()
+    else:
+        meta = DataDir(world.data).meta_db.read_bytes()
     for key in (*world.write.values(), *world.server_key.values()):
         assert key.encode() not in meta
         assert hashlib.sha256(key.encode()).hexdigest().encode() in meta
@@ -277,14 +290,8 @@ def test_a_subject_token_may_change_history_of_its_scope_only(world: World) -> N
 
 
 def test_consent_is_rate_limited_per_source_and_per_subject(world: World) -> None:
-    led = DataDir(world.data).consent_db
-
     def rows() -> int:
-        con = sqlite3.connect(f"file:{led}?mode=ro", uri=True)
-        try:
-            return int(con.execute("SELECT count(*) FROM statements").fetchone()[0])
-        finally:
-            con.close()
+        return world.ledger("SELECT count(*) FROM statements")
 
     before = rows()
     answers = [world.consent(world.write["limited"], {"userId": f"rl-{i}",
@@ -417,7 +424,7 @@ def test_a_public_key_cannot_erase_a_person_through_an_anonymous_id_it_linked(
 
 def test_a_ledger_from_before_scopes_keeps_its_rows_valid(tmp_path: Path) -> None:
     """Old rows gain no scope and full history: they read as scoped to their source."""
-    from aap.privacy.consent import FULL, NONE, ConsentLedger, Statement
+    from aap.privacy.consent import FULL, NONE, Statement
 
     DataDir(tmp_path).privacy.mkdir()
     con = sqlite3.connect(DataDir(tmp_path).consent_db)
@@ -429,7 +436,7 @@ def test_a_ledger_from_before_scopes_keeps_its_rows_valid(tmp_path: Path) -> Non
             VALUES (5, 'src_old', 42, '{"analytics": false}', 'api');""")
     con.commit()
     con.close()
-    ledger = ConsentLedger(tmp_path)
+    ledger = ConsentLedger(tmp_path, url="")  # a file of an older release: SQLite
     ledger.record([Statement(6, "src_new", 42, {"analytics": True}, None, "api",
                              "controller:shop", NONE)])
     (_, old), (_, new) = ledger.since(0)

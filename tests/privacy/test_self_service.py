@@ -32,7 +32,8 @@ def site_token(secret_b64: str, source_id: str, subject: dict[str, str], exp: fl
     return body + "." + b64(hmac.new(secret, body.encode(), hashlib.sha256).digest())
 
 
-def test_a_person_asks_for_their_data_then_to_be_forgotten(tmp_path: Path) -> None:
+def test_a_person_asks_for_their_data_then_to_be_forgotten(tmp_path: Path, meta_url: str
+                                                           ) -> None:
     data = tmp_path / "data"
     key = create_source(data, "shop", "--basis", "contract")
     out = subprocess.run([sys.executable, "-m", "aap", "sources", "secret", "shop",

@@ -53,3 +53,50 @@ def race_destroy(data_dir: str, url: str, rounds: list[list[int]], barrier: Any,
             ks.destroy(subjects)
     result.put((role, made))
     ks.close()
+
+
+def record_statements(data_dir: str, url: str, writer: int, rounds: int, barrier: Any,
+                      done: Any) -> None:
+    """After the barrier, as fast as it can: for each of ``rounds`` new subjects, a grant
+    then a withdrawal (each its own ``record``; every third round both in one)."""
+    from aap.privacy.consent import FULL, ConsentLedger, Statement
+
+    ledger = ConsentLedger(Path(data_dir), url=url)
+    barrier.wait(timeout=120)
+    for i in range(rounds):
+        subject = writer * 1_000_000 + i
+        grant = Statement(2 * i, f"src_{writer}", subject, {"analytics": True}, "v1", "api")
+        withdraw = Statement(2 * i + 1, f"src_{writer}", subject, {"analytics": False}, "v1",
+                             "api", history=FULL)
+        if i % 3 == 2:
+            ledger.record([grant, withdraw])
+        else:
+            ledger.record([grant])
+            ledger.record([withdraw])
+    done.put(writer)
+    ledger.close()
+
+
+def poll_consent(data_dir: str, url: str, barrier: Any, stop: Any, result: Any) -> None:
+    """A :class:`~aap.privacy.consent.ConsentState` refreshed in a loop until ``stop``,
+    then once more; hands out the ``seq`` of every statement it applied and its state."""
+    from aap.privacy.consent import ConsentLedger, ConsentState, Statement
+
+    seen: list[int] = []
+
+    class Watched(ConsentLedger):
+        def since(self, seq: int) -> list[tuple[int, Statement]]:
+            rows = super().since(seq)
+            seen.extend(s for s, _ in rows)
+            return rows
+
+    state = ConsentState(Watched(Path(data_dir), url=url))
+    state.refresh(force=True)
+    barrier.wait(timeout=120)
+    polls = 0
+    while not stop.is_set():
+        state.refresh(force=True)
+        polls += 1
+    state.refresh(force=True)
+    result.put((seen, state.latest, state.binding, state.withdrawn, polls))
+    state.ledger.close()

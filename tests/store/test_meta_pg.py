@@ -1,8 +1,10 @@
-"""The shared state on both engines (:mod:`aap.store.meta`): the source registry and the
-keystore behave alike on the SQLite files under the data dir and on PostgreSQL
-(``AAP_META_URL``); on PostgreSQL, processes that make and destroy keys at the same
-moment agree on one key per subject and never keep a key for a destroyed subject; and
-no raw id remembered in the keystore reaches PostgreSQL's files in clear.
+"""The shared state on both engines (:mod:`aap.store.meta`): the source registry, the
+keystore and the consent ledger behave alike on the SQLite files under the data dir and
+on PostgreSQL (``AAP_META_URL``); on PostgreSQL, processes that make and destroy keys at
+the same moment agree on one key per subject and never keep a key for a destroyed
+subject, and a reader following the consent ledger while several processes write it
+misses no statement; and no raw id remembered in the keystore or named in a consent
+statement reaches PostgreSQL's files in clear.
 
 The PostgreSQL cases start a server (tests/pg.py) and are marked ``slow``; the SQLite
 cases run in ``scripts/test --fast``."""
@@ -13,6 +15,7 @@ import multiprocessing
 import os
 import secrets
 import sqlite3
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -21,18 +24,20 @@ import psycopg
 import pytest
 
 from aap.datadir import DataDir
+from aap.privacy import consent
+from aap.privacy.consent import FULL, NONE, ConsentLedger, ConsentState, Statement
 from aap.privacy.keystore import KeyDestroyed, Keystore
 from aap.privacy.requests import RequestStore
 from aap.sources import SCHEMA as SOURCES_SCHEMA
 from aap.sources import SourceExists, Sources, hash_key
 from aap.store.meta import PostgresMeta, SQLiteMeta, open_meta, pg_sql
 from aap.store.migrations import SchemaTooNew
-from tests.pg import Cluster
+from tests.pg import Cluster, new_database
 from tests.pg import fresh_database as _fresh
 from tests.store import meta_workers
 
 PG_TABLES = {"aap_schema_versions", "sources", "data_keys", "identifiers", "personal_traits",
-             "forgotten", "destroyed"}
+             "forgotten", "destroyed", "statements", "statements_ledger"}
 
 
 def _open(ks: Keystore, subject: int, sealed: bytes) -> str:
@@ -46,7 +51,9 @@ def test_the_default_is_the_files_under_the_data_dir(tmp_path: Path,
     monkeypatch.delenv("AAP_META_URL", raising=False)
     Sources(tmp_path).close()
     Keystore(tmp_path).close()
+    ConsentLedger(tmp_path).close()
     assert (tmp_path / "meta.db").is_file()
+    assert (tmp_path / "privacy" / "consent.db").is_file()
     assert (tmp_path / "keys" / "keystore.db").stat().st_mode & 0o777 == 0o600
     assert isinstance(open_meta(tmp_path / "x.db"), SQLiteMeta)
 
@@ -196,6 +203,98 @@ def test_raw_ids_and_personal_traits_are_kept_sealed_once(tmp_path: Path, meta_u
     assert ks.rectify_personal_traits([99], {"x": 1}) == {}  # no key: nothing kept
 
 
+# -- the consent ledger, on both engines --
+
+def _st(at: int, subject: int, purposes: dict[str, bool], source: str = "src_a",
+        scope: str = "", history: int = FULL, channel: str = "api") -> Statement:
+    return Statement(at, source, subject, purposes, "v1", channel, scope, history)
+
+
+def test_the_ledger_is_read_in_the_order_it_was_written(tmp_path: Path, meta_url: str) -> None:
+    ledger = ConsentLedger(tmp_path)
+    first = [_st(10, 1, {"analytics": True}),
+             _st(10, 2, {"analytics": True, "ads": False}, history=True)]  # a bool: FULL
+    ledger.record(first)
+    ledger.record([])  # nothing to write: no transaction
+    later = [_st(5, 1, {"analytics": False}, scope="controller:shop", history=NONE,
+                 channel="banner")]
+    ledger.record(later)
+    other = ConsentLedger(tmp_path)  # another process
+    rows = other.since(0)
+    # read back as written, each with its scope (the source's when none was named)
+    written = [st._replace(scope=st.where) for st in (*first, *later)]
+    assert [st for _, st in rows] == written
+    seqs = [seq for seq, _ in rows]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    assert [st for _, st in other.since(seqs[1])] == [rows[2][1]]
+    assert other.since(seqs[2]) == []
+    assert other.history([1]) == [written[0], written[2]]
+    assert other.history([]) == [] and other.history([99]) == []
+    many = list(range(1000, 1600))  # more than one statement's worth of ids
+    ledger.record([_st(20, s, {"analytics": True}) for s in many])
+    assert [st.subject for st in other.history([*many, 2])] == [2, *many]  # in ledger order
+
+
+def test_consent_state_follows_the_ledger_written_elsewhere(tmp_path: Path, meta_url: str
+                                                           ) -> None:
+    writer = ConsentState(ConsentLedger(tmp_path))
+    reader = ConsentState(ConsentLedger(tmp_path), interval=3600)
+    writer.record([_st(1, 7, {"analytics": True})])
+    reader.refresh(force=True)
+    assert reader.of(["src_a"], [7], "analytics") == (True, 1)
+    writer.record([_st(2, 7, {"analytics": False})])
+    reader.refresh()  # within the interval: not read yet
+    assert reader.of(["src_a"], [7], "analytics") == (True, 1)
+    reader.refresh(force=True)
+    assert reader.of(["src_a"], [7], "analytics", history=True) == (False, 2)
+    assert ("src_a", 7) in reader.withdrawn
+    assert reader.latest == writer.latest and reader.binding == writer.binding
+
+
+def test_the_ledger_counts_grants_refusals_and_withdrawals_per_day(tmp_path: Path,
+                                                                   meta_url: str) -> None:
+    day = 86_400_000
+    t0 = 1_767_225_600_000  # 2026-01-01T00:00Z
+    ledger = ConsentLedger(tmp_path)
+    ledger.record([_st(t0 + 5, 1, {"analytics": True, "ads": False}),  # grant, refusal
+                   _st(t0 + 6, 2, {"analytics": False}, source="src_b"),  # refusal
+                   _st(t0 + day, 1, {"analytics": False}),  # withdrawal
+                   _st(t0 + day + 1, 1, {"ads": False}),  # a no after a no: a refusal
+                   _st(t0 + 3 * day, 3, {"analytics": True})])  # outside the range
+    got = ledger.by_day(t0, t0 + 2 * day, None)
+    assert got == [("2026-01-01", "ads", "src_a", 0, 1, 0),
+                   ("2026-01-01", "analytics", "src_a", 1, 0, 0),
+                   ("2026-01-01", "analytics", "src_b", 0, 1, 0),
+                   ("2026-01-02", "ads", "src_a", 0, 1, 0),
+                   ("2026-01-02", "analytics", "src_a", 0, 0, 1)]
+    assert ledger.by_day(t0, t0 + 2 * day, "src_b") == [("2026-01-01", "analytics", "src_b",
+                                                          0, 1, 0)]
+
+
+def test_each_ledger_has_an_id_of_its_own(tmp_path: Path, meta_url: str, request: Any
+                                          ) -> None:
+    """The processor keeps its position per ledger id: a data dir whose file ledger had
+    reached ``seq`` 500 and that moves to PostgreSQL must not skip the new ledger's first
+    500 statements."""
+    ledger = ConsentLedger(tmp_path)
+    if not meta_url:
+        assert ledger.id == ""  # the file: the position's name of before ids
+        return
+    assert len(ledger.id) == 36 and ConsentLedger(tmp_path / "other").id == ledger.id
+    cluster: Cluster = request.getfixturevalue("pg")
+    elsewhere = ConsentLedger(tmp_path, url=new_database(cluster.url))
+    assert elsewhere.id not in ("", ledger.id)
+
+
+def test_the_ledger_refuses_edits(tmp_path: Path, meta_url: str) -> None:
+    ledger = ConsentLedger(tmp_path)
+    ledger.record([_st(1, 1, {"analytics": True})])
+    for sql in ("UPDATE statements SET purposes = '{}'", "DELETE FROM statements"):
+        with pytest.raises(Exception, match="append-only"):
+            ledger.db.execute(sql)
+    assert [st.purposes for _, st in ledger.since(0)] == [{"analytics": True}]
+
+
 # -- PostgreSQL only --
 
 @pytest.mark.slow
@@ -203,13 +302,15 @@ def test_schema_versions_on_postgresql(tmp_path: Path, pg: Cluster) -> None:
     _fresh(pg.url)
     Sources(tmp_path, url=pg.url).close()
     Keystore(tmp_path, url=pg.url).close()
+    ConsentLedger(tmp_path, url=pg.url).close()
     Sources(tmp_path, url=pg.url).close()  # opening again changes nothing
     with psycopg.connect(pg.url) as con:
         versions = dict(con.execute("SELECT name, version FROM aap_schema_versions"
                                     ).fetchall())
         tables = {r[0] for r in con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
-        assert versions == {"sources": SOURCES_SCHEMA.latest, "data_keys": 1}
+        assert versions == {"sources": SOURCES_SCHEMA.latest, "data_keys": 1,
+                            "statements": consent.SCHEMA.latest}
         assert tables == PG_TABLES
         con.execute("UPDATE aap_schema_versions SET version = 99 WHERE name = 'sources'")
     with pytest.raises(SchemaTooNew, match="sources"):
@@ -276,6 +377,56 @@ def test_a_destroy_racing_keys_for_never_leaves_a_key(tmp_path: Path, pg: Cluste
     assert left == (0,) and destroyed == (len(subjects),)
     assert Keystore(tmp_path, url=pg.url).keys_for(subjects) == {}
     print("keys made before their destroy:", done["make"], "of", len(subjects))
+
+
+WRITERS = 4
+ROUNDS = 300
+
+
+@pytest.mark.slow
+def test_a_reader_of_the_ledger_misses_no_statement_of_concurrent_writers(
+        tmp_path: Path, pg: Cluster) -> None:
+    """Several processes record statements at the same time (each subject a grant, then a
+    withdrawal) while a :class:`ConsentState` in another process refreshes in a loop: it
+    applies every statement, once, in ``seq`` order, and ends in the state a fresh full
+    read gives (every subject withdrawn). On PostgreSQL a ``seq`` is drawn at insert and
+    seen at commit: were the writers not taking turns, a later ``seq`` could commit first
+    and the reader, past it, would skip the earlier one for good."""
+    _fresh(pg.url)
+    ConsentLedger(tmp_path, url=pg.url).close()
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(WRITERS + 1)
+    stop = ctx.Event()
+    done = ctx.Queue()
+    result = ctx.Queue()
+    poller = ctx.Process(target=meta_workers.poll_consent,
+                         args=(str(tmp_path), pg.url, barrier, stop, result))
+    writers = [ctx.Process(target=meta_workers.record_statements,
+                           args=(str(tmp_path), pg.url, w, ROUNDS, barrier, done))
+               for w in range(WRITERS)]
+    for p in (poller, *writers):
+        p.start()
+    try:
+        finished = sorted(done.get(timeout=600) for _ in writers)
+        stop.set()
+        seen, latest, binding, withdrawn, polls = result.get(timeout=300)
+    finally:
+        stop.set()
+        for p in (poller, *writers):
+            p.join(timeout=60)
+    assert finished == list(range(WRITERS))
+    with psycopg.connect(pg.url) as con:
+        every = [r[0] for r in con.execute("SELECT seq FROM statements ORDER BY seq")]
+    assert len(every) == 2 * WRITERS * ROUNDS
+    missed = sorted(set(every) - set(seen))
+    assert not missed, f"the reader skipped {len(missed)} statements, e.g. seq {missed[:5]}"
+    assert seen == every  # each once, in order
+    fresh = ConsentState(ConsentLedger(tmp_path, url=pg.url))
+    fresh.refresh(force=True)
+    assert (latest, binding, withdrawn) == (fresh.latest, fresh.binding, fresh.withdrawn)
+    assert withdrawn == {(f"src_{w}", w * 1_000_000 + i)
+                         for w in range(WRITERS) for i in range(ROUNDS)}
+    print(f"{len(every)} statements from {WRITERS} writers; the reader polled {polls} times")
 
 
 @pytest.mark.slow
@@ -409,6 +560,43 @@ def test_a_server_given_the_url_keeps_sources_and_keys_in_postgresql(
         with sqlite3.connect(meta_db) as lite:
             assert not lite.execute("SELECT name FROM sqlite_master WHERE name = 'sources'"
                                     ).fetchall()
+
+
+@pytest.mark.slow
+def test_no_raw_id_of_a_consent_statement_reaches_postgresql(
+        tmp_path: Path, pg: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Canary: ids named through the API in consent statements (``POST /v1/consent``, an
+    event's own consent, ``Sec-GPC: 1``) reach the ledger in PostgreSQL as keyed ids
+    only: no raw id in any row nor in any file of the cluster (tables, WAL), while the
+    keyed ids (the control) are found in both; and no ``consent.db`` is made."""
+    from aap.privacy.ids import IdHasher
+    from tests.conftest import start
+
+    _fresh(pg.url)
+    monkeypatch.setenv("AAP_META_URL", pg.url)
+    tag = secrets.token_hex(6)
+    user, anon = f"canary-{tag}-user@example.com", f"canary-{tag}-anon"
+    r = start(tmp_path, env={"AAP_META_URL": pg.url})
+    try:
+        assert r.post("/v1/consent", json={"userId": user, "anonymousId": anon,
+                                           "purposes": {"analytics": True}}).status_code == 200
+        event = {"type": "track", "event": "E", "userId": user, "messageId": "m1",
+                 "context": {"consent": {"categoryPreferences": {"analytics": False}}}}
+        assert r.post("/v1/batch", json={"batch": [event]}, headers={"Sec-GPC": "1"}
+                      ).status_code == 200
+    finally:
+        r.server.stop()
+    keys = {IdHasher.for_data_dir(r.data_dir).key(x) for x in (user, anon)}
+    with psycopg.connect(pg.url, autocommit=True) as con:
+        stored = con.execute("SELECT subject, channel FROM statements").fetchall()
+        con.execute("CHECKPOINT")
+    assert {s for s, _ in stored} == keys  # the control: the ledger holds the keyed ids
+    assert {c for _, c in stored} >= {"api", "event", "gpc"}
+    rows = repr(_every_row(pg.url)).encode()
+    files = _all_bytes(pg.data)
+    assert all(struct.pack("<q", k) in files for k in keys)  # the scan sees the ledger's rows
+    assert tag.encode() not in rows and tag.encode() not in files
+    assert not DataDir(r.data_dir).consent_db.exists()
 
 
 def test_an_unreachable_server_is_a_clear_error_without_the_password(tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import sqlite3
 import time
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -33,10 +32,12 @@ import msgspec
 from aap import errors
 from aap.api.overview_panels import Lean, first, last
 from aap.datadir import DataDir
+from aap.privacy.consent import ConsentLedger
 from aap.privacy.purposes import Registry
 from aap.query.runner import Deadline
 from aap.query.snapshot import Views, open_snapshot, plain_snapshot
 from aap.sources import Sources
+from aap.store.meta import meta_url
 from aap.store.warehouse import Warehouse
 
 MAX_DAYS = 3660
@@ -140,6 +141,7 @@ class Overview:
         self.timeout_s = timeout_s
         self._cached_names: dict[str, str] = {}
         self._names_at = -10.0
+        self._consent: ConsentLedger | None = None
 
     # -- shared --
 
@@ -294,36 +296,24 @@ class Overview:
     def _ledger_by_day(self, rng: Range, source: str | None) -> list[dict[str, Any]]:
         """Statements per day, purpose and source: grants, refusals (a "no" with no grant
         before it in its scope) and withdrawals (a "no" after a grant)."""
-        path = self.paths.consent_db
-        if not path.exists():
+        ledger = self._ledger()
+        if ledger is None:
             return []
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-        try:
-            rows = con.execute(_LEDGER_SQL, (int(rng.start.replace(tzinfo=UTC).timestamp() * 1000),
-                                             int(rng.end.replace(tzinfo=UTC).timestamp() * 1000),
-                                             source, source)).fetchall()
-        finally:
-            con.close()
+        rows = ledger.by_day(int(rng.start.replace(tzinfo=UTC).timestamp() * 1000),
+                             int(rng.end.replace(tzinfo=UTC).timestamp() * 1000), source)
         names = self._names()
         return [{"day": r[0], "purpose": r[1], "source": names.get(r[2], r[2]),
                  "granted": r[3], "refused": r[4], "withdrawn": r[5]} for r in rows]
 
-
-_LEDGER_SQL = """
-WITH s AS (
-    SELECT st.seq, st.at_ms, st.source, coalesce(st.scope, st.source) AS sc, st.subject,
-           j.key AS purpose, j.value AS granted
-    FROM statements st, json_each(st.purposes) j
-), t AS (
-    SELECT *, lag(granted) OVER (PARTITION BY sc, subject, purpose ORDER BY seq) AS prev
-    FROM s
-)
-SELECT date(at_ms / 1000, 'unixepoch') AS day, purpose, source,
-       sum(granted = 1), sum(granted = 0 AND coalesce(prev, 0) = 0),
-       sum(granted = 0 AND prev = 1)
-FROM t WHERE at_ms >= ? AND at_ms < ? AND (? IS NULL OR source = ?)
-GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-"""
+    def _ledger(self) -> ConsentLedger | None:
+        """The consent ledger (:mod:`aap.store.meta`: the file under the data dir, or
+        PostgreSQL); ``None`` while there is no ledger file (nothing was recorded, and
+        reading makes none)."""
+        if self._consent is None:
+            if not meta_url() and not self.paths.consent_db.exists():
+                return None
+            self._consent = ConsentLedger(self.data_dir)
+        return self._consent
 
 
 def _share(part: int | None, whole: int) -> float:

@@ -4,8 +4,10 @@ Statements reach the ledger from ``POST /v1/consent``, from the consent an event
 (``context.consent.categoryPreferences``, when it differs from what the ledger says) and
 from ``Sec-GPC: 1``. Each says: this subject (a userId or anonymousId, kept as a keyed
 hash, never raw), at this time, through this channel, under this policy version, grants
-or withdraws these purposes. The ledger is append-only (SQLite triggers refuse updates
-and deletes) and kept as proof.
+or withdraws these purposes. The ledger is append-only (triggers refuse updates and
+deletes, on SQLite and on PostgreSQL) and kept as proof; it lives where the other shared
+state does (:mod:`aap.store.meta`: a file under the data dir, or PostgreSQL), and every
+reader sees its statements in one order (:class:`ConsentLedger`).
 
 Consent is given to a controller: each statement is **scoped** to the source it came
 through, or to that source's controller group (:attr:`aap.sources.Source.scope`), and
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,7 +42,8 @@ from typing import Any, NamedTuple
 from aap.datadir import DataDir
 from aap.privacy import tcf
 from aap.privacy.purposes import GPC_WITHDRAWS, Basis
-from aap.store.migrations import Schema, migrate_sqlite, unversioned_columns
+from aap.store.meta import POSTGRESQL, MetaDB, Tx, open_meta
+from aap.store.migrations import Schema, unversioned_columns
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS statements (
@@ -62,6 +64,36 @@ CREATE TRIGGER IF NOT EXISTS statements_no_delete BEFORE DELETE ON statements
     BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
 """
 
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS statements (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    source TEXT NOT NULL,
+    subject BIGINT NOT NULL,
+    purposes TEXT NOT NULL,
+    policy_version TEXT,
+    channel TEXT NOT NULL,
+    scope TEXT,
+    history INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS statements_subject ON statements (subject, seq);
+CREATE TABLE IF NOT EXISTS statements_ledger (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    id TEXT NOT NULL
+);
+INSERT INTO statements_ledger VALUES (1, CAST(gen_random_uuid() AS TEXT))
+    ON CONFLICT (one) DO NOTHING;
+CREATE OR REPLACE FUNCTION aap_statements_append_only() RETURNS trigger LANGUAGE plpgsql
+    AS 'BEGIN RAISE EXCEPTION ''the consent ledger is append-only''; END';
+CREATE OR REPLACE TRIGGER statements_append_only
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON statements
+    FOR EACH STATEMENT EXECUTE FUNCTION aap_statements_append_only();
+"""
+"""The same on PostgreSQL (14 or later: ``CREATE OR REPLACE TRIGGER``), and the ledger's
+id (:attr:`ConsentLedger.id`) made with it; the function's body is quoted with ``'``
+rather than ``$$`` so that the script splits into its statements
+(:func:`aap.store.migrations.statements`)."""
+
 
 NONE, FULL, UNLINKED = 0, 1, 2
 """What a statement may change of stored history (the ledger's ``history`` column)."""
@@ -70,7 +102,8 @@ _ADDED = (("scope", "TEXT"), ("history", "INTEGER NOT NULL DEFAULT 1"))
 """Columns added after the first release, before schema versions (older rows: scope of
 their source, history)."""
 
-SCHEMA = Schema("statements", _SCHEMA, steps=(unversioned_columns("statements", _ADDED),))
+SCHEMA = Schema("statements", _SCHEMA, postgres=_PG_SCHEMA,
+                steps=(unversioned_columns("statements", _ADDED),))
 """The ledger's schema versions (:mod:`aap.store.migrations`)."""
 
 
@@ -96,60 +129,113 @@ class Statement(NamedTuple):
 
 
 class ConsentLedger:
-    """``DATA_DIR/privacy/consent.db``: written by collectors, read by everyone."""
+    """The ledger's statements, shared by every process: ``DATA_DIR/privacy/consent.db``
+    (SQLite, the default), or the ``statements`` table of the PostgreSQL database of
+    ``AAP_META_URL`` (:mod:`aap.store.meta`). Written by collectors and the rights
+    requests, read by everyone.
 
-    def __init__(self, data_dir: Path) -> None:
+    **Order.** Readers follow the ledger by ``seq`` (:meth:`since`), so a statement may
+    never become visible after one with a higher ``seq``: a reader that has seen the
+    higher one would skip it for good (a withdrawal never applied). SQLite has one writer
+    at a time. On PostgreSQL a ``seq`` is drawn at insert and becomes visible at commit,
+    so writers take turns on the table (:meth:`aap.store.meta.Tx.lock`, before the
+    ``seq`` is drawn, until the commit): ``seq`` order is commit order, and a reader that
+    sees a statement sees every one before it. Gaps in ``seq`` (a transaction refused and
+    run again) are harmless: no statement is ever given a lower ``seq`` later."""
+
+    id = ""
+    """Which ledger this is, for a position in it kept elsewhere (the processor's): empty
+    for the file under the data dir (as before ids existed), a random id made with the
+    tables on PostgreSQL, so that a position in one ledger is never taken for a position
+    in another (a data dir moved to PostgreSQL starts a new ledger, from ``seq`` 1)."""
+
+    def __init__(self, data_dir: Path, url: str | None = None) -> None:
+        """``url``: the shared-state database (``None``: ``AAP_META_URL``; empty: the
+        SQLite file under the data dir)."""
         paths = DataDir(data_dir)
-        paths.privacy.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = paths.consent_db
-        self._local = threading.local()
-        migrate_sqlite(self._con(), SCHEMA)
+        paths.privacy.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = open_meta(self.path, url, pragmas=_PRAGMAS)
+        self._db.migrate(SCHEMA)
+        if self._db.dialect == POSTGRESQL:
+            row = self._db.fetchone("SELECT id FROM statements_ledger")
+            assert row is not None, "the ledger's id is made with its tables"
+            self.id = str(row[0])
 
-    def _con(self) -> sqlite3.Connection:
-        con: sqlite3.Connection | None = getattr(self._local, "con", None)
-        if con is None:
-            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=FULL")
-            self._local.con = con
-        return con
+    @property
+    def db(self) -> MetaDB:
+        return self._db
 
     def record(self, statements: Sequence[Statement]) -> None:
-        """Append durably, in one transaction."""
+        """Append durably, in one transaction, after every statement recorded before."""
         if not statements:
             return
-        con = self._con()
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            con.executemany(
+        # int(history): PostgreSQL takes no boolean for an integer column, as SQLite does
+        rows = [(s.at_ms, s.source, s.subject, json.dumps(s.purposes, sort_keys=True),
+                 s.policy_version, s.channel, s.where, int(s.history)) for s in statements]
+
+        def append(tx: Tx) -> None:
+            tx.lock("statements")  # seq order = commit order (see the class's doc)
+            tx.executemany(
                 "INSERT INTO statements (at_ms, source, subject, purposes, policy_version,"
-                " channel, scope, history) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(s.at_ms, s.source, s.subject, json.dumps(s.purposes, sort_keys=True),
-                  s.policy_version, s.channel, s.where, s.history) for s in statements])
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
+                " channel, scope, history) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+        self._db.write(append)
 
     def since(self, seq: int) -> list[tuple[int, Statement]]:
-        rows = self._con().execute(
-            f"SELECT seq, {_COLUMNS} FROM statements WHERE seq > ? ORDER BY seq", (seq,)
-        ).fetchall()
-        return [(r[0], _statement(r[1:])) for r in rows]
+        """The statements after ``seq``, in order."""
+        rows = self._db.fetchall(
+            f"SELECT seq, {_COLUMNS} FROM statements WHERE seq > ? ORDER BY seq", (seq,))
+        return [(int(r[0]), _statement(r[1:])) for r in rows]
 
     def history(self, subjects: Iterable[int]) -> list[Statement]:
-        keys = list(subjects)
-        rows = self._con().execute(
-            f"SELECT {_COLUMNS} FROM statements"
-            f" WHERE subject IN ({','.join('?' * len(keys))}) ORDER BY seq", keys).fetchall()
-        return [_statement(r) for r in rows]
+        """Every statement about these subjects, in order."""
+        keys = sorted(set(subjects))
+        rows: list[tuple[Any, ...]] = []
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            rows += self._db.fetchall(
+                f"SELECT seq, {_COLUMNS} FROM statements"
+                f" WHERE subject IN ({','.join('?' * len(part))})", part)
+        return [_statement(r[1:]) for r in sorted(rows, key=lambda r: int(r[0]))]
+
+    def by_day(self, start_ms: int, end_ms: int, source: str | None
+               ) -> list[tuple[str, str, str, int, int, int]]:
+        """Statements per day (UTC), purpose and source made in ``[start_ms, end_ms)``
+        (of ``source`` only if given): (day, purpose, source, grants, refusals, withdrawals),
+        a refusal a "no" with no grant before it in its scope, a withdrawal a "no" after a
+        grant."""
+        sql = _BY_DAY_PG if self._db.dialect == POSTGRESQL else _BY_DAY
+        rows = self._db.fetchall(sql, (start_ms, end_ms, source, source))
+        return sorted((str(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4]), int(r[5]))
+                      for r in rows)
 
     def close(self) -> None:
-        con = getattr(self._local, "con", None)
-        if con is not None:
-            con.close()
-            self._local.con = None
+        self._db.close()
+
+
+_PRAGMAS = ("PRAGMA synchronous=FULL",)
+_BY_DAY_T = """
+WITH s AS (
+    SELECT st.seq, st.at_ms, st.source, coalesce(st.scope, st.source) AS sc, st.subject,
+           j.key AS purpose, {granted} AS granted
+    FROM statements st, {each} j
+), t AS (
+    SELECT *, lag(granted) OVER (PARTITION BY sc, subject, purpose ORDER BY seq) AS prev
+    FROM s
+)
+SELECT {day} AS day, purpose, source, count(*) FILTER (WHERE granted = 1),
+       count(*) FILTER (WHERE granted = 0 AND coalesce(prev, 0) = 0),
+       count(*) FILTER (WHERE granted = 0 AND prev = 1)
+FROM t WHERE at_ms >= ? AND at_ms < ? AND (CAST(? AS TEXT) IS NULL OR source = ?)
+GROUP BY 1, 2, 3
+"""
+_BY_DAY = _BY_DAY_T.format(granted="j.value", each="json_each(st.purposes)",
+                           day="date(at_ms / 1000, 'unixepoch')")
+_BY_DAY_PG = _BY_DAY_T.format(
+    granted="CAST(CAST(j.value AS BOOLEAN) AS INTEGER)",
+    each="jsonb_each_text(CAST(st.purposes AS JSONB))",
+    day="to_char(to_timestamp(at_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')")
 
 
 _COLUMNS = "at_ms, source, subject, purposes, policy_version, channel, scope, history"

@@ -48,7 +48,7 @@ from aap.events import Event, decode_events
 from aap.log.base import Log, scan
 from aap.privacy import exports, removal, subjects
 from aap.privacy.audit import AuditLog
-from aap.privacy.consent import ConsentLedger, Statement
+from aap.privacy.consent import FULL, ConsentLedger, Statement
 from aap.privacy.ids import IdHasher
 from aap.privacy.keystore import Keystore
 from aap.privacy.purposes import Registry
@@ -155,7 +155,7 @@ class Rights:
         now_ms = int(time.time() * 1000)
         self.ledger.record([Statement(now_ms, name, k, dict.fromkeys(self.registry.purposes,
                                                                     False),
-                                      None, "erasure", name, True) for k in keys])
+                                      None, "erasure", name, FULL) for k in keys])
         if self.after_erasure is not None:
             self.after_erasure()
         receipt: dict[str, Any] = {

@@ -298,10 +298,13 @@ class Processor:
     def _apply_withdrawals(self) -> None:
         """Take withdrawn purposes off the stored events of the persons concerned (events
         left with none are erased); the ledger position done is kept in the warehouse, so
-        a crash in between only means doing it again."""
+        a crash in between only means doing it again (one position per ledger:
+        :attr:`aap.privacy.consent.ConsentLedger.id`)."""
         assert self.consent is not None
-        done = self.wh.get_state(CONSENT_APPLIED)
-        rows = self.consent.ledger.since(done)
+        ledger = self.consent.ledger
+        position = f"{CONSENT_APPLIED}:{ledger.id}" if ledger.id else CONSENT_APPLIED
+        done = self.wh.get_state(position)
+        rows = ledger.since(done)
         if not rows:
             return
         withdrawn, unlinked, until = _withdrawals(rows)
@@ -325,7 +328,7 @@ class Processor:
                 logger.info("consent withdrawn for %s: %d persons, %s", purpose, len(persons), got)
                 if erased:
                     WITHDRAWN.labels(purpose).inc(erased)
-        self.wh.set_state(CONSENT_APPLIED, rows[-1][0])
+        self.wh.set_state(position, rows[-1][0])
 
     def _read(self, after: dict[int, int]) -> list[Record]:
         if self.failures >= ONE_AT_A_TIME_FAILURES:
