@@ -64,7 +64,8 @@ API_POLL_S = 0.05
 """Pause between two visibility queries through the REST API."""
 SUSTAIN_SHARE = 0.9
 """Freshness is measured at most at this share of what the 2-collector run sustained."""
-START_TIMEOUT_S = 180.0
+START_TIMEOUT_S = 300.0
+"""How long a deployment may take to be healthy (a loaded machine starts slowly)."""
 
 HOLDER = """
 import sys, confluent_kafka as ck
@@ -120,6 +121,15 @@ def _free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _health(port: int) -> str:
+    """``/healthz`` of a port: its status, else why there is none; with a 503's reason."""
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    return str(r.status_code) if r.status_code == 200 else f"{r.status_code} {r.text[:200]}"
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -186,15 +196,21 @@ def start_cluster(data: Path, collectors: int, env: dict[str, str], kafka: MockK
             pass
         proc.wait()
 
+    # every collector's /healthz and the processor's (the port after them) answer 200
     deadline = time.monotonic() + START_TIMEOUT_S
-    while "cluster up:" not in log_file.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
+    waiting = {p: "no answer" for p in range(base, base + collectors + 1)}
+    while waiting:
+        for port in list(waiting):
+            waiting[port] = _health(port)
+            if waiting[port] == "200":
+                del waiting[port]
+        if waiting and (proc.poll() is not None or time.monotonic() > deadline):
             stop()
-            raise RuntimeError(f"aap cluster up did not come up; see {log_file}")
+            tail = log_file.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"aap cluster up --collectors {collectors}: not healthy after "
+                               f"{START_TIMEOUT_S:.0f} s (port: last answer {waiting});"
+                               f" the end of its output:\n{tail}")
         time.sleep(0.2)
-    if "not healthy after" in log_file.read_text(errors="replace"):
-        stop()
-        raise RuntimeError(f"a part of the cluster is not healthy; see {log_file}")
 
     def groups() -> dict[str, list[int]]:
         members = _group(proc.pid)
@@ -374,15 +390,20 @@ def freshness(target: Target, key: str, api_key: str, rate: int, duration: float
     ld = held["load"]
     fresh = sorted(f * 1000.0 for f in probe.freshness)
     polls = sorted(probe.poll_ms)
+    processed = (stats["n_b"] - n_a) / (stats["t_b"] - t_a)
+    cores = ld["cpu_cores"]
     return {
         "name": target.name, "offered": rate, "acked_per_s": ld["events_per_s"],
         "non_200": ld["non_200"], "errors": ld["errors"],
-        "processed_per_s": (stats["n_b"] - n_a) / (stats["t_b"] - t_a),
+        "processed_per_s": processed,
+        "us_collectors": cores["collectors"] / ld["events_per_s"] * 1e6
+        if ld["events_per_s"] else float("nan"),
+        "us_processor": cores["processor"] / processed * 1e6 if processed else float("nan"),
         "probes_sent": probe.sent, "probes_failed": probe.send_failed,
         "visible": len(fresh), "not_visible": probe.not_visible, "refused": probe.refused,
         "p50_ms": percentile(fresh, 50), "p95_ms": percentile(fresh, 95),
         "max_ms": fresh[-1] if fresh else float("nan"), "poll_p50_ms": percentile(polls, 50),
-        "cores": ld["cpu_cores"],
+        "cores": cores,
     }
 
 
@@ -415,11 +436,12 @@ def run(duration: float = 10.0, rate: int = TARGET_RATE, clients: int = 2,
             data = base / f"n{n}"
             key, _ = keys_for(data)
             env = {"AAP_LOG_URL": kafka.url(f"bench-n{n}-{uuid.uuid4().hex[:8]}")}
-            log(f"  {n} collector(s): starting aap cluster up ...")
+            log(f"  aap cluster up --collectors {n} ...")
             with running(lambda: start_cluster(data, n, env, kafka), key) as target:  # noqa: B023
                 r = throughput(target, key, duration, clients)
             result["runs"].append(r)
-            log(f"    {r['events_per_s']:,.0f} events/s acked, {r['processed_per_s']:,.0f}/s "
+            log(f"    {n} collector(s): {r['events_per_s']:,.0f} events/s acked, "
+                f"{r['processed_per_s']:,.0f}/s "
                 f"processed; µs/event: collectors {r['us_collectors']:.1f}, processor "
                 f"{r['us_processor']:.1f}, kafka (mock) {r['us_kafka']:.1f}, generators "
                 f"{r['us_generators']:.1f}")
@@ -437,7 +459,8 @@ def run(duration: float = 10.0, rate: int = TARGET_RATE, clients: int = 2,
             with running(lambda: start(data), key) as target:  # noqa: B023
                 f = freshness(target, key, api_key, fr, duration, clients)
             result["freshness"].append(f)
-            log(f"    p50 {f['p50_ms']:.0f} ms, p95 {f['p95_ms']:.0f} ms, max {f['max_ms']:.0f}"
+            log(f"    freshness, {name}: p50 {f['p50_ms']:.0f} ms, p95 {f['p95_ms']:.0f} ms, max "
+                f"{f['max_ms']:.0f}"
                 f" ms ({f['visible']} probes; processed {f['processed_per_s']:,.0f}/s)")
     finally:
         kafka.stop()
@@ -497,13 +520,15 @@ def _print(console: Any, r: dict[str, Any]) -> None:
     console.print(f"freshness measured at {fr['offered']:,} events/s offered{note}")
     ft = Table(title=f"Freshness: 200 → counted by a trends query through the REST API, "
                      f"{fr['offered']:,} events/s offered")
-    for col in ("deployment", "acked/s", "processed/s", "probes", "p50 ms", "p95 ms", "max ms",
-                "not visible", "poll p50 ms", "p95 ≤ 5 s"):
+    for col in ("deployment", "acked/s", "processed/s", "collectors µs", "processor µs",
+                "probes", "p50 ms", "p95 ms", "max ms", "not visible", "poll p50 ms",
+                "p95 ≤ 5 s"):
         ft.add_column(col, justify="left" if col == "deployment" else "right", no_wrap=True,
                       min_width=len(col))
     for f in r["freshness"]:
         ft.add_row(f["name"], f"{f['acked_per_s']:,.0f}", f"{f['processed_per_s']:,.0f}",
-                   str(f["visible"]), f"{f['p50_ms']:.0f}", f"{f['p95_ms']:.0f}",
+                   f"{f['us_collectors']:.1f}", f"{f['us_processor']:.1f}", str(f["visible"]),
+                   f"{f['p50_ms']:.0f}", f"{f['p95_ms']:.0f}",
                    f"{f['max_ms']:.0f}", str(f["not_visible"]), f"{f['poll_p50_ms']:.0f}",
                    verdict(f["p95_ms"] <= TARGET_FRESHNESS_P95_S * 1000.0
                            and f["not_visible"] == 0))
@@ -516,8 +541,10 @@ def _print(console: Any, r: dict[str, Any]) -> None:
         "Query nodes of their own are not built: the processor answers the queries, reached "
         "through a collector's /api/v1 (so this is 200 → visible through the API the cluster "
         "serves). Freshness is an upper bound: the reply of the first query that counted the "
-        "probe (poll p50 is the query's own time). Kafka is librdkafka's mock cluster, in "
-        "memory: a real broker's network and disk are not in these figures.", style="dim")
+        "probe (poll p50 is the query's own time). CPU per event at this steady rate: the "
+        "collectors' per event acknowledged, the processor's per event written (over the load's "
+        "window). Kafka is librdkafka's mock cluster, in memory: a real broker's network and "
+        "disk are not in these figures.", style="dim")
 
 
 def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:

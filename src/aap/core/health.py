@@ -140,7 +140,10 @@ class ProcessorHealth:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=CALL_TIMEOUT_S + 5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=CALL_TIMEOUT_S + 5)
+        if not self._thread.is_alive():
+            self._close_log()
 
 
 class _Handler(BaseHTTPRequestHandler):
