@@ -118,11 +118,13 @@ def test_key_is_the_person_and_their_order_is_kept(shared_cluster: Cluster) -> N
     grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
     log = KafkaLog(shared_cluster.url(), group=grp)
     try:
-        # one request of three persons, twice; person 3 has only an anonymousId
+        # one request of three senders, twice: a server library (userId 1 alone), a
+        # logged-in browser (userId 2 and anonymousId 9: keyed by its anonymousId, the
+        # device's stream), an anonymous browser (anonymousId 3)
         events = [_event(i, user=[1, 2, None][i % 3], anon=[None, 9, 3][i % 3])
                   for i in range(30)]
         split = per_person("s", events[:15]) + per_person("s", events[15:])
-        assert [a.key for a in split] == [b"1", b"2", b"3"] * 2
+        assert [a.key for a in split] == [b"1", b"9", b"3"] * 2
         log.append(split)
         got, _ = read_all(log, 6)
         assert len(got) == 6
@@ -130,13 +132,14 @@ def test_key_is_the_person_and_their_order_is_kept(shared_cluster: Cluster) -> N
         partition: dict[int, set[int]] = {}
         for r in got:
             for ev in decode_events(r.payload):
-                who = ev.user_key if ev.user_key is not None else ev.anonymous_key
+                who = ev.anonymous_key if ev.anonymous_key is not None else ev.user_key
                 assert who is not None
                 by_person.setdefault(who, []).append(ev.message_id)
                 partition.setdefault(who, set()).add(r.partition)
         for who, ids in by_person.items():
             assert ids == [e.message_id for e in events
-                           if (e.user_key if e.user_key is not None else e.anonymous_key) == who]
+                           if (e.anonymous_key if e.anonymous_key is not None
+                               else e.user_key) == who]
             assert len(partition[who]) == 1  # one person, one partition
         # an Append without a key is split here, per person
         log.append([Append("s", 4, encode_events(

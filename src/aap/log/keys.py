@@ -1,4 +1,15 @@
-"""Message keys of a partitioned log: the person whose events a record holds."""
+"""Message keys of a partitioned log: the stream whose order a record keeps.
+
+The key is the sender's keyed ``anonymousId``, else the keyed ``userId``. A browser or an
+app sends all its events under one anonymousId, before and after the person logs in, in
+the order they happened; server libraries send a userId alone. So one device's stream
+lands in one partition, in its order, which is what the processor's per-person steps
+(sessions, identity) rely on, as they do on the embedded log. Keying by the userId first
+split a visitor's events before and after the login across two partitions: the processor
+then saw the later ones first and cut more sessions than the embedded run
+(tests/e2e/test_cluster_equivalence.py). The two halves of such an identity meet in the
+identity store, like the events of one person's two devices.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +18,13 @@ from aap.log.base import Append
 
 
 def person_key(ev: Event) -> bytes | None:
-    """The person of a sealed event: their keyed userId, else keyed anonymousId."""
-    k = ev.user_key if ev.user_key is not None else ev.anonymous_key
+    """The stream of a sealed event: its keyed anonymousId, else its keyed userId."""
+    k = ev.anonymous_key if ev.anonymous_key is not None else ev.user_key
     return None if k is None else str(k).encode()
 
 
 def per_person(source: str, events: list[Event]) -> list[Append]:
-    """One Append per person of ``events``, each person's events in their order."""
+    """One Append per stream of ``events``, each stream's events in their order."""
     groups: dict[bytes | None, list[Event]] = {}
     for ev in events:
         groups.setdefault(person_key(ev), []).append(ev)

@@ -1,0 +1,300 @@
+"""The same traffic through the embedded default and through ``aap cluster up`` on Kafka
+gives the same answers (issue 16, §3).
+
+The demo generator's events (``AAP_EQUIVALENCE_EVENTS`` of them, 1,000,000 by default)
+go once to ``aap serve`` (the SQLite log) and once to ``aap cluster up --collectors 2``
+with ``AAP_LOG_URL`` on librdkafka's mock cluster (no Kafka broker installs here). Each
+visitor's events go to one collector in their order, as one device sends them; visitors
+are spread over the two collectors. Then:
+
+- every insight kind (trends with a breakdown, funnel, retention, paths, stickiness,
+  lifecycle, sql) gives the same answer on both;
+- the same access requests give the same exports, the same erasures remove the same
+  counts, the same consent withdrawals erase the same events, and the insights agree
+  again afterwards.
+
+Person ids, sessions ids and stored times of arrival are internal and may differ; the
+answers compared hold none of them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from aap.demo import simulate
+from aap.lifecycle import child_env
+from aap.runner import ServerProcess, create_source
+from tests.log.test_kafka import Cluster
+from tests.test_cluster import _two_free_ports
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+EVENTS = int(os.environ.get("AAP_EQUIVALENCE_EVENTS", "1000000"))
+BATCH = 500
+SUBJECTS = 5
+"""Persons whose access, erasure and withdrawal are asked on both sides."""
+
+
+def _traffic(n: int) -> list[list[dict[str, Any]]]:
+    """The demo's visitors, until ``n`` events: one list of events per visitor."""
+    visitors: list[list[dict[str, Any]]] = []
+    total = 0
+    current: str | None = None
+    for ev in simulate(n // 5 + 10, seed=16, returning=0.45):
+        if ev["anonymousId"] != current:
+            if total >= n:
+                break
+            current = ev["anonymousId"]
+            visitors.append([])
+        visitors[-1].append(ev)
+        total += 1
+    return visitors
+
+
+def _streams(visitors: list[list[dict[str, Any]]], k: int) -> list[list[bytes]]:
+    """``k`` streams of request bodies: each visitor in one stream, in their order."""
+    out: list[list[bytes]] = []
+    for s in range(k):
+        events = [ev for v in visitors[s::k] for ev in v]
+        out.append([msgspec.json.encode({"batch": events[i:i + BATCH]})
+                    for i in range(0, len(events), BATCH)])
+    return out
+
+
+def _send(url: str, key: str, bodies: list[bytes]) -> int:
+    accepted = 0
+    with httpx.Client(base_url=url, auth=(key, ""), timeout=120) as client:
+        for body in bodies:
+            r = client.post("/v1/batch", content=body,
+                            headers={"Content-Type": "application/json"})
+            assert r.status_code == 200, r.text
+            answer = r.json()
+            accepted += answer["accepted"] + sum(answer.get("not_stored", {}).values())
+    return accepted
+
+
+def _key(data: Path, role: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "aap", "keys", "create", "--role", role,
+                          "--data-dir", str(data)], capture_output=True, text=True, check=True,
+                         env=child_env())
+    return out.stdout.strip().splitlines()[-1]
+
+
+class Side:
+    """One deployment: where to send, where to ask, and its keys."""
+
+    def __init__(self, name: str, data: Path, urls: list[str], server: ServerProcess,
+                 write_key: str) -> None:
+        self.name, self.data, self.urls, self.server = name, data, urls, server
+        self.write_key = write_key
+        self.keys = {r: _key(data, r) for r in ("analyst", "privacy")}
+
+    def ingest(self, visitors: list[list[dict[str, Any]]]) -> int:
+        streams = _streams(visitors, len(self.urls))
+        with ThreadPoolExecutor(len(streams)) as pool:
+            sent = sum(pool.map(lambda i: _send(self.urls[i], self.write_key, streams[i]),
+                                range(len(streams))))
+        self.server.wait_processed(timeout=1800)
+        return sent
+
+    def query(self, doc: dict[str, Any]) -> Any:
+        # the sql kind counts persons and sessions: their ids are for role privacy
+        role = "privacy" if doc["kind"] == "sql" else "analyst"
+        r = httpx.post(self.urls[0] + "/api/v1/query", json=doc, timeout=300,
+                       headers={"Authorization": f"Bearer {self.keys[role]}"})
+        assert r.status_code == 200, (self.name, doc, r.text)
+        return _answer(r.json())
+
+    def request(self, body: dict[str, Any]) -> dict[str, Any]:
+        auth = {"Authorization": f"Bearer {self.keys['privacy']}"}
+        url = self.urls[0] + "/api/v1/privacy/requests"
+        r = httpx.post(url, json=body, headers=auth, timeout=60)
+        assert r.status_code == 200, r.text
+        rid = r.json()["id"]
+        deadline = time.monotonic() + 600  # generous: a loaded machine
+        while (got := httpx.get(f"{url}/{rid}", headers=auth, timeout=60).json()
+               )["status"] in ("pending", "running"):
+            assert time.monotonic() < deadline, got
+            time.sleep(0.1)
+        assert got["status"] == "done", got
+        if body["type"] == "access":
+            r = httpx.get(f"{url}/{rid}/export", headers=auth, timeout=120)
+            assert r.status_code == 200, r.text
+            with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+                got["export"] = json.loads(z.read("events.json"))
+        return dict(got)
+
+    def withdraw(self, anon: str) -> None:
+        r = httpx.post(self.urls[-1] + "/v1/consent", auth=(self.write_key, ""), timeout=60,
+                       json={"anonymousId": anon, "purposes": {"analytics": False},
+                             "policy_version": "eq-1", "channel": "banner"})
+        assert r.status_code == 200, r.text
+
+    def stored(self) -> int:
+        self.server.wait_processed(timeout=600)
+        return int(self.server.sql(  # type: ignore[call-overload]
+            "SELECT count(*) FROM events")[0][0])
+
+
+VOLATILE = {"took_ms", "elapsed_ms", "seconds", "cached", "generated_at", "id", "query_id",
+            "started_at", "finished_at", "created_at", "digest", "cache"}
+
+
+def _answer(doc: Any) -> Any:
+    """An answer without what says how or when it was computed."""
+    if isinstance(doc, dict):
+        return {k: _answer(v) for k, v in doc.items() if k not in VOLATILE}
+    if isinstance(doc, list):
+        return [_answer(v) for v in doc]
+    return doc
+
+
+def _insights(start: str, end: str) -> list[dict[str, Any]]:
+    span = {"date_from": start, "date_to": end}
+    return [
+        {"kind": "trends", "interval": "day", **span,
+         "series": [{"event": "$page", "math": "total"}, {"event": "$page", "math": "persons"},
+                    {"event": "Signed Up"}, {"event": "$page", "math": "sessions"}]},
+        {"kind": "trends", "interval": "day", **span, "breakdown": "$browser",
+         "series": [{"event": "$page", "math": "persons"}]},
+        {"kind": "funnel", "window": "1d", **span,
+         "steps": [{"event": "$page"}, {"event": "Signed Up"}, {"event": "Product Added"},
+                   {"event": "Checkout Started"}, {"event": "Order Completed"}]},
+        {"kind": "retention", "start_event": "$page", "return_event": "$page",
+         "period": "day", "periods": 7, **span},
+        {"kind": "paths", "start_event": "$page", "depth": 4, "limit": 20, **span},
+        {"kind": "stickiness", "series": [{"event": "$page"}], "interval": "day", **span},
+        {"kind": "lifecycle", "event": "$page", "interval": "day", **span},
+        {"kind": "sql", "query": "SELECT event, count(*) AS n, count(DISTINCT person_id) AS p,"
+                                 " count(DISTINCT session_id) AS s FROM events"
+                                 " GROUP BY event ORDER BY event"},
+        {"kind": "sql", "query": "SELECT count(*) AS orders, round(sum(revenue), 2) AS revenue,"
+                                 " (SELECT count(*) FROM persons WHERE identified) AS known,"
+                                 " (SELECT count(*) FROM sessions) AS sessions FROM orders"},
+    ]
+
+
+def _compare_insights(a: Side, b: Side, start: str, end: str, when: str) -> None:
+    for doc in _insights(start, end):
+        got_a, got_b = a.query(doc), b.query(doc)
+        assert got_a == got_b, f"{when}: {doc['kind']} differs: {a.name} {got_a!r:.2000} vs" \
+                               f" {b.name} {got_b!r:.2000}"
+
+
+def _export(events: list[dict[str, Any]]) -> list[str]:
+    """An access export's events, without internal ids: comparable across deployments."""
+    drop = {"person_id", "session_id", "received_at", "offset", "position", "ingested_at",
+            "source"}  # the source's id is made per deployment
+    return sorted(json.dumps({k: v for k, v in e.items() if k not in drop}, sort_keys=True)
+                  for e in events)
+
+
+@pytest.fixture
+def sides(tmp_path: Path) -> Iterator[tuple[Side, Side]]:
+    kafka = Cluster()
+    embedded_data, cluster_data = tmp_path / "embedded", tmp_path / "cluster"
+    embedded_key = create_source(embedded_data, "demo-site")
+    cluster_key = create_source(cluster_data, "demo-site")
+    env = {"AAP_LOG_URL": kafka.url()}
+    embedded = ServerProcess(embedded_data, workers=2).start()
+    base = _two_free_ports()
+    log = open(tmp_path / "cluster.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "aap", "cluster", "up", "--data-dir",
+                             str(cluster_data), "--collectors", "2", "--port", str(base)],
+                            stdout=log, stderr=subprocess.STDOUT, env=child_env(env),
+                            start_new_session=True)
+    log.close()
+    try:
+        deadline = time.monotonic() + 180
+        while "cluster up:" not in (tmp_path / "cluster.log").read_text():
+            assert proc.poll() is None, (tmp_path / "cluster.log").read_text()
+            assert time.monotonic() < deadline, "the cluster did not come up"
+            time.sleep(0.2)
+        core = ServerProcess(cluster_data, base, env=env)  # the processor, through its socket
+        yield (Side("embedded", embedded_data, [embedded.url], embedded, embedded_key),
+               Side("cluster", cluster_data,
+                    [f"http://127.0.0.1:{base}", f"http://127.0.0.1:{base + 1}"], core,
+                    cluster_key))
+    finally:
+        embedded.stop()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        kafka.stop()
+
+
+def test_the_same_traffic_gives_the_same_answers_embedded_and_on_the_cluster(
+        sides: tuple[Side, Side]) -> None:
+    embedded, cluster = sides
+    visitors = _traffic(EVENTS)
+    total = sum(len(v) for v in visitors)
+    assert total >= EVENTS
+    times = [datetime.fromisoformat(ev["timestamp"]) for v in visitors for ev in v]
+    start = (min(times) - timedelta(days=1)).date().isoformat()
+    end = (max(times) + timedelta(days=1)).date().isoformat()
+    assert embedded.ingest(visitors) == total
+    assert cluster.ingest(visitors) == total
+    stored = embedded.stored()
+    assert stored > total // 2, "most demo visitors accept analytics"
+    assert cluster.stored() == stored
+    _compare_insights(embedded, cluster, start, end, "after ingestion")
+
+    users = sorted({ev["userId"] for v in visitors for ev in v if ev.get("userId")})
+    rng = random.Random(16)
+    chosen = rng.sample(users, 2 * SUBJECTS)
+    asked, erased = chosen[:SUBJECTS], chosen[SUBJECTS:]
+    # a statement through the public write key reaches an anonymous visitor's history
+    # (an identified person's only through a consent token): visitors who never logged in
+    # and accepted analytics
+    anonymous = sorted(v[0]["anonymousId"] for v in visitors
+                       if not any(ev.get("userId") for ev in v)
+                       and v[0]["context"]["consent"]["categoryPreferences"]["analytics"])
+    withdrawn = rng.sample(anonymous, SUBJECTS)
+    for user in asked:
+        a, b = (s.request({"type": "access", "subject": {"userId": user}})
+                for s in (embedded, cluster))
+        assert a["result"]["events"] == b["result"]["events"], user
+        assert _export(a["export"]) == _export(b["export"]), user
+    for user in erased:
+        a, b = (s.request({"type": "erasure", "subject": {"userId": user}})
+                for s in (embedded, cluster))
+        removed_a = {k: v for k, v in a["result"]["removed"].items() if "cache" not in k}
+        removed_b = {k: v for k, v in b["result"]["removed"].items() if "cache" not in k}
+        assert removed_a == removed_b, user
+    after_erasure = embedded.stored()
+    assert cluster.stored() == after_erasure
+    theirs = 0  # the withdrawn persons' stored events, all under analytics alone
+    for anon in withdrawn:
+        a, b = (s.request({"type": "access", "subject": {"anonymousId": anon}})
+                for s in (embedded, cluster))
+        assert a["result"]["events"] == b["result"]["events"] > 0, anon
+        theirs += a["result"]["events"]
+    for anon in withdrawn:
+        embedded.withdraw(anon)
+        cluster.withdraw(anon)
+    # a withdrawal takes the purpose off their stored events, which are then erased
+    for side in (embedded, cluster):
+        deadline = time.monotonic() + 300
+        while side.stored() != after_erasure - theirs:
+            assert time.monotonic() < deadline, (side.name, side.stored(), after_erasure, theirs)
+            time.sleep(0.5)
+    _compare_insights(embedded, cluster, start, end, "after the privacy requests")
