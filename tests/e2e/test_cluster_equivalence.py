@@ -42,7 +42,7 @@ from aap.demo import simulate
 from aap.lifecycle import child_env
 from aap.runner import ServerProcess, create_source
 from tests.log.test_kafka import Cluster
-from tests.test_cluster import _two_free_ports
+from tests.test_cluster import _free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -214,7 +214,7 @@ def sides(tmp_path: Path) -> Iterator[tuple[Side, Side]]:
     cluster_key = create_source(cluster_data, "demo-site")
     env = {"AAP_LOG_URL": kafka.url()}
     embedded = ServerProcess(embedded_data, workers=2).start()
-    base = _two_free_ports()
+    base = _free_ports(3)  # two collectors, then the processor's /healthz
     log = open(tmp_path / "cluster.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "aap", "cluster", "up", "--data-dir",
                              str(cluster_data), "--collectors", "2", "--port", str(base)],
