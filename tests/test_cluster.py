@@ -55,6 +55,12 @@ def _free_ports(n: int) -> int:
     raise RuntimeError(f"no {n} consecutive free ports")
 
 
+def _two_free_ports() -> int:
+    """Two collectors' ports and the processor's /healthz after them (the name is older
+    than the third port; other tests import it)."""
+    return _free_ports(3)
+
+
 def _healthy(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
