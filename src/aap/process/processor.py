@@ -132,9 +132,7 @@ class Processor:
         self.failures = 0
         self.last_write_at: float | None = None
         """When a chunk was last committed (Unix time; None: not since start)."""
-        self.turned_at = time.monotonic()
-        """When :meth:`run`'s loop last began a turn (``time.monotonic()``): a loop that
-        has not turned for long is stuck (the processor role's ``/healthz`` says so)."""
+        self.turned_at = time.monotonic()  # run()'s last turn: stuck if old (aap.core.health)
         self._pending: Future[_Built] | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="aap-warehouse-write")
         cfg = PrepareConfig(historical_sources=historical_sources)
