@@ -430,6 +430,9 @@ def run(duration: float = 10.0, rate: int = TARGET_RATE, clients: int = 2,
     result: dict[str, Any] = {"machine": info, "duration": duration, "clients": clients,
                               "rate": rate, "runs": [], "freshness": []}
     base = Path(tempfile.mkdtemp(prefix="aap-bench-cluster-"))
+    if len(str(base / "fc" / "run" / "core.sock")) > 100:
+        raise click.ClickException(f"the temporary directory {base.parent} has too long a path"
+                                   " for the core's Unix socket: set TMPDIR to a shorter one")
     kafka = MockKafka()
     try:
         for n in sizes:
@@ -453,7 +456,7 @@ def run(duration: float = 10.0, rate: int = TARGET_RATE, clients: int = 2,
                 {"AAP_LOG_URL": kafka.url(f"bench-fresh-{uuid.uuid4().hex[:8]}")}, kafka)),
             ("embedded", start_embedded),
         ):
-            data = base / f"fresh-{name}"
+            data = base / f"f{name[0]}"  # short: the core's socket path is at most 107 bytes
             key, api_key = keys_for(data)
             log(f"  freshness, {name}, {fr:,} events/s offered ...")
             with running(lambda: start(data), key) as target:  # noqa: B023
