@@ -823,7 +823,8 @@ def privacy_object(data_dir: Path | None, user_ids: tuple[str, ...],
 
 @cli.group()
 def audit() -> None:
-    """The hash-chained audit log (DATA_DIR/privacy/audit.jsonl)."""
+    """The hash-chained audit log (DATA_DIR/privacy/audit.jsonl; with AAP_META_URL, rows in
+    PostgreSQL)."""
 
 
 @audit.command("verify")
@@ -861,4 +862,10 @@ _register_import()
 
 
 def main() -> None:
-    cli(prog_name="aap")
+    from aap.store.meta import MetaUnavailable
+
+    try:
+        cli(prog_name="aap")
+    except MetaUnavailable as exc:  # AAP_META_URL's database cannot be used: say why
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)

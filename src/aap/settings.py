@@ -50,7 +50,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", "127.0.0.1", "Address the server binds to."),
     Setting("port", 8000, "TCP port the server listens on."),
     Setting("workers", 0, "Collector worker processes; 0 means one per CPU core."),
-    Setting("meta_url", "", "Shared state on PostgreSQL (`postgresql://user:password@host:5432/db`), for several collectors and processors: today the source registry and the keystore (see README, Shared state on PostgreSQL); empty: SQLite files under the data dir.", secret=True),
+    Setting("meta_url", "", "Shared state on PostgreSQL (`postgresql://user:password@host:5432/db`), for several collectors and processors: the stores README's Shared state on PostgreSQL lists as covered; empty: SQLite files under the data dir.", secret=True),
     Setting("log_backend", "sqlite", "Durable log: `sqlite` (embedded) or `null` (no durability, benchmarks only)."),
     Setting("log_url", "sqlite:", "Where the durable log is: `sqlite:` (embedded, DATA_DIR/log) or `kafka://host:port[,host:port…]/topic` (see README, Log on Kafka); `AAP_LOG_BACKEND=null` overrides it."),
     Setting("max_event_bytes", 1 * MiB, "Largest single event accepted, after decompression (bytes)."),

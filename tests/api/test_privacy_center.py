@@ -5,6 +5,8 @@ history, the record of processing with retention status, the CNIL report, the au
 A real server on 127.0.0.1 with a key of every role. An analyst (and a viewer) gets 403
 on every route; lookups are audited with hashed ids, never raw ones; a canary userId and
 trait never reach any answer an analyst gets; bad bodies and query strings answer 400.
+On both engines of the shared state (with ``AAP_META_URL``, the requests queue and the
+audit chain are rows in PostgreSQL).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import httpx
 import pytest
 
 from aap.datadir import DataDir
+from aap.privacy.audit import AuditLog
 from aap.runner import ServerProcess, create_source
 from tests.api.test_query_api import new_key
 from tests.conftest import slow_fixture
+from tests.pg import Cluster, fresh_database
 
 CANARY_USER = "center-canary-user-7731"
 CANARY_EMAIL = "center-canary@example.test"
@@ -66,6 +70,9 @@ class Api:
                              headers={"Authorization": f"Bearer {self.keys[role]}"}, **kw)
 
     def audit(self) -> list[dict[str, Any]]:
+        url = self.server.env.get("AAP_META_URL", "")
+        if url:
+            return AuditLog(self.server.data_dir, url=url).entries()
         lines = DataDir(self.server.data_dir).audit_log.read_text().splitlines()
         return [json.loads(x) for x in lines if x]
 
@@ -74,25 +81,33 @@ class Api:
         return self.keys[role].split("_")[1]
 
 
-@slow_fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    data = tmp_path_factory.mktemp("center") / "data"
-    write_key = create_source(data, "web", "--historical", "--basis", "contract")
-    create_source(data, "audience", "--mode", "cnil")
-    keys = {role: new_key(data, role) for role in ("viewer", "analyst", "privacy", "admin")}
-    server = ServerProcess(data, workers=1).start()
-    try:
-        r = httpx.post(server.url + "/v1/batch", json={"batch": BATCH}, auth=(write_key, ""),
-                       timeout=60)
-        assert r.status_code == 200, r.text
-        r = httpx.post(server.url + "/v1/consent", auth=(write_key, ""), timeout=60, json={
-            "userId": CANARY_USER, "purposes": {"analytics": True, "marketing": False},
-            "policy_version": "2026-11", "channel": "banner"})
-        assert r.status_code == 200, r.text
-        server.wait_processed(timeout=120)
-        yield Api(server, keys, write_key)
-    finally:
-        server.stop()
+@slow_fixture(scope="module", params=["sqlite", "postgresql"])
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Api]:
+    with pytest.MonkeyPatch.context() as mp:  # the CLI and the server inherit it
+        if request.param == "postgresql":
+            cluster: Cluster = request.getfixturevalue("pg")
+            fresh_database(cluster.url)
+            mp.setenv("AAP_META_URL", cluster.url)
+        else:
+            mp.delenv("AAP_META_URL", raising=False)
+        data = tmp_path_factory.mktemp("center") / "data"
+        write_key = create_source(data, "web", "--historical", "--basis", "contract")
+        create_source(data, "audience", "--mode", "cnil")
+        keys = {role: new_key(data, role) for role in ("viewer", "analyst", "privacy", "admin")}
+        server = ServerProcess(data, workers=1).start()
+        try:
+            r = httpx.post(server.url + "/v1/batch", json={"batch": BATCH},
+                           auth=(write_key, ""), timeout=60)
+            assert r.status_code == 200, r.text
+            r = httpx.post(server.url + "/v1/consent", auth=(write_key, ""), timeout=60, json={
+                "userId": CANARY_USER, "purposes": {"analytics": True, "marketing": False},
+                "policy_version": "2026-11", "channel": "banner"})
+            assert r.status_code == 200, r.text
+            server.wait_processed(timeout=120)
+            yield Api(server, keys, write_key)
+        finally:
+            server.stop()
 
 
 @pytest.mark.parametrize(("method", "path", "body"), ROUTES)

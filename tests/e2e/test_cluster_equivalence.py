@@ -23,7 +23,6 @@ import io
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -41,8 +40,8 @@ import pytest
 from aap.demo import simulate
 from aap.lifecycle import child_env
 from aap.runner import ServerProcess, create_source
+from tests.cluster_up import cluster_up
 from tests.log.test_kafka import Cluster
-from tests.test_cluster import _free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -214,34 +213,17 @@ def sides(tmp_path: Path) -> Iterator[tuple[Side, Side]]:
     cluster_key = create_source(cluster_data, "demo-site")
     env = {"AAP_LOG_URL": kafka.url()}
     embedded = ServerProcess(embedded_data, workers=2).start()
-    base = _free_ports(3)  # two collectors, then the processor's /healthz
-    log = open(tmp_path / "cluster.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "aap", "cluster", "up", "--data-dir",
-                             str(cluster_data), "--collectors", "2", "--port", str(base)],
-                            stdout=log, stderr=subprocess.STDOUT, env=child_env(env),
-                            start_new_session=True)
-    log.close()
     try:
-        deadline = time.monotonic() + 180
-        while "cluster up:" not in (tmp_path / "cluster.log").read_text():
-            assert proc.poll() is None, (tmp_path / "cluster.log").read_text()
-            assert time.monotonic() < deadline, "the cluster did not come up"
-            time.sleep(0.2)
-        core = ServerProcess(cluster_data, base, env=env)  # the processor, through its socket
-        yield (Side("embedded", embedded_data, [embedded.url], embedded, embedded_key),
-               Side("cluster", cluster_data,
-                    [f"http://127.0.0.1:{base}", f"http://127.0.0.1:{base + 1}"], core,
-                    cluster_key))
+        with cluster_up(cluster_data, tmp_path / "cluster.log", env=env) as up:
+            core = ServerProcess(cluster_data, up.base, env=env)  # the processor's socket
+            yield (Side("embedded", embedded_data, [embedded.url], embedded, embedded_key),
+                   Side("cluster", cluster_data, up.urls, core, cluster_key))
     finally:
         embedded.stop()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
         kafka.stop()
 
 
+@pytest.mark.timeout(3000)  # a million events, twice, on a machine that may be busy
 def test_the_same_traffic_gives_the_same_answers_embedded_and_on_the_cluster(
         sides: tuple[Side, Side]) -> None:
     embedded, cluster = sides

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from aap.datadir import DataDir
@@ -27,6 +28,17 @@ def aap(*args: str) -> subprocess.CompletedProcess[str]:
 @slow_fixture
 def data(tmp_path: Path) -> Path:
     """A data dir whose audit log has a source, two keys (one revoked) and consent."""
+    return _made(tmp_path)
+
+
+@slow_fixture
+def data_on(tmp_path: Path, meta_url: str) -> Path:
+    """The same, on both engines of the shared state (with ``AAP_META_URL``, the chain is
+    rows in PostgreSQL: tests/privacy/test_audit_pg.py tampers with them)."""
+    return _made(tmp_path)
+
+
+def _made(tmp_path: Path) -> Path:
     d = tmp_path / "data"
     key = create_source(d, "shop")
     assert aap("keys", "create", "--role", "analyst", "--data-dir", str(d)).returncode == 0
@@ -41,7 +53,8 @@ def data(tmp_path: Path) -> Path:
     return d
 
 
-def test_actions_are_recorded_and_the_chain_verifies(data: Path) -> None:
+def test_actions_are_recorded_and_the_chain_verifies(data_on: Path, meta_url: str) -> None:
+    data = data_on
     actions = [e["action"] for e in AuditLog(data).entries()]
     assert actions == ["source.created", "key.created", "key.created", "key.revoked",
                        "consent.recorded"]
@@ -51,7 +64,13 @@ def test_actions_are_recorded_and_the_chain_verifies(data: Path) -> None:
                                               ).stdout.splitlines()]
     assert [e["seq"] for e in shown] == [1, 2, 3, 4, 5]
     assert shown[4]["detail"]["policy_version"] == "v3"
-    assert b"audit-canary-user-81" not in DataDir(data).audit_log.read_bytes()
+    if meta_url:
+        with psycopg.connect(meta_url) as con:
+            rows = repr(con.execute("SELECT * FROM audit_entries").fetchall())
+        assert "consent.recorded" in rows and "audit-canary-user-81" not in rows
+        assert not DataDir(data).audit_log.exists()
+    else:
+        assert b"audit-canary-user-81" not in DataDir(data).audit_log.read_bytes()
 
 
 def _edit(lines: list[bytes]) -> list[bytes]:

@@ -1,4 +1,6 @@
-"""Data-subject requests through the REST API: roles, statuses, and what each type does."""
+"""Data-subject requests through the REST API: roles, statuses, and what each type does;
+on both engines of the shared state (the files under the data dir, and PostgreSQL with
+``AAP_META_URL``, where the queue and the audit chain are rows)."""
 
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from aap.datadir import DataDir
 from aap.runner import ServerProcess, create_source
 from tests.conftest import slow_fixture
+from tests.pg import Cluster, fresh_database
 
 
 class Api:
@@ -62,20 +66,28 @@ def new_key(data: Path, role: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-@slow_fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    data = tmp_path_factory.mktemp("requests") / "data"
-    write_key = create_source(data, "app", "--basis", "contract")
-    keys = {role: new_key(data, role) for role in ("analyst", "privacy", "admin")}
-    server = ServerProcess(data, workers=1).start()
-    try:
-        a = Api(server, write_key, keys)
-        for name in ("ann", "ben", "cai", "dee", "eve"):
-            a.person(name)
-        server.wait_processed()
-        yield a
-    finally:
-        server.stop()
+@slow_fixture(scope="module", params=["sqlite", "postgresql"])
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Api]:
+    with pytest.MonkeyPatch.context() as mp:  # the CLI and the server inherit it
+        if request.param == "postgresql":
+            cluster: Cluster = request.getfixturevalue("pg")
+            fresh_database(cluster.url)
+            mp.setenv("AAP_META_URL", cluster.url)
+        else:
+            mp.delenv("AAP_META_URL", raising=False)
+        data = tmp_path_factory.mktemp("requests") / "data"
+        write_key = create_source(data, "app", "--basis", "contract")
+        keys = {role: new_key(data, role) for role in ("analyst", "privacy", "admin")}
+        server = ServerProcess(data, workers=1).start()
+        try:
+            a = Api(server, write_key, keys)
+            for name in ("ann", "ben", "cai", "dee", "eve"):
+                a.person(name)
+            server.wait_processed()
+            yield a
+        finally:
+            server.stop()
 
 
 def test_roles_and_bad_requests(api: Api) -> None:
@@ -149,3 +161,23 @@ def test_erasure_request_gives_a_receipt(api: Api) -> None:
     assert len(receipt["digest"]) == 64
     assert api.server.sql("SELECT count(*) FROM events_raw WHERE properties IS NOT NULL"
                           " AND person_id NOT IN (SELECT person_id FROM persons)") == [[0]]
+
+
+def test_the_queue_and_the_audit_chain_are_where_the_url_says(api: Api) -> None:
+    done = api.run({"type": "objection", "subject": {"userId": "nobody"}, "lift": True})
+    assert done["status"] == "done"
+    url = api.server.env.get("AAP_META_URL", "")
+    paths = DataDir(api.server.data_dir)
+    assert paths.requests_db.exists() == paths.audit_log.exists() == (not url)
+    out = subprocess.run([sys.executable, "-m", "aap", "audit", "verify", "--data-dir",
+                          str(api.server.data_dir)], capture_output=True, text=True,
+                         env=api.server.env)
+    assert out.returncode == 0 and "chain intact" in out.stdout, out
+    if url:
+        with psycopg.connect(url) as con:
+            assert con.execute("SELECT status FROM requests WHERE id = %s", (done["id"],)
+                               ).fetchone() == ("done",)
+            actions = [json.loads(e)["action"] for (e,) in con.execute(
+                "SELECT entry FROM audit_entries ORDER BY seq")]
+        assert actions[0] == "source.created" and actions.count("key.created") == 3
+        assert actions[-1] == "privacy.objection_lifted"

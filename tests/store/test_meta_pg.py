@@ -21,6 +21,7 @@ import pytest
 
 from aap.datadir import DataDir
 from aap.privacy.keystore import KeyDestroyed, Keystore
+from aap.privacy.requests import RequestStore
 from aap.sources import SCHEMA as SOURCES_SCHEMA
 from aap.sources import SourceExists, Sources, hash_key
 from aap.store.meta import PostgresMeta, SQLiteMeta, open_meta, pg_sql
@@ -278,9 +279,10 @@ def test_a_destroy_racing_keys_for_never_leaves_a_key(tmp_path: Path, pg: Cluste
 
 @pytest.mark.slow
 def test_no_raw_id_reaches_postgresql_in_clear(tmp_path: Path, pg: Cluster) -> None:
-    """Canary: raw ids and personal traits remembered in the keystore, and the data keys
-    themselves, appear in no file of the cluster (tables, WAL) nor in any row; only
-    wrapped keys and sealed values are stored (a control shows the scan sees those)."""
+    """Canary: raw ids and personal traits remembered in the keystore or waiting in a
+    rectification request, and the data keys themselves, appear in no file of the
+    cluster (tables, WAL) nor in any row; only wrapped keys and sealed values are stored
+    (a control shows the scan sees those)."""
     _fresh(pg.url)
     ks = Keystore(tmp_path, url=pg.url)
     tag = secrets.token_hex(6)
@@ -288,6 +290,11 @@ def test_no_raw_id_reaches_postgresql_in_clear(tmp_path: Path, pg: Cluster) -> N
     ks.remember(ids)
     for s in range(1, 41, 4):
         ks.rectify_personal_traits([s], {"name": f"Canary Trait {tag} {s}"})
+    requests = RequestStore(tmp_path, url=pg.url)
+    for s in range(31, 41, 3):  # waiting in the queue, a non-personal trait beside them
+        requests.add("rectification", [s], {"userId": True}, {
+            "email": f"canary-req-{tag}-{s}@example.com", "name": f"Canary Req {tag} {s}",
+            "plan": f"plan-{tag}"})
     raw_keys = {s: _raw_key(ks, s) for s in ids}
     ks.destroy(range(1, 11))
     ks.forget(range(11, 21))
@@ -295,11 +302,13 @@ def test_no_raw_id_reaches_postgresql_in_clear(tmp_path: Path, pg: Cluster) -> N
         con.execute("CHECKPOINT")  # what was written reaches the table files too
         wrapped = bytes(con.execute("SELECT wrapped FROM data_keys WHERE subject = 30"
                                     ).fetchone()[0])  # type: ignore[index]
-    secrets_ = [v.encode() for v in ids.values()] + [f"Canary Trait {tag}".encode()]
+    secrets_ = [v.encode() for v in ids.values()] + [
+        f"Canary Trait {tag}".encode(), f"canary-req-{tag}".encode(), f"Canary Req {tag}".encode()]
     rows = repr(_every_row(pg.url)).encode()
     files = _all_bytes(pg.data)
     assert wrapped in files  # the control: the scan sees what is stored
-    assert tag.encode() not in rows
+    assert f"plan-{tag}".encode() in files  # and the queue's rows (a trait not personal)
+    assert rows.count(tag.encode()) == rows.count(f"plan-{tag}".encode()) == 4
     assert not [x for x in secrets_ if x in files]
     assert not [s for s, k in raw_keys.items() if k in files or k.hex().encode() in rows]
 

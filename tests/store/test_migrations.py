@@ -105,11 +105,35 @@ def test_a_consent_ledger_and_a_request_queue_of_the_first_release_migrate(
         sqlite3.connect(ledger.path).execute("DELETE FROM statements")
     RequestStore(tmp_path)
     con = sqlite3.connect(tmp_path / "privacy" / "requests.db")
-    assert {"filed_by", "lift", "sealed_traits", "scope"} <= {
+    assert {"filed_by", "lift", "sealed_traits", "scope", "claimed_by", "lease_until"} <= {
         r[1] for r in con.execute("PRAGMA table_info(requests)")}
     con.close()
     assert user_version(ledger.path) == consent.SCHEMA.latest
     assert user_version(tmp_path / "privacy" / "requests.db") == requests.SCHEMA.latest
+
+
+def test_a_request_queue_of_version_1_gets_its_claim_columns(tmp_path: Path) -> None:
+    """The queue before workers claimed requests (version 1): the claim columns are added,
+    and a worker claims its pending request (once)."""
+    old_sqlite(tmp_path / "privacy" / "requests.db", """
+        CREATE TABLE requests (id TEXT PRIMARY KEY, type TEXT NOT NULL,
+            subject_keys TEXT NOT NULL, named TEXT NOT NULL, traits TEXT,
+            created_at INTEGER NOT NULL, status TEXT NOT NULL, finished_at INTEGER,
+            result TEXT, error TEXT, filed_by TEXT, lift INTEGER NOT NULL DEFAULT 0,
+            sealed_traits BLOB, scope TEXT);
+        INSERT INTO requests (id, type, subject_keys, named, created_at, status)
+            VALUES ('pr_old', 'restriction', '[1]', '{}', 1, 'pending');
+        PRAGMA user_version = 1;
+    """)
+    store = RequestStore(tmp_path)
+    assert user_version(tmp_path / "privacy" / "requests.db") == requests.SCHEMA.latest == 2
+    assert store.get("pr_old")["status"] == "pending"
+    worker = requests.Requests.__new__(requests.Requests)  # the claim alone, no Rights
+    worker._db, worker.worker, worker.lease_s = store._db, "w1", 60.0
+    claimed = worker.claim()
+    assert claimed is not None and claimed[0] == "pr_old"
+    assert worker.claim() is None  # nothing else to claim: it is held
+    assert store.get("pr_old")["status"] == "running"
 
 
 def test_a_warehouse_made_before_purposes_and_versions_migrates(tmp_path: Path) -> None:

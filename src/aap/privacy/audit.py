@@ -12,52 +12,59 @@ a valid ``mac``. Entries never hold raw personal identifiers.
 
 Writers in several processes (collector workers, the core, the CLI) append under an
 ``flock`` of the file; each append is fsynced before the call returns.
+
+With ``AAP_META_URL`` set, the chain is rows of the shared-state database instead
+(:mod:`aap.privacy.audit_table`), one chain for every process given that URL; the entries
+and the MAC are the same, and the key is still the file ``keys/audit.key``, which every
+process must share and which never goes to the database.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import hmac
 import json
 import os
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aap.datadir import DataDir
+from aap.privacy.audit_chain import GENESIS, Verdict, canonical, mac_of, new_entry
+from aap.privacy.audit_table import AuditTable
 from aap.privacy.ids import load_or_create_secret
+from aap.store.meta import meta_url, open_meta
 
-GENESIS = "0" * 64
-
-
-def _canonical(entry: dict[str, Any]) -> bytes:
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
+__all__ = ["GENESIS", "AuditLog", "Verdict", "canonical", "local_actor", "mac_of"]
 
 class AuditLog:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, url: str | None = None) -> None:
+        """``url``: the shared-state database (``None``: ``AAP_META_URL``; empty: the file
+        under the data dir)."""
         paths = DataDir(data_dir)
         paths.privacy.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = paths.audit_log
         self.head_path = paths.audit_head
         self._key = load_or_create_secret(paths.audit_key)
+        url = meta_url() if url is None else url
+        self._table: AuditTable | None = None
+        if url:
+            self._table = AuditTable(open_meta(paths.privacy / "audit.db", url), self._key,
+                                     paths.audit_key)
 
     def _mac(self, entry: dict[str, Any]) -> str:
-        return hmac.new(self._key, _canonical(entry), hashlib.sha256).hexdigest()
+        return mac_of(self._key, canonical(entry))
 
     def append(self, actor: str, action: str, detail: dict[str, Any] | None = None) -> int:
         """Record one action; returns its sequence number."""
+        if self._table is not None:
+            return self._table.append(actor, action, detail)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             seq, prev = self._head()
-            entry: dict[str, Any] = {
-                "seq": seq + 1, "at": datetime.now(UTC).isoformat(timespec="microseconds"),
-                "actor": actor, "action": action, "detail": detail or {}, "prev": prev}
+            entry = new_entry(seq + 1, prev, actor, action, detail)
             entry["mac"] = self._mac(entry)
-            os.write(fd, _canonical(entry) + b"\n")
+            os.write(fd, canonical(entry) + b"\n")
             os.fsync(fd)
             self._write_head(entry["seq"], entry["mac"])
             return int(entry["seq"])
@@ -82,12 +89,17 @@ class AuditLog:
         os.replace(tmp, self.head_path)
 
     def entries(self) -> list[dict[str, Any]]:
+        """Every entry, oldest first, each with its ``mac``."""
+        if self._table is not None:
+            return self._table.entries()
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_bytes().splitlines() if line]
 
     def verify(self) -> Verdict:
         """Recompute the chain; the first problem found, if any."""
+        if self._table is not None:
+            return self._table.verify()
         try:
             lines = self.path.read_bytes().splitlines() if self.path.exists() else []
         except OSError as exc:
@@ -113,13 +125,6 @@ class AuditLog:
             return Verdict(False, len(lines), f"the log ends at entry {len(lines)} but its head"
                                               f" says {seq}: entries were cut off the end")
         return Verdict(True, len(lines), f"{len(lines)} entries, chain intact")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    ok: bool
-    entries: int
-    message: str
 
 
 def local_actor() -> str:

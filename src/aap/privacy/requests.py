@@ -5,21 +5,32 @@
 (``pending``, ``running``, ``done``, ``failed``) and, once done, its result (the receipt
 of an erasure, the summary of an access); ``GET …/{id}/export`` is the zip of an access
 request (opened from its sealed copy; each download is audited). Requests live in
-``DATA_DIR/privacy/requests.db`` with the subject only as a
-keyed hash, never the raw id; a request still pending when the core stops runs when it
-starts again.
+``DATA_DIR/privacy/requests.db``, or with ``AAP_META_URL`` in the shared-state database
+(:mod:`aap.store.meta`), with the subject only as a keyed hash, never the raw id, and a
+rectification's personal traits sealed; a request still pending when the core stops runs
+when it starts again.
+
+Every core works the queue off, so several cores sharing the database never run a
+request twice: a worker *claims* a request with a conditional ``UPDATE`` (``pending`` →
+``running``, or a ``running`` one whose lease ran out), which only one worker's
+statement can win, and renews its lease (:data:`LEASE_S`) while the request runs. A
+request left ``running`` by a worker that died is run again once its lease has run out
+(on the SQLite file, where one core owns the data dir, at once when the core starts).
+Each result is written only by the worker that holds the claim.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
-import sqlite3
+import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +44,8 @@ from aap.privacy.audit import AuditLog
 from aap.privacy.keystore import KeyDestroyed, Keystore
 from aap.privacy.rights import Rights, Scope
 from aap.privacy.scrub import is_personal_trait
-from aap.store.migrations import Schema, migrate_sqlite, unversioned_columns
+from aap.store.meta import SQLITE, MetaDB, open_meta
+from aap.store.migrations import Schema, sql_step, unversioned_columns
 
 logger = logging.getLogger("aap.privacy")
 
@@ -53,15 +65,48 @@ CREATE TABLE IF NOT EXISTS requests (
     filed_by TEXT,
     lift INTEGER NOT NULL DEFAULT 0,
     sealed_traits BLOB,
-    scope TEXT
+    scope TEXT,
+    claimed_by TEXT,
+    lease_until INTEGER
 );
 """
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    subject_keys TEXT NOT NULL,
+    named TEXT NOT NULL,
+    traits TEXT,
+    created_at BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    finished_at BIGINT,
+    result TEXT,
+    error TEXT,
+    filed_by TEXT,
+    lift INTEGER NOT NULL DEFAULT 0,
+    sealed_traits BYTEA,
+    scope TEXT,
+    claimed_by TEXT,
+    lease_until BIGINT,
+    rowid BIGINT GENERATED ALWAYS AS IDENTITY
+);
+CREATE INDEX IF NOT EXISTS requests_status ON requests (status, created_at);
+"""
+"""On PostgreSQL, ``rowid`` stands for SQLite's implicit one: the order requests were
+filed in."""
 _ADDED = (("filed_by", "TEXT"), ("lift", "INTEGER NOT NULL DEFAULT 0"), ("sealed_traits", "BLOB"),
           ("scope", "TEXT"))
 """Columns added after the first release (and before schema versions)."""
 
-SCHEMA = Schema("requests", _SCHEMA, steps=(unversioned_columns("requests", _ADDED),))
+SCHEMA = Schema("requests", _SCHEMA, postgres=_PG_SCHEMA, steps=(
+    unversioned_columns("requests", _ADDED),
+    sql_step("ALTER TABLE requests ADD COLUMN claimed_by TEXT;\n"
+             "ALTER TABLE requests ADD COLUMN lease_until INTEGER;\n"),
+))
 """The queue's schema versions (:mod:`aap.store.migrations`)."""
+LEASE_S = 60.0
+"""How long a worker's claim on a running request lasts unless renewed (every third of
+it while the request runs); then another worker may claim it."""
 
 
 class Subject(msgspec.Struct, forbid_unknown_fields=True):
@@ -97,15 +142,15 @@ class RequestStore:
     """The queue's database, shared by the core (which works it off) and the collector
     (where people file their own requests with a subject token)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, url: str | None = None) -> None:
+        """``url``: the shared-state database (``None``: ``AAP_META_URL``; empty: the
+        SQLite file under the data dir)."""
         paths = DataDir(data_dir)
         paths.privacy.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = paths.requests_db
-        self._con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                    check_same_thread=False)
-        self._con.execute("PRAGMA journal_mode=WAL")
-        migrate_sqlite(self._con, SCHEMA)
-        self._lock = threading.Lock()
+        self._url = url
+        self._db: MetaDB = open_meta(self.path, url)
+        self._db.migrate(SCHEMA)
         self.data_dir = data_dir
         self._keystore: Keystore | None = None
         self._audit: AuditLog | None = None
@@ -125,19 +170,18 @@ class RequestStore:
                                     code="invalid_request")
         rid = "pr_" + secrets.token_hex(8)
         plain, sealed = self._seal_personal(keys, traits or {})
-        with self._lock:
-            self._con.execute(
-                "INSERT INTO requests (id, type, subject_keys, named, traits, created_at, status,"
-                " filed_by, lift, sealed_traits, scope)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
-                (rid, kind, json.dumps(keys), json.dumps(named),
-                 json.dumps(plain) if traits else None, int(time.time()), filed_by, int(lift),
-                 sealed, scope))
+        self._db.execute(
+            "INSERT INTO requests (id, type, subject_keys, named, traits, created_at, status,"
+            " filed_by, lift, sealed_traits, scope)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+            (rid, kind, json.dumps(keys), json.dumps(named),
+             json.dumps(plain) if traits else None, int(time.time()), filed_by, int(lift),
+             sealed, scope))
         return rid
 
     def _keys(self) -> Keystore:
         if self._keystore is None:
-            self._keystore = Keystore(self.data_dir)
+            self._keystore = Keystore(self.data_dir, url=self._url)
         return self._keystore
 
     def _seal_personal(self, keys: list[int], traits: dict[str, Any]
@@ -167,8 +211,7 @@ class RequestStore:
     def owner(self, rid: str) -> tuple[list[int], str | None]:
         """The subject keys of a request and the scope it was filed through (``None``: by
         the API or the CLI)."""
-        row = self._con.execute("SELECT subject_keys, scope FROM requests WHERE id = ?", (rid,)
-                                ).fetchone()
+        row = self._db.fetchone("SELECT subject_keys, scope FROM requests WHERE id = ?", (rid,))
         if row is None:
             raise errors.NotFound(f"no privacy request {rid}")
         return list(json.loads(row[0])), row[1]
@@ -177,16 +220,16 @@ class RequestStore:
         """The requests about subject ``key`` filed in one of ``scopes`` (a person's own,
         for the privacy portal), newest first: what :meth:`get` says of each."""
         marks = ",".join("?" * len(scopes))
-        rows = self._con.execute(
+        rows = self._db.fetchall(
             f"SELECT id, subject_keys FROM requests WHERE scope IN ({marks})"
-            " ORDER BY created_at DESC, rowid DESC", scopes).fetchall()
+            " ORDER BY created_at DESC, rowid DESC", scopes)
         ids = [r[0] for r in rows if key in json.loads(r[1])][:limit]
         return [self.get(rid) for rid in ids]
 
     def get(self, rid: str) -> dict[str, Any]:
-        row = self._con.execute(
+        row = self._db.fetchone(
             "SELECT id, type, created_at, status, finished_at, result, error FROM requests"
-            " WHERE id = ?", (rid,)).fetchone()
+            " WHERE id = ?", (rid,))
         if row is None:
             raise errors.NotFound(f"no privacy request {rid}")
         out: dict[str, Any] = {"id": row[0], "type": row[1], "created_at": row[2],
@@ -205,7 +248,8 @@ class RequestStore:
         (paging), of this ``status`` and ``kind`` when given. Each as :meth:`get` shows
         it, with who filed it and through which scope; never the subject (the queue only
         holds its keyed hashes)."""
-        where, args = ["1"], []
+        where: list[str] = ["1 = 1"]
+        args: list[Any] = []
         if status:
             where.append("status = ?")
             args.append(status)
@@ -213,15 +257,14 @@ class RequestStore:
             where.append("type = ?")
             args.append(kind)
         if before:
-            if self._con.execute("SELECT 1 FROM requests WHERE id = ?", (before,)
-                                 ).fetchone() is None:
+            if self._db.fetchone("SELECT 1 FROM requests WHERE id = ?", (before,)) is None:
                 raise errors.BadRequest(f"`before`: no privacy request {before}",
                                         code="invalid_query")
             where.append("(created_at, id) < (SELECT created_at, id FROM requests WHERE id = ?)")
             args.append(before)
-        rows = self._con.execute(
+        rows = self._db.fetchall(
             f"SELECT id, filed_by, scope, lift FROM requests WHERE {' AND '.join(where)}"
-            " ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit + 1)).fetchall()
+            " ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit + 1))
         out = [{**self.get(r[0]), "filed_by": r[1] or "", "scope": r[2], "lift": bool(r[3])}
                for r in rows[:limit]]
         return {"requests": out, "next": out[-1]["id"] if len(rows) > limit else None}
@@ -229,8 +272,8 @@ class RequestStore:
     def export(self, rid: str, actor: str) -> bytes:
         """The zip of a finished access request, opened from its sealed copy; the read is
         recorded in the audit log (who, which request, how many bytes)."""
-        row = self._con.execute("SELECT type, status, result FROM requests WHERE id = ?",
-                                (rid,)).fetchone()
+        row = self._db.fetchone("SELECT type, status, result FROM requests WHERE id = ?",
+                                (rid,))
         if row is None:
             raise errors.NotFound(f"no privacy request {rid}")
         if row[0] != "access":
@@ -250,7 +293,7 @@ class RequestStore:
         except KeyDestroyed:
             raise gone from None
         if self._audit is None:
-            self._audit = AuditLog(self.data_dir)
+            self._audit = AuditLog(self.data_dir, url=self._url)
         self._audit.append(actor, "privacy.export_downloaded", {"request": rid,
                                                                 "bytes": len(data)})
         return data
@@ -260,19 +303,25 @@ class Requests(RequestStore):
     """The core's side: files requests from the REST API and works the queue off."""
 
     def __init__(self, data_dir: Path, rights: Rights,
-                 scopes: Callable[[], dict[str, str]] | None = None) -> None:
+                 scopes: Callable[[], dict[str, str]] | None = None, url: str | None = None,
+                 lease_s: float = LEASE_S) -> None:
         """``scopes``: reads source id → consent scope (:meth:`aap.sources.Sources.scopes`),
         for the requests people file themselves through a source."""
-        super().__init__(data_dir)
+        super().__init__(data_dir, url)
         self.rights = rights
         self.scopes = scopes
+        self.lease_s = lease_s
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        """Who claims requests: this worker, unlike any other (of any process or machine)."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="aap-privacy-requests",
                                         daemon=True)
 
     def start(self) -> None:
-        self._con.execute("UPDATE requests SET status = 'pending' WHERE status = 'running'")
+        if self._db.dialect == SQLITE:  # the only core of this data dir: no claim is alive
+            self._db.execute("UPDATE requests SET status = 'pending', claimed_by = NULL,"
+                             " lease_until = NULL WHERE status = 'running'")
         self._thread.start()
 
     def close(self) -> None:
@@ -307,37 +356,89 @@ class Requests(RequestStore):
         return scope, tuple(sorted({scope} & set(now) | {s for s, sc in now.items()
                                                           if sc == scope}))
 
+    def claim(self) -> tuple[Any, ...] | None:
+        """The oldest request no live worker holds, claimed by this worker (``running``,
+        leased for :attr:`lease_s`), or ``None``. Workers that pick the same request race
+        on the conditional ``UPDATE``: the first to commit wins, the others change no row
+        (on PostgreSQL a second ``UPDATE`` waits for the first and re-checks the
+        condition on the row it committed) and try the next request."""
+        while True:
+            now = time.time()
+            found = self._db.fetchone(
+                "SELECT id FROM requests WHERE status = 'pending'"
+                " OR (status = 'running' AND lease_until < ?) ORDER BY created_at, id LIMIT 1",
+                (int(now),))
+            if found is None:
+                return None
+            if self._db.execute(
+                    "UPDATE requests SET status = 'running', claimed_by = ?, lease_until = ?"
+                    " WHERE id = ? AND (status = 'pending'"
+                    " OR (status = 'running' AND lease_until < ?))",
+                    (self.worker, int(now + self.lease_s) + 1, found[0], int(now))) == 1:
+                return self._db.fetchone(
+                    "SELECT id, type, subject_keys, named, traits, filed_by, lift,"
+                    " sealed_traits, scope FROM requests WHERE id = ?", (found[0],))
+
+    @contextmanager
+    def _leased(self, rid: str) -> Iterator[None]:
+        """Renews this worker's lease on ``rid`` every third of :attr:`lease_s` while the
+        body runs."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self.lease_s / 3):
+                try:
+                    self._db.execute("UPDATE requests SET lease_until = ? WHERE id = ? AND"
+                                     " claimed_by = ? AND status = 'running'",
+                                     (int(time.time() + self.lease_s) + 1, rid,
+                                      self.worker))
+                except Exception:  # the next renewal tries again
+                    logger.exception("privacy request %s: the lease was not renewed", rid)
+
+        renewer = threading.Thread(target=renew, name="aap-privacy-lease", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
+
+    def _finish(self, rid: str, sql: str, params: tuple[Any, ...]) -> None:
+        """Writes the outcome, if this worker still holds the claim."""
+        if self._db.execute(f"{sql} WHERE id = ? AND claimed_by = ?",
+                            (*params, rid, self.worker)) != 1:
+            logger.error("privacy request %s: its lease ran out and another worker claimed"
+                         " it; this worker's outcome is dropped", rid)
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            row = self._con.execute(
-                "SELECT id, type, subject_keys, named, traits, filed_by, lift, sealed_traits,"
-                " scope FROM requests"
-                " WHERE status = 'pending' ORDER BY created_at, id LIMIT 1").fetchone()
+            row = self.claim()
             if row is None:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
-            rid, kind, keys_json, named_json, traits_json, filed_by, lift, sealed, scope = row
-            self._con.execute("UPDATE requests SET status = 'running' WHERE id = ?", (rid,))
-            try:
-                keys = json.loads(keys_json)
-                actor = f"{filed_by}/request:{rid}" if filed_by else f"request:{rid}"
-                within = self._scope(scope)
-                if kind == "erasure":
-                    result = self.rights.erase_keys(keys, json.loads(named_json), actor, within)
-                elif kind == "access":
-                    result = self.rights.access_keys(keys, json.loads(named_json), actor,
-                                                     within)
-                elif kind == "rectification":
-                    traits = {**json.loads(traits_json), **self._open_personal(sealed)}
-                    result = self.rights.rectify_keys(keys, traits, actor)
-                else:
-                    result = self.rights.flag_keys(keys, kind, actor, lift=bool(lift))
-                self._con.execute(
-                    "UPDATE requests SET status = 'done', finished_at = ?, result = ? WHERE id = ?",
-                    (int(time.time()), json.dumps(result, default=str), rid))
-            except Exception as exc:  # the request fails, the worker goes on
-                logger.exception("privacy request %s failed", rid)
-                self._con.execute(
-                    "UPDATE requests SET status = 'failed', finished_at = ?, error = ?"
-                    " WHERE id = ?", (int(time.time()), f"{type(exc).__name__}: {exc}", rid))
+            rid = row[0]
+            with self._leased(rid):
+                self._work(row)
+
+    def _work(self, row: tuple[Any, ...]) -> None:
+        rid, kind, keys_json, named_json, traits_json, filed_by, lift, sealed, scope = row
+        try:
+            keys = json.loads(keys_json)
+            actor = f"{filed_by}/request:{rid}" if filed_by else f"request:{rid}"
+            within = self._scope(scope)
+            if kind == "erasure":
+                result = self.rights.erase_keys(keys, json.loads(named_json), actor, within)
+            elif kind == "access":
+                result = self.rights.access_keys(keys, json.loads(named_json), actor, within)
+            elif kind == "rectification":
+                traits = {**json.loads(traits_json), **self._open_personal(sealed)}
+                result = self.rights.rectify_keys(keys, traits, actor)
+            else:
+                result = self.rights.flag_keys(keys, kind, actor, lift=bool(lift))
+            self._finish(rid, "UPDATE requests SET status = 'done', finished_at = ?, result = ?",
+                         (int(time.time()), json.dumps(result, default=str)))
+        except Exception as exc:  # the request fails, the worker goes on
+            logger.exception("privacy request %s failed", rid)
+            self._finish(rid, "UPDATE requests SET status = 'failed', finished_at = ?, error = ?",
+                         (int(time.time()), f"{type(exc).__name__}: {exc}"))

@@ -2,8 +2,9 @@
 PostgreSQL when ``AAP_META_URL`` is set (``postgresql://…``), so that several collectors
 and processors share it.
 
-The stores that use it (today the source registry, :mod:`aap.sources`, and the
-keystore, :mod:`aap.privacy.keystore`) write their SQL once, in the dialect both engines
+The stores that use it (today the source registry, :mod:`aap.sources`, the keystore,
+:mod:`aap.privacy.keystore`, the audit chain, :mod:`aap.privacy.audit_table`, and the
+rights requests, :mod:`aap.privacy.requests`) write their SQL once, in the dialect both engines
 speak: ``?`` placeholders, ``INSERT … ON CONFLICT … DO NOTHING / DO UPDATE`` (SQLite has
 had upserts since 3.24), no ``INSERT OR …``. What differs is handled here, and only here:
 

@@ -1,0 +1,53 @@
+"""``aap cluster up`` as a test's context: started on consecutive free ports (the
+collectors', then the processor's ``/healthz``), waited for, stopped with SIGTERM (SIGKILL
+of its group if that hangs)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from aap.lifecycle import child_env
+from tests.test_cluster import _free_ports, _pids
+
+
+class Up:
+    def __init__(self, data: Path, base: int, collectors: int, proc: subprocess.Popen[bytes],
+                 log: Path) -> None:
+        self.data, self.base, self.proc, self.log = data, base, proc, log
+        self.urls = [f"http://127.0.0.1:{base + i}" for i in range(collectors)]
+
+    def pids(self, role: str) -> list[int]:
+        """The processes of a role (``collector`` or ``processor``) now."""
+        return _pids("--role", role, str(self.data))
+
+
+@contextlib.contextmanager
+def cluster_up(data: Path, log: Path, *, collectors: int = 2,
+               env: dict[str, str] | None = None, timeout: float = 180.0) -> Iterator[Up]:
+    base = _free_ports(collectors + 1)  # the collectors, then the processor's /healthz
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "aap", "cluster", "up", "--data-dir",
+                                 str(data), "--collectors", str(collectors), "--port",
+                                 str(base)], stdout=out, stderr=subprocess.STDOUT,
+                                env=child_env(env or {}), start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while "cluster up:" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the cluster did not come up"
+            time.sleep(0.2)
+        yield Up(data, base, collectors, proc, log)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
