@@ -42,7 +42,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -163,7 +163,6 @@ class Target:
     groups: Callable[[], dict[str, list[int]]]
     stop: Callable[[], None]
     log_file: Path
-    notes: list[str] = field(default_factory=list)
 
     def rows(self) -> int:
         """Events in the warehouse (``events_raw``), over the core's socket."""
@@ -213,14 +212,14 @@ def start_cluster(data: Path, collectors: int, env: dict[str, str], kafka: MockK
         time.sleep(0.2)
 
     def groups() -> dict[str, list[int]]:
-        members = _group(proc.pid)
-        out: dict[str, list[int]] = {"collectors": [], "processor": [],
-                                     "cluster up": [proc.pid]}
-        for pid in members:
+        roles: dict[str, set[int]] = {"collectors": set(), "processor": set()}
+        for pid in _group(proc.pid):
             args = _cmdline(pid)
-            if "--role" in args:
+            if "--role" in args:  # a role and its children (a forked worker: once)
                 role = args[args.index("--role") + 1]
-                out["collectors" if role == "collector" else "processor"] += tree(pid)
+                roles["collectors" if role == "collector" else "processor"].update(tree(pid))
+        out = {name: sorted(pids) for name, pids in roles.items()}
+        out["cluster up"] = [proc.pid]
         if kafka is not None:
             out["kafka (mock)"] = [kafka.proc.pid]
         return out
