@@ -14,6 +14,7 @@ LAYOUT = {
     "log": "log",
     "log_db": "log/log.db",
     "meta_db": "meta.db",
+    "identities_db": "identities.db",
     "imports": "imports",
     "warehouse": "warehouse",
     "hot_db": "warehouse/hot.duckdb",

@@ -50,8 +50,9 @@ class Topology:
             raise TopologyRefused(
                 f"--processors {self.processors}: several processors need the log partitioned"
                 " between them (AAP_LOG_URL=kafka://…, which works) and their state shared —"
-                " identities, sessions, dedup and the warehouse's files — which is being"
-                " built: today one processor owns the warehouse; run one")
+                " sessions, dedup and the warehouse's files (identities and merges are, on"
+                " AAP_META_URL) — which is being built: today one processor owns the"
+                " warehouse; run one")
         if self.query > 1:
             raise TopologyRefused(
                 f"--query {self.query}: query nodes of their own need the warehouse's files"

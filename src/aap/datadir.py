@@ -60,6 +60,13 @@ class DataDir:
         return self.root / "meta.db"
 
     @property
+    def identities_db(self) -> Path:
+        """Identities and merges shared by processors (:mod:`aap.store.identities`), when
+        ``AAP_META_URL`` is not PostgreSQL (the embedded processor keeps them in its
+        warehouse instead)."""
+        return self.root / "identities.db"
+
+    @property
     def imports(self) -> Path:
         """Each import's last durable input position (``aap import``): counts, no data."""
         return self.root / "imports"

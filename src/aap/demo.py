@@ -91,7 +91,8 @@ def simulate(people: int, seed: int, returning: float = 0.0) -> Iterator[dict[st
             yield v.msg("page", name=name, properties={"path": path, "title": name,
                                                        "url": "https://shop.example" + path})
         if rng.random() < 0.35:
-            v.user_id = "user-" + v.anon[:8]
+            # 14 hex digits: 8 gave two visitors one userId by chance at 140k visitors
+            v.user_id = "user-" + v.anon[:18]
             yield v.msg("identify", traits={"plan": rng.choice(["free", "pro"])})
             yield v.msg("track", event="Signed Up", properties={"method": "email"})
             if rng.random() < 0.5:

@@ -25,7 +25,7 @@ from aap.core.client import core_alive
 from aap.runner import ServerProcess, create_source
 from tests.cluster_up import cluster_up
 from tests.e2e.test_cluster_equivalence import _traffic
-from tests.log.test_kafka import Cluster
+from tests.kafka_mock import Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

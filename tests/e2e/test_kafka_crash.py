@@ -11,7 +11,7 @@ import pytest
 
 from aap.runner import ServerProcess, create_source, free_port
 from tests.e2e.test_processor_crash import _load
-from tests.log.test_kafka import Cluster
+from tests.kafka_mock import Cluster
 
 pytestmark = pytest.mark.slow
 CYCLES = 3

@@ -1,18 +1,13 @@
 """The Kafka log against librdkafka's mock cluster (no Kafka broker installs here).
 
-A holder process starts the mock cluster (``test.mock.num.brokers``) and prints its
+A holder process (:mod:`tests.kafka_mock`) starts the mock cluster and prints its
 brokers; the log under test connects to them as to any cluster. Topics auto-create with
-4 partitions. Stopping the holder (SIGSTOP) makes every broker unresponsive, killing it
-makes them unreachable: that is how a broker failure is injected (confluent-kafka does
-not expose librdkafka's mock API)."""
+4 partitions. Broker failures are injected through librdkafka's mock API (brokers set
+down and up, here all three at once); tests/log/test_kafka_faults.py moves leaders and
+pushes produce errors."""
 
 from __future__ import annotations
 
-import itertools
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,36 +24,9 @@ from aap.log.base import Append, Record, advance
 from aap.log.kafka import KafkaLog
 from aap.log.keys import per_person
 from tests.conftest import examples, slow_fixture
+from tests.kafka_mock import Cluster, new_group
 
 pytestmark = pytest.mark.slow
-
-HOLDER = """
-import sys, time, confluent_kafka as ck
-p = ck.Producer({"test.mock.num.brokers": 3, "bootstrap.servers": "unused:1", "log_level": 0})
-md = p.list_topics(timeout=30)
-print(",".join(f"{b.host}:{b.port}" for b in md.brokers.values()), flush=True)
-sys.stdin.read()
-"""
-_topics = itertools.count()
-
-
-class Cluster:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert self.proc.stdout is not None
-        self.servers = self.proc.stdout.readline().strip()
-        assert self.servers, "the mock cluster did not start"
-
-    def url(self, options: str = "consumer.session.timeout.ms=6000") -> str:
-        """A new topic's URL; a member that died unannounced holds its group up for the
-        session timeout (6 s here, librdkafka's default is 45 s)."""
-        return f"kafka://{self.servers}/t{next(_topics)}?{options}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
 
 
 @slow_fixture
@@ -96,7 +64,7 @@ def read_all(log: KafkaLog, n: int, after: dict[int, int] | None = None,
 
 
 def test_append_read_round_trip(shared_cluster: Cluster) -> None:
-    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
+    grp = new_group()  # a group of its own: a closed member holds one up
     log = KafkaLog(shared_cluster.url(), group=grp)
     try:
         appends = [Append("src", 2, b"payload-%d" % i, b"k%d" % (i % 3)) for i in range(20)]
@@ -115,7 +83,7 @@ def test_append_read_round_trip(shared_cluster: Cluster) -> None:
 
 
 def test_key_is_the_person_and_their_order_is_kept(shared_cluster: Cluster) -> None:
-    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
+    grp = new_group()  # a group of its own: a closed member holds one up
     log = KafkaLog(shared_cluster.url(), group=grp)
     try:
         # one request of three senders, twice: a server library (userId 1 alone), a
@@ -152,11 +120,12 @@ def test_key_is_the_person_and_their_order_is_kept(shared_cluster: Cluster) -> N
 
 
 def test_append_returns_only_after_the_brokers_acknowledged(cluster: Cluster) -> None:
-    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
+    grp = new_group()  # a group of its own: a closed member holds one up
     log = KafkaLog(cluster.url("producer.message.timeout.ms=4000"), group=grp)
     try:
         log.append([Append("s", 1, b"first", b"k")])  # the topic exists, the producer is up
-        os.kill(cluster.proc.pid, signal.SIGSTOP)  # every broker stops answering
+        for b in cluster.ids:  # every broker closes its connections and refuses new ones
+            cluster.down(b)
         result: list[object] = []
 
         def held() -> None:
@@ -169,23 +138,38 @@ def test_append_returns_only_after_the_brokers_acknowledged(cluster: Cluster) ->
         t.start()
         time.sleep(1.5)
         assert t.is_alive() and not result, "append returned before any acknowledgement"
-        os.kill(cluster.proc.pid, signal.SIGCONT)
+        for b in cluster.ids:
+            cluster.up(b)
         t.join(30)
         assert result == [[2]]  # acknowledged once the brokers answered
 
-        cluster.stop()  # now they are gone: the append fails instead of returning
+        for b in cluster.ids:  # down for longer than the delivery timeout: the append fails
+            cluster.down(b)
         started = time.monotonic()
         with pytest.raises(ServiceUnavailable) as exc:
             log.append([Append("s", 1, b"lost", b"k")])
         assert exc.value.code == "log_unavailable" and exc.value.status == 503
         assert time.monotonic() - started >= 3.5  # it waited for the delivery timeout
+        for b in cluster.ids:  # and the same producer works again once they are back
+            cluster.up(b)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                offsets = log.append([Append("s", 1, b"again", b"k")])
+                break
+            except ServiceUnavailable:
+                assert time.monotonic() < deadline, "the producer did not come back"
+        got, _ = read_all(log, 3)
+        assert sorted(r.payload for r in got if r.payload != b"lost") == [
+            b"again", b"first", b"held"]
+        assert offsets[0] == max(r.offset for r in got)
     finally:
         log.close()
 
 
 def test_two_consumers_of_a_group_split_the_partitions_and_see_each_record_once(
         shared_cluster: Cluster) -> None:
-    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
+    grp = new_group()  # a group of its own: a closed member holds one up
     url = shared_cluster.url("consumer.session.timeout.ms=30000")  # a loaded machine
     producer = KafkaLog(url, group=grp)
     a, b = KafkaLog(url, group=grp), KafkaLog(url, group=grp)
@@ -239,7 +223,7 @@ def test_two_consumers_of_a_group_split_the_partitions_and_see_each_record_once(
 
 def test_restart_from_committed_positions_misses_and_doubles_nothing(
         shared_cluster: Cluster) -> None:
-    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
+    grp = new_group()  # a group of its own: a closed member holds one up
     url = shared_cluster.url()
     log = KafkaLog(url, group=grp)
     log.append([Append("s", 1, b"%d" % i, b"k%d" % (i % 5)) for i in range(50)])
@@ -274,7 +258,7 @@ def test_restart_from_committed_positions_misses_and_doubles_nothing(
 @slow_fixture(scope="module")
 def one_log(shared_cluster: Cluster) -> Iterator[tuple[KafkaLog, dict[int, int]]]:
     """One topic and consumer for every example (a group join takes seconds)."""
-    grp = f"g{next(_topics)}"  # a group of its own: a closed member holds one up
+    grp = new_group()  # a group of its own: a closed member holds one up
     log = KafkaLog(shared_cluster.url(), group=grp)
     yield log, {}
     log.close()

@@ -21,7 +21,8 @@ from aap.log.keys import per_person
 from aap.privacy.ids import IdHasher
 from aap.process.processor import Processor
 from aap.store.warehouse import Chunk, Warehouse
-from tests.log.test_kafka import Cluster, cluster  # noqa: F401 (a fixture)
+from tests.kafka_mock import Cluster, topic_of
+from tests.log.test_kafka import cluster  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
@@ -162,6 +163,107 @@ def test_a_member_joining_takes_partitions_where_the_processor_stopped(
     finally:
         stop.set()
         newcomer.close()
+        proc_log.close()
+        producer.close()
+        wh.close()
+
+
+def test_a_broker_down_while_the_processor_consumes_and_commits_loses_and_doubles_nothing(
+        cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    """Broker 1 leads partitions 0 and 1 and coordinates the group ``processor``; it goes
+    down while the processor runs (fetches from it, heartbeats and commits to it fail:
+    ``_WAIT_COORD``; the mock group drops the member after the session timeout, which
+    learns it once the broker is back and joins again, a rebalance), the leadership of
+    its partitions moves to broker 3 while more events come, then it is up again: the
+    warehouse holds every event once."""
+    url = cluster.url("producer.message.timeout.ms=60000&consumer.session.timeout.ms=6000")
+    topic = topic_of(url)
+    cluster.topic(topic, 4, 3)
+    for p in range(4):
+        cluster.leader(topic, p, 1 if p < 2 else 2)
+    cluster.coordinator("processor", 1)
+    producer = KafkaLog(url)
+    wh = Warehouse(tmp_path / "wh")
+    proc_log = KafkaLog(url)
+    proc = Processor(proc_log, wh, HASHER, chunk_records=5)
+    stop = threading.Event()
+    runner = threading.Thread(target=proc.run, args=(stop,), kwargs={"linger": 0.01})
+    try:
+        send(producer, 0, 100)
+        runner.start()
+        deadline = time.monotonic() + 120
+        while len(stored(wh)) < 30:  # it consumes and commits, chunk after chunk
+            assert time.monotonic() < deadline, "the processor did not start"
+            time.sleep(0.05)
+        cluster.down(1)
+        # appends wait for a leader of partitions 0 and 1 (the delivery timeout is 60 s here)
+        sender = threading.Thread(target=send, args=(producer, 100, 40))
+        sender.start()
+        time.sleep(1)
+        for p in (0, 1):
+            cluster.leader(topic, p, 3)
+        sender.join(120)
+        send(producer, 140, 60)
+        time.sleep(10)  # past the session timeout (6 s) with the coordinator down: the
+        # mock group drops the member, which learns it at its next heartbeat
+        cluster.up(1)
+        send(producer, 200, 50)
+        deadline = time.monotonic() + 180
+        while len(stored(wh)) < 250 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)  # and nothing more comes
+        stop.set()
+        runner.join(60)
+        ids = stored(wh)
+        assert len(ids) == len(set(ids)), "an event was written twice"
+        assert sorted(ids) == sorted(f"m{i}" for i in range(250))
+    finally:
+        stop.set()
+        proc_log.close()
+        producer.close()
+        wh.close()
+
+
+def test_a_write_stored_but_unanswered_is_sent_again_and_written_once(
+        cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    """The leader answers late (its round-trip time is 5 s) and goes down before it has
+    answered: the producer sends the request again to it once it is up. The mock checks
+    no sequence numbers for a producer that is not transactional, so the log holds those
+    events twice (a real broker would refuse the copy); the processor drops the copies."""
+    url = cluster.url()
+    topic = topic_of(url)
+    cluster.topic(topic, 1, 3)
+    cluster.leader(topic, 0, 1)
+    producer = KafkaLog(url)
+    wh = Warehouse(tmp_path / "wh")
+    proc_log = KafkaLog(url)
+    proc = Processor(proc_log, wh, HASHER, chunk_records=3)
+    try:
+        send(producer, 0, 10)
+        cluster.rtt(1, 5000)
+        cluster.track()
+        sender = threading.Thread(target=send, args=(producer, 10, 20, 5))
+        sender.start()
+        deadline = time.monotonic() + 60
+        while not cluster.requests(0):  # a Produce request is stored, its answer held back
+            assert time.monotonic() < deadline, "no Produce request came"
+            time.sleep(0.01)
+        cluster.down(1)
+        cluster.rtt(1, 0)
+        time.sleep(1)
+        cluster.up(1)
+        sender.join(120)
+        assert not sender.is_alive()
+        c = proc_log.consumer()
+        head = c.get_watermark_offsets(ck.TopicPartition(topic, 0), timeout=10)[1]
+        messages = len(per_person("s", [ev(i) for i in range(10)])) + sum(
+            len(per_person("s", [ev(i) for i in range(r, r + 5)])) for r in range(10, 30, 5))
+        assert head > messages, "no request was stored twice"
+        run_until(proc, wh, 30)
+        ids = stored(wh)
+        assert sorted(ids) == sorted(f"m{i}" for i in range(30))  # each once
+        assert proc.dropped["duplicate"] > 0  # the copies, dropped by the dedup step
+    finally:
         proc_log.close()
         producer.close()
         wh.close()

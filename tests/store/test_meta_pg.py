@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import secrets
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -373,7 +374,8 @@ def test_a_server_given_the_url_keeps_sources_and_keys_in_postgresql(
         tmp_path: Path, pg: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole path: ``aap sources create`` and ``aap serve`` (its collector workers and
     core) with ``AAP_META_URL``: the source is found in PostgreSQL, the raw ids are sealed
-    under keys made there, and no keystore file is made under the data dir."""
+    under keys made there, the processor's identities are there, and no keystore (or
+    identities) file is made under the data dir."""
     from tests.conftest import start
 
     _fresh(pg.url)
@@ -386,13 +388,22 @@ def test_a_server_given_the_url_keeps_sources_and_keys_in_postgresql(
                             "messageId": "m2"}]}
         assert r.post("/v1/batch", json=batch).status_code == 200
         stored = r.stored()  # unsealed with the keys in PostgreSQL
+        deadline = time.monotonic() + 120  # the processor stitches them in PostgreSQL
+        with psycopg.connect(pg.url, autocommit=True) as con:
+            while con.execute("SELECT count(*) FROM identity_ids").fetchone() != (2,):
+                assert time.monotonic() < deadline, "the processor stitched no identity"
+                time.sleep(0.1)
     finally:
         r.server.stop()
     assert sorted(str(e.user_id or e.anonymous_id) for e in stored) == sorted([user, "a-1"])
     with psycopg.connect(pg.url) as con:
         assert [r[0] for r in con.execute("SELECT name FROM sources")] == ["test-source"]
         assert con.execute("SELECT count(*) FROM data_keys").fetchone() == (2,)
+        # two ids, two persons, in the shared identities
+        assert con.execute("SELECT count(DISTINCT person_id) FROM identity_ids").fetchone(
+            ) == (2,)
     assert not DataDir(r.data_dir).keystore_db.exists()
+    assert not DataDir(r.data_dir).identities_db.exists()
     meta_db = DataDir(r.data_dir).meta_db
     if meta_db.exists():
         with sqlite3.connect(meta_db) as lite:

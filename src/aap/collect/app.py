@@ -344,7 +344,7 @@ class Collector:
         problem = self.health.problem()
         if problem:
             raise errors.ServiceUnavailable(problem, retry_after=self.settings.server.retry_after_seconds,
-                                            code="backpressure")
+                                            code=self.health.code)
 
     def _source_in_body(self, write_key: str | None, key_hint: str) -> Source:
         if not write_key:

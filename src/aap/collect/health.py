@@ -1,7 +1,9 @@
 """Back-pressure: whether this worker should take events right now.
 
 Checked at most every ``health_interval_ms``: free disk under the data dir against
-``min_free_disk_mb``, and each consumer group's lag against ``max_consumer_lag``.
+``min_free_disk_mb``, and each consumer group's lag against ``max_consumer_lag``. Its
+:attr:`~Health.code` is ``log_unavailable`` when the log cannot be read at all (a Kafka
+cluster unreachable: the append would fail too), ``backpressure`` otherwise.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import time
 from pathlib import Path
 
 from aap.log.base import Log
+
+LOG_UNREADABLE = "the log cannot be read"
 
 
 class Health:
@@ -23,6 +27,8 @@ class Health:
         self.interval = interval_ms / 1000
         self._checked = 0.0
         self._problem: str | None = None
+        self.code = "backpressure"
+        """What kind of problem :meth:`problem` named (the code of the 503 it causes)."""
 
     def problem(self) -> str | None:
         """None when events can be accepted, otherwise why not."""
@@ -30,6 +36,8 @@ class Health:
         if now - self._checked >= self.interval:
             self._checked = now
             self._problem = self._check()
+            self.code = ("log_unavailable" if self._problem == LOG_UNREADABLE
+                         else "backpressure")
         return self._problem
 
     def _check(self) -> str | None:
@@ -42,7 +50,7 @@ class Health:
         try:
             lag = self.log.stats().lag_events
         except Exception:
-            return "the log cannot be read"
+            return LOG_UNREADABLE
         worst = max(lag.values(), default=0)
         if worst > self.max_lag:
             return f"consumer lag of {worst} events is over the bound of {self.max_lag}"

@@ -54,6 +54,7 @@ from aap.process.processor import Processor
 from aap.routing import ANY, Route, Router
 from aap.settings import Settings
 from aap.sources import Sources
+from aap.store.identities import SharedIdentities
 from aap.store.tiering import TieringThread, TierPolicy
 from aap.store.tiers import TierConfig, TierStore
 from aap.store.warehouse import Warehouse
@@ -127,6 +128,8 @@ class Core:
             destroyed=self.keystore.refresh_destroyed,
             forgotten=self.keystore.refresh_forgotten,
             scopes=sources.scopes,
+            identities=(SharedIdentities(data, settings.storage.meta_url)  # shared
+                        if settings.storage.meta_url else None),
         )
         self.privacy = Requests(data, self.rights, sources.scopes)
         self.rights.after_erasure = self._after_erasure

@@ -39,10 +39,11 @@ from aap.privacy.subjects import identified, person_closure
 from aap.process import shop
 from aap.process.identity import Identities
 from aap.process.prepare import LocalPreparer, PrepareConfig, Prepared, WorkerPreparer
-from aap.process.steps import STEPS, Batch, DedupIndex, State
+from aap.process.steps import Batch, DedupIndex, State, steps_for
 from aap.store import quarantine
+from aap.store.identities import IdentitiesUnavailable, SharedIdentities
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
-from aap.store.warehouse import Chunk, Warehouse
+from aap.store.warehouse import NEXT_PERSON, Chunk, Warehouse
 
 logger = logging.getLogger("aap.process")
 
@@ -95,15 +96,15 @@ class Processor:
                  historical_sources: frozenset[str] | Callable[[], frozenset[str]] = frozenset(),
                  inactivity: timedelta = timedelta(minutes=30),
                  chunk_records: int = 1000, chunk_events: int = CHUNK_EVENTS,
-                 chunk_bytes: int = CHUNK_BYTES,
+                 chunk_bytes: int = CHUNK_BYTES, consent: ConsentState | None = None,
                  worker: bool = False, prepare_processes: int = 1,
-                 consent: ConsentState | None = None,
                  destroyed: Callable[[], set[int]] | None = None,
                  forgotten: Callable[[], set[int]] | None = None,
-                 scopes: Callable[[], dict[str, str]] | None = None) -> None:
+                 scopes: Callable[[], dict[str, str]] | None = None,
+                 identities: SharedIdentities | None = None) -> None:
         """``worker``: prepare chunks in ``prepare_processes`` child processes (see
         :mod:`aap.process.prepare`) while this one runs the stateful steps; otherwise in
-        this thread."""
+        this thread. ``identities``: shared with other processors (:mod:`aap.store.identities`)."""
         self.log = log
         self.wh = warehouse
         self.chunk_records = chunk_records
@@ -128,6 +129,7 @@ class Processor:
         self.forgotten = forgotten
         """Ids whose persons retention removed since the last call: they are forgotten
         here too, so that an id coming back is a new person."""
+        self.shared, self.steps = identities, steps_for(identities)
         self.dropped: Counter[str] = Counter()
         self.failures = 0
         self.last_write_at: float | None = None
@@ -172,7 +174,10 @@ class Processor:
         (the steps had already changed the state in memory for rows that are not stored)."""
         wh = self.wh
         ids = Identities()
-        ids.load(*wh.load_identities())
+        if self.shared is None:
+            ids.load(*wh.load_identities())
+        elif not hasattr(self, "state"):  # at start: the shared store holds them, and its
+            self.shared.ensure_above(wh.get_state(NEXT_PERSON, 1))  # new persons are new here
         sessions = {p: ((t - _EPOCH) // timedelta(microseconds=1), s)
                     for p, t, s in wh.load_sessions()}
         self.state = State(identities=ids, hasher=self.hasher,
@@ -196,7 +201,8 @@ class Processor:
         row at the same position, records are taken one at a time, and after
         :data:`SET_ASIDE_FAILURES` (five) a record that still cannot be written is set
         aside (its offset goes to ``dead_letters``, its events are counted as dropped with
-        reason ``unprocessable``) so that one bad record cannot stop the pipeline.
+        reason ``unprocessable``) so that one bad record cannot stop the pipeline. Shared
+        identities that cannot be reached now are no failure of the records: not counted.
         """
         records: list[Record] = []
         self._withdraw_when_due()
@@ -217,9 +223,10 @@ class Processor:
             self._generation = getattr(self.log, "generation", 0)
             self._load()
             return 0
-        except Exception:
+        except Exception as exc:
             self._abandon()
-            self.failures += 1
+            if not isinstance(exc, IdentitiesUnavailable):  # not the records' fault
+                self.failures += 1
             self._load()
             if self.failures >= SET_ASIDE_FAILURES and len(records) == 1:
                 self._set_aside(records[0])
@@ -376,10 +383,13 @@ class Processor:
 
     def _build(self, records: list[Record], prepared: Prepared) -> _Built:
         if self.forgotten is not None:
-            for key in self.forgotten():
+            gone = self.forgotten()
+            for key in gone:
                 self.state.identities.ids.pop(key, None)
+            if gone and self.shared is not None:
+                self.shared.forget(gone)
         batch = Batch(prepared.table)
-        for _, step in STEPS:
+        for _, step in self.steps:
             if not len(batch):
                 break
             step(batch, self.state)
@@ -427,7 +437,7 @@ class Processor:
 
     def _chunk(self, b: Batch, position: dict[int, int], rows: shop.Rows, size: int) -> Chunk:
         st = self.state
-        changes = st.identities.take_changes()
+        changes = st.identities.take_changes() if b.identity is None else b.identity
         t = b.table
         person = pa.array(b.person_id, pa.int64())
         if len(b):
@@ -444,7 +454,7 @@ class Processor:
             events=events, position=position, next_person=st.identities.next_person,
             persons=persons,
             new_ids=changes.new_ids, overrides=changes.overrides, orders=orders,
-            order_items=items, products=products,
+            order_items=items, products=products, mirror=self.shared is not None,
         )
 
     def run(self, stop: threading.Event, idle_sleep: float = 0.05, linger: float = 0.2) -> None:

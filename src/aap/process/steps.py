@@ -15,14 +15,17 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from aap.privacy.consent import ConsentState
 from aap.privacy.ids import IdHasher
-from aap.process.identity import Identities
+from aap.process.identity import Identities, IdentityChanges
+
+if TYPE_CHECKING:
+    from aap.store.identities import SharedIdentities
 
 
 @dataclass(slots=True)
@@ -35,6 +38,9 @@ class Batch:
     session_id: list[str] = field(default_factory=list)
     ids: tuple[list[int | None], list[int | None], list[int | None]] | None = None
     """Keyed hashes of userId, anonymousId, previousId per event (see :func:`id_keys`)."""
+    identity: IdentityChanges | None = None
+    """With shared identities (:func:`shared_identity`): what the warehouse records of
+    the chunk's ids and merges (else the processor takes :meth:`Identities.take_changes`)."""
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -197,15 +203,41 @@ def erased(b: Batch, st: State) -> None:
 
 def identity(b: Batch, st: State) -> None:
     """Each event's person (see :mod:`aap.process.identity`)."""
-    ids = st.identities
+    users, anons, previous_ids = id_keys(b, st)
+    b.person_id, moves = assign_persons(b.column("type"), users, anons, previous_ids,
+                                        st.identities)
+    move_sessions(st.sessions, moves)
+
+
+def shared_identity(store: SharedIdentities) -> Step:
+    """The identity step against identities shared by several processors
+    (:mod:`aap.store.identities`): the same rules, run on the working set of the chunk's
+    keys in one transaction of the shared store. What the warehouse needs is left in
+    :attr:`Batch.identity`."""
+    def identity(b: Batch, st: State) -> None:
+        users, anons, previous_ids = id_keys(b, st)
+        types = b.column("type")
+        keys = {k for col in (users, anons, previous_ids) for k in col if k is not None}
+        applied = store.apply(keys, lambda ids: assign_persons(
+            types, users, anons, previous_ids, ids))
+        b.person_id, moves = applied.result
+        move_sessions(st.sessions, moves)
+        b.identity = applied.mirror
+    return identity
+
+
+def assign_persons(types: list[str], users: list[int | None], anons: list[int | None],
+                   previous_ids: list[int | None], ids: Identities
+                   ) -> tuple[list[int], list[tuple[int, int]]]:
+    """Each event's person, in log order, by the rules of ``ids``; and the merges made,
+    as (the anonymous person before, the person now), for their sessions. Changes
+    nothing but ``ids``."""
     known = ids.ids
     merged = ids.merged
     identified = ids.identified
-    sessions = st.sessions
     out = []
-    users, anons, previous_ids = id_keys(b, st)
-    for typ, ukey, anon, previous in zip(b.column("type"), users, anons, previous_ids,
-                                         strict=True):
+    moves = []
+    for typ, ukey, anon, previous in zip(types, users, anons, previous_ids, strict=True):
         if typ == "alias" and previous is not None and ukey is not None:
             other = previous
             before = ids.person_of(other)
@@ -229,12 +261,18 @@ def identity(b: Batch, st: State) -> None:
             person = ids.observe(ukey, other)
         out.append(person)
         if before is not None and before != person and ids.resolve(before) == person:
-            # merged just now: the anonymous visit goes on as the same session
-            moved = sessions.pop(before, None)
-            mine = sessions.get(person)
-            if moved is not None and (mine is None or moved[0] > mine[0]):
-                sessions[person] = moved
-    b.person_id = out
+            moves.append((before, person))
+    return out, moves
+
+
+def move_sessions(sessions: dict[int, tuple[int, str]], moves: list[tuple[int, int]]
+                  ) -> None:
+    """A person merged just now: the anonymous visit goes on as the same session."""
+    for before, person in moves:
+        moved = sessions.pop(before, None)
+        mine = sessions.get(person)
+        if moved is not None and (mine is None or moved[0] > mine[0]):
+            sessions[person] = moved
 
 
 def sessions(b: Batch, st: State) -> None:
@@ -267,3 +305,12 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("identity", identity),
     ("sessions", sessions),
 )
+
+
+def steps_for(identities: SharedIdentities | None) -> tuple[tuple[str, Step], ...]:
+    """:data:`STEPS`, with :func:`shared_identity` for identities shared with other
+    processors."""
+    if identities is None:
+        return STEPS
+    return tuple((name, shared_identity(identities) if name == "identity" else step)
+                 for name, step in STEPS)

@@ -60,6 +60,10 @@ class Chunk:
     order_items: pa.Table | list[tuple[Any, ...]] = field(default_factory=list)
     products: pa.Table | list[tuple[Any, ...]] = field(default_factory=list)
     """Orders, order items, products (one row per product): tables or rows."""
+    mirror: bool = False
+    """``new_ids`` and ``overrides`` are the shared store's rows for the chunk's keys
+    (:mod:`aap.store.identities`), some of them recorded here already: those are not
+    folded again."""
 
 
 _PERSONS = pa.schema([("person_id", pa.int64()), ("first_seen", pa.timestamp("us")),
@@ -122,6 +126,19 @@ def _write_ids(con: duckdb.DuckDBPyConnection, new_ids: dict[int, int]) -> None:
         con.execute("INSERT INTO person_ids SELECT * FROM chunk_ids ON CONFLICT (id_key)"
                     " DO UPDATE SET person_id = excluded.person_id")
         con.unregister("chunk_ids")
+
+
+def _unrecorded(con: duckdb.DuckDBPyConnection, overrides: dict[int, int]) -> dict[int, int]:
+    """The overrides that ``person_overrides`` does not hold yet."""
+    if not overrides:
+        return overrides
+    con.register("chunk_overrides", pa.table({
+        "old": pa.array(list(overrides), pa.int64()),
+        "new": pa.array(list(overrides.values()), pa.int64())}))
+    have = set(con.execute("SELECT c.old FROM chunk_overrides c JOIN person_overrides o"
+                           " ON o.old_person_id = c.old AND o.person_id = c.new").fetchall())
+    con.unregister("chunk_overrides")
+    return {old: new for old, new in overrides.items() if (old,) not in have}
 
 
 def _write_products(con: duckdb.DuckDBPyConnection, products: pa.Table) -> None:
@@ -306,7 +323,8 @@ class Warehouse:
         _write_events(con, chunk.events)
         _write_persons(con, _as_table(chunk.persons, _PERSONS))
         _write_ids(con, chunk.new_ids)
-        for old, new in chunk.overrides.items():
+        overrides = _unrecorded(con, chunk.overrides) if chunk.mirror else chunk.overrides
+        for old, new in overrides.items():
             con.execute("INSERT INTO person_overrides VALUES ($old, $new) ON CONFLICT"
                         " (old_person_id) DO UPDATE SET person_id = excluded.person_id",
                         {"old": old, "new": new})

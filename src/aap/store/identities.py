@@ -1,0 +1,322 @@
+"""Identities and merges shared by several processors (``AAP_META_URL``).
+
+With the Kafka log, several processors each read some partitions, and the message key
+is the person's keyed id: an ``identify(userId U, anonymousId X)`` and a ``track(X)`` may
+reach two processors at the same moment. Each processor then runs the identity rules
+(:mod:`aap.process.identity`, the very same :class:`Identities`) against this store,
+one chunk at a time, in one write transaction (:meth:`SharedIdentities.apply`):
+
+1. read the rows of every key the chunk mentions (``identity_ids``), the overrides of
+   their persons and the persons already merged into those (``identity_overrides``), and
+   which of them are identified (``identity_identified``);
+2. load that working set into an :class:`Identities` and run the chunk's events through
+   it (new persons take numbers drawn from a PostgreSQL sequence, or a counter row on
+   SQLite);
+3. write its :meth:`Identities.take_changes` back: new ids, flattened overrides, newly
+   identified persons.
+
+On PostgreSQL the transaction is ``SERIALIZABLE`` (:meth:`aap.store.meta.MetaDB.write`):
+when another processor linked one of the keys, or merged one of the persons, at the
+same moment, one of the two transactions is refused and runs again from step 1 on what
+the other committed. The function run inside is pure apart from the transaction, so a
+second run is harmless. A chunk applied again (a processor that crashed after this
+commit and before its warehouse's) finds its keys linked and gives the same persons.
+
+What each processor's warehouse needs to resolve the chunk's events is handed back as
+:class:`aap.process.identity.IdentityChanges` (:attr:`Applied.mirror`): the rows of the
+chunk's keys and the overrides of their persons as the store has them now — so that a
+replay, or a merge made by another processor of a person this chunk mentions, reaches
+that warehouse too. A merge made by another processor of persons none of whose keys this
+processor sees again does not reach its warehouse (see README, "Shared state on
+PostgreSQL").
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from aap.datadir import DataDir
+from aap.errors import TransientError
+from aap.process.identity import Identities, IdentityChanges
+from aap.store.meta import POSTGRESQL, Fetch, Tx, is_conflict, open_meta
+from aap.store.migrations import Schema
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS identity_ids (
+    id_key INTEGER PRIMARY KEY,
+    person_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS identity_overrides (
+    old_person_id INTEGER PRIMARY KEY,
+    person_id INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS identity_overrides_person ON identity_overrides (person_id);
+CREATE TABLE IF NOT EXISTS identity_identified (
+    person_id INTEGER PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS identity_counter (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS identity_ids (
+    id_key BIGINT PRIMARY KEY,
+    person_id BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS identity_overrides (
+    old_person_id BIGINT PRIMARY KEY,
+    person_id BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS identity_overrides_person ON identity_overrides (person_id);
+CREATE TABLE IF NOT EXISTS identity_identified (
+    person_id BIGINT PRIMARY KEY
+);
+CREATE SEQUENCE IF NOT EXISTS identity_persons;
+"""
+SCHEMA = Schema("identity_ids", _SCHEMA, postgres=_PG_SCHEMA, steps=())
+"""The shared identities' schema versions (:mod:`aap.store.migrations`)."""
+_IN = 500
+"""Values in one ``IN (…)`` list (SQLite)."""
+CONFLICT_ATTEMPTS = 30
+"""How many times a chunk is applied again after a key it would link was linked by
+another processor in between (a unique violation rather than a serialization failure)."""
+
+
+class IdentitiesUnavailable(TransientError):
+    """The shared store cannot be reached (or keeps refusing the transaction): the chunk
+    is tried again later; nothing about it is wrong."""
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """A lost or refused connection, a pool that has none, a transaction refused every
+    time (PostgreSQL's ``OperationalError``); a SQLite file locked too long."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "locked" in str(exc) or "busy" in str(exc)
+    import psycopg
+
+    return isinstance(exc, psycopg.OperationalError)
+
+
+@dataclass(slots=True)
+class Applied(Generic[T]):
+    """What :meth:`SharedIdentities.apply` committed."""
+
+    result: T
+    """What the function run inside returned (from the run that committed)."""
+    changes: IdentityChanges
+    """What this chunk changed in the store."""
+    mirror: IdentityChanges
+    """For the processor's warehouse: the chunk's keys and their persons, the overrides
+    of those persons, and the identified ones among them, as the store has them now."""
+
+
+class _Working(Identities):
+    """The working set of one chunk: new persons take the numbers drawn for it."""
+
+    def __init__(self, numbers: list[int]) -> None:
+        super().__init__()
+        self._numbers = numbers
+
+    def _new(self) -> int:
+        return self._numbers.pop()
+
+
+class SharedIdentities:
+    """The identity store on the shared-state database (:mod:`aap.store.meta`)."""
+
+    def __init__(self, data_dir: Path, url: str | None = None) -> None:
+        """``url``: the shared-state database (``None``: ``AAP_META_URL``; empty: a
+        SQLite file under the data dir, ``identities.db``)."""
+        self._db = open_meta(DataDir(data_dir).identities_db, url)
+        self._db.migrate(SCHEMA)
+        self._sql = _Sql(self._db.dialect == POSTGRESQL)
+
+    @property
+    def where(self) -> str:
+        return self._db.where
+
+    def apply(self, keys: Iterable[int], run: Callable[[Identities], T]) -> Applied[T]:
+        """``run`` on the working set of ``keys`` (every key the chunk mentions), in one
+        write transaction that also writes what it changed. ``run`` may be called more
+        than once (see the module's doc); its identities are new at each call."""
+        wanted = sorted(set(keys))
+        sql = self._sql
+
+        def chunk(tx: Tx) -> Applied[T]:
+            ids = _working_set(tx, sql, wanted)
+            out = run(ids)
+            changes = ids.take_changes()
+            _write(tx, sql, changes)
+            return Applied(out, changes, _mirror(ids, wanted, changes))
+
+        for attempt in range(CONFLICT_ATTEMPTS):
+            try:
+                return self._write(chunk)
+            except Exception as exc:
+                if not is_conflict(exc) or attempt == CONFLICT_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _write(self, fn: Callable[[Tx], T]) -> T:
+        """:meth:`MetaDB.write`; :class:`IdentitiesUnavailable` when the database cannot
+        be used now."""
+        try:
+            return self._db.write(fn)
+        except Exception as exc:
+            if _unavailable(exc):
+                raise IdentitiesUnavailable(
+                    f"the shared identities at {self.where} cannot be used now: {exc}") from exc
+            raise
+
+    def persons_of(self, keys: Iterable[int]) -> dict[int, int]:
+        """Each known key's person as merges resolve it (a read, outside any chunk)."""
+        return _resolved(self._db.fetchall, self._sql, sorted(set(keys)))
+
+    def ensure_above(self, person: int) -> None:
+        """New persons get numbers from ``person`` on at least (a processor whose
+        warehouse made persons before it used this store: its numbers are not reused).
+        Numbers are drawn rather than set, so a processor drawing at the same moment
+        gets none twice."""
+        def bump(tx: Tx) -> None:
+            if self._db.dialect == POSTGRESQL:
+                row = tx.fetchall("SELECT last_value, is_called FROM identity_persons")[0]
+                have = int(row[0]) if row[1] else int(row[0]) - 1
+                if have < person - 1:
+                    tx.fetchall("SELECT nextval('identity_persons') FROM generate_series(1, ?)",
+                                (person - 1 - have,))
+            else:
+                tx.execute("INSERT INTO identity_counter VALUES ('person', ?) ON CONFLICT (name)"
+                           " DO UPDATE SET value = max(value, excluded.value)", (person - 1,))
+        self._db.write(bump)
+
+    def forget(self, keys: Iterable[int]) -> int:
+        """Retention: these keys' links go (an id that comes back is a new person);
+        returns how many went. Overrides stay: they hold person numbers only."""
+        wanted = sorted(set(keys))
+
+        def forget(tx: Tx) -> int:
+            return sum(tx.execute(f"DELETE FROM identity_ids WHERE id_key {cond}", params)
+                       for cond, params in self._sql.among(wanted))
+
+        return self._write(forget) if wanted else 0
+
+    def close(self) -> None:
+        self._db.close()
+
+
+# -- one chunk's transaction --
+
+class _Sql:
+    """The statements that take many values at once: on PostgreSQL one array parameter
+    (``= ANY(?)``, ``unnest``), since psycopg parses a statement of thousands of ``?``
+    slowly (a chunk of 50,000 events took 2.1 s with ``IN`` lists, most of it parsing,
+    0.7 to 0.8 s with arrays, on this machine); on SQLite ``IN`` lists and ``executemany``."""
+
+    def __init__(self, postgres: bool) -> None:
+        self.postgres = postgres
+
+    def among(self, values: list[int]) -> Iterable[tuple[str, list[Any]]]:
+        """(a condition on a column, its parameters), for each part of ``values``."""
+        if self.postgres:
+            if values:
+                yield "= ANY(?::bigint[])", [values]
+            return
+        for i in range(0, len(values), _IN):
+            part = values[i:i + _IN]
+            yield f"IN ({','.join('?' * len(part))})", part
+
+    def insert(self, tx: Tx, table: str, columns: tuple[str, ...], rows: list[tuple[int, ...]],
+               conflict: str) -> None:
+        """``rows`` into ``table`` (``conflict``: its ``ON CONFLICT`` clause)."""
+        if not rows:
+            return
+        names = ", ".join(columns)
+        if self.postgres:
+            arrays = ", ".join(["?::bigint[]"] * len(columns))
+            tx.execute(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {conflict}",
+                       [list(col) for col in zip(*rows, strict=True)])
+        else:
+            marks = ", ".join("?" * len(columns))
+            tx.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks}) {conflict}", rows)
+
+
+def _pairs(fetch: Fetch, sql: _Sql, query: str, values: list[int]) -> dict[int, int]:
+    """The two-column rows of ``query`` (``{}`` is where the condition on ``values``
+    goes), as a mapping."""
+    out: dict[int, int] = {}
+    for cond, params in sql.among(values):
+        out.update((int(a), int(b)) for a, b in fetch(query.format(cond), params))
+    return out
+
+
+def _working_set(tx: Tx, sql: _Sql, keys: list[int]) -> _Working:
+    ids = _pairs(tx.fetchall, sql, "SELECT id_key, person_id FROM identity_ids"
+                                   " WHERE id_key {}", keys)
+    direct = sorted(set(ids.values()))
+    overrides = _pairs(tx.fetchall, sql, "SELECT old_person_id, person_id FROM"
+                                         " identity_overrides WHERE old_person_id {}", direct)
+    resolved = sorted({overrides.get(p, p) for p in direct})
+    # the persons merged into those: a merge of one of them moves them too (flattened)
+    overrides.update(_pairs(tx.fetchall, sql, "SELECT old_person_id, person_id FROM"
+                                              " identity_overrides WHERE person_id {}", resolved))
+    identified = set(_pairs(tx.fetchall, sql, "SELECT person_id, person_id FROM"
+                                              " identity_identified WHERE person_id {}",
+                            resolved))
+    numbers = _numbers(tx, len(keys) - len(ids), sql.postgres)  # a new person: a new key
+    working = _Working(numbers[::-1])  # popped from the end: the lowest first
+    working.load(ids, overrides, identified, 0)
+    return working
+
+
+def _numbers(tx: Tx, n: int, postgres: bool) -> list[int]:
+    """``n`` person numbers no other transaction gets: from a sequence on PostgreSQL
+    (outside the transaction: a transaction run again draws new ones, and numbers may
+    be skipped), from a counter row on SQLite (whose writers take turns)."""
+    if n <= 0:
+        return []
+    if postgres:
+        return [int(r[0]) for r in tx.fetchall(
+            "SELECT nextval('identity_persons') FROM generate_series(1, ?)", (n,))]
+    row = tx.fetchall("SELECT value FROM identity_counter WHERE name = 'person'")
+    last = int(row[0][0]) if row else 0
+    tx.execute("INSERT INTO identity_counter VALUES ('person', ?) ON CONFLICT (name)"
+               " DO UPDATE SET value = excluded.value", (last + n,))
+    return list(range(last + 1, last + n + 1))
+
+
+def _write(tx: Tx, sql: _Sql, ch: IdentityChanges) -> None:
+    # New keys were absent when read: a plain INSERT, so that a key another processor
+    # linked in between is a conflict (the chunk runs again), never overwritten.
+    sql.insert(tx, "identity_ids", ("id_key", "person_id"), sorted(ch.new_ids.items()), "")
+    sql.insert(tx, "identity_overrides", ("old_person_id", "person_id"),
+               sorted(ch.overrides.items()),
+               "ON CONFLICT (old_person_id) DO UPDATE SET person_id = excluded.person_id")
+    for cond, params in sql.among(sorted(ch.overrides)):  # merged: never resolved to again
+        tx.execute(f"DELETE FROM identity_identified WHERE person_id {cond}", params)
+    sql.insert(tx, "identity_identified", ("person_id",),
+               [(p,) for p in sorted(ch.identified - ch.overrides.keys())],
+               "ON CONFLICT (person_id) DO NOTHING")
+
+
+def _mirror(ids: Identities, keys: list[int], ch: IdentityChanges) -> IdentityChanges:
+    rows = {k: ids.ids[k] for k in keys if k in ids.ids}
+    direct = set(rows.values())
+    overrides = {p: ids.merged[p] for p in direct if p in ids.merged}
+    overrides.update(ch.overrides)
+    persons = {ids.resolve(p) for p in direct}
+    return IdentityChanges(new_ids=rows, overrides=overrides,
+                           identified=(persons & ids.identified) | ch.identified)
+
+
+def _resolved(fetch: Fetch, sql: _Sql, keys: list[int]) -> dict[int, int]:
+    ids = _pairs(fetch, sql, "SELECT id_key, person_id FROM identity_ids WHERE id_key {}", keys)
+    over = _pairs(fetch, sql, "SELECT old_person_id, person_id FROM identity_overrides"
+                              " WHERE old_person_id {}", sorted(set(ids.values())))
+    return {k: over.get(p, p) for k, p in ids.items()}
