@@ -131,10 +131,9 @@ class Processor:
         here too, so that an id coming back is a new person."""
         self.shared, self.steps = identities, steps_for(identities)
         self.dropped: Counter[str] = Counter()
-        self.failures = 0
+        self.failures, self.turned_at = 0, time.monotonic()  # run()'s last turn: aap.core.health
         self.last_write_at: float | None = None
         """When a chunk was last committed (Unix time; None: not since start)."""
-        self.turned_at = time.monotonic()  # run()'s last turn: stuck if old (aap.core.health)
         self._pending: Future[_Built] | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="aap-warehouse-write")
         cfg = PrepareConfig(historical_sources=historical_sources)
