@@ -7,7 +7,7 @@ options and their defaults are written there and nowhere else)::
     aap bench ingest --duration 10                 # the same command, found by ``aap``
 
 ``ingest``, ``pipeline``, ``privacy``, ``query``, ``scrub``, ``stream``, ``web``, ``devices``,
-``imports`` and ``scale`` (the names ``aap bench`` lists are :data:`aap.cli.BENCHMARKS`);
+``imports``, ``scale`` and ``cluster`` (the names ``aap bench`` lists are :data:`aap.cli.BENCHMARKS`);
 :mod:`benchmarks.common` holds what they share.
 Each prints its figures and the targets they are measured against, and exits 0 whether
 the targets are met or not.

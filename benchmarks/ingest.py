@@ -253,6 +253,13 @@ class Job:
     rate_rps: float = 0.0
     cap: int = OPEN_CAP
     seed: int = 1
+    ports: tuple[int, ...] = ()
+    """Several servers (collectors) to spread the connections over, in turn; empty:
+    ``port`` alone."""
+
+    def port_at(self, k: int) -> int:
+        """The port of the ``k``-th connection."""
+        return self.ports[k % len(self.ports)] if self.ports else self.port
 
 
 class _CpuWindow:
@@ -273,7 +280,7 @@ class _CpuWindow:
 
 
 async def closed_loop(job: Job, reqs: list[bytes], go: Any) -> dict[str, Any]:
-    conns = [Conn(job.port) for _ in range(job.connections)]
+    conns = [Conn(job.port_at(k)) for k in range(job.connections)]
     await asyncio.gather(*(c.connect() for c in conns))
     await _wait_go(go)
     loop = asyncio.get_running_loop()
@@ -351,8 +358,12 @@ async def open_loop(job: Job, reqs: list[bytes], go: Any) -> dict[str, Any]:
             if status == 200 and window[0] <= done < window[1]:
                 tally.ok_requests += 1
 
+    made = 0
+
     async def add_worker() -> None:
-        conn = Conn(job.port)
+        nonlocal made
+        made += 1
+        conn = Conn(job.port_at(made - 1))
         try:
             await conn.connect()
         except OSError:
@@ -460,20 +471,36 @@ def client_main(job: Job, conn: Connection, go: Any, requests: Requests = same_r
 # -- the parent ------------------------------------------------------------------------
 
 
-def measure(server: ServerProcess, write_key: str, mode: str, duration: float, clients: int,
-            rate: int = 0, entry: Callable[[Job, Connection, Any], None] | None = None,
-            ) -> dict[str, Any]:
+Groups = Callable[[], dict[str, list[int]]]
+"""→ the processes whose CPU is measured, by name (a role: collectors, processor …)."""
+
+
+def measure(server: ServerProcess | None, write_key: str, mode: str, duration: float,
+            clients: int, rate: int = 0,
+            entry: Callable[[Job, Connection, Any], None] | None = None, *,
+            ports: Sequence[int] = (), groups: Groups | None = None,
+            probe: Callable[[], Any] | None = None) -> dict[str, Any]:
     """One measurement against a running server; returns the merged figures.
 
     ``entry`` is the generator processes' entry point (default :func:`client_main`); it
-    must be a module-level function, since the processes are spawned."""
+    must be a module-level function, since the processes are spawned. Several servers
+    (``ports``: the generators spread their connections over them) and the processes to
+    measure by name (``groups``: their CPU in ``cpu_cores``, their sum in
+    ``server_cpu_cores``) may replace ``server``; ``probe`` is called as the window
+    starts and as it ends (``probe_window``: the two answers)."""
+    if server is None and not (ports and groups):
+        raise ValueError("measure: a server, or ports and groups")
+    if groups is None:
+        assert server is not None
+        groups = (lambda s: lambda: {"server": s.pids()})(server)
     ctx = mp.get_context("spawn")
     go = ctx.Event()
     procs = []
     pipes = []
     for k in range(clients):
         job = Job(
-            mode=mode, port=server.port, write_key=write_key, duration=duration,
+            mode=mode, port=ports[0] if ports else server.port,  # type: ignore[union-attr]
+            write_key=write_key, duration=duration, ports=tuple(ports),
             warmup=WARMUP_SECONDS,
             connections=CLOSED_CONNECTIONS if mode == "closed" else OPEN_POOL,
             rate_rps=rate / EVENTS_PER_REQUEST / clients if mode == "open" else 0.0,
@@ -489,12 +516,16 @@ def measure(server: ServerProcess, write_key: str, mode: str, duration: float, c
     try:
         for pipe, p in zip(pipes, procs, strict=True):
             _expect(pipe, p, "ready", 60.0)
-        pids = server.pids()
+        pids = groups()
         go.set()
         time.sleep(WARMUP_SECONDS)
-        s0, m0, w0 = cpu_seconds(pids), machine_busy(), time.perf_counter()
+        p0 = probe() if probe else None
+        s0 = {g: cpu_seconds(p) for g, p in pids.items()}
+        m0, w0 = machine_busy(), time.perf_counter()
         time.sleep(duration)
-        s1, m1, w1 = cpu_seconds(pids), machine_busy(), time.perf_counter()
+        s1 = {g: cpu_seconds(p) for g, p in pids.items()}
+        m1, w1 = machine_busy(), time.perf_counter()
+        p1 = probe() if probe else None
         results = [_expect(pipe, p, "result", duration + OPEN_GRACE_SECONDS + 60.0)
                    for pipe, p in zip(pipes, procs, strict=True)]
     finally:
@@ -518,6 +549,8 @@ def measure(server: ServerProcess, write_key: str, mode: str, duration: float, c
     ok_requests = sum(r["ok_requests"] for r in results)
     wall = w1 - w0
     busy = (m1[0] - m0[0]) / (m1[1] - m0[1]) if m1[1] > m0[1] else float("nan")
+    cores = {g: (s1[g] - s0[g]) / wall for g in pids}
+    server_cpu = sum(cores.values())
     return {
         "mode": mode,
         "offered_events_per_s": rate if mode == "open" else None,
@@ -533,11 +566,14 @@ def measure(server: ServerProcess, write_key: str, mode: str, duration: float, c
         "errors": sum(r["errors"] for r in results),
         "connections": sum(r["connections"] for r in results),
         "schedule_lag_ms": max(r["schedule_lag_ms"] for r in results),
-        "server_cpu_cores": (s1 - s0) / wall,
+        "server_cpu_cores": server_cpu,
+        "cpu_cores": cores,
         "client_cpu_cores": sum(r["cpu_seconds"] for r in results) / duration,
         "machine_busy": busy,
-        "other_cpu_cores": max(0.0, busy * (os.cpu_count() or 1) - (s1 - s0) / wall
+        "other_cpu_cores": max(0.0, busy * (os.cpu_count() or 1) - server_cpu
                                - sum(r["cpu_seconds"] for r in results) / duration),
+        "window_s": wall,
+        "probe_window": (p0, p1),
     }
 
 

@@ -216,21 +216,32 @@ def _log_stats(log_dir: Path) -> tuple[int, int, int]:
 # -- 1. freshness ----------------------------------------------------------------------
 
 
+PROBE_EVENT = "Freshness Probe"
+
+
 def _probe_body(mid: str) -> bytes:
+    """One event whose message id and property ``marker`` are ``mid``."""
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return json.dumps({"batch": [{
-        "type": "track", "event": "Freshness Probe", "messageId": mid,
-        "anonymousId": "freshness-probe", "timestamp": now, "properties": {"probe": True},
+        "type": "track", "event": PROBE_EVENT, "messageId": mid,
+        "anonymousId": "freshness-probe", "timestamp": now,
+        "properties": {"probe": True, "marker": mid},
     }], "sentAt": now}).encode()
 
 
 class Probe:
-    """Sends one uniquely identified event every ``PROBE_INTERVAL_S`` (sender thread)
-    and polls the warehouse until each is visible (``poll()`` in the caller's thread)."""
+    """Sends one uniquely identified event every ``PROBE_INTERVAL_S`` (sender thread; to
+    each of ``urls`` in turn, by default the server's) and polls the warehouse until each
+    is visible (``poll()`` in the caller's thread). How it looks: :meth:`_reader` and
+    :meth:`_visible` (here the core's socket; :mod:`benchmarks.cluster` asks the REST
+    API instead)."""
 
-    def __init__(self, server: ServerProcess, key: str) -> None:
+    poll_interval = POLL_INTERVAL_S
+
+    def __init__(self, server: ServerProcess, key: str, urls: Sequence[str] = ()) -> None:
         self.server = server
         self.key = key
+        self.urls = list(urls) or [server.url]
         self.lock = threading.Lock()
         self.pending: dict[str, float] = {}
         """Probes acknowledged and not seen yet: message id → when the 200 came."""
@@ -246,35 +257,58 @@ class Probe:
         self.thread = threading.Thread(target=self._send, name="aap-bench-probe", daemon=True)
 
     def _send(self) -> None:
-        with httpx.Client(base_url=self.server.url, auth=(self.key, ""), timeout=10.0,
-                          headers={"Content-Type": "application/json"}) as client:
-            t0 = time.perf_counter()
-            i = 0
-            while not self.stop_sending.is_set():
-                mid = f"probe-{uuid.uuid4()}"
-                sent_at = datetime.now(UTC)
-                try:
-                    r = client.post("/v1/batch", content=_probe_body(mid))
-                    ok = r.status_code == 200 and r.json().get("accepted") == 1
-                except (httpx.HTTPError, ValueError):
-                    ok = False
-                acked = time.perf_counter()
-                with self.lock:
-                    self.sent += 1
-                    if ok:
-                        self.pending[mid] = acked
-                        self.sent_at[mid] = sent_at
-                    else:
-                        self.send_failed += 1
-                i += 1
-                self.stop_sending.wait(max(0.0, t0 + i * PROBE_INTERVAL_S - time.perf_counter()))
+        clients = [httpx.Client(base_url=url, auth=(self.key, ""), timeout=10.0,
+                                headers={"Content-Type": "application/json"})
+                   for url in self.urls]
+        try:
+            self._send_with(clients)
+        finally:
+            for c in clients:
+                c.close()
+
+    def _send_with(self, clients: list[httpx.Client]) -> None:
+        t0 = time.perf_counter()
+        i = 0
+        while not self.stop_sending.is_set():
+            mid = f"probe-{uuid.uuid4()}"
+            sent_at = datetime.now(UTC)
+            try:
+                r = clients[i % len(clients)].post("/v1/batch", content=_probe_body(mid))
+                ok = r.status_code == 200 and r.json().get("accepted") == 1
+            except (httpx.HTTPError, ValueError):
+                ok = False
+            acked = time.perf_counter()
+            with self.lock:
+                self.sent += 1
+                if ok:
+                    self.pending[mid] = acked
+                    self.sent_at[mid] = sent_at
+                else:
+                    self.send_failed += 1
+            i += 1
+            self.stop_sending.wait(max(0.0, t0 + i * PROBE_INTERVAL_S - time.perf_counter()))
 
     def start(self) -> None:
         self.thread.start()
 
+    def _reader(self) -> Any:
+        """What :meth:`_visible` asks (a context manager)."""
+        return self.server.core()
+
+    def _visible(self, core: Any, mids: list[str], since: str) -> list[str]:
+        """Which of ``mids`` a query finds now (rows received at ``since`` or later)."""
+        marks = ", ".join("?" * len(mids))
+        r = core.post("/internal/sql", json={
+            "sql": f"SELECT message_id FROM events_raw WHERE received_at >= ?::TIMESTAMP"
+                   f" AND message_id IN ({marks})",
+            "params": [since, *mids]})
+        if r.status_code != 200:
+            raise RuntimeError(f"visibility query failed: {r.text}")
+        return [row[0] for row in r.json()["rows"]]
+
     def poll_until(self, stop: Callable[[], bool]) -> None:
         """Poll until ``stop()`` (called once per round) is true and nothing is pending."""
-        with self.server.core() as core:
+        with self._reader() as core:
             while True:
                 done = stop()
                 with self.lock:
@@ -289,30 +323,24 @@ class Probe:
                 if not mids:
                     if done:
                         return
-                    time.sleep(POLL_INTERVAL_S)
+                    time.sleep(self.poll_interval)
                     continue
                 q0 = time.perf_counter()
-                marks = ", ".join("?" * len(mids))
                 # only rows received since the oldest pending probe was sent (less a second
                 # for clock steps): the engine skips older row groups, so the probe costs
                 # the server little CPU however long the run
                 assert oldest is not None
                 since = (oldest - timedelta(seconds=1)).replace(tzinfo=None).isoformat()
-                r = core.post("/internal/sql", json={
-                    "sql": f"SELECT message_id FROM events_raw WHERE received_at >= ?::TIMESTAMP"
-                           f" AND message_id IN ({marks})",
-                    "params": [since, *mids]})
+                found = self._visible(core, mids, since)
                 seen_at = time.perf_counter()  # the reply: an upper bound of the visible time
                 self.poll_ms.append((seen_at - q0) * 1000.0)
-                if r.status_code != 200:
-                    raise RuntimeError(f"visibility query failed: {r.text}")
                 with self.lock:
-                    for (mid,) in r.json()["rows"]:
+                    for mid in found:
                         acked_at = self.pending.pop(mid, None)
                         self.sent_at.pop(mid, None)
                         if acked_at is not None:
                             self.freshness.append(seen_at - acked_at)
-                time.sleep(POLL_INTERVAL_S)
+                time.sleep(self.poll_interval)
 
 
 def _count_raw(server: ServerProcess) -> int:

@@ -1,5 +1,6 @@
-"""``aap cluster up`` as a test's context: started on two (or more) consecutive free ports,
-waited for, stopped with SIGTERM (SIGKILL of its group if that hangs)."""
+"""``aap cluster up`` as a test's context: started on consecutive free ports (the
+collectors', then the processor's ``/healthz``), waited for, stopped with SIGTERM (SIGKILL
+of its group if that hangs)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from aap.lifecycle import child_env
-from tests.test_cluster import _pids, _two_free_ports
+from tests.test_cluster import _free_ports, _pids
 
 
 class Up:
@@ -30,9 +31,7 @@ class Up:
 @contextlib.contextmanager
 def cluster_up(data: Path, log: Path, *, collectors: int = 2,
                env: dict[str, str] | None = None, timeout: float = 180.0) -> Iterator[Up]:
-    if collectors > 2:
-        raise ValueError("two consecutive free ports are found, not more")
-    base = _two_free_ports()
+    base = _free_ports(collectors + 1)  # the collectors, then the processor's /healthz
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "aap", "cluster", "up", "--data-dir",
                                  str(data), "--collectors", str(collectors), "--port",

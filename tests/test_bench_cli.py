@@ -3,6 +3,11 @@ error without them (an installed wheel has no ``benchmarks/``)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -24,14 +29,26 @@ def test_bench_lists_every_benchmark_with_its_own_options() -> None:
 
 
 def test_the_commands_are_the_benchmarks_own() -> None:
-    from benchmarks import devices, imports, ingest, pipeline, privacy, query, scale, scrub, stream, web
+    from benchmarks import (
+        cluster,
+        devices,
+        imports,
+        ingest,
+        pipeline,
+        privacy,
+        query,
+        scale,
+        scrub,
+        stream,
+        web,
+    )
 
     modules = {p.stem for p in (Path(__file__).parents[1] / "benchmarks").glob("*.py")}
     assert modules - {"__init__", "common"} == set(cli.BENCHMARKS)  # aap bench runs them all
     group = cli.bench
     ctx = click.Context(group)
-    for module in (devices, imports, ingest, pipeline, privacy, query, scale, scrub, stream,
-                   web):
+    for module in (cluster, devices, imports, ingest, pipeline, privacy, query, scale, scrub,
+                   stream, web):
         assert group.get_command(ctx, module.__name__.rsplit(".", 1)[1]) is module.main
 
 
@@ -49,3 +66,36 @@ def test_the_wheel_leaves_the_benchmarks_out() -> None:
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert project["tool"]["setuptools"]["packages"]["find"]["where"] == ["src"]
     assert not (Path(__file__).parents[1] / "src" / "benchmarks").exists()
+
+
+@pytest.mark.slow  # clusters of processes, a mock Kafka cluster, the embedded server
+def test_bench_cluster_runs_and_prints_the_figures_it_names() -> None:
+    root = Path(__file__).parents[1]
+    # its own temporary directory, short: the data dirs hold the core's Unix socket
+    tmp = Path(tempfile.mkdtemp(prefix="bc-", dir="/tmp"))
+    env = {**os.environ, "COLUMNS": "220", "PYTHONPATH": str(root / "src"), "TMPDIR": str(tmp)}
+    try:
+        r = subprocess.run([sys.executable, "-m", "aap", "bench", "cluster", "--duration", "2",
+                            "--rate", "2000", "--collectors", "1,2"], cwd=root, env=env,
+                           capture_output=True, text=True, timeout=900)
+        left = list(tmp.glob("aap-bench-cluster-*"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "Traceback" not in out
+    # the throughput table: one row per collector count, the ratio and CPU per role
+    for name in ("acked/s", "ratio to 1", "processed/s", "collectors µs", "processor µs",
+                 "kafka µs", "generators µs"):
+        assert name in out, name
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    assert any(line.split("│")[1].strip() == "1" for line in rows)
+    assert any(line.split("│")[1].strip() == "2" for line in rows)
+    assert "overhead of more processes, not the scale-up" in out
+    # freshness on both deployments, with the verdict and the ratio
+    for name in ("p50 ms", "p95 ms", "max ms", "p95 ≤ 5 s", "cluster, 2 collectors",
+                 "embedded (aap serve)", "freshness p95, cluster / embedded",
+                 "freshness measured at"):
+        assert name in out, name
+    assert "query nodes of their own are not built" in out.lower()
+    assert not left, "its data dirs are removed"

@@ -36,19 +36,29 @@ def test_roles_that_cannot_run_yet_are_refused_with_the_reason(tmp_path: Path) -
     assert out.exit_code == 2 and "'cook' is not one of" in out.output
 
 
-def _two_free_ports() -> int:
-    """A port p with p + 1 free too."""
+def _free_ports(n: int) -> int:
+    """A port p with p + 1 … p + n - 1 free too."""
     for _ in range(50):
         with socket.socket() as a:
             a.bind(("127.0.0.1", 0))
             p = int(a.getsockname()[1])
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", p + 1))
-                except OSError:
-                    continue
-        return p
-    raise RuntimeError("no two consecutive free ports")
+            taken = False
+            for k in range(1, n):
+                with socket.socket() as b:
+                    try:
+                        b.bind(("127.0.0.1", p + k))
+                    except OSError:
+                        taken = True
+                        break
+            if not taken:
+                return p
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+def _two_free_ports() -> int:
+    """Two collectors' ports and the processor's /healthz after them (the name is older
+    than the third port; other tests import it)."""
+    return _free_ports(3)
 
 
 def _healthy(port: int) -> bool:
@@ -95,7 +105,7 @@ def _pids(*needles: str) -> list[int]:
 def test_cluster_up_two_collectors_one_processor_survives_a_kill(tmp_path: Path) -> None:
     data = tmp_path / "data"
     key = create_source(data, "web", "--basis", "legitimate_interest")
-    base = _two_free_ports()
+    base = _free_ports(3)  # two collectors, then the processor's /healthz
     log = open(tmp_path / "cluster.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "aap", "cluster", "up", "--data-dir",
                              str(data), "--collectors", "2", "--port", str(base)],
@@ -105,6 +115,9 @@ def test_cluster_up_two_collectors_one_processor_survives_a_kill(tmp_path: Path)
     try:
         _wait("the cluster up", lambda: "cluster up:" in (tmp_path / "cluster.log").read_text())
         assert _healthy(base) and _healthy(base + 1)  # it says so once they answer
+        # the processor answers its own /healthz on the port after the collectors'
+        health = httpx.get(f"http://127.0.0.1:{base + 2}/healthz", timeout=5)
+        assert health.status_code == 200 and health.json()["role"] == "processor"
         sent = _send(base, key, 40, "c1") + _send(base + 1, key, 60, "c2")
         # the processor: one core for the data dir, reached through its socket
         core = ServerProcess(data, base)
@@ -123,6 +136,7 @@ def test_cluster_up_two_collectors_one_processor_survives_a_kill(tmp_path: Path)
         assert sorted(r[0] for r in got) == sorted(sent)  # each once
         text = (tmp_path / "cluster.log").read_text()
         assert f"collector 1: http://127.0.0.1:{base}" in text and "cluster up:" in text
+        assert f"health http://127.0.0.1:{base + 2}/healthz" in text
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -97,7 +97,9 @@ def cluster() -> None:
               help="Processor processes (one, on the embedded log and warehouse).")
 @click.option("--query", type=click.IntRange(0, 64), default=1, show_default=True,
               help="Query nodes (the processor answers queries: 0 or 1).")
-@click.option("--port", type=int, default=None, help="The first collector's port (default 8000).")
+@click.option("--port", type=int, default=None,
+              help="The first collector's port (default 8000); the processor's /healthz"
+                   " answers on the port after the last collector's.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Worker processes of each collector.")
 def cluster_up(data_dir: Path | None, collectors: int, processors: int, query: int,
@@ -585,7 +587,7 @@ def demo(people: int, seed: int, keep: bool, page: bool, page_port: int,
 
 
 BENCHMARKS = ("ingest", "query", "pipeline", "privacy", "scrub", "stream", "web", "devices",
-              "imports", "scale")
+              "imports", "scale", "cluster")
 """The modules of ``benchmarks/`` that ``aap bench`` runs (each defines its command)."""
 
 

@@ -3,7 +3,8 @@
 Collectors are stateless: any number of them run on one data dir, each on its own port
 (the first on ``--port``, the next ones after it), appending to the one log. One
 processor (the core: processor, warehouse and the queries, which every collector's
-``/api/v1`` reaches through the core's socket) consumes the log. Each process is kept
+``/api/v1`` reaches through the core's socket) consumes the log; its ``/healthz``
+answers on the port after the collectors' (``--port`` + ``--collectors``). Each process is kept
 running by a :class:`~aap.core.supervisor.CoreSupervisor`: killed, it is started again
 (a collector is stateless; the processor resumes from its last committed chunk).
 
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 import click
 import httpx
 
-from aap.core.client import core_alive
 from aap.core.supervisor import CoreSupervisor
 from aap.datadir import secure
 from aap.lifecycle import die_with_parent, interrupt_on_sigterm
@@ -68,8 +68,9 @@ def up(settings: Settings, topology: Topology) -> None:
     secure(settings.data_path)
     base = settings.server.port
     ports = [base + i for i in range(topology.collectors)]
-    parts = [CoreSupervisor(settings, "serve", name="processor",
-                            args=("--role", "processor"))]
+    health = base + topology.collectors
+    parts = [CoreSupervisor(settings, "serve", name="processor", args=(
+        "--role", "processor", "--host", "127.0.0.1", "--port", str(health)))]
     parts += [CoreSupervisor(settings, "serve", name=f"collector {i + 1}", args=(
         "--role", "collector", "--host", "127.0.0.1", "--port", str(port),
         "--workers", str(topology.workers))) for i, port in enumerate(ports)]
@@ -77,10 +78,11 @@ def up(settings: Settings, topology: Topology) -> None:
     try:
         for part in parts:
             part.start()
-        click.echo(f"processor (and queries): pid {parts[0].proc.pid if parts[0].proc else '?'}")
+        click.echo(f"processor (and queries): pid {parts[0].proc.pid if parts[0].proc else '?'},"
+                   f" health http://127.0.0.1:{health}/healthz")
         for i, port in enumerate(ports):
             click.echo(f"collector {i + 1}: http://127.0.0.1:{port}")
-        _wait_ready(settings, ports)
+        _wait_ready([*ports, health])
         click.echo(f"cluster up: {topology.collectors} collectors, 1 processor (Ctrl-C stops)")
         while True:
             time.sleep(3600)
@@ -93,26 +95,25 @@ def up(settings: Settings, topology: Topology) -> None:
             part.close()
 
 
-def _wait_ready(settings: Settings, ports: list[int]) -> None:
-    """Until every collector's ``/healthz`` and the processor's core answer 200 (or
-    :data:`READY_TIMEOUT_S` has passed: then it says which did not)."""
+def _wait_ready(ports: list[int]) -> None:
+    """Until every collector's ``/healthz`` and the processor's (the last port) answer
+    200, or :data:`READY_TIMEOUT_S` has passed: then it says which did not."""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    waiting: list[int | str] = [*ports, "processor"]
+    waiting = list(ports)
     while waiting and time.monotonic() < deadline:
-        for part in list(waiting):
-            if _ready(settings, part):
-                waiting.remove(part)
+        for port in list(waiting):
+            if _ready(port):
+                waiting.remove(port)
         if waiting:
             time.sleep(0.2)
     if waiting:
-        click.echo(f"not healthy after {READY_TIMEOUT_S:.0f} s: {waiting}"
+        names = [f"processor (:{p})" if p == ports[-1] else f"collector (:{p})" for p in waiting]
+        click.echo(f"not healthy after {READY_TIMEOUT_S:.0f} s: {', '.join(names)}"
                    " (still starting, or failing: see their output above)", err=True)
 
 
-def _ready(settings: Settings, part: int | str) -> bool:
-    if part == "processor":
-        return core_alive(settings.data_path, 2.0)
+def _ready(port: int) -> bool:
     try:
-        return httpx.get(f"http://127.0.0.1:{part}/healthz", timeout=2).status_code == 200
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False

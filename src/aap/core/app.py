@@ -317,7 +317,14 @@ class CoreApp:
     # -- routes --
 
     async def healthz(self, core: Core, scope: Scope, body: bytes) -> Any:
-        return {"status": "ok", "position": core.processor.position}
+        """The core answers (200); whether its processor's loop runs and when it last
+        turned is for the caller to judge (:mod:`aap.core.health`)."""
+        proc = core.processor
+        return {"status": "ok", "position": proc.position,
+                "processor": {"running": core.thread.is_alive(),
+                              "loop_age_s": round(time.monotonic() - proc.turned_at, 3),
+                              "failures": proc.failures,
+                              "last_write_at": proc.last_write_at}}
 
     async def erase(self, core: Core, scope: Scope, body: bytes) -> Any:
         return await self._on(self.privacy, core.erase, body)

@@ -4,7 +4,8 @@ and the core process, started again if it dies (:class:`CoreSupervisor`).
 ``--role`` runs a part of it: ``collector`` (the workers alone: stateless, any number of
 them on one data dir, each on its own port), ``processor`` (the core — processor,
 warehouse and the queries, which the collectors' ``/api/v1`` reaches through the core's
-socket — and the MQTT bridge), ``all`` (both: the default). A ``query`` role of its own
+socket — and the MQTT bridge; its own ``GET /healthz`` on ``--port``, see
+:mod:`aap.core.health`), ``all`` (both: the default). A ``query`` role of its own
 needs the warehouse's files shared between nodes, which is not built yet: it is refused
 with a message saying so (:data:`QUERY_ROLE_REFUSED`)."""
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from aap.core.client import core_socket
+from aap.core.health import HealthServer, ProcessorHealth, serve_health
 from aap.datadir import secure
 from aap.lifecycle import STOP_GRACE_S, child_env, die_with_parent, interrupt_on_sigterm
 from aap.settings import Settings
@@ -108,6 +110,7 @@ def serve(settings: Settings, role: str = "all") -> None:
     open_log(settings).close()
     Sources(settings.data_path).close()
     Devices(settings.data_path).close()
+    health = _processor_health(settings, open_log) if role == "processor" else None
     parts: list[CoreSupervisor] = []
     if role in ("all", "processor"):
         parts.append(CoreSupervisor(settings))
@@ -123,13 +126,28 @@ def serve(settings: Settings, role: str = "all") -> None:
             part.terminate()
 
     try:
-        if role == "processor":
+        if health is not None:
+            health[0].start()
             _wait_for_stop(parts)
         else:
             _serve_collector(settings, workers, on_stop=stop)
     finally:
+        if health is not None:
+            health[1].shutdown()
+            health[0].close()
         for part in parts:
             part.close()
+
+
+def _processor_health(settings: Settings, open_log: Callable[[Settings], Any]
+                      ) -> tuple[ProcessorHealth, HealthServer]:
+    """The processor role's ``/healthz`` on ``--port`` (:mod:`aap.core.health`), bound
+    before anything starts: a port already taken stops the role with that reason."""
+    health = ProcessorHealth(settings, lambda: open_log(settings))
+    try:
+        return health, serve_health(settings, health)
+    except OSError as exc:
+        raise RoleUnavailable(str(exc)) from None
 
 
 def _wait_for_stop(parts: list[CoreSupervisor]) -> None:

@@ -131,7 +131,7 @@ class Processor:
         here too, so that an id coming back is a new person."""
         self.shared, self.steps = identities, steps_for(identities)
         self.dropped: Counter[str] = Counter()
-        self.failures = 0
+        self.failures, self.turned_at = 0, time.monotonic()  # run()'s last turn: aap.core.health
         self.last_write_at: float | None = None
         """When a chunk was last committed (Unix time; None: not since start)."""
         self._pending: Future[_Built] | None = None
@@ -468,7 +468,7 @@ class Processor:
         freshness."""
         try:
             while not stop.is_set():
-                started = time.monotonic()
+                started = self.turned_at = time.monotonic()
                 try:
                     n = self.run_once()
                 except Exception:
