@@ -242,6 +242,19 @@ class Cluster:
                 raise TimeoutError(f"no metadata for {topic}")
             time.sleep(0.2)
 
+    def dropped(self, topic: str) -> dict[int, int]:
+        """Each partition's low watermark: the mock drops a partition's oldest messages
+        past a few MiB, whatever the topic's retention; above 0, it did (the messages
+        before it are gone, which no real broker with a sane retention would do)."""
+        c = ck.Consumer({"bootstrap.servers": self.servers, "group.id": new_group(),
+                         "log_level": 0})
+        try:
+            parts = c.list_topics(topic, timeout=30).topics[topic].partitions
+            return {p: c.get_watermark_offsets(ck.TopicPartition(topic, p), timeout=30)[0]
+                    for p in parts}
+        finally:
+            c.close()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()

@@ -25,7 +25,7 @@ from aap.core.client import core_alive
 from aap.runner import ServerProcess, create_source
 from tests.cluster_up import cluster_up
 from tests.e2e.test_cluster_equivalence import _traffic
-from tests.kafka_mock import Cluster
+from tests.kafka_mock import Cluster, topic_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -76,21 +76,6 @@ def _sender(urls: list[str], key: str, visitors: list[list[dict[str, Any]]],
 
 def _consents(ev: dict[str, Any]) -> bool:
     return bool(ev["context"]["consent"]["categoryPreferences"]["analytics"])
-
-
-def _dropped_by_the_mock(servers: str, url: str) -> dict[int, int]:
-    """Each partition's low watermark: librdkafka's mock cluster drops a partition's old
-    messages past a few MiB, whatever the retention; more than 0 means it did."""
-    import confluent_kafka as ck
-
-    topic = url.split("/")[-1].split("?")[0]
-    c = ck.Consumer({"bootstrap.servers": servers, "group.id": "watermarks"})
-    try:
-        parts = c.list_topics(topic, timeout=30).topics[topic].partitions
-        return {p: c.get_watermark_offsets(ck.TopicPartition(topic, p), timeout=30)[0]
-                for p in parts}
-    finally:
-        c.close()
 
 
 def _in_the_log(servers: str, url: str) -> dict[str, tuple[int, int]]:
@@ -173,7 +158,7 @@ def test_cluster_killed_ten_times_keeps_every_event_once_and_merges_as_embedded(
                 time.sleep(0.2)
             core.wait_processed(timeout=600)
             rows = core.sql("SELECT message_id, person_id FROM events")
-            dropped = _dropped_by_the_mock(kafka.servers, env["AAP_LOG_URL"])
+            dropped = kafka.dropped(topic_of(env["AAP_LOG_URL"]))
             in_log = _in_the_log(kafka.servers, env["AAP_LOG_URL"])
             positions = core.sql("SELECT name, value FROM processor_state ORDER BY name")
     finally:
