@@ -243,9 +243,10 @@ class Cluster:
             time.sleep(0.2)
 
     def dropped(self, topic: str) -> dict[int, int]:
-        """Each partition's low watermark: the mock drops a partition's oldest messages
-        past a few MiB, whatever the topic's retention; above 0, it did (the messages
-        before it are gone, which no real broker with a sane retention would do)."""
+        """Each partition's low watermark: the mock trims a partition's oldest messages past
+        a few MiB, read or not, whatever the topic's retention. Above 0, messages before it
+        are gone: a consumer that had not read them yet lost them (no real broker with a
+        sane retention would do that), one that had lost nothing."""
         c = ck.Consumer({"bootstrap.servers": self.servers, "group.id": new_group(),
                          "log_level": 0})
         try:

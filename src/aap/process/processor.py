@@ -61,6 +61,12 @@ CHUNK_EVENTS = 50_000
 backlog no faster here (the write of one chunk overlaps the preparation of the next
 ones either way) and take more memory: at 131,072 the server's peak while draining
 grew from ~1.5 to ~2.7 GiB (benchmarks/pipeline.py)."""
+CHUNK_RECORDS = 1000
+"""Records in a full chunk on the embedded log, where a record is one request's events."""
+KEYED_CHUNK_RECORDS = 20_000
+"""Records in a full chunk on a keyed log (Kafka), where a record is one person's events of
+one request, a few: with :data:`CHUNK_RECORDS` a chunk held about 1,000 events and the
+processor spent several times the CPU per event of the embedded log (bench cluster)."""
 CHUNK_BYTES = 16 << 20
 """Compressed payload bytes in a full chunk: a bound on its memory whatever the events'
 sizes (requests may hold up to 20 MiB; 50,000 typical events are a few MiB)."""
@@ -75,6 +81,10 @@ PRESSED_SPARE = 0.25
 """A chunk that left less than this share of the linger spare means the processor is
 busy: it reads ahead again."""
 
+
+
+def _chunk_records(log: Log) -> int:
+    return KEYED_CHUNK_RECORDS if getattr(log, "keyed", False) else CHUNK_RECORDS
 
 
 class _Rebalanced(Exception):
@@ -95,7 +105,7 @@ class Processor:
     def __init__(self, log: Log, warehouse: Warehouse, hasher: IdHasher, *,
                  historical_sources: frozenset[str] | Callable[[], frozenset[str]] = frozenset(),
                  inactivity: timedelta = timedelta(minutes=30),
-                 chunk_records: int = 1000, chunk_events: int = CHUNK_EVENTS,
+                 chunk_records: int | None = None, chunk_events: int = CHUNK_EVENTS,
                  chunk_bytes: int = CHUNK_BYTES, consent: ConsentState | None = None,
                  worker: bool = False, prepare_processes: int = 1,
                  destroyed: Callable[[], set[int]] | None = None,
@@ -107,7 +117,7 @@ class Processor:
         this thread. ``identities``: shared with other processors (:mod:`aap.store.identities`)."""
         self.log = log
         self.wh = warehouse
-        self.chunk_records = chunk_records
+        self.chunk_records = chunk_records or _chunk_records(log)
         self.chunk_events = chunk_events
         self.chunk_bytes = chunk_bytes
         self.full = False
