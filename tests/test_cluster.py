@@ -146,3 +146,13 @@ def test_cluster_up_two_collectors_one_processor_survives_a_kill(tmp_path: Path)
             raise
     assert proc.returncode == 0
     _wait("no process of the cluster left", lambda: not _pids("aap", str(data)), 30)
+
+
+def test_a_data_dir_too_long_for_the_core_socket_is_refused_with_a_message(
+        tmp_path: Path) -> None:
+    data = tmp_path / ("d" * 120)  # its run/core.sock is past a Unix socket's 107 bytes
+    for args in (["serve"], ["serve", "--role", "collector"], ["process"], ["cluster", "up"]):
+        out = CliRunner().invoke(cli, [*args, "--data-dir", str(data)])
+        assert out.exit_code == 1, (args, out.output)
+        assert "the data dir's path is too long" in out.output and "at most 107" in out.output
+        assert "Traceback" not in out.output

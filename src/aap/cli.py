@@ -32,6 +32,10 @@ def _settings(**kw: Any) -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
+UNIX_PATH_MAX = 107
+"""Bytes in a Unix socket's path (``sun_path`` is 108 with its terminating NUL)."""
+
+
 def _checked(settings: Settings) -> Settings:
     """Refuse a configuration that would keep personal data longer than a purpose of the
     data dir's registry allows (a clear message); the values alone were checked when the
@@ -44,6 +48,21 @@ def _checked(settings: Settings) -> Settings:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     return settings
+
+
+def _servable(settings: Settings) -> Settings:
+    """:func:`_checked`, and a data dir whose core socket's path fits a Unix socket."""
+    import os
+
+    from aap.datadir import DataDir
+
+    sock = DataDir(settings.data_path).core_socket
+    if len(os.fsencode(sock)) > UNIX_PATH_MAX:
+        raise click.ClickException(
+            f"the data dir's path is too long: the core's socket {sock} would be"
+            f" {len(os.fsencode(sock))} bytes, and a Unix socket's path is at most"
+            f" {UNIX_PATH_MAX}; use a shorter --data-dir (AAP_DATA_DIR)")
+    return _checked(settings)
 
 
 @click.group()
@@ -78,7 +97,7 @@ def serve(data_dir: Path | None, host: str | None, port: int | None, workers: in
                          tls_cert=tls_cert and str(Path(tls_cert).resolve()),
                          tls_key=tls_key and str(Path(tls_key).resolve()))
     try:
-        run(_checked(settings), role)
+        run(_servable(settings), role)
     except RoleUnavailable as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -108,7 +127,7 @@ def cluster_up(data_dir: Path | None, collectors: int, processors: int, query: i
     if it dies."""
     from aap.cluster import Topology, TopologyRefused, up
 
-    settings = _checked(_settings(data_dir=data_dir, port=port))
+    settings = _servable(_settings(data_dir=data_dir, port=port))
     try:
         up(settings, Topology(collectors, processors, query, workers))
     except TopologyRefused as exc:
@@ -125,7 +144,7 @@ def process(data_dir: Path | None) -> None:
     """
     from aap.core.supervisor import serve_core
 
-    serve_core(_checked(_settings(data_dir=data_dir)))
+    serve_core(_servable(_settings(data_dir=data_dir)))
 
 
 @cli.group()
