@@ -36,7 +36,8 @@ def cluster_up(data: Path, log: Path, *, collectors: int = 2,
         proc = subprocess.Popen([sys.executable, "-m", "aap", "cluster", "up", "--data-dir",
                                  str(data), "--collectors", str(collectors), "--port",
                                  str(base)], stdout=out, stderr=subprocess.STDOUT,
-                                env=child_env(env or {}), start_new_session=True)
+                                env=child_env({**os.environ, **(env or {})}),
+                                start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while "cluster up:" not in log.read_text():
