@@ -160,6 +160,28 @@ class _SQLiteTx:
         """Nothing: ``BEGIN IMMEDIATE`` made this the only writer."""
 
 
+WAL_ATTEMPTS = 300
+"""Tries (0.1 s apart) to put a new file in WAL mode while other processes hold it."""
+
+
+def _wal(con: sqlite3.Connection) -> None:
+    """WAL mode, once per file (it stays). Switching needs the file to itself, and SQLite
+    answers "database is locked" at once, without waiting its busy timeout, when another
+    process opened it too: the collector's workers and the core opening a new file at
+    the same start-up did (a worker died of it). So: nothing when it is WAL already, else
+    tried again for a while."""
+    for attempt in range(WAL_ATTEMPTS):
+        try:
+            if con.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            con.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == WAL_ATTEMPTS - 1:
+                raise
+            time.sleep(0.1)
+
+
 class SQLiteMeta:
     """A SQLite file (WAL), one connection per thread."""
 
@@ -169,7 +191,7 @@ class SQLiteMeta:
                  ) -> None:
         self.path = path
         self.where = str(path)
-        self._pragmas = ("PRAGMA journal_mode=WAL", *pragmas)
+        self._pragmas = tuple(pragmas)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -182,6 +204,7 @@ class SQLiteMeta:
         if con is None:
             con = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                   check_same_thread=False)
+            _wal(con)
             for pragma in self._pragmas:
                 con.execute(pragma)
             self._local.con = con
