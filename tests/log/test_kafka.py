@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import confluent_kafka as ck
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -176,10 +177,22 @@ def test_two_consumers_of_a_group_split_the_partitions_and_see_each_record_once(
     seen: dict[str, list[bytes]] = {"a": [], "b": []}
     stop = threading.Event()
 
+    refused: list[str] = []
+
+    def commit(log: KafkaLog, pos: dict[int, int]) -> None:
+        try:
+            log.commit(grp, pos)
+        except ck.KafkaException as exc:
+            # a member late for a rebalance (a loaded machine) has its commit refused
+            # (REBALANCE_IN_PROGRESS): the partition's next owner reads again from the
+            # last commit, as Kafka promises (the processor keeps its positions with its
+            # rows instead: tests/process/test_processor_kafka.py)
+            refused.append(str(exc))
+
     def consume(name: str, log: KafkaLog) -> None:
         pos: dict[int, int] = {}
         gen = -1
-        log.on_revoke = lambda: log.commit(grp, pos)  # positions go with what was seen
+        log.on_revoke = lambda: commit(log, pos)  # positions go with what was seen
         while not stop.is_set():
             if log.generation != gen:
                 gen, pos = log.generation, log.positions(grp)
@@ -188,7 +201,7 @@ def test_two_consumers_of_a_group_split_the_partitions_and_see_each_record_once(
                 continue
             seen[name] += [r.payload for r in recs]
             pos = advance(pos, recs)
-            log.commit(grp, pos)
+            commit(log, pos)
 
     try:
         threads = [threading.Thread(target=consume, args=(n, lg)) for n, lg in
@@ -215,7 +228,9 @@ def test_two_consumers_of_a_group_split_the_partitions_and_see_each_record_once(
         for t in threads:
             t.join(30)
         assert seen["a"] and seen["b"], "both consumers got partitions"
-        assert sorted(seen["a"] + seen["b"]) == sorted(sent)  # every record, once
+        assert set(seen["a"] + seen["b"]) == set(sent)  # every record
+        if not refused:
+            assert sorted(seen["a"] + seen["b"]) == sorted(sent)  # and once
     finally:
         for lg in (a, b, producer):
             lg.close()
