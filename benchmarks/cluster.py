@@ -51,7 +51,7 @@ import httpx
 
 from aap.lifecycle import child_env
 from aap.runner import ServerProcess, create_source
-from benchmarks.common import check_idle, machine, percentile, verdict
+from benchmarks.common import all_proc_stats, check_idle, machine, percentile, verdict
 from benchmarks.ingest import WARMUP_SECONDS, client_main, measure
 from benchmarks.pipeline import PROBE_EVENT, Probe, unique_requests
 from benchmarks.scale import tree
@@ -141,16 +141,7 @@ def _cmdline(pid: int) -> list[str]:
 
 def _group(pgid: int) -> list[int]:
     """Every process of the process group ``pgid``."""
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid:
-                out.append(int(d))
-    return out
+    return [pid for pid, fields in all_proc_stats().items() if int(fields[2]) == pgid]
 
 
 @dataclass

@@ -25,16 +25,31 @@ def percentile(sorted_ms: list[float], p: float) -> float:
     return sorted_ms[k]
 
 
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command's name (state, ppid, pgrp, …,
+    utime at 11, stime at 12), or ``None`` when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def all_proc_stats() -> dict[int, list[str]]:
+    """:func:`proc_stat` of every process now."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit() and (fields := proc_stat(int(d))) is not None:
+            out[int(d)] = fields
+    return out
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """Seconds of CPU used so far by ``pids`` (user + system)."""
     hz = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
+        if (fields := proc_stat(pid)) is not None:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / hz
 
 

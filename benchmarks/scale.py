@@ -45,7 +45,7 @@ import click
 from aap.datadir import DataDir
 from aap.log.sqlite import SQLiteLog
 from aap.runner import ServerProcess, create_source
-from benchmarks.common import check_idle, cpu_seconds, machine
+from benchmarks.common import all_proc_stats, check_idle, cpu_seconds, machine
 from benchmarks.pipeline import _events_upto, _log_stats, _warehouse_position, measure_unique
 
 SAMPLE_RECORDS = 200
@@ -60,15 +60,7 @@ KEYSTORE_BATCH = 100
 
 
 def _ppids() -> dict[int, int]:
-    out = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            out[int(d)] = int(fields[1])
-    return out
+    return {pid: int(fields[1]) for pid, fields in all_proc_stats().items()}
 
 
 def tree(root: int) -> list[int]:
