@@ -57,6 +57,7 @@ from aap.sources import Sources
 from aap.store.identities import SharedIdentities
 from aap.store.tiering import TieringThread, TierPolicy
 from aap.store.tiers import TierConfig, TierStore
+from aap.store.publish import Publisher, refuse_unshared, shared_list
 from aap.store.warehouse import Warehouse
 
 logger = logging.getLogger("aap.core")
@@ -97,8 +98,14 @@ class Core:
             settings.tier_url, s3_endpoint=s3.s3_endpoint_url,
             s3_access_key=s3.s3_access_key, s3_secret_key=s3.s3_secret_key,
             s3_region=s3.s3_region))
-        self.warehouse = Warehouse(settings.data.warehouse, tiers=tiers,
-                                   memory_limit=settings.storage.warehouse_memory)
+        self.warehouse = Warehouse(
+            settings.data.warehouse, tiers=tiers, memory_limit=settings.storage.warehouse_memory,
+            shared_list=shared_list(data, kept.publish_seconds, settings.storage.meta_url))
+        refuse_unshared(self.warehouse)
+        self.publisher = (Publisher(self.warehouse, kept.publish_seconds)
+                          if kept.publish_seconds > 0 else None)
+        if self.publisher is not None:
+            self.publisher.recover()  # a batch a stop left half published
         registry = Registry.for_data_dir(data)
         check_settings(settings, registry)  # `aap serve` says why before it gets here
         self.keystore = Keystore(data)
@@ -155,6 +162,8 @@ class Core:
     def start(self) -> None:
         self.thread.start()
         self.tiering.start()
+        if self.publisher is not None:
+            self.publisher.start()
         self.rest.start()
         self.privacy.start()
 
@@ -163,6 +172,8 @@ class Core:
         self.privacy.close()
         self.rest.close()
         self.thread.join(timeout=30)
+        if self.publisher is not None:
+            self.publisher.close()
         self.tiering.close()
         self.warehouse.close()
         self.log.close()
