@@ -5,7 +5,11 @@ publishing, and erasure reaching batch files (local disk and a moto S3 server)."
 
 from __future__ import annotations
 
-import json
+import multiprocessing
+import os
+import random
+import signal
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +21,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aap.privacy import removal
 from aap.query.cache import QueryCache
@@ -32,33 +38,12 @@ from aap.store.tiers import TierConfig, TierStore
 from aap.store.warehouse import Chunk, Warehouse
 from aap.testing.query_data import generate
 from aap.testing.query_data import load as load_default
+from tests.conftest import examples
+from tests.store import publish_workers
+from tests.store.publish_workers import DAY0, events, open_wh
 from tests.store.test_tiers import s3  # noqa: F401 (a fixture: moto's S3 server)
 
-DAY0 = datetime(2026, 3, 1, 9)
 STEPS = ("marked", "file", "written", "listed", "done")
-
-
-def events(n: int, tag: str, start: datetime = DAY0, *, days: int = 3, person: int = 0,
-           note: str = "") -> pa.Table:
-    """``n`` events spread over ``days`` days, message ids ``tag``-i."""
-    cols: dict[str, list[Any]] = {name: [None] * n for name, _, _ in EVENT_COLUMNS}
-    cols["message_id"] = [f"{tag}-{i}" for i in range(n)]
-    cols["source"] = ["src"] * n
-    cols["type"] = ["track"] * n
-    cols["event"] = [f"E{i % 3}" for i in range(n)]
-    cols["timestamp"] = [start + timedelta(days=i % days, minutes=i) for i in range(n)]
-    cols["received_at"] = cols["timestamp"]
-    cols["person_id"] = [person or 1 + i % 7 for i in range(n)]
-    cols["session_id"] = [f"s{i % 5}" for i in range(n)]
-    cols["properties"] = [json.dumps({"note": note or "n"}) for _ in range(n)]
-    cols["purposes"] = [["analytics"]] * n
-    return pa.table({name: pa.array(cols[name], t) for name, _, t in EVENT_COLUMNS},
-                    schema=EVENT_ARROW_SCHEMA)
-
-
-def open_wh(tmp: Path, meta_url: str = "", tiers: TierStore | None = None) -> Warehouse:
-    return Warehouse(tmp / "wh", tiers=tiers or TierStore(TierConfig(str(tmp / "tiers"))),
-                     shared_list=open_meta(tmp / "tiers.db", meta_url))
 
 
 def write(wh: Warehouse, table: pa.Table, position: int) -> None:
@@ -181,6 +166,47 @@ def test_a_stop_at_any_step_loses_and_doubles_nothing(tmp_path: Path, meta_url: 
         assert wh.con.execute("SELECT count(*) FROM events_raw").fetchall() == [(0,)]
     finally:
         wh.close()
+
+
+KILLS = 10
+
+
+@pytest.mark.slow  # processes killed with SIGKILL
+def test_kill_9_while_publishing_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    """A real process writes chunks and publishes each; it is killed -9 ten times at
+    random moments, restarted each time: every chunk it committed is there once, whole."""
+    ctx = multiprocessing.get_context("spawn")
+    rng = random.Random(16)
+    committed: set[int] = set()
+    for kill in range(KILLS):
+        out = ctx.Queue()
+        proc = ctx.Process(target=publish_workers.write_and_publish,
+                           args=(str(tmp_path), "", kill * 1000 + 1, out))
+        proc.start()
+        try:
+            for _ in range(2 + rng.randrange(3)):  # a few chunks in, then at any moment
+                committed.add(out.get(timeout=120))
+            threading.Event().wait(rng.uniform(0, 0.3))
+        finally:
+            assert proc.pid is not None
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join(timeout=60)
+        while not out.empty():
+            committed.add(out.get(timeout=10))
+        wh = open_wh(tmp_path)
+        try:
+            before = queried_ids(wh)  # as the kill left it, a batch maybe half published
+            Publisher(wh, 1).recover()
+            ids = listed_ids(wh)
+            assert ids == before == queried_ids(wh)
+            assert max(ids.values()) == 1, "a row is doubled"
+            rounds = Counter(m.split("-")[0] for m in ids)
+            assert set(rounds.values()) == {40}, "a chunk is partly there"
+            assert {f"r{r}" for r in committed} <= set(rounds), "a committed chunk is lost"
+            assert files_on_disk(wh.tiers) == sorted(f.path for f in wh.files.files())
+        finally:
+            wh.close()
+    assert len(committed) >= 2 * KILLS
 
 
 def test_a_failing_store_leaves_the_batch_pending_and_visible(tmp_path: Path) -> None:
@@ -413,3 +439,58 @@ def test_erasure_reaches_batch_files_on_s3(tmp_path: Path, s3: TierConfig) -> No
     check_erasure(tmp_path, TierStore(s3))
     assert not list(tmp_path.rglob("*.parquet"))  # nothing went to local disk
 
+
+
+# -- interleavings --
+
+OPS = st.lists(st.tuples(st.sampled_from(["write", "publish", "stop", "fold", "erase"]),
+                         st.integers(0, 4)), min_size=1, max_size=12)
+
+
+@settings(max_examples=examples(15), deadline=None)  # a warehouse on disk per example
+@given(ops=OPS)
+def test_any_interleaving_keeps_each_row_once(ops: list[tuple[str, int]]) -> None:
+    """Chunks written, batches published (some stopped at a step and finished by a
+    restart), days folded and persons erased, in any order: after each operation a query
+    reads every row written and not erased exactly once, and so do the hot table and the
+    listed files once no batch is left half published."""
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        wh = open_wh(tmp)
+        want: Counter[str] = Counter()
+        person: dict[str, int] = {}
+        try:
+            for k, (op, arg) in enumerate(ops):
+                if op == "write":
+                    t = events(7 + arg, f"w{k}", days=1 + arg % 3)
+                    ids = t.column("message_id").to_pylist()
+                    want.update(ids)
+                    person.update(zip(ids, t.column("person_id").to_pylist(), strict=True))
+                    write(wh, t, k + 1)
+                elif op in ("publish", "stop"):
+                    point = STEPS[arg]
+
+                    def step(name: str, _point: str = point) -> None:
+                        if op == "stop" and name == _point:
+                            raise Crash(name)
+
+                    try:
+                        Publisher(wh, 1, step=step).publish_once()
+                    except Crash:
+                        assert queried_ids(wh) == want
+                        wh.close()
+                        wh = open_wh(tmp)
+                        Publisher(wh, 1).recover()
+                        assert listed_ids(wh) == want
+                elif op == "fold":
+                    tiering.compact_batches(wh, (DAY0 + timedelta(days=arg % 3)).date()
+                                            .isoformat(), timedelta(0))
+                else:
+                    Publisher(wh, 1)  # the warehouse settles a half published batch
+                    removal.erase_persons(wh, {1 + arg})
+                    want = Counter({m: n for m, n in want.items() if person[m] != 1 + arg})
+                assert queried_ids(wh) == want
+            Publisher(wh, 1).recover()
+            assert listed_ids(wh) == want
+        finally:
+            wh.close()

@@ -246,6 +246,8 @@ class Warehouse:
     def close(self) -> None:
         self._readers.clear()
         self.con.close()
+        if isinstance(self.files, SharedList):
+            self.files.db.close()
 
     @contextmanager
     def snapshot(self) -> Iterator[duckdb.DuckDBPyConnection]:
