@@ -291,7 +291,9 @@ class SharedList:
 
     def published(self) -> int:
         """This writer's last batch in the list (0: none)."""
-        return self._read()[1]
+        row = self.db.fetchone("SELECT published FROM tier_writers WHERE writer = ?",
+                               [self.writer])
+        return int(row[0]) if row else 0
 
     def _register(self, cur: duckdb.DuckDBPyConnection, files: list[TierFile]) -> str:
         cur.register("live_files", pa.table({
