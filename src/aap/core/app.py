@@ -118,6 +118,8 @@ class Core:
         hasher = IdHasher.for_data_dir(data)
         self.rights = Rights(data, self.warehouse, self.keystore, hasher, AuditLog(data),
                              log=self.log)
+        shared = (SharedIdentities(data, settings.storage.meta_url)  # identities, shared
+                  if settings.storage.meta_url else None)
         self.processor = Processor(
             self.log, self.warehouse, hasher,
             historical_sources=historical,
@@ -128,9 +130,9 @@ class Core:
             destroyed=self.keystore.refresh_destroyed,
             forgotten=self.keystore.refresh_forgotten,
             scopes=sources.scopes,
-            identities=(SharedIdentities(data, settings.storage.meta_url)  # shared
-                        if settings.storage.meta_url else None),
+            identities=shared,
         )
+        self.rights.identities = shared
         self.privacy = Requests(data, self.rights, sources.scopes)
         self.rights.after_erasure = self._after_erasure
         self.rest = RestAPI(settings, self.warehouse, self.privacy)
