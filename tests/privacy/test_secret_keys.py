@@ -67,6 +67,7 @@ def test_a_shared_audit_chain_takes_every_data_dir_with_the_given_key(
     assert "AAP_AUDIT_KEY" in str(exc.value)
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_key_that_is_not_32_bytes(tmp_path: Path) -> None:
     env = {**os.environ, "AAP_ID_HASH_KEY": base64.b64encode(b"short").decode()}
     out = subprocess.run([sys.executable, "-m", "aap", "sources", "create", "web",

@@ -92,11 +92,8 @@ class Core:
         self.settings = settings
         data = settings.data_path
         self.log = open_log(settings)
-        s3, kept = settings.s3, settings.tiers
-        tiers = TierStore(TierConfig(
-            settings.tier_url, s3_endpoint=s3.s3_endpoint_url,
-            s3_access_key=s3.s3_access_key, s3_secret_key=s3.s3_secret_key,
-            s3_region=s3.s3_region))
+        kept = settings.tiers
+        tiers = TierStore(TierConfig.from_settings(settings))
         self.warehouse = Warehouse(settings.data.warehouse, tiers=tiers,
                                    memory_limit=settings.storage.warehouse_memory)
         registry = Registry.for_data_dir(data)
@@ -117,9 +114,8 @@ class Core:
 
         hasher = IdHasher.for_data_dir(data)
         self.rights = Rights(data, self.warehouse, self.keystore, hasher, AuditLog(data),
-                             log=self.log)
-        shared = (SharedIdentities(data, settings.storage.meta_url)  # identities, shared
-                  if settings.storage.meta_url else None)
+                             log=self.log)  # .identities: set below
+        shared = SharedIdentities(data, meta) if (meta := settings.storage.meta_url) else None
         self.processor = Processor(
             self.log, self.warehouse, hasher,
             historical_sources=historical,
