@@ -52,6 +52,9 @@ def test_settings_are_frozen() -> None:
 
 def test_secrets_are_never_printed_nor_handed_on(monkeypatch: pytest.MonkeyPatch) -> None:
     values = {"AAP_MASTER_KEY": base64.b64encode(b"m" * 32).decode(), "AAP_API_KEY": "ak_canary",
+              "AAP_ID_HASH_KEY": base64.b64encode(b"i" * 32).decode(),
+              "AAP_AUDIT_KEY": base64.b64encode(b"a" * 32).decode(),
+              "AAP_SUBJECT_TOKEN_KEY": base64.b64encode(b"t" * 32).decode(),
               "AAP_METRICS_TOKEN": "mt_canary", "AAP_S3_SECRET_KEY": "s3_canary",
               "AAP_MQTT_BROKER": "mqtt://aap-bridge:mq_canary@127.0.0.1:1883",
               "AAP_META_URL": "postgresql://aap:pg_canary@127.0.0.1:5432/aap"}
@@ -81,6 +84,8 @@ def test_secrets_are_never_printed_nor_handed_on(monkeypatch: pytest.MonkeyPatch
     ({"AAP_IPV4_PREFIX": "40"}, "AAP_IPV4_PREFIX=40"),
     ({"AAP_TRUSTED_PROXIES": "10.0.0.0/8, nowhere"}, "AAP_TRUSTED_PROXIES"),
     ({"AAP_MASTER_KEY": base64.b64encode(b"short").decode()}, "AAP_MASTER_KEY"),
+    ({"AAP_ID_HASH_KEY": base64.b64encode(b"s" * 31).decode()}, "AAP_ID_HASH_KEY: the key must be 32"),
+    ({"AAP_AUDIT_KEY": "not base64!"}, "AAP_AUDIT_KEY: not base64"),
     ({"AAP_PORT": "eighty"}, "AAP_PORT"),
     ({"AAP_MQTT_BROKER": "http://aap-bridge:pw_canary@127.0.0.1"}, "AAP_MQTT_BROKER"),
     ({"AAP_DEVICE_LOCATION_DECIMALS": "5"}, "no precise coordinates"),
@@ -94,7 +99,8 @@ def test_a_bad_value_is_refused_when_the_settings_are_made(
         Settings()
     assert message in str(exc.value)
     assert not any(v in str(exc.value) for k, v in env.items()
-                   if k in ("AAP_MASTER_KEY", "AAP_MQTT_BROKER"))
+                   if k in ("AAP_MASTER_KEY", "AAP_ID_HASH_KEY", "AAP_AUDIT_KEY",
+                            "AAP_MQTT_BROKER"))
 
 
 def test_the_data_dir_resolves_and_names_its_paths(tmp_path: Path) -> None:

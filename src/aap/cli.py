@@ -504,14 +504,11 @@ def _query_directly(settings: Settings, doc: Any, role: str) -> Any:
     from aap.store.tiers import TierConfig, TierStore
     from aap.store.warehouse import Warehouse
 
-    data, query, s3 = settings.data_path, settings.query, settings.s3
+    data, query = settings.data_path, settings.query
     limits = Limits.from_settings(query)
     if not settings.data.hot_db.exists():
         raise click.ClickException(f"no warehouse under {data}")
-    tiers = TierStore(TierConfig(
-        settings.tier_url, s3_endpoint=s3.s3_endpoint_url,
-        s3_access_key=s3.s3_access_key, s3_secret_key=s3.s3_secret_key,
-        s3_region=s3.s3_region))
+    tiers = TierStore(TierConfig.from_settings(settings))
     from aap.store.publish import shared_list
 
     try:

@@ -114,6 +114,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hsts_max_age", 31536000, "`max-age` of the `Strict-Transport-Security` header sent when TLS is on (seconds)."),
     Setting("session_ttl_s", 43200, "How long a web app session (the `aap_session` cookie made from an API key) lasts before its holder signs in again (seconds; default 12 h)."),
     Setting("master_key", "", "Master key wrapping every person's data key (32 bytes, base64); empty: the file DATA_DIR/keys/master.key, made on first use. Never printed, logged or written by AAP.", secret=True),
+    Setting("id_hash_key", "", "Key of the keyed hashes of userIds and anonymousIds (32 bytes, base64); empty: the file DATA_DIR/keys/id-hash.key, made on first use. Every collector and processor of one deployment needs the same key (give it as a Secret). Never printed, logged or written by AAP.", secret=True),
+    Setting("audit_key", "", "Key of the audit chain's MACs (32 bytes, base64); empty: the file DATA_DIR/keys/audit.key, made on first use. With AAP_META_URL every process needs the same key, or it is refused at start. Never printed, logged or written by AAP.", secret=True),
+    Setting("subject_token_key", "", "Root key of the sources' subject secrets, which sign the privacy center's subject tokens (32 bytes, base64); empty: the file DATA_DIR/keys/subject-token.key, made on first use. Never printed, logged or written by AAP.", secret=True),
     Setting("api_key", "", "API key `aap query --url` sends (also `aap query --key`).", secret=True),
 )
 
@@ -431,24 +434,39 @@ class PrivacySettings(Section):
     ipv4_prefix: int
     ipv6_prefix: int
     master_key: str = _secret()
+    id_hash_key: str = _secret()
+    audit_key: str = _secret()
+    subject_token_key: str = _secret()
+
+    KEYS = ("master_key", "id_hash_key", "audit_key", "subject_token_key")
+    """The secret keys that may be given in the environment instead of files."""
 
     def check(self) -> None:
         if not 0 <= self.ipv4_prefix <= 32 or not 0 <= self.ipv6_prefix <= 128:
             raise ValueError(f"AAP_IPV4_PREFIX={self.ipv4_prefix}, AAP_IPV6_PREFIX="
                              f"{self.ipv6_prefix}: must be 0..32 and 0..128")
-        key = self.master_key_bytes
-        if key is not None and len(key) != 32:
-            raise ValueError("AAP_MASTER_KEY: the master key must be 32 bytes (base64)")
+        for name in self.KEYS:
+            self.key_bytes(name)
+
+    def key_bytes(self, name: str) -> bytes | None:
+        """The key ``name`` (one of :attr:`KEYS`) decoded, or None when it is not set;
+        a clear error naming the setting when it is not 32 bytes of base64."""
+        text = getattr(self, name)
+        if not text:
+            return None
+        env = "AAP_" + name.upper()
+        try:
+            key = base64.b64decode(text, validate=True)
+        except binascii.Error:
+            raise ValueError(f"{env}: not base64") from None
+        if len(key) != 32:
+            raise ValueError(f"{env}: the key must be 32 bytes (base64), not {len(key)}")
+        return key
 
     @property
     def master_key_bytes(self) -> bytes | None:
         """``AAP_MASTER_KEY`` decoded, or None when it is not set."""
-        if not self.master_key:
-            return None
-        try:
-            return base64.b64decode(self.master_key)
-        except binascii.Error:
-            raise ValueError("AAP_MASTER_KEY: not base64") from None
+        return self.key_bytes("master_key")
 
 
 @dataclass(frozen=True)

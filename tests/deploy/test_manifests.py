@@ -51,7 +51,7 @@ SECRET_SETTINGS = {s.env for s in SETTINGS if s.secret} | {"AAP_S3_ACCESS_KEY"}
 """Credentials: only ever in the Secret aap-credentials or in deploy/.env (the access key
 is not ``secret=True`` in settings.py, being half of a credential, but is kept as one)."""
 CREDENTIALS = {"AAP_META_URL", "AAP_S3_ACCESS_KEY", "AAP_S3_SECRET_KEY", "AAP_MASTER_KEY",
-               "AAP_METRICS_TOKEN"}
+               "AAP_ID_HASH_KEY", "AAP_AUDIT_KEY", "AAP_SUBJECT_TOKEN_KEY", "AAP_METRICS_TOKEN"}
 """What docs/deploy.md tells to put in the Secret aap-credentials."""
 REQUIRED_REF = re.compile(r"^\$\{[A-Z][A-Z0-9_]*:\?[^}]*\}$")
 
@@ -365,7 +365,8 @@ def test_compose_roles_have_the_backends_settings() -> None:
         password, _, where = password_and_host.rpartition("@")
         assert user == "aap" and where == "postgres:5432/aap"
         assert REQUIRED_REF.match(password), "the password comes from deploy/.env"
-        for name in ("AAP_S3_ACCESS_KEY", "AAP_S3_SECRET_KEY", "AAP_MASTER_KEY"):
+        for name in ("AAP_S3_ACCESS_KEY", "AAP_S3_SECRET_KEY", "AAP_MASTER_KEY", "AAP_ID_HASH_KEY",
+                     "AAP_AUDIT_KEY", "AAP_SUBJECT_TOKEN_KEY"):
             assert REQUIRED_REF.match(env[name]), name
 
 

@@ -55,9 +55,9 @@ from aap.routing import ANY, Route, Router
 from aap.settings import Settings
 from aap.sources import Sources
 from aap.store.identities import SharedIdentities
+from aap.store.publish import Publisher, refuse_unshared, shared_list
 from aap.store.tiering import TieringThread, TierPolicy
 from aap.store.tiers import TierConfig, TierStore
-from aap.store.publish import Publisher, refuse_unshared, shared_list
 from aap.store.warehouse import Warehouse
 
 logger = logging.getLogger("aap.core")
@@ -93,11 +93,8 @@ class Core:
         self.settings = settings
         data = settings.data_path
         self.log = open_log(settings)
-        s3, kept = settings.s3, settings.tiers
-        tiers = TierStore(TierConfig(
-            settings.tier_url, s3_endpoint=s3.s3_endpoint_url,
-            s3_access_key=s3.s3_access_key, s3_secret_key=s3.s3_secret_key,
-            s3_region=s3.s3_region))
+        kept = settings.tiers
+        tiers = TierStore(TierConfig.from_settings(settings))
         self.warehouse = Warehouse(
             settings.data.warehouse, tiers=tiers, memory_limit=settings.storage.warehouse_memory,
             shared_list=shared_list(data, kept.publish_seconds, settings.storage.meta_url))
@@ -124,7 +121,8 @@ class Core:
 
         hasher = IdHasher.for_data_dir(data)
         self.rights = Rights(data, self.warehouse, self.keystore, hasher, AuditLog(data),
-                             log=self.log)
+                             log=self.log)  # .identities: set below
+        shared = SharedIdentities(data, meta) if (meta := settings.storage.meta_url) else None
         self.processor = Processor(
             self.log, self.warehouse, hasher,
             historical_sources=historical,
@@ -135,9 +133,9 @@ class Core:
             destroyed=self.keystore.refresh_destroyed,
             forgotten=self.keystore.refresh_forgotten,
             scopes=sources.scopes,
-            identities=(SharedIdentities(data, settings.storage.meta_url)  # shared
-                        if settings.storage.meta_url else None),
+            identities=shared,
         )
+        self.rights.identities = shared
         self.privacy = Requests(data, self.rights, sources.scopes)
         self.rights.after_erasure = self._after_erasure
         self.rest = RestAPI(settings, self.warehouse, self.privacy)

@@ -31,7 +31,7 @@ from typing import Any
 from aap.datadir import DataDir
 from aap.privacy.audit_chain import GENESIS, Verdict, canonical, mac_of, new_entry
 from aap.privacy.audit_table import AuditTable
-from aap.privacy.ids import load_or_create_secret
+from aap.privacy.ids import key_of
 from aap.store.meta import meta_url, open_meta
 
 __all__ = ["GENESIS", "AuditLog", "Verdict", "canonical", "local_actor", "mac_of"]
@@ -44,7 +44,7 @@ class AuditLog:
         paths.privacy.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = paths.audit_log
         self.head_path = paths.audit_head
-        self._key = load_or_create_secret(paths.audit_key)
+        self._key = key_of("audit_key", paths.audit_key)
         url = meta_url() if url is None else url
         self._table: AuditTable | None = None
         if url:

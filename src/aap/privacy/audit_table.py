@@ -66,7 +66,8 @@ class AuditTable:
         if row is not None and row[0] is not None and not hmac.compare_digest(str(row[0]), check):
             raise AuditKeyMismatch(
                 f"the audit chain in {self._db.where} is written with another key than"
-                f" {key_path}: every process given AAP_META_URL needs the same keys/audit.key")
+                f" this process's (AAP_AUDIT_KEY, else {key_path}): every process given"
+                f" AAP_META_URL needs the same audit key")
 
     def append(self, actor: str, action: str, detail: dict[str, Any] | None) -> int:
         def add(tx: Tx) -> int:

@@ -38,6 +38,14 @@ def load_or_create_secret(path: Path) -> bytes:
     return path.read_bytes()
 
 
+
+def key_of(setting: str, path: Path) -> bytes:
+    """The key given as ``AAP_<SETTING>`` (from a Secret: the same for every process of a
+    deployment, and on no disk), else the secret in the file ``path`` (made if missing)."""
+    from aap.settings import PrivacySettings
+
+    return PrivacySettings.load().key_bytes(setting) or load_or_create_secret(path)
+
 MAX_CACHED = 200_000
 """Raw ids whose keyed hash is remembered, cleared beyond."""
 
@@ -49,7 +57,7 @@ class IdHasher:
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> IdHasher:
-        return cls(load_or_create_secret(DataDir(data_dir).id_hash_key))
+        return cls(key_of("id_hash_key", DataDir(data_dir).id_hash_key))
 
     def key(self, raw: str) -> int:
         """A signed 64-bit key (fits DuckDB BIGINT and SQLite INTEGER)."""

@@ -35,8 +35,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from aap.datadir import DataDir
-from aap.privacy.ids import load_or_create_secret
-from aap.settings import PrivacySettings
+from aap.privacy.ids import key_of
 from aap.store.meta import Fetch, Tx, open_meta
 from aap.store.migrations import Schema, sql_step
 
@@ -117,8 +116,7 @@ class LocalMasterKey:
     """A 256-bit key from ``AAP_MASTER_KEY`` or a 0600 file."""
 
     def __init__(self, data_dir: Path) -> None:
-        key = PrivacySettings.load().master_key_bytes or load_or_create_secret(
-            DataDir(data_dir).master_key)
+        key = key_of("master_key", DataDir(data_dir).master_key)
         if len(key) != 32:
             raise ValueError("the master key must be 32 bytes")
         self._aead = AESGCM(key)

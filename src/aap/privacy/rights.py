@@ -39,7 +39,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -56,6 +56,9 @@ from aap.privacy.scrub import is_personal_trait, redact
 from aap.privacy.sealing import Sealer
 from aap.query.cohorts import Cohorts
 from aap.store.warehouse import Warehouse
+
+if TYPE_CHECKING:
+    from aap.store.identities import SharedIdentities
 
 Scope = tuple[str, tuple[str, ...]]
 """A self-service request's scope (a source id or ``controller:GROUP``) and the ids of
@@ -79,6 +82,9 @@ class Rights:
         self.hasher = hasher
         self.audit = audit
         self.cohorts = Cohorts(data_dir)
+        self.identities: SharedIdentities | None = None
+        """Set by the core when identities are shared (``AAP_META_URL``): an erasure
+        reaches the persons and links held there too."""
         self.after_erasure: Callable[[], None] | None = None
         """Set by the core: brings derived copies (the query cache) up to date and
         checkpoints the warehouse, before the receipt is handed out."""
@@ -103,6 +109,9 @@ class Rights:
         t0 = time.perf_counter()
         started = datetime.now(UTC)
         persons, all_keys = subjects.person_closure(self.wh, keys)
+        if self.identities is not None:
+            shared_persons, shared_keys = self.identities.closure(all_keys)
+            persons, all_keys = persons | shared_persons, all_keys | shared_keys
         if scope is not None and persons and not subjects.sources_of(self.wh, persons) <= set(scope[1]):
             return self._erase_in(keys, persons, requested, actor, scope, started, t0)
         destroyed = self.keystore.destroy(all_keys)
@@ -113,6 +122,8 @@ class Rights:
                    "query_cache_sessions_rows": removed.pop("query_cache_sessions_rows", 0),
                    "query_cache_pages_rows": removed.pop("query_cache_pages_rows", 0),
                    "access_exports_deleted": exports.delete_for(self.exports, all_keys)}
+        if self.identities is not None:
+            derived["shared_identity_rows"] = self.identities.erase(persons, all_keys)
         if self.after_erasure is not None:
             self.after_erasure()
         receipt: dict[str, Any] = {

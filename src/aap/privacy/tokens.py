@@ -27,7 +27,7 @@ import msgspec
 
 from aap.datadir import DataDir
 from aap.jsonlimits import depth
-from aap.privacy.ids import load_or_create_secret
+from aap.privacy.ids import key_of
 
 
 class BadToken(ValueError):
@@ -44,7 +44,7 @@ def _unb64(text: str) -> bytes:
 
 class SubjectTokens:
     def __init__(self, data_dir: Path) -> None:
-        self._root = load_or_create_secret(DataDir(data_dir).subject_token_key)
+        self._root = key_of("subject_token_key", DataDir(data_dir).subject_token_key)
 
     def secret(self, source_id: str) -> bytes:
         """The source's subject secret (what its backend signs tokens with)."""

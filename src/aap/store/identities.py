@@ -207,6 +207,43 @@ class SharedIdentities:
 
         return self._write(forget) if wanted else 0
 
+    def closure(self, keys: Iterable[int]) -> tuple[set[int], set[int]]:
+        """What an erasure of these keys reaches in the shared store: their persons (as
+        merges resolve them) with every person merged into those, and every key of all of
+        them (with ``keys``). A merge made by another processor is here even when this
+        processor's warehouse never learned it."""
+        wanted = sorted(set(keys))
+        fetch, sql = self._db.fetchall, self._sql
+        found = set(_resolved(fetch, sql, wanted).values())
+        if not found:
+            return set(), set(wanted)
+        persons = found | set(_pairs(fetch, sql, "SELECT old_person_id, old_person_id FROM"
+                                                 " identity_overrides WHERE person_id {}",
+                                     sorted(found)))
+        linked = _pairs(fetch, sql, "SELECT id_key, id_key FROM identity_ids WHERE person_id {}",
+                        sorted(persons))
+        return persons, set(wanted) | set(linked)
+
+    def erase(self, persons: Iterable[int], keys: Iterable[int]) -> int:
+        """Erasure: the links of ``keys`` and every link, merge and "identified" mark of
+        ``persons`` are deleted, in one transaction; returns the rows deleted. (The
+        erased keys are suppressed by the keystore first, so no chunk links them again.)"""
+        who, wanted, sql = sorted(set(persons)), sorted(set(keys)), self._sql
+
+        def erase(tx: Tx) -> int:
+            n = 0
+            for cond, params in sql.among(wanted):
+                n += tx.execute(f"DELETE FROM identity_ids WHERE id_key {cond}", params)
+            for cond, params in sql.among(who):
+                n += tx.execute(f"DELETE FROM identity_ids WHERE person_id {cond}", params)
+                n += tx.execute(f"DELETE FROM identity_overrides WHERE old_person_id {cond}"
+                                f" OR person_id {cond}", [*params, *params])
+                n += tx.execute(f"DELETE FROM identity_identified WHERE person_id {cond}",
+                                params)
+            return n
+
+        return self._write(erase) if who or wanted else 0
+
     def close(self) -> None:
         self._db.close()
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -27,6 +28,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aap.store.schema import EVENT_ARROW_SCHEMA
+
+if TYPE_CHECKING:
+    from aap.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,14 @@ class TierConfig:
     s3_access_key: str = ""
     s3_secret_key: str = ""
     s3_region: str = "us-east-1"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TierConfig:
+        """``AAP_TIER_URL`` (or the data dir's ``tiers``) and the ``AAP_S3_*`` settings."""
+        s3 = settings.s3
+        return cls(settings.tier_url, s3_endpoint=s3.s3_endpoint_url,
+                   s3_access_key=s3.s3_access_key, s3_secret_key=s3.s3_secret_key,
+                   s3_region=s3.s3_region)
 
 
 def s3_filesystem(endpoint_url: str, access_key: str, secret_key: str, region: str
