@@ -242,6 +242,10 @@ class Warehouse:
         publisher, :mod:`aap.store.publish`), so that a rewrite finds every row either
         hot or listed."""
         self._readers = CursorPool(self.con)
+        self.published_only = False
+        """A query node's reader warehouse (:mod:`aap.core.reader`): its events are the
+        published files only, and persons, orders and products are not there (the
+        insights that need them are refused, :mod:`aap.query.published`)."""
 
     def close(self) -> None:
         self._readers.clear()
