@@ -115,10 +115,15 @@ def _wait(what: str, ok: Callable[[], bool], timeout: float = 300.0) -> None:
 
 
 def _same(embedded: Node, nodes: list[Node], start: str, end: str, when: str) -> None:
+    """Each insight equal on every node; a node may take a little while to agree (a
+    merge is mirrored up to 2 s after the files holding its events are listed), so
+    each is asked again for up to a minute before the difference is reported."""
     for doc in _insights(start, end):
         want = embedded.query(doc)
         for node in nodes:
-            got = node.query(doc)
+            deadline = time.monotonic() + 60
+            while (got := node.query(doc)) != want and time.monotonic() < deadline:
+                time.sleep(1)
             assert got == want, f"{when}: {doc['kind']} differs on {node.name}:" \
                                 f" {got!r:.1500} vs embedded {want!r:.1500}"
 

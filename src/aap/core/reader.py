@@ -20,6 +20,7 @@ one. Its ``/healthz`` says whether the shared list and merges were read lately.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aap import errors
@@ -60,6 +61,14 @@ def query_role_problem(settings: Settings) -> str | None:
 class ReaderAPI(RestAPI):
     """The REST API of a query node: what needs unpublished tables says so."""
 
+    reader_health: Callable[[], dict[str, Any]] | None = None
+    """Set by :class:`ReaderCore`: what ``GET /health`` (role admin) answers here."""
+
+    def health(self, params: dict[str, str], body: bytes, role: str) -> Any:
+        if self.reader_health is None:
+            raise errors.ServiceUnavailable("starting", code="starting")
+        return self.reader_health()
+
     def person_lookup(self, params: dict[str, str], body: bytes, role: str) -> Any:
         from aap.query.published import refuse
 
@@ -94,6 +103,7 @@ class ReaderCore:
         # files requests on the shared table; never started: a processor runs them
         self.privacy = Requests(data, rights, Sources(data).scopes)
         self.rest = ReaderAPI(settings, self.warehouse, self.privacy)
+        self.rest.reader_health = self.health
         self.started_at = time.time()
 
     def start(self) -> None:
