@@ -26,9 +26,10 @@ from typing import Any
 import httpx
 import pytest
 
-from aap.cluster import query_dir
+from aap.cluster import query_dir, query_env
 from aap.lifecycle import child_env
 from aap.runner import ServerProcess, create_source
+from aap.settings import Settings
 from tests.cluster_up import Up, cluster_up
 from tests.e2e.test_cluster_equivalence import _answer, _send, _streams, _traffic
 from tests.kafka_mock import Cluster
@@ -137,8 +138,10 @@ class Deployments:
         self.embedded_api = Node("embedded", embedded.url, embedded.data_dir, {})
 
 
-@pytest.fixture
-def deployments(tmp_path: Path, pg: Any) -> Iterator[Deployments]:
+@pytest.fixture(scope="module")
+def deployments(tmp_path_factory: pytest.TempPathFactory, pg: Any) -> Iterator[Deployments]:
+    """Both deployments, once for the module's tests (the cluster takes a while to start)."""
+    tmp_path = tmp_path_factory.mktemp("qn")
     kafka = Cluster()
     embedded_data, cluster_data = tmp_path / "embedded", tmp_path / "c"
     embedded_key = create_source(embedded_data, "demo-site")
@@ -152,8 +155,10 @@ def deployments(tmp_path: Path, pg: Any) -> Iterator[Deployments]:
         with cluster_up(cluster_data, tmp_path / "cluster.log", collectors=1, query=2,
                         env=env) as up:
             core = ServerProcess(cluster_data, up.base, env=env)  # the processor's socket
-            nodes = [Node(f"query node {i + 1}", url, query_dir(cluster_data, i), env)
-                     for i, url in enumerate(up.query_urls)]
+            # the CLI on a node's data dir takes the processor's keys, as the nodes do
+            keys = query_env(Settings(data_dir=str(cluster_data)))
+            nodes = [Node(f"query node {i + 1}", url, query_dir(cluster_data, i),
+                          {**env, **keys}) for i, url in enumerate(up.query_urls)]
             yield Deployments(embedded, embedded_key, up, core, cluster_key, nodes, env)
     finally:
         embedded.stop()
@@ -215,7 +220,8 @@ def test_a_query_node_refuses_bad_keys_and_bad_input_with_json(deployments: Depl
     doc = {"kind": "sql", "query": COUNT_SQL}
     r = httpx.post(node.url + "/api/v1/query", json=doc, timeout=60)
     assert r.status_code == 401 and r.json()["code"] == "missing_api_key", r.text
-    forged = "aap_" + "0" * 40
+    real = node.keys["analyst"]  # its id with another secret
+    forged = real[:-1] + ("A" if real[-1] != "A" else "B")
     r = httpx.post(node.url + "/api/v1/query", json=doc, timeout=60,
                    headers={"Authorization": f"Bearer {forged}"})
     assert r.status_code == 401 and r.json()["code"] == "invalid_api_key", r.text

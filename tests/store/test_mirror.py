@@ -19,7 +19,7 @@ def _table(wh: Warehouse) -> set[tuple[int, int]]:
 
 
 def test_the_mirror_follows_the_shared_merges(tmp_path: Path, meta_url: str) -> None:
-    store = SharedIdentities(tmp_path / "shared", meta_url)
+    store = SharedIdentities(tmp_path, meta_url)
     wh = Warehouse(tmp_path / "wh")
     try:
         mirror = OverridesMirror(wh, store)
