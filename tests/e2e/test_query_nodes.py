@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -165,6 +166,33 @@ def deployments(tmp_path_factory: pytest.TempPathFactory, pg: Any) -> Iterator[D
         kafka.stop()
 
 
+MERGED = 40
+"""Identified demo users who come back on a second device: each second device's person
+is merged into the user's (a row of ``person_overrides``)."""
+
+
+def _second_devices(visitors: list[list[dict[str, Any]]]
+                    ) -> tuple[list[list[dict[str, Any]]], list[list[dict[str, Any]]]]:
+    """For :data:`MERGED` identified visitors, a new anonymousId that views a page, and
+    then (sent once the page is stored: another chunk, so the merge is a row of
+    ``person_overrides`` and not resolved inside the chunk) is identified as the same
+    user."""
+    pages, identifies = [], []
+    for v in [v for v in visitors if any(ev.get("userId") for ev in v)][:MERGED]:
+        user = next(ev["userId"] for ev in v if ev.get("userId"))
+        at = datetime.fromisoformat(v[-1]["timestamp"]) + timedelta(minutes=1)
+        anon, ctx = str(uuid.uuid4()), v[-1]["context"]
+        pages.append([
+            {"type": "page", "messageId": str(uuid.uuid4()), "anonymousId": anon,
+             "timestamp": at.isoformat(), "context": ctx, "name": "Home",
+             "properties": {"path": "/", "title": "Home", "url": "https://shop.example/"}}])
+        identifies.append([
+            {"type": "identify", "messageId": str(uuid.uuid4()), "anonymousId": anon,
+             "userId": user, "timestamp": (at + timedelta(seconds=5)).isoformat(),
+             "context": ctx}])
+    return pages, identifies
+
+
 def _ingest(url: str, key: str, visitors: list[list[dict[str, Any]]], server: ServerProcess
             ) -> int:
     sent = sum(_send(url, key, bodies) for bodies in _streams(visitors, 1))
@@ -176,15 +204,21 @@ def _ingest(url: str, key: str, visitors: list[list[dict[str, Any]]], server: Se
 def test_query_nodes_answer_what_the_embedded_server_answers(deployments: Deployments) -> None:
     d = deployments
     visitors = _traffic(EVENTS)
+    pages, identifies = _second_devices(visitors)
+    visitors += pages
     total = sum(len(v) for v in visitors)
     times = [datetime.fromisoformat(ev["timestamp"]) for v in visitors for ev in v]
     start = (min(times) - timedelta(days=1)).date().isoformat()
     end = (max(times) + timedelta(days=1)).date().isoformat()
-    assert _ingest(d.embedded.url, d.embedded_key, visitors, d.embedded) == total
-    assert _ingest(d.up.urls[0], d.cluster_key, visitors, d.core) == total
+    for batch, n in ((visitors, total), (identifies, len(identifies))):
+        assert _ingest(d.embedded.url, d.embedded_key, batch, d.embedded) == n
+        assert _ingest(d.up.urls[0], d.cluster_key, batch, d.core) == n
+    total += len(identifies)
     embedded = d.embedded_api
     stored = embedded.count()
     assert stored > total // 2, "most demo visitors accept analytics"
+    merges = d.embedded.sql("SELECT count(*) FROM person_overrides")[0][0]  # type: ignore[call-overload]
+    assert merges >= MERGED // 2, merges  # the nodes must mirror them to count persons alike
     for node in d.nodes:  # published within a few seconds
         _wait(f"{node.name} sees every event", lambda n=node: n.count() == stored)  # type: ignore[misc]
     for node in d.nodes:
