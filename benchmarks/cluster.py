@@ -159,10 +159,15 @@ class Target:
     log_file: Path
     api_port: int = 0
     """Where the REST API is asked (a query node's port; 0: the first collector's)."""
+    published: bool = False
+    """The processor publishes its hot rows (``AAP_PUBLISH_SECONDS``): they leave
+    ``events_raw`` for the batch files, so :meth:`rows` counts both."""
 
     def rows(self) -> int:
-        """Events in the warehouse (``events_raw``), over the core's socket."""
-        return int(cast(int, ServerProcess(self.data).sql("SELECT count(*) FROM events_raw")[0][0]))
+        """Events in the warehouse (``events_raw``; with publishing, and the listed
+        files), over the core's socket."""
+        table = "events_all" if self.published else "events_raw"
+        return int(cast(int, ServerProcess(self.data).sql(f"SELECT count(*) FROM {table}")[0][0]))
 
 
 def start_cluster(data: Path, collectors: int, env: dict[str, str], kafka: MockKafka | None,
@@ -228,7 +233,8 @@ def start_cluster(data: Path, collectors: int, env: dict[str, str], kafka: MockK
     nodes = f", {query} query node{'s' * (query > 1)}" if query else ""
     return Target(f"cluster, {collectors} collector{'s' * (collectors > 1)}{nodes}", data,
                   [base + i for i in range(collectors)], groups, stop, log_file,
-                  base + collectors + 1 if query else 0)
+                  base + collectors + 1 if query else 0,
+                  float(env.get("AAP_PUBLISH_SECONDS", "0") or 0) > 0)
 
 
 def start_embedded(data: Path) -> Target:
@@ -254,6 +260,11 @@ def keys_for(data: Path, env: dict[str, str] | None = None, api_data: Path | Non
                           "--data-dir", str(data)], check=True, capture_output=True,
                          text=True, env=env).stdout
     key = out.strip().splitlines()[-1]
+    if api_data is not None:  # a query node's: the processor's keys, as cluster up gives
+        from aap.cluster import query_env
+        from aap.settings import Settings
+
+        env.update(query_env(Settings(data_dir=str(data))))
     out = subprocess.run([sys.executable, "-m", "aap", "keys", "create", "--role", "analyst",
                           "--data-dir", str(api_data or data)], check=True,
                          capture_output=True, text=True, env=env).stdout
