@@ -55,9 +55,9 @@ from aap.routing import ANY, Route, Router
 from aap.settings import Settings
 from aap.sources import Sources
 from aap.store.identities import SharedIdentities
+from aap.store.publish import Publisher, refuse_unshared, shared_list
 from aap.store.tiering import TieringThread, TierPolicy
 from aap.store.tiers import TierConfig, TierStore
-from aap.store.publish import Publisher, refuse_unshared, shared_list
 from aap.store.warehouse import Warehouse
 
 logger = logging.getLogger("aap.core")
