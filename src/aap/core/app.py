@@ -88,21 +88,33 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
+def _open_warehouse(settings: Settings) -> tuple[Warehouse, Publisher | None]:
+    """The warehouse on its tier store, and its publisher when ``AAP_PUBLISH_SECONDS`` is
+    set (:mod:`aap.store.publish`; a batch a stop left half published is finished now)."""
+    s3, kept = settings.s3, settings.tiers
+    tiers = TierStore(TierConfig(
+        settings.tier_url, s3_endpoint=s3.s3_endpoint_url,
+        s3_access_key=s3.s3_access_key, s3_secret_key=s3.s3_secret_key,
+        s3_region=s3.s3_region))
+    warehouse = Warehouse(
+        settings.data.warehouse, tiers=tiers, memory_limit=settings.storage.warehouse_memory,
+        shared_list=shared_list(settings.data_path, kept.publish_seconds,
+                                settings.storage.meta_url))
+    refuse_unshared(warehouse)
+    if kept.publish_seconds <= 0:
+        return warehouse, None
+    publisher = Publisher(warehouse, kept.publish_seconds)
+    publisher.recover()
+    return warehouse, publisher
+
+
 class Core:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         data = settings.data_path
         self.log = open_log(settings)
         kept = settings.tiers
-        tiers = TierStore(TierConfig.from_settings(settings))
-        self.warehouse = Warehouse(
-            settings.data.warehouse, tiers=tiers, memory_limit=settings.storage.warehouse_memory,
-            shared_list=shared_list(data, kept.publish_seconds, settings.storage.meta_url))
-        refuse_unshared(self.warehouse)
-        self.publisher = (Publisher(self.warehouse, kept.publish_seconds)
-                          if kept.publish_seconds > 0 else None)
-        if self.publisher is not None:
-            self.publisher.recover()  # a batch a stop left half published
+        self.warehouse, self.publisher = _open_warehouse(settings)
         registry = Registry.for_data_dir(data)
         check_settings(settings, registry)  # `aap serve` says why before it gets here
         self.keystore = Keystore(data)

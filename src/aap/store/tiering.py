@@ -49,10 +49,10 @@ def run_tiering(wh: Warehouse, policy: TierPolicy, today: date | None = None) ->
     moved["quarantined"] = quarantine_hot(wh, JOB)
     if wh.files.shared:  # the publisher moves the hot rows; their batch files are folded
         moved["compacted"] = 0
-        for day, files in warm_days(wh):
-            if _due(day, files, today):
-                moved["compacted"] += _isolated(moved, f"batches of {day}", compact_batches,
-                                                wh, day, policy.grace)
+        for part, files in warm_days(wh):
+            if _due(part, files, today):
+                moved["compacted"] += _isolated(moved, f"batches of {part}", compact_batches,
+                                                wh, part, policy.grace)
     hot_limit = today - timedelta(days=policy.hot_days)
     for day in hot_days(wh) if not wh.files.shared else []:
         if day < hot_limit:

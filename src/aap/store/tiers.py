@@ -10,8 +10,9 @@ The list of live files is :mod:`aap.store.filelist`: by default a table of the w
 (``tier_files``), so moving data is one transaction: the new file appears in the list in
 the same commit that deletes the rows it holds from where they were. With publishing on
 (``AAP_PUBLISH_SECONDS``) it is on the shared-state database, and batch files
-(``warm/events/day=D/batch-<writer>-<seq>.parquet``, :mod:`aap.store.publish`) join it. A query reads the list and the hot table in one
-snapshot: no gaps and no duplicates, also while a partition moves. Files dropped from
+(``warm/events/day=D/batch-<writer>-<seq>.parquet``, :mod:`aap.store.publish`) join it.
+A query reads the list and the hot table in one snapshot: no gaps and no duplicates,
+also while a partition moves. Files dropped from
 the list are deleted only after a grace period, so queries that still read them finish.
 """
 
