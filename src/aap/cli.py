@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from aap.datadir import UNIX_PATH_MAX
 from aap.settings import Settings
 
 
@@ -30,10 +31,6 @@ def _settings(**kw: Any) -> Settings:
         return Settings(**kw)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-UNIX_PATH_MAX = 107
-"""Bytes in a Unix socket's path (``sun_path`` is 108 with its terminating NUL)."""
 
 
 def _checked(settings: Settings) -> Settings:

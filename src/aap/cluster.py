@@ -35,7 +35,7 @@ import click
 import httpx
 
 from aap.core.supervisor import CoreSupervisor
-from aap.datadir import DataDir, secure
+from aap.datadir import UNIX_PATH_MAX, DataDir, secure
 from aap.lifecycle import die_with_parent, interrupt_on_sigterm
 from aap.settings import Settings
 
@@ -83,8 +83,6 @@ def up(settings: Settings, topology: Topology) -> None:
     health = base + topology.collectors
     query_ports = [health + 1 + i for i in range(topology.query)]
     query_dirs = [query_dir(settings.data_path, i) for i in range(topology.query)]
-    from aap.cli import UNIX_PATH_MAX
-
     for d in query_dirs:
         if len(os.fsencode(DataDir(d).core_socket)) > UNIX_PATH_MAX:
             raise TopologyRefused(f"the data dir's path is too long for a query node's core"

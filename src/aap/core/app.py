@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-import duckdb
 import msgspec
 
 from aap import errors
@@ -40,6 +39,7 @@ from aap.asgi import (
     read_body,
     send_response,
 )  # fmt: skip
+from aap.core.operator_sql import sql_answer
 from aap.log import open_log
 from aap.privacy.audit import AuditLog
 from aap.privacy.cnil import DailySalts
@@ -71,21 +71,6 @@ class EraseRequest(msgspec.Struct):
     actor: str = "privacy"
     traits: dict[str, Any] = {}
     lift: bool = False
-
-
-class SQLRequest(msgspec.Struct):
-    sql: str
-    params: list[Any] = []
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    return str(v)
 
 
 def _open_warehouse(settings: Settings) -> tuple[Warehouse, Publisher | None]:
@@ -225,16 +210,6 @@ class Core:
                               "loop_age_s": round(time.monotonic() - proc.turned_at, 3),
                               "failures": proc.failures,
                               "last_write_at": proc.last_write_at}}
-
-
-def sql_answer(warehouse: Warehouse, body: bytes, position: Any) -> dict[str, Any]:
-    """``aap sql``'s call (``/internal/sql``): the operator's SQL on the warehouse."""
-    with _bad_request(msgspec.DecodeError, msgspec.ValidationError):
-        req = msgspec.json.decode(body, type=SQLRequest)
-    with _bad_request(duckdb.Error, code="bad_query"):
-        cols, result = warehouse.query(req.sql, req.params)
-    rows = [[_jsonable(v) for v in r] for r in result]
-    return {"columns": cols, "rows": rows, "position": position}
 
 
 _BAD_BODY: tuple[type[Exception], ...] = (msgspec.DecodeError, msgspec.ValidationError,

@@ -25,6 +25,7 @@ from typing import Any
 
 from aap import errors
 from aap.api.rest import RestAPI
+from aap.core.operator_sql import sql_answer
 from aap.privacy.audit import AuditLog
 from aap.privacy.ids import IdHasher
 from aap.privacy.keystore import Keystore
@@ -145,6 +146,4 @@ class ReaderCore:
         return self._not_here(body)
 
     def sql(self, body: bytes) -> dict[str, Any]:
-        from aap.core.app import sql_answer
-
         return sql_answer(self.warehouse, body, position=None)
