@@ -54,6 +54,7 @@ from aap.process.processor import Processor
 from aap.routing import ANY, Route, Router
 from aap.settings import Settings
 from aap.sources import Sources
+from aap.store import flags
 from aap.store.identities import SharedIdentities
 from aap.store.tiering import TieringThread, TierPolicy
 from aap.store.tiers import TierConfig, TierStore
@@ -99,6 +100,9 @@ class Core:
             s3_region=s3.s3_region))
         self.warehouse = Warehouse(settings.data.warehouse, tiers=tiers,
                                    memory_limit=settings.storage.warehouse_memory)
+        # with AAP_META_URL the flags (restriction, objection) are shared: person_flags
+        # becomes their mirror, brought up to date before each query
+        flags.attach(self.warehouse, data, settings.storage.meta_url)
         registry = Registry.for_data_dir(data)
         check_settings(settings, registry)  # `aap serve` says why before it gets here
         self.keystore = Keystore(data)

@@ -1,7 +1,11 @@
 """The persons behind data-subject requests, in the warehouse: who an id belongs to
 (with every person merged into them), and the changes rights make to their profiles —
 rectified traits (Art. 16), restriction (Art. 18) and objection (Art. 21) flags.
-Removing their events is :mod:`aap.privacy.removal`."""
+Removing their events is :mod:`aap.privacy.removal`.
+
+Flags: the warehouse's ``person_flags`` table is their record; with ``AAP_META_URL``
+the record is the shared store (:mod:`aap.store.flags`), written here, and the table is
+its mirror, brought up to date at once (and before every query, on every node)."""
 
 from __future__ import annotations
 
@@ -65,6 +69,10 @@ def unflag_persons(wh: Warehouse, persons: set[int], flag: str) -> int:
     """Lift a restriction or withdraw an objection; how many flags were removed."""
     if not persons:
         return 0
+    if wh.flags is not None:
+        n = wh.flags.store.clear(persons, flag)
+        wh.flags.refresh()
+        return n
     with wh.write_lock, wh.transaction() as cur:
         row = cur.execute("DELETE FROM person_flags WHERE flag = $flag"
                           " AND list_contains($persons, person_id)",
@@ -75,6 +83,7 @@ def unflag_persons(wh: Warehouse, persons: set[int], flag: str) -> int:
 def is_flagged(wh: Warehouse, persons: set[int], flag: str) -> bool:
     if not persons:
         return False
+    wh.fresh_flags()
     return wh.con.cursor().execute(
         "SELECT count(*) FROM person_flags WHERE flag = $flag"
         " AND list_contains($persons, person_id)",

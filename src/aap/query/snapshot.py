@@ -177,6 +177,7 @@ def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
 def open_snapshot(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnection, Views]]:
     """A cursor inside one read transaction with ``events`` defined for it (and the
     views of ``Warehouse.snapshot()``), and what else is there."""
+    warehouse.fresh_flags()  # shared flags (AAP_META_URL) mirrored before the snapshot
     pool = _pool(warehouse)
     cur = pool.take()
     ok = False
@@ -206,6 +207,7 @@ def open_snapshot(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnect
 @contextmanager
 def plain_snapshot(warehouse: Warehouse) -> Iterator[duckdb.DuckDBPyConnection]:
     """``Warehouse.snapshot()`` (every tier from its files, no cache) as insights see it."""
+    warehouse.fresh_flags()
     with warehouse.snapshot() as cur:
         cur.execute(ANALYTICS_EVENTS)
         yield cur

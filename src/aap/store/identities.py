@@ -29,6 +29,9 @@ replay, or a merge made by another processor of a person this chunk mentions, re
 that warehouse too. A merge made by another processor of persons none of whose keys this
 processor sees again does not reach its warehouse (see README, "Shared state on
 PostgreSQL").
+
+A merge also gives the merged person's restriction and objection flags to the surviving
+person, in the same transaction (:func:`aap.store.flags.carry`).
 """
 
 from __future__ import annotations
@@ -134,8 +137,11 @@ class SharedIdentities:
     def __init__(self, data_dir: Path, url: str | None = None) -> None:
         """``url``: the shared-state database (``None``: ``AAP_META_URL``; empty: a
         SQLite file under the data dir, ``identities.db``)."""
+        from aap.store import flags  # (it reads this store's merges)
+
         self._db = open_meta(DataDir(data_dir).identities_db, url)
         self._db.migrate(SCHEMA)
+        self._db.migrate(flags.SCHEMA)  # a merge carries flags in its transaction
         self._sql = _Sql(self._db.dialect == POSTGRESQL)
 
     @property
@@ -292,6 +298,8 @@ def _numbers(tx: Tx, n: int, postgres: bool) -> list[int]:
 
 
 def _write(tx: Tx, sql: _Sql, ch: IdentityChanges) -> None:
+    from aap.store.flags import carry
+
     # New keys were absent when read: a plain INSERT, so that a key another processor
     # linked in between is a conflict (the chunk runs again), never overwritten.
     sql.insert(tx, "identity_ids", ("id_key", "person_id"), sorted(ch.new_ids.items()), "")
@@ -303,6 +311,7 @@ def _write(tx: Tx, sql: _Sql, ch: IdentityChanges) -> None:
     sql.insert(tx, "identity_identified", ("person_id",),
                [(p,) for p in sorted(ch.identified - ch.overrides.keys())],
                "ON CONFLICT (person_id) DO NOTHING")
+    carry(tx, sql, ch.overrides)  # the merged persons' flags go to the survivors too
 
 
 def _mirror(ids: Identities, keys: list[int], ch: IdentityChanges) -> IdentityChanges:

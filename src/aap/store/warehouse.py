@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
@@ -31,6 +31,9 @@ from aap.store import quarantine
 from aap.store.migrations import Schema, migrate_duckdb, unversioned_columns
 from aap.store.schema import DDL, DEDUP_KEY_SQL, EVENT_ARROW_SCHEMA, OLD_VIEWS, VIEWS
 from aap.store.tiers import TierConfig, TierStore
+
+if TYPE_CHECKING:
+    from aap.store.flags import FlagsMirror
 
 POSITION = "log_position"
 
@@ -230,6 +233,15 @@ class Warehouse:
         migrate_duckdb(self.con, SCHEMA)
         self.write_lock = threading.Lock()
         self._readers = CursorPool(self.con)
+        self.flags: FlagsMirror | None = None
+        """With ``AAP_META_URL``: ``person_flags`` is a mirror of the shared flags
+        (:mod:`aap.store.flags`); ``None``: it is the record itself."""
+
+    def fresh_flags(self) -> None:
+        """Before a query reads ``person_flags``: brought up to date with the shared
+        flags when it mirrors them; nothing otherwise."""
+        if self.flags is not None:
+            self.flags.refresh()
 
     def close(self) -> None:
         self._readers.clear()
@@ -256,6 +268,7 @@ class Warehouse:
         raw warehouse, writes included). One SELECT runs on a pooled cursor whose views
         already exist, in a read transaction — a few ms less than a new cursor, for the
         status and visibility checks that ask often."""
+        self.fresh_flags()
         if _one_select(sql):
             return self._select(sql, params or [])
         with self.snapshot() as cur:
