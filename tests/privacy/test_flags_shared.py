@@ -4,8 +4,9 @@ rights (the real objects a core makes), share identities and flags; a person has
 in both. A restriction set through one hides the person from the other's insights, its
 ``sql`` kind and its operator SQL, and they are shown again once it is lifted through
 the other; an objection through one takes the person out of the other's behavioural
-cohorts (profiling) only; a merge made by the other's processor carries a restriction to
-the surviving person; an erasure removes the person's flag rows from the shared store.
+cohorts (profiling) only; a person only the other warehouse holds is found through the
+shared identities; a merge made by the other's processor carries a restriction to the
+surviving person; an erasure removes the person's flag rows from the shared store.
 Runs on both engines (the SQLite file of the shared identities, then PostgreSQL); marked
 ``slow``: the ``sql`` kind runs in a worker process."""
 
@@ -141,6 +142,19 @@ def test_a_restriction_through_one_hides_the_person_on_the_other(
     assert local(a.wh) == local(b.wh) == shared(store) == set()
 
 
+def test_a_person_only_the_other_warehouse_holds_is_found_through_the_shared_ids(
+        nodes: tuple[Node, Node, SharedFlags]) -> None:
+    a, b, store = nodes
+    b.send(ev("u-vera", None))  # vera's events reach B only
+    vera = person(b, "u-vera")
+    assert a.wh.query("SELECT count(*) FROM person_ids")[1] == [(4,)]  # A never saw her
+    out = a.rights.flag_keys([HASHER.key("u-vera")], "restriction", "test")
+    assert out == {"type": "restriction", "persons": 1}
+    assert vera not in b.operator_persons() and vera not in b.sql_persons()
+    receipt = a.rights.erase(["u-vera"], [], "test")
+    assert receipt["removed"]["shared_flags"] == 1 and shared(store) == set()
+
+
 def test_an_objection_through_one_leaves_the_others_profiling_only(
         nodes: tuple[Node, Node, SharedFlags]) -> None:
     a, b, store = nodes
@@ -189,5 +203,6 @@ def test_an_erasure_removes_the_flag_rows_from_the_shared_store(
     assert rows and [r for r in rows if int(r[0]) == rita] == []
     assert {(int(r[0]), str(r[1])) for r in rows} == {(cora, "objected")}
     assert local(b.wh) != shared(store)  # not refreshed yet: B has not read since
-    b.operator_persons()
+    assert rita not in a.operator_persons()  # her events are gone from A
+    b.wh.fresh_flags()  # (B still holds hers: an erasure reaches the warehouse it ran on)
     assert local(a.wh) == local(b.wh) == shared(store)

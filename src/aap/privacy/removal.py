@@ -95,18 +95,20 @@ def _erase_hot(out: dict[str, Any], params: dict[str, Any]) -> Callable[[Hot], N
     return hot
 
 
-def erase_persons(wh: Warehouse, persons: set[int]) -> dict[str, int]:
+def erase_persons(wh: Warehouse, persons: set[int], shared: set[int] | None = None
+                  ) -> dict[str, int]:
     """Physically remove the persons' rows from the hot tables and from every warm and
     cold file (rewritten without them; the old files are deleted at once), and their
     flags from the shared store too when there is one (``shared_flags``: the rows
     deleted there, merges the shared identities know included). Returns what was
-    removed where."""
+    removed where. ``shared``: the persons the shared identities give the ids (their
+    flags go from the shared store too)."""
     out = {"hot_events": 0, **_FILE_COUNTS, "persons": 0, "ids": 0, "merges": 0, "orders": 0,
            "order_items": 0, "query_cache_rows": 0, "flags": 0, "retired_files_deleted": 0}
+    if wh.flags is not None:  # the record of the flags is shared (AAP_META_URL): first
+        out["shared_flags"] = wh.flags.store.erase(persons | (shared or set()))
     if not persons:
         return out
-    if wh.flags is not None:  # the record of the flags is shared (AAP_META_URL): first
-        out["shared_flags"] = wh.flags.store.erase(persons)
     value_set = pa.array(sorted(persons), pa.int64())
 
     def in_file(table: pa.Table, tier: str) -> FileRows:

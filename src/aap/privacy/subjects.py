@@ -36,6 +36,14 @@ def person_closure(wh: Warehouse, id_keys: list[int]) -> tuple[set[int], set[int
     return persons, keys
 
 
+def shared_persons(wh: Warehouse, id_keys: list[int] | set[int]) -> set[int]:
+    """With ``AAP_META_URL``: the persons of these ids in the shared identities (a person
+    whose events only another warehouse holds is found too); otherwise none."""
+    if wh.flags is None or not id_keys:
+        return set()
+    return wh.flags.store.persons_of(id_keys)
+
+
 def identified(wh: Warehouse, persons: set[int]) -> bool:
     """Whether any of these persons is identified (has had a userId)."""
     if not persons:

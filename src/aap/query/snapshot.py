@@ -17,8 +17,9 @@ waiting to be folded into the cache) and defines, for that state:
   :mod:`aap.query.sessions`); the overview adds ``events_live`` summarized on the fly.
 
 Restricted persons (Art. 18) are left out of all three; the filter is not there at all
-when nobody is restricted. Without a usable cache it falls back to
-``Warehouse.snapshot()`` with ``events`` over the tiers.
+when nobody is restricted. With ``AAP_META_URL`` the flags are shared: ``person_flags``
+is brought up to date with them before the snapshot (:mod:`aap.store.flags`). Without
+a usable cache it falls back to ``Warehouse.snapshot()`` with ``events`` over the tiers.
 """
 
 from __future__ import annotations

@@ -17,11 +17,12 @@ own transaction):
 - every change takes the next number of one change sequence (the row of
   ``person_flags_changes``; its ``seq``), and a row carries the number of the change
   that set it. Writers take turns on that row (SQLite: one writer at a time; PostgreSQL:
-  its row lock until commit, under ``SERIALIZABLE``), so the numbers are drawn in commit
-  order, as the consent ledger's: a reader that has seen number ``n`` has seen every
-  change up to ``n``. A change that deletes rows (a flag lifted, an erasure) also sets
-  ``cleared`` to its number: deleted rows leave nothing to read, so a mirror that sees
-  ``cleared`` pass its position reads the whole (small) table again instead.
+  the table locked first, and the row's lock held until commit, under ``SERIALIZABLE``),
+  so the numbers are drawn in commit order, as the consent ledger's: a reader that has
+  seen number ``n`` has seen every change up to ``n``. A change that deletes rows (a
+  flag lifted, an erasure) also sets ``cleared`` to its number: deleted rows leave
+  nothing to read, so a mirror that sees ``cleared`` pass its position reads the whole
+  (small) table again instead.
 
 :class:`FlagsMirror` brings a warehouse's ``person_flags`` up to date **before each
 query snapshot** (:meth:`aap.store.warehouse.Warehouse.fresh_flags`): one ``SELECT`` of
@@ -49,7 +50,7 @@ import pyarrow as pa
 from aap.datadir import DataDir
 from aap.errors import ServiceUnavailable
 from aap.store.identities import SCHEMA as IDENTITIES
-from aap.store.identities import _pairs, _Sql, _unavailable
+from aap.store.identities import _pairs, _resolved, _Sql, _unavailable
 from aap.store.meta import POSTGRESQL, Fetch, Tx, open_meta
 from aap.store.migrations import Schema
 
@@ -128,6 +129,7 @@ class SharedFlags:
         at = int(time.time() * 1000) if at_ms is None else at_ms
 
         def flag_them(tx: Tx) -> int:
+            tx.lock(_CHANGES)
             group = _closure(tx, self._sql, wanted)
             have = {p for p, f, _ in _rows_of(tx.fetchall, self._sql, group) if f == flag}
             new = [(p, flag, at) for p in group if p not in have]
@@ -145,6 +147,7 @@ class SharedFlags:
         rows = sorted(set(rows))
 
         def add_them(tx: Tx) -> int:
+            tx.lock(_CHANGES)
             persons = sorted({p for p, _, _ in rows})
             have = {(p, f) for p, f, _ in _rows_of(tx.fetchall, self._sql, persons)}
             new = [r for r in rows if (r[0], r[1]) not in have]
@@ -170,6 +173,7 @@ class SharedFlags:
         wanted = sorted(set(persons))
 
         def delete(tx: Tx) -> int:
+            tx.lock(_CHANGES)
             group = _closure(tx, self._sql, wanted)
             gone = 0
             for cond, params in self._sql.among(group):
@@ -198,6 +202,13 @@ class SharedFlags:
         """Every flag."""
         return self.since(-1)
 
+    def persons_of(self, keys: Iterable[int]) -> set[int]:
+        """The persons of these keyed ids in the shared identities, as merges resolve
+        them: a request through one core finds a person whose events only another
+        warehouse holds."""
+        return set(self._read(lambda: _resolved(self._db.fetchall, self._sql,
+                                                sorted(set(keys)))).values())
+
     def flagged(self, persons: Iterable[int], flag: str) -> set[int]:
         """Which of these persons carry the flag."""
         wanted = sorted(set(persons))
@@ -225,9 +236,15 @@ class SharedFlags:
         self._db.close()
 
 
+_CHANGES = "person_flags_changes"
+"""The counter's table: the flags' writers lock it first (:meth:`aap.store.meta.Tx.lock`),
+so they take turns without being refused; a merge that carries flags updates the row
+after reading, and runs again if a writer committed in between."""
+
+
 def _next(tx: Tx) -> int:
-    """The next change number: the counter row is updated first, so writers take turns
-    on it until they commit (see the module's doc)."""
+    """The next change number: the counter row is updated, and held until the commit,
+    so numbers are drawn in commit order (see the module's doc)."""
     tx.execute("UPDATE person_flags_changes SET seq = seq + 1 WHERE one = 1")
     return int(tx.fetchall("SELECT seq FROM person_flags_changes WHERE one = 1")[0][0])
 
