@@ -1,20 +1,24 @@
 """The shared flags (:mod:`aap.store.flags`) and a warehouse's mirror of them, on both
 engines of the shared state (PostgreSQL: marked ``slow``): what is set, lifted and erased
 reaches the mirror before the next query reads it; a flag follows a merge of the shared
-identities; the flags a warehouse held before it mirrored are adopted once. On
+identities; the flags a warehouse held before it mirrored are adopted once; an identity
+store made before flags existed gets their tables. On
 PostgreSQL, two processes setting and clearing flags while a third mirrors them: the
 mirror ends equal to the store. Without ``AAP_META_URL`` nothing is mirrored."""
 
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from aap.store import flags
+from aap.store import flags, identities
 from aap.store.flags import SharedFlags
 from aap.store.identities import SharedIdentities
+from aap.store.migrations import statements
 from aap.store.warehouse import Warehouse
 from tests.pg import Cluster
 from tests.pg import fresh_database as _fresh
@@ -90,6 +94,33 @@ def test_a_warehouses_own_flags_are_adopted_once(tmp_path: Path, meta_url: str) 
     wh.con.execute("INSERT INTO person_flags VALUES (8, 'objected', now())")
     flags.mirror(wh, store)
     assert w.local(wh) == w.shared(store) == set()
+
+
+def test_an_identity_store_made_before_flags_gets_their_tables(tmp_path: Path, meta_url: str
+                                                               ) -> None:
+    """The flags' tables come with version 1 of the shared identities' schema: a store at
+    version 0 (identities only) is brought up to it when opened."""
+    if meta_url:
+        with psycopg.connect(meta_url, autocommit=True) as con:
+            for statement in statements(identities._PG_SCHEMA):
+                con.execute(statement)
+            con.execute("CREATE TABLE aap_schema_versions (name TEXT PRIMARY KEY,"
+                        " version INTEGER NOT NULL)")
+            con.execute("INSERT INTO aap_schema_versions VALUES ('identity_ids', 0)")
+    else:
+        con = sqlite3.connect(tmp_path / "identities.db")
+        con.executescript(identities._SCHEMA)
+        con.close()
+    ids = SharedIdentities(tmp_path, meta_url)
+    iw.apply_chunk(ids, [("track", None, 11, None)])
+    person = ids.persons_of([11])[11]
+    store = SharedFlags(tmp_path, meta_url)
+    assert store.set([person], "restricted") == 1
+    assert store.flagged([person], "restricted") == {person}
+    version = (store._db.fetchone("SELECT version FROM aap_schema_versions WHERE name ="
+                                  " 'identity_ids'") if meta_url else
+               store._db.fetchone("PRAGMA user_version"))
+    assert version == (identities.SCHEMA.latest,) == (1,)
 
 
 def test_without_meta_url_nothing_is_mirrored(tmp_path: Path) -> None:

@@ -106,7 +106,7 @@ def erase_persons(wh: Warehouse, persons: set[int], shared: set[int] | None = No
     out = {"hot_events": 0, **_FILE_COUNTS, "persons": 0, "ids": 0, "merges": 0, "orders": 0,
            "order_items": 0, "query_cache_rows": 0, "flags": 0, "retired_files_deleted": 0}
     if wh.flags is not None:  # the record of the flags is shared (AAP_META_URL): first
-        out["shared_flags"] = wh.flags.store.erase(persons | (shared or set()))
+        out["shared_flags"] = wh.flags.erase(persons | (shared or set()))
     if not persons:
         return out
     value_set = pa.array(sorted(persons), pa.int64())

@@ -41,7 +41,7 @@ def shared_persons(wh: Warehouse, id_keys: list[int] | set[int]) -> set[int]:
     whose events only another warehouse holds is found too); otherwise none."""
     if wh.flags is None or not id_keys:
         return set()
-    return wh.flags.store.persons_of(id_keys)
+    return wh.flags.persons_of(id_keys)
 
 
 def identified(wh: Warehouse, persons: set[int]) -> bool:
@@ -78,9 +78,7 @@ def unflag_persons(wh: Warehouse, persons: set[int], flag: str) -> int:
     if not persons:
         return 0
     if wh.flags is not None:
-        n = wh.flags.store.clear(persons, flag)
-        wh.flags.refresh()
-        return n
+        return wh.flags.clear(persons, flag)
     with wh.write_lock, wh.transaction() as cur:
         row = cur.execute("DELETE FROM person_flags WHERE flag = $flag"
                           " AND list_contains($persons, person_id)",

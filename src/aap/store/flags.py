@@ -6,14 +6,15 @@ Without ``AAP_META_URL`` none of this is used: the warehouse's ``person_flags`` 
 the record, as it always was (:mod:`aap.privacy.subjects`). With it, person ids are
 global (:mod:`aap.store.identities`), and the record is the table ``person_flags`` of the
 shared-state database (:mod:`aap.store.meta`; on SQLite, for the tests of both engines,
-the file of the shared identities, ``identities.db``, since a merge carries flags in its
-own transaction):
+the file of the shared identities, ``identities.db``). Its tables come with the shared
+identities' schema (:data:`aap.store.identities.SCHEMA`), since a merge carries flags in
+its own transaction:
 
 - a flag set, lifted or erased through any process is one write transaction there, on
   the persons named, the persons the identity store merged them into, and every person
   merged into those (so a merge this warehouse has not seen yet is covered);
 - a merge (:meth:`aap.store.identities.SharedIdentities.apply`) copies the merged
-  person's flags to the surviving person in the merge's transaction (:func:`carry`);
+  person's flags to the surviving person in the merge's own transaction;
 - every change takes the next number of one change sequence (the row of
   ``person_flags_changes``; its ``seq``), and a row carries the number of the change
   that set it. Writers take turns on that row (SQLite: one writer at a time; PostgreSQL:
@@ -49,50 +50,22 @@ import pyarrow as pa
 
 from aap.datadir import DataDir
 from aap.errors import ServiceUnavailable
-from aap.store.identities import SCHEMA as IDENTITIES
-from aap.store.identities import _pairs, _resolved, _Sql, _unavailable
-from aap.store.meta import POSTGRESQL, Fetch, Tx, open_meta
-from aap.store.migrations import Schema
+from aap.store.identities import (
+    FLAG_CHANGES,
+    SCHEMA,
+    Bulk,
+    flag_rows,
+    next_flag_change,
+    pairs,
+    resolved,
+    unavailable,
+)
+from aap.store.meta import POSTGRESQL, Tx, open_meta
 
 if TYPE_CHECKING:
     from aap.store.warehouse import Warehouse
 
 FLAGS = ("restricted", "objected")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS person_flags (
-    person_id INTEGER NOT NULL,
-    flag TEXT NOT NULL CHECK (flag IN ('restricted', 'objected')),
-    set_at_ms INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (person_id, flag)
-);
-CREATE INDEX IF NOT EXISTS person_flags_seq ON person_flags (seq);
-CREATE TABLE IF NOT EXISTS person_flags_changes (
-    one INTEGER PRIMARY KEY CHECK (one = 1),
-    seq INTEGER NOT NULL,
-    cleared INTEGER NOT NULL
-);
-INSERT INTO person_flags_changes VALUES (1, 0, 0) ON CONFLICT (one) DO NOTHING;
-"""
-_PG_SCHEMA = """
-CREATE TABLE IF NOT EXISTS person_flags (
-    person_id BIGINT NOT NULL,
-    flag TEXT NOT NULL CHECK (flag IN ('restricted', 'objected')),
-    set_at_ms BIGINT NOT NULL,
-    seq BIGINT NOT NULL,
-    PRIMARY KEY (person_id, flag)
-);
-CREATE INDEX IF NOT EXISTS person_flags_seq ON person_flags (seq);
-CREATE TABLE IF NOT EXISTS person_flags_changes (
-    one INTEGER PRIMARY KEY CHECK (one = 1),
-    seq BIGINT NOT NULL,
-    cleared BIGINT NOT NULL
-);
-INSERT INTO person_flags_changes VALUES (1, 0, 0) ON CONFLICT (one) DO NOTHING;
-"""
-SCHEMA = Schema("person_flags", _SCHEMA, postgres=_PG_SCHEMA, steps=())
-"""The shared flags' schema versions (:mod:`aap.store.migrations`)."""
 
 Row = tuple[int, str, int]
 """(person_id, flag, set_at_ms)."""
@@ -112,9 +85,8 @@ class SharedFlags:
         """``url``: the shared-state database (``None``: ``AAP_META_URL``; empty: the
         SQLite file of the shared identities under the data dir)."""
         self._db = open_meta(DataDir(data_dir).identities_db, url)
-        self._db.migrate(IDENTITIES)  # merges are read from there
-        self._db.migrate(SCHEMA)
-        self._sql = _Sql(self._db.dialect == POSTGRESQL)
+        self._db.migrate(SCHEMA)  # the identities' schema holds the flags' tables
+        self._sql = Bulk(self._db.dialect == POSTGRESQL)
 
     @property
     def where(self) -> str:
@@ -129,12 +101,12 @@ class SharedFlags:
         at = int(time.time() * 1000) if at_ms is None else at_ms
 
         def flag_them(tx: Tx) -> int:
-            tx.lock(_CHANGES)
+            tx.lock(FLAG_CHANGES)
             group = _closure(tx, self._sql, wanted)
-            have = {p for p, f, _ in _rows_of(tx.fetchall, self._sql, group) if f == flag}
+            have = {p for p, f, _ in flag_rows(tx.fetchall, self._sql, group) if f == flag}
             new = [(p, flag, at) for p in group if p not in have]
             if new:
-                seq = _next(tx)
+                seq = next_flag_change(tx)
                 tx.executemany("INSERT INTO person_flags (person_id, flag, set_at_ms, seq)"
                                " VALUES (?, ?, ?, ?)", [(*r, seq) for r in new])
             return len(new)
@@ -147,12 +119,12 @@ class SharedFlags:
         rows = sorted(set(rows))
 
         def add_them(tx: Tx) -> int:
-            tx.lock(_CHANGES)
+            tx.lock(FLAG_CHANGES)
             persons = sorted({p for p, _, _ in rows})
-            have = {(p, f) for p, f, _ in _rows_of(tx.fetchall, self._sql, persons)}
+            have = {(p, f) for p, f, _ in flag_rows(tx.fetchall, self._sql, persons)}
             new = [r for r in rows if (r[0], r[1]) not in have]
             if new:
-                seq = _next(tx)
+                seq = next_flag_change(tx)
                 tx.executemany("INSERT INTO person_flags (person_id, flag, set_at_ms, seq)"
                                " VALUES (?, ?, ?, ?)", [(*r, seq) for r in new])
             return len(new)
@@ -173,7 +145,7 @@ class SharedFlags:
         wanted = sorted(set(persons))
 
         def delete(tx: Tx) -> int:
-            tx.lock(_CHANGES)
+            tx.lock(FLAG_CHANGES)
             group = _closure(tx, self._sql, wanted)
             gone = 0
             for cond, params in self._sql.among(group):
@@ -181,7 +153,7 @@ class SharedFlags:
                 gone += tx.execute(f"DELETE FROM person_flags WHERE person_id {cond}{extra}",
                                    [*params, *([] if flag is None else [flag])])
             if gone:
-                seq = _next(tx)
+                seq = next_flag_change(tx)
                 tx.execute("UPDATE person_flags_changes SET cleared = ? WHERE one = 1", (seq,))
             return gone
 
@@ -206,19 +178,19 @@ class SharedFlags:
         """The persons of these keyed ids in the shared identities, as merges resolve
         them: a request through one core finds a person whose events only another
         warehouse holds."""
-        return set(self._read(lambda: _resolved(self._db.fetchall, self._sql,
+        return set(self._read(lambda: resolved(self._db.fetchall, self._sql,
                                                 sorted(set(keys)))).values())
 
     def flagged(self, persons: Iterable[int], flag: str) -> set[int]:
         """Which of these persons carry the flag."""
         wanted = sorted(set(persons))
-        return {p for p, f, _ in _rows_of(self._db.fetchall, self._sql, wanted) if f == flag}
+        return {p for p, f, _ in flag_rows(self._db.fetchall, self._sql, wanted) if f == flag}
 
     def _write(self, fn: Any) -> int:
         try:
             return int(self._db.write(fn))
         except Exception as exc:
-            if _unavailable(exc):
+            if unavailable(exc):
                 raise FlagsUnavailable(f"the shared flags at {self.where} cannot be written"
                                        f" now: {exc}") from exc
             raise
@@ -227,7 +199,7 @@ class SharedFlags:
         try:
             return fn()
         except Exception as exc:
-            if _unavailable(exc):
+            if unavailable(exc):
                 raise FlagsUnavailable(f"the shared flags at {self.where} cannot be read"
                                        f" now: {exc}") from exc
             raise
@@ -236,58 +208,15 @@ class SharedFlags:
         self._db.close()
 
 
-_CHANGES = "person_flags_changes"
-"""The counter's table: the flags' writers lock it first (:meth:`aap.store.meta.Tx.lock`),
-so they take turns without being refused; a merge that carries flags updates the row
-after reading, and runs again if a writer committed in between."""
-
-
-def _next(tx: Tx) -> int:
-    """The next change number: the counter row is updated, and held until the commit,
-    so numbers are drawn in commit order (see the module's doc)."""
-    tx.execute("UPDATE person_flags_changes SET seq = seq + 1 WHERE one = 1")
-    return int(tx.fetchall("SELECT seq FROM person_flags_changes WHERE one = 1")[0][0])
-
-
-def _rows_of(fetch: Fetch, sql: _Sql, persons: list[int]) -> list[Row]:
-    """The flags of these persons."""
-    out: list[Row] = []
-    for cond, params in sql.among(persons):
-        out += [(int(p), str(f), int(t)) for p, f, t in fetch(
-            f"SELECT person_id, flag, set_at_ms FROM person_flags WHERE person_id {cond}",
-            params)]
-    return out
-
-
-def _closure(tx: Tx, sql: _Sql, persons: list[int]) -> list[int]:
+def _closure(tx: Tx, sql: Bulk, persons: list[int]) -> list[int]:
     """The persons, those the shared identities merged them into, and every person
     merged into those (overrides are kept flat: one look-up resolves)."""
-    into = _pairs(tx.fetchall, sql, "SELECT old_person_id, person_id FROM identity_overrides"
+    into = pairs(tx.fetchall, sql, "SELECT old_person_id, person_id FROM identity_overrides"
                                     " WHERE old_person_id {}", persons)
     resolved = sorted({into.get(p, p) for p in persons})
-    merged = _pairs(tx.fetchall, sql, "SELECT old_person_id, person_id FROM identity_overrides"
+    merged = pairs(tx.fetchall, sql, "SELECT old_person_id, person_id FROM identity_overrides"
                                       " WHERE person_id {}", resolved)
     return sorted(set(persons) | set(resolved) | set(merged))
-
-
-def carry(tx: Tx, sql: _Sql, overrides: dict[int, int]) -> int:
-    """In a merge's transaction (:mod:`aap.store.identities`): the flags of each merged
-    person are given to the person it was merged into as well (a restriction or an
-    objection is the human's: it follows them). Returns how many rows were added."""
-    if not overrides:
-        return 0
-    rows = _rows_of(tx.fetchall, sql, sorted(overrides))
-    if not rows:
-        return 0
-    survivors = sorted({overrides[p] for p, _, _ in rows})
-    have = {(p, f) for p, f, _ in _rows_of(tx.fetchall, sql, survivors)}
-    new = {(overrides[p], f): t for p, f, t in rows if (overrides[p], f) not in have}
-    if not new:
-        return 0
-    seq = _next(tx)
-    tx.executemany("INSERT INTO person_flags (person_id, flag, set_at_ms, seq)"
-                   " VALUES (?, ?, ?, ?)", [(p, f, t, seq) for (p, f), t in sorted(new.items())])
-    return len(new)
 
 
 # -- the mirror in a warehouse --
@@ -327,6 +256,26 @@ class FlagsMirror:
         self._asked_lock = threading.Lock()
         self._asked = 0
         self._covered = 0
+
+    def set(self, persons: Iterable[int], flag: str) -> int:
+        """:meth:`SharedFlags.set`, then this mirror brought up to date."""
+        n = self.store.set(persons, flag)
+        self.refresh()
+        return n
+
+    def clear(self, persons: Iterable[int], flag: str) -> int:
+        """:meth:`SharedFlags.clear`, then this mirror brought up to date."""
+        n = self.store.clear(persons, flag)
+        self.refresh()
+        return n
+
+    def erase(self, persons: Iterable[int]) -> int:
+        """:meth:`SharedFlags.erase` (the warehouse's own rows go with the erasure's
+        rewrite; the next refresh reads the table again)."""
+        return self.store.erase(persons)
+
+    def persons_of(self, keys: Iterable[int]) -> set[int]:
+        return self.store.persons_of(keys)
 
     def adopt(self) -> int:
         """Once per warehouse: the flags it held before it mirrored the shared ones (a

@@ -15,12 +15,12 @@ rows (erasure, withdrawal, retention) are :mod:`aap.store.rewrite`, driven by wh
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import duckdb
 import numpy as np
@@ -31,9 +31,6 @@ from aap.store import quarantine
 from aap.store.migrations import Schema, migrate_duckdb, unversioned_columns
 from aap.store.schema import DDL, DEDUP_KEY_SQL, EVENT_ARROW_SCHEMA, OLD_VIEWS, VIEWS
 from aap.store.tiers import TierConfig, TierStore
-
-if TYPE_CHECKING:
-    from aap.store.flags import FlagsMirror
 
 POSITION = "log_position"
 
@@ -216,6 +213,25 @@ class CursorPool:
             cur.close()
 
 
+class SharedFlagsView(Protocol):
+    """The shared record of the persons' flags that a warehouse's ``person_flags``
+    mirrors (:class:`aap.store.flags.FlagsMirror`)."""
+
+    def refresh(self) -> None:
+        """``person_flags`` brought up to date with the record."""
+        ...
+
+    def set(self, persons: Iterable[int], flag: str) -> int: ...
+
+    def clear(self, persons: Iterable[int], flag: str) -> int: ...
+
+    def erase(self, persons: Iterable[int]) -> int: ...
+
+    def persons_of(self, keys: Iterable[int]) -> set[int]:
+        """The persons of these keyed ids in the shared identities."""
+        ...
+
+
 class Warehouse:
     def __init__(self, directory: Path, *, tiers: TierStore | None = None,
                  memory_limit: str = "1GB", threads: int = 2) -> None:
@@ -233,9 +249,10 @@ class Warehouse:
         migrate_duckdb(self.con, SCHEMA)
         self.write_lock = threading.Lock()
         self._readers = CursorPool(self.con)
-        self.flags: FlagsMirror | None = None
+        self.flags: SharedFlagsView | None = None
         """With ``AAP_META_URL``: ``person_flags`` is a mirror of the shared flags
-        (:mod:`aap.store.flags`); ``None``: it is the record itself."""
+        (:mod:`aap.store.flags`), which are written through this; ``None``: the table is
+        the record itself."""
 
     def fresh_flags(self) -> None:
         """Before a query reads ``person_flags``: brought up to date with the shared
