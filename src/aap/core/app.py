@@ -100,9 +100,6 @@ class Core:
             s3_region=s3.s3_region))
         self.warehouse = Warehouse(settings.data.warehouse, tiers=tiers,
                                    memory_limit=settings.storage.warehouse_memory)
-        # with AAP_META_URL the flags (restriction, objection) are shared: person_flags
-        # becomes their mirror, brought up to date before each query
-        flags.attach(self.warehouse, data, settings.storage.meta_url)
         registry = Registry.for_data_dir(data)
         check_settings(settings, registry)  # `aap serve` says why before it gets here
         self.keystore = Keystore(data)
@@ -157,6 +154,9 @@ class Core:
         return self.thread.is_alive()
 
     def start(self) -> None:
+        # with AAP_META_URL the flags (restriction, objection) are shared: person_flags
+        # becomes their mirror, brought up to date before each query (and at once)
+        flags.attach(self.warehouse, self.settings.data_path, self.settings.storage.meta_url)
         self.thread.start()
         self.tiering.start()
         self.rest.start()

@@ -212,11 +212,11 @@ def _closure(tx: Tx, sql: Bulk, persons: list[int]) -> list[int]:
     """The persons, those the shared identities merged them into, and every person
     merged into those (overrides are kept flat: one look-up resolves)."""
     into = pairs(tx.fetchall, sql, "SELECT old_person_id, person_id FROM identity_overrides"
-                                    " WHERE old_person_id {}", persons)
-    resolved = sorted({into.get(p, p) for p in persons})
+                                   " WHERE old_person_id {}", persons)
+    targets = sorted({into.get(p, p) for p in persons})
     merged = pairs(tx.fetchall, sql, "SELECT old_person_id, person_id FROM identity_overrides"
-                                      " WHERE person_id {}", resolved)
-    return sorted(set(persons) | set(resolved) | set(merged))
+                                     " WHERE person_id {}", targets)
+    return sorted(set(persons) | set(targets) | set(merged))
 
 
 # -- the mirror in a warehouse --
