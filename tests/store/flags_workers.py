@@ -4,6 +4,7 @@ pytest's imports so that they start quickly)."""
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,16 @@ def write(data_dir: str, url: str, seed: int, start: Any, result: Any) -> None:
     them instead. Says how many rows it added."""
     store = SharedFlags(Path(data_dir), url)
     rng = random.Random(seed)
+    draw = flags.next_flag_change
+
+    def slow_commit(tx: Any) -> int:
+        """The number drawn, then a few ms before the commit (a slow network): a number
+        drawn out of commit order would be seen late by the mirror."""
+        n = draw(tx)
+        time.sleep(rng.uniform(0, 0.004))
+        return n
+
+    flags.next_flag_change = slow_commit  # type: ignore[attr-defined]
     start.wait(timeout=120)
     added = 0
     for i in range(ROUNDS):

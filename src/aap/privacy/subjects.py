@@ -66,6 +66,9 @@ def sources_of(wh: Warehouse, persons: set[int]) -> set[str]:
 def flag_persons(wh: Warehouse, persons: set[int], flag: str) -> int:
     """Mark persons ``restricted`` (Art. 18: kept, left out of every query) or
     ``objected`` (Art. 21: left out of profiling)."""
+    if wh.flags is not None:
+        wh.flags.set(persons, flag)
+        return len(persons)
     with wh.write_lock, wh.transaction() as cur:
         for p in sorted(persons):
             cur.execute("INSERT INTO person_flags VALUES ($person, $flag, now())"
