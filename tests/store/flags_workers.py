@@ -47,9 +47,9 @@ def write(data_dir: str, url: str, seed: int, start: Any, result: Any) -> None:
         persons = rng.sample(range(1, PERSONS + 1), 3)
         flag = rng.choice(FLAGS)
         if i < ROUNDS // 2 and rng.random() < 0.3:
-            store.clear(persons, flag)
+            store.clear_flag(persons, flag)
         else:
-            added += store.set(persons, flag)
+            added += store.set_flag(persons, flag)
     result.put(("writer", added))
 
 

@@ -33,9 +33,9 @@ def test_set_lift_and_erase_reach_the_mirror_before_a_query(tmp_path: Path, meta
     other = SharedFlags(tmp_path, meta_url)  # another process's writes, say
     mirror = flags.mirror(wh, store)
     assert w.local(wh) == w.shared(store) == set()
-    assert other.set([1, 2], "restricted") == 2
-    assert other.set([2], "objected") == 1
-    assert other.set([1], "restricted") == 0  # flagged already: kept as it was
+    assert other.set_flag([1, 2], "restricted") == 2
+    assert other.set_flag([2], "objected") == 1
+    assert other.set_flag([1], "restricted") == 0  # flagged already: kept as it was
     # the query reads person_flags as before: the mirror is brought up to date first
     assert wh.query("SELECT person_id, flag FROM person_flags ORDER BY 1, 2")[1] == [
         (1, "restricted"), (2, "objected"), (2, "restricted")]
@@ -44,15 +44,15 @@ def test_set_lift_and_erase_reach_the_mirror_before_a_query(tmp_path: Path, meta
     reads = mirror.refreshes
     wh.fresh_flags()  # nothing changed: one look at the counter, no rows read
     assert mirror.refreshes == reads
-    assert other.clear([1], "restricted") == 1
-    assert other.clear([1], "restricted") == 0
+    assert other.clear_flag([1], "restricted") == 1
+    assert other.clear_flag([1], "restricted") == 0
     wh.fresh_flags()
     assert {(p, f) for p, f, _ in w.local(wh)} == {(2, "objected"), (2, "restricted")}
     assert other.erase([2]) == 2
     wh.fresh_flags()
     assert w.local(wh) == w.shared(store) == set()
     with pytest.raises(ValueError):
-        other.set([3], "hidden")
+        other.set_flag([3], "hidden")
 
 
 def test_a_flag_follows_a_merge_and_covers_merged_persons(tmp_path: Path, meta_url: str
@@ -63,7 +63,7 @@ def test_a_flag_follows_a_merge_and_covers_merged_persons(tmp_path: Path, meta_u
     iw.apply_chunk(ids, [("track", None, anon, None), ("track", user, None, None)])
     before = ids.persons_of([anon, user])
     assert before[anon] != before[user]
-    store.set([before[anon]], "restricted")
+    store.set_flag([before[anon]], "restricted")
     iw.apply_chunk(ids, [("identify", user, anon, None)])  # the anonymous person merges
     after = ids.persons_of([anon, user])
     survivor = after[user]
@@ -72,10 +72,10 @@ def test_a_flag_follows_a_merge_and_covers_merged_persons(tmp_path: Path, meta_u
     # the merge's transaction gave the survivor the merged person's restriction
     assert store.flagged([survivor], "restricted") == {survivor}
     # lifting it through either number lifts it from both (the shared merges are read)
-    assert store.clear([merged], "restricted") == 2
+    assert store.clear_flag([merged], "restricted") == 2
     assert store.flagged([survivor, merged], "restricted") == set()
     # and flagging the merged number flags the survivor too
-    assert store.set([merged], "objected") == 2
+    assert store.set_flag([merged], "objected") == 2
     assert store.flagged([survivor], "objected") == {survivor}
     assert store.erase([survivor]) == 2
     assert w.shared(store) == set()
@@ -88,7 +88,7 @@ def test_a_warehouses_own_flags_are_adopted_once(tmp_path: Path, meta_url: str) 
     store = SharedFlags(tmp_path, meta_url)
     flags.mirror(wh, store)
     assert w.shared(store) == {(7, "restricted", 1777636800250)} == w.local(wh)
-    store.clear([7], "restricted")
+    store.clear_flag([7], "restricted")
     wh.close()
     wh = Warehouse(tmp_path / "wh")  # started again: not adopted a second time
     wh.con.execute("INSERT INTO person_flags VALUES (8, 'objected', now())")
@@ -115,7 +115,7 @@ def test_an_identity_store_made_before_flags_gets_their_tables(tmp_path: Path, m
     iw.apply_chunk(ids, [("track", None, 11, None)])
     person = ids.persons_of([11])[11]
     store = SharedFlags(tmp_path, meta_url)
-    assert store.set([person], "restricted") == 1
+    assert store.set_flag([person], "restricted") == 1
     assert store.flagged([person], "restricted") == {person}
     version = (store._db.fetchone("SELECT version FROM aap_schema_versions WHERE name ="
                                   " 'identity_ids'") if meta_url else

@@ -67,7 +67,7 @@ def flag_persons(wh: Warehouse, persons: set[int], flag: str) -> int:
     """Mark persons ``restricted`` (Art. 18: kept, left out of every query) or
     ``objected`` (Art. 21: left out of profiling)."""
     if wh.flags is not None:
-        wh.flags.set(persons, flag)
+        wh.flags.set_flag(persons, flag)
         return len(persons)
     with wh.write_lock, wh.transaction() as cur:
         for p in sorted(persons):
@@ -81,7 +81,7 @@ def unflag_persons(wh: Warehouse, persons: set[int], flag: str) -> int:
     if not persons:
         return 0
     if wh.flags is not None:
-        return wh.flags.clear(persons, flag)
+        return wh.flags.clear_flag(persons, flag)
     with wh.write_lock, wh.transaction() as cur:
         row = cur.execute("DELETE FROM person_flags WHERE flag = $flag"
                           " AND list_contains($persons, person_id)",

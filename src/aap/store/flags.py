@@ -92,7 +92,7 @@ class SharedFlags:
     def where(self) -> str:
         return self._db.where
 
-    def set(self, persons: Iterable[int], flag: str, at_ms: int | None = None) -> int:
+    def set_flag(self, persons: Iterable[int], flag: str, at_ms: int | None = None) -> int:
         """Flag the persons (and those merges join them to); returns how many rows were
         added (a person flagged already keeps the time it was flagged at)."""
         wanted = sorted(set(persons))
@@ -131,7 +131,7 @@ class SharedFlags:
 
         return self._write(add_them) if rows else 0
 
-    def clear(self, persons: Iterable[int], flag: str) -> int:
+    def clear_flag(self, persons: Iterable[int], flag: str) -> int:
         """Lift the flag from the persons (and those merges join them to); returns how
         many rows went."""
         return self._delete(persons, flag)
@@ -257,15 +257,15 @@ class FlagsMirror:
         self._asked = 0
         self._covered = 0
 
-    def set(self, persons: Iterable[int], flag: str) -> int:
-        """:meth:`SharedFlags.set`, then this mirror brought up to date."""
-        n = self.store.set(persons, flag)
+    def set_flag(self, persons: Iterable[int], flag: str) -> int:
+        """:meth:`SharedFlags.set_flag`, then this mirror brought up to date."""
+        n = self.store.set_flag(persons, flag)
         self.refresh()
         return n
 
-    def clear(self, persons: Iterable[int], flag: str) -> int:
-        """:meth:`SharedFlags.clear`, then this mirror brought up to date."""
-        n = self.store.clear(persons, flag)
+    def clear_flag(self, persons: Iterable[int], flag: str) -> int:
+        """:meth:`SharedFlags.clear_flag`, then this mirror brought up to date."""
+        n = self.store.clear_flag(persons, flag)
         self.refresh()
         return n
 
