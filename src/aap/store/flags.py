@@ -32,7 +32,7 @@ row) when something did, applied in one DuckDB transaction. Per snapshot rather 
 per interval because a restriction must hold from the moment its request is answered,
 on every node: a query that starts after the shared store committed the flag sees it,
 with no window to wait out; the price is one round trip to the shared-state database
-per query (queries that start while a refresh runs share the next one). The query SQL
+per query (queries that arrive while a refresh runs wait for it and share one more). The query SQL
 is unchanged: it reads ``person_flags`` as before. While the shared store cannot be
 read, queries fail (503) rather than show a person who may be restricted.
 """
