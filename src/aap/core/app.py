@@ -54,6 +54,7 @@ from aap.process.processor import Processor
 from aap.routing import ANY, Route, Router
 from aap.settings import Settings
 from aap.sources import Sources
+from aap.store import flags
 from aap.store.identities import SharedIdentities
 from aap.store.tiering import TieringThread, TierPolicy
 from aap.store.tiers import TierConfig, TierStore
@@ -151,6 +152,9 @@ class Core:
         return self.thread.is_alive()
 
     def start(self) -> None:
+        # with AAP_META_URL the flags (restriction, objection) are shared: person_flags
+        # becomes their mirror, brought up to date before each query (and at once)
+        flags.attach(self.warehouse, self.settings.data_path, self.settings.storage.meta_url)
         self.thread.start()
         self.tiering.start()
         self.rest.start()

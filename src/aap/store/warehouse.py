@@ -15,12 +15,12 @@ rows (erasure, withdrawal, retention) are :mod:`aap.store.rewrite`, driven by wh
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import numpy as np
@@ -213,6 +213,25 @@ class CursorPool:
             cur.close()
 
 
+class SharedFlagsView(Protocol):
+    """The shared record of the persons' flags that a warehouse's ``person_flags``
+    mirrors (:class:`aap.store.flags.FlagsMirror`)."""
+
+    def refresh(self) -> None:
+        """``person_flags`` brought up to date with the record."""
+        ...
+
+    def set_flag(self, persons: Iterable[int], flag: str) -> int: ...
+
+    def clear_flag(self, persons: Iterable[int], flag: str) -> int: ...
+
+    def erase(self, persons: Iterable[int]) -> int: ...
+
+    def persons_of(self, keys: Iterable[int]) -> set[int]:
+        """The persons of these keyed ids in the shared identities."""
+        ...
+
+
 class Warehouse:
     def __init__(self, directory: Path, *, tiers: TierStore | None = None,
                  memory_limit: str = "1GB", threads: int = 2) -> None:
@@ -230,6 +249,16 @@ class Warehouse:
         migrate_duckdb(self.con, SCHEMA)
         self.write_lock = threading.Lock()
         self._readers = CursorPool(self.con)
+        self.flags: SharedFlagsView | None = None
+        """With ``AAP_META_URL``: ``person_flags`` is a mirror of the shared flags
+        (:mod:`aap.store.flags`), which are written through this; ``None``: the table is
+        the record itself."""
+
+    def fresh_flags(self) -> None:
+        """Before a query reads ``person_flags``: brought up to date with the shared
+        flags when it mirrors them; nothing otherwise."""
+        if self.flags is not None:
+            self.flags.refresh()
 
     def close(self) -> None:
         self._readers.clear()
@@ -256,6 +285,7 @@ class Warehouse:
         raw warehouse, writes included). One SELECT runs on a pooled cursor whose views
         already exist, in a read transaction — a few ms less than a new cursor, for the
         status and visibility checks that ask often."""
+        self.fresh_flags()
         if _one_select(sql):
             return self._select(sql, params or [])
         with self.snapshot() as cur:
