@@ -262,13 +262,13 @@ class SharedIdentities:
         processor's warehouse never learned it."""
         wanted = sorted(set(keys))
         fetch, sql = self._db.fetchall, self._sql
-        found = set(_resolved(fetch, sql, wanted).values())
+        found = set(resolved(fetch, sql, wanted).values())
         if not found:
             return set(), set(wanted)
-        persons = found | set(_pairs(fetch, sql, "SELECT old_person_id, old_person_id FROM"
+        persons = found | set(pairs(fetch, sql, "SELECT old_person_id, old_person_id FROM"
                                                  " identity_overrides WHERE person_id {}",
                                      sorted(found)))
-        linked = _pairs(fetch, sql, "SELECT id_key, id_key FROM identity_ids WHERE person_id {}",
+        linked = pairs(fetch, sql, "SELECT id_key, id_key FROM identity_ids WHERE person_id {}",
                         sorted(persons))
         return persons, set(wanted) | set(linked)
 
