@@ -36,10 +36,9 @@ from aap.sources import SCHEMA as SOURCES_SCHEMA
 from aap.sources import Sources
 from aap.store.meta import open_meta
 from aap.web.sessions import Sessions, create_link
-from tests.pg import Cluster
+from tests.pg import Cluster, all_bytes, every_row
 from tests.pg import fresh_database as _fresh
 from tests.store import meta_workers
-from tests.store.test_meta_pg import _all_bytes, _every_row
 
 STORES = ("api_keys", "web_sessions", "cohorts", "dashboards", "devices")
 """The stores of ``meta.db`` beside the source registry (their schemas' names)."""
@@ -409,9 +408,9 @@ def test_no_key_token_or_password_reaches_postgresql_in_clear(
         con.execute("CHECKPOINT")  # what was written reaches the table files too
     secret = api_key[len(f"aap_{record.id}_"):]
     clear = [api_key, secret, token, live.csrf, link, spent, dev_key, password]
-    rows = _every_row(url)
+    rows = every_row(url)
     text = repr(rows)
-    files = _all_bytes(pg.data)
+    files = all_bytes(pg.data)
     values = [v for _, table in rows for row in table for v in row]
     digest = hashlib.sha256(token.encode()).digest()
     assert digest in [bytes(v) for v in values if isinstance(v, (bytes, memoryview))]
