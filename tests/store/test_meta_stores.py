@@ -18,7 +18,6 @@ import secrets
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import psycopg
@@ -34,7 +33,7 @@ from aap.query.dashboards import Dashboards, NewDashboard
 from aap.query.models import BehaviouralCohort, CohortSpec, StaticCohort
 from aap.sources import SCHEMA as SOURCES_SCHEMA
 from aap.sources import Sources
-from aap.store.meta import open_meta
+from aap.store.meta import MetaDB, open_meta
 from aap.web.sessions import Sessions, create_link
 from tests.pg import Cluster, all_bytes, every_row
 from tests.pg import fresh_database as _fresh
@@ -44,7 +43,7 @@ STORES = ("api_keys", "web_sessions", "cohorts", "dashboards", "devices")
 """The stores of ``meta.db`` beside the source registry (their schemas' names)."""
 
 
-def _db(data: Path, url: str) -> Any:
+def _db(data: Path, url: str) -> MetaDB:
     """The shared state as the stores see it (to change a row behind their back)."""
     return open_meta(DataDir(data).meta_db, url)
 
@@ -313,7 +312,7 @@ def test_a_meta_db_written_before_the_seam_opens_with_its_rows(
     found = devices.by_key(dev_key)
     assert found is not None and found.name == "old-thermo"
     devices.bridge_password()  # replaces the old row (ON CONFLICT), one row still
-    assert devices._db.fetchall("SELECT count(*) FROM broker_users") == [(1,)]
+    assert _db(tmp_path, "").fetchall("SELECT count(*) FROM broker_users") == [(1,)]
     con = sqlite3.connect(path)
     try:
         assert con.execute("PRAGMA user_version").fetchone() == (SOURCES_SCHEMA.latest,)

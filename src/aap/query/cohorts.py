@@ -130,7 +130,7 @@ class Cohorts:
         """Erasure (Art. 17): take these ids' keyed hashes out of every static cohort.
         (Behavioural cohorts hold no ids: they are evaluated at query time, over what is
         left.)"""
-        def forget(tx: Tx) -> tuple[int, int]:
+        def drop(tx: Tx) -> tuple[int, int]:
             changed = removed = 0
             rows = tx.fetchall("SELECT id, definition FROM cohorts WHERE kind = 'static'")
             for cid, definition in rows:
@@ -144,7 +144,7 @@ class Cohorts:
                            (msgspec.json.encode(Stored(id_keys=kept)).decode(), len(kept), cid))
             return changed, removed
 
-        changed, removed = self._db.write(forget)
+        changed, removed = self._db.write(drop)
         if changed:  # the old definitions leave the WAL too (on SQLite; see shredded)
             self._db.shredded()
         return {"static_cohorts_changed": changed, "static_cohort_ids_removed": removed}
