@@ -34,6 +34,7 @@ LAYOUT = {
     "audit_head": "privacy/audit.head",
     "receipts": "privacy/receipts",
     "exports": "privacy/exports",
+    "tier_list_db": "tiers.db",
 }
 
 

@@ -62,6 +62,12 @@ def _servable(settings: Settings) -> Settings:
             f"the data dir's path is too long: the core's socket {sock} would be"
             f" {len(os.fsencode(sock))} bytes, and a Unix socket's path is at most"
             f" {UNIX_PATH_MAX}; use a shorter --data-dir (AAP_DATA_DIR)")
+    if settings.tiers.publish_seconds <= 0:
+        from aap.store.publish import unshared_refusal
+
+        refused = unshared_refusal(settings.data.hot_db)
+        if refused:
+            raise click.ClickException(refused)
     return _checked(settings)
 
 
@@ -503,9 +509,13 @@ def _query_directly(settings: Settings, doc: Any, role: str) -> Any:
     if not settings.data.hot_db.exists():
         raise click.ClickException(f"no warehouse under {data}")
     tiers = TierStore(TierConfig.from_settings(settings))
+    from aap.store.publish import shared_list
+
     try:
         wh = Warehouse(settings.data.warehouse, tiers=tiers,
-                       memory_limit=settings.storage.warehouse_memory)
+                       memory_limit=settings.storage.warehouse_memory,
+                       shared_list=shared_list(data, settings.tiers.publish_seconds,
+                                               settings.storage.meta_url))
     except duckdb.IOException as exc:
         raise click.ClickException(f"the warehouse is in use by another process: {exc}") from None
     from aap.privacy.audit import AuditLog

@@ -68,6 +68,12 @@ class DataDir:
         return self.root / "identities.db"
 
     @property
+    def tier_list_db(self) -> Path:
+        """The list of live tier files when processors publish batch files
+        (:mod:`aap.store.filelist`) and ``AAP_META_URL`` is not PostgreSQL."""
+        return self.root / "tiers.db"
+
+    @property
     def imports(self) -> Path:
         """Each import's last durable input position (``aap import``): counts, no data."""
         return self.root / "imports"

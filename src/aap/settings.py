@@ -72,6 +72,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("warm_days", 90, "Days events stay in the warm tier (daily Parquet) before they are archived to the cold tier."),
     Setting("cold_days", 760, "Days events are kept at all, whatever their purposes (at most 760, 25 months); older ones are erased by the retention job."),
     Setting("tiering_interval_s", 300.0, "How often the tiering job runs (seconds)."),
+    Setting("publish_seconds", 0.0, "Publish the hot rows as batch files to the tier store every this many seconds, listed on the shared-state database (see README, Storage: batch files); 0: off, hot rows move after AAP_HOT_DAYS as before."),
     Setting("retention_interval_s", 300.0, "How often the retention job takes expired purposes off events and erases expired events (seconds; at most 1800, so data goes at most an hour late)."),
     Setting("tier_url", "", "Where warm and cold files go: a path or `s3://bucket/prefix` (default DATA_DIR/tiers)."),
     Setting("s3_endpoint_url", "", "Endpoint of an S3-compatible store (e.g. `http://127.0.0.1:9000`); empty for AWS."),
@@ -348,10 +349,14 @@ class TierSettings(Section):
     retention_interval_s: float
     log_retention_hours: float
     tier_url: str
+    publish_seconds: float
 
     def check(self) -> None:
         """Refuse a configuration that keeps personal data unlimited or over 25 months,
         or that cannot enforce retention within an hour."""
+        if not 0 <= self.publish_seconds <= 3600:
+            raise ValueError(f"AAP_PUBLISH_SECONDS={self.publish_seconds:g}: must be 0 (off)"
+                             " or a number of seconds up to 3600")
         cold = self.cold_days
         if not 1 <= cold <= MAX_RETENTION_DAYS:
             raise ValueError(f"AAP_COLD_DAYS={cold}: events must be kept between 1 and"

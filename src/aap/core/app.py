@@ -56,6 +56,7 @@ from aap.settings import Settings
 from aap.sources import Sources
 from aap.store import flags
 from aap.store.identities import SharedIdentities
+from aap.store.publish import Publisher, refuse_unshared, shared_list
 from aap.store.tiering import TieringThread, TierPolicy
 from aap.store.tiers import TierConfig, TierStore
 from aap.store.warehouse import Warehouse
@@ -88,15 +89,30 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
+def _open_warehouse(settings: Settings) -> tuple[Warehouse, Publisher | None]:
+    """The warehouse on its tier store, and its publisher when ``AAP_PUBLISH_SECONDS`` is
+    set (:mod:`aap.store.publish`; a batch a stop left half published is finished now)."""
+    kept = settings.tiers
+    tiers = TierStore(TierConfig.from_settings(settings))
+    warehouse = Warehouse(
+        settings.data.warehouse, tiers=tiers, memory_limit=settings.storage.warehouse_memory,
+        shared_list=shared_list(settings.data_path, kept.publish_seconds,
+                                settings.storage.meta_url))
+    refuse_unshared(warehouse)
+    if kept.publish_seconds <= 0:
+        return warehouse, None
+    publisher = Publisher(warehouse, kept.publish_seconds)
+    publisher.recover()
+    return warehouse, publisher
+
+
 class Core:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         data = settings.data_path
         self.log = open_log(settings)
         kept = settings.tiers
-        tiers = TierStore(TierConfig.from_settings(settings))
-        self.warehouse = Warehouse(settings.data.warehouse, tiers=tiers,
-                                   memory_limit=settings.storage.warehouse_memory)
+        self.warehouse, self.publisher = _open_warehouse(settings)
         registry = Registry.for_data_dir(data)
         check_settings(settings, registry)  # `aap serve` says why before it gets here
         self.keystore = Keystore(data)
@@ -157,6 +173,8 @@ class Core:
         flags.attach(self.warehouse, self.settings.data_path, self.settings.storage.meta_url)
         self.thread.start()
         self.tiering.start()
+        if self.publisher is not None:
+            self.publisher.start()
         self.rest.start()
         self.privacy.start()
 
@@ -165,6 +183,8 @@ class Core:
         self.privacy.close()
         self.rest.close()
         self.thread.join(timeout=30)
+        if self.publisher is not None:
+            self.publisher.close()
         self.tiering.close()
         self.warehouse.close()
         self.log.close()

@@ -356,7 +356,7 @@ def _live(wh: Warehouse, cur: duckdb.DuckDBPyConnection, group: set[int]) -> set
         "SELECT DISTINCT person_id FROM events_raw WHERE list_contains($persons, person_id)",
         {"persons": sorted(group)}).fetchall()}
     values = pa.array(sorted(group), pa.int64())
-    for (path, part) in cur.execute("SELECT path, part FROM tier_files").fetchall():
+    for path, part in ((f.path, f.part) for f in wh.files.files(cur)):
         try:
             col = wh.tiers.read([path], ["person_id"]).column("person_id")
         except (OSError, pa.ArrowException) as exc:
@@ -398,7 +398,13 @@ def drop_persons_without_events(wh: Warehouse, persons: set[int]) -> tuple[int, 
     ids that went."""
     if not persons:
         return 0, []
-    with wh.write_lock, wh.transaction() as cur:
+    with wh.write_lock:
+        wh.settle()  # a batch half published: its rows are then in a listed file
+        return _drop_dead(wh, persons)
+
+
+def _drop_dead(wh: Warehouse, persons: set[int]) -> tuple[int, list[int]]:
+    with wh.transaction() as cur:
         resolved, group = _group(cur, persons)
         live = _live(wh, cur, group)
         over = dict(cur.execute("SELECT old_person_id, person_id FROM person_overrides"

@@ -13,7 +13,7 @@ rollup.
 Consistency is kept by the same snapshot rule as the tiers themselves:
 
 - a query's ``events`` view reads the cached rows only of files that are live in its
-  snapshot (``tier_files``); live files not copied yet are read from Parquet as before;
+  snapshot (the list of :mod:`aap.store.filelist`); live files not copied yet are read from Parquet as before;
   cached rows of retired files are ignored and deleted by the next sync;
 - merges recorded after the copy (``person_overrides`` rows not yet in
   ``query_cache_overrides``) are applied at query time by a join with just those rows
@@ -164,8 +164,9 @@ class QueryCache:
             self._summarize()
             with self._tx() as cur:
                 done["merges"] = self._fold_merges(cur)
+                files = self.warehouse.files.relation(cur)
                 gone = cur.execute("SELECT c.file_no FROM query_cache_files c ANTI JOIN"
-                                   " tier_files t USING (path)").fetchall()
+                                   f" {files} t USING (path)").fetchall()
                 for (no,) in gone:
                     cur.execute("DELETE FROM query_cache WHERE file_no = ?", [no])
                     cur.execute("DELETE FROM query_cache_rollup WHERE file_no = ?", [no])
@@ -173,9 +174,14 @@ class QueryCache:
                     cur.execute("DELETE FROM query_cache_pages WHERE file_no = ?", [no])
                     cur.execute("DELETE FROM query_cache_files WHERE file_no = ?", [no])
                 done["dropped"] = len(gone)
-            todo = [r[0] for r in self.warehouse.con.cursor().execute(
-                "SELECT path FROM tier_files t ANTI JOIN query_cache_files c USING (path)"
-                " ORDER BY path").fetchall()]
+            cur = self.warehouse.con.cursor()
+            try:
+                files = self.warehouse.files.relation(cur)
+                todo = [r[0] for r in cur.execute(
+                    f"SELECT path FROM {files} t ANTI JOIN query_cache_files c USING (path)"
+                    " ORDER BY path").fetchall()]
+            finally:
+                cur.close()
             for path in todo:
                 if stop is not None and stop.is_set():
                     break
@@ -201,7 +207,7 @@ class QueryCache:
         """Copy one tier file in one transaction: (rows, merges folded), or ``None`` if it
         was retired meanwhile."""
         with self._tx() as cur:
-            if not cur.execute("SELECT 1 FROM tier_files WHERE path = ?", [path]).fetchall():
+            if not self.warehouse.files.is_live(cur, path):
                 return None  # retired meanwhile
             merges = self._fold_merges(cur)
             no = int(cur.execute("SELECT coalesce(max(file_no), 0) + 1"

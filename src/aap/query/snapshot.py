@@ -8,7 +8,8 @@ of them are in the query cache, whether any person is restricted, whether merges
 waiting to be folded into the cache) and defines, for that state:
 
 - ``events_live``: the hot table and live tier files not cached yet (Parquet), merges
-  resolved;
+  resolved (with publishing on, also the hot rows of a batch being published that the
+  list does not hold yet, :mod:`aap.store.filelist`);
 - ``events``: ``events_live`` and the cached rows of live files (merges recorded after
   the copy applied by a join with just those, only when there are some);
 - ``events_daily``: the same events as ``events_live`` plus the cache's daily rollup
@@ -47,15 +48,23 @@ PENDING = ("(SELECT old_person_id, person_id FROM person_overrides"
            " EXCEPT SELECT old_person_id, person_id FROM query_cache_overrides)")
 """Merges recorded after the cache copied the rows they apply to."""
 
-_STATE = f"""
+
+
+def _state(files: str) -> str:
+    """The state a query depends on, with ``files`` the relation of the live tier files
+    (:class:`aap.store.filelist.Listing`)."""
+    return f"""
 SELECT
-    (SELECT list(c.file_no ORDER BY c.file_no) FROM tier_files t JOIN query_cache_files c
+    (SELECT list(c.file_no ORDER BY c.file_no) FROM {files} t JOIN query_cache_files c
      USING (path)),
-    (SELECT list(t.path ORDER BY t.path) FROM tier_files t ANTI JOIN query_cache_files c
+    (SELECT list(t.path ORDER BY t.path) FROM {files} t ANTI JOIN query_cache_files c
      USING (path)),
     EXISTS (SELECT 1 FROM person_flags WHERE flag = 'restricted'),
     EXISTS (SELECT 1 FROM {PENDING})
 """
+
+
+_STATE = _state("tier_files")
 ANALYTICS_EVENTS = ("CREATE OR REPLACE TEMP VIEW events AS SELECT * FROM events_visible"
                     f" WHERE {analytics_only()}")
 """``events`` for insights over ``Warehouse.snapshot()``'s views: only events that may be
@@ -121,10 +130,14 @@ def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
                  rollup: bool, sessions: bool = False) -> Views:
     """Inside a read transaction: (re)define ``events_live``, ``events`` and, when the
     cache has its rollup, ``events_daily``."""
-    cached, uncached, restricted, pending = cur.execute(_STATE).fetchall()[0]
+    listing = warehouse.files.snapshot(cur, files=False)
+    state = _STATE if listing.relation == "tier_files" else _state(listing.relation)
+    cached, uncached, restricted, pending = cur.execute(state).fetchall()[0]
     cached = cached or []
     uncached = uncached or []
     live = "SELECT * FROM events_raw"
+    if listing.pending:  # hot rows being published, not listed yet
+        live += f" UNION ALL {listing.pending}"
     if uncached:
         cur.register("uncached_events", warehouse.tiers.dataset(list(uncached)))
         live += " UNION ALL SELECT * FROM uncached_events"

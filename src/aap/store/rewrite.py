@@ -23,8 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aap.store import quarantine
+from aap.store.filelist import Moved, TierFile
 from aap.store.schema import EVENT_ARROW_SCHEMA
-from aap.store.warehouse import Warehouse, add_file
+from aap.store.warehouse import Warehouse
 
 FileRows = tuple[pa.Table, int] | None
 """A file's rows after the change and how many rows were hit; None: nothing changes."""
@@ -90,6 +91,8 @@ class _Run:
     old: list[str] = field(default_factory=list)
     set_aside: list[tuple[str, str, pa.Table]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    listed: bool = False
+    """The new files are in the list (the shared list commits before DuckDB does)."""
 
 
 def rewrite(wh: Warehouse, change: Change, out: dict[str, Any]) -> None:
@@ -98,20 +101,36 @@ def rewrite(wh: Warehouse, change: Change, out: dict[str, Any]) -> None:
     once committed; ``out`` counts rows and files per tier.
 
     Rows of a file read whole whose time is out of bounds go to ``quarantined_events``
-    in the same commit (:mod:`aap.store.quarantine`)."""
+    in the same commit (:mod:`aap.store.quarantine`). With the shared list (publishing
+    on), a file folded by the tiering job meanwhile (:class:`Moved`) makes it start again,
+    up to :data:`MOVED_ATTEMPTS` times."""
+    for attempt in range(MOVED_ATTEMPTS if wh.files.shared else 1):
+        try:
+            _rewrite(wh, change, out)
+            return
+        except Moved:
+            if attempt == MOVED_ATTEMPTS - 1 or not wh.files.shared:
+                raise
+
+
+MOVED_ATTEMPTS = 3
+
+
+def _rewrite(wh: Warehouse, change: Change, out: dict[str, Any]) -> None:
     run = _Run()
     try:
         with wh.write_lock:
-            files = wh.con.cursor().execute(
-                "SELECT path, tier, part FROM tier_files ORDER BY path").fetchall()
+            wh.settle()  # a batch half published is finished first: its rows are reached
+            files = [(f.path, f.tier, f.part) for f in wh.files.files()]
             with ThreadPoolExecutor(REWRITE_THREADS, thread_name_prefix="aap-rewrite") as pool:
                 done = [r for r in pool.map(lambda f: _guarded(wh, change, run, *f), files)
                         if r is not None]
             with wh.transaction() as cur:
-                _commit(cur, change, run, done, out)
+                _commit(wh, cur, change, run, done, out)
     except BaseException:
-        for path in run.new:  # not committed: the rewritten files go again
-            wh.tiers.delete(path)
+        if not run.listed:
+            for path in run.new:  # not committed: the rewritten files go again
+                wh.tiers.delete(path)
         raise
     for path in run.old:  # committed: the new versions are the live ones
         wh.tiers.delete(path)
@@ -156,26 +175,23 @@ def _rewrite_file(wh: Warehouse, change: Change, run: _Run, path: str, tier: str
     return _Rewritten(path, tier, part, hit, new_path, kept.num_rows, size)
 
 
-def _commit(cur: duckdb.DuckDBPyConnection, change: Change, run: _Run,
+def _commit(wh: Warehouse, cur: duckdb.DuckDBPyConnection, change: Change, run: _Run,
             done: list[_Rewritten], out: dict[str, Any]) -> None:
     for _, _, bad in run.set_aside:
         quarantine.keep(cur, bad, change.job)
 
     count = Hot(cur)
     change.hot(count)
-    if done:  # a tiering move in between would leave rows in two files
-        live = count("SELECT count(*) FROM tier_files WHERE list_contains($paths, path)",
-                     {"paths": [r.path for r in done]})
-        if live != len(done):
-            raise RuntimeError("tier files moved while they were being"
-                               " rewritten; nothing was changed, try again")
+    if done:  # refused (Moved) if a tiering move took one of them meanwhile: rows would
+        # be in two files; last, so that the shared list commits only with the rest
+        wh.files.swap(cur, [r.path for r in done],
+                      [TierFile(r.new_path, r.tier, r.part, r.rows, r.size)
+                       for r in done if r.new_path is not None], None)
+        run.old.extend(r.path for r in done)
+        run.listed = wh.files.shared
     for r in done:
         out[f"{r.tier}_rows"] += r.hit
         out[f"{r.tier}_files_rewritten"] += 1
-        run.old.append(r.path)
-        if r.new_path is not None:
-            add_file(cur, r.new_path, r.tier, r.part, r.rows, r.size)
-        cur.execute("DELETE FROM tier_files WHERE path = $path", {"path": r.path})
 
 
 def _report(job: str, run: _Run, out: dict[str, Any]) -> None:
@@ -201,8 +217,7 @@ def purge_trash(wh: Warehouse, persons: pa.Array) -> int:
     may still read them); those holding rows of ``persons`` go now: an erasure does
     not wait for the grace period."""
     with wh.write_lock:
-        paths = [r[0] for r in wh.con.cursor().execute(
-            "SELECT path FROM tier_trash").fetchall()]
+        paths = wh.files.trash()
         hits = []
         for path in paths:
             try:
@@ -213,6 +228,5 @@ def purge_trash(wh: Warehouse, persons: pa.Array) -> int:
                 hits.append(path)
         for path in hits:
             wh.tiers.delete(path)
-            with wh.transaction() as cur:
-                cur.execute("DELETE FROM tier_trash WHERE path = $path", {"path": path})
+            wh.files.forget(path)
     return len(hits)

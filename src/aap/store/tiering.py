@@ -1,6 +1,10 @@
 """The tiering job: hot → warm after ``hot_days``, warm → cold (monthly archives) after
 ``warm_days``, cold dropped after ``cold_days``. Days are UTC calendar days of the
-events' (corrected) timestamps."""
+events' (corrected) timestamps.
+
+With publishing on (:mod:`aap.store.publish`) the hot rows leave as batch files every
+few seconds instead of after ``hot_days``; this job then folds each day's batch files
+into the day's warm file (:func:`compact_batches`) and the rest is as before."""
 
 from __future__ import annotations
 
@@ -13,12 +17,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
-import duckdb
 import pyarrow as pa
 
 from aap.store import quarantine
+from aap.store.filelist import Moved, TierFile
 from aap.store.schema import EVENT_ARROW_SCHEMA
-from aap.store.warehouse import Warehouse, add_file
+from aap.store.warehouse import Warehouse
 
 logger = logging.getLogger("aap.tiering")
 
@@ -43,8 +47,14 @@ def run_tiering(wh: Warehouse, policy: TierPolicy, today: date | None = None) ->
     moved = {"to_warm": 0, "to_cold": 0, "dropped": 0, "files_deleted": 0, "quarantined": 0,
              "skipped": 0}
     moved["quarantined"] = quarantine_hot(wh, JOB)
+    if wh.files.shared:  # the publisher moves the hot rows; their batch files are folded
+        moved["compacted"] = 0
+        for part, files in warm_days(wh):
+            if _due(part, files, today):
+                moved["compacted"] += _isolated(moved, f"batches of {part}", compact_batches,
+                                                wh, part, policy.grace)
     hot_limit = today - timedelta(days=policy.hot_days)
-    for day in hot_days(wh):
+    for day in hot_days(wh) if not wh.files.shared else []:
         if day < hot_limit:
             moved["to_warm"] += _isolated(moved, f"hot day {day}", move_day_to_warm, wh, day)
     warm_limit = today - timedelta(days=policy.warm_days)
@@ -90,14 +100,6 @@ def quarantine_hot(wh: Warehouse, job: str) -> int:
     return n
 
 
-def _retire(cur: duckdb.DuckDBPyConnection, paths: list[str], grace: timedelta) -> None:
-    """Take files off the live list; they leave the disk after ``grace``."""
-    for p in paths:
-        cur.execute("DELETE FROM tier_files WHERE path = $path", {"path": p})
-        cur.execute("INSERT INTO tier_trash VALUES ($path, now() + $grace)",
-                    {"path": p, "grace": grace})
-
-
 @contextmanager
 def _new_file(wh: Warehouse, table: pa.Table, directory: str, *, cold: bool
               ) -> Iterator[tuple[str, int]]:
@@ -126,7 +128,8 @@ def move_day_to_warm(wh: Warehouse, day: date) -> int:
             return 0
         table = table.cast(EVENT_ARROW_SCHEMA)
         with _new_file(wh, table, f"day={day.isoformat()}", cold=False) as (path, size):
-            add_file(cur, path, "warm", day.isoformat(), table.num_rows, size)
+            wh.files.swap(cur, [], [TierFile(path, "warm", day.isoformat(), table.num_rows,
+                                             size)], None)
             deleted = cur.execute(f"DELETE FROM events_raw WHERE {where}", bounds).fetchone()
             if deleted is None or deleted[0] != table.num_rows:
                 raise RuntimeError("hot rows changed while the day was being moved")
@@ -134,21 +137,72 @@ def move_day_to_warm(wh: Warehouse, day: date) -> int:
 
 
 def warm_months(wh: Warehouse) -> list[tuple[str, list[str]]]:
-    rows = wh.con.cursor().execute(
-        "SELECT part, path FROM tier_files WHERE tier = 'warm' ORDER BY part").fetchall()
     out: dict[str, list[str]] = {}
-    for part, path in rows:
-        out.setdefault(part[:7], []).append(path)
+    for f in wh.files.files():
+        if f.tier == "warm":
+            out.setdefault(f.part[:7], []).append(f.path)
     return sorted(out.items())
+
+
+BATCH_PREFIX = "batch-"
+"""The name of a published batch file starts so (:mod:`aap.store.publish`)."""
+COMPACT_BATCHES = 32
+"""Today's batch files are folded into its warm file once there are this many (a day
+before today is folded as soon as it has a batch file and another file)."""
+
+
+def is_batch(path: str) -> bool:
+    return path.rsplit("/", 1)[-1].startswith(BATCH_PREFIX)
+
+
+def warm_days(wh: Warehouse) -> list[tuple[str, list[str]]]:
+    """The warm files of each day."""
+    out: dict[str, list[str]] = {}
+    for f in wh.files.files():
+        if f.tier == "warm":
+            out.setdefault(f.part, []).append(f.path)
+    return sorted(out.items())
+
+
+def _due(day: str, paths: list[str], today: date) -> bool:
+    batches = sum(is_batch(p) for p in paths)
+    if day < today.isoformat():
+        return batches > 0 and len(paths) > 1
+    return batches >= COMPACT_BATCHES
+
+
+def compact_batches(wh: Warehouse, day: str, grace: timedelta) -> int:
+    """Fold the warm files of ``day`` (its batch files and its warm file, if any) into one
+    new warm file: one swap in the list; the old files go to the trash for ``grace``. A
+    file rewritten meanwhile (an erasure) makes this run skip the day. Returns rows."""
+    paths = [p for d, ps in warm_days(wh) if d == day for p in ps]
+    if len(paths) < 2:
+        return 0
+    table, bad = quarantine.split(wh.tiers.read(paths))
+    table = table.sort_by(
+        [("event", "ascending"), ("person_id", "ascending"), ("timestamp", "ascending")])
+    try:
+        with wh.transaction() as cur:
+            if bad is not None:
+                quarantine.keep(cur, bad, JOB)
+            if table.num_rows:
+                with _new_file(wh, table, f"day={day}", cold=False) as (path, size):
+                    wh.files.swap(cur, paths, [TierFile(path, "warm", day, table.num_rows,
+                                                        size)], grace)
+            else:
+                wh.files.swap(cur, paths, [], grace)
+    except Moved:
+        return 0  # the next run folds the day as it is then
+    if bad is not None:
+        quarantine.report(JOB, quarantine.BAD_TIME, bad.num_rows, f"warm day {day}")
+    return table.num_rows
 
 
 def compact_to_cold(wh: Warehouse, month: str, before: date, grace: timedelta) -> int:
     """Compact the warm files of ``month`` (days before ``before``) into one cold file."""
     with wh.transaction() as cur:
-        paths = [r[0] for r in cur.execute(
-            "SELECT path FROM tier_files WHERE tier = 'warm' AND part LIKE $days"
-            " AND part < $before", {"days": month + "-%", "before": before.isoformat()}
-        ).fetchall()]
+        paths = [f.path for f in wh.files.files(cur) if f.tier == "warm"
+                 and f.part.startswith(month + "-") and f.part < before.isoformat()]
         if not paths:
             return 0
         table, bad = quarantine.split(wh.tiers.read(paths))
@@ -158,10 +212,10 @@ def compact_to_cold(wh: Warehouse, month: str, before: date, grace: timedelta) -
             quarantine.keep(cur, bad, "tiering")
         if table.num_rows:
             with _new_file(wh, table, f"month={month}", cold=True) as (path, size):
-                add_file(cur, path, "cold", month, table.num_rows, size)
-                _retire(cur, paths, grace)
+                wh.files.swap(cur, paths, [TierFile(path, "cold", month, table.num_rows,
+                                                    size)], grace)
         else:
-            _retire(cur, paths, grace)
+            wh.files.swap(cur, paths, [], grace)
     if bad is not None:
         quarantine.report("tiering", quarantine.BAD_TIME, bad.num_rows, f"warm month {month}")
     return table.num_rows
@@ -170,19 +224,17 @@ def compact_to_cold(wh: Warehouse, month: str, before: date, grace: timedelta) -
 def drop_cold_before(wh: Warehouse, month: str, grace: timedelta) -> int:
     """Retention of the cold tier: archives of months before ``month`` go."""
     with wh.transaction() as cur:
-        rows = cur.execute("SELECT path, rows FROM tier_files WHERE tier = 'cold'"
-                           " AND part < $month", {"month": month}).fetchall()
-        _retire(cur, [r[0] for r in rows], grace)
-    return sum(int(r[1]) for r in rows)
+        rows = [f for f in wh.files.files(cur) if f.tier == "cold" and f.part < month]
+        if rows:
+            wh.files.swap(cur, [f.path for f in rows], [], grace)
+    return sum(f.rows for f in rows)
 
 
 def empty_trash(wh: Warehouse) -> int:
-    with wh.transaction() as cur:
-        due = [r[0] for r in cur.execute(
-            "SELECT path FROM tier_trash WHERE delete_after <= now()").fetchall()]
-        for p in due:
-            wh.tiers.delete(p)
-            cur.execute("DELETE FROM tier_trash WHERE path = $path", {"path": p})
+    due = wh.files.due()
+    for p in due:
+        wh.tiers.delete(p)
+        wh.files.forget(p)
     return len(due)
 
 

@@ -6,10 +6,13 @@ one ``pyarrow.fs`` filesystem.
   (``events/month=YYYY-MM/part-….parquet``, zstd level 19, large row groups) that every
   query still reads, and that ``aap`` can copy back like any Parquet file.
 
-The list of live files is a table of the warehouse (``tier_files``), so moving data is
-one transaction: the new file appears in the list in the same commit that deletes the
-rows it holds from where they were. A query reads the list and the hot table in one
-snapshot: no gaps and no duplicates, also while a partition moves. Files dropped from
+The list of live files is :mod:`aap.store.filelist`: by default a table of the warehouse
+(``tier_files``), so moving data is one transaction: the new file appears in the list in
+the same commit that deletes the rows it holds from where they were. With publishing on
+(``AAP_PUBLISH_SECONDS``) it is on the shared-state database, and batch files
+(``warm/events/day=D/batch-<writer>-<seq>.parquet``, :mod:`aap.store.publish`) join it.
+A query reads the list and the hot table in one snapshot: no gaps and no duplicates,
+also while a partition moves. Files dropped from
 the list are deleted only after a grace period, so queries that still read them finish.
 """
 
@@ -76,11 +79,16 @@ class TierStore:
         else:
             raise ValueError(f"tier url {cfg.url!r}: use a path or s3://bucket/prefix")
 
+    def path(self, partition: str, name: str, *, cold: bool = False) -> str:
+        return f"{self.root}/{'cold' if cold else 'warm'}/events/{partition}/{name}.parquet"
+
     def write(self, table: pa.Table, partition: str, *, cold: bool = False,
-              level: int | None = None) -> tuple[str, int]:
+              level: int | None = None, name: str = "") -> tuple[str, int]:
         """Write one file; returns its path and size. Durable when it returns. ``level``:
-        a zstd level other than the tier's (erasure rewrites archives faster)."""
-        path = f"{self.root}/{'cold' if cold else 'warm'}/events/{partition}/part-{uuid.uuid4().hex}.parquet"
+        a zstd level other than the tier's (erasure rewrites archives faster). ``name``:
+        the file's name (without ``.parquet``; a file of that name is replaced), else a
+        new ``part-…`` name."""
+        path = self.path(partition, name or f"part-{uuid.uuid4().hex}", cold=cold)
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         pq.write_table(
             table, path, filesystem=self.fs, compression="zstd",
@@ -94,11 +102,17 @@ class TierStore:
         return pads.dataset(paths, filesystem=self.fs, format="parquet",
                             schema=EVENT_ARROW_SCHEMA).to_table(columns=columns)
 
-    def dataset(self, paths: list[str]) -> pads.Dataset | pa.Table:
+    def dataset(self, paths: list[str], extra: pa.Table | None = None
+                ) -> pads.Dataset | pa.Table:
+        """The files as one dataset; ``extra``: rows read with them (hot rows being
+        published, see :mod:`aap.store.filelist`)."""
         if not paths:
-            return EVENT_ARROW_SCHEMA.empty_table()
-        return pads.dataset(paths, filesystem=self.fs, format="parquet",
-                            schema=EVENT_ARROW_SCHEMA)
+            return extra if extra is not None else EVENT_ARROW_SCHEMA.empty_table()
+        files = pads.dataset(paths, filesystem=self.fs, format="parquet",
+                             schema=EVENT_ARROW_SCHEMA)
+        if extra is None or not extra.num_rows:
+            return files
+        return pads.dataset([files, pads.dataset(extra.cast(EVENT_ARROW_SCHEMA))])
 
     def delete(self, path: str) -> None:
         try:

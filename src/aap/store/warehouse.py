@@ -15,7 +15,7 @@ rows (erasure, withdrawal, retention) are :mod:`aap.store.rewrite`, driven by wh
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +28,8 @@ import pyarrow as pa
 
 from aap.datadir import HOT_DB
 from aap.store import quarantine
+from aap.store.filelist import DuckList, FileList, SharedList
+from aap.store.meta import MetaDB
 from aap.store.migrations import Schema, migrate_duckdb, unversioned_columns
 from aap.store.schema import DDL, DEDUP_KEY_SQL, EVENT_ARROW_SCHEMA, OLD_VIEWS, VIEWS
 from aap.store.tiers import TierConfig, TierStore
@@ -234,7 +236,10 @@ class SharedFlagsView(Protocol):
 
 class Warehouse:
     def __init__(self, directory: Path, *, tiers: TierStore | None = None,
-                 memory_limit: str = "1GB", threads: int = 2) -> None:
+                 memory_limit: str = "1GB", threads: int = 2,
+                 shared_list: MetaDB | None = None) -> None:
+        """``shared_list``: the list of live tier files lives on this shared-state
+        database (publishing on, :mod:`aap.store.publish`) instead of in DuckDB."""
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / HOT_DB
         self.tiers = tiers or TierStore(TierConfig(str(directory / "tiers")))
@@ -248,6 +253,13 @@ class Warehouse:
         })
         migrate_duckdb(self.con, SCHEMA)
         self.write_lock = threading.Lock()
+        self.files: FileList = (SharedList(shared_list, self.con) if shared_list is not None
+                                else DuckList(self.con))
+        """The list of live tier files (:mod:`aap.store.filelist`)."""
+        self.settle: Callable[[], object] = lambda: None
+        """With the write lock held: finish a batch left half published (set by the
+        publisher, :mod:`aap.store.publish`), so that a rewrite finds every row either
+        hot or listed."""
         self._readers = CursorPool(self.con)
         self.flags: SharedFlagsView | None = None
         """With ``AAP_META_URL``: ``person_flags`` is a mirror of the shared flags
@@ -263,6 +275,8 @@ class Warehouse:
     def close(self) -> None:
         self._readers.clear()
         self.con.close()
+        if isinstance(self.files, SharedList):
+            self.files.db.close()
 
     @contextmanager
     def snapshot(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -275,10 +289,14 @@ class Warehouse:
 
     def register_tiers(self, cur: duckdb.DuckDBPyConnection) -> None:
         """Inside a transaction: the live warm and cold files as ``warm_events`` and
-        ``cold_events`` on this cursor."""
-        files = cur.execute("SELECT tier, path FROM tier_files").fetchall()
+        ``cold_events`` on this cursor (with publishing on, the hot rows being published
+        and not listed yet are read with the warm files)."""
+        listing = self.files.snapshot(cur)
+        pending = cur.sql(listing.pending).to_arrow_table() if listing.pending else None
         for tier in ("warm", "cold"):
-            cur.register(f"{tier}_events", self.tiers.dataset([p for t, p in files if t == tier]))
+            cur.register(f"{tier}_events", self.tiers.dataset(
+                [f.path for f in listing.files if f.tier == tier],
+                pending if tier == "warm" else None))
 
     def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run the operator's SQL in a snapshot (in a transaction that commits: this is the
@@ -441,15 +459,6 @@ class Warehouse:
         """Per tier: files, rows, bytes."""
         out = {"hot": (0, int(self.con.cursor().execute(
             "SELECT count(*) FROM events_raw").fetchone()[0]), 0)}  # type: ignore[index]
-        for tier, files, rows, size in self.con.cursor().execute(
-                "SELECT tier, count(*), sum(rows), sum(bytes) FROM tier_files GROUP BY tier"
-        ).fetchall():
-            out[tier] = (int(files), int(rows), int(size))
+        out.update(self.files.stats())
         return out
 
-
-def add_file(cur: duckdb.DuckDBPyConnection, path: str, tier: str, part: str, rows: int,
-              size: int) -> None:
-    """List a new tier file."""
-    cur.execute("INSERT INTO tier_files VALUES ($path, $tier, $part, $rows, $size, now())",
-                {"path": path, "tier": tier, "part": part, "rows": rows, "size": size})

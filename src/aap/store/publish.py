@@ -1,0 +1,213 @@
+"""Publishing: the processor's hot rows leave for the tier store every few seconds as
+batch files, listed on the shared-state database (``AAP_PUBLISH_SECONDS`` > 0).
+
+One batch, ``seq`` = the last one's + 1 (kept in ``processor_state``), in four steps:
+
+1. **mark**: in one DuckDB transaction, every hot row moves from ``events_raw`` to
+   ``hot_publishing`` with the batch's number (rows out of bounds are set aside first,
+   :mod:`aap.store.quarantine`);
+2. **write**: one file per UTC day of the rows,
+   ``warm/events/day=D/batch-<writer>-<seq>.parquet`` — a name fixed by (writer, seq,
+   day), so writing it again replaces it;
+3. **list**: in one transaction of the shared store, the files join the list and the
+   batch is noted as this writer's last published one; nothing if it already was;
+4. **forget**: the batch's rows leave ``hot_publishing``.
+
+A crash (or a failure) at any point leaves a batch in ``hot_publishing``; it is finished
+from step 2 or 4 (whichever the shared store says) before anything else: at start-up,
+before the next batch, and before any rewrite (erasure, withdrawal, retention) or profile
+sweep, which hold the warehouse's write lock as the publisher does. So each row is in
+exactly one of: the hot table, a batch not listed yet, a listed file. Queries read
+``hot_publishing`` rows of batches not listed yet with the hot rows
+(:class:`aap.store.filelist.Gate` keeps the two reads in step).
+
+The tiering job folds a day's batch files into its warm file
+(:func:`aap.store.tiering.compact_batches`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from aap.datadir import DataDir
+from aap.store import quarantine
+from aap.store.filelist import PENDING_TABLE, SharedList, TierFile, is_shared
+from aap.store.meta import MetaDB, open_meta
+from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
+from aap.store.tiering import BATCH_PREFIX
+from aap.store.warehouse import Warehouse
+
+logger = logging.getLogger("aap.publish")
+
+JOB = "publishing"
+SEQ = "publish_seq"
+"""``processor_state`` row: the last batch marked."""
+
+_COLUMNS = ", ".join("coalesce(o.person_id, e.person_id) AS person_id" if n == "person_id"
+                     else f'e."{n}"' for n, _, _ in EVENT_COLUMNS)
+"""The events' columns of a batch's rows, merges known now resolved (as a move to the warm
+tier writes them)."""
+
+Step = Callable[[str], object]
+"""Called after each step (``marked``, ``file``, ``written``, ``listed``, ``done``): the
+tests stop a batch there."""
+
+
+class Publisher:
+    def __init__(self, wh: Warehouse, interval_s: float, *, step: Step | None = None) -> None:
+        if not isinstance(wh.files, SharedList):
+            raise ValueError("publishing needs the warehouse's list on the shared store")
+        self.wh = wh
+        self.files: SharedList = wh.files
+        self.interval = interval_s
+        self.step: Step = step or (lambda _: None)
+        wh.settle = self.settle
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="aap-publish", daemon=True)
+        self.published_rows = 0
+
+    # -- the steps --
+
+    def settle(self) -> int:
+        """With the write lock held: finish every batch left in ``hot_publishing``.
+        Returns the batches finished."""
+        pending = [int(r[0]) for r in self.wh.con.cursor().execute(
+            f"SELECT DISTINCT seq FROM {PENDING_TABLE} ORDER BY seq").fetchall()]
+        for seq in pending:
+            self._finish(seq)
+        return len(pending)
+
+    def recover(self) -> int:
+        """At start-up: a batch a crash left half published is finished."""
+        with self.wh.write_lock:
+            n = self.settle()
+        if n:
+            logger.info("publishing: %d batch(es) left by a stop finished", n)
+        return n
+
+    def publish_once(self) -> dict[str, int]:
+        """One batch of every hot row (nothing when there is none)."""
+        out = {"rows": 0, "files": 0, "finished": 0}
+        with self.wh.write_lock:
+            out["finished"] = self.settle()
+            seq = self.wh.get_state(SEQ) + 1
+            with self.files.gate.exclusive(), self.wh.transaction() as cur:
+                set_aside = quarantine.hot(cur, JOB)
+                row = cur.execute(f"INSERT INTO {PENDING_TABLE} SELECT $seq, * FROM events_raw",
+                                  {"seq": seq}).fetchone()
+                out["rows"] = n = int(row[0]) if row else 0
+                if n:
+                    cur.execute("DELETE FROM events_raw")
+                    cur.execute("INSERT INTO processor_state VALUES ($n, $v) ON CONFLICT (name)"
+                                " DO UPDATE SET value = excluded.value", {"n": SEQ, "v": seq})
+            quarantine.report(JOB, quarantine.BAD_TIME, set_aside, "the hot table")
+            if not n:
+                return out
+            self.step("marked")
+            out["files"] = self._finish(seq)
+        self.published_rows += out["rows"]
+        return out
+
+    def _finish(self, seq: int) -> int:
+        """Steps 2 to 4 of batch ``seq``, from where the shared store says it is."""
+        files: list[TierFile] = []
+        if self.files.published() < seq:
+            files = self._write(seq)
+            self.step("written")
+            self.files.publish(seq, files)
+        self.step("listed")
+        with self.wh.transaction() as cur:
+            cur.execute(f"DELETE FROM {PENDING_TABLE} WHERE seq = $seq", {"seq": seq})
+        self.step("done")
+        return len(files)
+
+    def name(self, seq: int) -> str:
+        return f"{BATCH_PREFIX}{self.files.writer}-{seq}"
+
+    def _write(self, seq: int) -> list[TierFile]:
+        cur = self.wh.con.cursor()
+        try:
+            days = [r[0] for r in cur.execute(
+                f"SELECT DISTINCT CAST(timestamp AS DATE) FROM {PENDING_TABLE}"
+                " WHERE seq = $seq ORDER BY 1", {"seq": seq}).fetchall()]
+            out = []
+            for day in days:
+                table = cur.sql(
+                    f"SELECT {_COLUMNS} FROM {PENDING_TABLE} e LEFT JOIN person_overrides o"
+                    " ON o.old_person_id = e.person_id WHERE e.seq = $seq"
+                    " AND e.timestamp >= $start AND e.timestamp < $end"
+                    " ORDER BY event, person_id, timestamp",
+                    params={"seq": seq, "start": day, "end": day + timedelta(days=1)}
+                ).to_arrow_table().cast(EVENT_ARROW_SCHEMA)
+                path, size = self.wh.tiers.write(table, f"day={day.isoformat()}",
+                                                 name=self.name(seq))
+                out.append(TierFile(path, "warm", day.isoformat(), table.num_rows, size))
+                self.step("file")
+            return out
+        finally:
+            cur.close()
+
+    # -- the thread --
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                out: dict[str, Any] = self.publish_once()
+            except Exception:
+                logger.exception("publishing failed; the batch is finished at the next turn")
+            else:
+                if out["rows"] or out["finished"]:
+                    logger.debug("publishing: %s", out)
+
+
+def shared_list(data_dir: Path, publish_seconds: float, meta_url: str) -> MetaDB | None:
+    """The shared-state database the list of live files lives on when publishing is on
+    (``publish_seconds`` > 0): PostgreSQL at ``meta_url``, else ``tiers.db`` under the
+    data dir; ``None`` when it is off (the warehouse's own table)."""
+    if publish_seconds <= 0:
+        return None
+    return open_meta(DataDir(data_dir).tier_list_db, meta_url)
+
+
+UNSHARED = ("AAP_PUBLISH_SECONDS=0, but this warehouse published batch files and its list"
+            " of live files is on the shared store: set AAP_PUBLISH_SECONDS again (turning"
+            " publishing off is not supported yet)")
+
+
+def refuse_unshared(wh: Warehouse) -> None:
+    """Publishing is off, but its list moved to the shared store when it was on: the
+    warehouse's own list would miss those files. (Moving it back is not done yet.)"""
+    if not wh.files.shared and is_shared(wh.con):
+        raise ValueError(UNSHARED)
+
+
+def unshared_refusal(hot_db: Path) -> str | None:
+    """:func:`refuse_unshared`'s message for the warehouse file ``hot_db``, read before a
+    server starts (None: nothing to refuse, or the file is in use and the core says it)."""
+    import duckdb
+
+    if not hot_db.exists():
+        return None
+    try:
+        con = duckdb.connect(str(hot_db), read_only=True)
+    except duckdb.Error:
+        return None
+    try:
+        return UNSHARED if is_shared(con) else None
+    except duckdb.Error:
+        return None
+    finally:
+        con.close()
