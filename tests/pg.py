@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aap.runner import free_port
 
@@ -111,3 +112,28 @@ def _wait(url: str) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def every_row(url: str) -> list[Any]:
+    """A pg_dump of the data: every row of every table, as ``(table, rows)``."""
+    import psycopg
+
+    out: list[Any] = []
+    with psycopg.connect(url) as con:
+        tables = [r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")]
+        for t in tables:
+            out.append((t, con.execute(f'SELECT * FROM "{t}"').fetchall()))
+    return out
+
+
+def all_bytes(root: Path) -> bytes:
+    """Every file under ``root`` (a cluster's data directory: tables and WAL), joined."""
+    chunks = []
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            try:
+                chunks.append(Path(dirpath, name).read_bytes())
+            except OSError:
+                continue
+    return b"\0".join(chunks)

@@ -523,8 +523,10 @@ def _query_directly(settings: Settings, doc: Any, role: str) -> Any:
     except duckdb.IOException as exc:
         raise click.ClickException(f"the warehouse is in use by another process: {exc}") from None
     from aap.privacy.audit import AuditLog
+    from aap.store import flags
 
     try:
+        flags.attach(wh, data, settings.storage.meta_url)  # shared flags, mirrored
         return run_insight(wh, doc, role=role, cohort=Cohorts(data).get,
                            timeout_s=query.query_timeout_s,
                            sql_max_rows=query.sql_max_rows,

@@ -60,7 +60,8 @@ class DataDir:
     # -- the registries beside the log --
     @property
     def meta_db(self) -> Path:
-        """Sources, API keys and cohorts."""
+        """Sources, API keys, web sessions, cohorts, saved insights, dashboards and devices
+        (without ``AAP_META_URL``: :mod:`aap.store.meta`)."""
         return self.root / "meta.db"
 
     @property

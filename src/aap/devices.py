@@ -21,7 +21,6 @@ import hashlib
 import os
 import re
 import secrets
-import sqlite3
 import time
 from pathlib import Path
 
@@ -31,6 +30,8 @@ from aap.datadir import DataDir
 from aap.privacy.audit import AuditLog
 from aap.privacy.devices import remember_owner
 from aap.sources import Sources, hash_key
+from aap.store.meta import is_conflict, open_meta
+from aap.store.migrations import Schema
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -50,6 +51,26 @@ CREATE TABLE IF NOT EXISTS broker_users (
     broker_hash TEXT NOT NULL
 );
 """
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    source_id TEXT NOT NULL,
+    name TEXT COLLATE "C" NOT NULL,
+    key_hash TEXT NOT NULL UNIQUE,
+    key_hint TEXT NOT NULL,
+    broker_hash TEXT NOT NULL,
+    owner_subject BIGINT,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT,
+    UNIQUE (source_id, name)
+);
+CREATE TABLE IF NOT EXISTS broker_users (
+    username TEXT COLLATE "C" PRIMARY KEY,
+    broker_hash TEXT NOT NULL
+);
+"""
+SCHEMA = Schema("devices", _SCHEMA, postgres=_PG_SCHEMA, steps=(), shares_file=True)
+"""The registry's schema versions (:mod:`aap.store.migrations`)."""
 DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TOPIC = "aap/{source}/{device}/events"
 BRIDGE_USER = "aap-bridge"
@@ -77,14 +98,18 @@ def topic_safe(name: str) -> bool:
 
 
 class Devices:
-    """The registry, a table of ``meta.db`` beside the sources."""
+    """The registry, a table of ``meta.db`` beside the sources, or of the shared state on
+    PostgreSQL when ``AAP_META_URL`` is set (:mod:`aap.store.meta`). The broker's files
+    are written under this data dir from the registry as it is (with ``AAP_META_URL``:
+    every data dir's devices)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, url: str | None = None) -> None:
+        """``url``: the shared-state database (``None``: ``AAP_META_URL``; empty: the
+        SQLite file under the data dir)."""
         self.data_dir = data_dir
-        self.sources = Sources(data_dir)
-        self._con = sqlite3.connect(DataDir(data_dir).meta_db, timeout=30,
-                                    isolation_level=None, check_same_thread=False)
-        self._con.executescript(_SCHEMA)
+        self.sources = Sources(data_dir, url)
+        self._db = open_meta(DataDir(data_dir).meta_db, url)
+        self._db.migrate(SCHEMA)
 
     @property
     def broker_dir(self) -> Path:
@@ -108,12 +133,14 @@ class Devices:
         dev = Device("dev_" + secrets.token_hex(8), src.id, name, key[:7] + "…", owner,
                      int(time.time()))
         try:
-            self._con.execute(
+            self._db.execute(
                 "INSERT INTO devices (id, source_id, name, key_hash, key_hint, broker_hash,"
                 " owner_subject, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (dev.id, dev.source_id, name, hash_key(key), dev.key_hint, broker_hash(key),
                  owner, dev.created_at))
-        except sqlite3.IntegrityError:
+        except Exception as exc:
+            if not is_conflict(exc):
+                raise
             raise ValueError(f"source {source_name!r} already has a device named {name!r}"
                              ) from None
         AuditLog(self.data_dir).append(actor, "device.registered", {
@@ -128,7 +155,7 @@ class Devices:
             raise ValueError(f"no device {ref!r}")
         if dev.revoked_at is None:
             now = int(time.time())
-            self._con.execute("UPDATE devices SET revoked_at = ? WHERE id = ?", (now, dev.id))
+            self._db.execute("UPDATE devices SET revoked_at = ? WHERE id = ?", (now, dev.id))
             AuditLog(self.data_dir).append(actor, "device.revoked", {"device": dev.id})
             self.write_broker_files()
             dev = msgspec.structs.replace(dev, revoked_at=now)
@@ -137,20 +164,21 @@ class Devices:
     def bridge_password(self, actor: str = "admin") -> str:
         """A new password for the bridge's broker user (shown once)."""
         password = secrets.token_urlsafe(24)
-        self._con.execute("INSERT OR REPLACE INTO broker_users VALUES (?, ?)",
-                          (BRIDGE_USER, broker_hash(password)))
+        self._db.execute("INSERT INTO broker_users (username, broker_hash) VALUES (?, ?)"
+                         " ON CONFLICT (username) DO UPDATE SET broker_hash = excluded.broker_hash",
+                         (BRIDGE_USER, broker_hash(password)))
         AuditLog(self.data_dir).append(actor, "device.bridge_password", {"user": BRIDGE_USER})
         self.write_broker_files()
         return password
 
     def by_key(self, key: str) -> Device | None:
-        row = self._con.execute(f"SELECT {_COLUMNS} FROM devices WHERE key_hash = ?"
-                                " AND revoked_at IS NULL", (hash_key(key),)).fetchone()
+        row = self._db.fetchone(f"SELECT {_COLUMNS} FROM devices WHERE key_hash = ?"
+                                " AND revoked_at IS NULL", (hash_key(key),))
         return Device(*row) if row else None
 
     def by_id(self, device_id: str) -> Device | None:
-        row = self._con.execute(f"SELECT {_COLUMNS} FROM devices WHERE id = ?",
-                                (device_id,)).fetchone()
+        row = self._db.fetchone(f"SELECT {_COLUMNS} FROM devices WHERE id = ?",
+                                (device_id,))
         return Device(*row) if row else None
 
     def by_topic(self, source_name: str, device_name: str) -> Device | None:
@@ -158,21 +186,21 @@ class Devices:
         src = self.sources.by_name(source_name)
         if src is None:
             return None
-        row = self._con.execute(f"SELECT {_COLUMNS} FROM devices WHERE source_id = ?"
-                                " AND name = ? AND revoked_at IS NULL",
-                                (src.id, device_name)).fetchone()
+        row = self._db.fetchone(f"SELECT {_COLUMNS} FROM devices WHERE source_id = ?"
+                                " AND name = ? AND revoked_at IS NULL", (src.id, device_name))
         return Device(*row) if row else None
 
     def list(self) -> list[Device]:
-        return [Device(*r) for r in self._con.execute(
-            f"SELECT {_COLUMNS} FROM devices ORDER BY created_at, name").fetchall()]
+        return [Device(*r) for r in self._db.fetchall(
+            f"SELECT {_COLUMNS} FROM devices ORDER BY created_at, name")]
 
     def write_broker_files(self) -> tuple[Path, Path]:
         """The mosquitto password and ACL files of the live devices and the bridge."""
         names = {s.id: s.name for s in self.sources.list()}
-        users = self._con.execute("SELECT username, broker_hash FROM broker_users").fetchall()
-        rows = self._con.execute("SELECT id, source_id, name, broker_hash FROM devices"
-                                 " WHERE revoked_at IS NULL ORDER BY id").fetchall()
+        users = self._db.fetchall("SELECT username, broker_hash FROM broker_users"
+                                  " ORDER BY username")
+        rows = self._db.fetchall("SELECT id, source_id, name, broker_hash FROM devices"
+                                 " WHERE revoked_at IS NULL ORDER BY id")
         passwd = [f"{u}:{h}" for u, h in users] + [f"{d}:{h}" for d, _, _, h in rows]
         acl = [f"user {BRIDGE_USER}", "topic read " + TOPIC.format(source="+", device="+"), ""]
         for dev_id, source_id, name, _ in rows:
@@ -189,7 +217,7 @@ class Devices:
         return out
 
     def close(self) -> None:
-        self._con.close()
+        self._db.close()
         self.sources.close()
 
 

@@ -1,5 +1,6 @@
 """Dashboards and the sql views list over the REST API: a real server on 127.0.0.1,
-keys of every role made with the CLI."""
+keys of every role made with the CLI; on both engines of the shared state (the files
+under the data dir, then PostgreSQL: ``meta_url_module``)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class Api:
 
 
 @slow_fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def api(tmp_path_factory: pytest.TempPathFactory, meta_url_module: str) -> Iterator[Api]:
     data = tmp_path_factory.mktemp("dash") / "data"
     keys = {role: new_key(data, role) for role in ROLES}
     server = ServerProcess(data, workers=1).start()

@@ -1,12 +1,13 @@
 """The query API end to end: a real server on 127.0.0.1, events through the Segment
-endpoint and the processor, API keys made with the CLI, answers over HTTP."""
+endpoint and the processor, API keys made with the CLI, answers over HTTP; on both engines
+of the shared state (the files under the data dir, then PostgreSQL: ``meta_url_module``),
+where the keys, saved insights and cohorts live."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import socket
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 
 from aap.datadir import DataDir
 from aap.runner import ServerProcess, create_source
+from aap.store.meta import open_meta
 from tests.conftest import slow_fixture
 
 DAY = (datetime.now(UTC) - timedelta(days=1)).replace(hour=12, minute=0, second=0,
@@ -81,7 +83,7 @@ class Api:
 
 
 @slow_fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def api(tmp_path_factory: pytest.TempPathFactory, meta_url_module: str) -> Iterator[Api]:
     data = tmp_path_factory.mktemp("api") / "data"
     # a historical import of events whose purpose (analytics) rests on a contract: these
     # tests are about queries; consent is tested in tests/privacy/
@@ -105,9 +107,9 @@ def test_keys_create_prints_the_key_alone_on_the_last_line_and_stores_a_slow_has
     out = aap(data, "keys", "create", "--role", "viewer", "--name", "dash")
     key = out.stdout.strip().splitlines()[-1]
     assert key.startswith("aap_") and " " not in key
-    con = sqlite3.connect(DataDir(data).meta_db)
-    rows = con.execute("SELECT id, role, hash, salt FROM api_keys").fetchall()
-    con.close()
+    # the registry the CLI wrote to: meta.db, or PostgreSQL (AAP_META_URL of the module)
+    rows = [(i, role, bytes(h), bytes(salt)) for i, role, h, salt in open_meta(
+        DataDir(data).meta_db).fetchall("SELECT id, role, hash, salt FROM api_keys")]
     stored = b"".join(r[2] for r in rows) + b"".join(r[3] for r in rows)
     assert key.encode() not in stored and key.split("_", 2)[2].encode() not in stored
     _, key_id, secret = key.split("_", 2)

@@ -1,7 +1,9 @@
 """The MQTT bridge end to end, against Debian's mosquitto started by the tests: devices
 registered with the CLI (the broker's password and ACL files come from the registry),
 ``aap serve`` starting the bridge because ``AAP_MQTT_BROKER`` is set, readings published
-at QoS 1 by a device client (paho), stored through the collector's ingestion path."""
+at QoS 1 by a device client (paho), stored through the collector's ingestion path; on
+both engines of the shared state (the files under the data dir, then PostgreSQL), where
+the device registry the broker's files and the bridge read lives."""
 
 from __future__ import annotations
 
@@ -99,7 +101,7 @@ class Setup:
 
 
 @slow_fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+def setup(tmp_path_factory: pytest.TempPathFactory, meta_url_module: str) -> Iterator[Setup]:
     tmp = tmp_path_factory.mktemp("mqtt")
     data = tmp / "data"
     key = create_source(data, "home", "--purpose", "device_diagnostics:legitimate_interest")

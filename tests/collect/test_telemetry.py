@@ -1,6 +1,8 @@
 """Device telemetry over REST (``POST /v1/devices/telemetry``) end to end: a real server
 on 127.0.0.1, devices registered with the CLI, readings through the collector's one
-ingestion path and the processor, insights through ``POST /api/v1/query``."""
+ingestion path and the processor, insights through ``POST /api/v1/query``; on both
+engines of the shared state (the files under the data dir, then PostgreSQL), where the
+device registry lives."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import httpx
 import pytest
 
 from aap.runner import ServerProcess, create_source
+from aap.sources import hash_key
 from tests.conftest import Running, assert_refused, slow_fixture
+from tests.pg import every_row
 from tests.privacy.test_ip_canary import scan
 
 OWNER = "owner.canary@example.com"  # a raw userId: sealed, never in clear on disk
@@ -63,7 +67,7 @@ class Fleet:
 
 
 @slow_fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory, meta_url_module: str) -> Iterator[Fleet]:
     data = tmp_path_factory.mktemp("devices") / "data"
     key = create_source(data, "home", "--purpose", "device_diagnostics:legitimate_interest")
     keys = {"thermo": register(data, "thermostat-12"), "thermo2": register(data, "thermostat-13"),
@@ -199,7 +203,8 @@ def test_insights_trend_a_reading_and_count_devices_active_per_day(fleet: Fleet)
 
 
 @pytest.mark.slow  # the CLI in subprocesses
-def test_register_refuses_bad_input_and_keeps_only_hashes(tmp_path: Path) -> None:
+def test_register_refuses_bad_input_and_keeps_only_hashes(tmp_path: Path, meta_url: str
+                                                           ) -> None:
     data = tmp_path / "data"
     create_source(data, "home", "--purpose", "device_diagnostics:legitimate_interest")
     run = [sys.executable, "-m", "aap", "devices", "register", "--data-dir", str(data)]
@@ -214,3 +219,6 @@ def test_register_refuses_bad_input_and_keeps_only_hashes(tmp_path: Path) -> Non
                            text=True)
     assert again.returncode == 1 and "already has a device named" in again.stderr
     assert scan(data, key.encode()) == [] and scan(data, OWNER.encode()) == []
+    if meta_url:  # the registry is in PostgreSQL: its rows hold the key's digest only
+        rows = repr(every_row(meta_url))
+        assert hash_key(key) in rows and key not in rows and OWNER not in rows

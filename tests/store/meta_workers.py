@@ -100,3 +100,26 @@ def poll_consent(data_dir: str, url: str, barrier: Any, stop: Any, result: Any) 
     state.refresh(force=True)
     result.put((seen, state.latest, state.binding, state.withdrawn, polls))
     state.ledger.close()
+
+
+def keys_and_sessions(data_dir: str, url: str, n: int, links: list[str], barrier: Any,
+                      result: Any) -> None:
+    """After the barrier, at the same moment as the other process: ``n`` API keys, a web
+    session of each, and an attempt at every one-time link of ``links``; hands out the
+    keys, the session tokens and the links this process consumed."""
+    from aap.api.keys import ApiKeys
+    from aap.web.sessions import Sessions
+
+    keys = ApiKeys(Path(data_dir), url=url)
+    sessions = Sessions(Path(data_dir), keys, ttl_s=3600, url=url)
+    barrier.wait(timeout=120)
+    made, tokens, consumed = [], [], []
+    for i in range(n):
+        record, key = keys.create("analyst", f"k{i}")
+        made.append(key)
+        tokens.append(sessions.create(record, "key")[0])
+        # a link between each key: both processes go through the same links at once
+        consumed += [link for link in links[i::n] if sessions.consume_link(link)]
+    result.put((made, tokens, consumed))
+    sessions.close()
+    keys.close()

@@ -175,6 +175,35 @@ def test_steps_run_in_order_from_the_stored_version_and_a_newer_one_is_refused(
     con.close()
 
 
+def test_a_store_sharing_a_file_keeps_its_version_in_a_row_of_its_own(tmp_path: Path) -> None:
+    """Two stores in one file (``meta.db``): the file's ``user_version`` is the first
+    one's; the second one's version is its row of ``aap_schema_versions``, from which its
+    steps run (a table without a row is at version 0), and a newer row is refused."""
+    owner = Schema("o", "CREATE TABLE IF NOT EXISTS o (a INTEGER);",
+                   steps=(sql_step("CREATE TABLE o (a INTEGER);"),) * 3)
+    create = "CREATE TABLE IF NOT EXISTS t (a INTEGER, b TEXT);"
+    v0 = Schema("t", "CREATE TABLE IF NOT EXISTS t (a INTEGER);", steps=(), shares_file=True)
+    v1 = Schema("t", create, steps=(sql_step("ALTER TABLE t ADD COLUMN b TEXT;"),),
+                shares_file=True)
+    con = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    assert migrate_sqlite(con, owner) == 0
+    con.execute("CREATE TABLE t (a INTEGER)")  # as a release before versions made it
+    assert migrate_sqlite(con, v0) == 0  # at version 0 already: its row is written
+    assert migrate_sqlite(con, v1) == 0 and columns(con, "t") == {"a", "b"}
+    assert migrate_sqlite(con, v1) == 1  # recorded: nothing runs again
+    assert con.execute("SELECT name, version FROM aap_schema_versions").fetchall() == [("t", 1)]
+    assert con.execute("PRAGMA user_version").fetchone() == (3,)  # still the owner's
+    assert migrate_sqlite(con, owner) == 3
+    with pytest.raises(SchemaTooNew, match="the t database"):
+        migrate_sqlite(con, v0)
+    fresh = sqlite3.connect(tmp_path / "y.db", isolation_level=None)
+    fresh.execute("PRAGMA user_version = 7")  # another store's, newer than v1's steps
+    assert migrate_sqlite(fresh, v1) == 0 and columns(fresh, "t") == {"a", "b"}
+    assert migrate_sqlite(fresh, v1) == 1
+    con.close()
+    fresh.close()
+
+
 def test_a_script_splits_into_statements_with_trigger_bodies_whole() -> None:
     script = """
         CREATE TABLE a (x TEXT DEFAULT ';');

@@ -332,6 +332,18 @@ def test_compaction_folds_batches_while_queries_read_each_row_once(tmp_path: Pat
     wh.close()
 
 
+def test_which_days_are_folded() -> None:
+    today = date(2026, 3, 10)
+    batches = [f"/t/warm/events/day=x/batch-ab-{i}.parquet" for i in range(40)]
+    daily = ["/t/warm/events/day=x/part-1.parquet"]
+    assert tiering._due("2026-03-09", batches[:1] + daily, today)  # a past day: at once
+    assert tiering._due("2026-03-09", batches[:2], today)
+    assert not tiering._due("2026-03-09", batches[:1], today)  # one file: nothing to fold
+    assert not tiering._due("2026-03-09", daily, today)
+    assert not tiering._due("2026-03-10", batches[:31] + daily, today)  # today: 32 batches
+    assert tiering._due("2026-03-10", batches[:32], today)
+
+
 # -- the same answers --
 
 DOCS: list[Any] = [

@@ -1,12 +1,13 @@
 """The web app's server side without a server: sessions (hashed at rest, ended, expired,
 revoked with their key), one-time links, cookies and CSRF, the static files' index, and
-the pages' answer without a build."""
+the pages' answer without a build. The sessions' tests run on both engines of the shared
+state (``meta_url``: the SQLite file, then PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import sqlite3
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,30 +17,44 @@ from aap import errors
 from aap.api.keys import ApiKeys
 from aap.asgi import Request
 from aap.datadir import DataDir
+from aap.store.meta import MetaDB, open_meta
 from aap.web.app import IMMUTABLE, WebApp, csp, load_assets
 from aap.web.sessions import Sessions, cookie_token, create_link, cross_site, csrf_ok
+from tests.pg import every_row
 
 
 @pytest.fixture
-def reg(tmp_path: Path) -> tuple[Path, ApiKeys, Sessions]:
+def reg(tmp_path: Path, meta_url: str) -> tuple[Path, ApiKeys, Sessions]:
     data = tmp_path / "data"
     keys = ApiKeys(data)
     return data, keys, Sessions(data, keys, ttl_s=3600)
 
 
-def test_a_session_is_stored_only_as_a_hash(reg: tuple[Path, ApiKeys, Sessions]) -> None:
+def _db(data: Path) -> MetaDB:
+    """The registry the sessions are in (the file, or PostgreSQL with ``AAP_META_URL``)."""
+    return open_meta(DataDir(data).meta_db)
+
+
+def _audit(keys: ApiKeys) -> str:
+    return json.dumps(keys.audit.entries())
+
+
+def test_a_session_is_stored_only_as_a_hash(reg: tuple[Path, ApiKeys, Sessions],
+                                            meta_url: str) -> None:
     data, keys, sessions = reg
     key, _ = keys.create("analyst", "ana")
     token, live = sessions.create(key, "key")
     assert len(token) >= 43 and live.key.id == key.id and live.public()["role"] == "analyst"
-    raw = DataDir(data).meta_db.read_bytes() + (DataDir(data).meta_db.parent / "meta.db-wal"
-                                                ).read_bytes()
+    if meta_url:  # every row of PostgreSQL (tests/store/test_meta_stores.py scans its files)
+        raw = repr(every_row(meta_url)).encode()
+    else:
+        raw = DataDir(data).meta_db.read_bytes() + (DataDir(data).meta_db.parent / "meta.db-wal"
+                                                    ).read_bytes()
     assert token.encode() not in raw and live.csrf.encode() not in raw
-    con = sqlite3.connect(DataDir(data).meta_db)
-    (stored,) = con.execute("SELECT token_hash FROM web_sessions").fetchone()
-    assert stored == hashlib.sha256(token.encode()).digest()
+    (stored,) = _db(data).fetchone("SELECT token_hash FROM web_sessions") or (None,)
+    assert bytes(stored) == hashlib.sha256(token.encode()).digest()
     assert sessions.get(token) == live
-    audit = keys.audit.path.read_text()
+    audit = _audit(keys)
     assert "session.created" in audit and token not in audit
 
 
@@ -50,24 +65,20 @@ def test_ended_expired_and_revoked_sessions(reg: tuple[Path, ApiKeys, Sessions])
     b, _ = sessions.create(key, "key")
     c, _ = sessions.create(key, "key")
     assert sessions.end(a) and sessions.get(a) is None and not sessions.end(a)
-    con = sqlite3.connect(DataDir(data).meta_db)
-    con.execute("UPDATE web_sessions SET expires_at = 1 WHERE token_hash = ?",
-                (hashlib.sha256(b.encode()).digest(),))
-    con.commit()
+    _db(data).execute("UPDATE web_sessions SET expires_at = 1 WHERE token_hash = ?",
+                      (hashlib.sha256(b.encode()).digest(),))
     assert sessions.get(b) is None
     assert sessions.get(c) is not None
     keys.revoke(key.id)
     assert sessions.get(c) is None
-    assert "session.ended" in keys.audit.path.read_text()
+    assert "session.ended" in _audit(keys)
 
 
 def test_the_role_is_read_again_on_each_request(reg: tuple[Path, ApiKeys, Sessions]) -> None:
     data, keys, sessions = reg
     key, _ = keys.create("admin")
     token, _ = sessions.create(key, "key")
-    con = sqlite3.connect(DataDir(data).meta_db)
-    con.execute("UPDATE api_keys SET role = 'viewer' WHERE id = ?", (key.id,))
-    con.commit()
+    _db(data).execute("UPDATE api_keys SET role = 'viewer' WHERE id = ?", (key.id,))
     live = sessions.get(token)
     assert live is not None and live.key.role == "viewer"
 

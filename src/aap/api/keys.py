@@ -1,11 +1,13 @@
 """API keys of people and programs, with roles.
 
-A key is ``aap_<id>_<secret>`` (a 256-bit secret), shown once. The registry (``meta.db``,
-beside the sources) keeps the id, the role and a scrypt hash of the secret (n=2^14, r=8,
-p=1, a per-key salt): a stolen registry does not give the keys away, and guessing is
-slow. A process remembers the keys it verified (as their SHA-256), so a client pays the
-slow hash once per process, but every request reads the key's row again: revoking a key
-or changing its role takes effect on the next request.
+A key is ``aap_<id>_<secret>`` (a 256-bit secret), shown once. The registry (table
+``api_keys`` of ``meta.db``, beside the sources, or of the shared state on PostgreSQL when
+``AAP_META_URL`` is set: :mod:`aap.store.meta`) keeps the id, the role and a scrypt hash
+of the secret (n=2^14, r=8, p=1, a per-key salt): a stolen registry does not give the
+keys away, and guessing is slow. A process remembers the keys it verified (as their
+SHA-256), so a client pays the slow hash once per process, but every request reads the
+key's row again: revoking a key or changing its role takes effect on the next request
+(in every process that shares the registry).
 
 Roles, each including the ones before it: ``viewer`` (saved insights only), ``analyst``
 (any query), ``privacy`` (personal columns, rights requests), ``admin`` (everything,
@@ -18,7 +20,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 import time
 from pathlib import Path
 
@@ -26,6 +27,8 @@ import msgspec
 
 from aap.datadir import DataDir
 from aap.privacy.audit import AuditLog
+from aap.store.meta import open_meta
+from aap.store.migrations import Schema
 
 ROLES = ("viewer", "analyst", "privacy", "admin")
 MAX_VERIFIED = 10_000
@@ -42,6 +45,19 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at INTEGER
 );
 """
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    salt BYTEA NOT NULL,
+    hash BYTEA NOT NULL,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT
+);
+"""
+SCHEMA = Schema("api_keys", _SCHEMA, postgres=_PG_SCHEMA, steps=(), shares_file=True)
+"""The registry's schema versions (:mod:`aap.store.migrations`)."""
 
 
 class ApiKey(msgspec.Struct, frozen=True):
@@ -61,12 +77,12 @@ def _scrypt(secret: str, salt: bytes) -> bytes:
 
 
 class ApiKeys:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, url: str | None = None) -> None:
+        """``url``: the shared-state database (``None``: ``AAP_META_URL``; empty: the
+        SQLite file under the data dir)."""
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._con = sqlite3.connect(DataDir(data_dir).meta_db, timeout=30, isolation_level=None,
-                                    check_same_thread=False)
-        self._con.execute("PRAGMA journal_mode=WAL")
-        self._con.executescript(_SCHEMA)
+        self._db = open_meta(DataDir(data_dir).meta_db, url)
+        self._db.migrate(SCHEMA)
         self._verified: dict[str, bytes] = {}
         self.audit = AuditLog(data_dir)
 
@@ -77,8 +93,9 @@ class ApiKeys:
         secret = secrets.token_urlsafe(32)
         salt = secrets.token_bytes(16)
         k = ApiKey(key_id, name or role, role, int(time.time()))
-        self._con.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                          (k.id, k.name, k.role, salt, _scrypt(secret, salt), k.created_at))
+        self._db.execute("INSERT INTO api_keys (id, name, role, salt, hash, created_at)"
+                         " VALUES (?, ?, ?, ?, ?, ?)",
+                         (k.id, k.name, k.role, salt, _scrypt(secret, salt), k.created_at))
         self.audit.append(actor, "key.created", {"key_id": k.id, "role": k.role})
         return k, f"aap_{key_id}_{secret}"
 
@@ -88,15 +105,15 @@ class ApiKeys:
         if not m:
             return None
         key_id, secret = m.groups()
-        row = self._con.execute(
+        row = self._db.fetchone(
             "SELECT id, name, role, created_at, revoked_at, salt, hash FROM api_keys WHERE id = ?",
-            (key_id,)).fetchone()
+            (key_id,))
         if row is None or row[4] is not None:
             return None
         digest = hashlib.sha256(key.encode()).digest()
         known = self._verified.get(key_id)
         if known is None or not hmac.compare_digest(known, digest):
-            if not hmac.compare_digest(_scrypt(secret, row[5]), row[6]):
+            if not hmac.compare_digest(_scrypt(secret, bytes(row[5])), bytes(row[6])):
                 return None
             if len(self._verified) > MAX_VERIFIED:
                 self._verified.clear()
@@ -105,20 +122,20 @@ class ApiKeys:
 
     def get(self, key_id: str) -> ApiKey | None:
         """The key's record as it is now (revoked or not), or None."""
-        row = self._con.execute("SELECT id, name, role, created_at, revoked_at FROM api_keys"
-                                " WHERE id = ?", (key_id,)).fetchone()
+        row = self._db.fetchone("SELECT id, name, role, created_at, revoked_at FROM api_keys"
+                                " WHERE id = ?", (key_id,))
         return ApiKey(*row) if row is not None else None
 
     def list(self) -> list[ApiKey]:
-        return [ApiKey(*r) for r in self._con.execute(
+        return [ApiKey(*r) for r in self._db.fetchall(
             "SELECT id, name, role, created_at, revoked_at FROM api_keys ORDER BY created_at, id")]
 
     def revoke(self, key_id: str, actor: str = "admin") -> bool:
-        cur = self._con.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND"
-                                " revoked_at IS NULL", (int(time.time()), key_id))
-        if cur.rowcount > 0:
+        changed = self._db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND"
+                                   " revoked_at IS NULL", (int(time.time()), key_id))
+        if changed > 0:
             self.audit.append(actor, "key.revoked", {"key_id": key_id})
-        return cur.rowcount > 0
+        return changed > 0
 
     def close(self) -> None:
-        self._con.close()
+        self._db.close()

@@ -307,6 +307,7 @@ def _person_view(wh: Warehouse, persons: list[int]) -> dict[str, Any]:
                   " FROM events_all e LEFT JOIN person_overrides o"
                   " ON o.old_person_id = e.person_id"
                   " WHERE list_contains($persons, coalesce(o.person_id, e.person_id))")
+    wh.fresh_flags()  # the flags shown are the shared store's (AAP_META_URL)
     with wh.snapshot() as cur:
         cur.execute(f"CREATE TEMP TABLE lookup_events AS {events_sql}", p)
         try:

@@ -54,6 +54,7 @@ from aap.process.processor import Processor
 from aap.routing import ANY, Route, Router
 from aap.settings import Settings
 from aap.sources import Sources
+from aap.store import flags
 from aap.store.identities import SharedIdentities
 from aap.store.publish import Publisher, refuse_unshared, shared_list
 from aap.store.tiering import TieringThread, TierPolicy
@@ -76,11 +77,8 @@ class EraseRequest(msgspec.Struct):
 def _open_warehouse(settings: Settings) -> tuple[Warehouse, Publisher | None]:
     """The warehouse on its tier store, and its publisher when ``AAP_PUBLISH_SECONDS`` is
     set (:mod:`aap.store.publish`; a batch a stop left half published is finished now)."""
-    s3, kept = settings.s3, settings.tiers
-    tiers = TierStore(TierConfig(
-        settings.tier_url, s3_endpoint=s3.s3_endpoint_url,
-        s3_access_key=s3.s3_access_key, s3_secret_key=s3.s3_secret_key,
-        s3_region=s3.s3_region))
+    kept = settings.tiers
+    tiers = TierStore(TierConfig.from_settings(settings))
     warehouse = Warehouse(
         settings.data.warehouse, tiers=tiers, memory_limit=settings.storage.warehouse_memory,
         shared_list=shared_list(settings.data_path, kept.publish_seconds,
@@ -155,6 +153,9 @@ class Core:
         return self.thread.is_alive()
 
     def start(self) -> None:
+        # with AAP_META_URL the flags (restriction, objection) are shared: person_flags
+        # becomes their mirror, brought up to date before each query (and at once)
+        flags.attach(self.warehouse, self.settings.data_path, self.settings.storage.meta_url)
         self.thread.start()
         self.tiering.start()
         if self.publisher is not None:

@@ -95,12 +95,18 @@ def _erase_hot(out: dict[str, Any], params: dict[str, Any]) -> Callable[[Hot], N
     return hot
 
 
-def erase_persons(wh: Warehouse, persons: set[int]) -> dict[str, int]:
+def erase_persons(wh: Warehouse, persons: set[int], shared: set[int] | None = None
+                  ) -> dict[str, int]:
     """Physically remove the persons' rows from the hot tables and from every warm and
-    cold file (rewritten without them; the old files are deleted at once). Returns
-    what was removed where."""
+    cold file (rewritten without them; the old files are deleted at once), and their
+    flags from the shared store too when there is one (``shared_flags``: the rows
+    deleted there, merges the shared identities know included). Returns what was
+    removed where. ``shared``: the persons the shared identities give the ids (their
+    flags go from the shared store too)."""
     out = {"hot_events": 0, **_FILE_COUNTS, "persons": 0, "ids": 0, "merges": 0, "orders": 0,
            "order_items": 0, "query_cache_rows": 0, "flags": 0, "retired_files_deleted": 0}
+    if wh.flags is not None:  # the record of the flags is shared (AAP_META_URL): first
+        out["shared_flags"] = wh.flags.erase(persons | (shared or set()))
     if not persons:
         return out
     value_set = pa.array(sorted(persons), pa.int64())
@@ -364,9 +370,11 @@ def _live(wh: Warehouse, cur: duckdb.DuckDBPyConnection, group: set[int]) -> set
     return live
 
 
-def _delete_members(cur: duckdb.DuckDBPyConnection, members: list[int]) -> list[int]:
-    """Delete the ids (keyed hashes), merges, flags and set-aside rows of ``members``;
-    returns the keyed hashes of the ids."""
+def _delete_members(cur: duckdb.DuckDBPyConnection, members: list[int], flags: bool = True
+                    ) -> list[int]:
+    """Delete the ids (keyed hashes), merges, flags (unless ``flags`` is false: the table
+    mirrors the shared flags, which stay) and set-aside rows of ``members``; returns the
+    keyed hashes of the ids."""
     params = {"persons": members}
     keys = [int(r[0]) for r in cur.execute(
         "SELECT id_key FROM person_ids WHERE list_contains($persons, person_id)",
@@ -374,7 +382,9 @@ def _delete_members(cur: duckdb.DuckDBPyConnection, members: list[int]) -> list[
     cur.execute("DELETE FROM person_ids WHERE list_contains($persons, person_id)", params)
     cur.execute("DELETE FROM person_overrides WHERE list_contains($persons, old_person_id)",
                 params)
-    cur.execute("DELETE FROM person_flags WHERE list_contains($persons, person_id)", params)
+    if flags:
+        cur.execute("DELETE FROM person_flags WHERE list_contains($persons, person_id)",
+                    params)
     # and their set-aside rows: no id would reach them any more
     cur.execute("DELETE FROM quarantined_events WHERE list_contains($persons, person_id)",
                 params)
@@ -408,5 +418,8 @@ def _drop_dead(wh: Warehouse, persons: set[int]) -> tuple[int, list[int]]:
                           {"persons": dead}).fetchone()
         # Their ids (keyed hashes) and merges go too: a returning id is a new person.
         gone = set(dead)
-        keys = _delete_members(cur, sorted(p for p in group if over.get(p, p) in gone))
+        # with AAP_META_URL, the person may hold events in another warehouse: their
+        # flags stay in the shared store, and so in its mirror here
+        keys = _delete_members(cur, sorted(p for p in group if over.get(p, p) in gone),
+                               flags=wh.flags is None)
     return (int(row[0]) if row else 0), keys

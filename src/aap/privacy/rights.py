@@ -115,7 +115,8 @@ class Rights:
         if scope is not None and persons and not subjects.sources_of(self.wh, persons) <= set(scope[1]):
             return self._erase_in(keys, persons, requested, actor, scope, started, t0)
         destroyed = self.keystore.destroy(all_keys)
-        removed = removal.erase_persons(self.wh, persons)
+        removed = removal.erase_persons(self.wh, persons,
+                                        shared=subjects.shared_persons(self.wh, all_keys))
         derived = {**self.cohorts.forget(all_keys),
                    "query_cache_rows": removed.pop("query_cache_rows", 0),
                    "query_cache_rollup_rows": removed.pop("query_cache_rollup_rows", 0),
@@ -246,7 +247,8 @@ class Rights:
                    "consent_statements": len(consent), "personal_traits": len(personal),
                    "identifiers": sum(len(v) for v in identifiers.values()),
                    "log_events": len(logged),
-                   "restricted": subjects.is_flagged(self.wh, persons, "restricted"),
+                   "restricted": subjects.is_flagged(
+                       self.wh, persons | subjects.shared_persons(self.wh, keys), "restricted"),
                    "seconds": round(time.perf_counter() - t0, 3)}
         if path is None:
             summary["note"] = "the identifiers were erased: nothing is kept about them"
@@ -334,6 +336,7 @@ class Rights:
         18(3): tell the person first) or records that the objection was withdrawn."""
         flag = {"restriction": "restricted", "objection": "objected"}[kind]
         persons, _ = subjects.person_closure(self.wh, keys)
+        persons |= subjects.shared_persons(self.wh, keys)
         if lift:
             n = subjects.unflag_persons(self.wh, persons, flag)
             self.audit.append(actor, f"privacy.{kind}_lifted", {"persons": len(persons)})

@@ -1,7 +1,11 @@
 """The persons behind data-subject requests, in the warehouse: who an id belongs to
 (with every person merged into them), and the changes rights make to their profiles —
 rectified traits (Art. 16), restriction (Art. 18) and objection (Art. 21) flags.
-Removing their events is :mod:`aap.privacy.removal`."""
+Removing their events is :mod:`aap.privacy.removal`.
+
+Flags: the warehouse's ``person_flags`` table is their record; with ``AAP_META_URL``
+the record is the shared store (:mod:`aap.store.flags`), written here, and the table is
+its mirror, brought up to date at once (and before every query, on every node)."""
 
 from __future__ import annotations
 
@@ -32,6 +36,14 @@ def person_closure(wh: Warehouse, id_keys: list[int]) -> tuple[set[int], set[int
     return persons, keys
 
 
+def shared_persons(wh: Warehouse, id_keys: list[int] | set[int]) -> set[int]:
+    """With ``AAP_META_URL``: the persons of these ids in the shared identities (a person
+    whose events only another warehouse holds is found too); otherwise none."""
+    if wh.flags is None or not id_keys:
+        return set()
+    return wh.flags.persons_of(id_keys)
+
+
 def identified(wh: Warehouse, persons: set[int]) -> bool:
     """Whether any of these persons is identified (has had a userId)."""
     if not persons:
@@ -54,6 +66,9 @@ def sources_of(wh: Warehouse, persons: set[int]) -> set[str]:
 def flag_persons(wh: Warehouse, persons: set[int], flag: str) -> int:
     """Mark persons ``restricted`` (Art. 18: kept, left out of every query) or
     ``objected`` (Art. 21: left out of profiling)."""
+    if wh.flags is not None:
+        wh.flags.set_flag(persons, flag)
+        return len(persons)
     with wh.write_lock, wh.transaction() as cur:
         for p in sorted(persons):
             cur.execute("INSERT INTO person_flags VALUES ($person, $flag, now())"
@@ -65,6 +80,8 @@ def unflag_persons(wh: Warehouse, persons: set[int], flag: str) -> int:
     """Lift a restriction or withdraw an objection; how many flags were removed."""
     if not persons:
         return 0
+    if wh.flags is not None:
+        return wh.flags.clear_flag(persons, flag)
     with wh.write_lock, wh.transaction() as cur:
         row = cur.execute("DELETE FROM person_flags WHERE flag = $flag"
                           " AND list_contains($persons, person_id)",
@@ -75,6 +92,7 @@ def unflag_persons(wh: Warehouse, persons: set[int], flag: str) -> int:
 def is_flagged(wh: Warehouse, persons: set[int], flag: str) -> bool:
     if not persons:
         return False
+    wh.fresh_flags()
     return wh.con.cursor().execute(
         "SELECT count(*) FROM person_flags WHERE flag = $flag"
         " AND list_contains($persons, person_id)",

@@ -1,4 +1,5 @@
-"""Saved cohorts, in the registry beside the sources (``meta.db``).
+"""Saved cohorts and saved insights, in the registry beside the sources (``meta.db``), or
+in the shared state on PostgreSQL when ``AAP_META_URL`` is set (:mod:`aap.store.meta`).
 
 A static cohort is a list of distinct ids (userId / anonymousId values); only their keyed
 hashes are stored (the same keys the processor uses), and a query resolves them through
@@ -12,7 +13,6 @@ person's ids out of every static cohort (:meth:`Cohorts.forget`).
 from __future__ import annotations
 
 import builtins
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from aap.errors import NotFound
 from aap.privacy.ids import IdHasher
 from aap.query.common import CohortDef
 from aap.query.models import CohortSpec, Filter
+from aap.store.meta import Tx, insert_returning_id, open_meta
+from aap.store.migrations import Schema
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cohorts (
@@ -41,6 +43,25 @@ CREATE TABLE IF NOT EXISTS saved_insights (
     created_at INTEGER NOT NULL
 );
 """
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cohorts (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    size_hint BIGINT,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS saved_insights (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name TEXT NOT NULL,
+    query TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+"""
+SCHEMA = Schema("cohorts", _SCHEMA, postgres=_PG_SCHEMA, steps=(), shares_file=True)
+"""The schema versions of cohorts and saved insights (:mod:`aap.store.migrations`). Ids
+are never used again (SQLite's ``AUTOINCREMENT``, PostgreSQL's identity columns)."""
 
 
 class Stored(msgspec.Struct):
@@ -51,19 +72,14 @@ class Stored(msgspec.Struct):
     person_filters: list[Filter] = []
 
 
-def _connect(data_dir: Path) -> sqlite3.Connection:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(DataDir(data_dir).meta_db, timeout=30, isolation_level=None,
-                          check_same_thread=False)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.executescript(_SCHEMA)
-    return con
-
-
 class Cohorts:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, url: str | None = None) -> None:
+        """``url``: the shared-state database (``None``: ``AAP_META_URL``; empty: the
+        SQLite file under the data dir)."""
+        data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
-        self._con = _connect(data_dir)
+        self._db = open_meta(DataDir(data_dir).meta_db, url)
+        self._db.migrate(SCHEMA)
         self._hasher: IdHasher | None = None
 
     def create(self, spec: CohortSpec) -> dict[str, Any]:
@@ -79,17 +95,17 @@ class Cohorts:
             stored = Stored(event=bh.event, min_count=bh.min_count, days=bh.days,
                             person_filters=pf)
             kind, size = "behavioural", None
-        cur = self._con.execute(
-            "INSERT INTO cohorts (name, kind, definition, size_hint, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (spec.name, kind, msgspec.json.encode(stored).decode(), size, int(time.time())))
-        return {"id": cur.lastrowid, "name": spec.name, "kind": kind}
+        params = (spec.name, kind, msgspec.json.encode(stored).decode(), size, int(time.time()))
+        new_id = insert_returning_id(
+            self._db, "INSERT INTO cohorts (name, kind, definition, size_hint, created_at)"
+            " VALUES (?, ?, ?, ?, ?)", params)
+        return {"id": new_id, "name": spec.name, "kind": kind}
 
     def get(self, cohort_id: int) -> CohortDef:
         if not 0 < cohort_id < 2**63:  # SQLite's integers: no such row, not an overflow
             raise NotFound(f"no cohort with id {cohort_id}", code="unknown_cohort")
-        row = self._con.execute("SELECT id, name, definition FROM cohorts WHERE id = ?",
-                                (cohort_id,)).fetchone()
+        row = self._db.fetchone("SELECT id, name, definition FROM cohorts WHERE id = ?",
+                                (cohort_id,))
         if row is None:
             raise NotFound(f"no cohort with id {cohort_id}", code="unknown_cohort")
         d = msgspec.json.decode(row[2], type=Stored)
@@ -98,7 +114,7 @@ class Cohorts:
 
     def list(self) -> builtins.list[dict[str, Any]]:
         out = []
-        for i, name, kind, definition, size, created in self._con.execute(
+        for i, name, kind, definition, size, created in self._db.fetchall(
                 "SELECT id, name, kind, definition, size_hint, created_at FROM cohorts ORDER BY id"):
             item: dict[str, Any] = {"id": i, "name": name, "kind": kind, "created_at": created}
             if kind == "static":
@@ -114,45 +130,52 @@ class Cohorts:
         """Erasure (Art. 17): take these ids' keyed hashes out of every static cohort.
         (Behavioural cohorts hold no ids: they are evaluated at query time, over what is
         left.)"""
-        changed = removed = 0
-        rows = self._con.execute(
-            "SELECT id, definition FROM cohorts WHERE kind = 'static'").fetchall()
-        for cid, definition in rows:
-            d = msgspec.json.decode(definition, type=Stored)
-            kept = [k for k in d.id_keys or [] if k not in id_keys]
-            if len(kept) == len(d.id_keys or []):
-                continue
-            removed += len(d.id_keys or []) - len(kept)
-            changed += 1
-            self._con.execute("UPDATE cohorts SET definition = ?, size_hint = ? WHERE id = ?",
-                              (msgspec.json.encode(Stored(id_keys=kept)).decode(), len(kept),
-                               cid))
-        if changed:  # the old definitions leave the WAL too
-            self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        def drop(tx: Tx) -> tuple[int, int]:
+            changed = removed = 0
+            rows = tx.fetchall("SELECT id, definition FROM cohorts WHERE kind = 'static'")
+            for cid, definition in rows:
+                d = msgspec.json.decode(definition, type=Stored)
+                kept = [k for k in d.id_keys or [] if k not in id_keys]
+                if len(kept) == len(d.id_keys or []):
+                    continue
+                removed += len(d.id_keys or []) - len(kept)
+                changed += 1
+                tx.execute("UPDATE cohorts SET definition = ?, size_hint = ? WHERE id = ?",
+                           (msgspec.json.encode(Stored(id_keys=kept)).decode(), len(kept), cid))
+            return changed, removed
+
+        changed, removed = self._db.write(drop)
+        if changed:  # the old definitions leave the WAL too (on SQLite; see shredded)
+            self._db.shredded()
         return {"static_cohorts_changed": changed, "static_cohort_ids_removed": removed}
 
     def delete(self, cohort_id: int) -> bool:
-        return self._con.execute("DELETE FROM cohorts WHERE id = ?", (cohort_id,)).rowcount > 0
+        if not 0 < cohort_id < 2**63:
+            return False
+        return self._db.execute("DELETE FROM cohorts WHERE id = ?", (cohort_id,)) > 0
 
     # -- saved insights (what the viewer role may run) --
 
     def save_insight(self, name: str, query: dict[str, Any]) -> dict[str, Any]:
-        cur = self._con.execute(
-            "INSERT INTO saved_insights (name, query, created_at) VALUES (?, ?, ?)",
-            (name, msgspec.json.encode(query).decode(), int(time.time())))
-        return {"id": cur.lastrowid, "name": name}
+        params = (name, msgspec.json.encode(query).decode(), int(time.time()))
+        new_id = insert_returning_id(
+            self._db, "INSERT INTO saved_insights (name, query, created_at) VALUES (?, ?, ?)",
+            params)
+        return {"id": new_id, "name": name}
 
     def insight(self, insight_id: int) -> tuple[str, dict[str, Any]]:
-        row = self._con.execute("SELECT name, query FROM saved_insights WHERE id = ?",
-                                (insight_id,)).fetchone()
+        row = None
+        if 0 < insight_id < 2**63:
+            row = self._db.fetchone("SELECT name, query FROM saved_insights WHERE id = ?",
+                                    (insight_id,))
         if row is None:
             raise NotFound(f"no saved insight with id {insight_id}", code="unknown_insight")
         return row[0], msgspec.json.decode(row[1])
 
     def insights(self) -> builtins.list[dict[str, Any]]:
         return [{"id": i, "name": n, "query": msgspec.json.decode(q), "created_at": c}
-                for i, n, q, c in self._con.execute(
+                for i, n, q, c in self._db.fetchall(
                     "SELECT id, name, query, created_at FROM saved_insights ORDER BY id")]
 
     def close(self) -> None:
-        self._con.close()
+        self._db.close()

@@ -18,8 +18,9 @@ waiting to be folded into the cache) and defines, for that state:
   :mod:`aap.query.sessions`); the overview adds ``events_live`` summarized on the fly.
 
 Restricted persons (Art. 18) are left out of all three; the filter is not there at all
-when nobody is restricted. Without a usable cache it falls back to
-``Warehouse.snapshot()`` with ``events`` over the tiers.
+when nobody is restricted. With ``AAP_META_URL`` the flags are shared: ``person_flags``
+is brought up to date with them before the snapshot (:mod:`aap.store.flags`). Without
+a usable cache it falls back to ``Warehouse.snapshot()`` with ``events`` over the tiers.
 """
 
 from __future__ import annotations
@@ -190,6 +191,7 @@ def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
 def open_snapshot(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnection, Views]]:
     """A cursor inside one read transaction with ``events`` defined for it (and the
     views of ``Warehouse.snapshot()``), and what else is there."""
+    warehouse.fresh_flags()  # shared flags (AAP_META_URL) mirrored before the snapshot
     pool = _pool(warehouse)
     cur = pool.take()
     ok = False
@@ -219,6 +221,7 @@ def open_snapshot(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnect
 @contextmanager
 def plain_snapshot(warehouse: Warehouse) -> Iterator[duckdb.DuckDBPyConnection]:
     """``Warehouse.snapshot()`` (every tier from its files, no cache) as insights see it."""
+    warehouse.fresh_flags()
     with warehouse.snapshot() as cur:
         cur.execute(ANALYTICS_EVENTS)
         yield cur

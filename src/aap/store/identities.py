@@ -29,6 +29,10 @@ replay, or a merge made by another processor of a person this chunk mentions, re
 that warehouse too. A merge made by another processor of persons none of whose keys this
 processor sees again does not reach its warehouse (see README, "Shared state on
 PostgreSQL").
+
+The store also holds the persons' restriction and objection flags (``person_flags`` and
+its change counter; what is done with them is :mod:`aap.store.flags`): a merge gives the
+merged person's flags to the surviving person in its own transaction.
 """
 
 from __future__ import annotations
@@ -80,8 +84,52 @@ CREATE TABLE IF NOT EXISTS identity_identified (
 );
 CREATE SEQUENCE IF NOT EXISTS identity_persons;
 """
-SCHEMA = Schema("identity_ids", _SCHEMA, postgres=_PG_SCHEMA, steps=())
+_FLAGS = """
+CREATE TABLE IF NOT EXISTS person_flags (
+    person_id INTEGER NOT NULL,
+    flag TEXT NOT NULL CHECK (flag IN ('restricted', 'objected')),
+    set_at_ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (person_id, flag)
+);
+CREATE INDEX IF NOT EXISTS person_flags_seq ON person_flags (seq);
+CREATE TABLE IF NOT EXISTS person_flags_changes (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    seq INTEGER NOT NULL,
+    cleared INTEGER NOT NULL
+);
+INSERT INTO person_flags_changes VALUES (1, 0, 0) ON CONFLICT (one) DO NOTHING;
+"""
+_PG_FLAGS = """
+CREATE TABLE IF NOT EXISTS person_flags (
+    person_id BIGINT NOT NULL,
+    flag TEXT NOT NULL CHECK (flag IN ('restricted', 'objected')),
+    set_at_ms BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    PRIMARY KEY (person_id, flag)
+);
+CREATE INDEX IF NOT EXISTS person_flags_seq ON person_flags (seq);
+CREATE TABLE IF NOT EXISTS person_flags_changes (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    seq BIGINT NOT NULL,
+    cleared BIGINT NOT NULL
+);
+INSERT INTO person_flags_changes VALUES (1, 0, 0) ON CONFLICT (one) DO NOTHING;
+"""
+"""The persons' flags (:mod:`aap.store.flags`): ``seq`` is the number of the change that
+set a row; the one row of ``person_flags_changes`` holds the last change's number and
+the last deleting change's (``cleared``)."""
+
+
+def _flags_added(con: object) -> None:
+    """Step 0 → 1: the flags' tables, which come with the latest shape's statements."""
+
+
+SCHEMA = Schema("identity_ids", _SCHEMA + _FLAGS, postgres=_PG_SCHEMA + _PG_FLAGS,
+                steps=(_flags_added,))
 """The shared identities' schema versions (:mod:`aap.store.migrations`)."""
+FLAG_CHANGES = "person_flags_changes"
+"""The flags' change counter's table."""
 _IN = 500
 """Values in one ``IN (…)`` list (SQLite)."""
 CONFLICT_ATTEMPTS = 30
@@ -94,7 +142,7 @@ class IdentitiesUnavailable(TransientError):
     is tried again later; nothing about it is wrong."""
 
 
-def _unavailable(exc: BaseException) -> bool:
+def unavailable(exc: BaseException) -> bool:
     """A lost or refused connection, a pool that has none, a transaction refused every
     time (PostgreSQL's ``OperationalError``); a SQLite file locked too long."""
     if isinstance(exc, sqlite3.OperationalError):
@@ -136,7 +184,7 @@ class SharedIdentities:
         SQLite file under the data dir, ``identities.db``)."""
         self._db = open_meta(DataDir(data_dir).identities_db, url)
         self._db.migrate(SCHEMA)
-        self._sql = _Sql(self._db.dialect == POSTGRESQL)
+        self._sql = Bulk(self._db.dialect == POSTGRESQL)
 
     @property
     def where(self) -> str:
@@ -170,14 +218,14 @@ class SharedIdentities:
         try:
             return self._db.write(fn)
         except Exception as exc:
-            if _unavailable(exc):
+            if unavailable(exc):
                 raise IdentitiesUnavailable(
                     f"the shared identities at {self.where} cannot be used now: {exc}") from exc
             raise
 
     def persons_of(self, keys: Iterable[int]) -> dict[int, int]:
         """Each known key's person as merges resolve it (a read, outside any chunk)."""
-        return _resolved(self._db.fetchall, self._sql, sorted(set(keys)))
+        return resolved(self._db.fetchall, self._sql, sorted(set(keys)))
 
     def overrides(self) -> list[tuple[int, int]]:
         """Every merge (old person → the person it resolves to): what a query node's
@@ -220,13 +268,13 @@ class SharedIdentities:
         processor's warehouse never learned it."""
         wanted = sorted(set(keys))
         fetch, sql = self._db.fetchall, self._sql
-        found = set(_resolved(fetch, sql, wanted).values())
+        found = set(resolved(fetch, sql, wanted).values())
         if not found:
             return set(), set(wanted)
-        persons = found | set(_pairs(fetch, sql, "SELECT old_person_id, old_person_id FROM"
+        persons = found | set(pairs(fetch, sql, "SELECT old_person_id, old_person_id FROM"
                                                  " identity_overrides WHERE person_id {}",
                                      sorted(found)))
-        linked = _pairs(fetch, sql, "SELECT id_key, id_key FROM identity_ids WHERE person_id {}",
+        linked = pairs(fetch, sql, "SELECT id_key, id_key FROM identity_ids WHERE person_id {}",
                         sorted(persons))
         return persons, set(wanted) | set(linked)
 
@@ -256,7 +304,7 @@ class SharedIdentities:
 
 # -- one chunk's transaction --
 
-class _Sql:
+class Bulk:
     """The statements that take many values at once: on PostgreSQL one array parameter
     (``= ANY(?)``, ``unnest``), since psycopg parses a statement of thousands of ``?``
     slowly (a chunk of 50,000 events took 2.1 s with ``IN`` lists, most of it parsing,
@@ -290,7 +338,7 @@ class _Sql:
             tx.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks}) {conflict}", rows)
 
 
-def _pairs(fetch: Fetch, sql: _Sql, query: str, values: list[int]) -> dict[int, int]:
+def pairs(fetch: Fetch, sql: Bulk, query: str, values: list[int]) -> dict[int, int]:
     """The two-column rows of ``query`` (``{}`` is where the condition on ``values``
     goes), as a mapping."""
     out: dict[int, int] = {}
@@ -299,17 +347,17 @@ def _pairs(fetch: Fetch, sql: _Sql, query: str, values: list[int]) -> dict[int, 
     return out
 
 
-def _working_set(tx: Tx, sql: _Sql, keys: list[int]) -> _Working:
-    ids = _pairs(tx.fetchall, sql, "SELECT id_key, person_id FROM identity_ids"
+def _working_set(tx: Tx, sql: Bulk, keys: list[int]) -> _Working:
+    ids = pairs(tx.fetchall, sql, "SELECT id_key, person_id FROM identity_ids"
                                    " WHERE id_key {}", keys)
     direct = sorted(set(ids.values()))
-    overrides = _pairs(tx.fetchall, sql, "SELECT old_person_id, person_id FROM"
+    overrides = pairs(tx.fetchall, sql, "SELECT old_person_id, person_id FROM"
                                          " identity_overrides WHERE old_person_id {}", direct)
     resolved = sorted({overrides.get(p, p) for p in direct})
     # the persons merged into those: a merge of one of them moves them too (flattened)
-    overrides.update(_pairs(tx.fetchall, sql, "SELECT old_person_id, person_id FROM"
+    overrides.update(pairs(tx.fetchall, sql, "SELECT old_person_id, person_id FROM"
                                               " identity_overrides WHERE person_id {}", resolved))
-    identified = set(_pairs(tx.fetchall, sql, "SELECT person_id, person_id FROM"
+    identified = set(pairs(tx.fetchall, sql, "SELECT person_id, person_id FROM"
                                               " identity_identified WHERE person_id {}",
                             resolved))
     numbers = _numbers(tx, len(keys) - len(ids), sql.postgres)  # a new person: a new key
@@ -334,7 +382,7 @@ def _numbers(tx: Tx, n: int, postgres: bool) -> list[int]:
     return list(range(last + 1, last + n + 1))
 
 
-def _write(tx: Tx, sql: _Sql, ch: IdentityChanges) -> None:
+def _write(tx: Tx, sql: Bulk, ch: IdentityChanges) -> None:
     # New keys were absent when read: a plain INSERT, so that a key another processor
     # linked in between is a conflict (the chunk runs again), never overwritten.
     sql.insert(tx, "identity_ids", ("id_key", "person_id"), sorted(ch.new_ids.items()), "")
@@ -346,6 +394,7 @@ def _write(tx: Tx, sql: _Sql, ch: IdentityChanges) -> None:
     sql.insert(tx, "identity_identified", ("person_id",),
                [(p,) for p in sorted(ch.identified - ch.overrides.keys())],
                "ON CONFLICT (person_id) DO NOTHING")
+    _carry_flags(tx, sql, ch.overrides)  # the merged persons' flags go to the survivors
 
 
 def _mirror(ids: Identities, keys: list[int], ch: IdentityChanges) -> IdentityChanges:
@@ -358,8 +407,48 @@ def _mirror(ids: Identities, keys: list[int], ch: IdentityChanges) -> IdentityCh
                            identified=(persons & ids.identified) | ch.identified)
 
 
-def _resolved(fetch: Fetch, sql: _Sql, keys: list[int]) -> dict[int, int]:
-    ids = _pairs(fetch, sql, "SELECT id_key, person_id FROM identity_ids WHERE id_key {}", keys)
-    over = _pairs(fetch, sql, "SELECT old_person_id, person_id FROM identity_overrides"
+def resolved(fetch: Fetch, sql: Bulk, keys: list[int]) -> dict[int, int]:
+    ids = pairs(fetch, sql, "SELECT id_key, person_id FROM identity_ids WHERE id_key {}", keys)
+    over = pairs(fetch, sql, "SELECT old_person_id, person_id FROM identity_overrides"
                               " WHERE old_person_id {}", sorted(set(ids.values())))
     return {k: over.get(p, p) for k, p in ids.items()}
+
+
+# -- the persons' flags --
+
+def next_flag_change(tx: Tx) -> int:
+    """The next number of the flags' change sequence: the counter row is updated, and
+    held until the commit, so numbers are drawn in commit order (writers that lock
+    :data:`FLAG_CHANGES` first take turns; a merge that updates it after reading runs
+    again if a writer committed in between)."""
+    tx.execute("UPDATE person_flags_changes SET seq = seq + 1 WHERE one = 1")
+    return int(tx.fetchall("SELECT seq FROM person_flags_changes WHERE one = 1")[0][0])
+
+
+def flag_rows(fetch: Fetch, sql: Bulk, persons: list[int]) -> list[tuple[int, str, int]]:
+    """The flags of these persons: (person_id, flag, set_at_ms)."""
+    out: list[tuple[int, str, int]] = []
+    for cond, params in sql.among(persons):
+        out += [(int(p), str(f), int(t)) for p, f, t in fetch(
+            f"SELECT person_id, flag, set_at_ms FROM person_flags WHERE person_id {cond}",
+            params)]
+    return out
+
+
+def _carry_flags(tx: Tx, sql: Bulk, overrides: dict[int, int]) -> None:
+    """In a merge's transaction: each merged person's flags are given to the person it
+    was merged into as well (a restriction or an objection is the human's: it follows
+    them), as one change of the flags' sequence."""
+    if not overrides:
+        return
+    rows = flag_rows(tx.fetchall, sql, sorted(overrides))
+    if not rows:
+        return
+    survivors = sorted({overrides[p] for p, _, _ in rows})
+    have = {(p, f) for p, f, _ in flag_rows(tx.fetchall, sql, survivors)}
+    new = {(overrides[p], f): t for p, f, t in rows if (overrides[p], f) not in have}
+    if new:
+        seq = next_flag_change(tx)
+        tx.executemany("INSERT INTO person_flags (person_id, flag, set_at_ms, seq)"
+                       " VALUES (?, ?, ?, ?)",
+                       [(p, f, t, seq) for (p, f), t in sorted(new.items())])

@@ -2,11 +2,16 @@
 PostgreSQL when ``AAP_META_URL`` is set (``postgresql://…``), so that several collectors
 and processors share it.
 
-The stores that use it (today the source registry, :mod:`aap.sources`, the keystore,
-:mod:`aap.privacy.keystore`, the audit chain, :mod:`aap.privacy.audit_table`, and the
-rights requests, :mod:`aap.privacy.requests`) write their SQL once, in the dialect both engines
-speak: ``?`` placeholders, ``INSERT … ON CONFLICT … DO NOTHING / DO UPDATE`` (SQLite has
-had upserts since 3.24), no ``INSERT OR …``. What differs is handled here, and only here:
+The stores that use it (the source registry, :mod:`aap.sources`, the keystore,
+:mod:`aap.privacy.keystore`, the consent ledger, :mod:`aap.privacy.consent`, the audit
+chain, :mod:`aap.privacy.audit_table`, the rights requests, :mod:`aap.privacy.requests`,
+identities, :mod:`aap.store.identities`, and the rest of ``meta.db``: API keys,
+:mod:`aap.api.keys`, web sessions and sign-in links, :mod:`aap.web.sessions`, cohorts and
+saved insights, :mod:`aap.query.cohorts`, dashboards, :mod:`aap.query.dashboards`, and
+devices, :mod:`aap.devices`) write their SQL once, in the dialect both engines speak:
+``?`` placeholders, ``INSERT … ON CONFLICT … DO NOTHING / DO UPDATE`` (SQLite has had
+upserts since 3.24), ``RETURNING`` (3.35), no ``INSERT OR …``. What differs is handled
+here, and only here:
 
 - placeholders: ``?`` becomes ``%s`` on PostgreSQL (a ``%`` in the SQL is escaped);
 - connections: one per thread on SQLite (WAL, the store's pragmas); a
@@ -16,7 +21,8 @@ had upserts since 3.24), no ``INSERT OR …``. What differs is handled here, and
   a time); ``SERIALIZABLE`` on PostgreSQL, run again from the start when the server
   refuses it (a serialization failure or a deadlock): a writer may not assume that a row
   it did not see stays absent, the server checks it;
-- schemas (:mod:`aap.store.migrations`): ``PRAGMA user_version`` of the file on SQLite;
+- schemas (:mod:`aap.store.migrations`): ``PRAGMA user_version`` of the file on SQLite
+  (a row of the file's ``aap_schema_versions`` for a store that shares ``meta.db``);
   a row per schema in ``aap_schema_versions`` on PostgreSQL, where each schema has its
   own DDL (``BIGINT``, ``BYTEA``, ``DOUBLE PRECISION`` and identity columns);
 - after a delete meant to destroy bytes (:meth:`MetaDB.shredded`): the WAL is
@@ -117,6 +123,13 @@ def open_meta(path: Path, url: str | None = None, *, pragmas: Sequence[str] = ()
     if url:
         return PostgresMeta(url)
     return SQLiteMeta(path, pragmas, mode)
+
+
+def insert_returning_id(db: MetaDB, sql: str, params: Sequence[Any]) -> int:
+    """Runs an ``INSERT`` into a table whose ``id`` the database draws (SQLite's
+    ``AUTOINCREMENT``, PostgreSQL's identity column); returns the new id. ``RETURNING id``,
+    which both engines speak, stands for the cursor's ``lastrowid`` (SQLite's alone)."""
+    return int(db.write(lambda tx: tx.fetchall(sql + " RETURNING id", params))[0][0])
 
 
 def is_database_error(exc: BaseException) -> bool:

@@ -3,10 +3,12 @@
 Each database has a :class:`Schema`: the latest shape (``CREATE … IF NOT EXISTS``
 statements) and the ordered steps that take a database from one version to the next.
 The SQLite databases (source registry, consent ledger, request queue) keep their version
-in ``PRAGMA user_version``; the warehouse (DuckDB) in a one-row table
-``schema_version``; the shared state on PostgreSQL (``AAP_META_URL``,
-:mod:`aap.store.meta`) one row per schema in ``aap_schema_versions``, where each schema
-brings its own DDL (:attr:`Schema.postgres`).
+in ``PRAGMA user_version``, except the stores that share a file with another one (the
+tables of ``meta.db`` beside the source registry, whose version ``user_version`` is):
+one row each in the file's ``aap_schema_versions`` (:attr:`Schema.shares_file`); the
+warehouse (DuckDB) in a one-row table ``schema_version``; the shared state on PostgreSQL
+(``AAP_META_URL``, :mod:`aap.store.meta`) one row per schema in ``aap_schema_versions``,
+where each schema brings its own DDL (:attr:`Schema.postgres`).
 
 Opening a database:
 
@@ -51,6 +53,10 @@ class Schema:
     """The latest shape in PostgreSQL's dialect, for a store that can live there. A
     PostgreSQL database is made at the latest version, so only the steps added after
     that need to speak PostgreSQL (version 0 exists only in old SQLite files)."""
+    shares_file: bool = False
+    """On SQLite, the file holds another store's tables too and ``PRAGMA user_version``
+    is that store's: this one's version is its row of ``aap_schema_versions`` in the
+    file, as on PostgreSQL (a file whose table exists without a row is at version 0)."""
 
     @property
     def latest(self) -> int:
@@ -113,6 +119,10 @@ def _upgrade(con: Connection, schema: Schema, version: int, fresh: bool,
     script(schema.create)
 
 
+VERSIONS = "aap_schema_versions"
+"""One row per store: in PostgreSQL, and in a SQLite file that several stores share."""
+
+
 # -- SQLite --
 
 def _sqlite_version(con: sqlite3.Connection) -> int:
@@ -124,18 +134,41 @@ def _sqlite_has(con: sqlite3.Connection, table: str) -> bool:
                        " AND name = ?", (table,)).fetchone()[0] > 0
 
 
+def _sqlite_row_version(con: sqlite3.Connection, schema: Schema) -> int | None:
+    """A store's version in a file it shares (:attr:`Schema.shares_file`): its row of
+    ``aap_schema_versions``, if it has one."""
+    if not _sqlite_has(con, VERSIONS):
+        return None
+    row = con.execute(f"SELECT version FROM {VERSIONS} WHERE name = ?",
+                      (schema.table,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _sqlite_stored_version(con: sqlite3.Connection, schema: Schema) -> int | None:
+    """The version the file records for ``schema`` (``None``: none recorded)."""
+    if schema.shares_file:
+        return _sqlite_row_version(con, schema)
+    return _sqlite_version(con)
+
+
 def migrate_sqlite(con: sqlite3.Connection, schema: Schema) -> int:
     """Bring a SQLite database (opened with ``isolation_level=None``) to the latest
     version; returns the version it was at. Processes that open it at once wait for the
     first one's migration (``BEGIN IMMEDIATE``)."""
-    if _sqlite_version(con) == schema.latest and _sqlite_has(con, schema.table):
+    if _sqlite_stored_version(con, schema) == schema.latest and _sqlite_has(con, schema.table):
         return schema.latest
     con.execute("BEGIN IMMEDIATE")
     try:
-        version = _sqlite_version(con)
+        version = _sqlite_stored_version(con, schema) or 0
         fresh = version == 0 and not _sqlite_has(con, schema.table)
         _upgrade(con, schema, version, fresh, lambda text: sql_step(text)(con))
-        con.execute(f"PRAGMA user_version = {schema.latest}")
+        if schema.shares_file:
+            con.execute(f"CREATE TABLE IF NOT EXISTS {VERSIONS} (name TEXT PRIMARY KEY,"
+                        " version INTEGER NOT NULL)")
+            con.execute(f"INSERT INTO {VERSIONS} VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
+                        " SET version = excluded.version", (schema.table, schema.latest))
+        else:
+            con.execute(f"PRAGMA user_version = {schema.latest}")
     except BaseException:
         con.execute("ROLLBACK")
         raise
@@ -145,7 +178,6 @@ def migrate_sqlite(con: sqlite3.Connection, schema: Schema) -> int:
 
 # -- PostgreSQL --
 
-PG_VERSIONS = "aap_schema_versions"
 _PG_LOCK = (0x6161_7000, 1)
 """The advisory lock (two-int form, apart from any bigint lock) migrations take."""
 
@@ -157,17 +189,17 @@ def migrate_postgres(con: Any, schema: Schema) -> int:
     that each statement after the wait sees what the first one committed)."""
     if not schema.postgres:
         raise ValueError(f"the {schema.table} store has no PostgreSQL schema")
-    if con.execute("SELECT to_regclass(%s) IS NOT NULL", (PG_VERSIONS,)).fetchone()[0]:
-        row = con.execute(f"SELECT version FROM {PG_VERSIONS} WHERE name = %s",
+    if con.execute("SELECT to_regclass(%s) IS NOT NULL", (VERSIONS,)).fetchone()[0]:
+        row = con.execute(f"SELECT version FROM {VERSIONS} WHERE name = %s",
                           (schema.table,)).fetchone()
         if row is not None and int(row[0]) == schema.latest:
             return schema.latest  # the usual case: nothing to lock
     con.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
     try:
         con.execute("SELECT pg_advisory_xact_lock(%s, %s)", _PG_LOCK)
-        con.execute(f"CREATE TABLE IF NOT EXISTS {PG_VERSIONS} (name TEXT PRIMARY KEY,"
+        con.execute(f"CREATE TABLE IF NOT EXISTS {VERSIONS} (name TEXT PRIMARY KEY,"
                     " version INTEGER NOT NULL)")
-        row = con.execute(f"SELECT version FROM {PG_VERSIONS} WHERE name = %s",
+        row = con.execute(f"SELECT version FROM {VERSIONS} WHERE name = %s",
                           (schema.table,)).fetchone()
         has = con.execute("SELECT to_regclass(%s) IS NOT NULL", (schema.table,)).fetchone()[0]
         if row is None and has:
@@ -177,7 +209,7 @@ def migrate_postgres(con: Any, schema: Schema) -> int:
         if version != schema.latest or row is None:
             _upgrade(con, replace(schema, create=schema.postgres), version, row is None,
                      sql_step_of(con))
-            con.execute(f"INSERT INTO {PG_VERSIONS} VALUES (%s, %s) ON CONFLICT (name) DO"
+            con.execute(f"INSERT INTO {VERSIONS} VALUES (%s, %s) ON CONFLICT (name) DO"
                         " UPDATE SET version = excluded.version", (schema.table, schema.latest))
     except BaseException:
         con.execute("ROLLBACK")

@@ -15,12 +15,12 @@ rows (erasure, withdrawal, retention) are :mod:`aap.store.rewrite`, driven by wh
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import numpy as np
@@ -215,6 +215,25 @@ class CursorPool:
             cur.close()
 
 
+class SharedFlagsView(Protocol):
+    """The shared record of the persons' flags that a warehouse's ``person_flags``
+    mirrors (:class:`aap.store.flags.FlagsMirror`)."""
+
+    def refresh(self) -> None:
+        """``person_flags`` brought up to date with the record."""
+        ...
+
+    def set_flag(self, persons: Iterable[int], flag: str) -> int: ...
+
+    def clear_flag(self, persons: Iterable[int], flag: str) -> int: ...
+
+    def erase(self, persons: Iterable[int]) -> int: ...
+
+    def persons_of(self, keys: Iterable[int]) -> set[int]:
+        """The persons of these keyed ids in the shared identities."""
+        ...
+
+
 class Warehouse:
     def __init__(self, directory: Path, *, tiers: TierStore | None = None,
                  memory_limit: str = "1GB", threads: int = 2,
@@ -242,10 +261,20 @@ class Warehouse:
         publisher, :mod:`aap.store.publish`), so that a rewrite finds every row either
         hot or listed."""
         self._readers = CursorPool(self.con)
+        self.flags: SharedFlagsView | None = None
+        """With ``AAP_META_URL``: ``person_flags`` is a mirror of the shared flags
+        (:mod:`aap.store.flags`), which are written through this; ``None``: the table is
+        the record itself."""
         self.published_only = False
         """A query node's reader warehouse (:mod:`aap.core.reader`): its events are the
         published files only, and persons, orders and products are not there (the
         insights that need them are refused, :mod:`aap.query.published`)."""
+
+    def fresh_flags(self) -> None:
+        """Before a query reads ``person_flags``: brought up to date with the shared
+        flags when it mirrors them; nothing otherwise."""
+        if self.flags is not None:
+            self.flags.refresh()
 
     def close(self) -> None:
         self._readers.clear()
@@ -278,6 +307,7 @@ class Warehouse:
         raw warehouse, writes included). One SELECT runs on a pooled cursor whose views
         already exist, in a read transaction — a few ms less than a new cursor, for the
         status and visibility checks that ask often."""
+        self.fresh_flags()
         if _one_select(sql):
             return self._select(sql, params or [])
         with self.snapshot() as cur:

@@ -1,8 +1,10 @@
 """Web app sessions: an API key (or a one-time sign-in link) exchanged for a cookie.
 
 A session token is 256 random bits, sent once in the ``aap_session`` cookie and kept only
-as its SHA-256 (``meta.db``, table ``web_sessions``, beside the API keys): a stolen
-registry gives no session away. The CSRF token is derived from the session token (an
+as its SHA-256 (table ``web_sessions`` beside the API keys: in ``meta.db``, or in the
+shared state on PostgreSQL when ``AAP_META_URL`` is set, :mod:`aap.store.meta`, where
+every collector sees the sessions any of them made): a stolen registry gives no session
+away. The CSRF token is derived from the session token (an
 HMAC of it), so it is not stored either; the page reads it from ``POST`` or ``GET
 /api/v1/session`` and sends it as ``X-CSRF-Token``.
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import time
 from pathlib import Path
 
@@ -28,6 +29,8 @@ import msgspec
 
 from aap.api.keys import ApiKey, ApiKeys
 from aap.datadir import DataDir
+from aap.store.meta import MetaDB, open_meta
+from aap.store.migrations import Schema
 
 COOKIE = "aap_session"
 LINK_TTL_S = 15 * 60
@@ -50,6 +53,26 @@ CREATE TABLE IF NOT EXISTS web_links (
     used_at INTEGER
 );
 """
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS web_sessions (
+    token_hash BYTEA PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    ended_at BIGINT
+);
+CREATE INDEX IF NOT EXISTS web_sessions_key ON web_sessions (key_id);
+CREATE TABLE IF NOT EXISTS web_links (
+    token_hash BYTEA PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used_at BIGINT
+);
+"""
+SCHEMA = Schema("web_sessions", _SCHEMA, postgres=_PG_SCHEMA, steps=(), shares_file=True)
+"""The sessions' and links' schema versions (:mod:`aap.store.migrations`)."""
 
 
 class WebSession(msgspec.Struct, frozen=True):
@@ -78,32 +101,33 @@ def csrf_of(token: str) -> str:
     return hmac.new(token.encode(), b"aap csrf", hashlib.sha256).hexdigest()
 
 
-def _connect(data_dir: Path) -> sqlite3.Connection:
-    con = sqlite3.connect(DataDir(data_dir).meta_db, timeout=30, isolation_level=None,
-                          check_same_thread=False)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.executescript(_SCHEMA)
-    return con
+def _open(data_dir: Path, url: str | None) -> MetaDB:
+    db = open_meta(DataDir(data_dir).meta_db, url)
+    db.migrate(SCHEMA)
+    return db
 
 
-def create_link(data_dir: Path, key_id: str, ttl: int = LINK_TTL_S) -> str:
-    """A one-time sign-in token for a session of key ``key_id``, valid ``ttl`` seconds."""
+def create_link(data_dir: Path, key_id: str, ttl: int = LINK_TTL_S,
+                url: str | None = None) -> str:
+    """A one-time sign-in token for a session of key ``key_id``, valid ``ttl`` seconds
+    (``url``: the shared-state database, ``None``: ``AAP_META_URL``)."""
     token = secrets.token_urlsafe(32)
     now = int(time.time())
-    con = _connect(data_dir)
+    db = _open(data_dir, url)
     try:
-        con.execute("INSERT INTO web_links VALUES (?, ?, ?, ?, NULL)",
-                    (_hash(token), key_id, now, now + ttl))
+        db.execute("INSERT INTO web_links (token_hash, key_id, created_at, expires_at)"
+                   " VALUES (?, ?, ?, ?)", (_hash(token), key_id, now, now + ttl))
     finally:
-        con.close()
+        db.close()
     return token
 
 
 class Sessions:
     """The session registry of one process (a collector worker)."""
 
-    def __init__(self, data_dir: Path, keys: ApiKeys, ttl_s: int) -> None:
-        self._con = _connect(data_dir)
+    def __init__(self, data_dir: Path, keys: ApiKeys, ttl_s: int, url: str | None = None
+                 ) -> None:
+        self._db = _open(data_dir, url)
         self.keys = keys
         self.ttl_s = ttl_s
 
@@ -113,10 +137,13 @@ class Sessions:
         token = secrets.token_urlsafe(32)
         now = int(time.time())
         # rows of sessions and links a day past their end are of no use: dropped here
-        self._con.execute("DELETE FROM web_sessions WHERE expires_at < ?", (now - 86400,))
-        self._con.execute("DELETE FROM web_links WHERE expires_at < ?", (now - 86400,))
-        self._con.execute("INSERT INTO web_sessions VALUES (?, ?, ?, ?, ?, NULL)",
-                          (_hash(token), key.id, key.role, now, now + self.ttl_s))
+        # (each statement on its own: sessions made at once by other processes do not
+        # make this one wait or run again)
+        self._db.execute("DELETE FROM web_sessions WHERE expires_at < ?", (now - 86400,))
+        self._db.execute("DELETE FROM web_links WHERE expires_at < ?", (now - 86400,))
+        self._db.execute("INSERT INTO web_sessions (token_hash, key_id, role, created_at,"
+                         " expires_at) VALUES (?, ?, ?, ?, ?)",
+                         (_hash(token), key.id, key.role, now, now + self.ttl_s))
         self.keys.audit.append(f"key:{key.id}", "session.created",
                                {"key_id": key.id, "role": key.role, "via": via})
         return token, WebSession(key, csrf_of(token), now + self.ttl_s)
@@ -126,9 +153,9 @@ class Sessions:
         when its key is revoked."""
         if not _plausible(token):
             return None
-        row = self._con.execute(
+        row = self._db.fetchone(
             "SELECT key_id, expires_at, ended_at FROM web_sessions WHERE token_hash = ?",
-            (_hash(token),)).fetchone()
+            (_hash(token),))
         if row is None or row[2] is not None or row[1] <= time.time():
             return None
         key = self.keys.get(row[0])
@@ -141,8 +168,8 @@ class Sessions:
         session = self.get(token)
         if session is None:
             return False
-        self._con.execute("UPDATE web_sessions SET ended_at = ? WHERE token_hash = ?",
-                          (int(time.time()), _hash(token)))
+        self._db.execute("UPDATE web_sessions SET ended_at = ? WHERE token_hash = ?",
+                         (int(time.time()), _hash(token)))
         self.keys.audit.append(f"key:{session.key.id}", "session.ended",
                                {"key_id": session.key.id})
         return True
@@ -153,18 +180,18 @@ class Sessions:
         if not _plausible(token):
             return None
         now = int(time.time())
-        cur = self._con.execute(
+        # one conditional statement: of two processes given the same link at once, one
+        # changes the row and the other finds it used
+        rows = self._db.write(lambda tx: tx.fetchall(
             "UPDATE web_links SET used_at = ? WHERE token_hash = ? AND used_at IS NULL"
-            " AND expires_at > ? RETURNING key_id", (now, _hash(token), now))
-        row = cur.fetchone()
-        cur.close()
-        if row is None:
+            " AND expires_at > ? RETURNING key_id", (now, _hash(token), now)))
+        if not rows:
             return None
-        key = self.keys.get(row[0])
+        key = self.keys.get(rows[0][0])
         return key if key is not None and key.revoked_at is None else None
 
     def close(self) -> None:
-        self._con.close()
+        self._db.close()
 
 
 def cookie_token(headers: dict[str, str]) -> str | None:
