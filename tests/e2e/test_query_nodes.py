@@ -71,8 +71,8 @@ class Node:
     def count(self) -> int:
         return int(self.query({"kind": "sql", "query": COUNT_SQL})["rows"][0][0])
 
-    def erase(self, user: str) -> dict[str, Any]:
-        r = self.post("/privacy/requests", {"type": "erasure", "subject": {"userId": user}},
+    def erase(self, user: str, kind: str = "erasure") -> dict[str, Any]:
+        r = self.post("/privacy/requests", {"type": kind, "subject": {"userId": user}},
                       "privacy")
         assert r.status_code == 200, r.text
         rid = r.json()["id"]
@@ -246,6 +246,18 @@ def test_query_nodes_answer_what_the_embedded_server_answers(deployments: Deploy
         _wait(f"{node.name} no longer sees the erased events",
               lambda n=node: n.count() == after)  # type: ignore[misc]
     _same(embedded, d.nodes, start, end, "after the erasure")
+
+    # a restriction filed on the other node: the processor sets the shared flag, and
+    # both nodes' mirrors of the flags leave the person out, as the embedded side does
+    user = users[len(users) // 3]
+    embedded.erase(user, "restriction")
+    d.nodes[1].erase(user, "restriction")
+    hidden = embedded.count()
+    assert hidden < after, "the restricted person's events leave the queries"
+    for node in d.nodes:
+        _wait(f"{node.name} leaves the restricted person out",
+              lambda n=node: n.count() == hidden)  # type: ignore[misc]
+    _same(embedded, d.nodes, start, end, "after the restriction")
 
 
 def test_a_query_node_refuses_bad_keys_and_bad_input_with_json(deployments: Deployments) -> None:

@@ -6,11 +6,11 @@ log, no tiering and no publisher: its events are the batch, daily and monthly fi
 the shared list (:class:`aap.store.filelist.SharedList` on ``AAP_META_URL``, files in
 ``AAP_TIER_URL``), read through one snapshot of the list per query as the processor's
 own queries read them; its hot table stays empty. ``person_overrides`` mirrors the shared
-merges (:mod:`aap.store.mirror`). Persons, their ids, orders and products are not
-published: those tables are empty here, and what needs them is refused
-(:mod:`aap.query.published`; the person lookup and the consent lookup of the privacy
-center likewise). Person flags (restriction, objection) are not shared yet: see
-README "Query nodes".
+merges (:mod:`aap.store.mirror`) and ``person_flags`` the shared flags (restriction,
+objection: :mod:`aap.store.flags`, brought up to date before each query). Persons, their
+ids, orders and products are not published: those tables are empty here, and what needs
+them is refused (:mod:`aap.query.published`; the person lookup and the consent lookup
+of the privacy center likewise).
 
 Privacy requests filed here go to the shared requests table (``AAP_META_URL``) and are
 run by a processor's core: this node has no rows of its own to erase and never runs
@@ -33,6 +33,7 @@ from aap.privacy.requests import Requests
 from aap.privacy.rights import Rights
 from aap.settings import Settings
 from aap.sources import Sources
+from aap.store import flags
 from aap.store.identities import SharedIdentities
 from aap.store.mirror import OverridesMirror
 from aap.store.publish import shared_list
@@ -108,6 +109,9 @@ class ReaderCore:
         self.started_at = time.time()
 
     def start(self) -> None:
+        # the shared flags (restriction, objection): person_flags is their mirror,
+        # brought up to date before each query, as on a processor (aap.store.flags)
+        flags.attach(self.warehouse, self.settings.data_path, self.settings.storage.meta_url)
         self.mirror.start()
         self.rest.start()
 
