@@ -124,6 +124,7 @@ class Core:
             self.log, self.warehouse, hasher,
             historical_sources=historical,
             inactivity=timedelta(minutes=settings.processor.session_inactivity_minutes),
+            late=timedelta(minutes=settings.processor.session_late_minutes),
             worker=settings.processor.processor_worker,
             prepare_processes=settings.processor.prepare_processes,
             consent=ConsentState(ConsentLedger(data)),
