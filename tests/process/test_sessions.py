@@ -140,7 +140,8 @@ def test_idle_streams_are_forgotten_per_partition() -> None:
 
 
 def test_the_stream_is_the_log_message_key() -> None:
-    ev = Event(type="track", message_id="m", source="s", user_key=5, anonymous_key=9)
+    ev = Event(type="track", message_id="m", source="s", received_at=T0, user_key=5,
+               anonymous_key=9)
     assert person_key(ev) == b"9" and stream_of(5, 9) == 9
     ev.anonymous_key = None
     assert person_key(ev) == b"5" and stream_of(5, None) == 5
