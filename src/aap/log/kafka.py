@@ -12,7 +12,7 @@ have stored some of its messages: the batch sent again then holds events already
 log, which the processor's dedup step drops (same message id).
 
 Keys: each message holds the events of one device stream (its key is the keyed
-``anonymous_key``, else ``user_key``: :func:`aap.log.keys.stream_of`; events with neither
+``anonymous_key``, else ``user_key``: :func:`aap.log.keys.stream_keys`; events with neither
 go unkeyed), so Kafka keeps one stream's events in order in one partition. The collector
 splits a request into one :class:`~aap.log.base.Append` per stream (:func:`per_person`);
 an Append that comes without a key is split here.

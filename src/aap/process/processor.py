@@ -189,14 +189,16 @@ class Processor:
             ids.load(*wh.load_identities())
         elif not hasattr(self, "state"):  # at start: the shared store holds them, and its
             self.shared.ensure_above(wh.get_state(NEXT_PERSON, 1))  # new persons are new here
-        sessions = wh.load_streams()
+        sessions, partitions = wh.load_streams()
         frontier: dict[int, int] = {}
-        for _, _, seen, p in sessions.values():
+        for k, (_, _, seen) in sessions.items():
+            p = partitions.get(k, 0)
             if seen > frontier.get(p, seen - 1):
                 frontier[p] = seen
         self.state = State(identities=ids, hasher=self.hasher,
                            dedup=DedupIndex(wh.load_dedup_keys()), sessions=sessions,
                            inactivity=self.inactivity, late=self.late, frontier=frontier,
+                           partitions=partitions,
                            consent=self.consent, destroyed=self.destroyed, scopes=self.scopes)
         self.positions = wh.get_positions()
         self._next = dict(self.positions)
@@ -404,6 +406,7 @@ class Processor:
             for key in gone:
                 self.state.identities.ids.pop(key, None)
                 self.state.sessions.pop(key, None)  # the warehouse deleted its row too
+                self.state.partitions.pop(key, None)
             if gone and self.shared is not None:
                 self.shared.forget(gone)
         batch = Batch(prepared.table, partition=_partitions(records, prepared.table))
@@ -470,7 +473,7 @@ class Processor:
             t.column("timestamp"))
         return Chunk(
             events=events, position=position, next_person=st.identities.next_person,
-            streams=_streams(b, st.sessions), streams_pruned=b.pruned,
+            streams=_streams(b, st.sessions, st.partitions), streams_pruned=b.pruned,
             persons=persons,
             new_ids=changes.new_ids, overrides=changes.overrides, orders=orders,
             order_items=items, products=products, mirror=self.shared is not None,
@@ -528,7 +531,7 @@ _STREAMS = pa.schema([("stream_key", pa.int64()), ("last_ts", pa.timestamp("us")
                       ("log_partition", pa.int32())])
 
 
-def _streams(b: Batch, state: dict[int, Stream]) -> pa.Table:
+def _streams(b: Batch, state: dict[int, Stream], partitions: dict[int, int]) -> pa.Table:
     """The rows of ``session_streams`` this chunk changed: its streams, as they are now
     (those it pruned excepted)."""
     keys = [k for k in set(b.streams) if k in state]
@@ -537,7 +540,8 @@ def _streams(b: Batch, state: dict[int, Stream]) -> pa.Table:
                      pa.array([r[0] for r in rows], pa.int64()).cast(pa.timestamp("us")),
                      pa.array([r[1] for r in rows], pa.string()),
                      pa.array([r[2] for r in rows], pa.int64()),
-                     pa.array([r[3] for r in rows], pa.int32())], schema=_STREAMS)
+                     pa.array([partitions.get(k, 0) for k in keys] if partitions
+                              else [0] * len(keys), pa.int32())], schema=_STREAMS)
 
 
 def _withdrawals(rows: list[tuple[int, Statement]]) -> tuple[

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from aap.log.keys import stream_of
+from aap.log.keys import stream_keys
 from aap.privacy.consent import ConsentState
 from aap.privacy.ids import IdHasher
 from aap.process.identity import Identities, IdentityChanges
@@ -41,7 +40,7 @@ class Batch:
     partition: list[int] = field(default_factory=list)
     """Each event's log partition (empty: all 0, as on the embedded log)."""
     streams: list[int | None] = field(default_factory=list)
-    """Each event's device stream (:func:`aap.log.keys.stream_of`), set by :func:`sessions`."""
+    """Each event's device stream (:func:`aap.log.keys.stream_keys`), set by :func:`sessions`."""
     pruned: list[int] = field(default_factory=list)
     """Streams :func:`sessions` forgot in this chunk (see :func:`prune_streams`)."""
     ids: tuple[list[int | None], list[int | None], list[int | None]] | None = None
@@ -117,6 +116,8 @@ class State:
     late: timedelta = timedelta(minutes=60)
     """How much later than its stream's previous event an event may be received and still
     go on with its session (see :func:`sessions`)."""
+    partitions: dict[int, int] = field(default_factory=dict)
+    """The log partition of each open stream not in partition 0."""
     frontier: dict[int, int] = field(default_factory=dict)
     """Per log partition: the latest time of receipt (ms) of its events seen so far."""
     prune_at: int = 0
@@ -268,9 +269,9 @@ def assign_persons(types: list[str], users: list[int | None], anons: list[int | 
     return out
 
 
-Stream = tuple[int, str, int, int]
+Stream = tuple[int, str, int]
 """An open device stream: (time of its latest event in µs, that event's session id, the
-latest time of receipt of its events in ms, its log partition)."""
+time of receipt of its last event in log order, in ms)."""
 
 PRUNE_EVERY_MS = 10 * 60_000
 """Forgotten streams are looked for when a partition's frontier has moved this far."""
@@ -281,27 +282,26 @@ after no later event could go on with its session any more."""
 
 
 def sessions(b: Batch, st: State) -> None:
-    """Sessions per device stream (:func:`aap.log.keys.stream_of`: the keyed anonymousId,
+    """Sessions per device stream (:func:`aap.log.keys.stream_keys`: the keyed anonymousId,
     else the keyed userId, which is also the log's message key): the SDK's session id
     when there is one; else the stream's session goes on when the event is within
     ``inactivity`` of the stream's latest event (by time; an earlier event that arrives
     late counts too, without becoming the latest) and was received at most
-    ``inactivity + late`` after the stream's latest receipt; else a new session. A
-    stream's sessions depend on its own events only, not on other streams (another
-    device of the same person, another partition) nor on the order they are read in."""
+    ``inactivity + late`` after the stream's previous event (in log order); else a new
+    session. A stream's sessions depend on its own events only, not on other streams
+    (another device of the same person, another partition) nor on the order they are
+    read in."""
     state = st.sessions
     gap = st.inactivity // timedelta(microseconds=1)
     idle = gap // 1000 + st.late // timedelta(milliseconds=1)
     users, anons, _ = id_keys(b, st)
-    streams = b.streams = list(map(stream_of, users, anons))
+    streams = b.streams = stream_keys(users, anons)
     times = b.table.column("timestamp").cast(pa.int64()).to_pylist()
     received = b.column("received_ms")
-    parts = b.partition or repeat(0, len(b))
     out = []
-    for stream, t, r, part, sdk, message_id in zip(
-            streams, times, received, parts, b.column("sdk_session"), b.column("message_id"),
-            strict=True):
-        prev = state.get(stream)
+    for stream, t, r, sdk, message_id in zip(streams, times, received, b.column("sdk_session"),
+                                             b.column("message_id"), strict=True):
+        prev = state.get(stream)  # type: ignore[arg-type]
         if sdk is not None:
             sid = "s:" + sdk
         elif prev is not None and abs(t - prev[0]) <= gap and r - prev[2] <= idle:
@@ -310,17 +310,17 @@ def sessions(b: Batch, st: State) -> None:
             sid = hashlib.md5(f"{stream}\x00{message_id}".encode(
                 "utf-8", "surrogatepass")).hexdigest()[:20]
         out.append(sid)
-        if prev is None:
-            state[stream] = (t, sid, r, part)
-        elif t >= prev[0]:
-            state[stream] = (t, sid, r if r > prev[2] else prev[2], part)
-        elif r > prev[2]:
-            state[stream] = (prev[0], prev[1], r, part)
+        if prev is None or t >= prev[0]:
+            state[stream] = (t, sid, r)  # type: ignore[index]
+        else:  # a late event: the latest stays, its receipt is the stream's latest
+            state[stream] = (prev[0], prev[1], r)  # type: ignore[index]
     b.session_id = out
-    prune_streams(b, st, received, parts)
+    if b.partition:
+        st.partitions.update(zip(streams, b.partition, strict=True))  # type: ignore[arg-type]
+    prune_streams(b, st, received)
 
 
-def prune_streams(b: Batch, st: State, received: list[int], parts: Iterable[int]) -> None:
+def prune_streams(b: Batch, st: State, received: list[int]) -> None:
     """Forget the streams no later event can go on with: received more than ``inactivity +
     late`` (and :data:`PRUNE_SLACK_MS`) before their partition's frontier. Each
     partition has its own frontier, so a partition read behind the others (a backlog)
@@ -329,7 +329,7 @@ def prune_streams(b: Batch, st: State, received: list[int], parts: Iterable[int]
     them with the chunk). Forgetting changes no session: it only keeps the state small."""
     frontier = st.frontier
     if b.partition:
-        for p, r in zip(parts, received, strict=True):
+        for p, r in zip(b.partition, received, strict=True):
             if r > frontier.get(p, -1 << 62):
                 frontier[p] = r
     elif received:
@@ -342,9 +342,12 @@ def prune_streams(b: Batch, st: State, received: list[int], parts: Iterable[int]
     st.prune_at = latest + PRUNE_EVERY_MS
     keep = (st.inactivity + st.late) // timedelta(milliseconds=1) + PRUNE_SLACK_MS
     cutoff = {p: f - keep for p, f in frontier.items()}
-    gone = [k for k, (_, _, seen, p) in st.sessions.items() if seen < cutoff.get(p, seen)]
+    part = st.partitions
+    gone = [k for k, (_, _, seen) in st.sessions.items()
+            if seen < cutoff.get(part.get(k, 0), seen)]
     for k in gone:
         del st.sessions[k]
+        part.pop(k, None)
     b.pruned = gone
 
 

@@ -337,16 +337,18 @@ class Warehouse:
             res = cur.execute(f"SELECT {DEDUP_KEY_SQL} AS k FROM events_all").fetchnumpy()
         return np.asarray(res["k"], dtype=np.uint64)
 
-    def load_streams(self) -> dict[int, tuple[int, str, int, int]]:
+    def load_streams(self) -> tuple[dict[int, tuple[int, str, int]], dict[int, int]]:
         """The open device streams the processor goes on with: stream key → (time of the
-        latest event in µs, its session id, latest receipt in ms, log partition)."""
+        latest event in µs, its session id, receipt of its last event in ms); and the
+        log partition of those not in partition 0."""
         cur = self.con.cursor()
         try:
             rows = cur.execute("SELECT stream_key, epoch_us(last_ts), session_id, seen_ms,"
                                " log_partition FROM session_streams").fetchall()
         finally:
             cur.close()
-        return {int(k): (int(t), s, int(seen), int(p)) for k, t, s, seen, p in rows}
+        return ({int(k): (int(t), s, int(seen)) for k, t, s, seen, _ in rows},
+                {int(k): int(p) for k, _, _, _, p in rows if p})
 
     # -- the processor's write --
 
