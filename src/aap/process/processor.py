@@ -105,8 +105,7 @@ class _Built:
 class Processor:
     def __init__(self, log: Log, warehouse: Warehouse, hasher: IdHasher, *,
                  historical_sources: frozenset[str] | Callable[[], frozenset[str]] = frozenset(),
-                 inactivity: timedelta = timedelta(minutes=30),
-                 late: timedelta = timedelta(minutes=60),
+                 inactivity: timedelta = timedelta(minutes=30), late: timedelta = timedelta(minutes=60),
                  chunk_records: int | None = None, chunk_events: int = CHUNK_EVENTS,
                  chunk_bytes: int = CHUNK_BYTES, consent: ConsentState | None = None,
                  worker: bool = False, prepare_processes: int = 1,
