@@ -64,7 +64,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("retry_after_seconds", 1, "Value of the Retry-After header on 429 and 503 answers."),
     Setting("consent_per_subject_per_minute", 30, "Consent statements `POST /v1/consent` takes for one id in one scope per minute, per worker (then 429); 0 means no cap."),
     Setting("max_pending_appends", 2000, "Batches waiting for a group commit in one worker before new ones get 503."),
-    Setting("session_inactivity_minutes", 30, "A person's session ends after this long without events (when the SDK sends no session id)."),
+    Setting("session_inactivity_minutes", 30, "A device's session (per stream: the anonymousId, else the userId) ends after this long without events (when the SDK sends no session id)."),
+    Setting("session_late_minutes", 60, "An event received more than this long (plus the inactivity) after its stream's previous event starts a new session, whatever its own time: the processor forgets streams idle for longer."),
     Setting("processor_worker", True, "Prepare log chunks (decode, enrichment) in a child process of the core, in parallel with the processor's stateful steps; `false` does all in one thread."),
     Setting("prepare_processes", 2, "Child processes preparing log chunks (with `processor_worker`), taking chunks in turn: more than one lets a processor draining a backlog use more cores."),
     Setting("warehouse_memory", "1GB", "Memory limit of the warehouse's DuckDB (e.g. `1GB`, `512MB`)."),
@@ -334,8 +335,15 @@ class DeviceSettings(Section):
 @dataclass(frozen=True)
 class ProcessorSettings(Section):
     session_inactivity_minutes: int
+    session_late_minutes: int
     processor_worker: bool
     prepare_processes: int
+
+    def check(self) -> None:
+        if self.session_inactivity_minutes <= 0:
+            raise ValueError("AAP_SESSION_INACTIVITY_MINUTES must be more than 0")
+        if self.session_late_minutes < 0:
+            raise ValueError("AAP_SESSION_LATE_MINUTES must be 0 or more")
 
 
 @dataclass(frozen=True)

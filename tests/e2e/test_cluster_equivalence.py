@@ -5,7 +5,10 @@ The demo generator's events (``AAP_EQUIVALENCE_EVENTS`` of them, 1,000,000 by de
 go once to ``aap serve`` (the SQLite log) and once to ``aap cluster up --collectors 2``
 with ``AAP_LOG_URL`` on librdkafka's mock cluster (no Kafka broker installs here). Each
 visitor's events go to one collector in their order, as one device sends them; visitors
-are spread over the two collectors. Then:
+are spread over the two collectors. One in :data:`SECOND_DEVICE` logged-in visitors has a
+second device, used at the same time (its own anonymousId, the same userId): the two
+streams go to the two collectors, so sessions, cut per device stream, must not depend
+on the order the processor meets them. Then:
 
 - every insight kind (trends with a breakdown, funnel, retention, paths, stickiness,
   lifecycle, sql) gives the same answer on both;
@@ -51,6 +54,8 @@ ROUND = 10_000
 """Visitors (about 70,000 events) sent before waiting for the processor."""
 SUBJECTS = 5
 """Persons whose access, erasure and withdrawal are asked on both sides."""
+SECOND_DEVICE = 20
+"""One in this many logged-in visitors uses a second device at the same time."""
 
 
 def _traffic(n: int) -> list[list[dict[str, Any]]]:
@@ -71,7 +76,27 @@ def _traffic(n: int) -> list[list[dict[str, Any]]]:
             visitors.append([])
         visitors[-1].append(ev)
         total += 1
-    return visitors
+    return _second_devices(visitors)
+
+
+def _second_devices(visitors: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """Every :data:`SECOND_DEVICE`-th logged-in visitor again on another device: the same
+    events three minutes later, under another anonymousId (the same userId once logged
+    in), next to the first device so that the two go to different collectors."""
+    out: list[list[dict[str, Any]]] = []
+    known = 0
+    for v in visitors:
+        out.append(v)
+        if not any(ev.get("userId") for ev in v):
+            continue
+        known += 1
+        if known % SECOND_DEVICE:
+            continue
+        out.append([{**ev, "anonymousId": ev["anonymousId"] + "-2",
+                     "messageId": ev["messageId"] + "-2",
+                     "timestamp": (datetime.fromisoformat(ev["timestamp"])
+                                   + timedelta(minutes=3)).isoformat()} for ev in v])
+    return out
 
 
 def _streams(visitors: list[list[dict[str, Any]]], k: int) -> list[list[bytes]]:
@@ -247,12 +272,12 @@ def test_the_same_traffic_gives_the_same_answers_embedded_and_on_the_cluster(
     visitors = _traffic(EVENTS)
     total = sum(len(v) for v in visitors)
     assert total >= EVENTS
-    # one device per person: a person on two devices at once has their sessions cut in
-    # the order the processor meets the two streams, which the topologies do not share
-    # (README, "Several collectors on one machine")
+    # some persons on two devices at once: sessions are cut per device stream, so the
+    # order the processor meets the two streams (which the topologies do not share)
+    # does not matter (README, "Several collectors on one machine")
     users = [next((ev["userId"] for ev in v if ev.get("userId")), None) for v in visitors]
     known = [u for u in users if u]
-    assert len(known) == len(set(known))
+    assert 0 < len(known) - len(set(known)) <= len(known) // SECOND_DEVICE
     times = [datetime.fromisoformat(ev["timestamp"]) for v in visitors for ev in v]
     start = (min(times) - timedelta(days=1)).date().isoformat()
     end = (max(times) + timedelta(days=1)).date().isoformat()
@@ -282,8 +307,12 @@ def test_the_same_traffic_gives_the_same_answers_embedded_and_on_the_cluster(
     for user in erased:
         a, b = (s.request({"type": "erasure", "subject": {"userId": user}})
                 for s in (embedded, cluster))
-        removed_a = {k: v for k, v in a["result"]["removed"].items() if "cache" not in k}
-        removed_b = {k: v for k, v in b["result"]["removed"].items() if "cache" not in k}
+        # the open session streams are forgotten once idle, as of each side's own
+        # times of receipt: how many an erasure finds depends on when it runs
+        removed_a = {k: v for k, v in a["result"]["removed"].items()
+                     if "cache" not in k and k != "session_streams"}
+        removed_b = {k: v for k, v in b["result"]["removed"].items()
+                     if "cache" not in k and k != "session_streams"}
         assert removed_a == removed_b, user
     after_erasure = embedded.stored()
     assert cluster.stored() == after_erasure

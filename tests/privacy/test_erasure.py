@@ -19,6 +19,7 @@ import pytest
 
 from aap.datadir import DataDir
 from aap.privacy.audit import AuditLog
+from aap.privacy.ids import IdHasher
 from aap.runner import ServerProcess, create_source
 from tests.conftest import Running
 from tests.privacy.test_personal_canary import warehouse_text
@@ -61,6 +62,9 @@ def test_erasure_reaches_every_tier_and_late_events(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert server.sql("SELECT count(*) FROM events") == [[8]]
         assert server.sql("SELECT count(*) FROM events_raw") == [[3 + 1]]  # today's, hot
+        # the open device streams: Ana's anon-ana, user-ana (a server's, no anonymousId)
+        # and user-ana-2; Bo's anon-bo
+        assert server.sql("SELECT count(*) FROM session_streams") == [[4]]
         check_export(data, tmp_path / "ana.zip", ana)
         out = subprocess.run([sys.executable, "-m", "aap", "privacy", "erase", "--user-id",
                               "user-ana-2", "--data-dir", str(data)],
@@ -77,7 +81,10 @@ def test_erasure_reaches_every_tier_and_late_events(tmp_path: Path) -> None:
         assert server.sql("SELECT count(*) FROM orders") == [[0]]
         assert server.sql("SELECT count(*) FROM persons") == [[1]]
         assert server.sql("SELECT count(*) FROM person_overrides") == [[0]]
+        assert server.sql("SELECT stream_key FROM session_streams") == [
+            [IdHasher.for_data_dir(data).key("anon-bo")]]
     removed = receipt["removed"]
+    assert removed["session_streams"] == 3
     assert removed["hot_events"] == 3 and removed["warm_rows"] == 3
     assert removed["warm_files_rewritten"] == 2 and removed["orders"] == 1
     assert receipt["persons"] >= 1 and receipt["data_keys_destroyed"] == 3  # anon, 2 user ids
@@ -89,6 +96,11 @@ def test_erasure_reaches_every_tier_and_late_events(tmp_path: Path) -> None:
     # physically gone from the hot store and the Parquet files; Bo's rows are there
     contents = warehouse_text(data)
     assert GONE_MARK not in contents and KEPT_MARK in contents
+    # nor any keyed hash of her ids, in any table (ids, streams, …); Bo's are there
+    hasher = IdHasher.for_data_dir(data)
+    assert not [x for x in ("anon-ana", "user-ana", "user-ana-2")
+                if str(hasher.key(x)) in contents]
+    assert str(hasher.key("anon-bo")) in contents
     # the log's sealed copies no longer open: their keys are destroyed
     stored = Running(ServerProcess(data), key).stored()
     ana_left = [e for e in stored if e.properties.get("mark") == GONE_MARK]

@@ -54,6 +54,7 @@ def snapshot(wh: Warehouse) -> dict[str, object]:
         "events": q("SELECT message_id, person_id, session_id FROM events ORDER BY 1")[1],
         "persons": q("SELECT person_id, identified FROM persons ORDER BY 1")[1],
         "ids": q("SELECT count(*) FROM person_ids")[1],
+        "streams": q("SELECT * FROM session_streams ORDER BY 1")[1],
     }
 
 

@@ -29,13 +29,13 @@ def _columns(chunk: Chunk) -> tuple[list[str], list[int | None], list[int | None
 
 
 def apply_chunk(store: SharedIdentities, chunk: Chunk, runs: list[int] | None = None
-                ) -> Applied[tuple[list[int], list[tuple[int, int]]]]:
+                ) -> Applied[list[int]]:
     """The chunk through the identity rules on the shared store, as the processor's
     step runs it (:func:`aap.process.steps.shared_identity`); each run of the rules
     (a transaction refused runs them again) is counted in ``runs``."""
     types, users, anons, prev = _columns(chunk)
 
-    def run(ids: Identities) -> tuple[list[int], list[tuple[int, int]]]:
+    def run(ids: Identities) -> list[int]:
         if runs is not None:
             runs.append(1)
         return assign_persons(types, users, anons, prev, ids)
@@ -49,7 +49,7 @@ def serial(chunks: Iterable[Chunk]) -> tuple[Identities, list[int]]:
     ids = Identities()
     persons: list[int] = []
     for chunk in chunks:
-        persons.extend(assign_persons(*_columns(chunk), ids)[0])
+        persons.extend(assign_persons(*_columns(chunk), ids))
     return ids, persons
 
 
@@ -76,7 +76,7 @@ def run_half(data_dir: str, url: str, chunks: list[list[Ev]], barrier: Any, resu
     runs: list[int] = []
     for chunk in chunks:
         barrier.wait(timeout=120)
-        persons.extend(apply_chunk(store, chunk, runs).result[0])
+        persons.extend(apply_chunk(store, chunk, runs).result)
     barrier.wait(timeout=120)  # both are done: the final view
     keys = keys_of(e for c in chunks for e in c)
     result.put((persons, store.persons_of(keys), len(runs)))

@@ -77,7 +77,7 @@ def test_chunks_give_the_persons_of_the_plain_rules(tmp_path: Path, meta_url: st
          ("alias", alice, None, a1)],  # alias: a1's person joins Alice's
     ]
     store = SharedIdentities(tmp_path, meta_url)
-    persons = [p for c in chunks for p in w.apply_chunk(store, c).result[0]]
+    persons = [p for c in chunks for p in w.apply_chunk(store, c).result]
     events = [e for c in chunks for e in c]
     assert store_partition(store, events) == w.serial_partition(chunks) == {
         frozenset({a0, alice, a1}), frozenset({bob})}
@@ -87,7 +87,7 @@ def test_chunks_give_the_persons_of_the_plain_rules(tmp_path: Path, meta_url: st
     by = [e[1] if e[1] is not None else e[2] for e in events]
     assert [_resolver(store, persons)[p] for p in persons] == [now[k] for k in by]  # type: ignore[index]
     again = w.apply_chunk(store, [("track", None, a0, None)])
-    assert again.result[0] == [now[a0]] and not again.changes.new_ids
+    assert again.result == [now[a0]] and not again.changes.new_ids
     assert persons[0] != now[a0]  # a0's first person was merged into Alice's …
     assert again.mirror.overrides == {persons[0]: now[a0]}  # … and the warehouse learns it
 
@@ -104,7 +104,7 @@ def test_a_chunk_applied_again_gives_the_same_persons(tmp_path: Path, meta_url: 
     second = w.apply_chunk(store, chunk)
     resolve = store.persons_of(w.keys_of(chunk))
     merged = {**first.changes.overrides}
-    assert [merged.get(p, p) for p in first.result[0]] == second.result[0]
+    assert [merged.get(p, p) for p in first.result] == second.result
     assert second.changes.new_ids == {} and second.changes.overrides == {}
     assert second.mirror.new_ids == first.mirror.new_ids
     assert second.mirror.overrides == first.mirror.overrides
@@ -123,7 +123,7 @@ def test_merges_are_flattened_and_survive_a_reopen(tmp_path: Path, meta_url: str
     persons = again.persons_of([11, 12, 13])
     assert len(set(persons.values())) == 1
     applied = w.apply_chunk(again, [("track", None, 11, None)])
-    assert applied.result[0] == [persons[13]]
+    assert applied.result == [persons[13]]
     assert set(applied.mirror.overrides.values()) == {persons[13]}
 
 
@@ -132,16 +132,16 @@ def test_new_persons_do_not_reuse_the_warehouses_numbers(tmp_path: Path, meta_ur
     store = SharedIdentities(tmp_path, meta_url)
     store.ensure_above(500)
     store.ensure_above(10)  # never goes down
-    [p] = w.apply_chunk(store, [("track", None, 11, None)]).result[0]
+    [p] = w.apply_chunk(store, [("track", None, 11, None)]).result
     assert p >= 500
 
 
 def test_forgotten_ids_come_back_as_new_persons(tmp_path: Path, meta_url: str) -> None:
     store = SharedIdentities(tmp_path, meta_url)
-    [p] = w.apply_chunk(store, [("identify", 1, 11, None)]).result[0][:1]
+    [p] = w.apply_chunk(store, [("identify", 1, 11, None)]).result[:1]
     assert store.forget([1, 11]) == 2
     assert store.persons_of([1, 11]) == {}
-    [q] = w.apply_chunk(store, [("track", None, 11, None)]).result[0]
+    [q] = w.apply_chunk(store, [("track", None, 11, None)]).result
     assert q != p
 
 
@@ -160,7 +160,7 @@ def test_any_interleaving_gives_the_serial_runs_persons(tmp_path_factory: pytest
     ia, ib = iter(a), iter(b)
     seq = [next(ia) if x == "a" else next(ib) for x in picks]
     store = SharedIdentities(tmp_path_factory.mktemp("ids"), "")
-    persons = [p for c in seq for p in w.apply_chunk(store, c).result[0]]
+    persons = [p for c in seq for p in w.apply_chunk(store, c).result]
     events = [e for c in seq for e in c]
     ref, ref_persons = w.serial(seq)
     assert store_partition(store, events) == w.serial_partition(seq)
@@ -266,7 +266,7 @@ def _threads(url: str, halves: list[list[Chunk]], data: Path) -> list[list[int]]
             for i in range(max(len(h) for h in halves)):
                 barrier.wait(timeout=60)
                 if i < len(half):
-                    persons[n].extend(w.apply_chunk(store, half[i]).result[0])
+                    persons[n].extend(w.apply_chunk(store, half[i]).result)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
             barrier.abort()

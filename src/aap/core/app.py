@@ -120,7 +120,7 @@ class Core:
         shared = SharedIdentities(data, meta) if (meta := settings.storage.meta_url) else None
         self.processor = Processor(
             self.log, self.warehouse, hasher,
-            historical_sources=historical,
+            historical_sources=historical, late=timedelta(minutes=settings.processor.session_late_minutes),
             inactivity=timedelta(minutes=settings.processor.session_inactivity_minutes),
             worker=settings.processor.processor_worker,
             prepare_processes=settings.processor.prepare_processes,

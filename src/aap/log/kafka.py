@@ -11,11 +11,11 @@ so the collector answers 503 and the client sends the batch again. A failed call
 have stored some of its messages: the batch sent again then holds events already in the
 log, which the processor's dedup step drops (same message id).
 
-Keys: each message holds the events of one person (its key is the person's keyed id,
-``user_key``, else ``anonymous_key``; events with neither go unkeyed), so Kafka keeps one
-person's events in order in one partition. The collector splits a request into one
-:class:`~aap.log.base.Append` per person (:func:`per_person`); an Append that comes
-without a key is split here.
+Keys: each message holds the events of one device stream (its key is the keyed
+``anonymous_key``, else ``user_key``: :func:`aap.log.keys.stream_keys`; events with neither
+go unkeyed), so Kafka keeps one stream's events in order in one partition. The collector
+splits a request into one :class:`~aap.log.base.Append` per stream (:func:`per_person`);
+an Append that comes without a key is split here.
 
 Offsets: a record's offset is its Kafka offset + 1 and a position is Kafka's "next
 offset" (so 0 is "nothing read" as in the SQLite log, and a committed Kafka offset *is*

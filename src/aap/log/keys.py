@@ -3,8 +3,9 @@
 The key is the sender's keyed ``anonymousId``, else the keyed ``userId``. A browser or an
 app sends all its events under one anonymousId, before and after the person logs in, in
 the order they happened; server libraries send a userId alone. So one device's stream
-lands in one partition, in its order, which is what the processor's per-person steps
-(sessions, identity) rely on, as they do on the embedded log. Keying by the userId first
+lands in one partition, in its order, which is what the processor's sessions rely on:
+they are cut per stream (:func:`stream_keys`), so a person's two devices, in two
+partitions or read in any order, get the sessions each stream gets alone. Keying by the userId first
 split a visitor's events before and after the login across two partitions: the processor
 then saw the later ones first and cut more sessions than the embedded run
 (tests/e2e/test_cluster_equivalence.py). The two halves of such an identity meet in the
@@ -17,9 +18,17 @@ from aap.events import Event, encode_events
 from aap.log.base import Append
 
 
+def stream_keys(users: list[int | None], anons: list[int | None]) -> list[int | None]:
+    """The device stream of each event, from its keyed userId and keyed anonymousId: the
+    keyed anonymousId, else the keyed userId. The one definition of a stream: Kafka's
+    message key (:func:`person_key`) and the processor's sessions
+    (:func:`aap.process.steps.sessions`, a chunk's columns at once) both use it."""
+    return [a if a is not None else u for u, a in zip(users, anons, strict=True)]
+
+
 def person_key(ev: Event) -> bytes | None:
-    """The stream of a sealed event: its keyed anonymousId, else its keyed userId."""
-    k = ev.anonymous_key if ev.anonymous_key is not None else ev.user_key
+    """The message key of a sealed event: its stream (:func:`stream_keys`) as bytes."""
+    [k] = stream_keys([ev.user_key], [ev.anonymous_key])
     return None if k is None else str(k).encode()
 
 

@@ -15,7 +15,7 @@ warm and cold file.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -72,6 +72,10 @@ _PERSON = "list_contains($persons, person_id)"
 
 def _erase_hot(out: dict[str, Any], params: dict[str, Any]) -> Callable[[Hot], None]:
     def hot(count: Hot) -> None:
+        # their open device streams (keyed ids, as person_ids'): before the ids go
+        out["session_streams"] = count(
+            "DELETE FROM session_streams WHERE list_contains($keys, stream_key) OR stream_key"
+            f" IN (SELECT id_key FROM person_ids WHERE {_PERSON})", params)
         out["hot_events"] = count(f"DELETE FROM events_raw WHERE {_PERSON}", params)
         out["quarantined_events"] = count(
             f"DELETE FROM quarantined_events WHERE {_PERSON}", params)
@@ -95,16 +99,19 @@ def _erase_hot(out: dict[str, Any], params: dict[str, Any]) -> Callable[[Hot], N
     return hot
 
 
-def erase_persons(wh: Warehouse, persons: set[int], shared: set[int] | None = None
-                  ) -> dict[str, int]:
+def erase_persons(wh: Warehouse, persons: set[int], keys: Iterable[int] = (),
+                  shared: set[int] | None = None) -> dict[str, int]:
     """Physically remove the persons' rows from the hot tables and from every warm and
     cold file (rewritten without them; the old files are deleted at once), and their
     flags from the shared store too when there is one (``shared_flags``: the rows
     deleted there, merges the shared identities know included). Returns what was
-    removed where. ``shared``: the persons the shared identities give the ids (their
-    flags go from the shared store too)."""
+    removed where. ``keys``: the keyed hashes of their ids, also those this warehouse has
+    not linked (shared identities): their session streams go too. ``shared``: the
+    persons the shared identities give the ids (their flags go from the shared store
+    too)."""
     out = {"hot_events": 0, **_FILE_COUNTS, "persons": 0, "ids": 0, "merges": 0, "orders": 0,
-           "order_items": 0, "query_cache_rows": 0, "flags": 0, "retired_files_deleted": 0}
+           "order_items": 0, "query_cache_rows": 0, "flags": 0, "session_streams": 0,
+           "retired_files_deleted": 0}
     if wh.flags is not None:  # the record of the flags is shared (AAP_META_URL): first
         out["shared_flags"] = wh.flags.erase(persons | (shared or set()))
     if not persons:
@@ -114,8 +121,9 @@ def erase_persons(wh: Warehouse, persons: set[int], shared: set[int] | None = No
     def in_file(table: pa.Table, tier: str) -> FileRows:
         return _filter_out(pc.is_in(table.column("person_id"), value_set=value_set), table)
 
+    params = {**_persons_param(persons), "keys": sorted(keys)}
     rewrite(wh, Change("erasure", holds_persons(wh, value_set), in_file,
-                       _erase_hot(out, _persons_param(persons))), out)
+                       _erase_hot(out, params)), out)
     out["retired_files_deleted"] = purge_trash(wh, value_set)
     return out
 
@@ -373,12 +381,14 @@ def _live(wh: Warehouse, cur: duckdb.DuckDBPyConnection, group: set[int]) -> set
 def _delete_members(cur: duckdb.DuckDBPyConnection, members: list[int], flags: bool = True
                     ) -> list[int]:
     """Delete the ids (keyed hashes), merges, flags (unless ``flags`` is false: the table
-    mirrors the shared flags, which stay) and set-aside rows of ``members``; returns the
-    keyed hashes of the ids."""
+    mirrors the shared flags, which stay), set-aside rows and session streams of
+    ``members``; returns the keyed hashes of the ids."""
     params = {"persons": members}
     keys = [int(r[0]) for r in cur.execute(
         "SELECT id_key FROM person_ids WHERE list_contains($persons, person_id)",
         params).fetchall()]
+    cur.execute("DELETE FROM session_streams WHERE list_contains($keys, stream_key)",
+                {"keys": keys})
     cur.execute("DELETE FROM person_ids WHERE list_contains($persons, person_id)", params)
     cur.execute("DELETE FROM person_overrides WHERE list_contains($persons, old_person_id)",
                 params)

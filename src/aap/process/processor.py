@@ -23,9 +23,10 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from prometheus_client import Counter as PromCounter
@@ -39,7 +40,7 @@ from aap.privacy.subjects import identified, person_closure
 from aap.process import shop
 from aap.process.identity import Identities
 from aap.process.prepare import LocalPreparer, PrepareConfig, Prepared, WorkerPreparer
-from aap.process.steps import Batch, DedupIndex, State, steps_for
+from aap.process.steps import Batch, DedupIndex, State, Stream, steps_for
 from aap.store import quarantine
 from aap.store.identities import IdentitiesUnavailable, SharedIdentities
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
@@ -104,7 +105,7 @@ class _Built:
 class Processor:
     def __init__(self, log: Log, warehouse: Warehouse, hasher: IdHasher, *,
                  historical_sources: frozenset[str] | Callable[[], frozenset[str]] = frozenset(),
-                 inactivity: timedelta = timedelta(minutes=30),
+                 inactivity: timedelta = timedelta(minutes=30), late: timedelta = timedelta(minutes=60),
                  chunk_records: int | None = None, chunk_events: int = CHUNK_EVENTS,
                  chunk_bytes: int = CHUNK_BYTES, consent: ConsentState | None = None,
                  worker: bool = False, prepare_processes: int = 1,
@@ -130,7 +131,7 @@ class Processor:
         self._historical_due = 0.0
         if callable(historical_sources):
             historical_sources = historical_sources()
-        self.inactivity = inactivity
+        self.inactivity, self.late = inactivity, late
         self.consent = consent
         self.destroyed = destroyed
         self._scopes = scopes
@@ -187,12 +188,17 @@ class Processor:
             ids.load(*wh.load_identities())
         elif not hasattr(self, "state"):  # at start: the shared store holds them, and its
             self.shared.ensure_above(wh.get_state(NEXT_PERSON, 1))  # new persons are new here
-        sessions = {p: ((t - _EPOCH) // timedelta(microseconds=1), s)
-                    for p, t, s in wh.load_sessions()}
+        sessions, partitions = wh.load_streams()
+        frontier: dict[int, int] = {}
+        for k, (_, _, seen) in sessions.items():
+            p = partitions.get(k, 0)
+            if seen > frontier.get(p, seen - 1):
+                frontier[p] = seen
         self.state = State(identities=ids, hasher=self.hasher,
                            dedup=DedupIndex(wh.load_dedup_keys()), sessions=sessions,
-                           inactivity=self.inactivity, consent=self.consent,
-                           destroyed=self.destroyed, scopes=self.scopes)
+                           inactivity=self.inactivity, late=self.late, frontier=frontier,
+                           partitions=partitions,
+                           consent=self.consent, destroyed=self.destroyed, scopes=self.scopes)
         self.positions = wh.get_positions()
         self._next = dict(self.positions)
         """Where the next chunk starts: past the write in flight, if there is one."""
@@ -398,9 +404,11 @@ class Processor:
             gone = self.forgotten()
             for key in gone:
                 self.state.identities.ids.pop(key, None)
+                self.state.sessions.pop(key, None)  # the warehouse deleted its row too
+                self.state.partitions.pop(key, None)
             if gone and self.shared is not None:
                 self.shared.forget(gone)
-        batch = Batch(prepared.table)
+        batch = Batch(prepared.table, partition=_partitions(records, prepared.table))
         for _, step in self.steps:
             if not len(batch):
                 break
@@ -464,6 +472,7 @@ class Processor:
             t.column("timestamp"))
         return Chunk(
             events=events, position=position, next_person=st.identities.next_person,
+            streams=_streams(b, st.sessions, st.partitions), streams_pruned=b.pruned,
             persons=persons,
             new_ids=changes.new_ids, overrides=changes.overrides, orders=orders,
             order_items=items, products=products, mirror=self.shared is not None,
@@ -497,12 +506,41 @@ class Processor:
             self.close()
 
 
-_EPOCH = datetime(1970, 1, 1)
-
-
 def _as_dict(position: int | Mapping[int, int]) -> dict[int, int]:
     return {0: position} if isinstance(position, int) else dict(position)
 
+
+
+def _partitions(records: list[Record], table: pa.Table) -> list[int]:
+    """Each prepared event's log partition (empty when the chunk has one partition, 0: the
+    embedded log's case)."""
+    parts = {r.partition for r in records}
+    if parts <= {0}:
+        return []
+    if len(parts) == 1:
+        return [records[0].partition] * table.num_rows
+    per_event = np.repeat(np.array([r.partition for r in records], np.int64),
+                          [r.count for r in records])
+    rows = table.column("row").to_numpy()
+    return per_event[np.minimum(rows, len(per_event) - 1)].tolist()
+
+
+_STREAMS = pa.schema([("stream_key", pa.int64()), ("last_ts", pa.timestamp("us")),
+                      ("session_id", pa.string()), ("seen_ms", pa.int64()),
+                      ("log_partition", pa.int32())])
+
+
+def _streams(b: Batch, state: dict[int, Stream], partitions: dict[int, int]) -> pa.Table:
+    """The rows of ``session_streams`` this chunk changed: its streams, as they are now
+    (those it pruned excepted)."""
+    keys = [k for k in set(b.streams) if k in state]
+    rows = [state[k] for k in keys]
+    return pa.table([pa.array(keys, pa.int64()),
+                     pa.array([r[0] for r in rows], pa.int64()).cast(pa.timestamp("us")),
+                     pa.array([r[1] for r in rows], pa.string()),
+                     pa.array([r[2] for r in rows], pa.int64()),
+                     pa.array([partitions.get(k, 0) for k in keys] if partitions
+                              else [0] * len(keys), pa.int32())], schema=_STREAMS)
 
 
 def _withdrawals(rows: list[tuple[int, Statement]]) -> tuple[

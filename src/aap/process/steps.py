@@ -1,5 +1,5 @@
 """The stateful half of the processor: steps that carry state from one event to the
-next (what was stored before, who is who, whose session goes on), run in log order on
+next (what was stored before, who is who, which session goes on), run in log order on
 the table :mod:`aap.process.prepare` made of a chunk. Each takes a :class:`Batch` and
 the processor's state; a step that drops events says why (:meth:`Batch.drop`), and
 every reason is counted in ``/metrics``.
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from aap.log.keys import stream_keys
 from aap.privacy.consent import ConsentState
 from aap.privacy.ids import IdHasher
 from aap.process.identity import Identities, IdentityChanges
@@ -36,6 +37,12 @@ class Batch:
     dropped: Counter[str] = field(default_factory=Counter)
     person_id: list[int] = field(default_factory=list)
     session_id: list[str] = field(default_factory=list)
+    partition: list[int] = field(default_factory=list)
+    """Each event's log partition (empty: all 0, as on the embedded log)."""
+    streams: list[int | None] = field(default_factory=list)
+    """Each event's device stream (:func:`aap.log.keys.stream_keys`), set by :func:`sessions`."""
+    pruned: list[int] = field(default_factory=list)
+    """Streams :func:`sessions` forgot in this chunk (see :func:`prune_streams`)."""
     ids: tuple[list[int | None], list[int | None], list[int | None]] | None = None
     """Keyed hashes of userId, anonymousId, previousId per event (see :func:`id_keys`)."""
     identity: IdentityChanges | None = None
@@ -59,7 +66,7 @@ class Batch:
         if self.ids is not None:
             u, a, p = self.ids
             self.ids = ([u[i] for i in keep], [a[i] for i in keep], [p[i] for i in keep])
-        for name in ("person_id", "session_id"):
+        for name in ("person_id", "session_id", "partition", "streams"):
             vals = getattr(self, name)
             if vals:
                 setattr(self, name, [vals[i] for i in keep])
@@ -103,9 +110,18 @@ class State:
     identities: Identities
     hasher: IdHasher
     dedup: DedupIndex
-    sessions: dict[int, tuple[int, str]]
-    """person → (time of their latest event in µs, its session id)."""
+    sessions: dict[int, Stream]
+    """Open device streams: stream key → :data:`Stream`."""
     inactivity: timedelta = timedelta(minutes=30)
+    late: timedelta = timedelta(minutes=60)
+    """How much later than its stream's previous event an event may be received and still
+    go on with its session (see :func:`sessions`)."""
+    partitions: dict[int, int] = field(default_factory=dict)
+    """The log partition of each open stream not in partition 0."""
+    frontier: dict[int, int] = field(default_factory=dict)
+    """Per log partition: the latest time of receipt (ms) of its events seen so far."""
+    prune_at: int = 0
+    """When the latest frontier passes this (ms), :func:`prune_streams` runs again."""
     consent: ConsentState | None = None
     """The consent ledger as the processor last read it (``None``: no ledger)."""
     destroyed: Callable[[], set[int]] | None = None
@@ -204,9 +220,7 @@ def erased(b: Batch, st: State) -> None:
 def identity(b: Batch, st: State) -> None:
     """Each event's person (see :mod:`aap.process.identity`)."""
     users, anons, previous_ids = id_keys(b, st)
-    b.person_id, moves = assign_persons(b.column("type"), users, anons, previous_ids,
-                                        st.identities)
-    move_sessions(st.sessions, moves)
+    b.person_id = assign_persons(b.column("type"), users, anons, previous_ids, st.identities)
 
 
 def shared_identity(store: SharedIdentities) -> Step:
@@ -220,28 +234,22 @@ def shared_identity(store: SharedIdentities) -> Step:
         keys = {k for col in (users, anons, previous_ids) for k in col if k is not None}
         applied = store.apply(keys, lambda ids: assign_persons(
             types, users, anons, previous_ids, ids))
-        b.person_id, moves = applied.result
-        move_sessions(st.sessions, moves)
+        b.person_id = applied.result
         b.identity = applied.mirror
     return identity
 
 
 def assign_persons(types: list[str], users: list[int | None], anons: list[int | None],
-                   previous_ids: list[int | None], ids: Identities
-                   ) -> tuple[list[int], list[tuple[int, int]]]:
-    """Each event's person, in log order, by the rules of ``ids``; and the merges made,
-    as (the anonymous person before, the person now), for their sessions. Changes
-    nothing but ``ids``."""
+                   previous_ids: list[int | None], ids: Identities) -> list[int]:
+    """Each event's person, in log order, by the rules of ``ids``. Changes nothing but
+    ``ids``."""
     known = ids.ids
     merged = ids.merged
     identified = ids.identified
     out = []
-    moves = []
     for typ, ukey, anon, previous in zip(types, users, anons, previous_ids, strict=True):
         if typ == "alias" and previous is not None and ukey is not None:
-            other = previous
-            before = ids.person_of(other)
-            person = ids.alias(other, ukey)
+            person = ids.alias(previous, ukey)
         elif ukey is None:
             p = known.get(anon)  # type: ignore[arg-type]
             out.append(merged.get(p, p) if p is not None else ids.observe(None, anon))
@@ -256,46 +264,91 @@ def assign_persons(types: list[str], users: list[int | None], anons: list[int | 
                         continue
                 out.append(ids.observe(ukey, None))
                 continue
-            other = anon
-            before = ids.person_of(other)
-            person = ids.observe(ukey, other)
+            person = ids.observe(ukey, anon)
         out.append(person)
-        if before is not None and before != person and ids.resolve(before) == person:
-            moves.append((before, person))
-    return out, moves
+    return out
 
 
-def move_sessions(sessions: dict[int, tuple[int, str]], moves: list[tuple[int, int]]
-                  ) -> None:
-    """A person merged just now: the anonymous visit goes on as the same session."""
-    for before, person in moves:
-        moved = sessions.pop(before, None)
-        mine = sessions.get(person)
-        if moved is not None and (mine is None or moved[0] > mine[0]):
-            sessions[person] = moved
+Stream = tuple[int, str, int]
+"""An open device stream: (time of its latest event in µs, that event's session id, the
+time of receipt of its last event in log order, in ms)."""
+
+PRUNE_EVERY_MS = 10 * 60_000
+"""Forgotten streams are looked for when a partition's frontier has moved this far."""
+PRUNE_SLACK_MS = 10 * 60_000
+"""How far out of order times of receipt may be in one partition of the log (collectors
+set them on arrival and append within seconds): a stream is forgotten only this long
+after no later event could go on with its session any more."""
 
 
 def sessions(b: Batch, st: State) -> None:
-    """The SDK's session id when there is one, else a new session after
-    ``inactivity`` without events of the person."""
+    """Sessions per device stream (:func:`aap.log.keys.stream_keys`: the keyed anonymousId,
+    else the keyed userId, which is also the log's message key): the SDK's session id
+    when there is one; else the stream's session goes on when the event is within
+    ``inactivity`` of the stream's latest event (by time; an earlier event that arrives
+    late counts too, without becoming the latest) and was received at most
+    ``inactivity + late`` after the stream's previous event (in log order); else a new
+    session. A stream's sessions depend on its own events only, not on other streams
+    (another device of the same person, another partition) nor on the order they are
+    read in."""
     state = st.sessions
     gap = st.inactivity // timedelta(microseconds=1)
-    out = []
+    idle = gap // 1000 + st.late // timedelta(milliseconds=1)
+    users, anons, _ = id_keys(b, st)
+    streams = b.streams = stream_keys(users, anons)
     times = b.table.column("timestamp").cast(pa.int64()).to_pylist()
-    for person, t, sdk, message_id in zip(b.person_id, times, b.column("sdk_session"),
-                                          b.column("message_id"), strict=True):
-        prev = state.get(person)
+    received = b.column("received_ms")
+    out = []
+    for stream, t, r, sdk, message_id in zip(streams, times, received, b.column("sdk_session"),
+                                             b.column("message_id"), strict=True):
+        prev = state.get(stream)  # type: ignore[arg-type]
         if sdk is not None:
             sid = "s:" + sdk
-        elif prev is not None and abs(t - prev[0]) <= gap:
+        elif prev is not None and abs(t - prev[0]) <= gap and r - prev[2] <= idle:
             sid = prev[1]
         else:
-            sid = hashlib.md5(f"{person}\x00{message_id}".encode(
+            sid = hashlib.md5(f"{stream}\x00{message_id}".encode(
                 "utf-8", "surrogatepass")).hexdigest()[:20]
         out.append(sid)
         if prev is None or t >= prev[0]:
-            state[person] = (t, sid)
+            state[stream] = (t, sid, r)  # type: ignore[index]
+        else:  # a late event: the latest stays, its receipt is the stream's latest
+            state[stream] = (prev[0], prev[1], r)  # type: ignore[index]
     b.session_id = out
+    if b.partition:
+        st.partitions.update(zip(streams, b.partition, strict=True))  # type: ignore[arg-type]
+    prune_streams(b, st, received)
+
+
+def prune_streams(b: Batch, st: State, received: list[int]) -> None:
+    """Forget the streams no later event can go on with: received more than ``inactivity +
+    late`` (and :data:`PRUNE_SLACK_MS`) before their partition's frontier. Each
+    partition has its own frontier, so a partition read behind the others (a backlog)
+    keeps its streams. Runs when a frontier has moved :data:`PRUNE_EVERY_MS` since the last
+    time; the streams forgotten are left in :attr:`Batch.pruned` (the warehouse deletes
+    them with the chunk). Forgetting changes no session: it only keeps the state small."""
+    frontier = st.frontier
+    if b.partition:
+        for p, r in zip(b.partition, received, strict=True):
+            if r > frontier.get(p, -1 << 62):
+                frontier[p] = r
+    elif received:
+        top = max(received)
+        if top > frontier.get(0, -1 << 62):
+            frontier[0] = top
+    latest = max(frontier.values(), default=0)
+    if latest < st.prune_at:
+        return
+    st.prune_at = latest + PRUNE_EVERY_MS
+    keep = (st.inactivity + st.late) // timedelta(milliseconds=1) + PRUNE_SLACK_MS
+    cutoff = {p: f - keep for p, f in frontier.items()}
+    part = st.partitions
+    gone = [k for k, (_, _, seen) in st.sessions.items()
+            if seen < cutoff.get(part.get(k, 0), seen)]
+    for k in gone:
+        del st.sessions[k]
+        part.pop(k, None)
+    b.pruned = gone
 
 
 STEPS: tuple[tuple[str, Step], ...] = (

@@ -55,6 +55,24 @@ EVENT_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
 
 EVENT_ARROW_SCHEMA = pa.schema([(n, t) for n, _, t in EVENT_COLUMNS])
 
+SESSION_STREAMS_DDL = """
+CREATE TABLE IF NOT EXISTS session_streams (
+    stream_key BIGINT NOT NULL,
+    last_ts TIMESTAMP NOT NULL,
+    session_id VARCHAR NOT NULL,
+    seen_ms BIGINT NOT NULL,
+    log_partition INTEGER NOT NULL
+);
+"""
+"""The processor's open device streams (:func:`aap.process.steps.sessions`), written with
+each chunk: ``stream_key`` is the keyed anonymousId, else the keyed userId (a keyed hash,
+as ``person_ids.id_key``); ``last_ts`` the time of the stream's latest event and
+``session_id`` its session; ``seen_ms`` the latest time of receipt (ms since the epoch);
+``log_partition`` the stream's partition of the log. One row per stream (the writer
+deletes a stream's row before it inserts the new one; no primary key: see
+:func:`aap.store.warehouse._write_streams`). Streams idle longer than the inactivity and
+the late margin are deleted; erasure and retention delete a person's."""
+
 DDL = f"""
 CREATE TABLE IF NOT EXISTS events_raw (
     {", ".join(f'"{n}" {t}' for n, t, _ in EVENT_COLUMNS)}
@@ -129,7 +147,7 @@ CREATE TABLE IF NOT EXISTS tier_trash (
     path VARCHAR PRIMARY KEY,
     delete_after TIMESTAMP NOT NULL
 );
-"""
+""" + SESSION_STREAMS_DDL
 
 VIEWS = """
 CREATE OR REPLACE TEMP VIEW events_all AS
