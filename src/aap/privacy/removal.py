@@ -25,7 +25,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aap.store import quarantine
-from aap.store.rewrite import Change, FileRows, Hot, bind, holds_persons, purge_trash, rewrite
+from aap.store.filelist import EVENT_TIERS
+from aap.store.rewrite import (
+    Change,
+    FileRows,
+    Hot,
+    bind,
+    erase_in_tables,
+    holds_persons,
+    purge_trash,
+    rewrite,
+)
 from aap.store.schema import EVENT_ARROW_SCHEMA
 from aap.store.warehouse import Warehouse
 
@@ -116,6 +126,8 @@ def erase_persons(wh: Warehouse, persons: set[int], shared: set[int] | None = No
 
     rewrite(wh, Change("erasure", holds_persons(wh, value_set), in_file,
                        _erase_hot(out, _persons_param(persons))), out)
+    if wh.files.shared:  # publishing: the published persons/orders/order_items files too
+        out["table_files_rewritten"] = erase_in_tables(wh, value_set)
     out["retired_files_deleted"] = purge_trash(wh, value_set)
     return out
 
@@ -356,7 +368,8 @@ def _live(wh: Warehouse, cur: duckdb.DuckDBPyConnection, group: set[int]) -> set
         "SELECT DISTINCT person_id FROM events_raw WHERE list_contains($persons, person_id)",
         {"persons": sorted(group)}).fetchall()}
     values = pa.array(sorted(group), pa.int64())
-    for path, part in ((f.path, f.part) for f in wh.files.files(cur)):
+    for path, part in ((f.path, f.part) for f in wh.files.files(cur)
+                       if f.tier in EVENT_TIERS):
         try:
             col = wh.tiers.read([path], ["person_id"]).column("person_id")
         except (OSError, pa.ArrowException) as exc:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aap.store import quarantine
-from aap.store.filelist import Moved, TierFile
+from aap.store.filelist import EVENT_TIERS, Moved, TierFile
 from aap.store.schema import EVENT_ARROW_SCHEMA
 from aap.store.warehouse import Warehouse
 
@@ -121,7 +121,8 @@ def _rewrite(wh: Warehouse, change: Change, out: dict[str, Any]) -> None:
     try:
         with wh.write_lock:
             wh.settle()  # a batch half published is finished first: its rows are reached
-            files = [(f.path, f.tier, f.part) for f in wh.files.files()]
+            files = [(f.path, f.tier, f.part) for f in wh.files.files()
+                     if f.tier in EVENT_TIERS]  # the tables' files: published.drop_persons
             with ThreadPoolExecutor(REWRITE_THREADS, thread_name_prefix="aap-rewrite") as pool:
                 done = [r for r in pool.map(lambda f: _guarded(wh, change, run, *f), files)
                         if r is not None]
@@ -210,6 +211,33 @@ def holds_persons(wh: Warehouse, persons: pa.Array) -> Callable[[str, str, str],
         people = wh.tiers.read([path], ["person_id"]).column("person_id")
         return bool(pc.any(pc.is_in(people, value_set=persons)).as_py())
     return holds
+
+
+def erase_in_tables(wh: Warehouse, persons: pa.Array) -> int:
+    """Publishing on: the published table files (persons, orders, order_items) holding
+    rows of ``persons`` are written again without them and swapped on the list; the old
+    ones are deleted at once. Returns the files rewritten."""
+    from aap.store import published
+
+    if not wh.files.shared:
+        return 0
+    with wh.write_lock:
+        wh.settle()  # a batch half published is listed first: its files are reached
+        done = published.drop_persons(wh, persons)
+        if not done:
+            return 0
+        try:
+            with wh.transaction() as cur:
+                wh.files.swap(cur, [old for old, _ in done],
+                              [new for _, new in done if new is not None], None)
+        except BaseException:
+            for _, new in done:
+                if new is not None:
+                    wh.tiers.delete(new.path)
+            raise
+    for old, _ in done:
+        wh.tiers.delete(old)
+    return len(done)
 
 
 def purge_trash(wh: Warehouse, persons: pa.Array) -> int:
