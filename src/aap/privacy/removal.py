@@ -31,10 +31,10 @@ from aap.store.rewrite import (
     FileRows,
     Hot,
     bind,
-    erase_in_tables,
     holds_persons,
     purge_trash,
     rewrite,
+    rewrite_tables,
 )
 from aap.store.schema import EVENT_ARROW_SCHEMA
 from aap.store.warehouse import Warehouse
@@ -127,7 +127,7 @@ def erase_persons(wh: Warehouse, persons: set[int], shared: set[int] | None = No
     rewrite(wh, Change("erasure", holds_persons(wh, value_set), in_file,
                        _erase_hot(out, _persons_param(persons))), out)
     if wh.files.shared:  # publishing: the published persons/orders/order_items files too
-        out["table_files_rewritten"] = erase_in_tables(wh, value_set)
+        out["table_files_rewritten"] = rewrite_tables(wh, persons)
     out["retired_files_deleted"] = purge_trash(wh, value_set)
     return out
 
@@ -160,6 +160,8 @@ def erase_persons_in(wh: Warehouse, persons: set[int], sources: list[str]) -> di
                            table)
 
     rewrite(wh, Change("erasure", holds_persons(wh, value_set), in_file, hot), out)
+    if wh.files.shared:  # publishing: their orders of these sources in published files
+        out["table_files_rewritten"] = rewrite_tables(wh, persons)
     out["retired_files_deleted"] = purge_trash(wh, value_set)
     return out
 
@@ -324,6 +326,9 @@ def expire(wh: Warehouse, cutoffs: dict[str, dict[str, datetime]], everything: d
         return wh.tiers.read([path], ["timestamp"]).column("timestamp")
 
     rewrite(wh, Change("retention", run.touches(first_times), run.in_file, run.hot(out)), out)
+    # publishing: the published orders of persons with erased events, as they are now
+    if wh.files.shared:
+        out["table_files_rewritten"] = rewrite_tables(wh, run.erased_persons)
     out["persons_erased"], keys = drop_persons_without_events(wh, run.erased_persons)
     out["ids_forgotten"] = len(keys)
     if keys and forget is not None:
@@ -413,7 +418,9 @@ def drop_persons_without_events(wh: Warehouse, persons: set[int]) -> tuple[int, 
         return 0, []
     with wh.write_lock:
         wh.settle()  # a batch half published: its rows are then in a listed file
-        return _drop_dead(wh, persons)
+        out = _drop_dead(wh, persons)
+    rewrite_tables(wh, persons)  # publishing: their published profiles and orders
+    return out
 
 
 def _drop_dead(wh: Warehouse, persons: set[int]) -> tuple[int, list[int]]:

@@ -150,14 +150,54 @@ def _fold(table: str, key: str, cols: str, db: str) -> str:
             f" WHERE tbl = '{table}')")
 
 
+PERSONAL = ("persons", "orders", "order_items")
+"""The tables whose published rows belong to a person (``person_id``; order items carry
+their order's)."""
+
+
+def _person_rows_sql(table: str) -> str:
+    """The local rows of ``table`` of ``$persons``, as a batch file holds them."""
+    _, cols = TABLES[table]
+    sel = ", ".join(f"t.{c.strip()}" for c in cols.split(","))
+    traits = " REPLACE (CAST(traits AS VARCHAR) AS traits)" if table == "persons" else ""
+    if table == "order_items":
+        src = ("(SELECT t.*, o.person_id FROM order_items t JOIN (SELECT DISTINCT message_id,"
+               " person_id FROM orders) o USING (message_id)) t")
+        sel += ", t.person_id"
+    else:
+        src = f"{table} t"
+    return (f"SELECT *{traits}, $writer AS _writer, $seq AS _seq, $ms AS _ms FROM ("
+            f"SELECT {sel}, false AS _gone FROM {src}"
+            f" WHERE list_contains($persons, t.person_id))")
+
+
+def write_person_rows(wh: Any, persons: list[int], writer: str, seq: int
+                      ) -> list[TierFile]:
+    """The local rows of ``persons`` in each personal table, one new file per table with
+    any (numbered ``seq``: the writer's last published batch, so a later batch wins)."""
+    cur = wh.con.cursor()
+    try:
+        out = []
+        for table in PERSONAL:
+            rows = cur.sql(_person_rows_sql(table), params={
+                "persons": persons, "writer": writer, "seq": seq,
+                "ms": int(time.time() * 1000)}).to_arrow_table()
+            if rows.num_rows:
+                path, size = wh.tiers.write_table(rows, table, "")
+                out.append(TierFile(path, table, table, rows.num_rows, size))
+        return out
+    finally:
+        cur.close()
+
+
 def drop_persons(wh: Any, persons: pa.Array) -> list[tuple[str, TierFile | None]]:
-    """Erasure: each listed table file holding a row of ``persons`` (by ``person_id``)
-    written again without them (written, not listed: the caller swaps them)."""
+    """Each listed table file holding a row of ``persons`` (by ``person_id``) written
+    again without them (written, not listed: the caller swaps them)."""
     import pyarrow.compute as pc
 
     out: list[tuple[str, TierFile | None]] = []
     for f in wh.files.files():
-        if f.tier not in ("persons", "orders", "order_items"):
+        if f.tier not in PERSONAL:
             continue
         table = wh.tiers.read_table([f.path])
         hit = pc.is_in(table.column("person_id"), value_set=persons)
