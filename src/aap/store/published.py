@@ -74,27 +74,21 @@ def forget(cur: duckdb.DuckDBPyConnection, seq: int) -> None:
 
 def _rows_sql(table: str) -> str:
     """The current rows of batch ``$seq``'s keys of ``table`` (and a ``_gone`` row for a
-    key with none), with ``_writer``, ``_seq`` and ``_ms``; order_items with the order's
-    person (erasure finds them by it)."""
+    key with none, typed as the table), with ``_writer``, ``_seq`` and ``_ms``;
+    order_items with the order's person (erasure finds them by it)."""
     key, cols = TABLES[table]
-    keyed = f"CAST(t.{key} AS VARCHAR)"
-    person = (", (SELECT any_value(o.person_id) FROM orders o WHERE o.message_id ="
-              " t.message_id) AS person_id" if table == "order_items" else "")
-    sel = ", ".join(f"t.{c.strip()}" for c in cols.split(","))
-    gone_cols = ", ".join(
-        (f"CAST(k.key AS {'BIGINT' if key == 'person_id' else 'VARCHAR'}) AS {c.strip()}"
-         if c.strip() == key else f"NULL AS {c.strip()}") for c in cols.split(","))
+    typ = "BIGINT" if key == "person_id" else "VARCHAR"
+    sel = ", ".join(f"CAST(k.key AS {typ}) AS {key}" if c.strip() == key else f"t.{c.strip()}"
+                    for c in cols.split(","))
     if table == "order_items":
-        gone_cols += ", NULL AS person_id"
+        sel += (", (SELECT any_value(o.person_id) FROM orders o WHERE o.message_id ="
+                " t.message_id) AS person_id")
     traits = " REPLACE (CAST(traits AS VARCHAR) AS traits)" if table == "persons" else ""
     return f"""
         SELECT *{traits}, $writer AS _writer, $seq AS _seq, $ms AS _ms FROM (
-            SELECT {sel}{person}, false AS _gone FROM {table} t
-            WHERE {keyed} IN (SELECT key FROM {KEYS_TABLE} WHERE tbl = '{table}' AND seq = $seq)
-            UNION ALL
-            SELECT {gone_cols}, true AS _gone FROM {KEYS_TABLE} k
-            WHERE k.tbl = '{table}' AND k.seq = $seq
-              AND k.key NOT IN (SELECT {keyed} FROM {table} t WHERE {keyed} IS NOT NULL))
+            SELECT {sel}, t.{key} IS NULL AS _gone
+            FROM (SELECT DISTINCT key FROM {KEYS_TABLE} WHERE tbl = '{table}' AND seq = $seq) k
+            LEFT JOIN {table} t ON CAST(t.{key} AS VARCHAR) = k.key)
         ORDER BY {key}"""
 
 
