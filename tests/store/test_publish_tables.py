@@ -231,3 +231,38 @@ def test_insights_reading_persons_agree_on_the_reader(tmp_path: Path) -> None:
     finally:
         rd.close()
         wh.close()
+
+
+def test_the_tiering_job_folds_a_tables_files_and_the_reader_sees_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aap.store import published
+    from aap.store.tiering import TierPolicy, run_tiering
+
+    wh = open_wh(tmp_path)
+    pub = Publisher(wh, 1)
+    rd = reader(tmp_path, "")
+    try:
+        for i in range(6):
+            wh.write(chunk(i, [(1 + i % 3, i % 2, i == 4, {"plan": f"v{i}"})],
+                           merge=(3, 2) if i == 5 else None))
+            pub.publish_once()
+        before = {t: sum(f.tier == t for f in wh.files.files()) for t in published.KINDS}
+        assert before["persons"] == 6
+        assert published.compact(wh, "persons", timedelta(0), at_least=7) == 0  # not due
+        assert_same(wh, rd)
+        monkeypatch.setattr(published, "COMPACT_FILES", 6)
+        out = run_tiering(wh, TierPolicy(grace=timedelta(0)), today=DAY0.date())
+        assert out["compacted"] > 0
+        after = {t: sum(f.tier == t for f in wh.files.files()) for t in published.KINDS}
+        assert after == {"persons": 1, "orders": 1, "order_items": 1, "products": 1}, after
+        assert_same(wh, rd)
+        # a later batch still wins over the folded file
+        wh.write(chunk(9, [(1, -2, True, {"plan": "later"})]))
+        pub.publish_once()
+        assert published.compact(wh, "persons", timedelta(0), at_least=2) > 0
+        assert_same(wh, rd)
+        assert rd.query("SELECT traits->>'plan' FROM persons WHERE person_id = 1")[1] == [
+            ("later",)]
+    finally:
+        rd.close()
+        wh.close()

@@ -204,3 +204,40 @@ def drop_persons(wh: Any, persons: pa.Array) -> list[tuple[str, TierFile | None]
         path, size = wh.tiers.write_table(kept, f.tier, "")
         out.append((f.path, TierFile(path, f.tier, f.part, kept.num_rows, size)))
     return out
+
+
+COMPACT_FILES = 32
+"""A table's files are folded into one once there are this many."""
+
+
+def compact(wh: Any, table: str, grace: Any, at_least: int | None = None) -> int:
+    """Fold every listed file of ``table`` into one (the tiering job): only each key's
+    latest batch of each writer is kept (with its ``_seq``, so a later batch still
+    wins), and no ``_gone`` row (every older row of its key is folded away with it).
+    One swap of the list; the old files go to the trash for ``grace``. Returns the rows
+    kept (0: not due, or a file was rewritten meanwhile and the next run folds)."""
+    from aap.store.filelist import Moved
+
+    paths = [f.path for f in wh.files.files() if f.tier == table]
+    if len(paths) < max(COMPACT_FILES if at_least is None else at_least, 2):
+        return 0
+    key = TABLES[table][0]
+    con = duckdb.connect()
+    try:
+        con.register("t", wh.tiers.read_table(paths))
+        kept = con.sql(f"SELECT * FROM t QUALIFY _seq = max(_seq) OVER (PARTITION BY {key},"
+                       f" _writer) AND NOT _gone ORDER BY {key}").to_arrow_table()
+    finally:
+        con.close()
+    path, size = wh.tiers.write_table(kept, table, "")
+    try:
+        with wh.transaction() as cur:
+            wh.files.swap(cur, paths, [TierFile(path, table, table, kept.num_rows, size)],
+                          grace)
+    except Moved:
+        wh.tiers.delete(path)
+        return 0
+    except BaseException:
+        wh.tiers.delete(path)
+        raise
+    return kept.num_rows
