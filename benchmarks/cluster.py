@@ -20,11 +20,12 @@ here) serves every run, each on a topic of its own. Two parts:
    what the 2-collector run sustained if that is less: printed), a probe sends one
    event with a unique ``marker`` property every 0.1 s, and notes when its 200 arrives;
    from then on it asks the REST API (``POST /api/v1/query``, a ``trends`` insight with
-   an API key of role analyst, through the first collector) until the event is counted.
-   Today the processor answers the queries (query nodes of their own are not built), so
-   "visible to a query node" is visible through the API the cluster serves. Measured on
-   ``aap cluster up --collectors 2`` on Kafka, and on the embedded default (``aap serve``,
-   2 workers, the SQLite log) at the same rate, as a baseline: the ratio is printed.
+   an API key of role analyst) until the event is counted. On the cluster that API is a
+   query node's (``aap cluster up --collectors 2 --query 1`` on Kafka, the processor
+   publishing every :data:`PUBLISH_S` s, the shared state on a PostgreSQL of tests/pg.py):
+   "200 → visible to a query node", the issue's measure. The embedded default (``aap
+   serve``, 2 workers, the SQLite log, its own API) at the same rate is the baseline: the
+   ratio is printed.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ import click
 import httpx
 
 from aap.lifecycle import child_env
-from aap.runner import ServerProcess, create_source
+from aap.runner import ServerProcess
 from benchmarks.common import all_proc_stats, check_idle, machine, percentile, verdict
 from benchmarks.ingest import WARMUP_SECONDS, client_main, measure
 from benchmarks.pipeline import PROBE_EVENT, Probe, unique_requests
@@ -64,6 +65,8 @@ API_POLL_S = 0.05
 """Pause between two visibility queries through the REST API."""
 SUSTAIN_SHARE = 0.9
 """Freshness is measured at most at this share of what the 2-collector run sustained."""
+PUBLISH_S = 1.0
+"""``AAP_PUBLISH_SECONDS`` of the freshness cluster: how often the processor publishes."""
 START_TIMEOUT_S = 300.0
 """How long a deployment may take to be healthy (a loaded machine starts slowly)."""
 
@@ -154,21 +157,29 @@ class Target:
     groups: Callable[[], dict[str, list[int]]]
     stop: Callable[[], None]
     log_file: Path
+    api_port: int = 0
+    """Where the REST API is asked (a query node's port; 0: the first collector's)."""
+    published: bool = False
+    """The processor publishes its hot rows (``AAP_PUBLISH_SECONDS``): they leave
+    ``events_raw`` for the batch files, so :meth:`rows` counts both."""
 
     def rows(self) -> int:
-        """Events in the warehouse (``events_raw``), over the core's socket."""
-        return int(cast(int, ServerProcess(self.data).sql("SELECT count(*) FROM events_raw")[0][0]))
+        """Events in the warehouse (``events_raw``; with publishing, and the listed
+        files), over the core's socket."""
+        table = "events_all" if self.published else "events_raw"
+        return int(cast(int, ServerProcess(self.data).sql(f"SELECT count(*) FROM {table}")[0][0]))
 
 
-def start_cluster(data: Path, collectors: int, env: dict[str, str], kafka: MockKafka | None
-                  ) -> Target:
-    """``aap cluster up --collectors N`` in a session of its own, until it says it is up."""
-    base = free_ports(collectors + 1)
+def start_cluster(data: Path, collectors: int, env: dict[str, str], kafka: MockKafka | None,
+                  query: int = 0) -> Target:
+    """``aap cluster up --collectors N --query Q`` in a session of its own, until every
+    part is healthy."""
+    base = free_ports(collectors + 1 + query)
     log_file = data.parent / f"{data.name}-cluster.log"
     out = open(log_file, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "aap", "cluster", "up", "--data-dir", str(data),
-         "--collectors", str(collectors), "--port", str(base)],
+         "--collectors", str(collectors), "--query", str(query), "--port", str(base)],
         stdout=out, stderr=subprocess.STDOUT, env=child_env({**os.environ, **env}),
         start_new_session=True)
     out.close()
@@ -186,9 +197,10 @@ def start_cluster(data: Path, collectors: int, env: dict[str, str], kafka: MockK
             pass
         proc.wait()
 
-    # every collector's /healthz and the processor's (the port after them) answer 200
+    # every collector's /healthz, the processor's (the port after them) and the query
+    # nodes' (after it) answer 200
     deadline = time.monotonic() + START_TIMEOUT_S
-    waiting = {p: "no answer" for p in range(base, base + collectors + 1)}
+    waiting = {p: "no answer" for p in range(base, base + collectors + 1 + query)}
     while waiting:
         for port in list(waiting):
             waiting[port] = _health(port)
@@ -204,19 +216,25 @@ def start_cluster(data: Path, collectors: int, env: dict[str, str], kafka: MockK
 
     def groups() -> dict[str, list[int]]:
         roles: dict[str, set[int]] = {"collectors": set(), "processor": set()}
+        if query:
+            roles["query nodes"] = set()
+        names = {"collector": "collectors", "query": "query nodes"}
         for pid in _group(proc.pid):
             args = _cmdline(pid)
             if "--role" in args:  # a role and its children (a forked worker: once)
                 role = args[args.index("--role") + 1]
-                roles["collectors" if role == "collector" else "processor"].update(tree(pid))
+                roles[names.get(role, "processor")].update(tree(pid))
         out = {name: sorted(pids) for name, pids in roles.items()}
         out["cluster up"] = [proc.pid]
         if kafka is not None:
             out["kafka (mock)"] = [kafka.proc.pid]
         return out
 
-    return Target(f"cluster, {collectors} collector{'s' * (collectors > 1)}", data,
-                  [base + i for i in range(collectors)], groups, stop, log_file)
+    nodes = f", {query} query node{'s' * (query > 1)}" if query else ""
+    return Target(f"cluster, {collectors} collector{'s' * (collectors > 1)}{nodes}", data,
+                  [base + i for i in range(collectors)], groups, stop, log_file,
+                  base + collectors + 1 if query else 0,
+                  float(env.get("AAP_PUBLISH_SECONDS", "0") or 0) > 0)
 
 
 def start_embedded(data: Path) -> Target:
@@ -232,12 +250,24 @@ def start_embedded(data: Path) -> Target:
                   server.log_file)
 
 
-def keys_for(data: Path) -> tuple[str, str]:
-    """A source's write key and an API key of role analyst, made with the CLI."""
-    key = create_source(data, "bench", "--basis", "legitimate_interest")
-    out = subprocess.run([sys.executable, "-m", "aap", "keys", "create", "--role", "analyst",
+def keys_for(data: Path, env: dict[str, str] | None = None, api_data: Path | None = None
+             ) -> tuple[str, str]:
+    """A source's write key and an API key of role analyst (of the node whose data dir is
+    ``api_data``, by default ``data``'s), made with the CLI in the deployment's ``env``."""
+    env = child_env({**os.environ, **(env or {})})
+    out = subprocess.run([sys.executable, "-m", "aap", "sources", "create", "bench",
+                          "--basis", "legitimate_interest", "--rate-limit", "0",
                           "--data-dir", str(data)], check=True, capture_output=True,
-                         text=True).stdout
+                         text=True, env=env).stdout
+    key = out.strip().splitlines()[-1]
+    if api_data is not None:  # a query node's: the processor's keys, as cluster up gives
+        from aap.cluster import query_env
+        from aap.settings import Settings
+
+        env.update(query_env(Settings(data_dir=str(data))))
+    out = subprocess.run([sys.executable, "-m", "aap", "keys", "create", "--role", "analyst",
+                          "--data-dir", str(api_data or data)], check=True,
+                         capture_output=True, text=True, env=env).stdout
     return key, out.strip().splitlines()[-1]
 
 
@@ -317,10 +347,12 @@ class APIProbe(Probe):
         urls = [f"http://127.0.0.1:{p}" for p in target.ports]
         super().__init__(ServerProcess(target.data, target.ports[0]), key, urls)
         self.api_key = api_key
+        self.api_port = target.api_port
         self.refused = 0
 
     def _reader(self) -> Any:
-        return httpx.Client(base_url=self.urls[0], timeout=30.0,
+        api = f"http://127.0.0.1:{self.api_port}" if self.api_port else self.urls[0]
+        return httpx.Client(base_url=api, timeout=30.0,
                             headers={"Authorization": f"Bearer {self.api_key}"})
 
     def _visible(self, client: Any, mids: list[str], since: str) -> list[str]:
@@ -440,21 +472,27 @@ def run(duration: float = 10.0, rate: int = TARGET_RATE, clients: int = 2,
                 f"{r['us_generators']:.1f}")
         result["fresh_rate"] = _fresh_rate(result["runs"], rate)
         fr = result["fresh_rate"]["offered"]
-        for name, start in (
-            ("cluster", lambda data: start_cluster(
-                data, FRESHNESS_COLLECTORS,
-                {"AAP_LOG_URL": kafka.url(f"bench-fresh-{uuid.uuid4().hex[:8]}")}, kafka)),
-            ("embedded", start_embedded),
-        ):
-            data = base / f"f{name[0]}"  # short: the core's socket path is at most 107 bytes
-            key, api_key = keys_for(data)
-            log(f"  freshness, {name}, {fr:,} events/s offered ...")
-            with running(lambda: start(data), key) as target:  # noqa: B023
-                f = freshness(target, key, api_key, fr, duration, clients)
-            result["freshness"].append(f)
-            log(f"    freshness, {name}: p50 {f['p50_ms']:.0f} ms, p95 {f['p95_ms']:.0f} ms, max "
-                f"{f['max_ms']:.0f}"
-                f" ms ({f['visible']} probes; processed {f['processed_per_s']:,.0f}/s)")
+        from tests.pg import postgres_server
+
+        from aap.cluster import query_dir
+
+        with postgres_server() as meta_url:
+            shared = {"AAP_LOG_URL": kafka.url(f"bench-fresh-{uuid.uuid4().hex[:8]}"),
+                      "AAP_META_URL": meta_url, "AAP_PUBLISH_SECONDS": f"{PUBLISH_S:g}"}
+            for name, start, env in (
+                ("cluster", lambda data: start_cluster(
+                    data, FRESHNESS_COLLECTORS, shared, kafka, query=1), shared),
+                ("embedded", start_embedded, {}),
+            ):
+                data = base / f"f{name[0]}"  # short: a core's socket path is at most 107 bytes
+                key, api_key = keys_for(data, env, query_dir(data, 0) if env else None)
+                log(f"  freshness, {name}, {fr:,} events/s offered ...")
+                with running(lambda: start(data), key) as target:  # noqa: B023
+                    f = freshness(target, key, api_key, fr, duration, clients)
+                result["freshness"].append(f)
+                log(f"    freshness, {name}: p50 {f['p50_ms']:.0f} ms, p95 {f['p95_ms']:.0f} ms,"
+                    f" max {f['max_ms']:.0f}"
+                    f" ms ({f['visible']} probes; processed {f['processed_per_s']:,.0f}/s)")
     finally:
         kafka.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -511,8 +549,8 @@ def _print(console: Any, r: dict[str, Any]) -> None:
         note = (f" — lower than {TARGET_RATE:,}: the {fr['from_collectors']}-collector run "
                 f"sustained {fr['sustained']:,.0f} events/s (acknowledged and processed)")
     console.print(f"freshness measured at {fr['offered']:,} events/s offered{note}")
-    ft = Table(title=f"Freshness: 200 → counted by a trends query through the REST API, "
-                     f"{fr['offered']:,} events/s offered")
+    ft = Table(title=f"Freshness: 200 → counted by a trends query through the REST API (the"
+                     f" cluster's: a query node's), {fr['offered']:,} events/s offered")
     for col in ("deployment", "acked/s", "processed/s", "collectors µs", "processor µs",
                 "probes", "p50 ms", "p95 ms", "max ms", "not visible", "poll p50 ms",
                 "p95 ≤ 5 s"):
@@ -531,13 +569,13 @@ def _print(console: Any, r: dict[str, Any]) -> None:
         console.print(f"freshness p95, cluster / embedded: "
                       f"{fresh['cluster']['p95_ms'] / fresh['embedded']['p95_ms']:.2f}")
     console.print(
-        "Query nodes of their own are not built: the processor answers the queries, reached "
-        "through a collector's /api/v1 (so this is 200 → visible through the API the cluster "
-        "serves). Freshness is an upper bound: the reply of the first query that counted the "
-        "probe (poll p50 is the query's own time). CPU per event at this steady rate: the "
-        "collectors' per event acknowledged, the processor's per event written (over the load's "
-        "window). Kafka is librdkafka's mock cluster, in memory: a real broker's network and "
-        "disk are not in these figures.", style="dim")
+        "On the cluster the probe asks a query node: 200 → visible to a query node, which"
+        f" reads the batch files the processor publishes every {PUBLISH_S:g} s"
+        " (AAP_PUBLISH_SECONDS) and lists on PostgreSQL. Freshness is an upper bound: the"
+        " reply of the first query that counted the probe (poll p50 is the query's own"
+        " time). CPU per event at this steady rate: the collectors' per event acknowledged,"
+        " the processor's per event written (over the load's window). Kafka is librdkafka's"
+        " mock cluster, in memory: a real broker's network and disk are not in these figures.", style="dim")
 
 
 def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:

@@ -1,6 +1,6 @@
 """``aap cluster up`` as a test's context: started on consecutive free ports (the
-collectors', then the processor's ``/healthz``), waited for, stopped with SIGTERM (SIGKILL
-of its group if that hangs)."""
+collectors', then the processor's ``/healthz``, then the query nodes'), waited for,
+stopped with SIGTERM (SIGKILL of its group if that hangs)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,12 @@ from tests.test_cluster import _free_ports, _pids
 
 class Up:
     def __init__(self, data: Path, base: int, collectors: int, proc: subprocess.Popen[bytes],
-                 log: Path) -> None:
+                 log: Path, query: int = 0) -> None:
         self.data, self.base, self.proc, self.log = data, base, proc, log
         self.urls = [f"http://127.0.0.1:{base + i}" for i in range(collectors)]
+        first = base + collectors + 1  # after the processor's /healthz
+        self.query_urls = [f"http://127.0.0.1:{first + i}" for i in range(query)]
+        """The query nodes' (``--query``); their data dirs are ``query_dir(data, i)``."""
 
     def pids(self, role: str) -> list[int]:
         """The processes of a role (``collector`` or ``processor``) now."""
@@ -29,13 +32,15 @@ class Up:
 
 
 @contextlib.contextmanager
-def cluster_up(data: Path, log: Path, *, collectors: int = 2,
+def cluster_up(data: Path, log: Path, *, collectors: int = 2, query: int = 0,
                env: dict[str, str] | None = None, timeout: float = 180.0) -> Iterator[Up]:
-    base = _free_ports(collectors + 1)  # the collectors, then the processor's /healthz
+    # the collectors, then the processor's /healthz, then the query nodes
+    base = _free_ports(collectors + 1 + query)
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "aap", "cluster", "up", "--data-dir",
-                                 str(data), "--collectors", str(collectors), "--port",
-                                 str(base)], stdout=out, stderr=subprocess.STDOUT,
+                                 str(data), "--collectors", str(collectors), "--query",
+                                 str(query), "--port", str(base)],
+                                stdout=out, stderr=subprocess.STDOUT,
                                 env=child_env({**os.environ, **(env or {})}),
                                 start_new_session=True)
     try:
@@ -44,7 +49,7 @@ def cluster_up(data: Path, log: Path, *, collectors: int = 2,
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "the cluster did not come up"
             time.sleep(0.2)
-        yield Up(data, base, collectors, proc, log)
+        yield Up(data, base, collectors, proc, log, query)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -23,13 +23,20 @@ from aap.lifecycle import child_env
 from aap.runner import ServerProcess, create_source
 
 
-def test_roles_that_cannot_run_yet_are_refused_with_the_reason(tmp_path: Path) -> None:
+def test_roles_that_cannot_run_yet_are_refused_with_the_reason(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AAP_META_URL", raising=False)
+    monkeypatch.delenv("AAP_PUBLISH_SECONDS", raising=False)
     data = str(tmp_path / "data")
     out = CliRunner().invoke(cli, ["serve", "--role", "query", "--data-dir", data])
-    assert out.exit_code == 1 and "--role query is not available yet" in out.output
-    assert "AAP_TIER_URL" in out.output and "Traceback" not in out.output
+    assert out.exit_code == 1 and "--role query needs AAP_PUBLISH_SECONDS" in out.output
+    assert "AAP_META_URL" in out.output and "Traceback" not in out.output
+    monkeypatch.setenv("AAP_PUBLISH_SECONDS", "1")  # publishing alone is not enough
+    out = CliRunner().invoke(cli, ["serve", "--role", "query", "--data-dir", data])
+    assert out.exit_code == 1 and "--role query needs AAP_META_URL" in out.output, out.output
+    monkeypatch.delenv("AAP_PUBLISH_SECONDS")
     for args, reason in ((["--processors", "2"], "several processors need the log partitioned"),
-                         (["--query", "2"], "query nodes of their own need")):
+                         (["--query", "2"], "--query 2: --role query needs")):
         out = CliRunner().invoke(cli, ["cluster", "up", "--data-dir", data, *args])
         assert out.exit_code == 1 and reason in out.output, out.output
     out = CliRunner().invoke(cli, ["serve", "--role", "cook", "--data-dir", data])

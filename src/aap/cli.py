@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from aap.datadir import UNIX_PATH_MAX
 from aap.settings import Settings
 
 
@@ -30,10 +31,6 @@ def _settings(**kw: Any) -> Settings:
         return Settings(**kw)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-UNIX_PATH_MAX = 107
-"""Bytes in a Unix socket's path (``sun_path`` is 108 with its terminating NUL)."""
 
 
 def _checked(settings: Settings) -> Settings:
@@ -92,7 +89,9 @@ def cli() -> None:
 @click.option("--role", type=click.Choice(("all", "collector", "processor", "query")),
               default="all", show_default=True,
               help="Run a part: the collector workers alone (any number, each on its own"
-                   " port), the processor (with the queries and the MQTT bridge), or all.")
+                   " port), the processor (with the queries and the MQTT bridge), a query"
+                   " node (the REST API and web app over the published files: needs"
+                   " AAP_PUBLISH_SECONDS and AAP_META_URL), or all.")
 def serve(data_dir: Path | None, host: str | None, port: int | None, workers: int | None,
           tls_cert: str | None, tls_key: str | None, role: str) -> None:
     """Run the collector, the processor and the API."""
@@ -120,8 +119,10 @@ def cluster() -> None:
               help="Collector processes, on consecutive ports from --port.")
 @click.option("--processors", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Processor processes (one, on the embedded log and warehouse).")
-@click.option("--query", type=click.IntRange(0, 64), default=1, show_default=True,
-              help="Query nodes (the processor answers queries: 0 or 1).")
+@click.option("--query", type=click.IntRange(0, 64), default=0, show_default=True,
+              help="Query nodes of their own, on the ports after the processor's (0: the"
+                   " processor answers the queries through the collectors; N > 0 needs"
+                   " AAP_PUBLISH_SECONDS and AAP_META_URL).")
 @click.option("--port", type=int, default=None,
               help="The first collector's port (default 8000); the processor's /healthz"
                    " answers on the port after the last collector's.")
@@ -142,7 +143,10 @@ def cluster_up(data_dir: Path | None, collectors: int, processors: int, query: i
 
 @cli.command()
 @data_dir_option
-def process(data_dir: Path | None) -> None:
+@click.option("--query", "reader", is_flag=True,
+              help="A query node's core instead (no processor: the REST API over the"
+                   " published files; `aap serve --role query` starts it).")
+def process(data_dir: Path | None, reader: bool) -> None:
     """Run the processor as its own process, without the collector.
 
     It is the core process (processor, tiering, and queries on DATA_DIR/run/core.sock):
@@ -150,7 +154,7 @@ def process(data_dir: Path | None) -> None:
     """
     from aap.core.supervisor import serve_core
 
-    serve_core(_servable(_settings(data_dir=data_dir)))
+    serve_core(_servable(_settings(data_dir=data_dir)), reader)
 
 
 @cli.group()

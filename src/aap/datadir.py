@@ -23,6 +23,10 @@ HOT_DB = "hot.duckdb"
 """The warehouse's hot tier, in the warehouse's directory."""
 
 
+UNIX_PATH_MAX = 107
+"""Bytes in a Unix socket's path (``sun_path`` is 108 with its terminating NUL)."""
+
+
 @dataclass(frozen=True)
 class DataDir:
     """Every path under a data dir (``root``), by what it holds."""

@@ -20,9 +20,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import duckdb
 import msgspec
 
 from aap import errors
@@ -40,6 +39,7 @@ from aap.asgi import (
     read_body,
     send_response,
 )  # fmt: skip
+from aap.core.operator_sql import sql_answer
 from aap.log import open_log
 from aap.privacy.audit import AuditLog
 from aap.privacy.cnil import DailySalts
@@ -72,21 +72,6 @@ class EraseRequest(msgspec.Struct):
     actor: str = "privacy"
     traits: dict[str, Any] = {}
     lift: bool = False
-
-
-class SQLRequest(msgspec.Struct):
-    sql: str
-    params: list[Any] = []
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    return str(v)
 
 
 def _open_warehouse(settings: Settings) -> tuple[Warehouse, Publisher | None]:
@@ -215,12 +200,17 @@ class Core:
             return self.rights.flag_keys(keys, kind, req.actor, lift=req.lift)
 
     def sql(self, body: bytes) -> dict[str, Any]:
-        with _bad_request(msgspec.DecodeError, msgspec.ValidationError):
-            req = msgspec.json.decode(body, type=SQLRequest)
-        with _bad_request(duckdb.Error, code="bad_query"):
-            cols, result = self.warehouse.query(req.sql, req.params)
-        rows = [[_jsonable(v) for v in r] for r in result]
-        return {"columns": cols, "rows": rows, "position": self.processor.position}
+        return sql_answer(self.warehouse, body, self.processor.position)
+
+    def health(self) -> dict[str, Any]:
+        """The core answers (200); whether its processor's loop runs and when it last
+        turned is for the caller to judge (:mod:`aap.core.health`)."""
+        proc = self.processor
+        return {"status": "ok", "position": proc.position,
+                "processor": {"running": self.thread.is_alive(),
+                              "loop_age_s": round(time.monotonic() - proc.turned_at, 3),
+                              "failures": proc.failures,
+                              "last_write_at": proc.last_write_at}}
 
 
 _BAD_BODY: tuple[type[Exception], ...] = (msgspec.DecodeError, msgspec.ValidationError,
@@ -244,7 +234,12 @@ INTERNAL_API = "/internal" + PREFIX + "/"
 """Where the core answers the REST API the collector's workers pass on."""
 POST = ("POST",)
 
-CoreCall = Callable[[Core, Scope, bytes], Awaitable[Any]]
+if TYPE_CHECKING:
+    from aap.core.reader import ReaderCore
+
+AnyCore: TypeAlias = "Core | ReaderCore"
+"""A processor's core, or a query node's (:mod:`aap.core.reader`)."""
+CoreCall = Callable[[AnyCore, Scope, bytes], Awaitable[Any]]
 """A route of the core: its answer (JSON-able, or the bytes of a zip), or it raises."""
 
 
@@ -253,8 +248,10 @@ class CoreApp:
     gate (:mod:`aap.api.gate`) gives them a slot; privacy calls on ``privacy``, every
     other call on ``other``: neither ever waits behind analysts' queries."""
 
-    def __init__(self) -> None:
-        self.core: Core | None = None
+    def __init__(self, reader: bool = False) -> None:
+        """``reader``: a query node's core (:mod:`aap.core.reader`)."""
+        self.reader = reader
+        self.core: AnyCore | None = None
         self.gate: QueryGate | None = None
         self.queries: ThreadPoolExecutor | None = None
         self.privacy = ThreadPoolExecutor(4, thread_name_prefix="aap-privacy")
@@ -284,7 +281,12 @@ class CoreApp:
                               retry_after=settings.server.retry_after_seconds)
         self.queries = ThreadPoolExecutor(query.query_concurrency,
                                           thread_name_prefix="aap-query")
-        self.core = Core(settings)
+        if self.reader:
+            from aap.core.reader import ReaderCore
+
+            self.core = ReaderCore(settings)
+        else:
+            self.core = Core(settings)
         self.core.start()
 
     def _close(self) -> None:
@@ -324,7 +326,7 @@ class CoreApp:
                 logger.exception("unexpected error on %s %s", scope["method"], scope["path"])
             return error_response(exc)
 
-    def _reply(self, core: Core, out: Any) -> Response:
+    def _reply(self, core: AnyCore, out: Any) -> Response:
         if isinstance(out, bytes):  # a file (the zip of an access request)
             return Response(200, out, "application/zip")
         encoded = msgspec.json.encode(out)
@@ -338,29 +340,22 @@ class CoreApp:
 
     # -- routes --
 
-    async def healthz(self, core: Core, scope: Scope, body: bytes) -> Any:
-        """The core answers (200); whether its processor's loop runs and when it last
-        turned is for the caller to judge (:mod:`aap.core.health`)."""
-        proc = core.processor
-        return {"status": "ok", "position": proc.position,
-                "processor": {"running": core.thread.is_alive(),
-                              "loop_age_s": round(time.monotonic() - proc.turned_at, 3),
-                              "failures": proc.failures,
-                              "last_write_at": proc.last_write_at}}
+    async def healthz(self, core: AnyCore, scope: Scope, body: bytes) -> Any:
+        return core.health()
 
-    async def erase(self, core: Core, scope: Scope, body: bytes) -> Any:
+    async def erase(self, core: AnyCore, scope: Scope, body: bytes) -> Any:
         return await self._on(self.privacy, core.erase, body)
 
-    async def access(self, core: Core, scope: Scope, body: bytes) -> Any:
+    async def access(self, core: AnyCore, scope: Scope, body: bytes) -> Any:
         return await self._on(self.privacy, core.access, body)
 
-    async def rights_request(self, kind: str, core: Core, scope: Scope, body: bytes) -> Any:
+    async def rights_request(self, kind: str, core: AnyCore, scope: Scope, body: bytes) -> Any:
         return await self._on(self.privacy, core.rights_request, kind, body)
 
-    async def sql(self, core: Core, scope: Scope, body: bytes) -> Any:
+    async def sql(self, core: AnyCore, scope: Scope, body: bytes) -> Any:
         return await self._on(self.other, core.sql, body)
 
-    async def api(self, core: Core, scope: Scope, body: bytes) -> Any:
+    async def api(self, core: AnyCore, scope: Scope, body: bytes) -> Any:
         """The REST API: a query waits for a slot of the gate, then runs on a query
         thread; privacy requests and the rest run on threads of their own."""
         headers = dict(scope["headers"])
@@ -380,6 +375,6 @@ class CoreApp:
         return await self._on(pool, core.rest.handle, *args)
 
 
-def create_app() -> CoreApp:
+def create_app(reader: bool = False) -> CoreApp:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return CoreApp()
+    return CoreApp(reader)

@@ -5,9 +5,10 @@ and the core process, started again if it dies (:class:`CoreSupervisor`).
 them on one data dir, each on its own port), ``processor`` (the core — processor,
 warehouse and the queries, which the collectors' ``/api/v1`` reaches through the core's
 socket — and the MQTT bridge; its own ``GET /healthz`` on ``--port``, see
-:mod:`aap.core.health`), ``all`` (both: the default). A ``query`` role of its own
-needs the warehouse's files shared between nodes, which is not built yet: it is refused
-with a message saying so (:data:`QUERY_ROLE_REFUSED`)."""
+:mod:`aap.core.health`), ``all`` (both: the default), ``query`` (a query node: the REST API and the web app on
+``--port`` (:mod:`aap.api.front`) over a core that reads the published files of the
+shared list, :mod:`aap.core.reader`; it needs publishing and ``AAP_META_URL``, and says
+so otherwise)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,12 @@ def worker_count(settings: Settings) -> int:
     return settings.server.workers or (os.cpu_count() or 1)
 
 
-def serve_core(settings: Settings) -> None:
+def serve_core(settings: Settings, reader: bool = False) -> None:
     """The core process: processor, warehouse and queries, on a Unix socket.
 
     One process (uvicorn, no worker children): it owns the DuckDB file, and a kill -9
-    of it leaves nothing behind that still holds the file.
+    of it leaves nothing behind that still holds the file. ``reader``: a query node's
+    core (:mod:`aap.core.reader`).
     """
     import uvicorn
 
@@ -71,16 +73,11 @@ def serve_core(settings: Settings) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(sock))
     os.chmod(sock, 0o600)
-    config = uvicorn.Config(create_app(), lifespan="on", access_log=False, log_level="warning")
+    config = uvicorn.Config(create_app(reader), lifespan="on", access_log=False, log_level="warning")
     uvicorn.Server(config).run(sockets=[listener])
 
 
 ROLES = ("all", "collector", "processor", "query")
-QUERY_ROLE_REFUSED = (
-    "--role query is not available yet: a query node of its own needs the warehouse's"
-    " files shared between nodes (AAP_TIER_URL) and their list in shared state"
-    " (AAP_META_URL), which are being built. Today the processor answers the queries:"
-    " run --role processor, and reach /api/v1 through any collector on the same data dir.")
 
 
 class RoleUnavailable(ValueError):
@@ -95,7 +92,10 @@ def serve(settings: Settings, role: str = "all") -> None:
     if role not in ROLES:
         raise RoleUnavailable(f"unknown role {role!r}: one of {', '.join(ROLES)}")
     if role == "query":
-        raise RoleUnavailable(QUERY_ROLE_REFUSED)
+        from aap.core.reader import query_role_problem
+
+        if problem := query_role_problem(settings):
+            raise RoleUnavailable(problem)
     die_with_parent()
     workers = worker_count(settings)
     env = prepare(settings, "" if role == "all" else
@@ -107,7 +107,8 @@ def serve(settings: Settings, role: str = "all") -> None:
     from aap.log import open_log
     from aap.sources import Sources
 
-    open_log(settings).close()
+    if role != "query":  # a query node has no log
+        open_log(settings).close()
     Sources(settings.data_path).close()
     Devices(settings.data_path).close()
     health = _processor_health(settings, open_log) if role == "processor" else None
@@ -118,6 +119,8 @@ def serve(settings: Settings, role: str = "all") -> None:
         # holds one session), supervised like the core
         if settings.devices.mqtt_broker:
             parts.append(CoreSupervisor(settings, "mqtt", name="MQTT bridge"))
+    if role == "query":
+        parts.append(CoreSupervisor(settings, name="query core", args=("--query",)))
     for part in parts:
         part.start()
 
@@ -130,7 +133,9 @@ def serve(settings: Settings, role: str = "all") -> None:
             health[0].start()
             _wait_for_stop(parts)
         else:
-            _serve_collector(settings, workers, on_stop=stop)
+            _serve_collector(settings, workers, on_stop=stop,
+                             target="aap.api.front:create_app" if role == "query" else
+                             "aap.collect.app:create_app")
     finally:
         if health is not None:
             health[1].shutdown()
@@ -168,10 +173,14 @@ class CoreSupervisor:
     the processes of ``aap cluster up`` (``command="serve"`` with ``args``)."""
 
     def __init__(self, settings: Settings, command: str = "process", name: str = "core",
-                 args: Sequence[str] = ()) -> None:
+                 args: Sequence[str] = (), *, data_dir: Path | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        """``data_dir``: another than the settings' (a query node of ``aap cluster up``);
+        ``env``: variables added to this process's environment for the child."""
         self.name = name
-        self.cmd = [sys.executable, "-m", "aap", command, "--data-dir", str(settings.data_path),
-                    *args]
+        self.cmd = [sys.executable, "-m", "aap", command, "--data-dir",
+                    str(data_dir or settings.data_path), *args]
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.closing = threading.Event()
         self.stopping_at: float | None = None
@@ -180,7 +189,7 @@ class CoreSupervisor:
                                        daemon=True)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.cmd, env=child_env())
+        self.proc = subprocess.Popen(self.cmd, env=child_env({**os.environ, **self.env}))
         self.thread.start()
 
     def _watch(self) -> None:
@@ -195,7 +204,7 @@ class CoreSupervisor:
                 if self.closing.is_set():
                     return
                 logger.warning("%s process exited with %s; starting it again", self.name, code)
-                self.proc = subprocess.Popen(self.cmd, env=child_env())
+                self.proc = subprocess.Popen(self.cmd, env=child_env({**os.environ, **self.env}))
 
     def terminate(self) -> None:
         """Tell the core to stop (SIGTERM), without waiting; it is not started again."""
@@ -237,7 +246,9 @@ def _granian(on_stop: Callable[[], None], **kw: Any) -> Any:
     return Server(**kw)
 
 
-def _serve_collector(settings: Settings, workers: int, on_stop: Callable[[], None]) -> None:
+def _serve_collector(settings: Settings, workers: int, on_stop: Callable[[], None],
+                     target: str = "aap.collect.app:create_app") -> None:
+    """The public port's workers: the collector's, or a query node's (``target``)."""
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
 
@@ -245,7 +256,7 @@ def _serve_collector(settings: Settings, workers: int, on_stop: Callable[[], Non
         if settings.tls.on else {}
     _granian(
         on_stop,
-        target="aap.collect.app:create_app",
+        target=target,
         factory=True,
         address=settings.server.host,
         port=settings.server.port,

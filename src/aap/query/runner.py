@@ -18,6 +18,7 @@ from aap.query import (
     guard,
     lifecycle,
     paths,
+    published,
     retention,
     sandbox,
     sql,
@@ -74,6 +75,8 @@ def run_insight(warehouse: Warehouse, doc: bytes | str | dict[str, Any] | Insigh
         else parse_insight(doc)
     now = now or datetime.now(UTC)
     fields = guard.check(q, role, cohort)
+    if warehouse.published_only:  # a query node: persons, orders… are not published
+        published.check(q, cohort)
     cells.check(q, now, max_cells)
     snap = (lambda: snapshot(warehouse)) if use_cache else (lambda: plain_snapshot(warehouse))
     with (open_snapshot(warehouse) if use_cache else _plain(warehouse)) as (cur, views):

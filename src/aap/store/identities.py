@@ -227,6 +227,12 @@ class SharedIdentities:
         """Each known key's person as merges resolve it (a read, outside any chunk)."""
         return resolved(self._db.fetchall, self._sql, sorted(set(keys)))
 
+    def overrides(self) -> list[tuple[int, int]]:
+        """Every merge (old person → the person it resolves to): what a query node's
+        ``person_overrides`` mirrors (:mod:`aap.store.mirror`)."""
+        return [(int(a), int(b)) for a, b in self._db.fetchall(
+            "SELECT old_person_id, person_id FROM identity_overrides")]
+
     def ensure_above(self, person: int) -> None:
         """New persons get numbers from ``person`` on at least (a processor whose
         warehouse made persons before it used this store: its numbers are not reused).

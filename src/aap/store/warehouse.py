@@ -265,6 +265,10 @@ class Warehouse:
         """With ``AAP_META_URL``: ``person_flags`` is a mirror of the shared flags
         (:mod:`aap.store.flags`), which are written through this; ``None``: the table is
         the record itself."""
+        self.published_only = False
+        """A query node's reader warehouse (:mod:`aap.core.reader`): its events are the
+        published files only, and persons, orders and products are not there (the
+        insights that need them are refused, :mod:`aap.query.published`)."""
 
     def fresh_flags(self) -> None:
         """Before a query reads ``person_flags``: brought up to date with the shared
