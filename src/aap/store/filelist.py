@@ -74,6 +74,12 @@ EVENT_TIERS = ("warm", "cold")
 """The tiers of the events' files (a published table's files are listed with the table's
 name as their tier: :mod:`aap.store.published`)."""
 
+KEYS_TABLE = "publish_keys"
+"""Keys of the other tables a chunk changed, and the batch that publishes them (NULL:
+none yet): :mod:`aap.store.published`."""
+KEYS_DDL = (f"CREATE TABLE IF NOT EXISTS {KEYS_TABLE} (tbl VARCHAR NOT NULL,"
+            " key VARCHAR NOT NULL, seq BIGINT)")
+
 PENDING_TABLE = "hot_publishing"
 """Hot rows of a batch being published: the batch's number, then the event's columns."""
 
@@ -262,8 +268,6 @@ class SharedList:
         db.migrate(SCHEMA)
         self.writer = f"{_writer_number(con):012x}"
         con.execute(_pending_ddl())
-        from aap.store.published import DDL as KEYS_DDL
-
         con.execute(KEYS_DDL)
         self._adopt()
 

@@ -25,11 +25,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from aap.store.filelist import TierFile
-
-KEYS_TABLE = "publish_keys"
-DDL = (f"CREATE TABLE IF NOT EXISTS {KEYS_TABLE} (tbl VARCHAR NOT NULL, key VARCHAR NOT NULL,"
-       " seq BIGINT)")
+from aap.store.filelist import KEYS_TABLE, TierFile
 
 TABLES: dict[str, tuple[str, str]] = {
     "persons": ("person_id", "person_id, first_seen, last_seen, identified, traits"),
@@ -111,8 +107,10 @@ def write(wh: Any, seq: int, writer: str, name: str) -> list[TierFile]:
 
 
 def define(cur: duckdb.DuckDBPyConnection, wh: Any, files: list[TierFile]) -> None:
-    """On a query's cursor (publishing on): each table a view over its listed files and
-    the local rows."""
+    """On a query's cursor, publishing on (nothing otherwise): each table a view over its
+    listed files and the local rows."""
+    if not wh.files.shared:
+        return
     db = cur.execute("SELECT current_database()").fetchall()[0][0]
     for table, (key, cols) in TABLES.items():
         paths = [f.path for f in files if f.tier == table]

@@ -296,8 +296,7 @@ class Warehouse:
         ``cold_events`` on this cursor (with publishing on, the hot rows being published
         and not listed yet are read with the warm files)."""
         listing = self.files.snapshot(cur)
-        if self.files.shared:
-            published.define(cur, self, listing.tables)
+        published.define(cur, self, listing.tables)  # persons, orders… when publishing
         pending = cur.sql(listing.pending).to_arrow_table() if listing.pending else None
         for tier in ("warm", "cold"):
             cur.register(f"{tier}_events", self.tiers.dataset(
