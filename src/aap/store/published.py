@@ -119,7 +119,7 @@ def define(cur: duckdb.DuckDBPyConnection, wh: Any, files: list[TierFile]) -> No
             cur.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM {local}"
                         ).fetchall()
             continue
-        cur.register(f"published_{table}", wh.tiers.read_table(paths))
+        cur.register(f"published_{table}", wh.tiers.table_dataset(paths))
         cur.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {_fold(table, key, cols, db)}"
                     ).fetchall()
 

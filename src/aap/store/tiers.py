@@ -109,7 +109,11 @@ class TierStore:
 
     def read_table(self, paths: list[str]) -> pa.Table:
         """Published table files (their own schema) as one table."""
-        return pads.dataset(paths, filesystem=self.fs, format="parquet").to_table()
+        return self.table_dataset(paths).to_table()
+
+    def table_dataset(self, paths: list[str]) -> pads.Dataset:
+        """Published table files as one dataset (read as a query scans it)."""
+        return pads.dataset(paths, filesystem=self.fs, format="parquet")
 
     def read(self, paths: list[str], columns: list[str] | None = None) -> pa.Table:
         return pads.dataset(paths, filesystem=self.fs, format="parquet",
