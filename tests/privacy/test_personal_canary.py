@@ -57,10 +57,12 @@ def warehouse_text(data: Path) -> str:
     return "\n".join(parts)
 
 
-def test_personal_data_is_only_on_disk_sealed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("publish", ["0", "0.5"], ids=["local", "publishing"])
+def test_personal_data_is_only_on_disk_sealed(tmp_path: Path, publish: str) -> None:
+    """With publishing on, the published persons/orders files are scanned too."""
     data = tmp_path / "data"
     key = create_source(data, "crm", "--basis", "contract", "--historical")
-    env = {"AAP_HOT_DAYS": "1", "AAP_TIERING_INTERVAL_S": "0.5"}
+    env = {"AAP_HOT_DAYS": "1", "AAP_TIERING_INTERVAL_S": "0.5", "AAP_PUBLISH_SECONDS": publish}
     day = (datetime.now(UTC) - timedelta(days=3)).isoformat()
     batch = [
         {"type": "identify", "anonymousId": ANON, "timestamp": day,
@@ -81,6 +83,11 @@ def test_personal_data_is_only_on_disk_sealed(tmp_path: Path) -> None:
         while time.monotonic() < deadline and not list(data.rglob("*.parquet")):
             time.sleep(0.2)
         assert list(data.rglob("*.parquet")), "the day should be in the warm tier"
+        while publish != "0" and time.monotonic() < deadline and not list(
+                data.rglob("warm/persons/*.parquet")):
+            time.sleep(0.2)
+        assert publish == "0" or list(data.rglob("warm/persons/*.parquet")), \
+            "the persons should be published"
         # one person, identified, with the non-personal trait only
         assert server.sql("SELECT count(DISTINCT person_id) FROM events") == [[1]]
         assert server.sql("SELECT identified, traits::VARCHAR = '{\"plan\": \"pro\"}'"

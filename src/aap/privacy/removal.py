@@ -25,7 +25,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aap.store import quarantine
-from aap.store.rewrite import Change, FileRows, Hot, bind, holds_persons, purge_trash, rewrite
+from aap.store.filelist import EVENT_TIERS
+from aap.store.rewrite import (
+    Change,
+    FileRows,
+    Hot,
+    bind,
+    holds_persons,
+    purge_trash,
+    rewrite,
+    rewrite_tables,
+)
 from aap.store.schema import EVENT_ARROW_SCHEMA
 from aap.store.warehouse import Warehouse
 
@@ -124,6 +134,8 @@ def erase_persons(wh: Warehouse, persons: set[int], keys: Iterable[int] = (),
     params = {**_persons_param(persons), "keys": sorted(keys)}
     rewrite(wh, Change("erasure", holds_persons(wh, value_set), in_file,
                        _erase_hot(out, params)), out)
+    if wh.files.shared:  # publishing: the published persons/orders/order_items files too
+        out["table_files_rewritten"] = rewrite_tables(wh, persons)
     out["retired_files_deleted"] = purge_trash(wh, value_set)
     return out
 
@@ -156,6 +168,8 @@ def erase_persons_in(wh: Warehouse, persons: set[int], sources: list[str]) -> di
                            table)
 
     rewrite(wh, Change("erasure", holds_persons(wh, value_set), in_file, hot), out)
+    if wh.files.shared:  # publishing: their orders of these sources in published files
+        out["table_files_rewritten"] = rewrite_tables(wh, persons)
     out["retired_files_deleted"] = purge_trash(wh, value_set)
     return out
 
@@ -320,6 +334,9 @@ def expire(wh: Warehouse, cutoffs: dict[str, dict[str, datetime]], everything: d
         return wh.tiers.read([path], ["timestamp"]).column("timestamp")
 
     rewrite(wh, Change("retention", run.touches(first_times), run.in_file, run.hot(out)), out)
+    # publishing: the published orders of persons with erased events, as they are now
+    if wh.files.shared:
+        out["table_files_rewritten"] = rewrite_tables(wh, run.erased_persons)
     out["persons_erased"], keys = drop_persons_without_events(wh, run.erased_persons)
     out["ids_forgotten"] = len(keys)
     if keys and forget is not None:
@@ -364,7 +381,8 @@ def _live(wh: Warehouse, cur: duckdb.DuckDBPyConnection, group: set[int]) -> set
         "SELECT DISTINCT person_id FROM events_raw WHERE list_contains($persons, person_id)",
         {"persons": sorted(group)}).fetchall()}
     values = pa.array(sorted(group), pa.int64())
-    for path, part in ((f.path, f.part) for f in wh.files.files(cur)):
+    for path, part in ((f.path, f.part) for f in wh.files.files(cur)
+                       if f.tier in EVENT_TIERS):
         try:
             col = wh.tiers.read([path], ["person_id"]).column("person_id")
         except (OSError, pa.ArrowException) as exc:
@@ -410,7 +428,9 @@ def drop_persons_without_events(wh: Warehouse, persons: set[int]) -> tuple[int, 
         return 0, []
     with wh.write_lock:
         wh.settle()  # a batch half published: its rows are then in a listed file
-        return _drop_dead(wh, persons)
+        out = _drop_dead(wh, persons)
+    rewrite_tables(wh, persons)  # publishing: their published profiles and orders
+    return out
 
 
 def _drop_dead(wh: Warehouse, persons: set[int]) -> tuple[int, list[int]]:

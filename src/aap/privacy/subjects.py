@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from aap.store.rewrite import rewrite_tables
 from aap.store.warehouse import Warehouse
 
 
@@ -108,4 +109,5 @@ def rectify_traits(wh: Warehouse, persons: set[int], traits: dict[str, Any]) -> 
             "UPDATE persons SET traits = json_merge_patch(coalesce(traits, '{}'), $traits)"
             " WHERE list_contains($persons, person_id)",
             {"traits": json.dumps(traits), "persons": sorted(persons)}).fetchone()
+    rewrite_tables(wh, persons)  # publishing: their published profiles as they are now
     return int(row[0]) if row else 0

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import duckdb
 
 from aap.privacy.purposes import analytics_only
+from aap.store import published
 from aap.store.schema import (
     CACHE_COLUMNS,
     PAGES_COLUMNS,
@@ -131,6 +132,7 @@ def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
     """Inside a read transaction: (re)define ``events_live``, ``events`` and, when the
     cache has its rollup, ``events_daily``."""
     listing = warehouse.files.snapshot(cur, files=False)
+    published.define(cur, warehouse, listing.tables)  # persons, orders… when publishing
     state = _STATE if listing.relation == "tier_files" else _state(listing.relation)
     cached, uncached, restricted, pending = cur.execute(state).fetchall()[0]
     cached = cached or []

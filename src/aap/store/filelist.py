@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -55,6 +55,8 @@ class Listing:
     relation: str
     """The name of the list's relation on the cursor (``path``, ``tier``, ``part``)."""
     files: list[TierFile]
+    tables: list[TierFile] = field(default_factory=list)
+    """The listed files of the other tables (:mod:`aap.store.published`)."""
     pending: str = ""
     """SQL selecting the hot rows that are being published and not listed yet (the
     events' columns), or empty."""
@@ -67,6 +69,16 @@ class Moved(RuntimeError):
         super().__init__("tier files moved while they were being rewritten; nothing was"
                          " changed, try again")
 
+
+EVENT_TIERS = ("warm", "cold")
+"""The tiers of the events' files (a published table's files are listed with the table's
+name as their tier: :mod:`aap.store.published`)."""
+
+KEYS_TABLE = "publish_keys"
+"""Keys of the other tables a chunk changed, and the batch that publishes them (NULL:
+none yet): :mod:`aap.store.published`."""
+KEYS_DDL = (f"CREATE TABLE IF NOT EXISTS {KEYS_TABLE} (tbl VARCHAR NOT NULL,"
+            " key VARCHAR NOT NULL, seq BIGINT)")
 
 PENDING_TABLE = "hot_publishing"
 """Hot rows of a batch being published: the batch's number, then the event's columns."""
@@ -256,6 +268,7 @@ class SharedList:
         db.migrate(SCHEMA)
         self.writer = f"{_writer_number(con):012x}"
         con.execute(_pending_ddl())
+        con.execute(KEYS_DDL)
         self._adopt()
 
     def _adopt(self) -> None:
@@ -303,7 +316,7 @@ class SharedList:
         return "live_files"
 
     def relation(self, cur: duckdb.DuckDBPyConnection) -> str:
-        return self._register(cur, self._read()[0])
+        return self._register(cur, [f for f in self._read()[0] if f.tier in EVENT_TIERS])
 
     def snapshot(self, cur: duckdb.DuckDBPyConnection, files: bool = True) -> Listing:
         """Right after the cursor's ``BEGIN``: its DuckDB snapshot first (the batches
@@ -311,12 +324,13 @@ class SharedList:
         with self.gate.shared():
             pending = [int(r[0]) for r in cur.execute(
                 f"SELECT DISTINCT seq FROM {PENDING_TABLE}").fetchall()]
-            live, published = self._read()
+            every, published = self._read()
+        live = [f for f in every if f.tier in EVENT_TIERS]
         rel = self._register(cur, live)
         unlisted = [s for s in pending if s > published]
         sql = (f"SELECT * EXCLUDE (seq) FROM {PENDING_TABLE} WHERE seq > {published}"
                if unlisted else "")
-        return Listing(rel, live, sql)
+        return Listing(rel, live, [f for f in every if f.tier not in EVENT_TIERS], sql)
 
     def is_live(self, cur: duckdb.DuckDBPyConnection, path: str) -> bool:
         return bool(self.db.fetchall("SELECT 1 FROM tier_files WHERE path = ?", [path]))

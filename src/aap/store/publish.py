@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from aap.datadir import DataDir
-from aap.store import quarantine
+from aap.store import published, quarantine
 from aap.store.filelist import PENDING_TABLE, SharedList, TierFile, is_shared
 from aap.store.meta import MetaDB, open_meta
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
@@ -76,8 +76,13 @@ class Publisher:
     def settle(self) -> int:
         """With the write lock held: finish every batch left in ``hot_publishing``.
         Returns the batches finished."""
-        pending = [int(r[0]) for r in self.wh.con.cursor().execute(
-            f"SELECT DISTINCT seq FROM {PENDING_TABLE} ORDER BY seq").fetchall()]
+        cur = self.wh.con.cursor()
+        try:
+            pending = sorted({int(r[0]) for r in cur.execute(
+                f"SELECT DISTINCT seq FROM {PENDING_TABLE}").fetchall()}
+                | set(published.pending(cur)))
+        finally:
+            cur.close()
         for seq in pending:
             self._finish(seq)
         return len(pending)
@@ -101,12 +106,14 @@ class Publisher:
                 row = cur.execute(f"INSERT INTO {PENDING_TABLE} SELECT $seq, * FROM events_raw",
                                   {"seq": seq}).fetchone()
                 out["rows"] = n = int(row[0]) if row else 0
+                out["keys"] = keys = published.mark(cur, seq)
                 if n:
                     cur.execute("DELETE FROM events_raw")
+                if n or keys:
                     cur.execute("INSERT INTO processor_state VALUES ($n, $v) ON CONFLICT (name)"
                                 " DO UPDATE SET value = excluded.value", {"n": SEQ, "v": seq})
             quarantine.report(JOB, quarantine.BAD_TIME, set_aside, "the hot table")
-            if not n:
+            if not n and not keys:
                 return out
             self.step("marked")
             out["files"] = self._finish(seq)
@@ -123,6 +130,7 @@ class Publisher:
         self.step("listed")
         with self.wh.transaction() as cur:
             cur.execute(f"DELETE FROM {PENDING_TABLE} WHERE seq = $seq", {"seq": seq})
+            published.forget(cur, seq)
         self.step("done")
         return len(files)
 
@@ -148,6 +156,9 @@ class Publisher:
                                                  name=self.name(seq))
                 out.append(TierFile(path, "warm", day.isoformat(), table.num_rows, size))
                 self.step("file")
+            for f in published.write(self.wh, seq, self.files.writer, self.name(seq)):
+                out.append(f)
+                self.step("file")
             return out
         finally:
             cur.close()
@@ -169,7 +180,7 @@ class Publisher:
             except Exception:
                 logger.exception("publishing failed; the batch is finished at the next turn")
             else:
-                if out["rows"] or out["finished"]:
+                if out["rows"] or out.get("keys") or out["finished"]:
                     logger.debug("publishing: %s", out)
 
 

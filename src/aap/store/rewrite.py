@@ -13,17 +13,17 @@ passes each statement the names it uses.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from aap.store import quarantine
-from aap.store.filelist import Moved, TierFile
+from aap.store.filelist import EVENT_TIERS, Moved, SharedList, TierFile
 from aap.store.schema import EVENT_ARROW_SCHEMA
 from aap.store.warehouse import Warehouse
 
@@ -121,7 +121,8 @@ def _rewrite(wh: Warehouse, change: Change, out: dict[str, Any]) -> None:
     try:
         with wh.write_lock:
             wh.settle()  # a batch half published is finished first: its rows are reached
-            files = [(f.path, f.tier, f.part) for f in wh.files.files()]
+            files = [(f.path, f.tier, f.part) for f in wh.files.files()
+                     if f.tier in EVENT_TIERS]  # the tables' files: published.drop_persons
             with ThreadPoolExecutor(REWRITE_THREADS, thread_name_prefix="aap-rewrite") as pool:
                 done = [r for r in pool.map(lambda f: _guarded(wh, change, run, *f), files)
                         if r is not None]
@@ -210,6 +211,37 @@ def holds_persons(wh: Warehouse, persons: pa.Array) -> Callable[[str, str, str],
         people = wh.tiers.read([path], ["person_id"]).column("person_id")
         return bool(pc.any(pc.is_in(people, value_set=persons)).as_py())
     return holds
+
+
+def rewrite_tables(wh: Warehouse, persons: Iterable[int]) -> int:
+    """Publishing on, after a change of these persons' rows in the local tables (erasure,
+    rectification, retention): every published file of ``persons``, ``orders`` and
+    ``order_items`` holding a row of theirs is written again without them, and their
+    rows as the local tables now hold them (none after an erasure) are written to one
+    new file per table; all swapped on the list in one transaction, the old files
+    deleted at once. Returns the files rewritten (not counting the new ones)."""
+    from aap.store import published
+
+    people = sorted({int(p) for p in persons})
+    if not wh.files.shared or not people:
+        return 0
+    value_set = pa.array(people, pa.int64())
+    with wh.write_lock:
+        wh.settle()  # a batch half published is listed first: its files are reached
+        done = published.drop_persons(wh, value_set)
+        shared = cast(SharedList, wh.files)
+        fresh = published.write_person_rows(wh, people, shared.writer, shared.published())
+        new = [n for _, n in done if n is not None] + fresh
+        try:
+            with wh.transaction() as cur:
+                wh.files.swap(cur, [old for old, _ in done], new, None)
+        except BaseException:
+            for f in new:
+                wh.tiers.delete(f.path)
+            raise
+    for old, _ in done:
+        wh.tiers.delete(old)
+    return len(done)
 
 
 def purge_trash(wh: Warehouse, persons: pa.Array) -> int:

@@ -53,6 +53,11 @@ def run_tiering(wh: Warehouse, policy: TierPolicy, today: date | None = None) ->
             if _due(part, files, today):
                 moved["compacted"] += _isolated(moved, f"batches of {part}", compact_batches,
                                                 wh, part, policy.grace)
+        from aap.store import published  # the other tables' batch files (persons, orders…)
+
+        for table in published.KINDS:
+            moved["compacted"] += _isolated(moved, f"batches of {table}", published.compact,
+                                            wh, table, policy.grace)
     hot_limit = today - timedelta(days=policy.hot_days)
     for day in hot_days(wh) if not wh.files.shared else []:
         if day < hot_limit:

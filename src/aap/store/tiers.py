@@ -98,6 +98,23 @@ class TierStore:
         )
         return path, int(self.fs.get_file_info(path).size)
 
+    def write_table(self, table: pa.Table, kind: str, name: str) -> tuple[str, int]:
+        """A published table's file (:mod:`aap.store.published`):
+        ``warm/<kind>/<name>.parquet`` (a new ``part-…`` name when ``name`` is empty)."""
+        path = f"{self.root}/warm/{kind}/{name or f'part-{uuid.uuid4().hex}'}.parquet"
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        pq.write_table(table, path, filesystem=self.fs, compression="zstd",
+                       compression_level=6, write_statistics=True)
+        return path, int(self.fs.get_file_info(path).size)
+
+    def read_table(self, paths: list[str]) -> pa.Table:
+        """Published table files (their own schema) as one table."""
+        return self.table_dataset(paths).to_table()
+
+    def table_dataset(self, paths: list[str]) -> pads.Dataset:
+        """Published table files as one dataset (read as a query scans it)."""
+        return pads.dataset(paths, filesystem=self.fs, format="parquet")
+
     def read(self, paths: list[str], columns: list[str] | None = None) -> pa.Table:
         return pads.dataset(paths, filesystem=self.fs, format="parquet",
                             schema=EVENT_ARROW_SCHEMA).to_table(columns=columns)

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from aap.datadir import HOT_DB
-from aap.store import quarantine
+from aap.store import published, quarantine
 from aap.store.filelist import DuckList, FileList, SharedList
 from aap.store.meta import MetaDB
 from aap.store.migrations import Schema, migrate_duckdb, sql_step, unversioned_columns
@@ -328,6 +328,7 @@ class Warehouse:
         ``cold_events`` on this cursor (with publishing on, the hot rows being published
         and not listed yet are read with the warm files)."""
         listing = self.files.snapshot(cur)
+        published.define(cur, self, listing.tables)  # persons, orders… when publishing
         pending = cur.sql(listing.pending).to_arrow_table() if listing.pending else None
         for tier in ("warm", "cold"):
             cur.register(f"{tier}_events", self.tiers.dataset(
@@ -410,7 +411,19 @@ class Warehouse:
 
     def _write(self, con: duckdb.DuckDBPyConnection, chunk: Chunk) -> None:
         _write_events(con, chunk.events)
-        _write_persons(con, _as_table(chunk.persons, _PERSONS))
+        persons = _as_table(chunk.persons, _PERSONS)
+        if self.files.shared:  # publishing: the keys this chunk changes
+            published.note(con, {
+                "persons": [*persons.column("person_id").to_pylist(), *chunk.overrides,
+                            *chunk.overrides.values()],
+                "orders": _as_table(chunk.orders, ORDERS).column("order_id").to_pylist()
+                if len(chunk.orders) else [],
+                "order_items": _as_table(chunk.order_items, ORDER_ITEMS).column("order_id"
+                                                                              ).to_pylist()
+                if len(chunk.order_items) else [],
+                "products": _as_table(chunk.products, PRODUCTS).column("product_id").to_pylist()
+                if len(chunk.products) else []})
+        _write_persons(con, persons)
         _write_ids(con, chunk.new_ids)
         overrides = _unrecorded(con, chunk.overrides) if chunk.mirror else chunk.overrides
         for old, new in overrides.items():
