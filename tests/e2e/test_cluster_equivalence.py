@@ -207,7 +207,7 @@ def _answer(doc: Any) -> Any:
     return doc
 
 
-def _insights(start: str, end: str) -> list[dict[str, Any]]:
+def insights(start: str, end: str) -> list[dict[str, Any]]:
     span = {"date_from": start, "date_to": end}
     return [
         {"kind": "trends", "interval": "day", **span,
@@ -233,7 +233,7 @@ def _insights(start: str, end: str) -> list[dict[str, Any]]:
 
 
 def _compare_insights(a: Side, b: Side, start: str, end: str, when: str) -> None:
-    for doc in _insights(start, end):
+    for doc in insights(start, end):
         got_a, got_b = a.query(doc), b.query(doc)
         assert got_a == got_b, f"{when}: {doc['kind']} differs: {a.name} {got_a!r:.2000} vs" \
                                f" {b.name} {got_b!r:.2000}"

@@ -32,15 +32,13 @@ from aap.lifecycle import child_env
 from aap.runner import ServerProcess, create_source
 from aap.settings import Settings
 from tests.cluster_up import Up, cluster_up
-from tests.e2e.test_cluster_equivalence import _answer, _send, _streams, _traffic
+from tests.e2e.test_cluster_equivalence import _answer, _send, _streams, _traffic, insights
 from tests.kafka_mock import Cluster
 from tests.pg import new_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 EVENTS = int(os.environ.get("AAP_QUERY_NODE_EVENTS", "20000"))
-EVENT_SQL = ("SELECT event, count(*) AS n, count(DISTINCT person_id) AS p,"
-             " count(DISTINCT session_id) AS s FROM events GROUP BY event ORDER BY event")
 COUNT_SQL = "SELECT count(*) AS n FROM events"
 
 
@@ -91,24 +89,6 @@ def _events_removed(request: dict[str, Any]) -> int:
     return int(sum(removed.get(k, 0) for k in ("hot_events", "warm_rows", "cold_rows")))
 
 
-def _insights(start: str, end: str) -> list[dict[str, Any]]:
-    span = {"date_from": start, "date_to": end}
-    return [
-        {"kind": "trends", "interval": "day", **span,
-         "series": [{"event": "$page", "math": "total"}, {"event": "$page", "math": "persons"},
-                    {"event": "Signed Up"}, {"event": "$page", "math": "sessions"}]},
-        {"kind": "trends", "interval": "day", **span, "breakdown": "$browser",
-         "series": [{"event": "$page", "math": "persons"}]},
-        {"kind": "funnel", "window": "1d", **span,
-         "steps": [{"event": "$page"}, {"event": "Signed Up"}, {"event": "Product Added"},
-                   {"event": "Checkout Started"}, {"event": "Order Completed"}]},
-        {"kind": "retention", "start_event": "$page", "return_event": "$page",
-         "period": "day", "periods": 7, **span},
-        {"kind": "paths", "start_event": "$page", "depth": 4, "limit": 20, **span},
-        {"kind": "sql", "query": EVENT_SQL},
-    ]
-
-
 def _wait(what: str, ok: Callable[[], bool], timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while not ok():
@@ -120,7 +100,7 @@ def _same(embedded: Node, nodes: list[Node], start: str, end: str, when: str) ->
     """Each insight equal on every node; a node may take a little while to agree (a
     merge is mirrored up to 2 s after the files holding its events are listed), so
     each is asked again for up to a minute before the difference is reported."""
-    for doc in _insights(start, end):
+    for doc in insights(start, end):
         want = embedded.query(doc)
         for node in nodes:
             deadline = time.monotonic() + 60
@@ -226,13 +206,6 @@ def test_query_nodes_answer_what_the_embedded_server_answers(deployments: Deploy
         assert health.status_code == 200 and health.json()["role"] == "query", health.text
     _same(embedded, d.nodes, start, end, "after ingestion")
 
-    # what needs unpublished tables says so instead of answering 0
-    r = d.nodes[0].post("/query", {"kind": "sql", "query": "SELECT count(*) FROM orders"},
-                        "privacy")
-    assert r.status_code == 409 and r.json()["code"] == "not_on_query_node", r.text
-    assert "orders" in r.json()["message"]
-    assert embedded.post("/query", {"kind": "sql", "query": "SELECT count(*) FROM orders"},
-                         "privacy").status_code == 200
 
     # an erasure filed on a query node is run by the processor: gone from both nodes
     users = sorted({ev["userId"] for v in visitors for ev in v if ev.get("userId")})
@@ -281,10 +254,6 @@ def test_a_query_node_refuses_bad_keys_and_bad_input_with_json(deployments: Depl
             "Authorization": f"Bearer {node.keys['privacy']}",
             "Content-Type": "application/json"})
         assert r.status_code == code and "message" in r.json(), (body, r.text)
-    r = node.post("/query", {"kind": "trends", "series": [{"event": "$page"}],
-                             "filters": [{"property": "plan", "value": "pro",
-                                          "type": "person"}]})
-    assert r.status_code == 409 and r.json()["code"] == "not_on_query_node", r.text
     # nothing is collected here
     r = httpx.post(node.url + "/v1/batch", json={"batch": []}, timeout=60,
                    auth=(d.cluster_key, ""))

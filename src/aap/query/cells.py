@@ -1,7 +1,7 @@
 """How many cells an insight's answer can hold, known from the document before it runs.
 
 A cell is one number of the answer: trends have (series x breakdown values) x buckets
-(twice with ``compare``), stickiness series x intervals, lifecycle 4 x buckets,
+(and the previous period's buckets with ``compare``), stickiness series x intervals, lifecycle 4 x buckets,
 retention cohorts x (periods + 1), funnels steps x (breakdown values + 1), paths
 ``limit`` x ``depth``. A breakdown counts its ``breakdown_limit`` values plus "not set"
 and "other". ``check`` refuses a document above the limit with a 400 naming it, before
@@ -25,8 +25,11 @@ def count(q: Insight, now: datetime) -> int:
         else:
             values = q.breakdown_limit + 2 if q.breakdown else 1
         series = len(q.series) + (1 if q.formula else 0)
-        return series * values * len(buckets(date_range(q, now), q.interval)) * \
-            (2 if q.compare else 1)
+        rng = date_range(q, now)
+        # the previous period has buckets of its own: shifted back, a week or a month
+        # may be cut into one bucket more than the current period's
+        periods = [rng, rng.shifted_back()] if q.compare else [rng]
+        return series * values * sum(len(buckets(r, q.interval)) for r in periods)
     if isinstance(q, Stickiness):
         return len(q.series) * len(buckets(date_range(q, now), q.interval))
     if isinstance(q, Lifecycle):
