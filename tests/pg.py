@@ -50,7 +50,9 @@ def postgres_server() -> Iterator[str]:
 @contextmanager
 def postgres_cluster() -> Iterator[Cluster]:
     """A running server; yields its URL and data directory."""
-    root = Path(tempfile.mkdtemp(prefix="aap-pg-"))
+    # under /tmp itself when run as root: the server runs as postgres, which may not
+    # enter a TMPDIR of root's (0700), as `aap bench cluster`'s test sets one
+    root = Path(tempfile.mkdtemp(prefix="aap-pg-", dir="/tmp" if os.getuid() == 0 else None))
     as_user: list[str] = []
     if os.getuid() == 0:
         pw = pwd.getpwnam("postgres")

@@ -43,15 +43,18 @@ def new_key(data: Path, role: str) -> str:
 
 
 BATCH = [
-    # a1 browses anonymously, then signs up as u1: one person
+    # a1 browses anonymously, then signs up as u1: one person, one device (its browser
+    # SDK sends the anonymousId with every event, also after the login: one session)
     {"type": "page", "anonymousId": "a1", "name": "Home", "timestamp": at(0),
      "properties": {"path": "/"}},
     {"type": "page", "anonymousId": "a1", "name": "Pricing", "timestamp": at(1),
      "properties": {"path": "/pricing"}},
     {"type": "identify", "anonymousId": "a1", "userId": "u1", "timestamp": at(2),
      "traits": {"plan": "pro"}},
-    {"type": "track", "userId": "u1", "event": "Signed Up", "timestamp": at(3)},
-    {"type": "track", "userId": "u1", "event": "Order Completed", "timestamp": at(10),
+    {"type": "track", "anonymousId": "a1", "userId": "u1", "event": "Signed Up",
+     "timestamp": at(3)},
+    {"type": "track", "anonymousId": "a1", "userId": "u1", "event": "Order Completed",
+     "timestamp": at(10),
      "properties": {"revenue": 10, "order_id": "o1"}},
     {"type": "track", "userId": "u2", "event": "Signed Up", "timestamp": at(5),
      "context": {"ip": "81.2.69.160"}},
