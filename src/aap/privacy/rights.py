@@ -115,8 +115,10 @@ class Rights:
         if scope is not None and persons and not subjects.sources_of(self.wh, persons) <= set(scope[1]):
             return self._erase_in(keys, persons, requested, actor, scope, started, t0)
         destroyed = self.keystore.destroy(all_keys)
-        removed = removal.erase_persons(self.wh, persons, all_keys,
-                                        shared=subjects.shared_persons(self.wh, all_keys))
+        # with the shared identities, ``persons`` already holds what they give the ids
+        shared = None if self.identities is not None else subjects.shared_persons(self.wh,
+                                                                                    all_keys)
+        removed = removal.erase_persons(self.wh, persons, all_keys, shared=shared)
         derived = {**self.cohorts.forget(all_keys),
                    "query_cache_rows": removed.pop("query_cache_rows", 0),
                    "query_cache_rollup_rows": removed.pop("query_cache_rollup_rows", 0),
