@@ -35,7 +35,7 @@ def test_roles_that_cannot_run_yet_are_refused_with_the_reason(
     out = CliRunner().invoke(cli, ["serve", "--role", "query", "--data-dir", data])
     assert out.exit_code == 1 and "--role query needs AAP_META_URL" in out.output, out.output
     monkeypatch.delenv("AAP_PUBLISH_SECONDS")
-    for args, reason in ((["--processors", "2"], "several processors need the log partitioned"),
+    for args, reason in ((["--processors", "2"], "--processors 2: several processors need the log on Kafka"),
                          (["--query", "2"], "--query 2: --role query needs")):
         out = CliRunner().invoke(cli, ["cluster", "up", "--data-dir", data, *args])
         assert out.exit_code == 1 and reason in out.output, out.output

@@ -118,7 +118,8 @@ def cluster() -> None:
 @click.option("--collectors", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Collector processes, on consecutive ports from --port.")
 @click.option("--processors", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Processor processes (one, on the embedded log and warehouse).")
+              help="Processor processes; N > 1 needs Kafka (AAP_LOG_URL), AAP_META_URL and"
+                   " AAP_PUBLISH_SECONDS, and runs them on DATA_DIR/processor-I.")
 @click.option("--query", type=click.IntRange(0, 64), default=0, show_default=True,
               help="Query nodes of their own, on the ports after the processor's (0: the"
                    " processor answers the queries through the collectors; N > 0 needs"

@@ -18,9 +18,16 @@ be PostgreSQL (``AAP_META_URL``): the SQLite files of the default live under one
 and a query node has its own, so ``--query`` > 0 without ``AAP_META_URL`` (or without
 ``AAP_PUBLISH_SECONDS``) is refused. The query nodes are given the processor's secret keys
 (id hashing, audit, subject tokens, master key) in their environment, as a deployment
-gives them from one Secret, so an id hashes the same everywhere. Several processors
-need their state shared, which is being built: a topology that needs them is refused
-with a message saying so (:class:`TopologyRefused`).
+gives them from one Secret, so an id hashes the same everywhere.
+
+``--processors N`` (N > 1) needs the log on Kafka (the group shares its partitions out),
+``AAP_META_URL`` and ``AAP_PUBLISH_SECONDS``: each processor has a data dir of its own
+(``DATA_DIR/processor-I``: its warehouse is its private buffer of unpublished rows), the
+same keys and tier store as the query nodes, and its ``/healthz`` on the ports after the
+collectors'; the log positions and open sessions of a partition move between them with
+the published files (:mod:`aap.store.handover`). Queries then go to the query nodes (the
+collectors' ``/api/v1`` reaches a core in ``DATA_DIR``, which does not run). Other
+topologies are refused with the reason (:class:`TopologyRefused`).
 """
 
 from __future__ import annotations
@@ -58,13 +65,17 @@ class Topology:
     """Worker processes per collector."""
 
     def check(self, settings: Settings | None = None) -> None:
-        if self.processors != 1:
-            raise TopologyRefused(
-                f"--processors {self.processors}: several processors need the log partitioned"
-                " between them (AAP_LOG_URL=kafka://…, which works) and their state shared —"
-                " sessions, dedup and the warehouse's files (identities and merges are, on"
-                " AAP_META_URL) — which is being built: today one processor owns the"
-                " warehouse; run one")
+        if self.processors > 1 and settings is not None:
+            missing = [need for need, ok in (
+                ("the log on Kafka (AAP_LOG_URL=kafka://…: the processors share its"
+                 " partitions)", settings.storage.kafka),
+                ("AAP_META_URL=postgresql://… (identities, the list of files and the log"
+                 " positions, shared)", bool(settings.storage.meta_url)),
+                ("AAP_PUBLISH_SECONDS > 0 (a processor's rows are seen by the others once"
+                 " published)", settings.tiers.publish_seconds > 0)) if not ok]
+            if missing:
+                raise TopologyRefused(f"--processors {self.processors}: several processors"
+                                      f" need {' and '.join(missing)}; or run one")
         if self.query and settings is not None:
             from aap.core.reader import query_role_problem
 
@@ -80,19 +91,25 @@ def up(settings: Settings, topology: Topology) -> None:
     secure(settings.data_path)
     base = settings.server.port
     ports = [base + i for i in range(topology.collectors)]
-    health = base + topology.collectors
+    healths = [base + topology.collectors + i for i in range(topology.processors)]
+    health = healths[-1]
     query_ports = [health + 1 + i for i in range(topology.query)]
     query_dirs = [query_dir(settings.data_path, i) for i in range(topology.query)]
-    for d in query_dirs:
+    many = topology.processors > 1
+    proc_dirs = ([processor_dir(settings.data_path, i) for i in range(topology.processors)]
+                 if many else [None])
+    for d in [*query_dirs, *[d for d in proc_dirs if d is not None]]:
         if len(os.fsencode(DataDir(d).core_socket)) > UNIX_PATH_MAX:
-            raise TopologyRefused(f"the data dir's path is too long for a query node's core"
-                                  f" socket under {d}: use a shorter --data-dir")
-    parts = [CoreSupervisor(settings, "serve", name="processor", args=(
-        "--role", "processor", "--host", "127.0.0.1", "--port", str(health)))]
+            raise TopologyRefused(f"the data dir's path is too long for a core socket"
+                                  f" under {d}: use a shorter --data-dir")
+    shared = query_env(settings) if topology.query or many else {}
+    parts = [CoreSupervisor(settings, "serve", name=f"processor {i + 1}" if many else
+                            "processor", data_dir=d, env=shared if many else None, args=(
+        "--role", "processor", "--host", "127.0.0.1", "--port", str(port)))
+        for i, (port, d) in enumerate(zip(healths, proc_dirs, strict=True))]
     parts += [CoreSupervisor(settings, "serve", name=f"collector {i + 1}", args=(
         "--role", "collector", "--host", "127.0.0.1", "--port", str(port),
         "--workers", str(topology.workers))) for i, port in enumerate(ports)]
-    shared = query_env(settings) if topology.query else {}
     parts += [CoreSupervisor(settings, "serve", name=f"query node {i + 1}", data_dir=d,
                              env=shared, args=(
         "--role", "query", "--host", "127.0.0.1", "--port", str(port),
@@ -102,16 +119,20 @@ def up(settings: Settings, topology: Topology) -> None:
     try:
         for part in parts:
             part.start()
-        answers = "" if topology.query else " (and queries)"
-        click.echo(f"processor{answers}: pid {parts[0].proc.pid if parts[0].proc else '?'},"
-                   f" health http://127.0.0.1:{health}/healthz")
+        answers = "" if topology.query or many else " (and queries)"
+        for i, port in enumerate(healths):
+            proc = parts[i].proc
+            where = f" (data dir {proc_dirs[i]})" if many else ""
+            click.echo(f"{parts[i].name}{answers}: pid {proc.pid if proc else '?'},"
+                       f" health http://127.0.0.1:{port}/healthz{where}")
         for i, port in enumerate(ports):
             click.echo(f"collector {i + 1}: http://127.0.0.1:{port}")
         for i, port in enumerate(query_ports):
             click.echo(f"query node {i + 1}: http://127.0.0.1:{port} (data dir {query_dirs[i]})")
-        _wait_ready([*ports, *query_ports, health])
-        click.echo(f"cluster up: {topology.collectors} collectors, 1 processor,"
-                   f" {topology.query} query nodes (Ctrl-C stops)")
+        _wait_ready([*ports, *query_ports], healths)
+        click.echo(f"cluster up: {topology.collectors} collectors, {topology.processors}"
+                   f" processor{'s' if many else ''}, {topology.query} query nodes"
+                   " (Ctrl-C stops)")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -121,6 +142,11 @@ def up(settings: Settings, topology: Topology) -> None:
             part.terminate()
         for part in parts:
             part.close()
+
+
+def processor_dir(data: Path, i: int) -> Path:
+    """The data dir of processor ``i`` (from 0) of a cluster of several on ``data``."""
+    return data / f"processor-{i + 1}"
 
 
 def query_dir(data: Path, i: int) -> Path:
@@ -143,11 +169,11 @@ def query_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _wait_ready(ports: list[int]) -> None:
-    """Until every collector's ``/healthz`` and the processor's (the last port) answer
-    200, or :data:`READY_TIMEOUT_S` has passed: then it says which did not."""
+def _wait_ready(ports: list[int], processors: list[int]) -> None:
+    """Until every node's ``/healthz`` and the processors' answer 200, or
+    :data:`READY_TIMEOUT_S` has passed: then it says which did not."""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    waiting = list(ports)
+    waiting = [*ports, *processors]
     while waiting and time.monotonic() < deadline:
         for port in list(waiting):
             if _ready(port):
@@ -155,7 +181,7 @@ def _wait_ready(ports: list[int]) -> None:
         if waiting:
             time.sleep(0.2)
     if waiting:
-        names = [f"processor (:{p})" if p == ports[-1] else f"node (:{p})" for p in waiting]
+        names = [f"processor (:{p})" if p in processors else f"node (:{p})" for p in waiting]
         click.echo(f"not healthy after {READY_TIMEOUT_S:.0f} s: {', '.join(names)}"
                    " (still starting, or failing: see their output above)", err=True)
 

@@ -54,7 +54,7 @@ from aap.process.processor import Processor
 from aap.routing import ANY, Route, Router
 from aap.settings import Settings
 from aap.sources import Sources
-from aap.store import flags
+from aap.store import flags, handover
 from aap.store.identities import SharedIdentities
 from aap.store.publish import Publisher, refuse_unshared, shared_list
 from aap.store.tiering import TieringThread, TierPolicy
@@ -86,8 +86,15 @@ def _open_warehouse(settings: Settings) -> tuple[Warehouse, Publisher | None]:
     refuse_unshared(warehouse)
     if kept.publish_seconds <= 0:
         return warehouse, None
+    if settings.storage.kafka:  # partitions may move between processors
+        handover.enable(warehouse)
     publisher = Publisher(warehouse, kept.publish_seconds)
     publisher.recover()
+    if warehouse.handover:
+        try:  # what a stop left unpublished: listed, or dropped if another processor
+            publisher.publish_once()  # took its partitions and published past it
+        except Exception:
+            logger.exception("publishing at start-up failed; the publisher tries again")
     return warehouse, publisher
 
 
@@ -131,6 +138,8 @@ class Core:
             identities=shared,
         )
         self.rights.identities = shared
+        if self.publisher is not None and self.warehouse.handover:
+            self.processor.publish_now = self.publisher.publish_once
         self.privacy = Requests(data, self.rights, sources.scopes)
         self.rights.after_erasure = self._after_erasure
         self.rest = RestAPI(settings, self.warehouse, self.privacy)

@@ -55,6 +55,8 @@ POLL_S = 0.1
 """How long :meth:`KafkaLog.read` waits for a first message."""
 GROUP = "processor"
 STATS_TIMEOUT_S = 2.0
+ASSIGN_RETRY_S = 120.0
+"""How long a failing ``on_assign`` is tried again before the assignment fails."""
 
 
 def _split(b: Append) -> list[Append]:
@@ -79,6 +81,9 @@ class KafkaLog:
         committed offsets."""
         self.on_revoke: Callable[[], None] | None = None
         """Called before partitions are taken from this consumer."""
+        self.on_assign: Callable[[list[int]], None] | None = None
+        """Called with the partitions given to this consumer, before their start positions
+        are read (the processor takes the shared positions there: :mod:`aap.store.handover`)."""
         self.generation = 0
         """Counts the assignments this consumer got (and lost)."""
         self._producer: ck.Producer | None = None
@@ -182,6 +187,17 @@ class KafkaLog:
         return self._consumer
 
     def _assign(self, c: ck.Consumer, parts: list[ck.TopicPartition]) -> None:
+        if self.on_assign is not None:
+            deadline = time.monotonic() + ASSIGN_RETRY_S
+            while True:  # reading before it is done could read a partition twice
+                try:
+                    self.on_assign(sorted(tp.partition for tp in parts))
+                    break
+                except Exception:
+                    logger.exception("taking over the assigned partitions failed")
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(1.0)
         if self.stored_positions is not None:
             start = dict(self.stored_positions())
         else:

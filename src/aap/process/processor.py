@@ -41,10 +41,10 @@ from aap.process import shop
 from aap.process.identity import Identities
 from aap.process.prepare import LocalPreparer, PrepareConfig, Prepared, WorkerPreparer
 from aap.process.steps import Batch, DedupIndex, State, Stream, steps_for
-from aap.store import quarantine
+from aap.store import handover, quarantine
 from aap.store.identities import IdentitiesUnavailable, SharedIdentities
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
-from aap.store.warehouse import NEXT_PERSON, Chunk, Warehouse
+from aap.store.warehouse import NEXT_PERSON, Chunk, StaleChunk, Warehouse
 
 logger = logging.getLogger("aap.process")
 
@@ -161,6 +161,10 @@ class Processor:
         """Per log partition, the position committed with the warehouse rows."""
         self._read_to: dict[int, int] = {}
         """Positions after the last chunk read (the read-ahead's start)."""
+        self.publish_now: Callable[[], object] | None = None
+        """Publishes the hot rows now (with :attr:`Warehouse.handover`: before partitions
+        are revoked, so that their next owner starts where this processor stopped)."""
+        self._epoch = warehouse.epoch
         self._join_group()
         self._load()
 
@@ -173,6 +177,11 @@ class Processor:
             grouped: Any = self.log
             grouped.on_revoke = self._revoked
             grouped.stored_positions = self.wh.get_positions
+            if self.wh.handover:  # partitions another processor advanced: from the shared
+                grouped.on_assign = self._assigned  # positions (aap.store.handover)
+
+    def _assigned(self, partitions: list[int]) -> None:
+        handover.adopt(self.wh, partitions)
 
     @property
     def position(self) -> int:
@@ -183,6 +192,7 @@ class Processor:
         """State as the warehouse has it: at start-up, and after a chunk failed to write
         (the steps had already changed the state in memory for rows that are not stored)."""
         wh = self.wh
+        self._epoch = wh.epoch  # a reset from now on is seen by the next turn
         ids = Identities()
         if self.shared is None:
             ids.load(*wh.load_identities())
@@ -220,6 +230,10 @@ class Processor:
         identities that cannot be reached now are no failure of the records: not counted.
         """
         records: list[Record] = []
+        if self.wh.epoch != self._epoch:  # unpublished rows were dropped: read them again
+            self._abandon()
+            self._load()
+            return 0
         self._withdraw_when_due()
         self._refresh_sources()
         try:
@@ -233,7 +247,7 @@ class Processor:
             if not self.failures and (self.pressed or self.full):
                 self._read_ahead(records)
             self._start_write(self._build(records, prepared))
-        except _Rebalanced:  # nothing of what was read is written: start again from the warehouse
+        except (_Rebalanced, StaleChunk):  # nothing read is written: again from the warehouse
             self._abandon()
             self._generation = getattr(self.log, "generation", 0)
             self._load()
@@ -364,6 +378,11 @@ class Processor:
             self._finish_write()
         except Exception:
             logger.exception("the last chunk before a rebalance failed to write")
+        if self.publish_now is not None and self.wh.handover:
+            try:  # the next owner starts where this one stopped
+                self.publish_now()
+            except Exception:
+                logger.exception("publishing before a rebalance failed")
 
     def _full(self, records: list[Record]) -> bool:
         return (len(records) >= self.chunk_records
@@ -476,6 +495,7 @@ class Processor:
             persons=persons,
             new_ids=changes.new_ids, overrides=changes.overrides, orders=orders,
             order_items=items, products=products, mirror=self.shared is not None,
+            epoch=self._epoch if self.wh.handover else None,
         )
 
     def run(self, stop: threading.Event, idle_sleep: float = 0.05, linger: float = 0.2) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -353,14 +353,19 @@ class SharedList:
                                     for f in add])
         self.db.write(tx)
 
-    def publish(self, seq: int, files: Sequence[TierFile]) -> bool:
+    def publish(self, seq: int, files: Sequence[TierFile],
+                check: Callable[[Tx], None] | None = None) -> bool:
         """List a batch's files and note the batch as published, in one transaction;
-        nothing if the batch was published already (False)."""
+        nothing if the batch was published already (False). ``check`` runs first in that
+        transaction (the log positions' compare-and-set, :mod:`aap.store.handover`): if
+        it raises, nothing is listed."""
         def tx(t: Tx) -> bool:
             row = t.fetchall("SELECT published FROM tier_writers WHERE writer = ?",
                              [self.writer])
             if row and int(row[0][0]) >= seq:
                 return False
+            if check is not None:
+                check(t)
             t.executemany(_INSERT, [(f.path, f.tier, f.part, f.rows, f.bytes, _ms())
                                     for f in files])
             t.execute("INSERT INTO tier_writers VALUES (?, ?) ON CONFLICT (writer)"

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from aap.datadir import DataDir
-from aap.store import published, quarantine
+from aap.store import handover, published, quarantine
 from aap.store.filelist import PENDING_TABLE, SharedList, TierFile, is_shared
 from aap.store.meta import MetaDB, open_meta
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
@@ -84,7 +84,8 @@ class Publisher:
         finally:
             cur.close()
         for seq in pending:
-            self._finish(seq)
+            if self._finish(seq) < 0:
+                break  # stale, and dropped with everything after it
         return len(pending)
 
     def recover(self) -> int:
@@ -107,6 +108,8 @@ class Publisher:
                                   {"seq": seq}).fetchone()
                 out["rows"] = n = int(row[0]) if row else 0
                 out["keys"] = keys = published.mark(cur, seq)
+                if self.wh.handover:  # the log positions and streams go with the files
+                    keys += handover.mark(cur, seq)
                 if n:
                     cur.execute("DELETE FROM events_raw")
                 if n or keys:
@@ -117,20 +120,36 @@ class Publisher:
                 return out
             self.step("marked")
             out["files"] = self._finish(seq)
+        if out["files"] < 0:
+            out["dropped"] = out["rows"]
+            return out
         self.published_rows += out["rows"]
         return out
 
     def _finish(self, seq: int) -> int:
-        """Steps 2 to 4 of batch ``seq``, from where the shared store says it is."""
+        """Steps 2 to 4 of batch ``seq``, from where the shared store says it is. Returns
+        the files listed, or -1 when the batch was stale (its log positions were
+        published past by another processor, :mod:`aap.store.handover`): then it is
+        dropped, with everything not published yet."""
         files: list[TierFile] = []
         if self.files.published() < seq:
             files = self._write(seq)
             self.step("written")
-            self.files.publish(seq, files)
+            check = handover.check(*handover.batch(self.wh.con, seq)) if self.wh.handover \
+                else None
+            try:
+                self.files.publish(seq, files, check)
+            except handover.Stale as exc:
+                logger.warning("publishing: batch %d is stale (%s)", seq, exc)
+                handover.drop(self.wh, [f.path for f in files])
+                self.step("dropped")
+                return -1
         self.step("listed")
         with self.wh.transaction() as cur:
             cur.execute(f"DELETE FROM {PENDING_TABLE} WHERE seq = $seq", {"seq": seq})
             published.forget(cur, seq)
+            if self.wh.handover:
+                handover.forget(cur, seq)
         self.step("done")
         return len(files)
 

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from aap.datadir import HOT_DB
-from aap.store import published, quarantine
+from aap.store import handover, published, quarantine
 from aap.store.filelist import DuckList, FileList, SharedList
 from aap.store.meta import MetaDB
 from aap.store.migrations import Schema, migrate_duckdb, sql_step, unversioned_columns
@@ -74,6 +74,9 @@ class Chunk:
     seen_ms, log_partition): the device streams whose sessions may go on."""
     streams_pruned: list[int] = field(default_factory=list)
     """Streams the processor forgot (no later event can go on with their session)."""
+    epoch: int | None = None
+    """The :attr:`Warehouse.epoch` the processor's state was loaded at (None: not
+    checked): a chunk built before unpublished rows were dropped is refused."""
     mirror: bool = False
     """``new_ids`` and ``overrides`` are the shared store's rows for the chunk's keys
     (:mod:`aap.store.identities`), some of them recorded here already: those are not
@@ -210,6 +213,11 @@ SCHEMA = Schema("events_raw", DDL + quarantine.DDL,
 """The warehouse's schema versions (:mod:`aap.store.migrations`)."""
 
 
+class StaleChunk(RuntimeError):
+    """The chunk was built on a state that was dropped since (:mod:`aap.store.handover`):
+    the processor reloads its state and reads again."""
+
+
 class CursorPool:
     """Idle cursors of one database, each with the analysts' views (:data:`VIEWS`)
     created once: they read whatever ``warm_events`` and ``cold_events`` are registered
@@ -297,6 +305,12 @@ class Warehouse:
         """With ``AAP_META_URL``: ``person_flags`` is a mirror of the shared flags
         (:mod:`aap.store.flags`), which are written through this; ``None``: the table is
         the record itself."""
+        self.handover = False
+        """Log positions and open streams are committed with the published files, so log
+        partitions can move between processors (:mod:`aap.store.handover`)."""
+        self.epoch = 0
+        """Counts the times the unpublished rows were dropped (:func:`aap.store.handover.drop`)
+        or partitions taken from the shared positions."""
         self.published_only = False
         """A query node's reader warehouse (:mod:`aap.core.reader`): its events are the
         published files only, and persons, orders and products are not there (the
@@ -406,8 +420,11 @@ class Warehouse:
     # -- the processor's write --
 
     def write(self, chunk: Chunk) -> None:
-        with self.write_lock, self.transaction() as cur:
-            self._write(cur, chunk)
+        with self.write_lock:
+            if chunk.epoch is not None and chunk.epoch != self.epoch:
+                raise StaleChunk("the processor's state was reset since the chunk was built")
+            with self.transaction() as cur:
+                self._write(cur, chunk)
 
     def _write(self, con: duckdb.DuckDBPyConnection, chunk: Chunk) -> None:
         _write_events(con, chunk.events)
@@ -439,6 +456,8 @@ class Warehouse:
                 con.unregister("chunk_rows")
         if len(chunk.products):
             _write_products(con, _as_table(chunk.products, PRODUCTS))
+        if self.handover:
+            handover.note_streams(con, chunk.streams, chunk.streams_pruned)
         _write_streams(con, chunk.streams, chunk.streams_pruned)
         pos = {0: chunk.position} if isinstance(chunk.position, int) else chunk.position
         rows = [(position_name(p), o) for p, o in sorted(pos.items())]
