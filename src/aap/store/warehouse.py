@@ -15,6 +15,7 @@ rows (erasure, withdrawal, retention) are :mod:`aap.store.rewrite`, driven by wh
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -528,6 +529,25 @@ class Warehouse:
             cur.execute("COMMIT")
         finally:
             cur.close()
+
+    def checkpoint(self, patience_s: float = 60.0) -> bool:
+        """Fold the WAL into the database file now (after an erasure, so that no erased
+        row waits in the WAL). DuckDB refuses while another write transaction is open
+        (the publisher, tiering, the query cache), so this holds the write lock and tries
+        again until ``patience_s`` has passed; ``False`` if it never could (DuckDB then
+        checkpoints by itself at the next threshold or at close)."""
+        deadline = time.monotonic() + patience_s
+        pause = 0.01
+        while True:
+            try:
+                with self.write_lock:
+                    self.con.cursor().execute("CHECKPOINT")
+                return True
+            except duckdb.TransactionException:
+                if time.monotonic() >= deadline:
+                    return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
     def tier_stats(self) -> dict[str, tuple[int, int, int]]:
         """Per tier: files, rows, bytes."""
