@@ -161,6 +161,12 @@ def mark(cur: duckdb.DuckDBPyConnection, seq: int) -> int:
     return len(moved)
 
 
+def pending(cur: duckdb.DuckDBPyConnection) -> list[int]:
+    """Batches whose positions are marked and not listed yet."""
+    return [int(r[0]) for r in cur.execute(
+        "SELECT DISTINCT seq FROM publish_positions").fetchall()]
+
+
 def batch(con: duckdb.DuckDBPyConnection, seq: int) -> tuple[
         list[tuple[int, int, int]], list[tuple[Any, ...]]]:
     """Batch ``seq``'s positions (partition, from, to) and streams, as marked."""
@@ -239,6 +245,8 @@ def _take(cur: duckdb.DuckDBPyConnection, partitions: list[int], positions: dict
 
     from aap.store.warehouse import position_name
 
+    if not partitions:
+        return
     _set(cur, [r for p in partitions for r in ((position_name(p), positions.get(p, 0)),
                                                  (_seen_name(p), positions.get(p, 0)))])
     cur.execute("DELETE FROM session_streams WHERE list_contains($ps, log_partition)",

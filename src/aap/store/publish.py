@@ -80,7 +80,8 @@ class Publisher:
         try:
             pending = sorted({int(r[0]) for r in cur.execute(
                 f"SELECT DISTINCT seq FROM {PENDING_TABLE}").fetchall()}
-                | set(published.pending(cur)))
+                | set(published.pending(cur))
+                | set(handover.pending(cur) if self.wh.handover else ()))
         finally:
             cur.close()
         for seq in pending:
