@@ -103,10 +103,13 @@ def test_two_processors_killed_under_load_publish_every_event_once_as_embedded(
                 time.sleep(1.0)
             time.sleep(5)  # a batch refused late would show now
             rows = _published(reader)
+            stale = up.log.read_text().count("is stale")
     finally:
         stop.set()
         kafka.stop()
     assert "processor" in killed and "collector" in killed, killed
+    print(f"kills: {killed}; acknowledged: {len(acked)}; published: {len(rows)};"
+          f" stale batches dropped: {stale}")
     doubled = {m: n for m, n in Counter(r[0] for r in rows).items() if n > 1}
     assert not doubled, f"{len(doubled)} events published twice"
     stored = {r[0] for r in rows}
