@@ -103,6 +103,9 @@ class _Built:
 
 
 class Processor:
+    publish_now: Callable[[], object] | None = None
+    """Publishes the hot rows now: before partitions are revoked (:meth:`_revoked`)."""
+
     def __init__(self, log: Log, warehouse: Warehouse, hasher: IdHasher, *,
                  historical_sources: frozenset[str] | Callable[[], frozenset[str]] = frozenset(),
                  inactivity: timedelta = timedelta(minutes=30), late: timedelta = timedelta(minutes=60),
@@ -161,10 +164,6 @@ class Processor:
         """Per log partition, the position committed with the warehouse rows."""
         self._read_to: dict[int, int] = {}
         """Positions after the last chunk read (the read-ahead's start)."""
-        self.publish_now: Callable[[], object] | None = None
-        """Publishes the hot rows now (with :attr:`Warehouse.handover`: before partitions
-        are revoked, so that their next owner starts where this processor stopped)."""
-        self._epoch = warehouse.epoch
         self._join_group()
         self._load()
 
@@ -373,7 +372,9 @@ class Processor:
     def _revoked(self) -> None:
         """Partitions are being taken from this processor: the write in flight commits
         first (the next owner starts from the positions it stores); nothing read after it
-        is written (see :class:`_Rebalanced`)."""
+        is written (see :class:`_Rebalanced`). With :attr:`Warehouse.handover` the hot rows
+        are published too (:attr:`publish_now`), so that the next owner starts where this
+        one stopped."""
         try:
             self._finish_write()
         except Exception:

@@ -48,6 +48,15 @@ from aap.store.migrations import Schema
 
 logger = logging.getLogger("aap.handover")
 
+POSITION = "log_position"
+
+
+def position_name(partition: int) -> str:
+    """The ``processor_state`` row of a log partition's position: ``log_position`` for
+    partition 0 (the SQLite log's only one), ``log_position.N`` for the others."""
+    return POSITION if partition == 0 else f"{POSITION}.{partition}"
+
+
 SHARED_POSITION = "shared_position"
 """``processor_state`` rows ``shared_position.N``: partition N's position in the shared
 ``log_partitions`` as this processor last wrote or read it."""
@@ -105,8 +114,6 @@ def _state(cur: duckdb.DuckDBPyConnection, prefix: str) -> dict[int, int]:
 
 
 def local_positions(cur: duckdb.DuckDBPyConnection) -> dict[int, int]:
-    from aap.store.warehouse import POSITION
-
     return _state(cur, POSITION)
 
 
@@ -242,8 +249,6 @@ def _take(cur: duckdb.DuckDBPyConnection, partitions: list[int], positions: dict
     """``partitions`` start from the shared positions and streams (their local streams
     replaced)."""
     import pyarrow as pa
-
-    from aap.store.warehouse import position_name
 
     if not partitions:
         return

@@ -30,6 +30,7 @@ import pyarrow as pa
 from aap.datadir import HOT_DB
 from aap.store import handover, published, quarantine
 from aap.store.filelist import DuckList, FileList, SharedList
+from aap.store.handover import POSITION, position_name
 from aap.store.meta import MetaDB
 from aap.store.migrations import Schema, migrate_duckdb, sql_step, unversioned_columns
 from aap.store.schema import (
@@ -42,13 +43,6 @@ from aap.store.schema import (
 )
 from aap.store.tiers import TierConfig, TierStore
 
-POSITION = "log_position"
-
-
-def position_name(partition: int) -> str:
-    """The ``processor_state`` row of a log partition's position: ``log_position`` for
-    partition 0 (the SQLite log's only one), ``log_position.N`` for the others."""
-    return POSITION if partition == 0 else f"{POSITION}.{partition}"
 NEXT_PERSON = "next_person"
 
 
