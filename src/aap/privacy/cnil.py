@@ -30,13 +30,12 @@ from pathlib import Path
 from aap.datadir import DataDir
 from aap.events import Event
 from aap.privacy.ids import load_or_create_secret
-from aap.privacy.salt_table import LIFETIME, SaltTable, began
+from aap.privacy.salt_table import SaltTable, expired
 from aap.store.meta import meta_url
 
 logger = logging.getLogger(__name__)
 
 CNIL = "cnil"
-SALT_LIFETIME = LIFETIME
 NOT_ANONYMOUS = "not_anonymous"
 NOT_ANONYMOUS_TEXT = ("the source measures audience anonymously (CNIL mode):"
                       " identify, alias and group calls are not accepted")
@@ -68,11 +67,6 @@ class DailySalts:
             self._table = SaltTable(self.url)
         return self._table
 
-    @property
-    def where(self) -> str:
-        """Where the salts are kept, for messages."""
-        return self.table.where if self.table is not None else str(self.dir)
-
     def path(self, day: date) -> Path:
         return self.dir / f"{day.isoformat()}.salt"
 
@@ -86,9 +80,8 @@ class DailySalts:
             try:
                 self.purge()
             except Exception:  # the core's retention job deletes them too
-                logger.warning("could not delete the CNIL salts past 48 hours in %s",
-                               self.dir if self.url == "" else "the shared table",
-                               exc_info=True)
+                logger.warning("could not delete the CNIL salts past 48 hours (%s)",
+                               "the shared table" if self.url else self.dir, exc_info=True)
         return self._salt
 
     def on_disk(self) -> list[tuple[date, Path]]:
@@ -104,8 +97,8 @@ class DailySalts:
 
     def expired(self, now: datetime | None = None) -> list[Path]:
         """The salt files past their 48 hours (the shared ones: :meth:`SaltTable.expired`)."""
-        now = (now or self.clock()).astimezone(UTC)
-        return [p for day, p in self.on_disk() if began(day) + SALT_LIFETIME <= now]
+        now = now or self.clock()
+        return [p for day, p in self.on_disk() if expired(day, now)]
 
     def purge(self, now: datetime | None = None) -> int:
         """Delete the salts whose day began 48 hours ago or more: the files (a data dir
