@@ -57,6 +57,10 @@ _COLUMNS = ", ".join("coalesce(o.person_id, e.person_id) AS person_id" if n == "
 """The events' columns of a batch's rows, merges known now resolved (as a move to the warm
 tier writes them)."""
 
+STALE_ATTEMPTS = 10
+"""Times a batch is cleaned and written again because erasures keep being recorded while
+it is listed; then :class:`Stale` is raised and the batch stays pending for the next turn."""
+
 Step = Callable[[str], object]
 """Called after each step (``marked``, ``file``, ``written``, ``listed``, ``done``): the
 tests stop a batch there."""
@@ -147,7 +151,7 @@ class Publisher:
         erasures = self.wh.erasures
         check = erasures.unchanged if erasures is not None else None
         written: set[str] = set()
-        while True:
+        for attempt in range(STALE_ATTEMPTS):
             files = self._write(seq)
             for path in sorted(written - {f.path for f in files}):
                 self.wh.tiers.delete(path)
@@ -158,7 +162,10 @@ class Publisher:
                 return files
             except Stale:
                 assert erasures is not None
+                if attempt == STALE_ATTEMPTS - 1:
+                    raise
                 erasures.apply()
+        raise AssertionError("unreachable")
 
     def name(self, seq: int) -> str:
         return f"{BATCH_PREFIX}{self.files.writer}-{seq}"
