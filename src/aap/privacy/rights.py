@@ -67,6 +67,22 @@ Scope = tuple[str, tuple[str, ...]]
 the sources in it."""
 
 
+_ERASED_WHERE: dict[str, str] = {
+    "log": "sealed copies unreadable (data keys destroyed); records expire with the log's"
+           " retention",
+    "hot": "rows deleted", "warm": "files rewritten without the rows",
+    "cold": "archives rewritten without the rows",
+    "retired": "tier files in their grace period after tiering, holding any of the rows,"
+               " deleted at once",
+    "query_cache": "copied rows deleted in the same commit",
+    "cohorts": "ids taken out of every static cohort; behavioural cohorts are evaluated at"
+               " query time over what is left",
+    "personal_traits": "rectified values deleted with the data keys",
+    "access_exports": "sealed exports in the data dir deleted (copies already handed out"
+                      " are outside AAP)"}
+"""Where a full erasure reaches (its receipt's ``where``)."""
+
+
 class Rights:
     def __init__(self, data_dir: Path, warehouse: Warehouse, keystore: Keystore,
                  hasher: IdHasher, audit: AuditLog, log: Log | None = None) -> None:
@@ -149,18 +165,7 @@ class Rights:
             "data_keys_destroyed": destroyed,
             "removed": removed,
             "derived": derived,
-            "where": {"log": "sealed copies unreadable (data keys destroyed); records expire"
-                             " with the log's retention",
-                      "hot": "rows deleted", "warm": "files rewritten without the rows",
-                      "cold": "archives rewritten without the rows",
-                      "retired": "tier files in their grace period after tiering, holding"
-                                 " any of the rows, deleted at once",
-                      "query_cache": "copied rows deleted in the same commit",
-                      "cohorts": "ids taken out of every static cohort; behavioural cohorts"
-                                 " are evaluated at query time over what is left",
-                      "personal_traits": "rectified values deleted with the data keys",
-                      "access_exports": "sealed exports in the data dir deleted (copies"
-                                        " already handed out are outside AAP)"},
+            "where": dict(_ERASED_WHERE),
         }
         if self.wh.erasures is not None:
             receipt["where"]["other_processors"] = (
