@@ -54,7 +54,7 @@ from aap.process.processor import Processor
 from aap.routing import ANY, Route, Router
 from aap.settings import Settings
 from aap.sources import Sources
-from aap.store import flags
+from aap.store import erasures, flags
 from aap.store.identities import SharedIdentities
 from aap.store.publish import Publisher, refuse_unshared, shared_list
 from aap.store.tiering import TieringThread, TierPolicy
@@ -76,7 +76,9 @@ class EraseRequest(msgspec.Struct):
 
 def _open_warehouse(settings: Settings) -> tuple[Warehouse, Publisher | None]:
     """The warehouse on its tier store, and its publisher when ``AAP_PUBLISH_SECONDS`` is
-    set (:mod:`aap.store.publish`; a batch a stop left half published is finished now)."""
+    set (:mod:`aap.store.publish`), with the shared record of erasures it applies
+    (:mod:`aap.store.erasures`). The caller runs :meth:`Publisher.recover` (a batch a stop
+    left half published is finished) once the record's hooks are set."""
     kept = settings.tiers
     tiers = TierStore(TierConfig.from_settings(settings))
     warehouse = Warehouse(
@@ -86,9 +88,8 @@ def _open_warehouse(settings: Settings) -> tuple[Warehouse, Publisher | None]:
     refuse_unshared(warehouse)
     if kept.publish_seconds <= 0:
         return warehouse, None
-    publisher = Publisher(warehouse, kept.publish_seconds)
-    publisher.recover()
-    return warehouse, publisher
+    erasures.attach(warehouse)
+    return warehouse, Publisher(warehouse, kept.publish_seconds)
 
 
 class Core:
@@ -118,6 +119,7 @@ class Core:
         self.rights = Rights(data, self.warehouse, self.keystore, hasher, AuditLog(data),
                              log=self.log)  # .identities: set below
         shared = SharedIdentities(data, meta) if (meta := settings.storage.meta_url) else None
+        self._spread_erasures(shared)
         self.processor = Processor(
             self.log, self.warehouse, hasher,
             historical_sources=historical, late=timedelta(minutes=settings.processor.session_late_minutes),
@@ -148,6 +150,17 @@ class Core:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.processor.run, args=(self.stop,),
                                        name="aap-processor", daemon=True)
+
+    def _spread_erasures(self, shared: SharedIdentities | None) -> None:
+        """Publishing on: erasures recorded by other processors are suppressed here too
+        (their ids join this keystore's destroyed ones, shared or not) and, once applied
+        to the hot rows, leave the shared identities (a chunk built before the erasure
+        reached this processor may have linked its ids again); then the batch a stop left
+        half published is finished."""
+        if isinstance(self.warehouse.erasures, erasures.ErasureMirror):
+            erasures.connect(self.warehouse.erasures, self.keystore, shared)
+        if self.publisher is not None:
+            self.publisher.recover()
 
     def _processing(self) -> bool:
         return self.thread.is_alive()

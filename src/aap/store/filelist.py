@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -256,6 +256,11 @@ class Gate:
                 self._cond.notify_all()
 
 
+class Stale(Exception):
+    """A batch's rows changed since it was written (an erasure recorded meanwhile, see
+    :mod:`aap.store.erasures`): it is written again before it is listed."""
+
+
 class SharedList:
     """``tier_files``, ``tier_trash`` and ``tier_writers`` on the shared-state database."""
 
@@ -353,10 +358,14 @@ class SharedList:
                                     for f in add])
         self.db.write(tx)
 
-    def publish(self, seq: int, files: Sequence[TierFile]) -> bool:
+    def publish(self, seq: int, files: Sequence[TierFile],
+                check: Callable[[Tx], bool] | None = None) -> bool:
         """List a batch's files and note the batch as published, in one transaction;
-        nothing if the batch was published already (False)."""
+        nothing if the batch was published already (False). ``check``, run first in the
+        transaction: False refuses the listing (:class:`Stale`)."""
         def tx(t: Tx) -> bool:
+            if check is not None and not check(t):
+                raise Stale(seq)
             row = t.fetchall("SELECT published FROM tier_writers WHERE writer = ?",
                              [self.writer])
             if row and int(row[0][0]) >= seq:
