@@ -696,13 +696,14 @@ def privacy_register(data_dir: Path | None) -> None:
 def privacy_check(data_dir: Path | None, cnil: bool) -> None:
     """Check conditions from the configuration and the data on disk; exit 1 if one fails."""
     from aap.privacy.cnil_check import check_all
+    from aap.privacy.salt_table import SaltsUnavailable
 
     if not cnil:
         raise click.UsageError("name what to check: --cnil")
     settings = _settings(data_dir=data_dir)
     try:
         report = check_all(settings, _core_alive(settings))
-    except ValueError as exc:
+    except (ValueError, SaltsUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     if not report:
         click.echo("no source in CNIL mode: nothing to check")

@@ -266,3 +266,28 @@ def test_the_tiering_job_folds_a_tables_files_and_the_reader_sees_the_same(
     finally:
         rd.close()
         wh.close()
+
+
+def test_a_persons_traits_from_two_writers_are_merged_on_the_reader(tmp_path: Path) -> None:
+    """Two processors hold one person (her two devices' streams in two partitions), each
+    with the traits its events set: the reader merges both writers' states, in the order
+    written, as the processor merges a chunk's traits (a trait both set: the later)."""
+    tiers = TierStore(TierConfig(str(tmp_path / "tiers")))
+    a = Warehouse(tmp_path / "a", tiers=tiers, shared_list=open_meta(tmp_path / "tiers.db", ""))
+    b = Warehouse(tmp_path / "b", tiers=tiers, shared_list=open_meta(tmp_path / "tiers.db", ""))
+    rd = reader(tmp_path, "")
+    try:
+        a.write(chunk(0, [(5, 0, True, {"plan": "free", "lang": "fr"}), (6, 0, False, {})]))
+        Publisher(a, 1).publish_once()
+        b.write(chunk(1, [(5, 1, True, {"plan": "pro", "size": "m"}), (7, 0, False, {})]))
+        Publisher(b, 1).publish_once()
+        rows = {r[0]: r for r in rd.query(
+            "SELECT person_id, first_seen, last_seen, identified, CAST(traits AS VARCHAR)"
+            " FROM persons ORDER BY ALL")[1]}
+        assert json.loads(rows[5][4]) == {"plan": "pro", "lang": "fr", "size": "m"}
+        assert rows[5][1] == DAY0 and rows[5][2] == DAY0 + timedelta(days=1, hours=2)
+        assert rows[6][4] is None and rows[7][4] is None  # no traits: none merged in
+    finally:
+        rd.close()
+        a.close()
+        b.close()

@@ -54,7 +54,7 @@ from aap.process.processor import Processor
 from aap.routing import ANY, Route, Router
 from aap.settings import Settings
 from aap.sources import Sources
-from aap.store import flags, handover
+from aap.store import erasures, flags, handover
 from aap.store.identities import SharedIdentities
 from aap.store.publish import Publisher, refuse_unshared, shared_list
 from aap.store.tiering import TieringThread, TierPolicy
@@ -76,7 +76,9 @@ class EraseRequest(msgspec.Struct):
 
 def _open_warehouse(settings: Settings) -> tuple[Warehouse, Publisher | None]:
     """The warehouse on its tier store, and its publisher when ``AAP_PUBLISH_SECONDS`` is
-    set (:mod:`aap.store.publish`; a batch a stop left half published is finished now)."""
+    set (:mod:`aap.store.publish`), with the shared record of erasures it applies
+    (:mod:`aap.store.erasures`). The caller runs :meth:`Publisher.recover` (a batch a stop
+    left half published is finished) once the record's hooks are set."""
     kept = settings.tiers
     tiers = TierStore(TierConfig.from_settings(settings))
     warehouse = Warehouse(
@@ -88,14 +90,8 @@ def _open_warehouse(settings: Settings) -> tuple[Warehouse, Publisher | None]:
         return warehouse, None
     if settings.storage.kafka:  # partitions may move between processors
         handover.enable(warehouse)
-    publisher = Publisher(warehouse, kept.publish_seconds)
-    publisher.recover()
-    if warehouse.handover:
-        try:  # what a stop left unpublished: listed, or dropped if another processor
-            publisher.publish_once()  # took its partitions and published past it
-        except Exception:
-            logger.exception("publishing at start-up failed; the publisher tries again")
-    return warehouse, publisher
+    erasures.attach(warehouse)
+    return warehouse, Publisher(warehouse, kept.publish_seconds)
 
 
 class Core:
@@ -125,6 +121,7 @@ class Core:
         self.rights = Rights(data, self.warehouse, self.keystore, hasher, AuditLog(data),
                              log=self.log)  # .identities: set below
         shared = SharedIdentities(data, meta) if (meta := settings.storage.meta_url) else None
+        self._spread_erasures(shared)
         self.processor = Processor(
             self.log, self.warehouse, hasher,
             historical_sources=historical, late=timedelta(minutes=settings.processor.session_late_minutes),
@@ -157,6 +154,24 @@ class Core:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.processor.run, args=(self.stop,),
                                        name="aap-processor", daemon=True)
+
+    def _spread_erasures(self, shared: SharedIdentities | None) -> None:
+        """Publishing on: erasures recorded by other processors are suppressed here too
+        (their ids join this keystore's destroyed ones, shared or not) and, once applied
+        to the hot rows, leave the shared identities (a chunk built before the erasure
+        reached this processor may have linked its ids again); then the batch a stop left
+        half published is finished, and with the handover (several processors) what it
+        left unpublished is published (or dropped, :mod:`aap.store.handover`)."""
+        if isinstance(self.warehouse.erasures, erasures.ErasureMirror):
+            erasures.connect(self.warehouse.erasures, self.keystore, shared)
+        if self.publisher is not None:
+            self.publisher.recover()
+            if self.warehouse.handover:
+                try:  # what a stop left unpublished: listed, or dropped if another
+                    self.publisher.publish_once()  # processor took its partitions and
+                except Exception:                  # published past it
+                    logger.exception("publishing at start-up failed; the publisher tries"
+                                     " again")
 
     def _processing(self) -> bool:
         return self.thread.is_alive()

@@ -8,8 +8,11 @@ previousId, groupId, traits, session and device ids are dropped; the visitor is 
 UTC day, so the same visitor has another id tomorrow and on another site; the IP serves
 the city-level location and is not kept at all, not even truncated. Salts live in
 ``DATA_DIR/keys/cnil-salts/DAY.salt`` (0600; created atomically, so every collector
-worker and a restart within the day use the same one) and are deleted 48 hours after
-their day began, by the workers when the day changes and by the core's retention job.
+worker and a restart within the day use the same one) or, when ``AAP_META_URL`` is set,
+in the shared-state database (:mod:`aap.privacy.salt_table`), so that collectors on
+different data dirs (pods, machines) behind one load balancer count a visitor once; they
+are deleted 48 hours after their day began, by the workers when the day changes and by
+the core's retention job.
 The events serve the exempt purpose ``audience_measurement`` only (legitimate interest,
 no consent needed); an event whose consent says ``audience_measurement: false`` is not
 stored (the person objected). ``aap privacy check --cnil`` checks each condition
@@ -19,16 +22,20 @@ stored (the person objected). ``aap privacy check --cnil`` checks each condition
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from aap.datadir import DataDir
 from aap.events import Event
 from aap.privacy.ids import load_or_create_secret
+from aap.privacy.salt_table import SaltTable, expired
+from aap.store.meta import meta_url
+
+logger = logging.getLogger(__name__)
 
 CNIL = "cnil"
-SALT_LIFETIME = timedelta(hours=48)
 NOT_ANONYMOUS = "not_anonymous"
 NOT_ANONYMOUS_TEXT = ("the source measures audience anonymously (CNIL mode):"
                       " identify, alias and group calls are not accepted")
@@ -39,14 +46,26 @@ _DROPPED_PROPERTIES = ("$session_id", "$device_id", "$anon_distinct_id", "distin
 
 
 class DailySalts:
-    """One random salt per UTC day, shared through files, deleted after 48 hours."""
+    """One random salt per UTC day, deleted after 48 hours: files under the data dir, or
+    rows of the shared-state database when ``AAP_META_URL`` is set."""
 
-    def __init__(self, data_dir: Path, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-                 ) -> None:
+    def __init__(self, data_dir: Path, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 url: str | None = None) -> None:
+        """``url``: the shared-state database (``None``: ``AAP_META_URL``; empty: the
+        files)."""
         self.dir = DataDir(data_dir).cnil_salts
         self.clock = clock
+        self.url = meta_url() if url is None else url
+        self._table: SaltTable | None = None
         self._day: date | None = None
         self._salt = b""
+
+    @property
+    def table(self) -> SaltTable | None:
+        """The shared salts (``None`` without ``AAP_META_URL``), opened on first use."""
+        if self.url and self._table is None:
+            self._table = SaltTable(self.url)
+        return self._table
 
     def path(self, day: date) -> Path:
         return self.dir / f"{day.isoformat()}.salt"
@@ -54,9 +73,15 @@ class DailySalts:
     def today(self) -> bytes:
         day = self.clock().astimezone(UTC).date()
         if day != self._day:
-            self._salt = load_or_create_secret(self.path(day))  # 0600, atomic, first wins
+            table = self.table
+            self._salt = (table.load_or_create(day) if table is not None  # first wins
+                          else load_or_create_secret(self.path(day)))  # 0600, atomic, first wins
             self._day = day  # the previous day's salt leaves memory here
-            self.purge()
+            try:
+                self.purge()
+            except Exception:  # the core's retention job deletes them too
+                logger.warning("could not delete the CNIL salts past 48 hours (%s)",
+                               "the shared table" if self.url else self.dir, exc_info=True)
         return self._salt
 
     def on_disk(self) -> list[tuple[date, Path]]:
@@ -71,12 +96,14 @@ class DailySalts:
         return out
 
     def expired(self, now: datetime | None = None) -> list[Path]:
-        now = (now or self.clock()).astimezone(UTC)
-        return [p for day, p in self.on_disk()
-                if datetime.combine(day, datetime.min.time(), UTC) + SALT_LIFETIME <= now]
+        """The salt files past their 48 hours (the shared ones: :meth:`SaltTable.expired`)."""
+        now = now or self.clock()
+        return [p for day, p in self.on_disk() if expired(day, now)]
 
     def purge(self, now: datetime | None = None) -> int:
-        """Delete the salts whose day began 48 hours ago or more."""
+        """Delete the salts whose day began 48 hours ago or more: the files (a data dir
+        that moved to ``AAP_META_URL`` keeps none past them either) and the shared rows."""
+        now = now or self.clock()
         gone = 0
         for p in self.expired(now):
             try:
@@ -84,6 +111,9 @@ class DailySalts:
                 gone += 1
             except FileNotFoundError:
                 pass
+        table = self.table
+        if table is not None:
+            gone += table.purge(now)
         return gone
 
 

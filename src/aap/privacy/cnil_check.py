@@ -1,5 +1,6 @@
 """``aap privacy check --cnil``: each of the CNIL's conditions for a source in CNIL mode
-(:mod:`aap.privacy.cnil`), checked from its configuration and the data on disk.
+(:mod:`aap.privacy.cnil`), checked from its configuration and the data on disk (and the
+salts on the shared-state database when ``AAP_META_URL`` is set).
 
 It lives apart from :mod:`aap.privacy.cnil`, which the collector imports on its hot path:
 the check reads the source registry, the log and the warehouse."""
@@ -21,6 +22,7 @@ from aap.events import Event, decode_events
 from aap.log.sqlite import SQLiteLog
 from aap.privacy.cnil import CNIL, DailySalts
 from aap.privacy.purposes import Registry
+from aap.privacy.salt_table import expired
 from aap.settings import Settings
 from aap.sources import Sources
 from aap.store.warehouse import Warehouse
@@ -97,17 +99,26 @@ def _daily_hash(c: _Ctx) -> Check:
         "SELECT count(*) FROM (SELECT person_id FROM events WHERE source = ? GROUP BY person_id"
         " HAVING count(DISTINCT CAST(received_at AS DATE)) > 1)", [c.source.id])
     loose = [p.name for p, m in salt_file_modes(c.salts) if m & 0o077]
+    table = c.salts.table
     return ("daily_salted_hash_instead_of_an_id", not multi_day and not loose,
             f"{multi_day} visitor ids spanning more than one day; salt files"
-            f" {'not 0600: ' + ', '.join(loose) if loose else 'all 0600'}")
+            f" {'not 0600: ' + ', '.join(loose) if loose else 'all 0600'}"
+            + (f"; the salts in use are shared, in {table.where}" if table is not None else ""))
 
 
 def _salts_deleted(c: _Ctx) -> Check:
-    modes = salt_file_modes(c.salts)
-    old = c.salts.expired(c.now)
-    return ("salts_deleted_after_48h", not old,
-            f"{len(modes)} salt files on disk, {len(old)} older than 48 h"
-            + (f": {', '.join(p.name for p in old)}" if old else ""))
+    files = salt_file_modes(c.salts)
+    old = [p.name for p in c.salts.expired(c.now)]
+    found = (f"{len(files)} salt files in {c.salts.dir}, {len(old)} older than 48 h"
+             + (f": {', '.join(old)}" if old else ""))
+    table = c.salts.table
+    if table is not None:
+        days = table.days()
+        shared = [d.isoformat() for d in days if expired(d, c.now)]
+        old += shared
+        found += (f"; {len(days)} shared salts in {table.where}, {len(shared)} older than"
+                  f" 48 h" + (f": {', '.join(shared)}" if shared else ""))
+    return ("salts_deleted_after_48h", not old, found)
 
 
 def _ip(c: _Ctx) -> Check:
@@ -196,7 +207,8 @@ def check_all(settings: Settings, core_running: bool, now: datetime | None = Non
               sql: Sql | None = None) -> list[tuple[Any, list[Check]]]:
     """Every source in CNIL mode with its checks. The warehouse is read through ``sql``
     (the core's own, when it asks), else through the running core process, or opened
-    directly when no server runs."""
+    directly when no server runs; the salts are the data dir's files, and the shared
+    ones too when ``AAP_META_URL`` is set."""
     data = settings.data_path
     registry = Registry.for_data_dir(data)
     sources = [s for s in Sources(data).list() if s.mode == CNIL]

@@ -80,7 +80,10 @@ def _sql_rows(table: pa.Table, hit_sql: str, kept_sql: str, params: dict[str, An
 _PERSON = "list_contains($persons, person_id)"
 
 
-def _erase_hot(out: dict[str, Any], params: dict[str, Any]) -> Callable[[Hot], None]:
+def erase_hot(out: dict[str, Any], params: dict[str, Any]) -> Callable[[Hot], None]:
+    """The persons' rows deleted from the hot tables (``$persons``; ``$keys``: the keyed
+    ids whose device streams go too), counted in ``out``: an erasure here, and one
+    recorded elsewhere applied to this warehouse (:mod:`aap.store.erasures`)."""
     def hot(count: Hot) -> None:
         # their open device streams (keyed ids, as person_ids'): before the ids go
         out["session_streams"] = count(
@@ -133,7 +136,7 @@ def erase_persons(wh: Warehouse, persons: set[int], keys: Iterable[int] = (),
 
     params = {**_persons_param(persons), "keys": sorted(keys)}
     rewrite(wh, Change("erasure", holds_persons(wh, value_set), in_file,
-                       _erase_hot(out, params)), out)
+                       erase_hot(out, params)), out)
     if wh.files.shared:  # publishing: the published persons/orders/order_items files too
         out["table_files_rewritten"] = rewrite_tables(wh, persons)
     out["retired_files_deleted"] = purge_trash(wh, value_set)

@@ -16,7 +16,9 @@ recipients and retention, as JSON and CSV.
    suppression list, so late events are not stored (the collector and the processor
    drop them, counted as ``erased_subject``);
 3. the person's rows are physically removed from the hot tables and from every warm and
-   cold file that held any (rewritten without them; the old files deleted);
+   cold file that held any (rewritten without them; the old files deleted); with
+   publishing on, the erasure is first recorded on the shared store, and every
+   processor removes the rows it holds hot (:mod:`aap.store.erasures`);
 4. derived results go too: the query cache's copies of their rows, their ids in static
    cohorts, their rectified personal traits and their sealed access exports;
 5. a receipt says what was removed where and when, with a SHA-256 digest of itself, and
@@ -63,6 +65,22 @@ if TYPE_CHECKING:
 Scope = tuple[str, tuple[str, ...]]
 """A self-service request's scope (a source id or ``controller:GROUP``) and the ids of
 the sources in it."""
+
+
+_ERASED_WHERE: dict[str, str] = {
+    "log": "sealed copies unreadable (data keys destroyed); records expire with the log's"
+           " retention",
+    "hot": "rows deleted", "warm": "files rewritten without the rows",
+    "cold": "archives rewritten without the rows",
+    "retired": "tier files in their grace period after tiering, holding any of the rows,"
+               " deleted at once",
+    "query_cache": "copied rows deleted in the same commit",
+    "cohorts": "ids taken out of every static cohort; behavioural cohorts are evaluated at"
+               " query time over what is left",
+    "personal_traits": "rectified values deleted with the data keys",
+    "access_exports": "sealed exports in the data dir deleted (copies already handed out"
+                      " are outside AAP)"}
+"""Where a full erasure reaches (its receipt's ``where``)."""
 
 
 class Rights:
@@ -115,10 +133,16 @@ class Rights:
         if scope is not None and persons and not subjects.sources_of(self.wh, persons) <= set(scope[1]):
             return self._erase_in(keys, persons, requested, actor, scope, started, t0)
         destroyed = self.keystore.destroy(all_keys)
+        # publishing on: recorded for every processor's hot rows first (and applied to
+        # this warehouse's), before the files are rewritten (aap.store.erasures)
+        spread = (self.wh.erasures.record(persons, all_keys)
+                  if self.wh.erasures is not None else {})
         # with the shared identities, ``persons`` already holds what they give the ids
         shared = None if self.identities is not None else subjects.shared_persons(self.wh,
                                                                                     all_keys)
         removed = removal.erase_persons(self.wh, persons, all_keys, shared=shared)
+        for name, n in spread.items():  # the hot rows the record's application deleted
+            removed[name] = removed.get(name, 0) + n
         derived = {**self.cohorts.forget(all_keys),
                    "query_cache_rows": removed.pop("query_cache_rows", 0),
                    "query_cache_rollup_rows": removed.pop("query_cache_rollup_rows", 0),
@@ -141,19 +165,12 @@ class Rights:
             "data_keys_destroyed": destroyed,
             "removed": removed,
             "derived": derived,
-            "where": {"log": "sealed copies unreadable (data keys destroyed); records expire"
-                             " with the log's retention",
-                      "hot": "rows deleted", "warm": "files rewritten without the rows",
-                      "cold": "archives rewritten without the rows",
-                      "retired": "tier files in their grace period after tiering, holding"
-                                 " any of the rows, deleted at once",
-                      "query_cache": "copied rows deleted in the same commit",
-                      "cohorts": "ids taken out of every static cohort; behavioural cohorts"
-                                 " are evaluated at query time over what is left",
-                      "personal_traits": "rectified values deleted with the data keys",
-                      "access_exports": "sealed exports in the data dir deleted (copies"
-                                        " already handed out are outside AAP)"},
+            "where": dict(_ERASED_WHERE),
         }
+        if self.wh.erasures is not None:
+            receipt["where"]["other_processors"] = (
+                "recorded on the shared store: every processor deletes the rows it holds"
+                " hot before it publishes again, and drops later events of the ids")
         return self._file_receipt(receipt, actor, {"identifiers": len(all_keys)})
 
     def _erase_in(self, keys: list[int], persons: set[int], requested: dict[str, Any],

@@ -428,6 +428,9 @@ class Processor:
                 self.state.partitions.pop(key, None)
             if gone and self.shared is not None:
                 self.shared.forget(gone)
+        # erasures other processors recorded: their ids are suppressed from this chunk
+        # on, and the chunk notes how far it read (aap.store.erasures)
+        seen = self.wh.erasures.refresh() if self.wh.erasures is not None else None
         batch = Batch(prepared.table, partition=_partitions(records, prepared.table))
         for _, step in self.steps:
             if not len(batch):
@@ -435,6 +438,7 @@ class Processor:
             step(batch, self.state)
         chunk = self._chunk(batch, advance({}, records), prepared.shop,
                             prepared.table.num_rows)
+        chunk.erasures_seen = seen
         return _Built(chunk, len(batch), batch.dropped, prepared.clamped)
 
     def _write(self, built: _Built) -> _Built:

@@ -256,6 +256,11 @@ class Gate:
                 self._cond.notify_all()
 
 
+class Stale(Exception):
+    """A batch's rows changed since it was written (an erasure recorded meanwhile, see
+    :mod:`aap.store.erasures`): it is written again before it is listed."""
+
+
 class SharedList:
     """``tier_files``, ``tier_trash`` and ``tier_writers`` on the shared-state database."""
 
@@ -354,18 +359,23 @@ class SharedList:
         self.db.write(tx)
 
     def publish(self, seq: int, files: Sequence[TierFile],
-                check: Callable[[Tx], None] | None = None) -> bool:
+                check: Callable[[Tx], bool] | None = None,
+                positions: Callable[[Tx], None] | None = None) -> bool:
         """List a batch's files and note the batch as published, in one transaction;
-        nothing if the batch was published already (False). ``check`` runs first in that
-        transaction (the log positions' compare-and-set, :mod:`aap.store.handover`): if
-        it raises, nothing is listed."""
+        nothing if the batch was published already (False). ``check``, run first in the
+        transaction: False refuses the listing (:class:`Stale`; the record of erasures,
+        :mod:`aap.store.erasures`). ``positions`` runs next, unless the batch was
+        published already (the log positions' compare-and-set,
+        :mod:`aap.store.handover`): if it raises, nothing is listed."""
         def tx(t: Tx) -> bool:
+            if check is not None and not check(t):
+                raise Stale(seq)
             row = t.fetchall("SELECT published FROM tier_writers WHERE writer = ?",
                              [self.writer])
             if row and int(row[0][0]) >= seq:
                 return False
-            if check is not None:
-                check(t)
+            if positions is not None:
+                positions(t)
             t.executemany(_INSERT, [(f.path, f.tier, f.part, f.rows, f.bytes, _ms())
                                     for f in files])
             t.execute("INSERT INTO tier_writers VALUES (?, ?) ON CONFLICT (writer)"

@@ -13,6 +13,10 @@ One batch, ``seq`` = the last one's + 1 (kept in ``processor_state``), in four s
    batch is noted as this writer's last published one; nothing if it already was;
 4. **forget**: the batch's rows leave ``hot_publishing``.
 
+Erasures recorded by other processors (:mod:`aap.store.erasures`) reach the hot rows first
+(:meth:`Publisher.settle`), and step 3 refuses to list a batch when one was recorded
+after that: the batch is cleaned and written again first.
+
 A crash (or a failure) at any point leaves a batch in ``hot_publishing``; it is finished
 from step 2 or 4 (whichever the shared store says) before anything else: at start-up,
 before the next batch, and before any rewrite (erasure, withdrawal, retention) or profile
@@ -36,7 +40,7 @@ from typing import Any
 
 from aap.datadir import DataDir
 from aap.store import handover, published, quarantine
-from aap.store.filelist import PENDING_TABLE, SharedList, TierFile, is_shared
+from aap.store.filelist import PENDING_TABLE, SharedList, Stale, TierFile, is_shared
 from aap.store.meta import MetaDB, open_meta
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
 from aap.store.tiering import BATCH_PREFIX
@@ -52,6 +56,10 @@ _COLUMNS = ", ".join("coalesce(o.person_id, e.person_id) AS person_id" if n == "
                      else f'e."{n}"' for n, _, _ in EVENT_COLUMNS)
 """The events' columns of a batch's rows, merges known now resolved (as a move to the warm
 tier writes them)."""
+
+STALE_ATTEMPTS = 10
+"""Times a batch is cleaned and written again because erasures keep being recorded while
+it is listed; then :class:`Stale` is raised and the batch stays pending for the next turn."""
 
 Step = Callable[[str], object]
 """Called after each step (``marked``, ``file``, ``written``, ``listed``, ``done``): the
@@ -74,8 +82,11 @@ class Publisher:
     # -- the steps --
 
     def settle(self) -> int:
-        """With the write lock held: finish every batch left in ``hot_publishing``.
+        """With the write lock held: apply the erasures other processors recorded
+        (:mod:`aap.store.erasures`), then finish every batch left in ``hot_publishing``.
         Returns the batches finished."""
+        if self.wh.erasures is not None:
+            self.wh.erasures.apply()
         cur = self.wh.con.cursor()
         try:
             pending = sorted({int(r[0]) for r in cur.execute(
@@ -134,15 +145,10 @@ class Publisher:
         dropped, with everything not published yet."""
         files: list[TierFile] = []
         if self.files.published() < seq:
-            files = self._write(seq)
-            self.step("written")
-            check = handover.check(*handover.batch(self.wh.con, seq)) if self.wh.handover \
-                else None
             try:
-                self.files.publish(seq, files, check)
+                files = self._list(seq)
             except handover.Stale as exc:
                 logger.warning("publishing: batch %d is stale (%s)", seq, exc)
-                handover.drop(self.wh, [f.path for f in files])
                 self.step("dropped")
                 return -1
         self.step("listed")
@@ -153,6 +159,37 @@ class Publisher:
                 handover.forget(cur, seq)
         self.step("done")
         return len(files)
+
+    def _list(self, seq: int) -> list[TierFile]:
+        """Steps 2 and 3. The listing checks, in its transaction, that no erasure was
+        recorded since the last one applied here; if one was, it is applied (to
+        ``hot_publishing`` too) and the batch written again, and a file of the first
+        writing that the second has no more rows for is deleted. With the handover, the
+        log positions' compare-and-set runs in the same transaction
+        (:class:`aap.store.handover.Stale` when another processor published past them)."""
+        erasures = self.wh.erasures
+        check = erasures.unchanged if erasures is not None else None
+        positions = handover.check(*handover.batch(self.wh.con, seq)) if self.wh.handover \
+            else None
+        written: set[str] = set()
+        for attempt in range(STALE_ATTEMPTS):
+            files = self._write(seq)
+            for path in sorted(written - {f.path for f in files}):
+                self.wh.tiers.delete(path)
+            written = {f.path for f in files}
+            self.step("written")
+            try:
+                self.files.publish(seq, files, check, positions)
+                return files
+            except handover.Stale:  # another processor published past its positions:
+                handover.drop(self.wh, sorted(written))  # dropped, with everything
+                raise                                    # not published yet
+            except Stale:
+                assert erasures is not None
+                if attempt == STALE_ATTEMPTS - 1:
+                    raise
+                erasures.apply()
+        raise AssertionError("unreachable")
 
     def name(self, seq: int) -> str:
         return f"{BATCH_PREFIX}{self.files.writer}-{seq}"

@@ -11,7 +11,8 @@ files are listed on the shared list with the table's name in its ``tier`` column
 
 A reader folds them per key: the rows of the key's latest batch (highest ``_seq``) of
 each writer win; across writers, persons fold as the processor merges (first_seen = min,
-last_seen = max, identified = bool_or, traits = the most recently written state), and
+last_seen = max, identified = bool_or, traits = each writer's state merged in the order
+written with ``json_merge_patch``), and
 the other tables take the latest-written writer's rows. With one writer this is exactly
 the processor's table. Local rows (a processor's own table) win over published ones for
 their keys.
@@ -124,6 +125,14 @@ def define(cur: duckdb.DuckDBPyConnection, wh: Any, files: list[TierFile]) -> No
                     ).fetchall()
 
 
+_TRAITS = ("CASE WHEN count(traits) <= 1 THEN CAST(arg_max(traits, _ms) FILTER (WHERE traits"
+           " IS NOT NULL) AS JSON) ELSE CAST(list_reduce(list(traits ORDER BY _ms) FILTER"
+           " (WHERE traits IS NOT NULL), lambda a, b: json_merge_patch(a, b)) AS JSON) END")
+"""A person's traits across writers: each writer's latest state merged in the order they
+were written (``json_merge_patch``, as the processor merges a chunk's traits); one
+writer's state as it is."""
+
+
 def _fold(table: str, key: str, cols: str, db: str) -> str:
     local = f'"{db}".main.{table}'
     latest = (f"SELECT * FROM published_{table} WHERE _seq = (SELECT max(_seq) FROM"
@@ -132,7 +141,7 @@ def _fold(table: str, key: str, cols: str, db: str) -> str:
     if table == "persons":
         folded = (f"SELECT person_id, min(first_seen) AS first_seen, max(last_seen) AS last_seen,"
                   f" bool_or(identified) AS identified,"
-                  f" CAST(arg_max(traits, _ms) AS JSON) AS traits FROM ({latest}) GROUP BY person_id")
+                  f" {_TRAITS} AS traits FROM ({latest}) GROUP BY person_id")
     else:
         folded = (f"SELECT {cols} FROM ({latest}) l WHERE _writer = (SELECT arg_max(_writer, _ms)"
                   f" FROM ({latest}) w WHERE w.{key} = l.{key})")

@@ -31,7 +31,7 @@ from aap.datadir import HOT_DB
 from aap.store import handover, published, quarantine
 from aap.store.filelist import DuckList, FileList, SharedList
 from aap.store.handover import POSITION, position_name
-from aap.store.meta import MetaDB
+from aap.store.meta import MetaDB, Tx
 from aap.store.migrations import Schema, migrate_duckdb, sql_step, unversioned_columns
 from aap.store.schema import (
     DDL,
@@ -76,6 +76,9 @@ class Chunk:
     """``new_ids`` and ``overrides`` are the shared store's rows for the chunk's keys
     (:mod:`aap.store.identities`), some of them recorded here already: those are not
     folded again."""
+    erasures_seen: int | None = None
+    """The last shared erasure the processor had read when it built the chunk (its
+    suppression covers those; :mod:`aap.store.erasures`); ``None``: not read."""
 
 
 _PERSONS = pa.schema([("person_id", pa.int64()), ("first_seen", pa.timestamp("us")),
@@ -269,6 +272,31 @@ class SharedFlagsView(Protocol):
         ...
 
 
+class ErasuresView(Protocol):
+    """The shared record of erasures this warehouse applies to its hot rows
+    (:class:`aap.store.erasures.ErasureMirror`)."""
+
+    applied: int
+
+    def refresh(self) -> int:
+        """The record read since the last time (its ids suppressed); the last number."""
+        ...
+
+    def record(self, persons: set[int], keys: set[int]) -> dict[str, int]:
+        """An erasure run here, recorded for every writer and applied here."""
+        ...
+
+    def apply(self) -> dict[int, dict[str, int]]:
+        """With the write lock held: the erasures not applied yet reach the hot rows."""
+        ...
+
+    def unchanged(self, tx: Tx) -> bool:
+        """In the shared list's write transaction: no erasure came after the last applied."""
+        ...
+
+    def in_chunk(self, cur: duckdb.DuckDBPyConnection, seen: int) -> None: ...
+
+
 class Warehouse:
     def __init__(self, directory: Path, *, tiers: TierStore | None = None,
                  memory_limit: str = "1GB", threads: int = 2,
@@ -306,6 +334,10 @@ class Warehouse:
         self.epoch = 0
         """Counts the times the unpublished rows were dropped (:func:`aap.store.handover.drop`)
         or partitions taken from the shared positions."""
+        self.erasures: ErasuresView | None = None
+        """Publishing on: erasures run by any processor reach this warehouse's hot rows
+        (:mod:`aap.store.erasures`); ``None``: an erasure reaches the rows of the
+        warehouse it runs in (and every listed file)."""
         self.published_only = False
         """A query node's reader warehouse (:mod:`aap.core.reader`): its events are the
         published files only, and persons, orders and products are not there (the
@@ -420,6 +452,8 @@ class Warehouse:
                 raise StaleChunk("the processor's state was reset since the chunk was built")
             with self.transaction() as cur:
                 self._write(cur, chunk)
+                if self.erasures is not None and chunk.erasures_seen is not None:
+                    self.erasures.in_chunk(cur, chunk.erasures_seen)
 
     def _write(self, con: duckdb.DuckDBPyConnection, chunk: Chunk) -> None:
         _write_events(con, chunk.events)

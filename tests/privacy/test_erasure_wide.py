@@ -1,0 +1,260 @@
+"""An erasure run by one processor reaches every processor's hot rows (publishing on,
+:mod:`aap.store.erasures`). Two processors, each with its own data dir (warehouse,
+keystore), log and publisher, share the list of live files, the tier store and the
+identities (PostgreSQL, or SQLite files under ``meta/``). Ana's rows are held hot by B;
+her erasure runs through A; B publishes afterwards. Then no byte of hers is in any file
+under either data dir, the tier store or the shared-state files, no row of hers (nor
+her keyed ids outside the keystore's suppression list) in PostgreSQL, a reader over the
+list sees none of her events, and her later events at B are not stored. The moments
+the erasure can meet B's rows at: hot; a chunk built before B learned of the erasure
+and written after B applied it; a batch marked before the erasure and listed after;
+B stopped. Runs on both engines of the shared state (PostgreSQL: marked ``slow``)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from aap.events import Event
+from aap.log.sqlite import SQLiteLog
+from aap.privacy.audit import AuditLog
+from aap.privacy.keystore import Keystore
+from aap.privacy.rights import Rights
+from aap.process.processor import Processor
+from aap.store import erasures
+from aap.store.identities import SharedIdentities
+from aap.store.meta import open_meta
+from aap.store.publish import Publisher
+from aap.store.tiers import TierConfig, TierStore
+from aap.store.warehouse import Chunk, Warehouse
+from tests.privacy.test_ip_canary import scan
+from tests.process.test_processor import drain, ev
+from tests.process.test_shared_identities import HASHER, append
+
+GONE = "gone-mark-of-ana-5d1e"
+GONE_TRAIT = "gone-trait-of-ana-77c0"
+GONE_ORDER = "gone-order-of-ana-2b9a"
+KEPT = "kept-mark-of-bo-c4f3"
+ANA = ("ana-anon", "ana-user")
+
+
+def key(raw: str) -> int:
+    return HASHER.key(raw)
+
+
+class Node:
+    """One processor: its data dir (warehouse and keystore), its log (outside the data
+    dir: the log's records expire with its retention), its publisher and its
+    application of the shared record of erasures, wired as the core wires them."""
+
+    def __init__(self, tmp: Path, name: str, meta_url: str) -> None:
+        self.tmp, self.name, self.url = tmp, name, meta_url
+        self.data = tmp / name
+        self.data.mkdir(exist_ok=True)
+        self.log = SQLiteLog(tmp / "logs" / name)
+        self.keystore = Keystore(self.data, url=meta_url)
+        self.identities = SharedIdentities(tmp / "meta", meta_url)
+        self.open()
+
+    def open(self) -> None:
+        self.wh = Warehouse(self.data / "warehouse",
+                            tiers=TierStore(TierConfig(str(self.tmp / "tiers"))),
+                            shared_list=open_meta(self.tmp / "meta" / "tiers.db", self.url))
+        mirror = erasures.attach(self.wh)
+        assert mirror is not None
+        erasures.connect(mirror, self.keystore, self.identities)
+        self.pub = Publisher(self.wh, 1)
+        self.pub.recover()
+        self.proc = Processor(self.log, self.wh, HASHER, chunk_records=1,
+                              identities=self.identities,
+                              destroyed=self.keystore.refresh_destroyed)
+
+    def close(self) -> None:
+        self.proc.close()
+        self.wh.close()
+
+    def messages(self) -> set[str]:
+        """Message ids of every event this warehouse holds or has listed."""
+        return {r[0] for r in self.wh.query("SELECT message_id FROM events_all")[1]}
+
+
+def ana_events(first: int) -> list[Event]:
+    """Ana browsing (a property marked), logging in (a trait marked) and ordering (an
+    order id marked), from message ``first`` on."""
+    return [
+        ev(first, anonymous_id="ana-anon", properties={"note": GONE}),
+        ev(first + 1, type="identify", event=None, user_id="ana-user", anonymous_id="ana-anon",
+           traits={"plan": GONE_TRAIT}),
+        ev(first + 2, user_id="ana-user", anonymous_id="ana-anon", event="Order Completed",
+           properties={"note": GONE, "order_id": GONE_ORDER, "revenue": 12,
+                       "products": [{"product_id": "p1", "name": "Tea", "price": 12}]}),
+    ]
+
+
+def bo_events(first: int) -> list[Event]:
+    return [ev(first, anonymous_id="bo-anon", properties={"note": KEPT}),
+            ev(first + 1, user_id="bo-user", anonymous_id="bo-anon", event="Order Completed",
+               properties={"note": KEPT, "order_id": "kept-order", "revenue": 5,
+                           "products": [{"product_id": "p2", "name": "Cup", "price": 5}]})]
+
+
+def feed(node: Node, events: list[Event]) -> None:
+    for e in events:
+        append(node.log, e)
+    drain(node.proc)
+
+
+@pytest.mark.parametrize("moment", ["hot", "chunk", "listing", "stopped"])
+def test_an_erasure_through_one_processor_reaches_the_others_rows(
+        tmp_path: Path, meta_url: str, moment: str) -> None:
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "logs").mkdir()
+    a, b = Node(tmp_path, "a", meta_url), Node(tmp_path, "b", meta_url)
+    rights = Rights(a.data, a.wh, a.keystore, HASHER, AuditLog(a.data, url=meta_url))
+    rights.identities = a.identities
+    receipts: list[dict[str, Any]] = []
+
+    def erase() -> None:
+        receipts.append(rights.erase_keys([key("ana-user")], {"userIds": 1}, "test"))
+
+    # A: Cy; B: Bo, and Ana's first events, published (in listed files)
+    feed(a, [ev(1, anonymous_id="cy-anon", properties={"note": KEPT})])
+    feed(b, bo_events(10) + ana_events(20))
+    a.pub.publish_once()
+    b.pub.publish_once()
+    # then more of Ana's events, which B holds hot (not published)
+    feed(b, ana_events(30))
+    assert {"m30", "m31", "m32"} <= b.messages()
+    assert b.wh.query("SELECT count(*) FROM events_raw WHERE message_id LIKE 'm3%'")[1] == [(3,)]
+    if moment == "hot":
+        erase()
+    elif moment == "chunk":
+        # a chunk B built before the erasure reached it, written after B applied it
+        real = b.wh.write
+
+        def write(chunk: Chunk) -> None:
+            if "m40" in chunk.events.column("message_id").to_pylist() and not receipts:
+                erase()
+                with b.wh.write_lock:
+                    b.pub.settle()  # B applies the erasure (as before its next batch)
+            real(chunk)
+
+        b.wh.write = write  # type: ignore[method-assign]
+        feed(b, [ev(40, user_id="ana-user", properties={"note": GONE})])
+        assert receipts
+    elif moment == "listing":
+        # a batch B marked before the erasure, listed after it
+        b.pub.step = lambda step: erase() if step == "written" and not receipts else None
+    else:  # B stopped meanwhile: its start-up applies the erasure
+        b.close()
+        erase()
+        b.open()
+        assert b.wh.query("SELECT count(*) FROM events_raw WHERE message_id LIKE 'm3%'"
+                          )[1] == [(0,)]  # gone before any batch
+    b.pub.publish_once()
+    assert receipts
+    [receipt] = receipts
+    assert receipt["where"]["other_processors"]
+    # Ana comes back to B: not stored (suppressed), and nothing of her is published
+    feed(b, [ev(50, user_id="ana-user", anonymous_id="ana-anon", properties={"note": GONE})])
+    assert "m50" not in b.messages()
+    assert b.proc.dropped.get("erased_subject", 0) >= 1
+    a.pub.publish_once()
+    b.pub.publish_once()
+
+    # a reader over the list: Bo and Cy, nothing of Ana
+    reader = Warehouse(tmp_path / "reader", tiers=TierStore(TierConfig(str(tmp_path / "tiers"))),
+                       shared_list=open_meta(tmp_path / "meta" / "tiers.db", meta_url))
+    seen = reader.query("SELECT message_id, properties->>'note' FROM events_all")[1]
+    assert {m for m, _ in seen} == {"m1", "m10", "m11"}
+    assert {n for _, n in seen} == {KEPT}
+    assert reader.query("SELECT count(*) FROM orders")[1] == [(1,)]
+    assert reader.query("SELECT count(*) FROM persons WHERE CAST(traits AS VARCHAR)"
+                        " LIKE '%gone%'")[1] == [(0,)]
+    # every writer applied the erasure: the record is pruned
+    assert a.wh.erasures is not None and b.wh.erasures is not None
+    assert a.wh.erasures.applied == b.wh.erasures.applied == 1
+    assert erasures.SharedErasures(reader.files.db).since(0) == []  # type: ignore[attr-defined]
+    reader.close()
+    for node in (a, b):
+        node.close()
+    check_nothing_left(tmp_path, meta_url)
+
+
+def check_nothing_left(tmp: Path, meta_url: str) -> None:
+    """No byte of Ana's marks in any file under the data dirs, the tier store or the
+    shared-state files, nor in their rows decoded; her keyed ids in no row but the
+    keystores' suppression lists (``destroyed``); Bo's marks are there (the scans see).
+    The warehouses' DuckDB files are read row by row only: DuckDB keeps a deleted row's
+    bytes in the file's blocks until it reuses them (for any erasure: README, "Storage:
+    batch files on the shared list")."""
+    roots = [tmp / "a", tmp / "b", tmp / "tiers", tmp / "meta"]
+    for mark in (GONE, GONE_TRAIT, GONE_ORDER):
+        assert [f for root in roots for f in scan(root, mark.encode())
+                if not f.endswith(".duckdb")] == [], mark
+    assert [f for root in roots for f in scan(root, b"kept-order")
+            if f.endswith(".parquet")], "the scan sees the published rows"
+    text = rows_text(tmp, meta_url)
+    assert KEPT in text and "kept-order" in text
+    for mark in (GONE, GONE_TRAIT, GONE_ORDER):
+        assert mark not in text, mark
+    for raw in ANA:
+        assert str(key(raw)) not in text, raw
+
+
+def rows_text(tmp: Path, meta_url: str) -> str:
+    """Every row, as text: of each warehouse's tables, each Parquet file, each SQLite file
+    of the shared state and the keystores, and PostgreSQL's tables — except the
+    keystores' ``destroyed`` (the suppression list, which keeps the erased keyed ids)."""
+    parts = []
+    for hot in tmp.rglob("hot.duckdb"):
+        con = duckdb.connect(str(hot), read_only=True)
+        try:
+            for (table,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall():
+                parts.append(repr(con.execute(f'SELECT * FROM "{table}"').fetchall()))
+        finally:
+            con.close()
+    for f in (tmp / "tiers").rglob("*.parquet"):
+        parts.append(repr(pq.read_table(f).to_pylist()))
+    for db in [*tmp.rglob("*.db")]:
+        if "logs" in db.parts:
+            continue
+        con = sqlite3.connect(db)
+        try:
+            for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+                if table != "destroyed":
+                    parts.append(repr(con.execute(f'SELECT * FROM "{table}"').fetchall()))
+        finally:
+            con.close()
+    if meta_url:
+        from tests.pg import every_row
+
+        parts.extend(repr(rows) for table, rows in every_row(meta_url) if table != "destroyed")
+    return "\n".join(parts)
+
+
+def test_the_record_is_kept_until_every_registered_writer_applied_it(
+        tmp_path: Path, meta_url: str) -> None:
+    """A writer that registered (started) and has not applied an erasure yet holds its row
+    back; once it applies it, the row goes. Numbers keep growing after a prune."""
+    db = open_meta(tmp_path / "tiers.db", meta_url)
+    store = erasures.SharedErasures(db)
+    store.applied("w1", 0)
+    store.applied("w2", 0)
+    assert store.append({7}, {70, 71}) == 1
+    assert store.append(set(), {80}) == 2
+    assert [(e.seq, e.persons, e.keys) for e in store.since(0)] == [
+        (1, frozenset({7}), frozenset({70, 71})), (2, frozenset(), frozenset({80}))]
+    assert store.applied("w1", 2) == 0  # w2 has applied none
+    assert [e.seq for e in store.since(0)] == [1, 2]
+    assert store.applied("w2", 1) == 1
+    assert [e.seq for e in store.since(0)] == [2]
+    assert store.applied("w2", 2) == 1
+    assert store.since(0) == [] and store.position() == 2
+    assert store.append({9}, {90}) == 3
+    db.close()
