@@ -120,6 +120,25 @@ def _in_the_log(servers: str, url: str) -> dict[str, tuple[int, int]]:
     return out
 
 
+def embedded_replay(data: Path, everything: list[dict[str, Any]], stored: set[str],
+                    columns: str) -> list[list[Any]]:
+    """The stored events, each visitor's in order, through an embedded server on ``data``:
+    its rows of ``events`` (these columns)."""
+    key = create_source(data, "demo-site")
+    by_visitor: dict[str, list[dict[str, Any]]] = {}
+    for ev in everything:
+        if ev["messageId"] in stored:
+            by_visitor.setdefault(ev["anonymousId"], []).append(ev)
+    with ServerProcess(data, workers=2) as embedded, httpx.Client(
+            base_url=embedded.url, auth=(key, ""), timeout=60) as client:
+        evs = [ev for v in by_visitor.values() for ev in v]
+        for i in range(0, len(evs), 500):
+            r = client.post("/v1/batch", json={"batch": evs[i:i + 500]})
+            assert r.status_code == 200, r.text
+        embedded.wait_processed(timeout=600)
+        return list(embedded.sql(f"SELECT {columns} FROM events"))
+
+
 def _partition(rows: list[list[Any]]) -> set[frozenset[str]]:
     """Message ids grouped by the person they were stored for."""
     by: dict[Any, set[str]] = {}
@@ -196,20 +215,7 @@ def test_cluster_killed_ten_times_keeps_every_event_once_and_merges_as_embedded(
     assert stored <= {ev["messageId"] for ev in everything if _consents(ev)}
     assert len(acked) > 1000, "the load ran"
 
-    # the same stored events, each visitor's in order, through an embedded server
-    embedded_data = tmp_path / "embedded"
-    embedded_key = create_source(embedded_data, "demo-site")
-    by_visitor: dict[str, list[dict[str, Any]]] = {}
-    for ev in everything:
-        if ev["messageId"] in stored:
-            by_visitor.setdefault(ev["anonymousId"], []).append(ev)
-    with ServerProcess(embedded_data, workers=2) as embedded, httpx.Client(
-            base_url=embedded.url, auth=(embedded_key, ""), timeout=60) as client:
-        evs = [ev for v in by_visitor.values() for ev in v]
-        for i in range(0, len(evs), 500):
-            r = client.post("/v1/batch", json={"batch": evs[i:i + 500]})
-            assert r.status_code == 200, r.text
-        embedded.wait_processed(timeout=600)
-        embedded_rows = embedded.sql("SELECT message_id, person_id FROM events")
+    embedded_rows = embedded_replay(tmp_path / "embedded", everything, stored,
+                                    "message_id, person_id")
     assert {r[0] for r in embedded_rows} == stored
     assert _partition(embedded_rows) == _partition(rows)

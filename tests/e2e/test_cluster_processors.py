@@ -16,11 +16,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from aap.cluster import processor_dir
-from aap.runner import ServerProcess, create_source
+from aap.runner import create_source
 from aap.store.meta import open_meta
 from aap.store.tiers import TierConfig, TierStore
 from aap.store.warehouse import Warehouse
@@ -33,6 +32,7 @@ from tests.e2e.test_cluster_crash import (
     _consents,
     _partition,
     _sender,
+    embedded_replay,
 )
 from tests.e2e.test_cluster_equivalence import _traffic
 from tests.kafka_mock import Cluster, topic_of
@@ -118,21 +118,8 @@ def test_two_processors_killed_under_load_publish_every_event_once_as_embedded(
     assert len(acked) > 1000, "the load ran"
     persons = _resolve(meta, [(r[0], r[1]) for r in rows])
 
-    # the same stored events, each visitor's in order, through an embedded server
-    embedded_data = tmp_path / "embedded"
-    embedded_key = create_source(embedded_data, "demo-site")
-    by_visitor: dict[str, list[dict[str, Any]]] = {}
-    for ev in everything:
-        if ev["messageId"] in stored:
-            by_visitor.setdefault(ev["anonymousId"], []).append(ev)
-    with ServerProcess(embedded_data, workers=2) as embedded, httpx.Client(
-            base_url=embedded.url, auth=(embedded_key, ""), timeout=60) as client:
-        evs = [ev for v in by_visitor.values() for ev in v]
-        for i in range(0, len(evs), 500):
-            r = client.post("/v1/batch", json={"batch": evs[i:i + 500]})
-            assert r.status_code == 200, r.text
-        embedded.wait_processed(timeout=600)
-        embedded_rows = embedded.sql("SELECT message_id, person_id, session_id FROM events")
+    embedded_rows = embedded_replay(tmp_path / "embedded", everything, stored,
+                                    "message_id, person_id, session_id")
     reader.close()
     assert {r[0] for r in embedded_rows} == stored
     assert _partition([[m, p] for m, p, _ in embedded_rows]) == _partition(
