@@ -6,9 +6,11 @@
 - deploy/compose.yaml against the Compose Specification's JSON schema as vendored by
   ``check-jsonschema`` (``check_jsonschema/builtin_schemas/vendor/compose-spec.json``), as
   written and with its ``${VAR}`` filled in;
-- what docs/deploy.md promises of them: a Deployment per role, the HPA on the collectors,
-  PDBs that select a Deployment, every probe on /healthz at the container's port, the
-  hardening, settings that exist, and no secret written in any file;
+- what docs/deploy.md promises of them: a workload per role (Deployments for the
+  collectors and query nodes, a StatefulSet of several processors with a volume each),
+  the HPA on the collectors, PDBs that select a workload, every probe on /healthz at the
+  container's port, the hardening, settings that exist, and no secret written in any
+  file;
 - and that both validators reject a broken copy, so that these checks can fail.
 """
 
@@ -38,6 +40,12 @@ COMPOSE = DEPLOY / "compose.yaml"
 ENV_EXAMPLE = DEPLOY / ".env.example"
 DOCKERFILE = DEPLOY / "Dockerfile"
 ROLES = ("collector", "processor", "query")
+WORKLOAD_KINDS = {"collector": "Deployment", "processor": "StatefulSet", "query": "Deployment"}
+PROCESSORS = ("processor-1", "processor-2")
+"""compose's processor services: one each, as each needs a named volume of its own."""
+COMPOSE_ROLES = {"collector": "collector", "processor-1": "processor",
+                 "processor-2": "processor", "query": "query"}
+"""compose's AAP services and the role each runs."""
 K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 PORT = 8000
 IMAGE = "aap:0.1.0"
@@ -77,6 +85,17 @@ def of_kind(kind: str) -> list[dict[str, Any]]:
 def named(kind: str, name: str) -> dict[str, Any]:
     found = [d for d in of_kind(kind) if d["metadata"]["name"] == name]
     assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def workloads() -> list[dict[str, Any]]:
+    """The objects that run pods: the Deployments and the StatefulSet."""
+    return of_kind("Deployment") + of_kind("StatefulSet")
+
+
+def workload(name: str) -> dict[str, Any]:
+    found = [w for w in workloads() if w["metadata"]["name"] == name]
+    assert len(found) == 1, f"workload {name}: {len(found)} found"
     return found[0]
 
 
@@ -206,8 +225,16 @@ def test_validators_reject_a_broken_copy() -> None:
     doc = copy.deepcopy(compose())
     doc["services"]["query"]["cap_drop"] = "ALL"
     assert "services.query.cap_drop: 'ALL' is not of type 'array'" in compose_errors(doc)
+    statefulset = copy.deepcopy(named("StatefulSet", "aap-processor"))
+    statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["accessModes"] = "ReadWriteOnce"
+    with pytest.raises(kubernetes_validate.ValidationError, match="not of type 'array'"):
+        kubernetes_validate.validate(statefulset, K8S_VERSIONS[-1], strict=True)
+    statefulset = copy.deepcopy(named("StatefulSet", "aap-processor"))
+    statefulset["spec"]["podManagementPolicy"] = ["Parallel"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(statefulset, K8S_VERSIONS[-1], strict=True)
     doc = copy.deepcopy(compose())
-    doc["services"]["processor"]["comand"] = doc["services"]["processor"].pop("command")
+    doc["services"]["processor-1"]["comand"] = doc["services"]["processor-1"].pop("command")
     assert any("'comand' was unexpected" in e for e in compose_errors(doc))
 
 
@@ -222,11 +249,11 @@ def test_validators_are_the_pinned_versions() -> None:
 # --- what the Kubernetes manifests promise ------------------------------------------------
 
 
-def test_every_role_has_a_deployment_running_it() -> None:
-    assert sorted(d["metadata"]["name"] for d in of_kind("Deployment")) == [
+def test_every_role_has_a_workload_running_it() -> None:
+    assert sorted(d["metadata"]["name"] for d in workloads()) == [
         f"aap-{role}" for role in ROLES]
     for role in ROLES:
-        deployment = named("Deployment", f"aap-{role}")
+        deployment = named(WORKLOAD_KINDS[role], f"aap-{role}")
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         assert container["args"] == ["serve", "--role", role]
         assert container["image"] == IMAGE
@@ -235,11 +262,13 @@ def test_every_role_has_a_deployment_running_it() -> None:
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
-def test_collector_and_query_have_a_service_on_their_pods() -> None:
+def test_every_role_has_a_service_on_its_pods() -> None:
+    """The collectors' and query nodes' Services route to them; the processors' is the
+    StatefulSet's headless service (its serviceName), which routes nothing."""
     assert sorted(s["metadata"]["name"] for s in of_kind("Service")) == [
-        "aap-collector", "aap-query"]
+        f"aap-{role}" for role in ROLES]
     for service in of_kind("Service"):
-        deployment = named("Deployment", service["metadata"]["name"])
+        deployment = workload(service["metadata"]["name"])
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"].items() <= labels.items()
         ports = {p["name"] for c in containers(deployment) for p in c.get("ports", [])}
@@ -260,11 +289,49 @@ def test_the_hpa_scales_the_collectors_on_cpu() -> None:
     assert container["resources"]["requests"]["cpu"]
 
 
-def test_each_pdb_selects_a_deployment_and_each_deployment_has_one() -> None:
+def test_the_processors_are_several_with_a_volume_each() -> None:
+    """Several processors share the topic's partitions (AAP_META_URL and
+    AAP_PUBLISH_SECONDS set): the StatefulSet runs more than one, each with a
+    ReadWriteOnce volume of its own as its data dir, started in parallel and updated one
+    at a time; compose runs two processor services on two named volumes."""
+    statefulset = named("StatefulSet", "aap-processor")
+    spec = statefulset["spec"]
+    assert spec["replicas"] > 1
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["updateStrategy"]["type"] == "RollingUpdate"
+    headless = named("Service", spec["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"]
+    pod = spec["template"]["spec"]
+    # the data dir is the per-replica claim, not a volume the pods would share
+    assert claim["metadata"]["name"] not in {v["name"] for v in pod.get("volumes", [])}
+    (container,) = pod["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts["/data"] == claim["metadata"]["name"]
+    assert of_kind("PersistentVolumeClaim") == [], "no claim the replicas would share"
+    config = named("ConfigMap", "aap-config")["data"]
+    assert float(config["AAP_PUBLISH_SECONDS"]) > 0 and "AAP_META_URL" in CREDENTIALS
+
+    services = compose()["services"]
+    assert "processor" not in services
+    volumes = []
+    for name in PROCESSORS:
+        env = compose_env(name)
+        assert float(env["AAP_PUBLISH_SECONDS"]) > 0 and env["AAP_META_URL"]
+        assert "deploy" not in services[name] or services[name]["deploy"].get("replicas", 1) == 1
+        (volume,) = [v for v in services[name]["volumes"] if v.endswith(":/data")]
+        volumes.append(volume.split(":")[0])
+    assert len(set(volumes)) == len(PROCESSORS)
+    assert set(volumes) <= compose()["volumes"].keys()
+
+
+def test_each_pdb_selects_a_workload_and_each_workload_has_one() -> None:
     covered = set()
     for pdb in of_kind("PodDisruptionBudget"):
         wanted = pdb["spec"]["selector"]["matchLabels"].items()
-        selected = [d["metadata"]["name"] for d in of_kind("Deployment")
+        selected = [d["metadata"]["name"] for d in workloads()
                     if wanted <= d["spec"]["template"]["metadata"]["labels"].items()]
         assert len(selected) == 1, f"{pdb['metadata']['name']} selects {selected}"
         assert ("minAvailable" in pdb["spec"]) != ("maxUnavailable" in pdb["spec"])
@@ -273,7 +340,7 @@ def test_each_pdb_selects_a_deployment_and_each_deployment_has_one() -> None:
 
 
 def test_every_probe_hits_healthz_on_the_containers_port() -> None:
-    for deployment in of_kind("Deployment"):
+    for deployment in workloads():
         for container in containers(deployment):
             ports = container["ports"]
             assert [p["containerPort"] for p in ports] == [PORT]
@@ -286,14 +353,15 @@ def test_every_probe_hits_healthz_on_the_containers_port() -> None:
 
 
 def test_every_container_is_limited_and_hardened() -> None:
-    for deployment in of_kind("Deployment"):
+    for deployment in workloads():
         name = deployment["metadata"]["name"]
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["runAsUser"] == dockerfile_uid(), name
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
         assert pod["automountServiceAccountToken"] is False, name
-        volumes = {v["name"] for v in pod["volumes"]}
+        volumes = {v["name"] for v in pod["volumes"]} | {
+            c["metadata"]["name"] for c in deployment["spec"].get("volumeClaimTemplates", [])}
         for container in containers(deployment):
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= container["resources"][kind].keys(), (name, kind)
@@ -315,7 +383,7 @@ def test_settings_come_from_the_configmap_and_the_secret() -> None:
     assert config["AAP_S3_ENDPOINT_URL"].startswith("http")
     assert config["AAP_DATA_DIR"] == "/data" and config["AAP_PORT"] == str(PORT)
     assert not SECRET_SETTINGS & config.keys()
-    for deployment in of_kind("Deployment"):
+    for deployment in workloads():
         for container in containers(deployment):
             sources = container["envFrom"]
             assert {"configMapRef": {"name": configmap["metadata"]["name"]}} in sources
@@ -329,10 +397,10 @@ def test_every_setting_named_exists_or_is_being_built() -> None:
     """A misspelt setting is ignored by AAP without a word: every ``AAP_*`` the manifests
     set is one settings.py declares, or the one that is being built."""
     names = set(named("ConfigMap", "aap-config")["data"]) | CREDENTIALS
-    for deployment in of_kind("Deployment"):
+    for deployment in workloads():
         for container in containers(deployment):
             names |= {e["name"] for e in container.get("env", [])}
-    for service in ROLES:
+    for service in COMPOSE_ROLES:
         names |= set(compose_env(service))
     names |= set(re.findall(r"\bAAP_[A-Z0-9_]+", DOCKERFILE.read_text()))
     unknown = {n for n in names if n.startswith("AAP_")} - DECLARED - PENDING_SETTINGS
@@ -345,9 +413,10 @@ def test_every_setting_named_exists_or_is_being_built() -> None:
 
 def test_compose_runs_the_backends_and_every_role() -> None:
     services = compose()["services"]
-    assert {"kafka", "postgres", "minio", *ROLES} <= services.keys()
-    for role in ROLES:
-        service = services[role]
+    assert {"kafka", "postgres", "minio", *COMPOSE_ROLES} <= services.keys()
+    assert set(COMPOSE_ROLES.values()) == set(ROLES)
+    for name, role in COMPOSE_ROLES.items():
+        service = services[name]
         assert service["command"] == ["serve", "--role", role]
         assert service["image"] == IMAGE
         assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
@@ -356,8 +425,8 @@ def test_compose_runs_the_backends_and_every_role() -> None:
 
 
 def test_compose_roles_have_the_backends_settings() -> None:
-    for role in ROLES:
-        env = compose_env(role)
+    for name in COMPOSE_ROLES:
+        env = compose_env(name)
         assert env["AAP_LOG_URL"] == "kafka://kafka:9092/aap-events"
         assert env["AAP_TIER_URL"] == "s3://aap-tiers/warehouse"
         assert env["AAP_S3_ENDPOINT_URL"] == "http://minio:9000"
@@ -377,7 +446,7 @@ def test_compose_healthchecks_ask_healthz() -> None:
             continue  # one-shot set-up jobs
         test = service["healthcheck"]["test"]
         assert test[0] == "CMD" and len(test) > 1, name
-        if name in ROLES:
+        if name in COMPOSE_ROLES:
             assert f"http://127.0.0.1:{PORT}/healthz" in " ".join(test)
 
 
