@@ -16,10 +16,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from aap.cluster import processor_dir
-from aap.runner import create_source
+from aap.runner import ServerProcess, create_source
 from aap.store.meta import open_meta
 from aap.store.tiers import TierConfig, TierStore
 from aap.store.warehouse import Warehouse
@@ -126,3 +127,38 @@ def test_two_processors_killed_under_load_publish_every_event_once_as_embedded(
         [[m, p] for m, p in persons])
     assert _partition([[m, s] for m, _, s in embedded_rows]) == _partition(
         [[r[0], r[2]] for r in rows])
+
+
+def test_a_processor_stopped_gracefully_hands_over_what_it_had_not_published(
+        tmp_path: Path, pg: Any) -> None:
+    """A rollout stops a processor with SIGTERM: with several processors possible (Kafka,
+    publishing, the shared store), it publishes its hot rows before it goes, though its
+    publishing interval (an hour here) is far off, so the next owner of its partitions
+    starts where it stopped and the query nodes see every event."""
+    kafka = Cluster()
+    meta = new_database(pg.url)
+    env = {"AAP_LOG_URL": kafka.url(), "AAP_META_URL": meta, "AAP_PUBLISH_SECONDS": "3600"}
+    kafka.topic(topic_of(env["AAP_LOG_URL"]), 4)
+    data = tmp_path / "p"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AAP_META_URL", meta)
+        key = create_source(data, "demo-site")
+    events = [ev for v in _traffic(2_000) for ev in v if _consents(ev)]
+    reader = Warehouse(tmp_path / "reader", tiers=TierStore(TierConfig(str(data / "tiers"))),
+                       shared_list=open_meta(tmp_path / "reader.db", meta))
+    try:
+        with ServerProcess(data, env=env) as server, httpx.Client(
+                base_url=server.url, auth=(key, ""), timeout=60) as client:
+            for i in range(0, len(events), 200):
+                r = client.post("/v1/batch", json={"batch": events[i:i + 200]})
+                assert r.status_code == 200, r.text
+            server.wait_processed(timeout=600)
+            assert _published(reader) == [], "published before the stop: the test proves nothing"
+        # the context's exit stopped it with SIGTERM and waited
+        rows = _published(reader)
+    finally:
+        reader.close()
+        kafka.stop()
+    ids = [r[0] for r in rows]
+    assert len(ids) == len(set(ids)) == len(events)
+    assert set(ids) == {ev["messageId"] for ev in events}

@@ -194,6 +194,13 @@ class Core:
         self.thread.join(timeout=30)
         if self.publisher is not None:
             self.publisher.close()
+            if self.warehouse.handover and not self.thread.is_alive():
+                self.processor.publish_now = None  # the log's close revokes: done here
+                try:  # a graceful stop (a rollout) hands its partitions over published
+                    self.publisher.publish_once()
+                except Exception:
+                    logger.exception("publishing at stop failed; what is left is published"
+                                     " at the next start, or read again by the next owner")
         self.tiering.close()
         self.warehouse.close()
         self.log.close()
