@@ -581,3 +581,22 @@ def test_an_unreachable_server_is_a_clear_error_without_the_password(tmp_path: P
                        ) as caught:
         Keystore(tmp_path, url=url)
     assert "pw-canary" not in str(caught.value)
+
+
+def test_upsert_inserts_new_rows_and_replaces_the_others_columns(tmp_path: Path,
+                                                                 meta_url: str) -> None:
+    """Tx.upsert (COPY on PostgreSQL, executemany on SQLite): rows whose key is new are
+    inserted, rows whose key is there replace that row's other columns, the rest stay."""
+    from aap.store.meta import open_meta
+
+    db = open_meta(tmp_path / "m.db", meta_url)
+    db.execute("CREATE TABLE IF NOT EXISTS up_t (k BIGINT PRIMARY KEY, p INTEGER NOT NULL,"
+               " s TEXT NOT NULL)")
+    db.write(lambda t: t.upsert("up_t", "k", [(1, 1, "a"), (2, 1, "b"), (3, 2, "c")]))
+    many = [(k, k % 7, f"x{k}") for k in range(3, 5003)]  # 3 is there: replaced
+    db.write(lambda t: t.upsert("up_t", "k", many + [(1, 9, "it's \\ \"odd\"\t\n")]))
+    db.write(lambda t: t.upsert("up_t", "k", []))
+    rows = {r[0]: (r[1], r[2]) for r in db.fetchall("SELECT k, p, s FROM up_t")}
+    assert len(rows) == 5002
+    assert rows[1] == (9, "it's \\ \"odd\"\t\n")
+    assert rows[2] == (1, "b") and rows[3] == (3, "x3") and rows[5002] == (5002 % 7, "x5002")

@@ -72,6 +72,13 @@ class Tx(Protocol):
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
+    def upsert(self, table: str, key: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert ``rows`` (every column of ``table``, in order), a row whose ``key`` is
+        there already replacing that row's other columns. SQLite: ``executemany``;
+        PostgreSQL: ``COPY`` into a temporary table, then one ``INSERT … SELECT`` (several
+        times faster than the statements of :meth:`executemany` for thousands of rows)."""
+        ...
+
     def lock(self, table: str) -> None:
         """Writers that lock ``table`` take turns (readers are not held up); first in the
         transaction. SQLite: nothing (its writers always take turns); PostgreSQL:
@@ -156,6 +163,13 @@ def is_conflict(exc: BaseException) -> bool:
 
 # -- SQLite: the file under the data dir --
 
+def _upsert_sql(table: str, key: str, cols: list[str], source: str) -> str:
+    others = ", ".join(f"{c} = excluded.{c}" for c in cols if c != key)
+    where = " WHERE true" if source.startswith("SELECT") else ""  # SQLite's parser
+    return (f"INSERT INTO {table} ({', '.join(cols)}) {source}{where} ON CONFLICT ({key})"
+            f" DO UPDATE SET {others}")
+
+
 class _SQLiteTx:
     def __init__(self, con: sqlite3.Connection) -> None:
         self.con = con
@@ -168,6 +182,13 @@ class _SQLiteTx:
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.con.execute(sql, params).fetchall()
+
+    def upsert(self, table: str, key: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        cols = [r[1] for r in self.fetchall(f"PRAGMA table_info({table})")]
+        self.con.executemany(_upsert_sql(table, key, cols, f"VALUES ({', '.join('?' * len(cols))})"),
+                             rows)
 
     def lock(self, table: str) -> None:
         """Nothing: ``BEGIN IMMEDIATE`` made this the only writer."""
@@ -343,6 +364,20 @@ class _PgTx:
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self.cur.execute(pg_sql(sql), params)
         return list(self.cur.fetchall())
+
+    def upsert(self, table: str, key: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        cols = [r[0] for r in self.fetchall(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? AND"
+            " table_schema = current_schema() ORDER BY ordinal_position", (table,))]
+        self.cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS aap_upsert_{table}"
+                         f" (LIKE {table}) ON COMMIT DELETE ROWS")
+        with self.cur.copy(f"COPY aap_upsert_{table} FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        self.cur.execute(_upsert_sql(table, key, cols, f"SELECT * FROM aap_upsert_{table}"))
+        self.cur.execute(f"TRUNCATE aap_upsert_{table}")
 
     def lock(self, table: str) -> None:
         self.cur.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
