@@ -594,7 +594,7 @@ def test_upsert_inserts_new_rows_and_replaces_the_others_columns(tmp_path: Path,
                " s TEXT NOT NULL)")
     db.write(lambda t: t.upsert("up_t", "k", [(1, 1, "a"), (2, 1, "b"), (3, 2, "c")]))
     many = [(k, k % 7, f"x{k}") for k in range(3, 5003)]  # 3 is there: replaced
-    db.write(lambda t: t.upsert("up_t", "k", many + [(1, 9, "it's \\ \"odd\"\t\n")]))
+    db.write(lambda t: t.upsert("up_t", "k", [*many, (1, 9, "it's \\ \"odd\"\t\n")]))
     db.write(lambda t: t.upsert("up_t", "k", []))
     rows = {r[0]: (r[1], r[2]) for r in db.fetchall("SELECT k, p, s FROM up_t")}
     assert len(rows) == 5002
