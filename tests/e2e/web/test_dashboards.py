@@ -42,10 +42,17 @@ def test_an_analyst_creates_a_dashboard_a_viewer_reads_it(signed_in: SignedIn) -
     tag = f"dash {time.time_ns()}"
     made = saved_insights(analyst, tag)
     analyst.reload()
+    analyst.wait_for_load_state("networkidle")  # the page's own fetches re-render the form
     name = f'"><script>alert(1)</script> {tag}'
     analyst.fill("#dashboard-name", name)
     for m in made:
-        analyst.get_by_role("checkbox", name=m["name"], exact=True).check()
+        # click, then wait for the box to be checked: on a busy machine a re-render of the
+        # page (its lists arriving) can land between Playwright's click and its own check
+        # of the state (`check()` then fails with "did not change its state") before the
+        # change handler's state update shows
+        box = analyst.get_by_role("checkbox", name=m["name"], exact=True)
+        box.click()
+        expect(box).to_be_checked(timeout=TIMEOUT)
     analyst.get_by_role("button", name="Create dashboard").click()
     expect(analyst.get_by_role("heading", level=1)).to_have_text(name, timeout=TIMEOUT)
     board_id = int(analyst.url.split("id=")[1])
@@ -54,11 +61,11 @@ def test_an_analyst_creates_a_dashboard_a_viewer_reads_it(signed_in: SignedIn) -
 
     viewer = signed_in("viewer", f"/dashboards?id={board_id}")
     expect(viewer.get_by_role("heading", level=1)).to_have_text(name, timeout=TIMEOUT)
-    expect(viewer.locator("article.tile")).to_have_count(len(made))
+    expect(viewer.locator("article.tile")).to_have_count(len(made), timeout=TIMEOUT)
     for m in made:
         run = api_get(viewer, f"/insights/{m['id']}")
         wait_series(viewer, tile(viewer, m["id"]), expected(run["result"]))
-        expect(viewer.get_by_role("heading", name=m["name"])).to_be_visible()
+        expect(viewer.get_by_role("heading", name=m["name"])).to_be_visible(timeout=TIMEOUT)
     # read-only: no create or delete, no builder links
     expect(viewer.get_by_role("button", name="Create dashboard")).to_have_count(0)
     expect(viewer.get_by_role("button", name="Delete dashboard", exact=False)).to_have_count(0)
