@@ -25,16 +25,12 @@ from tests.conftest import examples
 from tests.pg import Cluster as PgCluster
 from tests.pg import new_database
 from tests.store.publish_workers import events
+from tests.store.test_publish import STEPS, Crash, stop_at
 
 PARTITIONS = 2
 RECORDS = 30
 """Records in each partition of the modelled log."""
-STEPS = ("marked", "file", "written", "listed", "done")
 T0 = datetime(2026, 3, 1, 9)
-
-
-class Crash(Exception):
-    pass
 
 
 def stream_of(p: int, off: int) -> int:
@@ -104,11 +100,7 @@ def run(ops: list[tuple[str, int, int]], server: str) -> None:
                 if op == "process":
                     x.process(p, 1 + 3 * arg)
                 elif op in ("publish", "stop"):
-                    point = STEPS[arg]
-
-                    def step(name: str, _point: str = point, _op: str = op) -> None:
-                        if _op == "stop" and name == _point:
-                            raise Crash(name)
+                    step = stop_at(STEPS[arg] if op == "stop" else None)
                     try:
                         Publisher(x.wh, 1, step=step).publish_once()
                     except Crash:

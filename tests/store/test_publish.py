@@ -12,7 +12,7 @@ import signal
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,15 @@ def files_on_disk(tiers: TierStore) -> list[str]:
 
 class Crash(Exception):
     """A stop injected between two steps of a batch."""
+
+
+def stop_at(point: str | None) -> Callable[[str], None]:
+    """A publisher's ``step`` hook that stops the batch (:class:`Crash`) at ``point``;
+    ``None``: it never stops."""
+    def step(name: str) -> None:
+        if name == point:
+            raise Crash(name)
+    return step
 
 
 # -- the seam --
@@ -480,12 +489,7 @@ def test_any_interleaving_keeps_each_row_once(ops: list[tuple[str, int]]) -> Non
                     person.update(zip(ids, t.column("person_id").to_pylist(), strict=True))
                     write(wh, t, k + 1)
                 elif op in ("publish", "stop"):
-                    point = STEPS[arg]
-
-                    def step(name: str, _point: str = point, _op: str = op) -> None:
-                        if _op == "stop" and name == _point:
-                            raise Crash(name)
-
+                    step = stop_at(STEPS[arg] if op == "stop" else None)
                     try:
                         Publisher(wh, 1, step=step).publish_once()
                     except Crash:
