@@ -61,7 +61,7 @@ import duckdb
 
 from aap.privacy.removal import erase_hot
 from aap.store.filelist import KEYS_TABLE, PENDING_TABLE, SharedList
-from aap.store.identities import IdentitiesUnavailable, unavailable
+from aap.store.identities import IdentitiesUnavailable, translated
 from aap.store.meta import SQLITE, MetaDB, Tx
 from aap.store.migrations import Schema
 from aap.store.rewrite import Hot
@@ -170,13 +170,9 @@ class SharedErasures:
         return gone
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        try:
+        with translated(ErasuresUnavailable,
+                        f"the record of erasures at {self.db.where} cannot be used now"):
             return fn()
-        except Exception as exc:
-            if unavailable(exc):
-                raise ErasuresUnavailable(f"the record of erasures at {self.db.where} cannot"
-                                          f" be used now: {exc}") from exc
-            raise
 
 
 Suppress = Callable[[set[int]], object]

@@ -58,7 +58,7 @@ from aap.store.identities import (
     next_flag_change,
     pairs,
     resolved,
-    unavailable,
+    translated,
 )
 from aap.store.meta import POSTGRESQL, Tx, open_meta
 
@@ -187,22 +187,13 @@ class SharedFlags:
         return {p for p, f, _ in flag_rows(self._db.fetchall, self._sql, wanted) if f == flag}
 
     def _write(self, fn: Any) -> int:
-        try:
+        with translated(FlagsUnavailable,
+                        f"the shared flags at {self.where} cannot be written now"):
             return int(self._db.write(fn))
-        except Exception as exc:
-            if unavailable(exc):
-                raise FlagsUnavailable(f"the shared flags at {self.where} cannot be written"
-                                       f" now: {exc}") from exc
-            raise
 
     def _read(self, fn: Any) -> Any:
-        try:
+        with translated(FlagsUnavailable, f"the shared flags at {self.where} cannot be read now"):
             return fn()
-        except Exception as exc:
-            if unavailable(exc):
-                raise FlagsUnavailable(f"the shared flags at {self.where} cannot be read"
-                                       f" now: {exc}") from exc
-            raise
 
     def close(self) -> None:
         self._db.close()

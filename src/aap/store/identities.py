@@ -38,7 +38,8 @@ merged person's flags to the surviving person in its own transaction.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -152,6 +153,18 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError)
 
 
+@contextmanager
+def translated(error: Callable[[str], Exception], what: str) -> Iterator[None]:
+    """Inside: an error saying the shared store cannot be used now (:func:`unavailable`)
+    becomes ``error(f"{what}: {exc}")``, for the caller's retry logic; others pass."""
+    try:
+        yield
+    except Exception as exc:
+        if unavailable(exc):
+            raise error(f"{what}: {exc}") from exc
+        raise
+
+
 @dataclass(slots=True)
 class Applied(Generic[T]):
     """What :meth:`SharedIdentities.apply` committed."""
@@ -215,13 +228,9 @@ class SharedIdentities:
     def _write(self, fn: Callable[[Tx], T]) -> T:
         """:meth:`MetaDB.write`; :class:`IdentitiesUnavailable` when the database cannot
         be used now."""
-        try:
+        with translated(IdentitiesUnavailable,
+                        f"the shared identities at {self.where} cannot be used now"):
             return self._db.write(fn)
-        except Exception as exc:
-            if unavailable(exc):
-                raise IdentitiesUnavailable(
-                    f"the shared identities at {self.where} cannot be used now: {exc}") from exc
-            raise
 
     def persons_of(self, keys: Iterable[int]) -> dict[int, int]:
         """Each known key's person as merges resolve it (a read, outside any chunk)."""
