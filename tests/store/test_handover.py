@@ -10,6 +10,7 @@ import tempfile
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aap.store import handover
-from aap.store.meta import open_meta
+from aap.store.meta import MetaDB, open_meta
 from aap.store.publish import Publisher
 from aap.store.tiers import TierConfig, TierStore
 from aap.store.warehouse import Chunk, Warehouse
@@ -81,7 +82,21 @@ def listed(wh: Warehouse) -> Counter[str]:
     return out
 
 
-OPS = st.lists(st.tuples(st.sampled_from(["process", "publish", "stop", "move", "kill"]),
+def folded(db: MetaDB) -> list[tuple[Any, ...]]:
+    """Folds the staged streams: the shared streams are the same after as before, every
+    listed batch's rows are gone, and the staged rows left are of batches not listed
+    whose writer has not published a later one. Returns the shared streams."""
+    before = sorted(handover.shared(db)[1])
+    handover.fold(db)
+    assert sorted(handover.shared(db)[1]) == before
+    assert db.fetchall("SELECT * FROM log_stream_batches") == []
+    assert db.fetchall("SELECT r.writer, r.seq FROM log_stream_rows r JOIN tier_writers w"
+                       " ON w.writer = r.writer WHERE r.seq <= w.published") == []
+    return before
+
+
+OPS = st.lists(st.tuples(st.sampled_from(["process", "publish", "stop", "move", "kill",
+                                          "fold"]),
                          st.integers(0, 4), st.integers(0, PARTITIONS - 1)),
                min_size=1, max_size=14)
 
@@ -106,6 +121,8 @@ def run(ops: list[tuple[str, int, int]], server: str) -> None:
                     except Crash:
                         x.wh.close()
                         x.open()
+                elif op == "fold":
+                    folded(x.wh.files.db)
                 elif op in ("move", "kill"):  # kill: the owner is gone without publishing
                     if op == "move":
                         Publisher(x.wh, 1).publish_once()
@@ -126,6 +143,7 @@ def run(ops: list[tuple[str, int, int]], server: str) -> None:
                                  f" missing {sorted(want - got)[:5]}")
             positions, streams = handover.shared(sides[0].wh.files.db)
             assert positions == {p: RECORDS for p in range(PARTITIONS)}
+            assert folded(sides[0].wh.files.db) == sorted(streams)
             alone = {stream_of(p, o): o for p in range(PARTITIONS) for o in range(RECORDS)}
             assert {int(k): int(seen) for k, _, _, _, seen in streams} == alone
         finally:
@@ -150,7 +168,8 @@ def test_any_interleaving_publishes_each_record_once_on_postgresql(
 def test_a_stale_batch_is_refused_and_dropped(tmp_path: Path) -> None:
     """A published 10 records of partition 0 and processed 10 more; the partition moved to
     B (A gone without publishing), which published 25: A's late batch lists nothing, its
-    rows are gone, and it starts again from B's position."""
+    rows are gone, and it starts again from B's position; the streams it staged count for
+    nobody and are deleted by the next fold after A lists a later batch."""
     a, b = Side(tmp_path, "a", ""), Side(tmp_path, "b", "")
     try:
         a.process(0, 10)
@@ -165,6 +184,20 @@ def test_a_stale_batch_is_refused_and_dropped(tmp_path: Path) -> None:
         assert a.wh.get_positions() == {0: 25} and a.wh.epoch == 1
         assert a.wh.con.execute("SELECT count(*) FROM events_raw").fetchone() == (0,)
         assert listed(a.wh) == Counter(f"p0-{o}-0" for o in range(25))
+        # A's late batch staged its streams (records 17-19), which count for nobody: the
+        # shared streams are B's (22-24), until a fold after A's next batch deletes them
+        db, mine = a.wh.files.db, [a.wh.files.writer]
+        assert db.fetchall("SELECT seq, count(*) FROM log_stream_rows WHERE writer = ?"
+                           " GROUP BY seq ORDER BY seq", mine) == [(1, 3), (2, 3)]
+        assert {k: seen for k, _, _, _, seen in handover.shared(db)[1]} \
+            == {stream_of(0, o): o for o in range(22, 25)}
+        a.process(0, 5)
+        assert Publisher(a.wh, 1).publish_once()["files"] == 1
+        folded(db)
+        assert db.fetchall("SELECT count(*) FROM log_stream_rows WHERE writer = ?", mine) \
+            == [(0,)]
+        assert {k: seen for k, _, _, _, seen in handover.shared(db)[1]} \
+            == {stream_of(0, o): o for o in range(27, 30)}
         stale = chunk(a.wh, 0, 20, 3)
         stale.epoch = 0  # built before the drop
         with pytest.raises(Exception, match="reset since the chunk was built"):

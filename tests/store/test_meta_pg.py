@@ -583,20 +583,25 @@ def test_an_unreachable_server_is_a_clear_error_without_the_password(tmp_path: P
     assert "pw-canary" not in str(caught.value)
 
 
-def test_upsert_inserts_new_rows_and_replaces_the_others_columns(tmp_path: Path,
+def test_append_keeps_every_value_nulls_and_empty_strings_apart(tmp_path: Path,
                                                                  meta_url: str) -> None:
-    """Tx.upsert (COPY on PostgreSQL, executemany on SQLite): rows whose key is new are
-    inserted, rows whose key is there replace that row's other columns, the rest stay."""
+    """Tx.append (COPY of Arrow's CSV on PostgreSQL, executemany on SQLite): every row
+    arrives as it was, an empty string stays one and a null stays NULL, quotes,
+    backslashes, tabs, newlines and commas included; the columns are matched by name."""
+    import pyarrow as pa
+
     from aap.store.meta import open_meta
 
     db = open_meta(tmp_path / "m.db", meta_url)
-    db.execute("CREATE TABLE IF NOT EXISTS up_t (k BIGINT PRIMARY KEY, p INTEGER NOT NULL,"
-               " s TEXT NOT NULL)")
-    db.write(lambda t: t.upsert("up_t", "k", [(1, 1, "a"), (2, 1, "b"), (3, 2, "c")]))
-    many = [(k, k % 7, f"x{k}") for k in range(3, 5003)]  # 3 is there: replaced
-    db.write(lambda t: t.upsert("up_t", "k", [*many, (1, 9, "it's \\ \"odd\"\t\n")]))
-    db.write(lambda t: t.upsert("up_t", "k", []))
-    rows = {r[0]: (r[1], r[2]) for r in db.fetchall("SELECT k, p, s FROM up_t")}
-    assert len(rows) == 5002
-    assert rows[1] == (9, "it's \\ \"odd\"\t\n")
-    assert rows[2] == (1, "b") and rows[3] == (3, "x3") and rows[5002] == (5002 % 7, "x5002")
+    db.execute("CREATE TABLE IF NOT EXISTS ap_t (k BIGINT NOT NULL, p INTEGER, s TEXT)")
+    odd = "it's \\ \"odd\"\t\n, ok"
+    rows = [(k, k % 7 if k % 5 else None, f"x{k}" if k % 3 else ("" if k % 2 else None))
+            for k in range(5000)] + [(-1, 2, odd), (2**62, None, "")]
+    table = pa.table({"s": pa.array([r[2] for r in rows], pa.string()),  # not the order
+                      "k": pa.array([r[0] for r in rows], pa.int64()),   # of the table
+                      "p": pa.array([r[1] for r in rows], pa.int32())})
+    db.write(lambda t: t.append("ap_t", table))
+    db.write(lambda t: t.append("ap_t", table.slice(0, 0)))
+    assert sorted(db.fetchall("SELECT k, p, s FROM ap_t")) == sorted(rows)
+    assert db.fetchall("SELECT count(*) FROM ap_t WHERE s IS NULL") == [
+        (sum(1 for r in rows if r[2] is None),)]

@@ -77,6 +77,8 @@ class Publisher:
         wh.settle = self.settle
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="aap-publish", daemon=True)
+        self.folder = handover.Folder(self.files.db) if wh.handover else None
+        """Folds the streams the listings staged (with the handover), once started."""
         self.published_rows = 0
 
     # -- the steps --
@@ -157,6 +159,8 @@ class Publisher:
             published.forget(cur, seq)
             if self.wh.handover:
                 handover.forget(cur, seq)
+        if self.folder is not None and files:
+            self.folder.listed()
         self.step("done")
         return len(files)
 
@@ -169,8 +173,7 @@ class Publisher:
         (:class:`aap.store.handover.Stale` when another processor published past them)."""
         erasures = self.wh.erasures
         check = erasures.unchanged if erasures is not None else None
-        positions = handover.check(*handover.batch(self.wh.con, seq)) if self.wh.handover \
-            else None
+        positions = handover.listing(self.wh, seq) if self.wh.handover else None
         written: set[str] = set()
         for attempt in range(STALE_ATTEMPTS):
             files = self._write(seq)
@@ -224,11 +227,15 @@ class Publisher:
 
     def start(self) -> None:
         self.thread.start()
+        if self.folder is not None:
+            self.folder.start()
 
     def close(self) -> None:
         self.stop.set()
         if self.thread.is_alive():
             self.thread.join(timeout=60)
+        if self.folder is not None:
+            self.folder.close()
 
     def _run(self) -> None:
         while not self.stop.wait(self.interval):
