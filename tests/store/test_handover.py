@@ -205,3 +205,31 @@ def test_a_stale_batch_is_refused_and_dropped(tmp_path: Path) -> None:
     finally:
         a.wh.close()
         b.wh.close()
+
+
+def test_a_batch_finished_by_a_rewrite_while_its_streams_are_staged_is_listed_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The streams are staged without the write lock: a rewrite (erasure, retention) that
+    settles in that gap finishes the batch itself (staging again); the publisher then finds
+    it finished and lists nothing twice."""
+    a = Side(tmp_path, "a", "")
+    stage_batch = handover.stage_batch
+    gap: list[int] = []
+
+    def rewrite_in_the_gap(wh: Warehouse, seq: int) -> bool:
+        monkeypatch.setattr(handover, "stage_batch", stage_batch)  # the rewrite's own
+        with wh.write_lock:
+            gap.append(wh.settle())  # type: ignore[arg-type]
+        return stage_batch(wh, seq)
+
+    try:
+        a.process(0, 10)
+        monkeypatch.setattr(handover, "stage_batch", rewrite_in_the_gap)
+        out = Publisher(a.wh, 1).publish_once()
+        assert gap == [1] and out["files"] == 0  # finished by the rewrite, not again
+        assert listed(a.wh) == Counter(f"p0-{o}-0" for o in range(10))
+        assert handover.shared(a.wh.files.db)[0] == {0: 10}
+        assert {k: seen for k, _, _, _, seen in folded(a.wh.files.db)} \
+            == {stream_of(0, o): o for o in range(7, 10)}
+    finally:
+        a.wh.close()

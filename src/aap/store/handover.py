@@ -224,20 +224,21 @@ def pending(cur: duckdb.DuckDBPyConnection) -> list[int]:
         "SELECT DISTINCT seq FROM publish_positions").fetchall()]
 
 
-def batch(con: duckdb.DuckDBPyConnection, writer: str, seq: int) -> tuple[
-        list[tuple[int, int, int]], pa.Table]:
+def batch(con: duckdb.DuckDBPyConnection, writer: str, seq: int, *, streams: bool = True
+          ) -> tuple[list[tuple[int, int, int]], pa.Table | None]:
     """Batch ``seq``'s positions (partition, from, to) and streams (as
-    ``log_stream_rows``' columns), as marked."""
+    ``log_stream_rows``' columns; None unless ``streams``), as marked."""
     cur = con.cursor()
     try:
         positions = [(int(p), int(f), int(t)) for p, f, t in cur.execute(
             "SELECT log_partition, from_pos, to_pos FROM publish_positions WHERE seq = $s"
             " ORDER BY 1", {"s": seq}).fetchall()]
-        streams = cur.sql(
+        if not streams:
+            return positions, None
+        return positions, cur.sql(
             "SELECT $w AS writer, seq, stream_key, log_partition, last_us, session_id, seen_ms"
             " FROM publish_streams WHERE seq = $s ORDER BY stream_key",
             params={"s": seq, "w": writer}).to_arrow_table()
-        return positions, streams
     finally:
         cur.close()
 
@@ -255,13 +256,21 @@ def stage(db: MetaDB, writer: str, seq: int, streams: pa.Table) -> None:
     db.write(run, serializable=False)
 
 
-def listing(wh: Any, seq: int) -> Callable[[Tx], None]:
-    """Batch ``seq``'s streams staged (:func:`stage`), and its part of the listing
-    (:func:`check`)."""
-    writer = wh.files.writer
-    positions, streams = batch(wh.con, writer, seq)
-    stage(wh.files.db, writer, seq, streams)
-    return check(positions, writer, seq, streams.num_rows > 0)
+def stage_batch(wh: Any, seq: int) -> bool:
+    """:func:`stage` of batch ``seq`` as marked; returns whether it had streams."""
+    _, streams = batch(wh.con, wh.files.writer, seq)
+    assert streams is not None
+    stage(wh.files.db, wh.files.writer, seq, streams)
+    return streams.num_rows > 0
+
+
+def listing(wh: Any, seq: int, staged: bool | None = None) -> Callable[[Tx], None]:
+    """Batch ``seq``'s part of the listing (:func:`check`), its streams staged first
+    unless ``staged`` says they were (whether there were some)."""
+    if staged is None:
+        staged = stage_batch(wh, seq)
+    return check(batch(wh.con, wh.files.writer, seq, streams=False)[0], wh.files.writer, seq,
+                 staged)
 
 
 def check(positions: list[tuple[int, int, int]], writer: str, seq: int, staged: bool

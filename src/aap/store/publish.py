@@ -89,18 +89,22 @@ class Publisher:
         Returns the batches finished."""
         if self.wh.erasures is not None:
             self.wh.erasures.apply()
+        pending = self._pending()
+        for seq in pending:
+            if self._finish(seq) < 0:
+                break  # stale, and dropped with everything after it
+        return len(pending)
+
+    def _pending(self) -> list[int]:
+        """The batches marked and not finished."""
         cur = self.wh.con.cursor()
         try:
-            pending = sorted({int(r[0]) for r in cur.execute(
+            return sorted({int(r[0]) for r in cur.execute(
                 f"SELECT DISTINCT seq FROM {PENDING_TABLE}").fetchall()}
                 | set(published.pending(cur))
                 | set(handover.pending(cur) if self.wh.handover else ()))
         finally:
             cur.close()
-        for seq in pending:
-            if self._finish(seq) < 0:
-                break  # stale, and dropped with everything after it
-        return len(pending)
 
     def recover(self) -> int:
         """At start-up: a batch a crash left half published is finished."""
@@ -111,44 +115,56 @@ class Publisher:
         return n
 
     def publish_once(self) -> dict[str, int]:
-        """One batch of every hot row (nothing when there is none)."""
+        """One batch of every hot row (nothing when there is none). With the handover,
+        the batch's streams are staged between the mark and the rest, without the write
+        lock (:func:`aap.store.handover.stage_batch`): the processor writes meanwhile."""
         out = {"rows": 0, "files": 0, "finished": 0}
         with self.wh.write_lock:
             out["finished"] = self.settle()
-            seq = self.wh.get_state(SEQ) + 1
-            with self.files.gate.exclusive(), self.wh.transaction() as cur:
-                set_aside = quarantine.hot(cur, JOB)
-                row = cur.execute(f"INSERT INTO {PENDING_TABLE} SELECT $seq, * FROM events_raw",
-                                  {"seq": seq}).fetchone()
-                out["rows"] = n = int(row[0]) if row else 0
-                out["keys"] = keys = published.mark(cur, seq)
-                if self.wh.handover:  # the log positions and streams go with the files
-                    keys += handover.mark(cur, seq)
-                if n:
-                    cur.execute("DELETE FROM events_raw")
-                if n or keys:
-                    cur.execute("INSERT INTO processor_state VALUES ($n, $v) ON CONFLICT (name)"
-                                " DO UPDATE SET value = excluded.value", {"n": SEQ, "v": seq})
-            quarantine.report(JOB, quarantine.BAD_TIME, set_aside, "the hot table")
-            if not n and not keys:
+            seq = self._mark(out)
+            if not seq:
                 return out
             self.step("marked")
-            out["files"] = self._finish(seq)
+        staged = handover.stage_batch(self.wh, seq) if self.wh.handover else None
+        with self.wh.write_lock:
+            if seq not in self._pending():  # finished meanwhile by a rewrite's settle
+                return out
+            out["files"] = self._finish(seq, staged)
         if out["files"] < 0:
             out["dropped"] = out["rows"]
             return out
         self.published_rows += out["rows"]
         return out
 
-    def _finish(self, seq: int) -> int:
+    def _mark(self, out: dict[str, int]) -> int:
+        """Step 1: the next batch's number, or 0 when there was nothing to mark."""
+        seq = self.wh.get_state(SEQ) + 1
+        with self.files.gate.exclusive(), self.wh.transaction() as cur:
+            set_aside = quarantine.hot(cur, JOB)
+            row = cur.execute(f"INSERT INTO {PENDING_TABLE} SELECT $seq, * FROM events_raw",
+                              {"seq": seq}).fetchone()
+            out["rows"] = n = int(row[0]) if row else 0
+            out["keys"] = keys = published.mark(cur, seq)
+            if self.wh.handover:  # the log positions and streams go with the files
+                keys += handover.mark(cur, seq)
+            if n:
+                cur.execute("DELETE FROM events_raw")
+            if n or keys:
+                cur.execute("INSERT INTO processor_state VALUES ($n, $v) ON CONFLICT (name)"
+                            " DO UPDATE SET value = excluded.value", {"n": SEQ, "v": seq})
+        quarantine.report(JOB, quarantine.BAD_TIME, set_aside, "the hot table")
+        return seq if n or keys else 0
+
+    def _finish(self, seq: int, staged: bool | None = None) -> int:
         """Steps 2 to 4 of batch ``seq``, from where the shared store says it is. Returns
         the files listed, or -1 when the batch was stale (its log positions were
         published past by another processor, :mod:`aap.store.handover`): then it is
-        dropped, with everything not published yet."""
+        dropped, with everything not published yet. ``staged``: whether the batch's
+        streams were staged already, with some (None: not yet)."""
         files: list[TierFile] = []
         if self.files.published() < seq:
             try:
-                files = self._list(seq)
+                files = self._list(seq, staged)
             except handover.Stale as exc:
                 logger.warning("publishing: batch %d is stale (%s)", seq, exc)
                 self.step("dropped")
@@ -164,7 +180,7 @@ class Publisher:
         self.step("done")
         return len(files)
 
-    def _list(self, seq: int) -> list[TierFile]:
+    def _list(self, seq: int, staged: bool | None) -> list[TierFile]:
         """Steps 2 and 3. The listing checks, in its transaction, that no erasure was
         recorded since the last one applied here; if one was, it is applied (to
         ``hot_publishing`` too) and the batch written again, and a file of the first
@@ -173,7 +189,7 @@ class Publisher:
         (:class:`aap.store.handover.Stale` when another processor published past them)."""
         erasures = self.wh.erasures
         check = erasures.unchanged if erasures is not None else None
-        positions = handover.listing(self.wh, seq) if self.wh.handover else None
+        positions = handover.listing(self.wh, seq, staged) if self.wh.handover else None
         written: set[str] = set()
         for attempt in range(STALE_ATTEMPTS):
             files = self._write(seq)
