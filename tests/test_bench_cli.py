@@ -32,6 +32,7 @@ def test_the_commands_are_the_benchmarks_own() -> None:
     from benchmarks import (
         cluster,
         devices,
+        handover,
         imports,
         ingest,
         pipeline,
@@ -47,8 +48,8 @@ def test_the_commands_are_the_benchmarks_own() -> None:
     assert modules - {"__init__", "common"} == set(cli.BENCHMARKS)  # aap bench runs them all
     group = cli.bench
     ctx = click.Context(group)
-    for module in (cluster, devices, imports, ingest, pipeline, privacy, query, scale, scrub,
-                   stream, web):
+    for module in (cluster, devices, handover, imports, ingest, pipeline, privacy, query,
+                   scale, scrub, stream, web):
         assert group.get_command(ctx, module.__name__.rsplit(".", 1)[1]) is module.main
 
 
@@ -66,6 +67,20 @@ def test_the_wheel_leaves_the_benchmarks_out() -> None:
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert project["tool"]["setuptools"]["packages"]["find"]["where"] == ["src"]
     assert not (Path(__file__).parents[1] / "src" / "benchmarks").exists()
+
+
+@pytest.mark.slow  # a PostgreSQL server
+def test_bench_handover_runs_and_prints_the_figures_it_names() -> None:
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "COLUMNS": "220", "PYTHONPATH": str(root / "src")}
+    r = subprocess.run([sys.executable, "-m", "aap", "bench", "handover", "--events", "2000",
+                        "--rounds", "3"], capture_output=True, text=True, timeout=600,
+                       cwd=root, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("write lock held without the handover (baseline)",
+                 "write lock held with the handover", "added by the handover per batch",
+                 "ratio", "fold of 6,000 staged stream rows"):
+        assert name in r.stdout, (name, r.stdout)
 
 
 @pytest.mark.slow  # clusters of processes, a mock Kafka cluster, the embedded server
