@@ -1,6 +1,8 @@
 """``aap cluster up`` as a test's context: started on consecutive free ports (the
 collectors', then the processors' ``/healthz``, then the query nodes'), waited for,
-stopped with SIGTERM (SIGKILL of its group if that hangs)."""
+stopped with SIGTERM (SIGKILL of its group if that hangs); and, for a cluster of several
+processors on Kafka, waiting until what was sent is published (:func:`wait_published`)
+and a query node's mirror of the merges has read it (:func:`wait_mirrored`)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+
 from aap.lifecycle import child_env
+from tests.kafka_mock import Cluster, topic_of
 from tests.test_cluster import _free_ports, _pids
 
 
@@ -59,3 +64,60 @@ def cluster_up(data: Path, log: Path, *, collectors: int = 2, query: int = 0,
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+
+def _published(meta_url: str) -> dict[int, int]:
+    """The shared ``log_partitions``: each partition's position its published files reach
+    (a processor commits a position with the chunk's rows and lists it with the files
+    holding them: :mod:`aap.store.handover`)."""
+    import psycopg
+
+    with psycopg.connect(meta_url) as con:
+        return {int(p): int(v) for p, v in con.execute(
+            "SELECT log_partition, position FROM log_partitions").fetchall()}
+
+
+def wait_published(kafka: Cluster, log_url: str, meta_url: str, timeout: float) -> float:
+    """Until every partition of the log's topic is published up to the head it had when
+    called: every record sent before was processed, whichever processor owns its
+    partition, and its rows are in listed files, which a query node reads at its next
+    query. Returns ``time.monotonic()`` then."""
+    heads = kafka.heads(topic_of(log_url))
+    deadline = time.monotonic() + timeout
+    while True:
+        at = _published(meta_url)
+        short = {p: (at.get(p, 0), h) for p, h in heads.items() if at.get(p, 0) < h}
+        if not short:
+            return time.monotonic()
+        assert time.monotonic() < deadline, f"not published in {timeout} s: {short}" \
+                                            " (partition: (published position, head))"
+        time.sleep(0.2)
+
+
+def _mirror_ended(url: str, admin_key: str) -> tuple[float, float]:
+    """Bounds (``time.monotonic()``) of when a query node's last reload of the merges
+    (:mod:`aap.store.mirror`) ended, from the age its ``GET /api/v1/health`` gives."""
+    before = time.monotonic()
+    r = httpx.get(url + "/api/v1/health", timeout=60,
+                  headers={"Authorization": f"Bearer {admin_key}"})
+    after = time.monotonic()
+    assert r.status_code == 200, r.text
+    age = float(r.json()["merges"]["age_s"])  # rounded to the millisecond
+    return before - age - 0.001, after - age + 0.001
+
+
+def wait_mirrored(url: str, admin_key: str, since: float, timeout: float = 300.0) -> None:
+    """Until a reload of the query node's merges began after ``since`` (a
+    ``time.monotonic()``): the reloads run one after the other, so one that ended after
+    a reload that ended after ``since`` began after it."""
+    deadline = time.monotonic() + timeout
+    first: float | None = None  # the latest end of a reload that ended after since
+    while True:
+        low, high = _mirror_ended(url, admin_key)
+        if first is None and low > since:
+            first = high
+        elif first is not None and low > first:
+            return
+        assert time.monotonic() < deadline, f"the merges were not reloaded in {timeout} s"
+        time.sleep(0.2)

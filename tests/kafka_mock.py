@@ -247,11 +247,20 @@ class Cluster:
         a few MiB, read or not, whatever the topic's retention. Above 0, messages before it
         are gone: a consumer that had not read them yet lost them (no real broker with a
         sane retention would do that), one that had lost nothing."""
+        return {p: low for p, (low, _) in self.watermarks(topic).items()}
+
+    def heads(self, topic: str) -> dict[int, int]:
+        """Each partition's high watermark: the offset its next message will get (the
+        position a consumer that read all of it has reached)."""
+        return {p: high for p, (_, high) in self.watermarks(topic).items()}
+
+    def watermarks(self, topic: str) -> dict[int, tuple[int, int]]:
+        """Each partition's low and high watermarks."""
         c = ck.Consumer({"bootstrap.servers": self.servers, "group.id": new_group(),
                          "log_level": 0})
         try:
             parts = c.list_topics(topic, timeout=30).topics[topic].partitions
-            return {p: c.get_watermark_offsets(ck.TopicPartition(topic, p), timeout=30)[0]
+            return {p: c.get_watermark_offsets(ck.TopicPartition(topic, p), timeout=30)
                     for p in parts}
         finally:
             c.close()

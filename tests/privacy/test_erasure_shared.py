@@ -1,8 +1,9 @@
-"""Erasure with identities shared by several processors (``AAP_META_URL``,
+"""Erasure and access with identities shared by several processors (``AAP_META_URL``,
 :mod:`aap.store.identities`): the erased person's links, merges and "identified" mark
 leave the shared store too, including ids that only another processor's warehouse
-knows, and those ids are suppressed like the others. Runs on both engines of the shared
-state (PostgreSQL: marked ``slow``)."""
+knows, and those ids are suppressed like the others; an access request finds a person
+whom only another processor knows. Runs on both engines of the shared state
+(PostgreSQL: marked ``slow``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from aap.privacy.rights import Rights
 from aap.process.processor import Processor
 from aap.store.identities import SharedIdentities
 from aap.store.meta import open_meta
+from aap.store.publish import Publisher
+from aap.store.tiers import TierConfig, TierStore
 from aap.store.warehouse import Warehouse
 from tests.process.test_processor import drain, ev
 from tests.process.test_shared_identities import HASHER, append, by_message
@@ -88,3 +91,33 @@ def test_erasure_reaches_the_shared_identities_and_ids_only_another_processor_kn
     assert key("a9") not in store.persons_of([key("a9")])
     for p in (proc_a, proc_b):
         p.close()
+
+
+def test_access_finds_a_person_whose_events_another_processor_holds(
+        tmp_path: Path, meta_url: str) -> None:
+    """With several processors each holds the links of the ids in its partitions: an
+    access request run by processor A finds a person only B has met through the shared
+    identities, and exports her events from the files B published (A found no person:
+    the equivalence test with two processors exported none of a user's 7 events)."""
+    data, shared = tmp_path / "data", tmp_path / "shared"
+    data.mkdir()
+    shared.mkdir()
+    keystore = Keystore(data, url=meta_url)
+    tiers = TierStore(TierConfig(str(tmp_path / "tiers")))
+    wh_a, wh_b = (Warehouse(tmp_path / n, tiers=tiers,
+                            shared_list=open_meta(tmp_path / "tiers.db", meta_url))
+                  for n in ("wh-a", "wh-b"))
+    log_b = SQLiteLog(tmp_path / "log-b")
+    proc_b = Processor(log_b, wh_b, HASHER, chunk_records=1,
+                       identities=SharedIdentities(shared, meta_url))
+    append(log_b, ev(1, anonymous_id="a9"), ev(2, anonymous_id="a9"))
+    append(log_b, ev(3, type="identify", event=None, user_id="alice", anonymous_id="a9"))
+    drain(proc_b)
+    Publisher(wh_b, 1).publish_once()
+    assert wh_a.query("SELECT count(*) FROM events")[1] == [(3,)]  # A reads B's files
+    assert wh_a.query("SELECT count(*) FROM person_ids")[1] == [(0,)]
+    rights = Rights(data, wh_a, keystore, HASHER, AuditLog(data, url=meta_url))
+    rights.identities = SharedIdentities(shared, meta_url)
+    got = rights.access_keys([HASHER.key("alice")], {"userIds": ["alice"]}, "test")
+    assert (got["persons"], got["events"]) == (1, 3), got
+    proc_b.close()

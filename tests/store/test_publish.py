@@ -30,6 +30,7 @@ from aap.query.runner import run_insight
 from aap.query.snapshot import snapshot
 from aap.store import tiering
 from aap.store.filelist import PENDING_TABLE, Moved, TierFile
+from aap.store.meta import open_meta
 from aap.store.publish import Publisher, refuse_unshared
 from aap.store.tiering import TierPolicy, run_tiering
 from aap.store.tiers import TierConfig, TierStore
@@ -510,3 +511,36 @@ def test_any_interleaving_keeps_each_row_once(ops: list[tuple[str, int]]) -> Non
             assert listed_ids(wh) == want
         finally:
             wh.close()
+
+
+def test_an_erasure_meets_files_another_processor_rewrote_meanwhile(tmp_path: Path) -> None:
+    """Two processors rewrite the published files (an erasure, a consent withdrawal each
+    ran: the equivalence test's two processors both apply the withdrawals of the shared
+    ledger): B's rewrite commits and deletes files A has just listed. A's rewrite starts
+    again from the list as it is now (:class:`Moved`), instead of failing on the file
+    gone (FileNotFoundError, seen in the equivalence test's cluster log)."""
+    import sys
+
+    a = open_wh(tmp_path)
+    b = Warehouse(tmp_path / "wh-b", tiers=a.tiers,
+                  shared_list=open_meta(tmp_path / "tiers.db", ""))
+    try:
+        write(a, events(50, "a"), 1)
+        Publisher(a, 1).publish_once()
+        real, meanwhile = a.files.files, []
+
+        def listing() -> list[TierFile]:
+            got = real()
+            if sys._getframe(1).f_code.co_name == "_rewrite" and not meanwhile:
+                meanwhile.append(removal.erase_persons(b, {1}))  # between list and read
+            return got
+
+        a.files.files = listing  # type: ignore[method-assign]
+        got = removal.erase_persons(a, {2})
+        a.files.files = real  # type: ignore[method-assign]
+        assert meanwhile and meanwhile[0]["warm_rows"] == len(range(0, 50, 7))
+        assert got["warm_rows"] == len(range(1, 50, 7))
+        assert sum(listed_ids(a).values()) == 50 - len(range(0, 50, 7)) - len(range(1, 50, 7))
+    finally:
+        b.close()
+        a.close()

@@ -5,6 +5,7 @@ published files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -287,6 +288,45 @@ def test_a_persons_traits_from_two_writers_are_merged_on_the_reader(tmp_path: Pa
         assert json.loads(rows[5][4]) == {"plan": "pro", "lang": "fr", "size": "m"}
         assert rows[5][1] == DAY0 and rows[5][2] == DAY0 + timedelta(days=1, hours=2)
         assert rows[6][4] is None and rows[7][4] is None  # no traits: none merged in
+    finally:
+        rd.close()
+        a.close()
+        b.close()
+
+
+def _order(c: Chunk, order_id: str, message_id: str) -> Chunk:
+    """``c`` with its order (and items) under these ids."""
+    return dataclasses.replace(
+        c, orders=[(order_id, message_id, *o[2:]) for o in c.orders],
+        order_items=[(order_id, message_id, *i[2:]) for i in c.order_items])
+
+
+def test_one_order_id_in_two_writers_messages_keeps_both_on_the_reader(
+        tmp_path: Path) -> None:
+    """The same order id in two messages (a person's two devices send the same order:
+    each device's stream is in a partition of its own, so on two processors): one
+    processor holds both rows, one per message, so the reader shows both writers' rows
+    of the order id, not the last writer's alone (the equivalence test with two
+    processors found 18 of 780 orders missing on the query node). A message's rows from
+    two writers (read again once its partition moved) are one: the last written."""
+    tiers = TierStore(TierConfig(str(tmp_path / "tiers")))
+    a = Warehouse(tmp_path / "a", tiers=tiers, shared_list=open_meta(tmp_path / "tiers.db", ""))
+    b = Warehouse(tmp_path / "b", tiers=tiers, shared_list=open_meta(tmp_path / "tiers.db", ""))
+    rd = reader(tmp_path, "")
+    try:
+        a.write(_order(chunk(0, [(5, 0, True, {})]), "o-same", "m-phone"))
+        Publisher(a, 1).publish_once()
+        b.write(_order(chunk(1, [(5, 1, True, {})]), "o-same", "m-laptop"))
+        b.write(_order(chunk(2, [(6, 0, True, {})]), "o-again", "m-again"))
+        Publisher(b, 1).publish_once()
+        a.write(_order(chunk(2, [(6, 0, True, {})]), "o-again", "m-again"))
+        Publisher(a, 1).publish_once()
+        for table in ("orders", "order_items"):
+            want = sorted({*own(a, TABLES[table]), *own(b, TABLES[table])})
+            assert rd.query(TABLES[table])[1] == want, table
+        orders = rd.query("SELECT order_id, message_id, revenue FROM orders ORDER BY ALL")[1]
+        assert orders == [("o-again", "m-again", 12.0), ("o-same", "m-laptop", 11.0),
+                          ("o-same", "m-phone", 10.0)]
     finally:
         rd.close()
         a.close()

@@ -40,3 +40,32 @@ def test_a_failed_query_leaves_the_pool_usable(wh: Warehouse) -> None:
 def test_writes_still_commit(wh: Warehouse) -> None:
     wh.query("DELETE FROM events_raw WHERE event = 'E0'")
     assert count(wh) == DAYS * PER_DAY * 2 // 3
+
+
+def test_the_processors_state_is_read_while_another_thread_uses_the_connection(
+        tmp_path: Path) -> None:
+    """The processor's thread reads its state (``get_state``: the consent ledger's
+    position) while the publisher's thread has a statement running on the warehouse's
+    connection: it reads on a cursor of its own (on the shared connection, DuckDB refused
+    with "connection is busy", and withdrawals waited for the next try)."""
+    import threading
+
+    wh = Warehouse(tmp_path / "wh")
+    wh.set_state("seen", 7)
+    started, release = threading.Event(), threading.Event()
+
+    def block() -> int:
+        started.set()
+        release.wait(60)
+        return 1
+
+    wh.con.create_function("block_here", block, [], "INTEGER")  # type: ignore[arg-type]
+    busy = threading.Thread(target=lambda: wh.con.execute("SELECT block_here()").fetchall())
+    busy.start()
+    try:
+        assert started.wait(60)
+        assert wh.get_state("seen") == 7
+    finally:
+        release.set()
+        busy.join(60)
+        wh.close()

@@ -119,6 +119,17 @@ class Rights:
                                {"userIds": len(user_ids), "anonymousIds": len(anonymous_ids)},
                                actor)
 
+    def closure(self, keys: list[int]) -> tuple[set[int], set[int]]:
+        """The persons of these ids, with every person merged into them, and all their
+        ids: this warehouse's, and with the shared identities (several processors) those
+        of the shared store too, where a person whose events another processor holds is
+        found."""
+        persons, all_keys = subjects.person_closure(self.wh, keys)
+        if self.identities is not None:
+            shared_persons, shared_keys = self.identities.closure(all_keys)
+            persons, all_keys = persons | shared_persons, all_keys | shared_keys
+        return persons, all_keys
+
     def erase_keys(self, keys: list[int], requested: dict[str, Any], actor: str,
                    scope: Scope | None = None) -> dict[str, Any]:
         """Erase the persons behind these ids; with ``scope`` (a self-service request,
@@ -126,10 +137,7 @@ class Rights:
         other sources hold events of the person too, see :meth:`_erase_in`."""
         t0 = time.perf_counter()
         started = datetime.now(UTC)
-        persons, all_keys = subjects.person_closure(self.wh, keys)
-        if self.identities is not None:
-            shared_persons, shared_keys = self.identities.closure(all_keys)
-            persons, all_keys = persons | shared_persons, all_keys | shared_keys
+        persons, all_keys = self.closure(keys)
         if scope is not None and persons and not subjects.sources_of(self.wh, persons) <= set(scope[1]):
             return self._erase_in(keys, persons, requested, actor, scope, started, t0)
         destroyed = self.keystore.destroy(all_keys)
@@ -240,7 +248,8 @@ class Rights:
         statements of the scope's sources; the profile and personal traits only when no
         other source holds events of the person."""
         t0 = time.perf_counter()
-        persons, all_keys = subjects.person_closure(self.wh, keys)
+        # every processor's persons: their events are in the published files it reads
+        persons, all_keys = self.closure(keys)
         within = list(scope[1]) if scope is not None else []
         whole = scope is None or subjects.sources_of(self.wh, persons) <= set(within)
         with self.wh.snapshot() as cur:

@@ -12,10 +12,12 @@ files are listed on the shared list with the table's name in its ``tier`` column
 A reader folds them per key: the rows of the key's latest batch (highest ``_seq``) of
 each writer win; across writers, persons fold as the processor merges (first_seen = min,
 last_seen = max, identified = bool_or, traits = each writer's state merged in the order
-written with ``json_merge_patch``), and
-the other tables take the latest-written writer's rows. With one writer this is exactly
-the processor's table. Local rows (a processor's own table) win over published ones for
-their keys.
+written with ``json_merge_patch``), orders and order items take, for each message of the
+key, the latest-written writer's rows (one order id may come in two messages, which two
+writers may hold: :data:`PER_MESSAGE`), and products the latest-written writer's rows.
+With one writer this is exactly the processor's table. Local rows (a processor's own
+table) win over published ones for their keys (orders and items: their key and
+message).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ TABLES: dict[str, tuple[str, str]] = {
     "products": ("product_id", "product_id, name, category, price, first_seen, last_seen"),
 }
 """Each published table: its key and its columns."""
+PER_MESSAGE = ("orders", "order_items")
+"""Tables whose rows of a key are per message: an order id sent in two messages (a
+person's two devices) has a row in each, which two processors may hold (the devices'
+streams in two partitions), so their rows are folded per key and message."""
 KINDS = tuple(TABLES)
 """The ``tier`` of a listed table file."""
 
@@ -143,10 +149,15 @@ def _fold(table: str, key: str, cols: str, db: str) -> str:
                   f" bool_or(identified) AS identified,"
                   f" {_TRAITS} AS traits FROM ({latest}) GROUP BY person_id")
     else:
+        same = f"w.{key} = l.{key}" + (" AND w.message_id IS NOT DISTINCT FROM l.message_id"
+                                      if table in PER_MESSAGE else "")
         folded = (f"SELECT {cols} FROM ({latest}) l WHERE _writer = (SELECT arg_max(_writer, _ms)"
-                  f" FROM ({latest}) w WHERE w.{key} = l.{key})")
+                  f" FROM ({latest}) w WHERE {same})")
+    mine = (f"EXISTS (SELECT 1 FROM {local} m WHERE m.{key} = f.{key}"
+            f" AND m.message_id IS NOT DISTINCT FROM f.message_id)" if table in PER_MESSAGE
+            else f"f.{key} IN (SELECT {key} FROM {local} WHERE {key} IS NOT NULL)")
     return (f"SELECT {cols} FROM {local} UNION ALL SELECT {cols} FROM ({folded}) f"
-            f" WHERE f.{key} NOT IN (SELECT {key} FROM {local} WHERE {key} IS NOT NULL)"
+            f" WHERE NOT {mine}"
             f" AND CAST(f.{key} AS VARCHAR) NOT IN (SELECT key FROM \"{db}\".main.{KEYS_TABLE}"
             f" WHERE tbl = '{table}')")
 

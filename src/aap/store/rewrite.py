@@ -102,8 +102,8 @@ def rewrite(wh: Warehouse, change: Change, out: dict[str, Any]) -> None:
 
     Rows of a file read whole whose time is out of bounds go to ``quarantined_events``
     in the same commit (:mod:`aap.store.quarantine`). With the shared list (publishing
-    on), a file folded by the tiering job meanwhile (:class:`Moved`) makes it start again,
-    up to :data:`MOVED_ATTEMPTS` times."""
+    on), a file folded by the tiering job or rewritten by another processor meanwhile
+    (:class:`Moved`) makes it start again, up to :data:`MOVED_ATTEMPTS` times."""
     for attempt in range(MOVED_ATTEMPTS if wh.files.shared else 1):
         try:
             _rewrite(wh, change, out)
@@ -124,8 +124,12 @@ def _rewrite(wh: Warehouse, change: Change, out: dict[str, Any]) -> None:
             files = [(f.path, f.tier, f.part) for f in wh.files.files()
                      if f.tier in EVENT_TIERS]  # the tables' files: published.drop_persons
             with ThreadPoolExecutor(REWRITE_THREADS, thread_name_prefix="aap-rewrite") as pool:
-                done = [r for r in pool.map(lambda f: _guarded(wh, change, run, *f), files)
-                        if r is not None]
+                try:
+                    done = [r for r in pool.map(lambda f: _guarded(wh, change, run, *f),
+                                                files) if r is not None]
+                except FileNotFoundError:
+                    _gone_meanwhile(wh, files)
+                    raise
             with wh.transaction() as cur:
                 _commit(wh, cur, change, run, done, out)
     except BaseException:
@@ -136,6 +140,15 @@ def _rewrite(wh: Warehouse, change: Change, out: dict[str, Any]) -> None:
     for path in run.old:  # committed: the new versions are the live ones
         wh.tiers.delete(path)
     _report(change.job, run, out)
+
+
+def _gone_meanwhile(wh: Warehouse, files: list[tuple[str, str, str]]) -> None:
+    """A file listed was not found: if it is no longer listed, another processor (an
+    erasure or a withdrawal it ran) rewrote it since the list was read, and this rewrite
+    starts again from the list as it is now (:class:`Moved`); a file still listed and
+    gone is lost, and the error says so."""
+    if wh.files.shared and {p for p, _, _ in files} - {f.path for f in wh.files.files()}:
+        raise Moved from None
 
 
 def _guarded(wh: Warehouse, change: Change, run: _Run, path: str, tier: str, part: str

@@ -408,8 +408,12 @@ class Warehouse:
     # -- state the processor resumes from --
 
     def get_state(self, name: str, default: int = 0) -> int:
-        row = self.con.execute("SELECT value FROM processor_state WHERE name = $name",
-                               {"name": name}).fetchone()
+        cur = self.con.cursor()  # the processor's thread and the publisher's both ask
+        try:
+            row = cur.execute("SELECT value FROM processor_state WHERE name = $name",
+                              {"name": name}).fetchone()
+        finally:
+            cur.close()
         return int(row[0]) if row else default
 
     def set_state(self, name: str, value: int) -> None:
