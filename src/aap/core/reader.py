@@ -7,10 +7,11 @@ the shared list (:class:`aap.store.filelist.SharedList` on ``AAP_META_URL``, fil
 ``AAP_TIER_URL``), read through one snapshot of the list per query as the processor's
 own queries read them; its hot table stays empty. ``person_overrides`` mirrors the shared
 merges (:mod:`aap.store.mirror`) and ``person_flags`` the shared flags (restriction,
-objection: :mod:`aap.store.flags`, brought up to date before each query). Persons, their
-ids, orders and products are not published: those tables are empty here, and what needs
-them is refused (:mod:`aap.query.published`; the person lookup and the consent lookup
-of the privacy center likewise).
+objection: :mod:`aap.store.flags`, brought up to date before each query). Persons,
+orders, order items and products are published too and read as views of their batch
+files (:mod:`aap.store.published`); the persons' ids (``person_ids``) are not, so what
+needs them is refused (:mod:`aap.query.published`; the person lookup and the consent
+lookup of the privacy center likewise).
 
 Privacy requests filed here go to the shared requests table (``AAP_META_URL``) and are
 run by a processor's core: this node has no rows of its own to erase and never runs
