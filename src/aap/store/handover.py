@@ -224,18 +224,22 @@ def pending(cur: duckdb.DuckDBPyConnection) -> list[int]:
         "SELECT DISTINCT seq FROM publish_positions").fetchall()]
 
 
-def batch(con: duckdb.DuckDBPyConnection, writer: str, seq: int, *, streams: bool = True
-          ) -> tuple[list[tuple[int, int, int]], pa.Table | None]:
-    """Batch ``seq``'s positions (partition, from, to) and streams (as
-    ``log_stream_rows``' columns; None unless ``streams``), as marked."""
+def batch_positions(con: duckdb.DuckDBPyConnection, seq: int) -> list[tuple[int, int, int]]:
+    """Batch ``seq``'s positions (partition, from, to), as marked."""
     cur = con.cursor()
     try:
-        positions = [(int(p), int(f), int(t)) for p, f, t in cur.execute(
+        return [(int(p), int(f), int(t)) for p, f, t in cur.execute(
             "SELECT log_partition, from_pos, to_pos FROM publish_positions WHERE seq = $s"
             " ORDER BY 1", {"s": seq}).fetchall()]
-        if not streams:
-            return positions, None
-        return positions, cur.sql(
+    finally:
+        cur.close()
+
+
+def batch_streams(con: duckdb.DuckDBPyConnection, writer: str, seq: int) -> pa.Table:
+    """Batch ``seq``'s streams as marked, as ``log_stream_rows``' columns."""
+    cur = con.cursor()
+    try:
+        return cur.sql(
             "SELECT $w AS writer, seq, stream_key, log_partition, last_us, session_id, seen_ms"
             " FROM publish_streams WHERE seq = $s ORDER BY stream_key",
             params={"s": seq, "w": writer}).to_arrow_table()
@@ -258,8 +262,7 @@ def stage(db: MetaDB, writer: str, seq: int, streams: pa.Table) -> None:
 
 def stage_batch(wh: Any, seq: int) -> bool:
     """:func:`stage` of batch ``seq`` as marked; returns whether it had streams."""
-    _, streams = batch(wh.con, wh.files.writer, seq)
-    assert streams is not None
+    streams = batch_streams(wh.con, wh.files.writer, seq)
     stage(wh.files.db, wh.files.writer, seq, streams)
     return streams.num_rows > 0
 
@@ -269,8 +272,7 @@ def listing(wh: Any, seq: int, staged: bool | None = None) -> Callable[[Tx], Non
     unless ``staged`` says they were (whether there were some)."""
     if staged is None:
         staged = stage_batch(wh, seq)
-    return check(batch(wh.con, wh.files.writer, seq, streams=False)[0], wh.files.writer, seq,
-                 staged)
+    return check(batch_positions(wh.con, seq), wh.files.writer, seq, staged)
 
 
 def check(positions: list[tuple[int, int, int]], writer: str, seq: int, staged: bool
