@@ -54,7 +54,7 @@ from aap.process.processor import Processor
 from aap.routing import ANY, Route, Router
 from aap.settings import Settings
 from aap.sources import Sources
-from aap.store import erasures, flags, handover
+from aap.store import erasures, flags, handover, rectifications
 from aap.store.identities import SharedIdentities
 from aap.store.publish import Publisher, refuse_unshared, shared_list
 from aap.store.tiering import TieringThread, TierPolicy
@@ -101,6 +101,9 @@ class Core:
         self.log = open_log(settings)
         kept = settings.tiers
         self.warehouse, self.publisher = _open_warehouse(settings)
+        # with AAP_META_URL a rectification run by any processor reaches this warehouse's
+        # profiles too (before the first publishing turn: aap.store.rectifications)
+        rectifications.attach(self.warehouse, data, settings.storage.meta_url)
         registry = Registry.for_data_dir(data)
         check_settings(settings, registry)  # `aap serve` says why before it gets here
         self.keystore = Keystore(data)
