@@ -35,8 +35,11 @@ from tests.privacy.test_erasure_wide import Node as ErasureNode
 from tests.privacy.test_erasure_wide import feed, key
 from tests.process.test_processor import ev
 from tests.process.test_shared_identities import HASHER
+from tests.store.test_publish_tables import files_with
 
 TRAITS = "SELECT CAST(traits AS VARCHAR) FROM persons WHERE person_id = ?"
+OLD = "old-plan-3c1f"
+"""Rita's plan before it is rectified: no published file holds it afterwards."""
 
 
 class Node(ErasureNode):
@@ -77,8 +80,8 @@ def nodes(tmp_path: Path, meta_url: str) -> Any:
     rights = Rights(a.data, a.wh, a.keystore, HASHER, AuditLog(a.data, url=meta_url))
     rights.identities = a.identities
     # Rita on both, with her plan and one trait each; Bo on B only
-    feed(a, [rita(10, type="identify", event=None, traits={"plan": "free", "lang": "fr"})])
-    feed(b, [rita(11, type="identify", event=None, traits={"plan": "free", "size": "m"}),
+    feed(a, [rita(10, type="identify", event=None, traits={"plan": OLD, "lang": "fr"})])
+    feed(b, [rita(11, type="identify", event=None, traits={"plan": OLD, "size": "m"}),
              ev(12, user_id="u-bo", anonymous_id="bo", type="identify", event=None,
                 traits={"plan": "free"})])
     a.pub.publish_once()
@@ -97,10 +100,11 @@ def person(node: Node, raw: str) -> int:
 
 @pytest.mark.parametrize("then", ["event", "chunk", "stopped"])
 def test_a_rectification_through_one_processor_reaches_the_others_profile(
-        nodes: Any, then: str) -> None:
+        nodes: Any, then: str, tmp_path: Path) -> None:
     a, b, rights, rd = nodes
     p = person(a, "u-rita")
-    assert traits(rd, p) == {"plan": "free", "lang": "fr", "size": "m"}
+    assert traits(rd, p) == {"plan": OLD, "lang": "fr", "size": "m"}
+    assert files_with(str(tmp_path / "tiers"), OLD.encode())
     if then == "chunk":
         # a chunk B built before the rectification reached it, written after B applied
         # it: its events came before the rectification, which wins over them
@@ -115,7 +119,7 @@ def test_a_rectification_through_one_processor_reaches_the_others_profile(
             real(chunk)
 
         b.wh.write = write  # type: ignore[method-assign]
-        feed(b, [rita(21, type="identify", event=None, traits={"plan": "old"},
+        feed(b, [rita(21, type="identify", event=None, traits={"plan": "stale"},
                       message_id="m20")])
         assert done
     elif then == "stopped":  # B is stopped meanwhile; started again, it just publishes
@@ -135,15 +139,18 @@ def test_a_rectification_through_one_processor_reaches_the_others_profile(
     assert traits(b.wh, p)["plan"] == "pro"  # B's own queries (its local row wins there)
     assert traits(a.wh, p)["plan"] == "pro"
     assert traits(rd, person(b, "u-bo")) == {"plan": "free"}  # nobody else's
+    # the old value is in no published file: each writer's rows of before were rewritten
+    assert files_with(str(tmp_path / "tiers"), OLD.encode()) == []
 
 
 def test_a_trait_sent_after_the_rectification_wins_over_it(nodes: Any) -> None:
     a, b, rights, rd = nodes
     p = person(a, "u-rita")
     rights.rectify_keys([key("u-rita")], {"plan": "pro", "size": None}, "test")
-    b.pub.publish_once()  # B applies the rectification
+    # B's next chunk reads the record: the patch goes first, then the chunk's trait
     feed(b, [rita(41, type="identify", event=None, traits={"plan": "team"})])
-    b.pub.publish_once()
+    assert traits(b.wh, p) == {"plan": "team"}
+    b.pub.publish_once()  # its rows listed before the chunk get the patch; the new not
     a.pub.publish_once()
     assert traits(rd, p) == {"plan": "team", "lang": "fr"}
     assert traits(b.wh, p) == {"plan": "team"}
