@@ -86,6 +86,9 @@ def _open_warehouse(settings: Settings) -> tuple[Warehouse, Publisher | None]:
         shared_list=shared_list(settings.data_path, kept.publish_seconds,
                                 settings.storage.meta_url))
     refuse_unshared(warehouse)
+    # with AAP_META_URL a rectification run by any processor reaches this warehouse's
+    # profiles too (from the first publishing turn on: aap.store.rectifications)
+    rectifications.attach(warehouse, settings.data_path, settings.storage.meta_url)
     if kept.publish_seconds <= 0:
         return warehouse, None
     if settings.storage.kafka:  # partitions may move between processors
@@ -101,9 +104,6 @@ class Core:
         self.log = open_log(settings)
         kept = settings.tiers
         self.warehouse, self.publisher = _open_warehouse(settings)
-        # with AAP_META_URL a rectification run by any processor reaches this warehouse's
-        # profiles too (before the first publishing turn: aap.store.rectifications)
-        rectifications.attach(self.warehouse, data, settings.storage.meta_url)
         registry = Registry.for_data_dir(data)
         check_settings(settings, registry)  # `aap serve` says why before it gets here
         self.keystore = Keystore(data)

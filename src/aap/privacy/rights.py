@@ -338,10 +338,11 @@ class Rights:
                      ) -> dict[str, Any]:
         """Art. 16. Traits that are not personal by name are merged into the profile
         (``persons.traits``, the one place traits are kept: every query and tier reads
-        them from there at once). Personal traits (email, name, phone, …), which the
-        collector seals and no table keeps in clear, are kept sealed under each of the
-        person's data keys in the keystore, and the access export shows them. ``null``
-        removes a trait."""
+        them from there at once; with several processors, each one's profiles, through
+        the shared record of :mod:`aap.store.rectifications`). Personal traits (email,
+        name, phone, …), which the collector seals and no table keeps in clear, are kept
+        sealed under each of the person's data keys in the keystore, and the access
+        export shows them. ``null`` removes a trait."""
         if not traits:
             raise ValueError("a rectification needs traits")
         personal = {k: v for k, v in traits.items() if is_personal_trait(k, v)}

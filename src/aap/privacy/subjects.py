@@ -5,7 +5,9 @@ Removing their events is :mod:`aap.privacy.removal`.
 
 Flags: the warehouse's ``person_flags`` table is their record; with ``AAP_META_URL``
 the record is the shared store (:mod:`aap.store.flags`), written here, and the table is
-its mirror, brought up to date at once (and before every query, on every node)."""
+its mirror, brought up to date at once (and before every query, on every node).
+Rectified traits: with ``AAP_META_URL`` recorded on the shared store too, and merged by
+every warehouse into its own profiles (:mod:`aap.store.rectifications`)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,8 @@ PostgreSQL").
 
 The store also holds the persons' restriction and objection flags (``person_flags`` and
 its change counter; what is done with them is :mod:`aap.store.flags`): a merge gives the
-merged person's flags to the surviving person in its own transaction.
+merged person's flags to the surviving person in its own transaction; and the record of
+rectified traits (``person_rectifications`` and its counter: :mod:`aap.store.rectifications`).
 """
 
 from __future__ import annotations
