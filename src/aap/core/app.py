@@ -54,7 +54,7 @@ from aap.process.processor import Processor
 from aap.routing import ANY, Route, Router
 from aap.settings import Settings
 from aap.sources import Sources
-from aap.store import erasures, flags, handover
+from aap.store import erasures, flags, handover, rectifications
 from aap.store.identities import SharedIdentities
 from aap.store.publish import Publisher, refuse_unshared, shared_list
 from aap.store.tiering import TieringThread, TierPolicy
@@ -86,6 +86,9 @@ def _open_warehouse(settings: Settings) -> tuple[Warehouse, Publisher | None]:
         shared_list=shared_list(settings.data_path, kept.publish_seconds,
                                 settings.storage.meta_url))
     refuse_unshared(warehouse)
+    # with AAP_META_URL a rectification run by any processor reaches this warehouse's
+    # profiles too (from the first publishing turn on: aap.store.rectifications)
+    rectifications.attach(warehouse, settings.data_path, settings.storage.meta_url)
     if kept.publish_seconds <= 0:
         return warehouse, None
     if settings.storage.kafka:  # partitions may move between processors

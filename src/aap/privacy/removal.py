@@ -116,8 +116,9 @@ def erase_persons(wh: Warehouse, persons: set[int], keys: Iterable[int] = (),
                   shared: set[int] | None = None) -> dict[str, int]:
     """Physically remove the persons' rows from the hot tables and from every warm and
     cold file (rewritten without them; the old files are deleted at once), and their
-    flags from the shared store too when there is one (``shared_flags``: the rows
-    deleted there, merges the shared identities know included). Returns what was
+    flags and rectifications from the shared store too when there is one
+    (``shared_flags``, ``shared_rectifications``: the rows deleted there, merges the
+    shared identities know included). Returns what was
     removed where. ``keys``: the keyed hashes of their ids, also those this warehouse has
     not linked (shared identities): their session streams go too. ``shared``: the
     persons the shared identities give the ids (their flags go from the shared store
@@ -127,6 +128,8 @@ def erase_persons(wh: Warehouse, persons: set[int], keys: Iterable[int] = (),
            "retired_files_deleted": 0}
     if wh.flags is not None:  # the record of the flags is shared (AAP_META_URL): first
         out["shared_flags"] = wh.flags.erase(persons | (shared or set()))
+    if wh.rectifications is not None:  # and so is the record of rectifications
+        out["shared_rectifications"] = wh.rectifications.erase(persons | (shared or set()))
     if not persons:
         return out
     value_set = pa.array(sorted(persons), pa.int64())

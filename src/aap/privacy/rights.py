@@ -338,15 +338,18 @@ class Rights:
                      ) -> dict[str, Any]:
         """Art. 16. Traits that are not personal by name are merged into the profile
         (``persons.traits``, the one place traits are kept: every query and tier reads
-        them from there at once). Personal traits (email, name, phone, …), which the
-        collector seals and no table keeps in clear, are kept sealed under each of the
-        person's data keys in the keystore, and the access export shows them. ``null``
-        removes a trait."""
+        them from there at once; with several processors, each one's profiles, through
+        the shared record of :mod:`aap.store.rectifications`). Personal traits (email,
+        name, phone, …), which the collector seals and no table keeps in clear, are kept
+        sealed under each of the person's data keys in the keystore, and the access
+        export shows them. ``null`` removes a trait."""
         if not traits:
             raise ValueError("a rectification needs traits")
         personal = {k: v for k, v in traits.items() if is_personal_trait(k, v)}
         plain = {k: v for k, v in traits.items() if k not in personal}
-        persons, all_keys = subjects.person_closure(self.wh, keys)
+        # with several processors: the persons and ids the shared identities know too
+        # (access and erasure find them alike), and every processor's profiles
+        persons, all_keys = self.closure(keys)
         n = subjects.rectify_traits(self.wh, persons, plain) if plain else len(persons)
         kept = (self.keystore.rectify_personal_traits(all_keys, personal)
                 if personal and persons else {})
@@ -363,8 +366,9 @@ class Rights:
         and Art. 21 (``objection``: out of profiling). ``lift`` lifts a restriction (Art.
         18(3): tell the person first) or records that the objection was withdrawn."""
         flag = {"restriction": "restricted", "objection": "objected"}[kind]
-        persons, _ = subjects.person_closure(self.wh, keys)
-        persons |= subjects.shared_persons(self.wh, keys)
+        persons, _ = self.closure(keys)  # as access and erasure find them
+        if self.identities is None:  # the shared flags' own look-up (AAP_META_URL)
+            persons |= subjects.shared_persons(self.wh, keys)
         if lift:
             n = subjects.unflag_persons(self.wh, persons, flag)
             self.audit.append(actor, f"privacy.{kind}_lifted", {"persons": len(persons)})

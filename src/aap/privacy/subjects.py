@@ -5,7 +5,9 @@ Removing their events is :mod:`aap.privacy.removal`.
 
 Flags: the warehouse's ``person_flags`` table is their record; with ``AAP_META_URL``
 the record is the shared store (:mod:`aap.store.flags`), written here, and the table is
-its mirror, brought up to date at once (and before every query, on every node)."""
+its mirror, brought up to date at once (and before every query, on every node).
+Rectified traits: with ``AAP_META_URL`` recorded on the shared store too, and merged by
+every warehouse into its own profiles (:mod:`aap.store.rectifications`)."""
 
 from __future__ import annotations
 
@@ -101,9 +103,13 @@ def is_flagged(wh: Warehouse, persons: set[int], flag: str) -> bool:
 
 
 def rectify_traits(wh: Warehouse, persons: set[int], traits: dict[str, Any]) -> int:
-    """Merge corrected traits into the persons' profiles (``null`` removes a trait)."""
+    """Merge corrected traits into the persons' profiles (``null`` removes a trait). With
+    ``AAP_META_URL`` the rectification is recorded on the shared store, and every
+    warehouse merges it into its own profiles (:mod:`aap.store.rectifications`)."""
     if not persons:
         return 0
+    if wh.rectifications is not None:
+        return wh.rectifications.rectify(persons, traits)
     with wh.write_lock, wh.transaction() as cur:
         row = cur.execute(
             "UPDATE persons SET traits = json_merge_patch(coalesce(traits, '{}'), $traits)"

@@ -431,6 +431,10 @@ class Processor:
         # erasures other processors recorded: their ids are suppressed from this chunk
         # on, and the chunk notes how far it read (aap.store.erasures)
         seen = self.wh.erasures.refresh() if self.wh.erasures is not None else None
+        # rectifications other processors recorded: applied before the chunk's traits
+        # (aap.store.rectifications)
+        fixes = self.wh.rectifications
+        fixed = fixes.refresh() if fixes is not None else None
         batch = Batch(prepared.table, partition=_partitions(records, prepared.table))
         for _, step in self.steps:
             if not len(batch):
@@ -439,6 +443,7 @@ class Processor:
         chunk = self._chunk(batch, advance({}, records), prepared.shop,
                             prepared.table.num_rows)
         chunk.erasures_seen = seen
+        chunk.rectifications_seen = fixed
         return _Built(chunk, len(batch), batch.dropped, prepared.clamped)
 
     def _write(self, built: _Built) -> _Built:

@@ -55,8 +55,8 @@ from aap.store.identities import (
     SCHEMA,
     Bulk,
     flag_rows,
+    merge_group,
     next_flag_change,
-    pairs,
     resolved,
     translated,
 )
@@ -102,7 +102,7 @@ class SharedFlags:
 
         def flag_them(tx: Tx) -> int:
             tx.lock(FLAG_CHANGES)
-            group = _closure(tx, self._sql, wanted)
+            group = merge_group(tx, self._sql, wanted)
             have = {p for p, f, _ in flag_rows(tx.fetchall, self._sql, group) if f == flag}
             new = [(p, flag, at) for p in group if p not in have]
             if new:
@@ -146,7 +146,7 @@ class SharedFlags:
 
         def delete(tx: Tx) -> int:
             tx.lock(FLAG_CHANGES)
-            group = _closure(tx, self._sql, wanted)
+            group = merge_group(tx, self._sql, wanted)
             gone = 0
             for cond, params in self._sql.among(group):
                 extra = "" if flag is None else " AND flag = ?"
@@ -197,17 +197,6 @@ class SharedFlags:
 
     def close(self) -> None:
         self._db.close()
-
-
-def _closure(tx: Tx, sql: Bulk, persons: list[int]) -> list[int]:
-    """The persons, those the shared identities merged them into, and every person
-    merged into those (overrides are kept flat: one look-up resolves)."""
-    into = pairs(tx.fetchall, sql, "SELECT old_person_id, person_id FROM identity_overrides"
-                                   " WHERE old_person_id {}", persons)
-    targets = sorted({into.get(p, p) for p in persons})
-    merged = pairs(tx.fetchall, sql, "SELECT old_person_id, person_id FROM identity_overrides"
-                                     " WHERE person_id {}", targets)
-    return sorted(set(persons) | set(targets) | set(merged))
 
 
 # -- the mirror in a warehouse --

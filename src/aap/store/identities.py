@@ -32,7 +32,8 @@ PostgreSQL").
 
 The store also holds the persons' restriction and objection flags (``person_flags`` and
 its change counter; what is done with them is :mod:`aap.store.flags`): a merge gives the
-merged person's flags to the surviving person in its own transaction.
+merged person's flags to the surviving person in its own transaction; and the record of
+rectified traits (``person_rectifications`` and its counter: :mod:`aap.store.rectifications`).
 """
 
 from __future__ import annotations
@@ -120,17 +121,59 @@ INSERT INTO person_flags_changes VALUES (1, 0, 0) ON CONFLICT (one) DO NOTHING;
 """The persons' flags (:mod:`aap.store.flags`): ``seq`` is the number of the change that
 set a row; the one row of ``person_flags_changes`` holds the last change's number and
 the last deleting change's (``cleared``)."""
+_RECTIFICATIONS = """
+CREATE TABLE IF NOT EXISTS person_rectifications (
+    seq INTEGER NOT NULL,
+    person_id INTEGER NOT NULL,
+    traits TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (seq, person_id)
+);
+CREATE INDEX IF NOT EXISTS person_rectifications_person ON person_rectifications (person_id);
+CREATE TABLE IF NOT EXISTS person_rectifications_changes (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    seq INTEGER NOT NULL
+);
+INSERT INTO person_rectifications_changes VALUES (1, 0) ON CONFLICT (one) DO NOTHING;
+"""
+_PG_RECTIFICATIONS = """
+CREATE TABLE IF NOT EXISTS person_rectifications (
+    seq BIGINT NOT NULL,
+    person_id BIGINT NOT NULL,
+    traits TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    PRIMARY KEY (seq, person_id)
+);
+CREATE INDEX IF NOT EXISTS person_rectifications_person ON person_rectifications (person_id);
+CREATE TABLE IF NOT EXISTS person_rectifications_changes (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    seq BIGINT NOT NULL
+);
+INSERT INTO person_rectifications_changes VALUES (1, 0) ON CONFLICT (one) DO NOTHING;
+"""
+"""The persons' rectified traits (:mod:`aap.store.rectifications`): one row per person
+of a rectification, ``seq`` its number, ``traits`` the JSON merge patch of its traits
+that are not personal (personal ones are sealed in the keystore); the one row of
+``person_rectifications_changes`` holds the last number drawn."""
 
 
 def _flags_added(con: object) -> None:
     """Step 0 → 1: the flags' tables, which come with the latest shape's statements."""
 
 
-SCHEMA = Schema("identity_ids", _SCHEMA + _FLAGS, postgres=_PG_SCHEMA + _PG_FLAGS,
-                steps=(_flags_added,))
+def _rectifications_added(con: object) -> None:
+    """Step 1 → 2: the rectifications' tables, which come with the latest shape's
+    statements."""
+
+
+SCHEMA = Schema("identity_ids", _SCHEMA + _FLAGS + _RECTIFICATIONS,
+                postgres=_PG_SCHEMA + _PG_FLAGS + _PG_RECTIFICATIONS,
+                steps=(_flags_added, _rectifications_added))
 """The shared identities' schema versions (:mod:`aap.store.migrations`)."""
 FLAG_CHANGES = "person_flags_changes"
 """The flags' change counter's table."""
+RECTIFICATION_CHANGES = "person_rectifications_changes"
+"""The rectifications' counter's table."""
 _IN = 500
 """Values in one ``IN (…)`` list (SQLite)."""
 CONFLICT_ATTEMPTS = 30
@@ -432,6 +475,17 @@ def next_flag_change(tx: Tx) -> int:
     again if a writer committed in between)."""
     tx.execute("UPDATE person_flags_changes SET seq = seq + 1 WHERE one = 1")
     return int(tx.fetchall("SELECT seq FROM person_flags_changes WHERE one = 1")[0][0])
+
+
+def merge_group(tx: Tx, sql: Bulk, persons: list[int]) -> list[int]:
+    """The persons, those the shared identities merged them into, and every person
+    merged into those (overrides are kept flat: one look-up resolves)."""
+    into = pairs(tx.fetchall, sql, "SELECT old_person_id, person_id FROM identity_overrides"
+                                   " WHERE old_person_id {}", persons)
+    targets = sorted({into.get(p, p) for p in persons})
+    merged = pairs(tx.fetchall, sql, "SELECT old_person_id, person_id FROM identity_overrides"
+                                     " WHERE person_id {}", targets)
+    return sorted(set(persons) | set(targets) | set(merged))
 
 
 def flag_rows(fetch: Fetch, sql: Bulk, persons: list[int]) -> list[tuple[int, str, int]]:

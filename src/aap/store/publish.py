@@ -84,11 +84,14 @@ class Publisher:
     # -- the steps --
 
     def settle(self) -> int:
-        """With the write lock held: apply the erasures other processors recorded
-        (:mod:`aap.store.erasures`), then finish every batch left in ``hot_publishing``.
+        """With the write lock held: apply the erasures and the rectifications other
+        processors recorded (:mod:`aap.store.erasures`, :mod:`aap.store.rectifications`),
+        then finish every batch left in ``hot_publishing``.
         Returns the batches finished."""
         if self.wh.erasures is not None:
             self.wh.erasures.apply()
+        if self.wh.rectifications is not None:  # (aap.store.rectifications)
+            self.wh.rectifications.apply()
         pending = self._pending()
         for seq in pending:
             if self._finish(seq) < 0:

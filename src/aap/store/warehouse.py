@@ -79,6 +79,10 @@ class Chunk:
     erasures_seen: int | None = None
     """The last shared erasure the processor had read when it built the chunk (its
     suppression covers those; :mod:`aap.store.erasures`); ``None``: not read."""
+    rectifications_seen: int | None = None
+    """The last shared rectification the processor had read when it built the chunk
+    (those go before the chunk's traits: :mod:`aap.store.rectifications`); ``None``: not
+    read."""
 
 
 _PERSONS = pa.schema([("person_id", pa.int64()), ("first_seen", pa.timestamp("us")),
@@ -297,6 +301,32 @@ class ErasuresView(Protocol):
     def in_chunk(self, cur: duckdb.DuckDBPyConnection, seen: int) -> None: ...
 
 
+class RectificationsView(Protocol):
+    """The shared record of rectifications this warehouse applies to its ``persons``
+    (:class:`aap.store.rectifications.RectificationsMirror`)."""
+
+    def refresh(self) -> int:
+        """The record read since the last time; the last number."""
+        ...
+
+    def apply(self) -> int:
+        """With the write lock held: the rectifications not applied yet reach
+        ``persons`` and this writer's published rows."""
+        ...
+
+    def rectify(self, persons: set[int], traits: dict[str, Any]) -> int:
+        """A rectification run here, recorded for every writer and applied here."""
+        ...
+
+    def erase(self, persons: Iterable[int]) -> int: ...
+
+    def before_chunk(self, cur: duckdb.DuckDBPyConnection, seen: int) -> int: ...
+
+    def after_chunk(self, cur: duckdb.DuckDBPyConnection, seen: int) -> None: ...
+
+    def committed(self, upto: int, seen: int) -> None: ...
+
+
 class Warehouse:
     def __init__(self, directory: Path, *, tiers: TierStore | None = None,
                  memory_limit: str = "1GB", threads: int = 2,
@@ -338,6 +368,10 @@ class Warehouse:
         """Publishing on: erasures run by any processor reach this warehouse's hot rows
         (:mod:`aap.store.erasures`); ``None``: an erasure reaches the rows of the
         warehouse it runs in (and every listed file)."""
+        self.rectifications: RectificationsView | None = None
+        """With ``AAP_META_URL``: rectifications run by any processor reach this
+        warehouse's ``persons`` and published profiles (:mod:`aap.store.rectifications`);
+        ``None``: a rectification reaches the warehouse it runs in."""
         self.published_only = False
         """A query node's reader warehouse (:mod:`aap.core.reader`): its events are the
         published files only, and persons, orders and products are not there (the
@@ -454,10 +488,18 @@ class Warehouse:
         with self.write_lock:
             if chunk.epoch is not None and chunk.epoch != self.epoch:
                 raise StaleChunk("the processor's state was reset since the chunk was built")
+            fixes, seen = self.rectifications, chunk.rectifications_seen
             with self.transaction() as cur:
+                # rectifications the chunk read go before its traits (those after, after)
+                upto = (fixes.before_chunk(cur, seen)
+                        if fixes is not None and seen is not None else 0)
                 self._write(cur, chunk)
+                if fixes is not None and seen is not None:
+                    fixes.after_chunk(cur, seen)
                 if self.erasures is not None and chunk.erasures_seen is not None:
                     self.erasures.in_chunk(cur, chunk.erasures_seen)
+            if fixes is not None and seen is not None:
+                fixes.committed(upto, seen)
 
     def _write(self, con: duckdb.DuckDBPyConnection, chunk: Chunk) -> None:
         _write_events(con, chunk.events)
