@@ -11,6 +11,7 @@ next run's)."""
 from __future__ import annotations
 
 import threading
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,9 +27,10 @@ from hypothesis import strategies as st
 
 from aap.privacy import removal
 from aap.store import published, rewrite, tiering
-from aap.store.filelist import EVENT_TIERS
+from aap.store.filelist import EVENT_TIERS, Moved
 from aap.store.meta import open_meta
 from aap.store.publish import Publisher
+from aap.store.schema import EVENT_ARROW_SCHEMA
 from aap.store.tiering import TierPolicy
 from aap.store.tiers import TierConfig, TierStore
 from aap.store.warehouse import Chunk, Warehouse
@@ -324,6 +326,26 @@ def test_a_job_meets_the_other_processors_meanwhile(tmp_path: Path, race: tuple[
         pair.close()
 
 
+def test_a_profile_sweep_meets_files_the_other_processor_moved(tmp_path: Path) -> None:
+    """Retention drops the profiles of persons with no event left after reading every
+    listed file: files B folded and deleted between A's reading of the list and of the
+    files make A read the list again, not keep the profile as if a file were lost."""
+    pair, model = two_writes_each(tmp_path)
+    a = pair.wh["a"]
+    try:
+        a.write(Chunk(events=EVENT_ARROW_SCHEMA.empty_table(), position=50, next_person=1000,
+                      persons=[(50, DAYS[0], DAYS[0], False, None)]))  # no event of 50
+        with meanwhile(a, 0, lambda: [run_job(pair, model, "b", j, 0)
+                                      for j in ("fold", "trash")], only=("read",)) as ran:
+            assert removal.drop_persons_without_events(a, {1, 50})[0] == 1
+        assert ran
+        assert a.con.execute("SELECT person_id FROM persons WHERE person_id IN (1, 50)"
+                             ).fetchall() == [(1,)]
+        check(pair, model)
+    finally:
+        pair.close()
+
+
 # -- any interleaving --
 
 JOB = st.tuples(st.sampled_from(sorted(JOBS)), st.integers(0, 5))
@@ -385,16 +407,23 @@ def test_two_processors_at_once_keep_each_row_once(tmp_path: Path, meta_url: str
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Each processor, in a thread of its own, writes and publishes a chunk, runs the
     tiering job (with the published tables folded from 3 files on) and retention, again
-    and again, while the other does the same on the same list: nothing raises or is
-    skipped as failed; then the
-    next runs of both leave exactly the rows not expired and not in the dropped month,
-    each read once on either processor."""
+    and again, while the other does the same on the same list: no unit is skipped as
+    failed and nothing raises, but a retention run whose files kept moving through all
+    its attempts (:class:`Moved`, nothing changed: the tiering thread logs it and the
+    next run does it); then the next runs of both leave exactly the rows not expired and
+    not in the dropped month, each read once on either processor."""
     monkeypatch.setattr(published, "COMPACT_FILES", 3)
     pair, model = two_writes_each(tmp_path, meta_url)
     lock = threading.Lock()
     errors: list[BaseException] = []
     skipped: list[tuple[str, int, dict[str, Any]]] = []
     start = threading.Barrier(2)
+
+    def retention(wh: Warehouse, r: int) -> dict[str, Any]:
+        try:
+            return expire(wh, r % len(EXPIRIES))
+        except Moved:
+            return {}
 
     def processor(who: str) -> None:
         wh = pair.wh[who]
@@ -406,8 +435,7 @@ def test_two_processors_at_once_keep_each_row_once(tmp_path: Path, meta_url: str
                 pair.pub[who].publish_once()
                 with lock:
                     model.write(who, c)
-                for done in (tiering.run_tiering(wh, POLICY, today=TODAY),
-                             expire(wh, r % len(EXPIRIES))):
+                for done in (tiering.run_tiering(wh, POLICY, today=TODAY), retention(wh, r)):
                     if done.get("skipped") or done.get("files_skipped"):
                         skipped.append((who, r, done))
         except BaseException as exc:  # reported below
@@ -418,7 +446,7 @@ def test_two_processors_at_once_keep_each_row_once(tmp_path: Path, meta_url: str
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
+    assert not errors, "".join(traceback.format_exception(errors[0]))
     assert skipped == []  # a unit moved meanwhile is not a failure: it is the next run's
     settle(pair, model)
     check(pair, model)
