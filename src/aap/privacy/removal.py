@@ -25,8 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aap.store import quarantine
-from aap.store.filelist import EVENT_TIERS
+from aap.store.filelist import EVENT_TIERS, Moved, reading
 from aap.store.rewrite import (
+    MOVED_ATTEMPTS,
     Change,
     FileRows,
     Hot,
@@ -382,7 +383,21 @@ def _group(cur: duckdb.DuckDBPyConnection, persons: set[int]) -> tuple[set[int],
 
 
 def _live(wh: Warehouse, cur: duckdb.DuckDBPyConnection, group: set[int]) -> set[int]:
-    """The persons of ``group`` with an event left in any tier."""
+    """The persons of ``group`` with an event left in any tier. A file another processor
+    moved meanwhile (folded, archived, rewritten: no longer listed) makes it read the
+    list again, up to :data:`MOVED_ATTEMPTS` times; then none of them is dropped."""
+    for _ in range(MOVED_ATTEMPTS):
+        try:
+            return _live_in_list(wh, cur, group)
+        except Moved:
+            continue
+    quarantine.report("retention", quarantine.FAILED, 1,
+                      "the list of files (it kept moving): no profile dropped")
+    return set(group)
+
+
+def _live_in_list(wh: Warehouse, cur: duckdb.DuckDBPyConnection, group: set[int]
+                  ) -> set[int]:
     live = {int(r[0]) for r in cur.execute(
         "SELECT DISTINCT person_id FROM events_raw WHERE list_contains($persons, person_id)",
         {"persons": sorted(group)}).fetchall()}
@@ -390,7 +405,8 @@ def _live(wh: Warehouse, cur: duckdb.DuckDBPyConnection, group: set[int]) -> set
     for path, part in ((f.path, f.part) for f in wh.files.files(cur)
                        if f.tier in EVENT_TIERS):
         try:
-            col = wh.tiers.read([path], ["person_id"]).column("person_id")
+            with reading(wh.files, [path]):
+                col = wh.tiers.read([path], ["person_id"]).column("person_id")
         except (OSError, pa.ArrowException) as exc:
             # a file it cannot read may hold any of them: none is dropped this time
             quarantine.report("retention", quarantine.FAILED, 1,

@@ -70,6 +70,21 @@ class Moved(RuntimeError):
                          " changed, try again")
 
 
+@contextmanager
+def reading(files: FileList, paths: Sequence[str]) -> Iterator[None]:
+    """Around a read of listed files: a file that cannot be read and is no longer listed
+    was moved by another processor since the list was read (folded, or rewritten by a
+    retention, erasure or withdrawal, which deletes the file it replaces at once):
+    :class:`Moved`, the caller reads the list again (or leaves it to its next run). A
+    file that cannot be read and is still listed is a real error: raised as it is."""
+    try:
+        yield
+    except (OSError, pa.ArrowException):
+        if set(paths) - {f.path for f in files.files()}:
+            raise Moved from None
+        raise
+
+
 EVENT_TIERS = ("warm", "cold")
 """The tiers of the events' files (a published table's files are listed with the table's
 name as their tier: :mod:`aap.store.published`)."""

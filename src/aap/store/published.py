@@ -204,23 +204,34 @@ def write_person_rows(wh: Any, persons: list[int], writer: str, seq: int
 
 def drop_persons(wh: Any, persons: pa.Array) -> list[tuple[str, TierFile | None]]:
     """Each listed table file holding a row of ``persons`` (by ``person_id``) written
-    again without them (written, not listed: the caller swaps them)."""
+    again without them (written, not listed: the caller swaps them). A file moved
+    meanwhile by another processor raises :class:`aap.store.filelist.Moved`; on any
+    failure the files written so far are deleted."""
     import pyarrow.compute as pc
 
+    from aap.store.filelist import reading
+
     out: list[tuple[str, TierFile | None]] = []
-    for f in wh.files.files():
-        if f.tier not in PERSONAL:
-            continue
-        table = wh.tiers.read_table([f.path])
-        hit = pc.is_in(table.column("person_id"), value_set=persons)
-        if not pc.any(hit).as_py():
-            continue
-        kept = table.filter(pc.invert(pc.fill_null(hit, False)))
-        if not kept.num_rows:
-            out.append((f.path, None))
-            continue
-        path, size = wh.tiers.write_table(kept, f.tier, "")
-        out.append((f.path, TierFile(path, f.tier, f.part, kept.num_rows, size)))
+    try:
+        for f in wh.files.files():
+            if f.tier not in PERSONAL:
+                continue
+            with reading(wh.files, [f.path]):
+                table = wh.tiers.read_table([f.path])
+            hit = pc.is_in(table.column("person_id"), value_set=persons)
+            if not pc.any(hit).as_py():
+                continue
+            kept = table.filter(pc.invert(pc.fill_null(hit, False)))
+            if not kept.num_rows:
+                out.append((f.path, None))
+                continue
+            path, size = wh.tiers.write_table(kept, f.tier, "")
+            out.append((f.path, TierFile(path, f.tier, f.part, kept.num_rows, size)))
+    except BaseException:
+        for _, new in out:
+            if new is not None:
+                wh.tiers.delete(new.path)
+        raise
     return out
 
 
@@ -233,16 +244,22 @@ def compact(wh: Any, table: str, grace: Any, at_least: int | None = None) -> int
     latest batch of each writer is kept (with its ``_seq``, so a later batch still
     wins), and no ``_gone`` row (every older row of its key is folded away with it).
     One swap of the list; the old files go to the trash for ``grace``. Returns the rows
-    kept (0: not due, or a file was rewritten meanwhile and the next run folds)."""
-    from aap.store.filelist import Moved
+    kept (0: not due, or a file was folded or rewritten meanwhile, by another processor
+    too, and the next run folds)."""
+    from aap.store.filelist import Moved, reading
 
     paths = [f.path for f in wh.files.files() if f.tier == table]
     if len(paths) < max(COMPACT_FILES if at_least is None else at_least, 2):
         return 0
     key = TABLES[table][0]
+    try:
+        with reading(wh.files, paths):
+            rows = wh.tiers.read_table(paths)
+    except Moved:  # rewritten meanwhile (another processor's erasure or retention)
+        return 0
     con = duckdb.connect()
     try:
-        con.register("t", wh.tiers.read_table(paths))
+        con.register("t", rows)
         kept = con.sql(f"SELECT * FROM t QUALIFY _seq = max(_seq) OVER (PARTITION BY {key},"
                        f" _writer) AND NOT _gone ORDER BY {key}").to_arrow_table()
     finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aap.store import quarantine
-from aap.store.filelist import EVENT_TIERS, Moved, SharedList, TierFile
+from aap.store.filelist import EVENT_TIERS, Moved, SharedList, TierFile, reading
 from aap.store.schema import EVENT_ARROW_SCHEMA
 from aap.store.warehouse import Warehouse
 
@@ -153,8 +154,16 @@ def _gone_meanwhile(wh: Warehouse, files: list[tuple[str, str, str]]) -> None:
 
 def _guarded(wh: Warehouse, change: Change, run: _Run, path: str, tier: str, part: str
              ) -> _Rewritten | None:
+    """A file a retention run fails on is skipped and reported; but one that another
+    processor moved meanwhile (no longer listed: folded, archived, rewritten) makes the
+    rewrite start again from the list (:class:`Moved`): its rows are in another file."""
+    moved: AbstractContextManager[None] = (reading(wh.files, [path]) if wh.files.shared
+                                           else nullcontext())
     try:
-        return _rewrite_file(wh, change, run, path, tier, part)
+        with moved:
+            return _rewrite_file(wh, change, run, path, tier, part)
+    except Moved:
+        raise
     except Exception as exc:
         if change.job != "retention":
             raise
@@ -232,20 +241,32 @@ def rewrite_tables(wh: Warehouse, persons: Iterable[int]) -> int:
     ``order_items`` holding a row of theirs is written again without them, and their
     rows as the local tables now hold them (none after an erasure) are written to one
     new file per table; all swapped on the list in one transaction, the old files
-    deleted at once. Returns the files rewritten (not counting the new ones)."""
-    from aap.store import published
-
+    deleted at once. A file folded or rewritten meanwhile by another processor
+    (:class:`Moved`) makes it start again, up to :data:`MOVED_ATTEMPTS` times. Returns
+    the files rewritten (not counting the new ones)."""
     people = sorted({int(p) for p in persons})
     if not wh.files.shared or not people:
         return 0
+    for attempt in range(MOVED_ATTEMPTS):
+        try:
+            return _rewrite_tables(wh, people)
+        except Moved:
+            if attempt == MOVED_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _rewrite_tables(wh: Warehouse, people: list[int]) -> int:
+    from aap.store import published
+
     value_set = pa.array(people, pa.int64())
     with wh.write_lock:
         wh.settle()  # a batch half published is listed first: its files are reached
         done = published.drop_persons(wh, value_set)
         shared = cast(SharedList, wh.files)
-        fresh = published.write_person_rows(wh, people, shared.writer, shared.published())
-        new = [n for _, n in done if n is not None] + fresh
+        new = [n for _, n in done if n is not None]
         try:
+            new += published.write_person_rows(wh, people, shared.writer, shared.published())
             with wh.transaction() as cur:
                 wh.files.swap(cur, [old for old, _ in done], new, None)
         except BaseException:

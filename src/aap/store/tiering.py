@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from aap.store import quarantine
-from aap.store.filelist import Moved, TierFile
+from aap.store.filelist import Moved, TierFile, reading
 from aap.store.schema import EVENT_ARROW_SCHEMA
 from aap.store.warehouse import Warehouse
 
@@ -179,14 +179,16 @@ def _due(day: str, paths: list[str], today: date) -> bool:
 def compact_batches(wh: Warehouse, day: str, grace: timedelta) -> int:
     """Fold the warm files of ``day`` (its batch files and its warm file, if any) into one
     new warm file: one swap in the list; the old files go to the trash for ``grace``. A
-    file rewritten meanwhile (an erasure) makes this run skip the day. Returns rows."""
+    file folded or rewritten meanwhile (by another processor: :class:`Moved`) makes this
+    run skip the day. Returns rows."""
     paths = [p for d, ps in warm_days(wh) if d == day for p in ps]
     if len(paths) < 2:
         return 0
-    table, bad = quarantine.split(wh.tiers.read(paths))
-    table = table.sort_by(
-        [("event", "ascending"), ("person_id", "ascending"), ("timestamp", "ascending")])
     try:
+        with reading(wh.files, paths):
+            table, bad = quarantine.split(wh.tiers.read(paths))
+        table = table.sort_by(
+            [("event", "ascending"), ("person_id", "ascending"), ("timestamp", "ascending")])
         with wh.transaction() as cur:
             if bad is not None:
                 quarantine.keep(cur, bad, JOB)
@@ -204,34 +206,45 @@ def compact_batches(wh: Warehouse, day: str, grace: timedelta) -> int:
 
 
 def compact_to_cold(wh: Warehouse, month: str, before: date, grace: timedelta) -> int:
-    """Compact the warm files of ``month`` (days before ``before``) into one cold file."""
-    with wh.transaction() as cur:
-        paths = [f.path for f in wh.files.files(cur) if f.tier == "warm"
-                 and f.part.startswith(month + "-") and f.part < before.isoformat()]
-        if not paths:
-            return 0
-        table, bad = quarantine.split(wh.tiers.read(paths))
-        table = table.sort_by(
-            [("event", "ascending"), ("person_id", "ascending"), ("timestamp", "ascending")])
-        if bad is not None:
-            quarantine.keep(cur, bad, "tiering")
-        if table.num_rows:
-            with _new_file(wh, table, f"month={month}", cold=True) as (path, size):
-                wh.files.swap(cur, paths, [TierFile(path, "cold", month, table.num_rows,
-                                                    size)], grace)
-        else:
-            wh.files.swap(cur, paths, [], grace)
+    """Compact the warm files of ``month`` (days before ``before``) into one cold file. A
+    file folded, moved or rewritten meanwhile (by another processor: :class:`Moved`)
+    makes this run skip the month (0)."""
+    try:
+        with wh.transaction() as cur:
+            paths = [f.path for f in wh.files.files(cur) if f.tier == "warm"
+                     and f.part.startswith(month + "-") and f.part < before.isoformat()]
+            if not paths:
+                return 0
+            with reading(wh.files, paths):
+                table, bad = quarantine.split(wh.tiers.read(paths))
+            table = table.sort_by(
+                [("event", "ascending"), ("person_id", "ascending"), ("timestamp", "ascending")])
+            if bad is not None:
+                quarantine.keep(cur, bad, "tiering")
+            if table.num_rows:
+                with _new_file(wh, table, f"month={month}", cold=True) as (path, size):
+                    wh.files.swap(cur, paths, [TierFile(path, "cold", month, table.num_rows,
+                                                        size)], grace)
+            else:
+                wh.files.swap(cur, paths, [], grace)
+    except Moved:
+        return 0  # the next run compacts the month as it is then
     if bad is not None:
         quarantine.report("tiering", quarantine.BAD_TIME, bad.num_rows, f"warm month {month}")
     return table.num_rows
 
 
 def drop_cold_before(wh: Warehouse, month: str, grace: timedelta) -> int:
-    """Retention of the cold tier: archives of months before ``month`` go."""
-    with wh.transaction() as cur:
-        rows = [f for f in wh.files.files(cur) if f.tier == "cold" and f.part < month]
-        if rows:
-            wh.files.swap(cur, [f.path for f in rows], [], grace)
+    """Retention of the cold tier: archives of months before ``month`` go. An archive
+    dropped or rewritten meanwhile (by another processor: :class:`Moved`) makes this run
+    drop nothing (0): the next run drops what is left then."""
+    try:
+        with wh.transaction() as cur:
+            rows = [f for f in wh.files.files(cur) if f.tier == "cold" and f.part < month]
+            if rows:
+                wh.files.swap(cur, [f.path for f in rows], [], grace)
+    except Moved:
+        return 0
     return sum(f.rows for f in rows)
 
 
