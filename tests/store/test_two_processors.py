@@ -455,3 +455,57 @@ def test_two_processors_at_once_keep_each_row_once(tmp_path: Path, meta_url: str
     settle(pair, model)
     check(pair, model)
     pair.close()
+
+
+def _listed_orders(wh: Warehouse) -> set[str]:
+    paths = [f.path for f in wh.files.files() if f.tier == "orders"]
+    if not paths:
+        return set()
+    t = wh.tiers.read_table(paths)
+    return {o for o, gone in zip(t.column("order_id").to_pylist(),
+                                 t.column("_gone").to_pylist(), strict=True) if not gone}
+
+
+def test_retention_on_one_processor_keeps_the_other_processors_published_orders(
+        tmp_path: Path) -> None:
+    """One person, two processors (her two devices in two partitions): A holds her old
+    events, which retention erases; B holds a recent event and the order made from it.
+    A's retention rewrites the published tables of the persons whose events it erased:
+    B's published order of a kept event stays listed (it used to be dropped with every
+    writer's rows of the person, missing on every query node until B published it
+    again), and so do B's published profile of her; A's own rows of her are rewritten."""
+    pair = open_pair(tmp_path, "")
+    try:
+        person = 500
+        for who, day, tag in (("a", DAYS[0], "old"), ("b", DAYS[3], "new")):
+            c = chunk(who, 3, tag, 0, 1)
+            c.events = c.events.set_column(
+                c.events.schema.get_field_index("person_id"), "person_id",
+                pa.array([person] * 3, pa.int64()))
+            c.events = c.events.set_column(
+                c.events.schema.get_field_index("timestamp"), "timestamp",
+                pa.array([day] * 3, c.events.schema.field("timestamp").type))
+            c.persons = [(person, day, day, False, None)]
+            c.orders = [(f"o-{tag}", f"{tag}-0", "src", person, "s", day, 1.0, "EUR", 1)]
+            if who == "b":  # and an order of an old event of hers, which A's run erases
+                ts = c.events.column("timestamp").to_pylist()
+                c.events = c.events.set_column(
+                    c.events.schema.get_field_index("timestamp"), "timestamp",
+                    pa.array([DAYS[0], *ts[1:]], c.events.schema.field("timestamp").type))
+                c.orders.append(("o-b-old", "new-0", "src", person, "s", DAYS[0], 1.0,
+                                 "EUR", 1))
+                c.orders[0] = ("o-new", "new-1", *c.orders[0][2:])
+            pair.wh[who].write(c)
+            pair.pub[who].publish_once()
+        assert _listed_orders(pair.wh["a"]) == {"o-old", "o-new", "o-b-old"}
+        out = expire(pair.wh["a"], 0)  # every event before January 15th goes
+        assert out["persons_erased"] == 0  # she still has B's recent events
+        assert "o-new" in _listed_orders(pair.wh["a"])
+        assert "o-old" not in _listed_orders(pair.wh["a"])
+        persons = [f.path for f in pair.wh["a"].files.files() if f.tier == "persons"]
+        writers = set(pair.wh["a"].tiers.read_table(persons).column("_writer").to_pylist())
+        assert len(writers) == 2, writers  # B's profile of her is still published
+        expire(pair.wh["b"], 0)  # B's own run: its order of an erased event goes
+        assert _listed_orders(pair.wh["a"]) == {"o-new"}
+    finally:
+        pair.close()

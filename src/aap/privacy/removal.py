@@ -310,6 +310,12 @@ class _Expiry:
                 f" AND {gone}", params) if r[0] is not None)
             doomed = (f"(SELECT message_id FROM events_raw WHERE timestamp < $hot_limit"
                       f" AND {gone}) OR list_contains($erased_ids, message_id)")
+            # and the persons of the orders that go (by their own time too: another
+            # processor's run may have erased their events), whose published orders
+            # are rewritten
+            self.erased_persons.update(int(r[0]) for r in count.rows(
+                f"SELECT DISTINCT person_id FROM orders WHERE message_id IN {doomed}"
+                f" OR timestamp < $everything", params) if r[0] is not None)
             count(f"DELETE FROM order_items WHERE message_id IN {doomed}", params)
             out["orders"] = count(f"DELETE FROM orders WHERE message_id IN {doomed}"
                                   f" OR timestamp < $everything", params)
@@ -342,8 +348,8 @@ def expire(wh: Warehouse, cutoffs: dict[str, dict[str, datetime]], everything: d
 
     rewrite(wh, Change("retention", run.touches(first_times), run.in_file, run.hot(out)), out)
     # publishing: the published orders of persons with erased events, as they are now
-    if wh.files.shared:
-        out["table_files_rewritten"] = rewrite_tables(wh, run.erased_persons)
+    if wh.files.shared:  # this writer's rows: each processor's retention does its own
+        out["table_files_rewritten"] = rewrite_tables(wh, run.erased_persons, own=True)
     out["persons_erased"], keys = drop_persons_without_events(wh, run.erased_persons)
     out["ids_forgotten"] = len(keys)
     if keys and forget is not None:
@@ -450,12 +456,14 @@ def drop_persons_without_events(wh: Warehouse, persons: set[int]) -> tuple[int, 
         return 0, []
     with wh.write_lock:
         wh.settle()  # a batch half published: its rows are then in a listed file
-        out = _drop_dead(wh, persons)
-    rewrite_tables(wh, persons)  # publishing: their published profiles and orders
-    return out
+        n, keys, dead = _drop_dead(wh, persons)
+    # publishing: the published profiles and orders of those dropped, every writer's
+    # (they have no event left anywhere); the others' rows stay
+    rewrite_tables(wh, dead)
+    return n, keys
 
 
-def _drop_dead(wh: Warehouse, persons: set[int]) -> tuple[int, list[int]]:
+def _drop_dead(wh: Warehouse, persons: set[int]) -> tuple[int, list[int], set[int]]:
     with wh.transaction() as cur:
         resolved, group = _group(cur, persons)
         live = _live(wh, cur, group)
@@ -465,13 +473,13 @@ def _drop_dead(wh: Warehouse, persons: set[int]) -> tuple[int, list[int]]:
         live = {over.get(p, p) for p in live}
         dead = sorted(resolved - live)
         if not dead:
-            return 0, []
+            return 0, [], set()
         row = cur.execute("DELETE FROM persons WHERE list_contains($persons, person_id)",
                           {"persons": dead}).fetchone()
         # Their ids (keyed hashes) and merges go too: a returning id is a new person.
         gone = set(dead)
         # with AAP_META_URL, the person may hold events in another warehouse: their
         # flags stay in the shared store, and so in its mirror here
-        keys = _delete_members(cur, sorted(p for p in group if over.get(p, p) in gone),
-                               flags=wh.flags is None)
-    return (int(row[0]) if row else 0), keys
+        members = sorted(p for p in group if over.get(p, p) in gone)
+        keys = _delete_members(cur, members, flags=wh.flags is None)
+    return (int(row[0]) if row else 0), keys, gone | set(members)

@@ -202,9 +202,11 @@ def write_person_rows(wh: Any, persons: list[int], writer: str, seq: int
         cur.close()
 
 
-def drop_persons(wh: Any, persons: pa.Array) -> list[tuple[str, TierFile | None]]:
-    """Each listed table file holding a row of ``persons`` (by ``person_id``) written
-    again without them (written, not listed: the caller swaps them). A file moved
+def drop_persons(wh: Any, persons: pa.Array, writer: str | None = None
+                 ) -> list[tuple[str, TierFile | None]]:
+    """Each listed table file holding a row of ``persons`` (by ``person_id``; ``writer``:
+    only the rows that writer published) written again without them (written, not
+    listed: the caller swaps them). A file moved
     meanwhile by another processor raises :class:`aap.store.filelist.Moved`; on any
     failure the files written so far are deleted."""
     import pyarrow.compute as pc
@@ -219,6 +221,8 @@ def drop_persons(wh: Any, persons: pa.Array) -> list[tuple[str, TierFile | None]
             with reading(wh.files, [f.path]):
                 table = wh.tiers.read_table([f.path])
             hit = pc.is_in(table.column("person_id"), value_set=persons)
+            if writer is not None:
+                hit = pc.and_(hit, pc.equal(table.column("_writer"), writer))
             if not pc.any(hit).as_py():
                 continue
             kept = table.filter(pc.invert(pc.fill_null(hit, False)))

@@ -235,10 +235,12 @@ def holds_persons(wh: Warehouse, persons: pa.Array) -> Callable[[str, str, str],
     return holds
 
 
-def rewrite_tables(wh: Warehouse, persons: Iterable[int]) -> int:
+def rewrite_tables(wh: Warehouse, persons: Iterable[int], own: bool = False) -> int:
     """Publishing on, after a change of these persons' rows in the local tables (erasure,
     rectification, retention): every published file of ``persons``, ``orders`` and
-    ``order_items`` holding a row of theirs is written again without them, and their
+    ``order_items`` holding a row of theirs (``own``: a row this writer published: the
+    other processors' rows of them are theirs, as with retention, which every processor
+    runs on its own rows) is written again without them, and their
     rows as the local tables now hold them (none after an erasure) are written to one
     new file per table; all swapped on the list in one transaction, the old files
     deleted at once. A file folded or rewritten meanwhile by another processor
@@ -249,21 +251,21 @@ def rewrite_tables(wh: Warehouse, persons: Iterable[int]) -> int:
         return 0
     for attempt in range(MOVED_ATTEMPTS):
         try:
-            return _rewrite_tables(wh, people)
+            return _rewrite_tables(wh, people, own)
         except Moved:
             if attempt == MOVED_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
 
 
-def _rewrite_tables(wh: Warehouse, people: list[int]) -> int:
+def _rewrite_tables(wh: Warehouse, people: list[int], own: bool) -> int:
     from aap.store import published
 
     value_set = pa.array(people, pa.int64())
+    shared = cast(SharedList, wh.files)
     with wh.write_lock:
         wh.settle()  # a batch half published is listed first: its files are reached
-        done = published.drop_persons(wh, value_set)
-        shared = cast(SharedList, wh.files)
+        done = published.drop_persons(wh, value_set, shared.writer if own else None)
         new = [n for _, n in done if n is not None]
         try:
             new += published.write_person_rows(wh, people, shared.writer, shared.published())
