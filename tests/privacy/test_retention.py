@@ -336,3 +336,26 @@ def test_ids_of_persons_whose_events_all_expired_are_forgotten(tmp_path: Path,
         assert len(back) == 1
         assert server.sql("SELECT count(*) FROM person_ids WHERE id_key = ?", [k_user]) == [[1]]
         assert Keystore(data).identifier(k_user) == user
+
+
+def test_a_failed_retention_run_is_due_again_at_the_next_tick(tmp_path: Path) -> None:
+    """A retention run that fails is tried again at the thread's next tick, not one whole
+    interval later (it used to be moved forward before it ran)."""
+    wh, _ = build(tmp_path, [event("M", NOW - timedelta(days=1), "p1")])
+    calls: list[datetime] = []
+
+    def flaky(now: datetime) -> int:
+        calls.append(now)
+        if len(calls) == 1:
+            raise OSError("the shared state cannot be reached")
+        return 0
+
+    job = RetentionJob(wh, REGISTRY, COLD_DAYS, 86_400, clock=lambda: NOW, after=(flaky,))
+    try:
+        with pytest.raises(OSError):
+            job.run_pending()
+        assert job.run_pending() is not None  # the same instant: due again
+        assert len(calls) == 2
+        assert job.run_pending() is None  # succeeded: due one interval later
+    finally:
+        wh.close()

@@ -95,9 +95,15 @@ class RetentionJob:
         return removal.drop_orphans(self.wh, forget=self.forget)
 
     def run_pending(self) -> dict[str, Any] | None:
-        """Run if due; the next run is due one interval after this one started."""
+        """Run if due; the next run is due one interval after this one started. A run
+        that fails (the shared state unreachable, files that kept moving under another
+        processor's jobs) is due again at once: the next tick of its thread tries it."""
         now = self.clock()
         if self.next_run is not None and now < self.next_run:
             return None
         self.next_run = now + self.interval
-        return self.run(now)
+        try:
+            return self.run(now)
+        except Exception:
+            self.next_run = now
+            raise

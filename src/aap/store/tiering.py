@@ -292,7 +292,7 @@ class TieringThread:
                 try:
                     done = self.retention.run_pending()
                 except Exception:
-                    logger.exception("retention failed; will retry at the next tick")
+                    logger.exception("retention failed; it runs again at the next tick")
                 else:
                     if done and any(v for k, v in done.items() if k not in ("seconds", "ran_at")):
                         logger.info("retention: %s", done)
