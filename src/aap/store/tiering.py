@@ -178,59 +178,52 @@ def _due(day: str, paths: list[str], today: date) -> bool:
 
 def compact_batches(wh: Warehouse, day: str, grace: timedelta) -> int:
     """Fold the warm files of ``day`` (its batch files and its warm file, if any) into one
-    new warm file: one swap in the list; the old files go to the trash for ``grace``. A
-    file folded or rewritten meanwhile (by another processor: :class:`Moved`) makes this
-    run skip the day. Returns rows."""
+    new warm file (:func:`_fold`). Returns rows."""
     paths = [p for d, ps in warm_days(wh) if d == day for p in ps]
     if len(paths) < 2:
         return 0
+    return _fold(wh, paths, "warm", day, grace, f"warm day {day}")
+
+
+def compact_to_cold(wh: Warehouse, month: str, before: date, grace: timedelta) -> int:
+    """Compact the warm files of ``month`` (days before ``before``) into one cold file
+    (:func:`_fold`). Returns rows."""
+    paths = [f.path for f in wh.files.files() if f.tier == "warm"
+             and f.part.startswith(month + "-") and f.part < before.isoformat()]
+    if not paths:
+        return 0
+    return _fold(wh, paths, "cold", month, grace, f"warm month {month}")
+
+
+SORT = [("event", "ascending"), ("person_id", "ascending"), ("timestamp", "ascending")]
+"""The order of the rows in every tier file."""
+
+
+def _fold(wh: Warehouse, paths: list[str], tier: str, part: str, grace: timedelta,
+          what: str) -> int:
+    """Fold the tier files ``paths`` into one new file of ``tier`` for ``part`` (its rows
+    sorted as every tier file's, rows whose time is out of bounds kept in quarantine):
+    one swap in the list; the old files go to the trash for ``grace``. A file folded,
+    moved or rewritten since the list was read (by another processor: :class:`Moved`)
+    makes this run skip the part (0): the next run folds it as it is then."""
     try:
         with reading(wh.files, paths):
             table, bad = quarantine.split(wh.tiers.read(paths))
-        table = table.sort_by(
-            [("event", "ascending"), ("person_id", "ascending"), ("timestamp", "ascending")])
+        table = table.sort_by(SORT)
         with wh.transaction() as cur:
             if bad is not None:
                 quarantine.keep(cur, bad, JOB)
             if table.num_rows:
-                with _new_file(wh, table, f"day={day}", cold=False) as (path, size):
-                    wh.files.swap(cur, paths, [TierFile(path, "warm", day, table.num_rows,
+                directory = f"{'month' if tier == 'cold' else 'day'}={part}"
+                with _new_file(wh, table, directory, cold=tier == "cold") as (path, size):
+                    wh.files.swap(cur, paths, [TierFile(path, tier, part, table.num_rows,
                                                         size)], grace)
             else:
                 wh.files.swap(cur, paths, [], grace)
     except Moved:
-        return 0  # the next run folds the day as it is then
+        return 0
     if bad is not None:
-        quarantine.report(JOB, quarantine.BAD_TIME, bad.num_rows, f"warm day {day}")
-    return table.num_rows
-
-
-def compact_to_cold(wh: Warehouse, month: str, before: date, grace: timedelta) -> int:
-    """Compact the warm files of ``month`` (days before ``before``) into one cold file. A
-    file folded, moved or rewritten meanwhile (by another processor: :class:`Moved`)
-    makes this run skip the month (0)."""
-    try:
-        with wh.transaction() as cur:
-            paths = [f.path for f in wh.files.files(cur) if f.tier == "warm"
-                     and f.part.startswith(month + "-") and f.part < before.isoformat()]
-            if not paths:
-                return 0
-            with reading(wh.files, paths):
-                table, bad = quarantine.split(wh.tiers.read(paths))
-            table = table.sort_by(
-                [("event", "ascending"), ("person_id", "ascending"), ("timestamp", "ascending")])
-            if bad is not None:
-                quarantine.keep(cur, bad, "tiering")
-            if table.num_rows:
-                with _new_file(wh, table, f"month={month}", cold=True) as (path, size):
-                    wh.files.swap(cur, paths, [TierFile(path, "cold", month, table.num_rows,
-                                                        size)], grace)
-            else:
-                wh.files.swap(cur, paths, [], grace)
-    except Moved:
-        return 0  # the next run compacts the month as it is then
-    if bad is not None:
-        quarantine.report("tiering", quarantine.BAD_TIME, bad.num_rows, f"warm month {month}")
+        quarantine.report(JOB, quarantine.BAD_TIME, bad.num_rows, what)
     return table.num_rows
 
 
