@@ -55,12 +55,28 @@ def slow_fixture(func: F | None = None, **kwargs: Any) -> Any:
     return declare if func is None else declare(func)
 
 
+LONGEST_FIRST = (
+    "e2e/test_cluster_equivalence.py", "e2e/test_cluster_crash.py",
+    "e2e/test_cluster_processors.py", "process/test_handover.py",
+    "store/test_two_processors.py", "privacy/test_consent_scope.py", "api/test_openapi.py",
+    "test_bench_cli.py", "e2e/test_processor_crash.py", "e2e/test_query_nodes.py",
+)
+"""The files that take longest (``scripts/test --durations=120``, 2026-12-05: the first
+two 15 and 3 minutes on a slow 2-core VM), run first: the processes running the tests
+side by side (pytest-xdist, a file's tests in one) take the files in this order, so a
+long file does not start last and run alone at the end."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if TESTS / "e2e" in item.path.parents:
             item.add_marker(pytest.mark.e2e)
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    if missing := [name for name in LONGEST_FIRST if not (TESTS / name).is_file()]:
+        raise pytest.UsageError(f"LONGEST_FIRST (tests/conftest.py) names no file: {missing}")
+    first = {TESTS / name: rank for rank, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: first.get(item.path, len(first)))  # stable: the rest as collected
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -83,6 +83,28 @@ def axe_check(page: Any, *, context: str | None = None) -> list[dict[str, Any]]:
     return violations
 
 
+def assert_fits(page: Any, width: int, *, context: object = None) -> None:
+    """Nothing on ``page`` is wider than ``width`` (no sideways scroll; 1 px for
+    rounding). Fails naming the innermost elements that stick out, with their text."""
+    scroll = page.evaluate("document.documentElement.scrollWidth")
+    if scroll <= width + 1:
+        return
+    wide = page.evaluate("""(w) => {
+        const sticks = (e) => e.getBoundingClientRect().right > w + 1;
+        const clipped = (e) => {  // inside a box that clips it and does not stick out
+            for (let a = e.parentElement; a; a = a.parentElement) {
+                if (getComputedStyle(a).overflowX !== 'visible' && !sticks(a)) return true;
+            }
+            return false;
+        };
+        const out = [...document.querySelectorAll('body *')]
+            .filter((e) => sticks(e) && !clipped(e));
+        return out.filter((e) => !out.some((o) => o !== e && e.contains(o))).slice(0, 6)
+            .map((e) => `${e.tagName}.${e.className}: ${(e.textContent || '').slice(0, 60)}`);
+    }""", width)
+    raise AssertionError(f"{scroll} px wide at {width} ({context}): {wide}")
+
+
 def screenshot(page: Any, name: str) -> list[Path]:
     """Full-page screenshots at 1280 and 375 px wide into build/screenshots/NAME-W.png."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

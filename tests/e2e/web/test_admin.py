@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from playwright.sync_api import expect
 
-from tests.e2e.web.helpers import TIMEOUT_MS, Web
+from tests.e2e.web.helpers import TIMEOUT_MS, Web, assert_fits
 
 _ANY = re.compile(r".+")
 
@@ -201,8 +201,7 @@ def test_health_tiles_equal_the_api(web: Web, signed_in: Any, axe_check: Any,
     screenshot(page, "admin")
     page.set_viewport_size({"width": 375, "height": 800})
     expect(tiles).to_be_visible(timeout=TIMEOUT_MS)
-    width = page.evaluate("() => document.documentElement.scrollWidth")
-    assert width <= 375, f"the admin page is {width} px wide at 375"
+    assert_fits(page, 375)
     axe_check(page)
 
 

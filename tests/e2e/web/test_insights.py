@@ -11,6 +11,7 @@ from typing import Any
 
 from playwright.sync_api import Page, expect
 
+from tests.e2e.web.helpers import assert_fits
 from tests.e2e.web.insight_series import (
     PNG,
     TIMEOUT,
@@ -259,7 +260,7 @@ def test_axe_and_both_widths(signed_in: SignedIn, axe_check: Callable[..., Any],
         page = builder(signed_in, width=width)
         check_chart(page)
         axe_check(page)
-        assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
+        assert_fits(page, width)
         page.select_option("#insight-kind", "funnel")
         check_chart(page)
         axe_check(page)

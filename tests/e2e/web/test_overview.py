@@ -12,7 +12,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from tests.e2e.web.helpers import TIMEOUT_MS, Web, csrf
+from tests.e2e.web.helpers import TIMEOUT_MS, Web, assert_fits, csrf
 
 FIGURES = ("visitors", "pageviews", "sessions", "bounce_rate", "visit_duration_s")
 LISTS = ("pages", "entry_pages", "exit_pages", "referrers", "utm_campaigns", "countries",
@@ -154,11 +154,7 @@ def test_compare_shows_the_previous_period_and_works_at_375_px(web: Web, signed_
     check_page(page, answer, compare=True)
     assert "compare=1" in page.url and "range=7d" in page.url
     # nothing wider than the screen
-    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
-    wide = page.evaluate("""() => [...document.querySelectorAll('body *')]
-        .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
-        .slice(0, 8).map(e => e.tagName + '.' + e.className)""")
-    assert overflow <= 0, wide
+    assert_fits(page, page.viewport_size["width"])
     axe_check(page)
 
 

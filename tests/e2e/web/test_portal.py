@@ -23,7 +23,7 @@ from aap.privacy.consent import ConsentLedger
 from aap.privacy.ids import IdHasher
 from aap.privacy.tokens import SubjectTokens
 from aap.sources import Sources
-from tests.e2e.web.helpers import TIMEOUT_MS, Watch, Web, axe_check, screenshot
+from tests.e2e.web.helpers import TIMEOUT_MS, Watch, Web, assert_fits, axe_check, screenshot
 
 expect.set_options(timeout=TIMEOUT_MS)  # a busy machine: every expect waits as long
 SLOW_MS = 180_000
@@ -188,7 +188,7 @@ def test_narrow_keyboard_axe_and_screenshots(web: Web, open_portal: Callable[...
     page = open_portal("#token=" + token(web, me), width=375)
     toggle = page.locator("button[data-purpose=analytics]")
     expect(toggle).to_have_attribute("aria-pressed", "false")
-    assert page.evaluate("document.documentElement.scrollWidth") <= 375  # no sideways scroll
+    assert_fits(page, 375)  # no sideways scroll
     toggle.focus()
     page.keyboard.press("Space")  # the keyboard works as the mouse does
     expect(toggle).to_have_attribute("aria-pressed", "true")

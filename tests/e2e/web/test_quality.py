@@ -30,7 +30,7 @@ from aap.privacy.tokens import SubjectTokens
 from aap.sources import Sources
 from tests.conftest import slow_fixture
 from tests.e2e.web.conftest import watch
-from tests.e2e.web.helpers import ROLES, TIMEOUT_MS, Watch, Web
+from tests.e2e.web.helpers import ROLES, TIMEOUT_MS, Watch, Web, assert_fits
 from tests.e2e.web.hostile import (
     IMG,
     ORIGIN,
@@ -255,12 +255,6 @@ def test_every_page_is_in_the_sweep() -> None:
     assert set(paths[:-1]) == set(APP_PAGES) and paths[-1].startswith("/portal/")
 
 
-def wider_than(page: Any, width: int) -> list[str]:
-    return list(page.evaluate("""(w) => [...document.querySelectorAll('body *')]
-        .filter((e) => e.getBoundingClientRect().right > w + 1)
-        .slice(0, 6).map((e) => e.tagName + '.' + e.className)""", width))
-
-
 @pytest.mark.parametrize("name", PAGES)
 def test_page_loads_clean_passes_axe_and_fits_both_widths(
         plain: Plain, visit: Callable[..., Visit], axe_check: Any, screenshot: Any,
@@ -271,8 +265,7 @@ def test_page_loads_clean_passes_axe_and_fits_both_widths(
         page.set_viewport_size({"width": width, "height": 800})
         expect(page.locator(spec(name, plain).ready).first).to_be_visible()
         axe_check(page)
-        scroll = page.evaluate("document.documentElement.scrollWidth")
-        assert scroll <= width, (name, width, scroll, wider_than(page, width))
+        assert_fits(page, width, context=name)
     shots = screenshot(page, name)
     assert [p.name for p in shots] == [f"{name}-1280.png", f"{name}-375.png"]
     assert all(p.stat().st_size > 1000 for p in shots)

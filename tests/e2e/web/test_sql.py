@@ -9,6 +9,7 @@ from typing import Any
 
 from playwright.sync_api import Page, expect
 
+from tests.e2e.web.helpers import assert_fits
 from tests.e2e.web.insight_series import (
     TIMEOUT,
     api_get,
@@ -138,6 +139,6 @@ def test_axe_and_both_widths(signed_in: SignedIn, axe_check: Callable[..., Any],
         run(page, "SELECT type, count(*) AS n FROM events GROUP BY type ORDER BY type")
         expect(page.locator(".sql-result")).to_be_visible(timeout=TIMEOUT)
         axe_check(page)
-        assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
+        assert_fits(page, width)
         if width == 1280:
             screenshot(page, "sql")
