@@ -114,21 +114,26 @@ def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
     return pair
 
 
-def encode_events(events: list[Event]) -> bytes:
-    """A log record's payload: the events as one JSON array, compressed with zstd (level 1).
+def encode_events(events: list[Event], *, compress: bool = True) -> bytes:
+    """A log record's payload: the events as one JSON array, compressed with zstd (level 1)
+    unless ``compress`` is false (a log that compresses its batches of records itself:
+    Kafka, whose records hold one device stream's events of a request, often one).
 
     JSON rather than a binary format because the processor reads whole chunks of records
     with DuckDB's JSON reader, straight into columns, without a Python object per event
     (see :mod:`aap.process.prepare`). Encoding costs the collector what msgpack did
     (~0.55 µs an event; zstd ~0.1 µs more), and the compressed record is slightly
-    smaller."""
-    return _zstd()[0].compress(_encoder.encode(events))
+    smaller. A zstd frame per record of one event costs far more (~9 µs an event, on a
+    slow machine) and compresses little."""
+    raw = _encoder.encode(events)
+    return _zstd()[0].compress(raw) if compress else raw
 
 
 def payload_bytes(payload: bytes) -> bytes:
     """The uncompressed events of a payload (what canary scans search): a JSON array, or
-    msgpack in records written before the log held JSON (:func:`is_json`)."""
-    return _zstd()[1].decompress(payload)
+    msgpack in records written before the log held JSON (:func:`is_json`). A payload
+    stored uncompressed is a JSON array already; a zstd frame never starts with ``[``."""
+    return payload if is_json(payload) else _zstd()[1].decompress(payload)
 
 
 def is_json(raw: bytes) -> bool:

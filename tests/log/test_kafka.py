@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aap.errors import ServiceUnavailable
-from aap.events import Event, decode_events, encode_events
+from aap.events import Event, decode_events, encode_events, payload_bytes
 from aap.log import scan
 from aap.log.base import Append, Record, advance
 from aap.log.kafka import KafkaLog
@@ -118,6 +118,21 @@ def test_key_is_the_person_and_their_order_is_kept(shared_cluster: Cluster) -> N
                       for r in more) == [(2, [5, 5]), (2, [6, 6])]
     finally:
         log.close()
+
+
+def test_keyed_records_hold_plain_json_and_compressed_ones_still_read() -> None:
+    """A keyed log's producer compresses whole batches (zstd), so :func:`per_person` leaves
+    each record's JSON as it is; a record compressed on its own (the SQLite log's, and
+    Kafka records written before) reads back the same."""
+    events = [_event(i, user=i % 4, anon=None) for i in range(12)]
+    for part in per_person("s", events):
+        assert part.payload[:1] == b"["  # JSON, not a zstd frame
+        assert payload_bytes(part.payload) == part.payload
+        compressed = encode_events(decode_events(part.payload))
+        assert compressed[:4] == b"\x28\xb5\x2f\xfd"  # zstd's magic number
+        assert payload_bytes(compressed) == part.payload
+        assert decode_events(compressed) == decode_events(part.payload)
+    assert KafkaLog("kafka://127.0.0.1:1/t")._producer_conf()["compression.type"] == "zstd"
 
 
 def test_append_returns_only_after_the_brokers_acknowledged(cluster: Cluster) -> None:

@@ -8,6 +8,8 @@ core. Both speak HTTP over the socket; the core answers JSON in the house shape.
 
 from __future__ import annotations
 
+import functools
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,19 @@ def core_socket(data_dir: Path) -> Path:
     return DataDir(Path(data_dir)).core_socket
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """The TLS context httpx wants for each transport. The core's socket speaks plain
+    HTTP, yet httpx builds a default context per transport, reading the CA bundle: 60 ms
+    of CPU on a slow machine, each time a client is made (the processor role's health
+    check made one every 2 s). One per process serves them all."""
+    return ssl.create_default_context()
+
+
 def transport(data_dir: Path) -> httpx.HTTPTransport:
     """An httpx transport to the core of ``data_dir`` (for clients that add their own
     headers and paths, such as :meth:`aap.query.client.Client.local`)."""
-    return httpx.HTTPTransport(uds=str(core_socket(data_dir)))
+    return httpx.HTTPTransport(uds=str(core_socket(data_dir)), verify=_tls())
 
 
 def core_alive(data_dir: Path, timeout: float) -> bool:
@@ -105,7 +116,7 @@ class AsyncCoreClient:
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
             self._http = httpx.AsyncClient(
-                transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
+                transport=httpx.AsyncHTTPTransport(uds=str(self.socket), verify=_tls()),
                 base_url=BASE_URL, timeout=self.timeout)
         return self._http
 

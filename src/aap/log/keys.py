@@ -33,9 +33,11 @@ def person_key(ev: Event) -> bytes | None:
 
 
 def per_person(source: str, events: list[Event]) -> list[Append]:
-    """One Append per stream of ``events``, each stream's events in their order."""
+    """One Append per stream of ``events``, each stream's events in their order, as JSON
+    not compressed one by one: a keyed log's producer compresses its batches of records
+    (Kafka's ``compression.type``, zstd), which holds many streams' records at once."""
     groups: dict[bytes | None, list[Event]] = {}
     for ev in events:
         groups.setdefault(person_key(ev), []).append(ev)
-    return [Append(source, len(evs), encode_events(evs), key)
+    return [Append(source, len(evs), encode_events(evs, compress=False), key)
             for key, evs in groups.items()]
