@@ -92,12 +92,36 @@ class Setup:
         return Device(self.broker.port, *self.devices[name])
 
     def wait_stored(self, pred: Any, n: int) -> list[Event]:
+        """The stored events ``pred`` selects, once there are ``n``; the test fails with
+        the server's (and the bridge's) log when they do not come in time."""
         deadline = time.monotonic() + WAIT_S
         while True:
             found = [e for e in self.running.stored() if pred(e)]
-            if len(found) >= n or time.monotonic() > deadline:
+            if len(found) >= n:
                 return found
+            if time.monotonic() > deadline:
+                pytest.fail(f"{len(found)} of {n} events stored after {WAIT_S:.0f} s; the end"
+                            f" of the server's log:\n{_tail(self.running.server.log_file)}")
             time.sleep(0.1)
+
+
+SUBSCRIBED = b"MQTT bridge subscribed"
+"""What the bridge logs (into the server's log) once its subscription stands."""
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+
+
+def wait_subscribed(server: ServerProcess) -> None:
+    """Until the bridge has subscribed. ``/healthz`` does not wait for it, and a reading
+    published before the bridge's first subscription finds no session at the broker to
+    keep it for: it is dropped, and the test waits for it in vain."""
+    deadline = time.monotonic() + WAIT_S
+    while SUBSCRIBED not in server.log_file.read_bytes():
+        assert time.monotonic() < deadline, (
+            f"the bridge did not subscribe in {WAIT_S:.0f} s:\n{_tail(server.log_file)}")
+        time.sleep(0.1)
 
 
 @slow_fixture(scope="module")
@@ -112,6 +136,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, meta_url_module: str) -> Ite
     broker = Broker(tmp, data).start()
     server = ServerProcess(data, env={
         "AAP_MQTT_BROKER": f"mqtt://aap-bridge:{password}@127.0.0.1:{broker.port}"}).start()
+    wait_subscribed(server)
     yield Setup(Running(server, key), broker, devices)
     server.stop()
     broker.stop()
