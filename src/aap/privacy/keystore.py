@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from aap.datadir import DataDir
 from aap.privacy.ids import key_of
-from aap.store.meta import Fetch, Tx, open_meta
+from aap.store.meta import POSTGRESQL, Bulk, Fetch, Tx, open_meta
 from aap.store.migrations import Schema, sql_step
 
 _SCHEMA = """
@@ -144,6 +144,9 @@ class Keystore:
         self.path = paths.keystore_db
         self.master = master or LocalMasterKey(data_dir)
         self._db = open_meta(self.path, url, pragmas=_PRAGMAS, mode=0o600)
+        self._sql = Bulk(self._db.dialect == POSTGRESQL)
+        """Lookups of many subjects: one array on PostgreSQL (psycopg parses a statement
+        of a hundred ``?`` slowly), ``IN`` lists on SQLite."""
         self._cache: OrderedDict[int, AESGCM] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -200,25 +203,19 @@ class Keystore:
                     self._cache.popitem(last=False)
         return out
 
-    @staticmethod
-    def _load(fetch: Fetch, subjects: list[int]) -> dict[int, bytes]:
+    def _load(self, fetch: Fetch, subjects: list[int]) -> dict[int, bytes]:
         out: dict[int, bytes] = {}
-        for i in range(0, len(subjects), 500):
-            part = subjects[i:i + 500]
+        for cond, params in self._sql.among(subjects):
             out.update((s, bytes(w)) for s, w in fetch(
-                f"SELECT subject, wrapped FROM data_keys WHERE subject IN ({','.join('?' * len(part))})",
-                part))
+                f"SELECT subject, wrapped FROM data_keys WHERE subject {cond}", params))
         return out
 
-    @staticmethod
-    def _destroyed_among(fetch: Fetch, subjects: list[int]) -> set[int]:
+    def _destroyed_among(self, fetch: Fetch, subjects: list[int]) -> set[int]:
         """Which of these subjects were destroyed (by any process): no key is made again."""
         out: set[int] = set()
-        for i in range(0, len(subjects), 500):
-            part = subjects[i:i + 500]
+        for cond, params in self._sql.among(subjects):
             out.update(s for (s,) in fetch(
-                f"SELECT subject FROM destroyed WHERE subject IN ({','.join('?' * len(part))})",
-                part))
+                f"SELECT subject FROM destroyed WHERE subject {cond}", params))
         return out
 
     def destroy(self, subjects: Iterable[int]) -> int:

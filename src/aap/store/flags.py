@@ -53,14 +53,13 @@ from aap.errors import ServiceUnavailable
 from aap.store.identities import (
     FLAG_CHANGES,
     SCHEMA,
-    Bulk,
     flag_rows,
     merge_group,
     next_flag_change,
     resolved,
     translated,
 )
-from aap.store.meta import POSTGRESQL, Tx, open_meta
+from aap.store.meta import POSTGRESQL, Bulk, Tx, open_meta
 
 if TYPE_CHECKING:
     from aap.store.warehouse import Warehouse

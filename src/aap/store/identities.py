@@ -43,12 +43,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from aap.datadir import DataDir
 from aap.errors import TransientError
 from aap.process.identity import Identities, IdentityChanges
-from aap.store.meta import POSTGRESQL, Fetch, Tx, is_conflict, open_meta
+from aap.store.meta import POSTGRESQL, Bulk, Fetch, Tx, is_conflict, open_meta
 from aap.store.migrations import Schema
 
 T = TypeVar("T")
@@ -174,8 +174,6 @@ FLAG_CHANGES = "person_flags_changes"
 """The flags' change counter's table."""
 RECTIFICATION_CHANGES = "person_rectifications_changes"
 """The rectifications' counter's table."""
-_IN = 500
-"""Values in one ``IN (…)`` list (SQLite)."""
 CONFLICT_ATTEMPTS = 30
 """How many times a chunk is applied again after a key it would link was linked by
 another processor in between (a unique violation rather than a serialization failure)."""
@@ -355,48 +353,6 @@ class SharedIdentities:
 
 
 # -- one chunk's transaction --
-
-def pg_bigints(values: Iterable[int]) -> str:
-    """A PostgreSQL array literal of integers (``{1,2,3}``), for a ``?::bigint[]``."""
-    return "{" + ",".join(map(str, map(int, values))) + "}"
-
-
-class Bulk:
-    """The statements that take many values at once: on PostgreSQL one array parameter
-    (``= ANY(?)``, ``unnest``), since psycopg parses a statement of thousands of ``?``
-    slowly (a chunk of 50,000 events took 2.1 s with ``IN`` lists, most of it parsing,
-    0.7 to 0.8 s with arrays, on this machine); on SQLite ``IN`` lists and ``executemany``.
-    An array goes as the text of its literal (:func:`pg_bigints`), which costs the client
-    a quarter of what psycopg's list dumper does, one element at a time in Python (a
-    lookup of 10,000 keys: 8.7 against 32 ms of CPU)."""
-
-    def __init__(self, postgres: bool) -> None:
-        self.postgres = postgres
-
-    def among(self, values: list[int]) -> Iterable[tuple[str, list[Any]]]:
-        """(a condition on a column, its parameters), for each part of ``values``."""
-        if self.postgres:
-            if values:
-                yield "= ANY(?::bigint[])", [pg_bigints(values)]
-            return
-        for i in range(0, len(values), _IN):
-            part = values[i:i + _IN]
-            yield f"IN ({','.join('?' * len(part))})", part
-
-    def insert(self, tx: Tx, table: str, columns: tuple[str, ...], rows: list[tuple[int, ...]],
-               conflict: str) -> None:
-        """``rows`` into ``table`` (``conflict``: its ``ON CONFLICT`` clause)."""
-        if not rows:
-            return
-        names = ", ".join(columns)
-        if self.postgres:
-            arrays = ", ".join(["?::bigint[]"] * len(columns))
-            tx.execute(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {conflict}",
-                       [pg_bigints(col) for col in zip(*rows, strict=True)])
-        else:
-            marks = ", ".join("?" * len(columns))
-            tx.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks}) {conflict}", rows)
-
 
 def pairs(fetch: Fetch, sql: Bulk, query: str, values: list[int]) -> dict[int, int]:
     """The two-column rows of ``query`` (``{}`` is where the condition on ``values``

@@ -335,6 +335,50 @@ def _close_pools() -> None:
 
 _VALUES = re.compile(r"\bVALUES\s*(\(\s*\?(?:\s*,\s*\?)*\s*\))", re.IGNORECASE)
 _CHUNK = 1000
+IN_LIST = 500
+"""Values in one ``IN (…)`` list (SQLite; :class:`Bulk`)."""
+
+
+def pg_bigints(values: Iterable[int]) -> str:
+    """A PostgreSQL array literal of integers (``{1,2,3}``), for a ``?::bigint[]``."""
+    return "{" + ",".join(map(str, map(int, values))) + "}"
+
+
+class Bulk:
+    """The statements that take many values at once: on PostgreSQL one array parameter
+    (``= ANY(?)``, ``unnest``), since psycopg parses a statement of thousands of ``?``
+    slowly (a chunk of 50,000 events took 2.1 s with ``IN`` lists, most of it parsing,
+    0.7 to 0.8 s with arrays, on this machine); on SQLite ``IN`` lists and ``executemany``.
+    An array goes as the text of its literal (:func:`pg_bigints`), which costs the client
+    a quarter of what psycopg's list dumper does, one element at a time in Python (a
+    lookup of 10,000 keys: 8.7 against 32 ms of CPU)."""
+
+    def __init__(self, postgres: bool) -> None:
+        self.postgres = postgres
+
+    def among(self, values: list[int]) -> Iterable[tuple[str, list[Any]]]:
+        """(a condition on a column, its parameters), for each part of ``values``."""
+        if self.postgres:
+            if values:
+                yield "= ANY(?::bigint[])", [pg_bigints(values)]
+            return
+        for i in range(0, len(values), IN_LIST):
+            part = values[i:i + IN_LIST]
+            yield f"IN ({','.join('?' * len(part))})", part
+
+    def insert(self, tx: Tx, table: str, columns: tuple[str, ...], rows: list[tuple[int, ...]],
+               conflict: str) -> None:
+        """``rows`` into ``table`` (``conflict``: its ``ON CONFLICT`` clause)."""
+        if not rows:
+            return
+        names = ", ".join(columns)
+        if self.postgres:
+            arrays = ", ".join(["?::bigint[]"] * len(columns))
+            tx.execute(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {conflict}",
+                       [pg_bigints(col) for col in zip(*rows, strict=True)])
+        else:
+            marks = ", ".join("?" * len(columns))
+            tx.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks}) {conflict}", rows)
 
 
 def _arrays(rows: list[Sequence[Any]]) -> list[tuple[str, str]] | None:

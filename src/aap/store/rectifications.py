@@ -63,12 +63,11 @@ from aap.store.filelist import Moved, SharedList, TierFile
 from aap.store.identities import (
     RECTIFICATION_CHANGES,
     SCHEMA,
-    Bulk,
     IdentitiesUnavailable,
     merge_group,
     translated,
 )
-from aap.store.meta import POSTGRESQL, Tx, open_meta
+from aap.store.meta import POSTGRESQL, Bulk, Tx, open_meta
 
 if TYPE_CHECKING:
     from aap.store.warehouse import Warehouse
