@@ -389,7 +389,7 @@ def _arrays(rows: list[Sequence[Any]]) -> list[tuple[str, str]] | None:
     out: list[tuple[str, str]] = []
     for col in zip(*rows, strict=True):
         if all(type(v) is int for v in col):
-            out.append(("bigint", "{" + ",".join(map(str, col)) + "}"))
+            out.append(("bigint", pg_bigints(col)))
         elif all(type(v) is bytes for v in col):
             out.append(("bytea", "{" + ",".join(['"\\\\x' + v.hex() + '"' for v in col]) + "}"))
         else:
