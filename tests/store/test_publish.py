@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from aap.privacy import removal
@@ -465,17 +465,38 @@ def test_erasure_reaches_batch_files_on_s3(tmp_path: Path, s3: TierConfig) -> No
 
 # -- interleavings --
 
-OPS = st.lists(st.tuples(st.sampled_from(["write", "publish", "stop", "fold", "erase"]),
+OPS = st.lists(st.tuples(st.sampled_from(["write", "publish", "stop", "fold", "erase",
+                                          "inside"]),
                          st.integers(0, 4)), min_size=1, max_size=12)
+
+
+def chunk_inside(wh: Warehouse, table: pa.Table, position: int, at: str
+                 ) -> Callable[[str], None]:
+    """A publisher's ``step`` hook that writes a chunk from another thread at step ``at``
+    of the batch (``file``, ``written``: while its files are written and listed, when
+    the write lock lets chunks in), once, and waits until it is written."""
+    done: list[threading.Thread] = []
+
+    def step(name: str) -> None:
+        if name == at and not done:
+            done.append(t := threading.Thread(target=write, args=(wh, table, position),
+                                              daemon=True))
+            t.start()
+            t.join(60)
+            assert not t.is_alive(), f"a chunk waited for the publisher at step {at!r}"
+    return step
 
 
 @settings(max_examples=examples(15), deadline=None)  # a warehouse on disk per example
 @given(ops=OPS)
+@example(ops=[("write", 0), ("inside", 0), ("inside", 1), ("stop", 3), ("inside", 1),
+              ("erase", 0), ("publish", 0)])
 def test_any_interleaving_keeps_each_row_once(ops: list[tuple[str, int]]) -> None:
-    """Chunks written, batches published (some stopped at a step and finished by a
-    restart), days folded and persons erased, in any order: after each operation a query
-    reads every row written and not erased exactly once, and so do the hot table and the
-    listed files once no batch is left half published."""
+    """Chunks written (some while a batch is written and listed), batches published (some
+    stopped at a step and finished by a restart), days folded and persons erased, in any
+    order: after each operation a query reads every row written and not erased exactly
+    once, and so do the hot table and the listed files once no batch is left half
+    published."""
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         wh = open_wh(tmp)
@@ -499,6 +520,14 @@ def test_any_interleaving_keeps_each_row_once(ops: list[tuple[str, int]]) -> Non
                         wh = open_wh(tmp)
                         Publisher(wh, 1).recover()
                         assert listed_ids(wh) == want
+                elif op == "inside":  # a chunk written while a batch is listed
+                    t = events(5 + arg, f"i{k}", days=1 + arg % 3)
+                    ids = t.column("message_id").to_pylist()
+                    want.update(ids)
+                    person.update(zip(ids, t.column("person_id").to_pylist(), strict=True))
+                    step = chunk_inside(wh, t, k + 1, ("file", "written")[arg % 2])
+                    if not Publisher(wh, 1, step=step).publish_once()["rows"]:
+                        write(wh, t, k + 1)  # no batch, no step: written after it
                 elif op == "fold":
                     tiering.compact_batches(wh, (DAY0 + timedelta(days=arg % 3)).date()
                                             .isoformat(), timedelta(0))

@@ -13,6 +13,10 @@ One batch, ``seq`` = the last one's + 1 (kept in ``processor_state``), in four s
    batch is noted as this writer's last published one; nothing if it already was;
 4. **forget**: the batch's rows leave ``hot_publishing``.
 
+Steps 1 and 4 hold the warehouse's write lock alone. During steps 2 and 3 (most of a
+batch's time) the publishing turn lets the processor's chunks in, and nothing else
+(:mod:`aap.store.writelock`; why that is safe: :meth:`Publisher._list`).
+
 Erasures recorded by other processors (:mod:`aap.store.erasures`) reach the hot rows first
 (:meth:`Publisher.settle`), and step 3 refuses to list a batch when one was recorded
 after that: the batch is cleaned and written again first.
@@ -33,7 +37,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -132,7 +138,7 @@ class Publisher:
         with self.wh.write_lock:
             if seq not in self._pending():  # finished meanwhile by a rewrite's settle
                 return out
-            out["files"] = self._finish(seq, staged)
+            out["files"] = self._finish(seq, staged, opened=True)
         if out["files"] < 0:
             out["dropped"] = out["rows"]
             return out
@@ -158,16 +164,18 @@ class Publisher:
         quarantine.report(JOB, quarantine.BAD_TIME, set_aside, "the hot table")
         return seq if n or keys else 0
 
-    def _finish(self, seq: int, staged: bool | None = None) -> int:
+    def _finish(self, seq: int, staged: bool | None = None, opened: bool = False) -> int:
         """Steps 2 to 4 of batch ``seq``, from where the shared store says it is. Returns
         the files listed, or -1 when the batch was stale (its log positions were
         published past by another processor, :mod:`aap.store.handover`): then it is
         dropped, with everything not published yet. ``staged``: whether the batch's
-        streams were staged already, with some (None: not yet)."""
+        streams were staged already, with some (None: not yet). ``opened``: the
+        processor's chunks may be written during steps 2 and 3 (the publishing turn;
+        a settle, which others call before they change rows, keeps them out)."""
         files: list[TierFile] = []
         if self.files.published() < seq:
             try:
-                files = self._list(seq, staged)
+                files = self._list(seq, staged, opened)
             except handover.Stale as exc:
                 logger.warning("publishing: batch %d is stale (%s)", seq, exc)
                 self.step("dropped")
@@ -183,25 +191,36 @@ class Publisher:
         self.step("done")
         return len(files)
 
-    def _list(self, seq: int, staged: bool | None) -> list[TierFile]:
+    def _list(self, seq: int, staged: bool | None, opened: bool = False) -> list[TierFile]:
         """Steps 2 and 3. The listing checks, in its transaction, that no erasure was
         recorded since the last one applied here; if one was, it is applied (to
         ``hot_publishing`` too) and the batch written again, and a file of the first
         writing that the second has no more rows for is deleted. With the handover, the
         log positions' compare-and-set runs in the same transaction
-        (:class:`aap.store.handover.Stale` when another processor published past them)."""
+        (:class:`aap.store.handover.Stale` when another processor published past them).
+
+        ``opened``: the write lock lets the processor's chunks in while the files are
+        written and listed (:mod:`aap.store.writelock`). Nothing those steps read can
+        change meanwhile but through a chunk: the batch's rows are in
+        ``hot_publishing``, which chunks do not write; the tables' rows are read in a
+        DuckDB snapshot, and a key a chunk changes is noted for the next batch; the
+        erasures applied here (the listing's check) and the rectifications change only
+        with the lock held alone (a chunk that would apply one waits). So the batch is
+        listed as if every such chunk came after it. What a failed listing does next
+        (drop the batch, apply an erasure) runs with the lock held alone again."""
         erasures = self.wh.erasures
         check = erasures.unchanged if erasures is not None else None
         positions = handover.listing(self.wh, seq, staged) if self.wh.handover else None
         written: set[str] = set()
         for attempt in range(STALE_ATTEMPTS):
-            files = self._write(seq)
-            for path in sorted(written - {f.path for f in files}):
-                self.wh.tiers.delete(path)
-            written = {f.path for f in files}
-            self.step("written")
             try:
-                self.files.publish(seq, files, check, positions)
+                with self.wh.write_lock.opened() if opened else nullcontext():
+                    files = self._write(seq)
+                    for path in sorted(written - {f.path for f in files}):
+                        self.wh.tiers.delete(path)
+                    written = {f.path for f in files}
+                    self.step("written")
+                    self.files.publish(seq, files, check, positions)
                 return files
             except handover.Stale:  # another processor published past its positions:
                 handover.drop(self.wh, sorted(written))  # dropped, with everything
@@ -257,7 +276,12 @@ class Publisher:
             self.folder.close()
 
     def _run(self) -> None:
-        while not self.stop.wait(self.interval):
+        """A turn every ``interval`` seconds from the start of the last (not from its
+        end: a batch's own time is not added to every row's wait), and at least a tenth
+        of the interval after it ended."""
+        took = 0.0
+        while not self.stop.wait(max(self.interval - took, self.interval / 10)):
+            began = time.monotonic()
             try:
                 out: dict[str, Any] = self.publish_once()
             except Exception:
@@ -265,6 +289,7 @@ class Publisher:
             else:
                 if out["rows"] or out.get("keys") or out["finished"]:
                     logger.debug("publishing: %s", out)
+            took = time.monotonic() - began
 
 
 def shared_list(data_dir: Path, publish_seconds: float, meta_url: str) -> MetaDB | None:

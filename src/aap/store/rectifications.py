@@ -234,6 +234,10 @@ class RectificationsMirror:
 
     # -- in the processor's chunk (the write lock held, in its transaction) --
 
+    def unapplied(self, seen: int) -> bool:
+        """Whether a chunk that read the record up to ``seen`` has some to apply."""
+        return bool(self._between(self.applied, seen))
+
     def before_chunk(self, cur: duckdb.DuckDBPyConnection, seen: int) -> int:
         """Before the chunk's persons: the rectifications it read (``seen``) and not
         applied yet. Returns the last one applied (0: none)."""

@@ -42,6 +42,7 @@ from aap.store.schema import (
     VIEWS,
 )
 from aap.store.tiers import TierConfig, TierStore
+from aap.store.writelock import WriteLock
 
 NEXT_PERSON = "next_person"
 
@@ -320,6 +321,10 @@ class RectificationsView(Protocol):
 
     def erase(self, persons: Iterable[int]) -> int: ...
 
+    def unapplied(self, seen: int) -> bool:
+        """Whether a chunk that read the record up to ``seen`` has some to apply."""
+        ...
+
     def before_chunk(self, cur: duckdb.DuckDBPyConnection, seen: int) -> int: ...
 
     def after_chunk(self, cur: duckdb.DuckDBPyConnection, seen: int) -> None: ...
@@ -345,7 +350,9 @@ class Warehouse:
             "checkpoint_threshold": "64MB",
         })
         migrate_duckdb(self.con, SCHEMA)
-        self.write_lock = threading.Lock()
+        self.write_lock = WriteLock()
+        """One writer at a time; the publisher lets chunks in while it lists a batch
+        (:mod:`aap.store.writelock`)."""
         self.files: FileList = (SharedList(shared_list, self.con) if shared_list is not None
                                 else DuckList(self.con))
         """The list of live tier files (:mod:`aap.store.filelist`)."""
@@ -485,10 +492,14 @@ class Warehouse:
     # -- the processor's write --
 
     def write(self, chunk: Chunk) -> None:
-        with self.write_lock:
+        fixes, seen = self.rectifications, chunk.rectifications_seen
+        # a chunk that applies rectifications notes which published batches still lack
+        # them: it waits for the publisher to let go (applied only grows, so a chunk
+        # with none to apply now has none when it gets in)
+        alone = fixes is not None and seen is not None and fixes.unapplied(seen)
+        with self.write_lock if alone else self.write_lock.chunk():
             if chunk.epoch is not None and chunk.epoch != self.epoch:
                 raise StaleChunk("the processor's state was reset since the chunk was built")
-            fixes, seen = self.rectifications, chunk.rectifications_seen
             with self.transaction() as cur:
                 # rectifications the chunk read go before its traits (those after, after)
                 upto = (fixes.before_chunk(cur, seen)
