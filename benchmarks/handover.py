@@ -11,8 +11,9 @@ every visitor new), to each warehouse in turn, and measures how long ``publish_o
 holds the write lock alone (the processor's chunks wait for it; they may be written while
 the batch's files are written and listed, :mod:`aap.store.writelock`). Printed: the
 median batch's lock time with and without the handover, the difference (what the
-handover adds per batch) and their ratio; then the fold of every staged row (on its own
-thread in a processor, not under the write lock).
+handover adds per batch) and their ratio, the time the batch let chunks in (its files
+written and listed) and the share of the batch's time it kept them out; then the fold
+of every staged row (on its own thread in a processor, not under the write lock).
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class HeldLock(WriteLock):
     def __init__(self) -> None:
         super().__init__()
         self.held = 0.0
+        self.open = 0.0
+        """Time the holder let chunks in (the batch's files written and listed)."""
         self._since = 0.0
 
     def acquire(self) -> bool:
@@ -87,12 +90,14 @@ class HeldLock(WriteLock):
 
     @contextmanager
     def opened(self) -> Iterator[None]:
-        self.held += time.perf_counter() - self._since
+        now = time.perf_counter()
+        self.held += now - self._since
         try:
             with super().opened():
                 yield
         finally:
             self._since = time.perf_counter()
+            self.open += self._since - now
 
 
 def _warehouse(tmp: Path, name: str, meta_url: str, on: bool) -> Warehouse:
@@ -110,15 +115,18 @@ def run(meta_url: str, events: int, rounds: int) -> dict[str, float]:
         whs = {"off": _warehouse(tmp, "off", meta_url, False),
                "on": _warehouse(tmp, "on", meta_url, True)}
         ms: dict[str, list[float]] = {"off": [], "on": []}
+        opened: list[float] = []
         try:
             for r in range(rounds):
                 for mode, wh in whs.items():
                     lock = wh.write_lock
                     assert isinstance(lock, HeldLock)
-                    lock.held = 0.0
                     wh.write(chunk(events, r, r * events))
+                    lock.held = lock.open = 0.0
                     out = Publisher(wh, 1).publish_once()
                     ms[mode].append(lock.held * 1000)
+                    if mode == "on":
+                        opened.append(lock.open * 1000)
                     assert out["files"] >= 1, out
             db = whs["on"].files.db
             staged = int(db.fetchall("SELECT count(*) FROM log_stream_rows")[0][0])
@@ -132,7 +140,7 @@ def run(meta_url: str, events: int, rounds: int) -> dict[str, float]:
     assert streams == events * rounds, (streams, events * rounds)
     off, on = statistics.median(ms["off"][1:]), statistics.median(ms["on"][1:])
     return {"off_ms": off, "on_ms": on, "added_ms": on - off, "ratio": on / off,
-            "fold_s": fold_s, "staged": staged}
+            "open_ms": statistics.median(opened[1:]), "fold_s": fold_s, "staged": staged}
 
 
 @click.command("handover")
@@ -154,6 +162,9 @@ def main(events: int, rounds: int) -> None:
     console.print(f"  write lock held with the handover:               {got['on_ms']:8.1f} ms")
     console.print(f"  added by the handover per batch:                 {got['added_ms']:8.1f} ms"
                   f"  (ratio {got['ratio']:.2f})")
+    kept = got["on_ms"] / (got["on_ms"] + got["open_ms"])
+    console.print(f"  the batch's files written and listed, chunks let in: {got['open_ms']:8.1f} ms"
+                  f"  (chunks kept out {kept:.0%} of the batch's time)")
     console.print(f"fold of {got['staged']:,} staged stream rows: {got['fold_s']:.2f} s"
                   " (its own thread)")
 

@@ -79,7 +79,8 @@ def test_bench_handover_runs_and_prints_the_figures_it_names() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     for name in ("write lock held without the handover (baseline)",
                  "write lock held with the handover", "added by the handover per batch",
-                 "ratio", "fold of 6,000 staged stream rows"):
+                 "ratio", "files written and listed, chunks let in", "chunks kept out",
+                 "fold of 6,000 staged stream rows"):
         assert name in r.stdout, (name, r.stdout)
 
 
