@@ -518,8 +518,10 @@ def _print(console: Any, r: dict[str, Any]) -> None:
     info = r["machine"]
     console.print(f"machine: {info['cpu_count']} CPUs ({info['cpu_model']}), {info['platform']}, "
                   f"{info['python']}, granian {info['granian']}; busy before start "
-                  f"{info['busy_before']:.0%}; everything (collectors, processor, mock brokers, "
-                  "load generators, probe) on the same cores")
+                  f"{info['busy_before']:.0%}; a round trip between two threads "
+                  f"{info['speed']['threads_rtt_us']:.1f} µs, between two processes "
+                  f"{info['speed']['processes_rtt_us']:.1f} µs; everything (collectors, "
+                  "processor, mock brokers, load generators, probe) on the same cores")
     t = Table(title="Throughput: N collector processes (1 worker each) → one mock Kafka cluster"
                     " (3 brokers) → one processor; CPU per event in µs (kafka: the mock brokers)")
     for col in ("collectors", "acked/s", "ratio to 1", "processed/s", "collectors µs",

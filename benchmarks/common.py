@@ -72,12 +72,72 @@ def idle_check(seconds: float = 1.0) -> float:
     return (b1 - b0) / (t1 - t0) if t1 > t0 else float("nan")
 
 
+_ECHO = "import os\nwhile os.read(0, 1): os.write(1, b'x')"
+
+
+def speed_probe(rounds: int = 3000) -> dict[str, float]:
+    """How fast this machine runs Python, and how fast it hands work over, in µs: a step
+    of a plain loop, and the round trip of a message between two threads
+    (``queue.Queue``) and of a byte between two processes (pipes). A VM can be slow at
+    the hand-offs while its loop is as fast as ever (README, Performance): the cluster's
+    roles hand every request over, a loop does not."""
+    import queue
+    import subprocess
+    import sys
+    import threading
+
+    t = time.perf_counter()
+    for _ in range(2_000_000):
+        pass
+    loop = (time.perf_counter() - t) / 2_000_000 * 1e6
+    there: queue.Queue[int | None] = queue.Queue()
+    back: queue.Queue[int] = queue.Queue()
+
+    def echo() -> None:
+        while (x := there.get()) is not None:
+            back.put(x)
+
+    th = threading.Thread(target=echo, daemon=True)
+    th.start()
+    there.put(0)
+    back.get()
+    t = time.perf_counter()
+    for i in range(rounds):
+        there.put(i)
+        back.get()
+    threads = (time.perf_counter() - t) / rounds * 1e6
+    there.put(None)
+    th.join()
+    p = subprocess.Popen([sys.executable, "-c", _ECHO], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, bufsize=0)
+    assert p.stdin is not None and p.stdout is not None
+    w, r = p.stdin.fileno(), p.stdout.fileno()
+    try:
+        os.write(w, b"x")
+        os.read(r, 1)
+        t = time.perf_counter()
+        for _ in range(rounds):
+            os.write(w, b"x")
+            os.read(r, 1)
+        procs = (time.perf_counter() - t) / rounds * 1e6
+    finally:
+        p.stdin.close()
+        p.wait(timeout=30)
+        p.stdout.close()
+    return {"loop_step_us": loop, "threads_rtt_us": threads, "processes_rtt_us": procs}
+
+
 def check_idle(console: Any, info: dict[str, Any]) -> None:
-    """Measure how busy the machine is before the start (``info["busy_before"]``), print
-    it, and warn when something else is using the CPU."""
+    """Measure how busy the machine is before the start (``info["busy_before"]``) and
+    how fast it is (:func:`speed_probe`, ``info["speed"]``), print both, and warn when
+    something else is using the CPU."""
     info["busy_before"] = idle_check()
     console.print(f"  machine busy before start: {info['busy_before']:.0%} of all cores",
                   style="dim")
+    info["speed"] = s = speed_probe()
+    console.print(f"  machine speed: a loop step {s['loop_step_us'] * 1000:.0f} ns; a round trip"
+                  f" between two threads {s['threads_rtt_us']:.1f} µs, between two processes"
+                  f" {s['processes_rtt_us']:.1f} µs", style="dim")
     if info["busy_before"] > BUSY_WARNING:
         console.print("  [yellow]warning: something else is using the CPU; the figures will be "
                       "lower and noisier than on an idle machine[/yellow]")

@@ -114,4 +114,22 @@ def test_bench_cluster_runs_and_prints_the_figures_it_names() -> None:
                  "freshness measured at"):
         assert name in out, name
     assert "200 → visible to a query node" in out
+    # how fast the machine was: the loop and the hand-offs, before and with the figures
+    assert "machine speed: a loop step" in out
+    assert "a round trip between two threads" in out and "between two processes" in out
     assert not left, "its data dirs are removed"
+
+
+def test_the_speed_probe_measures_each_hand_off_and_leaves_no_process() -> None:
+    from benchmarks.common import all_proc_stats, speed_probe
+
+    def children() -> set[int]:
+        return {pid for pid, f in all_proc_stats().items() if int(f[1]) == os.getpid()}
+
+    before = children()
+    got = speed_probe(rounds=200)
+    assert set(got) == {"loop_step_us", "threads_rtt_us", "processes_rtt_us"}
+    # a round trip crosses the kernel or the GIL twice: never as fast as a loop step
+    assert all(0 < v < 1e6 for v in got.values()), got
+    assert got["threads_rtt_us"] > got["loop_step_us"] < got["processes_rtt_us"], got
+    assert children() <= before
