@@ -502,14 +502,19 @@ def test_any_interleaving_keeps_each_row_once(ops: list[tuple[str, int]]) -> Non
         wh = open_wh(tmp)
         want: Counter[str] = Counter()
         person: dict[str, int] = {}
+
+        def rows(n: int, tag: str, days: int) -> pa.Table:
+            """New events, expected from now on."""
+            t = events(n, tag, days=days)
+            ids = t.column("message_id").to_pylist()
+            want.update(ids)
+            person.update(zip(ids, t.column("person_id").to_pylist(), strict=True))
+            return t
+
         try:
             for k, (op, arg) in enumerate(ops):
                 if op == "write":
-                    t = events(7 + arg, f"w{k}", days=1 + arg % 3)
-                    ids = t.column("message_id").to_pylist()
-                    want.update(ids)
-                    person.update(zip(ids, t.column("person_id").to_pylist(), strict=True))
-                    write(wh, t, k + 1)
+                    write(wh, rows(7 + arg, f"w{k}", 1 + arg % 3), k + 1)
                 elif op in ("publish", "stop"):
                     step = stop_at(STEPS[arg] if op == "stop" else None)
                     try:
@@ -521,10 +526,7 @@ def test_any_interleaving_keeps_each_row_once(ops: list[tuple[str, int]]) -> Non
                         Publisher(wh, 1).recover()
                         assert listed_ids(wh) == want
                 elif op == "inside":  # a chunk written while a batch is listed
-                    t = events(5 + arg, f"i{k}", days=1 + arg % 3)
-                    ids = t.column("message_id").to_pylist()
-                    want.update(ids)
-                    person.update(zip(ids, t.column("person_id").to_pylist(), strict=True))
+                    t = rows(5 + arg, f"i{k}", 1 + arg % 3)
                     step = chunk_inside(wh, t, k + 1, ("file", "written")[arg % 2])
                     if not Publisher(wh, 1, step=step).publish_once()["rows"]:
                         write(wh, t, k + 1)  # no batch, no step: written after it
