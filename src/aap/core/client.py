@@ -20,6 +20,25 @@ from aap.datadir import DataDir
 BASE_URL = "http://core"
 """Any host name: the socket, not the name, decides where a request goes."""
 
+KEEPALIVE_S = 20.0
+"""How long a client keeps an idle connection to the core for its next request."""
+
+CORE_KEEPALIVE_S = 75
+"""How long the core keeps an idle connection open: longer than its clients do
+(:data:`KEEPALIVE_S`), so it never closes one a client is about to reuse. With both at
+their libraries' default (5 s, httpx and uvicorn) a request could go out on a connection
+at the moment the core closed it, and failed (a 503 ``core_unavailable`` through the
+proxy)."""
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods sent again, once, on a fresh connection when the core closed the one they
+went out on without answering (it was restarting, or closed the idle connection as the
+request left). Others are not: the core may have acted on them."""
+
+
+def _limits() -> httpx.Limits:
+    return httpx.Limits(keepalive_expiry=KEEPALIVE_S)
+
 
 def core_socket(data_dir: Path) -> Path:
     """Where the core of ``data_dir`` listens."""
@@ -38,7 +57,8 @@ def _tls() -> ssl.SSLContext:
 def transport(data_dir: Path) -> httpx.HTTPTransport:
     """An httpx transport to the core of ``data_dir`` (for clients that add their own
     headers and paths, such as :meth:`aap.query.client.Client.local`)."""
-    return httpx.HTTPTransport(uds=str(core_socket(data_dir)), verify=_tls())
+    return httpx.HTTPTransport(uds=str(core_socket(data_dir)), verify=_tls(),
+                               limits=_limits())
 
 
 def core_alive(data_dir: Path, timeout: float) -> bool:
@@ -68,13 +88,18 @@ class CoreClient:
                                  timeout=timeout, headers=headers)
 
     def get(self, path: str, **kw: Any) -> httpx.Response:
-        return self.http.get(path, **kw)
+        return self.request("GET", path, **kw)
 
     def post(self, path: str, **kw: Any) -> httpx.Response:
-        return self.http.post(path, **kw)
+        return self.request("POST", path, **kw)
 
     def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return self.http.request(method, path, **kw)
+        try:
+            return self.http.request(method, path, **kw)
+        except httpx.RemoteProtocolError:
+            if method.upper() not in _IDEMPOTENT:
+                raise
+            return self.http.request(method, path, **kw)
 
     def alive(self) -> bool:
         """Whether the core answers its health check (200) now."""
@@ -116,12 +141,18 @@ class AsyncCoreClient:
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
             self._http = httpx.AsyncClient(
-                transport=httpx.AsyncHTTPTransport(uds=str(self.socket), verify=_tls()),
+                transport=httpx.AsyncHTTPTransport(uds=str(self.socket), verify=_tls(),
+                                                   limits=_limits()),
                 base_url=BASE_URL, timeout=self.timeout)
         return self._http
 
     async def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return await self._client().request(method, path, **kw)
+        try:
+            return await self._client().request(method, path, **kw)
+        except httpx.RemoteProtocolError:
+            if method.upper() not in _IDEMPOTENT:
+                raise
+            return await self._client().request(method, path, **kw)
 
     async def aclose(self) -> None:
         if self._http is not None:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from aap.core.client import core_socket
+from aap.core.client import CORE_KEEPALIVE_S, core_socket
 from aap.core.health import HealthServer, ProcessorHealth, serve_health
 from aap.datadir import secure
 from aap.lifecycle import STOP_GRACE_S, child_env, die_with_parent, interrupt_on_sigterm
@@ -73,8 +73,16 @@ def serve_core(settings: Settings, reader: bool = False) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(sock))
     os.chmod(sock, 0o600)
-    config = uvicorn.Config(create_app(reader), lifespan="on", access_log=False, log_level="warning")
-    uvicorn.Server(config).run(sockets=[listener])
+    uvicorn.Server(core_config(create_app(reader))).run(sockets=[listener])
+
+
+def core_config(app: Any) -> Any:
+    """uvicorn's configuration of the core: no access log, and idle connections kept
+    longer than the core's clients keep them (:data:`aap.core.client.CORE_KEEPALIVE_S`)."""
+    import uvicorn
+
+    return uvicorn.Config(app, lifespan="on", access_log=False, log_level="warning",
+                          timeout_keep_alive=CORE_KEEPALIVE_S)
 
 
 ROLES = ("all", "collector", "processor", "query")
