@@ -40,6 +40,7 @@ def test_the_commands_are_the_benchmarks_own() -> None:
         query,
         scale,
         scrub,
+        sharedstate,
         stream,
         web,
     )
@@ -49,7 +50,7 @@ def test_the_commands_are_the_benchmarks_own() -> None:
     group = cli.bench
     ctx = click.Context(group)
     for module in (cluster, devices, handover, imports, ingest, pipeline, privacy, query,
-                   scale, scrub, stream, web):
+                   scale, scrub, sharedstate, stream, web):
         assert group.get_command(ctx, module.__name__.rsplit(".", 1)[1]) is module.main
 
 
@@ -81,6 +82,19 @@ def test_bench_handover_runs_and_prints_the_figures_it_names() -> None:
                  "write lock held with the handover", "added by the handover per batch",
                  "ratio", "files written and listed, chunks let in", "chunks kept out",
                  "fold of 6,000 staged stream rows"):
+        assert name in r.stdout, (name, r.stdout)
+
+
+@pytest.mark.slow  # a PostgreSQL server and two servers
+def test_bench_sharedstate_runs_and_prints_the_figures_it_names() -> None:
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "COLUMNS": "220", "PYTHONPATH": str(root / "src")}
+    r = subprocess.run([sys.executable, "-m", "aap", "bench", "sharedstate", "--duration", "2",
+                        "--clients", "4", "--rounds", "1"], capture_output=True, text=True,
+                       timeout=600, cwd=root, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("on the event loop (baseline)", "on its own thread, grouped", "events/s",
+                 "requests/s", "PostgreSQL commits a request", "ratio to the baseline"):
         assert name in r.stdout, (name, r.stdout)
 
 

@@ -64,6 +64,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("retry_after_seconds", 1, "Value of the Retry-After header on 429 and 503 answers."),
     Setting("consent_per_subject_per_minute", 30, "Consent statements `POST /v1/consent` takes for one id in one scope per minute, per worker (then 429); 0 means no cap."),
     Setting("max_pending_appends", 2000, "Batches waiting for a group commit in one worker before new ones get 503."),
+    Setting("shared_state_thread", True, "With `AAP_META_URL`: each collector worker calls PostgreSQL (consent gate, keystore, privacy requests) from a thread of its own, and the batches that waited together share its transactions; `false`: on the worker's event loop, one request at a time (the way before 2026-12-05, for comparison: `aap bench sharedstate`)."),
     Setting("session_inactivity_minutes", 30, "A device's session (per stream: the anonymousId, else the userId) ends after this long without events (when the SDK sends no session id)."),
     Setting("session_late_minutes", 60, "An event received more than this long (plus the inactivity) after its stream's previous event starts a new session, whatever its own time: the processor forgets streams idle for longer."),
     Setting("processor_worker", True, "Prepare log chunks (decode, enrichment) in a child process of the core, in parallel with the processor's stateful steps; `false` does all in one thread."),
@@ -278,6 +279,7 @@ class CollectorSettings(Section):
     max_consumer_lag: int
     consent_per_subject_per_minute: int
     max_pending_appends: int
+    shared_state_thread: bool
     health_interval_ms: int
     default_source_rate_limit: float
 

@@ -58,6 +58,7 @@ from aap.collect.segment import (
     parse_single,
     to_event,
 )  # fmt: skip
+from aap.collect.shared import SharedState
 from aap.collect.stream import PATH as STREAM_PATH
 from aap.collect.stream import Streams
 from aap.collect.subject import PATH as SUBJECT_PATH
@@ -110,12 +111,15 @@ class Collector:
         self.health = Health(self.data_dir, self.log, min_free_disk_mb=collector.min_free_disk_mb,
                              max_lag=collector.max_consumer_lag,
                              interval_ms=collector.health_interval_ms)
+        # the stores below are PostgreSQL's with AAP_META_URL: called off the event loop
+        self.shared = SharedState(threaded=bool(settings.storage.meta_url)
+                                  and collector.shared_state_thread)
         self.gate = Gate(self.data_dir, collector.consent_per_subject_per_minute)
         self.sealer = Sealer(self.data_dir, hasher=self.gate.hasher)
         self.self_service = SelfService(self.data_dir, self.gate.hasher, self.sources)
         self.salts = DailySalts(self.data_dir)
         self.portal = Portal(self.sources, self.gate, self.self_service, self.limiter,
-                             self.check_health)
+                             self.check_health, self.shared)
         self._unknown_keys: dict[str, float] = {}
         self._known_keys: dict[str, tuple[Source, float]] = {}
         """key → (its source, when it was read): read again after :data:`KEY_TTL_S`, so
@@ -171,6 +175,7 @@ class Collector:
 
     def close(self) -> None:
         self.telemetry.close()
+        self.shared.close()
         if self.committer is not None:
             self.committer.close()
         self.log.close()
@@ -334,7 +339,8 @@ class Collector:
         if not events and rejected:
             raise errors.BadRequest("no event in the request is valid", rejected_out,
                                     code="invalid_events")
-        not_stored = self._not_stored(conn, source, events, body)
+        not_stored = await self.shared.grouped(self._not_stored_all,
+                                               (conn, source, events, body))
         if events:
             await self._append(source, events)
         return _ingested(len(events), not_stored, rejected_out)
@@ -367,18 +373,33 @@ class Collector:
                 f"source {source.name} is over its limit of {source.rate_limit:g} events/s",
                 retry_after=retry_after(wait))
 
-    def _not_stored(self, req: Connection, source: Source, events: list[Event],
-                    body: bytes | None) -> dict[str, int]:
-        """Drop the events with no lawful basis and those of erased subjects (the rest
-        sealed); how many of each were dropped."""
-        withheld = self.gate.admit(source, events, req.headers.get("sec-gpc", "").strip() == "1")
-        if withheld:
-            metrics.EVENTS_NOT_STORED.labels("no_lawful_basis").inc(withheld)
-        erased = self.sealer.seal(events, body)
-        if erased:
-            metrics.EVENTS_NOT_STORED.labels("erased_subject").inc(erased)
-        return {k: v for k, v in (("no_lawful_basis", withheld), ("erased_subject", erased))
-                if v}
+    def _not_stored_all(self, batches: list[tuple[Connection, Source, list[Event], bytes | None]]
+                        ) -> list[dict[str, int] | Exception]:
+        """For each batch (those that waited for the shared state together, in order):
+        drop the events with no lawful basis and those of erased subjects, the rest
+        sealed (one keystore write for all: :meth:`Sealer.seal_all`); how many of each
+        were dropped, or the batch's own error (a subject over its consent cap)."""
+        out: list[dict[str, int] | Exception] = []
+        admitted: list[tuple[int, int, list[Event], bytes | None]] = []
+        for i, (conn, source, events, body) in enumerate(batches):
+            try:  # the ledger read once for all: each of them arrived before the first
+                withheld = self.gate.admit(source, events,
+                                           conn.headers.get("sec-gpc", "").strip() == "1",
+                                           refresh=i == 0)
+            except errors.AAPError as exc:
+                out.append(exc)
+                continue
+            admitted.append((len(out), withheld, events, body))
+            out.append({})
+        erased = self.sealer.seal_all([(events, body) for _, _, events, body in admitted])
+        for (i, withheld, _, _), gone in zip(admitted, erased, strict=True):
+            if withheld:
+                metrics.EVENTS_NOT_STORED.labels("no_lawful_basis").inc(withheld)
+            if gone:
+                metrics.EVENTS_NOT_STORED.labels("erased_subject").inc(gone)
+            out[i] = {k: v for k, v in (("no_lawful_basis", withheld), ("erased_subject", gone))
+                      if v}
+        return out
 
     async def _append(self, source: Source, events: list[Event]) -> None:
         """Append the events to the log; returns once they are durable."""
@@ -398,7 +419,8 @@ class Collector:
     async def own_request(self, req: Request) -> Response:
         """``POST /v1/privacy/requests`` with a subject token: a person's own request."""
         raw = await read_raw(req.receive, None, 64 * 1024)
-        return Response.json(200, self.self_service.submit(req.headers.get("authorization"), raw))
+        return Response.json(200, await self.shared(
+            self.self_service.submit, req.headers.get("authorization"), raw))
 
     @documented(Op("A person's own privacy request: its status, or the zip of an access"
                    " request", errors=(401, 404, 409), security=("subjectToken",),
@@ -406,7 +428,8 @@ class Collector:
                    path_types={SUBJECT_PATH + "/{id}/export": "application/zip"},
                    params={"id": {"type": "string", "pattern": "^pr_[0-9a-f]{16}$"}}))
     async def own_request_status(self, req: Request) -> Response:
-        out = self.self_service.lookup(req.headers.get("authorization"), req.path)
+        out = await self.shared(self.self_service.lookup, req.headers.get("authorization"),
+                                req.path)
         if isinstance(out, bytes):
             return Response(200, out, "application/zip")
         return Response.json(200, out)
@@ -427,8 +450,8 @@ class Collector:
         source: Source | None
         if authorization and authorization.partition(" ")[0].lower() == "subject":
             # the person themselves, with a token their site signed: may change history
-            source, subject = self.self_service.identify(authorization)
-            source = msgspec.structs.replace(source, server_key=True)
+            signed, subject = await self.shared(self.self_service.identify, authorization)
+            source = msgspec.structs.replace(signed, server_key=True)
         else:
             source = self.source_from_header(authorization)
         clen = req.headers.get("content-length")
@@ -452,7 +475,8 @@ class Collector:
             raise errors.TooManyRequests(
                 f"source {source.name} is over its limit of {source.rate_limit:g} consent"
                 " statements/s", retry_after=retry_after(wait))
-        n = self.gate.record(source, parsed, req.headers.get("sec-gpc", "").strip() == "1")
+        n = await self.shared(self.gate.record, source, parsed,
+                              req.headers.get("sec-gpc", "").strip() == "1")
         metrics.CONSENT_STATEMENTS.inc(n)
         return Response.json(200, {"success": True, "recorded": n})
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -29,6 +29,16 @@ LATENCY = Histogram(
     "aap_request_duration_seconds", "Time from request start to answer.", ["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+
+SHARED_CALLS = Counter(
+    "aap_shared_state_calls", "Calls a worker made to the shared state on PostgreSQL"
+    " (AAP_META_URL) from its thread of its own; an ingested batch is one.")
+SHARED_GROUPS = Counter(
+    "aap_shared_state_groups", "Groups those calls were made in: the batches that waited"
+    " together are one group (one keystore write); calls / groups is the mean group size.")
+SHARED_QUEUED = Gauge(
+    "aap_shared_state_queued", "Calls waiting for a worker's shared-state thread now.",
+    multiprocess_mode="livesum")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -23,6 +23,7 @@ from aap.api.openapi import Op, documented
 from aap.asgi import Handler, Request, Response
 from aap.collect.consent import Gate
 from aap.collect.ratelimit import RateLimiter, retry_after
+from aap.collect.shared import SharedState
 from aap.collect.subject import PATH as REQUESTS_PATH
 from aap.collect.subject import SelfService
 from aap.privacy.plain import LANGUAGES, texts
@@ -57,13 +58,16 @@ OWN_REQUESTS = {"type": "object", "required": ["requests"], "properties": {
 
 
 class Portal:
-    """The handlers; ``check_health``: the collector's back-pressure check."""
+    """The handlers; ``check_health``: the collector's back-pressure check; ``shared``:
+    where the gate's and the requests' stores are called (:mod:`aap.collect.shared`)."""
 
     def __init__(self, sources: Sources, gate: Gate, self_service: SelfService,
-                 limiter: RateLimiter, check_health: Callable[[], None]) -> None:
+                 limiter: RateLimiter, check_health: Callable[[], None],
+                 shared: SharedState) -> None:
         self.sources = sources
         self.gate = gate
         self.self_service = self_service
+        self.shared = shared
         self.limiter = limiter
         self.check_health = check_health
 
@@ -101,8 +105,14 @@ class Portal:
     @documented(Op("A person's current choice per purpose (subject token)",
                    ok=CHOICES, errors=(401, 429), security=("subjectToken",)))
     async def choices(self, req: Request) -> Response:
-        source, subject = self.self_service.identify(req.headers.get("authorization"))
+        source, subject = await self.shared(self.self_service.identify,
+                                            req.headers.get("authorization"))
         self._limit(source)
+        out = await self.shared(self._choices, source, subject)
+        return Response.json(200, {"source": source.name, "purposes": out},
+                             [("cache-control", "no-store")])
+
+    def _choices(self, source: Source, subject: dict[str, str]) -> dict[str, Any]:
         (raw,) = subject.values()
         key = self.gate.hasher.key(raw)
         state = self.gate.state
@@ -114,14 +124,15 @@ class Portal:
             # no statement: a consent purpose is off, another basis applies as declared
             out[pid] = {"granted": said[0] if said else not consent, "basis": basis,
                         "consent": consent, "at_ms": said[1] if said else None}
-        return Response.json(200, {"source": source.name, "purposes": out},
-                             [("cache-control", "no-store")])
+        return out
 
     @documented(Op("A person's own privacy requests and their status (subject token)",
                    ok=OWN_REQUESTS, errors=(401, 429), security=("subjectToken",)))
     async def own_requests(self, req: Request) -> Response:
-        source, subject = self.self_service.identify(req.headers.get("authorization"))
+        source, subject = await self.shared(self.self_service.identify,
+                                            req.headers.get("authorization"))
         self._limit(source)
         (raw,) = subject.values()
-        mine = self.self_service.store.mine(self.gate.hasher.key(raw), source.scopes)
+        mine = await self.shared(self.self_service.store.mine, self.gate.hasher.key(raw),
+                                 source.scopes)
         return Response.json(200, {"requests": mine}, [("cache-control", "no-store")])

@@ -58,17 +58,29 @@ class Sealer:
         """Seal the events in place; take out (and return how many) those of a subject
         whose key was destroyed. ``body``: the request's JSON when the events were decoded
         straight from it (see :func:`aap.privacy.scrub.take_personal_all`)."""
-        if not events:
-            return 0
+        return self.seal_all([(events, body)])[0]
+
+    def seal_all(self, batches: list[tuple[list[Event], bytes | None]]) -> list[int]:
+        """:meth:`seal` of several requests' events at once (a collector's requests that
+        waited for the shared state together): their new subjects' keys and raw ids are
+        made in the keystore's two transactions, not in two per request."""
+        if not any(events for events, _ in batches):
+            return [0] * len(batches)
         destroyed = self.keystore.refresh_destroyed()
         forgotten = self.keystore.refresh_forgotten()
         if forgotten:  # expired (retention): remember their raw ids again if they return
             self._remembered -= forgotten
-        firsts = self._hash_ids(events)
-        gone = _drop_destroyed(events, destroyed) if destroyed else 0
+        firsts: dict[int, str] = {}
+        gone: list[int] = []
+        for events, _ in batches:
+            for k, raw in self._hash_ids(events).items():
+                firsts.setdefault(k, raw)
+            gone.append(_drop_destroyed(events, destroyed) if destroyed else 0)
         self._remember({k: raw for k, raw in firsts.items() if k not in self._remembered
                         and k not in destroyed})
-        self._seal_personal(events, body)
+        for events, body in batches:
+            if events:
+                self._seal_personal(events, body)
         return gone
 
     def _hash_ids(self, events: list[Event]) -> dict[int, str]:
