@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from aap import errors
 from aap.collect.shared import SharedState
 
 
@@ -142,5 +143,5 @@ def test_after_close_no_call_is_taken() -> None:
     async def run() -> None:
         await shared(int, "1")
 
-    with pytest.raises(RuntimeError, match="stopping"):
+    with pytest.raises(errors.ServiceUnavailable, match="stopping"):
         asyncio.run(run())

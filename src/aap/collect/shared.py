@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
+from aap import errors
 from aap.collect import metrics
 
 P = ParamSpec("P")
@@ -93,7 +94,8 @@ class SharedState:
         future = loop.create_future()
         with self._wake:
             if self._closed:
-                raise RuntimeError("the collector is stopping")
+                raise errors.ServiceUnavailable("the collector is stopping",
+                                                code="stopping")
             self._jobs.append(_Job(loop, future, **job))
             metrics.SHARED_QUEUED.inc()
             if self._thread is None:
