@@ -381,11 +381,14 @@ class Collector:
         were dropped, or the batch's own error (a subject over its consent cap)."""
         out: list[dict[str, int] | Exception] = []
         admitted: list[tuple[int, int, list[Event], bytes | None]] = []
-        for i, (conn, source, events, body) in enumerate(batches):
-            try:  # the ledger read once for all: each of them arrived before the first
+        if any(source.mode != CNIL for _, source, _, _ in batches):
+            # what the ledger gained, read once for all: each of them arrived before this
+            self.gate.state.refresh(force=True)
+        for conn, source, events, body in batches:
+            try:
                 withheld = self.gate.admit(source, events,
                                            conn.headers.get("sec-gpc", "").strip() == "1",
-                                           refresh=i == 0)
+                                           refresh=False)
             except errors.AAPError as exc:
                 out.append(exc)
                 continue
