@@ -11,6 +11,7 @@ thread that should move gets a minute."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,9 +64,15 @@ def test_the_holder_keeps_chunks_and_writers_out() -> None:
         chunk, _ = started(hold(lock, chunk_in, chunk_leave))
         other, _ = started(writer)
         assert not chunk_in.wait(STILL) and not writer_in.is_set()
-    # let go: one of the two goes in, and the other waits for it
-    assert chunk_in.wait(MOVES) or writer_in.wait(MOVES)
-    assert not (chunk_in.wait(STILL) and writer_in.is_set())
+    # let go: one of the two goes in (either may be first: watch both, since waiting
+    # for the chunk alone would wait for a writer that went first to leave), and the
+    # other waits for it
+    deadline = time.monotonic() + MOVES
+    while not (chunk_in.is_set() or writer_in.is_set()):
+        assert time.monotonic() < deadline, "neither went in"
+        time.sleep(0.01)
+    second = writer_in if chunk_in.is_set() else chunk_in
+    assert not second.wait(STILL)
     chunk_leave.set()
     assert chunk_in.wait(MOVES) and writer_in.wait(MOVES)
     chunk.join(MOVES)
