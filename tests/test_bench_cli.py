@@ -134,6 +134,7 @@ def test_bench_cluster_runs_and_prints_the_figures_it_names() -> None:
     assert not left, "its data dirs are removed"
 
 
+@pytest.mark.slow  # a child process (the pipe's round trip)
 def test_the_speed_probe_measures_each_hand_off_and_leaves_no_process() -> None:
     from benchmarks.common import all_proc_stats, speed_probe
 

@@ -22,6 +22,8 @@ from aap.runner import create_source
 from aap.settings import Settings
 from aap.sources import Sources
 
+pytestmark = pytest.mark.slow  # the sources are made with the CLI (a subprocess)
+
 
 def _event(source: str, anonymous_id: str) -> Event:
     now = datetime.now(UTC)
