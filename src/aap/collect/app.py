@@ -382,13 +382,13 @@ class Collector:
         out: list[dict[str, int] | Exception] = []
         admitted: list[tuple[int, int, list[Event], bytes | None]] = []
         if any(source.mode != CNIL for _, source, _, _ in batches):
-            # what the ledger gained, read once for all: each of them arrived before this
+            # one indexed read of what the ledger gained, for all: a statement another
+            # worker wrote before any of them arrived applies to it
             self.gate.state.refresh(force=True)
         for conn, source, events, body in batches:
             try:
                 withheld = self.gate.admit(source, events,
-                                           conn.headers.get("sec-gpc", "").strip() == "1",
-                                           refresh=False)
+                                           conn.headers.get("sec-gpc", "").strip() == "1")
             except errors.AAPError as exc:
                 out.append(exc)
                 continue

@@ -157,19 +157,16 @@ class Gate:
                 start, n = now_ms, 0
             recent[(st.where, st.subject)] = (start, n + 1)
 
-    def admit(self, source: Source, events: list[Event], gpc: bool, refresh: bool = True) -> int:
+    def admit(self, source: Source, events: list[Event], gpc: bool) -> int:
         """Tag each event with the purposes it may be used for and take out those with
         none (in place); returns how many were taken out. What the events say about
         consent goes to the ledger first, scoped to the source's controller; through the
         public write key, what they say about a userId does not reach stored history.
-        ``refresh=False``: the ledger was read since this request arrived (the requests
-        admitted together read it once, :meth:`aap.collect.app.Collector._not_stored_all`)."""
+        The caller has read what the ledger gained since the request arrived
+        (``state.refresh(force=True)``: once for the requests admitted together,
+        :meth:`aap.collect.app.Collector._not_stored_all`)."""
         if source.mode == CNIL:
             return _admit_measured(source, events)
-        # one indexed read of what the ledger gained: a statement another worker wrote
-        # before this request arrived applies to it (about 30 µs a request)
-        if refresh:
-            self.state.refresh(force=True)
         kept: list[Event] = []
         statements: list[Statement] = []
         # without a statement on the event or about its ids, the decision is the source's

@@ -27,7 +27,7 @@ import functools
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from aap import errors
@@ -49,7 +49,6 @@ class _Job:
     call: Callable[[], Any] | None = None
     group: Group | None = None
     item: Any = None
-    taken: list[_Job] = field(default_factory=list)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, failed: bool) -> None:
