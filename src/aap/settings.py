@@ -63,6 +63,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_retention_hours", 168.0, "Log records older than this are dropped (checked every minute by each worker); more than 0 and at most the shortest retention of a purpose."),
     Setting("retry_after_seconds", 1, "Value of the Retry-After header on 429 and 503 answers."),
     Setting("consent_per_subject_per_minute", 30, "Consent statements `POST /v1/consent` takes for one id in one scope per minute, per worker (then 429); 0 means no cap."),
+    Setting("key_lookups_per_second", 200.0, "Reads of write and device keys a collector has not seen before, per second, split across its workers (one second's worth may come at once); over it such a request gets 429 `key_lookups_limited` without a read, so a spray of random keys costs the registry (PostgreSQL with `AAP_META_URL`) at most this. Keys in use are not counted; 0 means no limit."),
     Setting("max_pending_appends", 2000, "Batches waiting for a group commit in one worker before new ones get 503."),
     Setting("shared_state_thread", True, "With `AAP_META_URL`: each collector worker calls PostgreSQL (consent gate, keystore, privacy requests) from a thread of its own, and the batches that waited together share its transactions; `false`: on the worker's event loop, one request at a time (the way before 2026-12-05, for comparison: `aap bench sharedstate`)."),
     Setting("session_inactivity_minutes", 30, "A device's session (per stream: the anonymousId, else the userId) ends after this long without events (when the SDK sends no session id)."),
@@ -279,11 +280,14 @@ class CollectorSettings(Section):
     max_consumer_lag: int
     consent_per_subject_per_minute: int
     max_pending_appends: int
+    key_lookups_per_second: float
     shared_state_thread: bool
     health_interval_ms: int
     default_source_rate_limit: float
 
     def check(self) -> None:
+        if self.key_lookups_per_second < 0:
+            raise ValueError("AAP_KEY_LOOKUPS_PER_SECOND: 0 (no limit) or more")
         for part in self.trusted_proxies.split(","):
             try:
                 if part.strip():

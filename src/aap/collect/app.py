@@ -45,6 +45,7 @@ from aap.collect.body import decode_content
 from aap.collect.compat import Compat, is_browser_path, sends_credentials, templated
 from aap.collect.consent import ConsentRequest, Gate, parse_consent
 from aap.collect.health import Health
+from aap.collect.keys import KeyLookups
 from aap.collect.portal import Portal
 from aap.collect.ratelimit import RateLimiter, retry_after
 from aap.collect.segment import (
@@ -88,8 +89,6 @@ UNKNOWN_KEY_DETAIL = "invalid write key: no source has it"
 says "invalid write key", as RudderStack's own server does."""
 GET_HEAD = ("GET", "HEAD")
 POST = ("POST",)
-KEY_TTL_S = 5.0
-"""How long a worker trusts what it read about a key before reading the registry again."""
 
 
 class Collector:
@@ -120,10 +119,10 @@ class Collector:
         self.salts = DailySalts(self.data_dir)
         self.portal = Portal(self.sources, self.gate, self.self_service, self.limiter,
                              self.check_health, self.shared)
-        self._unknown_keys: dict[str, float] = {}
-        self._known_keys: dict[str, tuple[Source, float]] = {}
-        """key → (its source, when it was read): read again after :data:`KEY_TTL_S`, so
-        that a replaced server key stops working and a new controller group applies."""
+        self.write_keys = KeyLookups("write", self.sources.by_key, self.limiter,
+                                     collector.key_lookups_per_second)
+        """A replaced server key stops working, a new controller group applies, within
+        :data:`aap.collect.keys.KNOWN_TTL_S`."""
         self._metrics_token = settings.server.metrics_token.encode()
         self._hsts = ([("strict-transport-security", f"max-age={settings.tls.hsts_max_age}")]
                       if settings.tls.on else [])
@@ -136,7 +135,8 @@ class Collector:
         self.streams = Streams(self, settings.stream)  # GET /v1/stream (WebSocket)
         # POST /v1/devices/telemetry, and the MQTT bridge's messages
         self.telemetry = Telemetry(self.data_dir, settings.devices, self.sources,
-                                   self.accept_batch)
+                                   self.accept_batch, self.limiter,
+                                   collector.key_lookups_per_second)
         self.router: Router[Handler] = Router(self.routes())
 
     def routes(self) -> list[Route[Handler]]:
@@ -526,24 +526,10 @@ class Collector:
         return self.source(basic_write_key(authorization)) if authorization else None
 
     def source(self, key: str) -> Source:
-        now = time.monotonic()
-        known = self._known_keys.get(key)
-        if known is not None and now - known[1] < KEY_TTL_S:
-            return known[0]
-        if now - self._unknown_keys.get(key, -10.0) < 1.0:
-            raise errors.Unauthorized("unknown write key", UNKNOWN_KEY_DETAIL,
-                                      code="unknown_write_key")
-        found = self.sources.by_key(key)
+        found = self.write_keys.get(key)
         if found is None:
-            self._known_keys.pop(key, None)
-            if len(self._unknown_keys) > 10_000:
-                self._unknown_keys.clear()
-            self._unknown_keys[key] = now
             raise errors.Unauthorized("unknown write key", UNKNOWN_KEY_DETAIL,
                                       code="unknown_write_key")
-        if len(self._known_keys) > 10_000:
-            self._known_keys.clear()
-        self._known_keys[key] = (found, now)
         return found
 
 

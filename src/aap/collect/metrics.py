@@ -30,6 +30,10 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 
+KEY_LOOKUPS = Counter(
+    "aap_key_lookups", "Reads of a write or device key the worker had not remembered, by"
+    " kind and result: found, unknown, limited (not read: over AAP_KEY_LOOKUPS_PER_SECOND).",
+    ["kind", "result"])
 SHARED_CALLS = Counter(
     "aap_shared_state_calls", "Calls a worker made to the shared state on PostgreSQL"
     " (AAP_META_URL) from its thread of its own; an ingested batch is one.")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +28,8 @@ import msgspec
 
 from aap import errors
 from aap.asgi import Connection
+from aap.collect.keys import KeyLookups
+from aap.collect.ratelimit import RateLimiter
 from aap.collect.segment import Parsed, Rejection, WireMessage
 from aap.devices import Device, Devices
 from aap.jsonlimits import check_depth
@@ -42,8 +43,6 @@ AcceptBatch = Callable[[Connection, Source, Parsed, bytes | None], Awaitable[dic
 PATH = "/v1/devices/telemetry"
 MAX_VALUES = 32
 """Values in one reading."""
-KEY_TTL_S = 5.0
-"""How long a worker trusts what it read about a device key (a revoked key stops within)."""
 
 
 def reading_id(device_id: str, ts: datetime, name: str) -> str:
@@ -140,14 +139,16 @@ class Telemetry:
     """Device readings into the collector: the REST endpoint and the MQTT bridge's."""
 
     def __init__(self, data_dir: Path, settings: DeviceSettings, sources: Sources,
-                 accept_batch: AcceptBatch) -> None:
+                 accept_batch: AcceptBatch, limiter: RateLimiter,
+                 key_lookups_per_second: float) -> None:
         self.settings = settings
         self.sources = sources
         self.accept_batch = accept_batch
         self.devices = Devices(data_dir)
         self.owners = Owners(data_dir)
         self.handles = Handles(data_dir)
-        self._known: dict[str, tuple[Device, float]] = {}
+        self.keys = KeyLookups("device", self.devices.by_key, limiter, key_lookups_per_second)
+        """A revoked key stops working within :data:`aap.collect.keys.KNOWN_TTL_S`."""
 
     def device(self, authorization: str | None) -> Device:
         scheme, _, key = (authorization or "").partition(" ")
@@ -157,18 +158,9 @@ class Telemetry:
         if scheme.lower() != "bearer" or not key.strip():
             raise errors.Unauthorized("send the device key as Authorization: Bearer <key>",
                                       code="bad_auth_scheme")
-        key = key.strip()
-        now = time.monotonic()
-        known = self._known.get(key)
-        if known is not None and now - known[1] < KEY_TTL_S:
-            return known[0]
-        found = self.devices.by_key(key)
+        found = self.keys.get(key.strip())
         if found is None:
-            self._known.pop(key, None)
             raise errors.Unauthorized("unknown or revoked device key", code="unknown_device_key")
-        if len(self._known) > 10_000:
-            self._known.clear()
-        self._known[key] = (found, now)
         return found
 
     async def accept(self, conn: Connection, device: Device, body: bytes) -> dict[str, Any]:
