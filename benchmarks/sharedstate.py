@@ -3,19 +3,22 @@
 (:mod:`aap.collect.shared`, the default) against the same calls on the event loop, one
 request at a time (``AAP_SHARED_STATE_THREAD=false``, the baseline), in the same run.
 
-    python -m benchmarks.sharedstate [--duration 15] [--clients 8] [--events 10]
+    python -m benchmarks.sharedstate [--duration 15] [--clients 8] [--events 10] [--consent]
     (or: aap bench sharedstate)
 
 A PostgreSQL of tests/pg.py (started here), then for each mode a fresh data dir and
 database, ``aap serve`` with one worker, and ``--clients`` closed-loop clients (threads
 of this process) sending ``POST /v1/batch`` of ``--events`` events, each event a new
 person (a browser's traffic: every request brings new ids, so a data key and a sealed id
-each to the keystore). Printed per mode: events/s and requests/s answered 200, the
-requests' p50 and p95 latency, and PostgreSQL's committed transactions per request
-(``pg_stat_database.xact_commit``: every read outside a transaction counts one too,
-and the processor's own are in it); then the ratios to the baseline. The modes run in
-turn, ``--rounds`` times each, and the best round of each is printed (the machine's
-noise lowers a figure, never raises it).
+each to the keystore). ``--consent``: the source's analytics rest on consent and every
+event carries its person's "yes" (``context.consent.categoryPreferences``, a consent
+banner's traffic), so each request also writes statements to the consent ledger, whose
+writers take turns, and an entry to the audit chain. Printed per mode: events/s and
+requests/s answered 200, the requests' p50 and p95 latency, and PostgreSQL's committed
+transactions per request (``pg_stat_database.xact_commit``: every read outside a
+transaction counts one too, and the processor's own are in it); then the ratios to the
+baseline. The modes run in turn, ``--rounds`` times each, and the best round of each is
+printed (the machine's noise lowers a figure, never raises it).
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ def _commits(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def run_mode(pg_url: str, thread: str, duration: float, clients: int, events: int
-             ) -> dict[str, float]:
+def run_mode(pg_url: str, thread: str, duration: float, clients: int, events: int,
+             consent: bool = False) -> dict[str, float]:
     """One mode's round: a fresh database and data dir, one worker, the load."""
     from tests.pg import new_database
 
@@ -57,10 +60,11 @@ def run_mode(pg_url: str, thread: str, duration: float, clients: int, events: in
     os.environ.update({"AAP_META_URL": url, "AAP_SHARED_STATE_THREAD": thread})
     data = Path(tempfile.mkdtemp(prefix="aap-bench-shared-"))
     try:
-        key = create_source(data, "shop", "--basis", "legitimate_interest")
+        key = create_source(data, "shop", *(() if consent else ("--basis",
+                                                                 "legitimate_interest")))
         server = ServerProcess(data, workers=1).start()
         try:
-            return _load(server.url, key, url, duration, clients, events)
+            return _load(server.url, key, url, duration, clients, events, consent)
         finally:
             server.stop()
     finally:
@@ -71,13 +75,14 @@ def run_mode(pg_url: str, thread: str, duration: float, clients: int, events: in
                 os.environ[k] = v
 
 
-def _load(base: str, key: str, url: str, duration: float, clients: int, events: int
-          ) -> dict[str, float]:
+def _load(base: str, key: str, url: str, duration: float, clients: int, events: int,
+          consent: bool) -> dict[str, float]:
     latencies: list[float] = []
     failures: list[str] = []
     lock = threading.Lock()
     start = threading.Event()
     deadline = [0.0]
+    context = {"consent": {"categoryPreferences": {"analytics": True}}} if consent else {}
 
     def client() -> None:
         mine: list[float] = []
@@ -86,7 +91,8 @@ def _load(base: str, key: str, url: str, duration: float, clients: int, events: 
             while time.monotonic() < deadline[0]:
                 body = {"batch": [{"type": "track", "event": "Viewed",
                                    "anonymousId": str(uuid.uuid4()),
-                                   "messageId": str(uuid.uuid4())} for _ in range(events)]}
+                                   "messageId": str(uuid.uuid4()), "context": context}
+                                  for _ in range(events)]}
                 t = time.perf_counter()
                 r = http.post(base + "/v1/batch", json=body)
                 mine.append(time.perf_counter() - t)
@@ -123,7 +129,9 @@ def _load(base: str, key: str, url: str, duration: float, clients: int, events: 
               help="Events per request, each of a new person.")
 @click.option("--rounds", default=2, show_default=True,
               help="Rounds of each mode, in turn; the best of each is printed.")
-def main(duration: float, clients: int, events: int, rounds: int) -> None:
+@click.option("--consent", is_flag=True,
+              help="Every event carries its person's consent (ledger and audit writes too).")
+def main(duration: float, clients: int, events: int, rounds: int, consent: bool) -> None:
     """A collector worker on PostgreSQL: shared-state calls grouped on a thread against
     the same calls on the event loop."""
     from rich.console import Console
@@ -136,11 +144,12 @@ def main(duration: float, clients: int, events: int, rounds: int) -> None:
     with postgres_server() as pg_url:
         for _ in range(rounds):
             for name, thread in MODES:
-                got = run_mode(pg_url, thread, duration, clients, events)
+                got = run_mode(pg_url, thread, duration, clients, events, consent)
                 if name not in best or got["events_s"] > best[name]["events_s"]:
                     best[name] = got
     console.print(f"one collector worker, AAP_META_URL on PostgreSQL, {clients} clients,"
-                  f" {events} events a request (each of a new person), {duration:g} s,"
+                  f" {events} events a request (each of a new person"
+                  f"{', with its consent' if consent else ''}), {duration:g} s,"
                   f" best of {rounds}:")
     for name, _ in MODES:
         g = best[name]

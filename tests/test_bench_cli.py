@@ -90,7 +90,7 @@ def test_bench_sharedstate_runs_and_prints_the_figures_it_names() -> None:
     root = Path(__file__).parents[1]
     env = {**os.environ, "COLUMNS": "220", "PYTHONPATH": str(root / "src")}
     r = subprocess.run([sys.executable, "-m", "aap", "bench", "sharedstate", "--duration", "2",
-                        "--clients", "4", "--rounds", "1"], capture_output=True, text=True,
+                        "--clients", "4", "--rounds", "1", "--consent"], capture_output=True, text=True,
                        timeout=600, cwd=root, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     for name in ("on the event loop (baseline)", "on its own thread, grouped", "events/s",

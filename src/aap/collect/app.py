@@ -43,7 +43,7 @@ from aap.asgi import (
 from aap.collect import metrics
 from aap.collect.body import decode_content
 from aap.collect.compat import Compat, is_browser_path, sends_credentials, templated
-from aap.collect.consent import ConsentRequest, Gate, parse_consent
+from aap.collect.consent import ConsentRequest, Gate, Said, parse_consent
 from aap.collect.health import Health
 from aap.collect.keys import KeyLookups
 from aap.collect.portal import Portal
@@ -377,7 +377,9 @@ class Collector:
                         ) -> list[dict[str, int] | Exception]:
         """For each batch (those that waited for the shared state together, in order):
         drop the events with no lawful basis and those of erased subjects, the rest
-        sealed (one keystore write for all: :meth:`Sealer.seal_all`); how many of each
+        sealed; what their events said about consent goes to the ledger in one
+        transaction (:meth:`Gate.record_said`), their new persons' keys to the keystore
+        in one write (:meth:`Sealer.seal_all`); how many of each
         were dropped, or the batch's own error (a subject over its consent cap)."""
         out: list[dict[str, int] | Exception] = []
         admitted: list[tuple[int, int, list[Event], bytes | None]] = []
@@ -385,15 +387,17 @@ class Collector:
             # one indexed read of what the ledger gained, for all: a statement another
             # worker wrote before any of them arrived applies to it
             self.gate.state.refresh(force=True)
+        said: list[Said] = []
         for conn, source, events, body in batches:
             try:
                 withheld = self.gate.admit(source, events,
-                                           conn.headers.get("sec-gpc", "").strip() == "1")
+                                           conn.headers.get("sec-gpc", "").strip() == "1", said)
             except errors.AAPError as exc:
                 out.append(exc)
                 continue
             admitted.append((len(out), withheld, events, body))
             out.append({})
+        self.gate.record_said(said)  # one turn at the ledger, before any event is stored
         erased = self.sealer.seal_all([(events, body) for _, _, events, body in admitted])
         for (i, withheld, _, _), gone in zip(admitted, erased, strict=True):
             if withheld:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -157,11 +157,15 @@ class Gate:
                 start, n = now_ms, 0
             recent[(st.where, st.subject)] = (start, n + 1)
 
-    def admit(self, source: Source, events: list[Event], gpc: bool) -> int:
+    def admit(self, source: Source, events: list[Event], gpc: bool,
+              said: list[Said] | None = None) -> int:
         """Tag each event with the purposes it may be used for and take out those with
         none (in place); returns how many were taken out. What the events say about
         consent goes to the ledger first, scoped to the source's controller; through the
         public write key, what they say about a userId does not reach stored history.
+        ``said``: the statements are added to it, for the caller to record those of the
+        requests admitted together at once (:meth:`record_said`) before it stores any
+        of their events; ``None``: recorded here.
         The caller has read what the ledger gained since the request arrived
         (``state.refresh(force=True)``: once for the requests admitted together,
         :meth:`aap.collect.app.Collector._not_stored_all`)."""
@@ -195,19 +199,40 @@ class Gate:
             if purposes:
                 ev.purposes = dict(purposes)
                 kept.append(ev)
-        self._record_event_statements(source, statements)
+        if said is None:
+            self.record_said([Said(source, statements)])
+        elif statements:
+            said.append(Said(source, statements))
         dropped = len(events) - len(kept)
         events[:] = kept
         return dropped
 
-    def _record_event_statements(self, source: Source, statements: list[Statement]) -> None:
-        """What the events said about consent, to the ledger and the audit log."""
+    def record_said(self, said: list[Said]) -> None:
+        """What the events of requests admitted together said about consent: to the
+        ledger in one transaction (its writers take turns, so one turn for all), and to
+        the audit log one entry per source, scope and kind of key, counting the requests
+        and statements."""
+        statements = [st for one in said for st in one.statements]
+        if not statements:
+            return
         self.state.ledger.record(statements)
-        if statements:
-            self.audit.append(f"source:{source.id}", "consent.recorded", {
-                "channels": sorted({s.channel for s in statements}),
-                "statements": len(statements), "scope": source.scope,
-                "key": "server" if source.server_key else "write"})
+        entries: dict[tuple[str, str, str], tuple[set[str], int, int]] = {}
+        for source, sts in said:
+            if sts:
+                k = (source.id, source.scope, "server" if source.server_key else "write")
+                channels, n, requests = entries.get(k, (set(), 0, 0))
+                entries[k] = (channels | {st.channel for st in sts}, n + len(sts), requests + 1)
+        for (source_id, scope, key), (channels, n, requests) in entries.items():
+            self.audit.append(f"source:{source_id}", "consent.recorded", {
+                "channels": sorted(channels), "statements": n, "requests": requests,
+                "scope": scope, "key": key})
+
+
+class Said(NamedTuple):
+    """What the events of one request said about consent (:meth:`Gate.admit`)."""
+
+    source: Source
+    statements: list[Statement]
 
 
 def _admit_measured(source: Source, events: list[Event]) -> int:
