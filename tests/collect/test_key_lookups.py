@@ -78,6 +78,14 @@ def test_an_unknown_key_is_remembered_and_a_new_one_found_after(
     assert reg.reads == ["dk_new", "dk_new"]
 
 
+def test_an_overlong_key_is_unknown_without_a_read() -> None:
+    reg = Registry({})
+    lookups = KeyLookups("write", reg.read, RateLimiter(), 1000.0)
+    for i in range(100):
+        assert lookups.get(f"wk_{i}" + "x" * keys.MAX_KEY_CHARS) is None
+    assert reg.reads == [] and not lookups._unknown
+
+
 def test_no_limit_with_zero() -> None:
     reg = Registry({})
     lookups = KeyLookups("write", reg.read, RateLimiter(), 0.0)

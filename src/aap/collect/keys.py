@@ -29,6 +29,9 @@ T = TypeVar("T")
 KNOWN_TTL_S = 5.0
 UNKNOWN_TTL_S = 1.0
 MAX_REMEMBERED = 10_000
+MAX_KEY_CHARS = 200
+"""AAP's keys are 35 characters; a longer one is unknown without a read, a token or a
+place in memory (10,000 remembered keys of a header's size would be hundreds of MB)."""
 BUCKET = "\x00key-lookups"
 """The limiter's bucket for reads of new keys (a source id never starts with NUL)."""
 
@@ -47,6 +50,8 @@ class KeyLookups(Generic[T]):
         self._unknown: dict[str, float] = {}
 
     def get(self, key: str) -> T | None:
+        if len(key) > MAX_KEY_CHARS:
+            return None
         now = time.monotonic()
         known = self._known.get(key)
         if known is not None and now - known[1] < KNOWN_TTL_S:
