@@ -225,7 +225,7 @@ class Sources:
 
     def set_rate_limit(self, name: str, rate_limit: float, *, actor: str = "admin") -> Source:
         """Change a source's rate limit (events/s, 0 for unlimited); the collector's
-        workers pick it up within ``KNOWN_KEY_TTL_S``."""
+        workers pick it up within :data:`aap.collect.keys.KNOWN_TTL_S`."""
         if rate_limit < 0:
             raise ValueError("rate limit must be 0 (unlimited) or positive")
         src = next((s for s in self.list() if s.name == name), None)

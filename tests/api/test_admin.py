@@ -110,7 +110,7 @@ def test_new_server_key_replaces_the_old_one(admin: Admin) -> None:
     second = admin.ok("POST", "/sources/api-backend/server_key")
     assert second["server_key"] is True and second["server_key_secret"].startswith("sk_")
     assert send(admin, second["server_key_secret"]).status_code == 200
-    # the old one stops working once the workers read the key again (KEY_TTL_S, 5 s)
+    # the old one stops working once the workers read the key again (aap.collect.keys.KNOWN_TTL_S, 5 s)
     deadline = time.monotonic() + 60
     while send(admin, first).status_code != 401:
         assert time.monotonic() < deadline, "the replaced server key still works after 60 s"
