@@ -157,15 +157,14 @@ class Gate:
                 start, n = now_ms, 0
             recent[(st.where, st.subject)] = (start, n + 1)
 
-    def admit(self, source: Source, events: list[Event], gpc: bool,
-              said: list[Said] | None = None) -> int:
+    def admit(self, source: Source, events: list[Event], gpc: bool, said: list[Said]) -> int:
         """Tag each event with the purposes it may be used for and take out those with
         none (in place); returns how many were taken out. What the events say about
         consent goes to the ledger first, scoped to the source's controller; through the
         public write key, what they say about a userId does not reach stored history.
         ``said``: the statements are added to it, for the caller to record those of the
         requests admitted together at once (:meth:`record_said`) before it stores any
-        of their events; ``None``: recorded here.
+        of their events.
         The caller has read what the ledger gained since the request arrived
         (``state.refresh(force=True)``: once for the requests admitted together,
         :meth:`aap.collect.app.Collector._not_stored_all`)."""
@@ -199,9 +198,7 @@ class Gate:
             if purposes:
                 ev.purposes = dict(purposes)
                 kept.append(ev)
-        if said is None:
-            self.record_said([Said(source, statements)])
-        elif statements:
+        if statements:
             said.append(Said(source, statements))
         dropped = len(events) - len(kept)
         events[:] = kept
@@ -218,10 +215,9 @@ class Gate:
         self.state.ledger.record(statements)
         entries: dict[tuple[str, str, str], tuple[set[str], int, int]] = {}
         for source, sts in said:
-            if sts:
-                k = (source.id, source.scope, "server" if source.server_key else "write")
-                channels, n, requests = entries.get(k, (set(), 0, 0))
-                entries[k] = (channels | {st.channel for st in sts}, n + len(sts), requests + 1)
+            k = (source.id, source.scope, "server" if source.server_key else "write")
+            channels, n, requests = entries.get(k, (set(), 0, 0))
+            entries[k] = (channels | {st.channel for st in sts}, n + len(sts), requests + 1)
         for (source_id, scope, key), (channels, n, requests) in entries.items():
             self.audit.append(f"source:{source_id}", "consent.recorded", {
                 "channels": sorted(channels), "statements": n, "requests": requests,
@@ -229,7 +225,8 @@ class Gate:
 
 
 class Said(NamedTuple):
-    """What the events of one request said about consent (:meth:`Gate.admit`)."""
+    """What the events of one request said about consent (:meth:`Gate.admit`: never
+    empty)."""
 
     source: Source
     statements: list[Statement]
