@@ -37,6 +37,7 @@ def test_the_commands_are_the_benchmarks_own() -> None:
         ingest,
         pipeline,
         privacy,
+        publishmark,
         query,
         scale,
         scrub,
@@ -49,8 +50,8 @@ def test_the_commands_are_the_benchmarks_own() -> None:
     assert modules - {"__init__", "common"} == set(cli.BENCHMARKS)  # aap bench runs them all
     group = cli.bench
     ctx = click.Context(group)
-    for module in (cluster, devices, handover, imports, ingest, pipeline, privacy, query,
-                   scale, scrub, sharedstate, stream, web):
+    for module in (cluster, devices, handover, imports, ingest, pipeline, privacy, publishmark,
+                   query, scale, scrub, sharedstate, stream, web):
         assert group.get_command(ctx, module.__name__.rsplit(".", 1)[1]) is module.main
 
 
@@ -82,6 +83,19 @@ def test_bench_handover_runs_and_prints_the_figures_it_names() -> None:
                  "write lock held with the handover", "added by the handover per batch",
                  "ratio", "files written and listed, chunks let in", "chunks kept out",
                  "fold of 6,000 staged stream rows"):
+        assert name in r.stdout, (name, r.stdout)
+
+
+def test_bench_publishmark_runs_and_prints_the_figures_it_names() -> None:
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "COLUMNS": "220", "PYTHONPATH": str(root / "src")}
+    r = subprocess.run([sys.executable, "-m", "aap", "bench", "publishmark", "--events", "2000",
+                        "--rounds", "2"], capture_output=True, text=True, timeout=600,
+                       cwd=root, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("mark, in place (publish_batch)", "mark, copy to hot_publishing (baseline)",
+                 "bytes/event", "forget", "ratio copy / in place: mark time",
+                 "a 64 MB checkpoint every"):
         assert name in r.stdout, (name, r.stdout)
 
 

@@ -279,6 +279,7 @@ def test_an_older_warehouse_gets_the_streams_table(tmp_path: Path) -> None:
     wh = Warehouse(tmp_path / "wh")
     with wh.transaction() as cur:  # as a warehouse of the version before it
         cur.execute("DROP TABLE session_streams")
+        cur.execute("ALTER TABLE events_raw DROP COLUMN publish_batch")  # (version 3 on)
         cur.execute(f"UPDATE {VERSION_TABLE} SET version = 1")
     wh.close()
     wh = Warehouse(tmp_path / "wh")

@@ -29,11 +29,14 @@ from aap.query.cache import QueryCache
 from aap.query.runner import run_insight
 from aap.query.snapshot import snapshot
 from aap.store import tiering
-from aap.store.filelist import PENDING_TABLE, Moved, TierFile
+from aap.store.filelist import Moved, TierFile
 from aap.store.meta import open_meta
+from aap.store.migrations import duckdb_version
 from aap.store.publish import Publisher, refuse_unshared
+from aap.store.schema import EVENT_COLUMNS
 from aap.store.tiering import TierPolicy, run_tiering
 from aap.store.tiers import TierConfig, TierStore
+from aap.store.warehouse import SCHEMA as WAREHOUSE_SCHEMA
 from aap.store.warehouse import Chunk, Warehouse
 from aap.testing.query_data import generate
 from aap.testing.query_data import load as load_default
@@ -43,6 +46,8 @@ from tests.store.publish_workers import DAY0, events, open_wh
 from tests.store.test_tiers import s3  # noqa: F401 (a fixture: moto's S3 server)
 
 STEPS = ("marked", "file", "written", "listed", "done")
+MARKED_ROWS = "SELECT count(*) FROM events_raw WHERE publish_batch IS NOT NULL"
+"""Hot rows marked for a batch and not forgotten yet."""
 
 
 def write(wh: Warehouse, table: pa.Table, position: int) -> None:
@@ -50,8 +55,10 @@ def write(wh: Warehouse, table: pa.Table, position: int) -> None:
 
 
 def listed_ids(wh: Warehouse) -> Counter[str]:
-    """Message ids of the hot table and of every listed file (each file read alone)."""
-    out = Counter(r[0] for r in wh.con.execute("SELECT message_id FROM events_raw").fetchall())
+    """Message ids of the hot rows not marked for a batch and of every listed file (each
+    file read alone)."""
+    out = Counter(r[0] for r in wh.con.execute(
+        "SELECT message_id FROM events_raw WHERE publish_batch IS NULL").fetchall())
     for f in wh.files.files():
         out.update(wh.tiers.read([f.path], ["message_id"]).column("message_id").to_pylist())
     return out
@@ -162,7 +169,7 @@ def test_a_stop_at_any_step_loses_and_doubles_nothing(tmp_path: Path, meta_url: 
         assert queried_ids(wh) == everything
         pub = Publisher(wh, 1)
         pub.recover()
-        assert wh.con.execute(f"SELECT count(*) FROM {PENDING_TABLE}").fetchall() == [(0,)]
+        assert wh.con.execute(MARKED_ROWS).fetchall() == [(0,)]
         assert listed_ids(wh) == everything
         assert queried_ids(wh) == everything
         # the first batch's files are listed (3 days), and no file is on disk unlisted
@@ -231,7 +238,7 @@ def test_a_failing_store_leaves_the_batch_pending_and_visible(tmp_path: Path) ->
         wh.tiers.write = real  # type: ignore[method-assign]
         got = removal.erase_persons(wh, {1})
         assert got["warm_rows"] == len([i for i in range(50) if i % 7 == 0])
-        assert wh.con.execute(f"SELECT count(*) FROM {PENDING_TABLE}").fetchall() == [(0,)]
+        assert wh.con.execute(MARKED_ROWS).fetchall() == [(0,)]
         assert sum(listed_ids(wh).values()) == 50 - got["warm_rows"]
     finally:
         wh.close()
@@ -278,6 +285,49 @@ def test_queries_while_batches_are_published_see_each_row_once(tmp_path: Path) -
     assert len(seen) > 5 and all(s in prefixes for s in seen)
     assert queried_ids(wh) == prefixes[-1] == through_the_cache()
     wh.close()
+
+
+def test_a_batch_a_stop_left_in_the_old_hot_publishing_table_is_marked_and_finished(
+        tmp_path: Path) -> None:
+    """Before 2026-12-06 a batch's rows moved to a table ``hot_publishing``; a warehouse a
+    stop left so (schema version 2) opens with those rows back in the hot table, marked
+    with their batch, and its publisher finishes the batch as one it marked itself."""
+    wh = open_wh(tmp_path)
+    batch, hot = events(60, "old"), events(25, "new", DAY0 + timedelta(days=1))
+    everything = Counter(batch.column("message_id").to_pylist()
+                         + hot.column("message_id").to_pylist())
+    write(wh, batch, 1)
+    with pytest.raises(Crash):
+        Publisher(wh, 1, step=stop_at("marked")).publish_once()
+    write(wh, hot, 2)
+    # the same state in the old shape: the marked rows in hot_publishing, no column
+    cols = ", ".join(f'"{n}" {t}' for n, t, _ in EVENT_COLUMNS)
+    con = wh.con
+    con.execute(f"CREATE TABLE hot_publishing (seq BIGINT NOT NULL, {cols})")
+    con.execute("INSERT INTO hot_publishing SELECT publish_batch, * EXCLUDE (publish_batch)"
+                " FROM events_raw WHERE publish_batch IS NOT NULL")
+    con.execute("DELETE FROM events_raw WHERE publish_batch IS NOT NULL")
+    con.execute("ALTER TABLE events_raw DROP COLUMN publish_batch")
+    con.execute("UPDATE schema_version SET version = 2")
+    wh.close()
+
+    wh = open_wh(tmp_path)
+    try:
+        assert duckdb_version(wh.con) == WAREHOUSE_SCHEMA.latest
+        tables = {r[0] for r in wh.con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        assert "hot_publishing" not in tables
+        assert dict(wh.con.execute("SELECT publish_batch, count(*) FROM events_raw"
+                                   " GROUP BY ALL").fetchall()) == {1: 60, None: 25}
+        assert queried_ids(wh) == everything  # the marked rows are read, once
+        pub = Publisher(wh, 1)
+        assert pub.recover() == 1  # batch 1, from its files on
+        assert wh.con.execute(MARKED_ROWS).fetchall() == [(0,)]
+        assert sum(listed_ids(wh).values()) == 85 and queried_ids(wh) == everything
+        assert pub.publish_once()["rows"] == 25
+        assert listed_ids(wh) == everything and queried_ids(wh) == everything
+        assert wh.con.execute("SELECT count(*) FROM events_raw").fetchall() == [(0,)]
+    finally:
+        wh.close()
 
 
 # -- compaction --

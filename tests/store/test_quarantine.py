@@ -86,9 +86,10 @@ def plant_hot(wh: Warehouse) -> int:
 def plant_file(wh: Warehouse, part: str, bad_ts: str, name: str) -> str:
     """A warm file of ``part`` holding a good row and one dated ``bad_ts``."""
     table = wh.con.sql(
-        "SELECT * REPLACE ('file-good-' || ? AS message_id) FROM events_raw"
-        " WHERE message_id = 'good-0-0' UNION ALL"
-        " SELECT * REPLACE (? AS message_id, make_timestamp(?) AS timestamp) FROM events_raw"
+        "SELECT * EXCLUDE (publish_batch) REPLACE ('file-good-' || ? AS message_id)"
+        " FROM events_raw WHERE message_id = 'good-0-0' UNION ALL"
+        " SELECT * EXCLUDE (publish_batch) REPLACE (? AS message_id, make_timestamp(?)"
+        " AS timestamp) FROM events_raw"
         " WHERE message_id = 'good-0-0'", params=[name, name, micros(bad_ts)]).to_arrow_table()
     path, size = wh.tiers.write(table.cast(EVENT_ARROW_SCHEMA), f"day={part}")
     wh.con.execute("INSERT INTO tier_files VALUES (?, 'warm', ?, 2, ?, now())",

@@ -37,6 +37,7 @@ from aap.privacy.purposes import analytics_only
 from aap.store import published
 from aap.store.schema import (
     CACHE_COLUMNS,
+    HOT,
     PAGES_COLUMNS,
     ROLLUP_COLUMNS,
     ROLLUP_DIMS,
@@ -137,7 +138,7 @@ def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
     cached, uncached, restricted, pending = cur.execute(state).fetchall()[0]
     cached = cached or []
     uncached = uncached or []
-    live = "SELECT * FROM events_raw"
+    live = HOT
     if listing.pending:  # hot rows being published, not listed yet
         live += f" UNION ALL {listing.pending}"
     if uncached:

@@ -16,10 +16,10 @@ more, another processor's unpublished rows of that person were published later. 
   ``n``.
 - **the mirror in each writer** (:class:`ErasureMirror`, ``Warehouse.erasures``): with the
   write lock held, it deletes the rows of every erasure it has not applied yet from the
-  warehouse's hot tables (``events_raw``, ``hot_publishing``, ``persons``, ``orders``,
-  ``order_items``, ``person_ids``, ``person_overrides``, ``session_streams``, set-aside
-  rows, the query cache's copies, local flags, the keys noted for the next batch) — the
-  persons recorded and those its own
+  warehouse's hot tables (``events_raw``, its rows being published included,
+  ``persons``, ``orders``, ``order_items``, ``person_ids``, ``person_overrides``,
+  ``session_streams``, set-aside rows, the query cache's copies, local flags, the keys
+  noted for the next batch) — the persons recorded and those its own
   ``person_ids`` give the recorded ids — and notes the number in ``processor_state``
   (``erasures_applied``), in one DuckDB transaction. The publisher runs it first in
   :meth:`aap.store.publish.Publisher.settle`: at start-up, before each batch is marked,
@@ -60,11 +60,12 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from aap.privacy.removal import erase_hot
-from aap.store.filelist import KEYS_TABLE, PENDING_TABLE, SharedList
+from aap.store.filelist import KEYS_TABLE, SharedList
 from aap.store.identities import IdentitiesUnavailable, translated
 from aap.store.meta import SQLITE, MetaDB, Tx
 from aap.store.migrations import Schema
 from aap.store.rewrite import Hot
+from aap.store.schema import PUBLISH_BATCH
 from aap.store.warehouse import Warehouse
 
 if TYPE_CHECKING:
@@ -303,8 +304,9 @@ def _erase(cur: duckdb.DuckDBPyConnection, e: Erasure) -> tuple[dict[str, int], 
           " (SELECT order_id FROM orders WHERE list_contains($persons, person_id)))"
           " OR (tbl = 'persons' AND list_contains($names, key))",
           {**params, "names": [str(p) for p in sorted(persons)]})
-    out["hot_publishing"] = count(
-        f"DELETE FROM {PENDING_TABLE} WHERE list_contains($persons, person_id)", params)
+    out["hot_publishing"] = count(  # rows of a batch being published (marked)
+        f"DELETE FROM events_raw WHERE {PUBLISH_BATCH} IS NOT NULL"
+        " AND list_contains($persons, person_id)", params)
     erase_hot(out, params)(count)
     return out, persons
 

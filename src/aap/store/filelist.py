@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from aap.store.meta import MetaDB, Tx
 from aap.store.migrations import Schema
+from aap.store.schema import PUBLISH_BATCH
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,8 @@ none yet): :mod:`aap.store.published`."""
 KEYS_DDL = (f"CREATE TABLE IF NOT EXISTS {KEYS_TABLE} (tbl VARCHAR NOT NULL,"
             " key VARCHAR NOT NULL, seq BIGINT)")
 
-PENDING_TABLE = "hot_publishing"
-"""Hot rows of a batch being published: the batch's number, then the event's columns."""
+MARKED = f"SELECT DISTINCT {PUBLISH_BATCH} FROM events_raw WHERE {PUBLISH_BATCH} IS NOT NULL"
+"""The batches whose hot rows are marked (:mod:`aap.store.publish`) and not forgotten yet."""
 
 _FILE_COLS = "path, tier, part, rows, bytes"
 
@@ -287,7 +288,6 @@ class SharedList:
         self.gate = Gate()
         db.migrate(SCHEMA)
         self.writer = f"{_writer_number(con):012x}"
-        con.execute(_pending_ddl())
         con.execute(KEYS_DDL)
         self._adopt()
 
@@ -342,14 +342,13 @@ class SharedList:
         """Right after the cursor's ``BEGIN``: its DuckDB snapshot first (the batches
         being published), then the list, under the gate (see :class:`Gate`)."""
         with self.gate.shared():
-            pending = [int(r[0]) for r in cur.execute(
-                f"SELECT DISTINCT seq FROM {PENDING_TABLE}").fetchall()]
+            pending = [int(r[0]) for r in cur.execute(MARKED).fetchall()]
             every, published = self._read()
         live = [f for f in every if f.tier in EVENT_TIERS]
         rel = self._register(cur, live)
         unlisted = [s for s in pending if s > published]
-        sql = (f"SELECT * EXCLUDE (seq) FROM {PENDING_TABLE} WHERE seq > {published}"
-               if unlisted else "")
+        sql = (f"SELECT * EXCLUDE ({PUBLISH_BATCH}) FROM events_raw"
+               f" WHERE {PUBLISH_BATCH} > {published}" if unlisted else "")
         return Listing(rel, live, [f for f in every if f.tier not in EVENT_TIERS], sql)
 
     def is_live(self, cur: duckdb.DuckDBPyConnection, path: str) -> bool:
@@ -411,13 +410,6 @@ class SharedList:
     def stats(self) -> dict[str, tuple[int, int, int]]:
         return {str(t): (int(f), int(r or 0), int(b or 0)) for t, f, r, b in self.db.fetchall(
             "SELECT tier, count(*), sum(rows), sum(bytes) FROM tier_files GROUP BY tier")}
-
-
-def _pending_ddl() -> str:
-    from aap.store.schema import EVENT_COLUMNS
-
-    cols = ", ".join(f'"{n}" {t}' for n, t, _ in EVENT_COLUMNS)
-    return f"CREATE TABLE IF NOT EXISTS {PENDING_TABLE} (seq BIGINT NOT NULL, {cols})"
 
 
 def _writer_number(con: duckdb.DuckDBPyConnection) -> int:

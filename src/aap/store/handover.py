@@ -60,7 +60,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from aap.store.filelist import KEYS_TABLE, PENDING_TABLE
+from aap.store.filelist import KEYS_TABLE
 from aap.store.meta import MetaDB, Tx
 from aap.store.migrations import Schema
 
@@ -446,16 +446,13 @@ def drop(wh: Any, paths: list[str]) -> int:
             pass
     positions, streams = shared(wh.files.db)
     with wh.transaction() as cur:
-        cur.execute(f"""CREATE TEMP TABLE dropped_ids AS
-            SELECT message_id FROM events_raw UNION ALL
-            SELECT message_id FROM {PENDING_TABLE}""")
+        cur.execute("CREATE TEMP TABLE dropped_ids AS SELECT message_id FROM events_raw")
         n = int(cur.execute("SELECT count(*) FROM dropped_ids").fetchone()[0])
         for table in ("orders", "order_items"):
             cur.execute(f"DELETE FROM {table} WHERE message_id IN"
                         " (SELECT message_id FROM dropped_ids)")
         cur.execute("DROP TABLE dropped_ids")
-        cur.execute("DELETE FROM events_raw")
-        cur.execute(f"DELETE FROM {PENDING_TABLE}")
+        cur.execute("DELETE FROM events_raw")  # hot and marked rows alike
         # the tables' keys of those batches are published again with the next one
         cur.execute(f"UPDATE {KEYS_TABLE} SET seq = NULL WHERE seq IN"
                     " (SELECT seq FROM publish_positions)")

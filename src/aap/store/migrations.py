@@ -223,13 +223,14 @@ def migrate_postgres(con: Any, schema: Schema) -> int:
 VERSION_TABLE = "schema_version"
 
 
-def _duckdb_has(con: Connection, table: str) -> bool:
+def duckdb_has(con: Connection, table: str) -> bool:
+    """Whether the database (not its temporary objects) has this table."""
     return int(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = $t"
                            " AND database_name <> 'temp'", {"t": table}).fetchone()[0]) > 0
 
 
 def duckdb_version(con: Connection) -> int:
-    if not _duckdb_has(con, VERSION_TABLE):
+    if not duckdb_has(con, VERSION_TABLE):
         return 0
     row = con.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone()
     return int(row[0]) if row and row[0] is not None else 0
@@ -239,7 +240,7 @@ def migrate_duckdb(con: Connection, schema: Schema) -> int:
     """Bring a DuckDB database (owned by this process) to the latest version; returns
     the version it was at."""
     version = duckdb_version(con)
-    fresh = version == 0 and not _duckdb_has(con, schema.table)
+    fresh = version == 0 and not duckdb_has(con, schema.table)
     if version == schema.latest and not fresh:
         return version
     con.execute("BEGIN TRANSACTION")

@@ -3,15 +3,16 @@ batch files, listed on the shared-state database (``AAP_PUBLISH_SECONDS`` > 0).
 
 One batch, ``seq`` = the last one's + 1 (kept in ``processor_state``), in four steps:
 
-1. **mark**: in one DuckDB transaction, every hot row moves from ``events_raw`` to
-   ``hot_publishing`` with the batch's number (rows out of bounds are set aside first,
-   :mod:`aap.store.quarantine`);
+1. **mark**: in one DuckDB transaction, every hot row not marked yet gets the batch's
+   number in ``events_raw.publish_batch`` (rows out of bounds are set aside first,
+   :mod:`aap.store.quarantine`) — one column written, not the row copied: see
+   :data:`aap.store.schema.PUBLISH_BATCH`;
 2. **write**: one file per UTC day of the rows,
    ``warm/events/day=D/batch-<writer>-<seq>.parquet`` — a name fixed by (writer, seq,
    day), so writing it again replaces it;
 3. **list**: in one transaction of the shared store, the files join the list and the
    batch is noted as this writer's last published one; nothing if it already was;
-4. **forget**: the batch's rows leave ``hot_publishing``.
+4. **forget**: the batch's rows leave ``events_raw``.
 
 Steps 1 and 4 hold the warehouse's write lock alone. During steps 2 and 3 (most of a
 batch's time) the publishing turn lets the processor's chunks in, and nothing else
@@ -21,12 +22,12 @@ Erasures recorded by other processors (:mod:`aap.store.erasures`) reach the hot 
 (:meth:`Publisher.settle`), and step 3 refuses to list a batch when one was recorded
 after that: the batch is cleaned and written again first.
 
-A crash (or a failure) at any point leaves a batch in ``hot_publishing``; it is finished
+A crash (or a failure) at any point leaves a batch marked in ``events_raw``; it is finished
 from step 2 or 4 (whichever the shared store says) before anything else: at start-up,
 before the next batch, and before any rewrite (erasure, withdrawal, retention) or profile
 sweep, which hold the warehouse's write lock as the publisher does. So each row is in
-exactly one of: the hot table, a batch not listed yet, a listed file. Queries read
-``hot_publishing`` rows of batches not listed yet with the hot rows
+exactly one of: the hot rows not marked, a batch not listed yet, a listed file. Queries
+read the rows of batches not listed yet with the hot rows
 (:class:`aap.store.filelist.Gate` keeps the two reads in step).
 
 The tiering job folds a day's batch files into its warm file
@@ -46,9 +47,9 @@ from typing import Any
 
 from aap.datadir import DataDir
 from aap.store import handover, published, quarantine
-from aap.store.filelist import PENDING_TABLE, SharedList, Stale, TierFile, is_shared
+from aap.store.filelist import MARKED, SharedList, Stale, TierFile, is_shared
 from aap.store.meta import MetaDB, open_meta
-from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
+from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS, PUBLISH_BATCH
 from aap.store.tiering import BATCH_PREFIX
 from aap.store.warehouse import Warehouse
 
@@ -92,7 +93,7 @@ class Publisher:
     def settle(self) -> int:
         """With the write lock held: apply the erasures and the rectifications other
         processors recorded (:mod:`aap.store.erasures`, :mod:`aap.store.rectifications`),
-        then finish every batch left in ``hot_publishing``.
+        then finish every batch left marked.
         Returns the batches finished."""
         if self.wh.erasures is not None:
             self.wh.erasures.apply()
@@ -108,8 +109,7 @@ class Publisher:
         """The batches marked and not finished."""
         cur = self.wh.con.cursor()
         try:
-            return sorted({int(r[0]) for r in cur.execute(
-                f"SELECT DISTINCT seq FROM {PENDING_TABLE}").fetchall()}
+            return sorted({int(r[0]) for r in cur.execute(MARKED).fetchall()}
                 | set(published.pending(cur))
                 | set(handover.pending(cur) if self.wh.handover else ()))
         finally:
@@ -150,14 +150,12 @@ class Publisher:
         seq = self.wh.get_state(SEQ) + 1
         with self.files.gate.exclusive(), self.wh.transaction() as cur:
             set_aside = quarantine.hot(cur, JOB)
-            row = cur.execute(f"INSERT INTO {PENDING_TABLE} SELECT $seq, * FROM events_raw",
-                              {"seq": seq}).fetchone()
+            row = cur.execute(f"UPDATE events_raw SET {PUBLISH_BATCH} = $seq"
+                              f" WHERE {PUBLISH_BATCH} IS NULL", {"seq": seq}).fetchone()
             out["rows"] = n = int(row[0]) if row else 0
             out["keys"] = keys = published.mark(cur, seq)
             if self.wh.handover:  # the log positions and streams go with the files
                 keys += handover.mark(cur, seq)
-            if n:
-                cur.execute("DELETE FROM events_raw")
             if n or keys:
                 cur.execute("INSERT INTO processor_state VALUES ($n, $v) ON CONFLICT (name)"
                             " DO UPDATE SET value = excluded.value", {"n": SEQ, "v": seq})
@@ -182,7 +180,7 @@ class Publisher:
                 return -1
         self.step("listed")
         with self.wh.transaction() as cur:
-            cur.execute(f"DELETE FROM {PENDING_TABLE} WHERE seq = $seq", {"seq": seq})
+            cur.execute(f"DELETE FROM events_raw WHERE {PUBLISH_BATCH} = $seq", {"seq": seq})
             published.forget(cur, seq)
             if self.wh.handover:
                 handover.forget(cur, seq)
@@ -194,15 +192,15 @@ class Publisher:
     def _list(self, seq: int, staged: bool | None, opened: bool = False) -> list[TierFile]:
         """Steps 2 and 3. The listing checks, in its transaction, that no erasure was
         recorded since the last one applied here; if one was, it is applied (to
-        ``hot_publishing`` too) and the batch written again, and a file of the first
+        the batch's marked rows too) and the batch written again, and a file of the first
         writing that the second has no more rows for is deleted. With the handover, the
         log positions' compare-and-set runs in the same transaction
         (:class:`aap.store.handover.Stale` when another processor published past them).
 
         ``opened``: the write lock lets the processor's chunks in while the files are
         written and listed (:mod:`aap.store.writelock`). Nothing those steps read can
-        change meanwhile but through a chunk: the batch's rows are in
-        ``hot_publishing``, which chunks do not write; the tables' rows are read in a
+        change meanwhile but through a chunk: the batch's rows are marked, and chunks
+        only add rows that are not; the tables' rows are read in a
         DuckDB snapshot, and a key a chunk changes is noted for the next batch; the
         erasures applied here (the listing's check) and the rectifications change only
         with the lock held alone (a chunk that would apply one waits). So the batch is
@@ -239,13 +237,13 @@ class Publisher:
         cur = self.wh.con.cursor()
         try:
             days = [r[0] for r in cur.execute(
-                f"SELECT DISTINCT CAST(timestamp AS DATE) FROM {PENDING_TABLE}"
-                " WHERE seq = $seq ORDER BY 1", {"seq": seq}).fetchall()]
+                "SELECT DISTINCT CAST(timestamp AS DATE) FROM events_raw"
+                f" WHERE {PUBLISH_BATCH} = $seq ORDER BY 1", {"seq": seq}).fetchall()]
             out = []
             for day in days:
                 table = cur.sql(
-                    f"SELECT {_COLUMNS} FROM {PENDING_TABLE} e LEFT JOIN person_overrides o"
-                    " ON o.old_person_id = e.person_id WHERE e.seq = $seq"
+                    f"SELECT {_COLUMNS} FROM events_raw e LEFT JOIN person_overrides o"
+                    f" ON o.old_person_id = e.person_id WHERE e.{PUBLISH_BATCH} = $seq"
                     " AND e.timestamp >= $start AND e.timestamp < $end"
                     " ORDER BY event, person_id, timestamp",
                     params={"seq": seq, "start": day, "end": day + timedelta(days=1)}

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aap.events import EARLIEST_TIME, MAX_CLOCK_AHEAD
-from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
+from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS, PUBLISH_BATCH
 
 logger = logging.getLogger("aap.quarantine")
 
@@ -87,13 +87,15 @@ def report(job: str, reason: str, n: int, where: str) -> None:
 
 
 def hot(cur: duckdb.DuckDBPyConnection, job: str, now: datetime | None = None) -> int:
-    """Inside a transaction: move hot rows out of bounds to ``quarantined_events``."""
+    """Inside a transaction: move hot rows out of bounds (not marked for publishing) to
+    ``quarantined_events``."""
     params = bound_params(now)
-    cond = bad_time_sql()
+    cond = f"{PUBLISH_BATCH} IS NULL AND ({bad_time_sql()})"
     row = cur.execute(f"SELECT count(*) FROM events_raw WHERE {cond}", params).fetchone()
     n = int(row[0]) if row else 0
     if n:
-        cur.execute(f"INSERT INTO quarantined_events SELECT *, $job, $reason, {NOW_UTC}"
+        cur.execute(f"INSERT INTO quarantined_events SELECT * EXCLUDE ({PUBLISH_BATCH}),"
+                    f" $job, $reason, {NOW_UTC}"
                     f" FROM events_raw WHERE {cond}", {"job": job, "reason": BAD_TIME, **params})
         cur.execute(f"DELETE FROM events_raw WHERE {cond}", params)
     return n

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from aap.store import quarantine
 from aap.store.filelist import Moved, TierFile, reading
-from aap.store.schema import EVENT_ARROW_SCHEMA
+from aap.store.schema import EVENT_ARROW_SCHEMA, PUBLISH_BATCH
 from aap.store.warehouse import Warehouse
 
 logger = logging.getLogger("aap.tiering")
@@ -120,12 +120,14 @@ def _new_file(wh: Warehouse, table: pa.Table, directory: str, *, cold: bool
 
 def move_day_to_warm(wh: Warehouse, day: date) -> int:
     """Write the hot rows of ``day`` to a warm file and delete them from the hot table
-    in the same transaction as the file joins the list. Returns rows moved."""
-    where = "timestamp >= $start AND timestamp < $end"
+    in the same transaction as the file joins the list. Returns rows moved. (Without
+    publishing: with it, the publisher moves the hot rows and none is ever marked here.)"""
+    where = f"{PUBLISH_BATCH} IS NULL AND timestamp >= $start AND timestamp < $end"
     bounds = {"start": day, "end": day + timedelta(days=1)}
     with wh.transaction() as cur:
         table: pa.Table = cur.sql(
-            f"SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)"
+            f"SELECT e.* EXCLUDE ({PUBLISH_BATCH})"
+            " REPLACE (coalesce(o.person_id, e.person_id) AS person_id)"
             f" FROM events_raw e LEFT JOIN person_overrides o ON o.old_person_id = e.person_id"
             f" WHERE {where} ORDER BY event, person_id, timestamp", params=bounds
         ).to_arrow_table()

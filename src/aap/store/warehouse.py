@@ -32,12 +32,19 @@ from aap.store import handover, published, quarantine
 from aap.store.filelist import DuckList, FileList, SharedList
 from aap.store.handover import POSITION, position_name
 from aap.store.meta import MetaDB, Tx
-from aap.store.migrations import Schema, migrate_duckdb, sql_step, unversioned_columns
+from aap.store.migrations import (
+    Schema,
+    duckdb_has,
+    migrate_duckdb,
+    sql_step,
+    unversioned_columns,
+)
 from aap.store.schema import (
     DDL,
     DEDUP_KEY_SQL,
     EVENT_ARROW_SCHEMA,
     OLD_VIEWS,
+    PUBLISH_BATCH,
     SESSION_STREAMS_DDL,
     VIEWS,
 )
@@ -119,7 +126,7 @@ def _write_events(con: duckdb.DuckDBPyConnection, events: pa.Table) -> None:
     if events.num_rows:
         assert events.schema.equals(EVENT_ARROW_SCHEMA), "events table schema drifted"
         con.register("chunk_events", events)
-        con.execute("INSERT INTO events_raw SELECT * FROM chunk_events")
+        con.execute("INSERT INTO events_raw BY NAME SELECT * FROM chunk_events")
         con.unregister("chunk_events")
 
 
@@ -211,8 +218,18 @@ def _unversioned(con: duckdb.DuckDBPyConnection) -> None:
     unversioned_columns("events_raw", (("purposes", "VARCHAR[]"),))(con)
 
 
+def _marked_in_place(con: duckdb.DuckDBPyConnection) -> None:
+    """Step 2 → 3: publishing marks hot rows with their batch (``publish_batch``) instead of
+    moving them to ``hot_publishing``; rows a stop left there move back, marked."""
+    con.execute(f"ALTER TABLE events_raw ADD COLUMN {PUBLISH_BATCH} BIGINT")
+    if duckdb_has(con, "hot_publishing"):
+        con.execute(f"INSERT INTO events_raw BY NAME SELECT seq AS {PUBLISH_BATCH},"
+                    " * EXCLUDE (seq) FROM hot_publishing")
+        con.execute("DROP TABLE hot_publishing")
+
+
 SCHEMA = Schema("events_raw", DDL + quarantine.DDL,
-                steps=(_unversioned, sql_step(SESSION_STREAMS_DDL)))
+                steps=(_unversioned, sql_step(SESSION_STREAMS_DDL), _marked_in_place))
 """The warehouse's schema versions (:mod:`aap.store.migrations`)."""
 
 
