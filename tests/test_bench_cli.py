@@ -71,45 +71,37 @@ def test_the_wheel_leaves_the_benchmarks_out() -> None:
     assert not (Path(__file__).parents[1] / "src" / "benchmarks").exists()
 
 
-@pytest.mark.slow  # a PostgreSQL server
-def test_bench_handover_runs_and_prints_the_figures_it_names() -> None:
+def bench_prints(args: list[str], names: tuple[str, ...]) -> None:
+    """``aap bench ARGS`` exits 0 and prints each of ``names``."""
     root = Path(__file__).parents[1]
     env = {**os.environ, "COLUMNS": "220", "PYTHONPATH": str(root / "src")}
-    r = subprocess.run([sys.executable, "-m", "aap", "bench", "handover", "--events", "2000",
-                        "--rounds", "3"], capture_output=True, text=True, timeout=600,
-                       cwd=root, env=env)
+    r = subprocess.run([sys.executable, "-m", "aap", "bench", *args], capture_output=True,
+                       text=True, timeout=600, cwd=root, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    for name in ("write lock held without the handover (baseline)",
-                 "write lock held with the handover", "added by the handover per batch",
-                 "ratio", "files written and listed, chunks let in", "chunks kept out",
-                 "fold of 6,000 staged stream rows"):
+    for name in names:
         assert name in r.stdout, (name, r.stdout)
+
+
+@pytest.mark.slow  # a PostgreSQL server
+def test_bench_handover_runs_and_prints_the_figures_it_names() -> None:
+    bench_prints(["handover", "--events", "2000", "--rounds", "3"], (
+        "write lock held without the handover (baseline)", "write lock held with the handover",
+        "added by the handover per batch", "ratio", "files written and listed, chunks let in",
+        "chunks kept out", "fold of 6,000 staged stream rows"))
 
 
 def test_bench_publishmark_runs_and_prints_the_figures_it_names() -> None:
-    root = Path(__file__).parents[1]
-    env = {**os.environ, "COLUMNS": "220", "PYTHONPATH": str(root / "src")}
-    r = subprocess.run([sys.executable, "-m", "aap", "bench", "publishmark", "--events", "2000",
-                        "--rounds", "2"], capture_output=True, text=True, timeout=600,
-                       cwd=root, env=env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    for name in ("mark, in place (publish_batch)", "mark, copy to hot_publishing (baseline)",
-                 "bytes/event", "forget", "ratio copy / in place: mark time",
-                 "a 64 MB checkpoint every"):
-        assert name in r.stdout, (name, r.stdout)
+    bench_prints(["publishmark", "--events", "2000", "--rounds", "2"], (
+        "mark, in place (publish_batch)", "mark, copy to hot_publishing (baseline)",
+        "bytes/event", "forget", "ratio copy / in place: mark time", "a 64 MB checkpoint every"))
 
 
 @pytest.mark.slow  # a PostgreSQL server and two servers
 def test_bench_sharedstate_runs_and_prints_the_figures_it_names() -> None:
-    root = Path(__file__).parents[1]
-    env = {**os.environ, "COLUMNS": "220", "PYTHONPATH": str(root / "src")}
-    r = subprocess.run([sys.executable, "-m", "aap", "bench", "sharedstate", "--duration", "2",
-                        "--clients", "4", "--rounds", "1", "--consent"], capture_output=True, text=True,
-                       timeout=600, cwd=root, env=env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    for name in ("on the event loop (baseline)", "on its own thread, grouped", "events/s",
-                 "requests/s", "PostgreSQL commits a request", "ratio to the baseline"):
-        assert name in r.stdout, (name, r.stdout)
+    bench_prints(["sharedstate", "--duration", "2", "--clients", "4", "--rounds", "1",
+                  "--consent"], (
+        "on the event loop (baseline)", "on its own thread, grouped", "events/s", "requests/s",
+        "PostgreSQL commits a request", "ratio to the baseline"))
 
 
 @pytest.mark.slow  # clusters of processes, a mock Kafka cluster, the embedded server
