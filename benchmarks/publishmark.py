@@ -60,13 +60,15 @@ def chunk(n: int, round_: int) -> Chunk:
     c = stream_chunk(n, round_, round_ * n)
     t = c.events
     for i, (name, sql_type, typ) in enumerate(EVENT_COLUMNS):
-        if sql_type == "VARCHAR" and t.column(name).null_count == n:
-            value = PROPERTIES if name == "properties" else f"{name}-value-{round_ % 7}"
-            if name in ("url", "referrer"):
-                value = f"https://shop.example.com/{name}/spring-sale?utm_source=news&r={round_}"
-            t = t.set_column(i, name, pa.array([value] * n, typ))
-    t = t.set_column(EVENT_ARROW_SCHEMA.get_field_index("properties"), "properties",
-                     pa.array([PROPERTIES] * n, pa.string()))
+        if name == "properties":
+            value = PROPERTIES
+        elif name in ("url", "referrer"):
+            value = f"https://shop.example.com/{name}/spring-sale?utm_source=news&r={round_}"
+        elif sql_type == "VARCHAR" and t.column(name).null_count == n:
+            value = f"{name}-value-{round_ % 7}"
+        else:
+            continue
+        t = t.set_column(i, name, pa.array([value] * n, typ))
     c.events = t.cast(EVENT_ARROW_SCHEMA)
     return c
 
