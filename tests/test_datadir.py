@@ -13,6 +13,7 @@ LAYOUT = {
     "metrics": "run/metrics",
     "log": "log",
     "log_db": "log/log.db",
+    "log_positions_db": "log/positions.db",
     "meta_db": "meta.db",
     "identities_db": "identities.db",
     "imports": "imports",

@@ -19,6 +19,10 @@ UMASK = 0o077
 LOG_DB = "log.db"
 """The durable log's SQLite file, in the log's directory."""
 LOG_WRITE_LOCK = "write.lock"
+LOG_POSITIONS_DB = "positions.db"
+"""The consumer groups' positions in the SQLite log (for lag metrics), in the log's
+directory: a file apart from the log's, so that a consumer noting its position never
+holds the lock the collectors' appends wait for."""
 HOT_DB = "hot.duckdb"
 """The warehouse's hot tier, in the warehouse's directory."""
 
@@ -56,6 +60,10 @@ class DataDir:
     @property
     def log_db(self) -> Path:
         return self.log / LOG_DB
+
+    @property
+    def log_positions_db(self) -> Path:
+        return self.log / LOG_POSITIONS_DB
 
     # -- the registries beside the log --
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import sqlite3
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aap.datadir import LOG_DB, LOG_POSITIONS_DB
 from aap.log.base import Append
 from aap.log.sqlite import SQLiteLog
 from tests.conftest import examples
@@ -155,3 +157,53 @@ def test_retention_in_chunks_drops_everything_old(tmp_path: Path) -> None:
     log.append([Append("s", 1, b"new")])
     assert log.drop_older_than(int(time.time() * 1000) - 5, chunk=100) == 1234
     assert [r.payload for r in log.read(0)] == [b"new"]
+
+
+def test_a_consumer_stalled_in_its_position_write_does_not_stop_appends(tmp_path: Path) -> None:
+    """The processor notes its position in ``positions.db``: stopped in the middle of that
+    write (here: a transaction on it left open, its write lock held), it does not hold
+    the lock of the log, and another process's appends and reads go on."""
+    consumer = SQLiteLog(tmp_path)
+    first = consumer.append([Append("s", 3, b"a")])
+    consumer.commit("processor", first[0])
+    stalled = sqlite3.connect(tmp_path / LOG_POSITIONS_DB, isolation_level=None)
+    assert stalled.execute("SELECT grp, position FROM consumers").fetchall() == [
+        ("processor", first[0])]  # the consumer's write went to that file
+    stalled.execute("BEGIN IMMEDIATE")
+    stalled.execute("UPDATE consumers SET position = position + 1")
+    collector = SQLiteLog(tmp_path)
+    try:
+        more = collector.append([Append("s", 2, b"b")])  # not "database is locked" after 30 s
+        assert more[0] > first[0]
+        assert [r.offset for r in collector.read(0)] == [first[0], more[0]]
+        assert collector.stats().lag_events == {"processor": 2}  # reads the last committed
+    finally:
+        stalled.execute("ROLLBACK")
+        stalled.close()
+        collector.close()
+        consumer.close()
+
+
+def test_positions_of_an_older_log_move_to_their_own_file(tmp_path: Path) -> None:
+    """Before ``positions.db`` the positions were a ``consumers`` table of ``log.db``:
+    opened now, the log moves them over (the newer of two wins) and drops that table."""
+    log = SQLiteLog(tmp_path)
+    offs = log.append([Append("s", n, b"x") for n in (4, 5, 6)])
+    log.commit("fresh", offs[0])  # already in positions.db, newer than the old table's
+    log.close()
+    old = sqlite3.connect(tmp_path / LOG_DB, isolation_level=None)
+    old.executescript("CREATE TABLE consumers (grp TEXT PRIMARY KEY,"
+                      " position INTEGER NOT NULL, updated_at INTEGER NOT NULL)")
+    old.executemany("INSERT INTO consumers VALUES (?, ?, ?)",
+                    [("processor", offs[1], 1), ("fresh", offs[2], 1)])
+    old.close()
+    log = SQLiteLog(tmp_path)
+    assert log.position("processor") == offs[1]
+    assert log.position("fresh") == offs[0]
+    assert log.stats().lag_events == {"processor": 6, "fresh": 11}
+    check = sqlite3.connect(tmp_path / LOG_DB)
+    assert check.execute("SELECT name FROM sqlite_master WHERE name = 'consumers'"
+                         ).fetchall() == []
+    check.close()
+    log.close()
+    assert SQLiteLog(tmp_path).position("processor") == offs[1]  # opened again: as it was

@@ -5,6 +5,11 @@ Several processes may append at once. Writers queue on an ``flock`` of ``write.l
 handler would sleep in steps of up to 100 ms); SQLite then serialises them again, so
 offsets grow in commit order and a reader never sees a gap that is later filled. Each
 process group-commits (see :mod:`aap.log.committer`), so one fsync covers many requests.
+
+Consumers note their positions (for lag metrics: the processor's truth is in the
+warehouse) in a file of their own, ``positions.db``, not in the log's: a consumer stopped
+inside that write (a stall, ``SIGSTOP``) would hold SQLite's write lock of the log, and
+every collector's append would wait for it, up to SQLite's timeout (30 s), then fail.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from aap.datadir import LOG_DB, LOG_WRITE_LOCK
+from aap.datadir import LOG_DB, LOG_POSITIONS_DB, LOG_WRITE_LOCK
 from aap.log.base import Append, LogStats, Positions, Record, as_positions
 
 _SCHEMA = """
@@ -31,12 +36,15 @@ CREATE TABLE IF NOT EXISTS records (
     payload BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_appended_at ON records (appended_at);
+"""
+_POSITIONS = """
 CREATE TABLE IF NOT EXISTS consumers (
     grp TEXT PRIMARY KEY,
     position INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
 """
+_HAS_CONSUMERS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'consumers'"
 
 
 class SQLiteLog:
@@ -45,10 +53,14 @@ class SQLiteLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / LOG_DB
         self.lock_path = self.dir / LOG_WRITE_LOCK
+        self.positions_path = self.dir / LOG_POSITIONS_DB
         self._local = threading.local()
         con = self._con()
         with con:
             con.executescript(_SCHEMA)
+        self._positions().executescript(_POSITIONS)
+        if con.execute(_HAS_CONSUMERS).fetchone():
+            self._move_positions()
 
     def _con(self) -> sqlite3.Connection:
         con: sqlite3.Connection | None = getattr(self._local, "con", None)
@@ -59,6 +71,31 @@ class SQLiteLog:
             con.execute("PRAGMA wal_autocheckpoint=4000")
             self._local.con = con
         return con
+
+    def _positions(self) -> sqlite3.Connection:
+        """``positions.db``: committed without an fsync of its own (``synchronous=NORMAL``
+        in WAL mode: a crash may lose the last position noted, which is for metrics)."""
+        con: sqlite3.Connection | None = getattr(self._local, "positions", None)
+        if con is None:
+            con = sqlite3.connect(self.positions_path, timeout=30, isolation_level=None)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            self._local.positions = con
+        return con
+
+    def _move_positions(self) -> None:
+        """A log made before ``positions.db`` kept the positions in its own ``consumers``
+        table: they move there once (the newer of two wins), then that table goes."""
+        with self._writing() as con:
+            if not con.execute(_HAS_CONSUMERS).fetchone():  # another process moved them
+                return
+            rows = con.execute("SELECT grp, position, updated_at FROM consumers").fetchall()
+            self._positions().executemany(
+                "INSERT INTO consumers (grp, position, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(grp) DO UPDATE SET position = excluded.position,"
+                " updated_at = excluded.updated_at"
+                " WHERE excluded.updated_at > consumers.updated_at", rows)
+            con.execute("DROP TABLE consumers")
 
     @contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
@@ -126,7 +163,8 @@ class SQLiteLog:
         return [Record(*r) for r in rows]
 
     def position(self, group: str) -> int:
-        row = self._con().execute("SELECT position FROM consumers WHERE grp = ?", (group,)).fetchone()
+        row = self._positions().execute("SELECT position FROM consumers WHERE grp = ?",
+                                        (group,)).fetchone()
         return int(row[0]) if row else 0
 
     def positions(self, group: str) -> dict[int, int]:
@@ -137,7 +175,7 @@ class SQLiteLog:
         if 0 not in pos:
             return
         offset = pos[0]
-        self._con().execute(
+        self._positions().execute(
             "INSERT INTO consumers (grp, position, updated_at) VALUES (?, ?, ?)"
             " ON CONFLICT(grp) DO UPDATE SET position = excluded.position,"
             " updated_at = excluded.updated_at",
@@ -176,7 +214,8 @@ class SQLiteLog:
         row = con.execute("SELECT seq, cum FROM records ORDER BY seq DESC LIMIT 1").fetchone()
         head, total = (int(row[0]), int(row[1])) if row else (0, 0)
         lag: dict[str, int] = {}
-        for grp, pos in con.execute("SELECT grp, position FROM consumers").fetchall():
+        for grp, pos in self._positions().execute(
+                "SELECT grp, position FROM consumers").fetchall():
             if pos >= head:
                 lag[grp] = 0
                 continue
@@ -189,10 +228,11 @@ class SQLiteLog:
         return LogStats(head, total, size, lag)
 
     def close(self) -> None:
-        con = getattr(self._local, "con", None)
-        if con is not None:
-            con.close()
-            self._local.con = None
+        for name in ("con", "positions"):
+            con = getattr(self._local, name, None)
+            if con is not None:
+                con.close()
+                setattr(self._local, name, None)
         fd = getattr(self._local, "lock_fd", None)
         if fd is not None:
             os.close(fd)
