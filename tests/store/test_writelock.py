@@ -161,3 +161,68 @@ def test_a_chunk_with_rectifications_to_apply_waits_for_the_publisher(
     finally:
         store.close()
         wh.close()
+
+
+def test_a_waiting_writer_goes_before_chunks_that_were_waiting_already() -> None:
+    """The processor's next chunk is usually waiting when its last one ends: a writer
+    (the publisher's mark) that waits meanwhile goes first, else it would wait another
+    chunk at each turn."""
+    lock = WriteLock()
+    first_in, first_leave = threading.Event(), threading.Event()
+    second_in, second_leave = threading.Event(), threading.Event()
+    writer_in, writer_leave = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with lock:
+            writer_in.set()
+            assert writer_leave.wait(MOVES)
+
+    started(hold(lock, first_in, first_leave))
+    assert first_in.wait(MOVES)
+    started(hold(lock, second_in, second_leave))  # waits first: one chunk at a time
+    assert not second_in.wait(STILL)
+    started(writer)
+    assert not writer_in.wait(STILL)  # the chunk in is not disturbed
+    first_leave.set()
+    assert writer_in.wait(MOVES)
+    assert not second_in.wait(STILL)  # the writer first
+    writer_leave.set()
+    assert second_in.wait(MOVES)
+    second_leave.set()
+
+
+def test_a_lock_taken_opened_lets_the_chunk_in_go_on_and_shut_waits_for_it() -> None:
+    """The publisher's steps 2 and 3 take the lock opened: the chunk being written goes on
+    (no wait for it), other writers wait, and :meth:`WriteLock.shut` waits for the chunk."""
+    lock = WriteLock()
+    chunk_in, chunk_leave = threading.Event(), threading.Event()
+    writer_in = threading.Event()
+    shut = threading.Event()
+
+    def writer() -> None:
+        with lock:
+            writer_in.set()
+
+    started(hold(lock, chunk_in, chunk_leave))
+    assert chunk_in.wait(MOVES)
+    _, taken = started(lambda: lock.acquire(opened=True))
+    assert taken.wait(MOVES)  # while the chunk is still in
+    started(writer)
+    assert not writer_in.wait(STILL)
+
+    ended_first: list[bool] = []
+
+    def shut_it() -> None:
+        lock.shut()
+        ended_first.append(chunk_leave.is_set())
+        shut.set()
+
+    started(shut_it)
+    assert not shut.wait(STILL)
+    chunk_leave.set()
+    assert shut.wait(MOVES) and ended_first == [True]  # only once the chunk had ended
+    assert not writer_in.wait(STILL)  # the holder's alone now
+    lock.release()
+    assert writer_in.wait(MOVES)
+    with pytest.raises(RuntimeError, match="only the holder"):
+        lock.shut()

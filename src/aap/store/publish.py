@@ -135,10 +135,14 @@ class Publisher:
                 return out
             self.step("marked")
         staged = handover.stage_batch(self.wh, seq) if self.wh.handover else None
-        with self.wh.write_lock:
+        # held opened: the chunk being written goes on (steps 2 and 3 let chunks in anyway)
+        self.wh.write_lock.acquire(opened=True)
+        try:
             if seq not in self._pending():  # finished meanwhile by a rewrite's settle
                 return out
             out["files"] = self._finish(seq, staged, opened=True)
+        finally:
+            self.wh.write_lock.release()
         if out["files"] < 0:
             out["dropped"] = out["rows"]
             return out
@@ -168,8 +172,9 @@ class Publisher:
         published past by another processor, :mod:`aap.store.handover`): then it is
         dropped, with everything not published yet. ``staged``: whether the batch's
         streams were staged already, with some (None: not yet). ``opened``: the
-        processor's chunks may be written during steps 2 and 3 (the publishing turn;
-        a settle, which others call before they change rows, keeps them out)."""
+        processor's chunks may be written during steps 2 and 3 (the publishing turn,
+        which holds the lock opened from the start; a settle, which others call before
+        they change rows, keeps them out)."""
         files: list[TierFile] = []
         if self.files.published() < seq:
             try:
@@ -178,6 +183,8 @@ class Publisher:
                 logger.warning("publishing: batch %d is stale (%s)", seq, exc)
                 self.step("dropped")
                 return -1
+        if opened:  # step 4 alone (listed already, _list did not shut it)
+            self.wh.write_lock.shut()
         self.step("listed")
         with self.wh.transaction() as cur:
             cur.execute(f"DELETE FROM events_raw WHERE {PUBLISH_BATCH} = $seq", {"seq": seq})

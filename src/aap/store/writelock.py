@@ -10,7 +10,13 @@ time), which read only what the mark step set aside and what a DuckDB snapshot s
 so a chunk committed meanwhile is as one committed just after the listing
 (:mod:`aap.store.publish`). Everyone else (erasures, rectifications, rewrites, tiering,
 the mark and the end of a batch) still waits for the holder to let go, and closing the
-lock waits for the chunk that is in.
+lock (:meth:`WriteLock.shut`) waits for the chunk that is in.
+
+A writer waiting for the lock goes before the chunks that come after it began to wait
+(else the processor, whose next chunk is usually waiting already, takes the lock back
+as soon as its last chunk lets go, and the publisher's turn waits another chunk), and
+the publisher takes it for steps 2 and 3 already opened (``acquire(opened=True)``): it
+need not wait for the chunk that is in, only for other holders.
 """
 
 from __future__ import annotations
@@ -29,11 +35,22 @@ class WriteLock:
         """The holder lets chunks in."""
         self._chunk = False
         """A chunk is being written."""
+        self._wanting = 0
+        """Writers waiting for the lock: no new chunk goes in before them."""
 
-    def acquire(self) -> bool:
+    def acquire(self, opened: bool = False) -> bool:
+        """Held alone once no one holds it and no chunk is in; ``opened``: held already
+        opened to chunks (:meth:`opened`), so the chunk that is in goes on (the holder
+        may do only what it may do opened until it :meth:`shut` it)."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._held and not self._chunk)
+            self._wanting += 1
+            try:
+                self._cond.wait_for(lambda: not self._held and (opened or not self._chunk))
+            finally:
+                self._wanting -= 1
             self._held = True
+            self._open = opened
+            self._cond.notify_all()
         return True
 
     def release(self) -> None:
@@ -57,7 +74,8 @@ class WriteLock:
     def chunk(self) -> Iterator[None]:
         """A chunk's write: when the lock is free or opened, one chunk at a time."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._chunk and (not self._held or self._open))
+            self._cond.wait_for(lambda: not self._chunk and (
+                self._open or (not self._held and not self._wanting)))
             self._chunk = True
         try:
             yield
@@ -78,6 +96,13 @@ class WriteLock:
         try:
             yield
         finally:
-            with self._cond:
-                self._open = False
-                self._cond.wait_for(lambda: not self._chunk)
+            self.shut()
+
+    def shut(self) -> None:
+        """Held by the caller: no chunk comes in any more; returns once the one being
+        written has ended (the caller holds the lock alone)."""
+        with self._cond:
+            if not self._held:
+                raise RuntimeError("only the holder of the write lock can shut it")
+            self._open = False
+            self._cond.wait_for(lambda: not self._chunk)
