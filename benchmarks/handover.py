@@ -78,26 +78,35 @@ class HeldLock(WriteLock):
         self.open = 0.0
         """Time the holder let chunks in (the batch's files written and listed)."""
         self._since = 0.0
+        self._opened = False
 
-    def acquire(self) -> bool:
-        super().acquire()
-        self._since = time.perf_counter()
+    def _count(self, opened: bool) -> None:
+        """The time since the last change goes to the state it was in; now ``opened``."""
+        now = time.perf_counter()
+        if self._opened:
+            self.open += now - self._since
+        else:
+            self.held += now - self._since
+        self._since, self._opened = now, opened
+
+    def acquire(self, opened: bool = False) -> bool:
+        super().acquire(opened)
+        self._since, self._opened = time.perf_counter(), opened
         return True
 
     def release(self) -> None:
-        self.held += time.perf_counter() - self._since
+        self._count(False)
         super().release()
 
     @contextmanager
     def opened(self) -> Iterator[None]:
-        now = time.perf_counter()
-        self.held += now - self._since
-        try:
-            with super().opened():
-                yield
-        finally:
-            self._since = time.perf_counter()
-            self.open += self._since - now
+        self._count(True)
+        with super().opened():  # its end shuts the lock (below)
+            yield
+
+    def shut(self) -> None:
+        super().shut()
+        self._count(False)  # the wait for the chunk that was in: still open
 
 
 def _warehouse(tmp: Path, name: str, meta_url: str, on: bool) -> Warehouse:

@@ -38,6 +38,7 @@ def test_the_commands_are_the_benchmarks_own() -> None:
         pipeline,
         privacy,
         publishmark,
+        publishturn,
         query,
         scale,
         scrub,
@@ -51,7 +52,7 @@ def test_the_commands_are_the_benchmarks_own() -> None:
     group = cli.bench
     ctx = click.Context(group)
     for module in (cluster, devices, handover, imports, ingest, pipeline, privacy, publishmark,
-                   query, scale, scrub, sharedstate, stream, web):
+                   publishturn, query, scale, scrub, sharedstate, stream, web):
         assert group.get_command(ctx, module.__name__.rsplit(".", 1)[1]) is module.main
 
 
@@ -94,6 +95,12 @@ def test_bench_publishmark_runs_and_prints_the_figures_it_names() -> None:
     bench_prints(["publishmark", "--events", "2000", "--rounds", "2"], (
         "mark, in place (publish_batch)", "mark, copy to hot_publishing (baseline)",
         "bytes/event", "forget", "ratio copy / in place: mark time", "a 64 MB checkpoint every"))
+
+
+def test_bench_publishturn_runs_and_prints_the_figures_it_names() -> None:
+    bench_prints(["publishturn", "--events", "500", "--seconds", "4"], (
+        "first come (baseline)", "turn p50", "p95", "waits p50 ms: mark", "steps 2-3",
+        "before step 4", "chunks/s", "ratio first come / now: turn p50"))
 
 
 @pytest.mark.slow  # a PostgreSQL server and two servers

@@ -620,7 +620,8 @@ def demo(people: int, seed: int, keep: bool, page: bool, page_port: int,
 
 
 BENCHMARKS = ("ingest", "query", "pipeline", "privacy", "scrub", "stream", "web", "devices",
-              "imports", "scale", "cluster", "handover", "sharedstate", "publishmark")
+              "imports", "scale", "cluster", "handover", "sharedstate", "publishmark",
+              "publishturn")
 """The modules of ``benchmarks/`` that ``aap bench`` runs (each defines its command)."""
 
 

@@ -29,13 +29,13 @@ from contextlib import contextmanager
 class WriteLock:
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._held = False
+        self._held: bool = False
         """Someone holds the lock (alone, or opened to chunks)."""
-        self._open = False
+        self._open: bool = False
         """The holder lets chunks in."""
-        self._chunk = False
+        self._chunk: bool = False
         """A chunk is being written."""
-        self._wanting = 0
+        self._wanting: int = 0
         """Writers waiting for the lock: no new chunk goes in before them."""
 
     def acquire(self, opened: bool = False) -> bool:
