@@ -36,8 +36,6 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,17 +87,8 @@ class FirstComeLock(TimedLock):
             self._held, self._open = True, opened
             self._cond.notify_all()
 
-    @contextmanager
-    def chunk(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._chunk and (not self._held or self._open))
-            self._chunk = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._chunk = False
-                self._cond.notify_all()
+    def _chunk_may_enter(self) -> bool:
+        return not self._chunk and (not self._held or self._open)
 
 
 def _run_one(tmp: Path, name: str, lock: TimedLock, events: int, seconds: float

@@ -70,12 +70,16 @@ class WriteLock:
         with self._cond:
             return self._held or self._chunk
 
+    def _chunk_may_enter(self) -> bool:
+        """(With the condition's lock.) No chunk is in, and the lock is opened, or free
+        with no writer waiting for it."""
+        return not self._chunk and (self._open or (not self._held and not self._wanting))
+
     @contextmanager
     def chunk(self) -> Iterator[None]:
         """A chunk's write: when the lock is free or opened, one chunk at a time."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._chunk and (
-                self._open or (not self._held and not self._wanting)))
+            self._cond.wait_for(self._chunk_may_enter)
             self._chunk = True
         try:
             yield
