@@ -46,11 +46,11 @@ class WriteLock:
             self._wanting += 1
             try:
                 self._cond.wait_for(lambda: not self._held and (opened or not self._chunk))
+                self._held = True
+                self._open = opened
             finally:
                 self._wanting -= 1
-            self._held = True
-            self._open = opened
-            self._cond.notify_all()
+                self._cond.notify_all()  # chunks waited for this writer (or it gave up)
         return True
 
     def release(self) -> None:
