@@ -142,6 +142,72 @@ def cluster_up(data_dir: Path | None, collectors: int, processors: int, query: i
         raise click.ClickException(str(exc)) from None
 
 
+def _erasure_record(data_dir: Path | None) -> Any:
+    """The record of erasures on the shared-state database of the list of live files."""
+    from aap.datadir import DataDir
+    from aap.store import erasures, filelist
+    from aap.store.meta import MetaUnavailable
+    from aap.store.publish import shared_list
+
+    settings = _settings(data_dir=data_dir)
+    if settings.tiers.publish_seconds <= 0:
+        raise click.ClickException(
+            "publishing is off (AAP_PUBLISH_SECONDS=0): no writer publishes to a shared"
+            " list of live files, and none holds a record of erasures")
+    where = DataDir(settings.data_path).tier_list_db
+    if not settings.storage.meta_url and not where.exists():
+        raise click.ClickException(f"no list of live files at {where}: no warehouse of this"
+                                   " data dir has published yet (or set AAP_META_URL)")
+    try:
+        db = shared_list(settings.data_path, settings.tiers.publish_seconds,
+                         settings.storage.meta_url)
+        assert db is not None
+        db.migrate(filelist.SCHEMA)
+        return erasures.SharedErasures(db)
+    except (MetaUnavailable, erasures.ErasuresUnavailable) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cluster.command("writers")
+@data_dir_option
+def cluster_writers(data_dir: Path | None) -> None:
+    """List the warehouses that publish batch files (writers) and the last erasure each
+    applied: the record of erasures keeps a row until every writer listed applied it."""
+    from datetime import UTC, datetime
+
+    record = _erasure_record(data_dir)
+    position, kept = record.read(0)
+    click.echo(f"record of erasures: {position} recorded, {len(kept)} kept"
+               + (f" ({kept[0].seq} to {kept[-1].seq})" if kept else ""))
+    for w in record.writers():
+        at = datetime.fromtimestamp(w.at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        behind = position - w.applied
+        click.echo(f"{w.writer}\tlast batch listed {w.published}\terasures applied"
+                   f" {w.applied} ({behind} behind)\tnoted {at} UTC")
+
+
+@cluster.command("retire")
+@click.argument("writer")
+@data_dir_option
+def cluster_retire(writer: str, data_dir: Path | None) -> None:
+    """Stop waiting for WRITER (see `aap cluster writers`), a warehouse gone for good: the
+    record's rows every other writer applied are deleted. If it comes back, it applies
+    the erasures it missed as every destroyed id of the shared keystore, or, without
+    one, publishes nothing more (README, "Erasure in every processor's hot rows")."""
+    from aap.privacy.audit import AuditLog
+    from aap.store.erasures import UnknownWriter
+
+    record = _erasure_record(data_dir)
+    try:
+        pruned = record.retire(writer)
+    except UnknownWriter:
+        raise click.ClickException(f"no writer {writer!r} counts for the record of erasures"
+                                   " (see `aap cluster writers`)") from None
+    AuditLog(_settings(data_dir=data_dir).data_path).append(
+        _actor(), "writer.retired", {"writer": writer, "erasures_pruned": pruned})
+    click.echo(f"retired writer {writer}: {pruned} erasure(s) left the record")
+
+
 @cli.command()
 @data_dir_option
 @click.option("--query", "reader", is_flag=True,

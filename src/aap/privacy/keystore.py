@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from aap.datadir import DataDir
 from aap.privacy.ids import key_of
-from aap.store.meta import POSTGRESQL, Bulk, Fetch, Tx, open_meta
+from aap.store.meta import POSTGRESQL, Bulk, Fetch, MetaDB, Tx, open_meta
 from aap.store.migrations import Schema, sql_step
 
 _SCHEMA = """
@@ -159,6 +159,11 @@ class Keystore:
         # forgotten earlier may have come back as a new subject since).
         row = self._db.fetchone("SELECT coalesce(max(seq), 0) FROM forgotten")
         self._forgotten_seq = int(row[0]) if row else 0
+
+    def shared_with(self, db: MetaDB) -> bool:
+        """Whether this keystore is on the shared database ``db`` is on (PostgreSQL): then
+        its destroyed ids are every processor's erasures."""
+        return self._db.dialect == POSTGRESQL and self._db.where == db.where
 
     # -- data keys --
 

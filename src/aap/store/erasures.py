@@ -39,8 +39,17 @@ more, another processor's unpublished rows of that person were published later. 
 - **pruning**: each writer notes the last erasure it applied in ``erasure_appliers`` (at
   start-up too, so that it counts from then on); the record's rows every registered
   writer has applied are deleted (on SQLite with ``secure_delete`` and the WAL
-  truncated). A writer that stops for good holds the rows back until its row of
-  ``erasure_appliers`` is deleted by hand (see docs/scale.md).
+  truncated). A writer that stops for good holds the rows back until it is retired
+  (``aap cluster retire WRITER``, :meth:`SharedErasures.retire`: its row goes).
+- **a retired writer that comes back** finds erasures missing from the record: it reads
+  the record's position with its rows (one statement), and a gap after the last one it
+  read means rows were pruned before it applied them. Their persons are named nowhere
+  but in the keystore's destroyed ids, so with the keystore on the same shared database
+  (PostgreSQL) the gap is applied as one erasure of every destroyed id this warehouse
+  holds (:attr:`Erasure.everyone`; a writer whose hot tables hold nobody, a new one, has
+  nothing to apply); without it (SQLite files) the writer publishes nothing more
+  (:class:`ErasuresLost`, :meth:`ErasureMirror.check_lost`): its rows are kept, none is
+  listed.
 
 Not covered here: consent withdrawal already runs on every processor from the shared
 consent ledger (:meth:`aap.process.processor.Processor._apply_withdrawals`), and so does a
@@ -103,11 +112,35 @@ class ErasuresUnavailable(IdentitiesUnavailable):
     """The record cannot be read or written now: the chunk (or the batch) waits."""
 
 
+class ErasuresLost(RuntimeError):
+    """Erasures were pruned from the record before this writer applied them (it was
+    retired while it was away) and no shared keystore names their persons: this warehouse
+    publishes nothing more (its rows are kept)."""
+
+
+class UnknownWriter(KeyError):
+    """No writer of that name counts for the record's pruning."""
+
+
 @dataclass(frozen=True, slots=True)
 class Erasure:
     seq: int
     persons: frozenset[int]
     keys: frozenset[int]
+    everyone: bool = False
+    """Not a row of the record: the erasures pruned before this writer read them, as
+    every destroyed id of the shared keystore (narrowed to the ids this warehouse holds
+    when applied)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Writer:
+    """A writer that counts for pruning, as :meth:`SharedErasures.writers` lists it."""
+    writer: str
+    applied: int
+    at_ms: int
+    published: int
+    """Its last batch in the list of live files (0: none)."""
 
 
 class SharedErasures:
@@ -135,10 +168,19 @@ class SharedErasures:
 
     def since(self, seq: int) -> list[Erasure]:
         """The erasures recorded after ``seq``, in order."""
+        return self.read(seq)[1]
+
+    def read(self, seq: int) -> tuple[int, list[Erasure]]:
+        """The record's position and the erasures after ``seq`` still in it, in order, in
+        one statement (one snapshot: an erasure's row and the position are committed
+        together, so a row up to the position that is missing was pruned)."""
         rows = self._call(lambda: self.db.fetchall(
-            "SELECT seq, persons, id_keys FROM erasures WHERE seq > ? ORDER BY seq", (seq,)))
-        return [Erasure(int(s), frozenset(json.loads(p)), frozenset(json.loads(k)))
-                for s, p, k in rows]
+            "SELECT c.seq, e.seq, e.persons, e.id_keys FROM (SELECT 1 AS one) AS x"
+            " LEFT JOIN erasure_counter c ON c.one = x.one"
+            " LEFT JOIN erasures e ON e.seq > ? ORDER BY e.seq", (seq,)))
+        position = int(rows[0][0]) if rows and rows[0][0] is not None else 0
+        return position, [Erasure(int(s), frozenset(json.loads(p)), frozenset(json.loads(k)))
+                          for _, s, p, k in rows if s is not None]
 
     def position(self) -> int:
         row = self._call(lambda: self.db.fetchone(
@@ -160,15 +202,44 @@ class SharedErasures:
             tx.execute("INSERT INTO erasure_appliers VALUES (?, ?, ?) ON CONFLICT (writer)"
                        " DO UPDATE SET applied = excluded.applied, at_ms = excluded.at_ms",
                        (writer, seq, int(time.time() * 1000)))
-            if self.db.dialect == SQLITE:  # the pruned rows' bytes are overwritten
-                tx.execute("PRAGMA secure_delete = ON")
-            return tx.execute("DELETE FROM erasures WHERE seq <= (SELECT min(applied)"
-                              " FROM erasure_appliers)")
+            return self._prune(tx)
 
-        gone = int(self._call(lambda: self.db.write(note)))
+        return self._pruned(self._call(lambda: self.db.write(note)))
+
+    def writers(self) -> list[Writer]:
+        """The writers that count for pruning (the record's rows are kept until each of
+        them applied them), by name."""
+        rows = self._call(lambda: self.db.fetchall(
+            "SELECT a.writer, a.applied, a.at_ms, coalesce(w.published, 0)"
+            " FROM erasure_appliers a LEFT JOIN tier_writers w ON w.writer = a.writer"
+            " ORDER BY a.writer"))
+        return [Writer(str(w), int(a), int(t), int(p)) for w, a, t, p in rows]
+
+    def retire(self, writer: str) -> int:
+        """``writer`` is gone for good: it no longer holds the record's rows back (if it
+        comes back, it finds the gap: see the module's doc). Returns the rows pruned;
+        :class:`UnknownWriter` when no such writer counts."""
+        def drop(tx: Tx) -> int | None:
+            if not tx.execute("DELETE FROM erasure_appliers WHERE writer = ?", (writer,)):
+                return None
+            return self._prune(tx)
+
+        gone = self._call(lambda: self.db.write(drop))
+        if gone is None:
+            raise UnknownWriter(writer)
+        return self._pruned(gone)
+
+    def _prune(self, tx: Tx) -> int:
+        """The rows every writer that counts applied go (none when none counts)."""
+        if self.db.dialect == SQLITE:  # the pruned rows' bytes are overwritten
+            tx.execute("PRAGMA secure_delete = ON")
+        return tx.execute("DELETE FROM erasures WHERE seq <= (SELECT min(applied)"
+                          " FROM erasure_appliers)")
+
+    def _pruned(self, gone: int) -> int:
         if gone:
             self.db.shredded()
-        return gone
+        return int(gone)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         with translated(ErasuresUnavailable,
@@ -183,6 +254,10 @@ Found = Callable[[set[int], set[int]], object]
 """Called after an erasure was applied here, with the persons and keyed ids it reached in
 this warehouse (the core erases them from the shared identities too: a chunk built
 before the erasure reached this processor may have linked them again)."""
+Everyone = Callable[[], set[int]]
+"""The keyed ids of every erased person, from the keystore when it is on the record's
+shared database (else unset: erasures pruned before this writer read them cannot be
+named)."""
 
 
 class ErasureMirror:
@@ -200,6 +275,10 @@ class ErasureMirror:
         flight read the record."""
         self.suppress: Suppress | None = None
         self.found: Found | None = None
+        self.everyone: Everyone | None = None
+        self.lost: tuple[int, int] | None = None
+        """Erasures pruned before this writer read them (first, last), while
+        ``everyone`` cannot stand for them."""
         self._own: set[int] = set()
         """Erasures recorded here: the erasure itself reaches the shared identities."""
         self._lock = threading.Lock()
@@ -208,7 +287,10 @@ class ErasureMirror:
         """Read the erasures recorded since the last read (their ids to ``suppress``);
         returns the number of the last one read."""
         with self._lock:
-            new = self.store.since(self.known)
+            position, new = self.store.read(self.known)
+            first = new[0].seq if new else position + 1
+            if position > self.known and first > self.known + 1:
+                self._gap(self.known + 1, first - 1)
             if new:
                 for e in new:
                     self.recent[e.seq] = e
@@ -216,6 +298,51 @@ class ErasureMirror:
                     self.suppress(set().union(*(e.keys for e in new)))
                 self.known = new[-1].seq
             return self.known
+
+    def _gap(self, first: int, last: int) -> None:
+        """Erasures ``first`` to ``last`` were pruned before they were read here (this
+        writer was retired while it was away): they are applied as one erasure of every
+        destroyed id, else publishing stops (with ``self._lock`` held)."""
+        if self.lost is not None:
+            first = min(first, self.lost[0])
+        self.known = last
+        if self.lost is None and self._holds_nobody():  # a new writer: nothing to erase
+            return
+        logger.warning("erasures %d to %d left the record before writer %s read them (it"
+                       " was retired while it was away)", first, last, self.writer)
+        if self.everyone is None:
+            self.lost = (first, last)
+            return
+        self.lost = None
+        self.recent[last] = Erasure(last, frozenset(), frozenset(self.everyone()),
+                                    everyone=True)
+
+    def _holds_nobody(self) -> bool:
+        """No person's id nor event is in this warehouse's hot tables (a new one)."""
+        cur = self.warehouse.con.cursor()
+        try:
+            row = cur.execute("SELECT (SELECT count(*) FROM person_ids)"
+                              " + (SELECT count(*) FROM events_raw)").fetchone()
+            return not row or not row[0]
+        finally:
+            cur.close()
+
+    def check_lost(self) -> None:
+        """Raise :class:`ErasuresLost` while erasures are lost here (the publisher, before
+        it marks a batch and when a listing is refused)."""
+        with self._lock:
+            if self.lost is not None and self.everyone is not None:
+                self._gap(*self.lost)
+            if self.lost is not None:
+                first, last = self.lost
+                raise ErasuresLost(
+                    f"erasures {first} to {last} left the record of erasures before writer"
+                    f" {self.writer} applied them (it was retired while it was away,"
+                    " `aap cluster retire`), and the keystore is not on the shared database"
+                    " (AAP_META_URL) to name their persons: its unpublished rows may hold"
+                    " erased persons, so it publishes nothing more. Its rows are kept (and"
+                    " answer its queries); to drop them, stop it and remove its warehouse"
+                    " (DATA_DIR/warehouse).")
 
     def register(self) -> None:
         """At start-up: this writer counts for pruning from now on."""
@@ -227,6 +354,8 @@ class ErasureMirror:
         per erasure."""
         self.refresh()
         with self._lock:
+            if self.lost is not None and self.everyone is not None:
+                self._gap(*self.lost)  # the keystore was connected since
             todo = [e for s, e in sorted(self.recent.items()) if s > self.applied]
         if not todo:
             return {}
@@ -234,9 +363,9 @@ class ErasureMirror:
         reached: list[tuple[set[int], set[int]]] = []
         with self.warehouse.transaction() as cur:
             for e in todo:
-                counts, persons = _erase(cur, e)
+                counts, persons, keys = _erase(cur, e)
                 out[e.seq] = counts
-                reached.append((persons, set(e.keys)))
+                reached.append((persons, keys))
             cur.execute("INSERT INTO processor_state VALUES ($n, $v) ON CONFLICT (name)"
                         " DO UPDATE SET value = excluded.value",
                         {"n": APPLIED, "v": todo[-1].seq})
@@ -264,8 +393,9 @@ class ErasureMirror:
 
     def unchanged(self, tx: Tx) -> bool:
         """In the shared list's transaction that lists a batch: no erasure was recorded
-        after the last one applied here (:meth:`SharedErasures.unchanged`)."""
-        return self.store.unchanged(tx, self.applied)
+        after the last one applied here (:meth:`SharedErasures.unchanged`); never while
+        erasures are lost here (:meth:`check_lost` raises then)."""
+        return self.lost is None and self.store.unchanged(tx, self.applied)
 
     def in_chunk(self, cur: duckdb.DuckDBPyConnection, seen: int) -> None:
         """In a chunk's write transaction (the write lock held): the erasures applied
@@ -279,11 +409,17 @@ class ErasureMirror:
             _erase(cur, e)
 
 
-def _erase(cur: duckdb.DuckDBPyConnection, e: Erasure) -> tuple[dict[str, int], set[int]]:
+def _erase(cur: duckdb.DuckDBPyConnection, e: Erasure
+           ) -> tuple[dict[str, int], set[int], set[int]]:
     """The erasure's rows deleted from the hot tables (the cursor's transaction): the
     persons recorded and those this warehouse's ids give its keyed ids, with every person
-    merged into them. Returns the counts and the persons."""
+    merged into them. Returns the counts, the persons and the keyed ids."""
     keys = sorted(e.keys)
+    if e.everyone:  # every destroyed id: those this warehouse holds (one join, not a scan
+        keys = sorted(int(r[0]) for r in cur.execute(  # of the list per row)
+            "SELECT id_key FROM person_ids WHERE id_key IN (SELECT unnest($keys))"
+            " UNION SELECT stream_key FROM session_streams"
+            " WHERE stream_key IN (SELECT unnest($keys))", {"keys": keys}).fetchall())
     found = {int(r[0]) for r in cur.execute(
         "SELECT coalesce(o.person_id, i.person_id) FROM person_ids i LEFT JOIN"
         " person_overrides o ON o.old_person_id = i.person_id"
@@ -308,7 +444,7 @@ def _erase(cur: duckdb.DuckDBPyConnection, e: Erasure) -> tuple[dict[str, int], 
         f"DELETE FROM events_raw WHERE {PUBLISH_BATCH} IS NOT NULL"
         " AND list_contains($persons, person_id)", params)
     erase_hot(out, params)(count)
-    return out, persons
+    return out, persons, set(keys)
 
 
 def _checkpoint(wh: Warehouse) -> None:
@@ -324,13 +460,17 @@ def connect(mirror: ErasureMirror, keystore: Keystore,
             identities: SharedIdentities | None = None) -> None:
     """The core's hooks: the ids of erasures read from the record join ``keystore``'s
     destroyed ones (shared or not: the processor drops their events as
-    ``erased_subject``), and what an erasure reached here leaves ``identities`` too."""
+    ``erased_subject``), and what an erasure reached here leaves ``identities`` too; a
+    keystore on the record's shared database stands for erasures pruned before this
+    writer read them (``everyone``)."""
     def suppress(keys: set[int]) -> None:
         new = keys - keystore.refresh_destroyed()
         if new:
             keystore.destroy(new)
 
     mirror.suppress = suppress
+    if keystore.shared_with(mirror.store.db):
+        mirror.everyone = keystore.refresh_destroyed
     if identities is not None:
         mirror.found = identities.erase
 

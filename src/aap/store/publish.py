@@ -47,6 +47,7 @@ from typing import Any
 
 from aap.datadir import DataDir
 from aap.store import handover, published, quarantine
+from aap.store.erasures import ErasuresLost
 from aap.store.filelist import MARKED, SharedList, Stale, TierFile, is_shared
 from aap.store.meta import MetaDB, open_meta
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS, PUBLISH_BATCH
@@ -130,6 +131,8 @@ class Publisher:
         out = {"rows": 0, "files": 0, "finished": 0}
         with self.wh.write_lock:
             out["finished"] = self.settle()
+            if self.wh.erasures is not None:  # nothing is marked that cannot be listed
+                self.wh.erasures.check_lost()
             seq = self._mark(out)
             if not seq:
                 return out
@@ -232,6 +235,7 @@ class Publisher:
                 raise                                    # not published yet
             except Stale:
                 assert erasures is not None
+                erasures.check_lost()  # erasures lost here: refused for good
                 if attempt == STALE_ATTEMPTS - 1:
                     raise
                 erasures.apply()
@@ -285,10 +289,15 @@ class Publisher:
         end: a batch's own time is not added to every row's wait), and at least a tenth
         of the interval after it ended."""
         took = 0.0
+        lost = ""
         while not self.stop.wait(max(self.interval - took, self.interval / 10)):
             began = time.monotonic()
             try:
                 out: dict[str, Any] = self.publish_once()
+            except ErasuresLost as exc:  # said once, not every turn
+                if str(exc) != lost:
+                    logger.error("publishing stopped: %s", exc)
+                lost = str(exc)
             except Exception:
                 logger.exception("publishing failed; the batch is finished at the next turn")
             else:

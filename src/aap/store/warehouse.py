@@ -316,6 +316,10 @@ class ErasuresView(Protocol):
         """In the shared list's write transaction: no erasure came after the last applied."""
         ...
 
+    def check_lost(self) -> None:
+        """Raises while erasures left the record before they were applied here."""
+        ...
+
     def in_chunk(self, cur: duckdb.DuckDBPyConnection, seen: int) -> None: ...
 
 
