@@ -26,7 +26,7 @@ from aap.privacy.audit import AuditLog
 from aap.privacy.keystore import Keystore
 from aap.privacy.rights import Rights
 from aap.process.processor import Processor
-from aap.store import erasures
+from aap.store import erasures, filelist
 from aap.store.identities import SharedIdentities
 from aap.store.meta import open_meta
 from aap.store.publish import Publisher
@@ -257,4 +257,126 @@ def test_the_record_is_kept_until_every_registered_writer_applied_it(
     assert store.applied("w2", 2) == 1
     assert store.since(0) == [] and store.position() == 2
     assert store.append({9}, {90}) == 3
+    db.close()
+
+
+def test_a_retired_writer_no_longer_holds_the_record_back(tmp_path: Path, meta_url: str) -> None:
+    """Retiring a writer (gone for good) deletes its row of ``erasure_appliers`` and the
+    rows every other writer applied; an unknown writer is refused."""
+    db = open_meta(tmp_path / "tiers.db", meta_url)
+    db.migrate(filelist.SCHEMA)
+    store = erasures.SharedErasures(db)
+    store.applied("w1", 0)
+    store.applied("w2", 0)
+    store.append({7}, {70})
+    store.append({8}, {80})
+    assert store.applied("w1", 2) == 0  # w2 holds both back
+    assert [(w.writer, w.applied, w.published) for w in store.writers()] == [
+        ("w1", 2, 0), ("w2", 0, 0)]
+    assert store.retire("w2") == 2
+    assert store.read(0) == (2, [])
+    assert [w.writer for w in store.writers()] == ["w1"]
+    with pytest.raises(erasures.UnknownWriter):
+        store.retire("w2")
+    assert store.append({9}, {90}) == 3  # numbers go on
+    assert store.read(0)[0] == 3 and [e.seq for e in store.since(0)] == [3]
+    db.close()
+
+
+def test_a_retired_writer_that_comes_back_lists_nothing_of_those_erased_meanwhile(
+        tmp_path: Path, meta_url: str) -> None:
+    """B holds Ana's rows hot and stops; Ana is erased through A; B is retired, so the
+    record's row goes (A applied it); then B comes back. Its hot rows must not be listed
+    with Ana's in them: with the keystore on PostgreSQL the gap in the record is applied
+    as every destroyed id (Ana's rows go, Bo's are published); with SQLite files nothing
+    names Ana there, so B publishes nothing and keeps its rows. A new writer that starts
+    after the prune (C, nobody in its tables) is not held up."""
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "logs").mkdir()
+    a, b = Node(tmp_path, "a", meta_url), Node(tmp_path, "b", meta_url)
+    rights = Rights(a.data, a.wh, a.keystore, HASHER, AuditLog(a.data, url=meta_url))
+    rights.identities = a.identities
+    feed(a, [ev(1, anonymous_id="cy-anon", properties={"note": KEPT})])
+    feed(b, bo_events(10) + ana_events(20))  # hot on B, not published
+    gone_writer = b.wh.files.writer  # type: ignore[attr-defined]
+    b.close()
+    rights.erase_keys([key("ana-user")], {"userIds": 1}, "test")
+    record = erasures.SharedErasures(a.wh.files.db)  # type: ignore[attr-defined]
+    assert [e.seq for e in record.since(0)] == [1]  # B holds it back
+    assert record.retire(gone_writer) == 1  # A applied it: pruned
+    assert record.read(0) == (1, [])
+    c = Node(tmp_path, "c", meta_url)  # a new writer, after the prune
+    feed(c, [ev(60, anonymous_id="dee-anon", properties={"note": KEPT})])
+    c.pub.publish_once()
+    b.open()
+    a.pub.publish_once()
+    hot_b = {r[0] for r in b.wh.query("SELECT message_id FROM events_raw")[1]}
+    if meta_url:
+        assert hot_b == {"m10", "m11"}  # Ana's m20 to m22 gone before any batch
+        b.pub.publish_once()
+        want = {"m1", "m10", "m11", "m60"}
+    else:
+        with pytest.raises(erasures.ErasuresLost, match="retired"):
+            b.pub.publish_once()
+        assert hot_b == {"m10", "m11", "m20", "m21", "m22"}  # kept, not listed
+        assert b.wh.query("SELECT count(*) FROM events_raw WHERE publish_batch IS NOT NULL"
+                          )[1] == [(0,)]  # and none marked
+        want = {"m1", "m60"}
+    reader = Warehouse(tmp_path / "reader", tiers=TierStore(TierConfig(str(tmp_path / "tiers"))),
+                       shared_list=open_meta(tmp_path / "meta" / "tiers.db", meta_url))
+    seen = reader.query("SELECT message_id, properties->>'note' FROM events_all")[1]
+    assert {m for m, _ in seen} == want
+    assert {n for _, n in seen} == {KEPT}
+    reader.close()
+    for node in (a, b, c):
+        node.close()
+    if meta_url:
+        check_nothing_left(tmp_path, meta_url)
+
+
+def test_aap_cluster_writers_and_retire(tmp_path: Path, meta_url: str) -> None:
+    """The commands list the writers the record waits for, retire one (audited), and
+    refuse an unknown writer or a deployment without publishing with a message."""
+    import os
+    import subprocess
+    import sys
+
+    from aap.datadir import DataDir
+
+    data = tmp_path / "data"
+    data.mkdir()
+    db = open_meta(DataDir(data).tier_list_db, meta_url)
+    db.migrate(filelist.SCHEMA)
+    store = erasures.SharedErasures(db)
+    store.applied("0000000000a1", 0)
+    store.applied("0000000000b2", 0)
+    store.append({7}, {70})
+    store.applied("0000000000a1", 1)
+
+    def aap(*args: str, publish: str = "1") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "aap", "cluster", *args, "--data-dir",
+                               str(data)], capture_output=True, text=True,
+                              env={**os.environ, "AAP_PUBLISH_SECONDS": publish})
+
+    r = aap("writers")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "record of erasures: 1 recorded, 1 kept (1 to 1)"
+    assert lines[1].startswith("0000000000a1\tlast batch listed 0\terasures applied 1 (0 behind)")
+    assert lines[2].startswith("0000000000b2\tlast batch listed 0\terasures applied 0 (1 behind)")
+    r = aap("retire", "0000000000b2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "retired writer 0000000000b2: 1 erasure(s) left the record"
+    assert store.read(0) == (1, [])
+    [entry] = [e for e in AuditLog(data, url=meta_url).entries()
+               if e["action"] == "writer.retired"]
+    assert entry["detail"] == {"writer": "0000000000b2", "erasures_pruned": 1}
+    for refused, args, publish, message in (
+            ("unknown", ("retire", "0000000000b2"), "1", "no writer '0000000000b2'"),
+            ("hostile", ("retire", "<script>'; DROP TABLE erasures;--"), "1", "no writer"),
+            ("publishing off", ("writers",), "0", "publishing is off")):
+        r = aap(*args, publish=publish)
+        assert r.returncode != 0, refused
+        assert message in r.stderr and "Traceback" not in r.stderr, (refused, r.stderr)
+    assert [w.writer for w in store.writers()] == ["0000000000a1"]
     db.close()

@@ -306,7 +306,8 @@ class ErasureMirror:
         if self.lost is not None:
             first = min(first, self.lost[0])
         self.known = last
-        if self.lost is None and self._holds_nobody():  # a new writer: nothing to erase
+        if self.lost is None and self._holds_nobody():  # a new writer: nothing to erase,
+            self.recent[last] = Erasure(last, frozenset(), frozenset())  # applied as such
             return
         logger.warning("erasures %d to %d left the record before writer %s read them (it"
                        " was retired while it was away)", first, last, self.writer)
