@@ -299,6 +299,14 @@ def test_a_retired_writer_that_comes_back_lists_nothing_of_those_erased_meanwhil
     feed(a, [ev(1, anonymous_id="cy-anon", properties={"note": KEPT})])
     feed(b, bo_events(10) + ana_events(20))  # hot on B, not published
     gone_writer = b.wh.files.writer  # type: ignore[attr-defined]
+
+    def stop_after_mark(step: str) -> None:
+        if step == "marked":
+            raise RuntimeError("stopped after the mark")
+
+    b.pub.step = stop_after_mark  # B stops with its rows marked for a batch
+    with pytest.raises(RuntimeError, match="after the mark"):
+        b.pub.publish_once()
     b.close()
     rights.erase_keys([key("ana-user")], {"userIds": 1}, "test")
     record = erasures.SharedErasures(a.wh.files.db)  # type: ignore[attr-defined]
@@ -311,16 +319,17 @@ def test_a_retired_writer_that_comes_back_lists_nothing_of_those_erased_meanwhil
     b.open()
     a.pub.publish_once()
     hot_b = {r[0] for r in b.wh.query("SELECT message_id FROM events_raw")[1]}
-    if meta_url:
-        assert hot_b == {"m10", "m11"}  # Ana's m20 to m22 gone before any batch
+    if meta_url:  # Ana's m20 to m22 left B at its start, the marked batch was listed
+        assert hot_b == set()
         b.pub.publish_once()
         want = {"m1", "m10", "m11", "m60"}
-    else:
+    else:  # B started; its marked batch stays pending, and nothing is written or listed
+        assert hot_b == {"m10", "m11", "m20", "m21", "m22"}
         with pytest.raises(erasures.ErasuresLost, match="retired"):
             b.pub.publish_once()
-        assert hot_b == {"m10", "m11", "m20", "m21", "m22"}  # kept, not listed
         assert b.wh.query("SELECT count(*) FROM events_raw WHERE publish_batch IS NOT NULL"
-                          )[1] == [(0,)]  # and none marked
+                          )[1] == [(5,)]  # kept, still marked
+        assert scan(tmp_path / "tiers", GONE.encode()) == []
         want = {"m1", "m60"}
     reader = Warehouse(tmp_path / "reader", tiers=TierStore(TierConfig(str(tmp_path / "tiers"))),
                        shared_list=open_meta(tmp_path / "meta" / "tiers.db", meta_url))

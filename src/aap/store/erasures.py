@@ -305,7 +305,7 @@ class ErasureMirror:
         destroyed id, else publishing stops (with ``self._lock`` held)."""
         if self.lost is not None:
             first = min(first, self.lost[0])
-        self.known = last
+        self.known = max(self.known, last)
         if self.lost is None and self._holds_nobody():  # a new writer: nothing to erase,
             self.recent[last] = Erasure(last, frozenset(), frozenset())  # applied as such
             return

@@ -117,9 +117,15 @@ class Publisher:
             cur.close()
 
     def recover(self) -> int:
-        """At start-up: a batch a crash left half published is finished."""
+        """At start-up: a batch a crash left half published is finished (one that cannot
+        be listed because erasures were lost here stays pending: the processor starts,
+        and its publisher says why it publishes nothing)."""
         with self.wh.write_lock:
-            n = self.settle()
+            try:
+                n = self.settle()
+            except ErasuresLost as exc:
+                logger.error("publishing stopped: %s", exc)
+                return 0
         if n:
             logger.info("publishing: %d batch(es) left by a stop finished", n)
         return n
@@ -218,6 +224,8 @@ class Publisher:
         (drop the batch, apply an erasure) runs with the lock held alone again."""
         erasures = self.wh.erasures
         check = erasures.unchanged if erasures is not None else None
+        if erasures is not None:  # erasures lost here: no file is written
+            erasures.check_lost()
         positions = handover.listing(self.wh, seq, staged) if self.wh.handover else None
         written: set[str] = set()
         for attempt in range(STALE_ATTEMPTS):
@@ -235,7 +243,12 @@ class Publisher:
                 raise                                    # not published yet
             except Stale:
                 assert erasures is not None
-                erasures.check_lost()  # erasures lost here: refused for good
+                try:
+                    erasures.check_lost()
+                except ErasuresLost:  # found lost meanwhile: refused for good, and the
+                    for path in sorted(written):  # files written are not left behind
+                        self.wh.tiers.delete(path)
+                    raise
                 if attempt == STALE_ATTEMPTS - 1:
                     raise
                 erasures.apply()
