@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from aap.errors import ServiceUnavailable
 from aap.events import Event, decode_events, encode_events, payload_bytes
+from aap.log import kafka as kafka_log
 from aap.log import scan
 from aap.log.base import Append, Record, advance
 from aap.log.kafka import KafkaLog
@@ -283,6 +284,40 @@ def test_restart_from_committed_positions_misses_and_doubles_nothing(
             third.close()
     finally:
         again.close()
+
+
+def test_partitions_not_taken_over_are_assigned_again(
+        shared_cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``on_assign`` (the processor's take-over of the shared positions) keeps failing
+    past ``ASSIGN_RETRY_S`` (PostgreSQL down): the consumer leaves the group and joins it
+    again, so the take-over is tried again at the next assignment; once it works, every
+    record is read (a consumer that stayed in the group unassigned read nothing more)."""
+    monkeypatch.setattr(kafka_log, "ASSIGN_RETRY_S", 0.0)
+    log = KafkaLog(shared_cluster.url(), group=new_group())
+    calls: list[list[int]] = []
+
+    def on_assign(partitions: list[int]) -> None:
+        calls.append(partitions)
+        if len(calls) <= 2:
+            raise RuntimeError("the shared state is down")
+
+    log.on_assign = on_assign
+    try:
+        log.append([Append("s", 1, b"%d" % i, b"k%d" % (i % 5)) for i in range(20)])
+        got: list[Record] = []
+        pos: dict[int, int] = {}
+        deadline = time.monotonic() + 120
+        while len(got) < 20 and time.monotonic() < deadline:
+            try:  # as the processor does: a failed read is tried again
+                recs = log.read(pos, 500)
+            except RuntimeError:
+                continue
+            got += recs
+            pos = advance(pos, recs)
+        assert sorted(int(r.payload) for r in got) == list(range(20))
+        assert len(calls) >= 3 and calls[-1] == sorted(log.assigned)
+    finally:
+        log.close()
 
 
 @slow_fixture(scope="module")

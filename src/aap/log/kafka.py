@@ -59,7 +59,9 @@ every read of a partly full chunk the whole 0.1 s)."""
 GROUP = "processor"
 STATS_TIMEOUT_S = 2.0
 ASSIGN_RETRY_S = 120.0
-"""How long a failing ``on_assign`` is tried again before the assignment fails."""
+"""How long a failing ``on_assign`` is tried again (the partitions are not read meanwhile);
+then the consumer leaves the group at its next read and joins again, so the partitions
+are assigned again (to it or another member) and the take-over is tried again then."""
 
 
 def _split(b: Append) -> list[Append]:
@@ -98,6 +100,8 @@ class KafkaLog:
         self._next: dict[int, int] = {}
         """Assigned partition → the Kafka offset the consumer fetches next."""
         self._buffer: deque[ck.Message] = deque()
+        self._rejoin = False
+        """An assignment was not taken (``on_assign`` kept failing): leave and join again."""
         self._to_seek: dict[int, int] = {}
         """Partitions whose seek failed (not fetching yet): tried again at each read, their
         messages skipped meanwhile."""
@@ -199,7 +203,13 @@ class KafkaLog:
                 except Exception:
                     logger.exception("taking over the assigned partitions failed")
                     if time.monotonic() > deadline:
-                        raise
+                        # not assigned: a consumer that stayed in the group would leave
+                        # them unread until some other member joined or left
+                        logger.error("partitions %s not taken over for %.0f s: the consumer"
+                                     " joins the group again",
+                                     sorted(tp.partition for tp in parts), ASSIGN_RETRY_S)
+                        self._rejoin = True
+                        return
                     time.sleep(1.0)
         if self.stored_positions is not None:
             start = dict(self.stored_positions())
@@ -228,12 +238,25 @@ class KafkaLog:
         self._to_seek.clear()
         self.generation += 1
 
+    def _leave(self) -> None:
+        """Leave the group (the next :meth:`consumer` joins it again)."""
+        c, self._consumer, self._rejoin = self._consumer, None, False
+        if c is not None:
+            c.close()
+        self._assigned = set()
+        self._next = {}
+        self._buffer.clear()
+        self._to_seek.clear()
+        self.generation += 1
+
     @property
     def assigned(self) -> frozenset[int]:
         return frozenset(self._assigned)
 
     def read(self, after: int | Positions, limit: int = 1000, max_events: int | None = None,
              max_bytes: int | None = None) -> list[Record]:
+        if self._rejoin:
+            self._leave()
         c = self.consumer()
         pos = as_positions(after)
         for p in sorted(self._assigned):
