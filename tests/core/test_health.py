@@ -108,6 +108,7 @@ def test_processor_healthz_says_when_it_works_and_why_not(tmp_path: Path,
         body = _wait(port, lambda st, b: st == 200, "the processor healthy")
         assert body["ok"] is True and body["role"] == "processor" and body["log"] == "ok"
         assert body["loop_age_s"] < 60 and body["failures"] == 0
+        assert "publishing_stopped" in body and body["publishing_stopped"] is None
         # the loop judged: the same check, with a threshold any loop is past
         settings = Settings(data_dir=str(data), log_url=url)
         strict = ProcessorHealth(settings, lambda: open_log(settings), stuck_after_s=-1.0)

@@ -13,6 +13,7 @@ B stopped. Runs on both engines of the shared state (PostgreSQL: marked ``slow``
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
+from aap.api.admin import HealthParts, health
 from aap.events import Event
 from aap.log.sqlite import SQLiteLog
 from aap.privacy.audit import AuditLog
@@ -331,6 +333,13 @@ def test_a_retired_writer_that_comes_back_lists_nothing_of_those_erased_meanwhil
                           )[1] == [(5,)]  # kept, still marked
         assert scan(tmp_path / "tiers", GONE.encode()) == []
         want = {"m1", "m60"}
+    # the operator's health answer says whether B's publishing stopped, and why
+    publishing = health(HealthParts(b.data, b.log, b.wh, b.proc, lambda: True, 1,
+                                    time.time(), b.pub))["publishing"]
+    if meta_url:
+        assert publishing["stopped"] is None and publishing["last_listed_at"] is not None
+    else:
+        assert "retired" in publishing["stopped"] and publishing["last_listed_at"] is None
     reader = Warehouse(tmp_path / "reader", tiers=TierStore(TierConfig(str(tmp_path / "tiers"))),
                        shared_list=open_meta(tmp_path / "meta" / "tiers.db", meta_url))
     seen = reader.query("SELECT message_id, properties->>'note' FROM events_all")[1]

@@ -194,6 +194,8 @@ class HealthParts:
     """() → whether the processor's thread runs."""
     workers: int
     started_at: float
+    publisher: Any = None
+    """The :class:`~aap.store.publish.Publisher` (``AAP_PUBLISH_SECONDS``), else None."""
 
 
 def health(parts: HealthParts) -> dict[str, Any]:
@@ -219,12 +221,22 @@ def health(parts: HealthParts) -> dict[str, Any]:
                       "last_write_at": getattr(proc, "last_write_at", None),
                       "failures": proc.failures, "dead_letters": int(dead),
                       "dead_letter_events": int(dead_events)},
+        "publishing": _publishing(parts.publisher),
         "core": {"up": True, "pid": os.getpid(),
                  "uptime_s": round(time.time() - parts.started_at, 1)},
         "workers": {"configured": parts.workers,
                     "up": _workers_up(DataDir(parts.data_dir).metrics)},
         "at": round(time.time(), 3),
     }
+
+
+def _publishing(publisher: Any) -> dict[str, Any] | None:
+    """The publisher's state (None: publishing is off): ``stopped`` is why it publishes
+    nothing more (erasures lost here), else null."""
+    if publisher is None:
+        return None
+    return {"every_s": publisher.interval, "published_rows": publisher.published_rows,
+            "last_listed_at": publisher.last_listed_at, "stopped": publisher.stopped}
 
 
 def _hot_bytes(wh: Warehouse) -> int:

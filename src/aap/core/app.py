@@ -147,7 +147,8 @@ class Core:
         self.processor.on_written = self.rest.live_feed.add  # live events
         self.rest.health_parts = HealthParts(  # GET /api/v1/health (aap.api.admin)
             data, self.log, self.warehouse, self.processor,
-            self._processing, settings.server.workers or (os.cpu_count() or 1), time.time())
+            self._processing, settings.server.workers or (os.cpu_count() or 1), time.time(),
+            self.publisher)
         # The processor keeps large, long-lived maps (ids, sessions); a full collection
         # scans them all. Freeze what start-up loaded and collect rarely: it allocates
         # many short-lived containers and forms no cycles (measured: 33k → 46k events/s).
@@ -246,7 +247,9 @@ class Core:
                 "processor": {"running": self.thread.is_alive(),
                               "loop_age_s": round(time.monotonic() - proc.turned_at, 3),
                               "failures": proc.failures,
-                              "last_write_at": proc.last_write_at}}
+                              "last_write_at": proc.last_write_at},
+                "publishing_stopped": (self.publisher.stopped
+                                       if self.publisher is not None else None)}
 
 
 _BAD_BODY: tuple[type[Exception], ...] = (msgspec.DecodeError, msgspec.ValidationError,

@@ -12,8 +12,10 @@ log or the core):
 - the log answers (its ``stats()``: Kafka's watermarks and committed offsets, or the
   SQLite file).
 
-200 ``{"ok": true, "role": "processor", "position", "loop_age_s", "failures", "log",
-"checked_age_s"}`` while all hold; 503 ``{"ok": false, …}`` with the house error body
+200 ``{"ok": true, "role": "processor", "position", "loop_age_s", "failures",
+"publishing_stopped", "log", "checked_age_s"}`` while all hold (``publishing_stopped``: why
+the publisher lists nothing more, erasures lost here, else null; said but not failed on,
+since a restart would not mend it); 503 ``{"ok": false, …}`` with the house error body
 beside those fields (``code`` ``processor_unhealthy``, ``message`` the reason) otherwise — also
 while the core is starting, and when the check itself has not finished for
 :data:`STALE_AFTER_S` (a log call that hangs). Plain HTTP, ``GET``/``HEAD /healthz``
@@ -87,7 +89,9 @@ class ProcessorHealth:
         proc = body.get("processor") or {}
         out: dict[str, Any] = {"position": body.get("position"),
                                "loop_age_s": proc.get("loop_age_s"),
-                               "failures": proc.get("failures")}
+                               "failures": proc.get("failures"),
+                               # said, not failed on: a restart would not mend it
+                               "publishing_stopped": body.get("publishing_stopped")}
         if not proc.get("running", False):
             out["reason"] = "the processor's thread has stopped"
         elif (proc.get("loop_age_s") or 0.0) > self.stuck_after_s:

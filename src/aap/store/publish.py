@@ -88,6 +88,11 @@ class Publisher:
         self.folder = handover.Folder(self.files.db) if wh.handover else None
         """Folds the streams the listings staged (with the handover), once started."""
         self.published_rows = 0
+        self.last_listed_at: float | None = None
+        """When a batch of this writer was last listed (epoch seconds; None: not since start)."""
+        self.stopped: str | None = None
+        """Why publishing stopped for good (erasures lost here: :class:`ErasuresLost`),
+        else None; the health answers say it."""
 
     # -- the steps --
 
@@ -125,6 +130,7 @@ class Publisher:
                 n = self.settle()
             except ErasuresLost as exc:
                 logger.error("publishing stopped: %s", exc)
+                self.stopped = str(exc)
                 return 0
         if n:
             logger.info("publishing: %d batch(es) left by a stop finished", n)
@@ -134,6 +140,15 @@ class Publisher:
         """One batch of every hot row (nothing when there is none). With the handover,
         the batch's streams are staged between the mark and the rest, without the write
         lock (:func:`aap.store.handover.stage_batch`): the processor writes meanwhile."""
+        try:
+            out = self._publish_once()
+        except ErasuresLost as exc:
+            self.stopped = str(exc)
+            raise
+        self.stopped = None
+        return out
+
+    def _publish_once(self) -> dict[str, int]:
         out = {"rows": 0, "files": 0, "finished": 0}
         with self.wh.write_lock:
             out["finished"] = self.settle()
@@ -192,6 +207,8 @@ class Publisher:
                 logger.warning("publishing: batch %d is stale (%s)", seq, exc)
                 self.step("dropped")
                 return -1
+        if files:
+            self.last_listed_at = time.time()
         if opened:  # step 4 alone (listed already, _list did not shut it)
             self.wh.write_lock.shut()
         self.step("listed")
