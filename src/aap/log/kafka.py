@@ -232,17 +232,17 @@ class KafkaLog:
             except Exception:
                 logger.exception("finishing the work of revoked partitions failed")
         c.unassign()
-        self._assigned = set()
-        self._next = {}
-        self._buffer.clear()
-        self._to_seek.clear()
-        self.generation += 1
+        self._unassigned()
 
     def _leave(self) -> None:
         """Leave the group (the next :meth:`consumer` joins it again)."""
         c, self._consumer, self._rejoin = self._consumer, None, False
         if c is not None:
             c.close()
+        self._unassigned()
+
+    def _unassigned(self) -> None:
+        """No partition is this consumer's now: what was fetched or due is forgotten."""
         self._assigned = set()
         self._next = {}
         self._buffer.clear()
