@@ -279,6 +279,9 @@ class ErasureMirror:
         self.lost: tuple[int, int] | None = None
         """Erasures pruned before this writer read them (first, last), while
         ``everyone`` cannot stand for them."""
+        self.everyone_due: Erasure | None = None
+        """Erasures pruned before this writer read them, as every destroyed id: applied
+        first at the next :meth:`apply`, whatever was applied since."""
         self._own: set[int] = set()
         """Erasures recorded here: the erasure itself reaches the shared identities."""
         self._lock = threading.Lock()
@@ -302,7 +305,8 @@ class ErasureMirror:
     def _gap(self, first: int, last: int) -> None:
         """Erasures ``first`` to ``last`` were pruned before they were read here (this
         writer was retired while it was away): they are applied as one erasure of every
-        destroyed id, else publishing stops (with ``self._lock`` held)."""
+        destroyed id (``everyone_due``, and in ``recent`` for a chunk built before the gap
+        was read), else publishing stops (with ``self._lock`` held)."""
         if self.lost is not None:
             first = min(first, self.lost[0])
         self.known = max(self.known, last)
@@ -315,8 +319,9 @@ class ErasureMirror:
             self.lost = (first, last)
             return
         self.lost = None
-        self.recent[last] = Erasure(last, frozenset(), frozenset(self.everyone()),
+        self.everyone_due = Erasure(last, frozenset(), frozenset(self.everyone()),
                                     everyone=True)
+        self.recent[last] = self.everyone_due  # and for a chunk built before it was read
 
     def _holds_nobody(self) -> bool:
         """No person's id nor event is in this warehouse's hot tables (a new one)."""
@@ -357,9 +362,14 @@ class ErasureMirror:
         with self._lock:
             if self.lost is not None and self.everyone is not None:
                 self._gap(*self.lost)  # the keystore was connected since
-            todo = [e for s, e in sorted(self.recent.items()) if s > self.applied]
+            due = self.everyone_due
+            todo = [e for s, e in sorted(self.recent.items())
+                    if s > self.applied and not e.everyone]
+        if due is not None:
+            todo.insert(0, due)
         if not todo:
             return {}
+        upto = max(self.applied, *(e.seq for e in todo))
         out: dict[int, dict[str, int]] = {}
         reached: list[tuple[set[int], set[int]]] = []
         with self.warehouse.transaction() as cur:
@@ -368,10 +378,11 @@ class ErasureMirror:
                 out[e.seq] = counts
                 reached.append((persons, keys))
             cur.execute("INSERT INTO processor_state VALUES ($n, $v) ON CONFLICT (name)"
-                        " DO UPDATE SET value = excluded.value",
-                        {"n": APPLIED, "v": todo[-1].seq})
+                        " DO UPDATE SET value = excluded.value", {"n": APPLIED, "v": upto})
         with self._lock:
-            self.applied = todo[-1].seq
+            self.applied = upto
+            if self.everyone_due is due:
+                self.everyone_due = None
         logger.info("erasures %d to %d applied to the hot rows: %s", todo[0].seq,
                     todo[-1].seq, out)
         for e, (persons, keys) in zip(todo, reached, strict=True):
@@ -395,8 +406,10 @@ class ErasureMirror:
     def unchanged(self, tx: Tx) -> bool:
         """In the shared list's transaction that lists a batch: no erasure was recorded
         after the last one applied here (:meth:`SharedErasures.unchanged`); never while
-        erasures are lost here (:meth:`check_lost` raises then)."""
-        return self.lost is None and self.store.unchanged(tx, self.applied)
+        erasures are lost here (:meth:`check_lost` raises then) or due as every destroyed
+        id."""
+        return (self.lost is None and self.everyone_due is None
+                and self.store.unchanged(tx, self.applied))
 
     def in_chunk(self, cur: duckdb.DuckDBPyConnection, seen: int) -> None:
         """In a chunk's write transaction (the write lock held): the erasures applied
