@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aap.store import handover
+from aap.store import erasures, handover
 from aap.store.meta import MetaDB, open_meta
 from aap.store.publish import Publisher
 from aap.store.tiers import TierConfig, TierStore
@@ -233,3 +233,42 @@ def test_a_batch_finished_by_a_rewrite_while_its_streams_are_staged_is_listed_on
             == {stream_of(0, o): o for o in range(7, 10)}
     finally:
         a.wh.close()
+
+
+def test_an_erasure_takes_its_ids_out_of_the_shared_streams(tmp_path: Path,
+                                                             meta_url: str) -> None:
+    """Stream 1 is in the shared streams (A listed and folded it); B staged stream 101 for
+    a batch it marked and wrote but did not list. An erasure of both ids through A takes
+    them out of the shared streams and the staged rows at once; B applies it before it
+    lists that batch, and the folds after leave neither (nor any copy in either
+    warehouse): the shared streams held an erased person's keyed id and session for as
+    long as nobody's idle sweep forgot the stream."""
+    a, b = Side(tmp_path, "a", meta_url), Side(tmp_path, "b", meta_url)
+    try:
+        mirror_a, mirror_b = erasures.attach(a.wh), erasures.attach(b.wh)
+        assert mirror_a is not None and mirror_b is not None
+        db = a.wh.files.db
+        a.process(0, 10)  # streams 0, 1, 2
+        Publisher(a.wh, 1).publish_once()
+        handover.fold(db)
+        b.process(1, 10)  # streams 100, 101, 102
+        with pytest.raises(Crash):
+            Publisher(b.wh, 1, step=stop_at("written")).publish_once()
+        gone = [1, 101]
+        where = "stream_key IN (1, 101)"
+        assert db.fetchall(f"SELECT stream_key FROM log_streams WHERE {where}") == [(1,)]
+        assert db.fetchall(f"SELECT stream_key FROM log_stream_rows WHERE {where}") == [(101,)]
+        mirror_a.record(set(), set(gone))
+        for table in ("log_streams", "log_stream_rows"):
+            assert db.fetchall(f"SELECT count(*) FROM {table} WHERE {where}") == [(0,)], table
+        assert Publisher(b.wh, 1).publish_once()["finished"] == 1  # applied, then listed
+        assert mirror_b.applied == 1
+        folded(db)
+        assert {k for k, *_ in handover.shared(db)[1]} == {0, 2, 100, 102}
+        for side in (a, b):
+            for table in ("session_streams", "stream_changes", "publish_streams"):
+                assert side.wh.con.execute(
+                    f"SELECT count(*) FROM {table} WHERE {where}").fetchone() == (0,), table
+    finally:
+        a.wh.close()
+        b.wh.close()

@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from aap.privacy.removal import erase_hot
+from aap.store import handover
 from aap.store.filelist import KEYS_TABLE, SharedList
 from aap.store.identities import IdentitiesUnavailable, translated
 from aap.store.meta import SQLITE, MetaDB, Tx
@@ -379,6 +380,8 @@ class ErasureMirror:
                 reached.append((persons, keys))
             cur.execute("INSERT INTO processor_state VALUES ($n, $v) ON CONFLICT (name)"
                         " DO UPDATE SET value = excluded.value", {"n": APPLIED, "v": upto})
+        if self.warehouse.handover:  # the shared streams of the ids reached here
+            handover.erase_streams(self.store.db, set().union(*(k for _, k in reached)))
         with self._lock:
             self.applied = upto
             if self.everyone_due is due:
@@ -457,6 +460,10 @@ def _erase(cur: duckdb.DuckDBPyConnection, e: Erasure
     out["hot_publishing"] = count(  # rows of a batch being published (marked)
         f"DELETE FROM events_raw WHERE {PUBLISH_BATCH} IS NOT NULL"
         " AND list_contains($persons, person_id)", params)
+    if count("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'publish_streams'",
+             {}):  # the handover: their streams noted for the next batch or copied for one
+        count("DELETE FROM stream_changes WHERE list_contains($keys, stream_key)", params)
+        count("DELETE FROM publish_streams WHERE list_contains($keys, stream_key)", params)
     erase_hot(out, params)(count)
     return out, persons, set(keys)
 

@@ -54,14 +54,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from aap.store.filelist import KEYS_TABLE
-from aap.store.meta import MetaDB, Tx
+from aap.store.meta import POSTGRESQL, Bulk, MetaDB, Tx
 from aap.store.migrations import Schema
 
 logger = logging.getLogger("aap.handover")
@@ -304,6 +304,27 @@ def forget(cur: duckdb.DuckDBPyConnection, seq: int) -> None:
     _set(cur, [(_seen_name(int(p)), int(t)) for p, t in rows])
     cur.execute("DELETE FROM publish_positions WHERE seq = $s", {"s": seq})
     cur.execute("DELETE FROM publish_streams WHERE seq = $s", {"s": seq})
+
+
+def erase_streams(db: MetaDB, keys: Iterable[int]) -> int:
+    """An erasure applied by a writer: the erased ids' streams leave the shared streams
+    and every writer's staged rows (a batch staged before the erasure and listed after it
+    would fold them in again). Each writer that applies the erasure does it (the erasing
+    one first), so rows staged before a writer applied it go too. Returns the rows
+    deleted."""
+    want = sorted(set(keys))
+    if not want:
+        return 0
+    bulk = Bulk(db.dialect == POSTGRESQL)
+
+    def run(t: Tx) -> int:
+        n = 0
+        for cond, params in bulk.among(want):
+            n += t.execute(f"DELETE FROM log_streams WHERE stream_key {cond}", params)
+            n += t.execute(f"DELETE FROM log_stream_rows WHERE stream_key {cond}", params)
+        return n
+
+    return int(db.write(run))
 
 
 def _seen_name(p: int) -> str:
