@@ -303,6 +303,8 @@ class Publisher:
     # -- the thread --
 
     def start(self) -> None:
+        logger.info("publishing every %g s as writer %s (`aap cluster writers`)",
+                    self.interval, self.files.writer)
         self.thread.start()
         if self.folder is not None:
             self.folder.start()
