@@ -334,12 +334,17 @@ class ErasureMirror:
         finally:
             cur.close()
 
+    def _name_lost(self) -> None:
+        """Erasures lost here are named now if the keystore was connected since (with
+        ``self._lock`` held)."""
+        if self.lost is not None and self.everyone is not None:
+            self._gap(*self.lost)
+
     def check_lost(self) -> None:
         """Raise :class:`ErasuresLost` while erasures are lost here (the publisher, before
         it marks a batch and when a listing is refused)."""
         with self._lock:
-            if self.lost is not None and self.everyone is not None:
-                self._gap(*self.lost)
+            self._name_lost()
             if self.lost is not None:
                 first, last = self.lost
                 raise ErasuresLost(
@@ -361,8 +366,7 @@ class ErasureMirror:
         per erasure."""
         self.refresh()
         with self._lock:
-            if self.lost is not None and self.everyone is not None:
-                self._gap(*self.lost)  # the keystore was connected since
+            self._name_lost()
             due = self.everyone_due
             todo = [e for s, e in sorted(self.recent.items())
                     if s > self.applied and not e.everyone]

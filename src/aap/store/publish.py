@@ -129,8 +129,7 @@ class Publisher:
             try:
                 n = self.settle()
             except ErasuresLost as exc:
-                logger.error("publishing stopped: %s", exc)
-                self.stopped = str(exc)
+                self._stopped(exc)
                 return 0
         if n:
             logger.info("publishing: %d batch(es) left by a stop finished", n)
@@ -143,10 +142,17 @@ class Publisher:
         try:
             out = self._publish_once()
         except ErasuresLost as exc:
-            self.stopped = str(exc)
+            self._stopped(exc)
             raise
         self.stopped = None
         return out
+
+    def _stopped(self, exc: ErasuresLost) -> None:
+        """Publishing stopped for good: said once in the log (not every turn), and kept
+        for the health answers."""
+        if self.stopped != str(exc):
+            logger.error("publishing stopped: %s", exc)
+        self.stopped = str(exc)
 
     def _publish_once(self) -> dict[str, int]:
         out = {"rows": 0, "files": 0, "finished": 0}
@@ -321,15 +327,12 @@ class Publisher:
         end: a batch's own time is not added to every row's wait), and at least a tenth
         of the interval after it ended."""
         took = 0.0
-        lost = ""
         while not self.stop.wait(max(self.interval - took, self.interval / 10)):
             began = time.monotonic()
             try:
                 out: dict[str, Any] = self.publish_once()
-            except ErasuresLost as exc:  # said once, not every turn
-                if str(exc) != lost:
-                    logger.error("publishing stopped: %s", exc)
-                lost = str(exc)
+            except ErasuresLost:  # said by publish_once, once
+                pass
             except Exception:
                 logger.exception("publishing failed; the batch is finished at the next turn")
             else:
