@@ -6,6 +6,7 @@ user the package creates and the commands run as that user (``runuser``)."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -39,6 +40,25 @@ class Cluster:
     def database_url(self, name: str) -> str:
         return self.url.rsplit("/", 1)[0] + "/" + name
 
+    def stop(self) -> None:
+        """The server goes away as in a crash (``pg_ctl stop -m immediate``): every
+        connection is cut, the port refuses new ones. :meth:`start` brings it back."""
+        _ctl(self.data, "-m", "immediate", "stop")
+
+    def start(self) -> None:
+        """The server again, on the same port and data (after :meth:`stop`); waits until
+        it answers."""
+        port = self.url.rsplit(":", 1)[1].split("/")[0]
+        _ctl(self.data, "-l", str(self.data.parent / "log"), "-w", "-o",
+             f"-c listen_addresses=127.0.0.1 -p {port} -k {self.data.parent}", "start")
+        _wait(self.url)
+
+
+def _ctl(data: Path, *args: str) -> None:
+    as_user = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
+    subprocess.run([*as_user, _bin("pg_ctl"), "-D", str(data), *args], check=True,
+                   capture_output=True, cwd=data.parent)
+
 
 @contextmanager
 def postgres_server() -> Iterator[str]:
@@ -70,14 +90,13 @@ def postgres_cluster() -> Iterator[Cluster]:
 
     run(_bin("initdb"), "-D", str(data), "-U", "aap", "--auth=scram-sha-256",
         f"--pwfile={pwfile}", "-E", "UTF8")
-    run(_bin("pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-        f"-c listen_addresses=127.0.0.1 -p {port} -k {root}", "start")
-    url = f"postgresql://aap:secret-pw@127.0.0.1:{port}/postgres"
+    cluster = Cluster(f"postgresql://aap:secret-pw@127.0.0.1:{port}/postgres", data)
+    cluster.start()
     try:
-        _wait(url)
-        yield Cluster(url, data)
+        yield cluster
     finally:
-        run(_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        with contextlib.suppress(subprocess.CalledProcessError):  # a test stopped it
+            cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -6,6 +6,7 @@ answer, the lifespan protocol, and a WebSocket connection (:class:`WebSocket`)."
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ import msgspec
 from aap import errors
 from aap.errors import BadRequest, PayloadTooLarge
 from aap.jsonlimits import too_deep
+from aap.store.meta import unavailable
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -238,6 +240,33 @@ def as_error(exc: BaseException) -> errors.AAPError:
     if isinstance(exc, RecursionError):
         return too_deep()
     return INTERNAL_ERROR
+
+
+SHARED_STATE_UNAVAILABLE = "shared_state_unavailable"
+
+
+def failed(exc: BaseException, where: str, logger: logging.Logger) -> Response:
+    """The answer to a request that raised: an error of the house as itself; the shared
+    state not usable now (PostgreSQL of ``AAP_META_URL`` down or restarting, a SQLite file
+    locked too long) a 503 with Retry-After, logged on one line (nothing about the request
+    was wrong, and a client that retries gets its answer once it is back); anything else a
+    bug: logged with its traceback, answered 500 with the house body."""
+    if not isinstance(exc, (errors.AAPError, RecursionError)):
+        if unavailable(exc):
+            logger.warning("%s: the shared state cannot be used now (%s)", where,
+                           errors.one_line(exc))
+            exc = shared_state_unavailable()
+        else:
+            logger.exception("unexpected error on %s", where)
+    return error_response(exc)
+
+
+def shared_state_unavailable() -> errors.ServiceUnavailable:
+    """What a request that needed the shared state while it could not be used is
+    answered (503, ``shared_state_unavailable``, Retry-After)."""
+    return errors.ServiceUnavailable(
+        "the shared state (AAP_META_URL) cannot be used now: try again later",
+        code=SHARED_STATE_UNAVAILABLE, retry_after=2)
 
 
 def error_response(exc: BaseException) -> Response:

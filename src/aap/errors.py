@@ -106,3 +106,10 @@ def shown(path: str) -> str:
 def no_endpoint(path: str) -> NotFound:
     """404 for a path nothing answers."""
     return NotFound(f"no endpoint at {shown(path)}")
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, for a log line about an expected failure (a
+    server out of reach) that needs no traceback."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

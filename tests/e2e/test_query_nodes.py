@@ -69,13 +69,13 @@ class Node:
     def count(self) -> int:
         return int(self.query({"kind": "sql", "query": COUNT_SQL})["rows"][0][0])
 
-    def erase(self, user: str, kind: str = "erasure") -> dict[str, Any]:
+    def erase(self, user: str, kind: str = "erasure", timeout: float = 600) -> dict[str, Any]:
         r = self.post("/privacy/requests", {"type": kind, "subject": {"userId": user}},
                       "privacy")
         assert r.status_code == 200, r.text
         rid = r.json()["id"]
         auth = {"Authorization": f"Bearer {self.keys['privacy']}"}
-        deadline = time.monotonic() + 600  # generous: a loaded machine
+        deadline = time.monotonic() + timeout  # generous: a loaded machine
         while (got := httpx.get(f"{self.url}/api/v1/privacy/requests/{rid}", headers=auth,
                                 timeout=60).json())["status"] in ("pending", "running"):
             assert time.monotonic() < deadline, got

@@ -3,7 +3,8 @@ with its own log and warehouse, as the processors of one Kafka group are: an ide
 whose halves reach two processors is one person in both warehouses, and a chunk whose
 warehouse write failed (after the shared store committed) is written again with the
 same persons; shared identities out of reach hold the records back without setting them
-aside. Runs on both engines of the shared state (PostgreSQL: marked ``slow``)."""
+aside, and so does a restart of the database whichever part of it the chunk used. Runs
+on both engines of the shared state (PostgreSQL: marked ``slow``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from aap.events import Event, encode_events
 from aap.log.base import Append
 from aap.log.sqlite import SQLiteLog
 from aap.privacy.ids import IdHasher
-from aap.process.processor import Processor
+from aap.privacy.keystore import Keystore
+from aap.process.processor import SET_ASIDE_FAILURES, Processor
 from aap.store.identities import IdentitiesUnavailable, SharedIdentities
 from aap.store.warehouse import Warehouse
 from tests.pg import Cluster
@@ -142,3 +144,45 @@ def test_shared_identities_out_of_reach_hold_the_records_without_setting_them_as
     assert sorted(by_message(wh)) == ["m1", "m2", "m3", "m4"] and not proc.dropped
     events = by_message(wh)
     assert events["m1"] == events["m3"] != events["m2"] == events["m4"]
+
+
+@pytest.mark.slow
+def test_a_restart_of_the_shared_database_sets_no_record_aside(tmp_path: Path, pg: Cluster
+                                                                ) -> None:
+    """The keystore on PostgreSQL (its destroyed ids read at each chunk, with no error of
+    its own around the driver's): the server ends every session, as a restart or a
+    fail-over does, more times than a record may fail before it is set aside. Each
+    chunk fails on its dead connection; none is counted against the record, and it is
+    written once a session holds."""
+    name = "ks_" + secrets.token_hex(4)
+    with psycopg.connect(pg.url, autocommit=True) as con:
+        con.execute(f"CREATE DATABASE {name}")
+    url = pg.database_url(name)
+    log = SQLiteLog(tmp_path / "log")
+    append(log, ev(1, anonymous_id="a1"))
+    append(log, ev(2, anonymous_id="a2"))
+    wh = Warehouse(tmp_path / "wh")
+    keystore = Keystore(tmp_path / "ks", url=url)
+    proc = Processor(log, wh, HASHER, chunk_records=1, destroyed=keystore.refresh_destroyed)
+    assert proc.run_once() == 1
+    failed = 0
+    with psycopg.connect(pg.url, autocommit=True) as con:
+        for _ in range(SET_ASIDE_FAILURES + 2):
+            con.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = %s", (name,))
+            try:
+                proc.run_once()
+            except psycopg.OperationalError:
+                failed += 1
+            assert proc.failures == 0 and not proc.dropped
+    assert failed > SET_ASIDE_FAILURES  # (a connection the pool made in between would not)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if not proc.run_once():
+                break
+        except psycopg.OperationalError:  # the pool reconnects
+            time.sleep(0.5)
+    proc.close()
+    assert sorted(by_message(wh)) == ["m1", "m2"] and not proc.dropped
+    assert not wh.query("SELECT * FROM dead_letters")[1]

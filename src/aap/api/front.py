@@ -24,7 +24,7 @@ from aap.asgi import (
     Response,
     Scope,
     Send,
-    error_response,
+    failed,
     lifespan,
     send_response,
 )
@@ -74,9 +74,7 @@ class QueryFront:
                                       code="not_on_query_node")
             resp = await self.router.select(found[0], req.method, req.path).target(req)
         except Exception as exc:
-            if not isinstance(exc, (errors.AAPError, RecursionError)):
-                logger.exception("unexpected error on %s", req.path[:200])
-            resp = error_response(exc)
+            resp = failed(exc, req.path[:200], logger)
         resp.headers += self._hsts
         await send_response(send, resp)
 

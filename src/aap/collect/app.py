@@ -35,7 +35,7 @@ from aap.asgi import (
     Send,
     WebSocket,
     content_length,
-    error_response,
+    failed,
     lifespan,
     read_raw,
     send_response,
@@ -188,9 +188,7 @@ class Collector:
         try:
             resp = await self._dispatch(req, found)
         except Exception as exc:
-            if not isinstance(exc, (errors.AAPError, RecursionError)):
-                logger.exception("unexpected error on %s", route)
-            resp = error_response(exc)
+            resp = failed(exc, route, logger)
         origin = req.headers.get("origin")
         if origin and req.cors and is_browser_path(req.path):
             resp.headers += [("access-control-allow-origin", origin), ("vary", "Origin"),

@@ -31,6 +31,7 @@ from aap.collect.body import decode_content
 from aap.collect.telemetry import Telemetry
 from aap.devices import TOPIC
 from aap.settings import Settings
+from aap.store.meta import unavailable
 
 logger = logging.getLogger("aap.mqtt")
 MAX_INFLIGHT = 20
@@ -147,6 +148,12 @@ class Bridge:
                 logger.warning("MQTT message of device %s refused (%s): dropped", device.id,
                                exc.code)
                 return
+            except Exception as exc:  # the shared state out of reach: later, as above
+                if not unavailable(exc):
+                    raise
+                logger.warning("an MQTT message waits for the shared state: %s",
+                               errors.one_line(exc))
+                await asyncio.sleep(1.0)
 
 
 async def run_bridge(settings: Settings) -> None:

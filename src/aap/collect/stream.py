@@ -25,10 +25,11 @@ import msgspec
 
 from aap import errors
 from aap.api.openapi import Op, documented
-from aap.asgi import Connection, Request, Response, WebSocket
+from aap.asgi import Connection, Request, Response, WebSocket, shared_state_unavailable
 from aap.collect.segment import Parsed, parse_batch
 from aap.jsonlimits import check_depth
 from aap.settings import StreamSettings
+from aap.store.meta import unavailable
 
 if TYPE_CHECKING:
     from aap.settings import Settings
@@ -320,9 +321,13 @@ class _Stream:
             answer = {"ack": seq, "accepted": 0, "rejected": exc.detail}
         except errors.AAPError as exc:
             return self._fail(Closing(POLICY, f"message {seq}: {exc.message}"))
-        except Exception:
-            logger.exception("storing a stream message failed")
-            return self._fail(Closing(INTERNAL, "internal error"))
+        except Exception as exc:
+            if not unavailable(exc):
+                logger.exception("storing a stream message failed")
+                return self._fail(Closing(INTERNAL, "internal error"))
+            logger.warning("a stream message waits for the shared state: %s", errors.one_line(exc))
+            gone = shared_state_unavailable()  # not stored: the client sends it again
+            answer = {"nack": seq, "code": gone.code, "retry_after": gone.retry_after}
         await self.ws.send_json(answer)
 
     def _fail(self, closing: Closing) -> None:

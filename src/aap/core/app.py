@@ -34,7 +34,7 @@ from aap.asgi import (
     Response,
     Scope,
     Send,
-    error_response,
+    failed,
     lifespan,
     read_body,
     send_response,
@@ -56,6 +56,7 @@ from aap.settings import Settings
 from aap.sources import Sources
 from aap.store import erasures, flags, handover, rectifications
 from aap.store.identities import SharedIdentities
+from aap.store.meta import log_failure
 from aap.store.publish import Publisher, refuse_unshared, shared_list
 from aap.store.tiering import TieringThread, TierPolicy
 from aap.store.tiers import TierConfig, TierStore
@@ -173,9 +174,9 @@ class Core:
             if self.warehouse.handover:
                 try:  # what a stop left unpublished: listed, or dropped if another
                     self.publisher.publish_once()  # processor took its partitions and
-                except Exception:                  # published past it
-                    logger.exception("publishing at start-up failed; the publisher tries"
-                                     " again")
+                except Exception as exc:           # published past it
+                    log_failure(logger, "publishing at start-up failed; the publisher tries"
+                                " again", exc)
 
     def _processing(self) -> bool:
         return self.thread.is_alive()
@@ -202,9 +203,9 @@ class Core:
                 self.processor.publish_now = None  # the log's close revokes: done here
                 try:  # a graceful stop (a rollout) hands its partitions over published
                     self.publisher.publish_once()
-                except Exception:
-                    logger.exception("publishing at stop failed; what is left is published"
-                                     " at the next start, or read again by the next owner")
+                except Exception as exc:
+                    log_failure(logger, "publishing at stop failed; what is left is published"
+                                " at the next start, or read again by the next owner", exc)
         self.tiering.close()
         self.warehouse.close()
         self.log.close()
@@ -361,9 +362,7 @@ class CoreApp:
             route, _ = self.router.resolve(scope["method"], scope["path"])
             return self._reply(self.core, await route.target(self.core, scope, body))
         except Exception as exc:
-            if not isinstance(exc, (errors.AAPError, RecursionError)):
-                logger.exception("unexpected error on %s %s", scope["method"], scope["path"])
-            return error_response(exc)
+            return failed(exc, f"{scope['method']} {scope['path'][:200]}", logger)
 
     def _reply(self, core: AnyCore, out: Any) -> Response:
         if isinstance(out, bytes):  # a file (the zip of an access request)

@@ -35,6 +35,7 @@ from typing import Any
 from aap.core.client import CoreClient, core_socket
 from aap.log.base import Log
 from aap.settings import Settings
+from aap.store.meta import log_failure
 
 logger = logging.getLogger("aap.serve")
 
@@ -134,8 +135,8 @@ class ProcessorHealth:
         while not self._stop.is_set():
             try:
                 self.check_once()
-            except Exception:  # never let the checker die: the answer would go stale
-                logger.exception("the processor's health check failed")
+            except Exception as exc:  # never let the checker die: the answer goes stale
+                log_failure(logger, "the processor's health check failed", exc)
             self._stop.wait(CHECK_INTERVAL_S)
         self._close_log()
 

@@ -43,6 +43,7 @@ from aap.events import decode_events
 from aap.log.base import Append, LogStats, Positions, Record, as_positions
 from aap.log.keys import per_person
 from aap.logurl import parse_url
+from aap.store.meta import log_failure
 
 logger = logging.getLogger(__name__)
 
@@ -200,8 +201,8 @@ class KafkaLog:
                 try:
                     self.on_assign(sorted(tp.partition for tp in parts))
                     break
-                except Exception:
-                    logger.exception("taking over the assigned partitions failed")
+                except Exception as exc:
+                    log_failure(logger, "taking over the assigned partitions failed", exc)
                     if time.monotonic() > deadline:
                         # not assigned: a consumer that stayed in the group would leave
                         # them unread until some other member joined or left
@@ -229,8 +230,8 @@ class KafkaLog:
         if self.on_revoke is not None:
             try:
                 self.on_revoke()
-            except Exception:
-                logger.exception("finishing the work of revoked partitions failed")
+            except Exception as exc:
+                log_failure(logger, "finishing the work of revoked partitions failed", exc)
         c.unassign()
         self._unassigned()
 

@@ -21,6 +21,7 @@ Each result is written only by the worker that holds the claim.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,13 +39,14 @@ import msgspec
 
 from aap import errors
 from aap.datadir import DataDir
+from aap.errors import one_line
 from aap.jsonlimits import check_depth
 from aap.privacy import exports
 from aap.privacy.audit import AuditLog
 from aap.privacy.keystore import KeyDestroyed, Keystore
 from aap.privacy.rights import Rights, Scope
 from aap.privacy.scrub import is_personal_trait
-from aap.store.meta import SQLITE, MetaDB, open_meta
+from aap.store.meta import SQLITE, MetaDB, log_failure, open_meta, transient
 from aap.store.migrations import Schema, sql_step, unversioned_columns
 
 logger = logging.getLogger("aap.privacy")
@@ -392,8 +394,9 @@ class Requests(RequestStore):
                                      " claimed_by = ? AND status = 'running'",
                                      (int(time.time() + self.lease_s) + 1, rid,
                                       self.worker))
-                except Exception:  # the next renewal tries again
-                    logger.exception("privacy request %s: the lease was not renewed", rid)
+                except Exception as exc:  # the next renewal tries again
+                    log_failure(logger, f"privacy request {rid}: the lease was not renewed",
+                                exc)
 
         renewer = threading.Thread(target=renew, name="aap-privacy-lease", daemon=True)
         renewer.start()
@@ -410,16 +413,27 @@ class Requests(RequestStore):
             logger.error("privacy request %s: its lease ran out and another worker claimed"
                          " it; this worker's outcome is dropped", rid)
 
+    def _release(self, rid: str) -> None:
+        """A request this worker could not finish for now is pending again, for the next
+        claim; if that cannot be written either, its lease runs out and it is claimed
+        again all the same."""
+        with contextlib.suppress(Exception):
+            self._db.execute("UPDATE requests SET status = 'pending', claimed_by = NULL,"
+                             " lease_until = NULL WHERE id = ? AND claimed_by = ?"
+                             " AND status = 'running'", (rid, self.worker))
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            row = self.claim()
-            if row is None:
-                self._wake.wait(1.0)
-                self._wake.clear()
-                continue
-            rid = row[0]
-            with self._leased(rid):
-                self._work(row)
+            try:
+                row = self.claim()
+                if row is not None:
+                    with self._leased(row[0]):
+                        self._work(row)
+                    continue
+            except Exception as exc:  # the shared state away: the worker goes on
+                log_failure(logger, "privacy requests: the queue cannot be worked now", exc)
+            self._wake.wait(1.0)
+            self._wake.clear()
 
     def _work(self, row: tuple[Any, ...]) -> None:
         rid, kind, keys_json, named_json, traits_json, filed_by, lift, sealed, scope = row
@@ -439,6 +453,11 @@ class Requests(RequestStore):
             self._finish(rid, "UPDATE requests SET status = 'done', finished_at = ?, result = ?",
                          (int(time.time()), json.dumps(result, default=str)))
         except Exception as exc:  # the request fails, the worker goes on
+            if transient(exc):  # not the request's fault: it runs again, here or elsewhere
+                logger.warning("privacy request %s waits for the shared state: %s", rid,
+                               one_line(exc))
+                self._release(rid)
+                return
             logger.exception("privacy request %s failed", rid)
             self._finish(rid, "UPDATE requests SET status = 'failed', finished_at = ?, error = ?",
                          (int(time.time()), f"{type(exc).__name__}: {exc}"))

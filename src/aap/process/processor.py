@@ -42,7 +42,8 @@ from aap.process.identity import Identities
 from aap.process.prepare import LocalPreparer, PrepareConfig, Prepared, WorkerPreparer
 from aap.process.steps import Batch, DedupIndex, State, Stream, steps_for
 from aap.store import handover, quarantine
-from aap.store.identities import IdentitiesUnavailable, SharedIdentities
+from aap.store.identities import SharedIdentities
+from aap.store.meta import log_failure, transient
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
 from aap.store.warehouse import NEXT_PERSON, Chunk, StaleChunk, Warehouse
 
@@ -253,7 +254,8 @@ class Processor:
             return 0
         except Exception as exc:
             self._abandon()
-            if not isinstance(exc, IdentitiesUnavailable):  # not the records' fault
+            # the shared state or the prepare worker away (aap.store.meta.transient) is not
+            if not transient(exc):  # the records' fault: an outage sets none aside
                 self.failures += 1
             self._load()
             if self.failures >= SET_ASIDE_FAILURES and len(records) == 1:
@@ -266,8 +268,8 @@ class Processor:
         if self.consent is not None and time.monotonic() >= self._withdrawals_due:
             try:
                 self._apply_withdrawals()
-            except Exception:  # events go on; the withdrawal is tried again in a second
-                logger.exception("applying consent withdrawals to stored events failed")
+            except Exception as exc:  # events go on; tried again in a second
+                log_failure(logger, "applying consent withdrawals to stored events failed", exc)
                 self._withdrawals_due = time.monotonic() + WITHDRAWAL_RETRY_S
 
     def _read_next(self) -> bool:
@@ -377,13 +379,13 @@ class Processor:
         one stopped."""
         try:
             self._finish_write()
-        except Exception:
-            logger.exception("the last chunk before a rebalance failed to write")
+        except Exception as exc:
+            log_failure(logger, "the last chunk before a rebalance failed to write", exc)
         if self.publish_now is not None and self.wh.handover:
             try:  # the next owner starts where this one stopped
                 self.publish_now()
-            except Exception:
-                logger.exception("publishing before a rebalance failed")
+            except Exception as exc:
+                log_failure(logger, "publishing before a rebalance failed", exc)
 
     def _full(self, records: list[Record]) -> bool:
         return (len(records) >= self.chunk_records
@@ -407,14 +409,14 @@ class Processor:
         if self._scopes is not None:
             try:
                 self.scopes = self.state.scopes = self._scopes()
-            except Exception:  # the registry is busy: the scopes stay until the next read
-                logger.exception("reading the sources' consent scopes failed")
+            except Exception as exc:  # the registry is busy: they stay until the next read
+                log_failure(logger, "reading the sources' consent scopes failed", exc)
         if self._historical is None:
             return
         try:
             now = self._historical()
-        except Exception:  # the registry is busy: the flags stay until the next read
-            logger.exception("reading the sources' historical flags failed")
+        except Exception as exc:  # the registry is busy: they stay until the next read
+            log_failure(logger, "reading the sources' historical flags failed", exc)
             return
         if now != self.preparer.cfg.historical_sources:
             self.preparer.cfg = replace(self.preparer.cfg, historical_sources=now)
@@ -520,8 +522,8 @@ class Processor:
                 started = self.turned_at = time.monotonic()
                 try:
                     n = self.run_once()
-                except Exception:
-                    logger.exception("processing a chunk failed; retrying")
+                except Exception as exc:
+                    log_failure(logger, "processing a chunk failed; retrying", exc)
                     stop.wait(1.0)
                     continue
                 spare = linger - (time.monotonic() - started)

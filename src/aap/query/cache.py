@@ -40,6 +40,7 @@ from aap.query import rollup, sessions
 from aap.query import snapshot as snapshots
 from aap.query.snapshot import PENDING as _PENDING
 from aap.store import quarantine
+from aap.store.meta import log_failure
 from aap.store.schema import CACHE_COLUMNS, CACHE_DDL
 from aap.store.warehouse import Warehouse
 
@@ -103,8 +104,9 @@ class QueryCache:
         while not self._stop.is_set():
             try:
                 self.sync(stop=self._stop)
-            except Exception:
-                logger.exception("query cache sync failed; queries read Parquet meanwhile")
+            except Exception as exc:
+                log_failure(logger, "query cache sync failed; queries read Parquet meanwhile",
+                            exc)
             self._stop.wait(self.interval_s)
 
     @contextmanager

@@ -165,7 +165,7 @@ class SharedErasures:
                        (seq, int(time.time() * 1000), *row))
             return seq
 
-        return int(self._call(lambda: self.db.write(add)))
+        return int(self.call(lambda: self.db.write(add)))
 
     def since(self, seq: int) -> list[Erasure]:
         """The erasures recorded after ``seq``, in order."""
@@ -175,7 +175,7 @@ class SharedErasures:
         """The record's position and the erasures after ``seq`` still in it, in order, in
         one statement (one snapshot: an erasure's row and the position are committed
         together, so a row up to the position that is missing was pruned)."""
-        rows = self._call(lambda: self.db.fetchall(
+        rows = self.call(lambda: self.db.fetchall(
             "SELECT c.seq, e.seq, e.persons, e.id_keys FROM (SELECT 1 AS one) AS x"
             " LEFT JOIN erasure_counter c ON c.one = x.one"
             " LEFT JOIN erasures e ON e.seq > ? ORDER BY e.seq", (seq,)))
@@ -184,7 +184,7 @@ class SharedErasures:
                           for _, s, p, k in rows if s is not None]
 
     def position(self) -> int:
-        row = self._call(lambda: self.db.fetchone(
+        row = self.call(lambda: self.db.fetchone(
             "SELECT seq FROM erasure_counter WHERE one = 1"))
         return int(row[0]) if row else 0
 
@@ -205,12 +205,12 @@ class SharedErasures:
                        (writer, seq, int(time.time() * 1000)))
             return self._prune(tx)
 
-        return self._pruned(self._call(lambda: self.db.write(note)))
+        return self._pruned(self.call(lambda: self.db.write(note)))
 
     def writers(self) -> list[Writer]:
         """The writers that count for pruning (the record's rows are kept until each of
         them applied them), by name."""
-        rows = self._call(lambda: self.db.fetchall(
+        rows = self.call(lambda: self.db.fetchall(
             "SELECT a.writer, a.applied, a.at_ms, coalesce(w.published, 0)"
             " FROM erasure_appliers a LEFT JOIN tier_writers w ON w.writer = a.writer"
             " ORDER BY a.writer"))
@@ -225,7 +225,7 @@ class SharedErasures:
                 return None
             return self._prune(tx)
 
-        gone = self._call(lambda: self.db.write(drop))
+        gone = self.call(lambda: self.db.write(drop))
         if gone is None:
             raise UnknownWriter(writer)
         return self._pruned(gone)
@@ -242,7 +242,8 @@ class SharedErasures:
             self.db.shredded()
         return int(gone)
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """``fn()``; :class:`ErasuresUnavailable` when the shared database cannot be used."""
         with translated(ErasuresUnavailable,
                         f"the record of erasures at {self.db.where} cannot be used now"):
             return fn()
@@ -377,6 +378,9 @@ class ErasureMirror:
         upto = max(self.applied, *(e.seq for e in todo))
         out: dict[int, dict[str, int]] = {}
         reached: list[tuple[set[int], set[int]]] = []
+        if self.warehouse.handover:  # the erased ids' shared streams first: when that
+            erased = set().union(*(e.keys for e in todo))  # fails, nothing is applied yet
+            self.store.call(lambda: handover.erase_streams(self.store.db, erased))
         with self.warehouse.transaction() as cur:
             for e in todo:
                 counts, persons, keys = _erase(cur, e)
@@ -384,8 +388,6 @@ class ErasureMirror:
                 reached.append((persons, keys))
             cur.execute("INSERT INTO processor_state VALUES ($n, $v) ON CONFLICT (name)"
                         " DO UPDATE SET value = excluded.value", {"n": APPLIED, "v": upto})
-        if self.warehouse.handover:  # the shared streams of the ids reached here
-            handover.erase_streams(self.store.db, set().union(*(k for _, k in reached)))
         with self._lock:
             self.applied = upto
             if self.everyone_due is due:

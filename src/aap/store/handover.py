@@ -61,7 +61,7 @@ import duckdb
 import pyarrow as pa
 
 from aap.store.filelist import KEYS_TABLE
-from aap.store.meta import POSTGRESQL, Bulk, MetaDB, Tx
+from aap.store.meta import POSTGRESQL, Bulk, MetaDB, Tx, log_failure
 from aap.store.migrations import Schema
 
 logger = logging.getLogger("aap.handover")
@@ -425,8 +425,9 @@ class Folder:
                 return
             try:
                 fold(self.db)
-            except Exception:
-                logger.exception("folding the staged log streams failed; tried again later")
+            except Exception as exc:
+                log_failure(logger, "folding the staged log streams failed; tried again later",
+                            exc)
 
 
 def _take(cur: duckdb.DuckDBPyConnection, partitions: list[int], positions: dict[int, int],

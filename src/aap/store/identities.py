@@ -38,7 +38,6 @@ rectified traits (``person_rectifications`` and its counter: :mod:`aap.store.rec
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from typing import Generic, TypeVar
 from aap.datadir import DataDir
 from aap.errors import TransientError
 from aap.process.identity import Identities, IdentityChanges
-from aap.store.meta import POSTGRESQL, Bulk, Fetch, Tx, is_conflict, open_meta
+from aap.store.meta import POSTGRESQL, Bulk, Fetch, Tx, is_conflict, open_meta, unavailable
 from aap.store.migrations import Schema
 
 T = TypeVar("T")
@@ -182,16 +181,6 @@ another processor in between (a unique violation rather than a serialization fai
 class IdentitiesUnavailable(TransientError):
     """The shared store cannot be reached (or keeps refusing the transaction): the chunk
     is tried again later; nothing about it is wrong."""
-
-
-def unavailable(exc: BaseException) -> bool:
-    """A lost or refused connection, a pool that has none, a transaction refused every
-    time (PostgreSQL's ``OperationalError``); a SQLite file locked too long."""
-    if isinstance(exc, sqlite3.OperationalError):
-        return "locked" in str(exc) or "busy" in str(exc)
-    import psycopg
-
-    return isinstance(exc, psycopg.OperationalError)
 
 
 @contextmanager

@@ -36,16 +36,19 @@ from __future__ import annotations
 import atexit
 import functools
 import io
+import logging
 import os
 import random
 import re
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from aap.errors import TransientError, one_line
 from aap.store.migrations import Schema, migrate_postgres, migrate_sqlite
 
 if TYPE_CHECKING:
@@ -295,6 +298,40 @@ _pools_lock = threading.Lock()
 
 class MetaUnavailable(RuntimeError):
     """The PostgreSQL server of ``AAP_META_URL`` cannot be reached or refuses AAP."""
+
+
+def unavailable(exc: BaseException) -> bool:
+    """The shared state cannot be used now, and may be later: a lost or refused
+    connection, a pool that has none, a transaction refused every time (PostgreSQL's
+    ``OperationalError``), a server not reached at all (:class:`MetaUnavailable`); a
+    SQLite file locked too long."""
+    if isinstance(exc, MetaUnavailable):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        return "locked" in str(exc) or "busy" in str(exc)
+    if "psycopg" not in sys.modules:  # never used here: not its error
+        return False
+    import psycopg
+
+    return isinstance(exc, psycopg.OperationalError)
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failure is of something that comes back, not of the work at hand: the
+    shared state out of reach (:func:`unavailable`, or already said so by a
+    :class:`~aap.errors.TransientError` such as ``IdentitiesUnavailable``), a worker
+    process gone. Loops that retry log it on one line and count it against nothing."""
+    return isinstance(exc, TransientError) or unavailable(exc)
+
+
+def log_failure(logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """What a loop that tries again logs of a failure: one line for something that comes
+    back (:func:`transient`: the shared state out of reach says so every time it is
+    tried), the traceback of anything else."""
+    if transient(exc):
+        logger.warning("%s: %s", what, one_line(exc))
+    else:
+        logger.error("%s", what, exc_info=exc)
 
 
 def _pool(url: str, where: str) -> Any:

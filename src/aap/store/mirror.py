@@ -20,6 +20,7 @@ import time
 import pyarrow as pa
 
 from aap.store.identities import SharedIdentities
+from aap.store.meta import log_failure
 from aap.store.warehouse import Warehouse
 
 logger = logging.getLogger("aap.query")
@@ -77,9 +78,9 @@ class OverridesMirror:
         while not self._stop.is_set():
             try:
                 self.reload()
-            except Exception:  # the shared store away for a while: try again next turn
+            except Exception as exc:  # the shared store away for a while: again next turn
                 self.failures += 1
-                logger.exception("reloading the shared merges failed")
+                log_failure(logger, "reloading the shared merges failed", exc)
             self._stop.wait(self.interval_s)
 
 

@@ -49,7 +49,7 @@ from aap.datadir import DataDir
 from aap.store import handover, published, quarantine
 from aap.store.erasures import ErasuresLost
 from aap.store.filelist import MARKED, SharedList, Stale, TierFile, is_shared
-from aap.store.meta import MetaDB, open_meta
+from aap.store.meta import MetaDB, log_failure, open_meta
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS, PUBLISH_BATCH
 from aap.store.tiering import BATCH_PREFIX
 from aap.store.warehouse import Warehouse
@@ -333,8 +333,9 @@ class Publisher:
                 out: dict[str, Any] = self.publish_once()
             except ErasuresLost:  # said by publish_once, once
                 pass
-            except Exception:
-                logger.exception("publishing failed; the batch is finished at the next turn")
+            except Exception as exc:
+                log_failure(logger, "publishing failed; the batch is finished at the next"
+                            " turn", exc)
             else:
                 if out["rows"] or out.get("keys") or out["finished"]:
                     logger.debug("publishing: %s", out)

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from aap.store import quarantine
 from aap.store.filelist import Moved, TierFile, reading
+from aap.store.meta import log_failure
 from aap.store.schema import EVENT_ARROW_SCHEMA, PUBLISH_BATCH
 from aap.store.warehouse import Warehouse
 
@@ -286,8 +287,8 @@ class TieringThread:
             if self.retention is not None:
                 try:
                     done = self.retention.run_pending()
-                except Exception:
-                    logger.exception("retention failed; it runs again at the next tick")
+                except Exception as exc:
+                    log_failure(logger, "retention failed; it runs again at the next tick", exc)
                 else:
                     if done and any(v for k, v in done.items() if k not in ("seconds", "ran_at")):
                         logger.info("retention: %s", done)
@@ -298,13 +299,14 @@ class TieringThread:
             due = time.monotonic() + self.interval
             try:
                 moved = run_tiering(self.wh, self.policy)
-            except Exception:
-                logger.exception("tiering failed; will retry")
+            except Exception as exc:
+                log_failure(logger, "tiering failed; will retry", exc)
             else:
                 if any(moved.values()):
                     logger.info("tiering: %s", moved)
                 if moved["dropped"] and self.retention is not None:
                     try:
                         logger.info("retention sweep: %s", self.retention.sweep())
-                    except Exception:
-                        logger.exception("retention sweep failed; will retry after the next drop")
+                    except Exception as exc:
+                        log_failure(logger, "retention sweep failed; will retry after the next"
+                                    " drop", exc)
