@@ -11,6 +11,7 @@ the gate and the keystore as one group (``aap_shared_state_groups_total``)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -108,3 +109,75 @@ def test_a_batch_waiting_for_postgresql_does_not_stop_the_worker(
     assert counts["aap_shared_state_queued"] == 0, counts
     srv.wait_processed()
     assert srv.sql("SELECT count(*) FROM events WHERE event = 'Waited'") == [[3 + 5 + 4 * 2]]
+
+
+def _restart(con: psycopg.Connection[Any], url: str) -> None:
+    """Every session of the database ends, as when its server restarts or fails over."""
+    con.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+                " AND pid <> pg_backend_pid()", (url.rsplit("/", 1)[1],))
+
+
+def test_a_restart_of_the_shared_database_is_a_503_to_retry_never_a_500(
+        server: tuple[ServerProcess, str, str]) -> None:
+    """The server's sessions end under it: a batch (new persons: the keystore on
+    PostgreSQL) is answered 503 ``shared_state_unavailable`` with Retry-After, a stream
+    message is nacked with that code (the connection stays open), and each goes through
+    once it is sent again: nothing accepted is lost, nothing is stored twice."""
+    from websockets.sync.client import connect
+
+    srv, key, url = server
+    acked: list[str] = []
+
+    def send() -> httpx.Response:
+        body = _batch(3)
+        r = httpx.post(srv.url + "/v1/batch", json=body, auth=(key, ""), timeout=60)
+        assert r.status_code in (200, 503), r.text
+        if r.status_code == 200:
+            acked.extend(ev["messageId"] for ev in body["batch"])
+        return r
+
+    assert send().status_code == 200
+    refused = []
+    with psycopg.connect(url, autocommit=True) as con:
+        for _ in range(5):
+            _restart(con, url)
+            if (r := send()).status_code == 503:
+                refused.append(r)
+    assert refused, "no request met a dead session: the test proves nothing"
+    for r in refused:
+        assert r.json()["code"] == "shared_state_unavailable", r.text
+        assert int(r.headers["retry-after"]) > 0
+    with psycopg.connect(url, autocommit=True) as con, connect(
+            srv.url.replace("http://", "ws://") + "/v1/stream", open_timeout=60,
+            subprotocols=["aap.v1", "key." + key]) as ws:  # type: ignore[list-item]
+        def recv() -> dict[str, Any]:
+            while "ping" in (got := json.loads(ws.recv(60))):
+                ws.send(json.dumps({"pong": got["ping"]}))
+            return got  # type: ignore[no-any-return]
+
+        assert "ready" in recv()
+        nacked, seq = [], 0
+        for _ in range(5):
+            _restart(con, url)
+            batch = _batch(2)["batch"]
+            seq += 1
+            ws.send(json.dumps({"seq": seq, "batch": batch}))
+            while "nack" in (got := recv()):  # sent again until it is stored
+                assert got["nack"] == seq, got
+                nacked.append(got)
+                seq += 1
+                ws.send(json.dumps({"seq": seq, "batch": batch}))
+            assert got == {"ack": seq, "accepted": 2, "rejected": []}, got
+            acked.extend(ev["messageId"] for ev in batch)
+    assert nacked, "no stream message met a dead session: the test proves nothing"
+    assert all(n["code"] == "shared_state_unavailable" and n["retry_after"] > 0
+               for n in nacked), nacked
+    deadline = time.monotonic() + 60
+    while (r := send()).status_code != 200:  # the pool has reconnected
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.5)
+    srv.wait_processed(timeout=300)
+    stored = [row[0] for row in srv.sql("SELECT message_id FROM events")]
+    assert len(stored) == len(set(stored)), "stored twice"
+    assert set(stored) == set(acked), (set(acked) - set(stored), set(stored) - set(acked),
+                                       nacked)
