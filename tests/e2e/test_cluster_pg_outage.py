@@ -5,7 +5,7 @@ in a crash (``pg_ctl stop -m immediate``), and comes back on the same port a whi
 Meanwhile every answer a client gets is a 200 or a 503 with ``Retry-After`` and a JSON
 body naming the problem (never another 5xx); no role dies; and once the server is back
 every acknowledged event is published (what the query node reads) exactly once, and the
-query node answers again. A query and a privacy request filed on the query node during
+query node answers again. Every role's ``/healthz`` stays 200 meanwhile. A query and a privacy request filed on the query node during
 the outage are answered too (the request with 503 ``shared_state_unavailable``: it is
 kept on the shared state)."""
 
@@ -149,6 +149,9 @@ def test_postgresql_down_under_load_then_back_loses_and_doubles_nothing(
                     "userId": "someone"}}, "privacy")
                 for r in (asked, filed):
                     answers.add("query node", r)
+                # every role says it is healthy: a restart would not bring PostgreSQL back
+                probes = [*up.urls, *(f"http://127.0.0.1:{up.base + 2 + i}" for i in range(2))]
+                health = {u: httpx.get(u + "/healthz", timeout=30).status_code for u in probes}
                 time.sleep(max(0.0, DOWN_S - (time.monotonic() - down_since)))
                 during = len(acked) - down_at
                 pg.start()
@@ -185,6 +188,7 @@ def test_postgresql_down_under_load_then_back_loses_and_doubles_nothing(
     assert filed.status_code == 503, filed.text
     assert _body(filed)["code"] == SHARED_STATE_UNAVAILABLE, filed.text
     assert before == after, f"a role died: {before} → {after}"
+    assert set(health.values()) == {200}, health
     doubled = {m: n for m, n in Counter(ids).items() if n > 1}
     assert not doubled, f"{len(doubled)} events published twice"
     assert len(acked) > 1000
