@@ -3,11 +3,11 @@
 in a crash (``pg_ctl stop -m immediate``), and comes back on the same port a while later.
 
 Meanwhile every answer a client gets is a 200 or a 503 with ``Retry-After`` and a JSON
-body naming the problem (never another 5xx); no role dies; and once the server is back
-every acknowledged event is published (what the query node reads) exactly once, and the
-query node answers again. Every role's ``/healthz`` stays 200 meanwhile. A query and a privacy request filed on the query node during
-the outage are answered too (the request with 503 ``shared_state_unavailable``: it is
-kept on the shared state)."""
+body naming the problem (never another 5xx); a query and a privacy request filed on the
+query node are answered too (the request with 503 ``shared_state_unavailable``: it is
+kept on the shared state); every role's ``/healthz`` stays 200 and none dies. Once the
+server is back every acknowledged event is published (what the query node reads) exactly
+once, the query node counts them, and a privacy request filed then is done."""
 
 from __future__ import annotations
 
