@@ -182,6 +182,13 @@ def test_each_job_sets_bad_rows_aside_and_finishes_the_others(
     files = int(wh.con.execute("SELECT count(*) FROM tier_files").fetchone()[0])  # type: ignore[index]
     assert done["copied"] == files - 1
     assert quarantined("query_cache", "failed") - before == 1
+    # it is tried again at the next sync once its wait is over (a file S3 could not give
+    # is copied when S3 is back), and not reported again
+    assert cache.sync()["copied"] == 0 and len(cache._skipped) == 1  # waits
+    cache._skipped = {k: (n, 0.0) for k, (n, _) in cache._skipped.items()}  # wait over
+    assert cache.sync()["copied"] == 0
+    assert [n for n, _ in cache._skipped.values()] == [2]  # tried, failed again
+    assert quarantined("query_cache", "failed") - before == 1
 
     # erasure reaches quarantined rows (the corrupt file taken off the list first: an
     # erasure fails whole rather than leave a file unread)

@@ -19,6 +19,7 @@ import contextvars
 from collections.abc import Callable
 from typing import Any
 
+import duckdb
 import msgspec
 
 from aap import errors
@@ -41,6 +42,9 @@ from aap.query.models import parse_cohort, parse_insight
 from aap.query.runner import Deadline, run_insight
 from aap.settings import Settings
 from aap.store.warehouse import Warehouse
+
+STORAGE_UNAVAILABLE = "storage_unavailable"
+"""The code of a 503: the tier store (S3) did not answer a read the request needed."""
 
 Handler = Callable[[dict[str, str], bytes, str], Any]
 ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("actor", default="local")
@@ -108,6 +112,12 @@ class RestAPI(DashboardsAPI, PrivacyCenter):
         token, args = ACTOR.set(actor), ARGS.set(query_args(query, route.target.args))
         try:
             return handler(params, body, role)
+        except (OSError, duckdb.Error) as exc:
+            if self.warehouse.tiers.reachable():
+                raise
+            raise errors.ServiceUnavailable(  # the files cannot be read now: later
+                "the tier store (AAP_TIER_URL) cannot be read now: try again later",
+                code=STORAGE_UNAVAILABLE, retry_after=5) from exc
         finally:
             ACTOR.reset(token)
             ARGS.reset(args)

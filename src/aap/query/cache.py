@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -48,6 +49,10 @@ logger = logging.getLogger("aap.query.cache")
 
 DDL = CACHE_DDL
 EXPECTED_COLUMNS = CACHE_COLUMNS
+RETRY_SKIPPED_S = 30.0
+"""A tier file the copy failed on is tried again after this long, then twice as long
+after each failure, up to :data:`RETRY_SKIPPED_MAX_S`."""
+RETRY_SKIPPED_MAX_S = 3600.0
 
 
 def _columns(cur: duckdb.DuckDBPyConnection, table: str = "query_cache") -> list[str]:
@@ -88,9 +93,11 @@ class QueryCache:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="aap-query-cache", daemon=True)
         self._lock = threading.Lock()
-        self._skipped: set[str] = set()
-        """Tier files the copy failed on: read from Parquet (reported once, see
-        :mod:`aap.store.quarantine`)."""
+        self._skipped: dict[str, tuple[int, float]] = {}
+        """Tier files the copy failed on: read from Parquet meanwhile (reported once, see
+        :mod:`aap.store.quarantine`), tried again after :data:`RETRY_SKIPPED_S` doubled
+        at each failure (a file that cannot be read while S3 is away is copied once it is
+        back): path → (failures, when to try again)."""
 
     def start(self) -> None:
         self._thread.start()
@@ -187,15 +194,20 @@ class QueryCache:
             for path in todo:
                 if stop is not None and stop.is_set():
                     break
-                if path in self._skipped:
+                failures, due = self._skipped.get(path, (0, 0.0))
+                if time.monotonic() < due:
                     continue
                 try:
                     n = self._copy(path)
                 except Exception as exc:  # this file is read from Parquet; the others go on
-                    self._skipped.add(path)
-                    quarantine.report("query_cache", quarantine.FAILED, 1,
-                                      f"tier file {path.rsplit('/', 2)[-2]} ({type(exc).__name__})")
+                    self._skipped[path] = (failures + 1, time.monotonic() + min(
+                        RETRY_SKIPPED_S * 2 ** failures, RETRY_SKIPPED_MAX_S))
+                    if not failures:
+                        quarantine.report("query_cache", quarantine.FAILED, 1,
+                                          f"tier file {path.rsplit('/', 2)[-2]}"
+                                          f" ({type(exc).__name__})")
                     continue
+                self._skipped.pop(path, None)
                 if n is None:
                     continue
                 done["copied"] += 1

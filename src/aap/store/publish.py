@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from aap.datadir import DataDir
+from aap.errors import one_line
 from aap.store import handover, published, quarantine
 from aap.store.erasures import ErasuresLost
 from aap.store.filelist import MARKED, SharedList, Stale, TierFile, is_shared
@@ -334,8 +335,12 @@ class Publisher:
             except ErasuresLost:  # said by publish_once, once
                 pass
             except Exception as exc:
-                log_failure(logger, "publishing failed; the batch is finished at the next"
-                            " turn", exc)
+                if isinstance(exc, OSError) and not self.wh.tiers.reachable():  # S3 away
+                    logger.warning("publishing waits for the tier store (the batch is"
+                                   " finished at the next turn): %s", one_line(exc))
+                else:
+                    log_failure(logger, "publishing failed; the batch is finished at the"
+                                " next turn", exc)
             else:
                 if out["rows"] or out.get("keys") or out["finished"]:
                     logger.debug("publishing: %s", out)

@@ -139,3 +139,12 @@ class TierStore:
 
     def exists(self, path: str) -> bool:
         return bool(self.fs.get_file_info(path).type != pafs.FileType.NotFound)
+
+    def reachable(self) -> bool:
+        """Whether the store answers now (a look at its root): a read that failed while it
+        does not is the store's outage (S3 down or out of reach), not the reader's fault."""
+        try:
+            self.fs.get_file_info(self.root)
+        except OSError:
+            return False
+        return True
