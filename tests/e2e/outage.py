@@ -1,0 +1,232 @@
+"""A shared part of ``aap cluster up --collectors 2 --processors 2 --query 1`` (Kafka on
+librdkafka's mock cluster) goes away under load and comes back: what clients were
+answered meanwhile and what was published once it was back (:func:`through_outage`).
+Used by ``test_cluster_pg_outage.py`` (PostgreSQL) and ``test_cluster_s3.py`` (S3)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from aap.cluster import query_dir, query_env
+from aap.runner import create_source
+from aap.settings import Settings
+from aap.store.meta import open_meta, unavailable
+from aap.store.tiers import TierConfig, TierStore
+from aap.store.warehouse import Warehouse
+from tests.cluster_up import cluster_up
+from tests.e2e.test_cluster_crash import BATCH, PARTITIONS, _consents
+from tests.e2e.test_cluster_equivalence import _traffic
+from tests.e2e.test_query_nodes import COUNT_SQL, Node
+from tests.kafka_mock import Cluster, topic_of
+from tests.test_cluster import _pids
+
+CLIENTS = 2
+RATE = 500
+"""Events a second each client offers at most."""
+DOWN_S = 20.0
+"""How long the part stays away: longer than a publishing turn's retries, shorter than
+the mock's window of a partition (see ``tests/e2e/test_cluster_crash.py``)."""
+PROCESSORS = 2
+
+
+class Answers:
+    """What the clients were answered, by status (and the first odd ones in full): a 200,
+    or a 503 with ``Retry-After`` and a JSON body naming the problem, is not odd."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_status: Counter[int] = Counter()
+        self.odd: list[str] = []
+
+    def add(self, where: str, r: httpx.Response) -> None:
+        with self.lock:
+            self.by_status[r.status_code] += 1
+            ok = r.status_code == 200 or (
+                r.status_code == 503 and r.headers.get("retry-after")
+                and isinstance(body(r).get("message"), str))
+            if not ok and len(self.odd) < 10:
+                self.odd.append(f"{where}: {r.status_code} {r.headers} {r.text[:500]}")
+
+
+def body(r: httpx.Response) -> dict[str, Any]:
+    try:
+        doc = r.json()
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _sender(urls: list[str], key: str, events: list[dict[str, Any]], acked: set[str],
+            answers: Answers, stop: threading.Event) -> None:
+    """Sends the events in order, a batch at a time, until ``stop``; a batch answered
+    other than 200 goes again (to the next collector), as an SDK retries."""
+    turn = 0
+    t0 = time.monotonic()
+    clients = [httpx.Client(base_url=u, auth=(key, ""), timeout=60) for u in urls]
+    try:
+        for i in range(0, len(events), BATCH):
+            batch = events[i:i + BATCH]
+            content = msgspec.json.encode({"batch": batch})
+            ahead = t0 + i / RATE - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+            while not stop.is_set():
+                turn += 1
+                client = clients[turn % len(clients)]
+                try:
+                    r = client.post("/v1/batch", content=content,
+                                    headers={"Content-Type": "application/json"})
+                except httpx.HTTPError as exc:
+                    answers.odd.append(f"{client.base_url}: {exc!r}")
+                    time.sleep(0.1)
+                    continue
+                answers.add(str(client.base_url), r)
+                if r.status_code == 200:
+                    acked.update(ev["messageId"] for ev in batch if _consents(ev))
+                    break
+                time.sleep(0.2)
+            if stop.is_set():
+                return
+    finally:
+        for c in clients:
+            c.close()
+
+
+def published(reader: Warehouse) -> list[Any]:
+    """The message ids in the published files (what a query node reads), with repeats;
+    asked again while the reader's own connection to a restarted PostgreSQL fails."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            return [r[0] for r in reader.query("SELECT message_id FROM events_all")[1]]
+        except Exception as exc:
+            if not unavailable(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@dataclass
+class Outcome:
+    answers: Answers
+    acked: set[str]
+    during: int
+    """Events acknowledged while the part was away."""
+    asked: httpx.Response
+    """A query on the query node while the part was away."""
+    filed: httpx.Response
+    """A privacy request filed on the query node while the part was away."""
+    health: dict[str, int]
+    """Each role's ``/healthz`` status while the part was away."""
+    died: tuple[list[int], list[int]]
+    """The roles' processes before and after."""
+    ids: list[str]
+    """Published once it was back, with repeats."""
+    counted: int
+    """The query node's count of events once it was back."""
+    done: dict[str, Any]
+    """An access request filed once it was back, when it ended."""
+    log: str
+
+
+def through_outage(tmp_path: Path, meta: str, env: dict[str, str], tiers: TierConfig,
+                   down: Callable[[], None], back: Callable[[], None]) -> Outcome:
+    """The cluster on the shared state ``meta`` (a PostgreSQL database), ``env`` added
+    to its environment and its tier files in ``tiers``, under load from
+    :data:`CLIENTS` clients; once something is published, ``down()``, a query, a privacy
+    request and each role's ``/healthz`` meanwhile, ``back()`` after :data:`DOWN_S`; the
+    load stops; then what was published, once every acknowledged event is (or the test
+    fails after 10 minutes)."""
+    kafka = Cluster()
+    env = {"AAP_LOG_URL": kafka.url(), "AAP_META_URL": meta, "AAP_PUBLISH_SECONDS": "1",
+           **env}
+    kafka.topic(topic_of(env["AAP_LOG_URL"]), PARTITIONS)
+    data = tmp_path / "cluster"
+    with pytest.MonkeyPatch.context() as mp:  # the sources are on the shared store
+        mp.setenv("AAP_META_URL", meta)
+        key = create_source(data, "demo-site")
+    events = [ev for v in _traffic(200_000) for ev in v]
+    acked: set[str] = set()
+    answers = Answers()
+    stop = threading.Event()
+    reader = Warehouse(tmp_path / "reader", tiers=TierStore(tiers),
+                       shared_list=open_meta(tmp_path / "reader.db", meta))
+    try:
+        with cluster_up(data, tmp_path / "cluster.log", env=env, processors=PROCESSORS,
+                        query=1) as up:
+            before = sorted(_pids("--role", "", str(data)))
+            node = Node("query node", up.query_urls[0], query_dir(data, 0),
+                        {**env, **query_env(Settings(data_dir=str(data)))})
+            threads = [threading.Thread(target=_sender, args=(
+                up.urls, key, events[c::CLIENTS], acked, answers, stop))
+                for c in range(CLIENTS)]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 300
+            while not published(reader):
+                assert time.monotonic() < deadline, up.log.read_text()[-3000:]
+                time.sleep(0.5)
+            down()
+            down_at, down_since = len(acked), time.monotonic()
+            # each may wait for a connection to PostgreSQL as long as its pool waits: 30 s
+            asked = node.post("/query", {"kind": "sql", "query": COUNT_SQL}, "privacy")
+            filed = node.post("/privacy/requests", {"type": "access", "subject": {
+                "userId": "someone"}}, "privacy")
+            for r in (asked, filed):
+                answers.add("query node", r)
+            probes = [*up.urls, *(f"http://127.0.0.1:{up.base + len(up.urls) + i}"
+                                  for i in range(PROCESSORS))]
+            health = {u: httpx.get(u + "/healthz", timeout=30).status_code for u in probes}
+            time.sleep(max(0.0, DOWN_S - (time.monotonic() - down_since)))
+            during = len(acked) - down_at
+            back()
+            time.sleep(5)
+            stop.set()
+            for t in threads:
+                t.join(120)
+            print(f"answers {dict(answers.by_status)}; acked {len(acked)}, during the"
+                  f" outage {during}; meanwhile the query: {asked.status_code}, the"
+                  f" privacy request: {filed.status_code}; odd {answers.odd}")
+            after = sorted(_pids("--role", "", str(data)))
+            deadline = time.monotonic() + 600
+            while missing := acked - set(published(reader)):
+                assert time.monotonic() < deadline, (
+                    f"{len(missing)} of {len(acked)} acknowledged events not published:"
+                    f" {up.log.read_text()[-3000:]}")
+                time.sleep(1.0)
+            time.sleep(3)  # a batch published twice would show now
+            ids = published(reader)
+            counted = node.count()
+            done = node.erase("someone", "access", timeout=180)
+            log = up.log.read_text()
+    finally:
+        stop.set()
+        reader.close()
+        kafka.stop()
+    return Outcome(answers, acked, during, asked, filed, health, (before, after), ids,
+                   counted, done, log)
+
+
+def check_common(out: Outcome) -> None:
+    """What holds through either outage: no odd answer, no role died or was unhealthy,
+    every acknowledged event published once and counted, no record set aside, and
+    privacy requests are worked again."""
+    assert not out.answers.odd, out.answers.odd
+    before, after = out.died
+    assert before == after, f"a role died: {before} → {after}"
+    assert set(out.health.values()) == {200}, out.health
+    doubled = {m: n for m, n in Counter(out.ids).items() if n > 1}
+    assert not doubled, f"{len(doubled)} events published twice"
+    assert out.acked <= set(out.ids) and len(out.acked) > 1000
+    assert out.counted == len(out.ids)
+    assert "cannot be processed; set aside" not in out.log
+    assert out.done["status"] == "done"
