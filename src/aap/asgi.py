@@ -15,7 +15,7 @@ import msgspec
 from aap import errors
 from aap.errors import BadRequest, PayloadTooLarge
 from aap.jsonlimits import too_deep
-from aap.store.meta import unavailable
+from aap.store.meta import SharedStateUnavailable, unavailable
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -242,7 +242,7 @@ def as_error(exc: BaseException) -> errors.AAPError:
     return INTERNAL_ERROR
 
 
-SHARED_STATE_UNAVAILABLE = "shared_state_unavailable"
+SHARED_STATE_UNAVAILABLE = SharedStateUnavailable.code
 
 
 def failed(exc: BaseException, where: str, logger: logging.Logger) -> Response:
@@ -261,12 +261,11 @@ def failed(exc: BaseException, where: str, logger: logging.Logger) -> Response:
     return error_response(exc)
 
 
-def shared_state_unavailable() -> errors.ServiceUnavailable:
+def shared_state_unavailable() -> SharedStateUnavailable:
     """What a request that needed the shared state while it could not be used is
     answered (503, ``shared_state_unavailable``, Retry-After)."""
-    return errors.ServiceUnavailable(
-        "the shared state (AAP_META_URL) cannot be used now: try again later",
-        code=SHARED_STATE_UNAVAILABLE, retry_after=2)
+    return SharedStateUnavailable(
+        "the shared state (AAP_META_URL) cannot be used now: try again later", retry_after=2)
 
 
 def error_response(exc: BaseException) -> Response:

@@ -23,7 +23,7 @@ import secrets
 from datetime import UTC, date, datetime, timedelta
 
 from aap.errors import ServiceUnavailable
-from aap.store.meta import MetaUnavailable, PostgresMeta
+from aap.store.meta import MetaUnavailable, PostgresMeta, SharedStateUnavailable
 from aap.store.migrations import Schema
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS cnil_salts (
 SCHEMA = Schema(TABLE, _SQLITE, postgres=_PG, steps=())
 
 
-class SaltsUnavailable(ServiceUnavailable):
+class SaltsUnavailable(ServiceUnavailable, SharedStateUnavailable):
     """The shared salts cannot be read or written now: a CNIL-mode event waits (503)
     rather than be hashed with a salt of this collector's own."""
 

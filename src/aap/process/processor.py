@@ -43,7 +43,7 @@ from aap.process.prepare import LocalPreparer, PrepareConfig, Prepared, WorkerPr
 from aap.process.steps import Batch, DedupIndex, State, Stream, steps_for
 from aap.store import handover, quarantine
 from aap.store.identities import SharedIdentities
-from aap.store.meta import log_failure, transient
+from aap.store.meta import log_failure, unavailable
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
 from aap.store.warehouse import NEXT_PERSON, Chunk, StaleChunk, Warehouse
 
@@ -226,8 +226,9 @@ class Processor:
         row at the same position, records are taken one at a time, and after
         :data:`SET_ASIDE_FAILURES` (five) a record that still cannot be written is set
         aside (its offset goes to ``dead_letters``, its events are counted as dropped with
-        reason ``unprocessable``) so that one bad record cannot stop the pipeline. Shared
-        identities that cannot be reached now are no failure of the records: not counted.
+        reason ``unprocessable``) so that one bad record cannot stop the pipeline. The
+        shared state out of reach (any of its stores: :func:`aap.store.meta.unavailable`)
+        is no failure of the records: not counted.
         """
         records: list[Record] = []
         if self.wh.epoch != self._epoch:  # unpublished rows were dropped: read them again
@@ -254,9 +255,9 @@ class Processor:
             return 0
         except Exception as exc:
             self._abandon()
-            # the shared state or the prepare worker away (aap.store.meta.transient) is not
-            if not transient(exc):  # the records' fault: an outage sets none aside
-                self.failures += 1
+            # the shared state out of reach (aap.store.meta.unavailable), whichever store
+            if not unavailable(exc):  # the chunk used, is not the records' fault: an
+                self.failures += 1    # outage of any length sets none aside
             self._load()
             if self.failures >= SET_ASIDE_FAILURES and len(records) == 1:
                 self._set_aside(records[0])

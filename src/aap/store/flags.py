@@ -59,7 +59,7 @@ from aap.store.identities import (
     resolved,
     translated,
 )
-from aap.store.meta import POSTGRESQL, Bulk, Tx, open_meta
+from aap.store.meta import POSTGRESQL, Bulk, SharedStateUnavailable, Tx, open_meta
 
 if TYPE_CHECKING:
     from aap.store.warehouse import Warehouse
@@ -70,7 +70,7 @@ Row = tuple[int, str, int]
 """(person_id, flag, set_at_ms)."""
 
 
-class FlagsUnavailable(ServiceUnavailable):
+class FlagsUnavailable(ServiceUnavailable, SharedStateUnavailable):
     """The shared flags cannot be read or written now: a query waits rather than show a
     person who may be restricted."""
 

@@ -45,9 +45,17 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from aap.datadir import DataDir
-from aap.errors import TransientError
 from aap.process.identity import Identities, IdentityChanges
-from aap.store.meta import POSTGRESQL, Bulk, Fetch, Tx, is_conflict, open_meta, unavailable
+from aap.store.meta import (
+    POSTGRESQL,
+    Bulk,
+    Fetch,
+    SharedStateUnavailable,
+    Tx,
+    is_conflict,
+    open_meta,
+    unavailable,
+)
 from aap.store.migrations import Schema
 
 T = TypeVar("T")
@@ -178,7 +186,7 @@ CONFLICT_ATTEMPTS = 30
 another processor in between (a unique violation rather than a serialization failure)."""
 
 
-class IdentitiesUnavailable(TransientError):
+class IdentitiesUnavailable(SharedStateUnavailable):
     """The shared store cannot be reached (or keeps refusing the transaction): the chunk
     is tried again later; nothing about it is wrong."""
 

@@ -300,12 +300,22 @@ class MetaUnavailable(RuntimeError):
     """The PostgreSQL server of ``AAP_META_URL`` cannot be reached or refuses AAP."""
 
 
+class SharedStateUnavailable(TransientError):
+    """A store of the shared state said it cannot be used now (its own error, raised
+    from the driver's: ``IdentitiesUnavailable``, ``FlagsUnavailable``…); a request that
+    meets it is answered 503 with Retry-After."""
+
+    status = 503
+    code = "shared_state_unavailable"
+
+
 def unavailable(exc: BaseException) -> bool:
     """The shared state cannot be used now, and may be later: a lost or refused
     connection, a pool that has none, a transaction refused every time (PostgreSQL's
-    ``OperationalError``), a server not reached at all (:class:`MetaUnavailable`); a
-    SQLite file locked too long."""
-    if isinstance(exc, MetaUnavailable):
+    ``OperationalError``), a server not reached at all (:class:`MetaUnavailable`), a
+    store that said so (:class:`SharedStateUnavailable`); a SQLite file locked too
+    long. Nothing about the work at hand is wrong then."""
+    if isinstance(exc, (MetaUnavailable, SharedStateUnavailable)):
         return True
     if isinstance(exc, sqlite3.OperationalError):
         return "locked" in str(exc) or "busy" in str(exc)
