@@ -242,9 +242,6 @@ def as_error(exc: BaseException) -> errors.AAPError:
     return INTERNAL_ERROR
 
 
-SHARED_STATE_UNAVAILABLE = SharedStateUnavailable.code
-
-
 def failed(exc: BaseException, where: str, logger: logging.Logger) -> Response:
     """The answer to a request that raised: an error of the house as itself; the shared
     state not usable now (PostgreSQL of ``AAP_META_URL`` down or restarting, a SQLite file

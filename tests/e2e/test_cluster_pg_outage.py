@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from aap.asgi import SHARED_STATE_UNAVAILABLE
+from aap.store.meta import SharedStateUnavailable
 from aap.store.tiers import TierConfig
 from tests.e2e.outage import body, check_common, through_outage
 from tests.pg import new_database, postgres_cluster
@@ -35,4 +35,4 @@ def test_postgresql_down_under_load_then_back_loses_and_doubles_nothing(
     check_common(out)
     # the request needs the shared state (rights requests live there): refused, not lost
     assert out.filed.status_code == 503, out.filed.text
-    assert body(out.filed)["code"] == SHARED_STATE_UNAVAILABLE, out.filed.text
+    assert body(out.filed)["code"] == SharedStateUnavailable.code, out.filed.text

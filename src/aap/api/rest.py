@@ -19,7 +19,6 @@ import contextvars
 from collections.abc import Callable
 from typing import Any
 
-import duckdb
 import msgspec
 
 from aap import errors
@@ -112,8 +111,8 @@ class RestAPI(DashboardsAPI, PrivacyCenter):
         token, args = ACTOR.set(actor), ARGS.set(query_args(query, route.target.args))
         try:
             return handler(params, body, role)
-        except (OSError, duckdb.Error) as exc:
-            if self.warehouse.tiers.reachable():
+        except Exception as exc:
+            if not self.warehouse.tiers.away(exc):
                 raise
             raise errors.ServiceUnavailable(  # the files cannot be read now: later
                 "the tier store (AAP_TIER_URL) cannot be read now: try again later",

@@ -335,7 +335,7 @@ class Publisher:
             except ErasuresLost:  # said by publish_once, once
                 pass
             except Exception as exc:
-                if isinstance(exc, OSError) and not self.wh.tiers.reachable():  # S3 away
+                if self.wh.tiers.away(exc):  # S3 down or out of reach
                     logger.warning("publishing waits for the tier store (the batch is"
                                    " finished at the next turn): %s", one_line(exc))
                 else:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+import duckdb
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
@@ -140,11 +141,14 @@ class TierStore:
     def exists(self, path: str) -> bool:
         return bool(self.fs.get_file_info(path).type != pafs.FileType.NotFound)
 
-    def reachable(self) -> bool:
-        """Whether the store answers now (a look at its root): a read that failed while it
-        does not is the store's outage (S3 down or out of reach), not the reader's fault."""
+    def away(self, exc: BaseException) -> bool:
+        """Whether a read or write that failed with ``exc`` met the store's outage (S3
+        down or out of reach: the store does not answer a look at its root now), rather
+        than a fault of the caller's."""
+        if not isinstance(exc, (OSError, duckdb.Error)):
+            return False
         try:
             self.fs.get_file_info(self.root)
         except OSError:
-            return False
-        return True
+            return True
+        return False
