@@ -135,6 +135,8 @@ class Outcome:
     """The query node's count of events once it was back."""
     done: dict[str, Any]
     """An access request filed once it was back, when it ended."""
+    filed_then: dict[str, Any] | None
+    """The request filed while the part was away (if it was taken), when it ended."""
     log: str
 
 
@@ -207,13 +209,15 @@ def through_outage(tmp_path: Path, meta: str, env: dict[str, str], tiers: TierCo
             ids = published(reader)
             counted = node.count()
             done = node.erase("someone", "access", timeout=180)
+            filed_then = (node.finished(filed.json()["id"], timeout=180)
+                          if filed.status_code == 200 else None)
             log = up.log.read_text()
     finally:
         stop.set()
         reader.close()
         kafka.stop()
     return Outcome(answers, acked, during, asked, filed, health, (before, after), ids,
-                   counted, done, log)
+                   counted, done, filed_then, log)
 
 
 def check_common(out: Outcome) -> None:

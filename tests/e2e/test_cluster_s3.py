@@ -6,7 +6,8 @@ port (moto keeps its objects in the test's process; :mod:`tests.e2e.outage`).
 
 Meanwhile collectors keep accepting events (S3 is not on the ingestion path); a query on
 the query node is answered 503 ``storage_unavailable`` with ``Retry-After``, never a 500;
-every role's ``/healthz`` stays 200 and none dies. Once S3 is back every acknowledged
+a privacy request filed meanwhile waits and is done once S3 is back; every role's
+``/healthz`` stays 200 and none dies. Once S3 is back every acknowledged
 event is in the bucket's published files exactly once and the query node counts them."""
 
 from __future__ import annotations
@@ -75,3 +76,5 @@ def test_the_cluster_publishes_to_s3_and_rides_out_an_s3_outage(tmp_path: Path, 
     assert out.asked.status_code == 503, out.asked.text
     assert body(out.asked)["code"] == STORAGE_UNAVAILABLE, out.asked.text
     assert out.filed.status_code == 200, out.filed.text  # PostgreSQL is there
+    # the request waited for S3 (it was not failed for the outage) and was done once back
+    assert out.filed_then is not None and out.filed_then["status"] == "done", out.filed_then

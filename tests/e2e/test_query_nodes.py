@@ -73,14 +73,18 @@ class Node:
         r = self.post("/privacy/requests", {"type": kind, "subject": {"userId": user}},
                       "privacy")
         assert r.status_code == 200, r.text
-        rid = r.json()["id"]
+        got = self.finished(r.json()["id"], timeout)
+        assert got["status"] == "done", {k: got.get(k) for k in ("status", "error", "result")}
+        return got
+
+    def finished(self, rid: str, timeout: float = 600) -> dict[str, Any]:
+        """The privacy request ``rid`` once it is no longer pending or running."""
         auth = {"Authorization": f"Bearer {self.keys['privacy']}"}
         deadline = time.monotonic() + timeout  # generous: a loaded machine
         while (got := httpx.get(f"{self.url}/api/v1/privacy/requests/{rid}", headers=auth,
                                 timeout=60).json())["status"] in ("pending", "running"):
             assert time.monotonic() < deadline, got
             time.sleep(0.2)
-        assert got["status"] == "done", {k: got.get(k) for k in ("status", "error", "result")}
         return dict(got)
 
 

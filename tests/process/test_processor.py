@@ -78,6 +78,32 @@ def test_a_failed_write_leaves_no_trace(tmp_path: Path) -> None:
     assert len(snapshot(clean)["events"]) == 100  # type: ignore[arg-type]
 
 
+class FlakyReload(Flaky):
+    """A write fails once, and so does the reload of the state after it (the dedup keys
+    are read from the warm tier: S3 away, say)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, fail_when="m43", times=1)
+        self.reload_fails = 1
+
+    def load_dedup_keys(self) -> list[str]:
+        if self.times == 0 and self.reload_fails:
+            self.reload_fails -= 1
+            raise OSError("the tier store does not answer")
+        return super().load_dedup_keys()
+
+
+def test_a_failed_reload_after_a_failed_write_is_tried_again_before_reading_on(
+        tmp_path: Path) -> None:
+    fill(log := SQLiteLog(tmp_path / "log"))
+    clean = Warehouse(tmp_path / "clean")
+    drain(Processor(log, clean, IdHasher(b"k" * 32), chunk_records=3))
+    flaky = FlakyReload(tmp_path / "flaky")
+    drain(Processor(log, flaky, IdHasher(b"k" * 32), chunk_records=3))
+    assert flaky.times == 0 and flaky.reload_fails == 0
+    assert snapshot(flaky) == snapshot(clean)  # the failed chunk's events are stored
+
+
 def test_a_poison_record_is_set_aside(tmp_path: Path) -> None:
     fill(log := SQLiteLog(tmp_path / "log"))
     wh = Flaky(tmp_path / "wh", fail_when="m55", times=10**6)

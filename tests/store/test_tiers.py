@@ -155,3 +155,41 @@ def test_s3_tiers(tmp_path: Path, s3: TierConfig) -> None:
     assert any(k.startswith("events-store/warm/events/day=") for k in keys)
     assert any(k.startswith("events-store/cold/events/month=") for k in keys)
     assert not list(tmp_path.rglob("*.parquet"))  # nothing went to local disk
+
+
+def test_an_s3_outage_is_told_from_a_callers_fault(tmp_path: Path) -> None:
+    """``TierStore.away``: a failure that met S3 down is the store's outage (also once S3
+    answers again: Arrow's client named the failed connection), a missing file while S3
+    answers is not; loops that retry (``transient``) treat the outage alone as such."""
+    import boto3
+    import pyarrow as pa
+    from moto.server import ThreadedMotoServer
+
+    from aap.store.meta import transient
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test",
+                     aws_secret_access_key="test", region_name="us-east-1").create_bucket(
+            Bucket="aap-away")
+        store = TierStore(TierConfig("s3://aap-away/t", s3_endpoint=endpoint,
+                                     s3_access_key="test", s3_secret_key="test"))
+        path, _ = store.write_table(pa.table({"x": [1, 2]}), "events", "one")
+        with pytest.raises(OSError) as missing:
+            store.read_table([path.replace("one", "none")])
+        assert not store.away(missing.value) and not transient(missing.value, store)
+        server.stop()
+        with pytest.raises(OSError) as down:
+            store.read_table([path])
+        assert store.away(down.value) and transient(down.value, store)
+        assert not transient(down.value)  # without the store, only the shared state counts
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+        server.start()
+        assert store.read_table([path]).num_rows == 2  # S3 answers again
+        assert store.away(down.value)  # the failure was still the outage
+        assert not store.away(ValueError("a bug"))
+    finally:
+        server.stop()

@@ -176,7 +176,7 @@ class Core:
                     self.publisher.publish_once()  # processor took its partitions and
                 except Exception as exc:           # published past it
                     log_failure(logger, "publishing at start-up failed; the publisher tries"
-                                " again", exc)
+                                " again", exc, self.warehouse.tiers)
 
     def _processing(self) -> bool:
         return self.thread.is_alive()
@@ -205,7 +205,8 @@ class Core:
                     self.publisher.publish_once()
                 except Exception as exc:
                     log_failure(logger, "publishing at stop failed; what is left is published"
-                                " at the next start, or read again by the next owner", exc)
+                                " at the next start, or read again by the next owner", exc,
+                                self.warehouse.tiers)
         self.tiering.close()
         self.warehouse.close()
         self.log.close()

@@ -453,9 +453,10 @@ class Requests(RequestStore):
             self._finish(rid, "UPDATE requests SET status = 'done', finished_at = ?, result = ?",
                          (int(time.time()), json.dumps(result, default=str)))
         except Exception as exc:  # the request fails, the worker goes on
-            if transient(exc):  # not the request's fault: it runs again, here or elsewhere
-                logger.warning("privacy request %s waits for the shared state: %s", rid,
-                               one_line(exc))
+            # the shared state or the tier store (S3) away: not the request's fault; it
+            if transient(exc, self.rights.wh.tiers):  # runs again, here or elsewhere
+                logger.warning("privacy request %s waits for the shared state or the tier"
+                               " store: %s", rid, one_line(exc))
                 self._release(rid)
                 return
             logger.exception("privacy request %s failed", rid)

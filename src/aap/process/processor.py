@@ -192,6 +192,8 @@ class Processor:
         """State as the warehouse has it: at start-up, and after a chunk failed to write
         (the steps had already changed the state in memory for rows that are not stored)."""
         wh = self.wh
+        self._stale = True  # until the state is read whole: a load that fails (S3 away:
+        # the dedup keys are in the warm tier) is done again before anything is read
         self._epoch = wh.epoch  # a reset from now on is seen by the next turn
         ids = Identities()
         if self.shared is None:
@@ -213,6 +215,7 @@ class Processor:
         self._next = dict(self.positions)
         """Where the next chunk starts: past the write in flight, if there is one."""
         self._read_to = dict(self._next)
+        self._stale = False
 
     def run_once(self) -> int:
         """Process one chunk; returns the number of log records it consumed.
@@ -231,6 +234,8 @@ class Processor:
         is no failure of the records: not counted.
         """
         records: list[Record] = []
+        if self._stale:  # the last load failed: the state in memory is not the stored one
+            self._load()
         if self.wh.epoch != self._epoch:  # unpublished rows were dropped: read them again
             self._abandon()
             self._load()
@@ -270,7 +275,8 @@ class Processor:
             try:
                 self._apply_withdrawals()
             except Exception as exc:  # events go on; tried again in a second
-                log_failure(logger, "applying consent withdrawals to stored events failed", exc)
+                log_failure(logger, "applying consent withdrawals to stored events failed",
+                            exc, self.wh.tiers)
                 self._withdrawals_due = time.monotonic() + WITHDRAWAL_RETRY_S
 
     def _read_next(self) -> bool:
@@ -381,12 +387,13 @@ class Processor:
         try:
             self._finish_write()
         except Exception as exc:
-            log_failure(logger, "the last chunk before a rebalance failed to write", exc)
+            log_failure(logger, "the last chunk before a rebalance failed to write", exc,
+                        self.wh.tiers)
         if self.publish_now is not None and self.wh.handover:
             try:  # the next owner starts where this one stopped
                 self.publish_now()
             except Exception as exc:
-                log_failure(logger, "publishing before a rebalance failed", exc)
+                log_failure(logger, "publishing before a rebalance failed", exc, self.wh.tiers)
 
     def _full(self, records: list[Record]) -> bool:
         return (len(records) >= self.chunk_records
@@ -524,7 +531,7 @@ class Processor:
                 try:
                     n = self.run_once()
                 except Exception as exc:
-                    log_failure(logger, "processing a chunk failed; retrying", exc)
+                    log_failure(logger, "processing a chunk failed; retrying", exc, self.wh.tiers)
                     stop.wait(1.0)
                     continue
                 spare = linger - (time.monotonic() - started)

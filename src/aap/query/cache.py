@@ -113,7 +113,7 @@ class QueryCache:
                 self.sync(stop=self._stop)
             except Exception as exc:
                 log_failure(logger, "query cache sync failed; queries read Parquet meanwhile",
-                            exc)
+                            exc, self.warehouse.tiers)
             self._stop.wait(self.interval_s)
 
     @contextmanager

@@ -54,6 +54,8 @@ from aap.store.migrations import Schema, migrate_postgres, migrate_sqlite
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from aap.store.tiers import TierStore
+
 T = TypeVar("T")
 
 SQLITE = "sqlite"
@@ -326,19 +328,23 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError)
 
 
-def transient(exc: BaseException) -> bool:
+def transient(exc: BaseException, tiers: TierStore | None = None) -> bool:
     """Whether a failure is of something that comes back, not of the work at hand: the
     shared state out of reach (:func:`unavailable`, or already said so by a
     :class:`~aap.errors.TransientError` such as ``IdentitiesUnavailable``), a worker
-    process gone. Loops that retry log it on one line and count it against nothing."""
-    return isinstance(exc, TransientError) or unavailable(exc)
+    process gone; with ``tiers``, also that tier store away (S3 down or out of reach:
+    :meth:`~aap.store.tiers.TierStore.away`, which looks at the store). Loops that retry
+    log it on one line and count it against nothing."""
+    return (isinstance(exc, TransientError) or unavailable(exc)
+            or (tiers is not None and tiers.away(exc)))
 
 
-def log_failure(logger: logging.Logger, what: str, exc: BaseException) -> None:
+def log_failure(logger: logging.Logger, what: str, exc: BaseException,
+                tiers: TierStore | None = None) -> None:
     """What a loop that tries again logs of a failure: one line for something that comes
-    back (:func:`transient`: the shared state out of reach says so every time it is
-    tried), the traceback of anything else."""
-    if transient(exc):
+    back (:func:`transient`: the shared state or, given ``tiers``, the tier store out of
+    reach says so every time it is tried), the traceback of anything else."""
+    if transient(exc, tiers):
         logger.warning("%s: %s", what, one_line(exc))
     else:
         logger.error("%s", what, exc_info=exc)

@@ -288,7 +288,8 @@ class TieringThread:
                 try:
                     done = self.retention.run_pending()
                 except Exception as exc:
-                    log_failure(logger, "retention failed; it runs again at the next tick", exc)
+                    log_failure(logger, "retention failed; it runs again at the next tick", exc,
+                                self.wh.tiers)
                 else:
                     if done and any(v for k, v in done.items() if k not in ("seconds", "ran_at")):
                         logger.info("retention: %s", done)
@@ -300,7 +301,7 @@ class TieringThread:
             try:
                 moved = run_tiering(self.wh, self.policy)
             except Exception as exc:
-                log_failure(logger, "tiering failed; will retry", exc)
+                log_failure(logger, "tiering failed; will retry", exc, self.wh.tiers)
             else:
                 if any(moved.values()):
                     logger.info("tiering: %s", moved)
@@ -309,4 +310,4 @@ class TieringThread:
                         logger.info("retention sweep: %s", self.retention.sweep())
                     except Exception as exc:
                         log_failure(logger, "retention sweep failed; will retry after the next"
-                                    " drop", exc)
+                                    " drop", exc, self.wh.tiers)

@@ -144,9 +144,12 @@ class TierStore:
     def away(self, exc: BaseException) -> bool:
         """Whether a read or write that failed with ``exc`` met the store's outage (S3
         down or out of reach: the store does not answer a look at its root now), rather
-        than a fault of the caller's."""
+        than a fault of the caller's. Arrow's S3 client naming a failed connection says so
+        too (the store may be back by the time it is looked at)."""
         if not isinstance(exc, (OSError, duckdb.Error)):
             return False
+        if "AWS Error NETWORK_CONNECTION" in str(exc):
+            return True
         try:
             self.fs.get_file_info(self.root)
         except OSError:
