@@ -58,6 +58,20 @@ class Answers:
                 self.odd.append(f"{where}: {r.status_code} {r.headers} {r.text[:500]}")
 
 
+def _published_user(events: list[dict[str, Any]], published: set[str]) -> str:
+    """A person with a login whose events are published already."""
+    return next(ev["userId"] for ev in events
+                if ev.get("userId") and ev["messageId"] in published)
+
+
+def _events_of(events: list[dict[str, Any]], user: str) -> set[str]:
+    """The message ids of a person's events: by their login, and by the anonymous ids
+    they logged in from (merged into them)."""
+    anons = {ev["anonymousId"] for ev in events if ev.get("userId") == user}
+    return {ev["messageId"] for ev in events
+            if ev.get("userId") == user or ev.get("anonymousId") in anons}
+
+
 def body(r: httpx.Response) -> dict[str, Any]:
     try:
         doc = r.json()
@@ -137,6 +151,13 @@ class Outcome:
     """An access request filed once it was back, when it ended."""
     filed_then: dict[str, Any] | None
     """The request filed while the part was away (if it was taken), when it ended."""
+    erasure: httpx.Response
+    """An erasure, filed while the part was away, of a person whose events were published
+    before."""
+    erased: set[str]
+    """That person's events acknowledged (none, if the erasure was not taken)."""
+    erasure_then: dict[str, Any] | None
+    """The erasure (if it was taken), when it ended."""
     log: str
 
 
@@ -177,13 +198,16 @@ def through_outage(tmp_path: Path, meta: str, env: dict[str, str], tiers: TierCo
             while not published(reader):
                 assert time.monotonic() < deadline, up.log.read_text()[-3000:]
                 time.sleep(0.5)
+            user = _published_user(events, set(published(reader)))
             down()
             down_at, down_since = len(acked), time.monotonic()
             # each may wait for a connection to PostgreSQL as long as its pool waits: 30 s
             asked = node.post("/query", {"kind": "sql", "query": COUNT_SQL}, "privacy")
             filed = node.post("/privacy/requests", {"type": "access", "subject": {
                 "userId": "someone"}}, "privacy")
-            for r in (asked, filed):
+            erasure = node.post("/privacy/requests", {"type": "erasure", "subject": {
+                "userId": user}}, "privacy")
+            for r in (asked, filed, erasure):
                 answers.add("query node", r)
             probes = [*up.urls, *(f"http://127.0.0.1:{up.base + len(up.urls) + i}"
                                   for i in range(PROCESSORS))]
@@ -199,8 +223,10 @@ def through_outage(tmp_path: Path, meta: str, env: dict[str, str], tiers: TierCo
                   f" outage {during}; meanwhile the query: {asked.status_code}, the"
                   f" privacy request: {filed.status_code}; odd {answers.odd}")
             after = sorted(_pids("--role", "", str(data)))
+            # the erased person's events are not waited for (check_common: none is there)
+            gone = _events_of(events, user) if erasure.status_code == 200 else set()
             deadline = time.monotonic() + 600
-            while missing := acked - set(published(reader)):
+            while missing := acked - gone - set(published(reader)):
                 assert time.monotonic() < deadline, (
                     f"{len(missing)} of {len(acked)} acknowledged events not published:"
                     f" {up.log.read_text()[-3000:]}")
@@ -211,13 +237,16 @@ def through_outage(tmp_path: Path, meta: str, env: dict[str, str], tiers: TierCo
             done = node.erase("someone", "access", timeout=180)
             filed_then = (node.finished(filed.json()["id"], timeout=180)
                           if filed.status_code == 200 else None)
+            erasure_then = (node.finished(erasure.json()["id"], timeout=180)
+                            if erasure.status_code == 200 else None)
+            erased = gone & acked
             log = up.log.read_text()
     finally:
         stop.set()
         reader.close()
         kafka.stop()
     return Outcome(answers, acked, during, asked, filed, health, (before, after), ids,
-                   counted, done, filed_then, log)
+                   counted, done, filed_then, erasure, erased, erasure_then, log)
 
 
 def check_common(out: Outcome) -> None:
@@ -230,7 +259,11 @@ def check_common(out: Outcome) -> None:
     assert set(out.health.values()) == {200}, out.health
     doubled = {m: n for m, n in Counter(out.ids).items() if n > 1}
     assert not doubled, f"{len(doubled)} events published twice"
-    assert out.acked <= set(out.ids) and len(out.acked) > 1000
+    assert out.acked - out.erased <= set(out.ids) and len(out.acked) > 1000
+    left = out.erased & set(out.ids)
+    assert not left, (f"{len(left)} of the erased person's {len(out.erased)} events are"
+                      f" still published: {sorted(left)[:5]}; the erasure:"
+                      f" {(out.erasure_then or {}).get('result')}")
     assert out.counted == len(out.ids)
     assert "cannot be processed; set aside" not in out.log
     assert out.done["status"] == "done"

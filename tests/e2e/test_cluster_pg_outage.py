@@ -36,3 +36,4 @@ def test_postgresql_down_under_load_then_back_loses_and_doubles_nothing(
     # the request needs the shared state (rights requests live there): refused, not lost
     assert out.filed.status_code == 503, out.filed.text
     assert body(out.filed)["code"] == SharedStateUnavailable.code, out.filed.text
+    assert out.erasure.status_code == 503 and not out.erased, out.erasure.text

@@ -6,7 +6,8 @@ port (moto keeps its objects in the test's process; :mod:`tests.e2e.outage`).
 
 Meanwhile collectors keep accepting events (S3 is not on the ingestion path); a query on
 the query node is answered 503 ``storage_unavailable`` with ``Retry-After``, never a 500;
-a privacy request filed meanwhile waits and is done once S3 is back; every role's
+an access and an erasure request filed meanwhile wait and are done once S3 is back (no
+event of the erased person is left in the files); every role's
 ``/healthz`` stays 200 and none dies. Once S3 is back every acknowledged
 event is in the bucket's published files exactly once and the query node counts them."""
 
@@ -78,3 +79,9 @@ def test_the_cluster_publishes_to_s3_and_rides_out_an_s3_outage(tmp_path: Path, 
     assert out.filed.status_code == 200, out.filed.text  # PostgreSQL is there
     # the request waited for S3 (it was not failed for the outage) and was done once back
     assert out.filed_then is not None and out.filed_then["status"] == "done", out.filed_then
+    # so was an erasure, and it reached the files on S3 (check_common: none of the
+    # person's events is published)
+    assert out.erasure.status_code == 200, out.erasure.text
+    assert out.erasure_then is not None and out.erasure_then["status"] == "done", (
+        out.erasure_then)
+    assert out.erased, "the erased person had no event acknowledged"

@@ -190,6 +190,66 @@ def test_an_erasure_through_one_processor_reaches_the_others_rows(
     check_nothing_left(tmp_path, meta_url)
 
 
+class Kept:
+    """Where an erasure keeps what it found (a privacy request's row does it in the
+    core: :class:`aap.privacy.rights.Reach`)."""
+
+    def __init__(self) -> None:
+        self.persons: set[int] = set()
+        self.keys: set[int] = set()
+
+    def found(self) -> tuple[set[int], set[int]]:
+        return set(self.persons), set(self.keys)
+
+    def keep(self, persons: set[int], keys: set[int]) -> None:
+        self.persons, self.keys = set(persons), set(keys)
+
+
+def test_an_erasure_interrupted_after_it_was_recorded_reaches_every_row_run_again(
+        tmp_path: Path, meta_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first run records the erasure and then fails on the tier files (S3 away, say);
+    B applies the record meanwhile, which erases Ana's shared identities, so her ids lead
+    to nobody any more. Run again with what the first run kept, the erasure still reaches
+    her published rows, and nothing of hers is left anywhere."""
+    from aap.privacy import removal
+
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "logs").mkdir()
+    a, b = Node(tmp_path, "a", meta_url), Node(tmp_path, "b", meta_url)
+    rights = Rights(a.data, a.wh, a.keystore, HASHER, AuditLog(a.data, url=meta_url))
+    rights.identities = a.identities
+    feed(a, [ev(1, anonymous_id="cy-anon", properties={"note": KEPT})])
+    feed(b, bo_events(10) + ana_events(20))
+    a.pub.publish_once()
+    b.pub.publish_once()  # Ana's events in listed files
+    real = removal.erase_persons
+
+    def away(*args: Any, **kwargs: Any) -> dict[str, int]:
+        raise OSError("AWS Error NETWORK_CONNECTION: the tier store does not answer")
+
+    kept = Kept()
+    monkeypatch.setattr(removal, "erase_persons", away)
+    with pytest.raises(OSError):
+        rights.erase_keys([key("ana-user")], {"userIds": 1}, "test", reach=kept)
+    monkeypatch.setattr(removal, "erase_persons", real)
+    assert kept.persons, "the first run kept what it found"
+    b.pub.publish_once()  # B applies the record: her shared identities are erased
+    assert a.identities.closure([key("ana-user")])[0] == set()  # her id leads to nobody
+    receipt = rights.erase_keys([key("ana-user")], {"userIds": 1}, "test", reach=kept)
+    assert receipt["persons"] >= 1 and receipt["removed"]["warm_rows"] >= 3, receipt
+    a.pub.publish_once()
+    b.pub.publish_once()
+    reader = Warehouse(tmp_path / "reader", tiers=TierStore(TierConfig(str(tmp_path / "tiers"))),
+                       shared_list=open_meta(tmp_path / "meta" / "tiers.db", meta_url))
+    assert {r[0] for r in reader.query("SELECT message_id FROM events_all")[1]} == {
+        "m1", "m10", "m11"}
+    assert reader.query("SELECT count(*) FROM orders")[1] == [(1,)]
+    reader.close()
+    for node in (a, b):
+        node.close()
+    check_nothing_left(tmp_path, meta_url)
+
+
 def check_nothing_left(tmp: Path, meta_url: str) -> None:
     """No byte of Ana's marks in any file under the data dirs, the tier store or the
     shared-state files, nor in their rows decoded; her keyed ids in no row but the

@@ -113,8 +113,9 @@ def test_a_consent_ledger_and_a_request_queue_of_the_first_release_migrate(
 
 
 def test_a_request_queue_of_version_1_gets_its_claim_columns(tmp_path: Path) -> None:
-    """The queue before workers claimed requests (version 1): the claim columns are added,
-    and a worker claims its pending request (once)."""
+    """The queue before workers claimed requests (version 1): the claim columns are added
+    (and, version 3, where an erasure keeps what it found), and a worker claims its
+    pending request (once)."""
     old_sqlite(tmp_path / "privacy" / "requests.db", """
         CREATE TABLE requests (id TEXT PRIMARY KEY, type TEXT NOT NULL,
             subject_keys TEXT NOT NULL, named TEXT NOT NULL, traits TEXT,
@@ -126,12 +127,12 @@ def test_a_request_queue_of_version_1_gets_its_claim_columns(tmp_path: Path) -> 
         PRAGMA user_version = 1;
     """)
     store = RequestStore(tmp_path)
-    assert user_version(tmp_path / "privacy" / "requests.db") == requests.SCHEMA.latest == 2
+    assert user_version(tmp_path / "privacy" / "requests.db") == requests.SCHEMA.latest == 3
     assert store.get("pr_old")["status"] == "pending"
     worker = requests.Requests.__new__(requests.Requests)  # the claim alone, no Rights
     worker._db, worker.worker, worker.lease_s = store._db, "w1", 60.0
     claimed = worker.claim()
-    assert claimed is not None and claimed[0] == "pr_old"
+    assert claimed is not None and claimed[0] == "pr_old" and claimed[-1] is None  # reach
     assert worker.claim() is None  # nothing else to claim: it is held
     assert store.get("pr_old")["status"] == "running"
 

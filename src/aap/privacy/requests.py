@@ -69,7 +69,8 @@ CREATE TABLE IF NOT EXISTS requests (
     sealed_traits BLOB,
     scope TEXT,
     claimed_by TEXT,
-    lease_until INTEGER
+    lease_until INTEGER,
+    reach TEXT
 );
 """
 _PG_SCHEMA = """
@@ -90,6 +91,7 @@ CREATE TABLE IF NOT EXISTS requests (
     scope TEXT,
     claimed_by TEXT,
     lease_until BIGINT,
+    reach TEXT,
     rowid BIGINT GENERATED ALWAYS AS IDENTITY
 );
 CREATE INDEX IF NOT EXISTS requests_status ON requests (status, created_at);
@@ -104,8 +106,13 @@ SCHEMA = Schema("requests", _SCHEMA, postgres=_PG_SCHEMA, steps=(
     unversioned_columns("requests", _ADDED),
     sql_step("ALTER TABLE requests ADD COLUMN claimed_by TEXT;\n"
              "ALTER TABLE requests ADD COLUMN lease_until INTEGER;\n"),
+    sql_step("ALTER TABLE requests ADD COLUMN reach TEXT;\n"),
 ))
 """The queue's schema versions (:mod:`aap.store.migrations`)."""
+RELEASED_WAIT_S = 2.0
+"""How long the worker waits after it put a request back (the shared state or the tier
+store away) before it claims again: not a loop of attempts, each of which records its
+erasure again, while the part is away."""
 LEASE_S = 60.0
 """How long a worker's claim on a running request lasts unless renewed (every third of
 it while the request runs); then another worker may claim it."""
@@ -301,6 +308,29 @@ class RequestStore:
         return data
 
 
+class _Reach:
+    """What an erasure request's runs found, kept in its row (``reach``) until it is done
+    (:meth:`aap.privacy.rights.Rights.erase_keys`)."""
+
+    def __init__(self, requests: Requests, rid: str, kept: str | None) -> None:
+        self.requests, self.rid, self.kept = requests, rid, kept
+
+    def found(self) -> tuple[set[int], set[int]]:
+        if not self.kept:
+            return set(), set()
+        doc = json.loads(self.kept)
+        return {int(p) for p in doc["persons"]}, {int(k) for k in doc["keys"]}
+
+    def keep(self, persons: set[int], keys: set[int]) -> None:
+        kept = json.dumps({"persons": sorted(persons), "keys": sorted(keys)})
+        if kept != self.kept and self.requests._db.execute(
+                "UPDATE requests SET reach = ? WHERE id = ? AND claimed_by = ?"
+                " AND status = 'running'", (kept, self.rid, self.requests.worker)) != 1:
+            raise RuntimeError(f"privacy request {self.rid}: the lease ran out and another"
+                               " worker claimed it")
+        self.kept = kept
+
+
 class Requests(RequestStore):
     """The core's side: files requests from the REST API and works the queue off."""
 
@@ -379,7 +409,7 @@ class Requests(RequestStore):
                     (self.worker, int(now + self.lease_s) + 1, found[0], int(now))) == 1:
                 return self._db.fetchone(
                     "SELECT id, type, subject_keys, named, traits, filed_by, lift,"
-                    " sealed_traits, scope FROM requests WHERE id = ?", (found[0],))
+                    " sealed_traits, scope, reach FROM requests WHERE id = ?", (found[0],))
 
     @contextmanager
     def _leased(self, rid: str) -> Iterator[None]:
@@ -428,21 +458,27 @@ class Requests(RequestStore):
                 row = self.claim()
                 if row is not None:
                     with self._leased(row[0]):
-                        self._work(row)
+                        released = self._work(row)
+                    if released:
+                        self._stop.wait(RELEASED_WAIT_S)
                     continue
             except Exception as exc:  # the shared state away: the worker goes on
                 log_failure(logger, "privacy requests: the queue cannot be worked now", exc)
             self._wake.wait(1.0)
             self._wake.clear()
 
-    def _work(self, row: tuple[Any, ...]) -> None:
-        rid, kind, keys_json, named_json, traits_json, filed_by, lift, sealed, scope = row
+    def _work(self, row: tuple[Any, ...]) -> bool:
+        """Runs a claimed request to its end; ``True`` when it was put back instead (a
+        part it needs is away)."""
+        rid, kind, keys_json, named_json, traits_json, filed_by, lift, sealed, scope, \
+            reach_json = row
         try:
             keys = json.loads(keys_json)
             actor = f"{filed_by}/request:{rid}" if filed_by else f"request:{rid}"
             within = self._scope(scope)
             if kind == "erasure":
-                result = self.rights.erase_keys(keys, json.loads(named_json), actor, within)
+                result = self.rights.erase_keys(keys, json.loads(named_json), actor, within,
+                                                _Reach(self, rid, reach_json))
             elif kind == "access":
                 result = self.rights.access_keys(keys, json.loads(named_json), actor, within)
             elif kind == "rectification":
@@ -450,7 +486,8 @@ class Requests(RequestStore):
                 result = self.rights.rectify_keys(keys, traits, actor)
             else:
                 result = self.rights.flag_keys(keys, kind, actor, lift=bool(lift))
-            self._finish(rid, "UPDATE requests SET status = 'done', finished_at = ?, result = ?",
+            self._finish(rid, "UPDATE requests SET status = 'done', finished_at = ?, result = ?,"
+                         " reach = NULL",
                          (int(time.time()), json.dumps(result, default=str)))
         except Exception as exc:  # the request fails, the worker goes on
             # the shared state or the tier store (S3) away: not the request's fault; it
@@ -458,7 +495,9 @@ class Requests(RequestStore):
                 logger.warning("privacy request %s waits for the shared state or the tier"
                                " store: %s", rid, one_line(exc))
                 self._release(rid)
-                return
+                return True
             logger.exception("privacy request %s failed", rid)
-            self._finish(rid, "UPDATE requests SET status = 'failed', finished_at = ?, error = ?",
+            self._finish(rid, "UPDATE requests SET status = 'failed', finished_at = ?, error = ?,"
+                         " reach = NULL",
                          (int(time.time()), f"{type(exc).__name__}: {exc}"))
+        return False

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -81,6 +81,19 @@ _ERASED_WHERE: dict[str, str] = {
     "access_exports": "sealed exports in the data dir deleted (copies already handed out"
                       " are outside AAP)"}
 """Where a full erasure reaches (its receipt's ``where``)."""
+
+
+class Reach(Protocol):
+    """Where an erasure keeps what it found (a privacy request's row: see
+    :meth:`Rights.erase_keys`)."""
+
+    def found(self) -> tuple[set[int], set[int]]:
+        """The persons and ids an earlier run found (empty sets: none ran)."""
+        ...
+
+    def keep(self, persons: set[int], keys: set[int]) -> None:
+        """Kept before the run erases anything (raises if it cannot be)."""
+        ...
 
 
 class Rights:
@@ -131,15 +144,26 @@ class Rights:
         return persons, all_keys
 
     def erase_keys(self, keys: list[int], requested: dict[str, Any], actor: str,
-                   scope: Scope | None = None) -> dict[str, Any]:
+                   scope: Scope | None = None, reach: Reach | None = None) -> dict[str, Any]:
         """Erase the persons behind these ids; with ``scope`` (a self-service request,
         filed through one controller's source), only what that controller holds: when
-        other sources hold events of the person too, see :meth:`_erase_in`."""
+        other sources hold events of the person too, see :meth:`_erase_in`.
+
+        ``reach``: what an earlier run of the same erasure found (persons, ids), and where
+        this run keeps what it finds before it erases anything. An erasure interrupted
+        (S3 or PostgreSQL away, a crash) is run again from the start, and by then its
+        first run may have erased the links that lead to the persons (the identities,
+        here or, through the erasures' record, on every processor): without what that run
+        found, the second would find nobody and leave the rows in the tier files."""
         t0 = time.perf_counter()
         started = datetime.now(UTC)
-        persons, all_keys = self.closure(keys)
+        known = reach.found() if reach is not None else (set(), set())
+        persons, all_keys = self.closure(sorted(set(keys) | known[1]))
+        persons, all_keys = persons | known[0], all_keys | known[1]
         if scope is not None and persons and not subjects.sources_of(self.wh, persons) <= set(scope[1]):
             return self._erase_in(keys, persons, requested, actor, scope, started, t0)
+        if reach is not None:  # before anything is erased: a run again reaches as far
+            reach.keep(persons, all_keys)
         destroyed = self.keystore.destroy(all_keys)
         # publishing on: recorded for every processor's hot rows first (and applied to
         # this warehouse's), before the files are rewritten (aap.store.erasures)
