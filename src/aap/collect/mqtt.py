@@ -125,16 +125,18 @@ class Bridge:
     async def store(self, message: aiomqtt.Message) -> None:
         """Store one message's readings (returns once durable, or once dropped)."""
         levels = message.topic.value.split("/")
-        device = (self.telemetry.devices.by_topic(levels[1], levels[2])
-                  if len(levels) == 4 else None)
-        if device is None:
-            logger.warning("MQTT message on a topic of no live device: dropped")
-            return
         payload = message.payload
         raw = payload if isinstance(payload, bytes) else str(payload).encode()
         limit = self.settings.devices.device_max_request_bytes
+        device = None
         while True:
             try:
+                # the registry lives in the shared state too: its look-up waits with the rest
+                device = (self.telemetry.devices.by_topic(levels[1], levels[2])
+                          if len(levels) == 4 else None)
+                if device is None:
+                    logger.warning("MQTT message on a topic of no live device: dropped")
+                    return
                 self.check_health()
                 if len(raw) > limit:
                     raise errors.PayloadTooLarge(f"message of {len(raw)} bytes; limit {limit}")
@@ -145,8 +147,8 @@ class Bridge:
             except errors.TransientError as exc:  # back-pressure, rate limit: later
                 await asyncio.sleep(max(0.05, min(float(exc.retry_after), 5.0)))
             except errors.AAPError as exc:
-                logger.warning("MQTT message of device %s refused (%s): dropped", device.id,
-                               exc.code)
+                logger.warning("MQTT message of device %s refused (%s): dropped",
+                               device.id if device is not None else "?", exc.code)
                 return
             except Exception as exc:  # the shared state out of reach: later, as above
                 if not unavailable(exc):
