@@ -34,6 +34,7 @@ here, and only here:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import io
 import logging
@@ -44,7 +45,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -64,6 +65,13 @@ WRITE_ATTEMPTS = 30
 """How many times a PostgreSQL write transaction is tried before its refusal is raised."""
 POOL_MAX = 4
 """Connections a process keeps to the shared-state database, per URL."""
+POOL_WAIT_S = 30.0
+"""How long a statement waits for one of the pool's connections (psycopg_pool's default):
+the pool's connections may all be busy."""
+AWAY_WAIT_S = 2.0
+"""How long it waits instead once the database was found away (no connection in time, or
+one lost), until a statement gets through again: while PostgreSQL is down, a request that
+needs it is answered 503 after about this long, not after :data:`POOL_WAIT_S`."""
 
 
 Fetch = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
@@ -296,6 +304,19 @@ def pg_sql(sql: str) -> str:
 
 _pools: dict[tuple[int, str], Any] = {}
 _pools_lock = threading.Lock()
+_away: set[Any] = set()
+"""The pools whose database was found away (:data:`AWAY_WAIT_S`)."""
+
+
+def _lost(exc: BaseException) -> bool:
+    """The database itself is away: no connection came in time, or one was lost (a
+    connection exception, a server shutting down) — not a transaction it refused."""
+    import psycopg
+
+    if not isinstance(exc, psycopg.OperationalError):  # PoolTimeout is one
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith(("08", "57P"))
 
 
 class MetaUnavailable(RuntimeError):
@@ -519,17 +540,32 @@ class PostgresMeta:
                      f"{info.get('dbname', '')}"
         self._pool = _pool(url, self.where)
 
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """One of the pool's connections: waited for :data:`POOL_WAIT_S`, or
+        :data:`AWAY_WAIT_S` while the database is found away (:func:`_lost`)."""
+        pool = self._pool
+        try:
+            with pool.connection(timeout=AWAY_WAIT_S if pool in _away else POOL_WAIT_S
+                                 ) as con:
+                yield con
+        except Exception as exc:
+            if _lost(exc):
+                _away.add(pool)
+            raise
+        _away.discard(pool)
+
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._pool.connection() as con:
+        with self._connection() as con:
             return list(con.execute(pg_sql(sql), params).fetchall())
 
     def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        with self._pool.connection() as con:
+        with self._connection() as con:
             row: tuple[Any, ...] | None = con.execute(pg_sql(sql), params).fetchone()
             return row
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        with self._pool.connection() as con:
+        with self._connection() as con:
             return int(con.execute(pg_sql(sql), params).rowcount)
 
     def write(self, fn: Callable[[Tx], T], *, serializable: bool = True) -> T:
@@ -537,7 +573,7 @@ class PostgresMeta:
 
         for attempt in range(WRITE_ATTEMPTS):
             try:
-                with self._pool.connection() as con, con.transaction(), con.cursor() as cur:
+                with self._connection() as con, con.transaction(), con.cursor() as cur:
                     if not serializable:
                         cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
                     return fn(_PgTx(cur))
@@ -548,7 +584,7 @@ class PostgresMeta:
         raise AssertionError("unreachable")
 
     def migrate(self, schema: Schema) -> int:
-        with self._pool.connection() as con:
+        with self._connection() as con:
             return migrate_postgres(con, schema)
 
     def shredded(self) -> None:
