@@ -113,22 +113,29 @@ def feed(node: Node, events: list[Event]) -> None:
     drain(node.proc)
 
 
+def two_processors(tmp: Path, meta_url: str) -> tuple[Node, Node, Rights]:
+    """A (Cy's event) and B (Bo's, and Ana's first ones: hot, not published), and the
+    rights run through A."""
+    (tmp / "meta").mkdir()
+    (tmp / "logs").mkdir()
+    a, b = Node(tmp, "a", meta_url), Node(tmp, "b", meta_url)
+    rights = Rights(a.data, a.wh, a.keystore, HASHER, AuditLog(a.data, url=meta_url))
+    rights.identities = a.identities
+    feed(a, [ev(1, anonymous_id="cy-anon", properties={"note": KEPT})])
+    feed(b, bo_events(10) + ana_events(20))
+    return a, b, rights
+
+
 @pytest.mark.parametrize("moment", ["hot", "chunk", "listing", "stopped"])
 def test_an_erasure_through_one_processor_reaches_the_others_rows(
         tmp_path: Path, meta_url: str, moment: str) -> None:
-    (tmp_path / "meta").mkdir()
-    (tmp_path / "logs").mkdir()
-    a, b = Node(tmp_path, "a", meta_url), Node(tmp_path, "b", meta_url)
-    rights = Rights(a.data, a.wh, a.keystore, HASHER, AuditLog(a.data, url=meta_url))
-    rights.identities = a.identities
+    a, b, rights = two_processors(tmp_path, meta_url)
     receipts: list[dict[str, Any]] = []
 
     def erase() -> None:
         receipts.append(rights.erase_keys([key("ana-user")], {"userIds": 1}, "test"))
 
     # A: Cy; B: Bo, and Ana's first events, published (in listed files)
-    feed(a, [ev(1, anonymous_id="cy-anon", properties={"note": KEPT})])
-    feed(b, bo_events(10) + ana_events(20))
     a.pub.publish_once()
     b.pub.publish_once()
     # then more of Ana's events, which B holds hot (not published)
@@ -213,13 +220,7 @@ def test_an_erasure_interrupted_after_it_was_recorded_reaches_every_row_run_agai
     her published rows, and nothing of hers is left anywhere."""
     from aap.privacy import removal
 
-    (tmp_path / "meta").mkdir()
-    (tmp_path / "logs").mkdir()
-    a, b = Node(tmp_path, "a", meta_url), Node(tmp_path, "b", meta_url)
-    rights = Rights(a.data, a.wh, a.keystore, HASHER, AuditLog(a.data, url=meta_url))
-    rights.identities = a.identities
-    feed(a, [ev(1, anonymous_id="cy-anon", properties={"note": KEPT})])
-    feed(b, bo_events(10) + ana_events(20))
+    a, b, rights = two_processors(tmp_path, meta_url)
     a.pub.publish_once()
     b.pub.publish_once()  # Ana's events in listed files
     real = removal.erase_persons
@@ -355,13 +356,7 @@ def test_a_retired_writer_that_comes_back_lists_nothing_of_those_erased_meanwhil
     as every destroyed id (Ana's rows go, Bo's are published); with SQLite files nothing
     names Ana there, so B publishes nothing and keeps its rows. A new writer that starts
     after the prune (C, nobody in its tables) is not held up."""
-    (tmp_path / "meta").mkdir()
-    (tmp_path / "logs").mkdir()
-    a, b = Node(tmp_path, "a", meta_url), Node(tmp_path, "b", meta_url)
-    rights = Rights(a.data, a.wh, a.keystore, HASHER, AuditLog(a.data, url=meta_url))
-    rights.identities = a.identities
-    feed(a, [ev(1, anonymous_id="cy-anon", properties={"note": KEPT})])
-    feed(b, bo_events(10) + ana_events(20))  # hot on B, not published
+    a, b, rights = two_processors(tmp_path, meta_url)  # Ana hot on B, not published
     gone_writer = b.wh.files.writer  # type: ignore[attr-defined]
 
     def stop_after_mark(step: str) -> None:
