@@ -5,6 +5,8 @@ Used by ``test_cluster_pg_outage.py`` (PostgreSQL) and ``test_cluster_s3.py`` (S
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -56,6 +58,18 @@ class Answers:
                 and isinstance(body(r).get("message"), str))
             if not ok and len(self.odd) < 10:
                 self.odd.append(f"{where}: {r.status_code} {r.headers} {r.text[:500]}")
+
+
+def _parent(pid: int) -> int | None:
+    try:  # the field after the command's name, which is in parentheses
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _mains(pids: list[int]) -> set[int]:
+    """Of a role's processes, those whose parent is not one of them (not a worker)."""
+    return {p for p in pids if _parent(p) not in pids}
 
 
 def _published_user(events: list[dict[str, Any]], published: set[str]) -> str:
@@ -162,13 +176,15 @@ class Outcome:
 
 
 def through_outage(tmp_path: Path, meta: str, env: dict[str, str], tiers: TierConfig,
-                   down: Callable[[], None], back: Callable[[], None]) -> Outcome:
+                   down: Callable[[], None], back: Callable[[], None],
+                   kill_processor: bool = False) -> Outcome:
     """The cluster on the shared state ``meta`` (a PostgreSQL database), ``env`` added
     to its environment and its tier files in ``tiers``, under load from
     :data:`CLIENTS` clients; once something is published, ``down()``, a query, a privacy
     request and each role's ``/healthz`` meanwhile, ``back()`` after :data:`DOWN_S`; the
     load stops; then what was published, once every acknowledged event is (or the test
-    fails after 10 minutes)."""
+    fails after 10 minutes). ``kill_processor``: meanwhile a processor is killed
+    (``kill -9``); its replacement must start while the part is away and stay up."""
     kafka = Cluster()
     env = {"AAP_LOG_URL": kafka.url(), "AAP_META_URL": meta, "AAP_PUBLISH_SECONDS": "1",
            **env}
@@ -212,8 +228,25 @@ def through_outage(tmp_path: Path, meta: str, env: dict[str, str], tiers: TierCo
             probes = [*up.urls, *(f"http://127.0.0.1:{up.base + len(up.urls) + i}"
                                   for i in range(PROCESSORS))]
             health = {u: httpx.get(u + "/healthz", timeout=30).status_code for u in probes}
+            killed: list[int] = []  # the processor killed, its replacement
+            went: set[int] = set()
+            if kill_processor:
+                killed.append(min(_mains(up.pids("processor"))))
+                went = {killed[0], *(p for p in up.pids("processor")
+                                     if _parent(p) == killed[0])}  # with its children
+                os.kill(killed[0], signal.SIGKILL)
+                deadline = time.monotonic() + 120
+                while not (new := _mains(up.pids("processor")) - set(before)):
+                    assert time.monotonic() < deadline, "the processor was not replaced"
+                    time.sleep(0.2)
+                killed.append(min(new))
             time.sleep(max(0.0, DOWN_S - (time.monotonic() - down_since)))
             during = len(acked) - down_at
+            if kill_processor:  # the replacement started while the part was away and
+                exits = [line for line in up.log.read_text().splitlines()  # stays up
+                         if "exited with" in line]
+                assert len(exits) == 1 and "-9" in exits[0], (
+                    f"the killed processor's replacement did not stay up: {exits}")
             back()
             time.sleep(5)
             stop.set()
@@ -223,6 +256,12 @@ def through_outage(tmp_path: Path, meta: str, env: dict[str, str], tiers: TierCo
                   f" outage {during}; meanwhile the query: {asked.status_code}, the"
                   f" privacy request: {filed.status_code}; odd {answers.odd}")
             after = sorted(_pids("--role", "", str(data)))
+            if kill_processor:  # every other process is the same; the replacement lives
+                mains = _mains(up.pids("processor"))
+                assert killed[1] in mains, "the replacement processor died"
+                # the killed one's children went with it; the replacement's are new
+                before = [p for p in before if p not in went]
+                after = [p for p in after if p != killed[1] and _parent(p) != killed[1]]
             # the erased person's events are not waited for (check_common: none is there)
             gone = _events_of(events, user) if erasure.status_code == 200 else set()
             deadline = time.monotonic() + 600
@@ -231,14 +270,16 @@ def through_outage(tmp_path: Path, meta: str, env: dict[str, str], tiers: TierCo
                     f"{len(missing)} of {len(acked)} acknowledged events not published:"
                     f" {up.log.read_text()[-3000:]}")
                 time.sleep(1.0)
+            # the requests filed meanwhile end (a killed processor's claim on one runs
+            # out after its 60 s lease) before what is published is read
+            filed_then = (node.finished(filed.json()["id"], timeout=300)
+                          if filed.status_code == 200 else None)
+            erasure_then = (node.finished(erasure.json()["id"], timeout=300)
+                            if erasure.status_code == 200 else None)
             time.sleep(3)  # a batch published twice would show now
             ids = published(reader)
             counted = node.count()
             done = node.erase("someone", "access", timeout=180)
-            filed_then = (node.finished(filed.json()["id"], timeout=180)
-                          if filed.status_code == 200 else None)
-            erasure_then = (node.finished(erasure.json()["id"], timeout=180)
-                            if erasure.status_code == 200 else None)
             erased = gone & acked
             log = up.log.read_text()
     finally:

@@ -7,7 +7,9 @@ port (moto keeps its objects in the test's process; :mod:`tests.e2e.outage`).
 Meanwhile collectors keep accepting events (S3 is not on the ingestion path); a query on
 the query node is answered 503 ``storage_unavailable`` with ``Retry-After``, never a 500;
 an access and an erasure request filed meanwhile wait and are done once S3 is back (no
-event of the erased person is left in the files); every role's
+event of the erased person is left in the files); a processor killed meanwhile
+(``kill -9``) is replaced, and its replacement starts while S3 is away and stays up;
+every other role's
 ``/healthz`` stays 200 and none dies. Once S3 is back every acknowledged
 event is in the bucket's published files exactly once and the query node counts them."""
 
@@ -68,7 +70,7 @@ def test_the_cluster_publishes_to_s3_and_rides_out_an_s3_outage(tmp_path: Path, 
     s3 = S3()
     try:
         out = through_outage(tmp_path, new_database(pg.url), s3.env(), s3.tiers(), s3.stop,
-                             s3.start)
+                             s3.start, kill_processor=True)
     finally:
         s3.stop()
     Path(os.environ.get("AAP_OUTAGE_LOG", "/tmp/s3-outage.log")).write_text(out.log)

@@ -104,6 +104,35 @@ def test_a_failed_reload_after_a_failed_write_is_tried_again_before_reading_on(
     assert snapshot(flaky) == snapshot(clean)  # the failed chunk's events are stored
 
 
+class AwayAtStart(Warehouse):
+    """The tier store does not answer when the processor starts (its dedup keys are read
+    from the warm tier), and answers again later."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.loads_failed = 0
+
+    def load_dedup_keys(self) -> list[str]:
+        if self.loads_failed < 2:
+            self.loads_failed += 1
+            raise OSError("AWS Error NETWORK_CONNECTION during HeadObject operation")
+        return super().load_dedup_keys()
+
+
+def test_a_processor_starts_while_the_tier_store_is_away_and_loads_before_its_first_chunk(
+        tmp_path: Path) -> None:
+    fill(log := SQLiteLog(tmp_path / "log"))
+    clean = Warehouse(tmp_path / "clean")
+    drain(Processor(log, clean, IdHasher(b"k" * 32), chunk_records=3))
+    away = AwayAtStart(tmp_path / "away")
+    proc = Processor(log, away, IdHasher(b"k" * 32), chunk_records=3)  # does not raise
+    with pytest.raises(OSError):  # still away at the first turn: nothing read
+        proc.run_once()
+    assert proc.position == 0
+    drain(proc)
+    assert away.loads_failed == 2 and snapshot(away) == snapshot(clean)
+
+
 def test_a_poison_record_is_set_aside(tmp_path: Path) -> None:
     fill(log := SQLiteLog(tmp_path / "log"))
     wh = Flaky(tmp_path / "wh", fail_when="m55", times=10**6)

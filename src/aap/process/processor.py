@@ -43,7 +43,7 @@ from aap.process.prepare import LocalPreparer, PrepareConfig, Prepared, WorkerPr
 from aap.process.steps import Batch, DedupIndex, State, Stream, steps_for
 from aap.store import handover, quarantine
 from aap.store.identities import SharedIdentities
-from aap.store.meta import log_failure, unavailable
+from aap.store.meta import log_failure, transient, unavailable
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS
 from aap.store.warehouse import NEXT_PERSON, Chunk, StaleChunk, Warehouse
 
@@ -166,7 +166,13 @@ class Processor:
         self._read_to: dict[int, int] = {}
         """Positions after the last chunk read (the read-ahead's start)."""
         self._join_group()
-        self._load()
+        try:
+            self._load()
+        except Exception as exc:  # the tier store (S3) or the shared state away: the
+            if not transient(exc, self.wh.tiers):  # processor starts, and loads before
+                raise                               # its first chunk (run_once)
+            log_failure(logger, "the processor's state cannot be loaded yet; tried again"
+                        " before the first chunk", exc, self.wh.tiers)
 
     def _join_group(self) -> None:
         """On a partitioned log (Kafka), whose group may move partitions: each assigned

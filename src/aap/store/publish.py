@@ -50,7 +50,7 @@ from aap.errors import one_line
 from aap.store import handover, published, quarantine
 from aap.store.erasures import ErasuresLost
 from aap.store.filelist import MARKED, SharedList, Stale, TierFile, is_shared
-from aap.store.meta import MetaDB, log_failure, open_meta
+from aap.store.meta import MetaDB, log_failure, open_meta, transient
 from aap.store.schema import EVENT_ARROW_SCHEMA, EVENT_COLUMNS, PUBLISH_BATCH
 from aap.store.tiering import BATCH_PREFIX
 from aap.store.warehouse import Warehouse
@@ -131,6 +131,13 @@ class Publisher:
                 n = self.settle()
             except ErasuresLost as exc:
                 self._stopped(exc)
+                return 0
+            except Exception as exc:  # the tier store (S3) or the shared state away: the
+                if not transient(exc, self.wh.tiers):  # processor starts all the same,
+                    raise  # and the publisher's first turn finishes the batch
+                logger.warning("publishing: a batch left by a stop is finished at the next"
+                               " turn (the tier store or the shared state is away): %s",
+                               one_line(exc))
                 return 0
         if n:
             logger.info("publishing: %d batch(es) left by a stop finished", n)
