@@ -78,59 +78,49 @@ def test_a_failed_write_leaves_no_trace(tmp_path: Path) -> None:
     assert len(snapshot(clean)["events"]) == 100  # type: ignore[arg-type]
 
 
-class FlakyReload(Flaky):
-    """A write fails once, and so does the reload of the state after it (the dedup keys
-    are read from the warm tier: S3 away, say)."""
+class LoadAway(Flaky):
+    """The tier store does not answer ``loads`` loads of the processor's state (its dedup
+    keys are read from the warm tier: S3 away), counted once the ``writes`` failed writes
+    of the chunk holding ``fail_when`` are done."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, fail_when="m43", times=1)
-        self.reload_fails = 1
-
-    def load_dedup_keys(self) -> list[str]:
-        if self.times == 0 and self.reload_fails:
-            self.reload_fails -= 1
-            raise OSError("the tier store does not answer")
-        return super().load_dedup_keys()
-
-
-def test_a_failed_reload_after_a_failed_write_is_tried_again_before_reading_on(
-        tmp_path: Path) -> None:
-    fill(log := SQLiteLog(tmp_path / "log"))
-    clean = Warehouse(tmp_path / "clean")
-    drain(Processor(log, clean, IdHasher(b"k" * 32), chunk_records=3))
-    flaky = FlakyReload(tmp_path / "flaky")
-    drain(Processor(log, flaky, IdHasher(b"k" * 32), chunk_records=3))
-    assert flaky.times == 0 and flaky.reload_fails == 0
-    assert snapshot(flaky) == snapshot(clean)  # the failed chunk's events are stored
-
-
-class AwayAtStart(Warehouse):
-    """The tier store does not answer when the processor starts (its dedup keys are read
-    from the warm tier), and answers again later."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.loads_failed = 0
+    def __init__(self, path: Path, *, loads: int, writes: int = 0,
+                 fail_when: str = "m43") -> None:
+        super().__init__(path, fail_when=fail_when, times=writes)
+        self.loads = loads
 
     def load_dedup_keys(self) -> list[str]:
-        if self.loads_failed < 2:
-            self.loads_failed += 1
+        if self.times == 0 and self.loads:
+            self.loads -= 1
             raise OSError("AWS Error NETWORK_CONNECTION during HeadObject operation")
         return super().load_dedup_keys()
 
 
-def test_a_processor_starts_while_the_tier_store_is_away_and_loads_before_its_first_chunk(
-        tmp_path: Path) -> None:
+def clean_run(tmp_path: Path) -> tuple[SQLiteLog, Warehouse]:
     fill(log := SQLiteLog(tmp_path / "log"))
     clean = Warehouse(tmp_path / "clean")
     drain(Processor(log, clean, IdHasher(b"k" * 32), chunk_records=3))
-    away = AwayAtStart(tmp_path / "away")
+    return log, clean
+
+
+def test_a_failed_reload_after_a_failed_write_is_tried_again_before_reading_on(
+        tmp_path: Path) -> None:
+    log, clean = clean_run(tmp_path)
+    flaky = LoadAway(tmp_path / "flaky", loads=1, writes=1)
+    drain(Processor(log, flaky, IdHasher(b"k" * 32), chunk_records=3))
+    assert flaky.times == 0 and flaky.loads == 0
+    assert snapshot(flaky) == snapshot(clean)  # the failed chunk's events are stored
+
+
+def test_a_processor_starts_while_the_tier_store_is_away_and_loads_before_its_first_chunk(
+        tmp_path: Path) -> None:
+    log, clean = clean_run(tmp_path)
+    away = LoadAway(tmp_path / "away", loads=2)
     proc = Processor(log, away, IdHasher(b"k" * 32), chunk_records=3)  # does not raise
     with pytest.raises(OSError):  # still away at the first turn: nothing read
         proc.run_once()
     assert proc.position == 0
     drain(proc)
-    assert away.loads_failed == 2 and snapshot(away) == snapshot(clean)
+    assert away.loads == 0 and snapshot(away) == snapshot(clean)
 
 
 def test_a_poison_record_is_set_aside(tmp_path: Path) -> None:
