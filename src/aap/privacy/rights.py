@@ -143,6 +143,12 @@ class Rights:
             persons, all_keys = persons | shared_persons, all_keys | shared_keys
         return persons, all_keys
 
+    def _reached(self, keys: list[int], reach: Reach | None) -> tuple[set[int], set[int]]:
+        """The closure of the ids, with what an earlier run of the erasure found."""
+        known = reach.found() if reach is not None else (set(), set())
+        persons, all_keys = self.closure(sorted(set(keys) | known[1]))
+        return persons | known[0], all_keys | known[1]
+
     def erase_keys(self, keys: list[int], requested: dict[str, Any], actor: str,
                    scope: Scope | None = None, reach: Reach | None = None) -> dict[str, Any]:
         """Erase the persons behind these ids; with ``scope`` (a self-service request,
@@ -157,9 +163,7 @@ class Rights:
         found, the second would find nobody and leave the rows in the tier files."""
         t0 = time.perf_counter()
         started = datetime.now(UTC)
-        known = reach.found() if reach is not None else (set(), set())
-        persons, all_keys = self.closure(sorted(set(keys) | known[1]))
-        persons, all_keys = persons | known[0], all_keys | known[1]
+        persons, all_keys = self._reached(keys, reach)
         if scope is not None and persons and not subjects.sources_of(self.wh, persons) <= set(scope[1]):
             return self._erase_in(keys, persons, requested, actor, scope, started, t0)
         if reach is not None:  # before anything is erased: a run again reaches as far

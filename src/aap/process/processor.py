@@ -166,13 +166,7 @@ class Processor:
         self._read_to: dict[int, int] = {}
         """Positions after the last chunk read (the read-ahead's start)."""
         self._join_group()
-        try:
-            self._load()
-        except Exception as exc:  # the tier store (S3) or the shared state away: the
-            if not transient(exc, self.wh.tiers):  # processor starts, and loads before
-                raise                               # its first chunk (run_once)
-            log_failure(logger, "the processor's state cannot be loaded yet; tried again"
-                        " before the first chunk", exc, self.wh.tiers)
+        self._first_load()
 
     def _join_group(self) -> None:
         """On a partitioned log (Kafka), whose group may move partitions: each assigned
@@ -185,6 +179,17 @@ class Processor:
             grouped.stored_positions = self.wh.get_positions
             if self.wh.handover:  # partitions another processor advanced: from the shared
                 grouped.on_assign = self._assigned  # positions (aap.store.handover)
+
+    def _first_load(self) -> None:
+        """The state at start-up; with the tier store (S3) or the shared state away the
+        processor starts all the same, and loads before its first chunk (run_once)."""
+        try:
+            self._load()
+        except Exception as exc:
+            if not transient(exc, self.wh.tiers):
+                raise
+            log_failure(logger, "the processor's state cannot be loaded yet; tried again"
+                        " before the first chunk", exc, self.wh.tiers)
 
     def _assigned(self, partitions: list[int]) -> None:
         handover.adopt(self.wh, partitions)
