@@ -341,13 +341,9 @@ class Publisher:
                 out: dict[str, Any] = self.publish_once()
             except ErasuresLost:  # said by publish_once, once
                 pass
-            except Exception as exc:
-                if self.wh.tiers.away(exc):  # S3 down or out of reach
-                    logger.warning("publishing waits for the tier store (the batch is"
-                                   " finished at the next turn): %s", one_line(exc))
-                else:
-                    log_failure(logger, "publishing failed; the batch is finished at the"
-                                " next turn", exc)
+            except Exception as exc:  # the tier store or the shared state away: one line
+                log_failure(logger, "publishing failed (or waits for the tier store); the"
+                            " batch is finished at the next turn", exc, self.wh.tiers)
             else:
                 if out["rows"] or out.get("keys") or out["finished"]:
                     logger.debug("publishing: %s", out)
