@@ -74,10 +74,10 @@ def _mains(pids: list[int]) -> set[int]:
     return {p for p in pids if _parent(p) not in pids}
 
 
-def _published_user(events: list[dict[str, Any]], published: set[str]) -> str:
-    """A person with a login whose events are published already."""
-    return next(ev["userId"] for ev in events
-                if ev.get("userId") and ev["messageId"] in published)
+def _published_user(events: list[dict[str, Any]], published: set[str]) -> str | None:
+    """A person with a login whose events are published already (None: nobody yet)."""
+    return next((ev["userId"] for ev in events
+                 if ev.get("userId") and ev["messageId"] in published), None)
 
 
 def _events_of(events: list[dict[str, Any]], user: str) -> set[str]:
@@ -213,10 +213,11 @@ def through_outage(tmp_path: Path, meta: str, env: dict[str, str], tiers: TierCo
             for t in threads:
                 t.start()
             deadline = time.monotonic() + 300  # a load worth the name before the outage
-            while len(acked) < MIN_ACKED or not published(reader):  # (a busy machine's
-                assert time.monotonic() < deadline, up.log.read_text()[-3000:]  # is slow)
+            # (a busy machine's is slow), and a person with a login published to erase
+            while len(acked) < MIN_ACKED or not (
+                    user := _published_user(events, set(published(reader)))):
+                assert time.monotonic() < deadline, up.log.read_text()[-3000:]
                 time.sleep(0.5)
-            user = _published_user(events, set(published(reader)))
             down()
             down_at, down_since = len(acked), time.monotonic()
             # each may wait for a connection to PostgreSQL as long as its pool waits: 30 s
