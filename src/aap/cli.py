@@ -48,10 +48,16 @@ def _checked(settings: Settings) -> Settings:
 
 
 def _servable(settings: Settings) -> Settings:
-    """:func:`_checked`, and a data dir whose core socket's path fits a Unix socket."""
+    """:func:`_checked`, and a data dir whose core socket's path fits a Unix socket; with
+    the shared state on PostgreSQL, once it takes a connection (a server started while it
+    is away waits for it: :func:`aap.store.meta.wait_until_reachable`)."""
     import os
 
     from aap.datadir import DataDir
+    from aap.store.meta import wait_until_reachable
+
+    if settings.storage.meta_url:
+        wait_until_reachable(settings.storage.meta_url, lambda msg: click.echo(msg, err=True))
 
     sock = DataDir(settings.data_path).core_socket
     if len(os.fsencode(sock)) > UNIX_PATH_MAX:

@@ -186,7 +186,8 @@ def through_outage(tmp_path: Path, meta: str, env: dict[str, str], tiers: TierCo
     request and each role's ``/healthz`` meanwhile, ``back()`` after :data:`DOWN_S`; the
     load stops; then what was published, once every acknowledged event is (or the test
     fails after 10 minutes). ``kill_processor``: meanwhile a processor is killed
-    (``kill -9``); its replacement must start while the part is away and stay up."""
+    (``kill -9``); its replacement must start while the part is away and stay up (S3
+    away: it runs; PostgreSQL away: it waits for it, :func:`aap.store.meta.wait_until_reachable`)."""
     kafka = Cluster()
     env = {"AAP_LOG_URL": kafka.url(), "AAP_META_URL": meta, "AAP_PUBLISH_SECONDS": "1",
            **env}

@@ -6,7 +6,9 @@ in a crash (``pg_ctl stop -m immediate``), and comes back on the same port a whi
 Meanwhile every answer a client gets is a 200 or a 503 with ``Retry-After`` and a JSON
 body naming the problem (never another 5xx); a query and a privacy request filed on the
 query node are answered too (the request with 503 ``shared_state_unavailable``: it is
-kept on the shared state); every role's ``/healthz`` stays 200 and none dies. Once the
+kept on the shared state); every role's ``/healthz`` stays 200 and none dies but a
+processor killed meanwhile (``kill -9``), whose replacement waits for the database (it
+does not exit to be started again and again) and runs once it is back. Once the
 server is back every acknowledged event is published (what the query node reads) exactly
 once, the query node counts them, and a privacy request filed then is done (with the
 worker of before, whose thread ended at the first failed claim, it stayed pending)."""
@@ -30,7 +32,8 @@ def test_postgresql_down_under_load_then_back_loses_and_doubles_nothing(
         tmp_path: Path) -> None:
     with postgres_cluster() as pg:  # a server of its own: the test stops it
         out = through_outage(tmp_path, new_database(pg.url), {},
-                             TierConfig(str(tmp_path / "cluster" / "tiers")), pg.stop, pg.start)
+                             TierConfig(str(tmp_path / "cluster" / "tiers")), pg.stop, pg.start,
+                             kill_processor=True)
     Path(os.environ.get("AAP_OUTAGE_LOG", "/tmp/pg-outage.log")).write_text(out.log)
     check_common(out)
     # the request needs the shared state (rights requests live there): refused, not lost

@@ -7,12 +7,21 @@ connection (:data:`~aap.store.meta.POOL_WAIT_S`), so a request that needs it is 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
+import httpx
 import pytest
 
+from aap.lifecycle import child_env
+from aap.runner import ServerProcess
 from aap.store import meta
-from aap.store.meta import PostgresMeta, unavailable
+from aap.store.meta import MetaUnavailable, PostgresMeta, unavailable
 from tests.pg import new_database, postgres_cluster
 
 pytestmark = pytest.mark.slow  # a PostgreSQL server of its own, stopped and started
@@ -48,3 +57,83 @@ def test_statements_fail_soon_while_the_database_is_away_and_go_through_once_bac
                 time.sleep(0.5)
         assert db.execute("INSERT INTO t VALUES (?)", (2,)) == 1
         assert db._pool not in meta._away  # back to the pool's whole wait
+
+
+def test_a_role_started_while_the_database_is_away_waits_for_it_and_starts_once_back(
+        tmp_path: Path) -> None:
+    """What ``aap serve`` / ``aap process`` do before anything else (``_servable``): wait,
+    saying so, instead of exiting to be started again and again."""
+    with postgres_cluster() as cluster:
+        cluster.stop()
+        said: list[str] = []
+        waiting = threading.Event()
+
+        def say(msg: str) -> None:
+            said.append(msg)
+            waiting.set()
+
+        waiter = threading.Thread(target=meta.wait_until_reachable, args=(cluster.url, say))
+        waiter.start()
+        assert waiting.wait(120), "nothing said while the database is away"
+        assert waiter.is_alive(), said  # it cannot have returned: the server is down
+        assert "cannot be reached" in said[0] and "waiting for it" in said[0], said
+        assert "secret-pw" not in said[0]  # where, not who: no password in the log
+        cluster.start()
+        waiter.join(120)
+        assert not waiter.is_alive(), "still waiting once the database is back"
+        assert said[-1].endswith("reached; starting"), said
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda url: url.rsplit("/", 1)[0] + "/no_such_db", "does not exist"),
+    (lambda url: url.replace("secret-pw", "wrong-pw"), "password authentication failed"),
+])
+def test_a_refused_connection_is_a_clear_error_at_once_not_a_wait(
+        change: Callable[[str], str], why: str) -> None:
+    """A server that answers and refuses (a configuration to fix) is not waited for: the
+    role exits with the server's reason, and no password in it."""
+    with postgres_cluster() as cluster:
+        said: list[str] = []
+        with pytest.raises(MetaUnavailable, match=why) as caught:
+            meta.wait_until_reachable(change(cluster.url), said.append)
+        assert not said
+        assert "-pw" not in str(caught.value)
+
+
+def test_aap_process_started_while_the_database_is_away_waits_and_serves_once_back(
+        tmp_path: Path) -> None:
+    """The processor role itself (``aap process``, which ``aap serve --role processor``
+    starts): alive and saying it waits while the database is away; its core answers once
+    the database is back."""
+    with postgres_cluster() as cluster:
+        url = new_database(cluster.url)
+        cluster.stop()
+        env = child_env({**os.environ, "AAP_META_URL": url})
+        log = tmp_path / "process.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "aap", "process", "--data-dir",
+                                     str(tmp_path / "d")], stdout=out,
+                                    stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 120
+            while "waiting for it" not in log.read_text():
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            assert proc.poll() is None, log.read_text()
+            cluster.start()
+            core = ServerProcess(tmp_path / "d")
+            deadline = time.monotonic() + 180
+            while True:
+                assert proc.poll() is None, log.read_text()
+                try:
+                    assert core.sql("SELECT count(*) FROM events_raw") == [[0]]
+                    break
+                except httpx.ConnectError:  # the core's socket is not there yet
+                    assert time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.5)
+            assert "reached; starting" in log.read_text()
+            assert "secret-pw" not in log.read_text()
+        finally:
+            proc.terminate()
+            proc.wait(60)

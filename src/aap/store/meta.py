@@ -74,6 +74,15 @@ one lost), until a statement gets through again: while PostgreSQL is down, a req
 needs it is answered 503 after about this long, not after :data:`POOL_WAIT_S`."""
 
 
+START_SAY_S = 30.0
+"""How often a role started while PostgreSQL is away says it is still waiting for it
+(:func:`wait_until_reachable`)."""
+_WAITED_FOR = ("starting up", "shutting down", "in recovery", "not yet accepting",
+               "too many")
+"""Refusals of a server that is up but cannot take a connection yet (its startup or a
+shutdown, a recovery, all its connections in use): waited for like a server away."""
+
+
 Fetch = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 """A statement's rows (:meth:`MetaDB.fetchall`, :meth:`Tx.fetchall`)."""
 
@@ -319,6 +328,55 @@ def _lost(exc: BaseException) -> bool:
     return state is None or state.startswith(("08", "57P"))
 
 
+def _where(url: str) -> str:
+    """``postgresql://host:port/dbname`` of a URL: no user, no password, no options."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(url)
+    return f"postgresql://{info.get('host', '')}:{info.get('port', 5432)}/" \
+           f"{info.get('dbname', '')}"
+
+
+def _refused(exc: BaseException) -> bool:
+    """The server answered and refused the connection for good (a wrong password, a
+    database or role that does not exist, no ``pg_hba.conf`` entry): a configuration to
+    fix, which no wait mends."""
+    msg = str(exc)
+    return ("FATAL:" in msg or "fe_sendauth" in msg) and not any(
+        w in msg for w in _WAITED_FOR)
+
+
+def wait_until_reachable(url: str, say: Callable[[str], None]) -> None:
+    """Returns once PostgreSQL at ``url`` takes a connection. A server role started while
+    its database is away (down, restarting, its address not resolved yet) waits for it
+    here, as a role already running waits through an outage, instead of exiting and being
+    started again and again (a supervisor's or the kubelet's back-off would then delay
+    it long after the database is back). ``say`` is told once when it starts waiting,
+    every :data:`START_SAY_S` while it waits, and when the database was reached. Raises
+    :class:`MetaUnavailable` at once when the server refused the connection for good
+    (:func:`_refused`)."""
+    import psycopg
+
+    where = _where(url)
+    said: float | None = None
+    while True:
+        try:
+            psycopg.connect(url, connect_timeout=10).close()
+        except psycopg.OperationalError as exc:
+            if _refused(exc):
+                raise MetaUnavailable(f"AAP_META_URL: cannot use {where}: {exc}".strip()
+                                      ) from None
+            if said is None or time.monotonic() - said >= START_SAY_S:
+                say(f"AAP_META_URL: {where} cannot be reached ({one_line(exc)}); waiting"
+                    " for it")
+                said = time.monotonic()
+            time.sleep(1.0)
+            continue
+        if said is not None:
+            say(f"AAP_META_URL: {where} reached; starting")
+        return
+
+
 class MetaUnavailable(RuntimeError):
     """The PostgreSQL server of ``AAP_META_URL`` cannot be reached or refuses AAP."""
 
@@ -531,13 +589,9 @@ class PostgresMeta:
     dialect = POSTGRESQL
 
     def __init__(self, url: str) -> None:
-        from psycopg.conninfo import conninfo_to_dict
-
         if not url.startswith(("postgresql://", "postgres://")):
             raise ValueError("AAP_META_URL must be a postgresql:// URL")
-        info = conninfo_to_dict(url)
-        self.where = f"postgresql://{info.get('host', '')}:{info.get('port', 5432)}/" \
-                     f"{info.get('dbname', '')}"
+        self.where = _where(url)
         self._pool = _pool(url, self.where)
 
     @contextlib.contextmanager
