@@ -26,7 +26,7 @@ from aap.events import Event
 from aap.log.sqlite import SQLiteLog
 from aap.privacy.audit import AuditLog
 from aap.privacy.keystore import Keystore
-from aap.privacy.rights import Rights
+from aap.privacy.rights import Reached, Rights
 from aap.process.processor import Processor
 from aap.store import erasures, filelist
 from aap.store.identities import SharedIdentities
@@ -202,14 +202,13 @@ class Kept:
     core: :class:`aap.privacy.rights.Reach`)."""
 
     def __init__(self) -> None:
-        self.persons: set[int] = set()
-        self.keys: set[int] = set()
+        self.reached = Reached(set(), set())
 
-    def found(self) -> tuple[set[int], set[int]]:
-        return set(self.persons), set(self.keys)
+    def found(self) -> Reached:
+        return self.reached
 
-    def keep(self, persons: set[int], keys: set[int]) -> None:
-        self.persons, self.keys = set(persons), set(keys)
+    def keep(self, reached: Reached) -> None:
+        self.reached = reached
 
 
 def test_an_erasure_interrupted_after_it_was_recorded_reaches_every_row_run_again(
@@ -228,16 +227,21 @@ def test_an_erasure_interrupted_after_it_was_recorded_reaches_every_row_run_agai
     def away(*args: Any, **kwargs: Any) -> dict[str, int]:
         raise OSError("AWS Error NETWORK_CONNECTION: the tier store does not answer")
 
+    rights.keystore.keys_for([key(raw) for raw in ANA])  # her data keys (sealing makes them)
     kept = Kept()
     monkeypatch.setattr(removal, "erase_persons", away)
     with pytest.raises(OSError):
         rights.erase_keys([key("ana-user")], {"userIds": 1}, "test", reach=kept)
     monkeypatch.setattr(removal, "erase_persons", real)
-    assert kept.persons, "the first run kept what it found"
+    assert kept.reached.persons, "the first run kept what it found"
+    first = kept.reached.destroyed
+    assert first == len(ANA) and kept.reached.runs == 1, kept.reached  # her keys went then
     b.pub.publish_once()  # B applies the record: her shared identities are erased
     assert a.identities.closure([key("ana-user")])[0] == set()  # her id leads to nobody
     receipt = rights.erase_keys([key("ana-user")], {"userIds": 1}, "test", reach=kept)
     assert receipt["persons"] >= 1 and receipt["removed"]["warm_rows"] >= 3, receipt
+    # the receipt counts the keys the interrupted run destroyed (this run found none left)
+    assert receipt["data_keys_destroyed"] == first and receipt["interrupted_runs"] == 1, receipt
     a.pub.publish_once()
     b.pub.publish_once()
     reader = Warehouse(tmp_path / "reader", tiers=TierStore(TierConfig(str(tmp_path / "tiers"))),

@@ -44,7 +44,7 @@ from aap.jsonlimits import check_depth
 from aap.privacy import exports
 from aap.privacy.audit import AuditLog
 from aap.privacy.keystore import KeyDestroyed, Keystore
-from aap.privacy.rights import Rights, Scope
+from aap.privacy.rights import Reached, Rights, Scope
 from aap.privacy.scrub import is_personal_trait
 from aap.store.meta import SQLITE, MetaDB, log_failure, open_meta, transient
 from aap.store.migrations import Schema, sql_step, unversioned_columns
@@ -315,14 +315,16 @@ class _Reach:
     def __init__(self, requests: Requests, rid: str, kept: str | None) -> None:
         self.requests, self.rid, self.kept = requests, rid, kept
 
-    def found(self) -> tuple[set[int], set[int]]:
+    def found(self) -> Reached:
         if not self.kept:
-            return set(), set()
+            return Reached(set(), set())
         doc = json.loads(self.kept)
-        return {int(p) for p in doc["persons"]}, {int(k) for k in doc["keys"]}
+        return Reached({int(p) for p in doc["persons"]}, {int(k) for k in doc["keys"]},
+                       int(doc.get("destroyed", 0)), int(doc.get("runs", 0)))
 
-    def keep(self, persons: set[int], keys: set[int]) -> None:
-        kept = json.dumps({"persons": sorted(persons), "keys": sorted(keys)})
+    def keep(self, reached: Reached) -> None:
+        kept = json.dumps({"persons": sorted(reached.persons), "keys": sorted(reached.keys),
+                           "destroyed": reached.destroyed, "runs": reached.runs})
         if kept != self.kept and self.requests._db.execute(
                 "UPDATE requests SET reach = ? WHERE id = ? AND claimed_by = ?"
                 " AND status = 'running'", (kept, self.rid, self.requests.worker)) != 1:

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
 
@@ -83,16 +83,28 @@ _ERASED_WHERE: dict[str, str] = {
 """Where a full erasure reaches (its receipt's ``where``)."""
 
 
+class Reached(NamedTuple):
+    """What an erasure's runs found and did so far (:class:`Reach`)."""
+
+    persons: set[int]
+    keys: set[int]
+    destroyed: int = 0
+    """Data keys destroyed: a run again finds them gone, and its receipt counts them."""
+    runs: int = 0
+    """Runs started (a run again: every earlier one was interrupted)."""
+
+
 class Reach(Protocol):
     """Where an erasure keeps what it found (a privacy request's row: see
     :meth:`Rights.erase_keys`)."""
 
-    def found(self) -> tuple[set[int], set[int]]:
-        """The persons and ids an earlier run found (empty sets: none ran)."""
+    def found(self) -> Reached:
+        """What the earlier runs found and did (empty, 0: none ran)."""
         ...
 
-    def keep(self, persons: set[int], keys: set[int]) -> None:
-        """Kept before the run erases anything (raises if it cannot be)."""
+    def keep(self, reached: Reached) -> None:
+        """Kept before the run erases anything, and once the keys are destroyed (raises
+        if it cannot be)."""
         ...
 
 
@@ -143,11 +155,25 @@ class Rights:
             persons, all_keys = persons | shared_persons, all_keys | shared_keys
         return persons, all_keys
 
-    def _reached(self, keys: list[int], reach: Reach | None) -> tuple[set[int], set[int]]:
-        """The closure of the ids, with what an earlier run of the erasure found."""
-        known = reach.found() if reach is not None else (set(), set())
-        persons, all_keys = self.closure(sorted(set(keys) | known[1]))
-        return persons | known[0], all_keys | known[1]
+    def _reached(self, keys: list[int], reach: Reach | None) -> Reached:
+        """The closure of the ids, with what the earlier runs of the erasure found (and
+        what they did: :class:`Reached`)."""
+        known = reach.found() if reach is not None else Reached(set(), set())
+        persons, all_keys = self.closure(sorted(set(keys) | known.keys))
+        return known._replace(persons=persons | known.persons, keys=all_keys | known.keys)
+
+    def _destroy(self, reached: Reached, reach: Reach | None) -> int:
+        """Crypto-shreds the keys, what was reached kept first (a run again reaches as
+        far); returns how many keys every run destroyed: the receipt counts them all (and
+        ``interrupted_runs``, how many ran before: the rows they removed are not in its
+        ``removed``)."""
+        now = reached._replace(runs=reached.runs + 1)
+        if reach is not None:
+            reach.keep(now)
+        destroyed = reached.destroyed + self.keystore.destroy(reached.keys)
+        if reach is not None and destroyed > reached.destroyed:
+            reach.keep(now._replace(destroyed=destroyed))
+        return destroyed
 
     def erase_keys(self, keys: list[int], requested: dict[str, Any], actor: str,
                    scope: Scope | None = None, reach: Reach | None = None) -> dict[str, Any]:
@@ -163,12 +189,11 @@ class Rights:
         found, the second would find nobody and leave the rows in the tier files."""
         t0 = time.perf_counter()
         started = datetime.now(UTC)
-        persons, all_keys = self._reached(keys, reach)
+        known = self._reached(keys, reach)
+        persons, all_keys = known.persons, known.keys
         if scope is not None and persons and not subjects.sources_of(self.wh, persons) <= set(scope[1]):
             return self._erase_in(keys, persons, requested, actor, scope, started, t0)
-        if reach is not None:  # before anything is erased: a run again reaches as far
-            reach.keep(persons, all_keys)
-        destroyed = self.keystore.destroy(all_keys)
+        destroyed = self._destroy(known, reach)
         # publishing on: recorded for every processor's hot rows first (and applied to
         # this warehouse's), before the files are rewritten (aap.store.erasures)
         spread = (self.wh.erasures.record(persons, all_keys)
@@ -203,6 +228,8 @@ class Rights:
             "derived": derived,
             "where": dict(_ERASED_WHERE),
         }
+        if known.runs:
+            receipt["interrupted_runs"] = known.runs
         if self.wh.erasures is not None:
             receipt["where"]["other_processors"] = (
                 "recorded on the shared store: every processor deletes the rows it holds"
