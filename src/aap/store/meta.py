@@ -364,8 +364,7 @@ def wait_until_reachable(url: str, say: Callable[[str], None]) -> None:
             psycopg.connect(url, connect_timeout=10).close()
         except psycopg.OperationalError as exc:
             if _refused(exc):
-                raise MetaUnavailable(f"AAP_META_URL: cannot use {where}: {exc}".strip()
-                                      ) from None
+                raise MetaUnavailable.at(where, exc) from None
             if said is None or time.monotonic() - said >= START_SAY_S:
                 say(f"AAP_META_URL: {where} cannot be reached ({one_line(exc)}); waiting"
                     " for it")
@@ -379,6 +378,12 @@ def wait_until_reachable(url: str, say: Callable[[str], None]) -> None:
 
 class MetaUnavailable(RuntimeError):
     """The PostgreSQL server of ``AAP_META_URL`` cannot be reached or refuses AAP."""
+
+    @classmethod
+    def at(cls, where: str, exc: BaseException) -> MetaUnavailable:
+        """The error for a connection to ``where`` that failed with ``exc`` (the driver's
+        message names no password)."""
+        return cls(f"AAP_META_URL: cannot use {where}: {exc}".strip())
 
 
 class SharedStateUnavailable(TransientError):
@@ -442,8 +447,7 @@ def _pool(url: str, where: str) -> Any:
             try:  # one connection first, for a clear message (the pool would only wait)
                 psycopg.connect(url, connect_timeout=10).close()
             except psycopg.OperationalError as exc:
-                raise MetaUnavailable(f"AAP_META_URL: cannot use {where}: {exc}".strip()
-                                      ) from None
+                raise MetaUnavailable.at(where, exc) from None
 
             def configure(con: Any) -> None:
                 con.autocommit = True  # reads: one statement each, READ COMMITTED
