@@ -134,13 +134,16 @@ def _sender(urls: list[str], key: str, events: list[dict[str, Any]], acked: set[
 
 def published(reader: Warehouse) -> list[Any]:
     """The message ids in the published files (what a query node reads), with repeats;
-    asked again while the reader's own connection to a restarted PostgreSQL fails."""
+    asked again while the reader's own connection to a restarted PostgreSQL fails, or
+    its reads of the restarted S3 stand-in fail (``Warehouse.query`` reads again an
+    answer that broke off, a few times only)."""
     deadline = time.monotonic() + 120
     while True:
         try:
             return [r[0] for r in reader.query("SELECT message_id FROM events_all")[1]]
         except Exception as exc:
-            if not unavailable(exc) or time.monotonic() > deadline:
+            if ((not unavailable(exc) and not reader.tiers.away(exc))
+                    or time.monotonic() > deadline):
                 raise
             time.sleep(0.5)
 

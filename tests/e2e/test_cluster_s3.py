@@ -21,9 +21,8 @@ from typing import Any
 
 import pytest
 
-from aap.api.rest import STORAGE_UNAVAILABLE
 from aap.runner import free_port
-from aap.store.tiers import TierConfig
+from aap.store.tiers import STORAGE_UNAVAILABLE, TierConfig
 from tests.e2e.outage import body, check_common, through_outage
 from tests.pg import new_database
 

@@ -40,9 +40,9 @@ from aap.query.dashboards import Dashboards
 from aap.query.models import parse_cohort, parse_insight
 from aap.query.runner import Deadline, run_insight
 from aap.settings import Settings
+from aap.store.tiers import read_again, unreadable
 from aap.store.warehouse import Warehouse
 
-STORAGE_UNAVAILABLE = "storage_unavailable"
 """The code of a 503: the tier store (S3) did not answer a read the request needed."""
 
 Handler = Callable[[dict[str, str], bytes, str], Any]
@@ -110,13 +110,13 @@ class RestAPI(DashboardsAPI, PrivacyCenter):
         handler: Handler = getattr(self, route.target.handler)
         token, args = ACTOR.set(actor), ARGS.set(query_args(query, route.target.args))
         try:
+            if method == "GET" or route.target.query:  # reads only: asked again
+                return read_again(lambda: handler(params, body, role))
             return handler(params, body, role)
         except Exception as exc:
             if not self.warehouse.tiers.away(exc):
                 raise
-            raise errors.ServiceUnavailable(  # the files cannot be read now: later
-                "the tier store (AAP_TIER_URL) cannot be read now: try again later",
-                code=STORAGE_UNAVAILABLE, retry_after=5) from exc
+            raise unreadable() from exc  # the files cannot be read now: later
         finally:
             ACTOR.reset(token)
             ARGS.reset(args)

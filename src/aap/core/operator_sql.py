@@ -9,6 +9,7 @@ import duckdb
 import msgspec
 
 from aap import errors
+from aap.store.tiers import tier_read_failed, unreadable
 from aap.store.warehouse import Warehouse
 
 
@@ -37,6 +38,8 @@ def sql_answer(warehouse: Warehouse, body: bytes, position: Any) -> dict[str, An
     try:
         cols, result = warehouse.query(req.sql, req.params)
     except duckdb.Error as exc:
+        if tier_read_failed(exc):  # the files, not the SQL
+            raise unreadable() from exc
         raise errors.BadRequest(str(exc), code="bad_query") from None
     rows = [[jsonable(v) for v in r] for r in result]
     return {"columns": cols, "rows": rows, "position": position}

@@ -22,6 +22,7 @@ import duckdb
 from aap.errors import BadRequest, ServiceUnavailable
 from aap.query.models import Common, Filter
 from aap.store.schema import EVENT_COLUMNS
+from aap.store.tiers import tier_read_failed
 
 MAX_BUCKETS = 5000
 MIN_YEAR, MAX_YEAR = 1970, 9000
@@ -295,6 +296,8 @@ class SQLBuilder:
                 return fetch(ctx.cur.sql(sql, params=params))
             return fetch(ctx.cur.execute(sql, params))
         except duckdb.InvalidInputException as exc:
+            if tier_read_failed(exc):  # the files, not the query: answered as such
+                raise
             raise BadRequest(f"the query cannot run on this data: {_first_line(exc)}",
                              code="bad_query") from None
         except duckdb.ConversionException as exc:

@@ -38,6 +38,7 @@ from aap.query.models import (
     parse_insight,
 )
 from aap.query.snapshot import Views, open_snapshot, plain_snapshot, snapshot
+from aap.store.tiers import tier_read_failed
 from aap.store.warehouse import Warehouse
 
 RUNNERS: dict[type, Callable[[Context, Any], dict[str, Any]]] = {
@@ -115,6 +116,8 @@ def _run_with_deadline(ctx: Context, q: Any, timeout_s: float) -> dict[str, Any]
             pass
         except (duckdb.InvalidInputException, duckdb.ConversionException,
                 duckdb.OutOfRangeException) as exc:
+            if tier_read_failed(exc):  # the files, not the insight: answered as such
+                raise
             # a value of the document the engine refuses (a regex that does not
             # compile, a number out of range): the client's error. Its text may quote
             # stored values, so only its kind is returned.

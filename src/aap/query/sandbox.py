@@ -265,17 +265,35 @@ def shutdown() -> None:
         p.close()
 
 
-def _stream(reader: Any, fd: int) -> None:
-    """Write one view's record batches into its pipe as an Arrow IPC stream."""
+_BROKEN = b"\xff\xff\xff\xff\x10\x00\x00\x00"
+"""What ends a view's stream whose source failed: the start of a message that never
+comes. A stream that just stopped would read as complete (Arrow takes the end of the
+pipe for the end of the stream), and the query would answer over part of the rows."""
+
+
+def _stream(reader: Any, fd: int, failed: list[BaseException]) -> None:
+    """Write one view's record batches into its pipe as an Arrow IPC stream. When the
+    source fails (a tier file not read), the failure goes to ``failed`` first and the
+    stream is then broken, so the worker cannot answer from the rows before it."""
     import pyarrow as pa
 
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 16) as f, \
-                pa.ipc.new_stream(f, reader.schema) as out:
-            for batch in reader:
+    with contextlib.suppress(OSError), os.fdopen(fd, "wb", buffering=1 << 16) as f:
+        try:
+            out = pa.ipc.new_stream(f, reader.schema)
+            batches = iter(reader)
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except Exception as exc:  # the source: the answer would lack its rows
+                    failed.append(exc)
+                    f.write(_BROKEN)
+                    return
                 out.write_batch(batch)
-    except Exception:  # the worker stopped reading (done, failed or
-        pass           # killed), or the source was interrupted at the end of the query
+            out.close()
+        except Exception:  # the worker stopped reading (done, failed or
+            pass           # killed), or the source was interrupted at the end of the query
 
 
 def run(query: str, views: Iterable[tuple[str, Any, bool, str]], *, limit: int,
@@ -293,18 +311,24 @@ def run(query: str, views: Iterable[tuple[str, Any, bool, str]], *, limit: int,
     writers: list[threading.Thread] = []
     fds: list[int] = []
     names: list[tuple[str, bool, str]] = []
+    failed: list[BaseException] = []
     try:
         for name, reader, whole, create in views:
             r, w = os.pipe()
             fds.append(r)
             names.append((name, whole, create))
-            t = threading.Thread(target=_stream, args=(reader, w), daemon=True,
+            t = threading.Thread(target=_stream, args=(reader, w, failed), daemon=True,
                                  name=f"aap-sql-view-{name}")
             t.start()
             writers.append(t)
         header = {"query": query, "views": names, "limit": limit, "timeout_s": timeout_s,
                   "max_bytes": limits.max_response_bytes, "plan": plan}
-        return worker.run(header, fds, deadline)
+        try:
+            return worker.run(header, fds, deadline)
+        except SandboxFailed:
+            if failed:  # the worker met a broken view: its source's failure is the cause
+                raise failed[0] from None
+            raise
     finally:
         for fd in fds:
             with contextlib.suppress(OSError):
@@ -381,6 +405,7 @@ def _connect(threads: int, memory_limit: str) -> Any:
 
 def _execute(con: Any, header: dict[str, Any], fds: list[int]) -> dict[str, Any]:
     import duckdb
+    import pyarrow as pa
 
     timer = threading.Timer(float(header["timeout_s"]), con.interrupt)
     timer.start()
@@ -398,7 +423,7 @@ def _execute(con: Any, header: dict[str, Any], fds: list[int]) -> dict[str, Any]
         return out
     except _TooLarge:
         return {"error": "too_large", "message": ""}
-    except (duckdb.Error, MemoryError) as exc:
+    except (duckdb.Error, MemoryError, pa.ArrowException) as exc:
         return _failure(exc)
     finally:
         timer.cancel()

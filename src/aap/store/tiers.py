@@ -18,9 +18,11 @@ the list are deleted only after a grace period, so queries that still read them 
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlparse
 
 import duckdb
@@ -29,10 +31,14 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from aap.errors import ServiceUnavailable
 from aap.store.schema import EVENT_ARROW_SCHEMA
 
 if TYPE_CHECKING:
     from aap.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,53 @@ def s3_filesystem(endpoint_url: str, access_key: str, secret_key: str, region: s
         endpoint_override=endpoint.netloc if endpoint else None,
         scheme=endpoint.scheme if endpoint else "https",
     )
+
+
+READ_ATTEMPTS = 3
+"""How often a read whose answer :func:`broke_off` is made before its failure stands."""
+
+
+def broke_off(exc: BaseException) -> bool:
+    """Whether a read failed because the store's answer to it was cut or garbled (more
+    bytes than the range asked for, a body that ended early: the AWS SDK calls it
+    ``INTERNAL_FAILURE`` ... ``Failed to flush response stream`` and, unlike a failed
+    connection, neither it nor Arrow's client asks again). The file is not at fault:
+    the same read asked again is answered; a read-only caller asks again
+    (:data:`READ_ATTEMPTS`)."""
+    return (isinstance(exc, (OSError, duckdb.Error))
+            and "Failed to flush response stream" in str(exc))
+
+
+def tier_read_failed(exc: BaseException) -> bool:
+    """Whether DuckDB failed reading the tier files a query was given (its message for a
+    registered stream that raised: a file the store did not answer, or answered wrong):
+    the store's fault, never the query's, whatever DuckDB's error type says."""
+    return isinstance(exc, duckdb.Error) and "reading the stream registered as" in str(exc)
+
+
+STORAGE_UNAVAILABLE = "storage_unavailable"
+"""The code of the 503 a request is answered when the tier files cannot be read now."""
+
+
+def unreadable() -> ServiceUnavailable:
+    """The answer to a request that met the tier store away (:meth:`TierStore.away`) or
+    a read that failed every time (:func:`tier_read_failed`): try again later."""
+    return ServiceUnavailable("the tier store (AAP_TIER_URL) cannot be read now: try"
+                              " again later", code=STORAGE_UNAVAILABLE, retry_after=5)
+
+
+def read_again(read: Callable[[], T]) -> T:
+    """``read()`` (something that only reads), made again while the tier store's answer
+    to it :func:`broke_off`, at most :data:`READ_ATTEMPTS` times in all."""
+    attempt = 1
+    while True:
+        try:
+            return read()
+        except (OSError, duckdb.Error) as exc:
+            if attempt == READ_ATTEMPTS or not broke_off(exc):
+                raise
+            attempt += 1
+            log.warning("a read of the tier store broke off (%s); reading again", exc)
 
 
 class TierStore:
@@ -145,10 +198,11 @@ class TierStore:
         """Whether a read or write that failed with ``exc`` met the store's outage (S3
         down or out of reach: the store does not answer a look at its root now), rather
         than a fault of the caller's. Arrow's S3 client naming a failed connection says so
-        too (the store may be back by the time it is looked at)."""
+        too (the store may be back by the time it is looked at), and so does an answer
+        that :func:`broke_off`."""
         if not isinstance(exc, (OSError, duckdb.Error)):
             return False
-        if "AWS Error NETWORK_CONNECTION" in str(exc):
+        if "AWS Error NETWORK_CONNECTION" in str(exc) or broke_off(exc):
             return True
         try:
             self.fs.get_file_info(self.root)

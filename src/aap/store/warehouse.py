@@ -48,7 +48,7 @@ from aap.store.schema import (
     SESSION_STREAMS_DDL,
     VIEWS,
 )
-from aap.store.tiers import TierConfig, TierStore
+from aap.store.tiers import TierConfig, TierStore, read_again
 from aap.store.writelock import WriteLock
 
 NEXT_PERSON = "next_person"
@@ -452,6 +452,12 @@ class Warehouse:
             return cols, res.fetchall()
 
     def _select(self, sql: str, params: list[Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """One SELECT in a read transaction that rolls back: asked again when the tier
+        store's answer to one of its reads broke off (:func:`~aap.store.tiers.broke_off`)."""
+        return read_again(lambda: self._select_once(sql, params))
+
+    def _select_once(self, sql: str, params: list[Any]
+                     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         cur = self._readers.take()
         try:
             cur.execute("BEGIN TRANSACTION")
