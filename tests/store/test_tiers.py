@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,8 +128,8 @@ def test_counts_stay_exact_while_partitions_move(tmp_path: Path) -> None:
     assert wh.tier_stats()["cold"][1] > 0
 
 
-@slow_fixture
-def s3() -> Iterator[TierConfig]:
+def moto_with(bucket: str) -> tuple[Any, str]:
+    """A moto server started on 127.0.0.1 with ``bucket``, and its endpoint URL."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -138,7 +139,13 @@ def s3() -> Iterator[TierConfig]:
     endpoint = f"http://127.0.0.1:{port}"
     boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test",
                  aws_secret_access_key="test", region_name="us-east-1").create_bucket(
-        Bucket="aap-warm")
+        Bucket=bucket)
+    return server, endpoint
+
+
+@slow_fixture
+def s3() -> Iterator[TierConfig]:
+    server, endpoint = moto_with("aap-warm")
     yield TierConfig("s3://aap-warm/events-store", s3_endpoint=endpoint, s3_access_key="test",
                      s3_secret_key="test")
     server.stop()

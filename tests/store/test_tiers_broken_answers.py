@@ -38,7 +38,7 @@ from aap.store.tiers import (
 )
 from aap.store.warehouse import Warehouse
 from tests.conftest import slow_fixture
-from tests.store.test_tiers import DAYS, PER_DAY, TODAY, load
+from tests.store.test_tiers import DAYS, PER_DAY, TODAY, load, moto_with
 
 pytestmark = pytest.mark.slow  # a moto server and a warehouse moved to its warm tier
 
@@ -109,16 +109,7 @@ class Stores:
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
     """A warehouse whose warm and cold days were written to moto directly, and that
     reads them through the relay (only reads pass it)."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test",
-                 aws_secret_access_key="test", region_name="us-east-1").create_bucket(
-        Bucket="aap-wrong")
+    server, endpoint = moto_with("aap-wrong")
     direct = TierConfig("s3://aap-wrong/t", s3_endpoint=endpoint, s3_access_key="test",
                         s3_secret_key="test")
     relay = Relay(endpoint)
