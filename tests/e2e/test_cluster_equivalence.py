@@ -125,11 +125,19 @@ def _streams(visitors: list[list[dict[str, Any]]], k: int) -> list[list[bytes]]:
 
 
 def _send(url: str, key: str, bodies: list[bytes]) -> int:
+    """Every body sent until it is accepted; one answered 503 (back-pressure, the log out
+    of reach: not acknowledged) is sent again after its Retry-After, as the SDKs do, for
+    at most 10 minutes (what the log took of it is dropped as a repeat)."""
     accepted = 0
     with httpx.Client(base_url=url, auth=(key, ""), timeout=120) as client:
         for body in bodies:
-            r = client.post("/v1/batch", content=body,
-                            headers={"Content-Type": "application/json"})
+            deadline = time.monotonic() + 600
+            while True:
+                r = client.post("/v1/batch", content=body,
+                                headers={"Content-Type": "application/json"})
+                if r.status_code != 503 or time.monotonic() > deadline:
+                    break
+                time.sleep(min(float(r.headers.get("Retry-After", "1")), 5.0))
             assert r.status_code == 200, r.text
             answer = r.json()
             accepted += answer["accepted"] + sum(answer.get("not_stored", {}).values())

@@ -369,3 +369,27 @@ def test_scan_and_stats_leave_the_group_alone(shared_cluster: Cluster) -> None:
     finally:
         log.close()
 
+
+
+def test_offsets_not_read_while_appends_go_through_keep_the_last_stats(
+        cluster: Cluster) -> None:
+    """A collector's health check reads the offsets every half second: when that read
+    fails while this process's appends are acknowledged (a busy machine: CI saw a
+    collector answer 503 ``log_unavailable`` to every request for seconds while Kafka
+    took its appends), the last stats read stand; with no append acknowledged lately,
+    the failure stands (the brokers may be gone: ingestion answers 503)."""
+    log = KafkaLog(cluster.url())
+    try:
+        log.append([Append("s", 1, b"%d" % i, b"k%d" % i) for i in range(4)])
+        before = log.stats()
+        assert before.head_offset == 4
+        log.append([Append("s", 1, b"more", b"k0")])
+        cluster.errors(2, 50, "UNKNOWN")  # ListOffsets answers an error
+        assert log.stats() == before  # the last read stands: appends go through
+        time.sleep(2 * kafka_log.STATS_TIMEOUT_S)  # no append acknowledged since
+        with pytest.raises(ck.KafkaException):
+            log.stats()
+        with pytest.raises(ServiceUnavailable):  # and at once for a while after
+            log.stats()
+    finally:
+        log.close()

@@ -96,6 +96,10 @@ class KafkaLog:
         self._consumer: ck.Consumer | None = None
         self._meta_consumer: ck.Consumer | None = None
         self._stats_down_until = 0.0
+        self._stats: LogStats | None = None
+        """The last stats read: what a slow read answers while appends go through."""
+        self._appended_at = -1e9
+        """When an append was last acknowledged (monotonic)."""
         self._lock = threading.Lock()
         self._assigned: set[int] = set()
         self._next: dict[int, int] = {}
@@ -182,6 +186,7 @@ class KafkaLog:
             err = errors[0] if errors else "no delivery report"
             logger.error("Kafka append failed: %s (%d messages unreported)", err, sent)
             raise ServiceUnavailable("the log cannot take the batch", code="log_unavailable")
+        self._appended_at = time.monotonic()
         return offsets
 
     # -- consuming --
@@ -397,19 +402,32 @@ class KafkaLog:
 
         The collectors ask for it every ``health_interval_ms`` in their request path: each
         call waits at most :data:`STATS_TIMEOUT_S`, and after a failure the next calls
-        fail at once for as long (the brokers are unreachable: ingestion answers 503)."""
+        fail at once for as long (the brokers are unreachable: ingestion answers 503).
+        A read that failed while this process's appends are acknowledged (one in the last
+        ``2 * STATS_TIMEOUT_S``) answers the last stats read instead: the brokers are there,
+        only slow to answer offsets (a busy machine: it refused a collector's requests
+        with ``log_unavailable`` in CI while its appends went through)."""
         if time.monotonic() < self._stats_down_until:
             raise ServiceUnavailable("the Kafka log did not answer", code="log_unavailable")
         try:
-            c = self._meta()
-            heads = {p: c.get_watermark_offsets(ck.TopicPartition(self.topic, p),
-                                                timeout=STATS_TIMEOUT_S)[1]
-                     for p in self._partitions(STATS_TIMEOUT_S)}
-            tps = c.committed([ck.TopicPartition(self.topic, p) for p in heads],
-                              timeout=STATS_TIMEOUT_S)
+            self._stats = self._read_stats()
         except ck.KafkaException:
+            if (self._stats is not None
+                    and time.monotonic() - self._appended_at < 2 * STATS_TIMEOUT_S):
+                logger.warning("Kafka offsets not read in %.0f s while appends go through:"
+                               " the last ones read stand", STATS_TIMEOUT_S)
+                return self._stats
             self._stats_down_until = time.monotonic() + STATS_TIMEOUT_S
             raise
+        return self._stats
+
+    def _read_stats(self) -> LogStats:
+        c = self._meta()
+        heads = {p: c.get_watermark_offsets(ck.TopicPartition(self.topic, p),
+                                            timeout=STATS_TIMEOUT_S)[1]
+                 for p in self._partitions(STATS_TIMEOUT_S)}
+        tps = c.committed([ck.TopicPartition(self.topic, p) for p in heads],
+                          timeout=STATS_TIMEOUT_S)
         done = {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
         lag = {self.group: sum(max(0, h - done.get(p, 0)) for p, h in heads.items())}
         total = sum(heads.values())
