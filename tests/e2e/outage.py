@@ -148,6 +148,19 @@ def published(reader: Warehouse) -> list[Any]:
             time.sleep(0.5)
 
 
+def _answering(node: Node, timeout: float = 120) -> None:
+    """Wait until the query node answers a query again: each of its pools connects to a
+    restarted PostgreSQL at its next attempt (psycopg_pool's, doubling from 1 s), and it
+    answers 503 with Retry-After until then (CI saw one right after the outage)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = node.post("/query", {"kind": "sql", "query": COUNT_SQL}, "privacy")
+        if r.status_code != 503:
+            return
+        assert time.monotonic() < deadline, f"the query node still answers {r.text}"
+        time.sleep(float(r.headers.get("Retry-After", "1")))
+
+
 @dataclass
 class Outcome:
     answers: Answers
@@ -285,6 +298,7 @@ def through_outage(tmp_path: Path, meta: str, env: dict[str, str], tiers: TierCo
                             if erasure.status_code == 200 else None)
             time.sleep(3)  # a batch published twice would show now
             ids = published(reader)
+            _answering(node)
             counted = node.count()
             done = node.erase("someone", "access", timeout=180)
             erased = gone & acked
