@@ -137,3 +137,27 @@ def test_aap_process_started_while_the_database_is_away_waits_and_serves_once_ba
         finally:
             proc.terminate()
             proc.wait(60)
+
+
+def test_a_pool_tries_again_at_least_every_few_seconds() -> None:
+    """psycopg_pool doubles the wait between its attempts to reconnect without bound
+    (1, 2, 4, 8, 16, 32 s…): after a 20 s outage a role's next try could come half a
+    minute after PostgreSQL was back, and CI saw a query node answer 503 then. The
+    attempts the pools make (the class psycopg_pool's pool module makes them with) wait
+    at most ``RECONNECT_MAX_S``, and still give up at the pool's ``reconnect_timeout``."""
+    import psycopg_pool.pool as pool_module
+    from psycopg_pool.base import AttemptWithBackoff
+
+    meta._bounded_reconnects()
+    meta._bounded_reconnects()  # once is enough: not wrapped twice
+    attempt = pool_module.AttemptWithBackoff(timeout=60.0)
+    delays = []
+    now = 0.0
+    while not attempt.time_to_give_up(now):
+        attempt.update_delay(now)
+        delays.append(attempt.delay)
+        now += attempt.delay
+    assert 0.9 <= delays[0] <= 1.1 and delays[1] > delays[0]  # still growing at first
+    assert max(delays) == meta.RECONNECT_MAX_S and delays.count(meta.RECONNECT_MAX_S) > 5
+    assert now == pytest.approx(60.0)  # the pool's own deadline holds
+    assert isinstance(attempt, AttemptWithBackoff) and type(attempt) is not AttemptWithBackoff

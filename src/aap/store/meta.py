@@ -65,6 +65,10 @@ WRITE_ATTEMPTS = 30
 """How many times a PostgreSQL write transaction is tried before its refusal is raised."""
 POOL_MAX = 4
 """Connections a process keeps to the shared-state database, per URL."""
+RECONNECT_MAX_S = 4.0
+"""Longest wait between a pool's attempts to connect again to a PostgreSQL that went
+away (psycopg_pool doubles it from 1 s without bound: after a 20 s outage its next try
+could come half a minute after the server was back, each role answering 503 meanwhile)."""
 POOL_WAIT_S = 30.0
 """How long a statement waits for one of the pool's connections (psycopg_pool's default):
 the pool's connections may all be busy."""
@@ -434,11 +438,32 @@ def log_failure(logger: logging.Logger, what: str, exc: BaseException,
         logger.error("%s", what, exc_info=exc)
 
 
+def _bounded_reconnects() -> None:
+    """psycopg_pool's reconnection attempts wait at most :data:`RECONNECT_MAX_S` between
+    tries (its pool module names the attempt class it makes; this one caps the delay)."""
+    import psycopg_pool.pool as pool_module
+    from psycopg_pool.base import AttemptWithBackoff
+
+    if getattr(pool_module.AttemptWithBackoff, "aap_bounded", False):
+        return
+
+    class BoundedAttempt(AttemptWithBackoff):
+        aap_bounded = True
+
+        def update_delay(self, now: float) -> None:
+            super().update_delay(now)
+            self.delay = min(self.delay, RECONNECT_MAX_S)
+
+    pool_module.AttemptWithBackoff = BoundedAttempt  # type: ignore[misc]
+
+
 def _pool(url: str, where: str) -> Any:
     """This process's pool for ``url`` (a forked child makes its own)."""
     import psycopg
     from psycopg import IsolationLevel
     from psycopg_pool import ConnectionPool
+
+    _bounded_reconnects()
 
     key = (os.getpid(), url)
     with _pools_lock:
