@@ -91,12 +91,14 @@ def test_bench_handover_runs_and_prints_the_figures_it_names() -> None:
         "chunks kept out", "fold of 6,000 staged stream rows"))
 
 
+@pytest.mark.slow  # runs `aap bench` in a subprocess
 def test_bench_publishmark_runs_and_prints_the_figures_it_names() -> None:
     bench_prints(["publishmark", "--events", "2000", "--rounds", "2"], (
         "mark, in place (publish_batch)", "mark, copy to hot_publishing (baseline)",
         "bytes/event", "forget", "ratio copy / in place: mark time", "a 64 MB checkpoint every"))
 
 
+@pytest.mark.slow  # runs `aap bench` in a subprocess
 def test_bench_publishturn_runs_and_prints_the_figures_it_names() -> None:
     bench_prints(["publishturn", "--events", "500", "--seconds", "4"], (
         "first come (baseline)", "turn p50", "p95", "waits p50 ms: mark", "steps 2-3",

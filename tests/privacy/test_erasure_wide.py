@@ -455,6 +455,7 @@ def test_a_gap_read_before_the_keystore_is_connected_is_applied_once_it_is(
         a.close()
 
 
+@pytest.mark.slow  # runs `aap cluster writers` and `retire` in subprocesses
 def test_aap_cluster_writers_and_retire(tmp_path: Path, meta_url: str) -> None:
     """The commands list the writers the record waits for, retire one (audited), and
     refuse an unknown writer or a deployment without publishing with a message."""
