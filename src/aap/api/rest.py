@@ -43,8 +43,6 @@ from aap.settings import Settings
 from aap.store.tiers import read_again, unreadable
 from aap.store.warehouse import Warehouse
 
-"""The code of a 503: the tier store (S3) did not answer a read the request needed."""
-
 Handler = Callable[[dict[str, str], bytes, str], Any]
 ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("actor", default="local")
 """Who is calling, for the audit log: ``key:<id>`` of the API key, or the local caller."""

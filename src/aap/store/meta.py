@@ -463,12 +463,11 @@ def _pool(url: str, where: str) -> Any:
     from psycopg import IsolationLevel
     from psycopg_pool import ConnectionPool
 
-    _bounded_reconnects()
-
     key = (os.getpid(), url)
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None:
+            _bounded_reconnects()
             try:  # one connection first, for a clear message (the pool would only wait)
                 psycopg.connect(url, connect_timeout=10).close()
             except psycopg.OperationalError as exc:
