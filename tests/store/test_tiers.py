@@ -200,3 +200,56 @@ def test_an_s3_outage_is_told_from_a_callers_fault(tmp_path: Path) -> None:
         assert not store.away(ValueError("a bug"))
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_query_reads_again_when_an_erasure_replaced_a_file_meanwhile(
+        tmp_path: Path, where: str, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An erasure deletes the files it rewrote at once (not after a grace period), so a
+    query that read the list of live files just before meets a file that is gone (the
+    CI run of 0b8fe32: ``Path does not exist`` on S3). The query is made again on the
+    list as it is now, and answers as after the erasure; a file still listed and gone
+    fails the query after ``READ_ATTEMPTS``, not forever."""
+    import duckdb
+
+    from aap.privacy import removal
+    from aap.store.tiers import READ_ATTEMPTS
+
+    cfg = (TierConfig(str(tmp_path / "tiers")) if where == "local"
+           else request.getfixturevalue("s3"))
+    store = TierStore(cfg)
+    wh, _ = load(tmp_path, store)
+    for day in tiering.hot_days(wh)[:3]:
+        tiering.move_day_to_warm(wh, day)
+    files = [f.path for f in wh.files.files()]
+    assert len(files) == 3
+    person = int(store.read(files[:1], ["person_id"]).column(0)[0].as_py())
+    total = count(wh)
+    theirs = int(wh.query("SELECT count(*) FROM events WHERE person_id = ?", [person])[1][0][0])
+    assert 0 < theirs < total
+
+    original = wh.register_tiers
+    calls: list[list[str]] = []
+
+    def register_then_erase(cur: Any) -> None:
+        calls.append([f.path for f in wh.files.files()])  # what original(cur) lists
+        original(cur)
+        if len(calls) == 1:  # the query has its list: the erasure rewrites a file now
+            removal.erase_persons(wh, {person})
+
+    monkeypatch.setattr(wh, "register_tiers", register_then_erase)
+    caplog.set_level("INFO", logger="aap.store.tiers")
+    assert count(wh) == total - theirs
+    assert len(calls) >= 2  # the erasure ran between the first list and its reads
+    gone = [p for p in calls[0] if not store.exists(p)]
+    assert gone and not set(gone) & set(calls[-1])
+    assert "reading the list again" in caplog.text
+
+    # a file still listed and gone: the query fails, after READ_ATTEMPTS reads
+    calls.clear()
+    store.delete(lost := wh.files.files()[0].path)
+    with pytest.raises((duckdb.Error, FileNotFoundError),  # (Arrow looks at local files
+                       match=lost.rsplit("/", 1)[1]):  # first; S3's are read)
+        count(wh)
+    assert len(calls) == READ_ATTEMPTS and all(lost in c for c in calls)

@@ -38,6 +38,7 @@ from aap.store.rewrite import (
     rewrite_tables,
 )
 from aap.store.schema import EVENT_ARROW_SCHEMA
+from aap.store.tiers import read_again
 from aap.store.warehouse import Warehouse
 
 Forget = Callable[[list[int]], object]
@@ -363,13 +364,15 @@ def drop_orphans(wh: Warehouse, forget: Forget | None = None) -> dict[str, int]:
     """Profiles, ids, merges and flags of persons with no event left in any tier
     (after whole cold archives were dropped, say): a sweep over every stored event's
     person. ``forget`` as for :func:`expire`."""
-    with wh.snapshot() as cur:
-        rows = cur.execute("""
-            WITH live AS (SELECT DISTINCT coalesce(o.person_id, e.person_id) AS p
-                          FROM events_all e
-                          LEFT JOIN person_overrides o ON o.old_person_id = e.person_id)
-            SELECT person_id FROM persons WHERE person_id NOT IN (SELECT p FROM live)
-        """).fetchall()
+    def read() -> list[tuple[Any, ...]]:
+        with wh.snapshot() as cur:
+            return cur.execute("""
+                WITH live AS (SELECT DISTINCT coalesce(o.person_id, e.person_id) AS p
+                              FROM events_all e
+                              LEFT JOIN person_overrides o ON o.old_person_id = e.person_id)
+                SELECT person_id FROM persons WHERE person_id NOT IN (SELECT p FROM live)
+            """).fetchall()
+    rows = read_again(read)
     n, keys = drop_persons_without_events(wh, {int(r[0]) for r in rows})
     if keys and forget is not None:
         forget(keys)

@@ -57,6 +57,7 @@ from aap.privacy.purposes import Registry
 from aap.privacy.scrub import is_personal_trait, redact
 from aap.privacy.sealing import Sealer
 from aap.query.cohorts import Cohorts
+from aap.store.tiers import read_again
 from aap.store.warehouse import Warehouse
 
 if TYPE_CHECKING:
@@ -307,8 +308,11 @@ class Rights:
         persons, all_keys = self.closure(keys)
         within = list(scope[1]) if scope is not None else []
         whole = scope is None or subjects.sources_of(self.wh, persons) <= set(within)
-        with self.wh.snapshot() as cur:
-            tables = _person_tables(cur, sorted(persons) or [0], scope, within, whole)
+
+        def read() -> dict[str, Any]:  # made again on a file an erasure replaced meanwhile
+            with self.wh.snapshot() as cur:
+                return _person_tables(cur, sorted(persons) or [0], scope, within, whole)
+        tables = read_again(read)
         consent = [{"at": datetime.fromtimestamp(s.at_ms / 1000, UTC).isoformat(),
                     "purposes": s.purposes, "policy_version": s.policy_version,
                     "channel": s.channel} for s in self.ledger.history(sorted(all_keys))

@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from aap.store.rewrite import rewrite_tables
+from aap.store.tiers import read_again
 from aap.store.warehouse import Warehouse
 
 
@@ -60,10 +61,13 @@ def sources_of(wh: Warehouse, persons: set[int]) -> set[str]:
     """The sources the persons' events came from, in every tier."""
     if not persons:
         return set()
-    with wh.snapshot() as cur:
-        return {r[0] for r in cur.execute(
-            "SELECT DISTINCT source FROM events_all WHERE list_contains($persons, person_id)",
-            {"persons": sorted(persons)}).fetchall()}
+
+    def read() -> set[str]:
+        with wh.snapshot() as cur:
+            return {r[0] for r in cur.execute(
+                "SELECT DISTINCT source FROM events_all WHERE list_contains($persons,"
+                " person_id)", {"persons": sorted(persons)}).fetchall()}
+    return read_again(read)
 
 
 def flag_persons(wh: Warehouse, persons: set[int], flag: str) -> int:

@@ -71,7 +71,8 @@ def s3_filesystem(endpoint_url: str, access_key: str, secret_key: str, region: s
 
 
 READ_ATTEMPTS = 3
-"""How often a read whose answer :func:`broke_off` is made before its failure stands."""
+"""How often a read whose answer :func:`broke_off`, or that met a file
+:func:`gone_meanwhile`, is made before its failure stands."""
 
 
 def broke_off(exc: BaseException) -> bool:
@@ -83,6 +84,20 @@ def broke_off(exc: BaseException) -> bool:
     (:data:`READ_ATTEMPTS`)."""
     return (isinstance(exc, (OSError, duckdb.Error))
             and "Failed to flush response stream" in str(exc))
+
+
+def gone_meanwhile(exc: BaseException) -> bool:
+    """Whether a read failed because a file it was given is not in the store. A file
+    leaves the list of live files before it is deleted, and the tiering job deletes
+    only after a grace period; but an erasure's rewrite deletes the files it replaced at
+    once (the erased rows leave the disk with the erasure), so a query that read the list
+    just before may not find one. Made again, the read takes the list anew, which names
+    the new version; a file still listed and gone fails every time, and its failure
+    stands after :data:`READ_ATTEMPTS`."""
+    if isinstance(exc, FileNotFoundError):
+        return True
+    return isinstance(exc, (OSError, duckdb.Error)) and any(
+        m in str(exc) for m in ("Path does not exist", "No such file or directory"))
 
 
 def tier_read_failed(exc: BaseException) -> bool:
@@ -104,17 +119,24 @@ def unreadable() -> ServiceUnavailable:
 
 
 def read_again(read: Callable[[], T]) -> T:
-    """``read()`` (something that only reads), made again while the tier store's answer
-    to it :func:`broke_off`, at most :data:`READ_ATTEMPTS` times in all."""
+    """``read()`` (something that only reads, and reads the list of live files each
+    time), made again while the tier store's answer to it :func:`broke_off` or it met a
+    file :func:`gone_meanwhile`, at most :data:`READ_ATTEMPTS` times in all."""
     attempt = 1
     while True:
         try:
             return read()
         except (OSError, duckdb.Error) as exc:
-            if attempt == READ_ATTEMPTS or not broke_off(exc):
+            if attempt == READ_ATTEMPTS:
+                raise
+            if broke_off(exc):
+                log.warning("a read of the tier store broke off (%s); reading again", exc)
+            elif gone_meanwhile(exc):
+                log.info("a file a read was given is gone (replaced meanwhile?): reading"
+                         " the list again (%s)", exc)
+            else:
                 raise
             attempt += 1
-            log.warning("a read of the tier store broke off (%s); reading again", exc)
 
 
 class TierStore:

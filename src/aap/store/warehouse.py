@@ -452,8 +452,9 @@ class Warehouse:
             return cols, res.fetchall()
 
     def _select(self, sql: str, params: list[Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """One SELECT in a read transaction that rolls back: asked again when the tier
-        store's answer to one of its reads broke off (:func:`~aap.store.tiers.broke_off`)."""
+        """One SELECT in a read transaction that rolls back: asked again (with the list of
+        live files read anew) when the tier store's answer to one of its reads broke off,
+        or a file it was given was gone (:func:`~aap.store.tiers.read_again`)."""
         return read_again(lambda: self._select_once(sql, params))
 
     def _select_once(self, sql: str, params: list[Any]
@@ -499,8 +500,11 @@ class Warehouse:
 
     def load_dedup_keys(self) -> np.ndarray:
         """Keys of every stored event, in every tier."""
-        with self.snapshot() as cur:
-            res = cur.execute(f"SELECT {DEDUP_KEY_SQL} AS k FROM events_all").fetchnumpy()
+        def read() -> dict[str, Any]:
+            with self.snapshot() as cur:
+                return cur.execute(f"SELECT {DEDUP_KEY_SQL} AS k FROM events_all"
+                                   ).fetchnumpy()
+        res = read_again(read)
         return np.asarray(res["k"], dtype=np.uint64)
 
     def load_streams(self) -> tuple[dict[int, tuple[int, str, int]], dict[int, int]]:
