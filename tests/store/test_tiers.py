@@ -213,6 +213,7 @@ def test_a_query_reads_again_when_an_erasure_replaced_a_file_meanwhile(
     fails the query after ``READ_ATTEMPTS``, not forever."""
     import duckdb
 
+    from aap.core.operator_sql import sql_answer
     from aap.privacy import removal
     from aap.store.tiers import READ_ATTEMPTS
 
@@ -253,3 +254,6 @@ def test_a_query_reads_again_when_an_erasure_replaced_a_file_meanwhile(
                        match=lost.rsplit("/", 1)[1]):  # first; S3's are read)
         count(wh)
     assert len(calls) == READ_ATTEMPTS and all(lost in c for c in calls)
+    # the operator's SQL says so too: a fault (500), not the store away (503, try later)
+    with pytest.raises((duckdb.Error, FileNotFoundError), match=lost.rsplit("/", 1)[1]):
+        sql_answer(wh, b'{"sql": "SELECT count(*) FROM events"}', None)

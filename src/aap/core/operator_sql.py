@@ -38,8 +38,10 @@ def sql_answer(warehouse: Warehouse, body: bytes, position: Any) -> dict[str, An
     try:
         cols, result = warehouse.query(req.sql, req.params)
     except duckdb.Error as exc:
-        if tier_read_failed(exc):  # the files, not the SQL
-            raise unreadable() from exc
+        if tier_read_failed(exc):  # the files, not the SQL: the store away is a 503,
+            if warehouse.tiers.away(exc):  # a listed file it lacks is a fault (500)
+                raise unreadable() from exc
+            raise
         raise errors.BadRequest(str(exc), code="bad_query") from None
     rows = [[jsonable(v) for v in r] for r in result]
     return {"columns": cols, "rows": rows, "position": position}
