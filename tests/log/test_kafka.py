@@ -121,6 +121,67 @@ def test_key_is_the_person_and_their_order_is_kept(shared_cluster: Cluster) -> N
         log.close()
 
 
+def test_a_request_is_one_message_per_partition_and_each_stream_keeps_its_partition(
+        shared_cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``KafkaLog.records``: before the topic's partitions are known, one keyed message
+    per stream (librdkafka partitions them); after the first append, one message per
+    partition of a request's events, each stream in the partition librdkafka gave its key
+    (so a stream stays in one partition across the switch), in its order; events with no
+    stream in one partition; a partition's events past ``MAX_RECORD_BYTES`` split in
+    order."""
+    grp = new_group()  # a group of its own: a closed member holds one up
+    log = KafkaLog(shared_cluster.url(), group=grp)
+    try:
+        streams = 40
+
+        def request(start: int) -> list[Event]:  # 100 events of 40 streams and 4 with none
+            return [_event(i, user=None, anon=None) if i % 25 == 0
+                    else _event(i, user=i % 7, anon=(i % streams) + 1000)
+                    for i in range(start, start + 100)]
+
+        first = log.records("s", request(0))
+        assert all(a.key is not None and a.partition is None for a in first
+                   if any(e.anonymous_key for e in decode_events(a.payload)))
+        assert len(first) > 4  # a message per stream
+        log.append(first)
+        assert log._partition_count == 4  # known after the first append
+        second = log.records("s", request(100))
+        assert len(second) <= 4 and all(a.key is None and a.partition is not None
+                                        for a in second)
+        assert sum(a.count for a in second) == 100
+        log.append(second)
+        got, _ = read_all(log, len(first) + len(second))
+        assert len(got) == len(first) + len(second)
+        where: dict[int | None, set[int]] = {}
+        order: dict[int | None, list[str]] = {}
+        for r in got:  # per partition in offset order
+            for ev in decode_events(r.payload):
+                where.setdefault(ev.anonymous_key, set()).add(r.partition)
+                order.setdefault(ev.anonymous_key, []).append(ev.message_id)
+        assert len([k for k in where if k is not None]) == streams
+        for key, parts in where.items():
+            if key is not None:  # both requests' events of a stream: one partition
+                assert parts == {kafka_log.partition_of(str(key).encode(), 4)}, key
+                mine = [e.message_id for e in request(0) + request(100)
+                        if e.anonymous_key == key]
+                assert order[key] == mine
+        # a request's events with no stream: in one partition
+        assert len({a.partition for a in second if any(
+            e.anonymous_key is None for e in decode_events(a.payload))}) == 1
+
+        # a partition's events past MAX_RECORD_BYTES: several messages, in order
+        monkeypatch.setattr(kafka_log, "MAX_RECORD_BYTES", 1000)
+        one = [_event(i, user=None, anon=7) for i in range(300, 340)]
+        parts = log.records("s", one)
+        assert len(parts) > 1 and {a.partition for a in parts} == {
+            kafka_log.partition_of(b"7", 4)}
+        assert all(len(a.payload) <= 1000 for a in parts)
+        assert [e.message_id for a in parts for e in decode_events(a.payload)] == [
+            e.message_id for e in one]
+    finally:
+        log.close()
+
+
 def test_keyed_records_hold_plain_json_and_compressed_ones_still_read() -> None:
     """A keyed log's producer compresses whole batches (zstd), so :func:`per_person` leaves
     each record's JSON as it is; a record compressed on its own (the SQLite log's, and

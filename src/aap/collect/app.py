@@ -66,10 +66,10 @@ from aap.collect.subject import PATH as SUBJECT_PATH
 from aap.collect.subject import OwnRequest, SelfService
 from aap.collect.telemetry import PATH as TELEMETRY_PATH
 from aap.collect.telemetry import Telemetry
-from aap.events import Event, encode_events, time_out_of_range
-from aap.log import Append, open_log
+from aap.events import Event, time_out_of_range
+from aap.log import open_log
+from aap.log.base import records
 from aap.log.committer import GroupCommitter
-from aap.log.keys import per_person
 from aap.privacy.cnil import CNIL, NOT_ANONYMOUS_TEXT, DailySalts, anonymize
 from aap.privacy.ip import GeoLocator, IpPolicy, parse_networks, strip_ip
 from aap.privacy.sealing import Sealer
@@ -408,9 +408,7 @@ class Collector:
 
     async def _append(self, source: Source, events: list[Event]) -> None:
         """Append the events to the log; returns once they are durable."""
-        # a keyed log (Kafka) takes one record per person, so that each keeps their order
-        batches = (per_person(source.id, events) if getattr(self.log, "keyed", False)
-                   else [Append(source.id, len(events), encode_events(events))])
+        batches = records(self.log, source.id, events)  # Kafka: one per partition
         if self.committer is None:
             self.log.append(batches)
         else:

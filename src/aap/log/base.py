@@ -2,8 +2,8 @@
 
 The embedded implementation is :class:`aap.log.sqlite.SQLiteLog`; the scaled-out one is
 :class:`aap.log.kafka.KafkaLog`. A *record* is one appended batch: the events of one
-request (SQLite), or of one person in one request (Kafka), in the order they were sent,
-under one offset.
+request (SQLite), or those of one request that go to one partition (Kafka), in the order
+they were sent, under one offset.
 
 Positions are per partition: a mapping partition → position, the position being the
 offset of the last record consumed (offsets start at 1, so 0 is "nothing yet"). The
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, TypeAlias
+from typing import NamedTuple, Protocol, TypeAlias, cast
+
+from aap.events import Event, encode_events
 
 Positions: TypeAlias = Mapping[int, int]
 """Partition → offset of the last record consumed there (0: none yet)."""
@@ -43,6 +45,9 @@ class Append:
     key: bytes | None = None
     """The person the events belong to (their keyed id), when they are one person's: a
     partitioned log keeps one key's records in order in one partition."""
+    partition: int | None = None
+    """The partition of a partitioned log the record goes to, when the log chose it for
+    the events' keys (:meth:`aap.log.kafka.KafkaLog.records`)."""
 
 
 class Record(NamedTuple):
@@ -97,6 +102,15 @@ class Log(Protocol):
     def stats(self) -> LogStats: ...
 
     def close(self) -> None: ...
+
+
+def records(log: Log, source: str, events: list[Event]) -> list[Append]:
+    """The records a request's events are appended as: one (the embedded log), or what
+    the log makes of them (a partitioned log: :meth:`aap.log.kafka.KafkaLog.records`)."""
+    own = getattr(log, "records", None)
+    if own is not None:
+        return cast(list[Append], own(source, events))
+    return [Append(source, len(events), encode_events(events))]
 
 
 def scan(log: Log, batch: int = 500) -> Iterator[Record]:

@@ -11,11 +11,17 @@ so the collector answers 503 and the client sends the batch again. A failed call
 have stored some of its messages: the batch sent again then holds events already in the
 log, which the processor's dedup step drops (same message id).
 
-Keys: each message holds the events of one device stream (its key is the keyed
-``anonymous_key``, else ``user_key``: :func:`aap.log.keys.stream_keys`; events with neither
-go unkeyed), so Kafka keeps one stream's events in order in one partition. The collector
-splits a request into one :class:`~aap.log.base.Append` per stream (:func:`per_person`);
-an Append that comes without a key is split here.
+Partitions: each device stream (its key is the keyed ``anonymous_key``, else
+``user_key``: :func:`aap.log.keys.stream_keys`) goes to one partition, so Kafka keeps one
+stream's events in order. The partition is the one librdkafka's default partitioner
+gives the stream's key (:func:`partition_of`), but the collector does not send a message
+per stream: :meth:`KafkaLog.records` makes one message of a request's events per
+partition (events with no stream go to one partition of the request's), as the embedded
+log makes one record of a request. A message per stream cost the collector about twice
+the CPU per event in produce calls and delivery reports, and the processor a record per
+event or two (``bench cluster``). Until the topic's partitions are known (its first
+append) the messages are one per stream, keyed, and librdkafka picks the same
+partitions; an Append that comes with neither a key nor a partition is split here so.
 
 Offsets: a record's offset is its Kafka offset + 1 and a position is Kafka's "next
 offset" (so 0 is "nothing read" as in the SQLite log, and a committed Kafka offset *is*
@@ -30,8 +36,10 @@ there), and ``generation`` counts assignments, so a caller knows when to reload.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -39,9 +47,9 @@ from typing import Any
 import confluent_kafka as ck
 
 from aap.errors import ServiceUnavailable
-from aap.events import decode_events
+from aap.events import Event, decode_events, encode_events
 from aap.log.base import Append, LogStats, Positions, Record, as_positions
-from aap.log.keys import per_person
+from aap.log.keys import per_person, person_key
 from aap.logurl import parse_url
 from aap.store.meta import log_failure
 
@@ -58,6 +66,12 @@ has arrived it takes at once: librdkafka's ``consume(n, timeout)`` waits until `
 messages are there or the timeout, so asking for a chunk's 10,000 with this timeout cost
 every read of a partly full chunk the whole 0.1 s)."""
 GROUP = "processor"
+MAX_RECORD_BYTES = 512 * 1024
+"""A message's payload at most: a request's events for one partition are split, in their
+order, past it (librdkafka's and the brokers' default limit is 1 MB)."""
+PARTITIONS_EVERY_S = 60.0
+"""How often the topic's partition count is read again (after an append): partitions
+added to the topic are used from then on, as librdkafka's partitioner would."""
 STATS_TIMEOUT_S = 2.0
 ASSIGN_RETRY_S = 120.0
 """How long a failing ``on_assign`` is tried again (the partitions are not read meanwhile);
@@ -65,8 +79,25 @@ then the consumer leaves the group at its next read and joins again, so the part
 are assigned again (to it or another member) and the take-over is tried again then."""
 
 
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition of a message with this key, as librdkafka's default partitioner
+    (``consistent_random``) picks it: the key's CRC-32 modulo the partitions."""
+    return zlib.crc32(key) % partitions
+
+
+def _sized(source: str, events: list[Event], partition: int) -> list[Append]:
+    """``events`` (of one partition) as messages of at most :data:`MAX_RECORD_BYTES`
+    (one event's, if larger), in their order."""
+    payload = encode_events(events, compress=False)
+    if len(payload) <= MAX_RECORD_BYTES or len(events) == 1:
+        return [Append(source, len(events), payload, partition=partition)]
+    half = len(events) // 2
+    return (_sized(source, events[:half], partition)
+            + _sized(source, events[half:], partition))
+
+
 def _split(b: Append) -> list[Append]:
-    if b.key is not None or not b.count:
+    if b.key is not None or b.partition is not None or not b.count:
         return [b]
     parts = per_person(b.source, decode_events(b.payload))
     return parts if len(parts) > 1 else [Append(b.source, b.count, b.payload, parts[0].key)]
@@ -74,7 +105,7 @@ def _split(b: Append) -> list[Append]:
 
 class KafkaLog:
     keyed = True
-    """The collector hands it one Append per person (:func:`per_person`)."""
+    """Its records are per partition (:meth:`records`), not per request."""
 
     def __init__(self, url: str, *, group: str = GROUP, client_id: str = "aap",
                  stored_positions: Callable[[], Positions] | None = None) -> None:
@@ -101,6 +132,9 @@ class KafkaLog:
         self._appended_at = -1e9
         """When an append was last acknowledged (monotonic)."""
         self._lock = threading.Lock()
+        self._partition_count = 0
+        """The topic's partitions, once an append made sure it exists (0: not known)."""
+        self._counted_at = -1e9
         self._assigned: set[int] = set()
         self._next: dict[int, int] = {}
         """Assigned partition → the Kafka offset the consumer fetches next."""
@@ -144,10 +178,29 @@ class KafkaLog:
             self._producer = ck.Producer(self._producer_conf())
         return self._producer
 
+    def records(self, source: str, events: list[Event]) -> list[Append]:
+        """A request's events as messages: one per partition their streams go to
+        (:func:`partition_of`), each partition's events in their order; one per stream,
+        keyed, while the topic's partitions are not known yet."""
+        n = self._partition_count
+        if n <= 0:
+            return per_person(source, events)
+        spare = -1  # events with no stream: one partition, drawn once for the request
+        groups: dict[int, list[Event]] = {}
+        for ev in events:
+            key = person_key(ev)
+            if key is not None:
+                p = partition_of(key, n)
+            else:
+                p = spare = spare if spare >= 0 else random.randrange(n)
+            groups.setdefault(p, []).append(ev)
+        return [a for p, evs in groups.items() for a in _sized(source, evs, p)]
+
     def append(self, batches: Sequence[Append]) -> list[int]:
-        """Produce one message per Append (split per person when it has no key); returns
-        once every one is acknowledged by the brokers (``acks=all``), the offset (+1) of
-        each Append's last message. Raises :class:`ServiceUnavailable` otherwise."""
+        """Produce one message per Append (to its partition, or its key's; split per
+        person when it has neither); returns once every one is acknowledged by the
+        brokers (``acks=all``), the offset (+1) of each Append's last message. Raises
+        :class:`ServiceUnavailable` otherwise."""
         if not batches:
             return []
         with self._lock:  # a delivery report must reach the call that waits for it
@@ -176,7 +229,8 @@ class KafkaLog:
                 while True:
                     try:
                         p.produce(self.topic, part.payload, part.key, headers=headers,
-                                  on_delivery=report(i))
+                                  on_delivery=report(i),
+                                  partition=-1 if part.partition is None else part.partition)
                         break
                     except BufferError:  # the local queue is full: let it drain
                         p.poll(0.05)
@@ -187,7 +241,23 @@ class KafkaLog:
             logger.error("Kafka append failed: %s (%d messages unreported)", err, sent)
             raise ServiceUnavailable("the log cannot take the batch", code="log_unavailable")
         self._appended_at = time.monotonic()
+        if self._appended_at - self._counted_at > PARTITIONS_EVERY_S:
+            self._count_partitions(p)
         return offsets
+
+    def _count_partitions(self, p: ck.Producer) -> None:
+        """Read the topic's partition count (for :meth:`records`); kept as it was when
+        the brokers do not say now."""
+        self._counted_at = time.monotonic()
+        try:
+            t = p.list_topics(self.topic, timeout=STATS_TIMEOUT_S).topics.get(self.topic)
+        except ck.KafkaException as exc:
+            logger.warning("the topic's partitions were not read (%s); read again after"
+                           " the next append", exc)
+            self._counted_at = -1e9
+            return
+        if t is not None and t.error is None and t.partitions:
+            self._partition_count = len(t.partitions)
 
     # -- consuming --
 
@@ -397,7 +467,7 @@ class KafkaLog:
         return 0
 
     def stats(self) -> LogStats:
-        """Counted in messages (one person's events of one request each), not events:
+        """Counted in messages (a request's events for one partition each), not events:
         Kafka's offsets count messages. ``size_bytes`` is unknown here (0).
 
         The collectors ask for it every ``health_interval_ms`` in their request path: each

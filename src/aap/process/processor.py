@@ -66,9 +66,11 @@ grew from ~1.5 to ~2.7 GiB (benchmarks/pipeline.py)."""
 CHUNK_RECORDS = 1000
 """Records in a full chunk on the embedded log, where a record is one request's events."""
 KEYED_CHUNK_RECORDS = 20_000
-"""Records in a full chunk on a keyed log (Kafka), where a record is one person's events of
-one request, a few: with :data:`CHUNK_RECORDS` a chunk held about 1,000 events and the
-processor spent several times the CPU per event of the embedded log (bench cluster)."""
+"""Records in a full chunk on a keyed log (Kafka), where a record is a request's events for
+one partition (one person's, a few, before :meth:`aap.log.kafka.KafkaLog.records`): with
+:data:`CHUNK_RECORDS` a chunk of one-event records held about 1,000 events and the
+processor spent several times the CPU per event of the embedded log (bench cluster);
+:data:`CHUNK_EVENTS` bounds a chunk of larger records."""
 CHUNK_BYTES = 16 << 20
 """Compressed payload bytes in a full chunk: a bound on its memory whatever the events'
 sizes (requests may hold up to 20 MiB; 50,000 typical events are a few MiB)."""
