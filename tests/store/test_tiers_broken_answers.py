@@ -35,6 +35,7 @@ from aap.store.tiers import (
     TierConfig,
     TierStore,
     broke_off,
+    read_again,
 )
 from aap.store.warehouse import Warehouse
 from tests.conftest import slow_fixture
@@ -170,6 +171,18 @@ def test_a_query_reads_again(stores: Stores, caplog: pytest.LogCaptureFixture) -
     _pad(stores.relay, 0)
     assert broke_off(wrong.value) and _again(caplog) == READ_ATTEMPTS - 1
     assert stores.wh.query("SELECT count(*) FROM events")[1][0][0] == total
+
+
+def test_a_read_inside_a_read_is_asked_again_by_the_outer_one_only(
+        stores: Stores, caplog: pytest.LogCaptureFixture) -> None:
+    """A route's ``read_again`` around a handler whose query has its own: answered wrong
+    every time, ``READ_ATTEMPTS`` reads in all, not ``READ_ATTEMPTS`` squared."""
+    _pad(stores.relay, 10**6)
+    with caplog.at_level(logging.WARNING, logger="aap.store.tiers"), \
+            pytest.raises(Exception) as wrong:
+        read_again(lambda: stores.wh.query("SELECT count(*) FROM events"))
+    _pad(stores.relay, 0)
+    assert broke_off(wrong.value) and _again(caplog) == READ_ATTEMPTS - 1
 
 
 def test_the_api_answers_again_then_503(stores: Stores, tmp_path: Path,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlparse
@@ -121,7 +122,21 @@ def unreadable() -> ServiceUnavailable:
 def read_again(read: Callable[[], T]) -> T:
     """``read()`` (something that only reads, and reads the list of live files each
     time), made again while the tier store's answer to it :func:`broke_off` or it met a
-    file :func:`gone_meanwhile`, at most :data:`READ_ATTEMPTS` times in all."""
+    file :func:`gone_meanwhile`, at most :data:`READ_ATTEMPTS` times in all. Nested
+    (``read`` calls it again), only the outermost asks again: not attempts squared."""
+    if _ASKING_AGAIN.get():  # inside another read_again (a route's, around a handler
+        return read()        # whose query has its own): that one asks again
+    token = _ASKING_AGAIN.set(True)
+    try:
+        return _read_again(read)
+    finally:
+        _ASKING_AGAIN.reset(token)
+
+
+_ASKING_AGAIN: ContextVar[bool] = ContextVar("aap_read_again", default=False)
+
+
+def _read_again(read: Callable[[], T]) -> T:
     attempt = 1
     while True:
         try:
