@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.server
 import logging
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -57,6 +58,10 @@ class Relay(http.server.ThreadingHTTPServer):
         self.pad = 0
         self.padded = 0
         self.lock = threading.Lock()
+        self.busy = 0
+        """Requests being answered."""
+        self.last = time.monotonic()
+        """When the last request was answered."""
 
     def take_pad(self) -> bool:
         with self.lock:
@@ -72,6 +77,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: Relay
 
     def _relay(self) -> None:
+        with self.server.lock:
+            self.server.busy += 1
+        try:
+            self._answer()
+        finally:
+            with self.server.lock:
+                self.server.busy -= 1
+                self.server.last = time.monotonic()
+
+    def _answer(self) -> None:
         req = urllib.request.Request(self.server.target + self.path, method=self.command)
         for k, v in self.headers.items():
             if k.lower() != "content-length":
@@ -131,8 +146,17 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
 
 
 def _pad(relay: Relay, n: int) -> None:
-    with relay.lock:
-        relay.pad, relay.padded = n, 0
+    """Pad the next ``n`` ranged GETs, once the reads a failed query left going have
+    ended (Arrow's read-ahead goes on after DuckDB gave up the scan: a pad meant for the
+    next query was taken by one of them, CI of 00ff1c4)."""
+    deadline = time.monotonic() + 60
+    while True:
+        with relay.lock:
+            if (relay.busy == 0 and time.monotonic() - relay.last > 0.5) or (
+                    time.monotonic() > deadline):
+                relay.pad, relay.padded = n, 0
+                return
+        time.sleep(0.05)
 
 
 def test_a_read_answered_wrong_is_the_stores_fault(stores: Stores) -> None:
@@ -183,6 +207,7 @@ def test_a_read_inside_a_read_is_asked_again_by_the_outer_one_only(
         read_again(lambda: stores.wh.query("SELECT count(*) FROM events"))
     _pad(stores.relay, 0)
     assert broke_off(wrong.value) and _again(caplog) == READ_ATTEMPTS - 1
+    assert stores.wh.query("SELECT count(*) FROM events")[1][0][0] == DAYS * PER_DAY
 
 
 def test_the_api_answers_again_then_503(stores: Stores, tmp_path: Path,
