@@ -242,22 +242,22 @@ class KafkaLog:
             raise ServiceUnavailable("the log cannot take the batch", code="log_unavailable")
         self._appended_at = time.monotonic()
         if self._appended_at - self._counted_at > PARTITIONS_EVERY_S:
-            self._count_partitions(p)
+            self._count_partitions()
         return offsets
 
-    def _count_partitions(self, p: ck.Producer) -> None:
+    def _count_partitions(self) -> None:
         """Read the topic's partition count (for :meth:`records`); kept as it was when
         the brokers do not say now."""
         self._counted_at = time.monotonic()
         try:
-            t = p.list_topics(self.topic, timeout=STATS_TIMEOUT_S).topics.get(self.topic)
+            parts = self._partitions(STATS_TIMEOUT_S)
         except ck.KafkaException as exc:
             logger.warning("the topic's partitions were not read (%s); read again after"
                            " the next append", exc)
             self._counted_at = -1e9
             return
-        if t is not None and t.error is None and t.partitions:
-            self._partition_count = len(t.partitions)
+        if parts:
+            self._partition_count = len(parts)
 
     # -- consuming --
 
