@@ -396,12 +396,67 @@ def test_which_days_are_folded() -> None:
     today = date(2026, 3, 10)
     batches = [f"/t/warm/events/day=x/batch-ab-{i}.parquet" for i in range(40)]
     daily = ["/t/warm/events/day=x/part-1.parquet"]
+    folds = [f"/t/warm/events/day=x/fold{n}-{i:02x}.parquet" for n in (1, 2) for i in range(8)]
     assert tiering._due("2026-03-09", batches[:1] + daily, today)  # a past day: at once
     assert tiering._due("2026-03-09", batches[:2], today)
+    assert tiering._due("2026-03-09", folds[:1] + daily, today)  # today's levels, then
     assert not tiering._due("2026-03-09", batches[:1], today)  # one file: nothing to fold
-    assert not tiering._due("2026-03-09", daily, today)
+    assert not tiering._due("2026-03-09", daily + daily, today)
     assert not tiering._due("2026-03-10", batches[:31] + daily, today)  # today: 32 batches
     assert tiering._due("2026-03-10", batches[:32], today)
+    assert tiering._due("2026-03-11", batches[:32], today)  # a day ahead: as today
+    # today's files of a level are folded once there are 8, the lowest level first; a
+    # file not named for a level (the day's file so far, a rewrite's) is not folded today
+    assert [tiering.level(p) for p in (batches[0], folds[0], folds[8], daily[0])] == [
+        0, 1, 2, tiering.TOP_LEVEL]
+    assert tiering.next_fold(batches[:31] + folds[:7] + folds[8:15] + daily) == []
+    assert tiering.next_fold(batches[:31] + folds[:7] + folds[8:] + daily) == folds[8:]
+    assert tiering.next_fold(folds + batches[:32]) == sorted(batches[:32])
+    assert tiering.next_fold(folds) == folds[:8]
+    assert tiering.level("/t/warm/events/day=x/folder-1.parquet") == tiering.TOP_LEVEL
+
+
+def test_today_is_folded_by_levels_and_each_event_is_written_a_few_times(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run folds today's batch files into a file of level 1, and the files of a
+    level that has enough into one of the next, at once: the rows a run writes grow with
+    the levels, not with the day so far (a day's file was rewritten at every run before).
+    The day folds whole once it has ended. Queries see each row once throughout."""
+    monkeypatch.setattr(tiering, "COMPACT_BATCHES", 2)
+    monkeypatch.setattr(tiering, "FOLD_FILES", 3)
+    wh = open_wh(tmp_path)
+    pub = Publisher(wh, 1)
+    total = Counter[str]()
+    today = DAY0.date()
+    policy = TierPolicy(hot_days=7, warm_days=90, cold_days=700, grace=timedelta(0))
+    written = []
+    try:
+        for run in range(9):
+            for k in range(2):  # two batches of 10 events of today between two runs
+                t = events(10, f"r{run}b{k}", days=1)
+                total.update(t.column("message_id").to_pylist())
+                write(wh, t, 2 * run + k + 1)
+                pub.publish_once()
+            written.append(run_tiering(wh, policy, today=today)["compacted"])
+            assert listed_ids(wh) == total and queried_ids(wh) == total
+        levels = Counter(tiering.level(f.path) for f in wh.files.files())
+        # 9 runs: 9 files of level 1 made, 3 of level 2 (runs 3, 6, 9), one of level 3
+        assert written == [20, 20, 80, 20, 20, 80, 20, 20, 260]
+        assert levels == {3: 1}
+        assert all(f.part == today.isoformat() for f in wh.files.files())
+        # the day has ended: one file, every row once
+        ended = run_tiering(wh, policy, today=today + timedelta(days=1))
+        assert ended["compacted"] == 0  # one file: nothing to fold
+        t = events(10, "late", days=1)
+        total.update(t.column("message_id").to_pylist())
+        write(wh, t, 100)
+        pub.publish_once()
+        ended = run_tiering(wh, policy, today=today + timedelta(days=1))
+        assert ended["compacted"] == 190
+        assert [tiering.level(f.path) for f in wh.files.files()] == [tiering.TOP_LEVEL]
+        assert listed_ids(wh) == total and queried_ids(wh) == total
+    finally:
+        wh.close()
 
 
 # -- the same answers --
