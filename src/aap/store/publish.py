@@ -66,6 +66,11 @@ _COLUMNS = ", ".join("coalesce(o.person_id, e.person_id) AS person_id" if n == "
 """The events' columns of a batch's rows, merges known now resolved (as a move to the warm
 tier writes them)."""
 
+BATCH_LEVEL = 1
+"""zstd level of a batch file: it lives until the tiering job folds it (minutes), and is
+written in the publishing turn, which every row of the batch waits for. Measured on a
+batch of 71,488 events of the freshness cluster (2026-12-07): 44 ms of CPU and 613 KB at
+level 1, 76 ms and 596 KB at level 6 (the warm tier's)."""
 STALE_ATTEMPTS = 10
 """Times a batch is cleaned and written again because erasures keep being recorded while
 it is listed; then :class:`Stale` is raised and the batch stays pending for the next turn."""
@@ -304,7 +309,7 @@ class Publisher:
                     params={"seq": seq, "start": day, "end": day + timedelta(days=1)}
                 ).to_arrow_table().cast(EVENT_ARROW_SCHEMA)
                 path, size = self.wh.tiers.write(table, f"day={day.isoformat()}",
-                                                 name=self.name(seq))
+                                                 name=self.name(seq), level=BATCH_LEVEL)
                 out.append(TierFile(path, "warm", day.isoformat(), table.num_rows, size))
                 self.step("file")
             for f in published.write(self.wh, seq, self.files.writer, self.name(seq)):
