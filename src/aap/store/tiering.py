@@ -165,7 +165,8 @@ FOLD_PREFIX = "fold"
 """The name of a file folded from today's files starts so, then its level: ``fold2-…``."""
 COMPACT_BATCHES = 32
 """Today's batch files are folded into one file (of level 1) once there are this many (a
-day before today is folded whole as soon as it has a batch file and another file)."""
+day before today is folded whole as soon as it has a file below the top level and another
+file)."""
 FOLD_FILES = 8
 """Today's files of one level (1 and up) are folded into one of the next level once
 there are this many: with a run every 5 minutes, level 2 holds 40 minutes, level 3 five
@@ -182,13 +183,13 @@ def is_batch(path: str) -> bool:
 def level(path: str) -> int:
     """A warm file's level: 0 a batch file, ``n`` a file folded from today's files of
     level ``n - 1``, :data:`TOP_LEVEL` the rest."""
-    name = path.rsplit("/", 1)[-1]
-    if name.startswith(BATCH_PREFIX):
+    if is_batch(path):
         return 0
+    name = path.rsplit("/", 1)[-1]
+    if not name.startswith(FOLD_PREFIX):
+        return TOP_LEVEL
     digits = name[len(FOLD_PREFIX):].partition("-")[0]
-    if name.startswith(FOLD_PREFIX) and digits.isdigit():
-        return int(digits)
-    return TOP_LEVEL
+    return int(digits) if digits.isdigit() else TOP_LEVEL
 
 
 def next_fold(paths: list[str]) -> list[str]:
@@ -215,6 +216,11 @@ def warm_days(wh: Warehouse) -> list[tuple[str, list[str]]]:
     return sorted(out.items())
 
 
+def _day_files(wh: Warehouse, day: str) -> list[str]:
+    """The warm files of ``day``, as the list has them now."""
+    return [p for d, ps in warm_days(wh) if d == day for p in ps]
+
+
 def _due(day: str, paths: list[str], today: date) -> bool:
     if day < today.isoformat():
         return len(paths) > 1 and any(level(p) < TOP_LEVEL for p in paths)
@@ -229,12 +235,12 @@ def compact_batches(wh: Warehouse, day: str, grace: timedelta, today: date | Non
     complete its level). Returns the rows written (:func:`_fold`)."""
     today = today or datetime.now(UTC).date()
     if day < today.isoformat():
-        paths = [p for d, ps in warm_days(wh) if d == day for p in ps]
+        paths = _day_files(wh, day)
         if len(paths) < 2:
             return 0
         return _fold(wh, paths, "warm", day, grace, f"warm day {day}")
     rows = 0
-    while fold := next_fold([p for d, ps in warm_days(wh) if d == day for p in ps]):
+    while fold := next_fold(_day_files(wh, day)):
         n = level(fold[0]) + 1
         done = _fold(wh, fold, "warm", day, grace, f"warm day {day}, level {n}",
                      name=f"{FOLD_PREFIX}{n}-{uuid.uuid4().hex}")
