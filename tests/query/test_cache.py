@@ -113,3 +113,64 @@ def test_erasure_removes_the_cached_copies_in_its_own_commit(tmp_path: Path) -> 
     assert wh.con.execute(cached).fetchall() == [(0,)]  # no sync needed
     assert persons(wh) == [8, 0]  # September: 2-5 and 102-105
     wh.close()
+
+
+def test_a_cursor_keeps_its_views_while_the_state_they_were_made_for_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queries on the same state reuse the views a pooled cursor made for it; a file
+    moved, a person restricted or the state changing between the two reads of a query
+    makes the views again, and every answer is that of the state the query read."""
+    from aap.query import snapshot
+
+    made: list[str] = []
+    apply = snapshot.Plan.apply
+
+    def counted(self: snapshot.Plan, cur: object, warehouse: Warehouse, suffix: str = "") -> None:
+        made.append(suffix)
+        apply(self, cur, warehouse, suffix)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snapshot.Plan, "apply", counted)
+    wh = Warehouse(tmp_path / "wh")
+    cache = QueryCache(wh)
+    wh.write(Chunk(events=events(6, 10), position=1, next_person=1000))
+    tiering.move_day_to_warm(wh, START.date())
+    cache.sync()
+    assert persons(wh) == [10, 5]
+    assert made == [""]  # made once, outside the query's transaction: kept
+    assert persons(wh) == [10, 5] and persons(wh) == [10, 5]
+    assert made == [""]  # the same state: the same views
+    tiering.move_day_to_warm(wh, (START + timedelta(days=1)).date())  # a file not cached yet
+    assert persons(wh) == [10, 5]
+    assert made == ["", ""]
+    wh.con.execute("INSERT INTO person_flags VALUES (101, 'restricted', now())")
+    assert persons(wh) == [9, 5]  # hidden from the next query on
+    assert made == ["", "", ""]
+    assert persons(wh) == [9, 5]
+    assert made == ["", "", ""]
+
+    # the state changes between the query's two reads (the views were made again outside
+    # the transaction for the first): the transaction makes its own (under names of its
+    # own), and the cursor keeps those made for the first read
+    plan_views = snapshot.plan_views
+    calls = 0
+
+    def changing(cur: object, warehouse: Warehouse, **kw: bool) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            wh.con.execute("INSERT INTO person_flags VALUES (102, 'restricted', now())")
+        return plan_views(cur, warehouse, **kw)  # type: ignore[arg-type]
+
+    wh.con.execute("DELETE FROM person_flags WHERE person_id = 101")
+    monkeypatch.setattr(snapshot, "plan_views", changing)
+    assert persons(wh) == [9, 5]  # 102 restricted as the transaction read it
+    assert made == ["", "", "", "", snapshot.ONCE]
+    monkeypatch.setattr(snapshot, "plan_views", plan_views)
+    assert persons(wh) == [9, 5]
+    assert made == ["", "", "", "", snapshot.ONCE, ""]  # kept: those of the first read
+    assert persons(wh) == [9, 5]
+    assert len(made) == 6
+    wh.con.execute("DELETE FROM person_flags WHERE person_id = 102")
+    assert persons(wh) == [10, 5]
+    assert made[-1] == "" and len(made) == 7
+    wh.close()

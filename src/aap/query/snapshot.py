@@ -128,12 +128,42 @@ class Views:
     them, plus ``events_live``, is ``events``."""
 
 
-def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
-                 rollup: bool, sessions: bool = False) -> Views:
-    """Inside a read transaction: (re)define ``events_live``, ``events`` and, when the
-    cache has its rollup, ``events_daily``."""
+@dataclass(frozen=True)
+class Plan:
+    """What one state's views are made of (:func:`plan_views`): two equal plans make the
+    same views, so a cursor that made them for one need not make them again."""
+
+    uncached: tuple[str, ...]
+    """The live files not in the cache, registered as ``uncached_events``."""
+    tables: published.Layout
+    """The other tables' listed files (publishing on)."""
+    sql: str
+    """The views' statements; :data:`_SUFFIX` stands where the registered names end."""
+
+    def apply(self, cur: duckdb.DuckDBPyConnection, warehouse: Warehouse,
+              suffix: str = "") -> None:
+        """Register the files and make the views; ``suffix``: a transaction's own names."""
+        if self.uncached:
+            cur.register(f"uncached_events{suffix}",
+                         warehouse.tiers.dataset(list(self.uncached)))
+        published.apply(cur, warehouse, self.tables, suffix)
+        cur.execute(self.sql.replace(_SUFFIX, suffix))
+
+
+_SUFFIX = "$suffix$"
+ONCE = "_once"
+"""The names a transaction registers its files under when it makes views of its own
+(they go when it rolls back; the cursor's lasting ones are under the plain names)."""
+
+
+def plan_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
+               rollup: bool, sessions: bool = False) -> tuple[Plan, Views]:
+    """Inside a read transaction: the views ``events_live``, ``events`` and, when the
+    cache has its rollup, ``events_daily`` (and the sessions', and the other tables')
+    for the state it reads (the list of live files, which of them the cache holds,
+    whether anyone is restricted or merges wait), not made yet."""
     listing = warehouse.files.snapshot(cur, files=False)
-    published.define(cur, warehouse, listing.tables)  # persons, orders… when publishing
+    tables = published.layout(warehouse, listing.tables)  # persons, orders… when publishing
     state = _STATE if listing.relation == "tier_files" else _state(listing.relation)
     cached, uncached, restricted, pending = cur.execute(state).fetchall()[0]
     cached = cached or []
@@ -142,13 +172,12 @@ def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
     if listing.pending:  # hot rows being published, not listed yet
         live += f" UNION ALL {listing.pending}"
     if uncached:
-        cur.register("uncached_events", warehouse.tiers.dataset(list(uncached)))
-        live += " UNION ALL SELECT * FROM uncached_events"
+        live += f" UNION ALL SELECT * FROM uncached_events{_SUFFIX}"
     keep = f" WHERE {_RESTRICTED}" if restricted else ""
     in_cache = f"c.file_no IN ({', '.join(map(str, cached))})" if cached else "false"
     resolve = (f" LEFT JOIN {PENDING} d ON d.old_person_id = c.person_id" if pending else "")
     pid = "coalesce(d.person_id, c.person_id)" if pending else "c.person_id"
-    cur.execute(f"""
+    sql = [f"""
         CREATE OR REPLACE TEMP VIEW events_live AS
         SELECT * FROM (
             SELECT e.* REPLACE (coalesce(o.person_id, e.person_id) AS person_id)
@@ -160,10 +189,10 @@ def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
         SELECT * FROM (
             SELECT c.* EXCLUDE (file_no, session_hash, event_code) REPLACE ({pid} AS person_id)
             FROM query_cache c{resolve} WHERE {in_cache}){keep};
-    """)
+    """]
     views = Views(cached_files=None if (restricted or pending) else list(cached))
     if sessions:
-        cur.execute(f"""
+        sql.append(f"""
             CREATE OR REPLACE TEMP VIEW events_sessions AS
             SELECT * FROM (
                 SELECT c.* EXCLUDE (file_no) REPLACE ({pid} AS person_id)
@@ -174,19 +203,56 @@ def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
                 FROM query_cache_pages c{resolve} WHERE {in_cache}){keep};
         """)
         views.sessions = True
-    if not rollup:
+    if rollup:
+        dims = ", ".join(f'"{d}"' for d in ROLLUP_DIMS)
+        sql.append(f"""
+            CREATE OR REPLACE TEMP VIEW events_daily AS
+            SELECT event, timestamp, person_id, 1::BIGINT AS n, {dims} FROM events_live
+            UNION ALL
+            SELECT * FROM (
+                SELECT c.event, c.t_min AS timestamp, {pid} AS person_id, c.n,
+                       {", ".join(f'c."{d}"' for d in ROLLUP_DIMS)}
+                FROM query_cache_rollup c{resolve} WHERE {in_cache}){keep};
+        """)
+        views.daily = True
+    return Plan(tuple(uncached), tables, "".join(sql)), views
+
+
+def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
+                 rollup: bool, sessions: bool = False) -> Views:
+    """Inside a read transaction: :func:`plan_views`, made in it (they go when it rolls
+    back)."""
+    plan, views = plan_views(cur, warehouse, rollup=rollup, sessions=sessions)
+    plan.apply(cur, warehouse, ONCE)
+    return views
+
+
+def _begin(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, pool: CursorPool, *,
+           rollup: bool, sessions: bool) -> Views:
+    """``BEGIN`` on a pooled cursor whose views are then those of the state it reads.
+
+    Making the views is most of a small query's cost (a query node answering a probe that
+    polls for its events: ~20 of its 30 ms in Python), and the state they depend on
+    changes far less often than queries come (when a batch is listed or folded, a cache
+    copy finishes, a merge or a restriction is recorded). So a cursor keeps the views it
+    made for a state, made outside any transaction, and the :class:`Plan` they were made
+    of; a query whose transaction reads the same plan uses them as they are (they name
+    the live files, which do not change, and read the tables when the query runs, in its
+    transaction). Otherwise the views are made again, outside the transaction, for the
+    new plan, and the transaction is begun again; if the state changed once more in
+    between, this transaction makes views of its own, which go when it rolls back."""
+    cur.execute("BEGIN TRANSACTION")
+    plan, views = plan_views(cur, warehouse, rollup=rollup, sessions=sessions)
+    if plan == pool.plan(cur):
         return views
-    dims = ", ".join(f'"{d}"' for d in ROLLUP_DIMS)
-    cur.execute(f"""
-        CREATE OR REPLACE TEMP VIEW events_daily AS
-        SELECT event, timestamp, person_id, 1::BIGINT AS n, {dims} FROM events_live
-        UNION ALL
-        SELECT * FROM (
-            SELECT c.event, c.t_min AS timestamp, {pid} AS person_id, c.n,
-                   {", ".join(f'c."{d}"' for d in ROLLUP_DIMS)}
-            FROM query_cache_rollup c{resolve} WHERE {in_cache}){keep};
-    """)
-    views.daily = True
+    cur.execute("ROLLBACK")
+    pool.keep_plan(cur, None)  # until the views are all made
+    plan.apply(cur, warehouse)
+    pool.keep_plan(cur, plan)
+    cur.execute("BEGIN TRANSACTION")
+    again, views = plan_views(cur, warehouse, rollup=rollup, sessions=sessions)
+    if again != plan:
+        again.apply(cur, warehouse, ONCE)
     return views
 
 
@@ -200,25 +266,27 @@ def open_snapshot(warehouse: Warehouse) -> Iterator[tuple[duckdb.DuckDBPyConnect
     ok = False
     try:
         cache, rollup, sessions = usable_cache(cur)  # (outside: a missing table aborts a transaction)
-        cur.execute("BEGIN TRANSACTION")
-        try:
+        if cache:
+            views = _begin(cur, warehouse, pool, rollup=rollup, sessions=sessions)
+        else:
+            # no (usable) cache: every tier from Parquet, as Warehouse.snapshot()
             views = Views()
-            if not cache:
-                # no (usable) cache: every tier from Parquet, as Warehouse.snapshot()
-                warehouse.register_tiers(cur)
-                cur.execute(VIEWS)
-                cur.execute(ANALYTICS_EVENTS)
-            else:
-                views = define_views(cur, warehouse, rollup=rollup, sessions=sessions)
+            cur.execute("BEGIN TRANSACTION")
+            warehouse.register_tiers(cur)
+            cur.execute(VIEWS)
+            cur.execute(ANALYTICS_EVENTS)
+        try:
             yield cur, views
         finally:
             cur.execute("ROLLBACK")  # read only; the views made in it go with it
-        ok = True
+        # without the cache, files were registered in the transaction under the names of
+        # the datasets of the views the cursor keeps (if any): those may be gone
+        ok = cache or pool.plan(cur) is None
     finally:
         if ok:
             pool.give_back(cur)
         else:
-            cur.close()  # interrupted or failed: not reused
+            pool.discard(cur)  # interrupted or failed (or see above): not used again
 
 
 @contextmanager

@@ -113,21 +113,41 @@ def write(wh: Any, seq: int, writer: str, name: str) -> list[TierFile]:
         cur.close()
 
 
+Layout = tuple[tuple[str, tuple[str, ...]], ...]
+"""Each published table and its listed files, in :data:`TABLES` order (empty when
+publishing is off): what the tables' views are made from."""
+
+
+def layout(wh: Any, files: list[TierFile]) -> Layout:
+    """The tables' views for these listed files (see :func:`define`)."""
+    if not wh.files.shared:
+        return ()
+    return tuple((table, tuple(f.path for f in files if f.tier == table)) for table in TABLES)
+
+
 def define(cur: duckdb.DuckDBPyConnection, wh: Any, files: list[TierFile]) -> None:
     """On a query's cursor, publishing on (nothing otherwise): each table a view over its
     listed files and the local rows."""
-    if not wh.files.shared:
+    apply(cur, wh, layout(wh, files))
+
+
+def apply(cur: duckdb.DuckDBPyConnection, wh: Any, plan: Layout, suffix: str = "") -> None:
+    """:func:`define` for a :func:`layout`. ``suffix``: added to the names the files are
+    registered under (a transaction's own: it must not replace the datasets of views made
+    outside it, which come back when it rolls back)."""
+    if not plan:
         return
     db = cur.execute("SELECT current_database()").fetchall()[0][0]
-    for table, (key, cols) in TABLES.items():
-        paths = [f.path for f in files if f.tier == table]
+    for table, paths in plan:
+        key, cols = TABLES[table]
         local = f'"{db}".main.{table}'
         if not paths:
             cur.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM {local}"
                         ).fetchall()
             continue
-        cur.register(f"published_{table}", wh.tiers.table_dataset(paths))
-        cur.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {_fold(table, key, cols, db)}"
+        src = f"published_{table}{suffix}"
+        cur.register(src, wh.tiers.table_dataset(list(paths)))
+        cur.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {_fold(table, key, cols, db, src)}"
                     ).fetchall()
 
 
@@ -139,11 +159,11 @@ were written (``json_merge_patch``, as the processor merges a chunk's traits); o
 writer's state as it is."""
 
 
-def _fold(table: str, key: str, cols: str, db: str) -> str:
+def _fold(table: str, key: str, cols: str, db: str, src: str) -> str:
     local = f'"{db}".main.{table}'
-    latest = (f"SELECT * FROM published_{table} WHERE _seq = (SELECT max(_seq) FROM"
-              f" published_{table} p WHERE p.{key} = published_{table}.{key}"
-              f" AND p._writer = published_{table}._writer) AND NOT _gone")
+    latest = (f"SELECT * FROM {src} WHERE _seq = (SELECT max(_seq) FROM"
+              f" {src} p WHERE p.{key} = {src}.{key}"
+              f" AND p._writer = {src}._writer) AND NOT _gone")
     if table == "persons":
         folded = (f"SELECT person_id, min(first_seen) AS first_seen, max(last_seen) AS last_seen,"
                   f" bool_or(identified) AS identified,"

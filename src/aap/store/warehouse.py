@@ -242,12 +242,16 @@ class CursorPool:
     """Idle cursors of one database, each with the analysts' views (:data:`VIEWS`)
     created once: they read whatever ``warm_events`` and ``cold_events`` are registered
     as when a query runs. Creating the views is most of the fixed cost of a query (~10 ms
-    on an idle machine). Only cursors that ran queries to the end come back."""
+    on an idle machine). Only cursors that ran queries to the end come back. A cursor may
+    keep more views, made for a state its user describes by a plan (``plan``,
+    ``keep_plan``: :func:`aap.query.snapshot._begin`)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, size: int = 8) -> None:
         self.con = con
         self.size = size
         self.idle: list[duckdb.DuckDBPyConnection] = []
+        self.plans: dict[int, object] = {}
+        """``id(cursor)`` → the plan of the views it keeps (its own, while it lives)."""
         self.lock = threading.Lock()
 
     def take(self) -> duckdb.DuckDBPyConnection:
@@ -261,16 +265,34 @@ class CursorPool:
         cur.execute(VIEWS)
         return cur
 
+    def plan(self, cur: duckdb.DuckDBPyConnection) -> object:
+        with self.lock:
+            return self.plans.get(id(cur))
+
+    def keep_plan(self, cur: duckdb.DuckDBPyConnection, plan: object) -> None:
+        with self.lock:
+            if plan is None:
+                self.plans.pop(id(cur), None)
+            else:
+                self.plans[id(cur)] = plan
+
     def give_back(self, cur: duckdb.DuckDBPyConnection) -> None:
         with self.lock:
             if len(self.idle) < self.size:
                 self.idle.append(cur)
                 return
+        self.discard(cur)
+
+    def discard(self, cur: duckdb.DuckDBPyConnection) -> None:
+        """Close a taken cursor for good."""
+        with self.lock:
+            self.plans.pop(id(cur), None)
         cur.close()
 
     def clear(self) -> None:
         with self.lock:
             idle, self.idle = self.idle, []
+            self.plans.clear()
         for cur in idle:
             cur.close()
 
