@@ -80,7 +80,7 @@ def reading(files: FileList, paths: Sequence[str]) -> Iterator[None]:
     file that cannot be read and is still listed is a real error: raised as it is."""
     try:
         yield
-    except (OSError, pa.ArrowException):
+    except (OSError, pa.ArrowException, duckdb.Error):  # (DuckDB's: a scan of the files)
         if set(paths) - {f.path for f in files.files()}:
             raise Moved from None
         raise

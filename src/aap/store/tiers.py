@@ -154,6 +154,10 @@ def _read_again(read: Callable[[], T]) -> T:
             attempt += 1
 
 
+ROW_GROUP_ROWS = {False: 256_000, True: 1_000_000}
+"""Rows in a row group of a warm (``False``) and a cold (``True``) file."""
+
+
 class TierStore:
     """Where warm and cold files live."""
 
@@ -184,10 +188,33 @@ class TierStore:
         pq.write_table(
             table, path, filesystem=self.fs, compression="zstd",
             compression_level=level or (19 if cold else 6),
-            row_group_size=1_000_000 if cold else 256_000,
+            row_group_size=ROW_GROUP_ROWS[cold],
             use_dictionary=True, write_statistics=True,
         )
         return path, int(self.fs.get_file_info(path).size)
+
+    def write_batches(self, batches: pa.RecordBatchReader, partition: str, *,
+                      cold: bool = False, name: str = "") -> tuple[str, int, int]:
+        """:meth:`write` for rows that come in batches, each written as it comes (a fold
+        of a day or a month, larger than memory): returns the path, size and rows. The
+        batches should be of a row group's size (:data:`ROW_GROUP_ROWS`); a file left
+        half written by a failure is deleted."""
+        path = self.path(partition, name or f"part-{uuid.uuid4().hex}", cold=cold)
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        rows = 0
+        try:
+            with pq.ParquetWriter(path, EVENT_ARROW_SCHEMA, filesystem=self.fs,
+                                  compression="zstd", compression_level=19 if cold else 6,
+                                  use_dictionary=True, write_statistics=True) as out:
+                for batch in batches:
+                    if batch.num_rows:
+                        out.write_batch(batch.cast(EVENT_ARROW_SCHEMA),
+                                        row_group_size=ROW_GROUP_ROWS[cold])
+                        rows += batch.num_rows
+        except BaseException:
+            self.delete(path)
+            raise
+        return path, int(self.fs.get_file_info(path).size), rows
 
     def write_table(self, table: pa.Table, kind: str, name: str) -> tuple[str, int]:
         """A published table's file (:mod:`aap.store.published`):
