@@ -121,7 +121,7 @@ def test_a_fold_reads_files_older_than_a_column_and_keeps_their_rows(tmp_path: P
     got = pq.read_table(f.path)
     assert got.schema == EVENT_ARROW_SCHEMA
     rows = sorted(zip(got.column("person_id").to_pylist(), got.column("dnt").to_pylist(),
-                      got.column("purposes").to_pylist()))
+                      got.column("purposes").to_pylist(), strict=True))
     assert rows == [(0, None, None), (1, None, None), (2, None, None)] + [
         (p, True, ["analytics"]) for p in range(100, 104)]
     assert got.column("event").to_pylist() == sorted(got.column("event").to_pylist())
