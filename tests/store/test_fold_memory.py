@@ -138,3 +138,35 @@ def test_a_fold_reads_files_older_than_a_column_and_keeps_their_rows(tmp_path: P
     assert got.schema == EVENT_ARROW_SCHEMA and got.num_rows == 4
     assert got.column("dnt").null_count == got.column("purposes").null_count == 4
     wh.close()
+
+
+def test_a_tier_root_that_looks_like_a_pattern_folds_its_own_files(tmp_path: Path) -> None:
+    """DuckDB reads a path as a glob pattern: a tier root with ``[`` in its name is folded
+    the way S3 files are (read whole), never matching a neighbour's files."""
+    from datetime import date, timedelta
+
+    from aap.store import tiering
+    from aap.store.tiers import TierConfig, TierStore
+    from aap.store.warehouse import Chunk, Warehouse
+    from tests.query.test_cache import events
+
+    for name in ("a", "b"):  # "[ab]" would match both as a pattern
+        (tmp_path / name).mkdir()
+    wh = Warehouse(tmp_path / "wh", tiers=TierStore(TierConfig(str(tmp_path / "[ab]"))))
+    wh.write(Chunk(events=events(1, 6), position=1, next_person=1000))
+    day = date(2026, 9, 28)
+    tiering.move_day_to_warm(wh, day)
+    wh.write(Chunk(events=events(1, 6).slice(0, 3), position=2, next_person=1000))
+    tiering.move_day_to_warm(wh, day)
+    import pyarrow.parquet as pq
+
+    for f in wh.files.files():  # a neighbour's files where the pattern would find them
+        assert "[ab]" in f.path
+        other = Path(f.path.replace("[ab]", "a"))
+        other.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pq.read_table(f.path).slice(0, 1), other)
+    assert tiering.compact_batches(wh, day.isoformat(), timedelta(0),
+                                   today=day + timedelta(days=2)) == 9
+    (f,) = wh.files.files()
+    assert f.rows == 9 and "[ab]" in f.path
+    wh.close()

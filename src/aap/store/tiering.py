@@ -314,10 +314,12 @@ def _sorted(wh: Warehouse, paths: list[str], cold: bool
     Local files are sorted by a DuckDB of the fold's own (:data:`FOLD_MEMORY`, one
     thread), which reads them with its Parquet reader, and written as the sort gives
     them: a day or a month larger than memory folds. Files on S3 (which this DuckDB
-    cannot reach here: no S3 client in it) are read whole into memory and sorted there,
-    as every fold was before 2026-12-07."""
+    cannot reach here: no S3 client in it), and local files whose path DuckDB would read
+    as a glob pattern, are read whole into memory and sorted there, as every fold was
+    before 2026-12-07."""
     batch = ROW_GROUP_ROWS[cold]
-    if not isinstance(wh.tiers.fs, pafs.LocalFileSystem):
+    if not isinstance(wh.tiers.fs, pafs.LocalFileSystem) or any(
+            c in p for p in paths for c in "*?["):  # (DuckDB reads a path as a pattern)
         table, bad = quarantine.split(wh.tiers.read(paths))
         table = table.sort_by(SORT)
         yield pa.RecordBatchReader.from_batches(
