@@ -218,15 +218,6 @@ def plan_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
     return Plan(tuple(uncached), tables, "".join(sql)), views
 
 
-def define_views(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, *,
-                 rollup: bool, sessions: bool = False) -> Views:
-    """Inside a read transaction: :func:`plan_views`, made in it (they go when it rolls
-    back)."""
-    plan, views = plan_views(cur, warehouse, rollup=rollup, sessions=sessions)
-    plan.apply(cur, warehouse, ONCE)
-    return views
-
-
 def _begin(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, pool: CursorPool, *,
            rollup: bool, sessions: bool) -> Views:
     """``BEGIN`` on a pooled cursor whose views are then those of the state it reads.
@@ -246,8 +237,7 @@ def _begin(cur: duckdb.DuckDBPyConnection, warehouse: Warehouse, pool: CursorPoo
     if plan == pool.plan(cur):
         return views
     cur.execute("ROLLBACK")
-    pool.keep_plan(cur, None)  # until the views are all made
-    plan.apply(cur, warehouse)
+    plan.apply(cur, warehouse)  # (if it fails, open_snapshot discards the cursor and its plan)
     pool.keep_plan(cur, plan)
     cur.execute("BEGIN TRANSACTION")
     again, views = plan_views(cur, warehouse, rollup=rollup, sessions=sessions)

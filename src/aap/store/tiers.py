@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import duckdb
@@ -158,6 +158,13 @@ ROW_GROUP_ROWS = {False: 256_000, True: 1_000_000}
 """Rows in a row group of a warm (``False``) and a cold (``True``) file."""
 
 
+def _parquet(cold: bool, level: int | None = None) -> dict[str, Any]:
+    """How an events' tier file is written: zstd at the tier's level (cold 19, warm 6)
+    or ``level``, with dictionaries and statistics."""
+    return {"compression": "zstd", "compression_level": level or (19 if cold else 6),
+            "use_dictionary": True, "write_statistics": True}
+
+
 class TierStore:
     """Where warm and cold files live."""
 
@@ -185,12 +192,8 @@ class TierStore:
         new ``part-…`` name."""
         path = self.path(partition, name or f"part-{uuid.uuid4().hex}", cold=cold)
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(
-            table, path, filesystem=self.fs, compression="zstd",
-            compression_level=level or (19 if cold else 6),
-            row_group_size=ROW_GROUP_ROWS[cold],
-            use_dictionary=True, write_statistics=True,
-        )
+        pq.write_table(table, path, filesystem=self.fs, row_group_size=ROW_GROUP_ROWS[cold],
+                       **_parquet(cold, level))
         return path, int(self.fs.get_file_info(path).size)
 
     def write_batches(self, batches: pa.RecordBatchReader, partition: str, *,
@@ -204,8 +207,7 @@ class TierStore:
         rows = 0
         try:
             with pq.ParquetWriter(path, EVENT_ARROW_SCHEMA, filesystem=self.fs,
-                                  compression="zstd", compression_level=19 if cold else 6,
-                                  use_dictionary=True, write_statistics=True) as out:
+                                  **_parquet(cold)) as out:
                 for batch in batches:
                     if batch.num_rows:
                         out.write_batch(batch.cast(EVENT_ARROW_SCHEMA),

@@ -271,10 +271,7 @@ class CursorPool:
 
     def keep_plan(self, cur: duckdb.DuckDBPyConnection, plan: object) -> None:
         with self.lock:
-            if plan is None:
-                self.plans.pop(id(cur), None)
-            else:
-                self.plans[id(cur)] = plan
+            self.plans[id(cur)] = plan
 
     def give_back(self, cur: duckdb.DuckDBPyConnection) -> None:
         with self.lock:
