@@ -170,3 +170,47 @@ def test_a_tier_root_that_looks_like_a_pattern_folds_its_own_files(tmp_path: Pat
     (f,) = wh.files.files()
     assert f.rows == 9 and "[ab]" in f.path
     wh.close()
+
+
+S3_WAREHOUSE = """
+import os
+from aap.store.tiers import TierConfig, TierStore
+wh = Warehouse(Path(sys.argv[1]), memory_limit="128MB", tiers=TierStore(TierConfig(
+    os.environ["FOLD_TIERS"], s3_endpoint=os.environ["FOLD_S3"], s3_access_key="test",
+    s3_secret_key="test")))
+"""
+
+
+@pytest.mark.slow
+def test_a_day_on_s3_larger_than_memory_folds_in_a_row_groups_memory(tmp_path: Path) -> None:
+    """Files on S3 are copied (streamed) into the fold's scratch directory and sorted
+    there like local files: not read into memory; the copies are gone after."""
+    import os
+
+    from tests.store.test_tiers import moto_with
+
+    server, endpoint = moto_with("aap-fold")
+    try:
+        env = {**os.environ, "FOLD_TIERS": "s3://aap-fold/t", "FOLD_S3": endpoint}
+        local = 'wh = Warehouse(Path(sys.argv[1]), memory_limit="128MB")\n'
+        assert local in MAKE and local in FOLD
+        make, fold = (s.replace(local, S3_WAREHOUSE) for s in (MAKE, FOLD))
+        fold = fold.replace("pq.read_metadata(p)", "pq.read_metadata(wh.tiers.fs.open_input_file(p))")
+        fold = fold.replace("pq.read_table(f.path,", "pq.read_table(f.path, filesystem=wh.tiers.fs,")
+        fold = fold.replace("pq.read_metadata(f.path)",
+                            "pq.read_metadata(wh.tiers.fs.open_input_file(f.path))")
+        files, rows = 8, 250_000
+        wh = tmp_path / "wh"
+        subprocess.run([sys.executable, "-c", make, str(wh), str(files), str(rows)],
+                       check=True, timeout=600, env=env)
+        out = subprocess.run([sys.executable, "-c", fold, str(wh)], timeout=900, env=env,
+                             capture_output=True, text=True)
+    finally:
+        server.stop()
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["rows"] == r["folded"] == r["file_rows"] == files * rows
+    assert r["sorted"] and r["row_groups"] == -(-files * rows // 256_000)
+    # read whole from S3 (as before 2026-12-07), a day of 2M rows grew the fold by 1.78 GB
+    assert r["grew"] < 900 * 2**20, r
+    assert not list(tmp_path.rglob("*.parquet"))  # the scratch copies went

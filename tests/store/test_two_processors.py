@@ -195,7 +195,7 @@ def run_job(pair: Pair, model: Model, who: str, job: str, arg: int) -> None:
 
 
 HOOKS = (("files", ("files", "swap", "due", "trash", "forget")),
-         ("tiers", ("read", "read_table", "delete", "write_batches")))
+         ("tiers", ("read", "read_table", "delete", "write_batches", "scan")))
 """The calls of a job on the shared list and the tier store another job may come
 between (a fold of local files reads them as it writes the new one: ``write_batches``)."""
 

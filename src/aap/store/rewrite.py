@@ -13,7 +13,7 @@ passes each statement the names it uses.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -25,7 +25,6 @@ import pyarrow.compute as pc
 
 from aap.store import quarantine
 from aap.store.filelist import EVENT_TIERS, Moved, SharedList, TierFile, reading
-from aap.store.schema import EVENT_ARROW_SCHEMA
 from aap.store.warehouse import Warehouse
 
 FileRows = tuple[pa.Table, int] | None
@@ -180,22 +179,40 @@ def _touched(change: Change, path: str, tier: str, part: str) -> bool:
 
 def _rewrite_file(wh: Warehouse, change: Change, run: _Run, path: str, tier: str, part: str
                   ) -> _Rewritten | None:
+    """The file's new version, written as its rows are read (a batch at a time: a
+    month's archive is not read whole); None, and no new file, when nothing in it
+    changes."""
     if not _touched(change, path, tier, part):
         return None  # nothing to change in it: the file stays as it is
-    table, bad = quarantine.split(wh.tiers.read([path]))
-    changed = change.in_file(table, tier)
-    if changed is None and bad is None:
-        return None
-    kept, hit = changed if changed is not None else (table.cast(EVENT_ARROW_SCHEMA), 0)
-    if bad is not None:
-        run.set_aside.append((tier, part, bad))
-    if not kept.num_rows:
-        return _Rewritten(path, tier, part, hit, None, 0, 0)
+    hit, changes = 0, 0  # rows hit (erased), batches changed (a retention may only
+    bad: list[pa.Table] = []  # take purposes off rows: none hit, the file changed)
+
+    def kept() -> Iterator[pa.RecordBatch]:
+        nonlocal hit, changes
+        for batch in wh.tiers.scan(path):
+            table, out_of_bounds = quarantine.split(pa.Table.from_batches([batch]))
+            if out_of_bounds is not None:
+                bad.append(out_of_bounds)
+            changed = change.in_file(table, tier)
+            if changed is not None:
+                table, n = changed
+                hit, changes = hit + n, changes + 1
+            yield from table.to_batches()
+
     directory = f"day={part}" if tier == "warm" else f"month={part}"
-    new_path, size = wh.tiers.write(kept, directory, cold=tier == "cold",
-                                    level=COLD_REWRITE_LEVEL if tier == "cold" else None)
-    run.new.append(new_path)
-    return _Rewritten(path, tier, part, hit, new_path, kept.num_rows, size)
+    new_path, size, rows = wh.tiers.write_batches(
+        kept(), directory, cold=tier == "cold",
+        level=COLD_REWRITE_LEVEL if tier == "cold" else None)
+    run.new.append(new_path)  # deleted again if the rewrite fails
+    if not rows or not (changes or bad):
+        wh.tiers.delete(new_path)
+        run.new.remove(new_path)
+        if not (changes or bad):
+            return None
+    if bad:
+        run.set_aside.append((tier, part, pa.concat_tables(bad)))
+    return (_Rewritten(path, tier, part, hit, new_path, rows, size) if rows
+            else _Rewritten(path, tier, part, hit, None, 0, 0))
 
 
 def _commit(wh: Warehouse, cur: duckdb.DuckDBPyConnection, change: Change, run: _Run,

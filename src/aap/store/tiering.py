@@ -311,42 +311,77 @@ def _sorted(wh: Warehouse, paths: list[str], cold: bool
     """The rows of the tier files ``paths`` whose time is in bounds, sorted as every tier
     file's, in batches of a row group; and those out of bounds (``None``: none).
 
-    Local files are sorted by a DuckDB of the fold's own (:data:`FOLD_MEMORY`, one
-    thread), which reads them with its Parquet reader, and written as the sort gives
-    them: a day or a month larger than memory folds. Files on S3 (which this DuckDB
-    cannot reach here: no S3 client in it), and local files whose path DuckDB would read
-    as a glob pattern, are read whole into memory and sorted there, as every fold was
-    before 2026-12-07."""
+    The files are sorted by a DuckDB of the fold's own (:data:`FOLD_MEMORY`, one thread,
+    spilling to a scratch directory beside the warehouse), which reads them with its
+    Parquet reader, and written as the sort gives them: a day or a month larger than
+    memory folds. Files on S3 (this DuckDB has no S3 client here) are first copied into
+    the scratch directory, a stream at a time (:func:`_readable`). Only where the
+    scratch directory's own path would read as a glob pattern are the rows read whole
+    into memory and sorted there, as every fold was before 2026-12-07."""
     batch = ROW_GROUP_ROWS[cold]
-    if not isinstance(wh.tiers.fs, pafs.LocalFileSystem) or any(
-            c in p for p in paths for c in "*?["):  # (DuckDB reads a path as a pattern)
-        table, bad = quarantine.split(wh.tiers.read(paths))
-        table = table.sort_by(SORT)
-        yield pa.RecordBatchReader.from_batches(
-            EVENT_ARROW_SCHEMA, table.to_batches(max_chunksize=batch)), bad
-        return
     scratch = Path(tempfile.mkdtemp(prefix="fold-", dir=wh.path.parent))
-    con = duckdb.connect(config={"threads": 1, "memory_limit": FOLD_MEMORY,
-                                 "preserve_insertion_order": False,
-                                 "temp_directory": str(scratch)})
     try:
-        con.execute("SET enable_progress_bar = false")  # (a long sort drew one on stdout)
-        files = ("read_parquet([" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
-                 + "], hive_partitioning = false, union_by_name = true)")
-        have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {files}").fetchall()}
-        cols = ", ".join(f'"{f.name}"' if f.name in have else f'NULL AS "{f.name}"'
-                         for f in EVENT_ARROW_SCHEMA)  # (a column newer than the files)
-        src = f"(SELECT {cols} FROM {files})"
-        params = quarantine.bound_params()
-        out = quarantine.bad_time_sql()
-        (n_bad,), = con.execute(f"SELECT count(*) FROM {src} WHERE {out}", params).fetchall()
-        bad = (con.sql(f"SELECT * FROM {src} WHERE {out}", params=params).to_arrow_table()
-               .cast(EVENT_ARROW_SCHEMA) if n_bad else None)
-        yield con.sql(f"SELECT * FROM {src} WHERE NOT {out} ORDER BY {ORDER}",
-                      params=params).to_arrow_reader(batch), bad
+        if _pattern(str(scratch)):
+            table, bad = quarantine.split(wh.tiers.read(paths))
+            table = table.sort_by(SORT)
+            yield pa.RecordBatchReader.from_batches(
+                EVENT_ARROW_SCHEMA, table.to_batches(max_chunksize=batch)), bad
+            return
+        local = _readable(wh, paths, scratch)
+        con = duckdb.connect(config={"threads": 1, "memory_limit": FOLD_MEMORY,
+                                     "preserve_insertion_order": False,
+                                     "temp_directory": str(scratch)})
+        try:
+            con.execute("SET enable_progress_bar = false")  # (a long sort drew one on stdout)
+            files = ("read_parquet([" + ", ".join("'" + p.replace("'", "''") + "'"
+                                                  for p in local)
+                     + "], hive_partitioning = false, union_by_name = true)")
+            have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {files}").fetchall()}
+            cols = ", ".join(f'"{f.name}"' if f.name in have else f'NULL AS "{f.name}"'
+                             for f in EVENT_ARROW_SCHEMA)  # (a column newer than the files)
+            src = f"(SELECT {cols} FROM {files})"
+            params = quarantine.bound_params()
+            out = quarantine.bad_time_sql()
+            (n_bad,), = con.execute(f"SELECT count(*) FROM {src} WHERE {out}",
+                                    params).fetchall()
+            bad = (con.sql(f"SELECT * FROM {src} WHERE {out}", params=params).to_arrow_table()
+                   .cast(EVENT_ARROW_SCHEMA) if n_bad else None)
+            yield con.sql(f"SELECT * FROM {src} WHERE NOT {out} ORDER BY {ORDER}",
+                          params=params).to_arrow_reader(batch), bad
+        finally:
+            con.close()
     finally:
-        con.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _pattern(path: str) -> bool:
+    """Whether DuckDB's ``read_parquet`` would read ``path`` as a glob pattern."""
+    return any(c in path for c in "*?[")
+
+
+COPY_BYTES = 1 << 20
+"""The buffer of a copy of a file on S3 into a fold's scratch directory."""
+
+
+def _readable(wh: Warehouse, paths: list[str], scratch: Path) -> list[str]:
+    """Paths of the files that DuckDB reads as they are: a local file itself, unless its
+    path would read as a glob pattern (then a link to it in ``scratch``); a file on S3
+    copied into ``scratch`` (streamed, :data:`COPY_BYTES` at a time: the scratch
+    directory needs the files' size on disk, not memory)."""
+    local = isinstance(wh.tiers.fs, pafs.LocalFileSystem)
+    out = []
+    for i, path in enumerate(paths):
+        if local and not _pattern(path):
+            out.append(path)
+            continue
+        copy = scratch / f"in-{i}.parquet"
+        if local:
+            copy.symlink_to(path)
+        else:
+            with wh.tiers.fs.open_input_stream(path) as src, copy.open("wb") as dst:
+                shutil.copyfileobj(src, dst, COPY_BYTES)
+        out.append(str(copy))
+    return out
 
 
 def drop_cold_before(wh: Warehouse, month: str, grace: timedelta) -> int:
