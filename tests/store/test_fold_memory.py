@@ -141,8 +141,9 @@ def test_a_fold_reads_files_older_than_a_column_and_keeps_their_rows(tmp_path: P
 
 
 def test_a_tier_root_that_looks_like_a_pattern_folds_its_own_files(tmp_path: Path) -> None:
-    """DuckDB reads a path as a glob pattern: a tier root with ``[`` in its name is folded
-    the way S3 files are (read whole), never matching a neighbour's files."""
+    """DuckDB reads a path as a glob pattern: the files of a tier root with ``[`` in its
+    name are read through links in the fold's scratch directory, never matching a
+    neighbour's files."""
     from datetime import date, timedelta
 
     from aap.store import tiering

@@ -100,7 +100,7 @@ def rewrite(wh: Warehouse, change: Change, out: dict[str, Any]) -> None:
     that ``change.in_file`` changes is replaced by its new version. Old files are deleted
     once committed; ``out`` counts rows and files per tier.
 
-    Rows of a file read whole whose time is out of bounds go to ``quarantined_events``
+    Rows of a file it rewrites whose time is out of bounds go to ``quarantined_events``
     in the same commit (:mod:`aap.store.quarantine`). With the shared list (publishing
     on), a file folded by the tiering job or rewritten by another processor meanwhile
     (:class:`Moved`) makes it start again, up to :data:`MOVED_ATTEMPTS` times."""

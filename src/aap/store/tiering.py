@@ -274,11 +274,12 @@ ORDER = ", ".join(c for c, _ in SORT)
 
 
 FOLD_MEMORY = "256MB"
-"""DuckDB's memory when it sorts the rows of a fold of local files, in one thread (past
-it, it spills to a scratch directory beside the warehouse). With a row group of them and
-the Parquet writer's buffers, a fold needed about 0.5 GB for a day of 2 and of 4 million
-events alike (2026-12-07), against 1.8 GB for 2 million when it read every row into one
-Arrow table; with two threads, this memory did not do."""
+"""DuckDB's memory when it sorts the rows of a fold (of local files, and of files on S3
+copied beside it), in one thread (past it, it spills to a scratch directory beside the
+warehouse). With a row group of them and the Parquet writer's buffers, a fold needed
+about 0.5 GB for a day of 2 and of 4 million events alike (2026-12-07; 0.25 GB from
+S3), against 1.8 GB for 2 million when it read every row into one Arrow table; with two
+threads, this memory did not do."""
 
 
 def _fold(wh: Warehouse, paths: list[str], tier: str, part: str, grace: timedelta,
