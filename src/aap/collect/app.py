@@ -44,7 +44,7 @@ from aap.collect import metrics
 from aap.collect.body import decode_content
 from aap.collect.compat import Compat, is_browser_path, sends_credentials, templated
 from aap.collect.consent import ConsentRequest, Gate, Said, parse_consent
-from aap.collect.health import Health, code_for
+from aap.collect.health import Health
 from aap.collect.keys import KeyLookups
 from aap.collect.portal import Portal
 from aap.collect.ratelimit import RateLimiter, retry_after
@@ -348,7 +348,7 @@ class Collector:
         problem = self.health.problem()
         if problem:
             raise errors.ServiceUnavailable(problem, retry_after=self.settings.server.retry_after_seconds,
-                                            code=code_for(problem))
+                                            code=self.health.code)
 
     def _source_in_body(self, write_key: str | None, key_hint: str) -> Source:
         if not write_key:

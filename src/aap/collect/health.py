@@ -1,34 +1,20 @@
 """Back-pressure: whether this worker should take events right now.
 
-Checked every ``health_interval_ms``: free disk under the data dir against
+Checked at most every ``health_interval_ms``: free disk under the data dir against
 ``min_free_disk_mb``, and each consumer group's lag against ``max_consumer_lag``. Its
-code (:func:`code_for`) is ``log_unavailable`` when the log cannot be read at all (a
-Kafka cluster unreachable: the append would fail too), ``backpressure`` otherwise.
-
-The checks after the first run in a thread of the worker's own: on Kafka a check is a
-round trip to the brokers for each partition, and while they are away it waits
-:data:`aap.log.kafka.STATS_TIMEOUT_S`. Made in the request path, it held the worker's
-event loop — every request, ``/healthz`` too — for those seconds every interval.
+:attr:`~Health.code` is ``log_unavailable`` when the log cannot be read at all (a Kafka
+cluster unreachable: the append would fail too), ``backpressure`` otherwise.
 """
 
 from __future__ import annotations
 
-import logging
 import shutil
-import threading
 import time
 from pathlib import Path
 
 from aap.log.base import Log
 
 LOG_UNREADABLE = "the log cannot be read"
-
-logger = logging.getLogger(__name__)
-
-
-def code_for(problem: str | None) -> str:
-    """The code of the 503 that ``problem`` causes."""
-    return "log_unavailable" if problem == LOG_UNREADABLE else "backpressure"
 
 
 class Health:
@@ -39,47 +25,20 @@ class Health:
         self.min_free = min_free_disk_mb * 1024 * 1024
         self.max_lag = max_lag
         self.interval = interval_ms / 1000
-        self._checked: float | None = None
-        """When the last check finished (monotonic); None: not yet."""
+        self._checked = 0.0
         self._problem: str | None = None
-        self._asked = False
-        """A check is asked of the health thread and not finished yet."""
-        self._due = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def code(self) -> str:
-        """The code of the 503 the last problem causes."""
-        return code_for(self._problem)
+        self.code = "backpressure"
+        """What kind of problem :meth:`problem` named (the code of the 503 it causes)."""
 
     def problem(self) -> str | None:
-        """None when events can be accepted, otherwise why not: what the last check found.
-
-        The first call checks at once, in the caller (so does every call with an
-        interval of 0); later, once the last check is ``interval`` old, a call asks
-        the health thread for the next one and answers the last one meanwhile."""
-        if self._checked is None or self.interval <= 0:
+        """None when events can be accepted, otherwise why not."""
+        now = time.monotonic()
+        if now - self._checked >= self.interval:
+            self._checked = now
             self._problem = self._check()
-            self._checked = time.monotonic()
-        elif not self._asked and time.monotonic() - self._checked >= self.interval:
-            self._asked = True
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="aap-health",
-                                                daemon=True)
-                self._thread.start()
-            self._due.set()
+            self.code = ("log_unavailable" if self._problem == LOG_UNREADABLE
+                         else "backpressure")
         return self._problem
-
-    def _run(self) -> None:
-        while True:
-            self._due.wait()
-            self._due.clear()
-            try:
-                self._problem = self._check()
-            except Exception:  # a check that fails in an unforeseen way: the last stands
-                logger.exception("the health check failed")
-            self._checked = time.monotonic()
-            self._asked = False
 
     def _check(self) -> str | None:
         try:
