@@ -52,6 +52,8 @@ from benchmarks.publishmark import chunk
 MODES = ("now", "first come")
 WAITS = ("mark", "steps 2-3", "before step 4")
 INTERVAL_S = 1.0
+MIN_TURNS = 3
+"""Turns measured at least, past the window if they take longer (the figures need some)."""
 
 
 class TimedLock(WriteLock):
@@ -141,7 +143,9 @@ def _run_one(tmp: Path, name: str, lock: TimedLock, events: int, seconds: float
             time.sleep(0.05)
         chunks0, t0 = written[0], time.perf_counter()
         took = 0.0
-        while time.perf_counter() - t0 < seconds and not failed:
+        # the window, and at least MIN_TURNS turns however long they take (a busy CI
+        # machine made 2 turns of 0.5 and 4.0 s in a short window)
+        while (time.perf_counter() - t0 < seconds or len(turns) < MIN_TURNS) and not failed:
             if stop.wait(max(INTERVAL_S - took, INTERVAL_S / 10)):
                 break
             lock.waits = dict.fromkeys(WAITS, 0.0)
@@ -161,7 +165,7 @@ def _run_one(tmp: Path, name: str, lock: TimedLock, events: int, seconds: float
         wh.close()
     if failed:
         raise failed[0]
-    assert rows > 0 and len(turns) >= 3, (rows, turns)
+    assert rows > 0 and len(turns) >= MIN_TURNS, (rows, turns)
     return {"turns": len(turns), "rows": rows,
             "p50_ms": statistics.median(turns) * 1000,
             "p95_ms": percentile(sorted(t * 1000 for t in turns), 95),
