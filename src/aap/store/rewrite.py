@@ -203,16 +203,16 @@ def _rewrite_file(wh: Warehouse, change: Change, run: _Run, path: str, tier: str
     new_path, size, rows = wh.tiers.write_batches(
         kept(), directory, cold=tier == "cold",
         level=COLD_REWRITE_LEVEL if tier == "cold" else None)
-    run.new.append(new_path)  # deleted again if the rewrite fails
-    if not rows or not (changes or bad):
+    if not (changes or bad):  # nothing in it changes: the file stays as it is
         wh.tiers.delete(new_path)
-        run.new.remove(new_path)
-        if not (changes or bad):
-            return None
+        return None
     if bad:
         run.set_aside.append((tier, part, pa.concat_tables(bad)))
-    return (_Rewritten(path, tier, part, hit, new_path, rows, size) if rows
-            else _Rewritten(path, tier, part, hit, None, 0, 0))
+    if not rows:  # every row goes: no new file
+        wh.tiers.delete(new_path)
+        return _Rewritten(path, tier, part, hit, None, 0, 0)
+    run.new.append(new_path)  # deleted again if the rewrite fails
+    return _Rewritten(path, tier, part, hit, new_path, rows, size)
 
 
 def _commit(wh: Warehouse, cur: duckdb.DuckDBPyConnection, change: Change, run: _Run,
