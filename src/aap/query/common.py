@@ -201,9 +201,15 @@ def date_range(q: Common, now: datetime, *, default_from: str = "-7d") -> Range:
     if end <= start:
         raise BadRequest(f"date_to ({q.date_to}) is not after date_from ({q.date_from})",
                          code="invalid_date")
+    in_calendar(start, end)
+    return Range(tz, "UTC" if tz is None else q.timezone, start, end)
+
+
+def in_calendar(start: datetime, end: datetime) -> None:
+    """A 400 unless a range's bounds fall between ``MIN_YEAR`` and ``MAX_YEAR`` (so that
+    stepping buckets, periods or a comparison from them stays inside the calendar)."""
     if start.year < MIN_YEAR or end.year > MAX_YEAR:
         raise BadRequest(f"dates must be between {MIN_YEAR} and {MAX_YEAR}", code="invalid_date")
-    return Range(tz, "UTC" if tz is None else q.timezone, start, end)
 
 
 def trunc(dt: datetime, interval: str) -> datetime:

@@ -25,6 +25,7 @@ from aap.query.common import (
     date_range,
     event_match_sql,
     from_events,
+    in_calendar,
     label,
     local_ts,
     parse_point,
@@ -44,7 +45,9 @@ def cohort_range(ctx: Context, q: Retention) -> Range:
     if q.date_from is None:
         now_local = to_local(ctx.now, tz)
         end = parse_point(q.date_to or "today", now_local, end=True)
+        in_calendar(end, end)  # before stepping back from it: 0001-01-01 would overflow
         start = step(trunc(end - timedelta(microseconds=1), q.period), q.period, -(q.periods - 1))
+        in_calendar(start, end)
         rng = Range(tz, "UTC" if tz is None else q.timezone, start, end)
     else:
         rng = date_range(q, ctx.now)
