@@ -128,9 +128,12 @@ def _batch() -> dict[str, Any]:
 def test_a_spray_of_random_keys_is_not_read_and_good_keys_keep_working(
         server: tuple[ServerProcess, str]) -> None:
     srv, key = server
-    post = lambda k: httpx.post(srv.url + "/v1/batch", json=_batch(),  # noqa: E731
-                                auth=(k, ""), timeout=60)
+    client = httpx.Client(timeout=60)  # one client: the sprays take well under the TTL
+    post = lambda k: client.post(srv.url + "/v1/batch", json=_batch(),  # noqa: E731
+                                 auth=(k, ""))
+    t0 = time.monotonic()
     assert post(key).status_code == 200  # the worker's one read of a new key
+    t0_end = time.monotonic()
     for _ in range(20):
         r = post("wk_" + secrets.token_urlsafe(24))
         assert r.status_code == 429, r.text
@@ -139,11 +142,22 @@ def test_a_spray_of_random_keys_is_not_read_and_good_keys_keep_working(
                    headers={"Authorization": "Bearer dk_" + secrets.token_urlsafe(24)},
                    timeout=60)
     assert r.status_code == 429 and r.json()["code"] == "key_lookups_limited", r.text
+    t1 = time.monotonic()
     assert post(key).status_code == 200
-    assert _lookups(srv.url, "write", "found") == 1
+    t1_end = time.monotonic()
+    # the good key is remembered for KNOWN_TTL_S from its read: on a loaded machine the
+    # sprays may take longer, and then it is read again (both when it cannot be told)
+    found = _lookups(srv.url, "write", "found")
+    if t1_end < t0 + keys.KNOWN_TTL_S:
+        assert found == 1
+    elif t1 > t0_end + keys.KNOWN_TTL_S:
+        assert found == 2
+    else:
+        assert found in (1, 2)
     assert _lookups(srv.url, "write", "limited") == 20
     assert _lookups(srv.url, "write", "unknown") == 0
     assert _lookups(srv.url, "device", "limited") == 1
     time.sleep(keys.KNOWN_TTL_S + 0.5)  # the good key's time runs out: read again, no token
     assert post(key).status_code == 200
-    assert _lookups(srv.url, "write", "found") == 2
+    assert _lookups(srv.url, "write", "found") == found + 1
+    client.close()

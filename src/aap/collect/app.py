@@ -118,7 +118,7 @@ class Collector:
         self.self_service = SelfService(self.data_dir, self.gate.hasher, self.sources)
         self.salts = DailySalts(self.data_dir)
         self.portal = Portal(self.sources, self.gate, self.self_service, self.limiter,
-                             self.check_health, self.shared)
+                             self.shared)
         self.write_keys = KeyLookups("write", self.sources.by_key, self.limiter,
                                      collector.key_lookups_per_second)
         """A replaced server key stops working, a new controller group applies, within
@@ -174,6 +174,7 @@ class Collector:
         self.close()
 
     def close(self) -> None:
+        self.health.close()
         self.telemetry.close()
         self.shared.close()
         if self.committer is not None:
@@ -247,9 +248,10 @@ class Collector:
                    ok={"type": "object", "required": ["status"],
                        "properties": {"status": {"const": "ok"}}}))
     async def healthz(self, req: Request) -> Response:
-        problem = self.health.problem()
+        problem = await self.health.problem()
         if problem:
-            raise errors.ServiceUnavailable(problem, retry_after=self.settings.server.retry_after_seconds)
+            raise errors.ServiceUnavailable(problem.message, code=problem.code,
+                                            retry_after=self.settings.server.retry_after_seconds)
         return Response.json(200, {"status": "ok"})
 
     @documented(Op("Prometheus metrics", ok={"type": "string"},
@@ -294,7 +296,7 @@ class Collector:
                    security=("deviceKey",)))
     async def ingest_telemetry(self, req: Request) -> Response:
         """``POST /v1/devices/telemetry`` (:mod:`aap.collect.telemetry`)."""
-        self.check_health()
+        await self.check_health()
         device = self.telemetry.device(req.headers.get("authorization"))
         limit = self.settings.devices.device_max_request_bytes
         raw = await read_raw(req.receive, content_length(req.headers.get("content-length")),
@@ -310,7 +312,7 @@ class Collector:
         is not read; ``key_hint`` says where the key goes when it is missing.
         ``json_body``: the events are the body's JSON decoded as it is (Segment), so the
         scrubbing may search the body for addresses instead of the events."""
-        self.check_health()
+        await self.check_health()
         source = self.source_from_header(req.headers.get("authorization")) if auth else None
         limit = self.settings.collector.max_request_bytes
         raw = await read_raw(req.receive, content_length(req.headers.get("content-length")),
@@ -343,12 +345,12 @@ class Collector:
             await self._append(source, events)
         return _ingested(len(events), not_stored, rejected_out)
 
-    def check_health(self) -> None:
+    async def check_health(self) -> None:
         """Back-pressure: 503 while the log is not healthy (disk, consumer lag)."""
-        problem = self.health.problem()
+        problem = await self.health.problem()
         if problem:
-            raise errors.ServiceUnavailable(problem, retry_after=self.settings.server.retry_after_seconds,
-                                            code=self.health.code)
+            raise errors.ServiceUnavailable(problem.message, code=problem.code,
+                                            retry_after=self.settings.server.retry_after_seconds)
 
     def _source_in_body(self, write_key: str | None, key_hint: str) -> Source:
         if not write_key:
@@ -447,7 +449,7 @@ class Collector:
         """``POST /v1/consent``: a person grants or withdraws purposes. Back-pressure and
         the source's rate limit apply as to events (one statement request counts as one
         event, in a bucket of its own), and each id has its own cap per minute."""
-        self.check_health()
+        await self.check_health()
         authorization = req.headers.get("authorization")
         subject: dict[str, str] | None = None
         source: Source | None

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import unquote, urlparse
 
 import aiomqtt
@@ -60,7 +60,7 @@ class AckingClient(aiomqtt.Client):
 
 class Bridge:
     def __init__(self, settings: Settings, telemetry: Telemetry,
-                 check_health: Callable[[], None]) -> None:
+                 check_health: Callable[[], Awaitable[None]]) -> None:
         self.settings = settings
         self.telemetry = telemetry
         self.check_health = check_health
@@ -137,7 +137,7 @@ class Bridge:
                 if device is None:
                     logger.warning("MQTT message on a topic of no live device: dropped")
                     return
-                self.check_health()
+                await self.check_health()
                 if len(raw) > limit:
                     raise errors.PayloadTooLarge(f"message of {len(raw)} bytes; limit {limit}")
                 body = decode_content(raw, "", limit)

@@ -15,7 +15,6 @@ statements have).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from aap import errors
@@ -58,18 +57,16 @@ OWN_REQUESTS = {"type": "object", "required": ["requests"], "properties": {
 
 
 class Portal:
-    """The handlers; ``check_health``: the collector's back-pressure check; ``shared``:
-    where the gate's and the requests' stores are called (:mod:`aap.collect.shared`)."""
+    """The handlers; ``shared``: where the gate's and the requests' stores are called
+    (:mod:`aap.collect.shared`)."""
 
     def __init__(self, sources: Sources, gate: Gate, self_service: SelfService,
-                 limiter: RateLimiter, check_health: Callable[[], None],
-                 shared: SharedState) -> None:
+                 limiter: RateLimiter, shared: SharedState) -> None:
         self.sources = sources
         self.gate = gate
         self.self_service = self_service
         self.shared = shared
         self.limiter = limiter
-        self.check_health = check_health
 
     def routes(self) -> list[Route[Handler]]:
         return [Route(INFO_PATH, ("GET", "HEAD"), self.info, params={"name": NAME}),

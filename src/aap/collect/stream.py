@@ -76,7 +76,7 @@ class Ingestion(Protocol):
 
     def check_origin(self, req: Connection, source: Source) -> None: ...
 
-    def check_health(self) -> None: ...
+    async def check_health(self) -> None: ...
 
     async def accept_batch(self, conn: Connection, source: Source, parsed: Parsed,
                            body: bytes | None) -> dict[str, Any]: ...
@@ -307,7 +307,7 @@ class _Stream:
         """Store one message through the collector's ingestion path, then answer it."""
         answer: dict[str, Any]
         try:
-            self.collector.check_health()
+            await self.collector.check_health()
             out = await self.collector.accept_batch(self.ws, source, parsed, data)
             answer = {"ack": seq, "accepted": out["accepted"],
                       "rejected": out.get("rejected", [])}

@@ -256,7 +256,7 @@ async def _accept(collector: Collector, conn: Connection, source: Source,
     source's rate limit; counts what was stored and refused."""
     while True:
         try:
-            collector.check_health()
+            await collector.check_health()
             answer = await collector.accept_batch(conn, source, Parsed(messages, [], None), None)
         except (errors.TooManyRequests, errors.ServiceUnavailable) as exc:
             await asyncio.sleep(max(0.05, min(float(exc.retry_after), 5.0)))
