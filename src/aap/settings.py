@@ -93,7 +93,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sql_workers", 2, "Idle worker processes kept started for `sql` queries (each runs one query); 0 starts one per query."),
     Setting("query_cache", True, "Keep a native DuckDB copy of the warm and cold tiers for queries (see README, Analytics)."),
     Setting("query_cache_interval_s", 10.0, "How often the query cache picks up new, retired and merged data (seconds)."),
-    Setting("health_interval_ms", 500, "How often a worker re-checks free disk and consumer lag (ms)."),
+    Setting("health_interval_ms", 500, "How often a worker re-checks free disk and consumer lag (ms), in a thread of its own that requests wait for; an answer never comes from a check begun longer ago."),
     Setting("public_url", "", "Base URL at which SDKs reach the collector (e.g. `https://aap.example.com`), for the settings it hands to Segment's browser SDK; empty: taken from the request's Host when that host is allowed (see `AAP_ALLOWED_HOSTS`)."),
     Setting("allowed_hosts", "", "Comma-separated host names (with `:port` or without) that the Segment settings endpoint may name as `apiHost` when `AAP_PUBLIC_URL` is empty; empty: `localhost`, `127.0.0.1`, `[::1]` and the address the server binds to. Any other Host gets 400."),
     Setting("stream_max_message_bytes", 1 * MiB, "Largest message `GET /v1/stream` (WebSocket) takes (bytes); a larger one closes the connection with 1009."),
