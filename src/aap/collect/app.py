@@ -264,7 +264,8 @@ class Collector:
                     token.strip().encode("utf-8", "surrogateescape"), self._metrics_token):
                 raise errors.Unauthorized("send Authorization: Bearer <AAP_METRICS_TOKEN>",
                                           code="bad_metrics_token")
-        return Response(200, metrics.render(self.log.stats), content_type=metrics.CONTENT_TYPE)
+        body = await self.health.off_loop(metrics.render, self.log.stats)  # the log's figures
+        return Response(200, body, content_type=metrics.CONTENT_TYPE)
 
     # -- ingestion --
 

@@ -18,14 +18,16 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from aap.log.base import Log
 
 LOG_UNREADABLE = "the log cannot be read"
+T = TypeVar("T")
 
 
 class Problem(NamedTuple):
@@ -90,6 +92,11 @@ class Health:
             return Problem(f"consumer lag of {worst} events is over the bound of"
                            f" {self.max_lag}", "backpressure")
         return None
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the health thread: other reads of the log's figures (the
+        metrics' scrape) that would hold the event loop while brokers do not answer."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def close(self) -> None:
         """Waits for a check running (the log is closed next)."""
