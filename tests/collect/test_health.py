@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from aap.collect.health import Health, Problem
+from aap.collect.health import STOPPING, Health, Problem
 from aap.log.base import Append, Log, LogStats
 from aap.log.kafka import KafkaLog
 from aap.log.sqlite import SQLiteLog
@@ -133,3 +133,14 @@ def test_a_request_that_goes_away_leaves_the_check_to_the_others(tmp_path: Path)
 
     with checking(tmp_path, log, interval_ms=60_000) as h:
         assert asyncio.run(main(h)) is None and log.reads == 1
+
+
+def test_a_request_after_close_is_told_the_worker_is_stopping(tmp_path: Path) -> None:
+    """The shutdown closes the health thread before the log; a request still in flight is
+    a 503 to retry (not a 500 from a thread pool that takes no more work)."""
+    log = SQLiteLog(tmp_path / "log.db")
+    with checking(tmp_path, log) as h:
+        assert asyncio.run(h.problem()) is None
+        h.close()
+        assert asyncio.run(h.problem()) == STOPPING
+        assert asyncio.run(h.off_loop(lambda: "read")) == "read"

@@ -36,6 +36,10 @@ class Problem(NamedTuple):
     """The code of the 503 it causes: ``log_unavailable`` or ``backpressure``."""
 
 
+STOPPING = Problem("this worker is stopping", "backpressure")
+"""The answer once the worker's health thread is closed: a 503 to retry elsewhere."""
+
+
 class Health:
     def __init__(self, data_dir: Path, log: Log, *, min_free_disk_mb: int, max_lag: int,
                  interval_ms: int) -> None:
@@ -51,10 +55,13 @@ class Health:
             | None = None
         """The check running: when it began, on which event loop, its answer."""
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="aap-health")
+        self._closed = False
 
     async def problem(self) -> Problem | None:
         """None when events can be accepted, otherwise why not."""
         now = time.monotonic()
+        if self._closed:  # a request the shutdown found in flight: the server is going
+            return STOPPING
         if now - self._checked < self.interval:
             return self._problem
         loop = asyncio.get_running_loop()
@@ -96,8 +103,12 @@ class Health:
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in the health thread: other reads of the log's figures (the
         metrics' scrape) that would hold the event loop while brokers do not answer."""
+        if self._closed:
+            return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def close(self) -> None:
-        """Waits for a check running (the log is closed next)."""
+        """Waits for a check running (the log is closed next); requests after this are
+        refused (:data:`STOPPING`)."""
+        self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
