@@ -80,10 +80,6 @@ class _Gated(SQLiteLog):
         assert self.gate.wait(60), "the gate was never opened"
         return super().stats()
 
-    def close(self) -> None:
-        self.gate.set()
-        super().close()
-
 
 def test_the_event_loop_runs_while_a_check_waits_for_the_log(tmp_path: Path) -> None:
     """The check waits at the gate, and only a coroutine of the same event loop opens it:

@@ -59,9 +59,9 @@ class Health:
 
     async def problem(self) -> Problem | None:
         """None when events can be accepted, otherwise why not."""
-        now = time.monotonic()
         if self._closed:  # a request the shutdown found in flight: the server is going
             return STOPPING
+        now = time.monotonic()
         if now - self._checked < self.interval:
             return self._problem
         loop = asyncio.get_running_loop()
